@@ -1,0 +1,38 @@
+# The documented entry points. `make demo` and `make test` do all set-up themselves on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: synthesise an ICS, ingest it into SQLite and serve the portals on http://127.0.0.1:8000
+demo: install
+	$(VENV)/bin/sharedcare demo
+
+## test: lint, type-check, then the whole suite on SQLite (and PostgreSQL when SHAREDCARE_TEST_POSTGRES is set)
+test: install lint unit
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+unit: install
+	@if [ -n "$$SHAREDCARE_TEST_POSTGRES" ]; then echo "stores under test: SQLite and PostgreSQL"; \
+	 else echo "stores under test: SQLite only (set SHAREDCARE_TEST_POSTGRES to add PostgreSQL)"; fi
+	$(PY) -m pytest
+
+## bench: the performance suite (figures and ratios; never pass/fail on time)
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,104 @@
+"""The web application: FHIR API, access API and portals, with the cross-cutting rules in one place.
+
+Every response carries `Cache-Control: no-store` (TRUST DP2) and a request id; every error becomes
+an OperationOutcome (API) or a plain page (portal) without internals (TRUST DP3).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+
+from sharedcare import __version__
+from sharedcare.api import access, fhir
+from sharedcare.api.auth import AuthError
+from sharedcare.api.outcomes import operation_outcome
+from sharedcare.config import Settings, load_settings
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.framework import Framework, load_framework
+from sharedcare.governance.gateway import AccessDenied, NotFound
+from sharedcare.portal import routes as portal
+from sharedcare.store.database import Database
+
+log = logging.getLogger("sharedcare.api")
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "unknown")
+
+
+def create_app(settings: Settings | None = None, framework: Framework | None = None,
+               database: Database | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    settings.require_safe_secret()
+    app = FastAPI(title="sharedcare", version=__version__,
+                  description="Shared care record: FHIR R4 API and portals under one sharing framework")
+    app.state.settings = settings
+    app.state.framework = framework or load_framework(settings.framework_path)
+    app.state.database = database or Database(settings.database_url)
+
+    @app.middleware("http")
+    async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        response = await call_next(request)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Request-ID"] = request.state.request_id
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    def is_api(request: Request) -> bool:
+        return request.url.path.startswith(("/fhir", "/api"))
+
+    @app.exception_handler(AuthError)
+    async def unauthenticated(request: Request, exc: AuthError) -> Response:
+        if not is_api(request):
+            return portal.sign_in_again(request, exc.message)
+        response = operation_outcome(401, "login", exc.message, _request_id(request))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sharedcare"'
+        return response
+
+    @app.exception_handler(AccessDenied)
+    async def forbidden(request: Request, exc: AccessDenied) -> Response:
+        if not is_api(request):
+            return portal.error_page(request, 403, exc.message)
+        return operation_outcome(403, "forbidden", f"{exc.message} (rule {exc.rule_id})", _request_id(request))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        if not is_api(request):
+            return portal.error_page(request, 404, exc.message)
+        return operation_outcome(404, "not-found", exc.message, _request_id(request))
+
+    @app.exception_handler(SharedcareError)
+    async def bad_request(request: Request, exc: SharedcareError) -> Response:
+        if not is_api(request):
+            return portal.error_page(request, 400, str(exc))
+        return operation_outcome(400, "invalid", str(exc), _request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        if not is_api(request):
+            return portal.error_page(request, 400, problems)
+        return operation_outcome(400, "invalid", problems, _request_id(request))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("request %s failed", _request_id(request))
+        text = f"the server could not complete the request; quote reference {_request_id(request)}"
+        if not is_api(request):
+            return portal.error_page(request, 500, text)
+        return operation_outcome(500, "exception", text, _request_id(request))
+
+    app.include_router(fhir.router)
+    app.include_router(access.router)
+    app.include_router(portal.router)
+    app.mount("/static", StaticFiles(directory=portal.STATIC), name="static")
+    return app

@@ -1,0 +1,50 @@
+"""Access tokens: signed JWTs naming a configured user, their role, organisation and scopes.
+
+`sharedcare token` mints them for integration and tests; the portal keeps one in an HttpOnly cookie.
+SMART on FHIR's authorization server (the API issue) will issue the same shape of token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import jwt
+
+from sharedcare.config import Settings
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.framework import Framework
+from sharedcare.store.models import utcnow
+
+ALGORITHM = "HS256"
+ISSUER = "sharedcare"
+DEFAULT_SCOPE = "user/*.read"
+
+
+class AuthError(SharedcareError):
+    """No token, or a token that is expired, tampered with or names no configured user."""
+
+
+def mint_token(settings: Settings, fw: Framework, username: str, scope: str = DEFAULT_SCOPE,
+               minutes: int | None = None) -> str:
+    user = fw.users.get(username)
+    if user is None:
+        raise SharedcareError(f"no user '{username}' in the framework", where="token")
+    now = utcnow()
+    claims = {
+        "iss": ISSUER, "sub": username, "role": user.role, "org": user.organisation, "scope": scope,
+        "iat": now, "exp": now + timedelta(minutes=minutes or settings.token_minutes), "jti": str(uuid.uuid4()),
+    }
+    return jwt.encode(claims, settings.secret, algorithm=ALGORITHM)
+
+
+def read_token(settings: Settings, token: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(token, settings.secret, algorithms=[ALGORITHM], issuer=ISSUER,
+                                            options={"require": ["exp", "sub", "iss"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("the access token has expired; sign in again") from exc
+    except jwt.PyJWTError as exc:
+        raise AuthError("the access token is not valid") from exc
+    return claims

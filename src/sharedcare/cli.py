@@ -1,0 +1,355 @@
+"""The `sharedcare` command. Each subcommand is a thin wrapper over the package's modules.
+
+Exit codes: 0 done; 1 the command ran and found a problem (quarantined input, a broken audit chain);
+2 the command could not run as asked (bad arguments, invalid framework, unknown user).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from sharedcare.config import DEMO_PASSWORD, load_settings
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.framework import Framework, load_framework
+from sharedcare.store.database import Database
+
+app = typer.Typer(help="sharedcare: an open shared care record for an integrated care system.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+users_app = typer.Typer(help="The framework's configured users.", no_args_is_help=True)
+agreements_app = typer.Typer(help="Organisations' information-sharing agreements.", no_args_is_help=True)
+preferences_app = typer.Typer(help="Patients' choices about sharing.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+framework_app = typer.Typer(help="The information-sharing framework file.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(agreements_app, name="agreements")
+app.add_typer(preferences_app, name="preferences")
+app.add_typer(audit_app, name="audit")
+app.add_typer(framework_app, name="framework")
+
+console = Console(stderr=True)
+OPERATOR = "cli"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _framework() -> Framework:
+    try:
+        return load_framework()
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _database() -> Database:
+    db = Database(load_settings().database_url)
+    db.migrate()
+    return db
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def init() -> None:
+    """Create or upgrade the database schema (Alembic migrations) and check the framework."""
+    _framework()
+    db = _database()
+    console.print(f"database ready: {db.url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def synth(
+    people: Annotated[int, typer.Option(min=1, help="How many people live in the area.")] = 1000,
+    out: Annotated[Path, typer.Option(help="Folder to write the feeds into.")] = Path("var/synth"),
+    seed: Annotated[int, typer.Option(help="Same seed, same output.")] = 1,
+    as_of: Annotated[str | None, typer.Option(help="Date the data is generated as of (YYYY-MM-DD).")] = None,
+) -> None:
+    """Write a synthetic ICS: every organisation's feed in its own format, plus ground truth and users."""
+    from sharedcare.synth import DEFAULT_AS_OF, generate
+
+    when = date.fromisoformat(as_of) if as_of else DEFAULT_AS_OF
+    with _progress() as progress:
+        task = progress.add_task("people", total=people)
+        summary = generate(out, people=people, seed=seed, as_of=when, framework=_framework(),
+                           progress=lambda n: progress.advance(task, n))
+    console.print(f"wrote {summary.people} people as of {when} to {out} ({len(summary.files)} files)")
+
+
+def _progress(transfer: bool = False) -> Progress:
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+    if transfer:
+        columns.append(TransferSpeedColumn())
+    columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=False)
+
+
+def _report_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Ingest summary")
+    table.add_column("measure")
+    table.add_column("count", justify="right")
+    for key in ("files", "messages", "accepted", "unchanged", "stale", "quarantined"):
+        table.add_row(key, str(report[key]))
+    for rtype, n in report["set_aside"].items():
+        table.add_row(f"set aside: {rtype}", str(n))
+    return table
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders of feeds.")],
+    source: Annotated[str | None, typer.Option(help="ODS code of the sending organisation.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, fhir, hl7v2 or csv.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Ingest feeds: accepted, unchanged and quarantined counts, with every quarantine reason."""
+    from sharedcare.ingest.pipeline import Pipeline, expand_paths
+
+    if fmt not in {"auto", "fhir", "hl7v2", "csv"}:
+        raise _fail(f"--format must be auto, fhir, hl7v2 or csv, not '{fmt}'")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise _fail(f"no such file or folder: {', '.join(missing)}")
+    pipeline = Pipeline(_database(), _framework())
+    total = sum(p.stat().st_size for p in expand_paths(paths))
+    with _progress(transfer=True) as progress:
+        task = progress.add_task("ingesting", total=total)
+        report = pipeline.ingest_paths(paths, fmt=fmt, source=source, progress=lambda n: progress.advance(task, n))
+    data = report.to_json()
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(_report_table(data))
+        for item in data["quarantine"][:20]:
+            console.print(f"[yellow]quarantined[/yellow] #{item['id']} {item['where']}: {item['reason']}")
+        for item in data["skipped_files"][:20]:
+            console.print(f"[yellow]skipped[/yellow] {item['file']}: {item['reason']}")
+    if report.quarantined:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the FHIR API and the portals."""
+    import uvicorn
+
+    from sharedcare.api.app import create_app
+
+    settings = load_settings()
+    try:
+        application = create_app(settings, framework=_framework(), database=_database())
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command()
+def demo(
+    people: Annotated[int, typer.Option(min=20)] = 2000,
+    seed: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    out: Path = Path("var/demo"),
+) -> None:
+    """Synthesise an ICS (as of today), ingest it, and serve the portals with the demo sign-ins."""
+    import os
+
+    from sharedcare.store.models import utcnow
+
+    os.environ.setdefault("SHAREDCARE_DEMO", "1")
+    os.environ.setdefault("SHAREDCARE_DB", f"sqlite:///{(out / 'sharedcare.db').resolve()}")
+    db_file = Path(os.environ["SHAREDCARE_DB"].removeprefix("sqlite:///"))
+    if db_file.exists():
+        db_file.unlink()
+    synth(people=people, out=out / "feeds", seed=seed, as_of=utcnow().date().isoformat())
+    fw = _framework()
+    feeds = [out / "feeds" / code for code, org in fw.organisations.items()
+             if any(f == "fhir" for f in org.systems.values()) and (out / "feeds" / code).exists()]
+    try:
+        ingest(feeds, source=None, fmt="auto", as_json=False)
+    except typer.Exit:
+        pass  # a few synthetic bundles carry invalid NHS numbers on purpose: they wait in quarantine
+    table = Table(title=f"Demo sign-ins (password: {DEMO_PASSWORD})")
+    for column in ("username", "role", "organisation"):
+        table.add_column(column)
+    for user in fw.users.values():
+        org = fw.organisation(user.organisation)
+        table.add_row(user.username, fw.roles[user.role].label, org.name if org else user.organisation)
+    console.print(table)
+    console.print(f"Clinician portal: http://{host}:{port}/   FHIR API: http://{host}:{port}/fhir/metadata")
+    console.print("Try: sign in as para.evans, search family name OKAFOR with his date of birth from "
+                  f"{out / 'feeds' / 'ground_truth.csv'} or by NHS number.")
+    serve(host=host, port=port)
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option(help="A configured username (see `sharedcare users list`).")],
+    scope: Annotated[str, typer.Option(help="Space-separated scopes.")] = "user/*.read",
+    minutes: Annotated[int, typer.Option(min=1, max=24 * 60)] = 60,
+) -> None:
+    """Mint an access token for a configured user (for integration and testing)."""
+    from sharedcare.api.auth import mint_token
+
+    settings = load_settings()
+    try:
+        sys.stdout.write(mint_token(settings, _framework(), user, scope, minutes) + "\n")
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@users_app.command("list")
+def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the configured users: username, role, organisation."""
+    fw = _framework()
+    rows = [{"username": u.username, "name": u.name, "role": u.role, "organisation": u.organisation}
+            for u in fw.users.values()]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="Users")
+    for column in ("username", "name", "role", "organisation"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["username"], r["name"], r["role"], r["organisation"])
+    Console().print(table)
+
+
+@agreements_app.command("set")
+def agreements_set(
+    org: Annotated[str, typer.Argument(help="ODS code of the organisation.")],
+    status: Annotated[str, typer.Option(help="draft, signed, suspended or ended.")],
+) -> None:
+    """Change an organisation's agreement status; takes effect on the next request (audited)."""
+    from sharedcare.governance.agreements import set_agreement
+
+    if status not in {"draft", "signed", "suspended", "ended"}:
+        raise _fail(f"--status must be draft, signed, suspended or ended, not '{status}'")
+    fw = _framework()
+    try:
+        with _database().session() as session:
+            agreement = set_agreement(session, fw, org, status, by=OPERATOR)  # type: ignore[arg-type]
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{org}: agreement now {agreement.status}")
+
+
+@agreements_app.command("list")
+def agreements_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every organisation's agreement as it stands now."""
+    from sharedcare.governance.agreements import effective_agreements
+
+    fw = _framework()
+    with _database().session() as session:
+        current = effective_agreements(session, fw)
+    rows = [{"organisation": code, "name": fw.organisations[code].name, "status": a.status,
+             "starts": a.starts, "ends": a.ends} for code, a in current.items()]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="Agreements")
+    for column in ("organisation", "name", "status", "starts", "ends"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(*(str(r[c] or "") for c in ("organisation", "name", "status", "starts", "ends")))
+    Console().print(table)
+
+
+@preferences_app.command("set")
+def preferences_set(
+    nhs_number: Annotated[str, typer.Argument(help="The patient's NHS number.")],
+    object_all: Annotated[bool, typer.Option("--object-all", help="Object to all sharing.")] = False,
+    object_org: Annotated[str | None, typer.Option("--object-org", help="Object to this organisation.")] = None,
+    opt_out_secondary: Annotated[bool, typer.Option("--opt-out-secondary", help="National data opt-out.")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every choice.")] = False,
+) -> None:
+    """Record a patient's choice about sharing; takes effect on the next request (audited)."""
+    from sharedcare.governance.consent import set_choice
+    from sharedcare.identity.nhs_number import is_valid, normalise
+
+    number = normalise(nhs_number)
+    if not is_valid(number):
+        raise _fail(f"'{nhs_number}' is not a valid NHS number (modulus 11 check)")
+    if not (object_all or object_org or opt_out_secondary or clear):
+        raise _fail("give one of --object-all, --object-org ORG, --opt-out-secondary or --clear")
+    fw = _framework()
+    if object_org and object_org not in fw.organisations:
+        raise _fail(f"organisation '{object_org}' is not in the framework")
+    with _database().session() as session:
+        pref = set_choice(session, number, by=OPERATOR, object_all=object_all or None, object_org=object_org,
+                          opt_out_secondary=opt_out_secondary or None, clear=clear)
+        console.print(f"choices for {number}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
+                      f"opt_out_secondary={pref.opt_out_secondary}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit hash chain end to end; exit 1 naming the first broken entry."""
+    from sharedcare.governance.audit import verify
+
+    with _database().session() as session:
+        result = verify(session)
+    if result.ok:
+        console.print(f"audit chain whole: {result.checked} entries verified")
+        return
+    console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
+                  f"({result.checked} entries verified before it)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("review")
+def audit_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The IG review queue: break-glass and implied-consent accesses awaiting an outcome."""
+    from sharedcare.store.models import ReviewItem
+
+    with _database().session() as session:
+        items = session.scalars(select(ReviewItem).where(ReviewItem.status == "open").order_by(ReviewItem.id)).all()
+        rows = [{"id": i.id, "kind": i.kind, "username": i.username, "patient_id": i.person_id,
+                 "reason": i.reason, "created_at": i.created_at.isoformat(), "audit_seq": i.audit_seq}
+                for i in items]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="IG review queue")
+    for column in ("id", "kind", "username", "patient_id", "reason", "created_at"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("id", "kind", "username", "patient_id", "reason", "created_at")))
+    Console().print(table)
+
+
+@framework_app.command("check")
+def framework_check() -> None:
+    """Validate the framework file; every problem is named with its line and key."""
+    fw = _framework()
+    console.print(f"{fw.name} {fw.version}: {len(fw.organisations)} organisations, {len(fw.roles)} roles, "
+                  f"{len(fw.users)} users: valid")
+
+
+mpi_app = typer.Typer(help="The master patient index.", no_args_is_help=True)
+app.add_typer(mpi_app, name="mpi")
+
+
+@mpi_app.command("export")
+def mpi_export() -> None:
+    """CSV of every source patient record and the person it is linked to."""
+    from sharedcare.store.models import PatientRecord
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["source_org", "source_id", "person_id", "match_probability", "status"])
+    with _database().session() as session:
+        for r in session.scalars(select(PatientRecord).order_by(PatientRecord.source_org, PatientRecord.source_id)):
+            writer.writerow([r.source_org, r.source_id, r.person_id, f"{r.match_probability:.4f}", r.link_status])

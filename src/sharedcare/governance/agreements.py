@@ -1,0 +1,36 @@
+"""Agreement lifecycle: the framework file holds each agreement as signed; changes since (suspend,
+end, re-sign) are recorded in the store, audited, and take effect on the next request."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
+from sharedcare.store.models import AgreementChange, utcnow
+
+
+def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
+    """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
+    current = {code: org.agreement for code, org in fw.organisations.items()}
+    for change in session.scalars(select(AgreementChange).order_by(AgreementChange.id)):
+        if change.org_code in current:
+            current[change.org_code] = current[change.org_code].model_copy(update={"status": change.status})
+    return current
+
+
+def set_agreement(session: Session, fw: Framework, org_code: str, status: AgreementStatus, by: str) -> Agreement:
+    """Change an organisation's agreement status, audited; returns the agreement now in effect."""
+    organisation = fw.organisation(org_code)
+    if organisation is None:
+        raise SharedcareError(f"organisation '{org_code}' is not in the framework", where="agreements set")
+    if status == "signed" and not organisation.agreement.signatories:
+        raise SharedcareError(f"{org_code} has no signatories in the framework; it cannot be signed here",
+                              where="agreements set")
+    session.add(AgreementChange(org_code=org_code, status=status, changed_at=utcnow(), changed_by=by))
+    record_audit(session, AuditRecord(AuditAction.AGREEMENT_SET, "permit", username=by,
+                                      purpose="governance", detail={"organisation": org_code, "status": status}))
+    session.flush()
+    return effective_agreements(session, fw)[org_code]

@@ -1,0 +1,173 @@
+"""The audit log: every decision, permit or deny, appended as a FHIR-shaped AuditEvent to a hash chain.
+
+Each entry's hash covers its content and the previous entry's hash, so `verify` finds any entry that
+was edited, removed or reordered. Entries hold references and counts, never clinical content or
+tokens (TRUST AU5). Appending locks the one-row head table, so concurrent writers stay in one chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sharedcare.store.models import AuditEntry, AuditHead, utcnow
+
+GENESIS = "0" * 64
+
+
+class AuditAction(StrEnum):
+    """What happened, named `area:subject:action` so that a reader can filter by prefix."""
+
+    RECORD_READ = "clinical:record:read"
+    RECORD_EMERGENCY_READ = "clinical:record:emergency-read"
+    RESOURCE_READ = "clinical:resource:read"
+    PATIENT_SEARCH = "clinical:patient:search"
+    BASIS_RECORD = "access:basis:record"
+    LOGIN = "auth:session:login"
+    AGREEMENT_SET = "governance:agreement:set"
+    PREFERENCE_SET = "governance:preference:set"
+
+
+# FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
+OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
+PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent
+    "direct-care": "TREAT",
+    "emergency": "ETREAT",
+    "secondary-use": "HOPERAT",
+    "governance": "HOPERAT",
+}
+
+
+@dataclass
+class AuditRecord:
+    """What one decision or change was, before it is written."""
+
+    action: AuditAction
+    outcome: str  # permit | deny | error
+    username: str | None
+    role: str | None = None
+    organisation: str | None = None
+    purpose: str | None = None
+    patient_id: str | None = None
+    basis: str | None = None
+    reason: str | None = None
+    rule_id: str | None = None
+    request_id: str | None = None
+    source_address: str | None = None
+    released: list[str] = field(default_factory=list)
+    withheld: dict[str, int] = field(default_factory=dict)
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+def _clean(text: str | None) -> str | None:
+    """Encode CR/LF and other control characters so a log line cannot be forged (TRUST AU5)."""
+    if text is None:
+        return None
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
+    """Shape the record as a FHIR R4 AuditEvent (IHE BALP where it fits)."""
+    purpose = "emergency" if record.basis == "emergency" else (record.purpose or "governance")
+    entities: list[dict[str, Any]] = []
+    if record.patient_id:
+        entities.append({"what": {"reference": f"Patient/{record.patient_id}"},
+                         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                                  "code": "1", "display": "Person"},
+                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                                  "code": "1", "display": "Patient"}})
+    entities.extend({"what": {"reference": ref}} for ref in record.released)
+    details = {
+        "basis": record.basis, "reason": _clean(record.reason), "rule": record.rule_id,
+        **{f"withheld:{why}": str(n) for why, n in sorted(record.withheld.items())},
+        **{key: _clean(value) for key, value in record.detail.items()},
+    }
+    entities.append({"name": "decision", "detail": [
+        {"type": key, "valueString": value} for key, value in details.items() if value is not None
+    ]})
+    return {
+        "resourceType": "AuditEvent",
+        "type": {"system": "https://sharedcare.example/CodeSystem/audit-action", "code": record.action.value},
+        "action": "E" if record.action.startswith("governance:") else "R",
+        "recorded": recorded.isoformat(),
+        "outcome": OUTCOME_CODES[record.outcome],
+        "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                        "code": PURPOSE_CODES.get(purpose, "HOPERAT")}]}],
+        "agent": [{
+            "who": {"identifier": {"system": "https://sharedcare.example/Id/user",
+                                   "value": _clean(record.username) or "anonymous"}},
+            "role": [{"text": record.role or "none"}],
+            "extension": [{"url": "https://sharedcare.example/StructureDefinition/organisation",
+                           "valueString": record.organisation or "none"}],
+            "requestor": True,
+            "network": {"address": record.source_address or "local", "type": "2"},
+        }],
+        "source": {"observer": {"display": "sharedcare"}, "site": record.request_id or str(uuid.uuid4())},
+        "entity": entities,
+    }
+
+
+def _digest(prev_hash: str, seq: int, recorded: str, event: dict[str, Any]) -> str:
+    body = json.dumps({"seq": seq, "recorded": recorded, "event": event}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{prev_hash}{body}".encode()).hexdigest()
+
+
+def record_audit(session: Session, record: AuditRecord) -> AuditEntry:
+    """Append one event to the chain, in the caller's transaction (so no audit, no effect)."""
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+        session.flush()
+    recorded = utcnow()
+    event = to_audit_event(record, recorded)
+    seq = head.seq + 1
+    digest = _digest(head.hash, seq, recorded.isoformat(), event)
+    entry = AuditEntry(seq=seq, recorded_at=recorded, action=record.action.value, outcome=record.outcome,
+                       username=record.username, patient_id=record.patient_id, event=event,
+                       prev_hash=head.hash, hash=digest)
+    session.add(entry)
+    head.seq, head.hash = seq, digest
+    session.flush()
+    return entry
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    checked: int
+    broken_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None) -> VerifyResult:
+    """Walk the chain in order; name the first entry that was edited, removed or reordered."""
+    prev_hash, expected_seq, checked = GENESIS, 1, 0
+    for entry in entries:
+        if entry.seq != expected_seq:
+            return VerifyResult(False, checked, expected_seq, f"entry {expected_seq} is missing or out of order")
+        if entry.prev_hash != prev_hash:
+            return VerifyResult(False, checked, entry.seq, "does not follow the entry before it")
+        if _digest(prev_hash, entry.seq, entry.recorded_at.isoformat(), entry.event) != entry.hash:
+            return VerifyResult(False, checked, entry.seq, "content does not match its hash (edited)")
+        prev_hash, expected_seq, checked = entry.hash, expected_seq + 1, checked + 1
+    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    if head_seq != checked or head_hash != prev_hash:
+        return VerifyResult(False, checked, checked + 1, f"the log ends at {checked} but the head says {head_seq}")
+    return VerifyResult(True, checked)
+
+
+def verify(session: Session) -> VerifyResult:
+    entries = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000))
+    head = session.get(AuditHead, 1)
+    return verify_chain(entries.scalars(), head)

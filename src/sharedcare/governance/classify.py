@@ -1,0 +1,91 @@
+"""Which data category a stored resource falls into, and what each tier of detail lets through.
+
+Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
+`sensitive_codes` puts the resource in that category wherever it came from; (3) the kind of service
+that sent it (mental health, social care, community and hospice); (4) its resource type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sharedcare.governance.framework import Framework
+
+_SERVICE_CATEGORY = {
+    "mental_health": "mental_health",
+    "social_care": "social_care",
+    "community": "community",
+    "hospice": "community",
+}
+_TYPE_CATEGORY = {
+    "AllergyIntolerance": "summary",
+    "MedicationStatement": "summary",
+    "Condition": "summary",
+    "Immunization": "summary",
+    "Observation": "diagnostics",
+    "DiagnosticReport": "diagnostics",
+    "Encounter": "encounters",
+}
+_HOSPITAL_TYPES = {"DocumentReference", "Procedure", "CarePlan"}
+_CODED_FIELDS = ("code", "type", "serviceType", "category", "reasonCode", "medicationCodeableConcept",
+                 "vaccineCode")
+
+# Free text and documents: tier 3 only. At tier 2 these are removed, leaving a coded summary: the
+# narrative and free-text elements of the resource itself, annotations (`note`) at any depth, and a
+# document's content. Coded text such as CodeableConcept.text and Dosage.text stays.
+_FREE_TEXT = {"text", "note", "comment", "description"}
+_FREE_TEXT_BY_TYPE = {"DocumentReference": {"content"}}
+_ANNOTATIONS = {"note"}
+# Demographics: tier 1 is who the person is and how to reach them; tier 2 adds where they live and
+# their GP; tier 3 adds contacts such as next of kin.
+_DEMOGRAPHICS_TIER1 = {"resourceType", "id", "meta", "identifier", "name", "birthDate", "gender", "telecom"}
+_DEMOGRAPHICS_TIER2 = _DEMOGRAPHICS_TIER1 | {"address", "generalPractitioner", "deceasedBoolean",
+                                             "deceasedDateTime", "active"}
+
+
+def _codings(resource: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for name in _CODED_FIELDS:
+        value = resource.get(name)
+        concepts = value if isinstance(value, list) else [value]
+        for concept in concepts:
+            if isinstance(concept, dict):
+                for coding in concept.get("coding") or []:
+                    found.add(f"{coding.get('system')}|{coding.get('code')}")
+    return found
+
+
+def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
+    """The one data category of a resource."""
+    resource_type = resource.get("resourceType", "")
+    if resource_type == "Patient":
+        return "demographics"
+    codes = _codings(resource)
+    for category, listed in fw.sensitive_codes.items():
+        if codes.intersection(listed):
+            return category
+    if source_kind in _SERVICE_CATEGORY:
+        return _SERVICE_CATEGORY[source_kind]
+    if resource_type in _HOSPITAL_TYPES:
+        return "hospital_detail" if source_kind == "acute" else "summary"
+    return _TYPE_CATEGORY.get(resource_type, "hospital_detail")
+
+
+def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
+    """The resource as a role with this tier may see it (tier 2 or 3; tier 1 releases no resource)."""
+    if tier >= 3:
+        return resource
+    if resource.get("resourceType") == "Patient":
+        keep = _DEMOGRAPHICS_TIER1 if tier == 1 else _DEMOGRAPHICS_TIER2
+        return {key: value for key, value in resource.items() if key in keep}
+    drop = _FREE_TEXT | _FREE_TEXT_BY_TYPE.get(resource.get("resourceType", ""), set())
+    return {key: _without(value, _ANNOTATIONS) for key, value in resource.items() if key not in drop}
+
+
+def _without(node: Any, drop: set[str]) -> Any:
+    """Remove the named elements at any depth (annotations inside a CarePlan activity, say)."""
+    if isinstance(node, dict):
+        return {key: _without(value, drop) for key, value in node.items() if key not in drop}
+    if isinstance(node, list):
+        return [_without(item, drop) for item in node]
+    return node

@@ -1,0 +1,61 @@
+"""Patient choices: object to all sharing, object to one organisation, opt out of secondary use.
+
+Held against the NHS number (as the national data opt-out is) and read fresh on every request, so a
+change takes effect at once (TRUST CO4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.store.models import Preference, utcnow
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A person's combined choices (from every NHS number their record carries)."""
+
+    object_all: bool = False
+    object_orgs: frozenset[str] = frozenset()
+    opt_out_secondary: bool = False
+
+
+def choices_for(session: Session, nhs_numbers: Iterable[str]) -> Choices:
+    rows = session.scalars(select(Preference).where(Preference.nhs_number.in_(list(nhs_numbers)))).all()
+    return Choices(
+        object_all=any(r.object_all for r in rows),
+        object_orgs=frozenset(org for r in rows for org in r.object_orgs),
+        opt_out_secondary=any(r.opt_out_secondary for r in rows),
+    )
+
+
+def set_choice(session: Session, nhs_number: str, *, by: str, object_all: bool | None = None,
+               object_org: str | None = None, opt_out_secondary: bool | None = None,
+               clear: bool = False) -> Preference:
+    """Record one change to a patient's choices, audited."""
+    pref = session.get(Preference, nhs_number)
+    if pref is None:
+        pref = Preference(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False)
+        session.add(pref)
+    if clear:
+        pref.object_all, pref.object_orgs, pref.opt_out_secondary = False, [], False
+    if object_all is not None:
+        pref.object_all = object_all
+    if object_org is not None:
+        pref.object_orgs = sorted({*pref.object_orgs, object_org})
+    if opt_out_secondary is not None:
+        pref.opt_out_secondary = opt_out_secondary
+    pref.updated_at = utcnow()
+    summary = ("cleared" if clear else
+               ", ".join(p for p, on in (("object-all", pref.object_all),
+                                         ("opt-out-secondary", pref.opt_out_secondary)) if on)
+               + (f" object-org={','.join(pref.object_orgs)}" if pref.object_orgs else ""))
+    record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
+                                      detail={"nhs_number_suffix": nhs_number[-4:], "choices": summary.strip()}))
+    session.flush()
+    return pref

@@ -1,0 +1,313 @@
+"""The only way patient data leaves the store: a repository bound to one actor and one purpose.
+
+API routes and portal pages receive a `GovernedRecords` (never a raw session). Every method gathers
+the decision's inputs, calls `policy.decide`, writes the audit event in the same transaction (no audit,
+no data: TRUST AU4) and returns only what the decision released.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from sharedcare.errors import SharedcareError
+from sharedcare.fhir.uk_core import PATIENT_FIELDS
+from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.classify import classify
+from sharedcare.governance.consent import choices_for
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.policy import (
+    ActiveBasis,
+    Actor,
+    Decision,
+    Headline,
+    Item,
+    Request,
+    check_request,
+    decide,
+)
+from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ReviewItem, utcnow
+
+
+class AccessDenied(SharedcareError):
+    """The decision point said no; `rule_id` says which rule."""
+
+    def __init__(self, rule_id: str, message: str) -> None:
+        self.rule_id = rule_id
+        super().__init__(message)
+
+
+class InvalidRequest(SharedcareError):
+    """The request itself is wrong (an unknown basis, a reason too short, a search with no criteria)."""
+
+
+class NotFound(SharedcareError):
+    """No such record (or none this actor may know exists)."""
+
+
+@dataclass(frozen=True)
+class ServedResource:
+    """A released resource with where it came from and how fresh it is, for display."""
+
+    content: dict[str, Any]
+    resource_type: str
+    category: str
+    tier: int
+    source_org: str
+    source_name: str
+    source_system: str
+    recorded_at: datetime
+    received_at: datetime
+
+
+@dataclass
+class RecordView:
+    person_id: str
+    patient: dict[str, Any] | None
+    resources: list[ServedResource]
+    withheld: Counter[str]
+    headlines: list[Headline]
+    basis: str
+    sources: list[str] = field(default_factory=list)
+
+    def of_type(self, resource_type: str) -> list[ServedResource]:
+        return [r for r in self.resources if r.resource_type == resource_type]
+
+
+@dataclass(frozen=True)
+class PatientMatch:
+    """A search result: enough to pick the right person, nothing clinical."""
+
+    person_id: str
+    name: str
+    birth_date: date | None
+    gender: str | None
+    nhs_number: str | None
+    postcode: str | None
+    sources: int
+
+
+def actor_for(fw: Framework, username: str) -> Actor:
+    """The actor for a configured user; an unknown user becomes an actor with no role (denied)."""
+    user = fw.users.get(username)
+    if user is None:
+        return Actor(username=username, role=None, organisation="")
+    return Actor(username=username, role=fw.roles.get(user.role), organisation=user.organisation)
+
+
+class GovernedRecords:
+    """Reads of patient data on behalf of one actor, for one purpose, in one request."""
+
+    def __init__(self, session: Session, fw: Framework, actor: Actor, purpose: str = "direct-care",
+                 request_id: str | None = None, source_address: str | None = None) -> None:
+        self.session = session
+        self.fw = fw
+        self.actor = actor
+        self.purpose = purpose
+        self.request_id = request_id or str(uuid.uuid4())
+        self.source_address = source_address
+        self.now = utcnow()
+        self._agreements = effective_agreements(session, fw)  # request-scoped: changes apply next request
+
+    # -- audit -----------------------------------------------------------------------------------
+    def _audit(self, action: AuditAction, outcome: str, patient_id: str | None, **extra: Any) -> int:
+        role = self.actor.role.name if self.actor.role else None
+        entry = record_audit(self.session, AuditRecord(
+            action=action, outcome=outcome, username=self.actor.username, role=role,
+            organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
+            request_id=self.request_id, source_address=self.source_address, **extra))
+        return entry.seq
+
+    def _request(self, person_id: str, basis: ActiveBasis | None, nhs: list[str]) -> Request:
+        return Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,
+                       agreements=self._agreements, choices=choices_for(self.session, nhs), now=self.now)
+
+    def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision) -> AccessDenied:
+        self._audit(action, "deny", person_id, rule_id=decision.rule_id, reason=decision.reason)
+        self.session.commit()  # the denial's audit event must survive the error response
+        return AccessDenied(decision.rule_id, decision.reason)
+
+    # -- point-of-care basis ---------------------------------------------------------------------
+    def active_basis(self, person_id: str) -> ActiveBasis | None:
+        row = self.session.scalars(
+            select(AccessBasis).where(AccessBasis.username == self.actor.username,
+                                      AccessBasis.person_id == person_id, AccessBasis.expires_at > self.now)
+            .order_by(AccessBasis.granted_at.desc()).limit(1)
+        ).first()
+        return ActiveBasis(row.basis, row.reason, row.expires_at) if row else None
+
+    def record_basis(self, person_id: str, basis: str, reason: str) -> AccessBasis:
+        """Record why this user is opening this person's record; non-explicit bases go to IG review."""
+        if self.session.get(Person, person_id) is None:
+            raise NotFound(f"no patient {person_id}")
+        rule = self.fw.basis.get(basis)  # type: ignore[call-overload]
+        reason = (reason or "").strip()
+        problem = None
+        if rule is None:
+            problem = f"basis must be one of {', '.join(self.fw.basis)}"
+        elif rule.needs_reason and len(reason) < self.fw.min_reason_chars:
+            problem = f"a {basis} basis needs a reason of at least {self.fw.min_reason_chars} characters"
+        if problem:
+            self._audit(AuditAction.BASIS_RECORD, "deny", person_id, basis=basis, reason=reason,
+                        rule_id="deny-basis-invalid")
+            self.session.commit()
+            raise InvalidRequest(problem)
+        denied = check_request(self._request(person_id, None, self._numbers(person_id)), self.fw,
+                               require_basis=False)
+        if denied is not None:
+            raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
+        assert rule is not None  # noqa: S101 - problem was set otherwise
+        row = AccessBasis(username=self.actor.username, person_id=person_id, basis=basis, reason=reason,
+                          granted_at=self.now, expires_at=self.now + timedelta(hours=rule.hours))
+        self.session.add(row)
+        seq = self._audit(AuditAction.BASIS_RECORD, "permit", person_id, basis=basis, reason=reason,
+                          rule_id="permit-basis")
+        if rule.review:
+            self.session.add(ReviewItem(kind=basis, username=self.actor.username, person_id=person_id,
+                                        reason=reason, audit_seq=seq, created_at=self.now, status="open"))
+        self.session.flush()
+        return row
+
+    # -- reads -----------------------------------------------------------------------------------
+    def _numbers(self, person_id: str) -> list[str]:
+        return sorted(n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
+            PatientRecord.person_id == person_id, PatientRecord.nhs_number.is_not(None))) if n)
+
+    def _items(self, person_id: str) -> tuple[list[tuple[Item, Resource]], list[str]]:
+        rows = self.session.execute(
+            select(Resource, PatientRecord.nhs_number)
+            .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+            .where(PatientRecord.person_id == person_id)
+            .order_by(Resource.recorded_at.desc())
+        ).all()
+        items, numbers = [], set()
+        for resource, nhs in rows:
+            if nhs:
+                numbers.add(nhs)
+            org = self.fw.organisation(resource.source_org)
+            kind = org.kind if org else "unknown"
+            security = frozenset(f"{s.get('system')}|{s.get('code')}"
+                                 for s in (resource.content.get("meta") or {}).get("security", []))
+            items.append((Item(resource.content, resource.resource_type, resource.source_org,
+                               classify(resource.content, kind, self.fw), security), resource))
+        return items, sorted(numbers)
+
+    def everything(self, person_id: str) -> RecordView:
+        """The combined record of one person, as this actor may see it (audited)."""
+        if self.session.get(Person, person_id) is None:
+            raise NotFound(f"no patient {person_id}")
+        pairs, numbers = self._items(person_id)
+        basis = self.active_basis(person_id)
+        action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
+        decision = decide(self._request(person_id, basis, numbers), [item for item, _ in pairs], self.fw)
+        if not decision.permitted:
+            raise self._refuse(action, person_id, decision)
+        rows = {id(item): row for item, row in pairs}
+        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
+                  for rel in decision.released]
+        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
+        patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
+        clinical = [s for s in served if s.resource_type != "Patient"]
+        self._audit(action, "permit", person_id, basis=basis.basis if basis else None, rule_id=decision.rule_id,
+                    released=[f"{s.resource_type}/{s.content['id']}" for s in clinical],
+                    withheld=dict(decision.withheld))
+        return RecordView(person_id=person_id, patient=patient, resources=clinical, withheld=decision.withheld,
+                          headlines=sorted(decision.headlines, key=lambda h: (h.category, h.organisation)),
+                          basis=basis.basis if basis else "",
+                          sources=sorted({s.source_org for s in served}))
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """One resource by its server id, if the decision for its patient releases it (audited)."""
+        row = self.session.get(Resource, resource_id)
+        if row is None or row.resource_type != resource_type or row.patient_record_id is None:
+            raise NotFound(f"no {resource_type} {resource_id}")
+        person_id = self.session.get_one(PatientRecord, row.patient_record_id).person_id
+        view = self.everything(person_id)
+        for served in view.resources:
+            if served.content["id"] == resource_id:
+                return served.content
+        raise NotFound(f"no {resource_type} {resource_id}")
+
+    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int, row: Resource) -> ServedResource:
+        out = dict(content)
+        for name in PATIENT_FIELDS:
+            if name in out:
+                out[name] = {**out[name], "reference": f"Patient/{person_id}"}
+        org = self.fw.organisation(item.source_org)
+        return ServedResource(out, item.resource_type, item.category, tier, item.source_org,
+                              org.name if org else item.source_org, row.source_system, row.recorded_at,
+                              row.received_at)
+
+    # -- search ----------------------------------------------------------------------------------
+    def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,
+                        given: str | None = None, birth_date: date | None = None) -> list[PatientMatch]:
+        """Find people by NHS number, or by family name and date of birth (given name optional).
+
+        Audited as IHE BALP asks: one event per patient found, and one when none is found."""
+        query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
+                           "birthdate": birth_date or ""})
+        query_b64 = base64.b64encode(query.encode()).decode()
+        denied = check_request(self._request("", None, []), self.fw, require_basis=False)
+        if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:
+            denied = Decision("deny", "deny-tier", "your role may not look up patients")
+        if denied is not None:
+            self._audit(AuditAction.PATIENT_SEARCH, "deny", None, rule_id=denied.rule_id, reason=denied.reason,
+                        detail={"query": query_b64})
+            self.session.commit()
+            raise AccessDenied(denied.rule_id, denied.reason)
+        stmt = select(PatientRecord)
+        if nhs_number:
+            stmt = stmt.where(PatientRecord.nhs_number == nhs_number)
+        elif family and birth_date:
+            stmt = stmt.where(func.lower(PatientRecord.family) == family.strip().lower(),
+                              PatientRecord.birth_date == birth_date)
+            if given:
+                stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower()))
+        else:
+            raise InvalidRequest("search by NHS number, or by family name and date of birth")
+        by_person: dict[str, list[PatientRecord]] = {}
+        for record in self.session.scalars(stmt.limit(200)):
+            by_person.setdefault(record.person_id, []).append(record)
+        matches = [self._match(pid, recs) for pid, recs in by_person.items()]
+        for match in matches:
+            self._audit(AuditAction.PATIENT_SEARCH, "permit", match.person_id, detail={"query": query_b64})
+        if not matches:
+            self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
+        return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
+
+    @staticmethod
+    def _match(person_id: str, records: list[PatientRecord]) -> PatientMatch:
+        best = max(records, key=lambda r: (r.nhs_number is not None, r.updated_at))
+        return PatientMatch(person_id=person_id, name=f"{(best.family or '').upper()}, {best.given or ''}",
+                            birth_date=best.birth_date, gender=best.gender,
+                            nhs_number=next((r.nhs_number for r in records if r.nhs_number), None),
+                            postcode=best.postcode, sources=len(records))
+
+
+def combined_patient(person_id: str, patients: list[ServedResource], gp_orgs: set[str]) -> dict[str, Any] | None:
+    """One Patient for the person: their GP's record if shared (the registered demographics), else the
+    most recently recorded, with every source's identifiers."""
+    if not patients:
+        return None
+    preferred = sorted(patients, key=lambda p: (p.source_org in gp_orgs, p.recorded_at), reverse=True)
+    combined = dict(preferred[0].content)
+    combined["id"] = person_id
+    seen, identifiers = set(), []
+    for served in preferred:
+        for identifier in served.content.get("identifier", []):
+            key = (identifier.get("system"), identifier.get("value"))
+            if key not in seen:
+                seen.add(key)
+                identifiers.append(identifier)
+    combined["identifier"] = identifiers
+    return combined
+

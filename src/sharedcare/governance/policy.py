@@ -1,0 +1,167 @@
+"""The one policy decision point: a pure function from (who, why, whose record, what) to a decision.
+
+`decide` does no I/O, so it can be tested as a full matrix and is deterministic. The gateway
+(`gateway.py`) gathers its inputs, calls it, writes the audit event and returns only what it released.
+
+Order of rules. Whole-request rules, first deny wins:
+  1. deny-unknown-actor     no such user or role
+  2. deny-actor-agreement   the user's organisation has no signed agreement in force
+  3. deny-purpose           the role may not act for this purpose
+  4. deny-no-basis          direct care needs a point-of-care basis for this user and patient
+  5. deny-objection-org     the patient objected to the user's organisation seeing their record
+Then each item, first match withholds it:
+  a. source-agreement       its source organisation has no signed agreement in force
+  b. objection-all          the patient objected to sharing (the user's own organisation's data stays)
+  c. objection-org          the patient objected to sharing with its source organisation
+  d. always-withheld rules  a security label the framework always withholds (third party, restricted),
+                            except from the organisation that recorded it
+  e. tier                   the role's tier for its category: 0 nothing, 1 a headline only (that a
+                            service is involved, and its contact), 2 a coded summary without free text,
+                            3 everything. A user's own organisation's data is shown at tier 3.
+Anything not permitted above is denied: there is no rule that permits by default.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sharedcare.governance.classify import at_tier
+from sharedcare.governance.consent import Choices
+from sharedcare.governance.framework import Agreement, Framework, Role
+
+
+@dataclass(frozen=True)
+class Actor:
+    username: str
+    role: Role | None
+    organisation: str
+
+
+@dataclass(frozen=True)
+class ActiveBasis:
+    basis: str
+    reason: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Item:
+    """One stored resource, as the decision point sees it."""
+
+    resource: dict[str, Any]
+    resource_type: str
+    source_org: str
+    category: str
+    security: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Request:
+    actor: Actor
+    purpose: str
+    patient_id: str
+    basis: ActiveBasis | None
+    agreements: dict[str, Agreement]
+    choices: Choices
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Released:
+    item: Item
+    content: dict[str, Any]
+    tier: int
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Tier 1: that a service holds information in a category, and whom to contact."""
+
+    category: str
+    organisation: str
+
+
+@dataclass
+class Decision:
+    outcome: str  # permit | deny
+    rule_id: str
+    reason: str
+    released: list[Released] = field(default_factory=list)
+    withheld: Counter[str] = field(default_factory=Counter)
+    headlines: set[Headline] = field(default_factory=set)
+    flag_review: bool = False
+
+    @property
+    def permitted(self) -> bool:
+        return self.outcome == "permit"
+
+
+def _deny(rule_id: str, reason: str) -> Decision:
+    return Decision("deny", rule_id, reason)
+
+
+def check_request(req: Request, fw: Framework, require_basis: bool = True) -> Decision | None:
+    """The whole-request rules (1-5); a denial, or None when the request may go on to the items.
+
+    `require_basis=False` is for the steps before a basis can exist: finding a patient, recording it."""
+    actor = req.actor
+    if actor.role is None or actor.role.name not in fw.roles:
+        return _deny("deny-unknown-actor", "unknown user or role")
+    agreement = req.agreements.get(actor.organisation)
+    if agreement is None or not agreement.in_force(req.now.date()):
+        return _deny("deny-actor-agreement",
+                     f"your organisation ({actor.organisation}) has no signed information-sharing agreement in force")
+    purpose = fw.purposes.get(req.purpose)
+    if purpose is None or req.purpose not in actor.role.purposes:
+        return _deny("deny-purpose", f"the {actor.role.label} role may not act for purpose '{req.purpose}'")
+    if require_basis and purpose.needs_basis and (req.basis is None or req.basis.expires_at <= req.now):
+        return _deny("deny-no-basis", "record why you are opening this record (explicit consent, implied "
+                                      "consent or emergency) before viewing it")
+    if actor.organisation in req.choices.object_orgs:
+        return _deny("deny-objection-org", "the patient has objected to your organisation seeing their record")
+    return None
+
+
+def _withhold_reason(item: Item, req: Request, fw: Framework) -> str | None:
+    actor = req.actor
+    own = item.source_org == actor.organisation
+    source = req.agreements.get(item.source_org)
+    if source is None or not source.in_force(req.now.date()):
+        return "source-agreement"
+    if req.choices.object_all and not own:
+        return "objection-all"
+    if item.source_org in req.choices.object_orgs:
+        return "objection-org"
+    if not own:
+        for rule in fw.always_withheld:
+            if rule.security in item.security:
+                return rule.id
+    return None
+
+
+def decide(req: Request, items: list[Item], fw: Framework) -> Decision:
+    """Decide one read of one patient's record: what is released, at what tier, and what is withheld."""
+    denied = check_request(req, fw)
+    if denied is not None:
+        return denied
+    role = req.actor.role
+    assert role is not None  # noqa: S101 - check_request denied a missing role
+    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}")
+    decision.flag_review = req.basis is not None and req.basis.basis == "emergency"
+    for item in items:
+        why = _withhold_reason(item, req, fw)
+        if why is not None:
+            decision.withheld[why] += 1
+            continue
+        tier = 3 if item.source_org == req.actor.organisation else role.tier(item.category)
+        if tier <= 0:
+            decision.withheld["tier"] += 1
+        elif tier == 1 and item.resource_type != "Patient":
+            decision.withheld["tier-1-headline"] += 1
+            decision.headlines.add(Headline(item.category, item.source_org))
+        else:
+            decision.released.append(Released(item, at_tier(item.resource, tier), tier))
+    return decision

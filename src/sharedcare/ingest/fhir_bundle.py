@@ -1,0 +1,187 @@
+"""FHIR R4 input: bundles or single resources, from .json files or .ndjson (one message a line).
+
+Turns one message into a StagedMessage: validated, references rewritten to server ids, provenance
+stamped in `meta.source`, NHS numbers checked. Any problem raises a MessageError naming the file, the
+line, the entry and the element.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sharedcare.fhir.uk_core import (
+    PATIENT_FIELDS,
+    RECORD_TYPES,
+    demographics,
+    meta_source,
+    nhs_numbers,
+    parse_meta_source,
+    server_id,
+)
+from sharedcare.fhir.validate import validation_problems
+from sharedcare.governance.framework import Framework
+from sharedcare.identity.nhs_number import is_valid
+from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
+from sharedcare.store.models import utcnow
+
+BUNDLE_TYPES = {"collection", "batch", "transaction", "message", "document"}
+
+
+def read_messages(path: Path) -> Iterator[RawMessage]:
+    """Yield the messages in a FHIR file: one per non-blank NDJSON line, or the whole JSON file."""
+    if path.suffix == ".ndjson":
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"))
+    else:
+        yield RawMessage(str(path), "whole file", path.read_bytes())
+
+
+def _parse_json(raw: RawMessage) -> dict[str, Any]:
+    try:
+        text = raw.payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"not UTF-8 (byte {exc.start})", raw.where) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw.where) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise MessageError("not a FHIR resource: a JSON object with resourceType is required", raw.where)
+    return data
+
+
+def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
+    """Which organisation and system sent this: --source, else meta.source, else the folder it sits in."""
+    declared = parse_meta_source((data.get("meta") or {}).get("source"))
+    org = override or (declared[0] if declared else None)
+    if org is None:
+        org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)
+    if org is None:
+        raise MessageError("unknown source organisation: give --source ORG or meta.source with an ODS code",
+                           raw.where)
+    organisation = fw.organisation(org)
+    if organisation is None:
+        raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where)
+    if declared and declared[0] == org:
+        system = declared[1]
+    else:
+        system = next((name for name, fmt in organisation.systems.items() if fmt == "fhir"), "fhir")
+    return org, system
+
+
+def _timestamp(value: Any, fallback: datetime) -> datetime:
+    if isinstance(value, str) and "T" in value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return fallback
+        if parsed.tzinfo is not None:
+            return parsed
+    return fallback
+
+
+class _References:
+    """Rewrites a source's references (urn:uuid fullUrls, Type/id) to sharedcare's server ids."""
+
+    def __init__(self, org: str, entries: list[tuple[str | None, dict[str, Any]]]) -> None:
+        self.org = org
+        self.by_full_url = {url: (res["resourceType"], str(res.get("id")))
+                            for url, res in entries if url and res.get("id") is not None}
+
+    def resolve(self, reference: str) -> tuple[str, str] | None:
+        """(type, source id) of a reference within this source; None if it points outside it."""
+        if reference in self.by_full_url:
+            return self.by_full_url[reference]
+        parts = reference.split("/")
+        if len(parts) == 2 and parts[0][:1].isupper() and not reference.startswith(("urn:", "#")):
+            return parts[0], parts[1]
+        return None
+
+    def rewrite(self, node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {key: self.rewrite(value) for key, value in node.items()}
+            ref = node.get("reference")
+            if isinstance(ref, str):
+                target = self.resolve(ref)
+                if target:
+                    out["reference"] = f"{target[0]}/{server_id(self.org, target[0], target[1])}"
+            return out
+        if isinstance(node, list):
+            return [self.rewrite(item) for item in node]
+        return node
+
+
+def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
+    """Check and shape one FHIR message; raise MessageError on the first problem, located."""
+    data = _parse_json(raw)
+    org, system = _source_of(data, raw, fw, source_override)
+    received = utcnow()
+    if data["resourceType"] == "Bundle":
+        if data.get("type") not in BUNDLE_TYPES:
+            raise MessageError(f"Bundle.type '{data.get('type')}' cannot be ingested "
+                               f"(expected one of {', '.join(sorted(BUNDLE_TYPES))})", raw.where)
+        entries = [(e.get("fullUrl"), e.get("resource")) for e in data.get("entry") or []]
+        message_time = _timestamp(data.get("timestamp"), received)
+        message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
+        label = "entry[{}]"
+    else:
+        entries = [(None, data)]
+        message_time = received
+        message_id = f"{Path(raw.filename).name}:{raw.location}"
+        label = "resource"
+    staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
+    kept: list[tuple[int, str | None, dict[str, Any]]] = []
+    for index, (full_url, resource) in enumerate(entries):
+        where = f"{raw.where}, {label.format(index)}"
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise MessageError("entry has no resource", where)
+        if resource["resourceType"] not in RECORD_TYPES:
+            staged.set_aside[resource["resourceType"]] += 1
+            continue
+        if not resource.get("id"):
+            raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
+                               "recognise later updates", where)
+        problems = validation_problems(resource)
+        if problems:
+            raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
+                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
+        kept.append((index, full_url, resource))
+    refs = _References(org, [(url, res) for _, url, res in kept])
+    for index, _, resource in kept:
+        where = f"{raw.where}, {label.format(index)} {resource['resourceType']}/{resource['id']}"
+        source_id = str(resource["id"])
+        if resource["resourceType"] == "Patient":
+            numbers = nhs_numbers(resource)
+            for number in numbers:
+                if not is_valid(number):
+                    raise MessageError(f"identifier: NHS number '{number}' fails the modulus 11 check", where)
+            staged.patients[source_id] = demographics(resource, numbers[0] if numbers else None)
+            patient_source_id = source_id
+        else:
+            patient_source_id = _patient_of(resource, refs, where)
+        content = refs.rewrite(resource)
+        content["id"] = server_id(org, resource["resourceType"], source_id)
+        meta = dict(content.get("meta") or {})
+        meta["source"] = meta_source(org, system)
+        content["meta"] = meta
+        recorded = _timestamp(meta.get("lastUpdated"), message_time)
+        staged.resources.append(StagedResource(resource["resourceType"], source_id, content["id"], content,
+                                               recorded, patient_source_id))
+    return staged
+
+
+def _patient_of(resource: dict[str, Any], refs: _References, where: str) -> str:
+    for name in PATIENT_FIELDS:
+        ref = (resource.get(name) or {}).get("reference")
+        if isinstance(ref, str):
+            target = refs.resolve(ref)
+            if target is None or target[0] != "Patient":
+                raise MessageError(f"{name}.reference '{ref}' does not name a Patient of this source", where)
+            return target[1]
+    raise MessageError("no subject or patient reference: every record item must belong to a patient", where)

@@ -1,0 +1,53 @@
+"""What every source format becomes before it is stored: a staged message of shaped FHIR resources.
+
+Adapters (FHIR bundles now; HL7 v2 and CSV in the ingest issue) turn their input into a
+`StagedMessage`; the pipeline links, stores and reports it. A message is the unit of atomicity: it is
+stored whole or quarantined whole.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sharedcare.errors import SharedcareError
+from sharedcare.identity.mpi import Demographics
+
+
+class MessageError(SharedcareError):
+    """A message cannot be accepted; `where` names file, line and element at fault."""
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One message exactly as received, with where it came from."""
+
+    filename: str
+    location: str  # "line 12", "whole file"
+    payload: bytes
+
+    @property
+    def where(self) -> str:
+        return f"{self.filename}, {self.location}"
+
+
+@dataclass
+class StagedResource:
+    resource_type: str
+    source_id: str
+    server_id: str
+    content: dict[str, Any]
+    recorded_at: datetime
+    patient_source_id: str
+
+
+@dataclass
+class StagedMessage:
+    source_org: str
+    source_system: str
+    message_id: str
+    patients: dict[str, Demographics] = field(default_factory=dict)
+    resources: list[StagedResource] = field(default_factory=list)
+    set_aside: Counter[str] = field(default_factory=Counter)

@@ -1,0 +1,211 @@
+"""The store's tables (SQLAlchemy 2). The Alembic migrations in `migrations/` create exactly these.
+
+Resources are kept as the FHIR JSON their source sent (after shaping), one row per source resource,
+with provenance in columns. Clinical resources point at the *source* patient record they were sent
+with; the master patient index links source patient records to persons. So a merge or an unmerge
+moves links, never clinical rows, and no clinical data can cross between patients by accident.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every database (SQLite forgets the zone; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Person(Base):
+    """One person's combined record; its id is the id served at /fhir/Patient/{id}."""
+
+    __tablename__ = "persons"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PatientRecord(Base):
+    """A patient as one source organisation knows them, and the person the MPI linked it to."""
+
+    __tablename__ = "patient_records"
+    __table_args__ = (
+        UniqueConstraint("source_org", "source_id", name="uq_patient_records_source"),
+        Index("ix_patient_records_nhs_number", "nhs_number"),
+        Index("ix_patient_records_person", "person_id"),
+        Index("ix_patient_records_name_dob", "family", "birth_date"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_org: Mapped[str] = mapped_column(String(16))
+    source_id: Mapped[str] = mapped_column(String(64))
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
+    nhs_number: Mapped[str | None] = mapped_column(String(10))
+    family: Mapped[str | None] = mapped_column(String(100))
+    given: Mapped[str | None] = mapped_column(String(100))
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    gender: Mapped[str | None] = mapped_column(String(16))
+    postcode: Mapped[str | None] = mapped_column(String(10))
+    link_method: Mapped[str] = mapped_column(String(20))
+    match_probability: Mapped[float] = mapped_column(Float)
+    link_status: Mapped[str] = mapped_column(String(12))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Resource(Base):
+    """The current version of one FHIR resource from one source, with its provenance."""
+
+    __tablename__ = "resources"
+    __table_args__ = (
+        UniqueConstraint("source_org", "resource_type", "source_id", name="uq_resources_source"),
+        Index("ix_resources_patient_record", "patient_record_id"),
+        Index("ix_resources_type", "resource_type"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(40))
+    source_org: Mapped[str] = mapped_column(String(16))
+    source_system: Mapped[str] = mapped_column(String(40))
+    source_id: Mapped[str] = mapped_column(String(64))
+    patient_record_id: Mapped[int | None] = mapped_column(ForeignKey("patient_records.id"))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    content: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message_id: Mapped[str] = mapped_column(String(100))
+
+
+class Quarantine(Base):
+    """Input that could not be accepted, kept byte for byte with the reason and where it failed."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source_org: Mapped[str | None] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(10))
+    filename: Mapped[str] = mapped_column(Text)
+    location: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(10), default="held")
+
+
+class AuditHead(Base):
+    """One row: the last sequence number and hash, locked while appending so the chain stays linear."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """An append-only, hash-chained audit event (a FHIR AuditEvent in `event`)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_patient", "patient_id"),
+        Index("ix_audit_events_user", "username"),
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(60))
+    outcome: Mapped[str] = mapped_column(String(10))
+    username: Mapped[str | None] = mapped_column(String(100))
+    patient_id: Mapped[str | None] = mapped_column(String(36))
+    event: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AccessBasis(Base):
+    """A point-of-care basis: one user may see one person's record, for a bounded time."""
+
+    __tablename__ = "access_bases"
+    __table_args__ = (Index("ix_access_bases_user_person", "username", "person_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(100))
+    person_id: Mapped[str] = mapped_column(String(36))
+    basis: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReviewItem(Base):
+    """An access the IG officer must look at (break glass, implied consent, unusual pattern)."""
+
+    __tablename__ = "review_items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    username: Mapped[str] = mapped_column(String(100))
+    person_id: Mapped[str] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    audit_seq: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(12), default="open")
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class AgreementChange(Base):
+    """A change of an organisation's agreement status; the latest one overrides the framework file."""
+
+    __tablename__ = "agreement_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_code: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(12))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    changed_by: Mapped[str] = mapped_column(String(100))
+
+
+class Preference(Base):
+    """A patient's choices about sharing, held against the NHS number (as the national opt-out is)."""
+
+    __tablename__ = "preferences"
+    nhs_number: Mapped[str] = mapped_column(String(10), primary_key=True)
+    object_all: Mapped[bool] = mapped_column(Boolean, default=False)
+    object_orgs: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    opt_out_secondary: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,85 @@
+"""A small ICS in the store: Mr Okafor known to his GP, the hospital, the community trust and the
+mental health trust; plus a stranger. Built by hand so each test knows exactly what is there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from sharedcare.api.auth import mint_token
+from sharedcare.config import load_settings
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord
+from tests.builders import SCT, bundle, condition, document, medication, patient, write_ndjson
+
+OKAFOR_NHS = "9434765919"
+
+
+@dataclass
+class Ics:
+    okafor: str
+    stranger: str
+    client: TestClient
+
+    def token(self, username: str) -> dict[str, str]:
+        fw: Framework = self.client.app.state.framework  # type: ignore[attr-defined]
+        return {"Authorization": f"Bearer {mint_token(load_settings(), fw, username)}"}
+
+    def open_record(self, username: str, person: str | None = None, basis: str = "explicit-consent",
+                    reason: str = "") -> dict[str, str]:
+        headers = self.token(username)
+        response = self.client.post(f"/api/access/{person or self.okafor}", json={"basis": basis, "reason": reason},
+                                    headers=headers)
+        assert response.status_code == 201, response.text
+        return headers
+
+
+def _feeds(tmp: Path) -> list[Path]:
+    gp = bundle("P81001", "emis", [
+        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02",
+                contact=[{"relationship": [{"text": "Daughter"}], "name": {"family": "Okafor", "given": ["Ada"]},
+                          "telecom": [{"system": "phone", "value": "07700 900123"}]}]),
+        condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus"),
+        medication("gp-m1", "Patient/gp-okafor", "Metformin 500mg tablets", note="Takes with breakfast"),
+        condition("gp-sh", "Patient/gp-okafor", "105629000", "Chlamydial infection"),
+    ])
+    acute = bundle("RXR", "epr", [
+        patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"),
+        document("rx-d1", "Patient/MRN1", "Discharged after a fall. GP to review bloods in 2 weeks."),
+        document("rx-d2", "Patient/MRN1", "Restricted letter", restricted=True),
+    ])
+    community = bundle("RYC", "rio", [
+        patient("RYC-9", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        {"resourceType": "CarePlan", "id": "ryc-cp1", "status": "active", "intent": "plan",
+         "subject": {"reference": "Patient/RYC-9"}, "title": "District nursing",
+         "activity": [{"detail": {"status": "in-progress", "description": "Visits on Tuesdays"}}]},
+    ])
+    mental = bundle("RXM", "rio", [
+        patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        condition("rxm-c1", "Patient/RXM-4", "35489007", "Depressive disorder"),
+    ])
+    stranger = bundle("P81002", "systmone", [
+        patient("gp-other", "9990000018", "Hughes", "Margaret", "1952-06-11", gender="female"),
+        {"resourceType": "AllergyIntolerance", "id": "al-1", "patient": {"reference": "Patient/gp-other"},
+         "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}},
+    ])
+    return [write_ndjson(tmp / "feeds" / f"{name}.ndjson", [b])
+            for name, b in (("gp", gp), ("acute", acute), ("community", community), ("mental", mental),
+                            ("stranger", stranger))]
+
+
+@pytest.fixture
+def ics(db: Database, framework: Framework, client: TestClient, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Ics:
+    report = Pipeline(db, framework).ingest_paths(_feeds(tmp_path))
+    assert report.quarantined == 0, report.quarantine
+    with db.session() as s:
+        okafor = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-okafor")).one()
+        stranger = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-other")).one()
+    return Ics(okafor=okafor, stranger=stranger, client=client)

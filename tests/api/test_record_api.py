@@ -1,0 +1,145 @@
+"""The combined record over FHIR: what a partner system or a clinician's app gets, and is refused."""
+
+from __future__ import annotations
+
+from sharedcare.governance.framework import Framework
+from tests.api.conftest import Ics
+
+
+def _types(bundle: dict) -> list[str]:
+    return [e["resource"]["resourceType"] for e in bundle["entry"]]
+
+
+def _sources(bundle: dict) -> set[str]:
+    return {e["resource"]["meta"]["source"].split("|")[1] for e in bundle["entry"]
+            if e["resource"]["resourceType"] != "Provenance"}
+
+
+def test_without_a_token_the_api_answers_401_with_an_operation_outcome(ics: Ics) -> None:
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything")
+    assert response.status_code == 401
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert response.headers["content-type"].startswith("application/fhir+json")
+
+
+def test_a_forged_token_is_refused(ics: Ics) -> None:
+    import jwt
+
+    forged = jwt.encode({"sub": "dr.patel", "iss": "sharedcare", "exp": 9999999999}, "x" * 40, algorithm="HS256")
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers={"Authorization": f"Bearer {forged}"})
+    assert response.status_code == 401
+
+
+def test_reading_without_a_point_of_care_basis_answers_403_saying_what_to_do(ics: Ics) -> None:
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("dr.patel"))
+    assert response.status_code == 403
+    text = response.json()["issue"][0]["diagnostics"]
+    assert "record why you are opening this record" in text
+
+
+def test_a_gp_sees_the_combined_record_from_every_organisation_with_its_source(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
+    assert response.status_code == 200
+    bundle = response.json()
+    assert _sources(bundle) >= {"P81001#emis", "RXR#epr", "RYC#rio", "RXM#rio"}
+    patient = bundle["entry"][0]["resource"]
+    assert patient["resourceType"] == "Patient" and patient["id"] == ics.okafor
+    subjects = {e["resource"].get("subject", {}).get("reference") for e in bundle["entry"][1:]}
+    assert subjects == {f"Patient/{ics.okafor}"}
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_everything_can_include_the_provenance_of_each_resource(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_revinclude=Provenance:target",
+                            headers=headers).json()
+    provenance = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
+    clinical = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] not in ("Patient", "Provenance")]
+    assert {p["target"][0]["reference"] for p in provenance} == {f"{r['resourceType']}/{r['id']}" for r in clinical}
+    assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} >= {"P81001", "RXR"}
+
+
+def test_a_restricted_document_is_never_shared_and_the_view_says_something_was_withheld(ics: Ics) -> None:
+    headers = ics.open_record("dr.oconnor")  # hospital clinician at RXR sees their own restricted letter
+    own = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=headers).json()
+    assert len(own["entry"]) == 2
+    headers = ics.open_record("dr.patel")
+    gp = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=headers).json()
+    assert len(gp["entry"]) == 1
+
+
+def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(ics: Ics) -> None:
+    headers = ics.open_record("sw.brown")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=MedicationStatement", headers=headers)
+    meds = [e["resource"] for e in bundle.json()["entry"]]
+    assert meds and meds[0]["dosage"][0]["text"] == "One tablet daily"
+    assert "note" not in meds[0]
+
+
+def test_a_paramedic_sees_gp_notes_but_no_sexual_health_and_only_that_mental_health_is_involved(ics: Ics) -> None:
+    headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    meds = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationStatement"]
+    assert meds[0]["note"][0]["text"] == "Takes with breakfast"  # summary is tier 3 for paramedics
+    conditions = {e["resource"]["code"]["coding"][0]["code"] for e in bundle["entry"]
+                  if e["resource"]["resourceType"] == "Condition"}
+    assert conditions == {"44054006"}  # sexual health: tier 0; mental health: tier 1 headline only
+
+
+def test_implied_consent_needs_a_reason_of_useful_length(ics: Ics) -> None:
+    response = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "implied-consent", "reason": "x"},
+                               headers=ics.token("para.evans"))
+    assert response.status_code == 400
+    assert "at least 10 characters" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_an_unknown_basis_is_rejected_with_the_field_named(ics: Ics) -> None:
+    response = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "curiosity"},
+                               headers=ics.token("dr.patel"))
+    assert response.status_code == 400
+    assert "basis" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_basis_for_one_patient_does_not_open_another(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    response = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers)
+    assert response.status_code == 403
+
+
+def test_an_unknown_patient_is_404(ics: Ics) -> None:
+    response = ics.client.post("/api/access/no-such-person", json={"basis": "explicit-consent"},
+                               headers=ics.token("dr.patel"))
+    assert response.status_code == 404
+
+
+def test_reading_one_resource_goes_through_the_same_rules(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
+    condition = bundle["entry"][0]["resource"]
+    assert ics.client.get(f"/fhir/Condition/{condition['id']}", headers=headers).json()["id"] == condition["id"]
+    other = ics.token("nurse.lee")  # no basis for this patient
+    assert ics.client.get(f"/fhir/Condition/{condition['id']}", headers=other).status_code == 403
+
+
+def test_admin_staff_see_demographics_only(ics: Ics) -> None:
+    headers = ics.open_record("admin.taylor")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    # their own practice's data is theirs; nothing from elsewhere is released beyond tier-1 demographics
+    assert {e["resource"]["meta"]["source"].split("|")[1].split("#")[0] for e in bundle["entry"][1:]} <= {"P81001"}
+    patient = bundle["entry"][0]["resource"]
+    assert "contact" not in patient or patient["meta"]["source"].endswith("P81001#emis")
+
+
+def test_a_suspended_organisation_disappears_and_its_users_are_locked_out(ics: Ics, framework: Framework) -> None:
+    from sharedcare.governance.agreements import set_agreement
+
+    headers = ics.open_record("dr.patel")
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    with db.session() as session:
+        set_agreement(session, framework, "RXR", "suspended", by="ig.morgan")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    assert "RXR#epr" not in _sources(bundle)
+    hospital = ics.token("dr.oconnor")
+    assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"},
+                           headers=hospital).status_code == 403

@@ -1,0 +1,150 @@
+"""FHIR bundle ingest: what an integration engineer sees when feeds arrive, good and bad."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Quarantine, Resource
+from tests.builders import bundle, condition, medication, patient, write_ndjson
+
+GOOD_NHS = "9434765919"
+OTHER_NHS = "9990000018"
+
+
+def _gp_bundle(nhs: str = GOOD_NHS, pid: str = "gp-1") -> dict:
+    return bundle("P81001", "emis", [
+        patient(pid, nhs, "Okafor", "Emeka", "1945-03-02"),
+        condition(f"{pid}-c1", f"Patient/{pid}", "44054006", "Type 2 diabetes mellitus"),
+        medication(f"{pid}-m1", f"Patient/{pid}", "Metformin 500mg tablets"),
+    ])
+
+
+def _count(db: Database, model: type) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_a_gp_bundle_is_stored_with_its_provenance(db: Database, framework: Framework, tmp_path: Path) -> None:
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [_gp_bundle()])])
+    assert (report.accepted, report.quarantined) == (3, 0)
+    with db.session() as s:
+        sources = set(s.scalars(select(Resource.content["meta"]["source"].as_string())))
+    assert sources == {"https://fhir.nhs.uk/Id/ods-organization-code|P81001#emis"}
+
+
+def test_the_same_feed_twice_changes_nothing(db: Database, framework: Framework, tmp_path: Path) -> None:
+    path = write_ndjson(tmp_path / "gp.ndjson", [_gp_bundle()])
+    Pipeline(db, framework).ingest_paths([path])
+    with db.session() as s:
+        before = {r.id: (r.version, r.content_hash) for r in s.scalars(select(Resource))}
+    again = Pipeline(db, framework).ingest_paths([path])
+    assert (again.accepted, again.unchanged) == (0, 3)
+    with db.session() as s:
+        assert {r.id: (r.version, r.content_hash) for r in s.scalars(select(Resource))} == before
+
+
+def test_records_from_two_organisations_with_one_nhs_number_join_one_person(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    hospital = bundle("RXR", "epr", [patient("MRN123", GOOD_NHS, "OKAFOR", "Emeka", "1945-03-02"),
+                                     condition("rx-c1", "Patient/MRN123", "217082002", "Fall")], use_urns=False)
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "a.ndjson", [_gp_bundle(), hospital])])
+    with db.session() as s:
+        people = set(s.scalars(select(PatientRecord.person_id)))
+    assert len(people) == 1
+
+
+def test_a_malformed_line_is_quarantined_with_its_line_and_the_rest_is_ingested(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    path = write_ndjson(tmp_path / "gp.ndjson", [_gp_bundle(), '{"resourceType": "Bundle", "entry": [', _gp_bundle(
+        OTHER_NHS, "gp-2")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert report.accepted == 6
+    assert report.quarantined == 1
+    problem = report.quarantine[0]
+    assert problem["location"] == "line 2"
+    assert "invalid JSON" in problem["reason"] and "column" in problem["reason"]
+    with db.session() as s:
+        held = s.scalars(select(Quarantine)).one()
+        assert held.payload == b'{"resourceType": "Bundle", "entry": ['
+
+
+def test_an_invalid_nhs_number_quarantines_that_bundle_naming_the_entry(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    path = write_ndjson(tmp_path / "gp.ndjson", [_gp_bundle("9434765918", "bad"), _gp_bundle()])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.accepted, report.quarantined) == (3, 1)
+    reason = report.quarantine[0]
+    assert "modulus 11" in reason["reason"]
+    assert "line 1" in reason["where"] and "entry[0] Patient/bad" in reason["where"]
+    assert _count(db, PatientRecord) == 1
+
+
+def test_an_unreadable_file_is_quarantined_and_other_files_still_ingest(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    bad = tmp_path / "feeds" / "broken.json"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    good = write_ndjson(tmp_path / "feeds" / "gp.ndjson", [_gp_bundle()])
+    report = Pipeline(db, framework).ingest_paths([bad, good])
+    assert (report.accepted, report.quarantined) == (3, 1)
+    assert "not UTF-8" in report.quarantine[0]["reason"]
+    assert report.quarantine[0]["file"].endswith("broken.json")
+
+
+def test_a_structurally_invalid_resource_is_named_by_element(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    broken = _gp_bundle()
+    broken["entry"][1]["resource"]["onsetDateTime"] = "2019-13-45"
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [broken])])
+    assert report.quarantined == 1
+    assert "Condition.onsetDateTime" in report.quarantine[0]["reason"]
+    assert "entry[1]" in report.quarantine[0]["where"]
+    assert _count(db, Resource) == 0  # atomic: nothing of that bundle was stored
+
+
+def test_us_billing_resources_are_set_aside_and_counted_not_a_reason_to_refuse(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    with_claim = _gp_bundle()
+    with_claim["entry"].append({"fullUrl": "urn:uuid:claim-1", "resource": {
+        "resourceType": "Claim", "id": "claim-1", "status": "active"}})
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [with_claim])])
+    assert report.accepted == 3
+    assert report.set_aside == {"Claim": 1}
+
+
+def test_an_older_update_does_not_overwrite_a_newer_one(db: Database, framework: Framework, tmp_path: Path) -> None:
+    newer = _gp_bundle()
+    newer["timestamp"] = "2026-11-02T09:00:00Z"
+    older = json.loads(json.dumps(newer))
+    older["timestamp"] = "2026-10-01T09:00:00Z"
+    older["entry"][1]["resource"]["onsetDateTime"] = "2001-01-01"
+    pipeline = Pipeline(db, framework)
+    pipeline.ingest_paths([write_ndjson(tmp_path / "new.ndjson", [newer])])
+    report = pipeline.ingest_paths([write_ndjson(tmp_path / "old.ndjson", [older])])
+    assert report.stale == 1
+    with db.session() as s:
+        onsets = set(s.scalars(select(Resource.content["onsetDateTime"].as_string())
+                               .where(Resource.resource_type == "Condition")))
+    assert onsets == {"2019-03-01"}
+
+
+def test_an_organisation_without_a_signed_agreement_cannot_contribute(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    care_home = bundle("VWC01", "csv", [patient("ch-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02")])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "ch.ndjson", [care_home])])
+    assert report.quarantined == 1
+    assert "no signed agreement" in report.quarantine[0]["reason"]
+
+
+def test_a_resource_for_a_patient_the_source_never_sent_is_refused(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    orphan = bundle("P81001", "emis", [condition("c9", "Patient/nobody", "44054006", "Diabetes")], use_urns=False)
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "o.ndjson", [orphan])])
+    assert report.quarantined == 1
+    assert "has not sent" in report.quarantine[0]["reason"]
