@@ -17,6 +17,8 @@ from sharedcare.config import PROJECT_ROOT, load_settings
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import Database
 
+pytest_plugins = ["tests.small_ics"]
+
 POSTGRES_URL = os.environ.get("SHAREDCARE_TEST_POSTGRES")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 FRAMEWORK_PATH = PROJECT_ROOT / "config" / "framework.yaml"

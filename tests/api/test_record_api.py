@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tests.small_ics import Ics
+
 from sharedcare.governance.framework import Framework
-from tests.api.conftest import Ics
 
 
 def _types(bundle: dict) -> list[str]:

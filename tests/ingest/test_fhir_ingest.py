@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 from sqlalchemy import func, select
+from tests.builders import bundle, condition, medication, patient, write_ndjson
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine, Resource
-from tests.builders import bundle, condition, medication, patient, write_ndjson
 
 GOOD_NHS = "9434765919"
 OTHER_NHS = "9990000018"

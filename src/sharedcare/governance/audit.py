@@ -2,7 +2,7 @@
 
 Each entry's hash covers its content and the previous entry's hash, so `verify` finds any entry that
 was edited, removed or reordered. Entries hold references and counts, never clinical content or
-tokens (TRUST AU5). Appending locks the one-row head table, so concurrent writers stay in one chain.
+tokens (TRUST AU5). Appending locks the one-row head table (created with the schema), so concurrent writers stay in one chain.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.store.models import AuditEntry, AuditHead, utcnow
@@ -116,28 +116,28 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
     }
 
 
-def _digest(prev_hash: str, seq: int, recorded: str, event: dict[str, Any]) -> str:
-    body = json.dumps({"seq": seq, "recorded": recorded, "event": event}, sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=True)
+def _digest(prev_hash: str, entry: AuditEntry) -> str:
+    """Hash of the previous hash and every column of the entry (the searchable columns included)."""
+    body = json.dumps({"seq": entry.seq, "recorded": entry.recorded_at.isoformat(), "action": entry.action,
+                       "outcome": entry.outcome, "username": entry.username, "patient_id": entry.patient_id,
+                       "event": entry.event}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(f"{prev_hash}{body}".encode()).hexdigest()
 
 
 def record_audit(session: Session, record: AuditRecord) -> AuditEntry:
     """Append one event to the chain, in the caller's transaction (so no audit, no effect)."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
-    if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
-        session.flush()
+    # Take the write lock on the head row before reading it: a no-op UPDATE does that on PostgreSQL (row
+    # lock) and on SQLite (it opens the write transaction), so two writers can never chain to one parent.
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
+    session.refresh(head)
     recorded = utcnow()
     event = to_audit_event(record, recorded)
-    seq = head.seq + 1
-    digest = _digest(head.hash, seq, recorded.isoformat(), event)
-    entry = AuditEntry(seq=seq, recorded_at=recorded, action=record.action.value, outcome=record.outcome,
-                       username=record.username, patient_id=record.patient_id, event=event,
-                       prev_hash=head.hash, hash=digest)
+    entry = AuditEntry(seq=head.seq + 1, recorded_at=recorded, action=record.action.value, outcome=record.outcome,
+                       username=record.username, patient_id=record.patient_id, event=event, prev_hash=head.hash)
+    entry.hash = _digest(head.hash, entry)
     session.add(entry)
-    head.seq, head.hash = seq, digest
+    head.seq, head.hash = entry.seq, entry.hash
     session.flush()
     return entry
 
@@ -158,7 +158,7 @@ def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None) -> Verif
             return VerifyResult(False, checked, expected_seq, f"entry {expected_seq} is missing or out of order")
         if entry.prev_hash != prev_hash:
             return VerifyResult(False, checked, entry.seq, "does not follow the entry before it")
-        if _digest(prev_hash, entry.seq, entry.recorded_at.isoformat(), entry.event) != entry.hash:
+        if _digest(prev_hash, entry) != entry.hash:
             return VerifyResult(False, checked, entry.seq, "content does not match its hash (edited)")
         prev_hash, expected_seq, checked = entry.hash, expected_seq + 1, checked + 1
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)

@@ -66,13 +66,15 @@ def upgrade() -> None:
         batch_op.create_index("ix_audit_events_patient", ["patient_id"], unique=False)
         batch_op.create_index("ix_audit_events_user", ["username"], unique=False)
 
-    op.create_table(
+    audit_head = op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    # The audit chain's head exists from the start, so concurrent first writers lock the same row.
+    op.bulk_insert(audit_head, [{"id": 1, "seq": 0, "hash": "0" * 64}])
     op.create_table(
         "persons",
         sa.Column("id", sa.String(length=36), nullable=False),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.builders import SCT, bundle, condition, document, medication, patient, write_ndjson
 
 from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
@@ -16,7 +17,6 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord
-from tests.builders import SCT, bundle, condition, document, medication, patient, write_ndjson
 
 OKAFOR_NHS = "9434765919"
 

@@ -1,0 +1,107 @@
+"""The `sharedcare` command as an operator or an integration engineer uses it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from tests.builders import bundle, condition, patient, write_ndjson
+from tests.conftest import FRAMEWORK_PATH
+from typer.testing import CliRunner
+
+from sharedcare.cli import app
+from sharedcare.store.database import Database
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    return db
+
+
+def _feed(tmp_path: Path) -> Path:
+    good = bundle("P81001", "emis", [patient("gp-1", "9434765919", "Okafor", "Emeka", "1945-03-02"),
+                                     condition("c1", "Patient/gp-1", "44054006", "Diabetes")])
+    bad = bundle("P81001", "emis", [patient("gp-2", "1234567890", "Hughes", "Margaret", "1952-06-11")])
+    return write_ndjson(tmp_path / "P81001" / "fhir" / "emis-0001.ndjson", [good, bad])
+
+
+def test_ingest_json_reports_counts_and_every_quarantine_reason(env: Database, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(_feed(tmp_path)), "--json"])
+    assert result.exit_code == 1  # something was quarantined: a script should notice
+    report = json.loads(result.stdout)
+    assert (report["accepted"], report["unchanged"], report["quarantined"]) == (2, 0, 1)
+    (reason,) = report["quarantine"]
+    assert "modulus 11" in reason["reason"] and reason["location"] == "line 2"
+
+
+def test_ingest_of_a_missing_path_is_a_usage_error(env: Database, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such file" in result.stderr
+
+
+def test_mpi_export_lists_each_source_record_and_its_person(env: Database, tmp_path: Path) -> None:
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])
+    result = runner.invoke(app, ["mpi", "export"])
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["source_org", "source_id", "person_id", "match_probability", "status"]
+    assert [(r["source_org"], r["source_id"], r["status"]) for r in rows] == [("P81001", "gp-1", "linked")]
+
+
+def test_users_list_json_names_role_and_organisation(env: Database) -> None:
+    result = runner.invoke(app, ["users", "list", "--json"])
+    users = {u["username"]: u for u in json.loads(result.stdout)}
+    assert users["dn.williams"]["role"] == "district_nurse" and users["dn.williams"]["organisation"] == "RYC"
+
+
+def test_token_is_refused_for_an_unknown_user(env: Database) -> None:
+    result = runner.invoke(app, ["token", "--user", "nobody"])
+    assert result.exit_code == 2 and "no user 'nobody'" in result.stderr
+
+
+def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from sharedcare.store.models import AuditEntry
+
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
+    ok = runner.invoke(app, ["audit", "verify"])
+    assert ok.exit_code == 0 and "2 entries verified" in ok.stderr
+    with env.session() as s:
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 1).values(username="someone-else"))
+    broken = runner.invoke(app, ["audit", "verify"])
+    assert broken.exit_code == 1 and "broken at entry 1" in broken.stderr
+
+
+def test_agreements_set_rejects_an_unknown_status_and_organisation(env: Database) -> None:
+    assert runner.invoke(app, ["agreements", "set", "NHR", "--status", "paused"]).exit_code == 2
+    result = runner.invoke(app, ["agreements", "set", "XXX", "--status", "suspended"])
+    assert result.exit_code == 2 and "not in the framework" in result.stderr
+
+
+def test_agreements_list_shows_a_suspension(env: Database) -> None:
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    rows = {r["organisation"]: r for r in json.loads(runner.invoke(app, ["agreements", "list", "--json"]).stdout)}
+    assert rows["NHR"]["status"] == "suspended" and rows["RXR"]["status"] == "signed"
+
+
+def test_preferences_set_rejects_an_invalid_nhs_number(env: Database) -> None:
+    result = runner.invoke(app, ["preferences", "set", "1234567890", "--object-all"])
+    assert result.exit_code == 2 and "modulus 11" in result.stderr
+
+
+def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "framework.yaml"
+    broken.write_text(FRAMEWORK_PATH.read_text().replace("role: gp,", "role: doctor,"))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(broken))
+    result = runner.invoke(app, ["framework", "check"])
+    assert result.exit_code == 2 and "users.dr.patel.role: unknown role 'doctor'" in result.stderr

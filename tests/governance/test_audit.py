@@ -1,0 +1,98 @@
+"""The audit log: every decision leaves an event, and tampering with the chain is found."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, text, update
+
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, verify
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+
+def _write(db: Database, n: int) -> None:
+    with db.session() as session:
+        for i in range(n):
+            record_audit(session, AuditRecord(AuditAction.RECORD_READ, "permit", username=f"user{i}",
+                                              role="gp", organisation="P81001", purpose="direct-care",
+                                              patient_id=f"p{i}", released=[f"Condition/{i}"]))
+
+
+def test_an_untouched_chain_verifies(db: Database) -> None:
+    _write(db, 5)
+    with db.session() as session:
+        result = verify(session)
+    assert result.ok and result.checked == 5
+
+
+def test_an_edited_entry_is_found(db: Database) -> None:
+    _write(db, 5)
+    with db.session() as session:
+        entry = session.get_one(AuditEntry, 3)
+        event = dict(entry.event)
+        event["outcome"] = "4"
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(event=event))
+    with db.session() as session:
+        result = verify(session)
+    assert not result.ok and result.broken_seq == 3 and "edited" in (result.problem or "")
+
+
+def test_a_removed_entry_is_found(db: Database) -> None:
+    _write(db, 5)
+    with db.session() as session:
+        session.execute(delete(AuditEntry).where(AuditEntry.seq == 2))
+    with db.session() as session:
+        result = verify(session)
+    assert not result.ok and result.broken_seq == 2
+
+
+def test_a_removed_last_entry_is_found(db: Database) -> None:
+    _write(db, 5)
+    with db.session() as session:
+        session.execute(delete(AuditEntry).where(AuditEntry.seq == 5))
+    with db.session() as session:
+        result = verify(session)
+    assert not result.ok and result.broken_seq == 5
+
+
+def test_reordered_entries_are_found(db: Database) -> None:
+    _write(db, 4)
+    with db.session() as session:
+        second, third = session.get_one(AuditEntry, 2), session.get_one(AuditEntry, 3)
+        a, b = dict(second.event), dict(third.event)
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(event=b))
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(event=a))
+    with db.session() as session:
+        result = verify(session)
+    assert not result.ok and result.broken_seq == 2
+
+
+def test_audit_events_are_fhir_audit_events_holding_references_not_content(db: Database) -> None:
+    _write(db, 1)
+    with db.session() as session:
+        event = session.scalars(select(AuditEntry.event)).one()
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    AuditEvent.model_validate(event)
+    assert event["entity"][0]["what"]["reference"] == "Patient/p0"
+    assert event["agent"][0]["who"]["identifier"]["value"] == "user0"
+
+
+def test_control_characters_cannot_forge_log_lines(db: Database) -> None:
+    with db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.BASIS_RECORD, "permit", username="dr.patel",
+                                          reason="ok\nFAKE ENTRY: admin read everything"))
+    with db.session() as session:
+        event = session.scalars(select(AuditEntry.event)).one()
+    details = {d["type"]: d["valueString"] for d in event["entity"][-1]["detail"]}
+    assert "\n" not in details["reason"] and "\\x0a" in details["reason"]
+
+
+def test_many_writers_keep_one_linear_chain(db: Database) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: _write(db, 5), range(4)))
+    with db.session() as session:
+        result = verify(session)
+        assert session.scalar(text("SELECT count(*) FROM audit_events")) == 20
+    assert result.ok

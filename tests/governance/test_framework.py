@@ -1,0 +1,60 @@
+"""The framework file: a partner's typo is reported with its line and key, never half-loaded."""
+
+from __future__ import annotations
+
+import pytest
+from tests.conftest import FRAMEWORK_PATH
+
+from sharedcare.errors import FrameworkError
+from sharedcare.governance.framework import parse_framework
+
+TEXT = FRAMEWORK_PATH.read_text(encoding="utf-8")
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(FrameworkError) as caught:
+        parse_framework(text, "framework.yaml")
+    return caught.value.problems
+
+
+def _line_of(fragment: str, text: str = TEXT) -> int:
+    return text[: text.index(fragment)].count("\n") + 1
+
+
+def test_the_example_framework_is_valid() -> None:
+    fw = parse_framework(TEXT)
+    assert fw.roles["district_nurse"].tier("community") == 3
+    assert fw.roles["district_nurse"].tier("hospital_detail") == 2  # the iLINKS example
+    assert fw.roles["admin_staff"].tier("demographics") == 1
+
+
+def test_an_unknown_role_is_named_with_its_line() -> None:
+    text = TEXT.replace("role: paramedic,", "role: paramedik,")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('role: paramedik', text)}, users.para.evans.role")
+    assert "unknown role 'paramedik'" in problem
+
+
+def test_a_tier_out_of_range_is_named_with_its_line() -> None:
+    text = TEXT.replace("sexual_health: 1}\n  practice_nurse", "sexual_health: 4}\n  practice_nurse", 1)
+    (problem,) = _problems(text)
+    assert "roles.gp.tiers.sexual_health" in problem and "out of range" in problem
+
+
+def test_a_missing_category_is_reported() -> None:
+    text = TEXT.replace("            mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 0}\n  acute_clinician",
+                        "            social_care: 1, safeguarding: 1, sexual_health: 0}\n  acute_clinician", 1)
+    problems = _problems(text)
+    assert any("roles.practice_nurse.tiers" in p and "'mental_health' missing" in p for p in problems)
+
+
+def test_a_wrong_type_is_named_with_its_key() -> None:
+    text = TEXT.replace("min_reason_chars: 10", "min_reason_chars: ten")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('min_reason_chars')}, min_reason_chars")
+
+
+def test_broken_yaml_names_the_line() -> None:
+    text = TEXT.replace("version: \"2026.11-1\"", "version: [unclosed")
+    (problem,) = _problems(text)
+    assert problem.startswith("line ")
