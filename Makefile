@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test lint unit chromium bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
-unit: install
+# Browser tests drive the system's Chromium (Playwright's own download does not work offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (apt)"; \
+	  if [ "$$(id -u)" -eq 0 ]; then apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else sudo apt-get install -y -q chromium; fi; }
+
+unit: install chromium
 	@if [ -n "$$SHAREDCARE_TEST_POSTGRES" ]; then echo "stores under test: SQLite and PostgreSQL"; \
 	 else echo "stores under test: SQLite only (set SHAREDCARE_TEST_POSTGRES to add PostgreSQL)"; fi
 	$(PY) -m pytest

@@ -56,7 +56,8 @@ def test_everything_can_include_the_provenance_of_each_resource(ics: Ics) -> Non
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_revinclude=Provenance:target",
                             headers=headers).json()
     provenance = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
-    clinical = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] not in ("Patient", "Provenance")]
+    clinical = [e["resource"] for e in bundle["entry"]
+                if e["resource"]["resourceType"] not in ("Patient", "Provenance")]
     assert {p["target"][0]["reference"] for p in provenance} == {f"{r['resourceType']}/{r['id']}" for r in clinical}
     assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} >= {"P81001", "RXR"}
 

@@ -42,8 +42,8 @@ def test_a_tier_out_of_range_is_named_with_its_line() -> None:
 
 
 def test_a_missing_category_is_reported() -> None:
-    text = TEXT.replace("            mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 0}\n  acute_clinician",
-                        "            social_care: 1, safeguarding: 1, sexual_health: 0}\n  acute_clinician", 1)
+    nurse = "mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 0}\n  acute_clinician"
+    text = TEXT.replace(nurse, nurse.replace("mental_health: 1, ", ""), 1)
     problems = _problems(text)
     assert any("roles.practice_nurse.tiers" in p and "'mental_health' missing" in p for p in problems)
 

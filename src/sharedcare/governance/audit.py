@@ -2,7 +2,8 @@
 
 Each entry's hash covers its content and the previous entry's hash, so `verify` finds any entry that
 was edited, removed or reordered. Entries hold references and counts, never clinical content or
-tokens (TRUST AU5). Appending locks the one-row head table (created with the schema), so concurrent writers stay in one chain.
+tokens (TRUST AU5). Appending locks the one-row head table (created with the schema), so
+concurrent writers stay in one chain.
 """
 
 from __future__ import annotations
