@@ -37,9 +37,9 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
         with path.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
-                    yield RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"))
+                    yield RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"), "fhir")
     else:
-        yield RawMessage(str(path), "whole file", path.read_bytes())
+        yield RawMessage(str(path), "whole file", path.read_bytes(), "fhir")
 
 
 def _parse_json(raw: RawMessage) -> dict[str, Any]:

@@ -8,11 +8,14 @@ stored whole or quarantined whole.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import datetime
 from typing import Any
 
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.framework import Framework
 from sharedcare.identity.mpi import Demographics
 
 
@@ -25,8 +28,9 @@ class RawMessage:
     """One message exactly as received, with where it came from."""
 
     filename: str
-    location: str  # "line 12", "whole file"
+    location: str  # "line 12", "message 3 (MSH-10 ABC123)", "whole file"
     payload: bytes
+    format: str  # fhir | hl7v2 | csv
 
     @property
     def where(self) -> str:
@@ -51,3 +55,12 @@ class StagedMessage:
     patients: dict[str, Demographics] = field(default_factory=dict)
     resources: list[StagedResource] = field(default_factory=list)
     set_aside: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A source format: `read` splits a file into raw messages (never failing on content), `stage`
+    checks and shapes one message or raises MessageError saying where and why."""
+
+    read: Callable[[Path], Iterator[RawMessage]]
+    stage: Callable[[RawMessage, Framework, str | None], StagedMessage]

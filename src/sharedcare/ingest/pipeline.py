@@ -23,13 +23,14 @@ from sqlalchemy.orm import Session
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.identity.mpi import link_patient_record
-from sharedcare.ingest.fhir_bundle import read_messages, stage_fhir
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage
+from sharedcare.ingest import fhir_bundle
+from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine, Resource, utcnow
 
 FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
-SUPPORTED_FORMATS = {"fhir"}
+# Each format's adapter: how a file splits into messages, and how one message is staged.
+ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_bundle.stage_fhir)}
 
 
 @dataclass
@@ -90,27 +91,28 @@ class Pipeline:
             agreements = effective_agreements(session, self.framework)
         for path in expand_paths(paths):
             file_format = detect_format(path) if fmt == "auto" else fmt
-            if file_format not in SUPPORTED_FORMATS:
+            adapter = ADAPTERS.get(file_format or "")
+            if adapter is None:
                 why = (f"format '{file_format}' is not ingested yet" if file_format
                        else "unknown format: name it .json, .ndjson, .hl7 or .csv, or pass --format")
                 report.skipped_files.append({"file": str(path), "reason": why})
                 continue
             report.files += 1
             try:
-                for raw in read_messages(path):
-                    self.ingest_message(raw, source, report, agreements)
+                for raw in adapter.read(path):
+                    self.ingest_message(adapter, raw, source, report, agreements)
                     if progress:
                         progress(len(raw.payload) + 1)
             except OSError as exc:
-                self._quarantine(RawMessage(str(path), "whole file", b""), source,
+                self._quarantine(RawMessage(str(path), "whole file", b"", file_format or "unknown"), source,
                                  MessageError(f"cannot read file ({exc.strerror})", str(path)), report)
         return report
 
-    def ingest_message(self, raw: RawMessage, source: str | None, report: IngestReport,
+    def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
                        agreements: dict[str, Agreement]) -> None:
         report.messages += 1
         try:
-            staged = stage_fhir(raw, self.framework, source)
+            staged = adapter.stage(raw, self.framework, source)
             self._check_agreement(staged, raw, agreements)
             with self.db.session() as session:
                 accepted, unchanged, stale = self._store(session, staged, raw)
@@ -179,7 +181,7 @@ class Pipeline:
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input."""
         with self.db.session() as session:
-            item = Quarantine(source_org=source, format="fhir", filename=raw.filename, location=raw.location,
+            item = Quarantine(source_org=source, format=raw.format, filename=raw.filename, location=raw.location,
                               reason=str(error), payload=raw.payload, received_at=utcnow())
             session.add(item)
             session.flush()
