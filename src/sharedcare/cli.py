@@ -167,7 +167,7 @@ def demo(
     """Synthesise an ICS (as of today), ingest it, and serve the portals with the demo sign-ins."""
     import os
 
-    from sharedcare.store.models import utcnow
+    from sharedcare.clock import utcnow
 
     os.environ.setdefault("SHAREDCARE_DEMO", "1")
     os.environ.setdefault("SHAREDCARE_DB", f"sqlite:///{(out / 'sharedcare.db').resolve()}")

@@ -5,7 +5,6 @@ nursing plan and next of kin, each with its source."""
 from __future__ import annotations
 
 from playwright.sync_api import Page, expect
-
 from tests.small_ics import Ics
 
 

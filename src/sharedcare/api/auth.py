@@ -12,10 +12,10 @@ from typing import Any
 
 import jwt
 
+from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework
-from sharedcare.store.models import utcnow
 
 ALGORITHM = "HS256"
 ISSUER = "sharedcare"

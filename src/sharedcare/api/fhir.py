@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse
 from sharedcare import __version__
 from sharedcare.api.deps import RecordsDep
 from sharedcare.api.outcomes import FHIR_JSON
+from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.gateway import NotFound, RecordView, ServedResource
-from sharedcare.store.models import utcnow
 
 router = APIRouter(prefix="/fhir")
 CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})

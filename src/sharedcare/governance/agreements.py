@@ -6,10 +6,11 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
-from sharedcare.store.models import AgreementChange, utcnow
+from sharedcare.store.models import AgreementChange
 
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:

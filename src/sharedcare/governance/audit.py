@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from sharedcare.store.models import AuditEntry, AuditHead, utcnow
+from sharedcare.clock import utcnow
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, AuditHead
 
 GENESIS = "0" * 64
 
@@ -141,6 +143,15 @@ def record_audit(session: Session, record: AuditRecord) -> AuditEntry:
     head.seq, head.hash = entry.seq, entry.hash
     session.flush()
     return entry
+
+
+def record_sign_in(db: Database, username: str, ok: bool, role: str | None, organisation: str | None,
+                   request_id: str | None, source_address: str | None) -> None:
+    """Audit a sign-in attempt, successful or not (TRUST AU3), in its own transaction."""
+    with db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.LOGIN, "permit" if ok else "deny", username=username[:100],
+                                          role=role, organisation=organisation, request_id=request_id,
+                                          source_address=source_address))
 
 
 @dataclass

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sharedcare.clock import utcnow
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.store.models import Preference, utcnow
+from sharedcare.store.models import Preference
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import PATIENT_FIELDS
 from sharedcare.governance.agreements import effective_agreements
@@ -35,7 +36,7 @@ from sharedcare.governance.policy import (
     check_request,
     decide,
 )
-from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ReviewItem, utcnow
+from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ReviewItem
 
 
 class AccessDenied(SharedcareError):

@@ -16,7 +16,8 @@ from datetime import date
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from sharedcare.store.models import PatientRecord, Person, utcnow
+from sharedcare.clock import utcnow
+from sharedcare.store.models import PatientRecord, Person
 
 
 @dataclass(frozen=True)

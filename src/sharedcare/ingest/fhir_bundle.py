@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sharedcare.clock import utcnow
 from sharedcare.fhir.uk_core import (
     PATIENT_FIELDS,
     RECORD_TYPES,
@@ -26,7 +27,6 @@ from sharedcare.fhir.validate import validation_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import is_valid
 from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
-from sharedcare.store.models import utcnow
 
 BUNDLE_TYPES = {"collection", "batch", "transaction", "message", "document"}
 

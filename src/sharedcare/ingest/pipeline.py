@@ -20,13 +20,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sharedcare.clock import utcnow
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.identity.mpi import link_patient_record
 from sharedcare.ingest import fhir_bundle
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Quarantine, Resource, utcnow
+from sharedcare.store.models import PatientRecord, Quarantine, Resource
 
 FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.

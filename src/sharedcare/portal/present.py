@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sharedcare.clock import utcnow
 from sharedcare.governance.gateway import RecordView, ServedResource
-from sharedcare.store.models import utcnow
 
 # A feed whose newest item arrived longer ago than this is flagged as possibly out of date.
 STALE_AFTER_DAYS = 7

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from sharedcare.api.auth import mint_token
 from sharedcare.api.deps import SESSION_COOKIE, ActorDep, FrameworkDep, RecordsDep, SettingsDep, get_database
 from sharedcare.config import DEMO_PASSWORD
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.audit import record_sign_in
 from sharedcare.governance.gateway import InvalidRequest
 from sharedcare.identity.nhs_number import normalise
 from sharedcare.portal import present
@@ -63,12 +63,9 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
           username: Annotated[str, Form()], password: Annotated[str, Form()]) -> Response:
     user = fw.users.get(username.strip())
     ok = settings.demo and user is not None and password == DEMO_PASSWORD
-    db = get_database(request)
-    with db.session() as session:
-        record_audit(session, AuditRecord(
-            AuditAction.LOGIN, "permit" if ok else "deny", username=username.strip()[:100],
-            role=user.role if user else None, organisation=user.organisation if user else None,
-            request_id=request.state.request_id, source_address=request.client.host if request.client else None))
+    record_sign_in(get_database(request), username.strip(), ok, role=user.role if user else None,
+                   organisation=user.organisation if user else None, request_id=request.state.request_id,
+                   source_address=request.client.host if request.client else None)
     if not ok or user is None:
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")
