@@ -141,6 +141,58 @@ def ingest(
         raise typer.Exit(1)
 
 
+quarantine_app = typer.Typer(help="Input that could not be accepted, kept with its reason.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
+                    every: Annotated[bool, typer.Option("--all", help="Include replayed items.")] = False) -> None:
+    """What is waiting in quarantine, with where and why."""
+    from sharedcare.store.models import Quarantine
+
+    with _database().session() as session:
+        stmt = select(Quarantine).order_by(Quarantine.id)
+        if not every:
+            stmt = stmt.where(Quarantine.status == "held")
+        rows = [{"id": q.id, "status": q.status, "format": q.format, "file": q.filename, "location": q.location,
+                 "reason": q.reason, "received_at": q.received_at.isoformat(), "bytes": len(q.payload)}
+                for q in session.scalars(stmt)]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="Quarantine")
+    for column in ("id", "status", "format", "location", "reason"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r["id"]), r["status"], r["format"], f"{r['file']}, {r['location']}", r["reason"])
+    Console().print(table)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    item_id: Annotated[int, typer.Argument(help="The quarantine id (see `sharedcare quarantine list`).")],
+    source: Annotated[str | None, typer.Option(help="ODS code of the sending organisation.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ingest a quarantined message again; exit 1 if it still cannot be accepted."""
+    from sharedcare.ingest.messages import MessageError
+    from sharedcare.ingest.pipeline import Pipeline
+
+    try:
+        report = Pipeline(_database(), _framework()).replay(item_id, source)
+    except MessageError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json(report.to_json())
+    elif report.quarantined:
+        console.print(f"[yellow]still quarantined[/yellow] #{item_id}: {report.quarantine[0]['reason']}")
+    else:
+        console.print(f"#{item_id} replayed: {report.accepted} accepted, {report.unchanged} unchanged")
+    if report.quarantined:
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the FHIR API and the portals."""

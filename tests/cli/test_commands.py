@@ -105,3 +105,22 @@ def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Pa
     monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(broken))
     result = runner.invoke(app, ["framework", "check"])
     assert result.exit_code == 2 and "users.dr.patel.role: unknown role 'doctor'" in result.stderr
+
+
+def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signed(env: Database, tmp_path: Path) -> None:
+    runner.invoke(app, ["agreements", "set", "RYC", "--status", "suspended"])
+    feed = write_ndjson(tmp_path / "ryc.ndjson", [bundle("RYC", "rio", [
+        patient("RYC-1", "9434765919", "Okafor", "Emeka", "1945-03-02")])])
+    assert runner.invoke(app, ["ingest", str(feed)]).exit_code == 1
+    (held,) = json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout)
+    assert "no signed agreement" in held["reason"] and held["location"] == "line 1"
+
+    still = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
+    assert still.exit_code == 1 and "still quarantined" in still.stderr
+
+    runner.invoke(app, ["agreements", "set", "RYC", "--status", "signed"])
+    done = runner.invoke(app, ["quarantine", "replay", str(held["id"]), "--json"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["accepted"] == 1
+    assert json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout) == []
+    again = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
+    assert again.exit_code == 2 and "no held quarantine item" in again.stderr

@@ -125,6 +125,36 @@ class Pipeline:
         report.stale += stale
         report.set_aside.update(staged.set_aside)
 
+    def replay(self, quarantine_id: int, source: str | None = None) -> IngestReport:
+        """Try a quarantined message again (after a mapping or agreement was fixed). On success it is
+        marked replayed; on failure it stays held with the new reason, and no second copy is kept."""
+        with self.db.session() as session:
+            held = session.get(Quarantine, quarantine_id)
+            if held is None or held.status != "held":
+                raise MessageError(f"no held quarantine item #{quarantine_id}", where="quarantine replay")
+            raw = RawMessage(held.filename, held.location, held.payload, held.format)
+            agreements = effective_agreements(session, self.framework)
+        adapter = ADAPTERS.get(raw.format)
+        if adapter is None:
+            raise MessageError(f"format '{raw.format}' is not ingested yet", where=raw.where)
+        report = IngestReport(files=0)
+        report.messages += 1
+        try:
+            staged = adapter.stage(raw, self.framework, source or held.source_org)
+            self._check_agreement(staged, raw, agreements)
+            with self.db.session() as session:
+                accepted, unchanged, stale = self._store(session, staged, raw)
+                session.get_one(Quarantine, quarantine_id).status = "replayed"
+        except MessageError as exc:
+            with self.db.session() as session:
+                session.get_one(Quarantine, quarantine_id).reason = str(exc)
+            report.quarantined += 1
+            report.quarantine.append({"id": quarantine_id, "file": raw.filename, "location": raw.location,
+                                      "reason": exc.message, "where": exc.where or raw.where})
+            return report
+        report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
+        return report
+
     @staticmethod
     def _check_agreement(staged: StagedMessage, raw: RawMessage, agreements: dict[str, Agreement]) -> None:
         """Only organisations with a signed agreement in force contribute data."""
