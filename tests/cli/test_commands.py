@@ -107,7 +107,8 @@ def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Pa
     assert result.exit_code == 2 and "users.dr.patel.role: unknown role 'doctor'" in result.stderr
 
 
-def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signed(env: Database, tmp_path: Path) -> None:
+def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signed(
+        env: Database, tmp_path: Path) -> None:
     runner.invoke(app, ["agreements", "set", "RYC", "--status", "suspended"])
     feed = write_ndjson(tmp_path / "ryc.ndjson", [bundle("RYC", "rio", [
         patient("RYC-1", "9434765919", "Okafor", "Emeka", "1945-03-02")])])
