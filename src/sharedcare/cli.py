@@ -228,10 +228,8 @@ def demo(
         db_file.unlink()
     synth(people=people, out=out / "feeds", seed=seed, as_of=utcnow().date().isoformat())
     fw = _framework()
-    feeds = [out / "feeds" / code for code, org in fw.organisations.items()
-             if any(f == "fhir" for f in org.systems.values()) and (out / "feeds" / code).exists()]
     try:
-        ingest(feeds, source=None, fmt="auto", as_json=False)
+        ingest([out / "feeds"], source=None, fmt="auto", as_json=False)
     except typer.Exit:
         pass  # a few synthetic bundles carry invalid NHS numbers on purpose: they wait in quarantine
     table = Table(title=f"Demo sign-ins (password: {DEMO_PASSWORD})")

@@ -62,12 +62,27 @@ def detect_format(path: Path) -> str | None:
     return FORMAT_BY_SUFFIX.get(path.suffix.lower())
 
 
+def _manifest_feeds(folder: Path) -> list[Path] | None:
+    """The feed files a folder's manifest.json lists (a synthetic ICS writes one beside its feeds,
+    with ground truth and users that are not feeds); None when the folder has no such manifest."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8")).get("files")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return [folder / name for name in listed] if isinstance(listed, list) else None
+
+
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files named, and every file under folders named, in a stable order."""
+    """Files named, and every feed file under folders named, in a stable order."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and detect_format(p)))
+            listed = _manifest_feeds(path)
+            out.extend(listed if listed is not None else
+                       sorted(p for p in path.rglob("*") if p.is_file() and detect_format(p)))
         else:
             out.append(path)
     return out
@@ -97,6 +112,8 @@ class Pipeline:
                 why = (f"format '{file_format}' is not ingested yet" if file_format
                        else "unknown format: name it .json, .ndjson, .hl7 or .csv, or pass --format")
                 report.skipped_files.append({"file": str(path), "reason": why})
+                if progress and path.is_file():
+                    progress(path.stat().st_size)
                 continue
             report.files += 1
             try:
