@@ -165,7 +165,8 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
     for column in ("id", "status", "format", "location", "reason"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r["id"]), r["status"], r["format"], f"{r['file']}, {r['location']}", r["reason"])
+        table.add_row(str(r["id"]), str(r["status"]), str(r["format"]), f"{r['file']}, {r['location']}",
+                      str(r["reason"]))
     Console().print(table)
 
 

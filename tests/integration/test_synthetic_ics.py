@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
+from tests.conftest import BACKENDS, FRAMEWORK_PATH, POSTGRES_URL, _fresh_postgres
 
 from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
@@ -26,7 +27,6 @@ from sharedcare.ingest.pipeline import IngestReport, Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord
 from sharedcare.synth import generate
-from tests.conftest import BACKENDS, FRAMEWORK_PATH, POSTGRES_URL, _fresh_postgres
 
 PEOPLE = 120
 
