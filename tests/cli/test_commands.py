@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
+from tests.governance.test_audit import as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -75,6 +76,7 @@ def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path:
     runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
     ok = runner.invoke(app, ["audit", "verify"])
     assert ok.exit_code == 0 and "2 entries verified" in ok.stderr
+    as_an_attacker_with_ddl_rights(env)
     with env.session() as s:
         s.execute(update(AuditEntry).where(AuditEntry.seq == 1).values(username="someone-else"))
     broken = runner.invoke(app, ["audit", "verify"])

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import delete, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, verify
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
+
+
+def as_an_attacker_with_ddl_rights(db: Database) -> None:
+    """Drop the append-only triggers, as someone with the database owner's rights could."""
+    with db.engine.begin() as conn:
+        if db.backend == "postgresql":
+            conn.execute(text("DROP TRIGGER audit_events_no_change ON audit_events"))
+        else:
+            conn.execute(text("DROP TRIGGER audit_events_no_update"))
+            conn.execute(text("DROP TRIGGER audit_events_no_delete"))
 
 
 def _write(db: Database, n: int) -> None:
@@ -26,6 +38,7 @@ def test_an_untouched_chain_verifies(db: Database) -> None:
 
 def test_an_edited_entry_is_found(db: Database) -> None:
     _write(db, 5)
+    as_an_attacker_with_ddl_rights(db)
     with db.session() as session:
         entry = session.get_one(AuditEntry, 3)
         event = dict(entry.event)
@@ -38,6 +51,7 @@ def test_an_edited_entry_is_found(db: Database) -> None:
 
 def test_a_removed_entry_is_found(db: Database) -> None:
     _write(db, 5)
+    as_an_attacker_with_ddl_rights(db)
     with db.session() as session:
         session.execute(delete(AuditEntry).where(AuditEntry.seq == 2))
     with db.session() as session:
@@ -47,6 +61,7 @@ def test_a_removed_entry_is_found(db: Database) -> None:
 
 def test_a_removed_last_entry_is_found(db: Database) -> None:
     _write(db, 5)
+    as_an_attacker_with_ddl_rights(db)
     with db.session() as session:
         session.execute(delete(AuditEntry).where(AuditEntry.seq == 5))
     with db.session() as session:
@@ -56,6 +71,7 @@ def test_a_removed_last_entry_is_found(db: Database) -> None:
 
 def test_reordered_entries_are_found(db: Database) -> None:
     _write(db, 4)
+    as_an_attacker_with_ddl_rights(db)
     with db.session() as session:
         second, third = session.get_one(AuditEntry, 2), session.get_one(AuditEntry, 3)
         a, b = dict(second.event), dict(third.event)
@@ -64,6 +80,15 @@ def test_reordered_entries_are_found(db: Database) -> None:
     with db.session() as session:
         result = verify(session)
     assert not result.ok and result.broken_seq == 2
+
+
+@pytest.mark.parametrize("statement", ["UPDATE audit_events SET outcome = 'deny'", "DELETE FROM audit_events"])
+def test_the_database_refuses_to_change_or_delete_audit_entries(db: Database, statement: str) -> None:
+    _write(db, 2)
+    with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as conn:
+        conn.execute(text(statement))
+    with db.session() as session:
+        assert verify(session).ok
 
 
 def test_audit_events_are_fhir_audit_events_holding_references_not_content(db: Database) -> None:

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import FRAMEWORK_PATH
 
 from sharedcare.governance.consent import Choices
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+FRAMEWORK = load_framework(FRAMEWORK_PATH)  # for hypothesis tests, which cannot take function fixtures
 SOURCE = "RXR"  # items come from the acute trust unless a test says otherwise
 
 CATEGORY_ITEMS = {
