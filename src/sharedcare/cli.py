@@ -382,6 +382,38 @@ def audit_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     Console().print(table)
 
 
+@framework_app.command("explain")
+def framework_explain(
+    role: Annotated[str | None, typer.Option(help="One role (see the framework's roles).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Who can see what, and why, in plain words."""
+    from dataclasses import asdict
+
+    from sharedcare.governance.explain import role_rows, rules_in_words
+
+    fw = _framework()
+    if role and role not in fw.roles:
+        raise _fail(f"no role '{role}'; roles are: {', '.join(fw.roles)}")
+    rows = role_rows(fw, role)
+    if as_json:
+        _print_json({"framework": fw.name, "version": fw.version, "rules": rules_in_words(fw),
+                     "roles": [asdict(r) for r in rows]})
+        return
+    out = Console()
+    out.print(f"[bold]{fw.name}[/bold] (framework {fw.version})")
+    for line in rules_in_words(fw):
+        out.print(f"- {line}")
+    for label in dict.fromkeys(r.role_label for r in rows):
+        table = Table(title=f"What a {label.lower()} can see", show_lines=False)
+        table.add_column("information")
+        table.add_column("what they see")
+        for r in rows:
+            if r.role_label == label:
+                table.add_row(r.category_label, r.sees)
+        out.print(table)
+
+
 @framework_app.command("check")
 def framework_check() -> None:
     """Validate the framework file; every problem is named with its line and key."""

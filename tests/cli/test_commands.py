@@ -127,3 +127,12 @@ def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signe
     assert json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout) == []
     again = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
     assert again.exit_code == 2 and "no held quarantine item" in again.stderr
+
+
+def test_framework_explain_for_one_role_and_an_unknown_one(env: Database) -> None:
+    result = runner.invoke(app, ["framework", "explain", "--role", "admin_staff", "--json"])
+    data = json.loads(result.stdout)
+    seen = {r["category"]: r["sees"] for r in data["roles"]}
+    assert seen["demographics"].startswith("only that") and seen["summary"] == "nothing"
+    bad = runner.invoke(app, ["framework", "explain", "--role", "wizard"])
+    assert bad.exit_code == 2 and "no role 'wizard'" in bad.stderr

@@ -58,3 +58,22 @@ def test_broken_yaml_names_the_line() -> None:
     text = TEXT.replace("version: \"2026.11-1\"", "version: [unclosed")
     (problem,) = _problems(text)
     assert problem.startswith("line ")
+
+
+def test_explain_says_in_words_what_a_district_nurse_sees() -> None:
+    from sharedcare.governance.explain import role_rows, rules_in_words
+
+    fw = parse_framework(TEXT)
+    seen = {r.category: r.sees for r in role_rows(fw, "district_nurse")}
+    assert seen["community"].startswith("everything")
+    assert seen["hospital_detail"].startswith("a coded summary")
+    assert seen["mental_health"].startswith("only that a service holds information")
+    assert seen["sexual_health"] == "nothing"
+    rules = " ".join(rules_in_words(fw))
+    assert "emergency" in rules and "lasts 4 hours" in rules and "information about other people" in rules
+
+
+def test_explain_leaves_out_roles_that_never_see_records() -> None:
+    from sharedcare.governance.explain import role_rows
+
+    assert {r.role for r in role_rows(parse_framework(TEXT))}.isdisjoint({"analyst", "ig_officer"})

@@ -1,0 +1,69 @@
+"""The framework in plain words, for citizens, GP partners and Caldicott guardians (journey 9).
+
+Pure functions over the framework: `sharedcare framework explain` prints them as tables, and the
+patient portal can show the same sentences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sharedcare.governance.framework import Framework
+
+TIER_WORDS = {
+    0: "nothing",
+    1: "only that a service holds information, and how to contact it",
+    2: "a coded summary, without free-text notes or documents",
+    3: "everything, including letters and free-text notes",
+}
+BASIS_WORDS = {
+    "explicit-consent": "the patient is present and agrees",
+    "implied-consent": "the patient is not present (or cannot say) and the record is needed for their care",
+    "emergency": "an emergency where the patient cannot consent (\"break glass\")",
+}
+
+
+@dataclass(frozen=True)
+class RoleCategory:
+    role: str
+    role_label: str
+    category: str
+    category_label: str
+    tier: int
+    sees: str
+
+
+def role_rows(fw: Framework, role: str | None = None) -> list[RoleCategory]:
+    """What each role (or one role) sees in each category, in words."""
+    names = [role] if role else list(fw.roles)
+    rows = []
+    for name in names:
+        definition = fw.roles[name]
+        if "direct-care" not in definition.purposes:
+            continue
+        for category, label in fw.categories.items():
+            tier = definition.tier(category)
+            rows.append(RoleCategory(name, definition.label, category, label, tier, TIER_WORDS[tier]))
+    return rows
+
+
+def rules_in_words(fw: Framework) -> list[str]:
+    """The rules every role works under, in the order the decision point applies them."""
+    lines = [
+        "Only staff of organisations with a signed sharing agreement in force can look at records, and only "
+        "those organisations' information is shown. Suspending an agreement takes effect at once.",
+        "Before opening a record, staff record why: " + "; ".join(
+            f"{basis.replace('-', ' ')} ({BASIS_WORDS.get(basis, basis)}, lasts {rule.hours:g} hours"
+            + (", reviewed by the information governance team)" if rule.review else ")")
+            for basis, rule in fw.basis.items()) + ".",
+        "A patient can object to all sharing, or to one organisation seeing their record; their objection "
+        "takes effect at once. Staff still see what their own organisation recorded.",
+        "Staff always see their own organisation's information in full.",
+    ]
+    lines += [f"Never shared outside the organisation that recorded it: {rule.explain.lower()}."
+              for rule in fw.always_withheld]
+    lines.append("Every look at a record is recorded; patients can see who looked, when and why.")
+    if "secondary-use" in fw.purposes:
+        lines.append("Planning and research use pseudonymised data only, and respect the national data opt-out.")
+    return lines
+
