@@ -362,24 +362,105 @@ def audit_verify() -> None:
 
 
 @audit_app.command("review")
-def audit_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The IG review queue: break-glass and implied-consent accesses awaiting an outcome."""
-    from sharedcare.store.models import ReviewItem
+def audit_review(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    every: Annotated[bool, typer.Option("--all", help="Include items already concluded.")] = False,
+) -> None:
+    """The IG review queue: break glass, implied consent and unusual access, oldest first."""
+    from dataclasses import asdict
 
+    from sharedcare.clock import utcnow
+    from sharedcare.governance.review import queue
+
+    fw = _framework()
     with _database().session() as session:
-        items = session.scalars(select(ReviewItem).where(ReviewItem.status == "open").order_by(ReviewItem.id)).all()
-        rows = [{"id": i.id, "kind": i.kind, "username": i.username, "patient_id": i.person_id,
-                 "reason": i.reason, "created_at": i.created_at.isoformat(), "audit_seq": i.audit_seq}
-                for i in items]
+        items = queue(session, fw, utcnow(), include_closed=every)
+    rows = [asdict(i) for i in items]
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="IG review queue")
-    for column in ("id", "kind", "username", "patient_id", "reason", "created_at"):
+    table = Table(title=f"IG review queue ({sum(i.overdue for i in items)} overdue)")
+    for column in ("id", "kind", "user", "patient", "reason", "created", "due", "status"):
+        table.add_column(column)
+    for i in items:
+        table.add_row(str(i.id), i.kind, i.username, i.patient_id, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
+                      f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else ""), i.status)
+    Console().print(table)
+
+
+@audit_app.command("outcome")
+def audit_outcome(
+    item_id: Annotated[int, typer.Argument(help="Review item id (see `sharedcare audit review`).")],
+    outcome: Annotated[str, typer.Option(help="appropriate or investigate.")],
+    note: Annotated[str, typer.Option(help="What was found.")] = "",
+    by: Annotated[str, typer.Option(help="The IG officer recording it.")] = OPERATOR,
+) -> None:
+    """Record the IG officer's conclusion on a review item (audited)."""
+    from sharedcare.governance.review import record_outcome
+
+    if outcome not in {"appropriate", "investigate"}:
+        raise _fail(f"--outcome must be appropriate or investigate, not '{outcome}'")
+    try:
+        with _database().session() as session:
+            item = record_outcome(session, item_id, outcome, by=by, note=note)  # type: ignore[arg-type]
+            console.print(f"review item #{item.id}: {item.status} ({item.outcome})")
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@audit_app.command("search")
+def audit_search(
+    patient: Annotated[str | None, typer.Option(help="Patient (person) id.")] = None,
+    user: Annotated[str | None, typer.Option(help="Username.")] = None,
+    org: Annotated[str | None, typer.Option(help="ODS code of the user's organisation.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this date (YYYY-MM-DD, UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this date (YYYY-MM-DD, UTC).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Search the audit log by patient, user, organisation and date, newest first."""
+    from datetime import UTC, datetime
+
+    from sharedcare.governance.access_log import details, search
+
+    def day(value: str | None, name: str) -> datetime | None:
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC) if value else None
+        except ValueError as exc:
+            raise _fail(f"--{name} must be a date like 2026-11-22, not '{value}'") from exc
+
+    with _database().session() as session:
+        entries = search(session, patient_id=patient, username=user, organisation=org,
+                         since=day(since, "since"), until=day(until, "until"), limit=limit)
+        rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
+                 "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e)}
+                for e in entries]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"Audit: {len(rows)} entries")
+    for column in ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason"):
         table.add_column(column)
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("id", "kind", "username", "patient_id", "reason", "created_at")))
+        table.add_row(*(str(r.get(c) or "") for c in ("seq", "recorded", "action", "outcome", "user", "organisation",
+                                                     "patient_id", "basis", "reason")))
     Console().print(table)
+
+
+@audit_app.command("export")
+def audit_export(out: Annotated[Path | None, typer.Option(help="File to write (default stdout).")] = None) -> None:
+    """The whole audit log as FHIR AuditEvent NDJSON, in chain order."""
+    from sharedcare.governance.access_log import export_ndjson
+
+    with _database().session() as session:
+        handle = out.open("w", encoding="utf-8") if out else sys.stdout
+        count = 0
+        for line in export_ndjson(session):
+            handle.write(line + "\n")
+            count += 1
+        if out:
+            handle.close()
+    console.print(f"exported {count} audit events")
 
 
 @framework_app.command("explain")

@@ -136,3 +136,29 @@ def test_framework_explain_for_one_role_and_an_unknown_one(env: Database) -> Non
     assert seen["demographics"].startswith("only that") and seen["summary"] == "nothing"
     bad = runner.invoke(app, ["framework", "explain", "--role", "wizard"])
     assert bad.exit_code == 2 and "no role 'wizard'" in bad.stderr
+
+
+def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Database, tmp_path: Path) -> None:
+    from sharedcare.governance.framework import load_framework
+    from sharedcare.governance.gateway import GovernedRecords, actor_for
+
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])
+    fw = load_framework(FRAMEWORK_PATH)
+    rows = csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout))
+    person = next(rows)["person_id"]
+    with env.session() as s:
+        GovernedRecords(s, fw, actor_for(fw, "dr.oconnor")).record_basis(person, "emergency", "collapsed in A&E")
+    (item,) = json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout)
+    assert (item["kind"], item["username"], item["overdue"]) == ("emergency", "dr.oconnor", False)
+    done = runner.invoke(app, ["audit", "outcome", str(item["id"]), "--outcome", "appropriate",
+                               "--note", "A&E attendance confirmed", "--by", "ig.morgan"])
+    assert done.exit_code == 0
+    assert json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout) == []
+    found = json.loads(runner.invoke(app, ["audit", "search", "--patient", person, "--json"]).stdout)
+    assert {r["action"] for r in found} >= {"access:basis:record", "governance:review:outcome"}
+    by_org = json.loads(runner.invoke(app, ["audit", "search", "--org", "RXR", "--json"]).stdout)
+    assert {r["user"] for r in by_org} == {"dr.oconnor"}
+    out = tmp_path / "audit.ndjson"
+    assert runner.invoke(app, ["audit", "export", "--out", str(out)]).exit_code == 0
+    assert len(out.read_text().splitlines()) == len(json.loads(runner.invoke(
+        app, ["audit", "search", "--json"]).stdout))

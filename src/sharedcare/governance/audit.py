@@ -38,6 +38,7 @@ class AuditAction(StrEnum):
     LOGIN = "auth:session:login"
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
+    REVIEW_OUTCOME = "governance:review:outcome"
 
 
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
@@ -95,7 +96,7 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
         **{key: _clean(value) for key, value in record.detail.items()},
     }
     entities.append({"name": "decision", "detail": [
-        {"type": key, "valueString": value} for key, value in details.items() if value is not None
+        {"type": key, "valueString": value} for key, value in details.items() if value  # FHIR strings are never empty
     ]})
     return {
         "resourceType": "AuditEvent",
@@ -122,7 +123,8 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
 def _digest(prev_hash: str, entry: AuditEntry) -> str:
     """Hash of the previous hash and every column of the entry (the searchable columns included)."""
     body = json.dumps({"seq": entry.seq, "recorded": entry.recorded_at.isoformat(), "action": entry.action,
-                       "outcome": entry.outcome, "username": entry.username, "patient_id": entry.patient_id,
+                       "outcome": entry.outcome, "username": entry.username,
+                       "organisation": entry.organisation, "patient_id": entry.patient_id,
                        "event": entry.event}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(f"{prev_hash}{body}".encode()).hexdigest()
 
@@ -137,7 +139,8 @@ def record_audit(session: Session, record: AuditRecord) -> AuditEntry:
     recorded = utcnow()
     event = to_audit_event(record, recorded)
     entry = AuditEntry(seq=head.seq + 1, recorded_at=recorded, action=record.action.value, outcome=record.outcome,
-                       username=record.username, patient_id=record.patient_id, event=event, prev_hash=head.hash)
+                       username=record.username, organisation=record.organisation, patient_id=record.patient_id,
+                       event=event, prev_hash=head.hash)
     entry.hash = _digest(head.hash, entry)
     session.add(entry)
     head.seq, head.hash = entry.seq, entry.hash

@@ -75,6 +75,13 @@ class Purpose(_Strict):
     needs_basis: bool
 
 
+class ReviewRules(_Strict):
+    """When the IG review queue must be worked, and what counts as unusual access."""
+
+    due_hours: float = Field(default=24, gt=0)
+    patients_per_hour: int = Field(default=30, ge=1)
+
+
 class WithholdRule(_Strict):
     id: str
     security: str
@@ -94,6 +101,7 @@ class Framework(_Strict):
     area: str
     basis: dict[Basis, BasisRule]
     min_reason_chars: int = Field(ge=0)
+    review: ReviewRules = Field(default_factory=ReviewRules)
     purposes: dict[str, Purpose]
     categories: dict[str, str]
     sensitive_categories: list[str]

@@ -36,7 +36,8 @@ from sharedcare.governance.policy import (
     check_request,
     decide,
 )
-from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ReviewItem
+from sharedcare.governance.review import flag_access
+from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource
 
 
 class AccessDenied(SharedcareError):
@@ -172,9 +173,8 @@ class GovernedRecords:
         self.session.add(row)
         seq = self._audit(AuditAction.BASIS_RECORD, "permit", person_id, basis=basis, reason=reason,
                           rule_id="permit-basis")
-        if rule.review:
-            self.session.add(ReviewItem(kind=basis, username=self.actor.username, person_id=person_id,
-                                        reason=reason, audit_seq=seq, created_at=self.now, status="open"))
+        self.session.flush()
+        flag_access(self.session, self.fw, self.actor, person_id, basis, reason, seq, self.now)
         self.session.flush()
         return row
 

@@ -146,12 +146,14 @@ class AuditEntry(Base):
     __table_args__ = (
         Index("ix_audit_events_patient", "patient_id"),
         Index("ix_audit_events_user", "username"),
+        Index("ix_audit_events_organisation", "organisation"),
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
     action: Mapped[str] = mapped_column(String(60))
     outcome: Mapped[str] = mapped_column(String(10))
     username: Mapped[str | None] = mapped_column(String(100))
+    organisation: Mapped[str | None] = mapped_column(String(16))
     patient_id: Mapped[str | None] = mapped_column(String(36))
     event: Mapped[dict[str, Any]] = mapped_column(JsonType)
     prev_hash: Mapped[str] = mapped_column(String(64))

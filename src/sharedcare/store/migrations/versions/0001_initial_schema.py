@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(length=60), nullable=False),
         sa.Column("outcome", sa.String(length=10), nullable=False),
         sa.Column("username", sa.String(length=100), nullable=True),
+        sa.Column("organisation", sa.String(length=16), nullable=True),
         sa.Column("patient_id", sa.String(length=36), nullable=True),
         sa.Column(
             "event",
@@ -65,6 +66,7 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.create_index("ix_audit_events_patient", ["patient_id"], unique=False)
         batch_op.create_index("ix_audit_events_user", ["username"], unique=False)
+        batch_op.create_index("ix_audit_events_organisation", ["organisation"], unique=False)
 
     audit_head = op.create_table(
         "audit_head",

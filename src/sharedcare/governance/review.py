@@ -1,0 +1,97 @@
+"""The IG officer's review queue: break glass, implied consent and unusual access, with outcomes.
+
+Items enter when a basis is recorded (gateway.record_basis calls `flag_access`); an IG officer records
+an outcome, which is audited. An item not reviewed within the framework's `review.due_hours` is shown
+as overdue (TRUST BG2: the clock is passed in, so tests can freeze it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.policy import Actor
+from sharedcare.store.models import AccessBasis, PatientRecord, Resource, ReviewItem
+
+Outcome = Literal["appropriate", "investigate"]
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    kind: str
+    username: str
+    patient_id: str
+    reason: str
+    created_at: datetime
+    due_at: datetime
+    overdue: bool
+    status: str
+    outcome: str | None
+
+
+def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, basis: str, reason: str,
+                audit_seq: int, now: datetime) -> list[str]:
+    """Queue whatever about this access an IG officer should look at; returns the kinds queued."""
+    kinds = []
+    rule = fw.basis.get(basis)  # type: ignore[call-overload]
+    if rule is not None and rule.review:
+        kinds.append(basis)
+    since = now - timedelta(hours=1)
+    patients_this_hour = session.scalar(
+        select(func.count(func.distinct(AccessBasis.person_id)))
+        .where(AccessBasis.username == actor.username, AccessBasis.granted_at > since)) or 0
+    if patients_this_hour == fw.review.patients_per_hour + 1:  # flag once, when the line is crossed
+        kinds.append("unusual-volume")
+    org = fw.organisation(actor.organisation)
+    if org is not None and org.kind == "gp" and not _holds_record(session, actor.organisation, person_id):
+        kinds.append("no-relationship")
+    for kind in kinds:
+        detail = reason if kind == basis else {
+            "unusual-volume": f"more than {fw.review.patients_per_hour} patients' records opened in an hour",
+            "no-relationship": f"{actor.organisation} holds no record of this patient",
+        }[kind]
+        session.add(ReviewItem(kind=kind, username=actor.username, person_id=person_id, reason=detail,
+                               audit_seq=audit_seq, created_at=now, status="open"))
+    return kinds
+
+
+def _holds_record(session: Session, org: str, person_id: str) -> bool:
+    found = session.scalar(select(Resource.id).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+                           .where(PatientRecord.person_id == person_id, Resource.source_org == org).limit(1))
+    return found is not None
+
+
+def queue(session: Session, fw: Framework, now: datetime, include_closed: bool = False) -> list[QueueItem]:
+    stmt = select(ReviewItem).order_by(ReviewItem.created_at, ReviewItem.id)
+    if not include_closed:
+        stmt = stmt.where(ReviewItem.status != "closed")
+    due = timedelta(hours=fw.review.due_hours)
+    return [QueueItem(i.id, i.kind, i.username, i.person_id, i.reason, i.created_at, i.created_at + due,
+                      i.status != "closed" and now > i.created_at + due, i.status, i.outcome)
+            for i in session.scalars(stmt)]
+
+
+def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "") -> ReviewItem:
+    """An IG officer's conclusion on one item, audited. 'investigate' keeps it visible as under
+    investigation; 'appropriate' closes it."""
+    item = session.get(ReviewItem, item_id)
+    if item is None:
+        raise SharedcareError(f"no review item #{item_id}", where="review")
+    if item.status == "closed":
+        raise SharedcareError(f"review item #{item_id} is already closed ({item.outcome})", where="review")
+    item.status = "closed" if outcome == "appropriate" else "investigating"
+    item.outcome = f"{outcome}: {note}".strip().rstrip(":")
+    record_audit(session, AuditRecord(AuditAction.REVIEW_OUTCOME, "permit", username=by, purpose="governance",
+                                      patient_id=item.person_id, reason=note,
+                                      detail={"review_item": str(item_id), "outcome": outcome,
+                                              "reviewed_user": item.username, "audit_seq": str(item.audit_seq)}))
+    session.flush()
+    return item

@@ -1,0 +1,128 @@
+"""The IG officer's Monday morning and the citizen's access log, over the small ICS."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import select
+from tests.small_ics import Ics
+
+from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.access_log import accesses_of, details, export_ndjson, search
+from sharedcare.governance.audit import verify
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.review import queue, record_outcome
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+
+def _db(ics: Ics) -> Database:
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    return database
+
+
+def test_break_glass_without_a_reason_is_refused_and_with_one_enters_the_queue(ics: Ics, framework: Framework) -> None:
+    headers = ics.token("dr.oconnor")
+    refused = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "emergency"}, headers=headers)
+    assert refused.status_code == 400
+    ok = ics.client.post(f"/api/access/{ics.okafor}",
+                         json={"basis": "emergency", "reason": "unconscious in resus, no history"}, headers=headers)
+    assert ok.status_code == 201 and ok.json()["review"] is True and "reviewed" in ok.json()["message"]
+    with _db(ics).session() as s:
+        (item,) = queue(s, framework, utcnow())
+    assert (item.kind, item.username, item.patient_id) == ("emergency", "dr.oconnor", ics.okafor)
+    assert item.reason == "unconscious in resus, no history" and not item.overdue
+
+
+def test_an_item_not_reviewed_within_a_day_is_overdue(ics: Ics, framework: Framework) -> None:
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    with _db(ics).session() as s:
+        assert not queue(s, framework, utcnow() + timedelta(hours=23))[0].overdue
+        assert queue(s, framework, utcnow() + timedelta(hours=25))[0].overdue
+
+
+def test_the_ig_officer_records_outcomes_which_are_audited(ics: Ics, framework: Framework) -> None:
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    ics.open_record("dr.oconnor", basis="emergency", reason="unconscious in resus, no history")
+    with _db(ics).session() as s:
+        first, second = queue(s, framework, utcnow())
+        record_outcome(s, first.id, "appropriate", by="ig.morgan", note="999 call, patient confused")
+        record_outcome(s, second.id, "investigate", by="ig.morgan", note="no A&E attendance found")
+    with _db(ics).session() as s:
+        assert [i.id for i in queue(s, framework, utcnow())] == [second.id]  # under investigation stays visible
+        with pytest.raises(SharedcareError, match="already closed"):
+            record_outcome(s, first.id, "investigate", by="ig.morgan")
+        outcomes = sorted(details(e)["outcome"] for e in search(s, username="ig.morgan"))
+    assert outcomes == ["appropriate", "investigate"]
+
+
+def test_opening_many_records_in_an_hour_is_flagged_once(ics: Ics, framework: Framework, db: Database) -> None:
+    from sharedcare.governance.gateway import GovernedRecords, actor_for
+    from sharedcare.store.models import Person
+
+    limit = framework.review.patients_per_hour
+    with db.session() as s:
+        for i in range(limit + 3):
+            s.add(Person(id=f"extra-{i:03d}"))
+    records_by = actor_for(framework, "para.evans")
+    for i in range(limit + 3):
+        with db.session() as s:
+            GovernedRecords(s, framework, records_by).record_basis(f"extra-{i:03d}", "explicit-consent", "")
+    with db.session() as s:
+        kinds = [i.kind for i in queue(s, framework, utcnow())]
+    assert kinds.count("unusual-volume") == 1
+
+
+def test_a_practice_opening_a_stranger_to_it_is_flagged(ics: Ics, framework: Framework) -> None:
+    ics.open_record("dr.patel", person=ics.stranger)  # Mrs Hughes is registered at P81002, not P81001
+    ics.open_record("dr.patel")  # Mr Okafor is their patient
+    with _db(ics).session() as s:
+        items = queue(s, framework, utcnow())
+    assert [(i.kind, i.patient_id) for i in items] == [("no-relationship", ics.stranger)]
+
+
+def test_a_citizen_sees_who_looked_at_their_record_and_why(ics: Ics, framework: Framework) -> None:
+    headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
+    ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("dr.singh"))  # refused: no basis
+    with _db(ics).session() as s:
+        log = accesses_of(s, framework, ics.okafor)
+    lines = {(a.who, a.role, a.organisation, a.what, a.basis, a.outcome) for a in log}
+    assert ("Carys Evans", "Paramedic", "North Region Ambulance Service NHS Trust", "viewed your record",
+            "implied consent", "allowed") in lines
+    assert ("Carys Evans", "Paramedic", "North Region Ambulance Service NHS Trust",
+            "recorded why they needed your record", "implied consent", "allowed") in lines
+    assert any(a.who == "Dr Harjit Singh" and a.outcome == "refused" for a in log)
+    assert all(a.when.tzinfo is not None for a in log)
+
+
+def test_the_audit_exports_as_valid_fhir_audit_events_in_chain_order(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
+    with _db(ics).session() as s:
+        lines = list(export_ndjson(s))
+        count = len(s.scalars(select(AuditEntry.seq)).all())
+        assert verify(s).ok
+    assert len(lines) == count >= 2
+    events = [json.loads(line) for line in lines]
+    assert [int(e["id"]) for e in events] == list(range(1, count + 1))
+    for event in events:
+        AuditEvent.model_validate(event)
+
+
+def test_an_objection_to_all_sharing_empties_another_organisations_view(ics: Ics, framework: Framework) -> None:
+    from tests.small_ics import OKAFOR_NHS
+
+    from sharedcare.governance.consent import set_choice
+
+    headers = ics.open_record("dr.oconnor")
+    before = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    assert {e["resource"]["meta"]["source"].split("|")[1] for e in before["entry"]} > {"RXR#epr"}
+    with _db(ics).session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
+    after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    assert {e["resource"]["meta"]["source"].split("|")[1] for e in after["entry"]} == {"RXR#epr"}
