@@ -7,6 +7,7 @@ Order of rules. Whole-request rules, first deny wins:
   1. deny-unknown-actor     no such user or role
   2. deny-actor-agreement   the user's organisation has no signed agreement in force
   3. deny-purpose           the role may not act for this purpose
+     deny-identifiable      the purpose allows pseudonymised data only (secondary use), never a record
   4. deny-no-basis          direct care needs a point-of-care basis for this user and patient
   5. deny-objection-org     the patient objected to the user's organisation seeing their record
 Then each item, first match withholds it:
@@ -117,6 +118,8 @@ def check_request(req: Request, fw: Framework, require_basis: bool = True) -> De
     purpose = fw.purposes.get(req.purpose)
     if purpose is None or req.purpose not in actor.role.purposes:
         return _deny("deny-purpose", f"the {actor.role.label} role may not act for purpose '{req.purpose}'")
+    if not purpose.identifiable:
+        return _deny("deny-identifiable", f"purpose '{req.purpose}' uses pseudonymised extracts only, not records")
     if require_basis and purpose.needs_basis and (req.basis is None or req.basis.expires_at <= req.now):
         return _deny("deny-no-basis", "record why you are opening this record (explicit consent, implied "
                                       "consent or emergency) before viewing it")

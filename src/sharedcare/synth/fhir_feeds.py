@@ -73,6 +73,8 @@ class Source:
     person: Person
     traced: bool = False  # a GP practice's own record: every name and address it has known
 
+TREATMENT_FUNCTION = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function"
+
 
 class Bundle:
     """Builds one bundle; every resource added references the bundle's Patient."""
@@ -231,7 +233,11 @@ class FhirFeed:
         enc = b.add({**encounter_resource(b.patient_ref, "AMB", "ambulatory", None, when,
                                           when + timedelta(minutes=30), self.org(source.org),
                                           service="Sexual health clinic"),
-                     "type": [{"text": "Sexual health clinic attendance"}]})
+                     "type": [{"text": "Sexual health clinic attendance"}],
+                     # NHS Data Dictionary treatment function 360: the code that marks the service sensitive
+                     "serviceType": {"coding": [{"system": TREATMENT_FUNCTION, "code": "360",
+                                                 "display": "Genitourinary Medicine"}],
+                                     "text": "Sexual health clinic"}})
         if diagnosis:
             b.add(condition(b.patient_ref, diagnosis, when.date(), "encounter-diagnosis", encounter=enc))
         return b.to_json()

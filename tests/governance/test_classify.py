@@ -1,0 +1,92 @@
+"""Every resource falls into exactly one data category, by its codes, the service that sent it and its
+type; free text and documents need tier 3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sharedcare.governance.classify import at_tier, classify
+from sharedcare.governance.framework import Framework
+from sharedcare.synth import generate
+
+SCT = "http://snomed.info/sct"
+
+
+def _coded(rtype: str, code: str = "44054006", field: str = "code", **extra: object) -> dict:
+    return {"resourceType": rtype, "id": "x", field: {"coding": [{"system": SCT, "code": code}]}, **extra}
+
+
+@pytest.mark.parametrize(("resource", "source_kind", "category"), [
+    ({"resourceType": "Patient", "id": "p"}, "gp", "demographics"),
+    (_coded("Condition"), "gp", "summary"),
+    (_coded("MedicationStatement", field="medicationCodeableConcept"), "gp", "summary"),
+    (_coded("AllergyIntolerance", "91936005"), "acute", "summary"),
+    (_coded("Immunization", field="vaccineCode"), "gp", "summary"),
+    (_coded("Observation", "999791000000106"), "gp", "diagnostics"),
+    (_coded("DiagnosticReport"), "acute", "diagnostics"),
+    (_coded("Encounter", field="serviceType"), "gp", "encounters"),
+    (_coded("Encounter", field="serviceType"), "ambulance", "encounters"),
+    (_coded("DocumentReference", "373942005", field="type"), "acute", "hospital_detail"),
+    (_coded("Procedure"), "acute", "hospital_detail"),
+    (_coded("CarePlan", field="category"), "acute", "hospital_detail"),
+    (_coded("CarePlan", field="category"), "community", "community"),
+    (_coded("Encounter"), "hospice", "community"),
+    (_coded("Encounter"), "mental_health", "mental_health"),
+    (_coded("Condition", "35489007"), "mental_health", "mental_health"),
+    (_coded("Observation"), "social_care", "social_care"),
+    (_coded("Condition", "105629000"), "gp", "sexual_health"),
+    (_coded("Condition", "105629000"), "mental_health", "sexual_health"),  # codes come before the service
+    (_coded("Condition", "870384001"), "gp", "safeguarding"),
+])
+def test_each_resource_falls_in_one_category(framework: Framework, resource: dict, source_kind: str,
+                                             category: str) -> None:
+    assert classify(resource, source_kind, framework) == category
+
+
+def test_a_medication_note_is_tier_3_while_the_coded_medicine_and_dose_are_tier_2() -> None:
+    med = {"resourceType": "MedicationStatement", "id": "m", "status": "active",
+           "medicationCodeableConcept": {"text": "Metformin"}, "dosage": [{"text": "One tablet twice daily"}],
+           "note": [{"text": "Stopped by hospital - check with patient"}],
+           "text": {"status": "generated", "div": "<div>narrative</div>"}}
+    tier2 = at_tier(med, 2)
+    assert tier2["medicationCodeableConcept"] == {"text": "Metformin"}
+    assert tier2["dosage"] == [{"text": "One tablet twice daily"}]
+    assert "note" not in tier2 and "text" not in tier2
+    assert at_tier(med, 3) == med
+
+
+def test_a_document_at_tier_2_keeps_what_it_is_but_not_what_it_says() -> None:
+    doc = _coded("DocumentReference", "373942005", field="type", status="current",
+                 content=[{"attachment": {"data": "c2VjcmV0"}}], description="Discharge letter text")
+    tier2 = at_tier(doc, 2)
+    assert tier2["type"] == doc["type"] and "content" not in tier2 and "description" not in tier2
+
+
+def test_demographics_tiers_add_address_then_next_of_kin() -> None:
+    patient = {"resourceType": "Patient", "id": "p", "name": [{"family": "Okafor"}], "birthDate": "1945-01-01",
+               "address": [{"postalCode": "RV3 7QT"}], "contact": [{"name": {"family": "Adeyemi"}}]}
+    assert set(at_tier(patient, 1)) == {"resourceType", "id", "name", "birthDate"}
+    assert "address" in at_tier(patient, 2) and "contact" not in at_tier(patient, 2)
+    assert "contact" in at_tier(patient, 3)
+
+
+def test_every_resource_of_a_synthetic_ics_has_a_category_and_sensitive_services_are_caught(
+        framework: Framework, tmp_path: Path) -> None:
+    generate(tmp_path, people=200, seed=5, framework=framework)
+    found: dict[tuple[str, str], set[str]] = {}
+    for path in sorted(tmp_path.rglob("*.ndjson")):
+        org = path.relative_to(tmp_path).parts[0]
+        kind = framework.organisations[org].kind
+        for line in path.read_text().splitlines():
+            for entry in json.loads(line)["entry"]:
+                resource = entry["resource"]
+                category = classify(resource, kind, framework)
+                assert category in framework.categories
+                found.setdefault((org, resource["resourceType"]), set()).add(category)
+    assert found[("RXM", "Encounter")] == {"mental_health"}
+    assert found[("RYC", "Encounter")] == {"community", "sexual_health"}  # district nursing; the GUM clinic
+    assert found[("RXR", "DocumentReference")] == {"hospital_detail"}
+    assert found[("P81001", "MedicationStatement")] <= {"summary", "sexual_health"}  # the pill is sexual health
