@@ -123,10 +123,12 @@ def main() -> int:
     table.add_column("value", justify="right")
     table.add_row("resources per record (median / max)",
                   f"{figures['median_resources_per_record']:.0f} / {figures['max_resources_per_record']}")
-    table.add_row("decision ms (median / p99)", f"{figures['decision_ms_median']:.3f} / {figures['decision_ms_p99']:.3f}")
+    table.add_row("decision ms (median / p99)",
+                  f"{figures['decision_ms_median']:.3f} / {figures['decision_ms_p99']:.3f}")
     table.add_row("$everything governed ms (median / p95)",
                   f"{figures['everything_governed_ms_median']:.2f} / {figures['everything_governed_ms_p95']:.2f}")
-    table.add_row("$everything baseline ms (same rows, no governance)", f"{figures['everything_baseline_ms_median']:.2f}")
+    table.add_row("$everything baseline ms (same rows, no governance)",
+                  f"{figures['everything_baseline_ms_median']:.2f}")
     table.add_row("governed / baseline", f"{figures['governance_cost_ratio']:.2f}")
     table.add_row("audit appends/s", f"{append_rate:.0f}")
     Console().print(table)
