@@ -129,8 +129,9 @@ def test_a_paramedic_sees_mr_okafors_record_from_his_gp_the_hospital_community_a
     kinds = {r["resourceType"] for r in resources}
     assert {"MedicationStatement", "AllergyIntolerance", "DocumentReference", "CarePlan"} <= kinds
     patient = resources[0]
-    assert any("Daughter" in json.dumps(c.get("relationship")) or "daughter" in json.dumps(c).lower()
-               for c in patient.get("contact", []))
+    assert any("Daughter" in json.dumps(c.get("relationship")) for c in patient.get("contact", []))
+    page = api.get(f"/record/{person}", headers=headers).text
+    assert "last issued" in page and "Daughter" in page and "Discharge" in page
 
 
 def _gp_source_id(db: Database, nhs_number: str, practice: str) -> str:

@@ -92,7 +92,13 @@ def detail(resource: dict[str, Any]) -> str:
                  for c in resource.get("component", [])]
         return "; ".join(parts) or str(resource.get("valueString", ""))
     if rtype == "MedicationStatement":
-        return "; ".join(d.get("text", "") for d in resource.get("dosage", []) if d.get("text"))
+        parts = [d.get("text", "") for d in resource.get("dosage", []) if d.get("text")]
+        issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
+                       if str(e.get("url", "")).endswith("MedicationStatementLastIssueDate")), None)
+        if issued:
+            parts.append(f"last issued {str(issued)[:10]}")
+        parts += [f"stopped: {concept_text(r)}" for r in resource.get("statusReason", []) if concept_text(r)]
+        return "; ".join(parts)
     if rtype == "AllergyIntolerance":
         reactions = [concept_text(m) for r in resource.get("reaction", []) for m in r.get("manifestation", [])]
         return ", ".join(r for r in reactions if r)
@@ -178,7 +184,7 @@ def patient_banner(patient: dict[str, Any] | None) -> dict[str, str]:
                 if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), "")
     address = next((a for a in patient.get("address", []) if not (a.get("period") or {}).get("end")), None)
     kin = [f"{' '.join((c.get('name') or {}).get('given', []))} {(c.get('name') or {}).get('family', '')}"
-           f" ({concept_text((c.get('relationship') or [{}])[0])})"
+           f" ({', '.join(concept_text(r) for r in c.get('relationship', []) if concept_text(r)) or 'contact'})"
            f"{' ' + c['telecom'][0].get('value', '') if c.get('telecom') else ''}"
            for c in patient.get("contact", [])]
     return {

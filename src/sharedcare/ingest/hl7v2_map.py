@@ -1,0 +1,444 @@
+"""HL7 v2 segments to UK Core FHIR: the mapping an interface analyst reviews, one function per resource.
+
+Segments are read through `Seg`, which numbers fields as the standard does and unescapes values with
+python-hl7. A value that cannot be mapped raises a MessageError naming the segment and field
+(`PID-7`, `OBX[3]-5`) with the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sharedcare.fhir.uk_core import ODS_SYSTEM, SNOMED, server_id
+from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
+from sharedcare.ingest.messages import MessageError
+
+Json = dict[str, Any]
+
+UK_TIME = ZoneInfo("Europe/London")  # HL7 times without an offset are the sender's local time
+UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+# python-hl7 turns \.br\ into a carriage return and highlighting (\H\, \N\) into underscores;
+# FHIR text wants newlines and no markup.
+_UNESCAPE = {".br": "\n", ".sp": "\n", ".ce": "\n", "H": "", "N": ""}
+
+_CODE_SYSTEMS = {"SCT": SNOMED, "LN": LOINC, "UCUM": UCUM}
+_GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other", "N": "unknown"}
+_NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname"}
+_ADDRESS_USE = {"H": "home", "B": "work", "O": "work", "C": "temp"}
+_ENCOUNTER_CLASS = {"I": ("IMP", "inpatient encounter"), "O": ("AMB", "ambulatory"), "E": ("EMER", "emergency"),
+                    "P": ("PRENC", "pre-admission")}
+# HL7 table 0123 (OBR-25, order status) and 0085 (OBX-11, result status) to FHIR status.
+_REPORT_STATUS = {"O": "registered", "I": "registered", "S": "registered", "A": "partial", "P": "preliminary",
+                  "R": "preliminary", "F": "final", "C": "amended", "X": "cancelled"}
+_RESULT_STATUS = {"I": "registered", "P": "preliminary", "R": "preliminary", "S": "preliminary", "F": "final",
+                  "U": "final", "C": "amended", "X": "cancelled", "D": "entered-in-error", "W": "entered-in-error"}
+_FLAGS = {"H": "High", "L": "Low", "N": "Normal", "HH": "Critical high", "LL": "Critical low", "A": "Abnormal",
+          "AA": "Critical abnormal"}
+
+_TIMESTAMP = re.compile(r"(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
+                        r"([+-]\d{4})?")
+_NUMBER = re.compile(r"\s*(<=|>=|<|>)?\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*")
+_RANGE = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*")
+
+
+class Seg:
+    """One segment as the standard numbers it (MSH-9 is field 9, PID-3 field 3), values unescaped."""
+
+    def __init__(self, segment: Any, message: Any, label: str, where: str) -> None:
+        self.segment = segment
+        self.message = message
+        self.name = str(segment[0])
+        self.label = label  # "PID", or "OBX[3]" for segments that repeat
+        self.where = where
+
+    def error(self, reason: str, field: int | None = None) -> MessageError:
+        return MessageError(reason, f"{self.where}, {self.label}" + (f"-{field}" if field else ""))
+
+    def reps(self, field: int) -> list[list[str]]:
+        """Each repetition of a field as its components (the first subcomponent of each), empty ones left out."""
+        if field >= len(self.segment):
+            return []
+        out = []
+        for rep in self.segment[field]:
+            parts = [rep] if isinstance(rep, str) else [p if isinstance(p, str) else str(p[0]) for p in rep]
+            components = [self._unescape(p) for p in parts]
+            if any(components):
+                out.append(components)
+        return out
+
+    def get(self, field: int, component: int = 1) -> str:
+        reps = self.reps(field)
+        return part(reps[0], component) if reps else ""
+
+    def text(self, field: int) -> str:
+        """A free-text field whole (ST, TX, FT): repetitions are lines; a separator left unescaped is kept."""
+        if field >= len(self.segment):
+            return ""
+        return "\n".join(self._unescape(str(rep)) for rep in self.segment[field]).strip()
+
+    def _unescape(self, value: str) -> str:
+        return "" if value == '""' else str(self.message.unescape(value, _UNESCAPE))  # "" is HL7's null
+
+
+def part(components: list[str], n: int) -> str:
+    """Component n (1-based) of a repetition, or "" when the sender stopped short of it."""
+    return components[n - 1] if n <= len(components) else ""
+
+
+def compact(node: Json) -> Json:
+    """Leave out the keys HL7 left empty: FHIR forbids empty strings, lists and objects."""
+    return {key: value for key, value in node.items() if value not in (None, "", [], {})}
+
+
+@dataclass(frozen=True)
+class Sender:
+    """The organisation that sent the message: how its resources refer to each other and to it."""
+
+    org: str
+    name: str
+
+    def organisation(self) -> Json:
+        return {"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": self.org}, "display": self.name}
+
+    def system(self, kind: str) -> str:
+        """A local identifier system in the NHS England form, e.g. https://fhir.rxr.nhs.uk/Id/mrn."""
+        return f"https://fhir.{self.org.lower()}.nhs.uk/Id/{kind}"
+
+    def reference(self, resource_type: str, source_id: str) -> Json:
+        return {"reference": f"{resource_type}/{server_id(self.org, resource_type, source_id)}"}
+
+
+# --- datatypes -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stamp:
+    """An HL7 timestamp as an aware UTC instant; a date-only value stays a date in FHIR."""
+
+    at: datetime
+    day: date
+    has_time: bool
+
+    @property
+    def fhir(self) -> str:
+        return self.at.isoformat() if self.has_time else self.day.isoformat()
+
+
+def stamp(seg: Seg, field: int) -> Stamp | None:
+    """Read a TS/DTM field. Written here because python-hl7's parse_datetime accepts trailing text, forgets
+    the precision and leaves a time without an offset naive; here it is UK local time made UTC."""
+    value = seg.get(field)
+    if not value:
+        return None
+    match = _TIMESTAMP.fullmatch(value)
+    try:
+        if match is None or match[3] is None:
+            raise ValueError(value)
+        year, month, day, hour, minute, second, fraction, offset = match.groups()
+        zone = UK_TIME if offset is None else timezone(
+            (-1 if offset[0] == "-" else 1) * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
+        local = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+                         int((fraction or "0").ljust(6, "0")), tzinfo=zone)
+    except ValueError as exc:
+        raise seg.error(f"'{value}' is not an HL7 timestamp (YYYYMMDD[HHMM[SS]][+/-ZZZZ])", field) from exc
+    return Stamp(local.astimezone(UTC), local.date(), hour is not None)
+
+
+def birth_date(seg: Seg, field: int) -> str | None:
+    """A date of birth at the precision sent (YYYY, YYYYMM or YYYYMMDD; a time after it is ignored)."""
+    value = seg.get(field)
+    if not value:
+        return None
+    match = _TIMESTAMP.fullmatch(value)
+    try:
+        if match is None:
+            raise ValueError(value)
+        date(int(match[1]), int(match[2] or 1), int(match[3] or 1))
+    except ValueError as exc:
+        raise seg.error(f"'{value}' is not an HL7 date (YYYYMMDD[HHMM[SS]])", field) from exc
+    return "-".join(p for p in (match[1], match[2], match[3]) if p)
+
+
+def code_system(name: str) -> str:
+    """SCT and LN become their FHIR URIs, HL7nnnn the v2 table's; a local name is kept as the sender gave it."""
+    table = re.fullmatch(r"HL7(\d{4})", name)
+    return f"http://terminology.hl7.org/CodeSystem/v2-{table[1]}" if table else _CODE_SYSTEMS.get(name, name)
+
+
+def concept(components: list[str]) -> Json | None:
+    """A CE/CWE (code^text^system, and an alternate code^text^system after it) as a CodeableConcept."""
+    codings = [compact({"system": code_system(part(components, i + 3)), "code": part(components, i + 1),
+                        "display": part(components, i + 2)})
+               for i in (0, 3) if part(components, i + 1)]
+    return compact({"coding": codings, "text": part(components, 2) or part(components, 5)}) or None
+
+
+def human_name(components: list[str], use: str | None = None) -> Json | None:
+    """An XPN: family^given^middle^suffix^prefix."""
+    family, given, middle, suffix, prefix = (part(components, n) for n in range(1, 6))
+    return compact({"use": use, "family": family, "given": [g for g in (given, middle) if g],
+                    "suffix": [suffix] if suffix else [], "prefix": [prefix] if prefix else []}) or None
+
+
+def person_display(components: list[str]) -> str:
+    """An XCN (id^family^given^middle^suffix^prefix) as a clinician would write it: 'Dr Laura KENT'."""
+    return " ".join(p for p in (part(components, 6), part(components, 3), part(components, 2)) if p)
+
+
+def address(components: list[str]) -> Json | None:
+    """An XAD: street^other^city^state^postcode^country^type."""
+    return compact({
+        "use": _ADDRESS_USE.get(part(components, 7)),
+        "line": [line for line in (part(components, 1), part(components, 2)) if line],
+        "city": part(components, 3), "district": part(components, 4), "postalCode": part(components, 5),
+        "country": part(components, 6),
+    }) or None
+
+
+def telecom(components: list[str], use: str) -> Json | None:
+    """An XTN: number^use^equipment^email, or the v2.5 parts (area code, local number) when 1 is empty."""
+    number, use_code, equipment, email = (part(components, n) for n in range(1, 5))
+    if use_code == "NET" or equipment in ("Internet", "X.400"):
+        return compact({"system": "email", "value": email or number, "use": use})
+    number = number or " ".join(p for p in (part(components, 6), part(components, 7)) if p)
+    system = {"FX": "fax", "BP": "pager"}.get(equipment, "phone")
+    use = "mobile" if equipment == "CP" else {"PRN": "home", "WPN": "work"}.get(use_code, use)
+    return compact({"system": system, "value": number, "use": use}) or None
+
+
+def _each(items: list[Json | None]) -> list[Json]:
+    return [item for item in items if item]
+
+
+# --- Patient ---------------------------------------------------------------------------------------
+
+def patient_ids(pid: Seg, sender: Sender) -> tuple[str, str | None]:
+    """PID-3: the hospital number (type MR, this trust's if several) and the NHS number (type NH), checked."""
+    identifiers = pid.reps(3)
+    mrns = [c for c in identifiers if part(c, 5) == "MR" and c[0]]
+    if not mrns:
+        raise pid.error("no MR identifier: the hospital number (PID-3 with type MR) is required", 3)
+    mrn = next((c[0] for c in mrns if part(c, 4) in (sender.org, "")), mrns[0][0])
+    nhs = next((c[0] for c in identifiers if part(c, 5) == "NH" and c[0]), None)
+    if nhs is not None and not is_valid(nhs):
+        raise pid.error(f"NHS number '{nhs}' fails the modulus 11 check", 3)
+    return mrn, normalise(nhs) if nhs else None
+
+
+def patient(pid: Seg, pd1: Seg | None, next_of_kin: list[Seg], sender: Sender) -> Json:
+    """PID, PD1 and NK1 as a UK Core Patient whose id is the hospital number."""
+    mrn, nhs = patient_ids(pid, sender)
+    names = pid.reps(5)
+    died = stamp(pid, 29)
+    resource: Json = {
+        "resourceType": "Patient", "id": mrn, "meta": {"profile": [UK_CORE + "Patient"]},
+        "identifier": ([{"system": NHS_NUMBER_SYSTEM, "value": nhs}] if nhs else [])
+        + [{"system": sender.system("mrn"), "value": mrn}],
+        "name": _each([human_name(n, _NAME_USE.get(part(n, 7), "official" if i == 0 else None))
+                       for i, n in enumerate(names)]),
+        "telecom": _each([telecom(t, "home") for t in pid.reps(13)] + [telecom(t, "work") for t in pid.reps(14)]),
+        "gender": _GENDER.get(pid.get(8)),
+        "birthDate": birth_date(pid, 7),
+        "deceasedDateTime": died.fhir if died else None,
+        "deceasedBoolean": True if not died and pid.get(30) == "Y" else None,
+        "address": _each([address(a) for a in pid.reps(11)]),
+        "generalPractitioner": _practice(pd1),
+        "contact": _each([_contact(nk1) for nk1 in next_of_kin]),
+    }
+    if pid.get(8) and resource["gender"] is None:
+        raise pid.error(f"administrative sex '{pid.get(8)}' is not one of M, F, U, O, A, N", 8)
+    return compact(resource)
+
+
+def _practice(pd1: Seg | None) -> list[Json]:
+    """PD1-3, the registered practice (XON: name^^ODS code, or the code in XON-10 from v2.5)."""
+    if pd1 is None or not pd1.reps(3):
+        return []
+    practice = pd1.reps(3)[0]
+    code = part(practice, 10) or part(practice, 3)
+    return [compact({"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": code} if code else None,
+                     "display": part(practice, 1)})]
+
+
+def _contact(nk1: Seg) -> Json | None:
+    """NK1: name, relationship (NK1-3), address, phones, and the contact role (NK1-7, e.g. next of kin)."""
+    return compact({
+        "relationship": _each([concept(c) for c in nk1.reps(7)[:1] + nk1.reps(3)[:1]]),
+        "name": human_name(nk1.reps(2)[0]) if nk1.reps(2) else None,
+        "telecom": _each([telecom(t, "home") for t in nk1.reps(5)] + [telecom(t, "work") for t in nk1.reps(6)]),
+        "address": address(nk1.reps(4)[0]) if nk1.reps(4) else None,
+    }) or None
+
+
+# --- Encounter -------------------------------------------------------------------------------------
+
+def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: Sender, reopened: bool) -> Json:
+    """PV1 as an Encounter. `status` None means an update (A08): the status follows the admit and
+    discharge times sent. `reopened` (A13, cancel discharge) drops the end."""
+    kind = pv1.get(2)
+    if kind not in _ENCOUNTER_CLASS:
+        raise pv1.error(f"patient class '{kind}' is not one of {', '.join(_ENCOUNTER_CLASS)}", 2)
+    start, end = stamp(pv1, 44), None if reopened else stamp(pv1, 45)
+    status = status or ("finished" if end else "in-progress" if start else "planned")
+    prior, current = _place(pv1.reps(6)), _place(pv1.reps(3))
+    return compact({
+        "resourceType": "Encounter", "id": visit, "meta": {"profile": [UK_CORE + "Encounter"]},
+        "identifier": [{"system": sender.system("visit-number"), "value": pv1.get(19)}] if pv1.get(19) else [],
+        "status": status,
+        "class": {"system": ACT_CODE, "code": _ENCOUNTER_CLASS[kind][0], "display": _ENCOUNTER_CLASS[kind][1]},
+        "subject": subject,
+        "participant": [{"type": [{"coding": [{"system": PARTICIPATION, "code": "ATND", "display": "attender"}]}],
+                         "individual": {"display": person_display(doctor)}} for doctor in pv1.reps(7)[:1]],
+        "period": compact({"start": start.fhir if start else None, "end": end.fhir if end else None}),
+        "location": ([{"location": {"display": prior}, "status": "completed"}] if prior else [])
+        + ([{"location": {"display": current}, "status": "completed" if status == "finished" else "active"}]
+           if current else []),
+        "serviceProvider": sender.organisation(),
+    })
+
+
+def _place(reps: list[list[str]]) -> str:
+    """A PL (point of care^room^bed^...) as one line: 'Ward 3 (Respiratory), Bay 2, Bed 4'."""
+    return ", ".join(p for p in (reps[0][:3] if reps else []) if p)
+
+
+# --- Laboratory results ----------------------------------------------------------------------------
+
+def _laboratory() -> list[Json]:
+    return [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
+
+
+def _status(seg: Seg, field: int, table: dict[str, str], name: str) -> str:
+    code = seg.get(field)
+    if code and code not in table:
+        raise seg.error(f"{name} '{code}' is not one of {', '.join(table)}", field)
+    return table.get(code, "unknown")
+
+
+def report(obr: Seg, notes: list[str], results: list[Json], subject: Json, encounter_ref: Json | None,
+           sender: Sender) -> Json:
+    """OBR as a DiagnosticReport: code OBR-4, taken OBR-7, reported OBR-22, status OBR-25; the NTEs after
+    the OBR are the lab's conclusion."""
+    code = concept(obr.reps(4)[0]) if obr.reps(4) else None
+    if code is None:
+        raise obr.error("no test code (OBR-4): a report must say what was tested", 4)
+    taken, reported = stamp(obr, 7), stamp(obr, 22)
+    return compact({
+        "resourceType": "DiagnosticReport", "id": obr.get(3), "meta": {"profile": [UK_CORE + "DiagnosticReport"]},
+        "identifier": [{"system": sender.system("filler-order-number"), "value": obr.get(3)}],
+        "status": _status(obr, 25, _REPORT_STATUS, "result status"),
+        "category": _laboratory(), "code": code, "subject": subject, "encounter": encounter_ref,
+        "effectiveDateTime": taken.fhir if taken else None,
+        "issued": reported.at.isoformat() if reported else None,
+        "performer": [sender.organisation()], "result": results, "conclusion": "\n".join(notes),
+    })
+
+
+def observation(obx: Seg, obr: Seg, notes: list[str], subject: Json, encounter_ref: Json | None) -> Json:
+    """OBX as an Observation: code OBX-3, value OBX-5 by its type OBX-2 with units OBX-6, range OBX-7,
+    flags OBX-8, status OBX-11, taken OBX-14 (else OBR-7); the NTEs after the OBX are its notes."""
+    code = concept(obx.reps(3)[0]) if obx.reps(3) else None
+    if code is None:
+        raise obx.error("no observation code (OBX-3)", 3)
+    unit = obx.reps(6)[0] if obx.reps(6) else []
+    taken, reported = stamp(obx, 14) or stamp(obr, 7), stamp(obr, 22)
+    return compact({
+        "resourceType": "Observation", "meta": {"profile": [UK_CORE + "Observation"]},
+        "status": _status(obx, 11, _RESULT_STATUS, "result status"),
+        "category": _laboratory(), "code": code, "subject": subject, "encounter": encounter_ref,
+        "effectiveDateTime": taken.fhir if taken else None,
+        "issued": reported.at.isoformat() if reported else None,
+        **_value(obx, unit),
+        "interpretation": [{"coding": [compact({"system": INTERPRETATION, "code": flag[0],
+                                                 "display": _FLAGS.get(flag[0])})]}
+                           for flag in obx.reps(8) if flag[0]],
+        "note": [{"text": note} for note in notes],
+        "referenceRange": _each([reference_range(obx.get(7), unit)]),
+    })
+
+
+def _value(obx: Seg, unit: list[str]) -> Json:
+    kind = obx.get(2)
+    if not obx.reps(5):
+        return {}
+    if kind == "NM":
+        quantity = _quantity(obx.get(5), unit)
+        if quantity is None:
+            raise obx.error(f"'{obx.get(5)}' is not a number (OBX-2 says NM)", 5)
+        return {"valueQuantity": quantity}
+    if kind == "SN":  # comparator^number, or ^low^-^high
+        comparator, low, separator, high = (obx.get(5, n) for n in range(1, 5))
+        if separator == "-" and _quantity(low, unit) and _quantity(high, unit):
+            return {"valueRange": {"low": _quantity(low, unit), "high": _quantity(high, unit)}}
+        quantity = None if separator else _quantity(comparator + low, unit)
+        return {"valueQuantity": quantity} if quantity else {"valueString": obx.text(5)}
+    if kind in ("ST", "TX", "FT"):
+        return {"valueString": obx.text(5)}
+    if kind in ("CE", "CWE"):
+        return {"valueCodeableConcept": concept(obx.reps(5)[0])}
+    if kind in ("DT", "TS", "DTM"):
+        when = stamp(obx, 5)
+        return {"valueDateTime": when.fhir} if when else {}
+    raise obx.error(f"value type '{kind}' is not handled (NM, SN, ST, TX, FT, CE, CWE, DT, TS)", 2)
+
+
+def _quantity(text: str, unit: list[str], simple: bool = False) -> Json | None:
+    """A number with an optional comparator ('<5', '>90') in the OBX-6 unit; UCUM-coded when the unit is UCUM."""
+    match = _NUMBER.fullmatch(text)
+    if match is None or (simple and match[1]):
+        return None
+    value: float | int = float(match[2]) if "." in match[2] else int(match[2])
+    code, display, system = part(unit, 1), part(unit, 2), part(unit, 3)
+    ucum = bool(code) and (system == "UCUM" or is_ucum(code))
+    return compact({"value": value, "comparator": match[1], "unit": display or code,
+                    "system": UCUM if ucum else None, "code": code if ucum else None})
+
+
+def reference_range(text: str, unit: list[str]) -> Json | None:
+    """OBX-7: 'low-high', '<high' or '>low' as bounds in the result's unit; anything else kept as text."""
+    if not text:
+        return None
+    span = _RANGE.fullmatch(text)
+    if span:
+        return {"low": _quantity(span[1], unit, simple=True), "high": _quantity(span[2], unit, simple=True)}
+    bound = _NUMBER.fullmatch(text)
+    if bound and bound[1]:
+        return {"high" if bound[1].startswith("<") else "low": _quantity(bound[2], unit, simple=True)}
+    return {"text": text}
+
+
+# --- UCUM ------------------------------------------------------------------------------------------
+# No UCUM parser is packaged for Python; this checks the syntax and the atoms clinical laboratories use,
+# so a unit is coded as UCUM only when it is one ('mL/min/{1.73_m2}', '10*9/L'), and a unit such as
+# 'mL/min/1.73m2', 'x10^9/L' or 'IU/L' is kept as text.
+_PREFIXES = ("da", "Y", "Z", "E", "P", "T", "G", "M", "k", "h", "d", "c", "m", "u", "n", "p", "f", "a", "z", "y")
+_METRIC = {"m", "g", "s", "L", "l", "mol", "U", "eq", "kat", "Cel", "K", "Pa", "bar", "Hz", "J", "W", "V", "A",
+           "osm", "Bq", "Gy", "Sv", "[IU]", "[iU]", "m[Hg]", "m[H2O]", "cal", "t"}
+_PLAIN = {"min", "h", "d", "wk", "mo", "a", "%", "[pH]", "[ppm]", "[ppb]", "[ppth]", "[drp]", "[arb'U]", "deg",
+          "[in_i]", "[ft_i]", "[lb_av]", "[oz_av]", "[degF]", "[psi]"}
+_UCUM_TERM = r"(?:[^./{}\s]|\{[^{}\s]*\})+"
+_UCUM = re.compile(rf"/?{_UCUM_TERM}(?:[./]{_UCUM_TERM})*")
+_UCUM_PART = re.compile(r"(?P<atom>.+?)(?P<exponent>[+-]?\d+)?(?P<note>\{[^{}]*\})?")
+
+
+def is_ucum(unit: str) -> bool:
+    if not _UCUM.fullmatch(unit):
+        return False
+    for term in re.findall(_UCUM_TERM, unit):
+        if re.fullmatch(r"\{[^{}]*\}|\d+|10[*^][+-]?\d+", term):
+            continue
+        match = _UCUM_PART.fullmatch(term)
+        atom = match["atom"] if match else ""
+        if atom not in _PLAIN and not any(atom.startswith(p) and atom[len(p):] in _METRIC for p in ("", *_PREFIXES)):
+            return False
+    return True
