@@ -13,11 +13,11 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import FRAMEWORK_PATH
 
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Agreement, load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide
-from tests.conftest import FRAMEWORK_PATH
 
 RAW = yaml.safe_load(FRAMEWORK_PATH.read_text(encoding="utf-8"))
 FW = load_framework(FRAMEWORK_PATH)

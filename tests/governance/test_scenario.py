@@ -7,13 +7,13 @@ import json
 
 import pytest
 from sqlalchemy import text, update
+from tests.conftest import FRAMEWORK_PATH
+from tests.governance.test_audit import as_an_attacker_with_ddl_rights
+from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.store.models import AuditEntry
-from tests.conftest import FRAMEWORK_PATH
-from tests.governance.test_audit import as_an_attacker_with_ddl_rights
-from tests.small_ics import OKAFOR_NHS, Ics
 
 runner = CliRunner()
 

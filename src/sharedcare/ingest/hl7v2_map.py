@@ -344,7 +344,8 @@ def report(obr: Seg, notes: list[str], results: list[Json], subject: Json, encou
     })
 
 
-def observation(obx: Seg, obr: Seg, notes: list[str], subject: Json, encounter_ref: Json | None) -> Json:
+def observation(obx: Seg, obr: Seg, source_id: str, notes: list[str], subject: Json,
+                encounter_ref: Json | None) -> Json:
     """OBX as an Observation: code OBX-3, value OBX-5 by its type OBX-2 with units OBX-6, range OBX-7,
     flags OBX-8, status OBX-11, taken OBX-14 (else OBR-7); the NTEs after the OBX are its notes."""
     code = concept(obx.reps(3)[0]) if obx.reps(3) else None
@@ -353,7 +354,7 @@ def observation(obx: Seg, obr: Seg, notes: list[str], subject: Json, encounter_r
     unit = obx.reps(6)[0] if obx.reps(6) else []
     taken, reported = stamp(obx, 14) or stamp(obr, 7), stamp(obr, 22)
     return compact({
-        "resourceType": "Observation", "meta": {"profile": [UK_CORE + "Observation"]},
+        "resourceType": "Observation", "id": source_id, "meta": {"profile": [UK_CORE + "Observation"]},
         "status": _status(obx, 11, _RESULT_STATUS, "result status"),
         "category": _laboratory(), "code": code, "subject": subject, "encounter": encounter_ref,
         "effectiveDateTime": taken.fhir if taken else None,
@@ -376,12 +377,13 @@ def _value(obx: Seg, unit: list[str]) -> Json:
         if quantity is None:
             raise obx.error(f"'{obx.get(5)}' is not a number (OBX-2 says NM)", 5)
         return {"valueQuantity": quantity}
-    if kind == "SN":  # comparator^number, or ^low^-^high
+    if kind == "SN":  # comparator^number or ^low^-^high; other forms (ratios, 1:128) are kept as text
         comparator, low, separator, high = (obx.get(5, n) for n in range(1, 5))
-        if separator == "-" and _quantity(low, unit) and _quantity(high, unit):
-            return {"valueRange": {"low": _quantity(low, unit), "high": _quantity(high, unit)}}
-        quantity = None if separator else _quantity(comparator + low, unit)
-        return {"valueQuantity": quantity} if quantity else {"valueString": obx.text(5)}
+        bounds = _quantity(low, unit, simple=True), _quantity(high, unit, simple=True)
+        if separator == "-" and bounds[0] and bounds[1]:
+            return {"valueRange": {"low": bounds[0], "high": bounds[1]}}
+        single = None if separator else _quantity(comparator + low, unit)
+        return {"valueQuantity": single} if single else {"valueString": "".join(obx.reps(5)[0])}
     if kind in ("ST", "TX", "FT"):
         return {"valueString": obx.text(5)}
     if kind in ("CE", "CWE"):
