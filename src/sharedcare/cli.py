@@ -240,12 +240,12 @@ def demo(
         org = fw.organisation(user.organisation)
         table.add_row(user.username, fw.roles[user.role].label, org.name if org else user.organisation)
     console.print(table)
-    people = Table(title="People to look up (JOURNEYS.md)")
+    journeys = Table(title="People to look up (JOURNEYS.md)")
     for column in ("name", "born", "NHS number", "journey"):
-        people.add_column(column)
+        journeys.add_column(column)
     for person in json.loads((out / "feeds" / "manifest.json").read_text())["journeys"]:
-        people.add_row(person["name"], person["birth_date"], person["nhs_number"], person["journey"])
-    console.print(people)
+        journeys.add_row(person["name"], person["birth_date"], person["nhs_number"], person["journey"])
+    console.print(journeys)
     console.print(f"Clinician portal: http://{host}:{port}/   FHIR API: http://{host}:{port}/fhir/metadata")
     console.print("Try: sign in as para.evans, find Mr Okafor by family name and date of birth, record implied "
                   "consent with a reason, and read his combined record.")

@@ -39,6 +39,8 @@ class AuditAction(StrEnum):
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
+    AUDIT_SEARCH = "governance:audit:search"
+    GOVERNANCE_DENIED = "governance:function:denied"
 
 
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.

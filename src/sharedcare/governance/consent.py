@@ -35,7 +35,8 @@ def choices_for(session: Session, nhs_numbers: Iterable[str]) -> Choices:
     )
 
 
-def set_choice(session: Session, nhs_number: str, *, by: str, object_all: bool | None = None,
+def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | None = None,
+               object_all: bool | None = None,
                object_org: str | None = None, opt_out_secondary: bool | None = None,
                clear: bool = False) -> Preference:
     """Record one change to a patient's choices, audited."""
@@ -57,6 +58,7 @@ def set_choice(session: Session, nhs_number: str, *, by: str, object_all: bool |
                                          ("opt-out-secondary", pref.opt_out_secondary)) if on)
                + (f" object-org={','.join(pref.object_orgs)}" if pref.object_orgs else ""))
     record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
+                                      patient_id=person_id,
                                       detail={"nhs_number_suffix": nhs_number[-4:], "choices": summary.strip()}))
     session.flush()
     return pref

@@ -23,6 +23,9 @@ OrgKind = Literal[
     "care_home",
 ]
 SourceFormat = Literal["fhir", "hl7v2", "csv"]
+# Governance functions a role may be granted, named `area:subject:action` like audit actions.
+PERMISSIONS = frozenset({"governance:review:work", "governance:audit:search", "governance:agreement:set",
+                         "governance:preference:view"})
 
 
 class _Strict(BaseModel):
@@ -59,6 +62,8 @@ class Role(_Strict):
     label: str
     purposes: list[str]
     tiers: dict[str, int]
+    citizen: bool = False  # a patient reading their own record: no organisation, no basis, only their record
+    permissions: list[str] = Field(default_factory=list)  # governance functions (review queue, audit search...)
 
     def tier(self, category: str) -> int:
         return self.tiers.get(category, 0)
@@ -164,7 +169,10 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
                 problems.append((("roles", name, "tiers", category), f"unknown category '{category}'"))
             if not 0 <= tier <= 3:
                 problems.append((("roles", name, "tiers", category), f"tier {tier} out of range 0-3"))
-        if "direct-care" in role.purposes:
+        for permission in role.permissions:
+            if permission not in PERMISSIONS:
+                problems.append((("roles", name, "permissions"), f"unknown permission '{permission}'"))
+        if "direct-care" in role.purposes or role.citizen:
             for category in sorted(categories - set(role.tiers)):
                 problems.append((("roles", name, "tiers"), f"category '{category}' missing"))
     for category in fw.sensitive_categories:

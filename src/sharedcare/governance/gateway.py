@@ -106,6 +106,12 @@ def actor_for(fw: Framework, username: str) -> Actor:
     return Actor(username=username, role=fw.roles.get(user.role), organisation=user.organisation)
 
 
+def citizen_actor(fw: Framework, person_id: str) -> Actor:
+    """A citizen signed in to the patient portal, who may read only their own record."""
+    return Actor(username=f"patient:{person_id}", role=fw.roles.get("patient"), organisation="",
+                 person_id=person_id)
+
+
 class GovernedRecords:
     """Reads of patient data on behalf of one actor, for one purpose, in one request."""
 

@@ -5,6 +5,8 @@
 
 Order of rules. Whole-request rules, first deny wins:
   1. deny-unknown-actor     no such user or role
+     deny-not-own-record    a citizen may read only their own record (and needs no organisation or basis;
+                            their objections do not hide their own record from them)
   2. deny-actor-agreement   the user's organisation has no signed agreement in force
   3. deny-purpose           the role may not act for this purpose
      deny-identifiable      the purpose allows pseudonymised data only (secondary use), never a record
@@ -39,6 +41,7 @@ class Actor:
     username: str
     role: Role | None
     organisation: str
+    person_id: str | None = None  # set for a citizen: the one record they may read
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,12 @@ def check_request(req: Request, fw: Framework, require_basis: bool = True) -> De
     actor = req.actor
     if actor.role is None or actor.role.name not in fw.roles:
         return _deny("deny-unknown-actor", "unknown user or role")
+    if actor.role.citizen:
+        if actor.person_id is None or actor.person_id != req.patient_id:
+            return _deny("deny-not-own-record", "you can see only your own record")
+        if req.purpose not in actor.role.purposes:
+            return _deny("deny-purpose", f"a {actor.role.label.lower()} may not act for purpose '{req.purpose}'")
+        return None
     agreement = req.agreements.get(actor.organisation)
     if agreement is None or not agreement.in_force(req.now.date()):
         return _deny("deny-actor-agreement",
@@ -134,9 +143,10 @@ def _withhold_reason(item: Item, req: Request, fw: Framework) -> str | None:
     source = req.agreements.get(item.source_org)
     if source is None or not source.in_force(req.now.date()):
         return "source-agreement"
-    if req.choices.object_all and not own:
+    citizen = actor.role is not None and actor.role.citizen
+    if req.choices.object_all and not own and not citizen:
         return "objection-all"
-    if item.source_org in req.choices.object_orgs:
+    if item.source_org in req.choices.object_orgs and not citizen:
         return "objection-org"
     if not own:
         for rule in fw.always_withheld:

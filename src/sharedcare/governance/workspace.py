@@ -1,0 +1,109 @@
+"""Governance functions for the IG officer and for citizens, each bound to one actor.
+
+The IG officer's workspace (review queue, audit search, agreements, recorded choices) needs the
+permissions the framework grants the role; nothing checks roles in a route. A citizen's workspace
+reads only that citizen's record, their access log and their choices.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sharedcare.clock import utcnow
+from sharedcare.governance import access_log, review
+from sharedcare.governance.agreements import effective_agreements, set_agreement
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.consent import Choices, choices_for, set_choice
+from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
+from sharedcare.governance.gateway import AccessDenied, GovernedRecords, RecordView, citizen_actor
+from sharedcare.governance.policy import Actor
+from sharedcare.store.models import AuditEntry, PatientRecord
+
+
+class IgWorkspace:
+    """What an information governance officer can do, each step checked and audited."""
+
+    def __init__(self, session: Session, fw: Framework, actor: Actor) -> None:
+        self.session, self.fw, self.actor = session, fw, actor
+
+    def _require(self, permission: str) -> None:
+        role = self.actor.role
+        if role is None or permission not in role.permissions:
+            record_audit(self.session, AuditRecord(AuditAction.GOVERNANCE_DENIED, "deny", self.actor.username,
+                                                   role=role.name if role else None,
+                                                   organisation=self.actor.organisation or None,
+                                                   purpose="governance", rule_id="deny-permission",
+                                                   detail={"permission": permission}))
+            self.session.commit()
+            raise AccessDenied("deny-permission", f"your role may not use this function ({permission})")
+
+    def queue(self, include_closed: bool = False, now: datetime | None = None) -> list[review.QueueItem]:
+        self._require("governance:review:work")
+        return review.queue(self.session, self.fw, now or utcnow(), include_closed)
+
+    def record_outcome(self, item_id: int, outcome: review.Outcome, note: str = "") -> None:
+        self._require("governance:review:work")
+        review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
+
+    def search(self, **criteria: object) -> list[AuditEntry]:
+        """Audit search; the search itself is audited (who searched for what)."""
+        self._require("governance:audit:search")
+        entries = access_log.search(self.session, **criteria)  # type: ignore[arg-type]
+        record_audit(self.session, AuditRecord(
+            AuditAction.AUDIT_SEARCH, "permit", self.actor.username, role="ig_officer",
+            organisation=self.actor.organisation or None, purpose="governance",
+            detail={k: str(v) for k, v in criteria.items() if v}))
+        return entries
+
+    def agreements(self) -> dict[str, Agreement]:
+        return effective_agreements(self.session, self.fw)
+
+    def set_agreement(self, org: str, status: AgreementStatus) -> Agreement:
+        self._require("governance:agreement:set")
+        return set_agreement(self.session, self.fw, org, status, by=self.actor.username)
+
+    def choices(self, nhs_number: str) -> Choices:
+        self._require("governance:preference:view")
+        return choices_for(self.session, [nhs_number])
+
+
+class CitizenWorkspace:
+    """A citizen's own record, who looked at it, and their choices; nothing about anyone else."""
+
+    def __init__(self, session: Session, fw: Framework, person_id: str, request_id: str | None = None) -> None:
+        self.session, self.fw, self.person_id = session, fw, person_id
+        self.actor = citizen_actor(fw, person_id)
+        self.request_id = request_id
+
+    def nhs_numbers(self) -> list[str]:
+        return sorted(n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
+            PatientRecord.person_id == self.person_id, PatientRecord.nhs_number.is_not(None))) if n)
+
+    def record(self) -> RecordView:
+        return GovernedRecords(self.session, self.fw, self.actor, purpose="self-access",
+                               request_id=self.request_id).everything(self.person_id)
+
+    def accesses(self) -> list[access_log.Access]:
+        """Everyone else's looks at the record (the citizen's own reads are left out)."""
+        return [a for a in access_log.accesses_of(self.session, self.fw, self.person_id)
+                if a.username != self.actor.username]
+
+    def choices(self) -> Choices:
+        return choices_for(self.session, self.nhs_numbers())
+
+    def set_choice(self, change: Literal["object-all", "object-org", "opt-out-secondary", "clear"],
+                   organisation: str | None = None) -> Choices:
+        """Apply one choice to every NHS number the citizen's record carries; takes effect at once."""
+        if change == "object-org" and (organisation is None or organisation not in self.fw.organisations):
+            raise ValueError(f"unknown organisation '{organisation}'")
+        for number in self.nhs_numbers():
+            set_choice(self.session, number, by=self.actor.username, person_id=self.person_id,
+                       object_all=True if change == "object-all" else None,
+                       object_org=organisation if change == "object-org" else None,
+                       opt_out_secondary=True if change == "opt-out-secondary" else None,
+                       clear=change == "clear")
+        return self.choices()

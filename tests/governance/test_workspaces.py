@@ -1,0 +1,78 @@
+"""The citizen's and the IG officer's own functions, bound to who they are."""
+
+from __future__ import annotations
+
+import pytest
+from tests.small_ics import Ics
+
+from sharedcare.governance.access_log import search
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import AccessDenied, GovernedRecords, actor_for, citizen_actor
+from sharedcare.governance.workspace import CitizenWorkspace, IgWorkspace
+from sharedcare.store.database import Database
+
+
+def _db(ics: Ics) -> Database:
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    return database
+
+
+def test_a_citizen_reads_their_whole_record_even_where_they_objected_to_sharing(ics: Ics,
+                                                                                 framework: Framework) -> None:
+    with _db(ics).session() as s:
+        me = CitizenWorkspace(s, framework, ics.okafor)
+        me.set_choice("object-all")
+        view = me.record()
+    assert {r.source_org for r in view.resources} == {"P81001", "RXR", "RYC", "RXM"}
+    assert view.withheld.get("confidential") == 1  # the restricted hospital letter stays withheld
+
+
+def test_a_citizen_cannot_read_anyone_elses_record(ics: Ics, framework: Framework) -> None:
+    with _db(ics).session() as s, pytest.raises(AccessDenied) as denied:
+        GovernedRecords(s, framework, citizen_actor(framework, ics.okafor), purpose="self-access").everything(
+            ics.stranger)
+    assert denied.value.rule_id == "deny-not-own-record"
+
+
+def test_a_citizen_sees_others_looks_at_their_record_not_their_own(ics: Ics, framework: Framework) -> None:
+    headers = ics.open_record("dn.williams")
+    ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
+    with _db(ics).session() as s:
+        me = CitizenWorkspace(s, framework, ics.okafor)
+        me.record()
+        log = me.accesses()
+    assert {a.who for a in log} == {"Bethan Williams"}
+
+
+def test_a_citizens_objection_to_one_organisation_takes_effect_for_clinicians_at_once(ics: Ics,
+                                                                                       framework: Framework) -> None:
+    headers = ics.open_record("dr.patel")
+    before = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    assert any("RYC#" in e["resource"]["meta"]["source"] for e in before["entry"])
+    with _db(ics).session() as s:
+        choices = CitizenWorkspace(s, framework, ics.okafor).set_choice("object-org", "RYC")
+    assert choices.object_orgs == {"RYC"}
+    after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    assert not any("RYC#" in e["resource"]["meta"]["source"] for e in after["entry"])
+    community = ics.token("dn.williams")
+    assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"},
+                           headers=community).status_code == 403
+
+
+def test_only_roles_granted_it_can_work_the_review_queue_and_the_refusal_is_audited(ics: Ics,
+                                                                                    framework: Framework) -> None:
+    with _db(ics).session() as s, pytest.raises(AccessDenied):
+        IgWorkspace(s, framework, actor_for(framework, "dr.patel")).queue()
+    with _db(ics).session() as s:
+        assert [e.outcome for e in search(s, username="dr.patel")] == ["deny"]
+        IgWorkspace(s, framework, actor_for(framework, "ig.morgan")).queue()
+
+
+def test_an_ig_officers_audit_search_is_itself_audited(ics: Ics, framework: Framework) -> None:
+    ics.open_record("dr.patel")
+    with _db(ics).session() as s:
+        found = IgWorkspace(s, framework, actor_for(framework, "ig.morgan")).search(username="dr.patel")
+        assert [e.action for e in found] == ["access:basis:record"]
+    with _db(ics).session() as s:
+        (entry,) = search(s, username="ig.morgan")
+    assert entry.action == "governance:audit:search"
