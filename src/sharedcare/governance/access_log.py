@@ -81,7 +81,8 @@ def accesses_of(session: Session, fw: Framework, person_id: str, limit: int = 50
         role = fw.roles.get(user.role) if user else None
         info = details(entry)
         out.append(Access(
-            when=entry.recorded_at, username=entry.username or "", who=user.name if user else (entry.username or "unknown"),
+            when=entry.recorded_at, username=entry.username or "",
+            who=user.name if user else (entry.username or "unknown"),
             role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
             what=ACTION_WORDS.get(AuditAction(entry.action), entry.action),
             basis=(info.get("basis") or "").replace("-", " "), reason=info.get("reason", ""),
