@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -17,12 +18,14 @@ from sharedcare import __version__
 from sharedcare.api.deps import RecordsDep
 from sharedcare.api.outcomes import FHIR_JSON
 from sharedcare.clock import utcnow
-from sharedcare.errors import SharedcareError
+from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.gateway import NotFound, RecordView, ServedResource
+from sharedcare.governance.gateway import GovernedRecords, NotFound, PatientMatch, RecordView, ServedResource
+from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, normalise
 
 router = APIRouter(prefix="/fhir")
 CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
+PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
 
 
 def fhir_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -64,13 +67,19 @@ def _bundle(request: Request, resources: list[dict[str, Any]]) -> dict[str, Any]
 @router.get("/metadata")
 def capability_statement() -> JSONResponse:
     interactions = [{"code": "read"}, {"code": "search-type"}]
+    clinical_params = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
+                       {"name": "date", "type": "date"}, {"name": "category", "type": "token"},
+                       {"name": "status", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
     resources: list[dict[str, Any]] = [{
-        "type": "Patient", "interaction": [{"code": "read"}],
+        "type": "Patient", "interaction": interactions,
+        "searchParam": [{"name": "identifier", "type": "token"}, {"name": "family", "type": "string"},
+                        {"name": "given", "type": "string"}, {"name": "birthdate", "type": "date"},
+                        {"name": "address-postalcode", "type": "string"}],
         "operation": [{"name": "everything",
                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
     }]
-    resources += [{"type": t, "interaction": interactions,
-                   "searchParam": [{"name": "patient", "type": "reference"}]} for t in CLINICAL_TYPES]
+    resources += [{"type": t, "interaction": interactions, "searchInclude": [f"{t}:patient"],
+                   "searchParam": clinical_params} for t in CLINICAL_TYPES]
     return fhir_response({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -100,10 +109,66 @@ def _everything_resources(view: RecordView, types: set[str] | None, provenance: 
 @router.get("/Patient/{patient_id}/$everything")
 def patient_everything(patient_id: str, request: Request, records: RecordsDep) -> JSONResponse:
     params = request.query_params
+    unknown = sorted(set(params) - {"_type", "_since", "_revinclude"})
+    if unknown:
+        raise SearchError(f"$everything does not take {', '.join(unknown)} (it takes _type, _since, _revinclude)")
     types = {t.strip() for t in params.get("_type", "").split(",") if t.strip()} or None
+    since = DateFilter.parse("_since", "ge" + params["_since"]) if params.get("_since") else None
     provenance = params.get("_revinclude") == "Provenance:target"
     view = records.everything(patient_id)
+    if since:
+        view.resources = [s for s in view.resources
+                          if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
     return fhir_response(_bundle(request, _everything_resources(view, types, provenance)))
+
+
+def _patient_summary(match: PatientMatch) -> dict[str, Any]:
+    """What a patient search returns before any basis is recorded: who the person is, nothing clinical."""
+    resource: dict[str, Any] = {"resourceType": "Patient", "id": match.person_id,
+                                "name": [{"text": match.name}]}
+    if match.nhs_number:
+        resource["identifier"] = [{"system": NHS_NUMBER_SYSTEM, "value": match.nhs_number}]
+    if match.birth_date:
+        resource["birthDate"] = match.birth_date.isoformat()
+    if match.gender:
+        resource["gender"] = match.gender
+    if match.postcode:
+        resource["address"] = [{"postalCode": match.postcode}]
+    return resource
+
+
+def _search_patients(request: Request, records: GovernedRecords, params: list[tuple[str, str]]) -> JSONResponse:
+    values = dict(params)
+    unknown = sorted(set(values) - PATIENT_SEARCH_PARAMS)
+    if unknown:
+        raise SearchError(f"search parameter(s) {', '.join(unknown)} not supported on Patient "
+                          f"(supported: {', '.join(sorted(PATIENT_SEARCH_PARAMS))})")
+    refused = [name for name in values if name in REFUSED]
+    if refused:
+        raise SearchError(f"{refused[0]}: {REFUSED[refused[0]]}")
+    nhs = None
+    if values.get("identifier"):
+        system, _, value = values["identifier"].rpartition("|")
+        if system and system != NHS_NUMBER_SYSTEM:
+            raise SearchError(f"identifier: only the NHS number system ({NHS_NUMBER_SYSTEM}) is searchable")
+        nhs = normalise(value)
+    born = parse_instant(values["birthdate"]).date() if values.get("birthdate") else None
+    matches = records.search_patients(nhs_number=nhs, family=values.get("family"), given=values.get("given"),
+                                      birth_date=born, postcode=values.get("address-postalcode"))
+    return fhir_response(_bundle(request, [_patient_summary(m) for m in matches]))
+
+
+@router.get("/Patient")
+def search_patients(request: Request, records: RecordsDep) -> JSONResponse:
+    """Patient search by query string (works, but puts identifiers in URLs: prefer POST _search)."""
+    return _search_patients(request, records, list(request.query_params.multi_items()))
+
+
+@router.post("/Patient/_search")
+async def search_patients_by_post(request: Request, records: RecordsDep) -> JSONResponse:
+    """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log."""
+    form = await request.form()
+    return _search_patients(request, records, [(k, str(v)) for k, v in form.multi_items()])
 
 
 @router.get("/Patient/{patient_id}")
@@ -125,11 +190,13 @@ def read_resource(resource_type: str, resource_id: str, records: RecordsDep) -> 
 def search(resource_type: str, request: Request, records: RecordsDep) -> JSONResponse:
     if resource_type not in CLINICAL_TYPES:
         raise NotFound(f"resource type '{resource_type}' is not served here")
-    unknown = sorted(set(request.query_params) - {"patient", "subject"})
-    if unknown:
-        raise SharedcareError(f"search parameter(s) not supported yet: {', '.join(unknown)}", where="search")
-    patient = request.query_params.get("patient") or request.query_params.get("subject")
-    if not patient:
-        raise SharedcareError("give patient=<id>: searches are per patient", where="search")
-    view = records.everything(patient.removeprefix("Patient/"))
-    return fhir_response(_bundle(request, [s.content for s in view.of_type(resource_type)]))
+    params = list(request.query_params.multi_items())
+    query = ClinicalQuery.parse(resource_type, params)
+    view = records.everything(query.patient)
+    page, more = query.select([s.content for s in view.of_type(resource_type)])
+    entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
+    bundle = _bundle(request, entries)
+    if more:
+        following = [(k, v) for k, v in params if k != "_offset"] + [("_offset", str(query.offset + query.count))]
+        bundle["link"].append({"relation": "next", "url": str(request.url.replace(query=urlencode(following)))})
+    return fhir_response(bundle)

@@ -256,12 +256,13 @@ class GovernedRecords:
 
     # -- search ----------------------------------------------------------------------------------
     def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,
-                        given: str | None = None, birth_date: date | None = None) -> list[PatientMatch]:
+                        given: str | None = None, birth_date: date | None = None,
+                        postcode: str | None = None) -> list[PatientMatch]:
         """Find people by NHS number, or by family name and date of birth (given name optional).
 
         Audited as IHE BALP asks: one event per patient found, and one when none is found."""
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
-                           "birthdate": birth_date or ""})
+                           "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
         denied = check_request(self._request("", None, []), self.fw, require_basis=False)
         if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:
@@ -279,6 +280,8 @@ class GovernedRecords:
                               PatientRecord.birth_date == birth_date)
             if given:
                 stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower()))
+            if postcode:
+                stmt = stmt.where(PatientRecord.postcode == " ".join(postcode.upper().split()))
         else:
             raise InvalidRequest("search by NHS number, or by family name and date of birth")
         by_person: dict[str, list[PatientRecord]] = {}

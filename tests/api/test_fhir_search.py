@@ -1,0 +1,101 @@
+"""FHIR search as a partner EPR uses it: by patient, code, date, status, with paging, includes and sort,
+after the decision point (so search can never show what a read would refuse)."""
+
+from __future__ import annotations
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from tests.small_ics import OKAFOR_NHS, Ics
+
+SCT = "http://snomed.info/sct"
+
+
+def _entries(bundle: dict, rtype: str | None = None) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if rtype is None or e["resource"]["resourceType"] == rtype]
+
+
+def test_the_capability_statement_lists_what_is_searchable_and_is_valid(ics: Ics) -> None:
+    statement = ics.client.get("/fhir/metadata").json()
+    get_fhir_model_class("CapabilityStatement").model_validate(statement)
+    condition = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Condition")
+    assert {p["name"] for p in condition["searchParam"]} >= {"patient", "code", "date", "status"}
+
+
+def test_patient_search_by_nhs_number_in_a_form_body_finds_one_person_and_nothing_clinical(ics: Ics) -> None:
+    response = ics.client.post("/fhir/Patient/_search", headers=ics.token("para.evans"),
+                               data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
+    assert response.status_code == 200
+    (patient,) = _entries(response.json())
+    assert patient["id"] == ics.okafor and patient["birthDate"] == "1945-03-02"
+    assert "contact" not in patient
+    assert OKAFOR_NHS not in str(response.url)
+
+
+def test_patient_search_by_name_and_birth_date(ics: Ics) -> None:
+    bundle = ics.client.get("/fhir/Patient?family=okafor&birthdate=1945-03-02", headers=ics.token("dr.patel")).json()
+    assert [p["id"] for p in _entries(bundle)] == [ics.okafor]
+    none = ics.client.get("/fhir/Patient?family=okafor&birthdate=1945-03-03", headers=ics.token("dr.patel")).json()
+    assert _entries(none) == []
+
+
+def test_an_unknown_search_parameter_is_refused_by_name(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    response = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&colour=blue", headers=headers)
+    assert response.status_code == 400 and "'colour'" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_counts_that_could_reveal_withheld_records_are_refused(ics: Ics) -> None:
+    headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    for param in ("_total=accurate", "_summary=count"):
+        response = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&{param}", headers=headers)
+        assert response.status_code == 400 and "could reveal" in response.json()["issue"][0]["diagnostics"]
+    bundle = ics.client.get(f"/fhir/Condition?patient={ics.okafor}", headers=headers).json()
+    assert "total" not in bundle
+
+
+def test_search_by_code_date_and_status(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    base = f"/fhir/Condition?patient={ics.okafor}"
+    diabetes = ics.client.get(f"{base}&code={SCT}|44054006", headers=headers).json()
+    assert [c["code"]["coding"][0]["code"] for c in _entries(diabetes)] == ["44054006"]
+    assert _entries(ics.client.get(f"{base}&code={SCT}|0000", headers=headers).json()) == []
+    assert len(_entries(ics.client.get(f"{base}&date=ge2019-01-01&date=le2019-12-31", headers=headers).json())) == 3
+    assert _entries(ics.client.get(f"{base}&date=gt2020-01-01", headers=headers).json()) == []
+    assert len(_entries(ics.client.get(f"{base}&status=active", headers=headers).json())) == 3
+    bad = ics.client.get(f"{base}&date=yesterday", headers=headers)
+    assert bad.status_code == 400 and "date" in bad.json()["issue"][0]["diagnostics"]
+
+
+def test_paging_follows_next_links_to_every_result_once(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    url: str | None = f"/fhir/Condition?patient={ics.okafor}&_count=1&_sort=date"
+    seen = []
+    while url:
+        bundle = ics.client.get(url, headers=headers).json()
+        seen += [c["id"] for c in _entries(bundle)]
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+    everything = ics.client.get(f"/fhir/Condition?patient={ics.okafor}", headers=headers).json()
+    assert sorted(seen) == sorted(c["id"] for c in _entries(everything)) and len(seen) == len(set(seen)) == 3
+
+
+def test_include_brings_the_patient_after_the_matches(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    bundle = ics.client.get(f"/fhir/DocumentReference?patient={ics.okafor}&_include=DocumentReference:patient",
+                            headers=headers).json()
+    assert [r["resourceType"] for r in _entries(bundle)][-1] == "Patient"
+
+
+def test_search_never_returns_what_the_role_may_not_see(ics: Ics) -> None:
+    headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    found = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&code=105629000,35489007", headers=headers).json()
+    assert _entries(found) == []  # sexual health and mental health: not at the paramedic's tiers
+
+
+def test_everything_by_type_and_since(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    base = f"/fhir/Patient/{ics.okafor}/$everything"
+    only = ics.client.get(f"{base}?_type=Condition,MedicationStatement", headers=headers).json()
+    assert {r["resourceType"] for r in _entries(only)} == {"Condition", "MedicationStatement"}
+    future = ics.client.get(f"{base}?_since=2999-01-01", headers=headers).json()
+    assert [r["resourceType"] for r in _entries(future)] == ["Patient"]
+    assert ics.client.get(f"{base}?_count=5", headers=headers).status_code == 400
