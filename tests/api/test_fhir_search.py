@@ -4,7 +4,6 @@ after the decision point (so search can never show what a read would refuse)."""
 from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
-
 from tests.small_ics import OKAFOR_NHS, Ics
 
 SCT = "http://snomed.info/sct"
