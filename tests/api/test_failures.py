@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.small_ics import Ics
 
 from sharedcare.governance import gateway
-from tests.small_ics import Ics
 
 
 def test_if_the_audit_cannot_be_written_the_read_fails_and_no_patient_data_leaves(
@@ -19,7 +19,7 @@ def test_if_the_audit_cannot_be_written_the_read_fails_and_no_patient_data_leave
     monkeypatch.setattr(gateway, "record_audit", broken)
     client = TestClient(ics.client.app, raise_server_exceptions=False)
     response = client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
-    assert response.status_code == 500
+    assert response.status_code == 500 and response.headers["cache-control"] == "no-store"
     body = response.text
     assert "Okafor" not in body and "Metformin" not in body and "9434765919" not in body
     assert "disk full" not in body and "Traceback" not in body  # no internals either

@@ -93,9 +93,12 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("request %s failed", _request_id(request))
         text = f"the server could not complete the request; quote reference {_request_id(request)}"
-        if not is_api(request):
-            return portal.error_page(request, 500, text)
-        return operation_outcome(500, "exception", text, _request_id(request))
+        response = (portal.error_page(request, 500, text) if not is_api(request)
+                    else operation_outcome(500, "exception", text, _request_id(request)))
+        # Unhandled errors are answered outside the middleware above, so its headers are set here too.
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Request-ID"] = _request_id(request)
+        return response
 
     app.include_router(fhir.router)
     app.include_router(access.router)
