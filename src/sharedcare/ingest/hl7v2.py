@@ -1,0 +1,266 @@
+"""HL7 v2 input (ADT and ORU^R01, v2.3 to v2.5) from .hl7 files, parsed with python-hl7.
+
+Turns one message into a StagedMessage: a UK Core Patient from PID/PD1/NK1, an Encounter from PV1 (ADT),
+a DiagnosticReport per OBR and an Observation per OBX (ORU); references use server ids, provenance is
+stamped in `meta.source`, event times are made UTC. Any problem raises a MessageError naming the file,
+the message and the segment and field (`PID-7`, `OBX[3]-5`). The segment mapping is in `hl7v2_map`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import hl7
+
+from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
+from sharedcare.fhir.validate import validation_problems
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest import hl7v2_map as hmap
+from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
+from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
+
+# MSH-18 (HL7 table 0211) to Python codecs; a message without MSH-18 is ISO 8859-1, as NHS trusts send it.
+CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "8859/15": "iso8859-15",
+            **{f"8859/{n}": f"iso8859-{n}" for n in range(1, 10)}}
+DEFAULT_CHARSET = "8859/1"
+# ADT events and the Encounter status each sets; None: an update, whose status follows PV1's times.
+ADT_EVENTS: dict[str, str | None] = {
+    "A01": "in-progress", "A02": "in-progress", "A04": "in-progress", "A05": "planned", "A03": "finished",
+    "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None,
+}
+MERGE_EVENTS = {"A18", "A30", "A34", "A36", "A39", "A40"}
+REPEATING = {"NK1", "ORC", "OBR", "OBX", "NTE"}  # labelled OBX[3] so an analyst can find the one at fault
+_BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
+_SEGMENT_END = re.compile(r"\r\n|\r|\n")
+
+
+def read_messages(path: Path) -> Iterator[RawMessage]:
+    """Yield the messages in an HL7 file. A message starts at each MSH or after a blank line, so files
+    that end segments with CR, LF or CRLF and separate messages with a newline or a blank line all read.
+    Batch envelope segments (FHS, BHS, BTS, FTS) are not messages and are skipped."""
+    number = 0
+    lines: list[bytes] = []
+    for line in [*path.read_bytes().splitlines(keepends=True), b""]:
+        body = line.rstrip(b"\r\n")
+        if lines and (not body.strip() or body.startswith(b"MSH")):
+            number += 1
+            yield _raw_message(path, number, b"".join(lines).rstrip(b"\r\n"))
+            lines = []
+        if body.strip() and not body.startswith(_BATCH_ENVELOPE):
+            lines.append(line)
+
+
+def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
+    control_id = ""
+    first = _SEGMENT_END.split(payload.decode("latin-1"), maxsplit=1)[0]
+    if first.startswith("MSH"):
+        try:
+            control_id = str(hl7.parse(first).segment("MSH")[10]).strip()
+        except (hl7.ParseException, IndexError, ValueError):
+            control_id = ""
+    location = f"message {number} (MSH-10 {control_id})" if control_id else f"message {number}"
+    return RawMessage(str(path), location, payload, "hl7v2")
+
+
+def _parse(raw: RawMessage, text: str) -> list[Seg]:
+    """Segments in order, labelled; Z-segments (local extensions) are left out."""
+    try:
+        message = hl7.parse("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
+    except (hl7.ParseException, IndexError, ValueError) as exc:
+        raise MessageError(f"not an HL7 v2 message: {exc}", raw.where) from exc
+    if str(message[0][0]) != "MSH":
+        raise MessageError(f"not an HL7 v2 message: it starts with {message[0][0]}, not MSH", raw.where)
+    seen: Counter[str] = Counter()
+    segments = []
+    for segment in message:
+        name = str(segment[0])
+        if name.startswith("Z"):
+            continue
+        seen[name] += 1
+        segments.append(Seg(segment, message, f"{name}[{seen[name]}]" if name in REPEATING else name, raw.where))
+    return segments
+
+
+def _decode(raw: RawMessage) -> list[Seg]:
+    """Parse with the character set MSH-18 declares (read first through ISO 8859-1, which any byte decodes)."""
+    segments = _parse(raw, raw.payload.decode("latin-1"))
+    charset = segments[0].get(18) or DEFAULT_CHARSET
+    codec = CHARSETS.get(charset)
+    if codec is None:
+        raise segments[0].error(f"character set '{charset}' is not supported ({', '.join(CHARSETS)})", 18)
+    if codec == "iso8859-1":
+        return segments
+    try:
+        return _parse(raw, raw.payload.decode(codec))
+    except UnicodeDecodeError as exc:
+        raise segments[0].error(f"declares {charset} but byte {exc.start} is not {charset}", 18) from exc
+
+
+def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -> tuple[Sender, str]:
+    """Which organisation and system sent this: --source, else MSH-4 if it is an ODS code in the framework,
+    else the folder it sits in; the system is MSH-3, the sending application."""
+    sending = msh.get(4)
+    org = override or (sending if sending in fw.organisations else None)
+    if org is None:
+        org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)
+    if org is None:
+        raise msh.error(f"unknown source organisation: '{sending}' is not an organisation of the framework; "
+                        "give --source ORG", 4)
+    organisation = fw.organisation(org)
+    if organisation is None:
+        raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where)
+    system = "-".join(msh.get(3).lower().split()) or next(
+        (name for name, fmt in organisation.systems.items() if fmt == "hl7v2"), "hl7v2")
+    return Sender(org, organisation.name), system
+
+
+@dataclass
+class _Result:
+    obx: Seg
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Order:
+    obr: Seg
+    notes: list[str] = field(default_factory=list)
+    results: list[_Result] = field(default_factory=list)
+
+
+def _orders(segments: list[Seg]) -> list[_Order]:
+    """Group ORU segments: each OBR with its OBXs; an NTE belongs to the OBR or OBX just before it."""
+    orders: list[_Order] = []
+    notes: list[str] | None = None
+    for seg in segments:
+        if seg.name == "OBR":
+            orders.append(_Order(seg))
+            notes = orders[-1].notes
+        elif seg.name == "OBX":
+            if not orders:
+                raise seg.error("OBX before any OBR: a result must belong to a report")
+            orders[-1].results.append(_Result(seg))
+            notes = orders[-1].results[-1].notes
+        elif seg.name == "NTE":
+            if notes is not None and seg.text(3):
+                notes.append(seg.text(3))
+        else:
+            notes = None
+    return orders
+
+
+def _first(segments: list[Seg], name: str) -> Seg | None:
+    return next((s for s in segments if s.name == name), None)
+
+
+def _one_patient(segments: list[Seg], raw: RawMessage) -> Seg:
+    pids = [s for s in segments if s.name == "PID"]
+    if not pids:
+        raise MessageError("no PID segment: every message must name its patient", f"{raw.where}, PID")
+    if len(pids) > 1:
+        raise MessageError(f"{len(pids)} PID segments: one patient per message is accepted", f"{raw.where}, PID")
+    return pids[0]
+
+
+def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sender) -> list[tuple[str, Json]]:
+    """The Encounter an ADT event creates or changes (none for a person-only update)."""
+    if event in MERGE_EVENTS:
+        raise msh.error("merge messages are handled by the identity issue; held here until then", 9)
+    if event not in ADT_EVENTS:
+        raise msh.error(f"message type ADT^{event} is not handled (ADT^{', ADT^'.join(ADT_EVENTS)}, ORU^R01)", 9)
+    pv1 = _first(segments, "PV1")
+    update = ADT_EVENTS[event] is None
+    # An update's PV1 without a visit number (PV1|1|N) describes no visit: the Patient alone changes.
+    if pv1 is None or (update and not pv1.get(19)):
+        if update:
+            return []
+        raise msh.error(f"ADT^{event} has no PV1 segment: the visit is required", 9)
+    visit = pv1.get(19) or msh.get(10)
+    if not visit:
+        raise pv1.error("no visit number (PV1-19) and no message control id (MSH-10) to identify the visit", 19)
+    return [(pv1.label, hmap.encounter(pv1, ADT_EVENTS[event], visit, subject, sender, reopened=event == "A13"))]
+
+
+def _oru(segments: list[Seg], subject: Json, sender: Sender, raw: RawMessage) -> list[tuple[str, Json]]:
+    """A DiagnosticReport per OBR and an Observation per OBX, the report listing its results."""
+    orders = _orders(segments)
+    if not orders:
+        raise MessageError("ORU^R01 without an OBR segment: there is no report", f"{raw.where}, OBR")
+    pv1 = _first(segments, "PV1")
+    visit = sender.reference("Encounter", pv1.get(19)) if pv1 and pv1.get(19) else None
+    out: list[tuple[str, Json]] = []
+    for order in orders:
+        filler = order.obr.get(3)
+        if not filler:
+            raise order.obr.error("no filler order number (OBR-3): it identifies the report for corrections", 3)
+        results = []
+        for number, result in enumerate(order.results, start=1):
+            source_id = f"{filler}-{result.obx.get(1) or number}"
+            out.append((result.obx.label, hmap.observation(result.obx, order.obr, source_id, result.notes,
+                                                           subject, visit)))
+            results.append(sender.reference("Observation", source_id))
+        out.append((order.obr.label, hmap.report(order.obr, order.notes, results, subject, visit, sender)))
+    return out
+
+
+def _message_type(msh: Seg, segments: list[Seg]) -> tuple[str, str]:
+    kind = msh.get(9)
+    if not kind:
+        raise msh.error("no message type (MSH-9)", 9)
+    evn = _first(segments, "EVN")
+    return kind, msh.get(9, 2) or (evn.get(1) if evn else "")
+
+
+def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
+    """Check and shape one HL7 v2 message; raise MessageError on the first problem, located."""
+    segments = _decode(raw)
+    msh = segments[0]
+    kind, event = _message_type(msh, segments)
+    if msh.get(11) not in ("", "P"):
+        raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
+                        "must not join a live record", 11)
+    sender, system = _source_of(msh, raw, fw, source_override)
+    sent = hmap.stamp(msh, 7)
+    if sent is None:
+        raise msh.error("no message date/time (MSH-7): it orders this message against others", 7)
+    staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
+    pid = _one_patient(segments, raw)
+    patient = hmap.patient(pid, _first(segments, "PD1"), [s for s in segments if s.name == "NK1"], sender)
+    mrn = patient["id"]
+    numbers = nhs_numbers(patient)
+    staged.patients[mrn] = demographics(patient, numbers[0] if numbers else None)
+    subject = sender.reference("Patient", mrn)
+    if kind == "ADT":
+        evn = _first(segments, "EVN")
+        happened = (hmap.stamp(evn, 2) if evn else None) or sent
+        produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender)]
+    elif (kind, event) == ("ORU", "R01"):
+        # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it
+        # as the Patient would replace the PAS's fuller one (practice, next of kin) whenever a result is newer.
+        happened = sent
+        produced = _oru(segments, subject, sender, raw)
+    else:
+        raise msh.error(f"message type {kind}^{event} is not handled (ADT, ORU^R01)", 9)
+    for label, resource in produced:
+        staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, staged))
+    return staged
+
+
+def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: datetime, mrn: str,
+            raw: RawMessage, staged: StagedMessage) -> StagedResource:
+    """Give a mapped resource its server id and provenance, and check it is valid FHIR and not a repeat."""
+    resource_type, source_id = resource["resourceType"], str(resource["id"])
+    where = f"{raw.where}, {label}"
+    content = {**resource, "id": server_id(sender.org, resource_type, source_id),
+               "meta": {**resource.get("meta", {}), "source": meta_source(sender.org, system)}}
+    if any(item.server_id == content["id"] for item in staged.resources):
+        raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where)
+    problems = validation_problems(content)
+    if problems:
+        raise MessageError(f"{resource_type}/{source_id}: {problems[0]}"
+                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
+    return StagedResource(resource_type, source_id, content["id"], content, recorded, mrn)

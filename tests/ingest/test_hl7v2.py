@@ -1,0 +1,356 @@
+"""HL7 v2 ingest: what an interface analyst checks when a trust's PAS and lab feeds are switched on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from sharedcare.fhir.uk_core import server_id
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest import hl7v2
+from sharedcare.ingest.messages import MessageError
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Quarantine, Resource
+from sharedcare.synth import generate
+
+GOOD_NHS = "9434765919"
+OTHER_NHS = "9990000018"
+UCUM = "http://unitsofmeasure.org"
+
+
+def msh(kind: str, control: str, when: str = "20260110090000", app: str = "PAS", facility: str = "RXR",
+        charset: str = "8859/1", processing: str = "P") -> str:
+    return (f"MSH|^~\\&|{app}|{facility}|SHAREDCARE|QRD|{when}||{kind}|{control}|{processing}|2.4|||AL|NE|GBR|"
+            f"{charset}")
+
+
+def pid(mrn: str = "H100", nhs: str | None = GOOD_NHS, name: str = "OKAFOR^Emeka^Chukwudi^^Mr",
+        born: str = "19450302", sex: str = "M", address: str = "14 Mill Lane^^Riverside^^RV3 7QT^GBR^H") -> str:
+    ids = f"{mrn}^^^RXR^MR" + (f"~{nhs}^^^NHS^NH" if nhs else "")
+    return f"PID|1||{ids}||{name}||{born}|{sex}|||{address}||01632 960457^PRN^PH~07700 900123^PRN^CP"
+
+
+def pv1(visit: str = "V100", kind: str = "I", admitted: str = "", discharged: str = "",
+        ward: str = "Ward 3 (Respiratory)^^^RXR") -> str:
+    fields = ["PV1", "1", kind, ward] + [""] * 42
+    fields[7] = "^KENT^Laura^^^Dr"
+    fields[19], fields[44], fields[45] = visit, admitted, discharged
+    return "|".join(fields)
+
+
+def adt(event: str, control: str, when: str, *segments: str) -> str:
+    return message(msh(f"ADT^{event}^ADT_A01", control, when), f"EVN|{event}|{when}", *segments)
+
+
+def message(*segments: str) -> str:
+    return "\r".join(segments) + "\r"
+
+
+def write_hl7(path: Path, messages: list[str], encoding: str = "latin-1") -> Path:
+    """Segments end with CR and each message with LF, as file-drop interfaces write them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("".join(m + "\n" for m in messages).encode(encoding))
+    return path
+
+
+def admission(control: str = "PAS1", when: str = "20260110090000", visit: str = "V100", **patient: Any) -> str:
+    return adt("A01", control, when, pid(**patient), "PD1|||Riverside Medical Centre^^P81001",
+               "NK1|1|ADEYEMI^Ngozi^^^Mrs|CHD^Daughter^HL70063||07700 900461||N^Next-of-Kin^HL70131",
+               pv1(visit, admitted=when))
+
+
+def discharge(control: str = "PAS2", when: str = "20260115160000", admitted: str = "20260110090000") -> str:
+    return adt("A03", control, when, pid(), "PD1|||Riverside Medical Centre^^P81001",
+               "NK1|1|ADEYEMI^Ngozi^^^Mrs|CHD^Daughter^HL70063||07700 900461||N^Next-of-Kin^HL70131",
+               pv1(admitted=admitted, discharged=when))
+
+
+def results(control: str = "LAB1", mrn: str = "H100") -> str:
+    return message(
+        msh("ORU^R01^ORU_R01", control, "20260110114000", app="LAB"),
+        pid(mrn),
+        pv1(),
+        "ORC|RE|P1|F1||CM",
+        "OBR|1|P1|F1|UE^Urea and electrolytes^L|||20260110094000|||||||||^KENT^Laura^^^Dr||||||20260110114000|||C",
+        "NTE|1|L|Sample haemolysed \\T\\ delayed in transit",
+        "OBX|1|NM|1000651000000109^Serum potassium level^SCT||5.9|mmol/L|3.5-5.3|H|||C|||20260110094000",
+        "NTE|1|L|Repeat in 2\\X2D\\3 days",
+        "OBX|2|NM|1001371000000100^Serum C reactive protein level^SCT||<5|mg/L|<5|N|||F",
+        "OBX|3|NM|1011481000000105^eGFR^SCT||72|mL/min/1.73m2|>60|N|||F",
+        "ZLB|1|local lab extension",
+        "OBX|4|TX|FILM^Blood film comment^L||Target cells \\F\\ occasional\\.br\\No blasts seen||||||F",
+    )
+
+
+def _contents(db: Database, resource_type: str) -> dict[str, dict[str, Any]]:
+    with db.session() as s:
+        rows = s.scalars(select(Resource).where(Resource.resource_type == resource_type))
+        return {r.source_id: r.content for r in rows}
+
+
+def _count(db: Database, model: type) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_an_admission_becomes_a_uk_core_patient_and_encounter(db: Database, framework: Framework,
+                                                              tmp_path: Path) -> None:
+    a01 = admission(when="20260928074000", address="Smith \\T\\ Sons Yard^^Riverside^^RV3 7QT^GBR^H")
+    a01 = a01.replace("\rPD1", "\rZPI|1|local PAS extension|ignored\rPD1")
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01])])
+    assert (report.accepted, report.quarantined) == (2, 0), report.quarantine
+
+    patient = _contents(db, "Patient")["H100"]
+    assert patient["id"] == server_id("RXR", "Patient", "H100")
+    assert patient["meta"]["source"] == "https://fhir.nhs.uk/Id/ods-organization-code|RXR#pas"
+    assert {(i["system"], i["value"]) for i in patient["identifier"]} == {
+        ("https://fhir.nhs.uk/Id/nhs-number", GOOD_NHS), ("https://fhir.rxr.nhs.uk/Id/mrn", "H100")}
+    assert patient["name"] == [{"use": "official", "family": "OKAFOR", "given": ["Emeka", "Chukwudi"],
+                                "prefix": ["Mr"]}]
+    assert (patient["gender"], patient["birthDate"]) == ("male", "1945-03-02")
+    assert patient["address"][0]["line"] == ["Smith & Sons Yard"] and patient["address"][0]["postalCode"] == "RV3 7QT"
+    assert {(t["value"], t["use"]) for t in patient["telecom"]} == {("01632 960457", "home"),
+                                                                    ("07700 900123", "mobile")}
+    assert patient["generalPractitioner"][0]["identifier"] == {
+        "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "P81001"}
+    (kin,) = patient["contact"]
+    assert kin["name"]["family"] == "ADEYEMI" and "Daughter" in json.dumps(kin["relationship"])
+
+    encounter = _contents(db, "Encounter")["V100"]
+    assert encounter["status"] == "in-progress"
+    assert encounter["class"]["code"] == "IMP"
+    assert encounter["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert encounter["period"] == {"start": "2026-09-28T06:40:00+00:00"}  # 07:40 BST is 06:40 UTC
+    assert encounter["location"][0]["location"]["display"] == "Ward 3 (Respiratory)"
+    assert encounter["serviceProvider"]["identifier"]["value"] == "RXR"
+    with db.session() as s:
+        record = s.scalars(select(PatientRecord)).one()
+        recorded = s.scalars(select(Resource.recorded_at).where(Resource.source_id == "V100")).one()
+    assert (record.source_org, record.source_id, record.nhs_number) == ("RXR", "H100", GOOD_NHS)
+    assert recorded.isoformat().startswith("2026-09-28T06:40:00")
+
+
+def test_an_attendance_without_pd1_nk1_or_evn_is_still_stored(db: Database, framework: Framework,
+                                                               tmp_path: Path) -> None:
+    a04 = message(msh("ADT^A04^ADT_A01", "PAS9", "20260201223000"), pid(nhs=None),
+                  pv1("V900", kind="E", admitted="20260201221500", ward="ED Majors^^^RXR"))
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a04])])
+    assert (report.accepted, report.quarantined) == (2, 0), report.quarantine
+    encounter = _contents(db, "Encounter")["V900"]
+    assert (encounter["class"]["code"], encounter["status"]) == ("EMER", "in-progress")
+    patient = _contents(db, "Patient")["H100"]
+    assert "generalPractitioner" not in patient and "contact" not in patient
+    assert [i["system"] for i in patient["identifier"]] == ["https://fhir.rxr.nhs.uk/Id/mrn"]
+
+
+def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    latin = admission("PAS1", mrn="H1", nhs=None, name="JONES^Siân")
+    undeclared = admission("PAS2", mrn="H2", nhs=None, name="O'BRIEN^Zoë", visit="V2").replace("|8859/1\r", "|\r")
+    utf8 = admission("PAS3", mrn="H3", nhs=None, name="MÜLLER^Renée", visit="V3").replace("|8859/1\r",
+                                                                                          "|UNICODE UTF-8\r")
+    path = tmp_path / "RXR" / "pas.hl7"
+    path.parent.mkdir()
+    path.write_bytes(latin.encode("latin-1") + b"\n" + undeclared.encode("latin-1") + b"\n" + utf8.encode() + b"\n")
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert report.quarantined == 0, report.quarantine
+    names = {sid: (p["name"][0]["family"], p["name"][0]["given"][0]) for sid, p in _contents(db, "Patient").items()}
+    assert names == {"H1": ("JONES", "Siân"), "H2": ("O'BRIEN", "Zoë"), "H3": ("MÜLLER", "Renée")}
+
+
+def _late_update_feed(tmp_path: Path) -> Path:
+    """An A01, its A03, then an A08 sent late: its event time (EVN-2) is before the discharge."""
+    late_a08 = adt("A08", "PAS3", "20260112120000", pid(address="9 New Road^^Riverside^^RV9 9ZZ^GBR^H"),
+                   pv1(admitted="20260110090000"))
+    return write_hl7(tmp_path / "RXR" / "pas.hl7", [admission(), discharge(), late_a08])
+
+
+def test_a_late_update_older_than_the_discharge_is_stale_and_does_not_reopen_the_stay(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    report = Pipeline(db, framework).ingest_paths([_late_update_feed(tmp_path)])
+    assert report.quarantined == 0 and report.stale >= 1
+    encounter = _contents(db, "Encounter")["V100"]
+    assert encounter["status"] == "finished"
+    assert encounter["period"] == {"start": "2026-01-10T09:00:00+00:00", "end": "2026-01-15T16:00:00+00:00"}
+    with db.session() as s:
+        assert s.scalars(select(Resource.version).where(Resource.source_id == "V100")).one() == 2
+
+
+def test_a_late_update_older_than_the_discharge_does_not_overwrite_the_patient(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    path = _late_update_feed(tmp_path)
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert report.stale == 2
+    assert _contents(db, "Patient")["H100"]["address"][0]["postalCode"] == "RV3 7QT"
+    with db.session() as s:  # the MPI keeps the newer address too, not the late message's
+        assert s.scalars(select(PatientRecord.postcode).where(PatientRecord.source_id == "H100")).one() == "RV3 7QT"
+    assert Pipeline(db, framework).ingest_paths([path]).accepted == 0
+
+
+def test_a11_marks_the_admission_entered_in_error_and_a13_reopens_a_discharge(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    cancel = adt("A11", "PAS2", "20260110110000", pid(), pv1(admitted="20260110090000"))
+    pipeline = Pipeline(db, framework)
+    pipeline.ingest_paths([write_hl7(tmp_path / "RXR" / "a.hl7", [admission(), cancel])])
+    assert _contents(db, "Encounter")["V100"]["status"] == "entered-in-error"
+
+    reopen = adt("A13", "PAS5", "20260116090000", pid(),
+                 pv1("V200", admitted="20260110090000", discharged="20260115160000"))
+    pipeline.ingest_paths([write_hl7(tmp_path / "RXR" / "b.hl7", [
+        admission("PAS3", visit="V200"), discharge("PAS4").replace("|V100|", "|V200|"), reopen])])
+    encounter = _contents(db, "Encounter")["V200"]
+    assert encounter["status"] == "in-progress" and "end" not in encounter["period"]
+
+
+def test_lab_results_keep_units_ranges_flags_and_notes(db: Database, framework: Framework, tmp_path: Path) -> None:
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "lab.hl7", [results()])])
+    assert (report.accepted, report.quarantined) == (5, 0), report.quarantine
+    observations = _contents(db, "Observation")
+    potassium = observations["F1-1"]
+    assert potassium["meta"]["source"].endswith("RXR#lab")
+    assert potassium["valueQuantity"] == {"value": 5.9, "unit": "mmol/L", "system": UCUM, "code": "mmol/L"}
+    assert potassium["referenceRange"] == [{"low": {"value": 3.5, "unit": "mmol/L", "system": UCUM, "code": "mmol/L"},
+                                            "high": {"value": 5.3, "unit": "mmol/L", "system": UCUM,
+                                                     "code": "mmol/L"}}]
+    assert potassium["interpretation"][0]["coding"][0]["code"] == "H"
+    assert potassium["note"] == [{"text": "Repeat in 2-3 days"}]
+    assert potassium["status"] == "amended"
+    assert potassium["code"]["coding"][0]["system"] == "http://snomed.info/sct"
+    assert potassium["effectiveDateTime"] == "2026-01-10T09:40:00+00:00"
+    crp = observations["F1-2"]
+    assert crp["valueQuantity"]["comparator"] == "<" and crp["referenceRange"][0]["high"]["value"] == 5
+    egfr = observations["F1-3"]
+    assert egfr["valueQuantity"] == {"value": 72, "unit": "mL/min/1.73m2"}  # not UCUM, so not coded as UCUM
+    assert egfr["referenceRange"][0]["low"]["value"] == 60
+    assert observations["F1-4"]["valueString"] == "Target cells | occasional\nNo blasts seen"
+
+    (lab_report,) = _contents(db, "DiagnosticReport").values()
+    assert lab_report["status"] == "amended"
+    assert lab_report["conclusion"] == "Sample haemolysed & delayed in transit"
+    assert lab_report["issued"] == "2026-01-10T11:40:00+00:00"
+    assert lab_report["result"] == [{"reference": f"Observation/{server_id('RXR', 'Observation', f'F1-{n}')}"}
+                                    for n in range(1, 5)]
+    assert lab_report["encounter"] == {"reference": f"Encounter/{server_id('RXR', 'Encounter', 'V100')}"}
+    assert lab_report["category"][0]["coding"][0]["code"] == "laboratory"
+    # the lab's PID links the patient but does not replace the PAS's Patient
+    assert _contents(db, "Patient") == {}
+    assert _count(db, PatientRecord) == 1
+
+
+def test_an_invalid_date_is_quarantined_naming_pid_7_and_the_next_message_is_stored(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    broken = admission("PAS1", mrn="H1", born="19451302")
+    path = write_hl7(tmp_path / "RXR" / "pas.hl7", [broken, admission("PAS2", mrn="H2", visit="V2")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.accepted, report.quarantined) == (2, 1)
+    (held,) = report.quarantine
+    assert held["location"] == "message 1 (MSH-10 PAS1)"
+    assert held["where"].endswith("message 1 (MSH-10 PAS1), PID-7")
+    assert held["reason"] == "'19451302' is not an HL7 date (YYYYMMDD[HHMM[SS]])"
+    with db.session() as s:
+        assert s.scalars(select(Quarantine.payload)).one() == broken.encode("latin-1").rstrip(b"\r")
+    assert set(_contents(db, "Patient")) == {"H2"}
+
+
+def test_an_invalid_nhs_number_is_quarantined_naming_pid_3(db: Database, framework: Framework,
+                                                           tmp_path: Path) -> None:
+    path = write_hl7(tmp_path / "RXR" / "pas.hl7", [admission(nhs="9434765918"), admission("PAS2", nhs=OTHER_NHS)])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.accepted, report.quarantined) == (2, 1)
+    assert report.quarantine[0]["where"].endswith("PID-3")
+    assert "'9434765918' fails the modulus 11 check" in report.quarantine[0]["reason"]
+
+
+def test_the_same_file_twice_changes_nothing(db: Database, framework: Framework, tmp_path: Path) -> None:
+    path = write_hl7(tmp_path / "RXR" / "feed.hl7", [
+        admission(), results(),
+        message(msh("ADT^A28^ADT_A05", "PAS7"), "EVN|A28|20260110090000", pid("H200", OTHER_NHS, "HUGHES^Margaret",
+                                                                                  "19520611", "F"))])
+    first = Pipeline(db, framework).ingest_paths([path])
+    with db.session() as s:
+        before = {r.id: (r.version, r.content_hash) for r in s.scalars(select(Resource))}
+    again = Pipeline(db, framework).ingest_paths([path])
+    assert (again.accepted, again.stale, again.quarantined) == (0, 0, 0)
+    assert again.unchanged == first.accepted == len(before)
+    with db.session() as s:
+        assert {r.id: (r.version, r.content_hash) for r in s.scalars(select(Resource))} == before
+
+
+_BROKEN = {
+    "no message type": (message(msh("", "X1"), pid(), pv1()), "MSH-9", "no message type"),
+    "merge": (adt("A40", "X2", "20260110090000", pid(), "MRG|H099^^^RXR^MR"), "MSH-9",
+              "merge messages are handled by the identity issue"),
+    "unhandled event": (adt("A17", "X3", "20260110090000", pid(), pv1()), "MSH-9", "ADT^A17 is not handled"),
+    "training message": (admission().replace("|P|2.4|", "|T|2.4|"), "MSH-11", "processing id 'T'"),
+    "no hospital number": (admission().replace("H100^^^RXR^MR~", ""), "PID-3", "no MR identifier"),
+    "unknown patient class": (admission().replace("PV1|1|I|", "PV1|1|X|"), "PV1-2", "patient class 'X'"),
+    "no filler order number": (results().replace("|P1|F1|UE", "|P1||UE"), "OBR[1]-3", "filler order number"),
+    "not a number": (results().replace("||5.9|", "||five|"), "OBX[1]-5", "'five' is not a number"),
+    "bad result time": (results().replace("|||20260110094000\r", "|||20261345\r"), "OBX[1]-14",
+                        "'20261345' is not an HL7 timestamp"),
+    "wrong character set": (admission(name="JONES^Siân").replace("|8859/1\r", "|UNICODE UTF-8\r"), "MSH-18",
+                            "declares UNICODE UTF-8 but byte"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BROKEN))
+def test_a_message_that_cannot_be_mapped_is_held_with_the_field_at_fault(
+        db: Database, framework: Framework, tmp_path: Path, case: str) -> None:
+    text, field, reason = _BROKEN[case]
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "feed.hl7", [text])])
+    assert report.quarantined == 1 and report.accepted == 0
+    assert report.quarantine[0]["where"].endswith(f", {field}"), report.quarantine[0]
+    assert reason in report.quarantine[0]["reason"]
+    assert _count(db, Quarantine) == 1 and _count(db, Resource) == 0
+
+
+@pytest.mark.parametrize("layout", ["cr, newline between", "crlf, blank line between", "lf, nothing between"])
+def test_files_split_into_messages_whatever_the_line_endings(framework: Framework, tmp_path: Path,
+                                                             layout: str) -> None:
+    messages = [admission("PAS1"), discharge("PAS2")]
+    text = {
+        "cr, newline between": "\n".join(messages),
+        "crlf, blank line between": "\r\n\r\n".join(m.replace("\r", "\r\n") for m in messages),
+        "lf, nothing between": "".join(m.replace("\r", "\n") for m in messages),
+    }[layout]
+    path = tmp_path / "RXR" / "pas.hl7"
+    path.parent.mkdir()
+    path.write_bytes(text.encode("latin-1"))
+    raws = list(hl7v2.read_messages(path))
+    assert [r.location for r in raws] == ["message 1 (MSH-10 PAS1)", "message 2 (MSH-10 PAS2)"]
+    staged = [hl7v2.stage_hl7(raw, framework, None) for raw in raws]
+    assert [s.resources[1].content["status"] for s in staged] == ["in-progress", "finished"]
+
+
+def test_the_source_is_msh_4_else_the_folder_else_the_override(framework: Framework, tmp_path: Path) -> None:
+    unknown_facility = admission().replace("|PAS|RXR|", "|PAS|RXR-MAIN|")
+    path = write_hl7(tmp_path / "RXR" / "pas.hl7", [admission(), unknown_facility])
+    first, second = (hl7v2.stage_hl7(raw, framework, None) for raw in hl7v2.read_messages(path))
+    assert (first.source_org, first.source_system, first.message_id) == ("RXR", "pas", "PAS1")
+    assert second.source_org == "RXR"
+    elsewhere = write_hl7(tmp_path / "drop" / "pas.hl7", [unknown_facility])
+    (raw,) = hl7v2.read_messages(elsewhere)
+    assert hl7v2.stage_hl7(raw, framework, "RXR").source_org == "RXR"
+    with pytest.raises(MessageError, match="unknown source organisation"):
+        hl7v2.stage_hl7(raw, framework, None)
+
+
+def test_a_synthetic_trusts_hl7_feeds_are_accepted_whole(db: Database, framework: Framework, tmp_path: Path) -> None:
+    generate(tmp_path, people=40, seed=3, framework=framework)
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    report = Pipeline(db, framework).ingest_paths([tmp_path / "RXR" / "hl7v2"])
+    sent = {kind: n for kind, n in manifest["organisations"]["RXR"]["counts"].items() if "^" in kind}
+    assert report.messages == sum(sent.values()) > 0
+    # The generator breaks no HL7 message on purpose (its injected errors are demographic), so none is held.
+    assert report.quarantine == [], report.quarantine[:3]
+    assert len(_contents(db, "Encounter")) == sent["ADT^A01"]
+    assert len(_contents(db, "DiagnosticReport")) == sent["ORU^R01"]
+    assert {e["status"] for e in _contents(db, "Encounter").values()} == {"finished"}
+    with (tmp_path / "ground_truth.csv").open(encoding="utf-8") as handle:
+        hospital_numbers = {line.split(",")[1] for line in handle if line.startswith("RXR,")}
+    assert set(_contents(db, "Patient")) == hospital_numbers
