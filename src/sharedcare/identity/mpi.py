@@ -72,8 +72,10 @@ def _find_person(session: Session, demo: Demographics) -> tuple[str | None, str,
     return None, "new", 1.0, "linked"
 
 
-def link_patient_record(session: Session, source_org: str, source_id: str, demo: Demographics) -> PatientRecord:
-    """Create or update the source patient record and make sure it is linked to a person."""
+def link_patient_record(session: Session, source_org: str, source_id: str, demo: Demographics,
+                        update: bool = True) -> PatientRecord:
+    """Create the source patient record linked to a person, or find it; `update` says whether these
+    demographics are current enough to replace what the record holds."""
     record = session.scalars(
         select(PatientRecord).where(PatientRecord.source_org == source_org, PatientRecord.source_id == source_id)
     ).first()
@@ -85,6 +87,8 @@ def link_patient_record(session: Session, source_org: str, source_id: str, demo:
             link_method=method, match_probability=probability, link_status=status,
         )
         session.add(record)
+    elif not update:
+        return record
     record.nhs_number = demo.nhs_number
     record.family, record.given = demo.family, demo.given
     record.birth_date, record.gender, record.postcode = demo.birth_date, demo.gender, demo.postcode

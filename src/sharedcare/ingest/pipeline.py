@@ -183,12 +183,11 @@ class Pipeline:
                                f"(status {state}); held until it has", raw.where)
 
     def _store(self, session: Session, staged: StagedMessage, raw: RawMessage) -> tuple[int, int, int]:
-        records: dict[str, PatientRecord] = {
-            source_id: link_patient_record(session, staged.source_org, source_id, demo)
-            for source_id, demo in staged.patients.items()
-        }
         ids = [r.server_id for r in staged.resources]
         existing = {row.id: row for row in session.scalars(select(Resource).where(Resource.id.in_(ids)))}
+        records = {source_id: link_patient_record(session, staged.source_org, source_id, demo,
+                                                  update=self._demographics_are_current(staged, source_id, existing))
+                   for source_id, demo in staged.patients.items()}
         accepted = unchanged = stale = 0
         received = utcnow()
         for item in staged.resources:
@@ -200,6 +199,8 @@ class Pipeline:
             digest = _hash(item.content)
             row = existing.get(item.server_id)
             if row is not None and row.content_hash == digest:
+                if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
+                    row.recorded_at, row.message_id = item.recorded_at, staged.message_id
                 unchanged += 1
                 continue
             if row is not None and item.recorded_at < row.recorded_at:
@@ -221,6 +222,17 @@ class Pipeline:
                 row.source_system, row.patient_record_id = staged.source_system, record.id
             accepted += 1
         return accepted, unchanged, stale
+
+    @staticmethod
+    def _demographics_are_current(staged: StagedMessage, source_id: str, existing: dict[str, Resource]) -> bool:
+        """A message may change who the MPI thinks a patient is only if its Patient is the newest we have:
+        a late, older message (or one that carries no Patient of its own, such as a lab result) must not."""
+        patient = next((r for r in staged.resources if r.resource_type == "Patient" and r.source_id == source_id),
+                       None)
+        if patient is None:
+            return False
+        stored = existing.get(patient.server_id)
+        return stored is None or patient.recorded_at >= stored.recorded_at
 
     @staticmethod
     def _known_patient(session: Session, staged: StagedMessage, source_id: str) -> PatientRecord | None:
