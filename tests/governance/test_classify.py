@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 
 from sharedcare.governance.classify import at_tier, classify
 from sharedcare.governance.framework import Framework
@@ -62,7 +63,9 @@ def test_a_document_at_tier_2_keeps_what_it_is_but_not_what_it_says() -> None:
     doc = _coded("DocumentReference", "373942005", field="type", status="current",
                  content=[{"attachment": {"data": "c2VjcmV0"}}], description="Discharge letter text")
     tier2 = at_tier(doc, 2)
-    assert tier2["type"] == doc["type"] and "content" not in tier2 and "description" not in tier2
+    assert tier2["type"] == doc["type"] and "description" not in tier2
+    assert tier2["content"] == [{"attachment": {"title": "Document not shown at your access level"}}]
+    get_fhir_model_class("DocumentReference").model_validate(tier2)
 
 
 def test_demographics_tiers_add_address_then_next_of_kin() -> None:

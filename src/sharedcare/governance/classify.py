@@ -79,7 +79,11 @@ def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
         keep = _DEMOGRAPHICS_TIER1 if tier == 1 else _DEMOGRAPHICS_TIER2
         return {key: value for key, value in resource.items() if key in keep}
     drop = _FREE_TEXT | _FREE_TEXT_BY_TYPE.get(resource.get("resourceType", ""), set())
-    return {key: _without(value, _ANNOTATIONS) for key, value in resource.items() if key not in drop}
+    summary = {key: _without(value, _ANNOTATIONS) for key, value in resource.items() if key not in drop}
+    if resource.get("resourceType") == "DocumentReference":
+        # content is required (1..*): say that the document exists without what it says
+        summary["content"] = [{"attachment": {"title": "Document not shown at your access level"}}]
+    return summary
 
 
 def _without(node: Any, drop: set[str]) -> Any:
