@@ -129,11 +129,10 @@ class GovernedRecords:
     # -- audit -----------------------------------------------------------------------------------
     def _audit(self, action: AuditAction, outcome: str, patient_id: str | None, **extra: Any) -> int:
         role = self.actor.role.name if self.actor.role else None
-        entry = record_audit(self.session, AuditRecord(
+        return record_audit(self.session, AuditRecord(
             action=action, outcome=outcome, username=self.actor.username, role=role,
             organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
             request_id=self.request_id, source_address=self.source_address, **extra))
-        return entry.seq
 
     def _request(self, person_id: str, basis: ActiveBasis | None, nhs: list[str]) -> Request:
         return Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,

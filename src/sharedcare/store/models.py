@@ -185,7 +185,7 @@ class ReviewItem(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     audit_seq: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(12), default="open")
+    status: Mapped[str] = mapped_column(String(20), default="open")
     outcome: Mapped[str | None] = mapped_column(Text)
 
 

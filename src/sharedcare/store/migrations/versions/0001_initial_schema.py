@@ -118,7 +118,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("audit_seq", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("outcome", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
