@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, time
 from itertools import groupby
+from zoneinfo import ZoneInfo
 
 from sharedcare.synth import codes
 from sharedcare.synth.clinical import Admission, Result
@@ -38,8 +39,12 @@ def escape(text: str) -> str:
     return text
 
 
+UK = ZoneInfo("Europe/London")
+
+
 def ts(when: datetime) -> str:
-    return when.strftime("%Y%m%d%H%M%S")
+    """HL7 v2 timestamps carry no zone: NHS systems write UK local time."""
+    return when.astimezone(UK).strftime("%Y%m%d%H%M%S")
 
 
 def segment(*fields: str) -> str:
