@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import nhs_number
+import hl7
 import pytest
 from synth_helpers import SynthRun, segments
 
@@ -13,7 +14,6 @@ from sharedcare.synth.hl7_feeds import escape
 
 @pytest.mark.parametrize("system", ["pas", "lab"])
 def test_every_message_parses_as_hl7_v2_4_in_iso_8859_1(run: SynthRun, system: str) -> None:
-    hl7 = pytest.importorskip("hl7")  # a test-only dependency: `pip install hl7`
     messages = run.messages(system)
     assert messages
     for text in messages:

@@ -1,6 +1,6 @@
 """What every source format becomes before it is stored: a staged message of shaped FHIR resources.
 
-Adapters (FHIR bundles now; HL7 v2 and CSV in the ingest issue) turn their input into a
+Adapters (FHIR bundles, HL7 v2 messages, CSV extracts) turn their input into a
 `StagedMessage`; the pipeline links, stores and reports it. A message is the unit of atomicity: it is
 stored whole or quarantined whole.
 """
