@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-import nhs_number
 import hl7
+import nhs_number
 import pytest
 from synth_helpers import SynthRun, segments
 
