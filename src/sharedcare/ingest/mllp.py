@@ -1,0 +1,130 @@
+"""HL7 v2 over MLLP: a listener that stores each message through the one pipeline and answers it.
+
+MLLP frames a message as <VT> message <FS><CR>. Each message is handled in order per connection and
+answered with an ACK: AA when stored (or unchanged), AE when it was understood but could not be
+accepted (it waits in quarantine; ERR and MSA say which segment and field and why), AR when it could
+not be read as an HL7 message at all (also kept in quarantine). python-hl7 has an MLLP client but no
+server we can put the pipeline behind, so the framing (a few lines) is written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sharedcare.clock import utcnow
+from sharedcare.governance.agreements import effective_agreements
+from sharedcare.ingest.messages import RawMessage
+from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
+
+START, END = b"\x0b", b"\x1c\x0d"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+UK = ZoneInfo("Europe/London")
+_LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
+# Reasons that mean the message could not be taken at all (AR) rather than failed on its content (AE).
+_REJECTED = ("not an HL7 v2 message", "character set", "but byte", "is not handled")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The MSH fields an ACK echoes back."""
+
+    sending_app: str
+    sending_facility: str
+    trigger: str
+    control_id: str
+    version: str
+
+
+def read_header(payload: bytes) -> Header | None:
+    text = payload.decode("latin-1")
+    first = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
+    if not first.startswith("MSH") or len(first) < 8:
+        return None
+    fields = first.split(first[3])
+    # MSH-1 is the separator itself, so MSH-n is fields[n - 1].
+    def field(n: int) -> str:
+        return fields[n - 1] if len(fields) >= n else ""
+    components = field(9).split(first[4]) if len(first) > 4 else [field(9)]
+    return Header(sending_app=field(3), sending_facility=field(4),
+                  trigger=components[1] if len(components) > 1 else "", control_id=field(10),
+                  version=field(12) or "2.4")
+
+
+def _escape(text: str) -> str:
+    for raw, escaped in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+        text = text.replace(raw, escaped)
+    return " ".join(text.split())
+
+
+def ack(header: Header | None, code: str, text: str = "", where: str = "", now: datetime | None = None) -> bytes:
+    """An ACK (AA, AE or AR), with an ERR segment naming the segment and field when there is one."""
+    now = now or utcnow()
+    stamp = now.astimezone(UK).strftime("%Y%m%d%H%M%S")
+    h = header or Header("", "", "", "", "2.4")
+    segments = [
+        f"MSH|^~\\&|SHAREDCARE|QRD|{h.sending_app}|{h.sending_facility}|{stamp}||ACK^{h.trigger}^ACK|"
+        f"ACK{now.strftime('%Y%m%d%H%M%S%f')}|P|{h.version}",
+        f"MSA|{code}|{h.control_id}" + (f"|{_escape(text)[:200]}" if text else ""),
+    ]
+    if code != "AA":
+        found = _LOCATION.search(where)
+        location = f"{found.group(1)}^{found.group(2) or 1}^{found.group(3)}" if found else ""
+        error_code = "207^Application internal error^HL70357" if code == "AE" else "102^Data type error^HL70357"
+        segments.append(f"ERR|{location}|{location}|{error_code}|E||||{_escape(text)[:500]}")
+    return "\r".join(segments).encode("latin-1", errors="replace") + b"\r"
+
+
+class MllpServer:
+    """One listener; each connection's messages are stored in order, in a worker thread."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.received = 0
+
+    def handle(self, payload: bytes, peer: str) -> bytes:
+        """Store one message through the pipeline and build its ACK (blocking: run it in a thread)."""
+        self.received += 1
+        header = read_header(payload)
+        location = f"message {self.received}" + (f" (MSH-10 {header.control_id})" if header else "")
+        raw = RawMessage(f"mllp://{peer}", location, payload, "hl7v2")
+        report = IngestReport()
+        with self.pipeline.db.session() as session:
+            agreements = effective_agreements(session, self.pipeline.framework)
+        self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, agreements)
+        if not report.quarantined:
+            return ack(header, "AA")
+        problem = report.quarantine[0]
+        reason, where = str(problem["reason"]), str(problem["where"])
+        code = "AR" if header is None or any(marker in reason for marker in _REJECTED) else "AE"
+        return ack(header, code, f"{reason} (quarantine #{problem['id']})", where)
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
+        try:
+            while True:
+                try:
+                    await reader.readuntil(START)
+                    framed = await reader.readuntil(END)
+                except (asyncio.IncompleteReadError, ConnectionResetError):
+                    break
+                except asyncio.LimitOverrunError:
+                    writer.write(START + ack(None, "AR", "message larger than the limit") + END)
+                    break
+                payload = framed[: -len(END)]
+                response = await asyncio.to_thread(self.handle, payload, peer)
+                writer.write(START + response + END)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+        server = await asyncio.start_server(self.serve_connection, host, port, limit=MAX_MESSAGE_BYTES)
+        async with server:
+            if ready is not None:
+                ready.set()
+            await server.serve_forever()
+

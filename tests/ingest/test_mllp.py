@@ -1,0 +1,114 @@
+"""HL7 v2 over MLLP as a hospital's interface engine sends it: one connection, messages in order, an ACK
+for each that says what happened and where."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.mllp import END, START, MllpServer
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Quarantine
+
+A01 = ("MSH|^~\\&|PAS|RXR|SHAREDCARE|QRD|20261101093000||ADT^A01^ADT_A01|MSG001|P|2.4|||AL|NE|GBR|8859/1\r"
+       "EVN|A01|20261101093000\r"
+       "PID|1||H900^^^RXR^MR~9434765919^^^NHS^NH||OKAFOR^Emeka^^^Mr||{dob}|M|||14 Mill Lane^^Riverside^^RV3 7QT\r"
+       "PV1|1|I|Ward 12^^^RXR||||||||||||||||V900|||||||||||||||||||||||||20261101093000\r")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def listener(db: Database, framework: Framework) -> Iterator[int]:
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    ready = asyncio.Event()
+    server = MllpServer(Pipeline(db, framework))
+    task = loop.create_task(server.serve("127.0.0.1", port, ready))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(ready.wait(), loop).result(timeout=10)
+    yield port
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.05)  # let connection handlers finish closing
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def _exchange(port: int, *messages: bytes) -> list[str]:
+    acks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for message in messages:
+            sock.sendall(START + message + END)
+            data = b""
+            while not data.endswith(END):
+                chunk = sock.recv(65536)
+                assert chunk, "the listener closed the connection without an ACK"
+                data += chunk
+            acks.append(data[1:-2].decode("latin-1"))
+    return acks
+
+
+def _segment(ack: str, name: str) -> list[str]:
+    return next(s for s in ack.split("\r") if s.startswith(name)).split("|")
+
+
+def test_a_good_admission_is_stored_and_acknowledged_aa(listener: int, db: Database) -> None:
+    (ack,) = _exchange(listener, A01.format(dob="19450302").encode("latin-1"))
+    msa = _segment(ack, "MSA")
+    assert msa[1:3] == ["AA", "MSG001"]
+    assert _segment(ack, "MSH")[8] == "ACK^A01^ACK"
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
+
+
+def test_a_malformed_date_is_answered_ae_naming_segment_and_field_and_waits_in_quarantine(
+        listener: int, db: Database) -> None:
+    bad = A01.format(dob="19451302").replace("MSG001", "MSG002").encode("latin-1")
+    good = A01.format(dob="19450302").encode("latin-1")
+    bad_ack, good_ack = _exchange(listener, bad, good)
+    assert _segment(bad_ack, "MSA")[1:3] == ["AE", "MSG002"]
+    err = _segment(bad_ack, "ERR")
+    assert err[1] == "PID^1^7" and "19451302" in err[8]
+    assert _segment(good_ack, "MSA")[1] == "AA"  # the connection goes on
+    with db.session() as s:
+        held = s.scalars(select(Quarantine)).one()
+    assert held.payload == bad and "PID-7" in held.reason
+
+
+def test_something_that_is_not_hl7_is_rejected_ar_and_kept(listener: int, db: Database) -> None:
+    (ack,) = _exchange(listener, b"hello, is this the lab?")
+    assert _segment(ack, "MSA")[1] == "AR"
+    with db.session() as s:
+        assert s.scalars(select(Quarantine.payload)).one() == b"hello, is this the lab?"
+
+
+def test_an_unhandled_message_type_is_rejected_ar(listener: int) -> None:
+    siu = A01.format(dob="19450302").replace("ADT^A01^ADT_A01", "SIU^S12^SIU_S12").encode("latin-1")
+    (ack,) = _exchange(listener, siu)
+    assert _segment(ack, "MSA")[1] == "AR" and "is not handled" in _segment(ack, "ERR")[8]
+
+
+def test_the_same_message_twice_is_acknowledged_and_stored_once(listener: int, db: Database) -> None:
+    message = A01.format(dob="19450302").encode("latin-1")
+    acks = _exchange(listener, message, message)
+    assert [_segment(a, "MSA")[1] for a in acks] == ["AA", "AA"]
+    with db.session() as s:
+        assert len(s.scalars(select(PatientRecord)).all()) == 1
