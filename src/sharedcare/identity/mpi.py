@@ -95,3 +95,63 @@ def link_patient_record(session: Session, source_org: str, source_id: str, demo:
     record.updated_at = utcnow()
     session.flush()
     return record
+
+
+@dataclass
+class RelinkReport:
+    records: int = 0
+    persons_before: int = 0
+    persons_after: int = 0
+    records_moved: int = 0
+    persons_created: int = 0
+    held_for_review: int = 0
+    review_pairs: int = 0
+    model_version: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
+    """Re-match every source patient record with the probabilistic model and move links to fit.
+
+    Clinical rows never move: only `patient_records.person_id` changes. Each new cluster keeps the person
+    id most of its records already had, so views and bookmarks stay stable. Returns the report and the
+    trained model (Splink JSON) for the caller to save."""
+    from sharedcare.identity.matching import MODEL_VERSION, MatchRecord, cluster  # Splink loads slowly; ingest never needs it
+
+    rows = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)))
+    report = RelinkReport(records=len(rows), persons_before=len({r.person_id for r in rows}),
+                          model_version=MODEL_VERSION)
+    result = cluster([MatchRecord(r.id, r.source_org, r.nhs_number, r.given, r.family,
+                                  r.birth_date.isoformat() if r.birth_date else None, r.gender, r.postcode)
+                      for r in rows])
+    by_id = {r.id: r for r in rows}
+    members: dict[int, list[PatientRecord]] = {}
+    for record_id, root in result.cluster_of.items():
+        members.setdefault(root, []).append(by_id[record_id])
+    claimed: set[str] = set()
+    for group in sorted(members.values(), key=len, reverse=True):
+        votes: dict[str, int] = {}
+        for record in group:
+            votes[record.person_id] = votes.get(record.person_id, 0) + 1
+        person_id = next((pid for pid, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
+                          if pid not in claimed), None)
+        if person_id is None:
+            person_id = _new_person(session).id
+            report.persons_created += 1
+        claimed.add(person_id)
+        for record in group:
+            if record.person_id != person_id:
+                report.records_moved += 1
+                record.person_id = person_id
+            record.match_probability = result.probability.get(record.id, 1.0)
+            if len(group) > 1 and record.link_method in ("new", "demographics-exact"):
+                record.link_method = "probabilistic"
+            record.link_status = "review" if record.id in result.held_for_review else "linked"
+            record.updated_at = utcnow()
+    report.persons_after = len(claimed)
+    report.held_for_review = len(result.held_for_review)
+    report.review_pairs = len(result.review_pairs)
+    session.flush()
+    return report, result.model
