@@ -194,6 +194,46 @@ def quarantine_replay(
         raise typer.Exit(1)
 
 
+mapping_app = typer.Typer(help="CSV mappings: how a source's extract becomes FHIR.", no_args_is_help=True)
+app.add_typer(mapping_app, name="mapping")
+
+
+@mapping_app.command("check")
+def mapping_check(
+    mapping: Annotated[Path, typer.Argument(help="The mapping file (config/mappings/ORG-system.yaml).")],
+    csv_file: Annotated[Path, typer.Argument(metavar="CSVFILE", help="A sample extract to read with it.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Read a sample extract with a mapping, storing nothing; exit 1 naming each failing row's line, column and
+    rule, 2 when the mapping itself is invalid."""
+    from sharedcare.ingest.csv_extract import check_file
+    from sharedcare.ingest.csv_mapping import MappingError, load_mapping
+
+    if not csv_file.is_file():
+        raise _fail(f"no such file: {csv_file}")
+    fw = _framework()
+    try:
+        spec = load_mapping(mapping)
+    except MappingError as exc:
+        raise _fail(f"{mapping} is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)) from exc
+    if fw.organisation(spec.organisation) is None:
+        raise _fail(f"{mapping}: organisation '{spec.organisation}' is not in the framework")
+    report = check_file(spec, csv_file, fw)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        if report.failed:
+            table = Table(title=f"{csv_file}: rows {spec.name} cannot read")
+            for column in ("line", "column", "rule"):
+                table.add_column(column)
+            for fault in report.failed:
+                table.add_row(str(fault["line"]), fault["column"] or "", fault["rule"])
+            Console().print(table)
+        console.print(f"{spec.name}: {report.accepted} of {report.rows} rows would be accepted")
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the FHIR API and the portals."""

@@ -2,6 +2,7 @@
 
 SHAREDCARE_DB          SQLAlchemy URL (default: SQLite file var/sharedcare.db under the working directory)
 SHAREDCARE_FRAMEWORK   path of the information-sharing framework (default: config/framework.yaml)
+SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per source (default: config/mappings)
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
 """
@@ -23,6 +24,7 @@ DEMO_PASSWORD = "demo"  # noqa: S105 - the demo sign-in, only accepted in demo m
 class Settings:
     database_url: str
     framework_path: Path
+    mappings_path: Path
     secret: str
     demo: bool
     token_minutes: int = 60
@@ -45,6 +47,7 @@ def load_settings() -> Settings:
         framework_path=Path(
             os.environ.get("SHAREDCARE_FRAMEWORK") or PROJECT_ROOT / "config" / "framework.yaml"
         ),
+        mappings_path=Path(os.environ.get("SHAREDCARE_MAPPINGS") or PROJECT_ROOT / "config" / "mappings"),
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
     )

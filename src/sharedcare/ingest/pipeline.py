@@ -24,7 +24,7 @@ from sharedcare.clock import utcnow
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.identity.mpi import link_patient_record
-from sharedcare.ingest import fhir_bundle, hl7v2
+from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine, Resource
@@ -32,7 +32,8 @@ from sharedcare.store.models import PatientRecord, Quarantine, Resource
 FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.
 ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_bundle.stage_fhir),
-                                "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7)}
+                                "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7),
+                                "csv": Adapter(csv_extract.read_messages, csv_extract.stage_csv)}
 
 
 @dataclass

@@ -1,0 +1,393 @@
+"""CSV extracts (the council's Mosaic extract, a care home's export), read through a mapping per source.
+
+Reading: row by row, never the whole file: UTF-8 with or without a byte order mark (anything else is
+named as such), CRLF or LF, quoted fields with embedded newlines; rows whose cells are all blank are
+skipped. Each data row is one message, located at the physical line it starts on; its payload is the
+header line followed by the row's own text, so a quarantined row can be replayed with the mapping as it
+is by then. Which mapping reads a file is decided from the source organisation and the header (see
+`csv_mapping`). The header is checked before any row is read: a file no mapping can read is quarantined
+once, at `header`, and nothing from it is stored.
+
+Shapes (every resource is checked as FHIR R4): each row makes a UK Core Patient whose id is the source's
+client id, an Encounter for the assessment (its type, date, status, worker and team, served by the source
+organisation), a CarePlan carrying the outcome summary as its description (free text, so shown at tier 3
+only) when the row has one, and, when the third-party column is not blank, a DocumentReference holding
+that text as a text/plain attachment, labelled THIRDPARTY: the decision point shows it to no one outside
+the source organisation. Every resource of a row takes the row's `updated` time as its event time, so an
+older extract arriving late does not overwrite a newer row.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from sharedcare.config import load_settings
+from sharedcare.fhir.uk_core import ODS_SYSTEM, demographics, meta_source, server_id
+from sharedcare.fhir.validate import validation_problems
+from sharedcare.governance.framework import Framework
+from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
+from sharedcare.ingest.csv_mapping import (
+    ACT_CODE,
+    Mapping,
+    MappingError,
+    NoMapping,
+    PatientMap,
+    ValueProblem,
+    candidates,
+    find_mapping,
+    load_mapping,
+    organisation_of,
+    required,
+    text,
+)
+from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
+
+T = TypeVar("T")
+
+HEADER = "header"  # the location of a file quarantined as a whole because no mapping can read its header
+THIRD_PARTY = {"system": ACT_CODE, "code": "THIRDPARTY", "display": "third party information"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RowError(MessageError):
+    """Cells of one row the mapping cannot read, each with its column and the rule it breaks."""
+
+    def __init__(self, problems: list[ValueProblem], where: str) -> None:
+        self.problems = problems
+        first = problems[0]
+        rest = "".join(f"; {problem}" for problem in problems[1:])
+        super().__init__(first.rule + rest, f"{where}, column {first.column}" if first.column else where)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One CSV record: the line it starts on, its exact text, its fields, or why it is not valid CSV."""
+
+    line: int
+    text: str
+    fields: list[str]
+    problem: str | None = None
+
+
+class _Lines:
+    """A text stream's physical lines, counted, keeping the text of the record being read."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+        self.number = 0
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.handle.readline()
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self.taken.append(line)
+        return line
+
+    def record(self, fields: list[str], problem: str | None = None) -> _Record:
+        taken, self.taken = self.taken, []
+        return _Record(self.number - len(taken) + 1, "".join(taken), fields, problem)
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    if "unexpected end of data" in str(exc):
+        return "a quoted field is never closed: the row runs to the end of the file"
+    if "field limit" in str(exc):
+        return f"a field is longer than {csv.field_size_limit()} characters: is a quote left open?"
+    return f"not valid CSV ({exc})"
+
+
+def _records(handle: IO[str]) -> Iterator[_Record]:
+    """The non-blank records of a CSV stream, one at a time; a record that is not valid CSV is yielded with
+    its problem, and reading goes on from the next line."""
+    lines = _Lines(handle)
+    while True:
+        try:
+            for fields in csv.reader(lines, strict=True):
+                record = lines.record(fields)
+                if any(cell.strip() for cell in fields):
+                    yield record
+            return
+        except csv.Error as exc:
+            yield lines.record([], _csv_problem(exc))
+
+
+def _open(path: Path) -> IO[str]:
+    """Undecodable bytes are kept (as surrogates) so the row's exact bytes survive into quarantine."""
+    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _bytes(chunk: str) -> bytes:
+    return chunk.encode("utf-8", "surrogateescape")
+
+
+def _not_utf8(chunk: str) -> str | None:
+    """Why this text, read with surrogateescape, was not UTF-8; None when it was."""
+    if chunk.startswith(("\udcff\udcfe", "\udcfe\udcff")) or "\x00" in chunk:
+        return "the file is UTF-16, not UTF-8: export the extract again as UTF-8"
+    try:
+        chunk.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(chunk[exc.start]) - 0xDC00
+        return (f"not UTF-8: byte 0x{byte:02X} at character {exc.start + 1} cannot be read "
+                "(export the extract as UTF-8)")
+    return None
+
+
+def _fault(record: _Record) -> str | None:
+    """Why a record cannot be read at all: its encoding first (a UTF-16 file is not CSV to us either)."""
+    return _not_utf8(record.text) or record.problem
+
+
+def _mappings_folder() -> Path:
+    return load_settings().mappings_path
+
+
+def _some_mapping_reads(path: Path, header: _Record) -> bool:
+    """Whether a mapping the file could use reads this header. Only the folder rule is known here (not
+    --source nor the framework), so organisations are those with mapping files; staging decides."""
+    if _fault(header):
+        return False
+    folder = _mappings_folder()
+    organisation = organisation_of(str(path), {p.name.split("-")[0] for p in folder.glob("*-*.yaml")})
+    for candidate in candidates(folder, organisation):
+        try:
+            if load_mapping(candidate).header_fault(header.fields) is None:
+                return True
+        except MappingError:
+            continue
+    return False
+
+
+def read_messages(path: Path) -> Iterator[RawMessage]:
+    """One message per data row (the header line and the row's text), or a single `header` message when no
+    mapping can read the file's header."""
+    with _open(path) as handle:
+        records = _records(handle)
+        header = next(records, None)
+        if header is None or not _some_mapping_reads(path, header):
+            yield RawMessage(str(path), HEADER, _bytes(header.text if header else ""), "csv")
+            return
+        for record in records:
+            yield RawMessage(str(path), f"line {record.line}", _bytes(header.text + record.text), "csv")
+
+
+def _parse(raw: RawMessage) -> tuple[list[str], _Record | None]:
+    """The header's fields and the row (None for a `header` message), from a message's payload."""
+    records = _records(io.StringIO(raw.payload.decode("utf-8", "surrogateescape"), newline=""))
+    at_header = f"{raw.filename}, {HEADER}"
+    header = next(records, None)
+    if header is None:
+        raise MessageError("the file is empty: a header line naming the columns is expected", at_header)
+    problem = _fault(header)
+    if problem:
+        raise MessageError(problem, at_header)
+    row = next(records, None)
+    if row is not None:
+        problem = _fault(row)
+        if problem:
+            raise MessageError(problem, raw.where)
+    return header.fields, row
+
+
+def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
+    """Check and shape one row; raise MessageError naming the line, and the column when a cell is at fault."""
+    header, row = _parse(raw)
+    at_header = f"{raw.filename}, {HEADER}"
+    organisation = source_override or organisation_of(raw.filename, fw.organisations)
+    try:
+        mapping = find_mapping(_mappings_folder(), organisation, header)
+    except NoMapping as exc:
+        raise MessageError(exc.message, at_header) from exc
+    except MappingError as exc:
+        raise MessageError(f"the mapping {exc.where} is invalid: {exc.message}", at_header) from exc
+    if row is None:
+        raise MessageError(f"the header now fits the {mapping.name} mapping: ingest the file again to read its rows",
+                           at_header)
+    return shape_row(mapping, header, row.fields, raw.where, f"{Path(raw.filename).name}:{raw.location}", fw)
+
+
+class _Reader:
+    """Reads one row's cells through the mapping, noting every problem rather than stopping at the first."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.problems: list[ValueProblem] = []
+
+    def __call__(self, read: Callable[[dict[str, str]], T], fallback: T) -> T:
+        """What `read` finds, or `fallback` when the cell breaks a rule (never used: the row is refused)."""
+        try:
+            return read(self.values)
+        except ValueProblem as problem:
+            self.problems.append(problem)
+            return fallback
+
+
+def _nhs_number(values: dict[str, str], column: str | None) -> str | None:
+    """A blank NHS number is allowed (the MPI links by demographics); a wrong one is refused."""
+    value = text(values, column)
+    if value is None:
+        return None
+    if not is_valid(value):
+        raise ValueProblem(column, f"'{value}' is not a valid NHS number (modulus 11 check)")
+    return normalise(value)
+
+
+def _compact(node: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in node.items() if value not in (None, "", [], {})}
+
+
+def _patient(p: PatientMap, values: dict[str, str], nhs: str | None, born: date | None,
+             gender: str | None) -> dict[str, Any]:
+    family, given = text(values, p.family), text(values, p.given)
+    line, phone = text(values, p.address_line), text(values, p.phone)
+    place = _compact({"line": [line] if line else None, "city": text(values, p.town),
+                      "postalCode": text(values, p.postcode)})
+    return _compact({
+        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": nhs}] if nhs else None,
+        "name": [_compact({"use": "official", "family": family, "given": [given] if given else None})]
+        if family or given else None,
+        "gender": gender,
+        "birthDate": born.isoformat() if born else None,
+        "address": [{"use": "home", **place}] if place else None,
+        "telecom": [{"system": "phone", "value": phone}] if phone else None,
+    })
+
+
+def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str, message_id: str,
+              fw: Framework) -> StagedMessage:
+    """One row as a staged message of FHIR resources; RowError lists every cell the mapping cannot read."""
+    if len(fields) != len(header):
+        raise MessageError(f"expected {len(header)} columns, as the header has, but found {len(fields)}", where)
+    org, system = mapping.organisation, mapping.system
+    organisation = fw.organisation(org)
+    if organisation is None:
+        raise MessageError(f"organisation '{org}' (the {mapping.name} mapping) is not part of the sharing framework",
+                           where)
+    values = dict(zip((name.strip() for name in header), fields, strict=True))
+    p, a = mapping.patient, mapping.assessment
+    read = _Reader(values)
+    updated = read(mapping.updated.instant, _EPOCH)
+    client = read(lambda v: required(v, p.id), "")
+    nhs = read(lambda v: _nhs_number(v, p.nhs_number), None)
+    born = read(p.birth_date.read, None) if p.birth_date else None
+    gender = read(p.sex.read, None) if p.sex else None
+    assessment = read(lambda v: required(v, a.id), "")
+    day = read(a.date.require, date.min).isoformat()
+    kind = read(a.type.read, {"text": ""})
+    status = read(a.status.require, "unknown")
+    outcome = text(values, mapping.outcome.text) if mapping.outcome else None
+    plan_status = read(mapping.outcome.status.require, "unknown") if mapping.outcome and outcome else None
+    note = text(values, mapping.third_party.text) if mapping.third_party else None
+    if read.problems:
+        raise RowError(read.problems, where)
+
+    provider = {"identifier": {"system": ODS_SYSTEM, "value": org}, "display": organisation.name}
+    subject = {"reference": f"Patient/{server_id(org, 'Patient', client)}"}
+    encounter = {"reference": f"Encounter/{server_id(org, 'Encounter', assessment)}"}
+    team, worker = text(values, a.team), text(values, a.worker)
+    patient = _patient(p, values, nhs, born, gender)
+    made: list[tuple[str, str, dict[str, Any]]] = [
+        ("Patient", client, patient),
+        ("Encounter", assessment, _compact({
+            "status": status, "class": a.encounter_class.model_dump(exclude_none=True), "type": [kind],
+            "serviceType": {"text": team} if team else None, "subject": subject,
+            "participant": [{"individual": {"display": worker}}] if worker else None,
+            "period": {"start": day}, "serviceProvider": provider,
+        })),
+    ]
+    if outcome:
+        made.append(("CarePlan", assessment, {
+            # the assessment type as category too, so a code such as a safeguarding one classifies the plan
+            "status": plan_status, "intent": "plan", "category": [kind], "title": f"{kind['text']}: outcome",
+            "description": outcome, "subject": subject, "encounter": encounter, "period": {"start": day},
+            "created": day, "author": provider,
+        }))
+    if note:
+        made.append(("DocumentReference", assessment, {
+            "meta": {"security": [THIRD_PARTY]}, "status": "current",
+            "type": {"text": "Information about other people (third party)"}, "subject": subject,
+            "date": updated.isoformat(), "author": [provider],
+            "content": [{"attachment": {"contentType": "text/plain", "title": f"{kind['text']}: third-party notes",
+                                        "data": base64.b64encode(note.encode("utf-8")).decode("ascii")}}],
+            "context": {"encounter": [encounter], "period": {"start": day}},
+        }))
+
+    staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
+    staged.patients[client] = demographics(patient, nhs)
+    for resource_type, source_id, body in made:
+        meta = {**body.pop("meta", {}), "source": meta_source(org, system)}
+        content = {"resourceType": resource_type, "id": server_id(org, resource_type, source_id), "meta": meta,
+                   **body}
+        problems = validation_problems(content)
+        if problems:
+            raise MessageError(f"the {resource_type} made from this row is not valid FHIR: {problems[0]}", where)
+        staged.resources.append(StagedResource(resource_type, source_id, content["id"], content, updated, client))
+    return staged
+
+
+@dataclass
+class CheckReport:
+    """What `sharedcare mapping check` found: rows read, rows that would be accepted, and each failure."""
+
+    mapping: str
+    file: str
+    rows: int = 0
+    accepted: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, line: int, column: str | None, rule: str) -> None:
+        self.failed.append({"line": line, "column": column, "rule": rule})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mapping": self.mapping, "file": self.file, "rows": self.rows, "accepted": self.accepted,
+                "failed": self.failed}
+
+
+def check_file(mapping: Mapping, path: Path, fw: Framework) -> CheckReport:
+    """Read a sample extract with this mapping exactly as ingest would, storing nothing."""
+    report = CheckReport(mapping.name, str(path))
+    with _open(path) as handle:
+        records = _records(handle)
+        header = next(records, None)
+        if header is None:
+            report.fail(1, None, "the file is empty: a header line naming the columns is expected")
+            return report
+        problem = _fault(header)
+        if problem:
+            report.fail(header.line, None, problem)
+            return report
+        missing = mapping.header_problems(header.fields)
+        for fault in missing:
+            report.fail(header.line, fault.column, fault.rule)
+        if missing:
+            return report
+        for record in records:
+            report.rows += 1
+            problem = _fault(record)
+            if problem:
+                report.fail(record.line, None, problem)
+                continue
+            try:
+                shape_row(mapping, header.fields, record.fields, f"{path}, line {record.line}",
+                          f"{path.name}:line {record.line}", fw)
+            except RowError as exc:
+                for fault in exc.problems:
+                    report.fail(record.line, fault.column, fault.rule)
+                continue
+            except MessageError as exc:
+                report.fail(record.line, None, exc.message)
+                continue
+            report.accepted += 1
+    return report

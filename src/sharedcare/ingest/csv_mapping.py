@@ -1,0 +1,357 @@
+"""The CSV mapping language: how one source's extract columns become a patient and their care record.
+
+A mapping is a YAML file per source system, `{ORG}-{system}.yaml` in the mappings folder
+(SHAREDCARE_MAPPINGS, default `config/mappings`). It is data an integration engineer writes and a
+reviewer reads, so it has only four kinds of value, and no expressions:
+
+- a column reference: the column's name (`family: family_name`); a blank cell means "not recorded";
+- a date: `{column: date_of_birth, format: "%d/%m/%Y"}` (Python strptime codes; a date and time
+  without an offset is UK local time);
+- a code map: `{column: sex, codes: {Male: male, Female: female}}`; a value the map lacks is refused;
+  for a concept (`assessment.type`) the codes are optional codings and other values are kept as text;
+- a constant: a fixed coding such as `assessment.class`.
+
+Sections: `organisation` and `system` (whose extract it is), `columns` (the header the extract must
+have), `updated` (when the row last changed: its event time, which orders updates), `patient`,
+`assessment` (one per row), and optionally `outcome` and `third_party`. `LRC-mosaic.yaml` is the worked
+example. A mapping is checked when it is loaded; every problem is reported with its line and key.
+
+Which mapping reads a file: the organisation is `--source`, else the nearest folder in the file's path
+named after an organisation (`LRC/csv/mosaic-0001.csv` is LRC's). Of that organisation's mappings, the
+files `{ORG}-*.yaml`, the one whose columns are all in the file's header is used. A file from no named
+organisation is read by the one mapping, of all, whose columns are all in its header.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Collection, Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.framework import _line_index, _where
+
+T = TypeVar("T")
+
+UK_TIME = ZoneInfo("Europe/London")  # extract times without an offset are the source's local time
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+Gender = Literal["male", "female", "other", "unknown"]
+EncounterStatus = Literal["planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+                          "entered-in-error", "unknown"]
+CarePlanStatus = Literal["draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"]
+
+
+class _ColumnRef:
+    """Marks the string fields that name a column, so every reference can be checked against `columns`."""
+
+
+Column = Annotated[str, _ColumnRef()]
+OptionalColumn = Annotated[str | None, _ColumnRef()]
+
+_FORMAT_WORDS = {"%d": "DD", "%m": "MM", "%Y": "YYYY", "%y": "YY", "%b": "Mon", "%B": "Month", "%H": "hh",
+                 "%M": "mm", "%S": "ss", "%f": "ffffff", "%z": "Z", "%%": "%"}
+
+
+class MappingError(SharedcareError):
+    """A mapping file is invalid; `problems` each name a line and key."""
+
+    def __init__(self, problems: list[str], path: str) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems), where=path)
+
+
+class NoMapping(SharedcareError):
+    """No mapping reads this file: none found, none fits its header, or several do."""
+
+
+class ValueProblem(Exception):
+    """A cell the mapping cannot read: which column, and the rule it breaks."""
+
+    def __init__(self, column: str | None, rule: str) -> None:
+        self.column = column
+        self.rule = rule
+        super().__init__(f"column {column}: {rule}" if column else rule)
+
+
+def describe_format(fmt: str) -> str:
+    """A strptime format as people write it: `%d/%m/%Y` -> `DD/MM/YYYY`."""
+    return re.sub(r"%.", lambda m: _FORMAT_WORDS.get(m.group(), m.group()), fmt)
+
+
+def text(values: dict[str, str], column: str | None) -> str | None:
+    """A column's value, trimmed; None when the mapping does not use it or the cell is blank."""
+    value = values.get(column, "").strip() if column else ""
+    return value or None
+
+
+def required(values: dict[str, str], column: str) -> str:
+    value = text(values, column)
+    if value is None:
+        raise ValueProblem(column, "is empty; a value is required")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Coding(_Strict):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class DateColumn(_Strict):
+    column: Column
+    format: str
+
+    @field_validator("format")
+    @classmethod
+    def _round_trips(cls, fmt: str) -> str:
+        try:
+            datetime.strptime(datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC).strftime(fmt), fmt)  # noqa: DTZ007
+        except ValueError as exc:
+            raise ValueError(f"'{fmt}' is not a strptime format that reads back what it writes") from exc
+        return fmt
+
+    def read(self, values: dict[str, str]) -> date | None:
+        value = text(values, self.column)
+        if value is None:
+            return None
+        try:
+            return datetime.strptime(value, self.format).date()  # noqa: DTZ007 - a calendar date has no zone
+        except ValueError:
+            raise ValueProblem(self.column,
+                               f"'{value}' is not a date in the form {describe_format(self.format)}") from None
+
+    def require(self, values: dict[str, str]) -> date:
+        found = self.read(values)
+        if found is None:
+            raise ValueProblem(self.column, "is empty; a date is required")
+        return found
+
+    def instant(self, values: dict[str, str]) -> datetime:
+        """A required date and time; without an offset it is UK local time."""
+        value = required(values, self.column)
+        try:
+            parsed = datetime.strptime(value, self.format)  # noqa: DTZ007 - zone added below when absent
+        except ValueError:
+            raise ValueProblem(self.column, f"'{value}' is not a date and time in the form "
+                                            f"{describe_format(self.format)}") from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UK_TIME)).astimezone(UTC)
+
+
+class CodeMap(_Strict, Generic[T]):
+    """A column whose values the mapping translates, one by one, to FHIR codes."""
+
+    column: Column
+    codes: dict[str, T] = Field(min_length=1)
+
+    def read(self, values: dict[str, str]) -> T | None:
+        value = text(values, self.column)
+        if value is None:
+            return None
+        if value not in self.codes:
+            raise ValueProblem(self.column, f"'{value}' is not in the mapping's codes ({', '.join(self.codes)})")
+        return self.codes[value]
+
+    def require(self, values: dict[str, str]) -> T:
+        value = self.read(values)
+        if value is None:
+            raise ValueProblem(self.column, f"is empty; one of {', '.join(self.codes)} is required")
+        return value
+
+
+class Concept(_Strict):
+    """A column read as a CodeableConcept: its text, plus a coding for the values listed in `codes`."""
+
+    column: Column
+    codes: dict[str, Coding] = Field(default_factory=dict)
+
+    def read(self, values: dict[str, str]) -> dict[str, Any]:
+        value = required(values, self.column)
+        coding = self.codes.get(value)
+        return {"coding": [coding.model_dump(exclude_none=True)], "text": value} if coding else {"text": value}
+
+
+class PatientMap(_Strict):
+    """The columns that make the UK Core Patient; `id` is the source's own identifier for the person."""
+
+    id: Column
+    nhs_number: OptionalColumn = None
+    family: OptionalColumn = None
+    given: OptionalColumn = None
+    birth_date: DateColumn | None = None
+    sex: CodeMap[Gender] | None = None
+    address_line: OptionalColumn = None
+    town: OptionalColumn = None
+    postcode: OptionalColumn = None
+    phone: OptionalColumn = None
+
+
+class AssessmentMap(_Strict):
+    """Each row's assessment, as an Encounter with the source's assessment id."""
+
+    id: Column
+    date: DateColumn
+    type: Concept
+    status: CodeMap[EncounterStatus]
+    encounter_class: Coding = Field(alias="class",
+                                    default=Coding(system=ACT_CODE, code="HH", display="home health"))
+    worker: OptionalColumn = None
+    team: OptionalColumn = None
+
+
+class OutcomeMap(_Strict):
+    """The assessment's outcome, as a CarePlan whose description is the summary text."""
+
+    text: Column
+    status: CodeMap[CarePlanStatus]
+
+
+class ThirdPartyMap(_Strict):
+    """A column of what others said (carers, neighbours): stored apart, labelled never to be shared."""
+
+    text: Column
+
+
+class Mapping(_Strict):
+    organisation: str
+    system: str
+    columns: list[str] = Field(min_length=1)
+    updated: DateColumn
+    patient: PatientMap
+    assessment: AssessmentMap
+    outcome: OutcomeMap | None = None
+    third_party: ThirdPartyMap | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.organisation}-{self.system}"
+
+    def header_problems(self, header: list[str]) -> list[ValueProblem]:
+        """What stops this mapping reading a file with this header: each expected column it lacks or repeats."""
+        have = Counter(name.strip() for name in header)
+        return [ValueProblem(column, "is missing from the header" if not have[column] else
+                             "appears more than once in the header")
+                for column in self.columns if have[column] != 1]
+
+    def header_fault(self, header: list[str]) -> str | None:
+        """The same, said in one sentence; None when this mapping can read the file."""
+        have = Counter(name.strip() for name in header)
+        missing = [f"'{column}'" for column in self.columns if not have[column]]
+        repeated = [f"'{column}'" for column in self.columns if have[column] > 1]
+        parts = [f"{verb} column{'s' if len(names) > 1 else ''} {', '.join(names)}"
+                 for verb, names in (("lacks", missing), ("repeats", repeated)) if names]
+        return f"the header {' and '.join(parts)} (the {self.name} mapping expects each of its columns once)" \
+            if parts else None
+
+
+def _column_refs(model: BaseModel, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Every column the mapping reads, with the key path that names it."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = (*path, info.alias or name)
+        if isinstance(value, BaseModel):
+            yield from _column_refs(value, key)
+        elif isinstance(value, str) and any(isinstance(m, _ColumnRef) for m in info.metadata):
+            yield key, value
+
+
+def _cross_checks(mapping: Mapping) -> list[tuple[tuple[Any, ...], str]]:
+    """What the schema cannot say: columns are listed once, and every column used is listed."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[str] = set()
+    for index, column in enumerate(mapping.columns):
+        if column in seen:
+            problems.append((("columns", index), f"column '{column}' is listed twice"))
+        seen.add(column)
+    for path, column in _column_refs(mapping):
+        if column not in seen:
+            problems.append((path, f"column '{column}' is not in `columns`"))
+    return problems
+
+
+def parse_mapping(source: str, where: str = "<mapping>") -> Mapping:
+    """Parse and check a mapping document; raise MappingError listing every problem with its line."""
+    try:
+        root = yaml.compose(source)
+        raw = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark else "unknown line"
+        raise MappingError([f"{line}: not valid YAML ({getattr(exc, 'problem', exc)})"], where) from exc
+    if not isinstance(raw, dict) or root is None:
+        raise MappingError(["line 1: a mapping must be a mapping of keys"], where)
+    lines = _line_index(root)
+    try:
+        mapping = Mapping.model_validate(raw)
+    except ValidationError as exc:
+        raise MappingError([f"{_where(lines, tuple(err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                            for err in exc.errors()],
+                           where) from exc
+    problems = _cross_checks(mapping)
+    if problems:
+        raise MappingError([f"{_where(lines, path)}: {message}" for path, message in problems], where)
+    return mapping
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_file(path: Path, _mtime_ns: int, _size: int) -> Mapping:
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MappingError([f"cannot read the mapping ({exc})"], str(path)) from exc
+    return parse_mapping(source, str(path))
+
+
+def load_mapping(path: Path) -> Mapping:
+    """Load a mapping file, checked; parsed once per version of the file, so an edit is seen at once."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise MappingError([f"cannot read the mapping ({exc.strerror})"], str(path)) from exc
+    return _parse_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+def organisation_of(filename: str, organisations: Collection[str]) -> str | None:
+    """The nearest folder in a file's path that is named after an organisation."""
+    return next((part for part in reversed(Path(filename).parts) if part in organisations), None)
+
+
+def candidates(folder: Path, organisation: str | None) -> list[Path]:
+    """The organisation's mapping files, or every mapping file when the organisation is not known."""
+    return sorted(folder.glob(f"{organisation}-*.yaml" if organisation else "*.yaml"))
+
+
+def find_mapping(folder: Path, organisation: str | None, header: list[str]) -> Mapping:
+    """The one mapping (of the organisation's, or of all) whose columns this header has."""
+    paths = candidates(folder, organisation)
+    if not paths:
+        raise NoMapping(f"no mapping for {organisation} in {folder} (expected {organisation}-SYSTEM.yaml)"
+                        if organisation else f"no mapping files in {folder}")
+    mappings = [load_mapping(path) for path in paths]
+    for path, mapping in zip(paths, mappings, strict=True):
+        if organisation and mapping.organisation != organisation:
+            raise MappingError([f"organisation is '{mapping.organisation}', but the file is named for "
+                                f"{organisation}"], str(path))
+    fitting = [m for m in mappings if m.header_fault(header) is None]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise NoMapping(f"the header fits several mappings ({', '.join(m.name for m in fitting)}); give --source "
+                        "ORG or put the file in a folder named after its organisation")
+    if len(mappings) == 1:
+        raise NoMapping(mappings[0].header_fault(header) or "")
+    raise NoMapping(f"the header fits none of the mappings in {folder} ({', '.join(m.name for m in mappings)})"
+                    + ("" if organisation else "; give --source ORG or put the file in a folder named after its "
+                                               "organisation"))
