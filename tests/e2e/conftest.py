@@ -2,6 +2,11 @@
 
 Playwright's own browser download does not work here, so the browser is the system's `chromium`;
 `make test` and `.ci/run` install it when it is missing.
+
+Tests open browser tabs through the `pages` fixture. Every document a tab loads must be checked with
+axe-core (vendored in `vendor/`) before the test ends, for WCAG 2.1 A and AA: a serious or critical
+violation fails the test, and so does a page the test forgot to check. Every URL the browser asks for
+is kept too, and none may carry an NHS number, a name or a date of birth (TRUST DP1).
 """
 
 from __future__ import annotations
@@ -11,12 +16,20 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, sync_playwright
-from tests.small_ics import Ics
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from tests.small_ics import OKAFOR_NHS, Ics
+
+AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text(encoding="utf-8")
+WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+BLOCKING = {"serious", "critical"}
+# What must never appear in a URL: Mr Okafor's NHS number (with or without spaces), name and birthday.
+NOT_IN_URLS = (OKAFOR_NHS, "943%20476", "943+476", "okafor", "1945")
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -64,9 +77,70 @@ def live(ics: Ics) -> Iterator[tuple[Ics, str]]:
         yield ics, server.url
 
 
+class Pages:
+    """The browser tabs of one test: each document they load is checked with axe, each URL recorded."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.contexts: list[BrowserContext] = []
+        self.loads: dict[Page, list[list[Any]]] = {}  # page -> [[url, checked], ...] per document loaded
+        self.urls: list[str] = []
+        self.minor: list[str] = []
+
+    def open(self, scripts: bool = True) -> Page:
+        """A new tab in its own browser context (its own cookies: another person at another computer).
+
+        `scripts=False` refuses the pages' script files, so they render as in a browser without
+        JavaScript while axe (which needs JavaScript) can still run."""
+        context = self.browser.new_context()
+        if not scripts:
+            context.route("**/*.js", lambda route: route.abort())
+        self.contexts.append(context)
+        page = context.new_page()
+        self.loads[page] = []
+        page.on("load", lambda loaded: self.loads[loaded].append([loaded.url, False]))
+        page.on("request", lambda request: self.urls.append(request.url))
+        return page
+
+    def check(self, page: Page) -> None:
+        """Run axe on what the page shows now; fail on any serious or critical WCAG 2.1 AA violation."""
+        page.wait_for_load_state("load")
+        if not page.evaluate("() => typeof window.axe === 'object'"):
+            page.evaluate(AXE)  # evaluated, not injected as a <script>: the pages' CSP allows no inline script
+        violations = page.evaluate("""async (tags) => {
+            const result = await axe.run(document, {runOnly: {type: "tag", values: tags}, resultTypes: ["violations"]});
+            return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                                 targets: v.nodes.slice(0, 3).map(n => n.target.join(" "))}));
+        }""", WCAG_21_AA)
+        blocking = [v for v in violations if v["impact"] in BLOCKING]
+        self.minor += [f"{page.url}: {v['id']} ({v['impact']})" for v in violations if v["impact"] not in BLOCKING]
+        assert not blocking, "axe: " + "; ".join(f"{v['id']} ({v['impact']}): {v['help']} at {v['targets']}"
+                                                 for v in blocking)
+        if self.loads[page]:
+            self.loads[page][-1][1] = True
+
+    def unchecked(self) -> list[str]:
+        return [url for loads in self.loads.values() for url, checked in loads if not checked]
+
+
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    new_page = context.new_page()
-    yield new_page
-    context.close()
+def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
+    tabs = Pages(browser)
+    yield tabs
+    for context in tabs.contexts:
+        context.close()
+    if tabs.minor:
+        print("axe, minor and moderate:", *sorted(set(tabs.minor)), sep="\n  ")
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if not failed:
+        assert tabs.unchecked() == [], "pages loaded but never checked with axe"
+        leaked = [url for url in tabs.urls if any(secret in url.lower() for secret in NOT_IN_URLS)]
+        assert leaked == [], "patient details in a URL"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test, so `pages` knows whether the test itself failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,13 +1,17 @@
-"""The clinician portal over HTTP: sign in, find Mr Okafor, record a basis, read his combined record."""
+"""The clinician portal over HTTP: sign in, find Mr Okafor, record a basis, read his combined record in its tabs,
+say whether it helped."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from sqlalchemy import select
+from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
 
-from sharedcare.store.models import AuditEntry, ReviewItem
+from sharedcare.governance.framework import Framework
+from sharedcare.store.models import AuditEntry, Feedback, ReviewItem
 
 
 def _sign_in(ics: Ics, username: str = "para.evans") -> None:
@@ -37,7 +41,8 @@ def test_pages_need_a_signed_in_user(ics: Ics) -> None:
 
 def test_a_paramedic_finds_a_patient_by_name_and_date_of_birth_and_opens_the_record(ics: Ics) -> None:
     _sign_in(ics)
-    results = ics.client.post("/search", data={"family": "okafor", "birth_date": "1945-03-02"})
+    results = ics.client.post("/search", data={"family": "okafor", "birth_day": "2", "birth_month": "3",
+                                               "birth_year": "1945"})
     assert results.status_code == 200
     assert "1 person found" in results.text and "OKAFOR, Emeka" in results.text
     link = re.search(r'href="(/record/[^"]+)"', results.text)
@@ -75,7 +80,7 @@ def test_emergency_access_tells_the_clinician_it_is_recorded(ics: Ics) -> None:
     _sign_in(ics, "dr.oconnor")
     page = ics.client.post(f"/record/{ics.okafor}/basis",
                            data={"basis": "emergency", "reason": "unconscious in resus, no history available"})
-    assert "Emergency access." in page.text and "will be reviewed" in page.text
+    assert "Emergency access" in page.text and "will be reviewed" in page.text
 
 
 def test_a_short_reason_is_sent_back_with_the_problem(ics: Ics) -> None:
@@ -95,3 +100,71 @@ def test_signing_out_clears_the_session(ics: Ics) -> None:
     response = ics.client.post("/logout", follow_redirects=False)
     assert "Clear-Site-Data" in response.headers
     assert ics.client.get("/search").status_code == 401
+
+
+def test_the_basis_must_be_chosen_not_assumed(ics: Ics) -> None:
+    _sign_in(ics)
+    gate = ics.client.get(f"/record/{ics.okafor}").text
+    assert "checked" not in gate  # no basis is pre-selected: the clinician says which applies
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"reason": ""})
+    assert page.status_code == 400 and "Select why you are opening this record" in page.text
+
+
+def test_an_invalid_nhs_number_is_sent_back(ics: Ics) -> None:
+    _sign_in(ics)
+    page = ics.client.post("/search", data={"nhs_number": "943 476 5918"})
+    assert page.status_code == 400 and "valid check digit" in page.text
+
+
+def test_the_record_has_the_tabs_a_clinician_expects_with_trend_charts(ics: Ics, framework: Framework,
+                                                                      tmp_path: Path) -> None:
+    ingest_results(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    _sign_in(ics, "dr.patel")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    tabs = re.findall(r'class="nhsuk-tabs__tab" href="#([a-z-]+)"', page)
+    assert tabs == ["summary", "encounters", "results", "care-team", "care-plans", "documents", "social-care"]
+    charts = re.findall(r'<title id="chart-([a-z0-9]+)-title">([^<]+)</title>', page)
+    assert charts == [("hba1c", "HbA1c trend"), ("egfr", "eGFR trend"), ("bp", "Blood pressure trend")]
+    assert "HbA1c: 4 results from 10 May 2024 to 18 Oct 2026, lowest 52, highest 62, latest 62 mmol/mol " \
+           "(Riverside University Hospitals NHS Trust)" in page
+    assert 'id="medications"' in page and "Contact: 01632 960200" in page  # care team with contacts
+
+
+def test_the_social_care_tab_is_only_for_roles_that_see_social_care(ics: Ics) -> None:
+    for username, shown in (("sw.brown", True), ("pharm.khan", False)):
+        _sign_in(ics, username)
+        page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+        assert ('href="#social-care"' in page) is shown, username
+
+
+def test_feedback_is_stored_with_role_and_organisation_and_nothing_about_the_patient(ics: Ics) -> None:
+    _sign_in(ics)
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "implied-consent", "reason": "confused at home"})
+    thanks = ics.client.post(f"/record/{ics.okafor}/feedback", data={"helped": "yes", "comment": "found his meds"})
+    assert thanks.status_code == 200 and "Thank you for your feedback" in thanks.text
+    ics.client.post(f"/record/{ics.okafor}/feedback", data={"helped": "no"})
+    assert ics.client.post(f"/record/{ics.okafor}/feedback", data={"helped": "perhaps"}).status_code == 400
+    with ics.client.app.state.database.session() as s:  # type: ignore[attr-defined]
+        rows = [(f.role, f.organisation, f.helped, f.comment)
+                for f in s.scalars(select(Feedback).order_by(Feedback.id))]
+        audited = s.scalars(select(AuditEntry.action).where(AuditEntry.action.like("%feedback%"))).all()
+    assert rows == [("paramedic", "RYA", True, "found his meds"), ("paramedic", "RYA", False, None)]
+    assert audited == []
+
+
+def test_pages_allow_only_this_servers_own_resources_and_static_files_may_be_cached(ics: Ics) -> None:
+    page = ics.client.get("/")
+    assert page.headers["cache-control"] == "no-store"
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for url in ("/static/nhsuk/nhsuk-frontend.min.css", "/static/sharedcare.js", "/assets/images/nhsuk-icon-cross.svg"):
+        asset = ics.client.get(url)
+        assert asset.status_code == 200 and asset.headers["cache-control"] == "public, max-age=3600", url
+    assert ics.client.get("/static/missing.css").headers["cache-control"] == "no-store"
+
+
+def test_a_script_may_send_the_date_of_birth_as_one_iso_date(ics: Ics) -> None:
+    _sign_in(ics)
+    page = ics.client.post("/search", data={"family": "Okafor", "birth_date": "1945-03-02"})
+    assert page.status_code == 200 and "OKAFOR, Emeka" in page.text
+    assert ics.client.post("/search", data={"family": "Okafor", "birth_date": "1945-02-30"}).status_code == 400

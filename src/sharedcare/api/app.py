@@ -1,7 +1,8 @@
 """The web application: FHIR API, access API and portals, with the cross-cutting rules in one place.
 
-Every response carries `Cache-Control: no-store` (TRUST DP2) and a request id; every error becomes
-an OperationOutcome (API) or a plain page (portal) without internals (TRUST DP3).
+Every response carries `Cache-Control: no-store` (TRUST DP2) and a request id, except the portals'
+static files (stylesheets, scripts, icons: no patient data), which browsers may keep for an hour;
+every error becomes an OperationOutcome (API) or a plain page (portal) without internals (TRUST DP3).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from sharedcare.config import Settings, load_settings
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
-from sharedcare.portal import routes as portal
+from sharedcare.portal import citizen, ig, pages
+from sharedcare.portal import routes as clinician
 from sharedcare.store.database import Database
 
 log = logging.getLogger("sharedcare.api")
+STATIC_PREFIXES = ("/static/", "/assets/")
 
 
 def _request_id(request: Request) -> str:
@@ -46,7 +49,8 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request.state.request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
         response = await call_next(request)
-        response.headers["Cache-Control"] = "no-store"
+        static = request.url.path.startswith(STATIC_PREFIXES) and response.status_code == 200
+        response.headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"
         response.headers["X-Request-ID"] = request.state.request_id
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
@@ -59,7 +63,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:
         if not is_api(request):
-            return portal.sign_in_again(request, exc.message)
+            return pages.sign_in_again(request, exc.message)
         response = operation_outcome(401, "login", exc.message, _request_id(request))
         response.headers["WWW-Authenticate"] = 'Bearer realm="sharedcare"'
         return response
@@ -67,33 +71,33 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     @app.exception_handler(AccessDenied)
     async def forbidden(request: Request, exc: AccessDenied) -> Response:
         if not is_api(request):
-            return portal.error_page(request, 403, exc.message)
+            return pages.error_page(request, 403, exc.message)
         return operation_outcome(403, "forbidden", f"{exc.message} (rule {exc.rule_id})", _request_id(request))
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
         if not is_api(request):
-            return portal.error_page(request, 404, exc.message)
+            return pages.error_page(request, 404, exc.message)
         return operation_outcome(404, "not-found", exc.message, _request_id(request))
 
     @app.exception_handler(SharedcareError)
     async def bad_request(request: Request, exc: SharedcareError) -> Response:
         if not is_api(request):
-            return portal.error_page(request, 400, str(exc))
+            return pages.error_page(request, 400, str(exc))
         return operation_outcome(400, "invalid", str(exc), _request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         if not is_api(request):
-            return portal.error_page(request, 400, problems)
+            return pages.error_page(request, 400, problems)
         return operation_outcome(400, "invalid", problems, _request_id(request))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("request %s failed", _request_id(request))
         text = f"the server could not complete the request; quote reference {_request_id(request)}"
-        response = (portal.error_page(request, 500, text) if not is_api(request)
+        response = (pages.error_page(request, 500, text) if not is_api(request)
                     else operation_outcome(500, "exception", text, _request_id(request)))
         # Unhandled errors are answered outside the middleware above, so its headers are set here too.
         response.headers["Cache-Control"] = "no-store"
@@ -102,6 +106,9 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
 
     app.include_router(fhir.router)
     app.include_router(access.router)
-    app.include_router(portal.router)
-    app.mount("/static", StaticFiles(directory=portal.STATIC), name="static")
+    app.include_router(clinician.router)
+    app.include_router(ig.router)
+    app.include_router(citizen.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
+    app.mount("/assets", StaticFiles(directory=pages.ASSETS), name="assets")  # nhsuk-frontend's CSS asks here
     return app

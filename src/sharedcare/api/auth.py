@@ -1,4 +1,4 @@
-"""Access tokens: signed JWTs naming a configured user, their role, organisation and scopes.
+"""Access tokens: signed JWTs naming a configured user (or a citizen), their role, organisation and scopes.
 
 `sharedcare token` mints them for integration and tests; the portal keeps one in an HttpOnly cookie.
 SMART on FHIR's authorization server (the API issue) will issue the same shape of token.
@@ -20,6 +20,8 @@ from sharedcare.governance.framework import Framework
 ALGORITHM = "HS256"
 ISSUER = "sharedcare"
 DEFAULT_SCOPE = "user/*.read"
+CITIZEN_PREFIX = "patient:"  # a token whose subject starts so names a person, not a configured user
+CITIZEN_SCOPE = "patient/*.read"
 
 
 class AuthError(SharedcareError):
@@ -35,6 +37,17 @@ def mint_token(settings: Settings, fw: Framework, username: str, scope: str = DE
     claims = {
         "iss": ISSUER, "sub": username, "role": user.role, "org": user.organisation, "scope": scope,
         "iat": now, "exp": now + timedelta(minutes=minutes or settings.token_minutes), "jti": str(uuid.uuid4()),
+    }
+    return jwt.encode(claims, settings.secret, algorithm=ALGORITHM)
+
+
+def mint_citizen_token(settings: Settings, person_id: str) -> str:
+    """A patient portal session: `sub` names the person (`patient:{person_id}`), who may read only their
+    own record. Issued after a one-time code; NHS login would issue it after its own checks."""
+    now = utcnow()
+    claims = {
+        "iss": ISSUER, "sub": f"{CITIZEN_PREFIX}{person_id}", "role": "patient", "scope": CITIZEN_SCOPE,
+        "iat": now, "exp": now + timedelta(minutes=settings.token_minutes), "jti": str(uuid.uuid4()),
     }
     return jwt.encode(claims, settings.secret, algorithm=ALGORITHM)
 

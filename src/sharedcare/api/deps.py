@@ -1,7 +1,9 @@
-"""Request-scoped dependencies: the caller (actor) and a governed repository bound to them.
+"""Request-scoped dependencies: the caller (actor) and the governance objects bound to them.
 
-Routes declare `RecordsDep` and never see a database session (TRUST AC2); the session lives here and
-is committed when the request succeeds.
+Routes declare `RecordsDep`, `CitizenDep`, `IgDep`, `SignInDep` or `FeedbackDep` and never see a
+database session (TRUST AC2); the session lives here. Each is committed before the response is sent
+(`scope="function"`), so a change (a choice, a suspended agreement, a basis) holds for the very next
+request the browser makes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from sharedcare.api.auth import AuthError, read_token
+from sharedcare.api.auth import CITIZEN_PREFIX, AuthError, read_token
 from sharedcare.config import Settings
+from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import GovernedRecords, actor_for
+from sharedcare.governance.gateway import GovernedRecords, actor_for, citizen_actor
 from sharedcare.governance.policy import Actor
+from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, IgWorkspace
 from sharedcare.store.database import Database
 
 SESSION_COOKIE = "sc_session"
@@ -36,6 +40,10 @@ def get_database(request: Request) -> Database:
     return database
 
 
+def _source_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 def bearer_or_cookie(request: Request) -> str:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
@@ -48,8 +56,10 @@ def bearer_or_cookie(request: Request) -> str:
 
 def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settings)],
               fw: Annotated[Framework, Depends(get_framework)]) -> Actor:
-    claims = read_token(settings, bearer_or_cookie(request))
-    return actor_for(fw, str(claims["sub"]))
+    subject = str(read_token(settings, bearer_or_cookie(request))["sub"])
+    if subject.startswith(CITIZEN_PREFIX):
+        return citizen_actor(fw, subject.removeprefix(CITIZEN_PREFIX))
+    return actor_for(fw, subject)
 
 
 def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
@@ -57,10 +67,43 @@ def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
                 db: Annotated[Database, Depends(get_database)]) -> Iterator[GovernedRecords]:
     with db.session() as session:
         yield GovernedRecords(session, fw, actor, purpose="direct-care", request_id=request.state.request_id,
-                              source_address=request.client.host if request.client else None)
+                              source_address=_source_address(request))
+
+
+def get_citizen(request: Request, actor: Annotated[Actor, Depends(get_actor)],
+                fw: Annotated[Framework, Depends(get_framework)],
+                db: Annotated[Database, Depends(get_database)]) -> Iterator[CitizenWorkspace]:
+    """The signed-in citizen's own workspace; anyone else is asked to sign in as a patient."""
+    if actor.person_id is None:
+        raise AuthError("sign in with your NHS number and date of birth to see your own record")
+    with db.session() as session:
+        yield CitizenWorkspace(session, fw, actor.person_id, request_id=request.state.request_id)
+
+
+def get_ig(actor: Annotated[Actor, Depends(get_actor)], fw: Annotated[Framework, Depends(get_framework)],
+           db: Annotated[Database, Depends(get_database)]) -> Iterator[IgWorkspace]:
+    with db.session() as session:
+        yield IgWorkspace(session, fw, actor)
+
+
+def get_sign_in(request: Request, fw: Annotated[Framework, Depends(get_framework)],
+                db: Annotated[Database, Depends(get_database)]) -> Iterator[CitizenSignIn]:
+    with db.session() as session:
+        yield CitizenSignIn(session, fw, request_id=request.state.request_id,
+                            source_address=_source_address(request))
+
+
+def get_feedback(actor: Annotated[Actor, Depends(get_actor)],
+                 db: Annotated[Database, Depends(get_database)]) -> Iterator[StaffFeedback]:
+    with db.session() as session:
+        yield StaffFeedback(session, actor)
 
 
 ActorDep = Annotated[Actor, Depends(get_actor)]
-RecordsDep = Annotated[GovernedRecords, Depends(get_records)]
+RecordsDep = Annotated[GovernedRecords, Depends(get_records, scope="function")]
+CitizenDep = Annotated[CitizenWorkspace, Depends(get_citizen, scope="function")]
+IgDep = Annotated[IgWorkspace, Depends(get_ig, scope="function")]
+SignInDep = Annotated[CitizenSignIn, Depends(get_sign_in, scope="function")]
+FeedbackDep = Annotated[StaffFeedback, Depends(get_feedback, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 FrameworkDep = Annotated[Framework, Depends(get_framework)]

@@ -39,7 +39,10 @@ class AuditAction(StrEnum):
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
+    MPI_RELINK = "identity:mpi:relink"
+    MPI_LINK_CHANGE = "identity:mpi:link-change"
     AUDIT_SEARCH = "governance:audit:search"
+    PREFERENCE_VIEW = "governance:preference:view"
     GOVERNANCE_DENIED = "governance:function:denied"
 
 
@@ -137,8 +140,10 @@ def _digest(prev_hash: str, row: Mapping[str, Any]) -> str:
 # the database work in the governance benchmark.
 _HEAD = cast(Table, AuditHead.__table__)
 _ENTRIES = cast(Table, AuditEntry.__table__)
-_LOCK_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
-_READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1)
+# A no-op UPDATE takes the write lock on the head row (a row lock on PostgreSQL; on SQLite it opens the
+# write transaction) and RETURNING reads it in the same statement, so no two writers chain to one parent.
+_LOCK_AND_READ_HEAD = (update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
+                       .returning(_HEAD.c.seq, _HEAD.c.hash))
 _ADVANCE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _APPEND = insert(_ENTRIES)
 
@@ -146,10 +151,7 @@ _APPEND = insert(_ENTRIES)
 def record_audit(session: Session, record: AuditRecord) -> int:
     """Append one event to the chain, in the caller's transaction (so no audit, no effect); return its
     sequence number."""
-    # Take the write lock on the head row before reading it: a no-op UPDATE does that on PostgreSQL (row
-    # lock) and on SQLite (it opens the write transaction), so two writers can never chain to one parent.
-    session.execute(_LOCK_HEAD)
-    seq, prev_hash = session.execute(_READ_HEAD).one()
+    seq, prev_hash = session.execute(_LOCK_AND_READ_HEAD).one()
     recorded = utcnow()
     row: dict[str, Any] = {
         "seq": seq + 1, "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,

@@ -152,6 +152,19 @@ class GovernedRecords:
         ).first()
         return ActiveBasis(row.basis, row.reason, row.expires_at) if row else None
 
+    def needs_basis(self, person_id: str) -> bool:
+        """Whether a basis must be recorded before this record opens. Someone who may not open it at all
+        (suspended organisation, objection, wrong purpose, a citizen) is refused here, audited, rather
+        than shown a form whose answer would be refused."""
+        if self.session.get(Person, person_id) is None:
+            raise NotFound(f"no patient {person_id}")
+        denied = check_request(self._request(person_id, None, self._numbers(person_id)), self.fw,
+                               require_basis=False)
+        if denied is not None:
+            raise self._refuse(AuditAction.RECORD_READ, person_id, denied)
+        purpose = self.fw.purposes.get(self.purpose)
+        return purpose is not None and purpose.needs_basis and self.active_basis(person_id) is None
+
     def record_basis(self, person_id: str, basis: str, reason: str) -> AccessBasis:
         """Record why this user is opening this person's record; non-explicit bases go to IG review."""
         if self.session.get(Person, person_id) is None:
@@ -223,7 +236,8 @@ class GovernedRecords:
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
         patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
         clinical = [s for s in served if s.resource_type != "Patient"]
-        self._audit(action, "permit", person_id, basis=basis.basis if basis else None, rule_id=decision.rule_id,
+        self._audit(action, "permit", person_id, basis=basis.basis if basis else None,
+                    reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
                     released=[f"{s.resource_type}/{s.content['id']}" for s in clinical],
                     withheld=dict(decision.withheld))
         return RecordView(person_id=person_id, patient=patient, resources=clinical, withheld=decision.withheld,

@@ -2,23 +2,25 @@
 
 The IG officer's workspace (review queue, audit search, agreements, recorded choices) needs the
 permissions the framework grants the role; nothing checks roles in a route. A citizen's workspace
-reads only that citizen's record, their access log and their choices.
+reads only that citizen's record, their access log and their choices. `CitizenSignIn` is how a citizen
+becomes one: found by NHS number and date of birth, then a one-time code, every attempt audited.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.governance import access_log, review
+from sharedcare.governance import access_log, one_time_codes, review
 from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import Choices, choices_for, set_choice
-from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
+from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
 from sharedcare.governance.gateway import AccessDenied, GovernedRecords, RecordView, citizen_actor
 from sharedcare.governance.policy import Actor
 from sharedcare.store.models import AuditEntry, PatientRecord
@@ -60,6 +62,7 @@ class IgWorkspace:
         return entries
 
     def agreements(self) -> dict[str, Agreement]:
+        self._require("governance:agreement:set")
         return effective_agreements(self.session, self.fw)
 
     def set_agreement(self, org: str, status: AgreementStatus) -> Agreement:
@@ -67,7 +70,15 @@ class IgWorkspace:
         return set_agreement(self.session, self.fw, org, status, by=self.actor.username)
 
     def choices(self, nhs_number: str) -> Choices:
+        """A patient's recorded choices; the look-up is audited (a patient's choices are about them)."""
         self._require("governance:preference:view")
+        persons = sorted(set(self.session.scalars(select(PatientRecord.person_id)
+                                                  .where(PatientRecord.nhs_number == nhs_number))))
+        record_audit(self.session, AuditRecord(
+            AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
+            role=self.actor.role.name if self.actor.role else None, organisation=self.actor.organisation or None,
+            purpose="governance", patient_id=persons[0] if len(persons) == 1 else None,
+            detail={"nhs_number_suffix": nhs_number[-4:]}))
         return choices_for(self.session, [nhs_number])
 
 
@@ -95,6 +106,13 @@ class CitizenWorkspace:
     def choices(self) -> Choices:
         return choices_for(self.session, self.nhs_numbers())
 
+    def sharing(self) -> list[tuple[Organisation, Agreement]]:
+        """The organisations that hold information about the citizen, with their agreements as they stand."""
+        holders = set(self.session.scalars(select(PatientRecord.source_org)
+                                           .where(PatientRecord.person_id == self.person_id)))
+        agreements = effective_agreements(self.session, self.fw)
+        return [(org, agreements[code]) for code, org in self.fw.organisations.items() if code in holders]
+
     def set_choice(self, change: Literal["object-all", "object-org", "opt-out-secondary", "clear"],
                    organisation: str | None = None) -> Choices:
         """Apply one choice to every NHS number the citizen's record carries; takes effect at once."""
@@ -107,3 +125,53 @@ class CitizenWorkspace:
                        opt_out_secondary=True if change == "opt-out-secondary" else None,
                        clear=change == "clear")
         return self.choices()
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A sign-in under way: the id the browser keeps, and the code to send (None if no one matched)."""
+
+    id: str
+    code: str | None
+
+
+class CitizenSignIn:
+    """Signing a citizen in to the patient portal; every attempt is audited (TRUST AU3).
+
+    Whether or not the details match a record, the caller gets a challenge and shows the same page,
+    so the sign-in cannot be used to learn whose date of birth goes with which NHS number."""
+
+    def __init__(self, session: Session, fw: Framework, request_id: str | None = None,
+                 source_address: str | None = None) -> None:
+        self.session, self.fw = session, fw
+        self.request_id, self.source_address = request_id, source_address
+
+    def _audit(self, ok: bool, person_id: str | None, step: str, result: str, **detail: str) -> None:
+        """One sign-in step; the citizen is named as the user only once the code has proven who they are."""
+        user = f"patient:{person_id}" if ok and step == "code" else "anonymous"
+        record_audit(self.session, AuditRecord(
+            AuditAction.LOGIN, "permit" if ok else "deny", user, role="patient", purpose="self-access",
+            patient_id=person_id, request_id=self.request_id, source_address=self.source_address,
+            detail={"step": step, "result": result, **detail}))
+
+    def find(self, nhs_number: str, birth_date: date) -> str | None:
+        """The one person whose record carries this NHS number with this date of birth (audited)."""
+        persons = set(self.session.scalars(select(PatientRecord.person_id).where(
+            PatientRecord.nhs_number == nhs_number, PatientRecord.birth_date == birth_date)))
+        person_id = persons.pop() if len(persons) == 1 else None
+        result = "found" if person_id else ("ambiguous" if persons else "no-match")
+        self._audit(person_id is not None, person_id, "identify", result, nhs_number_suffix=nhs_number[-4:])
+        return person_id
+
+    def start(self, nhs_number: str, birth_date: date) -> Challenge:
+        person_id = self.find(nhs_number, birth_date)
+        if person_id is None:
+            return Challenge(one_time_codes.new_challenge(), None)
+        issued = one_time_codes.issue(self.session, person_id, utcnow())
+        return Challenge(issued.challenge, issued.code)
+
+    def finish(self, challenge: str, code: str) -> str | None:
+        """The person a correct, unexpired code signs in, or None (audited either way)."""
+        redeemed = one_time_codes.redeem(self.session, challenge, code, utcnow())
+        self._audit(redeemed.signed_in, redeemed.person_id, "code", redeemed.result)
+        return redeemed.person_id if redeemed.signed_in else None

@@ -1,4 +1,5 @@
-"""Turns released FHIR resources into the rows a clinician reads: what, when, status, detail, source.
+"""Turns released FHIR resources into what a clinician (or the patient) reads: rows, tabs, the services
+involved and the trend charts, each item with its source and how fresh it is.
 
 Display only: it receives what governance released and never fetches anything itself.
 """
@@ -8,31 +9,45 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
+from markupsafe import Markup
+
 from sharedcare.clock import utcnow
+from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import RecordView, ServedResource
+from sharedcare.portal.charts import Point, Series, trend_chart
 
 # A feed whose newest item arrived longer ago than this is flagged as possibly out of date.
 STALE_AFTER_DAYS = 7
 
-SECTIONS = [
-    ("Problems", ["Condition"]),
-    ("Medications", ["MedicationStatement"]),
-    ("Allergies", ["AllergyIntolerance"]),
-    ("Encounters", ["Encounter"]),
-    ("Results", ["Observation", "DiagnosticReport"]),
-    ("Care plans", ["CarePlan"]),
-    ("Procedures and immunisations", ["Procedure", "Immunization"]),
-    ("Documents", ["DocumentReference"]),
+# The record's tabs: (id, title, [(section title, resource types)]). Social care has a tab of its own
+# (below), so its items are not repeated under their resource type.
+TABS = [
+    ("summary", "Summary", [("Problems", ["Condition"]), ("Medications", ["MedicationStatement"]),
+                            ("Allergies", ["AllergyIntolerance"]),
+                            ("Procedures and immunisations", ["Procedure", "Immunization"])]),
+    ("encounters", "Encounters", [("Encounters", ["Encounter"])]),
+    ("results", "Results", [("Results", ["Observation", "DiagnosticReport"])]),
+    ("care-team", "Care team", []),
+    ("care-plans", "Care plans", [("Care plans", ["CarePlan"])]),
+    ("documents", "Documents", [("Documents", ["DocumentReference"])]),
 ]
+SOCIAL_CARE = "social_care"
+KNOWN_TYPES = {t for _, _, sections in TABS for _, types in sections for t in types}
 
 CATEGORY_LABELS = {
     "demographics": "Demographics", "summary": "Summary", "encounters": "Encounters",
     "diagnostics": "Diagnostics", "hospital_detail": "Hospital detail", "community": "Community care",
     "mental_health": "Mental health", "social_care": "Social care", "safeguarding": "Safeguarding",
     "sexual_health": "Sexual health",
+}
+
+KIND_LABELS = {
+    "icb": "Integrated care board", "gp": "GP practice", "acute": "Hospital", "community": "Community services",
+    "mental_health": "Mental health service", "ambulance": "Ambulance service", "social_care": "Social care",
+    "hospice": "Hospice", "pharmacy": "Pharmacy", "care_home": "Care home",
 }
 
 WITHHELD_LABELS = {
@@ -43,6 +58,14 @@ WITHHELD_LABELS = {
     "objection-org": "information from an organisation the patient has objected to",
     "third-party": "information about other people",
     "confidential": "documents the source marked restricted",
+}
+
+# The same, as a patient reads it about their own record.
+CITIZEN_WITHHELD_LABELS = {
+    **WITHHELD_LABELS,
+    "tier": "safeguarding records, which are not shown online so that they cannot put anyone at risk",
+    "source-agreement": "information from organisations that are not sharing at the moment",
+    "confidential": "documents the organisation that wrote them marked restricted (ask them for a copy)",
 }
 
 
@@ -132,38 +155,189 @@ class Row:
     text: str
     source: str
     source_code: str
+    source_kind: str
     recorded: str
     received: str
     category: str
     tier: int
+    stale: bool = False
+
+    @property
+    def status_colour(self) -> str:
+        """The nhsuk-tag colour for the status: current things blue, finished things grey."""
+        status = self.status.lower()
+        if status in {"active", "current", "in-progress", "final", "confirmed", "recurrence", "relapse"}:
+            return "blue"
+        if status in {"entered-in-error", "refuted", "cancelled", "revoked"}:
+            return "red"
+        return "grey" if status else ""
 
 
-def row(served: ServedResource) -> Row:
+def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset()) -> Row:
     r = served.content
+    org = fw.organisation(served.source_org)
     what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
     status = concept_text(r.get("clinicalStatus")) or str(r.get("status", ""))
     return Row(what=what, when=when(r), status=status, detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
+               source_kind=KIND_LABELS.get(org.kind, "") if org else "",
                recorded=served.recorded_at.strftime("%d %b %Y %H:%M"),
                received=served.received_at.strftime("%d %b %Y %H:%M"),
-               category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier)
+               category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
+               stale=served.source_name in stale)
 
 
 @dataclass(frozen=True)
 class Section:
     title: str
     rows: list[Row]
+    id: str = ""  # set when a tab holds more than one section
 
 
-def sections(view: RecordView) -> list[Section]:
+@dataclass(frozen=True)
+class Tab:
+    id: str
+    title: str
+    sections: list[Section]
+
+    @property
+    def count(self) -> int:
+        return sum(len(s.rows) for s in self.sections)
+
+
+def _slug(title: str) -> str:
+    return title.lower().replace(" ", "-")
+
+
+def shows_social_care(view: RecordView, role: Role | None) -> bool:
+    """A social care tab for roles whose tier includes social care, and whenever anything is released
+    or headlined from it (a role's own organisation sees its own data whatever the tier)."""
+    return (role is not None and role.tier(SOCIAL_CARE) > 0) \
+        or any(s.category == SOCIAL_CARE for s in view.resources) \
+        or any(h.category == SOCIAL_CARE for h in view.headlines)
+
+
+def tabs(view: RecordView, fw: Framework, role: Role | None) -> list[Tab]:
+    """The record's tabs in order, each item in exactly one of them, newest first."""
+    stale = frozenset(stale_sources(view))
+    items = [(s, row(s, fw, stale)) for s in view.resources]
+    social = shows_social_care(view, role)
+
+    def pick(types: list[str] | None) -> list[Row]:
+        chosen = [r for s, r in items if (types is None or s.resource_type in types)
+                  and not (social and s.category == SOCIAL_CARE)]
+        return sorted(chosen, key=lambda r: r.when, reverse=True)
+
     out = []
-    for title, types in SECTIONS:
-        rows = [row(s) for s in view.resources if s.resource_type in types]
-        rows.sort(key=lambda r: r.when, reverse=True)
-        out.append(Section(title, rows))
+    for tab_id, title, section_defs in TABS:
+        sections = [Section(name, pick(types), _slug(name) if len(section_defs) > 1 else "")
+                    for name, types in section_defs]
+        if tab_id == "summary":
+            other = [r for s, r in items if s.resource_type not in KNOWN_TYPES
+                     and not (social and s.category == SOCIAL_CARE)]
+            if other:
+                sections.append(Section("Other information", other, "other-information"))
+        out.append(Tab(tab_id, title, sections))
+    if social:
+        rows = sorted((r for s, r in items if s.category == SOCIAL_CARE), key=lambda r: r.when, reverse=True)
+        out.append(Tab("social-care", "Social care", [Section("Social care", rows)]))
     return out
+
+
+@dataclass(frozen=True)
+class Service:
+    """An organisation involved in the person's care, what it shares with this user, and its contact."""
+
+    code: str
+    name: str
+    kind: str
+    phone: str
+    shared: list[str]  # categories shown in the record
+    involved_only: list[str]  # categories this user sees only as "a service is involved"
+
+
+def services(view: RecordView, fw: Framework) -> list[Service]:
+    shared: dict[str, set[str]] = {}
+    for served in view.resources:
+        shared.setdefault(served.source_org, set()).add(served.category)
+    headline: dict[str, set[str]] = {}
+    for h in view.headlines:
+        headline.setdefault(h.organisation, set()).add(h.category)
+    out = []
+    for code in sorted(set(shared) | set(headline) | set(view.sources)):
+        org = fw.organisation(code)
+        out.append(Service(code=code, name=org.name if org else code, kind=KIND_LABELS.get(org.kind, "") if org else "",
+                           phone=org.phone if org else "",
+                           shared=sorted(CATEGORY_LABELS.get(c, c) for c in shared.get(code, set())),
+                           involved_only=sorted(CATEGORY_LABELS.get(c, c) for c in headline.get(code, set()))))
+    return sorted(out, key=lambda s: (not s.shared, s.name))
+
+
+# Trend charts: which observations are which (SNOMED CT as the feeds send them, LOINC as others do).
+HBA1C = ({"999791000000106", "1003671000000109", "4548-4", "59261-8"}, ("hba1c", "haemoglobin a1c"))
+EGFR = ({"1011481000000105", "1020291000000106", "33914-3", "62238-1", "98979-8"},
+        ("egfr", "glomerular filtration"))
+BLOOD_PRESSURE = ({"75367002", "163020007", "85354-9"}, ("blood pressure",))
+SYSTOLIC = ({"72313002", "271649006", "8480-6"}, ("systolic",))
+DIASTOLIC = ({"1091811000000102", "271650006", "8462-4"}, ("diastolic",))
+
+
+def _is(concept: Any, kind: tuple[set[str], tuple[str, ...]]) -> bool:
+    codes, words = kind
+    if not isinstance(concept, dict):
+        return False
+    if any(str(c.get("code")) in codes for c in concept.get("coding") or []):
+        return True
+    text = concept_text(concept).lower()
+    return any(word in text for word in words)
+
+
+def _value(resource: dict[str, Any]) -> float | None:
+    value = (resource.get("valueQuantity") or {}).get("value")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _point(served: ServedResource, value: float | None) -> Point | None:
+    day = when(served.content)
+    if value is None or not day:
+        return None
+    return Point(date.fromisoformat(day), value, served.source_name)
+
+
+def trend_charts(view: RecordView) -> list[Markup]:
+    """HbA1c, eGFR and blood pressure over time, one chart each, for those with any results."""
+    series: dict[str, list[Point]] = {"hba1c": [], "egfr": [], "systolic": [], "diastolic": []}
+    for served in view.of_type("Observation"):
+        r = served.content
+        code = r.get("code")
+        found: list[tuple[str, float | None]] = []
+        if _is(code, HBA1C):
+            found.append(("hba1c", _value(r)))
+        elif _is(code, EGFR):
+            found.append(("egfr", _value(r)))
+        elif _is(code, SYSTOLIC):
+            found.append(("systolic", _value(r)))
+        elif _is(code, DIASTOLIC):
+            found.append(("diastolic", _value(r)))
+        elif _is(code, BLOOD_PRESSURE):
+            for component in r.get("component") or []:
+                part = "systolic" if _is(component.get("code"), SYSTOLIC) else \
+                    "diastolic" if _is(component.get("code"), DIASTOLIC) else None
+                if part:
+                    found.append((part, _value(component)))
+        for name, value in found:
+            point = _point(served, value)
+            if point:
+                series[name].append(point)
+    return [chart for chart in (
+        trend_chart("chart-hba1c", "HbA1c", "mmol/mol", [Series("HbA1c", series["hba1c"])]),
+        trend_chart("chart-egfr", "eGFR", "mL/min/1.73m²", [Series("eGFR", series["egfr"])]),
+        trend_chart("chart-bp", "Blood pressure", "mmHg",
+                    [s for s in (Series("Systolic", series["systolic"]),
+                                 Series("Diastolic", series["diastolic"], dashed=True)) if s.points]),
+    ) if chart]
 
 
 def stale_sources(view: RecordView, now: datetime | None = None) -> list[str]:

@@ -1,31 +1,36 @@
-"""The clinician portal: sign in, find a person, record a point-of-care basis, read the combined record.
+"""The clinician portal: sign in, find a person, record a point-of-care basis, read the combined record,
+say whether it helped.
 
 Server-rendered forms that work without JavaScript. Searches are POSTed so that no NHS number or name
 ends up in a URL or an access log (TRUST DP1). The session is the same signed token the API accepts,
-kept in an HttpOnly, SameSite=Strict cookie.
+kept in an HttpOnly, SameSite=Strict cookie; the IG workspace signs in through the same form.
 """
 
 from __future__ import annotations
 
-from datetime import date
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from sharedcare.api.auth import mint_token
-from sharedcare.api.deps import SESSION_COOKIE, ActorDep, FrameworkDep, RecordsDep, SettingsDep, get_database
+from sharedcare.api.deps import (
+    SESSION_COOKIE,
+    ActorDep,
+    FeedbackDep,
+    FrameworkDep,
+    RecordsDep,
+    SettingsDep,
+    get_database,
+)
 from sharedcare.config import DEMO_PASSWORD
 from sharedcare.governance.audit import record_sign_in
 from sharedcare.governance.gateway import InvalidRequest
-from sharedcare.identity.nhs_number import normalise
-from sharedcare.portal import present
+from sharedcare.governance.policy import Actor
+from sharedcare.identity.nhs_number import is_valid, normalise
+from sharedcare.portal import pages, present
+from sharedcare.portal.pages import render
 
-HERE = Path(__file__).parent
-STATIC = HERE / "static"
-templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter()
 
 BASIS_CHOICES = [
@@ -37,99 +42,118 @@ BASIS_CHOICES = [
 ]
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status)
-
-
-def error_page(request: Request, status: int, message: str) -> HTMLResponse:
-    return render(request, "error.html", status=status, message=message, code=status)
-
-
-def sign_in_again(request: Request, message: str) -> Response:
-    response = render(request, "sign_in.html", status=401, error=message, demo=request.app.state.settings.demo)
-    response.delete_cookie(SESSION_COOKIE)
-    return response
-
-
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, settings: SettingsDep) -> Response:
+def home(request: Request) -> Response:
     if request.cookies.get(SESSION_COOKIE):
         return RedirectResponse("/search", status_code=303)
-    return render(request, "sign_in.html", demo=settings.demo, error=None)
+    return pages.staff_sign_in(request)
 
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
-          username: Annotated[str, Form()], password: Annotated[str, Form()]) -> Response:
-    user = fw.users.get(username.strip())
+          username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
+          target: Annotated[str, Form()] = "/search") -> Response:
+    """The demo sign-in for staff; `target` is where to go next (the clinician portal or the IG workspace)."""
+    target = target if target in pages.SIGN_IN_TARGETS else "/search"
+    name = username.strip()
+    user = fw.users.get(name)
     ok = settings.demo and user is not None and password == DEMO_PASSWORD
-    record_sign_in(get_database(request), username.strip(), ok, role=user.role if user else None,
+    record_sign_in(get_database(request), name, ok, role=user.role if user else None,
                    organisation=user.organisation if user else None, request_id=request.state.request_id,
                    source_address=request.client.host if request.client else None)
     if not ok or user is None:
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")
-        return render(request, "sign_in.html", status=401, demo=settings.demo, error=message)
-    response = RedirectResponse("/search", status_code=303)
-    response.set_cookie(SESSION_COOKIE, mint_token(settings, fw, user.username), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", max_age=settings.token_minutes * 60)
-    return response
+        return pages.staff_sign_in(request, 401, message, target=target, username=name)
+    return pages.start_session(request, settings, mint_token(settings, fw, user.username), target)
 
 
 @router.post("/logout")
-def logout() -> Response:
-    response = RedirectResponse("/", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
-    response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
-    return response
+def logout(target: Annotated[str, Form()] = "/") -> Response:
+    """Sign out of any portal (one session cookie serves them all), back to that portal's sign-in."""
+    return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")
+
+
+def _search_page(request: Request, actor: Actor, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("results", None)
+    context.setdefault("error", None)
+    context.setdefault("form", {})
+    return render(request, "search.html", status=status, account=pages.account(actor, fw), **context)
 
 
 @router.get("/search", response_class=HTMLResponse)
 def search_form(request: Request, actor: ActorDep, fw: FrameworkDep) -> Response:
-    return render(request, "search.html", actor=actor, org=fw.organisation(actor.organisation), results=None,
-                  form={}, error=None)
+    return _search_page(request, actor, fw)
 
 
 @router.post("/search", response_class=HTMLResponse)
 def search(request: Request, records: RecordsDep, fw: FrameworkDep,
            nhs_number: Annotated[str, Form()] = "", family: Annotated[str, Form()] = "",
-           given: Annotated[str, Form()] = "", birth_date: Annotated[str, Form()] = "") -> Response:
-    form = {"nhs_number": nhs_number, "family": family, "given": given, "birth_date": birth_date}
-    context: dict[str, Any] = {"actor": records.actor, "org": fw.organisation(records.actor.organisation), "form": form}
-    try:
-        born = date.fromisoformat(birth_date) if birth_date else None
-    except ValueError:
-        return render(request, "search.html", status=400, results=None,
-                      error="Date of birth must be a date (YYYY-MM-DD).", **context)
+           given: Annotated[str, Form()] = "", birth_day: Annotated[str, Form()] = "",
+           birth_month: Annotated[str, Form()] = "", birth_year: Annotated[str, Form()] = "",
+           birth_date: Annotated[str, Form()] = "") -> Response:
+    """The form sends the date of birth as day, month and year; scripts may send one ISO `birth_date`."""
+    if birth_date and not (birth_day or birth_month or birth_year):
+        birth_year, birth_month, birth_day = (birth_date.split("-") + ["", "", ""])[:3]
+    form = {"nhs_number": nhs_number, "family": family, "given": given, "birth_day": birth_day,
+            "birth_month": birth_month, "birth_year": birth_year}
     number = normalise(nhs_number) if nhs_number.strip() else None
-    if number is None and not (family.strip() and born):
-        return render(request, "search.html", status=400, results=None,
-                      error="Enter an NHS number, or a family name and date of birth.", **context)
+    if number is not None and not is_valid(number):
+        return _search_page(request, records.actor, fw, 400, form=form, error_field="nhs_number",
+                            error="NHS number must be 10 digits with a valid check digit, for example 943 476 5919.")
+    born = None
+    if number is None:
+        if not family.strip():
+            return _search_page(request, records.actor, fw, 400, form=form, error_field="family",
+                                error="Enter an NHS number, or a family name and date of birth.")
+        try:
+            born = pages.parse_date(birth_day, birth_month, birth_year)
+        except ValueError as exc:
+            return _search_page(request, records.actor, fw, 400, form=form, error_field="birth-day",
+                                error=f"{exc}. Search by NHS number, or by family name and date of birth.")
     results = records.search_patients(nhs_number=number, family=family or None, given=given or None,
                                       birth_date=born)
-    return render(request, "search.html", results=results, error=None, **context)
+    return _search_page(request, records.actor, fw, results=results, form=form)
+
+
+def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_id: str, status: int = 200,
+                error: str | None = None, error_field: str = "", reason: str = "",
+                chosen: str | None = None) -> HTMLResponse:
+    return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
+                  person_id=person_id, choices=BASIS_CHOICES, error=error, error_field=error_field, reason=reason,
+                  chosen=chosen)
 
 
 @router.get("/record/{person_id}", response_class=HTMLResponse)
 def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkDep) -> Response:
-    org = fw.organisation(records.actor.organisation)
-    if records.active_basis(person_id) is None:
-        return render(request, "basis.html", actor=records.actor, org=org, person_id=person_id,
-                      choices=BASIS_CHOICES, error=None, reason="", chosen=None)
+    if records.needs_basis(person_id):
+        return _basis_page(request, records, fw, person_id)
     view = records.everything(person_id)
-    return render(request, "record.html", actor=records.actor, org=org, view=view,
-                  banner=present.patient_banner(view.patient), sections=present.sections(view),
-                  stale=present.stale_sources(view), withheld_labels=present.WITHHELD_LABELS,
-                  category_labels=present.CATEGORY_LABELS, organisations=fw.organisations)
+    return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
+                  banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, records.actor.role),
+                  services=present.services(view, fw), charts=present.trend_charts(view),
+                  stale=present.stale_sources(view), withheld_labels=present.WITHHELD_LABELS)
 
 
 @router.post("/record/{person_id}/basis", response_class=HTMLResponse)
 def record_basis(request: Request, person_id: str, records: RecordsDep, fw: FrameworkDep,
                  basis: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "") -> Response:
+    if not basis:
+        return _basis_page(request, records, fw, person_id, 400, "Select why you are opening this record.",
+                           "basis", reason)
     try:
         records.record_basis(person_id, basis, reason)
     except InvalidRequest as exc:
-        return render(request, "basis.html", status=400, actor=records.actor,
-                      org=fw.organisation(records.actor.organisation), person_id=person_id,
-                      choices=BASIS_CHOICES, error=exc.message, reason=reason, chosen=basis)
+        return _basis_page(request, records, fw, person_id, 400, pages.sentence(exc.message),
+                           "reason" if basis in fw.basis else "basis", reason, basis)
     return RedirectResponse(f"/record/{person_id}", status_code=303)
+
+
+@router.post("/record/{person_id}/feedback", response_class=HTMLResponse)
+def feedback(request: Request, person_id: str, box: FeedbackDep, fw: FrameworkDep,
+             helped: Annotated[str, Form()] = "", comment: Annotated[str, Form()] = "") -> Response:
+    """One click: 'yes' or 'no', with an optional comment. Stored without the patient (see governance.feedback)."""
+    if helped not in {"yes", "no"}:
+        return pages.error_page(request, 400, "Choose 'Yes, it helped' or 'No, it did not'.")
+    box.give(helped == "yes", comment)
+    return render(request, "feedback.html", account=pages.account(box.actor, fw), person_id=person_id)

@@ -209,3 +209,61 @@ class Preference(Base):
     object_orgs: Mapped[list[str]] = mapped_column(JsonType, default=list)
     opt_out_secondary: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Feedback(Base):
+    """A member of staff's answer to "Did this information help this person's care?".
+
+    Who gave it is kept as role and organisation only, and nothing about the patient: it measures the
+    record's usefulness (the board pack's staff feedback), not anyone's care."""
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    role: Mapped[str] = mapped_column(String(40))
+    organisation: Mapped[str] = mapped_column(String(16))
+    helped: Mapped[bool] = mapped_column(Boolean)
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class SignInCode(Base):
+    """A one-time code sent to a citizen signing in to the patient portal, kept only as a salted hash."""
+
+    __tablename__ = "sign_in_codes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the challenge the browser holds
+    person_id: Mapped[str] = mapped_column(String(36))
+    code_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LinkEvent(Base):
+    """One change of the person some source records belong to, with every move, so that a merge can be
+    undone exactly: which records went where, by whom, and why."""
+
+    __tablename__ = "link_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(20))  # merge | unmerge | separate
+    by: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    moves: Mapped[list[dict[str, Any]]] = mapped_column(JsonType)  # [{"record": id, "from": person, "to": person}]
+    undone_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class MatchReview(Base):
+    """A pair of source records the model was unsure about, with its evidence, for a person to decide."""
+
+    __tablename__ = "match_reviews"
+    __table_args__ = (UniqueConstraint("record_a", "record_b", name="uq_match_reviews_pair"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    record_a: Mapped[int] = mapped_column(ForeignKey("patient_records.id"))
+    record_b: Mapped[int] = mapped_column(ForeignKey("patient_records.id"))
+    probability: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JsonType)  # per comparison: level and match weight
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(12), default="open")  # open | linked | separate | deferred
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

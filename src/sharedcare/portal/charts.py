@@ -1,0 +1,116 @@
+"""Small trend charts (HbA1c, eGFR, blood pressure) drawn as inline SVG on the server.
+
+No JavaScript and no image request: the chart is markup in the page, with a text alternative that says
+what it shows, and every value it plots is also in the results table beside it. Each point is coloured
+by the organisation that sent it, so a GP sees the hospital's results against their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from markupsafe import Markup, escape
+
+# NHS identity colours with at least 3:1 contrast on white (WCAG 1.4.11, graphical objects).
+PALETTE = ("#005eb8", "#007f3b", "#330072", "#d5281b", "#ae2573", "#425563")
+AXIS, TEXT = "#768692", "#4c6272"
+WIDTH, HEIGHT = 360, 170
+LEFT, RIGHT, TOP, BOTTOM = 40, 14, 12, 30
+
+
+@dataclass(frozen=True)
+class Point:
+    when: date
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str  # "HbA1c", or "Systolic" and "Diastolic" on one chart
+    points: list[Point]
+    dashed: bool = False
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _day(when: date) -> str:
+    return f"{when.day} {when:%b %Y}"
+
+
+def _scale(low: float, high: float) -> tuple[float, float]:
+    """A y range with a little room above and below, on whole numbers."""
+    pad = max((high - low) * 0.1, 1.0)
+    return float(int(low - pad)), float(int(high + pad) + 1)
+
+
+def describe(title: str, unit: str, series: list[Series]) -> str:
+    """The chart in words, for screen readers and as its text alternative."""
+    parts = []
+    for s in series:
+        points = sorted(s.points, key=lambda p: p.when)
+        if not points:
+            continue
+        values = [p.value for p in points]
+        latest = points[-1]
+        parts.append(f"{s.label}: {len(points)} result{'s' if len(points) != 1 else ''} from "
+                     f"{_day(points[0].when)} to {_day(latest.when)}, lowest {_number(min(values))}, highest "
+                     f"{_number(max(values))}, latest {_number(latest.value)} {unit} ({latest.source})")
+    return f"{title}. " + "; ".join(parts) + "."
+
+
+def trend_chart(chart_id: str, title: str, unit: str, series: list[Series]) -> Markup:
+    """A figure: the SVG line chart, a legend of sources, and its description. Empty if no points."""
+    points = [p for s in series for p in s.points]
+    if not points:
+        return Markup("")
+    sources = list(dict.fromkeys(p.source for p in sorted(points, key=lambda p: p.when)))
+    colour = {source: PALETTE[i % len(PALETTE)] for i, source in enumerate(sources)}
+    first, last = min(p.when for p in points).toordinal(), max(p.when for p in points).toordinal()
+    low, high = _scale(min(p.value for p in points), max(p.value for p in points))
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(when: date) -> float:
+        return LEFT + (plot_w / 2 if last == first else (when.toordinal() - first) / (last - first) * plot_w)
+
+    def y(value: float) -> float:
+        return TOP + (high - value) / (high - low) * plot_h
+
+    out = [f'<figure class="sc-chart"><figcaption class="sc-chart__caption">{escape(title)} '
+           f'<span class="sc-chart__unit">({escape(unit)})</span></figcaption>',
+           f'<svg class="sc-chart__svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+           f'aria-labelledby="{chart_id}-title {chart_id}-desc" focusable="false">',
+           f'<title id="{chart_id}-title">{escape(title)} trend</title>',
+           f'<desc id="{chart_id}-desc">{escape(describe(title, unit, series))}</desc>',
+           f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="{AXIS}"/>',
+           f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{LEFT + plot_w}" y2="{TOP + plot_h}" stroke="{AXIS}"/>']
+    for value in (low, high):
+        out.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11" '
+                   f'fill="{TEXT}">{_number(value)}</text>')
+    days = sorted({p.when for p in points})
+    for when, anchor in ((days[0], "start"), (days[-1], "end")) if len(days) > 1 else ((days[0], "middle"),):
+        out.append(f'<text x="{x(when):.1f}" y="{HEIGHT - 10}" text-anchor="{anchor}" font-size="11" '
+                   f'fill="{TEXT}">{escape(f"{when:%b %Y}")}</text>')
+    for s in series:
+        line = sorted(s.points, key=lambda p: p.when)
+        if len(line) > 1:
+            path = " ".join(f"{x(p.when):.1f},{y(p.value):.1f}" for p in line)
+            dash = ' stroke-dasharray="5 4"' if s.dashed else ""
+            out.append(f'<polyline points="{path}" fill="none" stroke="#212b32" stroke-width="1.5"{dash}/>')
+        for p in line:
+            out.append(f'<circle cx="{x(p.when):.1f}" cy="{y(p.value):.1f}" r="4.5" fill="{colour[p.source]}">'
+                       f'<title>{escape(s.label)} {_number(p.value)} {escape(unit)}, {_day(p.when)}, '
+                       f'{escape(p.source)}</title></circle>')
+    out.append("</svg>")
+    legend = "".join(f'<li><svg width="12" height="12" aria-hidden="true" focusable="false"><circle cx="6" cy="6" '
+                     f'r="5" fill="{colour[source]}"/></svg> {escape(source)}</li>' for source in sources)
+    lines = ", ".join(f"{escape(s.label)} {'dashed' if s.dashed else 'solid'}" for s in series) \
+        if len(series) > 1 else ""
+    out.append(f'<ul class="sc-chart__legend">{legend}</ul>')
+    if lines:
+        out.append(f'<p class="sc-chart__lines">Lines: {lines}.</p>')
+    out.append("</figure>")
+    return Markup("".join(out))  # noqa: S704 - every value above is a number or passed through escape()

@@ -1,0 +1,159 @@
+"""The patient portal at /patient (journey 8): sign in with NHS number, date of birth and a one-time code;
+see what is shared and by whom, your own record, everyone who looked at it, and make choices, each
+explained on its own page before it is applied.
+
+Every page goes through `CitizenWorkspace`, bound to the person the session names, so no URL here
+carries a record id and none can reach anyone else's record. The demo delivers the one-time code to
+the server log (and, in demo mode only, on the page); production signs citizens in with NHS login
+instead (docs/architecture.md), issuing the same session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from sharedcare.api.auth import mint_citizen_token
+from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep
+from sharedcare.governance import explain
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.one_time_codes import CODE_MINUTES
+from sharedcare.identity.nhs_number import is_valid, normalise
+from sharedcare.portal import pages, present
+from sharedcare.portal.pages import render
+
+log = logging.getLogger("sharedcare.citizen")
+router = APIRouter(prefix="/patient")
+
+CHALLENGE_COOKIE = "sc_challenge"
+SIGNED_IN = {"name": "Signed in", "detail": ""}
+Change = Literal["object-all", "object-org", "opt-out-secondary", "clear"]
+AGREEMENT_WORDS = {"signed": "sharing under a signed agreement", "suspended": "sharing suspended",
+                   "ended": "no longer sharing (agreement ended)", "draft": "not sharing (agreement not yet signed)"}
+
+
+def _names(fw: Framework, codes: Iterable[str]) -> list[str]:
+    return [fw.organisations[c].name for c in sorted(codes) if c in fw.organisations]
+
+
+def _sign_in_page(request: Request, status: int = 200, error: str | None = None, error_field: str = "",
+                  form: dict[str, str] | None = None) -> HTMLResponse:
+    return render(request, "patient/sign_in.html", status=status, error=error, error_field=error_field,
+                  form=form or {})
+
+
+@router.get("", response_class=HTMLResponse)
+def sign_in_form(request: Request) -> Response:
+    return _sign_in_page(request)
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
+            nhs_number: Annotated[str, Form()] = "", birth_day: Annotated[str, Form()] = "",
+            birth_month: Annotated[str, Form()] = "", birth_year: Annotated[str, Form()] = "") -> Response:
+    """Step one: NHS number and date of birth. Whether or not they match a record, the next page is the
+    same, so this form cannot tell anyone whose date of birth goes with which NHS number."""
+    form = {"nhs_number": nhs_number, "birth_day": birth_day, "birth_month": birth_month, "birth_year": birth_year}
+    if not settings.demo:
+        return _sign_in_page(request, 403, "This service signs patients in with NHS login; the code sign-in is "
+                                           "only for the demo.", form=form)
+    number = normalise(nhs_number)
+    if not is_valid(number):
+        return _sign_in_page(request, 400, "Enter your 10 digit NHS number, for example 943 476 5919.",
+                             "nhs_number", form)
+    try:
+        born = pages.parse_date(birth_day, birth_month, birth_year)
+    except ValueError as exc:
+        return _sign_in_page(request, 400, pages.sentence(str(exc)), "birth-day", form)
+    challenge = sign_in.start(number, born)
+    if challenge.code is not None:
+        log.warning("patient portal one-time code: %s (demo delivery; valid %d minutes)", challenge.code,
+                    CODE_MINUTES)
+    response = render(request, "patient/code.html", demo_code=challenge.code, demo=settings.demo, error=None,
+                      minutes=CODE_MINUTES)
+    response.set_cookie(CHALLENGE_COOKIE, challenge.id, httponly=True, samesite="strict", path="/patient",
+                        secure=request.url.scheme == "https", max_age=CODE_MINUTES * 60)
+    return response
+
+
+@router.post("/code", response_class=HTMLResponse)
+def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
+               code: Annotated[str, Form()] = "") -> Response:
+    """Step two: the code. A wrong, expired or reused code gets one message, whichever it was."""
+    person_id = sign_in.finish(request.cookies.get(CHALLENGE_COOKIE, ""), code)
+    if person_id is None:
+        return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
+                      minutes=CODE_MINUTES,
+                      error="The code is not right, or it has expired. Check it, or start again to get a new one.")
+    response = pages.start_session(request, settings, mint_citizen_token(settings, person_id), "/patient/home")
+    response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
+    return response
+
+
+@router.get("/home", response_class=HTMLResponse)
+def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
+    """What is shared, by whom, under which rules: in plain words."""
+    holders = [{"name": org.name, "kind": present.KIND_LABELS.get(org.kind, org.kind), "phone": org.phone,
+                "status": AGREEMENT_WORDS.get(agreement.status, agreement.status), "sharing": agreement.status}
+               for org, agreement in me.sharing()]
+    roles: dict[str, list[explain.RoleCategory]] = {}
+    for line in explain.role_rows(fw):
+        roles.setdefault(line.role_label, []).append(line)
+    choices = me.choices()
+    return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
+                  objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles)
+
+
+@router.get("/record", response_class=HTMLResponse)
+def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
+    view = me.record()
+    return render(request, "patient/record.html", account=SIGNED_IN, view=view,
+                  banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, me.actor.role),
+                  services=present.services(view, fw), charts=present.trend_charts(view),
+                  stale=present.stale_sources(view), withheld_labels=present.CITIZEN_WITHHELD_LABELS)
+
+
+@router.get("/accesses", response_class=HTMLResponse)
+def accesses(request: Request, me: CitizenDep) -> Response:
+    """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8)."""
+    return render(request, "patient/accesses.html", account=SIGNED_IN, accesses=me.accesses())
+
+
+def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,
+                  error: str | None = None, saved: bool = False) -> HTMLResponse:
+    choices = me.choices()
+    holding = {org.code for org, _ in me.sharing()}
+    organisations = [{"code": code, "name": org.name, "holds": code in holding, "objected": code in choices.object_orgs}
+                     for code, org in fw.organisations.items() if org.kind != "icb"]
+    return render(request, "patient/choices.html", status=status, account=SIGNED_IN, choices=choices,
+                  organisations=organisations, error=error, saved=saved, objected=_names(fw, choices.object_orgs))
+
+
+@router.get("/choices", response_class=HTMLResponse)
+def choices(request: Request, me: CitizenDep, fw: FrameworkDep, saved: bool = False) -> Response:
+    return _choices_page(request, me, fw, saved=saved)
+
+
+@router.post("/choices/confirm", response_class=HTMLResponse)
+def confirm_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
+                   organisation: Annotated[str, Form()] = "") -> Response:
+    """What the choice will do, in words, before anything changes."""
+    org = fw.organisation(organisation) if change == "object-org" else None
+    if change == "object-org" and org is None:
+        return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
+    return render(request, "patient/confirm.html", account=SIGNED_IN, change=change, org=org)
+
+
+@router.post("/choices")
+def apply_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
+                 organisation: Annotated[str, Form()] = "") -> Response:
+    """Applied at once: the very next request anyone makes is decided under it."""
+    try:
+        me.set_choice(change, organisation or None)
+    except ValueError:
+        return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
+    return RedirectResponse("/patient/choices?saved=true", status_code=303)

@@ -1,0 +1,169 @@
+"""The information governance officer's workspace at /ig: the review queue, audit search, the agreements
+board and a patient's recorded choices (journey 7).
+
+Every page goes through `IgWorkspace`, which checks the role's permissions and audits a refusal: a GP
+who opens /ig gets the 403 page from governance, never from a check here. It signs in through the
+clinician portal's form (`target=/ig`); NHS numbers are only ever POSTed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from sharedcare.api.deps import FrameworkDep, IgDep
+from sharedcare.clock import utcnow
+from sharedcare.governance.access_log import details
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.review import QueueItem
+from sharedcare.identity.nhs_number import is_valid, normalise
+from sharedcare.portal import pages
+from sharedcare.portal.pages import render
+from sharedcare.portal.present import KIND_LABELS
+
+router = APIRouter(prefix="/ig")
+
+KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
+              "unusual-volume": "Unusual volume", "no-relationship": "No care relationship"}
+RECENT = 50  # audit events the search page shows before any criteria are given
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    item: QueueItem
+    kind: str
+    who: str
+    role: str
+    organisation: str
+
+
+def _queue_row(item: QueueItem, fw: Framework) -> QueueRow:
+    user = fw.users.get(item.username)
+    role = fw.roles.get(user.role) if user else None
+    org = fw.organisation(user.organisation) if user else None
+    return QueueRow(item, KIND_WORDS.get(item.kind, item.kind), user.name if user else item.username,
+                    role.label if role else "unknown role", org.name if org else "")
+
+
+@router.get("", response_class=HTMLResponse)
+def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None) -> Response:
+    items = ig.queue()
+    return render(request, "ig/queue.html", account=pages.account(ig.actor, fw),
+                  rows=[_queue_row(i, fw) for i in items], recorded=recorded,
+                  overdue=sum(1 for i in items if i.overdue))
+
+
+@router.post("/review/{item_id}")
+def review(item_id: int, ig: IgDep, outcome: Annotated[Literal["appropriate", "investigate"], Form()],
+           note: Annotated[str, Form()] = "") -> Response:
+    ig.record_outcome(item_id, outcome, note.strip())
+    return RedirectResponse(f"/ig?recorded={item_id}", status_code=303)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    when: datetime
+    action: str
+    outcome: str
+    user: str
+    role: str
+    organisation: str
+    patient: str
+    basis: str
+    reason: str
+    released: int
+
+
+def _audit_row(entry: Any, fw: Framework) -> AuditRow:
+    """One audit entry in words (`entry` is the store's AuditEntry, which only governance imports)."""
+    agent = (entry.event.get("agent") or [{}])[0]
+    user = fw.users.get(entry.username or "")
+    org = fw.organisation(entry.organisation or "")
+    info = details(entry)
+    released = sum(1 for e in entry.event.get("entity", [])
+                   if "what" in e and not str(e["what"].get("reference", "")).startswith("Patient/"))
+    return AuditRow(entry.recorded_at, entry.action, entry.outcome,
+                    f"{user.name} ({entry.username})" if user else (entry.username or ""),
+                    ((agent.get("role") or [{}])[0]).get("text", ""), org.name if org else (entry.organisation or ""),
+                    entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released)
+
+
+def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("form", {})
+    context.setdefault("rows", None)
+    context.setdefault("error", None)
+    return render(request, "ig/audit.html", status=status, account=pages.account(ig.actor, fw),
+                  organisations=fw.organisations, **context)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
+    """The search form, above the most recent events."""
+    return _audit_page(request, ig, fw, rows=[_audit_row(e, fw) for e in ig.search(limit=RECENT)], recent=True)
+
+
+@router.post("/audit", response_class=HTMLResponse)
+def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotated[str, Form()] = "",
+                 user: Annotated[str, Form()] = "", organisation: Annotated[str, Form()] = "",
+                 from_day: Annotated[str, Form()] = "", from_month: Annotated[str, Form()] = "",
+                 from_year: Annotated[str, Form()] = "", to_day: Annotated[str, Form()] = "",
+                 to_month: Annotated[str, Form()] = "", to_year: Annotated[str, Form()] = "") -> Response:
+    form = {"patient": patient, "user": user, "organisation": organisation, "from_day": from_day,
+            "from_month": from_month, "from_year": from_year, "to_day": to_day, "to_month": to_month,
+            "to_year": to_year}
+    bounds: dict[str, datetime | None] = {"from": None, "to": None}
+    for prefix, parts in (("from", (from_day, from_month, from_year)), ("to", (to_day, to_month, to_year))):
+        if any(p.strip() for p in parts):
+            try:
+                day = pages.parse_date(*parts, what="From" if prefix == "from" else "To")
+            except ValueError as exc:
+                return _audit_page(request, ig, fw, 400, form=form, error=pages.sentence(str(exc)),
+                                   error_field=f"{prefix}-day")
+            bounds[prefix] = datetime.combine(day, time(), tzinfo=UTC)
+    until = bounds["to"] + timedelta(days=1) if bounds["to"] else None  # the "to" day is included
+    entries = ig.search(patient_id=patient.strip() or None, username=user.strip() or None,
+                        organisation=organisation or None, since=bounds["from"], until=until, limit=500)
+    return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in entries])
+
+
+@router.get("/agreements", response_class=HTMLResponse)
+def agreements(request: Request, ig: IgDep, fw: FrameworkDep, changed: str = "") -> Response:
+    today = utcnow().date()
+    current = ig.agreements()
+    rows = [{"org": org, "kind": KIND_LABELS.get(org.kind, org.kind), "agreement": current[code],
+             "in_force": current[code].in_force(today),
+             "users": sum(1 for u in fw.users.values() if u.organisation == code)}
+            for code, org in fw.organisations.items()]
+    return render(request, "ig/agreements.html", account=pages.account(ig.actor, fw), rows=rows,
+                  changed=fw.organisation(changed), changed_to=current[changed].status if changed in current else "")
+
+
+@router.post("/agreements/{org}")
+def change_agreement(org: str, ig: IgDep,
+                     status: Annotated[Literal["signed", "suspended", "ended"], Form()]) -> Response:
+    """Takes effect at once: the organisation's users are refused on their next request."""
+    ig.set_agreement(org, status)
+    return RedirectResponse(f"/ig/agreements?changed={org}", status_code=303)
+
+
+@router.get("/choices", response_class=HTMLResponse)
+def choices_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
+    return render(request, "ig/choices.html", account=pages.account(ig.actor, fw), result=None, error=None,
+                  nhs_number="")
+
+
+@router.post("/choices", response_class=HTMLResponse)
+def choices_lookup(request: Request, ig: IgDep, fw: FrameworkDep,
+                   nhs_number: Annotated[str, Form()] = "") -> Response:
+    number = normalise(nhs_number)
+    if not is_valid(number):
+        return render(request, "ig/choices.html", status=400, account=pages.account(ig.actor, fw), result=None,
+                      error="Enter a 10 digit NHS number with a valid check digit.", nhs_number=nhs_number)
+    result = ig.choices(number)
+    objected = [fw.organisations[c].name if c in fw.organisations else c for c in sorted(result.object_orgs)]
+    return render(request, "ig/choices.html", account=pages.account(ig.actor, fw), result=result,
+                  objected=objected, error=None, nhs_number=nhs_number)

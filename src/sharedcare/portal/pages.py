@@ -1,0 +1,144 @@
+"""What the three portals (clinician, IG officer, patient) share: the templates, the headers every page
+carries, the sign-in pages an expired session falls back to, the session cookie and dates typed as
+day, month and year.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from sharedcare.api.deps import SESSION_COOKIE
+from sharedcare.config import Settings
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.policy import Actor
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+ASSETS = STATIC / "nhsuk" / "assets"  # nhsuk-frontend's stylesheet asks for /assets/images/...
+templates = Jinja2Templates(directory=HERE / "templates")
+UK = ZoneInfo("Europe/London")
+
+
+def uk_time(moment: datetime) -> str:
+    """A stored UTC time as people in the ICS read it (UK time, with summer time)."""
+    local = moment.astimezone(UK)
+    return f"{local.day} {local:%b %Y, %H:%M}"
+
+
+templates.env.filters["uk_time"] = uk_time
+
+# Pages load only this server's own styles, scripts, images and fonts: no inline script, no third party
+# (the NHS font host included: see static/nhsuk/README.md), no framing, forms post only here.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+
+
+@dataclass(frozen=True)
+class Portal:
+    key: str
+    service: str
+    home: str  # where a signed-in user starts
+    sign_in: str  # where signing out leads
+    nav: tuple[tuple[str, str], ...]
+
+
+PORTALS = {
+    "clinician": Portal("clinician", "Shared care record", "/search", "/", (("Find a patient", "/search"),)),
+    "ig": Portal("ig", "Information governance", "/ig", "/ig", (
+        ("Review queue", "/ig"), ("Audit search", "/ig/audit"), ("Agreements", "/ig/agreements"),
+        ("Patient choices", "/ig/choices"))),
+    "patient": Portal("patient", "Your shared care record", "/patient/home", "/patient", (
+        ("What is shared", "/patient/home"), ("Your record", "/patient/record"),
+        ("Who has looked", "/patient/accesses"), ("Your choices", "/patient/choices"))),
+}
+SIGN_IN_TARGETS = {PORTALS["clinician"].home, PORTALS["ig"].home}  # where a staff sign-in may lead
+
+
+def portal_for(path: str) -> Portal:
+    if path == "/ig" or path.startswith("/ig/"):
+        return PORTALS["ig"]
+    if path == "/patient" or path.startswith("/patient/"):
+        return PORTALS["patient"]
+    return PORTALS["clinician"]
+
+
+def account(actor: Actor, fw: Framework) -> dict[str, str]:
+    """Who is signed in, as the header shows it."""
+    user = fw.users.get(actor.username)
+    org = fw.organisation(actor.organisation)
+    return {"name": user.name if user else actor.username,
+            "detail": " · ".join(part for part in (actor.role.label if actor.role else "no role",
+                                                  org.name if org else "") if part)}
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("portal", portal_for(request.url.path))
+    context.setdefault("account", None)
+    context.setdefault("current", request.url.path)
+    response = templates.TemplateResponse(request, name, context, status_code=status)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    return render(request, "error.html", status=status, message=message, code=status)
+
+
+def staff_sign_in(request: Request, status: int = 200, error: str | None = None, target: str = "/search",
+                  username: str = "") -> HTMLResponse:
+    return render(request, "sign_in.html", status=status, error=error, target=target, username=username,
+                  demo=request.app.state.settings.demo, portal=portal_for(target))
+
+
+def sign_in_again(request: Request, message: str) -> Response:
+    """The sign-in page of whichever portal the request was for, with the stale session cleared."""
+    portal = portal_for(request.url.path)
+    if portal.key == "patient":
+        response: Response = render(request, "patient/sign_in.html", status=401, error=message, form={})
+    else:
+        response = staff_sign_in(request, 401, message, target=portal.home)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+def start_session(request: Request, settings: Settings, token: str, target: str) -> Response:
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", max_age=settings.token_minutes * 60)
+    return response
+
+
+def end_session(target: str) -> Response:
+    """Sign out: the cookie goes, and the browser is told to forget everything this site stored."""
+    response = RedirectResponse(target, status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
+    return response
+
+
+def parse_date(day: str, month: str, year: str, what: str = "Date of birth") -> date:
+    """A date typed as day, month and year (the NHS date input); ValueError says what is wrong."""
+    parts = [day.strip(), month.strip(), year.strip()]
+    if not all(parts):
+        raise ValueError(f"{what} must include a day, month and year")
+    if not all(p.isdigit() for p in parts) or len(parts[2]) != 4:
+        raise ValueError(f"{what} must be a real date, for example 2 3 1945")
+    try:
+        return date(int(parts[2]), int(parts[1]), int(parts[0]))
+    except ValueError as exc:
+        raise ValueError(f"{what} must be a real date, for example 2 3 1945") from exc
+
+
+def sentence(text: str) -> str:
+    """A governance message as the NHS style writes an error: capital first, full stop last."""
+    text = text.strip()
+    return f"{text[:1].upper()}{text[1:]}{'' if text.endswith('.') else '.'}"

@@ -1,0 +1,91 @@
+"""Journeys 3 and 7 in a real browser: an A&E doctor breaks glass and the IG officer marks it
+appropriate; a breach is reported and the IG officer's suspension locks the organisation's users out
+on their very next request. Each person has their own browser context (their own session)."""
+
+from __future__ import annotations
+
+from playwright.sync_api import Page, expect
+from tests.e2e.conftest import Pages
+from tests.e2e.test_clinician_journey import sign_in
+from tests.small_ics import Ics
+
+REASON = "unconscious in resus, no history available"
+
+
+def sign_in_to_ig(pages: Pages, page: Page, url: str) -> None:
+    page.goto(url + "/ig")
+    expect(page.get_by_role("heading", name="Sign in to the information governance workspace")).to_be_visible()
+    pages.check(page)
+    page.get_by_label("Username").fill("ig.morgan")
+    page.get_by_label("Password").fill("demo")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Review queue")).to_be_visible()
+    pages.check(page)
+
+
+def test_break_glass_reaches_the_ig_queue_and_is_marked_appropriate(live: tuple[Ics, str], pages: Pages) -> None:
+    ics, url = live
+    doctor = pages.open()
+    sign_in(pages, doctor, url, "dr.oconnor")
+    doctor.get_by_label("NHS number").fill("943 476 5919")
+    doctor.get_by_role("button", name="Search").click()
+    expect(doctor.get_by_text("1 person found")).to_be_visible()
+    pages.check(doctor)
+    doctor.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    expect(doctor.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
+    pages.check(doctor)
+    doctor.get_by_role("radio", name="Emergency (break glass)").check()
+    doctor.get_by_label("Reason", exact=True).fill(REASON)
+    doctor.get_by_role("button", name="Open record").click()
+    callout = doctor.locator(".nhsuk-card--warning")
+    expect(callout).to_contain_text("Emergency access")
+    expect(callout).to_contain_text("This access is being recorded and will be reviewed")
+    pages.check(doctor)
+
+    officer = pages.open()
+    sign_in_to_ig(pages, officer, url)
+    card = officer.locator(".nhsuk-card", has_text=REASON)
+    expect(card).to_contain_text("Break glass")
+    expect(card).to_contain_text("Dr Niamh O'Connor")
+    expect(card).to_contain_text("Hospital clinician")
+    expect(card).to_contain_text("Riverside University Hospitals NHS Trust")
+    card.get_by_label("Note (optional)").fill("Resus notes agree; appropriate.")
+    card.get_by_role("button", name="Appropriate").click()
+    expect(officer.get_by_text("Outcome recorded for review item")).to_be_visible()
+    expect(officer.get_by_text(REASON)).to_have_count(0)
+    pages.check(officer)
+
+    officer.get_by_role("link", name="Audit search").click()
+    expect(officer.get_by_role("heading", name="Audit search")).to_be_visible()
+    pages.check(officer)
+    officer.get_by_label("Username").fill("dr.oconnor")
+    officer.get_by_role("button", name="Search the audit log").click()
+    expect(officer.get_by_text("clinical:record:emergency-read")).to_be_visible()
+    pages.check(officer)
+
+
+def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(live: tuple[Ics, str],
+                                                                              pages: Pages) -> None:
+    ics, url = live
+    nurse = pages.open()
+    sign_in(pages, nurse, url, "dn.williams")
+    nurse.goto(f"{url}/record/{ics.okafor}")
+    pages.check(nurse)
+    nurse.get_by_role("radio", name="Explicit consent").check()
+    nurse.get_by_role("button", name="Open record").click()
+    expect(nurse.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(nurse)
+
+    officer = pages.open()
+    sign_in_to_ig(pages, officer, url)
+    officer.get_by_role("link", name="Agreements").click()
+    expect(officer.get_by_role("heading", name="Agreements", exact=True)).to_be_visible()
+    pages.check(officer)
+    officer.get_by_role("button", name="Suspend Riverside Community Healthcare NHS Trust").click()
+    expect(officer.get_by_text("Riverside Community Healthcare NHS Trust: agreement now suspended.")).to_be_visible()
+    pages.check(officer)
+
+    nurse.reload()
+    expect(nurse.get_by_role("heading", name="You cannot see this record")).to_be_visible()
+    expect(nurse.get_by_text("no signed information-sharing agreement in force")).to_be_visible()
+    pages.check(nurse)

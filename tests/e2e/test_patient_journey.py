@@ -1,0 +1,65 @@
+"""Journey 8 in a real browser: Mr Okafor signs in with his NHS number, date of birth and a one-time
+code, sees the paramedic's look at his record, objects to the community trust after reading what that
+means, and the GP's next view of his record no longer shows the trust's information."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+from tests.e2e.conftest import Pages
+from tests.e2e.test_clinician_journey import sign_in
+from tests.small_ics import Ics
+
+COMMUNITY = "Riverside Community Healthcare NHS Trust"
+
+
+def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(live: tuple[Ics, str],
+                                                                                pages: Pages) -> None:
+    ics, url = live
+    paramedic = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=paramedic).status_code == 200
+    ics.open_record("dr.patel")
+
+    patient = pages.open()
+    patient.goto(url + "/patient")
+    pages.check(patient)
+    patient.get_by_label("Your NHS number").fill("943 476 5919")
+    patient.get_by_label("Day").fill("2")
+    patient.get_by_label("Month").fill("3")
+    patient.get_by_label("Year").fill("1945")
+    patient.get_by_role("button", name="Continue").click()
+    expect(patient.get_by_role("heading", name="Enter your security code")).to_be_visible()
+    pages.check(patient)
+    code = patient.locator("#demo-code").inner_text()
+    patient.get_by_label("Security code").fill(code)
+    patient.get_by_role("button", name="Sign in").click()
+    expect(patient.get_by_role("heading", name="Your shared care record")).to_be_visible()
+    expect(patient.get_by_role("cell", name=COMMUNITY)).to_be_visible()
+    pages.check(patient)
+
+    patient.get_by_role("link", name="Who has looked", exact=True).click()
+    row = patient.locator("tr", has_text="viewed your record")
+    expect(row).to_contain_text("Carys Evans")
+    expect(row).to_contain_text("Paramedic")
+    expect(row).to_contain_text("North Region Ambulance Service NHS Trust")
+    expect(row).to_contain_text("confused, daughter not present")
+    pages.check(patient)
+
+    patient.get_by_role("link", name="Your choices", exact=True).click()
+    pages.check(patient)
+    patient.get_by_role("radio", name=COMMUNITY).check()
+    patient.get_by_role("button", name="Continue to stop one organisation seeing your record").click()
+    expect(patient.get_by_role("heading", name=f"Stop {COMMUNITY} seeing your record")).to_be_visible()
+    expect(patient.get_by_text("This applies straight away")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_role("button", name="Confirm").click()
+    expect(patient.get_by_text("Your choice is saved")).to_be_visible()
+    pages.check(patient)
+
+    gp = pages.open()
+    sign_in(pages, gp, url, "dr.patel")
+    gp.goto(f"{url}/record/{ics.okafor}")
+    expect(gp.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    expect(gp.get_by_text("information from an organisation the patient has objected to")).to_be_visible()
+    expect(gp.locator("main")).not_to_contain_text(COMMUNITY)
+    expect(gp.locator("main")).not_to_contain_text("Visits on Tuesdays")
+    pages.check(gp)

@@ -1,0 +1,145 @@
+"""The IG officer's workspace over HTTP: sign-in, review queue, audit search, agreements and a patient's
+choices; and that every page is refused (403, audited) to a role without the permission."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from sqlalchemy import select
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.clock import utcnow
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.workspace import CitizenWorkspace
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, ReviewItem
+
+REASON = "unconscious in resus, no history available"
+
+
+def _db(ics: Ics) -> Database:
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    return database
+
+
+def _sign_in(ics: Ics, username: str = "ig.morgan") -> None:
+    done = ics.client.post("/login", data={"username": username, "password": "demo", "target": "/ig"},
+                           follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/ig"
+
+
+def test_the_workspace_starts_with_a_sign_in_form_that_comes_back_here(ics: Ics) -> None:
+    page = ics.client.get("/ig")
+    assert page.status_code == 401
+    assert 'action="/login"' in page.text and 'name="target" value="/ig"' in page.text
+    _sign_in(ics)
+    assert ics.client.get("/ig").status_code == 200
+
+
+def test_a_sign_in_goes_only_to_a_portal_page(ics: Ics) -> None:
+    done = ics.client.post("/login", data={"username": "ig.morgan", "password": "demo",
+                                           "target": "https://elsewhere.example/"}, follow_redirects=False)
+    assert done.headers["location"] == "/search"
+
+
+def test_break_glass_appears_in_the_queue_and_is_marked_appropriate(ics: Ics) -> None:
+    ics.open_record("dr.oconnor", basis="emergency", reason=REASON)
+    _sign_in(ics)
+    queue = ics.client.get("/ig").text
+    for text in ("Break glass", "Dr Niamh O&#39;Connor", "Hospital clinician",
+                 "Riverside University Hospitals NHS Trust", REASON, ics.okafor, "Due"):
+        assert text in queue, text
+    with _db(ics).session() as s:
+        item_id = s.scalars(select(ReviewItem.id)).one()
+    done = ics.client.post(f"/ig/review/{item_id}", data={"outcome": "appropriate", "note": "resus notes agree"},
+                           follow_redirects=False)
+    assert done.status_code == 303
+    after = ics.client.get(done.headers["location"]).text
+    assert f"Outcome recorded for review item {item_id}" in after and REASON not in after
+    with _db(ics).session() as s:
+        item = s.get_one(ReviewItem, item_id)
+        assert (item.status, item.outcome) == ("closed", "appropriate: resus notes agree")
+
+
+def test_an_investigation_keeps_the_item_in_the_queue(ics: Ics) -> None:
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    _sign_in(ics)
+    with _db(ics).session() as s:
+        item_id = s.scalars(select(ReviewItem.id)).one()
+    ics.client.post(f"/ig/review/{item_id}", data={"outcome": "investigate"})
+    assert "Under investigation" in ics.client.get("/ig").text
+    assert ics.client.post(f"/ig/review/{item_id}", data={"outcome": "maybe"}).status_code == 400
+
+
+def test_every_ig_page_is_refused_to_a_gp_and_the_refusal_is_audited(ics: Ics) -> None:
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
+    pages = [("get", "/ig", {}), ("get", "/ig/audit", {}), ("post", "/ig/audit", {"user": "x"}),
+             ("get", "/ig/agreements", {}), ("post", "/ig/agreements/RYC", {"status": "suspended"}),
+             ("post", "/ig/choices", {"nhs_number": OKAFOR_NHS}), ("post", "/ig/review/1", {"outcome": "appropriate"})]
+    for method, url, data in pages:
+        page = ics.client.request(method, url, data=data or None)
+        assert page.status_code == 403 and "You cannot use this page" in page.text, url
+    with _db(ics).session() as s:
+        denied = s.scalars(select(AuditEntry.username).where(AuditEntry.action == "governance:function:denied")).all()
+    assert denied == ["dr.patel"] * len(pages)
+
+
+def test_the_audit_log_is_searched_by_user_organisation_patient_and_dates(ics: Ics) -> None:
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    ics.open_record("dr.patel")
+    _sign_in(ics)
+    by_user = ics.client.post("/ig/audit", data={"user": "para.evans"}).text
+    assert "1 event found" in by_user and "confused, daughter not present" in by_user
+    by_org = ics.client.post("/ig/audit", data={"organisation": "P81001"}).text
+    assert "1 event found" in by_org and "Dr Amara Patel" in by_org
+    by_patient = ics.client.post("/ig/audit", data={"patient": ics.okafor}).text
+    assert "2 events found" in by_patient
+    today, tomorrow = utcnow().date(), utcnow().date() + timedelta(days=1)
+
+    def on(prefix: str, day: date) -> dict[str, str]:
+        return {f"{prefix}_day": str(day.day), f"{prefix}_month": str(day.month), f"{prefix}_year": str(day.year)}
+
+    assert "2 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor, **on("from", today),
+                                                                   **on("to", today)}).text
+    assert "0 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor,
+                                                                   **on("from", tomorrow)}).text
+    bad = ics.client.post("/ig/audit", data={"from_day": "31", "from_month": "2", "from_year": "2026"})
+    assert bad.status_code == 400 and "From must be a real date" in bad.text
+    with _db(ics).session() as s:
+        searches = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:audit:search")).all()
+    assert len(searches) == 5 and all(e.username == "ig.morgan" for e in searches)
+
+
+def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: Ics) -> None:
+    nurse = ics.open_record("dn.williams")
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200
+    _sign_in(ics)
+    board = ics.client.get("/ig/agreements").text
+    assert "Riverside Community Healthcare NHS Trust" in board and "Dr Priya Nair, Caldicott Guardian" in board
+    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended"}, follow_redirects=False)
+    assert done.status_code == 303
+    assert "agreement now suspended" in ics.client.get(done.headers["location"]).text
+    locked = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse)
+    assert locked.status_code == 403 and "deny-actor-agreement" in locked.text
+    ics.client.post("/ig/agreements/RYC", data={"status": "signed"})
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200
+
+
+def test_a_draft_agreement_without_signatories_cannot_be_signed_here(ics: Ics) -> None:
+    _sign_in(ics)
+    assert "cannot be signed here until its signatories" in ics.client.get("/ig/agreements").text
+    page = ics.client.post("/ig/agreements/VWC01", data={"status": "signed"})
+    assert page.status_code == 400 and "no signatories" in page.text
+
+
+def test_a_patients_choices_are_looked_up_by_a_posted_nhs_number_and_the_look_up_is_audited(
+        ics: Ics, framework: Framework) -> None:
+    _sign_in(ics)
+    with _db(ics).session() as s:
+        CitizenWorkspace(s, framework, ics.okafor).set_choice("object-org", "NHR")
+    page = ics.client.post("/ig/choices", data={"nhs_number": "943 476 5919"})
+    assert page.status_code == 200 and "St Brigid&#39;s Hospice" in page.text
+    assert ics.client.post("/ig/choices", data={"nhs_number": "1234567890"}).status_code == 400
+    with _db(ics).session() as s:
+        (view,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:view")).all()
+    assert (view.username, view.patient_id) == ("ig.morgan", ics.okafor)

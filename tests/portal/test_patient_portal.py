@@ -1,0 +1,207 @@
+"""The patient portal over HTTP: sign-in by NHS number, date of birth and a one-time code; the citizen's
+own record, access log and choices; and the edges (wrong, expired and reused codes, someone else's
+record, a clinician's session)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.api.app import create_app
+from sharedcare.clock import utcnow
+from sharedcare.config import load_settings
+from sharedcare.governance import workspace
+from sharedcare.governance.access_log import PATIENT_VISIBLE
+from sharedcare.governance.one_time_codes import MAX_ATTEMPTS
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, SignInCode
+
+BORN = {"birth_day": "2", "birth_month": "3", "birth_year": "1945"}
+WRONG_CODE = "The code is not right, or it has expired"
+
+
+def _db(ics: Ics) -> Database:
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    return database
+
+
+def _start(client: TestClient, nhs: str = OKAFOR_NHS, born: dict[str, str] | None = None) -> str | None:
+    """Step one; returns the demo code shown on the page (None when no code was issued)."""
+    page = client.post("/patient/sign-in", data={"nhs_number": nhs, **(born or BORN)})
+    assert page.status_code == 200 and "Enter your security code" in page.text
+    found = re.search(r'id="demo-code">(\d{6})<', page.text)
+    return found.group(1) if found else None
+
+
+def _sign_in(client: TestClient) -> None:
+    code = _start(client)
+    assert code is not None
+    done = client.post("/patient/code", data={"code": code}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/patient/home"
+
+
+def _logins(ics: Ics) -> list[tuple[str, str | None, str | None, str]]:
+    with _db(ics).session() as s:
+        entries = s.scalars(select(AuditEntry).where(AuditEntry.action == "auth:session:login")
+                            .order_by(AuditEntry.seq)).all()
+        return [(e.outcome, e.username, e.patient_id,
+                 next(d["valueString"] for ent in e.event["entity"] if ent.get("name") == "decision"
+                      for d in ent["detail"] if d["type"] == "result")) for e in entries]
+
+
+def test_the_sign_in_form_posts_so_no_nhs_number_is_in_a_url(ics: Ics) -> None:
+    page = ics.client.get("/patient")
+    assert page.status_code == 200
+    assert 'method="post" action="/patient/sign-in"' in page.text and 'name="nhs_number"' in page.text
+
+
+def test_a_citizen_signs_in_with_a_one_time_code_and_sees_what_is_shared(ics: Ics) -> None:
+    code = _start(ics.client)
+    assert code is not None and len(code) == 6
+    with _db(ics).session() as s:
+        (row,) = s.scalars(select(SignInCode)).all()
+        assert code not in row.code_hash and row.person_id == ics.okafor  # stored hashed, never as typed
+        assert timedelta(minutes=9) < row.expires_at - row.created_at <= timedelta(minutes=10)
+    ics.client.post("/patient/code", data={"code": code})
+    home = ics.client.get("/patient/home")
+    assert home.status_code == 200
+    for org in ("Riverside Medical Centre", "Riverside University Hospitals NHS Trust",
+                "Riverside Community Healthcare NHS Trust", "Riverside and Dales Mental Health NHS Foundation Trust"):
+        assert org in home.text
+    assert "sharing under a signed agreement" in home.text
+    assert "Suspending an agreement takes effect at once" in home.text  # explain.rules_in_words
+    assert _logins(ics) == [("permit", "anonymous", ics.okafor, "found"),
+                            ("permit", f"patient:{ics.okafor}", ics.okafor, "ok")]
+
+
+def test_the_code_is_printed_in_the_server_log(ics: Ics, caplog: pytest.LogCaptureFixture) -> None:
+    code = _start(ics.client)
+    assert code is not None and code in caplog.text
+    assert OKAFOR_NHS not in caplog.text
+
+
+def test_a_wrong_pair_reads_exactly_like_a_right_pair_with_no_record_and_both_are_audited(ics: Ics) -> None:
+    wrong_birthday = ics.client.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, "birth_day": "3",
+                                                               "birth_month": "3", "birth_year": "1945"})
+    nobody = ics.client.post("/patient/sign-in", data={"nhs_number": "9990000026", "birth_day": "1",
+                                                       "birth_month": "1", "birth_year": "1970"})
+    assert wrong_birthday.status_code == nobody.status_code == 200
+    assert wrong_birthday.text == nobody.text
+    assert 'id="demo-code"' not in nobody.text
+    assert _logins(ics) == [("deny", "anonymous", None, "no-match"), ("deny", "anonymous", None, "no-match")]
+
+
+def test_a_wrong_code_is_refused_and_after_too_many_tries_so_is_the_right_one(ics: Ics) -> None:
+    code = _start(ics.client)
+    assert code is not None
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    for _ in range(MAX_ATTEMPTS):
+        page = ics.client.post("/patient/code", data={"code": wrong})
+        assert page.status_code == 401 and WRONG_CODE in page.text
+    assert ics.client.post("/patient/code", data={"code": code}).status_code == 401
+    assert [r for *_, r in _logins(ics)][1:] == ["wrong-code"] * MAX_ATTEMPTS + ["too-many-attempts"]
+    assert ics.client.get("/patient/home").status_code == 401
+
+
+def test_an_expired_code_is_refused(ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = _start(ics.client)
+    assert code is not None
+    later = utcnow() + timedelta(minutes=10, seconds=1)
+    monkeypatch.setattr(workspace, "utcnow", lambda: later)
+    page = ics.client.post("/patient/code", data={"code": code})
+    assert page.status_code == 401 and WRONG_CODE in page.text
+    assert _logins(ics)[-1] == ("deny", "anonymous", ics.okafor, "expired")
+
+
+def test_a_code_works_once(ics: Ics) -> None:
+    code = _start(ics.client)
+    assert code is not None
+    assert ics.client.post("/patient/code", data={"code": code}, follow_redirects=False).status_code == 303
+    assert ics.client.post("/patient/code", data={"code": code}).status_code == 401
+
+
+def test_a_citizen_cannot_open_anyone_elses_record_or_the_clinician_pages(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for url in (f"/record/{ics.stranger}", f"/record/{ics.okafor}"):
+        page = ics.client.get(url)
+        assert page.status_code == 403 and "You cannot see this record" in page.text
+    assert ics.client.post(f"/record/{ics.stranger}/basis",
+                           data={"basis": "explicit-consent"}).status_code == 403
+    assert ics.client.post("/search", data={"nhs_number": "9990000018"}).status_code == 403
+    mine = ics.client.get("/patient/record")
+    assert mine.status_code == 200 and "Metformin 500mg tablets" in mine.text and "Hughes" not in mine.text
+
+
+def test_the_citizen_sees_their_whole_record_with_what_is_withheld_said_plainly(ics: Ics) -> None:
+    _sign_in(ics.client)
+    page = ics.client.get("/patient/record").text
+    assert "Depressive disorder" in page  # their own mental health record, which staff see as a headline
+    assert "Restricted letter" not in page and "marked restricted (ask them for a copy)" in page
+
+
+def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics) -> None:
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("para.evans"))
+    ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("dr.patel"))  # refused: no basis
+    _sign_in(ics.client)
+    ics.client.get("/patient/record")  # the citizen's own look is not listed
+    page = ics.client.get("/patient/accesses").text
+    with _db(ics).session() as s:
+        events = s.scalars(select(AuditEntry).where(
+            AuditEntry.patient_id == ics.okafor, AuditEntry.action.in_([a.value for a in PATIENT_VISIBLE]),
+            AuditEntry.username != f"patient:{ics.okafor}")).all()
+    assert len(events) == page.count('class="nhsuk-table__row sc-access"') == 3
+    assert page.count("Carys Evans") == 2 and "Paramedic" in page and "North Region Ambulance Service" in page
+    assert "confused, daughter not present" in page and "Dr Amara Patel" in page and "Refused" in page
+
+
+def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(ics: Ics) -> None:
+    gp = ics.open_record("dr.patel")
+    _sign_in(ics.client)
+    confirm = ics.client.post("/patient/choices/confirm", data={"change": "object-org", "organisation": "RYC"})
+    assert confirm.status_code == 200
+    assert "Stop Riverside Community Healthcare NHS Trust seeing your record" in confirm.text
+    assert "even in an emergency" in confirm.text
+    unchanged = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=gp).json()
+    assert any("RYC#" in e["resource"]["meta"]["source"] for e in unchanged["entry"])  # nothing applied yet
+    done = ics.client.post("/patient/choices", data={"change": "object-org", "organisation": "RYC"},
+                           follow_redirects=False)
+    assert done.status_code == 303
+    after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=gp).json()
+    assert not any("RYC#" in e["resource"]["meta"]["source"] for e in after["entry"])
+    assert "Riverside Community Healthcare NHS Trust" in ics.client.get("/patient/choices").text
+
+
+def test_an_unknown_organisation_is_sent_back(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for url in ("/patient/choices/confirm", "/patient/choices"):
+        page = ics.client.post(url, data={"change": "object-org", "organisation": "NOPE"})
+        assert page.status_code == 400 and "Choose the organisation" in page.text
+
+
+def test_signing_out_clears_the_session_and_the_portal_asks_to_sign_in_again(ics: Ics) -> None:
+    _sign_in(ics.client)
+    out = ics.client.post("/logout", data={"target": "/patient"}, follow_redirects=False)
+    assert out.headers["location"] == "/patient" and "Clear-Site-Data" in out.headers
+    again = ics.client.get("/patient/home")
+    assert again.status_code == 401 and 'action="/patient/sign-in"' in again.text
+
+
+def test_a_clinicians_session_is_not_a_patients(ics: Ics) -> None:
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
+    page = ics.client.get("/patient/accesses")
+    assert page.status_code == 401 and 'action="/patient/sign-in"' in page.text
+
+
+def test_outside_demo_mode_patients_are_sent_to_nhs_login(ics: Ics, db: Database) -> None:
+    settings = replace(load_settings(), database_url=str(db.url), demo=False, secret="s" * 40)
+    app = create_app(settings, framework=ics.client.app.state.framework, database=db)  # type: ignore[attr-defined]
+    with TestClient(app) as live:
+        page = live.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, **BORN})
+    assert page.status_code == 403 and "NHS login" in page.text and 'id="demo-code"' not in page.text
