@@ -246,7 +246,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         application = create_app(settings, framework=_framework(), database=_database())
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    # No access log: URLs can carry search terms, and patient identifiers must not reach log files
+    # (TRUST DP1). Requests are traced by the audit log and the X-Request-ID header instead.
+    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
 
 
 @app.command()
@@ -563,3 +565,175 @@ def mpi_export() -> None:
     with _database().session() as session:
         for r in session.scalars(select(PatientRecord).order_by(PatientRecord.source_org, PatientRecord.source_id)):
             writer.writerow([r.source_org, r.source_id, r.person_id, f"{r.match_probability:.4f}", r.link_status])
+
+
+@mpi_app.command("relink")
+def mpi_relink(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    model_out: Annotated[Path, typer.Option(help="Where to save the trained model (Splink JSON).")] = Path(
+        "var/mpi/model.json"),
+) -> None:
+    """Re-match every source patient record with the probabilistic model; report what changed (audited)."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+    from sharedcare.identity.mpi import relink
+
+    with _database().session() as session:
+        report, model = relink(session)
+        record_audit(session, AuditRecord(AuditAction.MPI_RELINK, "permit", username=OPERATOR, purpose="governance",
+                                          detail={k: str(v) for k, v in report.to_json().items()}))
+    model_out.parent.mkdir(parents=True, exist_ok=True)
+    model_out.write_text(json.dumps(model, indent=2, default=str))
+    if as_json:
+        _print_json(report.to_json())
+        return
+    table = Table(title="MPI relink")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.to_json().items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+    console.print(f"model saved to {model_out}")
+
+
+@mpi_app.command("evaluate")
+def mpi_evaluate(
+    truth: Annotated[Path, typer.Option(help="ground_truth.csv: source_org,source_id,person_key")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Pairwise precision, recall and F1 against ground truth, false merges, missed links, worst errors."""
+    from sharedcare.identity.evaluate import evaluate
+    from sharedcare.store.models import PatientRecord
+
+    if not truth.is_file():
+        raise _fail(f"no such file: {truth}")
+    with truth.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"source_org", "source_id", "person_key"} - set(reader.fieldnames or [])
+        if missing:
+            raise _fail(f"{truth}: header lacks {', '.join(sorted(missing))}")
+        known = {(r["source_org"], r["source_id"]): r["person_key"] for r in reader}
+    with _database().session() as session:
+        predicted = {(r.source_org, r.source_id): r.person_id for r in session.scalars(select(PatientRecord))}
+    result = evaluate(predicted, known)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    out = Console()
+    table = Table(title=f"MPI against {truth.name} ({result.records} source records)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, value in (("precision", f"{result.precision:.5f}"), ("recall", f"{result.recall:.5f}"),
+                         ("F1", f"{result.f1:.5f}"), ("falsely merged persons", str(result.falsely_merged_persons)),
+                         ("missed links (pairs)", str(result.missed_link_pairs)),
+                         ("records not in the truth", str(result.not_in_truth))):
+        table.add_row(label, value)
+    out.print(table)
+    worst = Table(title="Worst errors")
+    for column in ("kind", "who", "records"):
+        worst.add_column(column)
+    for merge in result.worst_merges:
+        worst.add_row("false merge", ", ".join(merge["true_people"]), ", ".join(merge["records"]))
+    for split in result.worst_splits:
+        worst.add_row("missed link", split["person_key"], ", ".join(split["records"]))
+    out.print(worst)
+
+
+@app.command()
+def mllp(host: str = "127.0.0.1", port: int = 2575) -> None:
+    """Listen for HL7 v2 over MLLP; store each message and answer it with an ACK (AA, AE or AR)."""
+    import asyncio
+
+    from sharedcare.ingest.mllp import MllpServer
+    from sharedcare.ingest.pipeline import Pipeline
+
+    server = MllpServer(Pipeline(_database(), _framework()))
+    console.print(f"listening for HL7 v2 over MLLP on {host}:{port}")
+    try:
+        asyncio.run(server.serve(host, port))
+    except KeyboardInterrupt:
+        console.print(f"stopped after {server.received} messages")
+
+
+@mpi_app.command("review")
+def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Pairs the model was unsure about, with the evidence for each comparison, oldest first."""
+    from sharedcare.store.models import MatchReview, PatientRecord
+
+    with _database().session() as session:
+        items = list(session.scalars(select(MatchReview).where(MatchReview.status.in_(("open", "deferred")))
+                                     .order_by(MatchReview.id)))
+        records = {r.id: r for r in session.scalars(select(PatientRecord).where(PatientRecord.id.in_(
+            [i.record_a for i in items] + [i.record_b for i in items])))}
+
+        def describe(record_id: int) -> str:
+            r = records[record_id]
+            return (f"{r.source_org}/{r.source_id}: {(r.family or '').upper()}, {r.given or ''} "
+                    f"{r.birth_date or ''} {r.postcode or ''} {r.nhs_number or 'no NHS number'}")
+
+        rows: list[dict[str, Any]] = [{"id": i.id, "status": i.status, "probability": round(i.probability, 4),
+                                       "a": describe(i.record_a), "b": describe(i.record_b), "evidence": i.evidence}
+                                      for i in items]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"MPI review: {len(rows)} uncertain pairs")
+    for column in ("id", "probability", "record a", "record b", "evidence (match weight by comparison)"):
+        table.add_column(column)
+    for r in rows:
+        evidence = ", ".join(f"{name} {detail.get('match_weight', '')}" for name, detail in r["evidence"].items())
+        table.add_row(str(r["id"]), str(r["probability"]), r["a"], r["b"], evidence)
+    Console().print(table)
+
+
+@mpi_app.command("decide")
+def mpi_decide(
+    review_id: Annotated[int, typer.Argument(help="The review item (see `sharedcare mpi review`).")],
+    decision: Annotated[str, typer.Option(help="link, separate or defer.")],
+    by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
+) -> None:
+    """Decide an uncertain pair; later relinks respect the decision (audited)."""
+    from sharedcare.identity.links import LinkError, decide
+
+    if decision not in {"link", "separate", "defer"}:
+        raise _fail(f"--decision must be link, separate or defer, not '{decision}'")
+    try:
+        with _database().session() as session:
+            review = decide(session, review_id, decision, by=by)  # type: ignore[arg-type]
+            console.print(f"review #{review.id}: {review.status}")
+    except LinkError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@mpi_app.command("merge")
+def mpi_merge(
+    keep: Annotated[str, typer.Argument(help="Person id that stays.")],
+    absorb: Annotated[str, typer.Argument(help="Person id whose records join it.")],
+    reason: Annotated[str, typer.Option(help="Why they are one person.")],
+    by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
+) -> None:
+    """Merge two persons (reversible with `mpi unmerge`, audited)."""
+    from sharedcare.identity.links import LinkError, merge_persons
+
+    try:
+        with _database().session() as session:
+            event = merge_persons(session, keep, absorb, by=by, reason=reason)
+            console.print(f"merge #{event.id}: {len(event.moves)} source records moved to {keep}")
+    except LinkError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@mpi_app.command("unmerge")
+def mpi_unmerge(
+    event_id: Annotated[int, typer.Argument(help="The merge to undo.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
+) -> None:
+    """Undo a merge exactly: each source record returns to the person it came from (audited)."""
+    from sharedcare.identity.links import LinkError, unmerge
+
+    try:
+        with _database().session() as session:
+            undo = unmerge(session, event_id, by=by, reason=reason)
+            console.print(f"unmerge #{undo.id}: {len(undo.moves)} source records restored")
+    except LinkError as exc:
+        raise _fail(str(exc)) from exc

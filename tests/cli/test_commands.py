@@ -162,3 +162,46 @@ def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Databa
     assert runner.invoke(app, ["audit", "export", "--out", str(out)]).exit_code == 0
     assert len(out.read_text().splitlines()) == len(json.loads(runner.invoke(
         app, ["audit", "search", "--json"]).stdout))
+
+
+def test_mpi_evaluate_scores_the_index_and_relink_improves_it(env: Database, tmp_path: Path) -> None:
+    from sharedcare.synth import generate
+
+    generate(tmp_path / "ics", people=300, seed=31)
+    runner.invoke(app, ["ingest", str(tmp_path / "ics")])
+    truth = str(tmp_path / "ics" / "ground_truth.csv")
+    before = json.loads(runner.invoke(app, ["mpi", "evaluate", "--truth", truth, "--json"]).stdout)
+    assert before["precision"] == 1.0 and before["falsely_merged_persons"] == 0
+    relinked = runner.invoke(app, ["mpi", "relink", "--json", "--model-out", str(tmp_path / "model.json")])
+    assert relinked.exit_code == 0, relinked.stderr
+    assert json.loads(relinked.stdout)["records"] == before["records"]
+    assert json.loads((tmp_path / "model.json").read_text())["sharedcare_model_version"]
+    after = json.loads(runner.invoke(app, ["mpi", "evaluate", "--truth", truth, "--json"]).stdout)
+    assert after["falsely_merged_persons"] == 0 and after["recall"] >= before["recall"]
+    table = runner.invoke(app, ["mpi", "evaluate", "--truth", truth])
+    assert "precision" in table.stdout and "Worst errors" in table.stdout
+
+
+def test_mpi_evaluate_refuses_a_file_that_is_not_ground_truth(env: Database, tmp_path: Path) -> None:
+    bad = tmp_path / "truth.csv"
+    bad.write_text("org,id\nA,1\n")
+    result = runner.invoke(app, ["mpi", "evaluate", "--truth", str(bad)])
+    assert result.exit_code == 2 and "header lacks person_key, source_id, source_org" in result.stderr
+
+
+def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) -> None:
+    feed = write_ndjson(tmp_path / "two.ndjson", [
+        bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female")]),
+        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1952-06-11", gender="female")])])
+    runner.invoke(app, ["ingest", str(feed)])
+    first, second = (r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout)))
+    merged = runner.invoke(app, ["mpi", "merge", first, second, "--reason", "Peggy is Margaret"])
+    assert merged.exit_code == 0 and "1 source records moved" in merged.stderr
+    assert len({r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout))}) == 1
+    assert runner.invoke(app, ["mpi", "unmerge", "1"]).exit_code == 0
+    people = {r["source_id"]: r["person_id"] for r in csv.DictReader(io.StringIO(
+        runner.invoke(app, ["mpi", "export"]).stdout))}
+    assert people == {"a": first, "b": second}
+    again = runner.invoke(app, ["mpi", "unmerge", "1"])
+    assert again.exit_code == 2 and "already undone" in again.stderr
+    assert json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) == []

@@ -12,7 +12,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.identity.evaluate import evaluate
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord
+from sharedcare.store.models import MatchReview, PatientRecord
 from sharedcare.synth import generate
 
 
@@ -80,3 +80,16 @@ def test_a_probabilistic_relink_finds_the_links_exact_matching_missed_and_merges
     assert recall > recall_before and recall >= 0.99
     assert report.records_moved > 0 and report.persons_after < report.persons_before
     assert model["sharedcare_model_version"] and model["comparisons"]
+    with db.session() as s:
+        person_of = {(r.source_org, r.source_id): r.person_id for r in s.scalars(select(PatientRecord))}
+    people_of_key: dict[str, set[str]] = {}
+    for key, person_key in truth.items():
+        if key in person_of:
+            people_of_key.setdefault(person_key, set()).add(person_of[key])
+    twins, father, son = people_of_key["P0000003"], people_of_key["P0000006"], people_of_key["P0000007"]
+    assert twins.isdisjoint(people_of_key["P0000004"])  # same surname, birth date and address
+    assert father.isdisjoint(son)  # same name and address, Jr and Sr
+    assert len(people_of_key["P0000008"]) == 1  # "Kapoor" at the hospital, "Sharma" at her GP: one person
+    with db.session() as s:
+        for review in s.scalars(select(MatchReview)):
+            assert review.status == "open" and set(review.evidence) >= {"nhs_number", "dob"}

@@ -283,8 +283,8 @@ def test_the_same_file_twice_changes_nothing(db: Database, framework: Framework,
 
 _BROKEN = {
     "no message type": (message(msh("", "X1"), pid(), pv1()), "MSH-9", "no message type"),
-    "merge": (adt("A40", "X2", "20260110090000", pid(), "MRG|H099^^^RXR^MR"), "MSH-9",
-              "merge messages are handled by the identity issue"),
+    "merge of an unknown record": (adt("A40", "X2", "20260110090000", pid(), "MRG|H099^^^RXR^MR"), "MRG-1",
+                                   "has sent no patient 'H099'"),
     "unhandled event": (adt("A17", "X3", "20260110090000", pid(), pv1()), "MSH-9", "ADT^A17 is not handled"),
     "training message": (admission().replace("|P|2.4|", "|T|2.4|"), "MSH-11", "processing id 'T'"),
     "no hospital number": (admission().replace("H100^^^RXR^MR~", ""), "PID-3", "no MR identifier"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +41,24 @@ class MatchRecord:
     postcode: str | None
 
 
+@dataclass(frozen=True)
+class ReviewPair:
+    """A pair between the review and link thresholds, with the evidence a reviewer reads: each
+    comparison's level and its match weight (log2 Bayes factor), the waterfall of the decision."""
+
+    record_a: int
+    record_b: int
+    probability: float
+    evidence: dict[str, Any]
+
+
 @dataclass
 class Clustering:
     """Which records belong together, how sure the model was, and what needs a person to look."""
 
     cluster_of: dict[int, int]
     probability: dict[int, float]
-    review_pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    review_pairs: list[ReviewPair] = field(default_factory=list)
     held_for_review: set[int] = field(default_factory=set)
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -83,8 +95,13 @@ def _table(records: list[MatchRecord]) -> pa.Table:
     ]))
 
 
-def cluster(records: list[MatchRecord]) -> Clustering:
-    """Train on these records, score candidate pairs and cluster them, with the NHS-number safety rules."""
+def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | None = None,
+            decided_different: set[tuple[int, int]] | None = None) -> Clustering:
+    """Train on these records, score candidate pairs and cluster them, with the NHS-number safety rules.
+
+    Reviewers' decisions win over the model: pairs decided the same person are linked, pairs decided
+    different people are never linked directly."""
+    decided_same, decided_different = decided_same or set(), decided_different or set()
     if len(records) < 2:
         return Clustering({r.record_id: r.record_id for r in records}, {r.record_id: 1.0 for r in records})
     api = DuckDBAPI(duckdb.connect())
@@ -95,15 +112,33 @@ def cluster(records: list[MatchRecord]) -> Clustering:
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("dob"))
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname", "substr(postcode, 1, 3)"))
     scored = linker.inference.predict(threshold_match_probability=REVIEW_THRESHOLD).as_duckdbpyrelation()
-    pairs = scored.select("unique_id_l, unique_id_r, match_probability").fetchall()
+    evidence_columns = [c for c in scored.columns if c.startswith(("gamma_", "bf_"))]
+    rows = scored.select(", ".join(["unique_id_l", "unique_id_r", "match_probability", *evidence_columns])).fetchall()
     numbers = {r.record_id: r.nhs_number for r in records}
-    links = [(a, b, p) for a, b, p in pairs if p >= LINK_THRESHOLD and not _numbers_differ(numbers, a, b)]
+    links = [(a, b, p) for a, b, p, *_ in rows
+             if (p >= LINK_THRESHOLD or (min(a, b), max(a, b)) in decided_same)
+             and (min(a, b), max(a, b)) not in decided_different and not _numbers_differ(numbers, a, b)]
+    links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
     result = _components(records, links, numbers)
-    result.review_pairs = [(a, b, p) for a, b, p in pairs
+    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, _evidence(evidence_columns, values))
+                           for a, b, p, *values in rows
                            if p < LINK_THRESHOLD and result.cluster_of[a] != result.cluster_of[b]]
     result.model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     result.model["sharedcare_model_version"] = MODEL_VERSION
     return result
+
+
+def _evidence(columns: list[str], values: list[Any]) -> dict[str, Any]:
+    """Per comparison: the level the pair reached and its match weight (log2 of the Bayes factor)."""
+    out: dict[str, Any] = {}
+    for name, value in zip(columns, values, strict=True):
+        kind, _, comparison = name.partition("_")
+        entry = out.setdefault(comparison, {})
+        if kind == "gamma":
+            entry["level"] = int(value) if value is not None else None
+        elif value:
+            entry["match_weight"] = round(math.log2(float(value)), 2)
+    return out
 
 
 def _numbers_differ(numbers: dict[int, str | None], a: int, b: int) -> bool:

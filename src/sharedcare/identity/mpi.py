@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.store.models import PatientRecord, Person
+from sharedcare.store.models import MatchReview, PatientRecord, Person
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ def _find_person(session: Session, demo: Demographics) -> tuple[str | None, str,
         ).first()
         if match:
             return match.person_id, "demographics-exact", 0.95, "linked"
+    if not (demo.family and demo.birth_date):
+        # Too little to say who this is: a person of its own, held for review, never guessed.
+        return None, "insufficient-data", 0.0, "review"
     return None, "new", 1.0, "linked"
 
 
@@ -118,14 +121,21 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
     Clinical rows never move: only `patient_records.person_id` changes. Each new cluster keeps the person
     id most of its records already had, so views and bookmarks stay stable. Returns the report and the
     trained model (Splink JSON) for the caller to save."""
-    from sharedcare.identity.matching import MODEL_VERSION, MatchRecord, cluster  # Splink loads slowly; ingest never needs it
+    from sharedcare.identity.matching import (  # Splink loads slowly; ingest never needs it
+        MODEL_VERSION,
+        MatchRecord,
+        cluster,
+    )
 
     rows = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)))
     report = RelinkReport(records=len(rows), persons_before=len({r.person_id for r in rows}),
                           model_version=MODEL_VERSION)
+    decided = {status: {(a, b) for a, b in session.execute(
+        select(MatchReview.record_a, MatchReview.record_b).where(MatchReview.status == status))}
+        for status in ("linked", "separate")}
     result = cluster([MatchRecord(r.id, r.source_org, r.nhs_number, r.given, r.family,
                                   r.birth_date.isoformat() if r.birth_date else None, r.gender, r.postcode)
-                      for r in rows])
+                      for r in rows], decided_same=decided["linked"], decided_different=decided["separate"])
     by_id = {r.id: r for r in rows}
     members: dict[int, list[PatientRecord]] = {}
     for record_id, root in result.cluster_of.items():
@@ -148,10 +158,18 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
             record.match_probability = result.probability.get(record.id, 1.0)
             if len(group) > 1 and record.link_method in ("new", "demographics-exact"):
                 record.link_method = "probabilistic"
-            record.link_status = "review" if record.id in result.held_for_review else "linked"
+            still_unsure = record.id in result.held_for_review or (len(group) == 1 and record.link_status == "review")
+            record.link_status = "review" if still_unsure else "linked"
             record.updated_at = utcnow()
     report.persons_after = len(claimed)
     report.held_for_review = len(result.held_for_review)
-    report.review_pairs = len(result.review_pairs)
+    known = {(a, b) for a, b in session.execute(select(MatchReview.record_a, MatchReview.record_b))}
+    now = utcnow()
+    for pair in result.review_pairs:
+        if (pair.record_a, pair.record_b) not in known:
+            known.add((pair.record_a, pair.record_b))
+            session.add(MatchReview(record_a=pair.record_a, record_b=pair.record_b, probability=pair.probability,
+                                    evidence=pair.evidence, created_at=now, status="open"))
+            report.review_pairs += 1
     session.flush()
     return report, result.model

@@ -33,7 +33,10 @@ ADT_EVENTS: dict[str, str | None] = {
     "A01": "in-progress", "A02": "in-progress", "A04": "in-progress", "A05": "planned", "A03": "finished",
     "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None,
 }
-MERGE_EVENTS = {"A18", "A30", "A34", "A36", "A39", "A40"}
+# A40 and A34 merge one of the sender's patient records into another (MRG-1 names the retired one);
+# the other merge events (visit and account merges, person-level A18/A30/A36/A39) are held for now.
+PATIENT_MERGES = {"A34", "A40"}
+MERGE_EVENTS = {"A18", "A30", "A36", "A39"}
 REPEATING = {"NK1", "ORC", "OBR", "OBX", "NTE"}  # labelled OBX[3] so an analyst can find the one at fault
 _BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
@@ -166,10 +169,21 @@ def _one_patient(segments: list[Seg], raw: RawMessage) -> Seg:
     return pids[0]
 
 
+def _retired_mrn(segments: list[Seg], msh: Seg, sender: Sender) -> str:
+    """MRG-1: the hospital number being merged away (type MR)."""
+    mrg = _first(segments, "MRG")
+    if mrg is None:
+        raise msh.error("a patient merge needs an MRG segment naming the record merged away", 9)
+    retired = [c[0] for c in mrg.reps(1) if hmap.part(c, 5) in ("MR", "") and c[0]]
+    if not retired:
+        raise mrg.error("no prior hospital number (MRG-1 with type MR)", 1)
+    return retired[0]
+
+
 def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sender) -> list[tuple[str, Json]]:
     """The Encounter an ADT event creates or changes (none for a person-only update)."""
     if event in MERGE_EVENTS:
-        raise msh.error("merge messages are handled by the identity issue; held here until then", 9)
+        raise msh.error(f"ADT^{event} (a visit or person-level merge) is not handled yet; held until it is", 9)
     if event not in ADT_EVENTS:
         raise msh.error(f"message type ADT^{event} is not handled (ADT^{', ADT^'.join(ADT_EVENTS)}, ORU^R01)", 9)
     pv1 = _first(segments, "PV1")
@@ -234,7 +248,12 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
     numbers = nhs_numbers(patient)
     staged.patients[mrn] = demographics(patient, numbers[0] if numbers else None)
     subject = sender.reference("Patient", mrn)
-    if kind == "ADT":
+    if kind == "ADT" and event in PATIENT_MERGES:
+        staged.merges.append((_retired_mrn(segments, msh, sender), mrn))
+        evn = _first(segments, "EVN")
+        happened = (hmap.stamp(evn, 2) if evn else None) or sent
+        produced = [(pid.label, patient)]
+    elif kind == "ADT":
         evn = _first(segments, "EVN")
         happened = (hmap.stamp(evn, 2) if evn else None) or sent
         produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender)]

@@ -55,6 +55,8 @@ class StagedMessage:
     patients: dict[str, Demographics] = field(default_factory=dict)
     resources: list[StagedResource] = field(default_factory=list)
     set_aside: Counter[str] = field(default_factory=Counter)
+    # (retired source id, surviving source id): the sender merged two of its own patient records
+    merges: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.framework import Agreement, Framework
+from sharedcare.identity.links import LinkError, merge_source_records
 from sharedcare.identity.mpi import link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
@@ -222,6 +223,13 @@ class Pipeline:
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
             accepted += 1
+        for retired, surviving in staged.merges:
+            try:
+                merge_source_records(session, staged.source_org, retired, surviving,
+                                     by=f"{staged.source_org}:{staged.source_system}",
+                                     reason=f"merged by the source (message {staged.message_id})")
+            except LinkError as exc:
+                raise MessageError(exc.message, f"{raw.where}, MRG-1") from exc
         return accepted, unchanged, stale
 
     @staticmethod

@@ -1,0 +1,130 @@
+"""Merge, unmerge and separate: moving source records between persons, reversibly and audited.
+
+Only links move (`patient_records.person_id`); clinical rows stay with the source record they came
+with, so an unmerge restores each person exactly and no clinical data can cross between them (TRUST
+MP2). Every change is a LinkEvent listing each move, and an audit event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.store.models import LinkEvent, MatchReview, PatientRecord, Person
+
+Decision = Literal["link", "separate", "defer"]
+
+
+class LinkError(SharedcareError):
+    """A merge, unmerge or review decision that cannot be carried out as asked."""
+
+
+def _move(session: Session, records: list[PatientRecord], to_person: str, kind: str, by: str,
+          reason: str) -> LinkEvent:
+    moves = [{"record": r.id, "from": r.person_id, "to": to_person} for r in records if r.person_id != to_person]
+    now = utcnow()
+    for record in records:
+        record.person_id = to_person
+        record.updated_at = now
+        record.link_status = "linked"
+        record.link_method = "manual" if kind != "unmerge" else record.link_method
+    event = LinkEvent(at=now, kind=kind, by=by, reason=reason, moves=moves)
+    session.add(event)
+    session.flush()
+    record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
+                                      patient_id=to_person, reason=reason,
+                                      detail={"kind": kind, "link_event": str(event.id), "moves": str(len(moves))}))
+    return event
+
+
+def merge_persons(session: Session, keep: str, absorb: str, by: str, reason: str) -> LinkEvent:
+    """Move every source record of `absorb` to `keep`: they are one person."""
+    if keep == absorb:
+        raise LinkError("a person cannot be merged with themselves")
+    for person in (keep, absorb):
+        if session.get(Person, person) is None:
+            raise LinkError(f"no person {person}")
+    records = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == absorb)))
+    return _move(session, records, keep, "merge", by, reason)
+
+
+def merge_source_records(session: Session, org: str, prior_id: str, surviving_id: str, by: str,
+                         reason: str) -> LinkEvent:
+    """A source merged two of its own patient records (HL7 A40, FHIR Patient.link replaced-by): the prior
+    record's person becomes the surviving record's, along with every record linked with it."""
+    def find(source_id: str) -> PatientRecord:
+        record = session.scalars(select(PatientRecord).where(PatientRecord.source_org == org,
+                                                             PatientRecord.source_id == source_id)).first()
+        if record is None:
+            raise LinkError(f"{org} has sent no patient '{source_id}'")
+        return record
+
+    prior, surviving = find(prior_id), find(surviving_id)
+    if prior.person_id == surviving.person_id:
+        return _move(session, [], surviving.person_id, "merge", by, reason)
+    return merge_persons(session, surviving.person_id, prior.person_id, by, reason)
+
+
+def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkEvent:
+    """Undo one merge exactly: each moved record goes back to the person it came from."""
+    event = session.get(LinkEvent, event_id)
+    if event is None or event.kind != "merge":
+        raise LinkError(f"no merge #{event_id}")
+    if event.undone_by is not None:
+        raise LinkError(f"merge #{event_id} was already undone by #{event.undone_by}")
+    moves = []
+    for move in event.moves:
+        record = session.get_one(PatientRecord, move["record"])
+        if record.person_id != move["to"]:
+            raise LinkError(f"record {record.id} has moved again since merge #{event_id}; undo that first")
+        moves.append((record, str(move["from"])))
+    undo = LinkEvent(at=utcnow(), kind="unmerge", by=by, reason=reason or f"undo merge #{event_id}",
+                     moves=[{"record": r.id, "from": r.person_id, "to": back} for r, back in moves])
+    for record, back in moves:
+        if session.get(Person, back) is None:
+            session.add(Person(id=back))
+        record.person_id = back
+        record.updated_at = undo.at
+    session.add(undo)
+    session.flush()
+    event.undone_by = undo.id
+    record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
+                                      reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
+                                                                  "undoes": str(event_id)}))
+    return undo
+
+
+def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEvent:
+    """Take one source record out of its person into a person of its own (a link that was wrong)."""
+    record = session.get(PatientRecord, record_id)
+    if record is None:
+        raise LinkError(f"no source record {record_id}")
+    person = Person(id=str(uuid.uuid4()))
+    session.add(person)
+    session.flush()
+    return _move(session, [record], person.id, "separate", by, reason)
+
+
+def decide(session: Session, review_id: int, decision: Decision, by: str) -> MatchReview:
+    """A reviewer's decision on an uncertain pair; relinking respects it from then on."""
+    review = session.get(MatchReview, review_id)
+    if review is None:
+        raise LinkError(f"no review item #{review_id}")
+    a = session.get_one(PatientRecord, review.record_a)
+    b = session.get_one(PatientRecord, review.record_b)
+    if decision == "link" and a.person_id != b.person_id:
+        if a.nhs_number and b.nhs_number and a.nhs_number != b.nhs_number:
+            raise LinkError("these records carry different NHS numbers: they cannot be one person")
+        merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person")
+    elif decision == "separate" and a.person_id == b.person_id:
+        separate(session, b.id, by, f"review #{review_id}: different people")
+    review.status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
+    review.decided_by, review.decided_at = by, utcnow()
+    session.flush()
+    return review

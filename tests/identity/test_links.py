@@ -1,0 +1,109 @@
+"""Merge, unmerge and review decisions: reversible, audited, and never moving clinical data between
+people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tests.builders import bundle, condition, patient, write_ndjson
+from tests.ingest.test_hl7v2 import admission, adt, pid, write_hl7
+
+from sharedcare.clock import utcnow
+from sharedcare.governance.access_log import search
+from sharedcare.governance.framework import Framework
+from sharedcare.identity.links import LinkError, decide, merge_persons, unmerge
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import MatchReview, PatientRecord, Resource
+
+
+def _people(db: Database) -> dict[str, str]:
+    with db.session() as s:
+        return {f"{r.source_org}/{r.source_id}": r.person_id for r in s.scalars(select(PatientRecord))}
+
+
+def _clinical_of(db: Database, person: str) -> set[str]:
+    with db.session() as s:
+        linked = select(Resource.source_id).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+        return set(s.scalars(linked.where(PatientRecord.person_id == person)))
+
+
+def _two_strangers(db: Database, framework: Framework, tmp_path: Path) -> tuple[str, str]:
+    feed = write_ndjson(tmp_path / "gp.ndjson", [
+        bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female"),
+                                  condition("a-c", "Patient/a", "44054006", "Diabetes")]),
+        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1952-06-11", gender="female"),
+                                      condition("b-c", "Patient/b", "195967001", "Asthma")])])
+    Pipeline(db, framework).ingest_paths([feed])
+    people = _people(db)
+    return people["P81001/a"], people["P81002/b"]
+
+
+def test_a_merge_is_undone_exactly_and_no_clinical_data_crosses(db: Database, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    first, second = _two_strangers(db, framework, tmp_path)
+    before = {first: _clinical_of(db, first), second: _clinical_of(db, second)}
+    with db.session() as s:
+        event = merge_persons(s, first, second, by="mpi.reviewer", reason="same person: Peggy is Margaret")
+    assert _clinical_of(db, first) == before[first] | before[second]
+    with db.session() as s:
+        unmerge(s, event.id, by="mpi.reviewer", reason="different people after all")
+    assert {first: _clinical_of(db, first), second: _clinical_of(db, second)} == before
+    assert _people(db) == {"P81001/a": first, "P81002/b": second}
+    with db.session() as s:
+        kinds = [e.event["entity"][-1]["detail"] for e in search(s, username="mpi.reviewer")]
+    assert len(kinds) == 2
+    with db.session() as s, pytest.raises(LinkError, match="already undone"):
+        unmerge(s, event.id, by="mpi.reviewer")
+
+
+def test_an_a40_merges_the_hospitals_two_numbers_for_one_patient(db: Database, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    registrations = write_hl7(tmp_path / "pas-1.hl7", [
+        admission("M1", mrn="H100", nhs=None),
+        admission("M2", visit="V200", mrn="T555", nhs=None, address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])
+    Pipeline(db, framework).ingest_paths([registrations])
+    before = _people(db)
+    assert before["RXR/H100"] != before["RXR/T555"]  # a second number, at an old address: not matched
+    merge = write_hl7(tmp_path / "pas-2.hl7", [
+        adt("A40", "M3", "20260112090000", pid(mrn="H100", nhs=None), "MRG|T555^^^RXR^MR")])
+    report = Pipeline(db, framework).ingest_paths([merge])
+    assert report.quarantined == 0, report.quarantine
+    after = _people(db)
+    assert after["RXR/H100"] == after["RXR/T555"] == before["RXR/H100"]
+
+
+def test_a_reviewer_links_or_separates_an_uncertain_pair_and_different_nhs_numbers_never_link(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    first, second = _two_strangers(db, framework, tmp_path)
+    with db.session() as s:
+        ids = {f"{r.source_org}/{r.source_id}": r.id for r in s.scalars(select(PatientRecord))}
+        review = MatchReview(record_a=ids["P81001/a"], record_b=ids["P81002/b"], probability=0.95,
+                             evidence={"first_name_surname": {"level": 1, "match_weight": -2.1}},
+                             created_at=utcnow(), status="open")
+        s.add(review)
+        s.flush()
+        decide(s, review.id, "link", by="mpi.reviewer")
+    people = _people(db)
+    assert people["P81001/a"] == people["P81002/b"]
+    with db.session() as s:
+        decide(s, review.id, "separate", by="mpi.reviewer")
+    people = _people(db)
+    assert people["P81001/a"] != people["P81002/b"]
+    with db.session() as s:
+        for record in s.scalars(select(PatientRecord)):
+            record.nhs_number = "9434765919" if record.source_id == "a" else "9990000018"
+    with db.session() as s, pytest.raises(LinkError, match="different NHS numbers"):
+        decide(s, review.id, "link", by="mpi.reviewer")
+
+
+def test_a_record_with_no_name_or_birth_date_is_held_for_review_not_guessed(db: Database, framework: Framework,
+                                                                            tmp_path: Path) -> None:
+    anonymous = {"resourceType": "Patient", "id": "unknown-1", "gender": "male"}
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "rya.ndjson", [
+        bundle("RYA", "epcr", [anonymous, condition("c", "Patient/unknown-1", "217082002", "Fall")])])])
+    with db.session() as s:
+        record = s.scalars(select(PatientRecord)).one()
+    assert (record.link_status, record.link_method) == ("review", "insufficient-data")
