@@ -288,7 +288,10 @@ def demo(
     for person in json.loads((out / "feeds" / "manifest.json").read_text())["journeys"]:
         journeys.add_row(person["name"], person["birth_date"], person["nhs_number"], person["journey"])
     console.print(journeys)
-    console.print(f"Clinician portal: http://{host}:{port}/   FHIR API: http://{host}:{port}/fhir/metadata")
+    base = f"http://{host}:{port}"
+    console.print(f"Clinician portal: {base}/   IG workspace: {base}/ig (ig.morgan)   Patient portal: {base}/patient "
+                  f"(NHS number and date of birth from the table above; the one-time code appears in this console)")
+    console.print(f"FHIR API: {base}/fhir/metadata")
     console.print("Try: sign in as para.evans, find Mr Okafor by family name and date of birth, record implied "
                   "consent with a reason, and read his combined record.")
     serve(host=host, port=port)
