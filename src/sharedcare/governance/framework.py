@@ -10,11 +10,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sharedcare.config import load_settings
 from sharedcare.errors import FrameworkError
+from sharedcare.yaml_lines import YamlProblem, read_yaml, where
 
 AgreementStatus = Literal["draft", "signed", "suspended", "ended"]
 Basis = Literal["explicit-consent", "implied-consent", "emergency"]
@@ -120,29 +120,6 @@ class Framework(_Strict):
         return self.organisations.get(code)
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Map each key path in the YAML document to its 1-based line, so errors can name the line."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value)
-            lines.update(_line_index(value_node, child))
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.update(_line_index(item, (*path, i)))
-    return lines
-
-
-def _where(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> str:
-    """Name a key path with the line of its nearest ancestor that the file actually has."""
-    for cut in range(len(path), -1, -1):
-        found = lines.get(tuple(str(p) if not isinstance(p, int) else p for p in path[:cut]))
-        if found is not None:
-            return f"line {found}, {'.'.join(str(p) for p in path) or '(top)'}"
-    return ".".join(str(p) for p in path)
-
-
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
     """Copy each mapping key (organisation code, role name, username) into its record."""
     data = dict(raw)
@@ -197,26 +174,20 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
 def parse_framework(text: str, source: str = "<framework>") -> Framework:
     """Parse and check a framework document; raise FrameworkError listing every problem found."""
     try:
-        root = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "unknown line"
-        raise FrameworkError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"], source) from exc
-    if not isinstance(raw, dict) or root is None:
-        raise FrameworkError(["line 1: the framework must be a mapping of keys"], source)
-    lines = _line_index(root)
+        raw, lines = read_yaml(text, "the framework")
+    except YamlProblem as exc:
+        raise FrameworkError([exc.message], source) from exc
     try:
         fw = Framework.model_validate(_with_names(raw))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            problems.append(f"{_where(lines, loc)}: {err['msg']}")
+            problems.append(f"{where(lines, loc)}: {err['msg']}")
         raise FrameworkError(problems, source) from exc
     cross = _cross_checks(fw)
     if cross:
-        raise FrameworkError([f"{_where(lines, path)}: {msg}" for path, msg in cross], source)
+        raise FrameworkError([f"{where(lines, path)}: {msg}" for path, msg in cross], source)
     return fw
 
 

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sharedcare.errors import SharedcareError
-from sharedcare.governance.framework import _line_index, _where
+from sharedcare.yaml_lines import YamlProblem, read_yaml
+from sharedcare.yaml_lines import where as where_in
 
 T = TypeVar("T")
 
@@ -284,24 +284,18 @@ def _cross_checks(mapping: Mapping) -> list[tuple[tuple[Any, ...], str]]:
 def parse_mapping(source: str, where: str = "<mapping>") -> Mapping:
     """Parse and check a mapping document; raise MappingError listing every problem with its line."""
     try:
-        root = yaml.compose(source)
-        raw = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}" if mark else "unknown line"
-        raise MappingError([f"{line}: not valid YAML ({getattr(exc, 'problem', exc)})"], where) from exc
-    if not isinstance(raw, dict) or root is None:
-        raise MappingError(["line 1: a mapping must be a mapping of keys"], where)
-    lines = _line_index(root)
+        raw, lines = read_yaml(source, "a mapping")
+    except YamlProblem as exc:
+        raise MappingError([exc.message], where) from exc
     try:
         mapping = Mapping.model_validate(raw)
     except ValidationError as exc:
-        raise MappingError([f"{_where(lines, tuple(err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+        raise MappingError([f"{where_in(lines, tuple(err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
                             for err in exc.errors()],
                            where) from exc
     problems = _cross_checks(mapping)
     if problems:
-        raise MappingError([f"{_where(lines, path)}: {message}" for path, message in problems], where)
+        raise MappingError([f"{where_in(lines, path)}: {message}" for path, message in problems], where)
     return mapping
 
 
