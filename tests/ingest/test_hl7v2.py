@@ -354,3 +354,13 @@ def test_a_synthetic_trusts_hl7_feeds_are_accepted_whole(db: Database, framework
     with (tmp_path / "ground_truth.csv").open(encoding="utf-8") as handle:
         hospital_numbers = {line.split(",")[1] for line in handle if line.startswith("RXR,")}
     assert set(_contents(db, "Patient")) == hospital_numbers
+
+
+def test_a_file_is_read_in_blocks_whatever_its_line_endings(tmp_path: Path) -> None:
+    from sharedcare.ingest.hl7v2 import _segments
+
+    path = tmp_path / "mixed.hl7"
+    path.write_bytes(b"MSH|a\rPID|b\r\nPV1|c\nMSH|d\r\r\nPID|e")
+    for chunk in (1, 2, 3, 5, 1 << 20):  # block edges inside lines and between CR and LF
+        assert [line for line in _segments(path, chunk) if line.strip(b"\r\n")] == [
+            b"MSH|a\r", b"PID|b\r\n", b"PV1|c\n", b"MSH|d\r", b"PID|e"]

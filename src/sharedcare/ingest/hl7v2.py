@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 
 import hl7
@@ -48,7 +49,7 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
     Batch envelope segments (FHS, BHS, BTS, FTS) are not messages and are skipped."""
     number = 0
     lines: list[bytes] = []
-    for line in [*path.read_bytes().splitlines(keepends=True), b""]:
+    for line in chain(_segments(path), [b""]):
         body = line.rstrip(b"\r\n")
         if lines and (not body.strip() or body.startswith(b"MSH")):
             number += 1
@@ -56,6 +57,20 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
             lines = []
         if body.strip() and not body.startswith(_BATCH_ENVELOPE):
             lines.append(line)
+
+
+def _segments(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The file's lines ending in CR, LF or CRLF, read a megabyte at a time so any size streams."""
+    pending = b""
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            pending += block
+            lines = pending.splitlines(keepends=True)
+            # a line may continue in the next block (and a CR may be the first half of a CRLF)
+            pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+            yield from lines
+    if pending:
+        yield pending
 
 
 def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
