@@ -6,6 +6,8 @@ from __future__ import annotations
 from fhir.resources.R4B import get_fhir_model_class
 from tests.small_ics import OKAFOR_NHS, Ics
 
+from sharedcare.governance.framework import Framework
+
 SCT = "http://snomed.info/sct"
 
 
@@ -98,3 +100,29 @@ def test_everything_by_type_and_since(ics: Ics) -> None:
     future = ics.client.get(f"{base}?_since=2999-01-01", headers=headers).json()
     assert [r["resourceType"] for r in _entries(future)] == ["Patient"]
     assert ics.client.get(f"{base}?_count=5", headers=headers).status_code == 400
+
+
+def test_search_never_finds_a_person_through_what_a_read_would_refuse(ics: Ics, framework: Framework) -> None:
+    from sharedcare.governance.agreements import set_agreement
+    from sharedcare.governance.consent import set_choice
+
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    form = {"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000018"}  # Mrs Hughes, known only to P81002
+    assert _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("dr.patel")).json())
+    with db.session() as s:
+        set_agreement(s, framework, "P81002", "suspended", by="ig.morgan")
+    assert _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("dr.patel")).json()) == []
+    with db.session() as s:
+        set_agreement(s, framework, "P81002", "signed", by="ig.morgan")
+        set_choice(s, OKAFOR_NHS, by="patient", object_org="P81001")
+    okafor = {"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"}
+    assert _entries(ics.client.post("/fhir/Patient/_search", data=okafor, headers=ics.token("dr.patel")).json()) == []
+    assert _entries(ics.client.post("/fhir/Patient/_search", data=okafor, headers=ics.token("para.evans")).json())
+
+
+def test_administrative_staff_find_people_without_their_address(ics: Ics) -> None:
+    form = {"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000018"}  # Mrs Hughes, of another practice
+    (found,) = _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("dr.patel")).json())
+    assert "address" in found  # a GP sees addresses (demographics tier 3)
+    (found,) = _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("admin.taylor")).json())
+    assert found["birthDate"] == "1952-06-11" and "address" not in found  # tier 1: who, not where

@@ -93,3 +93,27 @@ def test_every_resource_of_a_synthetic_ics_has_a_category_and_sensitive_services
     assert found[("RYC", "Encounter")] == {"community", "sexual_health"}  # district nursing; the GUM clinic
     assert found[("RXR", "DocumentReference")] == {"hospital_detail"}
     assert found[("P81001", "MedicationStatement")] <= {"summary", "sexual_health"}  # the pill is sexual health
+
+
+def test_free_text_nested_anywhere_is_removed_at_tier_2_but_coded_text_stays() -> None:
+    plan = {"resourceType": "CarePlan", "id": "p", "status": "active", "intent": "plan",
+            "category": [{"text": "Hospital follow-up"}],
+            "activity": [{"detail": {"status": "scheduled", "description": "Neighbour says he drinks",
+                                     "code": {"text": "Review bloods"}}}],
+            "contained": [{"resourceType": "Condition", "id": "c", "text": {"status": "generated",
+                                                                           "div": "<div>private</div>"}}]}
+    report = {"resourceType": "DiagnosticReport", "id": "r", "status": "final", "code": {"text": "U+E"},
+              "conclusion": "Sample haemolysed; patient distressed", "presentedForm": [{"data": "c2VjcmV0"}]}
+    allergy = {"resourceType": "AllergyIntolerance", "id": "a", "patient": {"reference": "Patient/1"},
+               "reaction": [{"manifestation": [{"text": "Rash"}], "description": "Told me about her ex"}]}
+    shown = json.dumps([at_tier(plan, 2), at_tier(report, 2), at_tier(allergy, 2)])
+    for secret in ("Neighbour", "private", "haemolysed", "c2VjcmV0", "her ex"):
+        assert secret not in shown
+    for coded in ("Hospital follow-up", "Review bloods", "U+E", "Rash"):
+        assert coded in shown
+
+
+def test_a_coded_value_can_make_a_result_sensitive(framework: Framework) -> None:
+    hiv = {"resourceType": "Observation", "id": "o", "code": {"text": "Finding"},
+           "valueCodeableConcept": {"coding": [{"system": SCT, "code": "86406008"}]}}
+    assert classify(hiv, "gp", framework) == "sexual_health"

@@ -28,14 +28,14 @@ _TYPE_CATEGORY = {
 }
 _HOSPITAL_TYPES = {"DocumentReference", "Procedure", "CarePlan"}
 _CODED_FIELDS = ("code", "type", "serviceType", "category", "reasonCode", "medicationCodeableConcept",
-                 "vaccineCode")
+                 "vaccineCode", "valueCodeableConcept")
 
-# Free text and documents: tier 3 only. At tier 2 these are removed, leaving a coded summary: the
-# narrative and free-text elements of the resource itself, annotations (`note`) at any depth, and a
-# document's content. Coded text such as CodeableConcept.text and Dosage.text stays.
-_FREE_TEXT = {"text", "note", "comment", "description"}
+# Free text and documents: tier 3 only. At tier 2 they are removed at any depth, leaving a coded summary:
+# annotations (`note`), comments, descriptions (a CarePlan activity's too), a report's conclusion and
+# presented form, narratives (`text` holding a `div`, in contained resources too) and a document's
+# content. Coded text such as CodeableConcept.text and Dosage.text stays: it is what the code means.
+_FREE_TEXT = {"note", "comment", "description", "conclusion", "presentedForm"}
 _FREE_TEXT_BY_TYPE = {"DocumentReference": {"content"}}
-_ANNOTATIONS = {"note"}
 # Demographics: tier 1 is who the person is and how to reach them; tier 2 adds where they live and
 # their GP; tier 3 adds contacts such as next of kin.
 _DEMOGRAPHICS_TIER1 = {"resourceType", "id", "meta", "identifier", "name", "birthDate", "gender", "telecom"}
@@ -79,7 +79,8 @@ def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
         keep = _DEMOGRAPHICS_TIER1 if tier == 1 else _DEMOGRAPHICS_TIER2
         return {key: value for key, value in resource.items() if key in keep}
     drop = _FREE_TEXT | _FREE_TEXT_BY_TYPE.get(resource.get("resourceType", ""), set())
-    summary = {key: _without(value, _ANNOTATIONS) for key, value in resource.items() if key not in drop}
+    summary = {key: _without(value, _FREE_TEXT) for key, value in resource.items() if key not in drop}
+    summary.pop("text", None)  # the resource's own narrative
     if resource.get("resourceType") == "DocumentReference":
         # content is required (1..*): say that the document exists without what it says
         summary["content"] = [{"attachment": {"title": "Document not shown at your access level"}}]
@@ -87,9 +88,10 @@ def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
 
 
 def _without(node: Any, drop: set[str]) -> Any:
-    """Remove the named elements at any depth (annotations inside a CarePlan activity, say)."""
+    """Remove the named elements, and narratives (a `text` holding a `div`), at any depth."""
     if isinstance(node, dict):
-        return {key: _without(value, drop) for key, value in node.items() if key not in drop}
+        return {key: _without(value, drop) for key, value in node.items()
+                if key not in drop and not (key == "text" and isinstance(value, dict) and "div" in value)}
     if isinstance(node, list):
         return [_without(item, drop) for item in node]
     return node

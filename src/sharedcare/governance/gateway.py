@@ -297,23 +297,56 @@ class GovernedRecords:
                 stmt = stmt.where(PatientRecord.postcode == " ".join(postcode.upper().split()))
         else:
             raise InvalidRequest("search by NHS number, or by family name and date of birth")
-        by_person: dict[str, list[PatientRecord]] = {}
-        for record in self.session.scalars(stmt.limit(200)):
-            by_person.setdefault(record.person_id, []).append(record)
-        matches = [self._match(pid, recs) for pid, recs in by_person.items()]
+        wanted = _Criteria(nhs_number, family, given, birth_date, postcode)
+        candidates = sorted({r.person_id for r in self.session.scalars(stmt.limit(200))})
+        matches = [m for m in (self._visible_match(pid, wanted) for pid in candidates) if m is not None]
         for match in matches:
             self._audit(AuditAction.PATIENT_SEARCH, "permit", match.person_id, detail={"query": query_b64})
         if not matches:
             self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
 
-    @staticmethod
-    def _match(person_id: str, records: list[PatientRecord]) -> PatientMatch:
-        best = max(records, key=lambda r: (r.nhs_number is not None, r.updated_at))
+    def _visible_match(self, person_id: str, wanted: _Criteria) -> PatientMatch | None:
+        """The person as this actor may find them: only from source records a read would also use
+        (agreement in force, not objected to), never if they objected to the actor's organisation, and
+        with their postcode only where the role sees addresses (demographics tier 2)."""
+        records = list(self.session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id)))
+        choices = choices_for(self.session, [r.nhs_number for r in records if r.nhs_number])
+        own = self.actor.organisation
+        if own in choices.object_orgs:
+            return None
+        today = self.now.date()
+        visible = [r for r in records
+                   if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)
+                   and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs]
+        if not any(wanted.matches(r) for r in visible):
+            return None
+        best = max(visible, key=lambda r: (r.nhs_number is not None, r.updated_at))
+        role = self.actor.role
+        sees_address = role is not None and (role.tier("demographics") >= 2 or best.source_org == own)
         return PatientMatch(person_id=person_id, name=f"{(best.family or '').upper()}, {best.given or ''}",
                             birth_date=best.birth_date, gender=best.gender,
-                            nhs_number=next((r.nhs_number for r in records if r.nhs_number), None),
-                            postcode=best.postcode, sources=len(records))
+                            nhs_number=next((r.nhs_number for r in visible if r.nhs_number), None),
+                            postcode=best.postcode if sees_address else None, sources=len(visible))
+
+
+@dataclass(frozen=True)
+class _Criteria:
+    """A patient search, checked again against each source record a person's match may be built from."""
+
+    nhs_number: str | None
+    family: str | None
+    given: str | None
+    birth_date: date | None
+    postcode: str | None
+
+    def matches(self, record: PatientRecord) -> bool:
+        if self.nhs_number:
+            return record.nhs_number == self.nhs_number
+        return ((record.family or "").lower() == (self.family or "").strip().lower()
+                and record.birth_date == self.birth_date
+                and (not self.given or (record.given or "").lower().startswith(self.given.strip().lower()))
+                and (not self.postcode or record.postcode == " ".join(self.postcode.upper().split())))
 
 
 def combined_patient(person_id: str, patients: list[ServedResource], gp_orgs: set[str]) -> dict[str, Any] | None:
