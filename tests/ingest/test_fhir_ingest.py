@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from tests.builders import bundle, condition, medication, patient, write_ndjson
 
@@ -148,3 +149,27 @@ def test_a_resource_for_a_patient_the_source_never_sent_is_refused(
     report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "o.ndjson", [orphan])])
     assert report.quarantined == 1
     assert "has not sent" in report.quarantine[0]["reason"]
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('{"resourceType": "Bundle", "type": "collection", "entry": [1]}', "entry has no resource"),
+    ('{"resourceType": "Bundle", "type": "collection", "entry": {"a": 1}}', "must be a list"),
+    ('{"resourceType": "Bundle", "type": "collection", "meta": "x", "entry": [{"resource": {}}]}',
+     "entry has no resource"),
+    ('{"resourceType": "Bundle", "n": ' + "9" * 5000 + "}", "invalid JSON"),
+    ('{"resourceType": "Bundle", "x": ' + "[" * 100000 + "]" * 100000 + "}", "maximum recursion depth"),
+])
+def test_any_malformed_message_is_quarantined_and_the_feed_goes_on(db: Database, framework: Framework,
+                                                                   tmp_path: Path, line: str, expected: str) -> None:
+    path = write_ndjson(tmp_path / "P81001" / "gp.ndjson", [line, _gp_bundle()])  # the folder names the source
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.quarantined, report.accepted) == (1, 3)
+    assert expected in report.quarantine[0]["reason"] and report.quarantine[0]["location"] == "line 1"
+
+
+def test_a_resource_sent_twice_in_one_bundle_is_refused_by_name(db: Database, framework: Framework,
+                                                                tmp_path: Path) -> None:
+    twice = _gp_bundle()
+    twice["entry"].append(dict(twice["entry"][1]))
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [twice])])
+    assert report.quarantined == 1 and "sent twice" in report.quarantine[0]["reason"]

@@ -364,3 +364,10 @@ def test_a_file_is_read_in_blocks_whatever_its_line_endings(tmp_path: Path) -> N
     for chunk in (1, 2, 3, 5, 1 << 20):  # block edges inside lines and between CR and LF
         assert [line for line in _segments(path, chunk) if line.strip(b"\r\n")] == [
             b"MSH|a\r", b"PID|b\r\n", b"PV1|c\n", b"MSH|d\r", b"PID|e"]
+
+
+def test_a_header_the_parser_chokes_on_is_held_and_the_file_goes_on(db: Database, framework: Framework,
+                                                                      tmp_path: Path) -> None:
+    broken = admission("BAD1").replace("MSH|^~\\&|", "MSH|^^~\\&|", 1)
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [broken, admission()])])
+    assert report.quarantined == 1 and report.accepted > 0

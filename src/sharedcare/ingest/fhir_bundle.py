@@ -51,6 +51,8 @@ def _parse_json(raw: RawMessage) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw.where) from exc
+    except (ValueError, RecursionError) as exc:  # numbers too long to convert, nesting too deep
+        raise MessageError(f"invalid JSON: {str(exc)[:120]}", raw.where) from exc
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise MessageError("not a FHIR resource: a JSON object with resourceType is required", raw.where)
     return data
@@ -58,7 +60,8 @@ def _parse_json(raw: RawMessage) -> dict[str, Any]:
 
 def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
     """Which organisation and system sent this: --source, else meta.source, else the folder it sits in."""
-    declared = parse_meta_source((data.get("meta") or {}).get("source"))
+    meta = data.get("meta")
+    declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
     org = override or (declared[0] if declared else None)
     if org is None:
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)
@@ -126,7 +129,10 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
         if data.get("type") not in BUNDLE_TYPES:
             raise MessageError(f"Bundle.type '{data.get('type')}' cannot be ingested "
                                f"(expected one of {', '.join(sorted(BUNDLE_TYPES))})", raw.where)
-        entries = [(e.get("fullUrl"), e.get("resource")) for e in data.get("entry") or []]
+        listed = data.get("entry") or []
+        if not isinstance(listed, list):
+            raise MessageError("Bundle.entry must be a list of entries", raw.where)
+        entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
         message_time = _timestamp(data.get("timestamp"), received)
         message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
         label = "entry[{}]"
@@ -151,6 +157,9 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
         if problems:
             raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
                                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
+        if any(res["resourceType"] == resource["resourceType"] and str(res["id"]) == str(resource["id"])
+               for _, _, res in kept):
+            raise MessageError(f"{resource['resourceType']}/{resource['id']} is sent twice in this message", where)
         kept.append((index, full_url, resource))
     refs = _References(org, [(url, res) for _, url, res in kept])
     for index, _, resource in kept:

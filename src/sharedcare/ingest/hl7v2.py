@@ -79,7 +79,7 @@ def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
     if first.startswith("MSH"):
         try:
             control_id = str(hl7.parse(first).segment("MSH")[10]).strip()
-        except (hl7.ParseException, IndexError, ValueError):
+        except (hl7.ParseException, IndexError, ValueError, AssertionError):
             control_id = ""
     location = f"message {number} (MSH-10 {control_id})" if control_id else f"message {number}"
     return RawMessage(str(path), location, payload, "hl7v2")
@@ -89,7 +89,7 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
     """Segments in order, labelled; Z-segments (local extensions) are left out."""
     try:
         message = hl7.parse("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
-    except (hl7.ParseException, IndexError, ValueError) as exc:
+    except (hl7.ParseException, IndexError, ValueError, AssertionError) as exc:
         raise MessageError(f"not an HL7 v2 message: {exc}", raw.where) from exc
     if str(message[0][0]) != "MSH":
         raise MessageError(f"not an HL7 v2 message: it starts with {message[0][0]}, not MSH", raw.where)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -29,6 +31,8 @@ from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine, Resource
+
+log = logging.getLogger("sharedcare.ingest")
 
 FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.
@@ -133,10 +137,7 @@ class Pipeline:
                        agreements: dict[str, Agreement]) -> None:
         report.messages += 1
         try:
-            staged = adapter.stage(raw, self.framework, source)
-            self._check_agreement(staged, raw, agreements)
-            with self.db.session() as session:
-                accepted, unchanged, stale = self._store(session, staged, raw)
+            staged, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements)
         except MessageError as exc:
             self._quarantine(raw, source, exc, report)
             return
@@ -160,11 +161,8 @@ class Pipeline:
         report = IngestReport(files=0)
         report.messages += 1
         try:
-            staged = adapter.stage(raw, self.framework, source or held.source_org)
-            self._check_agreement(staged, raw, agreements)
-            with self.db.session() as session:
-                accepted, unchanged, stale = self._store(session, staged, raw)
-                session.get_one(Quarantine, quarantine_id).status = "replayed"
+            _, (accepted, unchanged, stale) = self._accept(adapter, raw, source or held.source_org, agreements,
+                                                           replaying=quarantine_id)
         except MessageError as exc:
             with self.db.session() as session:
                 session.get_one(Quarantine, quarantine_id).reason = str(exc)
@@ -174,6 +172,27 @@ class Pipeline:
             return report
         report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
         return report
+
+    def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None, agreements: dict[str, Agreement],
+                replaying: int | None = None) -> tuple[StagedMessage, tuple[int, int, int]]:
+        """Stage and store one message in one transaction, or raise MessageError.
+
+        Input so malformed that an adapter or the store fails in a way nobody foresaw is still the
+        message's fault, not the feed's: it becomes a MessageError (quarantined, logged with its traceback)
+        so the rest of the file and the feed go on. A database that is down is not: that stops the run."""
+        try:
+            staged = adapter.stage(raw, self.framework, source)
+            self._check_agreement(staged, raw, agreements)
+            with self.db.session() as session:
+                counts = self._store(session, staged, raw)
+                if replaying is not None:
+                    session.get_one(Quarantine, replaying).status = "replayed"
+            return staged, counts
+        except (MessageError, OperationalError, InterfaceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
+            log.exception("unexpected failure on %s", raw.where)
+            raise MessageError(f"could not be read ({type(exc).__name__}: {str(exc)[:200]})", raw.where) from exc
 
     @staticmethod
     def _check_agreement(staged: StagedMessage, raw: RawMessage, agreements: dict[str, Agreement]) -> None:
