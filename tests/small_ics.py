@@ -58,7 +58,10 @@ def _feeds(tmp: Path) -> list[Path]:
         patient("RYC-9", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
         {"resourceType": "CarePlan", "id": "ryc-cp1", "status": "active", "intent": "plan",
          "subject": {"reference": "Patient/RYC-9"}, "title": "District nursing",
-         "activity": [{"detail": {"status": "in-progress", "description": "Visits on Tuesdays"}}]},
+         "activity": [{"detail": {"status": "in-progress", "description": "Visits on Tuesdays",
+                                  "code": {"text": "District nurse visit"},
+                                  "scheduledTiming": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk",
+                                                                 "dayOfWeek": ["tue"]}}}}]},
     ])
     mental = bundle("RXM", "rio", [
         patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),

@@ -126,3 +126,10 @@ def test_administrative_staff_find_people_without_their_address(ics: Ics) -> Non
     assert "address" in found  # a GP sees addresses (demographics tier 3)
     (found,) = _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("admin.taylor")).json())
     assert found["birthDate"] == "1952-06-11" and "address" not in found  # tier 1: who, not where
+
+
+def test_an_unsupported_modifier_is_refused_not_ignored(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    for param in ("status:not=entered-in-error", "code:text=diabetes", "_include:iterate=Condition:patient"):
+        response = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&{param}", headers=headers)
+        assert response.status_code == 400 and "modifier" in response.json()["issue"][0]["diagnostics"]

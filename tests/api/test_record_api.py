@@ -120,8 +120,11 @@ def test_reading_one_resource_goes_through_the_same_rules(ics: Ics) -> None:
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
     condition = bundle["entry"][0]["resource"]
     assert ics.client.get(f"/fhir/Condition/{condition['id']}", headers=headers).json()["id"] == condition["id"]
-    other = ics.token("nurse.lee")  # no basis for this patient
-    assert ics.client.get(f"/fhir/Condition/{condition['id']}", headers=other).status_code == 403
+    other = ics.token("nurse.lee")  # no basis for this patient: refused looks the same as missing
+    refused = ics.client.get(f"/fhir/Condition/{condition['id']}", headers=other)
+    missing = ics.client.get("/fhir/Condition/00000000-0000-0000-0000-000000000000", headers=other)
+    assert refused.status_code == missing.status_code == 404
+    assert refused.json()["issue"][0]["diagnostics"].split(" ")[:2] == ["no", "Condition"]
 
 
 def test_admin_staff_see_demographics_only(ics: Ics) -> None:
@@ -145,3 +148,23 @@ def test_a_suspended_organisation_disappears_and_its_users_are_locked_out(ics: I
     hospital = ics.token("dr.oconnor")
     assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"},
                            headers=hospital).status_code == 403
+
+
+def test_a_token_scoped_to_one_type_receives_only_that_type(ics: Ics, framework: Framework) -> None:
+    from sharedcare.api.auth import mint_token
+    from sharedcare.config import load_settings
+
+    ics.open_record("dr.patel")
+    narrow = {"Authorization": f"Bearer {mint_token(load_settings(), framework, 'dr.patel', 'user/Condition.read')}"}
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=narrow).json()
+    assert {e["resource"]["resourceType"] for e in bundle["entry"]} == {"Condition"}
+    assert ics.client.post("/fhir/Patient/_search", data={"family": "Okafor", "birthdate": "1945-03-02"},
+                           headers=narrow).status_code == 403
+    nothing = {"Authorization": f"Bearer {mint_token(load_settings(), framework, 'dr.patel', 'openid')}"}
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nothing).json()["entry"] == []
+
+
+def test_a_request_id_that_is_not_an_id_is_replaced(ics: Ics) -> None:
+    response = ics.client.get("/fhir/metadata", headers={"X-Request-ID": "x" * 500 + "\r\nforged"})
+    assert len(response.headers["x-request-id"]) == 36
+    assert ics.client.get("/fhir/metadata", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"

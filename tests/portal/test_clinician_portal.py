@@ -56,7 +56,8 @@ def test_a_paramedic_finds_a_patient_by_name_and_date_of_birth_and_opens_the_rec
     assert opened.status_code == 200
     page = opened.text
     assert "Metformin 500mg tablets" in page and "Riverside Medical Centre" in page
-    assert "Visits on Tuesdays" in page and "Riverside Community Healthcare NHS Trust" in page
+    assert "District nurse visit, every week on Tuesday" in page  # community is tier 2 for paramedics: coded
+    assert "Visits on Tuesdays" not in page and "Riverside Community Healthcare NHS Trust" in page
     assert "Discharged after a fall" in page and "Riverside University Hospitals NHS Trust" in page
     assert "Ada Okafor (Daughter)" in page
     assert "Some information is not shown" in page

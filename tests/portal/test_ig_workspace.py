@@ -143,3 +143,8 @@ def test_a_patients_choices_are_looked_up_by_a_posted_nhs_number_and_the_look_up
     with _db(ics).session() as s:
         (view,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:view")).all()
     assert (view.username, view.patient_id) == ("ig.morgan", ics.okafor)
+
+
+def test_the_choices_lookup_page_is_refused_to_a_gp(ics: Ics) -> None:
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
+    assert ics.client.get("/ig/choices").status_code == 403

@@ -8,6 +8,7 @@ every error becomes an OperationOutcome (API) or a plain page (portal) without i
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +29,7 @@ from sharedcare.portal import routes as clinician
 from sharedcare.store.database import Database
 
 log = logging.getLogger("sharedcare.api")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 STATIC_PREFIXES = ("/static/", "/assets/")
 
 
@@ -47,7 +49,9 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
 
     @app.middleware("http")
     async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        offered = request.headers.get("x-request-id", "")
+        # A caller's id is kept only if it looks like one: it goes into audit events and responses.
+        request.state.request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
         response = await call_next(request)
         static = request.url.path.startswith(STATIC_PREFIXES) and response.status_code == 200
         response.headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"

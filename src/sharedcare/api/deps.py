@@ -8,6 +8,7 @@ request the browser makes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -56,10 +57,28 @@ def bearer_or_cookie(request: Request) -> str:
 
 def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settings)],
               fw: Annotated[Framework, Depends(get_framework)]) -> Actor:
-    subject = str(read_token(settings, bearer_or_cookie(request))["sub"])
+    claims = read_token(settings, bearer_or_cookie(request))
+    request.state.scopes = str(claims.get("scope", ""))
+    subject = str(claims["sub"])
     if subject.startswith(CITIZEN_PREFIX):
         return citizen_actor(fw, subject.removeprefix(CITIZEN_PREFIX))
     return actor_for(fw, subject)
+
+
+_SCOPE = re.compile(r"^(user|patient|system)/(\*|[A-Z][A-Za-z]+)\.(read|\*|r|rs|s)$")
+
+
+def scoped_types(scopes: str) -> frozenset[str] | None:
+    """The resource types SMART scopes allow reading: None for a wildcard (`user/*.read`), else the named
+    types; a token with no read scope may read nothing."""
+    types: set[str] = set()
+    for scope in scopes.split():
+        found = _SCOPE.match(scope)
+        if found:
+            if found.group(2) == "*":
+                return None
+            types.add(found.group(2))
+    return frozenset(types)
 
 
 def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
@@ -67,7 +86,8 @@ def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
                 db: Annotated[Database, Depends(get_database)]) -> Iterator[GovernedRecords]:
     with db.session() as session:
         yield GovernedRecords(session, fw, actor, purpose="direct-care", request_id=request.state.request_id,
-                              source_address=_source_address(request))
+                              source_address=_source_address(request),
+                              resource_types=scoped_types(getattr(request.state, "scopes", "")))
 
 
 def get_citizen(request: Request, actor: Annotated[Actor, Depends(get_actor)],

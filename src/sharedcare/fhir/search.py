@@ -128,7 +128,10 @@ class ClinicalQuery:
         for name, _ in params:
             if name in REFUSED:
                 raise SearchError(f"{name}: {REFUSED[name]}")
-            if name.split(":")[0] not in SEARCH_PARAMS:
+            if ":" in name:
+                raise SearchError(f"search modifier '{name}' is not supported: a modifier ignored could "
+                                  "return the opposite of what was asked")
+            if name not in SEARCH_PARAMS:
                 raise SearchError(f"search parameter '{name}' is not supported on {resource_type} "
                                   f"(supported: {', '.join(sorted(SEARCH_PARAMS))})")
         values: dict[str, list[str]] = {}

@@ -116,7 +116,11 @@ class GovernedRecords:
     """Reads of patient data on behalf of one actor, for one purpose, in one request."""
 
     def __init__(self, session: Session, fw: Framework, actor: Actor, purpose: str = "direct-care",
-                 request_id: str | None = None, source_address: str | None = None) -> None:
+                 request_id: str | None = None, source_address: str | None = None,
+                 resource_types: frozenset[str] | None = None) -> None:
+        """`resource_types`: what the caller's token scopes allow (None: every type). The decision point
+        still decides; scopes only narrow what a client asked to receive."""
+        self.resource_types = resource_types
         self.session = session
         self.fw = fw
         self.actor = actor
@@ -232,7 +236,8 @@ class GovernedRecords:
             raise self._refuse(action, person_id, decision)
         rows = {id(item): row for item, row in pairs}
         served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
-                  for rel in decision.released]
+                  for rel in decision.released
+                  if self.resource_types is None or rel.item.resource_type in self.resource_types]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
         patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
         clinical = [s for s in served if s.resource_type != "Patient"]
@@ -246,12 +251,18 @@ class GovernedRecords:
                           sources=sorted({s.source_org for s in served}))
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """One resource by its server id, if the decision for its patient releases it (audited)."""
+        """One resource by its server id, if the decision for its patient releases it (audited).
+
+        Refused and missing look the same (404), so ids cannot be probed for what exists (TRUST AC3);
+        the refusal is still audited."""
         row = self.session.get(Resource, resource_id)
         if row is None or row.resource_type != resource_type or row.patient_record_id is None:
             raise NotFound(f"no {resource_type} {resource_id}")
         person_id = self.session.get_one(PatientRecord, row.patient_record_id).person_id
-        view = self.everything(person_id)
+        try:
+            view = self.everything(person_id)
+        except AccessDenied as exc:
+            raise NotFound(f"no {resource_type} {resource_id}") from exc
         for served in view.resources:
             if served.content["id"] == resource_id:
                 return served.content
@@ -278,6 +289,8 @@ class GovernedRecords:
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
         denied = check_request(self._request("", None, []), self.fw, require_basis=False)
+        if denied is None and self.resource_types is not None and "Patient" not in self.resource_types:
+            denied = Decision("deny", "deny-scope", "the access token's scopes do not include Patient")
         if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:
             denied = Decision("deny", "deny-tier", "your role may not look up patients")
         if denied is not None:

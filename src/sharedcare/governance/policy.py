@@ -96,7 +96,6 @@ class Decision:
     released: list[Released] = field(default_factory=list)
     withheld: Counter[str] = field(default_factory=Counter)
     headlines: set[Headline] = field(default_factory=set)
-    flag_review: bool = False
 
     @property
     def permitted(self) -> bool:
@@ -163,7 +162,6 @@ def decide(req: Request, items: list[Item], fw: Framework) -> Decision:
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
     decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}")
-    decision.flag_review = req.basis is not None and req.basis.basis == "emergency"
     for item in items:
         why = _withhold_reason(item, req, fw)
         if why is not None:

@@ -56,7 +56,8 @@ class IgWorkspace:
         self._require("governance:audit:search")
         entries = access_log.search(self.session, **criteria)  # type: ignore[arg-type]
         record_audit(self.session, AuditRecord(
-            AuditAction.AUDIT_SEARCH, "permit", self.actor.username, role="ig_officer",
+            AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
+            role=self.actor.role.name if self.actor.role else None,
             organisation=self.actor.organisation or None, purpose="governance",
             detail={k: str(v) for k, v in criteria.items() if v}))
         return entries
@@ -68,6 +69,10 @@ class IgWorkspace:
     def set_agreement(self, org: str, status: AgreementStatus) -> Agreement:
         self._require("governance:agreement:set")
         return set_agreement(self.session, self.fw, org, status, by=self.actor.username)
+
+    def check(self, permission: str) -> None:
+        """Refuse (audited) unless the role has this permission: for pages that show a form before any data."""
+        self._require(permission)
 
     def choices(self, nhs_number: str) -> Choices:
         """A patient's recorded choices; the look-up is audited (a patient's choices are about them)."""

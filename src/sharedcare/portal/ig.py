@@ -152,6 +152,7 @@ def change_agreement(org: str, ig: IgDep,
 
 @router.get("/choices", response_class=HTMLResponse)
 def choices_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
+    ig.check("governance:preference:view")
     return render(request, "ig/choices.html", account=pages.account(ig.actor, fw), result=None, error=None,
                   nhs_number="")
 

@@ -126,12 +126,26 @@ def detail(resource: dict[str, Any]) -> str:
         reactions = [concept_text(m) for r in resource.get("reaction", []) for m in r.get("manifestation", [])]
         return ", ".join(r for r in reactions if r)
     if rtype == "CarePlan":
-        acts = [a.get("detail", {}).get("description") or concept_text(a.get("detail", {}).get("code"))
-                for a in resource.get("activity", [])]
+        acts = [_activity(a.get("detail") or {}) for a in resource.get("activity", [])]
         return "; ".join(a for a in acts if a) or str(resource.get("title", ""))
     if rtype == "Encounter":
         return concept_text((resource.get("class") or {}) and {"text": resource["class"].get("display")}) or ""
     return ""
+
+
+WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
+            "sat": "Saturday", "sun": "Sunday"}
+
+
+def _activity(detail: dict[str, Any]) -> str:
+    """A care plan activity in words: its description where the role sees free text, else what its codes
+    and schedule say (a coded summary still tells a paramedic the district nurse comes on Tuesdays)."""
+    if detail.get("description"):
+        return str(detail["description"])
+    what = concept_text(detail.get("code"))
+    days = ((detail.get("scheduledTiming") or {}).get("repeat") or {}).get("dayOfWeek") or []
+    when = " and ".join(WEEKDAYS.get(str(d), str(d)) for d in days)
+    return f"{what}, every week on {when}" if what and when else what
 
 
 def document_text(resource: dict[str, Any]) -> str:
