@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from sharedcare.store.models import SignInCode
@@ -56,16 +57,26 @@ class Redeemed:
 
 
 def redeem(session: Session, challenge: str, code: str, now: datetime) -> Redeemed:
+    """Check a code. Each try is counted by one atomic UPDATE before the code is compared, so guesses sent
+    in parallel cannot get more than MAX_ATTEMPTS between them; a code is used once, also atomically."""
     row = session.get(SignInCode, challenge) if challenge else None
     if row is None:
         return Redeemed(None, False, "no-such-challenge")
-    problem = ("already-used" if row.used_at is not None else "expired" if now >= row.expires_at
-               else "too-many-attempts" if row.attempts >= MAX_ATTEMPTS else None)
-    if problem:
-        return Redeemed(row.person_id, False, problem)
+    person_id = row.person_id
+    if row.used_at is not None:
+        return Redeemed(person_id, False, "already-used")
+    if now >= row.expires_at:
+        return Redeemed(person_id, False, "expired")
+    counted = session.execute(update(SignInCode).where(
+        SignInCode.id == challenge, SignInCode.attempts < MAX_ATTEMPTS, SignInCode.used_at.is_(None),
+    ).values(attempts=SignInCode.attempts + 1))
+    if counted.rowcount != 1:  # type: ignore[attr-defined]
+        return Redeemed(person_id, False, "too-many-attempts")
     salt, expected = row.code_hash.split("$", 1)
     if not hmac.compare_digest(_hash(code.strip(), bytes.fromhex(salt)), expected):
-        row.attempts += 1
-        return Redeemed(row.person_id, False, "wrong-code")
-    row.used_at = now
-    return Redeemed(row.person_id, True, "ok")
+        return Redeemed(person_id, False, "wrong-code")
+    used = session.execute(update(SignInCode).where(SignInCode.id == challenge, SignInCode.used_at.is_(None))
+                           .values(used_at=now))
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        return Redeemed(person_id, False, "already-used")
+    return Redeemed(person_id, True, "ok")

@@ -84,6 +84,9 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
 def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
                code: Annotated[str, Form()] = "") -> Response:
     """Step two: the code. A wrong, expired or reused code gets one message, whichever it was."""
+    if not settings.demo:
+        return _sign_in_page(request, 403, "This service signs patients in with NHS login; the code sign-in is "
+                                           "only for the demo.")
     person_id = sign_in.finish(request.cookies.get(CHALLENGE_COOKIE, ""), code)
     if person_id is None:
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
