@@ -1,0 +1,1 @@
+"""Ingest: every source format in, UK Core FHIR out, through one pipeline."""
