@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from tests.portal_client import PortalClient
 
 from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
@@ -58,5 +59,5 @@ def framework() -> Framework:
 @pytest.fixture
 def client(db: Database, framework: Framework) -> Iterator[TestClient]:
     settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True)
-    with TestClient(create_app(settings, framework=framework, database=db)) as test_client:
+    with PortalClient(create_app(settings, framework=framework, database=db)) as test_client:
         yield test_client

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.portal_client import PortalClient
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.app import create_app
@@ -202,6 +203,6 @@ def test_a_clinicians_session_is_not_a_patients(ics: Ics) -> None:
 def test_outside_demo_mode_patients_are_sent_to_nhs_login(ics: Ics, db: Database) -> None:
     settings = replace(load_settings(), database_url=str(db.url), demo=False, secret="s" * 40)
     app = create_app(settings, framework=ics.client.app.state.framework, database=db)  # type: ignore[attr-defined]
-    with TestClient(app) as live:
+    with PortalClient(app) as live:
         page = live.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, **BORN})
     assert page.status_code == 403 and "NHS login" in page.text and 'id="demo-code"' not in page.text

@@ -24,7 +24,7 @@ from sharedcare.config import Settings, load_settings
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
-from sharedcare.portal import citizen, ig, pages
+from sharedcare.portal import citizen, csrf, ig, pages
 from sharedcare.portal import routes as clinician
 from sharedcare.store.database import Database
 
@@ -71,6 +71,12 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         response = operation_outcome(401, "login", exc.message, _request_id(request))
         response.headers["WWW-Authenticate"] = 'Bearer realm="sharedcare"'
         return response
+
+    @app.exception_handler(csrf.CsrfRefused)
+    async def forged(request: Request, exc: csrf.CsrfRefused) -> Response:
+        return pages.error_page(request, 403, "This form could not be accepted: it was not sent from a page of "
+                                              "this service, or the page is out of date. Go back, reload the "
+                                              "page and try again.", heading="This form could not be sent")
 
     @app.exception_handler(AccessDenied)
     async def forbidden(request: Request, exc: AccessDenied) -> Response:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token
@@ -23,11 +23,11 @@ from sharedcare.governance import explain
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import CODE_MINUTES
 from sharedcare.identity.nhs_number import is_valid, normalise
-from sharedcare.portal import pages, present
+from sharedcare.portal import csrf, pages, present
 from sharedcare.portal.pages import render
 
 log = logging.getLogger("sharedcare.citizen")
-router = APIRouter(prefix="/patient")
+router = APIRouter(prefix="/patient", dependencies=[Depends(csrf.check)])
 
 CHALLENGE_COOKIE = "sc_challenge"
 SIGNED_IN = {"name": "Signed in", "detail": ""}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.deps import FrameworkDep, IgDep
@@ -21,11 +21,11 @@ from sharedcare.governance.access_log import details
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
-from sharedcare.portal import pages
+from sharedcare.portal import csrf, pages
 from sharedcare.portal.pages import render
 from sharedcare.portal.present import KIND_LABELS
 
-router = APIRouter(prefix="/ig")
+router = APIRouter(prefix="/ig", dependencies=[Depends(csrf.check)])
 
 KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "unusual-volume": "Unusual volume", "no-relationship": "No care relationship"}

@@ -14,11 +14,14 @@ from zoneinfo import ZoneInfo
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from markupsafe import Markup
 
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.config import Settings
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
+from sharedcare.portal import csrf
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -34,6 +37,15 @@ def uk_time(moment: datetime) -> str:
 
 
 templates.env.filters["uk_time"] = uk_time
+
+
+@pass_context
+def csrf_field(context: Any) -> Markup:
+    """The hidden field every portal form carries (see portal.csrf): `{{ csrf_field() }}` inside the form."""
+    return Markup('<input type="hidden" name="{}" value="{}">').format(csrf.CSRF_FIELD, context.get("csrf_token", ""))
+
+
+templates.env.globals["csrf_field"] = csrf_field
 
 # Pages load only this server's own styles, scripts, images and fonts: no inline script, no third party
 # (the NHS font host included: see static/nhsuk/README.md), no framing, forms post only here.
@@ -84,13 +96,15 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
     context.setdefault("portal", portal_for(request.url.path))
     context.setdefault("account", None)
     context.setdefault("current", request.url.path)
+    context["csrf_token"] = csrf.token_for(request.app.state.settings, csrf.nonce_of(request))
     response = templates.TemplateResponse(request, name, context, status_code=status)
+    csrf.remember(request, response)
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
 
 
-def error_page(request: Request, status: int, message: str) -> HTMLResponse:
-    return render(request, "error.html", status=status, message=message, code=status)
+def error_page(request: Request, status: int, message: str, heading: str = "") -> HTMLResponse:
+    return render(request, "error.html", status=status, message=message, code=status, heading=heading)
 
 
 def staff_sign_in(request: Request, status: int = 200, error: str | None = None, target: str = "/search",
@@ -114,13 +128,15 @@ def start_session(request: Request, settings: Settings, token: str, target: str)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", max_age=settings.token_minutes * 60)
+    csrf.remember(request, response, csrf.new_nonce())  # a new session, a new form token
     return response
 
 
 def end_session(target: str) -> Response:
-    """Sign out: the cookie goes, and the browser is told to forget everything this site stored."""
+    """Sign out: the cookies go, and the browser is told to forget everything this site stored."""
     response = RedirectResponse(target, status_code=303)
     response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(csrf.CSRF_COOKIE)
     response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
     return response
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_token
@@ -28,10 +28,10 @@ from sharedcare.governance.audit import record_sign_in
 from sharedcare.governance.gateway import InvalidRequest
 from sharedcare.governance.policy import Actor
 from sharedcare.identity.nhs_number import is_valid, normalise
-from sharedcare.portal import pages, present
+from sharedcare.portal import csrf, pages, present
 from sharedcare.portal.pages import render
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(csrf.check)])
 
 BASIS_CHOICES = [
     ("explicit-consent", "Explicit consent", "The patient is here and agrees to me viewing their record."),
