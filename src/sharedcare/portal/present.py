@@ -127,7 +127,7 @@ def detail(resource: dict[str, Any]) -> str:
         return ", ".join(r for r in reactions if r)
     if rtype == "CarePlan":
         acts = [_activity(a.get("detail") or {}) for a in resource.get("activity", [])]
-        return "; ".join(a for a in acts if a) or str(resource.get("title", ""))
+        return "; ".join(a for a in acts if a) or str(resource.get("description") or resource.get("title") or "")
     if rtype == "Encounter":
         return concept_text((resource.get("class") or {}) and {"text": resource["class"].get("display")}) or ""
     return ""
