@@ -78,7 +78,9 @@ def capability_statement() -> JSONResponse:
         "operation": [{"name": "everything",
                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
     }]
-    resources += [{"type": t, "interaction": interactions, "searchInclude": [f"{t}:patient"],
+    clinical_interactions = interactions + [{"code": "vread"}, {"code": "history-instance"}]
+    resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
+                   "versioning": "versioned", "readHistory": True,
                    "searchParam": clinical_params} for t in CLINICAL_TYPES]
     return fhir_response({
         "resourceType": "CapabilityStatement",

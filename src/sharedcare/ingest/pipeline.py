@@ -30,7 +30,7 @@ from sharedcare.identity.mpi import link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Quarantine, Resource
+from sharedcare.store.models import PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
 
@@ -222,9 +222,11 @@ class Pipeline:
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
                     row.recorded_at, row.message_id = item.recorded_at, staged.message_id
+                item.outcome = "unchanged"
                 unchanged += 1
                 continue
             if row is not None and item.recorded_at < row.recorded_at:
+                item.outcome = "stale"
                 stale += 1
                 continue
             version = row.version + 1 if row else 1
@@ -241,6 +243,10 @@ class Pipeline:
                 row.version, row.content, row.content_hash = version, content, digest
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
+            session.add(ResourceVersion(resource_id=item.server_id, version=version, content=content,
+                                        source_system=staged.source_system, recorded_at=item.recorded_at,
+                                        received_at=received, message_id=staged.message_id))
+            item.outcome = "created" if row is None else "updated"
             accepted += 1
         for retired, surviving in staged.merges:
             try:
