@@ -34,7 +34,7 @@ from sharedcare.store.models import PatientRecord, Quarantine, Resource, Resourc
 
 log = logging.getLogger("sharedcare.ingest")
 
-FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
+FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".xml": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.
 ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_bundle.stage_fhir),
                                 "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7),
@@ -117,7 +117,7 @@ class Pipeline:
             adapter = ADAPTERS.get(file_format or "")
             if adapter is None:
                 why = (f"format '{file_format}' is not ingested yet" if file_format
-                       else "unknown format: name it .json, .ndjson, .hl7 or .csv, or pass --format")
+                       else "unknown format: name it .json, .ndjson, .xml, .hl7 or .csv, or pass --format")
                 report.skipped_files.append({"file": str(path), "reason": why})
                 if progress and path.is_file():
                     progress(path.stat().st_size)
