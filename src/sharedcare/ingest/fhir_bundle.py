@@ -41,12 +41,12 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     yield from messages_of(RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"), "fhir"),
-                                           _parse)
+                                           parse_message)
     else:
-        yield from messages_of(RawMessage(str(path), "whole file", path.read_bytes(), "fhir"), _parse)
+        yield from messages_of(RawMessage(str(path), "whole file", path.read_bytes(), "fhir"), parse_message)
 
 
-def _parse(raw: RawMessage) -> dict[str, Any]:
+def parse_message(raw: RawMessage) -> dict[str, Any]:
     """The FHIR resource in a message, from JSON or (when it starts with `<`) FHIR XML."""
     if looks_like_xml(raw.payload):
         return parse_xml(raw.payload, raw.where)
@@ -137,7 +137,7 @@ class _References:
 
 def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one FHIR message; raise MessageError on the first problem, located."""
-    data = _parse(raw)
+    data = parse_message(raw)
     org, system = _source_of(data, raw, fw, source_override)
     received = utcnow()
     if data["resourceType"] == "Bundle":

@@ -134,17 +134,19 @@ class Pipeline:
         return report
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
-                       agreements: dict[str, Agreement]) -> None:
+                       agreements: dict[str, Agreement]) -> StagedMessage | None:
+        """Ingest one message; the staged message (each resource's `outcome` set) or None if quarantined."""
         report.messages += 1
         try:
             staged, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements)
         except MessageError as exc:
             self._quarantine(raw, source, exc, report)
-            return
+            return None
         report.accepted += accepted
         report.unchanged += unchanged
         report.stale += stale
         report.set_aside.update(staged.set_aside)
+        return staged
 
     def replay(self, quarantine_id: int, source: str | None = None) -> IngestReport:
         """Try a quarantined message again (after a mapping or agreement was fixed). On success it is
