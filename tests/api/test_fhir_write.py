@@ -203,3 +203,16 @@ def test_the_capability_statement_offers_writes(ics: Ics) -> None:
     assert {i["code"] for i in rest["interaction"]} == {"batch", "transaction"}
     condition_entry = next(r for r in rest["resource"] if r["type"] == "Condition")
     assert {"create", "update"} <= {i["code"] for i in condition_entry["interaction"]}
+
+
+def test_post_fhir_takes_only_batch_or_transaction_bundles_in_fhir_formats(ics: Ics) -> None:
+    collection = json.dumps(_bundle("collection", _diabetes()))
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=collection)
+    assert response.status_code == 400 and "batch or transaction" in response.json()["issue"][0]["diagnostics"]
+    entries = json.dumps({"resourceType": "Bundle", "type": "batch", "entry": "everything"})
+    assert ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=entries).status_code == 400
+    form = {**_token(ics, "dr.patel"), "Content-Type": "application/x-www-form-urlencoded"}
+    response = ics.client.post("/fhir", headers=form, content=collection)
+    assert response.status_code == 400 and "application/fhir+json" in response.json()["issue"][0]["diagnostics"]
+    described = ics.client.get("/openapi.json").json()["paths"]["/fhir"]["post"]
+    assert "application/fhir+xml" in described["requestBody"]["content"]

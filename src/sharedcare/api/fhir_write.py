@@ -26,6 +26,9 @@ from sharedcare.store.database import Database
 
 router = APIRouter(prefix="/fhir")
 MAX_BODY = 32 * 1024 * 1024  # a bundle bigger than this belongs in a file feed or a bulk import
+# The body is read raw (JSON or XML), so the OpenAPI description is given here for clients and contract tests.
+BODY = {"requestBody": {"required": True, "content": {
+    "application/fhir+json": {"schema": {"type": "object"}}, "application/fhir+xml": {"schema": {"type": "string"}}}}}
 ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/fhir+xml", "application/xml",
                   "text/xml")
 
@@ -82,7 +85,7 @@ def _response_entry(outcome: EntryOutcome) -> dict[str, Any]:
     return {"response": response}
 
 
-@router.post("")
+@router.post("", openapi_extra=BODY)
 async def write_bundle(request: Request, contributions: ContributionsDep) -> JSONResponse:
     """A batch answers 200 with each entry's own status; a transaction 200 when all of it was stored, else
     the status of its refusal (nothing of it stored) with an OperationOutcome naming the entry."""
@@ -99,7 +102,7 @@ def _kept(resource_type: str) -> None:
         raise NotFound(f"resource type '{resource_type}' is not kept by the shared record")
 
 
-@router.put("/{resource_type}/{resource_id}")
+@router.put("/{resource_type}/{resource_id}", openapi_extra=BODY)
 async def update_resource(resource_type: str, resource_id: str, request: Request,
                           contributions: ContributionsDep) -> JSONResponse:
     _kept(resource_type)
@@ -107,7 +110,7 @@ async def update_resource(resource_type: str, resource_id: str, request: Request
                                                 resource_type, resource_id))
 
 
-@router.post("/{resource_type}")
+@router.post("/{resource_type}", openapi_extra=BODY)
 async def create_resource(resource_type: str, request: Request, contributions: ContributionsDep) -> JSONResponse:
     _kept(resource_type)
     return _single(contributions.write_resource(await _body(request), f"HTTP POST /fhir/{resource_type}",

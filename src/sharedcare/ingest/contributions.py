@@ -151,6 +151,8 @@ class Contributions:
             raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction "
                                  f"(got {data.get('resourceType')} {kind or ''})".strip())
         listed = data.get("entry") or []
+        if not isinstance(listed, list):
+            raise InvalidRequest("Bundle.entry must be a list of entries")
         if kind == "transaction":
             result = self._store_single(raw, listed)
             result.bundle_type = "transaction"
