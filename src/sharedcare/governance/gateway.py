@@ -285,7 +285,9 @@ class GovernedRecords:
         stmt = select(ResourceVersion).where(ResourceVersion.resource_id == resource_id)
         if version is not None:
             stmt = stmt.where(ResourceVersion.version == version)
-        versions = list(self.session.scalars(stmt.order_by(ResourceVersion.version.desc())))
+        older = self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))
+        versions: list[Resource | ResourceVersion] = [row] if version in (None, row.version) else []
+        versions += older
         basis = self.active_basis(person_id)
         pairs = [(self._item(v.content, row.resource_type, row.source_org), v) for v in versions]
         decision = decide(self._request(person_id, basis, self._numbers(person_id)), [i for i, _ in pairs], self.fw)

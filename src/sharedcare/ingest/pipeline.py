@@ -241,13 +241,13 @@ class Pipeline:
                     version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
                     received_at=received, message_id=staged.message_id,
                 ))
-            else:
+            else:  # the version it replaces goes to history first
+                session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
+                                            source_system=row.source_system, recorded_at=row.recorded_at,
+                                            received_at=row.received_at, message_id=row.message_id))
                 row.version, row.content, row.content_hash = version, content, digest
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
-            session.add(ResourceVersion(resource_id=item.server_id, version=version, content=content,
-                                        source_system=staged.source_system, recorded_at=item.recorded_at,
-                                        received_at=received, message_id=staged.message_id))
             item.outcome = "created" if row is None else "updated"
             accepted += 1
         for retired, surviving in staged.merges:

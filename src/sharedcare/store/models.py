@@ -116,8 +116,9 @@ class Resource(Base):
 
 
 class ResourceVersion(Base):
-    """Every version of a resource ever stored, the current one included: a correction or an
-    `entered-in-error` withdrawal replaces what is shown, never what happened (FHIR vread and _history)."""
+    """A version of a resource that a later one replaced (the current one is in `resources`): a correction
+    or an `entered-in-error` withdrawal replaces what is shown, never what happened (vread, _history).
+    Only superseded versions are copied, so ingesting new data costs no second write."""
 
     __tablename__ = "resource_versions"
     resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"), primary_key=True)

@@ -1,4 +1,4 @@
-"""resource version history (vread, _history, corrections and entered-in-error withdrawals)
+"""superseded resource versions (vread, _history, corrections and entered-in-error withdrawals)
 
 Revision ID: 0005
 Revises: 0004
@@ -30,10 +30,6 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["resource_id"], ["resources.id"]),
         sa.PrimaryKeyConstraint("resource_id", "version"),
     )
-    # What is stored already is its own latest version: history starts there, nothing is invented before it.
-    op.execute("INSERT INTO resource_versions (resource_id, version, content, source_system, recorded_at, "
-               "received_at, message_id) SELECT id, version, content, source_system, recorded_at, received_at, "
-               "message_id FROM resources")
 
 
 def downgrade() -> None:
