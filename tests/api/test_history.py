@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from sqlalchemy import select
-from tests.builders import bundle, condition, patient, write_ndjson
+from tests.builders import bundle, condition, document, patient, write_ndjson
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.framework import Framework
@@ -118,3 +118,19 @@ def test_the_capability_statement_offers_vread_and_history_on_clinical_types(ics
     assert {"vread", "history-instance"} <= {i["code"] for i in condition["interaction"]}
     patient_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
     assert "vread" not in {i["code"] for i in patient_entry["interaction"]}
+
+
+def test_a_letter_marked_confidential_later_hides_its_earlier_versions_too(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    letter = "Discharged after a fall. GP to review bloods in 2 weeks."
+    acute = bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"),
+                                  document("rx-d1", "Patient/MRN1", letter, restricted=True)],
+                   timestamp="2026-11-05T09:00:00Z")
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "acute.ndjson", [acute])]).accepted == 1
+    with db.session() as s:
+        did = s.scalars(select(Resource.id).where(Resource.source_id == "rx-d1")).one()
+    gp = ics.open_record("dr.patel")
+    assert ics.client.get(f"/fhir/DocumentReference/{did}/_history", headers=gp).status_code == 404
+    assert ics.client.get(f"/fhir/DocumentReference/{did}/_history/1", headers=gp).status_code == 404
+    own = ics.client.get(f"/fhir/DocumentReference/{did}/_history", headers=ics.open_record("dr.oconnor"))
+    assert [e["resource"]["meta"]["versionId"] for e in own.json()["entry"]] == ["2", "1"]

@@ -277,7 +277,9 @@ class GovernedRecords:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
         `version` (vread). Withdrawn (entered-in-error) versions are included: history is where a
         correction can be seen. Each version goes through the decision point as a read would (tier
-        redaction, withheld labels, agreements, objections), and refused looks like missing (TRUST AC3)."""
+        redaction, withheld labels, agreements, objections), and so does the current one: a label the
+        source has since added (confidential) hides the older versions too. Refused looks like missing
+        (TRUST AC3)."""
         row = self.session.get(Resource, resource_id)
         if row is None or row.resource_type != resource_type or row.patient_record_id is None:
             raise NotFound(f"no {resource_type} {resource_id}")
@@ -285,9 +287,8 @@ class GovernedRecords:
         stmt = select(ResourceVersion).where(ResourceVersion.resource_id == resource_id)
         if version is not None:
             stmt = stmt.where(ResourceVersion.version == version)
-        older = self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))
-        versions: list[Resource | ResourceVersion] = [row] if version in (None, row.version) else []
-        versions += older
+        versions: list[Resource | ResourceVersion] = [row]
+        versions += self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))
         basis = self.active_basis(person_id)
         pairs = [(self._item(v.content, row.resource_type, row.source_org), v) for v in versions]
         decision = decide(self._request(person_id, basis, self._numbers(person_id)), [i for i, _ in pairs], self.fw)
@@ -295,10 +296,12 @@ class GovernedRecords:
             self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision)
             raise NotFound(f"no {resource_type} {resource_id}")
         by_item = {id(item): v for item, v in pairs}
+        current_released = any(by_item[id(rel.item)] is row for rel in decision.released)
         served = [(by_item[id(rel.item)], self._serve(person_id, rel.content, rel.item, rel.tier,
                                                         by_item[id(rel.item)]))
                   for rel in decision.released
-                  if self.resource_types is None or rel.item.resource_type in self.resource_types]
+                  if current_released and version in (None, by_item[id(rel.item)].version)
+                  and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
         self._audit(AuditAction.RESOURCE_HISTORY, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id,
                     released=[f"{resource_type}/{resource_id}/_history/{v.version}" for v, _ in served],
