@@ -66,7 +66,7 @@ def _bundle(request: Request, resources: list[dict[str, Any]]) -> dict[str, Any]
 
 @router.get("/metadata")
 def capability_statement() -> JSONResponse:
-    interactions = [{"code": "read"}, {"code": "search-type"}]
+    interactions = [{"code": "read"}, {"code": "search-type"}, {"code": "create"}, {"code": "update"}]
     clinical_params = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
                        {"name": "date", "type": "date"}, {"name": "category", "type": "token"},
                        {"name": "status", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
@@ -78,7 +78,9 @@ def capability_statement() -> JSONResponse:
         "operation": [{"name": "everything",
                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
     }]
-    resources += [{"type": t, "interaction": interactions, "searchInclude": [f"{t}:patient"],
+    clinical_interactions = interactions + [{"code": "vread"}, {"code": "history-instance"}]
+    resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
+                   "versioning": "versioned", "readHistory": True,
                    "searchParam": clinical_params} for t in CLINICAL_TYPES]
     return fhir_response({
         "resourceType": "CapabilityStatement",
@@ -90,8 +92,10 @@ def capability_statement() -> JSONResponse:
         "format": ["application/fhir+json"],
         "rest": [{"mode": "server", "security": {
             "description": "Bearer tokens (`sharedcare token`); every read needs a point-of-care basis "
-                           "(POST /api/access/{patient_id}) and is decided by the sharing framework."},
-            "resource": resources}],
+                           "(POST /api/access/{patient_id}) and is decided by the sharing framework. Writes "
+                           "(create, update, batch, transaction; FHIR JSON or XML) need a write scope and an "
+                           "organisation that contributes under a signed agreement, and go through ingest."},
+            "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}]}],
     })
 
 

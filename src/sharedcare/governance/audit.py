@@ -33,6 +33,8 @@ class AuditAction(StrEnum):
     RECORD_READ = "clinical:record:read"
     RECORD_EMERGENCY_READ = "clinical:record:emergency-read"
     RESOURCE_READ = "clinical:resource:read"
+    RESOURCE_HISTORY = "clinical:resource:history"
+    RECORD_WRITE = "clinical:record:write"
     PATIENT_SEARCH = "clinical:patient:search"
     BASIS_RECORD = "access:basis:record"
     LOGIN = "auth:session:login"
@@ -46,6 +48,8 @@ class AuditAction(StrEnum):
     GOVERNANCE_DENIED = "governance:function:denied"
 
 
+# FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
+ACTION_CODES = {AuditAction.RECORD_WRITE: "C"}
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
 PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent
@@ -106,7 +110,7 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
     return {
         "resourceType": "AuditEvent",
         "type": {"system": "https://sharedcare.example/CodeSystem/audit-action", "code": record.action.value},
-        "action": "E" if record.action.startswith("governance:") else "R",
+        "action": ACTION_CODES.get(record.action, "E" if record.action.startswith("governance:") else "R"),
         "recorded": recorded.isoformat(),
         "outcome": OUTCOME_CODES[record.outcome],
         "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",

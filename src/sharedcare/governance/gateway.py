@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
@@ -37,7 +38,7 @@ from sharedcare.governance.policy import (
     decide,
 )
 from sharedcare.governance.review import flag_access
-from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource
+from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ResourceVersion
 
 
 class AccessDenied(SharedcareError):
@@ -216,13 +217,17 @@ class GovernedRecords:
         for resource, nhs in rows:
             if nhs:
                 numbers.add(nhs)
-            org = self.fw.organisation(resource.source_org)
-            kind = org.kind if org else "unknown"
-            security = frozenset(f"{s.get('system')}|{s.get('code')}"
-                                 for s in (resource.content.get("meta") or {}).get("security", []))
-            items.append((Item(resource.content, resource.resource_type, resource.source_org,
-                               classify(resource.content, kind, self.fw), security), resource))
+            if entered_in_error(resource.content):  # withdrawn by its source: kept in history, not shown
+                continue
+            items.append((self._item(resource.content, resource.resource_type, resource.source_org), resource))
         return items, sorted(numbers)
+
+    def _item(self, content: dict[str, Any], resource_type: str, source_org: str) -> Item:
+        org = self.fw.organisation(source_org)
+        kind = org.kind if org else "unknown"
+        labels = (content.get("meta") or {}).get("security", [])
+        security = frozenset(f"{s.get('system')}|{s.get('code')}" for s in labels)
+        return Item(content, resource_type, source_org, classify(content, kind, self.fw), security)
 
     def everything(self, person_id: str) -> RecordView:
         """The combined record of one person, as this actor may see it (audited)."""
@@ -268,7 +273,45 @@ class GovernedRecords:
                 return served.content
         raise NotFound(f"no {resource_type} {resource_id}")
 
-    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int, row: Resource) -> ServedResource:
+    def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
+        """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
+        `version` (vread). Withdrawn (entered-in-error) versions are included: history is where a
+        correction can be seen. Each version goes through the decision point as a read would (tier
+        redaction, withheld labels, agreements, objections), and so does the current one: a label the
+        source has since added (confidential) hides the older versions too. Refused looks like missing
+        (TRUST AC3)."""
+        row = self.session.get(Resource, resource_id)
+        if row is None or row.resource_type != resource_type or row.patient_record_id is None:
+            raise NotFound(f"no {resource_type} {resource_id}")
+        person_id = self.session.get_one(PatientRecord, row.patient_record_id).person_id
+        stmt = select(ResourceVersion).where(ResourceVersion.resource_id == resource_id)
+        if version is not None:
+            stmt = stmt.where(ResourceVersion.version == version)
+        versions: list[Resource | ResourceVersion] = [row]
+        versions += self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))
+        basis = self.active_basis(person_id)
+        pairs = [(self._item(v.content, row.resource_type, row.source_org), v) for v in versions]
+        decision = decide(self._request(person_id, basis, self._numbers(person_id)), [i for i, _ in pairs], self.fw)
+        if not decision.permitted:
+            self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision)
+            raise NotFound(f"no {resource_type} {resource_id}")
+        by_item = {id(item): v for item, v in pairs}
+        current_released = any(by_item[id(rel.item)] is row for rel in decision.released)
+        served = [(by_item[id(rel.item)], self._serve(person_id, rel.content, rel.item, rel.tier,
+                                                        by_item[id(rel.item)]))
+                  for rel in decision.released
+                  if current_released and version in (None, by_item[id(rel.item)].version)
+                  and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
+        self._audit(AuditAction.RESOURCE_HISTORY, "permit", person_id, basis=basis.basis if basis else None,
+                    reason=basis.reason if basis else None, rule_id=decision.rule_id,
+                    released=[f"{resource_type}/{resource_id}/_history/{v.version}" for v, _ in served],
+                    withheld=dict(decision.withheld))
+        if not served:
+            raise NotFound(f"no {resource_type} {resource_id}" + (f" version {version}" if version else ""))
+        return [s for _, s in served]
+
+    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int,
+               row: Resource | ResourceVersion) -> ServedResource:
         out = dict(content)
         for name in PATIENT_FIELDS:
             if name in out:

@@ -1,4 +1,4 @@
-"""FHIR R4 input: bundles or single resources, from .json files or .ndjson (one message a line).
+"""FHIR R4 input: bundles or single resources, from .json or .xml files or .ndjson (one message a line).
 
 Turns one message into a StagedMessage: validated, references rewritten to server ids, provenance
 stamped in `meta.source`, NHS numbers checked. Any problem raises a MessageError naming the file, the
@@ -25,21 +25,32 @@ from sharedcare.fhir.uk_core import (
 )
 from sharedcare.fhir.validate import validation_problems
 from sharedcare.governance.framework import Framework
-from sharedcare.identity.nhs_number import is_valid
+from sharedcare.identity.nhs_number import is_valid, normalise
+from sharedcare.ingest.fhir_batch import entry_index, messages_of
+from sharedcare.ingest.fhir_xml import looks_like_xml, parse_xml
 from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
 
 BUNDLE_TYPES = {"collection", "batch", "transaction", "message", "document"}
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
-    """Yield the messages in a FHIR file: one per non-blank NDJSON line, or the whole JSON file."""
+    """Yield the messages in a FHIR file: one per non-blank NDJSON line, or the whole JSON or XML file;
+    a batch Bundle is split into one message per entry (`fhir_batch`)."""
     if path.suffix == ".ndjson":
         with path.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
-                    yield RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"), "fhir")
+                    yield from messages_of(RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"), "fhir"),
+                                           parse_message)
     else:
-        yield RawMessage(str(path), "whole file", path.read_bytes(), "fhir")
+        yield from messages_of(RawMessage(str(path), "whole file", path.read_bytes(), "fhir"), parse_message)
+
+
+def parse_message(raw: RawMessage) -> dict[str, Any]:
+    """The FHIR resource in a message, from JSON or (when it starts with `<`) FHIR XML."""
+    if looks_like_xml(raw.payload):
+        return parse_xml(raw.payload, raw.where)
+    return _parse_json(raw)
 
 
 def _parse_json(raw: RawMessage) -> dict[str, Any]:
@@ -96,6 +107,10 @@ class _References:
         self.org = org
         self.by_full_url = {url: (res["resourceType"], str(res.get("id")))
                             for url, res in entries if url and res.get("id") is not None}
+        # a logical reference (`subject.identifier`, no `reference`) to a Patient sent in the same message
+        self.patient_by_identifier = {(i.get("system"), normalise(str(i.get("value")))): str(res["id"])
+                                      for _, res in entries if res["resourceType"] == "Patient"
+                                      for i in res.get("identifier") or [] if isinstance(i, dict) and i.get("value")}
 
     def resolve(self, reference: str) -> tuple[str, str] | None:
         """(type, source id) of a reference within this source; None if it points outside it."""
@@ -122,7 +137,7 @@ class _References:
 
 def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one FHIR message; raise MessageError on the first problem, located."""
-    data = _parse_json(raw)
+    data = parse_message(raw)
     org, system = _source_of(data, raw, fw, source_override)
     received = utcnow()
     if data["resourceType"] == "Bundle":
@@ -132,10 +147,13 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
         listed = data.get("entry") or []
         if not isinstance(listed, list):
             raise MessageError("Bundle.entry must be a list of entries", raw.where)
+        _check_requests(listed, raw)
         entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
         message_time = _timestamp(data.get("timestamp"), received)
         message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
         label = "entry[{}]"
+        if entry_index(raw) is not None:  # one entry of a split batch: its location already names it
+            label = "resource"
     else:
         entries = [(None, data)]
         message_time = received
@@ -175,6 +193,9 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
         else:
             patient_source_id = _patient_of(resource, refs, where)
         content = refs.rewrite(resource)
+        for name in PATIENT_FIELDS:  # a patient named by identifier only gets the literal reference too
+            if isinstance(content.get(name), dict) and "reference" not in content[name]:
+                content[name]["reference"] = f"Patient/{server_id(org, 'Patient', patient_source_id)}"
         content["id"] = server_id(org, resource["resourceType"], source_id)
         meta = dict(content.get("meta") or {})
         meta["source"] = meta_source(org, system)
@@ -185,6 +206,27 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
     return staged
 
 
+def _check_requests(entries: list[Any], raw: RawMessage) -> None:
+    """A transaction or batch entry's request must agree with its resource; deletes are not taken
+    (a source withdraws a resource by sending it with status entered-in-error, so history is kept)."""
+    for index, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            continue
+        where = f"{raw.where}, entry[{entry_index(raw) if entry_index(raw) is not None else index}]"
+        method, url = request.get("method"), str(request.get("url") or "")
+        if method == "DELETE":
+            raise MessageError("DELETE is not accepted: send the resource again with status (or verificationStatus)"
+                               " entered-in-error, so that its history is kept", where)
+        if method not in ("POST", "PUT"):
+            raise MessageError(f"request.method '{method}' is not accepted here (POST or PUT)", where)
+        resource = entry.get("resource")
+        if method == "PUT" and isinstance(resource, dict):
+            expected = f"{resource.get('resourceType')}/{resource.get('id')}"
+            if url.split("?")[0] != expected:
+                raise MessageError(f"request.url '{url}' does not name the entry's resource ({expected})", where)
+
+
 def _patient_of(resource: dict[str, Any], refs: _References, where: str) -> str:
     for name in PATIENT_FIELDS:
         ref = (resource.get(name) or {}).get("reference")
@@ -193,4 +235,11 @@ def _patient_of(resource: dict[str, Any], refs: _References, where: str) -> str:
             if target is None or target[0] != "Patient":
                 raise MessageError(f"{name}.reference '{ref}' does not name a Patient of this source", where)
             return target[1]
+        identifier = (resource.get(name) or {}).get("identifier")
+        if isinstance(identifier, dict):
+            key = (identifier.get("system"), normalise(str(identifier.get("value"))))
+            if key not in refs.patient_by_identifier:
+                raise MessageError(f"{name}.identifier {key[0]}|{key[1]} names no Patient sent in this message "
+                                   "(send the Patient with it, or a literal reference)", where)
+            return refs.patient_by_identifier[key]
     raise MessageError("no subject or patient reference: every record item must belong to a patient", where)

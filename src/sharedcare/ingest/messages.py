@@ -45,6 +45,7 @@ class StagedResource:
     content: dict[str, Any]
     recorded_at: datetime
     patient_source_id: str
+    outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
 
 
 @dataclass

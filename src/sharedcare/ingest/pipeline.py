@@ -30,11 +30,11 @@ from sharedcare.identity.mpi import link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Quarantine, Resource
+from sharedcare.store.models import PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
 
-FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
+FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".xml": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.
 ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_bundle.stage_fhir),
                                 "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7),
@@ -117,7 +117,7 @@ class Pipeline:
             adapter = ADAPTERS.get(file_format or "")
             if adapter is None:
                 why = (f"format '{file_format}' is not ingested yet" if file_format
-                       else "unknown format: name it .json, .ndjson, .hl7 or .csv, or pass --format")
+                       else "unknown format: name it .json, .ndjson, .xml, .hl7 or .csv, or pass --format")
                 report.skipped_files.append({"file": str(path), "reason": why})
                 if progress and path.is_file():
                     progress(path.stat().st_size)
@@ -134,17 +134,19 @@ class Pipeline:
         return report
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
-                       agreements: dict[str, Agreement]) -> None:
+                       agreements: dict[str, Agreement]) -> StagedMessage | None:
+        """Ingest one message; the staged message (each resource's `outcome` set) or None if quarantined."""
         report.messages += 1
         try:
             staged, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements)
         except MessageError as exc:
             self._quarantine(raw, source, exc, report)
-            return
+            return None
         report.accepted += accepted
         report.unchanged += unchanged
         report.stale += stale
         report.set_aside.update(staged.set_aside)
+        return staged
 
     def replay(self, quarantine_id: int, source: str | None = None) -> IngestReport:
         """Try a quarantined message again (after a mapping or agreement was fixed). On success it is
@@ -222,9 +224,11 @@ class Pipeline:
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
                     row.recorded_at, row.message_id = item.recorded_at, staged.message_id
+                item.outcome = "unchanged"
                 unchanged += 1
                 continue
             if row is not None and item.recorded_at < row.recorded_at:
+                item.outcome = "stale"
                 stale += 1
                 continue
             version = row.version + 1 if row else 1
@@ -237,10 +241,14 @@ class Pipeline:
                     version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
                     received_at=received, message_id=staged.message_id,
                 ))
-            else:
+            else:  # the version it replaces goes to history first
+                session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
+                                            source_system=row.source_system, recorded_at=row.recorded_at,
+                                            received_at=row.received_at, message_id=row.message_id))
                 row.version, row.content, row.content_hash = version, content, digest
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
+            item.outcome = "created" if row is None else "updated"
             accepted += 1
         for retired, surviving in staged.merges:
             try:

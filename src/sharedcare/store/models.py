@@ -115,6 +115,21 @@ class Resource(Base):
     message_id: Mapped[str] = mapped_column(String(100))
 
 
+class ResourceVersion(Base):
+    """A version of a resource that a later one replaced (the current one is in `resources`): a correction
+    or an `entered-in-error` withdrawal replaces what is shown, never what happened (vread, _history).
+    Only superseded versions are copied, so ingesting new data costs no second write."""
+
+    __tablename__ = "resource_versions"
+    resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    content: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    source_system: Mapped[str] = mapped_column(String(40))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message_id: Mapped[str] = mapped_column(String(100))
+
+
 class Quarantine(Base):
     """Input that could not be accepted, kept byte for byte with the reason and where it failed."""
 

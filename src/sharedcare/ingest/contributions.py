@@ -1,0 +1,283 @@
+"""Writes from contributing systems over FHIR REST: who may write, through the one pipeline, audited.
+
+A partner system (or a user of one) writes only with a token carrying a write scope (`system/*.write`,
+`user/*.write`, or per type; SMART v2 `.c`/`.u` too), only for an organisation with a signed agreement in
+force that contributes FHIR, and only as that organisation: the token's organisation is the source stamped
+in `meta.source`, and a message that declares another is refused. What is allowed then goes through the
+same pipeline as a file (validation, provenance, identity linking, idempotence, event-time ordering,
+quarantine); nothing is written to the store here. Every write, and every refusal, is audited.
+
+Answers carry metadata only (ids, versions, statuses, reasons), never the stored resources: patient data
+leaves the store only through the read gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from sharedcare.clock import utcnow
+from sharedcare.fhir.uk_core import RECORD_TYPES, parse_meta_source
+from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.framework import Agreement, Framework
+from sharedcare.governance.gateway import AccessDenied, InvalidRequest
+from sharedcare.governance.policy import Actor
+from sharedcare.ingest.fhir_batch import entry_index, messages_of
+from sharedcare.ingest.fhir_bundle import parse_message
+from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage
+from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Resource
+
+_SCOPE = re.compile(r"^(user|system)/(\*|[A-Z][A-Za-z]+)\.(write|\*|c?r?u?d?s?)$")
+STATUS_TEXT = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK", "stale": "409 Conflict"}
+
+
+def writable_types(scopes: str) -> frozenset[str] | None:
+    """The resource types a token's scopes allow writing: None for every type, else the named ones (maybe
+    none). Patient-level scopes never write: a citizen's app reads their record, it does not feed it."""
+    types: set[str] = set()
+    for scope in scopes.split():
+        found = _SCOPE.match(scope)
+        if found and (found.group(3) in ("write", "*") or {"c", "u"} & set(found.group(3))):
+            if found.group(2) == "*":
+                return None
+            types.add(found.group(2))
+    return frozenset(types)
+
+
+@dataclass
+class EntryOutcome:
+    """What happened to one resource (or one bundle entry), as a FHIR `Bundle.entry.response` says it."""
+
+    status: str  # "201 Created", "200 OK", "409 Conflict", "422 Unprocessable Entity", "400 Bad Request"
+    resource_type: str | None = None
+    resource_id: str | None = None  # the server id, as served at /fhir/{type}/{id}
+    version: int | None = None
+    last_modified: datetime | None = None
+    severity: str = "information"
+    code: str = "informational"
+    text: str = ""
+    where: str | None = None
+
+    @property
+    def http_status(self) -> int:
+        return int(self.status.split()[0])
+
+    @property
+    def location(self) -> str | None:
+        if self.resource_id is None or self.version is None:
+            return None
+        return f"{self.resource_type}/{self.resource_id}/_history/{self.version}"
+
+
+@dataclass
+class WriteResult:
+    bundle_type: str | None  # batch | transaction, or None for a single resource
+    entries: list[EntryOutcome] = field(default_factory=list)
+    refused: EntryOutcome | None = None  # the whole message was quarantined (a transaction, a single resource)
+
+
+class Contributions:
+    """FHIR writes on behalf of one actor (a contributing system or its user), for one request."""
+
+    def __init__(self, db: Database, fw: Framework, actor: Actor, scopes: str, request_id: str,
+                 source_address: str | None = None) -> None:
+        self.db = db
+        self.fw = fw
+        self.actor = actor
+        self.scopes = scopes
+        self.request_id = request_id
+        self.source_address = source_address
+        with db.session() as session:
+            self.agreements: dict[str, Agreement] = effective_agreements(session, fw)
+
+    # -- who may write -----------------------------------------------------------------------------
+    def _refuse(self, rule_id: str, reason: str) -> AccessDenied:
+        self._audit("deny", None, rule_id=rule_id, reason=reason)
+        return AccessDenied(rule_id, reason)
+
+    def _authorise(self, data: dict[str, Any] | None) -> None:
+        """Raise AccessDenied (audited) unless this actor may write what `data` holds as its organisation."""
+        actor, org_code = self.actor, self.actor.organisation
+        if actor.role is None or actor.role.citizen or not org_code:
+            raise self._refuse("deny-write-actor", "only a contributing organisation's system or staff may write")
+        allowed = writable_types(self.scopes)
+        if allowed is not None and not allowed:
+            raise self._refuse("deny-write-scope", "the access token has no write scope "
+                                                   "(ask for system/*.write or user/*.write)")
+        agreement = self.agreements.get(org_code)
+        if agreement is None or not agreement.in_force(utcnow().date()):
+            raise self._refuse("deny-write-agreement", f"your organisation ({org_code}) has no signed "
+                                                       "information-sharing agreement in force")
+        organisation = self.fw.organisation(org_code)
+        if organisation is None or "fhir" not in organisation.systems.values():
+            raise self._refuse("deny-write-not-contributor", f"{org_code} is not set up in the sharing framework "
+                                                             "to contribute FHIR data")
+        if data is None:
+            return
+        resources: list[dict[str, Any]] = [data]
+        if data.get("resourceType") == "Bundle" and isinstance(data.get("entry"), list):
+            resources += [e["resource"] for e in data["entry"]
+                          if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        for resource in resources:
+            meta = resource.get("meta")
+            declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
+            if declared and declared[0] != org_code:
+                raise self._refuse("deny-write-other-org", f"meta.source names {declared[0]}, but you write as "
+                                                           f"{org_code}: no one writes as another organisation")
+        types = {str(r.get("resourceType")) for r in resources if r.get("resourceType") in RECORD_TYPES}
+        if allowed is not None and not types <= allowed:
+            missing = ", ".join(sorted(types - allowed))
+            raise self._refuse("deny-write-scope", f"the access token's scopes do not allow writing {missing}")
+
+    # -- writes --------------------------------------------------------------------------------------
+    def write_bundle(self, payload: bytes, what: str) -> WriteResult:
+        """A batch (each entry on its own) or transaction (all or nothing) Bundle."""
+        raw = RawMessage(what, f"request {self.request_id}", payload, "fhir")
+        data = self._parsed(raw)
+        self._authorise(data)
+        if data is None:
+            return self._store_single(raw, None)  # quarantined with the parse error, answered 400
+        kind = data.get("type")
+        if data.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
+            raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction "
+                                 f"(got {data.get('resourceType')} {kind or ''})".strip())
+        listed = data.get("entry") or []
+        if not isinstance(listed, list):
+            raise InvalidRequest("Bundle.entry must be a list of entries")
+        if kind == "transaction":
+            result = self._store_single(raw, listed)
+            result.bundle_type = "transaction"
+            return result
+        result = WriteResult("batch", [EntryOutcome("400 Bad Request", severity="error", code="required",
+                                                    text="entry has no resource") for _ in listed])
+        pipeline, report_all = Pipeline(self.db, self.fw), IngestReport()
+        for part in messages_of(raw, parse_message):
+            index = entry_index(part)
+            if index is None:  # an empty batch is not split: nothing to answer for
+                continue
+            outcomes, _ = self._ingest(pipeline, part, [listed[index]], report_all)
+            result.entries[index] = outcomes[0]
+        self._audit_written(result.entries, report_all)
+        return result
+
+    def write_resource(self, payload: bytes, what: str, resource_type: str, resource_id: str | None) -> WriteResult:
+        """PUT (create or update; `resource_id` the source's id, or the server id of a resource this
+        organisation sent) or POST (create; the body's id is the source's, or one is given)."""
+        raw = RawMessage(what, f"request {self.request_id}", payload, "fhir")
+        data = self._parsed(raw)
+        self._authorise(data)
+        if data is None:
+            return self._store_single(raw, None)
+        if data.get("resourceType") != resource_type:
+            raise InvalidRequest(f"the body is a {data.get('resourceType')}, but the URL names {resource_type}")
+        if resource_id is not None:
+            source_id = self._source_id(resource_type, resource_id)
+            if data.get("id") != resource_id and data.get("id") != source_id:
+                raise InvalidRequest(f"the body's id '{data.get('id')}' is not the id in the URL ('{resource_id}')")
+            if data.get("id") != source_id:
+                data["id"] = source_id
+                raw = RawMessage(raw.filename, raw.location, json.dumps(data).encode(), raw.format)
+        elif not data.get("id"):
+            data["id"] = str(uuid.uuid4())
+            raw = RawMessage(raw.filename, raw.location, json.dumps(data).encode(), raw.format)
+        return self._store_single(raw, [{"resource": data}])
+
+    def _source_id(self, resource_type: str, resource_id: str) -> str:
+        """A PUT to a server id this organisation's resource is served at updates that resource."""
+        with self.db.session() as session:
+            row = session.get(Resource, resource_id)
+            if row is not None and row.resource_type == resource_type and row.source_org == self.actor.organisation:
+                return row.source_id
+        return resource_id
+
+    def _parsed(self, raw: RawMessage) -> dict[str, Any] | None:
+        try:
+            return parse_message(raw)
+        except MessageError:
+            return None
+
+    def _store_single(self, raw: RawMessage, listed: list[Any] | None) -> WriteResult:
+        """One message, stored whole or quarantined whole."""
+        report = IngestReport()
+        outcomes, staged = self._ingest(Pipeline(self.db, self.fw), raw, listed or [], report)
+        result = WriteResult(None)
+        if staged is None:
+            result.refused = outcomes[0]
+            if listed is None:  # it could not even be parsed
+                result.refused.status = "400 Bad Request"
+        else:
+            result.entries = outcomes
+        self._audit_written(result.entries if staged else [], report)
+        return result
+
+    def _ingest(self, pipeline: Pipeline, raw: RawMessage, listed: list[Any],
+                report: IngestReport) -> tuple[list[EntryOutcome], StagedMessage | None]:
+        """Run one message through the pipeline; one outcome per entry of `listed` (or one for a refusal)."""
+        held = len(report.quarantine)
+        staged = pipeline.ingest_message(ADAPTERS["fhir"], raw, self.actor.organisation, report, self.agreements)
+        if staged is None:
+            problem = report.quarantine[held]
+            return [EntryOutcome("422 Unprocessable Entity", severity="error", code="processing",
+                                 text=f"{problem['reason']} (held in quarantine as #{problem['id']})",
+                                 where=problem["where"])], None
+        by_key = {(r.resource_type, r.source_id): r for r in staged.resources}
+        rows = self._versions([r.server_id for r in staged.resources])
+        outcomes = []
+        for entry in listed:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            resource = resource if isinstance(resource, dict) else {}
+            item = by_key.get((str(resource.get("resourceType")), str(resource.get("id"))))
+            if item is None:
+                outcomes.append(EntryOutcome("200 OK", resource.get("resourceType"), severity="warning",
+                                             code="not-supported", text=f"set aside: the shared record does not "
+                                             f"keep {resource.get('resourceType')} resources"))
+                continue
+            version, modified = rows.get(item.server_id, (None, None))
+            texts = {"created": "created", "updated": f"updated to version {version}",
+                     "unchanged": "unchanged: this content is already held",
+                     "stale": "not applied: a newer version of this resource (by event time) is already held"}
+            outcomes.append(EntryOutcome(STATUS_TEXT[item.outcome], item.resource_type, item.server_id, version,
+                                         modified, "warning" if item.outcome == "stale" else "information",
+                                         "conflict" if item.outcome == "stale" else "informational",
+                                         texts[item.outcome]))
+        return outcomes, staged
+
+    def _versions(self, ids: list[str]) -> dict[str, tuple[int, datetime]]:
+        with self.db.session() as session:
+            return {row.id: (row.version, row.received_at)
+                    for row in session.scalars(select(Resource).where(Resource.id.in_(ids)))}
+
+    # -- audit -----------------------------------------------------------------------------------------
+    def _audit(self, outcome: str, patient_id: str | None, **extra: Any) -> None:
+        with self.db.session() as session:
+            record_audit(session, AuditRecord(
+                action=AuditAction.RECORD_WRITE, outcome=outcome, username=self.actor.username,
+                role=self.actor.role.name if self.actor.role else None,
+                organisation=self.actor.organisation or None, purpose="direct-care", patient_id=patient_id,
+                request_id=self.request_id, source_address=self.source_address, **extra))
+
+    def _audit_written(self, outcomes: list[EntryOutcome], report: IngestReport) -> None:
+        """One event per person whose record was written to (as IHE BALP does for reads), and one for a
+        write that stored nothing, naming what was quarantined."""
+        detail = {"accepted": str(report.accepted), "unchanged": str(report.unchanged), "stale": str(report.stale),
+                  "quarantined": ",".join(f"#{q['id']}" for q in report.quarantine)}
+        written = [o for o in outcomes if o.location is not None]
+        with self.db.session() as session:
+            persons: dict[str, list[str]] = {}
+            for outcome in written:
+                row = session.get(Resource, outcome.resource_id)
+                record = session.get(PatientRecord, row.patient_record_id) if row and row.patient_record_id else None
+                persons.setdefault(record.person_id if record else "", []).append(str(outcome.location))
+        for person_id, locations in sorted(persons.items()) or [("", [])]:
+            self._audit("permit" if written else "deny", person_id or None, released=locations,
+                        rule_id="permit-write" if written else "deny-write-quarantined", detail=detail)
+

@@ -1,0 +1,85 @@
+"""FHIR `batch` bundles: each entry stands or falls on its own (FHIR R4 3.1.0.11.1).
+
+A transaction (and any other bundle) is one message: stored whole or quarantined whole, naming the
+entry at fault. A batch is split here into one message per entry, so the pipeline stores the good
+entries and quarantines each bad one with its own reason and index. Entries of a batch have no
+interdependencies by the spec's rule, but senders do point at a patient in the same batch by its
+`urn:uuid` fullUrl, so each entry's references to other entries are rewritten to `Type/id` (which the
+pipeline resolves within the sender's records) and Patient entries go first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sharedcare.ingest.messages import MessageError, RawMessage
+
+_ENTRY_LOCATION = re.compile(r"entry\[(\d+)\]$")
+
+
+def entry_index(raw: RawMessage) -> int | None:
+    """The index in its batch of the entry a split message holds; None for a whole message."""
+    found = _ENTRY_LOCATION.search(raw.location)
+    return int(found.group(1)) if found else None
+
+
+def _targets(entries: list[Any]) -> dict[str, str]:
+    targets = {}
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        url = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if isinstance(url, str) and isinstance(resource, dict) and resource.get("id") and resource.get("resourceType"):
+            targets[url] = f"{resource['resourceType']}/{resource['id']}"
+    return targets
+
+
+def _rewrite(node: Any, targets: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {key: _rewrite(value, targets) for key, value in node.items()}
+        if isinstance(node.get("reference"), str) and node["reference"] in targets:
+            out["reference"] = targets[node["reference"]]
+        return out
+    if isinstance(node, list):
+        return [_rewrite(item, targets) for item in node]
+    return node
+
+
+def split_batch(raw: RawMessage, data: dict[str, Any]) -> list[RawMessage] | None:
+    """One message per entry of a batch Bundle (Patients first), or None when `data` is not a batch."""
+    if data.get("resourceType") != "Bundle" or data.get("type") != "batch":
+        return None
+    entries = data.get("entry")
+    if not isinstance(entries, list) or not entries:
+        return None
+    targets = _targets(entries)
+    envelope = {key: value for key, value in data.items() if key != "entry"}
+
+    def is_patient(index: int) -> bool:
+        entry = entries[index]
+        return isinstance(entry, dict) and isinstance(entry.get("resource"), dict) \
+            and entry["resource"].get("resourceType") == "Patient"
+
+    order = sorted(range(len(entries)), key=lambda i: (not is_patient(i), i))
+    parts = []
+    for index in order:
+        part = {**envelope, "entry": [_rewrite(entries[index], targets)]}
+        parts.append(RawMessage(raw.filename, f"{raw.location}, entry[{index}]",
+                                json.dumps(part, separators=(",", ":")).encode(), raw.format))
+    return parts
+
+
+def messages_of(raw: RawMessage, parse: Callable[[RawMessage], dict[str, Any]]) -> Iterator[RawMessage]:
+    """The messages in one received message: its batch entries, or itself. `parse` turns the payload into
+    a dict (JSON or XML); a payload it cannot parse is passed on whole, for staging to report."""
+    if b"batch" not in raw.payload:  # cheap test first: most messages are not batches
+        yield raw
+        return
+    try:
+        data = parse(raw)
+    except MessageError:  # staging parses it again and reports the problem, located
+        yield raw
+        return
+    yield from split_batch(raw, data) or [raw]

@@ -1,0 +1,209 @@
+"""FHIR beyond JSON collections: XML files, transaction (all or nothing) and batch (each entry on its
+own) bundles, contained resources and references by identifier, as an integration engineer meets them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import func, select
+from tests.builders import NHS, SCT, bundle, condition, medication, patient, write_ndjson
+
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import Quarantine, Resource
+
+GOOD_NHS = "9434765919"
+
+XML_BUNDLE = f"""<?xml version="1.0" encoding="UTF-8"?>
+<Bundle xmlns="http://hl7.org/fhir">
+  <id value="xml-1"/>
+  <meta><source value="https://fhir.nhs.uk/Id/ods-organization-code|RXR#epr"/></meta>
+  <type value="collection"/>
+  <timestamp value="2026-11-01T09:00:00Z"/>
+  <entry>
+    <fullUrl value="urn:uuid:7f1a3c52-0d6c-4c1e-9d0b-2f6a1e5b9c01"/>
+    <resource>
+      <Patient>
+        <id value="MRN77"/>
+        <identifier><system value="{NHS}"/><value value="{GOOD_NHS}"/></identifier>
+        <name><use value="official"/><family value="Okafor"/><given value="Emeka"/></name>
+        <gender value="male"/>
+        <birthDate value="1945-03-02"/>
+      </Patient>
+    </resource>
+  </entry>
+  <entry>
+    <fullUrl value="urn:uuid:7f1a3c52-0d6c-4c1e-9d0b-2f6a1e5b9c02"/>
+    <resource>
+      <Condition>
+        <id value="rx-c7"/>
+        <text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p>Fall at home</p></div></text>
+        <code><coding><system value="{SCT}"/><code value="217082002"/><display value="Fall"/></coding></code>
+        <subject><reference value="urn:uuid:7f1a3c52-0d6c-4c1e-9d0b-2f6a1e5b9c01"/></subject>
+        <onsetDateTime value="2026-10-30"/>
+      </Condition>
+    </resource>
+  </entry>
+  <entry>
+    <resource>
+      <Claim><id value="claim-9"/><status value="active"/></Claim>
+    </resource>
+  </entry>
+</Bundle>
+"""
+
+
+def _stored(db: Database, resource_type: str | None = None) -> dict[str, dict]:
+    with db.session() as s:
+        stmt = select(Resource)
+        if resource_type:
+            stmt = stmt.where(Resource.resource_type == resource_type)
+        return {r.source_id: r.content for r in s.scalars(stmt)}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _gp(kind: str, *resources: dict) -> dict:
+    message = bundle("P81001", "emis", list(resources))
+    message["type"] = kind
+    for entry in message["entry"]:
+        res = entry["resource"]
+        entry["request"] = {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}
+    return message
+
+
+def test_an_xml_bundle_is_stored_like_json_with_provenance_and_billing_set_aside(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "acute.xml", XML_BUNDLE)])
+    assert (report.accepted, report.quarantined) == (2, 0), report.quarantine
+    assert report.set_aside == {"Claim": 1}
+    fall = _stored(db, "Condition")["rx-c7"]
+    assert fall["code"]["coding"][0]["code"] == "217082002"
+    assert fall["meta"]["source"] == "https://fhir.nhs.uk/Id/ods-organization-code|RXR#epr"
+    assert fall["subject"]["reference"].startswith("Patient/") and "urn:" not in fall["subject"]["reference"]
+    assert "Fall at home" in fall["text"]["div"]
+
+
+def test_a_single_xml_resource_is_accepted(db: Database, framework: Framework, tmp_path: Path) -> None:
+    single = f"""<Patient xmlns="http://hl7.org/fhir"><id value="gp-x"/>
+      <identifier><system value="{NHS}"/><value value="{GOOD_NHS}"/></identifier>
+      <name><family value="Okafor"/><given value="Emeka"/></name><birthDate value="1945-03-02"/></Patient>"""
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "gp.xml", single)], source="P81001")
+    assert (report.accepted, report.quarantined) == (1, 0), report.quarantine
+    assert _stored(db, "Patient")["gp-x"]["meta"]["source"].endswith("P81001#emis")
+
+
+def test_malformed_xml_is_quarantined_with_line_and_column_and_the_bytes_kept(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    broken = XML_BUNDLE.replace("<gender value=\"male\"/>", "<gender value=\"male\">")
+    bad = _write(tmp_path / "RXR" / "broken.xml", broken)
+    good = _write(tmp_path / "RXR" / "good.xml", XML_BUNDLE)
+    report = Pipeline(db, framework).ingest_paths([bad, good])
+    assert (report.accepted, report.quarantined) == (2, 1)
+    problem = report.quarantine[0]
+    assert problem["file"].endswith("broken.xml")
+    assert "invalid XML at line 16 column 17" in problem["reason"] and "gender line 14" in problem["reason"]
+    with db.session() as s:
+        assert s.scalars(select(Quarantine.payload)).one() == broken.encode()
+
+
+def test_well_formed_xml_that_is_not_valid_fhir_names_the_element(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    wrong = XML_BUNDLE.replace('<birthDate value="1945-03-02"/>', '<birthDate value="1945-13-02"/>')
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "acute.xml", wrong)])
+    assert report.quarantined == 1 and report.accepted == 0
+    assert "entry[0] Patient.birthDate" in report.quarantine[0]["reason"]
+    assert "(line 15)" in report.quarantine[0]["reason"]
+
+
+def test_xml_entities_are_never_expanded(db: Database, framework: Framework, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET", encoding="utf-8")
+    hostile = XML_BUNDLE.replace('<?xml version="1.0" encoding="UTF-8"?>',
+                                 f'<?xml version="1.0"?>\n<!DOCTYPE Bundle [<!ENTITY x SYSTEM "file://{secret}">]>')
+    hostile = hostile.replace("<family value=\"Okafor\"/>", "<family value=\"&x;\"/>")
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "acute.xml", hostile)])
+    assert report.quarantined == 1 and report.accepted == 0
+    assert "TOP SECRET" not in json.dumps(report.to_json())
+    assert _stored(db) == {}
+
+
+def test_a_transaction_with_one_bad_entry_stores_nothing_and_names_the_entry(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    message = _gp("transaction", patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"),
+                  condition("gp-c1", "Patient/gp-1", "44054006", "Type 2 diabetes mellitus"),
+                  condition("gp-c2", "Patient/gp-1", "38341003", "Hypertension", onsetDateTime="2019-02-30"),
+                  medication("gp-m1", "Patient/gp-1", "Metformin 500mg tablets"))
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    assert "entry[2]" in report.quarantine[0]["where"] and "onsetDateTime" in report.quarantine[0]["reason"]
+    assert _stored(db) == {}
+
+
+def test_a_batch_with_one_bad_entry_stores_the_rest_and_reports_that_entry(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    message = _gp("batch", condition("gp-c1", "Patient/gp-1", "44054006", "Type 2 diabetes mellitus"),
+                  condition("gp-c2", "Patient/gp-1", "38341003", "Hypertension", onsetDateTime="2019-02-30"),
+                  medication("gp-m1", "Patient/gp-1", "Metformin 500mg tablets"),
+                  patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"),
+                  {"resourceType": "ExplanationOfBenefit", "id": "eob-1", "status": "active"})
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (3, 1), report.quarantine
+    assert report.set_aside == {"ExplanationOfBenefit": 1}
+    (problem,) = report.quarantine
+    assert problem["location"] == "line 1, entry[1]" and "Condition.onsetDateTime" in problem["reason"]
+    assert set(_stored(db)) == {"gp-1", "gp-c1", "gp-m1"}  # the patient came last but the urn references hold
+    with db.session() as s:  # what is held is that entry alone, replayable once the source fixes it
+        held = json.loads(s.scalars(select(Quarantine.payload)).one())
+    assert [e["resource"]["id"] for e in held["entry"]] == ["gp-c2"]
+
+
+def test_a_delete_in_a_transaction_is_refused_with_what_to_send_instead(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    message = _gp("transaction", patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"))
+    message["entry"].append({"request": {"method": "DELETE", "url": "Condition/gp-c1"}})
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert report.quarantined == 1 and "entered-in-error" in report.quarantine[0]["reason"]
+    assert "entry[1]" in report.quarantine[0]["where"]
+
+
+def test_a_put_whose_url_names_another_resource_is_refused(db: Database, framework: Framework, tmp_path: Path) -> None:
+    message = _gp("transaction", patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"))
+    message["entry"][0]["request"]["url"] = "Patient/gp-2"
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert report.quarantined == 1 and "does not name the entry's resource" in report.quarantine[0]["reason"]
+
+
+def test_contained_resources_and_a_subject_named_by_identifier_are_kept(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    statement = {"resourceType": "MedicationStatement", "id": "gp-m2", "status": "active",
+                 "contained": [{"resourceType": "Medication", "id": "med",
+                                "code": {"coding": [{"system": "https://dmd.nhs.uk", "code": "322236009",
+                                                     "display": "Paracetamol 500mg tablets"}]}}],
+                 "medicationReference": {"reference": "#med"},
+                 "subject": {"identifier": {"system": NHS, "value": "943 476 5919"}}}
+    message = bundle("P81001", "emis", [patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"), statement])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (2, 0), report.quarantine
+    stored = _stored(db)
+    assert stored["gp-m2"]["medicationReference"] == {"reference": "#med"}
+    assert stored["gp-m2"]["contained"][0]["code"]["coding"][0]["display"] == "Paracetamol 500mg tablets"
+    assert stored["gp-m2"]["subject"]["reference"] == f"Patient/{stored['gp-1']['id']}"
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Resource).where(Resource.patient_record_id.is_(None))) == 0
+
+
+def test_a_subject_identifier_that_names_no_patient_sent_is_refused_by_name(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    orphan = condition("gp-c9", "Patient/x", "44054006", "Diabetes")
+    orphan["subject"] = {"identifier": {"system": NHS, "value": "9990000018"}}
+    message = bundle("P81001", "emis", [patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"), orphan])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert report.quarantined == 1
+    assert "subject.identifier" in report.quarantine[0]["reason"] and "9990000018" in report.quarantine[0]["reason"]
