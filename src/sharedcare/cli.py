@@ -554,6 +554,20 @@ def framework_check() -> None:
                   f"{len(fw.users)} users: valid")
 
 
+@framework_app.command("reclassify")
+def framework_reclassify() -> None:
+    """Store the current data category of every resource classified under an older framework or rules.
+
+    Reads are correct without it (a stale category is never trusted); run it after changing the
+    framework's sensitive codes or an organisation's kind so that reads are fast again."""
+    from sharedcare.governance.classify import reclassify
+
+    fw = _framework()
+    with _database().session() as session:
+        count = reclassify(session, fw)
+    console.print(f"reclassified {count} resources under framework {fw.version}")
+
+
 mpi_app = typer.Typer(help="The master patient index.", no_args_is_help=True)
 app.add_typer(mpi_app, name="mpi")
 
