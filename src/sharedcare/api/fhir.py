@@ -17,16 +17,12 @@ from fastapi.responses import JSONResponse
 
 from sharedcare import __version__
 from sharedcare.api.deps import RecordsDep
-from sharedcare.api.outcomes import FHIR_JSON
+from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.gateway import GovernedRecords, NotFound, PatientMatch, RecordView, ServedResource
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, normalise
-
-router = APIRouter(prefix="/fhir")
-CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
-PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
 
 
 class FhirJSONResponse(JSONResponse):
@@ -37,6 +33,12 @@ class FhirJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse,
+                   responses={**FHIR_RESOURCE_RESPONSE, **ERROR_RESPONSES})
+CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
+PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
 
 
 def fhir_response(body: dict[str, Any], status: int = 200) -> JSONResponse:

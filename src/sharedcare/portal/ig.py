@@ -57,7 +57,7 @@ def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = 
                   overdue=sum(1 for i in items if i.overdue))
 
 
-@router.post("/review/{item_id}")
+@router.post("/review/{item_id}", response_class=HTMLResponse)  # a redirect to a page, or the page
 def review(item_id: int, ig: IgDep, outcome: Annotated[Literal["appropriate", "investigate"], Form()],
            note: Annotated[str, Form()] = "") -> Response:
     ig.record_outcome(item_id, outcome, note.strip())
@@ -144,7 +144,7 @@ def agreements(request: Request, ig: IgDep, fw: FrameworkDep, changed: str = "")
                   changed=fw.organisation(changed), changed_to=current[changed].status if changed in current else "")
 
 
-@router.post("/agreements/{org}")
+@router.post("/agreements/{org}", response_class=HTMLResponse)  # a redirect to a page, or the page
 def change_agreement(org: str, ig: IgDep,
                      status: Annotated[Literal["signed", "suspended", "ended"], Form()]) -> Response:
     """Takes effect at once: the organisation's users are refused on their next request."""
