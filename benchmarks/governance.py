@@ -3,39 +3,64 @@
 All in one process on one synthetic ICS (SQLite unless --database names another store):
 - decision latency: `policy.decide` for each person's full record, median and p99 per decision;
 - audit append rate: events per second appended to the hash chain (one transaction per event, as reads do);
-- the governed read (`GovernedRecords.everything`: load, decide, audit) against a baseline that loads
-  the same rows and builds the same list with no decision and no audit; the ratio is governance's cost.
+- `$everything` with and without governance, at the gateway and as whole HTTP requests. Without
+  governance is `Ungoverned` below: the same rows by the same statement, served whole through the same
+  route, with no decision inputs (agreements, choices, basis), no classification, no decision and no
+  audit. Each record is read both ways in turn, several times, so load on the machine falls on both.
+  Governance's share of a request is (governed - ungoverned) / governed, on the medians.
+- the same for one large record (about --large resources, ingested through the pipeline).
 
-Usage: python benchmarks/governance.py [--people 1000] [--database URL]
+Usage: python benchmarks/governance.py [--people 1000] [--sample 200] [--large 1000] [--database URL] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
+from fastapi.testclient import TestClient
+from large_record import add_large_record  # benchmarks/ is on the path: these run as scripts
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from sharedcare.api.app import create_app
+from sharedcare.api.auth import mint_token
+from sharedcare.api.deps import ActorDep, get_records
 from sharedcare.clock import utcnow
+from sharedcare.config import load_settings
+from sharedcare.governance import gateway
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework, load_framework
-from sharedcare.governance.gateway import GovernedRecords, actor_for
-from sharedcare.governance.policy import decide
+from sharedcare.governance.gateway import (
+    GovernedRecords,
+    NotFound,
+    RecordView,
+    actor_for,
+    combined_patient,
+)
+from sharedcare.governance.policy import Actor, Item, decide
 from sharedcare.ingest.pipeline import Pipeline
-from sharedcare.store.database import Database
+from sharedcare.store.database import Database, run
 from sharedcare.store.models import PatientRecord, Resource
 from sharedcare.synth import generate
 
 RESULTS = Path(__file__).parent / "results"
+USER = "dr.patel"
+ROUNDS = 5
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -43,57 +68,105 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-def raw_everything(db: Database, person_id: str) -> list[dict[str, Any]]:
-    """The baseline: the same rows, no decision, no audit."""
-    with db.session() as session:
-        rows = session.scalars(select(Resource).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
-                               .where(PatientRecord.person_id == person_id).order_by(Resource.recorded_at.desc()))
-        return [dict(r.content) for r in rows]
+class Ungoverned(GovernedRecords):
+    """The baseline: what `$everything` costs with governance taken out, and nothing else changed."""
+
+    def __init__(self, session: Any, fw: Framework, actor: Actor, **_: Any) -> None:  # no agreements read
+        self.session, self.fw, self.actor, self.resource_types = session, fw, actor, None
+
+    def everything(self, person_id: str) -> RecordView:
+        rows = list(run(self.session, gateway._PERSON_ROWS, {"person_id": person_id}))
+        if not rows:
+            raise NotFound(f"no patient {person_id}")
+        served = [self._serve(person_id, row.content, Item(row.content, row.resource_type, row.source_org, ""), 3, row)
+                  for row in rows]
+        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
+        patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
+        clinical = [s for s in served if s.resource_type != "Patient"]
+        return RecordView(person_id, patient, clinical, withheld=Counter(), headlines=[],
+                          basis="", sources=sorted({s.source_org for s in served}))
 
 
-def http_everything(db: Database, fw: Framework, people: list[str]) -> tuple[list[float], list[float]]:
-    """Whole `GET $everything` requests in process, and the share of each spent deciding, classifying
-    and auditing (the functions the gateway calls, timed by wrapping them)."""
-    from dataclasses import replace
+Timings = dict[str, list[float]]
 
-    from fastapi.testclient import TestClient
 
-    from sharedcare.api.app import create_app
-    from sharedcare.api.auth import mint_token
-    from sharedcare.config import load_settings
-    from sharedcare.governance import gateway
+def paired(people: list[str], governed: Callable[[str], None], ungoverned: Callable[[str], None],
+           rounds: int = ROUNDS) -> Timings:
+    """Milliseconds per call, wall clock and this process's CPU time (steadier on a shared machine),
+    each person read governed then ungoverned, `rounds` times over."""
+    out: Timings = {"governed": [], "ungoverned": [], "governed_cpu": [], "ungoverned_cpu": []}
+    for _ in range(rounds):
+        for pid in people:
+            for fn, name in ((governed, "governed"), (ungoverned, "ungoverned")):
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn(pid)
+                out[name + "_cpu"].append((time.process_time() - cpu) * 1000)
+                out[name].append((time.perf_counter() - wall) * 1000)
+    return out
 
-    spent = [0.0]
 
-    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - start
-        return wrapper
+def gateway_reads(db: Database, fw: Framework, actor: Actor, people: list[str], rounds: int = ROUNDS) -> Timings:
+    def governed(pid: str) -> None:
+        with db.session() as session:
+            GovernedRecords(session, fw, actor).everything(pid)
 
-    settings = replace(load_settings(), database_url=str(db.url), demo=True)
-    originals = {name: getattr(gateway, name) for name in ("decide", "classify", "record_audit")}
-    for name, fn in originals.items():
-        setattr(gateway, name, timed(fn))
-    request_ms, shares = [], []
+    def ungoverned(pid: str) -> None:
+        with db.session() as session:
+            Ungoverned(session, fw, actor).everything(pid)
+
+    return paired(people, governed, ungoverned, rounds)
+
+
+def http_reads(client: TestClient, headers: dict[str, str], people: list[str], rounds: int = ROUNDS) -> Timings:
+    """Whole `GET $everything` requests in process: the app as served, and the same app with the
+    records dependency swapped for `Ungoverned` (same token check, route, serialisation)."""
+    app: Any = client.app
+    db: Database = app.state.database
+    fw: Framework = app.state.framework
+
+    def ungoverned_records(request: Request, actor: ActorDep) -> Iterator[GovernedRecords]:
+        with db.session() as session:  # the same token check as the real dependency
+            yield Ungoverned(session, fw, actor)
+
+    def get(pid: str) -> None:
+        response = client.get(f"/fhir/Patient/{pid}/$everything", headers=headers)
+        assert response.status_code == 200, response.text
+
+    def governed(pid: str) -> None:
+        app.dependency_overrides.pop(get_records, None)
+        get(pid)
+
+    def ungoverned(pid: str) -> None:
+        app.dependency_overrides[get_records] = ungoverned_records
+        get(pid)
+
     try:
-        with TestClient(create_app(settings, framework=fw, database=db)) as client:
-            headers = {"Authorization": f"Bearer {mint_token(settings, fw, 'dr.patel')}"}
-            for pid in people:
-                spent[0] = 0.0
-                start = time.perf_counter()
-                response = client.get(f"/fhir/Patient/{pid}/$everything", headers=headers)
-                elapsed = time.perf_counter() - start
-                assert response.status_code == 200, response.text
-                request_ms.append(elapsed * 1000)
-                shares.append(spent[0] / elapsed)
+        return paired(people, governed, ungoverned, rounds)
     finally:
-        for name, fn in originals.items():
-            setattr(gateway, name, fn)
-    return request_ms, shares
+        app.dependency_overrides.pop(get_records, None)
+
+
+def profile_governed(db: Database, fw: Framework, actor: Actor, people: list[str]) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for pid in people:
+        with db.session() as session:
+            GovernedRecords(session, fw, actor).everything(pid)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+    return out.getvalue()
+
+
+def share(timings: Timings, cpu: bool = False) -> float:
+    """Governance's share of the median call: (governed - ungoverned) / governed."""
+    suffix = "_cpu" if cpu else ""
+    gov, raw = statistics.median(timings["governed" + suffix]), statistics.median(timings["ungoverned" + suffix])
+    return (gov - raw) / gov
+
+
+def medians(prefix: str, timings: Timings) -> dict[str, float]:
+    return {f"{prefix}_{name}_ms_median": statistics.median(values) for name, values in timings.items()}
 
 
 def main() -> int:
@@ -101,6 +174,8 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=1000)
     parser.add_argument("--database", default=None)
     parser.add_argument("--sample", type=int, default=200, help="people whose records are read")
+    parser.add_argument("--large", type=int, default=1000, help="resources in the large record")
+    parser.add_argument("--profile", action="store_true", help="print where governed reads spend their time")
     args = parser.parse_args()
     console = Console(stderr=True)
     fw = load_framework()
@@ -111,39 +186,39 @@ def main() -> int:
         db.migrate()
         console.print(f"ingesting {args.people} people")
         Pipeline(db, fw).ingest_paths([feeds])
+        nhs = add_large_record(db, fw, feeds, Path(tmp) / "large.ndjson", args.large)
         with db.session() as session:
-            sizes = session.execute(
+            sizes = {pid: n for pid, n in session.execute(
                 select(PatientRecord.person_id, func.count(Resource.id))
                 .join(Resource, Resource.patient_record_id == PatientRecord.id)
-                .group_by(PatientRecord.person_id).order_by(PatientRecord.person_id)).all()
-        people = [pid for pid, _ in sizes][: args.sample]
-        actor = actor_for(fw, "dr.patel")
-
-        for pid in people:  # a basis for each, so every read is permitted
+                .group_by(PatientRecord.person_id).order_by(PatientRecord.person_id))}
+            large = session.scalars(select(PatientRecord.person_id).where(PatientRecord.nhs_number == nhs)).first()
+        assert large is not None
+        people = [pid for pid in sizes if pid != large][: args.sample]
+        actor = actor_for(fw, USER)
+        for pid in [*people, large]:  # a basis for each, so every read is permitted
             with db.session() as session:
                 GovernedRecords(session, fw, actor).record_basis(pid, "explicit-consent", "")
 
-        decision_ms, governed_ms, raw_ms, resources = [], [], [], []
+        console.print("timing decisions and reads")
+        decision_ms = []
         for pid in people:
             with db.session() as session:
                 records = GovernedRecords(session, fw, actor)
-                pairs, numbers = records._items(pid)
-                items = [item for item, _ in pairs]
-                request = records._request(pid, records.active_basis(pid), numbers)
+                items = [item for item, _ in records._items(pid)]
+                request = records._request(pid, records.active_basis(pid))
                 for _ in range(5):
                     start = time.perf_counter()
                     decide(request, items, fw)
                     decision_ms.append((time.perf_counter() - start) * 1000)
-            start = time.perf_counter()
-            raw = raw_everything(db, pid)
-            raw_ms.append((time.perf_counter() - start) * 1000)
-            start = time.perf_counter()
-            with db.session() as session:
-                GovernedRecords(session, fw, actor).everything(pid)
-            governed_ms.append((time.perf_counter() - start) * 1000)
-            resources.append(len(raw))
+        gw = gateway_reads(db, fw, actor, people)
+        big_gw = gateway_reads(db, fw, actor, [large], rounds=20)
 
-        http_ms, share = http_everything(db, fw, people)
+        settings = replace(load_settings(), database_url=str(db.url), demo=True)
+        with TestClient(create_app(settings, framework=fw, database=db)) as client:
+            headers = {"Authorization": f"Bearer {mint_token(settings, fw, USER)}"}
+            http = http_reads(client, headers, people)
+            big_http = http_reads(client, headers, [large], rounds=20)
 
         appends = 500
         start = time.perf_counter()
@@ -153,39 +228,47 @@ def main() -> int:
                                                   organisation="P81001", purpose="direct-care", patient_id=str(i),
                                                   released=[f"Condition/{i}"] * 20))
         append_rate = appends / (time.perf_counter() - start)
+        if args.profile:
+            console.print(profile_governed(db, fw, actor, people))
         db.dispose()
 
+    resources = [sizes[pid] for pid in people]
     figures = {
-        "people": args.people, "records_read": len(people), "database": args.database or "sqlite",
+        "people": args.people, "records_read": len(people), "database": args.database or "sqlite", "user": USER,
         "median_resources_per_record": statistics.median(resources), "max_resources_per_record": max(resources),
+        "large_record_resources": sizes[large],
         "decision_ms_median": statistics.median(decision_ms), "decision_ms_p99": percentile(decision_ms, 99),
-        "everything_governed_ms_median": statistics.median(governed_ms),
-        "everything_governed_ms_p95": percentile(governed_ms, 95),
-        "everything_baseline_ms_median": statistics.median(raw_ms),
-        "governance_cost_ratio": statistics.median(governed_ms) / statistics.median(raw_ms),
         "audit_appends_per_s": append_rate,
-        "http_everything_ms_median": statistics.median(http_ms),
-        "http_everything_ms_p95": percentile(http_ms, 95),
-        "governance_share_of_request_median": statistics.median(share),
+        **medians("gateway", gw), **medians("http", http),
+        "http_governed_ms_p95": percentile(http["governed"], 95),
+        "governance_share_of_request": share(http), "governance_share_of_request_cpu": share(http, cpu=True),
+        **medians("large_gateway", big_gw), **medians("large_http", big_http),
+        "large_http_governed_ms_p95": percentile(big_http["governed"], 95),
+        "large_governance_share_of_request": share(big_http),
+        "large_governance_share_of_request_cpu": share(big_http, cpu=True),
         "measured_at": utcnow().isoformat(),
     }
-    table = Table(title=f"Governance cost ({args.people} people, {len(people)} records read, median)")
+    table = Table(title=f"Governance cost ({args.people} people, {len(people)} records read {ROUNDS} times, "
+                        f"user {USER}, medians)")
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("typical record", justify="right")
+    table.add_column(f"large record ({sizes[large]} resources)", justify="right")
     table.add_row("resources per record (median / max)",
-                  f"{figures['median_resources_per_record']:.0f} / {figures['max_resources_per_record']}")
+                  f"{figures['median_resources_per_record']:.0f} / {figures['max_resources_per_record']}", "")
     table.add_row("decision ms (median / p99)",
-                  f"{figures['decision_ms_median']:.3f} / {figures['decision_ms_p99']:.3f}")
-    table.add_row("$everything governed ms (median / p95)",
-                  f"{figures['everything_governed_ms_median']:.2f} / {figures['everything_governed_ms_p95']:.2f}")
-    table.add_row("$everything baseline ms (same rows, no governance)",
-                  f"{figures['everything_baseline_ms_median']:.2f}")
-    table.add_row("governed / baseline", f"{figures['governance_cost_ratio']:.2f}")
-    table.add_row("audit appends/s", f"{append_rate:.0f}")
-    table.add_row("HTTP $everything ms (median / p95)",
-                  f"{figures['http_everything_ms_median']:.2f} / {figures['http_everything_ms_p95']:.2f}")
-    table.add_row("share of the request spent deciding, classifying, auditing",
-                  f"{figures['governance_share_of_request_median']:.1%}")
+                  f"{figures['decision_ms_median']:.3f} / {figures['decision_ms_p99']:.3f}", "")
+    table.add_row("audit appends/s", f"{append_rate:.0f}", "")
+    for label, key in (("gateway $everything ms, governed / ungoverned", "gateway_{}_ms_median"),
+                       ("  the same in CPU ms", "gateway_{}_cpu_ms_median"),
+                       ("HTTP $everything ms, governed / ungoverned", "http_{}_ms_median"),
+                       ("  the same in CPU ms", "http_{}_cpu_ms_median")):
+        cells = [f"{figures[prefix + key.format('governed')]:.2f} / {figures[prefix + key.format('ungoverned')]:.2f}"
+                 for prefix in ("", "large_")]
+        table.add_row(label, *cells)
+    table.add_row("governance's share of the HTTP request (wall / CPU)",
+                  f"{figures['governance_share_of_request']:.1%} / {figures['governance_share_of_request_cpu']:.1%}",
+                  f"{figures['large_governance_share_of_request']:.1%} / "
+                  f"{figures['large_governance_share_of_request_cpu']:.1%}")
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"governance-{int(time.time())}.json").write_text(json.dumps(figures, indent=2))

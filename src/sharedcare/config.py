@@ -17,6 +17,7 @@ from sharedcare.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_SECRET = "sharedcare-demo-signing-key-not-for-production"  # noqa: S105 - refused outside demo mode
+MIN_SECRET_BYTES = 32  # outside demo mode
 DEMO_PASSWORD = "demo"  # noqa: S105 - the demo sign-in, only accepted in demo mode
 
 
@@ -30,9 +31,15 @@ class Settings:
     token_minutes: int = 60
 
     def require_safe_secret(self) -> None:
-        """Refuse to serve real users with the published demo key (TRUST DP4)."""
-        if self.secret == DEMO_SECRET and not self.demo:
+        """Refuse to serve real users with the published demo key or a key short enough to guess
+        (TRUST DP4): HMAC-SHA256 wants at least 32 bytes of key."""
+        if self.demo:
+            return
+        if self.secret == DEMO_SECRET:
             raise ConfigError("SHAREDCARE_SECRET is unset or the demo key; set a secret or SHAREDCARE_DEMO=1")
+        if len(self.secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"SHAREDCARE_SECRET is {len(self.secret.encode())} bytes; it must be at least "
+                              f"{MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
 
 
 def default_database_url() -> str:

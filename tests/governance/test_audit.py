@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from sqlalchemy import delete, select, text, update
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, verify
+from sharedcare.governance.audit import AuditAction, AuditRecord, _canonical, record_audit, verify
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, AuditHead
 
 
 def as_an_attacker_with_ddl_rights(db: Database) -> None:
@@ -121,3 +125,29 @@ def test_many_writers_keep_one_linear_chain(db: Database) -> None:
         result = verify(session)
         assert session.scalar(text("SELECT count(*) FROM audit_events")) == 20
     assert result.ok
+
+
+def test_the_database_refuses_an_entry_that_does_not_follow_the_head(db: Database) -> None:
+    """A trigger advances the head with each entry and refuses one that skips, repeats or forks the chain."""
+    _write(db, 2)
+    with db.session() as session:
+        last = session.get_one(AuditEntry, 2)
+        row = {"recorded_at": last.recorded_at, "action": last.action, "outcome": "permit", "username": "x",
+               "organisation": None, "patient_id": None, "event": last.event, "hash": "f" * 64}
+    for seq, prev_hash in ((4, last.hash), (3, "0" * 64), (2, last.prev_hash)):
+        with pytest.raises(DBAPIError, match="must follow the head"), db.engine.begin() as conn:
+            conn.execute(insert(AuditEntry).values(seq=seq, prev_hash=prev_hash, **row))
+    _write(db, 1)
+    with db.session() as session:
+        result = verify(session)
+        assert result.ok and result.checked == 3
+        assert session.get_one(AuditHead, 1).seq == 3
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a shared, busy machine
+@given(fields=st.dictionaries(st.sampled_from(["action", "username", "patient_id", "reason", "é", "z"]),
+                              st.one_of(st.text(), st.integers(-(2**63), 2**63 - 1), st.none()), max_size=6))
+def test_entries_are_hashed_over_the_standard_librarys_canonical_json(fields: dict[str, object]) -> None:
+    """The faster encoder hashes exactly the bytes the standard library did, so older chains still verify."""
+    expected = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert _canonical(fields) == expected

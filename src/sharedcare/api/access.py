@@ -8,8 +8,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from sharedcare.api.deps import RecordsDep
+from sharedcare.api.outcomes import ERROR_RESPONSES
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 
 
 class BasisIn(BaseModel):

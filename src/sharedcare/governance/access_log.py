@@ -27,6 +27,20 @@ ACTION_WORDS = {
     AuditAction.BASIS_RECORD: "recorded why they needed your record",
     AuditAction.PATIENT_SEARCH: "found you in a search",
 }
+# A resource read says what kind of item was looked at (a citizen has no use for its id).
+ITEM_WORDS = {
+    "Patient": "viewed your personal details",
+    "Condition": "viewed a problem or diagnosis in your record",
+    "MedicationStatement": "viewed a medicine in your record",
+    "AllergyIntolerance": "viewed an allergy in your record",
+    "Observation": "viewed a test result or measurement in your record",
+    "DiagnosticReport": "viewed a test report in your record",
+    "Encounter": "viewed an appointment or stay in your record",
+    "Procedure": "viewed a procedure in your record",
+    "Immunization": "viewed a vaccination in your record",
+    "CarePlan": "viewed a care plan in your record",
+    "DocumentReference": "viewed a letter or document in your record",
+}
 
 
 def search(session: Session, *, patient_id: str | None = None, username: str | None = None,
@@ -47,6 +61,24 @@ def search(session: Session, *, patient_id: str | None = None, username: str | N
     if actions:
         stmt = stmt.where(AuditEntry.action.in_(actions))
     return list(session.scalars(stmt))
+
+
+def requested_resource(entry: AuditEntry) -> str | None:
+    """The resource a resource read asked for (`Condition/{id}`): the entity in the role of a domain
+    resource (audit.py), whether it was released or refused."""
+    for entity in entry.event.get("entity", []):
+        if (entity.get("role") or {}).get("code") == "4":
+            return str(entity["what"]["reference"])
+    return None
+
+
+def describe(entry: AuditEntry) -> str:
+    """What someone did, in a citizen's words."""
+    action = AuditAction(entry.action)
+    if action == AuditAction.RESOURCE_READ:
+        resource = requested_resource(entry) or ""
+        return ITEM_WORDS.get(resource.partition("/")[0], ACTION_WORDS[action])
+    return ACTION_WORDS.get(action, entry.action)
 
 
 def details(entry: AuditEntry) -> dict[str, str]:
@@ -84,7 +116,7 @@ def accesses_of(session: Session, fw: Framework, person_id: str, limit: int = 50
             when=entry.recorded_at, username=entry.username or "",
             who=user.name if user else (entry.username or "unknown"),
             role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
-            what=ACTION_WORDS.get(AuditAction(entry.action), entry.action),
+            what=describe(entry),
             basis=(info.get("basis") or "").replace("-", " "), reason=info.get("reason", ""),
             outcome="refused" if entry.outcome == "deny" else "allowed"))
     return out

@@ -3,22 +3,29 @@ end, re-sign) are recorded in the store, audited, and take effect on the next re
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import cast
+
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
+from sharedcare.store.database import run
 from sharedcare.store.models import AgreementChange
+
+_CHANGES = cast(Table, AgreementChange.__table__)
+_ALL_CHANGES = select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.c.id)  # read on every request
 
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
     """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
     current = {code: org.agreement for code, org in fw.organisations.items()}
-    for change in session.scalars(select(AgreementChange).order_by(AgreementChange.id)):
-        if change.org_code in current:
-            current[change.org_code] = current[change.org_code].model_copy(update={"status": change.status})
+    latest = {code: status for code, status in run(session, _ALL_CHANGES)}  # id order: the last change wins
+    for code, status in latest.items():
+        if code in current and current[code].status != status:
+            current[code] = current[code].model_copy(update={"status": status})
     return current
 
 

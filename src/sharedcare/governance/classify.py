@@ -3,13 +3,24 @@
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
 `sensitive_codes` puts the resource in that category wherever it came from; (3) the kind of service
 that sent it (mental health, social care, community and hospice); (4) its resource type.
+
+Ingest stores each resource's category with `classification_key(fw)`; a read trusts a stored category
+only under the current key (the gateway classifies afresh otherwise), so changing these rules (bump
+RULES), the sensitive codes or an organisation's kind can never leave a resource in a stale, possibly
+less protected category.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from sharedcare.governance.framework import Framework
+from sharedcare.store.models import Resource
+
+RULES = "r1"  # change whenever the rules in this module change, so every stored category is recomputed
 
 _SERVICE_CATEGORY = {
     "mental_health": "mental_health",
@@ -69,6 +80,30 @@ def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
     if resource_type in _HOSPITAL_TYPES:
         return "hospital_detail" if source_kind == "acute" else "summary"
     return _TYPE_CATEGORY.get(resource_type, "hospital_detail")
+
+
+def classification_key(fw: Framework) -> str:
+    """What a stored category was computed under: these rules and the framework's inputs to them."""
+    return f"{RULES}-{fw.classification_digest}"
+
+
+def reclassify(session: Session, fw: Framework, batch: int = 1000) -> int:
+    """Store the current category of every resource whose stored one is missing or stale (after a
+    framework or rules change); returns how many were updated. Reads are correct without this; it
+    makes them fast again."""
+    key = classification_key(fw)
+    updated = 0
+    while True:
+        rows = session.execute(select(Resource.id, Resource.content, Resource.source_org).where(
+            (Resource.category_key != key) | Resource.category_key.is_(None)).limit(batch)).all()
+        if not rows:
+            return updated
+        for resource_id, content, source_org in rows:
+            org = fw.organisation(source_org)
+            session.execute(update(Resource).where(Resource.id == resource_id).values(
+                category=classify(content, org.kind if org else "unknown", fw), category_key=key))
+        session.commit()
+        updated += len(rows)
 
 
 def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.store.models import Preference
+from sharedcare.store.database import run
+from sharedcare.store.models import PatientRecord, Preference
+
+_PREFS = cast(Table, Preference.__table__)
+_RECORDS = cast(Table, PatientRecord.__table__)
+# Built once: read on every request. Every NHS number any of the person's source records carries.
+_OF_PERSON = select(_PREFS.c.object_all, _PREFS.c.object_orgs, _PREFS.c.opt_out_secondary).where(
+    _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == bindparam("person_id"))))
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,16 @@ class Choices:
 
 def choices_for(session: Session, nhs_numbers: Iterable[str]) -> Choices:
     rows = session.scalars(select(Preference).where(Preference.nhs_number.in_(list(nhs_numbers)))).all()
+    return Choices(
+        object_all=any(r.object_all for r in rows),
+        object_orgs=frozenset(org for r in rows for org in r.object_orgs),
+        opt_out_secondary=any(r.opt_out_secondary for r in rows),
+    )
+
+
+def choices_of_person(session: Session, person_id: str) -> Choices:
+    """The combined choices held against every NHS number of one person's source records."""
+    rows = run(session, _OF_PERSON, {"person_id": person_id}).all()
     return Choices(
         object_all=any(r.object_all for r in rows),
         object_orgs=frozenset(org for r in rows for org in r.object_orgs),

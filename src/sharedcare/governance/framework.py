@@ -6,10 +6,12 @@ problem, naming the line and key of each (unknown role, tier out of range, categ
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sharedcare.config import load_settings
@@ -118,6 +120,16 @@ class Framework(_Strict):
 
     def organisation(self, code: str) -> Organisation | None:
         return self.organisations.get(code)
+
+    @property
+    def classification_digest(self) -> str:
+        """A digest of what classifying a resource depends on here: the sensitive codes (in order: the
+        first listed category wins) and each organisation's kind. A category stored at ingest under
+        another digest is stale. Computed on each use (5 microseconds): a cached value would survive
+        `model_copy(update=...)` into a framework with other codes."""
+        inputs = {"sensitive_codes": [[category, sorted(codes)] for category, codes in self.sensitive_codes.items()],
+                  "kinds": {code: org.kind for code, org in sorted(self.organisations.items())}}
+        return hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
 
 
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -24,8 +24,8 @@ from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.classify import classify
-from sharedcare.governance.consent import choices_for
+from sharedcare.governance.classify import classification_key, classify
+from sharedcare.governance.consent import choices_for, choices_of_person
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import (
     ActiveBasis,
@@ -38,7 +38,26 @@ from sharedcare.governance.policy import (
     decide,
 )
 from sharedcare.governance.review import flag_access
+from sharedcare.store.database import run
 from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ResourceVersion
+
+StoredRow = Row[*tuple[Any, ...]] | tuple[Any, ...]  # one of _ROW_COLUMNS, in that order
+# The read path's statements, built once (building them per request cost more than running them).
+_RES = cast(Table, Resource.__table__)
+_REC = cast(Table, PatientRecord.__table__)
+_BASES = cast(Table, AccessBasis.__table__)
+_PERSONS = cast(Table, Person.__table__)
+_ROW_COLUMNS = (_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RES.c.source_system, _RES.c.content,
+                _RES.c.category, _RES.c.category_key, _RES.c.recorded_at, _RES.c.received_at, _REC.c.person_id)
+_PERSON_ROWS = (select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id)
+                .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
+_PERSON_PATIENTS = _PERSON_ROWS.where(_RES.c.resource_type == "Patient")
+_ONE_ROW = select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id).where(_RES.c.id == bindparam("id"))
+_PERSON_EXISTS = select(_PERSONS.c.id).where(_PERSONS.c.id == bindparam("person_id"))
+_ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
+                 .where(_BASES.c.username == bindparam("username"), _BASES.c.person_id == bindparam("person_id"),
+                        _BASES.c.expires_at > bindparam("now"))
+                 .order_by(_BASES.c.granted_at.desc()).limit(1))
 
 
 class AccessDenied(SharedcareError):
@@ -130,6 +149,7 @@ class GovernedRecords:
         self.source_address = source_address
         self.now = utcnow()
         self._agreements = effective_agreements(session, fw)  # request-scoped: changes apply next request
+        self._classification_key = classification_key(fw)
 
     # -- audit -----------------------------------------------------------------------------------
     def _audit(self, action: AuditAction, outcome: str, patient_id: str | None, **extra: Any) -> int:
@@ -139,32 +159,33 @@ class GovernedRecords:
             organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
             request_id=self.request_id, source_address=self.source_address, **extra))
 
-    def _request(self, person_id: str, basis: ActiveBasis | None, nhs: list[str]) -> Request:
+    def _request(self, person_id: str, basis: ActiveBasis | None) -> Request:
+        """The decision's inputs about this person, read now: their choices (from every NHS number their
+        source records carry) and this user's basis."""
         return Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,
-                       agreements=self._agreements, choices=choices_for(self.session, nhs), now=self.now)
+                       agreements=self._agreements, choices=choices_of_person(self.session, person_id), now=self.now)
 
-    def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision) -> AccessDenied:
-        self._audit(action, "deny", person_id, rule_id=decision.rule_id, reason=decision.reason)
+    def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision, **extra: Any) -> AccessDenied:
+        self._audit(action, "deny", person_id, rule_id=decision.rule_id, reason=decision.reason, **extra)
         self.session.commit()  # the denial's audit event must survive the error response
         return AccessDenied(decision.rule_id, decision.reason)
 
+    def _person_exists(self, person_id: str) -> bool:
+        return run(self.session, _PERSON_EXISTS, {"person_id": person_id}).first() is not None
+
     # -- point-of-care basis ---------------------------------------------------------------------
     def active_basis(self, person_id: str) -> ActiveBasis | None:
-        row = self.session.scalars(
-            select(AccessBasis).where(AccessBasis.username == self.actor.username,
-                                      AccessBasis.person_id == person_id, AccessBasis.expires_at > self.now)
-            .order_by(AccessBasis.granted_at.desc()).limit(1)
-        ).first()
+        row = run(self.session, _ACTIVE_BASIS,
+                  {"username": self.actor.username, "person_id": person_id, "now": self.now}).first()
         return ActiveBasis(row.basis, row.reason, row.expires_at) if row else None
 
     def needs_basis(self, person_id: str) -> bool:
         """Whether a basis must be recorded before this record opens. Someone who may not open it at all
         (suspended organisation, objection, wrong purpose, a citizen) is refused here, audited, rather
         than shown a form whose answer would be refused."""
-        if self.session.get(Person, person_id) is None:
+        if not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
-        denied = check_request(self._request(person_id, None, self._numbers(person_id)), self.fw,
-                               require_basis=False)
+        denied = check_request(self._request(person_id, None), self.fw, require_basis=False)
         if denied is not None:
             raise self._refuse(AuditAction.RECORD_READ, person_id, denied)
         purpose = self.fw.purposes.get(self.purpose)
@@ -186,8 +207,7 @@ class GovernedRecords:
                         rule_id="deny-basis-invalid")
             self.session.commit()
             raise InvalidRequest(problem)
-        denied = check_request(self._request(person_id, None, self._numbers(person_id)), self.fw,
-                               require_basis=False)
+        denied = check_request(self._request(person_id, None), self.fw, require_basis=False)
         if denied is not None:
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
         assert rule is not None  # noqa: S101 - problem was set otherwise
@@ -202,41 +222,30 @@ class GovernedRecords:
         return row
 
     # -- reads -----------------------------------------------------------------------------------
-    def _numbers(self, person_id: str) -> list[str]:
-        return sorted(n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
-            PatientRecord.person_id == person_id, PatientRecord.nhs_number.is_not(None))) if n)
+    def _item(self, row: StoredRow) -> Item:
+        # Unpacked by position: a Row's attributes by name cost a microsecond each, per resource.
+        _, resource_type, source_org, _, content, category, key, _, _, _ = row
+        labels = (content.get("meta") or {}).get("security")
+        security = frozenset(f"{s.get('system')}|{s.get('code')}" for s in labels) if labels else frozenset()
+        if category is None or key != self._classification_key:  # not classified under this framework
+            org = self.fw.organisation(source_org)
+            category = classify(content, org.kind if org else "unknown", self.fw)
+        return Item(content, resource_type, source_org, category, security)
 
-    def _items(self, person_id: str) -> tuple[list[tuple[Item, Resource]], list[str]]:
-        rows = self.session.execute(
-            select(Resource, PatientRecord.nhs_number)
-            .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
-            .where(PatientRecord.person_id == person_id)
-            .order_by(Resource.recorded_at.desc())
-        ).all()
-        items, numbers = [], set()
-        for resource, nhs in rows:
-            if nhs:
-                numbers.add(nhs)
-            if entered_in_error(resource.content):  # withdrawn by its source: kept in history, not shown
-                continue
-            items.append((self._item(resource.content, resource.resource_type, resource.source_org), resource))
-        return items, sorted(numbers)
-
-    def _item(self, content: dict[str, Any], resource_type: str, source_org: str) -> Item:
-        org = self.fw.organisation(source_org)
-        kind = org.kind if org else "unknown"
-        labels = (content.get("meta") or {}).get("security", [])
-        security = frozenset(f"{s.get('system')}|{s.get('code')}" for s in labels)
-        return Item(content, resource_type, source_org, classify(content, kind, self.fw), security)
+    def _items(self, person_id: str, patients_only: bool = False) -> list[tuple[Item, StoredRow]]:
+        """The person's resources through their linked source records, newest first, as the decision sees them."""
+        rows = run(self.session, _PERSON_PATIENTS if patients_only else _PERSON_ROWS, {"person_id": person_id})
+        # A resource withdrawn by its source (entered-in-error) is kept in its history, not shown.
+        return [(self._item(row), row) for row in rows if not entered_in_error(row[4])]
 
     def everything(self, person_id: str) -> RecordView:
         """The combined record of one person, as this actor may see it (audited)."""
-        if self.session.get(Person, person_id) is None:
+        pairs = self._items(person_id)
+        if not pairs and not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
-        pairs, numbers = self._items(person_id)
         basis = self.active_basis(person_id)
         action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
-        decision = decide(self._request(person_id, basis, numbers), [item for item, _ in pairs], self.fw)
+        decision = decide(self._request(person_id, basis), [item for item, _ in pairs], self.fw)
         if not decision.permitted:
             raise self._refuse(action, person_id, decision)
         rows = {id(item): row for item, row in pairs}
@@ -255,23 +264,59 @@ class GovernedRecords:
                           basis=basis.basis if basis else "",
                           sources=sorted({s.source_org for s in served}))
 
+    def patient(self, person_id: str) -> dict[str, Any]:
+        """The person's combined Patient resource alone (FHIR `Patient/{id}`), decided like `everything`
+        but over their source Patient records only, and audited as a read of that resource."""
+        pairs = self._items(person_id, patients_only=True)
+        if not pairs:  # a person always has a source Patient record unless there is no such person
+            raise NotFound(f"no Patient {person_id}")
+        basis = self.active_basis(person_id)
+        reference = f"Patient/{person_id}"
+        decision = decide(self._request(person_id, basis), [item for item, _ in pairs], self.fw)
+        if not decision.permitted:
+            raise self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
+                               basis=basis.basis if basis else None)
+        rows = {id(item): row for item, row in pairs}
+        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
+                  for rel in decision.released]
+        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
+        patient = combined_patient(person_id, served, gp_orgs)
+        if patient is None or (self.resource_types is not None and "Patient" not in self.resource_types):
+            why = "deny-scope" if patient is not None else f"withheld-{next(iter(decision.withheld), 'tier')}"
+            self._audit(AuditAction.RESOURCE_READ, "deny", person_id, rule_id=why, resource=reference,
+                        basis=basis.basis if basis else None)
+            self.session.commit()
+            raise NotFound(f"no Patient {person_id}")
+        self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
+                    reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
+        return patient
+
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """One resource by its server id, if the decision for its patient releases it (audited).
+        """One resource by its server id, if the decision for its patient releases it; audited as a read of
+        that resource (not of the whole record), naming it.
 
         Refused and missing look the same (404), so ids cannot be probed for what exists (TRUST AC3);
-        the refusal is still audited."""
-        row = self.session.get(Resource, resource_id)
-        if row is None or row.resource_type != resource_type or row.patient_record_id is None:
+        the refusal is still audited. The decision is the one `everything` makes for this item: every
+        per-item rule depends only on the item and the request."""
+        row = run(self.session, _ONE_ROW, {"id": resource_id}).first()
+        if row is None or row.resource_type != resource_type or entered_in_error(row.content):
             raise NotFound(f"no {resource_type} {resource_id}")
-        person_id = self.session.get_one(PatientRecord, row.patient_record_id).person_id
-        try:
-            view = self.everything(person_id)
-        except AccessDenied as exc:
-            raise NotFound(f"no {resource_type} {resource_id}") from exc
-        for served in view.resources:
-            if served.content["id"] == resource_id:
-                return served.content
-        raise NotFound(f"no {resource_type} {resource_id}")
+        person_id, reference = row.person_id, f"{resource_type}/{resource_id}"
+        basis = self.active_basis(person_id)
+        decision = decide(self._request(person_id, basis), [self._item(row)], self.fw)
+        why = None
+        if decision.permitted and not decision.released:
+            why = Decision("deny", f"withheld-{next(iter(decision.withheld))}", "withheld from this role")
+        elif decision.permitted and self.resource_types is not None and resource_type not in self.resource_types:
+            why = Decision("deny", "deny-scope", f"the access token's scopes do not include {resource_type}")
+        if not decision.permitted or why is not None:
+            self._refuse(AuditAction.RESOURCE_READ, person_id, why or decision, basis=basis.basis if basis else None,
+                         resource=reference)
+            raise NotFound(f"no {resource_type} {resource_id}")
+        released = decision.released[0]
+        self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
+                    reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
+        return self._serve(person_id, released.content, released.item, released.tier, row).content
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
@@ -280,46 +325,49 @@ class GovernedRecords:
         redaction, withheld labels, agreements, objections), and so does the current one: a label the
         source has since added (confidential) hides the older versions too. Refused looks like missing
         (TRUST AC3)."""
-        row = self.session.get(Resource, resource_id)
-        if row is None or row.resource_type != resource_type or row.patient_record_id is None:
+        current = run(self.session, _ONE_ROW, {"id": resource_id}).first()
+        if current is None or current.resource_type != resource_type:
             raise NotFound(f"no {resource_type} {resource_id}")
-        person_id = self.session.get_one(PatientRecord, row.patient_record_id).person_id
+        person_id = current.person_id
         stmt = select(ResourceVersion).where(ResourceVersion.resource_id == resource_id)
         if version is not None:
             stmt = stmt.where(ResourceVersion.version == version)
-        versions: list[Resource | ResourceVersion] = [row]
-        versions += self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))
+        # Older versions in the current row's shape (unclassified: classified now, under this framework).
+        current_version = self.session.scalars(select(Resource.version).where(Resource.id == resource_id)).one()
+        rows: list[tuple[int, StoredRow]] = [(current_version, current)]
+        rows += [(v.version, (resource_id, resource_type, current.source_org, v.source_system, v.content, None, None,
+                              v.recorded_at, v.received_at, person_id))
+                 for v in self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))]
         basis = self.active_basis(person_id)
-        pairs = [(self._item(v.content, row.resource_type, row.source_org), v) for v in versions]
-        decision = decide(self._request(person_id, basis, self._numbers(person_id)), [i for i, _ in pairs], self.fw)
+        pairs = [(self._item(row), number) for number, row in rows]
+        by_item = {id(item): (number, row) for (item, number), (_, row) in zip(pairs, rows, strict=True)}
+        decision = decide(self._request(person_id, basis), [item for item, _ in pairs], self.fw)
         if not decision.permitted:
             self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision)
             raise NotFound(f"no {resource_type} {resource_id}")
-        by_item = {id(item): v for item, v in pairs}
-        current_released = any(by_item[id(rel.item)] is row for rel in decision.released)
-        served = [(by_item[id(rel.item)], self._serve(person_id, rel.content, rel.item, rel.tier,
-                                                        by_item[id(rel.item)]))
+        current_released = any(by_item[id(rel.item)][1] is current for rel in decision.released)
+        served = [(by_item[id(rel.item)][0], self._serve(person_id, rel.content, rel.item, rel.tier,
+                                                         by_item[id(rel.item)][1]))
                   for rel in decision.released
-                  if current_released and version in (None, by_item[id(rel.item)].version)
+                  if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
         self._audit(AuditAction.RESOURCE_HISTORY, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id,
-                    released=[f"{resource_type}/{resource_id}/_history/{v.version}" for v, _ in served],
+                    released=[f"{resource_type}/{resource_id}/_history/{number}" for number, _ in served],
                     withheld=dict(decision.withheld))
         if not served:
             raise NotFound(f"no {resource_type} {resource_id}" + (f" version {version}" if version else ""))
         return [s for _, s in served]
 
-    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int,
-               row: Resource | ResourceVersion) -> ServedResource:
+    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int, row: StoredRow) -> ServedResource:
         out = dict(content)
         for name in PATIENT_FIELDS:
             if name in out:
                 out[name] = {**out[name], "reference": f"Patient/{person_id}"}
         org = self.fw.organisation(item.source_org)
+        _, _, _, source_system, _, _, _, recorded_at, received_at, _ = row
         return ServedResource(out, item.resource_type, item.category, tier, item.source_org,
-                              org.name if org else item.source_org, row.source_system, row.recorded_at,
-                              row.received_at)
+                              org.name if org else item.source_org, source_system, recorded_at, received_at)
 
     # -- search ----------------------------------------------------------------------------------
     def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,
@@ -331,7 +379,7 @@ class GovernedRecords:
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
-        denied = check_request(self._request("", None, []), self.fw, require_basis=False)
+        denied = check_request(self._request("", None), self.fw, require_basis=False)
         if denied is None and self.resource_types is not None and "Patient" not in self.resource_types:
             denied = Decision("deny", "deny-scope", "the access token's scopes do not include Patient")
         if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:

@@ -13,13 +13,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.store.models import SignInCode
 
 CODE_MINUTES = 10
 MAX_ATTEMPTS = 5
+MAX_CODES_PER_HOUR = 5  # per person: more would let a guesser reset MAX_ATTEMPTS at will
 _ITERATIONS = 100_000
 
 
@@ -37,6 +38,11 @@ def _hash(code: str, salt: bytes) -> str:
 def new_challenge() -> str:
     """A challenge id that names no code (for sign-in details that matched no one)."""
     return secrets.token_urlsafe(32)
+
+
+def issued_in_the_last_hour(session: Session, person_id: str, now: datetime) -> int:
+    return int(session.scalar(select(func.count()).select_from(SignInCode).where(
+        SignInCode.person_id == person_id, SignInCode.created_at > now - timedelta(hours=1))) or 0)
 
 
 def issue(session: Session, person_id: str, now: datetime) -> Issued:

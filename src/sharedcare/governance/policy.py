@@ -136,18 +136,24 @@ def check_request(req: Request, fw: Framework, require_basis: bool = True) -> De
     return None
 
 
-def _withhold_reason(item: Item, req: Request, fw: Framework) -> str | None:
-    actor = req.actor
-    own = item.source_org == actor.organisation
-    source = req.agreements.get(item.source_org)
+def _source_reason(source_org: str, req: Request) -> str | None:
+    """Rules a-c: they depend only on the item's source organisation (so `decide` asks once per source)."""
+    own = source_org == req.actor.organisation
+    source = req.agreements.get(source_org)
     if source is None or not source.in_force(req.now.date()):
         return "source-agreement"
-    citizen = actor.role is not None and actor.role.citizen
+    citizen = req.actor.role is not None and req.actor.role.citizen
     if req.choices.object_all and not own and not citizen:
         return "objection-all"
-    if item.source_org in req.choices.object_orgs and not citizen:
+    if source_org in req.choices.object_orgs and not citizen:
         return "objection-org"
-    if not own:
+    return None
+
+
+def _withhold_reason(item: Item, req: Request, fw: Framework, source_reason: str | None) -> str | None:
+    if source_reason is not None:
+        return source_reason
+    if item.security and item.source_org != req.actor.organisation:
         for rule in fw.always_withheld:
             if rule.security in item.security:
                 return rule.id
@@ -162,8 +168,11 @@ def decide(req: Request, items: list[Item], fw: Framework) -> Decision:
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
     decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}")
+    by_source: dict[str, str | None] = {}
     for item in items:
-        why = _withhold_reason(item, req, fw)
+        if item.source_org not in by_source:
+            by_source[item.source_org] = _source_reason(item.source_org, req)
+        why = _withhold_reason(item, req, fw, by_source[item.source_org])
         if why is not None:
             decision.withheld[why] += 1
             continue

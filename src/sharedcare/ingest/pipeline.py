@@ -24,12 +24,13 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.identity.links import LinkError, merge_source_records
 from sharedcare.identity.mpi import link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
-from sharedcare.store.database import Database
+from sharedcare.store.database import Database, json_dumps
 from sharedcare.store.models import PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -213,6 +214,9 @@ class Pipeline:
                    for source_id, demo in staged.patients.items()}
         accepted = unchanged = stale = 0
         received = utcnow()
+        # Classified once here, not on every read; reads check the key (governance/classify.py).
+        org = self.framework.organisation(staged.source_org)
+        kind, key = (org.kind if org else "unknown"), classification_key(self.framework)
         for item in staged.resources:
             record = records.get(item.patient_source_id) or self._known_patient(session, staged, item.patient_source_id)
             if record is None:
@@ -234,12 +238,17 @@ class Pipeline:
             version = row.version + 1 if row else 1
             content = dict(item.content)
             content["meta"] = {**content["meta"], "versionId": str(version), "lastUpdated": received.isoformat()}
+            try:
+                json_dumps(content)  # what the store will write: refused here, the resource named
+            except ValueError as exc:
+                raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
+            category = classify(content, kind, self.framework)
             if row is None:
                 session.add(Resource(
                     id=item.server_id, resource_type=item.resource_type, source_org=staged.source_org,
                     source_system=staged.source_system, source_id=item.source_id, patient_record_id=record.id,
                     version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
-                    received_at=received, message_id=staged.message_id,
+                    received_at=received, message_id=staged.message_id, category=category, category_key=key,
                 ))
             else:  # the version it replaces goes to history first
                 session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
@@ -248,6 +257,7 @@ class Pipeline:
                 row.version, row.content, row.content_hash = version, content, digest
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
+                row.category, row.category_key = category, key
             item.outcome = "created" if row is None else "updated"
             accepted += 1
         for retired, surviving in staged.merges:

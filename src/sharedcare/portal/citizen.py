@@ -151,7 +151,7 @@ def confirm_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: A
     return render(request, "patient/confirm.html", account=SIGNED_IN, change=change, org=org)
 
 
-@router.post("/choices")
+@router.post("/choices", response_class=HTMLResponse)  # a redirect to a page, or the page
 def apply_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
                  organisation: Annotated[str, Form()] = "") -> Response:
     """Applied at once: the very next request anyone makes is decided under it."""

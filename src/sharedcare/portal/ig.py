@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.deps import FrameworkDep, IgDep
 from sharedcare.clock import utcnow
-from sharedcare.governance.access_log import details
+from sharedcare.governance.access_log import details, requested_resource
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -57,7 +57,7 @@ def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = 
                   overdue=sum(1 for i in items if i.overdue))
 
 
-@router.post("/review/{item_id}")
+@router.post("/review/{item_id}", response_class=HTMLResponse)  # a redirect to a page, or the page
 def review(item_id: int, ig: IgDep, outcome: Annotated[Literal["appropriate", "investigate"], Form()],
            note: Annotated[str, Form()] = "") -> Response:
     ig.record_outcome(item_id, outcome, note.strip())
@@ -76,6 +76,7 @@ class AuditRow:
     basis: str
     reason: str
     released: int
+    item: str  # the resource a resource read asked for
 
 
 def _audit_row(entry: Any, fw: Framework) -> AuditRow:
@@ -84,12 +85,13 @@ def _audit_row(entry: Any, fw: Framework) -> AuditRow:
     user = fw.users.get(entry.username or "")
     org = fw.organisation(entry.organisation or "")
     info = details(entry)
-    released = sum(1 for e in entry.event.get("entity", [])
-                   if "what" in e and not str(e["what"].get("reference", "")).startswith("Patient/"))
+    item = requested_resource(entry)
+    released = 0 if entry.outcome == "deny" else sum(  # every entity but the patient's (role 1)
+        1 for e in entry.event.get("entity", []) if "what" in e and (e.get("role") or {}).get("code") != "1")
     return AuditRow(entry.recorded_at, entry.action, entry.outcome,
                     f"{user.name} ({entry.username})" if user else (entry.username or ""),
                     ((agent.get("role") or [{}])[0]).get("text", ""), org.name if org else (entry.organisation or ""),
-                    entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released)
+                    entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released, item or "")
 
 
 def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
@@ -142,7 +144,7 @@ def agreements(request: Request, ig: IgDep, fw: FrameworkDep, changed: str = "")
                   changed=fw.organisation(changed), changed_to=current[changed].status if changed in current else "")
 
 
-@router.post("/agreements/{org}")
+@router.post("/agreements/{org}", response_class=HTMLResponse)  # a redirect to a page, or the page
 def change_agreement(org: str, ig: IgDep,
                      status: Annotated[Literal["signed", "suspended", "ended"], Form()]) -> Response:
     """Takes effect at once: the organisation's users are refused on their next request."""

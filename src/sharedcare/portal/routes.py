@@ -68,7 +68,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
     return pages.start_session(request, settings, mint_token(settings, fw, user.username), target)
 
 
-@router.post("/logout")
+@router.post("/logout", response_class=HTMLResponse)  # a redirect to a sign-in page
 def logout(target: Annotated[str, Form()] = "/") -> Response:
     """Sign out of any portal (one session cookie serves them all), back to that portal's sign-in."""
     return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")

@@ -113,6 +113,10 @@ class Resource(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     message_id: Mapped[str] = mapped_column(String(100))
+    # The data category found at ingest, valid only while `category_key` is the framework's current
+    # classification key (governance/classify.py); otherwise a read classifies the content afresh.
+    category: Mapped[str | None] = mapped_column(String(30))
+    category_key: Mapped[str | None] = mapped_column(String(24))
 
 
 class ResourceVersion(Base):

@@ -1,0 +1,117 @@
+"""Reading one resource is audited as a read of that resource, naming it (IHE BALP), not as a read of the
+whole record; refusals are audited the same way; the citizen's access log and the IG officer's audit
+search say what was looked at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from tests.portal.test_patient_portal import _sign_in as citizen_sign_in
+from tests.small_ics import Ics
+
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+SCT = "http://snomed.info/sct"
+
+
+def _db(ics: Ics) -> Database:
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    return database
+
+
+def _events_of(ics: Ics, request_id: str) -> list[AuditEntry]:
+    with _db(ics).session() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.event["source"]["site"].as_string() == request_id)
+                              .order_by(AuditEntry.seq)))
+
+
+def _condition_id(ics: Ics, headers: dict[str, str], code: str) -> str:
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
+    return next(e["resource"]["id"] for e in bundle["entry"]
+                if e["resource"]["code"]["coding"][0]["code"] == code)
+
+
+def _entities(event: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(e["what"]["reference"], (e.get("role") or {}).get("code")) for e in event["entity"] if "what" in e]
+
+
+def _detail(event: dict[str, Any], name: str) -> str | None:
+    decision = next(e for e in event["entity"] if e.get("name") == "decision")
+    return next((d["valueString"] for d in decision["detail"] if d["type"] == name), None)
+
+
+def test_a_resource_read_is_one_event_naming_that_resource_and_the_patient(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    diabetes = _condition_id(ics, headers, "44054006")
+    response = ics.client.get(f"/fhir/Condition/{diabetes}", headers={**headers, "X-Request-ID": "read-1"})
+    assert response.status_code == 200 and response.json()["id"] == diabetes
+    (event,) = _events_of(ics, "read-1")  # one event, and not a whole-record read
+    assert (event.action, event.outcome, event.patient_id) == ("clinical:resource:read", "permit", ics.okafor)
+    assert _entities(event.event) == [(f"Patient/{ics.okafor}", "1"), (f"Condition/{diabetes}", "4")]
+    assert _detail(event.event, "basis") == "explicit-consent"
+
+
+def test_a_refused_resource_read_is_audited_naming_what_was_asked_for(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    diabetes = _condition_id(ics, headers, "44054006")
+    refused = ics.client.get(f"/fhir/Condition/{diabetes}", headers={**ics.token("nurse.lee"), "X-Request-ID": "r-2"})
+    assert refused.status_code == 404  # no basis: looks like a missing resource
+    (event,) = _events_of(ics, "r-2")
+    assert (event.action, event.outcome, event.username) == ("clinical:resource:read", "deny", "nurse.lee")
+    assert (f"Condition/{diabetes}", "4") in _entities(event.event)
+    assert _detail(event.event, "rule") == "deny-no-basis"
+
+
+def test_a_resource_the_role_may_not_see_is_refused_and_audited_with_the_rule(ics: Ics) -> None:
+    gp = ics.open_record("dr.patel")
+    sexual_health = _condition_id(ics, gp, "105629000")  # the GP's own record, shown to the GP
+    paramedic = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    response = ics.client.get(f"/fhir/Condition/{sexual_health}", headers={**paramedic, "X-Request-ID": "r-3"})
+    assert response.status_code == 404
+    (event,) = _events_of(ics, "r-3")
+    assert event.outcome == "deny" and _detail(event.event, "rule") == "withheld-tier"
+    assert (f"Condition/{sexual_health}", "4") in _entities(event.event)
+
+
+def test_a_patient_read_is_a_read_of_the_patient_resource_alone(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers={**headers, "X-Request-ID": "p-1"})
+    assert response.status_code == 200 and response.json()["name"][0]["family"] == "Okafor"
+    (event,) = _events_of(ics, "p-1")
+    assert event.action == "clinical:resource:read"
+    assert [ref for ref, role in _entities(event.event) if role != "1"] == [f"Patient/{ics.okafor}"]
+    no_basis = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=ics.token("nurse.lee"))
+    assert no_basis.status_code == 403 and "record why" in no_basis.json()["issue"][0]["diagnostics"]
+
+
+def test_the_citizen_sees_which_kind_of_item_was_looked_at(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    diabetes = _condition_id(ics, headers, "44054006")
+    ics.client.get(f"/fhir/Condition/{diabetes}", headers=headers)
+    ics.client.get(f"/fhir/Condition/{diabetes}", headers=ics.token("nurse.lee"))  # refused
+    citizen_sign_in(ics.client)
+    page = ics.client.get("/patient/accesses").text
+    rows = page.split('class="nhsuk-table__row sc-access"')[1:]
+    reads = [r for r in rows if "viewed a problem or diagnosis in your record" in r]
+    assert len(reads) == 2
+    assert "Dr Amara Patel" in reads[1] and "Refused" not in reads[1]  # newest first: the refusal is on top
+    assert "Refused" in reads[0]
+    assert diabetes not in page  # ids mean nothing to a citizen
+
+
+def test_the_ig_officer_sees_the_resource_named_and_whether_it_was_shown(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    diabetes = _condition_id(ics, headers, "44054006")
+    ics.client.get(f"/fhir/Condition/{diabetes}", headers=headers)
+    ics.client.get(f"/fhir/Condition/{diabetes}", headers=ics.token("nurse.lee"))
+    done = ics.client.post("/login", data={"username": "ig.morgan", "password": "demo", "target": "/ig"},
+                           follow_redirects=False)
+    assert done.status_code == 303
+    rows = ics.client.post("/ig/audit", data={"patient": ics.okafor}).text.split('<tr class="nhsuk-table__row">')
+    reads = [r for r in rows if "clinical:resource:read" in r]
+    assert len(reads) == 2 and all(f"Condition/{diabetes}" in r for r in reads)
+    refused, allowed = reads  # newest first
+    assert "Refused" in refused and "shown" not in refused
+    assert "Allowed" in allowed and "1 item shown" in allowed
