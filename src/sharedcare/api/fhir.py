@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sharedcare import __version__
 from sharedcare.api.deps import RecordsDep
 from sharedcare.api.outcomes import FHIR_JSON
+from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
@@ -65,7 +66,7 @@ def _bundle(request: Request, resources: list[dict[str, Any]]) -> dict[str, Any]
 
 
 @router.get("/metadata")
-def capability_statement() -> JSONResponse:
+def capability_statement(request: Request) -> JSONResponse:
     interactions = [{"code": "read"}, {"code": "search-type"}]
     clinical_params = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
                        {"name": "date", "type": "date"}, {"name": "category", "type": "token"},
@@ -88,9 +89,7 @@ def capability_statement() -> JSONResponse:
         "software": {"name": "sharedcare", "version": __version__},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "rest": [{"mode": "server", "security": {
-            "description": "Bearer tokens (`sharedcare token`); every read needs a point-of-care basis "
-                           "(POST /api/access/{patient_id}) and is decided by the sharing framework."},
+        "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
             "resource": resources}],
     })
 
