@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt as pyjwt
 import pytest
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import select
@@ -267,7 +268,10 @@ def test_an_approval_form_from_another_site_is_refused(registered: Ics) -> None:
 def test_a_partner_backend_with_a_signed_assertion_reads_under_its_organisations_role(
         registered: Ics, rsa_key: RSAKey) -> None:
     ics = registered
-    response = _backend_token(ics, _assertion(rsa_key))
+    # signed as docs/api.md shows a partner, with Authlib's client helper
+    assertion = private_key_jwt_sign(rsa_key, EPR, TOKEN_URL, alg="RS384", header={"kid": rsa_key.kid},
+                                     expires_in=300)
+    response = _backend_token(ics, assertion)
     assert response.status_code == 200, response.text
     token = response.json()
     assert token["scope"] == "system/*.read" and token["expires_in"] == 300 and "patient" not in token
@@ -331,6 +335,11 @@ def test_a_backend_of_a_suspended_organisation_gets_nothing(registered: Ics, rsa
     assert "suspended" in refused.json()["error_description"] and "access_token" not in refused.json()
     read = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=earlier)
     assert "(rule deny-actor-agreement)" in _outcome(read, 403)
+    with db.session() as session:
+        sign_ins = session.scalars(select(AuditEntry).where(AuditEntry.username == f"client:{EPR}",
+                                                            AuditEntry.action == "auth:session:login")
+                                      .order_by(AuditEntry.seq)).all()
+    assert [e.outcome for e in sign_ins] == ["permit", "deny"]
 
 
 def test_a_removed_backend_clients_token_stops_working(registered: Ics, rsa_key: RSAKey, db: Database) -> None:

@@ -38,6 +38,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from sharedcare.api import scopes
@@ -57,10 +58,11 @@ from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, RecordsDep, Settin
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import record_sign_in
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.portal import csrf, pages
-from sharedcare.store.models import OAuthCode, SeenAssertion
+from sharedcare.store.models import OAuthCode, RevokedToken, SeenAssertion
 
 router = APIRouter()
 
@@ -453,13 +455,30 @@ def _describe(scope: str) -> str:
 
 @router.post(TOKEN_PATH)
 async def token(request: Request) -> Response:
+    """Codes and assertions are redeemed here. A backend's request counts as its sign-in and is audited,
+    granted or not (TRUST AU3); an app's user signed in at the portal, audited there."""
     form = await _form(request)
+    oauth_request = FormRequest(request, form)
     with get_database(request).session() as session:
+        purge_expired(session)
         try:
-            response: Response = _server(request, session).create_token_response(FormRequest(request, form))
+            response: Response = _server(request, session).create_token_response(oauth_request)
         except OAuth2Error as error:
-            return _oauth_error(error)
+            response = _oauth_error(error)
+    if form.get("grant_type") == "client_credentials":
+        client: RegisteredClient | None = oauth_request.client
+        record_sign_in(get_database(request), f"{CLIENT_PREFIX}{client.client_id if client else '(unknown)'}",
+                       response.status_code == 200, role=client.role if client else None,
+                       organisation=client.organisation if client else None, request_id=request.state.request_id,
+                       source_address=request.client.host if request.client else None)
     return response
+
+
+def purge_expired(session: Session) -> None:
+    """Forget codes, used assertions and revoked token ids past their expiry: each is refused anyway."""
+    now = utcnow()
+    for model in (OAuthCode, SeenAssertion, RevokedToken):
+        session.execute(delete(model).where(model.expires_at < now - timedelta(minutes=5)))
 
 
 @router.post(REVOKE_PATH)
