@@ -77,7 +77,12 @@ def _pkce() -> tuple[str, str]:
 
 
 def _launch(ics: Ics, patient: str) -> str:
-    """The clinician presses 'launch' on the record: the portal sends the browser to the app's launch URI."""
+    """The clinician follows 'Open an app' from the record and presses the app's button: the portal sends
+    the browser to the app's launch URI."""
+    record = ics.client.get(f"/record/{patient}")
+    assert f'href="/oauth/launch?patient={patient}"' in record.text
+    page = ics.client.get(f"/oauth/launch?patient={patient}")
+    assert page.status_code == 200 and "Open Ward tasks" in page.text
     response = ics.client.post("/oauth/launch", data={"client_id": APP, "patient": patient}, follow_redirects=False)
     assert response.status_code == 303, response.text
     location = urlsplit(response.headers["location"])
@@ -254,6 +259,17 @@ def test_a_launch_made_by_another_user_is_refused(registered: Ics) -> None:
     _sign_in(ics, "dr.oconnor")
     response = ics.client.get(_authorize_url(_pkce()[1], "launch patient/*.read", launch), follow_redirects=False)
     assert "another user" in parse_qs(urlsplit(response.headers["location"]).query)["error_description"][0]
+
+
+def test_a_launch_cannot_be_used_as_an_access_token_nor_made_before_a_basis(registered: Ics) -> None:
+    ics = registered
+    _sign_in(ics)
+    before = ics.client.post("/oauth/launch", data={"client_id": APP, "patient": ics.okafor}, follow_redirects=False)
+    assert before.headers["location"] == f"/record/{ics.okafor}"  # the basis form comes first
+    assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}).status_code == 201
+    launch = _launch(ics, ics.okafor)
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=_bearer(launch))
+    assert _outcome(response, 401)
 
 
 def test_an_approval_form_from_another_site_is_refused(registered: Ics) -> None:

@@ -53,7 +53,7 @@ from sharedcare.api.auth import (
     revoke,
     sign_token,
 )
-from sharedcare.api.clients import ASSERTION_ALGORITHMS, PUBLIC, RegisteredClient, find_client
+from sharedcare.api.clients import ASSERTION_ALGORITHMS, PUBLIC, RegisteredClient, find_client, list_clients
 from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, RecordsDep, SettingsDep, get_database
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
@@ -333,6 +333,17 @@ def read_launch(settings: Settings, launch: str, client_id: str, username: str) 
     if claims["sub"] != username:
         raise InvalidRequestError("the launch was made by another user")
     return str(claims["patient"])
+
+
+@router.get("/oauth/launch")
+def launch_page(request: Request, records: RecordsDep, fw: FrameworkDep, patient: str) -> Response:
+    """The apps that can be launched for the record open on screen (registered with a launch URI)."""
+    if records.needs_basis(patient):
+        return RedirectResponse(f"/record/{patient}", status_code=303)
+    with get_database(request).session() as session:
+        apps = [c for c in list_clients(session) if c.kind == PUBLIC and c.launch_uri]
+    return pages.render(request, "oauth_launch.html", apps=apps, patient=patient,
+                        account=pages.account(records.actor, fw))
 
 
 @router.post("/oauth/launch", dependencies=[Depends(csrf.check)])
