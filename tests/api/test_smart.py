@@ -105,6 +105,8 @@ def _authorize_url(challenge: str | None, scope: str, launch: str | None = None,
 def _approve(ics: Ics, url: str) -> dict[str, list[str]]:
     page = ics.client.get(url)
     assert page.status_code == 200 and "Allow Ward tasks to read records?" in page.text
+    # the answer redirects to the app: the page's CSP lets its form go there, and nowhere else
+    assert "form-action 'self' https://tasks.example;" in page.headers["content-security-policy"]
     response = ics.client.post(url, data={"decision": "approve"}, follow_redirects=False)
     assert response.status_code == 302, response.text
     location = urlsplit(response.headers["location"])
@@ -446,6 +448,9 @@ def test_clients_are_registered_and_listed_with_the_cli(db: Database, tmp_path: 
     no_org = runner.invoke(cli, ["clients", "add", "x", "--name", "X", "--kind", "backend", "--organisation",
                                  "NOPE", "--role", "gp", "--jwks", str(jwks)])
     assert no_org.exit_code == 2 and "--organisation: 'NOPE'" in no_org.stderr
+    sneaky = runner.invoke(cli, ["clients", "add", "sneaky", "--name", "S", "--kind", "public", "--redirect-uri",
+                                 "https://a.example/cb; script-src *"])
+    assert sneaky.exit_code == 2 and "--redirect-uri" in sneaky.stderr
     app = runner.invoke(cli, ["clients", "add", APP, "--name", "Ward tasks", "--kind", "public",
                               "--redirect-uri", REDIRECT])
     assert app.exit_code == 0, app.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
 from joserfc.errors import JoseError
@@ -101,6 +102,10 @@ def add_client(session: Session, fw: Framework, client_id: str, name: str, kind:
     if kind == PUBLIC:
         if not redirect_uris:
             raise SharedcareError("--redirect-uri: a public app needs at least one redirect URI", where=where)
+        for option, uri in [("--redirect-uri", u) for u in redirect_uris] + [("--launch-uri", launch_uri or "")]:
+            if uri and not _plain_url(uri):
+                raise SharedcareError(f"{option}: '{uri}' is not an absolute https URL (http only on loopback)",
+                                      where=where)
         if any(s.level == "system" for s in scopes.read_scopes(scope)):
             raise SharedcareError("--scope: system/ scopes are for backend clients", where=where)
     elif kind == BACKEND:
@@ -112,6 +117,15 @@ def add_client(session: Session, fw: Framework, client_id: str, name: str, kind:
     session.add(row)
     session.flush()
     return RegisteredClient.of(row)
+
+
+def _plain_url(uri: str) -> bool:
+    """An absolute URL an app may be sent to: https (http on loopback, for development), no user info,
+    nothing that could break out of the portal's Content-Security-Policy, no fragment (RFC 6749 3.1.2)."""
+    part = urlsplit(uri)
+    loopback = part.hostname in ("localhost", "127.0.0.1", "::1")
+    return (part.scheme == "https" or (part.scheme == "http" and loopback)) and bool(part.hostname) \
+        and "@" not in part.netloc and not part.fragment and not any(c in uri for c in " ;,'\"\t\n\r")
 
 
 def _check_backend(fw: Framework, organisation: str | None, role: str | None, jwks: dict[str, Any] | None,

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jwt as pyjwt
 from authlib.common.urls import add_params_to_uri
@@ -342,8 +343,18 @@ def launch_page(request: Request, records: RecordsDep, fw: FrameworkDep, patient
         return RedirectResponse(f"/record/{patient}", status_code=303)
     with get_database(request).session() as session:
         apps = [c for c in list_clients(session) if c.kind == PUBLIC and c.launch_uri]
-    return pages.render(request, "oauth_launch.html", apps=apps, patient=patient,
-                        account=pages.account(records.actor, fw))
+    response = pages.render(request, "oauth_launch.html", apps=apps, patient=patient,
+                            account=pages.account(records.actor, fw))
+    return _form_may_lead_to(response, [str(app.launch_uri) for app in apps])
+
+
+def _form_may_lead_to(response: Response, uris: list[str]) -> Response:
+    """Let this page's form redirect to the app (CSP `form-action` covers redirects after a submission);
+    registration checked that each URI is a plain http(s) URL."""
+    origins = sorted({f"{part.scheme}://{part.netloc}" for part in map(urlsplit, uris)})
+    response.headers["Content-Security-Policy"] = pages.CONTENT_SECURITY_POLICY.replace(
+        "form-action 'self'", " ".join(["form-action 'self'", *origins]))
+    return response
 
 
 @router.post("/oauth/launch", dependencies=[Depends(csrf.check)])
@@ -429,9 +440,10 @@ def authorize(request: Request, settings: SettingsDep, fw: FrameworkDep) -> Resp
             return _refuse(request, error)
         client: RegisteredClient = grant.request.client
         described = [_describe(w) for w in (grant.request.scope or "").split()]
-        return pages.render(request, "oauth_authorize.html", app=client.name, scopes=described,
+        page = pages.render(request, "oauth_authorize.html", app=client.name, scopes=described,
                             patient=patient, action=f"{AUTHORIZE_PATH}?{request.url.query}",
                             account=pages.account(actor_for(fw, username), fw))
+        return _form_may_lead_to(page, [grant.redirect_uri])
 
 
 @router.post(AUTHORIZE_PATH, dependencies=[Depends(csrf.check)])
