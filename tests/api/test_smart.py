@@ -457,3 +457,9 @@ def test_clients_are_registered_and_listed_with_the_cli(db: Database, tmp_path: 
     listed = json.loads(runner.invoke(cli, ["clients", "list", "--json"]).stdout)
     assert [(c["client_id"], c["kind"], c["organisation"], c["scope"]) for c in listed] == [
         (EPR, "backend", "RXR", "system/*.read"), (APP, "public", None, "launch patient/*.read user/*.read")]
+
+
+def test_oauth_over_plain_http_is_refused(registered: Ics, rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT")
+    response = _backend_token(registered, _assertion(rsa_key))
+    assert response.status_code == 400 and response.json()["error"] == "insecure_transport"

@@ -481,15 +481,16 @@ async def token(request: Request) -> Response:
     """Codes and assertions are redeemed here. A backend's request counts as its sign-in and is audited,
     granted or not (TRUST AU3); an app's user signed in at the portal, audited there."""
     form = await _form(request)
-    oauth_request = FormRequest(request, form)
+    oauth_request: FormRequest | None = None
     with get_database(request).session() as session:
         purge_expired(session)
         try:
+            oauth_request = FormRequest(request, form)  # refuses plain HTTP (InsecureTransportError)
             response: Response = _server(request, session).create_token_response(oauth_request)
         except OAuth2Error as error:
             response = _oauth_error(error)
     if form.get("grant_type") == "client_credentials":
-        client: RegisteredClient | None = oauth_request.client
+        client: RegisteredClient | None = oauth_request.client if oauth_request else None
         record_sign_in(get_database(request), f"{CLIENT_PREFIX}{client.client_id if client else '(unknown)'}",
                        response.status_code == 200, role=client.role if client else None,
                        organisation=client.organisation if client else None, request_id=request.state.request_id,
