@@ -328,7 +328,7 @@ def clients_add(
     scope: Annotated[str | None, typer.Option(help="Scopes it may be granted (default by kind).")] = None,
 ) -> None:
     """Register an app (public) or a partner system (backend) to use the FHIR API."""
-    from sharedcare.api.clients import add_client
+    from sharedcare.governance.clients import add_client
 
     try:
         keys = json.loads(jwks.read_text(encoding="utf-8")) if jwks else None
@@ -347,7 +347,7 @@ def clients_add(
 @clients_app.command("list")
 def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The registered clients: id, name, kind, scopes, redirect URIs, organisation and role."""
-    from sharedcare.api.clients import list_clients
+    from sharedcare.governance.clients import list_clients
 
     with _database().session() as session:
         rows: list[dict[str, Any]] = [{"client_id": c.client_id, "name": c.name, "kind": c.kind, "scope": c.scope,

@@ -27,11 +27,11 @@ from tests.small_ics import Ics
 from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_token
-from sharedcare.api.clients import add_client
 from sharedcare.cli import app as cli
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.clients import add_client
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry

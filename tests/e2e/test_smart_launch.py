@@ -18,7 +18,7 @@ from tests.e2e.conftest import LiveServer, Pages
 from tests.e2e.test_clinician_journey import sign_in
 from tests.small_ics import Ics
 
-from sharedcare.api.clients import add_client
+from sharedcare.governance.clients import add_client
 
 
 def _page(body: str) -> HTMLResponse:

@@ -3,23 +3,22 @@
 `sharedcare token` mints them for integration and tests; the portal keeps one in an HttpOnly cookie;
 the SMART on FHIR authorisation server (`api/oauth.py`) issues the same shape, adding `client_id` and,
 for an EHR launch, `patient`. A backend client's token names it as `client:{client_id}`. A token
-revoked before it expires (RFC 7009, or portal sign-out) has its `jti` in `revoked_tokens`.
+revoked before it expires (RFC 7009, or portal sign-out) has its `jti` in `revoked_tokens`
+(`governance/tokens.py`).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework
-from sharedcare.store.models import RevokedToken
 
 ALGORITHM = "HS256"
 ISSUER = "sharedcare"
@@ -67,15 +66,3 @@ def read_token(settings: Settings, token: str) -> dict[str, Any]:
         raise AuthError("the access token is not valid") from exc
     return claims
 
-
-def revoke(session: Session, claims: dict[str, Any]) -> None:
-    """Refuse this token from now on, though it has not expired (its `jti` is kept until it would have)."""
-    jti = str(claims.get("jti", ""))
-    if jti and session.get(RevokedToken, jti) is None:
-        expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
-        session.add(RevokedToken(jti=jti, revoked_at=utcnow(), expires_at=expires))
-
-
-def check_not_revoked(session: Session, claims: dict[str, Any]) -> None:
-    if session.get(RevokedToken, str(claims.get("jti", ""))) is not None:
-        raise AuthError("the access token has been revoked; sign in again")

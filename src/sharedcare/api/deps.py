@@ -13,15 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from sharedcare.api.auth import CITIZEN_PREFIX, CLIENT_PREFIX, AuthError, check_not_revoked, read_token
-from sharedcare.api.clients import find_client
-from sharedcare.api.scopes import patient_level_only, read_scopes
+from sharedcare.api.auth import CITIZEN_PREFIX, CLIENT_PREFIX, AuthError, read_token
 from sharedcare.config import Settings
+from sharedcare.governance.clients import find_client
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for, citizen_actor
 from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
+from sharedcare.governance.scopes import patient_level_only, read_scopes
+from sharedcare.governance.tokens import OAuthStore, is_revoked
 from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, IgWorkspace
 from sharedcare.store.database import Database
 
@@ -67,9 +68,11 @@ def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settin
     request.state.launch_patient = claims.get("patient")
     subject = str(claims["sub"])
     with db.session() as session:
-        check_not_revoked(session, claims)
+        revoked = is_revoked(session, claims)
         client = find_client(session, subject.removeprefix(CLIENT_PREFIX)) if subject.startswith(CLIENT_PREFIX) \
             else None
+    if revoked:
+        raise AuthError("the access token has been revoked; sign in again")
     if subject.startswith(CITIZEN_PREFIX):
         return citizen_actor(fw, subject.removeprefix(CITIZEN_PREFIX))
     if subject.startswith(CLIENT_PREFIX):
@@ -136,11 +139,19 @@ def get_feedback(actor: Annotated[Actor, Depends(get_actor)],
         yield StaffFeedback(session, actor)
 
 
+def get_oauth(fw: Annotated[Framework, Depends(get_framework)],
+              db: Annotated[Database, Depends(get_database)]) -> Iterator[OAuthStore]:
+    """The SMART authorisation server's store (codes, assertions, revocations, clients)."""
+    with db.session() as session:
+        yield OAuthStore(session, fw)
+
+
 ActorDep = Annotated[Actor, Depends(get_actor)]
 RecordsDep = Annotated[GovernedRecords, Depends(get_records, scope="function")]
 CitizenDep = Annotated[CitizenWorkspace, Depends(get_citizen, scope="function")]
 IgDep = Annotated[IgWorkspace, Depends(get_ig, scope="function")]
 SignInDep = Annotated[CitizenSignIn, Depends(get_sign_in, scope="function")]
 FeedbackDep = Annotated[StaffFeedback, Depends(get_feedback, scope="function")]
+OAuthDep = Annotated[OAuthStore, Depends(get_oauth, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 FrameworkDep = Annotated[Framework, Depends(get_framework)]

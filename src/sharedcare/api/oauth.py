@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -39,31 +39,25 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
-from sqlalchemy import delete
-from sqlalchemy.orm import Session
 
-from sharedcare.api import scopes
 from sharedcare.api.auth import (
     ALGORITHM,
     CLIENT_PREFIX,
     ISSUER,
     AuthError,
-    check_not_revoked,
     mint_token,
     read_token,
-    revoke,
     sign_token,
 )
-from sharedcare.api.clients import ASSERTION_ALGORITHMS, PUBLIC, RegisteredClient, find_client, list_clients
-from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, RecordsDep, SettingsDep, get_database
+from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, OAuthDep, RecordsDep, SettingsDep
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
-from sharedcare.governance.agreements import effective_agreements
-from sharedcare.governance.audit import record_sign_in
+from sharedcare.governance import scopes
+from sharedcare.governance.clients import ASSERTION_ALGORITHMS, PUBLIC, RegisteredClient
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
+from sharedcare.governance.tokens import Code, OAuthStore
 from sharedcare.portal import csrf, pages
-from sharedcare.store.models import OAuthCode, RevokedToken, SeenAssertion
 
 router = APIRouter()
 
@@ -87,13 +81,13 @@ class Grantee:
 
 @dataclass(frozen=True)
 class StoredCode(AuthorizationCodeMixin):
-    row: OAuthCode
+    code: Code
 
     def get_redirect_uri(self) -> str:
-        return self.row.redirect_uri
+        return self.code.redirect_uri
 
     def get_scope(self) -> str:
-        return self.row.scope
+        return self.code.scope
 
 
 @dataclass(frozen=True)
@@ -137,10 +131,10 @@ class PkceS256(CodeChallenge):
         super().validate_code_challenge(grant, redirect_uri)
 
     def get_authorization_code_challenge(self, authorization_code: StoredCode) -> str:
-        return authorization_code.row.code_challenge
+        return authorization_code.code.code_challenge
 
     def get_authorization_code_challenge_method(self, authorization_code: StoredCode) -> str:
-        return authorization_code.row.code_challenge_method
+        return authorization_code.code.code_challenge_method
 
 
 class CodeGrant(AuthorizationCodeGrant):
@@ -149,26 +143,21 @@ class CodeGrant(AuthorizationCodeGrant):
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         user: Grantee = request.user
         data = request.payload.data
-        self.server.session.add(OAuthCode(
+        self.server.store.save_code(Code(
             code=code, client_id=request.client.client_id, username=user.username,
             redirect_uri=request.payload.redirect_uri or "", scope=request.scope or "",
             code_challenge=data["code_challenge"], code_challenge_method=data["code_challenge_method"],
-            patient=user.patient, expires_at=utcnow() + timedelta(minutes=CODE_MINUTES)))
+            patient=user.patient), CODE_MINUTES)
 
     def query_authorization_code(self, code: str, client: RegisteredClient) -> StoredCode | None:
-        row = self.server.session.get(OAuthCode, code)
-        if row is None or row.client_id != client.client_id:
-            return None
-        if row.expires_at <= utcnow():
-            self.server.session.delete(row)
-            return None
-        return StoredCode(row)
+        found = self.server.store.code(code, client.client_id)
+        return StoredCode(found) if found else None
 
     def delete_authorization_code(self, authorization_code: StoredCode) -> None:
-        self.server.session.delete(authorization_code.row)
+        self.server.store.use_code(authorization_code.code.code)
 
     def authenticate_user(self, authorization_code: StoredCode) -> Grantee:
-        return Grantee(authorization_code.row.username, authorization_code.row.patient)
+        return Grantee(authorization_code.code.username, authorization_code.code.patient)
 
 
 class OrganisationNotSharing(OAuth2Error):
@@ -185,11 +174,10 @@ class BackendGrant(ClientCredentialsGrant):
         wanted = (self.request.payload.scope or "").split()
         if not wanted or client.get_allowed_scope(" ".join(wanted)).split() != wanted:
             raise InvalidScopeError(f"ask for scopes this client is registered for: {client.scope}")
-        server: SmartServer = self.server
-        agreement = effective_agreements(server.session, server.fw).get(client.organisation or "")
-        if agreement is None or not agreement.in_force(utcnow().date()):
+        in_force, status = self.server.store.sharing(client.organisation)
+        if not in_force:
             raise OrganisationNotSharing(f"{client.organisation} has no information-sharing agreement in force "
-                                         f"({agreement.status if agreement else 'none'}); no token is issued")
+                                         f"({status}); no token is issued")
 
 
 class PrivateKeyJwt(JWTBearerClientAssertion):
@@ -220,13 +208,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return claims
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
-        session = self.server.session
-        if session.get(SeenAssertion, (str(claims["sub"]), str(jti))) is not None:
-            return False
-        session.add(SeenAssertion(client_id=str(claims["sub"]), jti=str(jti),
-                                  expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)))
-        session.flush()
-        return True
+        return self.server.store.first_use_of_assertion(str(claims["sub"]), str(jti), int(claims["exp"]))
 
 
 class Revocation(RevocationEndpoint):
@@ -240,15 +222,15 @@ class Revocation(RevocationEndpoint):
             return None  # expired or not ours: nothing to revoke, and RFC 7009 answers 200 all the same
 
     def revoke_token(self, token: PresentedToken, request: OAuth2Request) -> None:
-        revoke(self.server.session, token.claims)
+        self.server.store.revoke(token.claims)
 
 
 class SmartServer(AuthorizationServer):
-    """One request's authorisation server, bound to its database session."""
+    """One request's authorisation server, bound to its store (one database session)."""
 
-    def __init__(self, session: Session, settings: Settings, fw: Framework, base_url: str) -> None:
+    def __init__(self, store: OAuthStore, settings: Settings, fw: Framework, base_url: str) -> None:
         super().__init__()
-        self.session, self.settings, self.fw, self.base_url = session, settings, fw, base_url
+        self.store, self.settings, self.fw, self.base_url = store, settings, fw, base_url
         self.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
         self.register_grant(CodeGrant, [PkceS256(required=True)])
         self.register_grant(BackendGrant)
@@ -256,7 +238,7 @@ class SmartServer(AuthorizationServer):
         self.register_token_generator("default", self._token)
 
     def query_client(self, client_id: str) -> RegisteredClient | None:
-        return find_client(self.session, client_id)
+        return self.store.client(client_id)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Nothing to keep: the token is a signed JWT, and revocation records its jti."""
@@ -299,9 +281,9 @@ class SmartServer(AuthorizationServer):
         return token
 
 
-def _server(request: Request, session: Session) -> SmartServer:
+def _server(request: Request, store: OAuthStore) -> SmartServer:
     base = str(request.base_url).rstrip("/")
-    return SmartServer(session, request.app.state.settings, request.app.state.framework, base)
+    return SmartServer(store, request.app.state.settings, request.app.state.framework, base)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -337,12 +319,12 @@ def read_launch(settings: Settings, launch: str, client_id: str, username: str) 
 
 
 @router.get("/oauth/launch")
-def launch_page(request: Request, records: RecordsDep, fw: FrameworkDep, patient: str) -> Response:
+def launch_page(request: Request, records: RecordsDep, store: OAuthDep, fw: FrameworkDep,
+                patient: str) -> Response:
     """The apps that can be launched for the record open on screen (registered with a launch URI)."""
     if records.needs_basis(patient):
         return RedirectResponse(f"/record/{patient}", status_code=303)
-    with get_database(request).session() as session:
-        apps = [c for c in list_clients(session) if c.kind == PUBLIC and c.launch_uri]
+    apps = [c for c in store.clients() if c.kind == PUBLIC and c.launch_uri]
     response = pages.render(request, "oauth_launch.html", apps=apps, patient=patient,
                             account=pages.account(records.actor, fw))
     return _form_may_lead_to(response, [str(app.launch_uri) for app in apps])
@@ -358,14 +340,13 @@ def _form_may_lead_to(response: Response, uris: list[str]) -> Response:
 
 
 @router.post("/oauth/launch", dependencies=[Depends(csrf.check)])
-def launch(request: Request, records: RecordsDep, settings: SettingsDep,
+def launch(request: Request, records: RecordsDep, store: OAuthDep, settings: SettingsDep,
            client_id: Annotated[str, Form()], patient: Annotated[str, Form()]) -> Response:
     """Launch a registered app from the clinician portal for the record open on screen (EHR launch).
 
     Only for a record the user may open now (a basis recorded, the framework permitting): otherwise the
     same refusal as the record page, audited."""
-    with get_database(request).session() as session:
-        client = find_client(session, client_id)
+    client = store.client(client_id)
     if client is None or client.kind != PUBLIC or not client.launch_uri:
         return pages.error_page(request, 400, f"no app '{client_id}' is registered for launch from the portal")
     if records.needs_basis(patient):
@@ -378,19 +359,17 @@ def launch(request: Request, records: RecordsDep, settings: SettingsDep,
 
 # -- authorisation endpoint -----------------------------------------------------------------------
 
-def _signed_in_user(request: Request, settings: Settings, fw: Framework) -> str | None:
+def _signed_in_user(request: Request, settings: Settings, fw: Framework, store: OAuthStore) -> str | None:
     """The configured user of the portal session, if any (citizens cannot approve apps here)."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
     try:
         claims = read_token(settings, token)
-        with get_database(request).session() as session:
-            check_not_revoked(session, claims)
     except AuthError:
         return None
     subject = str(claims["sub"])
-    return subject if subject in fw.users else None
+    return subject if subject in fw.users and not store.is_revoked(claims) else None
 
 
 def _check_launch(grant: Any, settings: Settings, username: str) -> str | None:
@@ -410,8 +389,8 @@ def _check_launch(grant: Any, settings: Settings, username: str) -> str | None:
         raise
 
 
-def _consent_grant(request: Request, session: Session) -> tuple[SmartServer, Any]:
-    server = _server(request, session)
+def _consent_grant(request: Request, store: OAuthStore) -> tuple[SmartServer, Any]:
+    server = _server(request, store)
     oauth_request = FormRequest(request)
     grant = server.get_consent_grant(oauth_request)
     return server, grant
@@ -426,41 +405,38 @@ def _refuse(request: Request, error: OAuth2Error) -> Response:
 
 
 @router.get(AUTHORIZE_PATH)
-def authorize(request: Request, settings: SettingsDep, fw: FrameworkDep) -> Response:
+def authorize(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAuthDep) -> Response:
     """Check the app's request, sign the user in if needed, and ask them to approve it."""
-    username = _signed_in_user(request, settings, fw)
-    with get_database(request).session() as session:
-        try:
-            grant = _consent_grant(request, session)[1]
-            if username is None:
-                target = f"{AUTHORIZE_PATH}?{request.url.query}"
-                return pages.staff_sign_in(request, target=target)
-            patient = _check_launch(grant, settings, username)
-        except OAuth2Error as error:
-            return _refuse(request, error)
-        client: RegisteredClient = grant.request.client
-        described = [_describe(w) for w in (grant.request.scope or "").split()]
-        page = pages.render(request, "oauth_authorize.html", app=client.name, scopes=described,
-                            patient=patient, action=f"{AUTHORIZE_PATH}?{request.url.query}",
-                            account=pages.account(actor_for(fw, username), fw))
-        return _form_may_lead_to(page, [grant.redirect_uri])
+    username = _signed_in_user(request, settings, fw, store)
+    try:
+        grant = _consent_grant(request, store)[1]
+        if username is None:
+            return pages.staff_sign_in(request, target=f"{AUTHORIZE_PATH}?{request.url.query}")
+        patient = _check_launch(grant, settings, username)
+    except OAuth2Error as error:
+        return _refuse(request, error)
+    client: RegisteredClient = grant.request.client
+    described = [_describe(w) for w in (grant.request.scope or "").split()]
+    page = pages.render(request, "oauth_authorize.html", app=client.name, scopes=described,
+                        patient=patient, action=f"{AUTHORIZE_PATH}?{request.url.query}",
+                        account=pages.account(actor_for(fw, username), fw))
+    return _form_may_lead_to(page, [grant.redirect_uri])
 
 
 @router.post(AUTHORIZE_PATH, dependencies=[Depends(csrf.check)])
-def approve(request: Request, settings: SettingsDep, fw: FrameworkDep,
+def approve(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAuthDep,
             decision: Annotated[str, Form()] = "") -> Response:
     """The user's answer: a code for the app (approve) or access_denied, sent to its redirect URI."""
-    username = _signed_in_user(request, settings, fw)
+    username = _signed_in_user(request, settings, fw, store)
     if username is None:
         raise AuthError("sign in again to approve the app")
-    with get_database(request).session() as session:
-        try:
-            server, grant = _consent_grant(request, session)
-            patient = _check_launch(grant, settings, username)
-        except OAuth2Error as error:
-            return _refuse(request, error)
-        user = Grantee(username, patient) if decision == "approve" else None
-        response: Response = server.create_authorization_response(grant.request, grant_user=user, grant=grant)
+    try:
+        server, grant = _consent_grant(request, store)
+        patient = _check_launch(grant, settings, username)
+    except OAuth2Error as error:
+        return _refuse(request, error)
+    user = Grantee(username, patient) if decision == "approve" else None
+    response: Response = server.create_authorization_response(grant.request, grant_user=user, grant=grant)
     return response
 
 
@@ -477,49 +453,37 @@ def _describe(scope: str) -> str:
 # -- token and revocation endpoints -------------------------------------------------------------------
 
 @router.post(TOKEN_PATH)
-async def token(request: Request) -> Response:
+async def token(request: Request, store: OAuthDep) -> Response:
     """Codes and assertions are redeemed here. A backend's request counts as its sign-in and is audited,
     granted or not (TRUST AU3); an app's user signed in at the portal, audited there."""
     form = await _form(request)
+    store.purge_expired()
     oauth_request: FormRequest | None = None
-    with get_database(request).session() as session:
-        purge_expired(session)
-        try:
-            oauth_request = FormRequest(request, form)  # refuses plain HTTP (InsecureTransportError)
-            response: Response = _server(request, session).create_token_response(oauth_request)
-        except OAuth2Error as error:
-            response = _oauth_error(error)
+    try:
+        oauth_request = FormRequest(request, form)  # refuses plain HTTP (InsecureTransportError)
+        response: Response = _server(request, store).create_token_response(oauth_request)
+    except OAuth2Error as error:
+        response = _oauth_error(error)
     if form.get("grant_type") == "client_credentials":
-        client: RegisteredClient | None = oauth_request.client if oauth_request else None
-        record_sign_in(get_database(request), f"{CLIENT_PREFIX}{client.client_id if client else '(unknown)'}",
-                       response.status_code == 200, role=client.role if client else None,
-                       organisation=client.organisation if client else None, request_id=request.state.request_id,
-                       source_address=request.client.host if request.client else None)
+        store.client_sign_in(oauth_request.client if oauth_request else None, response.status_code == 200,
+                             request.state.request_id, request.client.host if request.client else None)
     return response
-
-
-def purge_expired(session: Session) -> None:
-    """Forget codes, used assertions and revoked token ids past their expiry: each is refused anyway."""
-    now = utcnow()
-    for model in (OAuthCode, SeenAssertion, RevokedToken):
-        session.execute(delete(model).where(model.expires_at < now - timedelta(minutes=5)))
 
 
 @router.post(REVOKE_PATH)
-async def revoke_token(request: Request) -> Response:
+async def revoke_token(request: Request, store: OAuthDep) -> Response:
     """RFC 7009: the client that was issued a token may revoke it; any caller gets 200 for a token that is
     not (or no longer) valid."""
     form = await _form(request)
-    with get_database(request).session() as session:
-        try:
-            response: Response = _server(request, session).create_endpoint_response(
-                Revocation.ENDPOINT_NAME, FormRequest(request, form))
-        except OAuth2Error as error:
-            return _oauth_error(error)
+    try:
+        response: Response = _server(request, store).create_endpoint_response(
+            Revocation.ENDPOINT_NAME, FormRequest(request, form))
+    except OAuth2Error as error:
+        return _oauth_error(error)
     return response
 
 
-def revoke_session(request: Request) -> None:
+def revoke_session(request: Request, store: OAuthStore) -> None:
     """Portal sign-out: the session token in the cookie is refused from now on, not only forgotten."""
     token_value = request.cookies.get(SESSION_COOKIE)
     if not token_value:
@@ -528,5 +492,4 @@ def revoke_session(request: Request) -> None:
         claims = read_token(request.app.state.settings, token_value)
     except AuthError:
         return  # expired or not valid: refused anyway
-    with get_database(request).session() as session:
-        revoke(session, claims)
+    store.revoke(claims)

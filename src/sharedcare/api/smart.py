@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sharedcare.api.clients import ASSERTION_ALGORITHMS
 from sharedcare.api.oauth import AUTHORIZE_PATH, REVOKE_PATH, TOKEN_PATH
+from sharedcare.governance.clients import ASSERTION_ALGORITHMS
 
 router = APIRouter()
 WELL_KNOWN = "/.well-known/smart-configuration"

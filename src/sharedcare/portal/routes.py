@@ -19,6 +19,7 @@ from sharedcare.api.deps import (
     ActorDep,
     FeedbackDep,
     FrameworkDep,
+    OAuthDep,
     RecordsDep,
     SettingsDep,
     get_database,
@@ -70,10 +71,10 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
 
 
 @router.post("/logout")
-def logout(request: Request, target: Annotated[str, Form()] = "/") -> Response:
+def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "/") -> Response:
     """Sign out of any portal (one session cookie serves them all), back to that portal's sign-in. The
     session token is revoked too, so a copy of the cookie is refused from now on."""
-    revoke_session(request)
+    revoke_session(request, store)
     return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")
 
 

@@ -17,9 +17,9 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sharedcare.api import scopes
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.governance import scopes
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import OAuthClient
 
