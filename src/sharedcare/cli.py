@@ -31,11 +31,13 @@ agreements_app = typer.Typer(help="Organisations' information-sharing agreements
 preferences_app = typer.Typer(help="Patients' choices about sharing.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 framework_app = typer.Typer(help="The information-sharing framework file.", no_args_is_help=True)
+clients_app = typer.Typer(help="Apps and partner systems registered for SMART on FHIR.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(agreements_app, name="agreements")
 app.add_typer(preferences_app, name="preferences")
 app.add_typer(audit_app, name="audit")
 app.add_typer(framework_app, name="framework")
+app.add_typer(clients_app, name="clients")
 
 console = Console(stderr=True)
 OPERATOR = "cli"
@@ -318,6 +320,56 @@ def token(
         sys.stdout.write(mint_token(settings, _framework(), user, scope, minutes) + "\n")
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+
+
+@clients_app.command("add")
+def clients_add(
+    client_id: Annotated[str, typer.Argument(help="The client_id the app or system will send.")],
+    name: Annotated[str, typer.Option(help="Shown to users when the app asks for approval.")],
+    kind: Annotated[str, typer.Option(help="public (a user-facing app, PKCE) or backend (a system, signed JWT).")],
+    redirect_uri: Annotated[list[str] | None, typer.Option(help="A public app's redirect URI (repeatable).")] = None,
+    launch_uri: Annotated[str | None, typer.Option(help="Where the portal sends an EHR launch.")] = None,
+    organisation: Annotated[str | None, typer.Option(help="A backend's organisation (ODS code).")] = None,
+    role: Annotated[str | None, typer.Option(help="The framework role a backend acts as.")] = None,
+    jwks: Annotated[Path | None, typer.Option(help="A backend's public keys: a JWKS JSON file.")] = None,
+    scope: Annotated[str | None, typer.Option(help="Scopes it may be granted (default by kind).")] = None,
+) -> None:
+    """Register an app (public) or a partner system (backend) to use the FHIR API."""
+    from sharedcare.governance.clients import add_client
+
+    try:
+        keys = json.loads(jwks.read_text(encoding="utf-8")) if jwks else None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"--jwks {jwks}: cannot read a JSON file ({exc})") from exc
+    fw = _framework()
+    try:
+        with _database().session() as session:
+            client = add_client(session, fw, client_id, name, kind, redirect_uris=redirect_uri, launch_uri=launch_uri,
+                                organisation=organisation, role=role, jwks=keys, scope=scope)
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{client.client_id}: registered ({client.kind}, scopes {client.scope})")
+
+
+@clients_app.command("list")
+def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The registered clients: id, name, kind, scopes, redirect URIs, organisation and role."""
+    from sharedcare.governance.clients import list_clients
+
+    with _database().session() as session:
+        rows: list[dict[str, Any]] = [{"client_id": c.client_id, "name": c.name, "kind": c.kind, "scope": c.scope,
+                 "redirect_uris": list(c.redirect_uris), "launch_uri": c.launch_uri,
+                 "organisation": c.organisation, "role": c.role} for c in list_clients(session)]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="Registered clients")
+    for column in ("client_id", "name", "kind", "scope", "redirect_uris", "organisation", "role"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["client_id"], r["name"], r["kind"], r["scope"], " ".join(r["redirect_uris"]),
+                      r["organisation"] or "", r["role"] or "")
+    Console().print(table)
 
 
 @users_app.command("list")

@@ -1,7 +1,10 @@
 """Access tokens: signed JWTs naming a configured user (or a citizen), their role, organisation and scopes.
 
-`sharedcare token` mints them for integration and tests; the portal keeps one in an HttpOnly cookie.
-SMART on FHIR's authorization server (the API issue) will issue the same shape of token.
+`sharedcare token` mints them for integration and tests; the portal keeps one in an HttpOnly cookie;
+the SMART on FHIR authorisation server (`api/oauth.py`) issues the same shape, adding `client_id` and,
+for an EHR launch, `patient`. A backend client's token names it as `client:{client_id}`. A token
+revoked before it expires (RFC 7009, or portal sign-out) has its `jti` in `revoked_tokens`
+(`governance/tokens.py`).
 """
 
 from __future__ import annotations
@@ -22,42 +25,44 @@ ISSUER = "sharedcare"
 DEFAULT_SCOPE = "user/*.read"
 CITIZEN_PREFIX = "patient:"  # a token whose subject starts so names a person, not a configured user
 CITIZEN_SCOPE = "patient/*.read"
+CLIENT_PREFIX = "client:"  # a token whose subject starts so names a registered backend client
 
 
 class AuthError(SharedcareError):
     """No token, or a token that is expired, tampered with or names no configured user."""
 
 
+def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None = None) -> str:
+    """Sign `claims` with the issuer, a fresh `jti` and an expiry added."""
+    now = utcnow()
+    full = {"iss": ISSUER, **claims, "iat": now, "exp": now + timedelta(minutes=minutes or settings.token_minutes),
+            "jti": str(uuid.uuid4())}
+    return jwt.encode(full, settings.secret, algorithm=ALGORITHM)
+
+
 def mint_token(settings: Settings, fw: Framework, username: str, scope: str = DEFAULT_SCOPE,
-               minutes: int | None = None) -> str:
+               minutes: int | None = None, **extra: str) -> str:
+    """A token for a configured user; `extra` claims (`client_id`, `patient`) come from the SMART server."""
     user = fw.users.get(username)
     if user is None:
         raise SharedcareError(f"no user '{username}' in the framework", where="token")
-    now = utcnow()
-    claims = {
-        "iss": ISSUER, "sub": username, "role": user.role, "org": user.organisation, "scope": scope,
-        "iat": now, "exp": now + timedelta(minutes=minutes or settings.token_minutes), "jti": str(uuid.uuid4()),
-    }
-    return jwt.encode(claims, settings.secret, algorithm=ALGORITHM)
+    return sign_token(settings, {"sub": username, "role": user.role, "org": user.organisation, "scope": scope,
+                                 **extra}, minutes)
 
 
 def mint_citizen_token(settings: Settings, person_id: str) -> str:
     """A patient portal session: `sub` names the person (`patient:{person_id}`), who may read only their
     own record. Issued after a one-time code; NHS login would issue it after its own checks."""
-    now = utcnow()
-    claims = {
-        "iss": ISSUER, "sub": f"{CITIZEN_PREFIX}{person_id}", "role": "patient", "scope": CITIZEN_SCOPE,
-        "iat": now, "exp": now + timedelta(minutes=settings.token_minutes), "jti": str(uuid.uuid4()),
-    }
-    return jwt.encode(claims, settings.secret, algorithm=ALGORITHM)
+    return sign_token(settings, {"sub": f"{CITIZEN_PREFIX}{person_id}", "role": "patient", "scope": CITIZEN_SCOPE})
 
 
 def read_token(settings: Settings, token: str) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(token, settings.secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                                            options={"require": ["exp", "sub", "iss"]})
+                                            options={"require": ["exp", "sub", "iss", "jti"]})
     except jwt.ExpiredSignatureError as exc:
         raise AuthError("the access token has expired; sign in again") from exc
     except jwt.PyJWTError as exc:
         raise AuthError("the access token is not valid") from exc
     return claims
+

@@ -8,18 +8,21 @@ request the browser makes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from sharedcare.api.auth import CITIZEN_PREFIX, AuthError, read_token
+from sharedcare.api.auth import CITIZEN_PREFIX, CLIENT_PREFIX, AuthError, read_token
 from sharedcare.config import Settings
+from sharedcare.governance.clients import find_client
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for, citizen_actor
+from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
+from sharedcare.governance.scopes import patient_level_only, read_scopes
+from sharedcare.governance.tokens import OAuthStore, is_revoked
 from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, IgWorkspace
 from sharedcare.store.database import Database
 
@@ -56,38 +59,55 @@ def bearer_or_cookie(request: Request) -> str:
 
 
 def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settings)],
-              fw: Annotated[Framework, Depends(get_framework)]) -> Actor:
+              fw: Annotated[Framework, Depends(get_framework)],
+              db: Annotated[Database, Depends(get_database)]) -> Actor:
+    """The caller named by a valid, unrevoked token. A backend client acts as its registered organisation
+    and role, looked up on each request so that removing it takes effect at once."""
     claims = read_token(settings, bearer_or_cookie(request))
     request.state.scopes = str(claims.get("scope", ""))
+    request.state.launch_patient = claims.get("patient")
     subject = str(claims["sub"])
+    with db.session() as session:
+        revoked = is_revoked(session, claims)
+        client = find_client(session, subject.removeprefix(CLIENT_PREFIX)) if subject.startswith(CLIENT_PREFIX) \
+            else None
+    if revoked:
+        raise AuthError("the access token has been revoked; sign in again")
     if subject.startswith(CITIZEN_PREFIX):
         return citizen_actor(fw, subject.removeprefix(CITIZEN_PREFIX))
+    if subject.startswith(CLIENT_PREFIX):
+        if client is None or client.role is None:
+            raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
+        return Actor(username=subject, role=fw.roles.get(client.role), organisation=client.organisation or "")
     return actor_for(fw, subject)
-
-
-_SCOPE = re.compile(r"^(user|patient|system)/(\*|[A-Z][A-Za-z]+)\.(read|\*|r|rs|s)$")
 
 
 def scoped_types(scopes: str) -> frozenset[str] | None:
     """The resource types SMART scopes allow reading: None for a wildcard (`user/*.read`), else the named
     types; a token with no read scope may read nothing."""
     types: set[str] = set()
-    for scope in scopes.split():
-        found = _SCOPE.match(scope)
-        if found:
-            if found.group(2) == "*":
-                return None
-            types.add(found.group(2))
+    for scope in read_scopes(scopes):
+        if scope.resource_type == "*":
+            return None
+        types.add(scope.resource_type)
     return frozenset(types)
 
 
 def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
                 fw: Annotated[Framework, Depends(get_framework)],
                 db: Annotated[Database, Depends(get_database)]) -> Iterator[GovernedRecords]:
+    """Records as this actor may read them; with only patient/ scopes (an app's EHR launch), only the
+    launch patient's (a citizen's own-record rule is the framework's, not the scope's)."""
+    scopes = getattr(request.state, "scopes", "")
+    launch_patient = getattr(request.state, "launch_patient", None)
+    patient_only = patient_level_only(scopes) and actor.person_id is None
+    if patient_only and not launch_patient:
+        raise AuthError("a patient/ scope needs a launch patient: get the token through an EHR launch")
     with db.session() as session:
-        yield GovernedRecords(session, fw, actor, purpose="direct-care", request_id=request.state.request_id,
-                              source_address=_source_address(request),
-                              resource_types=scoped_types(getattr(request.state, "scopes", "")))
+        common: dict[str, Any] = {"purpose": "direct-care", "request_id": request.state.request_id,
+                                  "source_address": _source_address(request), "resource_types": scoped_types(scopes)}
+        yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
+               if patient_only else GovernedRecords(session, fw, actor, **common))
 
 
 def get_citizen(request: Request, actor: Annotated[Actor, Depends(get_actor)],
@@ -119,11 +139,19 @@ def get_feedback(actor: Annotated[Actor, Depends(get_actor)],
         yield StaffFeedback(session, actor)
 
 
+def get_oauth(fw: Annotated[Framework, Depends(get_framework)],
+              db: Annotated[Database, Depends(get_database)]) -> Iterator[OAuthStore]:
+    """The SMART authorisation server's store (codes, assertions, revocations, clients)."""
+    with db.session() as session:
+        yield OAuthStore(session, fw)
+
+
 ActorDep = Annotated[Actor, Depends(get_actor)]
 RecordsDep = Annotated[GovernedRecords, Depends(get_records, scope="function")]
 CitizenDep = Annotated[CitizenWorkspace, Depends(get_citizen, scope="function")]
 IgDep = Annotated[IgWorkspace, Depends(get_ig, scope="function")]
 SignInDep = Annotated[CitizenSignIn, Depends(get_sign_in, scope="function")]
 FeedbackDep = Annotated[StaffFeedback, Depends(get_feedback, scope="function")]
+OAuthDep = Annotated[OAuthStore, Depends(get_oauth, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 FrameworkDep = Annotated[Framework, Depends(get_framework)]

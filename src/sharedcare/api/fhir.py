@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sharedcare import __version__
 from sharedcare.api.deps import RecordsDep
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
+from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
@@ -78,7 +79,7 @@ def _bundle(request: Request, resources: list[dict[str, Any]]) -> dict[str, Any]
 
 
 @router.get("/metadata")
-def capability_statement() -> JSONResponse:
+def capability_statement(request: Request) -> JSONResponse:
     interactions = [{"code": "read"}, {"code": "search-type"}, {"code": "create"}, {"code": "update"}]
     clinical_params = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
                        {"name": "date", "type": "date"}, {"name": "category", "type": "token"},
@@ -103,12 +104,8 @@ def capability_statement() -> JSONResponse:
         "software": {"name": "sharedcare", "version": __version__},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "rest": [{"mode": "server", "security": {
-            "description": "Bearer tokens (`sharedcare token`); every read needs a point-of-care basis "
-                           "(POST /api/access/{patient_id}) and is decided by the sharing framework. Writes "
-                           "(create, update, batch, transaction; FHIR JSON or XML) need a write scope and an "
-                           "organisation that contributes under a signed agreement, and go through ingest."},
-            "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}]}],
+        "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
+                  "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}]}],
     })
 
 

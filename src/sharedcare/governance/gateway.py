@@ -165,6 +165,19 @@ class GovernedRecords:
         return Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,
                        agreements=self._agreements, choices=choices_of_person(self.session, person_id), now=self.now)
 
+    def _out_of_scope(self, person_id: str) -> Decision | None:
+        """A refusal made by a grant narrower than the actor's role, before the decision point is asked
+        (a SMART patient-level token: `PatientScopedRecords`); None when there is none."""
+        return None
+
+    def _decide(self, request: Request, items: list[Item]) -> Decision:
+        """Every read's decision: the narrower grant first, then the sharing framework's policy."""
+        return self._out_of_scope(request.patient_id) or decide(request, items, self.fw)
+
+    def _check(self, request: Request) -> Decision | None:
+        """The request-level part of the decision, for pages asked before any data is read."""
+        return self._out_of_scope(request.patient_id) or check_request(request, self.fw, require_basis=False)
+
     def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision, **extra: Any) -> AccessDenied:
         self._audit(action, "deny", person_id, rule_id=decision.rule_id, reason=decision.reason, **extra)
         self.session.commit()  # the denial's audit event must survive the error response
@@ -185,7 +198,7 @@ class GovernedRecords:
         than shown a form whose answer would be refused."""
         if not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
-        denied = check_request(self._request(person_id, None), self.fw, require_basis=False)
+        denied = self._check(self._request(person_id, None))
         if denied is not None:
             raise self._refuse(AuditAction.RECORD_READ, person_id, denied)
         purpose = self.fw.purposes.get(self.purpose)
@@ -207,7 +220,7 @@ class GovernedRecords:
                         rule_id="deny-basis-invalid")
             self.session.commit()
             raise InvalidRequest(problem)
-        denied = check_request(self._request(person_id, None), self.fw, require_basis=False)
+        denied = self._check(self._request(person_id, None))
         if denied is not None:
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
         assert rule is not None  # noqa: S101 - problem was set otherwise
@@ -245,7 +258,7 @@ class GovernedRecords:
             raise NotFound(f"no patient {person_id}")
         basis = self.active_basis(person_id)
         action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
-        decision = decide(self._request(person_id, basis), [item for item, _ in pairs], self.fw)
+        decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
         if not decision.permitted:
             raise self._refuse(action, person_id, decision)
         rows = {id(item): row for item, row in pairs}
@@ -272,7 +285,7 @@ class GovernedRecords:
             raise NotFound(f"no Patient {person_id}")
         basis = self.active_basis(person_id)
         reference = f"Patient/{person_id}"
-        decision = decide(self._request(person_id, basis), [item for item, _ in pairs], self.fw)
+        decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
         if not decision.permitted:
             raise self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
                                basis=basis.basis if basis else None)
@@ -303,7 +316,7 @@ class GovernedRecords:
             raise NotFound(f"no {resource_type} {resource_id}")
         person_id, reference = row.person_id, f"{resource_type}/{resource_id}"
         basis = self.active_basis(person_id)
-        decision = decide(self._request(person_id, basis), [self._item(row)], self.fw)
+        decision = self._decide(self._request(person_id, basis), [self._item(row)])
         why = None
         if decision.permitted and not decision.released:
             why = Decision("deny", f"withheld-{next(iter(decision.withheld))}", "withheld from this role")
@@ -341,7 +354,7 @@ class GovernedRecords:
         basis = self.active_basis(person_id)
         pairs = [(self._item(row), number) for number, row in rows]
         by_item = {id(item): (number, row) for (item, number), (_, row) in zip(pairs, rows, strict=True)}
-        decision = decide(self._request(person_id, basis), [item for item, _ in pairs], self.fw)
+        decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
         if not decision.permitted:
             self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision)
             raise NotFound(f"no {resource_type} {resource_id}")

@@ -14,7 +14,6 @@ leaves the store only through the read gateway.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.gateway import AccessDenied, InvalidRequest
 from sharedcare.governance.policy import Actor
+from sharedcare.governance.scopes import write_scopes
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
 from sharedcare.ingest.fhir_bundle import parse_message
 from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage
@@ -36,7 +36,6 @@ from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
 
-_SCOPE = re.compile(r"^(user|system)/(\*|[A-Z][A-Za-z]+)\.(write|\*|c?r?u?d?s?)$")
 STATUS_TEXT = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK", "stale": "409 Conflict"}
 
 
@@ -44,12 +43,12 @@ def writable_types(scopes: str) -> frozenset[str] | None:
     """The resource types a token's scopes allow writing: None for every type, else the named ones (maybe
     none). Patient-level scopes never write: a citizen's app reads their record, it does not feed it."""
     types: set[str] = set()
-    for scope in scopes.split():
-        found = _SCOPE.match(scope)
-        if found and (found.group(3) in ("write", "*") or {"c", "u"} & set(found.group(3))):
-            if found.group(2) == "*":
-                return None
-            types.add(found.group(2))
+    for scope in write_scopes(scopes):
+        if scope.level == "patient":
+            continue
+        if scope.resource_type == "*":
+            return None
+        types.add(scope.resource_type)
     return frozenset(types)
 
 

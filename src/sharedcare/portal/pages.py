@@ -75,6 +75,11 @@ PORTALS = {
 SIGN_IN_TARGETS = {PORTALS["clinician"].home, PORTALS["ig"].home}  # where a staff sign-in may lead
 
 
+def may_lead_to(target: str) -> bool:
+    """Where a staff sign-in may go next: a portal, or back to an app's pending SMART authorisation."""
+    return target in SIGN_IN_TARGETS or target.startswith("/oauth/authorize?")
+
+
 def portal_for(path: str) -> Portal:
     if path == "/ig" or path.startswith("/ig/"):
         return PORTALS["ig"]

@@ -19,10 +19,12 @@ from sharedcare.api.deps import (
     ActorDep,
     FeedbackDep,
     FrameworkDep,
+    OAuthDep,
     RecordsDep,
     SettingsDep,
     get_database,
 )
+from sharedcare.api.oauth import revoke_session
 from sharedcare.config import DEMO_PASSWORD
 from sharedcare.governance.audit import record_sign_in
 from sharedcare.governance.gateway import InvalidRequest
@@ -54,7 +56,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
           username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
           target: Annotated[str, Form()] = "/search") -> Response:
     """The demo sign-in for staff; `target` is where to go next (the clinician portal or the IG workspace)."""
-    target = target if target in pages.SIGN_IN_TARGETS else "/search"
+    target = target if pages.may_lead_to(target) else "/search"
     name = username.strip()
     user = fw.users.get(name)
     ok = settings.demo and user is not None and password == DEMO_PASSWORD
@@ -69,8 +71,10 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
 
 
 @router.post("/logout", response_class=HTMLResponse)  # a redirect to a sign-in page
-def logout(target: Annotated[str, Form()] = "/") -> Response:
-    """Sign out of any portal (one session cookie serves them all), back to that portal's sign-in."""
+def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "/") -> Response:
+    """Sign out of any portal (one session cookie serves them all), back to that portal's sign-in. The
+    session token is revoked too, so a copy of the cookie is refused from now on."""
+    revoke_session(request, store)
     return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")
 
 

@@ -286,3 +286,56 @@ class MatchReview(Base):
     status: Mapped[str] = mapped_column(String(12), default="open")  # open | linked | separate | deferred
     decided_by: Mapped[str | None] = mapped_column(String(100))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OAuthClient(Base):
+    """An app or partner system registered to use the FHIR API through SMART on FHIR (`sharedcare clients add`).
+
+    `kind` is "public" (a user-facing app: authorisation code with PKCE, no secret) or "backend" (a system:
+    client credentials with a JWT signed by a key in `jwks`, acting for `organisation` with `role`)."""
+
+    __tablename__ = "oauth_clients"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(10))  # public | backend
+    scope: Mapped[str] = mapped_column(Text)  # the scopes it may be granted, space-separated
+    redirect_uris: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    launch_uri: Mapped[str | None] = mapped_column(String(500))
+    organisation: Mapped[str | None] = mapped_column(String(20))
+    role: Mapped[str | None] = mapped_column(String(50))
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OAuthCode(Base):
+    """An authorisation code, single use and short-lived, with the PKCE challenge it must be redeemed with."""
+
+    __tablename__ = "oauth_codes"
+    code: Mapped[str] = mapped_column(String(120), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100))
+    username: Mapped[str] = mapped_column(String(100))
+    redirect_uri: Mapped[str] = mapped_column(String(500))
+    scope: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(10))
+    patient: Mapped[str | None] = mapped_column(String(36))  # the launch patient, for patient-level scopes
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RevokedToken(Base):
+    """The id (jti) of an access token revoked before its expiry (RFC 7009, portal sign-out); every request
+    checks it. Rows may be deleted once `expires_at` has passed: the token is refused as expired anyway."""
+
+    __tablename__ = "revoked_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SeenAssertion(Base):
+    """A backend client's signed assertion (jti) already used at the token endpoint: one use each (RFC 7523)."""
+
+    __tablename__ = "seen_assertions"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

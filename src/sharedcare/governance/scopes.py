@@ -1,0 +1,66 @@
+"""SMART on FHIR scopes (v1 `patient/*.read`, v2 `patient/Observation.rs`): their grammar and what they allow.
+
+Scopes only narrow what a client asked to receive; the sharing framework still decides every read.
+Written by hand: the grammar is a few lines and no library we use parses SMART scopes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# v1 permissions read/write/*; v2 any of c, r, u, d, s in that order (".rs" = read and search).
+_RESOURCE = re.compile(r"^(user|patient|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)$")
+# Scopes that grant no data themselves: the EHR launch's context. (No standalone launch, OpenID Connect
+# or refresh tokens yet, so `launch/patient`, `openid`, `fhirUser` and `offline_access` are unknown.)
+CONTEXT_SCOPES = frozenset({"launch"})
+LEVELS = ("patient", "user", "system")
+
+
+@dataclass(frozen=True)
+class Scope:
+    level: str  # patient | user | system
+    resource_type: str  # "*" or a FHIR type
+    reads: bool  # whether it allows reading (v1 read or *, v2 r or s)
+    writes: bool  # whether it allows creating or updating (v1 write or *, v2 c or u)
+
+
+def parse(scope: str) -> Scope | None:
+    """A resource scope, or None for anything else (context scopes, unknown words)."""
+    found = _RESOURCE.match(scope)
+    if not found or not found.group(3):
+        return None
+    permission = found.group(3)
+    v2 = permission not in ("read", "write", "*")
+    reads = permission in ("read", "*") or (v2 and bool(set(permission) & {"r", "s"}))
+    writes = permission in ("write", "*") or (v2 and bool(set(permission) & {"c", "u"}))
+    return Scope(found.group(1), found.group(2), reads, writes)
+
+
+def is_known(scope: str) -> bool:
+    return scope in CONTEXT_SCOPES or parse(scope) is not None
+
+
+def read_scopes(scopes: str) -> list[Scope]:
+    return [s for s in (parse(word) for word in scopes.split()) if s is not None and s.reads]
+
+
+def write_scopes(scopes: str) -> list[Scope]:
+    return [s for s in (parse(word) for word in scopes.split()) if s is not None and s.writes]
+
+
+def patient_level_only(scopes: str) -> bool:
+    """Whether every reading scope is patient-level: the token may read only its launch patient's record."""
+    found = read_scopes(scopes)
+    return bool(found) and all(s.level == "patient" for s in found)
+
+
+def covers(granted: str, wanted: str) -> bool:
+    """Whether a registered scope `granted` allows a client to be given `wanted` (`user/*.read` covers
+    `user/Observation.rs`); context scopes must be registered as they are."""
+    if granted == wanted:
+        return True
+    have, want = parse(granted), parse(wanted)
+    return (have is not None and want is not None and have.level == want.level and have.reads and want.reads
+            and have.resource_type in ("*", want.resource_type)
+            and (want.resource_type != "*" or have.resource_type == "*"))

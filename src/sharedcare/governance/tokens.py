@@ -1,0 +1,109 @@
+"""What the SMART authorisation server keeps: authorisation codes, used client assertions, revoked
+token ids, and backend clients' sign-ins. `OAuthStore` is handed to the OAuth routes bound to one
+request's session (by `api/deps.py`), so that API code never touches the database itself (TRUST AC2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from sharedcare.clock import utcnow
+from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
+from sharedcare.governance.framework import Framework
+from sharedcare.store.models import OAuthCode, RevokedToken, SeenAssertion
+
+PURGE_AFTER = timedelta(minutes=5)  # rows outlive their expiry a little: clocks differ
+
+
+@dataclass(frozen=True)
+class Code:
+    """An authorisation code as issued: who approved which app, for which scopes and launch patient."""
+
+    code: str
+    client_id: str
+    username: str
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    code_challenge_method: str
+    patient: str | None
+
+
+def is_revoked(session: Session, claims: dict[str, Any]) -> bool:
+    return session.get(RevokedToken, str(claims.get("jti", ""))) is not None
+
+
+class OAuthStore:
+    def __init__(self, session: Session, fw: Framework) -> None:
+        self.session = session
+        self.fw = fw
+
+    # -- clients ----------------------------------------------------------------------------------
+    def client(self, client_id: str) -> RegisteredClient | None:
+        return find_client(self.session, client_id)
+
+    def clients(self) -> list[RegisteredClient]:
+        return list_clients(self.session)
+
+    def sharing(self, organisation: str | None) -> tuple[bool, str]:
+        """Whether an organisation's information-sharing agreement is in force now, and its status."""
+        agreement = effective_agreements(self.session, self.fw).get(organisation or "")
+        if agreement is None:
+            return False, "none"
+        return agreement.in_force(utcnow().date()), agreement.status
+
+    def client_sign_in(self, client: RegisteredClient | None, ok: bool, request_id: str | None,
+                       source_address: str | None) -> None:
+        """A backend's token request is its sign-in: audited, granted or not (TRUST AU3)."""
+        record_audit(self.session, AuditRecord(
+            AuditAction.LOGIN, "permit" if ok else "deny",
+            username=f"client:{client.client_id}" if client else "client:(unknown)",
+            role=client.role if client else None, organisation=client.organisation if client else None,
+            request_id=request_id, source_address=source_address))
+
+    # -- authorisation codes ----------------------------------------------------------------------
+    def save_code(self, code: Code, minutes: int) -> None:
+        self.session.add(OAuthCode(**vars(code), expires_at=utcnow() + timedelta(minutes=minutes)))
+
+    def code(self, code: str, client_id: str) -> Code | None:
+        """An unexpired code issued to this client."""
+        row = self.session.get(OAuthCode, code)
+        if row is None or row.client_id != client_id or row.expires_at <= utcnow():
+            return None
+        return Code(row.code, row.client_id, row.username, row.redirect_uri, row.scope, row.code_challenge,
+                    row.code_challenge_method, row.patient)
+
+    def use_code(self, code: str) -> None:
+        self.session.execute(delete(OAuthCode).where(OAuthCode.code == code))
+
+    # -- client assertions and revocation ---------------------------------------------------------
+    def first_use_of_assertion(self, client_id: str, jti: str, expires: int) -> bool:
+        """Record a client assertion's jti; False if it was used before (a replay)."""
+        if self.session.get(SeenAssertion, (client_id, jti)) is not None:
+            return False
+        self.session.add(SeenAssertion(client_id=client_id, jti=jti, expires_at=datetime.fromtimestamp(expires, UTC)))
+        self.session.flush()
+        return True
+
+    def revoke(self, claims: dict[str, Any]) -> None:
+        """Refuse this token from now on, though it has not expired (its `jti` is kept until it would have)."""
+        jti = str(claims.get("jti", ""))
+        if jti and self.session.get(RevokedToken, jti) is None:
+            self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(),
+                                          expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)))
+
+    def is_revoked(self, claims: dict[str, Any]) -> bool:
+        return is_revoked(self.session, claims)
+
+    def purge_expired(self) -> None:
+        """Forget codes, used assertions and revoked token ids past their expiry: each is refused anyway."""
+        cutoff = utcnow() - PURGE_AFTER
+        for model in (OAuthCode, SeenAssertion, RevokedToken):
+            self.session.execute(delete(model).where(model.expires_at < cutoff))
