@@ -5,6 +5,7 @@ SHAREDCARE_FRAMEWORK   path of the information-sharing framework (default: confi
 SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per source (default: config/mappings)
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
+SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Settings:
     secret: str
     demo: bool
     token_minutes: int = 60
+    data_path: Path = Path("var")
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key (TRUST DP4)."""
@@ -50,5 +52,6 @@ def load_settings() -> Settings:
         mappings_path=Path(os.environ.get("SHAREDCARE_MAPPINGS") or PROJECT_ROOT / "config" / "mappings"),
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
+        data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
     )
 

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from sharedcare import __version__
-from sharedcare.api import access, fhir
+from sharedcare.api import access, bulk, fhir
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         response.headers["X-Request-ID"] = _request_id(request)
         return response
 
+    app.include_router(bulk.router)  # before fhir: `Patient/$export` is not a Patient id
     app.include_router(fhir.router)
     app.include_router(access.router)
     app.include_router(clinician.router)

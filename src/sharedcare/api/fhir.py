@@ -91,7 +91,13 @@ def capability_statement() -> JSONResponse:
         "rest": [{"mode": "server", "security": {
             "description": "Bearer tokens (`sharedcare token`); every read needs a point-of-care basis "
                            "(POST /api/access/{patient_id}) and is decided by the sharing framework."},
-            "resource": resources}],
+            "resource": resources,
+            "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                {"name": "patient-export",
+                 "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+                {"name": "group-export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"},
+            ]}],
     })
 
 
