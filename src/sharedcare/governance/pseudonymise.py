@@ -24,6 +24,7 @@ decoding and encoding, fast enough for tens of thousands of resources a second.
 from __future__ import annotations
 
 import hmac
+import re
 import threading
 from typing import Any, ClassVar
 
@@ -478,12 +479,15 @@ def purpose_key(secret: str, purpose: str) -> bytes:
     return hmac.digest(secret.encode(), f"sharedcare pseudonym key|{purpose}".encode(), "sha256")
 
 
+_POSTCODE = re.compile(r"[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}")
+
+
 def postcode_district(postcode: str | None) -> str | None:
     """The outward code ('RV3 7QT' -> 'RV3'): a district of some thousands of households."""
     if not postcode:
         return None
     compact = "".join(postcode.upper().split())
-    return compact[:-3] if 5 <= len(compact) <= 7 else None
+    return compact[:-3] if _POSTCODE.fullmatch(compact) else None
 
 
 class Unreadable(Exception):
