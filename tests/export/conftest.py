@@ -25,9 +25,10 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 @pytest.fixture
 def client(db: Database, framework: Framework, tmp_path: Path) -> Iterator[TestClient]:
-    """The app of the root conftest, with its data folder (export files) inside this test's folder."""
+    """The app of the root conftest, with its data folder (export files) inside this test's folder, and
+    exports run in one process (test_synthetic_export runs them in several)."""
     settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True,
-                       data_path=tmp_path / "data")
+                       data_path=tmp_path / "data", export_workers=1)
     with PortalClient(create_app(settings, framework=framework, database=db)) as test_client:
         yield test_client
 

@@ -66,6 +66,7 @@ def exported(store: tuple[Database, dict[str, str]], tmp_path_factory: pytest.Te
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
         env.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+        env.setenv("SHAREDCARE_EXPORT_WORKERS", "2")  # two processes, each a shard of the people
         result = runner.invoke(app, ["export", "--out", str(out), "--user", "analyst.chen", "--json"])
     assert result.exit_code == 0, result.output
     summary: dict[str, Any] = json.loads(result.stdout)
@@ -190,7 +191,7 @@ def test_pseudonyms_differ_between_purposes_and_repeat_within_one(store: tuple[D
                         "  research: {identifiable: false, needs_basis: false}\n")
     text = text.replace("    purposes: [secondary-use]\n", "    purposes: [secondary-use, research]\n")
     fw = parse_framework(text)
-    jobs = ExportJobs(db, fw, replace(load_settings(), data_path=tmp_path))
+    jobs = ExportJobs(db, fw, replace(load_settings(), data_path=tmp_path, export_workers=1))
     patients = {}
     for run, purpose in enumerate(("secondary-use", "research", "secondary-use")):
         job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system", types=frozenset({"Patient"})), "test",
@@ -210,3 +211,16 @@ def test_a_clinician_cannot_export_from_the_command_line(store: tuple[Database, 
         result = runner.invoke(app, ["export", "--out", str(tmp_path / "x"), "--user", "dr.patel"])
     assert result.exit_code == 1 and "secondary-use" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_one_process_writes_what_two_processes_write(store: tuple[Database, dict[str, str]],
+                                                     exported: dict[str, Any], tmp_path: Path) -> None:
+    db, _ = store
+    fw = parse_framework(FRAMEWORK_PATH.read_text(encoding="utf-8"))
+    jobs = ExportJobs(db, fw, replace(load_settings(), data_path=tmp_path, export_workers=1))
+    view = jobs.run(jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", background=False))
+    single = {o["type"]: sorted((tmp_path / "exports").glob(f"*/{o['file']}"))[0].read_text().splitlines()
+              for o in view.output}
+    assert {t: sorted(lines) for t, lines in single.items()} == \
+        {t: sorted(lines) for t, lines in exported["lines"].items()}
+    assert sorted(p.name for p in Path(exported["out"]).iterdir()) == sorted(o["file"] for o in view.output)

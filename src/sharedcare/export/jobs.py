@@ -9,20 +9,24 @@ again that the user may still export (a suspended organisation loses its files a
 
 from __future__ import annotations
 
+import multiprocessing
+import shutil
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
+from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import NotFound, actor_for
@@ -58,11 +62,16 @@ class JobView:
     error: str | None
 
 
-class NdjsonFiles:
-    """One NDJSON file per resource type, opened as the first resource of that type arrives."""
+def _file_name(resource_type: str, part: int | None) -> str:
+    return f"{resource_type}.ndjson" if part is None else f"{resource_type}.part{part}.ndjson"
 
-    def __init__(self, folder: Path) -> None:
+
+class NdjsonFiles:
+    """One NDJSON file per resource type (or part of one), opened as the first resource of that type arrives."""
+
+    def __init__(self, folder: Path, part: int | None = None) -> None:
         self.folder = folder
+        self.part = part
         folder.mkdir(parents=True, exist_ok=True)
         self._handles: dict[str, IO[bytes]] = {}
         self.counts: Counter[str] = Counter()
@@ -70,19 +79,89 @@ class NdjsonFiles:
     def write(self, resource_type: str, line: bytes) -> None:
         handle = self._handles.get(resource_type)
         if handle is None:
-            handle = self._handles[resource_type] = (self.folder / f"{resource_type}.ndjson").open("wb")
+            handle = self._handles[resource_type] = (self.folder / _file_name(resource_type, self.part)).open("wb")
         handle.write(line + b"\n")
         self.counts[resource_type] += 1
 
     def close(self) -> list[dict[str, Any]]:
         for handle in self._handles.values():
             handle.close()
-        return [{"type": t, "file": f"{t}.ndjson", "count": self.counts[t]} for t in sorted(self._handles)]
+        return [{"type": t, "file": _file_name(t, self.part), "count": self.counts[t]} for t in sorted(self._handles)]
 
-    def discard(self) -> None:
-        """Close and delete what was written (only these files: the folder may be a user's own)."""
-        self.close()
-        remove_files(self.folder, [f"{t}.ndjson" for t in self._handles])
+
+@dataclass(frozen=True)
+class _Shard:
+    """One process's part of an export (everything it needs, picklable)."""
+
+    db_url: str
+    fw: Framework
+    secret: str
+    actor: Actor
+    purpose: str
+    scope: ExportScope
+    folder: str
+    index: int
+    count: int
+    job_id: str
+
+
+def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
+        ExportCounts, list[dict[str, Any]]]:
+    """Export one shard of the people into part files (or the final files when there is one shard),
+    adding to the job's progress and stopping if the job is cancelled."""
+    db = Database(task.db_url)
+    reported = 0
+
+    def progress(done: int) -> None:
+        nonlocal reported
+        with db.session() as session:
+            session.execute(update(ExportJob).where(ExportJob.id == task.job_id).values(
+                people_done=ExportJob.people_done + (done - reported), updated_at=utcnow()))
+            status = session.scalar(select(ExportJob.status).where(ExportJob.id == task.job_id))
+        reported = done
+        if status == "cancelled":
+            raise ExportCancelled
+        if on_people is not None:
+            on_people(done)
+
+    secondary = SecondaryUse(db, task.fw, task.secret, task.actor, task.purpose, request_id=task.job_id)
+    counts = ExportCounts()
+    files = NdjsonFiles(Path(task.folder), None if task.count == 1 else task.index)
+    try:
+        for resource_type, line in secondary.stream(task.scope, counts, progress, (task.index, task.count)):
+            files.write(resource_type, line)
+        return counts, files.close()
+    except BaseException:
+        files.close()
+        raise
+    finally:
+        db.dispose()
+
+
+def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) -> list[dict[str, Any]]:
+    """One file per type from the shards' part files (in shard order), the parts deleted."""
+    if shards == 1:
+        return parts[0]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for files in parts:
+        for entry in files:
+            by_type.setdefault(entry["type"], []).append(entry)
+    output = []
+    for resource_type in sorted(by_type):
+        with (folder / _file_name(resource_type, None)).open("wb") as joined:
+            for entry in by_type[resource_type]:
+                with (folder / entry["file"]).open("rb") as part:
+                    shutil.copyfileobj(part, joined, 1 << 20)
+                (folder / entry["file"]).unlink()
+        output.append({"type": resource_type, "file": _file_name(resource_type, None),
+                       "count": sum(e["count"] for e in by_type[resource_type])})
+    return output
+
+
+def _discard_parts(folder: Path, shards: int) -> None:
+    """Delete whatever a failed or cancelled run wrote (only its own files: the folder may be a user's)."""
+    names = [_file_name(t, part) for t in RECORD_TYPES for part in [None, *range(shards)]]
+    remove_files(folder, names)
 
 
 def remove_files(folder: Path, names: list[str]) -> None:
@@ -138,7 +217,10 @@ class ExportJobs:
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, job_id: str, on_progress: Callable[[int, int], None] | None = None) -> JobView:
-        """Stream the export into its files, keeping the job row up to date; audit how it ended."""
+        """Stream the export into its files, keeping the job row up to date; audit how it ended.
+
+        With `settings.export_workers` above 1 the people are split into that many shards, each exported
+        by its own process into part files that are joined into one file per type at the end."""
         with self.db.session() as session:
             job = session.get_one(ExportJob, job_id)
             job.status, job.updated_at = "running", utcnow()
@@ -146,27 +228,23 @@ class ExportJobs:
             scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)
             folder, total, purpose = Path(job.out_dir), job.people_total, job.purpose
         secondary = self._secondary(actor, request_id=job_id, purpose=purpose)
+        shards = max(1, self.settings.export_workers)
+        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.secret, actor,
+                        purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
         counts = ExportCounts()
-
-        def progress(done: int) -> None:
-            with self.db.session() as session:
-                row = session.get_one(ExportJob, job_id)
-                if row.status == "cancelled":
-                    raise ExportCancelled
-                row.people_done, row.updated_at = done, utcnow()
-            if on_progress is not None:
-                on_progress(done, total)
-
-        files = NdjsonFiles(folder)
         try:
-            for resource_type, resource in secondary.stream(scope, counts, progress):
-                files.write(resource_type, resource)
-            output = files.close()
+            if shards == 1:
+                results = [run_shard(tasks[0], lambda done: on_progress(done, total) if on_progress else None)]
+            else:
+                results = self._in_processes(tasks, lambda done: on_progress(done, total) if on_progress else None)
+            for shard_counts, _ in results:
+                counts.add(shard_counts)
+            output = _join_parts(folder, [files for _, files in results], shards)
         except ExportCancelled:
-            files.discard()
+            _discard_parts(folder, shards)
             return self._view(job_id)
         except Exception as exc:
-            files.discard()
+            _discard_parts(folder, shards)
             with self.db.session() as session:
                 row = session.get_one(ExportJob, job_id)
                 row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
@@ -187,6 +265,17 @@ class ExportJobs:
                             people_included=str(counts.people_included),
                             people_excluded=dict(counts.excluded), resources=dict(counts.resources))
         return self._view(job_id)
+
+    def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
+            tuple[ExportCounts, list[dict[str, Any]]]]:
+        """Each shard in its own process (spawned: no state shared with this server), reporting progress
+        through the job row, which this thread reads for the caller."""
+        with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_shard, task) for task in tasks]
+            while wait(futures, timeout=0.5).not_done:
+                with self.db.session() as session:
+                    on_people(session.get_one(ExportJob, tasks[0].job_id).people_done)
+            return [future.result() for future in futures]
 
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def _own(self, actor: Actor, job_id: str) -> ExportJob:

@@ -186,13 +186,18 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
     decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
     today = req.now.date()
     sensitive = set(fw.sensitive_categories)
+    in_force: dict[str, bool] = {}  # per source organisation, worked out once per decision
     for item in items:
-        source = req.agreements.get(item.source_org)
-        if source is None or not source.in_force(today):
-            why: str | None = "source-agreement"
+        source_ok = in_force.get(item.source_org)
+        if source_ok is None:
+            source = req.agreements.get(item.source_org)
+            source_ok = in_force[item.source_org] = source is not None and source.in_force(today)
+        why: str | None = None
+        if not source_ok:
+            why = "source-agreement"
         elif item.source_org in req.choices.object_orgs:
             why = "objection-org"
-        else:
+        elif item.security:
             why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
         if why is None and item.category in sensitive:
             why = "sensitive-category"

@@ -59,7 +59,11 @@ def _date(value: str | None) -> str | None:
 
 
 class _E(Struct, omit_defaults=True, gc=False):
-    """An element: fields named in `_dates` are checked against the date of birth after decoding."""
+    """An element (not tracked by the garbage collector: these trees have no cycles)."""
+
+
+class _Dated(_E):
+    """An element whose fields named in `_dates` are checked against the date of birth after decoding."""
 
     _dates: ClassVar[tuple[str, ...]] = ()
 
@@ -96,7 +100,7 @@ class Ratio(_E):
     denominator: Quantity | None = None
 
 
-class Period(_E):
+class Period(_Dated):
     _dates = ("start", "end")
     start: str | None = None
     end: str | None = None
@@ -127,7 +131,7 @@ class Meta(_E):
     security: list[Coding] | None = None
 
 
-class Extension(_E):
+class Extension(_Dated):
     url: str | None = None
     valueCodeableConcept: Concept | None = None
     valueCoding: Coding | None = None
@@ -175,7 +179,7 @@ class Dosage(_E):
     doseAndRate: list[DoseAndRate] | None = None
 
 
-class Reaction(_E):
+class Reaction(_Dated):
     _dates = ("onset",)
     substance: Concept | None = None
     manifestation: list[Concept] | None = None
@@ -272,7 +276,7 @@ class Content(_E):
     format: Coding | None = None
 
 
-class _Resource(_E):
+class _Resource(_Dated):
     """Common head: the id and meta are replaced after decoding; `subject`/`patient` become the person."""
 
     resourceType: str

@@ -66,6 +66,13 @@ class ExportCounts:
     withheld: Counter[str] = field(default_factory=Counter)  # resources, by rule
     resources: Counter[str] = field(default_factory=Counter)  # by type
 
+    def add(self, other: ExportCounts) -> None:
+        self.people_seen += other.people_seen
+        self.people_included += other.people_included
+        self.excluded.update(other.excluded)
+        self.withheld.update(other.withheld)
+        self.resources.update(other.resources)
+
     def as_dict(self) -> dict[str, Any]:
         return {"people_seen": self.people_seen, "people_included": self.people_included,
                 "people_excluded": dict(sorted(self.excluded.items())),
@@ -159,12 +166,14 @@ class SecondaryUse:
                                    opt_out_secondary=any(p.opt_out_secondary for p in prefs))
                 for person_id, prefs in by_person.items()}
 
-    def stream(self, scope: ExportScope, counts: ExportCounts,
-               progress: Callable[[int], None] | None = None) -> Iterator[tuple[str, bytes]]:
+    def stream(self, scope: ExportScope, counts: ExportCounts, progress: Callable[[int], None] | None = None,
+               shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, bytes]]:
         """(resource type, pseudonymised resource as one JSON line) for everything released, person by person.
 
         Memory stays bounded: rows arrive in batches ordered by person, and one person's rows are held
-        at a time. `progress(people_done)` is called every few hundred people (it may raise to stop)."""
+        at a time. `progress(people_done)` is called every few hundred people (it may raise to stop).
+        `shard=(i, n)`: only the i-th of n disjoint parts of the people (by the last character of their
+        id), so that n processes can share one export."""
         with self.db.session() as session:
             snap = _Snapshot(scope, counts, effective_agreements(session, self.fw), self._choices(session), utcnow(),
                              {code: org.kind for code, org in self.fw.organisations.items()},
@@ -172,12 +181,15 @@ class SecondaryUse:
             # received_at only for Patient rows: turning stored timestamps into datetimes costs more per
             # row than anything else here, and only the choice of a person's Patient needs it
             received = case((Resource.resource_type == "Patient", Resource.received_at), else_=None)
-            stmt = (select(PatientRecord.person_id, Resource.id, Resource.resource_type, Resource.source_org,
-                           received, cast(Resource.content, Text))
+            stmt = (select(PatientRecord.person_id, Resource.id.label("server_id"), Resource.resource_type,
+                           Resource.source_org, received.label("received_at"),
+                           cast(Resource.content, Text).label("text"))
                     .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
                     .order_by(PatientRecord.person_id))
             if scope.group:
                 stmt = stmt.where(PatientRecord.person_id.in_(self._group_members(scope.group)))
+            if shard[1] > 1:
+                stmt = stmt.where(_in_shard(*shard))
             clinical: ColumnElement[bool] = Resource.resource_type.in_(
                 [t for t in RECORD_TYPES if t != "Patient" and scope.wants(t)])
             if scope.since is not None:
@@ -185,22 +197,21 @@ class SecondaryUse:
             # Patient rows always come: they hold the dates of birth that other dates are checked against
             stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
             person: str | None = None
-            held: list[_Row] = []
-            for person_id, server_id, resource_type, source_org, received_at, text in session.execute(
-                    stmt.execution_options(yield_per=2000)):
-                if person_id != person:
+            held: list[Any] = []  # the person's rows: server_id, resource_type, source_org, received_at, text
+            for row in session.execute(stmt.execution_options(yield_per=2000)):
+                if row.person_id != person:
                     if person is not None:
                         yield from self._person(person, held, snap)
                         if progress is not None and counts.people_seen % 500 == 0:
                             progress(counts.people_seen)
-                    person, held = person_id, []
-                held.append(_Row(server_id, resource_type, source_org, received_at, text))
+                    person, held = row.person_id, []
+                held.append(row)
             if person is not None:
                 yield from self._person(person, held, snap)
         if progress is not None:
             progress(counts.people_seen)
 
-    def _person(self, person_id: str, held: list[_Row], snap: _Snapshot) -> Iterator[tuple[str, bytes]]:
+    def _person(self, person_id: str, held: list[Any], snap: _Snapshot) -> Iterator[tuple[str, bytes]]:
         counts, scope, pseudonymiser = snap.counts, snap.scope, snap.pseudonymiser
         counts.people_seen += 1
         patients = {id(row): json.loads(row.text) for row in held if row.resource_type == "Patient"}
@@ -216,8 +227,10 @@ class SecondaryUse:
                 except Unreadable:
                     unreadable += 1
                     continue
-                content = msgspec.to_builtins(resource)  # what classification reads: codes and labels
-                security = _labels(content.get("meta", {}).get("security"))
+                content = msgspec.to_builtins(resource)  # what classification reads: the codes
+                meta = resource.meta
+                security = frozenset(f"{c.system}|{c.code}" for c in meta.security) if meta and meta.security \
+                    else frozenset()
             item = Item(content, row.resource_type, row.source_org,
                         classify(content, snap.kinds.get(row.source_org, "unknown"), self.fw), security)
             items.append(item)
@@ -249,19 +262,21 @@ class SecondaryUse:
             yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
 
 
+_HEX = "0123456789abcdef"
+
+
+def _in_shard(index: int, count: int) -> ColumnElement[bool]:
+    """People whose id ends in one of this shard's hex digits; shard 0 also takes any id that does not end
+    in a hex digit, so the shards cover everyone exactly once."""
+    last = func.substr(PatientRecord.person_id, func.length(PatientRecord.person_id), 1)
+    mine = [c for i, c in enumerate(_HEX) if i % count == index]
+    if index == 0:
+        return last.not_in([c for c in _HEX if c not in mine])
+    return last.in_(mine)
+
+
 def _labels(security: Any) -> frozenset[str]:
     return frozenset(f"{s.get('system')}|{s.get('code')}" for s in security or ())
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One stored resource of the person being decided."""
-
-    server_id: str
-    resource_type: str
-    source_org: str
-    received_at: datetime | None  # Patient rows only
-    text: str  # the stored JSON, decoded only into the shape it may leave in
 
 
 @dataclass(frozen=True)
