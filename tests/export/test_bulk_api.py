@@ -186,3 +186,27 @@ def test_the_status_url_answers_202_with_progress_until_done(ics: Ics) -> None:
     done = wait_for(ics.client, kick_off.headers["Content-Location"], headers)
     assert done.status_code == 200 and done.headers["cache-control"] == "no-store"
     assert done.json()["transactionTime"]
+
+
+def test_an_export_cancelled_before_or_while_it_runs_stops_and_leaves_no_files(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sharedcare.config import load_settings
+    from sharedcare.export.jobs import ExportJobs
+    from sharedcare.governance.gateway import actor_for
+    from sharedcare.governance.secondary import ExportScope
+
+    jobs = ExportJobs(db, framework, replace(load_settings(), data_path=tmp_path / "data", export_workers=1))
+    analyst = actor_for(framework, "analyst.chen")
+    before = jobs.start(analyst, ExportScope("system"), "test", background=False)
+    jobs.cancel(analyst, before)
+    during = jobs.start(analyst, ExportScope("system"), "test", background=False)
+    views = [jobs.run(before), jobs.run(during, on_progress=lambda done, total: jobs.cancel(analyst, during))]
+    for job, view in zip((before, during), views, strict=True):
+        assert view.status == "cancelled" and view.output == []
+        assert not (tmp_path / "data" / "exports" / job).exists()
+    with db.session() as s:
+        actions = [e.action for e in s.scalars(select(AuditEntry).where(AuditEntry.action.like("secondary:export:%"))
+                                               .order_by(AuditEntry.seq))]
+    assert actions == ["secondary:export:kick-off", "secondary:export:cancel"] * 2  # and no completion

@@ -125,3 +125,12 @@ def test_a_resource_that_does_not_fit_its_shape_is_refused_not_passed_on() -> No
         pseudonymiser.decode("Observation", json.dumps({"resourceType": "Observation", "status": {"x": 1}}))
     with pytest.raises(Unreadable):
         pseudonymiser.decode("Practitioner", json.dumps({"resourceType": "Practitioner"}))
+
+
+def test_the_export_classifies_on_every_element_classification_reads() -> None:
+    """If classification learns to read a new element, the export must read it too, or sensitive data could
+    be taken for ordinary data."""
+    from sharedcare.governance import classify
+    from sharedcare.governance.secondary import ClassifiedElements
+
+    assert set(classify._CODED_FIELDS) | {"resourceType"} <= set(ClassifiedElements.__annotations__)

@@ -223,6 +223,8 @@ class ExportJobs:
         by its own process into part files that are joined into one file per type at the end."""
         with self.db.session() as session:
             job = session.get_one(ExportJob, job_id)
+            if job.status != "accepted":  # cancelled before it started (or already run): nothing to do
+                return self._view(job_id)
             job.status, job.updated_at = "running", utcnow()
             actor = actor_for(self.fw, job.username)
             scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)

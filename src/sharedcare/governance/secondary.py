@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 from sqlalchemy import ColumnElement, Text, and_, case, cast, distinct, func, or_, select
@@ -227,10 +227,8 @@ class SecondaryUse:
                 except Unreadable:
                     unreadable += 1
                     continue
-                content = msgspec.to_builtins(resource)  # what classification reads: the codes
-                meta = resource.meta
-                security = frozenset(f"{c.system}|{c.code}" for c in meta.security) if meta and meta.security \
-                    else frozenset()
+                content = _CODES.decode(row.text)  # classified on what was stored, not on what may leave
+                security = _labels((content.get("meta") or {}).get("security"))
             item = Item(content, row.resource_type, row.source_org,
                         classify(content, snap.kinds.get(row.source_org, "unknown"), self.fw), security)
             items.append(item)
@@ -262,6 +260,23 @@ class SecondaryUse:
             yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
 
 
+class ClassifiedElements(TypedDict, total=False):
+    """What `classify` reads of a stored resource (its type and coded elements), and its security labels:
+    decoded from the stored JSON without the rest, which is decoded only into its pseudonymised shape."""
+
+    resourceType: str
+    meta: Any
+    code: Any
+    type: Any
+    serviceType: Any
+    category: Any
+    reasonCode: Any
+    medicationCodeableConcept: Any
+    vaccineCode: Any
+    valueCodeableConcept: Any
+
+
+_CODES = msgspec.json.Decoder(ClassifiedElements)
 _HEX = "0123456789abcdef"
 
 
