@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
 from tests.conftest import BACKENDS, FRAMEWORK_PATH, POSTGRES_URL, _fresh_postgres
 from typer.testing import CliRunner
@@ -161,6 +162,14 @@ def test_opted_out_and_objecting_people_are_not_in_the_export(store: tuple[Datab
     assert exported["people_excluded"] == {"deny-objection-all": 1, "deny-opt-out": 1}
     patients = {json.loads(p)["id"] for p in exported["lines"]["Patient"]}
     assert len(patients) == exported["people_included"] > PEOPLE * 0.9
+
+
+def test_every_exported_resource_is_valid_fhir_without_empty_elements(exported: dict[str, Any]) -> None:
+    for resource_type, lines in exported["lines"].items():
+        model = get_fhir_model_class(resource_type)
+        for line in lines:
+            model.model_validate_json(line)
+            assert "{}" not in line and "[]" not in line, line
 
 
 def test_references_join_up_across_files(exported: dict[str, Any]) -> None:

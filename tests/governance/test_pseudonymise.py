@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable, postcode_district
 
@@ -58,12 +61,22 @@ def test_only_declared_elements_leave_and_nothing_that_names_anyone() -> None:
     assert set(out) == {"resourceType", "id", "meta", "status", "code", "subject", "encounter", "effectiveDateTime",
                         "issued", "performer", "valueQuantity", "component"}
     assert out["code"] == {"coding": [{"system": "http://snomed.info/sct", "code": "271649006"}]}
-    assert out["performer"] == [{}, {"type": "Organization", "identifier": {
+    assert out["performer"] == [{"type": "Organization", "identifier": {  # the practitioner left nothing
         "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXR"}}]
     assert out["meta"] == {"lastUpdated": "2026-11-01T09:00:00Z",
                            "source": "https://fhir.nhs.uk/Id/ods-organization-code|RXR#lab",
                            "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
                                          "code": "PSEUDED"}]}
+
+
+def test_elements_left_empty_are_dropped_not_written_as_empty_objects() -> None:
+    statement = {"resourceType": "MedicationStatement", "id": "m", "status": "active",
+                 "subject": {"reference": "Patient/x"}, "dosage": [{"text": f"{NAME} takes one daily"}],
+                 "statusReason": [{"text": "stopped"}], "medicationCodeableConcept": {"text": "Metformin"}}
+    assert _out(statement) == {"resourceType": "MedicationStatement", "id": _out(statement)["id"],
+                               "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                                "v3-ObservationValue", "code": "PSEUDED"}]},
+                               "status": "active", "subject": _out(statement)["subject"]}
 
 
 def test_a_date_equal_to_the_date_of_birth_is_cut_to_the_month_and_others_are_kept() -> None:
@@ -134,3 +147,29 @@ def test_the_export_classifies_on_every_element_classification_reads() -> None:
     from sharedcare.governance.secondary import ClassifiedElements
 
     assert set(classify._CODED_FIELDS) | {"resourceType"} <= set(ClassifiedElements.__annotations__)
+
+
+def _pruned(node: object) -> object:
+    """What `_without_empties` must do, written the slow, obvious way."""
+    if isinstance(node, dict):
+        kept = {k: _pruned(v) for k, v in node.items()}
+        return {k: v for k, v in kept.items() if v not in ({}, [])}
+    if isinstance(node, list):
+        return [item for item in (_pruned(v) for v in node) if item not in ({}, [])]
+    return node
+
+
+# FHIR JSON: objects whose values are scalars, objects or arrays of scalars or objects (never of arrays)
+_json = st.recursive(st.integers(0, 9) | st.sampled_from(["a", "{beats}/min", "x]"]),
+                     lambda inner: st.dictionaries(st.sampled_from(["code", "type", "coding", "value"]),
+                                                   inner | st.lists(inner, max_size=3), max_size=3),
+                     max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from(["status", "code", "dosage", "performer"]), _json | st.lists(_json, max_size=3),
+                       max_size=4))
+def test_pruning_empty_elements_keeps_valid_json_and_everything_else(resource: dict[str, object]) -> None:
+    from sharedcare.governance.pseudonymise import _without_empties
+
+    line = msgspec.json.encode(resource)
+    assert json.loads(_without_empties(line)) == _pruned(resource)

@@ -494,6 +494,22 @@ def postcode_district(postcode: str | None) -> str | None:
     return compact[:-3] if _POSTCODE.fullmatch(compact) else None
 
 
+# An element left empty once its free text is gone (`"dosage":[{}]`), and an empty item of a list. FHIR
+# JSON never has empty objects or arrays. Safe on these bytes: keys are plain names, and the strings that
+# survive are codes, units, systems and dates, none of which holds an empty pair of braces.
+_EMPTY_MEMBER = re.compile(rb',"[A-Za-z_]+":(?:\{\}|\[\])|"[A-Za-z_]+":(?:\{\}|\[\]),?')
+_EMPTY_ITEM = re.compile(rb',\{\}(?=[,\]])|(?<=\[)\{\},|(?<=\[)\{\}(?=\])')  # only inside arrays
+
+
+def _without_empties(line: bytes) -> bytes:
+    while b"{}" in line or b"[]" in line:
+        pruned = _EMPTY_ITEM.sub(b"", _EMPTY_MEMBER.sub(b"", line))
+        if pruned == line:
+            break
+        line = pruned
+    return line
+
+
 class Unreadable(Exception):
     """A stored resource does not fit its declared shape (it is withheld, never passed on unchecked)."""
 
@@ -543,7 +559,7 @@ class Pseudonymiser:
         shaped.id = self.pseudonym(shaped.resourceType, server_id)
         if isinstance(shaped, MedicationStatement) and shaped.extension:
             shaped.extension = [e for e in shaped.extension if e.url in KEPT_EXTENSIONS] or None
-        return _ENCODER.encode(shaped)
+        return _without_empties(_ENCODER.encode(shaped))
 
     def patient(self, content: dict[str, Any], person_id: str) -> bytes:
         """The person's one Patient: gender, birth and death to the month, postcode district, GP practice,
