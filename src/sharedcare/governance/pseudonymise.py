@@ -494,20 +494,30 @@ def postcode_district(postcode: str | None) -> str | None:
     return compact[:-3] if _POSTCODE.fullmatch(compact) else None
 
 
-# An element left empty once its free text is gone (`"dosage":[{}]`), and an empty item of a list. FHIR
-# JSON never has empty objects or arrays. Safe on these bytes: keys are plain names, and the strings that
-# survive are codes, units, systems and dates, none of which holds an empty pair of braces.
-_EMPTY_MEMBER = re.compile(rb',"[A-Za-z_]+":(?:\{\}|\[\])|"[A-Za-z_]+":(?:\{\}|\[\]),?')
-_EMPTY_ITEM = re.compile(rb',\{\}(?=[,\]])|(?<=\[)\{\},|(?<=\[)\{\}(?=\])')  # only inside arrays
-
-
 def _without_empties(line: bytes) -> bytes:
-    while b"{}" in line or b"[]" in line:
-        pruned = _EMPTY_ITEM.sub(b"", _EMPTY_MEMBER.sub(b"", line))
-        if pruned == line:
-            break
-        line = pruned
+    """Remove elements left empty once their free text is gone (`"dosage":[{}]`), and arrays left empty
+    by that: FHIR JSON has no empty objects or arrays. Works on the encoded bytes, which is safe here:
+    keys are plain names, no array holds an array, and the strings that survive (codes, units, systems,
+    dates) never hold an empty pair of braces or brackets. Most lines have none and cost one search."""
+    at = _next_empty(line)
+    while at > 0:  # (at 0 the resource itself would be empty: it never is, it has a resourceType)
+        if line[at - 1] == 0x3A:  # ':' -> a member `"key":{}`; its key starts at the quote before the colon's
+            start = line.rfind(b'"', 0, at - 2)
+        else:  # '[' or ',' -> an item of an array
+            start = at
+        end = at + 2
+        if line[start - 1] == 0x2C:  # take one separating comma with it: the one before, else the one after
+            start -= 1
+        elif line[end:end + 1] == b",":
+            end += 1
+        line = line[:start] + line[end:]
+        at = _next_empty(line)
     return line
+
+
+def _next_empty(line: bytes) -> int:
+    braces, brackets = line.find(b"{}"), line.find(b"[]")
+    return braces if brackets == -1 else brackets if braces == -1 else min(braces, brackets)
 
 
 class Unreadable(Exception):
