@@ -69,6 +69,10 @@ def test_opted_out_and_objecting_people_are_left_out(ics: Ics, db: Database) -> 
     assert files == {}
     summary = manifest["extension"]["https://sharedcare.example/bulk/summary"]
     assert summary["people_excluded"] == {"deny-opt-out": 1, "deny-objection-all": 1}
+    # the national data opt-out is for planning and research only: his GP still sees his record (TRUST SU1)
+    record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel"))
+    assert record.status_code == 200 and any(e["resource"]["resourceType"] == "Condition"
+                                             for e in record.json()["entry"])
 
 
 def test_a_suspended_organisations_data_and_an_objected_organisation_stay_out(ics: Ics, db: Database,
