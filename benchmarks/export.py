@@ -112,17 +112,29 @@ def baseline_run(url: str, out: str) -> dict[str, float]:
             "cpu_resources_per_s": resources / cpu_seconds}
 
 
-def replicate(url: str, copies: range) -> None:
-    """Copy the ingested people `copies` times with new ids (persons, source records, resources)."""
-    from sqlalchemy import func, select, text
+def ingested_records(url: str) -> tuple[int, int]:
+    """The id range of the source records ingest made (the ones `replicate` copies)."""
+    from sqlalchemy import func, select
 
     from sharedcare.store.database import Database
     from sharedcare.store.models import PatientRecord
 
     db = Database(url)
     with db.session() as session:
-        top = int(session.scalar(select(func.min(PatientRecord.id))) or 0) - 1
+        first = int(session.scalar(select(func.min(PatientRecord.id))) or 1) - 1
         last = int(session.scalar(select(func.max(PatientRecord.id))) or 0)
+    db.dispose()
+    return first, last
+
+
+def replicate(url: str, copies: range, records: tuple[int, int]) -> None:
+    """Copy the ingested people `copies` times with new ids (persons, source records, resources)."""
+    from sqlalchemy import text
+
+    from sharedcare.store.database import Database
+
+    db = Database(url)
+    top, last = records
     for copy in copies:
         params = {"prefix": f"{copy:08x}", "tag": f"k{copy}-", "offset": copy * (last + 1), "first": top, "last": last}
         with db.session() as session:
@@ -178,12 +190,13 @@ def main() -> int:
         console.print(f"synthesising and ingesting {args.people} people")
         built = measure(build, url, work / "feeds", args.people)
         quarter = max(0, (args.copies + 1) // 4 - 1)
-        replicate(url, range(1, quarter + 1))
+        records = ingested_records(url)
+        replicate(url, range(1, quarter + 1), records)
         console.print(f"export at a quarter of the population ({(quarter + 1) * args.people} people)")
         small = measure(export_run, url, str(work / "small"), args.workers)
         console.print(f"replicating to {(args.copies + 1) * args.people} people")
         start = time.perf_counter()
-        replicate(url, range(quarter + 1, args.copies + 1))
+        replicate(url, range(quarter + 1, args.copies + 1), records)
         replicate_seconds = time.perf_counter() - start
         exports, singles, baselines = [], [], []
         for i in range(args.repeats):
