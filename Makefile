@@ -41,6 +41,7 @@ bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/governance.py
 	$(PY) benchmarks/api.py  # builds var/bench/api-10000 once (about ten minutes), then reuses it
+	$(PY) benchmarks/export.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -236,6 +236,59 @@ def mapping_check(
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_command(
+    out: Annotated[Path, typer.Option(help="Folder for the NDJSON files, one per resource type.")],
+    user: Annotated[str, typer.Option(help="The configured user exporting (a role with a secondary-use purpose).")],
+    types: Annotated[str | None, typer.Option("--type", help="Comma-separated resource types (default all).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only resources received at or after this instant.")] = None,
+    group: Annotated[str | None, typer.Option(help="A GP practice's ODS code: its registered population.")] = None,
+    purpose: Annotated[str | None, typer.Option(help="The secondary purpose (default: the role's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """A pseudonymised Bulk Data export for secondary use, the same way `$export` makes it (audited)."""
+    from sharedcare.export.jobs import ExportJobs
+    from sharedcare.fhir.search import parse_instant
+    from sharedcare.fhir.uk_core import RECORD_TYPES
+    from sharedcare.governance.gateway import AccessDenied, NotFound, actor_for
+    from sharedcare.governance.secondary import ExportScope
+
+    fw = _framework()
+    if user not in fw.users:
+        raise _fail(f"no user '{user}' in the framework (see `sharedcare users list`)")
+    chosen = frozenset(t.strip() for t in types.split(",") if t.strip()) if types else None
+    if chosen and chosen - RECORD_TYPES:
+        raise _fail(f"--type: {', '.join(sorted(chosen - RECORD_TYPES))} not exported "
+                    f"(types: {', '.join(sorted(RECORD_TYPES))})")
+    try:
+        scope = ExportScope("group" if group else "system", group, chosen, parse_instant(since) if since else None)
+        jobs = ExportJobs(_database(), fw, load_settings())
+        job_id = jobs.start(actor_for(fw, user), scope, f"sharedcare export --out {out}", out_dir=out.resolve(),
+                            purpose=purpose, background=False)
+        with _progress() as progress:
+            task = progress.add_task("exporting (people)", total=None)
+            view = jobs.run(job_id, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except (AccessDenied, NotFound) as exc:
+        raise _fail(str(exc), 1) from exc
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    summary = {"job": job_id, "out": str(out), "files": view.output, **view.summary}
+    if as_json:
+        _print_json(summary)
+        return
+    table = Table(title=f"Export {job_id} (pseudonymised, purpose {purpose or 'of the role'})")
+    table.add_column("file")
+    table.add_column("resources", justify="right")
+    for entry in view.output:
+        table.add_row(entry["file"], str(entry["count"]))
+    table.add_row("people included", str(view.summary.get("people_included", 0)))
+    for rule, n in view.summary.get("people_excluded", {}).items():
+        table.add_row(f"people excluded: {rule}", str(n))
+    for rule, n in view.summary.get("resources_withheld", {}).items():
+        table.add_row(f"resources withheld: {rule}", str(n))
+    Console().print(table)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the FHIR API and the portals."""

@@ -5,6 +5,8 @@ SHAREDCARE_FRAMEWORK   path of the information-sharing framework (default: confi
 SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per source (default: config/mappings)
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
+SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
+SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Settings:
     secret: str
     demo: bool
     token_minutes: int = 60
+    data_path: Path = Path("var")
+    export_workers: int = 2
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -57,5 +61,16 @@ def load_settings() -> Settings:
         mappings_path=Path(os.environ.get("SHAREDCARE_MAPPINGS") or PROJECT_ROOT / "config" / "mappings"),
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
+        data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
+        export_workers=_positive_int("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1)),
     )
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, not '{value}'")
+    return int(value)
 

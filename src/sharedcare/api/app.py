@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from sharedcare import __version__
-from sharedcare.api import access, fhir, fhir_write, history, oauth, smart
+from sharedcare.api import access, bulk, fhir, fhir_write, history, oauth, smart
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
 
     app.include_router(smart.router)  # before fhir's /{type}/{id}, which would take /fhir/.well-known/...
     app.include_router(history.router)
+    app.include_router(bulk.router)  # before fhir: `Patient/$export` is not a Patient id
     app.include_router(fhir.router)
     app.include_router(fhir_write.router)
     app.include_router(access.router)

@@ -105,7 +105,14 @@ def capability_statement(request: Request) -> JSONResponse:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
         "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
-                  "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}]}],
+                  "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                  "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
+                      {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                      {"name": "patient-export",
+                       "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+                      {"name": "group-export",
+                       "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"},
+                  ]}],
     })
 
 

@@ -8,12 +8,12 @@ the record.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 ENTERED_IN_ERROR = "entered-in-error"
 
 
-def entered_in_error(resource: dict[str, Any]) -> bool:
+def entered_in_error(resource: Mapping[str, object]) -> bool:
     """Whether the source withdrew this resource as recorded in error."""
     if resource.get("status") == ENTERED_IN_ERROR:
         return True

@@ -47,6 +47,10 @@ class AuditAction(StrEnum):
     AUDIT_SEARCH = "governance:audit:search"
     PREFERENCE_VIEW = "governance:preference:view"
     GOVERNANCE_DENIED = "governance:function:denied"
+    EXPORT_KICK_OFF = "secondary:export:kick-off"
+    EXPORT_COMPLETE = "secondary:export:complete"
+    EXPORT_DOWNLOAD = "secondary:export:download"
+    EXPORT_CANCEL = "secondary:export:cancel"
 
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).

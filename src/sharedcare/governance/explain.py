@@ -64,6 +64,9 @@ def rules_in_words(fw: Framework) -> list[str]:
               for rule in fw.always_withheld]
     lines.append("Every look at a record is recorded; patients can see who looked, when and why.")
     if "secondary-use" in fw.purposes:
-        lines.append("Planning and research use pseudonymised data only, and respect the national data opt-out.")
+        sensitive = ", ".join(c.replace("_", " ") for c in fw.sensitive_categories)
+        lines.append("Planning and research use pseudonymised data only (no names, NHS numbers, addresses or full "
+                     "dates of birth), respect the national data opt-out and objections to sharing, and never "
+                     f"include {sensitive} information.")
     return lines
 

@@ -22,6 +22,20 @@ Then each item, first match withholds it:
                             service is involved, and its contact), 2 a coded summary without free text,
                             3 everything. A user's own organisation's data is shown at tier 3.
 Anything not permitted above is denied: there is no rule that permits by default.
+
+Secondary use (`decide_secondary`: planning, research; pseudonymised extracts only) has its own order.
+Whole-request rules, first deny wins:
+  1. deny-unknown-actor     no such user or role; a citizen never exports (deny-purpose)
+  2. deny-actor-agreement   the user's organisation has no signed agreement in force
+  3. deny-purpose           the role may not act for this purpose, or the purpose is identifiable
+Then the person, first deny excludes them and all their data:
+  4. deny-opt-out           the national data opt-out / the person's opt-out of secondary use
+  5. deny-objection-all     the person objected to all sharing
+Then each item, first match withholds it (no own-organisation exception: an analyst holds nothing):
+  a. source-agreement, objection-org, always-withheld rules, as for direct care
+  b. sensitive-category     the framework's sensitive categories never go to secondary use
+  c. tier                   the role's tier for its category is below 2 (a coded summary)
+What is released is pseudonymised by `pseudonymise.py` before it leaves, which keeps less than tier 2.
 """
 
 from __future__ import annotations
@@ -134,6 +148,66 @@ def check_request(req: Request, fw: Framework, require_basis: bool = True) -> De
     if actor.organisation in req.choices.object_orgs:
         return _deny("deny-objection-org", "the patient has objected to your organisation seeing their record")
     return None
+
+
+def check_secondary_request(actor: Actor, purpose: str, agreements: dict[str, Agreement], now: datetime,
+                            fw: Framework) -> Decision | None:
+    """The whole-request rules of secondary use (1-3); a denial, or None when the export may go on."""
+    if actor.role is None or actor.role.name not in fw.roles:
+        return _deny("deny-unknown-actor", "unknown user or role")
+    if actor.role.citizen:
+        return _deny("deny-purpose", "a patient may not export data for secondary use")
+    agreement = agreements.get(actor.organisation)
+    if agreement is None or not agreement.in_force(now.date()):
+        return _deny("deny-actor-agreement",
+                     f"your organisation ({actor.organisation}) has no signed information-sharing agreement in force")
+    rule = fw.purposes.get(purpose)
+    if rule is None or purpose not in actor.role.purposes:
+        return _deny("deny-purpose", f"the {actor.role.label} role may not act for purpose '{purpose}'")
+    if rule.identifiable:
+        return _deny("deny-purpose", f"purpose '{purpose}' is identifiable: bulk export is for secondary use only")
+    return None
+
+
+def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision:
+    """Decide what of one person's record goes into a pseudonymised extract (rules 1-5, a-c above).
+
+    Released content is the stored resource unchanged: the caller must pass it through the pseudonymiser,
+    which removes free text, identifiers and references to people (more than tier 2 removes)."""
+    denied = check_secondary_request(req.actor, req.purpose, req.agreements, req.now, fw)
+    if denied is not None:
+        return denied
+    if req.choices.opt_out_secondary:
+        return _deny("deny-opt-out", "the person opted out of their data being used for planning and research")
+    if req.choices.object_all:
+        return _deny("deny-objection-all", "the person objected to sharing their record")
+    role = req.actor.role
+    assert role is not None  # noqa: S101 - check_secondary_request denied a missing role
+    decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
+    today = req.now.date()
+    sensitive = set(fw.sensitive_categories)
+    in_force: dict[str, bool] = {}  # per source organisation, worked out once per decision
+    for item in items:
+        source_ok = in_force.get(item.source_org)
+        if source_ok is None:
+            source = req.agreements.get(item.source_org)
+            source_ok = in_force[item.source_org] = source is not None and source.in_force(today)
+        why: str | None = None
+        if not source_ok:
+            why = "source-agreement"
+        elif item.source_org in req.choices.object_orgs:
+            why = "objection-org"
+        elif item.security:
+            why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
+        if why is None and item.category in sensitive:
+            why = "sensitive-category"
+        if why is None and role.tier(item.category) < 2:
+            why = "tier"
+        if why is not None:
+            decision.withheld[why] += 1
+        else:
+            decision.released.append(Released(item, item.resource, 2))
+    return decision
 
 
 def _source_reason(source_org: str, req: Request) -> str | None:

@@ -339,3 +339,32 @@ class SeenAssertion(Base):
     client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     jti: Mapped[str] = mapped_column(String(200), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ExportJob(Base):
+    """A Bulk Data export for secondary use: who asked, for what, how far it has got, and its files.
+
+    Only the user who started it may poll it or download its files; the files live under the data
+    folder (`out_dir`) until the job is cancelled."""
+
+    __tablename__ = "export_jobs"
+    __table_args__ = (Index("ix_export_jobs_user", "username"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100))
+    organisation: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(10))  # system | patient | group
+    group_id: Mapped[str | None] = mapped_column(String(16))
+    types: Mapped[list[str] | None] = mapped_column(JsonType)  # None: every type
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    request_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(12))  # accepted | running | completed | failed | cancelled
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    people_total: Mapped[int] = mapped_column(Integer, default=0)
+    people_done: Mapped[int] = mapped_column(Integer, default=0)
+    output: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)  # [{"type", "file", "count"}]
+    summary: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)  # people included/excluded, withheld
+    error: Mapped[str | None] = mapped_column(Text)
+    out_dir: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,255 @@
+"""Bulk Data export throughput and memory: the governed, pseudonymised export against plain dumping.
+
+One synthetic ICS is synthesised and ingested through the pipeline (`--people`), then replicated in
+SQL (`--copies` times: new person, record and resource ids, same contents) to reach a population that
+ingest could not load in the time. Measured in fresh processes (so peak RSS is each run's own),
+repeated, medians quoted (this machine is shared and noisy):
+
+- export: `ExportJobs.run` as the analyst, exactly what `$export` and `sharedcare export` run: stream
+  by person, `decide_secondary` per person (opt-outs, agreements, labels, sensitive categories, tiers),
+  pseudonymise, write NDJSON per type, audit. Resources/s by the wall clock and by the process's CPU
+  time (the CPU figure is what the code costs; the wall figure also holds the other tenants' load);
+- baseline, same run: the same rows in the same order written as stored to NDJSON per type, with no
+  decision, no pseudonymisation and no audit (the floor of getting the bytes out of this store);
+- peak RSS of the export at a quarter of the population and at all of it (bounded memory: the two
+  should be close), and of a one-process export (which holds the whole stream in one process);
+- the export with `--workers` processes (shards of the people) and with one.
+
+Usage: python benchmarks/export.py [--people 2000] [--copies 24] [--repeats 3] [--workers 2] [--database URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _in_child(queue: Any, fn: Callable[..., dict[str, float]], args: tuple[Any, ...]) -> None:
+    result = fn(*args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def measure(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """Run fn in a fresh process; return its figures plus that process's peak RSS."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_in_child, args=(queue, fn, args))
+    proc.start()
+    result: dict[str, float] = queue.get()
+    proc.join()
+    return result
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of the worker processes it has waited for."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def export_run(url: str, out: str, workers: int) -> dict[str, float]:
+    from dataclasses import replace
+
+    from sharedcare.config import load_settings
+    from sharedcare.export.jobs import ExportJobs
+    from sharedcare.governance.framework import load_framework
+    from sharedcare.governance.gateway import actor_for
+    from sharedcare.governance.secondary import ExportScope
+    from sharedcare.store.database import Database
+
+    fw = load_framework()
+    jobs = ExportJobs(Database(url), fw, replace(load_settings(), data_path=Path(out), export_workers=workers))
+    job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "benchmark", background=False)
+    start, cpu = time.perf_counter(), _cpu()
+    view = jobs.run(job)
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu() - cpu
+    resources = sum(o["count"] for o in view.output)
+    return {"seconds": seconds, "resources": resources, "resources_per_s": resources / seconds,
+            "cpu_resources_per_s": resources / cpu_seconds, "people": view.summary["people_seen"],
+            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def baseline_run(url: str, out: str) -> dict[str, float]:
+    """The same rows, in the same order, written as stored: no decision, no pseudonymisation, no audit."""
+    from sqlalchemy import Text, cast, select
+
+    from sharedcare.store.database import Database
+    from sharedcare.store.models import PatientRecord, Resource
+
+    db = Database(url)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    handles: dict[str, Any] = {}
+    start, cpu, resources = time.perf_counter(), _cpu(), 0
+    with db.session() as session:
+        rows = session.execute(select(Resource.resource_type, cast(Resource.content, Text))
+                               .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+                               .order_by(PatientRecord.person_id).execution_options(yield_per=2000))
+        for resource_type, text in rows:
+            handle = handles.get(resource_type)
+            if handle is None:
+                handle = handles[resource_type] = (folder / f"{resource_type}.ndjson").open("w", encoding="utf-8")
+            handle.write(text + "\n")
+            resources += 1
+    for handle in handles.values():
+        handle.close()
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu() - cpu
+    return {"seconds": seconds, "resources": resources, "resources_per_s": resources / seconds,
+            "cpu_resources_per_s": resources / cpu_seconds}
+
+
+def ingested_records(url: str) -> tuple[int, int]:
+    """The id range of the source records ingest made (the ones `replicate` copies)."""
+    from sqlalchemy import func, select
+
+    from sharedcare.store.database import Database
+    from sharedcare.store.models import PatientRecord
+
+    db = Database(url)
+    with db.session() as session:
+        first = int(session.scalar(select(func.min(PatientRecord.id))) or 1) - 1
+        last = int(session.scalar(select(func.max(PatientRecord.id))) or 0)
+    db.dispose()
+    return first, last
+
+
+def replicate(url: str, copies: range, records: tuple[int, int]) -> None:
+    """Copy the ingested people `copies` times with new ids (persons, source records, resources)."""
+    from sqlalchemy import text
+
+    from sharedcare.store.database import Database
+
+    db = Database(url)
+    top, last = records
+    for copy in copies:
+        params = {"prefix": f"{copy:08x}", "tag": f"k{copy}-", "offset": copy * (last + 1), "first": top, "last": last}
+        with db.session() as session:
+            session.execute(text(
+                "INSERT INTO persons (id, created_at) SELECT :prefix || substr(id, 9), created_at FROM persons "
+                "WHERE id IN (SELECT person_id FROM patient_records WHERE id > :first AND id <= :last)"), params)
+            session.execute(text(
+                "INSERT INTO patient_records (id, source_org, source_id, person_id, nhs_number, family, given, "
+                "birth_date, gender, postcode, link_method, match_probability, link_status, updated_at) "
+                "SELECT id + :offset, source_org, :tag || source_id, :prefix || substr(person_id, 9), nhs_number, "
+                "family, given, birth_date, gender, postcode, link_method, match_probability, link_status, updated_at "
+                "FROM patient_records WHERE id > :first AND id <= :last"), params)
+            session.execute(text(
+                "INSERT INTO resources (id, resource_type, source_org, source_system, source_id, patient_record_id, "
+                "version, content, content_hash, recorded_at, received_at, message_id) "
+                "SELECT :prefix || substr(id, 9), resource_type, source_org, source_system, :tag || source_id, "
+                "patient_record_id + :offset, version, content, content_hash, recorded_at, received_at, message_id "
+                "FROM resources WHERE patient_record_id > :first AND patient_record_id <= :last"), params)
+    db.dispose()
+
+
+def build(url: str, feeds: Path, people: int) -> dict[str, float]:
+    from sharedcare.governance.framework import load_framework
+    from sharedcare.ingest.pipeline import Pipeline
+    from sharedcare.store.database import Database
+    from sharedcare.synth import generate
+
+    fw = load_framework()
+    generate(feeds, people=people, seed=23, framework=fw)
+    db = Database(url)
+    db.migrate()
+    start = time.perf_counter()
+    report = Pipeline(db, fw).ingest_paths([feeds])
+    return {"ingest_seconds": time.perf_counter() - start, "ingested_resources": report.accepted}
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=2000, help="people synthesised and ingested")
+    parser.add_argument("--copies", type=int, default=24, help="extra copies of them made in SQL (0: none)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="processes per export (SHAREDCARE_EXPORT_WORKERS)")
+    parser.add_argument("--database", default=None, help="a SQLAlchemy URL of an empty database (default SQLite)")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        url = args.database or f"sqlite:///{work / 'export.db'}"
+        console.print(f"synthesising and ingesting {args.people} people")
+        built = measure(build, url, work / "feeds", args.people)
+        quarter = max(0, (args.copies + 1) // 4 - 1)
+        records = ingested_records(url)
+        replicate(url, range(1, quarter + 1), records)
+        console.print(f"export at a quarter of the population ({(quarter + 1) * args.people} people)")
+        small = measure(export_run, url, str(work / "small"), args.workers)
+        console.print(f"replicating to {(args.copies + 1) * args.people} people")
+        start = time.perf_counter()
+        replicate(url, range(quarter + 1, args.copies + 1), records)
+        replicate_seconds = time.perf_counter() - start
+        exports, singles, baselines = [], [], []
+        for i in range(args.repeats):
+            console.print(f"run {i + 1}/{args.repeats}: export, then baseline")
+            exports.append(measure(export_run, url, str(work / f"export{i}"), args.workers))
+            singles.append(measure(export_run, url, str(work / f"single{i}"), 1))
+            baselines.append(measure(baseline_run, url, str(work / f"baseline{i}")))
+    figures: dict[str, Any] = {
+        "database": "sqlite" if args.database is None else "given", "people_ingested": args.people,
+        "people": exports[0]["people"], "stored_resources": baselines[0]["resources"],
+        "exported_resources": exports[0]["resources"], "repeats": args.repeats,
+        "ingest_seconds": built["ingest_seconds"], "replicate_seconds": replicate_seconds,
+        "export_resources_per_s": _median(exports, "resources_per_s"),
+        "export_cpu_resources_per_s": _median(exports, "cpu_resources_per_s"),
+        "workers": args.workers,
+        "export_one_process_resources_per_s": _median(singles, "resources_per_s"),
+        "export_one_process_peak_rss_mb": _median(singles, "peak_rss_mb"),
+        "baseline_resources_per_s": _median(baselines, "resources_per_s"),
+        "baseline_cpu_resources_per_s": _median(baselines, "cpu_resources_per_s"),
+        "export_seconds": _median(exports, "seconds"),
+        "export_peak_rss_mb": _median(exports, "peak_rss_mb"),
+        "export_worker_peak_rss_mb": _median(exports, "worker_peak_rss_mb"),
+        "export_peak_rss_mb_quarter_population": small["peak_rss_mb"],
+        "baseline_peak_rss_mb": _median(baselines, "peak_rss_mb"),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    figures["export_over_baseline"] = figures["export_resources_per_s"] / figures["baseline_resources_per_s"]
+    table = Table(title=f"Bulk export ({figures['people']} people, {figures['stored_resources']} stored resources, "
+                        f"median of {args.repeats})")
+    for column in ("measure", "export (governed, pseudonymised)", "baseline (plain dump)", "ratio"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(f"resources/s (wall, {args.workers} processes)", f"{figures['export_resources_per_s']:.0f}",
+                  f"{figures['baseline_resources_per_s']:.0f}", f"{figures['export_over_baseline']:.2f}")
+    table.add_row("resources/s (wall, 1 process)", f"{figures['export_one_process_resources_per_s']:.0f}",
+                  f"{figures['baseline_resources_per_s']:.0f}",
+                  f"{figures['export_one_process_resources_per_s'] / figures['baseline_resources_per_s']:.2f}")
+    table.add_row("resources per CPU-second (all processes)", f"{figures['export_cpu_resources_per_s']:.0f}",
+                  f"{figures['baseline_cpu_resources_per_s']:.0f}",
+                  f"{figures['export_cpu_resources_per_s'] / figures['baseline_cpu_resources_per_s']:.2f}")
+    table.add_row("peak RSS MB, main process (all / a quarter of the people; 1 process)",
+                  f"{figures['export_peak_rss_mb']:.0f} / {figures['export_peak_rss_mb_quarter_population']:.0f}; "
+                  f"{figures['export_one_process_peak_rss_mb']:.0f}",
+                  f"{figures['baseline_peak_rss_mb']:.0f}", "")
+    table.add_row("peak RSS MB of a worker process", f"{figures['export_worker_peak_rss_mb']:.0f}", "", "")
+    table.add_row("resources exported (the rest withheld or excluded)", str(figures["exported_resources"]),
+                  str(figures["stored_resources"]), "")
+    Console().print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"export-{int(time.time())}.json").write_text(json.dumps(figures, indent=2))
+    json.dump(figures, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""FHIR Bulk Data Access (v2) `$export` for secondary use: kick-off, status, cancel, files.
+
+- Kick-off: `GET /fhir/$export` (everyone), `GET /fhir/Patient/$export` (everyone: every type kept here
+  belongs to a patient's compartment), `GET /fhir/Group/{ods}/$export` (the registered population of
+  one GP practice). Needs `Prefer: respond-async`; takes `_type`, `_since`, `_outputFormat`
+  (application/fhir+ndjson). Answers 202 with `Content-Location` naming the status URL.
+- Status: `GET /fhir/bulk/{job}`: 202 with `X-Progress` while running, 200 with the manifest when done,
+  500 with an OperationOutcome if it failed; `DELETE` cancels (202) and deletes the files.
+- Files: `GET /fhir/bulk/{job}/{Type}.ndjson` (the manifest says `requiresAccessToken: true`).
+
+Only an actor whose role has a non-identifiable purpose may export; the data is decided, pseudonymised
+and audited by `governance.secondary`. Routes see no database session.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from sharedcare.api.deps import ActorDep, FrameworkDep, SettingsDep, get_database, scoped_types
+from sharedcare.api.outcomes import operation_outcome
+from sharedcare.export.jobs import ExportJobs, TooManyExports
+from sharedcare.fhir.search import SearchError, parse_instant
+from sharedcare.fhir.uk_core import RECORD_TYPES
+from sharedcare.governance.secondary import ExportScope
+from sharedcare.store.database import Database
+
+router = APIRouter(prefix="/fhir")
+NDJSON = "application/fhir+ndjson"
+OUTPUT_FORMATS = {NDJSON, "application/ndjson", "ndjson"}
+KICK_OFF_PARAMS = {"_type", "_since", "_outputFormat"}
+
+
+def get_jobs(settings: SettingsDep, fw: FrameworkDep, db: Annotated[Database, Depends(get_database)]) -> ExportJobs:
+    return ExportJobs(db, fw, settings)
+
+
+JobsDep = Annotated[ExportJobs, Depends(get_jobs)]
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _scope(request: Request, kind: str, group: str | None) -> ExportScope:
+    """The export asked for, checked: every problem is a 400 OperationOutcome naming the parameter."""
+    if "respond-async" not in request.headers.get("prefer", "").lower():
+        raise SearchError("$export runs asynchronously: send the header 'Prefer: respond-async'")
+    params = request.query_params
+    unknown = sorted(set(params) - KICK_OFF_PARAMS)
+    if unknown:
+        raise SearchError(f"$export does not take {', '.join(unknown)} (it takes {', '.join(sorted(KICK_OFF_PARAMS))})")
+    output_format = params.get("_outputFormat")
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise SearchError(f"_outputFormat: only {NDJSON} is produced, not '{output_format}'")
+    types = None
+    if params.get("_type"):
+        types = frozenset(t.strip() for t in params["_type"].split(",") if t.strip())
+        wrong = sorted(types - RECORD_TYPES)
+        if wrong:
+            raise SearchError(f"_type: {', '.join(wrong)} not exported (types: {', '.join(sorted(RECORD_TYPES))})")
+    allowed = scoped_types(getattr(request.state, "scopes", ""))
+    if allowed is not None:  # the token's scopes narrow the types, never widen them
+        types = (types or RECORD_TYPES) & allowed
+        if not types:
+            raise SearchError("the access token's scopes allow none of the types asked for")
+    try:
+        since = parse_instant(params["_since"]) if params.get("_since") else None
+    except SearchError as exc:
+        raise SearchError(f"_since: {exc.message}") from exc
+    return ExportScope(kind, group, types, since)
+
+
+def _kick_off(request: Request, actor: ActorDep, jobs: ExportJobs, kind: str, group: str | None = None) -> Response:
+    scope = _scope(request, kind, group)
+    try:
+        job_id = jobs.start(actor, scope, str(request.url), request_id=request.state.request_id,
+                            source_address=request.client.host if request.client else None)
+    except TooManyExports as exc:
+        response = operation_outcome(429, "throttled", exc.message, request.state.request_id)
+        response.headers["Retry-After"] = "60"
+        return response
+    return Response(status_code=202, headers={"Content-Location": f"{_base(request)}/bulk/{job_id}"})
+
+
+@router.get("/$export")
+def export_system(request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
+    return _kick_off(request, actor, jobs, "system")
+
+
+@router.get("/Patient/$export")
+def export_patients(request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
+    return _kick_off(request, actor, jobs, "patient")
+
+
+@router.get("/Group/{group_id}/$export")
+def export_group(group_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
+    return _kick_off(request, actor, jobs, "group", group_id)
+
+
+@router.get("/bulk/{job_id}")
+def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
+    view = jobs.status(actor, job_id, request.state.request_id)
+    if view.status in ("accepted", "running"):
+        percent = 100 * view.people_done // view.people_total if view.people_total else 0
+        return Response(status_code=202, headers={
+            "X-Progress": f"{percent}% ({view.people_done} of {view.people_total} people)", "Retry-After": "2"})
+    if view.status == "failed":
+        return operation_outcome(500, "exception", view.error or "the export failed", request.state.request_id)
+    base = f"{_base(request)}/bulk/{job_id}"
+    return JSONResponse({
+        "transactionTime": view.transaction_time,
+        "request": view.request_url,
+        "requiresAccessToken": True,
+        "output": [{"type": o["type"], "url": f"{base}/{o['file']}", "count": o["count"]} for o in view.output],
+        "error": [],
+        "extension": {"https://sharedcare.example/bulk/pseudonymised": True,
+                      "https://sharedcare.example/bulk/summary": view.summary},
+    })
+
+
+@router.delete("/bulk/{job_id}")
+def export_cancel(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
+    jobs.cancel(actor, job_id, request.state.request_id, request.client.host if request.client else None)
+    return Response(status_code=202)
+
+
+@router.get("/bulk/{job_id}/{file_name}")
+def export_file(job_id: str, file_name: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
+    path = jobs.file(actor, job_id, file_name, request.state.request_id,
+                     request.client.host if request.client else None)
+    return FileResponse(path, media_type=NDJSON, filename=file_name)

@@ -1,0 +1,1 @@
+"""Bulk Data export for secondary use: jobs, files, the CLI and API share this code path."""

@@ -1,0 +1,329 @@
+"""Bulk Data export jobs: kick-off, a background run, status, cancel and file downloads.
+
+State lives in the `export_jobs` table (so any worker can answer a poll) and files under the data
+folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only from
+`governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
+a job may see it: anyone else is told it does not exist (404), and every poll and download checks
+again that the user may still export (a suspended organisation loses its files at once).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import func, select, update
+
+from sharedcare.clock import utcnow
+from sharedcare.config import Settings
+from sharedcare.errors import SharedcareError
+from sharedcare.fhir.uk_core import RECORD_TYPES
+from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import NotFound, actor_for
+from sharedcare.governance.policy import Actor
+from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
+from sharedcare.store.database import Database
+from sharedcare.store.models import ExportJob
+
+RUNNING = ("accepted", "running")
+STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
+
+
+class TooManyExports(SharedcareError):
+    """The user already has an export running (one at a time keeps the store responsive)."""
+
+
+class ExportCancelled(Exception):
+    """Raised inside a run when its job was cancelled, to stop the stream."""
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a poll needs to know about a job."""
+
+    id: str
+    status: str
+    request_url: str
+    transaction_time: str
+    people_total: int
+    people_done: int
+    output: list[dict[str, Any]]
+    summary: dict[str, Any]
+    error: str | None
+
+
+def _file_name(resource_type: str, part: int | None) -> str:
+    return f"{resource_type}.ndjson" if part is None else f"{resource_type}.part{part}.ndjson"
+
+
+class NdjsonFiles:
+    """One NDJSON file per resource type (or part of one), opened as the first resource of that type arrives."""
+
+    def __init__(self, folder: Path, part: int | None = None) -> None:
+        self.folder = folder
+        self.part = part
+        folder.mkdir(parents=True, exist_ok=True)
+        self._handles: dict[str, IO[bytes]] = {}
+        self.counts: Counter[str] = Counter()
+
+    def write(self, resource_type: str, line: bytes) -> None:
+        handle = self._handles.get(resource_type)
+        if handle is None:
+            handle = self._handles[resource_type] = (self.folder / _file_name(resource_type, self.part)).open("wb")
+        handle.write(line + b"\n")
+        self.counts[resource_type] += 1
+
+    def close(self) -> list[dict[str, Any]]:
+        for handle in self._handles.values():
+            handle.close()
+        return [{"type": t, "file": _file_name(t, self.part), "count": self.counts[t]} for t in sorted(self._handles)]
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One process's part of an export (everything it needs, picklable)."""
+
+    db_url: str
+    fw: Framework
+    secret: str
+    actor: Actor
+    purpose: str
+    scope: ExportScope
+    folder: str
+    index: int
+    count: int
+    job_id: str
+
+
+def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
+        ExportCounts, list[dict[str, Any]]]:
+    """Export one shard of the people into part files (or the final files when there is one shard),
+    adding to the job's progress and stopping if the job is cancelled."""
+    db = Database(task.db_url)
+    reported = 0
+
+    def progress(done: int) -> None:
+        nonlocal reported
+        with db.session() as session:
+            session.execute(update(ExportJob).where(ExportJob.id == task.job_id).values(
+                people_done=ExportJob.people_done + (done - reported), updated_at=utcnow()))
+            status = session.scalar(select(ExportJob.status).where(ExportJob.id == task.job_id))
+        reported = done
+        if status == "cancelled":
+            raise ExportCancelled
+        if on_people is not None:
+            on_people(done)
+
+    secondary = SecondaryUse(db, task.fw, task.secret, task.actor, task.purpose, request_id=task.job_id)
+    counts = ExportCounts()
+    files = NdjsonFiles(Path(task.folder), None if task.count == 1 else task.index)
+    try:
+        for resource_type, line in secondary.stream(task.scope, counts, progress, (task.index, task.count)):
+            files.write(resource_type, line)
+        return counts, files.close()
+    except BaseException:
+        files.close()
+        raise
+    finally:
+        db.dispose()
+
+
+def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) -> list[dict[str, Any]]:
+    """One file per type from the shards' part files (in shard order), the parts deleted."""
+    if shards == 1:
+        return parts[0]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for files in parts:
+        for entry in files:
+            by_type.setdefault(entry["type"], []).append(entry)
+    output = []
+    for resource_type in sorted(by_type):
+        with (folder / _file_name(resource_type, None)).open("wb") as joined:
+            for entry in by_type[resource_type]:
+                with (folder / entry["file"]).open("rb") as part:
+                    shutil.copyfileobj(part, joined, 1 << 20)
+                (folder / entry["file"]).unlink()
+        output.append({"type": resource_type, "file": _file_name(resource_type, None),
+                       "count": sum(e["count"] for e in by_type[resource_type])})
+    return output
+
+
+def _discard_parts(folder: Path, shards: int) -> None:
+    """Delete whatever a failed or cancelled run wrote (only its own files: the folder may be a user's)."""
+    names = [_file_name(t, part) for t in RECORD_TYPES for part in [None, *range(shards)]]
+    remove_files(folder, names)
+
+
+def remove_files(folder: Path, names: list[str]) -> None:
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+class ExportJobs:
+    """The export jobs of one store, for the API and the CLI alike."""
+
+    def __init__(self, db: Database, fw: Framework, settings: Settings) -> None:
+        self.db = db
+        self.fw = fw
+        self.settings = settings
+
+    def _secondary(self, actor: Actor, request_id: str | None = None, source_address: str | None = None,
+                   purpose: str | None = None) -> SecondaryUse:
+        return SecondaryUse(self.db, self.fw, self.settings.secret, actor, purpose or export_purpose(actor, self.fw),
+                            request_id=request_id, source_address=source_address)
+
+    # -- kick-off --------------------------------------------------------------------------------
+    def start(self, actor: Actor, scope: ExportScope, request_url: str, *, request_id: str | None = None,
+              source_address: str | None = None, out_dir: Path | None = None, purpose: str | None = None,
+              background: bool = True) -> str:
+        """Check, record and audit a new export; run it in a background thread (or leave it to `run`)."""
+        secondary = self._secondary(actor, request_id, source_address, purpose)
+        detail: dict[str, Any] = {"kind": scope.kind, "group": scope.group,
+                                  "types": ",".join(sorted(scope.types)) if scope.types else None,
+                                  "since": scope.since.isoformat() if scope.since else None}
+        secondary.check(AuditAction.EXPORT_KICK_OFF, scope, **detail)
+        job_id = str(uuid.uuid4())
+        now = utcnow()
+        with self.db.session() as session:
+            busy = session.scalar(select(func.count()).select_from(ExportJob).where(
+                ExportJob.username == actor.username, ExportJob.status.in_(RUNNING),
+                ExportJob.updated_at > now - STALE_AFTER))
+            if busy and background:
+                raise TooManyExports("you already have an export running: wait for it, or cancel it with DELETE "
+                                     "on its status URL", where="$export")
+            session.add(ExportJob(
+                id=job_id, username=actor.username, organisation=actor.organisation, purpose=secondary.purpose,
+                kind=scope.kind, group_id=scope.group, types=sorted(scope.types) if scope.types else None,
+                since=scope.since, request_url=request_url, status="accepted", created_at=now, updated_at=now,
+                people_total=secondary.people_in_scope(scope), people_done=0, output=[], summary={},
+                out_dir=str(out_dir or self.settings.data_path / "exports" / job_id)))
+            secondary.audit(session, AuditAction.EXPORT_KICK_OFF, "permit", rule_id="permit-secondary",
+                            job=job_id, **detail)
+        if background:
+            threading.Thread(target=self.run, args=(job_id,), name=f"export-{job_id}", daemon=True).start()
+        return job_id
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, job_id: str, on_progress: Callable[[int, int], None] | None = None) -> JobView:
+        """Stream the export into its files, keeping the job row up to date; audit how it ended.
+
+        With `settings.export_workers` above 1 the people are split into that many shards, each exported
+        by its own process into part files that are joined into one file per type at the end."""
+        with self.db.session() as session:
+            job = session.get_one(ExportJob, job_id)
+            if job.status != "accepted":  # cancelled before it started (or already run): nothing to do
+                return self._view(job_id)
+            job.status, job.updated_at = "running", utcnow()
+            actor = actor_for(self.fw, job.username)
+            scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)
+            folder, total, purpose = Path(job.out_dir), job.people_total, job.purpose
+        secondary = self._secondary(actor, request_id=job_id, purpose=purpose)
+        shards = max(1, self.settings.export_workers)
+        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.secret, actor,
+                        purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
+        counts = ExportCounts()
+        try:
+            if shards == 1:
+                results = [run_shard(tasks[0], lambda done: on_progress(done, total) if on_progress else None)]
+            else:
+                results = self._in_processes(tasks, lambda done: on_progress(done, total) if on_progress else None)
+            for shard_counts, _ in results:
+                counts.add(shard_counts)
+            output = _join_parts(folder, [files for _, files in results], shards)
+        except ExportCancelled:
+            _discard_parts(folder, shards)
+            return self._view(job_id)
+        except Exception as exc:
+            _discard_parts(folder, shards)
+            with self.db.session() as session:
+                row = session.get_one(ExportJob, job_id)
+                row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
+                row.updated_at = row.finished_at
+                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
+                                error=type(exc).__name__)
+            raise
+        with self.db.session() as session:
+            row = session.get_one(ExportJob, job_id)
+            if row.status == "cancelled":  # cancelled after the last progress check
+                remove_files(folder, [o["file"] for o in output])
+                return self._view(job_id)
+            row.status, row.output, row.summary = "completed", output, counts.as_dict()
+            row.people_done, row.finished_at = counts.people_seen, utcnow()
+            row.updated_at = row.finished_at
+            secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
+                            withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                            people_included=str(counts.people_included),
+                            people_excluded=dict(counts.excluded), resources=dict(counts.resources))
+        return self._view(job_id)
+
+    def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
+            tuple[ExportCounts, list[dict[str, Any]]]]:
+        """Each shard in its own process (spawned: no state shared with this server), reporting progress
+        through the job row, which this thread reads for the caller."""
+        with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_shard, task) for task in tasks]
+            while wait(futures, timeout=0.5).not_done:
+                with self.db.session() as session:
+                    on_people(session.get_one(ExportJob, tasks[0].job_id).people_done)
+            return [future.result() for future in futures]
+
+    # -- polling, cancelling, downloading ---------------------------------------------------------
+    def _own(self, actor: Actor, job_id: str) -> ExportJob:
+        with self.db.session() as session:
+            job = session.get(ExportJob, job_id)
+            if job is None or job.username != actor.username or job.status == "cancelled":
+                raise NotFound(f"no export {job_id}")
+            return job
+
+    def _view(self, job_id: str) -> JobView:
+        with self.db.session() as session:
+            job = session.get_one(ExportJob, job_id)
+            status, error = job.status, job.error
+            if status in RUNNING and utcnow() - job.updated_at > STALE_AFTER:
+                status, error = "failed", "the export stopped (the server restarted); start a new one"
+            return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
+                           job.people_done, list(job.output or []), dict(job.summary or {}), error)
+
+    def status(self, actor: Actor, job_id: str, request_id: str | None = None) -> JobView:
+        job = self._own(actor, job_id)
+        self._secondary(actor, request_id, purpose=job.purpose).check(AuditAction.EXPORT_DOWNLOAD, job=job_id)
+        return self._view(job_id)
+
+    def cancel(self, actor: Actor, job_id: str, request_id: str | None = None,
+               source_address: str | None = None) -> None:
+        """Stop a running export (its run deletes what it wrote) or delete a finished one's files."""
+        job = self._own(actor, job_id)
+        secondary = self._secondary(actor, request_id, source_address, job.purpose)
+        with self.db.session() as session:
+            row = session.get_one(ExportJob, job_id)
+            was = row.status
+            row.status, row.updated_at = "cancelled", utcnow()
+            secondary.audit(session, AuditAction.EXPORT_CANCEL, "permit", job=job_id, was=was)
+        if was not in RUNNING:
+            remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
+
+    def file(self, actor: Actor, job_id: str, name: str, request_id: str | None = None,
+             source_address: str | None = None) -> Path:
+        """The path of one output file of a completed job, after checking and auditing the download."""
+        job = self._own(actor, job_id)
+        entry = next((o for o in job.output or [] if o["file"] == name), None)
+        if job.status != "completed" or entry is None:
+            raise NotFound(f"export {job_id} has no file {name}")
+        secondary = self._secondary(actor, request_id, source_address, job.purpose)
+        secondary.check(AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)
+        with self.db.session() as session:
+            secondary.audit(session, AuditAction.EXPORT_DOWNLOAD, "permit", rule_id="permit-secondary", job=job_id,
+                            file=name, resources=str(entry["count"]))
+        return Path(job.out_dir) / entry["file"]

@@ -1,0 +1,610 @@
+"""Pseudonymised copies of released resources, for secondary use (planning, research).
+
+Keyed pseudonyms: HMAC-SHA256 under a key derived from the deployment's secret and the purpose, so the
+same person has the same pseudonym in every extract for one purpose, a different one for another
+purpose, and nobody without the secret can recompute them (a plain hash of a UUIDv5 server id could be
+recomputed from a hospital number). Every id and every reference between exported resources is
+rewritten the same way, so files join up without any real id.
+
+What is kept is declared, not what is removed (deny by default). Each exported type is a msgspec
+`Struct` listing the elements an analysis needs, down to each datatype (`Coding` is system, version and
+code; a `Reference` is a rewritten reference or an organisation's ODS code). Decoding a stored resource
+into its Struct drops everything undeclared, in C: names, addresses, telecom, other systems' identifiers,
+displays, free text (`text`, `note`, `description`, narratives), document bodies, extensions not listed,
+and any element a source adds that is not listed here. Then:
+- references survive only between exported types (rewritten to pseudonyms); a Patient reference
+  becomes the person's pseudonym; organisations survive only as ODS codes;
+- the Patient keeps gender, year and month of birth (and of death), postcode district, registered GP
+  practice and ethnic category; any other date equal to the date of birth is cut to year and month.
+
+The shapes are written here because no library pseudonymises FHIR to a policy; msgspec does the
+decoding and encoding, fast enough for tens of thousands of resources a second.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import threading
+from typing import Any, ClassVar
+
+import msgspec
+from msgspec import Struct, field
+
+from sharedcare.fhir.uk_core import ODS_SYSTEM
+
+PSEUDONYMISED_LABEL = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "PSEUDED"}
+KEPT_EXTENSIONS = frozenset({
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-MedicationStatementLastIssueDate",
+})
+
+
+class _State(threading.local):
+    """The person being pseudonymised, for the Structs' post-decode hooks (one export per thread)."""
+
+    pseudonymiser: Pseudonymiser
+    patient_ref: str = ""
+    dobs: frozenset[str] = frozenset()
+
+
+_state = _State()
+
+
+def _date(value: str | None) -> str | None:
+    """A date equal to the person's date of birth would give it away: cut it to year and month."""
+    if value is not None and value[:10] in _state.dobs:
+        return value[:7]
+    return value
+
+
+class _E(Struct, omit_defaults=True, gc=False):
+    """An element (not tracked by the garbage collector: these trees have no cycles)."""
+
+
+class _Dated(_E):
+    """An element whose fields named in `_dates` are checked against the date of birth after decoding."""
+
+    _dates: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self._dates:
+            setattr(self, name, _date(getattr(self, name)))
+
+
+class Coding(_E):
+    system: str | None = None
+    version: str | None = None
+    code: str | None = None
+
+
+class Concept(_E):
+    coding: list[Coding] | None = None
+
+
+class Quantity(_E):
+    value: float | None = None
+    comparator: str | None = None
+    unit: str | None = None
+    system: str | None = None
+    code: str | None = None
+
+
+class Range(_E):
+    low: Quantity | None = None
+    high: Quantity | None = None
+
+
+class Ratio(_E):
+    numerator: Quantity | None = None
+    denominator: Quantity | None = None
+
+
+class Period(_Dated):
+    _dates = ("start", "end")
+    start: str | None = None
+    end: str | None = None
+
+
+class OdsIdentifier(_E):
+    system: str | None = None
+    value: str | None = None
+
+
+class Reference(_E):
+    reference: str | None = None
+    type: str | None = None
+    identifier: OdsIdentifier | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference is not None:
+            self.reference = _state.pseudonymiser.reference(self.reference)
+        if self.identifier is not None and self.identifier.system != ODS_SYSTEM:
+            self.identifier = None
+        if self.reference is None and self.identifier is None:
+            self.type = None  # a practitioner or a location: nothing of it leaves
+
+
+class Meta(_E):
+    lastUpdated: str | None = None
+    source: str | None = None
+    security: list[Coding] | None = None
+
+
+class Extension(_Dated):
+    url: str | None = None
+    valueCodeableConcept: Concept | None = None
+    valueCoding: Coding | None = None
+    valueDateTime: str | None = None
+
+    _dates = ("valueDateTime",)
+
+
+class TimingRepeat(_E):
+    boundsPeriod: Period | None = None
+    count: int | None = None
+    duration: float | None = None
+    durationUnit: str | None = None
+    frequency: int | None = None
+    frequencyMax: int | None = None
+    period: float | None = None
+    periodMax: float | None = None
+    periodUnit: str | None = None
+    dayOfWeek: list[str] | None = None
+    timeOfDay: list[str] | None = None
+    when: list[str] | None = None
+    offset: int | None = None
+
+
+class Timing(_E):
+    repeat: TimingRepeat | None = None
+    code: Concept | None = None
+
+
+class DoseAndRate(_E):
+    type: Concept | None = None
+    doseQuantity: Quantity | None = None
+    doseRange: Range | None = None
+    rateQuantity: Quantity | None = None
+
+
+class Dosage(_E):
+    sequence: int | None = None
+    timing: Timing | None = None
+    asNeededBoolean: bool | None = None
+    asNeededCodeableConcept: Concept | None = None
+    site: Concept | None = None
+    route: Concept | None = None
+    method: Concept | None = None
+    doseAndRate: list[DoseAndRate] | None = None
+
+
+class Reaction(_Dated):
+    _dates = ("onset",)
+    substance: Concept | None = None
+    manifestation: list[Concept] | None = None
+    onset: str | None = None
+    severity: str | None = None
+    exposureRoute: Concept | None = None
+
+
+class ReferenceRange(_E):
+    low: Quantity | None = None
+    high: Quantity | None = None
+    type: Concept | None = None
+    appliesTo: list[Concept] | None = None
+    age: Range | None = None
+
+
+class Component(_E):
+    code: Concept | None = None
+    valueQuantity: Quantity | None = None
+    valueCodeableConcept: Concept | None = None
+    valueBoolean: bool | None = None
+    valueInteger: int | None = None
+    dataAbsentReason: Concept | None = None
+    interpretation: list[Concept] | None = None
+
+
+class Hospitalization(_E):
+    origin: Reference | None = None
+    admitSource: Concept | None = None
+    reAdmission: Concept | None = None
+    destination: Reference | None = None
+    dischargeDisposition: Concept | None = None
+
+
+class Diagnosis(_E):
+    condition: Reference | None = None
+    use: Concept | None = None
+    rank: int | None = None
+
+
+class Stage(_E):
+    summary: Concept | None = None
+    type: Concept | None = None
+
+
+class Evidence(_E):
+    code: list[Concept] | None = None
+
+
+class Performer(_E):
+    function: Concept | None = None
+    actor: Reference | None = None
+
+
+class ProtocolApplied(_E):
+    targetDisease: list[Concept] | None = None
+    doseNumberPositiveInt: int | None = None
+    seriesDosesPositiveInt: int | None = None
+
+
+class ActivityDetail(_E):
+    kind: str | None = None
+    code: Concept | None = None
+    reasonCode: list[Concept] | None = None
+    status: str | None = None
+    statusReason: Concept | None = None
+    doNotPerform: bool | None = None
+    scheduledTiming: Timing | None = None
+    scheduledPeriod: Period | None = None
+    performer: list[Reference] | None = None
+    productCodeableConcept: Concept | None = None
+    dailyAmount: Quantity | None = None
+    quantity: Quantity | None = None
+
+
+class Activity(_E):
+    outcomeCodeableConcept: list[Concept] | None = None
+    detail: ActivityDetail | None = None
+
+
+class DocumentContext(_E):
+    encounter: list[Reference] | None = None
+    period: Period | None = None
+    facilityType: Concept | None = None
+    practiceSetting: Concept | None = None
+
+
+class Attachment(_E):
+    contentType: str | None = None  # that a document exists and its kind; never its data, title or url
+
+
+class Content(_E):
+    attachment: Attachment | None = None
+    format: Coding | None = None
+
+
+class _Resource(_Dated):
+    """Common head: the id and meta are replaced after decoding; `subject`/`patient` become the person."""
+
+    resourceType: str
+    id: str | None = None
+    meta: Meta | None = None
+
+
+class Condition(_Resource):
+    _dates = ("onsetDateTime", "abatementDateTime", "recordedDate")
+    clinicalStatus: Concept | None = None
+    verificationStatus: Concept | None = None
+    category: list[Concept] | None = None
+    severity: Concept | None = None
+    code: Concept | None = None
+    bodySite: list[Concept] | None = None
+    subject: Reference | None = None
+    encounter: Reference | None = None
+    onsetDateTime: str | None = None
+    onsetPeriod: Period | None = None
+    onsetAge: Quantity | None = None
+    abatementDateTime: str | None = None
+    abatementPeriod: Period | None = None
+    abatementAge: Quantity | None = None
+    recordedDate: str | None = None
+    stage: list[Stage] | None = None
+    evidence: list[Evidence] | None = None
+
+
+class MedicationStatement(_Resource):
+    _dates = ("effectiveDateTime", "dateAsserted")
+    extension: list[Extension] | None = None
+    status: str | None = None
+    statusReason: list[Concept] | None = None
+    category: Concept | None = None
+    medicationCodeableConcept: Concept | None = None
+    medicationReference: Reference | None = None
+    subject: Reference | None = None
+    context: Reference | None = None
+    effectiveDateTime: str | None = None
+    effectivePeriod: Period | None = None
+    dateAsserted: str | None = None
+    reasonCode: list[Concept] | None = None
+    reasonReference: list[Reference] | None = None
+    dosage: list[Dosage] | None = None
+
+
+class AllergyIntolerance(_Resource):
+    _dates = ("onsetDateTime", "recordedDate", "lastOccurrence")
+    clinicalStatus: Concept | None = None
+    verificationStatus: Concept | None = None
+    type: str | None = None
+    category: list[str] | None = None
+    criticality: str | None = None
+    code: Concept | None = None
+    patient: Reference | None = None
+    encounter: Reference | None = None
+    onsetDateTime: str | None = None
+    onsetPeriod: Period | None = None
+    onsetAge: Quantity | None = None
+    recordedDate: str | None = None
+    lastOccurrence: str | None = None
+    reaction: list[Reaction] | None = None
+
+
+class Encounter(_Resource):
+    status: str | None = None
+    class_: Coding | None = field(default=None, name="class")
+    type: list[Concept] | None = None
+    serviceType: Concept | None = None
+    priority: Concept | None = None
+    subject: Reference | None = None
+    period: Period | None = None
+    length: Quantity | None = None
+    reasonCode: list[Concept] | None = None
+    reasonReference: list[Reference] | None = None
+    diagnosis: list[Diagnosis] | None = None
+    hospitalization: Hospitalization | None = None
+    serviceProvider: Reference | None = None
+    partOf: Reference | None = None
+
+
+class Observation(_Resource):
+    _dates = ("effectiveDateTime", "effectiveInstant", "issued", "valueDateTime")
+    status: str | None = None
+    category: list[Concept] | None = None
+    code: Concept | None = None
+    subject: Reference | None = None
+    encounter: Reference | None = None
+    effectiveDateTime: str | None = None
+    effectivePeriod: Period | None = None
+    effectiveInstant: str | None = None
+    issued: str | None = None
+    performer: list[Reference] | None = None
+    valueQuantity: Quantity | None = None
+    valueCodeableConcept: Concept | None = None
+    valueBoolean: bool | None = None
+    valueInteger: int | None = None
+    valueRange: Range | None = None
+    valueRatio: Ratio | None = None
+    valuePeriod: Period | None = None
+    valueDateTime: str | None = None
+    dataAbsentReason: Concept | None = None
+    interpretation: list[Concept] | None = None
+    bodySite: Concept | None = None
+    method: Concept | None = None
+    referenceRange: list[ReferenceRange] | None = None
+    hasMember: list[Reference] | None = None
+    derivedFrom: list[Reference] | None = None
+    component: list[Component] | None = None
+
+
+class Procedure(_Resource):
+    _dates = ("performedDateTime",)
+    status: str | None = None
+    statusReason: Concept | None = None
+    category: Concept | None = None
+    code: Concept | None = None
+    subject: Reference | None = None
+    encounter: Reference | None = None
+    performedDateTime: str | None = None
+    performedPeriod: Period | None = None
+    performer: list[Performer] | None = None
+    reasonCode: list[Concept] | None = None
+    reasonReference: list[Reference] | None = None
+    bodySite: list[Concept] | None = None
+    outcome: Concept | None = None
+    complication: list[Concept] | None = None
+    usedCode: list[Concept] | None = None
+
+
+class Immunization(_Resource):
+    _dates = ("occurrenceDateTime", "recorded")
+    status: str | None = None
+    statusReason: Concept | None = None
+    vaccineCode: Concept | None = None
+    patient: Reference | None = None
+    encounter: Reference | None = None
+    occurrenceDateTime: str | None = None
+    recorded: str | None = None
+    primarySource: bool | None = None
+    reportOrigin: Concept | None = None
+    site: Concept | None = None
+    route: Concept | None = None
+    doseQuantity: Quantity | None = None
+    performer: list[Performer] | None = None
+    reasonCode: list[Concept] | None = None
+    isSubpotent: bool | None = None
+    protocolApplied: list[ProtocolApplied] | None = None
+
+
+class CarePlan(_Resource):
+    _dates = ("created",)
+    status: str | None = None
+    intent: str | None = None
+    category: list[Concept] | None = None
+    subject: Reference | None = None
+    encounter: Reference | None = None
+    period: Period | None = None
+    created: str | None = None
+    author: Reference | None = None
+    addresses: list[Reference] | None = None
+    activity: list[Activity] | None = None
+
+
+class DocumentReference(_Resource):
+    _dates = ("date",)
+    status: str | None = None
+    docStatus: str | None = None
+    type: Concept | None = None
+    category: list[Concept] | None = None
+    subject: Reference | None = None
+    date: str | None = None
+    author: list[Reference] | None = None
+    custodian: Reference | None = None
+    content: list[Content] | None = None
+    context: DocumentContext | None = None
+
+
+class DiagnosticReport(_Resource):
+    _dates = ("effectiveDateTime", "issued")
+    status: str | None = None
+    category: list[Concept] | None = None
+    code: Concept | None = None
+    subject: Reference | None = None
+    encounter: Reference | None = None
+    effectiveDateTime: str | None = None
+    effectivePeriod: Period | None = None
+    issued: str | None = None
+    performer: list[Reference] | None = None
+    result: list[Reference] | None = None
+    conclusionCode: list[Concept] | None = None
+
+
+SHAPES: dict[str, type[_Resource]] = {shape.__name__: shape for shape in (
+    Condition, MedicationStatement, AllergyIntolerance, Encounter, Observation, Procedure, Immunization,
+    CarePlan, DocumentReference, DiagnosticReport)}
+_DECODERS = {name: msgspec.json.Decoder(shape) for name, shape in SHAPES.items()}
+_ENCODER = msgspec.json.Encoder()
+_LABEL = Coding(system=PSEUDONYMISED_LABEL["system"], code=PSEUDONYMISED_LABEL["code"])
+
+
+def purpose_key(secret: str, purpose: str) -> bytes:
+    """The pseudonymisation key of one purpose: HMAC of the purpose under the deployment's secret."""
+    return hmac.digest(secret.encode(), f"sharedcare pseudonym key|{purpose}".encode(), "sha256")
+
+
+_POSTCODE = re.compile(r"[A-Z]{1,2}[0-9][A-Z0-9]?[0-9][A-Z]{2}")
+
+
+def postcode_district(postcode: str | None) -> str | None:
+    """The outward code ('RV3 7QT' -> 'RV3'): a district of some thousands of households."""
+    if not postcode:
+        return None
+    compact = "".join(postcode.upper().split())
+    return compact[:-3] if _POSTCODE.fullmatch(compact) else None
+
+
+def _without_empties(line: bytes) -> bytes:
+    """Remove elements left empty once their free text is gone (`"dosage":[{}]`), and arrays left empty
+    by that: FHIR JSON has no empty objects or arrays. Works on the encoded bytes, which is safe here:
+    keys are plain names, no array holds an array, and the strings that survive (codes, units, systems,
+    dates) never hold an empty pair of braces or brackets. Most lines have none and cost one search."""
+    at = _next_empty(line)
+    while at > 0:  # (at 0 the resource itself would be empty: it never is, it has a resourceType)
+        if line[at - 1] == 0x3A:  # ':' -> a member `"key":{}`; its key starts at the quote before the colon's
+            start = line.rfind(b'"', 0, at - 2)
+        else:  # '[' or ',' -> an item of an array
+            start = at
+        end = at + 2
+        if line[start - 1] == 0x2C:  # take one separating comma with it: the one before, else the one after
+            start -= 1
+        elif line[end:end + 1] == b",":
+            end += 1
+        line = line[:start] + line[end:]
+        at = _next_empty(line)
+    return line
+
+
+def _next_empty(line: bytes) -> int:
+    braces, brackets = line.find(b"{}"), line.find(b"[]")
+    return braces if brackets == -1 else brackets if braces == -1 else min(braces, brackets)
+
+
+class Unreadable(Exception):
+    """A stored resource does not fit its declared shape (it is withheld, never passed on unchecked)."""
+
+
+class Pseudonymiser:
+    """Rewrites released resources for one purpose (one instance per export, used by one thread)."""
+
+    def __init__(self, secret: str, purpose: str) -> None:
+        self._key = purpose_key(secret, purpose)
+
+    def pseudonym(self, resource_type: str, server_id: str) -> str:
+        """The pseudonymous id of a resource (for a person: `pseudonym("Patient", person_id)`)."""
+        return hmac.digest(self._key, f"{resource_type}/{server_id}".encode(), "sha256").hex()[:32]
+
+    def reference(self, value: str) -> str | None:
+        """`Type/id` between exported types becomes `Type/pseudonym`; anything else is dropped."""
+        resource_type, _, server_id = value.partition("/")
+        if resource_type == "Patient":
+            return _state.patient_ref
+        if resource_type in SHAPES and server_id and "/" not in server_id:
+            return f"{resource_type}/{self.pseudonym(resource_type, server_id)}"
+        return None
+
+    def for_person(self, person_id: str, dobs: frozenset[str]) -> None:
+        """Set the person whose resources `decode` reads next. `dobs`: their dates of birth (YYYY-MM-DD)."""
+        _state.pseudonymiser = self
+        _state.patient_ref = f"Patient/{self.pseudonym('Patient', person_id)}"
+        _state.dobs = dobs
+
+    @staticmethod
+    def decode(resource_type: str, text: str | bytes) -> _Resource:
+        """A stored clinical resource in its declared shape (only what the shape lists); Unreadable if it
+        does not fit, or its type has no shape (such types are never exported)."""
+        decoder = _DECODERS.get(resource_type)
+        if decoder is None:
+            raise Unreadable(f"{resource_type} is not exported")
+        try:
+            return decoder.decode(text)
+        except msgspec.ValidationError as exc:
+            raise Unreadable(f"{resource_type}: {exc}") from exc
+
+    def encode(self, shaped: _Resource, server_id: str) -> bytes:
+        """The NDJSON line of a decoded resource: pseudonymous id, provenance, the pseudonymised label."""
+        meta = shaped.meta
+        source = meta.source if meta is not None and (meta.source or "").startswith(f"{ODS_SYSTEM}|") else None
+        shaped.meta = Meta(lastUpdated=meta.lastUpdated if meta else None, source=source, security=[_LABEL])
+        shaped.id = self.pseudonym(shaped.resourceType, server_id)
+        if isinstance(shaped, MedicationStatement) and shaped.extension:
+            shaped.extension = [e for e in shaped.extension if e.url in KEPT_EXTENSIONS] or None
+        return _without_empties(_ENCODER.encode(shaped))
+
+    def patient(self, content: dict[str, Any], person_id: str) -> bytes:
+        """The person's one Patient: gender, birth and death to the month, postcode district, GP practice,
+        ethnic category."""
+        out: dict[str, Any] = {"resourceType": "Patient", "id": self.pseudonym("Patient", person_id)}
+        meta = content.get("meta") or {}
+        out["meta"] = {key: meta[key] for key in ("lastUpdated", "source")
+                       if isinstance(meta.get(key), str) and (key != "source" or meta[key].startswith(ODS_SYSTEM))}
+        out["meta"]["security"] = [PSEUDONYMISED_LABEL]
+        if content.get("gender") in ("male", "female", "other", "unknown"):
+            out["gender"] = content["gender"]
+        birth = content.get("birthDate")
+        if isinstance(birth, str) and len(birth) >= 7:
+            out["birthDate"] = birth[:7]
+        if content.get("deceasedBoolean") is True:
+            out["deceasedBoolean"] = True
+        elif isinstance(content.get("deceasedDateTime"), str):
+            out["deceasedDateTime"] = content["deceasedDateTime"][:7]
+        home = [a for a in content.get("address") or []
+                if a.get("use", "home") == "home" and not (a.get("period") or {}).get("end")]
+        district = postcode_district((home[0] if home else {}).get("postalCode"))
+        if district:
+            out["address"] = [{"use": "home", "postalCode": district}]
+        practices = [{"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": ref["identifier"]["value"]}}
+                     for ref in content.get("generalPractitioner") or []
+                     if (ref.get("identifier") or {}).get("system") == ODS_SYSTEM
+                     and isinstance(ref["identifier"].get("value"), str)]
+        if practices:
+            out["generalPractitioner"] = practices
+        ethnicity = [msgspec.to_builtins(_ETHNICITY.decode(msgspec.json.encode(e)))
+                     for e in content.get("extension") or [] if e.get("url") == _ETHNIC_URL]
+        if ethnicity:
+            out["extension"] = ethnicity[:1]
+        return _ENCODER.encode(out)
+
+
+_ETHNIC_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory"
+_ETHNICITY = msgspec.json.Decoder(Extension)

@@ -1,0 +1,312 @@
+"""The way out for secondary use: pseudonymised extracts of many people, decided person by person.
+
+The counterpart of `gateway.GovernedRecords` for planning and research. `SecondaryUse` is bound to one
+actor and one non-identifiable purpose; it checks the request (`policy.check_secondary_request`),
+streams the store person by person, asks `policy.decide_secondary` what of each person may go (the
+national data opt-out, objections, agreements, always-withheld labels, sensitive categories, tiers),
+and hands out only what was released, pseudonymised (`pseudonymise.py`). Kick-off, completion, each
+download and each refusal are audited; the audit holds counts, never people or content.
+
+The inputs of the decision (agreements, everybody's choices) are read once when the stream starts, so
+one extract is one consistent snapshot; a choice made during an export applies to the next one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypedDict
+
+import msgspec
+from sqlalchemy import ColumnElement, Text, and_, case, cast, distinct, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from sharedcare.clock import utcnow
+from sharedcare.fhir.lifecycle import entered_in_error
+from sharedcare.fhir.uk_core import RECORD_TYPES
+from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.classify import classify
+from sharedcare.governance.consent import Choices
+from sharedcare.governance.framework import Agreement, Framework
+from sharedcare.governance.gateway import AccessDenied, NotFound
+from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
+from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Preference, Resource
+
+NO_CHOICES = Choices()
+
+
+@dataclass(frozen=True)
+class ExportScope:
+    """Whose data and which of it: everyone (system or Patient level) or one Group, some types, since when.
+
+    A Group is the registered population of one GP practice, named by its ODS code: the people of whom
+    the practice holds a patient record."""
+
+    kind: str  # system | patient | group
+    group: str | None = None
+    types: frozenset[str] | None = None  # None: every type
+    since: datetime | None = None
+
+    def wants(self, resource_type: str) -> bool:
+        return self.types is None or resource_type in self.types
+
+
+@dataclass
+class ExportCounts:
+    """What an export held and left out: people and resources, by reason (for the audit and manifest)."""
+
+    people_seen: int = 0
+    people_included: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)  # people, by rule (opt-out, objection)
+    withheld: Counter[str] = field(default_factory=Counter)  # resources, by rule
+    resources: Counter[str] = field(default_factory=Counter)  # by type
+
+    def add(self, other: ExportCounts) -> None:
+        self.people_seen += other.people_seen
+        self.people_included += other.people_included
+        self.excluded.update(other.excluded)
+        self.withheld.update(other.withheld)
+        self.resources.update(other.resources)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"people_seen": self.people_seen, "people_included": self.people_included,
+                "people_excluded": dict(sorted(self.excluded.items())),
+                "resources_withheld": dict(sorted(self.withheld.items())),
+                "resources": dict(sorted(self.resources.items()))}
+
+
+def export_purpose(actor: Actor, fw: Framework) -> str:
+    """The purpose an actor exports for: their role's first non-identifiable purpose ('secondary-use'
+    when there is none, which the decision point then refuses)."""
+    for purpose in actor.role.purposes if actor.role else []:
+        rule = fw.purposes.get(purpose)
+        if rule is not None and not rule.identifiable:
+            return purpose
+    return "secondary-use"
+
+
+class SecondaryUse:
+    """Pseudonymised extracts on behalf of one actor, for one secondary purpose."""
+
+    def __init__(self, db: Database, fw: Framework, secret: str, actor: Actor, purpose: str,
+                 request_id: str | None = None, source_address: str | None = None) -> None:
+        self.db = db
+        self.fw = fw
+        self.actor = actor
+        self.purpose = purpose
+        self.request_id = request_id
+        self.source_address = source_address
+        self._secret = secret
+
+    # -- audit -----------------------------------------------------------------------------------
+    def audit(self, session: Session, action: AuditAction, outcome: str, *, rule_id: str | None = None,
+              reason: str | None = None, withheld: dict[str, int] | None = None, **detail: Any) -> int:
+        role = self.actor.role.name if self.actor.role else None
+        return record_audit(session, AuditRecord(
+            action=action, outcome=outcome, username=self.actor.username, role=role,
+            organisation=self.actor.organisation or None, purpose=self.purpose, rule_id=rule_id, reason=reason,
+            request_id=self.request_id, source_address=self.source_address, withheld=withheld or {},
+            detail={key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                    for key, value in detail.items() if value is not None}))
+
+    def refuse(self, action: AuditAction, decision: Decision, **detail: Any) -> AccessDenied:
+        """Audit a refusal in its own transaction (it must survive the error response) and return it."""
+        with self.db.session() as session:
+            self.audit(session, action, "deny", rule_id=decision.rule_id, reason=decision.reason, **detail)
+        return AccessDenied(decision.rule_id, decision.reason)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def check(self, action: AuditAction, scope: ExportScope | None = None, **detail: Any) -> None:
+        """Whether this actor may export (or go on polling and downloading) now; refusals are audited.
+
+        A Group must be a GP practice in the framework (else NotFound) whose agreement is in force."""
+        with self.db.session() as session:
+            agreements = effective_agreements(session, self.fw)
+        now = utcnow()
+        denied = check_secondary_request(self.actor, self.purpose, agreements, now, self.fw)
+        if denied is None and scope is not None and scope.group is not None:
+            org = self.fw.organisation(scope.group)
+            if org is None or org.kind != "gp":
+                raise NotFound(f"no Group {scope.group}: a Group is a GP practice's registered population, "
+                               f"named by the practice's ODS code")
+            agreement = agreements.get(scope.group)
+            if agreement is None or not agreement.in_force(now.date()):
+                denied = Decision("deny", "source-agreement",
+                                  f"{scope.group} has no signed information-sharing agreement in force")
+        if denied is not None:
+            raise self.refuse(action, denied, **detail)
+
+    # -- the stream ------------------------------------------------------------------------------
+    def people_in_scope(self, scope: ExportScope) -> int:
+        with self.db.session() as session:
+            stmt = select(func.count(distinct(PatientRecord.person_id)))
+            if scope.group:
+                stmt = stmt.where(PatientRecord.person_id.in_(self._group_members(scope.group)))
+            return int(session.scalar(stmt) or 0)
+
+    @staticmethod
+    def _group_members(group: str) -> Any:
+        registered = aliased(PatientRecord)
+        return select(registered.person_id).where(registered.source_org == group)
+
+    def _choices(self, session: Session) -> dict[str, Choices]:
+        """Every person who has made a choice, with their choices combined over all their NHS numbers."""
+        rows = session.execute(select(PatientRecord.person_id, Preference)
+                               .join(Preference, Preference.nhs_number == PatientRecord.nhs_number)).all()
+        by_person: dict[str, list[Preference]] = {}
+        for person_id, pref in rows:
+            by_person.setdefault(person_id, []).append(pref)
+        return {person_id: Choices(object_all=any(p.object_all for p in prefs),
+                                   object_orgs=frozenset(o for p in prefs for o in p.object_orgs),
+                                   opt_out_secondary=any(p.opt_out_secondary for p in prefs))
+                for person_id, prefs in by_person.items()}
+
+    def stream(self, scope: ExportScope, counts: ExportCounts, progress: Callable[[int], None] | None = None,
+               shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, bytes]]:
+        """(resource type, pseudonymised resource as one JSON line) for everything released, person by person.
+
+        Memory stays bounded: rows arrive in batches ordered by person, and one person's rows are held
+        at a time. `progress(people_done)` is called every few hundred people (it may raise to stop).
+        `shard=(i, n)`: only the i-th of n disjoint parts of the people (by the last character of their
+        id), so that n processes can share one export."""
+        with self.db.session() as session:
+            snap = _Snapshot(scope, counts, effective_agreements(session, self.fw), self._choices(session), utcnow(),
+                             {code: org.kind for code, org in self.fw.organisations.items()},
+                             Pseudonymiser(self._secret, self.purpose))
+            # received_at only for Patient rows: turning stored timestamps into datetimes costs more per
+            # row than anything else here, and only the choice of a person's Patient needs it
+            received = case((Resource.resource_type == "Patient", Resource.received_at), else_=None)
+            stmt = (select(PatientRecord.person_id, Resource.id.label("server_id"), Resource.resource_type,
+                           Resource.source_org, received.label("received_at"),
+                           cast(Resource.content, Text).label("text"))
+                    .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+                    .order_by(PatientRecord.person_id))
+            if scope.group:
+                stmt = stmt.where(PatientRecord.person_id.in_(self._group_members(scope.group)))
+            if shard[1] > 1:
+                stmt = stmt.where(_in_shard(*shard))
+            clinical: ColumnElement[bool] = Resource.resource_type.in_(
+                [t for t in RECORD_TYPES if t != "Patient" and scope.wants(t)])
+            if scope.since is not None:
+                clinical = and_(clinical, Resource.received_at >= scope.since)
+            # Patient rows always come: they hold the dates of birth that other dates are checked against
+            stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
+            person: str | None = None
+            held: list[Any] = []  # the person's rows: server_id, resource_type, source_org, received_at, text
+            for row in session.execute(stmt.execution_options(yield_per=2000)):
+                if row.person_id != person:
+                    if person is not None:
+                        yield from self._person(person, held, snap)
+                        if progress is not None and counts.people_seen % 500 == 0:
+                            progress(counts.people_seen)
+                    person, held = row.person_id, []
+                held.append(row)
+            if person is not None:
+                yield from self._person(person, held, snap)
+        if progress is not None:
+            progress(counts.people_seen)
+
+    def _person(self, person_id: str, held: list[Any], snap: _Snapshot) -> Iterator[tuple[str, bytes]]:
+        counts, scope, pseudonymiser = snap.counts, snap.scope, snap.pseudonymiser
+        counts.people_seen += 1
+        patients = {id(row): json.loads(row.text) for row in held if row.resource_type == "Patient"}
+        dobs = frozenset(p["birthDate"] for p in patients.values() if isinstance(p.get("birthDate"), str))
+        pseudonymiser.for_person(person_id, dobs)
+        items, shaped, unreadable = [], {}, 0
+        for row in held:
+            if row.resource_type == "Patient":
+                content, security = patients[id(row)], _labels((patients[id(row)].get("meta") or {}).get("security"))
+            else:
+                try:
+                    resource = pseudonymiser.decode(row.resource_type, row.text)
+                except Unreadable:
+                    unreadable += 1
+                    continue
+                content = _CODES.decode(row.text)  # classified on what was stored, not on what may leave
+                if entered_in_error(content):  # withdrawn by its source: no longer part of the record
+                    continue
+                security = _labels((content.get("meta") or {}).get("security"))
+            item = Item(content, row.resource_type, row.source_org,
+                        classify(content, snap.kinds.get(row.source_org, "unknown"), self.fw), security)
+            items.append(item)
+            shaped[id(item)] = (row, None if row.resource_type == "Patient" else resource)
+        request = Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=None,
+                          agreements=snap.agreements, choices=snap.choices.get(person_id, NO_CHOICES), now=snap.now)
+        decision = decide_secondary(request, items, self.fw)
+        if not decision.permitted:
+            counts.excluded[decision.rule_id] += 1
+            return
+        counts.people_included += 1
+        counts.withheld.update(decision.withheld)
+        if unreadable:
+            counts.withheld["unreadable"] += unreadable
+        released_patients = []
+        for released in decision.released:
+            row, clinical = shaped[id(released.item)]
+            if clinical is None:
+                released_patients.append(row)
+                continue
+            counts.resources[row.resource_type] += 1
+            yield row.resource_type, pseudonymiser.encode(clinical, row.server_id)
+        if released_patients and scope.wants("Patient") and (
+                scope.since is None or any(p.received_at and p.received_at >= scope.since for p in released_patients)):
+            # one Patient per person: their GP practice's record (the registered demographics), else the newest
+            chosen = max(released_patients,
+                         key=lambda p: (snap.kinds.get(p.source_org) == "gp", p.received_at or snap.now))
+            counts.resources["Patient"] += 1
+            yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
+
+
+class ClassifiedElements(TypedDict, total=False):
+    """What `classify` reads of a stored resource (its type and coded elements), and its security labels:
+    decoded from the stored JSON without the rest, which is decoded only into its pseudonymised shape."""
+
+    resourceType: str
+    meta: Any
+    code: Any
+    type: Any
+    serviceType: Any
+    category: Any
+    reasonCode: Any
+    medicationCodeableConcept: Any
+    vaccineCode: Any
+    valueCodeableConcept: Any
+    status: Any  # with verificationStatus: whether the source withdrew it (entered-in-error)
+    verificationStatus: Any
+
+
+_CODES = msgspec.json.Decoder(ClassifiedElements)
+_HEX = "0123456789abcdef"
+
+
+def _in_shard(index: int, count: int) -> ColumnElement[bool]:
+    """People whose id ends in one of this shard's hex digits; shard 0 also takes any id that does not end
+    in a hex digit, so the shards cover everyone exactly once."""
+    last = func.substr(PatientRecord.person_id, func.length(PatientRecord.person_id), 1)
+    mine = [c for i, c in enumerate(_HEX) if i % count == index]
+    if index == 0:
+        return last.not_in([c for c in _HEX if c not in mine])
+    return last.in_(mine)
+
+
+def _labels(security: Any) -> frozenset[str]:
+    return frozenset(f"{s.get('system')}|{s.get('code')}" for s in security or ())
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The inputs one export decides every person with, read once when it starts."""
+
+    scope: ExportScope
+    counts: ExportCounts
+    agreements: dict[str, Agreement]
+    choices: dict[str, Choices]
+    now: datetime
+    kinds: dict[str, str]
+    pseudonymiser: Pseudonymiser

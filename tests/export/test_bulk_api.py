@@ -1,0 +1,232 @@
+"""Bulk Data `$export` over HTTP, as a population health analyst's tool uses it: kick off, poll,
+download; and what the export must never contain or include."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+from tests import builders
+from tests.export.conftest import ASYNC, export, wait_for
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.consent import set_choice
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+HUGHES_NHS = "9990000018"
+# Every identifying value the small ICS's feeds hold (tests/small_ics.py), and its free text.
+IDENTIFYING = [OKAFOR_NHS, HUGHES_NHS, "Okafor", "Emeka", "Ada", "Hughes", "Margaret", "1 High Street", "RV1 2AB",
+               "07700 900123", "1945-03-02", "1952-06-11", "Takes with breakfast", "Discharged after a fall",
+               "Visits on Tuesdays", "District nursing", "gp-okafor", "MRN1", "RYC-9", "gp-other"]
+
+
+def _lines(files: dict[str, list[dict[str, object]]]) -> list[str]:
+    return [json.dumps(resource) for resources in files.values() for resource in resources]
+
+
+def test_kick_off_poll_and_download_give_one_pseudonymised_file_per_type(ics: Ics) -> None:
+    headers = ics.token("analyst.chen")
+    manifest, files = export(ics.client, headers)
+    assert manifest["requiresAccessToken"] is True and manifest["error"] == []
+    assert manifest["request"].endswith("/fhir/$export")
+    assert {"Patient", "Condition", "MedicationStatement", "DocumentReference", "CarePlan",
+            "AllergyIntolerance"} <= set(files)
+    assert len(files["Patient"]) == 2  # Mr Okafor (four sources, one person) and Mrs Hughes
+    patients = {p["id"] for p in files["Patient"]}
+    for resource in (r for t, rs in files.items() if t != "Patient" for r in rs):
+        reference = (resource.get("subject") or resource.get("patient"))["reference"]  # type: ignore[index]
+        assert reference.removeprefix("Patient/") in patients  # every file joins up on the pseudonym
+    for patient in files["Patient"]:
+        assert len(patient["birthDate"]) == 7 and patient["address"] == [{"use": "home", "postalCode": "RV1"}]
+        assert {"code": "PSEUDED"}.items() <= patient["meta"]["security"][0].items()
+
+
+def test_no_name_number_address_phone_date_of_birth_or_free_text_leaves(ics: Ics) -> None:
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    found = [(value, line) for line in _lines(files) for value in IDENTIFYING if value.lower() in line.lower()]
+    assert found == []
+    assert ics.okafor not in " ".join(_lines(files)) and ics.stranger not in " ".join(_lines(files))
+
+
+def test_sensitive_and_always_withheld_information_stays_out(ics: Ics) -> None:
+    manifest, files = export(ics.client, ics.token("analyst.chen"))
+    codes = {c["code"] for r in files["Condition"] for c in r["code"]["coding"]}
+    assert codes == {"44054006"}  # diabetes; not the chlamydia (sexual health) nor the mental health trust's
+    assert len(files["DocumentReference"]) == 1  # the restricted letter is withheld
+    assert "data" not in json.dumps(files["DocumentReference"][0]["content"])
+    withheld = manifest["extension"]["https://sharedcare.example/bulk/summary"]["resources_withheld"]
+    assert withheld["sensitive-category"] == 2 and withheld["confidential"] == 1
+
+
+def test_a_diagnosis_its_source_withdrew_as_entered_in_error_is_not_exported(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    withdrawn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                             "code": "entered-in-error"}]}
+    gp = builders.bundle("P81001", "emis", [
+        builders.patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        builders.condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus",
+                           verificationStatus=withdrawn),
+    ], timestamp="2026-11-05T09:00:00Z")
+    assert Pipeline(db, framework).ingest_paths([builders.write_ndjson(tmp_path / "withdraw.ndjson", [gp])]).accepted
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    assert "44054006" not in json.dumps(files.get("Condition", []))
+
+
+def test_opted_out_and_objecting_people_are_left_out(ics: Ics, db: Database) -> None:
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
+        set_choice(s, HUGHES_NHS, by="patient", object_all=True)
+    manifest, files = export(ics.client, ics.token("analyst.chen"))
+    assert files == {}
+    summary = manifest["extension"]["https://sharedcare.example/bulk/summary"]
+    assert summary["people_excluded"] == {"deny-opt-out": 1, "deny-objection-all": 1}
+    # the national data opt-out is for planning and research only: his GP still sees his record (TRUST SU1)
+    record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel"))
+    assert record.status_code == 200 and any(e["resource"]["resourceType"] == "Condition"
+                                             for e in record.json()["entry"])
+
+
+def test_a_suspended_organisations_data_and_an_objected_organisation_stay_out(ics: Ics, db: Database,
+                                                                             framework: Framework) -> None:
+    with db.session() as s:
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        set_choice(s, OKAFOR_NHS, by="patient", object_org="RYC")
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    sources = {r["meta"]["source"].split("|")[1].split("#")[0] for rs in files.values() for r in rs}
+    assert sources == {"P81001", "P81002"}
+    assert "DocumentReference" not in files and "CarePlan" not in files
+
+
+def test_group_export_is_one_practices_registered_population(ics: Ics) -> None:
+    headers = ics.token("analyst.chen")
+    _, files = export(ics.client, headers, "/fhir/Group/P81002/$export")
+    assert len(files["Patient"]) == 1 and "|P81002#" in files["Patient"][0]["meta"]["source"]
+    assert set(files) == {"Patient", "AllergyIntolerance"}
+    for group in ("RXR", "NOPE"):  # a hospital is not a practice's population; an unknown code is nobody
+        response = ics.client.get(f"/fhir/Group/{group}/$export", headers={**headers, **ASYNC})
+        assert response.status_code == 404 and response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_patient_level_export_with_type_and_since(ics: Ics) -> None:
+    headers = ics.token("analyst.chen")
+    _, files = export(ics.client, headers, "/fhir/Patient/$export", {"_type": "Condition,Patient",
+                                                                     "_outputFormat": "application/fhir+ndjson"})
+    assert set(files) == {"Condition", "Patient"}
+    _, later = export(ics.client, headers, params={"_since": "2999-01-01T00:00:00Z"})
+    assert later == {}
+
+
+def test_pseudonyms_are_the_same_in_every_export_for_the_purpose(ics: Ics) -> None:
+    headers = ics.token("analyst.chen")
+    _, first = export(ics.client, headers)
+    _, second = export(ics.client, headers)
+    for resource_type in first:
+        assert sorted(r["id"] for r in first[resource_type]) == sorted(r["id"] for r in second[resource_type])
+
+
+def test_roles_without_a_secondary_use_purpose_get_403_and_are_audited(ics: Ics, db: Database) -> None:
+    for user in ("dr.patel", "ig.morgan"):
+        response = ics.client.get("/fhir/$export", headers={**ics.token(user), **ASYNC})
+        assert response.status_code == 403
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome" and "deny-purpose" in outcome["issue"][0]["diagnostics"]
+    with db.session() as s:
+        denied = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:kick-off",
+                                                    AuditEntry.outcome == "deny")).all()
+    assert {e.username for e in denied} == {"dr.patel", "ig.morgan"}
+
+
+def test_an_analyst_of_a_suspended_organisation_is_refused(ics: Ics, db: Database, framework: Framework) -> None:
+    with db.session() as s:
+        set_agreement(s, framework, "QRD", "suspended", by="ig.morgan")
+    response = ics.client.get("/fhir/$export", headers={**ics.token("analyst.chen"), **ASYNC})
+    assert response.status_code == 403 and "deny-actor-agreement" in response.text
+
+
+def test_bad_kick_offs_say_what_is_wrong(ics: Ics) -> None:
+    headers = ics.token("analyst.chen")
+    assert ics.client.get("/fhir/$export", headers=headers).status_code == 400  # no Prefer: respond-async
+    for params, expected in (({"_outputFormat": "text/csv"}, "_outputFormat"), ({"_type": "Practitioner"}, "_type"),
+                             ({"patient": "x"}, "does not take patient"), ({"_since": "yesterday"}, "_since")):
+        response = ics.client.get("/fhir/$export", params=params, headers={**headers, **ASYNC})
+        assert response.status_code == 400, params
+        assert expected in response.json()["issue"][0]["diagnostics"]
+    assert ics.client.get("/fhir/$export", headers=ASYNC).status_code == 401
+
+
+def test_only_the_requesting_user_can_poll_download_or_cancel(ics: Ics) -> None:
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    status_url = manifest["output"][0]["url"].rsplit("/", 1)[0]
+    other = ics.token("dr.patel")
+    assert ics.client.get(status_url, headers=other).status_code == 404
+    assert ics.client.get(manifest["output"][0]["url"], headers=other).status_code == 404
+    assert ics.client.delete(status_url, headers=other).status_code == 404
+    assert ics.client.get(manifest["output"][0]["url"]).status_code == 401
+    assert ics.client.get(f"{status_url}/..%2F..%2Fsharedcare.db", headers=ics.token("analyst.chen")).status_code \
+        == 404
+
+
+def test_cancelling_deletes_the_files_and_forgets_the_job(ics: Ics, tmp_path: Path) -> None:
+    headers = ics.token("analyst.chen")
+    manifest, _ = export(ics.client, headers)
+    status_url = manifest["output"][0]["url"].rsplit("/", 1)[0]
+    folder = tmp_path / "data" / "exports" / status_url.rsplit("/", 1)[1]
+    assert any(folder.iterdir())
+    assert ics.client.delete(status_url, headers=headers).status_code == 202
+    assert not folder.exists()
+    assert ics.client.get(status_url, headers=headers).status_code == 404
+    assert ics.client.get(manifest["output"][0]["url"], headers=headers).status_code == 404
+
+
+def test_every_export_is_audited_with_counts(ics: Ics, db: Database) -> None:
+    manifest, files = export(ics.client, ics.token("analyst.chen"))
+    with db.session() as s:
+        events = s.scalars(select(AuditEntry).where(AuditEntry.action.like("secondary:export:%"))
+                           .order_by(AuditEntry.seq)).all()
+    actions = [e.action for e in events]
+    assert actions[:2] == ["secondary:export:kick-off", "secondary:export:complete"]
+    assert actions.count("secondary:export:download") == len(manifest["output"])
+    assert all(e.username == "analyst.chen" and e.patient_id is None for e in events)
+    complete = {d["type"]: d["valueString"] for d in events[1].event["entity"][-1]["detail"]}
+    assert json.loads(complete["resources"]) == {t: len(rs) for t, rs in files.items()}
+    assert complete["people_included"] == "2" and complete["withheld:sensitive-category"] == "2"
+    assert events[1].event["purposeOfEvent"][0]["coding"][0]["code"] == "HOPERAT"
+
+
+def test_the_status_url_answers_202_with_progress_until_done(ics: Ics) -> None:
+    headers = ics.token("analyst.chen")
+    kick_off = ics.client.get("/fhir/Patient/$export", headers={**headers, **ASYNC})
+    assert kick_off.status_code == 202
+    assert kick_off.headers["Content-Location"].startswith("http://testserver/fhir/bulk/")
+    done = wait_for(ics.client, kick_off.headers["Content-Location"], headers)
+    assert done.status_code == 200 and done.headers["cache-control"] == "no-store"
+    assert done.json()["transactionTime"]
+
+
+def test_an_export_cancelled_before_or_while_it_runs_stops_and_leaves_no_files(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sharedcare.config import load_settings
+    from sharedcare.export.jobs import ExportJobs
+    from sharedcare.governance.gateway import actor_for
+    from sharedcare.governance.secondary import ExportScope
+
+    jobs = ExportJobs(db, framework, replace(load_settings(), data_path=tmp_path / "data", export_workers=1))
+    analyst = actor_for(framework, "analyst.chen")
+    before = jobs.start(analyst, ExportScope("system"), "test", background=False)
+    jobs.cancel(analyst, before)
+    during = jobs.start(analyst, ExportScope("system"), "test", background=False)
+    views = [jobs.run(before), jobs.run(during, on_progress=lambda done, total: jobs.cancel(analyst, during))]
+    for job, view in zip((before, during), views, strict=True):
+        assert view.status == "cancelled" and view.output == []
+        assert not (tmp_path / "data" / "exports" / job).exists()
+    with db.session() as s:
+        actions = [e.action for e in s.scalars(select(AuditEntry).where(AuditEntry.action.like("secondary:export:%"))
+                                               .order_by(AuditEntry.seq))]
+    assert actions == ["secondary:export:kick-off", "secondary:export:cancel"] * 2  # and no completion

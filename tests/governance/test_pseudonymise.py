@@ -1,0 +1,175 @@
+"""The pseudonymiser keeps only what it declares: identifying values hidden in unexpected places of a
+resource (a note, a display, an extension, a contained Patient, an identifier, a practitioner) never
+come out, and the keys make pseudonyms that only this deployment and purpose can reproduce."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable, postcode_district
+
+SECRET = "a-test-secret-of-some-length"
+PERSON = "person-1"
+DOB = "1945-03-02"
+NAME = "Okafor"
+
+SNEAKY_OBSERVATION = {
+    "resourceType": "Observation", "id": "obs-1", "status": "final",
+    "meta": {"source": "https://fhir.nhs.uk/Id/ods-organization-code|RXR#lab", "lastUpdated": "2026-11-01T09:00:00Z",
+             "security": [{"system": "x", "code": "y"}], "tag": [{"display": NAME}]},
+    "text": {"status": "generated", "div": f"<div>{NAME}</div>"},
+    "identifier": [{"system": "https://fhir.rxr.nhs.uk/Id/accession", "value": "ACC-123456"}],
+    "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": NAME}]}],
+    "extension": [{"url": "https://example.org/next-of-kin", "valueString": f"Ada {NAME}"}],
+    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "271649006", "display": f"BP of {NAME}"}],
+             "text": f"Mr {NAME}'s blood pressure"},
+    "subject": {"reference": "Patient/source-patient-9", "display": f"Emeka {NAME}",
+                "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}},
+    "encounter": {"reference": "Encounter/enc-1"},
+    "effectiveDateTime": f"{DOB}T10:00:00Z",
+    "issued": "2026-11-01T09:00:00Z",
+    "performer": [{"reference": "Practitioner/dr-1", "display": "Dr Paul Stenson"},
+                  {"type": "Organization", "display": "Riverside University Hospitals",
+                   "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXR"}}],
+    "valueQuantity": {"value": 149, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
+    "valueString": f"{NAME} refused",
+    "note": [{"authorString": "Nurse Jones", "text": f"{NAME}'s daughter says he lives alone"}],
+    "component": [{"code": {"coding": [{"system": "http://snomed.info/sct", "code": "72313002"}]},
+                   "valueQuantity": {"value": 149}, "extension": [{"url": "x", "valueString": NAME}]}],
+}
+
+
+def _out(resource: dict[str, object], secret: str = SECRET, purpose: str = "secondary-use") -> dict[str, object]:
+    pseudonymiser = Pseudonymiser(secret, purpose)
+    pseudonymiser.for_person(PERSON, frozenset({DOB}))
+    shaped = pseudonymiser.decode(str(resource["resourceType"]), json.dumps(resource))
+    result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"])))
+    return result
+
+
+def test_only_declared_elements_leave_and_nothing_that_names_anyone() -> None:
+    out = _out(SNEAKY_OBSERVATION)
+    text = json.dumps(out)
+    for secret in (NAME, "9434765919", "ACC-123456", "Stenson", "Jones", "source-patient-9", "obs-1", "dr-1",
+                   "Riverside", "refused", "lives alone"):
+        assert secret not in text
+    assert set(out) == {"resourceType", "id", "meta", "status", "code", "subject", "encounter", "effectiveDateTime",
+                        "issued", "performer", "valueQuantity", "component"}
+    assert out["code"] == {"coding": [{"system": "http://snomed.info/sct", "code": "271649006"}]}
+    assert out["performer"] == [{"type": "Organization", "identifier": {  # the practitioner left nothing
+        "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXR"}}]
+    assert out["meta"] == {"lastUpdated": "2026-11-01T09:00:00Z",
+                           "source": "https://fhir.nhs.uk/Id/ods-organization-code|RXR#lab",
+                           "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                                         "code": "PSEUDED"}]}
+
+
+def test_elements_left_empty_are_dropped_not_written_as_empty_objects() -> None:
+    statement = {"resourceType": "MedicationStatement", "id": "m", "status": "active",
+                 "subject": {"reference": "Patient/x"}, "dosage": [{"text": f"{NAME} takes one daily"}],
+                 "statusReason": [{"text": "stopped"}], "medicationCodeableConcept": {"text": "Metformin"}}
+    assert _out(statement) == {"resourceType": "MedicationStatement", "id": _out(statement)["id"],
+                               "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                                "v3-ObservationValue", "code": "PSEUDED"}]},
+                               "status": "active", "subject": _out(statement)["subject"]}
+
+
+def test_a_date_equal_to_the_date_of_birth_is_cut_to_the_month_and_others_are_kept() -> None:
+    out = _out(SNEAKY_OBSERVATION)
+    assert out["effectiveDateTime"] == DOB[:7] and out["issued"] == "2026-11-01T09:00:00Z"
+
+
+def test_references_are_keyed_pseudonyms_the_same_for_a_purpose_and_different_across_purposes() -> None:
+    first, again = _out(SNEAKY_OBSERVATION), _out(SNEAKY_OBSERVATION)
+    research, other_key = _out(SNEAKY_OBSERVATION, purpose="research"), _out(SNEAKY_OBSERVATION, secret="another")
+    pseudonym = Pseudonymiser(SECRET, "secondary-use").pseudonym("Patient", PERSON)
+    assert first["subject"] == {"reference": f"Patient/{pseudonym}"} == again["subject"]
+    assert first["id"] == again["id"] and first["encounter"] == again["encounter"]
+    for different in (research, other_key):
+        assert different["id"] != first["id"] and different["subject"] != first["subject"]
+        assert different["encounter"] != first["encounter"]
+
+
+def test_the_patient_keeps_month_of_birth_district_practice_and_ethnicity_only() -> None:
+    patient = {
+        "resourceType": "Patient", "id": "gp-okafor",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}],
+        "name": [{"family": NAME, "given": ["Emeka"]}], "gender": "male", "birthDate": DOB,
+        "telecom": [{"system": "phone", "value": "07700 900123"}],
+        "address": [{"use": "home", "line": ["1 High Street"], "postalCode": "RV3 7QT"},
+                    {"use": "home", "postalCode": "ZZ9 9ZZ", "period": {"end": "2001-01-01"}}],
+        "contact": [{"name": {"family": NAME, "given": ["Ada"]}}],
+        "generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                                "value": "P81001"}, "display": "Riverside Medical Centre"},
+                                {"reference": "Practitioner/dr-1", "display": "Dr Amara Patel"}],
+        "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+                       "valueCodeableConcept": {"coding": [{"system": "e", "code": "N", "display": "African"}]}},
+                      {"url": "https://example.org/religion", "valueString": "x"}],
+        "deceasedDateTime": "2026-10-01T03:00:00Z",
+    }
+    pseudonymiser = Pseudonymiser(SECRET, "secondary-use")
+    out = json.loads(pseudonymiser.patient(patient, PERSON))
+    assert out["id"] == pseudonymiser.pseudonym("Patient", PERSON)
+    assert (out["birthDate"], out["deceasedDateTime"], out["gender"]) == ("1945-03", "2026-10", "male")
+    assert out["address"] == [{"use": "home", "postalCode": "RV3"}]
+    assert out["generalPractitioner"] == [{"type": "Organization", "identifier": {
+        "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "P81001"}}]
+    assert out["extension"] == [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+                                 "valueCodeableConcept": {"coding": [{"system": "e", "code": "N"}]}}]
+    assert set(out) == {"resourceType", "id", "meta", "gender", "birthDate", "deceasedDateTime", "address",
+                        "generalPractitioner", "extension"}
+
+
+@pytest.mark.parametrize(("postcode", "district"), [("RV3 7QT", "RV3"), ("rv37qt", "RV3"), ("SW1A 1AA", "SW1A"),
+                                                    ("M1 1AE", "M1"), ("nonsense", None), ("ABCDEF", None), ("", None)])
+def test_postcodes_become_their_district(postcode: str, district: str | None) -> None:
+    assert postcode_district(postcode) == district
+
+
+def test_a_resource_that_does_not_fit_its_shape_is_refused_not_passed_on() -> None:
+    pseudonymiser = Pseudonymiser(SECRET, "secondary-use")
+    pseudonymiser.for_person(PERSON, frozenset())
+    with pytest.raises(Unreadable):
+        pseudonymiser.decode("Observation", json.dumps({"resourceType": "Observation", "status": {"x": 1}}))
+    with pytest.raises(Unreadable):
+        pseudonymiser.decode("Practitioner", json.dumps({"resourceType": "Practitioner"}))
+
+
+def test_the_export_classifies_on_every_element_classification_reads() -> None:
+    """If classification learns to read a new element, the export must read it too, or sensitive data could
+    be taken for ordinary data."""
+    from sharedcare.governance import classify
+    from sharedcare.governance.secondary import ClassifiedElements
+
+    assert set(classify._CODED_FIELDS) | {"resourceType"} <= set(ClassifiedElements.__annotations__)
+
+
+def _pruned(node: object) -> object:
+    """What `_without_empties` must do, written the slow, obvious way."""
+    if isinstance(node, dict):
+        kept = {k: _pruned(v) for k, v in node.items()}
+        return {k: v for k, v in kept.items() if v not in ({}, [])}
+    if isinstance(node, list):
+        return [item for item in (_pruned(v) for v in node) if item not in ({}, [])]
+    return node
+
+
+# FHIR JSON: objects whose values are scalars, objects or arrays of scalars or objects (never of arrays)
+_json = st.recursive(st.integers(0, 9) | st.sampled_from(["a", "{beats}/min", "x]"]),
+                     lambda inner: st.dictionaries(st.sampled_from(["code", "type", "coding", "value"]),
+                                                   inner | st.lists(inner, max_size=3), max_size=3),
+                     max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from(["status", "code", "dosage", "performer"]), _json | st.lists(_json, max_size=3),
+                       max_size=4))
+def test_pruning_empty_elements_keeps_valid_json_and_everything_else(resource: dict[str, object]) -> None:
+    from sharedcare.governance.pseudonymise import _without_empties
+
+    line = msgspec.json.encode(resource)
+    assert json.loads(_without_empties(line)) == _pruned(resource)
