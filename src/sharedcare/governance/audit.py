@@ -34,6 +34,7 @@ class AuditAction(StrEnum):
     RECORD_EMERGENCY_READ = "clinical:record:emergency-read"
     RESOURCE_READ = "clinical:resource:read"
     PATIENT_SEARCH = "clinical:patient:search"
+    DEMOGRAPHICS_READ = "clinical:demographics:read"
     BASIS_RECORD = "access:basis:record"
     LOGIN = "auth:session:login"
     AGREEMENT_SET = "governance:agreement:set"

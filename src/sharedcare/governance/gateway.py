@@ -205,13 +205,15 @@ class GovernedRecords:
         return sorted(n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
             PatientRecord.person_id == person_id, PatientRecord.nhs_number.is_not(None))) if n)
 
-    def _items(self, person_id: str) -> tuple[list[tuple[Item, Resource]], list[str]]:
-        rows = self.session.execute(
-            select(Resource, PatientRecord.nhs_number)
-            .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
-            .where(PatientRecord.person_id == person_id)
-            .order_by(Resource.recorded_at.desc())
-        ).all()
+    def _items(self, person_id: str, resource_type: str | None = None
+               ) -> tuple[list[tuple[Item, Resource]], list[str]]:
+        stmt = (select(Resource, PatientRecord.nhs_number)
+                .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+                .where(PatientRecord.person_id == person_id)
+                .order_by(Resource.recorded_at.desc()))
+        if resource_type is not None:
+            stmt = stmt.where(Resource.resource_type == resource_type)
+        rows = self.session.execute(stmt).all()
         items, numbers = [], set()
         for resource, nhs in rows:
             if nhs:
@@ -249,6 +251,26 @@ class GovernedRecords:
                           headlines=sorted(decision.headlines, key=lambda h: (h.category, h.organisation)),
                           basis=basis.basis if basis else "",
                           sources=sorted({s.source_org for s in served}))
+
+    def demographics(self, person_id: str) -> dict[str, Any] | None:
+        """Who the person is (their combined Patient at the role's demographics tier) and nothing clinical:
+        how an IG officer learns whose record an access was to. Decided and audited like any read (one
+        event per person); None when the decision withholds every Patient record."""
+        if self.session.get(Person, person_id) is None:
+            raise NotFound(f"no patient {person_id}")
+        pairs, numbers = self._items(person_id, resource_type="Patient")
+        decision = decide(self._request(person_id, self.active_basis(person_id), numbers),
+                          [item for item, _ in pairs], self.fw)
+        if not decision.permitted:
+            raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
+        rows = {id(item): row for item, row in pairs}
+        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
+                  for rel in decision.released]
+        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
+        patient = combined_patient(person_id, served, gp_orgs)
+        self._audit(AuditAction.DEMOGRAPHICS_READ, "permit", person_id, rule_id=decision.rule_id,
+                    released=[f"Patient/{s.content['id']}" for s in served], withheld=dict(decision.withheld))
+        return patient
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """One resource by its server id, if the decision for its patient releases it (audited).
