@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit chromium bench clean
+.PHONY: install demo test lint unit chromium screenshots bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ unit: install chromium
 	@if [ -n "$$SHAREDCARE_TEST_POSTGRES" ]; then echo "stores under test: SQLite and PostgreSQL"; \
 	 else echo "stores under test: SQLite only (set SHAREDCARE_TEST_POSTGRES to add PostgreSQL)"; fi
 	$(PY) -m pytest
+
+## screenshots: the browser tests again, writing their pictures of each page to docs/screenshots (README)
+screenshots: install chromium
+	SHAREDCARE_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/e2e -q
 
 ## bench: the performance suite (figures and ratios; never pass/fail on time)
 bench: install

@@ -20,6 +20,8 @@ from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
 from sharedcare.portal.present import KIND_LABELS, Row, row, when
 
+# Organisations in the order a GP after a hospital stay reads them: the hospital first.
+KIND_ORDER = {"acute": 0, "ambulance": 1, "community": 2, "mental_health": 3, "hospice": 4, "social_care": 5}
 WITHOUT_ENCOUNTER_DAYS = 90  # how far back to look when the viewer's organisation never saw the person
 # The blocks each organisation's changes fall into, in the order a GP reads them (medicines and results
 # have blocks of their own, set beside the viewer's own list and values).
@@ -126,7 +128,8 @@ def _med_new(s: medicines.Statement, since: date) -> bool:
 def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Changes:
     """Everything other organisations recorded since `since`, one block per organisation, newest first."""
     stale: frozenset[str] = frozenset()
-    others = sorted({s.source_org for s in view.resources if s.source_org != own}, key=lambda c: _name(fw, c))
+    others = sorted({s.source_org for s in view.resources if s.source_org != own},
+                    key=lambda c: (KIND_ORDER.get(_kind(fw, c), 9), _name(fw, c)))
     own_results: dict[str, list[ServedResource]] = {}
     for served in view.of_type("Observation"):
         if served.source_org == own and when(served.content):
@@ -159,6 +162,11 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
         if not block.empty:
             blocks.append(block)
     return Changes(since, _name(fw, own), blocks)
+
+
+def _kind(fw: Framework, code: str) -> str:
+    org = fw.organisation(code)
+    return org.kind if org else ""
 
 
 def _name(fw: Framework, code: str) -> str:
