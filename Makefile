@@ -44,6 +44,7 @@ screenshots: install chromium
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/governance.py
+	$(PY) benchmarks/portal.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
