@@ -1,7 +1,8 @@
 """Mr Okafor's hospital stay last month (journeys 2 and 6): the GP saw him on 1 September with his repeat
 medicines; the hospital admitted him on 15 October with an acute kidney injury, stopped metformin, halved
-his ramipril, started gliclazide, kept his atorvastatin, and asked the GP to check his kidneys. Added to
-the `ics` fixture's store by the tests that need them (with `results_feed` for the blood results)."""
+his ramipril, started gliclazide, gave a course of amoxicillin, kept his atorvastatin, and asked the GP
+to check his kidneys. Added to the `ics` fixture's store by the tests that need them (with
+`results_feed` for the blood results)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ def ingest_discharge(db: Database, framework: Framework, tmp: Path) -> None:
                   asserted=at_discharge),
         _medicine("rx-m4", rx_ref, "Atorvastatin 20mg tablets", "One tablet at night", "active", "2020-01-10",
                   asserted=at_discharge),
+        _medicine("rx-m5", rx_ref, "Amoxicillin 500mg capsules", "One capsule three times a day", "completed",
+                  ADMITTED, end=DISCHARGED, asserted=at_discharge),
         {"resourceType": "CarePlan", "id": "rx-cp1", "status": "active", "intent": "plan",
          "subject": {"reference": rx_ref}, "title": "Follow-up requested of the GP",
          "category": [{"text": "Discharge follow-up"}], "description": FOLLOW_UP,

@@ -63,10 +63,12 @@ def test_the_gp_sees_what_the_hospital_changed_since_she_last_saw_him(stay: Ics)
             "taking since 2026-10-19") in hospital
     assert "Your list Not on your list" in hospital
     assert ("Metformin Change Stopped " + HOSPITAL + " says Metformin 500mg tablets, One tablet twice a day with "
-            "meals: stopped from 2026-10-16 (Acute kidney injury, eGFR 47)") in hospital
+            "meals: stopped on 2026-10-16 (Acute kidney injury, eGFR 47)") in hospital
     assert "Your list Metformin 500mg tablets, One tablet daily: taking" in hospital
     assert "Ramipril Change Dose or product changed" in hospital
     assert "Your list Ramipril 5mg capsules, One capsule once a day: taking, last issued 2026-09-20" in hospital
+    assert ("Amoxicillin Change Course finished " + HOSPITAL + " says Amoxicillin 500mg capsules, One capsule "
+            "three times a day: finished on 2026-10-20") in hospital
     assert "1 other medicine recorded by " + HOSPITAL + " since then matches your list" in hospital  # atorvastatin
     # results beside the GP's own last value of the same test
     assert "Result 62 mmol/mol Your last result 58 mmol/mol on 2026-05-14" in hospital
@@ -115,9 +117,10 @@ def test_the_pharmacist_sees_every_source_in_one_table_with_discrepancies_flagge
     page = stay.client.get(f"/record/{stay.okafor}/medicines")
     assert page.status_code == 200
     text = _text(page.text)
-    assert "4 medicines recorded by 2 organisations. 3 need checking" in text
-    names = [m.strip() for m in re.findall(r'scope="rowgroup" colspan="5">([A-Za-z ]+)', page.text)]
-    assert names == ["Gliclazide", "Metformin", "Ramipril", "Atorvastatin"]  # discrepancies first
+    assert "5 medicines recorded by 2 organisations. 3 need checking" in text
+    names = [m.strip() for m in re.findall(r'scope="rowgroup" colspan="5"><span class="sc-cell">([A-Za-z ]+)',
+                                           page.text)]
+    assert names == ["Gliclazide", "Metformin", "Ramipril", "Amoxicillin", "Atorvastatin"]  # discrepancies first
     metformin = _section(text, "Metformin Discrepancy", "Ramipril Discrepancy")
     assert (f"Stopped by {HOSPITAL} on 2026-10-16 (Acute kidney injury, eGFR 47), but still current at "
             "Riverside Medical Centre.") in metformin
@@ -130,6 +133,8 @@ def test_the_pharmacist_sees_every_source_in_one_table_with_discrepancies_flagge
     assert "Last issued 2026-09-20" in ramipril
     gliclazide = _section(text, "Gliclazide Discrepancy", "Metformin")
     assert f"Only {HOSPITAL} lists this as current; not on the list from Riverside Medical Centre." in gliclazide
+    amoxicillin = _section(text, "Amoxicillin", "Atorvastatin")  # a finished course: nothing to reconcile
+    assert "Discrepancy" not in amoxicillin and "finished until 2026-10-20" in amoxicillin
     atorvastatin = text.split("Atorvastatin", 1)[1]
     assert "Discrepancy" not in atorvastatin and atorvastatin.count("taking since 2020-01-10") == 2
 

@@ -49,7 +49,7 @@ class Compared:
 @dataclass(frozen=True)
 class MedicineChange:
     name: str
-    change: str  # Started, Stopped, Dose or product changed, Continued (not on your list)
+    change: str  # Started, Stopped, Course finished, Dose or product changed, Continued (not on your list)
     theirs: list[medicines.Statement]
     yours: list[medicines.Statement]
 
@@ -107,6 +107,8 @@ def _medicine_changes(group: medicines.Medicine, org: str, own: str, since: date
     your_current = [s for s in yours if s.taking]
     if any(s.status in medicines.STOPPED for s in theirs) and not any(s.taking for s in theirs):
         change = "Stopped"
+    elif not any(s.taking for s in theirs) and any(s.status == "completed" for s in theirs):
+        change = "Course finished"
     elif any(s.taking and s.started and s.started >= since.isoformat() for s in theirs) and not your_current:
         change = "Started"
     elif your_current and {medicines.dose_key(s) for s in theirs if s.taking} - \
