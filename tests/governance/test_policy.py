@@ -7,7 +7,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.conftest import FRAMEWORK_PATH
 
@@ -175,6 +175,7 @@ def test_an_unknown_purpose_is_denied(framework: Framework) -> None:
     assert not decision.permitted and decision.rule_id == "deny-purpose"
 
 
+@settings(deadline=None)  # each example loads the framework file: speed is the benchmarks' business, not this test's
 @given(username=st.sampled_from(CLINICAL_USERS), categories=st.lists(st.sampled_from(list(CATEGORY_ITEMS)), max_size=6),
        basis=st.sampled_from([None, "explicit-consent", "implied-consent", "emergency"]))
 def test_decisions_are_deterministic_and_account_for_every_item(username: str, categories: list[str],

@@ -18,7 +18,7 @@ from datetime import date, timedelta
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
-from sharedcare.portal.present import KIND_LABELS, Row, row, when
+from sharedcare.portal.present import KIND_LABELS, Row, row, stale_sources, when
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
 KIND_ORDER = {"acute": 0, "ambulance": 1, "community": 2, "mental_health": 3, "hospice": 4, "social_care": 5}
@@ -129,7 +129,7 @@ def _med_new(s: medicines.Statement, since: date) -> bool:
 
 def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Changes:
     """Everything other organisations recorded since `since`, one block per organisation, newest first."""
-    stale: frozenset[str] = frozenset()
+    stale = frozenset(stale_sources(view))
     others = sorted({s.source_org for s in view.resources if s.source_org != own},
                     key=lambda c: (KIND_ORDER.get(_kind(fw, c), 9), _name(fw, c)))
     own_results: dict[str, list[ServedResource]] = {}
