@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit chromium bench clean
+.PHONY: install demo test lint unit chromium screenshots bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,12 +36,17 @@ unit: install chromium
 	 else echo "stores under test: SQLite only (set SHAREDCARE_TEST_POSTGRES to add PostgreSQL)"; fi
 	$(PY) -m pytest
 
+## screenshots: the browser tests again, writing their pictures of each page to docs/screenshots (README)
+screenshots: install chromium
+	SHAREDCARE_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/e2e -q
+
 ## bench: the performance suite (figures and ratios; never pass/fail on time)
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/governance.py
 	$(PY) benchmarks/api.py  # builds var/bench/api-10000 once (about ten minutes), then reuses it
 	$(PY) benchmarks/export.py
+	$(PY) benchmarks/portal.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -7,10 +7,15 @@ Tests open browser tabs through the `pages` fixture. Every document a tab loads 
 axe-core (vendored in `vendor/`) before the test ends, for WCAG 2.1 A and AA: a serious or critical
 violation fails the test, and so does a page the test forgot to check. Every URL the browser asks for
 is kept too, and none may carry an NHS number, a name or a date of birth (TRUST DP1).
+
+The journeys also photograph each main page (`Pages.shoot`). The pictures are always taken; with
+`SHAREDCARE_SCREENSHOTS=DIR` (`make screenshots` sets docs/screenshots) they are written there for the
+README. They show the tests' own synthetic people only.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -30,6 +35,10 @@ WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 BLOCKING = {"serious", "critical"}
 # What must never appear in a URL: Mr Okafor's NHS number (with or without spaces), name and birthday.
 NOT_IN_URLS = (OKAFOR_NHS, "943%20476", "943+476", "okafor", "1945")
+
+SCREENSHOTS = os.environ.get("SHAREDCARE_SCREENSHOTS")
+PHONE = {"width": 375, "height": 740}
+DESKTOP = {"width": 1280, "height": 720}  # Playwright's default window
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -118,6 +127,20 @@ class Pages:
                                                  for v in blocking)
         if self.loads[page]:
             self.loads[page][-1][1] = True
+
+    def shoot(self, page: Page, name: str, at: str | None = None) -> None:
+        """Photograph what the window shows (not the whole page: the pictures stay small), first
+        scrolling `at` (a selector) to the top of the window when given."""
+        if at:
+            page.locator(at).first.evaluate("(element) => element.scrollIntoView({block: 'start'})")
+        png = page.screenshot(animations="disabled", caret="hide")
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, f"screenshot {name} is empty"
+        if SCREENSHOTS:
+            folder = Path(SCREENSHOTS)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.png").write_bytes(png)
+        if at:
+            page.evaluate("() => window.scrollTo(0, 0)")
 
     def unchecked(self) -> list[str]:
         return [url for loads in self.loads.values() for url, checked in loads if not checked]

@@ -1,6 +1,7 @@
-"""Journeys 1 and 2 in a real browser: a paramedic finds Mr Okafor by name and date of birth, records
-implied consent with a reason, reads every tab of his combined record and says it helped; and a GP
-walks the same journey with the keyboard alone."""
+"""Journeys 1, 2 and 6 in a real browser: a paramedic finds Mr Okafor by name and date of birth, records
+implied consent with a reason, reads every tab of his combined record and says it helped; a GP walks
+the same journey with the keyboard alone; after his hospital stay the GP sees what changed and a
+pharmacist reconciles his medicines. The journeys photograph each page for docs/screenshots."""
 
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ import re
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
-from tests.e2e.conftest import Pages
+from tests.discharge_feed import ingest_discharge
+from tests.e2e.conftest import PHONE, Pages
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
+from tests.social_care_feed import ingest_social_care
 
 from sharedcare.governance.framework import Framework
 
 TABS = ["Summary", "Encounters", "Results", "Care team", "Care plans", "Documents", "Social care"]
 
 
-def sign_in(pages: Pages, page: Page, url: str, username: str) -> None:
+def sign_in(pages: Pages, page: Page, url: str, username: str, shot: str | None = None) -> None:
     page.goto(url + "/")
     pages.check(page)
+    if shot:
+        pages.shoot(page, shot)
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill("demo")
     page.get_by_role("button", name="Sign in").click()
@@ -31,8 +36,9 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
                                                                       framework: Framework, tmp_path: Path) -> None:
     ics, url = live
     ingest_results(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    ingest_discharge(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
     page = pages.open()
-    sign_in(pages, page, url, "para.evans")
+    sign_in(pages, page, url, "para.evans", shot="clinician-sign-in")
 
     page.get_by_label("Family name").fill("Okafor")
     page.get_by_label("Day").fill("2")
@@ -41,12 +47,14 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("1 person found")).to_be_visible()
     pages.check(page)
+    pages.shoot(page, "clinician-find-patient")
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
 
     expect(page.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
     pages.check(page)
     page.get_by_role("radio", name="Implied consent").check()
     page.get_by_label("Reason", exact=True).fill("confused, daughter not present")
+    pages.shoot(page, "clinician-basis")
     page.get_by_role("button", name="Open record").click()
 
     expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
@@ -59,6 +67,9 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
         expect(panel).to_be_visible()
         expect(page.locator(".nhsuk-tabs__panel:visible")).to_have_count(1)  # one tab at a time
         pages.check(page)
+        if title != "Social care":  # the paramedic sees social care only as 'a service is involved': the GP's below
+            pages.shoot(page, f"clinician-{title.lower().replace(' ', '-')}", at=".sc-banner" if title == "Summary"
+                        else ".nhsuk-tabs")
         if title == "Summary":
             expect(page.locator("#medications")).to_contain_text("Metformin 500mg tablets")
             expect(page.locator("#medications")).to_contain_text("Riverside Medical Centre")
@@ -138,12 +149,86 @@ def test_a_gp_walks_the_journey_with_the_keyboard_alone(live: tuple[Ics, str], p
     pages.check(page)
 
 
+def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_reconciles_the_medicines(
+        live: tuple[Ics, str], pages: Pages, framework: Framework, tmp_path: Path) -> None:
+    """Journeys 2 and 6: the GP reaches 'what changed' and picks another date with the keyboard alone; the
+    pharmacist opens the medicines table straight from its address, through the basis form."""
+    ics, url = live
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    ingest_results(db, framework, tmp_path)
+    ingest_discharge(db, framework, tmp_path)
+    ingest_social_care(db, framework, tmp_path)
+    gp = pages.open()
+    sign_in(pages, gp, url, "dr.patel")
+    gp.get_by_label("NHS number").fill("943 476 5919")
+    gp.get_by_role("button", name="Search").click()
+    expect(gp.get_by_text("1 person found")).to_be_visible()
+    pages.check(gp)
+    gp.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    pages.check(gp)
+    gp.get_by_role("radio", name="Explicit consent").check()
+    gp.get_by_role("button", name="Open record").click()
+    expect(gp.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(gp)
+    gp.get_by_role("link", name=re.compile("^Social care")).click()
+    expect(gp.locator("#social-care")).to_contain_text("Care Act Assessment")
+    pages.check(gp)
+    pages.shoot(gp, "clinician-social-care", at=".nhsuk-tabs")
+
+    tab_to(gp, "a[href$='/changes']")
+    gp.keyboard.press("Enter")
+    expect(gp.get_by_role("heading", name="What changed since 1 September 2026")).to_be_visible()
+    hospital = gp.locator("section", has_text="Riverside University Hospitals NHS Trust")
+    medicines = hospital.locator("table").first
+    expect(medicines.locator("tr", has_text="Metformin")).to_contain_text("Stopped")
+    expect(medicines.locator("tr", has_text="Metformin")).to_contain_text("One tablet daily: taking")  # the GP's own
+    expect(medicines.locator("tr", has_text="Gliclazide")).to_contain_text("Not on your list")
+    expect(hospital).to_contain_text("58 mmol/mol on 2026-05-14")
+    expect(hospital).to_contain_text("Please check U&E in 2 weeks")
+    pages.check(gp)
+    pages.shoot(gp, "clinician-what-changed", at="#org-RXR")
+    tab_to(gp, "details:has(#since-day) summary")
+    gp.keyboard.press("Space")
+    tab_to(gp, "#since-day")
+    gp.keyboard.type("19")
+    tab_to(gp, "#since-month")
+    gp.keyboard.type("10")
+    tab_to(gp, "#since-year")
+    gp.keyboard.type("2026")
+    gp.keyboard.press("Enter")
+    expect(gp.get_by_role("heading", name="What changed since 19 October 2026")).to_be_visible()
+    expect(gp.locator("main")).not_to_contain_text("Admission to ward 7")
+    pages.check(gp)
+    tab_to(gp, "a[href$='/medicines']")
+    gp.keyboard.press("Enter")
+    expect(gp.get_by_role("heading", name="Medicines from every source")).to_be_visible()
+    pages.check(gp)
+
+    pharmacist = pages.open()
+    sign_in(pages, pharmacist, url, "pharm.khan")
+    pharmacist.goto(f"{url}/record/{ics.okafor}/medicines")
+    expect(pharmacist.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
+    pages.check(pharmacist)
+    pharmacist.get_by_role("radio", name="Explicit consent").check()
+    pharmacist.get_by_role("button", name="Open record").click()
+    expect(pharmacist.get_by_role("heading", name="Medicines from every source")).to_be_visible()
+    expect(pharmacist.get_by_text("3 need checking")).to_be_visible()
+    metformin = pharmacist.locator("tbody", has_text="Metformin")
+    expect(metformin).to_contain_text("Discrepancy")
+    expect(metformin).to_contain_text("but still current at Riverside Medical Centre")
+    expect(pharmacist.locator("tbody", has_text="Atorvastatin")).not_to_contain_text("Discrepancy")
+    pages.check(pharmacist)
+    pages.shoot(pharmacist, "clinician-medicines", at="h2:has-text('Medicines from every source')")
+    pharmacist.set_viewport_size(PHONE)
+    pages.shoot(pharmacist, "phone-clinician-medicines", at="h2:has-text('Medicines from every source')")
+
+
 def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str], pages: Pages) -> None:
     """No script: every tab's panel is on the page, one after another, under a list of links to them."""
     ics, url = live
     ics.open_record("dn.williams")
     page = pages.open(scripts=False)
-    page.set_viewport_size({"width": 375, "height": 740})
+    page.set_viewport_size(PHONE)
     sign_in(pages, page, url, "dn.williams")
     page.goto(f"{url}/record/{ics.okafor}")
     assert page.evaluate("() => !document.body.classList.contains('js-enabled')")
@@ -152,3 +237,4 @@ def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str
     expect(page.locator("#care-plans")).to_contain_text("Visits on Tuesdays")
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
     pages.check(page)
+    pages.shoot(page, "phone-clinician-record")

@@ -12,10 +12,12 @@ from tests.small_ics import Ics
 REASON = "unconscious in resus, no history available"
 
 
-def sign_in_to_ig(pages: Pages, page: Page, url: str) -> None:
+def sign_in_to_ig(pages: Pages, page: Page, url: str, shot: bool = False) -> None:
     page.goto(url + "/ig")
     expect(page.get_by_role("heading", name="Sign in to the information governance workspace")).to_be_visible()
     pages.check(page)
+    if shot:
+        pages.shoot(page, "ig-sign-in")
     page.get_by_label("Username").fill("ig.morgan")
     page.get_by_label("Password").fill("demo")
     page.get_by_role("button", name="Sign in").click()
@@ -43,9 +45,11 @@ def test_break_glass_reaches_the_ig_queue_and_is_marked_appropriate(live: tuple[
     pages.check(doctor)
 
     officer = pages.open()
-    sign_in_to_ig(pages, officer, url)
+    sign_in_to_ig(pages, officer, url, shot=True)
     card = officer.locator(".nhsuk-card", has_text=REASON)
     expect(card).to_contain_text("Break glass")
+    expect(card).to_contain_text("OKAFOR, Emeka, born 1945-03-02, NHS number 943 476 5919")  # whose record it was
+    pages.shoot(officer, "ig-review-queue")
     expect(card).to_contain_text("Dr Niamh O'Connor")
     expect(card).to_contain_text("Hospital clinician")
     expect(card).to_contain_text("Riverside University Hospitals NHS Trust")
@@ -62,6 +66,15 @@ def test_break_glass_reaches_the_ig_queue_and_is_marked_appropriate(live: tuple[
     officer.get_by_role("button", name="Search the audit log").click()
     expect(officer.get_by_text("clinical:record:emergency-read")).to_be_visible()
     pages.check(officer)
+    pages.shoot(officer, "ig-audit-search", at="h2")
+
+    officer.get_by_role("link", name="Patient choices").click()
+    pages.check(officer)
+    officer.get_by_label("NHS number").fill("943 476 5919")
+    officer.get_by_role("button", name="Look up choices").click()
+    expect(officer.get_by_role("heading", name="Choices recorded")).to_be_visible()
+    pages.check(officer)
+    pages.shoot(officer, "ig-patient-choices")
 
 
 def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(live: tuple[Ics, str],
@@ -81,6 +94,7 @@ def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(li
     officer.get_by_role("link", name="Agreements").click()
     expect(officer.get_by_role("heading", name="Agreements", exact=True)).to_be_visible()
     pages.check(officer)
+    pages.shoot(officer, "ig-agreements")
     officer.get_by_role("button", name="Suspend Riverside Community Healthcare NHS Trust").click()
     expect(officer.get_by_text("Riverside Community Healthcare NHS Trust: agreement now suspended.")).to_be_visible()
     pages.check(officer)

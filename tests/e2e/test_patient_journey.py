@@ -5,7 +5,7 @@ means, and the GP's next view of his record no longer shows the trust's informat
 from __future__ import annotations
 
 from playwright.sync_api import expect
-from tests.e2e.conftest import Pages
+from tests.e2e.conftest import DESKTOP, PHONE, Pages
 from tests.e2e.test_clinician_journey import sign_in
 from tests.small_ics import Ics
 
@@ -22,6 +22,7 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     patient = pages.open()
     patient.goto(url + "/patient")
     pages.check(patient)
+    pages.shoot(patient, "patient-sign-in")
     patient.get_by_label("Your NHS number").fill("943 476 5919")
     patient.get_by_label("Day").fill("2")
     patient.get_by_label("Month").fill("3")
@@ -35,6 +36,15 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     expect(patient.get_by_role("heading", name="Your shared care record")).to_be_visible()
     expect(patient.get_by_role("cell", name=COMMUNITY)).to_be_visible()
     pages.check(patient)
+    pages.shoot(patient, "patient-what-is-shared")
+    patient.set_viewport_size(PHONE)
+    pages.shoot(patient, "phone-patient-what-is-shared")
+    patient.set_viewport_size(DESKTOP)
+
+    patient.get_by_role("link", name="Your record", exact=True).click()
+    expect(patient.locator("#medications")).to_contain_text("Metformin 500mg tablets")
+    pages.check(patient)
+    pages.shoot(patient, "patient-record", at=".nhsuk-tabs")
 
     patient.get_by_role("link", name="Who has looked", exact=True).click()
     row = patient.locator("tr", has_text="viewed your record")
@@ -43,14 +53,17 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     expect(row).to_contain_text("North Region Ambulance Service NHS Trust")
     expect(row).to_contain_text("confused, daughter not present")
     pages.check(patient)
+    pages.shoot(patient, "patient-who-looked")
 
     patient.get_by_role("link", name="Your choices", exact=True).click()
     pages.check(patient)
+    pages.shoot(patient, "patient-choices")
     patient.get_by_role("radio", name=COMMUNITY).check()
     patient.get_by_role("button", name="Continue to stop one organisation seeing your record").click()
     expect(patient.get_by_role("heading", name=f"Stop {COMMUNITY} seeing your record")).to_be_visible()
     expect(patient.get_by_text("This applies straight away")).to_be_visible()
     pages.check(patient)
+    pages.shoot(patient, "patient-choice-explained")
     patient.get_by_role("button", name="Confirm").click()
     expect(patient.get_by_text("Your choice is saved")).to_be_visible()
     pages.check(patient)

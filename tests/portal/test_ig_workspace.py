@@ -9,6 +9,7 @@ from sqlalchemy import select
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.clock import utcnow
+from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.store.database import Database
@@ -20,6 +21,11 @@ REASON = "unconscious in resus, no history available"
 def _db(ics: Ics) -> Database:
     database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
     return database
+
+
+def _framework(ics: Ics) -> Framework:
+    framework: Framework = ics.client.app.state.framework  # type: ignore[attr-defined]
+    return framework
 
 
 def _sign_in(ics: Ics, username: str = "ig.morgan") -> None:
@@ -59,6 +65,31 @@ def test_break_glass_appears_in_the_queue_and_is_marked_appropriate(ics: Ics) ->
     with _db(ics).session() as s:
         item = s.get_one(ReviewItem, item_id)
         assert (item.status, item.outcome) == ("closed", "appropriate: resus notes agree")
+
+
+def test_the_queue_names_the_patient_through_the_decision_point_and_audits_each_look_up(ics: Ics) -> None:
+    """The IG officer sees whose record it was (name, born, NHS number) and nothing clinical; the look-up is
+    decided and audited like any read, so the patient sees it; an objection to sharing withholds the name."""
+    ics.open_record("dr.oconnor", basis="emergency", reason=REASON)
+    _sign_in(ics)
+    queue = ics.client.get("/ig").text
+    assert "OKAFOR, Emeka, born 1945-03-02, NHS number 943 476 5919" in queue
+    assert "Metformin" not in queue and "Type 2 diabetes" not in queue
+    with _db(ics).session() as s:
+        looks = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:demographics:read")).all()
+        assert [(e.username, e.patient_id, e.outcome) for e in looks] == [("ig.morgan", ics.okafor, "permit")]
+        seen = CitizenWorkspace(s, _framework(ics), ics.okafor).accesses()
+    assert any(a.username == "ig.morgan" and "saw your name" in a.what for a in seen)
+
+    with _db(ics).session() as s:
+        set_choice(s, OKAFOR_NHS, by="test", object_all=True)
+        s.commit()
+    withheld = ics.client.get("/ig").text
+    assert "OKAFOR" not in withheld and "Name not available" in withheld and REASON in withheld
+    with _db(ics).session() as s:
+        outcomes = s.scalars(select(AuditEntry.outcome).where(AuditEntry.action == "clinical:demographics:read")
+                             .order_by(AuditEntry.seq)).all()
+    assert outcomes == ["permit", "permit"]  # decided and audited, with nothing released the second time
 
 
 def test_an_investigation_keeps_the_item_in_the_queue(ics: Ics) -> None:

@@ -17,15 +17,17 @@ from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
-# found in a search. Denied attempts are shown too: a refused look is still a look someone tried.
+# found in a search, an IG officer learning whose record an access was to. Denied attempts are shown
+# too: a refused look is still a look someone tried.
 PATIENT_VISIBLE = (AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ, AuditAction.RESOURCE_READ,
-                   AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH)
+                   AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH, AuditAction.DEMOGRAPHICS_READ)
 ACTION_WORDS = {
     AuditAction.RECORD_READ: "viewed your record",
     AuditAction.RECORD_EMERGENCY_READ: "viewed your record in an emergency",
     AuditAction.RESOURCE_READ: "viewed an item in your record",
     AuditAction.BASIS_RECORD: "recorded why they needed your record",
     AuditAction.PATIENT_SEARCH: "found you in a search",
+    AuditAction.DEMOGRAPHICS_READ: "saw your name and date of birth (reviewing an access to your record)",
 }
 # A resource read says what kind of item was looked at (a citizen has no use for its id).
 ITEM_WORDS = {

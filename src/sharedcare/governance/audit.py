@@ -37,6 +37,7 @@ class AuditAction(StrEnum):
     RESOURCE_HISTORY = "clinical:resource:history"
     RECORD_WRITE = "clinical:record:write"
     PATIENT_SEARCH = "clinical:patient:search"
+    DEMOGRAPHICS_READ = "clinical:demographics:read"
     BASIS_RECORD = "access:basis:record"
     LOGIN = "auth:session:login"
     AGREEMENT_SET = "governance:agreement:set"

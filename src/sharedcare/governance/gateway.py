@@ -289,11 +289,7 @@ class GovernedRecords:
         if not decision.permitted:
             raise self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
                                basis=basis.basis if basis else None)
-        rows = {id(item): row for item, row in pairs}
-        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
-                  for rel in decision.released]
-        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
-        patient = combined_patient(person_id, served, gp_orgs)
+        _, patient = self._combined_patient(person_id, decision, pairs)
         if patient is None or (self.resource_types is not None and "Patient" not in self.resource_types):
             why = "deny-scope" if patient is not None else f"withheld-{next(iter(decision.withheld), 'tier')}"
             self._audit(AuditAction.RESOURCE_READ, "deny", person_id, rule_id=why, resource=reference,
@@ -302,6 +298,30 @@ class GovernedRecords:
             raise NotFound(f"no Patient {person_id}")
         self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
+        return patient
+
+    def _combined_patient(self, person_id: str, decision: Decision, pairs: list[tuple[Item, StoredRow]]
+                          ) -> tuple[list[ServedResource], dict[str, Any] | None]:
+        """The released source Patient records, and the one combined Patient made of them."""
+        rows = {id(item): row for item, row in pairs}
+        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
+                  for rel in decision.released]
+        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
+        return served, combined_patient(person_id, served, gp_orgs)
+
+    def demographics(self, person_id: str) -> dict[str, Any] | None:
+        """Who the person is (their combined Patient at the role's demographics tier) and nothing clinical:
+        how an IG officer learns whose record an access was to. Decided and audited like any read (one
+        event per person); None when the decision withholds every Patient record."""
+        if not self._person_exists(person_id):
+            raise NotFound(f"no patient {person_id}")
+        pairs = self._items(person_id, patients_only=True)
+        decision = self._decide(self._request(person_id, self.active_basis(person_id)), [item for item, _ in pairs])
+        if not decision.permitted:
+            raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
+        served, patient = self._combined_patient(person_id, decision, pairs)
+        self._audit(AuditAction.DEMOGRAPHICS_READ, "permit", person_id, rule_id=decision.rule_id,
+                    released=[f"Patient/{s.content['id']}" for s in served], withheld=dict(decision.withheld))
         return patient
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:

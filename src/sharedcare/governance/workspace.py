@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import Choices, choices_for, set_choice
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
-from sharedcare.governance.gateway import AccessDenied, GovernedRecords, RecordView, citizen_actor
+from sharedcare.governance.gateway import AccessDenied, GovernedRecords, NotFound, RecordView, citizen_actor
 from sharedcare.governance.policy import Actor
 from sharedcare.store.models import AuditEntry, PatientRecord
 
@@ -46,6 +46,19 @@ class IgWorkspace:
     def queue(self, include_closed: bool = False, now: datetime | None = None) -> list[review.QueueItem]:
         self._require("governance:review:work")
         return review.queue(self.session, self.fw, now or utcnow(), include_closed)
+
+    def whose(self, person_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """The people the queue's accesses were to, as the decision point lets the IG role see them
+        (name, date of birth, NHS number; each look-up audited); None for anyone it withholds."""
+        self._require("governance:review:work")
+        records = GovernedRecords(self.session, self.fw, self.actor, purpose="governance")
+        found: dict[str, dict[str, Any] | None] = {}
+        for person_id in sorted(set(person_ids)):
+            try:
+                found[person_id] = records.demographics(person_id)
+            except (AccessDenied, NotFound):
+                found[person_id] = None
+        return found
 
     def record_outcome(self, item_id: int, outcome: review.Outcome, note: str = "") -> None:
         self._require("governance:review:work")

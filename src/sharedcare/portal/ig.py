@@ -23,7 +23,7 @@ from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages
 from sharedcare.portal.pages import render
-from sharedcare.portal.present import KIND_LABELS
+from sharedcare.portal.present import KIND_LABELS, patient_banner
 
 router = APIRouter(prefix="/ig", dependencies=[Depends(csrf.check)])
 
@@ -39,21 +39,24 @@ class QueueRow:
     who: str
     role: str
     organisation: str
+    patient: dict[str, str] | None  # the person the access was to (name, born, NHS number), if released
 
 
-def _queue_row(item: QueueItem, fw: Framework) -> QueueRow:
+def _queue_row(item: QueueItem, fw: Framework, patient: dict[str, Any] | None) -> QueueRow:
     user = fw.users.get(item.username)
     role = fw.roles.get(user.role) if user else None
     org = fw.organisation(user.organisation) if user else None
     return QueueRow(item, KIND_WORDS.get(item.kind, item.kind), user.name if user else item.username,
-                    role.label if role else "unknown role", org.name if org else "")
+                    role.label if role else "unknown role", org.name if org else "",
+                    patient_banner(patient) if patient else None)
 
 
 @router.get("", response_class=HTMLResponse)
 def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None) -> Response:
     items = ig.queue()
+    people = ig.whose([i.patient_id for i in items])
     return render(request, "ig/queue.html", account=pages.account(ig.actor, fw),
-                  rows=[_queue_row(i, fw) for i in items], recorded=recorded,
+                  rows=[_queue_row(i, fw, people.get(i.patient_id)) for i in items], recorded=recorded,
                   overdue=sum(1 for i in items if i.overdue))
 
 

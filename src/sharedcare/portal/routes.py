@@ -25,12 +25,14 @@ from sharedcare.api.deps import (
     get_database,
 )
 from sharedcare.api.oauth import revoke_session
+from sharedcare.clock import utcnow
 from sharedcare.config import DEMO_PASSWORD
 from sharedcare.governance.audit import record_sign_in
-from sharedcare.governance.gateway import InvalidRequest
+from sharedcare.governance.gateway import InvalidRequest, RecordView
 from sharedcare.governance.policy import Actor
 from sharedcare.identity.nhs_number import is_valid, normalise
-from sharedcare.portal import csrf, pages, present
+from sharedcare.portal import changes, csrf, medicines, pages, present
+from sharedcare.portal.changes import Since
 from sharedcare.portal.pages import render
 
 router = APIRouter(dependencies=[Depends(csrf.check)])
@@ -120,12 +122,16 @@ def search(request: Request, records: RecordsDep, fw: FrameworkDep,
     return _search_page(request, records.actor, fw, results=results, form=form)
 
 
+# The record's pages a basis form may lead back to, once the basis is recorded.
+RECORD_PAGES = {"": "", "changes": "/changes", "medicines": "/medicines"}
+
+
 def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_id: str, status: int = 200,
                 error: str | None = None, error_field: str = "", reason: str = "",
-                chosen: str | None = None) -> HTMLResponse:
+                chosen: str | None = None, then: str = "") -> HTMLResponse:
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
                   person_id=person_id, choices=BASIS_CHOICES, error=error, error_field=error_field, reason=reason,
-                  chosen=chosen)
+                  chosen=chosen, then=then if then in RECORD_PAGES else "")
 
 
 @router.get("/record/{person_id}", response_class=HTMLResponse)
@@ -141,16 +147,68 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
 
 @router.post("/record/{person_id}/basis", response_class=HTMLResponse)
 def record_basis(request: Request, person_id: str, records: RecordsDep, fw: FrameworkDep,
-                 basis: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "") -> Response:
+                 basis: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "",
+                 then: Annotated[str, Form()] = "") -> Response:
     if not basis:
         return _basis_page(request, records, fw, person_id, 400, "Select why you are opening this record.",
-                           "basis", reason)
+                           "basis", reason, then=then)
     try:
         records.record_basis(person_id, basis, reason)
     except InvalidRequest as exc:
         return _basis_page(request, records, fw, person_id, 400, pages.sentence(exc.message),
-                           "reason" if basis in fw.basis else "basis", reason, basis)
-    return RedirectResponse(f"/record/{person_id}", status_code=303)
+                           "reason" if basis in fw.basis else "basis", reason, basis, then)
+    return RedirectResponse(f"/record/{person_id}{RECORD_PAGES.get(then, '')}", status_code=303)
+
+
+def _changes_page(request: Request, records: RecordsDep, fw: FrameworkDep, view: RecordView, since: Since,
+                  status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("form", {})
+    context.setdefault("error", None)
+    found = changes.what_changed(view, fw, records.actor.organisation, since)
+    return render(request, "changes.html", status=status, account=pages.account(records.actor, fw), view=view,
+                  banner=present.patient_banner(view.patient), changes=found, sections=changes.SECTIONS,
+                  withheld_labels=present.WITHHELD_LABELS, stale=present.stale_sources(view), **context)
+
+
+@router.get("/record/{person_id}/changes", response_class=HTMLResponse)
+def what_changed(request: Request, person_id: str, records: RecordsDep, fw: FrameworkDep) -> Response:
+    """Journey 2: what other organisations recorded since this organisation last saw the person."""
+    if records.needs_basis(person_id):
+        return _basis_page(request, records, fw, person_id, then="changes")
+    view = records.everything(person_id)
+    since = changes.default_since(view, fw, records.actor.organisation, utcnow().date())
+    return _changes_page(request, records, fw, view, since)
+
+
+@router.post("/record/{person_id}/changes", response_class=HTMLResponse)
+def what_changed_since(request: Request, person_id: str, records: RecordsDep, fw: FrameworkDep,
+                       since_day: Annotated[str, Form()] = "", since_month: Annotated[str, Form()] = "",
+                       since_year: Annotated[str, Form()] = "") -> Response:
+    """The same, since a date the user typed (POSTed, like every portal form)."""
+    if records.needs_basis(person_id):
+        return _basis_page(request, records, fw, person_id, then="changes")
+    view = records.everything(person_id)
+    form = {"since_day": since_day, "since_month": since_month, "since_year": since_year}
+    try:
+        day = pages.parse_date(since_day, since_month, since_year, what="The date")
+    except ValueError as exc:
+        since = changes.default_since(view, fw, records.actor.organisation, utcnow().date())
+        return _changes_page(request, records, fw, view, since, 400, form=form, error=pages.sentence(str(exc)))
+    return _changes_page(request, records, fw, view, changes.Since(day, "the date you chose"), form=form)
+
+
+@router.get("/record/{person_id}/medicines", response_class=HTMLResponse)
+def medicines_table(request: Request, person_id: str, records: RecordsDep, fw: FrameworkDep) -> Response:
+    """Journey 6: every medicine from every source in one table, discrepancies flagged."""
+    if records.needs_basis(person_id):
+        return _basis_page(request, records, fw, person_id, then="medicines")
+    view = records.everything(person_id)
+    found = medicines.reconcile(view.resources, fw)
+    return render(request, "medicines.html", account=pages.account(records.actor, fw), view=view,
+                  banner=present.patient_banner(view.patient), medicines=found,
+                  flagged=sum(1 for m in found if m.flagged),
+                  sources=len({s.source for m in found for s in m.statements}), withheld_labels=present.WITHHELD_LABELS,
+                  stale=present.stale_sources(view))
 
 
 @router.post("/record/{person_id}/feedback", response_class=HTMLResponse)

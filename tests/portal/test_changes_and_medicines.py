@@ -1,0 +1,188 @@
+"""Journeys 2 and 6 over HTTP: the GP's "what changed" since she last saw Mr Okafor (hospital changes
+grouped by organisation beside her own list and results), and the pharmacist's medicines reconciliation
+(every source's say in one table, discrepancies flagged). Both are reads of the record through the
+decision point: a basis first, audited, and an organisation whose agreement is suspended disappears."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tests.discharge_feed import FOLLOW_UP, ingest_discharge
+from tests.results_feed import ingest_results
+from tests.small_ics import Ics
+
+from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.framework import Framework
+from sharedcare.portal.medicines import Statement, dose_key, medicine_name
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+HOSPITAL = "Riverside University Hospitals NHS Trust"
+
+
+def _db(ics: Ics) -> Database:
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    return database
+
+
+@pytest.fixture
+def stay(ics: Ics, framework: Framework, tmp_path: Path) -> Ics:
+    ingest_results(_db(ics), framework, tmp_path)
+    ingest_discharge(_db(ics), framework, tmp_path)
+    return ics
+
+
+def _open(ics: Ics, username: str) -> None:
+    ics.client.post("/login", data={"username": username, "password": "demo"})
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"})
+
+
+def _text(html: str) -> str:
+    """The page's main content as a reader sees it: tags gone, whitespace collapsed."""
+    main = html.split('id="maincontent"', 1)[1]
+    return " ".join(re.sub(r"<[^>]+>", " ", main).split())
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_the_gp_sees_what_the_hospital_changed_since_she_last_saw_him(stay: Ics) -> None:
+    _open(stay, "dr.patel")
+    page = stay.client.get(f"/record/{stay.okafor}/changes")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "What changed since 1 September 2026" in text
+    assert "last encounter with this person (GP consultation, 2026-09-01)" in text
+    hospital = _section(text, f"{HOSPITAL} Hospital Medicines", "Whole record About this service")
+    # medicines: each change beside the GP's own list
+    assert ("Gliclazide Change Started " + HOSPITAL + " says Gliclazide 40mg tablets, One tablet each morning: "
+            "taking since 2026-10-19") in hospital
+    assert "Your list Not on your list" in hospital
+    assert ("Metformin Change Stopped " + HOSPITAL + " says Metformin 500mg tablets, One tablet twice a day with "
+            "meals: stopped on 2026-10-16 (Acute kidney injury, eGFR 47)") in hospital
+    assert "Your list Metformin 500mg tablets, One tablet daily: taking" in hospital
+    assert "Ramipril Change Dose or product changed" in hospital
+    assert "Your list Ramipril 5mg capsules, One capsule once a day: taking, last issued 2026-09-20" in hospital
+    assert ("Amoxicillin Change Course finished " + HOSPITAL + " says Amoxicillin 500mg capsules, One capsule "
+            "three times a day: finished on 2026-10-20") in hospital
+    assert "1 other medicine recorded by " + HOSPITAL + " since then matches your list" in hospital  # atorvastatin
+    # results beside the GP's own last value of the same test
+    assert "Result 62 mmol/mol Your last result 58 mmol/mol on 2026-05-14" in hospital
+    assert "Result 47 mL/min Your last result 55 mL/min on 2026-05-14" in hospital
+    # the rest of the stay: new problem, discharge summary, follow-up asked of the GP, the admission
+    assert "Acute kidney injury Date 2026-10-15" in hospital
+    assert "Discharge summary Read document Discharged after a fall" in hospital
+    assert FOLLOW_UP.replace("&", "&amp;") in hospital
+    assert "Admission to ward 7 Date 2026-10-15" in hospital
+    # nothing from before the date, and nothing of the GP's own as a change
+    assert "Depressive disorder" not in text and "Type 2 diabetes" not in text
+    assert not re.search(r"Riverside Medical Centre (GP practice )?Medicines", text)
+
+
+def test_a_chosen_date_narrows_the_view_and_a_wrong_one_says_what_is_wrong(stay: Ics) -> None:
+    _open(stay, "dr.patel")
+    url = f"/record/{stay.okafor}/changes"
+    later = _text(stay.client.post(url, data={"since_day": "19", "since_month": "10", "since_year": "2026"}).text)
+    assert "What changed since 19 October 2026" in later and "the date you chose" in later
+    assert "Gliclazide" in later and "Discharge summary" in later
+    assert "Acute kidney injury Date" not in later and "Admission to ward 7" not in later  # both from the 15th
+    wrong = stay.client.post(url, data={"since_day": "31", "since_month": "2", "since_year": "2026"})
+    assert wrong.status_code == 400
+    assert "There is a problem" in wrong.text and "The date must be a real date" in wrong.text
+    assert stay.client.post(url, data={"since_day": "1", "since_month": "9", "since_year": "2026"},
+                            csrf=False).status_code == 403  # type: ignore[call-arg]
+
+
+def test_both_views_need_a_basis_first_and_return_to_where_the_user_was_going(stay: Ics) -> None:
+    stay.client.post("/login", data={"username": "pharm.khan", "password": "demo"})
+    for view in ("changes", "medicines"):
+        gate = stay.client.get(f"/record/{stay.okafor}/{view}")
+        assert "Why are you opening this record?" in gate.text and "Metformin" not in gate.text
+        assert f'name="then" value="{view}"' in gate.text
+    done = stay.client.post(f"/record/{stay.okafor}/basis", data={"basis": "explicit-consent", "then": "medicines"},
+                            follow_redirects=False)
+    assert done.headers["location"] == f"/record/{stay.okafor}/medicines"
+    odd = stay.client.post(f"/record/{stay.okafor}/basis", data={"basis": "explicit-consent",
+                                                                 "then": "//elsewhere.example"},
+                           follow_redirects=False)
+    assert odd.headers["location"] == f"/record/{stay.okafor}"
+
+
+def test_the_pharmacist_sees_every_source_in_one_table_with_discrepancies_flagged_first(stay: Ics) -> None:
+    _open(stay, "pharm.khan")
+    page = stay.client.get(f"/record/{stay.okafor}/medicines")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "5 medicines recorded by 2 organisations. 3 need checking" in text
+    names = [m.strip() for m in re.findall(r'scope="rowgroup" colspan="5"><span class="sc-cell">([A-Za-z ]+)',
+                                           page.text)]
+    assert names == ["Gliclazide", "Metformin", "Ramipril", "Amoxicillin", "Atorvastatin"]  # discrepancies first
+    metformin = _section(text, "Metformin Discrepancy", "Ramipril Discrepancy")
+    assert (f"Stopped by {HOSPITAL} on 2026-10-16 (Acute kidney injury, eGFR 47), but still current at "
+            "Riverside Medical Centre.") in metformin
+    assert ("Source Riverside Medical Centre GP practice As recorded Metformin 500mg tablets "
+            "One tablet daily") in metformin
+    assert f"Source {HOSPITAL} Hospital As recorded Metformin 500mg tablets" in metformin
+    ramipril = _section(text, "Ramipril Discrepancy", "Atorvastatin")
+    assert ("Different product or dose: Riverside Medical Centre says Ramipril 5mg capsules, One capsule once a day; "
+            f"{HOSPITAL} says Ramipril 2.5mg capsules, One capsule once a day.") in ramipril
+    assert "Last issued 2026-09-20" in ramipril
+    gliclazide = _section(text, "Gliclazide Discrepancy", "Metformin")
+    assert f"Only {HOSPITAL} lists this as current; not on the list from Riverside Medical Centre." in gliclazide
+    amoxicillin = _section(text, "Amoxicillin", "Atorvastatin")  # a finished course: nothing to reconcile
+    assert "Discrepancy" not in amoxicillin and "finished until 2026-10-20" in amoxicillin
+    atorvastatin = text.split("Atorvastatin", 1)[1]
+    assert "Discrepancy" not in atorvastatin and atorvastatin.count("taking since 2020-01-10") == 2
+
+
+def test_both_views_are_audited_reads_and_follow_the_agreements(stay: Ics, framework: Framework) -> None:
+    _open(stay, "dr.patel")  # (the basis form leads on to the record: one read)
+    stay.client.get(f"/record/{stay.okafor}/changes")
+    stay.client.get(f"/record/{stay.okafor}/medicines")
+    with _db(stay).session() as s:
+        reads = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:read",
+                                                   AuditEntry.username == "dr.patel")).all()
+        assert len(reads) == 3 and all(r.patient_id == stay.okafor and r.outcome == "permit" for r in reads)
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        s.commit()
+    changes = _text(stay.client.get(f"/record/{stay.okafor}/changes").text)
+    medicines = _text(stay.client.get(f"/record/{stay.okafor}/medicines").text)
+    for text in (changes, medicines):
+        assert HOSPITAL not in text and "Gliclazide" not in text
+        assert "information from organisations whose sharing agreement is not in force" in text
+    assert "Nothing new from other organisations" not in changes  # the community trust's care plan remains
+
+
+def test_a_medicine_name_carrying_markup_is_escaped(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    from tests.builders import bundle, write_ndjson
+    from tests.discharge_feed import _medicine
+
+    from sharedcare.ingest.pipeline import Pipeline
+
+    script = "<script>alert(1)</script>"
+    feed = bundle("RXR", "epr", [_medicine("rx-x", "Patient/MRN1", f"Ramipril 5mg {script}", script, "active",
+                                           "2026-10-17", asserted="2026-10-20T15:00:00Z")])
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "x.ndjson", [feed])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    for view in ("changes", "medicines"):
+        page = ics.client.get(f"/record/{ics.okafor}/{view}").text
+        assert script not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page, view
+
+
+def test_a_medicine_is_its_name_before_the_strength_and_common_dose_wordings_agree() -> None:
+    assert medicine_name("Ramipril 2.5mg capsules") == medicine_name("ramipril 5mg capsules") == "Ramipril"
+    assert medicine_name("Co-codamol 30mg/500mg tablets") == "Co-codamol"
+
+    def said(product: str, dose: str) -> Statement:
+        from datetime import date
+        return Statement(product, "", dose, "active", "", "", "", "", "", "GP", "P81001", "", "", date(2026, 1, 1))
+
+    assert dose_key(said("Metformin 500mg tablets", "One tablet daily")) == \
+        dose_key(said("Metformin 500mg tablets", "One tablet once a day"))
+    assert dose_key(said("Metformin 500mg tablets", "One tablet daily")) != \
+        dose_key(said("Metformin 500mg tablets", "One tablet twice daily"))
