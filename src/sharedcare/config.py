@@ -5,6 +5,8 @@ SHAREDCARE_FRAMEWORK   path of the information-sharing framework (default: confi
 SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per source (default: config/mappings)
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
+SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files in parallel (default: the CPU
+                       count; 0 or 1 stages every message in the ingesting process itself)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Settings:
     secret: str
     demo: bool
     token_minutes: int = 60
+    ingest_workers: int = 0
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key (TRUST DP4)."""
@@ -50,5 +53,18 @@ def load_settings() -> Settings:
         mappings_path=Path(os.environ.get("SHAREDCARE_MAPPINGS") or PROJECT_ROOT / "config" / "mappings"),
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
+        ingest_workers=_workers(os.environ.get("SHAREDCARE_INGEST_WORKERS")),
     )
+
+
+def _workers(value: str | None) -> int:
+    if not value:
+        return os.cpu_count() or 1
+    try:
+        workers = int(value)
+    except ValueError:
+        raise ConfigError(f"SHAREDCARE_INGEST_WORKERS must be a whole number, not '{value}'") from None
+    if workers < 0:
+        raise ConfigError(f"SHAREDCARE_INGEST_WORKERS must be 0 or more, not {workers}")
+    return workers
 

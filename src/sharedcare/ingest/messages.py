@@ -7,6 +7,8 @@ stored whole or quarantined whole.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,10 +33,21 @@ class RawMessage:
     location: str  # "line 12", "message 3 (MSH-10 ABC123)", "whole file"
     payload: bytes
     format: str  # fhir | hl7v2 | csv
+    file_bytes: int | None = None  # bytes of the file it spans, when that is not its payload and a line end
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file this message accounts for (what a progress bar advances by)."""
+        return len(self.payload) + 1 if self.file_bytes is None else self.file_bytes
 
     @property
     def where(self) -> str:
         return f"{self.filename}, {self.location}"
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    """SHA-256 of a resource's canonical JSON: equal hashes mean unchanged content."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass
@@ -45,6 +58,7 @@ class StagedResource:
     content: dict[str, Any]
     recorded_at: datetime
     patient_source_id: str
+    content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored
 
 
 @dataclass
