@@ -89,7 +89,11 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
     """Segments in order, labelled; Z-segments (local extensions) are left out."""
     try:
         message = hl7.parse("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
-    except (hl7.ParseException, IndexError, ValueError, AssertionError) as exc:
+    except (IndexError, AssertionError) as exc:  # python-hl7 says "index out of range" or nothing at all
+        raise MessageError("not an HL7 v2 message: MSH must start with its field separator and encoding "
+                           "characters, each a different character (MSH-1 and MSH-2, as in MSH|^~\\&|)",
+                           f"{raw.where}, MSH-2") from exc
+    except (hl7.ParseException, ValueError) as exc:
         raise MessageError(f"not an HL7 v2 message: {exc}", raw.where) from exc
     if str(message[0][0]) != "MSH":
         raise MessageError(f"not an HL7 v2 message: it starts with {message[0][0]}, not MSH", raw.where)

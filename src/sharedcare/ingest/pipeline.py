@@ -345,11 +345,20 @@ class Pipeline:
             PatientRecord.source_org == staged.source_org, PatientRecord.source_id == source_id)).first()
 
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
-        """Keep the original bytes with the reason and its location; never drop input."""
+        """Keep the original bytes with the reason and its location; never drop input. The same message
+        from the same place, still held, is kept once (with the newest reason): ingesting a file again,
+        say after a crash, does not pile up copies."""
         with self.db.session() as session:
-            item = Quarantine(source_org=source, format=raw.format, filename=raw.filename, location=raw.location,
-                              reason=str(error), payload=raw.payload, received_at=utcnow())
-            session.add(item)
+            item = next((held for held in session.scalars(select(Quarantine).where(
+                Quarantine.status == "held", Quarantine.filename == raw.filename,
+                Quarantine.location == raw.location, Quarantine.format == raw.format))
+                if held.payload == raw.payload), None)
+            if item is None:
+                item = Quarantine(source_org=source, format=raw.format, filename=raw.filename,
+                                  location=raw.location, reason=str(error), payload=raw.payload, received_at=utcnow())
+                session.add(item)
+            else:
+                item.reason = str(error)
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
                                       "reason": error.message, "where": error.where or raw.where})
