@@ -20,6 +20,11 @@ from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.mpi import Demographics
 
+# One message (a FHIR JSON file, an NDJSON line, an HL7 message, a CSV row) is staged whole in memory; past
+# this size it is refused rather than read, so memory stays bounded whatever the input.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+KEPT_OF_TOO_LARGE = 64 * 1024  # what quarantine keeps of a message too large to take (its start)
+
 
 class MessageError(SharedcareError):
     """A message cannot be accepted; `where` names file, line and element at fault."""
@@ -34,6 +39,7 @@ class RawMessage:
     payload: bytes
     format: str  # fhir | hl7v2 | csv
     file_bytes: int | None = None  # bytes of the file it spans, when that is not its payload and a line end
+    refused: str | None = None  # why the reader could not take it (too large): quarantined without staging
 
     @property
     def size(self) -> int:
@@ -48,6 +54,13 @@ class RawMessage:
 def content_hash(content: dict[str, Any]) -> str:
     """SHA-256 of a resource's canonical JSON: equal hashes mean unchanged content."""
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def too_large(filename: str, location: str, fmt: str, head: bytes, size: int, advice: str) -> RawMessage:
+    """A message the reader did not load, kept in quarantine by its start, with why and what to do."""
+    return RawMessage(filename, location, head[:KEPT_OF_TOO_LARGE], fmt, file_bytes=size,
+                      refused=f"{size:,} bytes is more than one message may be ({MAX_MESSAGE_BYTES:,} bytes); "
+                              f"{advice} (quarantine keeps its first {KEPT_OF_TOO_LARGE:,} bytes)")
 
 
 @dataclass

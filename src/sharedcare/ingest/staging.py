@@ -34,6 +34,8 @@ def stage(adapter: Adapter, raw: RawMessage, framework: Framework, source: str |
 
     Input so malformed that an adapter fails in a way nobody foresaw is still the message's fault, not
     the feed's: it becomes a MessageError (quarantined, logged with its traceback) so the rest goes on."""
+    if raw.refused:
+        raise MessageError(raw.refused, raw.where)
     try:
         staged = adapter.stage(raw, framework, source)
         for item in staged.resources:
