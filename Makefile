@@ -39,6 +39,7 @@ unit: install chromium
 ## bench: the performance suite (figures and ratios; never pass/fail on time)
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/governance.py
 
 clean:

@@ -41,7 +41,7 @@ ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_
                                 "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7),
                                 "csv": Adapter(csv_extract.read_messages, csv_extract.stage_csv)}
 # Files from this size up are staged by worker processes (see staging.py); smaller ones are not worth starting them.
-PARALLEL_FROM_BYTES = 4 * 1024 * 1024
+PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
 # A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
 _INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]

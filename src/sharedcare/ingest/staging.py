@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
 
+from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
 
@@ -105,7 +106,9 @@ class Stager:
             # forkserver: workers fork from a clean server process, never from this one (which may hold
             # database connections and threads such as the progress bar's).
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["sharedcare.ingest.pipeline"])
+            # imported once in the server, so each worker starts with the models it validates against
+            context.set_forkserver_preload(["sharedcare.ingest.pipeline",
+                                            *(f"fhir.resources.R4B.{name.lower()}" for name in sorted(RECORD_TYPES))])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
                                              initargs=(self.framework,))
         return self._pool
