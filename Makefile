@@ -43,6 +43,7 @@ screenshots: install chromium
 ## bench: the performance suite (figures and ratios; never pass/fail on time)
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/governance.py
 	$(PY) benchmarks/api.py  # builds var/bench/api-10000 once (about ten minutes), then reuses it
 	$(PY) benchmarks/export.py

@@ -7,6 +7,8 @@ SHAREDCARE_SECRET      key that signs access tokens and portal sessions (require
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
+SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files in parallel (default: the CPU
+                       count; 0 or 1 stages every message in the ingesting process itself)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Settings:
     token_minutes: int = 60
     data_path: Path = Path("var")
     export_workers: int = 2
+    ingest_workers: int = 0
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -62,15 +65,16 @@ def load_settings() -> Settings:
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
-        export_workers=_positive_int("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1)),
+        export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
+        ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", os.cpu_count() or 1, least=0),
     )
 
 
-def _positive_int(name: str, default: int) -> int:
+def _whole_number(name: str, default: int, least: int) -> int:
     value = os.environ.get(name)
     if not value:
         return default
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{name} must be a whole number of at least 1, not '{value}'")
+    if not value.isdigit() or int(value) < least:
+        raise ConfigError(f"{name} must be a whole number of at least {least}, not '{value}'")
     return int(value)
 

@@ -179,8 +179,13 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
         if header is None or not _some_mapping_reads(path, header):
             yield RawMessage(str(path), HEADER, _bytes(header.text if header else ""), "csv")
             return
+        # Each row's payload repeats the header; the header's own bytes are counted once, with the first row.
+        header_bytes = len(_bytes(header.text))
         for record in records:
-            yield RawMessage(str(path), f"line {record.line}", _bytes(header.text + record.text), "csv")
+            row = _bytes(record.text)
+            yield RawMessage(str(path), f"line {record.line}", _bytes(header.text) + row, "csv",
+                             file_bytes=header_bytes + len(row))
+            header_bytes = 0
 
 
 def _parse(raw: RawMessage) -> tuple[list[str], _Record | None]:

@@ -28,20 +28,34 @@ from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
 from sharedcare.ingest.fhir_xml import looks_like_xml, parse_xml
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
+from sharedcare.ingest.messages import (
+    KEPT_OF_TOO_LARGE,
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    RawMessage,
+    StagedMessage,
+    StagedResource,
+    too_large,
+)
 
 BUNDLE_TYPES = {"collection", "batch", "transaction", "message", "document"}
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
     """Yield the messages in a FHIR file: one per non-blank NDJSON line, or the whole JSON or XML file;
-    a batch Bundle is split into one message per entry (`fhir_batch`)."""
+    a batch Bundle is split into one message per entry (`fhir_batch`). A message larger than
+    MAX_MESSAGE_BYTES is not read but refused (a whole-file bundle is stored all or nothing, so its
+    entries cannot be streamed into the store one by one)."""
     if path.suffix == ".ndjson":
+        for raw in _ndjson(path):
+            yield from (raw,) if raw.refused else messages_of(raw, parse_message)
+        return
+    size = path.stat().st_size
+    if size > MAX_MESSAGE_BYTES:
         with path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield from messages_of(RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"), "fhir"),
-                                           parse_message)
+            head = handle.read(KEPT_OF_TOO_LARGE)
+        yield too_large(str(path), "whole file", "fhir", head, size,
+                        "send a large extract as NDJSON (one bundle or resource a line), or split the bundle")
     else:
         yield from messages_of(RawMessage(str(path), "whole file", path.read_bytes(), "fhir"), parse_message)
 
@@ -51,6 +65,23 @@ def parse_message(raw: RawMessage) -> dict[str, Any]:
     if looks_like_xml(raw.payload):
         return parse_xml(raw.payload, raw.where)
     return _parse_json(raw)
+
+
+def _ndjson(path: Path) -> Iterator[RawMessage]:
+    """One message per non-blank line, a line at a time, never reading more than a message's limit."""
+    with path.open("rb") as handle:
+        number = 0
+        while line := handle.readline(MAX_MESSAGE_BYTES + 1):
+            number += 1
+            if len(line) <= MAX_MESSAGE_BYTES or line.endswith(b"\n"):
+                if line.strip():
+                    yield RawMessage(str(path), f"line {number}", line.rstrip(b"\r\n"), "fhir")
+                continue
+            head, size = line[:KEPT_OF_TOO_LARGE], len(line)
+            while not line.endswith(b"\n") and (line := handle.readline(1 << 20)):
+                size += len(line)
+            yield too_large(str(path), f"line {number}", "fhir", head, size,
+                            "split it: one bundle or resource a line")
 
 
 def _parse_json(raw: RawMessage) -> dict[str, Any]:

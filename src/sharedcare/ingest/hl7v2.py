@@ -23,7 +23,14 @@ from sharedcare.fhir.validate import validation_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2_map as hmap
 from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
+from sharedcare.ingest.messages import (
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    RawMessage,
+    StagedMessage,
+    StagedResource,
+    too_large,
+)
 
 # MSH-18 (HL7 table 0211) to Python codecs; a message without MSH-18 is ISO 8859-1, as NHS trusts send it.
 CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "8859/15": "iso8859-15",
@@ -47,16 +54,21 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
     """Yield the messages in an HL7 file. A message starts at each MSH or after a blank line, so files
     that end segments with CR, LF or CRLF and separate messages with a newline or a blank line all read.
     Batch envelope segments (FHS, BHS, BTS, FTS) are not messages and are skipped."""
-    number = 0
+    number = held = 0
     lines: list[bytes] = []
     for line in chain(_segments(path), [b""]):
         body = line.rstrip(b"\r\n")
         if lines and (not body.strip() or body.startswith(b"MSH")):
             number += 1
-            yield _raw_message(path, number, b"".join(lines).rstrip(b"\r\n"))
-            lines = []
+            payload = b"".join(lines).rstrip(b"\r\n")
+            yield (_raw_message(path, number, payload) if held <= MAX_MESSAGE_BYTES else
+                   too_large(str(path), f"message {number}", "hl7v2", payload, held,
+                             "is a segment separator or an MSH missing?"))
+            lines, held = [], 0
         if body.strip() and not body.startswith(_BATCH_ENVELOPE):
-            lines.append(line)
+            held += len(line)
+            if held <= MAX_MESSAGE_BYTES or not lines:  # past the limit only the start is kept
+                lines.append(line[:MAX_MESSAGE_BYTES + 1])
 
 
 def _segments(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -69,6 +81,9 @@ def _segments(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
             # a line may continue in the next block (and a CR may be the first half of a CRLF)
             pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
             yield from lines
+            if len(pending) > MAX_MESSAGE_BYTES:  # no line end in sight: hand on what there is, memory stays bounded
+                yield pending
+                pending = b""
     if pending:
         yield pending
 
@@ -89,7 +104,11 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
     """Segments in order, labelled; Z-segments (local extensions) are left out."""
     try:
         message = hl7.parse("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
-    except (hl7.ParseException, IndexError, ValueError, AssertionError) as exc:
+    except (IndexError, AssertionError) as exc:  # python-hl7 says "index out of range" or nothing at all
+        raise MessageError("not an HL7 v2 message: MSH must start with its field separator and encoding "
+                           "characters, each a different character (MSH-1 and MSH-2, as in MSH|^~\\&|)",
+                           f"{raw.where}, MSH-2") from exc
+    except (hl7.ParseException, ValueError) as exc:
         raise MessageError(f"not an HL7 v2 message: {exc}", raw.where) from exc
     if str(message[0][0]) != "MSH":
         raise MessageError(f"not an HL7 v2 message: it starts with {message[0][0]}, not MSH", raw.where)

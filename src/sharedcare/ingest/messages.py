@@ -7,6 +7,8 @@ stored whole or quarantined whole.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,11 @@ from typing import Any
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.mpi import Demographics
+
+# One message (a FHIR JSON file, an NDJSON line, an HL7 message, a CSV row) is staged whole in memory; past
+# this size it is refused rather than read, so memory stays bounded whatever the input.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+KEPT_OF_TOO_LARGE = 64 * 1024  # what quarantine keeps of a message too large to take (its start)
 
 
 class MessageError(SharedcareError):
@@ -31,10 +38,29 @@ class RawMessage:
     location: str  # "line 12", "message 3 (MSH-10 ABC123)", "whole file"
     payload: bytes
     format: str  # fhir | hl7v2 | csv
+    file_bytes: int | None = None  # bytes of the file it spans, when that is not its payload and a line end
+    refused: str | None = None  # why the reader could not take it (too large): quarantined without staging
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file this message accounts for (what a progress bar advances by)."""
+        return len(self.payload) + 1 if self.file_bytes is None else self.file_bytes
 
     @property
     def where(self) -> str:
         return f"{self.filename}, {self.location}"
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    """SHA-256 of a resource's canonical JSON: equal hashes mean unchanged content."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def too_large(filename: str, location: str, fmt: str, head: bytes, size: int, advice: str) -> RawMessage:
+    """A message the reader did not load, kept in quarantine by its start, with why and what to do."""
+    return RawMessage(filename, location, head[:KEPT_OF_TOO_LARGE], fmt, file_bytes=size,
+                      refused=f"{size:,} bytes is more than one message may be ({MAX_MESSAGE_BYTES:,} bytes); "
+                              f"{advice} (quarantine keeps its first {KEPT_OF_TOO_LARGE:,} bytes)")
 
 
 @dataclass
@@ -46,6 +72,7 @@ class StagedResource:
     recorded_at: datetime
     patient_source_id: str
     outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
+    content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored
 
 
 @dataclass

@@ -9,7 +9,6 @@ time, not arrival) does not overwrite the newer one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -18,18 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.config import load_settings
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.identity.links import LinkError, merge_source_records
 from sharedcare.identity.mpi import link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
-from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage
+from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
+from sharedcare.ingest.staging import Outcome, Stager, stage
 from sharedcare.store.database import Database, json_dumps
 from sharedcare.store.models import PatientRecord, Quarantine, Resource, ResourceVersion
 
@@ -40,6 +41,11 @@ FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".xml": "fhir", ".hl7": 
 ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_bundle.stage_fhir),
                                 "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7),
                                 "csv": Adapter(csv_extract.read_messages, csv_extract.stage_csv)}
+# Files from this size up are staged by worker processes (see staging.py); smaller ones are not worth starting them.
+PARALLEL_FROM_BYTES = 1024 * 1024
+STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
+# A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
+_INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -96,58 +102,123 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def _hash(content: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class Pipeline:
     """Ingest into one store under one framework."""
 
-    def __init__(self, db: Database, framework: Framework) -> None:
+    def __init__(self, db: Database, framework: Framework, workers: int | None = None,
+                 parallel_from_bytes: int = PARALLEL_FROM_BYTES) -> None:
         self.db = db
         self.framework = framework
+        self.workers = load_settings().ingest_workers if workers is None else workers
+        self.parallel_from_bytes = parallel_from_bytes
 
     def ingest_paths(self, paths: Iterable[Path], fmt: str = "auto", source: str | None = None,
                      progress: Callable[[int], None] | None = None) -> IngestReport:
-        """Ingest files and folders; `progress` is called with the bytes of each message handled."""
+        """Ingest files and folders; `progress` is called with the bytes of each message handled, and
+        with whatever else of the file was read (blank lines, envelopes) when the file is done."""
         report = IngestReport()
         with self.db.session() as session:
             agreements = effective_agreements(session, self.framework)
-        for path in expand_paths(paths):
-            file_format = detect_format(path) if fmt == "auto" else fmt
-            adapter = ADAPTERS.get(file_format or "")
-            if adapter is None:
-                why = (f"format '{file_format}' is not ingested yet" if file_format
-                       else "unknown format: name it .json, .ndjson, .xml, .hl7 or .csv, or pass --format")
-                report.skipped_files.append({"file": str(path), "reason": why})
-                if progress and path.is_file():
-                    progress(path.stat().st_size)
-                continue
-            report.files += 1
-            try:
-                for raw in adapter.read(path):
-                    self.ingest_message(adapter, raw, source, report, agreements)
-                    if progress:
-                        progress(len(raw.payload) + 1)
-            except OSError as exc:
-                self._quarantine(RawMessage(str(path), "whole file", b"", file_format or "unknown"), source,
-                                 MessageError(f"cannot read file ({exc.strerror})", str(path)), report)
+        stager = Stager(self.framework, self.workers)
+        try:
+            for path in expand_paths(paths):
+                self._ingest_file(path, fmt, source, progress, report, agreements, stager)
+        finally:
+            stager.close()
         return report
 
+    def _ingest_file(self, path: Path, fmt: str, source: str | None, progress: Callable[[int], None] | None,
+                     report: IngestReport, agreements: dict[str, Agreement], stager: Stager) -> None:
+        file_format = detect_format(path) if fmt == "auto" else fmt
+        adapter = ADAPTERS.get(file_format or "")
+        size = path.stat().st_size if path.is_file() else 0
+        if adapter is None:
+            why = (f"format '{file_format}' is not ingested yet" if file_format
+                   else "unknown format: name it .json, .ndjson, .xml, .hl7 or .csv, or pass --format")
+            report.skipped_files.append({"file": str(path), "reason": why})
+            if progress:
+                progress(size)
+            return
+        report.files += 1
+        done = 0
+        stage = stager.parallel if size >= self.parallel_from_bytes else stager.inline
+        batch: list[tuple[RawMessage, Outcome]] = []
+        try:
+            for raw, staged in stage(adapter, adapter.read(path), source):
+                batch.append((raw, staged))
+                if len(batch) == STORE_BATCH:
+                    self._store_batch(adapter, batch, source, report, agreements)
+                    done = self._advance(progress, batch, size, done)
+                    batch = []
+        except OSError as exc:
+            self._quarantine(RawMessage(str(path), "whole file", b"", file_format or "unknown"), source,
+                             MessageError(f"cannot read file ({exc.strerror})", str(path)), report)
+        self._store_batch(adapter, batch, source, report, agreements)
+        done = self._advance(progress, batch, size, done)
+        if progress and size > done:
+            progress(size - done)
+
+    @staticmethod
+    def _advance(progress: Callable[[int], None] | None, batch: list[tuple[RawMessage, Outcome]], size: int,
+                 done: int) -> int:
+        for raw, _ in batch:
+            step = min(raw.size, size - done)
+            done += step
+            if progress:
+                progress(step)
+        return done
+
+    def _store_batch(self, adapter: Adapter, batch: list[tuple[RawMessage, Outcome]], source: str | None,
+                     report: IngestReport, agreements: dict[str, Agreement]) -> None:
+        """Store a run of a file's messages in one transaction (one commit, not one per message).
+
+        Each message is still all or nothing: if any message fails while being stored, the whole run is
+        rolled back and stored again one message per transaction, so only the failing one is quarantined.
+        A process killed mid-run loses only uncommitted work, which ingesting the same input again redoes."""
+        stored: list[tuple[RawMessage, StagedMessage | MessageError, tuple[int, int, int]]] = []
+        try:
+            with self.db.session() as session:
+                for raw, staged in batch:
+                    if isinstance(staged, MessageError):
+                        stored.append((raw, staged, (0, 0, 0)))
+                        continue
+                    try:
+                        self._check_agreement(staged, raw, agreements)
+                    except MessageError as exc:
+                        stored.append((raw, exc, (0, 0, 0)))
+                        continue
+                    stored.append((raw, staged, self._store(session, staged, raw)))
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001 - nothing of the run was kept: store it again message by message
+            for raw, staged in batch:
+                self.ingest_message(adapter, raw, source, report, agreements, staged)
+            return
+        for raw, outcome, (accepted, unchanged, stale) in stored:
+            report.messages += 1
+            if isinstance(outcome, MessageError):
+                self._quarantine(raw, source, outcome, report)
+                continue
+            report.accepted += accepted
+            report.unchanged += unchanged
+            report.stale += stale
+            report.set_aside.update(outcome.set_aside)
+
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
-                       agreements: dict[str, Agreement]) -> StagedMessage | None:
-        """Ingest one message; the staged message (each resource's `outcome` set) or None if quarantined."""
+                       agreements: dict[str, Agreement], staged: Outcome | None = None) -> StagedMessage | None:
+        """Store one message (staged here unless `staged` holds its staging outcome already); the staged
+        message, each resource's `outcome` set, or None if it was quarantined."""
         report.messages += 1
         try:
-            staged, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements)
+            stored, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements, staged=staged)
         except MessageError as exc:
             self._quarantine(raw, source, exc, report)
             return None
         report.accepted += accepted
         report.unchanged += unchanged
         report.stale += stale
-        report.set_aside.update(staged.set_aside)
-        return staged
+        report.set_aside.update(stored.set_aside)
+        return stored
 
     def replay(self, quarantine_id: int, source: str | None = None) -> IngestReport:
         """Try a quarantined message again (after a mapping or agreement was fixed). On success it is
@@ -177,14 +248,17 @@ class Pipeline:
         return report
 
     def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None, agreements: dict[str, Agreement],
-                replaying: int | None = None) -> tuple[StagedMessage, tuple[int, int, int]]:
-        """Stage and store one message in one transaction, or raise MessageError.
+                replaying: int | None = None, staged: Outcome | None = None,
+                ) -> tuple[StagedMessage, tuple[int, int, int]]:
+        """Stage (unless staged already) and store one message in one transaction, or raise MessageError.
 
-        Input so malformed that an adapter or the store fails in a way nobody foresaw is still the
-        message's fault, not the feed's: it becomes a MessageError (quarantined, logged with its traceback)
-        so the rest of the file and the feed go on. A database that is down is not: that stops the run."""
+        A store failure nobody foresaw is still the message's fault, not the feed's: it becomes a
+        MessageError (quarantined, logged with its traceback) so the rest of the file and the feed go on.
+        A database that is down is not: that stops the run."""
+        if isinstance(staged, MessageError):
+            raise staged
+        staged = staged or stage(adapter, raw, self.framework, source)
         try:
-            staged = adapter.stage(raw, self.framework, source)
             self._check_agreement(staged, raw, agreements)
             with self.db.session() as session:
                 counts = self._store(session, staged, raw)
@@ -214,6 +288,7 @@ class Pipeline:
                    for source_id, demo in staged.patients.items()}
         accepted = unchanged = stale = 0
         received = utcnow()
+        new_rows: list[dict[str, Any]] = []
         # Classified once here, not on every read; reads check the key (governance/classify.py).
         org = self.framework.organisation(staged.source_org)
         kind, key = (org.kind if org else "unknown"), classification_key(self.framework)
@@ -223,7 +298,7 @@ class Pipeline:
                 raise MessageError(f"{item.resource_type}/{item.source_id} belongs to patient "
                                    f"'{item.patient_source_id}', whom {staged.source_org} has not sent",
                                    raw.where)
-            digest = _hash(item.content)
+            digest = item.content_hash or content_hash(item.content)
             row = existing.get(item.server_id)
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
@@ -244,7 +319,7 @@ class Pipeline:
                 raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
             category = classify(content, kind, self.framework)
             if row is None:
-                session.add(Resource(
+                new_rows.append(dict(
                     id=item.server_id, resource_type=item.resource_type, source_org=staged.source_org,
                     source_system=staged.source_system, source_id=item.source_id, patient_record_id=record.id,
                     version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
@@ -260,6 +335,8 @@ class Pipeline:
                 row.category, row.category_key = category, key
             item.outcome = "created" if row is None else "updated"
             accepted += 1
+        if new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
+            session.execute(_INSERT_RESOURCES, new_rows)
         for retired, surviving in staged.merges:
             try:
                 merge_source_records(session, staged.source_org, retired, surviving,
@@ -286,11 +363,20 @@ class Pipeline:
             PatientRecord.source_org == staged.source_org, PatientRecord.source_id == source_id)).first()
 
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
-        """Keep the original bytes with the reason and its location; never drop input."""
+        """Keep the original bytes with the reason and its location; never drop input. The same message
+        from the same place, still held, is kept once (with the newest reason): ingesting a file again,
+        say after a crash, does not pile up copies."""
         with self.db.session() as session:
-            item = Quarantine(source_org=source, format=raw.format, filename=raw.filename, location=raw.location,
-                              reason=str(error), payload=raw.payload, received_at=utcnow())
-            session.add(item)
+            item = next((held for held in session.scalars(select(Quarantine).where(
+                Quarantine.status == "held", Quarantine.filename == raw.filename,
+                Quarantine.location == raw.location, Quarantine.format == raw.format))
+                if held.payload == raw.payload), None)
+            if item is None:
+                item = Quarantine(source_org=source, format=raw.format, filename=raw.filename,
+                                  location=raw.location, reason=str(error), payload=raw.payload, received_at=utcnow())
+                session.add(item)
+            else:
+                item.reason = str(error)
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
                                       "reason": error.message, "where": error.where or raw.where})

@@ -138,6 +138,7 @@ class Quarantine(Base):
     """Input that could not be accepted, kept byte for byte with the reason and where it failed."""
 
     __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_place", "filename", "location"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     source_org: Mapped[str | None] = mapped_column(String(16))

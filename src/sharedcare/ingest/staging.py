@@ -1,0 +1,125 @@
+"""Staging (parse, map, shape, validate) of a file's messages, in this process or in worker processes.
+
+Validation with fhir.resources is most of what ingest costs, and staging one message needs nothing from
+the store, so large files are staged by a pool of worker processes while the ingesting process stores
+the results one message at a time, in file order. Storing stays single-writer and in order, so atomicity
+per message, ordering by event time, idempotence and quarantine are the same as staging inline.
+
+The pool is bounded: at most a few batches per worker are in flight, so a file of any size streams
+through in bounded memory. Staging outcomes cross the process boundary as a StagedMessage or as
+(message, where) of the MessageError, rebuilt here (an exception's own pickling would lose `where`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
+
+from sharedcare.fhir.uk_core import RECORD_TYPES
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
+
+log = logging.getLogger("sharedcare.ingest")
+
+Outcome = StagedMessage | MessageError
+BATCH = 32  # messages a worker stages per task: enough to make the hand-over cheap, few enough to stay small
+IN_FLIGHT_PER_WORKER = 3
+
+
+def stage(adapter: Adapter, raw: RawMessage, framework: Framework, source: str | None) -> StagedMessage:
+    """Stage one message or raise MessageError.
+
+    Input so malformed that an adapter fails in a way nobody foresaw is still the message's fault, not
+    the feed's: it becomes a MessageError (quarantined, logged with its traceback) so the rest goes on."""
+    if raw.refused:
+        raise MessageError(raw.refused, raw.where)
+    try:
+        staged = adapter.stage(raw, framework, source)
+        for item in staged.resources:
+            item.content_hash = content_hash(item.content)
+        return staged
+    except MessageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
+        log.exception("unexpected failure on %s", raw.where)
+        raise MessageError(f"could not be read ({type(exc).__name__}: {str(exc)[:200]})", raw.where) from exc
+
+
+_worker_framework: Framework | None = None
+
+
+def _start_worker(framework: Framework) -> None:
+    global _worker_framework  # noqa: PLW0603 - one framework per worker process, set once at its start
+    _worker_framework = framework
+
+
+def _stage_batch(adapter: Adapter, batch: list[RawMessage],
+                 source: str | None) -> list[StagedMessage | tuple[str, str | None]]:
+    assert _worker_framework is not None  # noqa: S101 - set by the pool's initializer
+    out: list[StagedMessage | tuple[str, str | None]] = []
+    for raw in batch:
+        try:
+            out.append(stage(adapter, raw, _worker_framework, source))
+        except MessageError as exc:
+            out.append((exc.message, exc.where))
+    return out
+
+
+class Stager:
+    """Stages messages inline, or with `workers` processes (started on first use, stopped by `close`)."""
+
+    def __init__(self, framework: Framework, workers: int) -> None:
+        self.framework = framework
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def inline(self, adapter: Adapter, raws: Iterable[RawMessage],
+               source: str | None) -> Iterator[tuple[RawMessage, Outcome]]:
+        for raw in raws:
+            try:
+                yield raw, stage(adapter, raw, self.framework, source)
+            except MessageError as exc:
+                yield raw, exc
+
+    def parallel(self, adapter: Adapter, raws: Iterable[RawMessage],
+                 source: str | None) -> Iterator[tuple[RawMessage, Outcome]]:
+        """Each message with its outcome, in the order read, staged by the worker processes."""
+        if self.workers < 2:
+            yield from self.inline(adapter, raws, source)
+            return
+        pool = self._start()
+        pending: deque[tuple[list[RawMessage], Future[list[StagedMessage | tuple[str, str | None]]]]] = deque()
+        messages = iter(raws)
+        while batch := list(islice(messages, BATCH)):
+            pending.append((batch, pool.submit(_stage_batch, adapter, batch, source)))
+            if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
+                yield from _outcomes(*pending.popleft())
+        while pending:
+            yield from _outcomes(*pending.popleft())
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: workers fork from a clean server process, never from this one (which may hold
+            # database connections and threads such as the progress bar's).
+            context = multiprocessing.get_context("forkserver")
+            # imported once in the server, so each worker starts with the models it validates against
+            context.set_forkserver_preload(["sharedcare.ingest.pipeline",
+                                            *(f"fhir.resources.R4B.{name.lower()}" for name in sorted(RECORD_TYPES))])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
+                                             initargs=(self.framework,))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _outcomes(batch: list[RawMessage], future: Future[list[StagedMessage | tuple[str, str | None]]],
+              ) -> Iterator[tuple[RawMessage, Outcome]]:
+    for raw, result in zip(batch, future.result(), strict=True):
+        yield raw, result if isinstance(result, StagedMessage) else MessageError(*result)
