@@ -192,7 +192,7 @@ def test_mpi_evaluate_refuses_a_file_that_is_not_ground_truth(env: Database, tmp
 def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) -> None:
     feed = write_ndjson(tmp_path / "two.ndjson", [
         bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female")]),
-        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1952-06-11", gender="female")])])
+        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1953-02-17", gender="female")])])
     runner.invoke(app, ["ingest", str(feed)])
     first, second = (r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout)))
     merged = runner.invoke(app, ["mpi", "merge", first, second, "--reason", "Peggy is Margaret"])
