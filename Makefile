@@ -40,6 +40,7 @@ unit: install chromium
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/governance.py
+	$(PY) benchmarks/identity.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -41,7 +41,21 @@ BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
 ]
 
 MIN_TRAINING_RECORDS = 1000
-EM_BLOCKING = [block_on("dob", "postcode"), block_on("given", "family")]
+EM_BLOCKING = [("dob", "postcode"), ("given", "family")]
+
+
+def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
+    """Whether any two records agree on all these columns (Splink's EM refuses an empty block, and a
+    refused session leaves the linker without the comparisons it set aside)."""
+    seen: set[tuple[Any, ...]] = set()
+    for row in rows:
+        key = tuple(row[c] for c in columns)
+        if None in key:
+            continue
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
 
 
 @dataclass(frozen=True)
@@ -94,12 +108,18 @@ def _linker(records: list[MatchRecord], model: dict[str, Any] | None = None) -> 
 def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
     """Estimate the model's parameters from these records; return the linker and the model's JSON."""
     linker = _linker(records)
-    linker.training.estimate_probability_two_random_records_match([block_on("nhs_number")], recall=0.9)
+    # The prior from pairs sure to be one person: the same NHS number (or, in data without NHS numbers,
+    # the same full name and birth date).
+    sure = block_on("nhs_number") if any(r.nhs_number for r in records) else block_on("given", "family", "dob")
+    linker.training.estimate_probability_two_random_records_match([sure], recall=0.9)
     linker.training.estimate_u_using_random_sampling(max_pairs=2e6, seed=1)
     # Each EM block is made of pairs that are nearly all one person (so EM does not learn households as
     # matches); each estimates the comparisons its blocking columns leave free.
-    for rule in EM_BLOCKING:
-        linker.training.estimate_parameters_using_expectation_maximisation(rule)
+    rows = [features(r) for r in records]
+    for columns in EM_BLOCKING:
+        if not _has_pairs(rows, columns):  # no such pairs in this data (no UK postcodes): birth date alone
+            columns = ("dob",)
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*columns))
     model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     model["sharedcare_model_version"] = MODEL_VERSION
     model["sharedcare_trained_on"] = len(records)

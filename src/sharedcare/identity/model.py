@@ -65,11 +65,11 @@ class Model:
             self.weights[comparison.name] = [_weight(level) for level in saved["comparison_levels"]]
             self.labels[comparison.name] = [lv.label for lv in comparison.levels]
 
-    def score(self, a: Features, b: Features) -> Score:
-        return self.score_levels(levels(a, b))
+    def score(self, a: Features, b: Features, prior_shift: float = 0.0) -> Score:
+        return self.score_levels(levels(a, b), prior_shift)
 
-    def score_levels(self, found: dict[str, int]) -> Score:
-        weight = self.prior_weight + sum(self.weights[name][i] for name, i in found.items())
+    def score_levels(self, found: dict[str, int], prior_shift: float = 0.0) -> Score:
+        weight = self.prior_weight + prior_shift + sum(self.weights[name][i] for name, i in found.items())
         return Score(_probability(weight), weight, found, self._never_link(found))
 
     def _never_link(self, found: dict[str, int]) -> list[str]:
@@ -79,12 +79,21 @@ class Model:
         """Splink numbers a comparison's levels -1 (missing) then n-2 .. 0 from most specific to 'else'."""
         return 0 if gamma < 0 else len(self.weights[comparison]) - 1 - gamma
 
-    def evidence(self, found: dict[str, int]) -> dict[str, Any]:
+    def prior_shift(self, index_size: int) -> float:
+        """Real-time prior for an index of `index_size` records: the chance that a random stored record
+        is the incoming person falls as 1/size, so an index larger than the training set lowers the
+        prior by log2(size / trained_on). Never raised above what training estimated."""
+        if not self.trained_on or index_size <= self.trained_on:
+            return 0.0
+        return -math.log2(index_size / self.trained_on)
+
+    def evidence(self, found: dict[str, int], prior_shift: float = 0.0) -> dict[str, Any]:
         """The waterfall: the prior, then each comparison's level and match weight, then the total."""
         steps = [{"comparison": name, "level": self.labels[name][i], "match_weight": round(self.weights[name][i], 2)}
                  for name, i in found.items()]
-        total = self.prior_weight + sum(self.weights[name][i] for name, i in found.items())
-        return {"model_version": self.version, "prior_weight": round(self.prior_weight, 2), "comparisons": steps,
+        prior = self.prior_weight + prior_shift
+        total = prior + sum(self.weights[name][i] for name, i in found.items())
+        return {"model_version": self.version, "prior_weight": round(prior, 2), "comparisons": steps,
                 "match_weight": round(total, 2), "match_probability": round(_probability(total), 6),
                 "never_link": self._never_link(found)}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.identity.compare import MatchRecord, features, transposed
@@ -78,6 +78,8 @@ def match(session: Session, record: MatchRecord, model: Model | None = None) -> 
     from sharedcare.identity.mpi import stored_match_record
 
     model = model or current_model(session)
+    size = session.scalar(select(func.max(PatientRecord.id))) or 0  # the index's size, from its primary key
+    shift = model.prior_shift(size)
     incoming = features(record)
     scored: list[Candidate] = []
     rows = candidates(session, record)
@@ -87,10 +89,10 @@ def match(session: Session, record: MatchRecord, model: Model | None = None) -> 
         theirs = stored_match_record(row)
         if record.nhs_number and theirs.nhs_number and record.nhs_number != theirs.nhs_number:
             continue  # different valid NHS numbers: never one person
-        score = model.score(incoming, features(theirs))
+        score = model.score(incoming, features(theirs), shift)
         if score.probability >= REVIEW_THRESHOLD:
             scored.append(Candidate(row.id, row.person_id, score,
-                                    model.evidence(score.levels) | {"with_record": row.id}))
+                                    model.evidence(score.levels, shift) | {"with_record": row.id}))
     scored.sort(key=lambda c: -c.score.probability)
     if not scored:
         return Found("no-link", candidates=len(rows))
