@@ -89,7 +89,7 @@ def baseline_clusters(rows: list[dict[str, Any]], threshold: float) -> dict[int,
 
     columns = [c for c in rows[0] if c != "unique_id"]
     uk = any(isinstance(r.get("postcode"), str) and " " in r["postcode"] for r in rows[:100])
-    comparisons = [cl.NameComparison(c) if c in ("first_name", "surname") else
+    comparisons: list[Any] = [cl.NameComparison(c) if c in ("first_name", "surname") else
                    cl.DateOfBirthComparison(c, input_is_string=True) if c == "dob" else
                    cl.PostcodeComparison(c) if c == "postcode" and uk else cl.ExactMatch(c) for c in columns]
     settings = SettingsCreator(
@@ -254,7 +254,8 @@ def population(people: int, seed: int, duplicates: float = 0.4) -> Iterator[tupl
                                phones=(phone,) if phone else ())
         if rng.random() >= duplicates:
             continue
-        g, f, b, pc, ph, other_family = given, family, born, postcode, phone, ()
+        g, f, b, pc, ph = given, family, born, postcode, phone
+        other_family: tuple[str, ...] = ()
         roll = rng.random()
         if roll < 0.15 and given in names.NICKNAMES:
             g = rng.choice(names.NICKNAMES[given])
@@ -294,6 +295,8 @@ def latency(index_people: int, queries: int) -> dict[str, Any]:
         batch_records: list[dict[str, Any]] = []
 
         def flush() -> None:
+            if not batch_records:
+                return
             with db.session() as s:
                 s.execute(insert(Person), batch_people)
                 s.execute(insert(PatientRecord), batch_records)
@@ -402,7 +405,12 @@ def main() -> None:
         results["relink"] = in_fresh_process(relink_at_scale, args.relink)
         out.print("full relink:", results["relink"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "identity.json").write_text(json.dumps(results, indent=2))
+    saved = RESULTS / "identity.json"
+    earlier: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {}  # runs add up
+    if quality:
+        results["quality"] = [q for q in earlier.get("quality", []) if q["data"] not in {r["data"] for r in quality}]
+        results["quality"] += quality
+    saved.write_text(json.dumps(earlier | results, indent=2))
 
 
 def lambda_ics(people: int) -> dict[str, Any]:

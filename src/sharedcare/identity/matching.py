@@ -41,7 +41,7 @@ BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
 ]
 
 MIN_TRAINING_RECORDS = 1000
-EM_BLOCKING = [("dob", "postcode"), ("given", "family")]
+EM_BLOCKING: list[tuple[str, ...]] = [("dob", "postcode"), ("given", "family")]
 
 
 def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
@@ -117,9 +117,8 @@ def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
     # matches); each estimates the comparisons its blocking columns leave free.
     rows = [features(r) for r in records]
     for columns in EM_BLOCKING:
-        if not _has_pairs(rows, columns):  # no such pairs in this data (no UK postcodes): birth date alone
-            columns = ("dob",)
-        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*columns))
+        usable = columns if _has_pairs(rows, columns) else ("dob",)  # none (no UK postcodes): birth date alone
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*usable))
     model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     model["sharedcare_model_version"] = MODEL_VERSION
     model["sharedcare_trained_on"] = len(records)

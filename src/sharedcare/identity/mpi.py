@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -134,8 +134,8 @@ def match_record(record_id: int, demo: Demographics, nhs: str | None) -> MatchRe
                        demo.email)
 
 
-def stored_match_record(r: PatientRecord) -> MatchRecord:
-    """What matching knows of a stored source record."""
+def stored_match_record(r: PatientRecord | Row[Any]) -> MatchRecord:
+    """What matching knows of a stored source record (an ORM row or the same columns selected)."""
     other = r.other_names or {}
     return MatchRecord(r.id, r.source_org, r.nhs_number, r.given, r.family,
                        r.birth_date.isoformat() if r.birth_date else None, r.gender, r.postcode,

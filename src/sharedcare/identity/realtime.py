@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, Row, func, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.identity.compare import MatchRecord, features, transposed
@@ -55,7 +55,15 @@ def current_model(session: Session) -> Model:
     return _models[newest]
 
 
-def candidates(session: Session, record: MatchRecord) -> list[PatientRecord]:
+# Only what scoring reads: loading whole ORM objects costs more than scoring them.
+_COLUMNS = (PatientRecord.id, PatientRecord.person_id, PatientRecord.source_org, PatientRecord.nhs_number,
+            PatientRecord.given, PatientRecord.family, PatientRecord.birth_date, PatientRecord.gender,
+            PatientRecord.postcode, PatientRecord.other_names, PatientRecord.postcodes, PatientRecord.phones,
+            PatientRecord.email)
+
+
+def candidates(session: Session, record: MatchRecord) -> list[Row[Any]]:
+    """The stored records sharing a blocking key with `record`; never one held for too little data."""
     from sharedcare.identity.mpi import name_key
 
     conditions: list[ColumnElement[bool]] = []
@@ -69,8 +77,9 @@ def candidates(session: Session, record: MatchRecord) -> list[PatientRecord]:
         conditions.append(PatientRecord.name_key == key)
     if not conditions:
         return []
-    query = select(PatientRecord).where(or_(*conditions)).limit(CANDIDATE_LIMIT)
-    return list(session.scalars(query))
+    query = (select(*_COLUMNS).where(or_(*conditions), PatientRecord.link_method != "insufficient-data")
+             .limit(CANDIDATE_LIMIT))
+    return list(session.execute(query).all())
 
 
 def match(session: Session, record: MatchRecord, model: Model | None = None) -> Found:
@@ -84,8 +93,6 @@ def match(session: Session, record: MatchRecord, model: Model | None = None) -> 
     scored: list[Candidate] = []
     rows = candidates(session, record)
     for row in rows:
-        if row.link_status == "review" and row.link_method == "insufficient-data":
-            continue  # never match anything to a record nobody can yet say who it is
         theirs = stored_match_record(row)
         if record.nhs_number and theirs.nhs_number and record.nhs_number != theirs.nhs_number:
             continue  # different valid NHS numbers: never one person
