@@ -48,6 +48,7 @@ bench: install
 	$(PY) benchmarks/api.py  # builds var/bench/api-10000 once (about ten minutes), then reuses it
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/portal.py
+	$(PY) benchmarks/identity.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -785,7 +785,8 @@ def mllp(host: str = "127.0.0.1", port: int = 2575) -> None:
 
 @mpi_app.command("review")
 def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Pairs the model was unsure about, with the evidence for each comparison, oldest first."""
+    """Pairs the model was unsure about, each with its waterfall (the prior, then every comparison's level
+    and match weight), and records held for review on their own with the reason; oldest first."""
     from sharedcare.store.models import MatchReview, PatientRecord
 
     with _database().session() as session:
@@ -793,25 +794,42 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
                                      .order_by(MatchReview.id)))
         records = {r.id: r for r in session.scalars(select(PatientRecord).where(PatientRecord.id.in_(
             [i.record_a for i in items] + [i.record_b for i in items])))}
+        in_a_pair = set(records)
+        alone = [r for r in session.scalars(select(PatientRecord).where(PatientRecord.link_status == "review")
+                                            .order_by(PatientRecord.id)) if r.id not in in_a_pair]
 
-        def describe(record_id: int) -> str:
-            r = records[record_id]
+        def describe(r: PatientRecord) -> str:
             return (f"{r.source_org}/{r.source_id}: {(r.family or '').upper()}, {r.given or ''} "
                     f"{r.birth_date or ''} {r.postcode or ''} {r.nhs_number or 'no NHS number'}")
 
         rows: list[dict[str, Any]] = [{"id": i.id, "status": i.status, "probability": round(i.probability, 4),
-                                       "a": describe(i.record_a), "b": describe(i.record_b), "evidence": i.evidence}
-                                      for i in items]
+                                       "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
+                                       "evidence": i.evidence} for i in items]
+        held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
     if as_json:
-        _print_json(rows)
+        _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return
-    table = Table(title=f"MPI review: {len(rows)} uncertain pairs")
-    for column in ("id", "probability", "record a", "record b", "evidence (match weight by comparison)"):
+    out = Console()
+    table = Table(title=f"MPI review: {len(rows)} uncertain pairs", show_lines=True)
+    for column in ("id", "probability", "record a", "record b", "why (match weight)"):
         table.add_column(column)
     for r in rows:
-        evidence = ", ".join(f"{name} {detail.get('match_weight', '')}" for name, detail in r["evidence"].items())
-        table.add_row(str(r["id"]), str(r["probability"]), r["a"], r["b"], evidence)
-    Console().print(table)
+        evidence = r["evidence"]
+        steps = [f"prior {evidence.get('prior_weight', '')}"] + [
+            f"{step['comparison']}: {step['level']} {step['match_weight']:+}"
+            for step in evidence.get("comparisons", [])]
+        steps.append(f"= {evidence.get('match_weight', '')}")
+        if evidence.get("never_link"):
+            steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
+        table.add_row(str(r["id"]), str(r["probability"]), r["a"], r["b"], "\n".join(steps))
+    out.print(table)
+    if held:
+        alone_table = Table(title=f"{len(held)} records held for review on their own")
+        alone_table.add_column("record")
+        alone_table.add_column("reason")
+        for h in held:
+            alone_table.add_row(h["record"], h["reason"])
+        out.print(alone_table)
 
 
 @mpi_app.command("decide")

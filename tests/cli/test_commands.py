@@ -192,7 +192,7 @@ def test_mpi_evaluate_refuses_a_file_that_is_not_ground_truth(env: Database, tmp
 def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) -> None:
     feed = write_ndjson(tmp_path / "two.ndjson", [
         bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female")]),
-        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1952-06-11", gender="female")])])
+        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1953-02-17", gender="female")])])
     runner.invoke(app, ["ingest", str(feed)])
     first, second = (r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout)))
     merged = runner.invoke(app, ["mpi", "merge", first, second, "--reason", "Peggy is Margaret"])
@@ -205,3 +205,23 @@ def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) 
     again = runner.invoke(app, ["mpi", "unmerge", "1"])
     assert again.exit_code == 2 and "already undone" in again.stderr
     assert json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) == []
+
+
+def test_mpi_review_shows_each_uncertain_pair_as_a_waterfall_and_thin_records_with_their_reason(
+        env: Database, tmp_path: Path) -> None:
+    feed = write_ndjson(tmp_path / "twins.ndjson", [
+        bundle("RXR", "epr", [patient("amy", None, "Jones", "Amy", "2001-04-05", gender="female")]),
+        bundle("RXR", "epr", [patient("zoe", None, "Jones", "Zoe", "2001-04-05", gender="female")]),
+        bundle("RXR", "epr", [{"resourceType": "Patient", "id": "unknown", "gender": "male"}])])
+    runner.invoke(app, ["ingest", str(feed)])
+    shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0
+    for text in ("1 uncertain pairs", "name: surname agrees, given name different", "dob: exact",
+                 "never linked automatically: name disagree", "RXR/unknown", "no name and no date of birth"):
+        assert text in shown.stdout
+    pairs = [item for item in json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) if "id" in item]
+    assert runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate"]).exit_code == 0
+    assert runner.invoke(app, ["mpi", "relink", "--model-out", str(tmp_path / "m.json")]).exit_code == 0
+    people = {r["source_id"]: r["person_id"] for r in csv.DictReader(io.StringIO(
+        runner.invoke(app, ["mpi", "export"]).stdout))}
+    assert len(set(people.values())) == 3

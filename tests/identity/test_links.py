@@ -34,7 +34,7 @@ def _two_strangers(db: Database, framework: Framework, tmp_path: Path) -> tuple[
     feed = write_ndjson(tmp_path / "gp.ndjson", [
         bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female"),
                                   condition("a-c", "Patient/a", "44054006", "Diabetes")]),
-        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1952-06-11", gender="female"),
+        bundle("P81002", "systmone", [patient("b", None, "Hughes", "Peggy", "1953-02-17", gender="female"),
                                       condition("b-c", "Patient/b", "195967001", "Asthma")])])
     Pipeline(db, framework).ingest_paths([feed])
     people = _people(db)
@@ -63,10 +63,11 @@ def test_an_a40_merges_the_hospitals_two_numbers_for_one_patient(db: Database, f
                                                                   tmp_path: Path) -> None:
     registrations = write_hl7(tmp_path / "pas-1.hl7", [
         admission("M1", mrn="H100", nhs=None),
-        admission("M2", visit="V200", mrn="T555", nhs=None, address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])
+        admission("M2", visit="V200", mrn="T555", nhs=None, born="19540302",
+                  address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])
     Pipeline(db, framework).ingest_paths([registrations])
     before = _people(db)
-    assert before["RXR/H100"] != before["RXR/T555"]  # a second number, at an old address: not matched
+    assert before["RXR/H100"] != before["RXR/T555"]  # a second number, old address, mistyped birth year: not linked
     merge = write_hl7(tmp_path / "pas-2.hl7", [
         adt("A40", "M3", "20260112090000", pid(mrn="H100", nhs=None), "MRG|T555^^^RXR^MR")])
     report = Pipeline(db, framework).ingest_paths([merge])

@@ -81,4 +81,12 @@ def demographics(patient: dict[str, Any], nhs_number: str | None) -> Demographic
         birth_date=date.fromisoformat(birth) if birth and len(birth) == 10 else None,
         gender=patient.get("gender"),
         postcode=_current_postcode(patient),
+        other_given=[str(g) for n in patient.get("name") or [] for g in n.get("given") or []
+                     if g and g != given],
+        other_family=[str(n["family"]) for n in patient.get("name") or []
+                      if n.get("family") and n.get("family") != name.get("family")],
+        postcodes=[str(a["postalCode"]) for a in patient.get("address") or [] if a.get("postalCode")],
+        phones=[str(t["value"]) for t in patient.get("telecom") or [] if t.get("system") == "phone" and t.get("value")],
+        email=next((str(t["value"]) for t in patient.get("telecom") or []
+                    if t.get("system") == "email" and t.get("value")), None),
     )

@@ -1,17 +1,18 @@
-"""Probabilistic matching of source patient records with Splink (Fellegi-Sunter, on DuckDB).
+"""Batch matching of every source patient record with Splink (Fellegi-Sunter, on DuckDB).
 
-A batch relink trains the model on the ICS's own records (u by random sampling, m by expectation
-maximisation under two blocking rules), scores the candidate pairs the blocking rules produce, and
-clusters them at the link threshold. Two safety rules apply on top of the model, because a false link
-shows one person another's record: records whose valid NHS numbers differ are never in one person, and
-a cluster that would join two NHS numbers is split, its records without a number held for review.
+A relink trains the model on the ICS's own records (u by random sampling, m by expectation
+maximisation under blocking rules, the prior from NHS-number agreement), scores the candidate pairs the
+blocking rules produce and clusters them at the link threshold. The comparisons are those of
+`compare.py`, fitted to UK data. Safety rules apply on top of the model, because a false link shows
+one person another's record: records whose valid NHS numbers differ are never in one person; a pair
+whose given names disagree (twins, siblings) is never linked automatically, only reviewed; and a
+cluster that would join two NHS numbers is split, its records without a number held for review.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,30 +22,45 @@ import pyarrow as pa
 import splink.comparison_library as cl
 from splink import Linker, SettingsCreator, block_on
 from splink.backends.duckdb import DuckDBAPI
+from splink.internals.blocking_rule_creator import BlockingRuleCreator
 
-LINK_THRESHOLD = 0.999
-REVIEW_THRESHOLD = 0.9
-MODEL_VERSION = "2026.11-1"
+from sharedcare.identity.compare import COMPARISONS, INT_COLUMNS, LIST_COLUMNS, MatchRecord, features
+from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRESHOLD, Model
+
+__all__ = ["MatchRecord", "Clustering", "ReviewPair", "cluster", "train"]
+
+# Candidate pairs: same NHS number, same date of birth or transposed, surname in the same postcode
+# district, given name at the same postcode, or a phone number or email in common.
+BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
+    block_on("nhs_number"),
+    block_on("dob"),
+    {"blocking_rule": "l.dob_transposed = r.dob", "sql_dialect": "duckdb"},
+    block_on("family", "district"),
+    block_on("given", "postcode"),
+    block_on("email"),
+]
+
+MIN_TRAINING_RECORDS = 1000
+EM_BLOCKING: list[tuple[str, ...]] = [("dob", "postcode"), ("given", "family")]
 
 
-@dataclass(frozen=True)
-class MatchRecord:
-    """The fields matching uses, one per source patient record."""
-
-    record_id: int
-    source_org: str
-    nhs_number: str | None
-    given: str | None
-    family: str | None
-    birth_date: str | None
-    sex: str | None
-    postcode: str | None
+def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
+    """Whether any two records agree on all these columns (Splink's EM refuses an empty block, and a
+    refused session leaves the linker without the comparisons it set aside)."""
+    seen: set[tuple[Any, ...]] = set()
+    for row in rows:
+        key = tuple(row[c] for c in columns)
+        if None in key:
+            continue
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
 
 
 @dataclass(frozen=True)
 class ReviewPair:
-    """A pair between the review and link thresholds, with the evidence a reviewer reads: each
-    comparison's level and its match weight (log2 Bayes factor), the waterfall of the decision."""
+    """A pair the model could not settle, with its waterfall (see `Model.evidence`)."""
 
     record_a: int
     record_b: int
@@ -54,91 +70,106 @@ class ReviewPair:
 
 @dataclass
 class Clustering:
-    """Which records belong together, how sure the model was, and what needs a person to look."""
+    """Which records belong together, how sure the model was and why, and what needs a person to look."""
 
     cluster_of: dict[int, int]
     probability: dict[int, float]
+    evidence: dict[int, dict[str, Any]] = field(default_factory=dict)  # record -> its strongest link's waterfall
     review_pairs: list[ReviewPair] = field(default_factory=list)
     held_for_review: set[int] = field(default_factory=set)
     model: dict[str, Any] = field(default_factory=dict)
+    trained: bool = False
 
 
 def _settings() -> SettingsCreator:
     return SettingsCreator(
         link_type="dedupe_only",
-        comparisons=[
-            cl.ExactMatch("nhs_number"),
-            cl.ForenameSurnameComparison("first_name", "surname"),
-            cl.DateOfBirthComparison("dob", input_is_string=True),
-            cl.PostcodeComparison("postcode"),
-            cl.ExactMatch("sex"),
-        ],
-        blocking_rules_to_generate_predictions=[
-            block_on("nhs_number"),
-            block_on("dob"),
-            block_on("surname", "substr(postcode, 1, 3)"),
-            block_on("first_name", "postcode"),
-        ],
-        retain_intermediate_calculation_columns=True,
+        comparisons=[cl.CustomComparison(**c.splink()) for c in COMPARISONS],
+        blocking_rules_to_generate_predictions=BLOCKING,
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=True,  # keeps the gamma (level) columns the evidence needs
     )
 
 
-def _table(records: list[MatchRecord]) -> pa.Table:
-    return pa.Table.from_pylist([{
-        "unique_id": r.record_id, "nhs_number": r.nhs_number,
-        "first_name": (r.given or "").strip().lower() or None, "surname": (r.family or "").strip().lower() or None,
-        "dob": r.birth_date, "sex": r.sex if r.sex in ("male", "female") else None,
-        "postcode": " ".join((r.postcode or "").upper().split()) or None,
-    } for r in records], schema=pa.schema([
-        ("unique_id", pa.int64()), ("nhs_number", pa.string()), ("first_name", pa.string()),
-        ("surname", pa.string()), ("dob", pa.string()), ("sex", pa.string()), ("postcode", pa.string()),
-    ]))
+def table(records: list[MatchRecord]) -> pa.Table:
+    """The feature table Splink reads (one row per source record)."""
+    rows = [features(r) for r in records]
+    schema = pa.schema([(name, pa.list_(pa.string()) if name in LIST_COLUMNS else
+                         pa.int64() if name in INT_COLUMNS else pa.string()) for name in rows[0]])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _linker(records: list[MatchRecord], model: dict[str, Any] | None = None) -> Linker:
+    api = DuckDBAPI(duckdb.connect())
+    settings = {k: v for k, v in model.items() if not k.startswith("sharedcare_")} if model else _settings()
+    return Linker(api.register(table(records), table_name="patient_records"), settings, log_level=logging.ERROR)
+
+
+def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
+    """Estimate the model's parameters from these records; return the linker and the model's JSON."""
+    linker = _linker(records)
+    # The prior from pairs sure to be one person: the same NHS number (or, in data without NHS numbers,
+    # the same full name and birth date).
+    sure = block_on("nhs_number") if any(r.nhs_number for r in records) else block_on("given", "family", "dob")
+    linker.training.estimate_probability_two_random_records_match([sure], recall=0.9)
+    linker.training.estimate_u_using_random_sampling(max_pairs=2e6, seed=1)
+    # Each EM block is made of pairs that are nearly all one person (so EM does not learn households as
+    # matches); each estimates the comparisons its blocking columns leave free.
+    rows = [features(r) for r in records]
+    for columns in EM_BLOCKING:
+        usable = columns if _has_pairs(rows, columns) else ("dob",)  # none (no UK postcodes): birth date alone
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*usable))
+    model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
+    model["sharedcare_model_version"] = MODEL_VERSION
+    model["sharedcare_trained_on"] = len(records)
+    return linker, model
 
 
 def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | None = None,
-            decided_different: set[tuple[int, int]] | None = None) -> Clustering:
-    """Train on these records, score candidate pairs and cluster them, with the NHS-number safety rules.
+            decided_different: set[tuple[int, int]] | None = None,
+            fallback: dict[str, Any] | None = None) -> Clustering:
+    """Train on these records, score candidate pairs and cluster them, under the safety rules.
 
-    Reviewers' decisions win over the model: pairs decided the same person are linked, pairs decided
-    different people are never linked directly."""
+    Fewer than MIN_TRAINING_RECORDS are too few to estimate anything from: they are scored with the
+    `fallback` model (the one in use) instead. Reviewers' decisions win over the model: pairs decided
+    the same person are linked, pairs decided different people are never linked directly."""
     decided_same, decided_different = decided_same or set(), decided_different or set()
     if len(records) < 2:
         return Clustering({r.record_id: r.record_id for r in records}, {r.record_id: 1.0 for r in records})
-    api = DuckDBAPI(duckdb.connect())
-    linker = Linker(api.register(_table(records), table_name="patient_records"), _settings(),
-                    log_level=logging.ERROR)
-    linker.training.estimate_probability_two_random_records_match([block_on("nhs_number")], recall=0.9)
-    linker.training.estimate_u_using_random_sampling(max_pairs=2e6)
-    linker.training.estimate_parameters_using_expectation_maximisation(block_on("dob"))
-    linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname", "substr(postcode, 1, 3)"))
+    trained = fallback is None or len(records) >= MIN_TRAINING_RECORDS
+    if fallback is None or trained:
+        linker, saved = train(records)
+    else:
+        linker, saved = _linker(records, fallback), fallback
+    model = Model(saved)
     scored = linker.inference.predict(threshold_match_probability=REVIEW_THRESHOLD).as_duckdbpyrelation()
-    evidence_columns = [c for c in scored.columns if c.startswith(("gamma_", "bf_"))]
-    rows = scored.select(", ".join(["unique_id_l", "unique_id_r", "match_probability", *evidence_columns])).fetchall()
+    gammas = [f"gamma_{c.name}" for c in COMPARISONS]
+    rows = scored.select(", ".join(["unique_id_l", "unique_id_r", "match_probability", *gammas])).fetchall()
     numbers = {r.record_id: r.nhs_number for r in records}
-    links = [(a, b, p) for a, b, p, *_ in rows
-             if (p >= LINK_THRESHOLD or (min(a, b), max(a, b)) in decided_same)
-             and (min(a, b), max(a, b)) not in decided_different and not _numbers_differ(numbers, a, b)]
+    links: list[tuple[int, int, float]] = []
+    unsure: list[tuple[int, int, float, dict[str, int]]] = []
+    found_of: dict[tuple[int, int], dict[str, int]] = {}
+    for a, b, p, *gamma in rows:
+        pair = (min(a, b), max(a, b))
+        found = {c.name: model.level_of_gamma(c.name, g) for c, g in zip(COMPARISONS, gamma, strict=True)}
+        found_of[pair] = found
+        if pair in decided_different or _numbers_differ(numbers, a, b):
+            continue
+        if pair in decided_same or (p >= LINK_THRESHOLD and not model.score_levels(found).never_link):
+            links.append((a, b, p))
+        else:
+            unsure.append((a, b, p, found))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
     result = _components(records, links, numbers)
-    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, _evidence(evidence_columns, values))
-                           for a, b, p, *values in rows
-                           if p < LINK_THRESHOLD and result.cluster_of[a] != result.cluster_of[b]]
-    result.model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
-    result.model["sharedcare_model_version"] = MODEL_VERSION
+    for a, b, p in links:
+        pair_levels = found_of.get((min(a, b), max(a, b)))
+        for record in (a, b):
+            if pair_levels and p >= result.probability.get(record, 0.0) - 1e-12 and record not in result.evidence:
+                result.evidence[record] = model.evidence(pair_levels) | {"with_record": b if record == a else a}
+    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, model.evidence(found))
+                           for a, b, p, found in unsure if result.cluster_of[a] != result.cluster_of[b]]
+    result.model, result.trained = saved, trained
     return result
-
-
-def _evidence(columns: list[str], values: list[Any]) -> dict[str, Any]:
-    """Per comparison: the level the pair reached and its match weight (log2 of the Bayes factor)."""
-    out: dict[str, Any] = {}
-    for name, value in zip(columns, values, strict=True):
-        kind, _, comparison = name.partition("_")
-        entry = out.setdefault(comparison, {})
-        if kind == "gamma":
-            entry["level"] = int(value) if value is not None else None
-        elif value:
-            entry["match_weight"] = round(math.log2(float(value)), 2)
-    return out
 
 
 def _numbers_differ(numbers: dict[int, str | None], a: int, b: int) -> bool:

@@ -1,23 +1,34 @@
-"""The master patient index (foundation): link each source patient record to one person.
+"""The master patient index: link each source patient record to one person, as it arrives.
 
-Order of evidence: a valid NHS number that agrees with the demographics links deterministically; a
-valid NHS number with clearly conflicting demographics (different sex *and* date of birth) starts a
-new person held for review rather than risk showing one person another's record; with no NHS number,
-an exact match on family name, given name, date of birth and postcode links. Everything else starts a
-new person. Probabilistic matching (Splink) replaces the last two steps in the identity issue.
+Order of evidence on ingest:
+1. too little to say who this is (no name, no date of birth, a birth date in the future): a person of
+   its own, held for review with the reason; never guessed;
+2. a valid NHS number that agrees with the demographics links deterministically; a valid NHS number
+   with clearly conflicting demographics (different sex *and* date of birth) starts a new person held
+   for review rather than risk showing one person another's record;
+3. otherwise the record is scored in real time against its blocking candidates with the saved model
+   (`realtime.py`): link, review or a new person, by threshold, with the evidence kept.
+
+A malformed identifier (NHS number failing modulus 11, a postcode that is not one) is noted on the
+record and not used; it never stops the record being stored. `relink` re-matches everyone in batch
+(`matching.py`) and keeps reviewers' decisions.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.store.models import MatchReview, PatientRecord, Person
+from sharedcare.identity.compare import MatchRecord, email_key, name_text, phone_key, postcode_parts
+from sharedcare.identity.nhs_number import is_valid, normalise
+from sharedcare.store.models import MatchModel, MatchReview, PatientRecord, Person
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,23 @@ class Demographics:
     birth_date: date | None
     gender: str | None
     postcode: str | None
+    other_given: Sequence[str] = ()  # middle names, the name they go by
+    other_family: Sequence[str] = ()  # previous surnames
+    postcodes: Sequence[str] = ()  # previous addresses' postcodes
+    phones: Sequence[str] = ()
+    email: str | None = None
+
+
+@dataclass
+class _Link:
+    person_id: str | None
+    method: str
+    probability: float
+    status: str
+    note: str | None = None
+    weight: float | None = None
+    evidence: dict[str, Any] | None = None
+    review_with: list[tuple[int, float, dict[str, Any]]] = field(default_factory=list)
 
 
 def _new_person(session: Session) -> Person:
@@ -46,33 +74,94 @@ def _conflicts(a: PatientRecord, b: Demographics) -> bool:
     return sex_differs and dob_differs
 
 
-def _find_person(session: Session, demo: Demographics) -> tuple[str | None, str, float, str]:
-    """Return (person id or None, method, probability, status) for a record not yet linked."""
-    if demo.nhs_number:
-        same_number = session.scalars(
-            select(PatientRecord).where(PatientRecord.nhs_number == demo.nhs_number).limit(20)
-        ).all()
+def missing(demo: Demographics) -> str | None:
+    """Why these demographics are too few to match on, or None."""
+    gaps = [what for what, absent in (("no name", not (demo.family or demo.given)),
+                                      ("no date of birth", demo.birth_date is None)) if absent]
+    if gaps:
+        return " and ".join(gaps)
+    if demo.birth_date and demo.birth_date > utcnow().date():
+        return f"date of birth {demo.birth_date.isoformat()} is in the future"
+    return None
+
+
+def problems(demo: Demographics) -> list[str]:
+    """Identifiers present but malformed: reported on the record, not used for matching."""
+    found = []
+    if demo.nhs_number and not is_valid(demo.nhs_number):
+        found.append(f"NHS number '{demo.nhs_number[:20]}' fails the modulus 11 check: not used")
+    if demo.postcode and postcode_parts(demo.postcode) is None:
+        found.append(f"postcode '{demo.postcode[:20]}' is not a UK postcode: not used")
+    found += [f"phone '{p[:30]}' is not a UK number: not used" for p in demo.phones if phone_key(p) is None]
+    if demo.email and email_key(demo.email) is None:
+        found.append(f"email '{demo.email[:60]}' is not an address: not used")
+    return found
+
+
+def usable_nhs_number(demo: Demographics) -> str | None:
+    return normalise(demo.nhs_number) if demo.nhs_number and is_valid(demo.nhs_number) else None
+
+
+def _find_person(session: Session, demo: Demographics, nhs: str | None) -> _Link:
+    """Where a record not yet linked belongs."""
+    reason = missing(demo)
+    if reason:
+        return _Link(None, "insufficient-data", 0.0, "review", f"held for review: {reason}; not matched")
+    if nhs:
+        same_number = session.scalars(select(PatientRecord).where(PatientRecord.nhs_number == nhs).limit(20)).all()
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
-            return agreeing[0].person_id, "nhs-number", 1.0, "linked"
+            return _Link(agreeing[0].person_id, "nhs-number", 1.0, "linked")
         if same_number:
-            return None, "nhs-number-conflict", 0.0, "review"
-        return None, "new", 1.0, "linked"
-    if demo.family and demo.given and demo.birth_date and demo.postcode:
-        match = session.scalars(
-            select(PatientRecord).where(
-                func.lower(PatientRecord.family) == demo.family.lower(),
-                func.lower(PatientRecord.given) == demo.given.lower(),
-                PatientRecord.birth_date == demo.birth_date,
-                PatientRecord.postcode == demo.postcode,
-            ).limit(1)
-        ).first()
-        if match:
-            return match.person_id, "demographics-exact", 0.95, "linked"
-    if not (demo.family and demo.birth_date):
-        # Too little to say who this is: a person of its own, held for review, never guessed.
-        return None, "insufficient-data", 0.0, "review"
-    return None, "new", 1.0, "linked"
+            return _Link(None, "nhs-number-conflict", 0.0, "review",
+                         "held for review: this NHS number is held for someone of another sex and date of birth")
+    from sharedcare.identity.realtime import match  # the scorer and its model load on first use
+
+    found = match(session, match_record(0, demo, nhs))
+    if found.outcome == "link" and found.best is not None:
+        return _Link(found.best.person_id, "probabilistic", found.best.score.probability, "linked",
+                     weight=found.best.evidence["match_weight"], evidence=found.best.evidence)
+    if found.outcome == "review":
+        return _Link(None, "probabilistic", 0.0, "review", found.note,
+                     review_with=[(c.record_id, c.score.probability, c.evidence) for c in found.unsure])
+    return _Link(None, "new", 1.0, "linked")
+
+
+def match_record(record_id: int, demo: Demographics, nhs: str | None) -> MatchRecord:
+    return MatchRecord(record_id, "", nhs, demo.given, demo.family,
+                       demo.birth_date.isoformat() if demo.birth_date else None, demo.gender, demo.postcode,
+                       tuple(demo.other_given), tuple(demo.other_family), tuple(demo.postcodes), tuple(demo.phones),
+                       demo.email)
+
+
+def stored_match_record(r: PatientRecord | Row[Any]) -> MatchRecord:
+    """What matching knows of a stored source record (an ORM row or the same columns selected)."""
+    other = r.other_names or {}
+    return MatchRecord(r.id, r.source_org, r.nhs_number, r.given, r.family,
+                       r.birth_date.isoformat() if r.birth_date else None, r.gender, r.postcode,
+                       tuple(other.get("given", ())), tuple(other.get("family", ())), tuple(r.postcodes or ()),
+                       tuple(r.phones or ()), r.email)
+
+
+def name_key(family: str | None, given: str | None) -> str | None:
+    """The blocking key for an exact (normalised) name."""
+    f, g = name_text(family), name_text(given)
+    return f"{f} {g}"[:201] if f and g else None
+
+
+def _store_demographics(record: PatientRecord, demo: Demographics, nhs: str | None) -> None:
+    record.nhs_number = nhs
+    record.family, record.given = (demo.family or "")[:100] or None, (demo.given or "")[:100] or None
+    record.birth_date, record.gender = demo.birth_date, demo.gender
+    parts = postcode_parts(demo.postcode)
+    record.postcode = parts[0] if parts else None
+    history = sorted({p[0] for p in (postcode_parts(x) for x in demo.postcodes) if p} - {record.postcode})
+    record.postcodes = history or None
+    other = {k: list(v) for k, v in (("given", demo.other_given), ("family", demo.other_family)) if v}
+    record.other_names = other or None
+    record.phones = sorted({p for p in (phone_key(x) for x in demo.phones) if p}) or None
+    record.email = email_key(demo.email)
+    record.name_key = name_key(demo.family, demo.given)
 
 
 def link_patient_record(session: Session, source_org: str, source_id: str, demo: Demographics,
@@ -82,19 +171,32 @@ def link_patient_record(session: Session, source_org: str, source_id: str, demo:
     record = session.scalars(
         select(PatientRecord).where(PatientRecord.source_org == source_org, PatientRecord.source_id == source_id)
     ).first()
+    nhs = usable_nhs_number(demo)
+    notes = problems(demo)
     if record is None:
-        person_id, method, probability, status = _find_person(session, demo)
+        link = _find_person(session, demo, nhs)
         record = PatientRecord(
             source_org=source_org, source_id=source_id,
-            person_id=person_id or _new_person(session).id,
-            link_method=method, match_probability=probability, link_status=status,
+            person_id=link.person_id or _new_person(session).id,
+            link_method=link.method, match_probability=link.probability, link_status=link.status,
+            match_weight=link.weight, match_evidence=link.evidence,
         )
+        notes = ([link.note] if link.note else []) + notes
         session.add(record)
+        _store_demographics(record, demo, nhs)
+        record.link_note = "; ".join(notes) or None
+        session.flush()
+        now = utcnow()
+        for other, probability, evidence in link.review_with:
+            a, b = sorted((record.id, other))
+            session.add(MatchReview(record_a=a, record_b=b, probability=probability, evidence=evidence,
+                                    created_at=now, status="open"))
     elif not update:
         return record
-    record.nhs_number = demo.nhs_number
-    record.family, record.given = demo.family, demo.given
-    record.birth_date, record.gender, record.postcode = demo.birth_date, demo.gender, demo.postcode
+    else:
+        _store_demographics(record, demo, nhs)
+        if notes:
+            record.link_note = "; ".join(notes)
     record.updated_at = utcnow()
     session.flush()
     return record
@@ -109,6 +211,7 @@ class RelinkReport:
     persons_created: int = 0
     held_for_review: int = 0
     review_pairs: int = 0
+    not_matched_too_little_data: int = 0
     model_version: str = ""
 
     def to_json(self) -> dict[str, object]:
@@ -119,28 +222,29 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
     """Re-match every source patient record with the probabilistic model and move links to fit.
 
     Clinical rows never move: only `patient_records.person_id` changes. Each new cluster keeps the person
-    id most of its records already had, so views and bookmarks stay stable. Returns the report and the
-    trained model (Splink JSON) for the caller to save."""
-    from sharedcare.identity.matching import (  # Splink loads slowly; ingest never needs it
-        MODEL_VERSION,
-        MatchRecord,
-        cluster,
-    )
+    id most of its records already had, so views and bookmarks stay stable. Records with too little
+    to match on keep their own person, under review. The trained model is saved with the index (the
+    one real-time matching uses from then on) and returned for the caller to write out."""
+    from sharedcare.identity.matching import cluster  # Splink loads slowly; ingest never needs it
+    from sharedcare.identity.model import MODEL_VERSION
 
-    rows = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)))
-    report = RelinkReport(records=len(rows), persons_before=len({r.person_id for r in rows}),
-                          model_version=MODEL_VERSION)
+    every = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)))
+    rows = [r for r in every if r.link_method != "insufficient-data"]
+    report = RelinkReport(records=len(every), persons_before=len({r.person_id for r in every}),
+                          not_matched_too_little_data=len(every) - len(rows), model_version=MODEL_VERSION)
     decided = {status: {(a, b) for a, b in session.execute(
         select(MatchReview.record_a, MatchReview.record_b).where(MatchReview.status == status))}
         for status in ("linked", "separate")}
-    result = cluster([MatchRecord(r.id, r.source_org, r.nhs_number, r.given, r.family,
-                                  r.birth_date.isoformat() if r.birth_date else None, r.gender, r.postcode)
-                      for r in rows], decided_same=decided["linked"], decided_different=decided["separate"])
+    from sharedcare.identity.realtime import current_model
+
+    result = cluster([stored_match_record(r) for r in rows], decided_same=decided["linked"],
+                     decided_different=decided["separate"], fallback=current_model(session).json)
     by_id = {r.id: r for r in rows}
     members: dict[int, list[PatientRecord]] = {}
     for record_id, root in result.cluster_of.items():
         members.setdefault(root, []).append(by_id[record_id])
-    claimed: set[str] = set()
+    claimed = {r.person_id for r in every if r.link_method == "insufficient-data"}
+    now = utcnow()
     for group in sorted(members.values(), key=len, reverse=True):
         votes: dict[str, int] = {}
         for record in group:
@@ -156,20 +260,29 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
                 report.records_moved += 1
                 record.person_id = person_id
             record.match_probability = result.probability.get(record.id, 1.0)
-            if len(group) > 1 and record.link_method in ("new", "demographics-exact"):
+            evidence = result.evidence.get(record.id) if len(group) > 1 else None
+            record.match_evidence = evidence
+            record.match_weight = evidence["match_weight"] if evidence else None
+            if len(group) > 1 and record.link_method in ("new", "probabilistic"):
                 record.link_method = "probabilistic"
-            still_unsure = record.id in result.held_for_review or (len(group) == 1 and record.link_status == "review")
-            record.link_status = "review" if still_unsure else "linked"
-            record.updated_at = utcnow()
-    report.persons_after = len(claimed)
+            if record.id in result.held_for_review:
+                record.link_status = "review"
+                record.link_note = "held for review: its cluster joined two NHS numbers"
+            elif len(group) == 1 and record.link_status == "review":
+                record.link_status = "review"
+            else:
+                record.link_status = "linked"
+            record.updated_at = now
+    report.persons_after = len({r.person_id for r in every})
     report.held_for_review = len(result.held_for_review)
     known = {(a, b) for a, b in session.execute(select(MatchReview.record_a, MatchReview.record_b))}
-    now = utcnow()
     for pair in result.review_pairs:
         if (pair.record_a, pair.record_b) not in known:
             known.add((pair.record_a, pair.record_b))
             session.add(MatchReview(record_a=pair.record_a, record_b=pair.record_b, probability=pair.probability,
                                     evidence=pair.evidence, created_at=now, status="open"))
             report.review_pairs += 1
+    if result.trained:
+        session.add(MatchModel(version=MODEL_VERSION, trained_at=now, trained_on=len(rows), model=result.model))
     session.flush()
     return report, result.model

@@ -75,6 +75,9 @@ class PatientRecord(Base):
         Index("ix_patient_records_nhs_number", "nhs_number"),
         Index("ix_patient_records_person", "person_id"),
         Index("ix_patient_records_name_dob", "family", "birth_date"),
+        Index("ix_patient_records_birth_date", "birth_date"),
+        Index("ix_patient_records_postcode", "postcode"),
+        Index("ix_patient_records_name_key", "name_key"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source_org: Mapped[str] = mapped_column(String(16))
@@ -90,6 +93,18 @@ class PatientRecord(Base):
     match_probability: Mapped[float] = mapped_column(Float)
     link_status: Mapped[str] = mapped_column(String(12))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What else matching uses: middle and usual given names, previous surnames, every postcode known
+    # (the address history), phone numbers, email; name_key ("family given", normalised) for blocking.
+    other_names: Mapped[dict[str, Any] | None] = mapped_column(JsonType)  # {"given": [...], "family": [...]}
+    postcodes: Mapped[list[str] | None] = mapped_column(JsonType)
+    phones: Mapped[list[str] | None] = mapped_column(JsonType)
+    email: Mapped[str | None] = mapped_column(String(200))
+    name_key: Mapped[str | None] = mapped_column(String(201))
+    # Why the record is linked where it is: the waterfall of its strongest match (model, levels,
+    # weights), and a plain note when it is held for review or an identifier could not be used.
+    match_weight: Mapped[float | None] = mapped_column(Float)
+    match_evidence: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    link_note: Mapped[str | None] = mapped_column(Text)
 
 
 class Resource(Base):
@@ -271,6 +286,18 @@ class LinkEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     moves: Mapped[list[dict[str, Any]]] = mapped_column(JsonType)  # [{"record": id, "from": person, "to": person}]
     undone_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class MatchModel(Base):
+    """A trained matching model (Splink JSON), kept with the index it was trained on; the newest is the
+    one real-time matching on ingest scores with."""
+
+    __tablename__ = "mpi_models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(40))
+    trained_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    trained_on: Mapped[int] = mapped_column(Integer)
+    model: Mapped[dict[str, Any]] = mapped_column(JsonType)
 
 
 class MatchReview(Base):

@@ -1,0 +1,271 @@
+"""The comparisons the MPI scores a pair of person records on, written once for both ways of scoring.
+
+Each comparison is a list of levels, most specific first; each level has a Splink SQL condition (the
+batch relink runs it on DuckDB) and the same test in Python (real-time matching of one incoming record
+scores its few candidates without a database round trip). `tests/identity/test_compare.py` checks
+that both give the same level on every case, so the two can never drift apart.
+
+Names, postcodes, phone numbers and emails are normalised here into *match features* (sets of name
+keys with nicknames resolved, postcode sector and district, the address history) so that SQL and
+Python only ever compare prepared values.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jellyfish
+
+Features = dict[str, Any]
+
+# UK postcode shape (outward code, space, inward code); anything else is not used for matching.
+_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ?([0-9][A-Z]{2})$")
+_NOT_NAME = re.compile(r"[^a-z\- ]")
+
+
+@cache
+def _nickname_groups() -> dict[str, frozenset[str]]:
+    """name -> the formal names it may stand for, from the `nicknames` package's hand-curated list
+    (names.csv: formal name, relationship, nickname; e.g. margaret has_nickname peggy)."""
+    groups: dict[str, set[str]] = {}
+    text = resources.files("nicknames").joinpath("names.csv").read_text(encoding="utf-8")
+    for row in csv.DictReader(text.splitlines()):
+        formal, nickname = row["name1"].strip().lower(), row["name2"].strip().lower()
+        groups.setdefault(nickname, set()).add(formal)
+    return {name: frozenset(formals) for name, formals in groups.items()}
+
+
+def name_text(value: str | None) -> str | None:
+    """Lower case, letters, hyphens and single spaces only ("O'Brien " -> "obrien")."""
+    if not value:
+        return None
+    text = " ".join(_NOT_NAME.sub("", value.strip().lower().replace("'", "")).split())
+    return text or None
+
+
+def given_keys(names: Iterable[str | None]) -> list[str]:
+    """Every key a set of given names answers to: each name and the formal names it is short for, so
+    that Bob meets Robert and Peggy meets Margaret through the same key."""
+    keys: set[str] = set()
+    groups = _nickname_groups()
+    for raw in names:
+        for name in (name_text(raw) or "").replace("-", " ").split():
+            keys.add(name)
+            keys.update(groups.get(name, ()))
+    return sorted(keys)
+
+
+def family_keys(names: Iterable[str | None]) -> list[str]:
+    """Each whole surname and each part of a hyphenated or double-barrelled one (Smith-Jones -> smith,
+    jones, smith-jones), over current and previous surnames."""
+    keys: set[str] = set()
+    for raw in names:
+        name = name_text(raw)
+        if name:
+            keys.add(name)
+            keys.update(part for part in re.split(r"[- ]", name) if len(part) > 1)
+    return sorted(keys)
+
+
+def postcode_parts(value: str | None) -> tuple[str, str, str] | None:
+    """(full, sector, district) of a UK postcode, or None when it is not one ("LS1 4AP" -> "LS1 4AP",
+    "LS1 4", "LS1")."""
+    if not value:
+        return None
+    match = _POSTCODE.match(" ".join(value.upper().split()))
+    if not match:
+        return None
+    outward, inward = match.groups()
+    return f"{outward} {inward}", f"{outward} {inward[0]}", outward
+
+
+def phone_key(value: str | None) -> str | None:
+    """A UK phone number as its national digits ("+44 7700 900123" -> "07700900123"); None if it is not one."""
+    if not value:
+        return None
+    digits = re.sub(r"\D", "", value)
+    if digits.startswith("44"):
+        digits = "0" + digits[2:]
+    return digits if len(digits) in (10, 11) and digits.startswith("0") else None
+
+
+def email_key(value: str | None) -> str | None:
+    if not value:
+        return None
+    text = value.strip().lower()
+    return text if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text) else None
+
+
+def transposed(dob: str | None) -> str | None:
+    """The date with day and month swapped, when that is still a date ("1960-03-07" -> "1960-07-03")."""
+    if not dob or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", dob):
+        return None
+    year, month, day = dob[:4], dob[5:7], dob[8:10]
+    return f"{year}-{day}-{month}" if day != month and int(day) <= 12 else None
+
+
+@dataclass(frozen=True)
+class MatchRecord:
+    """What matching knows of one source patient record."""
+
+    record_id: int
+    source_org: str = ""
+    nhs_number: str | None = None
+    given: str | None = None
+    family: str | None = None
+    birth_date: str | None = None  # ISO date
+    sex: str | None = None
+    postcode: str | None = None
+    other_given: tuple[str, ...] = ()  # middle names, the name they go by
+    other_family: tuple[str, ...] = ()  # previous surnames (maiden name)
+    postcodes: tuple[str, ...] = ()  # every postcode known for them, current and previous
+    phones: tuple[str, ...] = ()
+    email: str | None = None
+
+
+def features(r: MatchRecord) -> Features:
+    """The prepared values both the SQL and the Python levels compare."""
+    postcode = postcode_parts(r.postcode)
+    history = {p[0] for p in (postcode_parts(x) for x in (r.postcode, *r.postcodes)) if p}
+    phones = {p for p in (phone_key(x) for x in r.phones) if p}
+    return {
+        "unique_id": r.record_id,
+        "nhs_number": r.nhs_number or None,
+        "given": name_text(r.given), "family": name_text(r.family),
+        "given_keys": given_keys([r.given, *r.other_given]) or None,
+        "family_keys": family_keys([r.family, *r.other_family]) or None,
+        "dob": r.birth_date or None, "dob_transposed": transposed(r.birth_date),
+        "sex": r.sex if r.sex in ("male", "female") else None,
+        "postcode": postcode[0] if postcode else None,
+        "sector": postcode[1] if postcode else None,
+        "district": postcode[2] if postcode else None,
+        "postcodes": sorted(history) or None,
+        "phones": sorted(phones) or None,
+        "email": email_key(r.email),
+    }
+
+
+# Column types of the feature table (DuckDB / Arrow): lists for the multi-valued keys.
+LIST_COLUMNS = ("given_keys", "family_keys", "postcodes", "phones")
+INT_COLUMNS = ("unique_id",)
+
+
+Pair = tuple[Features, Features]
+
+
+@dataclass(frozen=True)
+class Level:
+    label: str
+    sql: str
+    test: Callable[[Features, Features], bool]
+    null: bool = False
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    description: str
+    levels: tuple[Level, ...]
+    # A pair at one of these levels is never linked automatically, whatever the other evidence: at
+    # most it goes to review (twins and siblings share surname, birthday and address).
+    never_link: frozenset[str] = frozenset()
+
+    def level(self, a: Features, b: Features) -> int:
+        """Index of the first level the pair meets (the last level, 'else', always does)."""
+        for index, level in enumerate(self.levels):
+            if level.test(a, b):
+                return index
+        return len(self.levels) - 1
+
+    def splink(self) -> dict[str, Any]:
+        return {"output_column_name": self.name, "comparison_description": self.description,
+                "comparison_levels": [{"sql_condition": lv.sql, "label_for_charts": lv.label,
+                                       **({"is_null_level": True} if lv.null else {})} for lv in self.levels]}
+
+
+def _either_null(*columns: str) -> Level:
+    sql = " OR ".join(f"{c}_l IS NULL OR {c}_r IS NULL" for c in columns)
+    return Level("missing", sql, lambda a, b: any(a[c] is None or b[c] is None for c in columns), null=True)
+
+
+def _exact(column: str, label: str = "exact") -> Level:
+    return Level(label, f"{column}_l = {column}_r", lambda a, b: a[column] == b[column])
+
+
+def _overlap(a: list[str] | None, b: list[str] | None) -> bool:
+    return bool(a and b and not set(a).isdisjoint(b))
+
+
+def _jw(a: str | None, b: str | None) -> float:
+    return jellyfish.jaro_winkler_similarity(a, b) if a and b else 0.0
+
+
+ELSE = Level("different", "ELSE", lambda a, b: True)
+FUZZY = 0.9  # Jaro-Winkler similarity taken as a keying error (Smith/Smtih 0.96, Dixon/Dickson 0.81)
+
+NAME = Comparison("name", "given and family name: exact, swapped, nickname, changed or hyphenated surname, typo", (
+    _either_null("given", "family"),
+    Level("exact", "given_l = given_r AND family_l = family_r",
+          lambda a, b: a["given"] == b["given"] and a["family"] == b["family"]),
+    Level("first and last swapped", "given_l = family_r AND family_l = given_r",
+          lambda a, b: a["given"] == b["family"] and a["family"] == b["given"]),
+    Level("nickname or middle name, same surname",
+          "list_has_any(given_keys_l, given_keys_r) AND family_l = family_r",
+          lambda a, b: _overlap(a["given_keys"], b["given_keys"]) and a["family"] == b["family"]),
+    Level("given agrees, surname shares a part (hyphenated or previous)",
+          "list_has_any(given_keys_l, given_keys_r) AND list_has_any(family_keys_l, family_keys_r)",
+          lambda a, b: _overlap(a["given_keys"], b["given_keys"]) and _overlap(a["family_keys"], b["family_keys"])),
+    Level("typing error in the names",
+          f"jaro_winkler_similarity(given_l, given_r) >= {FUZZY} "
+          f"AND jaro_winkler_similarity(family_l, family_r) >= {FUZZY}",
+          lambda a, b: _jw(a["given"], b["given"]) >= FUZZY and _jw(a["family"], b["family"]) >= FUZZY),
+    Level("given agrees, surname changed",
+          f"list_has_any(given_keys_l, given_keys_r) OR jaro_winkler_similarity(given_l, given_r) >= {FUZZY}",
+          lambda a, b: _overlap(a["given_keys"], b["given_keys"]) or _jw(a["given"], b["given"]) >= FUZZY),
+    Level("surname agrees, given name different", "list_has_any(family_keys_l, family_keys_r)",
+          lambda a, b: _overlap(a["family_keys"], b["family_keys"])),
+    ELSE,
+), never_link=frozenset({"surname agrees, given name different", "different"}))
+
+DOB = Comparison("dob", "date of birth: exact, day and month transposed, one keying error", (
+    _either_null("dob"),
+    _exact("dob"),
+    Level("day and month transposed", "dob_transposed_l = dob_r",
+          lambda a, b: a["dob_transposed"] is not None and a["dob_transposed"] == b["dob"]),
+    Level("one keying error", "damerau_levenshtein(dob_l, dob_r) <= 1",
+          lambda a, b: jellyfish.damerau_levenshtein_distance(a["dob"], b["dob"]) <= 1),
+    ELSE,
+))
+
+ADDRESS = Comparison("address", "postcode now and in the address history: full, moved, sector, district", (
+    _either_null("postcode"),
+    _exact("postcode", "same postcode"),
+    Level("postcode in the other's address history", "list_has_any(postcodes_l, postcodes_r)",
+          lambda a, b: _overlap(a["postcodes"], b["postcodes"])),
+    _exact("sector", "same postcode sector"),
+    _exact("district", "same postcode district"),
+    ELSE,
+))
+
+SEX = Comparison("sex", "administrative sex", (_either_null("sex"), _exact("sex"), ELSE))
+NHS_NUMBER = Comparison("nhs_number", "NHS number (valid ones only)", (_either_null("nhs_number"), _exact("nhs_number"),
+                                                                       ELSE))
+PHONE = Comparison("phone", "any phone number in common", (
+    _either_null("phones"),
+    Level("a number in common", "list_has_any(phones_l, phones_r)", lambda a, b: _overlap(a["phones"], b["phones"])),
+    ELSE,
+))
+EMAIL = Comparison("email", "email address", (_either_null("email"), _exact("email"), ELSE))
+
+COMPARISONS: tuple[Comparison, ...] = (NHS_NUMBER, NAME, DOB, ADDRESS, SEX, PHONE, EMAIL)
+
+
+def levels(a: Features, b: Features) -> dict[str, int]:
+    """The level index each comparison gives this pair."""
+    return {c.name: c.level(a, b) for c in COMPARISONS}

@@ -1,0 +1,120 @@
+"""The trained matching model (Splink's JSON: the prior and each comparison level's m and u) and the
+Fellegi-Sunter arithmetic on it, so a pair can be scored, and explained, without Splink.
+
+A pair's match weight is the prior's log-odds plus, per comparison, log2(m/u) of the level it reached;
+its probability is 2^w / (1 + 2^w). That is what Splink computes in SQL; `tests/identity` checks
+the two agree. The evidence kept for each link and review item is that sum written out: the
+waterfall a reviewer reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from sharedcare.identity.compare import COMPARISONS, Features, levels
+
+LINK_THRESHOLD = 0.999
+REVIEW_THRESHOLD = 0.9
+MODEL_VERSION = "2026.11-2"  # the comparisons (compare.py); a model trained on other comparisons is refused
+DEFAULT_MODEL = "default_model.json"  # trained on a synthetic ICS, used until the first relink
+
+
+class ModelError(ValueError):
+    """A saved model that does not fit the comparisons this code scores."""
+
+
+@dataclass(frozen=True)
+class Score:
+    probability: float
+    match_weight: float
+    levels: dict[str, int]
+    never_link: list[str]  # comparisons whose level rules out an automatic link
+
+    @property
+    def outcome(self) -> str:
+        """link, review or no-link by threshold; a safety level caps a link at review."""
+        if self.probability >= LINK_THRESHOLD and not self.never_link:
+            return "link"
+        return "review" if self.probability >= REVIEW_THRESHOLD else "no-link"
+
+
+class Model:
+    """Match weights per comparison level, read from a Splink model."""
+
+    def __init__(self, splink_json: dict[str, Any]):
+        version = splink_json.get("sharedcare_model_version")
+        if version != MODEL_VERSION:
+            raise ModelError(f"model version {version!r} does not fit these comparisons ({MODEL_VERSION})")
+        self.json = splink_json
+        self.version = str(version)
+        self.trained_on = int(splink_json.get("sharedcare_trained_on", 0))
+        prior = float(splink_json["probability_two_random_records_match"])
+        self.prior_weight = math.log2(prior / (1 - prior))
+        self.weights: dict[str, list[float]] = {}
+        self.labels: dict[str, list[str]] = {}
+        by_name = {c["output_column_name"]: c for c in splink_json["comparisons"]}
+        for comparison in COMPARISONS:
+            saved = by_name.get(comparison.name)
+            if saved is None or len(saved["comparison_levels"]) != len(comparison.levels):
+                raise ModelError(f"model has no comparison '{comparison.name}' with {len(comparison.levels)} levels")
+            self.weights[comparison.name] = [_weight(level) for level in saved["comparison_levels"]]
+            self.labels[comparison.name] = [lv.label for lv in comparison.levels]
+
+    def score(self, a: Features, b: Features, prior_shift: float = 0.0) -> Score:
+        return self.score_levels(levels(a, b), prior_shift)
+
+    def score_levels(self, found: dict[str, int], prior_shift: float = 0.0) -> Score:
+        weight = self.prior_weight + prior_shift + sum(self.weights[name][i] for name, i in found.items())
+        return Score(_probability(weight), weight, found, self._never_link(found))
+
+    def _never_link(self, found: dict[str, int]) -> list[str]:
+        return [c.name for c in COMPARISONS if self.labels[c.name][found[c.name]] in c.never_link]
+
+    def level_of_gamma(self, comparison: str, gamma: int) -> int:
+        """Splink numbers a comparison's levels -1 (missing) then n-2 .. 0 from most specific to 'else'."""
+        return 0 if gamma < 0 else len(self.weights[comparison]) - 1 - gamma
+
+    def prior_shift(self, index_size: int) -> float:
+        """Real-time prior for an index of `index_size` records: the chance that a random stored record
+        is the incoming person falls as 1/size, so an index larger than the training set lowers the
+        prior by log2(size / trained_on). Never raised above what training estimated."""
+        if not self.trained_on or index_size <= self.trained_on:
+            return 0.0
+        return -math.log2(index_size / self.trained_on)
+
+    def evidence(self, found: dict[str, int], prior_shift: float = 0.0) -> dict[str, Any]:
+        """The waterfall: the prior, then each comparison's level and match weight, then the total."""
+        steps = [{"comparison": name, "level": self.labels[name][i], "match_weight": round(self.weights[name][i], 2)}
+                 for name, i in found.items()]
+        prior = self.prior_weight + prior_shift
+        total = prior + sum(self.weights[name][i] for name, i in found.items())
+        return {"model_version": self.version, "prior_weight": round(prior, 2), "comparisons": steps,
+                "match_weight": round(total, 2), "match_probability": round(_probability(total), 6),
+                "never_link": self._never_link(found)}
+
+
+def _weight(level: dict[str, Any]) -> float:
+    if level.get("is_null_level"):
+        return 0.0
+    m, u = level.get("m_probability"), level.get("u_probability")
+    if m is None or not u:  # a level training never estimated carries no evidence either way
+        return 0.0
+    return math.log2(max(float(m), 1e-30) / float(u))  # m = 0: never seen in a match, as good as impossible
+
+
+def _probability(weight: float) -> float:
+    if weight > 60:
+        return 1.0
+    odds = 2.0 ** weight
+    return odds / (1 + odds)
+
+
+@cache
+def default_model() -> Model:
+    text = resources.files("sharedcare.identity").joinpath(DEFAULT_MODEL).read_text(encoding="utf-8")
+    return Model(json.loads(text))

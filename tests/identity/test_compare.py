@@ -1,0 +1,109 @@
+"""Every level of every comparison, on the pair that should reach it, in Python (real-time matching)
+and in Splink's SQL on DuckDB (batch relink): the two scorers must give the same level."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import duckdb
+import pytest
+
+from sharedcare.identity.compare import COMPARISONS, LIST_COLUMNS, Comparison, MatchRecord, features
+
+BASE = MatchRecord(1, given="Robert", family="Smith", birth_date="1960-03-07", sex="male", postcode="RV1 2AB")
+
+
+def pair(a: dict[str, Any], b: dict[str, Any]) -> tuple[MatchRecord, MatchRecord]:
+    return replace(BASE, **a), replace(BASE, record_id=2, **b)
+
+
+CASES: list[tuple[str, str, tuple[MatchRecord, MatchRecord]]] = [
+    ("name", "missing", pair({"given": None}, {})),
+    ("name", "exact", pair({"given": "ROBERT", "family": "Smith "}, {})),
+    ("name", "first and last swapped", pair({"given": "Smith", "family": "Robert"}, {})),
+    ("name", "nickname or middle name, same surname", pair({"given": "Bob"}, {})),
+    ("name", "nickname or middle name, same surname",
+     pair({"given": "Peggy", "family": "Hughes"}, {"given": "Margaret", "family": "Hughes"})),
+    ("name", "nickname or middle name, same surname", pair({"given": "John", "other_given": ("Robert",)}, {})),
+    ("name", "given agrees, surname shares a part (hyphenated or previous)",
+     pair({"given": "Anna", "family": "Smith-Jones"}, {"given": "Anna", "family": "Jones"})),
+    ("name", "given agrees, surname shares a part (hyphenated or previous)",
+     pair({"given": "Priya", "family": "Sharma", "other_family": ("Kapoor",)}, {"given": "Priya", "family": "Kapoor"})),
+    ("name", "typing error in the names", pair({"given": "Jonathan", "family": "Smith"},
+                                               {"given": "Jonathon", "family": "Smtih"})),
+    ("name", "given agrees, surname changed", pair({"given": "Priya", "family": "Sharma"},
+                                                   {"given": "Priya", "family": "Kapoor"})),
+    ("name", "surname agrees, given name different", pair({"given": "Amy", "family": "Jones"},
+                                                          {"given": "Zoe", "family": "Jones"})),
+    ("name", "different", pair({"given": "Amy", "family": "Jones"}, {"given": "Tariq", "family": "Malik"})),
+    ("dob", "missing", pair({"birth_date": None}, {})),
+    ("dob", "exact", pair({}, {})),
+    ("dob", "day and month transposed", pair({"birth_date": "1960-07-03"}, {})),
+    ("dob", "one keying error", pair({"birth_date": "1960-03-08"}, {})),
+    ("dob", "different", pair({"birth_date": "1986-03-07"}, {})),
+    ("address", "missing", pair({"postcode": None}, {})),
+    ("address", "missing", pair({"postcode": "not known"}, {})),  # not a postcode: not used
+    ("address", "same postcode", pair({"postcode": "rv1  2ab"}, {})),
+    ("address", "postcode in the other's address history",
+     pair({"postcode": "LS6 1AA", "postcodes": ("RV1 2AB",)}, {})),
+    ("address", "same postcode sector", pair({"postcode": "RV1 2XY"}, {})),
+    ("address", "same postcode district", pair({"postcode": "RV1 9AA"}, {})),
+    ("address", "different", pair({"postcode": "LS6 1AA"}, {})),
+    ("sex", "missing", pair({"sex": "unknown"}, {})),
+    ("sex", "exact", pair({}, {})),
+    ("sex", "different", pair({"sex": "female"}, {})),
+    ("phone", "missing", pair({"phones": ("07700 900123",)}, {})),
+    ("phone", "a number in common",
+     pair({"phones": ("+44 7700 900123", "01632 960457")}, {"phones": ("07700900123",)})),
+    ("phone", "different", pair({"phones": ("07700 900123",)}, {"phones": ("07700 900999",)})),
+    ("phone", "missing", pair({"phones": ("12",)}, {"phones": ("07700 900999",)})),  # not a phone number
+    ("email", "missing", pair({"email": "a@example.org"}, {})),
+    ("email", "exact", pair({"email": "A@Example.org"}, {"email": "a@example.org "})),
+    ("email", "different", pair({"email": "a@example.org"}, {"email": "b@example.org"})),
+    ("nhs_number", "missing", pair({"nhs_number": "9434765919"}, {})),
+    ("nhs_number", "exact", pair({"nhs_number": "9434765919"}, {"nhs_number": "9434765919"})),
+    ("nhs_number", "different", pair({"nhs_number": "9434765919"}, {"nhs_number": "9990000018"})),
+]
+
+BY_NAME = {c.name: c for c in COMPARISONS}
+
+
+def _sql_level(comparison: Comparison, a: dict[str, Any], b: dict[str, Any]) -> int:
+    """Run the comparison's Splink SQL conditions, in order, on DuckDB."""
+    columns = []
+    for side, values in (("l", a), ("r", b)):
+        for name, value in values.items():
+            if name in LIST_COLUMNS:
+                items = ", ".join(f"'{v}'" for v in value or ())
+                literal = "NULL::VARCHAR[]" if value is None else f"[{items}]::VARCHAR[]"
+            else:
+                literal = "NULL::VARCHAR" if value is None else f"'{value}'"
+            columns.append(f"{literal} AS {name}_{side}")
+    cases = " ".join(f"WHEN {lv.sql} THEN {i}" for i, lv in enumerate(comparison.levels) if lv.sql != "ELSE")
+    sql = f"SELECT CASE {cases} ELSE {len(comparison.levels) - 1} END FROM (SELECT {', '.join(columns)})"  # noqa: S608 (test values)
+    return int(duckdb.sql(sql).fetchall()[0][0])
+
+
+@pytest.mark.parametrize(("comparison", "label", "records"), CASES, ids=[f"{c}:{lab}" for c, lab, _ in CASES])
+def test_each_level_is_reached_by_its_pair_in_python_and_in_splink_sql(
+        comparison: str, label: str, records: tuple[MatchRecord, MatchRecord]) -> None:
+    found = BY_NAME[comparison]
+    a, b = (features(r) for r in records)
+    python_level = found.level(a, b)
+    assert found.levels[python_level].label == label
+    assert found.level(b, a) == python_level, "a comparison does not depend on which record comes first"
+    assert _sql_level(found, a, b) == python_level
+
+
+def test_every_level_of_every_comparison_has_a_case() -> None:
+    covered = {(c, label) for c, label, _ in CASES}
+    assert covered == {(c.name, lv.label) for c in COMPARISONS for lv in c.levels}
+
+
+def test_malformed_identifiers_are_not_used_and_do_not_raise() -> None:
+    odd = MatchRecord(9, given="'; DROP TABLE x;--", family="O'Brien-Smith", birth_date="not a date",
+                      postcode="ZZZZZZZZZZZZ", phones=("call me", "+44"), email="no-at-sign")
+    f = features(odd)
+    assert (f["postcode"], f["phones"], f["email"], f["dob_transposed"]) == (None, None, None, None)
+    assert f["family_keys"] == ["obrien", "obrien-smith", "smith"]

@@ -1,0 +1,162 @@
+"""The hard cases of identity, through the real ingest pipeline: each record arrives in a FHIR bundle
+and is matched on arrival against what the index already holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from tests.builders import bundle, patient, write_ndjson
+
+from sharedcare.governance.framework import Framework
+from sharedcare.identity.links import decide
+from sharedcare.identity.mpi import Demographics, link_patient_record, relink
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import MatchReview, PatientRecord
+
+GP, HOSPITAL = ("P81001", "emis"), ("RXR", "epr")
+
+
+def _ingest(db: Database, framework: Framework, path: Path, *messages: tuple[tuple[str, str], dict[str, Any]]) -> None:
+    feed = write_ndjson(path, [bundle(org, system, [res]) for (org, system), res in messages])
+    report = Pipeline(db, framework).ingest_paths([feed])
+    assert report.quarantined == 0, report.quarantine
+
+
+def _records(db: Database) -> dict[str, PatientRecord]:
+    with db.session() as s:
+        rows = list(s.scalars(select(PatientRecord)))
+        s.expunge_all()
+    return {f"{r.source_org}/{r.source_id}": r for r in rows}
+
+
+def test_twins_are_never_joined_and_each_hospital_record_finds_the_right_twin(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("amy", "9434765919", "Jones", "Amy", "2001-04-05", "female")),
+            (GP, patient("zoe", "9434765870", "Jones", "Zoe", "2001-04-05", "female")),
+            (HOSPITAL, patient("h-zoe", None, "Jones", "Zoe", "2001-04-05", "female")),
+            (HOSPITAL, patient("h-amy", None, "JONES", "Amy", "2001-04-05", "female")))
+    r = _records(db)
+    assert r["P81001/amy"].person_id != r["P81001/zoe"].person_id
+    assert r["RXR/h-zoe"].person_id == r["P81001/zoe"].person_id
+    assert r["RXR/h-amy"].person_id == r["P81001/amy"].person_id
+    assert r["RXR/h-zoe"].link_method == "probabilistic"
+
+
+def test_twins_without_nhs_numbers_go_to_review_and_the_reviewers_decision_survives_a_relink(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("amy", None, "Jones", "Amy", "2001-04-05", "female")),
+            (HOSPITAL, patient("zoe", None, "Jones", "Zoe", "2001-04-05", "female")))
+    r = _records(db)
+    assert r["RXR/amy"].person_id != r["RXR/zoe"].person_id
+    assert r["RXR/zoe"].link_status == "review"
+    assert "safety rule: name" in (r["RXR/zoe"].link_note or "")
+    with db.session() as s:
+        review = s.scalars(select(MatchReview)).one()
+        levels = {step["comparison"]: step["level"] for step in review.evidence["comparisons"]}
+        assert levels["name"] == "surname agrees, given name different" and levels["dob"] == "exact"
+        decide(s, review.id, "separate", by="mpi.reviewer")
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/amy"].person_id != r["RXR/zoe"].person_id
+    with db.session() as s:
+        review = s.scalars(select(MatchReview)).one()
+        decide(s, review.id, "link", by="mpi.reviewer")  # the reviewer changes their mind: the pair is one
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/amy"].person_id == r["RXR/zoe"].person_id
+
+
+def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, framework: Framework,
+                                                                    tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("sr", "9434765919", "Smith", "John", "1950-09-14")),
+            (GP, patient("jr", "9434765870", "Smith", "John", "1980-02-21")),
+            (HOSPITAL, patient("h-jr", None, "Smith", "John", "1980-02-21")))
+    r = _records(db)
+    assert r["P81001/sr"].person_id != r["P81001/jr"].person_id
+    assert r["RXR/h-jr"].person_id == r["P81001/jr"].person_id
+
+
+def test_a_woman_who_changed_surname_and_address_is_found_through_her_name_and_address_history(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    gp = patient("priya", "9434765919", "Sharma", "Priya", "1985-11-30", "female", postcode="LS6 1AA",
+                 name=[{"use": "official", "family": "Sharma", "given": ["Priya"]},
+                       {"use": "maiden", "family": "Kapoor", "given": ["Priya"], "period": {"end": "2015-06-01"}}],
+                 address=[{"use": "home", "postalCode": "LS6 1AA"},
+                          {"use": "old", "postalCode": "RV2 3CD", "period": {"end": "2015-06-01"}}])
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, gp),
+            (HOSPITAL, patient("h-priya", None, "Kapoor", "Priya", "1985-11-30", "female", postcode="RV2 3CD")))
+    r = _records(db)
+    assert r["RXR/h-priya"].person_id == r["P81001/priya"].person_id
+    evidence = r["RXR/h-priya"].match_evidence or {}
+    levels = {step["comparison"]: step["level"] for step in evidence["comparisons"]}
+    assert levels["name"] == "given agrees, surname shares a part (hyphenated or previous)"
+    assert levels["address"] == "postcode in the other's address history"
+    assert r["RXR/h-priya"].match_weight == evidence["match_weight"] > 0
+
+
+def test_a_transposed_date_of_birth_and_a_nickname_still_link(db: Database, framework: Framework,
+                                                               tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("rob", "9434765919", "Okafor", "Robert", "1960-03-07")),
+            (HOSPITAL, patient("h-rob", None, "Okafor", "Robert", "1960-07-03")),
+            (("RYA", "epcr"), patient("a-bob", None, "Okafor", "Bob", "1960-03-07")))
+    r = _records(db)
+    assert r["RXR/h-rob"].person_id == r["P81001/rob"].person_id == r["RYA/a-bob"].person_id
+    levels = {s["comparison"]: s["level"] for s in (r["RXR/h-rob"].match_evidence or {})["comparisons"]}
+    assert levels["dob"] == "day and month transposed"
+
+
+def test_a_valid_nhs_number_typed_into_the_wrong_person_is_held_for_review_not_linked(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("mary", "9434765919", "Brown", "Mary", "1940-01-01", "female")),
+            (HOSPITAL, patient("tom", "9434765919", "Green", "Tom", "1990-05-05", "male")))
+    r = _records(db)
+    assert r["RXR/tom"].person_id != r["P81001/mary"].person_id
+    assert (r["RXR/tom"].link_status, r["RXR/tom"].link_method) == ("review", "nhs-number-conflict")
+    assert "another sex and date of birth" in (r["RXR/tom"].link_note or "")
+
+
+@pytest.mark.parametrize(("given", "family", "born", "reason"), [
+    (None, None, "1970-01-01", "no name"),
+    ("Ann", "Lee", None, "no date of birth"),
+    (None, None, None, "no name and no date of birth"),
+    ("Ann", "Lee", "2999-01-01", "is in the future"),
+])
+def test_a_record_too_thin_to_match_is_stored_under_review_with_its_reason_never_guessed(
+        db: Database, given: str | None, family: str | None, born: str | None, reason: str) -> None:
+    from datetime import date
+
+    with db.session() as s:
+        link_patient_record(s, "P81001", "ann", Demographics("9434765919", "Lee", "Ann", date(1970, 1, 1),
+                                                             "female", "RV1 2AB"))
+        thin = link_patient_record(s, "RXR", "x", Demographics(
+            "9434765919", family, given, date.fromisoformat(born) if born else None, "female", "RV1 2AB"))
+        ann = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "ann")).one()
+        assert thin.person_id != ann.person_id
+        assert (thin.link_status, thin.link_method) == ("review", "insufficient-data")
+        assert reason in (thin.link_note or "")
+
+
+def test_malformed_identifiers_are_reported_on_the_record_and_it_is_still_stored(db: Database) -> None:
+    from datetime import date
+
+    with db.session() as s:
+        record = link_patient_record(s, "LRC", "c1", Demographics(
+            "12345678901234567890X", "Lee", "Ann", date(1970, 1, 1), "female", "NOT A POSTCODE AT ALL",
+            phones=["call the ward"], email="ann at home"))
+        assert record.nhs_number is None and record.postcode is None and record.phones is None
+        note = record.link_note or ""
+        for what in ("fails the modulus 11 check", "is not a UK postcode", "is not a UK number", "is not an address"):
+            assert what in note
+    assert len(_records(db)) == 1
