@@ -33,3 +33,23 @@ def test_every_response_says_do_not_store(ics: Ics) -> None:
     headers = ics.open_record("dr.patel")
     for url in ("/", "/fhir/metadata", f"/fhir/Patient/{ics.okafor}/$everything", "/fhir/Nope/1"):
         assert ics.client.get(url, headers=headers).headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("where", ["reason", "path"])
+def test_a_nul_character_in_what_a_user_sends_is_a_400_naming_it_not_a_server_error(ics: Ics, where: str) -> None:
+    """PostgreSQL refuses NUL in text; the request is refused before anything is stored, in words."""
+    client = TestClient(ics.client.app, raise_server_exceptions=False)
+    headers = ics.token("dr.patel")
+    patient = f"{ics.okafor}%00" if where == "path" else ics.okafor
+    reason = "Reviewing\x00 before the clinic appointment" if where == "reason" else "Reviewing before clinic"
+    response = client.post(f"/api/access/{patient}", json={"basis": "implied-consent", "reason": reason},
+                           headers=headers)
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_nul_character_in_a_portal_form_is_a_400_page(ics: Ics) -> None:
+    client = TestClient(ics.client.app, raise_server_exceptions=False)
+    response = client.post("/login", data={"username": "dr.\x00patel", "password": "x"})
+    assert response.status_code == 400 and "NUL character" in response.text
+    assert response.headers["content-type"].startswith("text/html")

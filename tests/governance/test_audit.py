@@ -116,6 +116,16 @@ def test_control_characters_cannot_forge_log_lines(db: Database) -> None:
     assert "\n" not in details["reason"] and "\\x0a" in details["reason"]
 
 
+def test_a_typed_name_or_id_with_a_nul_is_audited_not_lost(db: Database) -> None:
+    """A sign-in name or a patient id from a URL is what someone typed; PostgreSQL refuses NUL in text."""
+    with db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username="dr.\x00patel", patient_id="p\x001"))
+    with db.session() as session:
+        entry = session.scalars(select(AuditEntry)).one()
+        assert (entry.username, entry.patient_id) == ("dr.\\x00patel", "p\\x001")
+        assert verify(session).ok
+
+
 def test_many_writers_keep_one_linear_chain(db: Database) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -37,6 +37,28 @@ def _request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "unknown")
 
 
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(("/fhir", "/api"))
+
+
+# Bodies whose fields go into text columns; FHIR bodies go through ingest, which quarantines what it cannot store.
+_FIELD_BODIES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def _nul_in(request: Request) -> str | None:
+    """Where a request holds a NUL character (path, query or body), if it does. No field may hold one, and
+    PostgreSQL refuses it in text: refused here, in words, rather than as a server error later."""
+    if "\x00" in request.url.path:
+        return "path"
+    if "%00" in request.url.query:
+        return "query"
+    if request.headers.get("content-type", "").startswith(_FIELD_BODIES):
+        body = await request.body()  # Starlette keeps it for the route
+        if b"\x00" in body or b"%00" in body or b"\\u0000" in body:
+            return "body"
+    return None
+
+
 def create_app(settings: Settings | None = None, framework: Framework | None = None,
                database: Database | None = None) -> FastAPI:
     settings = settings or load_settings()
@@ -52,7 +74,14 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         offered = request.headers.get("x-request-id", "")
         # A caller's id is kept only if it looks like one: it goes into audit events and responses.
         request.state.request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
-        response = await call_next(request)
+        where = await _nul_in(request)
+        response: Response
+        if where is not None:
+            message = f"the request's {where} holds a NUL character, which no field may contain"
+            response = (operation_outcome(400, "invalid", message, request.state.request_id) if _is_api(request)
+                        else pages.error_page(request, 400, message))
+        else:
+            response = await call_next(request)
         static = request.url.path.startswith(STATIC_PREFIXES) and response.status_code == 200
         response.headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"
         response.headers["X-Request-ID"] = request.state.request_id
@@ -61,12 +90,9 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         response.headers["X-Frame-Options"] = "DENY"
         return response
 
-    def is_api(request: Request) -> bool:
-        return request.url.path.startswith(("/fhir", "/api"))
-
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:
-        if not is_api(request):
+        if not _is_api(request):
             return pages.sign_in_again(request, exc.message)
         response = operation_outcome(401, "login", exc.message, _request_id(request))
         response.headers["WWW-Authenticate"] = 'Bearer realm="sharedcare"'
@@ -80,26 +106,26 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
 
     @app.exception_handler(AccessDenied)
     async def forbidden(request: Request, exc: AccessDenied) -> Response:
-        if not is_api(request):
+        if not _is_api(request):
             return pages.error_page(request, 403, exc.message)
         return operation_outcome(403, "forbidden", f"{exc.message} (rule {exc.rule_id})", _request_id(request))
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
-        if not is_api(request):
+        if not _is_api(request):
             return pages.error_page(request, 404, exc.message)
         return operation_outcome(404, "not-found", exc.message, _request_id(request))
 
     @app.exception_handler(SharedcareError)
     async def bad_request(request: Request, exc: SharedcareError) -> Response:
-        if not is_api(request):
+        if not _is_api(request):
             return pages.error_page(request, 400, str(exc))
         return operation_outcome(400, "invalid", str(exc), _request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        if not is_api(request):
+        if not _is_api(request):
             return pages.error_page(request, 400, problems)
         return operation_outcome(400, "invalid", problems, _request_id(request))
 
@@ -107,7 +133,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("request %s failed", _request_id(request))
         text = f"the server could not complete the request; quote reference {_request_id(request)}"
-        response = (pages.error_page(request, 500, text) if not is_api(request)
+        response = (pages.error_page(request, 500, text) if not _is_api(request)
                     else operation_outcome(500, "exception", text, _request_id(request)))
         # Unhandled errors are answered outside the middleware above, so its headers are set here too.
         response.headers["Cache-Control"] = "no-store"

@@ -12,7 +12,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -175,6 +175,10 @@ _APPEND = insert(_ENTRIES)  # a trigger (migration 0006) advances the head, refu
 def record_audit(session: Session, record: AuditRecord) -> int:
     """Append one event to the chain, in the caller's transaction (so no audit, no effect); return its
     sequence number."""
+    # What a caller typed (a sign-in name, an id in a URL) is cleaned like free text: PostgreSQL refuses a
+    # NUL in text, which would lose the event and fail the request.
+    record = replace(record, username=_clean(record.username), organisation=_clean(record.organisation),
+                     patient_id=_clean(record.patient_id), resource=_clean(record.resource))
     seq, prev_hash = run(session, _LOCK_AND_READ_HEAD).one()
     recorded = utcnow()
     row: dict[str, Any] = {
