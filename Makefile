@@ -47,6 +47,7 @@ bench: install
 	$(PY) benchmarks/governance.py
 	$(PY) benchmarks/api.py  # builds var/bench/api-10000 once (about ten minutes), then reuses it
 	$(PY) benchmarks/export.py
+	$(PY) benchmarks/smart.py
 	$(PY) benchmarks/portal.py
 	$(PY) benchmarks/identity.py
 
