@@ -10,7 +10,7 @@ import hashlib
 import secrets
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
+import httpx2 as httpx  # the dev dependency starlette's TestClient uses
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from playwright.sync_api import expect
