@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing as mp
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -36,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from isolated import in_fresh_process  # benchmarks/ is on the path: these run as scripts
 from rich.console import Console
 from rich.table import Table
 
@@ -44,26 +43,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 START, END = b"\x0b", b"\x1c\x0d"
 
 
-def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
-
-
-def _in_child(queue: Any, fn: Callable[..., dict[str, float]], args: tuple[Any, ...]) -> None:
-    result = fn(*args)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    queue.put(result)
-
-
-def measure(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
-    """Run fn in a fresh process; return its figures plus that process's (and its workers') peak RSS."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(queue, fn, args))
-    proc.start()
-    result: dict[str, float] = queue.get()
-    proc.join()
+def measure(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """fn's figures from a fresh process; peak RSS is the larger of that process and its staging workers."""
+    result = in_fresh_process(fn, *args)
+    result["peak_rss_mb"] = max(result["peak_rss_mb"], result.pop("workers_peak_rss_mb"))
     return result
 
 

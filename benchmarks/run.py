@@ -16,41 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from isolated import in_fresh_process  # benchmarks/ is on the path: these run as scripts
 from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _in_child(queue: Any, fn: Callable[..., dict[str, float]], args: tuple[Any, ...]) -> None:
-    result = fn(*args)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    queue.put(result)
-
-
-def measure(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
-    """Run fn in a fresh process; return its figures plus that process's peak RSS."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(queue, fn, args))
-    proc.start()
-    result: dict[str, float] = queue.get()
-    proc.join()
-    return result
 
 
 def synth_run(out: str, people: int) -> dict[str, float]:
@@ -134,10 +111,10 @@ def main() -> int:
         synth_runs, base_runs = [], []
         for i in range(args.repeats):
             console.print(f"synth run {i + 1}/{args.repeats}")
-            synth_runs.append(measure(synth_run, str(work / f"synth{i}"), args.people))
+            synth_runs.append(in_fresh_process(synth_run, str(work / f"synth{i}"), args.people))
             (work / f"base{i}").mkdir()
-            base_runs.append(measure(synth_baseline, str(work / f"base{i}"), args.people))
-        big = measure(synth_run, str(work / "synth-big"), args.people * 4)
+            base_runs.append(in_fresh_process(synth_baseline, str(work / f"base{i}"), args.people))
+        big = in_fresh_process(synth_run, str(work / "synth-big"), args.people * 4)
         figures["synth"] = {
             "people_per_s": _median(synth_runs, "people_per_s"),
             "baseline_people_per_s": _median(base_runs, "people_per_s"),
@@ -152,9 +129,9 @@ def main() -> int:
             url = f"sqlite:///{work / f'ingest{i}.db'}" if args.database == "sqlite" else args.database
             if args.database != "sqlite":
                 _reset(url)
-            ingest_runs.append(measure(ingest_run, str(feeds), url))
+            ingest_runs.append(in_fresh_process(ingest_run, str(feeds), url))
             raw_url = f"sqlite:///{work / f'raw{i}.db'}" if args.database == "sqlite" else args.database
-            raw_runs.append(measure(ingest_baseline, str(feeds), raw_url))
+            raw_runs.append(in_fresh_process(ingest_baseline, str(feeds), raw_url))
         figures["ingest"] = {
             "database": args.database if args.database == "sqlite" else "postgresql",
             "resources": _median(ingest_runs, "resources"),
