@@ -22,37 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from isolated import in_fresh_process  # benchmarks/ is on the path: these run as scripts
 from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _in_child(queue: Any, fn: Callable[..., dict[str, float]], args: tuple[Any, ...]) -> None:
-    result = fn(*args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(result)
-
-
-def measure(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
-    """Run fn in a fresh process; return its figures plus that process's peak RSS."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(queue, fn, args))
-    proc.start()
-    result: dict[str, float] = queue.get()
-    proc.join()
-    return result
 
 
 def _cpu() -> float:
@@ -188,12 +170,12 @@ def main() -> int:
         work = Path(tmp)
         url = args.database or f"sqlite:///{work / 'export.db'}"
         console.print(f"synthesising and ingesting {args.people} people")
-        built = measure(build, url, work / "feeds", args.people)
+        built = in_fresh_process(build, url, work / "feeds", args.people)
         quarter = max(0, (args.copies + 1) // 4 - 1)
         records = ingested_records(url)
         replicate(url, range(1, quarter + 1), records)
         console.print(f"export at a quarter of the population ({(quarter + 1) * args.people} people)")
-        small = measure(export_run, url, str(work / "small"), args.workers)
+        small = in_fresh_process(export_run, url, str(work / "small"), args.workers)
         console.print(f"replicating to {(args.copies + 1) * args.people} people")
         start = time.perf_counter()
         replicate(url, range(quarter + 1, args.copies + 1), records)
@@ -201,9 +183,9 @@ def main() -> int:
         exports, singles, baselines = [], [], []
         for i in range(args.repeats):
             console.print(f"run {i + 1}/{args.repeats}: export, then baseline")
-            exports.append(measure(export_run, url, str(work / f"export{i}"), args.workers))
-            singles.append(measure(export_run, url, str(work / f"single{i}"), 1))
-            baselines.append(measure(baseline_run, url, str(work / f"baseline{i}")))
+            exports.append(in_fresh_process(export_run, url, str(work / f"export{i}"), args.workers))
+            singles.append(in_fresh_process(export_run, url, str(work / f"single{i}"), 1))
+            baselines.append(in_fresh_process(baseline_run, url, str(work / f"baseline{i}")))
     figures: dict[str, Any] = {
         "database": "sqlite" if args.database is None else "given", "people_ingested": args.people,
         "people": exports[0]["people"], "stored_resources": baselines[0]["resources"],

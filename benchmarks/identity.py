@@ -26,9 +26,7 @@ import argparse
 import csv
 import json
 import logging
-import multiprocessing as mp
 import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -36,9 +34,9 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
+from isolated import in_fresh_process  # benchmarks/ is on the path: these run as scripts
 from rich.console import Console
 from rich.table import Table
 
@@ -47,32 +45,6 @@ from sharedcare.identity.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 Key = tuple[str, str]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _in_child(queue: Any, fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
-    result = fn(*args)
-    result["peak_rss_mb"] = round(_peak_rss_mb())
-    queue.put(result)
-
-
-def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_in_child, args=(queue, fn, args))
-    proc.start()
-    while True:
-        try:
-            result: dict[str, Any] = queue.get(timeout=5)
-            break
-        except Empty:
-            if not proc.is_alive():
-                raise RuntimeError(f"{fn.__name__} failed in its process (exit code {proc.exitcode})") from None
-    proc.join()
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- baseline
