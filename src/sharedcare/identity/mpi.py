@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, insert, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -60,11 +60,11 @@ class _Link:
     review_with: list[tuple[int, float, dict[str, Any]]] = field(default_factory=list)
 
 
-def _new_person(session: Session) -> Person:
-    person = Person(id=str(uuid.uuid4()))
-    session.add(person)
-    session.flush()
-    return person
+def _new_person(session: Session) -> str:
+    """A new person's id, inserted at once (a Core INSERT: no ORM flush) so records can point to it."""
+    person_id = str(uuid.uuid4())
+    session.execute(insert(Person.__table__).values(id=person_id, created_at=utcnow()))  # type: ignore[arg-type]
+    return person_id
 
 
 def _conflicts(a: PatientRecord, b: Demographics) -> bool:
@@ -175,28 +175,30 @@ def link_patient_record(session: Session, source_org: str, source_id: str, demo:
     notes = problems(demo)
     if record is None:
         link = _find_person(session, demo, nhs)
+        now = utcnow()
         record = PatientRecord(
             source_org=source_org, source_id=source_id,
-            person_id=link.person_id or _new_person(session).id,
+            person_id=link.person_id or _new_person(session),
             link_method=link.method, match_probability=link.probability, link_status=link.status,
-            match_weight=link.weight, match_evidence=link.evidence,
+            match_weight=link.weight, match_evidence=link.evidence, updated_at=now,
         )
         notes = ([link.note] if link.note else []) + notes
         session.add(record)
         _store_demographics(record, demo, nhs)
         record.link_note = "; ".join(notes) or None
-        session.flush()
-        now = utcnow()
+        session.flush()  # one INSERT, complete: its id is needed by the review items and the resources
         for other, probability, evidence in link.review_with:
             a, b = sorted((record.id, other))
             session.add(MatchReview(record_a=a, record_b=b, probability=probability, evidence=evidence,
                                     created_at=now, status="open"))
-    elif not update:
+        if link.review_with:
+            session.flush()
         return record
-    else:
-        _store_demographics(record, demo, nhs)
-        if notes:
-            record.link_note = "; ".join(notes)
+    if not update:
+        return record
+    _store_demographics(record, demo, nhs)
+    if notes:
+        record.link_note = "; ".join(notes)
     record.updated_at = utcnow()
     session.flush()
     return record
@@ -235,7 +237,7 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
     decided = {status: {(a, b) for a, b in session.execute(
         select(MatchReview.record_a, MatchReview.record_b).where(MatchReview.status == status))}
         for status in ("linked", "separate")}
-    from sharedcare.identity.realtime import current_model
+    from sharedcare.identity.realtime import SESSION_MODEL, current_model
 
     result = cluster([stored_match_record(r) for r in rows], decided_same=decided["linked"],
                      decided_different=decided["separate"], fallback=current_model(session).json)
@@ -252,7 +254,7 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
         person_id = next((pid for pid, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
                           if pid not in claimed), None)
         if person_id is None:
-            person_id = _new_person(session).id
+            person_id = _new_person(session)
             report.persons_created += 1
         claimed.add(person_id)
         for record in group:
@@ -284,5 +286,6 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
             report.review_pairs += 1
     if result.trained:
         session.add(MatchModel(version=MODEL_VERSION, trained_at=now, trained_on=len(rows), model=result.model))
+        session.info.pop(SESSION_MODEL, None)  # matching in this session from now on uses the new model
     session.flush()
     return report, result.model

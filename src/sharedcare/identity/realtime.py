@@ -23,6 +23,7 @@ from sharedcare.store.models import MatchModel, PatientRecord
 
 CANDIDATE_LIMIT = 2000  # a block larger than this is a data problem (one postcode for a whole care home)
 _models: dict[int, Model] = {}
+SESSION_MODEL = "sharedcare.match_model"  # session.info key: the model of this transaction
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,16 @@ class Found:
 
 
 def current_model(session: Session) -> Model:
-    """The newest model saved by a relink, or the shipped default until there is one."""
+    """The newest model saved by a relink, or the shipped default until there is one; looked up once per
+    transaction (ingest matches up to a batch of messages in one), not once per record."""
+    if SESSION_MODEL in session.info:
+        return session.info[SESSION_MODEL]
+    model = _newest_model(session)
+    session.info[SESSION_MODEL] = model
+    return model
+
+
+def _newest_model(session: Session) -> Model:
     newest = session.scalars(select(MatchModel.id).order_by(MatchModel.id.desc()).limit(1)).first()
     if newest is None:
         return default_model()
