@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.ingest.test_crash_recovery import _store
 
@@ -67,3 +67,20 @@ def test_the_progress_of_a_csv_extract_ends_at_its_size(db: Database, framework:
     Pipeline(db, framework).ingest_paths([extract], progress=steps.append)
     assert sum(steps) == extract.stat().st_size
     assert len(steps) > 2 and steps[0] > steps[1]  # the first row carries the header's bytes, once
+
+
+def test_messages_that_update_what_earlier_ones_of_their_run_inserted_share_its_transaction(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    first = bundle("P81001", "emis", [patient("p1", None, "Okafor", "Emeka", "1945-03-02"),
+                                      condition("c1", "Patient/p1", "44054006", "Type 2 diabetes")])
+    second = bundle("P81001", "emis", [patient("p1", None, "Okafor", "Emeka", "1945-03-02"),
+                                       condition("c1", "Patient/p1", "73211009", "Diabetes mellitus")])
+    path = write_ndjson(tmp_path / "P81001" / "gp.ndjson", [first, second, first])
+    commits: list[object] = []
+    event.listen(db.engine, "commit", commits.append)
+    report = Pipeline(db, framework, workers=0).ingest_paths([path])
+    assert (report.messages, report.accepted, report.unchanged, report.quarantined) == (3, 4, 2, 0)
+    # one commit reading the agreements, one for the file's run: not rolled back and stored message by message
+    assert len(commits) == 2
+    with db.session() as s:
+        assert s.scalars(select(Resource.version).where(Resource.source_id == "c1")).one() == 3

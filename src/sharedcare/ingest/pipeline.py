@@ -102,6 +102,16 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+@dataclass
+class _Run:
+    """What one transaction of a file's messages knows of the store: the resources its messages name, looked
+    up in one query for the run rather than one per message, and the ids it has inserted since (Core rows,
+    not in the session, so a later message of the run naming one of them looks it up again)."""
+
+    stored: dict[str, Resource]
+    inserted: set[str] = field(default_factory=set)
+
+
 class Pipeline:
     """Ingest into one store under one framework."""
 
@@ -178,6 +188,8 @@ class Pipeline:
         stored: list[tuple[RawMessage, StagedMessage | MessageError, tuple[int, int, int]]] = []
         try:
             with self.db.session() as session:
+                run = _Run(self._existing(session, [item.server_id for _, staged in batch
+                                                    if isinstance(staged, StagedMessage) for item in staged.resources]))
                 for raw, staged in batch:
                     if isinstance(staged, MessageError):
                         stored.append((raw, staged, (0, 0, 0)))
@@ -187,7 +199,7 @@ class Pipeline:
                     except MessageError as exc:
                         stored.append((raw, exc, (0, 0, 0)))
                         continue
-                    stored.append((raw, staged, self._store(session, staged, raw)))
+                    stored.append((raw, staged, self._store(session, staged, raw, run)))
         except (OperationalError, InterfaceError):
             raise
         except Exception:  # noqa: BLE001 - nothing of the run was kept: store it again message by message
@@ -280,9 +292,23 @@ class Pipeline:
             raise MessageError(f"organisation {staged.source_org} has no signed agreement in force "
                                f"(status {state}); held until it has", raw.where)
 
-    def _store(self, session: Session, staged: StagedMessage, raw: RawMessage) -> tuple[int, int, int]:
+    @staticmethod
+    def _existing(session: Session, ids: list[str]) -> dict[str, Resource]:
+        """The stored resources among `ids`, in chunks that stay below every database's parameter limit."""
+        found: dict[str, Resource] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found.update((row.id, row) for row in session.scalars(select(Resource).where(Resource.id.in_(chunk))))
+        return found
+
+    def _store(self, session: Session, staged: StagedMessage, raw: RawMessage,
+               run: _Run | None = None) -> tuple[int, int, int]:
         ids = [r.server_id for r in staged.resources]
-        existing = {row.id: row for row in session.scalars(select(Resource).where(Resource.id.in_(ids)))}
+        if run is None:
+            existing = self._existing(session, ids)
+        else:  # looked up for the whole run; what an earlier message of it inserted is looked up again
+            existing = {i: run.stored[i] for i in ids if i in run.stored}
+            existing |= self._existing(session, [i for i in ids if i in run.inserted])
         records = {source_id: link_patient_record(session, staged.source_org, source_id, demo,
                                                   update=self._demographics_are_current(staged, source_id, existing))
                    for source_id, demo in staged.patients.items()}
@@ -337,6 +363,8 @@ class Pipeline:
             accepted += 1
         if new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
             session.execute(_INSERT_RESOURCES, new_rows)
+            if run is not None:
+                run.inserted.update(row["id"] for row in new_rows)
         for retired, surviving in staged.merges:
             try:
                 merge_source_records(session, staged.source_org, retired, surviving,
