@@ -171,6 +171,13 @@ def link_patient_record(session: Session, source_org: str, source_id: str, demo:
     record = session.scalars(
         select(PatientRecord).where(PatientRecord.source_org == source_org, PatientRecord.source_id == source_id)
     ).first()
+    return link_found_record(session, record, source_org, source_id, demo, update)
+
+
+def link_found_record(session: Session, record: PatientRecord | None, source_org: str, source_id: str,
+                      demo: Demographics, update: bool = True) -> PatientRecord:
+    """`link_patient_record` for a caller that has looked the source record up already (ingest does, for a
+    run of messages in one query): `record` is the stored record of (source_org, source_id), or None."""
     nhs = usable_nhs_number(demo)
     notes = problems(demo)
     if record is None:

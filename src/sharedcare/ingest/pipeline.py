@@ -27,7 +27,7 @@ from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.identity.links import LinkError, merge_source_records
-from sharedcare.identity.mpi import link_patient_record
+from sharedcare.identity.mpi import link_found_record, link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
 from sharedcare.ingest.staging import Outcome, Stager, stage
@@ -106,10 +106,25 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 class _Run:
     """What one transaction of a file's messages knows of the store: the resources its messages name, looked
     up in one query for the run rather than one per message, and the ids it has inserted since (Core rows,
-    not in the session, so a later message of the run naming one of them looks it up again)."""
+    not in the session, so a later message of the run naming one of them looks it up again); and the
+    patient records of every patient its messages send, found or linked so far (ORM objects, kept current)."""
 
     stored: dict[str, Resource]
+    records: dict[tuple[str, str], PatientRecord]
     inserted: set[str] = field(default_factory=set)
+
+
+def _patient_records(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], PatientRecord]:
+    """The stored patient records of these (source organisation, source id) pairs, a few queries for all."""
+    by_org: dict[str, list[str]] = {}
+    for org, source_id in sorted(keys):
+        by_org.setdefault(org, []).append(source_id)
+    found: dict[tuple[str, str], PatientRecord] = {}
+    for org, ids in by_org.items():
+        for start in range(0, len(ids), 500):
+            found.update(((org, r.source_id), r) for r in session.scalars(select(PatientRecord).where(
+                PatientRecord.source_org == org, PatientRecord.source_id.in_(ids[start:start + 500]))))
+    return found
 
 
 class Pipeline:
@@ -188,8 +203,10 @@ class Pipeline:
         stored: list[tuple[RawMessage, StagedMessage | MessageError, tuple[int, int, int]]] = []
         try:
             with self.db.session() as session:
-                run = _Run(self._existing(session, [item.server_id for _, staged in batch
-                                                    if isinstance(staged, StagedMessage) for item in staged.resources]))
+                messages = [staged for _, staged in batch if isinstance(staged, StagedMessage)]
+                ids = [item.server_id for staged in messages for item in staged.resources]
+                patients = {(staged.source_org, source_id) for staged in messages for source_id in staged.patients}
+                run = _Run(self._existing(session, ids), _patient_records(session, patients))
                 for raw, staged in batch:
                     if isinstance(staged, MessageError):
                         stored.append((raw, staged, (0, 0, 0)))
@@ -309,9 +326,15 @@ class Pipeline:
         else:  # looked up for the whole run; what an earlier message of it inserted is looked up again
             existing = {i: run.stored[i] for i in ids if i in run.stored}
             existing |= self._existing(session, [i for i in ids if i in run.inserted])
-        records = {source_id: link_patient_record(session, staged.source_org, source_id, demo,
-                                                  update=self._demographics_are_current(staged, source_id, existing))
-                   for source_id, demo in staged.patients.items()}
+        records: dict[str, PatientRecord] = {}
+        for source_id, demo in staged.patients.items():
+            current = self._demographics_are_current(staged, source_id, existing)
+            if run is None:
+                records[source_id] = link_patient_record(session, staged.source_org, source_id, demo, update=current)
+            else:
+                known = (staged.source_org, source_id)
+                records[source_id] = run.records[known] = link_found_record(
+                    session, run.records.get(known), staged.source_org, source_id, demo, update=current)
         accepted = unchanged = stale = 0
         received = utcnow()
         new_rows: list[dict[str, Any]] = []
