@@ -29,12 +29,14 @@ from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRE
 
 __all__ = ["MatchRecord", "Clustering", "ReviewPair", "cluster", "train"]
 
-# Candidate pairs: same NHS number, same date of birth or transposed, surname in the same postcode
-# district, given name at the same postcode, or a phone number or email in common.
+# Candidate pairs: same NHS number, same date of birth or transposed, the same full name (the key
+# real-time matching blocks on too: a wrong or missing birth date must not hide a pair), surname in
+# the same postcode district, given name at the same postcode, or an email in common.
 BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
     block_on("nhs_number"),
     block_on("dob"),
     {"blocking_rule": "l.dob_transposed = r.dob", "sql_dialect": "duckdb"},
+    block_on("given", "family"),
     block_on("family", "district"),
     block_on("given", "postcode"),
     block_on("email"),
