@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
 from sharedcare.api import access, bulk, fhir, fhir_write, history, oauth, smart
@@ -45,18 +46,76 @@ def _is_api(request: Request) -> bool:
 _FIELD_BODIES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
 
 
-async def _nul_in(request: Request) -> str | None:
+def _nul_in(path: str, query: str, body: bytes | None) -> str | None:
     """Where a request holds a NUL character (path, query or body), if it does. No field may hold one, and
     PostgreSQL refuses it in text: refused here, in words, rather than as a server error later."""
-    if "\x00" in request.url.path:
+    if "\x00" in path:
         return "path"
-    if "%00" in request.url.query:
+    if "%00" in query:
         return "query"
-    if request.headers.get("content-type", "").startswith(_FIELD_BODIES):
-        body = await request.body()  # Starlette keeps it for the route
-        if b"\x00" in body or b"%00" in body or b"\\u0000" in body:
-            return "body"
+    if body is not None and (b"\x00" in body or b"%00" in body or b"\\u0000" in body):
+        return "body"
     return None
+
+
+_SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
+class _ResponseRules:
+    """Every request gets an id; every response no-store (static files excepted) and the security headers;
+    a NUL anywhere is refused. Plain ASGI, not `@app.middleware("http")`: that wrapper's streams and task
+    group cost more than a whole governed resource read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        offered = request.headers.get("x-request-id", "")
+        # A caller's id is kept only if it looks like one: it goes into audit events and responses.
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
+        request.state.request_id = request_id
+        body = None
+        if request.headers.get("content-type", "").startswith(_FIELD_BODIES):
+            body = await request.body()
+            receive = _replay(body, receive)  # the route reads the same body again
+        static = scope["path"].startswith(STATIC_PREFIXES)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                ok_static = static and message["status"] == 200
+                headers["Cache-Control"] = "public, max-age=3600" if ok_static else "no-store"
+                headers["X-Request-ID"] = request_id
+                for name, value in _SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        where = _nul_in(scope["path"], request.url.query, body)
+        if where is None:
+            await self.app(scope, receive, send_with_headers)
+            return
+        message = f"the request's {where} holds a NUL character, which no field may contain"
+        response = (operation_outcome(400, "invalid", message, request_id) if _is_api(request)
+                    else pages.error_page(request, 400, message))
+        await response(scope, receive, send_with_headers)
+
+
+def _replay(body: bytes, server: Receive) -> Receive:
+    """A `receive` that gives the body already read, then hands over to the server's (a disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await server()
+
+    return receive
 
 
 def create_app(settings: Settings | None = None, framework: Framework | None = None,
@@ -69,26 +128,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     app.state.framework = framework or load_framework(settings.framework_path)
     app.state.database = database or Database(settings.database_url)
 
-    @app.middleware("http")
-    async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        offered = request.headers.get("x-request-id", "")
-        # A caller's id is kept only if it looks like one: it goes into audit events and responses.
-        request.state.request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
-        where = await _nul_in(request)
-        response: Response
-        if where is not None:
-            message = f"the request's {where} holds a NUL character, which no field may contain"
-            response = (operation_outcome(400, "invalid", message, request.state.request_id) if _is_api(request)
-                        else pages.error_page(request, 400, message))
-        else:
-            response = await call_next(request)
-        static = request.url.path.startswith(STATIC_PREFIXES) and response.status_code == 200
-        response.headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"
-        response.headers["X-Request-ID"] = request.state.request_id
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        return response
+    app.add_middleware(_ResponseRules)
 
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:

@@ -29,17 +29,19 @@ from sharedcare.store.database import Database
 SESSION_COOKIE = "sc_session"
 
 
-def get_settings(request: Request) -> Settings:
+# The three below are attribute look-ups: `async` so FastAPI runs them in the event loop rather than
+# handing each to a worker thread and back (a thread hop costs more than a governed read's decision).
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_framework(request: Request) -> Framework:
+async def get_framework(request: Request) -> Framework:
     framework: Framework = request.app.state.framework
     return framework
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 

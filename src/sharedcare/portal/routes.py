@@ -34,6 +34,7 @@ from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import changes, csrf, medicines, pages, present
 from sharedcare.portal.changes import Since
 from sharedcare.portal.pages import render
+from sharedcare.store.database import Database
 
 router = APIRouter(dependencies=[Depends(csrf.check)])
 
@@ -55,6 +56,7 @@ def home(request: Request) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
+          db: Annotated[Database, Depends(get_database)],
           username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
           target: Annotated[str, Form()] = "/search") -> Response:
     """The demo sign-in for staff; `target` is where to go next (the clinician portal or the IG workspace)."""
@@ -62,7 +64,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
     name = username.strip()
     user = fw.users.get(name)
     ok = settings.demo and user is not None and password == DEMO_PASSWORD
-    record_sign_in(get_database(request), name, ok, role=user.role if user else None,
+    record_sign_in(db, name, ok, role=user.role if user else None,
                    organisation=user.organisation if user else None, request_id=request.state.request_id,
                    source_address=request.client.host if request.client else None)
     if not ok or user is None:
