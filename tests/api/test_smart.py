@@ -482,3 +482,17 @@ def test_oauth_over_plain_http_is_refused(registered: Ics, rsa_key: RSAKey, monk
     monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT")
     response = _backend_token(registered, _assertion(rsa_key))
     assert response.status_code == 400 and response.json()["error"] == "insecure_transport"
+
+
+@pytest.mark.parametrize("wanted", ["system/*.*", "system/*.write", "system/Condition.cu", "system/*.cruds"])
+def test_a_read_only_backend_cannot_ask_for_a_write_scope(registered: Ics, rsa_key: RSAKey, wanted: str) -> None:
+    response = _backend_token(registered, _assertion(rsa_key), scope=wanted)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_scope", response.text
+    assert "access_token" not in response.json()
+
+
+def test_an_app_asking_for_write_scopes_is_given_only_the_reads_it_is_registered_for(registered: Ics) -> None:
+    token = _app_token(registered, scope="launch patient/*.cruds patient/*.write user/*.*")
+    granted = token["scope"].split()
+    assert "patient/*.cruds" not in granted and "patient/*.write" not in granted and "user/*.*" not in granted
+    assert all(word == "launch" or word.endswith((".read", ".rs", ".r", ".s")) for word in granted), granted

@@ -447,7 +447,8 @@ def _describe(scope: str) -> str:
     what = "every part of the record" if found.resource_type == "*" else f"{found.resource_type} records"
     whose = {"patient": "of this patient only", "user": "of the patients you may see",
              "system": "as a system"}[found.level]
-    return f"Read {what} {whose}, as the sharing framework allows you"
+    verb = "Read and write" if found.writes and found.reads else "Write" if found.writes else "Read"
+    return f"{verb} {what} {whose}, as the sharing framework allows you"
 
 
 # -- token and revocation endpoints -------------------------------------------------------------------

@@ -57,10 +57,13 @@ def patient_level_only(scopes: str) -> bool:
 
 def covers(granted: str, wanted: str) -> bool:
     """Whether a registered scope `granted` allows a client to be given `wanted` (`user/*.read` covers
-    `user/Observation.rs`); context scopes must be registered as they are."""
+    `user/Observation.rs`, never `user/*.*`: a read-only registration must not yield a write token);
+    context scopes must be registered as they are."""
     if granted == wanted:
         return True
     have, want = parse(granted), parse(wanted)
-    return (have is not None and want is not None and have.level == want.level and have.reads and want.reads
+    return (have is not None and want is not None and have.level == want.level
+            and (want.reads or want.writes)
+            and (have.reads or not want.reads) and (have.writes or not want.writes)
             and have.resource_type in ("*", want.resource_type)
             and (want.resource_type != "*" or have.resource_type == "*"))
