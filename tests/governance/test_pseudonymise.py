@@ -199,3 +199,10 @@ def test_pruning_empty_elements_keeps_valid_json_and_everything_else(resource: d
 
     line = msgspec.json.encode(resource)
     assert json.loads(_without_empties(line)) == _pruned(resource)
+
+
+def test_empties_left_inside_empties_are_all_removed() -> None:
+    from sharedcare.governance.pseudonymise import _without_empties
+
+    line = b'{"resourceType":"X","a":{"b":{"c":[{}]}},"d":[{},{"e":1},{}],"f":[{"g":{}}],"h":2}'
+    assert _without_empties(line) == b'{"resourceType":"X","d":[{"e":1}],"h":2}'

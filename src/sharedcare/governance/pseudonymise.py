@@ -58,25 +58,22 @@ class _State(threading.local):
 _state = _State()
 
 
-def _date(value: str | None) -> str | None:
-    """A date equal to the person's date of birth would give it away: cut it to year and month."""
-    if value is not None and value[:10] in _state.dobs:
-        return value[:7]
-    return value
-
-
 class _E(Struct, omit_defaults=True, gc=False):
     """An element (not tracked by the garbage collector: these trees have no cycles)."""
 
 
 class _Dated(_E):
-    """An element whose fields named in `_dates` are checked against the date of birth after decoding."""
+    """An element whose fields named in `_dates` are checked against the date of birth after decoding: a
+    date equal to the person's date of birth would give it away, and is cut to year and month."""
 
     _dates: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        dobs = _state.dobs  # `_date` inlined: this runs for most elements of every resource
         for name in self._dates:
-            setattr(self, name, _date(getattr(self, name)))
+            value = getattr(self, name)
+            if value is not None and value[:10] in dobs:
+                setattr(self, name, value[:7])
 
 
 class Coding(_E):
@@ -528,8 +525,9 @@ def _without_empties(line: bytes) -> bytes:
     """Remove elements left empty once their free text is gone (`"dosage":[{}]`), and arrays left empty
     by that: FHIR JSON has no empty objects or arrays. Works on the encoded bytes, which is safe here:
     keys are plain names, no array holds an array, and the strings that survive (codes, units, systems,
-    dates) never hold an empty pair of braces or brackets. Most lines have none and cost one search."""
-    at = _next_empty(line)
+    dates) never hold an empty pair of braces or brackets. Most lines have none and cost one search;
+    after a removal the search goes on from just before it (the only place a new empty can appear)."""
+    at = _next_empty(line, 0)
     while at > 0:  # (at 0 the resource itself would be empty: it never is, it has a resourceType)
         if line[at - 1] == 0x3A:  # ':' -> a member `"key":{}`; its key starts at the quote before the colon's
             start = line.rfind(b'"', 0, at - 2)
@@ -541,12 +539,12 @@ def _without_empties(line: bytes) -> bytes:
         elif line[end:end + 1] == b",":
             end += 1
         line = line[:start] + line[end:]
-        at = _next_empty(line)
+        at = _next_empty(line, max(start - 1, 0))
     return line
 
 
-def _next_empty(line: bytes) -> int:
-    braces, brackets = line.find(b"{}"), line.find(b"[]")
+def _next_empty(line: bytes, offset: int) -> int:
+    braces, brackets = line.find(b"{}", offset), line.find(b"[]", offset)
     return braces if brackets == -1 else brackets if braces == -1 else min(braces, brackets)
 
 

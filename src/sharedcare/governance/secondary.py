@@ -202,7 +202,7 @@ class SecondaryUse:
             stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
             person: str | None = None
             held: list[Any] = []  # the person's rows: server_id, type, source_org, received_at, category, text
-            for row in session.execute(stmt.execution_options(yield_per=2000)):
+            for row in session.execute(stmt.execution_options(yield_per=10_000)):
                 if row.person_id != person:
                     if person is not None:
                         yield from self._person(person, held, snap)
@@ -224,15 +224,17 @@ class SecondaryUse:
         items: list[Item] = []
         shaped: dict[int, tuple[Any, Shaped | None]] = {}
         unreadable = 0
+        decode, kinds = pseudonymiser.decode, snap.kinds
         for row in held:
-            if row.resource_type == "Patient":
+            resource_type = row.resource_type
+            if resource_type == "Patient":
                 content = patients[id(row)]
                 item = Item(content, "Patient", row.source_org, "demographics",
                             _labels((content.get("meta") or {}).get("security")))
                 shaped[id(item)] = (row, None)
             else:
                 try:
-                    resource = pseudonymiser.decode(row.resource_type, row.text)
+                    resource = decode(resource_type, row.text)
                 except Unreadable:
                     unreadable += 1
                     continue
@@ -242,8 +244,8 @@ class SecondaryUse:
                 category = row.category  # stored by ingest, when under the current classification key
                 if category is None:  # else classified on what was stored, not on what may leave
                     stored = dict(_CODES.decode(row.text))
-                    category = classify(stored, snap.kinds.get(row.source_org, "unknown"), self.fw)
-                item = Item(_NOT_READ, row.resource_type, row.source_org, category, resource.security())
+                    category = classify(stored, kinds.get(row.source_org, "unknown"), self.fw)
+                item = Item(_NOT_READ, resource_type, row.source_org, category, resource.security())
                 shaped[id(item)] = (row, resource)
             items.append(item)
         request = Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=None,
@@ -266,9 +268,10 @@ class SecondaryUse:
                 clinical.append((row, maybe))
         # what this export holds of the person: references to anything else are removed
         exported = {f"{row.resource_type}/{row.server_id}" for row, _ in clinical}
+        resources, encode = counts.resources, pseudonymiser.encode
         for row, resource in clinical:
-            counts.resources[row.resource_type] += 1
-            yield row.resource_type, pseudonymiser.encode(resource, row.server_id, exported)
+            resources[row.resource_type] += 1
+            yield row.resource_type, encode(resource, row.server_id, exported)
         if released_patients and scope.wants("Patient") and (
                 scope.since is None or any(p.received_at and p.received_at >= scope.since for p in released_patients)):
             # one Patient per person: their GP practice's record (the registered demographics), else the newest
