@@ -202,7 +202,8 @@ class SecondaryUse:
             stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
             person: str | None = None
             held: list[Any] = []  # the person's rows: server_id, type, source_org, received_at, category, text
-            for row in session.execute(stmt.execution_options(yield_per=10_000)):
+            # Core rows (no ORM loading step): plain named tuples, fetched a batch at a time
+            for row in session.connection().execution_options(yield_per=2000).execute(stmt):
                 if row.person_id != person:
                     if person is not None:
                         yield from self._person(person, held, snap)
