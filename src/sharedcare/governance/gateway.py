@@ -285,7 +285,10 @@ class GovernedRecords:
 
     def patient(self, person_id: str) -> dict[str, Any]:
         """The person's combined Patient resource alone (FHIR `Patient/{id}`), decided like `everything`
-        but over their source Patient records only, and audited as a read of that resource."""
+        but over their source Patient records only, and audited as a read of that resource.
+
+        Refused and missing look the same (404), as for any read by id (TRUST AC3): a refusal, audited,
+        must not tell the caller that the person exists."""
         pairs = self._items(person_id, patients_only=True)
         if not pairs:  # a person always has a source Patient record unless there is no such person
             raise NotFound(f"no Patient {person_id}")
@@ -293,8 +296,9 @@ class GovernedRecords:
         reference = f"Patient/{person_id}"
         decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
         if not decision.permitted:
-            raise self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
-                               basis=basis.basis if basis else None)
+            self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
+                         basis=basis.basis if basis else None)
+            raise NotFound(f"no Patient {person_id}")
         _, patient = self._combined_patient(person_id, decision, pairs)
         if patient is None or (self.resource_types is not None and "Patient" not in self.resource_types):
             why = "deny-scope" if patient is not None else f"withheld-{next(iter(decision.withheld), 'tier')}"
