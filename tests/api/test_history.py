@@ -11,9 +11,10 @@ from tests.builders import bundle, condition, document, patient, write_ndjson
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.framework import Framework
+from sharedcare.identity.links import merge_persons, unmerge
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, Resource
+from sharedcare.store.models import AuditEntry, PatientRecord, Resource, ResourceVersion
 
 WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
                          "code": "entered-in-error"}]}
@@ -134,3 +135,115 @@ def test_a_letter_marked_confidential_later_hides_its_earlier_versions_too(
     assert ics.client.get(f"/fhir/DocumentReference/{did}/_history/1", headers=gp).status_code == 404
     own = ics.client.get(f"/fhir/DocumentReference/{did}/_history", headers=ics.open_record("dr.oconnor"))
     assert [e["resource"]["meta"]["versionId"] for e in own.json()["entry"]] == ["2", "1"]
+
+
+def _moved_to_okafor(db: Database, framework: Framework, tmp_path: Path) -> tuple[str, str]:
+    """The GP system sends a condition for Mrs Vine, then the same condition (its own id) for Mr Okafor:
+    it was filed against the wrong patient. Returns the resource's id and Mrs Vine's person id."""
+    vine = patient("gp-vine", "9990000026", "Vine", "Vera", "1960-01-01", gender="female")
+    first = bundle("P81001", "emis", [vine, condition("gp-x", "Patient/gp-vine", "38341003", "Vine's hypertension")],
+                   timestamp="2026-11-02T09:00:00Z")
+    moved = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+                                      condition("gp-x", "Patient/gp-okafor", "38341003", "Okafor's hypertension")],
+                   timestamp="2026-11-03T09:00:00Z")
+    for name, message in (("first", first), ("moved", moved)):
+        report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{name}.ndjson", [message])])
+        assert report.quarantined == 0, report.quarantine
+    with db.session() as s:
+        rid = s.scalars(select(Resource.id).where(Resource.source_id == "gp-x")).one()
+        vine_person = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-vine")).one()
+    return rid, vine_person
+
+
+def _shown(ics: Ics, rid: str, headers: dict[str, str]) -> list[tuple[str, str, str]]:
+    response = ics.client.get(f"/fhir/Condition/{rid}/_history", headers=headers)
+    if response.status_code == 404:
+        return []
+    assert response.status_code == 200, response.text
+    return [(e["resource"]["meta"]["versionId"], e["resource"]["code"]["coding"][0]["display"],
+             e["resource"]["subject"]["reference"]) for e in response.json()["entry"]]
+
+
+def _history_events(db: Database, since: int = 0) -> list[AuditEntry]:
+    with db.session() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:resource:history",
+                                                       AuditEntry.seq > since).order_by(AuditEntry.seq)))
+
+
+def _last_seq(db: Database) -> int:
+    with db.session() as s:
+        return s.scalars(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1)).one()
+
+
+def test_a_resource_moved_to_another_patient_shows_its_new_patient_only_their_versions(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    rid, vine = _moved_to_okafor(db, framework, tmp_path)
+    okafors_doctor = ics.open_record("dr.oconnor")
+    since = _last_seq(db)
+    assert _shown(ics, rid, okafors_doctor) == [("2", "Okafor's hypertension", f"Patient/{ics.okafor}")]
+    events = _history_events(db, since)  # each version decided against its own patient, both audited
+    assert [(e.patient_id, e.outcome) for e in events] == [(ics.okafor, "permit"), (vine, "deny")]
+    assert f"Condition/{rid}/_history/2" in json.dumps(events[0].event)
+    assert f"Condition/{rid}/_history/1" not in json.dumps(events[0].event)
+    assert f"Condition/{rid}/_history/1" in json.dumps(events[1].event)
+
+
+def test_a_vread_of_the_previous_patients_version_is_missing_and_audited(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    rid, vine = _moved_to_okafor(db, framework, tmp_path)
+    okafors_doctor = ics.open_record("dr.oconnor")
+    since = _last_seq(db)
+    response = ics.client.get(f"/fhir/Condition/{rid}/_history/1", headers=okafors_doctor)
+    assert response.status_code == 404 and response.json()["resourceType"] == "OperationOutcome"
+    assert "Vine" not in response.text
+    refused = [e for e in _history_events(db, since) if e.outcome == "deny"]
+    assert [e.patient_id for e in refused] == [vine]
+    assert f"Condition/{rid}/_history/1" in json.dumps(refused[0].event)
+    current = ics.client.get(f"/fhir/Condition/{rid}/_history/2", headers=okafors_doctor)
+    assert current.status_code == 200 and current.json()["code"]["coding"][0]["display"] == "Okafor's hypertension"
+
+
+def test_the_previous_patients_clinician_sees_no_history_of_a_resource_now_someone_elses(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    rid, vine = _moved_to_okafor(db, framework, tmp_path)
+    vines_doctor = ics.open_record("dr.oconnor", person=vine)
+    assert ics.client.get(f"/fhir/Condition/{rid}", headers=vines_doctor).status_code == 404
+    assert _shown(ics, rid, vines_doctor) == []  # the source says it is Mr Okafor's now (it may always have been)
+    assert ics.client.get(f"/fhir/Condition/{rid}/_history/1", headers=vines_doctor).status_code == 404
+    refused = [e for e in _history_events(db) if e.outcome == "deny"]
+    assert refused and {e.patient_id for e in refused} == {ics.okafor}
+
+
+def test_someone_who_may_see_both_patients_sees_each_version_as_its_own_patients(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    rid, vine = _moved_to_okafor(db, framework, tmp_path)
+    headers = ics.open_record("dr.oconnor")
+    ics.open_record("dr.oconnor", person=vine)
+    assert _shown(ics, rid, headers) == [("2", "Okafor's hypertension", f"Patient/{ics.okafor}"),
+                                         ("1", "Vine's hypertension", f"Patient/{vine}")]
+
+
+def test_after_a_merge_the_merged_records_versions_are_in_the_history_and_after_unmerge_they_are_not(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    rid, vine = _moved_to_okafor(db, framework, tmp_path)
+    headers = ics.open_record("dr.oconnor")
+    with db.session() as s:
+        merge = merge_persons(s, ics.okafor, vine, by="mpi.reviewer", reason="one person after all")
+    assert _shown(ics, rid, headers) == [("2", "Okafor's hypertension", f"Patient/{ics.okafor}"),
+                                         ("1", "Vine's hypertension", f"Patient/{ics.okafor}")]
+    first = ics.client.get(f"/fhir/Condition/{rid}/_history/1", headers=headers)
+    assert first.status_code == 200 and first.json()["subject"]["reference"] == f"Patient/{ics.okafor}"
+    with db.session() as s:
+        unmerge(s, merge.id, by="mpi.reviewer", reason="two people after all")
+    assert _shown(ics, rid, headers) == [("2", "Okafor's hypertension", f"Patient/{ics.okafor}")]
+    assert ics.client.get(f"/fhir/Condition/{rid}/_history/1", headers=headers).status_code == 404
+
+
+def test_each_superseded_version_keeps_the_patient_record_it_was_sent_with(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    rid, _ = _moved_to_okafor(db, framework, tmp_path)
+    with db.session() as s:
+        vine_record = s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == "gp-vine")).one()
+        okafor_record = s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == "gp-okafor")).one()
+        assert s.get_one(ResourceVersion, (rid, 1)).patient_record_id == vine_record
+        assert s.get_one(Resource, rid).patient_record_id == okafor_record

@@ -82,8 +82,16 @@ def test_a_patient_read_is_a_read_of_the_patient_resource_alone(ics: Ics) -> Non
     (event,) = _events_of(ics, "p-1")
     assert event.action == "clinical:resource:read"
     assert [ref for ref, role in _entities(event.event) if role != "1"] == [f"Patient/{ics.okafor}"]
-    no_basis = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=ics.token("nurse.lee"))
-    assert no_basis.status_code == 403 and "record why" in no_basis.json()["issue"][0]["diagnostics"]
+    no_basis = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers={**ics.token("nurse.lee"), "X-Request-ID": "p-2"})
+    missing = ics.client.get("/fhir/Patient/00000000-0000-0000-0000-000000000000", headers=ics.token("nurse.lee"))
+    assert no_basis.status_code == missing.status_code == 404  # refused looks like missing (TRUST AC3)
+    assert no_basis.json()["resourceType"] == missing.json()["resourceType"] == "OperationOutcome"
+    assert no_basis.json()["issue"][0]["code"] == missing.json()["issue"][0]["code"] == "not-found"
+    assert "record why" not in no_basis.text
+    (refusal,) = _events_of(ics, "p-2")  # and is still audited, with the rule
+    assert (refusal.action, refusal.outcome, refusal.username) == ("clinical:resource:read", "deny", "nurse.lee")
+    assert _detail(refusal.event, "rule") == "deny-no-basis"
+    assert [ref for ref, role in _entities(refusal.event) if role != "1"] == [f"Patient/{ics.okafor}"]
 
 
 def test_the_citizen_sees_which_kind_of_item_was_looked_at(ics: Ics) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
+from tests.builders import bundle, condition, patient, write_ndjson
 
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import Base
+from sharedcare.store.models import Base, Resource, ResourceVersion
 
 
 def test_the_migrated_schema_matches_the_models(db: Database) -> None:
@@ -32,3 +37,23 @@ def test_migrating_twice_changes_nothing(db: Database) -> None:
     with db.engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     assert current == ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+
+
+def test_versions_stored_before_they_kept_their_patient_are_given_the_resources_patient(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    for n, display in enumerate(("Diabetes", "Type 2 diabetes")):
+        message = bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female"),
+                                            condition("a-c", "Patient/a", "44054006", display)],
+                         timestamp=f"2026-11-0{n + 1}T09:00:00Z")
+        Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{n}.ndjson", [message])])
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0011")
+    assert "patient_record_id" not in {c["name"] for c in inspect(db.engine).get_columns("resource_versions")}
+    db.migrate()
+    with db.session() as s:
+        resource = s.scalars(select(Resource).where(Resource.source_id == "a-c")).one()
+        (version,) = s.scalars(select(ResourceVersion).where(ResourceVersion.resource_id == resource.id))
+        assert version.version == 1 and version.content["code"]["coding"][0]["display"] == "Diabetes"
+        assert version.patient_record_id == resource.patient_record_id is not None

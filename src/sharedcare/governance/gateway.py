@@ -53,6 +53,12 @@ _PERSON_ROWS = (select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _RE
                 .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
 _PERSON_PATIENTS = _PERSON_ROWS.where(_RES.c.resource_type == "Patient")
 _ONE_ROW = select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id).where(_RES.c.id == bindparam("id"))
+_VER = cast(Table, ResourceVersion.__table__)
+_VERSIONS = (select(_VER.c.version, _VER.c.source_system, _VER.c.content, _VER.c.recorded_at, _VER.c.received_at,
+                    _REC.c.person_id)
+             .outerjoin(_REC, _VER.c.patient_record_id == _REC.c.id)
+             .where(_VER.c.resource_id == bindparam("id")).order_by(_VER.c.version.desc()))
+_ONE_VERSION = _VERSIONS.where(_VER.c.version == bindparam("version"))
 _PERSON_EXISTS = select(_PERSONS.c.id).where(_PERSONS.c.id == bindparam("person_id"))
 _ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
                  .where(_BASES.c.username == bindparam("username"), _BASES.c.person_id == bindparam("person_id"),
@@ -279,7 +285,10 @@ class GovernedRecords:
 
     def patient(self, person_id: str) -> dict[str, Any]:
         """The person's combined Patient resource alone (FHIR `Patient/{id}`), decided like `everything`
-        but over their source Patient records only, and audited as a read of that resource."""
+        but over their source Patient records only, and audited as a read of that resource.
+
+        Refused and missing look the same (404), as for any read by id (TRUST AC3): a refusal, audited,
+        must not tell the caller that the person exists."""
         pairs = self._items(person_id, patients_only=True)
         if not pairs:  # a person always has a source Patient record unless there is no such person
             raise NotFound(f"no Patient {person_id}")
@@ -287,8 +296,9 @@ class GovernedRecords:
         reference = f"Patient/{person_id}"
         decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
         if not decision.permitted:
-            raise self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
-                               basis=basis.basis if basis else None)
+            self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
+                         basis=basis.basis if basis else None)
+            raise NotFound(f"no Patient {person_id}")
         _, patient = self._combined_patient(person_id, decision, pairs)
         if patient is None or (self.resource_types is not None and "Patient" not in self.resource_types):
             why = "deny-scope" if patient is not None else f"withheld-{next(iter(decision.withheld), 'tier')}"
@@ -357,28 +367,57 @@ class GovernedRecords:
         correction can be seen. Each version goes through the decision point as a read would (tier
         redaction, withheld labels, agreements, objections), and so does the current one: a label the
         source has since added (confidential) hides the older versions too. Refused looks like missing
-        (TRUST AC3)."""
+        (TRUST AC3).
+
+        A version is the record of the person it was sent for (its source patient record, followed
+        through merges and unmerges to whoever that record belongs to now), which may not be the current
+        version's: a source can re-attribute a resource to another patient. Such versions are decided and
+        audited against their own person, and left out unless that decision releases them; a refused
+        one answers like a missing one. Nothing is shown unless the current version is released."""
         current = run(self.session, _ONE_ROW, {"id": resource_id}).first()
         if current is None or current.resource_type != resource_type:
             raise NotFound(f"no {resource_type} {resource_id}")
         person_id = current.person_id
-        stmt = select(ResourceVersion).where(ResourceVersion.resource_id == resource_id)
-        if version is not None:
-            stmt = stmt.where(ResourceVersion.version == version)
-        # Older versions in the current row's shape (unclassified: classified now, under this framework).
+        stmt, params = (_VERSIONS, {"id": resource_id}) if version is None else \
+            (_ONE_VERSION, {"id": resource_id, "version": version})
+        # Older versions in the current row's shape (unclassified: classified now, under this framework),
+        # each with the person it belongs to now (None: a version whose patient is not known, never shown).
         current_version = self.session.scalars(select(Resource.version).where(Resource.id == resource_id)).one()
         rows: list[tuple[int, StoredRow]] = [(current_version, current)]
-        rows += [(v.version, (resource_id, resource_type, current.source_org, v.source_system, v.content, None, None,
-                              v.recorded_at, v.received_at, person_id))
-                 for v in self.session.scalars(stmt.order_by(ResourceVersion.version.desc()))]
+        rows += [(number, (resource_id, resource_type, current.source_org, source_system, content, None, None,
+                           recorded_at, received_at, owner))
+                 for number, source_system, content, recorded_at, received_at, owner
+                 in run(self.session, stmt, params)]
+        own = [(number, row) for number, row in rows if row[9] == person_id]
+        current_released, served = self._history_of(person_id, resource_type, resource_id, own, version, current)
+        if current_released:
+            others = sorted({row[9] for _, row in rows if row[9] not in (person_id, None)})
+            for other in others:
+                theirs = [(number, row) for number, row in rows if row[9] == other]
+                served += self._history_of(other, resource_type, resource_id, theirs, version, None)[1]
+        if not served:
+            self.session.commit()  # the decisions' audit events must survive the error response
+            raise NotFound(f"no {resource_type} {resource_id}" + (f" version {version}" if version else ""))
+        return [s for _, s in sorted(served, key=lambda pair: pair[0], reverse=True)]
+
+    def _history_of(self, person_id: str, resource_type: str, resource_id: str, rows: list[tuple[int, StoredRow]],
+                    version: int | None, current: StoredRow | None) -> tuple[bool, list[tuple[int, ServedResource]]]:
+        """One person's versions of a resource, decided and audited against that person: whether `current`
+        (the resource's current row, when it is among them) was released, and the versions served. A
+        refusal is audited and committed; when `current` is given it is also raised (as NotFound)."""
         basis = self.active_basis(person_id)
         pairs = [(self._item(row), number) for number, row in rows]
         by_item = {id(item): (number, row) for (item, number), (_, row) in zip(pairs, rows, strict=True)}
         decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
+        asked = [f"{resource_type}/{resource_id}/_history/{number}" for number, _ in rows
+                 if version in (None, number)]
         if not decision.permitted:
-            self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision)
-            raise NotFound(f"no {resource_type} {resource_id}")
-        current_released = any(by_item[id(rel.item)][1] is current for rel in decision.released)
+            self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision, basis=basis.basis if basis else None,
+                         resource=f"{resource_type}/{resource_id}", detail={"versions": ", ".join(asked)})
+            if current is not None:
+                raise NotFound(f"no {resource_type} {resource_id}")
+            return False, []
+        current_released = current is None or any(by_item[id(rel.item)][1] is current for rel in decision.released)
         served = [(by_item[id(rel.item)][0], self._serve(person_id, rel.content, rel.item, rel.tier,
                                                          by_item[id(rel.item)][1]))
                   for rel in decision.released
@@ -388,9 +427,7 @@ class GovernedRecords:
                     reason=basis.reason if basis else None, rule_id=decision.rule_id,
                     released=[f"{resource_type}/{resource_id}/_history/{number}" for number, _ in served],
                     withheld=dict(decision.withheld))
-        if not served:
-            raise NotFound(f"no {resource_type} {resource_id}" + (f" version {version}" if version else ""))
-        return [s for _, s in served]
+        return current_released, served
 
     def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int, row: StoredRow) -> ServedResource:
         out = dict(content)

@@ -376,6 +376,7 @@ class Pipeline:
                 ))
             else:  # the version it replaces goes to history first
                 session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
+                                            patient_record_id=row.patient_record_id,  # whose it was then
                                             source_system=row.source_system, recorded_at=row.recorded_at,
                                             received_at=row.received_at, message_id=row.message_id))
                 row.version, row.content, row.content_hash = version, content, digest

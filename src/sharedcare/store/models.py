@@ -137,11 +137,15 @@ class Resource(Base):
 class ResourceVersion(Base):
     """A version of a resource that a later one replaced (the current one is in `resources`): a correction
     or an `entered-in-error` withdrawal replaces what is shown, never what happened (vread, _history).
-    Only superseded versions are copied, so ingesting new data costs no second write."""
+    Only superseded versions are copied, so ingesting new data costs no second write.
+
+    `patient_record_id` is the source patient record the version was sent with: a source may later send
+    the same resource for another patient, and each version stays that patient's (governed as theirs)."""
 
     __tablename__ = "resource_versions"
     resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    patient_record_id: Mapped[int | None] = mapped_column(ForeignKey("patient_records.id"))
     content: Mapped[dict[str, Any]] = mapped_column(JsonType)
     source_system: Mapped[str] = mapped_column(String(40))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
