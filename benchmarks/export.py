@@ -110,7 +110,8 @@ def ingested_records(url: str) -> tuple[int, int]:
 
 
 def replicate(url: str, copies: range, records: tuple[int, int]) -> None:
-    """Copy the ingested people `copies` times with new ids (persons, source records, resources)."""
+    """Copy the ingested people `copies` times with new ids (persons, source records, resources), each
+    resource with the category ingest stored for it."""
     from sqlalchemy import text
 
     from sharedcare.store.database import Database
@@ -131,9 +132,10 @@ def replicate(url: str, copies: range, records: tuple[int, int]) -> None:
                 "FROM patient_records WHERE id > :first AND id <= :last"), params)
             session.execute(text(
                 "INSERT INTO resources (id, resource_type, source_org, source_system, source_id, patient_record_id, "
-                "version, content, content_hash, recorded_at, received_at, message_id) "
+                "version, content, content_hash, recorded_at, received_at, message_id, category, category_key) "
                 "SELECT :prefix || substr(id, 9), resource_type, source_org, source_system, :tag || source_id, "
-                "patient_record_id + :offset, version, content, content_hash, recorded_at, received_at, message_id "
+                "patient_record_id + :offset, version, content, content_hash, recorded_at, received_at, message_id, "
+                "category, category_key "
                 "FROM resources WHERE patient_record_id > :first AND patient_record_id <= :last"), params)
     db.dispose()
 

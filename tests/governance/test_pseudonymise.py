@@ -44,11 +44,13 @@ SNEAKY_OBSERVATION = {
 }
 
 
-def _out(resource: dict[str, object], secret: str = SECRET, purpose: str = "secondary-use") -> dict[str, object]:
+def _out(resource: dict[str, object], secret: str = SECRET, purpose: str = "secondary-use",
+         exported: frozenset[str] = frozenset({"Encounter/enc-1"})) -> dict[str, object]:
+    """The resource pseudonymised in an export that holds `exported` too."""
     pseudonymiser = Pseudonymiser(secret, purpose)
     pseudonymiser.for_person(PERSON, frozenset({DOB}))
     shaped = pseudonymiser.decode(str(resource["resourceType"]), json.dumps(resource))
-    result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"])))
+    result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"]), exported))
     return result
 
 
@@ -93,6 +95,30 @@ def test_references_are_keyed_pseudonyms_the_same_for_a_purpose_and_different_ac
     for different in (research, other_key):
         assert different["id"] != first["id"] and different["subject"] != first["subject"]
         assert different["encounter"] != first["encounter"]
+
+
+def test_a_reference_to_a_resource_the_export_does_not_hold_is_removed() -> None:
+    encounter = {"resourceType": "Encounter", "id": "enc-2", "status": "finished",
+                 "subject": {"reference": "Patient/x"}, "class": {"code": "IMP"},
+                 "partOf": {"reference": "Encounter/enc-1"},
+                 "reasonReference": [{"reference": "Condition/c-1"}, {"reference": "Condition/c-2"}],
+                 "diagnosis": [{"condition": {"reference": "Condition/c-1"}, "rank": 1},
+                               {"condition": {"reference": "Condition/c-2"}, "rank": 2}]}
+    out = _out(encounter, exported=frozenset({"Condition/c-2"}))
+    c2 = _out(encounter, exported=frozenset({"Condition/c-1", "Condition/c-2"}))["reasonReference"][1]  # type: ignore[index]
+    assert "partOf" not in out and out["reasonReference"] == [c2]
+    assert out["diagnosis"] == [{"condition": c2, "rank": 2}]  # a diagnosis needs its condition: none is left empty
+
+
+def test_a_quantity_keeps_its_ucum_code_as_its_unit_and_no_free_text() -> None:
+    observation = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"coding": [{"code": "x"}]},
+                   "valueQuantity": {"value": 5.1, "unit": "mmol/L (fasting, per Mrs Okafor)",
+                                     "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+                   "referenceRange": [{"low": {"value": 3, "unit": "Okafor"}}]}
+    out = _out(observation)
+    assert out["valueQuantity"] == {"value": 5.1, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
+                                    "code": "mmol/L"}
+    assert out["referenceRange"] == [{"low": {"value": 3}}]
 
 
 def test_the_patient_keeps_month_of_birth_district_practice_and_ethnicity_only() -> None:
@@ -173,3 +199,10 @@ def test_pruning_empty_elements_keeps_valid_json_and_everything_else(resource: d
 
     line = msgspec.json.encode(resource)
     assert json.loads(_without_empties(line)) == _pruned(resource)
+
+
+def test_empties_left_inside_empties_are_all_removed() -> None:
+    from sharedcare.governance.pseudonymise import _without_empties
+
+    line = b'{"resourceType":"X","a":{"b":{"c":[{}]}},"d":[{},{"e":1},{}],"f":[{"g":{}}],"h":2}'
+    assert _without_empties(line) == b'{"resourceType":"X","d":[{"e":1}],"h":2}'

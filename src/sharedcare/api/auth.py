@@ -18,14 +18,14 @@ import jwt
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.clients import CITIZEN_PREFIX as CITIZEN_PREFIX  # subject prefixes (re-exported)
+from sharedcare.governance.clients import CLIENT_PREFIX as CLIENT_PREFIX
 from sharedcare.governance.framework import Framework
 
 ALGORITHM = "HS256"
 ISSUER = "sharedcare"
 DEFAULT_SCOPE = "user/*.read"
-CITIZEN_PREFIX = "patient:"  # a token whose subject starts so names a person, not a configured user
 CITIZEN_SCOPE = "patient/*.read"
-CLIENT_PREFIX = "client:"  # a token whose subject starts so names a registered backend client
 
 
 class AuthError(SharedcareError):

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from sharedcare.api.auth import CITIZEN_PREFIX, CLIENT_PREFIX, AuthError, read_token
+from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token
 from sharedcare.config import Settings
-from sharedcare.governance.clients import find_client
+from sharedcare.governance.clients import current_actor
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import GovernedRecords, actor_for, citizen_actor
+from sharedcare.governance.gateway import GovernedRecords
 from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.scopes import patient_level_only, read_scopes
@@ -71,17 +71,12 @@ def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settin
     subject = str(claims["sub"])
     with db.session() as session:
         revoked = is_revoked(session, claims)
-        client = find_client(session, subject.removeprefix(CLIENT_PREFIX)) if subject.startswith(CLIENT_PREFIX) \
-            else None
+        actor = current_actor(session, fw, subject)
     if revoked:
         raise AuthError("the access token has been revoked; sign in again")
-    if subject.startswith(CITIZEN_PREFIX):
-        return citizen_actor(fw, subject.removeprefix(CITIZEN_PREFIX))
-    if subject.startswith(CLIENT_PREFIX):
-        if client is None or client.role is None:
-            raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
-        return Actor(username=subject, role=fw.roles.get(client.role), organisation=client.organisation or "")
-    return actor_for(fw, subject)
+    if actor is None:
+        raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
+    return actor
 
 
 def scoped_types(scopes: str) -> frozenset[str] | None:

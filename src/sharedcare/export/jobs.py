@@ -4,7 +4,9 @@ State lives in the `export_jobs` table (so any worker can answer a poll) and fil
 folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only from
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
 a job may see it: anyone else is told it does not exist (404), and every poll and download checks
-again that the user may still export (a suspended organisation loses its files at once).
+again that the user may still export (a suspended organisation loses its files at once). A run goes
+under the role and organisation its kick-off was decided under (a backend client's are its
+registration's), and is refused, audited, if the user or client no longer holds them.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.clients import current_actor
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import NotFound, actor_for
+from sharedcare.governance.gateway import NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
 from sharedcare.store.database import Database
@@ -79,7 +82,8 @@ class NdjsonFiles:
     def write(self, resource_type: str, line: bytes) -> None:
         handle = self._handles.get(resource_type)
         if handle is None:
-            handle = self._handles[resource_type] = (self.folder / _file_name(resource_type, self.part)).open("wb")
+            handle = self._handles[resource_type] = (self.folder / _file_name(resource_type, self.part)).open(
+                "wb", buffering=1 << 20)  # a large buffer: one system call per megabyte, not per 8 KiB
         handle.write(line + b"\n")
         self.counts[resource_type] += 1
 
@@ -204,7 +208,8 @@ class ExportJobs:
                 raise TooManyExports("you already have an export running: wait for it, or cancel it with DELETE "
                                      "on its status URL", where="$export")
             session.add(ExportJob(
-                id=job_id, username=actor.username, organisation=actor.organisation, purpose=secondary.purpose,
+                id=job_id, username=actor.username, role=actor.role.name if actor.role else None,
+                organisation=actor.organisation, purpose=secondary.purpose,
                 kind=scope.kind, group_id=scope.group, types=sorted(scope.types) if scope.types else None,
                 since=scope.since, request_url=request_url, status="accepted", created_at=now, updated_at=now,
                 people_total=secondary.people_in_scope(scope), people_done=0, output=[], summary={},
@@ -225,11 +230,25 @@ class ExportJobs:
             job = session.get_one(ExportJob, job_id)
             if job.status != "accepted":  # cancelled before it started (or already run): nothing to do
                 return self._view(job_id)
-            job.status, job.updated_at = "running", utcnow()
-            actor = actor_for(self.fw, job.username)
+            # the identity the kick-off was decided under; the run goes under it only if the user (or the
+            # backend client, whose role and organisation are its registration's) still holds it
+            actor = Actor(username=job.username, role=self.fw.roles.get(job.role or ""), organisation=job.organisation)
+            now = current_actor(session, self.fw, job.username)
+            same = now is not None and now.role is not None and now.role.name == job.role \
+                and now.organisation == job.organisation
+            job.status, job.updated_at = ("running" if same else "failed"), utcnow()
             scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)
             folder, total, purpose = Path(job.out_dir), job.people_total, job.purpose
-        secondary = self._secondary(actor, request_id=job_id, purpose=purpose)
+            secondary = self._secondary(actor, request_id=job_id, purpose=purpose)
+            if not same:
+                job.error = ("the user or client that started this export no longer has the role and organisation "
+                             "it was started under; start a new one")
+                job.finished_at = job.updated_at
+                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "deny", rule_id="deny-identity-changed",
+                                reason="the role or organisation the export was started under has changed",
+                                job=job_id)
+        if not same:
+            return self._view(job_id)
         shards = max(1, self.settings.export_workers)
         tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.secret, actor,
                         purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]

@@ -21,9 +21,13 @@ from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance import scopes
 from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import actor_for, citizen_actor
+from sharedcare.governance.policy import Actor
 from sharedcare.store.models import OAuthClient
 
 PUBLIC, BACKEND = "public", "backend"
+CITIZEN_PREFIX = "patient:"  # a token subject or username so prefixed names a person, not a configured user
+CLIENT_PREFIX = "client:"  # ... a registered backend client
 PUBLIC_SCOPE = "launch patient/*.read user/*.read"
 BACKEND_SCOPE = "system/*.read"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services: RS384 or ES384
@@ -81,6 +85,21 @@ class RegisteredClient(ClientMixin):
 def find_client(session: Session, client_id: str) -> RegisteredClient | None:
     row = session.get(OAuthClient, client_id)
     return RegisteredClient.of(row) if row else None
+
+
+def current_actor(session: Session, fw: Framework, username: str) -> Actor | None:
+    """Who `username` (a token's subject, or the user an export job records) is now: a backend client
+    acts as its registered role and organisation, looked up each time so that removing or re-registering
+    it takes effect at once (None when it is no longer registered); a citizen is themselves; anyone else
+    is the framework's user of that name (an unknown one has no role, and is denied)."""
+    if username.startswith(CLIENT_PREFIX):
+        client = find_client(session, username.removeprefix(CLIENT_PREFIX))
+        if client is None or client.role is None:
+            return None
+        return Actor(username=username, role=fw.roles.get(client.role), organisation=client.organisation or "")
+    if username.startswith(CITIZEN_PREFIX):
+        return citizen_actor(fw, username.removeprefix(CITIZEN_PREFIX))
+    return actor_for(fw, username)
 
 
 def list_clients(session: Session) -> list[RegisteredClient]:

@@ -12,8 +12,11 @@ code; a `Reference` is a rewritten reference or an organisation's ODS code). Dec
 into its Struct drops everything undeclared, in C: names, addresses, telecom, other systems' identifiers,
 displays, free text (`text`, `note`, `description`, narratives), document bodies, extensions not listed,
 and any element a source adds that is not listed here. Then:
-- references survive only between exported types (rewritten to pseudonyms); a Patient reference
-  becomes the person's pseudonym; organisations survive only as ODS codes;
+- a reference survives only to a resource the same export holds (rewritten to its pseudonym): one to
+  something withheld, left out or of another type would say that it exists; a Patient reference
+  becomes the person's pseudonym; organisations survive only as ODS codes; an element that a reference
+  is required in (an encounter's diagnosis, a performer) goes with it;
+- a quantity keeps its value and coded unit; `unit`, free text, survives only as its UCUM code;
 - the Patient keeps gender, year and month of birth (and of death), postcode district, registered GP
   practice and ethnic category; any other date equal to the date of birth is cut to year and month.
 
@@ -26,13 +29,17 @@ from __future__ import annotations
 import hmac
 import re
 import threading
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgspec
 from msgspec import Struct, field
 
+from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import ODS_SYSTEM
 
+UCUM = "http://unitsofmeasure.org"
 PSEUDONYMISED_LABEL = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "PSEUDED"}
 KEPT_EXTENSIONS = frozenset({
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
@@ -43,19 +50,12 @@ KEPT_EXTENSIONS = frozenset({
 class _State(threading.local):
     """The person being pseudonymised, for the Structs' post-decode hooks (one export per thread)."""
 
-    pseudonymiser: Pseudonymiser
     patient_ref: str = ""
     dobs: frozenset[str] = frozenset()
+    links: list[Reference]  # the references to other resources met while decoding one resource
 
 
 _state = _State()
-
-
-def _date(value: str | None) -> str | None:
-    """A date equal to the person's date of birth would give it away: cut it to year and month."""
-    if value is not None and value[:10] in _state.dobs:
-        return value[:7]
-    return value
 
 
 class _E(Struct, omit_defaults=True, gc=False):
@@ -63,13 +63,17 @@ class _E(Struct, omit_defaults=True, gc=False):
 
 
 class _Dated(_E):
-    """An element whose fields named in `_dates` are checked against the date of birth after decoding."""
+    """An element whose fields named in `_dates` are checked against the date of birth after decoding: a
+    date equal to the person's date of birth would give it away, and is cut to year and month."""
 
     _dates: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        dobs = _state.dobs  # `_date` inlined: this runs for most elements of every resource
         for name in self._dates:
-            setattr(self, name, _date(getattr(self, name)))
+            value = getattr(self, name)
+            if value is not None and value[:10] in dobs:
+                setattr(self, name, value[:7])
 
 
 class Coding(_E):
@@ -88,6 +92,10 @@ class Quantity(_E):
     unit: str | None = None
     system: str | None = None
     code: str | None = None
+
+    def __post_init__(self) -> None:
+        # `unit` is the source's free text ("tablets from Mrs H's blister pack"): only a UCUM code leaves
+        self.unit = self.code if self.system == UCUM and self.code else None
 
 
 class Range(_E):
@@ -118,7 +126,13 @@ class Reference(_E):
 
     def __post_init__(self) -> None:
         if self.reference is not None:
-            self.reference = _state.pseudonymiser.reference(self.reference)
+            resource_type, _, server_id = self.reference.partition("/")
+            if resource_type == "Patient":
+                self.reference = _state.patient_ref
+            elif resource_type in SHAPES and server_id and "/" not in server_id:
+                _state.links.append(self)  # kept only if the export holds its target (`Pseudonymiser.encode`)
+            else:
+                self.reference = None
         if self.identifier is not None and self.identifier.system != ODS_SYSTEM:
             self.identifier = None
         if self.reference is None and self.identifier is None:
@@ -494,12 +508,26 @@ def postcode_district(postcode: str | None) -> str | None:
     return compact[:-3] if _POSTCODE.fullmatch(compact) else None
 
 
+def _kept(reference: Reference | None) -> bool:
+    return reference is not None and (reference.reference is not None or reference.identifier is not None)
+
+
+def _without_dangling(resource: _Resource) -> None:
+    """Remove the elements whose required reference was removed: an encounter's diagnosis without its
+    condition, a performer without its actor (FHIR requires both: 1..1)."""
+    if isinstance(resource, Encounter) and resource.diagnosis:
+        resource.diagnosis = [d for d in resource.diagnosis if _kept(d.condition)] or None
+    elif isinstance(resource, Procedure | Immunization) and resource.performer:
+        resource.performer = [p for p in resource.performer if _kept(p.actor)] or None
+
+
 def _without_empties(line: bytes) -> bytes:
     """Remove elements left empty once their free text is gone (`"dosage":[{}]`), and arrays left empty
     by that: FHIR JSON has no empty objects or arrays. Works on the encoded bytes, which is safe here:
     keys are plain names, no array holds an array, and the strings that survive (codes, units, systems,
-    dates) never hold an empty pair of braces or brackets. Most lines have none and cost one search."""
-    at = _next_empty(line)
+    dates) never hold an empty pair of braces or brackets. Most lines have none and cost one search;
+    after a removal the search goes on from just before it (the only place a new empty can appear)."""
+    at = _next_empty(line, 0)
     while at > 0:  # (at 0 the resource itself would be empty: it never is, it has a resourceType)
         if line[at - 1] == 0x3A:  # ':' -> a member `"key":{}`; its key starts at the quote before the colon's
             start = line.rfind(b'"', 0, at - 2)
@@ -511,12 +539,12 @@ def _without_empties(line: bytes) -> bytes:
         elif line[end:end + 1] == b",":
             end += 1
         line = line[:start] + line[end:]
-        at = _next_empty(line)
+        at = _next_empty(line, max(start - 1, 0))
     return line
 
 
-def _next_empty(line: bytes) -> int:
-    braces, brackets = line.find(b"{}"), line.find(b"[]")
+def _next_empty(line: bytes, offset: int) -> int:
+    braces, brackets = line.find(b"{}", offset), line.find(b"[]", offset)
     return braces if brackets == -1 else brackets if braces == -1 else min(braces, brackets)
 
 
@@ -524,52 +552,88 @@ class Unreadable(Exception):
     """A stored resource does not fit its declared shape (it is withheld, never passed on unchecked)."""
 
 
+@dataclass(frozen=True)
+class Shaped:
+    """A stored resource decoded into its shape, with the references to other resources found in it
+    (still naming server ids: `Pseudonymiser.encode` rewrites or removes each)."""
+
+    resource: _Resource
+    links: list[Reference]
+
+    def withdrawn(self) -> bool:
+        """`lifecycle.entered_in_error` of what was stored: its status, or a Condition's or an allergy's
+        verificationStatus (the shapes keep both as stored)."""
+        if getattr(self.resource, "status", None) == ENTERED_IN_ERROR:
+            return True
+        verification = getattr(self.resource, "verificationStatus", None)
+        return verification is not None and any(c.code == ENTERED_IN_ERROR for c in verification.coding or ())
+
+    def security(self) -> frozenset[str]:
+        """Its security labels as stored ("system|code"), which the decision reads."""
+        meta = self.resource.meta
+        return frozenset(f"{c.system}|{c.code}" for c in meta.security) if meta and meta.security else frozenset()
+
+
 class Pseudonymiser:
     """Rewrites released resources for one purpose (one instance per export, used by one thread)."""
 
     def __init__(self, secret: str, purpose: str) -> None:
-        self._key = purpose_key(secret, purpose)
+        self._mac = hmac.new(purpose_key(secret, purpose), digestmod="sha256")  # keyed once, copied per id
+        self._known: dict[str, str] = {}  # this person's "Type/server id" -> pseudonym
 
     def pseudonym(self, resource_type: str, server_id: str) -> str:
         """The pseudonymous id of a resource (for a person: `pseudonym("Patient", person_id)`)."""
-        return hmac.digest(self._key, f"{resource_type}/{server_id}".encode(), "sha256").hex()[:32]
-
-    def reference(self, value: str) -> str | None:
-        """`Type/id` between exported types becomes `Type/pseudonym`; anything else is dropped."""
-        resource_type, _, server_id = value.partition("/")
-        if resource_type == "Patient":
-            return _state.patient_ref
-        if resource_type in SHAPES and server_id and "/" not in server_id:
-            return f"{resource_type}/{self.pseudonym(resource_type, server_id)}"
-        return None
+        mac = self._mac.copy()
+        mac.update(f"{resource_type}/{server_id}".encode())
+        return mac.hexdigest()[:32]
 
     def for_person(self, person_id: str, dobs: frozenset[str]) -> None:
         """Set the person whose resources `decode` reads next. `dobs`: their dates of birth (YYYY-MM-DD)."""
-        _state.pseudonymiser = self
         _state.patient_ref = f"Patient/{self.pseudonym('Patient', person_id)}"
         _state.dobs = dobs
+        self._known = {}
 
     @staticmethod
-    def decode(resource_type: str, text: str | bytes) -> _Resource:
+    def decode(resource_type: str, text: str | bytes) -> Shaped:
         """A stored clinical resource in its declared shape (only what the shape lists); Unreadable if it
         does not fit, or its type has no shape (such types are never exported)."""
         decoder = _DECODERS.get(resource_type)
         if decoder is None:
             raise Unreadable(f"{resource_type} is not exported")
+        links: list[Reference] = []
+        _state.links = links
         try:
-            return decoder.decode(text)
+            return Shaped(decoder.decode(text), links)
         except msgspec.ValidationError as exc:
             raise Unreadable(f"{resource_type}: {exc}") from exc
 
-    def encode(self, shaped: _Resource, server_id: str) -> bytes:
-        """The NDJSON line of a decoded resource: pseudonymous id, provenance, the pseudonymised label."""
-        meta = shaped.meta
+    def _id(self, reference: str) -> str:
+        known = self._known.get(reference)
+        if known is None:
+            resource_type, _, server_id = reference.partition("/")
+            known = self._known[reference] = self.pseudonym(resource_type, server_id)
+        return known
+
+    def encode(self, shaped: Shaped, server_id: str, exported: AbstractSet[str]) -> bytes:
+        """The NDJSON line of a decoded resource: pseudonymous id, provenance, the pseudonymised label, and
+        references only to the resources in `exported` ("Type/server id": what this export holds)."""
+        resource = shaped.resource
+        for link in shaped.links:
+            target = link.reference
+            if target is not None and target in exported:
+                link.reference = f"{target.partition('/')[0]}/{self._id(target)}"
+            else:
+                link.reference = None
+                if link.identifier is None:
+                    link.type = None
+        _without_dangling(resource)
+        meta = resource.meta
         source = meta.source if meta is not None and (meta.source or "").startswith(f"{ODS_SYSTEM}|") else None
-        shaped.meta = Meta(lastUpdated=meta.lastUpdated if meta else None, source=source, security=[_LABEL])
-        shaped.id = self.pseudonym(shaped.resourceType, server_id)
-        if isinstance(shaped, MedicationStatement) and shaped.extension:
-            shaped.extension = [e for e in shaped.extension if e.url in KEPT_EXTENSIONS] or None
-        return _without_empties(_ENCODER.encode(shaped))
+        resource.meta = Meta(lastUpdated=meta.lastUpdated if meta else None, source=source, security=[_LABEL])
+        resource.id = self._id(f"{resource.resourceType}/{server_id}")
+        if isinstance(resource, MedicationStatement) and resource.extension:
+            resource.extension = [e for e in resource.extension if e.url in KEPT_EXTENSIONS] or None
+        return _without_empties(_ENCODER.encode(resource))
 
     def patient(self, content: dict[str, Any], person_id: str) -> bytes:
         """The person's one Patient: gender, birth and death to the month, postcode district, GP practice,

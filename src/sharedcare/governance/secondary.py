@@ -21,20 +21,20 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 import msgspec
+import orjson
 from sqlalchemy import ColumnElement, Text, and_, case, cast, distinct, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from sharedcare.clock import utcnow
-from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.classify import classify
+from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
-from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable
+from sharedcare.governance.pseudonymise import Pseudonymiser, Shaped, Unreadable
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Preference, Resource
 
@@ -182,8 +182,11 @@ class SecondaryUse:
             # received_at only for Patient rows: turning stored timestamps into datetimes costs more per
             # row than anything else here, and only the choice of a person's Patient needs it
             received = case((Resource.resource_type == "Patient", Resource.received_at), else_=None)
+            # the category ingest stored, only if stored under the current rules and framework (else None:
+            # the row is classified afresh, as the gateway does)
+            category = case((Resource.category_key == classification_key(self.fw), Resource.category), else_=None)
             stmt = (select(PatientRecord.person_id, Resource.id.label("server_id"), Resource.resource_type,
-                           Resource.source_org, received.label("received_at"),
+                           Resource.source_org, received.label("received_at"), category.label("category"),
                            cast(Resource.content, Text).label("text"))
                     .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
                     .order_by(PatientRecord.person_id))
@@ -198,8 +201,9 @@ class SecondaryUse:
             # Patient rows always come: they hold the dates of birth that other dates are checked against
             stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
             person: str | None = None
-            held: list[Any] = []  # the person's rows: server_id, resource_type, source_org, received_at, text
-            for row in session.execute(stmt.execution_options(yield_per=2000)):
+            held: list[Any] = []  # the person's rows: server_id, type, source_org, received_at, category, text
+            # Core rows (no ORM loading step): plain named tuples, fetched a batch at a time
+            for row in session.connection().execution_options(yield_per=2000).execute(stmt):
                 if row.person_id != person:
                     if person is not None:
                         yield from self._person(person, held, snap)
@@ -215,27 +219,36 @@ class SecondaryUse:
     def _person(self, person_id: str, held: list[Any], snap: _Snapshot) -> Iterator[tuple[str, bytes]]:
         counts, scope, pseudonymiser = snap.counts, snap.scope, snap.pseudonymiser
         counts.people_seen += 1
-        patients = {id(row): json.loads(row.text) for row in held if row.resource_type == "Patient"}
+        patients = {id(row): orjson.loads(row.text) for row in held if row.resource_type == "Patient"}
         dobs = frozenset(p["birthDate"] for p in patients.values() if isinstance(p.get("birthDate"), str))
         pseudonymiser.for_person(person_id, dobs)
-        items, shaped, unreadable = [], {}, 0
+        items: list[Item] = []
+        shaped: dict[int, tuple[Any, Shaped | None]] = {}
+        unreadable = 0
+        decode, kinds = pseudonymiser.decode, snap.kinds
         for row in held:
-            if row.resource_type == "Patient":
-                content, security = patients[id(row)], _labels((patients[id(row)].get("meta") or {}).get("security"))
+            resource_type = row.resource_type
+            if resource_type == "Patient":
+                content = patients[id(row)]
+                item = Item(content, "Patient", row.source_org, "demographics",
+                            _labels((content.get("meta") or {}).get("security")))
+                shaped[id(item)] = (row, None)
             else:
                 try:
-                    resource = pseudonymiser.decode(row.resource_type, row.text)
+                    resource = decode(resource_type, row.text)
                 except Unreadable:
                     unreadable += 1
                     continue
-                content = _CODES.decode(row.text)  # classified on what was stored, not on what may leave
-                if entered_in_error(content):  # withdrawn by its source: no longer part of the record
+                # the shape holds the stored status, verificationStatus and security labels as they are
+                if resource.withdrawn():  # withdrawn by its source: no longer part of the record
                     continue
-                security = _labels((content.get("meta") or {}).get("security"))
-            item = Item(content, row.resource_type, row.source_org,
-                        classify(content, snap.kinds.get(row.source_org, "unknown"), self.fw), security)
+                category = row.category  # stored by ingest, when under the current classification key
+                if category is None:  # else classified on what was stored, not on what may leave
+                    stored = dict(_CODES.decode(row.text))
+                    category = classify(stored, kinds.get(row.source_org, "unknown"), self.fw)
+                item = Item(_NOT_READ, resource_type, row.source_org, category, resource.security())
+                shaped[id(item)] = (row, resource)
             items.append(item)
-            shaped[id(item)] = (row, None if row.resource_type == "Patient" else resource)
         request = Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=None,
                           agreements=snap.agreements, choices=snap.choices.get(person_id, NO_CHOICES), now=snap.now)
         decision = decide_secondary(request, items, self.fw)
@@ -246,14 +259,20 @@ class SecondaryUse:
         counts.withheld.update(decision.withheld)
         if unreadable:
             counts.withheld["unreadable"] += unreadable
-        released_patients = []
+        released_patients: list[Any] = []
+        clinical: list[tuple[Any, Shaped]] = []
         for released in decision.released:
-            row, clinical = shaped[id(released.item)]
-            if clinical is None:
+            row, maybe = shaped[id(released.item)]
+            if maybe is None:
                 released_patients.append(row)
-                continue
-            counts.resources[row.resource_type] += 1
-            yield row.resource_type, pseudonymiser.encode(clinical, row.server_id)
+            else:
+                clinical.append((row, maybe))
+        # what this export holds of the person: references to anything else are removed
+        exported = {f"{row.resource_type}/{row.server_id}" for row, _ in clinical}
+        resources, encode = counts.resources, pseudonymiser.encode
+        for row, resource in clinical:
+            resources[row.resource_type] += 1
+            yield row.resource_type, encode(resource, row.server_id, exported)
         if released_patients and scope.wants("Patient") and (
                 scope.since is None or any(p.received_at and p.received_at >= scope.since for p in released_patients)):
             # one Patient per person: their GP practice's record (the registered demographics), else the newest
@@ -261,6 +280,9 @@ class SecondaryUse:
                          key=lambda p: (snap.kinds.get(p.source_org) == "gp", p.received_at or snap.now))
             counts.resources["Patient"] += 1
             yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
+
+
+_NOT_READ: dict[str, Any] = {}  # an Item's content the decision does not read (secondary use decides on the rest)
 
 
 class ClassifiedElements(TypedDict, total=False):

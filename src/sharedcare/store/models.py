@@ -383,6 +383,8 @@ class ExportJob(Base):
     __table_args__ = (Index("ix_export_jobs_user", "username"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     username: Mapped[str] = mapped_column(String(100))
+    # the role and organisation the kick-off was decided under: the run goes under them or not at all
+    role: Mapped[str | None] = mapped_column(String(50))
     organisation: Mapped[str] = mapped_column(String(16))
     purpose: Mapped[str] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(10))  # system | patient | group
