@@ -216,3 +216,23 @@ def test_post_fhir_takes_only_batch_or_transaction_bundles_in_fhir_formats(ics: 
     assert response.status_code == 400 and "application/fhir+json" in response.json()["issue"][0]["diagnostics"]
     described = ics.client.get("/openapi.json").json()["paths"]["/fhir"]["post"]
     assert "application/fhir+xml" in described["requestBody"]["content"]
+
+
+def test_a_write_refused_for_its_shape_is_audited_too(ics: Ics, db: Database) -> None:
+    """A body that is not what the URL names, or a Bundle that is neither batch nor transaction: 400, and
+    the IG officer still sees who tried to write what."""
+    body = _diabetes()
+    cases = [("put", "/fhir/Observation/gp-c1", body), ("put", "/fhir/Condition/other-id", body),
+             ("post", "/fhir", {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": body}]})]
+    before = _count(db)
+    for method, url, payload in cases:
+        answer = getattr(ics.client, method)(url, headers=_token(ics, "dr.patel"), content=json.dumps(payload))
+        assert answer.status_code == 400, answer.text
+    assert _count(db) == before
+    with db.session() as s:
+        events = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")
+                           .order_by(AuditEntry.seq)).all()
+    assert [(e.outcome, e.username) for e in events] == [("deny", "dr.patel")] * 3
+    reasons = [next(d["valueString"] for e2 in e.event["entity"] if e2.get("name") == "decision"
+                    for d in e2["detail"] if d["type"] == "reason") for e in events]
+    assert "URL names Observation" in reasons[0] and "other-id" in reasons[1] and "batch or transaction" in reasons[2]

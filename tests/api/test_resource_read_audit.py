@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 from tests.portal.test_patient_portal import _sign_in as citizen_sign_in
-from tests.small_ics import Ics
+from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
@@ -123,3 +123,28 @@ def test_the_ig_officer_sees_the_resource_named_and_whether_it_was_shown(ics: Ic
     refused, allowed = reads  # newest first
     assert "Refused" in refused and "shown" not in refused
     assert "Allowed" in allowed and "1 item shown" in allowed
+
+
+def _detail(event: dict[str, Any], key: str) -> str | None:
+    decision = next(e for e in event["entity"] if e.get("name") == "decision")
+    return next((d["valueString"] for d in decision["detail"] if d["type"] == key), None)
+
+
+def test_everything_and_search_of_a_patient_who_objected_look_like_a_missing_one_and_are_audited(ics: Ics) -> None:
+    """An app must not confirm by id that a person is stored, nor learn that they objected (TRUST AC3)."""
+    from sharedcare.governance.consent import set_choice
+
+    headers = ics.open_record("dr.patel")
+    with _db(ics).session() as session:
+        set_choice(session, OKAFOR_NHS, by="test", object_org="P81001")
+        session.commit()
+    missing = "00000000-0000-0000-0000-000000000000"
+    for n, url in enumerate(("/fhir/Patient/{}/$everything", "/fhir/Condition?patient={}")):
+        absent = ics.client.get(url.format(missing), headers=headers)
+        refused = ics.client.get(url.format(ics.okafor), headers={**headers, "X-Request-ID": f"refused-{n}"})
+        assert (absent.status_code, refused.status_code) == (404, 404), (url, refused.text)
+        assert "objected" not in refused.text
+        assert refused.json()["issue"][0]["diagnostics"] == absent.json()["issue"][0]["diagnostics"].replace(
+            missing, ics.okafor)
+        events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, f"refused-{n}")]
+        assert events == [("deny", "deny-objection-org", ics.okafor)]

@@ -103,6 +103,12 @@ class Contributions:
         self._audit("deny", None, rule_id=rule_id, reason=reason)
         return AccessDenied(rule_id, reason)
 
+    def _invalid(self, reason: str) -> InvalidRequest:
+        """A write refused for its shape (not a Bundle, a body that is not what the URL names): audited like
+        any refused write, answered 400."""
+        self._audit("deny", None, rule_id="deny-write-invalid", reason=reason)
+        return InvalidRequest(reason)
+
     def _authorise(self, data: dict[str, Any] | None) -> None:
         """Raise AccessDenied (audited) unless this actor may write what `data` holds as its organisation."""
         actor, org_code = self.actor, self.actor.organisation
@@ -147,11 +153,11 @@ class Contributions:
             return self._store_single(raw, None)  # quarantined with the parse error, answered 400
         kind = data.get("type")
         if data.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
-            raise InvalidRequest("POST /fhir takes a Bundle of type batch or transaction "
+            raise self._invalid("POST /fhir takes a Bundle of type batch or transaction "
                                  f"(got {data.get('resourceType')} {kind or ''})".strip())
         listed = data.get("entry") or []
         if not isinstance(listed, list):
-            raise InvalidRequest("Bundle.entry must be a list of entries")
+            raise self._invalid("Bundle.entry must be a list of entries")
         if kind == "transaction":
             result = self._store_single(raw, listed)
             result.bundle_type = "transaction"
@@ -177,11 +183,11 @@ class Contributions:
         if data is None:
             return self._store_single(raw, None)
         if data.get("resourceType") != resource_type:
-            raise InvalidRequest(f"the body is a {data.get('resourceType')}, but the URL names {resource_type}")
+            raise self._invalid(f"the body is a {data.get('resourceType')}, but the URL names {resource_type}")
         if resource_id is not None:
             source_id = self._source_id(resource_type, resource_id)
             if data.get("id") != resource_id and data.get("id") != source_id:
-                raise InvalidRequest(f"the body's id '{data.get('id')}' is not the id in the URL ('{resource_id}')")
+                raise self._invalid(f"the body's id '{data.get('id')}' is not the id in the URL ('{resource_id}')")
             if data.get("id") != source_id:
                 data["id"] = source_id
                 raw = RawMessage(raw.filename, raw.location, json.dumps(data).encode(), raw.format)
