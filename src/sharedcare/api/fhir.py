@@ -22,8 +22,14 @@ from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.gateway import (AccessDenied, GovernedRecords, NotFound, PatientMatch, RecordView,
-                                           ServedResource)
+from sharedcare.governance.gateway import (
+    AccessDenied,
+    GovernedRecords,
+    NotFound,
+    PatientMatch,
+    RecordView,
+    ServedResource,
+)
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, normalise
 
 
