@@ -496,3 +496,20 @@ def test_an_app_asking_for_write_scopes_is_given_only_the_reads_it_is_registered
     granted = token["scope"].split()
     assert "patient/*.cruds" not in granted and "patient/*.write" not in granted and "user/*.*" not in granted
     assert all(word == "launch" or word.endswith((".read", ".rs", ".r", ".s")) for word in granted), granted
+
+
+def test_a_read_through_an_app_names_the_app_as_well_as_the_user_in_the_audit(registered: Ics, db: Database) -> None:
+    token = _bearer(_app_token(registered)["access_token"])
+    assert registered.client.get(f"/fhir/Patient/{registered.okafor}/$everything", headers=token).status_code == 200
+    with db.session() as session:
+        event = session.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:read")
+                                .order_by(AuditEntry.seq.desc())).first()
+    assert event is not None and event.username == "dr.patel"
+    agents = [(a["who"]["identifier"]["value"], a["requestor"]) for a in event.event["agent"]]
+    assert agents == [("dr.patel", True), (APP, False)]
+    portal = registered.open_record("dr.patel")  # the clinician's own read names no app
+    registered.client.get(f"/fhir/Patient/{registered.okafor}/$everything", headers=portal)
+    with db.session() as session:
+        own = session.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:read")
+                              .order_by(AuditEntry.seq.desc())).first()
+    assert own is not None and len(own.event["agent"]) == 1

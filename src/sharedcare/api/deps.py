@@ -68,6 +68,7 @@ def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settin
     claims = read_token(settings, bearer_or_cookie(request))
     request.state.scopes = str(claims.get("scope", ""))
     request.state.launch_patient = claims.get("patient")
+    request.state.client_id = claims.get("client_id")
     subject = str(claims["sub"])
     with db.session() as session:
         revoked = is_revoked(session, claims)
@@ -102,7 +103,8 @@ def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
         raise AuthError("a patient/ scope needs a launch patient: get the token through an EHR launch")
     with db.session() as session:
         common: dict[str, Any] = {"purpose": "direct-care", "request_id": request.state.request_id,
-                                  "source_address": _source_address(request), "resource_types": scoped_types(scopes)}
+                                  "source_address": _source_address(request), "resource_types": scoped_types(scopes),
+                                  "client_id": getattr(request.state, "client_id", None)}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
                if patient_only else GovernedRecords(session, fw, actor, **common))
 

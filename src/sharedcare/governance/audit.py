@@ -82,6 +82,7 @@ class AuditRecord:
     rule_id: str | None = None
     request_id: str | None = None
     source_address: str | None = None
+    client_id: str | None = None  # the SMART app the user acted through (None: the portal or a tool)
     resource: str | None = None  # the one resource a resource read asked for (`Condition/{id}`)
     released: list[str] = field(default_factory=list)
     withheld: dict[str, int] = field(default_factory=dict)
@@ -136,10 +137,21 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
                            "valueString": record.organisation or "none"}],
             "requestor": True,
             "network": {"address": record.source_address or "local", "type": "2"},
-        }],
+        }, *_app_agent(record.client_id)],
         "source": {"observer": {"display": "sharedcare"}, "site": record.request_id or str(uuid.uuid4())},
         "entity": entities,
     }
+
+
+def _app_agent(client_id: str | None) -> list[dict[str, Any]]:
+    """The SMART app a user read through, as a second agent (TRUST AU1: who is the user and the client
+    app): IG and the citizen can tell an app's read from the clinician's own."""
+    if not client_id:
+        return []
+    return [{"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
+                                  "display": "Application"}]},
+             "who": {"identifier": {"system": "https://sharedcare.example/Id/client", "value": _clean(client_id)}},
+             "requestor": False}]
 
 
 _HASHED = ("seq", "recorded_at", "action", "outcome", "username", "organisation", "patient_id", "event")

@@ -143,10 +143,12 @@ class GovernedRecords:
 
     def __init__(self, session: Session, fw: Framework, actor: Actor, purpose: str = "direct-care",
                  request_id: str | None = None, source_address: str | None = None,
-                 resource_types: frozenset[str] | None = None) -> None:
+                 resource_types: frozenset[str] | None = None, client_id: str | None = None) -> None:
         """`resource_types`: what the caller's token scopes allow (None: every type). The decision point
-        still decides; scopes only narrow what a client asked to receive."""
+        still decides; scopes only narrow what a client asked to receive. `client_id`: the SMART app the
+        user reads through, named in every audit event."""
         self.resource_types = resource_types
+        self.client_id = client_id
         self.session = session
         self.fw = fw
         self.actor = actor
@@ -163,7 +165,7 @@ class GovernedRecords:
         return record_audit(self.session, AuditRecord(
             action=action, outcome=outcome, username=self.actor.username, role=role,
             organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
-            request_id=self.request_id, source_address=self.source_address, **extra))
+            request_id=self.request_id, source_address=self.source_address, client_id=self.client_id, **extra))
 
     def _request(self, person_id: str, basis: ActiveBasis | None) -> Request:
         """The decision's inputs about this person, read now: their choices (from every NHS number their
