@@ -5,8 +5,10 @@ maximisation under blocking rules, the prior from NHS-number agreement), scores 
 blocking rules produce and clusters them at the link threshold. The comparisons are those of
 `compare.py`, fitted to UK data. Safety rules apply on top of the model, because a false link shows
 one person another's record: records whose valid NHS numbers differ are never in one person; a pair
-whose given names disagree (twins, siblings) is never linked automatically, only reviewed; and a
-cluster that would join two NHS numbers is split, its records without a number held for review.
+whose given names disagree (twins, siblings) is never linked automatically, only reviewed, unless its
+NHS number, surname and date of birth all agree (then it is linked, as ingest links on the NHS number,
+and put on the review list with that reason); and a cluster that would join two NHS numbers is split,
+its records without a number held for review.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from splink import Linker, SettingsCreator, block_on
 from splink.backends.duckdb import DuckDBAPI
 from splink.internals.blocking_rule_creator import BlockingRuleCreator
 
-from sharedcare.identity.compare import COMPARISONS, INT_COLUMNS, LIST_COLUMNS, MatchRecord, features
+from sharedcare.identity.compare import (
+    COMPARISONS,
+    INT_COLUMNS,
+    LIST_COLUMNS,
+    NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
+    MatchRecord,
+    features,
+    nhs_number_outweighs_given_name,
+)
 from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRESHOLD, Model
 
 __all__ = ["MatchRecord", "Clustering", "ReviewPair", "cluster", "train"]
@@ -62,12 +72,14 @@ def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
 
 @dataclass(frozen=True)
 class ReviewPair:
-    """A pair the model could not settle, with its waterfall (see `Model.evidence`)."""
+    """A pair for a person to look at, with its waterfall (see `Model.evidence`): one the model could not
+    settle, or (`linked`) one linked on its NHS number although the given names differ."""
 
     record_a: int
     record_b: int
     probability: float
     evidence: dict[str, Any]
+    linked: bool = False
 
 
 @dataclass
@@ -148,8 +160,10 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     gammas = [f"gamma_{c.name}" for c in COMPARISONS]
     rows = scored.select(", ".join(["unique_id_l", "unique_id_r", "match_probability", *gammas])).fetchall()
     numbers = {r.record_id: r.nhs_number for r in records}
+    by_id = {r.record_id: r for r in records}
     links: list[tuple[int, int, float]] = []
     unsure: list[tuple[int, int, float, dict[str, int]]] = []
+    discrepant: list[tuple[int, int, float, dict[str, int]]] = []  # linked on the NHS number, names differ
     found_of: dict[tuple[int, int], dict[str, int]] = {}
     for a, b, p, *gamma in rows:
         pair = (min(a, b), max(a, b))
@@ -157,19 +171,29 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         found_of[pair] = found
         if pair in decided_different or _numbers_differ(numbers, a, b):
             continue
-        if pair in decided_same or (p >= LINK_THRESHOLD and not model.score_levels(found).never_link):
+        never_link = model.score_levels(found).never_link
+        if pair in decided_same or (p >= LINK_THRESHOLD and not never_link):
             links.append((a, b, p))
+        elif never_link == ["name"] and nhs_number_outweighs_given_name(features(by_id[a]), features(by_id[b])):
+            links.append((a, b, p))  # as ingest links on the NHS number; kept on the review list
+            discrepant.append((a, b, p, found))
         else:
             unsure.append((a, b, p, found))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
     result = _components(records, links, numbers)
+    flagged = {(min(a, b), max(a, b)) for a, b, _, _ in discrepant}
     for a, b, p in links:
-        pair_levels = found_of.get((min(a, b), max(a, b)))
+        pair = (min(a, b), max(a, b))
+        pair_levels = found_of.get(pair)
         for record in (a, b):
             if pair_levels and p >= result.probability.get(record, 0.0) - 1e-12 and record not in result.evidence:
-                result.evidence[record] = model.evidence(pair_levels) | {"with_record": b if record == a else a}
+                result.evidence[record] = model.evidence(pair_levels) | {"with_record": b if record == a else a} | (
+                    {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME} if pair in flagged else {})
     result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, model.evidence(found))
                            for a, b, p, found in unsure if result.cluster_of[a] != result.cluster_of[b]]
+    result.review_pairs += [ReviewPair(min(a, b), max(a, b), p, model.evidence(found)
+                                       | {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME}, linked=True)
+                            for a, b, p, found in discrepant if result.cluster_of[a] == result.cluster_of[b]]
     result.model, result.trained = saved, trained
     return result
 
