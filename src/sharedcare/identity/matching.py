@@ -1,7 +1,8 @@
 """Batch matching of every source patient record with Splink (Fellegi-Sunter, on DuckDB).
 
 A relink trains the model on the ICS's own records (u by random sampling, m by expectation
-maximisation under blocking rules, the prior from NHS-number agreement), scores the candidate pairs the
+maximisation under blocking rules, the prior from NHS-number agreement, its recall measured against
+name and birth date agreement), scores the candidate pairs the
 blocking rules produce and clusters them at the link threshold. The comparisons are those of
 `compare.py`, fitted to UK data. Safety rules apply on top of the model, because a false link shows
 one person another's record: records whose valid NHS numbers differ are never in one person; a pair
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,37 @@ BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
 
 MIN_TRAINING_RECORDS = 1000
 EM_BLOCKING: list[tuple[str, ...]] = [("dob", "postcode"), ("given", "family")]
+
+
+PRIOR_RECALL_GUESS = 0.9  # the recall assumed for the prior's rule when the data cannot measure it
+MIN_PRIOR_OVERLAP = 20  # pairs agreeing on both rules needed to measure the NHS-number rule's recall
+
+
+def _agreeing_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> int:
+    """How many pairs of records agree on all these columns (none missing)."""
+    counts = Counter(key for key in (tuple(row[c] for c in columns) for row in rows) if None not in key)
+    return sum(n * (n - 1) // 2 for n in counts.values())
+
+
+def prior_rule(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], float]:
+    """The rule whose pairs are sure to be one person, and its recall, for Splink's estimate of the prior
+    (matches = pairs the rule finds / its recall).
+
+    The rule is the same NHS number. Its recall is not a constant: it is the share of true pairs in which
+    both records carry the number, and feeds that lack it (A&E, ambulance, social care) are the ones that
+    need matching. So it is measured against a second rule whose misses are independent of it, the same
+    full name and birth date: the share of name-and-birth-date pairs that also share an NHS number is the
+    NHS-number rule's recall (capture-recapture), and the prior becomes pairs(NHS) x pairs(name and birth
+    date) / pairs(both). Only when too few pairs meet both rules is the recall guessed; data without NHS
+    numbers use the name-and-birth-date rule with the guess."""
+    name_dob = ("given", "family", "dob")
+    numbered = _agreeing_pairs(rows, ("nhs_number",))
+    if not numbered:
+        return name_dob, PRIOR_RECALL_GUESS
+    both = _agreeing_pairs(rows, ("nhs_number", *name_dob))
+    if both < MIN_PRIOR_OVERLAP:
+        return ("nhs_number",), PRIOR_RECALL_GUESS
+    return ("nhs_number",), min(1.0, both / _agreeing_pairs(rows, name_dob))
 
 
 def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
@@ -122,14 +154,12 @@ def _linker(records: list[MatchRecord], model: dict[str, Any] | None = None) -> 
 def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
     """Estimate the model's parameters from these records; return the linker and the model's JSON."""
     linker = _linker(records)
-    # The prior from pairs sure to be one person: the same NHS number (or, in data without NHS numbers,
-    # the same full name and birth date).
-    sure = block_on("nhs_number") if any(r.nhs_number for r in records) else block_on("given", "family", "dob")
-    linker.training.estimate_probability_two_random_records_match([sure], recall=0.9)
+    rows = [features(r) for r in records]
+    columns, recall = prior_rule(rows)
+    linker.training.estimate_probability_two_random_records_match([block_on(*columns)], recall=recall)
     linker.training.estimate_u_using_random_sampling(max_pairs=2e6, seed=1)
     # Each EM block is made of pairs that are nearly all one person (so EM does not learn households as
     # matches); each estimates the comparisons its blocking columns leave free.
-    rows = [features(r) for r in records]
     for columns in EM_BLOCKING:
         usable = columns if _has_pairs(rows, columns) else ("dob",)  # none (no UK postcodes): birth date alone
         linker.training.estimate_parameters_using_expectation_maximisation(block_on(*usable))
