@@ -785,8 +785,9 @@ def mllp(host: str = "127.0.0.1", port: int = 2575) -> None:
 
 @mpi_app.command("review")
 def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Pairs the model was unsure about, each with its waterfall (the prior, then every comparison's level
-    and match weight), and records held for review on their own with the reason; oldest first."""
+    """Pairs the model was unsure about and pairs linked with a discrepancy (the NHS number, surname and
+    birth date agree, the given names do not), each with its waterfall (the prior, then every comparison's
+    level and match weight), and records held for review on their own with the reason; oldest first."""
     from sharedcare.store.models import MatchReview, PatientRecord
 
     with _database().session() as session:
@@ -803,6 +804,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
                     f"{r.birth_date or ''} {r.postcode or ''} {r.nhs_number or 'no NHS number'}")
 
         rows: list[dict[str, Any]] = [{"id": i.id, "status": i.status, "probability": round(i.probability, 4),
+                                       "linked": records[i.record_a].person_id == records[i.record_b].person_id,
+                                       "discrepancy": (i.evidence or {}).get("discrepancy"),
                                        "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
                                        "evidence": i.evidence} for i in items]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
@@ -810,7 +813,9 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return
     out = Console()
-    table = Table(title=f"MPI review: {len(rows)} uncertain pairs", show_lines=True)
+    flagged = sum(bool(r["discrepancy"]) for r in rows)
+    table = Table(title=f"MPI review: {len(rows) - flagged} uncertain pairs, {flagged} linked with a discrepancy",
+                  show_lines=True)
     for column in ("id", "probability", "record a", "record b", "why (match weight)"):
         table.add_column(column)
     for r in rows:
@@ -819,7 +824,9 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
             f"{step['comparison']}: {step['level']} {step['match_weight']:+}"
             for step in evidence.get("comparisons", [])]
         steps.append(f"= {evidence.get('match_weight', '')}")
-        if evidence.get("never_link"):
+        if r["discrepancy"]:
+            steps.append(f"{'LINKED' if r['linked'] else 'linked, since moved apart'}: {r['discrepancy']}")
+        elif evidence.get("never_link"):
             steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
         table.add_row(str(r["id"]), str(r["probability"]), r["a"], r["b"], "\n".join(steps))
     out.print(table)

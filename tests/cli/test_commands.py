@@ -225,3 +225,18 @@ def test_mpi_review_shows_each_uncertain_pair_as_a_waterfall_and_thin_records_wi
     people = {r["source_id"]: r["person_id"] for r in csv.DictReader(io.StringIO(
         runner.invoke(app, ["mpi", "export"]).stdout))}
     assert len(set(people.values())) == 3
+
+
+def test_mpi_review_lists_a_link_made_on_the_nhs_number_despite_different_given_names(
+        env: Database, tmp_path: Path) -> None:
+    feed = write_ndjson(tmp_path / "two.ndjson", [
+        bundle("P81001", "emis", [patient("amy", "9434765919", "Jones", "Amy", "2001-04-05", gender="female")]),
+        bundle("RXR", "epr", [patient("h-amy", "9434765919", "Jones", "Zara", "2001-04-05", gender="female")])])
+    runner.invoke(app, ["ingest", str(feed)])
+    assert len({r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout))}) == 1
+    shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0
+    for text in ("1 linked with a discrepancy", "LINKED: given names differ", "JONES, Amy", "JONES, Zara"):
+        assert text in shown.stdout
+    [item] = json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout)
+    assert item["linked"] and "NHS number, surname and date of birth agree" in item["discrepancy"]

@@ -160,3 +160,69 @@ def test_malformed_identifiers_are_reported_on_the_record_and_it_is_still_stored
         for what in ("fails the modulus 11 check", "is not a UK postcode", "is not a UK number", "is not an address"):
             assert what in note
     assert len(_records(db)) == 1
+
+
+def _reviews(db: Database) -> list[MatchReview]:
+    with db.session() as s:
+        rows = list(s.scalars(select(MatchReview).order_by(MatchReview.id)))
+        s.expunge_all()
+    return rows
+
+
+def test_a_different_given_name_links_on_the_nhs_number_surname_and_birth_date_and_is_on_the_review_list(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    # The hospital keyed another first name; the NHS number, surname and birth date say it is Amy.
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("amy", "9434765919", "Jones", "Amy", "2001-04-05", "female")),
+            (HOSPITAL, patient("h-amy", "9434765919", "Jones", "Zara", "2001-04-05", "female", postcode="LS1 4AP")))
+    r = _records(db)
+    assert r["RXR/h-amy"].person_id == r["P81001/amy"].person_id
+    assert (r["RXR/h-amy"].link_status, r["RXR/h-amy"].link_method) == ("linked", "nhs-number")
+    assert "given names differ" in (r["RXR/h-amy"].link_note or "")
+    [review] = _reviews(db)
+    assert review.status == "open"
+    assert {review.record_a, review.record_b} == {r["RXR/h-amy"].id, r["P81001/amy"].id}
+    assert "given names differ" in review.evidence["discrepancy"]
+    assert "NHS number, surname and date of birth agree" in review.evidence["discrepancy"]
+    with db.session() as s:
+        relink(s)  # the batch relink decides the same way, and the item stays on the list
+    r = _records(db)
+    assert r["RXR/h-amy"].person_id == r["P81001/amy"].person_id
+    [review] = _reviews(db)
+    assert review.status == "open" and "given names differ" in review.evidence["discrepancy"]
+    with db.session() as s:
+        decide(s, review.id, "separate", by="mpi.reviewer")  # the IG officer finds they are two people
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/h-amy"].person_id != r["P81001/amy"].person_id
+
+
+def test_a_different_given_name_without_an_agreeing_nhs_number_is_never_linked(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("amy", "9434765919", "Jones", "Amy", "2001-04-05", "female")),
+            (HOSPITAL, patient("h-zara", None, "Jones", "Zara", "2001-04-05", "female")))
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/h-zara"].person_id != r["P81001/amy"].person_id
+    assert all("discrepancy" not in review.evidence for review in _reviews(db))
+
+
+def test_a_mothers_nhs_number_on_her_babys_record_is_held_for_review_not_linked(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    # Same number, sex and surname, but another given name and birth date: the number alone does not decide.
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("mum", "9434765919", "Jones", "Sarah", "1990-02-03", "female")),
+            (HOSPITAL, patient("baby", "9434765919", "Jones", "Lily", "2026-01-09", "female")))
+    r = _records(db)
+    assert r["RXR/baby"].person_id != r["P81001/mum"].person_id
+    assert (r["RXR/baby"].link_status, r["RXR/baby"].link_method) == ("review", "nhs-number-conflict")
+    assert "another given name" in (r["RXR/baby"].link_note or "")
+    [review] = _reviews(db)
+    assert {review.record_a, review.record_b} == {r["RXR/baby"].id, r["P81001/mum"].id}
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/baby"].person_id != r["P81001/mum"].person_id

@@ -266,6 +266,22 @@ EMAIL = Comparison("email", "email address", (_either_null("email"), _exact("ema
 COMPARISONS: tuple[Comparison, ...] = (NHS_NUMBER, NAME, DOB, ADDRESS, SEX, PHONE, EMAIL)
 
 
+# The one exception to the given-name safety rule: the NHS number, the surname and the date of birth all
+# agree exactly, so the number settles who this is (a first name mis-keyed, or one the patient goes by
+# that no nickname list knows). Ingest links on a matching NHS number and so does a relink; the link is
+# kept on the review list with this reason, for a person to confirm or separate.
+NHS_NUMBER_OUTWEIGHS_GIVEN_NAME = ("given names differ: linked because the NHS number, surname and date of birth "
+                                   "agree")
+
+
+def nhs_number_outweighs_given_name(a: Features, b: Features) -> bool:
+    """Whether this pair's NHS number, surname and date of birth agree exactly while the given names do not."""
+    if not (a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and a["family"] and a["family"] == b["family"]
+            and a["dob"] and a["dob"] == b["dob"]):
+        return False
+    return NAME.levels[NAME.level(a, b)].label in NAME.never_link
+
+
 def levels(a: Features, b: Features) -> dict[str, int]:
     """The level index each comparison gives this pair."""
     return {c.name: c.level(a, b) for c in COMPARISONS}

@@ -1,19 +1,22 @@
 """Batch matching of every source patient record with Splink (Fellegi-Sunter, on DuckDB).
 
 A relink trains the model on the ICS's own records (u by random sampling, m by expectation
-maximisation under blocking rules, the prior from NHS-number agreement), scores the candidate pairs the
+maximisation under blocking rules, the prior from NHS-number agreement, its recall measured against
+name and birth date agreement), scores the candidate pairs the
 blocking rules produce and clusters them at the link threshold. The comparisons are those of
 `compare.py`, fitted to UK data. Safety rules apply on top of the model, because a false link shows
 one person another's record: records whose valid NHS numbers differ are never in one person; a pair
-whose given names disagree (twins, siblings) is never linked automatically, only reviewed; and a
-cluster that would join two NHS numbers is split, its records without a number held for review.
+whose given names disagree (twins, siblings) is never linked automatically, only reviewed, unless its
+NHS number, surname and date of birth all agree (then it is linked, as ingest links on the NHS number,
+and put on the review list with that reason); and a cluster that would join two NHS numbers is split,
+its records without a number held for review.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,15 @@ from splink import Linker, SettingsCreator, block_on
 from splink.backends.duckdb import DuckDBAPI
 from splink.internals.blocking_rule_creator import BlockingRuleCreator
 
-from sharedcare.identity.compare import COMPARISONS, INT_COLUMNS, LIST_COLUMNS, MatchRecord, features
+from sharedcare.identity.compare import (
+    COMPARISONS,
+    INT_COLUMNS,
+    LIST_COLUMNS,
+    NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
+    MatchRecord,
+    features,
+    nhs_number_outweighs_given_name,
+)
 from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRESHOLD, Model
 
 __all__ = ["MatchRecord", "Clustering", "ReviewPair", "cluster", "train"]
@@ -46,6 +57,37 @@ MIN_TRAINING_RECORDS = 1000
 EM_BLOCKING: list[tuple[str, ...]] = [("dob", "postcode"), ("given", "family")]
 
 
+PRIOR_RECALL_GUESS = 0.9  # the recall assumed for the prior's rule when the data cannot measure it
+MIN_PRIOR_OVERLAP = 20  # pairs agreeing on both rules needed to measure the NHS-number rule's recall
+
+
+def _agreeing_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> int:
+    """How many pairs of records agree on all these columns (none missing)."""
+    counts = Counter(key for key in (tuple(row[c] for c in columns) for row in rows) if None not in key)
+    return sum(n * (n - 1) // 2 for n in counts.values())
+
+
+def prior_rule(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], float]:
+    """The rule whose pairs are sure to be one person, and its recall, for Splink's estimate of the prior
+    (matches = pairs the rule finds / its recall).
+
+    The rule is the same NHS number. Its recall is not a constant: it is the share of true pairs in which
+    both records carry the number, and feeds that lack it (A&E, ambulance, social care) are the ones that
+    need matching. So it is measured against a second rule whose misses are independent of it, the same
+    full name and birth date: the share of name-and-birth-date pairs that also share an NHS number is the
+    NHS-number rule's recall (capture-recapture), and the prior becomes pairs(NHS) x pairs(name and birth
+    date) / pairs(both). Only when too few pairs meet both rules is the recall guessed; data without NHS
+    numbers use the name-and-birth-date rule with the guess."""
+    name_dob = ("given", "family", "dob")
+    numbered = _agreeing_pairs(rows, ("nhs_number",))
+    if not numbered:
+        return name_dob, PRIOR_RECALL_GUESS
+    both = _agreeing_pairs(rows, ("nhs_number", *name_dob))
+    if both < MIN_PRIOR_OVERLAP:
+        return ("nhs_number",), PRIOR_RECALL_GUESS
+    return ("nhs_number",), min(1.0, both / _agreeing_pairs(rows, name_dob))
+
+
 def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
     """Whether any two records agree on all these columns (Splink's EM refuses an empty block, and a
     refused session leaves the linker without the comparisons it set aside)."""
@@ -62,12 +104,14 @@ def _has_pairs(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bool:
 
 @dataclass(frozen=True)
 class ReviewPair:
-    """A pair the model could not settle, with its waterfall (see `Model.evidence`)."""
+    """A pair for a person to look at, with its waterfall (see `Model.evidence`): one the model could not
+    settle, or (`linked`) one linked on its NHS number although the given names differ."""
 
     record_a: int
     record_b: int
     probability: float
     evidence: dict[str, Any]
+    linked: bool = False
 
 
 @dataclass
@@ -110,14 +154,12 @@ def _linker(records: list[MatchRecord], model: dict[str, Any] | None = None) -> 
 def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
     """Estimate the model's parameters from these records; return the linker and the model's JSON."""
     linker = _linker(records)
-    # The prior from pairs sure to be one person: the same NHS number (or, in data without NHS numbers,
-    # the same full name and birth date).
-    sure = block_on("nhs_number") if any(r.nhs_number for r in records) else block_on("given", "family", "dob")
-    linker.training.estimate_probability_two_random_records_match([sure], recall=0.9)
+    rows = [features(r) for r in records]
+    columns, recall = prior_rule(rows)
+    linker.training.estimate_probability_two_random_records_match([block_on(*columns)], recall=recall)
     linker.training.estimate_u_using_random_sampling(max_pairs=2e6, seed=1)
     # Each EM block is made of pairs that are nearly all one person (so EM does not learn households as
     # matches); each estimates the comparisons its blocking columns leave free.
-    rows = [features(r) for r in records]
     for columns in EM_BLOCKING:
         usable = columns if _has_pairs(rows, columns) else ("dob",)  # none (no UK postcodes): birth date alone
         linker.training.estimate_parameters_using_expectation_maximisation(block_on(*usable))
@@ -148,8 +190,10 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     gammas = [f"gamma_{c.name}" for c in COMPARISONS]
     rows = scored.select(", ".join(["unique_id_l", "unique_id_r", "match_probability", *gammas])).fetchall()
     numbers = {r.record_id: r.nhs_number for r in records}
+    by_id = {r.record_id: r for r in records}
     links: list[tuple[int, int, float]] = []
     unsure: list[tuple[int, int, float, dict[str, int]]] = []
+    discrepant: list[tuple[int, int, float, dict[str, int]]] = []  # linked on the NHS number, names differ
     found_of: dict[tuple[int, int], dict[str, int]] = {}
     for a, b, p, *gamma in rows:
         pair = (min(a, b), max(a, b))
@@ -157,19 +201,29 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         found_of[pair] = found
         if pair in decided_different or _numbers_differ(numbers, a, b):
             continue
-        if pair in decided_same or (p >= LINK_THRESHOLD and not model.score_levels(found).never_link):
+        never_link = model.score_levels(found).never_link
+        if pair in decided_same or (p >= LINK_THRESHOLD and not never_link):
             links.append((a, b, p))
+        elif never_link == ["name"] and nhs_number_outweighs_given_name(features(by_id[a]), features(by_id[b])):
+            links.append((a, b, p))  # as ingest links on the NHS number; kept on the review list
+            discrepant.append((a, b, p, found))
         else:
             unsure.append((a, b, p, found))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
     result = _components(records, links, numbers)
+    flagged = {(min(a, b), max(a, b)) for a, b, _, _ in discrepant}
     for a, b, p in links:
-        pair_levels = found_of.get((min(a, b), max(a, b)))
+        pair = (min(a, b), max(a, b))
+        pair_levels = found_of.get(pair)
         for record in (a, b):
             if pair_levels and p >= result.probability.get(record, 0.0) - 1e-12 and record not in result.evidence:
-                result.evidence[record] = model.evidence(pair_levels) | {"with_record": b if record == a else a}
+                result.evidence[record] = model.evidence(pair_levels) | {"with_record": b if record == a else a} | (
+                    {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME} if pair in flagged else {})
     result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, model.evidence(found))
                            for a, b, p, found in unsure if result.cluster_of[a] != result.cluster_of[b]]
+    result.review_pairs += [ReviewPair(min(a, b), max(a, b), p, model.evidence(found)
+                                       | {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME}, linked=True)
+                            for a, b, p, found in discrepant if result.cluster_of[a] == result.cluster_of[b]]
     result.model, result.trained = saved, trained
     return result
 

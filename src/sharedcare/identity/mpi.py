@@ -5,7 +5,9 @@ Order of evidence on ingest:
    its own, held for review with the reason; never guessed;
 2. a valid NHS number that agrees with the demographics links deterministically; a valid NHS number
    with clearly conflicting demographics (different sex *and* date of birth) starts a new person held
-   for review rather than risk showing one person another's record;
+   for review rather than risk showing one person another's record. Given names are held to the rule
+   a relink applies: a different given name links on the NHS number only when surname and date of
+   birth agree too, and that link goes on the review list with the reason; otherwise it is reviewed;
 3. otherwise the record is scored in real time against its blocking candidates with the saved model
    (`realtime.py`): link, review or a new person, by threshold, with the evidence kept.
 
@@ -26,7 +28,18 @@ from sqlalchemy import Row, insert, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.identity.compare import MatchRecord, email_key, name_text, phone_key, postcode_parts
+from sharedcare.identity.compare import (
+    NAME,
+    NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
+    MatchRecord,
+    email_key,
+    features,
+    levels,
+    name_text,
+    nhs_number_outweighs_given_name,
+    phone_key,
+    postcode_parts,
+)
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.store.models import MatchModel, MatchReview, PatientRecord, Person
 
@@ -111,7 +124,7 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None) -> _Link
         same_number = session.scalars(select(PatientRecord).where(PatientRecord.nhs_number == nhs).limit(20)).all()
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
-            return _Link(agreeing[0].person_id, "nhs-number", 1.0, "linked")
+            return _nhs_number_link(session, demo, nhs, agreeing)
         if same_number:
             return _Link(None, "nhs-number-conflict", 0.0, "review",
                          "held for review: this NHS number is held for someone of another sex and date of birth")
@@ -125,6 +138,37 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None) -> _Link
         return _Link(None, "probabilistic", 0.0, "review", found.note,
                      review_with=[(c.record_id, c.score.probability, c.evidence) for c in found.unsure])
     return _Link(None, "new", 1.0, "linked")
+
+
+def _nhs_number_link(session: Session, demo: Demographics, nhs: str, agreeing: list[PatientRecord]) -> _Link:
+    """The NHS number agrees with records whose sex or date of birth do too. The given names are checked
+    as a relink checks them: a record whose names are compatible links; one whose given name differs links
+    only when the surname and date of birth agree as well, and is then put on the review list with the
+    reason; one whose given name and surname or birth date differ is held for review (a mother's NHS
+    number on her baby's record), never linked."""
+    from sharedcare.identity.realtime import current_model
+
+    incoming = features(match_record(0, demo, nhs))
+    theirs = [(r, features(stored_match_record(r))) for r in agreeing]
+    for record, their in theirs:
+        if NAME.levels[NAME.level(incoming, their)].label not in NAME.never_link:
+            return _Link(record.person_id, "nhs-number", 1.0, "linked")
+    model = current_model(session)
+
+    def review(record: PatientRecord, their: dict[str, Any], **extra: str) -> tuple[int, float, dict[str, Any]]:
+        found = levels(incoming, their)
+        return (record.id, model.score_levels(found).probability,
+                model.evidence(found) | {"with_record": record.id} | extra)
+
+    for record, their in theirs:
+        if nhs_number_outweighs_given_name(incoming, their):
+            item = review(record, their, discrepancy=NHS_NUMBER_OUTWEIGHS_GIVEN_NAME)
+            return _Link(record.person_id, "nhs-number", 1.0, "linked",
+                         f"linked, on the review list: {NHS_NUMBER_OUTWEIGHS_GIVEN_NAME}", evidence=item[2],
+                         review_with=[item])
+    return _Link(None, "nhs-number-conflict", 0.0, "review",
+                 "held for review: this NHS number is held for someone with another given name and another "
+                 "surname or date of birth", review_with=[review(r, their) for r, their in theirs[:5]])
 
 
 def match_record(record_id: int, demo: Demographics, nhs: str | None) -> MatchRecord:
@@ -286,7 +330,12 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
     report.held_for_review = len(result.held_for_review)
     known = {(a, b) for a, b in session.execute(select(MatchReview.record_a, MatchReview.record_b))}
     for pair in result.review_pairs:
-        if (pair.record_a, pair.record_b) not in known:
+        if pair.linked and (pair.record_a, pair.record_b) in known:  # an open item now linked: say why
+            item = session.scalars(select(MatchReview).where(MatchReview.record_a == pair.record_a,
+                                                             MatchReview.record_b == pair.record_b)).one()
+            if item.status == "open":
+                item.evidence, item.probability = pair.evidence, pair.probability
+        elif (pair.record_a, pair.record_b) not in known:
             known.add((pair.record_a, pair.record_b))
             session.add(MatchReview(record_a=pair.record_a, record_b=pair.record_b, probability=pair.probability,
                                     evidence=pair.evidence, created_at=now, status="open"))
