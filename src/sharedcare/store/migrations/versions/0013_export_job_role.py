@@ -1,7 +1,7 @@
 """Export jobs record the role their kick-off was decided under
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-04
 
 A job's run goes under the role and organisation of its kick-off, and is refused if the user or backend
@@ -11,8 +11,8 @@ client no longer holds them. Jobs recorded before this have no role: their run i
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
