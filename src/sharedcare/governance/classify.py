@@ -1,8 +1,9 @@
 """Which data category a stored resource falls into, and what each tier of detail lets through.
 
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
-`sensitive_codes` puts the resource in that category wherever it came from; (3) the kind of service
-that sent it (mental health, social care, community and hospice); (4) its resource type.
+`sensitive_codes` (its own, or a contained Medication's: the drug a statement's medicationReference
+names) puts the resource in that category wherever it came from; (3) the kind of service that sent it
+(mental health, social care, community and hospice); (4) its resource type.
 
 Ingest stores each resource's category with `classification_key(fw)`; a read trusts a stored category
 only under the current key (the gateway classifies afresh otherwise), so changing these rules (bump
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Session
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import Resource
 
-RULES = "r1"  # change whenever the rules in this module change, so every stored category is recomputed
+# change whenever the rules in this module change, so every stored category is recomputed
+# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts)
+RULES = "r2"
 
 _SERVICE_CATEGORY = {
     "mental_health": "mental_health",
@@ -62,7 +65,11 @@ def _codings(resource: dict[str, Any]) -> set[str]:
         for concept in concepts:
             if isinstance(concept, dict):
                 for coding in concept.get("coding") or []:
-                    found.add(f"{coding.get('system')}|{coding.get('code')}")
+                    if isinstance(coding, dict):
+                        found.add(f"{coding.get('system')}|{coding.get('code')}")
+    for contained in resource.get("contained") or []:  # the drug a medicationReference names ("#med")
+        if isinstance(contained, dict) and contained.get("resourceType") == "Medication":
+            found |= _codings({"code": contained.get("code")})
     return found
 
 

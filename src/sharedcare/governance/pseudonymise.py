@@ -16,6 +16,10 @@ and any element a source adds that is not listed here. Then:
   something withheld, left out or of another type would say that it exists; a Patient reference
   becomes the person's pseudonym; organisations survive only as ODS codes; an element that a reference
   is required in (an encounter's diagnosis, a performer) goes with it;
+- a statement's drug named by `medicationReference` to a Medication it contains leaves as that
+  Medication's coded `code` (`medicationCodeableConcept`); a resource left without an element FHIR
+  requires (a statement with no coded drug, an observation whose code was only text: `Shaped.incomplete`)
+  is not exported at all, and is counted as withheld;
 - a quantity keeps its value and coded unit; `unit`, free text, survives only as its UCUM code;
 - the Patient keeps gender, year and month of birth (and of death), postcode district, registered GP
   practice and ethnic category; any other date equal to the date of birth is cut to year and month.
@@ -319,14 +323,68 @@ class Condition(_Resource):
     evidence: list[Evidence] | None = None
 
 
+class _LocalReference(_E):
+    """A reference read as stored, left to the resource that holds it to resolve (never encoded)."""
+
+    reference: str | None = None
+
+
+_NO_CODE = msgspec.Raw(b"null")
+
+
+class _Contained(_E):
+    """A contained resource: of it only a Medication's status and coded `code` are read (the drug a
+    statement's `medicationReference` names); never encoded."""
+
+    resourceType: str | None = None
+    id: str | None = None
+    status: str | None = None
+    code: msgspec.Raw = _NO_CODE  # read as a Concept only for the Medication a statement names
+
+
+_CONCEPT = msgspec.json.Decoder(Concept)
+
+
+def _coded(concept: Concept | None) -> bool:
+    """Whether a concept keeps a code once shaped (a display or text alone does not leave)."""
+    return concept is not None and any(c.code for c in concept.coding or ())
+
+
+def _medication_code(contained: list[_Contained] | None, reference: str | None) -> Concept | None:
+    """The coded `code` of the Medication a `medicationReference` names, if the statement contains it
+    (sources send the drug as a contained Medication; a standalone Medication is never stored: it has no
+    patient), and it is neither withdrawn nor uncoded. Codings only: system, version and code."""
+    if not reference or not reference.startswith("#"):
+        return None
+    for resource in contained or ():
+        if resource.resourceType == "Medication" and resource.id == reference[1:]:
+            if resource.status == ENTERED_IN_ERROR:
+                return None
+            try:
+                concept = _CONCEPT.decode(resource.code) if resource.code else None
+            except msgspec.ValidationError:
+                return None
+            if concept is None:
+                return None
+            concept.coding = [c for c in concept.coding or () if c.code] or None
+            return concept if concept.coding else None
+    return None
+
+
 class MedicationStatement(_Resource):
+    """`medication[x]` is required (1..1): a `medicationReference` becomes a `medicationCodeableConcept`
+    holding the code of the Medication it names, when the statement contains that Medication (so it was
+    released with it, under the same decision); otherwise the statement names no drug that can leave, and
+    `Shaped.incomplete` has it left out of the export."""
+
     _dates = ("effectiveDateTime", "dateAsserted")
     extension: list[Extension] | None = None
     status: str | None = None
     statusReason: list[Concept] | None = None
     category: Concept | None = None
+    contained: list[_Contained] | None = None
     medicationCodeableConcept: Concept | None = None
-    medicationReference: Reference | None = None
+    medicationReference: _LocalReference | None = None
     subject: Reference | None = None
     context: Reference | None = None
     effectiveDateTime: str | None = None
@@ -335,6 +393,14 @@ class MedicationStatement(_Resource):
     reasonCode: list[Concept] | None = None
     reasonReference: list[Reference] | None = None
     dosage: list[Dosage] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.medicationReference is not None:
+            if self.medicationCodeableConcept is None:
+                self.medicationCodeableConcept = _medication_code(self.contained, self.medicationReference.reference)
+            self.medicationReference = None
+        self.contained = None
 
 
 class AllergyIntolerance(_Resource):
@@ -567,6 +633,26 @@ class Shaped:
             return True
         verification = getattr(self.resource, "verificationStatus", None)
         return verification is not None and any(c.code == ENTERED_IN_ERROR for c in verification.coding or ())
+
+    def incomplete(self) -> bool:
+        """Whether shaping left it without an element FHIR requires (1..1), so it cannot be exported as
+        valid FHIR: a required concept or coding that held only a display or text, which do not leave (a
+        MedicationStatement's drug, see `MedicationStatement`; an Observation's, a DiagnosticReport's or
+        an Immunization's code; an Encounter's class), or a document whose attachments say nothing that
+        may leave (DocumentReference.content.attachment keeps only its contentType)."""
+        resource = self.resource
+        if isinstance(resource, MedicationStatement):
+            return not _coded(resource.medicationCodeableConcept)
+        if isinstance(resource, Observation | DiagnosticReport):
+            return not _coded(resource.code)
+        if isinstance(resource, Immunization):
+            return not _coded(resource.vaccineCode)
+        if isinstance(resource, Encounter):
+            return resource.class_ is None or not resource.class_.code
+        if isinstance(resource, DocumentReference):
+            return not resource.content or not all(c.attachment is not None and c.attachment.contentType
+                                                   for c in resource.content)
+        return False
 
     def security(self) -> frozenset[str]:
         """Its security labels as stored ("system|code"), which the decision reads."""

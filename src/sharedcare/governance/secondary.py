@@ -39,6 +39,9 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Preference, Resource
 
 NO_CHOICES = Choices()
+# withheld-count key of a released resource left without an element FHIR requires once shaped (e.g. a
+# MedicationStatement whose drug is neither coded nor a contained, coded Medication): it is not exported
+INCOMPLETE = "required-element-uncoded"
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,8 @@ class SecondaryUse:
             row, maybe = shaped[id(released.item)]
             if maybe is None:
                 released_patients.append(row)
+            elif maybe.incomplete():  # e.g. a statement whose drug cannot leave coded: invalid FHIR without it
+                counts.withheld[INCOMPLETE] += 1
             else:
                 clinical.append((row, maybe))
         # what this export holds of the person: references to anything else are removed
@@ -297,6 +302,7 @@ class ClassifiedElements(TypedDict, total=False):
     category: Any
     reasonCode: Any
     medicationCodeableConcept: Any
+    contained: Any  # a contained Medication's code is the drug of a statement's medicationReference
     vaccineCode: Any
     valueCodeableConcept: Any
     status: Any  # with verificationStatus: whether the source withdrew it (entered-in-error)
