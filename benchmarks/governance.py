@@ -4,9 +4,10 @@ All in one process on one synthetic ICS (SQLite unless --database names another 
 - decision latency: `policy.decide` for each person's full record, median and p99 per decision;
 - audit append rate: events per second appended to the hash chain (one transaction per event, as reads do);
 - `$everything` with and without governance, at the gateway and as whole HTTP requests. Without
-  governance is `Ungoverned` below: the same rows by the same statement, served whole through the same
-  route, with no decision inputs (agreements, choices, basis), no classification, no decision and no
-  audit. Each record is read both ways in turn, several times, so load on the machine falls on both.
+  governance is `Ungoverned` below: the same rows read the same way (the gateway's `_rows`, with its
+  decoded-content cache), served whole through the same route, with no decision inputs (agreements,
+  choices, basis), no classification, no decision and no audit. Each record is read both ways in
+  turn, several times, so load on the machine falls on both.
   Governance's share of a request is (governed - ungoverned) / governed, on the medians.
 - the same for one large record (about --large resources, ingested through the pipeline).
 
@@ -42,7 +43,6 @@ from sharedcare.api.auth import mint_token
 from sharedcare.api.deps import ActorDep, get_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
-from sharedcare.governance import gateway
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import (
@@ -54,7 +54,7 @@ from sharedcare.governance.gateway import (
 )
 from sharedcare.governance.policy import Actor, Item, decide
 from sharedcare.ingest.pipeline import Pipeline
-from sharedcare.store.database import Database, run
+from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
 from sharedcare.synth import generate
 
@@ -75,11 +75,11 @@ class Ungoverned(GovernedRecords):
         self.session, self.fw, self.actor, self.resource_types = session, fw, actor, None
 
     def everything(self, person_id: str) -> RecordView:
-        rows = list(run(self.session, gateway._PERSON_ROWS, {"person_id": person_id}))
+        # The same rows read the same way (the decoded-content cache is the store's, not governance's)
+        rows = self._rows(person_id, patients_only=False)
         if not rows:
             raise NotFound(f"no patient {person_id}")
-        served = [self._serve(person_id, row.content, Item(row.content, row.resource_type, row.source_org, ""), 3, row)
-                  for row in rows]
+        served = [self._serve(person_id, row[4], Item(row[4], row[1], row[2], ""), 3, row) for row in rows]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
         patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
         clinical = [s for s in served if s.resource_type != "Patient"]

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from tests.portal_client import PortalClient
 
 from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
+from sharedcare.governance.content_cache import cache_of
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import Database
+from sharedcare.store.models import Resource
 
 pytest_plugins = ["tests.small_ics"]
 
@@ -48,7 +50,24 @@ def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     database.migrate()
     yield database
+    check_cached_documents(database)
     database.dispose()
+
+
+def check_cached_documents(database: Database) -> None:
+    """Every document the read path's cache holds is what the store holds for its stamp: nothing a test
+    did (a request, a page, an export) changed a shared document in place."""
+    held = list(cache_of(database.engine).entries())
+    table = Resource.__table__
+    columns = (table.c.id, table.c.version, table.c.content_hash, table.c.received_at, table.c.content)
+    with database.engine.connect() as connection:
+        for start in range(0, len(held), 500):
+            chunk = held[start:start + 500]
+            stored = {rid: ((version, digest, received), content) for rid, version, digest, received, content
+                      in connection.execute(select(*columns).where(table.c.id.in_([rid for rid, _, _ in chunk])))}
+            for rid, stamp, content in chunk:
+                if rid in stored and stored[rid][0] == stamp:
+                    assert content == stored[rid][1], f"the cached document of {rid} was changed in place"
 
 
 @pytest.fixture(scope="session")

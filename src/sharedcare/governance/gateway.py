@@ -15,7 +15,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlencode
 
-from sqlalchemy import Row, Table, bindparam, func, select
+from sqlalchemy import Row, Table, Text, bindparam, func, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -26,6 +27,7 @@ from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.consent import choices_for, choices_of_person
+from sharedcare.governance.content_cache import Stamp, content_cache
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import (
     ActiveBasis,
@@ -38,7 +40,7 @@ from sharedcare.governance.policy import (
     decide,
 )
 from sharedcare.governance.review import flag_access
-from sharedcare.store.database import run
+from sharedcare.store.database import json_loads, run
 from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ResourceVersion
 
 StoredRow = Row[*tuple[Any, ...]] | tuple[Any, ...]  # one of _ROW_COLUMNS, in that order
@@ -52,6 +54,19 @@ _ROW_COLUMNS = (_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RES.c.sourc
 _PERSON_ROWS = (select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id)
                 .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
 _PERSON_PATIENTS = _PERSON_ROWS.where(_RES.c.resource_type == "Patient")
+# The same rows without their content, with each one's stamp: the content comes from the cache when its
+# stamp is the stored one (governance/content_cache.py), else from `_CONTENTS`.
+_STAMP_COLUMNS = (_RES.c.version, _RES.c.content_hash, _RES.c.received_at)
+_PERSON_STAMPS = (select(_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RES.c.source_system, _RES.c.category,
+                         _RES.c.category_key, _RES.c.recorded_at, _RES.c.received_at, _REC.c.person_id,
+                         _RES.c.version, _RES.c.content_hash)
+                  .join(_REC, _RES.c.patient_record_id == _REC.c.id)
+                  .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
+_PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(_RES.c.resource_type == "Patient")
+# The stored JSON as text, decoded here (as the engine would): its length is what the cache counts.
+_CONTENTS = (select(_RES.c.id, *_STAMP_COLUMNS, sql_cast(_RES.c.content, Text))
+             .where(_RES.c.id.in_(bindparam("ids", expanding=True))))
+_CONTENTS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
 _ONE_ROW = select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id).where(_RES.c.id == bindparam("id"))
 _VER = cast(Table, ResourceVersion.__table__)
 _VERSIONS = (select(_VER.c.version, _VER.c.source_system, _VER.c.content, _VER.c.recorded_at, _VER.c.received_at,
@@ -253,11 +268,36 @@ class GovernedRecords:
             category = classify(content, org.kind if org else "unknown", self.fw)
         return Item(content, resource_type, source_org, category, security)
 
+    def _rows(self, person_id: str, patients_only: bool) -> list[StoredRow]:
+        """The person's stored rows, newest first: which rows, their columns and stamps read now, each
+        content decoded once per stamp (governance/content_cache.py) rather than on every request."""
+        stamped = list(run(self.session, _PERSON_PATIENT_STAMPS if patients_only else _PERSON_STAMPS,
+                           {"person_id": person_id}))
+        wanted: dict[str, Stamp] = {row[0]: (row[9], row[10], row[7]) for row in stamped}
+        cache = content_cache(self.session)
+        contents = cache.get_many(wanted.items())
+        if len(contents) < len(wanted):
+            missing = [rid for rid in wanted if rid not in contents]
+            fresh: list[tuple[str, Stamp, dict[str, Any], int]] = []
+            for start in range(0, len(missing), _CONTENTS_PER_STATEMENT):
+                chunk = missing[start:start + _CONTENTS_PER_STATEMENT]
+                fresh += [(rid, (version, digest, received), json_loads(text), len(text))
+                          for rid, version, digest, received, text in run(self.session, _CONTENTS, {"ids": chunk})]
+            cache.put_many(fresh)
+            contents.update((rid, content) for rid, _, content, _ in fresh)
+            if len(contents) < len(wanted) or any(wanted.get(rid) != stamp for rid, stamp, _, _ in fresh):
+                # Written or moved between the two statements (each sees what is committed when it runs,
+                # on SQLite as on PostgreSQL): read the rows whole, in one statement.
+                whole = _PERSON_PATIENTS if patients_only else _PERSON_ROWS
+                return list(run(self.session, whole, {"person_id": person_id}))
+        return [(rid, rtype, org, system, contents[rid], category, key, recorded, received, pid)
+                for rid, rtype, org, system, category, key, recorded, received, pid, _, _ in stamped]
+
     def _items(self, person_id: str, patients_only: bool = False) -> list[tuple[Item, StoredRow]]:
         """The person's resources through their linked source records, newest first, as the decision sees them."""
-        rows = run(self.session, _PERSON_PATIENTS if patients_only else _PERSON_ROWS, {"person_id": person_id})
         # A resource withdrawn by its source (entered-in-error) is kept in its history, not shown.
-        return [(self._item(row), row) for row in rows if not entered_in_error(row[4])]
+        return [(self._item(row), row) for row in self._rows(person_id, patients_only)
+                if not entered_in_error(row[4])]
 
     def everything(self, person_id: str) -> RecordView:
         """The combined record of one person, as this actor may see it (audited)."""

@@ -1,0 +1,161 @@
+"""The decoded-content cache behind `$everything` never shows what the store no longer says: a
+correction, a withdrawal, a merge or an unmerge shows on the very next read of a record already cached."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from tests.builders import bundle, condition, patient, write_ndjson
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.governance import gateway
+from sharedcare.governance.content_cache import ContentCache, content_cache
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import GovernedRecords, actor_for
+from sharedcare.identity.links import merge_persons, unmerge
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import Resource
+
+WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                         "code": "entered-in-error"}]}
+
+
+def _resend_diabetes(db: Database, framework: Framework, tmp_path: Path, name: str, timestamp: str,
+                     **changes: object) -> None:
+    gp = bundle("P81001", "emis", [
+        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus", **changes),
+    ], timestamp=timestamp)
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{name}.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine
+
+
+def _record(ics: Ics, person: str, headers: dict[str, str]) -> dict[str, dict]:
+    response = ics.client.get(f"/fhir/Patient/{person}/$everything", headers=headers)
+    assert response.status_code == 200, response.text
+    return {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in response.json()["entry"]}
+
+
+def _cached(db: Database) -> int:
+    with db.session() as s:
+        return len(content_cache(s))
+
+
+def test_a_cached_record_shows_a_correction_then_a_withdrawal_on_the_next_read(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    with db.session() as s:
+        diabetes = "Condition/" + s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    headers = ics.open_record("dr.patel")
+    first = _record(ics, ics.okafor, headers)
+    assert first[diabetes]["onsetDateTime"] == "2019-03-01" and _cached(db) >= len(first) - 1
+    assert _record(ics, ics.okafor, headers)[diabetes]["onsetDateTime"] == "2019-03-01"  # served from the cache
+
+    _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    corrected = _record(ics, ics.okafor, headers)[diabetes]
+    assert corrected["onsetDateTime"] == "2018-07-01" and corrected["meta"]["versionId"] == "2"
+
+    _resend_diabetes(db, framework, tmp_path, "withdraw", "2026-11-06T09:00:00Z", verificationStatus=WITHDRAWN)
+    assert diabetes not in _record(ics, ics.okafor, headers)
+
+
+def test_a_merge_and_its_unmerge_move_cached_resources_between_records_on_the_next_read(
+        ics: Ics, db: Database) -> None:
+    headers = ics.open_record("dr.patel")
+    ics.open_record("dr.patel", person=ics.stranger)
+    okafor, stranger = _record(ics, ics.okafor, headers), _record(ics, ics.stranger, headers)
+    allergy = next(ref for ref in stranger if ref.startswith("AllergyIntolerance/"))
+    assert allergy not in okafor and _cached(db) > 0
+
+    with db.session() as s:
+        event = merge_persons(s, ics.okafor, ics.stranger, by="mpi.reviewer", reason="same person after review")
+    assert allergy in _record(ics, ics.okafor, headers)
+    after_merge = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers)
+    assert after_merge.status_code != 200 or allergy not in str(after_merge.json())
+
+    with db.session() as s:
+        unmerge(s, event.id, by="mpi.reviewer", reason="different people after all")
+    assert allergy not in _record(ics, ics.okafor, headers)
+    assert allergy in _record(ics, ics.stranger, headers)
+
+
+def test_content_sent_back_to_an_earlier_state_is_served_as_the_new_version(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The cache still holds version 1 when version 3 arrives with version 1's content (the same hash):
+    the version and received time in the stamp tell them apart, so meta is the new version's."""
+    with db.session() as s:
+        diabetes = "Condition/" + s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    headers = ics.open_record("dr.patel")
+    first = _record(ics, ics.okafor, headers)[diabetes]
+    _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    _resend_diabetes(db, framework, tmp_path, "undo", "2026-11-06T09:00:00Z")  # unread between the two
+    again = _record(ics, ics.okafor, headers)[diabetes]
+    assert again["onsetDateTime"] == "2019-03-01" and again["meta"]["versionId"] == "3"
+    assert again["meta"]["lastUpdated"] != first["meta"]["lastUpdated"]
+
+
+def test_a_write_between_the_stamps_and_the_contents_is_read_whole(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each statement sees what is committed when it runs: if a resource is written after its stamp (and
+    its category, times and person) was read and before its content is, the rows are read again in one
+    statement, never one version's content decided with another's columns."""
+    with db.session() as s:
+        diabetes = s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    ics.open_record("dr.patel")
+    real_run, written = gateway.run, []
+
+    def run_with_a_write_in_between(session: Session, statement: Any, params: Any = None) -> Any:
+        if statement is gateway._CONTENTS and not written:
+            written.append(True)
+            _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+        return real_run(session, statement, params)
+
+    monkeypatch.setattr(gateway, "run", run_with_a_write_in_between)
+    with db.session() as s:
+        view = GovernedRecords(s, framework, actor_for(framework, "dr.patel")).everything(ics.okafor)
+    served = next(r for r in view.resources if r.content["id"] == diabetes)
+    assert written and served.content["onsetDateTime"] == "2018-07-01" and served.content["meta"]["versionId"] == "2"
+    assert served.content["meta"]["lastUpdated"] == served.received_at.isoformat()  # one version's
+
+
+def test_a_version_read_but_never_committed_is_not_served_for_the_version_that_was(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A read in a transaction that is then rolled back may cache a version the store never kept; the
+    version committed later under the same number has another hash and received time, so it is read."""
+    with db.session() as s:
+        diabetes = s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    ics.open_record("dr.patel")
+    actor = actor_for(framework, "dr.patel")
+    session = Session(db.engine)
+    try:
+        row = session.get(Resource, diabetes)
+        assert row is not None
+        row.version, row.content_hash = 2, "never-committed"
+        row.content = {**row.content, "onsetDateTime": "1999-01-01", "meta": {**row.content["meta"], "versionId": "2"}}
+        uncommitted = GovernedRecords(session, framework, actor).everything(ics.okafor)
+        assert any(r.content.get("onsetDateTime") == "1999-01-01" for r in uncommitted.resources)
+    finally:
+        session.rollback()
+        session.close()
+    _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    with db.session() as s:
+        view = GovernedRecords(s, framework, actor).everything(ics.okafor)
+    served = next(r for r in view.resources if r.content["id"] == diabetes)
+    assert served.content["onsetDateTime"] == "2018-07-01" and served.content["meta"]["versionId"] == "2"
+
+
+def test_the_cache_is_bounded_by_the_size_of_what_it_holds() -> None:
+    cache = ContentCache(capacity_bytes=100)
+    stamp = (1, "hash", datetime(2026, 1, 1, tzinfo=UTC))
+    cache.put_many([("a", stamp, {"id": "a"}, 40), ("b", stamp, {"id": "b"}, 40)])
+    assert cache.get_many([("a", stamp)]) == {"a": {"id": "a"}}  # a is now the most recently used
+    cache.put_many([("c", stamp, {"id": "c"}, 40)])
+    assert len(cache) == 2 and cache.size_bytes == 80 and cache.get_many([("b", stamp)]) == {}
+    cache.put_many([("a", stamp, {"id": "a2"}, 10), ("huge", stamp, {"id": "huge"}, 101)])
+    assert cache.size_bytes == 50 and cache.get_many([("huge", stamp)]) == {}
+    assert cache.get_many([("a", (2, "hash", stamp[2]))]) == {}  # another stamp is a miss
