@@ -290,3 +290,20 @@ def test_writing_to_ones_own_patient_or_a_person_new_to_the_record_is_not_queued
     with db.session() as s:
         assert queue(s, framework, utcnow()) == []
 
+
+def test_a_practice_that_never_held_a_patient_cannot_replace_their_shared_demographics(ics: Ics) -> None:
+    """Review 2, F2 (patient safety): the written Patient was the newest GP record, so it became the
+    demographics every organisation sees: a hospital clinician got the writer's address and next of kin."""
+    fake = _hughes("made-up-2", postcode="ZZ9 9ZZ",
+                   contact=[{"relationship": [{"text": "Son"}], "name": {"family": "Mallory", "given": ["Eve"]},
+                             "telecom": [{"system": "phone", "value": "07700 900666"}]}])
+    written = ics.client.post("/fhir/Patient", headers=_token(ics, "dr.patel"), content=json.dumps(fake))
+    assert written.status_code == 201, written.text
+    headers = ics.open_record("dr.oconnor", person=ics.stranger)
+    shown = ics.client.get(f"/fhir/Patient/{ics.stranger}", headers=headers).json()
+    assert "Mallory" not in json.dumps(shown) and "ZZ9 9ZZ" not in json.dumps(shown), shown
+    assert shown["address"][0]["postalCode"] == "RV1 2AB"  # what Castle Street Surgery holds
+    everything = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers).json()
+    combined = next(e["resource"] for e in everything["entry"] if e["resource"]["resourceType"] == "Patient"
+                    and e["resource"]["id"] == ics.stranger)
+    assert "Mallory" not in json.dumps(combined) and "ZZ9 9ZZ" not in json.dumps(combined)
