@@ -10,10 +10,13 @@ from tests.builders import NHS, condition, medication, patient
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.auth import mint_token
+from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core import meta_source
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.review import queue, record_outcome
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, Quarantine, Resource
+from sharedcare.store.models import AuditEntry, Quarantine, Resource, ReviewItem
 
 WRITE = "user/*.read user/*.write"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -236,3 +239,91 @@ def test_a_write_refused_for_its_shape_is_audited_too(ics: Ics, db: Database) ->
     reasons = [next(d["valueString"] for e2 in e.event["entity"] if e2.get("name") == "decision"
                     for d in e2["detail"] if d["type"] == "reason") for e in events]
     assert "URL names Observation" in reasons[0] and "other-id" in reasons[1] and "batch or transaction" in reasons[2]
+
+
+# -- a practice cannot give itself a care relationship by writing a Patient (review 2, F2) -----------------
+HUGHES_NHS = "9990000018"  # Mrs Hughes, registered at Castle Street Surgery (P81002), unknown to P81001
+
+
+def _hughes(pid: str, **extra: object) -> dict:
+    return patient(pid, HUGHES_NHS, "Hughes", "Margaret", "1952-06-11", gender="female", **extra)
+
+
+def _review_kinds(db: Database, person_id: str) -> list[str]:
+    with db.session() as s:
+        return list(s.scalars(select(ReviewItem.kind).where(ReviewItem.person_id == person_id)
+                              .order_by(ReviewItem.id)))
+
+
+def test_a_fhir_write_cannot_manufacture_a_care_relationship_to_avoid_ig_review(ics: Ics, db: Database) -> None:
+    """Review 2, F2: a GP user whose practice holds nothing about Mrs Hughes writes a Patient with her NHS
+    number. It links to her person, but the IG officer still sees 'no care relationship' when the GP opens
+    her record: a relationship the reader's own organisation wrote for itself does not count."""
+    fake = _hughes("made-up-1")
+    written = ics.client.post("/fhir/Patient", headers=_token(ics, "dr.patel"), content=json.dumps(fake))
+    assert written.status_code == 201, written.text
+    ics.open_record("dr.patel", person=ics.stranger)
+    assert "no-relationship" in _review_kinds(db, ics.stranger), \
+        "a self-written Patient let the GP open a stranger's record unflagged"
+
+
+def test_control_without_the_write_the_no_relationship_flag_fires(ics: Ics, db: Database) -> None:
+    """Control for the test above (passed before the fix too): the same open without the written Patient."""
+    ics.open_record("dr.patel", person=ics.stranger)
+    assert "no-relationship" in _review_kinds(db, ics.stranger)
+
+
+def test_the_ig_officer_sees_the_write_itself_and_a_finding_of_appropriate_makes_it_count(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """The write is queued the moment it links (a new registration looks the same, so IG decides); once
+    found appropriate, the practice's record is a care relationship and its opens are no longer flagged."""
+    written = ics.client.post("/fhir/Patient", headers=_token(ics, "dr.patel"), content=json.dumps(_hughes("new-reg")))
+    assert written.status_code == 201, written.text
+    with db.session() as s:
+        (item,) = queue(s, framework, utcnow())
+    assert (item.kind, item.username, item.patient_id) == ("new-source-record", "dr.patel", ics.stranger)
+    assert "new source record for an existing person from Riverside Medical Centre (P81001)" in item.reason
+    with db.session() as s:
+        record_outcome(s, item.id, "appropriate", by="ig.morgan", note="registered at P81001 on 1 December")
+    ics.open_record("dr.patel", person=ics.stranger)
+    assert _review_kinds(db, ics.stranger) == ["new-source-record"]  # no 'no-relationship' this time
+
+
+def test_an_investigation_keeps_the_written_record_from_counting(ics: Ics, db: Database, framework: Framework) -> None:
+    ics.client.post("/fhir/Patient", headers=_token(ics, "dr.patel"), content=json.dumps(_hughes("made-up-3")))
+    with db.session() as s:
+        (item,) = queue(s, framework, utcnow())
+        record_outcome(s, item.id, "investigate", by="ig.morgan", note="no registration found")
+    ics.open_record("dr.patel", person=ics.stranger)
+    assert _review_kinds(db, ics.stranger) == ["new-source-record", "no-relationship"]
+
+
+def test_writing_to_ones_own_patient_or_a_person_new_to_the_record_is_not_queued(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    own = patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02", telecom=[
+        {"system": "phone", "value": "07700 900999"}])
+    assert ics.client.put("/fhir/Patient/gp-okafor", headers=_token(ics, "dr.patel"),
+                          content=json.dumps(own)).status_code == 200
+    newborn = patient("gp-baby", "9990000026", "Okafor", "Chidi", "2026-11-30")
+    assert ics.client.post("/fhir/Patient", headers=_token(ics, "dr.patel"),
+                           content=json.dumps(newborn)).status_code == 201
+    with db.session() as s:
+        assert queue(s, framework, utcnow()) == []
+
+
+def test_a_practice_that_never_held_a_patient_cannot_replace_their_shared_demographics(ics: Ics) -> None:
+    """Review 2, F2 (patient safety): the written Patient was the newest GP record, so it became the
+    demographics every organisation sees: a hospital clinician got the writer's address and next of kin."""
+    fake = _hughes("made-up-2", postcode="ZZ9 9ZZ",
+                   contact=[{"relationship": [{"text": "Son"}], "name": {"family": "Mallory", "given": ["Eve"]},
+                             "telecom": [{"system": "phone", "value": "07700 900666"}]}])
+    written = ics.client.post("/fhir/Patient", headers=_token(ics, "dr.patel"), content=json.dumps(fake))
+    assert written.status_code == 201, written.text
+    headers = ics.open_record("dr.oconnor", person=ics.stranger)
+    shown = ics.client.get(f"/fhir/Patient/{ics.stranger}", headers=headers).json()
+    assert "Mallory" not in json.dumps(shown) and "ZZ9 9ZZ" not in json.dumps(shown), shown
+    assert shown["address"][0]["postalCode"] == "RV1 2AB"  # what Castle Street Surgery holds
+    everything = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers).json()
+    combined = next(e["resource"] for e in everything["entry"] if e["resource"]["resourceType"] == "Patient"
+                    and e["resource"]["id"] == ics.stranger)
+    assert "Mallory" not in json.dumps(combined) and "ZZ9 9ZZ" not in json.dumps(combined)

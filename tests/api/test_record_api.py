@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tests.builders import bundle, patient, write_ndjson
 from tests.small_ics import Ics
 
+from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
 
 
 def _types(bundle: dict) -> list[str]:
@@ -171,3 +177,33 @@ def test_a_request_id_that_is_not_an_id_is_replaced(ics: Ics) -> None:
     response = ics.client.get("/fhir/metadata", headers={"X-Request-ID": "x" * 500 + "\r\nforged"})
     assert len(response.headers["x-request-id"]) == 36
     assert ics.client.get("/fhir/metadata", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+
+
+def test_the_shared_demographics_are_the_registered_practices_not_the_newest_gp_record(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Mrs Hughes left Riverside (P81001) for Castle Street (P81002). Riverside's feed still sends her old
+    record, inactive, and later than Castle Street's: a hospital clinician must see where she lives now and
+    who her next of kin is, i.e. the practice she is registered with, not whichever GP system sent last."""
+    db: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+
+    def gp(code: str, name: str) -> dict:
+        return {"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": code}, "display": name}
+
+    old = patient("rv-hughes", "9990000018", "Hughes", "Margaret", "1952-06-11", gender="female",
+                  postcode="RV9 9QD", active=False, generalPractitioner=[gp("P81001", "Riverside Medical Centre")],
+                  contact=[{"relationship": [{"text": "Husband"}], "name": {"family": "Hughes", "given": ["Late"]}}])
+    feed = write_ndjson(tmp_path / "riverside.ndjson", [bundle("P81001", "emis", [old], "2026-11-20T09:00:00Z")])
+    assert Pipeline(db, framework).ingest_paths([feed]).quarantined == 0
+    headers = ics.open_record("dr.oconnor", person=ics.stranger)
+    shown = ics.client.get(f"/fhir/Patient/{ics.stranger}", headers=headers).json()
+    assert shown["address"][0]["postalCode"] == "RV9 9QD"  # no record claims her registration: the newest GP's
+
+    now = patient("gp-other", "9990000018", "Hughes", "Margaret", "1952-06-11", gender="female",
+                  postcode="RV2 4NW", active=True, generalPractitioner=[gp("P81002", "Castle Street Surgery")],
+                  contact=[{"relationship": [{"text": "Daughter"}], "name": {"family": "Hughes", "given": ["Ann"]}}])
+    feed = write_ndjson(tmp_path / "castle.ndjson", [bundle("P81002", "systmone", [now], "2026-11-10T09:00:00Z")])
+    assert Pipeline(db, framework).ingest_paths([feed]).quarantined == 0
+    shown = ics.client.get(f"/fhir/Patient/{ics.stranger}", headers=headers).json()
+    assert shown["address"][0]["postalCode"] == "RV2 4NW"
+    assert shown["contact"][0]["name"]["given"] == ["Ann"]
+    assert {i["value"] for i in shown["identifier"]} >= {"9990000018"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
-from sharedcare.fhir.uk_core import PATIENT_FIELDS
+from sharedcare.fhir.uk_core import ODS_SYSTEM, PATIENT_FIELDS
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
@@ -39,7 +40,7 @@ from sharedcare.governance.policy import (
     check_request,
     decide,
 )
-from sharedcare.governance.review import flag_access
+from sharedcare.governance.review import flag_access, unreviewed_sources
 from sharedcare.store.database import json_loads, run
 from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ResourceVersion
 
@@ -314,7 +315,8 @@ class GovernedRecords:
                   for rel in decision.released
                   if self.resource_types is None or rel.item.resource_type in self.resource_types]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
-        patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
+        patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs,
+                                   *self._registration(person_id, pairs))
         clinical = [s for s in served if s.resource_type != "Patient"]
         self._audit(action, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
@@ -359,7 +361,12 @@ class GovernedRecords:
         served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
                   for rel in decision.released]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
-        return served, combined_patient(person_id, served, gp_orgs)
+        return served, combined_patient(person_id, served, gp_orgs, *self._registration(person_id, pairs))
+
+    def _registration(self, person_id: str, pairs: list[tuple[Item, StoredRow]]) -> tuple[set[str], set[str]]:
+        """What combined_patient chooses the demographics by: the source Patients claiming registration (from
+        the stored records, whatever the role's tier shows) and the organisations not to take them from."""
+        return registration_claims(item for item, _ in pairs), unreviewed_sources(self.session, person_id)
 
     def demographics(self, person_id: str) -> dict[str, Any] | None:
         """Who the person is (their combined Patient at the role's demographics tier) and nothing clinical:
@@ -565,12 +572,34 @@ class _Criteria:
                 and (not self.postcode or record.postcode == " ".join(self.postcode.upper().split())))
 
 
-def combined_patient(person_id: str, patients: list[ServedResource], gp_orgs: set[str]) -> dict[str, Any] | None:
-    """One Patient for the person: their GP's record if shared (the registered demographics), else the
-    most recently recorded, with every source's identifiers."""
+def registration_claims(items: Iterable[Item]) -> set[str]:
+    """The ids of the source Patient records that say the person is registered with the organisation that
+    sent them: not inactive, with a generalPractitioner naming that organisation's ODS code (as a GP
+    system's feed does; a practice the person has left sends its record inactive)."""
+    def names_sender(ref: Any, sender: str) -> bool:
+        identifier = ref.get("identifier") if isinstance(ref, dict) else None
+        return (isinstance(identifier, dict) and identifier.get("system") == ODS_SYSTEM
+                and identifier.get("value") == sender)
+
+    return {str(item.resource.get("id")) for item in items
+            if item.resource_type == "Patient" and item.resource.get("active") is not False
+            and any(names_sender(ref, item.source_org) for ref in item.resource.get("generalPractitioner") or [])}
+
+
+def combined_patient(person_id: str, patients: list[ServedResource], gp_orgs: set[str],
+                     registered: Collection[str] = (), unreviewed: Collection[str] = ()) -> dict[str, Any] | None:
+    """One Patient for the person, with every source's identifiers. Its demographics (address, telecom,
+    next of kin: what a clinician calls on) are one source record's, the first of:
+    1. not a record of an organisation in `unreviewed`: one whose record is only its own FHIR write,
+       still awaiting IG review (governance/review.py): anyone who may write could otherwise replace them;
+    2. the registered practice's: a GP practice's record among `registered` (registration_claims);
+    3. a GP practice's record, else any;
+    the most recently recorded first within each."""
     if not patients:
         return None
-    preferred = sorted(patients, key=lambda p: (p.source_org in gp_orgs, p.recorded_at), reverse=True)
+    preferred = sorted(patients, key=lambda p: (p.source_org not in unreviewed,
+                                                p.source_org in gp_orgs and p.content.get("id") in registered,
+                                                p.source_org in gp_orgs, p.recorded_at), reverse=True)
     combined = dict(preferred[0].content)
     combined["id"] = person_id
     seen, identifiers = set(), []

@@ -1,8 +1,21 @@
 """The IG officer's review queue: break glass, implied consent and unusual access, with outcomes.
 
-Items enter when a basis is recorded (gateway.record_basis calls `flag_access`); an IG officer records
-an outcome, which is audited. An item not reviewed within the framework's `review.due_hours` is shown
-as overdue (TRUST BG2: the clock is passed in, so tests can freeze it).
+Items enter when a basis is recorded (gateway.record_basis calls `flag_access`), and when a practice
+links a record of its own to someone already known to others by its own FHIR write
+(`flag_new_source_record`, from ingest/contributions.py); an IG officer records an outcome, which is
+audited. An item not reviewed within the framework's `review.due_hours` is shown as overdue (TRUST BG2:
+the clock is passed in, so tests can freeze it).
+
+A care relationship cannot be self-made. A practice opening the record of someone it holds no record of
+is flagged ("no-relationship"). Over the FHIR write API (POST/PUT /fhir/Patient) any writing user of a
+practice could otherwise give it a record of anyone, by sending a Patient with their NHS number: the MPI
+links it to that person, and the flag would never fire again. So the rule is: when the first record a
+GP practice holds of a person who is already in the shared record (records from other organisations)
+arrives by that practice's own FHIR write, a "new-source-record" item is queued at that moment, and
+until an IG officer closes it as appropriate (a genuine new registration, say) that practice's records
+of the person count neither as a care relationship here nor as the registered demographics
+(gateway.combined_patient). Records from the feeds the hub ingests, and a practice's writes to a person
+it already held, or to a person new to the shared record, are not self-made in this sense.
 """
 
 from __future__ import annotations
@@ -18,9 +31,10 @@ from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import AccessBasis, PatientRecord, Resource, ReviewItem
+from sharedcare.store.models import AccessBasis, AuditEntry, PatientRecord, Resource, ReviewItem
 
 Outcome = Literal["appropriate", "investigate"]
+NEW_SOURCE_RECORD = "new-source-record"
 
 
 @dataclass(frozen=True)
@@ -64,9 +78,39 @@ def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, b
 
 
 def _holds_record(session: Session, org: str, person_id: str) -> bool:
+    """Whether `org` has a care relationship with the person: it holds a record of them that it did not
+    make for itself (see the module docstring: a record its own FHIR write linked to a person already
+    known to others counts only once IG has found it appropriate)."""
+    if org in unreviewed_sources(session, person_id):
+        return False
     found = session.scalar(select(Resource.id).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
                            .where(PatientRecord.person_id == person_id, Resource.source_org == org).limit(1))
     return found is not None
+
+
+def unreviewed_sources(session: Session, person_id: str) -> set[str]:
+    """The organisations whose records of this person came only from their own FHIR write to someone already
+    in the shared record, and which IG has not (yet) closed as appropriate: open or under investigation.
+    The organisation is the writer's, as the write's audit event (the item's `audit_seq`) records it."""
+    return {org for org in session.scalars(
+        select(AuditEntry.organisation).join(ReviewItem, ReviewItem.audit_seq == AuditEntry.seq)
+        .where(ReviewItem.person_id == person_id, ReviewItem.kind == NEW_SOURCE_RECORD,
+               ReviewItem.status != "closed")) if org}
+
+
+def flag_new_source_record(session: Session, fw: Framework, actor: Actor, person_id: str, audit_seq: int,
+                           now: datetime) -> ReviewItem:
+    """Queue a practice's own FHIR write that gave it its first record of a person already known to others
+    (the caller has checked that); `audit_seq` is the write's audit event."""
+    org = fw.organisation(actor.organisation)
+    name = f"{org.name} ({actor.organisation})" if org else actor.organisation
+    item = ReviewItem(kind=NEW_SOURCE_RECORD, username=actor.username, person_id=person_id, audit_seq=audit_seq,
+                      reason=f"new source record for an existing person from {name}, by its own FHIR write: "
+                             "until reviewed it is not counted as a care relationship or as the registered "
+                             "practice's demographics",
+                      created_at=now, status="open")
+    session.add(item)
+    return item
 
 
 def queue(session: Session, fw: Framework, now: datetime, include_closed: bool = False) -> list[QueueItem]:

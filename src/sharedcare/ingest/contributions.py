@@ -7,6 +7,12 @@ in `meta.source`, and a message that declares another is refused. What is allowe
 same pipeline as a file (validation, provenance, identity linking, idempotence, event-time ordering,
 quarantine); nothing is written to the store here. Every write, and every refusal, is audited.
 
+A practice's write that gives it its first record of a person already in the shared record (the MPI
+linked the new Patient to someone other organisations hold) is that practice's own claim to a care
+relationship, not evidence of one: it is queued for IG review at once ("new source record for an existing
+person"), and until found appropriate it counts neither as a care relationship nor as the registered
+demographics (governance/review.py explains the rule).
+
 Answers carry metadata only (ids, versions, statuses, reasons), never the stored resources: patient data
 leaves the store only through the read gateway.
 """
@@ -15,11 +21,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.fhir.uk_core import RECORD_TYPES, parse_meta_source
@@ -28,6 +36,7 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.gateway import AccessDenied, InvalidRequest
 from sharedcare.governance.policy import Actor
+from sharedcare.governance.review import flag_new_source_record
 from sharedcare.governance.scopes import write_scopes
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
 from sharedcare.ingest.fhir_bundle import parse_message
@@ -95,6 +104,7 @@ class Contributions:
         self.scopes = scopes
         self.request_id = request_id
         self.source_address = source_address
+        self._new_patients: set[str] = set()  # source ids of the Patients this request created
         with db.session() as session:
             self.agreements: dict[str, Agreement] = effective_agreements(session, fw)
 
@@ -235,6 +245,8 @@ class Contributions:
                                  text=f"{problem['reason']} (held in quarantine as #{problem['id']})",
                                  where=problem["where"])], None
         by_key = {(r.resource_type, r.source_id): r for r in staged.resources}
+        self._new_patients.update(r.source_id for r in staged.resources
+                                  if r.resource_type == "Patient" and r.outcome == "created")
         rows = self._versions([r.server_id for r in staged.resources])
         outcomes = []
         for entry in listed:
@@ -262,13 +274,31 @@ class Contributions:
                     for row in session.scalars(select(Resource).where(Resource.id.in_(ids)))}
 
     # -- audit -----------------------------------------------------------------------------------------
-    def _audit(self, outcome: str, patient_id: str | None, **extra: Any) -> None:
+    def _audit(self, outcome: str, patient_id: str | None, then: Callable[[Session, int], None] | None = None,
+               **extra: Any) -> None:
+        """Audit; `then` runs in the same transaction with the event's sequence number."""
         with self.db.session() as session:
-            record_audit(session, AuditRecord(
+            seq = record_audit(session, AuditRecord(
                 action=AuditAction.RECORD_WRITE, outcome=outcome, username=self.actor.username,
                 role=self.actor.role.name if self.actor.role else None,
                 organisation=self.actor.organisation or None, purpose="direct-care", patient_id=patient_id,
                 request_id=self.request_id, source_address=self.source_address, **extra))
+            if then is not None:
+                then(session, seq)
+
+    def _self_made_relationship(self, person_id: str) -> Callable[[Session, int], None]:
+        """Queue this write for IG review if it gave a practice its first record of a person other
+        organisations already hold (a record created by this request, none of the practice's from before)."""
+        def check(session: Session, seq: int) -> None:
+            org = self.fw.organisation(self.actor.organisation)
+            if org is None or org.kind != "gp" or not self._new_patients:
+                return
+            records = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id)))
+            mine = [r for r in records if r.source_org == self.actor.organisation]
+            made_now = [r for r in mine if r.source_id in self._new_patients]
+            if made_now and len(made_now) == len(mine) and len(records) > len(mine):
+                flag_new_source_record(session, self.fw, self.actor, person_id, seq, utcnow())
+        return check
 
     def _audit_written(self, outcomes: list[EntryOutcome], report: IngestReport) -> None:
         """One event per person whose record was written to (as IHE BALP does for reads), and one for a
@@ -283,6 +313,8 @@ class Contributions:
                 record = session.get(PatientRecord, row.patient_record_id) if row and row.patient_record_id else None
                 persons.setdefault(record.person_id if record else "", []).append(str(outcome.location))
         for person_id, locations in sorted(persons.items()) or [("", [])]:
-            self._audit("permit" if written else "deny", person_id or None, released=locations,
-                        rule_id="permit-write" if written else "deny-write-quarantined", detail=detail)
+            self._audit("permit" if written else "deny", person_id or None,
+                        self._self_made_relationship(person_id) if written and person_id else None,
+                        released=locations, rule_id="permit-write" if written else "deny-write-quarantined",
+                        detail=detail)
 

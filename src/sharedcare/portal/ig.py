@@ -28,7 +28,8 @@ from sharedcare.portal.present import KIND_LABELS, patient_banner
 router = APIRouter(prefix="/ig", dependencies=[Depends(csrf.check)])
 
 KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
-              "unusual-volume": "Unusual volume", "no-relationship": "No care relationship"}
+              "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",
+              "new-source-record": "New source record for an existing person"}
 RECENT = 50  # audit events the search page shows before any criteria are given
 
 
