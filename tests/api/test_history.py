@@ -247,3 +247,17 @@ def test_each_superseded_version_keeps_the_patient_record_it_was_sent_with(
         okafor_record = s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == "gp-okafor")).one()
         assert s.get_one(ResourceVersion, (rid, 1)).patient_record_id == vine_record
         assert s.get_one(Resource, rid).patient_record_id == okafor_record
+
+
+def test_a_history_read_and_a_vread_show_in_the_citizens_who_read_my_record(ics: Ics, db: Database,
+                                                                             framework: Framework) -> None:
+    from sharedcare.governance.workspace import CitizenWorkspace
+
+    with db.session() as session:
+        condition_id = session.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    headers = ics.open_record("dr.patel")
+    assert ics.client.get(f"/fhir/Condition/{condition_id}/_history", headers=headers).status_code == 200
+    assert ics.client.get(f"/fhir/Condition/{condition_id}/_history/1", headers=headers).status_code == 200
+    with db.session() as session:
+        seen = [(a.username, a.what) for a in CitizenWorkspace(session, framework, ics.okafor).accesses()]
+    assert seen.count(("dr.patel", "viewed earlier versions of an item in your record")) == 2

@@ -20,11 +20,13 @@ from sharedcare.store.models import AuditEntry
 # found in a search, an IG officer learning whose record an access was to. Denied attempts are shown
 # too: a refused look is still a look someone tried.
 PATIENT_VISIBLE = (AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ, AuditAction.RESOURCE_READ,
-                   AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH, AuditAction.DEMOGRAPHICS_READ)
+                   AuditAction.RESOURCE_HISTORY, AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH,
+                   AuditAction.DEMOGRAPHICS_READ)
 ACTION_WORDS = {
     AuditAction.RECORD_READ: "viewed your record",
     AuditAction.RECORD_EMERGENCY_READ: "viewed your record in an emergency",
     AuditAction.RESOURCE_READ: "viewed an item in your record",
+    AuditAction.RESOURCE_HISTORY: "viewed earlier versions of an item in your record",
     AuditAction.BASIS_RECORD: "recorded why they needed your record",
     AuditAction.PATIENT_SEARCH: "found you in a search",
     AuditAction.DEMOGRAPHICS_READ: "saw your name and date of birth (reviewing an access to your record)",
