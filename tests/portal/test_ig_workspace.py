@@ -179,3 +179,26 @@ def test_a_patients_choices_are_looked_up_by_a_posted_nhs_number_and_the_look_up
 def test_the_choices_lookup_page_is_refused_to_a_gp(ics: Ics) -> None:
     ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
     assert ics.client.get("/ig/choices").status_code == 403
+
+
+def test_a_practice_writing_itself_a_record_of_a_stranger_is_in_the_queue(ics: Ics) -> None:
+    """Review 2, F2: Riverside (P81001) holds nothing about Mrs Hughes; Dr Patel's POST /fhir/Patient with her
+    NHS number links a record of Riverside to her. The IG officer sees that write in the queue, named."""
+    import json
+
+    from tests.builders import patient
+
+    from sharedcare.api.auth import mint_token
+    from sharedcare.config import load_settings
+
+    token = mint_token(load_settings(), _framework(ics), "dr.patel", "user/*.read user/*.write")
+    fake = patient("made-up-1", "9990000018", "Hughes", "Margaret", "1952-06-11", gender="female")
+    written = ics.client.post("/fhir/Patient", content=json.dumps(fake), headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+    assert written.status_code == 201, written.text
+    _sign_in(ics)
+    queue = ics.client.get("/ig").text
+    for text in ("New source record for an existing person", "Dr Amara Patel", "Riverside Medical Centre",
+                 "new source record for an existing person from Riverside Medical Centre (P81001)",
+                 "HUGHES", "999 000 0018"):
+        assert text in queue, text
