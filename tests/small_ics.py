@@ -86,3 +86,18 @@ def ics(db: Database, framework: Framework, client: TestClient, tmp_path: Path,
         okafor = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-okafor")).one()
         stranger = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-other")).one()
     return Ics(okafor=okafor, stranger=stranger, client=client)
+
+
+WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                         "code": "entered-in-error"}]}
+
+
+def resend_diabetes(db: Database, framework: Framework, tmp_path: Path, name: str, timestamp: str,
+                    **changes: object) -> None:
+    """The GP system sends Mr Okafor's diabetes (`gp-c1`) again, changed (or, with no changes, as first sent)."""
+    gp = bundle("P81001", "emis", [
+        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus", **changes),
+    ], timestamp=timestamp)
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{name}.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine

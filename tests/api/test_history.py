@@ -8,26 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 from tests.builders import bundle, condition, document, patient, write_ndjson
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes
 
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.links import merge_persons, unmerge
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Resource, ResourceVersion
-
-WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                         "code": "entered-in-error"}]}
-
-
-def _resend(db: Database, framework: Framework, tmp_path: Path, name: str, timestamp: str, **changes: object) -> None:
-    """The GP system sends Mr Okafor's diabetes again, changed."""
-    gp = bundle("P81001", "emis", [
-        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
-        condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus", **changes),
-    ], timestamp=timestamp)
-    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{name}.ndjson", [gp])])
-    assert report.quarantined == 0, report.quarantine
 
 
 def _diabetes_id(db: Database) -> str:
@@ -43,7 +30,7 @@ def _conditions(ics: Ics, headers: dict[str, str]) -> list[dict]:
 def test_a_correction_replaces_what_is_shown_and_history_keeps_both_versions(
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
     cid = _diabetes_id(db)
-    _resend(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
     headers = ics.open_record("dr.patel")
     current = ics.client.get(f"/fhir/Condition/{cid}", headers=headers).json()
     assert current["onsetDateTime"] == "2018-07-01" and current["meta"]["versionId"] == "2"
@@ -65,7 +52,7 @@ def test_entered_in_error_disappears_from_the_record_and_search_but_history_show
     cid = _diabetes_id(db)
     headers = ics.open_record("dr.patel")
     assert cid in {c["id"] for c in _conditions(ics, headers)}
-    _resend(db, framework, tmp_path, "withdraw", "2026-11-05T09:00:00Z", verificationStatus=WITHDRAWN)
+    resend_diabetes(db, framework, tmp_path, "withdraw", "2026-11-05T09:00:00Z", verificationStatus=WITHDRAWN)
     assert cid not in {c["id"] for c in _conditions(ics, headers)}
     found = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&code=http://snomed.info/sct|44054006",
                            headers=headers).json()
@@ -80,7 +67,7 @@ def test_entered_in_error_disappears_from_the_record_and_search_but_history_show
 def test_a_late_older_update_is_reported_stale_and_history_does_not_grow(
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
     cid = _diabetes_id(db)
-    _resend(db, framework, tmp_path, "new", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    resend_diabetes(db, framework, tmp_path, "new", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
     late = bundle("P81001", "emis", [
         patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
         condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus", onsetDateTime="2001-01-01"),

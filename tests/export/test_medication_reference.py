@@ -53,6 +53,17 @@ def _by_code(files: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             for c in (s.get("medicationCodeableConcept") or {}).get("coding", [])}
 
 
+def _withheld(manifest: dict[str, Any], why: str) -> int:
+    """How many resources the export's summary counts as withheld for `why`."""
+    return int(manifest["extension"][SUMMARY]["resources_withheld"].get(why, 0))
+
+
+def _all_valid_fhir(files: dict[str, list[dict[str, Any]]]) -> None:
+    for resource_type, resources in files.items():
+        for resource in resources:
+            get_fhir_model_class(resource_type).model_validate(resource)
+
+
 def test_a_contained_medication_leaves_as_its_code(ics: Ics, db: Database, framework: Framework,
                                                    tmp_path: Path) -> None:
     _ingest(tmp_path, db, framework, [_statement("gp-m20", "#simva", [
@@ -82,31 +93,25 @@ def test_a_statement_whose_medication_is_not_held_is_left_out_and_counted(ics: I
     manifest, files = export(ics.client, ics.token("analyst.chen"))
     assert len(files.get("MedicationStatement", [])) == statements
     assert SIMVASTATIN not in _by_code(files)
-    withheld = manifest["extension"][SUMMARY]["resources_withheld"]
-    assert withheld.get("required-element-uncoded", 0) - before["extension"][SUMMARY]["resources_withheld"].get(
-        "required-element-uncoded", 0) == 4
-    for resource_type, resources in files.items():
-        for resource in resources:
-            get_fhir_model_class(resource_type).model_validate(resource)
+    assert _withheld(manifest, "required-element-uncoded") - _withheld(before, "required-element-uncoded") == 4
+    _all_valid_fhir(files)
 
 
 def test_a_sensitive_drug_named_by_a_contained_medication_is_withheld(ics: Ics, db: Database,
                                                                       framework: Framework, tmp_path: Path) -> None:
     before, _ = export(ics.client, ics.token("analyst.chen"))
-    sensitive = before["extension"][SUMMARY]["resources_withheld"].get("sensitive-category", 0)
+    sensitive = _withheld(before, "sensitive-category")
     _ingest(tmp_path, db, framework, [_statement("gp-m25", "#coc", [
         _medication("coc", SCT, "169470007", "Combined oral contraceptive pill")])])  # sexual health
     manifest, files = export(ics.client, ics.token("analyst.chen"))
     assert "169470007" not in json.dumps(files)
-    assert manifest["extension"][SUMMARY]["resources_withheld"]["sensitive-category"] == sensitive + 1
+    assert _withheld(manifest, "sensitive-category") == sensitive + 1
 
 
 def test_every_line_of_the_small_ics_export_is_valid_fhir(ics: Ics) -> None:
     _, files = export(ics.client, ics.token("analyst.chen"))
     assert len(files) > 3
-    for resource_type, resources in files.items():
-        for resource in resources:
-            get_fhir_model_class(resource_type).model_validate(resource)
+    _all_valid_fhir(files)
 
 
 def test_a_resource_whose_required_code_was_only_text_is_left_out(ics: Ics, db: Database, framework: Framework,
@@ -123,9 +128,5 @@ def test_a_resource_whose_required_code_was_only_text_is_left_out(ics: Ics, db: 
         {"resourceType": "Immunization", "id": "gp-i30", "status": "completed", "vaccineCode": text_only,
          "patient": {"reference": "Patient/gp-okafor"}, "occurrenceDateTime": "2026-10-01"}])
     manifest, files = export(ics.client, ics.token("analyst.chen"))
-    withheld = manifest["extension"][SUMMARY]["resources_withheld"]
-    assert withheld.get("required-element-uncoded", 0) - before["extension"][SUMMARY]["resources_withheld"].get(
-        "required-element-uncoded", 0) == 3
-    for resource_type, resources in files.items():
-        for resource in resources:
-            get_fhir_model_class(resource_type).model_validate(resource)
+    assert _withheld(manifest, "required-element-uncoded") - _withheld(before, "required-element-uncoded") == 3
+    _all_valid_fhir(files)

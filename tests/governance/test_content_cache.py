@@ -10,30 +10,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from tests.builders import bundle, condition, patient, write_ndjson
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import WITHDRAWN, Ics, resend_diabetes
 
 from sharedcare.governance import gateway
 from sharedcare.governance.content_cache import ContentCache, content_cache
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for
 from sharedcare.identity.links import merge_persons, unmerge
-from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import Resource
-
-WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                         "code": "entered-in-error"}]}
-
-
-def _resend_diabetes(db: Database, framework: Framework, tmp_path: Path, name: str, timestamp: str,
-                     **changes: object) -> None:
-    gp = bundle("P81001", "emis", [
-        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
-        condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus", **changes),
-    ], timestamp=timestamp)
-    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{name}.ndjson", [gp])])
-    assert report.quarantined == 0, report.quarantine
 
 
 def _record(ics: Ics, person: str, headers: dict[str, str]) -> dict[str, dict]:
@@ -56,11 +41,11 @@ def test_a_cached_record_shows_a_correction_then_a_withdrawal_on_the_next_read(
     assert first[diabetes]["onsetDateTime"] == "2019-03-01" and _cached(db) >= len(first) - 1
     assert _record(ics, ics.okafor, headers)[diabetes]["onsetDateTime"] == "2019-03-01"  # served from the cache
 
-    _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
     corrected = _record(ics, ics.okafor, headers)[diabetes]
     assert corrected["onsetDateTime"] == "2018-07-01" and corrected["meta"]["versionId"] == "2"
 
-    _resend_diabetes(db, framework, tmp_path, "withdraw", "2026-11-06T09:00:00Z", verificationStatus=WITHDRAWN)
+    resend_diabetes(db, framework, tmp_path, "withdraw", "2026-11-06T09:00:00Z", verificationStatus=WITHDRAWN)
     assert diabetes not in _record(ics, ics.okafor, headers)
 
 
@@ -92,8 +77,8 @@ def test_content_sent_back_to_an_earlier_state_is_served_as_the_new_version(
         diabetes = "Condition/" + s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
     headers = ics.open_record("dr.patel")
     first = _record(ics, ics.okafor, headers)[diabetes]
-    _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
-    _resend_diabetes(db, framework, tmp_path, "undo", "2026-11-06T09:00:00Z")  # unread between the two
+    resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    resend_diabetes(db, framework, tmp_path, "undo", "2026-11-06T09:00:00Z")  # unread between the two
     again = _record(ics, ics.okafor, headers)[diabetes]
     assert again["onsetDateTime"] == "2019-03-01" and again["meta"]["versionId"] == "3"
     assert again["meta"]["lastUpdated"] != first["meta"]["lastUpdated"]
@@ -112,7 +97,7 @@ def test_a_write_between_the_stamps_and_the_contents_is_read_whole(
     def run_with_a_write_in_between(session: Session, statement: Any, params: Any = None) -> Any:
         if statement is gateway._CONTENTS and not written:
             written.append(True)
-            _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+            resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
         return real_run(session, statement, params)
 
     monkeypatch.setattr(gateway, "run", run_with_a_write_in_between)
@@ -142,7 +127,7 @@ def test_a_version_read_but_never_committed_is_not_served_for_the_version_that_w
     finally:
         session.rollback()
         session.close()
-    _resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
+    resend_diabetes(db, framework, tmp_path, "fix", "2026-11-05T09:00:00Z", onsetDateTime="2018-07-01")
     with db.session() as s:
         view = GovernedRecords(s, framework, actor).everything(ics.okafor)
     served = next(r for r in view.resources if r.content["id"] == diabetes)

@@ -172,7 +172,7 @@ def test_the_export_classifies_on_every_element_classification_reads() -> None:
     from sharedcare.governance import classify
     from sharedcare.governance.secondary import ClassifiedElements
 
-    assert set(classify._CODED_FIELDS) | {"resourceType"} <= set(ClassifiedElements.__annotations__)
+    assert set(classify._CODED_FIELDS) | {"resourceType", "contained"} <= set(ClassifiedElements.__annotations__)
 
 
 def _pruned(node: object) -> object:

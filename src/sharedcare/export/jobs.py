@@ -233,9 +233,9 @@ class ExportJobs:
             # the identity the kick-off was decided under; the run goes under it only if the user (or the
             # backend client, whose role and organisation are its registration's) still holds it
             actor = Actor(username=job.username, role=self.fw.roles.get(job.role or ""), organisation=job.organisation)
-            now = current_actor(session, self.fw, job.username)
-            same = now is not None and now.role is not None and now.role.name == job.role \
-                and now.organisation == job.organisation
+            holder = current_actor(session, self.fw, job.username)
+            same = holder is not None and holder.role is not None and holder.role.name == job.role \
+                and holder.organisation == job.organisation
             job.status, job.updated_at = ("running" if same else "failed"), utcnow()
             scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)
             folder, total, purpose = Path(job.out_dir), job.people_total, job.purpose

@@ -291,11 +291,11 @@ _NOT_READ: dict[str, Any] = {}  # an Item's content the decision does not read (
 
 
 class ClassifiedElements(TypedDict, total=False):
-    """What `classify` reads of a stored resource (its type and coded elements), and its security labels:
-    decoded from the stored JSON without the rest, which is decoded only into its pseudonymised shape."""
+    """What `classify` reads of a stored resource (its type and coded elements), decoded from the stored
+    JSON without the rest, for a row whose stored category is not under the current classification key.
+    Withdrawal and security labels are read from the pseudonymised shape (`Shaped`)."""
 
     resourceType: str
-    meta: Any
     code: Any
     type: Any
     serviceType: Any
@@ -305,8 +305,6 @@ class ClassifiedElements(TypedDict, total=False):
     contained: Any  # a contained Medication's code is the drug of a statement's medicationReference
     vaccineCode: Any
     valueCodeableConcept: Any
-    status: Any  # with verificationStatus: whether the source withdrew it (entered-in-error)
-    verificationStatus: Any
 
 
 _CODES = msgspec.json.Decoder(ClassifiedElements)

@@ -164,7 +164,7 @@ class Contributions:
         kind = data.get("type")
         if data.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
             raise self._invalid("POST /fhir takes a Bundle of type batch or transaction "
-                                 f"(got {data.get('resourceType')} {kind or ''})".strip())
+                                f"(got {data.get('resourceType')} {kind or ''})".strip())
         listed = data.get("entry") or []
         if not isinstance(listed, list):
             raise self._invalid("Bundle.entry must be a list of entries")
