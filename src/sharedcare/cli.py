@@ -707,7 +707,7 @@ def mpi_relink(
     from sharedcare.identity.mpi import relink
 
     with _database().session() as session:
-        report, model = relink(session)
+        report, model = relink(session, by=OPERATOR)
         record_audit(session, AuditRecord(AuditAction.MPI_RELINK, "permit", username=OPERATOR, purpose="governance",
                                           detail={k: str(v) for k, v in report.to_json().items()}))
     model_out.parent.mkdir(parents=True, exist_ok=True)
