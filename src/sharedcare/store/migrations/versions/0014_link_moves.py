@@ -30,6 +30,13 @@ def _moves(value: Any) -> list[dict[str, Any]]:
 
 
 def upgrade() -> None:
+    # Read the lists first: on SQLite, batch mode rebuilds link_events, which must not yet be referenced.
+    rows = op.get_bind().execute(sa.text("SELECT id, moves FROM link_events ORDER BY id")).all()
+    copied = [{"link_event_id": event_id, "patient_record_id": int(move["record"]),
+               "from_person": str(move["from"]), "to_person": str(move["to"])}
+              for event_id, value in rows for move in _moves(value)]
+    with op.batch_alter_table("link_events") as batch:
+        batch.drop_column("moves")
     moves = op.create_table(
         "link_moves",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -42,28 +49,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_link_moves_record", "link_moves", ["patient_record_id"])
-    rows = op.get_bind().execute(sa.text("SELECT id, moves FROM link_events ORDER BY id"))
-    copied = [{"link_event_id": event_id, "patient_record_id": int(move["record"]),
-               "from_person": str(move["from"]), "to_person": str(move["to"])}
-              for event_id, value in rows for move in _moves(value)]
     if copied:
         op.bulk_insert(moves, copied)
-    with op.batch_alter_table("link_events") as batch:
-        batch.drop_column("moves")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("link_events") as batch:
-        batch.add_column(sa.Column("moves", JSON_DOC, nullable=True))
     bind = op.get_bind()
     by_event: dict[int, list[dict[str, Any]]] = {}
     for event_id, record, before, after in bind.execute(sa.text(
             "SELECT link_event_id, patient_record_id, from_person, to_person FROM link_moves ORDER BY id")):
         by_event.setdefault(event_id, []).append({"record": record, "from": before, "to": after})
+    op.drop_index("ix_link_moves_record", table_name="link_moves")
+    op.drop_table("link_moves")
+    with op.batch_alter_table("link_events") as batch:
+        batch.add_column(sa.Column("moves", JSON_DOC, nullable=True))
     events = sa.table("link_events", sa.column("id", sa.Integer()), sa.column("moves", JSON_DOC))
-    for (event_id,) in bind.execute(sa.text("SELECT id FROM link_events")):
+    for (event_id,) in bind.execute(sa.text("SELECT id FROM link_events")).all():
         bind.execute(events.update().where(events.c.id == event_id).values(moves=by_event.get(event_id, [])))
     with op.batch_alter_table("link_events") as batch:
         batch.alter_column("moves", existing_type=JSON_DOC, nullable=False)
-    op.drop_index("ix_link_moves_record", table_name="link_moves")
-    op.drop_table("link_moves")
