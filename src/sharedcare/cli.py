@@ -510,18 +510,56 @@ def preferences_set(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the audit hash chain end to end; exit 1 naming the first broken entry."""
+def audit_verify(
+    checkpoints: Annotated[list[Path] | None, typer.Option(
+        "--checkpoints", help="A witness's file of signed checkpoints (`audit checkpoint`); repeat it.")] = None,
+) -> None:
+    """Check the audit hash chain end to end, and that it still passes through every checkpoint a witness
+    kept; exit 1 naming the first broken entry or each checkpoint that disagrees."""
     from sharedcare.governance.audit import verify
+    from sharedcare.governance.checkpoints import check_against_chain, public_key_text, read_checkpoints, signing_key
 
+    kept = []
+    for path in checkpoints or []:
+        try:
+            kept += read_checkpoints(path.read_text(encoding="utf-8").splitlines(), str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"{path}: cannot read the checkpoints ({exc})") from exc
+        except SharedcareError as exc:
+            raise _fail(str(exc)) from exc
     with _database().session() as session:
         result = verify(session)
-    if result.ok:
-        console.print(f"audit chain whole: {result.checked} entries verified")
+        problems = check_against_chain(session, kept, public_key_text(signing_key(load_settings().secret)))
+    if not result.ok:
+        console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
+                      f"({result.checked} entries verified before it)")
+    for found in problems:
+        console.print(f"[red]checkpoint at entry {found.checkpoint.seq}[/red] ({found.checkpoint.at}): {found.problem}")
+    if not result.ok or problems:
+        raise typer.Exit(1)
+    console.print(f"audit chain whole: {result.checked} entries verified"
+                  + (f", through {len(kept)} checkpoints" if kept else ""))
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    public_key: Annotated[bool, typer.Option("--public-key", help="Print the key witnesses check with.")] = False,
+) -> None:
+    """Print a signed checkpoint of the audit chain's head (one JSON line) for a witness to keep where this
+    service cannot write; `audit verify --checkpoints` checks the chain against what witnesses kept."""
+    from sharedcare.governance.checkpoints import make_checkpoint, public_key_text, signing_key
+
+    settings = load_settings()
+    try:
+        settings.require_safe_secret()
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    key = signing_key(settings.secret)
+    if public_key:
+        print(public_key_text(key))
         return
-    console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
-                  f"({result.checked} entries verified before it)")
-    raise typer.Exit(1)
+    with _database().session() as session:
+        print(make_checkpoint(session, key).to_json())
 
 
 @audit_app.command("review")
@@ -707,7 +745,7 @@ def mpi_relink(
     from sharedcare.identity.mpi import relink
 
     with _database().session() as session:
-        report, model = relink(session)
+        report, model = relink(session, by=OPERATOR)
         record_audit(session, AuditRecord(AuditAction.MPI_RELINK, "permit", username=OPERATOR, purpose="governance",
                                           detail={k: str(v) for k, v in report.to_json().items()}))
     model_out.parent.mkdir(parents=True, exist_ok=True)

@@ -246,5 +246,5 @@ def test_a_history_read_and_a_vread_show_in_the_citizens_who_read_my_record(ics:
     assert ics.client.get(f"/fhir/Condition/{condition_id}/_history", headers=headers).status_code == 200
     assert ics.client.get(f"/fhir/Condition/{condition_id}/_history/1", headers=headers).status_code == 200
     with db.session() as session:
-        seen = [(a.username, a.what) for a in CitizenWorkspace(session, framework, ics.okafor).accesses()]
+        seen = [(a.username, a.what) for a in CitizenWorkspace(session, framework, ics.okafor).accesses().accesses]
     assert seen.count(("dr.patel", "viewed earlier versions of an item in your record")) == 2

@@ -90,7 +90,7 @@ def test_a_citizen_sees_who_looked_at_their_record_and_why(ics: Ics, framework: 
     ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
     ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("dr.singh"))  # refused: no basis
     with _db(ics).session() as s:
-        log = accesses_of(s, framework, ics.okafor)
+        log = accesses_of(s, framework, ics.okafor).accesses
     lines = {(a.who, a.role, a.organisation, a.what, a.basis, a.outcome) for a in log}
     assert ("Carys Evans", "Paramedic", "North Region Ambulance Service NHS Trust", "viewed your record",
             "implied consent", "allowed") in lines

@@ -40,7 +40,7 @@ def test_a_citizen_sees_others_looks_at_their_record_not_their_own(ics: Ics, fra
     with _db(ics).session() as s:
         me = CitizenWorkspace(s, framework, ics.okafor)
         me.record()
-        log = me.accesses()
+        log = me.accesses().accesses
     assert {a.who for a in log} == {"Bethan Williams"}
 
 

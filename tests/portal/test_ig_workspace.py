@@ -78,7 +78,7 @@ def test_the_queue_names_the_patient_through_the_decision_point_and_audits_each_
     with _db(ics).session() as s:
         looks = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:demographics:read")).all()
         assert [(e.username, e.patient_id, e.outcome) for e in looks] == [("ig.morgan", ics.okafor, "permit")]
-        seen = CitizenWorkspace(s, _framework(ics), ics.okafor).accesses()
+        seen = CitizenWorkspace(s, _framework(ics), ics.okafor).accesses().accesses
     assert any(a.username == "ig.morgan" and "saw your name" in a.what for a in seen)
 
     with _db(ics).session() as s:

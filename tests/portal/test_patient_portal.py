@@ -206,3 +206,20 @@ def test_outside_demo_mode_patients_are_sent_to_nhs_login(ics: Ics, db: Database
     with PortalClient(app) as live:
         page = live.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, **BORN})
     assert page.status_code == 403 and "NHS login" in page.text and 'id="demo-code"' not in page.text
+
+
+def test_a_long_access_log_is_read_a_page_at_a_time(ics: Ics) -> None:
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+
+    with _db(ics).session() as s:
+        for username in ["dr.patel"] * 30 + ["dn.williams"] * 100:
+            record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", username, patient_id=ics.okafor))
+    _sign_in(ics.client)
+    first = ics.client.get("/patient/accesses").text
+    assert first.count('class="nhsuk-table__row sc-access"') == 100 and "Dr Amara Patel" not in first
+    older = re.search(r'href="(/patient/accesses\?before=\d+)"', first)
+    assert older is not None and "Earlier entries" in first
+    second = ics.client.get(older.group(1)).text
+    assert second.count('class="nhsuk-table__row sc-access"') == 30 and second.count("Dr Amara Patel") == 30
+    assert "Earlier entries</span>" not in second and 'href="/patient/accesses"' in second
+    assert ics.client.get("/patient/accesses?before=soon").status_code == 400

@@ -57,3 +57,34 @@ def test_versions_stored_before_they_kept_their_patient_are_given_the_resources_
         (version,) = s.scalars(select(ResourceVersion).where(ResourceVersion.resource_id == resource.id))
         assert version.version == 1 and version.content["code"]["coding"][0]["display"] == "Diabetes"
         assert version.patient_record_id == resource.patient_record_id is not None
+
+
+def test_link_moves_survive_a_downgrade_to_the_json_list_and_back(db: Database, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    from sharedcare.identity.links import merge_persons, separate
+    from sharedcare.store.models import LinkEvent, PatientRecord
+
+    message = bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female")])
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "a.ndjson", [message])])
+    with db.session() as s:
+        record = s.scalars(select(PatientRecord)).one()
+        first = record.person_id
+        separate(s, record.id, by="test", reason="apart")
+    with db.session() as s:
+        second = s.get_one(PatientRecord, record.id).person_id
+        merge_persons(s, first, second, by="test", reason="together")
+
+    def moves() -> list[tuple[str, list[tuple[int, str, str]]]]:
+        with db.session() as s:
+            return [(e.kind, [(m.patient_record_id, m.from_person, m.to_person) for m in e.moves])
+                    for e in s.scalars(select(LinkEvent).order_by(LinkEvent.id))]
+
+    before = moves()
+    assert before == [("separate", [(record.id, first, second)]), ("merge", [(record.id, second, first)])]
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0013")
+    assert "link_moves" not in inspect(db.engine).get_table_names()
+    db.migrate()
+    assert moves() == before

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, false, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
 # found in a search, an IG officer learning whose record an access was to. Denied attempts are shown
@@ -47,13 +47,59 @@ ITEM_WORDS = {
 }
 
 
+@dataclass(frozen=True)
+class Holding:
+    """A time during which audit entries about `person_id` were about a record the person now holds:
+    from `start` (None: from the beginning) until `end` (None: still)."""
+
+    person_id: str
+    start: datetime | None
+    end: datetime | None
+
+
+def holdings(session: Session, person_id: str) -> list[Holding]:
+    """Every person id that one of this person's source records belonged to, and when. A merge or a relink
+    moves records between persons, and the audit names the person a read was about at the time; so a
+    record's moves (LinkMove) say which earlier entries were about it."""
+    records = list(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
+    moves = session.execute(
+        select(LinkMove.patient_record_id, LinkMove.from_person, LinkEvent.at)
+        .join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
+        .where(LinkMove.patient_record_id.in_(records)).order_by(LinkEvent.at, LinkMove.id))
+    start: dict[int, datetime | None] = dict.fromkeys(records)
+    found = set()
+    for record, before, at in moves:
+        found.add(Holding(before, start[record], at))
+        start[record] = at
+    found.update(Holding(person_id, since, None) for since in start.values())
+    return sorted(found, key=lambda h: (h.person_id, h.start or datetime.min.replace(tzinfo=UTC)))
+
+
+def _about(held: list[Holding], *, own_reads: bool) -> ColumnElement[bool]:
+    """Entries about any of these holdings; without the reads of the citizen whose record it was then."""
+    clauses = []
+    for holding in held:
+        clause = AuditEntry.patient_id == holding.person_id
+        if holding.start is not None:
+            clause &= AuditEntry.recorded_at >= holding.start
+        if holding.end is not None:
+            clause &= AuditEntry.recorded_at < holding.end
+        if not own_reads:
+            clause &= or_(AuditEntry.username.is_(None), AuditEntry.username != f"patient:{holding.person_id}")
+        clauses.append(clause)
+    return or_(false(), *clauses)
+
+
 def search(session: Session, *, patient_id: str | None = None, username: str | None = None,
            organisation: str | None = None, since: datetime | None = None, until: datetime | None = None,
            actions: tuple[str, ...] | None = None, limit: int = 1000) -> list[AuditEntry]:
-    """Audit entries matching every criterion given, newest first."""
+    """Audit entries matching every criterion given, newest first. A patient criterion finds the entries
+    recorded about that person id and those about the records it holds now, before a merge or relink
+    brought them together."""
     stmt = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
     if patient_id:
-        stmt = stmt.where(AuditEntry.patient_id == patient_id)
+        stmt = stmt.where(or_(AuditEntry.patient_id == patient_id,
+                              _about(holdings(session, patient_id), own_reads=True)))
     if username:
         stmt = stmt.where(AuditEntry.username == username)
     if organisation:
@@ -108,22 +154,40 @@ class Access:
     outcome: str
 
 
-def accesses_of(session: Session, fw: Framework, person_id: str, limit: int = 500) -> list[Access]:
-    out = []
-    for entry in search(session, patient_id=person_id, actions=tuple(a.value for a in PATIENT_VISIBLE),
-                        limit=limit):
-        user = fw.users.get(entry.username or "")
-        org = fw.organisation(entry.organisation or "")
-        role = fw.roles.get(user.role) if user else None
-        info = details(entry)
-        out.append(Access(
-            when=entry.recorded_at, username=entry.username or "",
-            who=user.name if user else (entry.username or "unknown"),
-            role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
-            what=describe(entry),
-            basis=(info.get("basis") or "").replace("-", " "), reason=info.get("reason", ""),
-            outcome="refused" if entry.outcome == "deny" else "allowed"))
-    return out
+@dataclass(frozen=True)
+class AccessPage:
+    """A page of a citizen's access log, newest first; `older` is where the next page starts, if any."""
+
+    accesses: list[Access]
+    older: int | None
+
+
+def accesses_of(session: Session, fw: Framework, person_id: str, before: int | None = None,
+                limit: int = 100) -> AccessPage:
+    """Everyone else's looks at the records this person holds, including those made while a record
+    belonged to another person id (before a merge or a relink), the citizen's own reads left out."""
+    stmt = (select(AuditEntry).where(_about(holdings(session, person_id), own_reads=False),
+                                     AuditEntry.action.in_([a.value for a in PATIENT_VISIBLE]))
+            .order_by(AuditEntry.seq.desc()).limit(limit + 1))
+    if before is not None:
+        stmt = stmt.where(AuditEntry.seq < before)
+    entries = list(session.scalars(stmt))
+    older = entries[limit - 1].seq if len(entries) > limit else None
+    return AccessPage([_access(fw, entry) for entry in entries[:limit]], older)
+
+
+def _access(fw: Framework, entry: AuditEntry) -> Access:
+    user = fw.users.get(entry.username or "")
+    org = fw.organisation(entry.organisation or "")
+    role = fw.roles.get(user.role) if user else None
+    info = details(entry)
+    return Access(
+        when=entry.recorded_at, username=entry.username or "",
+        who=user.name if user else (entry.username or "unknown"),
+        role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
+        what=describe(entry),
+        basis=(info.get("basis") or "").replace("-", " "), reason=info.get("reason", ""),
+        outcome="refused" if entry.outcome == "deny" else "allowed")
 
 
 def export_ndjson(session: Session) -> Iterator[str]:

@@ -116,10 +116,10 @@ class CitizenWorkspace:
         return GovernedRecords(self.session, self.fw, self.actor, purpose="self-access",
                                request_id=self.request_id).everything(self.person_id)
 
-    def accesses(self) -> list[access_log.Access]:
-        """Everyone else's looks at the record (the citizen's own reads are left out)."""
-        return [a for a in access_log.accesses_of(self.session, self.fw, self.person_id)
-                if a.username != self.actor.username]
+    def accesses(self, before: int | None = None) -> access_log.AccessPage:
+        """Everyone else's looks at the record, a page at a time, newest first (the citizen's own reads are
+        left out)."""
+        return access_log.accesses_of(self.session, self.fw, self.person_id, before=before)
 
     def choices(self) -> Choices:
         return choices_for(self.session, self.nhs_numbers())

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.store.models import LinkEvent, MatchReview, PatientRecord, Person
+from sharedcare.store.models import LinkEvent, LinkMove, MatchReview, PatientRecord, Person
 
 Decision = Literal["link", "separate", "defer"]
 
@@ -25,9 +25,15 @@ class LinkError(SharedcareError):
     """A merge, unmerge or review decision that cannot be carried out as asked."""
 
 
+def moves_to(records: list[PatientRecord], to_person: str) -> list[LinkMove]:
+    """The moves that taking these records to `to_person` makes (none for a record already there)."""
+    return [LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=to_person)
+            for r in records if r.person_id != to_person]
+
+
 def _move(session: Session, records: list[PatientRecord], to_person: str, kind: str, by: str,
           reason: str) -> LinkEvent:
-    moves = [{"record": r.id, "from": r.person_id, "to": to_person} for r in records if r.person_id != to_person]
+    moves = moves_to(records, to_person)
     now = utcnow()
     for record in records:
         record.person_id = to_person
@@ -80,12 +86,13 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkE
         raise LinkError(f"merge #{event_id} was already undone by #{event.undone_by}")
     moves = []
     for move in event.moves:
-        record = session.get_one(PatientRecord, move["record"])
-        if record.person_id != move["to"]:
+        record = session.get_one(PatientRecord, move.patient_record_id)
+        if record.person_id != move.to_person:
             raise LinkError(f"record {record.id} has moved again since merge #{event_id}; undo that first")
-        moves.append((record, str(move["from"])))
+        moves.append((record, move.from_person))
     undo = LinkEvent(at=utcnow(), kind="unmerge", by=by, reason=reason or f"undo merge #{event_id}",
-                     moves=[{"record": r.id, "from": r.person_id, "to": back} for r, back in moves])
+                     moves=[LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=back)
+                            for r, back in moves])
     for record, back in moves:
         if session.get(Person, back) is None:
             session.add(Person(id=back))

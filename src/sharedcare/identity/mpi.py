@@ -40,8 +40,9 @@ from sharedcare.identity.compare import (
     phone_key,
     postcode_parts,
 )
+from sharedcare.identity.links import moves_to
 from sharedcare.identity.nhs_number import is_valid, normalise
-from sharedcare.store.models import MatchModel, MatchReview, PatientRecord, Person
+from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
 
 
 @dataclass(frozen=True)
@@ -271,13 +272,14 @@ class RelinkReport:
         return dict(self.__dict__)
 
 
-def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
+def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict[str, object]]:
     """Re-match every source patient record with the probabilistic model and move links to fit.
 
     Clinical rows never move: only `patient_records.person_id` changes. Each new cluster keeps the person
     id most of its records already had, so views and bookmarks stay stable. Records with too little
     to match on keep their own person, under review. The trained model is saved with the index (the
-    one real-time matching uses from then on) and returned for the caller to write out."""
+    one real-time matching uses from then on) and returned for the caller to write out. Every record that
+    changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known."""
     from sharedcare.identity.matching import cluster  # Splink loads slowly; ingest never needs it
     from sharedcare.identity.model import MODEL_VERSION
 
@@ -298,6 +300,7 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
         members.setdefault(root, []).append(by_id[record_id])
     claimed = {r.person_id for r in every if r.link_method == "insufficient-data"}
     now = utcnow()
+    moves: list[LinkMove] = []
     for group in sorted(members.values(), key=len, reverse=True):
         votes: dict[str, int] = {}
         for record in group:
@@ -308,6 +311,7 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
             person_id = _new_person(session)
             report.persons_created += 1
         claimed.add(person_id)
+        moves += moves_to(group, person_id)
         for record in group:
             if record.person_id != person_id:
                 report.records_moved += 1
@@ -326,6 +330,8 @@ def relink(session: Session) -> tuple[RelinkReport, dict[str, object]]:
             else:
                 record.link_status = "linked"
             record.updated_at = now
+    if moves:
+        session.add(LinkEvent(at=now, kind="relink", by=by, reason="batch relink", moves=moves))
     report.persons_after = len({r.person_id for r in every})
     report.held_for_review = len(result.held_for_review)
     known = {(a, b) for a, b in session.execute(select(MatchReview.record_a, MatchReview.record_b))}

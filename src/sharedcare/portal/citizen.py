@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token
@@ -121,9 +121,10 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
 
 
 @router.get("/accesses", response_class=HTMLResponse)
-def accesses(request: Request, me: CitizenDep) -> Response:
-    """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8)."""
-    return render(request, "patient/accesses.html", account=SIGNED_IN, accesses=me.accesses())
+def accesses(request: Request, me: CitizenDep, before: Annotated[int | None, Query(ge=1)] = None) -> Response:
+    """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8), a page at a time
+    (`before` is an audit sequence number, not anything about the person)."""
+    return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before)
 
 
 def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,

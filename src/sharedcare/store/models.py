@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from sharedcare.clock import utcnow
 
@@ -285,11 +285,24 @@ class LinkEvent(Base):
     __tablename__ = "link_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    kind: Mapped[str] = mapped_column(String(20))  # merge | unmerge | separate
+    kind: Mapped[str] = mapped_column(String(20))  # merge | unmerge | separate | relink
     by: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text, default="")
-    moves: Mapped[list[dict[str, Any]]] = mapped_column(JsonType)  # [{"record": id, "from": person, "to": person}]
     undone_by: Mapped[int | None] = mapped_column(Integer)
+    moves: Mapped[list[LinkMove]] = relationship(order_by="LinkMove.id", lazy="selectin")
+
+
+class LinkMove(Base):
+    """One source record moving from one person to another in a LinkEvent. Kept by record, so that whose
+    record a past audit entry was about can be told after merges and relinks (a citizen's access log)."""
+
+    __tablename__ = "link_moves"
+    __table_args__ = (Index("ix_link_moves_record", "patient_record_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    link_event_id: Mapped[int] = mapped_column(ForeignKey("link_events.id"))
+    patient_record_id: Mapped[int] = mapped_column(ForeignKey("patient_records.id"))
+    from_person: Mapped[str] = mapped_column(String(36))
+    to_person: Mapped[str] = mapped_column(String(36))
 
 
 class MatchModel(Base):

@@ -1,0 +1,139 @@
+"""A citizen's "who looked at my record" is whole: every look by someone else, a page at a time, however
+many times they looked themselves, and still theirs after the MPI moved their records between persons
+(a merge, an unmerge, a separation, a relink)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from tests.small_ics import Ics
+
+from sharedcare.governance.access_log import accesses_of, search
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.workspace import CitizenWorkspace
+from sharedcare.identity.links import merge_persons, separate, unmerge
+from sharedcare.store.database import Database
+from sharedcare.store.models import LinkEvent, PatientRecord
+
+
+def _reads(db: Database, person_id: str, username: str, count: int) -> None:
+    with db.session() as s:
+        for _ in range(count):
+            record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", username, patient_id=person_id))
+
+
+def _everyone_else(db: Database, framework: Framework, person_id: str) -> list[str]:
+    """Every line of the citizen's log, following the pages to the end."""
+    lines, before = [], None
+    with db.session() as s:
+        while True:
+            page = CitizenWorkspace(s, framework, person_id).accesses(before)
+            lines += [a.username for a in page.accesses]
+            if page.older is None:
+                return lines
+            before = page.older
+
+
+def test_the_citizens_own_reads_never_crowd_others_out_of_the_log(ics: Ics, db: Database,
+                                                                  framework: Framework) -> None:
+    _reads(db, ics.okafor, "para.evans", 3)
+    _reads(db, ics.okafor, f"patient:{ics.okafor}", 520)  # the citizen checking their record, often
+    assert _everyone_else(db, framework, ics.okafor) == ["para.evans"] * 3
+
+
+def test_a_long_log_comes_a_page_at_a_time_newest_first_with_nothing_lost_or_repeated(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    _reads(db, ics.okafor, "dr.patel", 120)
+    _reads(db, ics.okafor, "dn.williams", 130)
+    lines = _everyone_else(db, framework, ics.okafor)
+    assert lines == ["dn.williams"] * 130 + ["dr.patel"] * 120
+    with db.session() as s:
+        first = accesses_of(s, framework, ics.okafor)
+        assert len(first.accesses) == 100 and first.older is not None
+        assert [a.when for a in first.accesses] == sorted((a.when for a in first.accesses), reverse=True)
+
+
+def _community_record(db: Database) -> int:
+    with db.session() as s:
+        return s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == "RYC-9")).one()
+
+
+def _person_of(db: Database, record_id: int) -> str:
+    with db.session() as s:
+        return s.get_one(PatientRecord, record_id).person_id
+
+
+def test_looks_at_a_record_stay_in_its_owners_log_through_a_merge_and_its_undoing(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    record = _community_record(db)
+    _reads(db, ics.okafor, "dr.patel", 1)  # the GP reads Mr Okafor's record, the community record in it
+    with db.session() as s:
+        separate(s, record, by="test", reason="community record held apart")  # as if never linked
+    apart = _person_of(db, record)
+    _reads(db, apart, "dn.williams", 2)  # the district nurse reads the community record alone
+    assert _everyone_else(db, framework, ics.okafor) == ["dr.patel"]
+
+    with db.session() as s:
+        merged = merge_persons(s, ics.okafor, apart, by="test", reason="one person")
+    assert _person_of(db, record) == ics.okafor
+    _reads(db, ics.okafor, "para.evans", 1)  # a read of the merged record: every source record was in it
+    assert sorted(_everyone_else(db, framework, ics.okafor)) == ["dn.williams", "dn.williams", "dr.patel",
+                                                                  "para.evans"]
+
+    with db.session() as s:
+        unmerge(s, merged.id, by="test")
+    assert _person_of(db, record) == apart
+    # The community record's owner sees the looks at it alone, and the paramedic's look at the whole
+    # (which included it), and the GP's look from before the separation, when it was part of Mr Okafor's.
+    assert sorted(_everyone_else(db, framework, apart)) == ["dn.williams", "dn.williams", "dr.patel",
+                                                             "para.evans"]
+    # Mr Okafor's own records never left him: the looks at the community record alone were not at them.
+    assert sorted(_everyone_else(db, framework, ics.okafor)) == ["dr.patel", "para.evans"]
+
+
+def test_the_ig_officers_search_by_patient_finds_looks_made_before_a_merge(ics: Ics, db: Database) -> None:
+    record = _community_record(db)
+    with db.session() as s:
+        separate(s, record, by="test", reason="held apart")
+    apart = _person_of(db, record)
+    _reads(db, apart, "dn.williams", 1)
+    with db.session() as s:
+        merge_persons(s, ics.okafor, apart, by="test", reason="one person")
+    with db.session() as s:
+        found = {(e.username, e.patient_id) for e in search(s, patient_id=ics.okafor)
+                 if e.action == AuditAction.RECORD_READ}
+        assert found == {("dn.williams", apart)}
+        assert [e.username for e in search(s, patient_id=apart) if e.action == AuditAction.RECORD_READ] \
+            == ["dn.williams"]  # the absorbed id still finds what was recorded under it
+
+
+def test_every_move_is_kept_by_record_with_its_event(ics: Ics, db: Database) -> None:
+    record = _community_record(db)
+    with db.session() as s:
+        separate(s, record, by="test", reason="held apart")
+    apart = _person_of(db, record)
+    with db.session() as s:
+        merge_persons(s, ics.okafor, apart, by="test", reason="one person")
+    with db.session() as s:
+        events = s.scalars(select(LinkEvent).order_by(LinkEvent.id)).all()
+        assert [(e.kind, [(m.patient_record_id, m.from_person, m.to_person) for m in e.moves]) for e in events] == [
+            ("separate", [(record, ics.okafor, apart)]), ("merge", [(record, apart, ics.okafor)])]
+
+
+def test_a_relink_that_moves_a_record_is_a_link_event_and_the_log_follows_it(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    from sharedcare.identity.mpi import relink
+
+    record = _community_record(db)
+    with db.session() as s:
+        separate(s, record, by="test", reason="held apart")  # no review decision: a relink may join it again
+    apart = _person_of(db, record)
+    _reads(db, apart, "dn.williams", 1)
+    with db.session() as s:
+        report, _ = relink(s, by="operator")
+    assert report.records_moved >= 1 and _person_of(db, record) == ics.okafor
+    with db.session() as s:
+        event = s.scalars(select(LinkEvent).where(LinkEvent.kind == "relink")).one()
+        assert event.by == "operator" and (record, apart, ics.okafor) in [
+            (m.patient_record_id, m.from_person, m.to_person) for m in event.moves]
+    assert _everyone_else(db, framework, ics.okafor) == ["dn.williams"]
