@@ -43,7 +43,7 @@ from sharedcare.governance.policy import (
 )
 from sharedcare.governance.review import OnReview, flag_access, on_review
 from sharedcare.store.database import json_loads, run
-from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ResourceVersion
+from sharedcare.store.models import IS_PATIENT, AccessBasis, PatientRecord, Person, Resource, ResourceVersion
 
 StoredRow = Row[*tuple[Any, ...]] | tuple[Any, ...]  # one of _ROW_COLUMNS, in that order
 # The read path's statements, built once (building them per request cost more than running them).
@@ -55,7 +55,7 @@ _ROW_COLUMNS = (_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RES.c.sourc
                 _RES.c.category, _RES.c.category_key, _RES.c.recorded_at, _RES.c.received_at, _REC.c.person_id)
 _PERSON_ROWS = (select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id)
                 .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
-_PERSON_PATIENTS = _PERSON_ROWS.where(_RES.c.resource_type == "Patient")
+_PERSON_PATIENTS = _PERSON_ROWS.where(IS_PATIENT)
 # The same rows without their content, with each one's stamp: the content comes from the cache when its
 # stamp is the stored one (governance/content_cache.py), else from `_CONTENTS`.
 _STAMP_COLUMNS = (_RES.c.version, _RES.c.content_hash, _RES.c.received_at)
@@ -64,7 +64,7 @@ _PERSON_STAMPS = (select(_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RE
                          _RES.c.version, _RES.c.content_hash)
                   .join(_REC, _RES.c.patient_record_id == _REC.c.id)
                   .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
-_PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(_RES.c.resource_type == "Patient")
+_PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(IS_PATIENT)
 # The stored JSON as text, decoded here (as the engine would): its length is what the cache counts.
 _CONTENTS = (select(_RES.c.id, *_STAMP_COLUMNS, sql_cast(_RES.c.content, Text))
              .where(_RES.c.id.in_(bindparam("ids", expanding=True))))

@@ -35,14 +35,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import AccessBasis, PatientRecord, Resource, ReviewItem
+from sharedcare.store.database import run
+from sharedcare.store.models import IS_PATIENT, AccessBasis, PatientRecord, Resource, ReviewItem
 
 Outcome = Literal["appropriate", "investigate"]
 NEW_SOURCE_RECORD = "new-source-record"
@@ -126,17 +127,20 @@ def everyone_on_review(session: Session) -> dict[str, OnReview]:
     return _on_review(session, None)
 
 
+# Built once: on the read path of every record (governance/gateway.py), where building an ORM statement per
+# request costs more than running it (store/database.py, `run`).
+_ON_REVIEW_ALL = (select(PatientRecord.person_id, ReviewItem.kind, ReviewItem.status, PatientRecord.id, Resource.id)
+                  .join(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
+                  .outerjoin(Resource, (Resource.patient_record_id == PatientRecord.id) & IS_PATIENT)
+                  .where(ReviewItem.kind.in_((NEW_SOURCE_RECORD, REGISTRATION_CONFLICT)),
+                         (ReviewItem.status != "closed") | (ReviewItem.kind == REGISTRATION_CONFLICT)))
+_ON_REVIEW = _ON_REVIEW_ALL.where(PatientRecord.person_id == bindparam("person_id"))
+
+
 def _on_review(session: Session, person_id: str | None) -> dict[str, OnReview]:
-    stmt = (select(PatientRecord.person_id, ReviewItem.kind, ReviewItem.status, PatientRecord.id, Resource.id)
-            .join(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
-            .outerjoin(Resource, (Resource.patient_record_id == PatientRecord.id)
-                       & (Resource.resource_type == "Patient"))
-            .where(ReviewItem.kind.in_((NEW_SOURCE_RECORD, REGISTRATION_CONFLICT)),
-                   (ReviewItem.status != "closed") | (ReviewItem.kind == REGISTRATION_CONFLICT)))
-    if person_id is not None:
-        stmt = stmt.where(PatientRecord.person_id == person_id)
+    rows = run(session, _ON_REVIEW_ALL) if person_id is None else run(session, _ON_REVIEW, {"person_id": person_id})
     found: dict[str, tuple[set[int], set[str], set[str], set[str]]] = {}
-    for person, kind, status, record_id, patient_id in session.execute(stmt):
+    for person, kind, status, record_id, patient_id in rows:
         records, self_made, contested, confirmed = found.setdefault(person, (set(), set(), set(), set()))
         if kind == NEW_SOURCE_RECORD:
             records.add(record_id)

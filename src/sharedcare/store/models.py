@@ -134,6 +134,12 @@ class Resource(Base):
     category_key: Mapped[str | None] = mapped_column(String(24))
 
 
+# "This row is a Patient", for a query that also names the person or record: tested as an expression so that
+# SQLite (which keeps no statistics) finds the person's few rows by their record, rather than every Patient in
+# the store by ix_resources_type (4 ms at 1,000 people, growing with the store).
+IS_PATIENT = (Resource.resource_type + "") == "Patient"
+
+
 class ResourceVersion(Base):
     """A version of a resource that a later one replaced (the current one is in `resources`): a correction
     or an `entered-in-error` withdrawal replaces what is shown, never what happened (vread, _history).
