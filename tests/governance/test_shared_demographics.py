@@ -21,6 +21,7 @@ from sharedcare.api.auth import mint_token
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core import ODS_SYSTEM
+from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem, queue, record_outcome
 from sharedcare.identity.links import merge_persons, separate
@@ -169,6 +170,19 @@ def test_a_practice_updating_its_own_registered_patient_queues_nothing(
           _hughes("gp-other", active=True, generalPractitioner=[CASTLE], postcode="RV2 5AA"), "2026-12-01T09:00:00Z")
     assert _open_items(db, framework) == []
     assert _postcode(_shown(registered, registered.stranger)) == "RV2 5AA"
+
+
+def test_the_page_does_not_name_a_competing_practice_whose_data_the_patient_withholds(
+        registered: Ics, db: Database, framework: Framework) -> None:
+    """Naming Riverside would tell the reader that a practice she objected to holds a record of her."""
+    ics = registered
+    _write(ics, "dr.patel", _hughes("rv-hughes", active=True, generalPractitioner=[RIVERSIDE], postcode="ZZ9 9ZZ"))
+    with db.session() as s:
+        set_choice(s, HUGHES_NHS, by="patient", object_org="P81001")
+    ics.client.post("/login", data={"username": "dr.oconnor", "password": "demo"})
+    page = ics.client.get(f"/record/{ics.stranger}").text
+    assert "Castle Street Surgery (P81002), the GP practice the patient is registered with" in page
+    assert "Riverside Medical Centre" not in page and "Registration not agreed" not in page
 
 
 # -- 2. the search shows the record the record page will show ------------------------------------------------

@@ -625,19 +625,21 @@ class DemographicsRule:
         return sorted(patients, key=rank, reverse=True)
 
     def source_of(self, patients: list[ServedResource]) -> DemographicsSource | None:
-        """Whose record combined_patient takes the demographics from, for the page to say."""
+        """Whose record combined_patient takes the demographics from, for the page to say; the other claims
+        named are only among the released `patients` (a practice whose data is withheld is not named)."""
         chosen = self.order(patients, _served_key)
         if not chosen:
             return None
         org = chosen[0].source_org
+        others = {self.claimants[pid] for pid in (str(p.content.get("id")) for p in patients) if pid in self.claimants}
         return DemographicsSource(org, str(chosen[0].content.get("id")) in self.registered,
-                                  tuple(sorted(set(self.claimants.values()) - {org})))
+                                  tuple(sorted(others - {org})))
 
 
 def demographics_rule(patients: Iterable[Item], gp_orgs: frozenset[str], review: OnReview) -> DemographicsRule:
     """combined_patient's rule for one person, from their stored source Patients (all of them, whatever a
-    role's tier shows, so every reader gets the same choice), the GP practices (`Framework.gp_practices`) and what of
-    their records waits on IG."""
+    role's tier shows, so every reader gets the same choice), the GP practices (`Framework.gp_practices`)
+    and what of their records waits on IG."""
     claimants = {str(item.resource.get("id")): item.source_org for item in patients
                  if item.resource_type == "Patient" and item.source_org in gp_orgs
                  and claims_registration(item.resource, item.source_org)}

@@ -115,7 +115,7 @@ def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
 def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     view = me.record()
     return render(request, "patient/record.html", account=SIGNED_IN, view=view,
-                  banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, me.actor.role),
+                  banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, me.actor.role),
                   services=present.services(view, fw), charts=present.trend_charts(view),
                   stale=present.stale_sources(view), withheld_labels=present.CITIZEN_WITHHELD_LABELS)
 
