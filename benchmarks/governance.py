@@ -51,8 +51,10 @@ from sharedcare.governance.gateway import (
     RecordView,
     actor_for,
     combined_patient,
+    demographics_rule,
 )
 from sharedcare.governance.policy import Actor, Item, decide
+from sharedcare.governance.review import NOTHING_ON_REVIEW
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
@@ -80,8 +82,11 @@ class Ungoverned(GovernedRecords):
         if not rows:
             raise NotFound(f"no patient {person_id}")
         served = [self._serve(person_id, row[4], Item(row[4], row[1], row[2], ""), 3, row) for row in rows]
-        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
-        patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
+        patients = [s for s in served if s.resource_type == "Patient"]
+        # the same choice of demographics from the same records, without the IG review look-up (governance's)
+        rule = demographics_rule((Item(s.content, "Patient", s.source_org, "") for s in patients),
+                                 self.fw.gp_practices, NOTHING_ON_REVIEW)
+        patient = combined_patient(person_id, patients, rule)
         clinical = [s for s in served if s.resource_type != "Patient"]
         return RecordView(person_id, patient, clinical, withheld=Counter(), headlines=[],
                           basis="", sources=sorted({s.source_org for s in served}))

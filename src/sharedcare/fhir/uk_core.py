@@ -46,6 +46,19 @@ def parse_meta_source(value: str | None) -> tuple[str, str] | None:
     return (org, system or "unknown") if org else None
 
 
+def claims_registration(patient: dict[str, Any], sender: str) -> bool:
+    """Whether a Patient says the person is registered with the organisation that sent it: not inactive,
+    with a generalPractitioner naming the sender's ODS code (as a GP system's feed does; a practice the
+    person has left sends its record inactive)."""
+    if patient.get("active") is False:
+        return False
+    for ref in patient.get("generalPractitioner") or []:
+        identifier = ref.get("identifier") if isinstance(ref, dict) else None
+        if isinstance(identifier, dict) and (identifier.get("system"), identifier.get("value")) == (ODS_SYSTEM, sender):
+            return True
+    return False
+
+
 def nhs_numbers(patient: dict[str, Any]) -> list[str]:
     return [normalise(str(i.get("value", ""))) for i in patient.get("identifier", [])
             if i.get("system") == NHS_NUMBER_SYSTEM and i.get("value")]

@@ -122,6 +122,11 @@ class Framework(_Strict):
         return self.organisations.get(code)
 
     @property
+    def gp_practices(self) -> frozenset[str]:
+        """The ODS codes of the GP practices: the organisations a person is registered with."""
+        return frozenset(code for code, org in self.organisations.items() if org.kind == "gp")
+
+    @property
     def classification_digest(self) -> str:
         """A digest of what classifying a resource depends on here: the sensitive codes (in order: the
         first listed category wins) and each organisation's kind. A category stored at ingest under

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 from sqlalchemy import Row, Table, Text, bindparam, func, select
@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
-from sharedcare.fhir.uk_core import ODS_SYSTEM, PATIENT_FIELDS
+from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
+from sharedcare.fhir.uk_core import demographics as patient_demographics
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
@@ -40,9 +41,9 @@ from sharedcare.governance.policy import (
     check_request,
     decide,
 )
-from sharedcare.governance.review import flag_access, unreviewed_sources
+from sharedcare.governance.review import OnReview, flag_access, on_review
 from sharedcare.store.database import json_loads, run
-from sharedcare.store.models import AccessBasis, PatientRecord, Person, Resource, ResourceVersion
+from sharedcare.store.models import IS_PATIENT, AccessBasis, PatientRecord, Person, Resource, ResourceVersion
 
 StoredRow = Row[*tuple[Any, ...]] | tuple[Any, ...]  # one of _ROW_COLUMNS, in that order
 # The read path's statements, built once (building them per request cost more than running them).
@@ -54,7 +55,7 @@ _ROW_COLUMNS = (_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RES.c.sourc
                 _RES.c.category, _RES.c.category_key, _RES.c.recorded_at, _RES.c.received_at, _REC.c.person_id)
 _PERSON_ROWS = (select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id)
                 .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
-_PERSON_PATIENTS = _PERSON_ROWS.where(_RES.c.resource_type == "Patient")
+_PERSON_PATIENTS = _PERSON_ROWS.where(IS_PATIENT)
 # The same rows without their content, with each one's stamp: the content comes from the cache when its
 # stamp is the stored one (governance/content_cache.py), else from `_CONTENTS`.
 _STAMP_COLUMNS = (_RES.c.version, _RES.c.content_hash, _RES.c.received_at)
@@ -63,7 +64,7 @@ _PERSON_STAMPS = (select(_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RE
                          _RES.c.version, _RES.c.content_hash)
                   .join(_REC, _RES.c.patient_record_id == _REC.c.id)
                   .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
-_PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(_RES.c.resource_type == "Patient")
+_PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(IS_PATIENT)
 # The stored JSON as text, decoded here (as the engine would): its length is what the cache counts.
 _CONTENTS = (select(_RES.c.id, *_STAMP_COLUMNS, sql_cast(_RES.c.content, Text))
              .where(_RES.c.id.in_(bindparam("ids", expanding=True))))
@@ -122,6 +123,7 @@ class RecordView:
     headlines: list[Headline]
     basis: str
     sources: list[str] = field(default_factory=list)
+    demographics_from: DemographicsSource | None = None
 
     def of_type(self, resource_type: str) -> list[ServedResource]:
         return [r for r in self.resources if r.resource_type == resource_type]
@@ -314,9 +316,9 @@ class GovernedRecords:
         served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
                   for rel in decision.released
                   if self.resource_types is None or rel.item.resource_type in self.resource_types]
-        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
-        patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs,
-                                   *self._registration(person_id, pairs))
+        patients = [s for s in served if s.resource_type == "Patient"]
+        rule = self._demographics_rule(person_id, pairs)
+        patient = combined_patient(person_id, patients, rule)
         clinical = [s for s in served if s.resource_type != "Patient"]
         self._audit(action, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
@@ -325,7 +327,7 @@ class GovernedRecords:
         return RecordView(person_id=person_id, patient=patient, resources=clinical, withheld=decision.withheld,
                           headlines=sorted(decision.headlines, key=lambda h: (h.category, h.organisation)),
                           basis=basis.basis if basis else "",
-                          sources=sorted({s.source_org for s in served}))
+                          sources=sorted({s.source_org for s in served}), demographics_from=rule.source_of(patients))
 
     def patient(self, person_id: str) -> dict[str, Any]:
         """The person's combined Patient resource alone (FHIR `Patient/{id}`), decided like `everything`
@@ -360,13 +362,12 @@ class GovernedRecords:
         rows = {id(item): row for item, row in pairs}
         served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
                   for rel in decision.released]
-        gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
-        return served, combined_patient(person_id, served, gp_orgs, *self._registration(person_id, pairs))
+        return served, combined_patient(person_id, served, self._demographics_rule(person_id, pairs))
 
-    def _registration(self, person_id: str, pairs: list[tuple[Item, StoredRow]]) -> tuple[set[str], set[str]]:
-        """What combined_patient chooses the demographics by: the source Patients claiming registration (from
-        the stored records, whatever the role's tier shows) and the organisations not to take them from."""
-        return registration_claims(item for item, _ in pairs), unreviewed_sources(self.session, person_id)
+    def _demographics_rule(self, person_id: str, pairs: list[tuple[Item, StoredRow]]) -> DemographicsRule:
+        """How combined_patient chooses the person's demographics: from the stored records' registration
+        claims (whatever the role's tier shows) and what of their records waits on IG review."""
+        return demographics_rule((item for item, _ in pairs), self.fw.gp_practices, on_review(self.session, person_id))
 
     def demographics(self, person_id: str) -> dict[str, Any] | None:
         """Who the person is (their combined Patient at the role's demographics tier) and nothing clinical:
@@ -532,7 +533,10 @@ class GovernedRecords:
     def _visible_match(self, person_id: str, wanted: _Criteria) -> PatientMatch | None:
         """The person as this actor may find them: only from source records a read would also use
         (agreement in force, not objected to), never if they objected to the actor's organisation, and
-        with their postcode only where the role sees addresses (demographics tier 2)."""
+        with their postcode only where the role sees addresses (demographics tier 2). Name, birth date,
+        gender and postcode are those of the source Patient the record's combined Patient is made of
+        (combined_patient's rule), so a result shows who the record will show; a person no source sent a
+        Patient of (a laboratory's patient alone) shows as the record that matched."""
         records = list(self.session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id)))
         choices = choices_for(self.session, [r.nhs_number for r in records if r.nhs_number])
         own = self.actor.organisation
@@ -542,15 +546,29 @@ class GovernedRecords:
         visible = [r for r in records
                    if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)
                    and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs]
-        if not any(wanted.matches(r) for r in visible):
+        matched = next((r for r in visible if wanted.matches(r)), None)
+        if matched is None:
             return None
-        best = max(visible, key=lambda r: (r.nhs_number is not None, r.updated_at))
+        pairs = self._items(person_id, patients_only=True)
+        orgs = {r.source_org for r in visible}
+        shown = self._demographics_rule(person_id, pairs).order(
+            [(item, row) for item, row in pairs if item.source_org in orgs],
+            lambda pair: (str(pair[0].resource.get("id")), pair[0].source_org, pair[1][7]))
+        if shown:
+            item = shown[0][0]
+            found, source_org = patient_demographics(item.resource, None), item.source_org
+            family, given, born, gender, postcode = found.family, found.given, found.birth_date, found.gender, \
+                found.postcode
+        else:
+            source_org = matched.source_org
+            family, given, born, gender, postcode = matched.family, matched.given, matched.birth_date, \
+                matched.gender, matched.postcode
         role = self.actor.role
-        sees_address = role is not None and (role.tier("demographics") >= 2 or best.source_org == own)
-        return PatientMatch(person_id=person_id, name=f"{(best.family or '').upper()}, {best.given or ''}",
-                            birth_date=best.birth_date, gender=best.gender,
+        sees_address = role is not None and (role.tier("demographics") >= 2 or source_org == own)
+        return PatientMatch(person_id=person_id, name=f"{(family or '').upper()}, {given or ''}",
+                            birth_date=born, gender=gender,
                             nhs_number=next((r.nhs_number for r in visible if r.nhs_number), None),
-                            postcode=best.postcode if sees_address else None, sources=len(visible))
+                            postcode=postcode if sees_address else None, sources=len(visible))
 
 
 @dataclass(frozen=True)
@@ -572,34 +590,84 @@ class _Criteria:
                 and (not self.postcode or record.postcode == " ".join(self.postcode.upper().split())))
 
 
-def registration_claims(items: Iterable[Item]) -> set[str]:
-    """The ids of the source Patient records that say the person is registered with the organisation that
-    sent them: not inactive, with a generalPractitioner naming that organisation's ODS code (as a GP
-    system's feed does; a practice the person has left sends its record inactive)."""
-    def names_sender(ref: Any, sender: str) -> bool:
-        identifier = ref.get("identifier") if isinstance(ref, dict) else None
-        return (isinstance(identifier, dict) and identifier.get("system") == ODS_SYSTEM
-                and identifier.get("value") == sender)
-
-    return {str(item.resource.get("id")) for item in items
-            if item.resource_type == "Patient" and item.resource.get("active") is not False
-            and any(names_sender(ref, item.source_org) for ref in item.resource.get("generalPractitioner") or [])}
+T = TypeVar("T")
 
 
-def combined_patient(person_id: str, patients: list[ServedResource], gp_orgs: set[str],
-                     registered: Collection[str] = (), unreviewed: Collection[str] = ()) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class DemographicsSource:
+    """Whose record a person's shared demographics are, for the page to say: the organisation, whether it
+    is the practice the person is registered with, and the other practices that also claim the person's
+    registration (a competing claim awaiting IG review, a practice that has not yet let the person go)."""
+
+    org: str
+    registered: bool
+    also_claimed_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DemographicsRule:
+    """The order in which a person's source Patients give their shared demographics (combined_patient's
+    docstring says it in words). Ids are the Patients' server ids."""
+
+    gp_orgs: frozenset[str]
+    registered: frozenset[str]  # GP practices' Patients whose registration claim is trusted
+    confirmed: frozenset[str]  # ... of which IG found a competing claim appropriate (the patient moved there)
+    self_made: frozenset[str]  # Patients of records self-made by a practice's FHIR write, awaiting IG
+    claimants: dict[str, str]  # every registration claim: Patient id -> practice
+
+    def order(self, patients: list[T], key: Callable[[T], tuple[str, str, datetime]]) -> list[T]:
+        """`patients` best first; `key` gives each one's (server id, source organisation, recorded time)."""
+        def rank(patient: T) -> tuple[bool, bool, bool, bool, datetime]:
+            patient_id, source_org, recorded_at = key(patient)
+            registered = patient_id in self.registered
+            return (patient_id not in self.self_made, registered, registered and patient_id in self.confirmed,
+                    source_org in self.gp_orgs, recorded_at)
+        return sorted(patients, key=rank, reverse=True)
+
+    def source_of(self, patients: list[ServedResource]) -> DemographicsSource | None:
+        """Whose record combined_patient takes the demographics from, for the page to say; the other claims
+        named are only among the released `patients` (a practice whose data is withheld is not named)."""
+        chosen = self.order(patients, _served_key)
+        if not chosen:
+            return None
+        org = chosen[0].source_org
+        others = {self.claimants[pid] for pid in (str(p.content.get("id")) for p in patients) if pid in self.claimants}
+        return DemographicsSource(org, str(chosen[0].content.get("id")) in self.registered,
+                                  tuple(sorted(others - {org})))
+
+
+def demographics_rule(patients: Iterable[Item], gp_orgs: frozenset[str], review: OnReview) -> DemographicsRule:
+    """combined_patient's rule for one person, from their stored source Patients (all of them, whatever a
+    role's tier shows, so every reader gets the same choice), the GP practices (`Framework.gp_practices`)
+    and what of their records waits on IG."""
+    claimants = {str(item.resource.get("id")): item.source_org for item in patients
+                 if item.resource_type == "Patient" and item.source_org in gp_orgs
+                 and claims_registration(item.resource, item.source_org)}
+    claims = frozenset(claimants) - review.self_made
+    return DemographicsRule(gp_orgs, (claims - review.contested) or claims, review.confirmed, review.self_made,
+                            claimants)
+
+
+def _served_key(served: ServedResource) -> tuple[str, str, datetime]:
+    return str(served.content.get("id")), served.source_org, served.recorded_at
+
+
+def combined_patient(person_id: str, patients: list[ServedResource], rule: DemographicsRule) -> dict[str, Any] | None:
     """One Patient for the person, with every source's identifiers. Its demographics (address, telecom,
-    next of kin: what a clinician calls on) are one source record's, the first of:
-    1. not a record of an organisation in `unreviewed`: one whose record is only its own FHIR write,
-       still awaiting IG review (governance/review.py): anyone who may write could otherwise replace them;
-    2. the registered practice's: a GP practice's record among `registered` (registration_claims);
+    next of kin: what a clinician calls on) are one source record's, the first of (`DemographicsRule`):
+    1. not a record self-made by a practice's own FHIR write still awaiting IG review (governance/review.py):
+       anyone who may write could otherwise replace them;
+    2. the registered practice's: a GP practice's active Patient naming that practice as the person's GP,
+       unless its claim is a competing one (made while another practice already claimed the person),
+       which waits on IG review and counts only once IG finds it appropriate or no other claim is left;
+       a claim IG found appropriate (the patient moved there) before one never questioned;
     3. a GP practice's record, else any;
-    the most recently recorded first within each."""
+    the most recently recorded first within each. The patient search (`GovernedRecords.search_patients`)
+    and the pseudonymised export (governance/secondary.py) choose by the same rule; `DemographicsSource`
+    says whose record it was, for the page."""
     if not patients:
         return None
-    preferred = sorted(patients, key=lambda p: (p.source_org not in unreviewed,
-                                                p.source_org in gp_orgs and p.content.get("id") in registered,
-                                                p.source_org in gp_orgs, p.recorded_at), reverse=True)
+    preferred = rule.order(patients, _served_key)
     combined = dict(preferred[0].content)
     combined["id"] = person_id
     seen, identifiers = set(), []
@@ -611,4 +679,3 @@ def combined_patient(person_id: str, patients: list[ServedResource], gp_orgs: se
                 identifiers.append(identifier)
     combined["identifier"] = identifiers
     return combined
-

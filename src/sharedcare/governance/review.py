@@ -1,10 +1,11 @@
 """The IG officer's review queue: break glass, implied consent and unusual access, with outcomes.
 
-Items enter when a basis is recorded (gateway.record_basis calls `flag_access`), and when a practice
+Items enter when a basis is recorded (gateway.record_basis calls `flag_access`), when a practice
 links a record of its own to someone already known to others by its own FHIR write
-(`flag_new_source_record`, from ingest/contributions.py); an IG officer records an outcome, which is
-audited. An item not reviewed within the framework's `review.due_hours` is shown as overdue (TRUST BG2:
-the clock is passed in, so tests can freeze it).
+(`flag_new_source_record`, from ingest/contributions.py), and when a practice claims the registration of
+someone another practice already claims (`flag_registration_conflict`, from ingest/pipeline.py); an IG
+officer records an outcome, which is audited. An item not reviewed within the framework's
+`review.due_hours` is shown as overdue (TRUST BG2: the clock is passed in, so tests can freeze it).
 
 A care relationship cannot be self-made. A practice opening the record of someone it holds no record of
 is flagged ("no-relationship"). Over the FHIR write API (POST/PUT /fhir/Patient) any writing user of a
@@ -12,10 +13,20 @@ practice could otherwise give it a record of anyone, by sending a Patient with t
 links it to that person, and the flag would never fire again. So the rule is: when the first record a
 GP practice holds of a person who is already in the shared record (records from other organisations)
 arrives by that practice's own FHIR write, a "new-source-record" item is queued at that moment, and
-until an IG officer closes it as appropriate (a genuine new registration, say) that practice's records
-of the person count neither as a care relationship here nor as the registered demographics
-(gateway.combined_patient). Records from the feeds the hub ingests, and a practice's writes to a person
-it already held, or to a person new to the shared record, are not self-made in this sense.
+until an IG officer closes it as appropriate (a genuine new registration, say) that record counts
+neither as a care relationship here nor as the registered demographics (gateway.combined_patient).
+Records from the feeds the hub ingests, and a practice's writes to a person it already held, or to a
+person new to the shared record, are not self-made in this sense.
+
+A registration cannot be taken over either. When a practice's Patient starts to claim the person's
+registration (active, its generalPractitioner naming the practice) while another practice's record of
+the same person already claims it, by feed or by FHIR write, a "registration-conflict" item is queued
+about the new claim, and until IG closes it as appropriate (the patient really moved) the new claim is
+not the registered practice's for the shared demographics, unless it is the only claim left (the old
+practice has since sent its record inactive).
+
+Both kinds are about a source record, not a person: they name the record and follow it through MPI
+merges, unmerges and separations (`on_review` reads each record's person now).
 """
 
 from __future__ import annotations
@@ -24,17 +35,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import AccessBasis, AuditEntry, PatientRecord, Resource, ReviewItem
+from sharedcare.store.database import run
+from sharedcare.store.models import IS_PATIENT, AccessBasis, PatientRecord, Resource, ReviewItem
 
 Outcome = Literal["appropriate", "investigate"]
 NEW_SOURCE_RECORD = "new-source-record"
+REGISTRATION_CONFLICT = "registration-conflict"
 
 
 @dataclass(frozen=True)
@@ -81,30 +94,70 @@ def _holds_record(session: Session, org: str, person_id: str) -> bool:
     """Whether `org` has a care relationship with the person: it holds a record of them that it did not
     make for itself (see the module docstring: a record its own FHIR write linked to a person already
     known to others counts only once IG has found it appropriate)."""
-    if org in unreviewed_sources(session, person_id):
-        return False
+    self_made = on_review(session, person_id).self_made_records
     found = session.scalar(select(Resource.id).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
-                           .where(PatientRecord.person_id == person_id, Resource.source_org == org).limit(1))
+                           .where(PatientRecord.person_id == person_id, Resource.source_org == org,
+                                  PatientRecord.id.not_in(self_made)).limit(1))
     return found is not None
 
 
-def unreviewed_sources(session: Session, person_id: str) -> set[str]:
-    """The organisations whose records of this person came only from their own FHIR write to someone already
-    in the shared record, and which IG has not (yet) closed as appropriate: open or under investigation.
-    The organisation is the writer's, as the write's audit event (the item's `audit_seq`) records it."""
-    return {org for org in session.scalars(
-        select(AuditEntry.organisation).join(ReviewItem, ReviewItem.audit_seq == AuditEntry.seq)
-        .where(ReviewItem.person_id == person_id, ReviewItem.kind == NEW_SOURCE_RECORD,
-               ReviewItem.status != "closed")) if org}
+@dataclass(frozen=True)
+class OnReview:
+    """A person's source records whose standing waits on IG (open or under investigation): the records
+    self-made by a practice's own FHIR write, and the Patients (server ids) of those and of the records
+    whose registration claim competes with another practice's; and the Patients whose competing claim IG
+    found appropriate (the patient moved there)."""
+
+    self_made_records: frozenset[int] = frozenset()
+    self_made: frozenset[str] = frozenset()
+    contested: frozenset[str] = frozenset()
+    confirmed: frozenset[str] = frozenset()
 
 
-def flag_new_source_record(session: Session, fw: Framework, actor: Actor, person_id: str, audit_seq: int,
+NOTHING_ON_REVIEW = OnReview()
+
+
+def on_review(session: Session, person_id: str) -> OnReview:
+    """What of this person's records waits on (or passed) IG review, by the records' person now."""
+    return _on_review(session, person_id).get(person_id, NOTHING_ON_REVIEW)
+
+
+def everyone_on_review(session: Session) -> dict[str, OnReview]:
+    """`on_review` for everyone at once (for an export: one query, not one per person)."""
+    return _on_review(session, None)
+
+
+# Built once: on the read path of every record (governance/gateway.py), where building an ORM statement per
+# request costs more than running it (store/database.py, `run`).
+_ON_REVIEW_ALL = (select(PatientRecord.person_id, ReviewItem.kind, ReviewItem.status, PatientRecord.id, Resource.id)
+                  .join(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
+                  .outerjoin(Resource, (Resource.patient_record_id == PatientRecord.id) & IS_PATIENT)
+                  .where(ReviewItem.kind.in_((NEW_SOURCE_RECORD, REGISTRATION_CONFLICT)),
+                         (ReviewItem.status != "closed") | (ReviewItem.kind == REGISTRATION_CONFLICT)))
+_ON_REVIEW = _ON_REVIEW_ALL.where(PatientRecord.person_id == bindparam("person_id"))
+
+
+def _on_review(session: Session, person_id: str | None) -> dict[str, OnReview]:
+    rows = run(session, _ON_REVIEW_ALL) if person_id is None else run(session, _ON_REVIEW, {"person_id": person_id})
+    found: dict[str, tuple[set[int], set[str], set[str], set[str]]] = {}
+    for person, kind, status, record_id, patient_id in rows:
+        records, self_made, contested, confirmed = found.setdefault(person, (set(), set(), set(), set()))
+        if kind == NEW_SOURCE_RECORD:
+            records.add(record_id)
+        if patient_id is not None:
+            (self_made if kind == NEW_SOURCE_RECORD else confirmed if status == "closed" else contested).add(patient_id)
+    return {person: OnReview(frozenset(records), frozenset(self_made), frozenset(contested), frozenset(confirmed))
+            for person, (records, self_made, contested, confirmed) in found.items()}
+
+
+def flag_new_source_record(session: Session, fw: Framework, actor: Actor, record: PatientRecord, audit_seq: int,
                            now: datetime) -> ReviewItem:
     """Queue a practice's own FHIR write that gave it its first record of a person already known to others
     (the caller has checked that); `audit_seq` is the write's audit event."""
     org = fw.organisation(actor.organisation)
     name = f"{org.name} ({actor.organisation})" if org else actor.organisation
-    item = ReviewItem(kind=NEW_SOURCE_RECORD, username=actor.username, person_id=person_id, audit_seq=audit_seq,
+    item = ReviewItem(kind=NEW_SOURCE_RECORD, username=actor.username, person_id=record.person_id,
+                      patient_record_id=record.id, audit_seq=audit_seq,
                       reason=f"new source record for an existing person from {name}, by its own FHIR write: "
                              "until reviewed it is not counted as a care relationship or as the registered "
                              "practice's demographics",
@@ -113,14 +166,42 @@ def flag_new_source_record(session: Session, fw: Framework, actor: Actor, person
     return item
 
 
+def flag_registration_conflict(session: Session, fw: Framework, record: PatientRecord, by: str,
+                               claimed_by: list[str], now: datetime) -> ReviewItem:
+    """Queue a practice's new claim of a person's registration while other practices (`claimed_by`, ODS
+    codes) already claim it; `by` is who sent it (a user, or the source's feed)."""
+    def name(code: str) -> str:
+        org = fw.organisation(code)
+        return f"{org.name} ({code})" if org else code
+
+    others = ", ".join(name(code) for code in claimed_by)
+    item = ReviewItem(kind=REGISTRATION_CONFLICT, username=by, person_id=record.person_id, patient_record_id=record.id,
+                      reason=f"{name(record.source_org)} says this patient is registered with it, but {others} "
+                             f"already says so. Until reviewed, the shared address, telecom and next of kin are "
+                             f"not taken from {name(record.source_org)}. Appropriate if the patient has moved "
+                             "there: its details are then shown",
+                      created_at=now, status="open")
+    session.add(item)
+    return item
+
+
+def _current_person(session: Session, item: ReviewItem) -> str:
+    """The person an item is about now: its record's, for an item about a source record."""
+    if item.patient_record_id is None:
+        return item.person_id
+    return session.get_one(PatientRecord, item.patient_record_id).person_id
+
+
 def queue(session: Session, fw: Framework, now: datetime, include_closed: bool = False) -> list[QueueItem]:
-    stmt = select(ReviewItem).order_by(ReviewItem.created_at, ReviewItem.id)
+    stmt = (select(ReviewItem, func.coalesce(PatientRecord.person_id, ReviewItem.person_id))
+            .outerjoin(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
+            .order_by(ReviewItem.created_at, ReviewItem.id))
     if not include_closed:
         stmt = stmt.where(ReviewItem.status != "closed")
     due = timedelta(hours=fw.review.due_hours)
-    return [QueueItem(i.id, i.kind, i.username, i.person_id, i.reason, i.created_at, i.created_at + due,
+    return [QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
                       i.status != "closed" and now > i.created_at + due, i.status, i.outcome)
-            for i in session.scalars(stmt)]
+            for i, person_id in session.execute(stmt)]
 
 
 def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "") -> ReviewItem:
@@ -134,8 +215,9 @@ def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, no
     item.status = "closed" if outcome == "appropriate" else "investigating"
     item.outcome = f"{outcome}: {note}".strip().rstrip(":")
     record_audit(session, AuditRecord(AuditAction.REVIEW_OUTCOME, "permit", username=by, purpose="governance",
-                                      patient_id=item.person_id, reason=note,
+                                      patient_id=_current_person(session, item), reason=note,
                                       detail={"review_item": str(item_id), "outcome": outcome,
-                                              "reviewed_user": item.username, "audit_seq": str(item.audit_seq)}))
+                                              "reviewed_user": item.username,
+                                              **({"audit_seq": str(item.audit_seq)} if item.audit_seq else {})}))
     session.flush()
     return item

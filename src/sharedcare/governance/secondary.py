@@ -32,9 +32,10 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Agreement, Framework
-from sharedcare.governance.gateway import AccessDenied, NotFound
+from sharedcare.governance.gateway import AccessDenied, NotFound, demographics_rule
 from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
 from sharedcare.governance.pseudonymise import Pseudonymiser, Shaped, Unreadable
+from sharedcare.governance.review import NOTHING_ON_REVIEW, OnReview, everyone_on_review
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Preference, Resource
 
@@ -181,15 +182,18 @@ class SecondaryUse:
         with self.db.session() as session:
             snap = _Snapshot(scope, counts, effective_agreements(session, self.fw), self._choices(session), utcnow(),
                              {code: org.kind for code, org in self.fw.organisations.items()},
-                             Pseudonymiser(self._secret, self.purpose))
-            # received_at only for Patient rows: turning stored timestamps into datetimes costs more per
-            # row than anything else here, and only the choice of a person's Patient needs it
+                             Pseudonymiser(self._secret, self.purpose), everyone_on_review(session),
+                             self.fw.gp_practices)
+            # received_at and recorded_at only for Patient rows: turning stored timestamps into datetimes
+            # costs more per row than anything else here, and only the choice of a person's Patient needs them
             received = case((Resource.resource_type == "Patient", Resource.received_at), else_=None)
+            recorded = case((Resource.resource_type == "Patient", Resource.recorded_at), else_=None)
             # the category ingest stored, only if stored under the current rules and framework (else None:
             # the row is classified afresh, as the gateway does)
             category = case((Resource.category_key == classification_key(self.fw), Resource.category), else_=None)
             stmt = (select(PatientRecord.person_id, Resource.id.label("server_id"), Resource.resource_type,
-                           Resource.source_org, received.label("received_at"), category.label("category"),
+                           Resource.source_org, received.label("received_at"), recorded.label("recorded_at"),
+                           category.label("category"),
                            cast(Resource.content, Text).label("text"))
                     .join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
                     .order_by(PatientRecord.person_id))
@@ -204,7 +208,7 @@ class SecondaryUse:
             # Patient rows always come: they hold the dates of birth that other dates are checked against
             stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
             person: str | None = None
-            held: list[Any] = []  # the person's rows: server_id, type, source_org, received_at, category, text
+            held: list[Any] = []  # the person's rows: server_id, type, source_org, received_at, recorded_at, ...
             # Core rows (no ORM loading step): plain named tuples, fetched a batch at a time
             for row in session.connection().execution_options(yield_per=2000).execute(stmt):
                 if row.person_id != person:
@@ -226,6 +230,7 @@ class SecondaryUse:
         dobs = frozenset(p["birthDate"] for p in patients.values() if isinstance(p.get("birthDate"), str))
         pseudonymiser.for_person(person_id, dobs)
         items: list[Item] = []
+        patient_items: list[Item] = []
         shaped: dict[int, tuple[Any, Shaped | None]] = {}
         unreadable = 0
         decode, kinds = pseudonymiser.decode, snap.kinds
@@ -236,6 +241,7 @@ class SecondaryUse:
                 item = Item(content, "Patient", row.source_org, "demographics",
                             _labels((content.get("meta") or {}).get("security")))
                 shaped[id(item)] = (row, None)
+                patient_items.append(item)
             else:
                 try:
                     resource = decode(resource_type, row.text)
@@ -280,9 +286,9 @@ class SecondaryUse:
             yield row.resource_type, encode(resource, row.server_id, exported)
         if released_patients and scope.wants("Patient") and (
                 scope.since is None or any(p.received_at and p.received_at >= scope.since for p in released_patients)):
-            # one Patient per person: their GP practice's record (the registered demographics), else the newest
-            chosen = max(released_patients,
-                         key=lambda p: (snap.kinds.get(p.source_org) == "gp", p.received_at or snap.now))
+            # one Patient per person: the one their combined Patient's demographics come from (its rule)
+            rule = demographics_rule(patient_items, snap.gp_orgs, snap.on_review.get(person_id, NOTHING_ON_REVIEW))
+            chosen = rule.order(released_patients, lambda p: (p.server_id, p.source_org, p.recorded_at))[0]
             counts.resources["Patient"] += 1
             yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
 
@@ -336,3 +342,5 @@ class _Snapshot:
     now: datetime
     kinds: dict[str, str]
     pseudonymiser: Pseudonymiser
+    on_review: dict[str, OnReview]  # whose records wait on IG review (review.py), by person
+    gp_orgs: frozenset[str]

@@ -174,7 +174,7 @@ class Contributions:
             return result
         result = WriteResult("batch", [EntryOutcome("400 Bad Request", severity="error", code="required",
                                                     text="entry has no resource") for _ in listed])
-        pipeline, report_all = Pipeline(self.db, self.fw), IngestReport()
+        pipeline, report_all = Pipeline(self.db, self.fw, sender=self.actor.username), IngestReport()
         for part in messages_of(raw, parse_message):
             index = entry_index(part)
             if index is None:  # an empty batch is not split: nothing to answer for
@@ -223,7 +223,8 @@ class Contributions:
     def _store_single(self, raw: RawMessage, listed: list[Any] | None) -> WriteResult:
         """One message, stored whole or quarantined whole."""
         report = IngestReport()
-        outcomes, staged = self._ingest(Pipeline(self.db, self.fw), raw, listed or [], report)
+        pipeline = Pipeline(self.db, self.fw, sender=self.actor.username)
+        outcomes, staged = self._ingest(pipeline, raw, listed or [], report)
         result = WriteResult(None)
         if staged is None:
             result.refused = outcomes[0]
@@ -297,7 +298,8 @@ class Contributions:
             mine = [r for r in records if r.source_org == self.actor.organisation]
             made_now = [r for r in mine if r.source_id in self._new_patients]
             if made_now and len(made_now) == len(mine) and len(records) > len(mine):
-                flag_new_source_record(session, self.fw, self.actor, person_id, seq, utcnow())
+                for record in made_now:
+                    flag_new_source_record(session, self.fw, self.actor, record, seq, utcnow())
         return check
 
     def _audit_written(self, outcomes: list[EntryOutcome], report: IngestReport) -> None:

@@ -17,22 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
+from sharedcare.fhir.lifecycle import entered_in_error
+from sharedcare.fhir.uk_core import claims_registration
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
+from sharedcare.governance.review import flag_registration_conflict
 from sharedcare.identity.links import LinkError, merge_source_records
 from sharedcare.identity.mpi import link_found_record, link_patient_record
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
 from sharedcare.ingest.staging import Outcome, Stager, stage
 from sharedcare.store.database import Database, json_dumps
-from sharedcare.store.models import PatientRecord, Quarantine, Resource, ResourceVersion
+from sharedcare.store.database import run as run_statement  # `run` names a _Run here
+from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
 
@@ -46,6 +50,11 @@ PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
 # A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
 _INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]
+# The Patients other GP practices hold of a person (built once: looked up for each new registration claim)
+_OTHER_PRACTICES_PATIENTS = (
+    select(Resource.source_org, Resource.content).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+    .where(PatientRecord.person_id == bindparam("person_id"), IS_PATIENT, Resource.source_org != bindparam("org"),
+           Resource.source_org.in_(bindparam("practices", expanding=True))))
 
 
 @dataclass
@@ -131,9 +140,13 @@ class Pipeline:
     """Ingest into one store under one framework."""
 
     def __init__(self, db: Database, framework: Framework, workers: int | None = None,
-                 parallel_from_bytes: int = PARALLEL_FROM_BYTES) -> None:
+                 parallel_from_bytes: int = PARALLEL_FROM_BYTES, sender: str | None = None) -> None:
+        """`sender`: who sends what this pipeline stores (the user of a FHIR write), named on any IG review
+        item it queues; None for a source's feed (named `ORG:system`)."""
         self.db = db
         self.framework = framework
+        self.sender = sender
+        self._gp_orgs = framework.gp_practices
         self.workers = load_settings().ingest_workers if workers is None else workers
         self.parallel_from_bytes = parallel_from_bytes
 
@@ -341,6 +354,7 @@ class Pipeline:
         # Classified once here, not on every read; reads check the key (governance/classify.py).
         org = self.framework.organisation(staged.source_org)
         kind, key = (org.kind if org else "unknown"), classification_key(self.framework)
+        claiming: list[PatientRecord] = []  # records whose Patient starts to claim the person's registration here
         for item in staged.resources:
             record = records.get(item.patient_source_id) or self._known_patient(session, staged, item.patient_source_id)
             if record is None:
@@ -367,6 +381,10 @@ class Pipeline:
             except ValueError as exc:
                 raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
             category = classify(content, kind, self.framework)
+            if (item.resource_type == "Patient" and staged.source_org in self._gp_orgs
+                    and claims_registration(content, staged.source_org)
+                    and (row is None or not claims_registration(row.content, staged.source_org))):
+                claiming.append(record)
             if row is None:
                 new_rows.append(dict(
                     id=item.server_id, resource_type=item.resource_type, source_org=staged.source_org,
@@ -389,6 +407,8 @@ class Pipeline:
             session.execute(_INSERT_RESOURCES, new_rows)
             if run is not None:
                 run.inserted.update(row["id"] for row in new_rows)
+        for record in claiming:
+            self._competing_registration(session, staged, record)
         for retired, surviving in staged.merges:
             try:
                 merge_source_records(session, staged.source_org, retired, surviving,
@@ -397,6 +417,17 @@ class Pipeline:
             except LinkError as exc:
                 raise MessageError(exc.message, f"{raw.where}, MRG-1") from exc
         return accepted, unchanged, stale
+
+    def _competing_registration(self, session: Session, staged: StagedMessage, record: PatientRecord) -> None:
+        """A practice's Patient has started to claim the person's registration: if other practices' records
+        of the person claim it already, queue the new claim for IG review (governance/review.py), which
+        keeps it from the shared demographics until reviewed. Stored in the same transaction."""
+        others = sorted({org for org, content in run_statement(session, _OTHER_PRACTICES_PATIENTS, {
+            "person_id": record.person_id, "org": record.source_org, "practices": sorted(self._gp_orgs)})
+            if claims_registration(content, org) and not entered_in_error(content)})
+        if others:
+            flag_registration_conflict(session, self.framework, record,
+                                       self.sender or f"{staged.source_org}:{staged.source_system}", others, utcnow())
 
     @staticmethod
     def _demographics_are_current(staged: StagedMessage, source_id: str, existing: dict[str, Resource]) -> bool:

@@ -29,7 +29,8 @@ router = APIRouter(prefix="/ig", dependencies=[Depends(csrf.check)])
 
 KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",
-              "new-source-record": "New source record for an existing person"}
+              "new-source-record": "New source record for an existing person",
+              "registration-conflict": "Competing GP registration"}
 RECENT = 50  # audit events the search page shows before any criteria are given
 
 
@@ -46,9 +47,11 @@ class QueueRow:
 def _queue_row(item: QueueItem, fw: Framework, patient: dict[str, Any] | None) -> QueueRow:
     user = fw.users.get(item.username)
     role = fw.roles.get(user.role) if user else None
-    org = fw.organisation(user.organisation) if user else None
-    return QueueRow(item, KIND_WORDS.get(item.kind, item.kind), user.name if user else item.username,
-                    role.label if role else "unknown role", org.name if org else "",
+    feed_org, _, system = item.username.partition(":")  # an item about what a feed sent names it ORG:system
+    org = fw.organisation(user.organisation if user else feed_org)
+    who = user.name if user else f"{org.name}'s {system} feed" if org and system else item.username
+    return QueueRow(item, KIND_WORDS.get(item.kind, item.kind), who,
+                    role.label if role else "unknown role" if user else "feed", org.name if org else "",
                     patient_banner(patient) if patient else None)
 
 

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework, Role
-from sharedcare.governance.gateway import RecordView, ServedResource
+from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
 
 # A feed whose newest item arrived longer ago than this is flagged as possibly out of date.
@@ -364,9 +364,29 @@ def stale_sources(view: RecordView, now: datetime | None = None) -> list[str]:
     return sorted(name for name, at in newest.items() if (now - at).days > STALE_AFTER_DAYS)
 
 
-def patient_banner(patient: dict[str, Any] | None) -> dict[str, str]:
+def record_banner(view: RecordView, fw: Framework) -> dict[str, str]:
+    """The banner of a record page: the person, and whose record their contact details are."""
+    return patient_banner(view.patient, view.demographics_from, fw)
+
+
+def _org_name(code: str, fw: Framework) -> str:
+    org = fw.organisation(code)
+    return f"{org.name} ({code})" if org else code
+
+
+def patient_banner(patient: dict[str, Any] | None, source: DemographicsSource | None = None,
+                   fw: Framework | None = None) -> dict[str, str]:
+    """The person in words. With `source` and `fw`, also whose record the address, telephone and next of kin
+    are (`from`), and which other practices say the person is registered with them (`disputed`): a
+    clinician checks those details with the patient."""
     if not patient:
-        return {"name": "Details withheld", "born": "", "nhs": "", "gender": "", "address": "", "kin": ""}
+        return {"name": "Details withheld", "born": "", "nhs": "", "gender": "", "address": "", "kin": "",
+                "from": "", "disputed": ""}
+    whose = disputed = ""
+    if source is not None and fw is not None:
+        whose = _org_name(source.org, fw) + (", the GP practice the patient is registered with" if source.registered
+                                             else "")
+        disputed = ", ".join(_org_name(code, fw) for code in source.also_claimed_by)
     name = (patient.get("name") or [{}])[0]
     nhs = next((i.get("value", "") for i in patient.get("identifier", [])
                 if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), "")
@@ -384,4 +404,6 @@ def patient_banner(patient: dict[str, Any] | None) -> dict[str, str]:
         "address": ", ".join([*(address or {}).get("line", []), (address or {}).get("city", ""),
                               (address or {}).get("postalCode", "")]).strip(", ") if address else "",
         "kin": "; ".join(kin),
+        "from": whose,
+        "disputed": disputed,
     }

@@ -142,7 +142,7 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
         return _basis_page(request, records, fw, person_id)
     view = records.everything(person_id)
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
-                  banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, records.actor.role),
+                  banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
                   services=present.services(view, fw), charts=present.trend_charts(view),
                   stale=present.stale_sources(view), withheld_labels=present.WITHHELD_LABELS)
 
@@ -168,7 +168,7 @@ def _changes_page(request: Request, records: RecordsDep, fw: FrameworkDep, view:
     context.setdefault("error", None)
     found = changes.what_changed(view, fw, records.actor.organisation, since)
     return render(request, "changes.html", status=status, account=pages.account(records.actor, fw), view=view,
-                  banner=present.patient_banner(view.patient), changes=found, sections=changes.SECTIONS,
+                  banner=present.record_banner(view, fw), changes=found, sections=changes.SECTIONS,
                   withheld_labels=present.WITHHELD_LABELS, stale=present.stale_sources(view), **context)
 
 
@@ -207,7 +207,7 @@ def medicines_table(request: Request, person_id: str, records: RecordsDep, fw: F
     view = records.everything(person_id)
     found = medicines.reconcile(view.resources, fw)
     return render(request, "medicines.html", account=pages.account(records.actor, fw), view=view,
-                  banner=present.patient_banner(view.patient), medicines=found,
+                  banner=present.record_banner(view, fw), medicines=found,
                   flagged=sum(1 for m in found if m.flagged),
                   sources=len({s.source for m in found for s in m.statements}), withheld_labels=present.WITHHELD_LABELS,
                   stale=present.stale_sources(view))
