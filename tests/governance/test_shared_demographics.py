@@ -202,7 +202,7 @@ def test_a_self_made_record_stays_held_back_when_the_mpi_moves_it_to_another_per
     _write(ics, "dr.patel", _hughes("made-up", postcode="ZZ9 9ZZ"))
     with db.session() as s:
         castle = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "gp-other")).one()
-        moved_to = separate(s, castle.id, by="mpi.reviewer", reason="thought to be two people").moves[0]["to"]
+        moved_to = separate(s, castle.id, by="mpi.reviewer", reason="thought to be two people").moves[0].to_person
         merge_persons(s, keep=moved_to, absorb=ics.stranger, by="mpi.reviewer", reason="the same person after all")
     (item,) = _open_items(db, framework)
     assert (item.kind, item.patient_id) == ("new-source-record", moved_to)
@@ -213,13 +213,13 @@ def test_a_self_made_record_stays_held_back_when_the_mpi_moves_it_to_another_per
     assert kinds == {"no-relationship"}, "the self-made record counted as a care relationship after the merge"
 
 
-def test_migration_0014_gives_items_queued_before_it_the_writers_record(
+def test_migration_0015_gives_items_queued_before_it_the_writers_record(
         ics: Ics, db: Database, framework: Framework) -> None:
     _write(ics, "dr.patel", _hughes("made-up", postcode="ZZ9 9ZZ"))
     cfg = db.alembic_config()
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0013")
+        command.downgrade(cfg, "0014")
     db.migrate()
     with db.session() as s:
         item = s.scalars(select(ReviewItem)).one()

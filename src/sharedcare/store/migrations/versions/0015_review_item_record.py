@@ -1,7 +1,7 @@
 """review items about a source record name the record, and follow it through merges
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-05
 
 A 'new-source-record' item kept the person id it was queued under, so after an MPI merge it no longer
@@ -15,8 +15,8 @@ record (merged since) keeps only its person, as before.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
