@@ -44,6 +44,7 @@ from sharedcare.api.deps import ActorDep, get_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.content_cache import content_cache
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import (
     GovernedRecords,
@@ -52,7 +53,7 @@ from sharedcare.governance.gateway import (
     actor_for,
     combined_patient,
 )
-from sharedcare.governance.policy import Actor, Item, decide
+from sharedcare.governance.policy import Actor, Item, Released, decide
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
@@ -79,7 +80,8 @@ class Ungoverned(GovernedRecords):
         rows = self._rows(person_id, patients_only=False)
         if not rows:
             raise NotFound(f"no patient {person_id}")
-        served = [self._serve(person_id, row[4], Item(row[4], row[1], row[2], ""), 3, row) for row in rows]
+        cache = content_cache(self.session)  # and served the same way: whole, from the cache's shapes
+        served = [self._serve(person_id, Released(Item(row[4], row[1], row[2], ""), 3), row, cache) for row in rows]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
         patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs)
         clinical = [s for s in served if s.resource_type != "Patient"]

@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlencode
 
+import orjson
 from sqlalchemy import Row, Table, Text, bindparam, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
@@ -28,7 +29,7 @@ from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.consent import choices_for, choices_of_person
-from sharedcare.governance.content_cache import Stamp, content_cache
+from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import (
     ActiveBasis,
@@ -36,6 +37,7 @@ from sharedcare.governance.policy import (
     Decision,
     Headline,
     Item,
+    Released,
     Request,
     check_request,
     decide,
@@ -82,6 +84,10 @@ _ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
                  .order_by(_BASES.c.granted_at.desc()).limit(1))
 
 
+def _encoded_size(served: ServedResource) -> int:
+    return len(served.encoded or b"")
+
+
 class AccessDenied(SharedcareError):
     """The decision point said no; `rule_id` says which rule."""
 
@@ -100,7 +106,8 @@ class NotFound(SharedcareError):
 
 @dataclass(frozen=True)
 class ServedResource:
-    """A released resource with where it came from and how fresh it is, for display."""
+    """A released resource with where it came from and how fresh it is, for display; `encoded` is its
+    content's JSON when the read kept it (a document from the content cache), else None."""
 
     content: dict[str, Any]
     resource_type: str
@@ -111,6 +118,7 @@ class ServedResource:
     source_system: str
     recorded_at: datetime
     received_at: datetime
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -295,10 +303,18 @@ class GovernedRecords:
                 for rid, rtype, org, system, category, key, recorded, received, pid, _, _ in stamped]
 
     def _items(self, person_id: str, patients_only: bool = False) -> list[tuple[Item, StoredRow]]:
-        """The person's resources through their linked source records, newest first, as the decision sees them."""
-        # A resource withdrawn by its source (entered-in-error) is kept in its history, not shown.
-        return [(self._item(row), row) for row in self._rows(person_id, patients_only)
-                if not entered_in_error(row[4])]
+        """The person's resources through their linked source records, newest first, as the decision sees them
+        (each made once per cached document and stored category, not on every request)."""
+        cache, current = content_cache(self.session), self._classification_key
+        pairs = []
+        for row in self._rows(person_id, patients_only):
+            def make(row: StoredRow = row) -> tuple[Item, bool]:
+                return self._item(row), entered_in_error(row[4])
+
+            item, withdrawn = cache.kept(row[0], row[4], ("item", row[5], row[6], current), make)
+            if not withdrawn:  # a resource withdrawn by its source (entered-in-error) is kept in its history
+                pairs.append((item, row))
+        return pairs
 
     def everything(self, person_id: str) -> RecordView:
         """The combined record of one person, as this actor may see it (audited)."""
@@ -311,8 +327,8 @@ class GovernedRecords:
         if not decision.permitted:
             raise self._refuse(action, person_id, decision)
         rows = {id(item): row for item, row in pairs}
-        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
-                  for rel in decision.released
+        cache = content_cache(self.session)
+        served = [self._serve(person_id, rel, rows[id(rel.item)], cache) for rel in decision.released
                   if self.resource_types is None or rel.item.resource_type in self.resource_types]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
         patient = combined_patient(person_id, [s for s in served if s.resource_type == "Patient"], gp_orgs,
@@ -358,8 +374,8 @@ class GovernedRecords:
                           ) -> tuple[list[ServedResource], dict[str, Any] | None]:
         """The released source Patient records, and the one combined Patient made of them."""
         rows = {id(item): row for item, row in pairs}
-        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
-                  for rel in decision.released]
+        cache = content_cache(self.session)
+        served = [self._serve(person_id, rel, rows[id(rel.item)], cache) for rel in decision.released]
         gp_orgs = {code for code, org in self.fw.organisations.items() if org.kind == "gp"}
         return served, combined_patient(person_id, served, gp_orgs, *self._registration(person_id, pairs))
 
@@ -408,7 +424,7 @@ class GovernedRecords:
         released = decision.released[0]
         self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
-        return self._serve(person_id, released.content, released.item, released.tier, row).content
+        return self._serve(person_id, released, row).content
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
@@ -467,8 +483,7 @@ class GovernedRecords:
                 raise NotFound(f"no {resource_type} {resource_id}")
             return False, []
         current_released = current is None or any(by_item[id(rel.item)][1] is current for rel in decision.released)
-        served = [(by_item[id(rel.item)][0], self._serve(person_id, rel.content, rel.item, rel.tier,
-                                                         by_item[id(rel.item)][1]))
+        served = [(by_item[id(rel.item)][0], self._serve(person_id, rel, by_item[id(rel.item)][1]))
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
@@ -478,15 +493,29 @@ class GovernedRecords:
                     withheld=dict(decision.withheld))
         return current_released, served
 
-    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int, row: StoredRow) -> ServedResource:
-        out = dict(content)
-        for name in PATIENT_FIELDS:
-            if name in out:
-                out[name] = {**out[name], "reference": f"Patient/{person_id}"}
+    def _serve(self, person_id: str, released: Released, row: StoredRow,
+               cache: ContentCache | None = None) -> ServedResource:
+        """The released content as served in this person's record. With `cache`, what was served before from
+        the same cached document in the same shape (tier, person, category, provenance) is served again,
+        with its JSON, rather than redacted, copied and encoded again."""
+        item = released.item
         org = self.fw.organisation(item.source_org)
+        source_name = org.name if org else item.source_org
         _, _, _, source_system, _, _, _, recorded_at, received_at, _ = row
-        return ServedResource(out, item.resource_type, item.category, tier, item.source_org,
-                              org.name if org else item.source_org, source_system, recorded_at, received_at)
+
+        def make() -> ServedResource:
+            out = dict(released.content)
+            for name in PATIENT_FIELDS:
+                if name in out:
+                    out[name] = {**out[name], "reference": f"Patient/{person_id}"}
+            return ServedResource(out, item.resource_type, item.category, released.tier, item.source_org, source_name,
+                                  source_system, recorded_at, received_at, orjson.dumps(out) if cache else None)
+
+        if cache is None:
+            return make()
+        shape = ("served", released.tier, person_id, item.category, source_name, source_system, recorded_at,
+                 received_at)
+        return cache.kept(row[0], item.resource, shape, make, _encoded_size)
 
     # -- search ----------------------------------------------------------------------------------
     def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,

@@ -22,19 +22,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
+from sharedcare.store.database import run
 from sharedcare.store.models import AccessBasis, AuditEntry, PatientRecord, Resource, ReviewItem
 
 Outcome = Literal["appropriate", "investigate"]
 NEW_SOURCE_RECORD = "new-source-record"
+_ITEMS, _AUDIT = cast(Table, ReviewItem.__table__), cast(Table, AuditEntry.__table__)
+# Read on every record read (gateway.combined_patient): built once, run as Core.
+_UNREVIEWED = (select(_AUDIT.c.organisation).join(_ITEMS, _ITEMS.c.audit_seq == _AUDIT.c.seq)
+               .where(_ITEMS.c.person_id == bindparam("person_id"), _ITEMS.c.kind == NEW_SOURCE_RECORD,
+                      _ITEMS.c.status != "closed"))
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,7 @@ def unreviewed_sources(session: Session, person_id: str) -> set[str]:
     """The organisations whose records of this person came only from their own FHIR write to someone already
     in the shared record, and which IG has not (yet) closed as appropriate: open or under investigation.
     The organisation is the writer's, as the write's audit event (the item's `audit_seq`) records it."""
-    return {org for org in session.scalars(
-        select(AuditEntry.organisation).join(ReviewItem, ReviewItem.audit_seq == AuditEntry.seq)
-        .where(ReviewItem.person_id == person_id, ReviewItem.kind == NEW_SOURCE_RECORD,
-               ReviewItem.status != "closed")) if org}
+    return {org for (org,) in run(session, _UNREVIEWED, {"person_id": person_id}) if org}
 
 
 def flag_new_source_record(session: Session, fw: Framework, actor: Actor, person_id: str, audit_seq: int,
