@@ -40,7 +40,7 @@ from sqlalchemy import func, select
 
 from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
-from sharedcare.api.deps import ActorDep, get_records
+from sharedcare.api.deps import caller, get_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
@@ -126,9 +126,9 @@ def http_reads(client: TestClient, headers: dict[str, str], people: list[str], r
     db: Database = app.state.database
     fw: Framework = app.state.framework
 
-    def ungoverned_records(request: Request, actor: ActorDep) -> Iterator[GovernedRecords]:
-        with db.session() as session:  # the same token check as the real dependency
-            yield Ungoverned(session, fw, actor)
+    def ungoverned_records(request: Request) -> Iterator[GovernedRecords]:
+        with db.session() as session:  # the same token check, in the same session, as the real dependency
+            yield Ungoverned(session, fw, caller(request, app.state.settings, fw, session))
 
     def get(pid: str) -> None:
         response = client.get(f"/fhir/Patient/{pid}/$everything", headers=headers)
@@ -208,7 +208,7 @@ def main() -> int:
             with db.session() as session:
                 records = GovernedRecords(session, fw, actor)
                 items = [item for item, _ in records._items(pid)]
-                request = records._request(pid, records.active_basis(pid))
+                request = records._request(pid)[1]
                 for _ in range(5):
                     start = time.perf_counter()
                     decide(request, items, fw)
