@@ -138,8 +138,8 @@ def _everything_resources(view: RecordView, types: set[str] | None,
 
 def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], bytes | None]]) -> Response:
     """`_bundle` of these resources, written from each resource's JSON where it is given: the same bytes
-    `fhir_response(_bundle(...))` writes (tests/api/test_record_api.py), without encoding a large record's
-    resources again on every request."""
+    `fhir_response(_bundle(...))` writes (tests/governance/test_content_cache.py), without encoding a
+    large record's resources again on every request."""
     head = orjson.dumps(_bundle(request, []))  # ..."entry":[]} : the entries go between the brackets
     base = str(request.base_url).rstrip("/") + "/fhir"
     entries = [b'{"fullUrl":' + orjson.dumps(f"{base}/{r['resourceType']}/{r['id']}") + b',"resource":'
