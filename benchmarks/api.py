@@ -7,14 +7,17 @@ own process; the client (httpx) runs here. Measured, each as median / p95 / p99 
 - `Patient/{id}/$everything` for typical records (people with the median number of resources);
 - `$everything` for the large record;
 - a resource read (`GET /fhir/{type}/{id}`) and a search (`GET /fhir/Observation?patient=...`);
-- the server process's CPU time per request (from /proc), steadier than wall time on a shared machine;
-- requests per second under concurrent load (an asyncio httpx client with --concurrency requests in
-  flight for --seconds), for the large record and for a typical mix.
+- the server's CPU time per request (from /proc, its worker processes included), steadier than wall
+  time on a shared machine;
+- requests per second under concurrent load (--concurrency requests in flight for --seconds), for the
+  large record and for a typical mix. The load generator is wrk when it is installed (`apt-get install
+  wrk`: C, so it leaves the 2 cores to the server), else an asyncio httpx client in this process.
+The server runs --workers processes (`sharedcare serve --workers`).
 
 Targets (issue 7, this 2-core machine, shared with the client): large-record `$everything` p50 < 30 ms,
 p99 < 150 ms, >= 50 requests/s; a resource read p50 < 2 ms. Figures only: nothing passes or fails.
 
-Usage: python benchmarks/api.py [--people 10000] [--store var/bench] [--large 1000] [--seconds 20]
+Usage: python benchmarks/api.py [--people 10000] [--store var/bench] [--large 1000] [--seconds 20] [--workers 2]
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import asyncio
 import json
 import os
 import random
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -135,11 +140,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(store: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(store: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     """`sharedcare serve` on the store, in its own process (the same app and settings an operator runs)."""
     env = {**os.environ, "SHAREDCARE_DB": f"sqlite:///{store / 'api.db'}", "SHAREDCARE_DEMO": "1"}
     command = [sys.executable, "-c", "from sharedcare.cli import app; app()", "serve", "--host", "127.0.0.1",
-               "--port", str(port)]
+               "--port", str(port)] + (["--workers", str(workers)] if workers > 1 else [])
     log = store / "server.log"
     with log.open("wb") as handle:
         server = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)  # noqa: S603
@@ -155,10 +160,17 @@ def start_server(store: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def server_cpu_ms(pid: int) -> float:
-    """CPU time the server process has used (user + system), in ms: what a request costs the server,
-    whatever else this shared machine is running meanwhile."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    """CPU time the server process and its worker processes have used (user + system), in ms: what a
+    request costs the server, whatever else this shared machine is running meanwhile."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # the server, or one of its workers
+            total += int(fields[11]) + int(fields[12])
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def timed(client: httpx.Client, paths: list[str], repeat: int, check: Callable[[httpx.Response], None],
@@ -178,6 +190,31 @@ def timed(client: httpx.Client, paths: list[str], repeat: int, check: Callable[[
 def ok(response: httpx.Response) -> None:
     if response.status_code != 200:
         raise RuntimeError(f"{response.request.url} answered {response.status_code}: {response.text[:300]}")
+
+
+def wrk_load(base: str, headers: dict[str, str], paths: list[str], concurrency: int, seconds: float,
+             scratch: Path) -> dict[str, float]:
+    """`load` with wrk: each connection takes the paths in turn (a Lua script), so the generator's own CPU
+    is a small part of the machine's."""
+    script = scratch / "paths.lua"
+    script.write_text("paths = {" + ",".join(json.dumps(p) for p in paths) + "}\n"
+                      "counter = 0\n"
+                      "request = function()\n  counter = counter + 1\n"
+                      "  return wrk.format('GET', paths[(counter % #paths) + 1])\nend\n")
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(script)]
+    command += [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    out = subprocess.run([*command, base], capture_output=True, text=True, check=True).stdout  # noqa: S603
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def ms(label: str) -> float:
+        found = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        return float(found[1]) * units[found[2]] if found else float("nan")
+
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": requests, "errors": int(errors[1]) if errors else 0, "seconds": seconds,
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+            "latency_p50": ms("50%"), "latency_p95": float("nan"), "latency_p99": ms("99%"), "generator": "wrk"}
 
 
 async def load(base: str, headers: dict[str, str], paths: list[str], concurrency: int,
@@ -215,6 +252,8 @@ def main() -> int:
     parser.add_argument("--large-requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20, help="length of each load run")
+    parser.add_argument("--workers", type=int, default=2, help="server processes (one per core)")
+    parser.add_argument("--generator", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx")
     args = parser.parse_args()
     fw = load_framework()
     store = args.store / f"api-{args.people}"
@@ -228,7 +267,7 @@ def main() -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     console.print(f"serving {store} on {base}")
-    server = start_server(store, port)
+    server = start_server(store, port, args.workers)
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
             everything = [f"/fhir/Patient/{pid}/$everything" for pid in typical]
@@ -246,12 +285,17 @@ def main() -> int:
                                         server.pid)
             read_ms, read_cpu = timed(client, reads, 1, ok, server.pid)
             search_ms, search_cpu = timed(client, searches, args.repeat, ok, server.pid)
-        console.print(f"load: {args.concurrency} in flight for {args.seconds:.0f} s, twice")
-        load_large = asyncio.run(load(base, headers, [f"/fhir/Patient/{large}/$everything"], args.concurrency,
-                                      args.seconds))
+        console.print(f"load ({args.generator}): {args.concurrency} in flight for {args.seconds:.0f} s, twice")
         mix = everything + reads + searches
         random.Random(SEED).shuffle(mix)
-        load_mix = asyncio.run(load(base, headers, mix, args.concurrency, args.seconds))
+        runs = []
+        for paths in ([f"/fhir/Patient/{large}/$everything"], mix):
+            cpu = server_cpu_ms(server.pid)
+            run = (wrk_load(base, headers, paths, args.concurrency, args.seconds, store) if args.generator == "wrk"
+                   else asyncio.run(load(base, headers, paths, args.concurrency, args.seconds)))
+            runs.append({**run, "server_cpu_mean": (server_cpu_ms(server.pid) - cpu) / max(1, run["requests"]),
+                         "generator": args.generator})
+        load_large, load_mix = runs
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -265,12 +309,13 @@ def main() -> int:
         "read_ms": {**summary(read_ms), "server_cpu_mean": read_cpu},
         "search_ms": {**summary(search_ms), "server_cpu_mean": search_cpu},
         "load_large_everything": load_large, "load_typical_mix": load_mix, "concurrency": args.concurrency,
+        "workers": args.workers, "load_average_1m": os.getloadavg()[0],
         "targets": {"everything_large_p50_ms": 30, "everything_large_p99_ms": 150, "requests_per_s": 50,
                     "read_p50_ms": 2},
         "measured_at": utcnow().isoformat(),
     }
     table = Table(title=f"FHIR API, governance on ({args.people} people, {built['resources']} resources, "
-                        f"SQLite, user {USER}; ms unless stated)")
+                        f"SQLite, user {USER}, {args.workers} server processes; ms unless stated)")
     for column in ("request", "p50", "p95", "p99", "server CPU", "target"):
         table.add_column(column, justify="left" if column == "request" else "right")
     rows = [(f"$everything, typical record ({median} resources)", figures["everything_typical_ms"], ""),
@@ -284,8 +329,8 @@ def main() -> int:
     for label, run in ((f"load: large $everything, {args.concurrency} in flight", load_large),
                        (f"load: typical mix, {args.concurrency} in flight", load_mix)):
         table.add_row(f"{label}: {run['requests_per_s']:.0f} req/s ({run['errors']} errors)",
-                      f"{run['latency_p50']:.2f}", f"{run['latency_p95']:.2f}", f"{run['latency_p99']:.2f}", "",
-                      ">= 50 req/s" if "large" in label else "")
+                      f"{run['latency_p50']:.2f}", f"{run['latency_p95']:.2f}", f"{run['latency_p99']:.2f}",
+                      f"{run['server_cpu_mean']:.2f}", ">= 50 req/s" if "large" in label else "")
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"api-{int(time.time())}.json").write_text(json.dumps(figures, indent=2))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
@@ -17,6 +18,7 @@ from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
 from sharedcare.governance.content_cache import cache_of
 from sharedcare.governance.framework import Framework, load_framework
+from sharedcare.governance.gateway import ServedResource
 from sharedcare.store.database import Database
 from sharedcare.store.models import Resource
 
@@ -55,8 +57,9 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def check_cached_documents(database: Database) -> None:
-    """Every document the read path's cache holds is what the store holds for its stamp: nothing a test
-    did (a request, a page, an export) changed a shared document in place."""
+    """Every document the read path's cache holds is what the store holds for its stamp, and every shape
+    served from one is what its JSON says: nothing a test did (a request, a page, an export) changed a
+    shared document or shape in place."""
     held = list(cache_of(database.engine).entries())
     table = Resource.__table__
     columns = (table.c.id, table.c.version, table.c.content_hash, table.c.received_at, table.c.content)
@@ -68,6 +71,9 @@ def check_cached_documents(database: Database) -> None:
             for rid, stamp, content in chunk:
                 if rid in stored and stored[rid][0] == stamp:
                     assert content == stored[rid][1], f"the cached document of {rid} was changed in place"
+    for rid, _, made in cache_of(database.engine).made():
+        if isinstance(made, ServedResource) and made.encoded is not None:
+            assert made.content == orjson.loads(made.encoded), f"the served shape of {rid} was changed in place"
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -144,3 +145,40 @@ def test_the_cache_is_bounded_by_the_size_of_what_it_holds() -> None:
     cache.put_many([("a", stamp, {"id": "a2"}, 10), ("huge", stamp, {"id": "huge"}, 101)])
     assert cache.size_bytes == 50 and cache.get_many([("huge", stamp)]) == {}
     assert cache.get_many([("a", (2, "hash", stamp[2]))]) == {}  # another stamp is a miss
+
+
+def _metformin(ics: Ics, person: str, headers: dict[str, str], **params: str) -> tuple[str, dict[str, Any]]:
+    response = ics.client.get(f"/fhir/Patient/{person}/$everything", headers=headers, params=params)
+    assert response.status_code == 200, response.text
+    assert response.content == orjson.dumps(response.json())  # one JSON document, as orjson writes it whole
+    return next((e["fullUrl"], e["resource"]) for e in response.json()["entry"]
+                if e["resource"]["resourceType"] == "MedicationStatement")
+
+
+def test_a_shape_served_from_a_cached_document_is_served_only_to_the_tier_and_record_it_was_made_for(
+        ics: Ics, db: Database) -> None:
+    """What was served from a cached document (redacted to a tier, in one person's record) is kept with it:
+    another role's tier, or the same resource in another person's record after a merge, gets its own."""
+    gp, social_worker = ics.open_record("dr.patel"), ics.open_record("sw.brown")  # tier 3 / tier 2 summary
+    url, full = _metformin(ics, ics.okafor, gp)
+    assert full["note"] and url.endswith(f"/MedicationStatement/{full['id']}")
+    assert "note" not in _metformin(ics, ics.okafor, social_worker)[1]
+    assert _metformin(ics, ics.okafor, gp)[1] == full  # the tier 3 shape again, note and all
+
+    ics.open_record("dr.patel", person=ics.stranger)
+    with db.session() as s:
+        merge_persons(s, ics.stranger, ics.okafor, by="mpi.reviewer", reason="same person after review")
+    moved = _metformin(ics, ics.stranger, gp)[1]
+    assert moved["subject"]["reference"] == f"Patient/{ics.stranger}" and moved["note"] == full["note"]
+
+
+def test_everything_with_provenance_names_each_included_resource(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers,
+                            params={"_revinclude": "Provenance:target"}).json()
+    modes = {e["resource"]["resourceType"]: e["search"]["mode"] for e in bundle["entry"]}
+    assert modes["Provenance"] == "include" and modes["MedicationStatement"] == "match"
+    targets = {e["resource"]["target"][0]["reference"] for e in bundle["entry"]
+               if e["resource"]["resourceType"] == "Provenance"}
+    assert targets == {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]
+                       if e["resource"]["resourceType"] not in ("Provenance", "Patient")}

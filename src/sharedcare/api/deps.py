@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
 from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token
 from sharedcare.config import Settings
@@ -60,9 +61,7 @@ def bearer_or_cookie(request: Request) -> str:
     raise AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
 
 
-def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settings)],
-              fw: Annotated[Framework, Depends(get_framework)],
-              db: Annotated[Database, Depends(get_database)]) -> Actor:
+def caller(request: Request, settings: Settings, fw: Framework, session: Session) -> Actor:
     """The caller named by a valid, unrevoked token. A backend client acts as its registered organisation
     and role, looked up on each request so that removing it takes effect at once."""
     claims = read_token(settings, bearer_or_cookie(request))
@@ -70,14 +69,20 @@ def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settin
     request.state.launch_patient = claims.get("patient")
     request.state.client_id = claims.get("client_id")
     subject = str(claims["sub"])
-    with db.session() as session:
-        revoked = is_revoked(session, claims)
-        actor = current_actor(session, fw, subject)
-    if revoked:
+    if is_revoked(session, claims):
         raise AuthError("the access token has been revoked; sign in again")
+    actor = current_actor(session, fw, subject)
     if actor is None:
         raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
     return actor
+
+
+def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+              fw: Annotated[Framework, Depends(get_framework)],
+              db: Annotated[Database, Depends(get_database)]) -> Actor:
+    """The caller (`caller`), for routes that read no records."""
+    with db.session() as session:
+        return caller(request, settings, fw, session)
 
 
 def scoped_types(scopes: str) -> frozenset[str] | None:
@@ -91,20 +96,23 @@ def scoped_types(scopes: str) -> frozenset[str] | None:
     return frozenset(types)
 
 
-def get_records(request: Request, actor: Annotated[Actor, Depends(get_actor)],
+def get_records(request: Request, settings: Annotated[Settings, Depends(get_settings)],
                 fw: Annotated[Framework, Depends(get_framework)],
                 db: Annotated[Database, Depends(get_database)]) -> Iterator[GovernedRecords]:
-    """Records as this actor may read them; with only patient/ scopes (an app's EHR launch), only the
-    launch patient's (a citizen's own-record rule is the framework's, not the scope's)."""
-    scopes = getattr(request.state, "scopes", "")
-    launch_patient = getattr(request.state, "launch_patient", None)
-    patient_only = patient_level_only(scopes) and actor.person_id is None
-    if patient_only and not launch_patient:
-        raise AuthError("a patient/ scope needs a launch patient: get the token through an EHR launch")
+    """Records as the caller (`caller`, checked here in the records' own session and worker thread: a
+    separate dependency cost a read another thread hop and session) may read them; with only patient/
+    scopes (an app's EHR launch), only the launch patient's (a citizen's own-record rule is the
+    framework's, not the scope's)."""
     with db.session() as session:
+        actor = caller(request, settings, fw, session)
+        scopes = request.state.scopes
+        launch_patient = request.state.launch_patient
+        patient_only = patient_level_only(scopes) and actor.person_id is None
+        if patient_only and not launch_patient:
+            raise AuthError("a patient/ scope needs a launch patient: get the token through an EHR launch")
         common: dict[str, Any] = {"purpose": "direct-care", "request_id": request.state.request_id,
                                   "source_address": _source_address(request), "resource_types": scoped_types(scopes),
-                                  "client_id": getattr(request.state, "client_id", None)}
+                                  "client_id": request.state.client_id}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
                if patient_only else GovernedRecords(session, fw, actor, **common))
 

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from sharedcare import __version__
 from sharedcare.api.deps import RecordsDep
@@ -123,15 +123,31 @@ def capability_statement(request: Request) -> JSONResponse:
     })
 
 
-def _everything_resources(view: RecordView, types: set[str] | None, provenance: bool) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _everything_resources(view: RecordView, types: set[str] | None,
+                          provenance: bool) -> list[tuple[dict[str, Any], bytes | None]]:
+    """What `$everything` returns, in order, each with its JSON when the read kept it."""
+    out: list[tuple[dict[str, Any], bytes | None]] = []
     if view.patient and (types is None or "Patient" in types):
-        out.append(view.patient)
+        out.append((view.patient, None))
     chosen = [s for s in view.resources if types is None or s.resource_type in types]
-    out += [s.content for s in chosen]
+    out += [(s.content, s.encoded) for s in chosen]
     if provenance:
-        out += [provenance_of(s) for s in chosen]
+        out += [(provenance_of(s), None) for s in chosen]
     return out
+
+
+def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], bytes | None]]) -> Response:
+    """`_bundle` of these resources, written from each resource's JSON where it is given: the same bytes
+    `fhir_response(_bundle(...))` writes (tests/governance/test_content_cache.py), without encoding a
+    large record's resources again on every request."""
+    head = orjson.dumps(_bundle(request, []))  # ..."entry":[]} : the entries go between the brackets
+    base = str(request.base_url).rstrip("/") + "/fhir"
+    entries = [b'{"fullUrl":' + orjson.dumps(f"{base}/{r['resourceType']}/{r['id']}") + b',"resource":'
+               + (encoded or orjson.dumps(r))
+               + (b',"search":{"mode":"match"}}' if r["resourceType"] != "Provenance" else
+                  b',"search":{"mode":"include"}}')
+               for r, encoded in resources]
+    return Response(head[:-2] + b",".join(entries) + b"]}", media_type=FHIR_JSON)
 
 
 # Refusals that turn on the patient (their objections) or on a patient other than the token's own: the
@@ -151,7 +167,7 @@ def _record(records: GovernedRecords, patient_id: str) -> RecordView:
 
 
 @router.get("/Patient/{patient_id}/$everything")
-def patient_everything(patient_id: str, request: Request, records: RecordsDep) -> JSONResponse:
+def patient_everything(patient_id: str, request: Request, records: RecordsDep) -> Response:
     params = request.query_params
     unknown = sorted(set(params) - {"_type", "_since", "_revinclude"})
     if unknown:
@@ -163,7 +179,7 @@ def patient_everything(patient_id: str, request: Request, records: RecordsDep) -
     if since:
         view.resources = [s for s in view.resources
                           if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
-    return fhir_response(_bundle(request, _everything_resources(view, types, provenance)))
+    return _encoded_bundle(request, _everything_resources(view, types, provenance))
 
 
 def _patient_summary(match: PatientMatch) -> dict[str, Any]:

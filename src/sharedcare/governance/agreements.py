@@ -3,6 +3,7 @@ end, re-sign) are recorded in the store, audited, and take effect on the next re
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from sqlalchemy import Table, select
@@ -21,8 +22,13 @@ _ALL_CHANGES = select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
     """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
+    return agreements_after(fw, run(session, _ALL_CHANGES))
+
+
+def agreements_after(fw: Framework, changes: Iterable[tuple[str, str]]) -> dict[str, Agreement]:
+    """The file's agreements overridden by these (organisation, status) changes, given in the order made."""
     current = {code: org.agreement for code, org in fw.organisations.items()}
-    latest = {code: status for code, status in run(session, _ALL_CHANGES)}  # id order: the last change wins
+    latest = {code: status for code, status in changes}  # the last change wins
     for code, status in latest.items():
         if code in current and current[code].status != status:
             current[code] = current[code].model_copy(update={"status": status})

@@ -91,8 +91,8 @@ class AuditRecord:
 
 def _clean(text: str | None) -> str | None:
     """Encode CR/LF and other control characters so a log line cannot be forged (TRUST AU5)."""
-    if text is None:
-        return None
+    if text is None or text.isprintable():  # nearly always: nothing to encode
+        return text
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 

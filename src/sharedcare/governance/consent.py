@@ -15,14 +15,13 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.store.database import run
 from sharedcare.store.models import PatientRecord, Preference
 
 _PREFS = cast(Table, Preference.__table__)
 _RECORDS = cast(Table, PatientRecord.__table__)
-# Built once: read on every request. Every NHS number any of the person's source records carries.
-_OF_PERSON = select(_PREFS.c.object_all, _PREFS.c.object_orgs, _PREFS.c.opt_out_secondary).where(
-    _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == bindparam("person_id"))))
+# The choices held against any NHS number of the person `:person_id`, read on every request (built once; the
+# gateway reads them in one statement with its other inputs).
+OF_PERSON = _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == bindparam("person_id")))
 
 
 @dataclass(frozen=True)
@@ -36,21 +35,15 @@ class Choices:
 
 def choices_for(session: Session, nhs_numbers: Iterable[str]) -> Choices:
     rows = session.scalars(select(Preference).where(Preference.nhs_number.in_(list(nhs_numbers)))).all()
-    return Choices(
-        object_all=any(r.object_all for r in rows),
-        object_orgs=frozenset(org for r in rows for org in r.object_orgs),
-        opt_out_secondary=any(r.opt_out_secondary for r in rows),
-    )
+    return combined_choices((r.object_all, r.object_orgs, r.opt_out_secondary) for r in rows)
 
 
-def choices_of_person(session: Session, person_id: str) -> Choices:
-    """The combined choices held against every NHS number of one person's source records."""
-    rows = run(session, _OF_PERSON, {"person_id": person_id}).all()
-    return Choices(
-        object_all=any(r.object_all for r in rows),
-        object_orgs=frozenset(org for r in rows for org in r.object_orgs),
-        opt_out_secondary=any(r.opt_out_secondary for r in rows),
-    )
+def combined_choices(rows: Iterable[tuple[bool, list[str], bool]]) -> Choices:
+    """One person's choices from those held against each of their NHS numbers (object_all, object_orgs,
+    opt_out_secondary): any objection or opt-out held against any of them counts."""
+    held = list(rows)
+    return Choices(object_all=any(r[0] for r in held), object_orgs=frozenset(org for r in held for org in r[1]),
+                   opt_out_secondary=any(r[2] for r in held))
 
 
 def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | None = None,

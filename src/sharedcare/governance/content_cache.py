@@ -12,41 +12,62 @@ source records between people) and a reclassification (which rewrites `category`
 afresh, not content. Nothing writes to the cache but a read, so another process's write (a second server,
 an ingest run, on SQLite or PostgreSQL) is seen as soon as it is committed: its stamp no longer matches.
 
-Bounded by the stored JSON's size (`CAPACITY_BYTES`), least recently used first out. One cache per
-engine: two stores in one process (tests) never share documents. Cached documents are shared between
-requests and threads and must never be changed in place: the gateway and everything after it copy
-before they rewrite (`GovernedRecords._serve`, `classify.at_tier`, `combined_patient`); the test suite
-checks every cached document against the store after each test (tests/conftest.py).
+Each document also keeps what the gateway made from it (`kept`): the decision's view of it (labels,
+withdrawn or not, category) and each shape it was served in (the tier applied, the person whose record
+it was served in, with its provenance), with the shape's encoded JSON, so a large `$everything` is
+assembled from bytes rather than redacted, copied and encoded again on every request. Each is a pure
+function of the document and of the inputs its key names (those read afresh from the store, such as the
+category or the recorded time, among them), so it lives and dies with the document: a new stamp is a new
+document with nothing kept.
+
+Bounded by the stored JSON's size plus what is kept (`CAPACITY_BYTES`), least recently used first out.
+One cache per engine: two stores in one process (tests) never share documents. Cached documents and
+shapes are shared between requests and threads and must never be changed in place: the gateway and
+everything after it copy before they rewrite (`GovernedRecords._serve`, `classify.at_tier`,
+`combined_patient`); the test suite checks every cached document against the store, and every served
+shape against its JSON, after each test (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 Stamp = tuple[int, str, datetime]  # version, content hash, received at
+T = TypeVar("T")
 # Stored JSON bytes held per store. Decoded, a FHIR document takes about 6 times its JSON size in Python
 # objects (tracemalloc over the synthetic ICS's documents: 5.9x for its FHIR feeds, 5.5x for resources
 # mapped from HL7 v2), so this is at most about 190 MB per server process: some 30,000 typical
-# documents, or a few dozen large records.
+# documents, or a few dozen large records. What is kept with a document counts its own size (a served
+# shape, its JSON's); a shape at tier 3 shares the document's elements, at tier 2 it is a copy.
 CAPACITY_BYTES = 32 * 1024 * 1024
 
 
+class _Entry:
+    """One document: its stamp, content, the size counted for it, and what was made from it."""
+
+    __slots__ = ("content", "kept", "size", "stamp")
+
+    def __init__(self, stamp: Stamp, content: dict[str, Any], size: int) -> None:
+        self.stamp, self.content, self.size = stamp, content, size
+        self.kept: dict[Hashable, Any] = {}
+
+
 class ContentCache:
-    """A least-recently-used map of resource id to (stamp, decoded content), bounded by the total size of
-    the stored JSON it was decoded from."""
+    """A least-recently-used map of resource id to (stamp, decoded content, what was made from it),
+    bounded by the total size of the stored JSON it was decoded from and of what was kept with it."""
 
     def __init__(self, capacity_bytes: int = CAPACITY_BYTES) -> None:
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
-        self._entries: OrderedDict[str, tuple[Stamp, dict[str, Any], int]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()  # sync routes run in worker threads
 
     def get_many(self, wanted: Iterable[tuple[str, Stamp]]) -> dict[str, dict[str, Any]]:
@@ -56,9 +77,9 @@ class ContentCache:
             entries = self._entries
             for resource_id, stamp in wanted:
                 entry = entries.get(resource_id)
-                if entry is not None and entry[0] == stamp:
+                if entry is not None and entry.stamp == stamp:
                     entries.move_to_end(resource_id)
-                    found[resource_id] = entry[1]
+                    found[resource_id] = entry.content
         return found
 
     def put_many(self, documents: Iterable[tuple[str, Stamp, dict[str, Any], int]]) -> None:
@@ -68,22 +89,55 @@ class ContentCache:
             for resource_id, stamp, content, size in documents:
                 old = self._entries.pop(resource_id, None)
                 if old is not None:
-                    self.size_bytes -= old[2]
+                    self.size_bytes -= old.size
                 if size <= self.capacity_bytes:
-                    self._entries[resource_id] = (stamp, content, size)
+                    self._entries[resource_id] = _Entry(stamp, content, size)
                     self.size_bytes += size
-            while self.size_bytes > self.capacity_bytes:
-                _, (_, _, size) = self._entries.popitem(last=False)
-                self.size_bytes -= size
+            self._evict()
+
+    def kept(self, resource_id: str, content: dict[str, Any], key: Hashable, make: Callable[[], T],
+             size: Callable[[T], int] | None = None) -> T:
+        """What `make` makes from `content` and the inputs `key` names: kept with the document when
+        `content` is the one held for `resource_id` (a document from `get_many`), made afresh otherwise.
+        `make` must be a pure function of the document and the key; `size` says what to count for it."""
+        entry = self._entries.get(resource_id)  # without the lock: what is kept is added, never changed
+        if entry is None or entry.content is not content:
+            return make()
+        found = entry.kept.get(key, _MISSING)
+        if found is not _MISSING:
+            return cast(T, found)
+        made = make()
+        with self._lock:
+            if self._entries.get(resource_id) is entry:  # not evicted or replaced meanwhile
+                entry.kept[key] = made
+                if size is not None:
+                    entry.size += size(made)
+                    self.size_bytes += size(made)
+                    self._evict()
+        return made
+
+    def _evict(self) -> None:
+        while self.size_bytes > self.capacity_bytes:
+            _, entry = self._entries.popitem(last=False)
+            self.size_bytes -= entry.size
 
     def entries(self) -> Iterator[tuple[str, Stamp, dict[str, Any]]]:
         """What is held now (a copy of the list), for checks."""
         with self._lock:
-            held = [(rid, stamp, content) for rid, (stamp, content, _) in self._entries.items()]
+            held = [(rid, entry.stamp, entry.content) for rid, entry in self._entries.items()]
+        return iter(held)
+
+    def made(self) -> Iterator[tuple[str, Hashable, Any]]:
+        """Everything kept with the documents now (a copy of the list), for checks."""
+        with self._lock:
+            held = [(rid, key, made) for rid, entry in self._entries.items() for key, made in entry.kept.items()]
         return iter(held)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+_MISSING = object()
 
 
 _CACHES: WeakKeyDictionary[Engine, ContentCache] = WeakKeyDictionary()

@@ -16,7 +16,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
-from sqlalchemy import Row, Table, Text, bindparam, func, select
+import orjson
+from sqlalchemy import Boolean, Integer, Row, String, Table, Text, bindparam, func, literal, null, select, union_all
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -25,25 +26,37 @@ from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
-from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.agreements import agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
-from sharedcare.governance.consent import choices_for, choices_of_person
-from sharedcare.governance.content_cache import Stamp, content_cache
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.consent import OF_PERSON, choices_for, combined_choices
+from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
+from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.policy import (
     ActiveBasis,
     Actor,
     Decision,
     Headline,
     Item,
+    Released,
     Request,
     check_request,
     decide,
 )
 from sharedcare.governance.review import OnReview, flag_access, on_review
 from sharedcare.store.database import json_loads, run
-from sharedcare.store.models import IS_PATIENT, AccessBasis, PatientRecord, Person, Resource, ResourceVersion
+from sharedcare.store.models import (
+    IS_PATIENT,
+    AccessBasis,
+    AgreementChange,
+    JsonType,
+    PatientRecord,
+    Person,
+    Preference,
+    Resource,
+    ResourceVersion,
+    UTCDateTime,
+)
 
 StoredRow = Row[*tuple[Any, ...]] | tuple[Any, ...]  # one of _ROW_COLUMNS, in that order
 # The read path's statements, built once (building them per request cost more than running them).
@@ -81,6 +94,29 @@ _ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
                  .where(_BASES.c.username == bindparam("username"), _BASES.c.person_id == bindparam("person_id"),
                         _BASES.c.expires_at > bindparam("now"))
                  .order_by(_BASES.c.granted_at.desc()).limit(1))
+# The decision's inputs in one statement (three cost a small read more than its decision): the agreement
+# changes (kind "agreement": organisation, status, in the order made), this user's active basis for the
+# person ("basis": basis, reason, expiry) and the choices held against the person's NHS numbers
+# ("choices": object_all, opt_out_secondary, object_orgs). Typed NULLs, so that PostgreSQL can match the
+# branches' columns.
+_CHANGES = cast(Table, AgreementChange.__table__)
+_PREFS = cast(Table, Preference.__table__)
+_NO_TEXT, _NO_TIME = sql_cast(null(), String), sql_cast(null(), UTCDateTime())
+_NO_FLAG, _NO_ORGS = sql_cast(null(), Boolean), sql_cast(null(), JsonType)
+_BASIS_NOW = _ACTIVE_BASIS.subquery()
+_INPUTS = union_all(
+    select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), _CHANGES.c.status.label("b"),
+           _NO_TIME.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"), _NO_ORGS.label("orgs"),
+           _CHANGES.c.id.label("seq")),
+    select(literal("basis", String), _BASIS_NOW.c.basis, sql_cast(_BASIS_NOW.c.reason, String), _BASIS_NOW.c.expires_at,
+           _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer)),
+    select(literal("choices", String), _NO_TEXT, _NO_TEXT, _NO_TIME, _PREFS.c.object_all, _PREFS.c.opt_out_secondary,
+           _PREFS.c.object_orgs, literal(0, Integer)).where(OF_PERSON),
+)
+
+
+def _encoded_size(served: ServedResource) -> int:
+    return len(served.encoded or b"")
 
 
 class AccessDenied(SharedcareError):
@@ -101,7 +137,8 @@ class NotFound(SharedcareError):
 
 @dataclass(frozen=True)
 class ServedResource:
-    """A released resource with where it came from and how fresh it is, for display."""
+    """A released resource with where it came from and how fresh it is, for display; `encoded` is its
+    content's JSON when the read kept it (a document from the content cache), else None."""
 
     content: dict[str, Any]
     resource_type: str
@@ -112,6 +149,7 @@ class ServedResource:
     source_system: str
     recorded_at: datetime
     received_at: datetime
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -174,7 +212,7 @@ class GovernedRecords:
         self.request_id = request_id or str(uuid.uuid4())
         self.source_address = source_address
         self.now = utcnow()
-        self._agreements = effective_agreements(session, fw)  # request-scoped: changes apply next request
+        self._agreements_read: dict[str, Agreement] | None = None  # request-scoped: changes apply next request
         self._classification_key = classification_key(fw)
 
     # -- audit -----------------------------------------------------------------------------------
@@ -185,11 +223,29 @@ class GovernedRecords:
             organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
             request_id=self.request_id, source_address=self.source_address, client_id=self.client_id, **extra))
 
-    def _request(self, person_id: str, basis: ActiveBasis | None) -> Request:
-        """The decision's inputs about this person, read now: their choices (from every NHS number their
-        source records carry) and this user's basis."""
-        return Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,
-                       agreements=self._agreements, choices=choices_of_person(self.session, person_id), now=self.now)
+    @property
+    def _agreements(self) -> dict[str, Agreement]:
+        """Every organisation's agreement as it stood at this request's first read of it."""
+        if self._agreements_read is None:
+            self._agreements_read = effective_agreements(self.session, self.fw)
+        return self._agreements_read
+
+    def _request(self, person_id: str) -> tuple[ActiveBasis | None, Request]:
+        """The decision's inputs about this person, read now in one statement: this user's basis, their
+        choices (from every NHS number their source records carry), and the agreements (the first time)."""
+        changes, basis, held = [], None, []
+        for kind, a, b, at, object_all, opt_out, orgs, seq in run(
+                self.session, _INPUTS, {"username": self.actor.username, "person_id": person_id, "now": self.now}):
+            if kind == "agreement":
+                changes.append((seq, a, b))
+            elif kind == "basis":
+                basis = ActiveBasis(a, b, at)
+            else:
+                held.append((object_all, orgs, opt_out))
+        if self._agreements_read is None:
+            self._agreements_read = agreements_after(self.fw, ((org, status) for _, org, status in sorted(changes)))
+        return basis, Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,
+                              agreements=self._agreements_read, choices=combined_choices(held), now=self.now)
 
     def _out_of_scope(self, person_id: str) -> Decision | None:
         """A refusal made by a grant narrower than the actor's role, before the decision point is asked
@@ -224,11 +280,12 @@ class GovernedRecords:
         than shown a form whose answer would be refused."""
         if not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
-        denied = self._check(self._request(person_id, None))
+        basis, request = self._request(person_id)
+        denied = self._check(request)
         if denied is not None:
             raise self._refuse(AuditAction.RECORD_READ, person_id, denied)
         purpose = self.fw.purposes.get(self.purpose)
-        return purpose is not None and purpose.needs_basis and self.active_basis(person_id) is None
+        return purpose is not None and purpose.needs_basis and basis is None
 
     def record_basis(self, person_id: str, basis: str, reason: str) -> AccessBasis:
         """Record why this user is opening this person's record; non-explicit bases go to IG review."""
@@ -246,7 +303,7 @@ class GovernedRecords:
                         rule_id="deny-basis-invalid")
             self.session.commit()
             raise InvalidRequest(problem)
-        denied = self._check(self._request(person_id, None))
+        denied = self._check(self._request(person_id)[1])  # the request-level rules: a basis is not asked
         if denied is not None:
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
         assert rule is not None  # noqa: S101 - problem was set otherwise
@@ -297,24 +354,32 @@ class GovernedRecords:
                 for rid, rtype, org, system, category, key, recorded, received, pid, _, _ in stamped]
 
     def _items(self, person_id: str, patients_only: bool = False) -> list[tuple[Item, StoredRow]]:
-        """The person's resources through their linked source records, newest first, as the decision sees them."""
-        # A resource withdrawn by its source (entered-in-error) is kept in its history, not shown.
-        return [(self._item(row), row) for row in self._rows(person_id, patients_only)
-                if not entered_in_error(row[4])]
+        """The person's resources through their linked source records, newest first, as the decision sees them
+        (each made once per cached document and stored category, not on every request)."""
+        cache, current = content_cache(self.session), self._classification_key
+        pairs = []
+        for row in self._rows(person_id, patients_only):
+            def make(row: StoredRow = row) -> tuple[Item, bool]:
+                return self._item(row), entered_in_error(row[4])
+
+            item, withdrawn = cache.kept(row[0], row[4], ("item", row[5], row[6], current), make)
+            if not withdrawn:  # a resource withdrawn by its source (entered-in-error) is kept in its history
+                pairs.append((item, row))
+        return pairs
 
     def everything(self, person_id: str) -> RecordView:
         """The combined record of one person, as this actor may see it (audited)."""
         pairs = self._items(person_id)
         if not pairs and not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
-        basis = self.active_basis(person_id)
+        basis, request = self._request(person_id)
         action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
-        decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
+        decision = self._decide(request, [item for item, _ in pairs])
         if not decision.permitted:
             raise self._refuse(action, person_id, decision)
         rows = {id(item): row for item, row in pairs}
-        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
-                  for rel in decision.released
+        cache = content_cache(self.session)
+        served = [self._serve(person_id, rel, rows[id(rel.item)], cache) for rel in decision.released
                   if self.resource_types is None or rel.item.resource_type in self.resource_types]
         patients = [s for s in served if s.resource_type == "Patient"]
         rule = self._demographics_rule(person_id, pairs)
@@ -338,9 +403,9 @@ class GovernedRecords:
         pairs = self._items(person_id, patients_only=True)
         if not pairs:  # a person always has a source Patient record unless there is no such person
             raise NotFound(f"no Patient {person_id}")
-        basis = self.active_basis(person_id)
+        basis, request = self._request(person_id)
         reference = f"Patient/{person_id}"
-        decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
+        decision = self._decide(request, [item for item, _ in pairs])
         if not decision.permitted:
             self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
                          basis=basis.basis if basis else None)
@@ -360,8 +425,8 @@ class GovernedRecords:
                           ) -> tuple[list[ServedResource], dict[str, Any] | None]:
         """The released source Patient records, and the one combined Patient made of them."""
         rows = {id(item): row for item, row in pairs}
-        served = [self._serve(person_id, rel.content, rel.item, rel.tier, rows[id(rel.item)])
-                  for rel in decision.released]
+        cache = content_cache(self.session)
+        served = [self._serve(person_id, rel, rows[id(rel.item)], cache) for rel in decision.released]
         return served, combined_patient(person_id, served, self._demographics_rule(person_id, pairs))
 
     def _demographics_rule(self, person_id: str, pairs: list[tuple[Item, StoredRow]]) -> DemographicsRule:
@@ -376,7 +441,7 @@ class GovernedRecords:
         if not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
         pairs = self._items(person_id, patients_only=True)
-        decision = self._decide(self._request(person_id, self.active_basis(person_id)), [item for item, _ in pairs])
+        decision = self._decide(self._request(person_id)[1], [item for item, _ in pairs])
         if not decision.permitted:
             raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
         served, patient = self._combined_patient(person_id, decision, pairs)
@@ -395,8 +460,8 @@ class GovernedRecords:
         if row is None or row.resource_type != resource_type or entered_in_error(row.content):
             raise NotFound(f"no {resource_type} {resource_id}")
         person_id, reference = row.person_id, f"{resource_type}/{resource_id}"
-        basis = self.active_basis(person_id)
-        decision = self._decide(self._request(person_id, basis), [self._item(row)])
+        basis, request = self._request(person_id)
+        decision = self._decide(request, [self._item(row)])
         why = None
         if decision.permitted and not decision.released:
             why = Decision("deny", f"withheld-{next(iter(decision.withheld))}", "withheld from this role")
@@ -409,7 +474,7 @@ class GovernedRecords:
         released = decision.released[0]
         self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
-        return self._serve(person_id, released.content, released.item, released.tier, row).content
+        return self._serve(person_id, released, row).content
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
@@ -455,10 +520,10 @@ class GovernedRecords:
         """One person's versions of a resource, decided and audited against that person: whether `current`
         (the resource's current row, when it is among them) was released, and the versions served. A
         refusal is audited and committed; when `current` is given it is also raised (as NotFound)."""
-        basis = self.active_basis(person_id)
+        basis, request = self._request(person_id)
         pairs = [(self._item(row), number) for number, row in rows]
         by_item = {id(item): (number, row) for (item, number), (_, row) in zip(pairs, rows, strict=True)}
-        decision = self._decide(self._request(person_id, basis), [item for item, _ in pairs])
+        decision = self._decide(request, [item for item, _ in pairs])
         asked = [f"{resource_type}/{resource_id}/_history/{number}" for number, _ in rows
                  if version in (None, number)]
         if not decision.permitted:
@@ -468,8 +533,7 @@ class GovernedRecords:
                 raise NotFound(f"no {resource_type} {resource_id}")
             return False, []
         current_released = current is None or any(by_item[id(rel.item)][1] is current for rel in decision.released)
-        served = [(by_item[id(rel.item)][0], self._serve(person_id, rel.content, rel.item, rel.tier,
-                                                         by_item[id(rel.item)][1]))
+        served = [(by_item[id(rel.item)][0], self._serve(person_id, rel, by_item[id(rel.item)][1]))
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
@@ -479,15 +543,29 @@ class GovernedRecords:
                     withheld=dict(decision.withheld))
         return current_released, served
 
-    def _serve(self, person_id: str, content: dict[str, Any], item: Item, tier: int, row: StoredRow) -> ServedResource:
-        out = dict(content)
-        for name in PATIENT_FIELDS:
-            if name in out:
-                out[name] = {**out[name], "reference": f"Patient/{person_id}"}
+    def _serve(self, person_id: str, released: Released, row: StoredRow,
+               cache: ContentCache | None = None) -> ServedResource:
+        """The released content as served in this person's record. With `cache`, what was served before from
+        the same cached document in the same shape (tier, person, category, provenance) is served again,
+        with its JSON, rather than redacted, copied and encoded again."""
+        item = released.item
         org = self.fw.organisation(item.source_org)
+        source_name = org.name if org else item.source_org
         _, _, _, source_system, _, _, _, recorded_at, received_at, _ = row
-        return ServedResource(out, item.resource_type, item.category, tier, item.source_org,
-                              org.name if org else item.source_org, source_system, recorded_at, received_at)
+
+        def make() -> ServedResource:
+            out = dict(released.content)
+            for name in PATIENT_FIELDS:
+                if name in out:
+                    out[name] = {**out[name], "reference": f"Patient/{person_id}"}
+            return ServedResource(out, item.resource_type, item.category, released.tier, item.source_org, source_name,
+                                  source_system, recorded_at, received_at, orjson.dumps(out) if cache else None)
+
+        if cache is None:
+            return make()
+        shape = ("served", released.tier, person_id, item.category, source_name, source_system, recorded_at,
+                 received_at)
+        return cache.kept(row[0], item.resource, shape, make, _encoded_size)
 
     # -- search ----------------------------------------------------------------------------------
     def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,
@@ -499,7 +577,7 @@ class GovernedRecords:
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
-        denied = check_request(self._request("", None), self.fw, require_basis=False)
+        denied = check_request(self._request("")[1], self.fw, require_basis=False)
         if denied is None and self.resource_types is not None and "Patient" not in self.resource_types:
             denied = Decision("deny", "deny-scope", "the access token's scopes do not include Patient")
         if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:

@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sharedcare.governance.classify import at_tier
@@ -90,8 +91,14 @@ class Request:
 @dataclass(frozen=True)
 class Released:
     item: Item
-    content: dict[str, Any]
     tier: int
+    as_stored: bool = False  # secondary use: the pseudonymiser, not the tier, shapes what leaves
+
+    @cached_property
+    def content(self) -> dict[str, Any]:
+        """The item as its tier shows it, made when first asked for: the gateway serves a shape it made
+        before from the same document and tier without asking (governance/content_cache.py)."""
+        return self.item.resource if self.as_stored else at_tier(self.item.resource, self.tier)
 
 
 @dataclass(frozen=True)
@@ -206,12 +213,12 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
         if why is not None:
             decision.withheld[why] += 1
         else:
-            decision.released.append(Released(item, item.resource, 2))
+            decision.released.append(Released(item, 2, as_stored=True))
     return decision
 
 
 def _source_reason(source_org: str, req: Request) -> str | None:
-    """Rules a-c: they depend only on the item's source organisation (so `decide` asks once per source)."""
+    """Rules a-c: they depend only on the item's source organisation."""
     own = source_org == req.actor.organisation
     source = req.agreements.get(source_org)
     if source is None or not source.in_force(req.now.date()):
@@ -234,28 +241,40 @@ def _withhold_reason(item: Item, req: Request, fw: Framework, source_reason: str
     return None
 
 
+def _verdict(item: Item, req: Request, fw: Framework, role: Role) -> str | int:
+    """Rules a-e for one item: the tier it is released at, or why it is withheld."""
+    why = _withhold_reason(item, req, fw, _source_reason(item.source_org, req))
+    if why is not None:
+        return why
+    tier = 3 if item.source_org == req.actor.organisation else role.tier(item.category)
+    if tier <= 0:
+        return "tier"
+    if tier == 1 and item.resource_type != "Patient":
+        return "tier-1-headline"
+    return tier
+
+
 def decide(req: Request, items: list[Item], fw: Framework) -> Decision:
-    """Decide one read of one patient's record: what is released, at what tier, and what is withheld."""
+    """Decide one read of one patient's record: what is released, at what tier, and what is withheld.
+
+    Rules a-e read only an item's source organisation, category, security labels and whether it is a
+    Patient, so they are asked once per group of items alike in those, not once per item."""
     denied = check_request(req, fw)
     if denied is not None:
         return denied
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
     decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}")
-    by_source: dict[str, str | None] = {}
+    verdicts: dict[tuple[str, str, frozenset[str], bool], str | int] = {}
     for item in items:
-        if item.source_org not in by_source:
-            by_source[item.source_org] = _source_reason(item.source_org, req)
-        why = _withhold_reason(item, req, fw, by_source[item.source_org])
-        if why is not None:
-            decision.withheld[why] += 1
-            continue
-        tier = 3 if item.source_org == req.actor.organisation else role.tier(item.category)
-        if tier <= 0:
-            decision.withheld["tier"] += 1
-        elif tier == 1 and item.resource_type != "Patient":
-            decision.withheld["tier-1-headline"] += 1
-            decision.headlines.add(Headline(item.category, item.source_org))
+        alike = (item.source_org, item.category, item.security, item.resource_type == "Patient")
+        verdict = verdicts.get(alike)
+        if verdict is None:
+            verdict = verdicts[alike] = _verdict(item, req, fw, role)
+        if isinstance(verdict, int):
+            decision.released.append(Released(item, verdict))
         else:
-            decision.released.append(Released(item, at_tier(item.resource, tier), tier))
+            decision.withheld[verdict] += 1
+            if verdict == "tier-1-headline":
+                decision.headlines.add(Headline(item.category, item.source_org))
     return decision

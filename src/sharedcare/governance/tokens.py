@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -17,9 +17,12 @@ from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
 from sharedcare.governance.framework import Framework
+from sharedcare.store.database import run
 from sharedcare.store.models import OAuthCode, RevokedToken, SeenAssertion
 
 PURGE_AFTER = timedelta(minutes=5)  # rows outlive their expiry a little: clocks differ
+_REVOKED_TABLE = cast(Table, RevokedToken.__table__)
+_REVOKED = select(_REVOKED_TABLE.c.jti).where(_REVOKED_TABLE.c.jti == bindparam("jti"))  # every request: built once
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Code:
 
 
 def is_revoked(session: Session, claims: dict[str, Any]) -> bool:
-    return session.get(RevokedToken, str(claims.get("jti", ""))) is not None
+    return run(session, _REVOKED, {"jti": str(claims.get("jti", ""))}).first() is not None
 
 
 class OAuthStore:

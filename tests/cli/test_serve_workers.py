@@ -1,0 +1,91 @@
+"""`sharedcare serve --workers N`: several server processes on one store, every read still decided and
+audited in one unbroken chain."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx  # the dev dependency starlette's TestClient uses
+import pytest
+from sqlalchemy import func, select
+from tests.conftest import FRAMEWORK_PATH
+from tests.small_ics import Ics
+
+from sharedcare.governance.audit import AuditAction, verify
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def two_workers(db: Database, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = _free_port()
+    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "SHAREDCARE_DEMO": "1",
+           "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH)}
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "serve",  # noqa: S603
+                               "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{url}/fhir/metadata", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"the server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _workers_of(pid: int) -> list[str]:
+    """The worker processes uvicorn spawned for the server `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if parent == str(pid) and b"spawn_main" in command:
+            found.append(stat.parent.name)
+    return found
+
+
+def test_two_server_processes_serve_governed_reads_into_one_audit_chain(
+        ics: Ics, db: Database, two_workers: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, server = two_workers
+    assert len(_workers_of(server.pid)) == 2
+    headers = ics.open_record("dr.patel")
+    with db.session() as s:
+        before = s.scalar(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == AuditAction.RECORD_READ.value))
+
+    def everything(_: int) -> int:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:  # a connection of its own
+            return client.get(f"/fhir/Patient/{ics.okafor}/$everything").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(everything, range(24)))
+    assert statuses == [200] * 24
+    with db.session() as s:
+        after = s.scalar(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == AuditAction.RECORD_READ.value))
+        assert after - before == 24 and verify(s).ok
