@@ -17,7 +17,8 @@ repeated, medians quoted (this machine is shared and noisy):
 
 With `--compare-src` the export of another checkout (say main's `src`) runs too, alternating with this
 one's on the same store: before/after figures in the same conditions. `--store FILE` keeps the SQLite store
-built (about 1.6 GB at the defaults) and reuses it on the next run.
+built (about 1.6 GB at the defaults); a store already there (that file, or a `--database` an earlier run
+built) is used as it is, without the quarter-population memory figure.
 
 Usage: python benchmarks/export.py [--people 2000] [--copies 24] [--repeats 3] [--workers 2]
                                    [--database URL | --store FILE] [--compare-src DIR]
@@ -167,6 +168,22 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def _holds_store(url: str) -> bool:
+    """Whether the database already holds resources (a store an earlier run built and kept)."""
+    from sqlalchemy import func, inspect, select
+
+    from sharedcare.store.database import Database
+    from sharedcare.store.models import Resource
+
+    db = Database(url)
+    try:
+        with db.session() as session:
+            return inspect(session.connection()).has_table("resources") and bool(
+                session.scalar(select(func.count()).select_from(Resource)))
+    finally:
+        db.dispose()
+
+
 def _store(url: str, work: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Build the store (ingest, then copies); measure an export at a quarter of the population on the way."""
     console.print(f"synthesising and ingesting {args.people} people")
@@ -190,10 +207,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="processes per export (SHAREDCARE_EXPORT_WORKERS)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--database", default=None, help="a SQLAlchemy URL of an empty database (default SQLite)")
+    where.add_argument("--database", default=None,
+                       help="a SQLAlchemy URL of an empty database, or of one holding a store an earlier run built "
+                            "(used as it is) (default: SQLite in a temporary folder)")
     where.add_argument("--store", type=Path, default=None,
-                       help="a SQLite file to build the store in and keep; one that exists is used as it is "
-                            "(nothing built: --people and --copies are ignored, no quarter-population figure)")
+                       help="a SQLite file to build the store in and keep, or that holds one (used as it is)")
     parser.add_argument("--compare-src", type=Path, default=None,
                         help="the src folder of another checkout (say main's): its export runs too, alternating "
                              "with this one's on the same store, for before/after figures in the same conditions")
@@ -204,7 +222,9 @@ def main() -> int:
         work = Path(tmp)
         url = args.database or f"sqlite:///{(args.store or work / 'export.db').resolve()}"
         built: dict[str, Any] = {}
-        if args.store is None or not args.store.exists():
+        if _holds_store(url):
+            console.print("using the store already there (--people and --copies do not apply)")
+        else:
             built = _store(url, work, args, console)
         exports, compared, singles, baselines, loads = [], [], [], [], []
         for i in range(args.repeats):
