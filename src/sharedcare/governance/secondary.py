@@ -272,12 +272,12 @@ class SecondaryUse:
         counts.withheld.update(decision.withheld)
         if unreadable:
             counts.withheld["unreadable"] += unreadable
-        released_patients: list[Any] = []
+        released_patients: list[tuple[str, datetime | None, int]] = []  # source organisation, received, row
         clinical: list[tuple[str, str, Shaped]] = []  # type, server id, shape
         for released in decision.released:
             row, maybe = shaped[id(released.item)]
             if maybe is None:
-                released_patients.append(row)
+                released_patients.append((row[3], row[4], id(row)))
             elif maybe.incomplete():  # e.g. a statement whose drug cannot leave coded: invalid FHIR without it
                 counts.withheld[INCOMPLETE] += 1
             else:
@@ -289,11 +289,11 @@ class SecondaryUse:
             resources[resource_type] += 1
             yield resource_type, encode(resource, server_id, exported)
         if released_patients and scope.wants("Patient") and (
-                scope.since is None or any(p[4] and p[4] >= scope.since for p in released_patients)):
+                scope.since is None or any(at and at >= scope.since for _, at, _ in released_patients)):
             # one Patient per person: their GP practice's record (the registered demographics), else the newest
-            chosen = max(released_patients, key=lambda p: (snap.kinds.get(p[3]) == "gp", p[4] or snap.now))
+            _, _, chosen = max(released_patients, key=lambda p: (snap.kinds.get(p[0]) == "gp", p[1] or snap.now))
             counts.resources["Patient"] += 1
-            yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
+            yield "Patient", pseudonymiser.patient(patients[chosen], person_id)
 
 
 _NOT_READ: dict[str, Any] = {}  # an Item's content the decision does not read (secondary use decides on the rest)
