@@ -15,13 +15,20 @@ repeated, medians quoted (this machine is shared and noisy):
   should be close), and of a one-process export (which holds the whole stream in one process);
 - the export with `--workers` processes (shards of the people) and with one.
 
-Usage: python benchmarks/export.py [--people 2000] [--copies 24] [--repeats 3] [--workers 2] [--database URL]
+With `--compare-src` the export of another checkout (say main's `src`) runs too, alternating with this
+one's on the same store: before/after figures in the same conditions. `--store FILE` keeps the SQLite store
+built (about 1.6 GB at the defaults); a store already there (that file, or a `--database` an earlier run
+built) is used as it is, without the quarter-population memory figure.
+
+Usage: python benchmarks/export.py [--people 2000] [--copies 24] [--repeats 3] [--workers 2]
+                                   [--database URL | --store FILE] [--compare-src DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -43,7 +50,9 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
-def export_run(url: str, out: str, workers: int) -> dict[str, float]:
+def export_run(url: str, out: str, workers: int, src: str | None = None) -> dict[str, float]:
+    if src is not None:  # another checkout's code (--compare-src), here and in the workers this process spawns
+        sys.path.insert(0, src)
     from dataclasses import replace
 
     from sharedcare.config import load_settings
@@ -159,40 +168,81 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def _holds_store(url: str) -> bool:
+    """Whether the database already holds resources (a store an earlier run built and kept)."""
+    from sqlalchemy import func, inspect, select
+
+    from sharedcare.store.database import Database
+    from sharedcare.store.models import Resource
+
+    db = Database(url)
+    try:
+        with db.session() as session:
+            return inspect(session.connection()).has_table("resources") and bool(
+                session.scalar(select(func.count()).select_from(Resource)))
+    finally:
+        db.dispose()
+
+
+def _store(url: str, work: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Build the store (ingest, then copies); measure an export at a quarter of the population on the way."""
+    console.print(f"synthesising and ingesting {args.people} people")
+    built = in_fresh_process(build, url, work / "feeds", args.people)
+    quarter = max(0, (args.copies + 1) // 4 - 1)
+    records = ingested_records(url)
+    replicate(url, range(1, quarter + 1), records)
+    console.print(f"export at a quarter of the population ({(quarter + 1) * args.people} people)")
+    small = in_fresh_process(export_run, url, str(work / "small"), args.workers)
+    console.print(f"replicating to {(args.copies + 1) * args.people} people")
+    start = time.perf_counter()
+    replicate(url, range(quarter + 1, args.copies + 1), records)
+    return {"ingest_seconds": built["ingest_seconds"], "replicate_seconds": time.perf_counter() - start,
+            "export_peak_rss_mb_quarter_population": small["peak_rss_mb"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=2000, help="people synthesised and ingested")
     parser.add_argument("--copies", type=int, default=24, help="extra copies of them made in SQL (0: none)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="processes per export (SHAREDCARE_EXPORT_WORKERS)")
-    parser.add_argument("--database", default=None, help="a SQLAlchemy URL of an empty database (default SQLite)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--database", default=None,
+                       help="a SQLAlchemy URL of an empty database, or of one holding a store an earlier run built "
+                            "(used as it is) (default: SQLite in a temporary folder)")
+    where.add_argument("--store", type=Path, default=None,
+                       help="a SQLite file to build the store in and keep, or that holds one (used as it is)")
+    parser.add_argument("--compare-src", type=Path, default=None,
+                        help="the src folder of another checkout (say main's): its export runs too, alternating "
+                             "with this one's on the same store, for before/after figures in the same conditions")
     args = parser.parse_args()
     console = Console(stderr=True)
+    compare = str(args.compare_src.resolve()) if args.compare_src else None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        url = args.database or f"sqlite:///{work / 'export.db'}"
-        console.print(f"synthesising and ingesting {args.people} people")
-        built = in_fresh_process(build, url, work / "feeds", args.people)
-        quarter = max(0, (args.copies + 1) // 4 - 1)
-        records = ingested_records(url)
-        replicate(url, range(1, quarter + 1), records)
-        console.print(f"export at a quarter of the population ({(quarter + 1) * args.people} people)")
-        small = in_fresh_process(export_run, url, str(work / "small"), args.workers)
-        console.print(f"replicating to {(args.copies + 1) * args.people} people")
-        start = time.perf_counter()
-        replicate(url, range(quarter + 1, args.copies + 1), records)
-        replicate_seconds = time.perf_counter() - start
-        exports, singles, baselines = [], [], []
+        url = args.database or f"sqlite:///{(args.store or work / 'export.db').resolve()}"
+        built: dict[str, Any] = {}
+        if _holds_store(url):
+            console.print("using the store already there (--people and --copies do not apply)")
+        else:
+            built = _store(url, work, args, console)
+        exports, compared, singles, baselines, loads = [], [], [], [], []
         for i in range(args.repeats):
-            console.print(f"run {i + 1}/{args.repeats}: export, then baseline")
-            exports.append(in_fresh_process(export_run, url, str(work / f"export{i}"), args.workers))
+            console.print(f"run {i + 1}/{args.repeats}: export{' and the compared export' if compare else ''}, "
+                          f"one process, then baseline")
+            # alternated, so that neither code always runs after the other (the machine is shared)
+            order = [(exports, None), (compared, compare)] if compare else [(exports, None)]
+            for runs, src in order if i % 2 == 0 else reversed(order):
+                loads.append(os.getloadavg()[0])
+                runs.append(in_fresh_process(export_run, url, str(work / f"export{i}-{len(runs)}"), args.workers,
+                                             src))
             singles.append(in_fresh_process(export_run, url, str(work / f"single{i}"), 1))
             baselines.append(in_fresh_process(baseline_run, url, str(work / f"baseline{i}")))
     figures: dict[str, Any] = {
         "database": "sqlite" if args.database is None else "given", "people_ingested": args.people,
         "people": exports[0]["people"], "stored_resources": baselines[0]["resources"],
         "exported_resources": exports[0]["resources"], "repeats": args.repeats,
-        "ingest_seconds": built["ingest_seconds"], "replicate_seconds": replicate_seconds,
+        "ingest_seconds": built.get("ingest_seconds"), "replicate_seconds": built.get("replicate_seconds"),
         "export_resources_per_s": _median(exports, "resources_per_s"),
         "export_cpu_resources_per_s": _median(exports, "cpu_resources_per_s"),
         "workers": args.workers,
@@ -203,13 +253,19 @@ def main() -> int:
         "export_seconds": _median(exports, "seconds"),
         "export_peak_rss_mb": _median(exports, "peak_rss_mb"),
         "export_worker_peak_rss_mb": _median(exports, "worker_peak_rss_mb"),
-        "export_peak_rss_mb_quarter_population": small["peak_rss_mb"],
+        "export_peak_rss_mb_quarter_population": built.get("export_peak_rss_mb_quarter_population"),
         "baseline_peak_rss_mb": _median(baselines, "peak_rss_mb"),
+        "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if compare:
+        figures.update({"compare_src": compare, "compare_resources_per_s": _median(compared, "resources_per_s"),
+                        "compare_cpu_resources_per_s": _median(compared, "cpu_resources_per_s"),
+                        "compare_worker_peak_rss_mb": _median(compared, "worker_peak_rss_mb"),
+                        "compare_exported_resources": compared[0]["resources"]})
     figures["export_over_baseline"] = figures["export_resources_per_s"] / figures["baseline_resources_per_s"]
     table = Table(title=f"Bulk export ({figures['people']} people, {figures['stored_resources']} stored resources, "
-                        f"median of {args.repeats})")
+                        f"median of {args.repeats}, load average {min(loads):.1f}-{max(loads):.1f})")
     for column in ("measure", "export (governed, pseudonymised)", "baseline (plain dump)", "ratio"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     table.add_row(f"resources/s (wall, {args.workers} processes)", f"{figures['export_resources_per_s']:.0f}",
@@ -220,8 +276,14 @@ def main() -> int:
     table.add_row("resources per CPU-second (all processes)", f"{figures['export_cpu_resources_per_s']:.0f}",
                   f"{figures['baseline_cpu_resources_per_s']:.0f}",
                   f"{figures['export_cpu_resources_per_s'] / figures['baseline_cpu_resources_per_s']:.2f}")
+    if compare:
+        table.add_row(f"--compare-src's export: resources/s (wall, {args.workers} processes; per CPU-second)",
+                      f"{figures['compare_resources_per_s']:.0f}; {figures['compare_cpu_resources_per_s']:.0f}", "",
+                      f"this / it: {figures['export_resources_per_s'] / figures['compare_resources_per_s']:.2f}; "
+                      f"{figures['export_cpu_resources_per_s'] / figures['compare_cpu_resources_per_s']:.2f}")
+    quarter = figures["export_peak_rss_mb_quarter_population"]
     table.add_row("peak RSS MB, main process (all / a quarter of the people; 1 process)",
-                  f"{figures['export_peak_rss_mb']:.0f} / {figures['export_peak_rss_mb_quarter_population']:.0f}; "
+                  f"{figures['export_peak_rss_mb']:.0f} / {'-' if quarter is None else f'{quarter:.0f}'}; "
                   f"{figures['export_one_process_peak_rss_mb']:.0f}",
                   f"{figures['baseline_peak_rss_mb']:.0f}", "")
     table.add_row("peak RSS MB of a worker process", f"{figures['export_worker_peak_rss_mb']:.0f}", "", "")

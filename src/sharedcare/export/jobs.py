@@ -152,8 +152,11 @@ def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) ->
             by_type.setdefault(entry["type"], []).append(entry)
     output = []
     for resource_type in sorted(by_type):
-        with (folder / _file_name(resource_type, None)).open("wb") as joined:
-            for entry in by_type[resource_type]:
+        first, *rest = by_type[resource_type]
+        joined_path = folder / _file_name(resource_type, None)
+        (folder / first["file"]).replace(joined_path)  # the first part becomes the file: one copy fewer
+        with joined_path.open("ab") as joined:
+            for entry in rest:
                 with (folder / entry["file"]).open("rb") as part:
                     shutil.copyfileobj(part, joined, 1 << 20)
                 (folder / entry["file"]).unlink()

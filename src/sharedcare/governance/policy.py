@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import cached_property
 from typing import Any
 
@@ -193,28 +193,40 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
     decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
     today = req.now.date()
     sensitive = set(fw.sensitive_categories)
-    in_force: dict[str, bool] = {}  # per source organisation, worked out once per decision
+    # rules a-c read only an item's source organisation, security labels and category: decided once for
+    # each combination of the three in this person's record, not once per item
+    reasons: dict[tuple[str, frozenset[str], str], str | None] = {}
+    released, withheld = decision.released, decision.withheld
     for item in items:
-        source_ok = in_force.get(item.source_org)
-        if source_ok is None:
-            source = req.agreements.get(item.source_org)
-            source_ok = in_force[item.source_org] = source is not None and source.in_force(today)
-        why: str | None = None
-        if not source_ok:
-            why = "source-agreement"
-        elif item.source_org in req.choices.object_orgs:
-            why = "objection-org"
-        elif item.security:
-            why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
-        if why is None and item.category in sensitive:
-            why = "sensitive-category"
-        if why is None and role.tier(item.category) < 2:
-            why = "tier"
-        if why is not None:
-            decision.withheld[why] += 1
+        key = (item.source_org, item.security, item.category)
+        if key in reasons:
+            why = reasons[key]
         else:
-            decision.released.append(Released(item, 2, as_stored=True))
+            why = reasons[key] = _secondary_reason(item, req, fw, today, sensitive, role)
+        if why is not None:
+            withheld[why] += 1
+        else:
+            released.append(Released(item, 2, as_stored=True))
     return decision
+
+
+def _secondary_reason(item: Item, req: Request, fw: Framework, today: date, sensitive: set[str],
+                      role: Role) -> str | None:
+    """Rules a-c of secondary use for one item: the rule that withholds it, or None."""
+    source = req.agreements.get(item.source_org)
+    if source is None or not source.in_force(today):
+        return "source-agreement"
+    if item.source_org in req.choices.object_orgs:
+        return "objection-org"
+    if item.security:
+        why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
+        if why is not None:
+            return why
+    if item.category in sensitive:
+        return "sensitive-category"
+    if role.tier(item.category) < 2:
+        return "tier"
+    return None
 
 
 def _source_reason(source_org: str, req: Request) -> str | None:

@@ -201,22 +201,32 @@ class SecondaryUse:
                 stmt = stmt.where(PatientRecord.person_id.in_(self._group_members(scope.group)))
             if shard[1] > 1:
                 stmt = stmt.where(_in_shard(*shard))
-            clinical: ColumnElement[bool] = Resource.resource_type.in_(
-                [t for t in RECORD_TYPES if t != "Patient" and scope.wants(t)])
-            if scope.since is not None:
-                clinical = and_(clinical, Resource.received_at >= scope.since)
             # Patient rows always come: they hold the dates of birth that other dates are checked against
-            stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
+            wanted = frozenset(t for t in RECORD_TYPES if t == "Patient" or scope.wants(t))
+            clinical: ColumnElement[bool] | None = None
+            if wanted != RECORD_TYPES:
+                # some types only. (For every type the rows are checked against `wanted` below instead: a
+                # filter naming every type has SQLite read the rows by the type index and sort them all,
+                # documents included, before the first one comes, rather than walk the people in order.)
+                clinical = Resource.resource_type.in_(sorted(wanted - {"Patient"}))
+            if scope.since is not None:
+                since = Resource.received_at >= scope.since
+                clinical = since if clinical is None else and_(clinical, since)
+            if clinical is not None:
+                stmt = stmt.where(or_(Resource.resource_type == "Patient", clinical))
             person: str | None = None
-            held: list[Any] = []  # the person's rows: server_id, type, source_org, received_at, recorded_at, ...
-            # Core rows (no ORM loading step): plain named tuples, fetched a batch at a time
+            held: list[Any] = []  # the person's rows: person_id, server_id, type, source_org, received_at,
+            # recorded_at, category, text. Core rows (no ORM loading step), fetched a batch at a time, read by
+            # position: a Row's attribute access costs several times its indexing, and each row is read ten times
             for row in session.connection().execution_options(yield_per=2000).execute(stmt):
-                if row.person_id != person:
+                if row[2] not in wanted:
+                    continue
+                if row[0] != person:
                     if person is not None:
                         yield from self._person(person, held, snap)
                         if progress is not None and counts.people_seen % 500 == 0:
                             progress(counts.people_seen)
-                    person, held = row.person_id, []
+                    person, held = row[0], []
                 held.append(row)
             if person is not None:
                 yield from self._person(person, held, snap)
@@ -226,7 +236,7 @@ class SecondaryUse:
     def _person(self, person_id: str, held: list[Any], snap: _Snapshot) -> Iterator[tuple[str, bytes]]:
         counts, scope, pseudonymiser = snap.counts, snap.scope, snap.pseudonymiser
         counts.people_seen += 1
-        patients = {id(row): orjson.loads(row.text) for row in held if row.resource_type == "Patient"}
+        patients = {id(row): orjson.loads(row[7]) for row in held if row[2] == "Patient"}
         dobs = frozenset(p["birthDate"] for p in patients.values() if isinstance(p.get("birthDate"), str))
         pseudonymiser.for_person(person_id, dobs)
         items: list[Item] = []
@@ -235,27 +245,27 @@ class SecondaryUse:
         unreadable = 0
         decode, kinds = pseudonymiser.decode, snap.kinds
         for row in held:
-            resource_type = row.resource_type
+            _, _, resource_type, source_org, _, _, category, text = row
             if resource_type == "Patient":
                 content = patients[id(row)]
-                item = Item(content, "Patient", row.source_org, "demographics",
+                item = Item(content, "Patient", source_org, "demographics",
                             _labels((content.get("meta") or {}).get("security")))
                 shaped[id(item)] = (row, None)
                 patient_items.append(item)
             else:
                 try:
-                    resource = decode(resource_type, row.text)
+                    resource = decode(resource_type, text)
                 except Unreadable:
                     unreadable += 1
                     continue
                 # the shape holds the stored status, verificationStatus and security labels as they are
                 if resource.withdrawn():  # withdrawn by its source: no longer part of the record
                     continue
-                category = row.category  # stored by ingest, when under the current classification key
-                if category is None:  # else classified on what was stored, not on what may leave
-                    stored = dict(_CODES.decode(row.text))
-                    category = classify(stored, kinds.get(row.source_org, "unknown"), self.fw)
-                item = Item(_NOT_READ, resource_type, row.source_org, category, resource.security())
+                # the category stored by ingest, when under the current classification key; else
+                # classified on what was stored, not on what may leave
+                if category is None:
+                    category = classify(dict(_CODES.decode(text)), kinds.get(source_org, "unknown"), self.fw)
+                item = Item(_NOT_READ, resource_type, source_org, category, resource.security())
                 shaped[id(item)] = (row, resource)
             items.append(item)
         request = Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=None,
@@ -268,8 +278,8 @@ class SecondaryUse:
         counts.withheld.update(decision.withheld)
         if unreadable:
             counts.withheld["unreadable"] += unreadable
-        released_patients: list[Any] = []
-        clinical: list[tuple[Any, Shaped]] = []
+        released_patients: list[Any] = []  # their rows
+        clinical: list[tuple[str, str, Shaped]] = []  # type, server id, shape
         for released in decision.released:
             row, maybe = shaped[id(released.item)]
             if maybe is None:
@@ -277,20 +287,20 @@ class SecondaryUse:
             elif maybe.incomplete():  # e.g. a statement whose drug cannot leave coded: invalid FHIR without it
                 counts.withheld[INCOMPLETE] += 1
             else:
-                clinical.append((row, maybe))
+                clinical.append((row[2], row[1], maybe))
         # what this export holds of the person: references to anything else are removed
-        exported = {f"{row.resource_type}/{row.server_id}" for row, _ in clinical}
+        exported = {f"{resource_type}/{server_id}" for resource_type, server_id, _ in clinical}
         resources, encode = counts.resources, pseudonymiser.encode
-        for row, resource in clinical:
-            resources[row.resource_type] += 1
-            yield row.resource_type, encode(resource, row.server_id, exported)
+        for resource_type, server_id, resource in clinical:
+            resources[resource_type] += 1
+            yield resource_type, encode(resource, server_id, exported)
         if released_patients and scope.wants("Patient") and (
-                scope.since is None or any(p.received_at and p.received_at >= scope.since for p in released_patients)):
+                scope.since is None or any(row[4] and row[4] >= scope.since for row in released_patients)):
             # one Patient per person: the one their combined Patient's demographics come from (its rule)
             rule = demographics_rule(patient_items, snap.gp_orgs, snap.on_review.get(person_id, NOTHING_ON_REVIEW))
-            chosen = rule.order(released_patients, lambda p: (p.server_id, p.source_org, p.recorded_at))[0]
+            chosen = id(rule.order(released_patients, lambda row: (row[1], row[3], row[5]))[0])
             counts.resources["Patient"] += 1
-            yield "Patient", pseudonymiser.patient(patients[id(chosen)], person_id)
+            yield "Patient", pseudonymiser.patient(patients[chosen], person_id)
 
 
 _NOT_READ: dict[str, Any] = {}  # an Item's content the decision does not read (secondary use decides on the rest)
