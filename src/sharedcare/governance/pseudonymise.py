@@ -30,7 +30,6 @@ decoding and encoding, fast enough for tens of thousands of resources a second.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import threading
@@ -559,9 +558,6 @@ _ENCODER = msgspec.json.Encoder()
 _LABEL = Coding(system=PSEUDONYMISED_LABEL["system"], code=PSEUDONYMISED_LABEL["code"])
 
 
-_SHA256_BLOCK = 64  # bytes
-
-
 def purpose_key(secret: str, purpose: str) -> bytes:
     """The pseudonymisation key of one purpose: HMAC of the purpose under the deployment's secret."""
     return hmac.digest(secret.encode(), f"sharedcare pseudonym key|{purpose}".encode(), "sha256")
@@ -668,20 +664,14 @@ class Pseudonymiser:
     """Rewrites released resources for one purpose (one instance per export, used by one thread)."""
 
     def __init__(self, secret: str, purpose: str) -> None:
-        # HMAC-SHA256 (RFC 2104) with the key's inner and outer hash states made once: each pseudonym is
-        # then two copies and two short updates, without the `hmac` module's Python wrapper around them
-        block = purpose_key(secret, purpose).ljust(_SHA256_BLOCK, b"\0")  # the 32-byte key, zero-padded
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._mac = hmac.new(purpose_key(secret, purpose), digestmod="sha256")  # keyed once, copied per id
         self._known: dict[str, str] = {}  # this person's "Type/server id" -> pseudonym
 
     def _hmac(self, reference: str) -> str:
         """HMAC-SHA256 of "Type/server id" under the purpose's key, in hex, cut to 128 bits."""
-        inner = self._inner.copy()
-        inner.update(reference.encode())
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()[:32]
+        mac = self._mac.copy()
+        mac.update(reference.encode())
+        return mac.hexdigest()[:32]
 
     def pseudonym(self, resource_type: str, server_id: str) -> str:
         """The pseudonymous id of a resource (for a person: `pseudonym("Patient", person_id)`)."""
