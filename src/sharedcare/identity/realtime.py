@@ -148,7 +148,8 @@ class Block:
 
     def __init__(self, session: Session, records: Iterable[MatchRecord]) -> None:
         self.rows: dict[int, StoredRecord] = {}
-        # key -> ids, for each key a query would filter on (birth date, postcode, name key, NHS number)
+        # per key the queries filter on (birth date, postcode, name key, NHS number): the values fetched,
+        # and value -> ids of the rows that have it
         self.fetched: tuple[set[Any], ...] = (set(), set(), set(), set())
         self.index: tuple[dict[Any, set[int]], ...] = ({}, {}, {}, {})
         wanted = list(records)
@@ -164,7 +165,7 @@ class Block:
                 for row in session.execute(select(*_BLOCK_COLUMNS).where(or_(*conditions))):
                     self._add(StoredRecord.of(row))
             for fetched, values in zip(self.fetched, keys, strict=True):
-                fetched |= values
+                fetched.update(values)
         self.size = index_size(session)
 
     @staticmethod
