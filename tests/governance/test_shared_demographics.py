@@ -225,3 +225,20 @@ def test_migration_0015_gives_items_queued_before_it_the_writers_record(
         item = s.scalars(select(ReviewItem)).one()
         record = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "made-up")).one()
         assert item.patient_record_id == record.id
+
+
+def test_a_competing_claim_is_found_when_both_practices_records_come_in_one_file(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Ingest stores a file's messages together (one INSERT for a run of them): the second practice's claim
+    must still see the first's, sent earlier in the same file."""
+    path = write_ndjson(tmp_path / "both.ndjson", [
+        bundle("P81001", "emis", [_hughes("rv-new", active=True, generalPractitioner=[RIVERSIDE],
+                                          postcode="RV3 7QT")], "2026-11-10T09:00:00Z"),
+        bundle("P81003", "emis", [_hughes("hb-new", active=True,
+                                          generalPractitioner=[{"type": "Organization", "identifier": {
+                                              "system": ODS_SYSTEM, "value": "P81003"}}],
+                                          postcode="RV4 1AA")], "2026-11-20T09:00:00Z")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert report.quarantined == 0, report.quarantine
+    kinds = [(i.kind, i.patient_id) for i in _open_items(db, framework)]
+    assert ("registration-conflict", ics.stranger) in kinds

@@ -4,6 +4,7 @@ message that fails while stored with others is quarantined alone; the progress b
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest import pipeline as pipeline_module
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import Resource
+from sharedcare.store.models import MatchReview, PatientRecord, Resource
 from sharedcare.synth import generate
 
 
@@ -84,3 +85,39 @@ def test_messages_that_update_what_earlier_ones_of_their_run_inserted_share_its_
     assert len(commits) == 2
     with db.session() as s:
         assert s.scalars(select(Resource.version).where(Resource.source_id == "c1")).one() == 3
+
+
+def _links(db: Database) -> dict[str, Any]:
+    """Who each source record was linked to, how and how surely, and what was put up for review."""
+    with db.session() as s:
+        records = {r.id: r for r in s.scalars(select(PatientRecord))}
+        people: dict[str, set[str]] = defaultdict(set)
+        for r in records.values():
+            people[r.person_id].add(r.source_id)
+        return {"people": sorted(sorted(group) for group in people.values()),
+                "records": {r.source_id: (r.link_method, r.link_status, r.match_probability, r.link_note)
+                            for r in records.values()},
+                "reviews": sorted((records[m.record_a].source_id, records[m.record_b].source_id, m.probability)
+                                  for m in s.scalars(select(MatchReview)))}
+
+
+def test_new_patients_of_one_run_are_matched_against_each_other_as_one_by_one(
+        db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's new records are matched against candidates fetched once for the run, plus the records the
+    run itself adds: a second registration of a person earlier in the same file still finds them."""
+    people = [patient("a1", None, "Okafor", "Emeka", "1945-03-02"),
+              patient("a2", None, "Okafor", "Emeka", "1945-03-02"),  # the same man again, no NHS number
+              patient("b1", "9434765919", "Lee", "Ann", "1970-01-01", "female", "RV3 7QT"),
+              patient("b2", "9434765919", "Lee", "Ann", "1970-01-01", "female", "RV9 1ZZ"),
+              patient("c1", "9434765919", "Shah", "Ravi", "2001-06-05", "male", "RV4 4AA")]  # her number, not her
+    path = write_ndjson(tmp_path / "P81001" / "gp.ndjson", [bundle("P81001", "emis", [p]) for p in people])
+    Pipeline(db, framework, workers=0).ingest_paths([path])
+    serial_db = Database(f"sqlite:///{tmp_path / 'serial.db'}")
+    serial_db.migrate()
+    monkeypatch.setattr(pipeline_module, "STORE_BATCH", 1)
+    Pipeline(serial_db, framework, workers=0).ingest_paths([path])
+    batched = _links(db)
+    assert batched == _links(serial_db)
+    assert ["a1", "a2"] in batched["people"] and ["b1", "b2"] in batched["people"]
+    assert batched["records"]["a2"][0] == "probabilistic"
+    assert batched["records"]["c1"][:2] == ("nhs-number-conflict", "review")

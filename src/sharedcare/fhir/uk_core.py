@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 from sharedcare.identity.mpi import Demographics
@@ -28,6 +29,7 @@ PATIENT_FIELDS = ("subject", "patient")
 _ID_NAMESPACE = uuid.UUID("6f1d7a4e-2b7c-4f0a-9a53-5c1e2d7b8a90")
 
 
+@lru_cache(maxsize=1 << 16)  # a message names its patient from every resource: a SHA-1 each time adds up
 def server_id(source_org: str, resource_type: str, source_id: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{source_org}|{resource_type}|{source_id}"))
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, insert, select
 from sqlalchemy.orm import Session
@@ -43,6 +43,9 @@ from sharedcare.identity.compare import (
 from sharedcare.identity.links import moves_to
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
+
+if TYPE_CHECKING:
+    from sharedcare.identity.realtime import Block, StoredRecord
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def _new_person(session: Session) -> str:
     return person_id
 
 
-def _conflicts(a: PatientRecord, b: Demographics) -> bool:
+def _conflicts(a: PatientRecord | StoredRecord, b: Demographics) -> bool:
     """Clearly a different person: both sex and date of birth known and different."""
     sex_differs = bool(a.gender and b.gender and a.gender != b.gender and "unknown" not in (a.gender, b.gender))
     dob_differs = bool(a.birth_date and b.birth_date and a.birth_date != b.birth_date)
@@ -116,22 +119,27 @@ def usable_nhs_number(demo: Demographics) -> str | None:
     return normalise(demo.nhs_number) if demo.nhs_number and is_valid(demo.nhs_number) else None
 
 
-def _find_person(session: Session, demo: Demographics, nhs: str | None) -> _Link:
-    """Where a record not yet linked belongs."""
+def _find_person(session: Session, demo: Demographics, nhs: str | None, block: Block | None = None) -> _Link:
+    """Where a record not yet linked belongs (its stored neighbours read from `block` when it has them)."""
+    from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT, match  # the scorer loads on first use
+
     reason = missing(demo)
     if reason:
         return _Link(None, "insufficient-data", 0.0, "review", f"held for review: {reason}; not matched")
+    incoming = match_record(0, demo, nhs)
+    if block is not None and not block.covers(incoming):
+        block = None
     if nhs:
-        same_number = session.scalars(select(PatientRecord).where(PatientRecord.nhs_number == nhs).limit(20)).all()
+        same_number: Sequence[PatientRecord | StoredRecord] = (
+            block.same_nhs_number(nhs) if block else session.scalars(select(PatientRecord).where(
+                PatientRecord.nhs_number == nhs).order_by(PatientRecord.id).limit(SAME_NHS_NUMBER_LIMIT)).all())
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
             return _nhs_number_link(session, demo, nhs, agreeing)
         if same_number:
             return _Link(None, "nhs-number-conflict", 0.0, "review",
                          "held for review: this NHS number is held for someone of another sex and date of birth")
-    from sharedcare.identity.realtime import match  # the scorer and its model load on first use
-
-    found = match(session, match_record(0, demo, nhs))
+    found = match(session, incoming, block=block)
     if found.outcome == "link" and found.best is not None:
         return _Link(found.best.person_id, "probabilistic", found.best.score.probability, "linked",
                      weight=found.best.evidence["match_weight"], evidence=found.best.evidence)
@@ -141,7 +149,8 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None) -> _Link
     return _Link(None, "new", 1.0, "linked")
 
 
-def _nhs_number_link(session: Session, demo: Demographics, nhs: str, agreeing: list[PatientRecord]) -> _Link:
+def _nhs_number_link(session: Session, demo: Demographics, nhs: str,
+                     agreeing: list[PatientRecord | StoredRecord]) -> _Link:
     """The NHS number agrees with records whose sex or date of birth do too. The given names are checked
     as a relink checks them: a record whose names are compatible links; one whose given name differs links
     only when the surname and date of birth agree as well, and is then put on the review list with the
@@ -156,7 +165,8 @@ def _nhs_number_link(session: Session, demo: Demographics, nhs: str, agreeing: l
             return _Link(record.person_id, "nhs-number", 1.0, "linked")
     model = current_model(session)
 
-    def review(record: PatientRecord, their: dict[str, Any], **extra: str) -> tuple[int, float, dict[str, Any]]:
+    def review(record: PatientRecord | StoredRecord, their: dict[str, Any],
+               **extra: str) -> tuple[int, float, dict[str, Any]]:
         found = levels(incoming, their)
         return (record.id, model.score_levels(found).probability,
                 model.evidence(found) | {"with_record": record.id} | extra)
@@ -179,7 +189,7 @@ def match_record(record_id: int, demo: Demographics, nhs: str | None) -> MatchRe
                        demo.email)
 
 
-def stored_match_record(r: PatientRecord | Row[Any]) -> MatchRecord:
+def stored_match_record(r: PatientRecord | StoredRecord | Row[Any]) -> MatchRecord:
     """What matching knows of a stored source record (an ORM row or the same columns selected)."""
     other = r.other_names or {}
     return MatchRecord(r.id, r.source_org, r.nhs_number, r.given, r.family,
@@ -209,6 +219,14 @@ def _store_demographics(record: PatientRecord, demo: Demographics, nhs: str | No
     record.name_key = name_key(demo.family, demo.given)
 
 
+def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
+    """The stored records these new records may match, in one query (None when none can match)."""
+    from sharedcare.identity.realtime import Block
+
+    wanted = [match_record(0, demo, usable_nhs_number(demo)) for demo in demos if not missing(demo)]
+    return Block(session, wanted) if wanted else None
+
+
 def link_patient_record(session: Session, source_org: str, source_id: str, demo: Demographics,
                         update: bool = True) -> PatientRecord:
     """Create the source patient record linked to a person, or find it; `update` says whether these
@@ -220,13 +238,15 @@ def link_patient_record(session: Session, source_org: str, source_id: str, demo:
 
 
 def link_found_record(session: Session, record: PatientRecord | None, source_org: str, source_id: str,
-                      demo: Demographics, update: bool = True) -> PatientRecord:
+                      demo: Demographics, update: bool = True, block: Block | None = None) -> PatientRecord:
     """`link_patient_record` for a caller that has looked the source record up already (ingest does, for a
-    run of messages in one query): `record` is the stored record of (source_org, source_id), or None."""
+    run of messages in one query): `record` is the stored record of (source_org, source_id), or None;
+    `block` holds the stored records the run's new records may match (each record created or changed
+    here is noted in it)."""
     nhs = usable_nhs_number(demo)
     notes = problems(demo)
     if record is None:
-        link = _find_person(session, demo, nhs)
+        link = _find_person(session, demo, nhs, block)
         now = utcnow()
         record = PatientRecord(
             source_org=source_org, source_id=source_id,
@@ -239,6 +259,8 @@ def link_found_record(session: Session, record: PatientRecord | None, source_org
         _store_demographics(record, demo, nhs)
         record.link_note = "; ".join(notes) or None
         session.flush()  # one INSERT, complete: its id is needed by the review items and the resources
+        if block is not None:
+            block.note(record)
         for other, probability, evidence in link.review_with:
             a, b = sorted((record.id, other))
             session.add(MatchReview(record_a=a, record_b=b, probability=probability, evidence=evidence,
@@ -253,6 +275,8 @@ def link_found_record(session: Session, record: PatientRecord | None, source_org
         record.link_note = "; ".join(notes)
     record.updated_at = utcnow()
     session.flush()
+    if block is not None:
+        block.note(record)
     return record
 
 

@@ -10,7 +10,8 @@ both good enough to link is itself a reason for review.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
@@ -22,6 +23,7 @@ from sharedcare.identity.model import LINK_THRESHOLD, REVIEW_THRESHOLD, Model, M
 from sharedcare.store.models import MatchModel, PatientRecord
 
 CANDIDATE_LIMIT = 2000  # a block larger than this is a data problem (one postcode for a whole care home)
+SAME_NHS_NUMBER_LIMIT = 20  # stored records with one NHS number that linking looks at
 _models: dict[int, Model] = {}
 SESSION_MODEL = "sharedcare.match_model"  # session.info key: the model of this transaction
 
@@ -72,36 +74,154 @@ _COLUMNS = (PatientRecord.id, PatientRecord.person_id, PatientRecord.source_org,
             PatientRecord.email)
 
 
-def candidates(session: Session, record: MatchRecord) -> list[Row[Any]]:
-    """The stored records sharing a blocking key with `record`; never one held for too little data."""
+@dataclass
+class StoredRecord:
+    """What matching reads of a stored source record (a row of `_COLUMNS` and what blocking filters on)."""
+
+    id: int
+    person_id: str
+    source_org: str
+    nhs_number: str | None
+    given: str | None
+    family: str | None
+    birth_date: date | None
+    gender: str | None
+    postcode: str | None
+    other_names: dict[str, Any] | None
+    postcodes: list[str] | None
+    phones: list[str] | None
+    email: str | None
+    link_method: str
+    name_key: str | None
+
+    @classmethod
+    def of(cls, record: Any) -> StoredRecord:
+        """From a PatientRecord or a row with the same columns."""
+        return cls(**{f.name: getattr(record, f.name) for f in fields(cls)})
+
+
+_BLOCK_COLUMNS = (*_COLUMNS, PatientRecord.link_method, PatientRecord.name_key)
+
+
+def _keys(record: MatchRecord) -> tuple[list[date], str | None, str | None]:
+    """A record's blocking keys: its birth date (and that date transposed), its postcode, its exact name."""
     from sharedcare.identity.mpi import name_key
 
+    dates = ([date.fromisoformat(d) for d in (record.birth_date, transposed(record.birth_date)) if d]
+             if record.birth_date else [])
+    return dates, record.postcode, name_key(record.family, record.given)
+
+
+def candidates(session: Session, record: MatchRecord) -> list[Row[Any]]:
+    """The stored records sharing a blocking key with `record`; never one held for too little data."""
+    dates, postcode, key = _keys(record)
     conditions: list[ColumnElement[bool]] = []
-    if record.birth_date:
-        dates = [date.fromisoformat(d) for d in (record.birth_date, transposed(record.birth_date)) if d]
+    if dates:
         conditions.append(PatientRecord.birth_date.in_(dates))
-    if record.postcode:
-        conditions.append(PatientRecord.postcode == record.postcode)
-    key = name_key(record.family, record.given)
+    if postcode:
+        conditions.append(PatientRecord.postcode == postcode)
     if key:
         conditions.append(PatientRecord.name_key == key)
     if not conditions:
         return []
     query = (select(*_COLUMNS).where(or_(*conditions), PatientRecord.link_method != "insufficient-data")
-             .limit(CANDIDATE_LIMIT))
+             .order_by(PatientRecord.id).limit(CANDIDATE_LIMIT))
     return list(session.execute(query).all())
 
 
-def match(session: Session, record: MatchRecord, model: Model | None = None) -> Found:
-    """Score `record` against its candidates; decide by the best."""
+def index_size(session: Session) -> int:
+    """The index's size, from its primary key (the prior shrinks as it grows)."""
+    return session.scalar(select(func.max(PatientRecord.id))) or 0
+
+
+def _some(value: str | None) -> list[str]:
+    return [value] if value else []
+
+
+class Block:
+    """The stored records a run of new records may match, fetched in one query for the whole run (ingest
+    stores up to a batch of messages per transaction) instead of two or three per record: the same NHS
+    number, the same blocking keys, the index size. Each record the run creates or changes is noted as it
+    goes, so every record is matched against exactly what the per-record queries would find then."""
+
+    CHUNK = 200  # records whose keys go into one query: far below every database's parameter limit
+
+    def __init__(self, session: Session, records: Iterable[MatchRecord]) -> None:
+        self.rows: dict[int, StoredRecord] = {}
+        # per key the queries filter on (birth date, postcode, name key, NHS number): the values fetched,
+        # and value -> ids of the rows that have it
+        self.fetched: tuple[set[Any], ...] = (set(), set(), set(), set())
+        self.index: tuple[dict[Any, set[int]], ...] = ({}, {}, {}, {})
+        wanted = list(records)
+        for start in range(0, len(wanted), self.CHUNK):
+            keys: tuple[set[Any], ...] = (set(), set(), set(), set())
+            for record in wanted[start:start + self.CHUNK]:
+                for found, values in zip(self._keys(record), keys, strict=True):
+                    values.update(found)
+            conditions = [column.in_(sorted(values)) for column, values in zip(
+                (PatientRecord.birth_date, PatientRecord.postcode, PatientRecord.name_key, PatientRecord.nhs_number),
+                keys, strict=True) if values]
+            if conditions:
+                for row in session.execute(select(*_BLOCK_COLUMNS).where(or_(*conditions))):
+                    self._add(StoredRecord.of(row))
+            for fetched, values in zip(self.fetched, keys, strict=True):
+                fetched.update(values)
+        self.size = index_size(session)
+
+    @staticmethod
+    def _keys(record: MatchRecord | StoredRecord) -> tuple[list[Any], ...]:
+        """Each key the queries filter on: birth dates, postcode, name key, NHS number."""
+        if isinstance(record, StoredRecord):
+            dates: list[date] = [record.birth_date] if record.birth_date else []
+            postcode, key = record.postcode, record.name_key
+        else:
+            dates, postcode, key = _keys(record)
+        return dates, _some(postcode), _some(key), _some(record.nhs_number)
+
+    def _add(self, row: StoredRecord) -> None:
+        old = self.rows.get(row.id)
+        if old is not None:
+            for index, values in zip(self.index, self._keys(old), strict=True):
+                for value in values:
+                    index[value].discard(row.id)
+        self.rows[row.id] = row
+        for index, values in zip(self.index, self._keys(row), strict=True):
+            for value in values:
+                index.setdefault(value, set()).add(row.id)
+
+    def covers(self, record: MatchRecord) -> bool:
+        """Whether every key of `record` was fetched (else its queries must run)."""
+        return all(fetched.issuperset(values) for fetched, values in zip(self.fetched, self._keys(record), strict=True))
+
+    def same_nhs_number(self, nhs: str) -> list[StoredRecord]:
+        """The stored records with this NHS number (any link method), as `mpi` queries them."""
+        return [self.rows[i] for i in sorted(self.index[3].get(nhs, ()))][:SAME_NHS_NUMBER_LIMIT]
+
+    def candidates(self, record: MatchRecord) -> list[StoredRecord]:
+        """`candidates(session, record)`, from the rows fetched and noted."""
+        dates, postcodes, names, _ = self._keys(record)
+        ids: set[int] = set()
+        for index, values in zip(self.index, (dates, postcodes, names), strict=False):
+            for value in values:
+                ids |= index.get(value, set())
+        found = (self.rows[i] for i in sorted(ids))
+        return [r for r in found if r.link_method != "insufficient-data"][:CANDIDATE_LIMIT]
+
+    def note(self, record: PatientRecord) -> None:
+        """A record the run has just created or changed (flushed, so it has its id)."""
+        self._add(StoredRecord.of(record))
+        self.size = max(self.size, record.id)
+
+
+def match(session: Session, record: MatchRecord, model: Model | None = None, block: Block | None = None) -> Found:
+    """Score `record` against its candidates (from `block` when it has them); decide by the best."""
     from sharedcare.identity.mpi import stored_match_record
 
     model = model or current_model(session)
-    size = session.scalar(select(func.max(PatientRecord.id))) or 0  # the index's size, from its primary key
-    shift = model.prior_shift(size)
+    shift = model.prior_shift(block.size if block else index_size(session))
     incoming = features(record)
     scored: list[Candidate] = []
-    rows = candidates(session, record)
+    rows: list[Row[Any]] | list[StoredRecord] = block.candidates(record) if block else candidates(session, record)
     for row in rows:
         theirs = stored_match_record(row)
         if record.nhs_number and theirs.nhs_number and record.nhs_number != theirs.nhs_number:

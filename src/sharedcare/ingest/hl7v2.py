@@ -48,6 +48,7 @@ MERGE_EVENTS = {"A18", "A30", "A36", "A39"}
 REPEATING = {"NK1", "ORC", "OBR", "OBX", "NTE"}  # labelled OBX[3] so an analyst can find the one at fault
 _BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
+_USUAL_MSH = "MSH|^~\\&|"  # field separator and encoding characters nearly every sender uses
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
@@ -91,7 +92,10 @@ def _segments(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
 def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
     control_id = ""
     first = _SEGMENT_END.split(payload.decode("latin-1"), maxsplit=1)[0]
-    if first.startswith("MSH"):
+    if first.startswith(_USUAL_MSH):  # the usual separators: MSH-10 is the tenth field, no parser needed
+        fields = first.split("|", 10)
+        control_id = fields[9].strip() if len(fields) > 9 else ""
+    elif first.startswith("MSH"):
         try:
             control_id = str(hl7.parse(first).segment("MSH")[10]).strip()
         except (hl7.ParseException, IndexError, ValueError, AssertionError):

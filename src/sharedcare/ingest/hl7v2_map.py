@@ -61,6 +61,7 @@ class Seg:
         self.name = str(segment[0])
         self.label = label  # "PID", or "OBX[3]" for segments that repeat
         self.where = where
+        self._reps: dict[int, list[list[str]]] = {}  # mapping reads a field several times: unescaped once
 
     def error(self, reason: str, field: int | None = None) -> MessageError:
         return MessageError(reason, f"{self.where}, {self.label}" + (f"-{field}" if field else ""))
@@ -69,13 +70,15 @@ class Seg:
         """Each repetition of a field as its components (the first subcomponent of each), empty ones left out."""
         if field >= len(self.segment):
             return []
-        out = []
-        for rep in self.segment[field]:
-            parts = [rep] if isinstance(rep, str) else [p if isinstance(p, str) else str(p[0]) for p in rep]
-            components = [self._unescape(p) for p in parts]
-            if any(components):
-                out.append(components)
-        return out
+        if field not in self._reps:
+            out = []
+            for rep in self.segment[field]:
+                parts = [rep] if isinstance(rep, str) else [p if isinstance(p, str) else str(p[0]) for p in rep]
+                components = [self._unescape(p) for p in parts]
+                if any(components):
+                    out.append(components)
+            self._reps[field] = out
+        return self._reps[field]
 
     def get(self, field: int, component: int = 1) -> str:
         reps = self.reps(field)

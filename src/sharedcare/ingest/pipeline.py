@@ -30,7 +30,8 @@ from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.review import flag_registration_conflict
 from sharedcare.identity.links import LinkError, merge_source_records
-from sharedcare.identity.mpi import link_found_record, link_patient_record
+from sharedcare.identity.mpi import block_for, link_found_record, link_patient_record
+from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
 from sharedcare.ingest.staging import Outcome, Stager, stage
@@ -115,12 +116,22 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 class _Run:
     """What one transaction of a file's messages knows of the store: the resources its messages name, looked
     up in one query for the run rather than one per message, and the ids it has inserted since (Core rows,
-    not in the session, so a later message of the run naming one of them looks it up again); and the
-    patient records of every patient its messages send, found or linked so far (ORM objects, kept current)."""
+    not in the session, so a later message of the run naming one of them looks it up again; the rows wait
+    in `pending` and go in one INSERT for the run, or before such a look-up); and the
+    patient records of every patient its messages send, found or linked so far (ORM objects, kept current);
+    and the stored records its new patients may match, in one query for the run (`Block`; dropped after
+    a source's merge moves records between persons, when matching goes back to its own queries)."""
 
     stored: dict[str, Resource]
     records: dict[tuple[str, str], PatientRecord]
+    block: Block | None = None
     inserted: set[str] = field(default_factory=set)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def insert_pending(self, session: Session) -> None:
+        if self.pending:
+            session.execute(_INSERT_RESOURCES, self.pending)
+            self.pending = []
 
 
 def _patient_records(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], PatientRecord]:
@@ -219,7 +230,10 @@ class Pipeline:
                 messages = [staged for _, staged in batch if isinstance(staged, StagedMessage)]
                 ids = [item.server_id for staged in messages for item in staged.resources]
                 patients = {(staged.source_org, source_id) for staged in messages for source_id in staged.patients}
-                run = _Run(self._existing(session, ids), _patient_records(session, patients))
+                records = _patient_records(session, patients)
+                new = [demo for staged in messages for source_id, demo in staged.patients.items()
+                       if (staged.source_org, source_id) not in records]
+                run = _Run(self._existing(session, ids), records, block_for(session, new))
                 for raw, staged in batch:
                     if isinstance(staged, MessageError):
                         stored.append((raw, staged, (0, 0, 0)))
@@ -230,6 +244,7 @@ class Pipeline:
                         stored.append((raw, exc, (0, 0, 0)))
                         continue
                     stored.append((raw, staged, self._store(session, staged, raw, run)))
+                run.insert_pending(session)
         except (OperationalError, InterfaceError):
             raise
         except Exception:  # noqa: BLE001 - nothing of the run was kept: store it again message by message
@@ -337,8 +352,10 @@ class Pipeline:
         if run is None:
             existing = self._existing(session, ids)
         else:  # looked up for the whole run; what an earlier message of it inserted is looked up again
-            existing = {i: run.stored[i] for i in ids if i in run.stored}
-            existing |= self._existing(session, [i for i in ids if i in run.inserted])
+            again = [i for i in ids if i in run.inserted]
+            if again:
+                run.insert_pending(session)
+            existing = {i: run.stored[i] for i in ids if i in run.stored} | self._existing(session, again)
         records: dict[str, PatientRecord] = {}
         for source_id, demo in staged.patients.items():
             current = self._demographics_are_current(staged, source_id, existing)
@@ -347,7 +364,8 @@ class Pipeline:
             else:
                 known = (staged.source_org, source_id)
                 records[source_id] = run.records[known] = link_found_record(
-                    session, run.records.get(known), staged.source_org, source_id, demo, update=current)
+                    session, run.records.get(known), staged.source_org, source_id, demo, update=current,
+                    block=run.block)
         accepted = unchanged = stale = 0
         received = utcnow()
         new_rows: list[dict[str, Any]] = []
@@ -403,10 +421,13 @@ class Pipeline:
                 row.category, row.category_key = category, key
             item.outcome = "created" if row is None else "updated"
             accepted += 1
-        if new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
+        if run is not None:  # inserted with the rest of the run's
+            run.pending += new_rows
+            run.inserted.update(row["id"] for row in new_rows)
+        elif new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
             session.execute(_INSERT_RESOURCES, new_rows)
-            if run is not None:
-                run.inserted.update(row["id"] for row in new_rows)
+        if claiming and run is not None and any(r["source_org"] != staged.source_org for r in run.pending):
+            run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:
             self._competing_registration(session, staged, record)
         for retired, surviving in staged.merges:
@@ -416,6 +437,8 @@ class Pipeline:
                                      reason=f"merged by the source (message {staged.message_id})")
             except LinkError as exc:
                 raise MessageError(exc.message, f"{raw.where}, MRG-1") from exc
+            if run is not None:
+                run.block = None
         return accepted, unchanged, stale
 
     def _competing_registration(self, session: Session, staged: StagedMessage, record: PatientRecord) -> None:
