@@ -9,7 +9,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from sharedcare.identity.compare import COMPARISONS, LIST_COLUMNS, Comparison, MatchRecord, features
+from sharedcare.identity.compare import COMPARISONS, LIST_COLUMNS, Comparison, MatchRecord, features, numbers_keep_apart
+from sharedcare.identity.nhs_number import is_valid
 
 BASE = MatchRecord(1, given="Robert", family="Smith", birth_date="1960-03-07", sex="male", postcode="RV1 2AB")
 
@@ -22,6 +23,7 @@ CASES: list[tuple[str, str, tuple[MatchRecord, MatchRecord]]] = [
     ("name", "missing", pair({"given": None}, {})),
     ("name", "exact", pair({"given": "ROBERT", "family": "Smith "}, {})),
     ("name", "first and last swapped", pair({"given": "Smith", "family": "Robert"}, {})),
+    ("name", "first and last swapped", pair({"given": "Smtih", "family": "Robert"}, {})),
     ("name", "nickname or middle name, same surname", pair({"given": "Bob"}, {})),
     ("name", "nickname or middle name, same surname",
      pair({"given": "Peggy", "family": "Hughes"}, {"given": "Margaret", "family": "Hughes"})),
@@ -63,6 +65,7 @@ CASES: list[tuple[str, str, tuple[MatchRecord, MatchRecord]]] = [
     ("email", "different", pair({"email": "a@example.org"}, {"email": "b@example.org"})),
     ("nhs_number", "missing", pair({"nhs_number": "9434765919"}, {})),
     ("nhs_number", "exact", pair({"nhs_number": "9434765919"}, {"nhs_number": "9434765919"})),
+    ("nhs_number", "one keying error", pair({"nhs_number": "4652817"}, {"nhs_number": "4658217"})),  # no check digit
     ("nhs_number", "different", pair({"nhs_number": "9434765919"}, {"nhs_number": "9990000018"})),
 ]
 
@@ -107,3 +110,19 @@ def test_malformed_identifiers_are_not_used_and_do_not_raise() -> None:
     f = features(odd)
     assert (f["postcode"], f["phones"], f["email"], f["dob_transposed"]) == (None, None, None, None)
     assert f["family_keys"] == ["obrien", "obrien-smith", "smith"]
+
+
+def test_a_keying_error_never_turns_one_valid_nhs_number_into_another() -> None:
+    """Why different valid NHS numbers may keep a pair apart by rule: modulus 11 fails every single wrong
+    digit and every swap of neighbouring digits, so a keyed number is set aside at ingest, not compared."""
+    for number in ("9434765919", "9434765870", "9990000018"):
+        keyed = {number[:i] + d + number[i + 1:] for i in range(10) for d in "0123456789"} | {
+            number[:i] + number[i + 1] + number[i] + number[i + 2:] for i in range(9)}
+        assert [k for k in keyed - {number} if is_valid(k)] == []
+
+
+def test_only_two_different_valid_nhs_numbers_keep_a_pair_apart_by_rule() -> None:
+    assert numbers_keep_apart("9434765919", "9434765870")
+    assert not numbers_keep_apart("9434765919", "9434765919")
+    assert not numbers_keep_apart("9434765919", None)
+    assert not numbers_keep_apart("4652817", "4658217")  # no check digit: a difference the model weighs

@@ -198,6 +198,21 @@ def test_a_different_given_name_links_on_the_nhs_number_surname_and_birth_date_a
     assert r["RXR/h-amy"].person_id != r["P81001/amy"].person_id
 
 
+def test_a_different_given_name_and_a_mistyped_surname_link_on_the_nhs_number_and_birth_date_for_review(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    # Another first name and a slip in the surname (Jones/Jnoes): the number and birth date still say Amy.
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("amy", "9434765919", "Jones", "Amy", "2001-04-05", "female")),
+            (HOSPITAL, patient("h-amy", "9434765919", "Jnoes", "Zara", "2001-04-05", "female")))
+    for _ in range(2):  # on ingest, then the same in a batch relink
+        r = _records(db)
+        assert r["RXR/h-amy"].person_id == r["P81001/amy"].person_id
+        [review] = _reviews(db)
+        assert review.status == "open" and "surname exactly or but for a typing error" in review.evidence["discrepancy"]
+        with db.session() as s:
+            relink(s)
+
+
 def test_a_different_given_name_without_an_agreeing_nhs_number_is_never_linked(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     _ingest(db, framework, tmp_path / "f.ndjson",

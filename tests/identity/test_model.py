@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sharedcare.identity.compare import MatchRecord, features
+from sharedcare.identity.compare import COMPARISONS, MatchRecord, features
 from sharedcare.identity.matching import _linker
 from sharedcare.identity.model import MODEL_VERSION, Model, ModelError, default_model
 
@@ -56,3 +56,19 @@ def test_a_model_trained_for_other_comparisons_is_refused() -> None:
     old["comparisons"] = old["comparisons"][:-1]
     with pytest.raises(ModelError, match="email"):
         Model(old)
+
+
+def test_real_time_screening_never_rules_out_a_pair_that_scoring_would_keep() -> None:
+    """Real-time matching skips a candidate when its birth date and address, with the best the other
+    comparisons could add, fall short of review: that must bound the pair's full weight from above."""
+    from tests.identity.test_compare import CASES
+
+    from sharedcare.identity.realtime import FIRST
+
+    model = default_model()
+    rest = [c for c in COMPARISONS if c not in FIRST]
+    pairs = [(a, b) for a in RECORDS for b in RECORDS] + [pair for _, _, pair in CASES]
+    for x, y in pairs:
+        for a, b in ((features(x), features(y)), (features(y), features(x))):
+            screened = model.prior_weight + model.ceiling(a, rest) + sum(model.weight(c, a, b) for c in FIRST)
+            assert screened >= model.score(a, b).match_weight - 1e-9, (x, y)

@@ -22,6 +22,8 @@ from typing import Any
 
 import jellyfish
 
+from sharedcare.identity.nhs_number import is_valid
+
 Features = dict[str, Any]
 
 # UK postcode shape (outward code, space, inward code); anything else is not used for matching.
@@ -131,8 +133,6 @@ class MatchRecord:
 
 def features(r: MatchRecord) -> Features:
     """The prepared values both the SQL and the Python levels compare."""
-    postcode = postcode_parts(r.postcode)
-    history = {p[0] for p in (postcode_parts(x) for x in (r.postcode, *r.postcodes)) if p}
     phones = {p for p in (phone_key(x) for x in r.phones) if p}
     return {
         "unique_id": r.record_id,
@@ -140,14 +140,24 @@ def features(r: MatchRecord) -> Features:
         "given": name_text(r.given), "family": name_text(r.family),
         "given_keys": given_keys([r.given, *r.other_given]) or None,
         "family_keys": family_keys([r.family, *r.other_family]) or None,
-        "dob": r.birth_date or None, "dob_transposed": transposed(r.birth_date),
+        **birth_and_address(r.birth_date, r.postcode, r.postcodes),
         "sex": r.sex if r.sex in ("male", "female") else None,
+        "phones": sorted(phones) or None,
+        "email": email_key(r.email),
+    }
+
+
+def birth_and_address(birth_date: str | None, current: str | None, postcodes: Iterable[str]) -> Features:
+    """The features of the birth date and address comparisons alone: cheap to prepare, so real-time
+    matching compares these first and prepares the rest only for a candidate they leave in the running."""
+    postcode = postcode_parts(current)
+    history = {p[0] for p in (postcode_parts(x) for x in (current, *postcodes)) if p}
+    return {
+        "dob": birth_date or None, "dob_transposed": transposed(birth_date),
         "postcode": postcode[0] if postcode else None,
         "sector": postcode[1] if postcode else None,
         "district": postcode[2] if postcode else None,
         "postcodes": sorted(history) or None,
-        "phones": sorted(phones) or None,
-        "email": email_key(r.email),
     }
 
 
@@ -213,8 +223,10 @@ NAME = Comparison("name", "given and family name: exact, swapped, nickname, chan
     _either_null("given", "family"),
     Level("exact", "given_l = given_r AND family_l = family_r",
           lambda a, b: a["given"] == b["given"] and a["family"] == b["family"]),
-    Level("first and last swapped", "given_l = family_r AND family_l = given_r",
-          lambda a, b: a["given"] == b["family"] and a["family"] == b["given"]),
+    Level("first and last swapped",  # exactly or but for a typing error (a clerk's swap, then a slip)
+          f"jaro_winkler_similarity(given_l, family_r) >= {FUZZY} "
+          f"AND jaro_winkler_similarity(family_l, given_r) >= {FUZZY}",
+          lambda a, b: _jw(a["given"], b["family"]) >= FUZZY and _jw(a["family"], b["given"]) >= FUZZY),
     Level("nickname or middle name, same surname",
           "list_has_any(given_keys_l, given_keys_r) AND family_l = family_r",
           lambda a, b: _overlap(a["given_keys"], b["given_keys"]) and a["family"] == b["family"]),
@@ -254,8 +266,15 @@ ADDRESS = Comparison("address", "postcode now and in the address history: full, 
 ))
 
 SEX = Comparison("sex", "administrative sex", (_either_null("sex"), _exact("sex"), ELSE))
-NHS_NUMBER = Comparison("nhs_number", "NHS number (valid ones only)", (_either_null("nhs_number"), _exact("nhs_number"),
-                                                                       ELSE))
+# Two valid NHS numbers are never one keying error apart (modulus 11), so the middle level is reached
+# only by an identifier without a check digit (see `numbers_keep_apart`); on UK feeds it is never used.
+NHS_NUMBER = Comparison("nhs_number", "NHS number (valid ones; one keying error only without a check digit)", (
+    _either_null("nhs_number"),
+    _exact("nhs_number"),
+    Level("one keying error", "damerau_levenshtein(nhs_number_l, nhs_number_r) <= 1",
+          lambda a, b: jellyfish.damerau_levenshtein_distance(a["nhs_number"], b["nhs_number"]) <= 1),
+    ELSE,
+))
 PHONE = Comparison("phone", "any phone number in common", (
     _either_null("phones"),
     Level("a number in common", "list_has_any(phones_l, phones_r)", lambda a, b: _overlap(a["phones"], b["phones"])),
@@ -266,20 +285,37 @@ EMAIL = Comparison("email", "email address", (_either_null("email"), _exact("ema
 COMPARISONS: tuple[Comparison, ...] = (NHS_NUMBER, NAME, DOB, ADDRESS, SEX, PHONE, EMAIL)
 
 
-# The one exception to the given-name safety rule: the NHS number, the surname and the date of birth all
-# agree exactly, so the number settles who this is (a first name mis-keyed, or one the patient goes by
-# that no nickname list knows). Ingest links on a matching NHS number and so does a relink; the link is
-# kept on the review list with this reason, for a person to confirm or separate.
+# The one exception to the given-name safety rule: the NHS number and the date of birth agree exactly and
+# the surname agrees (exactly or but for a typing error, the name comparison's FUZZY), so the number
+# settles who this is (a first name mis-keyed, or one the patient goes by that no nickname list knows).
+# Ingest links on a matching NHS number and so does a relink; the link is kept on the review list with
+# this reason, for a person to confirm or separate. Twins carry different numbers; a mother's number on
+# her baby's record comes with another birth date.
 NHS_NUMBER_OUTWEIGHS_GIVEN_NAME = ("given names differ: linked because the NHS number, surname and date of birth "
-                                   "agree")
+                                   "agree (the surname exactly or but for a typing error)")
 
 
 def nhs_number_outweighs_given_name(a: Features, b: Features) -> bool:
-    """Whether this pair's NHS number, surname and date of birth agree exactly while the given names do not."""
-    if not (a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and a["family"] and a["family"] == b["family"]
-            and a["dob"] and a["dob"] == b["dob"]):
+    """Whether this pair's NHS number and date of birth agree exactly, its surname agrees but for a typing
+    error at most, and its given names do not agree."""
+    if not (a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and a["dob"] and a["dob"] == b["dob"]
+            and _jw(a["family"], b["family"]) >= FUZZY):
         return False
     return NAME.levels[NAME.level(a, b)].label in NAME.never_link
+
+
+def numbers_keep_apart(a: str | None, b: str | None) -> bool:
+    """Whether two identifiers make a pair two people by rule: both are valid NHS numbers and they differ.
+
+    The rule rests on the check digit. Modulus 11 catches every single mistyped digit and every swap of
+    two neighbouring digits, so a keying error never yields another valid number: ingest sets the
+    mistyped number aside (noted) and the record is matched on its demographics. Two valid numbers that
+    differ were issued to two people, or one was typed into the wrong record, which the demographics
+    then contradict. An identifier without a check digit (a local or foreign number; FEBRL's soc_sec_id
+    in `benchmarks/identity.py`) may differ by a keying error, so a difference there is evidence the
+    model weighs (the level 'different' carries its own weight), never a rule. The NHS number field
+    only ever holds valid numbers from ingest, so on UK feeds the rule applies to every difference."""
+    return bool(a and b and a != b and is_valid(a) and is_valid(b))
 
 
 def levels(a: Features, b: Features) -> dict[str, int]:

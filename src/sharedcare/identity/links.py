@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.identity.compare import numbers_keep_apart
 from sharedcare.store.models import LinkEvent, LinkMove, MatchReview, PatientRecord, Person
 
 Decision = Literal["link", "separate", "defer"]
@@ -126,7 +127,7 @@ def decide(session: Session, review_id: int, decision: Decision, by: str) -> Mat
     a = session.get_one(PatientRecord, review.record_a)
     b = session.get_one(PatientRecord, review.record_b)
     if decision == "link" and a.person_id != b.person_id:
-        if a.nhs_number and b.nhs_number and a.nhs_number != b.nhs_number:
+        if numbers_keep_apart(a.nhs_number, b.nhs_number):
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
         merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person")
     elif decision == "separate" and a.person_id == b.person_id:

@@ -35,6 +35,7 @@ from sharedcare.identity.compare import (
     MatchRecord,
     features,
     nhs_number_outweighs_given_name,
+    numbers_keep_apart,
 )
 from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRESHOLD, Model
 
@@ -229,12 +230,13 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
 
 
 def _numbers_differ(numbers: dict[int, str | None], a: int, b: int) -> bool:
-    return bool(numbers[a] and numbers[b] and numbers[a] != numbers[b])
+    return numbers_keep_apart(numbers[a], numbers[b])
 
 
 def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
                 numbers: dict[int, str | None]) -> Clustering:
-    """Connected components of the links (union-find), then split any that would join two NHS numbers."""
+    """Connected components of the links (union-find), then split any that would join two valid NHS numbers
+    (`numbers_keep_apart`; identifiers without a check digit are weighed by the model, not split on)."""
     parent = {r.record_id: r.record_id for r in records}
 
     def find(x: int) -> int:
@@ -254,7 +256,7 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
     held: set[int] = set()
     for root, ids in members.items():
         distinct = {numbers[i] for i in ids if numbers[i]}
-        if len(distinct) <= 1:
+        if not any(numbers_keep_apart(x, y) for x in distinct for y in distinct):
             cluster_of.update({i: root for i in ids})
             continue
         by_number: dict[str, int] = {}

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from sharedcare.identity.compare import COMPARISONS, Features, levels
+from sharedcare.identity.compare import COMPARISONS, Comparison, Features, levels
 
 LINK_THRESHOLD = 0.999
 REVIEW_THRESHOLD = 0.9
-MODEL_VERSION = "2026.11-2"  # the comparisons (compare.py); a model trained on other comparisons is refused
+REVIEW_WEIGHT = math.log2(REVIEW_THRESHOLD / (1 - REVIEW_THRESHOLD))  # the match weight of that probability
+MODEL_VERSION = "2026.12-1"  # the comparisons (compare.py); a model trained on other comparisons is refused
 DEFAULT_MODEL = "default_model.json"  # trained on a synthetic ICS, used until the first relink
 
 
@@ -71,6 +73,20 @@ class Model:
     def score_levels(self, found: dict[str, int], prior_shift: float = 0.0) -> Score:
         weight = self.prior_weight + prior_shift + sum(self.weights[name][i] for name, i in found.items())
         return Score(_probability(weight), weight, found, self._never_link(found))
+
+    def weight(self, comparison: Comparison, a: Features, b: Features) -> float:
+        """The match weight this one comparison gives the pair."""
+        return self.weights[comparison.name][comparison.level(a, b)]
+
+    def ceiling(self, a: Features, comparisons: Iterable[Comparison]) -> float:
+        """The most these comparisons can add to the weight of any pair with `a`: nothing where `a` lacks
+        the value (the pair is at 'missing' whatever the other record holds), else their best level."""
+        total = 0.0
+        for comparison in comparisons:
+            null = comparison.levels[0]
+            if not (null.null and null.test(a, a)):
+                total += max(self.weights[comparison.name])
+        return total
 
     def _never_link(self, found: dict[str, int]) -> list[str]:
         return [c.name for c in COMPARISONS if self.labels[c.name][found[c.name]] in c.never_link]

@@ -18,10 +18,28 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, func, or_, select
 from sqlalchemy.orm import Session
 
-from sharedcare.identity.compare import MatchRecord, features, transposed
-from sharedcare.identity.model import LINK_THRESHOLD, REVIEW_THRESHOLD, Model, ModelError, Score, default_model
+from sharedcare.identity.compare import (
+    ADDRESS,
+    COMPARISONS,
+    DOB,
+    MatchRecord,
+    birth_and_address,
+    features,
+    numbers_keep_apart,
+    transposed,
+)
+from sharedcare.identity.model import (
+    LINK_THRESHOLD,
+    REVIEW_THRESHOLD,
+    REVIEW_WEIGHT,
+    Model,
+    ModelError,
+    Score,
+    default_model,
+)
 from sharedcare.store.models import MatchModel, PatientRecord
 
+FIRST = (DOB, ADDRESS)  # compared before the rest, whose features cost more to prepare
 CANDIDATE_LIMIT = 2000  # a block larger than this is a data problem (one postcode for a whole care home)
 SAME_NHS_NUMBER_LIMIT = 20  # stored records with one NHS number that linking looks at
 _models: dict[int, Model] = {}
@@ -220,13 +238,20 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
     model = model or current_model(session)
     shift = model.prior_shift(block.size if block else index_size(session))
     incoming = features(record)
+    # Most candidates share one blocking key by chance: a birth date or a common name. The birth date and
+    # address, compared first, rule out most of them: with the best the other comparisons could add, they
+    # still fall short of review, so their names are never prepared. The outcome is what scoring all gives.
+    best_rest = model.prior_weight + shift + model.ceiling(incoming, (c for c in COMPARISONS if c not in FIRST))
     scored: list[Candidate] = []
     rows: list[Row[Any]] | list[StoredRecord] = block.candidates(record) if block else candidates(session, record)
     for row in rows:
-        theirs = stored_match_record(row)
-        if record.nhs_number and theirs.nhs_number and record.nhs_number != theirs.nhs_number:
+        if numbers_keep_apart(record.nhs_number, row.nhs_number):
             continue  # different valid NHS numbers: never one person
-        score = model.score(incoming, features(theirs), shift)
+        first = birth_and_address(row.birth_date.isoformat() if row.birth_date else None, row.postcode,
+                                  row.postcodes or ())
+        if best_rest + sum(model.weight(c, incoming, first) for c in FIRST) < REVIEW_WEIGHT - 1e-9:
+            continue
+        score = model.score(incoming, features(stored_match_record(row)), shift)
         if score.probability >= REVIEW_THRESHOLD:
             scored.append(Candidate(row.id, row.person_id, score,
                                     model.evidence(score.levels, shift) | {"with_record": row.id}))
