@@ -111,8 +111,9 @@ class ContentCache:
             if self._entries.get(resource_id) is entry:  # not evicted or replaced meanwhile
                 entry.kept[key] = made
                 if size is not None:
-                    entry.size += size(made)
-                    self.size_bytes += size(made)
+                    counted = size(made)
+                    entry.size += counted
+                    self.size_bytes += counted
                     self._evict()
         return made
 
