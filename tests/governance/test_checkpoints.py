@@ -100,6 +100,9 @@ def test_a_witness_file_that_is_not_checkpoints_is_named_by_line() -> None:
     with pytest.raises(CheckpointError, match=r"witness.jsonl, line 2: not a checkpoint"):
         read_checkpoints(['{"log": "x", "seq": 1, "hash": "h", "at": "t", "key": "k", "signature": "s"}',
                           '{"seq": "many"}'], "witness.jsonl")
+    with pytest.raises(CheckpointError, match=r"line 1: not a checkpoint \(entry 1000000000000000000000 is out"):
+        read_checkpoints(['{"log": "x", "seq": 1e21, "hash": "h", "at": "t", "key": "k", "signature": "s"}'],
+                         "witness.jsonl")
 
 
 def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(

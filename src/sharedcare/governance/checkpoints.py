@@ -91,6 +91,8 @@ def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
                                     signature=str(fields["signature"])))
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{where}, line {number}: not a checkpoint ({exc})") from exc
+        if not 0 <= found[-1].seq < 2**63:  # a database integer: anything else cannot be a position in the log
+            raise CheckpointError(f"{where}, line {number}: not a checkpoint (entry {found[-1].seq} is out of range)")
     return found
 
 
