@@ -590,7 +590,8 @@ def audit_review(
     for column in ("id", "kind", "user", "patient", "reason", "created", "due", "status"):
         table.add_column(column)
     for i in items:
-        table.add_row(str(i.id), i.kind, i.username, i.patient_id, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
+        people = " ".join((i.patient_id, *i.also_now))  # also_now: others holding the opened record now
+        table.add_row(str(i.id), i.kind, i.username, people, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
                       f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else ""), i.status)
     Console().print(table)
 

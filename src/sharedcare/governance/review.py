@@ -26,7 +26,9 @@ not the registered practice's for the shared demographics, unless it is the only
 practice has since sent its record inactive).
 
 Both kinds are about a source record, not a person: they name the record and follow it through MPI
-merges, unmerges and separations (`on_review` reads each record's person now).
+merges, unmerges and separations (`on_review` reads each record's person now). An access item is about
+the person as they were when the access was made: the queue shows whoever holds those records now
+(`access_log.holders_now`), so an IG officer still sees whose record was opened after a merge.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.access_log import holders_now
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
@@ -55,13 +58,14 @@ class QueueItem:
     id: int
     kind: str
     username: str
-    patient_id: str
+    patient_id: str  # the person the item is about now (see the module docstring)
     reason: str
     created_at: datetime
     due_at: datetime
     overdue: bool
     status: str
     outcome: str | None
+    also_now: tuple[str, ...] = ()  # others now holding records of the person an access was to (a separation)
 
 
 def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, basis: str, reason: str,
@@ -185,23 +189,26 @@ def flag_registration_conflict(session: Session, fw: Framework, record: PatientR
     return item
 
 
-def _current_person(session: Session, item: ReviewItem) -> str:
-    """The person an item is about now: its record's, for an item about a source record."""
+def _persons_now(session: Session, item: ReviewItem) -> list[str]:
+    """Who an item is about now: its record's person, for an item about a source record; for an access,
+    whoever holds now the records the person held then (the one holding most of them first)."""
     if item.patient_record_id is None:
-        return item.person_id
-    return session.get_one(PatientRecord, item.patient_record_id).person_id
+        return holders_now(session, item.person_id, item.created_at)
+    return [session.get_one(PatientRecord, item.patient_record_id).person_id]
 
 
 def queue(session: Session, fw: Framework, now: datetime, include_closed: bool = False) -> list[QueueItem]:
-    stmt = (select(ReviewItem, func.coalesce(PatientRecord.person_id, ReviewItem.person_id))
-            .outerjoin(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
-            .order_by(ReviewItem.created_at, ReviewItem.id))
+    stmt = select(ReviewItem).order_by(ReviewItem.created_at, ReviewItem.id)
     if not include_closed:
         stmt = stmt.where(ReviewItem.status != "closed")
     due = timedelta(hours=fw.review.due_hours)
-    return [QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
-                      i.status != "closed" and now > i.created_at + due, i.status, i.outcome)
-            for i, person_id in session.execute(stmt)]
+    items = []
+    for i in session.scalars(stmt):
+        person_id, *also_now = _persons_now(session, i)
+        items.append(QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
+                               i.status != "closed" and now > i.created_at + due, i.status, i.outcome,
+                               tuple(also_now)))
+    return items
 
 
 def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "") -> ReviewItem:
@@ -215,7 +222,7 @@ def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, no
     item.status = "closed" if outcome == "appropriate" else "investigating"
     item.outcome = f"{outcome}: {note}".strip().rstrip(":")
     record_audit(session, AuditRecord(AuditAction.REVIEW_OUTCOME, "permit", username=by, purpose="governance",
-                                      patient_id=_current_person(session, item), reason=note,
+                                      patient_id=_persons_now(session, item)[0], reason=note,
                                       detail={"review_item": str(item_id), "outcome": outcome,
                                               "reviewed_user": item.username,
                                               **({"audit_seq": str(item.audit_seq)} if item.audit_seq else {})}))
