@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
 from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
 from tests.conftest import FRAMEWORK_PATH
@@ -25,7 +26,9 @@ from sharedcare.governance.checkpoints import (
     CheckpointError,
     check_against_chain,
     consistency_proof,
+    inclusion_proof,
     make_checkpoint,
+    proves_inclusion,
     public_key_text,
     read_checkpoints,
     signing_key,
@@ -229,3 +232,37 @@ def test_the_witness_command_follows_the_service_over_http_and_stops_at_a_rewrit
     assert refused.exit_code == 1 and "checkpoint at entry 6" in refused.stderr
     assert "does not extend the 5" in refused.stderr
     assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [3, 5]
+
+
+def test_an_entry_is_proved_in_the_log_a_witness_signed_and_an_edited_one_is_not(db: Database) -> None:
+    """An IG officer investigating a complaint shows that the break glass on record is the entry the
+    witnessed log held: an inclusion proof against the witness's checkpoint. An entry edited since (its
+    hash recomputed) is not proved."""
+    _write(db, 6)
+    with db.session() as s:
+        witnessed = make_checkpoint(s, KEY)
+        _write(db, 2)
+    with db.session() as s:
+        assert all(proves_inclusion(inclusion_proof(s, seq, 6), witnessed) for seq in range(1, 7))
+        found = inclusion_proof(s, 4, 6)
+        assert not proves_inclusion(found | {"seq": 5}, witnessed)  # the proof is for entry 4 only
+        assert not proves_inclusion(inclusion_proof(s, 4, 8), witnessed)  # and for the log of 6 entries
+        with pytest.raises(CheckpointError, match="no inclusion proof of entry 9 in 9 entries: the log has 8"):
+            inclusion_proof(s, 9, 9)
+    _rewrite_from(db, 4, "someone-else")
+    with db.session() as s:
+        assert not proves_inclusion(inclusion_proof(s, 4, 6), witnessed)
+
+
+def test_the_transparency_endpoints_answer_without_a_token_and_refuse_what_the_log_does_not_hold(
+        client: TestClient, db: Database) -> None:
+    _write(db, 5)
+    checkpoint = client.get("/audit/checkpoint")
+    assert checkpoint.status_code == 200 and checkpoint.json()["seq"] == 5
+    (kept,) = read_checkpoints([json.dumps(checkpoint.json())], "GET /audit/checkpoint")
+    found = client.get("/audit/inclusion", params={"seq": 2, "size": 5})
+    assert found.status_code == 200 and proves_inclusion(found.json(), kept)
+    beyond = client.get("/audit/consistency", params={"first": 3, "second": 9})
+    assert beyond.status_code == 400 and beyond.json()["resourceType"] == "OperationOutcome"
+    assert "the log has 5" in beyond.json()["issue"][0]["diagnostics"]
+    assert client.get("/audit/inclusion", params={"seq": 0, "size": 5}).status_code == 400

@@ -12,7 +12,9 @@ A checkpoint also signs the log as an RFC 6962 Merkle tree (TRUST TE1): leaf n i
 and `root` is the tree head over the first `seq` leaves. Two checkpoints can then be shown consistent
 (the later log extends the earlier, nothing rewritten) by a proof of a few dozen hashes, which a witness
 checks with no access to the log (`sharedcare audit witness`); the service serves its current checkpoint
-and those proofs at `/audit/checkpoint` and `/audit/consistency` (api/transparency.py).
+and those proofs at `/audit/checkpoint` and `/audit/consistency` (api/transparency.py). An inclusion
+proof (`/audit/inclusion`) shows one entry is in the log a witness holds a checkpoint of: evidence, in a
+complaint or an investigation, that the access on record is the one the log held then.
 
 The signing key is derived from the deployment's secret, so nothing new must be kept; witnesses need
 only the public key (`sharedcare audit checkpoint --public-key`). A checkpoint holds no patient data.
@@ -31,7 +33,14 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pymerkle import BaseMerkleTree, ConsistencyProof, InvalidProof, verify_consistency
+from pymerkle import (
+    BaseMerkleTree,
+    ConsistencyProof,
+    InclusionProof,
+    InvalidProof,
+    verify_consistency,
+    verify_inclusion,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -147,6 +156,32 @@ def consistency_proof(session: Session, first: int, second: int, tree: AuditTree
     tree.catch_up(session, second)
     proof: dict[str, Any] = tree.prove_consistency(first, second).serialize()
     return proof
+
+
+def inclusion_proof(session: Session, seq: int, size: int, tree: AuditTree | None = None) -> dict[str, Any]:
+    """Proof that entry `seq` (its chain hash, `hash`) is in the log of `size` entries (pymerkle's
+    serialised proof, `proof`): checked against a checkpoint of that size by `proves_inclusion`."""
+    head = session.get(AuditHead, 1)
+    if not 0 < seq <= size <= (head.seq if head else 0):
+        raise CheckpointError(f"no inclusion proof of entry {seq} in {size} entries: the log has "
+                              f"{head.seq if head else 0}", where="audit log")
+    tree = tree if tree is not None else AuditTree()
+    tree.catch_up(session, size)
+    entry_hash = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == seq))
+    return {"seq": seq, "size": size, "hash": entry_hash, "proof": tree.prove_inclusion(seq, size).serialize()}
+
+
+def proves_inclusion(found: dict[str, Any], checkpoint: Checkpoint) -> bool:
+    """Whether `found` (an `inclusion_proof`) shows its entry in the log `checkpoint` signed."""
+    try:
+        if int(found["size"]) != checkpoint.seq:
+            return False
+        leaf = AuditTree().hash_buff(bytes.fromhex(str(found["hash"])))
+        verify_inclusion(leaf, bytes.fromhex(checkpoint.root), InclusionProof.deserialize(found["proof"]),
+                         index=int(found["seq"]), size=checkpoint.seq)
+        return True
+    except (InvalidProof, ValueError, KeyError, TypeError):
+        return False
 
 
 def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
