@@ -568,6 +568,53 @@ def audit_checkpoint(
         print(make_checkpoint(session, key).to_json())
 
 
+@audit_app.command("witness")
+def audit_witness(
+    url: Annotated[str, typer.Argument(help="The service's base URL (it serves /audit/checkpoint).")],
+    store: Annotated[Path, typer.Option(help="The witness's own file of checkpoints (JSON lines), appended to.")],
+    public_key: Annotated[str, typer.Option(
+        help="The deployment's checkpoint key (`audit checkpoint --public-key`), obtained from it out of band.")],
+) -> None:
+    """Run by a witness outside the service (say every 5 minutes): fetch its signed checkpoint, check with a
+    consistency proof that the log extends the last checkpoint kept in --store, and keep it; exit 1 naming
+    what is wrong (a forged checkpoint, a log cut back or rewritten, a split view) and keep nothing."""
+    import json
+    import urllib.parse
+    import urllib.request
+    from dataclasses import asdict
+
+    from sharedcare.governance.checkpoints import read_checkpoints, witness_problems
+
+    def fetch(path: str) -> dict[str, object]:
+        address = url.rstrip("/") + path
+        try:
+            with urllib.request.urlopen(address, timeout=30) as response:  # noqa: S310 (an operator's URL)
+                found: dict[str, object] = json.load(response)
+                return found
+        except (OSError, ValueError) as exc:
+            raise _fail(f"{address}: {exc}") from exc
+
+    try:
+        lines = store.read_text(encoding="utf-8").splitlines() if store.exists() else []
+        kept_all = read_checkpoints(lines, str(store))
+        (new,) = read_checkpoints([json.dumps(fetch("/audit/checkpoint"))], f"{url} /audit/checkpoint")
+    except (OSError, UnicodeDecodeError, SharedcareError) as exc:
+        raise _fail(str(exc)) from exc
+    kept = kept_all[-1] if kept_all else None
+    proof = None
+    if kept is not None and 0 < kept.seq < new.seq:
+        proof = fetch("/audit/consistency?" + urllib.parse.urlencode({"first": kept.seq, "second": new.seq}))
+    problems = witness_problems(kept, new, proof, public_key)
+    for problem in problems:
+        console.print(f"[red]checkpoint at entry {new.seq}[/red] ({new.at}): {problem}")
+    if problems:
+        raise typer.Exit(1)
+    with store.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(asdict(new), sort_keys=True) + "\n")
+    console.print(f"kept the checkpoint at entry {new.seq}"
+                  + (f": the log extends the last kept, at entry {kept.seq}" if kept else ": the first kept"))
+
+
 @audit_app.command("review")
 def audit_review(
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -590,7 +637,8 @@ def audit_review(
     for column in ("id", "kind", "user", "patient", "reason", "created", "due", "status"):
         table.add_column(column)
     for i in items:
-        table.add_row(str(i.id), i.kind, i.username, i.patient_id, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
+        people = " ".join((i.patient_id, *i.also_now))  # also_now: others holding the opened record now
+        table.add_row(str(i.id), i.kind, i.username, people, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
                       f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else ""), i.status)
     Console().print(table)
 

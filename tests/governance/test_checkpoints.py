@@ -5,23 +5,34 @@ witnesses (TRUST TE1-TE3)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
 from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
+from tests.conftest import FRAMEWORK_PATH
+from tests.e2e.conftest import LiveServer
 from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
+from sharedcare.api.app import create_app
 from sharedcare.cli import app
+from sharedcare.config import load_settings
 from sharedcare.governance.audit import _HASHED, GENESIS, _digest, verify
 from sharedcare.governance.checkpoints import (
+    AuditTree,
     CheckpointError,
     check_against_chain,
+    consistency_proof,
+    inclusion_proof,
     make_checkpoint,
+    proves_inclusion,
     public_key_text,
     read_checkpoints,
     signing_key,
+    witness_problems,
 )
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
@@ -98,11 +109,11 @@ def test_a_forged_or_foreign_checkpoint_is_not_trusted(db: Database) -> None:
 
 def test_a_witness_file_that_is_not_checkpoints_is_named_by_line() -> None:
     with pytest.raises(CheckpointError, match=r"witness.jsonl, line 2: not a checkpoint"):
-        read_checkpoints(['{"log": "x", "seq": 1, "hash": "h", "at": "t", "key": "k", "signature": "s"}',
+        read_checkpoints(['{"log": "x", "seq": 1, "hash": "h", "root": "r", "at": "t", "key": "k", "signature": "s"}',
                           '{"seq": "many"}'], "witness.jsonl")
     with pytest.raises(CheckpointError, match=r"line 1: not a checkpoint \(entry 1000000000000000000000 is out"):
-        read_checkpoints(['{"log": "x", "seq": 1e21, "hash": "h", "at": "t", "key": "k", "signature": "s"}'],
-                         "witness.jsonl")
+        read_checkpoints(['{"log": "x", "seq": 1e21, "hash": "h", "root": "r", "at": "t", "key": "k", '
+                          '"signature": "s"}'], "witness.jsonl")
 
 
 def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(
@@ -130,3 +141,128 @@ def test_outside_demo_mode_the_demo_secret_signs_nothing(env: Database,  # noqa:
     monkeypatch.delenv("SHAREDCARE_DEMO", raising=False)
     refused = runner.invoke(app, ["audit", "checkpoint"])
     assert refused.exit_code == 2 and "SHAREDCARE_SECRET" in refused.stderr
+
+
+# -- the log as an RFC 6962 Merkle tree, and a witness that holds only checkpoints (TRUST TE1-TE3) -----------
+# RFC 6962's reference test vectors (certificate-transparency, merkle_tree_test): leaves and tree heads.
+RFC6962_LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",
+                  bytes(range(0x50, 0x58)), bytes(range(0x60, 0x70))]
+RFC6962_ROOTS = ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+                 "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+                 "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+                 "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                 "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+                 "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+                 "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+                 "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"]
+
+
+def test_the_audit_tree_is_the_rfc_6962_merkle_tree() -> None:
+    tree = AuditTree()
+    for leaf in RFC6962_LEAVES:
+        tree.append_entry(leaf)
+    assert [tree.get_root(n).hex() for n in range(1, 9)] == RFC6962_ROOTS
+
+
+def test_a_witness_accepts_a_log_that_grew_and_refuses_one_rewritten_beneath_it(db: Database) -> None:
+    _write(db, 3)
+    with db.session() as s:
+        kept = make_checkpoint(s, KEY)
+    _write(db, 2)
+    with db.session() as s:
+        grown = make_checkpoint(s, KEY)
+        assert witness_problems(kept, grown, consistency_proof(s, 3, 5), PUBLIC) == []
+        assert check_against_chain(s, [kept, grown], PUBLIC) == []
+
+    _rewrite_from(db, 2, "someone-else")  # the owner's rights: the chain and the service's own key still work
+    _write(db, 1)
+    with db.session() as s:
+        assert verify(s).ok
+        rewritten = make_checkpoint(s, KEY)
+        (problem,) = witness_problems(kept, rewritten, consistency_proof(s, 3, 6), PUBLIC)
+    assert "does not extend the 3 of the checkpoint kept" in problem and "rewritten" in problem
+
+
+def test_a_witness_refuses_a_log_cut_back_a_split_view_and_a_forged_checkpoint(db: Database) -> None:
+    _write(db, 4)
+    with db.session() as s:
+        kept = make_checkpoint(s, KEY)
+        other_view = json.loads(kept.to_json()) | {"hash": "0" * 64}
+        foreign = make_checkpoint(s, signing_key("another deployment's secret, also long enough"))
+        smaller = make_checkpoint(s, KEY)
+    (smaller_cp,) = read_checkpoints([json.dumps(json.loads(smaller.to_json()) | {"seq": 2})], "test")
+    (other_cp,) = read_checkpoints([json.dumps(other_view)], "test")
+    assert "not signed" in witness_problems(kept, foreign, None, PUBLIC)[0]
+    assert "not signed" in witness_problems(kept, other_cp, None, PUBLIC)[0]  # edited after signing
+    assert "not signed" in witness_problems(kept, smaller_cp, None, PUBLIC)[0]
+    shrunk = make_checkpoint_at(db, 2)
+    assert "entries were removed" in witness_problems(kept, shrunk, None, PUBLIC)[0]
+
+
+def make_checkpoint_at(db: Database, seq: int) -> object:
+    """A checkpoint the service signs after its log was cut back to `seq` entries."""
+    as_an_attacker_with_ddl_rights(db)
+    with db.session() as s:
+        s.execute(delete(AuditEntry).where(AuditEntry.seq > seq))
+        s.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=s.get_one(AuditEntry, seq).hash))
+    with db.session() as s:
+        return make_checkpoint(s, KEY)
+
+
+def test_the_witness_command_follows_the_service_over_http_and_stops_at_a_rewrite(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """`sharedcare audit witness` against a real server on loopback: it keeps each new checkpoint the
+    service proves consistent, and keeps nothing, exiting 1, once the log under it was rewritten."""
+    secret = "a deployment secret of at least thirty-two bytes"
+    monkeypatch.setenv("SHAREDCARE_SECRET", secret)
+    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
+    store = tmp_path / "witness.jsonl"
+    _write(env, 3)
+    with LiveServer(create_app(settings, database=env)) as server:
+        def witness() -> Result:
+            return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store), "--public-key", PUBLIC])
+        first = witness()
+        assert first.exit_code == 0 and "kept the checkpoint at entry 3: the first kept" in first.stderr
+        _write(env, 2)
+        second = witness()
+        assert second.exit_code == 0 and "at entry 5: the log extends the last kept, at entry 3" in second.stderr
+        _rewrite_from(env, 4, "someone-else")
+        _write(env, 1)
+        refused = witness()
+    assert refused.exit_code == 1 and "checkpoint at entry 6" in refused.stderr
+    assert "does not extend the 5" in refused.stderr
+    assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [3, 5]
+
+
+def test_an_entry_is_proved_in_the_log_a_witness_signed_and_an_edited_one_is_not(db: Database) -> None:
+    """An IG officer investigating a complaint shows that the break glass on record is the entry the
+    witnessed log held: an inclusion proof against the witness's checkpoint. An entry edited since (its
+    hash recomputed) is not proved."""
+    _write(db, 6)
+    with db.session() as s:
+        witnessed = make_checkpoint(s, KEY)
+        _write(db, 2)
+    with db.session() as s:
+        assert all(proves_inclusion(inclusion_proof(s, seq, 6), witnessed) for seq in range(1, 7))
+        found = inclusion_proof(s, 4, 6)
+        assert not proves_inclusion(found | {"seq": 5}, witnessed)  # the proof is for entry 4 only
+        assert not proves_inclusion(inclusion_proof(s, 4, 8), witnessed)  # and for the log of 6 entries
+        with pytest.raises(CheckpointError, match="no inclusion proof of entry 9 in 9 entries: the log has 8"):
+            inclusion_proof(s, 9, 9)
+    _rewrite_from(db, 4, "someone-else")
+    with db.session() as s:
+        assert not proves_inclusion(inclusion_proof(s, 4, 6), witnessed)
+
+
+def test_the_transparency_endpoints_answer_without_a_token_and_refuse_what_the_log_does_not_hold(
+        client: TestClient, db: Database) -> None:
+    _write(db, 5)
+    checkpoint = client.get("/audit/checkpoint")
+    assert checkpoint.status_code == 200 and checkpoint.json()["seq"] == 5
+    (kept,) = read_checkpoints([json.dumps(checkpoint.json())], "GET /audit/checkpoint")
+    found = client.get("/audit/inclusion", params={"seq": 2, "size": 5})
+    assert found.status_code == 200 and proves_inclusion(found.json(), kept)
+    beyond = client.get("/audit/consistency", params={"first": 3, "second": 9})
+    assert beyond.status_code == 400 and beyond.json()["resourceType"] == "OperationOutcome"
+    assert "the log has 5" in beyond.json()["issue"][0]["diagnostics"]
+    assert client.get("/audit/inclusion", params={"seq": 0, "size": 5}).status_code == 400

@@ -242,3 +242,48 @@ def test_a_competing_claim_is_found_when_both_practices_records_come_in_one_file
     assert report.quarantined == 0, report.quarantine
     kinds = [(i.kind, i.patient_id) for i in _open_items(db, framework)]
     assert ("registration-conflict", ics.stranger) in kinds
+
+
+def test_a_merge_that_joins_two_practices_claims_queues_the_moved_claim(
+        registered: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Riverside's record of Mrs Hughes, held apart as another person, claims her registration (its own
+    person had no other claim, so nothing was queued). An MPI reviewer then merges the two persons. The
+    merge used to queue nothing: Riverside's newer claim tied with Castle Street's and won, and a clinician
+    got Riverside's address and next of kin, with no IG officer told. Now the moved claim is a competing
+    one like any other, until IG finds it appropriate."""
+    ics = registered
+    with db.session() as s:
+        riverside = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "rv-hughes")).one()
+        apart = separate(s, riverside.id, by="mpi.reviewer", reason="thought to be two people").moves[0].to_person
+    _feed(db, framework, tmp_path, "P81001", "emis",
+          _hughes("rv-hughes", active=True, generalPractitioner=[RIVERSIDE], postcode="ZZ9 9ZZ", contact=MALLORY),
+          "2026-11-25T09:00:00Z")
+    with db.session() as s:
+        assert s.get_one(PatientRecord, riverside.id).person_id == apart
+    assert _open_items(db, framework) == []
+
+    with db.session() as s:
+        merge_persons(s, keep=ics.stranger, absorb=apart, by="mpi.reviewer", reason="the same person after all")
+    (item,) = _open_items(db, framework)
+    assert (item.kind, item.username, item.patient_id) == ("registration-conflict", "mpi.reviewer", ics.stranger)
+    assert "P81001 says this patient is registered with it, but P81002 already says so" in item.reason
+    shown = _shown(ics, ics.stranger)
+    assert _postcode(shown) == "RV2 4NW" and "Mallory" not in json.dumps(shown)
+
+    with db.session() as s:
+        record_outcome(s, item.id, "appropriate", by="ig.morgan", note="she moved to Riverside")
+    assert _postcode(_shown(ics, ics.stranger)) == "ZZ9 9ZZ"
+
+
+def test_a_source_merging_two_of_its_own_records_queues_nothing(
+        registered: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Castle Street merging its own duplicate (both claims its own) is not a competing claim."""
+    ics = registered
+    _feed(db, framework, tmp_path, "P81002", "systmone",
+          _hughes("gp-dup", active=True, generalPractitioner=[CASTLE], postcode="RV2 4NW"), "2026-11-26T09:00:00Z")
+    with db.session() as s:
+        dup = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "gp-dup")).one()
+        assert dup.person_id == ics.stranger  # linked on her NHS number; held apart, then merged back
+        apart = separate(s, dup.id, by="mpi.reviewer", reason="test: apart first").moves[0].to_person
+        merge_persons(s, keep=ics.stranger, absorb=apart, by="mpi.reviewer", reason="duplicate registration")
+    assert [i.kind for i in _open_items(db, framework)] == []

@@ -19,7 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
-from sharedcare.api import access, bulk, fhir, fhir_write, history, oauth, smart
+from sharedcare.api import access, bulk, fhir, fhir_write, history, oauth, smart, transparency
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -40,7 +40,7 @@ def _request_id(request: Request) -> str:
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith(("/fhir", "/api"))
+    return request.url.path.startswith(("/fhir", "/api", "/audit/"))
 
 
 # Bodies whose fields go into text columns; FHIR bodies go through ingest, which quarantines what it cannot store.
@@ -203,6 +203,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     app.include_router(fhir.router)
     app.include_router(fhir_write.router)
     app.include_router(access.router)
+    app.include_router(transparency.router)
     app.include_router(oauth.router)
     app.include_router(clinician.router)
     app.include_router(ig.router)

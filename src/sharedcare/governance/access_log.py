@@ -75,6 +75,28 @@ def holdings(session: Session, person_id: str) -> list[Holding]:
     return sorted(found, key=lambda h: (h.person_id, h.start or datetime.min.replace(tzinfo=UTC)))
 
 
+def holders_now(session: Session, person_id: str, at: datetime) -> list[str]:
+    """Who holds now the source records that `person_id` held at `at`: an access recorded then was to the
+    person as they were, and a merge, relink or separation since may have moved those records on (to the
+    person a merge kept, or to two people after a separation). The person who holds most of them first;
+    `[person_id]` if they held none then (nothing to follow)."""
+    moved = select(LinkMove.patient_record_id).where(
+        or_(LinkMove.from_person == person_id, LinkMove.to_person == person_id))
+    candidates = dict(session.execute(select(PatientRecord.id, PatientRecord.person_id).where(
+        or_(PatientRecord.person_id == person_id, PatientRecord.id.in_(moved)))).all())
+    then = dict(candidates)  # each record's person at `at`: its first move after `at` says whom it left
+    later = session.execute(
+        select(LinkMove.patient_record_id, LinkMove.from_person)
+        .join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
+        .where(LinkMove.patient_record_id.in_(candidates), LinkEvent.at > at)
+        .order_by(LinkEvent.at.desc(), LinkMove.id.desc()))
+    for record, before in later:  # newest first, so the earliest move after `at` is written last
+        then[record] = before
+    held = [candidates[record] for record, person in then.items() if person == person_id]
+    counts = {holder: held.count(holder) for holder in held}
+    return sorted(counts, key=lambda holder: (-counts[holder], holder != person_id, holder)) or [person_id]
+
+
 def _about(held: list[Holding], *, own_reads: bool) -> ColumnElement[bool]:
     """Entries about any of these holdings; without the reads of the citizen whose record it was then."""
     clauses = []

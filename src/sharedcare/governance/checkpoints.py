@@ -8,6 +8,14 @@ write: an IG team's store, another organisation, a transparency service. `shared
 truncation or a log shown differently to two witnesses (two checkpoints at one position with different
 hashes: a split view) is found and named.
 
+A checkpoint also signs the log as an RFC 6962 Merkle tree (TRUST TE1): leaf n is entry n's chain hash,
+and `root` is the tree head over the first `seq` leaves. Two checkpoints can then be shown consistent
+(the later log extends the earlier, nothing rewritten) by a proof of a few dozen hashes, which a witness
+checks with no access to the log (`sharedcare audit witness`); the service serves its current checkpoint
+and those proofs at `/audit/checkpoint` and `/audit/consistency` (api/transparency.py). An inclusion
+proof (`/audit/inclusion`) shows one entry is in the log a witness holds a checkpoint of: evidence, in a
+complaint or an investigation, that the access on record is the one the log held then.
+
 The signing key is derived from the deployment's secret, so nothing new must be kept; witnesses need
 only the public key (`sharedcare audit checkpoint --public-key`). A checkpoint holds no patient data.
 """
@@ -20,10 +28,19 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pymerkle import (
+    BaseMerkleTree,
+    ConsistencyProof,
+    InclusionProof,
+    InvalidProof,
+    verify_consistency,
+    verify_inclusion,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -57,24 +74,114 @@ class Checkpoint:
     log: str
     seq: int
     hash: str
+    root: str  # the RFC 6962 tree head over entries 1..seq (hex)
     at: str
     key: str  # the signer's public key (base64), so a witness holding several logs can tell them apart
     signature: str
 
     def signed_bytes(self) -> bytes:
-        return f"{self.log}\n{self.seq}\n{self.hash}\n{self.at}\n".encode()
+        return f"{self.log}\n{self.seq}\n{self.root}\n{self.hash}\n{self.at}\n".encode()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def make_checkpoint(session: Session, key: Ed25519PrivateKey, now: datetime | None = None) -> Checkpoint:
-    """Sign the chain's current head."""
+class AuditTree(BaseMerkleTree):
+    """The audit log as an RFC 6962 Merkle tree: leaf n is entry n's chain hash (32 bytes), which fixes the
+    entry and all before it. pymerkle does the tree's arithmetic and proofs (it matches RFC 6962's test
+    vectors, tests/governance/test_checkpoints.py); this backend keeps only the leaf hashes, read from the
+    store, which is all the arithmetic needs (its in-memory backend keeps a node object per leaf)."""
+
+    def __init__(self) -> None:
+        super().__init__("sha256", capacity=64 * 1024 ** 2)
+        self.leaves: list[bytes] = []
+        self.last_hash: str | None = None  # the chain hash of the last leaf's entry, as read
+
+    def catch_up(self, session: Session, upto: int) -> None:
+        """Add the entries after the last leaf, up to entry `upto`. A tree kept between calls is rebuilt if
+        the store no longer holds its last leaf's entry as read (the log was rewritten or cut back beneath
+        it): it must show what the store holds, so that witnesses see the rewrite."""
+        with self.lock:
+            if self.leaves and session.scalar(
+                    select(AuditEntry.hash).where(AuditEntry.seq == len(self.leaves))) != self.last_hash:
+                self.leaves, self.last_hash = [], None
+                self.cache_clear()
+            rows = session.execute(select(AuditEntry.seq, AuditEntry.hash).where(
+                AuditEntry.seq > len(self.leaves), AuditEntry.seq <= upto).order_by(AuditEntry.seq))
+            for seq, digest in rows:
+                if seq != len(self.leaves) + 1:
+                    raise CheckpointError(f"audit entry {len(self.leaves) + 1} is missing (the next is {seq})",
+                                          where="audit log")
+                self.append_entry(bytes.fromhex(digest))
+                self.last_hash = digest
+
+    def _encode_entry(self, data: bytes) -> bytes:
+        return data
+
+    def _store_leaf(self, data: bytes, digest: bytes) -> int:
+        self.leaves.append(digest)
+        return len(self.leaves)
+
+    def _get_leaf(self, index: int) -> bytes:
+        return self.leaves[index - 1]
+
+    def _get_leaves(self, offset: int, width: int) -> list[bytes]:
+        return self.leaves[offset:offset + width]
+
+    def _get_size(self) -> int:
+        return len(self.leaves)
+
+
+def make_checkpoint(session: Session, key: Ed25519PrivateKey, now: datetime | None = None,
+                    tree: AuditTree | None = None) -> Checkpoint:
+    """Sign the chain's current head and the Merkle tree head over the same entries. `tree` is one kept
+    between calls (the service's), caught up here; without one the tree is built afresh."""
     head = session.get(AuditHead, 1)
     seq, digest = (head.seq, head.hash) if head else (0, "0" * 64)
-    unsigned = Checkpoint(LOG_NAME, seq, digest, (now or utcnow()).isoformat(), public_key_text(key), "")
+    tree = tree if tree is not None else AuditTree()
+    tree.catch_up(session, seq)
+    unsigned = Checkpoint(LOG_NAME, seq, digest, tree.get_root(seq).hex(), (now or utcnow()).isoformat(),
+                          public_key_text(key), "")
     signature = base64.b64encode(key.sign(unsigned.signed_bytes())).decode()
     return Checkpoint(**{**asdict(unsigned), "signature": signature})
+
+
+def consistency_proof(session: Session, first: int, second: int, tree: AuditTree | None = None) -> dict[str, Any]:
+    """Proof that the log of `second` entries extends the log of `first` (pymerkle's serialised proof)."""
+    head = session.get(AuditHead, 1)
+    if not 0 < first <= second <= (head.seq if head else 0):
+        raise CheckpointError(f"no consistency proof from {first} to {second} entries: the log has "
+                              f"{head.seq if head else 0}", where="audit log")
+    tree = tree if tree is not None else AuditTree()
+    tree.catch_up(session, second)
+    proof: dict[str, Any] = tree.prove_consistency(first, second).serialize()
+    return proof
+
+
+def inclusion_proof(session: Session, seq: int, size: int, tree: AuditTree | None = None) -> dict[str, Any]:
+    """Proof that entry `seq` (its chain hash, `hash`) is in the log of `size` entries (pymerkle's
+    serialised proof, `proof`): checked against a checkpoint of that size by `proves_inclusion`."""
+    head = session.get(AuditHead, 1)
+    if not 0 < seq <= size <= (head.seq if head else 0):
+        raise CheckpointError(f"no inclusion proof of entry {seq} in {size} entries: the log has "
+                              f"{head.seq if head else 0}", where="audit log")
+    tree = tree if tree is not None else AuditTree()
+    tree.catch_up(session, size)
+    entry_hash = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == seq))
+    return {"seq": seq, "size": size, "hash": entry_hash, "proof": tree.prove_inclusion(seq, size).serialize()}
+
+
+def proves_inclusion(found: dict[str, Any], checkpoint: Checkpoint) -> bool:
+    """Whether `found` (an `inclusion_proof`) shows its entry in the log `checkpoint` signed."""
+    try:
+        if int(found["size"]) != checkpoint.seq:
+            return False
+        leaf = AuditTree().hash_buff(bytes.fromhex(str(found["hash"])))
+        verify_inclusion(leaf, bytes.fromhex(checkpoint.root), InclusionProof.deserialize(found["proof"]),
+                         index=int(found["seq"]), size=checkpoint.seq)
+        return True
+    except (InvalidProof, ValueError, KeyError, TypeError):
+        return False
 
 
 def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
@@ -87,7 +194,7 @@ def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
         try:
             fields = json.loads(line)
             found.append(Checkpoint(log=str(fields["log"]), seq=int(fields["seq"]), hash=str(fields["hash"]),
-                                    at=str(fields["at"]), key=str(fields["key"]),
+                                    root=str(fields["root"]), at=str(fields["at"]), key=str(fields["key"]),
                                     signature=str(fields["signature"])))
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{where}, line {number}: not a checkpoint ({exc})") from exc
@@ -105,16 +212,12 @@ class CheckpointProblem:
 def check_against_chain(session: Session, checkpoints: list[Checkpoint], public_key: str) -> list[CheckpointProblem]:
     """Every way the checkpoints and the stored chain disagree: a signature that is not this deployment's,
     two checkpoints at one position with different hashes (a split view), a checkpoint past the head (the
-    log was cut back) or one whose position now holds another hash (the log was rewritten)."""
-    verifier = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))
+    log was cut back) or one whose position now holds another hash or tree head (the log was rewritten)."""
     problems, signed = [], []
     for checkpoint in checkpoints:
-        try:
-            if checkpoint.key != public_key or checkpoint.log != LOG_NAME:
-                raise InvalidSignature
-            verifier.verify(base64.b64decode(checkpoint.signature), checkpoint.signed_bytes())
+        if is_signed(checkpoint, public_key):
             signed.append(checkpoint)
-        except (InvalidSignature, ValueError):
+        else:
             problems.append(CheckpointProblem(checkpoint, "not signed by this deployment's checkpoint key"))
     by_seq: dict[int, str] = {}
     for checkpoint in signed:
@@ -123,6 +226,8 @@ def check_against_chain(session: Session, checkpoints: list[Checkpoint], public_
                                                           "the log was shown differently to different witnesses"))
     head = session.get(AuditHead, 1)
     head_seq = head.seq if head else 0
+    tree = AuditTree()
+    tree.catch_up(session, head_seq)
     stored = {seq: digest for seq, digest in session.execute(select(AuditEntry.seq, AuditEntry.hash).where(
         AuditEntry.seq.in_([c.seq for c in signed if c.seq > 0])))}
     for checkpoint in signed:
@@ -132,5 +237,46 @@ def check_against_chain(session: Session, checkpoints: list[Checkpoint], public_
         elif checkpoint.seq > 0 and stored.get(checkpoint.seq) != checkpoint.hash:
             problems.append(CheckpointProblem(checkpoint, f"entry {checkpoint.seq} no longer has the hash this "
                                                           "checkpoint signed: the log was rewritten"))
+        elif tree.get_root(checkpoint.seq).hex() != checkpoint.root:
+            problems.append(CheckpointProblem(checkpoint, f"the Merkle tree head over entries 1-{checkpoint.seq} "
+                                                          "is not the one this checkpoint signed"))
     return problems
+
+
+def is_signed(checkpoint: Checkpoint, public_key: str) -> bool:
+    """Whether this deployment's key (base64 `public_key`) signed the checkpoint, for this log."""
+    try:
+        if checkpoint.key != public_key or checkpoint.log != LOG_NAME:
+            return False
+        verifier = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))
+        verifier.verify(base64.b64decode(checkpoint.signature), checkpoint.signed_bytes())
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def witness_problems(kept: Checkpoint | None, new: Checkpoint, proof: dict[str, Any] | None,
+                     public_key: str) -> list[str]:
+    """What a witness, holding only the last checkpoint it kept, finds wrong with the service's new one and
+    the consistency proof between them: not signed by the deployment, a log that shrank, the same size
+    with another head, or a proof that the new log does not extend the kept one (entries rewritten or
+    removed, or this witness shown a different log from others). Empty: keep the new checkpoint."""
+    if not is_signed(new, public_key):
+        return ["the new checkpoint is not signed by this deployment's checkpoint key"]
+    if kept is None or kept.seq == 0:
+        return []
+    if new.seq < kept.seq:
+        return [f"the log has {new.seq} entries, fewer than the {kept.seq} of the checkpoint kept: "
+                "entries were removed"]
+    if new.seq == kept.seq:
+        same = (new.root, new.hash) == (kept.root, kept.hash)
+        return [] if same else [f"two checkpoints at entry {new.seq} disagree: the log was rewritten or "
+                                "is shown differently to different witnesses"]
+    try:
+        verify_consistency(bytes.fromhex(kept.root), bytes.fromhex(new.root), ConsistencyProof.deserialize(proof),
+                           prior_size=kept.seq, later_size=new.seq)
+    except (InvalidProof, ValueError, KeyError, TypeError) as exc:
+        return [f"the log of {new.seq} entries does not extend the {kept.seq} of the checkpoint kept ({exc}): "
+                "entries were rewritten or removed, or this witness is shown a different log"]
+    return []
 

@@ -23,10 +23,14 @@ registration (active, its generalPractitioner naming the practice) while another
 the same person already claims it, by feed or by FHIR write, a "registration-conflict" item is queued
 about the new claim, and until IG closes it as appropriate (the patient really moved) the new claim is
 not the registered practice's for the shared demographics, unless it is the only claim left (the old
-practice has since sent its record inactive).
+practice has since sent its record inactive). An MPI merge or relink that brings a practice's claiming
+record to a person another practice's record already claims is the same thing, and queues the same item
+about each claim that moved (`flag_joined_registrations`).
 
 Both kinds are about a source record, not a person: they name the record and follow it through MPI
-merges, unmerges and separations (`on_review` reads each record's person now).
+merges, unmerges and separations (`on_review` reads each record's person now). An access item is about
+the person as they were when the access was made: the queue shows whoever holds those records now
+(`access_log.holders_now`), so an IG officer still sees whose record was opened after a merge.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ from typing import Literal
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.fhir.lifecycle import entered_in_error
+from sharedcare.governance.access_log import holders_now
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
 from sharedcare.store.database import run
-from sharedcare.store.models import IS_PATIENT, AccessBasis, PatientRecord, Resource, ReviewItem
+from sharedcare.store.models import IS_PATIENT, AccessBasis, LinkMove, PatientRecord, Resource, ReviewItem
 
 Outcome = Literal["appropriate", "investigate"]
 NEW_SOURCE_RECORD = "new-source-record"
@@ -55,13 +62,14 @@ class QueueItem:
     id: int
     kind: str
     username: str
-    patient_id: str
+    patient_id: str  # the person the item is about now (see the module docstring)
     reason: str
     created_at: datetime
     due_at: datetime
     overdue: bool
     status: str
     outcome: str | None
+    also_now: tuple[str, ...] = ()  # others now holding records of the person an access was to (a separation)
 
 
 def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, basis: str, reason: str,
@@ -166,12 +174,13 @@ def flag_new_source_record(session: Session, fw: Framework, actor: Actor, record
     return item
 
 
-def flag_registration_conflict(session: Session, fw: Framework, record: PatientRecord, by: str,
+def flag_registration_conflict(session: Session, fw: Framework | None, record: PatientRecord, by: str,
                                claimed_by: list[str], now: datetime) -> ReviewItem:
     """Queue a practice's new claim of a person's registration while other practices (`claimed_by`, ODS
-    codes) already claim it; `by` is who sent it (a user, or the source's feed)."""
+    codes) already claim it; `by` is who sent it (a user, the source's feed, or who merged). Organisations
+    are named from the framework when there is one to hand, else by ODS code."""
     def name(code: str) -> str:
-        org = fw.organisation(code)
+        org = fw.organisation(code) if fw else None
         return f"{org.name} ({code})" if org else code
 
     others = ", ".join(name(code) for code in claimed_by)
@@ -185,23 +194,63 @@ def flag_registration_conflict(session: Session, fw: Framework, record: PatientR
     return item
 
 
-def _current_person(session: Session, item: ReviewItem) -> str:
-    """The person an item is about now: its record's, for an item about a source record."""
+# Each claimed registration of these people: the record, its practice and its Patient (built once)
+_CLAIMS_OF = (select(PatientRecord.id, PatientRecord.person_id, Resource.source_org, Resource.content)
+              .join(Resource, (Resource.patient_record_id == PatientRecord.id) & IS_PATIENT)
+              .where(PatientRecord.person_id.in_(bindparam("persons", expanding=True))))
+
+
+def flag_joined_registrations(session: Session, moves: list[LinkMove], by: str) -> list[ReviewItem]:
+    """After an MPI merge or relink (`moves`, already applied): each moved record whose Patient claims the
+    registration of a person that another practice's record, there before the move, already claims is a
+    competing claim, queued like one a feed sends (`flag_registration_conflict`). A claim is a Patient
+    naming its own sender as the GP (`claims_registration`), so no framework is needed to find one."""
+    # Imported here, not at the top: fhir.uk_core imports identity.mpi, which calls this.
+    from sharedcare.fhir.uk_core import claims_registration
+
+    moved_in: dict[str, set[int]] = {}
+    for move in moves:
+        moved_in.setdefault(move.to_person, set()).add(move.patient_record_id)
+    persons = sorted(moved_in)
+    claims: dict[str, list[tuple[int, str]]] = {}
+    for start in range(0, len(persons), 500):  # bounded IN lists: a relink may move many thousands
+        for record_id, person_id, org, content in run(session, _CLAIMS_OF, {"persons": persons[start:start + 500]}):
+            if claims_registration(content, org) and not entered_in_error(content):
+                claims.setdefault(person_id, []).append((record_id, org))
+    on_review = set(session.scalars(select(ReviewItem.patient_record_id).where(
+        ReviewItem.kind == REGISTRATION_CONFLICT, ReviewItem.status != "closed")))
+    queued = []
+    now = utcnow()
+    for person_id, claimed in sorted(claims.items()):
+        already = sorted({org for record_id, org in claimed if record_id not in moved_in[person_id]})
+        for record_id, org in claimed:
+            others = [code for code in already if code != org]
+            if record_id in moved_in[person_id] and others and record_id not in on_review:
+                record = session.get_one(PatientRecord, record_id)
+                queued.append(flag_registration_conflict(session, None, record, by, others, now))
+    return queued
+
+
+def _persons_now(session: Session, item: ReviewItem) -> list[str]:
+    """Who an item is about now: its record's person, for an item about a source record; for an access,
+    whoever holds now the records the person held then (the one holding most of them first)."""
     if item.patient_record_id is None:
-        return item.person_id
-    return session.get_one(PatientRecord, item.patient_record_id).person_id
+        return holders_now(session, item.person_id, item.created_at)
+    return [session.get_one(PatientRecord, item.patient_record_id).person_id]
 
 
 def queue(session: Session, fw: Framework, now: datetime, include_closed: bool = False) -> list[QueueItem]:
-    stmt = (select(ReviewItem, func.coalesce(PatientRecord.person_id, ReviewItem.person_id))
-            .outerjoin(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
-            .order_by(ReviewItem.created_at, ReviewItem.id))
+    stmt = select(ReviewItem).order_by(ReviewItem.created_at, ReviewItem.id)
     if not include_closed:
         stmt = stmt.where(ReviewItem.status != "closed")
     due = timedelta(hours=fw.review.due_hours)
-    return [QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
-                      i.status != "closed" and now > i.created_at + due, i.status, i.outcome)
-            for i, person_id in session.execute(stmt)]
+    items = []
+    for i in session.scalars(stmt):
+        person_id, *also_now = _persons_now(session, i)
+        items.append(QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
+                               i.status != "closed" and now > i.created_at + due, i.status, i.outcome,
+                               tuple(also_now)))
+    return items
 
 
 def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "") -> ReviewItem:
@@ -215,7 +264,7 @@ def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, no
     item.status = "closed" if outcome == "appropriate" else "investigating"
     item.outcome = f"{outcome}: {note}".strip().rstrip(":")
     record_audit(session, AuditRecord(AuditAction.REVIEW_OUTCOME, "permit", username=by, purpose="governance",
-                                      patient_id=_current_person(session, item), reason=note,
+                                      patient_id=_persons_now(session, item)[0], reason=note,
                                       detail={"review_item": str(item_id), "outcome": outcome,
                                               "reviewed_user": item.username,
                                               **({"audit_seq": str(item.audit_seq)} if item.audit_seq else {})}))

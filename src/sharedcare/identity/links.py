@@ -2,7 +2,8 @@
 
 Only links move (`patient_records.person_id`); clinical rows stay with the source record they came
 with, so an unmerge restores each person exactly and no clinical data can cross between them (TRUST
-MP2). Every change is a LinkEvent listing each move, and an audit event.
+MP2). Every change is a LinkEvent listing each move, and an audit event; a move that joins two
+practices' claims of the person's registration queues the moved claim for IG (governance/review.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import numbers_keep_apart
 from sharedcare.store.models import LinkEvent, LinkMove, MatchReview, PatientRecord, Person
 
@@ -44,6 +46,7 @@ def _move(session: Session, records: list[PatientRecord], to_person: str, kind: 
     event = LinkEvent(at=now, kind=kind, by=by, reason=reason, moves=moves)
     session.add(event)
     session.flush()
+    flag_joined_registrations(session, moves, by)
     record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
                                       patient_id=to_person, reason=reason,
                                       detail={"kind": kind, "link_event": str(event.id), "moves": str(len(moves))}))

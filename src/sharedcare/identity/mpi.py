@@ -28,6 +28,7 @@ from sqlalchemy import Row, insert, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import (
     NAME,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
@@ -356,6 +357,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
             record.updated_at = now
     if moves:
         session.add(LinkEvent(at=now, kind="relink", by=by, reason="batch relink", moves=moves))
+        session.flush()
+        flag_joined_registrations(session, moves, by)
     report.persons_after = len({r.person_id for r in every})
     report.held_for_review = len(result.held_for_review)
     known = {(a, b) for a, b in session.execute(select(MatchReview.record_a, MatchReview.record_b))}

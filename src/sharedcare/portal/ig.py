@@ -42,9 +42,10 @@ class QueueRow:
     role: str
     organisation: str
     patient: dict[str, str] | None  # the person the access was to (name, born, NHS number), if released
+    also_now: list[tuple[str, dict[str, str] | None]]  # others holding that person's records now, likewise
 
 
-def _queue_row(item: QueueItem, fw: Framework, patient: dict[str, Any] | None) -> QueueRow:
+def _queue_row(item: QueueItem, fw: Framework, people: dict[str, dict[str, Any] | None]) -> QueueRow:
     user = fw.users.get(item.username)
     role = fw.roles.get(user.role) if user else None
     feed_org, _, system = item.username.partition(":")  # an item about what a feed sent names it ORG:system
@@ -52,15 +53,20 @@ def _queue_row(item: QueueItem, fw: Framework, patient: dict[str, Any] | None) -
     who = user.name if user else f"{org.name}'s {system} feed" if org and system else item.username
     return QueueRow(item, KIND_WORDS.get(item.kind, item.kind), who,
                     role.label if role else "unknown role" if user else "feed", org.name if org else "",
-                    patient_banner(patient) if patient else None)
+                    _banner(people.get(item.patient_id)),
+                    [(person_id, _banner(people.get(person_id))) for person_id in item.also_now])
+
+
+def _banner(patient: dict[str, Any] | None) -> dict[str, str] | None:
+    return patient_banner(patient) if patient else None
 
 
 @router.get("", response_class=HTMLResponse)
 def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None) -> Response:
     items = ig.queue()
-    people = ig.whose([i.patient_id for i in items])
+    people = ig.whose([person_id for i in items for person_id in (i.patient_id, *i.also_now)])
     return render(request, "ig/queue.html", account=pages.account(ig.actor, fw),
-                  rows=[_queue_row(i, fw, people.get(i.patient_id)) for i in items], recorded=recorded,
+                  rows=[_queue_row(i, fw, people) for i in items], recorded=recorded,
                   overdue=sum(1 for i in items if i.overdue))
 
 
