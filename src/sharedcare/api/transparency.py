@@ -15,43 +15,33 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from sharedcare.governance.checkpoints import (
-    AuditTree,
-    consistency_proof,
-    inclusion_proof,
-    make_checkpoint,
-    signing_key,
-)
+from sharedcare.governance.checkpoints import Transparency
 
 router = APIRouter(prefix="/audit", tags=["audit transparency"])
 
 
-def _tree(request: Request) -> AuditTree:
+def _published(request: Request) -> Transparency:
     state = request.app.state
-    if getattr(state, "audit_tree", None) is None:
-        state.audit_tree = AuditTree()
-    tree: AuditTree = state.audit_tree
-    return tree
+    if getattr(state, "transparency", None) is None:
+        state.transparency = Transparency(state.database, state.settings.secret)
+    published: Transparency = state.transparency
+    return published
 
 
 @router.get("/checkpoint")
 def checkpoint(request: Request) -> dict[str, Any]:
     """The log's current checkpoint, signed now."""
-    state = request.app.state
-    with state.database.session() as session:
-        return asdict(make_checkpoint(session, signing_key(state.settings.secret), tree=_tree(request)))
+    return asdict(_published(request).checkpoint())
 
 
 @router.get("/consistency")
 def consistency(request: Request, first: Annotated[int, Query(ge=1)],
                 second: Annotated[int, Query(ge=1)]) -> dict[str, Any]:
     """Proof that the log of `second` entries extends the log of `first` (both at most the log's size)."""
-    with request.app.state.database.session() as session:
-        return consistency_proof(session, first, second, tree=_tree(request))
+    return _published(request).consistency(first, second)
 
 
 @router.get("/inclusion")
 def inclusion(request: Request, seq: Annotated[int, Query(ge=1)], size: Annotated[int, Query(ge=1)]) -> dict[str, Any]:
     """Proof that entry `seq` (its chain hash) is in the log of `size` entries."""
-    with request.app.state.database.session() as session:
-        return inclusion_proof(session, seq, size, tree=_tree(request))
+    return _published(request).inclusion(seq, size)

@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
 
 LOG_NAME = "sharedcare audit log"
@@ -182,6 +183,28 @@ def proves_inclusion(found: dict[str, Any], checkpoint: Checkpoint) -> bool:
         return True
     except (InvalidProof, ValueError, KeyError, TypeError):
         return False
+
+
+class Transparency:
+    """What the service publishes for witnesses (api/transparency.py): checkpoints signed now, and the
+    proofs, over one tree kept between requests (caught up on each, rebuilt after a rewrite)."""
+
+    def __init__(self, database: Database, secret: str) -> None:
+        self.database = database
+        self.key = signing_key(secret)
+        self.tree = AuditTree()
+
+    def checkpoint(self) -> Checkpoint:
+        with self.database.session() as session:
+            return make_checkpoint(session, self.key, tree=self.tree)
+
+    def consistency(self, first: int, second: int) -> dict[str, Any]:
+        with self.database.session() as session:
+            return consistency_proof(session, first, second, tree=self.tree)
+
+    def inclusion(self, seq: int, size: int) -> dict[str, Any]:
+        with self.database.session() as session:
+            return inclusion_proof(session, seq, size, tree=self.tree)
 
 
 def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
