@@ -1,0 +1,91 @@
+"""The assurance documents keep up with the code: every promise of the design's TRUST.md has a row in
+docs/assurance/trust-evidence.md, every test a row cites exists, and the hazard log and the log
+inventory hold what an IG officer and a Clinical Safety Officer would look for first."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+EVIDENCE = ROOT / "docs" / "assurance" / "trust-evidence.md"
+HAZARDS = ROOT / "docs" / "safety" / "hazard-log.md"
+INVENTORY = ROOT / "docs" / "operations" / "log-inventory.md"
+
+# TRUST.md's checklist (kept in the shared design folder, outside this repository; copied here so that a
+# clean clone can check it): every ID must have a row.
+PROMISES = (
+    [f"AC{n}" for n in range(1, 8)] + [f"CO{n}" for n in range(1, 6)] + [f"BG{n}" for n in range(1, 4)]
+    + [f"AU{n}" for n in range(1, 9)] + [f"TE{n}" for n in range(1, 4)] + [f"DP{n}" for n in range(1, 6)]
+    + [f"MP{n}" for n in range(1, 4)] + [f"SU{n}" for n in range(1, 5)] + [f"CS{n}" for n in range(1, 3)]
+    + [f"OP{n}" for n in range(1, 4)]
+)
+STATUSES = ("met", "partly met", "not met")
+ROW = re.compile(r"^\| (?P<id>[A-Z]{2}\d) \| .*? \| (?P<status>met|partly met|not met) \| ", re.MULTILINE)
+CITATION = re.compile(r"`(?P<path>tests/[\w/]+\.py)::(?P<name>test_\w+)(?:\[[^\]`]*\])?`")
+# The initial hazards TRUST CS2 names, as words the hazard log must use.
+INITIAL_HAZARDS = ("wrong-patient merge", "allergy hidden", "stale consent", "audit loss", "suppression failure")
+
+
+def citations(text: str) -> set[tuple[str, str]]:
+    """Each `tests/path.py::test_name` a document cites (a parametrised id's brackets stripped)."""
+    return {(m["path"], m["name"]) for m in CITATION.finditer(text)}
+
+
+def missing_tests(cited: set[tuple[str, str]], root: Path) -> list[str]:
+    """The citations whose file is absent or defines no such test function."""
+    defined: dict[str, set[str]] = {}
+    missing = []
+    for path, name in sorted(cited):
+        if path not in defined:
+            file = root / path
+            source = file.read_text(encoding="utf-8") if file.is_file() else ""
+            defined[path] = {node.name for node in ast.walk(ast.parse(source))
+                             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+        if name not in defined[path]:
+            missing.append(f"{path}::{name}")
+    return missing
+
+
+def test_every_cited_test_exists() -> None:
+    cited = citations(EVIDENCE.read_text(encoding="utf-8")) | citations(HAZARDS.read_text(encoding="utf-8"))
+    assert len(cited) > 100
+    assert missing_tests(cited, ROOT) == []
+
+
+def test_a_citation_of_a_missing_test_or_file_is_caught(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("def test_kept():\n    assert True\n")
+    text = "`tests/test_x.py::test_kept[a-b]`, `tests/test_x.py::test_renamed`, `tests/test_gone.py::test_kept`"
+    assert missing_tests(citations(text), tmp_path) == ["tests/test_gone.py::test_kept",
+                                                        "tests/test_x.py::test_renamed"]
+
+
+def test_every_promise_has_a_row() -> None:
+    text = EVIDENCE.read_text(encoding="utf-8")
+    rows = [(m["id"], m["status"]) for m in ROW.finditer(text)]
+    assert sorted(id_ for id_, _ in rows) == sorted(PROMISES)  # each once, none unknown
+    counts = {status: sum(1 for _, s in rows if s == status) for status in STATUSES}
+    summary = f"{counts['met']} met, {counts['partly met']} partly met, {counts['not met']} not met"
+    assert summary in text, f"the summary line should read: {summary}"
+
+
+def test_the_hazard_log_covers_the_initial_hazards_and_awaits_its_safety_officer() -> None:
+    text = HAZARDS.read_text(encoding="utf-8")
+    lowered = text.lower()
+    assert [h for h in INITIAL_HAZARDS if h not in lowered] == []
+    hazards = re.findall(r"^### (HAZ-\d\d)\b", text, re.MULTILINE)
+    assert len(hazards) >= 13 and len(set(hazards)) == len(hazards)
+    for heading in ("Cause", "Effect on the patient", "Controls", "Initial risk", "Residual risk", "Open"):
+        assert text.count(f"**{heading}**") == len(hazards), heading
+    assert "NOT YET REVIEWED OR SIGNED" in text and "Clinical Safety Officer" in text
+
+
+def test_the_log_inventory_says_what_where_how_long_and_who() -> None:
+    text = INVENTORY.read_text(encoding="utf-8")
+    for log in ("## The audit log", "## The server log", "## The quarantine", "## Link events"):
+        assert log in text, log
+        section = text.split(log, 1)[1].split("\n## ", 1)[0]
+        for question in ("**What**", "**Where**", "**How long**", "**Who can read it**"):
+            assert question in section, (log, question)
