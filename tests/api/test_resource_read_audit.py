@@ -148,3 +148,30 @@ def test_everything_and_search_of_a_patient_who_objected_look_like_a_missing_one
             missing, ics.okafor)
         events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, f"refused-{n}")]
         assert events == [("deny", "deny-objection-org", ics.okafor)]
+
+
+def test_recording_a_basis_or_opening_the_page_of_a_patient_who_objected_looks_like_a_missing_one(ics: Ics) -> None:
+    """Recording why you need a record, over the API or the portal, must not tell you either that the
+    person is stored or that they objected to your organisation (TRUST AC3); it used to answer 403 "the
+    patient has objected to your organisation seeing their record". Still audited as the refusal it is."""
+    from sharedcare.governance.consent import set_choice
+
+    with _db(ics).session() as session:
+        set_choice(session, OKAFOR_NHS, by="test", object_org="P81001")
+        session.commit()
+    missing = "00000000-0000-0000-0000-000000000000"
+    headers = ics.token("dr.patel")
+    for n, person in enumerate((missing, ics.okafor)):
+        answer = ics.client.post(f"/api/access/{person}", json={"basis": "explicit-consent"},
+                                 headers={**headers, "X-Request-ID": f"basis-{n}"})
+        assert answer.status_code == 404 and "objected" not in answer.text
+        assert answer.json()["issue"][0]["diagnostics"].startswith(f"no patient {person}")
+    events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, "basis-1")]
+    assert events == [("deny", "deny-objection-org", ics.okafor)]
+
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
+    for person in (missing, ics.okafor):
+        page = ics.client.get(f"/record/{person}")
+        assert page.status_code == 404 and "objected" not in page.text
+        basis = ics.client.post(f"/record/{person}/basis", data={"basis": "explicit-consent"})
+        assert basis.status_code == 404 and "objected" not in basis.text

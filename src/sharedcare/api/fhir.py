@@ -23,7 +23,6 @@ from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.gateway import (
-    AccessDenied,
     GovernedRecords,
     NotFound,
     PatientMatch,
@@ -150,22 +149,6 @@ def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], byte
     return Response(head[:-2] + b",".join(entries) + b"]}", media_type=FHIR_JSON)
 
 
-# Refusals that turn on the patient (their objections) or on a patient other than the token's own: the
-# API answers them as it answers an id that does not exist (TRUST AC3), so an app learns neither that
-# the person is there nor what they chose. The refusal is audited all the same. Refusals about the
-# caller (no basis recorded yet, a scope or role that does not allow it) keep their 403 and reason.
-_REFUSED_AS_MISSING = frozenset({"deny-objection-all", "deny-objection-org", "deny-patient-scope"})
-
-
-def _record(records: GovernedRecords, patient_id: str) -> RecordView:
-    try:
-        return records.everything(patient_id)
-    except AccessDenied as refused:
-        if refused.rule_id in _REFUSED_AS_MISSING:
-            raise NotFound(f"no patient {patient_id}") from None
-        raise
-
-
 @router.get("/Patient/{patient_id}/$everything")
 def patient_everything(patient_id: str, request: Request, records: RecordsDep) -> Response:
     params = request.query_params
@@ -175,7 +158,7 @@ def patient_everything(patient_id: str, request: Request, records: RecordsDep) -
     types = {t.strip() for t in params.get("_type", "").split(",") if t.strip()} or None
     since = DateFilter.parse("_since", "ge" + params["_since"]) if params.get("_since") else None
     provenance = params.get("_revinclude") == "Provenance:target"
-    view = _record(records, patient_id)
+    view = records.everything(patient_id)
     if since:
         view.resources = [s for s in view.resources
                           if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
@@ -249,7 +232,7 @@ def search(resource_type: str, request: Request, records: RecordsDep) -> JSONRes
         raise NotFound(f"resource type '{resource_type}' is not served here")
     params = list(request.query_params.multi_items())
     query = ClinicalQuery.parse(resource_type, params)
-    view = _record(records, query.patient)
+    view = records.everything(query.patient)
     page, more = query.select([s.content for s in view.of_type(resource_type)])
     entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
     bundle = _bundle(request, entries)

@@ -119,6 +119,10 @@ def _encoded_size(served: ServedResource) -> int:
     return len(served.encoded or b"")
 
 
+# Refusals answered as a missing record (`GovernedRecords._refuse`).
+REFUSED_AS_MISSING = frozenset({"deny-objection-all", "deny-objection-org", "deny-patient-scope"})
+
+
 class AccessDenied(SharedcareError):
     """The decision point said no; `rule_id` says which rule."""
 
@@ -260,9 +264,17 @@ class GovernedRecords:
         """The request-level part of the decision, for pages asked before any data is read."""
         return self._out_of_scope(request.patient_id) or check_request(request, self.fw, require_basis=False)
 
-    def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision, **extra: Any) -> AccessDenied:
+    def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision,
+                **extra: Any) -> AccessDenied | NotFound:
+        """Audit a refusal and make its error. A refusal that turns on the patient (their objections) or
+        on a patient other than a patient-scoped token's own is answered as an id that does not exist
+        (TRUST AC3), on every path (the API, the portal, recording a basis): the caller learns neither
+        that the person is stored nor what they chose. Refusals about the caller (no basis yet, a role
+        or agreement that does not allow it) keep their reason, which says what to do."""
         self._audit(action, "deny", person_id, rule_id=decision.rule_id, reason=decision.reason, **extra)
         self.session.commit()  # the denial's audit event must survive the error response
+        if decision.rule_id in REFUSED_AS_MISSING:
+            return NotFound(f"no patient {person_id}")
         return AccessDenied(decision.rule_id, decision.reason)
 
     def _person_exists(self, person_id: str) -> bool:
