@@ -72,10 +72,6 @@ BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
 
 MIN_TRAINING_RECORDS = 1000
 EM_BLOCKING: list[tuple[str, ...]] = [("dob", "postcode"), ("given", "family")]
-# EM reads at most about this many pairs per block (Splink samples records by a hash of their id beyond
-# it): same name is ~2 million pairs at 100,000 people and ~100 million at a million, where the m
-# estimates settle long before.
-EM_MAX_PAIRS = 1e7
 
 # DuckDB's memory for training and scoring; it spills to disk beyond this (the process also holds the
 # records and their features, about 2 GB at a million records).
@@ -204,7 +200,10 @@ def train(records: list[MatchRecord], rows: list[Features] | None = None,
     # matches); each estimates the comparisons its blocking columns leave free.
     for columns in EM_BLOCKING:
         usable = columns if _has_pairs(rows, columns) else ("dob",)  # none (no UK postcodes): birth date alone
-        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*usable), max_pairs=EM_MAX_PAIRS)
+        # No term-frequency adjustments: EM can iterate over the counts of each pattern of levels instead of
+        # every pair (the same estimates; the same-name block is ~100 million pairs at a million records).
+        linker.training.estimate_parameters_using_expectation_maximisation(
+            block_on(*usable), estimate_without_term_frequencies=True)
     model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     model["sharedcare_model_version"] = MODEL_VERSION
     model["sharedcare_trained_on"] = len(records)
