@@ -157,7 +157,7 @@ def _settings() -> SettingsCreator:
         comparisons=[cl.CustomComparison(**c.splink()) for c in COMPARISONS],
         blocking_rules_to_generate_predictions=BLOCKING,
         retain_intermediate_calculation_columns=False,
-        retain_matching_columns=True,  # keeps the gamma (level) columns the evidence needs
+        retain_matching_columns=False,  # training needs only the levels; EM would carry every column per pair
     )
 
 
