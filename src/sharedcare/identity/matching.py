@@ -10,13 +10,24 @@ whose given names disagree (twins, siblings) is never linked automatically, only
 NHS number, surname and date of birth all agree (then it is linked, as ingest links on the NHS number,
 and put on the review list with that reason); and a cluster that would join two NHS numbers is split,
 its records without a number held for review.
+
+Splink trains the model; the candidate pairs are scored here, in one DuckDB query built from the same
+blocking rules and the same comparison SQL, because Splink's predict computes every comparison of every
+candidate pair: at a million records that is over a hundred million pairs (common names, shared birth
+dates), nearly all far below review. The query adds the cheap comparisons first and drops a pair as soon
+as even the best levels of those left could not lift it to review, and drops pairs the NHS-number rule
+keeps apart, so only pairs a person or the links need reach Python. DuckDB's memory is capped; beyond
+the cap it spills to a temporary directory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,18 +37,23 @@ import splink.comparison_library as cl
 from splink import Linker, SettingsCreator, block_on
 from splink.backends.duckdb import DuckDBAPI
 from splink.internals.blocking_rule_creator import BlockingRuleCreator
+from splink.internals.blocking_rule_creator_utils import to_blocking_rule_creator
+from splink.internals.misc import prob_to_match_weight
 
 from sharedcare.identity.compare import (
     COMPARISONS,
     INT_COLUMNS,
     LIST_COLUMNS,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
+    Comparison,
+    Features,
     MatchRecord,
     features,
     nhs_number_outweighs_given_name,
     numbers_keep_apart,
 )
-from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRESHOLD, Model
+from sharedcare.identity.model import LINK_THRESHOLD, MODEL_VERSION, REVIEW_THRESHOLD, REVIEW_WEIGHT, Model
+from sharedcare.identity.nhs_number import is_valid
 
 __all__ = ["MatchRecord", "Clustering", "ReviewPair", "cluster", "train"]
 
@@ -56,6 +72,13 @@ BLOCKING: list[BlockingRuleCreator | dict[str, Any]] = [
 
 MIN_TRAINING_RECORDS = 1000
 EM_BLOCKING: list[tuple[str, ...]] = [("dob", "postcode"), ("given", "family")]
+
+# DuckDB's memory for training and scoring; it spills to disk beyond this (the process also holds the
+# records and their features, about 2 GB at a million records).
+MEMORY_LIMIT = "3GB"
+# Scoring order: comparisons of plain values first, then those of lists, then names (Jaro-Winkler).
+STAGES: list[tuple[str, ...]] = [("nhs_number", "dob", "sex", "email"), ("address", "phone"), ("name",)]
+SLACK = 1e-6  # the query keeps pairs this far below review; Python decides on the exact weight
 
 
 PRIOR_RECALL_GUESS = 0.9  # the recall assumed for the prior's rule when the data cannot measure it
@@ -134,28 +157,42 @@ def _settings() -> SettingsCreator:
         comparisons=[cl.CustomComparison(**c.splink()) for c in COMPARISONS],
         blocking_rules_to_generate_predictions=BLOCKING,
         retain_intermediate_calculation_columns=False,
-        retain_matching_columns=True,  # keeps the gamma (level) columns the evidence needs
+        retain_matching_columns=False,  # training needs only the levels; EM would carry every column per pair
     )
 
 
-def table(records: list[MatchRecord]) -> pa.Table:
+def table(rows: list[Features]) -> pa.Table:
     """The feature table Splink reads (one row per source record)."""
-    rows = [features(r) for r in records]
     schema = pa.schema([(name, pa.list_(pa.string()) if name in LIST_COLUMNS else
                          pa.int64() if name in INT_COLUMNS else pa.string()) for name in rows[0]])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _linker(records: list[MatchRecord], model: dict[str, Any] | None = None) -> Linker:
-    api = DuckDBAPI(duckdb.connect())
+@contextmanager
+def _database() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB whose memory is capped, spilling to a temporary directory removed after."""
+    with tempfile.TemporaryDirectory(prefix="sharedcare-relink-") as spill:
+        con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill})
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def _linker(records: list[MatchRecord], model: dict[str, Any] | None = None,
+            con: duckdb.DuckDBPyConnection | None = None, data: pa.Table | None = None) -> Linker:
+    api = DuckDBAPI(con or duckdb.connect())
     settings = {k: v for k, v in model.items() if not k.startswith("sharedcare_")} if model else _settings()
-    return Linker(api.register(table(records), table_name="patient_records"), settings, log_level=logging.ERROR)
+    data = data if data is not None else table([features(r) for r in records])
+    return Linker(api.register(data, table_name="patient_records"), settings, log_level=logging.ERROR)
 
 
-def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
-    """Estimate the model's parameters from these records; return the linker and the model's JSON."""
-    linker = _linker(records)
-    rows = [features(r) for r in records]
+def train(records: list[MatchRecord], rows: list[Features] | None = None,
+          con: duckdb.DuckDBPyConnection | None = None) -> tuple[Linker, dict[str, Any]]:
+    """Estimate the model's parameters from these records (`rows`: their features, when already made);
+    return the linker and the model's JSON."""
+    rows = rows if rows is not None else [features(r) for r in records]
+    linker = _linker(records, con=con, data=table(rows))
     columns, recall = prior_rule(rows)
     linker.training.estimate_probability_two_random_records_match([block_on(*columns)], recall=recall)
     linker.training.estimate_u_using_random_sampling(max_pairs=2e6, seed=1)
@@ -163,7 +200,10 @@ def train(records: list[MatchRecord]) -> tuple[Linker, dict[str, Any]]:
     # matches); each estimates the comparisons its blocking columns leave free.
     for columns in EM_BLOCKING:
         usable = columns if _has_pairs(rows, columns) else ("dob",)  # none (no UK postcodes): birth date alone
-        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*usable))
+        # No term-frequency adjustments: EM can iterate over the counts of each pattern of levels instead of
+        # every pair (the same estimates; the same-name block is ~100 million pairs at a million records).
+        linker.training.estimate_parameters_using_expectation_maximisation(
+            block_on(*usable), estimate_without_term_frequencies=True)
     model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     model["sharedcare_model_version"] = MODEL_VERSION
     model["sharedcare_trained_on"] = len(records)
@@ -182,51 +222,152 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     if len(records) < 2:
         return Clustering({r.record_id: r.record_id for r in records}, {r.record_id: 1.0 for r in records})
     trained = fallback is None or len(records) >= MIN_TRAINING_RECORDS
-    if fallback is None or trained:
-        linker, saved = train(records)
-    else:
-        linker, saved = _linker(records, fallback), fallback
-    model = Model(saved)
-    scored = linker.inference.predict(threshold_match_probability=REVIEW_THRESHOLD).as_duckdbpyrelation()
-    gammas = [f"gamma_{c.name}" for c in COMPARISONS]
-    rows = scored.select(", ".join(["unique_id_l", "unique_id_r", "match_probability", *gammas])).fetchall()
+    rows = [features(r) for r in records]
+    with _database() as con:
+        if fallback is not None and not trained:
+            linker, saved = _linker(records, fallback, con, table(rows)), fallback
+        else:
+            linker, saved = train(records, rows, con)
+        model, weights = Model(saved), Weights.of(linker)
+        scored = score_pairs(con, rows, weights)
+        del rows, linker
+    names = [c.name for c in COMPARISONS]
     numbers = {r.record_id: r.nhs_number for r in records}
     by_id = {r.record_id: r for r in records}
+    scores: dict[tuple[int, ...], tuple[float, list[str]]] = {}
     links: list[tuple[int, int, float]] = []
-    unsure: list[tuple[int, int, float, dict[str, int]]] = []
-    discrepant: list[tuple[int, int, float, dict[str, int]]] = []  # linked on the NHS number, names differ
-    found_of: dict[tuple[int, int], dict[str, int]] = {}
-    for a, b, p, *gamma in rows:
+    unsure: list[tuple[int, int, float, tuple[int, ...]]] = []
+    discrepant: list[tuple[int, int, float, tuple[int, ...]]] = []  # linked on the NHS number, names differ
+    found_of: dict[tuple[int, int], tuple[int, ...]] = {}
+    columns = [scored["unique_id_l"].tolist(), scored["unique_id_r"].tolist(),
+               *(scored[f"level_{name}"].tolist() for name in names)]
+    for a, b, *found in zip(*columns, strict=True):
+        key = tuple(found)
+        if key not in scores:
+            scores[key] = weights.probability(key), model.score_levels(dict(zip(names, key, strict=True))).never_link
+        p, never_link = scores[key]
+        if p < REVIEW_THRESHOLD:
+            continue  # within the query's slack
         pair = (min(a, b), max(a, b))
-        found = {c.name: model.level_of_gamma(c.name, g) for c, g in zip(COMPARISONS, gamma, strict=True)}
-        found_of[pair] = found
+        found_of[pair] = key
         if pair in decided_different or _numbers_differ(numbers, a, b):
             continue
-        never_link = model.score_levels(found).never_link
         if pair in decided_same or (p >= LINK_THRESHOLD and not never_link):
             links.append((a, b, p))
         elif never_link == ["name"] and nhs_number_outweighs_given_name(features(by_id[a]), features(by_id[b])):
             links.append((a, b, p))  # as ingest links on the NHS number; kept on the review list
-            discrepant.append((a, b, p, found))
+            discrepant.append((a, b, p, key))
         else:
-            unsure.append((a, b, p, found))
+            unsure.append((a, b, p, key))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
     result = _components(records, links, numbers)
+    waterfalls: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def evidence(key: tuple[int, ...]) -> dict[str, Any]:
+        """The waterfall of these levels (made once per distinct set of levels; callers copy it)."""
+        if key not in waterfalls:
+            waterfalls[key] = model.evidence(dict(zip(names, key, strict=True)))
+        return waterfalls[key]
+
     flagged = {(min(a, b), max(a, b)) for a, b, _, _ in discrepant}
     for a, b, p in links:
         pair = (min(a, b), max(a, b))
         pair_levels = found_of.get(pair)
         for record in (a, b):
             if pair_levels and p >= result.probability.get(record, 0.0) - 1e-12 and record not in result.evidence:
-                result.evidence[record] = model.evidence(pair_levels) | {"with_record": b if record == a else a} | (
+                result.evidence[record] = evidence(pair_levels) | {"with_record": b if record == a else a} | (
                     {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME} if pair in flagged else {})
-    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, model.evidence(found))
-                           for a, b, p, found in unsure if result.cluster_of[a] != result.cluster_of[b]]
-    result.review_pairs += [ReviewPair(min(a, b), max(a, b), p, model.evidence(found)
+    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, dict(evidence(key)))
+                           for a, b, p, key in unsure if result.cluster_of[a] != result.cluster_of[b]]
+    result.review_pairs += [ReviewPair(min(a, b), max(a, b), p, evidence(key)
                                        | {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME}, linked=True)
-                            for a, b, p, found in discrepant if result.cluster_of[a] == result.cluster_of[b]]
+                            for a, b, p, key in discrepant if result.cluster_of[a] == result.cluster_of[b]]
     result.model, result.trained = saved, trained
     return result
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Each comparison level's match weight as Splink's predict computes it, so a relink scores exactly as
+    Splink would: where training left a level's m or u unestimated Splink uses its default, where `Model`
+    (real time, the waterfall) counts no evidence."""
+
+    prior: float
+    levels: dict[str, list[float]]  # comparison -> weight of each level, in `compare.py`'s order
+
+    @classmethod
+    def of(cls, linker: Linker) -> Weights:
+        settings = linker._settings_obj
+        return cls(prob_to_match_weight(settings._probability_two_random_records_match),
+                   {c.output_column_name: [float(level._match_weight) for level in c.comparison_levels]
+                    for c in settings.comparisons})
+
+    def probability(self, found: tuple[int, ...]) -> float:
+        """Splink's match probability of a pair at these levels (one per comparison, `COMPARISONS`' order)."""
+        weight = self.prior + sum(self.levels[c.name][i] for c, i in zip(COMPARISONS, found, strict=True))
+        return 1.0 / (1.0 + 2.0 ** -weight) if weight >= 0 else 2.0 ** weight / (1.0 + 2.0 ** weight)
+
+
+def score_pairs(con: duckdb.DuckDBPyConnection, rows: list[Features], weights: Weights) -> dict[str, Any]:
+    """The candidate pairs whose match weight may reach review, as numpy columns: `unique_id_l`,
+    `unique_id_r` and `level_<comparison>` for each comparison (see `scoring_sql`)."""
+    valid = pa.array([bool(r["nhs_number"]) and is_valid(r["nhs_number"]) for r in rows])
+    con.register("records", table(rows).append_column("nhs_valid", valid))
+    try:
+        return dict(con.sql(scoring_sql(weights)).fetchnumpy())
+    finally:
+        con.unregister("records")
+
+
+def scoring_sql(weights: Weights) -> str:
+    """One query over the table `records` (the features and `nhs_valid`): every candidate pair of the
+    blocking rules (each rule leaves out the pairs of the rules before it, as Splink's predict does), with
+    its level on each comparison (index into `compare.py`'s levels, the same SQL Splink runs), for the
+    pairs whose match weight reaches review. Comparisons are added in `STAGES`; after each, a pair whose
+    weight so far plus the best weight of every comparison still to come falls short of review is
+    dropped, so the dearer comparisons run on few pairs. Pairs of two different valid NHS numbers are
+    dropped first: `cluster` never links nor reviews them (`numbers_keep_apart`)."""
+    by_name = {c.name: c for c in COMPARISONS}
+    columns = [name for name in _feature_columns() if name != "unique_id"]
+    pick = ", ".join(["l.unique_id AS unique_id_l", "r.unique_id AS unique_id_r",
+                      *(f"l.{c} AS {c}_l, r.{c} AS {c}_r" for c in columns)])
+    keep_apart = "coalesce(l.nhs_valid AND r.nhs_valid AND l.nhs_number <> r.nhs_number, false)"
+    rules = [to_blocking_rule_creator(rule).get_blocking_rule("duckdb").blocking_rule_sql for rule in BLOCKING]
+    # The SQL below is made only of the code's own comparison and blocking SQL, column names and numbers.
+    blocks = [f"SELECT {pick} FROM records AS l JOIN records AS r ON ({rule}) WHERE l.unique_id < r.unique_id"  # noqa: S608
+              + "".join(f" AND NOT coalesce(({r}), false)" for r in rules[:n]) + f" AND NOT {keep_apart}"
+              for n, rule in enumerate(rules)]
+    sql = "WITH stage0 AS (" + " UNION ALL ".join(blocks) + ")"
+    weight = _literal(weights.prior)
+    done: list[str] = []
+    for n, stage in enumerate(STAGES, start=1):
+        levels = ", ".join(f"{_level_sql(by_name[name])} AS level_{name}" for name in stage)
+        weight += "".join(f" + {_weight_sql(weights, name)}" for name in stage)
+        done += stage
+        ahead = sum(max(weights.levels[name]) for name in by_name if name not in done)
+        sql += (f", stage{n} AS (SELECT * FROM (SELECT *, {levels} FROM stage{n - 1}) "  # noqa: S608
+                f"WHERE {weight} + {_literal(ahead)} >= {_literal(REVIEW_WEIGHT - SLACK)})")
+    chosen = ", ".join(f"level_{name}" for name in by_name)
+    return f"{sql} SELECT unique_id_l, unique_id_r, {chosen} FROM stage{len(STAGES)}"  # noqa: S608
+
+
+def _feature_columns() -> list[str]:
+    return list(features(MatchRecord(0)))
+
+
+def _level_sql(comparison: Comparison) -> str:
+    cases = " ".join(f"WHEN {level.sql} THEN {i}" for i, level in enumerate(comparison.levels) if level.sql != "ELSE")
+    return f"CASE {cases} ELSE {len(comparison.levels) - 1} END"
+
+
+def _weight_sql(weights: Weights, name: str) -> str:
+    cases = " ".join(f"WHEN {i} THEN {_literal(w)}" for i, w in enumerate(weights.levels[name]))
+    return f"(CASE level_{name} {cases} END)"
+
+
+def _literal(value: float) -> str:
+    """A DOUBLE literal that round-trips (a plain decimal literal would be parsed as DECIMAL)."""
+    return f"{value:.17e}"
 
 
 def _numbers_differ(numbers: dict[int, str | None], a: int, b: int) -> bool:
