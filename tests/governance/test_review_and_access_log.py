@@ -125,6 +125,7 @@ def test_a_record_read_names_every_resource_it_served_exactly_and_the_export_lis
     with _db(ics).session() as s:
         (stored,) = s.scalars(select(AuditEntry.event).where(AuditEntry.action == "clinical:record:read")).all()
         exported = [json.loads(line) for line in export_ndjson(s)]
+    AuditEvent.model_validate(stored)  # the stored form is a FHIR AuditEvent too
     released = next(e for e in stored["entity"] if e.get("name") == "released")
     assert released["detail"] == [{"type": "references", "valueString": " ".join(served)}]
     (event,) = [e for e in exported if e["source"]["site"] == "all-1"]
