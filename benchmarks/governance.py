@@ -54,7 +54,7 @@ from sharedcare.governance.gateway import (
     combined_patient,
     demographics_rule,
 )
-from sharedcare.governance.policy import Actor, Item, Released, decide
+from sharedcare.governance.policy import Actor, Item, decide
 from sharedcare.governance.review import NOTHING_ON_REVIEW
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -82,8 +82,10 @@ class Ungoverned(GovernedRecords):
         rows = self._rows(person_id, patients_only=False)
         if not rows:
             raise NotFound(f"no patient {person_id}")
-        cache = content_cache(self.session)  # and served the same way: whole, from the cache's shapes
-        served = [self._serve(person_id, Released(Item(row[4], row[1], row[2], ""), 3), row, cache) for row in rows]
+        # and served the same way: whole, from the cache's shapes, making none of the decision's objects
+        # per resource (no `Item`, no `Released`: those are governance's cost)
+        cache = content_cache(self.session)
+        served = [self._serve(person_id, row, 3, "", cache) for row in rows]
         patients = [s for s in served if s.resource_type == "Patient"]
         # the same choice of demographics from the same records, without the IG review look-up (governance's)
         rule = demographics_rule((Item(s.content, "Patient", s.source_org, "") for s in patients),

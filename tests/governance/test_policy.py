@@ -4,6 +4,7 @@ and the patient's choices. `decide` is pure, so these run without a database."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -32,6 +33,7 @@ CATEGORY_ITEMS = {
     "sexual_health": {"resourceType": "Condition", "id": "x", "note": [{"text": "free text"}]},
 }
 FREE_TEXT = {"note", "text", "content", "description"}
+THIRD_PARTY = "http://terminology.hl7.org/CodeSystem/v3-ActCode|THIRDPARTY"
 WITHHELD_DOC = [{"attachment": {"title": "Document not shown at your access level"}}]
 
 
@@ -193,3 +195,27 @@ def test_decisions_are_deterministic_and_account_for_every_item(username: str, c
         assert len(first.released) + sum(first.withheld.values()) == len(items)
     else:
         assert not first.released
+
+
+def test_items_alike_are_decided_alike_and_kept_in_order_even_when_their_groups_are_separate_objects(
+        framework: Framework) -> None:
+    """The decision groups items by `Item.alike`, one shared object per combination; a combination made
+    twice (the shared objects' look-up forgot it) is a second group with the same verdict, not a lost item."""
+    from sharedcare.governance.policy import _alike
+
+    first = [_item("summary"), _item("mental_health"), _item("summary", security=frozenset({THIRD_PARTY}))]
+    assert all(item.alike for item in first)  # made now, before the look-up forgets them
+    _alike.cache_clear()
+    second = [_item("summary"), _item("mental_health"), _item("summary", source="P81001")]
+    assert first[0].alike is not second[0].alike
+    items = [first[0], second[0], first[1], second[1], first[2], second[2]]
+    decision = decide(_request(framework, "dr.patel"), items, framework)
+    one_by_one = [decide(_request(framework, "dr.patel"), [item], framework) for item in items]
+    assert [r.item for r in decision.released] == [item for item, d in zip(items, one_by_one, strict=True)
+                                                    if d.released]
+    assert [r.tier for r in decision.released] == [d.released[0].tier for d in one_by_one if d.released]
+    assert [decision.tier_of(item) for item in items] == [d.released[0].tier if d.released else None
+                                                          for d in one_by_one]
+    assert decision.withheld == sum((d.withheld for d in one_by_one), Counter())
+    assert decision.withheld and {r.tier for r in decision.released} == {2, 3}  # both verdicts are exercised
+    assert decision.tier_of(_item("summary", source="RYA")) is None  # not decided here: not released

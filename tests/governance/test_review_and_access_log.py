@@ -114,6 +114,26 @@ def test_the_audit_exports_as_valid_fhir_audit_events_in_chain_order(ics: Ics) -
         AuditEvent.model_validate(event)
 
 
+def test_a_record_read_names_every_resource_it_served_exactly_and_the_export_lists_each(ics: Ics) -> None:
+    """The audit stores a read's released references as one string (cheap to hash and store); the exported
+    AuditEvent lists each as an entity of its own, as it always did, and names exactly what was served."""
+    headers = ics.open_record("dr.patel")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers={**headers, "X-Request-ID": "all-1"})
+    served = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle.json()["entry"]
+              if e["resource"]["resourceType"] != "Patient"]
+    assert len(served) > 5
+    with _db(ics).session() as s:
+        (stored,) = s.scalars(select(AuditEntry.event).where(AuditEntry.action == "clinical:record:read")).all()
+        exported = [json.loads(line) for line in export_ndjson(s)]
+    AuditEvent.model_validate(stored)  # the stored form is a FHIR AuditEvent too
+    released = next(e for e in stored["entity"] if e.get("name") == "released")
+    assert released["detail"] == [{"type": "references", "valueString": " ".join(served)}]
+    (event,) = [e for e in exported if e["source"]["site"] == "all-1"]
+    AuditEvent.model_validate(event)
+    assert [e["what"]["reference"] for e in event["entity"] if "what" in e] == [f"Patient/{ics.okafor}", *served]
+    assert event["entity"][-1]["name"] == "decision"
+
+
 def test_an_objection_to_all_sharing_empties_another_organisations_view(ics: Ics, framework: Framework) -> None:
     from tests.small_ics import OKAFOR_NHS
 

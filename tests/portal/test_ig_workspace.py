@@ -202,3 +202,13 @@ def test_a_practice_writing_itself_a_record_of_a_stranger_is_in_the_queue(ics: I
                  "new source record for an existing person from Riverside Medical Centre (P81001)",
                  "HUGHES", "999 000 0018"):
         assert text in queue, text
+
+
+def test_the_audit_search_says_how_many_items_a_record_read_showed(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    clinical = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] != "Patient")
+    assert clinical > 1
+    _sign_in(ics)
+    page = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text
+    assert f"{clinical} items shown" in page

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, or_, select
 from sqlalchemy.orm import Session
 
-from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.audit import AuditAction, expanded
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord
 
@@ -215,5 +215,5 @@ def _access(fw: Framework, entry: AuditEntry) -> Access:
 def export_ndjson(session: Session) -> Iterator[str]:
     """Every audit entry in chain order as one FHIR AuditEvent per line (id = sequence number)."""
     for entry in session.scalars(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000)):
-        event: dict[str, Any] = {"id": str(entry.seq), **entry.event}
+        event: dict[str, Any] = {"id": str(entry.seq), **expanded(entry.event)}
         yield json.dumps(event, separators=(",", ":"), sort_keys=True)

@@ -34,6 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
@@ -116,6 +117,16 @@ class ContentCache:
                     self.size_bytes += counted
                     self._evict()
         return made
+
+    def kept_each(self, wanted: list[tuple[str, dict[str, Any], Hashable]], make: Callable[[int], T]) -> list[T]:
+        """`kept` for many documents at once (one call, not one per resource of a large record): for the
+        i-th (resource id, content, key), what `make(i)` makes, kept as `kept` keeps it."""
+        entries, out = self._entries, list[T]()
+        for i, (resource_id, content, key) in enumerate(wanted):
+            entry = entries.get(resource_id)  # without the lock, as in `kept`
+            found = entry.kept.get(key, _MISSING) if entry is not None and entry.content is content else _MISSING
+            out.append(self.kept(resource_id, content, key, partial(make, i)) if found is _MISSING else cast(T, found))
+        return out
 
     def _evict(self) -> None:
         while self.size_bytes > self.capacity_bytes:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -28,7 +29,7 @@ from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
 from sharedcare.governance.agreements import agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.classify import classification_key, classify
+from sharedcare.governance.classify import at_tier, classification_key, classify
 from sharedcare.governance.consent import OF_PERSON, choices_for, combined_choices
 from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
 from sharedcare.governance.framework import Agreement, Framework
@@ -38,12 +39,11 @@ from sharedcare.governance.policy import (
     Decision,
     Headline,
     Item,
-    Released,
     Request,
     check_request,
     decide,
 )
-from sharedcare.governance.review import OnReview, flag_access, on_review
+from sharedcare.governance.review import ON_REVIEW, OnReview, flag_access, on_review, standing
 from sharedcare.store.database import json_loads, run
 from sharedcare.store.models import (
     IS_PATIENT,
@@ -94,24 +94,28 @@ _ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
                  .where(_BASES.c.username == bindparam("username"), _BASES.c.person_id == bindparam("person_id"),
                         _BASES.c.expires_at > bindparam("now"))
                  .order_by(_BASES.c.granted_at.desc()).limit(1))
-# The decision's inputs in one statement (three cost a small read more than its decision): the agreement
+# The decision's inputs in one statement (four cost a small read more than its decision): the agreement
 # changes (kind "agreement": organisation, status, in the order made), this user's active basis for the
-# person ("basis": basis, reason, expiry) and the choices held against the person's NHS numbers
-# ("choices": object_all, opt_out_secondary, object_orgs). Typed NULLs, so that PostgreSQL can match the
-# branches' columns.
+# person ("basis": basis, reason, expiry), the choices held against the person's NHS numbers
+# ("choices": object_all, opt_out_secondary, object_orgs) and what of the person's records waits on IG
+# review ("review": review kind, status, record id, Patient id; review.py). Typed NULLs, so that
+# PostgreSQL can match the branches' columns.
 _CHANGES = cast(Table, AgreementChange.__table__)
 _PREFS = cast(Table, Preference.__table__)
 _NO_TEXT, _NO_TIME = sql_cast(null(), String), sql_cast(null(), UTCDateTime())
 _NO_FLAG, _NO_ORGS = sql_cast(null(), Boolean), sql_cast(null(), JsonType)
 _BASIS_NOW = _ACTIVE_BASIS.subquery()
+_REVIEW_NOW = ON_REVIEW.subquery()
 _INPUTS = union_all(
     select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), _CHANGES.c.status.label("b"),
            _NO_TIME.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"), _NO_ORGS.label("orgs"),
-           _CHANGES.c.id.label("seq")),
+           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c")),
     select(literal("basis", String), _BASIS_NOW.c.basis, sql_cast(_BASIS_NOW.c.reason, String), _BASIS_NOW.c.expires_at,
-           _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer)),
+           _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer), _NO_TEXT),
     select(literal("choices", String), _NO_TEXT, _NO_TEXT, _NO_TIME, _PREFS.c.object_all, _PREFS.c.opt_out_secondary,
-           _PREFS.c.object_orgs, literal(0, Integer)).where(OF_PERSON),
+           _PREFS.c.object_orgs, literal(0, Integer), _NO_TEXT).where(OF_PERSON),
+    select(literal("review", String), _REVIEW_NOW.c.kind, _REVIEW_NOW.c.status, _NO_TIME, _NO_FLAG, _NO_FLAG,
+           _NO_ORGS, _REVIEW_NOW.c.record_id, _REVIEW_NOW.c.patient_id),
 )
 
 
@@ -154,6 +158,11 @@ class ServedResource:
     recorded_at: datetime
     received_at: datetime
     encoded: bytes | None = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def reference(self) -> str:
+        """`Type/id`, as the audit names it (made once per served shape: a kept shape is served again)."""
+        return f"{self.resource_type}/{self.content['id']}"
 
 
 @dataclass
@@ -217,6 +226,7 @@ class GovernedRecords:
         self.source_address = source_address
         self.now = utcnow()
         self._agreements_read: dict[str, Agreement] | None = None  # request-scoped: changes apply next request
+        self._on_review_read: dict[str, OnReview] = {}  # read with the decision's inputs, by person
         self._classification_key = classification_key(fw)
 
     # -- audit -----------------------------------------------------------------------------------
@@ -236,16 +246,20 @@ class GovernedRecords:
 
     def _request(self, person_id: str) -> tuple[ActiveBasis | None, Request]:
         """The decision's inputs about this person, read now in one statement: this user's basis, their
-        choices (from every NHS number their source records carry), and the agreements (the first time)."""
-        changes, basis, held = [], None, []
-        for kind, a, b, at, object_all, opt_out, orgs, seq in run(
+        choices (from every NHS number their source records carry), the agreements (the first time), and
+        what of their records waits on IG review (kept for `_demographics_rule`)."""
+        changes, basis, held, review = [], None, [], []
+        for kind, a, b, at, object_all, opt_out, orgs, seq, c in run(
                 self.session, _INPUTS, {"username": self.actor.username, "person_id": person_id, "now": self.now}):
             if kind == "agreement":
                 changes.append((seq, a, b))
             elif kind == "basis":
                 basis = ActiveBasis(a, b, at)
-            else:
+            elif kind == "choices":
                 held.append((object_all, orgs, opt_out))
+            else:
+                review.append((a, b, seq, c))
+        self._on_review_read[person_id] = standing(review)
         if self._agreements_read is None:
             self._agreements_read = agreements_after(self.fw, ((org, status) for _, org, status in sorted(changes)))
         return basis, Request(actor=self.actor, purpose=self.purpose, patient_id=person_id, basis=basis,
@@ -368,16 +382,15 @@ class GovernedRecords:
     def _items(self, person_id: str, patients_only: bool = False) -> list[tuple[Item, StoredRow]]:
         """The person's resources through their linked source records, newest first, as the decision sees them
         (each made once per cached document and stored category, not on every request)."""
-        cache, current = content_cache(self.session), self._classification_key
-        pairs = []
-        for row in self._rows(person_id, patients_only):
-            def make(row: StoredRow = row) -> tuple[Item, bool]:
-                return self._item(row), entered_in_error(row[4])
+        current, rows = self._classification_key, self._rows(person_id, patients_only)
 
-            item, withdrawn = cache.kept(row[0], row[4], ("item", row[5], row[6], current), make)
-            if not withdrawn:  # a resource withdrawn by its source (entered-in-error) is kept in its history
-                pairs.append((item, row))
-        return pairs
+        def make(i: int) -> tuple[Item, bool]:
+            return self._item(rows[i]), entered_in_error(rows[i][4])
+
+        views = content_cache(self.session).kept_each(
+            [(row[0], row[4], ("item", row[5], row[6], current)) for row in rows], make)
+        # a resource withdrawn by its source (entered-in-error) is kept in its history, not read
+        return [(item, row) for (item, withdrawn), row in zip(views, rows, strict=True) if not withdrawn]
 
     def everything(self, person_id: str) -> RecordView:
         """The combined record of one person, as this actor may see it (audited)."""
@@ -389,17 +402,17 @@ class GovernedRecords:
         decision = self._decide(request, [item for item, _ in pairs])
         if not decision.permitted:
             raise self._refuse(action, person_id, decision)
-        rows = {id(item): row for item, row in pairs}
-        cache = content_cache(self.session)
-        served = [self._serve(person_id, rel, rows[id(rel.item)], cache) for rel in decision.released
-                  if self.resource_types is None or rel.item.resource_type in self.resource_types]
+        # `decision.tier_of` inline: this runs once per resource of the record
+        cache, verdicts, types = content_cache(self.session), decision.verdicts, self.resource_types
+        served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
+                  if type(tier := verdicts.get(item.alike)) is int and (types is None or item.resource_type in types)]
         patients = [s for s in served if s.resource_type == "Patient"]
         rule = self._demographics_rule(person_id, pairs)
         patient = combined_patient(person_id, patients, rule)
         clinical = [s for s in served if s.resource_type != "Patient"]
         self._audit(action, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
-                    released=[f"{s.resource_type}/{s.content['id']}" for s in clinical],
+                    released=[s.reference for s in clinical],
                     withheld=dict(decision.withheld))
         return RecordView(person_id=person_id, patient=patient, resources=clinical, withheld=decision.withheld,
                           headlines=sorted(decision.headlines, key=lambda h: (h.category, h.organisation)),
@@ -436,15 +449,18 @@ class GovernedRecords:
     def _combined_patient(self, person_id: str, decision: Decision, pairs: list[tuple[Item, StoredRow]]
                           ) -> tuple[list[ServedResource], dict[str, Any] | None]:
         """The released source Patient records, and the one combined Patient made of them."""
-        rows = {id(item): row for item, row in pairs}
-        cache = content_cache(self.session)
-        served = [self._serve(person_id, rel, rows[id(rel.item)], cache) for rel in decision.released]
+        cache, tier_of = content_cache(self.session), decision.tier_of
+        served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
+                  if (tier := tier_of(item)) is not None]
         return served, combined_patient(person_id, served, self._demographics_rule(person_id, pairs))
 
     def _demographics_rule(self, person_id: str, pairs: list[tuple[Item, StoredRow]]) -> DemographicsRule:
         """How combined_patient chooses the person's demographics: from the stored records' registration
         claims (whatever the role's tier shows) and what of their records waits on IG review."""
-        return demographics_rule((item for item, _ in pairs), self.fw.gp_practices, on_review(self.session, person_id))
+        patients = [item for item, _ in pairs if item.resource_type == "Patient"]
+        review = self._on_review_read.get(person_id)
+        return demographics_rule(patients, self.fw.gp_practices,
+                                 review if review is not None else on_review(self.session, person_id))
 
     def demographics(self, person_id: str) -> dict[str, Any] | None:
         """Who the person is (their combined Patient at the role's demographics tier) and nothing clinical:
@@ -458,7 +474,7 @@ class GovernedRecords:
             raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
         served, patient = self._combined_patient(person_id, decision, pairs)
         self._audit(AuditAction.DEMOGRAPHICS_READ, "permit", person_id, rule_id=decision.rule_id,
-                    released=[f"Patient/{s.content['id']}" for s in served], withheld=dict(decision.withheld))
+                    released=[s.reference for s in served], withheld=dict(decision.withheld))
         return patient
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -486,7 +502,7 @@ class GovernedRecords:
         released = decision.released[0]
         self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
                     reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
-        return self._serve(person_id, released, row).content
+        return self._serve(person_id, row, released.tier, released.item.category).content
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
@@ -545,7 +561,8 @@ class GovernedRecords:
                 raise NotFound(f"no {resource_type} {resource_id}")
             return False, []
         current_released = current is None or any(by_item[id(rel.item)][1] is current for rel in decision.released)
-        served = [(by_item[id(rel.item)][0], self._serve(person_id, rel, by_item[id(rel.item)][1]))
+        served = [(by_item[id(rel.item)][0], self._serve(person_id, by_item[id(rel.item)][1], rel.tier,
+                                                              rel.item.category))
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
@@ -555,29 +572,27 @@ class GovernedRecords:
                     withheld=dict(decision.withheld))
         return current_released, served
 
-    def _serve(self, person_id: str, released: Released, row: StoredRow,
+    def _serve(self, person_id: str, row: StoredRow, tier: int, category: str,
                cache: ContentCache | None = None) -> ServedResource:
-        """The released content as served in this person's record. With `cache`, what was served before from
-        the same cached document in the same shape (tier, person, category, provenance) is served again,
-        with its JSON, rather than redacted, copied and encoded again."""
-        item = released.item
-        org = self.fw.organisation(item.source_org)
-        source_name = org.name if org else item.source_org
-        _, _, _, source_system, _, _, _, recorded_at, received_at, _ = row
+        """The stored `row`, released at `tier` in `category`, as served in this person's record. With
+        `cache`, what was served before from the same cached document in the same shape (tier, person,
+        category, provenance) is served again, with its JSON, rather than redacted, copied and encoded again."""
+        resource_id, resource_type, source_org, source_system, content, _, _, recorded_at, received_at, _ = row
+        org = self.fw.organisation(source_org)
+        source_name = org.name if org else source_org
 
         def make() -> ServedResource:
-            out = dict(released.content)
+            out = dict(at_tier(content, tier))
             for name in PATIENT_FIELDS:
                 if name in out:
                     out[name] = {**out[name], "reference": f"Patient/{person_id}"}
-            return ServedResource(out, item.resource_type, item.category, released.tier, item.source_org, source_name,
+            return ServedResource(out, resource_type, category, tier, source_org, source_name,
                                   source_system, recorded_at, received_at, orjson.dumps(out) if cache else None)
 
         if cache is None:
             return make()
-        shape = ("served", released.tier, person_id, item.category, source_name, source_system, recorded_at,
-                 received_at)
-        return cache.kept(row[0], item.resource, shape, make, _encoded_size)
+        shape = ("served", tier, person_id, category, source_name, source_system, recorded_at, received_at)
+        return cache.kept(resource_id, content, shape, make, _encoded_size)
 
     # -- search ----------------------------------------------------------------------------------
     def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,

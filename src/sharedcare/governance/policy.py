@@ -43,7 +43,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
+from operator import attrgetter
 from typing import Any
 
 from sharedcare.governance.classify import at_tier
@@ -66,6 +67,19 @@ class ActiveBasis:
     expires_at: datetime
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class Alike:
+    """What rules a-e read of an item: items alike in these are decided together. One object per
+    combination (`Item.alike`), compared and hashed by identity: grouping a large record's items is then
+    a dictionary look-up by address per item, not a comparison of their labels' sets. (Two objects for
+    one combination, once the look-up forgot one, are only two groups given the same verdict.)"""
+
+    source_org: str
+    category: str
+    security: frozenset[str]
+    patient: bool
+
+
 @dataclass(frozen=True)
 class Item:
     """One stored resource, as the decision point sees it."""
@@ -75,6 +89,16 @@ class Item:
     source_org: str
     category: str
     security: frozenset[str] = frozenset()
+
+    @cached_property
+    def alike(self) -> Alike:
+        # made once per item: the gateway keeps an item with its cached document between requests
+        return _alike(self.source_org, self.category, self.security, self.resource_type == "Patient")
+
+
+@lru_cache(maxsize=4096)
+def _alike(source_org: str, category: str, security: frozenset[str], patient: bool) -> Alike:
+    return Alike(source_org, category, security, patient)
 
 
 @dataclass(frozen=True)
@@ -114,13 +138,26 @@ class Decision:
     outcome: str  # permit | deny
     rule_id: str
     reason: str
-    released: list[Released] = field(default_factory=list)
     withheld: Counter[str] = field(default_factory=Counter)
     headlines: set[Headline] = field(default_factory=set)
+    items: list[Item] = field(default_factory=list)  # what `decide` was asked about, in order
+    verdicts: dict[Alike, int | str] = field(default_factory=dict)  # per group alike: the tier, or why withheld
 
     @property
     def permitted(self) -> bool:
         return self.outcome == "permit"
+
+    def tier_of(self, item: Item) -> int | None:
+        """The tier `item` is released at; None if it is withheld or was not decided here (deny by default)."""
+        verdict = self.verdicts.get(item.alike)
+        return verdict if isinstance(verdict, int) else None
+
+    @cached_property
+    def released(self) -> list[Released]:
+        """The released items at their tiers, in the order asked, made when first asked for: a large
+        record's reader walks `items` with `tier_of` rather than make one object per item."""
+        verdicts = self.verdicts
+        return [Released(item, verdict) for item in self.items if isinstance(verdict := verdicts[item.alike], int)]
 
 
 def _deny(rule_id: str, reason: str) -> Decision:
@@ -243,50 +280,49 @@ def _source_reason(source_org: str, req: Request) -> str | None:
     return None
 
 
-def _withhold_reason(item: Item, req: Request, fw: Framework, source_reason: str | None) -> str | None:
+def _withhold_reason(alike: Alike, req: Request, fw: Framework, source_reason: str | None) -> str | None:
     if source_reason is not None:
         return source_reason
-    if item.security and item.source_org != req.actor.organisation:
+    if alike.security and alike.source_org != req.actor.organisation:
         for rule in fw.always_withheld:
-            if rule.security in item.security:
+            if rule.security in alike.security:
                 return rule.id
     return None
 
 
-def _verdict(item: Item, req: Request, fw: Framework, role: Role) -> str | int:
-    """Rules a-e for one item: the tier it is released at, or why it is withheld."""
-    why = _withhold_reason(item, req, fw, _source_reason(item.source_org, req))
+def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int:
+    """Rules a-e for items alike: the tier they are released at, or why they are withheld."""
+    why = _withhold_reason(alike, req, fw, _source_reason(alike.source_org, req))
     if why is not None:
         return why
-    tier = 3 if item.source_org == req.actor.organisation else role.tier(item.category)
+    tier = 3 if alike.source_org == req.actor.organisation else role.tier(alike.category)
     if tier <= 0:
         return "tier"
-    if tier == 1 and item.resource_type != "Patient":
+    if tier == 1 and not alike.patient:
         return "tier-1-headline"
     return tier
+
+
+_ALIKE = attrgetter("alike")
 
 
 def decide(req: Request, items: list[Item], fw: Framework) -> Decision:
     """Decide one read of one patient's record: what is released, at what tier, and what is withheld.
 
     Rules a-e read only an item's source organisation, category, security labels and whether it is a
-    Patient, so they are asked once per group of items alike in those, not once per item."""
+    Patient (`Item.alike`), so they are asked once per group of items alike in those, not once per item;
+    the decision keeps a verdict per group (`Decision.tier_of`) and makes `released` only when asked."""
     denied = check_request(req, fw)
     if denied is not None:
         return denied
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
-    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}")
-    verdicts: dict[tuple[str, str, frozenset[str], bool], str | int] = {}
-    for item in items:
-        alike = (item.source_org, item.category, item.security, item.resource_type == "Patient")
-        verdict = verdicts.get(alike)
-        if verdict is None:
-            verdict = verdicts[alike] = _verdict(item, req, fw, role)
-        if isinstance(verdict, int):
-            decision.released.append(Released(item, verdict))
-        else:
-            decision.withheld[verdict] += 1
+    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}", items=items)
+    groups = Counter(map(_ALIKE, items))  # in the order first seen, as `withheld` was always kept
+    for alike, count in groups.items():
+        verdict = decision.verdicts[alike] = _verdict(alike, req, fw, role)
+        if isinstance(verdict, str):
+            decision.withheld[verdict] += count
             if verdict == "tier-1-headline":
-                decision.headlines.add(Headline(item.category, item.source_org))
+                decision.headlines.add(Headline(alike.category, alike.source_org))
     return decision

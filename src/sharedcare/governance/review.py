@@ -35,6 +35,7 @@ the person as they were when the access was made: the queue shows whoever holds 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -137,25 +138,39 @@ def everyone_on_review(session: Session) -> dict[str, OnReview]:
 
 # Built once: on the read path of every record (governance/gateway.py), where building an ORM statement per
 # request costs more than running it (store/database.py, `run`).
-_ON_REVIEW_ALL = (select(PatientRecord.person_id, ReviewItem.kind, ReviewItem.status, PatientRecord.id, Resource.id)
+_ON_REVIEW_ALL = (select(PatientRecord.person_id, ReviewItem.kind, ReviewItem.status,
+                         PatientRecord.id.label("record_id"), Resource.id.label("patient_id"))
                   .join(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
                   .outerjoin(Resource, (Resource.patient_record_id == PatientRecord.id) & IS_PATIENT)
                   .where(ReviewItem.kind.in_((NEW_SOURCE_RECORD, REGISTRATION_CONFLICT)),
                          (ReviewItem.status != "closed") | (ReviewItem.kind == REGISTRATION_CONFLICT)))
-_ON_REVIEW = _ON_REVIEW_ALL.where(PatientRecord.person_id == bindparam("person_id"))
+# One person's rows (kind, status, record_id, patient_id ...): the gateway reads them with the decision's
+# other inputs, in one statement (`gateway._INPUTS`), and makes them an `OnReview` with `standing`.
+ON_REVIEW = _ON_REVIEW_ALL.where(PatientRecord.person_id == bindparam("person_id"))
 
 
-def _on_review(session: Session, person_id: str | None) -> dict[str, OnReview]:
-    rows = run(session, _ON_REVIEW_ALL) if person_id is None else run(session, _ON_REVIEW, {"person_id": person_id})
-    found: dict[str, tuple[set[int], set[str], set[str], set[str]]] = {}
-    for person, kind, status, record_id, patient_id in rows:
-        records, self_made, contested, confirmed = found.setdefault(person, (set(), set(), set(), set()))
+def standing(rows: Iterable[tuple[str, str, int, str | None]]) -> OnReview:
+    """One person's `OnReview` from their rows of `ON_REVIEW`: (kind, status, record id, Patient id)."""
+    records: set[int] = set()
+    self_made: set[str] = set()
+    contested: set[str] = set()
+    confirmed: set[str] = set()
+    for kind, status, record_id, patient_id in rows:
         if kind == NEW_SOURCE_RECORD:
             records.add(record_id)
         if patient_id is not None:
             (self_made if kind == NEW_SOURCE_RECORD else confirmed if status == "closed" else contested).add(patient_id)
-    return {person: OnReview(frozenset(records), frozenset(self_made), frozenset(contested), frozenset(confirmed))
-            for person, (records, self_made, contested, confirmed) in found.items()}
+    if not records and not self_made and not contested and not confirmed:
+        return NOTHING_ON_REVIEW
+    return OnReview(frozenset(records), frozenset(self_made), frozenset(contested), frozenset(confirmed))
+
+
+def _on_review(session: Session, person_id: str | None) -> dict[str, OnReview]:
+    rows = run(session, _ON_REVIEW_ALL) if person_id is None else run(session, ON_REVIEW, {"person_id": person_id})
+    found: dict[str, list[tuple[str, str, int, str | None]]] = {}
+    for person, kind, status, record_id, patient_id in rows:
+        found.setdefault(person, []).append((kind, status, record_id, patient_id))
+    return {person: standing(held) for person, held in found.items()}
 
 
 def flag_new_source_record(session: Session, fw: Framework, actor: Actor, record: PatientRecord, audit_seq: int,

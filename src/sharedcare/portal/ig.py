@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sharedcare.api.deps import FrameworkDep, IgDep
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import details, requested_resource
+from sharedcare.governance.audit import expanded
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -100,7 +101,7 @@ def _audit_row(entry: Any, fw: Framework) -> AuditRow:
     info = details(entry)
     item = requested_resource(entry)
     released = 0 if entry.outcome == "deny" else sum(  # every entity but the patient's (role 1)
-        1 for e in entry.event.get("entity", []) if "what" in e and (e.get("role") or {}).get("code") != "1")
+        1 for e in expanded(entry.event)["entity"] if "what" in e and (e.get("role") or {}).get("code") != "1")
     return AuditRow(entry.recorded_at, entry.action, entry.outcome,
                     f"{user.name} ({entry.username})" if user else (entry.username or ""),
                     ((agent.get("role") or [{}])[0]).get("text", ""), org.name if org else (entry.organisation or ""),
