@@ -49,7 +49,7 @@ from large_record import add_large_record
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from export import ingested_records, replicate  # benchmarks/ is on the path: these run as scripts
 from sharedcare.api.auth import mint_token
@@ -112,6 +112,7 @@ def build_store(store: Path, people: int, large: int, fw: Framework, copies: int
     ingest_s = time.perf_counter() - start
     start = time.perf_counter()
     replicate(str(db.url), range(1, copies + 1), ingested_records(str(db.url)))
+    own_ids(db)
     replicate_s = time.perf_counter() - start
     nhs = add_large_record(db, fw, feeds, store / "large.ndjson", large)
     with db.session() as session:
@@ -122,6 +123,14 @@ def build_store(store: Path, people: int, large: int, fw: Framework, copies: int
              "ingest_s": ingest_s, "replicate_s": replicate_s, "built_at": utcnow().isoformat()}
     manifest.write_text(json.dumps(built, indent=2))
     return built
+
+
+def own_ids(db: Database) -> None:
+    """Give each copied resource its own server id as its FHIR id, as ingest does (`replicate` keeps the
+    original's), so that the ids `$everything` serves read the copy back. SQLite (the store here)."""
+    with db.session() as session:
+        session.execute(text("UPDATE resources SET content = json_set(content, '$.id', id) "
+                             "WHERE json_extract(content, '$.id') <> id"))
 
 
 def pick_records(db: Database, fw: Framework, nhs: str, sample: int) -> tuple[list[str], str, int, int]:
