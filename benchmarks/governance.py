@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from sharedcare.api import fhir
 from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
-from sharedcare.api.deps import caller, get_records
+from sharedcare.api.deps import caller, governed_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
@@ -127,14 +129,15 @@ def gateway_reads(db: Database, fw: Framework, actor: Actor, people: list[str], 
 
 
 def http_reads(client: TestClient, headers: dict[str, str], people: list[str], rounds: int = ROUNDS) -> Timings:
-    """Whole `GET $everything` requests in process: the app as served, and the same app with the
-    records dependency swapped for `Ungoverned` (same token check, route, serialisation)."""
+    """Whole `GET $everything` requests in process: the app as served, and the same app with the route's
+    records (`fhir.governed_records`) swapped for `Ungoverned` (same token check, route, serialisation)."""
     app: Any = client.app
     db: Database = app.state.database
     fw: Framework = app.state.framework
 
+    @contextmanager
     def ungoverned_records(request: Request) -> Iterator[GovernedRecords]:
-        with db.session() as session:  # the same token check, in the same session, as the real dependency
+        with db.session() as session:  # the same token check, in the same session, as the real one
             yield Ungoverned(session, fw, caller(request, app.state.settings, fw, session))
 
     def get(pid: str) -> None:
@@ -142,17 +145,17 @@ def http_reads(client: TestClient, headers: dict[str, str], people: list[str], r
         assert response.status_code == 200, response.text
 
     def governed(pid: str) -> None:
-        app.dependency_overrides.pop(get_records, None)
+        fhir.governed_records = governed_records
         get(pid)
 
     def ungoverned(pid: str) -> None:
-        app.dependency_overrides[get_records] = ungoverned_records
+        fhir.governed_records = ungoverned_records
         get(pid)
 
     try:
         return paired(people, governed, ungoverned, rounds)
     finally:
-        app.dependency_overrides.pop(get_records, None)
+        fhir.governed_records = governed_records
 
 
 def profile_governed(db: Database, fw: Framework, actor: Actor, people: list[str]) -> str:

@@ -16,6 +16,7 @@ from tests.portal_client import PortalClient
 
 from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
+from sharedcare.governance import gateway
 from sharedcare.governance.content_cache import cache_of
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import ServedResource
@@ -62,7 +63,7 @@ def check_cached_documents(database: Database) -> None:
     shared document or shape in place."""
     held = list(cache_of(database.engine).entries())
     table = Resource.__table__
-    columns = (table.c.id, table.c.version, table.c.content_hash, table.c.received_at, table.c.content)
+    columns = (table.c.id, *gateway._STAMP_COLUMNS, table.c.content)  # the stamp as the read path reads it
     with database.engine.connect() as connection:
         for start in range(0, len(held), 500):
             chunk = held[start:start + 500]

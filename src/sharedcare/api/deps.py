@@ -9,6 +9,7 @@ request the browser makes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -96,15 +97,16 @@ def scoped_types(scopes: str) -> frozenset[str] | None:
     return frozenset(types)
 
 
-def get_records(request: Request, settings: Annotated[Settings, Depends(get_settings)],
-                fw: Annotated[Framework, Depends(get_framework)],
-                db: Annotated[Database, Depends(get_database)]) -> Iterator[GovernedRecords]:
-    """Records as the caller (`caller`, checked here in the records' own session and worker thread: a
-    separate dependency cost a read another thread hop and session) may read them; with only patient/
-    scopes (an app's EHR launch), only the launch patient's (a citizen's own-record rule is the
-    framework's, not the scope's)."""
-    with db.session() as session:
-        actor = caller(request, settings, fw, session)
+@contextmanager
+def governed_records(request: Request) -> Iterator[GovernedRecords]:
+    """Records as the caller (`caller`, checked in the records' own session) may read them, committed when
+    the block ends; with only patient/ scopes (an app's EHR launch), only the launch patient's (a citizen's
+    own-record rule is the framework's, not the scope's). For the routes that open it themselves (`fhir.py`:
+    one thread hop, or none, rather than a generator dependency's three)."""
+    state = request.app.state
+    fw: Framework = state.framework
+    with state.database.session() as session:
+        actor = caller(request, state.settings, fw, session)
         scopes = request.state.scopes
         launch_patient = request.state.launch_patient
         patient_only = patient_level_only(scopes) and actor.person_id is None
@@ -115,6 +117,12 @@ def get_records(request: Request, settings: Annotated[Settings, Depends(get_sett
                                   "client_id": request.state.client_id}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
                if patient_only else GovernedRecords(session, fw, actor, **common))
+
+
+def get_records(request: Request) -> Iterator[GovernedRecords]:
+    """`governed_records` as a dependency, for routes that hold the records across other dependencies."""
+    with governed_records(request) as records:
+        yield records
 
 
 def get_citizen(request: Request, actor: Annotated[Actor, Depends(get_actor)],

@@ -41,7 +41,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-Stamp = tuple[int, str, datetime]  # version, content hash, received at
+Stamp = tuple[int, str, datetime | str]  # version, content hash, received at as read raw (SQLite: its text)
 T = TypeVar("T")
 # Stored JSON bytes held per store. Decoded, a FHIR document takes about 6 times its JSON size in Python
 # objects (tracemalloc over the synthetic ICS's documents: 5.9x for its FHIR feeds, 5.5x for resources
