@@ -15,6 +15,7 @@ import uuid
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +25,7 @@ from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.audit import record_refused_credentials
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.portal import citizen, csrf, ig, pages
@@ -149,6 +151,9 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
 
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:
+        if exc.presented:
+            await run_in_threadpool(record_refused_credentials, app.state.database, exc.message, exc.subject,
+                                    _request_id(request), request.client.host if request.client else None)
         if not _is_api(request):
             return pages.sign_in_again(request, exc.message)
         response = operation_outcome(401, "login", exc.message, _request_id(request))

@@ -31,6 +31,9 @@ CITIZEN_SCOPE = "patient/*.read"
 class AuthError(SharedcareError):
     """No token, or a token that is expired, tampered with or names no configured user."""
 
+    presented = False  # the caller sent credentials and they were refused: audited (TRUST AU3)
+    subject: str | None = None  # whom they name, where the signature was checked (revoked, client removed)
+
 
 def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None = None) -> str:
     """Sign `claims` with the issuer, a fresh `jti` and an expiry added."""

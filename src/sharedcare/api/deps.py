@@ -65,16 +65,22 @@ def bearer_or_cookie(request: Request) -> str:
 def caller(request: Request, settings: Settings, fw: Framework, session: Session) -> Actor:
     """The caller named by a valid, unrevoked token. A backend client acts as its registered organisation
     and role, looked up on each request so that removing it takes effect at once."""
-    claims = read_token(settings, bearer_or_cookie(request))
-    request.state.scopes = str(claims.get("scope", ""))
-    request.state.launch_patient = claims.get("patient")
-    request.state.client_id = claims.get("client_id")
-    subject = str(claims["sub"])
-    if is_revoked(session, claims):
-        raise AuthError("the access token has been revoked; sign in again")
-    actor = current_actor(session, fw, subject)
-    if actor is None:
-        raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
+    token = bearer_or_cookie(request)
+    subject = None
+    try:
+        claims = read_token(settings, token)
+        request.state.scopes = str(claims.get("scope", ""))
+        request.state.launch_patient = claims.get("patient")
+        request.state.client_id = claims.get("client_id")
+        subject = str(claims["sub"])
+        if is_revoked(session, claims):
+            raise AuthError("the access token has been revoked; sign in again")
+        actor = current_actor(session, fw, subject)
+        if actor is None:
+            raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
+    except AuthError as refused:
+        refused.presented, refused.subject = True, subject
+        raise
     return actor
 
 

@@ -45,6 +45,7 @@ class AuditAction(StrEnum):
     DEMOGRAPHICS_READ = "clinical:demographics:read"
     BASIS_RECORD = "access:basis:record"
     LOGIN = "auth:session:login"
+    CREDENTIALS_REFUSED = "auth:token:refused"
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
@@ -203,6 +204,17 @@ _ENTRIES = cast(Table, AuditEntry.__table__)
 _LOCK_AND_READ_HEAD = (update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
                        .returning(_HEAD.c.seq, _HEAD.c.hash))
 _APPEND = insert(_ENTRIES)  # a trigger (migration 0006) advances the head, refusing an entry that does not follow it
+
+
+def record_refused_credentials(database: Database, reason: str, subject: str | None, request_id: str | None,
+                               source_address: str | None) -> None:
+    """A token or session refused at the door (expired, forged, revoked, its client removed), audited like a
+    failed sign-in (TRUST AU3), in a transaction of its own: nothing else of the request is written.
+    `subject` only where the token's signature was checked; a forged token's claims name no one."""
+    with database.session() as session:
+        record_audit(session, AuditRecord(AuditAction.CREDENTIALS_REFUSED, "deny", username=subject, reason=reason,
+                                          request_id=request_id, source_address=source_address))
+        session.commit()
 
 
 def record_audit(session: Session, record: AuditRecord) -> int:
