@@ -371,3 +371,29 @@ def test_a_header_the_parser_chokes_on_is_held_and_the_file_goes_on(db: Database
     broken = admission("BAD1").replace("MSH|^~\\&|", "MSH|^^~\\&|", 1)
     report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [broken, admission()])])
     assert report.quarantined == 1 and report.accepted > 0
+
+
+def test_a_sender_s_own_separators_and_escapes_read_as_the_usual_ones(framework: Framework) -> None:
+    """MSH-1 and MSH-2 declare the separators; a message written with others maps to the same resources,
+    except that \\F\\ and \\T\\ stand for that sender's field and subcomponent separators."""
+    usual = results()
+    own = usual.translate(str.maketrans("|^~\\&", "!@#%$"))
+    assert own.startswith("MSH!@#%$!LAB!RXR!")
+
+    def staged(text: str) -> str:
+        done = hl7v2.stage_hl7(hl7v2.RawMessage("RXR/lab.hl7", "message 1", text.encode("latin-1"), "hl7v2"),
+                               framework)
+        return json.dumps([item.content for item in done.resources], sort_keys=True)
+
+    expected = staged(usual)
+    assert "haemolysed & delayed" in expected and "cells | occasional" in expected
+    assert staged(own) == (expected.replace("haemolysed & delayed", "haemolysed $ delayed")
+                           .replace("cells | occasional", "cells ! occasional"))
+
+
+@pytest.mark.parametrize("header", ["MSH|^^\\&|", "MSH|^~\\^|", "MSH|~~\\&|", "MSH|^~\\&", "MSH"])
+def test_a_header_whose_separators_clash_or_stop_short_is_held_at_msh_2(framework: Framework, header: str) -> None:
+    text = admission().replace("MSH|^~\\&|", header, 1) if header.endswith("|") else header
+    with pytest.raises(MessageError) as caught:
+        hl7v2.stage_hl7(hl7v2.RawMessage("RXR/pas.hl7", "message 1", text.encode("latin-1"), "hl7v2"), framework)
+    assert caught.value.where == "RXR/pas.hl7, message 1, MSH-2"

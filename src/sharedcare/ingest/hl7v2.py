@@ -1,4 +1,4 @@
-"""HL7 v2 input (ADT and ORU^R01, v2.3 to v2.5) from .hl7 files, parsed with python-hl7.
+"""HL7 v2 input (ADT and ORU^R01, v2.3 to v2.5) from .hl7 files, split by `hl7v2_syntax`.
 
 Turns one message into a StagedMessage: a UK Core Patient from PID/PD1/NK1, an Encounter from PV1 (ADT),
 a DiagnosticReport per OBR and an Observation per OBX (ORU); references use server ids, provenance is
@@ -16,13 +16,12 @@ from datetime import datetime
 from itertools import chain
 from pathlib import Path
 
-import hl7
-
 from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
 from sharedcare.fhir.validate import validation_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2_map as hmap
 from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
+from sharedcare.ingest.hl7v2_syntax import SyntaxProblem, split_message
 from sharedcare.ingest.messages import (
     MAX_MESSAGE_BYTES,
     MessageError,
@@ -48,7 +47,6 @@ MERGE_EVENTS = {"A18", "A30", "A36", "A39"}
 REPEATING = {"NK1", "ORC", "OBR", "OBX", "NTE"}  # labelled OBX[3] so an analyst can find the one at fault
 _BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
-_USUAL_MSH = "MSH|^~\\&|"  # field separator and encoding characters nearly every sender uses
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
@@ -92,14 +90,12 @@ def _segments(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
 def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
     control_id = ""
     first = _SEGMENT_END.split(payload.decode("latin-1"), maxsplit=1)[0]
-    if first.startswith(_USUAL_MSH):  # the usual separators: MSH-10 is the tenth field, no parser needed
-        fields = first.split("|", 10)
-        control_id = fields[9].strip() if len(fields) > 9 else ""
-    elif first.startswith("MSH"):
+    if first.startswith("MSH"):
         try:
-            control_id = str(hl7.parse(first).segment("MSH")[10]).strip()
-        except (hl7.ParseException, IndexError, ValueError, AssertionError):
-            control_id = ""
+            fields = split_message(first)[1][0]
+        except SyntaxProblem:
+            fields = []
+        control_id = fields[10].strip() if len(fields) > 10 else ""
     location = f"message {number} (MSH-10 {control_id})" if control_id else f"message {number}"
     return RawMessage(str(path), location, payload, "hl7v2")
 
@@ -107,23 +103,21 @@ def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
 def _parse(raw: RawMessage, text: str) -> list[Seg]:
     """Segments in order, labelled; Z-segments (local extensions) are left out."""
     try:
-        message = hl7.parse("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
-    except (IndexError, AssertionError) as exc:  # python-hl7 says "index out of range" or nothing at all
-        raise MessageError("not an HL7 v2 message: MSH must start with its field separator and encoding "
-                           "characters, each a different character (MSH-1 and MSH-2, as in MSH|^~\\&|)",
-                           f"{raw.where}, MSH-2") from exc
-    except (hl7.ParseException, ValueError) as exc:
-        raise MessageError(f"not an HL7 v2 message: {exc}", raw.where) from exc
-    if str(message[0][0]) != "MSH":
-        raise MessageError(f"not an HL7 v2 message: it starts with {message[0][0]}, not MSH", raw.where)
+        encoding, message = split_message("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
+    except SyntaxProblem as exc:
+        if exc.field == 2:
+            raise MessageError("not an HL7 v2 message: MSH must start with its field separator and encoding "
+                               "characters, each a different character (MSH-1 and MSH-2, as in MSH|^~\\&|)",
+                               f"{raw.where}, MSH-2") from exc
+        raise MessageError(f"not an HL7 v2 message: {exc.reason}", raw.where) from exc
     seen: Counter[str] = Counter()
     segments = []
-    for segment in message:
-        name = str(segment[0])
+    for fields in message:
+        name = fields[0]
         if name.startswith("Z"):
             continue
         seen[name] += 1
-        segments.append(Seg(segment, message, f"{name}[{seen[name]}]" if name in REPEATING else name, raw.where))
+        segments.append(Seg(fields, encoding, f"{name}[{seen[name]}]" if name in REPEATING else name, raw.where))
     return segments
 
 

@@ -1,7 +1,7 @@
 """HL7 v2 segments to UK Core FHIR: the mapping an interface analyst reviews, one function per resource.
 
 Segments are read through `Seg`, which numbers fields as the standard does and unescapes values with
-python-hl7. A value that cannot be mapped raises a MessageError naming the segment and field
+python-hl7's `unescape`. A value that cannot be mapped raises a MessageError naming the segment and field
 (`PID-7`, `OBX[3]-5`) with the value and what was expected.
 """
 
@@ -13,8 +13,11 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hl7.util import unescape
+
 from sharedcare.fhir.uk_core import ODS_SYSTEM, SNOMED, server_id
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
+from sharedcare.ingest.hl7v2_syntax import Encoding
 from sharedcare.ingest.messages import MessageError
 
 Json = dict[str, Any]
@@ -53,28 +56,31 @@ _RANGE = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*")
 
 
 class Seg:
-    """One segment as the standard numbers it (MSH-9 is field 9, PID-3 field 3), values unescaped."""
+    """One segment as the standard numbers it (MSH-9 is field 9, PID-3 field 3), values unescaped.
 
-    def __init__(self, segment: Any, message: Any, label: str, where: str) -> None:
-        self.segment = segment
-        self.message = message
-        self.name = str(segment[0])
+    A field is split (repetitions, components, the first subcomponent of each) and unescaped when
+    mapping first reads it, and kept for the next read."""
+
+    def __init__(self, fields: list[str], encoding: Encoding, label: str, where: str) -> None:
+        self.fields = fields  # each field's text as sent (hl7v2_syntax.split_message)
+        self.encoding = encoding
+        self.name = fields[0]
         self.label = label  # "PID", or "OBX[3]" for segments that repeat
         self.where = where
-        self._reps: dict[int, list[list[str]]] = {}  # mapping reads a field several times: unescaped once
+        self._reps: dict[int, list[list[str]]] = {}
 
     def error(self, reason: str, field: int | None = None) -> MessageError:
         return MessageError(reason, f"{self.where}, {self.label}" + (f"-{field}" if field else ""))
 
     def reps(self, field: int) -> list[list[str]]:
         """Each repetition of a field as its components (the first subcomponent of each), empty ones left out."""
-        if field >= len(self.segment):
+        if field >= len(self.fields):
             return []
         if field not in self._reps:
+            enc = self.encoding
             out = []
-            for rep in self.segment[field]:
-                parts = [rep] if isinstance(rep, str) else [p if isinstance(p, str) else str(p[0]) for p in rep]
-                components = [self._unescape(p) for p in parts]
+            for rep in self.fields[field].split(enc.repetition):
+                components = [self._unescape(c.split(enc.subcomponent, 1)[0]) for c in rep.split(enc.component)]
                 if any(components):
                     out.append(components)
             self._reps[field] = out
@@ -86,12 +92,12 @@ class Seg:
 
     def text(self, field: int) -> str:
         """A free-text field whole (ST, TX, FT): repetitions are lines; a separator left unescaped is kept."""
-        if field >= len(self.segment):
+        if field >= len(self.fields):
             return ""
-        return "\n".join(self._unescape(str(rep)) for rep in self.segment[field]).strip()
+        return "\n".join(self._unescape(rep) for rep in self.fields[field].split(self.encoding.repetition)).strip()
 
     def _unescape(self, value: str) -> str:
-        return "" if value == '""' else str(self.message.unescape(value, _UNESCAPE))  # "" is HL7's null
+        return "" if value == '""' else str(unescape(self.encoding, value, _UNESCAPE))  # "" is HL7's null
 
 
 def part(components: list[str], n: int) -> str:
