@@ -147,14 +147,21 @@ def make_checkpoint(session: Session, key: Ed25519PrivateKey, now: datetime | No
     return Checkpoint(**{**asdict(unsigned), "signature": signature})
 
 
+def _tree_up_to(session: Session, size: int, smallest: int, tree: AuditTree | None, asked: str) -> AuditTree:
+    """The tree caught up to `size` entries, once `0 < smallest <= size <= ` the log's size holds; else an
+    error naming what was `asked` for."""
+    head = session.get(AuditHead, 1)
+    entries = head.seq if head else 0
+    if not 0 < smallest <= size <= entries:
+        raise CheckpointError(f"no {asked}: the log has {entries}", where="audit log")
+    tree = tree if tree is not None else AuditTree()
+    tree.catch_up(session, size)
+    return tree
+
+
 def consistency_proof(session: Session, first: int, second: int, tree: AuditTree | None = None) -> dict[str, Any]:
     """Proof that the log of `second` entries extends the log of `first` (pymerkle's serialised proof)."""
-    head = session.get(AuditHead, 1)
-    if not 0 < first <= second <= (head.seq if head else 0):
-        raise CheckpointError(f"no consistency proof from {first} to {second} entries: the log has "
-                              f"{head.seq if head else 0}", where="audit log")
-    tree = tree if tree is not None else AuditTree()
-    tree.catch_up(session, second)
+    tree = _tree_up_to(session, second, first, tree, f"consistency proof from {first} to {second} entries")
     proof: dict[str, Any] = tree.prove_consistency(first, second).serialize()
     return proof
 
@@ -162,12 +169,7 @@ def consistency_proof(session: Session, first: int, second: int, tree: AuditTree
 def inclusion_proof(session: Session, seq: int, size: int, tree: AuditTree | None = None) -> dict[str, Any]:
     """Proof that entry `seq` (its chain hash, `hash`) is in the log of `size` entries (pymerkle's
     serialised proof, `proof`): checked against a checkpoint of that size by `proves_inclusion`."""
-    head = session.get(AuditHead, 1)
-    if not 0 < seq <= size <= (head.seq if head else 0):
-        raise CheckpointError(f"no inclusion proof of entry {seq} in {size} entries: the log has "
-                              f"{head.seq if head else 0}", where="audit log")
-    tree = tree if tree is not None else AuditTree()
-    tree.catch_up(session, size)
+    tree = _tree_up_to(session, size, seq, tree, f"inclusion proof of entry {seq} in {size} entries")
     entry_hash = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == seq))
     return {"seq": seq, "size": size, "hash": entry_hash, "proof": tree.prove_inclusion(seq, size).serialize()}
 
