@@ -76,7 +76,9 @@ def test_messages_that_update_what_earlier_ones_of_their_run_inserted_share_its_
                                       condition("c1", "Patient/p1", "44054006", "Type 2 diabetes")])
     second = bundle("P81001", "emis", [patient("p1", None, "Okafor", "Emeka", "1945-03-02"),
                                        condition("c1", "Patient/p1", "73211009", "Diabetes mellitus")])
-    path = write_ndjson(tmp_path / "P81001" / "gp.ndjson", [first, second, first])
+    again = bundle("P81001", "emis", [patient("p1", None, "Okafor", "Emeka", "1945-03-02"),  # a new message
+                                      condition("c1", "Patient/p1", "44054006", "Type 2 diabetes")])
+    path = write_ndjson(tmp_path / "P81001" / "gp.ndjson", [first, second, again])
     commits: list[object] = []
     event.listen(db.engine, "commit", commits.append)
     report = Pipeline(db, framework, workers=0).ingest_paths([path])

@@ -387,6 +387,11 @@ class Pipeline:
                 item.outcome = "unchanged"
                 unchanged += 1
                 continue
+            if (row is not None and item.recorded_at <= row.recorded_at
+                    and self._applied_before(session, row, staged.message_id)):
+                item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
+                unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
+                continue
             if row is not None and item.recorded_at < row.recorded_at:
                 item.outcome = "stale"
                 stale += 1
@@ -451,6 +456,13 @@ class Pipeline:
         if others:
             flag_registration_conflict(session, self.framework, record,
                                        self.sender or f"{staged.source_org}:{staged.source_system}", others, utcnow())
+
+    @staticmethod
+    def _applied_before(session: Session, row: Resource, message_id: str) -> bool:
+        """Whether this message already gave the resource a version now in its history. Event time alone
+        cannot tell a message sent again from a new one when two messages share it; the message id can."""
+        return session.scalar(select(ResourceVersion.version).where(
+            ResourceVersion.resource_id == row.id, ResourceVersion.message_id == message_id).limit(1)) is not None
 
     @staticmethod
     def _demographics_are_current(staged: StagedMessage, source_id: str, existing: dict[str, Resource]) -> bool:
