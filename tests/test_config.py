@@ -24,3 +24,26 @@ def test_a_32_byte_secret_is_accepted_and_demo_mode_accepts_any(tmp_path: Path) 
     settings = replace(load_settings(), database_url=f"sqlite:///{tmp_path / 'x.db'}")
     assert create_app(replace(settings, secret="k" * 32, demo=False)).state.settings.secret == "k" * 32
     assert create_app(replace(settings, secret="short", demo=True)).state.settings.demo
+
+
+def test_the_server_runs_request_work_on_the_configured_number_of_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two a process by default (request work is CPU: more threads fight the event loop for the GIL and
+    the latency tail explodes); SHAREDCARE_SERVER_THREADS changes it, and nonsense is refused by name."""
+    import anyio.to_thread
+    from fastapi.testclient import TestClient
+
+    def tokens() -> float:
+        return anyio.to_thread.current_default_thread_limiter().total_tokens
+
+    for value, expected in ((None, 2), ("6", 6)):
+        if value is None:
+            monkeypatch.delenv("SHAREDCARE_SERVER_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("SHAREDCARE_SERVER_THREADS", value)
+        settings = replace(load_settings(), database_url=f"sqlite:///{tmp_path / 'x.db'}", demo=True)
+        with TestClient(create_app(settings)) as client:
+            assert client.portal.call(tokens) == expected  # type: ignore[union-attr]
+    monkeypatch.setenv("SHAREDCARE_SERVER_THREADS", "0")
+    with pytest.raises(ConfigError, match="SHAREDCARE_SERVER_THREADS"):
+        load_settings()

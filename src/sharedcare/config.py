@@ -36,6 +36,7 @@ class Settings:
     data_path: Path = Path("var")
     export_workers: int = 2
     ingest_workers: int = 0
+    server_threads: int = 2  # worker threads per server process for request work (api/app.py, lifespan)
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -67,6 +68,7 @@ def load_settings() -> Settings:
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
         ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", os.cpu_count() or 1, least=0),
+        server_threads=_whole_number("SHAREDCARE_SERVER_THREADS", 2, least=1),
     )
 
 

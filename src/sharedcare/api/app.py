@@ -11,7 +11,10 @@ import gc
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
@@ -141,7 +144,17 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
                database: Database | None = None) -> FastAPI:
     settings = settings or load_settings()
     settings.require_safe_secret()
-    app = FastAPI(title="sharedcare", version=__version__,
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Request work (a governed read, decision, audit, commit: nearly all CPU) runs in worker threads.
+        # With anyio's default of 40, eight requests in flight each hold one and contend for the GIL with
+        # the event loop and each other: a large `$everything` under load had a p99 of 450-480 ms and a
+        # typical mix 480-640 ms; with two threads a process the rest queue, and they fell to 116-130 ms
+        # and 16-17 ms, with 40% more large requests a second (benchmarks/api.py, docs/architecture.md).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server_threads
+        yield
+
+    app = FastAPI(title="sharedcare", version=__version__, lifespan=lifespan,
                   description="Shared care record: FHIR R4 API and portals under one sharing framework")
     app.state.settings = settings
     app.state.framework = framework or load_framework(settings.framework_path)
