@@ -609,6 +609,9 @@ def audit_witness(
         console.print(f"[red]checkpoint at entry {new.seq}[/red] ({new.at}): {problem}")
     if problems:
         raise typer.Exit(1)
+    if kept is not None and (kept.seq, kept.root, kept.hash) == (new.seq, new.root, new.hash):
+        console.print(f"the log is still at entry {new.seq}: nothing new to keep")
+        return
     with store.open("a", encoding="utf-8") as out:
         out.write(json.dumps(asdict(new), sort_keys=True) + "\n")
     console.print(f"kept the checkpoint at entry {new.seq}"

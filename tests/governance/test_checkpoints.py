@@ -226,6 +226,8 @@ def test_the_witness_command_follows_the_service_over_http_and_stops_at_a_rewrit
         _write(env, 2)
         second = witness()
         assert second.exit_code == 0 and "at entry 5: the log extends the last kept, at entry 3" in second.stderr
+        unchanged = witness()  # run again before anything new is logged: the file does not grow
+        assert unchanged.exit_code == 0 and "still at entry 5: nothing new to keep" in unchanged.stderr
         _rewrite_from(env, 4, "someone-else")
         _write(env, 1)
         refused = witness()

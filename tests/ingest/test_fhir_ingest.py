@@ -173,3 +173,24 @@ def test_a_resource_sent_twice_in_one_bundle_is_refused_by_name(db: Database, fr
     twice["entry"].append(dict(twice["entry"][1]))
     report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [twice])])
     assert report.quarantined == 1 and "sent twice" in report.quarantine[0]["reason"]
+
+
+def test_a_correction_in_a_bundle_that_reuses_an_earlier_bundles_id_is_stored(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Some senders give every Bundle the same id. A message sent again changes nothing (its id and its
+    content both match a version already applied); a new content under a reused id, at the same event time,
+    is a correction and is stored."""
+    def diabetes(text: str, bundle_id: str) -> dict:
+        sent = bundle("P81001", "emis", [patient("p1", None, "Okafor", "Emeka", "1945-03-02"),
+                                         condition("c1", "Patient/p1", "44054006", text)])
+        return {**sent, "id": bundle_id}
+
+    path = write_ndjson(tmp_path / "P81001" / "gp.ndjson", [
+        diabetes("Type 2 diabetes", "same-id"), diabetes("Diabetes mellitus", "other-id"),
+        diabetes("Type 2 diabetes mellitus", "same-id")])
+    Pipeline(db, framework).ingest_paths([path])
+    with db.session() as s:
+        row = s.scalars(select(Resource).where(Resource.source_id == "c1")).one()
+        assert (row.version, row.content["code"]["coding"][0]["display"]) == (3, "Type 2 diabetes mellitus")
+    again = Pipeline(db, framework).ingest_paths([path])
+    assert again.accepted == 0

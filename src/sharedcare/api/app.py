@@ -165,8 +165,11 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:
         if exc.presented:
-            await run_in_threadpool(record_refused_credentials, app.state.database, exc.message, exc.subject,
-                                    _request_id(request), request.client.host if request.client else None)
+            try:
+                await run_in_threadpool(record_refused_credentials, app.state.database, exc.message, exc.subject,
+                                        _request_id(request), request.client.host if request.client else None)
+            except Exception:  # the caller is refused either way: a failed audit write must not make it a 500
+                log.exception("request %s: the refused credentials could not be audited", _request_id(request))
         if not _is_api(request):
             return pages.sign_in_again(request, exc.message)
         response = operation_outcome(401, "login", exc.message, _request_id(request))

@@ -154,10 +154,10 @@ def get_sign_in(request: Request, fw: Annotated[Framework, Depends(get_framework
                             source_address=_source_address(request))
 
 
-def get_feedback(actor: Annotated[Actor, Depends(get_actor)],
+def get_feedback(actor: Annotated[Actor, Depends(get_actor)], fw: Annotated[Framework, Depends(get_framework)],
                  db: Annotated[Database, Depends(get_database)]) -> Iterator[StaffFeedback]:
     with db.session() as session:
-        yield StaffFeedback(session, actor)
+        yield StaffFeedback(session, fw, actor)
 
 
 def get_oauth(fw: Annotated[Framework, Depends(get_framework)],

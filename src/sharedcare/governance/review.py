@@ -232,15 +232,20 @@ def flag_joined_registrations(session: Session, moves: list[LinkMove], by: str) 
         for record_id, person_id, org, content in run(session, _CLAIMS_OF, {"persons": persons[start:start + 500]}):
             if claims_registration(content, org) and not entered_in_error(content):
                 claims.setdefault(person_id, []).append((record_id, org))
-    on_review = set(session.scalars(select(ReviewItem.patient_record_id).where(
-        ReviewItem.kind == REGISTRATION_CONFLICT, ReviewItem.status != "closed")))
+    moved_claims = sorted({record_id for person_id, claimed in claims.items() for record_id, _ in claimed
+                           if record_id in moved_in[person_id]})
+    already_queued: set[int | None] = set()
+    for start in range(0, len(moved_claims), 500):
+        already_queued.update(session.scalars(select(ReviewItem.patient_record_id).where(
+            ReviewItem.kind == REGISTRATION_CONFLICT, ReviewItem.status != "closed",
+            ReviewItem.patient_record_id.in_(moved_claims[start:start + 500]))))
     queued = []
     now = utcnow()
     for person_id, claimed in sorted(claims.items()):
         already = sorted({org for record_id, org in claimed if record_id not in moved_in[person_id]})
         for record_id, org in claimed:
             others = [code for code in already if code != org]
-            if record_id in moved_in[person_id] and others and record_id not in on_review:
+            if record_id in moved_in[person_id] and others and record_id not in already_queued:
                 record = session.get_one(PatientRecord, record_id)
                 queued.append(flag_registration_conflict(session, None, record, by, others, now))
     return queued

@@ -397,7 +397,7 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
     held: set[int] = set()
     for root, ids in members.items():
         distinct = {numbers[i] for i in ids if numbers[i]}
-        if not any(numbers_keep_apart(x, y) for x in distinct for y in distinct):
+        if sum(1 for x in distinct if x and is_valid(x)) <= 1:  # `numbers_keep_apart` needs two valid ones
             cluster_of.update({i: root for i in ids})
             continue
         by_number: dict[str, int] = {}

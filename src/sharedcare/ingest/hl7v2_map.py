@@ -7,18 +7,24 @@ python-hl7's `unescape`. A value that cannot be mapped raises a MessageError nam
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import hl7.util
 from hl7.util import unescape
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM, SNOMED, server_id
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
 from sharedcare.ingest.hl7v2_syntax import Encoding
 from sharedcare.ingest.messages import MessageError
+
+# python-hl7's unescape logs the whole field on an escape it does not know, under a logger named after its
+# file: patient values in the server's log (TRUST DP1). The value is kept as sent either way.
+logging.getLogger(hl7.util.__file__).disabled = True
 
 Json = dict[str, Any]
 

@@ -388,7 +388,7 @@ class Pipeline:
                 unchanged += 1
                 continue
             if (row is not None and item.recorded_at <= row.recorded_at
-                    and self._applied_before(session, row, staged.message_id)):
+                    and self._applied_before(session, row, staged.message_id, item.content)):
                 item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
                 unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
                 continue
@@ -458,11 +458,18 @@ class Pipeline:
                                        self.sender or f"{staged.source_org}:{staged.source_system}", others, utcnow())
 
     @staticmethod
-    def _applied_before(session: Session, row: Resource, message_id: str) -> bool:
-        """Whether this message already gave the resource a version now in its history. Event time alone
-        cannot tell a message sent again from a new one when two messages share it; the message id can."""
-        return session.scalar(select(ResourceVersion.version).where(
-            ResourceVersion.resource_id == row.id, ResourceVersion.message_id == message_id).limit(1)) is not None
+    def _applied_before(session: Session, row: Resource, message_id: str, content: dict[str, Any]) -> bool:
+        """Whether this message, with this content, already gave the resource a version now in its history.
+        Event time alone cannot tell a message sent again from a new one when two messages share it; the
+        message id and the content together can (a client may reuse a Bundle id for a real correction)."""
+        for stored in session.scalars(select(ResourceVersion.content).where(
+                ResourceVersion.resource_id == row.id, ResourceVersion.message_id == message_id)):
+            stamped = (stored.get("meta") or {})  # the store's own stamp is not the sender's content
+            sent = {**content, "meta": {**content.get("meta", {}), "versionId": stamped.get("versionId"),
+                                        "lastUpdated": stamped.get("lastUpdated")}}
+            if content_hash(sent) == content_hash(stored):
+                return True
+        return False
 
     @staticmethod
     def _demographics_are_current(staged: StagedMessage, source_id: str, existing: dict[str, Resource]) -> bool:

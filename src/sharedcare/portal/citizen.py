@@ -121,7 +121,8 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
 
 
 @router.get("/accesses", response_class=HTMLResponse)
-def accesses(request: Request, me: CitizenDep, before: Annotated[int | None, Query(ge=1)] = None) -> Response:
+def accesses(request: Request, me: CitizenDep,
+             before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Response:
     """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8), a page at a time
     (`before` is an audit sequence number, not anything about the person)."""
     return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before)
