@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import hl7
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -176,6 +177,17 @@ def test_our_splitter_reads_every_field_as_python_hl7_does(data: st.DataObject, 
     if theirs is not None and (ours := _read_as_we_do(text)) is not None:
         assert ours == theirs
 
+
+
+@pytest.mark.parametrize("separators", ["|^~\\&", "!@#%$", "|^~\\&#", "|^~", "|"])
+@pytest.mark.parametrize("seed", [ADT, ORU], ids=["ADT", "ORU"])
+def test_the_unmutated_messages_are_read_by_both_and_alike(seed: str, separators: str) -> None:
+    """The fuzz test above compares only where both splitters read a message: here both must read each
+    seed message, with each separator set, so a splitter that refused everything could not pass."""
+    text = (seed.translate(str.maketrans("|^~\\&", "!@#%$")) if separators == "!@#%$" else
+            seed.replace("MSH|^~\\&|", f"MSH{separators}|", 1)).strip()
+    theirs, ours = _read_as_python_hl7_does(text), _read_as_we_do(text)
+    assert theirs is not None and ours == theirs
 
 def _csv_file(folder: Path, content: bytes) -> Path:
     path = folder / "LRC" / "csv" / "mosaic.csv"
