@@ -287,6 +287,7 @@ def export_command(
     for rule, n in view.summary.get("resources_withheld", {}).items():
         table.add_row(f"resources withheld: {rule}", str(n))
     Console().print(table)
+    Console().print(f"small numbers: {view.summary.get('small_numbers', '')}")
 
 
 @app.command()

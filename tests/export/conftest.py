@@ -4,6 +4,7 @@ walks a whole `$export` as a client would (kick-off, poll, download)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from tests.conftest import FRAMEWORK_PATH
 from tests.portal_client import PortalClient
 
@@ -19,6 +21,7 @@ from sharedcare.api.app import create_app
 from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
@@ -40,7 +43,8 @@ def wait_for(client: TestClient, status_url: str, headers: dict[str, str], secon
         response = client.get(status_url, headers=headers)
         if response.status_code != 202:
             return response
-        assert "X-Progress" in response.headers
+        # progress in tens of percent, never a count of the people in scope (TRUST SU2, SU3)
+        assert re.fullmatch(r"(100|[1-9]?0)% done", response.headers["X-Progress"]), response.headers["X-Progress"]
         assert time.monotonic() < deadline, "the export did not finish"
         time.sleep(0.05)
 
@@ -61,3 +65,16 @@ def export(client: TestClient, headers: dict[str, str], path: str = "/fhir/$expo
         files[entry["type"]] = [json.loads(line) for line in response.text.splitlines()]
         assert len(files[entry["type"]]) == entry["count"]
     return manifest, files
+
+
+def exact_counts(db: Database) -> dict[str, Any]:
+    """The newest export's exact counts, as the IG sees them in its audit entry (its recipient sees them
+    with small numbers suppressed): people excluded by rule, and resources withheld by rule."""
+    with db.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:complete")
+                          .order_by(AuditEntry.seq.desc())).first()
+        assert entry is not None, "no export completed"
+        details = {d["type"]: d["valueString"] for d in entry.event["entity"][-1]["detail"]}
+    return {"people_excluded": json.loads(details["people_excluded"]),
+            "withheld": {key.removeprefix("withheld:"): int(value) for key, value in details.items()
+                         if key.startswith("withheld:")}}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from tests import builders
-from tests.export.conftest import ASYNC, export, wait_for
+from tests.export.conftest import ASYNC, exact_counts, export, wait_for
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.agreements import set_agreement
@@ -60,14 +60,16 @@ def test_no_name_number_address_phone_date_of_birth_or_free_text_leaves(ics: Ics
     assert ics.okafor not in " ".join(_lines(files)) and ics.stranger not in " ".join(_lines(files))
 
 
-def test_sensitive_and_always_withheld_information_stays_out(ics: Ics) -> None:
+def test_sensitive_and_always_withheld_information_stays_out(ics: Ics, db: Database) -> None:
     manifest, files = export(ics.client, ics.token("analyst.chen"))
     codes = {c["code"] for r in files["Condition"] for c in r["code"]["coding"]}
     assert codes == {"44054006"}  # diabetes; not the chlamydia (sexual health) nor the mental health trust's
     assert len(files["DocumentReference"]) == 1  # the restricted letter is withheld
     assert "data" not in json.dumps(files["DocumentReference"][0]["content"])
-    withheld = manifest["extension"]["https://sharedcare.example/bulk/summary"]["resources_withheld"]
+    withheld = exact_counts(db)["withheld"]  # the IG's exact figures; the recipient's are suppressed
     assert withheld["sensitive-category"] == 2 and withheld["confidential"] == 1
+    shown = manifest["extension"]["https://sharedcare.example/bulk/summary"]
+    assert shown["resources_withheld"]["sensitive-category"] == shown["resources_withheld"]["confidential"] == "*"
 
 
 def test_a_diagnosis_its_source_withdrew_as_entered_in_error_is_not_exported(
@@ -91,7 +93,11 @@ def test_opted_out_and_objecting_people_are_left_out(ics: Ics, db: Database) -> 
     manifest, files = export(ics.client, ics.token("analyst.chen"))
     assert files == {}
     summary = manifest["extension"]["https://sharedcare.example/bulk/summary"]
-    assert summary["people_excluded"] == {"deny-opt-out": 1, "deny-objection-all": 1}
+    # one person each: told to the IG exactly, to the recipient as "*" (TRUST SU2), and no count of the
+    # people in scope from which the recipient could subtract the people in the files (SU3)
+    assert exact_counts(db)["people_excluded"] == {"deny-opt-out": 1, "deny-objection-all": 1}
+    assert summary["people_excluded"] == {"deny-opt-out": "*", "deny-objection-all": "*"}
+    assert "people_seen" not in summary and "people_excluded_total" not in summary
     # the national data opt-out is for planning and research only: his GP still sees his record (TRUST SU1)
     record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel"))
     assert record.status_code == 200 and any(e["resource"]["resourceType"] == "Condition"

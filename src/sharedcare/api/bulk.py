@@ -104,9 +104,10 @@ def export_group(group_id: str, request: Request, actor: ActorDep, jobs: JobsDep
 def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
     view = jobs.status(actor, job_id, request.state.request_id)
     if view.status in ("accepted", "running"):
-        percent = 100 * view.people_done // view.people_total if view.people_total else 0
-        return Response(status_code=202, headers={
-            "X-Progress": f"{percent}% ({view.people_done} of {view.people_total} people)", "Retry-After": "2"})
+        # tens of percent, no counts: the people in scope less the people in the files would be the exact
+        # number who opted out or objected (TRUST SU2)
+        tens = 10 * (10 * view.people_done // view.people_total) if view.people_total else 0
+        return Response(status_code=202, headers={"X-Progress": f"{tens}% done", "Retry-After": "2"})
     if view.status == "failed":
         return operation_outcome(500, "exception", view.error or "the export failed", request.state.request_id)
     base = f"{_base(request)}/bulk/{job_id}"

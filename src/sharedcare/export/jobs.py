@@ -31,6 +31,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.clients import current_actor
+from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import NotFound
 from sharedcare.governance.policy import Actor
@@ -61,7 +62,7 @@ class JobView:
     people_total: int
     people_done: int
     output: list[dict[str, Any]]
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # as its recipient may see it: small numbers suppressed (TRUST SU2)
     error: str | None
 
 
@@ -315,8 +316,9 @@ class ExportJobs:
             status, error = job.status, job.error
             if status in RUNNING and utcnow() - job.updated_at > STALE_AFTER:
                 status, error = "failed", "the export stopped (the server restarted); start a new one"
+            summary = published_summary(job.summary) if job.summary else {}
             return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
-                           job.people_done, list(job.output or []), dict(job.summary or {}), error)
+                           job.people_done, list(job.output or []), summary, error)
 
     def status(self, actor: Actor, job_id: str, request_id: str | None = None) -> JobView:
         job = self._own(actor, job_id)
