@@ -145,11 +145,28 @@ class Pages:
     def unchecked(self) -> list[str]:
         return [url for loads in self.loads.values() for url, checked in loads if not checked]
 
+    def stored(self) -> dict[str, Any]:
+        """What the portals left in each open tab's browser storage (TRUST DP2: none may hold PHI, and they
+        have no reason to store anything at all): web storage, IndexedDB, Cache Storage, service workers."""
+        found: dict[str, Any] = {}
+        for page in self.loads:
+            if page.is_closed() or not page.url.startswith("http"):
+                continue
+            held = page.evaluate("""async () => ({
+                local: Object.keys(localStorage), session: Object.keys(sessionStorage),
+                indexedDB: (await indexedDB.databases()).map(d => d.name),
+                caches: self.caches ? await caches.keys() : [],
+                serviceWorkers: (await navigator.serviceWorker.getRegistrations()).map(r => r.scope)})""")
+            if any(held.values()):
+                found[page.url] = held
+        return found
+
 
 @pytest.fixture
 def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
     tabs = Pages(browser)
     yield tabs
+    stored = tabs.stored()
     for context in tabs.contexts:
         context.close()
     if tabs.minor:
@@ -157,6 +174,7 @@ def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     if not failed:
         assert tabs.unchecked() == [], "pages loaded but never checked with axe"
+        assert stored == {}, f"the portals left data in the browser: {stored}"
         leaked = [url for url in tabs.urls if any(secret in url.lower() for secret in NOT_IN_URLS)]
         assert leaked == [], "patient details in a URL"
 

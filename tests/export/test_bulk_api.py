@@ -243,3 +243,23 @@ def test_an_export_cancelled_before_or_while_it_runs_stops_and_leaves_no_files(
         actions = [e.action for e in s.scalars(select(AuditEntry).where(AuditEntry.action.like("secondary:export:%"))
                                                .order_by(AuditEntry.seq))]
     assert actions == ["secondary:export:kick-off", "secondary:export:cancel"] * 2  # and no completion
+
+
+def test_a_patient_who_opted_out_and_then_died_stays_out_of_the_export(ics: Ics, db: Database,
+                                                                        framework: Framework, tmp_path: Path) -> None:
+    """The opt-out is held against the NHS number, so the GP recording his death changes nothing (TRUST
+    SU1): he is still left out of analytics, and still in the clinical view."""
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
+    death = builders.bundle("P81001", "emis", [builders.patient(
+        "gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02", deceasedDateTime="2026-11-20T04:10:00Z")],
+        timestamp="2026-11-21T09:00:00Z")
+    report = Pipeline(db, framework).ingest_paths([builders.write_ndjson(tmp_path / "death.ndjson", [death])])
+    assert report.accepted == 1, report
+    record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel"))
+    assert record.status_code == 200
+    assert any(e["resource"]["resourceType"] == "Patient" and e["resource"].get("deceasedDateTime")
+               for e in record.json()["entry"])
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    assert len(files["Patient"]) == 1  # the stranger only
+    assert exact_counts(db)["people_excluded"] == {"deny-opt-out": 1}
