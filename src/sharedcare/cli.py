@@ -619,6 +619,50 @@ def audit_witness(
                   + (f": the log extends the last kept, at entry {kept.seq}" if kept else ": the first kept"))
 
 
+@audit_app.command("forward")
+def audit_forward(
+    repository: Annotated[str, typer.Argument(help="The Audit Record Repository's FHIR base URL (it takes "
+                                                   "transaction Bundles of AuditEvents).")],
+    state: Annotated[Path, typer.Option(help="File keeping the last entry the repository accepted.")],
+    follow: Annotated[bool, typer.Option("--follow", help="Keep going: send new entries as they are written.")] = False,
+    every: Annotated[float, typer.Option(min=0.1, help="With --follow, seconds between looks for new entries.")] = 5.0,
+    batch: Annotated[int, typer.Option(min=1, max=5000, help="Entries per transaction Bundle.")] = 500,
+) -> None:
+    """Copy the audit log, in chain order, to a separate Audit Record Repository (IHE RESTful ATNA) and
+    remember how far it got. Exit 1 if an entry does not follow the chain or what was copied has since
+    changed (nothing from it on is sent), 2 if the repository refuses or cannot be reached (run again:
+    nothing is sent twice, nothing skipped). SHAREDCARE_AUDIT_REPOSITORY_TOKEN is sent as a bearer token."""
+    import time
+
+    from sharedcare.governance.audit_forward import ChainBroken, ForwardError, forward, http_sender
+
+    send = http_sender(repository, load_settings().audit_repository_token)
+    database = _database()
+
+    def once() -> int:
+        try:
+            return forward(database, state, send, batch, on_batch=lambda at: console.print(
+                f"the repository holds up to entry {at.seq}"))
+        except ChainBroken as exc:
+            console.print(f"[red]audit chain broken:[/red] {exc}")
+            raise typer.Exit(1) from exc
+
+    sent = 0
+    try:
+        sent += once()
+        while follow:
+            time.sleep(every)
+            try:
+                sent += once()
+            except ForwardError as exc:  # the repository is down: keep what was sent, try again
+                console.print(f"[yellow]{exc}[/yellow]: trying again in {every:g} s")
+    except SharedcareError as exc:  # the repository refused or is down, or the state file is unreadable
+        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
+    console.print(f"forwarded {sent} audit entries")
+
+
 @audit_app.command("review")
 def audit_review(
     as_json: Annotated[bool, typer.Option("--json")] = False,

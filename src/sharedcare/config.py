@@ -37,6 +37,7 @@ class Settings:
     export_workers: int = 2
     ingest_workers: int = 0
     server_threads: int = 2  # worker threads per server process for request work (api/app.py, lifespan)
+    audit_repository_token: str | None = None  # bearer token for `audit forward`'s repository, if it wants one
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -69,6 +70,7 @@ def load_settings() -> Settings:
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
         ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", os.cpu_count() or 1, least=0),
         server_threads=_whole_number("SHAREDCARE_SERVER_THREADS", 2, least=1),
+        audit_repository_token=os.environ.get("SHAREDCARE_AUDIT_REPOSITORY_TOKEN") or None,
     )
 
 

@@ -259,15 +259,23 @@ def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None) -> Verif
     for entry in entries:
         if entry.seq != expected_seq:
             return VerifyResult(False, checked, expected_seq, f"entry {expected_seq} is missing or out of order")
-        if entry.prev_hash != prev_hash:
-            return VerifyResult(False, checked, entry.seq, "does not follow the entry before it")
-        if _digest(prev_hash, {name: getattr(entry, name) for name in _HASHED}) != entry.hash:
-            return VerifyResult(False, checked, entry.seq, "content does not match its hash (edited)")
+        problem = chain_problem(entry, prev_hash)
+        if problem:
+            return VerifyResult(False, checked, entry.seq, problem)
         prev_hash, expected_seq, checked = entry.hash, expected_seq + 1, checked + 1
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     if head_seq != checked or head_hash != prev_hash:
         return VerifyResult(False, checked, checked + 1, f"the log ends at {checked} but the head says {head_seq}")
     return VerifyResult(True, checked)
+
+
+def chain_problem(entry: AuditEntry, prev_hash: str) -> str | None:
+    """Why `entry` cannot be the one after the entry whose hash is `prev_hash`, or None if it is."""
+    if entry.prev_hash != prev_hash:
+        return "does not follow the entry before it"
+    if _digest(prev_hash, {name: getattr(entry, name) for name in _HASHED}) != entry.hash:
+        return "content does not match its hash (edited)"
+    return None
 
 
 def verify(session: Session) -> VerifyResult:

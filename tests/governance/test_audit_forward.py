@@ -1,0 +1,201 @@
+"""`sharedcare audit forward`: the audit log copied, in chain order and as it grows, to a separate Audit
+Record Repository over HTTP (TRUST AU7, IHE RESTful ATNA), never twice, never an edited entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import update
+from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
+from typer.testing import CliRunner
+
+from sharedcare.cli import app
+from sharedcare.governance.audit_forward import CHAIN, ChainBroken, ForwardError, forward, http_sender, read_position
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+runner = CliRunner()
+
+
+class Repository(ThreadingHTTPServer):
+    """Another organisation's Audit Record Repository: a FHIR endpoint that takes transaction Bundles of
+    AuditEvents, validates each against the R4 model and keeps it by id. `refuse` makes it answer 503."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.kept: dict[str, dict[str, Any]] = {}
+        self.bundles: list[list[str]] = []
+        self.refuse = False
+        self.tokens: list[str | None] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/fhir"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Repository
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.tokens.append(self.headers.get("Authorization"))
+        bundle = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.refuse:
+            self._answer(503, {"resourceType": "OperationOutcome", "issue": [{"severity": "error",
+                                                                             "code": "transient"}]})
+            return
+        assert bundle["type"] == "transaction"
+        for entry in bundle["entry"]:
+            AuditEvent.model_validate(entry["resource"])
+            assert entry["request"] == {"method": "PUT", "url": f"AuditEvent/{entry['resource']['id']}"}
+            self.server.kept[entry["resource"]["id"]] = entry["resource"]
+        self.server.bundles.append([e["resource"]["id"] for e in bundle["entry"]])
+        self._answer(200, {"resourceType": "Bundle", "type": "transaction-response",
+                           "entry": [{"response": {"status": "200 OK"}} for _ in bundle["entry"]]})
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def repository() -> Iterator[Repository]:
+    server = Repository()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _chain(event: dict[str, Any]) -> dict[str, Any]:
+    (chain,) = [e for e in event["extension"] if e["url"] == CHAIN]
+    return {e["url"]: e.get("valueInteger", e.get("valueString")) for e in chain["extension"]}
+
+
+def test_the_log_is_copied_in_order_and_only_what_is_new_goes_next_time(db: Database, repository: Repository,
+                                                                        tmp_path: Path) -> None:
+    _write(db, 7)
+    state, send = tmp_path / "forward.json", http_sender(repository.url, token="arr-secret")
+    assert forward(db, state, send, batch=3) == 7
+    assert repository.bundles == [["sharedcare-1", "sharedcare-2", "sharedcare-3"],
+                                  ["sharedcare-4", "sharedcare-5", "sharedcare-6"], ["sharedcare-7"]]
+    assert set(repository.tokens) == {"Bearer arr-secret"}
+    with db.session() as s:
+        for seq in range(1, 8):
+            entry = s.get_one(AuditEntry, seq)
+            kept = repository.kept[f"sharedcare-{seq}"]
+            assert _chain(kept) == {"seq": seq, "hash": entry.hash, "previous": entry.prev_hash}
+            assert kept["agent"][0]["who"]["identifier"]["value"] == f"user{seq - 1}"
+            assert {"what": {"reference": f"Condition/{seq - 1}"}} in kept["entity"]  # one entity per release
+    assert forward(db, state, send, batch=3) == 0
+    _write(db, 2)
+    assert forward(db, state, send, batch=3) == 2 and repository.bundles[-1] == ["sharedcare-8", "sharedcare-9"]
+    assert read_position(state).seq == 9
+
+
+def test_a_repository_that_is_down_loses_nothing_and_gets_nothing_twice(db: Database, repository: Repository,
+                                                                        tmp_path: Path) -> None:
+    _write(db, 5)
+    state, send = tmp_path / "forward.json", http_sender(repository.url)
+    assert forward(db, state, send, batch=2) == 5
+    _write(db, 3)
+    repository.refuse = True
+    with pytest.raises(ForwardError, match="HTTP 503"):
+        forward(db, state, send, batch=2)
+    assert read_position(state).seq == 5
+    repository.refuse = False
+    assert forward(db, state, send, batch=2) == 3
+    sent = [i for bundle in repository.bundles for i in bundle]
+    assert sent == [f"sharedcare-{n}" for n in range(1, 9)] and len(repository.kept) == 8
+
+
+def test_an_edited_entry_is_never_copied_and_the_forwarder_names_it(db: Database, repository: Repository,
+                                                                    tmp_path: Path) -> None:
+    _write(db, 6)
+    as_an_attacker_with_ddl_rights(db)
+    with db.session() as s:
+        event = dict(s.get_one(AuditEntry, 4).event)
+        event["outcome"] = "8"  # a refusal turned into a serious failure, say
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 4).values(event=event))
+    state = tmp_path / "forward.json"
+    with pytest.raises(ChainBroken, match="entry 4 content does not match its hash"):
+        forward(db, state, http_sender(repository.url), batch=10)
+    assert sorted(repository.kept) == ["sharedcare-1", "sharedcare-2", "sharedcare-3"]  # what was sound before it
+    assert read_position(state).seq == 3
+
+
+def test_a_rewrite_of_what_was_already_copied_is_reported(db: Database, repository: Repository,
+                                                          tmp_path: Path) -> None:
+    _write(db, 4)
+    state = tmp_path / "forward.json"
+    forward(db, state, http_sender(repository.url))
+    as_an_attacker_with_ddl_rights(db)
+    with db.session() as s:  # the attacker recomputes the last hash too: the chain alone would not show it
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 4).values(hash="f" * 64))
+    _write(db, 1)
+    with pytest.raises(ChainBroken, match="entry 4 is not what was forwarded"):
+        forward(db, state, http_sender(repository.url))
+    assert len(repository.kept) == 4
+
+
+def test_the_command_reports_and_exits_as_an_operator_expects(db: Database, repository: Repository,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(db, 3)
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    state = tmp_path / "forward.json"
+    done = runner.invoke(app, ["audit", "forward", repository.url, "--state", str(state)])
+    assert done.exit_code == 0, done.output
+    assert "forwarded 3 audit entries" in done.output and len(repository.kept) == 3
+    repository.refuse = True
+    _write(db, 1)
+    down = runner.invoke(app, ["audit", "forward", repository.url, "--state", str(state)])
+    assert down.exit_code == 2 and "HTTP 503" in down.output
+    nowhere = runner.invoke(app, ["audit", "forward", "http://127.0.0.1:9/fhir", "--state", str(state)])
+    assert nowhere.exit_code == 2 and "127.0.0.1:9" in nowhere.output
+    as_an_attacker_with_ddl_rights(db)
+    with db.session() as s:
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(hash="0" * 64))  # the last one copied
+    repository.refuse = False
+    broken = runner.invoke(app, ["audit", "forward", repository.url, "--state", str(state)])
+    assert broken.exit_code == 1 and "audit chain broken" in broken.output
+
+
+def test_following_the_log_copies_entries_as_they_are_written(db: Database, repository: Repository,
+                                                              tmp_path: Path) -> None:
+    _write(db, 2)
+    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False)}
+    follower = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "audit",  # noqa: S603
+                                 "forward", repository.url, "--state", str(tmp_path / "forward.json"),
+                                 "--follow", "--every", "0.2"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    try:
+        for written in (2, 5):
+            if written == 5:
+                _write(db, 3)
+            deadline = time.monotonic() + 60
+            while len(repository.kept) < written and time.monotonic() < deadline and follower.poll() is None:
+                time.sleep(0.1)
+            assert sorted(repository.kept) == sorted(f"sharedcare-{n}" for n in range(1, written + 1))
+    finally:
+        follower.send_signal(signal.SIGINT)
+        output = follower.communicate(timeout=30)[0].decode()
+    assert follower.returncode == 0 and "forwarded 5 audit entries" in output, output
