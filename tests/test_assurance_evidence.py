@@ -89,3 +89,30 @@ def test_the_log_inventory_says_what_where_how_long_and_who() -> None:
         section = text.split(log, 1)[1].split("\n## ", 1)[0]
         for question in ("**What**", "**Where**", "**How long**", "**Who can read it**"):
             assert question in section, (log, question)
+
+
+CAF = ROOT / "docs" / "assurance" / "dspt-caf.md"
+# NCSC CAF v3.2's contributing outcomes, which the CAF-aligned DSPT asks each organisation to answer.
+CAF_OUTCOMES = (
+    ["A1.a", "A1.b", "A1.c", "A2.a", "A2.b", "A3.a", "A4.a", "B1.a", "B1.b", "B2.a", "B2.b", "B2.c", "B2.d",
+     "B3.a", "B3.b", "B3.c", "B3.d", "B3.e", "B4.a", "B4.b", "B4.c", "B4.d", "B5.a", "B5.b", "B5.c", "B6.a",
+     "B6.b", "C1.a", "C1.b", "C1.c", "C1.d", "C1.e", "C2.a", "C2.b", "D1.a", "D1.b", "D1.c", "D2.a", "D2.b"])
+CAF_ROW = re.compile(r"^\| (?P<outcome>[A-D]\d\.[a-e]) [^|]+\| (?P<share>sharedcare|shared|organisation) \| "
+                     r"(?P<gives>[^|]+)\|", re.MULTILINE)
+
+
+def test_every_caf_outcome_has_a_row_naming_real_promises_and_tests() -> None:
+    """OP3: the DSPT/CAF mapping covers every outcome, says who carries it, and cites only promises that
+    have a row of their own and tests that exist."""
+    text = CAF.read_text(encoding="utf-8")
+    rows = {m["outcome"]: m for m in CAF_ROW.finditer(text)}
+    assert sorted(rows) == sorted(CAF_OUTCOMES)
+    cited = set(re.findall(r"\b([A-Z]{2}\d)\b", text))
+    assert cited and cited <= set(PROMISES), sorted(cited - set(PROMISES))
+    for outcome, row in rows.items():  # the software's share is evidence: a promise, a test or a file here
+        files = re.findall(r"`([\w/.-]+\.(?:toml|yaml|md|py))`|\]\(([\w/.-]+\.md)\)", row["gives"])
+        paths = [CAF.parent / linked if linked else ROOT / quoted for quoted, linked in files]
+        assert all(path.exists() for path in paths), f"{outcome} names a file that is not here: {paths}"
+        if row["share"] != "organisation":
+            assert re.search(r"\b[A-Z]{2}\d\b|tests/", row["gives"]) or paths, f"{outcome} cites no evidence"
+    assert missing_tests(citations(text), ROOT) == []
