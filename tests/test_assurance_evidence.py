@@ -5,7 +5,9 @@ inventory hold what an IG officer and a Clinical Safety Officer would look for f
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -116,3 +118,40 @@ def test_every_caf_outcome_has_a_row_naming_real_promises_and_tests() -> None:
         if row["share"] != "organisation":
             assert re.search(r"\b[A-Z]{2}\d\b|tests/", row["gives"]) or paths, f"{outcome} cites no evidence"
     assert missing_tests(citations(text), ROOT) == []
+
+
+REGISTER = ROOT / "docs" / "safety" / "change-register.md"
+# The parts of the product that decide whose record is whose and what is seen (TRUST CS1's policy/,
+# consent/, mpi/ and audit/).
+SAFETY_RELEVANT = sorted(
+    [f"src/sharedcare/governance/{name}.py" for name in ("policy", "consent", "gateway", "audit", "checkpoints",
+                                                         "disclosure")]
+    + [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "sharedcare" / "identity").glob("*.py")
+       if p.name not in ("__init__.py", "evaluate.py")]
+    + ["src/sharedcare/identity/default_model.json"])
+REGISTER_ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| `(?P<fingerprint>[0-9a-f]{16})` \| (?P<hazards>[^|]+) \| "
+                          r"(?P<change>[^|]+) \| (?P<date>\d{4}-\d{2}-\d{2}) \|$", re.MULTILINE)
+
+
+def fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_every_safety_relevant_change_names_its_hazards() -> None:
+    """CS1: a change to a safety-relevant file fails here until the change register names the hazards it
+    was weighed against (the message gives the row to complete)."""
+    text = REGISTER.read_text(encoding="utf-8")
+    latest = {m["file"]: m for m in REGISTER_ROW.finditer(text)}  # later rows replace earlier ones
+    known = set(re.findall(r"^### (HAZ-\d\d) ", HAZARDS.read_text(encoding="utf-8"), re.MULTILINE))
+    unreviewed = []
+    for file in SAFETY_RELEVANT:
+        row, now = latest.get(file), fingerprint(ROOT / file)
+        if row is None or row["fingerprint"] != now:
+            unreviewed.append(f"| `{file}` | `{now}` | HAZ-nn, ... | what changed | {date.today()} |")
+            continue
+        hazards = row["hazards"].strip()
+        named = set(re.findall(r"HAZ-\d\d", hazards))
+        assert named <= known, f"{file}: {sorted(named - known)} are not in the hazard log"
+        assert named or hazards.startswith("none"), f"{file}: name the hazards, or 'none' and why"
+    assert not unreviewed, ("safety-relevant files changed since their hazard review; add to "
+                            "docs/safety/change-register.md:\n" + "\n".join(unreviewed))
