@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
-from datetime import date
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -147,7 +147,7 @@ def test_every_safety_relevant_change_names_its_hazards() -> None:
     for file in SAFETY_RELEVANT:
         row, now = latest.get(file), fingerprint(ROOT / file)
         if row is None or row["fingerprint"] != now:
-            unreviewed.append(f"| `{file}` | `{now}` | HAZ-nn, ... | what changed | {date.today()} |")
+            unreviewed.append(f"| `{file}` | `{now}` | HAZ-nn, ... | what changed | {datetime.now(UTC).date()} |")
             continue
         hazards = row["hazards"].strip()
         named = set(re.findall(r"HAZ-\d\d", hazards))
