@@ -133,3 +133,29 @@ def test_an_unsupported_modifier_is_refused_not_ignored(ics: Ics) -> None:
     for param in ("status:not=entered-in-error", "code:text=diabetes", "_include:iterate=Condition:patient"):
         response = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&{param}", headers=headers)
         assert response.status_code == 400 and "modifier" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_has_chained_parameters_and_revinclude_are_refused_by_name(ics: Ics) -> None:
+    """A reverse chain, a chain or a _revinclude the server ignored could bring what a read would refuse
+    (TRUST AC4), so each is a 400 that names it."""
+    headers = ics.open_record("dr.patel")
+    for query, named in ((f"patient={ics.okafor}&_has:Observation:patient:code=1234", "_has:Observation"),
+                         ("patient.name=Okafor", "patient.name"),
+                         (f"patient={ics.okafor}&subject:Patient.name=Okafor", "subject:Patient.name"),
+                         (f"patient={ics.okafor}&_revinclude=Observation:patient", "_revinclude")):
+        response = ics.client.get(f"/fhir/Condition?{query}", headers=headers)
+        assert response.status_code == 400 and named in response.json()["issue"][0]["diagnostics"], query
+
+
+def test_include_brings_the_patient_only_as_a_read_would(ics: Ics) -> None:
+    """`_include` of the patient: refused with the search when the caller may not open the record, and
+    otherwise the very Patient a read gives that caller, no more (TRUST AC4)."""
+    paramedic = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    refused = ics.client.get(f"/fhir/Condition?patient={ics.stranger}&_include=Condition:patient", headers=paramedic)
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    assert "Hughes" not in refused.text and "1952" not in refused.text
+    bundle = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&_include=Condition:patient",
+                            headers=paramedic).json()
+    (included,) = [r for r in _entries(bundle) if r["resourceType"] == "Patient"]
+    read = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=paramedic).json()
+    assert {k: v for k, v in included.items() if k != "meta"} == {k: v for k, v in read.items() if k != "meta"}
