@@ -69,6 +69,32 @@ def _send_over_tls(port: int, context: ssl.SSLContext, message: bytes) -> str:
     return data[1:-2].decode("latin-1")
 
 
+def _send_with_the_handshakes_end(port: int, context: ssl.SSLContext, message: bytes) -> str:
+    """TLS by hand (memory BIOs) so that the client's last handshake flight and the framed message leave in
+    one write: the listener gets the message in the same read that completes its handshake."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(START + message + END)
+        sock.sendall(outgoing.read())
+        data = b""
+        while not data.endswith(END):
+            try:
+                data += tls.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = sock.recv(65536)
+                assert chunk, "the listener closed the connection without an ACK"
+                incoming.write(chunk)
+    return data[1:-2].decode("latin-1")
+
+
 def _refusals(db: Database) -> list[AuditEntry]:
     with db.session() as s:
         return list(s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.TLS_REFUSED.value)))
@@ -96,6 +122,14 @@ def test_a_feed_with_a_trusted_certificate_gets_aa_and_its_quarantined_messages_
         held = s.scalars(select(Quarantine)).one()
     assert held.filename.startswith(f"mllp://{FEED_SUBJECT}@127.0.0.1:")
     assert _refusals(db) == []
+
+
+def test_a_message_arriving_with_the_end_of_the_handshake_is_not_lost(tls_listener: int, pki: Pki) -> None:
+    """The listener is handed the connection a moment after the handshake; what TLS decrypted in between
+    is held for it, not dropped."""
+    ack = _send_with_the_handshakes_end(tls_listener, pki.client_context(pki.client),
+                                        A01.format(dob="19450302").encode("latin-1"))
+    assert _segment(ack, "MSA")[1:3] == ["AA", "MSG001"]
 
 
 @pytest.mark.parametrize(("presented", "reason"), [
