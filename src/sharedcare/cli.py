@@ -11,7 +11,7 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from sharedcare.config import DEMO_PASSWORD, load_settings
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import Database
+
+if TYPE_CHECKING:
+    from sharedcare.tls import TlsSettings
 
 app = typer.Typer(help="sharedcare: an open shared care record for an integrated care system.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -290,23 +293,66 @@ def export_command(
     Console().print(f"small numbers: {view.summary.get('small_numbers', '')}")
 
 
+TlsCert = Annotated[Path | None, typer.Option(help="PEM certificate to serve TLS with (SHAREDCARE_TLS_CERT).")]
+TlsKey = Annotated[Path | None, typer.Option(help="Its PEM private key (SHAREDCARE_TLS_KEY).")]
+TlsClientCa = Annotated[Path | None, typer.Option(help="PEM CA that signs feeds' client certificates: mutual TLS "
+                                                       "(SHAREDCARE_TLS_CLIENT_CA).")]
+ClientCerts = Annotated[str | None, typer.Option(help="required, or optional (a certificate sent must be "
+                                                      "trusted; browsers without one connect) "
+                                                      "(SHAREDCARE_TLS_CLIENT_CERTS).")]
+
+
+def _start_up_checks(service: str, database: Database, cert: Path | None, key: Path | None,
+                     client_ca: Path | None, client_certs: str | None) -> TlsSettings | None:
+    """What `serve` and `mllp` check before they listen: the TLS settings (options override the environment,
+    and are put in it, so that every server process reads the same) and the clock (TRUST OP2)."""
+    import os
+
+    from sharedcare.clock_sync import check_clock
+    from sharedcare.tls import tls_settings
+
+    for name, value in (("SHAREDCARE_TLS_CERT", cert), ("SHAREDCARE_TLS_KEY", key),
+                        ("SHAREDCARE_TLS_CLIENT_CA", client_ca), ("SHAREDCARE_TLS_CLIENT_CERTS", client_certs)):
+        if value is not None:
+            os.environ[name] = str(value)
+    try:
+        settings = load_settings()
+        tls = tls_settings(settings)
+        clock = check_clock(database, service, settings.require_clock_sync)
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    if clock.synchronised:
+        console.print(clock.summary)
+    else:
+        console.print(f"[yellow]warning:[/yellow] {clock.summary} (SHAREDCARE_REQUIRE_CLOCK_SYNC=1 refuses to start)")
+    console.print(f"{service}: {tls.describe() if tls else 'plain TCP, no TLS'}")
+    return tls
+
+
 @app.command()
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Server processes (one per core: each runs Python on "
                                                      "one core at a time).")] = 1,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_client_ca: TlsClientCa = None,
+    client_certs: ClientCerts = None,
 ) -> None:
     """Serve the FHIR API and the portals."""
     import uvicorn
 
     from sharedcare.api.app import create_app, freeze_start_up
+    from sharedcare.api.served_tls import TlsHttpProtocol
 
     settings = load_settings()
     try:
         application = create_app(settings, framework=_framework(), database=_database())
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    tls = _start_up_checks("serve", application.state.database, tls_cert, tls_key, tls_client_ca, client_certs)
+    http = TlsHttpProtocol if tls else "auto"
     # No access log: URLs can carry search terms, and patient identifiers must not reach log files
     # (TRUST DP1). Requests are traced by the audit log and the X-Request-ID header instead.
     if workers > 1:
@@ -314,10 +360,10 @@ def serve(
         # and migrated once above; everything they share lives in the store (audit chain, bases, jobs).
         application.state.database.dispose()
         uvicorn.run("sharedcare.api.app:served_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="info", access_log=False)
+                    log_level="info", access_log=False, http=http)
         return
     freeze_start_up()
-    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False, http=http)
 
 
 @app.command()
@@ -908,14 +954,17 @@ def mpi_evaluate(
 
 
 @app.command()
-def mllp(host: str = "127.0.0.1", port: int = 2575) -> None:
+def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tls_key: TlsKey = None,
+         tls_client_ca: TlsClientCa = None, client_certs: ClientCerts = None) -> None:
     """Listen for HL7 v2 over MLLP; store each message and answer it with an ACK (AA, AE or AR)."""
     import asyncio
 
     from sharedcare.ingest.mllp import MllpServer
     from sharedcare.ingest.pipeline import Pipeline
 
-    server = MllpServer(Pipeline(_database(), _framework()))
+    database = _database()
+    tls = _start_up_checks("mllp", database, tls_cert, tls_key, tls_client_ca, client_certs)
+    server = MllpServer(Pipeline(database, _framework()), tls)
     console.print(f"listening for HL7 v2 over MLLP on {host}:{port}")
     try:
         asyncio.run(server.serve(host, port))

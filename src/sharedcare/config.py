@@ -9,6 +9,13 @@ SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data ex
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
 SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files in parallel (default: the CPU
                        count; 0 or 1 stages every message in the ingesting process itself)
+SHAREDCARE_TLS_CERT    PEM certificate (chain) `serve` and `mllp` present; with SHAREDCARE_TLS_KEY, they speak TLS only
+SHAREDCARE_TLS_KEY     PEM private key of that certificate
+SHAREDCARE_TLS_CLIENT_CA   PEM CA certificate(s) that sign the feeds' client certificates (mutual TLS)
+SHAREDCARE_TLS_CLIENT_CERTS  "required" (default with a client CA: no trusted certificate, no connection) or
+                       "optional" (a certificate, if sent, must be trusted; browsers without one still connect)
+SHAREDCARE_REQUIRE_CLOCK_SYNC  "1": `serve` and `mllp` refuse to start on a clock not synchronised (else a warning)
+SHAREDCARE_AUDIT_REPOSITORY_TOKEN  bearer token `sharedcare audit forward` sends to the Audit Record Repository
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ class Settings:
     ingest_workers: int = 0
     server_threads: int = 2  # worker threads per server process for request work (api/app.py, lifespan)
     audit_repository_token: str | None = None  # bearer token for `audit forward`'s repository, if it wants one
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_client_certs: str = "required"  # required | optional, when there is a client CA
+    require_clock_sync: bool = False
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -71,7 +83,25 @@ def load_settings() -> Settings:
         ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", os.cpu_count() or 1, least=0),
         server_threads=_whole_number("SHAREDCARE_SERVER_THREADS", 2, least=1),
         audit_repository_token=os.environ.get("SHAREDCARE_AUDIT_REPOSITORY_TOKEN") or None,
+        tls_cert=_path("SHAREDCARE_TLS_CERT"),
+        tls_key=_path("SHAREDCARE_TLS_KEY"),
+        tls_client_ca=_path("SHAREDCARE_TLS_CLIENT_CA"),
+        tls_client_certs=_one_of("SHAREDCARE_TLS_CLIENT_CERTS", ("required", "optional")),
+        require_clock_sync=os.environ.get("SHAREDCARE_REQUIRE_CLOCK_SYNC") == "1",
     )
+
+
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> str:
+    """The setting `name`, one of `choices` (the first when unset)."""
+    value = os.environ.get(name) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not '{value}'")
+    return value
 
 
 def _whole_number(name: str, default: int, least: int) -> int:

@@ -46,6 +46,8 @@ class AuditAction(StrEnum):
     BASIS_RECORD = "access:basis:record"
     LOGIN = "auth:session:login"
     CREDENTIALS_REFUSED = "auth:token:refused"
+    TLS_REFUSED = "auth:tls:refused"  # a feed's connection refused at the TLS handshake (sharedcare/tls.py)
+    CLOCK_CHECK = "system:clock:check"  # the start-up check that the clock is synchronised (sharedcare/clock_sync.py)
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
@@ -61,7 +63,7 @@ class AuditAction(StrEnum):
 
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
-ACTION_CODES = {AuditAction.RECORD_WRITE: "C"}
+ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E"}
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
 PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent

@@ -4,7 +4,8 @@ MLLP frames a message as <VT> message <FS><CR>. Each message is handled in order
 answered with an ACK: AA when stored (or unchanged), AE when it was understood but could not be
 accepted (it waits in quarantine; ERR and MSA say which segment and field and why), AR when it could
 not be read as an HL7 message at all (also kept in quarantine). python-hl7 has an MLLP client but no
-server we can put the pipeline behind, so the framing (a few lines) is written here.
+server we can put the pipeline behind, so the framing (a few lines) is written here. With TLS settings,
+each connection handshakes first (sharedcare/tls.py) and its messages name the certificate's subject.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sharedcare.clock import utcnow
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.ingest.messages import RawMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
+from sharedcare.tls import TlsSettings, guarded, peer_subject
 
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -81,8 +83,9 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
 class MllpServer:
     """One listener; each connection's messages are stored in order, in a worker thread."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, tls: TlsSettings | None = None) -> None:
         self.pipeline = pipeline
+        self.tls = tls
         self.received = 0
 
     def handle(self, payload: bytes, peer: str) -> bytes:
@@ -104,6 +107,9 @@ class MllpServer:
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
+        subject = peer_subject(writer.transport) if self.tls else None
+        if subject:  # the feed's certificate names it: its messages (and quarantine items) say who sent them
+            peer = f"{subject}@{peer}"
         try:
             while True:
                 try:
@@ -122,7 +128,14 @@ class MllpServer:
             writer.close()
 
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
-        server = await asyncio.start_server(self.serve_connection, host, port, limit=MAX_MESSAGE_BYTES)
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.Protocol:  # as asyncio.start_server makes them
+            reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, self.serve_connection, loop=loop)
+
+        factory = connection if self.tls is None else guarded(connection, self.tls, "mllp", self.pipeline.db)
+        server = await loop.create_server(factory, host, port)
         async with server:
             if ready is not None:
                 ready.set()

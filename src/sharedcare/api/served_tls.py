@@ -1,0 +1,43 @@
+"""`sharedcare serve` over TLS: uvicorn's HTTP protocol behind our own handshake (sharedcare/tls.py), so a
+connection refused at the handshake is logged and audited with its address, which uvicorn's own ssl_*
+options cannot do (asyncio drops a failed handshake silently). uvicorn takes the protocol class as its
+`http` setting and makes one per connection in each worker process, which reads the environment's
+settings (SHAREDCARE_TLS_*) once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from functools import cache
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.server import ServerState
+
+from sharedcare.config import load_settings
+from sharedcare.errors import ConfigError
+from sharedcare.store.database import Database
+from sharedcare.tls import HandshakeFirst, server_context, tls_settings
+
+
+@cache
+def _process_setup() -> tuple[ssl.SSLContext, Database]:
+    """This process's TLS context and the store refusals are audited in."""
+    settings = load_settings()
+    tls = tls_settings(settings)
+    if tls is None:
+        raise ConfigError("TlsHttpProtocol serves TLS: SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY must be set")
+    return server_context(tls), Database(settings.database_url)
+
+
+class TlsHttpProtocol(HandshakeFirst):
+    """One HTTP connection: the handshake first, then uvicorn's own protocol (h11 or httptools)."""
+
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        context, database = _process_setup()
+        inner = AutoHTTPProtocol(config=config, server_state=server_state, app_state=app_state,  # type: ignore[call-arg]
+                                 _loop=_loop)
+        super().__init__(inner, context, "http", database)

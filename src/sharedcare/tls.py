@@ -1,0 +1,175 @@
+"""Mutual TLS for system feeds (TRUST OP2; IHE ATNA's Secure Node authenticates its peers by certificate).
+
+Python's ssl module (OpenSSL) does every check: the feed's certificate must chain to the configured client
+CA and be within its validity dates, or the handshake fails. What is written here is only the plumbing:
+asyncio performs a listener's handshake before telling the listener of the connection and drops a failed
+one without a word (it logs only in debug mode), and uvicorn has no hook either. So the listeners (`mllp`,
+`serve`) accept plain TCP, and `HandshakeFirst` upgrades each connection with `loop.start_tls` before the
+listener's own protocol sees it: a refusal comes back to us with the address it came from, and is logged
+and audited (`auth:tls:refused`) with OpenSSL's reason, never a byte of what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import cast
+
+from cryptography import x509
+
+from sharedcare.config import Settings
+from sharedcare.errors import ConfigError
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.store.database import Database
+
+log = logging.getLogger("sharedcare.tls")
+HANDSHAKE_SECONDS = 10.0  # a feed's interface engine handshakes at once; a silent connection is let go
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """What a listener presents and whom it trusts (from Settings: SHAREDCARE_TLS_*)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None
+    client_certs: str  # required | optional (only with a client CA)
+
+    def describe(self) -> str:
+        if self.client_ca is None:
+            return "TLS (no client certificates asked for)"
+        return f"mutual TLS (client certificates {self.client_certs}, trusted CA {self.client_ca})"
+
+
+def tls_settings(settings: Settings) -> TlsSettings | None:
+    """The TLS a listener must speak, or None for plain TCP; a half-made configuration is refused by name."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ConfigError("SHAREDCARE_TLS_CLIENT_CA needs SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY too")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY go together: set both, or neither")
+    tls = TlsSettings(settings.tls_cert, settings.tls_key, settings.tls_client_ca, settings.tls_client_certs)
+    server_context(tls)  # unreadable files are refused at start-up, not at the first connection
+    return tls
+
+
+@cache
+def server_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The server side's context, made once a process (a certificate change needs a restart)."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later, OpenSSL's safe ciphers
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.client_ca is not None:
+            context.load_verify_locations(cafile=tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED if tls.client_certs == "required" else ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"the TLS certificate, key or client CA could not be loaded: {exc}") from exc
+    return context
+
+
+def peer_subject(transport: asyncio.BaseTransport) -> str | None:
+    """The verified client certificate's subject (RFC 4514, `CN=...,O=...`), or None when none was sent."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else None
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why a handshake failed, in OpenSSL's words (a reason code, never the peer's bytes)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{exc.reason}: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.__class__.__name__)
+    if isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
+        return f"no handshake within {HANDSHAKE_SECONDS:g} s"
+    return "the connection closed during the handshake"
+
+
+def record_refused_handshake(database: Database, listener: str, address: str | None, reason: str) -> None:
+    """A connection refused at the handshake, audited like refused credentials (TRUST AU3): no one is named
+    (no trusted certificate was shown), only where it came from and why."""
+    with database.session() as session:
+        record_audit(session, AuditRecord(AuditAction.TLS_REFUSED, "deny", username=None, reason=reason,
+                                          source_address=address, detail={"listener": listener}))
+        session.commit()
+
+
+class HandshakeFirst(asyncio.Protocol):
+    """Stands in front of a listener's protocol: holds the connection's bytes, performs the TLS handshake,
+    and only then hands the connection (now the TLS transport) to `inner`. A failed handshake is logged and
+    audited in `database` (in a thread: the event loop goes on), and the connection is closed."""
+
+    def __init__(self, inner: asyncio.Protocol, context: ssl.SSLContext, listener: str, database: Database) -> None:
+        self.inner, self.context, self.listener, self.database = inner, context, listener, database
+        self.task: asyncio.Task[None] | None = None
+        self.tls_begun = False  # from here on the TLS layer owns the connection's end, and reports it
+        self.handed_over = False
+        self.held: list[bytes] = []  # what TLS decrypted before `inner` was given the connection
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # a listener's connections are stream transports
+        transport.pause_reading()  # the client's hello is for the TLS layer, which start_tls puts in place
+        self.task = asyncio.get_running_loop().create_task(self.handshake(transport))
+
+    async def handshake(self, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else None
+        loop = asyncio.get_running_loop()
+        self.tls_begun = True
+        try:
+            secured = await loop.start_tls(transport, self, self.context, server_side=True,
+                                           ssl_handshake_timeout=HANDSHAKE_SECONDS)
+        except (ssl.SSLError, OSError) as exc:
+            reason = refusal_reason(exc)
+            if not isinstance(exc, ssl.SSLError):  # no TLS attempted (a probe, a silent peer): not audited
+                log.info("%s: a connection from %s ended without a TLS handshake: %s", self.listener, address, reason)
+                return
+            log.warning("%s: TLS handshake from %s refused: %s", self.listener, address, reason)
+            try:
+                await asyncio.to_thread(record_refused_handshake, self.database, self.listener, address, reason)
+            except Exception:  # the connection is refused either way
+                log.exception("%s: the refused TLS handshake from %s could not be audited", self.listener, address)
+            return
+        if secured is None:  # the peer went away as the handshake finished
+            return
+        self.handed_over = True
+        secured.set_protocol(self.inner)
+        self.inner.connection_made(secured)
+        for data in self.held:
+            self.inner.data_received(data)
+        if self.eof and not self.inner.eof_received():
+            secured.close()
+
+    # Between the handshake and the hand-over (one turn of the event loop), TLS may already deliver data
+    # or an end; after it, calls scheduled earlier still arrive here and are passed on.
+    def data_received(self, data: bytes) -> None:
+        if self.handed_over:
+            self.inner.data_received(data)
+        else:
+            self.held.append(data)
+
+    def eof_received(self) -> bool | None:
+        if self.handed_over:
+            return self.inner.eof_received()
+        self.eof = True
+        return True  # keep the transport open until `inner` has it and says
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handed_over:
+            self.inner.connection_lost(exc)
+        elif not self.tls_begun and self.task is not None:  # gone before the handshake began: nothing to do
+            self.task.cancel()
+
+
+def guarded(factory: Callable[[], asyncio.Protocol], tls: TlsSettings, listener: str,
+            database: Database) -> Callable[[], asyncio.Protocol]:
+    """A protocol factory for `loop.create_server` whose connections handshake first (see HandshakeFirst)."""
+    context = server_context(tls)
+    return lambda: HandshakeFirst(factory(), context, listener, database)

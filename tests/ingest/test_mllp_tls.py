@@ -1,0 +1,200 @@
+"""MLLP over mutual TLS (TRUST OP2): a feed with a certificate from the trusted CA gets its ACK and its
+messages name it; no certificate, an untrusted or expired one, or plain TCP is refused at the handshake,
+nothing is stored, and the refusal is audited with its reason and address but nothing that was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tests.ingest.test_mllp import A01, _free_port, _segment
+from tests.tls_certs import FEED_SUBJECT, Pki, make_pki
+
+from sharedcare.governance.audit import AuditAction, verify
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.mllp import END, START, MllpServer
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine
+from sharedcare.tls import TlsSettings
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_listener(db: Database, framework: Framework, pki: Pki) -> Iterator[int]:
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    ready = asyncio.Event()
+    tls = TlsSettings(pki.server_cert, pki.server_key, pki.ca, "required")
+    task = loop.create_task(MllpServer(Pipeline(db, framework), tls).serve("127.0.0.1", port, ready))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(ready.wait(), loop).result(timeout=10)
+    yield port
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.05)
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def _send_over_tls(port: int, context: ssl.SSLContext, message: bytes) -> str:
+    """Send one framed message and read its ACK, as an interface engine does over TLS."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(START + message + END)
+        data = b""
+        while not data.endswith(END):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the listener closed the connection without an ACK")
+            data += chunk
+    return data[1:-2].decode("latin-1")
+
+
+def _send_with_the_handshakes_end(port: int, context: ssl.SSLContext, message: bytes) -> str:
+    """TLS by hand (memory BIOs) so that the client's last handshake flight and the framed message leave in
+    one write: the listener gets the message in the same read that completes its handshake."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(START + message + END)
+        sock.sendall(outgoing.read())
+        data = b""
+        while not data.endswith(END):
+            try:
+                data += tls.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = sock.recv(65536)
+                assert chunk, "the listener closed the connection without an ACK"
+                incoming.write(chunk)
+    return data[1:-2].decode("latin-1")
+
+
+def _refusals(db: Database) -> list[AuditEntry]:
+    with db.session() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.TLS_REFUSED.value)))
+
+
+def _await_refusals(db: Database, count: int) -> list[AuditEntry]:
+    """The refusal is audited from a thread after the handshake fails: wait for it (at most 10 s)."""
+    for _ in range(200):
+        found = _refusals(db)
+        if len(found) >= count:
+            return found
+        threading.Event().wait(0.05)
+    return _refusals(db)
+
+
+def test_a_feed_with_a_trusted_certificate_gets_aa_and_its_quarantined_messages_name_it(
+        tls_listener: int, db: Database, pki: Pki) -> None:
+    good = A01.format(dob="19450302").encode("latin-1")
+    ack = _send_over_tls(tls_listener, pki.client_context(pki.client), good)
+    assert _segment(ack, "MSA")[1:3] == ["AA", "MSG001"]
+    bad = A01.format(dob="19451302").replace("MSG001", "MSG002").encode("latin-1")
+    assert _segment(_send_over_tls(tls_listener, pki.client_context(pki.client), bad), "MSA")[1] == "AE"
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
+        held = s.scalars(select(Quarantine)).one()
+    assert held.filename.startswith(f"mllp://{FEED_SUBJECT}@127.0.0.1:")
+    assert _refusals(db) == []
+
+
+def test_a_message_arriving_with_the_end_of_the_handshake_is_not_lost(tls_listener: int, pki: Pki) -> None:
+    """The listener is handed the connection a moment after the handshake; what TLS decrypted in between
+    is held for it, not dropped."""
+    ack = _send_with_the_handshakes_end(tls_listener, pki.client_context(pki.client),
+                                        A01.format(dob="19450302").encode("latin-1"))
+    assert _segment(ack, "MSA")[1:3] == ["AA", "MSG001"]
+
+
+@pytest.mark.parametrize(("presented", "reason"), [
+    (None, "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    ("stranger", "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate"),
+    ("expired", "CERTIFICATE_VERIFY_FAILED: certificate has expired"),
+])
+def test_a_feed_without_a_trusted_certificate_is_refused_at_the_handshake_and_audited(
+        tls_listener: int, db: Database, pki: Pki, presented: str | None, reason: str) -> None:
+    cert = None if presented is None else getattr(pki, presented)
+    message = A01.format(dob="19450302").encode("latin-1")
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # TLS 1.3: the client learns on its first read
+        _send_over_tls(tls_listener, pki.client_context(cert), message)
+    (refusal,) = _await_refusals(db, 1)
+    assert refusal.outcome == "deny" and refusal.username is None and refusal.patient_id is None
+    event = json.dumps(refusal.event)
+    assert reason in event and '"address": "127.0.0.1"' in event and '"valueString": "mllp"' in event
+    assert "OKAFOR" not in event and "9434765919" not in event
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == [] and s.scalars(select(Quarantine)).all() == []
+        assert verify(s).ok
+
+
+def test_plain_tcp_to_a_tls_listener_gets_no_ack_and_is_audited(tls_listener: int, db: Database) -> None:
+    with socket.create_connection(("127.0.0.1", tls_listener), timeout=10) as sock:
+        sock.sendall(START + A01.format(dob="19450302").encode("latin-1") + END)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert START not in answer and b"MSA" not in answer  # at most a TLS alert, never an ACK
+    (refusal,) = _await_refusals(db, 1)
+    assert "WRONG_VERSION_NUMBER" in json.dumps(refusal.event) and "OKAFOR" not in json.dumps(refusal.event)
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+
+
+def test_a_connection_that_sends_nothing_is_let_go_unaudited(
+        tls_listener: int, db: Database, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """A port probe or a load balancer's TCP check attempts no sign-in (as a request with no credentials is
+    not audited), and must not stop a real feed connecting after it."""
+    caplog.set_level(logging.INFO, logger="sharedcare.tls")
+    socket.create_connection(("127.0.0.1", tls_listener), timeout=10).close()
+    ack = _send_over_tls(tls_listener, pki.client_context(pki.client), A01.format(dob="19450302").encode("latin-1"))
+    assert _segment(ack, "MSA")[1] == "AA"
+    for _ in range(200):
+        if any("ended without a TLS handshake" in r.getMessage() for r in caplog.records):
+            break
+        threading.Event().wait(0.05)
+    assert [r.getMessage() for r in caplog.records if r.name == "sharedcare.tls"] == [
+        "mllp: a connection from 127.0.0.1 ended without a TLS handshake: the connection closed during the handshake"]
+    assert _refusals(db) == []
+
+
+def test_a_half_made_tls_configuration_is_refused_by_name(tmp_path: Path, pki: Pki) -> None:
+    from dataclasses import replace
+
+    from sharedcare.config import load_settings
+    from sharedcare.errors import ConfigError
+    from sharedcare.tls import tls_settings
+
+    settings = load_settings()
+    assert tls_settings(replace(settings, tls_cert=None, tls_key=None, tls_client_ca=None)) is None
+    with pytest.raises(ConfigError, match="SHAREDCARE_TLS_KEY"):
+        tls_settings(replace(settings, tls_cert=pki.server_cert, tls_key=None))
+    with pytest.raises(ConfigError, match="SHAREDCARE_TLS_CERT"):
+        tls_settings(replace(settings, tls_cert=None, tls_key=None, tls_client_ca=pki.ca))
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        tls_settings(replace(settings, tls_cert=pki.server_cert, tls_key=tmp_path / "missing.key"))

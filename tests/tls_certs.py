@@ -1,0 +1,91 @@
+"""Throwaway certificates for the TLS tests, made with `cryptography`: a CA the service trusts for feeds,
+the server's certificate, a feed's good client certificate, an expired one, and one from a CA nobody trusts."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+FEED_SUBJECT = "CN=rxr-interface-engine,O=Riverside Hospital"
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path  # the feeds' CA (the service trusts it for client certificates; clients trust it for the server)
+    server_cert: Path
+    server_key: Path
+    client: tuple[Path, Path]  # a feed's certificate and key, signed by `ca`
+    expired: tuple[Path, Path]  # signed by `ca`, validity ended yesterday
+    stranger: tuple[Path, Path]  # signed by a CA the service does not trust
+
+    def client_context(self, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+        """What a feed's TLS client uses: trusts the service's CA, presents `cert` (or nothing)."""
+        context = ssl.create_default_context(cafile=self.ca)
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return context
+
+
+def _name(text: str) -> x509.Name:
+    """`CN=...,O=...` as a certificate holds it (organisation first: RFC 4514 writes it back to front)."""
+    parts = dict(part.split("=", 1) for part in text.split(","))
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, parts["CN"])]
+    if "O" in parts:
+        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, parts["O"]))
+    return x509.Name(attributes)
+
+
+def _issue(folder: Path, stem: str, subject: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+           *, ca: bool = False, server: bool = False, days: tuple[int, int] = (-1, 30),
+           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject))
+               .issuer_name(issuer_cert.subject if issuer_cert else _name(subject))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + timedelta(days=days[0])).not_valid_after(now + timedelta(days=days[1]))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                                      content_commitment=False, key_encipherment=False,
+                                                      data_encipherment=False, key_agreement=False,
+                                                      encipher_only=False, decipher_only=False), critical=True)
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    else:
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if issuer_cert is not None:
+            builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer_cert.public_key()), critical=False)  # type: ignore[arg-type]
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert, key, cert_path, key_path
+
+
+def make_pki(folder: Path) -> Pki:
+    ca_cert, ca_key, ca_path, _ = _issue(folder, "ca", "CN=ICS feeds CA,O=Test ICS", None, ca=True, days=(-2, 365))
+    _, _, server_cert, server_key = _issue(folder, "server", "CN=localhost,O=sharedcare", (ca_cert, ca_key),
+                                           server=True)
+    _, _, client_cert, client_key = _issue(folder, "client", FEED_SUBJECT, (ca_cert, ca_key))
+    _, _, old_cert, old_key = _issue(folder, "expired", "CN=old-engine,O=Riverside Hospital", (ca_cert, ca_key),
+                                     days=(-30, -1))
+    other = _issue(folder, "other-ca", "CN=Someone else's CA", None, ca=True, days=(-2, 365))
+    _, _, stranger_cert, stranger_key = _issue(folder, "stranger", "CN=stranger-engine,O=Elsewhere",
+                                               (other[0], other[1]))
+    return Pki(ca_path, server_cert, server_key, (client_cert, client_key), (old_cert, old_key),
+               (stranger_cert, stranger_key))
