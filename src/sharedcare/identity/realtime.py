@@ -144,6 +144,8 @@ _CANDIDATES = (select(*_SCREENED).where(
     PatientRecord.link_method != "insufficient-data").order_by(PatientRecord.id).limit(CANDIDATE_LIMIT))
 _BY_ID = select(*_COLUMNS).where(PatientRecord.id.in_(bindparam("ids", expanding=True))).order_by(PatientRecord.id)
 _INDEX_SIZE = select(func.max(PatientRecord.id))
+_NUMBERS_OF_PERSONS = select(PatientRecord.person_id, PatientRecord.nhs_number).where(
+    PatientRecord.person_id.in_(bindparam("persons", expanding=True)), PatientRecord.nhs_number.is_not(None))
 
 
 def candidates(session: Session, record: MatchRecord) -> list[Row[Any]]:
@@ -158,6 +160,17 @@ def candidates(session: Session, record: MatchRecord) -> list[Row[Any]]:
 def index_size(session: Session) -> int:
     """The index's size, from its primary key (the prior shrinks as it grows)."""
     return run(session, _INDEX_SIZE).scalar() or 0
+
+
+def held_apart(session: Session, persons: Iterable[str], nhs: str | None) -> set[str]:
+    """The persons among these who hold a valid NHS number other than `nhs`: never the same person as a
+    record with `nhs` (`numbers_keep_apart` across a person's records, as a relink splits such a person).
+    A candidate record without a number may belong to someone whose other records carry one."""
+    wanted = sorted(set(persons))
+    if not nhs or not wanted:
+        return set()
+    return {person for person, number in run(session, _NUMBERS_OF_PERSONS, {"persons": wanted})
+            if numbers_keep_apart(nhs, number)}
 
 
 def _some(value: str | None) -> list[str]:
@@ -267,7 +280,8 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
         if score.probability >= REVIEW_THRESHOLD:
             scored.append(Candidate(row.id, row.person_id, score,
                                     model.evidence(score.levels, shift) | {"with_record": row.id}))
-    scored.sort(key=lambda c: -c.score.probability)
+    apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
+    scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
     if not scored:
         return Found("no-link", candidates=len(rows))
     best = scored[0]
