@@ -8,8 +8,9 @@ pipeline (`sharedcare ingest`), and drops the rest:
 
 - FHIR bundles: every bundle, with its Patient entries only (a bundle without one is dropped: it
   cannot make or change a record);
-- HL7 v2: every ADT message; an ORU result only if no earlier message in the ICS named its patient
-  (a result for a patient the PAS never sent makes the record itself);
+- HL7 v2: every ADT message; an ORU result only if no earlier HL7 message of its organisation named its
+  patient (a result for a patient the PAS never sent makes the record itself; were that earlier message
+  quarantined, a whole ingest would differ, which `check` would show);
 - CSV (social care): every row, unchanged (each carries the client's demographics and address then).
 
 `check` proves the copy is faithful where it matters: it ingests one ICS whole and as this copy, and
