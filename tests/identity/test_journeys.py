@@ -85,6 +85,22 @@ def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, 
     assert r["RXR/h-jr"].person_id == r["P81001/jr"].person_id
 
 
+def test_a_son_is_never_linked_through_his_fathers_record_without_a_number_to_a_person_with_another(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Found at 100,000 people: the son's GP record (its own NHS number) matched the father's hospital
+    record (no number: same name, address and phone, another birth date) well enough to link, joining
+    two valid NHS numbers in one person. A relink splits such a person; ingest must not make it."""
+    phone = {"telecom": [{"system": "phone", "value": "01632 960457", "use": "home"}]}
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("sr", "9434765919", "Tucker", "Keith", "1940-08-23", **phone)),
+            (HOSPITAL, patient("h-sr", None, "Tucker", "Keith", "1940-08-23", **phone)),
+            (("P81002", "systmone"), patient("jr", "9434765870", "Tucker", "Keith", "1988-09-05", **phone)))
+    r = _records(db)
+    assert r["RXR/h-sr"].person_id == r["P81001/sr"].person_id
+    assert r["P81002/jr"].person_id != r["P81001/sr"].person_id
+    assert r["P81002/jr"].link_method == "new"
+
+
 def test_a_woman_who_changed_surname_and_address_is_found_through_her_name_and_address_history(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     gp = patient("priya", "9434765919", "Sharma", "Priya", "1985-11-30", "female", postcode="LS6 1AA",

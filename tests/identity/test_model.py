@@ -37,6 +37,46 @@ def test_python_scores_every_candidate_pair_exactly_as_splink_predicts_it() -> N
         assert score.probability == pytest.approx(row["match_probability"], abs=1e-9)
 
 
+# Pairs at the levels the shipped model's training left unestimated (m or u): Splink scores them with its
+# defaults, so real time must too, or a record would link on ingest where a relink would not.
+UNESTIMATED = [
+    MatchRecord(11, given="Robert", family="Okafor", birth_date="1960-03-07", postcode="RV1 2AB"),
+    MatchRecord(12, given="Jane", family="Smith", birth_date="1960-03-07", postcode="RV1 2AB"),  # name different
+    MatchRecord(13, given="Robert", family="Okafor", birth_date="1960-03-08", postcode="RV7 1XY"),  # one keying error
+    MatchRecord(14, nhs_number="12345678", given="Ama", family="Mensah", birth_date="1971-05-02",
+                email="ama@example.org"),
+    MatchRecord(15, nhs_number="12345687", given="Ama", family="Mensah", birth_date="1971-05-02",
+                email="ama@example.org"),  # identifier one keying error (no check digit), email exact
+    MatchRecord(16, given="Ama", family="Mensah", birth_date="1971-05-02", email="a.mensah@example.com"),
+]
+
+
+def test_real_time_scores_levels_training_left_unestimated_as_the_relink_does() -> None:
+    model = default_model()
+    unestimated = {(c["output_column_name"], len(c["comparison_levels"]) - 1 - i)
+                   for c in model.json["comparisons"] for i, level in enumerate(reversed(c["comparison_levels"]))
+                   if not level.get("is_null_level") and (level.get("m_probability") is None
+                                                          or level.get("u_probability") is None)}
+    assert {("name", 8), ("dob", 3), ("nhs_number", 2), ("email", 1), ("email", 2)} <= unestimated
+    relation = _linker(UNESTIMATED, model.json).inference.predict().as_duckdbpyrelation()
+    predicted = [dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()]
+    by_id = {r.record_id: features(r) for r in UNESTIMATED}
+    reached = set()
+    for row in predicted:
+        score = model.score(by_id[row["unique_id_l"]], by_id[row["unique_id_r"]])
+        reached |= {(name, level) for name, level in score.levels.items()} & unestimated
+        assert score.match_weight == pytest.approx(row["match_weight"], abs=1e-6)
+    assert reached == {("name", 8), ("dob", 3), ("nhs_number", 2), ("email", 1), ("email", 2)}
+    assert model.weights["name"][8] < -5  # "name different" counts against a match, as in the relink
+
+
+def test_a_model_saved_without_its_level_weights_is_refused() -> None:
+    old = json.loads(json.dumps(default_model().json))
+    del old["sharedcare_match_weights"]
+    with pytest.raises(ModelError, match="saved weight"):
+        Model(old)
+
+
 def test_the_waterfall_adds_up_and_names_every_level() -> None:
     model = default_model()
     a, b = features(RECORDS[4]), features(RECORDS[5])

@@ -207,6 +207,7 @@ def train(records: list[MatchRecord], rows: list[Features] | None = None,
     model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     model["sharedcare_model_version"] = MODEL_VERSION
     model["sharedcare_trained_on"] = len(records)
+    model["sharedcare_match_weights"] = Weights.of(linker).levels  # what real time scores with (model.py)
     return linker, model
 
 
@@ -289,8 +290,8 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
 @dataclass(frozen=True)
 class Weights:
     """Each comparison level's match weight as Splink's predict computes it, so a relink scores exactly as
-    Splink would: where training left a level's m or u unestimated Splink uses its default, where `Model`
-    (real time, the waterfall) counts no evidence."""
+    Splink would (where training left a level's m or u unestimated Splink uses its default). Saved with
+    the model, so real time and the waterfall (`Model`) score with the same weights."""
 
     prior: float
     levels: dict[str, list[float]]  # comparison -> weight of each level, in `compare.py`'s order

@@ -3,7 +3,10 @@ Fellegi-Sunter arithmetic on it, so a pair can be scored, and explained, without
 
 A pair's match weight is the prior's log-odds plus, per comparison, log2(m/u) of the level it reached;
 its probability is 2^w / (1 + 2^w). That is what Splink computes in SQL; `tests/identity` checks
-the two agree. The evidence kept for each link and review item is that sum written out: the
+the two agree. Each level's weight is saved with the model as Splink's predict takes it
+(`sharedcare_match_weights`, written at training): where training left a level's m or u unestimated,
+Splink scores it with its default (about -7 for "name different" in the shipped model), and real time
+must score a pair as the relink does. The evidence kept for each link and review item is that sum written out: the
 waterfall a reviewer reads.
 """
 
@@ -22,7 +25,7 @@ from sharedcare.identity.compare import COMPARISONS, Comparison, Features, level
 LINK_THRESHOLD = 0.999
 REVIEW_THRESHOLD = 0.9
 REVIEW_WEIGHT = math.log2(REVIEW_THRESHOLD / (1 - REVIEW_THRESHOLD))  # the match weight of that probability
-MODEL_VERSION = "2026.12-1"  # the comparisons (compare.py); a model trained on other comparisons is refused
+MODEL_VERSION = "2026.12-2"  # the comparisons (compare.py) and saved weights; a model of another is refused
 DEFAULT_MODEL = "default_model.json"  # trained on a synthetic ICS, used until the first relink
 
 
@@ -60,11 +63,14 @@ class Model:
         self.weights: dict[str, list[float]] = {}
         self.labels: dict[str, list[str]] = {}
         by_name = {c["output_column_name"]: c for c in splink_json["comparisons"]}
+        weights = splink_json.get("sharedcare_match_weights") or {}
         for comparison in COMPARISONS:
             saved = by_name.get(comparison.name)
             if saved is None or len(saved["comparison_levels"]) != len(comparison.levels):
                 raise ModelError(f"model has no comparison '{comparison.name}' with {len(comparison.levels)} levels")
-            self.weights[comparison.name] = [_weight(level) for level in saved["comparison_levels"]]
+            if len(weights.get(comparison.name) or ()) != len(comparison.levels):
+                raise ModelError(f"model has no saved weight for each level of '{comparison.name}'")
+            self.weights[comparison.name] = [float(w) for w in weights[comparison.name]]
             self.labels[comparison.name] = [lv.label for lv in comparison.levels]
 
     def score(self, a: Features, b: Features, prior_shift: float = 0.0) -> Score:
@@ -112,15 +118,6 @@ class Model:
         return {"model_version": self.version, "prior_weight": round(prior, 2), "comparisons": steps,
                 "match_weight": round(total, 2), "match_probability": round(_probability(total), 6),
                 "never_link": self._never_link(found)}
-
-
-def _weight(level: dict[str, Any]) -> float:
-    if level.get("is_null_level"):
-        return 0.0
-    m, u = level.get("m_probability"), level.get("u_probability")
-    if m is None or not u:  # a level training never estimated carries no evidence either way
-        return 0.0
-    return math.log2(max(float(m), 1e-30) / float(u))  # m = 0: never seen in a match, as good as impossible
 
 
 def _probability(weight: float) -> float:

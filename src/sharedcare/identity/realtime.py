@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, func, or_, select
+from sqlalchemy import Row, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.identity.compare import (
@@ -37,6 +37,7 @@ from sharedcare.identity.model import (
     Score,
     default_model,
 )
+from sharedcare.store.database import run
 from sharedcare.store.models import MatchModel, PatientRecord
 
 FIRST = (DOB, ADDRESS)  # compared before the rest, whose features cost more to prepare
@@ -130,26 +131,46 @@ def _keys(record: MatchRecord) -> tuple[list[date], str | None, str | None]:
     return dates, record.postcode, name_key(record.family, record.given)
 
 
+# Built once and run on the session's connection (`store.database.run`): through `Session.execute`, the
+# ORM's handling of each statement cost as much as the database's work. A key the record lacks is NULL,
+# which equals nothing. Candidates come with what the screen reads (birth date, address, NHS number); the
+# other columns are fetched for the few the screen leaves (about 1 in 10): decoding every candidate's
+# names, phones and email cost a quarter of a match, and its garbage brought on full collections.
+_SCREENED = (PatientRecord.id, PatientRecord.nhs_number, PatientRecord.birth_date, PatientRecord.postcode,
+             PatientRecord.postcodes)
+_CANDIDATES = (select(*_SCREENED).where(
+    or_(PatientRecord.birth_date.in_(bindparam("dates", expanding=True)),
+        PatientRecord.postcode == bindparam("postcode"), PatientRecord.name_key == bindparam("key")),
+    PatientRecord.link_method != "insufficient-data").order_by(PatientRecord.id).limit(CANDIDATE_LIMIT))
+_BY_ID = select(*_COLUMNS).where(PatientRecord.id.in_(bindparam("ids", expanding=True))).order_by(PatientRecord.id)
+_INDEX_SIZE = select(func.max(PatientRecord.id))
+_NUMBERS_OF_PERSONS = select(PatientRecord.person_id, PatientRecord.nhs_number).where(
+    PatientRecord.person_id.in_(bindparam("persons", expanding=True)), PatientRecord.nhs_number.is_not(None))
+
+
 def candidates(session: Session, record: MatchRecord) -> list[Row[Any]]:
-    """The stored records sharing a blocking key with `record`; never one held for too little data."""
+    """The stored records sharing a blocking key with `record` (the `_SCREENED` columns); never one held
+    for too little data."""
     dates, postcode, key = _keys(record)
-    conditions: list[ColumnElement[bool]] = []
-    if dates:
-        conditions.append(PatientRecord.birth_date.in_(dates))
-    if postcode:
-        conditions.append(PatientRecord.postcode == postcode)
-    if key:
-        conditions.append(PatientRecord.name_key == key)
-    if not conditions:
+    if not (dates or postcode or key):
         return []
-    query = (select(*_COLUMNS).where(or_(*conditions), PatientRecord.link_method != "insufficient-data")
-             .order_by(PatientRecord.id).limit(CANDIDATE_LIMIT))
-    return list(session.execute(query).all())
+    return list(run(session, _CANDIDATES, {"dates": dates or [None], "postcode": postcode, "key": key}).all())
 
 
 def index_size(session: Session) -> int:
     """The index's size, from its primary key (the prior shrinks as it grows)."""
-    return session.scalar(select(func.max(PatientRecord.id))) or 0
+    return run(session, _INDEX_SIZE).scalar() or 0
+
+
+def held_apart(session: Session, persons: Iterable[str], nhs: str | None) -> set[str]:
+    """The persons among these who hold a valid NHS number other than `nhs`: never the same person as a
+    record with `nhs` (`numbers_keep_apart` across a person's records, as a relink splits such a person).
+    A candidate record without a number may belong to someone whose other records carry one."""
+    wanted = sorted(set(persons))
+    if not nhs or not wanted:
+        return set()
+    return {person for person, number in run(session, _NUMBERS_OF_PERSONS, {"persons": wanted})
+            if numbers_keep_apart(nhs, number)}
 
 
 def _some(value: str | None) -> list[str]:
@@ -244,18 +265,23 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
     best_rest = model.prior_weight + shift + model.ceiling(incoming, (c for c in COMPARISONS if c not in FIRST))
     scored: list[Candidate] = []
     rows: list[Row[Any]] | list[StoredRecord] = block.candidates(record) if block else candidates(session, record)
+    kept: list[Any] = []  # rows of `candidates` or the block's StoredRecords
     for row in rows:
         if numbers_keep_apart(record.nhs_number, row.nhs_number):
             continue  # different valid NHS numbers: never one person
         first = birth_and_address(row.birth_date.isoformat() if row.birth_date else None, row.postcode,
                                   row.postcodes or ())
-        if best_rest + sum(model.weight(c, incoming, first) for c in FIRST) < REVIEW_WEIGHT - 1e-9:
-            continue
+        if best_rest + sum(model.weight(c, incoming, first) for c in FIRST) >= REVIEW_WEIGHT - 1e-9:
+            kept.append(row)
+    if block is None and kept:
+        kept = list(run(session, _BY_ID, {"ids": [row.id for row in kept]}).all())
+    for row in kept:
         score = model.score(incoming, features(stored_match_record(row)), shift)
         if score.probability >= REVIEW_THRESHOLD:
             scored.append(Candidate(row.id, row.person_id, score,
                                     model.evidence(score.levels, shift) | {"with_record": row.id}))
-    scored.sort(key=lambda c: -c.score.probability)
+    apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
+    scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
     if not scored:
         return Found("no-link", candidates=len(rows))
     best = scored[0]
