@@ -262,6 +262,15 @@ class GovernedRecords:
             organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
             request_id=self.request_id, source_address=self.source_address, client_id=self.client_id, **extra))
 
+    def _released(self, action: AuditAction, patient_id: str | None, **extra: Any) -> None:
+        """Audit a permitted read and commit it at once, before the caller builds its answer: the entry is
+        durable before any data leaves (TRUST AU4), and the chain's write lock (SQLite's one writer,
+        PostgreSQL's lock on the head row) is held for the append alone. Committed at the end of the
+        request instead, the lock was held while the answer was built (a large Bundle: milliseconds),
+        and every other reader's append waited, on SQLite in the busy handler's sleeps."""
+        self._audit(action, "permit", patient_id, **extra)
+        self.session.commit()
+
     @property
     def _agreements(self) -> dict[str, Agreement]:
         """Every organisation's agreement as it stood at this request's first read of it."""
@@ -444,10 +453,9 @@ class GovernedRecords:
         rule = self._demographics_rule(person_id, pairs)
         patient = combined_patient(person_id, patients, rule)
         clinical = [s for s in served if s.resource_type != "Patient"]
-        self._audit(action, "permit", person_id, basis=basis.basis if basis else None,
-                    reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
-                    released=[s.reference for s in clinical],
-                    withheld=dict(decision.withheld))
+        self._released(action, person_id, basis=basis.basis if basis else None,
+                       reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
+                       released=[s.reference for s in clinical], withheld=dict(decision.withheld))
         return RecordView(person_id=person_id, patient=patient, resources=clinical, withheld=decision.withheld,
                           headlines=sorted(decision.headlines, key=lambda h: (h.category, h.organisation)),
                           basis=basis.basis if basis else "",
@@ -476,8 +484,8 @@ class GovernedRecords:
                         basis=basis.basis if basis else None)
             self.session.commit()
             raise NotFound(f"no Patient {person_id}")
-        self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
-                    reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
+        self._released(AuditAction.RESOURCE_READ, person_id, basis=basis.basis if basis else None,
+                       reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
         return patient
 
     def _combined_patient(self, person_id: str, decision: Decision, pairs: list[tuple[Item, StoredRow]]
@@ -507,8 +515,8 @@ class GovernedRecords:
         if not decision.permitted:
             raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
         served, patient = self._combined_patient(person_id, decision, pairs)
-        self._audit(AuditAction.DEMOGRAPHICS_READ, "permit", person_id, rule_id=decision.rule_id,
-                    released=[s.reference for s in served], withheld=dict(decision.withheld))
+        self._released(AuditAction.DEMOGRAPHICS_READ, person_id, rule_id=decision.rule_id,
+                       released=[s.reference for s in served], withheld=dict(decision.withheld))
         return patient
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -534,8 +542,8 @@ class GovernedRecords:
                          resource=reference)
             raise NotFound(f"no {resource_type} {resource_id}")
         released = decision.released[0]
-        self._audit(AuditAction.RESOURCE_READ, "permit", person_id, basis=basis.basis if basis else None,
-                    reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
+        self._released(AuditAction.RESOURCE_READ, person_id, basis=basis.basis if basis else None,
+                       reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
         return self._serve(person_id, row, released.tier, released.item.category).content
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
@@ -600,10 +608,10 @@ class GovernedRecords:
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
-        self._audit(AuditAction.RESOURCE_HISTORY, "permit", person_id, basis=basis.basis if basis else None,
-                    reason=basis.reason if basis else None, rule_id=decision.rule_id,
-                    released=[f"{resource_type}/{resource_id}/_history/{number}" for number, _ in served],
-                    withheld=dict(decision.withheld))
+        self._released(AuditAction.RESOURCE_HISTORY, person_id, basis=basis.basis if basis else None,
+                       reason=basis.reason if basis else None, rule_id=decision.rule_id,
+                       released=[f"{resource_type}/{resource_id}/_history/{number}" for number, _ in served],
+                       withheld=dict(decision.withheld))
         return current_released, served
 
     def _serve(self, person_id: str, row: StoredRow, tier: int, category: str,
@@ -668,6 +676,7 @@ class GovernedRecords:
             self._audit(AuditAction.PATIENT_SEARCH, "permit", match.person_id, detail={"query": query_b64})
         if not matches:
             self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
+        self.session.commit()  # as `_released`: durable before the results leave, the lock held no longer
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
 
     def _visible_match(self, person_id: str, wanted: _Criteria) -> PatientMatch | None:
