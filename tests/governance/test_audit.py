@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
+from tests.small_ics import Ics
 
+from sharedcare.api import fhir
 from sharedcare.governance.audit import AuditAction, AuditRecord, _canonical, record_audit, verify
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
@@ -161,3 +166,42 @@ def test_entries_are_hashed_over_the_standard_librarys_canonical_json(fields: di
     """The faster encoder hashes exactly the bytes the standard library did, so older chains still verify."""
     expected = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     assert _canonical(fields) == expected
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient/{}/$everything", "/fhir/Patient/{}"])
+def test_a_reads_audit_entry_is_committed_before_its_answer_is_built_and_no_lock_is_held_meanwhile(
+        ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """TRUST AU4 (the entry is durable before any data leaves), and other readers' appends do not wait
+    while a large answer is built: seen from another connection while the answer is being built."""
+    headers = ics.open_record("dr.patel")
+    with db.session() as session:
+        before = session.scalar(select(func.max(AuditEntry.seq)))
+    seen: list[tuple[int, str]] = []
+
+    def from_another_connection() -> None:
+        if db.backend == "sqlite":  # a writer of its own, refused at once (no busy wait) if one is active
+            assert db.url.database is not None
+            other = sqlite3.connect(db.url.database, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                (last,) = other.execute("SELECT max(seq) FROM audit_events").fetchone()
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
+        else:
+            with db.engine.connect() as conn:  # refused at once if the head row is locked
+                last = conn.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT")).scalar_one()
+                conn.rollback()
+        seen.append((last, "answer being built"))
+
+    def watched(original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from_another_connection()
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(fhir, "_encoded_bundle", watched(fhir._encoded_bundle))
+    monkeypatch.setattr(fhir, "fhir_response", watched(fhir.fhir_response))
+    response = ics.client.get(path.format(ics.okafor), headers=headers)
+    assert response.status_code == 200
+    assert seen == [(before + 1, "answer being built")]  # this read's entry, committed; the lock free

@@ -110,21 +110,29 @@ def test_a_write_between_the_stamps_and_the_contents_is_read_whole(
 
 
 def test_a_version_read_but_never_committed_is_not_served_for_the_version_that_was(
-        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
-    """A read in a transaction that is then rolled back may cache a version the store never kept; the
-    version committed later under the same number has another hash and received time, so it is read."""
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read in a transaction that is then rolled back (here: its audit append fails) may cache a version
+    the store never kept; the version committed later under the same number has another hash and
+    received time, so it is read."""
     with db.session() as s:
         diabetes = s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
     ics.open_record("dr.patel")
     actor = actor_for(framework, "dr.patel")
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("audit store unavailable")
+
     session = Session(db.engine)
     try:
         row = session.get(Resource, diabetes)
         assert row is not None
         row.version, row.content_hash = 2, "never-committed"
         row.content = {**row.content, "onsetDateTime": "1999-01-01", "meta": {**row.content["meta"], "versionId": "2"}}
-        uncommitted = GovernedRecords(session, framework, actor).everything(ics.okafor)
-        assert any(r.content.get("onsetDateTime") == "1999-01-01" for r in uncommitted.resources)
+        with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+            patched.setattr(gateway, "record_audit", broken)
+            GovernedRecords(session, framework, actor).everything(ics.okafor)
+        assert any(content.get("onsetDateTime") == "1999-01-01" for rid, _, content in content_cache(session).entries()
+                   if rid == diabetes)  # the version never committed was read, and is held
     finally:
         session.rollback()
         session.close()

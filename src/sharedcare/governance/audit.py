@@ -22,7 +22,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.store.database import Database, run
+from sharedcare.store.database import Database, Prepared
 from sharedcare.store.models import AuditEntry, AuditHead
 
 GENESIS = "0" * 64
@@ -203,9 +203,10 @@ _HEAD = cast(Table, AuditHead.__table__)
 _ENTRIES = cast(Table, AuditEntry.__table__)
 # A no-op UPDATE takes the write lock on the head row (a row lock on PostgreSQL; on SQLite it opens the
 # write transaction) and RETURNING reads it in the same statement, so no two writers chain to one parent.
-_LOCK_AND_READ_HEAD = (update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
-                       .returning(_HEAD.c.seq, _HEAD.c.hash))
-_APPEND = insert(_ENTRIES)  # a trigger (migration 0006) advances the head, refusing an entry that does not follow it
+_LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
+                                .returning(_HEAD.c.seq, _HEAD.c.hash))
+# A trigger (migration 0006) advances the head, refusing an entry that does not follow it.
+_APPEND = Prepared(insert(_ENTRIES))
 
 
 def record_refused_credentials(database: Database, reason: str, subject: str | None, request_id: str | None,
@@ -224,9 +225,12 @@ def record_audit(session: Session, record: AuditRecord) -> int:
     sequence number."""
     # What a caller typed (a sign-in name, an id in a URL) is cleaned like free text: PostgreSQL refuses a
     # NUL in text, which would lose the event and fail the request.
-    record = replace(record, username=_clean(record.username), organisation=_clean(record.organisation),
-                     patient_id=_clean(record.patient_id), resource=_clean(record.resource))
-    seq, prev_hash = run(session, _LOCK_AND_READ_HEAD).one()
+    typed = (record.username, record.organisation, record.patient_id, record.resource)
+    cleaned = tuple(_clean(text) for text in typed)
+    if cleaned != typed:  # rarely: copying the record costs more than the rest of the event
+        record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
+                         resource=cleaned[3])
+    ((seq, prev_hash),) = _LOCK_AND_READ_HEAD(session)
     recorded = utcnow()
     row: dict[str, Any] = {
         "seq": seq + 1, "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,
@@ -234,7 +238,7 @@ def record_audit(session: Session, record: AuditRecord) -> int:
         "event": to_audit_event(record, recorded), "prev_hash": prev_hash,
     }
     row["hash"] = _digest(prev_hash, row)
-    run(session, _APPEND, row)
+    _APPEND(session, row)
     return int(row["seq"])
 
 

@@ -137,12 +137,13 @@ def everyone_on_review(session: Session) -> dict[str, OnReview]:
 
 
 # Built once: on the read path of every record (governance/gateway.py), where building an ORM statement per
-# request costs more than running it (store/database.py, `run`).
+# request costs more than running it (store/database.py, `run`). The kinds are not an IN list: a list is
+# expanded when run, which a `Prepared` statement (gateway._INPUTS) cannot do.
 _ON_REVIEW_ALL = (select(PatientRecord.person_id, ReviewItem.kind, ReviewItem.status,
                          PatientRecord.id.label("record_id"), Resource.id.label("patient_id"))
                   .join(PatientRecord, ReviewItem.patient_record_id == PatientRecord.id)
                   .outerjoin(Resource, (Resource.patient_record_id == PatientRecord.id) & IS_PATIENT)
-                  .where(ReviewItem.kind.in_((NEW_SOURCE_RECORD, REGISTRATION_CONFLICT)),
+                  .where((ReviewItem.kind == NEW_SOURCE_RECORD) | (ReviewItem.kind == REGISTRATION_CONFLICT),
                          (ReviewItem.status != "closed") | (ReviewItem.kind == REGISTRATION_CONFLICT)))
 # One person's rows (kind, status, record_id, patient_id ...): the gateway reads them with the decision's
 # other inputs, in one statement (`gateway._INPUTS`), and makes them an `OnReview` with `standing`.

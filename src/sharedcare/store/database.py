@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import CursorResult, Engine, make_url
+from sqlalchemy.engine import CursorResult, Dialect, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -57,6 +59,74 @@ def run(session: Session, statement: Executable,
     there (ORM bookkeeping on every statement). Pending ORM changes are flushed first, as ORM queries do."""
     session.flush()
     return session.connection().execute(statement, params or {})
+
+
+class Prepared:
+    """A Core statement built once, compiled once per dialect, and run on the driver's own cursor in the
+    session's transaction: for the statements every governed read runs (its decision inputs, the audit
+    append). SQLAlchemy's execution (context, parameter and result set-up) cost several times the
+    database's own work there: on SQLite 78 us against 10 us for the decision inputs, 26 against 3 for
+    locking the audit head. Values are bound and read with the statement's own type processors, so they
+    are exactly what `run` would store and return; errors are raised as SQLAlchemy's, as `run` raises them.
+    Columns' Python-side defaults are not applied: an INSERT names every value. The driver keeps the
+    statement prepared (sqlite3's statement cache, psycopg's prepared statements)."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._forms: dict[str, _Form] = {}
+
+    def __call__(self, session: Session, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """The statement's rows (none for a statement that returns none), pending ORM changes flushed
+        first as `run` does."""
+        session.flush()
+        connection = session.connection()
+        dialect = connection.dialect
+        form = self._forms.get(dialect.name)
+        if form is None:
+            form = self._forms[dialect.name] = _Form(self.statement, dialect)
+        values = form.compiled.construct_params(params or {})
+        for name, process in form.bind.items():
+            values[name] = process(values[name])
+        args: Any = tuple(values[name] for name in form.positions) if form.positions is not None else values
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(form.sql, args)
+            if cursor.description is None:
+                return []
+            rows, processors = cursor.fetchall(), form.results(cursor.description)
+        except dialect.loaded_dbapi.Error as err:
+            raise DBAPIError.instance(form.sql, args, err, dialect.loaded_dbapi.Error) from err
+        finally:
+            cursor.close()
+        if not any(processors):
+            return [tuple(row) for row in rows]
+        return [tuple(value if process is None else process(value) for process, value in zip(processors, row,
+                                                                                              strict=True))
+                for row in rows]
+
+
+class _Form:
+    """A `Prepared` statement in one dialect: its SQL, where its parameters go, their bind processors and
+    (once the driver has described the result) the result columns' processors."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            raise ValueError("a Prepared statement cannot expand parameters when run (an IN list): write it out")
+        self.compiled = compiled
+        self.sql = compiled.string
+        self.positions = list(compiled.positiontup or ()) if dialect.positional else None
+        self.bind = {name: cast(Callable[[Any], Any], process) for name, process in compiled._bind_processors.items()
+                     if not isinstance(process, tuple)}  # (a tuple: a multi-valued parameter; none here)
+        self._types = [entry[3] for entry in compiled._result_columns]
+        self._dialect = dialect
+        self._results: list[Callable[[Any], Any] | None] | None = None
+
+    def results(self, description: Any) -> list[Callable[[Any], Any] | None]:
+        if self._results is None:
+            self._results = [type_._cached_result_processor(self._dialect, column[1])
+                             for type_, column in zip(self._types, description, strict=True)]
+        return self._results
 
 
 class Database:
