@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from sqlalchemy import select
 
-from sharedcare.config import DEMO_PASSWORD, load_settings
-from sharedcare.errors import SharedcareError
+from sharedcare.config import DEMO_PASSWORD, Settings, load_settings
+from sharedcare.errors import ConfigError, SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import Database
 
@@ -58,8 +58,16 @@ def _framework() -> Framework:
         raise _fail(str(exc)) from exc
 
 
+def _settings() -> Settings:
+    """The settings, or a clear error naming the one that is wrong (not a traceback)."""
+    try:
+        return load_settings()
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+
+
 def _database() -> Database:
-    db = Database(load_settings().database_url)
+    db = Database(_settings().database_url)
     db.migrate()
     return db
 
@@ -265,7 +273,7 @@ def export_command(
                     f"(types: {', '.join(sorted(RECORD_TYPES))})")
     try:
         scope = ExportScope("group" if group else "system", group, chosen, parse_instant(since) if since else None)
-        jobs = ExportJobs(_database(), fw, load_settings())
+        jobs = ExportJobs(_database(), fw, _settings())
         job_id = jobs.start(actor_for(fw, user), scope, f"sharedcare export --out {out}", out_dir=out.resolve(),
                             purpose=purpose, background=False)
         with _progress() as progress:
@@ -316,8 +324,12 @@ def _start_up_checks(service: str, database: Database, cert: Path | None, key: P
         if value is not None:
             os.environ[name] = str(value)
     try:
-        settings = load_settings()
+        settings = _settings()
         tls = tls_settings(settings)
+        if service == "mllp" and tls is not None and tls.client_ca is not None and tls.client_certs != "required":
+            # MLLP has no other credential: an optional certificate would let anyone on the network send feeds
+            raise ConfigError("mllp: client certificates must be required (SHAREDCARE_TLS_CLIENT_CERTS=required); "
+                              "'optional' is for a serve that browsers reach")
         clock = check_clock(database, service, settings.require_clock_sync)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
@@ -346,7 +358,7 @@ def serve(
     from sharedcare.api.app import create_app, freeze_start_up
     from sharedcare.api.served_tls import TlsHttpProtocol
 
-    settings = load_settings()
+    settings = _settings()
     try:
         application = create_app(settings, framework=_framework(), database=_database())
     except SharedcareError as exc:
@@ -421,7 +433,7 @@ def token(
     """Mint an access token for a configured user (for integration and testing)."""
     from sharedcare.api.auth import mint_token
 
-    settings = load_settings()
+    settings = _settings()
     try:
         sys.stdout.write(mint_token(settings, _framework(), user, scope, minutes) + "\n")
     except SharedcareError as exc:
@@ -582,7 +594,7 @@ def audit_verify(
             raise _fail(str(exc)) from exc
     with _database().session() as session:
         result = verify(session)
-        problems = check_against_chain(session, kept, public_key_text(signing_key(load_settings().secret)))
+        problems = check_against_chain(session, kept, public_key_text(signing_key(_settings().secret)))
     if not result.ok:
         console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
                       f"({result.checked} entries verified before it)")
@@ -602,7 +614,7 @@ def audit_checkpoint(
     service cannot write; `audit verify --checkpoints` checks the chain against what witnesses kept."""
     from sharedcare.governance.checkpoints import make_checkpoint, public_key_text, signing_key
 
-    settings = load_settings()
+    settings = _settings()
     try:
         settings.require_safe_secret()
     except SharedcareError as exc:
@@ -682,7 +694,7 @@ def audit_forward(
 
     from sharedcare.governance.audit_forward import ChainBroken, ForwardError, forward, http_sender
 
-    send = http_sender(repository, load_settings().audit_repository_token)
+    send = http_sender(repository, _settings().audit_repository_token)
     database = _database()
 
     def once() -> int:
@@ -695,13 +707,16 @@ def audit_forward(
 
     sent = 0
     try:
-        sent += once()
-        while follow:
-            time.sleep(every)
+        while True:
             try:
                 sent += once()
-            except ForwardError as exc:  # the repository is down: keep what was sent, try again
-                console.print(f"[yellow]{exc}[/yellow]: trying again in {every:g} s")
+            except ForwardError as exc:
+                if not follow:
+                    raise
+                console.print(f"[yellow]{exc}[/yellow]: trying again in {every:g} s")  # what was sent is kept
+            if not follow:
+                break
+            time.sleep(every)
     except SharedcareError as exc:  # the repository refused or is down, or the state file is unreadable
         raise _fail(str(exc)) from exc
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ Record Repository over HTTP (TRUST AU7, IHE RESTful ATNA), never twice, never an
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
+from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit_forward import CHAIN, ChainBroken, ForwardError, forward, http_sender, read_position
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
@@ -31,11 +33,13 @@ runner = CliRunner()
 
 class Repository(ThreadingHTTPServer):
     """Another organisation's Audit Record Repository: a FHIR endpoint that takes transaction Bundles of
-    AuditEvents, validates each against the R4 model and keeps it by id. `refuse` makes it answer 503."""
+    AuditEvents, validates each against the R4 model and creates it unless one with the `ifNoneExist` tag
+    is already held (FHIR conditional create). `refuse` makes it answer 503; `answer` overrides the reply."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.kept: dict[str, dict[str, Any]] = {}
+        self.kept: dict[str, dict[str, Any]] = {}  # by the chain tag's code, "{seq}-{hash}"
+        self.answer: object = None
         self.bundles: list[list[str]] = []
         self.refuse = False
         self.tokens: list[str | None] = []
@@ -55,16 +59,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(503, {"resourceType": "OperationOutcome", "issue": [{"severity": "error",
                                                                              "code": "transient"}]})
             return
+        if self.server.answer is not None:
+            self._answer(200, self.server.answer)
+            return
         assert bundle["type"] == "transaction"
+        statuses, seqs = [], []
         for entry in bundle["entry"]:
             AuditEvent.model_validate(entry["resource"])
-            assert entry["request"] == {"method": "PUT", "url": f"AuditEvent/{entry['resource']['id']}"}
-            self.server.kept[entry["resource"]["id"]] = entry["resource"]
-        self.server.bundles.append([e["resource"]["id"] for e in bundle["entry"]])
+            ((system, code),) = [(t["system"], t["code"]) for t in entry["resource"]["meta"]["tag"]]
+            assert entry["request"] == {"method": "POST", "url": "AuditEvent", "ifNoneExist": f"_tag={system}|{code}"}
+            statuses.append("200 OK" if code in self.server.kept else "201 Created")
+            self.server.kept.setdefault(code, entry["resource"])
+            seqs.append(int(code.split("-")[0]))
+        self.server.bundles.append(seqs)
         self._answer(200, {"resourceType": "Bundle", "type": "transaction-response",
-                           "entry": [{"response": {"status": "200 OK"}} for _ in bundle["entry"]]})
+                           "entry": [{"response": {"status": status}} for status in statuses]})
 
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
+    def _answer(self, status: int, body: object) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/fhir+json")
@@ -86,6 +97,16 @@ def repository() -> Iterator[Repository]:
     server.server_close()
 
 
+def _held(repository: Repository) -> dict[int, dict[str, Any]]:
+    """What the repository holds, by sequence number (a forged entry would be a second event for one)."""
+    held: dict[int, dict[str, Any]] = {}
+    for code, event in repository.kept.items():
+        seq = int(code.split("-")[0])
+        assert seq not in held, f"two events for entry {seq}"
+        held[seq] = event
+    return held
+
+
 def _chain(event: dict[str, Any]) -> dict[str, Any]:
     (chain,) = [e for e in event["extension"] if e["url"] == CHAIN]
     return {e["url"]: e.get("valueInteger", e.get("valueString")) for e in chain["extension"]}
@@ -96,19 +117,18 @@ def test_the_log_is_copied_in_order_and_only_what_is_new_goes_next_time(db: Data
     _write(db, 7)
     state, send = tmp_path / "forward.json", http_sender(repository.url, token="arr-secret")
     assert forward(db, state, send, batch=3) == 7
-    assert repository.bundles == [["sharedcare-1", "sharedcare-2", "sharedcare-3"],
-                                  ["sharedcare-4", "sharedcare-5", "sharedcare-6"], ["sharedcare-7"]]
+    assert repository.bundles == [[1, 2, 3], [4, 5, 6], [7]]
     assert set(repository.tokens) == {"Bearer arr-secret"}
     with db.session() as s:
         for seq in range(1, 8):
             entry = s.get_one(AuditEntry, seq)
-            kept = repository.kept[f"sharedcare-{seq}"]
+            kept = repository.kept[f"{seq}-{entry.hash}"]
             assert _chain(kept) == {"seq": seq, "hash": entry.hash, "previous": entry.prev_hash}
             assert kept["agent"][0]["who"]["identifier"]["value"] == f"user{seq - 1}"
             assert {"what": {"reference": f"Condition/{seq - 1}"}} in kept["entity"]  # one entity per release
     assert forward(db, state, send, batch=3) == 0
     _write(db, 2)
-    assert forward(db, state, send, batch=3) == 2 and repository.bundles[-1] == ["sharedcare-8", "sharedcare-9"]
+    assert forward(db, state, send, batch=3) == 2 and repository.bundles[-1] == [8, 9]
     assert read_position(state).seq == 9
 
 
@@ -125,7 +145,66 @@ def test_a_repository_that_is_down_loses_nothing_and_gets_nothing_twice(db: Data
     repository.refuse = False
     assert forward(db, state, send, batch=2) == 3
     sent = [i for bundle in repository.bundles for i in bundle]
-    assert sent == [f"sharedcare-{n}" for n in range(1, 9)] and len(repository.kept) == 8
+    assert sent == list(range(1, 9)) and sorted(_held(repository)) == list(range(1, 9))
+
+
+def test_a_lost_state_file_sends_again_but_nothing_held_is_replaced_or_doubled(
+        db: Database, repository: Repository, tmp_path: Path) -> None:
+    _write(db, 4)
+    state, send = tmp_path / "forward.json", http_sender(repository.url)
+    forward(db, state, send)
+    held = json.dumps(_held(repository), sort_keys=True)
+    state.unlink()
+    assert forward(db, state, send) == 4  # sent again: the repository creates nothing new
+    assert json.dumps(_held(repository), sort_keys=True) == held
+
+
+def test_the_repository_must_be_https_and_its_answers_are_checked(db: Database, repository: Repository,
+                                                                  tmp_path: Path) -> None:
+    with pytest.raises(SharedcareError, match="must be https"):
+        http_sender("http://arr.example.org/fhir")
+    _write(db, 2)
+    state = tmp_path / "forward.json"
+    for answer in (["not", "a", "bundle"], {"resourceType": "Bundle", "entry": "x"}, {"entry": [1, 2]}):
+        repository.answer = answer
+        with pytest.raises(ForwardError, match="not a transaction-response"):
+            forward(db, state, http_sender(repository.url))
+    assert not state.exists()
+
+
+def test_a_redirect_is_refused_not_followed_with_the_token(db: Database, tmp_path: Path) -> None:
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.send_response(307)
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _write(db, 1)
+        with pytest.raises(ForwardError, match="not followed"):
+            forward(db, tmp_path / "forward.json", http_sender(f"http://127.0.0.1:{server.server_address[1]}/fhir",
+                                                               token="arr-secret"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_one_forwarder_at_a_time_per_state_file(db: Database, repository: Repository, tmp_path: Path) -> None:
+    _write(db, 2)
+    state = tmp_path / "forward.json"
+    with (tmp_path / "forward.json.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SharedcareError, match="another forwarder"):
+            forward(db, state, http_sender(repository.url))
+    assert forward(db, state, http_sender(repository.url)) == 2
+    with pytest.raises(SharedcareError, match="folder does not exist"):
+        forward(db, tmp_path / "nowhere" / "forward.json", http_sender(repository.url))
 
 
 def test_an_edited_entry_is_never_copied_and_the_forwarder_names_it(db: Database, repository: Repository,
@@ -139,7 +218,7 @@ def test_an_edited_entry_is_never_copied_and_the_forwarder_names_it(db: Database
     state = tmp_path / "forward.json"
     with pytest.raises(ChainBroken, match="entry 4 content does not match its hash"):
         forward(db, state, http_sender(repository.url), batch=10)
-    assert sorted(repository.kept) == ["sharedcare-1", "sharedcare-2", "sharedcare-3"]  # what was sound before it
+    assert sorted(_held(repository)) == [1, 2, 3]  # what was sound before it
     assert read_position(state).seq == 3
 
 
@@ -182,19 +261,22 @@ def test_the_command_reports_and_exits_as_an_operator_expects(db: Database, repo
 def test_following_the_log_copies_entries_as_they_are_written(db: Database, repository: Repository,
                                                               tmp_path: Path) -> None:
     _write(db, 2)
+    repository.refuse = True  # down when the follower starts: it keeps trying
     env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False)}
     follower = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "audit",  # noqa: S603
                                  "forward", repository.url, "--state", str(tmp_path / "forward.json"),
                                  "--follow", "--every", "0.2"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
     try:
+        time.sleep(0.5)
+        repository.refuse = False
         for written in (2, 5):
             if written == 5:
                 _write(db, 3)
             deadline = time.monotonic() + 60
             while len(repository.kept) < written and time.monotonic() < deadline and follower.poll() is None:
                 time.sleep(0.1)
-            assert sorted(repository.kept) == sorted(f"sharedcare-{n}" for n in range(1, written + 1))
+            assert sorted(_held(repository)) == list(range(1, written + 1))
     finally:
         follower.send_signal(signal.SIGINT)
         output = follower.communicate(timeout=30)[0].decode()

@@ -1,21 +1,31 @@
 """Copying the audit log, as it grows, to a separate Audit Record Repository (TRUST AU7, IHE RESTful ATNA).
 
 The repository is any FHIR R4 server that takes a transaction Bundle. Entries go in chain order, a batch a
-Bundle, each as `PUT AuditEvent/sharedcare-{seq}`: a batch sent twice (a lost reply, a restart) writes
-the same resources again instead of doubling them. Each event carries its place in the chain (sequence,
-hash, previous hash) so the repository's copy can be checked on its own.
+Bundle, each as a create (`POST AuditEvent`, as RESTful ATNA records events) made conditional on a tag
+naming its sequence and hash (`ifNoneExist`): a batch sent twice (a lost reply, a lost state file) adds
+nothing, and nothing sent from here can replace a copy the repository already holds; an entry rewritten
+here would arrive beside the original, under another hash. Each event also carries its place in the chain
+(sequence, hash, previous hash), which matches the leaves of the witnessed checkpoints; the hash itself is
+of the stored form, so the copy names its entry but cannot recompute it.
 
 An entry leaves only if it follows the last one sent and its content matches its hash: an entry edited in
 the database is never copied as if genuine, and the forwarder stops, naming it. The position (sequence
 and hash of the last entry the repository accepted) is kept in a small state file, replaced atomically,
-and checked against the log at every start, so a rewrite of what was already copied is reported too.
+and checked against the log at every start, so a rewrite of what was already copied is reported too. One
+forwarder at a time holds a lock beside the state file.
+
+Entries name patients and users, so they go only over https (plain http only to this machine), and a
+redirect is refused rather than followed with the token.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +40,9 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
 CHAIN = "https://sharedcare.example/fhir/StructureDefinition/audit-chain"
+CHAIN_TAG = "https://sharedcare.example/fhir/CodeSystem/audit-chain-entry"  # code: "{seq}-{hash}"
 BATCH = 500
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class ForwardError(SharedcareError):
@@ -60,9 +72,12 @@ def read_position(state: Path) -> Position:
 
 
 def write_position(state: Path, position: Position) -> None:
-    """Replace the state file whole (write aside, then rename), so a crash leaves the old or the new."""
-    aside = state.with_name(state.name + ".tmp")
-    aside.write_text(json.dumps(asdict(position)), encoding="utf-8")
+    """Replace the state file whole (write aside, sync, then rename), so a crash leaves the old or the new."""
+    handle, aside = tempfile.mkstemp(dir=state.parent, prefix=state.name, suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(json.dumps(asdict(position)))
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(aside, state)
 
 
@@ -70,22 +85,39 @@ def as_audit_event(entry: AuditEntry) -> dict[str, Any]:
     """The entry as the FHIR AuditEvent the repository keeps, with its place in the chain."""
     chain = [{"url": "seq", "valueInteger": entry.seq}, {"url": "hash", "valueString": entry.hash},
              {"url": "previous", "valueString": entry.prev_hash}]
-    return {**expanded(entry.event), "id": f"sharedcare-{entry.seq}",
+    return {**expanded(entry.event), "meta": {"tag": [{"system": CHAIN_TAG, "code": _tag(entry)}]},
             "extension": [{"url": CHAIN, "extension": chain}]}
+
+
+def _tag(entry: AuditEntry) -> str:
+    return f"{entry.seq}-{entry.hash}"
 
 
 def transaction(entries: list[AuditEntry]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": (event := as_audit_event(entry)), "request": {"method": "PUT", "url": f"AuditEvent/{event['id']}"}}
+        {"resource": as_audit_event(entry),
+         "request": {"method": "POST", "url": "AuditEvent", "ifNoneExist": f"_tag={CHAIN_TAG}|{_tag(entry)}"}}
         for entry in entries]}
 
 
 Send = Callable[[dict[str, Any]], None]
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, f"redirected to {newurl}: not followed", headers, fp)
+
+
 def http_sender(repository: str, token: str | None = None, timeout: float = 30) -> Send:
     """POST a transaction Bundle to the repository's base URL; any answer but a 2xx transaction-response
     whose every entry is 2xx is a ForwardError naming the status and what the server said."""
+    address = urllib.parse.urlsplit(repository)
+    if not (address.scheme == "https" or (address.scheme == "http" and address.hostname in LOOPBACK)):
+        raise SharedcareError(f"{repository}: the repository must be https (audit entries name patients; "
+                              "plain http only to this machine)")
+    opener = urllib.request.build_opener(_NoRedirects)
+
     def send(bundle: dict[str, Any]) -> None:
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
         if token:
@@ -93,13 +125,17 @@ def http_sender(repository: str, token: str | None = None, timeout: float = 30) 
         request = urllib.request.Request(repository.rstrip("/"), data=json.dumps(bundle).encode(),  # noqa: S310
                                          headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the operator's URL)
+            with opener.open(request, timeout=timeout) as response:
                 answer = json.load(response)
         except urllib.error.HTTPError as exc:
-            raise ForwardError(f"{repository}: HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from exc
+            raise ForwardError(f"{repository}: HTTP {exc.code} {exc.reason}: "
+                               f"{exc.read()[:300].decode(errors='replace')}") from exc
         except (OSError, ValueError) as exc:
             raise ForwardError(f"{repository}: {exc}") from exc
-        statuses = [str(e.get("response", {}).get("status", "")) for e in answer.get("entry", [])]
+        entries = answer.get("entry") if isinstance(answer, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ForwardError(f"{repository}: the answer is not a transaction-response Bundle")
+        statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
         if len(statuses) != len(bundle["entry"]) or not all(s.startswith("2") for s in statuses):
             raise ForwardError(f"{repository}: the transaction was not accepted entry by entry ({statuses[:5]})")
     return send
@@ -109,6 +145,18 @@ def forward(db: Database, state: Path, send: Send, batch: int = BATCH,
             on_batch: Callable[[Position], None] | None = None) -> int:
     """Send every entry after the state file's position, a batch at a time; return how many were sent.
     The position moves only after the repository accepted a batch."""
+    if not state.parent.is_dir():
+        raise SharedcareError(f"{state}: its folder does not exist")
+    with state.with_name(state.name + ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise SharedcareError(f"{state}: another forwarder is running with this state file") from exc
+        return _forward(db, state, send, batch, on_batch)
+
+
+def _forward(db: Database, state: Path, send: Send, batch: int,
+             on_batch: Callable[[Position], None] | None) -> int:
     position, sent = read_position(state), 0
     with db.session() as session:
         if position.seq:
