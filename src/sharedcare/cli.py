@@ -300,6 +300,7 @@ def serve(
     import uvicorn
 
     from sharedcare.api.app import create_app, freeze_start_up
+    from sharedcare.api.server_loop import LOOP
 
     settings = load_settings()
     try:
@@ -313,7 +314,7 @@ def serve(
         # and migrated once above; everything they share lives in the store (audit chain, bases, jobs).
         application.state.database.dispose()
         uvicorn.run("sharedcare.api.app:served_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="info", access_log=False)
+                    log_level="info", access_log=False, loop=LOOP)
         return
     freeze_start_up()
     uvicorn.run(application, host=host, port=port, log_level="info", access_log=False)
