@@ -103,3 +103,14 @@ def test_a_write_nested_in_another_on_one_thread_gets_sqlites_answer_not_a_hang(
     assert first.execute("SELECT count(*) FROM t").fetchone() == (2,)
     first.close()
     second.close()
+
+
+def test_a_store_whose_turn_file_cannot_be_opened_is_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    Path(f"{path}-writer").mkdir()  # as good as another account's file this one may not open
+    connection = sqlite3.connect(path, factory=TurnTakingConnection)
+    connection.execute("CREATE TABLE t (x INTEGER)")
+    connection.execute("INSERT INTO t VALUES (1)")
+    connection.commit()
+    assert connection.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    connection.close()

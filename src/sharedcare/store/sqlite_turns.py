@@ -37,6 +37,19 @@ def _process_turn(path: str) -> threading.Lock:
         return _process_turns.setdefault(path, threading.Lock())
 
 
+def _open_turn_file(path: str) -> int | None:
+    """The turn file, made with the store's own permissions (as SQLite makes its -wal and -shm files), so
+    every account that may write the store may take turns; None if this one cannot open it."""
+    try:
+        mode = os.stat(path.removesuffix("-writer")).st_mode & 0o777
+    except OSError:
+        mode = 0o600
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    except OSError:
+        return None
+
+
 class TurnTakingConnection(sqlite3.Connection):
     """A pysqlite connection that takes a writer's turn before its transaction's first write."""
 
@@ -64,7 +77,10 @@ class TurnTakingConnection(sqlite3.Connection):
             return
         try:
             if self._turn_file is None:
-                self._turn_file = os.open(self._turn_path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._turn_file = _open_turn_file(self._turn_path)
+            if self._turn_file is None:  # not ours to open: SQLite's own waiting, as before
+                self._process_turn.release()
+                return
             fcntl.flock(self._turn_file, fcntl.LOCK_EX)  # waits with the GIL released
         except BaseException:
             self._process_turn.release()
