@@ -3,11 +3,12 @@
 SQLite lets one connection write at a time. One that finds the store locked retries in its busy handler
 after sleeps of 1, 2, 5, 10, 15, 20, 25... ms, however soon the writer is done; with two server
 processes appending audit events (a write transaction per governed read), a read that met the other's
-append often slept several times longer than the append took, and the large `$everything`'s p99 under
-load came from those sleeps. Here a connection about to open a write transaction first takes a turn: a
-lock in this process (so a thread never waits on the file for a turn its own process holds) and then
-an exclusive `flock` on a file beside the store (shared by every process on the machine; the kernel
-wakes the next waiter when the turn ends, and releases it if its process dies). The turn ends with the
+append often slept several times longer than the append took (benchmarks/api.py under load: the typical
+mix's p99 29 ms without turns, 16 ms with them; docs/architecture.md). Here a connection about to open
+a write transaction first takes a turn: a lock in this process (so a thread never waits on the file
+for a turn its own process holds) and then an exclusive `flock` on a file beside the store (shared by
+every process on the machine; the kernel wakes the next waiter when the turn ends, and releases it if
+its process dies). The turn ends with the
 transaction (commit, rollback or close). SQLite's own locking still decides who writes, so a writer
 that takes no turn (another program, `sqlite3`) is as safe as before, only not as quick to follow.
 Python's sqlite3 has no way to set a busy handler of one's own, hence a connection class
