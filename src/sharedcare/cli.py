@@ -357,6 +357,7 @@ def serve(
 
     from sharedcare.api.app import create_app, freeze_start_up
     from sharedcare.api.served_tls import TlsHttpProtocol
+    from sharedcare.api.server_loop import LOOP
 
     settings = _settings()
     try:
@@ -372,7 +373,7 @@ def serve(
         # and migrated once above; everything they share lives in the store (audit chain, bases, jobs).
         application.state.database.dispose()
         uvicorn.run("sharedcare.api.app:served_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="info", access_log=False, http=http)
+                    log_level="info", access_log=False, http=http, loop=LOOP)
         return
     freeze_start_up()
     uvicorn.run(application, host=host, port=port, log_level="info", access_log=False, http=http)

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 from tests.small_ics import Ics
 
 from sharedcare.governance import gateway
 
 
+@pytest.mark.parametrize("fails", ["append", "commit"])
 def test_if_the_audit_cannot_be_written_the_read_fails_and_no_patient_data_leaves(
-        ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+        ics: Ics, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
     headers = ics.open_record("dr.patel")
 
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("audit store unavailable: disk full at /var/lib/sharedcare")
 
-    monkeypatch.setattr(gateway, "record_audit", broken)
+    if fails == "append":
+        monkeypatch.setattr(gateway, "record_audit", broken)
+    else:  # the event appended, its transaction not committed: the response is encoded only after the commit
+        monkeypatch.setattr(Session, "commit", broken)
     client = TestClient(ics.client.app, raise_server_exceptions=False)
     response = client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
     assert response.status_code == 500 and response.headers["cache-control"] == "no-store"

@@ -411,6 +411,14 @@ def test_an_expired_token_is_refused(ics: Ics) -> None:
     assert "expired" in _outcome(response, 401)
 
 
+def test_a_token_accepted_while_valid_is_refused_once_it_expires(ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = ics.open_record("dr.patel")
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=token).status_code == 200
+    later = utcnow() + timedelta(minutes=load_settings().token_minutes + 1)
+    monkeypatch.setattr("sharedcare.api.auth.utcnow", lambda: later)
+    assert "expired" in _outcome(ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=token), 401)
+
+
 def test_a_token_signed_with_another_key_is_refused(ics: Ics) -> None:
     key = RSAKey.generate_key(2048)
     forged = jose_jwt.encode({"alg": "RS256"}, {"iss": "sharedcare", "sub": "dr.patel", "scope": "user/*.read",

@@ -102,3 +102,40 @@ def test_two_server_processes_serve_governed_reads_into_one_audit_chain(
         after = s.scalar(select(func.count()).select_from(AuditEntry).where(
             AuditEntry.action == AuditAction.RECORD_READ.value))
         assert after - before == len(statuses) and verify(s).ok
+
+
+
+def _get(connection: socket.socket, path: str, headers: dict[str, str]) -> int:
+    """One HTTP/1.1 request on a kept-alive connection: its status, the body read to its end."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    connection.sendall("\r\n".join(lines).encode())
+    reader = connection.makefile("rb")
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        length = int(value) if name.lower() == "content-length" else length
+    reader.read(length)
+    return status
+
+
+def test_connections_opened_at_once_are_served_by_both_processes(
+        ics: Ics, two_workers: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """A client that opens its keep-alive connections together (a load generator, a partner's connection
+    pool) gets both processes, not one process on one core (api/server_loop.py)."""
+    url, server = two_workers
+    workers = _workers_of(server.pid)
+    headers = ics.open_record("dr.patel")
+    address = url.removeprefix("http://").split(":")
+    connections = [socket.create_connection((address[0], int(address[1]))) for _ in range(8)]  # at once
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda c: [_get(c, f"/fhir/Patient/{ics.okafor}/$everything", headers)
+                                                for _ in range(25)], connections))
+    finally:
+        for connection in connections:
+            connection.close()
+    assert statuses == [[200] * 25] * 8
+    used = {pid: _cpu_ticks(pid) - before[pid] for pid in workers}
+    assert min(used.values()) >= 0.1 * sum(used.values()), used

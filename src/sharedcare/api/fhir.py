@@ -51,13 +51,17 @@ CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
 PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
 
 
-async def _governed(request: Request, work: Callable[[GovernedRecords], T]) -> T:
-    """`work` on the caller's governed records, all of it (session, token check, read, audit, commit) in
-    one worker thread: a sync route with the records as a generator dependency took three thread hops
-    (open, route, close), about a tenth of a resource read's server CPU."""
-    def in_thread() -> T:
+async def _governed(request: Request, work: Callable[[GovernedRecords], T],
+                    respond: Callable[[T], Response]) -> Response:
+    """`work` on the caller's governed records, then `respond` with what it released, all in one worker
+    thread: a sync route with the records as a generator dependency took three thread hops (open, route,
+    close), about a tenth of a resource read's server CPU. The response is encoded after the commit, so
+    the audit append's write lock (SQLite's one writer, shared by every server process) is not held
+    while a large Bundle is written; nothing is sent unless the audit was committed."""
+    def in_thread() -> Response:
         with governed_records(request) as records:
-            return work(records)
+            released = work(records)
+        return respond(released)
 
     return await run_in_threadpool(in_thread)
 
@@ -165,10 +169,12 @@ def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], byte
 
 @router.get("/Patient/{patient_id}/$everything")
 async def patient_everything(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _everything(patient_id, request, records))
+    return await _governed(request, lambda records: _everything(patient_id, request, records),
+                           lambda resources: _encoded_bundle(request, resources))
 
 
-def _everything(patient_id: str, request: Request, records: GovernedRecords) -> Response:
+def _everything(patient_id: str, request: Request,
+                records: GovernedRecords) -> list[tuple[dict[str, Any], bytes | None]]:
     params = request.query_params
     unknown = sorted(set(params) - {"_type", "_since", "_revinclude"})
     if unknown:
@@ -180,7 +186,7 @@ def _everything(patient_id: str, request: Request, records: GovernedRecords) -> 
     if since:
         view.resources = [s for s in view.resources
                           if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
-    return _encoded_bundle(request, _everything_resources(view, types, provenance))
+    return _everything_resources(view, types, provenance)
 
 
 def _patient_summary(match: PatientMatch) -> dict[str, Any]:
@@ -233,8 +239,8 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
 
 
 @router.get("/Patient/{patient_id}")
-async def read_patient(patient_id: str, request: Request) -> JSONResponse:
-    return await _governed(request, lambda records: fhir_response(records.patient(patient_id)))
+async def read_patient(patient_id: str, request: Request) -> Response:
+    return await _governed(request, lambda records: records.patient(patient_id), fhir_response)
 
 
 def _served_type(resource_type: str) -> None:
@@ -244,20 +250,20 @@ def _served_type(resource_type: str) -> None:
 
 
 @router.get("/{resource_type}/{resource_id}")
-async def read_resource(resource_type: str, resource_id: str, request: Request) -> JSONResponse:
-    def read(records: GovernedRecords) -> JSONResponse:
+async def read_resource(resource_type: str, resource_id: str, request: Request) -> Response:
+    def read(records: GovernedRecords) -> dict[str, Any]:
         _served_type(resource_type)
-        return fhir_response(records.read(resource_type, resource_id))
+        return records.read(resource_type, resource_id)
 
-    return await _governed(request, read)
+    return await _governed(request, read, fhir_response)
 
 
 @router.get("/{resource_type}")
-async def search(resource_type: str, request: Request) -> JSONResponse:
-    return await _governed(request, lambda records: _search(resource_type, request, records))
+async def search(resource_type: str, request: Request) -> Response:
+    return await _governed(request, lambda records: _search(resource_type, request, records), fhir_response)
 
 
-def _search(resource_type: str, request: Request, records: GovernedRecords) -> JSONResponse:
+def _search(resource_type: str, request: Request, records: GovernedRecords) -> dict[str, Any]:
     _served_type(resource_type)
     params = list(request.query_params.multi_items())
     query = ClinicalQuery.parse(resource_type, params)
@@ -268,4 +274,4 @@ def _search(resource_type: str, request: Request, records: GovernedRecords) -> J
     if more:
         following = [(k, v) for k, v in params if k != "_offset"] + [("_offset", str(query.offset + query.count))]
         bundle["link"].append({"relation": "next", "url": str(request.url.replace(query=urlencode(following)))})
-    return fhir_response(bundle)
+    return bundle

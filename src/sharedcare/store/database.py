@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from sharedcare.store.sqlite_turns import TurnTakingConnection
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -134,10 +136,13 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
-        if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        file_sqlite = self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:")
+        if file_sqlite:
+            Path(str(self.url.database)).parent.mkdir(parents=True, exist_ok=True)
+        # Writers on one SQLite file take turns (store/sqlite_turns.py): no sleeping in SQLite's busy handler.
         self.engine: Engine = create_engine(self.url, future=True, json_serializer=json_dumps,
-                                            json_deserializer=json_loads)
+                                            json_deserializer=json_loads,
+                                            connect_args={"factory": TurnTakingConnection} if file_sqlite else {})
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
