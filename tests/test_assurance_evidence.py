@@ -125,7 +125,8 @@ REGISTER = ROOT / "docs" / "safety" / "change-register.md"
 # consent/, mpi/ and audit/).
 SAFETY_RELEVANT = sorted(
     [f"src/sharedcare/governance/{name}.py" for name in ("policy", "consent", "gateway", "audit", "checkpoints",
-                                                         "disclosure")]
+                                                         "disclosure", "classify", "review", "patient_scope")]
+    + ["src/sharedcare/store/database.py"]  # its Prepared statements write every audit entry
     + [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "sharedcare" / "identity").glob("*.py")
        if p.name not in ("__init__.py", "evaluate.py")]
     + ["src/sharedcare/identity/default_model.json"])

@@ -98,7 +98,12 @@ def test_a_son_is_never_linked_through_his_fathers_record_without_a_number_to_a_
     r = _records(db)
     assert r["RXR/h-sr"].person_id == r["P81001/sr"].person_id
     assert r["P81002/jr"].person_id != r["P81001/sr"].person_id
-    assert r["P81002/jr"].link_method == "new"
+    # not linked, but put in front of a reviewer with the record it matched, as a relink would
+    assert r["P81002/jr"].link_status == "review"
+    assert "another NHS number" in (r["P81002/jr"].link_note or "")
+    with db.session() as s:
+        pairs = {frozenset((m.record_a, m.record_b)) for m in s.scalars(select(MatchReview))}
+    assert frozenset((r["P81002/jr"].id, r["RXR/h-sr"].id)) in pairs
 
 
 def test_a_woman_who_changed_surname_and_address_is_found_through_her_name_and_address_history(

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -206,7 +206,8 @@ _ENTRIES = cast(Table, AuditEntry.__table__)
 _LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
                                 .returning(_HEAD.c.seq, _HEAD.c.hash))
 # A trigger (migration 0006) advances the head, refusing an entry that does not follow it.
-_APPEND = Prepared(insert(_ENTRIES))
+# Only the columns an append writes are named, so a column added later (with its default) breaks nothing.
+_APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*_HASHED, "prev_hash", "hash")}))
 
 
 def record_refused_credentials(database: Database, reason: str, subject: str | None, request_id: str | None,

@@ -267,7 +267,11 @@ class GovernedRecords:
         durable before any data leaves (TRUST AU4), and the chain's write lock (SQLite's one writer,
         PostgreSQL's lock on the head row) is held for the append alone. Committed at the end of the
         request instead, the lock was held while the answer was built (a large Bundle: milliseconds),
-        and every other reader's append waited, on SQLite in the busy handler's sleeps."""
+        and every other reader's append waited, on SQLite in the busy handler's sleeps. The commit is the
+        session's: a caller must hold no other change in it when it reads (none does; refusals commit
+        the same way)."""
+        if self.session.new or self.session.dirty or self.session.deleted:
+            raise RuntimeError("a governed read would commit changes the caller has pending")
         self._audit(action, "permit", patient_id, **extra)
         self.session.commit()
 

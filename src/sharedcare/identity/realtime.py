@@ -10,6 +10,7 @@ both good enough to link is itself a reason for review.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import date
@@ -40,6 +41,7 @@ from sharedcare.identity.model import (
 from sharedcare.store.database import run
 from sharedcare.store.models import MatchModel, PatientRecord
 
+log = logging.getLogger(__name__)
 FIRST = (DOB, ADDRESS)  # compared before the rest, whose features cost more to prepare
 CANDIDATE_LIMIT = 2000  # a block larger than this is a data problem (one postcode for a whole care home)
 SAME_NHS_NUMBER_LIMIT = 20  # stored records with one NHS number that linking looks at
@@ -81,7 +83,9 @@ def _newest_model(session: Session) -> Model:
     if newest not in _models:
         try:
             _models[newest] = Model(session.get_one(MatchModel, newest).model)
-        except ModelError:  # trained for other comparisons (an older release): the shipped model scores
+        except ModelError as exc:  # trained for other comparisons (an older release): the shipped model scores
+            log.warning("the stored match model %s cannot be used (%s): matching uses the shipped default until "
+                        "`sharedcare mpi relink` trains a new one", newest, exc)
             _models[newest] = default_model()
     return _models[newest]
 
@@ -281,7 +285,11 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
             scored.append(Candidate(row.id, row.person_id, score,
                                     model.evidence(score.levels, shift) | {"with_record": row.id}))
     apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
+    held = sorted((c for c in scored if c.person_id in apart), key=lambda c: -c.score.probability)
     scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
+    if not scored and held:  # as a relink does: not linked, but the pair is put in front of a reviewer
+        return Found("review", held[0], held[:5], "held for review: matches a record of a person who holds "
+                     "another NHS number", len(rows))
     if not scored:
         return Found("no-link", candidates=len(rows))
     best = scored[0]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import orjson
 from alembic import command
@@ -75,7 +76,7 @@ class Prepared:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._forms: dict[str, _Form] = {}
+        self._forms: WeakKeyDictionary[Dialect, _Form] = WeakKeyDictionary()  # per engine: its own JSON codec
 
     def __call__(self, session: Session, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """The statement's rows (none for a statement that returns none), pending ORM changes flushed
@@ -83,9 +84,9 @@ class Prepared:
         session.flush()
         connection = session.connection()
         dialect = connection.dialect
-        form = self._forms.get(dialect.name)
+        form = self._forms.get(dialect)
         if form is None:
-            form = self._forms[dialect.name] = _Form(self.statement, dialect)
+            form = self._forms[dialect] = _Form(self.statement, dialect)
         values = form.compiled.construct_params(params or {})
         for name, process in form.bind.items():
             values[name] = process(values[name])
@@ -97,7 +98,11 @@ class Prepared:
                 return []
             rows, processors = cursor.fetchall(), form.results(cursor.description)
         except dialect.loaded_dbapi.Error as err:
-            raise DBAPIError.instance(form.sql, args, err, dialect.loaded_dbapi.Error) from err
+            gone = dialect.is_disconnect(err, connection.connection.dbapi_connection, cursor)
+            if gone:  # as SQLAlchemy's own execution does: the pool must not hand the dead connection out again
+                connection.invalidate(err)
+            raise DBAPIError.instance(form.sql, args, err, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=gone) from err
         finally:
             cursor.close()
         if not any(processors):
