@@ -53,3 +53,22 @@ def test_a_search_finding_no_one_is_still_audited(ics: Ics, db: Database) -> Non
     (event,) = _search_events(db, "search-none")
     assert (event.patient_id, event.outcome, details(event)["results"]) == (None, "permit", "0")
     assert parse_qs(base64.b64decode(details(event)["query"]).decode())["family"] == ["Nobody"]
+
+
+def test_a_search_of_one_patients_records_is_audited_with_its_query_allowed_or_not(ics: Ics, db: Database) -> None:
+    """`GET /fhir/Condition?patient=...` reads one person's record: one event for that person, with the
+    query base64-encoded, whether the search was answered or refused (TRUST AU2)."""
+    def events(request_id: str) -> list[AuditEntry]:
+        with db.session() as s:
+            return list(s.scalars(select(AuditEntry).where(
+                AuditEntry.event["source"]["site"].as_string() == request_id).order_by(AuditEntry.seq)))
+
+    asked = f"patient={ics.okafor}&code=44054006&_count=5"
+    refused = ics.client.get(f"/fhir/Condition?{asked}", headers={**ics.token("dr.patel"), "X-Request-ID": "cs-no"})
+    assert refused.status_code == 403
+    found = ics.client.get(f"/fhir/Condition?{asked}", headers={**ics.open_record("dr.patel"), "X-Request-ID": "cs"})
+    assert found.status_code == 200 and found.json()["entry"]
+    for request_id, outcome in (("cs-no", "deny"), ("cs", "permit")):
+        (event,) = events(request_id)
+        assert (event.action, event.patient_id, event.outcome) == ("clinical:record:read", ics.okafor, outcome)
+        assert base64.b64decode(details(event)["query"]).decode() == asked

@@ -267,7 +267,7 @@ def _search(resource_type: str, request: Request, records: GovernedRecords) -> d
     _served_type(resource_type)
     params = list(request.query_params.multi_items())
     query = ClinicalQuery.parse(resource_type, params)
-    view = records.everything(query.patient)
+    view = records.everything(query.patient, query=request.url.query)
     page, more = query.select([s.content for s in view.of_type(resource_type)])
     entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
     bundle = _bundle(request, entries)

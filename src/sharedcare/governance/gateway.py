@@ -439,16 +439,18 @@ class GovernedRecords:
         # a resource withdrawn by its source (entered-in-error) is kept in its history, not read
         return [(item, row) for (item, withdrawn), row in zip(views, rows, strict=True) if not withdrawn]
 
-    def everything(self, person_id: str) -> RecordView:
-        """The combined record of one person, as this actor may see it (audited)."""
+    def everything(self, person_id: str, query: str | None = None) -> RecordView:
+        """The combined record of one person, as this actor may see it (audited). A search of the record
+        passes its raw `query`, audited base64-encoded with the read, allowed or not (TRUST AU2)."""
         pairs = self._items(person_id)
         if not pairs and not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
         basis, request = self._request(person_id)
         action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
+        searched = {"detail": {"query": base64.b64encode(query.encode()).decode()}} if query is not None else {}
         decision = self._decide(request, [item for item, _ in pairs])
         if not decision.permitted:
-            raise self._refuse(action, person_id, decision)
+            raise self._refuse(action, person_id, decision, **searched)
         # `decision.tier_of` inline: this runs once per resource of the record
         cache, verdicts, types = content_cache(self.session), decision.verdicts, self.resource_types
         served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
@@ -459,7 +461,7 @@ class GovernedRecords:
         clinical = [s for s in served if s.resource_type != "Patient"]
         self._released(action, person_id, basis=basis.basis if basis else None,
                        reason=basis.reason if basis else None, rule_id=decision.rule_id,  # the why, for the patient
-                       released=[s.reference for s in clinical], withheld=dict(decision.withheld))
+                       released=[s.reference for s in clinical], withheld=dict(decision.withheld), **searched)
         return RecordView(person_id=person_id, patient=patient, resources=clinical, withheld=decision.withheld,
                           headlines=sorted(decision.headlines, key=lambda h: (h.category, h.organisation)),
                           basis=basis.basis if basis else "",
