@@ -749,8 +749,37 @@ def audit_review(
     for i in items:
         people = " ".join((i.patient_id, *i.also_now))  # also_now: others holding the opened record now
         table.add_row(str(i.id), i.kind, i.username, people, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
-                      f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else ""), i.status)
+                      f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else "")
+                      + (f", escalated {i.escalated_at:%Y-%m-%d %H:%M}" if i.escalated_at else ""), i.status)
     Console().print(table)
+
+
+@audit_app.command("escalate")
+def audit_escalate(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Escalate review items still open past their due time (run it from a timer, every 15 minutes say):
+    each is escalated once, as a high-priority audit event, and marked in the queue. Exit 3 when any
+    item was escalated by this run, so the timer's job can raise the alarm; 0 when none."""
+    from dataclasses import asdict
+
+    from sharedcare.clock import utcnow
+    from sharedcare.governance.review import escalate
+
+    fw = _framework()
+    with _database().session() as session:
+        items = escalate(session, fw, utcnow())
+    if as_json:
+        _print_json([asdict(i) for i in items])
+    else:
+        table = Table(title=f"Escalated now: {len(items)} review items overdue (due within "
+                            f"{fw.review.due_hours:g} hours)")
+        for column in ("id", "kind", "user", "patient", "created", "due"):
+            table.add_column(column)
+        for i in items:
+            table.add_row(str(i.id), i.kind, i.username, i.patient_id, f"{i.created_at:%Y-%m-%d %H:%M}",
+                          f"{i.due_at:%Y-%m-%d %H:%M}")
+        Console().print(table)
+    if items:
+        raise typer.Exit(3)
 
 
 @audit_app.command("outcome")

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.small_ics import Ics
 
 from sharedcare.clock import utcnow
@@ -15,9 +15,9 @@ from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import accesses_of, details, export_ndjson, search
 from sharedcare.governance.audit import verify
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.review import queue, record_outcome
+from sharedcare.governance.review import escalate, queue, record_outcome
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, ReviewItem
 
 
 def _db(ics: Ics) -> Database:
@@ -146,3 +146,45 @@ def test_an_objection_to_all_sharing_empties_another_organisations_view(ics: Ics
         set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
     after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
     assert {e["resource"]["meta"]["source"].split("|")[1] for e in after["entry"]} == {"RXR#epr"}
+
+
+def test_an_overdue_item_is_escalated_once_as_a_high_priority_audit_event(ics: Ics, framework: Framework) -> None:
+    """TRUST BG2: a break glass not reviewed in time is escalated (frozen clock), once, and shows so."""
+    ics.open_record("dr.oconnor", basis="emergency", reason="unconscious in resus, no history")
+    db = _db(ics)
+    with db.session() as s:
+        assert escalate(s, framework, utcnow() + timedelta(hours=23)) == []
+        (item,) = escalate(s, framework, utcnow() + timedelta(hours=25))
+        assert (item.kind, item.username, item.patient_id) == ("emergency", "dr.oconnor", ics.okafor)
+    with db.session() as s:
+        assert escalate(s, framework, utcnow() + timedelta(hours=26)) == []  # not again
+        (shown,) = queue(s, framework, utcnow() + timedelta(hours=26))
+        assert shown.overdue and shown.escalated_at is not None
+        (event,) = search(s, username="system", patient_id=ics.okafor)
+    assert (event.action, event.outcome) == ("governance:review:escalated", "error")
+    assert details(event)["review_item"] == str(item.id) and details(event)["reviewed_user"] == "dr.oconnor"
+    with db.session() as s:  # an item IG has concluded is never escalated
+        record_outcome(s, item.id, "appropriate", by="ig.morgan", note="resus notes confirm")
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    with db.session() as s:
+        (investigating,) = [i for i in queue(s, framework, utcnow()) if i.username == "para.evans"]
+        record_outcome(s, investigating.id, "investigate", by="ig.morgan", note="asked the crew")
+    with db.session() as s:
+        assert escalate(s, framework, utcnow() + timedelta(hours=48)) == []
+
+
+def test_the_escalate_command_exits_3_when_it_escalated_something(ics: Ics, framework: Framework,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from sharedcare.cli import app
+
+    ics.open_record("dr.oconnor", basis="emergency", reason="unconscious in resus, no history")
+    db = _db(ics)
+    with db.session() as s:
+        s.execute(update(ReviewItem).values(created_at=utcnow() - timedelta(hours=25)))
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    first = CliRunner().invoke(app, ["audit", "escalate"])
+    assert first.exit_code == 3 and "Escalated now: 1" in first.output
+    again = CliRunner().invoke(app, ["audit", "escalate"])
+    assert again.exit_code == 0 and "Escalated now: 0" in again.output

@@ -51,6 +51,7 @@ class AuditAction(StrEnum):
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
+    REVIEW_ESCALATED = "governance:review:escalated"  # an item not worked within its due time (review.escalate)
     MPI_RELINK = "identity:mpi:relink"
     MPI_LINK_CHANGE = "identity:mpi:link-change"
     AUDIT_SEARCH = "governance:audit:search"

@@ -71,6 +71,7 @@ class QueueItem:
     status: str
     outcome: str | None
     also_now: tuple[str, ...] = ()  # others now holding records of the person an access was to (a separation)
+    escalated_at: datetime | None = None
 
 
 def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, basis: str, reason: str,
@@ -270,8 +271,31 @@ def queue(session: Session, fw: Framework, now: datetime, include_closed: bool =
         person_id, *also_now = _persons_now(session, i)
         items.append(QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
                                i.status != "closed" and now > i.created_at + due, i.status, i.outcome,
-                               tuple(also_now)))
+                               tuple(also_now), i.escalated_at))
     return items
+
+
+def escalate(session: Session, fw: Framework, now: datetime) -> list[QueueItem]:
+    """Escalate each item still open past its due time, once (TRUST BG2): a high-priority audit event
+    (`governance:review:escalated`, outcome 'error': a control that was not worked in time), which the
+    audit log's forwarding takes to the Audit Record Repository and its alerting, and the queue marks it.
+    Run from a timer (`sharedcare audit escalate`); returns the items escalated now."""
+    due = timedelta(hours=fw.review.due_hours)
+    late = session.scalars(select(ReviewItem).where(ReviewItem.status == "open", ReviewItem.escalated_at.is_(None),
+                                                    ReviewItem.created_at < now - due).order_by(ReviewItem.id))
+    escalated = []
+    for item in late:
+        item.escalated_at = now
+        person_id = _persons_now(session, item)[0]
+        record_audit(session, AuditRecord(
+            AuditAction.REVIEW_ESCALATED, "error", username="system", purpose="governance", patient_id=person_id,
+            reason=f"not reviewed within {fw.review.due_hours:g} hours",
+            detail={"review_item": str(item.id), "kind": item.kind, "reviewed_user": item.username,
+                    "due_at": (item.created_at + due).isoformat()}))
+        escalated.append(QueueItem(item.id, item.kind, item.username, person_id, item.reason, item.created_at,
+                                   item.created_at + due, True, item.status, item.outcome, (), now))
+    session.flush()
+    return escalated
 
 
 def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "") -> ReviewItem:

@@ -238,6 +238,7 @@ class ReviewItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(20), default="open")
     outcome: Mapped[str | None] = mapped_column(Text)
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # overdue and escalated (TRUST BG2)
 
 
 class AgreementChange(Base):
