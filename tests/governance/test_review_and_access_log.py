@@ -38,6 +38,26 @@ def test_break_glass_without_a_reason_is_refused_and_with_one_enters_the_queue(i
     assert item.reason == "unconscious in resus, no history" and not item.overdue
 
 
+def test_only_roles_allowed_to_break_glass_can_and_the_refusal_is_audited(ics: Ics, framework: Framework) -> None:
+    """TRUST BG1: emergency access needs the role's permission (`access:emergency`), a reason and its code;
+    administrative and care home staff, pharmacists and social workers are refused, audited."""
+    allowed = {name for name, role in framework.roles.items() if "access:emergency" in role.permissions}
+    assert allowed == {"gp", "practice_nurse", "acute_clinician", "district_nurse", "mental_health_clinician",
+                       "paramedic"}
+    glass = {"basis": "emergency", "reason": "collapsed at the desk, unresponsive"}
+    for user in ("admin.taylor", "carehome.davies", "pharm.khan", "sw.brown"):
+        refused = ics.client.post(f"/api/access/{ics.okafor}", json=glass, headers=ics.token(user))
+        assert refused.status_code == 403, user
+        assert "may not use emergency access" in refused.json()["issue"][0]["diagnostics"]
+    with _db(ics).session() as s:
+        denied = [e for e in search(s, patient_id=ics.okafor) if e.action == "access:basis:record"]
+        assert {(e.username, e.outcome, details(e)["rule"]) for e in denied} == {
+            (user, "deny", "deny-basis-permission") for user in ("admin.taylor", "carehome.davies", "pharm.khan",
+                                                                  "sw.brown")}
+        assert queue(s, framework, utcnow()) == []  # nothing was opened
+    assert ics.client.post(f"/api/access/{ics.okafor}", json=glass, headers=ics.token("para.evans")).status_code == 201
+
+
 def test_an_item_not_reviewed_within_a_day_is_overdue(ics: Ics, framework: Framework) -> None:
     ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
     with _db(ics).session() as s:

@@ -111,6 +111,16 @@ def test_the_basis_must_be_chosen_not_assumed(ics: Ics) -> None:
     assert page.status_code == 400 and "Select why you are opening this record" in page.text
 
 
+def test_break_glass_is_offered_only_to_roles_that_may_use_it(ics: Ics) -> None:
+    _sign_in(ics, "para.evans")
+    assert 'value="emergency"' in ics.client.get(f"/record/{ics.okafor}").text
+    ics.client.post("/logout")
+    _sign_in(ics, "pharm.khan")
+    gate = ics.client.get(f"/record/{ics.okafor}").text
+    assert "Why are you opening this record?" in gate and 'value="implied-consent"' in gate
+    assert 'value="emergency"' not in gate
+
+
 def test_an_invalid_nhs_number_is_sent_back(ics: Ics) -> None:
     _sign_in(ics)
     page = ics.client.post("/search", data={"nhs_number": "943 476 5918"})

@@ -54,6 +54,8 @@ def rules_in_words(fw: Framework) -> list[str]:
         "those organisations' information is shown. Suspending an agreement takes effect at once.",
         "Before opening a record, staff record why: " + "; ".join(
             f"{basis.replace('-', ' ')} ({BASIS_WORDS.get(basis, basis)}, lasts {rule.hours:g} hours"
+            + (", only for " + ", ".join(r.label for r in fw.roles.values() if rule.permission in r.permissions)
+               if rule.permission else "")
             + (", reviewed by the information governance team)" if rule.review else ")")
             for basis, rule in fw.basis.items()) + ".",
         "A patient can object to all sharing, or to one organisation seeing their record; their objection "

@@ -27,7 +27,7 @@ OrgKind = Literal[
 SourceFormat = Literal["fhir", "hl7v2", "csv"]
 # Governance functions a role may be granted, named `area:subject:action` like audit actions.
 PERMISSIONS = frozenset({"governance:review:work", "governance:audit:search", "governance:agreement:set",
-                         "governance:preference:view"})
+                         "governance:preference:view", "access:emergency"})
 
 
 class _Strict(BaseModel):
@@ -75,6 +75,7 @@ class BasisRule(_Strict):
     hours: float = Field(gt=0)
     needs_reason: bool
     review: bool
+    permission: str | None = None  # a role must hold it to record this basis (break glass: TRUST BG1)
 
 
 class Purpose(_Strict):
@@ -169,6 +170,9 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
         if "direct-care" in role.purposes or role.citizen:
             for category in sorted(categories - set(role.tiers)):
                 problems.append((("roles", name, "tiers"), f"category '{category}' missing"))
+    for basis, rule in fw.basis.items():
+        if rule.permission is not None and rule.permission not in PERMISSIONS:
+            problems.append((("basis", basis, "permission"), f"unknown permission '{rule.permission}'"))
     for category in fw.sensitive_categories:
         if category not in categories:
             problems.append((("sensitive_categories",), f"unknown category '{category}'"))

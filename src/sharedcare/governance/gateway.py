@@ -367,10 +367,18 @@ class GovernedRecords:
                         rule_id="deny-basis-invalid")
             self.session.commit()
             raise InvalidRequest(problem)
+        assert rule is not None  # noqa: S101 - problem was set otherwise
+        role = self.actor.role
+        if rule.permission is not None and (role is None or rule.permission not in role.permissions):
+            self._audit(AuditAction.BASIS_RECORD, "deny", person_id, basis=basis, reason=reason,
+                        rule_id="deny-basis-permission")
+            self.session.commit()
+            label = role.label if role else "your role"
+            raise AccessDenied("deny-basis-permission", f"{label} staff may not use {basis} access: ask a "
+                                                         "clinician who may, or record another reason")
         denied = self._check(self._request(person_id)[1])  # the request-level rules: a basis is not asked
         if denied is not None:
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
-        assert rule is not None  # noqa: S101 - problem was set otherwise
         row = AccessBasis(username=self.actor.username, person_id=person_id, basis=basis, reason=reason,
                           granted_at=self.now, expires_at=self.now + timedelta(hours=rule.hours))
         self.session.add(row)

@@ -131,8 +131,12 @@ RECORD_PAGES = {"": "", "changes": "/changes", "medicines": "/medicines"}
 def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_id: str, status: int = 200,
                 error: str | None = None, error_field: str = "", reason: str = "",
                 chosen: str | None = None, then: str = "") -> HTMLResponse:
+    role = records.actor.role
+    choices = [choice for choice in BASIS_CHOICES  # break glass only for roles that may (TRUST BG1)
+               if (rule := fw.basis.get(choice[0])) is not None  # type: ignore[call-overload]
+               and (rule.permission is None or (role is not None and rule.permission in role.permissions))]
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
-                  person_id=person_id, choices=BASIS_CHOICES, error=error, error_field=error_field, reason=reason,
+                  person_id=person_id, choices=choices, error=error, error_field=error_field, reason=reason,
                   chosen=chosen, then=then if then in RECORD_PAGES else "")
 
 
