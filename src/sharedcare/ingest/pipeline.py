@@ -40,13 +40,15 @@ from sharedcare.store.database import run as run_statement  # `run` names a _Run
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
+_Staging = Callable[[Adapter, Iterable[RawMessage], str | None], Iterable[tuple[RawMessage, Outcome]]]
 
 FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".xml": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.
 ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_bundle.stage_fhir),
                                 "hl7v2": Adapter(hl7v2.read_messages, hl7v2.stage_hl7),
                                 "csv": Adapter(csv_extract.read_messages, csv_extract.stage_csv)}
-# Files from this size up are staged by worker processes (see staging.py); smaller ones are not worth starting them.
+# Runs whose files add up to this size are staged by worker processes (see staging.py), every file of them (a
+# feed comes as many files of 1,000 people each); for less, starting the workers costs more than they save.
 PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
 # A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
@@ -169,15 +171,18 @@ class Pipeline:
         with self.db.session() as session:
             agreements = effective_agreements(session, self.framework)
         stager = Stager(self.framework, self.workers)
+        files = expand_paths(paths)
+        total = sum(path.stat().st_size for path in files if path.is_file())
+        staging = stager.parallel if total >= self.parallel_from_bytes else stager.inline
         try:
-            for path in expand_paths(paths):
-                self._ingest_file(path, fmt, source, progress, report, agreements, stager)
+            for path in files:
+                self._ingest_file(path, fmt, source, progress, report, agreements, staging)
         finally:
             stager.close()
         return report
 
     def _ingest_file(self, path: Path, fmt: str, source: str | None, progress: Callable[[int], None] | None,
-                     report: IngestReport, agreements: dict[str, Agreement], stager: Stager) -> None:
+                     report: IngestReport, agreements: dict[str, Agreement], staging: _Staging) -> None:
         file_format = detect_format(path) if fmt == "auto" else fmt
         adapter = ADAPTERS.get(file_format or "")
         size = path.stat().st_size if path.is_file() else 0
@@ -190,10 +195,9 @@ class Pipeline:
             return
         report.files += 1
         done = 0
-        stage = stager.parallel if size >= self.parallel_from_bytes else stager.inline
         batch: list[tuple[RawMessage, Outcome]] = []
         try:
-            for raw, staged in stage(adapter, adapter.read(path), source):
+            for raw, staged in staging(adapter, adapter.read(path), source):
                 batch.append((raw, staged))
                 if len(batch) == STORE_BATCH:
                     self._store_batch(adapter, batch, source, report, agreements)
