@@ -7,6 +7,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select
@@ -29,27 +30,34 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def listener(db: Database, framework: Framework) -> Iterator[int]:
+@contextmanager
+def serving(server: MllpServer) -> Iterator[int]:
+    """`server` listening on a free port, on an event loop of its own in a thread, until the block ends."""
     port = _free_port()
     loop = asyncio.new_event_loop()
     ready = asyncio.Event()
-    server = MllpServer(Pipeline(db, framework))
     task = loop.create_task(server.serve("127.0.0.1", port, ready))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(ready.wait(), loop).result(timeout=10)
-    yield port
+    try:
+        yield port
+    finally:
+        async def stop() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.05)  # let connection handlers finish closing
 
-    async def stop() -> None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.sleep(0.05)  # let connection handlers finish closing
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+
+@pytest.fixture
+def listener(db: Database, framework: Framework) -> Iterator[int]:
+    with serving(MllpServer(Pipeline(db, framework))) as port:
+        yield port
 
 
 def _exchange(port: int, *messages: bytes) -> list[str]:

@@ -4,7 +4,6 @@ nothing is stored, and the refusal is audited with its reason and address but no
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.ingest.test_mllp import A01, _free_port, _segment
+from tests.ingest.test_mllp import A01, _segment, serving
 from tests.tls_certs import FEED_SUBJECT, Pki, make_pki
 
 from sharedcare.governance.audit import AuditAction, verify
@@ -34,25 +33,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def tls_listener(db: Database, framework: Framework, pki: Pki) -> Iterator[int]:
-    port = _free_port()
-    loop = asyncio.new_event_loop()
-    ready = asyncio.Event()
     tls = TlsSettings(pki.server_cert, pki.server_key, pki.ca, "required")
-    task = loop.create_task(MllpServer(Pipeline(db, framework), tls).serve("127.0.0.1", port, ready))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(ready.wait(), loop).result(timeout=10)
-    yield port
-
-    async def stop() -> None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.sleep(0.05)
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+    with serving(MllpServer(Pipeline(db, framework), tls)) as port:
+        yield port
 
 
 def _send_over_tls(port: int, context: ssl.SSLContext, message: bytes) -> str:
