@@ -16,7 +16,7 @@ from tests.portal_client import PortalClient
 
 from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
-from sharedcare.governance import gateway
+from sharedcare.governance import audit, gateway
 from sharedcare.governance.content_cache import cache_of
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import ServedResource
@@ -87,3 +87,9 @@ def client(db: Database, framework: Framework) -> Iterator[TestClient]:
     settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True)
     with PortalClient(create_app(settings, framework=framework, database=db)) as test_client:
         yield test_client
+
+
+@pytest.fixture(autouse=True)
+def fresh_refusal_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no refusals counted against its client's address (the limit is per process)."""
+    monkeypatch.setattr(audit, "REFUSALS", audit.RefusalLimiter())

@@ -24,7 +24,7 @@ from cryptography import x509
 
 from sharedcare.config import Settings
 from sharedcare.errors import ConfigError
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_refusal
 from sharedcare.store.database import Database
 
 log = logging.getLogger("sharedcare.tls")
@@ -94,10 +94,8 @@ def refusal_reason(exc: BaseException) -> str:
 def record_refused_handshake(database: Database, listener: str, address: str | None, reason: str) -> None:
     """A connection refused at the handshake, audited like refused credentials (TRUST AU3): no one is named
     (no trusted certificate was shown), only where it came from and why."""
-    with database.session() as session:
-        record_audit(session, AuditRecord(AuditAction.TLS_REFUSED, "deny", username=None, reason=reason,
-                                          source_address=address, detail={"listener": listener}))
-        session.commit()
+    record_refusal(database, AuditRecord(AuditAction.TLS_REFUSED, "deny", username=None, reason=reason,
+                                         source_address=address, detail={"listener": listener}))
 
 
 class HandshakeFirst(asyncio.Protocol):

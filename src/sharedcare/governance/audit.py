@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -211,15 +214,63 @@ _LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_
 _APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*_HASHED, "prev_hash", "hash")}))
 
 
+class RefusalLimiter:
+    """How many refusals at the door (forged or expired tokens, failed TLS handshakes) each network address
+    may write to the audit log a minute, in this process.
+
+    Anyone can send a forged token or a bad handshake, and each would otherwise append an entry that can
+    never be deleted and take the chain's write lock every patient read needs: a flood of them would fill
+    the log and slow care. So the first `per_minute` refusals from an address in a minute are audited one
+    by one, the rest only counted, and the count goes on the address's next audited refusal
+    (`not_audited_before`). The addresses remembered are bounded (the oldest forgotten first)."""
+
+    def __init__(self, per_minute: int = 20, addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute, self.addresses, self.clock = per_minute, addresses, clock
+        self._windows: OrderedDict[str | None, list[float]] = OrderedDict()  # [start, audited, not audited]
+        self._lock = threading.Lock()
+
+    def admit(self, address: str | None) -> int | None:
+        """None when this refusal is only counted; else how many from the address went unaudited before it."""
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get(address)
+            if window is None or now - window[0] >= 60:
+                carried = int(window[2]) if window else 0
+                window = self._windows[address] = [now, 0, carried]
+                self._windows.move_to_end(address)
+                while len(self._windows) > self.addresses:
+                    self._windows.popitem(last=False)
+            if window[1] >= self.per_minute:
+                window[2] += 1
+                return None
+            window[1] += 1
+            carried, window[2] = int(window[2]), 0
+            return carried
+
+
+REFUSALS = RefusalLimiter()
+
+
+def record_refusal(database: Database, record: AuditRecord) -> None:
+    """Audit a refusal at the door in a transaction of its own, within its address's limit (REFUSALS)."""
+    unaudited = REFUSALS.admit(record.source_address)
+    if unaudited is None:
+        return
+    if unaudited:
+        record = replace(record, detail={**record.detail, "not_audited_before": str(unaudited)})
+    with database.session() as session:
+        record_audit(session, record)
+        session.commit()
+
+
 def record_refused_credentials(database: Database, reason: str, subject: str | None, request_id: str | None,
                                source_address: str | None) -> None:
     """A token or session refused at the door (expired, forged, revoked, its client removed), audited like a
     failed sign-in (TRUST AU3), in a transaction of its own: nothing else of the request is written.
     `subject` only where the token's signature was checked; a forged token's claims name no one."""
-    with database.session() as session:
-        record_audit(session, AuditRecord(AuditAction.CREDENTIALS_REFUSED, "deny", username=subject, reason=reason,
-                                          request_id=request_id, source_address=source_address))
-        session.commit()
+    record_refusal(database, AuditRecord(AuditAction.CREDENTIALS_REFUSED, "deny", username=subject, reason=reason,
+                                         request_id=request_id, source_address=source_address))
 
 
 def record_audit(session: Session, record: AuditRecord) -> int:
