@@ -20,7 +20,7 @@ def test_if_the_audit_cannot_be_written_the_read_fails_and_no_patient_data_leave
 
     if fails == "append":
         monkeypatch.setattr(gateway, "record_audit", broken)
-    else:  # the event appended, its transaction not committed: the response is encoded only after the commit
+    else:  # the event appended, its transaction not committed: no answer goes out
         monkeypatch.setattr(Session, "commit", broken)
     client = TestClient(ics.client.app, raise_server_exceptions=False)
     response = client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)

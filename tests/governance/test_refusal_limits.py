@@ -32,11 +32,19 @@ def test_the_first_refusals_a_minute_are_audited_and_the_rest_counted_onto_the_n
     assert [limits.admit("198.51.100.7") for _ in range(4)] == [3, 0, 0, None]
 
 
-def test_the_addresses_remembered_are_bounded() -> None:
-    limits = audit.RefusalLimiter(per_minute=1, addresses=100)
-    for n in range(1000):
-        limits.admit(f"10.0.{n // 256}.{n % 256}")
+def test_many_addresses_cannot_flood_the_log_and_what_they_sent_is_still_counted() -> None:
+    """An attacker with many addresses (an IPv6 /64 holds 2**64) meets the limit for all addresses, and the
+    counts of addresses no longer remembered are told on the next refusal audited."""
+    limits = audit.RefusalLimiter(per_minute=2, per_minute_all=50, addresses=100)
+    admitted = [limits.admit(f"2001:db8:{n // 256:x}:{n % 256:x}::1") for n in range(1000)]
+    assert sum(a is not None for a in admitted) == 50
     assert len(limits._windows) == 100
+    same_64 = [limits.admit(f"2001:db8:ffff:1::{n:x}") for n in range(5)]  # one client's /64: one address
+    assert len(limits._windows) == 100 and same_64 == [None] * 5  # all addresses' minute is spent
+    fresh = audit.RefusalLimiter(per_minute=2, addresses=3)
+    told = [fresh.admit(f"10.0.0.{n}") for n in range(6) for _ in range(3)]  # one over the limit each
+    told.append(fresh.admit("192.0.2.1"))
+    assert told.count(None) == 6 and sum(t or 0 for t in told) == 4  # the 4 forgotten ones, each told once
 
 
 def test_a_flood_of_forged_tokens_writes_a_bounded_number_of_entries_and_every_one_is_refused(

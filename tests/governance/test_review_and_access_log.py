@@ -183,7 +183,7 @@ def test_an_overdue_item_is_escalated_once_as_a_high_priority_audit_event(ics: I
         (event,) = search(s, username="system", patient_id=ics.okafor)
     assert (event.action, event.outcome) == ("governance:review:escalated", "error")
     assert details(event)["review_item"] == str(item.id) and details(event)["reviewed_user"] == "dr.oconnor"
-    with db.session() as s:  # an item IG has concluded is never escalated
+    with db.session() as s:  # an item IG has concluded, or is investigating, is never escalated nor overdue
         record_outcome(s, item.id, "appropriate", by="ig.morgan", note="resus notes confirm")
     ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
     with db.session() as s:

@@ -105,6 +105,32 @@ def test_a_write_nested_in_another_on_one_thread_gets_sqlites_answer_not_a_hang(
     second.close()
 
 
+def test_a_turn_held_by_a_stalled_process_is_given_up_after_a_while_not_waited_for_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the turn and never lets go (stopped mid-transaction, say): a writer here goes
+    on to SQLite's own locking after WAIT_S, and its write lands, rather than every server thread hanging."""
+    monkeypatch.setattr(sqlite_turns, "WAIT_S", 0.3)
+    path = tmp_path / "t.db"
+    holder = subprocess.Popen([sys.executable, "-c",  # noqa: S603
+                               "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n",
+                               f"{path}-writer"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        connection = sqlite3.connect(path, factory=TurnTakingConnection)
+        connection.execute("CREATE TABLE t (x INTEGER)")
+        started = time.monotonic()
+        connection.execute("INSERT INTO t VALUES (1)")
+        connection.commit()
+        assert 0.25 < time.monotonic() - started < 5
+        assert connection.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        connection.close()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_store_whose_turn_file_cannot_be_opened_is_still_written(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     Path(f"{path}-writer").mkdir()  # as good as another account's file this one may not open

@@ -29,6 +29,10 @@ class SharingLoop(asyncio.SelectorEventLoop):
         super()._accept_connection(protocol_factory, sock, sslcontext, server, 1, *args)  # type: ignore[misc]
         if server is None or not server.is_serving():
             return
+        try:
+            self._selector.get_key(sock.fileno())  # type: ignore[attr-defined]
+        except KeyError:  # asyncio stopped listening itself (out of file descriptors): its own 1 s retry stands
+            return
         self._remove_reader(sock.fileno())  # type: ignore[attr-defined]
         self.call_later(PAUSE_S, self._resume, protocol_factory, sock, sslcontext, server, backlog, *args)
 

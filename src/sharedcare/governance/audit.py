@@ -9,6 +9,7 @@ concurrent writers stay in one chain.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import threading
 import time
@@ -215,38 +216,54 @@ _APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*
 
 
 class RefusalLimiter:
-    """How many refusals at the door (forged or expired tokens, failed TLS handshakes) each network address
-    may write to the audit log a minute, in this process.
+    """How many refusals at the door (forged or expired tokens, failed TLS handshakes) may be written to the
+    audit log a minute, in this process: `per_minute` from one address (an IPv6 address counts by its /64,
+    which one client holds whole) and `per_minute_all` from all addresses together.
 
     Anyone can send a forged token or a bad handshake, and each would otherwise append an entry that can
     never be deleted and take the chain's write lock every patient read needs: a flood of them would fill
-    the log and slow care. So the first `per_minute` refusals from an address in a minute are audited one
-    by one, the rest only counted, and the count goes on the address's next audited refusal
-    (`not_audited_before`). The addresses remembered are bounded (the oldest forgotten first)."""
+    the log and slow care. Refusals over either limit are only counted; the count goes on the address's
+    next audited refusal (`not_audited_before`), with the counts of addresses forgotten meanwhile (at most
+    `addresses` are remembered, the oldest forgotten first)."""
 
-    def __init__(self, per_minute: int = 20, addresses: int = 10_000,
+    def __init__(self, per_minute: int = 20, per_minute_all: int = 200, addresses: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute, self.addresses, self.clock = per_minute, addresses, clock
+        self.per_minute, self.per_minute_all, self.addresses, self.clock = per_minute, per_minute_all, addresses, clock
         self._windows: OrderedDict[str | None, list[float]] = OrderedDict()  # [start, audited, not audited]
+        self._everyone = [float("-inf"), 0.0]  # [start, audited]
+        self._forgotten = 0  # not audited, of addresses no longer remembered
         self._lock = threading.Lock()
 
     def admit(self, address: str | None) -> int | None:
-        """None when this refusal is only counted; else how many from the address went unaudited before it."""
-        now = self.clock()
+        """None when this refusal is only counted; else how many went unaudited before it (see above)."""
+        key, now = _network(address), self.clock()
         with self._lock:
-            window = self._windows.get(address)
+            if now - self._everyone[0] >= 60:
+                self._everyone = [now, 0.0]
+            window = self._windows.get(key)
             if window is None or now - window[0] >= 60:
-                carried = int(window[2]) if window else 0
-                window = self._windows[address] = [now, 0, carried]
-                self._windows.move_to_end(address)
+                carried = window[2] if window else 0.0
+                window = self._windows[key] = [now, 0.0, carried]
+                self._windows.move_to_end(key)
                 while len(self._windows) > self.addresses:
-                    self._windows.popitem(last=False)
-            if window[1] >= self.per_minute:
+                    self._forgotten += int(self._windows.popitem(last=False)[1][2])
+            if window[1] >= self.per_minute or self._everyone[1] >= self.per_minute_all:
                 window[2] += 1
                 return None
             window[1] += 1
-            carried, window[2] = int(window[2]), 0
+            self._everyone[1] += 1
+            carried = int(window[2]) + self._forgotten
+            window[2], self._forgotten = 0.0, 0
             return carried
+
+
+def _network(address: str | None) -> str | None:
+    """The key an address is limited by: an IPv6 address's /64, any other address itself."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
 
 
 REFUSALS = RefusalLimiter()

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -270,7 +270,7 @@ def queue(session: Session, fw: Framework, now: datetime, include_closed: bool =
     for i in session.scalars(stmt):
         person_id, *also_now = _persons_now(session, i)
         items.append(QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
-                               i.status != "closed" and now > i.created_at + due, i.status, i.outcome,
+                               i.status == "open" and now > i.created_at + due, i.status, i.outcome,
                                tuple(also_now), i.escalated_at))
     return items
 
@@ -281,11 +281,17 @@ def escalate(session: Session, fw: Framework, now: datetime) -> list[QueueItem]:
     audit log's forwarding takes to the Audit Record Repository and its alerting, and the queue marks it.
     Run from a timer (`sharedcare audit escalate`); returns the items escalated now."""
     due = timedelta(hours=fw.review.due_hours)
-    late = session.scalars(select(ReviewItem).where(ReviewItem.status == "open", ReviewItem.escalated_at.is_(None),
-                                                    ReviewItem.created_at < now - due).order_by(ReviewItem.id))
+    late = list(session.scalars(select(ReviewItem.id).where(
+        ReviewItem.status == "open", ReviewItem.escalated_at.is_(None), ReviewItem.created_at < now - due)
+        .order_by(ReviewItem.id)))
     escalated = []
-    for item in late:
-        item.escalated_at = now
+    for item_id in late:
+        # claimed by a conditional update: of two runs at once (two timers, two hosts), one escalates it
+        claimed = session.execute(update(ReviewItem).where(ReviewItem.id == item_id, ReviewItem.escalated_at.is_(None))
+                                  .values(escalated_at=now).execution_options(synchronize_session=False))
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        item = session.get_one(ReviewItem, item_id, populate_existing=True)
         person_id = _persons_now(session, item)[0]
         record_audit(session, AuditRecord(
             AuditAction.REVIEW_ESCALATED, "error", username="system", purpose="governance", patient_id=person_id,

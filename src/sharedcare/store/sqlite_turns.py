@@ -22,12 +22,14 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from typing import Any
 
 # pysqlite opens a transaction before these statements (and only these), so they start a write.
 _WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
-# A thread that waits this long for its own process's turn (a write nested in another on one thread
-# would wait for ever) goes on without one, to SQLite's busy handler, as every write did before.
+# A thread that waits this long for a turn (its own process's: a write nested in another on one thread
+# would wait for ever; or another process's: a writer stalled mid-transaction) goes on without one, to
+# SQLite's busy handler, as every write did before.
 WAIT_S = 30.0
 _process_turns: dict[str, threading.Lock] = {}
 _process_turns_guard = threading.Lock()
@@ -49,6 +51,22 @@ def _open_turn_file(path: str) -> int | None:
         return os.open(path, os.O_RDWR | os.O_CREAT, mode)
     except OSError:
         return None
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock on `fd`, trying every fraction of a millisecond to every 2 ms, for at most
+    `seconds` (flock itself cannot time out, and a writer stalled mid-transaction in another process must
+    not hang every server thread behind it)."""
+    deadline, pause = time.monotonic() + seconds, 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
 
 
 class TurnTakingConnection(sqlite3.Connection):
@@ -82,7 +100,9 @@ class TurnTakingConnection(sqlite3.Connection):
             if self._turn_file is None:  # not ours to open: SQLite's own waiting, as before
                 self._process_turn.release()
                 return
-            fcntl.flock(self._turn_file, fcntl.LOCK_EX)  # waits with the GIL released
+            if not _lock_within(self._turn_file, WAIT_S):  # a writer stuck in another process: SQLite's own
+                self._process_turn.release()  # waiting, which gives up with "database is locked", as before
+                return
         except BaseException:
             self._process_turn.release()
             raise
