@@ -395,8 +395,8 @@ def test_a_token_without_the_scope_for_a_type_gets_none_of_it(ics: Ics) -> None:
     fw = ics.client.app.state.framework  # type: ignore[attr-defined]
     observations_only = _bearer(mint_token(load_settings(), fw, "dr.patel", "user/Observation.rs"))
     ics.open_record("dr.patel")
-    search = ics.client.get("/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919",
-                            headers=observations_only)
+    search = ics.client.post("/fhir/Patient/_search", data={"identifier": "https://fhir.nhs.uk/Id/nhs-number|9434765919"},
+                             headers=observations_only)
     assert "(rule deny-scope)" in _outcome(search, 403)
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=observations_only).json()
     assert {e["resource"]["resourceType"] for e in bundle["entry"]} <= {"Observation"}
