@@ -515,6 +515,8 @@ def test_a_read_through_an_app_names_the_app_as_well_as_the_user_in_the_audit(re
     assert event is not None and event.username == "dr.patel"
     agents = [(a["who"]["identifier"]["value"], a["requestor"]) for a in event.event["agent"]]
     assert agents == [("dr.patel", True), (APP, False)]
+    on_behalf_of = [a["extension"][0]["valueReference"]["identifier"]["value"] for a in event.event["agent"]]
+    assert on_behalf_of == ["P81001", "dr.patel"]  # the user for their practice, the app for the user
     portal = registered.open_record("dr.patel")  # the clinician's own read names no app
     registered.client.get(f"/fhir/Patient/{registered.okafor}/$everything", headers=portal)
     with db.session() as session:
