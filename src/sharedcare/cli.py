@@ -183,6 +183,44 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
     Console().print(table)
 
 
+@quarantine_app.command("check")
+def quarantine_check(
+    older_than: Annotated[float, typer.Option(min=0, help="The service level in hours: exit 1 if any held "
+                                                          "item has waited longer.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Held items by sending organisation and format, with the oldest's age, and no reasons or content, so
+    a monitor or dashboard can run it on a timer: exit 1 when something has waited past the service level
+    (a message nobody clears is a message the record never shows: hazard HAZ-13)."""
+    from sqlalchemy import func
+
+    from sharedcare.clock import utcnow
+    from sharedcare.store.models import Quarantine
+
+    now = utcnow()
+    with _database().session() as session:
+        groups = session.execute(
+            select(Quarantine.source_org, Quarantine.format, func.count(), func.min(Quarantine.received_at))
+            .where(Quarantine.status == "held").group_by(Quarantine.source_org, Quarantine.format)
+            .order_by(Quarantine.source_org, Quarantine.format)).all()
+    rows: list[dict[str, Any]] = [{"source": org or "unknown", "format": fmt, "held": count,
+             "oldest_hours": round((now - oldest).total_seconds() / 3600, 1)} for org, fmt, count, oldest in groups]
+    late = [r for r in rows if r["oldest_hours"] > older_than]
+    if as_json:
+        _print_json({"held": sum(r["held"] for r in rows), "older_than_hours": older_than,
+                     "late_groups": len(late), "groups": rows})
+    else:
+        table = Table(title=f"Quarantine: held items (service level {older_than:g} h)")
+        for column in ("source", "format", "held", "oldest (hours)"):
+            table.add_column(column, justify="right" if column != "source" else "left")
+        for r in rows:
+            style = "red" if r in late else None
+            table.add_row(r["source"], r["format"], str(r["held"]), f"{r['oldest_hours']:g}", style=style)
+        Console().print(table if rows else "Nothing held in quarantine.")
+    if late:
+        raise typer.Exit(1)
+
+
 @quarantine_app.command("replay")
 def quarantine_replay(
     item_id: Annotated[int, typer.Argument(help="The quarantine id (see `sharedcare quarantine list`).")],
