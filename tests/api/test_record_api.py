@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.builders import bundle, patient, write_ndjson
-from tests.small_ics import Ics
+from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
+
+SCT = "http://snomed.info/sct"
 
 
 def _types(bundle: dict) -> list[str]:
@@ -207,3 +210,23 @@ def test_the_shared_demographics_are_the_registered_practices_not_the_newest_gp_
     assert shown["address"][0]["postalCode"] == "RV2 4NW"
     assert shown["contact"][0]["name"]["given"] == ["Ann"]
     assert {i["value"] for i in shown["identifier"]} >= {"9990000018"}
+
+
+def test_a_mental_health_trusts_allergy_record_reaches_the_paramedic_and_the_pharmacist(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Hazard HAZ-02: an allergy is shown as any allergy is, whichever service recorded it, while the
+    trust's other records stay mental health data (a headline for the paramedic, nothing for the pharmacist)."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al-1", "patient": {"reference": "Patient/RXM-4"},
+               "criticality": "high",
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    path = write_ndjson(tmp_path / "rxm-allergy.ndjson", [bundle("RXM", "rio", [
+        patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])])
+    assert Pipeline(db, framework).ingest_paths([path]).accepted >= 1
+    for username, basis, reason in (("para.evans", "emergency", "unconscious at home, no carer present"),
+                                    ("pharm.khan", "explicit-consent", "")):
+        headers = ics.open_record(username, basis=basis, reason=reason)
+        bundle_ = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+        shown = [e["resource"] for e in bundle_["entry"]]
+        allergies = [r for r in shown if r["resourceType"] == "AllergyIntolerance"]
+        assert [(a["code"]["coding"][0]["code"], a["criticality"]) for a in allergies] == [("91936005", "high")]
+        assert "35489007" not in json.dumps(shown)  # the trust's depression diagnosis is not released in full

@@ -71,6 +71,15 @@ def test_explain_says_in_words_what_a_district_nurse_sees() -> None:
     assert seen["sexual_health"] == "nothing"
     rules = " ".join(rules_in_words(fw))
     assert "emergency" in rules and "lasts 4 hours" in rules and "information about other people" in rules
+    assert "For safety, allergies are shared like a GP's summary whichever service recorded them" in rules
+
+
+def test_a_safety_critical_type_that_is_not_a_summary_type_is_refused_with_its_line() -> None:
+    broken = TEXT.replace("safety_critical_types: [AllergyIntolerance]", "safety_critical_types: [Observation]")
+    assert broken != TEXT
+    with pytest.raises(FrameworkError) as refused:
+        parse_framework(broken)
+    assert "safety_critical_types" in str(refused.value) and "line " in str(refused.value)
 
 
 def test_explain_leaves_out_roles_that_never_see_records() -> None:

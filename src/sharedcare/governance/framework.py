@@ -116,6 +116,10 @@ class Framework(_Strict):
     roles: dict[str, Role]
     always_withheld: list[WithholdRule]
     sensitive_codes: dict[str, list[str]]
+    # Types shared by their type's category whatever service recorded them (hazard HAZ-02: a known allergy
+    # must reach whoever prescribes). Only the types `classify` files under summary by type may be named.
+    safety_critical_types: list[Literal["AllergyIntolerance", "MedicationStatement", "Condition",
+                                        "Immunization"]] = Field(default_factory=list)
     organisations: dict[str, Organisation]
     users: dict[str, User]
 
@@ -130,10 +134,11 @@ class Framework(_Strict):
     @property
     def classification_digest(self) -> str:
         """A digest of what classifying a resource depends on here: the sensitive codes (in order: the
-        first listed category wins) and each organisation's kind. A category stored at ingest under
-        another digest is stale. Computed on each use (5 microseconds): a cached value would survive
-        `model_copy(update=...)` into a framework with other codes."""
+        first listed category wins), the safety-critical types and each organisation's kind. A category
+        stored at ingest under another digest is stale. Computed on each use (5 microseconds): a cached
+        value would survive `model_copy(update=...)` into a framework with other codes."""
         inputs = {"sensitive_codes": [[category, sorted(codes)] for category, codes in self.sensitive_codes.items()],
+                  "safety_critical_types": sorted(self.safety_critical_types),
                   "kinds": {code: org.kind for code, org in sorted(self.organisations.items())}}
         return hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
 
