@@ -154,6 +154,40 @@ def ingest(
         raise typer.Exit(1)
 
 
+@app.command()
+def feeds(
+    stale_after: Annotated[float, typer.Option(min=0, help="Hours a source may stay quiet: exit 1 when any "
+                                                           "declared source has sent nothing for longer.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """How current each feed is: every source system the framework declares, when it last sent new or
+    changed data and how much in the last day; for a monitor on a timer, exit 1 when one has gone quiet."""
+    from dataclasses import asdict
+    from datetime import timedelta
+
+    from sharedcare.clock import utcnow
+    from sharedcare.ingest.freshness import feed_status
+
+    fw = _framework()
+    with _database().session() as session:
+        rows = feed_status(session, fw, utcnow(), timedelta(hours=stale_after))
+    if as_json:
+        _print_json([{**asdict(r), "last_received": r.last_received.isoformat() if r.last_received else None}
+                     for r in rows])
+    else:
+        table = Table(title=f"Feeds (quiet for more than {stale_after:g} h is stale)")
+        for column in ("organisation", "system", "format", "last new or changed data", "hours quiet", "last 24 h"):
+            table.add_column(column, justify="right" if column in ("hours quiet", "last 24 h") else "left")
+        for r in rows:
+            table.add_row(f"{r.organisation} {r.name}", r.system, r.format,
+                          r.last_received.strftime("%Y-%m-%d %H:%M UTC") if r.last_received else "never",
+                          "" if r.hours_quiet is None else f"{r.hours_quiet:g}", f"{r.last_day:,}",
+                          style="red" if r.stale else None)
+        Console().print(table)
+    if any(r.stale for r in rows):
+        raise typer.Exit(1)
+
+
 quarantine_app = typer.Typer(help="Input that could not be accepted, kept with its reason.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 

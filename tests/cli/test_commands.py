@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.store.database import Database
-from sharedcare.store.models import Quarantine
+from sharedcare.store.models import Quarantine, Resource
 
 runner = CliRunner()
 
@@ -262,3 +262,24 @@ def test_quarantine_check_counts_what_waits_without_saying_what_it_is_and_fails_
     late = runner.invoke(app, ["quarantine", "check"])
     assert late.exit_code == 1 and "48" in late.stdout  # hours waited
     assert runner.invoke(app, ["quarantine", "check", "--older-than", "72"]).exit_code == 0
+
+
+def test_feeds_shows_when_each_declared_source_last_sent_data_and_fails_when_one_goes_quiet(
+        env: Database, tmp_path: Path) -> None:
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])  # the practice's EMIS sends a Patient and a Condition
+    result = runner.invoke(app, ["feeds", "--json"])
+    rows = {(r["organisation"], r["system"]): r for r in json.loads(result.stdout)}
+    emis = rows[("P81001", "emis")]
+    assert (emis["last_day"], emis["stale"], emis["format"]) == (2, False, "fhir") and emis["hours_quiet"] == 0
+    assert rows[("RXR", "pas")]["last_received"] is None and rows[("RXR", "pas")]["stale"]  # never heard from
+    assert result.exit_code == 1  # a declared source has sent nothing: a monitor should notice
+
+    with env.session() as session:  # two days on, the practice has sent nothing new
+        session.execute(update(Resource).where(Resource.source_org == "P81001").values(
+            received_at=utcnow() - timedelta(days=2)))
+    later = {(r["organisation"], r["system"]): r for r in json.loads(runner.invoke(app, ["feeds", "--json"]).stdout)}
+    assert later[("P81001", "emis")]["stale"] and later[("P81001", "emis")]["last_day"] == 0
+    assert not {(r["organisation"], r["system"]): r for r in json.loads(
+        runner.invoke(app, ["feeds", "--json", "--stale-after", "72"]).stdout)}[("P81001", "emis")]["stale"]
+    table = runner.invoke(app, ["feeds"])
+    assert "P81001" in table.stdout and "never" in table.stdout
