@@ -237,8 +237,9 @@ def quarantine_check(
             select(Quarantine.source_org, Quarantine.format, func.count(), func.min(Quarantine.received_at))
             .where(Quarantine.status == "held").group_by(Quarantine.source_org, Quarantine.format)
             .order_by(Quarantine.source_org, Quarantine.format)).all()
-    rows: list[dict[str, Any]] = [{"source": org or "unknown", "format": fmt, "held": count,
-             "oldest_hours": round((now - oldest).total_seconds() / 3600, 1)} for org, fmt, count, oldest in groups]
+    rows: list[dict[str, Any]] = [
+        {"source": org or "unknown", "format": fmt, "held": count,
+         "oldest_hours": round((now - oldest).total_seconds() / 3600, 1)} for org, fmt, count, oldest in groups]
     late = [r for r in rows if r["oldest_hours"] > older_than]
     if as_json:
         _print_json({"held": sum(r["held"] for r in rows), "older_than_hours": older_than,
