@@ -49,6 +49,9 @@ def test_a_patient_search_with_details_in_the_url_is_refused_saying_to_post_them
         assert response.status_code == 400 and "POST [base]/Patient/_search" in diagnostics
         assert "entry" not in response.json() and OKAFOR_NHS not in response.text and "1945" not in response.text
     assert ics.client.get(f"/fhir/Patient?identifier={OKAFOR_NHS}").status_code == 401  # the token first
+    in_url = ics.client.post(f"/fhir/Patient/_search?identifier={OKAFOR_NHS}", headers=ics.token("dr.patel"),
+                             data={"family": "okafor"})  # criteria in the URL as well as the body
+    assert in_url.status_code == 400 and "entry" not in in_url.json() and OKAFOR_NHS not in in_url.text
     statement = ics.client.get("/fhir/metadata").json()
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
     assert "POST only" in patient["documentation"]

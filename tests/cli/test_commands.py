@@ -283,3 +283,10 @@ def test_feeds_shows_when_each_declared_source_last_sent_data_and_fails_when_one
         runner.invoke(app, ["feeds", "--json", "--stale-after", "72"]).stdout)}[("P81001", "emis")]["stale"]
     table = runner.invoke(app, ["feeds"])
     assert "P81001" in table.stdout and "never" in table.stdout
+
+    with env.session() as session:  # the practice's feed starts naming another system than the framework's
+        session.execute(update(Resource).where(Resource.source_org == "P81001").values(
+            source_system="emisweb", received_at=utcnow()))
+    named = {(r["organisation"], r["system"]): r for r in json.loads(runner.invoke(app, ["feeds", "--json"]).stdout)}
+    assert named[("P81001", "emisweb")]["declared"] is False and not named[("P81001", "emisweb")]["stale"]
+    assert named[("P81001", "emis")]["last_received"] is None and named[("P81001", "emis")]["declared"]

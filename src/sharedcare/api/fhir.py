@@ -241,7 +241,10 @@ def search_patients(_records: RecordsDep) -> JSONResponse:
 
 @router.post("/Patient/_search")
 async def search_patients_by_post(request: Request, records: RecordsDep) -> JSONResponse:
-    """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log."""
+    """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log.
+    Criteria in the URL as well (FHIR allows both) are refused, not silently dropped."""
+    if request.url.query:
+        raise SearchError(POST_ONLY)
     form = await request.form()
     return _search_patients(request, records, [(k, str(v)) for k, v in form.multi_items()])
 

@@ -68,8 +68,9 @@ def rules_in_words(fw: Framework) -> list[str]:
     ]
     if fw.safety_critical_types:
         kinds = ", ".join(_TYPE_WORDS.get(t, t) for t in fw.safety_critical_types)
-        lines.append(f"For safety, {kinds} are shared like a GP's summary whichever service recorded them "
-                     "(a mental health service's or the council's too), unless they name a sensitive condition.")
+        lines.append(f"For safety, {kinds} recorded by a mental health, community or social care service are "
+                     "shown to clinical staff as coded entries without notes (\"alerts\" below), not only as a "
+                     "sign that the service is involved, unless they name a sensitive condition.")
     lines += [f"Never shared outside the organisation that recorded it: {rule.explain.lower()}."
               for rule in fw.always_withheld]
     lines.append("Every look at a record is recorded; patients can see who looked, when and why.")
