@@ -14,6 +14,7 @@ ROOT = Path(__file__).parent.parent
 EVIDENCE = ROOT / "docs" / "assurance" / "trust-evidence.md"
 HAZARDS = ROOT / "docs" / "safety" / "hazard-log.md"
 INVENTORY = ROOT / "docs" / "operations" / "log-inventory.md"
+SAFETY_CASE = ROOT / "docs" / "safety" / "safety-case-report.md"
 
 # TRUST.md's checklist (kept in the shared design folder, outside this repository; copied here so that a
 # clean clone can check it): every ID must have a row.
@@ -82,6 +83,23 @@ def test_the_hazard_log_covers_the_initial_hazards_and_awaits_its_safety_officer
     for heading in ("Cause", "Effect on the patient", "Controls", "Initial risk", "Residual risk", "Open"):
         assert text.count(f"**{heading}**") == len(hazards), heading
     assert "NOT YET REVIEWED OR SIGNED" in text and "Clinical Safety Officer" in text
+
+
+def _ratings(text: str, pattern: str) -> dict[str, tuple[str, str]]:
+    return {m["id"]: (m["initial"], m["residual"]) for m in re.finditer(pattern, text, re.MULTILINE | re.DOTALL)}
+
+
+def test_the_safety_case_report_is_this_releases_and_rates_every_hazard_as_the_log_does() -> None:
+    """CS1: a clinical safety case report per release. It must name the version being released, list every
+    hazard of the log with the log's own initial and residual ratings, and await the CSO's signature."""
+    report = SAFETY_CASE.read_text(encoding="utf-8")
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.MULTILINE)
+    assert version and f"# Clinical safety case report: sharedcare {version[1]}\n" in report
+    logged = _ratings(HAZARDS.read_text(encoding="utf-8"), r"^### (?P<id>HAZ-\d\d) .*?\*\*Initial risk\*\*: "
+                      r"[^=]*= (?P<initial>\d).*?\*\*Residual risk\*\*: [^=]*= (?P<residual>\d)")
+    reported = _ratings(report, r"^\| (?P<id>HAZ-\d\d) [^|]+\| (?P<initial>\d) \| (?P<residual>\d) \|")
+    assert len(logged) >= 13 and reported == logged
+    assert "NOT YET REVIEWED OR SIGNED" in report and "| Clinical Safety Officer |" in report
 
 
 def test_the_log_inventory_says_what_where_how_long_and_who() -> None:

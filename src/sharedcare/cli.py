@@ -154,6 +154,40 @@ def ingest(
         raise typer.Exit(1)
 
 
+@app.command()
+def feeds(
+    stale_after: Annotated[float, typer.Option(min=0, help="Hours a source may stay quiet: exit 1 when any "
+                                                           "declared source has sent nothing for longer.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """How current each feed is: every source system the framework declares, when it last sent new or
+    changed data and how much in the last day; for a monitor on a timer, exit 1 when one has gone quiet."""
+    from dataclasses import asdict
+    from datetime import timedelta
+
+    from sharedcare.clock import utcnow
+    from sharedcare.ingest.freshness import feed_status
+
+    fw = _framework()
+    with _database().session() as session:
+        rows = feed_status(session, fw, utcnow(), timedelta(hours=stale_after))
+    if as_json:
+        _print_json([{**asdict(r), "last_received": r.last_received.isoformat() if r.last_received else None}
+                     for r in rows])
+    else:
+        table = Table(title=f"Feeds (quiet for more than {stale_after:g} h is stale)")
+        for column in ("organisation", "system", "format", "last new or changed data", "hours quiet", "last 24 h"):
+            table.add_column(column, justify="right" if column in ("hours quiet", "last 24 h") else "left")
+        for r in rows:
+            table.add_row(f"{r.organisation} {r.name}", r.system, r.format,
+                          r.last_received.strftime("%Y-%m-%d %H:%M UTC") if r.last_received else "never",
+                          "" if r.hours_quiet is None else f"{r.hours_quiet:g}", f"{r.last_day:,}",
+                          style="red" if r.stale else None)
+        Console().print(table)
+    if any(r.stale for r in rows):
+        raise typer.Exit(1)
+
+
 quarantine_app = typer.Typer(help="Input that could not be accepted, kept with its reason.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 
@@ -181,6 +215,45 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
         table.add_row(str(r["id"]), str(r["status"]), str(r["format"]), f"{r['file']}, {r['location']}",
                       str(r["reason"]))
     Console().print(table)
+
+
+@quarantine_app.command("check")
+def quarantine_check(
+    older_than: Annotated[float, typer.Option(min=0, help="The service level in hours: exit 1 if any held "
+                                                          "item has waited longer.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Held items by sending organisation and format, with the oldest's age, and no reasons or content, so
+    a monitor or dashboard can run it on a timer: exit 1 when something has waited past the service level
+    (a message nobody clears is a message the record never shows: hazard HAZ-13)."""
+    from sqlalchemy import func
+
+    from sharedcare.clock import utcnow
+    from sharedcare.store.models import Quarantine
+
+    now = utcnow()
+    with _database().session() as session:
+        groups = session.execute(
+            select(Quarantine.source_org, Quarantine.format, func.count(), func.min(Quarantine.received_at))
+            .where(Quarantine.status == "held").group_by(Quarantine.source_org, Quarantine.format)
+            .order_by(Quarantine.source_org, Quarantine.format)).all()
+    rows: list[dict[str, Any]] = [
+        {"source": org or "unknown", "format": fmt, "held": count,
+         "oldest_hours": round((now - oldest).total_seconds() / 3600, 1)} for org, fmt, count, oldest in groups]
+    late = [r for r in rows if r["oldest_hours"] > older_than]
+    if as_json:
+        _print_json({"held": sum(r["held"] for r in rows), "older_than_hours": older_than,
+                     "late_groups": len(late), "groups": rows})
+    else:
+        table = Table(title=f"Quarantine: held items (service level {older_than:g} h)")
+        for column in ("source", "format", "held", "oldest (hours)"):
+            table.add_column(column, justify="right" if column != "source" else "left")
+        for r in rows:
+            style = "red" if r in late else None
+            table.add_row(r["source"], r["format"], str(r["held"]), f"{r['oldest_hours']:g}", style=style)
+        Console().print(table if rows else "Nothing held in quarantine.")
+    if late:
+        raise typer.Exit(1)
 
 
 @quarantine_app.command("replay")

@@ -33,9 +33,10 @@ PUBLIC = {
 # Shown to any signed session, even one the decision point refuses: an empty form, whose POST is decided.
 FORMS = {("GET", "/search")}
 REFUSED = {401, 403, 404}
-# Well formed, but answered 400 before any record is named: no app 'rxr-epr' is registered for launch
-# (the record's own check, `needs_basis`, refuses a user who may not open it once an app is found).
-REFUSED_BEFORE_THE_RECORD = {("POST", "/oauth/launch")}
+# Answered 400 before any record is named: no app 'rxr-epr' is registered for launch (the record's own
+# check, `needs_basis`, refuses a user who may not open it once an app is found); a patient search by GET
+# is refused whoever asks (TRUST DP1: criteria go in a POST body).
+REFUSED_BEFORE_THE_RECORD = {("POST", "/oauth/launch"), ("GET", "/fhir/Patient")}
 # What must never come back: Mr Okafor's name, NHS number, birth date and his GP's notes. (The sign-in
 # forms show his number spaced, "943 476 5919", as the example of an NHS number.)
 SECRETS = ("okafor", OKAFOR_NHS, "1945-03-02", "metformin", "diabetes", "chlamydial")

@@ -33,10 +33,28 @@ def test_patient_search_by_nhs_number_in_a_form_body_finds_one_person_and_nothin
 
 
 def test_patient_search_by_name_and_birth_date(ics: Ics) -> None:
-    bundle = ics.client.get("/fhir/Patient?family=okafor&birthdate=1945-03-02", headers=ics.token("dr.patel")).json()
-    assert [p["id"] for p in _entries(bundle)] == [ics.okafor]
-    none = ics.client.get("/fhir/Patient?family=okafor&birthdate=1945-03-03", headers=ics.token("dr.patel")).json()
-    assert _entries(none) == []
+    def found(born: str) -> list[str]:
+        response = ics.client.post("/fhir/Patient/_search", headers=ics.token("dr.patel"),
+                                   data={"family": "okafor", "birthdate": born})
+        return [p["id"] for p in _entries(response.json())]
+
+    assert found("1945-03-02") == [ics.okafor]
+    assert found("1945-03-03") == []
+
+
+def test_a_patient_search_with_details_in_the_url_is_refused_saying_to_post_them(ics: Ics) -> None:
+    for query in (f"identifier=https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}", "family=okafor&birthdate=1945-03-02"):
+        response = ics.client.get(f"/fhir/Patient?{query}", headers=ics.token("dr.patel"))
+        diagnostics = response.json()["issue"][0]["diagnostics"]
+        assert response.status_code == 400 and "POST [base]/Patient/_search" in diagnostics
+        assert "entry" not in response.json() and OKAFOR_NHS not in response.text and "1945" not in response.text
+    assert ics.client.get(f"/fhir/Patient?identifier={OKAFOR_NHS}").status_code == 401  # the token first
+    in_url = ics.client.post(f"/fhir/Patient/_search?identifier={OKAFOR_NHS}", headers=ics.token("dr.patel"),
+                             data={"family": "okafor"})  # criteria in the URL as well as the body
+    assert in_url.status_code == 400 and "entry" not in in_url.json() and OKAFOR_NHS not in in_url.text
+    statement = ics.client.get("/fhir/metadata").json()
+    patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    assert "POST only" in patient["documentation"]
 
 
 def test_an_unknown_search_parameter_is_refused_by_name(ics: Ics) -> None:

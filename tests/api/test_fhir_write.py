@@ -197,7 +197,7 @@ def test_a_write_is_audited_against_the_person_whose_record_changed(ics: Ics, db
     with db.session() as s:
         event = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")).one()
     assert (event.outcome, event.patient_id, event.organisation) == ("permit", ics.okafor, "P81001")
-    assert event.event["action"] == "C"
+    assert event.event["action"] == "U"  # an update (a create would be C)
     assert response.headers["location"].removeprefix("/fhir/") in json.dumps(event.event)
 
 
@@ -327,3 +327,24 @@ def test_a_practice_that_never_held_a_patient_cannot_replace_their_shared_demogr
     combined = next(e["resource"] for e in everything["entry"] if e["resource"]["resourceType"] == "Patient"
                     and e["resource"]["id"] == ics.stranger)
     assert "Mallory" not in json.dumps(combined) and "ZZ9 9ZZ" not in json.dumps(combined)
+
+
+def test_a_masked_copy_written_back_cannot_blank_what_the_mask_hid(ics: Ics) -> None:
+    """TRUST AC6: a social worker sees the GP's medication without its free-text note (tier 2). Their
+    organisation, even with a write scope, cannot write it back by its id: it does not contribute FHIR, and
+    one that does writes only its own organisation's resources (which its users always see in full), so a
+    field another organisation's copy hid is never written. The GP's note and version stay as they were."""
+    def medication(username: str) -> dict:
+        bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=MedicationStatement",
+                                headers=ics.open_record(username)).json()
+        (entry,) = bundle["entry"]
+        return dict(entry["resource"])
+
+    masked = medication("sw.brown")
+    assert "note" not in masked
+    response = ics.client.put(f"/fhir/MedicationStatement/{masked['id']}", headers=_token(ics, "sw.brown"),
+                              content=json.dumps(masked))
+    assert response.status_code == 403 and "not set up" in response.json()["issue"][0]["diagnostics"]
+    shown = medication("dr.patel")
+    assert shown["note"][0]["text"] == "Takes with breakfast"
+    assert shown["meta"]["versionId"] == masked["meta"]["versionId"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.builders import bundle, patient, write_ndjson
-from tests.small_ics import Ics
+from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
+
+SCT = "http://snomed.info/sct"
 
 
 def _types(bundle: dict) -> list[str]:
@@ -207,3 +210,31 @@ def test_the_shared_demographics_are_the_registered_practices_not_the_newest_gp_
     assert shown["address"][0]["postalCode"] == "RV2 4NW"
     assert shown["contact"][0]["name"]["given"] == ["Ann"]
     assert {i["value"] for i in shown["identifier"]} >= {"9990000018"}
+
+
+def test_a_mental_health_trusts_allergy_record_reaches_the_paramedic_and_the_pharmacist(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Hazard HAZ-02: an allergy a mental health trust recorded reaches those who prescribe, coded with its
+    criticality but without the trust's notes, while its other records stay mental health data (a
+    headline for the paramedic, nothing for the pharmacist). The trust's own clinicians see the notes."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al-1", "patient": {"reference": "Patient/RXM-4"},
+               "criticality": "high", "note": [{"text": "reaction on the ward during an admission"}],
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    path = write_ndjson(tmp_path / "rxm-allergy.ndjson", [bundle("RXM", "rio", [
+        patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])])
+    assert Pipeline(db, framework).ingest_paths([path]).accepted >= 1
+
+    def allergies(username: str, basis: str = "explicit-consent", reason: str = "") -> list[dict]:
+        headers = ics.open_record(username, basis=basis, reason=reason)
+        shown = [e["resource"] for e in ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything",
+                                                       headers=headers).json()["entry"]]
+        assert username == "dr.singh" or "35489007" not in json.dumps(shown)  # the depression diagnosis stays
+        return [r for r in shown if r["resourceType"] == "AllergyIntolerance"]
+
+    for username, basis, reason in (("para.evans", "emergency", "unconscious at home, no carer present"),
+                                    ("pharm.khan", "explicit-consent", "")):
+        (shown,) = allergies(username, basis, reason)
+        assert (shown["code"]["coding"][0]["code"], shown["criticality"]) == ("91936005", "high")
+        assert "note" not in shown
+    (own,) = allergies("dr.singh")
+    assert own["note"][0]["text"] == "reaction on the ward during an admission"

@@ -395,8 +395,8 @@ def test_a_token_without_the_scope_for_a_type_gets_none_of_it(ics: Ics) -> None:
     fw = ics.client.app.state.framework  # type: ignore[attr-defined]
     observations_only = _bearer(mint_token(load_settings(), fw, "dr.patel", "user/Observation.rs"))
     ics.open_record("dr.patel")
-    search = ics.client.get("/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919",
-                            headers=observations_only)
+    search = ics.client.post("/fhir/Patient/_search", data={"identifier": "https://fhir.nhs.uk/Id/nhs-number|9434765919"},
+                             headers=observations_only)
     assert "(rule deny-scope)" in _outcome(search, 403)
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=observations_only).json()
     assert {e["resource"]["resourceType"] for e in bundle["entry"]} <= {"Observation"}
@@ -515,6 +515,8 @@ def test_a_read_through_an_app_names_the_app_as_well_as_the_user_in_the_audit(re
     assert event is not None and event.username == "dr.patel"
     agents = [(a["who"]["identifier"]["value"], a["requestor"]) for a in event.event["agent"]]
     assert agents == [("dr.patel", True), (APP, False)]
+    on_behalf_of = [a["extension"][0]["valueReference"]["identifier"]["value"] for a in event.event["agent"]]
+    assert on_behalf_of == ["P81001", "dr.patel"]  # the user for their practice, the app for the user
     portal = registered.open_record("dr.patel")  # the clinician's own read names no app
     registered.client.get(f"/fhir/Patient/{registered.okafor}/$everything", headers=portal)
     with db.session() as session:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
 from tests.governance.test_audit import as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
+from sharedcare.clock import utcnow
 from sharedcare.store.database import Database
+from sharedcare.store.models import Quarantine, Resource
 
 runner = CliRunner()
 
@@ -240,3 +244,49 @@ def test_mpi_review_lists_a_link_made_on_the_nhs_number_despite_different_given_
         assert text in shown.stdout
     [item] = json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout)
     assert item["linked"] and "NHS number, surname and date of birth agree" in item["discrepancy"]
+
+
+def test_quarantine_check_counts_what_waits_without_saying_what_it_is_and_fails_past_the_service_level(
+        env: Database, tmp_path: Path) -> None:
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])  # one bundle held: an NHS number failing modulus 11
+    fresh = runner.invoke(app, ["quarantine", "check", "--json"])
+    assert fresh.exit_code == 0, fresh.output
+    summary = json.loads(fresh.stdout)
+    assert (summary["held"], summary["late_groups"]) == (1, 0)
+    # the organisation is known only when the ingest named it (--source): this file's bundles name their own
+    assert [(g["source"], g["format"], g["held"]) for g in summary["groups"]] == [("unknown", "fhir", 1)]
+    assert "modulus" not in fresh.stdout and "line 2" not in fresh.stdout  # counts only: fit for a dashboard
+
+    with env.session() as session:  # two days later, still not cleared
+        session.execute(update(Quarantine).values(received_at=utcnow() - timedelta(days=2)))
+    late = runner.invoke(app, ["quarantine", "check"])
+    assert late.exit_code == 1 and "48" in late.stdout  # hours waited
+    assert runner.invoke(app, ["quarantine", "check", "--older-than", "72"]).exit_code == 0
+
+
+def test_feeds_shows_when_each_declared_source_last_sent_data_and_fails_when_one_goes_quiet(
+        env: Database, tmp_path: Path) -> None:
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])  # the practice's EMIS sends a Patient and a Condition
+    result = runner.invoke(app, ["feeds", "--json"])
+    rows = {(r["organisation"], r["system"]): r for r in json.loads(result.stdout)}
+    emis = rows[("P81001", "emis")]
+    assert (emis["last_day"], emis["stale"], emis["format"]) == (2, False, "fhir") and emis["hours_quiet"] == 0
+    assert rows[("RXR", "pas")]["last_received"] is None and rows[("RXR", "pas")]["stale"]  # never heard from
+    assert result.exit_code == 1  # a declared source has sent nothing: a monitor should notice
+
+    with env.session() as session:  # two days on, the practice has sent nothing new
+        session.execute(update(Resource).where(Resource.source_org == "P81001").values(
+            received_at=utcnow() - timedelta(days=2)))
+    later = {(r["organisation"], r["system"]): r for r in json.loads(runner.invoke(app, ["feeds", "--json"]).stdout)}
+    assert later[("P81001", "emis")]["stale"] and later[("P81001", "emis")]["last_day"] == 0
+    assert not {(r["organisation"], r["system"]): r for r in json.loads(
+        runner.invoke(app, ["feeds", "--json", "--stale-after", "72"]).stdout)}[("P81001", "emis")]["stale"]
+    table = runner.invoke(app, ["feeds"])
+    assert "P81001" in table.stdout and "never" in table.stdout
+
+    with env.session() as session:  # the practice's feed starts naming another system than the framework's
+        session.execute(update(Resource).where(Resource.source_org == "P81001").values(
+            source_system="emisweb", received_at=utcnow()))
+    named = {(r["organisation"], r["system"]): r for r in json.loads(runner.invoke(app, ["feeds", "--json"]).stdout)}
+    assert named[("P81001", "emisweb")]["declared"] is False and not named[("P81001", "emisweb")]["stale"]
+    assert named[("P81001", "emis")]["last_received"] is None and named[("P81001", "emis")]["declared"]

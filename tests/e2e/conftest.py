@@ -6,7 +6,9 @@ Playwright's own browser download does not work here, so the browser is the syst
 Tests open browser tabs through the `pages` fixture. Every document a tab loads must be checked with
 axe-core (vendored in `vendor/`) before the test ends, for WCAG 2.1 A and AA: a serious or critical
 violation fails the test, and so does a page the test forgot to check. Every URL the browser asks for
-is kept too, and none may carry an NHS number, a name or a date of birth (TRUST DP1).
+is kept too, and none may carry an NHS number, a name or a date of birth (TRUST DP1); the server
+keeps an access log as a proxy in front of it would (every method, path and query it was sent), and
+that log is scanned for the same after each test.
 
 The journeys also photograph each main page (`Pages.shoot`). The pictures are always taken; with
 `SHAREDCARE_SCREENSHOTS=DIR` (`make screenshots` sets docs/screenshots) they are written there for the
@@ -17,17 +19,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from tests.e2e.live_server import ACCESS_LOG, LiveServer
 from tests.small_ics import OKAFOR_NHS, Ics
 
 AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text(encoding="utf-8")
@@ -44,12 +42,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -60,30 +52,15 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-class LiveServer:
-    def __init__(self, app: FastAPI) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
-def live(ics: Ics) -> Iterator[tuple[Ics, str]]:
+def live(ics: Ics, request: pytest.FixtureRequest) -> Iterator[tuple[Ics, str]]:
+    ACCESS_LOG.lines.clear()
     with LiveServer(ics.client.app) as server:  # type: ignore[arg-type]
         yield ics, server.url
+    if not _failed(request):
+        assert ACCESS_LOG.lines, "the server's access log recorded nothing"
+        logged = [line for line in ACCESS_LOG.lines if any(secret in line.lower() for secret in NOT_IN_URLS)]
+        assert logged == [], f"patient details in the server's access log: {logged}"
 
 
 class Pages:
@@ -171,12 +148,16 @@ def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
         context.close()
     if tabs.minor:
         print("axe, minor and moderate:", *sorted(set(tabs.minor)), sep="\n  ")
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    if not failed:
+    if not _failed(request):
         assert tabs.unchecked() == [], "pages loaded but never checked with axe"
         assert stored == {}, f"the portals left data in the browser: {stored}"
         leaked = [url for url in tabs.urls if any(secret in url.lower() for secret in NOT_IN_URLS)]
         assert leaked == [], "patient details in a URL"
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test itself failed (its fixtures then report nothing of their own)."""
+    return getattr(request.node, "rep_call", None) is not None and bool(request.node.rep_call.failed)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,7 +14,8 @@ import httpx2 as httpx  # the dev dependency starlette's TestClient uses
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from playwright.sync_api import expect
-from tests.e2e.conftest import LiveServer, Pages
+from tests.e2e.conftest import Pages
+from tests.e2e.live_server import LiveServer
 from tests.e2e.test_clinician_journey import sign_in
 from tests.small_ics import Ics
 

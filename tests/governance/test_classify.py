@@ -41,10 +41,37 @@ def _coded(rtype: str, code: str = "44054006", field: str = "code", **extra: obj
     (_coded("Condition", "105629000"), "gp", "sexual_health"),
     (_coded("Condition", "105629000"), "mental_health", "sexual_health"),  # codes come before the service
     (_coded("Condition", "870384001"), "gp", "safeguarding"),
+    # a safety-critical type from a specialist service is an alert, with tiers of its own (hazard HAZ-02) ...
+    (_coded("AllergyIntolerance", "91936005"), "mental_health", "alerts"),
+    (_coded("AllergyIntolerance", "91936005"), "social_care", "alerts"),
+    (_coded("AllergyIntolerance", "91936005"), "hospice", "alerts"),
+    (_coded("AllergyIntolerance", "91936005"), "community", "alerts"),
+    (_coded("AllergyIntolerance", "91936005"), "gp", "summary"),
+    # ... but a sensitive code still puts it in its sensitive category
+    (_coded("AllergyIntolerance", "86406008"), "mental_health", "sexual_health"),
 ])
 def test_each_resource_falls_in_one_category(framework: Framework, resource: dict, source_kind: str,
                                              category: str) -> None:
     assert classify(resource, source_kind, framework) == category
+
+
+def test_safety_critical_types_are_the_frameworks_choice(framework: Framework) -> None:
+    """Without the rule, a mental health trust's allergy is mental health data, as its other records are."""
+    allergy = _coded("AllergyIntolerance", "91936005")
+    assert classify(allergy, "mental_health", framework) == "alerts"
+    without = framework.model_copy(update={"safety_critical_types": []})
+    assert classify(allergy, "mental_health", without) == "mental_health"
+    assert without.classification_digest != framework.classification_digest  # stored categories go stale
+    assert "safety_critical_types" not in framework.classification_digest  # (a digest, not the inputs)
+
+
+def test_only_types_filed_as_summary_by_type_can_be_safety_critical() -> None:
+    from typing import get_args
+
+    from sharedcare.governance.classify import _TYPE_CATEGORY
+
+    (listed,) = get_args(Framework.model_fields["safety_critical_types"].annotation)
+    assert set(get_args(listed)) == {t for t, category in _TYPE_CATEGORY.items() if category == "summary"}
 
 
 def test_a_medication_note_is_tier_3_while_the_coded_medicine_and_dose_are_tier_2() -> None:

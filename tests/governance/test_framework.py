@@ -36,13 +36,14 @@ def test_an_unknown_role_is_named_with_its_line() -> None:
 
 
 def test_a_tier_out_of_range_is_named_with_its_line() -> None:
-    text = TEXT.replace("sexual_health: 1}\n  practice_nurse", "sexual_health: 4}\n  practice_nurse", 1)
+    text = TEXT.replace("sexual_health: 1, alerts: 2}\n  practice_nurse",
+                        "sexual_health: 4, alerts: 2}\n  practice_nurse", 1)
     (problem,) = _problems(text)
     assert "roles.gp.tiers.sexual_health" in problem and "out of range" in problem
 
 
 def test_a_missing_category_is_reported() -> None:
-    nurse = "mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 0}\n  acute_clinician"
+    nurse = "mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 0, alerts: 2}\n  acute_clinician"
     text = TEXT.replace(nurse, nurse.replace("mental_health: 1, ", ""), 1)
     problems = _problems(text)
     assert any("roles.practice_nurse.tiers" in p and "'mental_health' missing" in p for p in problems)
@@ -71,6 +72,16 @@ def test_explain_says_in_words_what_a_district_nurse_sees() -> None:
     assert seen["sexual_health"] == "nothing"
     rules = " ".join(rules_in_words(fw))
     assert "emergency" in rules and "lasts 4 hours" in rules and "information about other people" in rules
+    assert "For safety, allergies recorded by a mental health, community or social care service are shown" in rules
+    assert seen["alerts"].startswith("a coded summary")
+
+
+def test_a_safety_critical_type_that_is_not_a_summary_type_is_refused_with_its_line() -> None:
+    broken = TEXT.replace("safety_critical_types: [AllergyIntolerance]", "safety_critical_types: [Observation]")
+    assert broken != TEXT
+    with pytest.raises(FrameworkError) as refused:
+        parse_framework(broken)
+    assert "safety_critical_types" in str(refused.value) and "line " in str(refused.value)
 
 
 def test_explain_leaves_out_roles_that_never_see_records() -> None:

@@ -31,6 +31,7 @@ CATEGORY_ITEMS = {
     "social_care": {"resourceType": "Observation", "id": "s", "note": [{"text": "free text"}]},
     "safeguarding": {"resourceType": "Condition", "id": "g", "note": [{"text": "free text"}]},
     "sexual_health": {"resourceType": "Condition", "id": "x", "note": [{"text": "free text"}]},
+    "alerts": {"resourceType": "AllergyIntolerance", "id": "a", "note": [{"text": "free text"}]},
 }
 FREE_TEXT = {"note", "text", "content", "description"}
 THIRD_PARTY = "http://terminology.hl7.org/CodeSystem/v3-ActCode|THIRDPARTY"

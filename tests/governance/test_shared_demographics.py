@@ -72,7 +72,8 @@ def _postcode(resource: dict) -> str:
 
 def _found_postcode(ics: Ics, username: str = "dr.oconnor") -> str:
     """The postcode the patient search shows a hospital clinician for Mrs Hughes."""
-    found = ics.client.get(f"/fhir/Patient?identifier={HUGHES_NHS}", headers=ics.token(username)).json()
+    found = ics.client.post("/fhir/Patient/_search", data={"identifier": HUGHES_NHS},
+                            headers=ics.token(username)).json()
     (entry,) = found["entry"]
     return _postcode(entry["resource"])
 

@@ -115,6 +115,8 @@ def capability_statement(request: Request) -> JSONResponse:
                         {"name": "address-postalcode", "type": "string"}],
         "operation": [{"name": "everything",
                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
+        "documentation": "Patient search is by POST only (`POST [base]/Patient/_search`, the criteria in a "
+                         "form body): a GET with criteria is refused, so no NHS number or name is in a URL.",
     }]
     clinical_interactions = interactions + [{"code": "vread"}, {"code": "history-instance"}]
     resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
@@ -204,6 +206,10 @@ def _patient_summary(match: PatientMatch) -> dict[str, Any]:
     return resource
 
 
+POST_ONLY = ("search for a patient with POST [base]/Patient/_search, the criteria in a form body: an NHS "
+             "number, name or birth date in a URL is kept by proxies and server logs")
+
+
 def _search_patients(request: Request, records: GovernedRecords, params: list[tuple[str, str]]) -> JSONResponse:
     values = dict(params)
     unknown = sorted(set(values) - PATIENT_SEARCH_PARAMS)
@@ -226,14 +232,19 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
 
 
 @router.get("/Patient")
-def search_patients(request: Request, records: RecordsDep) -> JSONResponse:
-    """Patient search by query string (works, but puts identifiers in URLs: prefer POST _search)."""
-    return _search_patients(request, records, list(request.query_params.multi_items()))
+def search_patients(_records: RecordsDep) -> JSONResponse:
+    """Refused, token checked first: every Patient search criterion identifies a person, and criteria
+    in a URL are kept by proxies and access logs (TRUST DP1). FHIR lets a server take searches by POST
+    only; the CapabilityStatement says so."""
+    raise SearchError(POST_ONLY)
 
 
 @router.post("/Patient/_search")
 async def search_patients_by_post(request: Request, records: RecordsDep) -> JSONResponse:
-    """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log."""
+    """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log.
+    Criteria in the URL as well (FHIR allows both) are refused, not silently dropped."""
+    if request.url.query:
+        raise SearchError(POST_ONLY)
     form = await request.form()
     return _search_patients(request, records, [(k, str(v)) for k, v in form.multi_items()])
 

@@ -36,7 +36,7 @@ ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/fhir
 def get_contributions(request: Request, actor: ActorDep, fw: Annotated[Framework, Depends(get_framework)],
                       db: Annotated[Database, Depends(get_database)]) -> Contributions:
     return Contributions(db, fw, actor, getattr(request.state, "scopes", ""), request.state.request_id,
-                         request.client.host if request.client else None)
+                         request.client.host if request.client else None, request.method)
 
 
 ContributionsDep = Annotated[Contributions, Depends(get_contributions)]

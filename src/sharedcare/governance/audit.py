@@ -35,6 +35,9 @@ GENESIS = "0" * 64
 # stored in a fraction of the time one entity per reference took on a large record (1,100 entities were
 # most of governance's cost of a `$everything`). `expanded` gives the one-entity-each form back.
 RELEASED = "released"
+USER_SYSTEM = "https://sharedcare.example/Id/user"
+ON_BEHALF_OF = "http://hl7.org/fhir/StructureDefinition/auditevent-OnBehalfOf"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"  # fhir.uk_core's, which imports identity, which audits
 
 
 class AuditAction(StrEnum):
@@ -68,7 +71,10 @@ class AuditAction(StrEnum):
 
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
-ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E"}
+ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
+                # IHE BALP: a query, and an operation such as $export, are executed
+                AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
+                AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E"}
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
 PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent
@@ -97,6 +103,7 @@ class AuditRecord:
     source_address: str | None = None
     client_id: str | None = None  # the SMART app the user acted through (None: the portal or a tool)
     resource: str | None = None  # the one resource a resource read asked for (`Condition/{id}`)
+    fhir_action: str | None = None  # AuditEvent.action where the action alone does not say: a write's C or U
     released: list[str] = field(default_factory=list)
     withheld: dict[str, int] = field(default_factory=dict)
     detail: dict[str, str] = field(default_factory=dict)
@@ -139,20 +146,20 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
     return {
         "resourceType": "AuditEvent",
         "type": {"system": "https://sharedcare.example/CodeSystem/audit-action", "code": record.action.value},
-        "action": ACTION_CODES.get(record.action, "E" if record.action.startswith("governance:") else "R"),
+        "action": record.fhir_action or ACTION_CODES.get(record.action,
+                                                         "E" if record.action.startswith("governance:") else "R"),
         "recorded": recorded.isoformat(),
         "outcome": OUTCOME_CODES[record.outcome],
         "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                                         "code": PURPOSE_CODES.get(purpose, "HOPERAT")}]}],
         "agent": [{
-            "who": {"identifier": {"system": "https://sharedcare.example/Id/user",
+            "who": {"identifier": {"system": USER_SYSTEM,
                                    "value": _clean(record.username) or "anonymous"}},
             "role": [{"text": record.role or "none"}],
-            "extension": [{"url": "https://sharedcare.example/StructureDefinition/organisation",
-                           "valueString": record.organisation or "none"}],
+            **_on_behalf_of(ODS_SYSTEM, record.organisation),
             "requestor": True,
             "network": {"address": record.source_address or "local", "type": "2"},
-        }, *_app_agent(record.client_id)],
+        }, *_app_agent(record.client_id, record.username)],
         "source": {"observer": {"display": "sharedcare"}, "site": record.request_id or str(uuid.uuid4())},
         "entity": entities,
     }
@@ -172,14 +179,24 @@ def expanded(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "entity": entities}
 
 
-def _app_agent(client_id: str | None) -> list[dict[str, Any]]:
-    """The SMART app a user read through, as a second agent (TRUST AU1: who is the user and the client
-    app): IG and the citizen can tell an app's read from the clinician's own."""
+def _on_behalf_of(system: str, value: str | None) -> dict[str, Any]:
+    """The agent acts on behalf of `value` (TRUST AU1): a user for their organisation (ODS code), an app
+    for its user. FHIR R4's AuditEvent has no element for it; HL7's extension says it."""
+    if not value:
+        return {}
+    return {"extension": [{"url": ON_BEHALF_OF,
+                           "valueReference": {"identifier": {"system": system, "value": _clean(value)}}}]}
+
+
+def _app_agent(client_id: str | None, username: str | None) -> list[dict[str, Any]]:
+    """The SMART app a user read through, as a second agent acting for that user (TRUST AU1: who is the
+    user and the client app): IG and the citizen can tell an app's read from the clinician's own."""
     if not client_id:
         return []
     return [{"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
                                   "display": "Application"}]},
              "who": {"identifier": {"system": "https://sharedcare.example/Id/client", "value": _clean(client_id)}},
+             **_on_behalf_of(USER_SYSTEM, username),
              "requestor": False}]
 
 

@@ -2,8 +2,12 @@
 
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
 `sensitive_codes` (its own, or a contained Medication's: the drug a statement's medicationReference
-names) puts the resource in that category wherever it came from; (3) the kind of service that sent it
-(mental health, social care, community and hospice); (4) its resource type.
+names) puts the resource in that category wherever it came from; (3) a type the framework lists as
+`safety_critical_types` (an allergy), sent by a mental health, social care, community or hospice service,
+is `alerts` (hazard HAZ-02: the trust's record of a penicillin allergy must reach the paramedic, coded,
+not only as a headline that the trust is involved; the framework gives `alerts` its own tiers and keeps
+it out of secondary use); (4) the kind of service that sent it (mental health, social care, community
+and hospice); (5) its resource type.
 
 Ingest stores each resource's category with `classification_key(fw)`; a read trusts a stored category
 only under the current key (the gateway classifies afresh otherwise), so changing these rules (bump
@@ -22,8 +26,10 @@ from sharedcare.governance.framework import Framework
 from sharedcare.store.models import Resource
 
 # change whenever the rules in this module change, so every stored category is recomputed
-# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts)
+# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts).
+# Rule 3 acts only on the framework's safety-critical types, which are in its classification digest.
 RULES = "r2"
+ALERTS = "alerts"  # the category rule 3 files into; the framework must define it (framework.py checks)
 
 _SERVICE_CATEGORY = {
     "mental_health": "mental_health",
@@ -82,6 +88,8 @@ def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
     for category, listed in fw.sensitive_codes.items():
         if codes.intersection(listed):
             return category
+    if source_kind in _SERVICE_CATEGORY and resource_type in fw.safety_critical_types:
+        return ALERTS
     if source_kind in _SERVICE_CATEGORY:
         return _SERVICE_CATEGORY[source_kind]
     if resource_type in _HOSPITAL_TYPES:

@@ -47,6 +47,10 @@ def role_rows(fw: Framework, role: str | None = None) -> list[RoleCategory]:
     return rows
 
 
+_TYPE_WORDS = {"AllergyIntolerance": "allergies", "MedicationStatement": "medicines", "Condition": "diagnoses",
+               "Immunization": "immunisations"}
+
+
 def rules_in_words(fw: Framework) -> list[str]:
     """The rules every role works under, in the order the decision point applies them."""
     lines = [
@@ -62,6 +66,11 @@ def rules_in_words(fw: Framework) -> list[str]:
         "takes effect at once. Staff still see what their own organisation recorded.",
         "Staff always see their own organisation's information in full.",
     ]
+    if fw.safety_critical_types:
+        kinds = ", ".join(_TYPE_WORDS.get(t, t) for t in fw.safety_critical_types)
+        lines.append(f"For safety, {kinds} recorded by a mental health, community or social care service are "
+                     "shown to clinical staff as coded entries without notes (\"alerts\" below), not only as a "
+                     "sign that the service is involved, unless they name a sensitive condition.")
     lines += [f"Never shared outside the organisation that recorded it: {rule.explain.lower()}."
               for rule in fw.always_withheld]
     lines.append("Every look at a record is recorded; patients can see who looked, when and why.")

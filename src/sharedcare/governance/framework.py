@@ -116,6 +116,11 @@ class Framework(_Strict):
     roles: dict[str, Role]
     always_withheld: list[WithholdRule]
     sensitive_codes: dict[str, list[str]]
+    # Types that, sent by a mental health, social care, community or hospice service, are filed as `alerts`
+    # with tiers of their own rather than under the service (hazard HAZ-02: a known allergy must reach
+    # whoever prescribes). Only the types `classify` files under summary by type may be named.
+    safety_critical_types: list[Literal["AllergyIntolerance", "MedicationStatement", "Condition",
+                                        "Immunization"]] = Field(default_factory=list)
     organisations: dict[str, Organisation]
     users: dict[str, User]
 
@@ -130,11 +135,13 @@ class Framework(_Strict):
     @property
     def classification_digest(self) -> str:
         """A digest of what classifying a resource depends on here: the sensitive codes (in order: the
-        first listed category wins) and each organisation's kind. A category stored at ingest under
-        another digest is stale. Computed on each use (5 microseconds): a cached value would survive
-        `model_copy(update=...)` into a framework with other codes."""
+        first listed category wins), the safety-critical types and each organisation's kind. A category
+        stored at ingest under another digest is stale. Computed on each use (5 microseconds): a cached
+        value would survive `model_copy(update=...)` into a framework with other codes."""
         inputs = {"sensitive_codes": [[category, sorted(codes)] for category, codes in self.sensitive_codes.items()],
                   "kinds": {code: org.kind for code, org in sorted(self.organisations.items())}}
+        if self.safety_critical_types:  # only when listed: without them classification is as before
+            inputs["safety_critical_types"] = sorted(self.safety_critical_types)
         return hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
 
 
@@ -176,6 +183,9 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
     for category in fw.sensitive_categories:
         if category not in categories:
             problems.append((("sensitive_categories",), f"unknown category '{category}'"))
+    if fw.safety_critical_types and "alerts" not in fw.categories:
+        problems.append((("safety_critical_types",), "needs the category 'alerts' (with a tier in each role) "
+                                                     "that these types are filed into"))
     for category in fw.sensitive_codes:
         if category not in categories:
             problems.append((("sensitive_codes", category), f"unknown category '{category}'"))

@@ -455,7 +455,8 @@ class GovernedRecords:
             raise NotFound(f"no patient {person_id}")
         basis, request = self._request(person_id)
         action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
-        searched = {"detail": {"query": base64.b64encode(query.encode()).decode()}} if query is not None else {}
+        searched = ({"detail": {"query": base64.b64encode(query.encode()).decode()}, "fhir_action": "E"}  # BALP query
+                    if query is not None else {})
         decision = self._decide(request, [item for item, _ in pairs])
         if not decision.permitted:
             raise self._refuse(action, person_id, decision, **searched)

@@ -97,8 +97,9 @@ class Contributions:
     """FHIR writes on behalf of one actor (a contributing system or its user), for one request."""
 
     def __init__(self, db: Database, fw: Framework, actor: Actor, scopes: str, request_id: str,
-                 source_address: str | None = None) -> None:
+                 source_address: str | None = None, method: str = "POST") -> None:
         self.db = db
+        self.asked = "U" if method == "PUT" else "C"  # what a refused write asked for, as AuditEvent.action
         self.fw = fw
         self.actor = actor
         self.scopes = scopes
@@ -279,6 +280,7 @@ class Contributions:
                **extra: Any) -> None:
         """Audit; `then` runs in the same transaction with the event's sequence number."""
         with self.db.session() as session:
+            extra.setdefault("fhir_action", self.asked)
             seq = record_audit(session, AuditRecord(
                 action=AuditAction.RECORD_WRITE, outcome=outcome, username=self.actor.username,
                 role=self.actor.role.name if self.actor.role else None,
@@ -309,14 +311,16 @@ class Contributions:
                   "quarantined": ",".join(f"#{q['id']}" for q in report.quarantine)}
         written = [o for o in outcomes if o.location is not None]
         with self.db.session() as session:
-            persons: dict[str, list[str]] = {}
+            persons: dict[str, list[EntryOutcome]] = {}
             for outcome in written:
                 row = session.get(Resource, outcome.resource_id)
                 record = session.get(PatientRecord, row.patient_record_id) if row and row.patient_record_id else None
-                persons.setdefault(record.person_id if record else "", []).append(str(outcome.location))
-        for person_id, locations in sorted(persons.items()) or [("", [])]:
+                persons.setdefault(record.person_id if record else "", []).append(outcome)
+        for person_id, theirs in sorted(persons.items()) or [("", [])]:
+            created = bool(theirs) and all(o.status == STATUS_TEXT["created"] for o in theirs)
             self._audit("permit" if written else "deny", person_id or None,
                         self._self_made_relationship(person_id) if written and person_id else None,
-                        released=locations, rule_id="permit-write" if written else "deny-write-quarantined",
-                        detail=detail)
+                        released=[str(o.location) for o in theirs],
+                        rule_id="permit-write" if written else "deny-write-quarantined", detail=detail,
+                        fhir_action="C" if created else "U" if theirs else self.asked)
 

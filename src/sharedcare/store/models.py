@@ -115,6 +115,7 @@ class Resource(Base):
         UniqueConstraint("source_org", "resource_type", "source_id", name="uq_resources_source"),
         Index("ix_resources_patient_record", "patient_record_id"),
         Index("ix_resources_type", "resource_type"),
+        Index("ix_resources_source_received", "source_org", "source_system", "received_at"),  # feed freshness
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     resource_type: Mapped[str] = mapped_column(String(40))
