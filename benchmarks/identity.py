@@ -16,7 +16,9 @@
      5,000 true pairs carry different numbers, 243 of them one keying error apart). A mistyped NHS
      number fails modulus 11 and is set aside at ingest, so only a difference between two *valid* NHS
      numbers keeps a pair apart by rule (`compare.numbers_keep_apart`); soc_sec_id is never valid (not
-     10 digits), so its differences are evidence the model weighs: exact, one keying error, different.
+     10 digits), so its differences are evidence the model weighs: exact, one keying error, different;
+     nor does its agreement link over a different given name, as a valid NHS number's does (a keyed
+     number without a check digit can be a twin's: `compare.nhs_number_outweighs_given_name`).
    - postcode, suburb, address_1: the postcode, at the three grains our address comparison reads. An
      Australian postcode covers an area like a UK postcode district; a suburb within it is like a
      sector; a street within the suburb is like a full UK postcode (which covers a street or part of

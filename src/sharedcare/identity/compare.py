@@ -285,21 +285,24 @@ EMAIL = Comparison("email", "email address", (_either_null("email"), _exact("ema
 COMPARISONS: tuple[Comparison, ...] = (NHS_NUMBER, NAME, DOB, ADDRESS, SEX, PHONE, EMAIL)
 
 
-# The one exception to the given-name safety rule: the NHS number and the date of birth agree exactly and
-# the surname agrees (exactly or but for a typing error, the name comparison's FUZZY), so the number
+# The one exception to the given-name safety rule: a valid NHS number and the date of birth agree exactly
+# and the surname agrees (exactly or but for a typing error, the name comparison's FUZZY), so the number
 # settles who this is (a first name mis-keyed, or one the patient goes by that no nickname list knows).
 # Ingest links on a matching NHS number and so does a relink; the link is kept on the review list with
-# this reason, for a person to confirm or separate. Twins carry different numbers; a mother's number on
-# her baby's record comes with another birth date.
+# this reason, for a person to confirm or separate. Twins carry different numbers, and a keying error
+# never turns one valid number into another; a mother's number on her baby's record comes with another
+# birth date. An identifier without a check digit is not enough: twins registered one after the other
+# get neighbouring local numbers, one keying error apart, so one twin's number on the other's record
+# agrees with her surname and birth date too (docs/architecture.md, the identity safety decisions).
 NHS_NUMBER_OUTWEIGHS_GIVEN_NAME = ("given names differ: linked because the NHS number, surname and date of birth "
                                    "agree (the surname exactly or but for a typing error)")
 
 
 def nhs_number_outweighs_given_name(a: Features, b: Features) -> bool:
-    """Whether this pair's NHS number and date of birth agree exactly, its surname agrees but for a typing
-    error at most, and its given names do not agree."""
-    if not (a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and a["dob"] and a["dob"] == b["dob"]
-            and _jw(a["family"], b["family"]) >= FUZZY):
+    """Whether this pair's valid NHS number and date of birth agree exactly, its surname agrees but for a
+    typing error at most, and its given names do not agree."""
+    if not (a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and is_valid(a["nhs_number"])
+            and a["dob"] and a["dob"] == b["dob"] and _jw(a["family"], b["family"]) >= FUZZY):
         return False
     return NAME.levels[NAME.level(a, b)].label in NAME.never_link
 
