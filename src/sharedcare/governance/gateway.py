@@ -201,14 +201,21 @@ class _View:
     items: list[Item]
     groups: Counter[Alike]
     withdrawn: tuple[bool, ...]
+    keys: list[tuple[Alike, str, str]]  # per item: what serving it reads (alike, category, resource type)
 
 
 class RecordItems(NamedTuple):
-    """A person's resources as the decision sees them, each with its row as read now."""
+    """A person's resources as the decision sees them (`items`, their count by `alike`, and per item what
+    serving it reads), with their rows as read now."""
 
-    pairs: list[tuple[Item, StoredRow]]
     items: list[Item]
+    rows: list[StoredRow]
     groups: Counter[Alike]
+    keys: list[tuple[Alike, str, str]]
+
+    @property
+    def pairs(self) -> list[tuple[Item, StoredRow]]:
+        return list(zip(self.items, self.rows, strict=True))
 
 
 @dataclass
@@ -465,7 +472,7 @@ class GovernedRecords:
             cache.keep_view(key, rows, view)
         if view.withdrawn:  # a resource withdrawn by its source (entered-in-error) is kept in its history, not read
             rows = [row for row, gone in zip(rows, view.withdrawn, strict=True) if not gone]
-        return RecordItems(list(zip(view.items, rows, strict=True)), view.items, view.groups)
+        return RecordItems(view.items, rows, view.groups, view.keys)
 
     def _make_view(self, rows: list[StoredRow], current: str) -> _View:
         def make(i: int) -> tuple[Item, bool]:
@@ -484,26 +491,27 @@ class GovernedRecords:
         views = content_cache(self.session).kept_each(wanted, make)
         items = [item for item, withdrawn in views if not withdrawn]
         withdrawn = tuple(gone for _, gone in views) if any(gone for _, gone in views) else ()
-        return _View(items, count_alike(items), withdrawn)
+        return _View(items, count_alike(items), withdrawn, [(i.alike, i.category, i.resource_type) for i in items])
 
     def everything(self, person_id: str, query: str | None = None) -> RecordView:
         """The combined record of one person, as this actor may see it (audited). A search of the record
         passes its raw `query`, audited base64-encoded with the read, allowed or not (TRUST AU2)."""
-        pairs, items, groups = self._view(person_id)
-        if not pairs and not self._person_exists(person_id):
+        view = self._view(person_id)
+        if not view.items and not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
         basis, request = self._request(person_id)
         action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
         searched = {"detail": {"query": base64.b64encode(query.encode()).decode()}} if query is not None else {}
-        decision = self._decide(request, items, groups)
+        decision = self._decide(request, view.items, view.groups)
         if not decision.permitted:
             raise self._refuse(action, person_id, decision, **searched)
-        # `decision.tier_of` inline: this runs once per resource of the record
+        # `decision.tier_of` inline, from the view's keys: this runs once per resource of the record
         cache, verdicts, types = content_cache(self.session), decision.verdicts, self.resource_types
-        served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
-                  if type(tier := verdicts.get(item.alike)) is int and (types is None or item.resource_type in types)]
+        served = [self._serve(person_id, row, tier, category, cache)
+                  for (alike, category, resource_type), row in zip(view.keys, view.rows, strict=True)
+                  if type(tier := verdicts.get(alike)) is int and (types is None or resource_type in types)]
         patients = [s for s in served if s.resource_type == "Patient"]
-        rule = self._demographics_rule(person_id, pairs)
+        rule = self._demographics_rule(person_id, view.items)
         patient = combined_patient(person_id, patients, rule)
         clinical = [s for s in served if s.resource_type != "Patient"]
         self._released(action, person_id, basis=basis.basis if basis else None,
@@ -520,17 +528,17 @@ class GovernedRecords:
 
         Refused and missing look the same (404), as for any read by id (TRUST AC3): a refusal, audited,
         must not tell the caller that the person exists."""
-        pairs, items, groups = self._view(person_id, patients_only=True)
-        if not pairs:  # a person always has a source Patient record unless there is no such person
+        view = self._view(person_id, patients_only=True)
+        if not view.items:  # a person always has a source Patient record unless there is no such person
             raise NotFound(f"no Patient {person_id}")
         basis, request = self._request(person_id)
         reference = f"Patient/{person_id}"
-        decision = self._decide(request, items, groups)
+        decision = self._decide(request, view.items, view.groups)
         if not decision.permitted:
             self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
                          basis=basis.basis if basis else None)
             raise NotFound(f"no Patient {person_id}")
-        _, patient = self._combined_patient(person_id, decision, pairs)
+        _, patient = self._combined_patient(person_id, decision, view.pairs)
         if patient is None or (self.resource_types is not None and "Patient" not in self.resource_types):
             why = "deny-scope" if patient is not None else f"withheld-{next(iter(decision.withheld), 'tier')}"
             self._audit(AuditAction.RESOURCE_READ, "deny", person_id, rule_id=why, resource=reference,
@@ -547,12 +555,13 @@ class GovernedRecords:
         cache, tier_of = content_cache(self.session), decision.tier_of
         served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
                   if (tier := tier_of(item)) is not None]
-        return served, combined_patient(person_id, served, self._demographics_rule(person_id, pairs))
+        return served, combined_patient(person_id, served,
+                                        self._demographics_rule(person_id, (item for item, _ in pairs)))
 
-    def _demographics_rule(self, person_id: str, pairs: list[tuple[Item, StoredRow]]) -> DemographicsRule:
+    def _demographics_rule(self, person_id: str, items: Iterable[Item]) -> DemographicsRule:
         """How combined_patient chooses the person's demographics: from the stored records' registration
         claims (whatever the role's tier shows) and what of their records waits on IG review."""
-        patients = [item for item, _ in pairs if item.resource_type == "Patient"]
+        patients = [item for item in items if item.resource_type == "Patient"]
         review = self._on_review_read.get(person_id)
         return demographics_rule(patients, self.fw.gp_practices,
                                  review if review is not None else on_review(self.session, person_id))
@@ -563,8 +572,9 @@ class GovernedRecords:
         event per person); None when the decision withholds every Patient record."""
         if not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
-        pairs, items, groups = self._view(person_id, patients_only=True)
-        decision = self._decide(self._request(person_id)[1], items, groups)
+        view = self._view(person_id, patients_only=True)
+        pairs = view.pairs
+        decision = self._decide(self._request(person_id)[1], view.items, view.groups)
         if not decision.permitted:
             raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
         served, patient = self._combined_patient(person_id, decision, pairs)
@@ -753,7 +763,7 @@ class GovernedRecords:
             return None
         pairs = self._items(person_id, patients_only=True)
         orgs = {r.source_org for r in visible}
-        shown = self._demographics_rule(person_id, pairs).order(
+        shown = self._demographics_rule(person_id, (item for item, _ in pairs)).order(
             [(item, row) for item, row in pairs if item.source_org in orgs],
             lambda pair: (str(pair[0].resource.get("id")), pair[0].source_org, pair[1][7]))
         if shown:
