@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tests.small_ics import WITHDRAWN, Ics, resend_diabetes
 
+from sharedcare.governance import content_cache as content_cache_module
 from sharedcare.governance import gateway
 from sharedcare.governance.content_cache import ContentCache, content_cache
 from sharedcare.governance.framework import Framework
@@ -83,6 +84,43 @@ def test_content_sent_back_to_an_earlier_state_is_served_as_the_new_version(
     again = _record(ics, ics.okafor, headers)[diabetes]
     assert again["onsetDateTime"] == "2019-03-01" and again["meta"]["versionId"] == "3"
     assert again["meta"]["lastUpdated"] != first["meta"]["lastUpdated"]
+
+
+def test_a_cached_record_shows_a_change_of_category_on_the_next_read(ics: Ics, db: Database) -> None:
+    """The decision's view of a record is kept between reads only while its rows are the same: a row whose
+    stored category changes (a reclassification) is decided under its new category on the very next read,
+    and under the old one again when it changes back."""
+    with db.session() as s:
+        diabetes = "Condition/" + s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    headers = ics.open_record("dr.oconnor")  # a hospital clinician: the GP practice's diabetes is not theirs
+    assert diabetes in _record(ics, ics.okafor, headers)
+    assert diabetes in _record(ics, ics.okafor, headers)  # the kept view
+
+    def set_category(category: str) -> None:
+        with db.session() as s:
+            s.execute(update(Resource).where(Resource.id == diabetes.split("/")[1]).values(category=category))
+            s.commit()
+
+    set_category("sexual_health")  # their tier 1: a headline, not the resource
+    assert diabetes not in _record(ics, ics.okafor, headers)
+    set_category("summary")
+    assert diabetes in _record(ics, ics.okafor, headers)
+
+
+def test_a_kept_view_is_given_only_for_equal_rows_and_views_are_bounded_by_their_rows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(content_cache_module, "VIEW_ROWS", 5)
+    cache = ContentCache()
+    document = {"id": "a"}
+    rows = [("a", "Condition", document, "summary"), ("b", "Condition", {"id": "b"}, "summary")]
+    cache.keep_view("alice", rows, "alice's view")
+    assert cache.view("alice", list(rows)) == "alice's view"
+    assert cache.view("alice", [*rows[:1], ("b", "Condition", {"id": "b"}, "sexual_health")]) is None
+    assert cache.view("alice", rows[:1]) is None and cache.view("bob", rows) is None
+    cache.keep_view("bob", rows * 2, "bob's view")  # 6 rows with alice's: alice's, least recently used, goes
+    assert cache.view("alice", rows) is None and cache.view("bob", rows * 2) == "bob's view"
+    cache.keep_view("carol", rows * 3, "too many rows")
+    assert cache.view("carol", rows * 3) is None and cache.view("bob", rows * 2) == "bob's view"
 
 
 def test_a_write_between_the_stamps_and_the_contents_is_read_whole(

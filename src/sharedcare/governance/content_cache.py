@@ -20,6 +20,13 @@ function of the document and of the inputs its key names (those read afresh from
 category or the recorded time, among them), so it lives and dies with the document: a new stamp is a new
 document with nothing kept.
 
+The gateway also keeps what it made of a whole person's rows (`view`, `keep_view`: the decision's view of
+each, and the count of those alike), valid only while the rows read now equal, value for value, the rows
+it was made from (each resource's id, type, source, category and classification key, times, person, and
+its content: the cached document, or one equal to it). It is a pure function of those rows, so equal rows
+give an equal view; anything else (an update, a withdrawal, a merge moving a row, a reclassification, a
+row added or gone) is a miss, made afresh from the rows.
+
 Bounded by the stored JSON's size plus what is kept (`CAPACITY_BYTES`), least recently used first out.
 One cache per engine: two stores in one process (tests) never share documents. Cached documents and
 shapes are shared between requests and threads and must never be changed in place: the gateway and
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -49,6 +56,10 @@ T = TypeVar("T")
 # documents, or a few dozen large records. What is kept with a document counts its own size (a served
 # shape, its JSON's); a shape at tier 3 shares the document's elements, at tier 2 it is a copy.
 CAPACITY_BYTES = 32 * 1024 * 1024
+# Rows of the people whose views are kept (`ContentCache.view`), least recently used first out. A view
+# holds its rows and their documents, which may outlive their place in the cache: at most this many
+# documents more (a few large records, or a few thousand typical ones).
+VIEW_ROWS = 20_000
 
 
 class _Entry:
@@ -69,6 +80,8 @@ class ContentCache:
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._views: OrderedDict[Hashable, tuple[Sequence[Any], Any]] = OrderedDict()
+        self._view_rows = 0
         self._lock = threading.Lock()  # sync routes run in worker threads
 
     def get_many(self, wanted: Iterable[tuple[str, Stamp]]) -> dict[str, dict[str, Any]]:
@@ -127,6 +140,28 @@ class ContentCache:
             found = entry.kept.get(key, _MISSING) if entry is not None and entry.content is content else _MISSING
             out.append(self.kept(resource_id, content, key, partial(make, i)) if found is _MISSING else cast(T, found))
         return out
+
+    def view(self, key: Hashable, rows: Sequence[Any]) -> Any:
+        """What was kept under `key` (`keep_view`) from rows equal to `rows`, else None. Comparing a large
+        record's rows costs a tenth of making its view again: the documents in them are nearly always the
+        very objects held here, compared by identity."""
+        with self._lock:
+            held = self._views.get(key)
+            if held is not None:
+                self._views.move_to_end(key)
+        return held[1] if held is not None and held[0] == rows else None
+
+    def keep_view(self, key: Hashable, rows: Sequence[Any], made: Any) -> None:
+        """Keep `made`, a pure function of `rows` (and of what `key` names), under `key`."""
+        with self._lock:
+            old = self._views.pop(key, None)
+            if old is not None:
+                self._view_rows -= len(old[0])
+            if len(rows) <= VIEW_ROWS:
+                self._views[key] = (rows, made)
+                self._view_rows += len(rows)
+            while self._view_rows > VIEW_ROWS:
+                self._view_rows -= len(self._views.popitem(last=False)[1][0])
 
     def _evict(self) -> None:
         while self.size_bytes > self.capacity_bytes:

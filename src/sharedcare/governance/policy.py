@@ -41,6 +41,7 @@ What is released is pseudonymised by `pseudonymise.py` before it leaves, which k
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cached_property, lru_cache
@@ -306,19 +307,28 @@ def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int
 _ALIKE = attrgetter("alike")
 
 
-def decide(req: Request, items: list[Item], fw: Framework) -> Decision:
+def count_alike(items: Iterable[Item]) -> Counter[Alike]:
+    """How many of `items` are alike in each way rules a-e read, in the order first seen (as `withheld`
+    was always kept)."""
+    return Counter(map(_ALIKE, items))
+
+
+def decide(req: Request, items: list[Item], fw: Framework, groups: Counter[Alike] | None = None) -> Decision:
     """Decide one read of one patient's record: what is released, at what tier, and what is withheld.
 
     Rules a-e read only an item's source organisation, category, security labels and whether it is a
     Patient (`Item.alike`), so they are asked once per group of items alike in those, not once per item;
-    the decision keeps a verdict per group (`Decision.tier_of`) and makes `released` only when asked."""
+    the decision keeps a verdict per group (`Decision.tier_of`) and makes `released` only when asked.
+    `groups`: `items` counted by `alike` in the order first seen, when the caller kept that count with the
+    items (the gateway's record views); counted here otherwise."""
     denied = check_request(req, fw)
     if denied is not None:
         return denied
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
     decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}", items=items)
-    groups = Counter(map(_ALIKE, items))  # in the order first seen, as `withheld` was always kept
+    if groups is None:
+        groups = count_alike(items)
     for alike, count in groups.items():
         verdict = decision.verdicts[alike] = _verdict(alike, req, fw, role)
         if isinstance(verdict, str):
