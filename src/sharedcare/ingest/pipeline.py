@@ -266,9 +266,11 @@ class Pipeline:
             report.set_aside.update(outcome.set_aside)
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
-                       agreements: dict[str, Agreement], staged: Outcome | None = None) -> StagedMessage | None:
+                       agreements: dict[str, Agreement] | None, staged: Outcome | None = None,
+                       ) -> StagedMessage | None:
         """Store one message (staged here unless `staged` holds its staging outcome already); the staged
-        message, each resource's `outcome` set, or None if it was quarantined."""
+        message, each resource's `outcome` set, or None if it was quarantined. `agreements` None: read them
+        in the message's own transaction (a listener's message on its own: one transaction, not two)."""
         report.messages += 1
         try:
             stored, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements, staged=staged)
@@ -308,8 +310,8 @@ class Pipeline:
         report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
         return report
 
-    def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None, agreements: dict[str, Agreement],
-                replaying: int | None = None, staged: Outcome | None = None,
+    def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None,
+                agreements: dict[str, Agreement] | None, replaying: int | None = None, staged: Outcome | None = None,
                 ) -> tuple[StagedMessage, tuple[int, int, int]]:
         """Stage (unless staged already) and store one message in one transaction, or raise MessageError.
 
@@ -320,8 +322,11 @@ class Pipeline:
             raise staged
         staged = staged or stage(adapter, raw, self.framework, source)
         try:
-            self._check_agreement(staged, raw, agreements)
+            if agreements is not None:
+                self._check_agreement(staged, raw, agreements)
             with self.db.session() as session:
+                if agreements is None:
+                    self._check_agreement(staged, raw, effective_agreements(session, self.framework))
                 counts = self._store(session, staged, raw)
                 if replaying is not None:
                     session.get_one(Quarantine, replaying).status = "replayed"
