@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
@@ -117,9 +117,10 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 @dataclass
 class _Run:
     """What one transaction of a file's messages knows of the store: the resources its messages name, looked
-    up in one query for the run rather than one per message, and the ids it has inserted since (Core rows,
-    not in the session, so a later message of the run naming one of them looks it up again; the rows wait
-    in `pending` and go in one INSERT for the run, or before such a look-up); and the
+    up in one query for the run rather than one per message, and the rows it has inserted since (Core rows,
+    not in the session; they wait in `pending` and go in one INSERT for the run, or before a later message
+    of the run names one of them, which then takes the row into the session as it was inserted, with no
+    query: `adopt`); and the
     patient records of every patient its messages send, found or linked so far (ORM objects, kept current);
     and the stored records its new patients may match, in one query for the run (`Block`; dropped after
     a source's merge moves records between persons, when matching goes back to its own queries)."""
@@ -127,13 +128,23 @@ class _Run:
     stored: dict[str, Resource]
     records: dict[tuple[str, str], PatientRecord]
     block: Block | None = None
-    inserted: set[str] = field(default_factory=set)
+    inserted: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: list[dict[str, Any]] = field(default_factory=list)
 
     def insert_pending(self, session: Session) -> None:
         if self.pending:
             session.execute(_INSERT_RESOURCES, self.pending)
             self.pending = []
+
+    def adopt(self, session: Session, ids: list[str]) -> None:
+        """Rows of this run's INSERT, now needed as stored rows (a later message of the run names them): in
+        the session as persistent objects holding exactly the values inserted, rather than read back."""
+        self.insert_pending(session)
+        for row_id in ids:
+            row = Resource(**self.inserted.pop(row_id))
+            make_transient_to_detached(row)
+            session.add(row)
+            self.stored[row_id] = row
 
 
 def _patient_records(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], PatientRecord]:
@@ -360,11 +371,11 @@ class Pipeline:
         ids = [r.server_id for r in staged.resources]
         if run is None:
             existing = self._existing(session, ids)
-        else:  # looked up for the whole run; what an earlier message of it inserted is looked up again
+        else:  # looked up for the whole run; what an earlier message of it inserted is taken from the run
             again = [i for i in ids if i in run.inserted]
             if again:
-                run.insert_pending(session)
-            existing = {i: run.stored[i] for i in ids if i in run.stored} | self._existing(session, again)
+                run.adopt(session, again)
+            existing = {i: run.stored[i] for i in ids if i in run.stored}
         records: dict[str, PatientRecord] = {}
         for source_id, demo in staged.patients.items():
             current = self._demographics_are_current(staged, source_id, existing)
@@ -437,7 +448,7 @@ class Pipeline:
             accepted += 1
         if run is not None:  # inserted with the rest of the run's
             run.pending += new_rows
-            run.inserted.update(row["id"] for row in new_rows)
+            run.inserted.update((row["id"], row) for row in new_rows)
         elif new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
             session.execute(_INSERT_RESOURCES, new_rows)
         if claiming and run is not None and any(r["source_org"] != staged.source_org for r in run.pending):
