@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import select
 
+from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import END, START, MllpServer
 from sharedcare.ingest.pipeline import Pipeline
@@ -99,6 +100,24 @@ def test_a_malformed_date_is_answered_ae_naming_segment_and_field_and_waits_in_q
     with db.session() as s:
         held = s.scalars(select(Quarantine)).one()
     assert held.payload == bad and "PID-7" in held.reason
+
+
+def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_is_signed_again(
+        listener: int, db: Database, framework: Framework) -> None:
+    """Each message is checked against the agreements as they stand when it is stored, in its own transaction."""
+    first = A01.format(dob="19450302").encode("latin-1")
+    with db.session() as s:
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+    (held_ack,) = _exchange(listener, first)
+    assert _segment(held_ack, "MSA")[1] == "AE" and "no signed agreement in force" in _segment(held_ack, "MSA")[3]
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+        assert s.scalars(select(Quarantine.payload)).one() == first
+        set_agreement(s, framework, "RXR", "signed", by="ig.morgan")
+    (ack,) = _exchange(listener, first)
+    assert _segment(ack, "MSA")[1] == "AA"
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
 
 
 def test_something_that_is_not_hl7_is_rejected_ar_and_kept(listener: int, db: Database) -> None:

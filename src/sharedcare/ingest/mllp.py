@@ -17,7 +17,6 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sharedcare.clock import utcnow
-from sharedcare.governance.agreements import effective_agreements
 from sharedcare.ingest.messages import RawMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
@@ -95,9 +94,8 @@ class MllpServer:
         location = f"message {self.received}" + (f" (MSH-10 {header.control_id})" if header else "")
         raw = RawMessage(f"mllp://{peer}", location, payload, "hl7v2")
         report = IngestReport()
-        with self.pipeline.db.session() as session:
-            agreements = effective_agreements(session, self.pipeline.framework)
-        self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, agreements)
+        # agreements None: read in the message's own transaction, so a message costs one transaction
+        self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None)
         if not report.quarantined:
             return ack(header, "AA")
         problem = report.quarantine[0]
