@@ -107,20 +107,35 @@ def test_a_cached_record_shows_a_change_of_category_on_the_next_read(ics: Ics, d
     assert diabetes in _record(ics, ics.okafor, headers)
 
 
-def test_a_kept_view_is_given_only_for_equal_rows_and_views_are_bounded_by_their_rows(
+def test_a_kept_view_is_given_only_for_equal_rows_and_views_are_bounded_by_their_documents_bytes(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(content_cache_module, "VIEW_ROWS", 5)
+    monkeypatch.setattr(content_cache_module, "VIEW_BYTES", 500)
     cache = ContentCache()
-    document = {"id": "a"}
-    rows = [("a", "Condition", document, "summary"), ("b", "Condition", {"id": "b"}, "summary")]
-    cache.keep_view("alice", rows, "alice's view")
+    a, b = {"id": "a"}, {"id": "b"}
+    cache.put_many([("a", (1, "h", "t"), a, 100), ("b", (1, "h", "t"), b, 100)])
+    rows = [("a", "Condition", a, "summary"), ("b", "Condition", b, "summary")]
+
+    def keep(key: str, kept: list[tuple[str, str, dict, str]], made: str) -> None:
+        cache.keep_view(key, kept, made, ((row[0], row[2]) for row in kept))
+
+    keep("alice", rows, "alice's view")  # 200 bytes
     assert cache.view("alice", list(rows)) == "alice's view"
-    assert cache.view("alice", [*rows[:1], ("b", "Condition", {"id": "b"}, "sexual_health")]) is None
+    assert cache.view("alice", [*rows[:1], ("b", "Condition", b, "sexual_health")]) is None
     assert cache.view("alice", rows[:1]) is None and cache.view("bob", rows) is None
-    cache.keep_view("bob", rows * 2, "bob's view")  # 6 rows with alice's: alice's, least recently used, goes
-    assert cache.view("alice", rows) is None and cache.view("bob", rows * 2) == "bob's view"
-    cache.keep_view("carol", rows * 3, "too many rows")
-    assert cache.view("carol", rows * 3) is None and cache.view("bob", rows * 2) == "bob's view"
+    keep("bob", rows, "bob's view")  # 400 bytes with alice's
+    keep("carol", rows, "carol's view")  # 600: alice's, least recently used, goes
+    assert cache.view("alice", rows) is None and cache.view("bob", rows) == "bob's view"
+    assert cache.view_bytes == 400
+    keep("dave", rows * 3, "too large")  # 600 bytes on its own: not kept
+    assert cache.view("dave", rows * 3) is None and cache.view("carol", rows) == "carol's view"
+    keep("erin", [("c", "Condition", {"id": "c"}, "summary")], "a document the cache does not hold")
+    keep("nobody", [], "a person with no rows")  # asking for people who do not exist keeps nothing
+    assert cache.view("erin", [("c", "Condition", {"id": "c"}, "summary")]) is None
+    assert cache.view("nobody", []) is None and cache.view_bytes == 400
+
+    again = [("a", "Condition", {"id": "a"}, "summary"), ("b", "Condition", {"id": "b"}, "summary")]
+    assert cache.view("bob", again) == "bob's view"  # equal, not the same objects: these are kept from now
+    assert cache._views["bob"][0] is again
 
 
 def test_a_write_between_the_stamps_and_the_contents_is_read_whole(

@@ -27,7 +27,8 @@ its content: the cached document, or one equal to it). It is a pure function of 
 give an equal view; anything else (an update, a withdrawal, a merge moving a row, a reclassification, a
 row added or gone) is a miss, made afresh from the rows.
 
-Bounded by the stored JSON's size plus what is kept (`CAPACITY_BYTES`), least recently used first out.
+Bounded by the stored JSON's size plus what is kept (`CAPACITY_BYTES`), least recently used first out;
+the views by the size of the documents they hold (`VIEW_BYTES`), counted the same way.
 One cache per engine: two stores in one process (tests) never share documents. Cached documents and
 shapes are shared between requests and threads and must never be changed in place: the gateway and
 everything after it copy before they rewrite (`GovernedRecords._serve`, `classify.at_tier`,
@@ -56,10 +57,10 @@ T = TypeVar("T")
 # documents, or a few dozen large records. What is kept with a document counts its own size (a served
 # shape, its JSON's); a shape at tier 3 shares the document's elements, at tier 2 it is a copy.
 CAPACITY_BYTES = 32 * 1024 * 1024
-# Rows of the people whose views are kept (`ContentCache.view`), least recently used first out. A view
-# holds its rows and their documents, which may outlive their place in the cache: at most this many
-# documents more (a few large records, or a few thousand typical ones).
-VIEW_ROWS = 20_000
+# The documents the kept views hold (`ContentCache.view`), counted as the cache counts them, least
+# recently used first out. A view is kept only when the cache holds every one of its documents, but it
+# keeps them alive after the cache lets them go: at most this much more than `CAPACITY_BYTES`.
+VIEW_BYTES = 32 * 1024 * 1024
 
 
 class _Entry:
@@ -80,8 +81,8 @@ class ContentCache:
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._views: OrderedDict[Hashable, tuple[Sequence[Any], Any]] = OrderedDict()
-        self._view_rows = 0
+        self._views: OrderedDict[Hashable, tuple[Sequence[Any], Any, int]] = OrderedDict()  # rows, view, bytes
+        self.view_bytes = 0
         self._lock = threading.Lock()  # sync routes run in worker threads
 
     def get_many(self, wanted: Iterable[tuple[str, Stamp]]) -> dict[str, dict[str, Any]]:
@@ -144,24 +145,41 @@ class ContentCache:
     def view(self, key: Hashable, rows: Sequence[Any]) -> Any:
         """What was kept under `key` (`keep_view`) from rows equal to `rows`, else None. Comparing a large
         record's rows costs a tenth of making its view again: the documents in them are nearly always the
-        very objects held here, compared by identity."""
+        very objects held here, compared by identity. Rows equal but not the same objects (a document read
+        again) replace the kept ones, so the next comparison is by identity again."""
         with self._lock:
             held = self._views.get(key)
             if held is not None:
                 self._views.move_to_end(key)
-        return held[1] if held is not None and held[0] == rows else None
+        if held is None or held[0] != rows:
+            return None
+        if held[0] is not rows:
+            with self._lock:
+                if self._views.get(key) is held:
+                    self._views[key] = (rows, held[1], held[2])
+        return held[1]
 
-    def keep_view(self, key: Hashable, rows: Sequence[Any], made: Any) -> None:
-        """Keep `made`, a pure function of `rows` (and of what `key` names), under `key`."""
+    def keep_view(self, key: Hashable, rows: Sequence[Any], made: Any,
+                  documents: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Keep `made`, a pure function of `rows` (and of what `key` names), under `key`, if the cache holds
+        every one of `documents` (resource id, content: what the rows hold), counted at the cache's size for
+        them. An empty view is not kept: asking for people who do not exist must not fill memory."""
         with self._lock:
             old = self._views.pop(key, None)
             if old is not None:
-                self._view_rows -= len(old[0])
-            if len(rows) <= VIEW_ROWS:
-                self._views[key] = (rows, made)
-                self._view_rows += len(rows)
-            while self._view_rows > VIEW_ROWS:
-                self._view_rows -= len(self._views.popitem(last=False)[1][0])
+                self.view_bytes -= old[2]
+            size = 0
+            for resource_id, content in documents:
+                entry = self._entries.get(resource_id)
+                if entry is None or entry.content is not content:
+                    return
+                size += entry.size
+            if not rows or size > VIEW_BYTES:
+                return
+            self._views[key] = (rows, made, size)
+            self.view_bytes += size
+            while self.view_bytes > VIEW_BYTES:
+                self.view_bytes -= self._views.popitem(last=False)[1][2]
 
     def _evict(self) -> None:
         while self.size_bytes > self.capacity_bytes:

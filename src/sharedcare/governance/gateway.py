@@ -469,7 +469,7 @@ class GovernedRecords:
         view: _View | None = cache.view(key, rows)
         if view is None:
             view = self._make_view(rows, current)
-            cache.keep_view(key, rows, view)
+            cache.keep_view(key, rows, view, ((row[0], row[4]) for row in rows))
         if view.withdrawn:  # a resource withdrawn by its source (entered-in-error) is kept in its history, not read
             rows = [row for row, gone in zip(rows, view.withdrawn, strict=True) if not gone]
         return RecordItems(view.items, rows, view.groups, view.keys)
