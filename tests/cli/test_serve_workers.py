@@ -138,4 +138,6 @@ def test_connections_opened_at_once_are_served_by_both_processes(
             connection.close()
     assert statuses == [[200] * 25] * 8
     used = {pid: _cpu_ticks(pid) - before[pid] for pid in workers}
-    assert min(used.values()) >= 0.1 * sum(used.values()), used
+    # Eight connections split 4/4 on a quiet machine, 7/1 at worst on a loaded one (one of eight, 12.5%,
+    # measured in 10 ms ticks: as little as 7%); a process left idle, as before the fix, uses none.
+    assert min(used.values()) >= 0.05 * sum(used.values()), used
