@@ -35,8 +35,7 @@ from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
 from sharedcare.ingest.staging import Outcome, Stager, stage
-from sharedcare.store.database import Database, json_dumps
-from sharedcare.store.database import run as run_statement  # `run` names a _Run here
+from sharedcare.store.database import Database, Prepared, json_dumps
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -53,11 +52,11 @@ PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
 # A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
 _INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]
-# The Patients other GP practices hold of a person (built once: looked up for each new registration claim)
-_OTHER_PRACTICES_PATIENTS = (
+# The Patients other organisations hold of a person, looked up for each new registration claim (most GP
+# Patients): prepared, so the practices among them are picked here rather than by an IN list in the query.
+_OTHER_ORGS_PATIENTS = Prepared(
     select(Resource.source_org, Resource.content).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
-    .where(PatientRecord.person_id == bindparam("person_id"), IS_PATIENT, Resource.source_org != bindparam("org"),
-           Resource.source_org.in_(bindparam("practices", expanding=True))))
+    .where(PatientRecord.person_id == bindparam("person_id"), IS_PATIENT, Resource.source_org != bindparam("org")))
 
 
 @dataclass
@@ -454,9 +453,9 @@ class Pipeline:
         """A practice's Patient has started to claim the person's registration: if other practices' records
         of the person claim it already, queue the new claim for IG review (governance/review.py), which
         keeps it from the shared demographics until reviewed. Stored in the same transaction."""
-        others = sorted({org for org, content in run_statement(session, _OTHER_PRACTICES_PATIENTS, {
-            "person_id": record.person_id, "org": record.source_org, "practices": sorted(self._gp_orgs)})
-            if claims_registration(content, org) and not entered_in_error(content)})
+        others = sorted({org for org, content in _OTHER_ORGS_PATIENTS(session, {
+            "person_id": record.person_id, "org": record.source_org})
+            if org in self._gp_orgs and claims_registration(content, org) and not entered_in_error(content)})
         if others:
             flag_registration_conflict(session, self.framework, record,
                                        self.sender or f"{staged.source_org}:{staged.source_system}", others, utcnow())
