@@ -103,11 +103,13 @@ class Stager:
             deque())
         for file, adapter, raws in files:
             messages = iter(raws)
-            while batch := list(islice(messages, BATCH)):
-                pending.append((file, batch, pool.submit(_stage_batch, adapter, batch, source)))
-                if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
+            while True:
+                batch = list(islice(messages, BATCH))
+                pending.append((file, batch, pool.submit(_stage_batch, adapter, batch, source) if batch else None))
+                if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:  # (a file's end counts: memory stays bounded)
                     yield from _outcomes(*pending.popleft())
-            pending.append((file, [], None))  # the file's end
+                if not batch:  # the file's end
+                    break
         while pending:
             yield from _outcomes(*pending.popleft())
 
