@@ -155,3 +155,18 @@ def test_workers_read_on_across_files_but_only_a_few_batches_ahead(framework: Fr
         stager.close()
     assert ended == list(range(40))  # every file's end, in order
     assert ahead <= 2 * IN_FLIGHT_PER_WORKER + 1
+
+
+def test_a_file_that_cannot_be_read_is_quarantined_and_the_next_files_still_stored(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    good = [bundle("P81001", "emis", [patient(f"p{i}", None, "Okafor", "Emeka", "1945-03-02")]) for i in range(3)]
+    first = write_ndjson(tmp_path / "P81001" / "a.ndjson", good[:2])
+    last = write_ndjson(tmp_path / "P81001" / "c.ndjson", good[2:])
+    missing = tmp_path / "P81001" / "b.ndjson"
+    for workers in (0, 2):
+        report = Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths([first, missing, last])
+        assert report.files == 3
+        assert [(q["file"], q["location"]) for q in report.quarantine] == [(str(missing), "whole file")]
+        assert report.quarantine[0]["reason"].startswith("cannot read file")
+    with db.session() as s:
+        assert len(s.scalars(select(PatientRecord.id)).all()) == 3
