@@ -4,7 +4,9 @@ message that fails while stored with others is quarantined alone; the progress b
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ from tests.ingest.test_crash_recovery import _store
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import pipeline as pipeline_module
+from sharedcare.ingest.messages import RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.ingest.staging import IN_FLIGHT_PER_WORKER, Stager
 from sharedcare.store.database import Database
 from sharedcare.store.models import MatchReview, PatientRecord, Resource
 from sharedcare.synth import generate
@@ -123,3 +127,46 @@ def test_new_patients_of_one_run_are_matched_against_each_other_as_one_by_one(
     assert ["a1", "a2"] in batched["people"] and ["b1", "b2"] in batched["people"]
     assert batched["records"]["a2"][0] == "probabilistic"
     assert batched["records"]["c1"][:2] == ("nhs-number-conflict", "review")
+
+
+def test_workers_read_on_across_files_but_only_a_few_batches_ahead(framework: Framework) -> None:
+    """A feed of many small files streams through in bounded memory: the workers may start on the next
+    files while the last ones are stored, but never more than a few batches ahead of what was stored."""
+    line = json.dumps(bundle("P81001", "emis", [patient("p1", None, "Okafor", "Emeka", "1945-03-02")])).encode()
+    opened: list[int] = []
+
+    def files() -> Iterator[tuple[int, Any, Iterator[RawMessage]]]:
+        for number in range(40):
+            opened.append(number)
+            raw = RawMessage(f"f{number}.ndjson", "line 1", line, "fhir")
+            yield number, pipeline_module.ADAPTERS["fhir"], iter([raw])
+
+    stager = Stager(framework, workers=2)
+    ended: list[int] = []
+    ahead = 0
+    try:
+        for number, raw, outcome in stager.parallel(files(), None):
+            if raw is None:
+                ended.append(number)
+            else:
+                assert isinstance(outcome, StagedMessage) and outcome.resources[0].source_id == "p1"
+            ahead = max(ahead, len(opened) - len(ended))
+    finally:
+        stager.close()
+    assert ended == list(range(40))  # every file's end, in order
+    assert ahead <= 2 * IN_FLIGHT_PER_WORKER + 1
+
+
+def test_a_file_that_cannot_be_read_is_quarantined_and_the_next_files_still_stored(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    good = [bundle("P81001", "emis", [patient(f"p{i}", None, "Okafor", "Emeka", "1945-03-02")]) for i in range(3)]
+    first = write_ndjson(tmp_path / "P81001" / "a.ndjson", good[:2])
+    last = write_ndjson(tmp_path / "P81001" / "c.ndjson", good[2:])
+    missing = tmp_path / "P81001" / "b.ndjson"
+    for workers in (0, 2):
+        report = Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths([first, missing, last])
+        assert report.files == 3
+        assert [(q["file"], q["location"]) for q in report.quarantine] == [(str(missing), "whole file")]
+        assert report.quarantine[0]["reason"].startswith("cannot read file")
+    with db.session() as s:
+        assert len(s.scalars(select(PatientRecord.id)).all()) == 3

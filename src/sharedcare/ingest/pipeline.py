@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,10 @@ from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
 from sharedcare.ingest.staging import Outcome, Stager, stage
-from sharedcare.store.database import Database, json_dumps
-from sharedcare.store.database import run as run_statement  # `run` names a _Run here
+from sharedcare.store.database import Database, Prepared, json_dumps
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
-_Staging = Callable[[Adapter, Iterable[RawMessage], str | None], Iterable[tuple[RawMessage, Outcome]]]
 
 FORMAT_BY_SUFFIX = {".json": "fhir", ".ndjson": "fhir", ".xml": "fhir", ".hl7": "hl7v2", ".csv": "csv"}
 # Each format's adapter: how a file splits into messages, and how one message is staged.
@@ -60,11 +58,11 @@ _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("or
                                        PatientRecord.source_id.in_(bindparam("ids", expanding=True)))
 _RECORD = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
                                       PatientRecord.source_id == bindparam("id"))
-# The Patients other GP practices hold of a person (built once: looked up for each new registration claim)
-_OTHER_PRACTICES_PATIENTS = (
+# The Patients other organisations hold of a person, looked up for each new registration claim (most GP
+# Patients): prepared, so the practices among them are picked here rather than by an IN list in the query.
+_OTHER_ORGS_PATIENTS = Prepared(
     select(Resource.source_org, Resource.content).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
-    .where(PatientRecord.person_id == bindparam("person_id"), IS_PATIENT, Resource.source_org != bindparam("org"),
-           Resource.source_org.in_(bindparam("practices", expanding=True))))
+    .where(PatientRecord.person_id == bindparam("person_id"), IS_PATIENT, Resource.source_org != bindparam("org")))
 
 
 @dataclass
@@ -154,6 +152,24 @@ class _Run:
             self.stored[row_id] = row
 
 
+@dataclass
+class _File:
+    """A file being ingested: what reads it, how much of it is done, and why reading it stopped early."""
+
+    path: Path
+    format: str
+    adapter: Adapter
+    size: int
+    done: int = 0
+    error: OSError | None = None
+
+    def messages(self) -> Iterator[RawMessage]:
+        try:
+            yield from self.adapter.read(self.path)
+        except OSError as exc:  # what was read before is still stored; the file is quarantined as unreadable
+            self.error = exc
+
+
 def _patient_records(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], PatientRecord]:
     """The stored patient records of these (source organisation, source id) pairs, a few queries for all."""
     by_org: dict[str, list[str]] = {}
@@ -192,42 +208,47 @@ class Pipeline:
         files = expand_paths(paths)
         total = sum(path.stat().st_size for path in files if path.is_file())
         staging = stager.parallel if total >= self.parallel_from_bytes else stager.inline
-        try:
-            for path in files:
-                self._ingest_file(path, fmt, source, progress, report, agreements, staging)
+        batch: list[tuple[RawMessage, Outcome]] = []
+        try:  # every file's messages as one stream, stored file by file, STORE_BATCH messages a transaction
+            for file, raw, staged in staging(self._readable(files, fmt, progress, report), source):
+                if raw is not None and staged is not None:
+                    batch.append((raw, staged))
+                if len(batch) == STORE_BATCH or (raw is None and batch):
+                    self._store_batch(file.adapter, batch, source, report, agreements)
+                    file.done = self._advance(progress, batch, file.size, file.done)
+                    batch = []
+                if raw is None:
+                    self._end_file(file, source, progress, report)
         finally:
             stager.close()
         return report
 
-    def _ingest_file(self, path: Path, fmt: str, source: str | None, progress: Callable[[int], None] | None,
-                     report: IngestReport, agreements: dict[str, Agreement], staging: _Staging) -> None:
-        file_format = detect_format(path) if fmt == "auto" else fmt
-        adapter = ADAPTERS.get(file_format or "")
-        size = path.stat().st_size if path.is_file() else 0
-        if adapter is None:
-            why = (f"format '{file_format}' is not ingested yet" if file_format
-                   else "unknown format: name it .json, .ndjson, .xml, .hl7 or .csv, or pass --format")
-            report.skipped_files.append({"file": str(path), "reason": why})
-            if progress:
-                progress(size)
-            return
-        report.files += 1
-        done = 0
-        batch: list[tuple[RawMessage, Outcome]] = []
-        try:
-            for raw, staged in staging(adapter, adapter.read(path), source):
-                batch.append((raw, staged))
-                if len(batch) == STORE_BATCH:
-                    self._store_batch(adapter, batch, source, report, agreements)
-                    done = self._advance(progress, batch, size, done)
-                    batch = []
-        except OSError as exc:
-            self._quarantine(RawMessage(str(path), "whole file", b"", file_format or "unknown"), source,
-                             MessageError(f"cannot read file ({exc.strerror})", str(path)), report)
-        self._store_batch(adapter, batch, source, report, agreements)
-        done = self._advance(progress, batch, size, done)
-        if progress and size > done:
-            progress(size - done)
+    def _readable(self, paths: list[Path], fmt: str, progress: Callable[[int], None] | None,
+                  report: IngestReport) -> Iterator[tuple[_File, Adapter, Iterator[RawMessage]]]:
+        """Each file of a format ingested, with its messages; the others reported as skipped."""
+        for path in paths:
+            file_format = detect_format(path) if fmt == "auto" else fmt
+            adapter = ADAPTERS.get(file_format or "")
+            size = path.stat().st_size if path.is_file() else 0
+            if adapter is None:
+                why = (f"format '{file_format}' is not ingested yet" if file_format
+                       else "unknown format: name it .json, .ndjson, .xml, .hl7 or .csv, or pass --format")
+                report.skipped_files.append({"file": str(path), "reason": why})
+                if progress:
+                    progress(size)
+                continue
+            report.files += 1
+            file = _File(path, file_format or "unknown", adapter, size)
+            yield file, adapter, file.messages()
+
+    def _end_file(self, file: _File, source: str | None, progress: Callable[[int], None] | None,
+                  report: IngestReport) -> None:
+        """A file's messages are stored: note a read that failed part way, and finish its progress."""
+        if file.error is not None:
+            self._quarantine(RawMessage(str(file.path), "whole file", b"", file.format), source,
+                             MessageError(f"cannot read file ({file.error.strerror})", str(file.path)), report)
+        if progress and file.size > file.done:
+            progress(file.size - file.done)
 
     @staticmethod
     def _advance(progress: Callable[[int], None] | None, batch: list[tuple[RawMessage, Outcome]], size: int,
@@ -478,9 +499,9 @@ class Pipeline:
         """A practice's Patient has started to claim the person's registration: if other practices' records
         of the person claim it already, queue the new claim for IG review (governance/review.py), which
         keeps it from the shared demographics until reviewed. Stored in the same transaction."""
-        others = sorted({org for org, content in run_statement(session, _OTHER_PRACTICES_PATIENTS, {
-            "person_id": record.person_id, "org": record.source_org, "practices": sorted(self._gp_orgs)})
-            if claims_registration(content, org) and not entered_in_error(content)})
+        others = sorted({org for org, content in _OTHER_ORGS_PATIENTS(session, {
+            "person_id": record.person_id, "org": record.source_org})
+            if org in self._gp_orgs and claims_registration(content, org) and not entered_in_error(content)})
         if others:
             flag_registration_conflict(session, self.framework, record,
                                        self.sender or f"{staged.source_org}:{staged.source_system}", others, utcnow())

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
+from typing import TypeVar
 
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.framework import Framework
@@ -26,6 +27,7 @@ from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, Staged
 log = logging.getLogger("sharedcare.ingest")
 
 Outcome = StagedMessage | MessageError
+F = TypeVar("F")  # what the caller knows a file by
 BATCH = 32  # messages a worker stages per task: enough to make the hand-over cheap, few enough to stay small
 IN_FLIGHT_PER_WORKER = 3
 
@@ -70,34 +72,44 @@ def _stage_batch(adapter: Adapter, batch: list[RawMessage],
 
 
 class Stager:
-    """Stages messages inline, or with `workers` processes (started on first use, stopped by `close`)."""
+    """Stages the messages of a run's files, inline or with `workers` processes (started on first use,
+    stopped by `close`). Both yield (file, raw, outcome) for each message in the order read, then
+    (file, None, None) when a file's messages are done."""
 
     def __init__(self, framework: Framework, workers: int) -> None:
         self.framework = framework
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def inline(self, adapter: Adapter, raws: Iterable[RawMessage],
-               source: str | None) -> Iterator[tuple[RawMessage, Outcome]]:
-        for raw in raws:
-            try:
-                yield raw, stage(adapter, raw, self.framework, source)
-            except MessageError as exc:
-                yield raw, exc
+    def inline(self, files: Iterable[tuple[F, Adapter, Iterable[RawMessage]]],
+               source: str | None) -> Iterator[tuple[F, RawMessage | None, Outcome | None]]:
+        for file, adapter, raws in files:
+            for raw in raws:
+                try:
+                    yield file, raw, stage(adapter, raw, self.framework, source)
+                except MessageError as exc:
+                    yield file, raw, exc
+            yield file, None, None
 
-    def parallel(self, adapter: Adapter, raws: Iterable[RawMessage],
-                 source: str | None) -> Iterator[tuple[RawMessage, Outcome]]:
-        """Each message with its outcome, in the order read, staged by the worker processes."""
+    def parallel(self, files: Iterable[tuple[F, Adapter, Iterable[RawMessage]]],
+                 source: str | None) -> Iterator[tuple[F, RawMessage | None, Outcome | None]]:
+        """As `inline`, staged by the worker processes. The workers read on into the next file while the
+        caller stores the end of one (a feed is many files: waiting at each end kept a core idle)."""
         if self.workers < 2:
-            yield from self.inline(adapter, raws, source)
+            yield from self.inline(files, source)
             return
         pool = self._start()
-        pending: deque[tuple[list[RawMessage], Future[list[StagedMessage | tuple[str, str | None]]]]] = deque()
-        messages = iter(raws)
-        while batch := list(islice(messages, BATCH)):
-            pending.append((batch, pool.submit(_stage_batch, adapter, batch, source)))
-            if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
-                yield from _outcomes(*pending.popleft())
+        pending: deque[tuple[F, list[RawMessage], Future[list[StagedMessage | tuple[str, str | None]]] | None]] = (
+            deque())
+        for file, adapter, raws in files:
+            messages = iter(raws)
+            while True:
+                batch = list(islice(messages, BATCH))
+                pending.append((file, batch, pool.submit(_stage_batch, adapter, batch, source) if batch else None))
+                if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:  # (a file's end counts: memory stays bounded)
+                    yield from _outcomes(*pending.popleft())
+                if not batch:  # the file's end
+                    break
         while pending:
             yield from _outcomes(*pending.popleft())
 
@@ -119,7 +131,10 @@ class Stager:
             self._pool = None
 
 
-def _outcomes(batch: list[RawMessage], future: Future[list[StagedMessage | tuple[str, str | None]]],
-              ) -> Iterator[tuple[RawMessage, Outcome]]:
+def _outcomes(file: F, batch: list[RawMessage], future: Future[list[StagedMessage | tuple[str, str | None]]] | None,
+              ) -> Iterator[tuple[F, RawMessage | None, Outcome | None]]:
+    if future is None:
+        yield file, None, None
+        return
     for raw, result in zip(batch, future.result(), strict=True):
-        yield raw, result if isinstance(result, StagedMessage) else MessageError(*result)
+        yield file, raw, result if isinstance(result, StagedMessage) else MessageError(*result)
