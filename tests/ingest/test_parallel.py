@@ -168,5 +168,6 @@ def test_a_file_that_cannot_be_read_is_quarantined_and_the_next_files_still_stor
         assert report.files == 3
         assert [(q["file"], q["location"]) for q in report.quarantine] == [(str(missing), "whole file")]
         assert report.quarantine[0]["reason"].startswith("cannot read file")
+        assert report.messages == 3 and report.accepted + report.unchanged == 3  # c.ndjson read either way
     with db.session() as s:
         assert len(s.scalars(select(PatientRecord.id)).all()) == 3

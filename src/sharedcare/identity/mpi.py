@@ -246,14 +246,22 @@ def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
     return Block(session, wanted) if wanted else None
 
 
+# Built once: building a statement costs about as much again as running it (ingest looks one up a message).
+_SOURCE_RECORD = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
+                                             PatientRecord.source_id == bindparam("id"))
+
+
+def source_record(session: Session, source_org: str, source_id: str) -> PatientRecord | None:
+    """The stored patient record of (source organisation, source id), if there is one."""
+    return session.scalars(_SOURCE_RECORD, {"org": source_org, "id": source_id}).first()
+
+
 def link_patient_record(session: Session, source_org: str, source_id: str, demo: Demographics,
                         update: bool = True) -> PatientRecord:
     """Create the source patient record linked to a person, or find it; `update` says whether these
     demographics are current enough to replace what the record holds."""
-    record = session.scalars(
-        select(PatientRecord).where(PatientRecord.source_org == source_org, PatientRecord.source_id == source_id)
-    ).first()
-    return link_found_record(session, record, source_org, source_id, demo, update)
+    return link_found_record(session, source_record(session, source_org, source_id), source_org, source_id, demo,
+                             update)
 
 
 def link_found_record(session: Session, record: PatientRecord | None, source_org: str, source_id: str,

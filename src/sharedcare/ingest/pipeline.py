@@ -30,7 +30,7 @@ from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.review import flag_registration_conflict
 from sharedcare.identity.links import LinkError, merge_source_records
-from sharedcare.identity.mpi import block_for, link_found_record
+from sharedcare.identity.mpi import block_for, link_found_record, link_patient_record, source_record
 from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
@@ -56,8 +56,6 @@ _INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]
 _RESOURCES = select(Resource).where(Resource.id.in_(bindparam("ids", expanding=True)))
 _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
                                        PatientRecord.source_id.in_(bindparam("ids", expanding=True)))
-_RECORD = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
-                                      PatientRecord.source_id == bindparam("id"))
 # The Patients other organisations hold of a person, looked up for each new registration claim (most GP
 # Patients): prepared, so the practices among them are picked here rather than by an IN list in the query.
 _OTHER_ORGS_PATIENTS = Prepared(
@@ -408,8 +406,7 @@ class Pipeline:
         for source_id, demo in staged.patients.items():
             current = self._demographics_are_current(staged, source_id, existing)
             if run is None:
-                records[source_id] = link_found_record(session, self._known_patient(session, staged, source_id),
-                                                       staged.source_org, source_id, demo, update=current)
+                records[source_id] = link_patient_record(session, staged.source_org, source_id, demo, update=current)
             else:
                 known = (staged.source_org, source_id)
                 records[source_id] = run.records[known] = link_found_record(
@@ -423,7 +420,8 @@ class Pipeline:
         kind, key = (org.kind if org else "unknown"), classification_key(self.framework)
         claiming: list[PatientRecord] = []  # records whose Patient starts to claim the person's registration here
         for item in staged.resources:
-            record = records.get(item.patient_source_id) or self._known_patient(session, staged, item.patient_source_id)
+            record = records.get(item.patient_source_id) or source_record(session, staged.source_org,
+                                                                          item.patient_source_id)
             if record is None:
                 raise MessageError(f"{item.resource_type}/{item.source_id} belongs to patient "
                                    f"'{item.patient_source_id}', whom {staged.source_org} has not sent",
@@ -530,10 +528,6 @@ class Pipeline:
             return False
         stored = existing.get(patient.server_id)
         return stored is None or patient.recorded_at >= stored.recorded_at
-
-    @staticmethod
-    def _known_patient(session: Session, staged: StagedMessage, source_id: str) -> PatientRecord | None:
-        return session.scalars(_RECORD, {"org": staged.source_org, "id": source_id}).first()
 
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message
