@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import uuid
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -198,20 +199,21 @@ class _View:
     are the same (`GovernedRecords._view`): the decision's view of each row not withdrawn, their count by
     `alike`, and per row whether it is withdrawn (empty when none is)."""
 
-    items: list[Item]
-    groups: Counter[Alike]
+    # Shared by every request for this person (kept between reads), so nothing here can be changed in place.
+    items: tuple[Item, ...]
+    groups: Mapping[Alike, int]  # a read-only view of the count
     withdrawn: tuple[bool, ...]
-    keys: list[tuple[Alike, str, str]]  # per item: what serving it reads (alike, category, resource type)
+    keys: tuple[tuple[Alike, str, str], ...]  # per item: what serving it reads (alike, category, resource type)
 
 
 class RecordItems(NamedTuple):
     """A person's resources as the decision sees them (`items`, their count by `alike`, and per item what
     serving it reads), with their rows as read now."""
 
-    items: list[Item]
+    items: tuple[Item, ...]
     rows: list[StoredRow]
-    groups: Counter[Alike]
-    keys: list[tuple[Alike, str, str]]
+    groups: Mapping[Alike, int]
+    keys: tuple[tuple[Alike, str, str], ...]
 
     @property
     def pairs(self) -> list[tuple[Item, StoredRow]]:
@@ -336,7 +338,7 @@ class GovernedRecords:
         (a SMART patient-level token: `PatientScopedRecords`); None when there is none."""
         return None
 
-    def _decide(self, request: Request, items: list[Item], groups: Counter[Alike] | None = None) -> Decision:
+    def _decide(self, request: Request, items: Sequence[Item], groups: Mapping[Alike, int] | None = None) -> Decision:
         """Every read's decision: the narrower grant first, then the sharing framework's policy (`groups`:
         `items` counted by `alike`, when kept with them)."""
         return self._out_of_scope(request.patient_id) or decide(request, items, self.fw, groups)
@@ -489,9 +491,10 @@ class GovernedRecords:
                 held = keys[row[5]] = (row[6], repr(("item", row[5], row[6], current)))
             wanted.append((row[0], row[4], held[1]))
         views = content_cache(self.session).kept_each(wanted, make)
-        items = [item for item, withdrawn in views if not withdrawn]
+        items = tuple(item for item, withdrawn in views if not withdrawn)
         withdrawn = tuple(gone for _, gone in views) if any(gone for _, gone in views) else ()
-        return _View(items, count_alike(items), withdrawn, [(i.alike, i.category, i.resource_type) for i in items])
+        return _View(items, MappingProxyType(count_alike(items)), withdrawn,
+                     tuple((i.alike, i.category, i.resource_type) for i in items))
 
     def everything(self, person_id: str, query: str | None = None) -> RecordView:
         """The combined record of one person, as this actor may see it (audited). A search of the record

@@ -41,7 +41,7 @@ What is released is pseudonymised by `pseudonymise.py` before it leaves, which k
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cached_property, lru_cache
@@ -141,7 +141,7 @@ class Decision:
     reason: str
     withheld: Counter[str] = field(default_factory=Counter)
     headlines: set[Headline] = field(default_factory=set)
-    items: list[Item] = field(default_factory=list)  # what `decide` was asked about, in order
+    items: Sequence[Item] = field(default_factory=list)  # what `decide` was asked about, in order (may be shared)
     verdicts: dict[Alike, int | str] = field(default_factory=dict)  # per group alike: the tier, or why withheld
 
     @property
@@ -313,7 +313,7 @@ def count_alike(items: Iterable[Item]) -> Counter[Alike]:
     return Counter(map(_ALIKE, items))
 
 
-def decide(req: Request, items: list[Item], fw: Framework, groups: Counter[Alike] | None = None) -> Decision:
+def decide(req: Request, items: Sequence[Item], fw: Framework, groups: Mapping[Alike, int] | None = None) -> Decision:
     """Decide one read of one patient's record: what is released, at what tier, and what is withheld.
 
     Rules a-e read only an item's source organisation, category, security labels and whether it is a
