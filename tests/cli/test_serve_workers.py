@@ -48,6 +48,11 @@ def two_workers(db: Database, tmp_path: Path) -> Iterator[tuple[str, subprocess.
                 time.sleep(0.2)
         else:
             pytest.fail(f"the server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        # One process answering is not both ready: a process still starting (slower on PostgreSQL) takes no
+        # connections, and the test below would see the other take them all.
+        while (tmp_path / "server.log").read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, "both server processes did not start"
+            time.sleep(0.1)
         yield url, server
     finally:
         server.terminate()
