@@ -9,6 +9,7 @@ from dataclasses import replace
 from sharedcare.identity.compare import MatchRecord
 from sharedcare.identity.matching import cluster
 from sharedcare.identity.model import default_model
+from sharedcare.store.database import Database
 
 SAME = MatchRecord(1, given="Robert", family="Okafor", birth_date="1960-03-07", sex="male", postcode="RV1 2AB",
                    phones=("07700 900123",))
@@ -43,3 +44,18 @@ def test_only_a_valid_nhs_number_links_over_a_different_given_name() -> None:
     # review; a local number without a check digit can be: twins get neighbouring numbers.
     assert _twins_share_a_number("9434765919")
     assert not _twins_share_a_number("4652817")
+
+
+def test_a_new_record_left_without_a_defaulted_column_gets_its_default_not_null(db: Database) -> None:
+    """The MPI inserts new records with one prepared statement naming every column; a column with a
+    default that the caller left unset must get the default, as the ORM's flush gave it, not NULL."""
+    from sharedcare.identity.mpi import _insert_record, _new_person
+    from sharedcare.store.models import PatientRecord
+
+    with db.session() as session:
+        record = PatientRecord(source_org="P81001", source_id="x1", person_id=_new_person(session),
+                               link_method="new", match_probability=1.0, link_status="linked")
+        _insert_record(session, record)
+        session.commit()
+        stored = session.get_one(PatientRecord, record.id)
+        assert stored.updated_at is not None and stored.updated_at.tzinfo is not None

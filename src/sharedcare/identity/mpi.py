@@ -19,9 +19,10 @@ record and not used; it never stops the record being stored. `relink` re-matches
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, bindparam, insert, select
@@ -84,6 +85,11 @@ class _Link:
 _INSERT_PERSON = Prepared(insert(Person.__table__).values(  # type: ignore[arg-type]
     id=bindparam("id"), created_at=bindparam("created_at")))
 _RECORD_COLUMNS = [column.key for column in PatientRecord.__table__.columns if column.key != "id"]
+# Column defaults (`updated_at`: now), as the ORM applies them; SQLAlchemy keeps a callable's as arg(context).
+_RECORD_DEFAULTS: dict[str, Callable[[], Any]] = {
+    column.key: (partial(column.default.arg, None) if column.default.is_callable
+                 else partial(lambda value: value, column.default.arg))
+    for column in PatientRecord.__table__.columns if column.key != "id" and column.default is not None}
 _INSERT_RECORD = Prepared(insert(PatientRecord.__table__).values(  # type: ignore[arg-type]
     {name: bindparam(name) for name in _RECORD_COLUMNS}).returning(PatientRecord.__table__.c.id))
 
@@ -96,8 +102,12 @@ def _new_person(session: Session) -> str:
 
 
 def _insert_record(session: Session, record: PatientRecord) -> None:
-    """INSERT a new record whose every column is set, then give it to the session as a stored row (as if
-    it had just been read), so later changes to it are UPDATEs and queries return this same object."""
+    """INSERT a new record, then give it to the session as a stored row (as if it had just been read), so
+    later changes to it are UPDATEs and queries return this same object. A column left unset that has a
+    default gets it here, as the ORM's flush would have given it (the statement names every column)."""
+    for name, default in _RECORD_DEFAULTS.items():
+        if getattr(record, name) is None:
+            setattr(record, name, default())
     record.id = _INSERT_RECORD(session, {name: getattr(record, name) for name in _RECORD_COLUMNS})[0][0]
     make_transient_to_detached(record)
     session.add(record)
