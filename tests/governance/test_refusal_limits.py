@@ -65,3 +65,32 @@ def test_a_flood_of_forged_tokens_writes_a_bounded_number_of_entries_and_every_o
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=forged).status_code == 401
     entries = refused()
     assert len(entries) == 6 and details(entries[-1])["not_audited_before"] == "35"
+
+
+def test_refusals_whose_entry_could_not_be_written_are_told_on_the_next_one_written(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal whose audit write fails (the store briefly unavailable) is not lost from the count: it and
+    the refusals it was to tell go on the next entry that is written."""
+    clock = Clock()
+    monkeypatch.setattr(audit, "REFUSALS", audit.RefusalLimiter(per_minute=1, clock=clock))
+    refusal = audit.AuditRecord(audit.AuditAction.CREDENTIALS_REFUSED, "deny", username=None, reason="forged token",
+                                source_address="198.51.100.7")
+    audit.record_refusal(db, refusal)
+    audit.record_refusal(db, refusal)  # over the minute's limit: counted only
+    clock.now += 60
+    real_record_audit = audit.record_audit
+
+    def store_unavailable(*_args: object, **_kwargs: object) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(audit, "record_audit", store_unavailable)
+    with pytest.raises(OSError):
+        audit.record_refusal(db, refusal)  # was to tell of 1, and is itself not written
+    monkeypatch.setattr(audit, "record_audit", real_record_audit)
+    clock.now += 60
+    audit.record_refusal(db, refusal)
+    with db.session() as s:
+        entries = list(s.scalars(select(AuditEntry).where(AuditEntry.action == "auth:token:refused")
+                                 .order_by(AuditEntry.seq)))
+    assert len(entries) == 2
+    assert details(entries[-1])["not_audited_before"] == "2"

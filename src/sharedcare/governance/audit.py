@@ -273,6 +273,16 @@ class RefusalLimiter:
             window[2], self._forgotten = 0.0, 0
             return carried
 
+    def put_back(self, address: str | None, unaudited: int) -> None:
+        """Count `unaudited` refusals as not audited again: the entry that was to tell them was not written."""
+        key = _network(address)
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None:
+                self._forgotten += unaudited
+            else:
+                window[2] += unaudited
+
 
 def _network(address: str | None) -> str | None:
     """The key an address is limited by: an IPv6 address's /64, any other address itself."""
@@ -293,9 +303,13 @@ def record_refusal(database: Database, record: AuditRecord) -> None:
         return
     if unaudited:
         record = replace(record, detail={**record.detail, "not_audited_before": str(unaudited)})
-    with database.session() as session:
-        record_audit(session, record)
-        session.commit()
+    try:
+        with database.session() as session:
+            record_audit(session, record)
+            session.commit()
+    except Exception:
+        REFUSALS.put_back(record.source_address, unaudited + 1)  # this refusal and those it was to tell
+        raise
 
 
 def record_refused_credentials(database: Database, reason: str, subject: str | None, request_id: str | None,
