@@ -126,6 +126,18 @@ class Choices:
         return any(p.outcome(ask) == "deny" for p in self.provisions)
 
 
+def except_in_emergency() -> Provision:
+    """Object to all sharing (for any purpose, as an objection to all sharing is), except for emergency
+    treatment."""
+    return Provision("deny", provisions=(Provision("permit", purposes=frozenset({"ETREAT"})),))
+
+
+def hide_category(category: str, from_org: str | None = None, except_org: str | None = None) -> Provision:
+    """Hide one category of information from one organisation (or everyone), except from another."""
+    return Provision("deny", recipients=frozenset({from_org}) if from_org else frozenset(), codes=frozenset({category}),
+                     provisions=(Provision("permit", recipients=frozenset({except_org})),) if except_org else ())
+
+
 def provisions_of(held: Sequence[dict[str, Any]] | None) -> tuple[Provision, ...]:
     return tuple(Provision.from_json(p) for p in held or ())
 

@@ -126,8 +126,9 @@ class CitizenWorkspace:
         return cls(session, fw, actor.person_id, request_id=request_id)
 
     def nhs_numbers(self) -> list[str]:
-        return sorted(n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
-            PatientRecord.person_id == self.person_id, PatientRecord.nhs_number.is_not(None))) if n)
+        """Each NHS number the citizen's source records carry, once (several sources send the same one)."""
+        return sorted({n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
+            PatientRecord.person_id == self.person_id, PatientRecord.nhs_number.is_not(None))) if n})
 
     def record(self) -> RecordView:
         return GovernedRecords(self.session, self.fw, self.actor, purpose="self-access",
