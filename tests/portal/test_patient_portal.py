@@ -219,6 +219,15 @@ def test_object_to_all_sharing_except_in_an_emergency_from_the_portal(ics: Ics) 
     assert {"P81001:Condition", "RYC:CarePlan"} <= emergency
 
 
+def test_hiding_allergies_or_medicines_warns_what_that_risks_before_it_is_saved(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for category in ("summary", "alerts"):
+        page = ics.client.post("/patient/choices/hide/confirm", data={"category": category, "hide_from": "everyone"})
+        assert "could give you a medicine you are allergic to" in page.text
+    other = ics.client.post("/patient/choices/hide/confirm", data={"category": "sexual_health", "hide_from": "RXR"})
+    assert other.status_code == 200 and "allergic" not in other.text
+
+
 def test_a_hide_choice_that_makes_no_sense_is_sent_back_in_words(ics: Ics) -> None:
     _sign_in(ics.client)
     for form, words in (({"category": "", "hide_from": "everyone"}, "Choose the kind of information"),
