@@ -158,3 +158,19 @@ def test_the_three_earlier_choices_are_consent_provisions_and_come_back_as_they_
         assert held is not None
         assert (held.object_all, held.object_orgs, held.opt_out_secondary, held.provisions) == (True, ["RYC"], True, [])
         assert held.version == 4
+
+
+def test_search_does_not_find_a_patient_through_records_their_consent_hides_from_the_searcher(ics: Ics) -> None:
+    def found(username: str) -> int:
+        response = ics.client.post("/fhir/Patient/_search", headers=ics.token(username),
+                                   data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
+        assert response.status_code == 200, response.text
+        return len(response.json()["entry"])
+
+    assert found("para.evans") == 1
+    from_ambulance = {"type": "deny", "actor": [_reader("RYA")]}  # the ambulance service holds nothing of his
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(from_ambulance),
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+    assert found("para.evans") == 0
+    assert found("dr.oconnor") == 1  # another organisation is unaffected

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from tests.conftest import FRAMEWORK_PATH
 
-from sharedcare.governance.consent import Choices, Provision
+from sharedcare.governance.consent import Choices, Provision, combined_choices
 from sharedcare.governance.framework import load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide, decide_secondary
 
@@ -161,3 +161,9 @@ def test_secondary_use_honours_a_research_deny_without_an_own_organisation_excep
     treatment_only = decide_secondary(_request("analyst.chen", (EXCEPT_EMERGENCY,), purpose="secondary-use"),
                                       ITEMS, FW)
     assert "gp-med" in {r.item.resource["id"] for r in treatment_only.released}
+
+
+def test_a_provision_held_against_two_of_a_persons_nhs_numbers_counts_once() -> None:
+    held = [HIDE_MH_EXCEPT_RXM.to_json()]
+    combined = combined_choices([(False, [], False, held), (False, [], False, held)])
+    assert combined.provisions == (HIDE_MH_EXCEPT_RXM,)  # the JSON held reads back as the provision it was

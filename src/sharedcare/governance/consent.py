@@ -149,11 +149,12 @@ def choices_for(session: Session, nhs_numbers: Iterable[str]) -> Choices:
 
 def combined_choices(rows: Iterable[tuple[bool, list[str], bool, list[dict[str, Any]] | None]]) -> Choices:
     """One person's choices from those held against each of their NHS numbers (object_all, object_orgs,
-    opt_out_secondary, provisions): any objection, opt-out or provision held against any of them counts."""
+    opt_out_secondary, provisions): any objection, opt-out or provision held against any of them counts
+    (a provision held against several of them, as the portal adds one to each, counts once)."""
     held = list(rows)
     return Choices(object_all=any(r[0] for r in held), object_orgs=frozenset(org for r in held for org in r[1]),
                    opt_out_secondary=any(r[2] for r in held),
-                   provisions=tuple(p for r in held for p in provisions_of(r[3])))
+                   provisions=tuple(dict.fromkeys(p for r in held for p in provisions_of(r[3]))))
 
 
 def _summary(pref: Preference) -> str:
