@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import FRAMEWORK_PATH
 
 from sharedcare.governance.consent import Choices, Provision, combined_choices
+from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent
 from sharedcare.governance.framework import load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide, decide_secondary
 
@@ -167,3 +168,26 @@ def test_a_provision_held_against_two_of_a_persons_nhs_numbers_counts_once() -> 
     held = [HIDE_MH_EXCEPT_RXM.to_json()]
     combined = combined_choices([(False, [], False, held), (False, [], False, held)])
     assert combined.provisions == (HIDE_MH_EXCEPT_RXM,)  # the JSON held reads back as the provision it was
+
+
+def _sent(provision: dict) -> dict:
+    return {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}},
+            "policyRule": {"text": "the framework"}, "provision": {"type": "permit", "provision": [provision]}}
+
+
+def test_a_sent_period_of_whole_days_or_months_covers_them_to_their_last_moment() -> None:
+    (held,) = choices_from_consent(_sent({"type": "deny", "period": {"start": "2026-11-01", "end": "2026-11-22"}}),
+                                   "9434765919", FW).provisions
+    assert held.start == datetime(2026, 11, 1, tzinfo=UTC)
+    assert held.end is not None and held.end.date() == NOW.date() and held.end > NOW  # all of the 22nd
+    (month,) = choices_from_consent(_sent({"type": "deny", "period": {"end": "2026-02"}}), "9434765919",
+                                    FW).provisions
+    assert month.end is not None and (month.end.month, month.end.day) == (2, 28)
+    with pytest.raises(ConsentRefused) as refused:
+        choices_from_consent(_sent({"type": "deny", "period": {"start": "2026-12-01", "end": "2026-11-01"}}),
+                             "9434765919", FW)
+    assert refused.value.where == "Consent.provision.provision[0].period"
