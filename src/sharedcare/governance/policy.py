@@ -17,8 +17,9 @@ Then each item, first match withholds it:
   b. objection-all          the patient objected to sharing (the user's own organisation's data stays)
   c. objection-org          the patient objected to sharing with its source organisation
   c2. consent-deny          a deny provision of the patient's Consent matches it (the reading organisation,
-                            purpose of use, resource type, category, period) and no exception nested in
-                            it re-permits it (consent.py); the user's own organisation's data stays
+                            the organisation holding it, purpose of use, resource type, category, period)
+                            and no exception nested in it re-permits it (consent.py); the user's own
+                            organisation's data stays
   d. always-withheld rules  a security label the framework always withholds (third party, restricted),
                             except from the organisation that recorded it
   e. tier                   the role's tier for its category: 0 nothing, 1 a headline only (that a
@@ -248,8 +249,8 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
     decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
     today = req.now.date()
     sensitive = set(fw.sensitive_categories)
-    # rules a-c read only an item's source organisation, security labels and category: decided once for
-    # each combination of the three in this person's record, not once per item
+    # rules a-c read only an item's source organisation, security labels, category and resource type:
+    # decided once for each combination of the four in this person's record, not once per item
     reasons: dict[tuple[str, frozenset[str], str, str], str | None] = {}
     released, withheld = decision.released, decision.withheld
     for item in items:
@@ -304,7 +305,7 @@ def _withhold_reason(alike: Alike, req: Request, fw: Framework, source_reason: s
     if source_reason is not None:
         return source_reason
     own = alike.source_org == req.actor.organisation
-    if (not own and req.choices.provisions and not (req.actor.role is not None and req.actor.role.citizen)
+    if (not own and not (req.actor.role is not None and req.actor.role.citizen)
             and req.consent_denies(alike.source_org, alike.resource_type, alike.category)):
         return "consent-deny"
     if alike.security and not own:
