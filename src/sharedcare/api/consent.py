@@ -40,9 +40,11 @@ def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @router.get("/Consent")
-def search_consent(request: Request, patient: str) -> JSONResponse:
+def search_consent(request: Request, patient: str | None = None) -> JSONResponse:
     """The caller's own Consents (one per NHS number their record carries); `patient` must be them."""
-    with own_consent(request, AuditAction.PREFERENCE_VIEW) as me:
+    with own_consent(request, AuditAction.PREFERENCE_VIEW) as me:  # the caller first: deny by default
+        if patient is None:
+            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
         if patient.removeprefix("Patient/") != me.person_id:
             raise NotFound("you can see only your own Consent")
         body = _bundle(request, me.consents())
