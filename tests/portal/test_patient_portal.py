@@ -203,6 +203,7 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     assert "information the patient has chosen to hide from you" in page and "Depressive" not in page
     listed = ics.client.get("/patient/choices").text
     assert "Other choices" in listed and "Hide mental health services from everyone" in listed
+    assert "Hide mental health services from everyone" in ics.client.get("/patient/home").text
     assert ics.client.post("/patient/choices/withdraw", data={"index": "0"}, follow_redirects=False).status_code == 303
     assert "RXM:Condition" in _sources(ics, hospital)
     assert "Other choices" not in ics.client.get("/patient/choices").text

@@ -109,7 +109,8 @@ def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
         roles.setdefault(line.role_label, []).append(line)
     choices = me.choices()
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
-                  objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles)
+                  objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
+                  further=[explain.provision_in_words(p, fw) for p in choices.provisions])
 
 
 @router.get("/record", response_class=HTMLResponse)
