@@ -55,12 +55,13 @@ def _calls(ics: Ics) -> list[tuple[str, str, str]]:
     """(method, route path, URL) for every route, path parameters naming Mr Okafor's record."""
     values = {"patient_id": ics.okafor, "person_id": ics.okafor, "resource_type": "Condition",
               "resource_id": "gp-c1", "version_id": "1", "group_id": "P81001", "job_id": "1",
-              "file_name": "Condition.ndjson", "item_id": "1", "org": "RXR"}
+              "file_name": "Condition.ndjson", "item_id": "1", "org": "RXR",
+              "consent_id": OKAFOR_NHS}
     calls = []
     for route in _routes(ics.client.app.router.routes):  # type: ignore[attr-defined]
         for method in sorted((route.methods or set()) - {"HEAD"}):
             url = route.path.format(**values)
-            if route.path == "/fhir/{resource_type}":  # a resource search names its patient
+            if route.path in ("/fhir/{resource_type}", "/fhir/Consent"):  # a search names its patient
                 url += f"?patient={ics.okafor}"
             if route.path == "/oauth/launch":  # an EHR launch names its app and patient
                 url += f"?client_id=rxr-epr&patient={ics.okafor}"

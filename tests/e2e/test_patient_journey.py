@@ -76,3 +76,49 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     expect(gp.locator("main")).not_to_contain_text(COMMUNITY)
     expect(gp.locator("main")).not_to_contain_text("Visits on Tuesdays")
     pages.check(gp)
+
+
+def test_a_patient_hides_mental_health_from_everyone_but_the_gp_after_reading_what_it_means(
+        live: tuple[Ics, str], pages: Pages) -> None:
+    ics, url = live
+    hospital = ics.open_record("dr.oconnor")
+
+    def depression_shown() -> bool:
+        body = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=hospital).json()
+        return any(e["resource"].get("code", {}).get("text") == "Depressive disorder"
+                   or "Depressive disorder" in str(e["resource"].get("code")) for e in body["entry"])
+
+    assert depression_shown()
+    patient = pages.open()
+    patient.goto(url + "/patient")
+    pages.check(patient)
+    patient.get_by_label("Your NHS number").fill("943 476 5919")
+    patient.get_by_label("Day").fill("2")
+    patient.get_by_label("Month").fill("3")
+    patient.get_by_label("Year").fill("1945")
+    patient.get_by_role("button", name="Continue").click()
+    expect(patient.get_by_role("heading", name="Enter your security code")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_label("Security code").fill(patient.locator("#demo-code").inner_text())
+    patient.get_by_role("button", name="Sign in").click()
+    expect(patient.get_by_role("heading", name="Your shared care record")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_role("link", name="Your choices", exact=True).click()
+    pages.check(patient)
+
+    patient.get_by_label("What kind of information?").select_option(label="Mental health services")
+    patient.get_by_label("Hide it from").select_option(label="Everyone")
+    patient.get_by_label("Except (when hiding it from everyone)").select_option(label="Riverside Medical Centre")
+    patient.get_by_role("button", name="Continue to hide one kind of information").click()
+    expect(patient.get_by_role("heading", name="Hide mental health services from everyone; except: show it to "
+                                                "Riverside Medical Centre")).to_be_visible()
+    expect(patient.get_by_text("staff at Riverside Medical Centre will still see it")).to_be_visible()
+    pages.check(patient)
+    pages.shoot(patient, "patient-hide-explained")
+    assert depression_shown()  # nothing applied before the patient confirms
+    patient.get_by_role("button", name="Confirm").click()
+    expect(patient.get_by_text("Your choice is saved")).to_be_visible()
+    expect(patient.locator(".further-choice")).to_contain_text("Hide mental health services from everyone")
+    pages.check(patient)
+    pages.shoot(patient, "patient-other-choices", at=".nhsuk-summary-list")
+    assert not depression_shown()

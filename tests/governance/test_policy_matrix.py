@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.conftest import FRAMEWORK_PATH
 
-from sharedcare.governance.consent import Choices
+from sharedcare.governance.consent import Choices, Provision
 from sharedcare.governance.framework import Agreement, load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide
 
@@ -125,3 +125,87 @@ def test_nothing_is_released_above_tier_or_against_an_objection_a_suspension_or_
         assert own or THIRD_PARTY not in released.item.security
     if decision.permitted:
         assert len(decision.released) + sum(decision.withheld.values()) == len(built)
+
+
+# Patient choices as FHIR Consent provisions (TRUST CO1, CO2): however nested, a Consent only withholds,
+# and withholds exactly what a deny covers without a matching nested permit. The expectation below is the
+# R4 Consent rule written again from the specification, not read from consent.py.
+TYPES = ["Condition", "MedicationStatement", "CarePlan", "Observation"]
+PURPOSES_OF_USE = ["TREAT", "ETREAT", "HOPERAT", "HRESCH"]
+
+
+def _provision(kind: st.SearchStrategy[str], children: st.SearchStrategy[tuple[Provision, ...]]
+               ) -> st.SearchStrategy[Provision]:
+    some = st.frozensets
+    return st.builds(Provision, type=kind, recipients=some(st.sampled_from(ORGS), max_size=2),
+                     sources=some(st.sampled_from(ORGS), max_size=2),
+                     purposes=some(st.sampled_from(PURPOSES_OF_USE), max_size=2),
+                     classes=some(st.sampled_from(TYPES), max_size=2),
+                     codes=some(st.sampled_from(CATEGORIES), max_size=2),
+                     start=st.sampled_from([None, NOW - timedelta(days=1), NOW + timedelta(days=1)]),
+                     end=st.sampled_from([None, NOW - timedelta(hours=1), NOW + timedelta(days=2)]),
+                     provisions=children)
+
+
+NESTED = st.recursive(_provision(st.sampled_from(["permit", "deny"]), st.just(())),
+                      lambda inner: _provision(st.sampled_from(["permit", "deny"]),
+                                               st.lists(inner, max_size=3).map(tuple)), max_leaves=6)
+DENIES = st.lists(_provision(st.just("deny"), st.lists(NESTED, max_size=3).map(tuple)), min_size=1, max_size=3)
+
+
+def _in_provision(p: Provision, reader: str, purposes: set[str], org: str, kind: str, category: str) -> bool:
+    """R4 Consent: a provision controls the data when each element it has matches (any of its values;
+    an actor as the reader or as the data's custodian) and now is in its period."""
+    actors = ([("reader", o) for o in p.recipients] + [("custodian", o) for o in p.sources])
+    return ((not actors or ("reader", reader) in actors or ("custodian", org) in actors)
+            and (not p.purposes or bool(purposes & p.purposes)) and (not p.classes or kind in p.classes)
+            and (not p.codes or category in p.codes) and (p.start is None or p.start <= NOW)
+            and (p.end is None or NOW <= p.end))
+
+
+def _denied(p: Provision, *ask: object) -> bool | None:
+    """Whether `p` denies (True), permits (False) or does not control (None): a nested provision that
+    controls the data is an exception to its parent; among exceptions, a deny wins."""
+    if not _in_provision(p, *ask):  # type: ignore[arg-type]
+        return None
+    inner = [v for v in (_denied(child, *ask) for child in p.provisions) if v is not None]
+    return any(inner) if inner else p.type == "deny"
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.sampled_from(ROLE_USERS),
+       items=st.lists(st.tuples(st.sampled_from(CATEGORIES), st.sampled_from(ORGS), st.sampled_from(TYPES),
+                                st.booleans()), max_size=12),
+       suspended=st.sets(st.sampled_from(ORGS), max_size=2), objected=st.sets(st.sampled_from(ORGS), max_size=1),
+       object_all=st.booleans(), basis=st.sampled_from(BASES[1:]), denies=DENIES)
+def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_deny_it_does_not_except(
+        user: str, items: list[tuple[str, str, str, bool]], suspended: set[str], objected: set[str],
+        object_all: bool, basis: str, denies: list[Provision]) -> None:
+    viewer = FW.users[user]
+    role = FW.roles[viewer.role]
+    agreements = {code: org.agreement for code, org in FW.organisations.items()}
+    for code in suspended:
+        agreements[code] = agreements[code].model_copy(update={"status": "suspended"})
+    built = [Item({"resourceType": kind, "id": str(i)}, kind, org, category,
+                  frozenset({THIRD_PARTY}) if third_party else frozenset())
+             for i, (category, org, kind, third_party) in enumerate(items)]
+
+    def request(provisions: tuple[Provision, ...]) -> Request:
+        return Request(Actor(user, role, viewer.organisation), "direct-care", "p1",
+                       ActiveBasis(basis, "a reason given", NOW + timedelta(hours=1)), agreements,
+                       Choices(object_all, frozenset(objected), provisions=provisions), NOW)
+
+    framework_only = decide(request(()), built, FW)
+    decision = decide(request(tuple(denies)), built, FW)
+    assert decision.outcome == framework_only.outcome
+    without = {r.item.resource["id"]: r.tier for r in framework_only.released}
+    purposes = {"TREAT", "ETREAT"} if basis == "emergency" else {"TREAT"}
+    for item in built:
+        own = item.source_org == viewer.organisation
+        covered = not own and any(_denied(p, viewer.organisation, purposes, item.source_org, item.resource_type,
+                                          item.category) for p in denies)
+        tier = decision.tier_of(item)
+        if covered:
+            assert tier is None  # a deny the Consent does not except withholds it
+        else:
+            assert tier == without.get(item.resource["id"])  # otherwise exactly what the framework releases

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.clock import utcnow
-from sharedcare.governance.consent import set_choice
+from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.store.database import Database
@@ -174,6 +174,14 @@ def test_a_patients_choices_are_looked_up_by_a_posted_nhs_number_and_the_look_up
     with _db(ics).session() as s:
         (view,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:view")).all()
     assert (view.username, view.patient_id) == ("ig.morgan", ics.okafor)
+
+
+def test_the_ig_officer_sees_a_patients_consent_provisions_in_words(ics: Ics, framework: Framework) -> None:
+    _sign_in(ics)
+    with _db(ics).session() as s:
+        CitizenWorkspace(s, framework, ics.okafor).add_provision(hide_category("sexual_health", "RXR"))
+    page = ics.client.post("/ig/choices", data={"nhs_number": "943 476 5919"})
+    assert "Hide sexual and reproductive health from Riverside University Hospitals NHS Trust" in page.text
 
 
 def test_the_choices_lookup_page_is_refused_to_a_gp(ics: Ics) -> None:

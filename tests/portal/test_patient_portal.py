@@ -179,6 +179,67 @@ def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(i
     assert "Riverside Community Healthcare NHS Trust" in ics.client.get("/patient/choices").text
 
 
+def _sources(ics: Ics, headers: dict[str, str]) -> set[str]:
+    """What a read released, as source organisation and resource type."""
+    body = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    return {f"{e['resource']['meta']['source'].split('|')[1].split('#')[0]}:{e['resource']['resourceType']}"
+            for e in body["entry"]}
+
+
+def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_applied_at_once(ics: Ics) -> None:
+    hospital, gp = ics.open_record("dr.oconnor"), ics.open_record("dr.patel")
+    _sign_in(ics.client)
+    form = {"category": "mental_health", "hide_from": "everyone", "except_org": "P81001"}
+    confirm = ics.client.post("/patient/choices/hide/confirm", data=form)
+    assert confirm.status_code == 200
+    assert "Hide mental health services from everyone; except: show it to Riverside Medical Centre" in confirm.text
+    assert "staff at every organisation will not see mental health services recorded by other organisations" \
+        in confirm.text
+    assert "RXM:Condition" in _sources(ics, hospital)  # nothing applied yet
+    assert ics.client.post("/patient/choices/hide", data=form, follow_redirects=False).status_code == 303
+    assert "RXM:Condition" not in _sources(ics, hospital)
+    assert "RXM:Condition" in _sources(ics, gp)
+    page = ics.client.get(f"/record/{ics.okafor}", headers=hospital).text  # said, without saying what
+    assert "information the patient has chosen to hide from you" in page and "Depressive" not in page
+    listed = ics.client.get("/patient/choices").text
+    assert "Other choices" in listed and "Hide mental health services from everyone" in listed
+    assert "Hide mental health services from everyone" in ics.client.get("/patient/home").text
+    assert ics.client.post("/patient/choices/withdraw", data={"index": "0"}, follow_redirects=False).status_code == 303
+    assert "RXM:Condition" in _sources(ics, hospital)
+    assert "Other choices" not in ics.client.get("/patient/choices").text
+
+
+def test_object_to_all_sharing_except_in_an_emergency_from_the_portal(ics: Ics) -> None:
+    _sign_in(ics.client)
+    confirm = ics.client.post("/patient/choices/confirm", data={"change": "object-all-except-emergency"})
+    assert confirm.status_code == 200 and "except in an emergency" in confirm.text
+    assert ics.client.post("/patient/choices", data={"change": "object-all-except-emergency"},
+                           follow_redirects=False).status_code == 303
+    ordinary = _sources(ics, ics.open_record("dr.oconnor"))
+    emergency = _sources(ics, ics.open_record("para.evans", basis="emergency",
+                                              reason="Collapsed at home, unresponsive"))
+    assert not {"P81001:Condition", "RYC:CarePlan"} & ordinary
+    assert {"P81001:Condition", "RYC:CarePlan"} <= emergency
+
+
+def test_hiding_allergies_or_medicines_warns_what_that_risks_before_it_is_saved(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for category in ("summary", "alerts"):
+        page = ics.client.post("/patient/choices/hide/confirm", data={"category": category, "hide_from": "everyone"})
+        assert "could give you a medicine you are allergic to" in page.text
+    other = ics.client.post("/patient/choices/hide/confirm", data={"category": "sexual_health", "hide_from": "RXR"})
+    assert other.status_code == 200 and "allergic" not in other.text
+
+
+def test_a_hide_choice_that_makes_no_sense_is_sent_back_in_words(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for form, words in (({"category": "", "hide_from": "everyone"}, "Choose the kind of information"),
+                        ({"category": "mental_health", "hide_from": "RXR", "except_org": "RXM"},
+                         "An exception applies only when you hide information from everyone")):
+        page = ics.client.post("/patient/choices/hide/confirm", data=form)
+        assert page.status_code == 400 and words in page.text
+
+
 def test_an_unknown_organisation_is_sent_back(ics: Ics) -> None:
     _sign_in(ics.client)
     for url in ("/patient/choices/confirm", "/patient/choices"):

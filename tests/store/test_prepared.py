@@ -50,7 +50,8 @@ def test_a_refused_statement_raises_sqlalchemys_error_and_the_transaction_rolls_
         session.add(Preference(nhs_number="9434765919", object_all=False, object_orgs=[], opt_out_secondary=True))
     with pytest.raises(IntegrityError), db.session() as session:
         Prepared(insert(_PREFS))(session, {"nhs_number": "9434765919", "object_all": True, "object_orgs": [],
-                                           "opt_out_secondary": False, "updated_at": None, "updated_by": None})
+                                           "opt_out_secondary": False, "provisions": [], "version": 0,
+                                           "updated_at": None, "updated_by": None})
     with db.session() as session:
         assert Prepared(_PREFS_OF)(session) == [("9434765919", False, [])]
 

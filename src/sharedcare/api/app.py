@@ -23,7 +23,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
-from sharedcare.api import access, bulk, fhir, fhir_write, history, oauth, smart, transparency
+from sharedcare.api import access, bulk, consent, fhir, fhir_write, history, oauth, smart, transparency
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -221,6 +221,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     app.include_router(smart.router)  # before fhir's /{type}/{id}, which would take /fhir/.well-known/...
     app.include_router(history.router)
     app.include_router(bulk.router)  # before fhir: `Patient/$export` is not a Patient id
+    app.include_router(consent.router)  # before fhir's /{type}/{id} and fhir_write's PUT /{type}/{id}
     app.include_router(fhir.router)
     app.include_router(fhir_write.router)
     app.include_router(access.router)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token
 from sharedcare.config import Settings
+from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
@@ -123,6 +124,17 @@ def governed_records(request: Request) -> Iterator[GovernedRecords]:
                                   "client_id": request.state.client_id}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
                if patient_only else GovernedRecords(session, fw, actor, **common))
+
+
+@contextmanager
+def own_consent(request: Request, action: AuditAction) -> Iterator[CitizenWorkspace]:
+    """The caller's own choices (`CitizenWorkspace`), committed when the block ends: only a patient's own
+    token may read or change their Consent; anyone else is refused, audited (`action`)."""
+    state = request.app.state
+    with state.database.session() as session:
+        actor = caller(request, state.settings, state.framework, session)
+        yield CitizenWorkspace.for_consent(session, state.framework, actor, action,
+                                           request_id=request.state.request_id, client_id=request.state.client_id)
 
 
 def get_records(request: Request) -> Iterator[GovernedRecords]:

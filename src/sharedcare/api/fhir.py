@@ -122,6 +122,9 @@ def capability_statement(request: Request) -> JSONResponse:
     resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
                    "versioning": "versioned", "readHistory": True,
                    "searchParam": clinical_params} for t in CLINICAL_TYPES]
+    resources.append({"type": "Consent", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "update"}],
+                      "searchParam": [{"name": "patient", "type": "reference"}],
+                      "documentation": "A patient's choices, for the patient's own token only (api/consent.py)."})
     return fhir_response({
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -1,14 +1,20 @@
-"""Patient choices: object to all sharing, object to one organisation, opt out of secondary use.
+"""Patient choices: a FHIR R4 Consent held against the NHS number, read fresh on every request.
 
-Held against the NHS number (as the national data opt-out is) and read fresh on every request, so a
-change takes effect at once (TRUST CO4).
+The base is a permit (sharing for care as the framework allows); the patient's choices are deny
+provisions under it, each of which may nest permits that re-permit a subset (and denies inside those).
+Three shapes have their own columns and whole-request effects, as before Consent provisions existed:
+object to all sharing, object to one organisation (its users locked out and its data not shown), opt out
+of secondary use. Every other provision is held as `provisions` and withholds item by item (policy.py
+rule c2). Held against the NHS number (as the national data opt-out is) and read fresh on every request,
+so a change takes effect at once (TRUST CO4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
@@ -23,6 +29,88 @@ _RECORDS = cast(Table, PatientRecord.__table__)
 # gateway reads them in one statement with its other inputs).
 OF_PERSON = _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == bindparam("person_id")))
 
+# v3 ActReason purposes of use a provision may name, and those each framework purpose acts for. ETREAT
+# (emergency, break glass) is a kind of TREAT: a deny of TREAT covers it, a permit of ETREAT only it. The
+# framework has one secondary-use purpose (planning and research): a deny of either covers it.
+PURPOSES_OF_USE = ("TREAT", "ETREAT", "HOPERAT", "HRESCH")
+_SECONDARY = frozenset({"HOPERAT", "HRESCH"})
+
+
+def purposes_of_use(purpose: str, emergency: bool) -> frozenset[str]:
+    """The ActReason codes a request acts for: its framework purpose, and break glass as ETREAT."""
+    if purpose == "direct-care":
+        return frozenset({"TREAT", "ETREAT"}) if emergency else frozenset({"TREAT"})
+    if purpose == "secondary-use":
+        return _SECONDARY
+    return frozenset()  # self-access and governance: only provisions that name no purpose apply
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a provision is matched against: who reads (organisation), why, and which data."""
+
+    recipient: str
+    purposes: frozenset[str]
+    source: str
+    resource_type: str
+    category: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Provision:
+    """One Consent provision. Each element left empty matches anything; each one given must match (any of
+    its values); `provisions` are exceptions to this one."""
+
+    type: str  # permit | deny
+    recipients: frozenset[str] = frozenset()  # actor role IRCP: the reading user's organisation (ODS)
+    sources: frozenset[str] = frozenset()  # actor role CST: the organisation that holds the data
+    purposes: frozenset[str] = frozenset()
+    classes: frozenset[str] = frozenset()  # resource types
+    codes: frozenset[str] = frozenset()  # the framework's data categories
+    start: datetime | None = None
+    end: datetime | None = None
+    provisions: tuple[Provision, ...] = ()
+
+    def matches(self, ask: Ask) -> bool:
+        if self.recipients or self.sources:  # actors: any one of them
+            if ask.recipient not in self.recipients and ask.source not in self.sources:
+                return False
+        return ((not self.purposes or bool(self.purposes & ask.purposes))
+                and (not self.classes or ask.resource_type in self.classes)
+                and (not self.codes or ask.category in self.codes)
+                and (self.start is None or self.start <= ask.now)
+                and (self.end is None or ask.now <= self.end))
+
+    def outcome(self, ask: Ask) -> str | None:
+        """permit or deny when this provision matches (the innermost matching exception decides; among
+        exceptions that match, deny wins), None when it does not."""
+        if not self.matches(ask):
+            return None
+        found = {o for p in self.provisions if (o := p.outcome(ask)) is not None}
+        return "deny" if "deny" in found else ("permit" if found else self.type)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for name in ("recipients", "sources", "purposes", "classes", "codes"):
+            if values := getattr(self, name):
+                out[name] = sorted(values)
+        if self.start is not None:
+            out["start"] = self.start.isoformat()
+        if self.end is not None:
+            out["end"] = self.end.isoformat()
+        if self.provisions:
+            out["provisions"] = [p.to_json() for p in self.provisions]
+        return out
+
+    @classmethod
+    def from_json(cls, held: dict[str, Any]) -> Provision:
+        return cls(type=held["type"], **{name: frozenset(held.get(name, ()))
+                                         for name in ("recipients", "sources", "purposes", "classes", "codes")},
+                   start=datetime.fromisoformat(held["start"]) if held.get("start") else None,
+                   end=datetime.fromisoformat(held["end"]) if held.get("end") else None,
+                   provisions=tuple(cls.from_json(p) for p in held.get("provisions", ())))
+
 
 @dataclass(frozen=True)
 class Choices:
@@ -31,45 +119,102 @@ class Choices:
     object_all: bool = False
     object_orgs: frozenset[str] = frozenset()
     opt_out_secondary: bool = False
+    provisions: tuple[Provision, ...] = ()  # deny provisions under the base permit, with their exceptions
+
+    def denies(self, ask: Ask) -> bool:
+        """Whether a provision withholds what `ask` describes (deny wins among the base's provisions)."""
+        return any(p.outcome(ask) == "deny" for p in self.provisions)
+
+
+def except_in_emergency() -> Provision:
+    """Object to all sharing (for any purpose, as an objection to all sharing is), except for emergency
+    treatment."""
+    return Provision("deny", provisions=(Provision("permit", purposes=frozenset({"ETREAT"})),))
+
+
+def hide_category(category: str, from_org: str | None = None, except_org: str | None = None) -> Provision:
+    """Hide one category of information from one organisation (or everyone), except from another."""
+    return Provision("deny", recipients=frozenset({from_org}) if from_org else frozenset(), codes=frozenset({category}),
+                     provisions=(Provision("permit", recipients=frozenset({except_org})),) if except_org else ())
+
+
+def provisions_of(held: Sequence[dict[str, Any]] | None) -> tuple[Provision, ...]:
+    return tuple(Provision.from_json(p) for p in held or ())
 
 
 def choices_for(session: Session, nhs_numbers: Iterable[str]) -> Choices:
     rows = session.scalars(select(Preference).where(Preference.nhs_number.in_(list(nhs_numbers)))).all()
-    return combined_choices((r.object_all, r.object_orgs, r.opt_out_secondary) for r in rows)
+    return combined_choices((r.object_all, r.object_orgs, r.opt_out_secondary, r.provisions) for r in rows)
 
 
-def combined_choices(rows: Iterable[tuple[bool, list[str], bool]]) -> Choices:
+def combined_choices(rows: Iterable[tuple[bool, list[str], bool, list[dict[str, Any]] | None]]) -> Choices:
     """One person's choices from those held against each of their NHS numbers (object_all, object_orgs,
-    opt_out_secondary): any objection or opt-out held against any of them counts."""
+    opt_out_secondary, provisions): any objection, opt-out or provision held against any of them counts
+    (a provision held against several of them, as the portal adds one to each, counts once)."""
     held = list(rows)
     return Choices(object_all=any(r[0] for r in held), object_orgs=frozenset(org for r in held for org in r[1]),
-                   opt_out_secondary=any(r[2] for r in held))
+                   opt_out_secondary=any(r[2] for r in held),
+                   provisions=tuple(dict.fromkeys(p for r in held for p in provisions_of(r[3]))))
+
+
+def _summary(pref: Preference) -> str:
+    flags = [p for p, on in (("object-all", pref.object_all), ("opt-out-secondary", pref.opt_out_secondary)) if on]
+    if pref.object_orgs:
+        flags.append(f"object-org={','.join(pref.object_orgs)}")
+    if pref.provisions:
+        flags.append(f"provisions={len(pref.provisions)}")
+    return ", ".join(flags) or "none"
+
+
+def _held(session: Session, nhs_number: str) -> Preference:
+    pref = session.get(Preference, nhs_number)
+    if pref is None:
+        pref = Preference(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False,
+                          provisions=[], version=0)
+        session.add(pref)
+    return pref
+
+
+def _changed(session: Session, pref: Preference, by: str, person_id: str | None, summary: str) -> Preference:
+    """Stamp a change to the Consent (a new version) and audit it with that version."""
+    pref.version = (pref.version or 0) + 1
+    pref.updated_at = utcnow()
+    record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
+                                      patient_id=person_id,
+                                      detail={"nhs_number_suffix": pref.nhs_number[-4:], "choices": summary,
+                                              "consent_version": str(pref.version)}))
+    session.flush()
+    return pref
 
 
 def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | None = None,
                object_all: bool | None = None,
                object_org: str | None = None, opt_out_secondary: bool | None = None,
+               provision: Provision | None = None, withdraw: int | None = None,
                clear: bool = False) -> Preference:
-    """Record one change to a patient's choices, audited."""
-    pref = session.get(Preference, nhs_number)
-    if pref is None:
-        pref = Preference(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False)
-        session.add(pref)
+    """Record one change to a patient's choices, audited. `provision`: a further deny provision to add;
+    `withdraw`: the index of one to remove."""
+    pref = _held(session, nhs_number)
     if clear:
-        pref.object_all, pref.object_orgs, pref.opt_out_secondary = False, [], False
+        pref.object_all, pref.object_orgs, pref.opt_out_secondary, pref.provisions = False, [], False, []
     if object_all is not None:
         pref.object_all = object_all
     if object_org is not None:
         pref.object_orgs = sorted({*pref.object_orgs, object_org})
     if opt_out_secondary is not None:
         pref.opt_out_secondary = opt_out_secondary
-    pref.updated_at = utcnow()
-    summary = ("cleared" if clear else
-               ", ".join(p for p, on in (("object-all", pref.object_all),
-                                         ("opt-out-secondary", pref.opt_out_secondary)) if on)
-               + (f" object-org={','.join(pref.object_orgs)}" if pref.object_orgs else ""))
-    record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
-                                      patient_id=person_id,
-                                      detail={"nhs_number_suffix": nhs_number[-4:], "choices": summary.strip()}))
-    session.flush()
-    return pref
+    if provision is not None:
+        pref.provisions = [*(pref.provisions or []), provision.to_json()]
+    if withdraw is not None:
+        pref.provisions = [p for i, p in enumerate(pref.provisions or []) if i != withdraw]
+    return _changed(session, pref, by, person_id, "cleared" if clear else _summary(pref))
+
+
+def replace_choices(session: Session, nhs_number: str, choices: Choices, *, by: str,
+                    person_id: str | None = None) -> Preference:
+    """Hold `choices` (a whole Consent, as the patient sent it) in place of what was held, audited."""
+    pref = _held(session, nhs_number)
+    pref.object_all, pref.object_orgs = choices.object_all, sorted(choices.object_orgs)
+    pref.opt_out_secondary = choices.opt_out_secondary
+    pref.provisions = [p.to_json() for p in choices.provisions]
+    return _changed(session, pref, by, person_id, _summary(pref))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sharedcare.governance.consent import Provision
 from sharedcare.governance.framework import Framework
 
 TIER_WORDS = {
@@ -81,3 +82,37 @@ def rules_in_words(fw: Framework) -> list[str]:
                      f"include {sensitive} information.")
     return lines
 
+
+
+_PURPOSE_WORDS = {"TREAT": "for your care", "ETREAT": "in an emergency (\"break glass\")",
+                  "HOPERAT": "to plan services", "HRESCH": "for research"}
+
+
+def _either(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def provision_in_words(p: Provision, fw: Framework, nested: bool = False) -> str:
+    """One Consent provision as a sentence a patient can check: what, held by whom, from whom, when, why
+    (`nested`: an exception, which narrows what its parent covers: "it")."""
+    def names(codes: frozenset[str]) -> str:
+        return _either([fw.organisations[c].name if c in fw.organisations else c for c in sorted(codes)])
+
+    what = (_either([fw.categories.get(c, c).lower() for c in sorted(p.codes)]) if p.codes
+            else "it" if nested else "all your information")
+    parts = [("hide " if p.type == "deny" else "show ") + what]
+    if p.classes:
+        parts.append(f"(only {_either(sorted(p.classes))} records)")
+    if p.sources:
+        parts.append(f"recorded by {names(p.sources)}")
+    parts.append(f"{'from' if p.type == 'deny' else 'to'} {names(p.recipients) if p.recipients else 'everyone'}")
+    if p.purposes:
+        parts.append("when it is used " + _either([_PURPOSE_WORDS[c] for c in sorted(p.purposes)]))
+    if p.start is not None:
+        parts.append(f"from {p.start:%d %B %Y}")
+    if p.end is not None:
+        parts.append(f"until {p.end:%d %B %Y}")
+    sentence = " ".join(parts)
+    if p.provisions:
+        sentence += "; except: " + "; ".join(provision_in_words(child, fw, nested=True) for child in p.provisions)
+    return sentence if nested else sentence[0].upper() + sentence[1:]

@@ -45,7 +45,7 @@ from sharedcare.fhir.uk_core import demographics as patient_demographics
 from sharedcare.governance.agreements import agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
-from sharedcare.governance.consent import OF_PERSON, choices_for, combined_choices
+from sharedcare.governance.consent import OF_PERSON, Ask, choices_for, combined_choices, purposes_of_use
 from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.policy import (
@@ -117,9 +117,9 @@ _ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
 # The decision's inputs in one statement (four cost a small read more than its decision): the agreement
 # changes (kind "agreement": organisation, status, in the order made), this user's active basis for the
 # person ("basis": basis, reason, expiry), the choices held against the person's NHS numbers
-# ("choices": object_all, opt_out_secondary, object_orgs) and what of the person's records waits on IG
-# review ("review": review kind, status, record id, Patient id; review.py). Typed NULLs, so that
-# PostgreSQL can match the branches' columns.
+# ("choices": object_all, opt_out_secondary, object_orgs, and the Consent's other provisions) and what of
+# the person's records waits on IG review ("review": review kind, status, record id, Patient id;
+# review.py). Typed NULLs, so that PostgreSQL can match the branches' columns.
 _CHANGES = cast(Table, AgreementChange.__table__)
 _PREFS = cast(Table, Preference.__table__)
 _NO_TEXT, _NO_TIME = sql_cast(null(), String), sql_cast(null(), UTCDateTime())
@@ -129,13 +129,13 @@ _REVIEW_NOW = ON_REVIEW.subquery()
 _INPUTS = Prepared(union_all(
     select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), _CHANGES.c.status.label("b"),
            _NO_TIME.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"), _NO_ORGS.label("orgs"),
-           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c")),
+           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c"), _NO_ORGS.label("provisions")),
     select(literal("basis", String), _BASIS_NOW.c.basis, sql_cast(_BASIS_NOW.c.reason, String), _BASIS_NOW.c.expires_at,
-           _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer), _NO_TEXT),
+           _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer), _NO_TEXT, _NO_ORGS),
     select(literal("choices", String), _NO_TEXT, _NO_TEXT, _NO_TIME, _PREFS.c.object_all, _PREFS.c.opt_out_secondary,
-           _PREFS.c.object_orgs, literal(0, Integer), _NO_TEXT).where(OF_PERSON),
+           _PREFS.c.object_orgs, literal(0, Integer), _NO_TEXT, _PREFS.c.provisions).where(OF_PERSON),
     select(literal("review", String), _REVIEW_NOW.c.kind, _REVIEW_NOW.c.status, _NO_TIME, _NO_FLAG, _NO_FLAG,
-           _NO_ORGS, _REVIEW_NOW.c.record_id, _REVIEW_NOW.c.patient_id),
+           _NO_ORGS, _REVIEW_NOW.c.record_id, _REVIEW_NOW.c.patient_id, _NO_ORGS),
 ))
 
 
@@ -317,14 +317,14 @@ class GovernedRecords:
         choices (from every NHS number their source records carry), the agreements (the first time), and
         what of their records waits on IG review (kept for `_demographics_rule`)."""
         changes, basis, held, review = [], None, [], []
-        for kind, a, b, at, object_all, opt_out, orgs, seq, c in _INPUTS(
+        for kind, a, b, at, object_all, opt_out, orgs, seq, c, provisions in _INPUTS(
                 self.session, {"username": self.actor.username, "person_id": person_id, "now": self.now}):
             if kind == "agreement":
                 changes.append((seq, a, b))
             elif kind == "basis":
                 basis = ActiveBasis(a, b, at)
             elif kind == "choices":
-                held.append((object_all, orgs, opt_out))
+                held.append((object_all, orgs, opt_out, provisions))
             else:
                 review.append((a, b, seq, c))
         self._on_review_read[person_id] = standing(review)
@@ -759,9 +759,12 @@ class GovernedRecords:
         if own in choices.object_orgs:
             return None
         today = self.now.date()
+        purposes = purposes_of_use(self.purpose, emergency=False)  # no basis yet: never as break glass
         visible = [r for r in records
                    if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)
-                   and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs]
+                   and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs
+                   and (r.source_org == own
+                        or not choices.denies(Ask(own, purposes, r.source_org, "Patient", "demographics", self.now)))]
         matched = next((r for r in visible if wanted.matches(r)), None)
         if matched is None:
             return None

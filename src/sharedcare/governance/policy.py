@@ -16,6 +16,10 @@ Then each item, first match withholds it:
   a. source-agreement       its source organisation has no signed agreement in force
   b. objection-all          the patient objected to sharing (the user's own organisation's data stays)
   c. objection-org          the patient objected to sharing with its source organisation
+  c2. consent-deny          a deny provision of the patient's Consent matches it (the reading organisation,
+                            the organisation holding it, purpose of use, resource type, category, period)
+                            and no exception nested in it re-permits it (consent.py); the user's own
+                            organisation's data stays
   d. always-withheld rules  a security label the framework always withholds (third party, restricted),
                             except from the organisation that recorded it
   e. tier                   the role's tier for its category: 0 nothing, 1 a headline only (that a
@@ -32,7 +36,7 @@ Then the person, first deny excludes them and all their data:
   4. deny-opt-out           the national data opt-out / the person's opt-out of secondary use
   5. deny-objection-all     the person objected to all sharing
 Then each item, first match withholds it (no own-organisation exception: an analyst holds nothing):
-  a. source-agreement, objection-org, always-withheld rules, as for direct care
+  a. source-agreement, objection-org, consent-deny, always-withheld rules, as for direct care
   b. sensitive-category     the framework's sensitive categories never go to secondary use
   c. tier                   the role's tier for its category is below 2 (a coded summary)
 What is released is pseudonymised by `pseudonymise.py` before it leaves, which keeps less than tier 2.
@@ -49,7 +53,7 @@ from operator import attrgetter
 from typing import Any
 
 from sharedcare.governance.classify import at_tier
-from sharedcare.governance.consent import Choices
+from sharedcare.governance.consent import Ask, Choices, purposes_of_use
 from sharedcare.governance.framework import Agreement, Framework, Role
 
 
@@ -78,7 +82,11 @@ class Alike:
     source_org: str
     category: str
     security: frozenset[str]
-    patient: bool
+    resource_type: str  # a Consent provision may name it (its class)
+
+    @property
+    def patient(self) -> bool:
+        return self.resource_type == "Patient"
 
 
 @dataclass(frozen=True)
@@ -94,12 +102,12 @@ class Item:
     @cached_property
     def alike(self) -> Alike:
         # made once per item: the gateway keeps an item with its cached document between requests
-        return _alike(self.source_org, self.category, self.security, self.resource_type == "Patient")
+        return _alike(self.source_org, self.category, self.security, self.resource_type)
 
 
 @lru_cache(maxsize=4096)
-def _alike(source_org: str, category: str, security: frozenset[str], patient: bool) -> Alike:
-    return Alike(source_org, category, security, patient)
+def _alike(source_org: str, category: str, security: frozenset[str], resource_type: str) -> Alike:
+    return Alike(source_org, category, security, resource_type)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,16 @@ class Request:
     agreements: dict[str, Agreement]
     choices: Choices
     now: datetime
+
+    @cached_property
+    def purposes_of_use(self) -> frozenset[str]:
+        """What a Consent provision's purpose is matched against (break glass is ETREAT)."""
+        return purposes_of_use(self.purpose, self.basis is not None and self.basis.basis == "emergency")
+
+    def consent_denies(self, source_org: str, resource_type: str, category: str) -> bool:
+        """Rule c2: whether the patient's Consent withholds such data from this reader now."""
+        return bool(self.choices.provisions) and self.choices.denies(
+            Ask(self.actor.organisation, self.purposes_of_use, source_org, resource_type, category, self.now))
 
 
 @dataclass(frozen=True)
@@ -231,12 +249,12 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
     decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
     today = req.now.date()
     sensitive = set(fw.sensitive_categories)
-    # rules a-c read only an item's source organisation, security labels and category: decided once for
-    # each combination of the three in this person's record, not once per item
-    reasons: dict[tuple[str, frozenset[str], str], str | None] = {}
+    # rules a-c read only an item's source organisation, security labels, category and resource type:
+    # decided once for each combination of the four in this person's record, not once per item
+    reasons: dict[tuple[str, frozenset[str], str, str], str | None] = {}
     released, withheld = decision.released, decision.withheld
     for item in items:
-        key = (item.source_org, item.security, item.category)
+        key = (item.source_org, item.security, item.category, item.resource_type)
         if key in reasons:
             why = reasons[key]
         else:
@@ -256,6 +274,8 @@ def _secondary_reason(item: Item, req: Request, fw: Framework, today: date, sens
         return "source-agreement"
     if item.source_org in req.choices.object_orgs:
         return "objection-org"
+    if req.consent_denies(item.source_org, item.resource_type, item.category):
+        return "consent-deny"
     if item.security:
         why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
         if why is not None:
@@ -284,7 +304,11 @@ def _source_reason(source_org: str, req: Request) -> str | None:
 def _withhold_reason(alike: Alike, req: Request, fw: Framework, source_reason: str | None) -> str | None:
     if source_reason is not None:
         return source_reason
-    if alike.security and alike.source_org != req.actor.organisation:
+    own = alike.source_org == req.actor.organisation
+    if (not own and not (req.actor.role is not None and req.actor.role.citizen)
+            and req.consent_denies(alike.source_org, alike.resource_type, alike.category)):
+        return "consent-deny"
+    if alike.security and not own:
         for rule in fw.always_withheld:
             if rule.security in alike.security:
                 return rule.id

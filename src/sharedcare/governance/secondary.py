@@ -30,7 +30,7 @@ from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
-from sharedcare.governance.consent import Choices
+from sharedcare.governance.consent import Choices, combined_choices
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound, demographics_rule
 from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
@@ -166,9 +166,8 @@ class SecondaryUse:
         by_person: dict[str, list[Preference]] = {}
         for person_id, pref in rows:
             by_person.setdefault(person_id, []).append(pref)
-        return {person_id: Choices(object_all=any(p.object_all for p in prefs),
-                                   object_orgs=frozenset(o for p in prefs for o in p.object_orgs),
-                                   opt_out_secondary=any(p.opt_out_secondary for p in prefs))
+        return {person_id: combined_choices((p.object_all, p.object_orgs, p.opt_out_secondary, p.provisions)
+                                            for p in prefs)
                 for person_id, prefs in by_person.items()}
 
     def stream(self, scope: ExportScope, counts: ExportCounts, progress: Callable[[int], None] | None = None,

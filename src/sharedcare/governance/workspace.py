@@ -19,11 +19,12 @@ from sharedcare.clock import utcnow
 from sharedcare.governance import access_log, one_time_codes, review
 from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.consent import Choices, choices_for, set_choice
+from sharedcare.governance.consent import Choices, Provision, choices_for, replace_choices, set_choice
+from sharedcare.governance.consent_fhir import choices_from_consent, consent_resource
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
 from sharedcare.governance.gateway import AccessDenied, GovernedRecords, NotFound, RecordView, citizen_actor
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import AuditEntry, PatientRecord
+from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
 
 class IgWorkspace:
@@ -108,9 +109,26 @@ class CitizenWorkspace:
         self.actor = citizen_actor(fw, person_id)
         self.request_id = request_id
 
+    @classmethod
+    def for_consent(cls, session: Session, fw: Framework, actor: Actor, action: AuditAction,
+                    request_id: str | None = None, client_id: str | None = None) -> CitizenWorkspace:
+        """The workspace of the patient `actor` is, to read or change their Consent; anyone else (a
+        clinician, another organisation's system) is refused, audited: no one changes a patient's choices
+        for them."""
+        if actor.person_id is None:
+            record_audit(session, AuditRecord(action, "deny", actor.username,
+                                              role=actor.role.name if actor.role else None,
+                                              organisation=actor.organisation or None, purpose="governance",
+                                              rule_id="deny-not-own-consent", request_id=request_id,
+                                              client_id=client_id))
+            session.commit()
+            raise AccessDenied("deny-not-own-consent", "only the patient may read or change their own Consent")
+        return cls(session, fw, actor.person_id, request_id=request_id)
+
     def nhs_numbers(self) -> list[str]:
-        return sorted(n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
-            PatientRecord.person_id == self.person_id, PatientRecord.nhs_number.is_not(None))) if n)
+        """Each NHS number the citizen's source records carry, once (several sources send the same one)."""
+        return sorted({n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
+            PatientRecord.person_id == self.person_id, PatientRecord.nhs_number.is_not(None))) if n})
 
     def record(self) -> RecordView:
         return GovernedRecords(self.session, self.fw, self.actor, purpose="self-access",
@@ -130,6 +148,56 @@ class CitizenWorkspace:
                                            .where(PatientRecord.person_id == self.person_id)))
         agreements = effective_agreements(self.session, self.fw)
         return [(org, agreements[code]) for code, org in self.fw.organisations.items() if code in holders]
+
+    def add_provision(self, provision: Provision) -> Choices:
+        """Add one deny provision (with its exceptions) to the Consent held against each of the citizen's
+        NHS numbers; takes effect at once."""
+        for number in self.nhs_numbers():
+            set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, provision=provision)
+        return self.choices()
+
+    def withdraw_provision(self, index: int) -> Choices:
+        """Withdraw the `index`-th of the further provisions (as `choices().provisions` lists them)."""
+        if not 0 <= index < len(self.choices().provisions):
+            raise ValueError("no such choice")
+        held = self.choices().provisions[index]
+        for number in self.nhs_numbers():
+            pref = self.session.get(Preference, number)
+            at = next((i for i, p in enumerate(pref.provisions) if p == held.to_json()), None) if pref else None
+            if at is not None:
+                set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=at)
+        return self.choices()
+
+    def consents(self) -> list[dict[str, Any]]:
+        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited)."""
+        self._audit_view()
+        return [self._consent(number) for number in self.nhs_numbers()]
+
+    def consent(self, nhs_number: str) -> dict[str, Any]:
+        if nhs_number not in self.nhs_numbers():
+            raise NotFound(f"no Consent '{nhs_number}' of yours")
+        self._audit_view()
+        return self._consent(nhs_number)
+
+    def replace_consent(self, nhs_number: str, body: Any) -> dict[str, Any]:
+        """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices there
+        (refused, naming the element, if the decision point could not honour it exactly)."""
+        if nhs_number not in self.nhs_numbers():
+            raise NotFound(f"no Consent '{nhs_number}' of yours")
+        choices = choices_from_consent(body, nhs_number, self.fw)
+        replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id)
+        return self._consent(nhs_number)
+
+    def _consent(self, nhs_number: str) -> dict[str, Any]:
+        pref = self.session.get(Preference, nhs_number)
+        return consent_resource(nhs_number, choices_for(self.session, [nhs_number]), pref.version if pref else 0,
+                                pref.updated_at if pref else None, self.fw)
+
+    def _audit_view(self) -> None:
+        record_audit(self.session, AuditRecord(AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
+                                               role=self.actor.role.name if self.actor.role else None,
+                                               purpose="self-access", patient_id=self.person_id,
+                                               request_id=self.request_id, detail={"as": "FHIR Consent"}))
 
     def set_choice(self, change: Literal["object-all", "object-org", "opt-out-secondary", "clear"],
                    organisation: str | None = None) -> Choices:

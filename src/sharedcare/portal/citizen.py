@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep
 from sharedcare.governance import explain
+from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import CODE_MINUTES
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -31,7 +32,7 @@ router = APIRouter(prefix="/patient", dependencies=[Depends(csrf.check)])
 
 CHALLENGE_COOKIE = "sc_challenge"
 SIGNED_IN = {"name": "Signed in", "detail": ""}
-Change = Literal["object-all", "object-org", "opt-out-secondary", "clear"]
+Change = Literal["object-all", "object-all-except-emergency", "object-org", "opt-out-secondary", "clear"]
 AGREEMENT_WORDS = {"signed": "sharing under a signed agreement", "suspended": "sharing suspended",
                    "ended": "no longer sharing (agreement ended)", "draft": "not sharing (agreement not yet signed)"}
 
@@ -108,7 +109,8 @@ def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
         roles.setdefault(line.role_label, []).append(line)
     choices = me.choices()
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
-                  objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles)
+                  objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
+                  further=[explain.provision_in_words(p, fw) for p in choices.provisions])
 
 
 @router.get("/record", response_class=HTMLResponse)
@@ -129,13 +131,33 @@ def accesses(request: Request, me: CitizenDep,
 
 
 def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,
-                  error: str | None = None, saved: bool = False) -> HTMLResponse:
+                  error: str | None = None, saved: bool = False, hide_error: str | None = None) -> HTMLResponse:
     choices = me.choices()
     holding = {org.code for org, _ in me.sharing()}
     organisations = [{"code": code, "name": org.name, "holds": code in holding, "objected": code in choices.object_orgs}
                      for code, org in fw.organisations.items() if org.kind != "icb"]
+    further = [explain.provision_in_words(p, fw) for p in choices.provisions]
     return render(request, "patient/choices.html", status=status, account=SIGNED_IN, choices=choices,
-                  organisations=organisations, error=error, saved=saved, objected=_names(fw, choices.object_orgs))
+                  organisations=organisations, error=error, saved=saved, objected=_names(fw, choices.object_orgs),
+                  further=further, categories=_categories(fw), hide_error=hide_error)
+
+
+def _categories(fw: Framework) -> list[tuple[str, str]]:
+    """The categories a patient may hide (their demographics identify them to whoever cares for them)."""
+    return [(code, words) for code, words in fw.categories.items() if code != "demographics"]
+
+
+def _hide(fw: Framework, category: str, hide_from: str, except_org: str) -> Provision:
+    """The provision the "hide" form asks for; ValueError (in words) if it is not a sensible one."""
+    if category not in dict(_categories(fw)):
+        raise ValueError("Choose the kind of information to hide.")
+    if hide_from != "everyone" and fw.organisation(hide_from) is None:
+        raise ValueError("Choose whom to hide it from.")
+    if except_org and fw.organisation(except_org) is None:
+        raise ValueError("Choose the organisation that may still see it, or no one.")
+    if except_org and hide_from != "everyone":
+        raise ValueError("An exception applies only when you hide information from everyone.")
+    return hide_category(category, None if hide_from == "everyone" else hide_from, except_org or None)
 
 
 @router.get("/choices", response_class=HTMLResponse)
@@ -153,12 +175,51 @@ def confirm_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: A
     return render(request, "patient/confirm.html", account=SIGNED_IN, change=change, org=org)
 
 
+@router.post("/choices/hide/confirm", response_class=HTMLResponse)
+def confirm_hide(request: Request, me: CitizenDep, fw: FrameworkDep, category: Annotated[str, Form()] = "",
+                 hide_from: Annotated[str, Form()] = "everyone", except_org: Annotated[str, Form()] = "") -> Response:
+    """Hiding one kind of information, in words, before anything changes."""
+    try:
+        provision = _hide(fw, category, hide_from, except_org)
+    except ValueError as wrong:
+        return _choices_page(request, me, fw, 400, hide_error=str(wrong))
+    return render(request, "patient/confirm.html", account=SIGNED_IN, change="hide", org=None,
+                  category=fw.categories[category], hide_from=fw.organisation(hide_from),
+                  except_org=fw.organisation(except_org) if except_org else None,
+                  words=explain.provision_in_words(provision, fw),
+                  fields={"category": category, "hide_from": hide_from, "except_org": except_org})
+
+
+@router.post("/choices/hide", response_class=HTMLResponse)
+def apply_hide(request: Request, me: CitizenDep, fw: FrameworkDep, category: Annotated[str, Form()] = "",
+               hide_from: Annotated[str, Form()] = "everyone", except_org: Annotated[str, Form()] = "") -> Response:
+    try:
+        provision = _hide(fw, category, hide_from, except_org)
+    except ValueError as wrong:
+        return _choices_page(request, me, fw, 400, hide_error=str(wrong))
+    me.add_provision(provision)
+    return RedirectResponse("/patient/choices?saved=true", status_code=303)
+
+
+@router.post("/choices/withdraw", response_class=HTMLResponse)
+def withdraw(request: Request, me: CitizenDep, fw: FrameworkDep, index: Annotated[int, Form()]) -> Response:
+    """Withdraw one of the further choices (listed on the page in this order); applies at once."""
+    try:
+        me.withdraw_provision(index)
+    except ValueError:
+        return _choices_page(request, me, fw, 400, hide_error="That choice was already withdrawn.")
+    return RedirectResponse("/patient/choices?saved=true", status_code=303)
+
+
 @router.post("/choices", response_class=HTMLResponse)  # a redirect to a page, or the page
 def apply_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
                  organisation: Annotated[str, Form()] = "") -> Response:
     """Applied at once: the very next request anyone makes is decided under it."""
     try:
-        me.set_choice(change, organisation or None)
+        if change == "object-all-except-emergency":
+            me.add_provision(except_in_emergency())
+        else:
+            me.set_choice(change, organisation or None)
     except ValueError:
         return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
     return RedirectResponse("/patient/choices?saved=true", status_code=303)

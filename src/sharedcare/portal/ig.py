@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.deps import FrameworkDep, IgDep
 from sharedcare.clock import utcnow
+from sharedcare.governance import explain
 from sharedcare.governance.access_log import details, requested_resource
 from sharedcare.governance.audit import expanded
 from sharedcare.governance.framework import Framework
@@ -183,4 +184,5 @@ def choices_lookup(request: Request, ig: IgDep, fw: FrameworkDep,
     result = ig.choices(number)
     objected = [fw.organisations[c].name if c in fw.organisations else c for c in sorted(result.object_orgs)]
     return render(request, "ig/choices.html", account=pages.account(ig.actor, fw), result=result,
-                  objected=objected, error=None, nhs_number=nhs_number)
+                  objected=objected, further=[explain.provision_in_words(p, fw) for p in result.provisions],
+                  error=None, nhs_number=nhs_number)

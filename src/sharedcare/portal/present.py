@@ -56,6 +56,7 @@ WITHHELD_LABELS = {
     "source-agreement": "information from organisations whose sharing agreement is not in force",
     "objection-all": "information the patient has asked not to be shared",
     "objection-org": "information from an organisation the patient has objected to",
+    "consent-deny": "information the patient has chosen to hide from you",
     "third-party": "information about other people",
     "confidential": "documents the source marked restricted",
 }

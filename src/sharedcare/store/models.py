@@ -261,6 +261,9 @@ class Preference(Base):
     object_all: Mapped[bool] = mapped_column(Boolean, default=False)
     object_orgs: Mapped[list[str]] = mapped_column(JsonType, default=list)
     opt_out_secondary: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the Consent's other provisions (governance/consent.py `Provision.to_json`), and its version
+    provisions: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list, server_default="[]")
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -1,0 +1,81 @@
+"""A patient's own Consent over FHIR: `GET /fhir/Consent?patient=`, `GET` and `PUT /fhir/Consent/{id}`.
+
+Only the patient's own token (a citizen's) may read or change their Consent; anyone else (a clinician,
+another organisation's system) is refused, audited. The id is the NHS number the Consent is held
+against. A PUT is validated and checked element by element (governance/consent_fhir.py); what the
+decision point could not honour exactly is refused with a 400 naming the element.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from sharedcare.api.deps import own_consent
+from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
+from sharedcare.clock import utcnow
+from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.consent_fhir import ConsentRefused
+from sharedcare.governance.gateway import InvalidRequest, NotFound
+
+router = APIRouter(prefix="/fhir", responses={**FHIR_RESOURCE_RESPONSE, **ERROR_RESPONSES})
+BODY = {"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": {"type": "object"}}}}}
+
+
+def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+
+
+def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/") + "/fhir"
+    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset",
+            "timestamp": utcnow().isoformat(), "link": [{"relation": "self", "url": str(request.url)}],
+            "entry": [{"fullUrl": f"{base}/Consent/{c['id']}", "resource": c, "search": {"mode": "match"}}
+                      for c in consents]}
+
+
+@router.get("/Consent")
+def search_consent(request: Request, patient: str | None = None) -> JSONResponse:
+    """The caller's own Consents (one per NHS number their record carries); `patient` must be them."""
+    with own_consent(request, AuditAction.PREFERENCE_VIEW) as me:  # the caller first: deny by default
+        if patient is None:
+            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
+        if patient.removeprefix("Patient/") != me.person_id:
+            raise NotFound("you can see only your own Consent")
+        body = _bundle(request, me.consents())
+    return _fhir(body)
+
+
+@router.get("/Consent/{consent_id}")
+def read_consent(consent_id: str, request: Request) -> JSONResponse:
+    with own_consent(request, AuditAction.PREFERENCE_VIEW) as me:
+        body = me.consent(consent_id)
+    return _fhir(body)
+
+
+@router.put("/Consent/{consent_id}", openapi_extra=BODY)
+async def update_consent(consent_id: str, request: Request) -> JSONResponse:
+    """Replace the caller's choices held against one of their NHS numbers with the Consent sent."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as bad:
+        raise InvalidRequest("send the Consent as application/fhir+json") from bad
+
+    def replace() -> JSONResponse:
+        try:
+            with own_consent(request, AuditAction.PREFERENCE_SET) as me:
+                if isinstance(body, dict) and body.get("id") not in (None, consent_id):
+                    raise ConsentRefused(f"the id must be '{consent_id}', as in the URL", where="Consent.id")
+                return _fhir(me.replace_consent(consent_id, body))
+        except ConsentRefused as refused:
+            return _fhir({"resourceType": "OperationOutcome", "issue": [{
+                "severity": "error", "code": "invalid",
+                "diagnostics": str(refused), "details": {"text": refused.message},
+                **({"expression": [refused.where]} if refused.where else {})}]}, 400)
+
+    return await run_in_threadpool(replace)

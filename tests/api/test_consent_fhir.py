@@ -1,0 +1,176 @@
+"""A patient's choices as a FHIR Consent over HTTP (TRUST CO1, CO4, CO5): the patient's own token reads
+and replaces it; what it denies disappears from the next clinician's read, counted by rule in that read's
+AuditEvent; what the decision point could not honour is refused naming the element; no one else may read
+or change it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.api.auth import mint_citizen_token
+from sharedcare.config import load_settings
+from sharedcare.governance.access_log import details
+from sharedcare.governance.consent import set_choice
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, Preference
+
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+CATEGORY = "https://sharedcare.example/fhir/CodeSystem/data-category"
+
+
+def _mine(ics: Ics) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.okafor)}"}
+
+
+def _consent(*denies: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Consent", "id": OKAFOR_NHS, "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OKAFOR_NHS}},
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+            "provision": {"type": "permit", "provision": list(denies)}}
+
+
+def _reader(org: str) -> dict[str, Any]:
+    return {"role": {"coding": [{"system": ROLES, "code": "IRCP"}]},
+            "reference": {"identifier": {"system": ODS, "value": org}}}
+
+
+def _ids(ics: Ics, headers: dict[str, str], request_id: str) -> set[str]:
+    """What a read released, as source organisation and resource type (the small ICS has one of each)."""
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything",
+                              headers={**headers, "X-Request-ID": request_id})
+    assert response.status_code == 200, response.text
+    return {f"{r['meta']['source'].split('|')[1].split('#')[0]}:{r['resourceType']}"
+            for r in (e["resource"] for e in response.json()["entry"])}
+
+
+def _event(db: Database, request_id: str) -> AuditEntry:
+    with db.session() as s:
+        return s.scalars(select(AuditEntry).where(AuditEntry.event["source"]["site"].as_string() == request_id)).one()
+
+
+HIDE_MENTAL_HEALTH_EXCEPT_GP = {"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}],
+                                "provision": [{"type": "permit", "actor": [_reader("P81001")]}]}
+
+
+def test_a_patient_hides_their_mental_health_from_everyone_but_their_gp(ics: Ics, db: Database) -> None:
+    hospital, gp = ics.open_record("dr.oconnor"), ics.open_record("dr.patel")
+    assert "RXM:Condition" in _ids(ics, hospital, "hospital-before")
+
+    found = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=_mine(ics))
+    assert found.status_code == 200, found.text
+    (entry,) = found.json()["entry"]
+    assert entry["resource"]["provision"] == {"type": "permit"}  # nothing chosen: the framework's sharing
+
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["meta"]["versionId"] == "1"
+    read_back = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics)).json()
+    (deny,) = read_back["provision"]["provision"]
+    assert deny["code"][0]["coding"][0]["code"] == "mental_health"
+    assert deny["provision"][0]["actor"][0]["reference"]["identifier"]["value"] == "P81001"
+
+    # the very next reads: gone from the hospital's view, counted by rule; still there for the GP
+    assert "RXM:Condition" not in _ids(ics, hospital, "hospital-after")
+    assert details(_event(db, "hospital-after"))["withheld:consent-deny"] == "1"
+    assert "RXM:Condition" in _ids(ics, gp, "gp-after")
+    with db.session() as s:
+        setting = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:set")).one()
+        assert details(setting)["consent_version"] == "1"
+
+
+def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
+    except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
+                        "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+    ordinary = _ids(ics, ics.open_record("dr.oconnor"), "ordinary")
+    emergency = _ids(ics, ics.open_record("para.evans", basis="emergency", reason="Collapsed at home, unresponsive"),
+                     "emergency")
+    assert not {"P81001:Condition", "P81001:MedicationStatement", "RYC:CarePlan"} & ordinary  # only the hospital's own
+    assert {"P81001:Condition", "P81001:MedicationStatement", "RYC:CarePlan"} <= emergency
+
+
+def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    for provision, element in (
+            ({"type": "deny", "dataPeriod": {"start": "2020-01-01"}}, "Consent.provision.provision[0].dataPeriod"),
+            ({"type": "deny", "purpose": [{"system": REASON, "code": "HMARKT"}]},
+             "Consent.provision.provision[0].purpose[0]"),
+            ({"type": "deny", "actor": [_reader("NOPE1")]}, "Consent.provision.provision[0].actor[0].reference"),
+            ({"type": "permit", "actor": [_reader("RXR")]}, "Consent.provision.provision[0].type"),
+            ({"type": "deny", "provision": [{"type": "permit", "securityLabel": [{"code": "R"}]}]},
+             "Consent.provision.provision[0].provision[0].securityLabel")):
+        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(provision), headers=headers)
+        assert refused.status_code == 400, refused.text
+        (issue,) = refused.json()["issue"]
+        assert issue["expression"] == [element]
+    not_fhir = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json={**_consent(), "status": "nonsense"},
+                              headers=headers)
+    assert not_fhir.status_code == 400 and "status" in not_fhir.text
+    with db.session() as s:
+        assert s.get(Preference, OKAFOR_NHS) is None  # nothing was held
+
+
+def test_no_clinician_or_other_organisation_may_read_or_change_a_patients_consent(ics: Ics, db: Database) -> None:
+    clinician = ics.token("dr.patel")
+    assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=clinician).status_code == 403
+    assert ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=clinician).status_code == 403
+    changed = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),
+                             headers={**clinician, "Content-Type": "application/fhir+json"})
+    assert changed.status_code == 403
+    assert "only the patient" in changed.json()["issue"][0]["diagnostics"]
+    stranger = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.stranger)}"}
+    assert ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=stranger).status_code == 404
+    assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=stranger).status_code == 404
+    with db.session() as s:
+        refused = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny",
+                                                     AuditEntry.action.like("governance:preference:%"))).all()
+        assert len(refused) == 3
+        assert s.get(Preference, OKAFOR_NHS) is None
+
+
+def test_the_three_earlier_choices_are_consent_provisions_and_come_back_as_they_were(ics: Ics, db: Database) -> None:
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", object_org="RYC")
+        set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
+        set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
+    consent = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics)).json()
+    denies = consent["provision"]["provision"]
+    assert denies[0] == {"type": "deny"}  # object to all sharing
+    assert {(a["role"]["coding"][0]["code"], a["reference"]["identifier"]["value"]) for a in denies[1]["actor"]} \
+        == {("IRCP", "RYC"), ("CST", "RYC")}  # object to one organisation, both ways
+    assert {p["code"] for p in denies[2]["purpose"]} == {"HOPERAT", "HRESCH"}  # opt out of secondary use
+    sent_back = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=consent,
+                               headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert sent_back.status_code == 200, sent_back.text
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None
+        assert (held.object_all, held.object_orgs, held.opt_out_secondary, held.provisions) == (True, ["RYC"], True, [])
+        assert held.version == 4
+
+
+def test_search_does_not_find_a_patient_through_records_their_consent_hides_from_the_searcher(ics: Ics) -> None:
+    def found(username: str) -> int:
+        response = ics.client.post("/fhir/Patient/_search", headers=ics.token(username),
+                                   data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
+        assert response.status_code == 200, response.text
+        return len(response.json()["entry"])
+
+    assert found("para.evans") == 1
+    from_ambulance = {"type": "deny", "actor": [_reader("RYA")]}  # the ambulance service holds nothing of his
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(from_ambulance),
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+    assert found("para.evans") == 0
+    assert found("dr.oconnor") == 1  # another organisation is unaffected
