@@ -101,7 +101,7 @@ class _Model:
                          and not decorators.field_validators and cls.model_config == FHIRAbstractModel.model_config)
         blank = cls.model_construct()
         fields = cls.model_fields
-        self.fields: dict[str, tuple[bool, _Primitive | type[FHIRAbstractModel]]] = {}
+        self.fields: dict[str, _Kind] = {}
         for name, info in fields.items():
             kind = None if info.metadata or name.endswith("__ext") else _kind(info.annotation)
             if kind is not None and info.alias:  # a field without its alias is left to the model
@@ -124,21 +124,22 @@ def _optional(annotation: Any) -> Any:
 
 
 _primitives: dict[Any, _Primitive] = {}
+_Kind = tuple[bool, _Primitive | None, type[FHIRAbstractModel] | None]  # repeats; a primitive's check, or an element
 
 
-def _kind(annotation: Any) -> tuple[bool, _Primitive | type[FHIRAbstractModel]] | None:
-    """(repeats, how a value is checked) for a field the walk can check, else None."""
+def _kind(annotation: Any) -> _Kind | None:
+    """How the walk checks a field's value, or None for a field it leaves to the model."""
     inner = _optional(annotation)
     many = get_origin(inner) is list
     if many:
         inner = _optional(get_args(inner)[0])
     if isinstance(inner, type) and issubclass(inner, FhirBase):
         # an element type; element-or-resource types (contained) pick their model from the value: not walked
-        return (many, inner.get_model_klass()) if inner.__mro__[1] is FhirBase else None
+        return (many, None, inner.get_model_klass()) if inner.__mro__[1] is FhirBase else None
     if get_origin(inner) is Annotated or inner is bool:
         if inner not in _primitives:
             _primitives[inner] = _Primitive(inner)
-        return many, _primitives[inner]
+        return many, _primitives[inner], None
     return None
 
 
@@ -162,23 +163,22 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
         kind = fields.get(key)
         if kind is None:
             return False
-        many, check = kind
-        if many:
-            if type(value) is not list or not value:
+        many, primitive, element = kind
+        if many and (type(value) is not list or not value):
+            return False
+        if primitive is not None:
+            if many:
+                for item in value:
+                    if not primitive.accepts(item):
+                        return False
+            elif not primitive.accepts(value):
                 return False
-            items = value
         else:
-            items = [value]
-        if isinstance(check, _Primitive):
-            for item in items:
-                if not check.accepts(item):
+            inner = _models.get(element) or _model(element)  # type: ignore[arg-type]
+            for item in value if many else (value,):
+                if type(item) is not dict or not _walk(inner, item):
                     return False
-        else:
-            element = _model(check)
-            for item in items:
-                if type(item) is not dict or not _walk(element, item):
-                    return False
-    if not model.required <= node.keys():
+    if model.required and not model.required <= node.keys():
         return False
     for names, required in model.choices:
         present = 0
