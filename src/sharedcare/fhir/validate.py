@@ -64,7 +64,8 @@ def mapped_problems(resource: dict[str, Any]) -> list[str]:
 
 _VALIDATORS = {"reject_null_complex_elements", "validate_after_model_construction"}
 _SCALARS = (str, int, bool)  # values whose validity is a function of type and value, so a verdict is kept
-_CACHE_LIMIT = 100_000
+_CACHE_LIMIT = 20_000  # verdicts kept per primitive type, of values up to _CACHED_LENGTH: memory stays a few MB
+_CACHED_LENGTH = 128
 
 
 class _Primitive:
@@ -85,7 +86,7 @@ class _Primitive:
             self.adapter.validate_python(value)
         except ValidationError:
             return False
-        if kind is not float:  # -0.0 == 0.0: a float's verdict is not kept
+        if kind is not float and (kind is not str or len(value) <= _CACHED_LENGTH):  # -0.0 == 0.0: floats not kept
             if len(self.passed) >= _CACHE_LIMIT:
                 self.passed.clear()
             self.passed.add(key)

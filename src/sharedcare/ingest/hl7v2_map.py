@@ -454,8 +454,17 @@ _UCUM = re.compile(rf"/?{_UCUM_TERM}(?:[./]{_UCUM_TERM})*")
 _UCUM_PART = re.compile(r"(?P<atom>.+?)(?P<exponent>[+-]?\d+)?(?P<note>\{[^{}]*\})?")
 
 
-@lru_cache(maxsize=1024)  # a lab sends a few dozen units, over and over
 def is_ucum(unit: str) -> bool:
+    # a lab sends a few dozen units, over and over: short ones are judged once (a long one is not kept)
+    return _judged_ucum(unit) if len(unit) <= 64 else _ucum(unit)
+
+
+@lru_cache(maxsize=1024)
+def _judged_ucum(unit: str) -> bool:
+    return _ucum(unit)
+
+
+def _ucum(unit: str) -> bool:
     if not _UCUM.fullmatch(unit):
         return False
     for term in re.findall(_UCUM_TERM, unit):
