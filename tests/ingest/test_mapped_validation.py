@@ -217,3 +217,16 @@ def test_what_the_walk_does_not_know_the_model_decides(resource: dict[str, Any])
     """Shapes the mapper never makes (contained resources, a primitive's extension, empty lists): the
     walk defers, and the model accepts them."""
     assert not surely_valid(resource) and validation_problems(resource) == []
+
+
+def test_the_verdicts_the_walk_keeps_stay_bounded_whatever_a_feed_sends() -> None:
+    """Peak memory must not grow with the input: a feed of ever new names, or of long notes, keeps at most
+    _CACHE_LIMIT short values per primitive type, and no long one."""
+    from sharedcare.fhir import validate
+
+    for number in range(validate._CACHE_LIMIT + 500):
+        assert surely_valid({"resourceType": "Patient", "name": [{"family": f"Name{number}"}],
+                             "address": [{"text": f"{number} " + "x" * 500}]})
+    kept = [p.passed for p in validate._primitives.values()]
+    assert max(len(passed) for passed in kept) <= validate._CACHE_LIMIT
+    assert not any(isinstance(v, str) and len(v) > validate._CACHED_LENGTH for passed in kept for _, v in passed)
