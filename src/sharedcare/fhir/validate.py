@@ -3,14 +3,24 @@
 fhir.resources 8 ships R5 by default plus R4B; R4B is the nearest to R4 and identical for the resource
 types the record keeps, so it is what we validate against. Problems come back located, as
 `entry[3] Condition.code.coding[0].code: Input should be a valid string`.
+
+`mapped_problems` is the same verdict for resources our own mappers build, reached faster: `surely_valid`
+walks the resource against the same models' fields and checks each value with the same pydantic validator
+the model uses for it, and the model is run in full only when the walk cannot vouch for the resource (then
+it also words the problems, so a refusal reads exactly as before). Model validation of a mapped resource
+was over half of staging an HL7 message, most of it fhir_core's Python validators per element.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import types
+import typing
+from typing import Annotated, Any, get_args, get_origin
 
 from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+from fhir_core.types import FhirBase
+from pydantic import TypeAdapter, ValidationError
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -34,3 +44,159 @@ def validation_problems(resource: dict[str, Any]) -> list[str]:
     except ValidationError as exc:
         return [f"{resource_type}.{_path(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
     return []
+
+
+def mapped_problems(resource: dict[str, Any]) -> list[str]:
+    """`validation_problems`, skipping the model when `surely_valid` vouches for the resource."""
+    return [] if surely_valid(resource) else validation_problems(resource)
+
+
+# --- the walk ------------------------------------------------------------------------------------------
+# What the models check, and how the walk holds to it (fhir_core 1.1, pydantic 2): unknown keys are
+# refused (extra="forbid"): the walk knows only the fields' aliases; nulls in lists of elements are refused
+# (a "before" validator): the walk takes no null anywhere; each field's value is validated by its type: the
+# walk runs that same type's pydantic validator on a primitive and walks an element's dict against its own
+# model; required fields and choices of type (value[x]: at most one, or exactly one) are checked after
+# construction: the walk checks them from the model's own lists. Anything else (a model with another
+# validator or its own __init__, a field of another kind such as contained resources, a primitive's
+# extension `_field`, an empty list, a value of an unexpected Python type) is not vouched for, and the
+# model decides.
+
+_VALIDATORS = {"reject_null_complex_elements", "validate_after_model_construction"}
+_SCALARS = (str, int, bool)  # values whose validity is a function of type and value, so a verdict is kept
+_CACHE_LIMIT = 20_000  # verdicts kept per primitive type, of values up to _CACHED_LENGTH: memory stays a few MB
+_CACHED_LENGTH = 128
+
+
+class _Primitive:
+    """A primitive field's own pydantic validator, and the values it has passed."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.adapter: TypeAdapter[Any] = TypeAdapter(annotation, config=FHIRAbstractModel.model_config)
+        self.passed: set[tuple[type, Any]] = set()
+
+    def accepts(self, value: Any) -> bool:
+        kind = type(value)
+        if kind not in _SCALARS and kind is not float:
+            return False
+        key = (kind, value)
+        if key in self.passed:
+            return True
+        try:
+            self.adapter.validate_python(value)
+        except ValidationError:
+            return False
+        if kind is not float and (kind is not str or len(value) <= _CACHED_LENGTH):  # -0.0 == 0.0: floats not kept
+            if len(self.passed) >= _CACHE_LIMIT:
+                self.passed.clear()
+            self.passed.add(key)
+        return True
+
+
+class _Model:
+    """What the walk needs of one model class: its fields by JSON name, required fields, choices of type."""
+
+    def __init__(self, cls: type[FHIRAbstractModel]) -> None:
+        decorators = cls.__pydantic_decorators__
+        self.walkable = (cls.__init__ is FHIRAbstractModel.__init__ and set(decorators.model_validators) == _VALIDATORS
+                         and not decorators.field_validators and cls.model_config == FHIRAbstractModel.model_config)
+        blank = cls.model_construct()
+        fields = cls.model_fields
+        self.fields: dict[str, _Kind] = {}
+        for name, info in fields.items():
+            kind = None if info.metadata or name.endswith("__ext") else _kind(info.annotation)
+            if kind is not None and info.alias:  # a field without its alias is left to the model
+                self.fields[info.alias] = kind
+        # get_required_fields names elements as in JSON; model_fields and choices by their Python names
+        self.required = frozenset({element for element, _ in blank.get_required_fields()}
+                                  | {info.alias or name for name, info in fields.items() if info.is_required()})
+        choices = blank.get_one_of_many_fields().values()
+        self.choices = [(frozenset(fields[name].alias or name for name in names),
+                         fields[names[0]].json_schema_extra["one_of_many_required"] is True)  # type: ignore[index]
+                        for names in choices]
+
+
+def _optional(annotation: Any) -> Any:
+    """X from `X | None`; None for any other union."""
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return args[0] if len(args) == 1 else None
+    return annotation
+
+
+_primitives: dict[Any, _Primitive] = {}
+_Kind = tuple[bool, _Primitive | None, type[FHIRAbstractModel] | None]  # repeats; a primitive's check, or an element
+
+
+def _kind(annotation: Any) -> _Kind | None:
+    """How the walk checks a field's value, or None for a field it leaves to the model."""
+    inner = _optional(annotation)
+    many = get_origin(inner) is list
+    if many:
+        inner = _optional(get_args(inner)[0])
+    if isinstance(inner, type) and issubclass(inner, FhirBase):
+        # an element type; element-or-resource types (contained) pick their model from the value: not walked
+        return (many, None, inner.get_model_klass()) if inner.__mro__[1] is FhirBase else None
+    if get_origin(inner) is Annotated or inner is bool:
+        if inner not in _primitives:
+            _primitives[inner] = _Primitive(inner)
+        return many, _primitives[inner], None
+    return None
+
+
+_models: dict[type[FHIRAbstractModel], _Model] = {}
+
+
+def _model(cls: type[FHIRAbstractModel]) -> _Model:
+    model = _models.get(cls)
+    if model is None:
+        model = _models[cls] = _Model(cls)
+    return model
+
+
+def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
+    if not model.walkable:
+        return False
+    fields = model.fields
+    for key, value in node.items():
+        if key == skip:
+            continue
+        kind = fields.get(key)
+        if kind is None:
+            return False
+        many, primitive, element = kind
+        if many and (type(value) is not list or not value):
+            return False
+        if primitive is not None:
+            if many:
+                for item in value:
+                    if not primitive.accepts(item):
+                        return False
+            elif not primitive.accepts(value):
+                return False
+        else:
+            inner = _models.get(element) or _model(element)  # type: ignore[arg-type]
+            for item in value if many else (value,):
+                if type(item) is not dict or not _walk(inner, item):
+                    return False
+    if model.required and not model.required <= node.keys():
+        return False
+    for names, required in model.choices:
+        present = 0
+        for name in names:
+            present += name in node
+        if present > 1 or (required and not present):
+            return False
+    return True
+
+
+def surely_valid(resource: dict[str, Any]) -> bool:
+    """True only if the fhir.resources model would accept the resource; False when the walk cannot tell."""
+    resource_type = resource.get("resourceType")
+    if type(resource_type) is not str:
+        return False
+    try:
+        cls = get_fhir_model_class(resource_type)
+    except ValueError:
+        return False
+    return cls.__resource_type__ == resource_type and _walk(_model(cls), resource, skip="resourceType")

@@ -11,6 +11,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -155,17 +156,22 @@ def stamp(seg: Seg, field: int) -> Stamp | None:
     value = seg.get(field)
     if not value:
         return None
-    match = _TIMESTAMP.fullmatch(value)
     try:
-        if match is None or match[3] is None:
-            raise ValueError(value)
-        year, month, day, hour, minute, second, fraction, offset = match.groups()
-        zone = UK_TIME if offset is None else timezone(
-            (-1 if offset[0] == "-" else 1) * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
-        local = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
-                         int((fraction or "0").ljust(6, "0")), tzinfo=zone)
+        return _stamp(value)
     except ValueError as exc:
         raise seg.error(f"'{value}' is not an HL7 timestamp (YYYYMMDD[HHMM[SS]][+/-ZZZZ])", field) from exc
+
+
+@lru_cache(maxsize=4096)  # a message repeats its times (OBR-7 and OBR-22 on every result), a feed its days
+def _stamp(value: str) -> Stamp:
+    match = _TIMESTAMP.fullmatch(value)
+    if match is None or match[3] is None:
+        raise ValueError(value)
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    zone = UK_TIME if offset is None else timezone(
+        (-1 if offset[0] == "-" else 1) * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
+    local = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+                     int((fraction or "0").ljust(6, "0")), tzinfo=zone)
     return Stamp(local.astimezone(UTC), local.date(), hour is not None)
 
 
@@ -449,6 +455,16 @@ _UCUM_PART = re.compile(r"(?P<atom>.+?)(?P<exponent>[+-]?\d+)?(?P<note>\{[^{}]*\
 
 
 def is_ucum(unit: str) -> bool:
+    # a lab sends a few dozen units, over and over: short ones are judged once (a long one is not kept)
+    return _judged_ucum(unit) if len(unit) <= 64 else _ucum(unit)
+
+
+@lru_cache(maxsize=1024)
+def _judged_ucum(unit: str) -> bool:
+    return _ucum(unit)
+
+
+def _ucum(unit: str) -> bool:
     if not _UCUM.fullmatch(unit):
         return False
     for term in re.findall(_UCUM_TERM, unit):
