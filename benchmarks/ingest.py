@@ -26,7 +26,7 @@ picks the measurements, so the issue's 100,000-person runs can be done part by p
 wall time is in the figures.
 
 Usage: python benchmarks/ingest.py [--people 2000] [--ics DIR] [--parts fhir,hl7v2,csv,parsers,mllp]
-                                   [--repeats 3] [--postgres URL] [--big-gb 1.0]
+                                   [--repeats 3] [--postgres URL] [--stores sqlite,postgresql] [--big-gb 1.0]
 """
 
 from __future__ import annotations
