@@ -257,3 +257,45 @@ def test_fhir_bundles_of_odd_shapes_are_staged_or_refused_with_their_entry(entri
 def test_any_bytes_as_fhir_json_are_refused_with_their_line(payload: bytes, framework: Framework) -> None:
     _stages_or_says_where(fhir_bundle.stage_fhir, RawMessage("feeds/P81001/gp.ndjson", "line 1", payload, "fhir"),
                           framework)
+
+
+# FHIR JSON is parsed by orjson where it gives exactly what the standard library gives (fhir_bundle._quick_loads):
+# every value, type, key order and error must be the same as the standard library's alone.
+JSON_TEXT = st.one_of(st.text(max_size=12), st.sampled_from(["\ud800", "x\udfff", "\x00\x1f\x7f", "é£€漢😀"]))
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), JSON_TEXT,
+              st.integers(min_value=2**63 - 5, max_value=2**64 + 5),
+              st.integers(min_value=-2**63 - 5, max_value=-2**63 + 5)),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(JSON_TEXT, children, max_size=4)),
+    max_leaves=16)
+NUMBER_LITERAL = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][-+]?[0-9]{1,4})?", fullmatch=True)
+
+
+def _standard_outcome(raw: RawMessage) -> str:
+    """What the parse gave before orjson: the standard library's value or error, as text to compare exactly."""
+    try:
+        data = fhir_bundle._standard_loads(raw)
+    except MessageError as exc:
+        return f"error {exc}"
+    return repr(data) if isinstance(data, dict) and isinstance(data.get("resourceType"), str) else "not a resource"
+
+
+def _outcome(raw: RawMessage) -> str:
+    try:
+        return repr(fhir_bundle._parse_json(raw))
+    except MessageError as exc:
+        return "not a resource" if "not a FHIR resource" in exc.message else f"error {exc}"
+
+
+@FUZZ
+@given(value=JSON_VALUES, number=NUMBER_LITERAL, ascii_only=st.booleans(), cut=st.integers(0, 400),
+       junk=st.binary(max_size=3))
+@example(value=18446744073709551616, number="1", ascii_only=True, cut=0, junk=b"")
+@example(value=float("nan"), number="1e400", ascii_only=True, cut=0, junk=b"")
+def test_fhir_json_parses_exactly_as_the_standard_library(value: object, number: str, ascii_only: bool, cut: int,
+                                                          junk: bytes) -> None:
+    text = json.dumps({"resourceType": "Patient", "value": value}, ensure_ascii=ascii_only)
+    payload = (text[:-1] + f', "number": {number}}}').encode("utf-8", "surrogatepass")
+    for candidate in (payload, payload[:cut] + junk + payload[cut:], payload[:cut]):
+        raw = RawMessage("feeds/P81001/gp.ndjson", "line 1", candidate, "fhir")
+        assert _outcome(raw) == _standard_outcome(raw)
