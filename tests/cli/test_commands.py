@@ -253,8 +253,8 @@ def test_quarantine_check_counts_what_waits_without_saying_what_it_is_and_fails_
     assert fresh.exit_code == 0, fresh.output
     summary = json.loads(fresh.stdout)
     assert (summary["held"], summary["late_groups"]) == (1, 0)
-    # the organisation is known only when the ingest named it (--source): this file's bundles name their own
-    assert [(g["source"], g["format"], g["held"]) for g in summary["groups"]] == [("unknown", "fhir", 1)]
+    # the sender the bundle names (meta.source), without --source
+    assert [(g["source"], g["format"], g["held"]) for g in summary["groups"]] == [("P81001", "fhir", 1)]
     assert "modulus" not in fresh.stdout and "line 2" not in fresh.stdout  # counts only: fit for a dashboard
 
     with env.session() as session:  # two days later, still not cleared

@@ -14,6 +14,8 @@ import pytest
 from sqlalchemy import event, select
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.ingest.test_crash_recovery import _store
+from tests.ingest.test_csv_extract import _extract, _lrc, _row
+from tests.ingest.test_hl7v2 import message, msh, pid, write_hl7
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import pipeline as pipeline_module
@@ -21,7 +23,7 @@ from sharedcare.ingest.messages import RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.ingest.staging import IN_FLIGHT_PER_WORKER, Stager
 from sharedcare.store.database import Database
-from sharedcare.store.models import MatchReview, PatientRecord, Resource
+from sharedcare.store.models import MatchReview, PatientRecord, Quarantine, Resource
 from sharedcare.synth import generate
 
 
@@ -171,3 +173,25 @@ def test_a_file_that_cannot_be_read_is_quarantined_and_the_next_files_still_stor
         assert report.messages == 3 and report.accepted + report.unchanged == 3  # c.ndjson read either way
     with db.session() as s:
         assert len(s.scalars(select(PatientRecord.id)).all()) == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_quarantined_message_is_counted_against_the_organisation_that_sent_it(
+        db: Database, framework: Framework, tmp_path: Path, workers: int) -> None:
+    """An operator watching quarantine by source (`sharedcare quarantine check`) sees who sent what is held,
+    when the message got far enough to say (MSH-4, meta.source, the feed's folder), with or without --source;
+    staged inline or by the workers."""
+    drop = tmp_path / "drop"  # a folder that names no organisation
+    hl7 = write_hl7(drop / "pas.hl7", [
+        message(msh("ADT^A99^ADT_A01", "C1", facility="RXR"), pid()),  # a message type not handled
+        message(msh("ADT^A08^ADT_A01", "C2", facility="XYZ"), pid()),  # a sender the framework does not know
+        message(msh("ADT^A08^ADT_A01", "C3", facility="RXR"), pid(born="19451302"))])  # no 13th month
+    fhir = write_ndjson(drop / "emis.ndjson", [bundle("P81001", "emis", [
+        patient("gp-2", "1234567890", "Hughes", "Margaret", "1952-06-11")])])  # fails modulus 11 when linked
+    short = ",".join(list(_row(client_id="C2", assessment_id="A2").values())[:-1])
+    extract = _extract(_lrc(tmp_path), [_row(), short])
+    Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths([hl7, fhir, extract])
+    with db.session() as s:
+        held = sorted((q.format, q.location.split(" (")[0], q.source_org) for q in s.scalars(select(Quarantine)))
+    assert held == [("csv", "line 3", "LRC"), ("fhir", "line 1", "P81001"),
+                    ("hl7v2", "message 1", "RXR"), ("hl7v2", "message 2", None), ("hl7v2", "message 3", "RXR")]

@@ -47,7 +47,7 @@ from sharedcare.ingest.csv_mapping import (
     required,
     text,
 )
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource
+from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource, sent_by
 
 T = TypeVar("T")
 
@@ -208,19 +208,20 @@ def _parse(raw: RawMessage) -> tuple[list[str], _Record | None]:
 
 def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one row; raise MessageError naming the line, and the column when a cell is at fault."""
-    header, row = _parse(raw)
-    at_header = f"{raw.filename}, {HEADER}"
     organisation = source_override or organisation_of(raw.filename, fw.organisations)
-    try:
-        mapping = find_mapping(_mappings_folder(), organisation, header)
-    except NoMapping as exc:
-        raise MessageError(exc.message, at_header) from exc
-    except MappingError as exc:
-        raise MessageError(f"the mapping {exc.where} is invalid: {exc.message}", at_header) from exc
-    if row is None:
-        raise MessageError(f"the header now fits the {mapping.name} mapping: ingest the file again to read its rows",
-                           at_header)
-    return shape_row(mapping, header, row.fields, raw.where, f"{Path(raw.filename).name}:{raw.location}", fw)
+    with sent_by(organisation):
+        header, row = _parse(raw)
+        at_header = f"{raw.filename}, {HEADER}"
+        try:
+            mapping = find_mapping(_mappings_folder(), organisation, header)
+        except NoMapping as exc:
+            raise MessageError(exc.message, at_header) from exc
+        except MappingError as exc:
+            raise MessageError(f"the mapping {exc.where} is invalid: {exc.message}", at_header) from exc
+        if row is None:
+            raise MessageError(f"the header now fits the {mapping.name} mapping: ingest the file again to read its "
+                               "rows", at_header)
+        return shape_row(mapping, header, row.fields, raw.where, f"{Path(raw.filename).name}:{raw.location}", fw)
 
 
 class _Reader:

@@ -37,6 +37,7 @@ from sharedcare.ingest.messages import (
     RawMessage,
     StagedMessage,
     StagedResource,
+    sent_by,
     too_large,
 )
 
@@ -202,72 +203,73 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
     """Check and shape one FHIR message; raise MessageError on the first problem, located."""
     data = parse_message(raw)
     org, system = _source_of(data, raw, fw, source_override)
-    received = utcnow()
-    if data["resourceType"] == "Bundle":
-        if data.get("type") not in BUNDLE_TYPES:
-            raise MessageError(f"Bundle.type '{data.get('type')}' cannot be ingested "
-                               f"(expected one of {', '.join(sorted(BUNDLE_TYPES))})", raw.where)
-        listed = data.get("entry") or []
-        if not isinstance(listed, list):
-            raise MessageError("Bundle.entry must be a list of entries", raw.where)
-        _check_requests(listed, raw)
-        entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
-        message_time = _timestamp(data.get("timestamp"), received)
-        message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
-        label = "entry[{}]"
-        if entry_index(raw) is not None:  # one entry of a split batch: its location already names it
-            label = "resource"
-    else:
-        entries = [(None, data)]
-        message_time = received
-        message_id = f"{Path(raw.filename).name}:{raw.location}"
-        label = "resource"
-    staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
-    kept: list[tuple[int, str | None, dict[str, Any]]] = []
-    for index, (full_url, resource) in enumerate(entries):
-        where = f"{raw.where}, {label.format(index)}"
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise MessageError("entry has no resource", where)
-        if resource["resourceType"] not in RECORD_TYPES:
-            staged.set_aside[resource["resourceType"]] += 1
-            continue
-        if not resource.get("id"):
-            raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
-                               "recognise later updates", where)
-        problems = validation_problems(resource)
-        if problems:
-            raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
-                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
-        if any(res["resourceType"] == resource["resourceType"] and str(res["id"]) == str(resource["id"])
-               for _, _, res in kept):
-            raise MessageError(f"{resource['resourceType']}/{resource['id']} is sent twice in this message", where)
-        kept.append((index, full_url, resource))
-    refs = _References(org, [(url, res) for _, url, res in kept])
-    for index, _, resource in kept:
-        where = f"{raw.where}, {label.format(index)} {resource['resourceType']}/{resource['id']}"
-        source_id = str(resource["id"])
-        if resource["resourceType"] == "Patient":
-            numbers = nhs_numbers(resource)
-            for number in numbers:
-                if not is_valid(number):
-                    raise MessageError(f"identifier: NHS number '{number}' fails the modulus 11 check", where)
-            staged.patients[source_id] = demographics(resource, numbers[0] if numbers else None)
-            patient_source_id = source_id
+    with sent_by(org):
+        received = utcnow()
+        if data["resourceType"] == "Bundle":
+            if data.get("type") not in BUNDLE_TYPES:
+                raise MessageError(f"Bundle.type '{data.get('type')}' cannot be ingested "
+                                   f"(expected one of {', '.join(sorted(BUNDLE_TYPES))})", raw.where)
+            listed = data.get("entry") or []
+            if not isinstance(listed, list):
+                raise MessageError("Bundle.entry must be a list of entries", raw.where)
+            _check_requests(listed, raw)
+            entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
+            message_time = _timestamp(data.get("timestamp"), received)
+            message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
+            label = "entry[{}]"
+            if entry_index(raw) is not None:  # one entry of a split batch: its location already names it
+                label = "resource"
         else:
-            patient_source_id = _patient_of(resource, refs, where)
-        refs.rewrite(resource)
-        content = resource  # its references rewritten: what is stored
-        for name in PATIENT_FIELDS:  # a patient named by identifier only gets the literal reference too
-            if isinstance(content.get(name), dict) and "reference" not in content[name]:
-                content[name]["reference"] = f"Patient/{server_id(org, 'Patient', patient_source_id)}"
-        content["id"] = server_id(org, resource["resourceType"], source_id)
-        meta = dict(content.get("meta") or {})
-        meta["source"] = meta_source(org, system)
-        content["meta"] = meta
-        recorded = _timestamp(meta.get("lastUpdated"), message_time)
-        staged.resources.append(StagedResource(resource["resourceType"], source_id, content["id"], content,
-                                               recorded, patient_source_id))
-    return staged
+            entries = [(None, data)]
+            message_time = received
+            message_id = f"{Path(raw.filename).name}:{raw.location}"
+            label = "resource"
+        staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
+        kept: list[tuple[int, str | None, dict[str, Any]]] = []
+        for index, (full_url, resource) in enumerate(entries):
+            where = f"{raw.where}, {label.format(index)}"
+            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+                raise MessageError("entry has no resource", where)
+            if resource["resourceType"] not in RECORD_TYPES:
+                staged.set_aside[resource["resourceType"]] += 1
+                continue
+            if not resource.get("id"):
+                raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
+                                   "recognise later updates", where)
+            problems = validation_problems(resource)
+            if problems:
+                raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
+                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
+            if any(res["resourceType"] == resource["resourceType"] and str(res["id"]) == str(resource["id"])
+                   for _, _, res in kept):
+                raise MessageError(f"{resource['resourceType']}/{resource['id']} is sent twice in this message", where)
+            kept.append((index, full_url, resource))
+        refs = _References(org, [(url, res) for _, url, res in kept])
+        for index, _, resource in kept:
+            where = f"{raw.where}, {label.format(index)} {resource['resourceType']}/{resource['id']}"
+            source_id = str(resource["id"])
+            if resource["resourceType"] == "Patient":
+                numbers = nhs_numbers(resource)
+                for number in numbers:
+                    if not is_valid(number):
+                        raise MessageError(f"identifier: NHS number '{number}' fails the modulus 11 check", where)
+                staged.patients[source_id] = demographics(resource, numbers[0] if numbers else None)
+                patient_source_id = source_id
+            else:
+                patient_source_id = _patient_of(resource, refs, where)
+            refs.rewrite(resource)
+            content = resource  # its references rewritten: what is stored
+            for name in PATIENT_FIELDS:  # a patient named by identifier only gets the literal reference too
+                if isinstance(content.get(name), dict) and "reference" not in content[name]:
+                    content[name]["reference"] = f"Patient/{server_id(org, 'Patient', patient_source_id)}"
+            content["id"] = server_id(org, resource["resourceType"], source_id)
+            meta = dict(content.get("meta") or {})
+            meta["source"] = meta_source(org, system)
+            content["meta"] = meta
+            recorded = _timestamp(meta.get("lastUpdated"), message_time)
+            staged.resources.append(StagedResource(resource["resourceType"], source_id, content["id"], content,
+                                                   recorded, patient_source_id))
+        return staged
 
 
 def _check_requests(entries: list[Any], raw: RawMessage) -> None:

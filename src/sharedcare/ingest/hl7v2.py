@@ -28,6 +28,7 @@ from sharedcare.ingest.messages import (
     RawMessage,
     StagedMessage,
     StagedResource,
+    sent_by,
     too_large,
 )
 
@@ -270,35 +271,36 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
                         "must not join a live record", 11)
     sender, system = _source_of(msh, raw, fw, source_override)
-    sent = hmap.stamp(msh, 7)
-    if sent is None:
-        raise msh.error("no message date/time (MSH-7): it orders this message against others", 7)
-    staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
-    pid = _one_patient(segments, raw)
-    patient = hmap.patient(pid, _first(segments, "PD1"), [s for s in segments if s.name == "NK1"], sender)
-    mrn = patient["id"]
-    numbers = nhs_numbers(patient)
-    staged.patients[mrn] = demographics(patient, numbers[0] if numbers else None)
-    subject = sender.reference("Patient", mrn)
-    if kind == "ADT" and event in PATIENT_MERGES:
-        staged.merges.append((_retired_mrn(segments, msh, sender), mrn))
-        evn = _first(segments, "EVN")
-        happened = (hmap.stamp(evn, 2) if evn else None) or sent
-        produced = [(pid.label, patient)]
-    elif kind == "ADT":
-        evn = _first(segments, "EVN")
-        happened = (hmap.stamp(evn, 2) if evn else None) or sent
-        produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender)]
-    elif (kind, event) == ("ORU", "R01"):
-        # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it
-        # as the Patient would replace the PAS's fuller one (practice, next of kin) whenever a result is newer.
-        happened = sent
-        produced = _oru(segments, subject, sender, raw)
-    else:
-        raise msh.error(f"message type {kind}^{event} is not handled (ADT, ORU^R01)", 9)
-    for label, resource in produced:
-        staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, staged))
-    return staged
+    with sent_by(sender.org):
+        sent = hmap.stamp(msh, 7)
+        if sent is None:
+            raise msh.error("no message date/time (MSH-7): it orders this message against others", 7)
+        staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
+        pid = _one_patient(segments, raw)
+        patient = hmap.patient(pid, _first(segments, "PD1"), [s for s in segments if s.name == "NK1"], sender)
+        mrn = patient["id"]
+        numbers = nhs_numbers(patient)
+        staged.patients[mrn] = demographics(patient, numbers[0] if numbers else None)
+        subject = sender.reference("Patient", mrn)
+        if kind == "ADT" and event in PATIENT_MERGES:
+            staged.merges.append((_retired_mrn(segments, msh, sender), mrn))
+            evn = _first(segments, "EVN")
+            happened = (hmap.stamp(evn, 2) if evn else None) or sent
+            produced = [(pid.label, patient)]
+        elif kind == "ADT":
+            evn = _first(segments, "EVN")
+            happened = (hmap.stamp(evn, 2) if evn else None) or sent
+            produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender)]
+        elif (kind, event) == ("ORU", "R01"):
+            # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it
+            # as the Patient would replace the PAS's fuller one (practice, next of kin) whenever a result is newer.
+            happened = sent
+            produced = _oru(segments, subject, sender, raw)
+        else:
+            raise msh.error(f"message type {kind}^{event} is not handled (ADT, ORU^R01)", 9)
+        for label, resource in produced:
+            staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, staged))
+        return staged
 
 
 def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: datetime, mrn: str,

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,22 @@ KEPT_OF_TOO_LARGE = 64 * 1024  # what quarantine keeps of a message too large to
 
 
 class MessageError(SharedcareError):
-    """A message cannot be accepted; `where` names file, line and element at fault."""
+    """A message cannot be accepted; `where` names file, line and element at fault, `source_org` the sending
+    organisation when the message got far enough to name it (quarantine is counted by it)."""
+
+    def __init__(self, message: str, where: str | None = None, source_org: str | None = None) -> None:
+        super().__init__(message, where)
+        self.source_org = source_org
+
+
+@contextmanager
+def sent_by(org: str | None) -> Iterator[None]:
+    """A MessageError raised inside names `org` (when known) as its sender, unless it names one already."""
+    try:
+        yield
+    except MessageError as exc:
+        exc.source_org = exc.source_org or org
+        raise
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from sharedcare.identity.links import LinkError, merge_source_records
 from sharedcare.identity.mpi import block_for, link_found_record, link_patient_record, source_record
 from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
-from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
+from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash, sent_by
 from sharedcare.ingest.staging import Outcome, Stager, stage
 from sharedcare.store.database import Database, Prepared, json_dumps
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
@@ -358,21 +358,22 @@ class Pipeline:
         if isinstance(staged, MessageError):
             raise staged
         staged = staged or stage(adapter, raw, self.framework, source)
-        try:
-            if agreements is not None:
-                self._check_agreement(staged, raw, agreements)
-            with self.db.session() as session:
-                if agreements is None:
-                    self._check_agreement(staged, raw, effective_agreements(session, self.framework))
-                counts = self._store(session, staged, raw)
-                if replaying is not None:
-                    session.get_one(Quarantine, replaying).status = "replayed"
-            return staged, counts
-        except (MessageError, OperationalError, InterfaceError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
-            log.exception("unexpected failure on %s", raw.where)
-            raise MessageError(f"could not be read ({type(exc).__name__}: {str(exc)[:200]})", raw.where) from exc
+        with sent_by(staged.source_org):  # whatever fails from here is counted against its sender
+            try:
+                if agreements is not None:
+                    self._check_agreement(staged, raw, agreements)
+                with self.db.session() as session:
+                    if agreements is None:
+                        self._check_agreement(staged, raw, effective_agreements(session, self.framework))
+                    counts = self._store(session, staged, raw)
+                    if replaying is not None:
+                        session.get_one(Quarantine, replaying).status = "replayed"
+                return staged, counts
+            except (MessageError, OperationalError, InterfaceError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
+                log.exception("unexpected failure on %s", raw.where)
+                raise MessageError(f"could not be read ({type(exc).__name__}: {str(exc)[:200]})", raw.where) from exc
 
     @staticmethod
     def _check_agreement(staged: StagedMessage, raw: RawMessage, agreements: dict[str, Agreement]) -> None:
@@ -539,11 +540,11 @@ class Pipeline:
                 Quarantine.location == raw.location, Quarantine.format == raw.format))
                 if held.payload == raw.payload), None)
             if item is None:
-                item = Quarantine(source_org=source, format=raw.format, filename=raw.filename,
+                item = Quarantine(source_org=source or error.source_org, format=raw.format, filename=raw.filename,
                                   location=raw.location, reason=str(error), payload=raw.payload, received_at=utcnow())
                 session.add(item)
             else:
-                item.reason = str(error)
+                item.reason, item.source_org = str(error), item.source_org or source or error.source_org
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
                                       "reason": error.message, "where": error.where or raw.where})

@@ -28,6 +28,7 @@ log = logging.getLogger("sharedcare.ingest")
 
 Outcome = StagedMessage | MessageError
 F = TypeVar("F")  # what the caller knows a file by
+Refused = tuple[str, str | None, str | None]  # a MessageError as a worker hands it back: message, where, sender
 BATCH = 32  # messages a worker stages per task: enough to make the hand-over cheap, few enough to stay small
 IN_FLIGHT_PER_WORKER = 3
 
@@ -60,14 +61,14 @@ def _start_worker(framework: Framework) -> None:
 
 
 def _stage_batch(adapter: Adapter, batch: list[RawMessage],
-                 source: str | None) -> list[StagedMessage | tuple[str, str | None]]:
+                 source: str | None) -> list[StagedMessage | Refused]:
     assert _worker_framework is not None  # noqa: S101 - set by the pool's initializer
-    out: list[StagedMessage | tuple[str, str | None]] = []
+    out: list[StagedMessage | Refused] = []
     for raw in batch:
         try:
             out.append(stage(adapter, raw, _worker_framework, source))
         except MessageError as exc:
-            out.append((exc.message, exc.where))
+            out.append((exc.message, exc.where, exc.source_org))
     return out
 
 
@@ -99,7 +100,7 @@ class Stager:
             yield from self.inline(files, source)
             return
         pool = self._start()
-        pending: deque[tuple[F, list[RawMessage], Future[list[StagedMessage | tuple[str, str | None]]] | None]] = (
+        pending: deque[tuple[F, list[RawMessage], Future[list[StagedMessage | Refused]] | None]] = (
             deque())
         for file, adapter, raws in files:
             messages = iter(raws)
@@ -131,7 +132,7 @@ class Stager:
             self._pool = None
 
 
-def _outcomes(file: F, batch: list[RawMessage], future: Future[list[StagedMessage | tuple[str, str | None]]] | None,
+def _outcomes(file: F, batch: list[RawMessage], future: Future[list[StagedMessage | Refused]] | None,
               ) -> Iterator[tuple[F, RawMessage | None, Outcome | None]]:
     if future is None:
         yield file, None, None
