@@ -313,6 +313,9 @@ _BROKEN = {
     "not a number": (results().replace("||5.9|", "||five|"), "OBX[1]-5", "'five' is not a number"),
     "bad result time": (results().replace("|||20260110094000\r", "|||20261345\r"), "OBX[1]-14",
                         "'20261345' is not an HL7 timestamp"),
+    "result time beyond the calendar once made UTC": (
+        results().replace("|||20260110094000\r", "|||99991231235959-0100\r"), "OBX[1]-14",
+        "'99991231235959-0100' is not an HL7 timestamp"),
     "wrong character set": (admission(name="JONES^Siân").replace("|8859/1\r", "|UNICODE UTF-8\r"), "MSH-18",
                             "declares UNICODE UTF-8 but byte"),
 }

@@ -191,7 +191,17 @@ def test_every_value_of_a_mapped_resource_is_judged_as_the_model_judges_it(seed:
             for value in ODD:
                 changed = _replaced(resource, path, value)
                 assert not surely_valid(changed) or validation_problems(changed) == [], (path, value)
+        for path in _elements(resource):  # a whole element emptied: what a stricter validator might refuse
+            changed = _replaced(resource, path, {})
+            assert not surely_valid(changed) or validation_problems(changed) == [], path
     assert refused > 100  # the hostile values do meet refusals
+
+
+def _elements(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The paths of every element (object) below the resource itself."""
+    found = [path] if isinstance(node, dict) and path else []
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    return found + [p for key, value in children for p in _elements(value, (*path, key))]
 
 
 @pytest.mark.parametrize("resource", [
@@ -227,6 +237,26 @@ def test_the_verdicts_the_walk_keeps_stay_bounded_whatever_a_feed_sends() -> Non
     for number in range(validate._CACHE_LIMIT + 500):
         assert surely_valid({"resourceType": "Patient", "name": [{"family": f"Name{number}"}],
                              "address": [{"text": f"{number} " + "x" * 500}]})
+    for number in range(500):  # huge numbers (an OBX-5 may carry 4,300 digits) and names beyond ASCII
+        assert surely_valid({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                             "valueQuantity": {"value": 10**4000 + number}})
+        assert surely_valid({"resourceType": "Patient", "name": [{"family": "\U0001f600" * 100 + str(number)}]})
     kept = [p.passed for p in validate._primitives.values()]
     assert max(len(passed) for passed in kept) <= validate._CACHE_LIMIT
-    assert not any(isinstance(v, str) and len(v) > validate._CACHED_LENGTH for passed in kept for _, v in passed)
+    assert not any(isinstance(v, str) and (len(v) > validate._CACHED_LENGTH or not v.isascii())
+                   for passed in kept for _, v in passed)
+    assert not any(type(v) is int and v.bit_length() > 64 for passed in kept for _, v in passed)
+
+
+def test_under_another_fhir_core_the_walk_vouches_for_nothing_and_the_model_decides(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk mirrors the validators of the fhir_core version it was checked against; a different version
+    (which may check more) makes ingest slower, never less strict."""
+    from sharedcare.fhir import validate
+
+    good = {"resourceType": "Patient", "name": [{"family": "Okafor"}]}
+    bad = {"resourceType": "Patient", "birthDate": "2026-02-30"}
+    assert surely_valid(good)
+    monkeypatch.setattr(validate, "_WALKS", False)
+    assert not surely_valid(good)
+    assert validate.mapped_problems(good) == [] and validate.mapped_problems(bad) == validation_problems(bad) != []

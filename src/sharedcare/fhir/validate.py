@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import types
 import typing
+from importlib.metadata import version
 from typing import Annotated, Any, get_args, get_origin
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -62,10 +63,18 @@ def mapped_problems(resource: dict[str, Any]) -> list[str]:
 # extension `_field`, an empty list, a value of an unexpected Python type) is not vouched for, and the
 # model decides.
 
+# The walk mirrors fhir_core's own validators, read in this version: under any other it vouches for nothing
+# and the model decides everything (slower, never less strict) until the walk is checked against it again.
+_AUDITED_FHIR_CORE = "1.1.12"
+_WALKS = version("fhir-core") == _AUDITED_FHIR_CORE
 _VALIDATORS = {"reject_null_complex_elements", "validate_after_model_construction"}
+_BASE_VALIDATORS = FHIRAbstractModel.__pydantic_decorators__.model_validators
 _SCALARS = (str, int, bool)  # values whose validity is a function of type and value, so a verdict is kept
-_CACHE_LIMIT = 20_000  # verdicts kept per primitive type, of values up to _CACHED_LENGTH: memory stays a few MB
+# Verdicts kept per primitive type, only of small values (ASCII strings up to _CACHED_LENGTH, 64-bit ints):
+# at most about 5 MB a primitive type (some 20 are met) per process, whatever a feed sends.
+_CACHE_LIMIT = 20_000
 _CACHED_LENGTH = 128
+_INT_RANGE = range(-(2**63), 2**63)
 
 
 class _Primitive:
@@ -86,7 +95,8 @@ class _Primitive:
             self.adapter.validate_python(value)
         except ValidationError:
             return False
-        if kind is not float and (kind is not str or len(value) <= _CACHED_LENGTH):  # -0.0 == 0.0: floats not kept
+        if (kind is bool or (kind is int and value in _INT_RANGE)  # -0.0 == 0.0: floats are not kept
+                or (kind is str and len(value) <= _CACHED_LENGTH and value.isascii())):
             if len(self.passed) >= _CACHE_LIMIT:
                 self.passed.clear()
             self.passed.add(key)
@@ -99,6 +109,8 @@ class _Model:
     def __init__(self, cls: type[FHIRAbstractModel]) -> None:
         decorators = cls.__pydantic_decorators__
         self.walkable = (cls.__init__ is FHIRAbstractModel.__init__ and set(decorators.model_validators) == _VALIDATORS
+                         and all(_function(decorators.model_validators[name].func)
+                                 is _function(_BASE_VALIDATORS[name].func) for name in _VALIDATORS)
                          and not decorators.field_validators and cls.model_config == FHIRAbstractModel.model_config)
         blank = cls.model_construct()
         fields = cls.model_fields
@@ -114,6 +126,11 @@ class _Model:
         self.choices = [(frozenset(fields[name].alias or name for name in names),
                          fields[names[0]].json_schema_extra["one_of_many_required"] is True)  # type: ignore[index]
                         for names in choices]
+
+
+def _function(validator: Any) -> Any:
+    """The function behind a validator (a classmethod's is bound to each class)."""
+    return getattr(validator, "__func__", validator)
 
 
 def _optional(annotation: Any) -> Any:
@@ -193,7 +210,7 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
 def surely_valid(resource: dict[str, Any]) -> bool:
     """True only if the fhir.resources model would accept the resource; False when the walk cannot tell."""
     resource_type = resource.get("resourceType")
-    if type(resource_type) is not str:
+    if not _WALKS or type(resource_type) is not str:
         return False
     try:
         cls = get_fhir_model_class(resource_type)

@@ -158,7 +158,7 @@ def stamp(seg: Seg, field: int) -> Stamp | None:
         return None
     try:
         return _stamp(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: a time zone moves year 1 or 9999 out of range
         raise seg.error(f"'{value}' is not an HL7 timestamp (YYYYMMDD[HHMM[SS]][+/-ZZZZ])", field) from exc
 
 
