@@ -60,7 +60,8 @@ class Ask:
 @dataclass(frozen=True)
 class Provision:
     """One Consent provision. Each element left empty matches anything; each one given must match (any of
-    its values); `provisions` are exceptions to this one."""
+    its values): a provision naming readers (IRCP) and holders (CST) applies when the reader is one of the
+    readers and the data's holder one of the holders; `provisions` are exceptions to this one."""
 
     type: str  # permit | deny
     recipients: frozenset[str] = frozenset()  # actor role IRCP: the reading user's organisation (ODS)
@@ -73,10 +74,9 @@ class Provision:
     provisions: tuple[Provision, ...] = ()
 
     def matches(self, ask: Ask) -> bool:
-        if self.recipients or self.sources:  # actors: any one of them
-            if ask.recipient not in self.recipients and ask.source not in self.sources:
-                return False
-        return ((not self.purposes or bool(self.purposes & ask.purposes))
+        return ((not self.recipients or ask.recipient in self.recipients)
+                and (not self.sources or ask.source in self.sources)
+                and (not self.purposes or bool(self.purposes & ask.purposes))
                 and (not self.classes or ask.resource_type in self.classes)
                 and (not self.codes or ask.category in self.codes)
                 and (self.start is None or self.start <= ask.now)

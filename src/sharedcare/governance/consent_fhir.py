@@ -133,6 +133,11 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
             raise ConsentRefused("a permit directly in the base permit would grant nothing beyond the framework: "
                                  "nest it in a deny provision as its exception",
                                  where=f"Consent.provision.provision[{i}].type")
+    for i, p in enumerate(found):
+        if p.provisions and len(p.recipients) == 1 and p.recipients == p.sources:
+            raise ConsentRefused("a deny naming one organisation as both reader and holder objects to that "
+                                 "organisation and takes no exceptions; to hide only its own data from it, name "
+                                 "what (code, class or purpose) in the deny", where=f"Consent.provision.provision[{i}]")
     object_all = any(_bare(p) for p in found)
     object_orgs = {next(iter(p.recipients)) for p in found if _object_org(p)}
     opt_out = any(_opt_out(p) for p in found)
