@@ -174,3 +174,20 @@ def test_search_does_not_find_a_patient_through_records_their_consent_hides_from
     assert saved.status_code == 200, saved.text
     assert found("para.evans") == 0
     assert found("dr.oconnor") == 1  # another organisation is unaffected
+
+
+def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    read = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))
+    assert read.headers["ETag"] == 'W/"0"'
+    first = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
+                           headers={**headers, "If-Match": read.headers["ETag"]})
+    assert first.status_code == 200, first.text
+    assert first.headers["ETag"] == 'W/"1"'
+    stale = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),  # drawn from version 0: would clear it
+                           headers={**headers, "If-Match": 'W/"0"'})
+    assert stale.status_code == 412, stale.text
+    assert "already changed" in stale.json()["issue"][0]["diagnostics"]
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.version == 1 and len(held.provisions) == 1

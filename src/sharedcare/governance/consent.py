@@ -17,9 +17,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.store.models import PatientRecord, Preference
 
@@ -166,12 +169,24 @@ def _summary(pref: Preference) -> str:
     return ", ".join(flags) or "none"
 
 
-def _held(session: Session, nhs_number: str) -> Preference:
-    pref = session.get(Preference, nhs_number)
-    if pref is None:
-        pref = Preference(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False,
-                          provisions=[], version=0)
-        session.add(pref)
+class VersionConflict(SharedcareError):
+    """The choices changed since the version the caller read: nothing was changed."""
+
+
+def _held(session: Session, nhs_number: str, expected_version: int | None = None) -> Preference:
+    """The choices held against `nhs_number`, locked until the transaction ends, so that two changes made
+    at once are applied one after the other (neither lost, each its own version). The row is first
+    inserted if absent (a no-op if it exists or another transaction inserts it first), so that two first
+    choices made at once also queue on its lock. `expected_version`: the version the caller's change was
+    made against; VersionConflict if the choices have changed since."""
+    insert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(_PREFS)
+    session.execute(insert.values(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False,
+                                  provisions=[], version=0, updated_at=utcnow()).on_conflict_do_nothing())
+    pref = session.scalars(select(Preference).where(Preference.nhs_number == nhs_number).with_for_update()
+                           .execution_options(populate_existing=True)).one()
+    if expected_version is not None and pref.version != expected_version:
+        raise VersionConflict(f"your choices have already changed (now version {pref.version}, not "
+                              f"{expected_version}); read them again", where="If-Match")
     return pref
 
 
@@ -211,9 +226,10 @@ def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | N
 
 
 def replace_choices(session: Session, nhs_number: str, choices: Choices, *, by: str,
-                    person_id: str | None = None) -> Preference:
-    """Hold `choices` (a whole Consent, as the patient sent it) in place of what was held, audited."""
-    pref = _held(session, nhs_number)
+                    person_id: str | None = None, expected_version: int | None = None) -> Preference:
+    """Hold `choices` (a whole Consent, as the patient sent it) in place of what was held, audited
+    (`expected_version`: refused with VersionConflict unless that is the version held)."""
+    pref = _held(session, nhs_number, expected_version)
     pref.object_all, pref.object_orgs = choices.object_all, sorted(choices.object_orgs)
     pref.opt_out_secondary = choices.opt_out_secondary
     pref.provisions = [p.to_json() for p in choices.provisions]

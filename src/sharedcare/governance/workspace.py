@@ -179,13 +179,15 @@ class CitizenWorkspace:
         self._audit_view()
         return self._consent(nhs_number)
 
-    def replace_consent(self, nhs_number: str, body: Any) -> dict[str, Any]:
+    def replace_consent(self, nhs_number: str, body: Any, expected_version: int | None = None) -> dict[str, Any]:
         """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices there
-        (refused, naming the element, if the decision point could not honour it exactly)."""
+        (refused, naming the element, if the decision point could not honour it exactly; VersionConflict
+        if `expected_version` is given and is no longer the version held)."""
         if nhs_number not in self.nhs_numbers():
             raise NotFound(f"no Consent '{nhs_number}' of yours")
         choices = choices_from_consent(body, nhs_number, self.fw)
-        replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id)
+        replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
+                        expected_version=expected_version)
         return self._consent(nhs_number)
 
     def _consent(self, nhs_number: str) -> dict[str, Any]:
