@@ -205,11 +205,12 @@ def _changed(session: Session, pref: Preference, by: str, person_id: str | None,
 def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | None = None,
                object_all: bool | None = None,
                object_org: str | None = None, opt_out_secondary: bool | None = None,
-               provision: Provision | None = None, withdraw: int | None = None,
-               clear: bool = False) -> Preference:
+               provision: Provision | None = None, withdraw: Provision | None = None,
+               clear: bool = False, expected_version: int | None = None) -> Preference:
     """Record one change to a patient's choices, audited. `provision`: a further deny provision to add;
-    `withdraw`: the index of one to remove."""
-    pref = _held(session, nhs_number)
+    `withdraw`: one to remove (as held, not by position, so a page drawn earlier cannot remove another);
+    `expected_version`: refused with VersionConflict unless that is the version held."""
+    pref = _held(session, nhs_number, expected_version)
     if clear:
         pref.object_all, pref.object_orgs, pref.opt_out_secondary, pref.provisions = False, [], False, []
     if object_all is not None:
@@ -221,7 +222,7 @@ def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | N
     if provision is not None:
         pref.provisions = [*(pref.provisions or []), provision.to_json()]
     if withdraw is not None:
-        pref.provisions = [p for i, p in enumerate(pref.provisions or []) if i != withdraw]
+        pref.provisions = [p for p in pref.provisions or [] if p != withdraw.to_json()]
     return _changed(session, pref, by, person_id, "cleared" if clear else _summary(pref))
 
 

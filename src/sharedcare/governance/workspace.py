@@ -8,10 +8,12 @@ becomes one: found by NHS number and date of birth, then a one-time code, every 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +21,14 @@ from sharedcare.clock import utcnow
 from sharedcare.governance import access_log, one_time_codes, review
 from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.consent import Choices, Provision, choices_for, replace_choices, set_choice
+from sharedcare.governance.consent import (
+    Choices,
+    Provision,
+    VersionConflict,
+    choices_for,
+    replace_choices,
+    set_choice,
+)
 from sharedcare.governance.consent_fhir import choices_from_consent, consent_resource
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
 from sharedcare.governance.gateway import AccessDenied, GovernedRecords, NotFound, RecordView, citizen_actor
@@ -156,17 +165,35 @@ class CitizenWorkspace:
             set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, provision=provision)
         return self.choices()
 
-    def withdraw_provision(self, index: int) -> Choices:
-        """Withdraw the `index`-th of the further provisions (as `choices().provisions` lists them)."""
-        if not 0 <= index < len(self.choices().provisions):
-            raise ValueError("no such choice")
-        held = self.choices().provisions[index]
-        for number in self.nhs_numbers():
-            pref = self.session.get(Preference, number)
-            at = next((i for i, p in enumerate(pref.provisions) if p == held.to_json()), None) if pref else None
-            if at is not None:
-                set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=at)
+    def drawn_from(self) -> str:
+        """What the citizen's choices page is drawn from: the version of the choices held against each of
+        their NHS numbers (every change increments one), to send back with a change made on that page."""
+        return ".".join(str(self._version(number)) for number in self.nhs_numbers())
+
+    def withdraw_provision(self, key: str, drawn: str) -> Choices:
+        """Withdraw the further provision the page showed as `key` (`provision_key`), from every NHS number
+        holding it; ValueError (in words, nothing changed) if it is no longer held or the choices have
+        changed since the page was drawn (`drawn`, `drawn_from`)."""
+        held = next((p for p in self.choices().provisions if provision_key(p) == key), None)
+        if held is None:
+            raise ValueError("That choice was already withdrawn.")
+        changed = "Your choices have already changed since that page was shown: check them below and try again."
+        numbers = self.nhs_numbers()
+        versions = drawn.split(".")
+        if len(versions) != len(numbers) or not all(v.isdigit() for v in versions):
+            raise ValueError(changed)
+        try:
+            for number, version in zip(numbers, versions, strict=True):
+                set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=held,
+                           expected_version=int(version))
+        except VersionConflict as conflict:
+            self.session.rollback()  # nothing withdrawn from any number
+            raise ValueError(changed) from conflict
         return self.choices()
+
+    def _version(self, nhs_number: str) -> int:
+        pref = self.session.get(Preference, nhs_number)
+        return pref.version if pref else 0
 
     def consents(self) -> list[dict[str, Any]]:
         """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited)."""
@@ -192,7 +219,7 @@ class CitizenWorkspace:
 
     def _consent(self, nhs_number: str) -> dict[str, Any]:
         pref = self.session.get(Preference, nhs_number)
-        return consent_resource(nhs_number, choices_for(self.session, [nhs_number]), pref.version if pref else 0,
+        return consent_resource(nhs_number, choices_for(self.session, [nhs_number]), self._version(nhs_number),
                                 pref.updated_at if pref else None, self.fw)
 
     def _audit_view(self) -> None:
@@ -270,3 +297,9 @@ class CitizenSignIn:
         redeemed = one_time_codes.redeem(self.session, challenge, code, utcnow())
         self._audit(redeemed.signed_in, redeemed.person_id, "code", redeemed.result)
         return redeemed.person_id if redeemed.signed_in else None
+
+
+def provision_key(provision: Provision) -> str:
+    """A provision's name on a page: a digest of what is held, so a form names the provision itself, not
+    its place in a list that may have changed since."""
+    return hashlib.sha256(orjson.dumps(provision.to_json(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
