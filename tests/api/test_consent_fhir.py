@@ -56,6 +56,14 @@ def _event(db: Database, request_id: str) -> AuditEntry:
         return s.scalars(select(AuditEntry).where(AuditEntry.event["source"]["site"].as_string() == request_id)).one()
 
 
+def _found(ics: Ics, username: str) -> int:
+    """How many people a search by the patient's NHS number finds for this user."""
+    response = ics.client.post("/fhir/Patient/_search", headers=ics.token(username),
+                               data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
+    assert response.status_code == 200, response.text
+    return len(response.json()["entry"])
+
+
 HIDE_MENTAL_HEALTH_EXCEPT_GP = {"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}],
                                 "provision": [{"type": "permit", "actor": [_reader("P81001")]}]}
 
@@ -90,6 +98,7 @@ def test_a_patient_hides_their_mental_health_from_everyone_but_their_gp(ics: Ics
 def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
     except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
                         "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
+    assert _found(ics, "pharm.khan") == 1
     saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
@@ -98,6 +107,9 @@ def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
                      "emergency")
     assert not {"P81001:Condition", "P81001:MedicationStatement", "RYC:CarePlan"} & ordinary  # only the hospital's own
     assert {"P81001:Condition", "P81001:MedicationStatement", "RYC:CarePlan"} <= emergency
+    # the paramedic (who holds nothing of his) must first find him to break glass; others do not find him
+    assert _found(ics, "para.evans") == 1
+    assert _found(ics, "pharm.khan") == 0  # a pharmacist may not break glass (found before the choice)
 
 
 def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
@@ -162,10 +174,7 @@ def test_the_three_earlier_choices_are_consent_provisions_and_come_back_as_they_
 
 def test_search_does_not_find_a_patient_through_records_their_consent_hides_from_the_searcher(ics: Ics) -> None:
     def found(username: str) -> int:
-        response = ics.client.post("/fhir/Patient/_search", headers=ics.token(username),
-                                   data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
-        assert response.status_code == 200, response.text
-        return len(response.json()["entry"])
+        return _found(ics, username)
 
     assert found("para.evans") == 1
     from_ambulance = {"type": "deny", "actor": [_reader("RYA")]}  # the ambulance service holds nothing of his
