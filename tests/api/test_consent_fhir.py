@@ -34,7 +34,7 @@ def _consent(*denies: dict[str, Any]) -> dict[str, Any]:
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
             "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OKAFOR_NHS}},
             "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-            "provision": {"type": "permit", "provision": list(denies)}}
+            "provision": {"type": "permit", **({"provision": list(denies)} if denies else {})}}
 
 
 def _reader(org: str) -> dict[str, Any]:
@@ -200,3 +200,38 @@ def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(i
     with db.session() as s:
         held = s.get(Preference, OKAFOR_NHS)
         assert held is not None and held.version == 1 and len(held.provisions) == 1
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A deny with exceptions nested `depth` deep below it (permit, deny, permit, ...)."""
+    provision: dict[str, Any] = {"type": "permit" if depth % 2 else "deny"}
+    for level in range(depth - 1, -1, -1):
+        provision = {"type": "permit" if level % 2 else "deny", "provision": [provision]}
+    return provision
+
+
+def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is_held(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    modifier = [{"url": "https://example.org/reverse", "valueBoolean": True}]
+    without_patient = _consent()
+    del without_patient["patient"]
+    for body, element in (
+            (without_patient, "Consent.patient"),
+            ({**_consent(), "modifierExtension": modifier}, "Consent.modifierExtension"),
+            ({**_consent(), "policy": [{"uri": "https://example.org/anything"}]}, "Consent.policy"),
+            (_consent({"type": "deny", "modifierExtension": modifier}),
+             "Consent.provision.provision[0].modifierExtension"),
+            (_consent({"type": "deny", "actor": []}), "Consent.provision.provision[0].actor"),  # not "object to all"
+            (_consent({"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}],
+                       "provision": [{"type": "permit", "actor": []}]}),  # not an unconditional permit
+             "Consent.provision.provision[0].provision[0].actor"),
+            (_consent(_nested(4)), "Consent.provision.provision[0].provision[0].provision[0].provision[0].provision"),
+            (_consent(_nested(150)), None)):
+        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=body, headers=headers)
+        assert refused.status_code == 400, refused.text
+        if element is not None:
+            assert refused.json()["issue"][0]["expression"] == [element]
+    assert ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(_nested(3)), headers=headers).status_code == 200
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.version == 1  # only the last, honourable one
