@@ -144,10 +144,14 @@ def test_no_clinician_or_other_organisation_may_read_or_change_a_patients_consen
     stranger = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.stranger)}"}
     assert ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=stranger).status_code == 404
     assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=stranger).status_code == 404
+    stranger_put = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),
+                                  headers={**stranger, "Content-Type": "application/fhir+json"})
+    assert stranger_put.status_code == 404
     with db.session() as s:
         refused = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny",
                                                      AuditEntry.action.like("governance:preference:%"))).all()
-        assert len(refused) == 3
+        assert [details(e)["rule"] for e in refused] == ["deny-not-own-consent"] * 6  # the patient's own tries too
+        assert [e.patient_id for e in refused][3:] == [ics.stranger] * 3
         assert s.get(Preference, OKAFOR_NHS) is None
 
 
@@ -200,6 +204,8 @@ def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(i
     with db.session() as s:
         held = s.get(Preference, OKAFOR_NHS)
         assert held is not None and held.version == 1 and len(held.provisions) == 1
+        (refusal,) = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+        assert details(refusal)["rule"] == "deny-consent-version-changed"
 
 
 def _nested(depth: int) -> dict[str, Any]:
@@ -235,3 +241,7 @@ def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is
     with db.session() as s:
         held = s.get(Preference, OKAFOR_NHS)
         assert held is not None and held.version == 1  # only the last, honourable one
+        refusals = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny",
+                                                      AuditEntry.action == "governance:preference:set")).all()
+        assert len(refusals) == 8 and {details(e)["rule"] for e in refusals} == {"deny-consent-not-honoured"}
+        assert details(refusals[0])["where"] == "Consent.patient"

@@ -29,9 +29,16 @@ from sharedcare.governance.consent import (
     replace_choices,
     set_choice,
 )
-from sharedcare.governance.consent_fhir import choices_from_consent, consent_resource
+from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent, consent_resource
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
-from sharedcare.governance.gateway import AccessDenied, GovernedRecords, NotFound, RecordView, citizen_actor
+from sharedcare.governance.gateway import (
+    AccessDenied,
+    GovernedRecords,
+    InvalidRequest,
+    NotFound,
+    RecordView,
+    citizen_actor,
+)
 from sharedcare.governance.policy import Actor
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
@@ -195,27 +202,56 @@ class CitizenWorkspace:
         pref = self.session.get(Preference, nhs_number)
         return pref.version if pref else 0
 
-    def consents(self) -> list[dict[str, Any]]:
-        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited)."""
+    def consents(self, patient: str | None) -> list[dict[str, Any]]:
+        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited);
+        `patient` (a search's) must be the citizen, or the search is refused, audited."""
+        if patient is None:
+            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-invalid-request", "patient")
+            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
+        if patient.removeprefix("Patient/") != self.person_id:
+            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-not-own-consent", "patient")
+            raise NotFound("you can see only your own Consent")
         self._audit_view()
         return [self._consent(number) for number in self.nhs_numbers()]
 
     def consent(self, nhs_number: str) -> dict[str, Any]:
-        if nhs_number not in self.nhs_numbers():
-            raise NotFound(f"no Consent '{nhs_number}' of yours")
+        self._own(AuditAction.PREFERENCE_VIEW, nhs_number)
         self._audit_view()
         return self._consent(nhs_number)
 
     def replace_consent(self, nhs_number: str, body: Any, expected_version: int | None = None) -> dict[str, Any]:
         """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices there
         (refused, naming the element, if the decision point could not honour it exactly; VersionConflict
-        if `expected_version` is given and is no longer the version held)."""
-        if nhs_number not in self.nhs_numbers():
-            raise NotFound(f"no Consent '{nhs_number}' of yours")
-        choices = choices_from_consent(body, nhs_number, self.fw)
-        replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
-                        expected_version=expected_version)
+        if `expected_version` is given and is no longer the version held); each refusal audited."""
+        self._own(AuditAction.PREFERENCE_SET, nhs_number)
+        try:
+            choices = choices_from_consent(body, nhs_number, self.fw)
+            replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
+                            expected_version=expected_version)
+        except ConsentRefused as refused:
+            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
+            raise
+        except VersionConflict:
+            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-version-changed", "If-Match")
+            raise
         return self._consent(nhs_number)
+
+    def _own(self, action: AuditAction, nhs_number: str) -> None:
+        """Refuse (audited, as not found) a Consent id that is not one of the citizen's NHS numbers."""
+        if nhs_number not in self.nhs_numbers():
+            self.audit_refusal(action, "deny-not-own-consent", "Consent.id")
+            raise NotFound(f"no Consent '{nhs_number}' of yours")
+
+    def audit_refusal(self, action: AuditAction, rule_id: str, where: str | None) -> None:
+        """Audit a refused request about the citizen's choices, durably: whatever the request had begun is
+        rolled back, the refusal is committed before the error leaves."""
+        self.session.rollback()
+        record_audit(self.session, AuditRecord(action, "deny", self.actor.username,
+                                               role=self.actor.role.name if self.actor.role else None,
+                                               purpose="self-access", patient_id=self.person_id, rule_id=rule_id,
+                                               request_id=self.request_id,
+                                               detail={"where": where} if where else {}))
+        self.session.commit()
 
     def _consent(self, nhs_number: str) -> dict[str, Any]:
         pref = self.session.get(Preference, nhs_number)
