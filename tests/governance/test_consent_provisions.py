@@ -12,6 +12,7 @@ from tests.conftest import FRAMEWORK_PATH
 
 from sharedcare.governance.consent import Choices, Provision, combined_choices
 from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent
+from sharedcare.governance.explain import provision_in_words
 from sharedcare.governance.framework import load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide, decide_secondary
 
@@ -212,3 +213,12 @@ def test_an_objection_to_one_organisation_with_exceptions_is_refused_not_read_na
             {"type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                                             "code": "ETREAT"}]}]}), "9434765919", FW)
     assert refused.value.where == "Consent.provision.provision[0]"
+
+
+def test_a_sent_date_is_a_uk_date_and_is_said_as_one() -> None:
+    (summer,) = choices_from_consent(_sent({"type": "deny", "period": {"start": "2026-07-01", "end": "2026-07-31"}}),
+                                     "9434765919", FW).provisions
+    assert summer.start == datetime(2026, 6, 30, 23, 0, tzinfo=UTC)  # midnight in London, in summer time
+    assert summer.end is not None and summer.end < datetime(2026, 7, 31, 23, 0, tzinfo=UTC) <= summer.end + DAY
+    words = provision_in_words(summer, FW)
+    assert "from 01 July 2026" in words and "until 31 July 2026" in words

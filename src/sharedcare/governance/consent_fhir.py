@@ -11,6 +11,7 @@ from __future__ import annotations
 from calendar import monthrange
 from datetime import UTC, date, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
@@ -32,6 +33,7 @@ _ROLE_TEXT = {RECIPIENT: "information recipient", CUSTODIAN: "custodian"}
 _PURPOSE_TEXT = {"TREAT": "treatment", "ETREAT": "emergency treatment", "HOPERAT": "healthcare operations",
                  "HRESCH": "healthcare research"}
 _SECONDARY = frozenset({"HOPERAT", "HRESCH"})
+UK_TIME = ZoneInfo("Europe/London")  # a patient's dates are UK dates: read and said in UK time
 _HONOURED = frozenset({"type", "period", "actor", "purpose", "class", "code", "provision"})
 # The base permit, a deny, a permit in it, a deny in that and a permit in that; and JSON depth overall
 # (far beyond what a valid Consent nested so far needs), so nothing recursive meets a deeper body.
@@ -201,13 +203,15 @@ def _codes(concept: dict[str, Any], system: str) -> set[str]:
 
 
 def _instant(value: str, end: bool) -> datetime:
-    """A FHIR dateTime as an instant; a date alone means from its start, or to its end."""
+    """A FHIR dateTime as an instant; a date alone means from its start, or to its end, as the patient
+    means it: in UK time (a choice from 1 July starts at midnight in London, 23:00 UTC in summer)."""
     if len(value) > 10:
-        return datetime.fromisoformat(value).astimezone(UTC)
+        given = datetime.fromisoformat(value)
+        return (given if given.tzinfo else given.replace(tzinfo=UK_TIME)).astimezone(UTC)
     parts = [int(x) for x in value.split("-")]  # YYYY, YYYY-MM or YYYY-MM-DD
     year, month = parts[0], parts[1] if len(parts) > 1 else (12 if end else 1)
     day = parts[2] if len(parts) > 2 else (monthrange(year, month)[1] if end else 1)
-    return datetime.combine(date(year, month, day), time.max if end else time.min, tzinfo=UTC)
+    return datetime.combine(date(year, month, day), time.max if end else time.min, tzinfo=UK_TIME).astimezone(UTC)
 
 
 def _parse(held: dict[str, Any], where: str, fw: Framework) -> Provision:
