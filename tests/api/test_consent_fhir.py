@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.auth import mint_citizen_token
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
-from sharedcare.governance.consent import set_choice
+from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, Preference
+from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
@@ -245,3 +245,22 @@ def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is
                                                       AuditEntry.action == "governance:preference:set")).all()
         assert len(refusals) == 8 and {details(e)["rule"] for e in refusals} == {"deny-consent-not-honoured"}
         assert details(refusals[0])["where"] == "Consent.patient"
+
+
+def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all_of_the_persons(
+        ics: Ics, db: Database) -> None:
+    other_number = "9434765927"
+    with db.session() as s:  # the mental health trust knows him by another NHS number, linked to him
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
+        for number in (OKAFOR_NHS, other_number):  # as the portal adds a choice: to each of his numbers
+            set_choice(s, number, by="patient", provision=hide_category("mental_health"))
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    hospital = ics.open_record("dr.oconnor")
+    assert "RXM:Condition" not in _ids(ics, hospital, "hidden")
+
+    cleared = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(), headers=headers)
+    assert cleared.status_code == 200, cleared.text
+    found = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=_mine(ics)).json()
+    assert {e["resource"]["id"] for e in found["entry"]} == {OKAFOR_NHS, other_number}
+    assert all(e["resource"]["provision"] == {"type": "permit"} for e in found["entry"])
+    assert "RXM:Condition" in _ids(ics, hospital, "shown-again")  # no copy left in force under the other number

@@ -220,14 +220,19 @@ class CitizenWorkspace:
         return self._consent(nhs_number)
 
     def replace_consent(self, nhs_number: str, body: Any, expected_version: int | None = None) -> dict[str, Any]:
-        """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices there
-        (refused, naming the element, if the decision point could not honour it exactly; VersionConflict
-        if `expected_version` is given and is no longer the version held); each refusal audited."""
+        """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices, against
+        every NHS number they have (the choices held against all of them apply together, so replacing one
+        number's alone would leave the others' in force); refused, naming the element, if the decision
+        point could not honour it exactly; VersionConflict if `expected_version` is given and is no longer
+        the version held against `nhs_number`. Each refusal audited."""
         self._own(AuditAction.PREFERENCE_SET, nhs_number)
         try:
             choices = choices_from_consent(body, nhs_number, self.fw)
             replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
                             expected_version=expected_version)
+            for other in self.nhs_numbers():
+                if other != nhs_number:
+                    replace_choices(self.session, other, choices, by=self.actor.username, person_id=self.person_id)
         except ConsentRefused as refused:
             self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
             raise
