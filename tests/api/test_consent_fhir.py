@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.auth import mint_citizen_token
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
-from sharedcare.governance.consent import set_choice
+from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, Preference
+from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
@@ -34,7 +34,7 @@ def _consent(*denies: dict[str, Any]) -> dict[str, Any]:
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
             "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OKAFOR_NHS}},
             "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-            "provision": {"type": "permit", "provision": list(denies)}}
+            "provision": {"type": "permit", **({"provision": list(denies)} if denies else {})}}
 
 
 def _reader(org: str) -> dict[str, Any]:
@@ -54,6 +54,14 @@ def _ids(ics: Ics, headers: dict[str, str], request_id: str) -> set[str]:
 def _event(db: Database, request_id: str) -> AuditEntry:
     with db.session() as s:
         return s.scalars(select(AuditEntry).where(AuditEntry.event["source"]["site"].as_string() == request_id)).one()
+
+
+def _found(ics: Ics, username: str) -> int:
+    """How many people a search by the patient's NHS number finds for this user."""
+    response = ics.client.post("/fhir/Patient/_search", headers=ics.token(username),
+                               data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
+    assert response.status_code == 200, response.text
+    return len(response.json()["entry"])
 
 
 HIDE_MENTAL_HEALTH_EXCEPT_GP = {"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}],
@@ -90,6 +98,7 @@ def test_a_patient_hides_their_mental_health_from_everyone_but_their_gp(ics: Ics
 def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
     except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
                         "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
+    assert _found(ics, "pharm.khan") == 1
     saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
@@ -98,6 +107,9 @@ def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
                      "emergency")
     assert not {"P81001:Condition", "P81001:MedicationStatement", "RYC:CarePlan"} & ordinary  # only the hospital's own
     assert {"P81001:Condition", "P81001:MedicationStatement", "RYC:CarePlan"} <= emergency
+    # the paramedic (who holds nothing of his) must first find him to break glass; others do not find him
+    assert _found(ics, "para.evans") == 1
+    assert _found(ics, "pharm.khan") == 0  # a pharmacist may not break glass (found before the choice)
 
 
 def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
@@ -132,10 +144,14 @@ def test_no_clinician_or_other_organisation_may_read_or_change_a_patients_consen
     stranger = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.stranger)}"}
     assert ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=stranger).status_code == 404
     assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=stranger).status_code == 404
+    stranger_put = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),
+                                  headers={**stranger, "Content-Type": "application/fhir+json"})
+    assert stranger_put.status_code == 404
     with db.session() as s:
         refused = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny",
                                                      AuditEntry.action.like("governance:preference:%"))).all()
-        assert len(refused) == 3
+        assert [details(e)["rule"] for e in refused] == ["deny-not-own-consent"] * 6  # the patient's own tries too
+        assert [e.patient_id for e in refused][3:] == [ics.stranger] * 3
         assert s.get(Preference, OKAFOR_NHS) is None
 
 
@@ -162,10 +178,7 @@ def test_the_three_earlier_choices_are_consent_provisions_and_come_back_as_they_
 
 def test_search_does_not_find_a_patient_through_records_their_consent_hides_from_the_searcher(ics: Ics) -> None:
     def found(username: str) -> int:
-        response = ics.client.post("/fhir/Patient/_search", headers=ics.token(username),
-                                   data={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"})
-        assert response.status_code == 200, response.text
-        return len(response.json()["entry"])
+        return _found(ics, username)
 
     assert found("para.evans") == 1
     from_ambulance = {"type": "deny", "actor": [_reader("RYA")]}  # the ambulance service holds nothing of his
@@ -174,3 +187,80 @@ def test_search_does_not_find_a_patient_through_records_their_consent_hides_from
     assert saved.status_code == 200, saved.text
     assert found("para.evans") == 0
     assert found("dr.oconnor") == 1  # another organisation is unaffected
+
+
+def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    read = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))
+    assert read.headers["ETag"] == 'W/"0"'
+    first = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
+                           headers={**headers, "If-Match": read.headers["ETag"]})
+    assert first.status_code == 200, first.text
+    assert first.headers["ETag"] == 'W/"1"'
+    stale = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),  # drawn from version 0: would clear it
+                           headers={**headers, "If-Match": 'W/"0"'})
+    assert stale.status_code == 412, stale.text
+    assert "already changed" in stale.json()["issue"][0]["diagnostics"]
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.version == 1 and len(held.provisions) == 1
+        (refusal,) = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+        assert details(refusal)["rule"] == "deny-consent-version-changed"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A deny with exceptions nested `depth` deep below it (permit, deny, permit, ...)."""
+    provision: dict[str, Any] = {"type": "permit" if depth % 2 else "deny"}
+    for level in range(depth - 1, -1, -1):
+        provision = {"type": "permit" if level % 2 else "deny", "provision": [provision]}
+    return provision
+
+
+def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is_held(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    modifier = [{"url": "https://example.org/reverse", "valueBoolean": True}]
+    without_patient = _consent()
+    del without_patient["patient"]
+    for body, element in (
+            (without_patient, "Consent.patient"),
+            ({**_consent(), "modifierExtension": modifier}, "Consent.modifierExtension"),
+            ({**_consent(), "policy": [{"uri": "https://example.org/anything"}]}, "Consent.policy"),
+            (_consent({"type": "deny", "modifierExtension": modifier}),
+             "Consent.provision.provision[0].modifierExtension"),
+            (_consent({"type": "deny", "actor": []}), "Consent.provision.provision[0].actor"),  # not "object to all"
+            (_consent({"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}],
+                       "provision": [{"type": "permit", "actor": []}]}),  # not an unconditional permit
+             "Consent.provision.provision[0].provision[0].actor"),
+            (_consent(_nested(4)), "Consent.provision.provision[0].provision[0].provision[0].provision[0].provision"),
+            (_consent(_nested(150)), None)):
+        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=body, headers=headers)
+        assert refused.status_code == 400, refused.text
+        if element is not None:
+            assert refused.json()["issue"][0]["expression"] == [element]
+    assert ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(_nested(3)), headers=headers).status_code == 200
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.version == 1  # only the last, honourable one
+        refusals = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny",
+                                                      AuditEntry.action == "governance:preference:set")).all()
+        assert len(refusals) == 8 and {details(e)["rule"] for e in refusals} == {"deny-consent-not-honoured"}
+        assert details(refusals[0])["where"] == "Consent.patient"
+
+
+def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all_of_the_persons(
+        ics: Ics, db: Database) -> None:
+    other_number = "9434765927"
+    with db.session() as s:  # the mental health trust knows him by another NHS number, linked to him
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
+        for number in (OKAFOR_NHS, other_number):  # as the portal adds a choice: to each of his numbers
+            set_choice(s, number, by="patient", provision=hide_category("mental_health"))
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    hospital = ics.open_record("dr.oconnor")
+    assert "RXM:Condition" not in _ids(ics, hospital, "hidden")
+
+    cleared = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(), headers=headers)
+    assert cleared.status_code == 200, cleared.text
+    found = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=_mine(ics)).json()
+    assert {e["resource"]["id"] for e in found["entry"]} == {OKAFOR_NHS, other_number}
+    assert all(e["resource"]["provision"] == {"type": "permit"} for e in found["entry"])
+    assert "RXM:Condition" in _ids(ics, hospital, "shown-again")  # no copy left in force under the other number

@@ -12,6 +12,7 @@ from tests.conftest import FRAMEWORK_PATH
 
 from sharedcare.governance.consent import Choices, Provision, combined_choices
 from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent
+from sharedcare.governance.explain import provision_in_words
 from sharedcare.governance.framework import load_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide, decide_secondary
 
@@ -61,6 +62,8 @@ def test_without_a_choice_every_reader_sees_the_whole_record_the_framework_allow
 
 HIDE_MH_EXCEPT_RXM = Provision("deny", codes=_f("mental_health"),
                                provisions=(Provision("permit", recipients=_f("RXM")),))
+HIDE_MH_EXCEPT_RXM_TO_GP = Provision("deny", codes=_f("mental_health"), provisions=(
+    Provision("permit", recipients=_f("P81001"), sources=_f("RXM")),))
 EXCEPT_EMERGENCY = Provision("deny", purposes=_f("TREAT"), provisions=(Provision("permit", purposes=_f("ETREAT")),))
 
 CASES = [
@@ -90,10 +93,15 @@ CASES = [
     ("period, expired", Provision("deny", start=NOW - 9 * DAY, end=NOW - DAY), "dr.oconnor", {}, EVERYTHING),
     ("period, not begun", Provision("deny", start=NOW + DAY), "dr.oconnor", {}, EVERYTHING),
     ("period, open-ended", Provision("deny", start=NOW - DAY), "dr.oconnor", {}, {"rxr-doc"}),
-    # several actors: the provision controls each of them (the reader is one, or the data's holder is one)
-    ("actors", Provision("deny", recipients=_f("RXR"), sources=_f("P81001")), "dr.oconnor", {}, {"rxr-doc"}),
-    ("actors, the holder", Provision("deny", recipients=_f("RXR"), sources=_f("P81001")), "dr.singh", {},
+    # a reader and a holder: the provision controls the data that holder holds when that reader reads it
+    ("actors", Provision("deny", recipients=_f("RXR"), sources=_f("P81001")), "dr.oconnor", {},
      EVERYTHING - {"gp-cond", "gp-med", "gp-mh"}),
+    ("actors, another reader", Provision("deny", recipients=_f("RXR"), sources=_f("P81001")), "dr.singh", {},
+     EVERYTHING),
+    # hide my mental health from everyone, except the mental health trust's records to my GP: not to the hospital
+    ("actors in an exception, another reader", HIDE_MH_EXCEPT_RXM_TO_GP, "dr.oconnor", {},
+     EVERYTHING - {"gp-mh", "rxm-cond"}),
+    ("actors in an exception, the reader named", HIDE_MH_EXCEPT_RXM_TO_GP, "dr.patel", {}, EVERYTHING),
     # every other element given must match: mental health Conditions, for the hospital only
     ("class and code", Provision("deny", classes=_f("Condition"), codes=_f("mental_health"),
                                  recipients=_f("RXR")), "dr.oconnor", {}, EVERYTHING - {"gp-mh", "rxm-cond"}),
@@ -191,3 +199,26 @@ def test_a_sent_period_of_whole_days_or_months_covers_them_to_their_last_moment(
         choices_from_consent(_sent({"type": "deny", "period": {"start": "2026-12-01", "end": "2026-11-01"}}),
                              "9434765919", FW)
     assert refused.value.where == "Consent.provision.provision[0].period"
+
+
+def test_an_objection_to_one_organisation_with_exceptions_is_refused_not_read_narrowly() -> None:
+    both = [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                  "code": role}]},
+             "reference": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXR"}}}
+            for role in ("IRCP", "CST")]
+    plain = choices_from_consent(_sent({"type": "deny", "actor": both}), "9434765919", FW)
+    assert plain.object_orgs == {"RXR"}
+    with pytest.raises(ConsentRefused) as refused:
+        choices_from_consent(_sent({"type": "deny", "actor": both, "provision": [
+            {"type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                            "code": "ETREAT"}]}]}), "9434765919", FW)
+    assert refused.value.where == "Consent.provision.provision[0]"
+
+
+def test_a_sent_date_is_a_uk_date_and_is_said_as_one() -> None:
+    (summer,) = choices_from_consent(_sent({"type": "deny", "period": {"start": "2026-07-01", "end": "2026-07-31"}}),
+                                     "9434765919", FW).provisions
+    assert summer.start == datetime(2026, 6, 30, 23, 0, tzinfo=UTC)  # midnight in London, in summer time
+    assert summer.end is not None and summer.end < datetime(2026, 7, 31, 23, 0, tzinfo=UTC) <= summer.end + DAY
+    words = provision_in_words(summer, FW)
+    assert "from 01 July 2026" in words and "until 31 July 2026" in words

@@ -154,10 +154,12 @@ DENIES = st.lists(_provision(st.just("deny"), st.lists(NESTED, max_size=3).map(t
 
 
 def _in_provision(p: Provision, reader: str, purposes: set[str], org: str, kind: str, category: str) -> bool:
-    """R4 Consent: a provision controls the data when each element it has matches (any of its values;
-    an actor as the reader or as the data's custodian) and now is in its period."""
-    actors = ([("reader", o) for o in p.recipients] + [("custodian", o) for o in p.sources])
-    return ((not actors or ("reader", reader) in actors or ("custodian", org) in actors)
+    """R4 Consent: a provision controls the data when each element it has matches (any of its values) and
+    now is in its period; its actors are read per role: the reader must be one it names as recipient,
+    and the data's custodian one it names as custodian."""
+    actors = [("reader", o) for o in p.recipients] + [("custodian", o) for o in p.sources]
+    roles_named = {role for role, _ in actors}
+    return (all((role, {"reader": reader, "custodian": org}[role]) in actors for role in roles_named)
             and (not p.purposes or bool(purposes & p.purposes)) and (not p.classes or kind in p.classes)
             and (not p.codes or category in p.codes) and (p.start is None or p.start <= NOW)
             and (p.end is None or NOW <= p.end))

@@ -204,7 +204,8 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     listed = ics.client.get("/patient/choices").text
     assert "Other choices" in listed and "Hide mental health services from everyone" in listed
     assert "Hide mental health services from everyone" in ics.client.get("/patient/home").text
-    assert ics.client.post("/patient/choices/withdraw", data={"index": "0"}, follow_redirects=False).status_code == 303
+    (form,) = _withdraw_forms(listed)
+    assert ics.client.post("/patient/choices/withdraw", data=form, follow_redirects=False).status_code == 303
     assert "RXM:Condition" in _sources(ics, hospital)
     assert "Other choices" not in ics.client.get("/patient/choices").text
 
@@ -284,3 +285,28 @@ def test_a_long_access_log_is_read_a_page_at_a_time(ics: Ics) -> None:
     assert second.count('class="nhsuk-table__row sc-access"') == 30 and second.count("Dr Amara Patel") == 30
     assert "Earlier entries</span>" not in second and 'href="/patient/accesses"' in second
     assert ics.client.get("/patient/accesses?before=soon").status_code == 400
+
+
+def _withdraw_forms(page: str) -> list[dict[str, str]]:
+    """The withdraw buttons' hidden fields, in the order the page lists the choices."""
+    return [{"choice": choice, "drawn": drawn} for choice, drawn in
+            re.findall(r'name="choice" value="([^"]*)"><input type="hidden" name="drawn" value="([^"]*)"', page)]
+
+
+def test_a_withdraw_from_a_page_shown_before_another_change_never_removes_a_different_choice(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for category in ("mental_health", "sexual_health"):
+        assert ics.client.post("/patient/choices/hide", data={"category": category, "hide_from": "everyone"},
+                               follow_redirects=False).status_code == 303
+    stale = _withdraw_forms(ics.client.get("/patient/choices").text)  # a second tab, left open
+    assert len(stale) == 2
+    fresh = _withdraw_forms(ics.client.get("/patient/choices").text)
+    assert ics.client.post("/patient/choices/withdraw", data=fresh[0], follow_redirects=False).status_code == 303
+
+    again = ics.client.post("/patient/choices/withdraw", data=stale[0])  # the mental health choice, again
+    assert again.status_code == 409 and "already withdrawn" in again.text
+    other = ics.client.post("/patient/choices/withdraw", data=stale[1])  # drawn before the change
+    assert other.status_code == 409 and "already changed" in other.text
+    listed = ics.client.get("/patient/choices").text
+    assert "Hide sexual and reproductive health from everyone" in listed
+    assert "Hide mental health services" not in listed

@@ -19,16 +19,36 @@ from starlette.concurrency import run_in_threadpool
 from sharedcare.api.deps import own_consent
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.consent import VersionConflict
 from sharedcare.governance.consent_fhir import ConsentRefused
-from sharedcare.governance.gateway import InvalidRequest, NotFound
+from sharedcare.governance.gateway import InvalidRequest
 
 router = APIRouter(prefix="/fhir", responses={**FHIR_RESOURCE_RESPONSE, **ERROR_RESPONSES})
 BODY = {"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": {"type": "object"}}}}}
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+    headers = {"ETag": f'W/"{body["meta"]["versionId"]}"'} if body.get("resourceType") == "Consent" else None
+    return JSONResponse(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def _outcome(status: int, code: str, refused: SharedcareError) -> JSONResponse:
+    return _fhir({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": code, "diagnostics": str(refused), "details": {"text": refused.message},
+        **({"expression": [refused.where]} if refused.where else {})}]}, status)
+
+
+def _if_match(request: Request) -> int | None:
+    """The version an `If-Match: W/"<versionId>"` header names (None without one)."""
+    value = request.headers.get("if-match")
+    if value is None or value.strip() == "*":
+        return None
+    version = value.strip().removeprefix("W/").strip('"')
+    if not version.isdigit():
+        raise InvalidRequest('If-Match must name a version as W/"<versionId>"')
+    return int(version)
 
 
 def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -43,11 +63,7 @@ def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
 def search_consent(request: Request, patient: str | None = None) -> JSONResponse:
     """The caller's own Consents (one per NHS number their record carries); `patient` must be them."""
     with own_consent(request, AuditAction.PREFERENCE_VIEW) as me:  # the caller first: deny by default
-        if patient is None:
-            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
-        if patient.removeprefix("Patient/") != me.person_id:
-            raise NotFound("you can see only your own Consent")
-        body = _bundle(request, me.consents())
+        body = _bundle(request, me.consents(patient))
     return _fhir(body)
 
 
@@ -61,21 +77,24 @@ def read_consent(consent_id: str, request: Request) -> JSONResponse:
 @router.put("/Consent/{consent_id}", openapi_extra=BODY)
 async def update_consent(consent_id: str, request: Request) -> JSONResponse:
     """Replace the caller's choices held against one of their NHS numbers with the Consent sent."""
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as bad:
-        raise InvalidRequest("send the Consent as application/fhir+json") from bad
+    sent = await request.body()
 
     def replace() -> JSONResponse:
         try:
-            with own_consent(request, AuditAction.PREFERENCE_SET) as me:
+            with own_consent(request, AuditAction.PREFERENCE_SET) as me:  # the caller first: deny by default
+                try:
+                    body, expected = orjson.loads(sent), _if_match(request)
+                except (orjson.JSONDecodeError, InvalidRequest) as bad:
+                    me.audit_refusal(AuditAction.PREFERENCE_SET, "deny-invalid-request", "body or If-Match")
+                    raise InvalidRequest('send the Consent as application/fhir+json, and If-Match as W/"<versionId>"'
+                                         ) from bad
                 if isinstance(body, dict) and body.get("id") not in (None, consent_id):
+                    me.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", "Consent.id")
                     raise ConsentRefused(f"the id must be '{consent_id}', as in the URL", where="Consent.id")
-                return _fhir(me.replace_consent(consent_id, body))
+                return _fhir(me.replace_consent(consent_id, body, expected))
         except ConsentRefused as refused:
-            return _fhir({"resourceType": "OperationOutcome", "issue": [{
-                "severity": "error", "code": "invalid",
-                "diagnostics": str(refused), "details": {"text": refused.message},
-                **({"expression": [refused.where]} if refused.where else {})}]}, 400)
+            return _outcome(400, "invalid", refused)
+        except VersionConflict as conflict:
+            return _outcome(412, "conflict", conflict)
 
     return await run_in_threadpool(replace)

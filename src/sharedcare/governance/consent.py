@@ -17,9 +17,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.store.models import PatientRecord, Preference
 
@@ -60,7 +63,8 @@ class Ask:
 @dataclass(frozen=True)
 class Provision:
     """One Consent provision. Each element left empty matches anything; each one given must match (any of
-    its values); `provisions` are exceptions to this one."""
+    its values): a provision naming readers (IRCP) and holders (CST) applies when the reader is one of the
+    readers and the data's holder one of the holders; `provisions` are exceptions to this one."""
 
     type: str  # permit | deny
     recipients: frozenset[str] = frozenset()  # actor role IRCP: the reading user's organisation (ODS)
@@ -73,10 +77,9 @@ class Provision:
     provisions: tuple[Provision, ...] = ()
 
     def matches(self, ask: Ask) -> bool:
-        if self.recipients or self.sources:  # actors: any one of them
-            if ask.recipient not in self.recipients and ask.source not in self.sources:
-                return False
-        return ((not self.purposes or bool(self.purposes & ask.purposes))
+        return ((not self.recipients or ask.recipient in self.recipients)
+                and (not self.sources or ask.source in self.sources)
+                and (not self.purposes or bool(self.purposes & ask.purposes))
                 and (not self.classes or ask.resource_type in self.classes)
                 and (not self.codes or ask.category in self.codes)
                 and (self.start is None or self.start <= ask.now)
@@ -166,12 +169,24 @@ def _summary(pref: Preference) -> str:
     return ", ".join(flags) or "none"
 
 
-def _held(session: Session, nhs_number: str) -> Preference:
-    pref = session.get(Preference, nhs_number)
-    if pref is None:
-        pref = Preference(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False,
-                          provisions=[], version=0)
-        session.add(pref)
+class VersionConflict(SharedcareError):
+    """The choices changed since the version the caller read: nothing was changed."""
+
+
+def _held(session: Session, nhs_number: str, expected_version: int | None = None) -> Preference:
+    """The choices held against `nhs_number`, locked until the transaction ends, so that two changes made
+    at once are applied one after the other (neither lost, each its own version). The row is first
+    inserted if absent (a no-op if it exists or another transaction inserts it first), so that two first
+    choices made at once also queue on its lock. `expected_version`: the version the caller's change was
+    made against; VersionConflict if the choices have changed since."""
+    insert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(_PREFS)
+    session.execute(insert.values(nhs_number=nhs_number, object_all=False, object_orgs=[], opt_out_secondary=False,
+                                  provisions=[], version=0, updated_at=utcnow()).on_conflict_do_nothing())
+    pref = session.scalars(select(Preference).where(Preference.nhs_number == nhs_number).with_for_update()
+                           .execution_options(populate_existing=True)).one()
+    if expected_version is not None and pref.version != expected_version:
+        raise VersionConflict(f"your choices have already changed (now version {pref.version}, not "
+                              f"{expected_version}); read them again", where="If-Match")
     return pref
 
 
@@ -190,11 +205,12 @@ def _changed(session: Session, pref: Preference, by: str, person_id: str | None,
 def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | None = None,
                object_all: bool | None = None,
                object_org: str | None = None, opt_out_secondary: bool | None = None,
-               provision: Provision | None = None, withdraw: int | None = None,
-               clear: bool = False) -> Preference:
+               provision: Provision | None = None, withdraw: Provision | None = None,
+               clear: bool = False, expected_version: int | None = None) -> Preference:
     """Record one change to a patient's choices, audited. `provision`: a further deny provision to add;
-    `withdraw`: the index of one to remove."""
-    pref = _held(session, nhs_number)
+    `withdraw`: one to remove (as held, not by position, so a page drawn earlier cannot remove another);
+    `expected_version`: refused with VersionConflict unless that is the version held."""
+    pref = _held(session, nhs_number, expected_version)
     if clear:
         pref.object_all, pref.object_orgs, pref.opt_out_secondary, pref.provisions = False, [], False, []
     if object_all is not None:
@@ -206,14 +222,15 @@ def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | N
     if provision is not None:
         pref.provisions = [*(pref.provisions or []), provision.to_json()]
     if withdraw is not None:
-        pref.provisions = [p for i, p in enumerate(pref.provisions or []) if i != withdraw]
+        pref.provisions = [p for p in pref.provisions or [] if p != withdraw.to_json()]
     return _changed(session, pref, by, person_id, "cleared" if clear else _summary(pref))
 
 
 def replace_choices(session: Session, nhs_number: str, choices: Choices, *, by: str,
-                    person_id: str | None = None) -> Preference:
-    """Hold `choices` (a whole Consent, as the patient sent it) in place of what was held, audited."""
-    pref = _held(session, nhs_number)
+                    person_id: str | None = None, expected_version: int | None = None) -> Preference:
+    """Hold `choices` (a whole Consent, as the patient sent it) in place of what was held, audited
+    (`expected_version`: refused with VersionConflict unless that is the version held)."""
+    pref = _held(session, nhs_number, expected_version)
     pref.object_all, pref.object_orgs = choices.object_all, sorted(choices.object_orgs)
     pref.opt_out_secondary = choices.opt_out_secondary
     pref.provisions = [p.to_json() for p in choices.provisions]

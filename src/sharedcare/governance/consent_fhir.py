@@ -11,6 +11,7 @@ from __future__ import annotations
 from calendar import monthrange
 from datetime import UTC, date, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
@@ -32,7 +33,12 @@ _ROLE_TEXT = {RECIPIENT: "information recipient", CUSTODIAN: "custodian"}
 _PURPOSE_TEXT = {"TREAT": "treatment", "ETREAT": "emergency treatment", "HOPERAT": "healthcare operations",
                  "HRESCH": "healthcare research"}
 _SECONDARY = frozenset({"HOPERAT", "HRESCH"})
+UK_TIME = ZoneInfo("Europe/London")  # a patient's dates are UK dates: read and said in UK time
 _HONOURED = frozenset({"type", "period", "actor", "purpose", "class", "code", "provision"})
+# The base permit, a deny, a permit in it, a deny in that and a permit in that; and JSON depth overall
+# (far beyond what a valid Consent nested so far needs), so nothing recursive meets a deeper body.
+_MAX_PROVISION_DEPTH = 5
+_MAX_DEPTH = 40
 
 
 class ConsentRefused(SharedcareError):
@@ -106,6 +112,7 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
     FHIR R4 or asks for anything the decision point would not honour exactly."""
     if not isinstance(body, dict) or body.get("resourceType") != "Consent":
         raise ConsentRefused("send a FHIR Consent resource", where="resourceType")
+    _refuse_what_would_be_ignored(body)
     problems = validation_problems(body)
     if problems:
         raise ConsentRefused("not valid FHIR R4: " + "; ".join(problems[:5]))
@@ -114,7 +121,7 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
                              "Consent whose base permit has no provisions", where="Consent.status")
     if SCOPE["code"] not in _codes(body["scope"], SCOPE["system"]):
         raise ConsentRefused("the scope must be patient-privacy (consentscope)", where="Consent.scope")
-    patient = body["patient"].get("identifier") or {}
+    patient = (body.get("patient") or {}).get("identifier") or {}
     if patient.get("system") != NHS_NUMBER_SYSTEM or patient.get("value") != nhs_number:
         raise ConsentRefused(f"the patient must be identified by the NHS number {nhs_number} "
                              f"({NHS_NUMBER_SYSTEM})", where="Consent.patient")
@@ -133,12 +140,49 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
             raise ConsentRefused("a permit directly in the base permit would grant nothing beyond the framework: "
                                  "nest it in a deny provision as its exception",
                                  where=f"Consent.provision.provision[{i}].type")
+    for i, p in enumerate(found):
+        if p.provisions and len(p.recipients) == 1 and p.recipients == p.sources:
+            raise ConsentRefused("a deny naming one organisation as both reader and holder objects to that "
+                                 "organisation and takes no exceptions; to hide only its own data from it, name "
+                                 "what (code, class or purpose) in the deny", where=f"Consent.provision.provision[{i}]")
     object_all = any(_bare(p) for p in found)
     object_orgs = {next(iter(p.recipients)) for p in found if _object_org(p)}
     opt_out = any(_opt_out(p) for p in found)
     others = tuple(p for p in found if not (_bare(p) or _object_org(p) or _opt_out(p)))
     return Choices(object_all=object_all, object_orgs=frozenset(object_orgs), opt_out_secondary=opt_out,
                    provisions=others)
+
+
+def _refuse_what_would_be_ignored(body: dict[str, Any]) -> None:
+    """Refuse, naming the element, what the checks below would otherwise pass over: a modifier (it could
+    reverse a provision's meaning), a policy beyond the framework's, an empty element (an empty `actor`
+    would read as "anyone", turning a deny into an objection to all sharing or a nested permit into an
+    unconditional one), and nesting deeper than a patient's choice needs (checked here, without recursion,
+    before anything recursive reads the body)."""
+    for name in ("implicitRules", "policy"):
+        if name in body:
+            raise ConsentRefused(f"'{name}' is not honoured here: the policy is the sharing framework's",
+                                 where=f"Consent.{name}")
+    stack: list[tuple[Any, str, int, int]] = [(body, "Consent", 0, 0)]  # value, where, depth, provision depth
+    while stack:
+        value, where, depth, provisions = stack.pop()
+        if value is None or value == [] or value == {} or value == "":
+            raise ConsentRefused("an element may not be empty: leave it out", where=where)
+        if depth > _MAX_DEPTH:
+            raise ConsentRefused("the Consent is nested too deeply", where=where)
+        if isinstance(value, dict):
+            if "modifierExtension" in value:
+                raise ConsentRefused("a modifier extension would change what this element means, and is not "
+                                     "honoured here", where=f"{where}.modifierExtension")
+            for key, child in value.items():
+                inner = provisions + (key == "provision")
+                if inner > _MAX_PROVISION_DEPTH:
+                    raise ConsentRefused(f"a choice may nest exceptions {_MAX_PROVISION_DEPTH - 2} deep at most "
+                                         "(a deny, a permit in it, a deny in that, and a permit in that)",
+                                         where=f"{where}.{key}")
+                stack.append((child, f"{where}.{key}", depth + 1, inner))
+        elif isinstance(value, list):
+            stack.extend((child, f"{where}[{i}]", depth + 1, provisions) for i, child in enumerate(value))
 
 
 def _bare(p: Provision) -> bool:
@@ -159,13 +203,15 @@ def _codes(concept: dict[str, Any], system: str) -> set[str]:
 
 
 def _instant(value: str, end: bool) -> datetime:
-    """A FHIR dateTime as an instant; a date alone means from its start, or to its end."""
+    """A FHIR dateTime as an instant; a date alone means from its start, or to its end, as the patient
+    means it: in UK time (a choice from 1 July starts at midnight in London, 23:00 UTC in summer)."""
     if len(value) > 10:
-        return datetime.fromisoformat(value).astimezone(UTC)
+        given = datetime.fromisoformat(value)
+        return (given if given.tzinfo else given.replace(tzinfo=UK_TIME)).astimezone(UTC)
     parts = [int(x) for x in value.split("-")]  # YYYY, YYYY-MM or YYYY-MM-DD
     year, month = parts[0], parts[1] if len(parts) > 1 else (12 if end else 1)
     day = parts[2] if len(parts) > 2 else (monthrange(year, month)[1] if end else 1)
-    return datetime.combine(date(year, month, day), time.max if end else time.min, tzinfo=UTC)
+    return datetime.combine(date(year, month, day), time.max if end else time.min, tzinfo=UK_TIME).astimezone(UTC)
 
 
 def _parse(held: dict[str, Any], where: str, fw: Framework) -> Provision:

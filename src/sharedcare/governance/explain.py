@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sharedcare.governance.consent import Provision
+from sharedcare.governance.consent_fhir import UK_TIME
 from sharedcare.governance.framework import Framework
 
 TIER_WORDS = {
@@ -109,9 +110,9 @@ def provision_in_words(p: Provision, fw: Framework, nested: bool = False) -> str
     if p.purposes:
         parts.append("when it is used " + _either([_PURPOSE_WORDS[c] for c in sorted(p.purposes)]))
     if p.start is not None:
-        parts.append(f"from {p.start:%d %B %Y}")
+        parts.append(f"from {p.start.astimezone(UK_TIME):%d %B %Y}")
     if p.end is not None:
-        parts.append(f"until {p.end:%d %B %Y}")
+        parts.append(f"until {p.end.astimezone(UK_TIME):%d %B %Y}")
     sentence = " ".join(parts)
     if p.provisions:
         sentence += "; except: " + "; ".join(provision_in_words(child, fw, nested=True) for child in p.provisions)

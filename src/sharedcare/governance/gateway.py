@@ -759,12 +759,18 @@ class GovernedRecords:
         if own in choices.object_orgs:
             return None
         today = self.now.date()
-        purposes = purposes_of_use(self.purpose, emergency=False)  # no basis yet: never as break glass
+        # No basis yet: a source Patient is found if any basis this actor could give would show it, so one
+        # whose role may break glass finds a patient who shares only in an emergency (the record itself
+        # stays behind the basis given when it is opened).
+        role = self.actor.role
+        bases = [False, True] if role is not None and "access:emergency" in role.permissions else [False]
+        asks = [purposes_of_use(self.purpose, emergency=e) for e in bases]
         visible = [r for r in records
                    if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)
                    and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs
                    and (r.source_org == own
-                        or not choices.denies(Ask(own, purposes, r.source_org, "Patient", "demographics", self.now)))]
+                        or any(not choices.denies(Ask(own, purposes, r.source_org, "Patient", "demographics",
+                                                      self.now)) for purposes in asks))]
         matched = next((r for r in visible if wanted.matches(r)), None)
         if matched is None:
             return None

@@ -8,10 +8,12 @@ becomes one: found by NHS number and date of birth, then a one-time code, every 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,10 +21,24 @@ from sharedcare.clock import utcnow
 from sharedcare.governance import access_log, one_time_codes, review
 from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.consent import Choices, Provision, choices_for, replace_choices, set_choice
-from sharedcare.governance.consent_fhir import choices_from_consent, consent_resource
+from sharedcare.governance.consent import (
+    Choices,
+    Provision,
+    VersionConflict,
+    choices_for,
+    replace_choices,
+    set_choice,
+)
+from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent, consent_resource
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
-from sharedcare.governance.gateway import AccessDenied, GovernedRecords, NotFound, RecordView, citizen_actor
+from sharedcare.governance.gateway import (
+    AccessDenied,
+    GovernedRecords,
+    InvalidRequest,
+    NotFound,
+    RecordView,
+    citizen_actor,
+)
 from sharedcare.governance.policy import Actor
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
@@ -156,41 +172,95 @@ class CitizenWorkspace:
             set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, provision=provision)
         return self.choices()
 
-    def withdraw_provision(self, index: int) -> Choices:
-        """Withdraw the `index`-th of the further provisions (as `choices().provisions` lists them)."""
-        if not 0 <= index < len(self.choices().provisions):
-            raise ValueError("no such choice")
-        held = self.choices().provisions[index]
-        for number in self.nhs_numbers():
-            pref = self.session.get(Preference, number)
-            at = next((i for i, p in enumerate(pref.provisions) if p == held.to_json()), None) if pref else None
-            if at is not None:
-                set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=at)
+    def drawn_from(self) -> str:
+        """What the citizen's choices page is drawn from: the version of the choices held against each of
+        their NHS numbers (every change increments one), to send back with a change made on that page."""
+        return ".".join(str(self._version(number)) for number in self.nhs_numbers())
+
+    def withdraw_provision(self, key: str, drawn: str) -> Choices:
+        """Withdraw the further provision the page showed as `key` (`provision_key`), from every NHS number
+        holding it; ValueError (in words, nothing changed) if it is no longer held or the choices have
+        changed since the page was drawn (`drawn`, `drawn_from`)."""
+        held = next((p for p in self.choices().provisions if provision_key(p) == key), None)
+        if held is None:
+            raise ValueError("That choice was already withdrawn.")
+        changed = "Your choices have already changed since that page was shown: check them below and try again."
+        numbers = self.nhs_numbers()
+        versions = drawn.split(".")
+        if len(versions) != len(numbers) or not all(v.isdigit() for v in versions):
+            raise ValueError(changed)
+        try:
+            for number, version in zip(numbers, versions, strict=True):
+                set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=held,
+                           expected_version=int(version))
+        except VersionConflict as conflict:
+            self.session.rollback()  # nothing withdrawn from any number
+            raise ValueError(changed) from conflict
         return self.choices()
 
-    def consents(self) -> list[dict[str, Any]]:
-        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited)."""
+    def _version(self, nhs_number: str) -> int:
+        pref = self.session.get(Preference, nhs_number)
+        return pref.version if pref else 0
+
+    def consents(self, patient: str | None) -> list[dict[str, Any]]:
+        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited);
+        `patient` (a search's) must be the citizen, or the search is refused, audited."""
+        if patient is None:
+            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-invalid-request", "patient")
+            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
+        if patient.removeprefix("Patient/") != self.person_id:
+            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-not-own-consent", "patient")
+            raise NotFound("you can see only your own Consent")
         self._audit_view()
         return [self._consent(number) for number in self.nhs_numbers()]
 
     def consent(self, nhs_number: str) -> dict[str, Any]:
-        if nhs_number not in self.nhs_numbers():
-            raise NotFound(f"no Consent '{nhs_number}' of yours")
+        self._own(AuditAction.PREFERENCE_VIEW, nhs_number)
         self._audit_view()
         return self._consent(nhs_number)
 
-    def replace_consent(self, nhs_number: str, body: Any) -> dict[str, Any]:
-        """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices there
-        (refused, naming the element, if the decision point could not honour it exactly)."""
-        if nhs_number not in self.nhs_numbers():
-            raise NotFound(f"no Consent '{nhs_number}' of yours")
-        choices = choices_from_consent(body, nhs_number, self.fw)
-        replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id)
+    def replace_consent(self, nhs_number: str, body: Any, expected_version: int | None = None) -> dict[str, Any]:
+        """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices, against
+        every NHS number they have (the choices held against all of them apply together, so replacing one
+        number's alone would leave the others' in force); refused, naming the element, if the decision
+        point could not honour it exactly; VersionConflict if `expected_version` is given and is no longer
+        the version held against `nhs_number`. Each refusal audited."""
+        self._own(AuditAction.PREFERENCE_SET, nhs_number)
+        try:
+            choices = choices_from_consent(body, nhs_number, self.fw)
+            replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
+                            expected_version=expected_version)
+            for other in self.nhs_numbers():
+                if other != nhs_number:
+                    replace_choices(self.session, other, choices, by=self.actor.username, person_id=self.person_id)
+        except ConsentRefused as refused:
+            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
+            raise
+        except VersionConflict:
+            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-version-changed", "If-Match")
+            raise
         return self._consent(nhs_number)
+
+    def _own(self, action: AuditAction, nhs_number: str) -> None:
+        """Refuse (audited, as not found) a Consent id that is not one of the citizen's NHS numbers."""
+        if nhs_number not in self.nhs_numbers():
+            self.audit_refusal(action, "deny-not-own-consent", "Consent.id")
+            raise NotFound(f"no Consent '{nhs_number}' of yours")
+
+    def audit_refusal(self, action: AuditAction, rule_id: str, where: str | None) -> None:
+        """Audit a refused request about the citizen's choices, durably: whatever the request had begun is
+        rolled back, the refusal is committed before the error leaves."""
+        self.session.rollback()
+        record_audit(self.session, AuditRecord(action, "deny", self.actor.username,
+                                               role=self.actor.role.name if self.actor.role else None,
+                                               purpose="self-access", patient_id=self.person_id, rule_id=rule_id,
+                                               request_id=self.request_id,
+                                               detail={"where": where} if where else {}))
+        self.session.commit()
 
     def _consent(self, nhs_number: str) -> dict[str, Any]:
         pref = self.session.get(Preference, nhs_number)
-        return consent_resource(nhs_number, choices_for(self.session, [nhs_number]), pref.version if pref else 0,
+        return consent_resource(nhs_number, choices_for(self.session, [nhs_number]), self._version(nhs_number),
                                 pref.updated_at if pref else None, self.fw)
 
     def _audit_view(self) -> None:
@@ -268,3 +338,9 @@ class CitizenSignIn:
         redeemed = one_time_codes.redeem(self.session, challenge, code, utcnow())
         self._audit(redeemed.signed_in, redeemed.person_id, "code", redeemed.result)
         return redeemed.person_id if redeemed.signed_in else None
+
+
+def provision_key(provision: Provision) -> str:
+    """A provision's name on a page: a digest of what is held, so a form names the provision itself, not
+    its place in a list that may have changed since."""
+    return hashlib.sha256(orjson.dumps(provision.to_json(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

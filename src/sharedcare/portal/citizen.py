@@ -23,6 +23,7 @@ from sharedcare.governance import explain
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import CODE_MINUTES
+from sharedcare.governance.workspace import provision_key
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages, present
 from sharedcare.portal.pages import render
@@ -136,10 +137,10 @@ def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: in
     holding = {org.code for org, _ in me.sharing()}
     organisations = [{"code": code, "name": org.name, "holds": code in holding, "objected": code in choices.object_orgs}
                      for code, org in fw.organisations.items() if org.kind != "icb"]
-    further = [explain.provision_in_words(p, fw) for p in choices.provisions]
+    further = [(explain.provision_in_words(p, fw), provision_key(p)) for p in choices.provisions]
     return render(request, "patient/choices.html", status=status, account=SIGNED_IN, choices=choices,
                   organisations=organisations, error=error, saved=saved, objected=_names(fw, choices.object_orgs),
-                  further=further, categories=_categories(fw), hide_error=hide_error)
+                  further=further, drawn=me.drawn_from(), categories=_categories(fw), hide_error=hide_error)
 
 
 def _categories(fw: Framework) -> list[tuple[str, str]]:
@@ -202,12 +203,13 @@ def apply_hide(request: Request, me: CitizenDep, fw: FrameworkDep, category: Ann
 
 
 @router.post("/choices/withdraw", response_class=HTMLResponse)
-def withdraw(request: Request, me: CitizenDep, fw: FrameworkDep, index: Annotated[int, Form()]) -> Response:
-    """Withdraw one of the further choices (listed on the page in this order); applies at once."""
+def withdraw(request: Request, me: CitizenDep, fw: FrameworkDep, choice: Annotated[str, Form()] = "",
+             drawn: Annotated[str, Form()] = "") -> Response:
+    """Withdraw the further choice the page showed, if the choices are still those it showed; applies at once."""
     try:
-        me.withdraw_provision(index)
-    except ValueError:
-        return _choices_page(request, me, fw, 400, hide_error="That choice was already withdrawn.")
+        me.withdraw_provision(choice, drawn)
+    except ValueError as wrong:
+        return _choices_page(request, me, fw, 409, hide_error=str(wrong))
     return RedirectResponse("/patient/choices?saved=true", status_code=303)
 
 
