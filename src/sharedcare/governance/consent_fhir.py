@@ -141,10 +141,7 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
                                  "nest it in a deny provision as its exception",
                                  where=f"Consent.provision.provision[{i}].type")
     for i, p in enumerate(found):
-        if p.provisions and len(p.recipients) == 1 and p.recipients == p.sources:
-            raise ConsentRefused("a deny naming one organisation as both reader and holder objects to that "
-                                 "organisation and takes no exceptions; to hide only its own data from it, name "
-                                 "what (code, class or purpose) in the deny", where=f"Consent.provision.provision[{i}]")
+        _refuse_self_only(p, f"Consent.provision.provision[{i}]", top=True)
     object_all = any(_bare(p) for p in found)
     object_orgs = {next(iter(p.recipients)) for p in found if _object_org(p)}
     opt_out = any(_opt_out(p) for p in found)
@@ -183,6 +180,19 @@ def _refuse_what_would_be_ignored(body: dict[str, Any]) -> None:
                 stack.append((child, f"{where}.{key}", depth + 1, inner))
         elif isinstance(value, list):
             stack.extend((child, f"{where}[{i}]", depth + 1, provisions) for i, child in enumerate(value))
+
+
+def _refuse_self_only(p: Provision, where: str, top: bool) -> None:
+    """Refuse a provision naming one organisation as both reader (IRCP) and holder (CST), unless it is
+    exactly the objection to that organisation (a top-level deny naming nothing else). Read literally it
+    would cover only that organisation's own data read by itself, which no Consent governs, so with a
+    period, purpose, class, code or exceptions it would silently withhold nothing."""
+    if len(p.recipients) == 1 and p.recipients == p.sources and not (top and _object_org(p)):
+        raise ConsentRefused("naming one organisation as both reader and holder objects to that organisation, "
+                             "and takes nothing else (no period, purpose, class, code or exceptions); to hide "
+                             "something from it, name it as the reader (IRCP) alone", where=where)
+    for j, child in enumerate(p.provisions):
+        _refuse_self_only(child, f"{where}.provision[{j}]", top=False)
 
 
 def _bare(p: Provision) -> bool:
