@@ -5,8 +5,11 @@ or change it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+import orjson
 from sqlalchemy import select, update
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -206,6 +209,37 @@ def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(i
         assert held is not None and held.version == 1 and len(held.provisions) == 1
         (refusal,) = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
         assert details(refusal)["rule"] == "deny-consent-version-changed"
+
+
+def _put_raw(ics: Ics, path: str, headers: dict[str, bytes], body: bytes) -> int:
+    """A PUT with header bytes sent as they are (the test client re-encodes a non-ASCII header)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v) for k, v in headers.items()],
+             "client": ("testclient", 50000), "server": ("testserver", 80)}
+    with contextlib.suppress(Exception):  # an unhandled error is re-raised after its 500 is sent
+        asyncio.run(ics.client.app(scope, receive, send))  # type: ignore[arg-type]
+    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+
+def test_an_if_match_with_a_non_ascii_digit_is_refused_as_a_bad_request_and_audited(ics: Ics, db: Database) -> None:
+    headers = {k: v.encode() for k, v in _mine(ics).items()} | {"Content-Type": b"application/fhir+json",
+                                                               "If-Match": b'W/"\xb2"'}  # W/"²" read as Latin-1
+    status = _put_raw(ics, f"/fhir/Consent/{OKAFOR_NHS}", headers,
+                      orjson.dumps(_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP)))
+    assert status == 400
+    with db.session() as s:
+        assert s.get(Preference, OKAFOR_NHS) is None
+        (refusal,) = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+        assert details(refusal)["rule"] == "deny-invalid-request"
 
 
 def _nested(depth: int) -> dict[str, Any]:

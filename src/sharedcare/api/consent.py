@@ -46,7 +46,7 @@ def _if_match(request: Request) -> int | None:
     if value is None or value.strip() == "*":
         return None
     version = value.strip().removeprefix("W/").strip('"')
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):  # isdigit alone passes "²", which int() refuses
         raise InvalidRequest('If-Match must name a version as W/"<versionId>"')
     return int(version)
 

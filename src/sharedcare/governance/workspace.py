@@ -186,13 +186,14 @@ class CitizenWorkspace:
             raise ValueError("That choice was already withdrawn.")
         changed = "Your choices have already changed since that page was shown: check them below and try again."
         numbers = self.nhs_numbers()
-        versions = drawn.split(".")
-        if len(versions) != len(numbers) or not all(v.isdigit() for v in versions):
-            raise ValueError(changed)
+        drawn_versions = drawn.split(".")
+        if len(drawn_versions) != len(numbers) or not all(v.isascii() and v.isdigit() for v in drawn_versions):
+            raise ValueError(changed)  # isdigit alone passes "²", which int() refuses
+        versions = [int(v) for v in drawn_versions]  # all read before any number is changed
         try:
             for number, version in zip(numbers, versions, strict=True):
                 set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=held,
-                           expected_version=int(version))
+                           expected_version=version)
         except VersionConflict as conflict:
             self.session.rollback()  # nothing withdrawn from any number
             raise ValueError(changed) from conflict
