@@ -281,6 +281,34 @@ def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is
         assert details(refusals[0])["where"] == "Consent.patient"
 
 
+def test_a_hostile_period_key_or_size_is_refused_with_a_short_element_name_and_audited(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    long_key = "x" * 3000 + "\n\u0000"
+    for body, element in (
+            (_consent({"type": "deny", "period": {"start": 5}}), "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"start": 5.5}}), "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"start": "2026-07-01T10:00:60Z"}}),
+             "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"start": "0001-01-01T00:00:00+14:00"}}),
+             "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"end": "9999-12-31T23:59:59-01:00"}}),
+             "Consent.provision.provision[0].period.end"),
+            (_consent({"type": "deny", long_key: True}), "Consent.provision.provision[0]"),
+            ({**_consent(), long_key: True}, "Consent")):
+        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=body, headers=headers)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["issue"][0].get("expression") == [element], (element, refused.text[:500])
+        assert "xxxx" not in refused.text
+    too_big = _consent({"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}] * 4000})
+    refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=too_big, headers=headers)
+    assert refused.status_code == 400 and "larger than" in refused.text
+    with db.session() as s:
+        assert s.get(Preference, OKAFOR_NHS) is None
+        refusals = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+        assert len(refusals) == 8 and all(len(details(e)["where"]) <= 120 for e in refusals)
+        assert details(refusals[-1])["where"] == "body"
+
+
 def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all_of_the_persons(
         ics: Ics, db: Database) -> None:
     other_number = "9434765927"
