@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -17,6 +18,8 @@ from sharedcare.api.auth import mint_citizen_token
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.consent import hide_category, set_choice
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import GovernedRecords, actor_for
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
@@ -113,6 +116,24 @@ def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
     # the paramedic (who holds nothing of his) must first find him to break glass; others do not find him
     assert _found(ics, "para.evans") == 1
     assert _found(ics, "pharm.khan") == 0  # a pharmacist may not break glass (found before the choice)
+
+
+def test_search_finds_a_patient_sharing_only_in_an_emergency_as_the_frameworks_break_glass_rule_says(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
+                        "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+    rule = framework.basis["emergency"].model_copy(update={"permission": "access:break-glass"})
+    renamed = framework.model_copy(update={"basis": {**framework.basis, "emergency": rule}})
+    para = actor_for(renamed, "para.evans")  # his role holds access:emergency, no longer what break glass needs
+    assert para.role is not None
+    with db.session() as s:
+        assert GovernedRecords(s, renamed, para).search_patients(nhs_number=OKAFOR_NHS) == []
+    may = replace(para, role=para.role.model_copy(update={"permissions": ["access:break-glass"]}))
+    with db.session() as s:
+        assert len(GovernedRecords(s, renamed, may).search_patients(nhs_number=OKAFOR_NHS)) == 1
 
 
 def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
