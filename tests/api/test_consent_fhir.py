@@ -347,3 +347,23 @@ def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all
     assert {e["resource"]["id"] for e in found["entry"]} == {OKAFOR_NHS, other_number}
     assert all(e["resource"]["provision"] == {"type": "permit"} for e in found["entry"])
     assert "RXM:Condition" in _ids(ics, hospital, "shown-again")  # no copy left in force under the other number
+
+
+def test_a_consent_sent_against_one_numbers_version_never_undoes_a_choice_held_only_against_another(
+        ics: Ics, db: Database) -> None:
+    other_number = "9434765927"
+    with db.session() as s:  # the mental health trust knows him by another NHS number, linked to him
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
+        s.commit()
+    read = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))  # the app reads the first number's
+    with db.session() as s:  # meanwhile an objection is recorded against the other number alone (as the CLI does)
+        set_choice(s, other_number, by="ig.officer", object_org="RYC")
+        s.commit()
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json", "If-Match": read.headers["ETag"]}
+    stale = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP), headers=headers)
+    assert stale.status_code == 412, stale.text
+    with db.session() as s:
+        held = s.get(Preference, other_number)
+        assert held is not None and held.object_orgs == ["RYC"] and held.version == 1  # the objection stands
+        mine = s.get(Preference, OKAFOR_NHS)
+        assert mine is None or (mine.version == 0 and not mine.provisions)

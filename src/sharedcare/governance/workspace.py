@@ -225,15 +225,13 @@ class CitizenWorkspace:
         every NHS number they have (the choices held against all of them apply together, so replacing one
         number's alone would leave the others' in force); refused, naming the element, if the decision
         point could not honour it exactly; VersionConflict if `expected_version` is given and is no longer
-        the version held against `nhs_number`. Each refusal audited."""
+        the version held against `nhs_number`, or another number holds other choices than it (the sender
+        saw only `nhs_number`'s). Each refusal audited."""
         self._own(AuditAction.PREFERENCE_SET, nhs_number)
         try:
             choices = choices_from_consent(body, nhs_number, self.fw)
-            replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
-                            expected_version=expected_version)
-            for other in self.nhs_numbers():
-                if other != nhs_number:
-                    replace_choices(self.session, other, choices, by=self.actor.username, person_id=self.person_id)
+            replace_choices(self.session, self.nhs_numbers(), nhs_number, choices, by=self.actor.username,
+                            person_id=self.person_id, expected_version=expected_version)
         except ConsentRefused as refused:
             self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
             raise
