@@ -5,8 +5,12 @@ or change it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from dataclasses import replace
 from typing import Any
 
+import orjson
 from sqlalchemy import select, update
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -14,6 +18,8 @@ from sharedcare.api.auth import mint_citizen_token
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.consent import hide_category, set_choice
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import GovernedRecords, actor_for
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference
 
@@ -112,6 +118,24 @@ def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
     assert _found(ics, "pharm.khan") == 0  # a pharmacist may not break glass (found before the choice)
 
 
+def test_search_finds_a_patient_sharing_only_in_an_emergency_as_the_frameworks_break_glass_rule_says(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
+                        "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+    rule = framework.basis["emergency"].model_copy(update={"permission": "access:break-glass"})
+    renamed = framework.model_copy(update={"basis": {**framework.basis, "emergency": rule}})
+    para = actor_for(renamed, "para.evans")  # his role holds access:emergency, no longer what break glass needs
+    assert para.role is not None
+    with db.session() as s:
+        assert GovernedRecords(s, renamed, para).search_patients(nhs_number=OKAFOR_NHS) == []
+    may = replace(para, role=para.role.model_copy(update={"permissions": ["access:break-glass"]}))
+    with db.session() as s:
+        assert len(GovernedRecords(s, renamed, may).search_patients(nhs_number=OKAFOR_NHS)) == 1
+
+
 def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
     headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
     for provision, element in (
@@ -208,6 +232,37 @@ def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(i
         assert details(refusal)["rule"] == "deny-consent-version-changed"
 
 
+def _put_raw(ics: Ics, path: str, headers: dict[str, bytes], body: bytes) -> int:
+    """A PUT with header bytes sent as they are (the test client re-encodes a non-ASCII header)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v) for k, v in headers.items()],
+             "client": ("testclient", 50000), "server": ("testserver", 80)}
+    with contextlib.suppress(Exception):  # an unhandled error is re-raised after its 500 is sent
+        asyncio.run(ics.client.app(scope, receive, send))  # type: ignore[arg-type]
+    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+
+def test_an_if_match_with_a_non_ascii_digit_is_refused_as_a_bad_request_and_audited(ics: Ics, db: Database) -> None:
+    headers = {k: v.encode() for k, v in _mine(ics).items()} | {"Content-Type": b"application/fhir+json",
+                                                               "If-Match": b'W/"\xb2"'}  # W/"²" read as Latin-1
+    status = _put_raw(ics, f"/fhir/Consent/{OKAFOR_NHS}", headers,
+                      orjson.dumps(_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP)))
+    assert status == 400
+    with db.session() as s:
+        assert s.get(Preference, OKAFOR_NHS) is None
+        (refusal,) = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+        assert details(refusal)["rule"] == "deny-invalid-request"
+
+
 def _nested(depth: int) -> dict[str, Any]:
     """A deny with exceptions nested `depth` deep below it (permit, deny, permit, ...)."""
     provision: dict[str, Any] = {"type": "permit" if depth % 2 else "deny"}
@@ -247,6 +302,34 @@ def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is
         assert details(refusals[0])["where"] == "Consent.patient"
 
 
+def test_a_hostile_period_key_or_size_is_refused_with_a_short_element_name_and_audited(ics: Ics, db: Database) -> None:
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
+    long_key = "x" * 3000 + "\n\u0000"
+    for body, element in (
+            (_consent({"type": "deny", "period": {"start": 5}}), "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"start": 5.5}}), "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"start": "2026-07-01T10:00:60Z"}}),
+             "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"start": "0001-01-01T00:00:00+14:00"}}),
+             "Consent.provision.provision[0].period.start"),
+            (_consent({"type": "deny", "period": {"end": "9999-12-31T23:59:59-01:00"}}),
+             "Consent.provision.provision[0].period.end"),
+            (_consent({"type": "deny", long_key: True}), "Consent.provision.provision[0]"),
+            ({**_consent(), long_key: True}, "Consent")):
+        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=body, headers=headers)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["issue"][0].get("expression") == [element], (element, refused.text[:500])
+        assert "xxxx" not in refused.text
+    too_big = _consent({"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}] * 4000})
+    refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=too_big, headers=headers)
+    assert refused.status_code == 400 and "larger than" in refused.text
+    with db.session() as s:
+        assert s.get(Preference, OKAFOR_NHS) is None
+        refusals = s.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+        assert len(refusals) == 8 and all(len(details(e)["where"]) <= 120 for e in refusals)
+        assert details(refusals[-1])["where"] == "body"
+
+
 def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all_of_the_persons(
         ics: Ics, db: Database) -> None:
     other_number = "9434765927"
@@ -264,3 +347,23 @@ def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all
     assert {e["resource"]["id"] for e in found["entry"]} == {OKAFOR_NHS, other_number}
     assert all(e["resource"]["provision"] == {"type": "permit"} for e in found["entry"])
     assert "RXM:Condition" in _ids(ics, hospital, "shown-again")  # no copy left in force under the other number
+
+
+def test_a_consent_sent_against_one_numbers_version_never_undoes_a_choice_held_only_against_another(
+        ics: Ics, db: Database) -> None:
+    other_number = "9434765927"
+    with db.session() as s:  # the mental health trust knows him by another NHS number, linked to him
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
+        s.commit()
+    read = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))  # the app reads the first number's
+    with db.session() as s:  # meanwhile an objection is recorded against the other number alone (as the CLI does)
+        set_choice(s, other_number, by="ig.officer", object_org="RYC")
+        s.commit()
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json", "If-Match": read.headers["ETag"]}
+    stale = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP), headers=headers)
+    assert stale.status_code == 412, stale.text
+    with db.session() as s:
+        held = s.get(Preference, other_number)
+        assert held is not None and held.object_orgs == ["RYC"] and held.version == 1  # the objection stands
+        mine = s.get(Preference, OKAFOR_NHS)
+        assert mine is None or (mine.version == 0 and not mine.provisions)

@@ -9,7 +9,7 @@ import time
 from sqlalchemy import select
 
 from sharedcare.governance.access_log import details
-from sharedcare.governance.consent import Provision, set_choice
+from sharedcare.governance.consent import Choices, Provision, replace_choices, set_choice
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, Preference
 
@@ -62,3 +62,31 @@ def test_two_changes_made_at_once_are_both_held_each_with_its_own_version(db: Da
     provisions, versions = _held(db)
     assert provisions == [HIDE_MH.to_json(), HIDE_SEXUAL_HEALTH.to_json()]
     assert versions == ["1", "2", "3"]
+
+
+def test_a_consent_replacing_every_number_and_a_portal_change_made_at_once_both_finish(db: Database) -> None:
+    """The PUT names the later number; the portal changes each number in order. Were the PUT to lock the
+    number it names first, each would wait on the other (PostgreSQL: a deadlock, one refused with a 500)."""
+    other_nhs = "9434765927"
+    problems: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            with db.session() as s:
+                replace_choices(s, [NHS, other_nhs], other_nhs, Choices(opt_out_secondary=True), by="patient")
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            problems.append(e)
+
+    with db.session() as s:
+        set_choice(s, NHS, by="patient", provision=HIDE_MH)  # the portal's change, first number
+        thread = threading.Thread(target=put)
+        thread.start()
+        time.sleep(0.5)  # the PUT has begun and waits
+        set_choice(s, other_nhs, by="patient", provision=HIDE_MH)  # the portal's change, second number
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert not problems, problems
+    with db.session() as s:
+        for number in (NHS, other_nhs):
+            pref = s.get(Preference, number)
+            assert pref is not None and pref.opt_out_secondary and pref.provisions == [] and pref.version == 2

@@ -215,6 +215,27 @@ def test_an_objection_to_one_organisation_with_exceptions_is_refused_not_read_na
     assert refused.value.where == "Consent.provision.provision[0]"
 
 
+def test_an_objection_to_one_organisation_with_anything_else_is_refused_not_kept_withholding_nothing() -> None:
+    both = [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                  "code": role}]},
+             "reference": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                          "value": "P81001"}}}
+            for role in ("IRCP", "CST")]
+    mental_health = [{"coding": [{"system": "https://sharedcare.example/fhir/CodeSystem/data-category",
+                                  "code": "mental_health"}]}]
+    for extra, where in (({"period": {"end": "2027-01-01"}}, "Consent.provision.provision[0]"),
+                         ({"code": mental_health}, "Consent.provision.provision[0]"),
+                         ({"class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Condition"}]},
+                          "Consent.provision.provision[0]")):
+        with pytest.raises(ConsentRefused) as refused:
+            choices_from_consent(_sent({"type": "deny", "actor": both, **extra}), "9434765919", FW)
+        assert refused.value.where == where
+    with pytest.raises(ConsentRefused) as nested:  # an exception naming one organisation both ways is as empty
+        choices_from_consent(_sent({"type": "deny", "code": mental_health,
+                                    "provision": [{"type": "permit", "actor": both}]}), "9434765919", FW)
+    assert nested.value.where == "Consent.provision.provision[0].provision[0]"
+
+
 def test_a_sent_date_is_a_uk_date_and_is_said_as_one() -> None:
     (summer,) = choices_from_consent(_sent({"type": "deny", "period": {"start": "2026-07-01", "end": "2026-07-31"}}),
                                      "9434765919", FW).provisions

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.portal_client import PortalClient
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -21,7 +21,7 @@ from sharedcare.governance import workspace
 from sharedcare.governance.access_log import PATIENT_VISIBLE
 from sharedcare.governance.one_time_codes import MAX_ATTEMPTS
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, SignInCode
+from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
 
 BORN = {"birth_day": "2", "birth_month": "3", "birth_year": "1945"}
 WRONG_CODE = "The code is not right, or it has expired"
@@ -310,3 +310,22 @@ def test_a_withdraw_from_a_page_shown_before_another_change_never_removes_a_diff
     listed = ics.client.get("/patient/choices").text
     assert "Hide sexual and reproductive health from everyone" in listed
     assert "Hide mental health services" not in listed
+
+
+def test_a_withdraw_drawn_with_a_non_ascii_digit_is_refused_and_withdraws_from_no_number(ics: Ics) -> None:
+    other_number = "9434765927"
+    with _db(ics).session() as s:  # the mental health trust knows him by another NHS number, linked to him
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
+        s.commit()
+    _sign_in(ics.client)
+    assert ics.client.post("/patient/choices/hide", data={"category": "mental_health", "hide_from": "everyone"},
+                           follow_redirects=False).status_code == 303
+    (form,) = _withdraw_forms(ics.client.get("/patient/choices").text)
+    assert form["drawn"] == "1.1"
+    refused = ics.client.post("/patient/choices/withdraw", data={**form, "drawn": "1.\u00b2"})  # "1.²"
+    assert refused.status_code == 409 and "already changed" in refused.text
+    with _db(ics).session() as s:
+        for number in (OKAFOR_NHS, other_number):
+            held = s.get(Preference, number)
+            assert held is not None and held.version == 1 and len(held.provisions) == 1
+    assert "Hide mental health services" in ics.client.get("/patient/choices").text

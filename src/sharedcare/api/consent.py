@@ -25,6 +25,8 @@ from sharedcare.governance.consent import VersionConflict
 from sharedcare.governance.consent_fhir import ConsentRefused
 from sharedcare.governance.gateway import InvalidRequest
 
+MAX_BODY = 64 * 1024  # a patient's Consent (a few provisions, nested four deep at most) is a few kilobytes
+
 router = APIRouter(prefix="/fhir", responses={**FHIR_RESOURCE_RESPONSE, **ERROR_RESPONSES})
 BODY = {"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": {"type": "object"}}}}}
 
@@ -46,9 +48,21 @@ def _if_match(request: Request) -> int | None:
     if value is None or value.strip() == "*":
         return None
     version = value.strip().removeprefix("W/").strip('"')
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):  # isdigit alone passes "²", which int() refuses
         raise InvalidRequest('If-Match must name a version as W/"<versionId>"')
     return int(version)
+
+
+async def _body(request: Request) -> bytes | None:
+    """The body sent, or None once it is larger than MAX_BODY (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,11 +91,14 @@ def read_consent(consent_id: str, request: Request) -> JSONResponse:
 @router.put("/Consent/{consent_id}", openapi_extra=BODY)
 async def update_consent(consent_id: str, request: Request) -> JSONResponse:
     """Replace the caller's choices held against one of their NHS numbers with the Consent sent."""
-    sent = await request.body()
+    sent = await _body(request)
 
     def replace() -> JSONResponse:
         try:
             with own_consent(request, AuditAction.PREFERENCE_SET) as me:  # the caller first: deny by default
+                if sent is None:
+                    me.audit_refusal(AuditAction.PREFERENCE_SET, "deny-invalid-request", "body")
+                    raise InvalidRequest(f"the body is larger than {MAX_BODY // 1024} KB: a Consent is far smaller")
                 try:
                     body, expected = orjson.loads(sent), _if_match(request)
                 except (orjson.JSONDecodeError, InvalidRequest) as bad:

@@ -226,12 +226,27 @@ def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | N
     return _changed(session, pref, by, person_id, "cleared" if clear else _summary(pref))
 
 
-def replace_choices(session: Session, nhs_number: str, choices: Choices, *, by: str,
-                    person_id: str | None = None, expected_version: int | None = None) -> Preference:
-    """Hold `choices` (a whole Consent, as the patient sent it) in place of what was held, audited
-    (`expected_version`: refused with VersionConflict unless that is the version held)."""
-    pref = _held(session, nhs_number, expected_version)
-    pref.object_all, pref.object_orgs = choices.object_all, sorted(choices.object_orgs)
-    pref.opt_out_secondary = choices.opt_out_secondary
-    pref.provisions = [p.to_json() for p in choices.provisions]
-    return _changed(session, pref, by, person_id, _summary(pref))
+def replace_choices(session: Session, nhs_numbers: Iterable[str], named: str, choices: Choices, *, by: str,
+                    person_id: str | None = None, expected_version: int | None = None) -> None:
+    """Hold `choices` (a whole Consent, as the patient sent it for `named`) in place of what was held
+    against each of the person's NHS numbers, audited per number. Every number's row is locked first, in
+    sorted order as every change to several numbers takes them (so two cannot deadlock), before any is
+    written. `expected_version`: the version of `named` the Consent was drawn from; VersionConflict,
+    nothing changed, unless that is the version held and every other number holds the same choices as
+    `named` (the sender saw only `named`'s, so replacing others' would undo a change they never saw)."""
+    held = [_held(session, n, expected_version if n == named else None) for n in sorted({*nhs_numbers, named})]
+    if expected_version is not None:
+        seen = next(_as_held(p) for p in held if p.nhs_number == named)
+        if any(_as_held(p) != seen for p in held):
+            raise VersionConflict("the choices held against your other NHS numbers differ from this Consent's: "
+                                  "read each (GET /fhir/Consent?patient=), then send the Consent again without "
+                                  "If-Match to replace them all", where="If-Match")
+    for pref in held:
+        pref.object_all, pref.object_orgs = choices.object_all, sorted(choices.object_orgs)
+        pref.opt_out_secondary = choices.opt_out_secondary
+        pref.provisions = [p.to_json() for p in choices.provisions]
+        _changed(session, pref, by, person_id, _summary(pref))
+
+
+def _as_held(pref: Preference) -> tuple[Any, ...]:
+    return pref.object_all, sorted(pref.object_orgs or []), pref.opt_out_secondary, pref.provisions or []

@@ -8,6 +8,7 @@ point honours: anything else is refused naming the element (`ConsentRefused`), n
 
 from __future__ import annotations
 
+import re
 from calendar import monthrange
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -39,10 +40,16 @@ _HONOURED = frozenset({"type", "period", "actor", "purpose", "class", "code", "p
 # (far beyond what a valid Consent nested so far needs), so nothing recursive meets a deeper body.
 _MAX_PROVISION_DEPTH = 5
 _MAX_DEPTH = 40
+_MAX_WHERE = 120
+_PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 class ConsentRefused(SharedcareError):
-    """A Consent the decision point cannot honour exactly; `where` names the element."""
+    """A Consent the decision point cannot honour exactly; `where` names the element (at most
+    `_MAX_WHERE` characters: it is answered and audited, and a body's keys could be any length)."""
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message, where[:_MAX_WHERE] if where else where)
 
 
 # --- as FHIR ---------------------------------------------------------------------------------------------
@@ -141,10 +148,7 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
                                  "nest it in a deny provision as its exception",
                                  where=f"Consent.provision.provision[{i}].type")
     for i, p in enumerate(found):
-        if p.provisions and len(p.recipients) == 1 and p.recipients == p.sources:
-            raise ConsentRefused("a deny naming one organisation as both reader and holder objects to that "
-                                 "organisation and takes no exceptions; to hide only its own data from it, name "
-                                 "what (code, class or purpose) in the deny", where=f"Consent.provision.provision[{i}]")
+        _refuse_self_only(p, f"Consent.provision.provision[{i}]", top=True)
     object_all = any(_bare(p) for p in found)
     object_orgs = {next(iter(p.recipients)) for p in found if _object_org(p)}
     opt_out = any(_opt_out(p) for p in found)
@@ -155,10 +159,11 @@ def choices_from_consent(body: Any, nhs_number: str, fw: Framework) -> Choices:
 
 def _refuse_what_would_be_ignored(body: dict[str, Any]) -> None:
     """Refuse, naming the element, what the checks below would otherwise pass over: a modifier (it could
-    reverse a provision's meaning), a policy beyond the framework's, an empty element (an empty `actor`
-    would read as "anyone", turning a deny into an objection to all sharing or a nested permit into an
-    unconditional one), and nesting deeper than a patient's choice needs (checked here, without recursion,
-    before anything recursive reads the body)."""
+    reverse a provision's meaning), an element name no FHIR element has (any length or character, which
+    `where` would carry into the answer and the audit), a policy beyond the framework's, an empty element
+    (an empty `actor` would read as "anyone", turning a deny into an objection to all sharing or a nested
+    permit into an unconditional one), and nesting deeper than a patient's choice needs (checked here,
+    without recursion, before anything recursive reads the body)."""
     for name in ("implicitRules", "policy"):
         if name in body:
             raise ConsentRefused(f"'{name}' is not honoured here: the policy is the sharing framework's",
@@ -175,6 +180,8 @@ def _refuse_what_would_be_ignored(body: dict[str, Any]) -> None:
                 raise ConsentRefused("a modifier extension would change what this element means, and is not "
                                      "honoured here", where=f"{where}.modifierExtension")
             for key, child in value.items():
+                if not _PLAIN_KEY.fullmatch(key):  # kept out of `where`: it is answered and audited
+                    raise ConsentRefused("an element's name is FHIR's: letters and digits, at most 64", where=where)
                 inner = provisions + (key == "provision")
                 if inner > _MAX_PROVISION_DEPTH:
                     raise ConsentRefused(f"a choice may nest exceptions {_MAX_PROVISION_DEPTH - 2} deep at most "
@@ -183,6 +190,19 @@ def _refuse_what_would_be_ignored(body: dict[str, Any]) -> None:
                 stack.append((child, f"{where}.{key}", depth + 1, inner))
         elif isinstance(value, list):
             stack.extend((child, f"{where}[{i}]", depth + 1, provisions) for i, child in enumerate(value))
+
+
+def _refuse_self_only(p: Provision, where: str, top: bool) -> None:
+    """Refuse a provision naming one organisation as both reader (IRCP) and holder (CST), unless it is
+    exactly the objection to that organisation (a top-level deny naming nothing else). Read literally it
+    would cover only that organisation's own data read by itself, which no Consent governs, so with a
+    period, purpose, class, code or exceptions it would silently withhold nothing."""
+    if len(p.recipients) == 1 and p.recipients == p.sources and not (top and _object_org(p)):
+        raise ConsentRefused("naming one organisation as both reader and holder objects to that organisation, "
+                             "and takes nothing else (no period, purpose, class, code or exceptions); to hide "
+                             "something from it, name it as the reader (IRCP) alone", where=where)
+    for j, child in enumerate(p.provisions):
+        _refuse_self_only(child, f"{where}.provision[{j}]", top=False)
 
 
 def _bare(p: Provision) -> bool:
@@ -202,20 +222,30 @@ def _codes(concept: dict[str, Any], system: str) -> set[str]:
     return {c.get("code") for c in concept.get("coding", []) if c.get("system") == system}
 
 
-def _instant(value: str, end: bool) -> datetime:
+def _instant(value: Any, where: str, end: bool) -> datetime:
     """A FHIR dateTime as an instant; a date alone means from its start, or to its end, as the patient
-    means it: in UK time (a choice from 1 July starts at midnight in London, 23:00 UTC in summer)."""
-    if len(value) > 10:
-        given = datetime.fromisoformat(value)
-        return (given if given.tzinfo else given.replace(tzinfo=UK_TIME)).astimezone(UTC)
-    parts = [int(x) for x in value.split("-")]  # YYYY, YYYY-MM or YYYY-MM-DD
-    year, month = parts[0], parts[1] if len(parts) > 1 else (12 if end else 1)
-    day = parts[2] if len(parts) > 2 else (monthrange(year, month)[1] if end else 1)
-    return datetime.combine(date(year, month, day), time.max if end else time.min, tzinfo=UK_TIME).astimezone(UTC)
+    means it: in UK time (a choice from 1 July starts at midnight in London, 23:00 UTC in summer).
+    Refused, naming `where`, if it is not one, or names no instant there is (a second of 60, a time
+    before year 1 or after 9999 in UTC)."""
+    if not isinstance(value, str):
+        raise ConsentRefused("a date or dateTime is sent as a string", where=where)
+    try:
+        if len(value) > 10:
+            given = datetime.fromisoformat(value)
+            return (given if given.tzinfo else given.replace(tzinfo=UK_TIME)).astimezone(UTC)
+        parts = [int(x) for x in value.split("-")]  # YYYY, YYYY-MM or YYYY-MM-DD
+        year, month = parts[0], parts[1] if len(parts) > 1 else (12 if end else 1)
+        day = parts[2] if len(parts) > 2 else (monthrange(year, month)[1] if end else 1)
+        return datetime.combine(date(year, month, day), time.max if end else time.min,
+                                tzinfo=UK_TIME).astimezone(UTC)
+    except (ValueError, OverflowError) as bad:
+        raise ConsentRefused("not a date or dateTime that names an instant", where=where) from bad
 
 
 def _parse(held: dict[str, Any], where: str, fw: Framework) -> Provision:
     """One provision and its exceptions, each element checked against what the decision point honours."""
+    if not isinstance(held, dict):
+        raise ConsentRefused("a provision is an object", where=where)
     extra = sorted(set(held) - _HONOURED - {"id"})
     if extra:
         raise ConsentRefused(f"'{extra[0]}' is not honoured here: a choice can name who reads (actor), why "
@@ -257,8 +287,10 @@ def _parse(held: dict[str, Any], where: str, fw: Framework) -> Provision:
                                  f"{', '.join(fw.categories)})", where=f"{where}.code[{i}]")
         codes |= found
     period = held.get("period") or {}
-    start = _instant(period["start"], end=False) if period.get("start") else None
-    end = _instant(period["end"], end=True) if period.get("end") else None
+    if not isinstance(period, dict):
+        raise ConsentRefused("a period is an object with a start, an end or both", where=f"{where}.period")
+    start = _instant(period["start"], f"{where}.period.start", end=False) if period.get("start") else None
+    end = _instant(period["end"], f"{where}.period.end", end=True) if period.get("end") else None
     if start is not None and end is not None and end < start:
         raise ConsentRefused("the period ends before it starts", where=f"{where}.period")
     children = tuple(_parse(child, f"{where}.provision[{i}]", fw) for i, child in enumerate(held.get("provision", [])))

@@ -762,8 +762,10 @@ class GovernedRecords:
         # No basis yet: a source Patient is found if any basis this actor could give would show it, so one
         # whose role may break glass finds a patient who shares only in an emergency (the record itself
         # stays behind the basis given when it is opened).
-        role = self.actor.role
-        bases = [False, True] if role is not None and "access:emergency" in role.permissions else [False]
+        role, rule = self.actor.role, self.fw.basis.get("emergency")  # as record_basis judges break glass
+        breaks_glass = role is not None and rule is not None and (rule.permission is None
+                                                                  or rule.permission in role.permissions)
+        bases = [False, True] if breaks_glass else [False]
         asks = [purposes_of_use(self.purpose, emergency=e) for e in bases]
         visible = [r for r in records
                    if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)

@@ -186,13 +186,14 @@ class CitizenWorkspace:
             raise ValueError("That choice was already withdrawn.")
         changed = "Your choices have already changed since that page was shown: check them below and try again."
         numbers = self.nhs_numbers()
-        versions = drawn.split(".")
-        if len(versions) != len(numbers) or not all(v.isdigit() for v in versions):
-            raise ValueError(changed)
+        drawn_versions = drawn.split(".")
+        if len(drawn_versions) != len(numbers) or not all(v.isascii() and v.isdigit() for v in drawn_versions):
+            raise ValueError(changed)  # isdigit alone passes "²", which int() refuses
+        versions = [int(v) for v in drawn_versions]  # all read before any number is changed
         try:
             for number, version in zip(numbers, versions, strict=True):
                 set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, withdraw=held,
-                           expected_version=int(version))
+                           expected_version=version)
         except VersionConflict as conflict:
             self.session.rollback()  # nothing withdrawn from any number
             raise ValueError(changed) from conflict
@@ -224,15 +225,13 @@ class CitizenWorkspace:
         every NHS number they have (the choices held against all of them apply together, so replacing one
         number's alone would leave the others' in force); refused, naming the element, if the decision
         point could not honour it exactly; VersionConflict if `expected_version` is given and is no longer
-        the version held against `nhs_number`. Each refusal audited."""
+        the version held against `nhs_number`, or another number holds other choices than it (the sender
+        saw only `nhs_number`'s). Each refusal audited."""
         self._own(AuditAction.PREFERENCE_SET, nhs_number)
         try:
             choices = choices_from_consent(body, nhs_number, self.fw)
-            replace_choices(self.session, nhs_number, choices, by=self.actor.username, person_id=self.person_id,
-                            expected_version=expected_version)
-            for other in self.nhs_numbers():
-                if other != nhs_number:
-                    replace_choices(self.session, other, choices, by=self.actor.username, person_id=self.person_id)
+            replace_choices(self.session, self.nhs_numbers(), nhs_number, choices, by=self.actor.username,
+                            person_id=self.person_id, expected_version=expected_version)
         except ConsentRefused as refused:
             self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
             raise
