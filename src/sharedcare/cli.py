@@ -766,24 +766,27 @@ def audit_forward(
     nothing is sent twice, nothing skipped). SHAREDCARE_AUDIT_REPOSITORY_TOKEN is sent as a bearer token."""
     import time
 
-    from sharedcare.governance.audit_forward import ChainBroken, ForwardError, forward, http_sender
+    from sharedcare.governance.audit_forward import ChainBroken, ForwardError, forward, http_sender, read_position
 
     send = http_sender(repository, _settings().audit_repository_token)
     database = _database()
+    try:
+        started_at = read_position(state).seq
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
 
-    def once() -> int:
+    def once() -> None:
         try:
-            return forward(database, state, send, batch, on_batch=lambda at: console.print(
+            forward(database, state, send, batch, on_batch=lambda at: console.print(
                 f"the repository holds up to entry {at.seq}"))
         except ChainBroken as exc:
             console.print(f"[red]audit chain broken:[/red] {exc}")
             raise typer.Exit(1) from exc
 
-    sent = 0
     try:
         while True:
             try:
-                sent += once()
+                once()
             except ForwardError as exc:
                 if not follow:
                     raise
@@ -795,7 +798,8 @@ def audit_forward(
         raise _fail(str(exc)) from exc
     except KeyboardInterrupt:
         pass
-    console.print(f"forwarded {sent} audit entries")
+    # counted from the position kept, so a stop in the middle of a batch still tells what the repository holds
+    console.print(f"forwarded {read_position(state).seq - started_at} audit entries")
 
 
 @audit_app.command("review")
