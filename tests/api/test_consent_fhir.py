@@ -150,6 +150,8 @@ def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics
         assert refused.status_code == 400, refused.text
         (issue,) = refused.json()["issue"]
         assert issue["expression"] == [element]
+        # quoted like every other refusal: the correlation id the support desk finds it by
+        assert refused.json()["extension"][0]["valueString"] == refused.headers["X-Request-ID"]
     not_fhir = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json={**_consent(), "status": "nonsense"},
                               headers=headers)
     assert not_fhir.status_code == 400 and "status" in not_fhir.text

@@ -4,12 +4,31 @@ means, and the GP's next view of his record no longer shows the trust's informat
 
 from __future__ import annotations
 
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 from tests.e2e.conftest import DESKTOP, PHONE, Pages
 from tests.e2e.test_clinician_journey import sign_in
 from tests.small_ics import Ics
 
 COMMUNITY = "Riverside Community Healthcare NHS Trust"
+
+
+def _okafor_signed_in(pages: Pages, url: str, shoot: bool = False) -> Page:
+    """Mr Okafor signs in as a citizen does: NHS number and date of birth, then the one-time code."""
+    patient = pages.open()
+    patient.goto(url + "/patient")
+    pages.check(patient)
+    if shoot:
+        pages.shoot(patient, "patient-sign-in")
+    patient.get_by_label("Your NHS number").fill("943 476 5919")
+    patient.get_by_label("Day").fill("2")
+    patient.get_by_label("Month").fill("3")
+    patient.get_by_label("Year").fill("1945")
+    patient.get_by_role("button", name="Continue").click()
+    expect(patient.get_by_role("heading", name="Enter your security code")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_label("Security code").fill(patient.locator("#demo-code").inner_text())
+    patient.get_by_role("button", name="Sign in").click()
+    return patient
 
 
 def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(live: tuple[Ics, str],
@@ -19,20 +38,7 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=paramedic).status_code == 200
     ics.open_record("dr.patel")
 
-    patient = pages.open()
-    patient.goto(url + "/patient")
-    pages.check(patient)
-    pages.shoot(patient, "patient-sign-in")
-    patient.get_by_label("Your NHS number").fill("943 476 5919")
-    patient.get_by_label("Day").fill("2")
-    patient.get_by_label("Month").fill("3")
-    patient.get_by_label("Year").fill("1945")
-    patient.get_by_role("button", name="Continue").click()
-    expect(patient.get_by_role("heading", name="Enter your security code")).to_be_visible()
-    pages.check(patient)
-    code = patient.locator("#demo-code").inner_text()
-    patient.get_by_label("Security code").fill(code)
-    patient.get_by_role("button", name="Sign in").click()
+    patient = _okafor_signed_in(pages, url, shoot=True)
     expect(patient.get_by_role("heading", name="Your shared care record")).to_be_visible()
     expect(patient.get_by_role("cell", name=COMMUNITY)).to_be_visible()
     pages.check(patient)
@@ -89,18 +95,7 @@ def test_a_patient_hides_mental_health_from_everyone_but_the_gp_after_reading_wh
                    or "Depressive disorder" in str(e["resource"].get("code")) for e in body["entry"])
 
     assert depression_shown()
-    patient = pages.open()
-    patient.goto(url + "/patient")
-    pages.check(patient)
-    patient.get_by_label("Your NHS number").fill("943 476 5919")
-    patient.get_by_label("Day").fill("2")
-    patient.get_by_label("Month").fill("3")
-    patient.get_by_label("Year").fill("1945")
-    patient.get_by_role("button", name="Continue").click()
-    expect(patient.get_by_role("heading", name="Enter your security code")).to_be_visible()
-    pages.check(patient)
-    patient.get_by_label("Security code").fill(patient.locator("#demo-code").inner_text())
-    patient.get_by_role("button", name="Sign in").click()
+    patient = _okafor_signed_in(pages, url)
     expect(patient.get_by_role("heading", name="Your shared care record")).to_be_visible()
     pages.check(patient)
     patient.get_by_role("link", name="Your choices", exact=True).click()

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare.api.deps import own_consent
-from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
+from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE, operation_outcome
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction
@@ -36,10 +36,10 @@ def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
-def _outcome(status: int, code: str, refused: SharedcareError) -> JSONResponse:
-    return _fhir({"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": code, "diagnostics": str(refused), "details": {"text": refused.message},
-        **({"expression": [refused.where]} if refused.where else {})}]}, status)
+def _outcome(request: Request, status: int, code: str, refused: SharedcareError) -> JSONResponse:
+    """As every other refusal is answered (with the correlation id), naming the element at fault."""
+    return operation_outcome(status, code, refused.message, getattr(request.state, "request_id", "unknown"),
+                             where=refused.where)
 
 
 def _if_match(request: Request) -> int | None:
@@ -110,8 +110,8 @@ async def update_consent(consent_id: str, request: Request) -> JSONResponse:
                     raise ConsentRefused(f"the id must be '{consent_id}', as in the URL", where="Consent.id")
                 return _fhir(me.replace_consent(consent_id, body, expected))
         except ConsentRefused as refused:
-            return _outcome(400, "invalid", refused)
+            return _outcome(request, 400, "invalid", refused)
         except VersionConflict as conflict:
-            return _outcome(412, "conflict", conflict)
+            return _outcome(request, 412, "conflict", conflict)
 
     return await run_in_threadpool(replace)

@@ -25,11 +25,13 @@ FHIR_RESOURCE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}}}}}
 
 
-def operation_outcome(status: int, code: str, text: str, request_id: str, severity: str = "error") -> JSONResponse:
+def operation_outcome(status: int, code: str, text: str, request_id: str, severity: str = "error",
+                      where: str | None = None) -> JSONResponse:
+    """`where`: the element at fault, as the issue's FHIRPath `expression`."""
     body = {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "code": code, "diagnostics": text,
-                   "details": {"text": text}}],
+        "issue": [{"severity": severity, "code": code, "diagnostics": text, "details": {"text": text},
+                   **({"expression": [where]} if where else {})}],
         "extension": [{"url": "https://sharedcare.example/StructureDefinition/correlation-id",
                        "valueString": request_id}],
     }
