@@ -628,24 +628,96 @@ def preferences_set(
     object_org: Annotated[str | None, typer.Option("--object-org", help="Object to this organisation.")] = None,
     opt_out_secondary: Annotated[bool, typer.Option("--opt-out-secondary", help="National data opt-out.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every choice.")] = False,
+    consent: Annotated[Path | None, typer.Option(
+        "--consent", help="A FHIR R4 Consent (JSON; - for standard input) whose provisions replace every choice "
+                          "held for the patient, under all their NHS numbers, as PUT /fhir/Consent does.")] = None,
 ) -> None:
     """Record a patient's choice about sharing; takes effect on the next request (audited)."""
-    from sharedcare.governance.consent import set_choice
+    from sharedcare.governance.consent import numbers_of_person, replace_choices, set_choice
+    from sharedcare.governance.consent_fhir import choices_from_consent
     from sharedcare.identity.nhs_number import is_valid, normalise
 
     number = normalise(nhs_number)
     if not is_valid(number):
         raise _fail(f"'{nhs_number}' is not a valid NHS number (modulus 11 check)")
-    if not (object_all or object_org or opt_out_secondary or clear):
-        raise _fail("give one of --object-all, --object-org ORG, --opt-out-secondary or --clear")
+    if consent is not None and (object_all or object_org or opt_out_secondary or clear):
+        raise _fail("--consent replaces every choice: give it alone")
+    if not (object_all or object_org or opt_out_secondary or clear or consent):
+        raise _fail("give one of --object-all, --object-org ORG, --opt-out-secondary, --clear or --consent FILE")
     fw = _framework()
     if object_org and object_org not in fw.organisations:
         raise _fail(f"organisation '{object_org}' is not in the framework")
     with _database().session() as session:
-        pref = set_choice(session, number, by=OPERATOR, object_all=object_all or None, object_org=object_org,
-                          opt_out_secondary=opt_out_secondary or None, clear=clear)
-        console.print(f"choices for {number}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
-                      f"opt_out_secondary={pref.opt_out_secondary}")
+        if consent is None:
+            pref = set_choice(session, number, by=OPERATOR, object_all=object_all or None, object_org=object_org,
+                              opt_out_secondary=opt_out_secondary or None, clear=clear)
+            console.print(f"choices for {number}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
+                          f"opt_out_secondary={pref.opt_out_secondary}")
+            return
+        body = _read_json(consent)
+        person_id, numbers = numbers_of_person(session, number)
+        try:
+            choices = choices_from_consent(body, number, fw)
+        except SharedcareError as refused:
+            raise _fail(f"{consent}: {refused}") from refused
+        replace_choices(session, numbers, number, choices, by=OPERATOR, person_id=person_id)
+        console.print(f"choices replaced for {', '.join(numbers)}: {len(choices.provisions)} provision(s), "
+                      f"object_all={choices.object_all} object_orgs={sorted(choices.object_orgs)} "
+                      f"opt_out_secondary={choices.opt_out_secondary}")
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON document from a file, or standard input for `-`; a clear error naming the file otherwise."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"{path}: cannot read it ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{path}: line {exc.lineno}, column {exc.colno}: not JSON ({exc.msg})") from exc
+
+
+@preferences_app.command("show")
+def preferences_show(
+    nhs_number: Annotated[str, typer.Argument(help="The patient's NHS number.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the FHIR R4 Consent.")] = False,
+) -> None:
+    """A patient's choices held against one NHS number, as a table or a FHIR R4 Consent (audited: the
+    choices are about the patient)."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+    from sharedcare.governance.consent import choices_for, numbers_of_person
+    from sharedcare.governance.consent_fhir import UK_TIME, as_provisions, consent_resource
+    from sharedcare.identity.nhs_number import is_valid, normalise
+    from sharedcare.store.models import Preference
+
+    number = normalise(nhs_number)
+    if not is_valid(number):
+        raise _fail(f"'{nhs_number}' is not a valid NHS number (modulus 11 check)")
+    fw = _framework()
+    with _database().session() as session:
+        person_id, _ = numbers_of_person(session, number)
+        record_audit(session, AuditRecord(AuditAction.PREFERENCE_VIEW, "permit", OPERATOR, purpose="governance",
+                                          patient_id=person_id, detail={"nhs_number_suffix": number[-4:]}))
+        pref = session.get(Preference, number)
+        choices = choices_for(session, [number])
+        consent = consent_resource(number, choices, pref.version if pref else 0, pref.updated_at if pref else None, fw)
+    if as_json:
+        _print_json(consent)
+        return
+    table = Table(title=f"Choices held against {number} (version {consent['meta']['versionId']}): "
+                        "each row hides what it matches")
+    for column in ("from readers at", "data held by", "purposes", "resource types", "categories", "period",
+                   "exceptions"):
+        table.add_column(column, overflow="fold")
+    for p in as_provisions(choices):
+        period = " to ".join(t.astimezone(UK_TIME).date().isoformat() if t else "..." for t in (p.start, p.end))
+        table.add_row(*(", ".join(sorted(v)) or "any" for v in (p.recipients, p.sources, p.purposes, p.classes,
+                                                               p.codes)),
+                      period if p.start or p.end else "", str(len(p.provisions)) if p.provisions else "")
+    if not table.rows:
+        console.print(f"no choices held against {number}: sharing for care as the framework allows")
+        return
+    Console().print(table)
 
 
 @audit_app.command("verify")

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import select, update
+from tests.conftest import FRAMEWORK_PATH
 from tests.small_ics import OKAFOR_NHS, Ics
+from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_citizen_token
+from sharedcare.cli import app
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.consent import hide_category, set_choice
@@ -27,6 +33,7 @@ ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 CATEGORY = "https://sharedcare.example/fhir/CodeSystem/data-category"
+runner = CliRunner()
 
 
 def _mine(ics: Ics) -> dict[str, str]:
@@ -369,3 +376,46 @@ def test_a_consent_sent_against_one_numbers_version_never_undoes_a_choice_held_o
         assert held is not None and held.object_orgs == ["RYC"] and held.version == 1  # the objection stands
         mine = s.get(Preference, OKAFOR_NHS)
         assert mine is None or (mine.version == 0 and not mine.provisions)
+
+
+def test_an_operator_records_a_consent_from_the_command_line_for_a_patient_without_the_app(
+        ics: Ics, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patient who asked at their practice in writing: the IG team records the same Consent the app
+    would send; `preferences show` reads it back (audited); a Consent it cannot honour is refused naming
+    the file and element, and changes nothing."""
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    other_number = "9434765927"
+    with db.session() as s:  # the mental health trust knows him by another NHS number, linked to him
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
+    hospital = ics.open_record("dr.oconnor")
+    assert "RXM:Condition" in _ids(ics, hospital, "before")
+
+    sent = tmp_path / "consent.json"
+    sent.write_text(json.dumps(_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP)))
+    result = runner.invoke(app, ["preferences", "set", OKAFOR_NHS, "--consent", str(sent)])
+    assert result.exit_code == 0, result.stderr
+    assert f"choices replaced for {OKAFOR_NHS}, {other_number}: 1 provision(s)" in result.stderr
+    assert "RXM:Condition" not in _ids(ics, hospital, "after")  # the very next read
+    assert "RXM:Condition" in _ids(ics, ics.open_record("dr.patel"), "gp-after")
+
+    shown = runner.invoke(app, ["preferences", "show", other_number, "--json"])
+    assert shown.exit_code == 0, shown.stderr
+    (deny,) = json.loads(shown.stdout)["provision"]["provision"]
+    assert deny["code"][0]["coding"][0]["code"] == "mental_health"
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width when not on a terminal
+    table = runner.invoke(app, ["preferences", "show", OKAFOR_NHS])
+    assert "mental_health" in table.stdout and "version 1" in table.stdout
+    with db.session() as s:
+        views = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:view")).all()
+    assert [(v.username, v.patient_id) for v in views] == [("cli", ics.okafor)] * 2
+
+    unhonoured = _consent({"type": "deny", "securityLabel": [{"code": "R"}]})
+    sent.write_text(json.dumps(unhonoured))
+    refused = runner.invoke(app, ["preferences", "set", OKAFOR_NHS, "--consent", str(sent)])
+    assert refused.exit_code == 2
+    assert f"{sent}: Consent.provision.provision[0].securityLabel" in " ".join(refused.stderr.split())
+    sent.write_text("{not json")
+    broken = runner.invoke(app, ["preferences", "set", OKAFOR_NHS, "--consent", str(sent)])
+    assert broken.exit_code == 2 and "line 1, column 2: not JSON" in broken.stderr
+    assert "RXM:Condition" not in _ids(ics, hospital, "still-hidden")  # nothing changed by either

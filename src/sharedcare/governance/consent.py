@@ -248,5 +248,18 @@ def replace_choices(session: Session, nhs_numbers: Iterable[str], named: str, ch
         _changed(session, pref, by, person_id, _summary(pref))
 
 
+def numbers_of_person(session: Session, nhs_number: str) -> tuple[str | None, list[str]]:
+    """The person whose records carry `nhs_number`, and every NHS number their records carry (choices held
+    against any of them apply together). A number no record carries, or one carried by two persons' records
+    (a conflict the MPI has put to review), is that number alone, with no person."""
+    persons = set(session.scalars(select(PatientRecord.person_id).where(PatientRecord.nhs_number == nhs_number)))
+    if len(persons) != 1:
+        return None, [nhs_number]
+    (person_id,) = persons
+    numbers = session.scalars(select(PatientRecord.nhs_number).where(PatientRecord.person_id == person_id,
+                                                                     PatientRecord.nhs_number.is_not(None)))
+    return person_id, sorted({nhs_number, *(n for n in numbers if n)})
+
+
 def _as_held(pref: Preference) -> tuple[Any, ...]:
     return pref.object_all, sorted(pref.object_orgs or []), pref.opt_out_secondary, pref.provisions or []
