@@ -1,4 +1,4 @@
-"""The HL7 mapper's output is validated by `mapped_problems`: a walk that vouches for a resource only when
+"""The HL7 mapper's output is validated by `walked_problems`: a walk that vouches for a resource only when
 the fhir.resources model would accept it, else the model itself. It must be exactly as strict as the
 model: a message the model would refuse is refused with the same reason at the same segment, and a
 message it would accept is staged the same. Checked on real messages with hostile values put where the
@@ -100,7 +100,7 @@ def _same_as_the_model(raw: RawMessage, framework: Framework) -> tuple[Any, ...]
         return validation_problems(content)
 
     fast = _outcome(raw, framework)
-    with patch.object(hl7v2, "mapped_problems", model_only):
+    with patch.object(hl7v2, "walked_problems", model_only):
         full = _outcome(raw, framework)
     assert fast == full
     for content in validated:
@@ -259,4 +259,4 @@ def test_under_another_fhir_core_the_walk_vouches_for_nothing_and_the_model_deci
     assert surely_valid(good)
     monkeypatch.setattr(validate, "_WALKS", False)
     assert not surely_valid(good)
-    assert validate.mapped_problems(good) == [] and validate.mapped_problems(bad) == validation_problems(bad) != []
+    assert validate.walked_problems(good) == [] and validate.walked_problems(bad) == validation_problems(bad) != []

@@ -4,11 +4,12 @@ fhir.resources 8 ships R5 by default plus R4B; R4B is the nearest to R4 and iden
 types the record keeps, so it is what we validate against. Problems come back located, as
 `entry[3] Condition.code.coding[0].code: Input should be a valid string`.
 
-`mapped_problems` is the same verdict for resources our own mappers build, reached faster: `surely_valid`
-walks the resource against the same models' fields and checks each value with the same pydantic validator
-the model uses for it, and the model is run in full only when the walk cannot vouch for the resource (then
-it also words the problems, so a refusal reads exactly as before). Model validation of a mapped resource
-was over half of staging an HL7 message, most of it fhir_core's Python validators per element.
+`walked_problems` is the same verdict reached faster, for FHIR from sources and for our HL7 mapper's output:
+`surely_valid` walks the resource against the same models' fields and checks each value with the same
+pydantic validator the model uses for it, and the model is run in full only when the walk cannot vouch for
+the resource (then it also words the problems, so a refusal reads exactly as before). Model validation was
+over half of staging an HL7 message and 64% of a FHIR staging worker, most of it fhir_core's Python
+validators per element.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ def validation_problems(resource: dict[str, Any]) -> list[str]:
         model.model_validate(resource)
     except ValidationError as exc:
         return [f"{resource_type}.{_path(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
+    except (KeyError, TypeError) as exc:
+        # fhir_core 1.1 picks a nested resource's model (contained, a Bundle entry's) by looking its
+        # resourceType up unchecked: a type it does not know, or not a string, raises instead of refusing
+        return [f"{resource_type}: a resourceType inside it is not a FHIR R4 resource type "
+                f"({type(exc).__name__}: {str(exc)[:80]})"]
     return []
 
 
-def mapped_problems(resource: dict[str, Any]) -> list[str]:
+def walked_problems(resource: dict[str, Any]) -> list[str]:
     """`validation_problems`, skipping the model when `surely_valid` vouches for the resource."""
     return [] if surely_valid(resource) else validation_problems(resource)
 
@@ -58,16 +64,22 @@ def mapped_problems(resource: dict[str, Any]) -> list[str]:
 # (a "before" validator): the walk takes no null anywhere; each field's value is validated by its type: the
 # walk runs that same type's pydantic validator on a primitive and walks an element's dict against its own
 # model; required fields and choices of type (value[x]: at most one, or exactly one) are checked after
-# construction: the walk checks them from the model's own lists. Anything else (a model with another
-# validator or its own __init__, a field of another kind such as contained resources, a primitive's
-# extension `_field`, an empty list, a value of an unexpected Python type) is not vouched for, and the
-# model decides.
+# construction: the walk checks them from the model's own lists. A primitive's extension (`_field`) is an
+# element (FHIRPrimitiveExtension: id or extension required, its one validator of its own), and its lists
+# keep nulls as placeholders (the model's null check skips them). Anything else (a model with another
+# validator or its own __init__, a field of another kind such as contained resources, an empty list, a
+# null elsewhere, a value of an unexpected Python type) is not vouched for, and the model decides.
 
 # The walk mirrors fhir_core's own validators, read in this version: under any other it vouches for nothing
 # and the model decides everything (slower, never less strict) until the walk is checked against it again.
 _AUDITED_FHIR_CORE = "1.1.12"
 _WALKS = version("fhir-core") == _AUDITED_FHIR_CORE
 _VALIDATORS = {"reject_null_complex_elements", "validate_after_model_construction"}
+# FHIRPrimitiveExtension's own validator (refuses one with neither id, extension nor fhir_comments), as
+# read in this fhir.resources: under another, a primitive's extension is left to the model.
+_AUDITED_FHIR_RESOURCES = "8.3.0"
+_RESOURCES_AUDITED = version("fhir.resources") == _AUDITED_FHIR_RESOURCES
+_PRIMITIVE_EXTENSION_VALIDATOR = "validate_extension_or_fhir_comment_required"
 _BASE_VALIDATORS = FHIRAbstractModel.__pydantic_decorators__.model_validators
 _SCALARS = (str, int, bool)  # values whose validity is a function of type and value, so a verdict is kept
 # Verdicts kept per primitive type, only of small values (ASCII strings up to _CACHED_LENGTH, 64-bit ints):
@@ -108,7 +120,11 @@ class _Model:
 
     def __init__(self, cls: type[FHIRAbstractModel]) -> None:
         decorators = cls.__pydantic_decorators__
-        self.walkable = (cls.__init__ is FHIRAbstractModel.__init__ and set(decorators.model_validators) == _VALIDATORS
+        # a primitive's extension: its own validator's rule is that one of these is present (not null)
+        self.one_of = frozenset({"id", "extension"}) if _audited_primitive_extension(cls) else None
+        own = {_PRIMITIVE_EXTENSION_VALIDATOR} if self.one_of else set()
+        self.walkable = (cls.__init__ is FHIRAbstractModel.__init__
+                         and set(decorators.model_validators) == _VALIDATORS | own
                          and all(_function(decorators.model_validators[name].func)
                                  is _function(_BASE_VALIDATORS[name].func) for name in _VALIDATORS)
                          and not decorators.field_validators and cls.model_config == FHIRAbstractModel.model_config)
@@ -116,7 +132,10 @@ class _Model:
         fields = cls.model_fields
         self.fields: dict[str, _Kind] = {}
         for name, info in fields.items():
-            kind = None if info.metadata or name.endswith("__ext") else _kind(info.annotation)
+            kind = None if info.metadata else _kind(info.annotation)
+            if kind is not None and name.endswith("__ext"):  # `_field`: only as a primitive's extension
+                many, _, element, _ = kind
+                kind = (many, None, element, True) if element and _audited_primitive_extension(element) else None
             if kind is not None and info.alias:  # a field without its alias is left to the model
                 self.fields[info.alias] = kind
         # get_required_fields names elements as in JSON; model_fields and choices by their Python names
@@ -126,6 +145,13 @@ class _Model:
         self.choices = [(frozenset(fields[name].alias or name for name in names),
                          fields[names[0]].json_schema_extra["one_of_many_required"] is True)  # type: ignore[index]
                         for names in choices]
+
+
+def _audited_primitive_extension(cls: type[FHIRAbstractModel]) -> bool:
+    """FHIRPrimitiveExtension with the validator the walk mirrors, in the fhir.resources it was read in."""
+    validator = cls.__pydantic_decorators__.model_validators.get(_PRIMITIVE_EXTENSION_VALIDATOR)
+    return (_RESOURCES_AUDITED and cls.__name__ == "FHIRPrimitiveExtension" and validator is not None
+            and _function(validator.func).__qualname__ == f"FHIRPrimitiveExtension.{_PRIMITIVE_EXTENSION_VALIDATOR}")
 
 
 def _function(validator: Any) -> Any:
@@ -142,7 +168,8 @@ def _optional(annotation: Any) -> Any:
 
 
 _primitives: dict[Any, _Primitive] = {}
-_Kind = tuple[bool, _Primitive | None, type[FHIRAbstractModel] | None]  # repeats; a primitive's check, or an element
+# repeats; a primitive's check, or an element; a list's nulls allowed (a primitive's extensions)
+_Kind = tuple[bool, _Primitive | None, type[FHIRAbstractModel] | None, bool]
 
 
 def _kind(annotation: Any) -> _Kind | None:
@@ -153,11 +180,11 @@ def _kind(annotation: Any) -> _Kind | None:
         inner = _optional(get_args(inner)[0])
     if isinstance(inner, type) and issubclass(inner, FhirBase):
         # an element type; element-or-resource types (contained) pick their model from the value: not walked
-        return (many, None, inner.get_model_klass()) if inner.__mro__[1] is FhirBase else None
+        return (many, None, inner.get_model_klass(), False) if inner.__mro__[1] is FhirBase else None
     if get_origin(inner) is Annotated or inner is bool:
         if inner not in _primitives:
             _primitives[inner] = _Primitive(inner)
-        return many, _primitives[inner], None
+        return many, _primitives[inner], None, False
     return None
 
 
@@ -181,7 +208,7 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
         kind = fields.get(key)
         if kind is None:
             return False
-        many, primitive, element = kind
+        many, primitive, element, nulls = kind
         if many and (type(value) is not list or not value):
             return False
         if primitive is not None:
@@ -195,8 +222,12 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
             inner = _models.get(element) or _model(element)  # type: ignore[arg-type]
             for item in value if many else (value,):
                 if type(item) is not dict or not _walk(inner, item):
+                    if item is None and nulls:
+                        continue
                     return False
     if model.required and not model.required <= node.keys():
+        return False
+    if model.one_of is not None and not model.one_of & node.keys():
         return False
     for names, required in model.choices:
         present = 0

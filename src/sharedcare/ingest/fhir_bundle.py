@@ -25,7 +25,7 @@ from sharedcare.fhir.uk_core import (
     parse_meta_source,
     server_id,
 )
-from sharedcare.fhir.validate import validation_problems
+from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
@@ -236,7 +236,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             if not resource.get("id"):
                 raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
                                    "recognise later updates", where)
-            problems = validation_problems(resource)
+            problems = walked_problems(resource)
             if problems:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)

@@ -17,7 +17,7 @@ from itertools import chain
 from pathlib import Path
 
 from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
-from sharedcare.fhir.validate import mapped_problems
+from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2_map as hmap
 from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
@@ -312,7 +312,7 @@ def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: d
                "meta": {**resource.get("meta", {}), "source": meta_source(sender.org, system)}}
     if any(item.server_id == content["id"] for item in staged.resources):
         raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where)
-    problems = mapped_problems(content)
+    problems = walked_problems(content)
     if problems:
         raise MessageError(f"{resource_type}/{source_id}: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
