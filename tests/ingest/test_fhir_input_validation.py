@@ -477,3 +477,25 @@ def test_under_another_fhir_resources_a_primitives_extension_is_left_to_the_mode
     monkeypatch.setattr(validate, "_models", {})
     assert not surely_valid(resource) and validation_problems(resource) == []
     assert surely_valid({"resourceType": "Patient", "id": "a", "gender": "male"})
+
+
+def _nested_extension(depth: int) -> Json:
+    inner: Json = {"url": "http://x", "valueString": "deepest"}
+    for _ in range(depth):
+        inner = {"url": "http://x", "extension": [inner]}
+    return {"resourceType": "Patient", "id": "a", "extension": [inner]}
+
+
+@pytest.mark.parametrize("depth", [40, 200, 600])
+def test_a_resource_nested_deeper_than_the_model_can_read_is_left_to_the_model(depth: int) -> None:
+    """The model runs out of stack at some 130-150 levels (quarantined as unreadable): the walk must not
+    accept what the model cannot read, so past a few dozen levels it vouches for nothing."""
+    resource = _nested_extension(depth)
+    assert not surely_valid(resource)
+    if depth >= 200:
+        with pytest.raises(RecursionError):
+            validation_problems(resource)
+
+
+def test_a_resource_nested_as_deep_as_real_ones_is_still_vouched_for() -> None:
+    assert surely_valid(_nested_extension(10)) and validation_problems(_nested_extension(10)) == []

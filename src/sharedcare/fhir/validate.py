@@ -48,8 +48,8 @@ def validation_problems(resource: dict[str, Any]) -> list[str]:
     except (KeyError, TypeError) as exc:
         # fhir_core 1.1 picks a nested resource's model (contained, a Bundle entry's) by looking its
         # resourceType up unchecked: a type it does not know, or not a string, raises instead of refusing
-        return [f"{resource_type}: a resourceType inside it is not a FHIR R4 resource type "
-                f"({type(exc).__name__}: {str(exc)[:80]})"]
+        return [f"{resource_type}: could not be validated; a resourceType inside it may not be a FHIR R4 "
+                f"resource type ({type(exc).__name__}: {str(exc)[:80]})"]
     return []
 
 
@@ -198,8 +198,14 @@ def _model(cls: type[FHIRAbstractModel]) -> _Model:
     return model
 
 
-def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
-    if not model.walkable:
+# Deeper than this the walk vouches for nothing: the model, which decides then, runs out of stack at some
+# 130-150 levels of nesting (a RecursionError, quarantined as unreadable), and the walk must not accept what
+# the model cannot read. Real resources nest under 15 levels.
+_MAX_DEPTH = 32
+
+
+def _walk(model: _Model, node: dict[str, Any], skip: str | None = None, depth: int = 0) -> bool:
+    if not model.walkable or depth > _MAX_DEPTH:
         return False
     fields = model.fields
     for key, value in node.items():
@@ -221,7 +227,7 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None) -> bool:
         else:
             inner = _models.get(element) or _model(element)  # type: ignore[arg-type]
             for item in value if many else (value,):
-                if type(item) is not dict or not _walk(inner, item):
+                if type(item) is not dict or not _walk(inner, item, depth=depth + 1):
                     if item is None and nulls:
                         continue
                     return False
