@@ -129,7 +129,8 @@ class _Form:
     """A `Prepared` statement in one dialect: its SQL, where its parameters go, their bind processors and
     (once the driver has described the result) the result columns' processors. The statement's own values
     (its literals, a LIMIT) are bound once, here: `construct_params` and the processors over all of them
-    on every call were a third of SQLAlchemy's part of running the decision inputs (16 of its 19 values)."""
+    on every call were about 5 of the 15 us SQLAlchemy's part of running the decision inputs took (16 of its
+    19 values are the statement's own)."""
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
