@@ -223,7 +223,11 @@ def main() -> int:
             sizes = {pid: n for pid, n in session.execute(
                 select(PatientRecord.person_id, func.count(Resource.id))
                 .join(Resource, Resource.patient_record_id == PatientRecord.id)
-                .group_by(PatientRecord.person_id).order_by(PatientRecord.person_id))}
+                .group_by(PatientRecord.person_id)
+                # by NHS number (those with none last), not by person id, which is random at ingest: every
+                # run reads the same people
+                .order_by(func.min(PatientRecord.nhs_number).is_(None), func.min(PatientRecord.nhs_number),
+                          PatientRecord.person_id))}
             large = session.scalars(select(PatientRecord.person_id).where(PatientRecord.nhs_number == nhs)).first()
         assert large is not None
         people = [pid for pid in sizes if pid != large][: args.sample]

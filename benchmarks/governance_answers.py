@@ -11,8 +11,10 @@ merge is undone and RYC signed again, and all is read twice more; last, the audi
 What differs between runs of the same code (times, request sites, random Bundle and OperationOutcome ids)
 is masked, so two runs' outputs are byte-identical when the code's answers are.
 
-Usage: python benchmarks/governance_answers.py build DIR
+Usage: python benchmarks/governance_answers.py build DIR [URL]
        cp DIR/base.db A.db; python benchmarks/governance_answers.py read DIR A.db OUT
+On PostgreSQL, build into a database URL and read copies of it (`CREATE DATABASE a TEMPLATE base`):
+       python benchmarks/governance_answers.py read DIR postgresql+psycopg://.../a OUT
 """
 
 from __future__ import annotations
@@ -52,10 +54,15 @@ def _masked(text: str) -> str:
     return _RANDOM.sub("M", text)
 
 
-def build(out: Path) -> None:
+def _url(database: str) -> str:
+    """A database URL as given, or a SQLite file's path."""
+    return database if "://" in database else f"sqlite:///{database}"
+
+
+def build(out: Path, database: str | None = None) -> None:
     fw = load_framework()
     generate(out / "feeds", people=300, seed=21, framework=fw)
-    db = Database(f"sqlite:///{out / 'base.db'}")
+    db = Database(_url(database or str(out / "base.db")))
     db.migrate()
     Pipeline(db, fw).ingest_paths([out / "feeds"])
     nhs = add_large_record(db, fw, out / "feeds", out / "large.ndjson", 1000)
@@ -103,10 +110,10 @@ def _change(db: Database, fw: Framework, people: list[str]) -> int:
     return merged
 
 
-def read(store: Path, database: Path, out: TextIO) -> None:
+def read(store: Path, database: str, out: TextIO) -> None:
     people = (store / "people.txt").read_text().split()
     fw = load_framework()
-    db = Database(f"sqlite:///{database}")
+    db = Database(_url(database))
     settings = replace(load_settings(), database_url=str(db.url), demo=True)
     with TestClient(create_app(settings, framework=fw, database=db)) as client:
         tokens = {user: {"Authorization": f"Bearer {mint_token(settings, fw, user)}"} for user in sorted(fw.users)}
@@ -142,11 +149,11 @@ def read(store: Path, database: Path, out: TextIO) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "build":
-        build(Path(argv[1]))
+    if len(argv) in (2, 3) and argv[0] == "build":
+        build(Path(argv[1]), argv[2] if len(argv) == 3 else None)
     elif len(argv) == 4 and argv[0] == "read":
         with Path(argv[3]).open("w", encoding="utf-8") as out:
-            read(Path(argv[1]), Path(argv[2]), out)
+            read(Path(argv[1]), argv[2], out)
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -159,6 +159,22 @@ def test_the_database_refuses_an_entry_that_does_not_follow_the_head(db: Databas
         assert session.get_one(AuditHead, 1).seq == 3
 
 
+@settings(deadline=None, max_examples=40,  # a shared, busy machine; the store is reused across examples
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(username=st.one_of(st.none(), st.text(max_size=12), st.just('x","username":"y')),
+       detail=st.dictionaries(st.sampled_from(["username", "seq", "z"]), st.text(min_size=1, max_size=8), max_size=3))
+def test_the_database_hashes_each_entry_as_verify_does(db: Database, username: str | None,
+                                                       detail: dict[str, str]) -> None:
+    """The append hashes in SQL, the sequence number read from the head set into the canonical JSON (before
+    `"username"`): a name holding quotes or that very key, or non-ASCII text (encoded by the standard
+    library), still chains as `verify` hashes it."""
+    with db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.RECORD_READ, "permit", username=username, detail=detail,
+                                          patient_id="p1", released=["Condition/1"]))
+    with db.session() as session:
+        assert verify(session).ok
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a shared, busy machine
 @given(fields=st.dictionaries(st.sampled_from(["action", "username", "patient_id", "reason", "é", "z"]),
                               st.one_of(st.text(), st.integers(-(2**63), 2**63 - 1), st.none()), max_size=6))
