@@ -165,9 +165,7 @@ def test_the_database_refuses_an_entry_that_does_not_follow_the_head(db: Databas
        detail=st.dictionaries(st.sampled_from(["username", "seq", "z"]), st.text(min_size=1, max_size=8), max_size=3))
 def test_the_database_hashes_each_entry_as_verify_does(db: Database, username: str | None,
                                                        detail: dict[str, str]) -> None:
-    """The append hashes in SQL, the sequence number read from the head set into the canonical JSON (before
-    `"username"`): a name holding quotes or that very key, or non-ASCII text (encoded by the standard
-    library), still chains as `verify` hashes it."""
+    """A name holding quotes or the very key `"username"`, or non-ASCII text, chains as `verify` hashes it."""
     with db.session() as session:
         record_audit(session, AuditRecord(AuditAction.RECORD_READ, "permit", username=username, detail=detail,
                                           patient_id="p1", released=["Condition/1"]))
@@ -221,3 +219,27 @@ def test_a_reads_audit_entry_is_committed_before_its_answer_is_built_and_no_lock
     response = ics.client.get(path.format(ics.okafor), headers=headers)
     assert response.status_code == 200
     assert seen == [(before + 1, "answer being built")]  # this read's entry, committed; the lock free
+
+
+def test_an_entry_that_waited_for_the_chain_is_timed_after_the_entry_before_it(db: Database) -> None:
+    """An IG officer reads the times as times: an append that waits for another writer's turn on the chain
+    takes its time once it has the turn, so times never go backwards along the chain."""
+    import threading
+    import time
+
+    def append(who: str) -> None:
+        with db.session() as session:
+            record_audit(session, AuditRecord(AuditAction.RECORD_READ, "permit", username=who, patient_id="p1"))
+
+    with db.session() as holder:
+        holder.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))  # the chain's turn
+        waiting = threading.Thread(target=append, args=("waited",))
+        waiting.start()
+        time.sleep(0.3)  # the other append has begun and waits for the turn
+        record_audit(holder, AuditRecord(AuditAction.RECORD_READ, "permit", username="held", patient_id="p1"))
+    waiting.join(10)
+    with db.session() as session:
+        entries = session.execute(select(AuditEntry.username, AuditEntry.recorded_at).order_by(AuditEntry.seq)).all()
+        assert verify(session).ok
+    assert [e.username for e in entries] == ["held", "waited"]
+    assert entries[0].recorded_at <= entries[1].recorded_at

@@ -22,14 +22,11 @@ from enum import StrEnum
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import String, Table, bindparam, insert, select
-from sqlalchemy import cast as sql_cast
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.functions import FunctionElement
 
 from sharedcare.clock import utcnow
-from sharedcare.store.database import SQLITE_SHA256, Database, Prepared
+from sharedcare.store.database import Database, Prepared
 from sharedcare.store.models import AuditEntry, AuditHead
 
 GENESIS = "0" * 64
@@ -222,51 +219,17 @@ def _digest(prev_hash: str, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + _canonical(fields)).hexdigest()
 
 
-def _around_seq(row: Mapping[str, Any]) -> tuple[str, str]:
-    """The entry's canonical JSON (`_canonical`) either side of its sequence number, which the append
-    statement reads from the head: `"seq"` sorts just before `"username"`, the last key, and a JSON string
-    holds no bare quote, so the last `,"username":` is the top-level key's."""
-    fields = {name: row[name] for name in _HASHED if name != "seq"}
-    fields["recorded_at"] = fields["recorded_at"].isoformat()
-    body = _canonical(fields).decode("ascii")
-    cut = body.rindex(',"username":')
-    return body[:cut] + ',"seq":', body[cut:]
-
-
-class chain_hash(FunctionElement[str]):  # noqa: N801 - SQLAlchemy's name for a SQL function
-    """The hex SHA-256 of ASCII text, in SQL: the chain hash computed where the head is read, so one
-    statement both follows the head and appends (PostgreSQL's own `sha256`; on SQLite the function each
-    of the store's connections registers, store/database.py). The same bytes `_digest` hashes."""
-
-    type = String()
-    inherit_cache = True
-
-
-@compiles(chain_hash)
-def _chain_hash_sqlite(element: chain_hash, compiler: Any, **kw: Any) -> str:
-    return f"{SQLITE_SHA256}({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(chain_hash, "postgresql")
-def _chain_hash_postgresql(element: chain_hash, compiler: Any, **kw: Any) -> str:
-    return f"encode(sha256(convert_to({compiler.process(element.clauses, **kw)}, 'UTF8')), 'hex')"
-
-
-# The append, built once (this runs on every read): one statement reads the head (locking its row on
-# PostgreSQL; on SQLite the statement opens the write transaction), numbers and hashes the entry after it
-# and inserts it. It was two, the head locked and read first (`UPDATE ... RETURNING`), then the INSERT.
-# A trigger (migration 0006) advances the head, refusing an entry that does not follow it. Only the
-# columns an append writes are named, so a column added later (with its default) breaks nothing.
+# Statements built once: this runs on every read, and building ORM statements per call cost more than
+# the database work in the governance benchmark.
 _HEAD = cast(Table, AuditHead.__table__)
 _ENTRIES = cast(Table, AuditEntry.__table__)
-_NEXT = _HEAD.c.seq + 1
-_GIVEN = ("recorded_at", "action", "outcome", "username", "organisation", "patient_id", "event")
-_APPEND = Prepared(insert(_ENTRIES).from_select(
-    ["seq", *_GIVEN, "prev_hash", "hash"],
-    select(_NEXT, *(bindparam(name, type_=_ENTRIES.c[name].type) for name in _GIVEN), _HEAD.c.hash,
-           chain_hash(_HEAD.c.hash + bindparam("before", type_=String) + sql_cast(_NEXT, String)
-                      + bindparam("after", type_=String)))
-    .where(_HEAD.c.id == 1).with_for_update()).returning(_ENTRIES.c.seq))
+# A no-op UPDATE takes the write lock on the head row (a row lock on PostgreSQL; on SQLite it opens the
+# write transaction) and RETURNING reads it in the same statement, so no two writers chain to one parent.
+_LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
+                                .returning(_HEAD.c.seq, _HEAD.c.hash))
+# A trigger (migration 0006) advances the head, refusing an entry that does not follow it.
+# Only the columns an append writes are named, so a column added later (with its default) breaks nothing.
+_APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*_HASHED, "prev_hash", "hash")}))
 
 
 class RefusalLimiter:
@@ -368,19 +331,16 @@ def record_audit(session: Session, record: AuditRecord) -> int:
     if cleaned != typed:  # rarely: copying the record costs more than the rest of the event
         record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
                          resource=cleaned[3])
-    # The time is taken before the head is read: appends racing from two processes may be recorded a few
-    # microseconds out of their order in the chain (`seq` is the order).
+    ((seq, prev_hash),) = _LOCK_AND_READ_HEAD(session)
     recorded = utcnow()
     row: dict[str, Any] = {
-        "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,
+        "seq": seq + 1, "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,
         "username": record.username, "organisation": record.organisation, "patient_id": record.patient_id,
-        "event": to_audit_event(record, recorded),
+        "event": to_audit_event(record, recorded), "prev_hash": prev_hash,
     }
-    row["before"], row["after"] = _around_seq(row)
-    appended = _APPEND(session, row)
-    if not appended:
-        raise RuntimeError("the audit log has no head row: run `sharedcare db migrate`")
-    return int(appended[0][0])
+    row["hash"] = _digest(prev_hash, row)
+    _APPEND(session, row)
+    return int(row["seq"])
 
 
 def record_sign_in(db: Database, username: str, ok: bool, role: str | None, organisation: str | None,

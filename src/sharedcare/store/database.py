@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,19 +44,8 @@ def json_loads(document: str | bytes) -> Any:
         return json.loads(document)
 
 
-# The audit append hashes its entry in SQL (governance/audit.py, `chain_hash`): SQLite has no SHA-256 of its
-# own, so each connection is given this one.
-SQLITE_SHA256 = "sharedcare_sha256"
-
-
-def _sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets the portal read while ingest writes; foreign keys are off in SQLite unless asked. The
-    audit append's hash function (`SQLITE_SHA256`) is registered here."""
-    dbapi_connection.create_function(SQLITE_SHA256, 1, _sha256_hex, deterministic=True)
+    """WAL lets the portal read while ingest writes; foreign keys are off in SQLite unless asked."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per commit, never corrupt; PostgreSQL for production
