@@ -145,6 +145,11 @@ def test_a_role_limited_by_tier_is_told_its_role_does_not_include_some_informati
     assert WITHHELD_LABELS["tier"] in withheld(body)["tier"]
 
 
+def test_the_capability_statement_tells_a_client_to_look_for_the_notice(ics: Ics) -> None:
+    rest = ics.client.get("/fhir/metadata").json()["rest"][0]
+    assert "OperationOutcome" in rest["documentation"] and "suppressed" in rest["documentation"]
+
+
 def test_nothing_withheld_means_no_signal(ics: Ics) -> None:
     """Mrs Hughes's practice sends her Patient and an allergy; a GP elsewhere sees both in full."""
     headers = ics.open_record("dr.patel", person=ics.stranger)

@@ -165,6 +165,9 @@ def capability_statement(request: Request) -> JSONResponse:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
         "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
+                  "documentation": "A Bundle of a patient's data that leaves out something the reader may not "
+                                   "see ends with an OperationOutcome (search mode outcome), one issue "
+                                   "'suppressed' per reason, and is labelled REDACTED: read it as incomplete.",
                   "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}],
                   "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
                       {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
