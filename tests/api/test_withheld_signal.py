@@ -145,6 +145,20 @@ def test_a_role_limited_by_tier_is_told_its_role_does_not_include_some_informati
     assert WITHHELD_LABELS["tier"] in withheld(body)["tier"]
 
 
+def test_a_paramedic_is_told_which_service_to_ask_about_what_their_role_sees_only_as_involved(ics: Ics) -> None:
+    """As the portal's list of services: the mental health trust holds information (tier 1 for a paramedic),
+    with its telephone number, and nothing of what it holds."""
+    headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    body = _get(ics, f"/fhir/AllergyIntolerance?patient={ics.okafor}", headers)
+    (notice,) = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "outcome"]
+    (issue,) = [i for i in notice["issue"] if i["details"]["coding"][0]["code"] == "tier-1-headline"]
+    mental_health = ics.client.app.state.framework.organisation("RXM")  # type: ignore[attr-defined]
+    assert issue["diagnostics"] == f"Involved, details not shown: Mental health services, {mental_health.name}, " \
+                                   f"{mental_health.phone}"
+    assert "Depressive" not in orjson.dumps(body).decode() and "35489007" not in orjson.dumps(body).decode()
+    assert "tier" in withheld(body)  # sexual health: nothing at all for a paramedic, said as the role's limit
+
+
 def test_the_capability_statement_tells_a_client_to_look_for_the_notice(ics: Ics) -> None:
     rest = ics.client.get("/fhir/metadata").json()["rest"][0]
     assert "OperationOutcome" in rest["documentation"] and "suppressed" in rest["documentation"]

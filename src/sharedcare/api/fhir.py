@@ -28,6 +28,7 @@ from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.explain import withheld_labels
+from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
@@ -100,17 +101,29 @@ def withheld_notice(records: GovernedRecords, view: RecordView) -> dict[str, Any
     """What the portal's "Some information is not shown" says, as FHIR R4 has a search say it: an
     OperationOutcome with one `suppressed` issue per reason the decision withheld anything of the
     patient's record, in the portal's words for this reader (governance/explain.py); None when nothing was.
-    Reasons only, never what or how many, and of the whole record whatever the request's `_type` or
-    criteria, as the portal shows them: a signal per type would let a reader find out, type by type, what
-    kind of record was kept from them (docs/api.md). Made from the decision already taken: no statement."""
+    Reasons only (and, for tier 1, which service to ask, as the portal's list of services names it), never
+    which resources or how many, and of the whole record whatever the request's `_type` or criteria, as
+    the portal shows them: a signal per type would let a reader find out, type by type, what kind of record
+    was kept from them (docs/api.md). Made from the decision already taken: no statement."""
     if not view.withheld:
         return None
     words = withheld_labels(records.actor.role)
-    return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": [
+    issues: list[dict[str, Any]] = [
         {"severity": "information", "code": "suppressed",
          "details": {"coding": [{"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words.get(why, why)}],
                      "text": f"Some information is not shown: this record leaves out {words.get(why, why)}."}}
-        for why in sorted(view.withheld)]}
+        for why in sorted(view.withheld)]
+    if view.headlines:  # tier 1: which service to ask, as the portal's list of services says it
+        headline = next(i for i in issues if i["details"]["coding"][0]["code"] == "tier-1-headline")
+        headline["diagnostics"] = "Involved, details not shown: " + "; ".join(
+            _involved(records.fw, h.category, h.organisation) for h in view.headlines)
+    return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
+
+
+def _involved(fw: Framework, category: str, org_code: str) -> str:
+    org = fw.organisation(org_code)
+    return ", ".join(part for part in (fw.categories.get(category, category), org.name if org else org_code,
+                                       org.phone if org else "") if part)
 
 
 def _bundle(request: Request, resources: list[dict[str, Any]],
