@@ -19,6 +19,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from httpx2 import Response
 from sqlalchemy import select
 from tests.builders import condition
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.auth import mint_token
@@ -50,7 +51,7 @@ class Interaction:
 def _server_id(ics: Ics, code: str) -> str:
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition",
                             headers=ics.open_record("dr.patel")).json()
-    return next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["code"]["coding"][0]["code"] == code)
+    return next(e["resource"]["id"] for e in entries(bundle) if e["resource"]["code"]["coding"][0]["code"] == code)
 
 
 def _write_headers(ics: Ics, headers: dict[str, str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ counts what the choice withheld, by rule, and lists only what was released."""
 from __future__ import annotations
 
 from sqlalchemy import select
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.access_log import details
@@ -21,14 +22,14 @@ def test_what_an_objection_withholds_is_counted_in_the_reads_audit_event(ics: Ic
     headers = ics.open_record("dr.patel")
     url = f"/fhir/Patient/{ics.okafor}/$everything"
     before = ics.client.get(url, headers={**headers, "X-Request-ID": "before"}).json()
-    community = {e["resource"]["id"] for e in before["entry"] if "RYC#" in e["resource"]["meta"]["source"]}
+    community = {e["resource"]["id"] for e in entries(before) if "RYC#" in e["resource"]["meta"]["source"]}
     assert community
     assert not any(key.startswith("withheld:objection") for key in details(_read_event(db, "before")))
 
     with db.session() as s:
         set_choice(s, OKAFOR_NHS, by="patient", object_org="RYC")
     after = ics.client.get(url, headers={**headers, "X-Request-ID": "after"}).json()
-    assert not community & {e["resource"]["id"] for e in after["entry"]}
+    assert not community & {e["resource"]["id"] for e in entries(after)}
     event = _read_event(db, "after")
     assert (event.action, event.outcome) == ("clinical:record:read", "permit")
     assert details(event)["withheld:objection-org"] == "2"  # the community trust's Patient and care plan

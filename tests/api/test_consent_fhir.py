@@ -16,6 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import select, update
 from tests.conftest import FRAMEWORK_PATH
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
 
@@ -61,7 +62,7 @@ def _ids(ics: Ics, headers: dict[str, str], request_id: str) -> set[str]:
                               headers={**headers, "X-Request-ID": request_id})
     assert response.status_code == 200, response.text
     return {f"{r['meta']['source'].split('|')[1].split('#')[0]}:{r['resourceType']}"
-            for r in (e["resource"] for e in response.json()["entry"])}
+            for r in (e["resource"] for e in entries(response.json()))}
 
 
 def _event(db: Database, request_id: str) -> AuditEntry:

@@ -4,6 +4,7 @@ after the decision point (so search can never show what a read would refuse)."""
 from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.framework import Framework
@@ -12,7 +13,7 @@ SCT = "http://snomed.info/sct"
 
 
 def _entries(bundle: dict, rtype: str | None = None) -> list[dict]:
-    return [e["resource"] for e in bundle["entry"] if rtype is None or e["resource"]["resourceType"] == rtype]
+    return [e["resource"] for e in entries(bundle) if rtype is None or e["resource"]["resourceType"] == rtype]
 
 
 def test_the_capability_statement_lists_what_is_searchable_and_is_valid(ics: Ics) -> None:

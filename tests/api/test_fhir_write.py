@@ -7,6 +7,7 @@ import json
 
 from sqlalchemy import func, select
 from tests.builders import NHS, condition, medication, patient
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.auth import mint_token
@@ -44,7 +45,7 @@ def _bundle(kind: str, *resources: dict) -> dict:
 
 def _conditions(ics: Ics, headers: dict[str, str]) -> dict[str, dict]:
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
-    return {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in bundle["entry"]}
+    return {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in entries(bundle)}
 
 
 def test_a_gp_system_updates_a_condition_with_put_and_the_record_shows_the_new_version(ics: Ics, db: Database) -> None:
@@ -324,7 +325,7 @@ def test_a_practice_that_never_held_a_patient_cannot_replace_their_shared_demogr
     assert "Mallory" not in json.dumps(shown) and "ZZ9 9ZZ" not in json.dumps(shown), shown
     assert shown["address"][0]["postalCode"] == "RV1 2AB"  # what Castle Street Surgery holds
     everything = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers).json()
-    combined = next(e["resource"] for e in everything["entry"] if e["resource"]["resourceType"] == "Patient"
+    combined = next(e["resource"] for e in entries(everything) if e["resource"]["resourceType"] == "Patient"
                     and e["resource"]["id"] == ics.stranger)
     assert "Mallory" not in json.dumps(combined) and "ZZ9 9ZZ" not in json.dumps(combined)
 
@@ -337,7 +338,7 @@ def test_a_masked_copy_written_back_cannot_blank_what_the_mask_hid(ics: Ics) -> 
     def medication(username: str) -> dict:
         bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=MedicationStatement",
                                 headers=ics.open_record(username)).json()
-        (entry,) = bundle["entry"]
+        (entry,) = entries(bundle)
         return dict(entry["resource"])
 
     masked = medication("sw.brown")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from tests.builders import bundle, condition, document, patient, write_ndjson
+from tests.fhir_bundles import entries, resources
 from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes
 
 from sharedcare.governance.framework import Framework
@@ -24,7 +25,7 @@ def _diabetes_id(db: Database) -> str:
 
 def _conditions(ics: Ics, headers: dict[str, str]) -> list[dict]:
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
-    return [e["resource"] for e in bundle["entry"]]
+    return [e["resource"] for e in entries(bundle)]
 
 
 def test_a_correction_replaces_what_is_shown_and_history_keeps_both_versions(
@@ -56,7 +57,7 @@ def test_entered_in_error_disappears_from_the_record_and_search_but_history_show
     assert cid not in {c["id"] for c in _conditions(ics, headers)}
     found = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&code=http://snomed.info/sct|44054006",
                            headers=headers).json()
-    assert found.get("entry", []) == []
+    assert resources(found) == []
     assert ics.client.get(f"/fhir/Condition/{cid}", headers=headers).status_code == 404
     entries = ics.client.get(f"/fhir/Condition/{cid}/_history", headers=headers).json()["entry"]
     assert [e["resource"]["meta"]["versionId"] for e in entries] == ["2", "1"]
@@ -85,9 +86,9 @@ def test_history_follows_the_read_rules_and_is_audited(ics: Ics, db: Database) -
     with db.session() as s:  # refused without a basis: audited, and indistinguishable from missing
         denied = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:resource:history")).all()
         assert [e.outcome for e in denied] == ["deny"]
-    restricted = next(r for r in ics.client.get(
+    restricted = next(r for r in entries(ics.client.get(
         f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=ics.open_record("dr.oconnor")
-    ).json()["entry"] if "security" in r["resource"].get("meta", {}))["resource"]["id"]
+    ).json()) if "security" in r["resource"].get("meta", {}))["resource"]["id"]
     gp = ics.open_record("dr.patel")
     assert ics.client.get(f"/fhir/DocumentReference/{restricted}/_history", headers=gp).status_code == 404
     assert ics.client.get(f"/fhir/DocumentReference/{restricted}/_history/1", headers=gp).status_code == 404

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.builders import bundle, patient, write_ndjson
+from tests.fhir_bundles import entries, resources
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM
@@ -17,11 +18,11 @@ SCT = "http://snomed.info/sct"
 
 
 def _types(bundle: dict) -> list[str]:
-    return [e["resource"]["resourceType"] for e in bundle["entry"]]
+    return [e["resource"]["resourceType"] for e in entries(bundle)]
 
 
 def _sources(bundle: dict) -> set[str]:
-    return {e["resource"]["meta"]["source"].split("|")[1] for e in bundle["entry"]
+    return {e["resource"]["meta"]["source"].split("|")[1] for e in entries(bundle)
             if e["resource"]["resourceType"] != "Provenance"}
 
 
@@ -53,9 +54,9 @@ def test_a_gp_sees_the_combined_record_from_every_organisation_with_its_source(i
     assert response.status_code == 200
     bundle = response.json()
     assert _sources(bundle) >= {"P81001#emis", "RXR#epr", "RYC#rio", "RXM#rio"}
-    patient = bundle["entry"][0]["resource"]
+    patient = entries(bundle)[0]["resource"]
     assert patient["resourceType"] == "Patient" and patient["id"] == ics.okafor
-    subjects = {e["resource"].get("subject", {}).get("reference") for e in bundle["entry"][1:]}
+    subjects = {e["resource"].get("subject", {}).get("reference") for e in entries(bundle)[1:]}
     assert subjects == {f"Patient/{ics.okafor}"}
     assert response.headers["cache-control"] == "no-store"
 
@@ -64,8 +65,8 @@ def test_everything_can_include_the_provenance_of_each_resource(ics: Ics) -> Non
     headers = ics.open_record("dr.patel")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_revinclude=Provenance:target",
                             headers=headers).json()
-    provenance = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
-    clinical = [e["resource"] for e in bundle["entry"]
+    provenance = [e["resource"] for e in entries(bundle) if e["resource"]["resourceType"] == "Provenance"]
+    clinical = [e["resource"] for e in entries(bundle)
                 if e["resource"]["resourceType"] not in ("Patient", "Provenance")]
     assert {p["target"][0]["reference"] for p in provenance} == {f"{r['resourceType']}/{r['id']}" for r in clinical}
     assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} >= {"P81001", "RXR"}
@@ -74,16 +75,16 @@ def test_everything_can_include_the_provenance_of_each_resource(ics: Ics) -> Non
 def test_a_restricted_document_is_never_shared_and_the_view_says_something_was_withheld(ics: Ics) -> None:
     headers = ics.open_record("dr.oconnor")  # hospital clinician at RXR sees their own restricted letter
     own = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=headers).json()
-    assert len(own["entry"]) == 2
+    assert len(entries(own)) == 2
     headers = ics.open_record("dr.patel")
     gp = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=headers).json()
-    assert len(gp["entry"]) == 1
+    assert len(entries(gp)) == 1
 
 
 def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(ics: Ics) -> None:
     headers = ics.open_record("sw.brown")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=MedicationStatement", headers=headers)
-    meds = [e["resource"] for e in bundle.json()["entry"]]
+    meds = [e["resource"] for e in entries(bundle.json())]
     assert meds and meds[0]["dosage"][0]["text"] == "One tablet daily"
     assert "note" not in meds[0]
 
@@ -91,9 +92,9 @@ def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(i
 def test_a_paramedic_sees_gp_notes_but_no_sexual_health_and_only_that_mental_health_is_involved(ics: Ics) -> None:
     headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    meds = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationStatement"]
+    meds = [e["resource"] for e in entries(bundle) if e["resource"]["resourceType"] == "MedicationStatement"]
     assert meds[0]["note"][0]["text"] == "Takes with breakfast"  # summary is tier 3 for paramedics
-    conditions = {e["resource"]["code"]["coding"][0]["code"] for e in bundle["entry"]
+    conditions = {e["resource"]["code"]["coding"][0]["code"] for e in entries(bundle)
                   if e["resource"]["resourceType"] == "Condition"}
     assert conditions == {"44054006"}  # sexual health: tier 0; mental health: tier 1 headline only
 
@@ -127,7 +128,7 @@ def test_an_unknown_patient_is_404(ics: Ics) -> None:
 def test_reading_one_resource_goes_through_the_same_rules(ics: Ics) -> None:
     headers = ics.open_record("dr.patel")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
-    condition = bundle["entry"][0]["resource"]
+    condition = entries(bundle)[0]["resource"]
     assert ics.client.get(f"/fhir/Condition/{condition['id']}", headers=headers).json()["id"] == condition["id"]
     other = ics.token("nurse.lee")  # no basis for this patient: refused looks the same as missing
     refused = ics.client.get(f"/fhir/Condition/{condition['id']}", headers=other)
@@ -140,10 +141,9 @@ def test_admin_staff_see_demographics_only(ics: Ics) -> None:
     headers = ics.open_record("admin.taylor")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
     # their own practice's data is theirs; nothing clinical from elsewhere is released
-    assert {e["resource"]["meta"]["source"].split("|")[1].split("#")[0] for e in bundle["entry"][1:]} == {"P81001"}
+    assert {e["resource"]["meta"]["source"].split("|")[1].split("#")[0] for e in entries(bundle)[1:]} == {"P81001"}
     headers = ics.open_record("admin.taylor", person=ics.stranger)  # registered at another practice
-    (patient,) = [e["resource"] for e in ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything",
-                                                        headers=headers).json()["entry"]]
+    (patient,) = resources(ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers).json())
     assert patient["resourceType"] == "Patient" and patient["birthDate"] == "1952-06-11"
     assert "address" not in patient and "contact" not in patient  # tier 1: who, not where or whom
 
@@ -169,11 +169,11 @@ def test_a_token_scoped_to_one_type_receives_only_that_type(ics: Ics, framework:
     ics.open_record("dr.patel")
     narrow = {"Authorization": f"Bearer {mint_token(load_settings(), framework, 'dr.patel', 'user/Condition.read')}"}
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=narrow).json()
-    assert {e["resource"]["resourceType"] for e in bundle["entry"]} == {"Condition"}
+    assert {e["resource"]["resourceType"] for e in entries(bundle)} == {"Condition"}
     assert ics.client.post("/fhir/Patient/_search", data={"family": "Okafor", "birthdate": "1945-03-02"},
                            headers=narrow).status_code == 403
     nothing = {"Authorization": f"Bearer {mint_token(load_settings(), framework, 'dr.patel', 'openid')}"}
-    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nothing).json()["entry"] == []
+    assert resources(ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nothing).json()) == []
 
 
 def test_a_request_id_that_is_not_an_id_is_replaced(ics: Ics) -> None:
@@ -226,8 +226,7 @@ def test_a_mental_health_trusts_allergy_record_reaches_the_paramedic_and_the_pha
 
     def allergies(username: str, basis: str = "explicit-consent", reason: str = "") -> list[dict]:
         headers = ics.open_record(username, basis=basis, reason=reason)
-        shown = [e["resource"] for e in ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything",
-                                                       headers=headers).json()["entry"]]
+        shown = resources(ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json())
         assert username == "dr.singh" or "35489007" not in json.dumps(shown)  # the depression diagnosis stays
         return [r for r in shown if r["resourceType"] == "AllergyIntolerance"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from tests.fhir_bundles import entries
 from tests.portal.test_patient_portal import _sign_in as citizen_sign_in
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -29,7 +30,7 @@ def _events_of(ics: Ics, request_id: str) -> list[AuditEntry]:
 
 def _condition_id(ics: Ics, headers: dict[str, str], code: str) -> str:
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
-    return next(e["resource"]["id"] for e in bundle["entry"]
+    return next(e["resource"]["id"] for e in entries(bundle)
                 if e["resource"]["code"]["coding"][0]["code"] == code)
 
 

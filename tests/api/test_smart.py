@@ -23,6 +23,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import select
 from tests.conftest import FRAMEWORK_PATH
+from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 from typer.testing import CliRunner
 
@@ -182,7 +183,7 @@ def test_ehr_launch_with_pkce_gives_a_token_for_the_launch_patient_only(register
     assert token["scope"] == "launch patient/*.read" and 0 < token["expires_in"] <= 3600
     record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=_bearer(token["access_token"]))
     assert record.status_code == 200
-    assert {e["resource"]["resourceType"] for e in record.json()["entry"]} >= {"Patient", "Condition"}
+    assert {e["resource"]["resourceType"] for e in entries(record.json())} >= {"Patient", "Condition"}
 
     # The same user may open the stranger's record (a basis recorded), but this app's token may not.
     assert ics.client.post(f"/api/access/{ics.stranger}", json={"basis": "explicit-consent"},
@@ -200,7 +201,7 @@ def test_a_patient_scoped_token_cannot_read_another_patients_resources_by_id(reg
     assert ics.client.post(f"/api/access/{ics.stranger}", json={"basis": "explicit-consent"},
                            headers=ics.token("dr.patel")).status_code == 201
     theirs = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=ics.token("dr.patel")).json()
-    clinical = next(e["resource"] for e in theirs["entry"] if e["resource"]["resourceType"] != "Patient")
+    clinical = next(e["resource"] for e in entries(theirs) if e["resource"]["resourceType"] != "Patient")
     own_url = f"/fhir/{clinical['resourceType']}/{clinical['id']}"
     assert ics.client.get(own_url, headers=ics.token("dr.patel")).status_code == 200  # the user may
     for url in (own_url, f"{own_url}/_history"):  # refused looks like missing (TRUST AC3)
@@ -316,7 +317,7 @@ def test_a_partner_backend_with_a_signed_assertion_reads_under_its_organisations
     basis = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}, headers=headers)
     assert basis.status_code == 201
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    assert any(e["resource"]["resourceType"] == "Condition" for e in bundle["entry"])
+    assert any(e["resource"]["resourceType"] == "Condition" for e in entries(bundle))
 
 
 def test_an_es384_key_works_too(registered: Ics, db: Database, framework: Framework) -> None:
@@ -399,7 +400,7 @@ def test_a_token_without_the_scope_for_a_type_gets_none_of_it(ics: Ics) -> None:
                              headers=observations_only)
     assert "(rule deny-scope)" in _outcome(search, 403)
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=observations_only).json()
-    assert {e["resource"]["resourceType"] for e in bundle["entry"]} <= {"Observation"}
+    assert {e["resource"]["resourceType"] for e in entries(bundle)} <= {"Observation"}
 
 
 def test_an_expired_token_is_refused(ics: Ics) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from playwright.sync_api import Page, expect
 from tests.e2e.conftest import DESKTOP, PHONE, Pages
 from tests.e2e.test_clinician_journey import sign_in
+from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 
 COMMUNITY = "Riverside Community Healthcare NHS Trust"
@@ -92,7 +93,7 @@ def test_a_patient_hides_mental_health_from_everyone_but_the_gp_after_reading_wh
     def depression_shown() -> bool:
         body = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=hospital).json()
         return any(e["resource"].get("code", {}).get("text") == "Depressive disorder"
-                   or "Depressive disorder" in str(e["resource"].get("code")) for e in body["entry"])
+                   or "Depressive disorder" in str(e["resource"].get("code")) for e in entries(body))
 
     assert depression_shown()
     patient = _okafor_signed_in(pages, url)

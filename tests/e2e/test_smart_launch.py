@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 from tests.e2e.conftest import Pages
 from tests.e2e.live_server import LiveServer
 from tests.e2e.test_clinician_journey import sign_in
+from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 
 from sharedcare.governance.clients import add_client
@@ -95,4 +96,4 @@ def test_a_gp_opens_an_app_from_the_record_and_it_reads_that_record(live: tuple[
     record = httpx.get(f"{url}/fhir/Patient/{token['patient']}/$everything",
                        headers={"Authorization": f"Bearer {token['access_token']}"})
     assert record.status_code == 200
-    assert record.json()["entry"][0]["resource"]["id"] == ics.okafor
+    assert entries(record.json())[0]["resource"]["id"] == ics.okafor

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 from tests import builders
 from tests.export.conftest import ASYNC, exact_counts, export, wait_for
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.agreements import set_agreement
@@ -101,7 +102,7 @@ def test_opted_out_and_objecting_people_are_left_out(ics: Ics, db: Database) -> 
     # the national data opt-out is for planning and research only: his GP still sees his record (TRUST SU1)
     record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel"))
     assert record.status_code == 200 and any(e["resource"]["resourceType"] == "Condition"
-                                             for e in record.json()["entry"])
+                                             for e in entries(record.json()))
 
 
 def test_a_suspended_organisations_data_and_an_objected_organisation_stay_out(ics: Ics, db: Database,
@@ -259,7 +260,7 @@ def test_a_patient_who_opted_out_and_then_died_stays_out_of_the_export(ics: Ics,
     record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel"))
     assert record.status_code == 200
     assert any(e["resource"]["resourceType"] == "Patient" and e["resource"].get("deceasedDateTime")
-               for e in record.json()["entry"])
+               for e in entries(record.json()))
     _, files = export(ics.client, ics.token("analyst.chen"))
     assert len(files["Patient"]) == 1  # the stranger only
     assert exact_counts(db)["people_excluded"] == {"deny-opt-out": 1}

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from tests.fhir_bundles import entries
 from tests.small_ics import WITHDRAWN, Ics, resend_diabetes
 
 from sharedcare.governance import content_cache as content_cache_module
@@ -26,7 +27,7 @@ from sharedcare.store.models import Resource
 def _record(ics: Ics, person: str, headers: dict[str, str]) -> dict[str, dict]:
     response = ics.client.get(f"/fhir/Patient/{person}/$everything", headers=headers)
     assert response.status_code == 200, response.text
-    return {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in response.json()["entry"]}
+    return {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in entries(response.json())}
 
 
 def _cached(db: Database) -> int:
@@ -212,7 +213,7 @@ def _metformin(ics: Ics, person: str, headers: dict[str, str], **params: str) ->
     response = ics.client.get(f"/fhir/Patient/{person}/$everything", headers=headers, params=params)
     assert response.status_code == 200, response.text
     assert response.content == orjson.dumps(response.json())  # one JSON document, as orjson writes it whole
-    return next((e["fullUrl"], e["resource"]) for e in response.json()["entry"]
+    return next((e["fullUrl"], e["resource"]) for e in entries(response.json())
                 if e["resource"]["resourceType"] == "MedicationStatement")
 
 
@@ -237,9 +238,9 @@ def test_everything_with_provenance_names_each_included_resource(ics: Ics) -> No
     headers = ics.open_record("dr.patel")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers,
                             params={"_revinclude": "Provenance:target"}).json()
-    modes = {e["resource"]["resourceType"]: e["search"]["mode"] for e in bundle["entry"]}
+    modes = {e["resource"]["resourceType"]: e["search"]["mode"] for e in entries(bundle)}
     assert modes["Provenance"] == "include" and modes["MedicationStatement"] == "match"
-    targets = {e["resource"]["target"][0]["reference"] for e in bundle["entry"]
+    targets = {e["resource"]["target"][0]["reference"] for e in entries(bundle)
                if e["resource"]["resourceType"] == "Provenance"}
-    assert targets == {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]
+    assert targets == {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle)
                        if e["resource"]["resourceType"] not in ("Provenance", "Patient")}

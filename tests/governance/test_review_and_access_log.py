@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import select, update
+from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 
 from sharedcare.clock import utcnow
@@ -139,7 +140,7 @@ def test_a_record_read_names_every_resource_it_served_exactly_and_the_export_lis
     AuditEvent lists each as an entity of its own, as it always did, and names exactly what was served."""
     headers = ics.open_record("dr.patel")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers={**headers, "X-Request-ID": "all-1"})
-    served = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle.json()["entry"]
+    served = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries(bundle.json())
               if e["resource"]["resourceType"] != "Patient"]
     assert len(served) > 5
     with _db(ics).session() as s:
@@ -161,11 +162,11 @@ def test_an_objection_to_all_sharing_empties_another_organisations_view(ics: Ics
 
     headers = ics.open_record("dr.oconnor")
     before = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    assert {e["resource"]["meta"]["source"].split("|")[1] for e in before["entry"]} > {"RXR#epr"}
+    assert {e["resource"]["meta"]["source"].split("|")[1] for e in entries(before)} > {"RXR#epr"}
     with _db(ics).session() as s:
         set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
     after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    assert {e["resource"]["meta"]["source"].split("|")[1] for e in after["entry"]} == {"RXR#epr"}
+    assert {e["resource"]["meta"]["source"].split("|")[1] for e in entries(after)} == {"RXR#epr"}
 
 
 def test_an_overdue_item_is_escalated_once_as_a_high_priority_audit_event(ics: Ics, framework: Framework) -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 from sqlalchemy import text, update
 from tests.conftest import FRAMEWORK_PATH
+from tests.fhir_bundles import entries
 from tests.governance.test_audit import as_an_attacker_with_ddl_rights
 from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
@@ -19,7 +20,7 @@ runner = CliRunner()
 
 
 def _sources(bundle: dict) -> set[str]:
-    return {e["resource"]["meta"]["source"].split("|")[1].split("#")[0] for e in bundle["entry"]}
+    return {e["resource"]["meta"]["source"].split("|")[1].split("#")[0] for e in entries(bundle)}
 
 
 def test_the_governance_promises_hold_end_to_end(ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:

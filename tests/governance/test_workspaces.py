@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 
 from sharedcare.governance.access_log import search
@@ -48,12 +49,12 @@ def test_a_citizens_objection_to_one_organisation_takes_effect_for_clinicians_at
                                                                                        framework: Framework) -> None:
     headers = ics.open_record("dr.patel")
     before = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    assert any("RYC#" in e["resource"]["meta"]["source"] for e in before["entry"])
+    assert any("RYC#" in e["resource"]["meta"]["source"] for e in entries(before))
     with _db(ics).session() as s:
         choices = CitizenWorkspace(s, framework, ics.okafor).set_choice("object-org", "RYC")
     assert choices.object_orgs == {"RYC"}
     after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    assert not any("RYC#" in e["resource"]["meta"]["source"] for e in after["entry"])
+    assert not any("RYC#" in e["resource"]["meta"]["source"] for e in entries(after))
     community = ics.token("dn.williams")
     refused = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}, headers=community)
     assert refused.status_code == 404 and "objected" not in refused.text  # as if absent (TRUST AC3)

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
 from tests.conftest import BACKENDS, FRAMEWORK_PATH, POSTGRES_URL, _fresh_postgres
+from tests.fhir_bundles import entries
 
 from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
@@ -123,7 +124,7 @@ def test_a_paramedic_sees_mr_okafors_record_from_his_gp_the_hospital_community_a
                                                    "reason": "confused, daughter not present"},
                     headers=headers).status_code == 201
     bundle = api.get(f"/fhir/Patient/{person}/$everything", headers=headers).json()
-    resources = [e["resource"] for e in bundle["entry"]]
+    resources = [e["resource"] for e in entries(bundle)]
     orgs = {r["meta"]["source"].split("|")[1].split("#")[0] for r in resources}
     assert {okafor["practice"], "RXR", "RYC", "RYA"} <= orgs
     kinds = {r["resourceType"] for r in resources}
@@ -151,7 +152,7 @@ def test_every_resource_the_api_serves_is_valid_fhir_r4(api: TestClient, loaded:
         api.post(f"/api/access/{person}", json={"basis": "explicit-consent"}, headers=headers)
         bundle = api.get(f"/fhir/Patient/{person}/$everything?_revinclude=Provenance:target", headers=headers).json()
         get_fhir_model_class("Bundle").model_validate(bundle)
-        for entry in bundle["entry"]:
+        for entry in entries(bundle):
             get_fhir_model_class(entry["resource"]["resourceType"]).model_validate(entry["resource"])
             checked += 1
     assert checked > 100

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from sqlalchemy import select
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.clock import utcnow
@@ -215,7 +216,7 @@ def test_a_practice_writing_itself_a_record_of_a_stranger_is_in_the_queue(ics: I
 def test_the_audit_search_says_how_many_items_a_record_read_showed(ics: Ics) -> None:
     headers = ics.open_record("dr.patel")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    clinical = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] != "Patient")
+    clinical = sum(1 for e in entries(bundle) if e["resource"]["resourceType"] != "Patient")
     assert clinical > 1
     _sign_in(ics)
     page = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
+from tests.fhir_bundles import entries
 from tests.portal_client import PortalClient
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -170,12 +171,12 @@ def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(i
     assert "Stop Riverside Community Healthcare NHS Trust seeing your record" in confirm.text
     assert "even in an emergency" in confirm.text
     unchanged = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=gp).json()
-    assert any("RYC#" in e["resource"]["meta"]["source"] for e in unchanged["entry"])  # nothing applied yet
+    assert any("RYC#" in e["resource"]["meta"]["source"] for e in entries(unchanged))  # nothing applied yet
     done = ics.client.post("/patient/choices", data={"change": "object-org", "organisation": "RYC"},
                            follow_redirects=False)
     assert done.status_code == 303
     after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=gp).json()
-    assert not any("RYC#" in e["resource"]["meta"]["source"] for e in after["entry"])
+    assert not any("RYC#" in e["resource"]["meta"]["source"] for e in entries(after))
     assert "Riverside Community Healthcare NHS Trust" in ics.client.get("/patient/choices").text
 
 
@@ -183,7 +184,7 @@ def _sources(ics: Ics, headers: dict[str, str]) -> set[str]:
     """What a read released, as source organisation and resource type."""
     body = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
     return {f"{e['resource']['meta']['source'].split('|')[1].split('#')[0]}:{e['resource']['resourceType']}"
-            for e in body["entry"]}
+            for e in entries(body)}
 
 
 def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_applied_at_once(ics: Ics) -> None:

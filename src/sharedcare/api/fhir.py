@@ -3,6 +3,9 @@
 Implemented: metadata; Patient read (the combined record's Patient); read of each clinical type;
 search of each clinical type by `patient`; `Patient/{id}/$everything` (with `_type` and
 `_revinclude=Provenance:target`). The CapabilityStatement lists exactly these.
+
+A Bundle of a patient's data says when the reader's view of the record leaves something out, as the
+portal does (`withheld_notice`; docs/api.md says what a client gets and why that shape).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
+from sharedcare.governance.explain import withheld_labels
+from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
@@ -49,6 +54,10 @@ router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse,
 T = TypeVar("T")
 CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
 PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
+# Why something was left out: the decision's rule ids, as each read's AuditEvent counts them (`withheld:<id>`).
+WITHHELD_REASON_SYSTEM = "https://sharedcare.example/fhir/CodeSystem/withheld-reason"
+REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED",
+            "display": "redacted"}
 
 
 async def _governed(request: Request, work: Callable[[GovernedRecords], T],
@@ -88,17 +97,52 @@ def provenance_of(served: ServedResource) -> dict[str, Any]:
     }
 
 
-def _bundle(request: Request, resources: list[dict[str, Any]]) -> dict[str, Any]:
+def withheld_notice(records: GovernedRecords, view: RecordView) -> dict[str, Any] | None:
+    """What the portal's "Some information is not shown" says, as FHIR R4 has a search say it: an
+    OperationOutcome with one `suppressed` issue per reason the decision withheld anything of the
+    patient's record, in the portal's words for this reader (governance/explain.py); None when nothing was.
+    Reasons only (and, for tier 1, which service to ask, as the portal's list of services names it), never
+    which resources or how many, and of the whole record whatever the request's `_type` or criteria, as
+    the portal shows them: a signal per type would let a reader find out, type by type, what kind of record
+    was kept from them (docs/api.md). Made from the decision already taken: no statement."""
+    if not view.withheld:
+        return None
+    words = withheld_labels(records.actor.role)
+    issues: list[dict[str, Any]] = [
+        {"severity": "information", "code": "suppressed",
+         "details": {"coding": [{"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words.get(why, why)}],
+                     "text": f"Some information is not shown: this record leaves out {words.get(why, why)}."}}
+        for why in sorted(view.withheld)]
+    if view.headlines:  # tier 1: which service to ask, as the portal's list of services says it
+        headline = next(i for i in issues if i["details"]["coding"][0]["code"] == "tier-1-headline")
+        headline["diagnostics"] = "Involved, details not shown: " + "; ".join(
+            _involved(records.fw, h.category, h.organisation) for h in view.headlines)
+    return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
+
+
+def _involved(fw: Framework, category: str, org_code: str) -> str:
+    org = fw.organisation(org_code)
+    return ", ".join(part for part in (fw.categories.get(category, category), org.name if org else org_code,
+                                       org.phone if org else "") if part)
+
+
+def _bundle(request: Request, resources: list[dict[str, Any]],
+            notice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A searchset of `resources`; with `notice` (`withheld_notice`) labelled REDACTED, the notice last (a
+    client taking the first entry of `$everything` as the Patient still does)."""
     base = str(request.base_url).rstrip("/") + "/fhir"
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
+        **({"meta": {"security": [REDACTED]}} if notice else {}),
         "type": "searchset",
         "timestamp": utcnow().isoformat(),
         "link": [{"relation": "self", "url": str(request.url)}],
         "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
                    "search": {"mode": "match" if r["resourceType"] != "Provenance" else "include"}}
-                  for r in resources],
+                  for r in resources]
+                 + ([{"fullUrl": f"urn:uuid:{notice['id']}", "resource": notice, "search": {"mode": "outcome"}}]
+                    if notice else []),
     }
 
 
@@ -134,6 +178,9 @@ def capability_statement(request: Request) -> JSONResponse:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
         "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
+                  "documentation": "A Bundle of a patient's data that leaves out something the reader may not "
+                                   "see ends with an OperationOutcome (search mode outcome), one issue "
+                                   "'suppressed' per reason, and is labelled REDACTED: read it as incomplete.",
                   "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}],
                   "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
                       {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
@@ -158,28 +205,31 @@ def _everything_resources(view: RecordView, types: set[str] | None,
     return out
 
 
-def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], bytes | None]]) -> Response:
+def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], bytes | None]],
+                    notice: dict[str, Any] | None) -> Response:
     """`_bundle` of these resources, written from each resource's JSON where it is given: the same bytes
-    `fhir_response(_bundle(...))` writes (tests/governance/test_content_cache.py), without encoding a
+    `fhir_response(_bundle(...))` writes (tests/api/test_withheld_signal.py), without encoding a
     large record's resources again on every request."""
-    head = orjson.dumps(_bundle(request, []))  # ..."entry":[]} : the entries go between the brackets
+    empty = _bundle(request, [], notice)
+    head = orjson.dumps({**empty, "entry": []})  # ..."entry":[]} : the entries go between the brackets
     base = str(request.base_url).rstrip("/") + "/fhir"
     entries = [b'{"fullUrl":' + orjson.dumps(f"{base}/{r['resourceType']}/{r['id']}") + b',"resource":'
                + (encoded or orjson.dumps(r))
                + (b',"search":{"mode":"match"}}' if r["resourceType"] != "Provenance" else
                   b',"search":{"mode":"include"}}')
                for r, encoded in resources]
+    entries += [orjson.dumps(entry) for entry in empty["entry"]]  # the notice, if any
     return Response(head[:-2] + b",".join(entries) + b"]}", media_type=FHIR_JSON)
 
 
 @router.get("/Patient/{patient_id}/$everything")
 async def patient_everything(patient_id: str, request: Request) -> Response:
     return await _governed(request, lambda records: _everything(patient_id, request, records),
-                           lambda resources: _encoded_bundle(request, resources))
+                           lambda released: _encoded_bundle(request, *released))
 
 
-def _everything(patient_id: str, request: Request,
-                records: GovernedRecords) -> list[tuple[dict[str, Any], bytes | None]]:
+def _everything(patient_id: str, request: Request, records: GovernedRecords
+                ) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, Any] | None]:
     params = request.query_params
     unknown = sorted(set(params) - {"_type", "_since", "_revinclude"})
     if unknown:
@@ -191,7 +241,7 @@ def _everything(patient_id: str, request: Request,
     if since:
         view.resources = [s for s in view.resources
                           if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
-    return _everything_resources(view, types, provenance)
+    return _everything_resources(view, types, provenance), withheld_notice(records, view)
 
 
 def _patient_summary(match: PatientMatch) -> dict[str, Any]:
@@ -284,7 +334,7 @@ def _search(resource_type: str, request: Request, records: GovernedRecords) -> d
     view = records.everything(query.patient, query=request.url.query)
     page, more = query.select([s.content for s in view.of_type(resource_type)])
     entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
-    bundle = _bundle(request, entries)
+    bundle = _bundle(request, entries, withheld_notice(records, view))
     if more:
         following = [(k, v) for k, v in params if k != "_offset"] + [("_offset", str(query.offset + query.count))]
         bundle["link"].append({"relation": "next", "url": str(request.url.replace(query=urlencode(following)))})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sharedcare.governance.consent import Provision
 from sharedcare.governance.consent_fhir import UK_TIME
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.framework import Framework, Role
 
 TIER_WORDS = {
     0: "nothing",
@@ -23,6 +23,34 @@ BASIS_WORDS = {
     "implied-consent": "the patient is not present (or cannot say) and the record is needed for their care",
     "emergency": "an emergency where the patient cannot consent (\"break glass\")",
 }
+
+
+# Why a reader's view of a record leaves something out, by the decision's rule (policy.py; an
+# always-withheld rule by its id): never what, nor how much. The portal's "Some information is not shown"
+# and the FHIR API's OperationOutcome in each Bundle of a patient's data (api/fhir.py) both say these.
+WITHHELD_LABELS = {
+    "tier": "information your role does not include",
+    "tier-1-headline": "details your role sees only as 'a service is involved'",
+    "source-agreement": "information from organisations whose sharing agreement is not in force",
+    "objection-all": "information the patient has asked not to be shared",
+    "objection-org": "information from an organisation the patient has objected to",
+    "consent-deny": "information the patient has chosen to hide from you",
+    "third-party": "information about other people",
+    "confidential": "documents the source marked restricted",
+}
+
+# The same, as a patient reads it about their own record.
+CITIZEN_WITHHELD_LABELS = {
+    **WITHHELD_LABELS,
+    "tier": "safeguarding records, which are not shown online so that they cannot put anyone at risk",
+    "source-agreement": "information from organisations that are not sharing at the moment",
+    "confidential": "documents the organisation that wrote them marked restricted (ask them for a copy)",
+}
+
+
+def withheld_labels(role: Role | None) -> dict[str, str]:
+    """The words for what a reader of this role was not shown: a patient reads them about their own record."""
+    return CITIZEN_WITHHELD_LABELS if role is not None and role.citizen else WITHHELD_LABELS
 
 
 @dataclass(frozen=True)

@@ -50,26 +50,6 @@ KIND_LABELS = {
     "hospice": "Hospice", "pharmacy": "Pharmacy", "care_home": "Care home",
 }
 
-WITHHELD_LABELS = {
-    "tier": "information your role does not include",
-    "tier-1-headline": "details your role sees only as 'a service is involved'",
-    "source-agreement": "information from organisations whose sharing agreement is not in force",
-    "objection-all": "information the patient has asked not to be shared",
-    "objection-org": "information from an organisation the patient has objected to",
-    "consent-deny": "information the patient has chosen to hide from you",
-    "third-party": "information about other people",
-    "confidential": "documents the source marked restricted",
-}
-
-# The same, as a patient reads it about their own record.
-CITIZEN_WITHHELD_LABELS = {
-    **WITHHELD_LABELS,
-    "tier": "safeguarding records, which are not shown online so that they cannot put anyone at risk",
-    "source-agreement": "information from organisations that are not sharing at the moment",
-    "confidential": "documents the organisation that wrote them marked restricted (ask them for a copy)",
-}
-
-
 def concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""

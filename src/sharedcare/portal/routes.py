@@ -27,6 +27,7 @@ from sharedcare.api.deps import (
 from sharedcare.api.oauth import revoke_session
 from sharedcare.clock import utcnow
 from sharedcare.config import DEMO_PASSWORD
+from sharedcare.governance import explain
 from sharedcare.governance.audit import record_sign_in
 from sharedcare.governance.gateway import InvalidRequest, RecordView
 from sharedcare.governance.policy import Actor
@@ -148,7 +149,7 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
                   services=present.services(view, fw), charts=present.trend_charts(view),
-                  stale=present.stale_sources(view), withheld_labels=present.WITHHELD_LABELS)
+                  stale=present.stale_sources(view), withheld_labels=explain.withheld_labels(records.actor.role))
 
 
 @router.post("/record/{person_id}/basis", response_class=HTMLResponse)
@@ -173,7 +174,8 @@ def _changes_page(request: Request, records: RecordsDep, fw: FrameworkDep, view:
     found = changes.what_changed(view, fw, records.actor.organisation, since)
     return render(request, "changes.html", status=status, account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), changes=found, sections=changes.SECTIONS,
-                  withheld_labels=present.WITHHELD_LABELS, stale=present.stale_sources(view), **context)
+                  withheld_labels=explain.withheld_labels(records.actor.role), stale=present.stale_sources(view),
+                  **context)
 
 
 @router.get("/record/{person_id}/changes", response_class=HTMLResponse)
@@ -213,7 +215,8 @@ def medicines_table(request: Request, person_id: str, records: RecordsDep, fw: F
     return render(request, "medicines.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), medicines=found,
                   flagged=sum(1 for m in found if m.flagged),
-                  sources=len({s.source for m in found for s in m.statements}), withheld_labels=present.WITHHELD_LABELS,
+                  sources=len({s.source for m in found for s in m.statements}),
+                  withheld_labels=explain.withheld_labels(records.actor.role),
                   stale=present.stale_sources(view))
 
 

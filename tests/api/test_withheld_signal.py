@@ -1,0 +1,213 @@
+"""The FHIR API says when a reader's view of a record leaves something out, as the portal does (issue 5,
+point 5): a GP system reading allergies over FHIR must be able to tell that the list it got is not the
+whole list. It says why (the portal's words, by rule), never what or how many, and nothing to a reader
+who is refused anyway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from sqlalchemy import select
+from starlette.requests import Request
+from tests.builders import SCT, bundle, patient, write_ndjson
+from tests.fhir_bundles import resources, withheld
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.api import fhir
+from sharedcare.api.auth import mint_citizen_token
+from sharedcare.config import load_settings
+from sharedcare.governance.access_log import details
+from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.explain import WITHHELD_LABELS
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+HIDDEN = "information the patient has chosen to hide from you"  # the portal's words for consent-deny
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+def _allergy_from_the_gp(db: Database, framework: Framework, tmp_path: Path) -> None:
+    allergy = {"resourceType": "AllergyIntolerance", "id": "gp-al-1", "patient": {"reference": "Patient/gp-okafor"},
+               "criticality": "high",
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    path = write_ndjson(tmp_path / "gp-allergy.ndjson", [bundle("P81001", "emis", [
+        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])])
+    assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
+
+
+def _mine(ics: Ics) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.okafor)}"}
+
+
+def _put_consent(ics: Ics, *denies: dict[str, Any]) -> None:
+    """The patient's own PUT /fhir/Consent, holding these deny provisions."""
+    consent = {"resourceType": "Consent", "id": OKAFOR_NHS, "status": "active",
+               "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                     "code": "patient-privacy"}]},
+               "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+               "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OKAFOR_NHS}},
+               "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                          "code": "OPTIN"}]},
+               "provision": {"type": "permit", "provision": list(denies)}}
+    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=consent,
+                           headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert saved.status_code == 200, saved.text
+
+
+def _actor(role: str, org: str) -> dict[str, Any]:
+    return {"role": {"coding": [{"system": ROLES, "code": role}]},
+            "reference": {"identifier": {"system": ODS, "value": org}}}
+
+
+def _hide_allergies_from(ics: Ics, org: str) -> None:
+    """No allergy of the patient's is shown to `org`'s readers."""
+    _put_consent(ics, {"type": "deny", "actor": [_actor("IRCP", org)],
+                       "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "AllergyIntolerance"}]})
+
+
+def _get(ics: Ics, path: str, headers: dict[str, str], request_id: str | None = None) -> dict[str, Any]:
+    response = ics.client.get(path, headers={**headers, **({"X-Request-ID": request_id} if request_id else {})})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    Bundle.model_validate(body)  # still a FHIR R4 Bundle, notice and all
+    return body
+
+
+def _types(body: dict[str, Any]) -> set[str]:
+    return {r["resourceType"] for r in resources(body)}
+
+
+def _event(db: Database, request_id: str) -> AuditEntry:
+    with db.session() as s:
+        return s.scalars(select(AuditEntry).where(AuditEntry.event["source"]["site"].as_string() == request_id)).one()
+
+
+def test_allergies_the_patient_hid_from_the_hospital_are_signalled_to_its_clinician_and_audited(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    _allergy_from_the_gp(db, framework, tmp_path)
+    hospital = ics.open_record("dr.oconnor")
+    everything, allergies = f"/fhir/Patient/{ics.okafor}/$everything", f"/fhir/AllergyIntolerance?patient={ics.okafor}"
+    assert "AllergyIntolerance" in _types(_get(ics, everything, hospital))
+    assert "consent-deny" not in withheld(_get(ics, allergies, hospital))
+
+    _hide_allergies_from(ics, "RXR")
+    whole = _get(ics, everything, hospital, "hidden-everything")
+    searched = _get(ics, allergies, hospital, "hidden-search")
+    assert "AllergyIntolerance" not in _types(whole) and resources(searched) == []
+    for body in (whole, searched):
+        assert HIDDEN in withheld(body)["consent-deny"]
+        assert body["meta"]["security"] == [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                                             "code": "REDACTED", "display": "redacted"}]
+        (notice,) = [e for e in body["entry"] if e["search"]["mode"] == "outcome"]
+        assert notice["fullUrl"] == f"urn:uuid:{notice['resource']['id']}" and body["entry"][-1] is notice
+        # reasons only: what was hidden (its code, its name) and how much are nowhere in the answer
+        assert "91936005" not in orjson.dumps(body).decode() and "penicillin" not in orjson.dumps(body).decode()
+        assert not any(c.isdigit() for i in notice["resource"]["issue"] for c in i["details"]["text"])
+        assert {i["severity"] for i in notice["resource"]["issue"]} == {"information"}
+        assert {i["code"] for i in notice["resource"]["issue"]} == {"suppressed"}
+    # the read's AuditEvent counts what was withheld, as before
+    assert details(_event(db, "hidden-everything"))["withheld:consent-deny"] == "1"
+    assert details(_event(db, "hidden-search"))["withheld:consent-deny"] == "1"
+
+    # the same signal whatever `_type` asks for: it is about the record, as the portal's (docs/api.md)
+    assert "consent-deny" in withheld(_get(ics, f"{everything}?_type=Condition", hospital))
+    # the GP's own allergy is never hidden from the GP, and the GP is told nothing about the choice
+    gp = ics.open_record("dr.patel")
+    gp_view = _get(ics, everything, gp)
+    assert "AllergyIntolerance" in _types(gp_view) and "consent-deny" not in withheld(gp_view)
+
+
+def test_a_suspended_organisations_data_is_signalled_as_left_out(ics: Ics, framework: Framework) -> None:
+    headers = ics.open_record("dr.patel")
+    care_plans = f"/fhir/CarePlan?patient={ics.okafor}"
+    assert len(resources(_get(ics, care_plans, headers))) == 1
+    assert "source-agreement" not in withheld(_get(ics, care_plans, headers))
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    with db.session() as session:
+        set_agreement(session, framework, "RYC", "suspended", by="ig.morgan")
+    for path in (care_plans, f"/fhir/Patient/{ics.okafor}/$everything"):
+        body = _get(ics, path, headers)
+        assert "CarePlan" not in _types(body)
+        assert withheld(body)["source-agreement"].endswith(f"{WITHHELD_LABELS['source-agreement']}.")
+
+
+def test_a_role_limited_by_tier_is_told_its_role_does_not_include_some_information(ics: Ics) -> None:
+    body = _get(ics, f"/fhir/Patient/{ics.okafor}/$everything", ics.open_record("admin.taylor"))
+    # admin staff see demographics only: nothing clinical but their own practice's
+    assert {r["meta"]["source"].split("|")[1].split("#")[0] for r in resources(body)[1:]} == {"P81001"}
+    assert WITHHELD_LABELS["tier"] in withheld(body)["tier"]
+
+
+def test_a_paramedic_is_told_which_service_to_ask_about_what_their_role_sees_only_as_involved(ics: Ics) -> None:
+    """As the portal's list of services: the mental health trust holds information (tier 1 for a paramedic),
+    with its telephone number, and nothing of what it holds."""
+    headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    body = _get(ics, f"/fhir/AllergyIntolerance?patient={ics.okafor}", headers)
+    (notice,) = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "outcome"]
+    (issue,) = [i for i in notice["issue"] if i["details"]["coding"][0]["code"] == "tier-1-headline"]
+    mental_health = ics.client.app.state.framework.organisation("RXM")  # type: ignore[attr-defined]
+    assert issue["diagnostics"] == f"Involved, details not shown: Mental health services, {mental_health.name}, " \
+                                   f"{mental_health.phone}"
+    assert "Depressive" not in orjson.dumps(body).decode() and "35489007" not in orjson.dumps(body).decode()
+    assert "tier" in withheld(body)  # sexual health: nothing at all for a paramedic, said as the role's limit
+
+
+def test_the_capability_statement_tells_a_client_to_look_for_the_notice(ics: Ics) -> None:
+    rest = ics.client.get("/fhir/metadata").json()["rest"][0]
+    assert "OperationOutcome" in rest["documentation"] and "suppressed" in rest["documentation"]
+
+
+def test_nothing_withheld_means_no_signal(ics: Ics) -> None:
+    """Mrs Hughes's practice sends her Patient and an allergy; a GP elsewhere sees both in full."""
+    headers = ics.open_record("dr.patel", person=ics.stranger)
+    for path in (f"/fhir/Patient/{ics.stranger}/$everything", f"/fhir/AllergyIntolerance?patient={ics.stranger}",
+                 f"/fhir/Patient/{ics.stranger}/$everything?_type=AllergyIntolerance&_revinclude=Provenance:target"):
+        body = _get(ics, path, headers)
+        assert "AllergyIntolerance" in _types(body)
+        assert withheld(body) == {} and "meta" not in body
+        assert {e["search"]["mode"] for e in body["entry"]} <= {"match", "include"}
+
+
+def test_a_refused_reader_is_told_nothing_about_what_is_withheld(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    _allergy_from_the_gp(db, framework, tmp_path)
+    _hide_allergies_from(ics, "RXR")
+    no_basis = ics.client.get(f"/fhir/AllergyIntolerance?patient={ics.okafor}", headers=ics.token("dr.oconnor"))
+    assert no_basis.status_code == 403 and "suppressed" not in no_basis.text
+    # the patient's own token: the API serves care, so a record is refused to it here as before (the patient
+    # reads their own in the patient portal, which says what it leaves out in their words:
+    # tests/portal/test_patient_portal.py::test_the_citizen_sees_their_whole_record_with_what_is_withheld_said_plainly)
+    for person in (ics.okafor, ics.stranger):
+        refused = ics.client.get(f"/fhir/Patient/{person}/$everything", headers=_mine(ics))
+        assert refused.status_code in (403, 404) and "suppressed" not in refused.text, refused.text
+    # a reader whose organisation the patient objected to: answered as if there were no such patient
+    community = ics.open_record("dn.williams")
+    _put_consent(ics, {"type": "deny", "actor": [_actor("IRCP", "RYC"), _actor("CST", "RYC")]})
+    objected = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=community)
+    assert objected.status_code == 404 and "suppressed" not in objected.text
+
+
+@pytest.mark.parametrize("with_notice", [False, True])
+def test_everything_written_from_kept_json_is_the_bundle_the_search_path_writes(
+        with_notice: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`$everything` writes its Bundle from each resource's kept JSON; the bytes must be those of the
+    ordinary path, notice and all."""
+    monkeypatch.setattr(fhir.uuid, "uuid4", lambda: "00000000-0000-4000-8000-000000000000")
+    request = Request({"type": "http", "method": "GET", "scheme": "http", "server": ("testserver", 80),
+                       "path": "/fhir/Patient/p/$everything", "query_string": b"", "headers": [], "root_path": ""})
+    condition = {"resourceType": "Condition", "id": "c1", "code": {"text": "Diabetes"}}
+    provenance = {"resourceType": "Provenance", "id": "v1", "target": [{"reference": "Condition/c1"}]}
+    notice = ({"resourceType": "OperationOutcome", "id": "n1", "issue": [{"severity": "information",
+                                                                          "code": "suppressed"}]}
+              if with_notice else None)
+    fixed = fhir.utcnow()
+    monkeypatch.setattr(fhir, "utcnow", lambda: fixed)
+    written = fhir._encoded_bundle(request, [(condition, orjson.dumps(condition)), (provenance, None)], notice)
+    assert written.body == fhir.fhir_response(fhir._bundle(request, [condition, provenance], notice)).body
