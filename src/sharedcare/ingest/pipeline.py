@@ -188,7 +188,7 @@ def _earlier_objects_frozen() -> Iterator[None]:
     """Keep what was alive before an ingest (modules, fhir.resources' models, the framework: about 130,000
     objects) out of the collector's full passes while it runs, as `sharedcare serve` does for its life
     (`api.app.freeze_start_up`): an ingest's garbage brings a full collection every few transactions,
-    and walking those objects each time was a tenth of the writer's CPU at 100,000 people. Given back
+    and walking those objects each time was about a tenth of the writer's CPU at 100,000 people. Given back
     at the end; left alone when a server froze its own already (the count is not ours to undo)."""
     if gc.get_freeze_count():
         yield
