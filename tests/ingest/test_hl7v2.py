@@ -192,6 +192,27 @@ def test_a_late_update_older_than_the_discharge_does_not_overwrite_the_patient(
     assert Pipeline(db, framework).ingest_paths([path]).accepted == 0
 
 
+def test_newer_updates_in_one_file_each_change_the_patient_record_and_the_last_one_stays(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A move, then a change of surname, sent after the admission in the same file (so stored in one
+    transaction): the MPI record holds both, read back from the store, and matching later in the same
+    run meets the record as changed (a second registration under a new MRN, without an NHS number,
+    joins the same person by the new surname and address)."""
+    address = "9 New Road^^Riverside^^RV9 9ZZ^GBR^H"
+    moved = adt("A08", "PAS2", "20260111090000", pid(address=address), pv1(admitted="20260110090000"))
+    renamed = adt("A08", "PAS3", "20260112090000", pid(name="ADEBAYO^Emeka^Chukwudi^^Mr", address=address),
+                  pv1(admitted="20260110090000"))
+    again = admission("PAS4", "20260113090000", visit="V9", mrn="K7", nhs=None, name="ADEBAYO^Emeka^Chukwudi^^Mr",
+                      address=address)
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7",
+                                                             [admission(), moved, renamed, again])])
+    assert (report.quarantined, report.stale) == (0, 0), report.quarantine
+    with db.session() as s:
+        records = {r.source_id: r for r in s.scalars(select(PatientRecord))}
+    assert (records["H100"].postcode, records["H100"].family) == ("RV9 9ZZ", "ADEBAYO")
+    assert (records["K7"].person_id, records["K7"].link_method) == (records["H100"].person_id, "probabilistic")
+
+
 def test_a11_marks_the_admission_entered_in_error_and_a13_reopens_a_discharge(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     cancel = adt("A11", "PAS2", "20260110110000", pid(), pv1(admitted="20260110090000"))

@@ -120,10 +120,12 @@ class StoredRecord:
     @classmethod
     def of(cls, record: Any) -> StoredRecord:
         """From a PatientRecord or a row with the same columns."""
-        return cls(**{f.name: getattr(record, f.name) for f in fields(cls)})
+        return cls(*(getattr(record, name) for name in _STORED_FIELDS))
 
 
-_BLOCK_COLUMNS = (*_COLUMNS, PatientRecord.link_method, PatientRecord.name_key)
+_STORED_FIELDS = tuple(f.name for f in fields(StoredRecord))
+# A row of these is a StoredRecord's fields in order (`StoredRecord(*row)`: a block holds about a thousand).
+_BLOCK_COLUMNS = tuple(getattr(PatientRecord, name) for name in _STORED_FIELDS)
 
 
 def _keys(record: MatchRecord) -> tuple[list[date], str | None, str | None]:
@@ -205,31 +207,32 @@ class Block:
                 (PatientRecord.birth_date, PatientRecord.postcode, PatientRecord.name_key, PatientRecord.nhs_number),
                 keys, strict=True) if values]
             if conditions:
-                for row in session.execute(select(*_BLOCK_COLUMNS).where(or_(*conditions))):
-                    self._add(StoredRecord.of(row))
+                for row in run(session, select(*_BLOCK_COLUMNS).where(or_(*conditions))):
+                    self._add(StoredRecord(*row))
             for fetched, values in zip(self.fetched, keys, strict=True):
                 fetched.update(values)
         self.size = index_size(session)
 
     @staticmethod
-    def _keys(record: MatchRecord | StoredRecord) -> tuple[list[Any], ...]:
+    def _keys(record: MatchRecord) -> tuple[list[Any], ...]:
         """Each key the queries filter on: birth dates, postcode, name key, NHS number."""
-        if isinstance(record, StoredRecord):
-            dates: list[date] = [record.birth_date] if record.birth_date else []
-            postcode, key = record.postcode, record.name_key
-        else:
-            dates, postcode, key = _keys(record)
+        dates, postcode, key = _keys(record)
         return dates, _some(postcode), _some(key), _some(record.nhs_number)
+
+    @staticmethod
+    def _stored_keys(row: StoredRecord) -> tuple[Any, Any, Any, Any]:
+        """`_keys` of a stored row, each its one value (None or empty when it has none): cheaper, per row."""
+        return row.birth_date, row.postcode, row.name_key, row.nhs_number
 
     def _add(self, row: StoredRecord) -> None:
         old = self.rows.get(row.id)
         if old is not None:
-            for index, values in zip(self.index, self._keys(old), strict=True):
-                for value in values:
+            for index, value in zip(self.index, self._stored_keys(old), strict=True):
+                if value:
                     index[value].discard(row.id)
         self.rows[row.id] = row
-        for index, values in zip(self.index, self._keys(row), strict=True):
-            for value in values:
+        for index, value in zip(self.index, self._stored_keys(row), strict=True):
+            if value:
                 index.setdefault(value, set()).add(row.id)
 
     def covers(self, record: MatchRecord) -> bool:
