@@ -65,7 +65,8 @@ _PARSER_OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": Fa
 
 def active_content(text: str) -> bool:
     """Whether a string holds markup that would run if shown (the validator's security check on strings)."""
-    return _ACTIVE_STRING.search(text) is not None
+    # most strings have neither a '<' nor "script": those are passed without running the expression
+    return ("<" in text or "cript" in text.lower()) and _ACTIVE_STRING.search(text) is not None
 
 
 def invariant_problems(resource: dict[str, Any]) -> list[str]:
@@ -77,41 +78,52 @@ def invariant_problems(resource: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _string(value: str, where: str, problems: list[str]) -> None:
+    if value == "":
+        problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
+    elif active_content(value):
+        problems.append(f"{where}: security: the string holds active content (script, frame, object, form, "
+                        "event handler or script URL), refused as the FHIR validator's security checks do")
+
+
 def _element(node: Any, where: str, problems: list[str], depth: int, resource_root: bool = False) -> None:
+    """Check one element and what it holds; a path is only spelt out for what is not a string (strings,
+    most of a resource, are checked where they stand and located only when refused)."""
     if depth > MAX_DEPTH:
         problems.append(f"{where}: ele-1: nested deeper than {MAX_DEPTH} levels")
         return
-    if isinstance(node, str):
-        if node == "":
-            problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
-        elif active_content(node):
-            problems.append(f"{where}: security: the string holds active content (script, frame, object, form, "
-                            "event handler or script URL), refused as the FHIR validator's security checks do")
+    if type(node) is str:
+        _string(node, where, problems)
         return
     if isinstance(node, list):
         if not node:
             problems.append(f"{where}: ele-1: an element has a value or children; an empty array has neither")
         for index, item in enumerate(node):
-            _element(item, f"{where}[{index}]", problems, depth + 1)
+            if type(item) is str:
+                if item == "" or active_content(item):
+                    _string(item, f"{where}[{index}]", problems)
+            elif isinstance(item, (dict, list)):
+                _element(item, f"{where}[{index}]", problems, depth + 1)
         return
     if not isinstance(node, dict):
         return
-    if not resource_root and not (node.keys() - {"id"}):
+    if not resource_root and (not node or (len(node) == 1 and "id" in node)):
         problems.append(f"{where}: ele-1: an element has a value or children; "
                         + ("an empty object has neither" if not node else "it holds only an id"))
         return
     for key, value in node.items():
-        path = f"{where}.{key}"
-        if key == "div" and where.endswith(".text") and isinstance(value, str):
-            _narrative(value, path, problems)
+        if type(value) is str:
+            if key == "div" and where.endswith(".text"):
+                _narrative(value, f"{where}.div", problems)
+            elif value == "" or active_content(value):
+                _string(value, f"{where}.{key}", problems)
         elif key == "contained":
             continue  # each contained resource is checked as a resource of its own, by _contained
-        elif key == "extension" or key == "modifierExtension":
-            _extensions(value, path, problems)
-            _element(value, path, problems, depth + 1)
-        else:
-            _element(value, path, problems, depth + 1)
-    if not resource_root and node.keys() <= _PERIOD_KEYS:
+        elif isinstance(value, (dict, list)):
+            if key == "extension" or key == "modifierExtension":
+                _extensions(value, f"{where}.{key}", problems)
+            _element(value, f"{where}.{key}", problems, depth + 1)
+    if not resource_root and ("start" in node or "end" in node) and node.keys() <= _PERIOD_KEYS:
         _period(node, where, problems)
 
 
