@@ -17,11 +17,12 @@ def patient(pid: str, nhs: str | None, family: str, given: str, born: str, gende
             postcode: str = "RV1 2AB", **extra: Any) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "Patient", "id": pid,
-        "identifier": [{"system": NHS, "value": nhs}] if nhs else [],
         "name": [{"use": "official", "family": family, "given": [given]}],
         "gender": gender, "birthDate": born,
         "address": [{"use": "home", "line": ["1 High Street"], "city": "Riverside", "postalCode": postcode}],
     }
+    if nhs:  # FHIR JSON has no empty arrays (ele-1): without a number, no identifier at all
+        res["identifier"] = [{"system": NHS, "value": nhs}]
     res.update(extra)
     return res
 

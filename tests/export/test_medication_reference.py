@@ -65,9 +65,11 @@ def _all_valid_fhir(files: dict[str, list[dict[str, Any]]]) -> None:
 
 def test_a_contained_medication_leaves_as_its_code(ics: Ics, db: Database, framework: Framework,
                                                    tmp_path: Path) -> None:
-    _ingest(tmp_path, db, framework, [_statement("gp-m20", "#simva", [
+    statement = _statement("gp-m20", "#simva", [
         _medication("simva", DMD, SIMVASTATIN, "Simvastatin 40mg tablets"),
-        {"resourceType": "Patient", "id": "p", "name": [{"family": "Okafor"}]}])])
+        {"resourceType": "Patient", "id": "p", "name": [{"family": "Okafor"}]}])
+    statement["informationSource"] = {"reference": "#p"}  # a contained resource is referenced (dom-3)
+    _ingest(tmp_path, db, framework, [statement])
     _, files = export(ics.client, ics.token("analyst.chen"))
     statement = _by_code(files)[SIMVASTATIN]
     assert statement["medicationCodeableConcept"] == {"coding": [{"system": DMD, "code": SIMVASTATIN}]}
@@ -83,7 +85,7 @@ def test_a_statement_whose_medication_is_not_held_is_left_out_and_counted(ics: I
     statements, uncoded = len(files.get("MedicationStatement", [])), _withheld(db, "required-element-uncoded")
     _ingest(tmp_path, db, framework, [
         _statement("gp-m21", "Medication/med-not-sent"),  # a standalone Medication: never stored
-        _statement("gp-m22", "#other", [_medication("simva", DMD, SIMVASTATIN, "Simvastatin 40mg tablets")]),
+        _statement("gp-m22", "#other"),  # a local reference to nothing contained
         _statement("gp-m23", "#simva", [_medication("simva", DMD, SIMVASTATIN, "Simvastatin 40mg tablets",
                                                     status="entered-in-error")]),
         _statement("gp-m24", "#simva", [{"resourceType": "Medication", "id": "simva",

@@ -316,7 +316,10 @@ def test_each_kind_of_hostile_input_meets_refusals_and_acceptances(change: Calla
         bundle = copy.deepcopy(seeds[number % len(seeds)])
         change(rng.choice(bundle["entry"])["resource"], rng.choice)
         outcomes.append(_same_as_the_model(_payload(bundle), framework)[0][0])
-    assert "staged" in outcomes and "refused" in outcomes, change.__name__
+    if change is _emptied:  # an emptied element breaks ele-1 (fhir/invariants.py), whatever the model takes
+        assert set(outcomes) == {"refused"}
+    else:
+        assert "staged" in outcomes and "refused" in outcomes, change.__name__
 
 
 def test_the_walk_vouches_for_every_resource_the_synthetic_ics_sends(synth_bundles: list[Json]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from sharedcare.clock import utcnow
+from sharedcare.fhir.invariants import invariant_problems
 from sharedcare.fhir.uk_core import (
     PATIENT_FIELDS,
     RECORD_TYPES,
@@ -236,7 +237,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             if not resource.get("id"):
                 raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
                                    "recognise later updates", where)
-            problems = walked_problems(resource)
+            problems = walked_problems(resource) or invariant_problems(resource)
             if problems:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)

@@ -16,6 +16,7 @@ from datetime import datetime
 from itertools import chain
 from pathlib import Path
 
+from sharedcare.fhir.invariants import active_content, invariant_problems
 from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
 from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
@@ -262,9 +263,24 @@ def _message_type(msh: Seg, segments: list[Seg]) -> tuple[str, str]:
     return kind, msh.get(9, 2) or (evn.get(1) if evn else "")
 
 
+def _refuse_active_content(segments: list[Seg]) -> None:
+    """Refuse a field holding markup that would run if shown (a script, an event handler, a javascript: URL),
+    naming the segment and field, as the FHIR validator's security checks refuse it in the strings it maps to.
+    The whole message is searched first (an HL7 hex escape, \\X3C\\, could spell a '<', so then each field is)."""
+    if not any(active_content("|".join(s.fields)) or f"{s.encoding.esc}X" in "".join(s.fields) for s in segments):
+        return
+    for segment in segments[1:]:
+        for number in range(1, len(segment.fields)):
+            if active_content(segment.text(number)):
+                raise segment.error("security: the field holds active content (a script, frame, object, form, "
+                                    "event handler or script URL), refused as the FHIR validator's security "
+                                    "checks refuse it", number)
+
+
 def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one HL7 v2 message; raise MessageError on the first problem, located."""
     segments = _decode(raw)
+    _refuse_active_content(segments)
     msh = segments[0]
     kind, event = _message_type(msh, segments)
     if msh.get(11) not in ("", "P"):
@@ -312,7 +328,7 @@ def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: d
                "meta": {**resource.get("meta", {}), "source": meta_source(sender.org, system)}}
     if any(item.server_id == content["id"] for item in staged.resources):
         raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where)
-    problems = walked_problems(content)
+    problems = walked_problems(content) or invariant_problems(content)
     if problems:
         raise MessageError(f"{resource_type}/{source_id}: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)

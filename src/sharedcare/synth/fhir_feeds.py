@@ -330,7 +330,9 @@ def patient(feed: FhirFeed, source: Source, when: datetime, nhs_number: str | No
         resource["telecom"] = telecom
     resource["gender"] = view.sex
     resource["birthDate"] = view.birth_date.isoformat()
-    resource["address"] = addresses(person, source.traced, when.date())
+    address = addresses(person, source.traced, when.date())
+    if address:  # none known yet on that day: FHIR JSON has no empty arrays (ele-1)
+        resource["address"] = address
     kin = person.next_of_kin
     if kin:
         resource["contact"] = [{
