@@ -118,11 +118,11 @@ def withheld_notice(records: GovernedRecords, view: RecordView, whole: bool = Fa
          "details": {"coding": [{"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words}],
                      "text": f"Some information is not shown: this record leaves out {words}."}}
         for why, words in sorted(reasons.items())]
-    involved = [s for s in services(view, records.fw) if s.involved_only]
-    if involved and not narrowed:  # tier 1: which service to ask, as the portal's list of services says it
+    if view.headlines and not narrowed:  # tier 1: which service to ask, as the portal's list of services says it
         headline = next(i for i in issues if i["details"]["coding"][0]["code"] == "tier-1-headline")
         headline["diagnostics"] = "Involved, details not shown: " + "; ".join(
-            ", ".join(part for part in (", ".join(s.involved_only), s.name, s.phone) if part) for s in involved)
+            ", ".join(part for part in (", ".join(s.involved_only), s.name, s.phone) if part)
+            for s in services(view, records.fw) if s.involved_only)
     return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
 
 
