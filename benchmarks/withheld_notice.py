@@ -79,7 +79,7 @@ def main() -> int:
             counts: dict[str, list[int]] = {"with": [], "without": []}
 
             def read(path: str, notice: bool) -> None:
-                fhir.withheld_notice = original if notice else (lambda records, view: None)
+                fhir.withheld_notice = original if notice else (lambda records, view, whole=False: None)
                 before = statements[0]
                 response = client.get(path, headers=headers)
                 counts["with" if notice else "without"].append(statements[0] - before)

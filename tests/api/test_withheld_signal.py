@@ -18,7 +18,7 @@ from tests.fhir_bundles import resources, withheld
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api import fhir
-from sharedcare.api.auth import mint_citizen_token
+from sharedcare.api.auth import mint_citizen_token, mint_token
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.agreements import set_agreement
@@ -28,17 +28,18 @@ from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
-HIDDEN = "information the patient has chosen to hide from you"  # the portal's words for consent-deny
+HIDDEN = "information the patient has chosen not to share"  # the portal's words for consent-deny
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 ROLES = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 
-def _allergy_from_the_gp(db: Database, framework: Framework, tmp_path: Path) -> None:
-    allergy = {"resourceType": "AllergyIntolerance", "id": "gp-al-1", "patient": {"reference": "Patient/gp-okafor"},
-               "criticality": "high",
-               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+def _allergy_from_the_gp(db: Database, framework: Framework, tmp_path: Path, how_many: int = 1) -> None:
+    allergies = [{"resourceType": "AllergyIntolerance", "id": f"gp-al-{n}", "criticality": "high",
+                  "patient": {"reference": "Patient/gp-okafor"},
+                  "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+                 for n in range(1, how_many + 1)]
     path = write_ndjson(tmp_path / "gp-allergy.ndjson", [bundle("P81001", "emis", [
-        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])])
+        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), *allergies])])
     assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
 
 
@@ -153,10 +154,75 @@ def test_a_paramedic_is_told_which_service_to_ask_about_what_their_role_sees_onl
     (notice,) = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "outcome"]
     (issue,) = [i for i in notice["issue"] if i["details"]["coding"][0]["code"] == "tier-1-headline"]
     mental_health = ics.client.app.state.framework.organisation("RXM")  # type: ignore[attr-defined]
-    assert issue["diagnostics"] == f"Involved, details not shown: Mental health services, {mental_health.name}, " \
+    assert issue["diagnostics"] == f"Involved, details not shown: Mental health, {mental_health.name}, " \
                                    f"{mental_health.phone}"
+    assert "Mental health" in ics.client.get(f"/record/{ics.okafor}", headers=headers).text  # the portal's words
     assert "Depressive" not in orjson.dumps(body).decode() and "35489007" not in orjson.dumps(body).decode()
-    assert "tier" in withheld(body)  # sexual health: nothing at all for a paramedic, said as the role's limit
+
+
+def test_an_app_narrowed_to_allergies_is_not_told_which_services_are_involved(ics: Ics) -> None:
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    fw = ics.client.app.state.framework  # type: ignore[attr-defined]
+    allergy_app = {"Authorization": "Bearer " + mint_token(load_settings(), fw, "para.evans",
+                                                              "user/AllergyIntolerance.rs")}
+    body = _get(ics, f"/fhir/AllergyIntolerance?patient={ics.okafor}", allergy_app)
+    assert "tier-1-headline" in withheld(body)  # something is still withheld, and it could be an allergy
+    text = orjson.dumps(body).decode()
+    assert "Involved" not in text and "Mental health" not in text and "Riverside and Dales" not in text
+
+
+def test_the_tier_reason_is_the_roles_and_says_nothing_about_the_patient(ics: Ics) -> None:
+    """A paramedic sees nothing of sexual health: told so for Mr Okafor, who has a sexual health record, and
+    for Mrs Hughes, who has none, in the API and the portal alike; a GP, who sees every category, never."""
+    for person in (ics.okafor, ics.stranger):
+        paramedic = ics.open_record("para.evans", person=person, basis="implied-consent",
+                                     reason="collapsed, unable to speak")
+        for path in (f"/fhir/AllergyIntolerance?patient={person}", f"/fhir/Patient/{person}/$everything"):
+            assert withheld(_get(ics, path, paramedic))["tier"].endswith(f"{WITHHELD_LABELS['tier']}.")
+        assert WITHHELD_LABELS["tier"] in ics.client.get(f"/record/{person}", headers=paramedic).text
+    gp = ics.open_record("dr.patel", person=ics.stranger)
+    assert WITHHELD_LABELS["tier"] not in ics.client.get(f"/record/{ics.stranger}", headers=gp).text
+
+
+def test_a_search_for_a_type_outside_the_tokens_scopes_is_refused_not_answered_empty(
+        ics: Ics, db: Database) -> None:
+    """A GP system reading allergies with a token for observations must not read 'no known allergies'."""
+    ics.open_record("dr.patel", person=ics.stranger)
+    fw = ics.client.app.state.framework  # type: ignore[attr-defined]
+    observations = {"Authorization": f"Bearer {mint_token(load_settings(), fw, 'dr.patel', 'user/Observation.rs')}"}
+    for n, path in enumerate((f"/fhir/AllergyIntolerance?patient={ics.stranger}",
+                              f"/fhir/Patient/{ics.stranger}/$everything?_type=Observation,AllergyIntolerance")):
+        refused = ics.client.get(path, headers={**observations, "X-Request-ID": f"out-of-scope-{n}"})
+        assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+        assert "(rule deny-scope)" in refused.text and "penicillin" not in refused.text
+        event = _event(db, f"out-of-scope-{n}")  # audited as a refused read of her record
+        assert (event.outcome, details(event)["rule"], event.patient_id) == ("deny", "deny-scope", ics.stranger)
+    # the whole record asked for: what the scopes allow, said to be not all there is
+    whole = _get(ics, f"/fhir/Patient/{ics.stranger}/$everything", observations)
+    assert "AllergyIntolerance" not in _types(whole)
+    assert withheld(whole) == {"scope": f"Some information is not shown: this record leaves out "
+                                        f"{WITHHELD_LABELS['scope']}."} and whole["meta"]["security"]
+    # the same with a full token: her allergy, and nothing said
+    full = ics.token("dr.patel")
+    assert "AllergyIntolerance" in _types(_get(ics, f"/fhir/AllergyIntolerance?patient={ics.stranger}", full))
+
+
+def test_every_page_since_and_revinclude_keep_the_notice(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    _allergy_from_the_gp(db, framework, tmp_path, how_many=2)
+    hospital = ics.open_record("dr.oconnor")
+    _put_consent(ics, {"type": "deny", "actor": [_actor("IRCP", "RXR")],
+                       "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "CarePlan"}]})
+    first = _get(ics, f"/fhir/AllergyIntolerance?patient={ics.okafor}&_count=1", hospital)
+    (following,) = [link["url"] for link in first["link"] if link["relation"] == "next"]
+    second = _get(ics, following.replace("http://testserver", ""), hospital)
+    assert "_offset=1" in following and len(resources(first)) == len(resources(second)) == 1
+    assert resources(first) != resources(second)
+    everything = f"/fhir/Patient/{ics.okafor}/$everything"
+    for body in (first, second, _get(ics, f"{everything}?_since=1900-01-01", hospital),
+                 _get(ics, f"{everything}?_since=2999-01-01", hospital),
+                 _get(ics, f"{everything}?_revinclude=Provenance:target", hospital)):
+        assert HIDDEN in withheld(body)["consent-deny"]
 
 
 def test_the_capability_statement_tells_a_client_to_look_for_the_notice(ics: Ics) -> None:

@@ -201,7 +201,7 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     assert "RXM:Condition" not in _sources(ics, hospital)
     assert "RXM:Condition" in _sources(ics, gp)
     page = ics.client.get(f"/record/{ics.okafor}", headers=hospital).text  # said, without saying what
-    assert "information the patient has chosen to hide from you" in page and "Depressive" not in page
+    assert "information the patient has chosen not to share" in page and "Depressive" not in page
     listed = ics.client.get("/patient/choices").text
     assert "Other choices" in listed and "Hide mental health services from everyone" in listed
     assert "Hide mental health services from everyone" in ics.client.get("/patient/home").text

@@ -27,8 +27,7 @@ from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.explain import withheld_labels
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.explain import not_shown, withheld_labels
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
@@ -37,6 +36,7 @@ from sharedcare.governance.gateway import (
     ServedResource,
 )
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, normalise
+from sharedcare.portal.present import services
 
 
 class FhirJSONResponse(JSONResponse):
@@ -97,33 +97,33 @@ def provenance_of(served: ServedResource) -> dict[str, Any]:
     }
 
 
-def withheld_notice(records: GovernedRecords, view: RecordView) -> dict[str, Any] | None:
+def withheld_notice(records: GovernedRecords, view: RecordView, whole: bool = False) -> dict[str, Any] | None:
     """What the portal's "Some information is not shown" says, as FHIR R4 has a search say it: an
-    OperationOutcome with one `suppressed` issue per reason the decision withheld anything of the
-    patient's record, in the portal's words for this reader (governance/explain.py); None when nothing was.
-    Reasons only (and, for tier 1, which service to ask, as the portal's list of services names it), never
-    which resources or how many, and of the whole record whatever the request's `_type` or criteria, as
-    the portal shows them: a signal per type would let a reader find out, type by type, what kind of record
-    was kept from them (docs/api.md). Made from the decision already taken: no statement."""
-    if not view.withheld:
+    OperationOutcome with one `suppressed` issue per reason, the reasons and words the portal's
+    (explain.not_shown); None when there is none. Reasons only (and, for tier 1, which service to ask, as
+    the portal's list of services names it), never which resources or how many, and of the whole record
+    whatever the request's `_type` or criteria: a signal per type would let a reader find out, type by type,
+    what kind of record was kept from them (docs/api.md). A token whose scopes leave out some type is told
+    `scope` when it asked for the `whole` record ($everything without `_type`), and is not told which
+    services are involved: an allergy app has no need to learn that a mental health service is.
+    Made from the decision already taken: no statement."""
+    reasons = not_shown(view.withheld, records.actor.role, records.fw)
+    narrowed = records.resource_types is not None and not RECORD_TYPES <= records.resource_types
+    if narrowed and whole:
+        reasons["scope"] = withheld_labels(records.actor.role)["scope"]
+    if not reasons:
         return None
-    words = withheld_labels(records.actor.role)
     issues: list[dict[str, Any]] = [
         {"severity": "information", "code": "suppressed",
-         "details": {"coding": [{"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words.get(why, why)}],
-                     "text": f"Some information is not shown: this record leaves out {words.get(why, why)}."}}
-        for why in sorted(view.withheld)]
-    if view.headlines:  # tier 1: which service to ask, as the portal's list of services says it
+         "details": {"coding": [{"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words}],
+                     "text": f"Some information is not shown: this record leaves out {words}."}}
+        for why, words in sorted(reasons.items())]
+    if view.headlines and not narrowed:  # tier 1: which service to ask, as the portal's list of services says it
         headline = next(i for i in issues if i["details"]["coding"][0]["code"] == "tier-1-headline")
         headline["diagnostics"] = "Involved, details not shown: " + "; ".join(
-            _involved(records.fw, h.category, h.organisation) for h in view.headlines)
+            ", ".join(part for part in (", ".join(s.involved_only), s.name, s.phone) if part)
+            for s in services(view, records.fw) if s.involved_only)
     return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
-
-
-def _involved(fw: Framework, category: str, org_code: str) -> str:
-    org = fw.organisation(org_code)
-    return ", ".join(part for part in (fw.categories.get(category, category), org.name if org else org_code,
-                                       org.phone if org else "") if part)
 
 
 def _bundle(request: Request, resources: list[dict[str, Any]],
@@ -178,9 +178,12 @@ def capability_statement(request: Request) -> JSONResponse:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
         "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
-                  "documentation": "A Bundle of a patient's data that leaves out something the reader may not "
-                                   "see ends with an OperationOutcome (search mode outcome), one issue "
-                                   "'suppressed' per reason, and is labelled REDACTED: read it as incomplete.",
+                  "documentation": "A $everything or search-by-patient Bundle that leaves out whole resources "
+                                   "the reader may not see ends with an OperationOutcome (search mode outcome), "
+                                   "one issue 'suppressed' per reason, and is labelled REDACTED: read it as "
+                                   "incomplete. Not signalled: free text removed inside a resource shown as a "
+                                   "coded summary, versions left out of _history or vread. A search for a type "
+                                   "the token's scopes do not include is refused (403).",
                   "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}],
                   "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
                       {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
@@ -237,11 +240,11 @@ def _everything(patient_id: str, request: Request, records: GovernedRecords
     types = {t.strip() for t in params.get("_type", "").split(",") if t.strip()} or None
     since = DateFilter.parse("_since", "ge" + params["_since"]) if params.get("_since") else None
     provenance = params.get("_revinclude") == "Provenance:target"
-    view = records.everything(patient_id)
+    view = records.everything(patient_id, asked=types & RECORD_TYPES if types else ())
     if since:
         view.resources = [s for s in view.resources
                           if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
-    return _everything_resources(view, types, provenance), withheld_notice(records, view)
+    return _everything_resources(view, types, provenance), withheld_notice(records, view, whole=types is None)
 
 
 def _patient_summary(match: PatientMatch) -> dict[str, Any]:
@@ -331,7 +334,7 @@ def _search(resource_type: str, request: Request, records: GovernedRecords) -> d
     _served_type(resource_type)
     params = list(request.query_params.multi_items())
     query = ClinicalQuery.parse(resource_type, params)
-    view = records.everything(query.patient, query=request.url.query)
+    view = records.everything(query.patient, query=request.url.query, asked=[resource_type])
     page, more = query.select([s.content for s in view.of_type(resource_type)])
     entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
     bundle = _bundle(request, entries, withheld_notice(records, view))

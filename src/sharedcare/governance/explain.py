@@ -6,6 +6,7 @@ patient portal can show the same sentences.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sharedcare.governance.consent import Provision
@@ -27,16 +28,18 @@ BASIS_WORDS = {
 
 # Why a reader's view of a record leaves something out, by the decision's rule (policy.py; an
 # always-withheld rule by its id): never what, nor how much. The portal's "Some information is not shown"
-# and the FHIR API's OperationOutcome in each Bundle of a patient's data (api/fhir.py) both say these.
+# and the FHIR API's OperationOutcome in each Bundle of a patient's data (api/fhir.py) both say these,
+# as `not_shown` chooses them.
 WITHHELD_LABELS = {
     "tier": "information your role does not include",
     "tier-1-headline": "details your role sees only as 'a service is involved'",
     "source-agreement": "information from organisations whose sharing agreement is not in force",
     "objection-all": "information the patient has asked not to be shared",
     "objection-org": "information from an organisation the patient has objected to",
-    "consent-deny": "information the patient has chosen to hide from you",
+    "consent-deny": "information the patient has chosen not to share",
     "third-party": "information about other people",
     "confidential": "documents the source marked restricted",
+    "scope": "information this app's access does not include",  # the API's alone: a token's SMART scopes
 }
 
 # The same, as a patient reads it about their own record.
@@ -51,6 +54,25 @@ CITIZEN_WITHHELD_LABELS = {
 def withheld_labels(role: Role | None) -> dict[str, str]:
     """The words for what a reader of this role was not shown: a patient reads them about their own record."""
     return CITIZEN_WITHHELD_LABELS if role is not None and role.citizen else WITHHELD_LABELS
+
+
+def role_limited(role: Role | None, fw: Framework) -> bool:
+    """Whether the role sees nothing of some category (the `tier` reason)."""
+    return role is not None and any(role.tier(category) <= 0 for category in fw.categories)
+
+
+def not_shown(withheld: Iterable[str], role: Role | None, fw: Framework) -> dict[str, str]:
+    """The reasons a reader is told its view of a record leaves something out (the decision's `withheld`
+    rules), each in its words, by code. `tier` is the role's, not the record's: said on every read by a
+    role that sees nothing of some category, whether or not this record holds any, and never otherwise.
+    Said only when something of this record was withheld, it named the category for most roles (a
+    paramedic's, a practice or district nurse's only such category is sexual health; a patient's,
+    safeguarding)."""
+    reasons = set(withheld) - {"tier"}
+    if role_limited(role, fw):
+        reasons.add("tier")
+    words = withheld_labels(role)
+    return {why: words.get(why, why) for why in sorted(reasons)}
 
 
 @dataclass(frozen=True)

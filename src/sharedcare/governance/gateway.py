@@ -496,9 +496,11 @@ class GovernedRecords:
         return _View(items, MappingProxyType(count_alike(items)), withdrawn,
                      tuple((i.alike, i.category, i.resource_type) for i in items))
 
-    def everything(self, person_id: str, query: str | None = None) -> RecordView:
+    def everything(self, person_id: str, query: str | None = None, asked: Iterable[str] = ()) -> RecordView:
         """The combined record of one person, as this actor may see it (audited). A search of the record
-        passes its raw `query`, audited base64-encoded with the read, allowed or not (TRUST AU2)."""
+        passes its raw `query`, audited base64-encoded with the read, allowed or not (TRUST AU2), and the
+        resource types it `asked` for: one the token's scopes leave out refuses the read (`deny-scope`), as
+        a read by id does, so that an empty answer is never mistaken for a complete one."""
         view = self._view(person_id)
         if not view.items and not self._person_exists(person_id):
             raise NotFound(f"no patient {person_id}")
@@ -507,6 +509,9 @@ class GovernedRecords:
         searched = ({"detail": {"query": base64.b64encode(query.encode()).decode()}, "fhir_action": "E"}  # BALP query
                     if query is not None else {})
         decision = self._decide(request, view.items, view.groups)
+        outside = sorted(set(asked) - self.resource_types) if self.resource_types is not None else []
+        if decision.permitted and outside:
+            decision = Decision("deny", "deny-scope", f"the access token's scopes do not include {', '.join(outside)}")
         if not decision.permitted:
             raise self._refuse(action, person_id, decision, **searched)
         # `decision.tier_of` inline, from the view's keys: this runs once per resource of the record

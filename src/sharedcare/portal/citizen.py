@@ -120,7 +120,7 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     return render(request, "patient/record.html", account=SIGNED_IN, view=view,
                   banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, me.actor.role),
                   services=present.services(view, fw), charts=present.trend_charts(view),
-                  stale=present.stale_sources(view), withheld_labels=explain.withheld_labels(me.actor.role))
+                  stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, me.actor.role, fw))
 
 
 @router.get("/accesses", response_class=HTMLResponse)

@@ -149,7 +149,7 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
                   services=present.services(view, fw), charts=present.trend_charts(view),
-                  stale=present.stale_sources(view), withheld_labels=explain.withheld_labels(records.actor.role))
+                  stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, records.actor.role, fw))
 
 
 @router.post("/record/{person_id}/basis", response_class=HTMLResponse)
@@ -174,7 +174,7 @@ def _changes_page(request: Request, records: RecordsDep, fw: FrameworkDep, view:
     found = changes.what_changed(view, fw, records.actor.organisation, since)
     return render(request, "changes.html", status=status, account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), changes=found, sections=changes.SECTIONS,
-                  withheld_labels=explain.withheld_labels(records.actor.role), stale=present.stale_sources(view),
+                  left_out=explain.not_shown(view.withheld, records.actor.role, fw), stale=present.stale_sources(view),
                   **context)
 
 
@@ -216,7 +216,7 @@ def medicines_table(request: Request, person_id: str, records: RecordsDep, fw: F
                   banner=present.record_banner(view, fw), medicines=found,
                   flagged=sum(1 for m in found if m.flagged),
                   sources=len({s.source for m in found for s in m.statements}),
-                  withheld_labels=explain.withheld_labels(records.actor.role),
+                  left_out=explain.not_shown(view.withheld, records.actor.role, fw),
                   stale=present.stale_sources(view))
 
 
