@@ -45,7 +45,7 @@ WITHHELD_LABELS = {
 # The same, as a patient reads it about their own record.
 CITIZEN_WITHHELD_LABELS = {
     **WITHHELD_LABELS,
-    "tier": "safeguarding records, which are not shown online so that they cannot put anyone at risk",
+    "tier": "any safeguarding records (these are never shown online, so that they cannot put anyone at risk)",
     "source-agreement": "information from organisations that are not sharing at the moment",
     "confidential": "documents the organisation that wrote them marked restricted (ask them for a copy)",
 }
