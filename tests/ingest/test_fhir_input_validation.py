@@ -20,6 +20,7 @@ from unittest.mock import patch
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.walk_check import same_as_the_model
 
 from sharedcare.fhir.validate import surely_valid, validation_problems
 from sharedcare.governance.framework import Framework
@@ -273,19 +274,7 @@ def _same_as_the_model(payload: bytes, framework: Framework) -> tuple[tuple[Any,
     """Stage with the walk and with the model alone: the outcomes must be identical, and the walk must vouch
     for no resource the model refuses. Returns the outcome and the resources validated."""
     raw = RawMessage("feeds/P81001/fhir/emis-0000.ndjson", "line 1", payload, "fhir")
-    validated: list[Json] = []
-
-    def model_only(resource: Json) -> list[str]:
-        validated.append(copy.deepcopy(resource))
-        return validation_problems(resource)
-
-    walked = _outcome(raw, framework)
-    with patch.object(fhir_bundle, "walked_problems", model_only):
-        modelled = _outcome(raw, framework)
-    assert walked == modelled
-    for resource in validated:
-        assert not surely_valid(resource) or validation_problems(resource) == [], resource
-    return walked, validated
+    return same_as_the_model(fhir_bundle, lambda: _outcome(raw, framework))
 
 
 def _payload(bundle: Json) -> bytes:

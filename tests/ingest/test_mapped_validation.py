@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 from datetime import timedelta
 from typing import Any
-from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tests.ingest.test_fuzz import ADT, ORU, _encode, _mutate
+from tests.walk_check import same_as_the_model
 
 from sharedcare.fhir.validate import surely_valid, validation_problems
 from sharedcare.governance.framework import Framework
@@ -93,19 +93,7 @@ def _outcome(raw: RawMessage, framework: Framework) -> tuple[Any, ...]:
 def _same_as_the_model(raw: RawMessage, framework: Framework) -> tuple[Any, ...]:
     """Stage with the fast path and with the model alone; both outcomes must be the same, and the walk
     must vouch for no resource the model refuses. Returns the outcome."""
-    validated: list[dict[str, Any]] = []
-
-    def model_only(content: dict[str, Any]) -> list[str]:
-        validated.append(copy.deepcopy(content))
-        return validation_problems(content)
-
-    fast = _outcome(raw, framework)
-    with patch.object(hl7v2, "walked_problems", model_only):
-        full = _outcome(raw, framework)
-    assert fast == full
-    for content in validated:
-        assert not surely_valid(content) or validation_problems(content) == [], content
-    return fast
+    return same_as_the_model(hl7v2, lambda: _outcome(raw, framework))[0]
 
 
 @SETTINGS
