@@ -4,6 +4,7 @@ a server (CI always does), again on PostgreSQL: the same code and tests on both 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -53,8 +54,18 @@ def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     database.migrate()
     yield database
+    wait_for_exports()
     check_cached_documents(database)
     database.dispose()
+
+
+def wait_for_exports() -> None:
+    """A test may end while a Bulk export it started still runs in its thread: let it finish against this
+    test's store, or the next test empties the PostgreSQL schema under it."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("export-"):
+            thread.join(timeout=60)
+            assert not thread.is_alive(), f"{thread.name} still running a minute after its test ended"
 
 
 def check_cached_documents(database: Database) -> None:
