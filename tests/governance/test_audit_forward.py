@@ -258,6 +258,12 @@ def test_the_command_reports_and_exits_as_an_operator_expects(db: Database, repo
     assert broken.exit_code == 1 and "audit chain broken" in broken.output
 
 
+def _interruptible() -> None:
+    """Ctrl-C's default for the follower: a shell starting the suite as a background job ignores SIGINT,
+    and an ignored signal stays ignored through exec (Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_following_the_log_copies_entries_as_they_are_written(db: Database, repository: Repository,
                                                               tmp_path: Path) -> None:
     _write(db, 2)
@@ -266,7 +272,7 @@ def test_following_the_log_copies_entries_as_they_are_written(db: Database, repo
     follower = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "audit",  # noqa: S603
                                  "forward", repository.url, "--state", str(tmp_path / "forward.json"),
                                  "--follow", "--every", "0.2"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=_interruptible)
     try:
         time.sleep(0.5)
         repository.refuse = False
