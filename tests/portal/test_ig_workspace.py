@@ -3,6 +3,7 @@ choices; and that every page is refused (403, audited) to a role without the per
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, timedelta
 
 from sqlalchemy import select
@@ -14,7 +15,7 @@ from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, ReviewItem
+from sharedcare.store.models import AuditEntry, PatientRecord, ReviewItem
 
 REASON = "unconscious in resus, no history available"
 
@@ -221,3 +222,45 @@ def test_the_audit_search_says_how_many_items_a_record_read_showed(ics: Ics) -> 
     _sign_in(ics)
     page = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text
     assert f"{clinical} items shown" in page
+
+
+def test_a_long_queue_is_worked_a_page_at_a_time_looking_up_only_that_pages_patients(ics: Ics) -> None:
+    """A region's weekend can leave hundreds of items: the page shows 25, oldest first, with the whole
+    queue's counts; only its own patients are looked up (each an audited read); recording an outcome on a
+    later page comes back to that page, whose start does not move."""
+    with _db(ics).session() as s:
+        a, b = s.scalars(select(PatientRecord.person_id).distinct().order_by(PatientRecord.person_id)).all()
+        c = str(uuid.uuid4())  # a person the store no longer knows: looked up all the same, on its own page
+        now, due = utcnow(), _framework(ics).review.due_hours
+        for n in range(60):  # items 0-24 about a and b, 25-49 about b, 50-59 about c; the oldest 10 overdue
+            person = (a if n % 2 else b) if n < 25 else b if n < 50 else c
+            s.add(ReviewItem(kind="emergency", username="dr.oconnor", person_id=person, reason=f"reason {n:02}",
+                             created_at=now - timedelta(hours=due + 9.5 - n), status="open"))
+        s.commit()
+        ids = s.scalars(select(ReviewItem.id).order_by(ReviewItem.created_at)).all()
+    _sign_in(ics)
+    first = ics.client.get("/ig").text
+    assert "60 waiting, 10 overdue" in first and "This page shows 25" in first
+    assert [n for n in range(60) if f"reason {n:02}" in first] == list(range(25))
+    with _db(ics).session() as s:
+        looked_up = set(s.scalars(select(AuditEntry.patient_id).where(
+            AuditEntry.action == "clinical:demographics:read", AuditEntry.username == "ig.morgan")))
+    assert looked_up == {a, b}  # c's items are on the third page
+    assert f'href="/ig?after={ids[24]}"' in first and "Oldest items" not in first
+
+    second = ics.client.get(f"/ig?after={ids[24]}").text
+    assert [n for n in range(60) if f"reason {n:02}" in second] == list(range(25, 50))
+    assert "Oldest items" in second and f'href="/ig?after={ids[49]}"' in second
+    done = ics.client.post(f"/ig/review/{ids[30]}", data={"outcome": "appropriate", "after": str(ids[24])},
+                           follow_redirects=False)
+    assert done.headers["location"] == f"/ig?recorded={ids[30]}&after={ids[24]}"
+    again = ics.client.get(done.headers["location"]).text
+    assert [n for n in range(60) if f"reason {n:02}" in again] == [*range(25, 30), *range(31, 51)]
+    assert "59 waiting, 10 overdue" in again
+
+    last = ics.client.get(f"/ig?after={ids[50]}").text
+    assert [n for n in range(60) if f"reason {n:02}" in last] == list(range(51, 60))
+    assert "Later items" not in last
+    unknown = ics.client.get("/ig?after=999999")
+    assert unknown.status_code == 400 and "no review item #999999" in unknown.text
+    assert ics.client.get("/ig?after=0").status_code == 400

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -261,18 +261,48 @@ def _persons_now(session: Session, item: ReviewItem) -> list[str]:
     return [session.get_one(PatientRecord, item.patient_record_id).person_id]
 
 
+@dataclass(frozen=True)
+class QueuePage:
+    """One page of the queue, oldest first, with the counts of the whole queue."""
+    items: list[QueueItem]
+    waiting: int  # items in the queue (not closed; all items with `include_closed`)
+    overdue: int  # open items past their due time, in the whole queue
+    later: int | None  # the id the next page starts after, if there is one
+
+
 def queue(session: Session, fw: Framework, now: datetime, include_closed: bool = False) -> list[QueueItem]:
+    """The whole queue, oldest first (the command line's table and JSON)."""
+    return queue_page(session, fw, now, include_closed).items
+
+
+def queue_page(session: Session, fw: Framework, now: datetime, include_closed: bool = False, *,
+               after: int | None = None, limit: int | None = None) -> QueuePage:
+    """Up to `limit` items, oldest first, starting after the item `after` (keyset paging: recording an
+    outcome takes an item out without moving the next page's start). Only the page's items are followed
+    to whoever holds their records now; a busy region's queue is worked a page at a time."""
+    due = timedelta(hours=fw.review.due_hours)
+    waiting = select(func.count()).select_from(ReviewItem)
     stmt = select(ReviewItem).order_by(ReviewItem.created_at, ReviewItem.id)
     if not include_closed:
+        waiting = waiting.where(ReviewItem.status != "closed")
         stmt = stmt.where(ReviewItem.status != "closed")
-    due = timedelta(hours=fw.review.due_hours)
+    if after is not None:
+        start = session.get(ReviewItem, after)
+        if start is None:
+            raise SharedcareError(f"no review item #{after} to start the page after", where="after")
+        stmt = stmt.where(or_(ReviewItem.created_at > start.created_at,
+                              (ReviewItem.created_at == start.created_at) & (ReviewItem.id > start.id)))
+    rows = list(session.scalars(stmt if limit is None else stmt.limit(limit + 1)))
+    later = rows[limit - 1].id if limit is not None and len(rows) > limit else None
     items = []
-    for i in session.scalars(stmt):
+    for i in rows[:limit]:
         person_id, *also_now = _persons_now(session, i)
         items.append(QueueItem(i.id, i.kind, i.username, person_id, i.reason, i.created_at, i.created_at + due,
                                i.status == "open" and now > i.created_at + due, i.status, i.outcome,
                                tuple(also_now), i.escalated_at))
-    return items
+    overdue = session.scalar(select(func.count()).select_from(ReviewItem).where(
+        ReviewItem.status == "open", ReviewItem.created_at < now - due)) or 0
+    return QueuePage(items, session.scalar(waiting) or 0, overdue, later)
 
 
 def escalate(session: Session, fw: Framework, now: datetime) -> list[QueueItem]:

@@ -60,9 +60,10 @@ class IgWorkspace:
             self.session.commit()
             raise AccessDenied("deny-permission", f"your role may not use this function ({permission})")
 
-    def queue(self, include_closed: bool = False, now: datetime | None = None) -> list[review.QueueItem]:
+    def queue(self, after: int | None = None, limit: int = 25, now: datetime | None = None) -> review.QueuePage:
+        """A page of the open queue, oldest first (`review.queue_page`)."""
         self._require("governance:review:work")
-        return review.queue(self.session, self.fw, now or utcnow(), include_closed)
+        return review.queue_page(self.session, self.fw, now or utcnow(), after=after, limit=limit)
 
     def whose(self, person_ids: list[str]) -> dict[str, dict[str, Any] | None]:
         """The people the queue's accesses were to, as the decision point lets the IG role see them

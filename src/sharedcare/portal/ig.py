@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.deps import FrameworkDep, IgDep
@@ -34,6 +34,7 @@ KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "new-source-record": "New source record for an existing person",
               "registration-conflict": "Competing GP registration"}
 RECENT = 50  # audit events the search page shows before any criteria are given
+QUEUE_PAGE = 25  # review items a page of the queue shows
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,22 @@ def _banner(patient: dict[str, Any] | None) -> dict[str, str] | None:
 
 
 @router.get("", response_class=HTMLResponse)
-def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None) -> Response:
-    items = ig.queue()
-    people = ig.whose([person_id for i in items for person_id in (i.patient_id, *i.also_now)])
+def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None,
+          after: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Response:
+    """A page of the queue: only its items' patients are looked up (each look-up is an audited read)."""
+    page = ig.queue(after, QUEUE_PAGE)
+    people = ig.whose([person_id for i in page.items for person_id in (i.patient_id, *i.also_now)])
     return render(request, "ig/queue.html", account=pages.account(ig.actor, fw),
-                  rows=[_queue_row(i, fw, people) for i in items], recorded=recorded,
-                  overdue=sum(1 for i in items if i.overdue))
+                  rows=[_queue_row(i, fw, people) for i in page.items], recorded=recorded, page=page,
+                  after=after)
 
 
 @router.post("/review/{item_id}", response_class=HTMLResponse)  # a redirect to a page, or the page
 def review(item_id: int, ig: IgDep, outcome: Annotated[Literal["appropriate", "investigate"], Form()],
-           note: Annotated[str, Form()] = "") -> Response:
+           note: Annotated[str, Form()] = "",
+           after: Annotated[int | None, Form(ge=1, le=2**63 - 1)] = None) -> Response:
     ig.record_outcome(item_id, outcome, note.strip())
-    return RedirectResponse(f"/ig?recorded={item_id}", status_code=303)
+    return RedirectResponse(f"/ig?recorded={item_id}" + (f"&after={after}" if after else ""), status_code=303)
 
 
 @dataclass(frozen=True)
