@@ -34,6 +34,7 @@ KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "new-source-record": "New source record for an existing person",
               "registration-conflict": "Competing GP registration"}
 RECENT = 50  # audit events the search page shows before any criteria are given
+FOUND = 500  # events a search shows, newest first; it says so when more match
 QUEUE_PAGE = 25  # review items a page of the queue shows
 
 
@@ -117,6 +118,7 @@ def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200
     context.setdefault("form", {})
     context.setdefault("rows", None)
     context.setdefault("error", None)
+    context.setdefault("more", False)
     return render(request, "ig/audit.html", status=status, account=pages.account(ig.actor, fw),
                   organisations=fw.organisations, **context)
 
@@ -147,8 +149,9 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
             bounds[prefix] = datetime.combine(day, time(), tzinfo=UTC)
     until = bounds["to"] + timedelta(days=1) if bounds["to"] else None  # the "to" day is included
     entries = ig.search(patient_id=patient.strip() or None, username=user.strip() or None,
-                        organisation=organisation or None, since=bounds["from"], until=until, limit=500)
-    return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in entries])
+                        organisation=organisation or None, since=bounds["from"], until=until, limit=FOUND + 1)
+    return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in entries[:FOUND]],
+                       more=len(entries) > FOUND)
 
 
 @router.get("/agreements", response_class=HTMLResponse)
