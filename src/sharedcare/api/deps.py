@@ -63,6 +63,22 @@ def bearer_or_cookie(request: Request) -> str:
     raise AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
 
 
+async def people_only(request: Request) -> None:
+    """The portals and the IG workspace are used by people, signed in through the portal (or with a token
+    from `sharedcare token`, for scripts). A token issued to an app (SMART on FHIR, or a backend client) is
+    refused there, audited: its scopes grant FHIR reads, never the IG officer's functions (the audit log,
+    agreements, the review queue), a citizen's choices, or a page a CSRF token would otherwise guard."""
+    try:
+        claims = read_token(request.app.state.settings, bearer_or_cookie(request))
+    except AuthError:
+        return  # none or not valid: the route's own dependency refuses it (or asks the person to sign in)
+    if claims.get("client_id"):
+        refused = AuthError(f"this token was issued to the app '{claims['client_id']}', and apps may not use the "
+                            "portal: sign in to it yourself")
+        refused.presented, refused.subject = True, str(claims["sub"])
+        raise refused
+
+
 def caller(request: Request, settings: Settings, fw: Framework, session: Session) -> Actor:
     """The caller named by a valid, unrevoked token. A backend client acts as its registered organisation
     and role, looked up on each request so that removing it takes effect at once."""
@@ -93,11 +109,16 @@ def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settin
         return caller(request, settings, fw, session)
 
 
-def scoped_types(scopes: str) -> frozenset[str] | None:
+def scoped_types(scopes: str, patient_only: bool = False) -> frozenset[str] | None:
     """The resource types SMART scopes allow reading: None for a wildcard (`user/*.read`), else the named
-    types; a token with no read scope may read nothing."""
+    types; a token with no read scope may read nothing. A patient/ scope counts only on a token whose read
+    scopes are all patient-level (an app's launch patient, or a citizen's own record): on a token that
+    also holds a user/ scope it must not widen what that token reads of every other patient
+    (`patient/*.read user/Observation.read` reads Observations, whoever the patient)."""
     types: set[str] = set()
     for scope in read_scopes(scopes):
+        if scope.level == "patient" and not patient_only:
+            continue
         if scope.resource_type == "*":
             return None
         types.add(scope.resource_type)
@@ -116,11 +137,13 @@ def governed_records(request: Request) -> Iterator[GovernedRecords]:
         actor = caller(request, state.settings, fw, session)
         scopes = request.state.scopes
         launch_patient = request.state.launch_patient
-        patient_only = patient_level_only(scopes) and actor.person_id is None
+        patient_level = patient_level_only(scopes)
+        patient_only = patient_level and actor.person_id is None
         if patient_only and not launch_patient:
             raise AuthError("a patient/ scope needs a launch patient: get the token through an EHR launch")
         common: dict[str, Any] = {"purpose": "direct-care", "request_id": request.state.request_id,
-                                  "source_address": _source_address(request), "resource_types": scoped_types(scopes),
+                                  "source_address": _source_address(request),
+                                  "resource_types": scoped_types(scopes, patient_level),
                                   "client_id": request.state.client_id}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
                if patient_only else GovernedRecords(session, fw, actor, **common))

@@ -383,9 +383,27 @@ class GovernedRecords:
         return purpose is not None and purpose.needs_basis and basis is None
 
     def record_basis(self, person_id: str, basis: str, reason: str) -> AccessBasis:
-        """Record why this user is opening this person's record; non-explicit bases go to IG review."""
+        """Record why this user is opening this person's record; non-explicit bases go to IG review.
+
+        A patient the caller may not know of (an objection to their organisation, outside a patient-scoped
+        token) is answered as missing before the form is looked at, whatever it holds (TRUST AC3). A
+        user-facing app (a token with `client_id` naming a user) may not record one: its scopes grant reads,
+        and a basis (break glass above all) is the user's own declaration, made in the portal before the app
+        is launched. A backend client (a partner's system, registered by IG for its organisation and role,
+        with no portal) records its own."""
+        from sharedcare.governance.clients import CLIENT_PREFIX  # here: clients imports this module
+
         if self.session.get(Person, person_id) is None:
             raise NotFound(f"no patient {person_id}")
+        denied = self._check(self._request(person_id)[1])  # the request-level rules: a basis is not asked
+        if denied is not None and denied.rule_id in REFUSED_AS_MISSING:
+            raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
+        if self.client_id is not None and not self.actor.username.startswith(CLIENT_PREFIX):
+            self._audit(AuditAction.BASIS_RECORD, "deny", person_id, basis=basis, reason=(reason or "").strip(),
+                        rule_id="deny-basis-app")
+            self.session.commit()
+            raise AccessDenied("deny-basis-app", "an app may not record why you are opening a record: record it in "
+                                                 "the portal, then open the app")
         rule = self.fw.basis.get(basis)  # type: ignore[call-overload]
         reason = (reason or "").strip()
         problem = None
@@ -407,8 +425,7 @@ class GovernedRecords:
             label = role.label if role else "your role"
             raise AccessDenied("deny-basis-permission", f"{label} staff may not use {basis} access: ask a "
                                                          "clinician who may, or record another reason")
-        denied = self._check(self._request(person_id)[1])  # the request-level rules: a basis is not asked
-        if denied is not None:
+        if denied is not None:  # about the caller (an agreement, a purpose): said once the form is right
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
         row = AccessBasis(username=self.actor.username, person_id=person_id, basis=basis, reason=reason,
                           granted_at=self.now, expires_at=self.now + timedelta(hours=rule.hours))

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token
-from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep
+from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep, people_only
 from sharedcare.governance import explain
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
@@ -29,7 +29,7 @@ from sharedcare.portal import csrf, pages, present
 from sharedcare.portal.pages import render
 
 log = logging.getLogger("sharedcare.citizen")
-router = APIRouter(prefix="/patient", dependencies=[Depends(csrf.check)])
+router = APIRouter(prefix="/patient", dependencies=[Depends(people_only), Depends(csrf.check)])
 
 CHALLENGE_COOKIE = "sc_challenge"
 SIGNED_IN = {"name": "Signed in", "detail": ""}

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from sharedcare.api.deps import FrameworkDep, IgDep
+from sharedcare.api.deps import FrameworkDep, IgDep, people_only
 from sharedcare.clock import utcnow
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import details, requested_resource
@@ -27,7 +27,7 @@ from sharedcare.portal import csrf, pages
 from sharedcare.portal.pages import render
 from sharedcare.portal.present import KIND_LABELS, patient_banner
 
-router = APIRouter(prefix="/ig", dependencies=[Depends(csrf.check)])
+router = APIRouter(prefix="/ig", dependencies=[Depends(people_only), Depends(csrf.check)])
 
 KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",

@@ -23,6 +23,7 @@ from sharedcare.api.deps import (
     RecordsDep,
     SettingsDep,
     get_database,
+    people_only,
 )
 from sharedcare.api.oauth import revoke_session
 from sharedcare.clock import utcnow
@@ -37,7 +38,7 @@ from sharedcare.portal.changes import Since
 from sharedcare.portal.pages import render
 from sharedcare.store.database import Database
 
-router = APIRouter(dependencies=[Depends(csrf.check)])
+router = APIRouter(dependencies=[Depends(people_only), Depends(csrf.check)])
 
 BASIS_CHOICES = [
     ("explicit-consent", "Explicit consent", "The patient is here and agrees to me viewing their record."),
