@@ -25,6 +25,7 @@ from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import Database
 
 if TYPE_CHECKING:
+    from sharedcare.ingest.pipeline import IngestReport, Pipeline
     from sharedcare.tls import TlsSettings
 
 app = typer.Typer(help="sharedcare: an open shared care record for an integrated care system.",
@@ -137,10 +138,13 @@ def ingest(
     if missing:
         raise _fail(f"no such file or folder: {', '.join(missing)}")
     pipeline = Pipeline(_database(), _framework())
-    total = sum(p.stat().st_size for p in expand_paths(paths))
+    files = expand_paths(paths)
+    total = sum(p.stat().st_size for p in files)
     with _progress(transfer=True) as progress:
         task = progress.add_task("ingesting", total=total)
         report = pipeline.ingest_paths(paths, fmt=fmt, source=source, progress=lambda n: progress.advance(task, n))
+    _audit_ingest(pipeline, report, paths=" ".join(str(p) for p in paths), files=str(len(files)),
+                  source=source or "")
     data = report.to_json()
     if as_json:
         _print_json(data)
@@ -152,6 +156,19 @@ def ingest(
             console.print(f"[yellow]skipped[/yellow] {item['file']}: {item['reason']}")
     if report.quarantined:
         raise typer.Exit(1)
+
+
+def _audit_ingest(pipeline: Pipeline, report: IngestReport, **detail: str) -> None:
+    """A file ingest or a replay is audited as the operator's write (TRUST AU1), one event a run: what was
+    given, and the counts. Each stored resource names its message and source in its provenance, so the
+    event and the resources lead to each other; a listener's messages are audited one by one (mllp.py)."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+
+    counts = {name: str(getattr(report, name)) for name in ("messages", "accepted", "unchanged", "stale",
+                                                            "quarantined")}
+    with pipeline.db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.RECORD_WRITE, "permit", OPERATOR, purpose="direct-care",
+                                          fhir_action="C", detail={k: v for k, v in detail.items() if v} | counts))
 
 
 @app.command()
@@ -266,10 +283,12 @@ def quarantine_replay(
     from sharedcare.ingest.messages import MessageError
     from sharedcare.ingest.pipeline import Pipeline
 
+    pipeline = Pipeline(_database(), _framework())
     try:
-        report = Pipeline(_database(), _framework()).replay(item_id, source)
+        report = pipeline.replay(item_id, source)
     except MessageError as exc:
         raise _fail(str(exc)) from exc
+    _audit_ingest(pipeline, report, replayed=str(item_id), source=source or "")
     if as_json:
         _print_json(report.to_json())
     elif report.quarantined:

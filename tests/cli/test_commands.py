@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
 from tests.governance.test_audit import as_an_attacker_with_ddl_rights
@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
+from sharedcare.governance.access_log import details
 from sharedcare.store.database import Database
-from sharedcare.store.models import Quarantine, Resource
+from sharedcare.store.models import AuditEntry, Quarantine, Resource
 
 runner = CliRunner()
 
@@ -44,6 +45,12 @@ def test_ingest_json_reports_counts_and_every_quarantine_reason(env: Database, t
     assert (report["accepted"], report["unchanged"], report["quarantined"]) == (2, 0, 1)
     (reason,) = report["quarantine"]
     assert "modulus 11" in reason["reason"] and reason["location"] == "line 2"
+    with env.session() as s:  # the run is audited as the operator's write (TRUST AU1), with its counts
+        (run,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")).all()
+    info = details(run)
+    assert (run.username, run.outcome, info["files"], info["accepted"], info["quarantined"]) == (
+        "cli", "permit", "1", "2", "1")
+    assert info["paths"].endswith("emis-0001.ndjson")
 
 
 def test_ingest_of_a_missing_path_is_a_usage_error(env: Database, tmp_path: Path) -> None:
@@ -72,10 +79,6 @@ def test_token_is_refused_for_an_unknown_user(env: Database) -> None:
 
 
 def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path: Path) -> None:
-    from sqlalchemy import update
-
-    from sharedcare.store.models import AuditEntry
-
     runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
     runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
     ok = runner.invoke(app, ["audit", "verify"])
@@ -128,6 +131,11 @@ def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signe
     runner.invoke(app, ["agreements", "set", "RYC", "--status", "signed"])
     done = runner.invoke(app, ["quarantine", "replay", str(held["id"]), "--json"])
     assert done.exit_code == 0 and json.loads(done.stdout)["accepted"] == 1
+    with env.session() as s:
+        runs = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")
+                         .order_by(AuditEntry.seq)).all()
+    assert [(details(r).get("replayed"), details(r)["accepted"]) for r in runs] == [
+        (None, "0"), (str(held["id"]), "0"), (str(held["id"]), "1")]
     assert json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout) == []
     again = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
     assert again.exit_code == 2 and "no held quarantine item" in again.stderr

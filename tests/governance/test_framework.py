@@ -88,3 +88,13 @@ def test_explain_leaves_out_roles_that_never_see_records() -> None:
     from sharedcare.governance.explain import role_rows
 
     assert {r.role for r in role_rows(parse_framework(TEXT))}.isdisjoint({"analyst", "ig_officer"})
+
+
+def test_a_feed_certificate_not_written_as_a_certificate_subject_is_named_with_its_line() -> None:
+    text = TEXT.replace('    phone: "01632 960100"\n', '    phone: "01632 960100"\n'
+                        '    feed_certificates: ["CN=rxr-engine, O=Riverside"]\n', 1)
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('    feed_certificates: [', text)}, organisations.RXR.feed_certificates")
+    assert "RFC 4514" in problem
+    good = parse_framework(text.replace("CN=rxr-engine, O=Riverside", "CN=rxr-engine,O=Riverside"))
+    assert good.organisations["RXR"].feed_certificates == ["CN=rxr-engine,O=Riverside"]

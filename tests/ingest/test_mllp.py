@@ -4,6 +4,7 @@ for each that says what happened and where."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,11 +14,12 @@ import pytest
 from sqlalchemy import select
 
 from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.audit import AuditAction, expanded, verify
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import END, START, MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Quarantine
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine
 
 A01 = ("MSH|^~\\&|PAS|RXR|SHAREDCARE|QRD|20261101093000||ADT^A01^ADT_A01|MSG001|P|2.4|||AL|NE|GBR|8859/1\r"
        "EVN|A01|20261101093000\r"
@@ -86,6 +88,29 @@ def test_a_good_admission_is_stored_and_acknowledged_aa(listener: int, db: Datab
     assert _segment(ack, "MSH")[8] == "ACK^A01^ACK"
     with db.session() as s:
         assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
+
+
+def test_every_message_is_audited_as_the_feeds_write_naming_the_patient_and_what_it_wrote(
+        listener: int, db: Database) -> None:
+    """TRUST AU1: a feed's writes are audited as a FHIR write is: who (the feed, ORG:application, and the
+    address it came from), the patient, the resources created or updated; a refused message too."""
+    good = A01.format(dob="19450302").encode("latin-1")
+    bad = A01.format(dob="19451302").replace("MSG001", "MSG002").encode("latin-1")
+    _exchange(listener, good, good, bad)
+    with db.session() as s:
+        person = s.scalars(select(PatientRecord.person_id)).one()
+        writes = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)
+                           .order_by(AuditEntry.seq)).all()
+        assert verify(s).ok
+    assert [(w.outcome, w.username, w.organisation, w.patient_id) for w in writes] == [
+        ("permit", "RXR:pas", "RXR", person), ("permit", "RXR:pas", "RXR", person), ("deny", "RXR:pas", "RXR", None)]
+    def written(entry: AuditEntry) -> list[str]:
+        return sorted(e["what"]["reference"].split("/")[0] for e in expanded(entry.event)["entity"]
+                      if "what" in e and e.get("role", {}).get("code") != "1")  # the patient's own entity aside
+
+    assert written(writes[0]) == ["Encounter", "Patient"] and writes[0].event["action"] == "C"
+    assert written(writes[1]) == []  # the same message again: nothing written
+    assert "19451302" in json.dumps(writes[2].event) and "127.0.0.1" in json.dumps(writes[2].event)
 
 
 def test_a_malformed_date_is_answered_ae_naming_segment_and_field_and_waits_in_quarantine(

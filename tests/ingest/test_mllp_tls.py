@@ -31,10 +31,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+def _listing(framework: Framework, org: str, subject: str) -> Framework:
+    """The framework with `subject` among the certificates that may send feeds for `org`."""
+    listed = framework.organisations[org].model_copy(update={"feed_certificates": [subject]})
+    return framework.model_copy(update={"organisations": {**framework.organisations, org: listed}})
+
+
 @pytest.fixture
 def tls_listener(db: Database, framework: Framework, pki: Pki) -> Iterator[int]:
     tls = TlsSettings(pki.server_cert, pki.server_key, pki.ca, "required")
-    with serving(MllpServer(Pipeline(db, framework), tls)) as port:
+    with serving(MllpServer(Pipeline(db, _listing(framework, "RXR", FEED_SUBJECT)), tls)) as port:
         yield port
 
 
@@ -105,6 +111,26 @@ def test_a_feed_with_a_trusted_certificate_gets_aa_and_its_quarantined_messages_
         held = s.scalars(select(Quarantine)).one()
     assert held.filename.startswith(f"mllp://{FEED_SUBJECT}@127.0.0.1:")
     assert _refusals(db) == []
+
+
+@pytest.mark.parametrize("listed_for", ["RYC", None])
+def test_a_certificate_sends_only_for_the_organisations_the_framework_lists_it_for(
+        db: Database, framework: Framework, pki: Pki, listed_for: str | None) -> None:
+    """A community trust's engine (or one no organisation lists) sending MSH-4 RXR is refused: AE naming
+    MSH-4, the message held in quarantine, nothing stored, the refusal audited as the feed's write."""
+    tls = TlsSettings(pki.server_cert, pki.server_key, pki.ca, "required")
+    fw = _listing(framework, listed_for, FEED_SUBJECT) if listed_for else framework
+    with serving(MllpServer(Pipeline(db, fw), tls)) as port:
+        ack = _send_over_tls(port, pki.client_context(pki.client), A01.format(dob="19450302").encode("latin-1"))
+    assert _segment(ack, "MSA")[1] == "AE" and _segment(ack, "ERR")[1] == "MSH^1^4"
+    assert f"the sending certificate ({FEED_SUBJECT}) may not send for RXR" in ack
+    assert f"lists it for {listed_for or 'none'}" in ack
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+        assert len(s.scalars(select(Quarantine)).all()) == 1
+        (write,) = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)).all()
+    assert (write.outcome, write.username, write.organisation, write.patient_id) == ("deny", "RXR:pas", "RXR", None)
+    assert FEED_SUBJECT in json.dumps(write.event) and "may not send for RXR" in json.dumps(write.event)
 
 
 def test_a_message_arriving_with_the_end_of_the_handshake_is_not_lost(tls_listener: int, pki: Pki) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sharedcare.config import load_settings
 from sharedcare.errors import FrameworkError
@@ -57,6 +57,25 @@ class Organisation(_Strict):
     systems: dict[str, SourceFormat] = Field(default_factory=dict)
     phone: str = ""
     agreement: Agreement
+    # The subjects (RFC 4514, as `sharedcare mllp` logs them) of the TLS client certificates whose feeds may
+    # send for this organisation: over TLS, MSH-4 must name an organisation listing the connection's own.
+    feed_certificates: list[str] = Field(default_factory=list)
+
+    @field_validator("feed_certificates")
+    @classmethod
+    def _subjects(cls, subjects: list[str]) -> list[str]:
+        """Each written as RFC 4514 and kept in the form a certificate's subject is printed in, so that
+        `CN=a,O=b` matches whatever spacing a certificate's own encoding had."""
+        from cryptography import x509  # only when a framework lists certificates
+
+        kept = []
+        for subject in subjects:
+            try:
+                kept.append(x509.Name.from_rfc4514_string(subject).rfc4514_string())
+            except ValueError:
+                raise ValueError(f"'{subject}' is not a certificate subject in RFC 4514 form (like "
+                                 "'CN=rxr-interface-engine,O=Riverside Hospital', no spaces after commas)") from None
+        return kept
 
 
 class Role(_Strict):

@@ -47,6 +47,15 @@ def sent_by(org: str | None) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class CertifiedSender:
+    """Who sent a message over a mutually authenticated connection (its TLS certificate's subject) and the
+    organisations the framework lets that certificate send for (`Organisation.feed_certificates`)."""
+
+    subject: str
+    organisations: frozenset[str]
+
+
+@dataclass(frozen=True)
 class RawMessage:
     """One message exactly as received, with where it came from."""
 

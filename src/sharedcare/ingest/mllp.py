@@ -5,7 +5,10 @@ answered with an ACK: AA when stored (or unchanged), AE when it was understood b
 accepted (it waits in quarantine; ERR and MSA say which segment and field and why), AR when it could
 not be read as an HL7 message at all (also kept in quarantine). python-hl7 has an MLLP client but no
 server we can put the pipeline behind, so the framing (a few lines) is written here. With TLS settings,
-each connection handshakes first (sharedcare/tls.py) and its messages name the certificate's subject.
+each connection handshakes first (sharedcare/tls.py), its messages name the certificate's subject, and
+MSH-4 must name an organisation the framework lists that certificate for (`feed_certificates`): a care
+home's engine cannot write as the hospital. Every message handled is audited (TRUST AU1) as a write by
+the feed (`ORG:application`), with the patient and the resources it wrote, or refused with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sharedcare.clock import utcnow
-from sharedcare.ingest.messages import RawMessage
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.identity.mpi import source_record
+from sharedcare.ingest.messages import CertifiedSender, RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
@@ -87,21 +92,55 @@ class MllpServer:
         self.tls = tls
         self.received = 0
 
-    def handle(self, payload: bytes, peer: str) -> bytes:
-        """Store one message through the pipeline and build its ACK (blocking: run it in a thread)."""
+    def handle(self, payload: bytes, peer: str, subject: str | None = None) -> bytes:
+        """Store one message through the pipeline, audit it and build its ACK (blocking: run it in a thread).
+        `subject`: the connection's certificate, on a TLS listener."""
         self.received += 1
         header = read_header(payload)
         location = f"message {self.received}" + (f" (MSH-10 {header.control_id})" if header else "")
         raw = RawMessage(f"mllp://{peer}", location, payload, "hl7v2")
         report = IngestReport()
+        certified = None
+        if self.tls is not None:  # deny by default: a certificate no organisation lists sends for none
+            subject = subject or "no certificate"
+            organisations = self.pipeline.framework.organisations.items()
+            certified = CertifiedSender(subject, frozenset(code for code, org in organisations
+                                                           if subject in org.feed_certificates))
         # agreements None: read in the message's own transaction, so a message costs one transaction
-        self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None)
+        staged = self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None, certified=certified)
+        self._audit(header, peer, staged, report)
         if not report.quarantined:
             return ack(header, "AA")
         problem = report.quarantine[0]
         reason, where = str(problem["reason"]), str(problem["where"])
         code = "AR" if header is None or any(marker in reason for marker in _REJECTED) else "AE"
         return ack(header, code, f"{reason} (quarantine #{problem['id']})", where)
+
+    def _audit(self, header: Header | None, peer: str, staged: StagedMessage | None, report: IngestReport) -> None:
+        """One event a message (TRUST AU1): who is the feed (its organisation and sending application; the
+        address and certificate as where it came from), what is the patient and the resources created or
+        updated, the outcome permit (stored, or unchanged) or deny (quarantined, with the reason)."""
+        if staged is not None:
+            org, system = staged.source_org, staged.source_system
+        else:
+            org = header.sending_facility.split("^")[0] if header else ""
+            system = header.sending_app.split("^")[0].lower() if header else ""
+        detail = {"message": header.control_id if header else "", "accepted": str(report.accepted),
+                  "unchanged": str(report.unchanged), "stale": str(report.stale)}
+        written = [] if staged is None else [f"{r.resource_type}/{r.server_id}" for r in staged.resources
+                                              if r.outcome in ("created", "updated")]
+        action = None if staged is None else "U" if any(r.outcome == "updated" for r in staged.resources) else "C"
+        if report.quarantine:
+            detail |= {"quarantine": str(report.quarantine[0]["id"]), "where": str(report.quarantine[0]["where"])}
+        with self.pipeline.db.session() as session:
+            record = (source_record(session, staged.source_org, next(iter(staged.patients)))
+                      if staged is not None and staged.patients else None)
+            record_audit(session, AuditRecord(
+                AuditAction.RECORD_WRITE, "permit" if staged is not None else "deny",
+                f"{org or 'unknown'}:{system or 'hl7v2'}",
+                organisation=org or None, purpose="direct-care", patient_id=record.person_id if record else None,
+                reason=str(report.quarantine[0]["reason"]) if report.quarantine else None, source_address=peer,
+                fhir_action=action, released=written, detail=detail))
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
@@ -119,7 +158,7 @@ class MllpServer:
                     writer.write(START + ack(None, "AR", "message larger than the limit") + END)
                     break
                 payload = framed[: -len(END)]
-                response = await asyncio.to_thread(self.handle, payload, peer)
+                response = await asyncio.to_thread(self.handle, payload, peer, subject)
                 writer.write(START + response + END)
                 await writer.drain()
         finally:

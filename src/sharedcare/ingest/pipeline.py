@@ -35,7 +35,15 @@ from sharedcare.identity.links import LinkError, merge_source_records
 from sharedcare.identity.mpi import block_for, link_found_record, link_patient_record, source_record
 from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
-from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash, sent_by
+from sharedcare.ingest.messages import (
+    Adapter,
+    CertifiedSender,
+    MessageError,
+    RawMessage,
+    StagedMessage,
+    content_hash,
+    sent_by,
+)
 from sharedcare.ingest.staging import Outcome, Stager, stage
 from sharedcare.store.database import Database, Prepared, json_dumps
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
@@ -322,13 +330,15 @@ class Pipeline:
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
                        agreements: dict[str, Agreement] | None, staged: Outcome | None = None,
-                       ) -> StagedMessage | None:
+                       certified: CertifiedSender | None = None) -> StagedMessage | None:
         """Store one message (staged here unless `staged` holds its staging outcome already); the staged
         message, each resource's `outcome` set, or None if it was quarantined. `agreements` None: read them
-        in the message's own transaction (a listener's message on its own: one transaction, not two)."""
+        in the message's own transaction (a listener's message on its own: one transaction, not two).
+        `certified`: who sent it over TLS and the organisations it may send for (`ingest/mllp.py`)."""
         report.messages += 1
         try:
-            stored, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements, staged=staged)
+            stored, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements, staged=staged,
+                                                                certified=certified)
         except MessageError as exc:
             self._quarantine(raw, source, exc, report)
             return None
@@ -367,7 +377,7 @@ class Pipeline:
 
     def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None,
                 agreements: dict[str, Agreement] | None, replaying: int | None = None, staged: Outcome | None = None,
-                ) -> tuple[StagedMessage, tuple[int, int, int]]:
+                certified: CertifiedSender | None = None) -> tuple[StagedMessage, tuple[int, int, int]]:
         """Stage (unless staged already) and store one message in one transaction, or raise MessageError.
 
         A store failure nobody foresaw is still the message's fault, not the feed's: it becomes a
@@ -376,6 +386,10 @@ class Pipeline:
         if isinstance(staged, MessageError):
             raise staged
         staged = staged or stage(adapter, raw, self.framework, source)
+        if certified is not None and staged.source_org not in certified.organisations:
+            raise MessageError(f"the sending certificate ({certified.subject}) may not send for {staged.source_org}: "
+                               f"the framework lists it for {', '.join(sorted(certified.organisations)) or 'none'} "
+                               "(organisations.*.feed_certificates)", f"{raw.where}, MSH-4")
         with sent_by(staged.source_org):  # whatever fails from here is counted against its sender
             try:
                 if agreements is not None:
