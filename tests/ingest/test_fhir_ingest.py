@@ -194,3 +194,21 @@ def test_a_correction_in_a_bundle_that_reuses_an_earlier_bundles_id_is_stored(
         assert (row.version, row.content["code"]["coding"][0]["display"]) == (3, "Type 2 diabetes mellitus")
     again = Pipeline(db, framework).ingest_paths([path])
     assert again.accepted == 0
+
+
+def test_an_unforeseen_store_failure_tells_the_sender_its_kind_not_the_databases_words(
+        db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """TRUST DP3: what a sender reads (a FHIR write's answer, an ACK, the quarantine reason) never quotes SQL
+    or stored values; the server log keeps the whole exception for the operator."""
+    def failing(*_: object, **__: object) -> None:
+        raise RuntimeError("UNIQUE constraint failed: INSERT INTO resources VALUES ('OKAFOR', '9434765919')")
+
+    monkeypatch.setattr(Pipeline, "_store", failing)
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [_gp_bundle()])])
+    (held,) = report.quarantine
+    assert held["reason"].startswith("could not be stored: an unexpected RuntimeError")
+    assert "INSERT" not in held["reason"] and "9434765919" not in held["reason"]
+    with db.session() as s:
+        assert "INSERT" not in s.scalars(select(Quarantine.reason)).one()
+    assert any("INSERT INTO resources" in (r.exc_text or "") for r in caplog.records)

@@ -405,7 +405,10 @@ class Pipeline:
                 raise
             except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
                 log.exception("unexpected failure on %s", raw.where)
-                raise MessageError(f"could not be read ({type(exc).__name__}: {str(exc)[:200]})", raw.where) from exc
+                # the sender reads this (a FHIR write's answer, an ACK): the exception's own text may quote SQL
+                # or stored values (TRUST DP3), so it names the kind of failure and where the log has the rest
+                raise MessageError(f"could not be stored: an unexpected {type(exc).__name__}; the server log "
+                                   f"has the details under {raw.where}", raw.where) from exc
 
     @staticmethod
     def _check_agreement(staged: StagedMessage, raw: RawMessage, agreements: dict[str, Agreement]) -> None:
