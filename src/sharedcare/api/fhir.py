@@ -27,7 +27,7 @@ from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.explain import not_shown, withheld_labels
+from sharedcare.governance.explain import not_shown, services, withheld_labels
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
@@ -36,7 +36,6 @@ from sharedcare.governance.gateway import (
     ServedResource,
 )
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, normalise
-from sharedcare.portal.present import services
 
 
 class FhirJSONResponse(JSONResponse):

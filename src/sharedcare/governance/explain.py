@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sharedcare.governance.consent import Provision
 from sharedcare.governance.consent_fhir import UK_TIME
 from sharedcare.governance.framework import Framework, Role
+
+if TYPE_CHECKING:  # only for the type: the framework in words needs no store
+    from sharedcare.governance.gateway import RecordView
 
 TIER_WORDS = {
     0: "nothing",
@@ -23,6 +27,22 @@ BASIS_WORDS = {
     "explicit-consent": "the patient is present and agrees",
     "implied-consent": "the patient is not present (or cannot say) and the record is needed for their care",
     "emergency": "an emergency where the patient cannot consent (\"break glass\")",
+}
+
+
+# A data category and an organisation's kind as a reader sees them: the portal's pages and the FHIR API's
+# notice both say these.
+CATEGORY_LABELS = {
+    "demographics": "Demographics", "summary": "Summary", "encounters": "Encounters",
+    "diagnostics": "Diagnostics", "hospital_detail": "Hospital detail", "community": "Community care",
+    "mental_health": "Mental health", "social_care": "Social care", "safeguarding": "Safeguarding",
+    "sexual_health": "Sexual health",
+}
+
+KIND_LABELS = {
+    "icb": "Integrated care board", "gp": "GP practice", "acute": "Hospital", "community": "Community services",
+    "mental_health": "Mental health service", "ambulance": "Ambulance service", "social_care": "Social care",
+    "hospice": "Hospice", "pharmacy": "Pharmacy", "care_home": "Care home",
 }
 
 
@@ -73,6 +93,37 @@ def not_shown(withheld: Iterable[str], role: Role | None, fw: Framework) -> dict
         reasons.add("tier")
     words = withheld_labels(role)
     return {why: words.get(why, why) for why in sorted(reasons)}
+
+
+@dataclass(frozen=True)
+class Service:
+    """An organisation involved in the person's care, what it shares with this user, and its contact."""
+
+    code: str
+    name: str
+    kind: str
+    phone: str
+    shared: list[str]  # categories shown in the record
+    involved_only: list[str]  # categories this user sees only as "a service is involved"
+
+
+def services(view: RecordView, fw: Framework) -> list[Service]:
+    """The services involved in this view of a record, those sharing something with the reader first: the
+    portal's list of services, and whom the API's notice says to ask about what is shown only as involved."""
+    shared: dict[str, set[str]] = {}
+    for served in view.resources:
+        shared.setdefault(served.source_org, set()).add(served.category)
+    headline: dict[str, set[str]] = {}
+    for h in view.headlines:
+        headline.setdefault(h.organisation, set()).add(h.category)
+    out = []
+    for code in sorted(set(shared) | set(headline) | set(view.sources)):
+        org = fw.organisation(code)
+        out.append(Service(code=code, name=org.name if org else code, kind=KIND_LABELS.get(org.kind, "") if org else "",
+                           phone=org.phone if org else "",
+                           shared=sorted(CATEGORY_LABELS.get(c, c) for c in shared.get(code, set())),
+                           involved_only=sorted(CATEGORY_LABELS.get(c, c) for c in headline.get(code, set()))))
+    return sorted(out, key=lambda s: (not s.shared, s.name))
 
 
 @dataclass(frozen=True)
