@@ -1,8 +1,8 @@
 """FHIR R4 REST at /fhir: what the foundation serves, all through the governed repository.
 
-Implemented: metadata; Patient read (the combined record's Patient); read of each clinical type;
-search of each clinical type by `patient`; `Patient/{id}/$everything` (with `_type` and
-`_revinclude=Provenance:target`). The CapabilityStatement lists exactly these.
+Implemented: metadata; the withheld-reason CodeSystem; Patient read (the combined record's Patient);
+read of each clinical type; search of each clinical type by `patient`; `Patient/{id}/$everything` (with
+`_type` and `_revinclude=Provenance:target`). The CapabilityStatement lists exactly these.
 
 A Bundle of a patient's data says when the reader's view of the record leaves something out, as the
 portal does (`withheld_notice`; docs/api.md says what a client gets and why that shape).
@@ -21,13 +21,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare import __version__
-from sharedcare.api.deps import RecordsDep, governed_records
+from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_records
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.explain import not_shown, services, withheld_labels
+from sharedcare.governance.explain import not_shown, services, withheld_labels, withheld_reasons
+from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
@@ -53,8 +54,10 @@ router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse,
 T = TypeVar("T")
 CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
 PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
-# Why something was left out: the decision's rule ids, as each read's AuditEvent counts them (`withheld:<id>`).
+# Why something was left out: the decision's rule ids, as each read's AuditEvent counts them (`withheld:<id>`),
+# published as a CodeSystem at CodeSystem/withheld-reason (`withheld_reason_codesystem`).
 WITHHELD_REASON_SYSTEM = "https://sharedcare.example/fhir/CodeSystem/withheld-reason"
+WITHHELD_REASON_ID = WITHHELD_REASON_SYSTEM.rsplit("/", 1)[1]
 REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED",
             "display": "redacted"}
 
@@ -125,6 +128,29 @@ def withheld_notice(records: GovernedRecords, view: RecordView, whole: bool = Fa
     return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
 
 
+def withheld_reason_codesystem(fw: Framework) -> dict[str, Any]:
+    """The codes a notice's issues carry, as a FHIR R4 CodeSystem: made from `explain.withheld_reasons`, which
+    `not_shown` words the notices from, so the two cannot differ. Each concept's display is what staff read,
+    with what a patient reads about their own record as a designation where it differs."""
+    concepts = []
+    for reason in withheld_reasons(fw):
+        concept: dict[str, Any] = {"code": reason.code, "display": reason.words, "definition": reason.definition}
+        if reason.patient_words != reason.words:
+            concept["designation"] = [{"use": {"code": "patient",
+                                               "display": "as a patient reads it about their own record"},
+                                       "value": reason.patient_words}]
+        concepts.append(concept)
+    return {
+        "resourceType": "CodeSystem", "id": WITHHELD_REASON_ID, "url": WITHHELD_REASON_SYSTEM,
+        "version": __version__, "name": "WithheldReason", "title": "Why some information is not shown",
+        "status": "active", "experimental": False, "publisher": "sharedcare",
+        "description": "Why a reader's view of a patient's record leaves something out: the rule of the sharing "
+                       "framework's decision that withheld it. The codes of the 'suppressed' issues in the "
+                       "OperationOutcome that ends a Bundle of a patient's data; never what was withheld.",
+        "caseSensitive": True, "content": "complete", "count": len(concepts), "concept": concepts,
+    }
+
+
 def _bundle(request: Request, resources: list[dict[str, Any]],
             notice: dict[str, Any] | None = None) -> dict[str, Any]:
     """A searchset of `resources`; with `notice` (`withheld_notice`) labelled REDACTED, the notice last (a
@@ -165,6 +191,9 @@ def capability_statement(request: Request) -> JSONResponse:
     resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
                    "versioning": "versioned", "readHistory": True,
                    "searchParam": clinical_params} for t in CLINICAL_TYPES]
+    resources.append({"type": "CodeSystem", "interaction": [{"code": "read"}],
+                      "documentation": f"CodeSystem/{WITHHELD_REASON_ID} only: the codes of what a Bundle says "
+                                       "was not shown (docs/api.md)."})
     resources.append({"type": "Consent", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "update"}],
                       "searchParam": [{"name": "patient", "type": "reference"}],
                       "documentation": "A patient's choices, for the patient's own token only (api/consent.py)."})
@@ -307,6 +336,14 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
     return await _governed(request, lambda records: records.patient(patient_id), fhir_response)
+
+
+@router.get("/CodeSystem/{code_system_id}")
+def read_code_system(code_system_id: str, _member: MemberDep, fw: FrameworkDep) -> JSONResponse:
+    """The withheld-reason CodeSystem, to any signed-in member (no patient's data: not audited)."""
+    if code_system_id != WITHHELD_REASON_ID:
+        raise NotFound(f"no CodeSystem {code_system_id}")
+    return fhir_response(withheld_reason_codesystem(fw))
 
 
 def _served_type(resource_type: str) -> None:

@@ -71,6 +71,57 @@ CITIZEN_WITHHELD_LABELS = {
 }
 
 
+# What each reason means, for the CodeSystem the API publishes of them (api/fhir.py): when the decision
+# point gives it. An always-withheld rule's meaning is the framework's own (`explain`).
+WITHHELD_DEFINITIONS = {
+    "tier": "The reader's role sees nothing of some category of information. Said on every read by such a "
+            "role, whether or not this record holds any.",
+    "tier-1-headline": "The reader's role sees some of this record only as a sign that a service is involved, "
+                       "with its contact details.",
+    "source-agreement": "Information from an organisation whose information-sharing agreement is not in force "
+                        "(suspended, ended or not yet signed) is left out.",
+    "objection-all": "The patient objected to all sharing of their record: only the reader's own organisation's "
+                     "information is shown.",
+    "objection-org": "The patient objected to an organisation's information being shared: it is left out.",
+    "consent-deny": "A deny provision of the patient's Consent (who reads, who holds it, purpose, type, category "
+                    "or period) leaves information out.",
+    "scope": "The access token's SMART scopes leave out some resource types: the answer holds only the types "
+             "they allow.",
+}
+
+
+@dataclass(frozen=True)
+class WithheldReason:
+    """One reason a view can leave something out: its code (the decision's rule), the words staff read, the
+    words a patient reads about their own record, and what it means."""
+
+    code: str
+    words: str
+    patient_words: str
+    definition: str
+
+
+def withheld_reasons(fw: Framework) -> list[WithheldReason]:
+    """Every reason `not_shown` (or the API's `scope`) can give under this framework, in code order: the
+    policy's withholding rules and the framework's always-withheld rules."""
+    rules = {rule.id: rule for rule in fw.always_withheld}
+    codes = sorted(set(WITHHELD_LABELS) | set(rules))
+    return [WithheldReason(code, _words(code, WITHHELD_LABELS, fw), _words(code, CITIZEN_WITHHELD_LABELS, fw),
+                           WITHHELD_DEFINITIONS.get(code)
+                           or "Never shared outside the organisation that recorded it: "
+                           + rules[code].explain[:1].lower() + rules[code].explain[1:] + ".")
+            for code in codes]
+
+
+def _words(why: str, words: dict[str, str], fw: Framework) -> str:
+    """A reason in words: its label, else the always-withheld rule's own `explain` (a rule the labels do not
+    name yet), else its code."""
+    if why in words:
+        return words[why]
+    rule = next((r for r in fw.always_withheld if r.id == why), None)
+    return rule.explain[:1].lower() + rule.explain[1:] if rule is not None else why
+
+
 def withheld_labels(role: Role | None) -> dict[str, str]:
     """The words for what a reader of this role was not shown: a patient reads them about their own record."""
     return CITIZEN_WITHHELD_LABELS if role is not None and role.citizen else WITHHELD_LABELS
@@ -92,7 +143,7 @@ def not_shown(withheld: Iterable[str], role: Role | None, fw: Framework) -> dict
     if role_limited(role, fw):
         reasons.add("tier")
     words = withheld_labels(role)
-    return {why: words.get(why, why) for why in sorted(reasons)}
+    return {why: _words(why, words, fw) for why in sorted(reasons)}
 
 
 @dataclass(frozen=True)
