@@ -5,7 +5,8 @@ read of each clinical type; search of each clinical type by `patient`; `Patient/
 `_type` and `_revinclude=Provenance:target`). The CapabilityStatement lists exactly these.
 
 A Bundle of a patient's data says when the reader's view of the record leaves something out, as the
-portal does (`withheld_notice`; docs/api.md says what a client gets and why that shape).
+portal does (`withheld_notice`), and so does the combined Patient read (`_labelled`); docs/api.md says
+what a client gets and why those shapes.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.explain import not_shown, services, withheld_labels, withheld_reasons
+from sharedcare.governance.explain import (
+    not_shown,
+    patient_not_shown,
+    services,
+    withheld_labels,
+    withheld_reasons,
+)
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
     PatientMatch,
+    PatientRead,
     RecordView,
     ServedResource,
 )
@@ -192,8 +200,8 @@ def capability_statement(request: Request) -> JSONResponse:
                    "versioning": "versioned", "readHistory": True,
                    "searchParam": clinical_params} for t in CLINICAL_TYPES]
     resources.append({"type": "CodeSystem", "interaction": [{"code": "read"}],
-                      "documentation": f"CodeSystem/{WITHHELD_REASON_ID} only: the codes of what a Bundle says "
-                                       "was not shown (docs/api.md)."})
+                      "documentation": f"CodeSystem/{WITHHELD_REASON_ID} only: the codes of what a Bundle or a "
+                                       "Patient read says was not shown (docs/api.md)."})
     resources.append({"type": "Consent", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "update"}],
                       "searchParam": [{"name": "patient", "type": "reference"}],
                       "documentation": "A patient's choices, for the patient's own token only (api/consent.py)."})
@@ -209,8 +217,11 @@ def capability_statement(request: Request) -> JSONResponse:
                   "documentation": "A $everything or search-by-patient Bundle that leaves out whole resources "
                                    "the reader may not see ends with an OperationOutcome (search mode outcome), "
                                    "one issue 'suppressed' per reason, and is labelled REDACTED: read it as "
-                                   "incomplete. Not signalled: free text removed inside a resource shown as a "
-                                   "coded summary, versions left out of _history or vread. A search for a type "
+                                   "incomplete. A Patient read (the person's combined Patient) that leaves "
+                                   "something out is labelled REDACTED, each reason a meta.tag of the same "
+                                   "codes (CodeSystem/withheld-reason). Not signalled: free text removed inside "
+                                   "a resource shown as a coded summary, versions left out of _history or "
+                                   "vread. A search for a type "
                                    "the token's scopes do not include is refused (403).",
                   "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}],
                   "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
@@ -335,7 +346,22 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
 
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: records.patient(patient_id), fhir_response)
+    return await _governed(request, lambda records: _labelled(records.patient(patient_id), records), fhir_response)
+
+
+def _labelled(read: PatientRead, records: GovernedRecords) -> dict[str, Any]:
+    """The combined Patient, labelled when it leaves something out (`explain.patient_not_shown`): `REDACTED`
+    in `meta.security`, as a Bundle of the record is, and each reason as a `meta.tag` coded as the notice's
+    issues are. A read answers the resource alone, so there is no OperationOutcome to carry (docs/api.md
+    says why this shape). Unchanged, byte for byte, when nothing is left out."""
+    reasons = patient_not_shown(read.withheld, read.masked, records.actor.role, records.fw)
+    if not reasons:
+        return read.patient
+    meta = read.patient.get("meta") or {}
+    security = [label for label in meta.get("security", []) if label != REDACTED] + [REDACTED]
+    tags = [*meta.get("tag", []), *({"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words}
+                                    for why, words in reasons.items())]
+    return {**read.patient, "meta": {**meta, "security": security, "tag": tags}}
 
 
 @router.get("/CodeSystem/{code_system_id}")

@@ -177,6 +177,19 @@ def services(view: RecordView, fw: Framework) -> list[Service]:
     return sorted(out, key=lambda s: (not s.shared, s.name))
 
 
+def patient_not_shown(withheld: Iterable[str], masked: bool, role: Role | None, fw: Framework) -> dict[str, str]:
+    """The reasons a person's combined Patient (a read by id) leaves something out, each in `not_shown`'s
+    words, by code: the rules that withheld any of their source Patient records, and `tier` when its
+    demographics are from a record the role sees below full detail (`masked`). Unlike `not_shown`'s, `tier`
+    here is said only when the role's tier narrowed this Patient: a role that sees every demographic is told
+    nothing on a Patient with nothing withheld, whatever else of the record it does not see. Each is a
+    reason the same reader's notice on the whole record gives too (a Patient's withholding rule is the
+    record's; `tier` is the role's): nothing about this person the notice would not say."""
+    reasons = set(withheld) | ({"tier"} if masked else set())
+    words = withheld_labels(role)
+    return {why: _words(why, words, fw) for why in sorted(reasons)}
+
+
 @dataclass(frozen=True)
 class RoleCategory:
     role: str
