@@ -1,6 +1,6 @@
 """Request-scoped dependencies: the caller (actor) and the governance objects bound to them.
 
-Routes declare `RecordsDep`, `CitizenDep`, `IgDep`, `SignInDep` or `FeedbackDep` and never see a
+Routes declare `RecordsDep`, `MemberDep`, `CitizenDep`, `IgDep`, `SignInDep` or `FeedbackDep` and never see a
 database session (TRUST AC2); the session lives here. Each is committed before the response is sent
 (`scope="function"`), so a change (a choice, a suspended agreement, a basis) holds for the very next
 request the browser makes.
@@ -16,12 +16,14 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token
+from sharedcare.clock import utcnow
 from sharedcare.config import Settings
+from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import GovernedRecords
+from sharedcare.governance.gateway import AccessDenied, GovernedRecords
 from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.scopes import patient_level_only, read_scopes
@@ -107,6 +109,24 @@ def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settin
     """The caller (`caller`), for routes that read no records."""
     with db.session() as session:
         return caller(request, settings, fw, session)
+
+
+def get_member(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+               fw: Annotated[Framework, Depends(get_framework)],
+               db: Annotated[Database, Depends(get_database)]) -> Actor:
+    """The caller (`caller`), if a patient or one of staff whose organisation's agreement is in force: for
+    the API's reads that hold no patient data (its published terminology), which are still the sharing
+    partners' alone, as every other /fhir route is (TRUST AC1). Not audited: no patient's data is read."""
+    with db.session() as session:
+        actor = caller(request, settings, fw, session)
+        if actor.role is None:
+            raise AccessDenied("deny-unknown-actor", "unknown user or role")
+        if not actor.role.citizen:
+            agreement = effective_agreements(session, fw).get(actor.organisation)
+            if agreement is None or not agreement.in_force(utcnow().date()):
+                raise AccessDenied("deny-actor-agreement", f"your organisation ({actor.organisation}) has no "
+                                                           "signed information-sharing agreement in force")
+    return actor
 
 
 def scoped_types(scopes: str, patient_only: bool = False) -> frozenset[str] | None:
@@ -203,6 +223,7 @@ def get_oauth(fw: Annotated[Framework, Depends(get_framework)],
 
 
 ActorDep = Annotated[Actor, Depends(get_actor)]
+MemberDep = Annotated[Actor, Depends(get_member)]
 RecordsDep = Annotated[GovernedRecords, Depends(get_records, scope="function")]
 CitizenDep = Annotated[CitizenWorkspace, Depends(get_citizen, scope="function")]
 IgDep = Annotated[IgWorkspace, Depends(get_ig, scope="function")]

@@ -1,11 +1,12 @@
 """FHIR R4 REST at /fhir: what the foundation serves, all through the governed repository.
 
-Implemented: metadata; Patient read (the combined record's Patient); read of each clinical type;
-search of each clinical type by `patient`; `Patient/{id}/$everything` (with `_type` and
-`_revinclude=Provenance:target`). The CapabilityStatement lists exactly these.
+Implemented: metadata; the withheld-reason CodeSystem; Patient read (the combined record's Patient);
+read of each clinical type; search of each clinical type by `patient`; `Patient/{id}/$everything` (with
+`_type` and `_revinclude=Provenance:target`). The CapabilityStatement lists exactly these.
 
 A Bundle of a patient's data says when the reader's view of the record leaves something out, as the
-portal does (`withheld_notice`; docs/api.md says what a client gets and why that shape).
+portal does (`withheld_notice`), and so does the combined Patient read (`_labelled`); docs/api.md says
+what a client gets and why those shapes.
 """
 
 from __future__ import annotations
@@ -21,22 +22,29 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare import __version__
-from sharedcare.api.deps import RecordsDep, governed_records
+from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_records
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
-from sharedcare.governance.explain import not_shown, withheld_labels
+from sharedcare.governance.explain import (
+    not_shown,
+    patient_not_shown,
+    services,
+    withheld_labels,
+    withheld_reasons,
+)
+from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import (
     GovernedRecords,
     NotFound,
     PatientMatch,
+    PatientRead,
     RecordView,
     ServedResource,
 )
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, normalise
-from sharedcare.portal.present import services
 
 
 class FhirJSONResponse(JSONResponse):
@@ -54,8 +62,10 @@ router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse,
 T = TypeVar("T")
 CLINICAL_TYPES = sorted(RECORD_TYPES - {"Patient"})
 PATIENT_SEARCH_PARAMS = {"identifier", "family", "given", "birthdate", "address-postalcode"}
-# Why something was left out: the decision's rule ids, as each read's AuditEvent counts them (`withheld:<id>`).
+# Why something was left out: the decision's rule ids, as each read's AuditEvent counts them (`withheld:<id>`),
+# published as a CodeSystem at CodeSystem/withheld-reason (`withheld_reason_codesystem`).
 WITHHELD_REASON_SYSTEM = "https://sharedcare.example/fhir/CodeSystem/withheld-reason"
+WITHHELD_REASON_ID = WITHHELD_REASON_SYSTEM.rsplit("/", 1)[1]
 REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED",
             "display": "redacted"}
 
@@ -126,6 +136,29 @@ def withheld_notice(records: GovernedRecords, view: RecordView, whole: bool = Fa
     return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
 
 
+def withheld_reason_codesystem(fw: Framework) -> dict[str, Any]:
+    """The codes a notice's issues carry, as a FHIR R4 CodeSystem: made from `explain.withheld_reasons`, which
+    `not_shown` words the notices from, so the two cannot differ. Each concept's display is what staff read,
+    with what a patient reads about their own record as a designation where it differs."""
+    concepts = []
+    for reason in withheld_reasons(fw):
+        concept: dict[str, Any] = {"code": reason.code, "display": reason.words, "definition": reason.definition}
+        if reason.patient_words != reason.words:
+            concept["designation"] = [{"use": {"code": "patient",
+                                               "display": "as a patient reads it about their own record"},
+                                       "value": reason.patient_words}]
+        concepts.append(concept)
+    return {
+        "resourceType": "CodeSystem", "id": WITHHELD_REASON_ID, "url": WITHHELD_REASON_SYSTEM,
+        "version": __version__, "name": "WithheldReason", "title": "Why some information is not shown",
+        "status": "active", "experimental": False, "publisher": "sharedcare",
+        "description": "Why a reader's view of a patient's record leaves something out: the rule of the sharing "
+                       "framework's decision that withheld it. The codes of the 'suppressed' issues in the "
+                       "OperationOutcome that ends a Bundle of a patient's data; never what was withheld.",
+        "caseSensitive": True, "content": "complete", "count": len(concepts), "concept": concepts,
+    }
+
+
 def _bundle(request: Request, resources: list[dict[str, Any]],
             notice: dict[str, Any] | None = None) -> dict[str, Any]:
     """A searchset of `resources`; with `notice` (`withheld_notice`) labelled REDACTED, the notice last (a
@@ -166,6 +199,9 @@ def capability_statement(request: Request) -> JSONResponse:
     resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
                    "versioning": "versioned", "readHistory": True,
                    "searchParam": clinical_params} for t in CLINICAL_TYPES]
+    resources.append({"type": "CodeSystem", "interaction": [{"code": "read"}],
+                      "documentation": f"CodeSystem/{WITHHELD_REASON_ID} only: the codes of what a Bundle or a "
+                                       "Patient read says was not shown (docs/api.md)."})
     resources.append({"type": "Consent", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "update"}],
                       "searchParam": [{"name": "patient", "type": "reference"}],
                       "documentation": "A patient's choices, for the patient's own token only (api/consent.py)."})
@@ -181,8 +217,11 @@ def capability_statement(request: Request) -> JSONResponse:
                   "documentation": "A $everything or search-by-patient Bundle that leaves out whole resources "
                                    "the reader may not see ends with an OperationOutcome (search mode outcome), "
                                    "one issue 'suppressed' per reason, and is labelled REDACTED: read it as "
-                                   "incomplete. Not signalled: free text removed inside a resource shown as a "
-                                   "coded summary, versions left out of _history or vread. A search for a type "
+                                   "incomplete. A Patient read (the person's combined Patient) that leaves "
+                                   "something out is labelled REDACTED, each reason a meta.tag of the same "
+                                   "codes (CodeSystem/withheld-reason). Not signalled: free text removed inside "
+                                   "a resource shown as a coded summary, versions left out of _history or "
+                                   "vread. A search for a type "
                                    "the token's scopes do not include is refused (403).",
                   "resource": resources, "interaction": [{"code": "batch"}, {"code": "transaction"}],
                   "operation": [  # Bulk Data $export (api/bulk.py): secondary use only, pseudonymised
@@ -307,7 +346,30 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
 
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: records.patient(patient_id), fhir_response)
+    return await _governed(request, lambda records: _labelled(records.patient(patient_id), records), fhir_response)
+
+
+def _labelled(read: PatientRead, records: GovernedRecords) -> dict[str, Any]:
+    """The combined Patient, labelled when it leaves something out (`explain.patient_not_shown`): `REDACTED`
+    in `meta.security`, as a Bundle of the record is, and each reason as a `meta.tag` coded as the notice's
+    issues are. A read answers the resource alone, so there is no OperationOutcome to carry (docs/api.md
+    says why this shape). Unchanged, byte for byte, when nothing is left out."""
+    reasons = patient_not_shown(read.withheld, read.masked, records.actor.role, records.fw)
+    if not reasons:
+        return read.patient
+    meta = read.patient.get("meta") or {}
+    security = [label for label in meta.get("security", []) if label != REDACTED] + [REDACTED]
+    tags = [*meta.get("tag", []), *({"system": WITHHELD_REASON_SYSTEM, "code": why, "display": words}
+                                    for why, words in reasons.items())]
+    return {**read.patient, "meta": {**meta, "security": security, "tag": tags}}
+
+
+@router.get("/CodeSystem/{code_system_id}")
+def read_code_system(code_system_id: str, _member: MemberDep, fw: FrameworkDep) -> JSONResponse:
+    """The withheld-reason CodeSystem, to any signed-in member (no patient's data: not audited)."""
+    if code_system_id != WITHHELD_REASON_ID:
+        raise NotFound(f"no CodeSystem {code_system_id}")
+    return fhir_response(withheld_reason_codesystem(fw))
 
 
 def _served_type(resource_type: str) -> None:

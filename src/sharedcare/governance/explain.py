@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sharedcare.governance.consent import Provision
 from sharedcare.governance.consent_fhir import UK_TIME
 from sharedcare.governance.framework import Framework, Role
+
+if TYPE_CHECKING:  # only for the type: the framework in words needs no store
+    from sharedcare.governance.gateway import RecordView
 
 TIER_WORDS = {
     0: "nothing",
@@ -23,6 +27,22 @@ BASIS_WORDS = {
     "explicit-consent": "the patient is present and agrees",
     "implied-consent": "the patient is not present (or cannot say) and the record is needed for their care",
     "emergency": "an emergency where the patient cannot consent (\"break glass\")",
+}
+
+
+# A data category and an organisation's kind as a reader sees them: the portal's pages and the FHIR API's
+# notice both say these.
+CATEGORY_LABELS = {
+    "demographics": "Demographics", "summary": "Summary", "encounters": "Encounters",
+    "diagnostics": "Diagnostics", "hospital_detail": "Hospital detail", "community": "Community care",
+    "mental_health": "Mental health", "social_care": "Social care", "safeguarding": "Safeguarding",
+    "sexual_health": "Sexual health",
+}
+
+KIND_LABELS = {
+    "icb": "Integrated care board", "gp": "GP practice", "acute": "Hospital", "community": "Community services",
+    "mental_health": "Mental health service", "ambulance": "Ambulance service", "social_care": "Social care",
+    "hospice": "Hospice", "pharmacy": "Pharmacy", "care_home": "Care home",
 }
 
 
@@ -51,6 +71,57 @@ CITIZEN_WITHHELD_LABELS = {
 }
 
 
+# What each reason means, for the CodeSystem the API publishes of them (api/fhir.py): when the decision
+# point gives it. An always-withheld rule's meaning is the framework's own (`explain`).
+WITHHELD_DEFINITIONS = {
+    "tier": "The reader's role sees nothing of some category of information. Said on every read by such a "
+            "role, whether or not this record holds any.",
+    "tier-1-headline": "The reader's role sees some of this record only as a sign that a service is involved, "
+                       "with its contact details.",
+    "source-agreement": "Information from an organisation whose information-sharing agreement is not in force "
+                        "(suspended, ended or not yet signed) is left out.",
+    "objection-all": "The patient objected to all sharing of their record: only the reader's own organisation's "
+                     "information is shown.",
+    "objection-org": "The patient objected to an organisation's information being shared: it is left out.",
+    "consent-deny": "A deny provision of the patient's Consent (who reads, who holds it, purpose, type, category "
+                    "or period) leaves information out.",
+    "scope": "The access token's SMART scopes leave out some resource types: the answer holds only the types "
+             "they allow.",
+}
+
+
+@dataclass(frozen=True)
+class WithheldReason:
+    """One reason a view can leave something out: its code (the decision's rule), the words staff read, the
+    words a patient reads about their own record, and what it means."""
+
+    code: str
+    words: str
+    patient_words: str
+    definition: str
+
+
+def withheld_reasons(fw: Framework) -> list[WithheldReason]:
+    """Every reason `not_shown` (or the API's `scope`) can give under this framework, in code order: the
+    policy's withholding rules and the framework's always-withheld rules."""
+    rules = {rule.id: rule for rule in fw.always_withheld}
+    codes = sorted(set(WITHHELD_LABELS) | set(rules))
+    return [WithheldReason(code, _words(code, WITHHELD_LABELS, fw), _words(code, CITIZEN_WITHHELD_LABELS, fw),
+                           WITHHELD_DEFINITIONS.get(code)
+                           or "Never shared outside the organisation that recorded it: "
+                           + rules[code].explain[:1].lower() + rules[code].explain[1:] + ".")
+            for code in codes]
+
+
+def _words(why: str, words: dict[str, str], fw: Framework) -> str:
+    """A reason in words: its label, else the always-withheld rule's own `explain` (a rule the labels do not
+    name yet), else its code."""
+    if why in words:
+        return words[why]
+    rule = next((r for r in fw.always_withheld if r.id == why), None)
+    return rule.explain[:1].lower() + rule.explain[1:] if rule is not None else why
+
+
 def withheld_labels(role: Role | None) -> dict[str, str]:
     """The words for what a reader of this role was not shown: a patient reads them about their own record."""
     return CITIZEN_WITHHELD_LABELS if role is not None and role.citizen else WITHHELD_LABELS
@@ -72,7 +143,51 @@ def not_shown(withheld: Iterable[str], role: Role | None, fw: Framework) -> dict
     if role_limited(role, fw):
         reasons.add("tier")
     words = withheld_labels(role)
-    return {why: words.get(why, why) for why in sorted(reasons)}
+    return {why: _words(why, words, fw) for why in sorted(reasons)}
+
+
+@dataclass(frozen=True)
+class Service:
+    """An organisation involved in the person's care, what it shares with this user, and its contact."""
+
+    code: str
+    name: str
+    kind: str
+    phone: str
+    shared: list[str]  # categories shown in the record
+    involved_only: list[str]  # categories this user sees only as "a service is involved"
+
+
+def services(view: RecordView, fw: Framework) -> list[Service]:
+    """The services involved in this view of a record, those sharing something with the reader first: the
+    portal's list of services, and whom the API's notice says to ask about what is shown only as involved."""
+    shared: dict[str, set[str]] = {}
+    for served in view.resources:
+        shared.setdefault(served.source_org, set()).add(served.category)
+    headline: dict[str, set[str]] = {}
+    for h in view.headlines:
+        headline.setdefault(h.organisation, set()).add(h.category)
+    out = []
+    for code in sorted(set(shared) | set(headline) | set(view.sources)):
+        org = fw.organisation(code)
+        out.append(Service(code=code, name=org.name if org else code, kind=KIND_LABELS.get(org.kind, "") if org else "",
+                           phone=org.phone if org else "",
+                           shared=sorted(CATEGORY_LABELS.get(c, c) for c in shared.get(code, set())),
+                           involved_only=sorted(CATEGORY_LABELS.get(c, c) for c in headline.get(code, set()))))
+    return sorted(out, key=lambda s: (not s.shared, s.name))
+
+
+def patient_not_shown(withheld: Iterable[str], masked: bool, role: Role | None, fw: Framework) -> dict[str, str]:
+    """The reasons a person's combined Patient (a read by id) leaves something out, each in `not_shown`'s
+    words, by code: the rules that withheld any of their source Patient records, and `tier` when its
+    demographics are from a record the role sees below full detail (`masked`). Unlike `not_shown`'s, `tier`
+    here is said only when the role's tier narrowed this Patient: a role that sees every demographic is told
+    nothing on a Patient with nothing withheld, whatever else of the record it does not see. Each is a
+    reason the same reader's notice on the whole record gives too (a Patient's withholding rule is the
+    record's; `tier` is the role's): nothing about this person the notice would not say."""
+    reasons = set(withheld) | ({"tier"} if masked else set())
+    words = withheld_labels(role)
+    return {why: _words(why, words, fw) for why in sorted(reasons)}
 
 
 @dataclass(frozen=True)

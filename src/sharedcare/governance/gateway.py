@@ -236,6 +236,18 @@ class RecordView:
 
 
 @dataclass(frozen=True)
+class PatientRead:
+    """The person's combined Patient as a read by id releases it, with what it leaves out: the rules that
+    withheld any of their source Patient records (`withheld`, counted as a decision counts them), and whether
+    the record its demographics are taken from is shown below full detail by the reader's tier (`masked`:
+    the role's, whatever that record holds)."""
+
+    patient: dict[str, Any]
+    withheld: Counter[str]
+    masked: bool
+
+
+@dataclass(frozen=True)
 class PatientMatch:
     """A search result: enough to pick the right person, nothing clinical."""
 
@@ -548,9 +560,10 @@ class GovernedRecords:
                           basis=basis.basis if basis else "",
                           sources=sorted({s.source_org for s in served}), demographics_from=rule.source_of(patients))
 
-    def patient(self, person_id: str) -> dict[str, Any]:
+    def patient(self, person_id: str) -> PatientRead:
         """The person's combined Patient resource alone (FHIR `Patient/{id}`), decided like `everything`
-        but over their source Patient records only, and audited as a read of that resource.
+        but over their source Patient records only, and audited as a read of that resource, with what the
+        decision withheld of them counted as `everything` counts it.
 
         Refused and missing look the same (404), as for any read by id (TRUST AC3): a refusal, audited,
         must not tell the caller that the person exists."""
@@ -564,7 +577,7 @@ class GovernedRecords:
             self._refuse(AuditAction.RESOURCE_READ, person_id, decision, resource=reference,
                          basis=basis.basis if basis else None)
             raise NotFound(f"no Patient {person_id}")
-        _, patient = self._combined_patient(person_id, decision, view.pairs)
+        served, patient, rule = self._combined_patient(person_id, decision, view.pairs)
         if patient is None or (self.resource_types is not None and "Patient" not in self.resource_types):
             why = "deny-scope" if patient is not None else f"withheld-{next(iter(decision.withheld), 'tier')}"
             self._audit(AuditAction.RESOURCE_READ, "deny", person_id, rule_id=why, resource=reference,
@@ -572,17 +585,19 @@ class GovernedRecords:
             self.session.commit()
             raise NotFound(f"no Patient {person_id}")
         self._released(AuditAction.RESOURCE_READ, person_id, basis=basis.basis if basis else None,
-                       reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
-        return patient
+                       reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference,
+                       withheld=dict(decision.withheld))
+        return PatientRead(patient, decision.withheld, rule.order(served, _served_key)[0].tier < 3)
 
     def _combined_patient(self, person_id: str, decision: Decision, pairs: list[tuple[Item, StoredRow]]
-                          ) -> tuple[list[ServedResource], dict[str, Any] | None]:
-        """The released source Patient records, and the one combined Patient made of them."""
+                          ) -> tuple[list[ServedResource], dict[str, Any] | None, DemographicsRule]:
+        """The released source Patient records, the one combined Patient made of them, and the rule it chose
+        their demographics by."""
         cache, tier_of = content_cache(self.session), decision.tier_of
         served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
                   if (tier := tier_of(item)) is not None]
-        return served, combined_patient(person_id, served,
-                                        self._demographics_rule(person_id, (item for item, _ in pairs)))
+        rule = self._demographics_rule(person_id, (item for item, _ in pairs))
+        return served, combined_patient(person_id, served, rule), rule
 
     def _demographics_rule(self, person_id: str, items: Iterable[Item]) -> DemographicsRule:
         """How combined_patient chooses the person's demographics: from the stored records' registration
@@ -603,7 +618,7 @@ class GovernedRecords:
         decision = self._decide(self._request(person_id)[1], view.items, view.groups)
         if not decision.permitted:
             raise self._refuse(AuditAction.DEMOGRAPHICS_READ, person_id, decision)
-        served, patient = self._combined_patient(person_id, decision, pairs)
+        served, patient, _ = self._combined_patient(person_id, decision, pairs)
         self._released(AuditAction.DEMOGRAPHICS_READ, person_id, rule_id=decision.rule_id,
                        released=[s.reference for s in served], withheld=dict(decision.withheld))
         return patient

@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
-from sharedcare.portal.present import KIND_LABELS, Row, row, stale_sources, when
+from sharedcare.portal.present import Row, row, stale_sources, when
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
 KIND_ORDER = {"acute": 0, "ambulance": 1, "community": 2, "mental_health": 3, "hospice": 4, "social_care": 5}

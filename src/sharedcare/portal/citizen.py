@@ -102,7 +102,7 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
 @router.get("/home", response_class=HTMLResponse)
 def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     """What is shared, by whom, under which rules: in plain words."""
-    holders = [{"name": org.name, "kind": present.KIND_LABELS.get(org.kind, org.kind), "phone": org.phone,
+    holders = [{"name": org.name, "kind": explain.KIND_LABELS.get(org.kind, org.kind), "phone": org.phone,
                 "status": AGREEMENT_WORDS.get(agreement.status, agreement.status), "sharing": agreement.status}
                for org, agreement in me.sharing()]
     roles: dict[str, list[explain.RoleCategory]] = {}
@@ -119,7 +119,7 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     view = me.record()
     return render(request, "patient/record.html", account=SIGNED_IN, view=view,
                   banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, me.actor.role),
-                  services=present.services(view, fw), charts=present.trend_charts(view),
+                  services=explain.services(view, fw), charts=present.trend_charts(view),
                   stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, me.actor.role, fw))
 
 

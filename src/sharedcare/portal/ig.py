@@ -25,7 +25,7 @@ from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages
 from sharedcare.portal.pages import render
-from sharedcare.portal.present import KIND_LABELS, patient_banner
+from sharedcare.portal.present import patient_banner
 
 router = APIRouter(prefix="/ig", dependencies=[Depends(people_only), Depends(csrf.check)])
 
@@ -158,7 +158,7 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
 def agreements(request: Request, ig: IgDep, fw: FrameworkDep, changed: str = "") -> Response:
     today = utcnow().date()
     current = ig.agreements()
-    rows = [{"org": org, "kind": KIND_LABELS.get(org.kind, org.kind), "agreement": current[code],
+    rows = [{"org": org, "kind": explain.KIND_LABELS.get(org.kind, org.kind), "agreement": current[code],
              "in_force": current[code].in_force(today),
              "users": sum(1 for u in fw.users.values() if u.organisation == code)}
             for code, org in fw.organisations.items()]

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import ServedResource
-from sharedcare.portal.present import KIND_LABELS, concept_text
+from sharedcare.portal.present import concept_text
 
 TAKING = {"active", "intended"}  # the source says the person takes it now
 STOPPED = {"stopped"}  # the source says it was stopped (a finished course or closed record is "completed")

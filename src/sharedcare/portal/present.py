@@ -15,6 +15,7 @@ from typing import Any
 from markupsafe import Markup
 
 from sharedcare.clock import utcnow
+from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
@@ -36,19 +37,6 @@ TABS = [
 ]
 SOCIAL_CARE = "social_care"
 KNOWN_TYPES = {t for _, _, sections in TABS for _, types in sections for t in types}
-
-CATEGORY_LABELS = {
-    "demographics": "Demographics", "summary": "Summary", "encounters": "Encounters",
-    "diagnostics": "Diagnostics", "hospital_detail": "Hospital detail", "community": "Community care",
-    "mental_health": "Mental health", "social_care": "Social care", "safeguarding": "Safeguarding",
-    "sexual_health": "Sexual health",
-}
-
-KIND_LABELS = {
-    "icb": "Integrated care board", "gp": "GP practice", "acute": "Hospital", "community": "Community services",
-    "mental_health": "Mental health service", "ambulance": "Ambulance service", "social_care": "Social care",
-    "hospice": "Hospice", "pharmacy": "Pharmacy", "care_home": "Care home",
-}
 
 def concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
@@ -239,35 +227,6 @@ def tabs(view: RecordView, fw: Framework, role: Role | None) -> list[Tab]:
         rows = sorted((r for s, r in items if s.category == SOCIAL_CARE), key=lambda r: r.when, reverse=True)
         out.append(Tab("social-care", "Social care", [Section("Social care", rows)]))
     return out
-
-
-@dataclass(frozen=True)
-class Service:
-    """An organisation involved in the person's care, what it shares with this user, and its contact."""
-
-    code: str
-    name: str
-    kind: str
-    phone: str
-    shared: list[str]  # categories shown in the record
-    involved_only: list[str]  # categories this user sees only as "a service is involved"
-
-
-def services(view: RecordView, fw: Framework) -> list[Service]:
-    shared: dict[str, set[str]] = {}
-    for served in view.resources:
-        shared.setdefault(served.source_org, set()).add(served.category)
-    headline: dict[str, set[str]] = {}
-    for h in view.headlines:
-        headline.setdefault(h.organisation, set()).add(h.category)
-    out = []
-    for code in sorted(set(shared) | set(headline) | set(view.sources)):
-        org = fw.organisation(code)
-        out.append(Service(code=code, name=org.name if org else code, kind=KIND_LABELS.get(org.kind, "") if org else "",
-                           phone=org.phone if org else "",
-                           shared=sorted(CATEGORY_LABELS.get(c, c) for c in shared.get(code, set())),
-                           involved_only=sorted(CATEGORY_LABELS.get(c, c) for c in headline.get(code, set()))))
-    return sorted(out, key=lambda s: (not s.shared, s.name))
 
 
 # Trend charts: which observations are which (SNOMED CT as the feeds send them, LOINC as others do).
