@@ -168,7 +168,8 @@ def _audit_ingest(pipeline: Pipeline, report: IngestReport, **detail: str) -> No
                                                             "quarantined")}
     with pipeline.db.session() as session:
         record_audit(session, AuditRecord(AuditAction.RECORD_WRITE, "permit", OPERATOR, purpose="direct-care",
-                                          fhir_action="C", detail={k: v for k, v in detail.items() if v} | counts))
+                                          fhir_action="C" if report.accepted else "E",  # E: ran, wrote nothing
+                                          detail={k: v for k, v in detail.items() if v} | counts))
 
 
 @app.command()
@@ -418,10 +419,11 @@ def _start_up_checks(service: str, database: Database, cert: Path | None, key: P
     try:
         settings = _settings()
         tls = tls_settings(settings)
-        if service == "mllp" and tls is not None and tls.client_ca is not None and tls.client_certs != "required":
-            # MLLP has no other credential: an optional certificate would let anyone on the network send feeds
-            raise ConfigError("mllp: client certificates must be required (SHAREDCARE_TLS_CLIENT_CERTS=required); "
-                              "'optional' is for a serve that browsers reach")
+        if service == "mllp" and tls is not None and (tls.client_ca is None or tls.client_certs != "required"):
+            # MLLP has no other credential: without a required certificate anyone on the network could send
+            # feeds, and the framework binds organisations to certificates (`feed_certificates`)
+            raise ConfigError("mllp over TLS: client certificates must be required (SHAREDCARE_TLS_CLIENT_CA and "
+                              "SHAREDCARE_TLS_CLIENT_CERTS=required); 'optional' is for a serve that browsers reach")
         clock = check_clock(database, service, settings.require_clock_sync)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
@@ -1177,7 +1179,14 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
 
     database = _database()
     tls = _start_up_checks("mllp", database, tls_cert, tls_key, tls_client_ca, client_certs)
-    server = MllpServer(Pipeline(database, _framework()), tls)
+    fw = _framework()
+    listed = sum(len(org.feed_certificates) for org in fw.organisations.values())
+    if tls is not None and not listed:
+        console.print("[yellow]warning:[/yellow] no organisation in the framework lists a feed certificate "
+                      "(organisations.*.feed_certificates): every message will be refused until one does")
+    elif tls is not None:
+        console.print(f"mllp: {listed} feed certificate(s) bound to organisations in the framework")
+    server = MllpServer(Pipeline(database, fw), tls)
     console.print(f"listening for HL7 v2 over MLLP on {host}:{port}")
     try:
         asyncio.run(server.serve(host, port))

@@ -13,6 +13,7 @@ from tests.export.conftest import ASYNC, exact_counts, export, wait_for
 from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
+from sharedcare.api.auth import mint_token
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
@@ -171,6 +172,13 @@ def test_bad_kick_offs_say_what_is_wrong(ics: Ics) -> None:
         assert response.status_code == 400, params
         assert expected in response.json()["issue"][0]["diagnostics"]
     assert ics.client.get("/fhir/$export", headers=ASYNC).status_code == 401
+    # an app launched for one patient exports no population, whatever its user's role may export
+    app = ics.client.app
+    launched = mint_token(app.state.settings, app.state.framework, "analyst.chen", "launch patient/*.read",  # type: ignore[attr-defined]
+                          client_id="ward-tasks", patient=ics.okafor)
+    response = ics.client.get("/fhir/$export", headers={"Authorization": f"Bearer {launched}", **ASYNC})
+    assert response.status_code == 400
+    assert "only patient/ scopes cannot export" in response.json()["issue"][0]["diagnostics"]
 
 
 def test_only_the_requesting_user_can_poll_download_or_cancel(ics: Ics) -> None:

@@ -93,7 +93,8 @@ def test_a_good_admission_is_stored_and_acknowledged_aa(listener: int, db: Datab
 def test_every_message_is_audited_as_the_feeds_write_naming_the_patient_and_what_it_wrote(
         listener: int, db: Database) -> None:
     """TRUST AU1: a feed's writes are audited as a FHIR write is: who (the feed, ORG:application, and the
-    address it came from), the patient, the resources created or updated; a refused message too."""
+    address it came from), the patient, the resources created or updated. A refused message is a deny by the
+    listener naming what it claimed, never its content (the reason quotes the bad date of birth)."""
     good = A01.format(dob="19450302").encode("latin-1")
     bad = A01.format(dob="19451302").replace("MSG001", "MSG002").encode("latin-1")
     _exchange(listener, good, good, bad)
@@ -103,14 +104,17 @@ def test_every_message_is_audited_as_the_feeds_write_naming_the_patient_and_what
                            .order_by(AuditEntry.seq)).all()
         assert verify(s).ok
     assert [(w.outcome, w.username, w.organisation, w.patient_id) for w in writes] == [
-        ("permit", "RXR:pas", "RXR", person), ("permit", "RXR:pas", "RXR", person), ("deny", "RXR:pas", "RXR", None)]
+        ("permit", "RXR:pas", "RXR", person), ("permit", "RXR:pas", "RXR", person), ("deny", "mllp", None, None)]
+
     def written(entry: AuditEntry) -> list[str]:
         return sorted(e["what"]["reference"].split("/")[0] for e in expanded(entry.event)["entity"]
                       if "what" in e and e.get("role", {}).get("code") != "1")  # the patient's own entity aside
 
     assert written(writes[0]) == ["Encounter", "Patient"] and writes[0].event["action"] == "C"
     assert written(writes[1]) == []  # the same message again: nothing written
-    assert "19451302" in json.dumps(writes[2].event) and "127.0.0.1" in json.dumps(writes[2].event)
+    refused = json.dumps(writes[2].event)
+    assert "RXR:PAS" in refused and "MSG002" in refused and "127.0.0.1" in refused
+    assert "19451302" not in refused and "OKAFOR" not in refused and "9434765919" not in refused
 
 
 def test_a_malformed_date_is_answered_ae_naming_segment_and_field_and_waits_in_quarantine(

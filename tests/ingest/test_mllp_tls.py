@@ -127,10 +127,16 @@ def test_a_certificate_sends_only_for_the_organisations_the_framework_lists_it_f
     assert f"lists it for {listed_for or 'none'}" in ack
     with db.session() as s:
         assert s.scalars(select(PatientRecord)).all() == []
-        assert len(s.scalars(select(Quarantine)).all()) == 1
+        (held,) = s.scalars(select(Quarantine)).all()
         (write,) = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)).all()
-    assert (write.outcome, write.username, write.organisation, write.patient_id) == ("deny", "RXR:pas", "RXR", None)
-    assert FEED_SUBJECT in json.dumps(write.event) and "may not send for RXR" in json.dumps(write.event)
+    assert (write.outcome, write.username, write.organisation, write.patient_id) == ("deny", "mllp", None, None)
+    assert FEED_SUBJECT in json.dumps(write.event) and "RXR:PAS" in json.dumps(write.event)
+    # a replay is held to the same certificate, whoever runs it, until the framework lists it for RXR
+    assert Pipeline(db, fw).replay(held.id).quarantined == 1
+    assert Pipeline(db, fw).replay(held.id, source="RXR").quarantined == 1
+    assert Pipeline(db, _listing(framework, "RXR", FEED_SUBJECT)).replay(held.id).accepted > 0
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_org)).all() == ["RXR"]
 
 
 def test_a_message_arriving_with_the_end_of_the_handshake_is_not_lost(tls_listener: int, pki: Pki) -> None:
@@ -207,3 +213,23 @@ def test_a_half_made_tls_configuration_is_refused_by_name(tmp_path: Path, pki: P
         tls_settings(replace(settings, tls_cert=None, tls_key=None, tls_client_ca=pki.ca))
     with pytest.raises(ConfigError, match="could not be loaded"):
         tls_settings(replace(settings, tls_cert=pki.server_cert, tls_key=tmp_path / "missing.key"))
+
+
+def test_mllp_over_tls_will_not_start_without_a_required_client_certificate(
+        db: Database, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed's certificate is its only credential, and what the framework binds organisations to: TLS with
+    no client CA (any client) would accept no message at all, or anyone's."""
+    from tests.conftest import FRAMEWORK_PATH
+    from typer.testing import CliRunner
+
+    from sharedcare.cli import app
+
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    monkeypatch.setenv("SHAREDCARE_TLS_CERT", str(pki.server_cert))  # the environment, restored after the test
+    monkeypatch.setenv("SHAREDCARE_TLS_KEY", str(pki.server_key))
+    for name in ("SHAREDCARE_TLS_CLIENT_CA", "SHAREDCARE_TLS_CLIENT_CERTS"):
+        monkeypatch.setenv(name, "")  # so that the test's end restores whatever was there
+        monkeypatch.delenv(name)
+    result = CliRunner().invoke(app, ["mllp", "--port", "1"])
+    assert result.exit_code == 2 and "client certificates must be required" in result.stderr

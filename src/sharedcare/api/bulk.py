@@ -24,6 +24,7 @@ from sharedcare.api.outcomes import operation_outcome
 from sharedcare.export.jobs import ExportJobs, TooManyExports
 from sharedcare.fhir.search import SearchError, parse_instant
 from sharedcare.fhir.uk_core import RECORD_TYPES
+from sharedcare.governance.scopes import patient_level_only
 from sharedcare.governance.secondary import ExportScope
 from sharedcare.store.database import Database
 
@@ -61,7 +62,10 @@ def _scope(request: Request, kind: str, group: str | None) -> ExportScope:
         wrong = sorted(types - RECORD_TYPES)
         if wrong:
             raise SearchError(f"_type: {', '.join(wrong)} not exported (types: {', '.join(sorted(RECORD_TYPES))})")
-    allowed = scoped_types(getattr(request.state, "scopes", ""))
+    scopes = getattr(request.state, "scopes", "")
+    if patient_level_only(scopes):  # it reads its launch patient alone, never a population
+        raise SearchError("a token with only patient/ scopes cannot export: $export needs a user/ or system/ scope")
+    allowed = scoped_types(scopes)
     if allowed is not None:  # the token's scopes narrow the types, never widen them
         types = (types or RECORD_TYPES) & allowed
         if not types:

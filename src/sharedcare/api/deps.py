@@ -74,7 +74,7 @@ async def people_only(request: Request) -> None:
         claims = read_token(request.app.state.settings, bearer_or_cookie(request))
     except AuthError:
         return  # none or not valid: the route's own dependency refuses it (or asks the person to sign in)
-    if claims.get("client_id"):
+    if "client_id" in claims:  # even an empty one: only the SMART server issues the claim
         refused = AuthError(f"this token was issued to the app '{claims['client_id']}', and apps may not use the "
                             "portal: sign in to it yourself")
         refused.presented, refused.subject = True, str(claims["sub"])

@@ -49,7 +49,7 @@ from sharedcare.api.auth import (
     read_token,
     sign_token,
 )
-from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, OAuthDep, RecordsDep, SettingsDep
+from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, OAuthDep, RecordsDep, SettingsDep, people_only
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance import scopes
@@ -318,7 +318,7 @@ def read_launch(settings: Settings, launch: str, client_id: str, username: str) 
     return str(claims["patient"])
 
 
-@router.get("/oauth/launch")
+@router.get("/oauth/launch", dependencies=[Depends(people_only)])  # a portal page: no app launches apps
 def launch_page(request: Request, records: RecordsDep, store: OAuthDep, fw: FrameworkDep,
                 patient: str) -> Response:
     """The apps that can be launched for the record open on screen (registered with a launch URI)."""
@@ -339,7 +339,7 @@ def _form_may_lead_to(response: Response, uris: list[str]) -> Response:
     return response
 
 
-@router.post("/oauth/launch", dependencies=[Depends(csrf.check)])
+@router.post("/oauth/launch", dependencies=[Depends(people_only), Depends(csrf.check)])
 def launch(request: Request, records: RecordsDep, store: OAuthDep, settings: SettingsDep,
            client_id: Annotated[str, Form()], patient: Annotated[str, Form()]) -> Response:
     """Launch a registered app from the clinician portal for the record open on screen (EHR launch).

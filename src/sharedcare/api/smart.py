@@ -45,10 +45,12 @@ def smart_security(base: str) -> dict[str, Any]:
                                      {"url": "token", "valueUri": config["token_endpoint"]},
                                      {"url": "revoke", "valueUri": config["revocation_endpoint"]}]}],
         "description": f"SMART on FHIR (see {base}{WELL_KNOWN}); `sharedcare token` mints tokens for "
-                       "integration. Every read needs a point-of-care basis (POST /api/access/{patient_id}) "
-                       "and is decided by the sharing framework. Writes (create, update, batch, transaction; FHIR "
-                       "JSON or XML) need a write scope and an organisation that contributes under a signed "
-                       "agreement, and go through ingest.",
+                       "integration. Every read needs a point-of-care basis, which the user records in the "
+                       "portal before launching an app (a partner's backend system or a `sharedcare token` "
+                       "script records it with POST /api/access/{patient_id}), and is decided by the sharing "
+                       "framework. Writes (create, update, batch, transaction; FHIR JSON or XML) need a write "
+                       "scope and an organisation that contributes under a signed agreement, and go through "
+                       "ingest.",
     }
 
 

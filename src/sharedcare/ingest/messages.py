@@ -46,6 +46,9 @@ def sent_by(org: str | None) -> Iterator[None]:
         raise
 
 
+MLLP_PREFIX = "mllp://"
+
+
 @dataclass(frozen=True)
 class CertifiedSender:
     """Who sent a message over a mutually authenticated connection (its TLS certificate's subject) and the
@@ -53,6 +56,19 @@ class CertifiedSender:
 
     subject: str
     organisations: frozenset[str]
+
+    @classmethod
+    def of(cls, framework: Framework, subject: str) -> CertifiedSender:
+        return cls(subject, frozenset(code for code, org in framework.organisations.items()
+                                      if subject in org.feed_certificates))
+
+
+def certificate_in(filename: str) -> str | None:
+    """The certificate subject a TLS listener's message names in its file name (`mllp://{subject}@{address}`,
+    kept with a quarantine item, so that a replay is held to the same certificate); None for any other."""
+    if not filename.startswith(MLLP_PREFIX) or "@" not in filename:
+        return None
+    return filename[len(MLLP_PREFIX):filename.rindex("@")]  # a subject may hold "@"; an address never does
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ not be read as an HL7 message at all (also kept in quarantine). python-hl7 has a
 server we can put the pipeline behind, so the framing (a few lines) is written here. With TLS settings,
 each connection handshakes first (sharedcare/tls.py), its messages name the certificate's subject, and
 MSH-4 must name an organisation the framework lists that certificate for (`feed_certificates`): a care
-home's engine cannot write as the hospital. Every message handled is audited (TRUST AU1) as a write by
-the feed (`ORG:application`), with the patient and the resources it wrote, or refused with the reason.
+home's engine cannot write as the hospital. Every message handled is audited (TRUST AU1): a write by the
+feed (`ORG:application`) with the patient and the resources it wrote, or a refusal by the listener.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sharedcare.clock import utcnow
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
 from sharedcare.identity.mpi import source_record
-from sharedcare.ingest.messages import CertifiedSender, RawMessage, StagedMessage
+from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
@@ -94,21 +94,17 @@ class MllpServer:
 
     def handle(self, payload: bytes, peer: str, subject: str | None = None) -> bytes:
         """Store one message through the pipeline, audit it and build its ACK (blocking: run it in a thread).
-        `subject`: the connection's certificate, on a TLS listener."""
+        `peer`: the connection's address and port; `subject`: its certificate, on a TLS listener."""
         self.received += 1
         header = read_header(payload)
         location = f"message {self.received}" + (f" (MSH-10 {header.control_id})" if header else "")
-        raw = RawMessage(f"mllp://{peer}", location, payload, "hl7v2")
+        raw = RawMessage(MLLP_PREFIX + (f"{subject}@" if subject else "") + peer, location, payload, "hl7v2")
         report = IngestReport()
-        certified = None
-        if self.tls is not None:  # deny by default: a certificate no organisation lists sends for none
-            subject = subject or "no certificate"
-            organisations = self.pipeline.framework.organisations.items()
-            certified = CertifiedSender(subject, frozenset(code for code, org in organisations
-                                                           if subject in org.feed_certificates))
+        # deny by default: over TLS, a certificate no organisation lists sends for none
+        certified = CertifiedSender.of(self.pipeline.framework, subject or "no certificate") if self.tls else None
         # agreements None: read in the message's own transaction, so a message costs one transaction
         staged = self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None, certified=certified)
-        self._audit(header, peer, staged, report)
+        self._audit(header, peer, subject, staged, report)
         if not report.quarantined:
             return ack(header, "AA")
         problem = report.quarantine[0]
@@ -116,37 +112,39 @@ class MllpServer:
         code = "AR" if header is None or any(marker in reason for marker in _REJECTED) else "AE"
         return ack(header, code, f"{reason} (quarantine #{problem['id']})", where)
 
-    def _audit(self, header: Header | None, peer: str, staged: StagedMessage | None, report: IngestReport) -> None:
-        """One event a message (TRUST AU1): who is the feed (its organisation and sending application; the
-        address and certificate as where it came from), what is the patient and the resources created or
-        updated, the outcome permit (stored, or unchanged) or deny (quarantined, with the reason)."""
-        if staged is not None:
-            org, system = staged.source_org, staged.source_system
-        else:
-            org = header.sending_facility.split("^")[0] if header else ""
-            system = header.sending_app.split("^")[0].lower() if header else ""
-        detail = {"message": header.control_id if header else "", "accepted": str(report.accepted),
-                  "unchanged": str(report.unchanged), "stale": str(report.stale)}
-        written = [] if staged is None else [f"{r.resource_type}/{r.server_id}" for r in staged.resources
-                                              if r.outcome in ("created", "updated")]
-        action = None if staged is None else "U" if any(r.outcome == "updated" for r in staged.resources) else "C"
-        if report.quarantine:
-            detail |= {"quarantine": str(report.quarantine[0]["id"]), "where": str(report.quarantine[0]["where"])}
+    def _audit(self, header: Header | None, peer: str, subject: str | None, staged: StagedMessage | None,
+               report: IngestReport) -> None:
+        """One event a message (TRUST AU1). Stored (or unchanged): a write by the feed (`ORG:application`,
+        its organisation checked against its certificate over TLS), naming the patient and the resources
+        created or updated. Refused: a deny by the listener (`mllp`), naming what the message claimed but
+        not its reason, which can quote the message's values, and limited per address like other refusals
+        at the door (anyone who reaches the port can send junk); the quarantine item keeps the reason."""
+        address = peer.rsplit(":", 1)[0]
+        detail = {"message": header.control_id if header else ""} | ({"certificate": subject} if subject else {})
+        if staged is None:
+            claimed = f"{header.sending_facility.split('^')[0]}:{header.sending_app.split('^')[0]}" if header else ""
+            problem = report.quarantine[0]
+            record_refusal(self.pipeline.db, AuditRecord(
+                AuditAction.RECORD_WRITE, "deny", "mllp", source_address=address,
+                detail=detail | {"claimed": claimed, "quarantine": str(problem["id"])}))
+            return
+        written = [f"{r.resource_type}/{r.server_id}" for r in staged.resources if r.outcome in ("created", "updated")]
+        action = "U" if any(r.outcome == "updated" for r in staged.resources) else "C"
         with self.pipeline.db.session() as session:
-            record = (source_record(session, staged.source_org, next(iter(staged.patients)))
-                      if staged is not None and staged.patients else None)
+            persons = sorted({record.person_id for source_id in staged.patients
+                              if (record := source_record(session, staged.source_org, source_id)) is not None})
             record_audit(session, AuditRecord(
-                AuditAction.RECORD_WRITE, "permit" if staged is not None else "deny",
-                f"{org or 'unknown'}:{system or 'hl7v2'}",
-                organisation=org or None, purpose="direct-care", patient_id=record.person_id if record else None,
-                reason=str(report.quarantine[0]["reason"]) if report.quarantine else None, source_address=peer,
-                fhir_action=action, released=written, detail=detail))
+                AuditAction.RECORD_WRITE, "permit", f"{staged.source_org}:{staged.source_system}",
+                organisation=staged.source_org, purpose="direct-care", patient_id=persons[0] if persons else None,
+                source_address=address, fhir_action=action, released=written,
+                detail=detail | {"accepted": str(report.accepted), "unchanged": str(report.unchanged),
+                                 "stale": str(report.stale)} | ({"patients": " ".join(persons)}
+                                                                 if len(persons) > 1 else {})))
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
+        # the feed's certificate names it: its messages (and quarantine items) say who sent them
         subject = peer_subject(writer.transport) if self.tls else None
-        if subject:  # the feed's certificate names it: its messages (and quarantine items) say who sent them
-            peer = f"{subject}@{peer}"
         try:
             while True:
                 try:

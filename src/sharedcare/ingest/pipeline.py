@@ -41,6 +41,7 @@ from sharedcare.ingest.messages import (
     MessageError,
     RawMessage,
     StagedMessage,
+    certificate_in,
     content_hash,
     sent_by,
 )
@@ -362,9 +363,11 @@ class Pipeline:
             raise MessageError(f"format '{raw.format}' is not ingested yet", where=raw.where)
         report = IngestReport(files=0)
         report.messages += 1
+        subject = certificate_in(raw.filename)  # sent over TLS: still only for what its certificate may send
+        certified = CertifiedSender.of(self.framework, subject) if subject is not None else None
         try:
             _, (accepted, unchanged, stale) = self._accept(adapter, raw, source or held.source_org, agreements,
-                                                           replaying=quarantine_id)
+                                                           replaying=quarantine_id, certified=certified)
         except MessageError as exc:
             with self.db.session() as session:
                 session.get_one(Quarantine, quarantine_id).reason = str(exc)
