@@ -53,52 +53,86 @@ def uk_core_problems(resource: dict[str, Any]) -> list[str]:
     resource_type = str(resource.get("resourceType"))
     problems = [f"{resource_type}.{element}: UK Core: {element} is required (1..1 in UKCore-{resource_type})"
                 for element in REQUIRED.get(resource_type, ()) if element not in resource]
-    _walk(resource, resource_type, problems, 0)
+    if _breaks(resource, 0):  # most resources break nothing: only then is the walk done again, spelling out paths
+        _locate(resource, resource_type, problems, 0)
     return problems
 
 
-def _walk(node: Any, where: str, problems: list[str], depth: int) -> None:
+def _breaks(node: dict[str, Any], depth: int) -> bool:
+    """Whether an element in the node breaks a rule. Runs after the structural check, so lists hold no lists."""
     if depth > MAX_DEPTH:
-        return  # the invariants refuse a resource nested this deep
+        return False  # the invariants refuse a resource nested this deep
+    system = node.get("system")
+    if type(system) is str and system in _RULES and _RULES[system](node, system) is not None:
+        return True
+    for value in node.values():
+        if type(value) is dict:
+            if _breaks(value, depth + 1):
+                return True
+        elif type(value) is list:
+            for item in value:
+                if type(item) is dict and _breaks(item, depth + 1):
+                    return True
+    return False
+
+
+def _locate(node: Any, where: str, problems: list[str], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        return
     if isinstance(node, list):
         for index, item in enumerate(node):
-            if isinstance(item, (dict, list)):
-                _walk(item, f"{where}[{index}]", problems, depth + 1)
+            _locate(item, f"{where}[{index}]", problems, depth + 1)
         return
     if not isinstance(node, dict):
         return
     system = node.get("system")
-    if type(system) is str:
-        _identified(node, system, where, problems)
+    if type(system) is str and system in _RULES:
+        found = _RULES[system](node, system)
+        if found is not None:
+            problems.append(f"{where}{found[0]}: {found[1]}")
     for key, value in node.items():
         if isinstance(value, (dict, list)):
-            _walk(value, f"{where}.{key}", problems, depth + 1)
+            _locate(value, f"{where}.{key}", problems, depth + 1)
 
 
-def _identified(node: dict[str, Any], system: str, where: str, problems: list[str]) -> None:
-    """An Identifier (system and value) or a Coding (system and code) under one of the systems UK Core fixes."""
+Found = tuple[str, str] | None  # (the element within the node, the rule and why), or None when it holds
+
+
+def _nhs_number(node: dict[str, Any], system: str) -> Found:
     value = node.get("value")
-    if system == NHS_NUMBER_SYSTEM:
-        if type(value) is str and not is_valid(value):
-            problems.append(f"{where}.value: UK Core nhsNumber: NHS number '{value}' fails the modulus 11 check "
-                            "(ten digits, the last a check digit)")
-    elif system in LEGACY_NHS_NUMBER_SYSTEMS:
-        problems.append(f"{where}.system: UK Core nhsNumber: an NHS number is identified by {NHS_NUMBER_SYSTEM}, "
-                        f"not the legacy '{system}'; send it under that system")
-    elif system in (ODS_SYSTEM, ODS_SITE_SYSTEM):
-        if type(value) is str and not _ODS_CODE.fullmatch(value):
-            kind = "organisation" if system == ODS_SYSTEM else "site"
-            problems.append(f"{where}.value: UK Core ODS {kind} code: '{value[:40]}' is not shaped as an ODS code "
-                            "(3 to 8 capital letters and digits)")
-    elif system in _CODE_SYSTEMS and "value" not in node:  # a Coding (an Identifier under these has a value)
-        code = node.get("code")
-        if code is None:
-            problems.append(f"{where}: UK Core {_CODE_SYSTEMS[system]}: a coding in this system carries a code "
-                            "(code 1..1)")
-        elif type(code) is str:
-            problem = code_problem(code)
-            if problem:
-                problems.append(f"{where}.code: UK Core {_CODE_SYSTEMS[system]}: {problem} ('{code[:40]}')")
+    if type(value) is str and not is_valid(value):
+        return ".value", (f"UK Core nhsNumber: NHS number '{value[:40]}' fails the modulus 11 check "
+                          "(ten digits, the last a check digit)")
+    return None
+
+
+def _legacy_nhs_number(node: dict[str, Any], system: str) -> Found:
+    return ".system", (f"UK Core nhsNumber: an NHS number is identified by {NHS_NUMBER_SYSTEM}, not the legacy "
+                       f"'{system}'; send it under that system")
+
+
+def _ods_code(node: dict[str, Any], system: str) -> Found:
+    value = node.get("value")
+    if type(value) is str and not _ODS_CODE.fullmatch(value):
+        kind = "organisation" if system == ODS_SYSTEM else "site"
+        return ".value", (f"UK Core ODS {kind} code: '{value[:40]}' is not shaped as an ODS code "
+                          "(3 to 8 capital letters and digits)")
+    return None
+
+
+def _concept(node: dict[str, Any], system: str) -> Found:
+    """A Coding in SNOMED CT or dm+d (an Identifier under these, with a value, is not a Coding)."""
+    if "value" in node:
+        return None
+    code = node.get("code")
+    if code is None:
+        return "", f"UK Core {_CODE_SYSTEMS[system]}: a coding in this system carries a code (code 1..1)"
+    problem = code_problem(code) if type(code) is str else None
+    return (".code", f"UK Core {_CODE_SYSTEMS[system]}: {problem} ('{code[:40]}')") if problem else None
+
+
+_RULES = {NHS_NUMBER_SYSTEM: _nhs_number, **dict.fromkeys(LEGACY_NHS_NUMBER_SYSTEMS, _legacy_nhs_number),
+          ODS_SYSTEM: _ods_code, ODS_SITE_SYSTEM: _ods_code, SNOMED: _concept, DMD: _concept}
 
 
 @lru_cache(maxsize=1 << 14)  # a feed sends the same few thousand codes again and again
