@@ -135,9 +135,14 @@ _RULES = {NHS_NUMBER_SYSTEM: _nhs_number, **dict.fromkeys(LEGACY_NHS_NUMBER_SYST
           ODS_SYSTEM: _ods_code, ODS_SITE_SYSTEM: _ods_code, SNOMED: _concept, DMD: _concept}
 
 
-@lru_cache(maxsize=1 << 14)  # a feed sends the same few thousand codes again and again
 def code_problem(code: str) -> str | None:
     """Why a SNOMED CT (or dm+d) code is not a concept's identifier nor an expression of them; None when it is."""
+    # a feed sends the same few thousand codes again and again: the verdicts on short ones are kept (bounded)
+    return _code_problem(code) if len(code) <= 64 else _code_problem.__wrapped__(code)
+
+
+@lru_cache(maxsize=1 << 14)
+def _code_problem(code: str) -> str | None:
     if code.isascii() and code.isdigit():
         return sctid_problem(code)
     if _EXPRESSION.search(code):
