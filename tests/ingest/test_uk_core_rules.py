@@ -20,7 +20,7 @@ from tests.small_ics import Ics
 
 from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
-from sharedcare.fhir.uk_core_rules import sctid_problem, uk_core_problems
+from sharedcare.fhir.uk_core_rules import _code_problem, sctid_problem, uk_core_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
@@ -254,3 +254,11 @@ def test_a_csv_row_mapped_to_a_code_that_is_no_sctid_is_held_then_replayed_once_
         assert s.get_one(Quarantine, held["id"]).status == "replayed"
         categories = set(s.scalars(select(Resource.category).where(Resource.source_id.like("A2%"))))
     assert categories == {"safeguarding"}
+
+
+def test_the_verdicts_kept_on_codes_stay_bounded_whatever_a_feed_sends() -> None:
+    before = _code_problem.cache_info().currsize
+    for n in range(50):
+        assert uk_core_problems(_coded("4" * 100_000 + str(n)))  # refused, and not kept
+    assert _code_problem.cache_info().currsize == before
+    assert _code_problem.cache_info().maxsize == 1 << 14
