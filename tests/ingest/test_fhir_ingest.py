@@ -82,7 +82,7 @@ def test_an_invalid_nhs_number_quarantines_that_bundle_naming_the_entry(
     assert (report.accepted, report.quarantined) == (3, 1)
     reason = report.quarantine[0]
     assert "modulus 11" in reason["reason"]
-    assert "line 1" in reason["where"] and "entry[0] Patient/bad" in reason["where"]
+    assert "line 1, entry[0]" in reason["where"] and "Patient/bad: Patient.identifier[0].value" in reason["reason"]
     assert _count(db, PatientRecord) == 1
 
 

@@ -43,7 +43,7 @@ ORU = ("MSH|^~\\&|LAB|RXR|SHAREDCARE|QRD|20260928114000||ORU^R01^ORU_R01|LAB0000
        "||||||20260928114000|||F\r"
        "OBX|1|NM|1001371000000100^Serum C reactive protein level^SCT||48|mg/L^mg/L^UCUM|0-5|H|||F\r"
        "NTE|1||Sample slightly haemolysed \\T\\ repeated\r"
-       "OBX|2|ST|1000581000000102^Comment^SCT||see \\F\\ note||||||F\r")
+       "OBX|2|ST|1000581000000104^Comment^SCT||see \\F\\ note||||||F\r")
 CSV_HEADER = ("client_id,nhs_number,family_name,given_name,date_of_birth,sex,address_line1,town,postcode,phone,"
               "assessment_id,assessment_type,assessment_date,status,outcome_summary,third_party_notes,worker_name,"
               "team,last_updated")

@@ -31,6 +31,7 @@ from typing import IO, Any, TypeVar
 from sharedcare.config import load_settings
 from sharedcare.fhir.invariants import invariant_problems
 from sharedcare.fhir.uk_core import ODS_SYSTEM, demographics, meta_source, server_id
+from sharedcare.fhir.uk_core_rules import uk_core_problems
 from sharedcare.fhir.validate import validation_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
@@ -337,7 +338,7 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
         meta = {**body.pop("meta", {}), "source": meta_source(org, system)}
         content = {"resourceType": resource_type, "id": server_id(org, resource_type, source_id), "meta": meta,
                    **body}
-        problems = validation_problems(content) or invariant_problems(content)
+        problems = validation_problems(content) or invariant_problems(content) or uk_core_problems(content)
         if problems:
             raise MessageError(f"the {resource_type} made from this row is not valid FHIR: {problems[0]}", where)
         staged.resources.append(StagedResource(resource_type, source_id, content["id"], content, updated, client))

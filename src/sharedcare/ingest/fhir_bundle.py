@@ -26,9 +26,10 @@ from sharedcare.fhir.uk_core import (
     parse_meta_source,
     server_id,
 )
+from sharedcare.fhir.uk_core_rules import uk_core_problems
 from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
-from sharedcare.identity.nhs_number import is_valid, normalise
+from sharedcare.identity.nhs_number import normalise
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
 from sharedcare.ingest.fhir_xml import looks_like_xml, parse_xml
 from sharedcare.ingest.messages import (
@@ -237,7 +238,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             if not resource.get("id"):
                 raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
                                    "recognise later updates", where)
-            problems = walked_problems(resource) or invariant_problems(resource)
+            problems = walked_problems(resource) or invariant_problems(resource) or uk_core_problems(resource)
             if problems:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
@@ -250,10 +251,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             where = f"{raw.where}, {label.format(index)} {resource['resourceType']}/{resource['id']}"
             source_id = str(resource["id"])
             if resource["resourceType"] == "Patient":
-                numbers = nhs_numbers(resource)
-                for number in numbers:
-                    if not is_valid(number):
-                        raise MessageError(f"identifier: NHS number '{number}' fails the modulus 11 check", where)
+                numbers = nhs_numbers(resource)  # each a valid NHS number (uk_core_problems)
                 staged.patients[source_id] = demographics(resource, numbers[0] if numbers else None)
                 patient_source_id = source_id
             else:

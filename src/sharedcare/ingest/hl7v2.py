@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sharedcare.fhir.invariants import active_content, invariant_problems
 from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
+from sharedcare.fhir.uk_core_rules import uk_core_problems
 from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2_map as hmap
@@ -48,6 +49,11 @@ PATIENT_MERGES = {"A34", "A40"}
 MERGE_EVENTS = {"A18", "A30", "A36", "A39"}
 REPEATING = {"NK1", "ORC", "OBR", "OBX", "NTE"}  # labelled OBX[3] so an analyst can find the one at fault
 _BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
+# Where a mapped element came from, so that a refused one is located at its segment and field (a field alone
+# is of the resource's own segment): a SNOMED CT code in OBX-3, an ODS code in PD1-3.
+SOURCE_FIELDS = {"Patient.identifier": "PID-3", "Patient.generalPractitioner": "PD1-3", "Observation.code": "-3",
+                 "Observation.valueCodeableConcept": "-5", "DiagnosticReport.code": "-4"}
+_ELEMENT = re.compile(r"[A-Za-z]+\.[A-Za-z]+")
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
 
 
@@ -328,8 +334,12 @@ def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: d
                "meta": {**resource.get("meta", {}), "source": meta_source(sender.org, system)}}
     if any(item.server_id == content["id"] for item in staged.resources):
         raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where)
-    problems = walked_problems(content) or invariant_problems(content)
+    problems = walked_problems(content) or invariant_problems(content) or uk_core_problems(content)
     if problems:
+        element = _ELEMENT.match(problems[0])
+        field = SOURCE_FIELDS.get(element.group(0)) if element else None
+        if field:
+            where = f"{raw.where}, {label}{field}" if field.startswith("-") else f"{raw.where}, {field}"
         raise MessageError(f"{resource_type}/{source_id}: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
     return StagedResource(resource_type, source_id, content["id"], content, recorded, mrn)

@@ -81,7 +81,9 @@ BIPOLAR = Code("13746004", "Bipolar disorder")
 
 CHLAMYDIA = Code("105629000", "Chlamydial infection")
 COC_PILL = Code("169470007", "Combined oral contraceptive pill")
-SAFEGUARDING_CONCERN = Code("870384001", "Adult safeguarding concern")
+# Vulnerable adult (finding): a concept NHS care records use for adult safeguarding (870384001, used before, is no
+# SCTID: its Verhoeff check digit fails, and ingest refuses it)
+SAFEGUARDING_CONCERN = Code("417430008", "Vulnerable adult")
 
 # Reasons for admission, ambulance impressions and community problems.
 FALL = Code("217082002", "Accidental fall")
