@@ -3,10 +3,11 @@
 State lives in the `export_jobs` table (so any worker can answer a poll) and files under the data
 folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only from
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
-a job may see it: anyone else is told it does not exist (404), and every poll and download checks
-again that the user may still export (a suspended organisation loses its files at once). A run goes
-under the role and organisation its kick-off was decided under (a backend client's are its
-registration's), and is refused, audited, if the user or client no longer holds them.
+a job, in the role and organisation it was started under, may see it: anyone else is told it does not
+exist (404), and every poll and download checks again that the user may still export (a suspended
+organisation loses its files at once). A run goes under the role and organisation its kick-off was
+decided under (a backend client's are its registration's), and is refused, audited, if the user or
+client no longer holds them.
 """
 
 from __future__ import annotations
@@ -304,9 +305,13 @@ class ExportJobs:
 
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def _own(self, actor: Actor, job_id: str) -> ExportJob:
+        """The actor's job, only while they hold the role and organisation it was decided under: a client
+        id registered again for another organisation, or a user moved, is not who asked for it."""
         with self.db.session() as session:
             job = session.get(ExportJob, job_id)
-            if job is None or job.username != actor.username or job.status == "cancelled":
+            if (job is None or job.status == "cancelled" or job.username != actor.username
+                    or job.role != (actor.role.name if actor.role else None)
+                    or job.organisation != actor.organisation):
                 raise NotFound(f"no export {job_id}")
             return job
 

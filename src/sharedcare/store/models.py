@@ -406,8 +406,8 @@ class SeenAssertion(Base):
 class ExportJob(Base):
     """A Bulk Data export for secondary use: who asked, for what, how far it has got, and its files.
 
-    Only the user who started it may poll it or download its files; the files live under the data
-    folder (`out_dir`) until the job is cancelled."""
+    Only the user who started it, in its role and organisation, may poll it or download its files; the
+    files live under the data folder (`out_dir`) until the job is cancelled."""
 
     __tablename__ = "export_jobs"
     __table_args__ = (Index("ix_export_jobs_user", "username"),)
