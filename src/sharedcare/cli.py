@@ -431,6 +431,7 @@ def serve(
     from sharedcare.api.app import create_app, freeze_start_up
     from sharedcare.api.served_tls import TlsHttpProtocol
     from sharedcare.api.server_loop import LOOP
+    from sharedcare.export.jobs import ExportJobs
 
     settings = _settings()
     try:
@@ -438,6 +439,10 @@ def serve(
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     tls = _start_up_checks("serve", application.state.database, tls_cert, tls_key, tls_client_ca, client_certs)
+    expired = ExportJobs(application.state.database, application.state.framework, settings).expire()
+    if expired:
+        console.print(f"deleted the files of {expired} finished exports past their retention "
+                      f"({settings.export_retention_days} days, SHAREDCARE_EXPORT_RETENTION_DAYS)")
     http = TlsHttpProtocol if tls else "auto"
     # No access log: URLs can carry search terms, and patient identifiers must not reach log files
     # (TRUST DP1). Requests are traced by the audit log and the X-Request-ID header instead.
