@@ -966,10 +966,12 @@ def audit_search(
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Search the audit log by patient, user, organisation and date, newest first."""
+    """Search the audit log by patient, user, organisation and date, newest first (audited: the entries
+    name patients and carry clinicians' reasons)."""
     from datetime import UTC, datetime
 
     from sharedcare.governance.access_log import details, search
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     def day(value: str | None, name: str) -> datetime | None:
         try:
@@ -978,8 +980,15 @@ def audit_search(
             raise _fail(f"--{name} must be a date like 2026-11-22, not '{value}'") from exc
 
     with _database().session() as session:
-        entries = search(session, patient_id=patient, username=user, organisation=org,
-                         since=day(since, "since"), until=day(until, "until"), limit=limit)
+        start, end = day(since, "since"), day(until, "until")
+        entries = search(session, patient_id=patient, username=user, organisation=org, since=start, until=end,
+                         limit=limit)
+        # what was shown, so that it can be found again: the criteria and the entries' span of the chain
+        criteria = {"patient_id": patient, "username": user, "organisation": org, "since": start, "until": end}
+        shown = {"entries": str(len(entries))} | ({"newest_seq": str(entries[0].seq),
+                                                   "oldest_seq": str(entries[-1].seq)} if entries else {})
+        record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
+                                          detail={k: str(v) for k, v in criteria.items() if v} | shown))
         rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
                  "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e)}
                 for e in entries]
@@ -1175,7 +1184,9 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
 def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Pairs the model was unsure about and pairs linked with a discrepancy (the NHS number, surname and
     birth date agree, the given names do not), each with its waterfall (the prior, then every comparison's
-    level and match weight), and records held for review on their own with the reason; oldest first."""
+    level and match weight), and records held for review on their own with the reason; oldest first
+    (audited, naming the records shown: their demographics are patients' details)."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
     from sharedcare.store.models import MatchReview, PatientRecord
 
     with _database().session() as session:
@@ -1197,6 +1208,10 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
                                        "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
                                        "evidence": i.evidence} for i in items]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
+        record_audit(session, AuditRecord(AuditAction.MPI_REVIEW_VIEW, "permit", OPERATOR, purpose="governance",
+                                          detail={"pairs": str(len(items)), "held": str(len(alone)),
+                                                  "records": " ".join(str(r) for r in sorted(in_a_pair | {
+                                                      r.id for r in alone}))}))
     if as_json:
         _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return
