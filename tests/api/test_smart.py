@@ -390,6 +390,25 @@ def test_a_removed_backend_clients_token_stops_working(registered: Ics, rsa_key:
     assert "no longer registered" in _outcome(response, 401)
 
 
+def test_a_removed_apps_tokens_stop_working_on_their_next_request(registered: Ics, db: Database) -> None:
+    """A public app's token names its user, not the app's registration: the app being removed must still
+    cut every token it holds off at once (not one revocation at a time), audited."""
+    from sharedcare.store.models import OAuthClient
+
+    headers = _bearer(_app_token(registered)["access_token"])
+    everything = f"/fhir/Patient/{registered.okafor}/$everything"
+    assert registered.client.get(everything, headers=headers).status_code == 200
+    with db.session() as session:
+        session.delete(session.get_one(OAuthClient, APP))
+    assert "no longer registered" in _outcome(registered.client.get(everything, headers=headers), 401)
+    with db.session() as session:
+        refusal = session.scalars(select(AuditEntry).where(AuditEntry.action == "auth:token:refused")
+                                  .order_by(AuditEntry.seq.desc())).first()
+    assert refusal is not None and refusal.username == "dr.patel" and refusal.outcome == "deny"
+    # the user's own portal session was never the app's: it still works
+    assert registered.client.get(f"/record/{registered.okafor}").status_code == 200
+
+
 # -- tokens refused -----------------------------------------------------------------------------------------
 
 def test_a_token_without_the_scope_for_a_type_gets_none_of_it(ics: Ics) -> None:
