@@ -548,6 +548,20 @@ def clients_add(
     console.print(f"{client.client_id}: registered ({client.kind}, scopes {client.scope})")
 
 
+@clients_app.command("remove")
+def clients_remove(client_id: Annotated[str, typer.Argument(help="The client to cut off.")]) -> None:
+    """Remove an app or partner system: it gets no new tokens, and every token it holds is refused from its
+    next request (audited)."""
+    from sharedcare.governance.clients import remove_client
+
+    try:
+        with _database().session() as session:
+            removed = remove_client(session, client_id, by=OPERATOR)
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{removed.client_id}: removed ({removed.kind}); its tokens are refused from their next request")
+
+
 @clients_app.command("list")
 def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The registered clients: id, name, kind, scopes, redirect URIs, organisation and role."""

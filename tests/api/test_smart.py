@@ -506,6 +506,29 @@ def test_clients_are_registered_and_listed_with_the_cli(db: Database, tmp_path: 
         (EPR, "backend", "RXR", "system/*.read"), (APP, "public", None, "launch patient/*.read user/*.read")]
 
 
+def test_an_app_removed_with_the_cli_is_cut_off_and_the_removal_audited(
+        registered: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    headers = _bearer(_app_token(registered)["access_token"])
+    everything = f"/fhir/Patient/{registered.okafor}/$everything"
+    assert registered.client.get(everything, headers=headers).status_code == 200
+    runner = CliRunner()
+    removed = runner.invoke(cli, ["clients", "remove", APP])
+    assert removed.exit_code == 0, removed.output
+    assert "no longer registered" in _outcome(registered.client.get(everything, headers=headers), 401)
+    assert APP not in [c["client_id"] for c in json.loads(runner.invoke(cli, ["clients", "list", "--json"]).stdout)]
+    _, challenge = _pkce()  # and it gets no new token: the approval page does not know it
+    assert registered.client.get(_authorize_url(challenge, "launch patient/*.read")).status_code != 200
+    with db.session() as session:
+        (entry,) = session.scalars(select(AuditEntry).where(AuditEntry.action == "governance:client:remove")).all()
+    assert (entry.username, entry.outcome) == ("cli", "permit")
+    assert {d["type"]: d["valueString"] for e in entry.event["entity"] if e.get("name") == "decision"
+            for d in e["detail"]}["client_id"] == APP
+    again = runner.invoke(cli, ["clients", "remove", APP])
+    assert again.exit_code == 2 and f"no client '{APP}'" in again.stderr
+
+
 def test_oauth_over_plain_http_is_refused(registered: Ics, rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT")
     response = _backend_token(registered, _assertion(rsa_key))
