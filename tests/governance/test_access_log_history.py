@@ -185,3 +185,30 @@ def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was
     assert sorted((a.username, a.reason) for a in own) == [
         ("dr.patel", "Okafor phoned re his chest pain results"),
         ("para.evans", "Okafor fell at home, ambulance crew on scene")]
+
+
+def test_when_the_wrong_record_came_first_the_person_who_stays_does_not_see_looks_at_it(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The other way round: a hospice record keyed with Mrs Adeyemi's NHS number in error arrives first and
+    is looked at; her GP record then links to it; IG separates the hospice record. Her person id stays
+    with her GP record, which never moved: she must not see the look made before it arrived."""
+    nhs = "9434765927"
+
+    def ingest(name: str, org: str, system: str, source_id: str) -> int:
+        path = write_ndjson(tmp_path / f"{name}.ndjson", [bundle(org, system, [
+            patient(source_id, nhs, "Adeyemi", "Grace", "1950-07-14", gender="female")])])
+        assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
+        with db.session() as s:
+            return s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == source_id)).one()
+
+    hospice = ingest("hospice", "NHR", "epr", "NHR-12")
+    person = _person_of(db, hospice)
+    ics.open_record("hospice.ward", person=person, reason="admitted for respite care this week")
+    gp = ingest("gp", "P81001", "emis", "gp-adeyemi")
+    assert _person_of(db, gp) == person
+    ics.open_record("dr.patel", person=person, reason="medication review before the clinic")
+    with db.session() as s:
+        separate(s, hospice, by="ig.morgan", reason="another person's record, NHS number keyed in error")
+    assert _person_of(db, gp) == person
+    assert _everyone_else(db, framework, person) == ["dr.patel"]
+    assert sorted(_everyone_else(db, framework, _person_of(db, hospice))) == ["dr.patel", "hospice.ward"]

@@ -78,13 +78,19 @@ def holdings(session: Session, person_id: str) -> list[Holding]:
     record's moves (LinkMove) say which earlier entries were about it, from when the record arrived: a
     look at the person it was first linked to, before it existed, was not a look at it. A record with
     nothing sent with it (not one ingest made) is dated from its first move: earlier looks are not
-    known to be about it."""
+    known to be about it.
+
+    A record that never moved is dated only if some record ever left this person: otherwise every
+    earlier look at this person id was at records it holds now, and dating them (reading every resource
+    row of the person) would change nothing."""
     records = list(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
     moves = session.execute(
         select(LinkMove.patient_record_id, LinkMove.from_person, LinkEvent.at)
         .join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
-        .where(LinkMove.patient_record_id.in_(records)).order_by(LinkEvent.at, LinkMove.id))
-    arrived = _arrived(session, records)
+        .where(LinkMove.patient_record_id.in_(records)).order_by(LinkEvent.at, LinkMove.id)).all()
+    left = session.scalar(select(LinkMove.id).where(LinkMove.from_person == person_id).limit(1)) is not None
+    dated = records if left else sorted({record for record, _, _ in moves})
+    arrived = _arrived(session, dated) if dated else {}
     start: dict[int, datetime | None] = {record: arrived.get(record) for record in records}
     found = set()
     for record, before, at in moves:
