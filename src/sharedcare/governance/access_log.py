@@ -58,10 +58,10 @@ class Holding:
 
 
 def _arrived(session: Session, records: list[int]) -> dict[int, datetime]:
-    """When each source record came into the store: the earliest receipt of anything sent with it. The
-    record and its Patient resource are written in one transaction (ingest), and every later version
-    sent with the record, kept or superseded, is received after it; the model keeps no creation time of
-    its own (`updated_at` moves with each demographic update)."""
+    """When each source record came into the store: the earliest receipt of anything sent with it. Ingest
+    writes a record with what its first message sent (a Patient, or a result whose Patient comes later),
+    in one transaction, and every later version sent with the record, kept or superseded, is received
+    after it; the model keeps no creation time of its own (`updated_at` moves with each update)."""
     current = select(Resource.patient_record_id.label("record"), Resource.received_at.label("at")).where(
         Resource.patient_record_id.in_(records))
     superseded = select(ResourceVersion.patient_record_id, ResourceVersion.received_at).where(
@@ -242,13 +242,15 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
     role = fw.roles.get(user.role) if user else None
     info = details(entry)
     reason = info.get("reason", "")
+    if reason and hide_reason:
+        reason = REASON_ABOUT_ANOTHER
     return Access(
         when=entry.recorded_at, username=entry.username or "",
         who=user.name if user else (entry.username or "unknown"),
         role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
         what=describe(entry),
-        basis=(info.get("basis") or "").replace("-", " "), reason=REASON_ABOUT_ANOTHER if reason and hide_reason
-        else reason, outcome="refused" if entry.outcome == "deny" else "allowed")
+        basis=(info.get("basis") or "").replace("-", " "), reason=reason,
+        outcome="refused" if entry.outcome == "deny" else "allowed")
 
 
 def export_ndjson(session: Session) -> Iterator[str]:
