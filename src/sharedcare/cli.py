@@ -452,6 +452,7 @@ def serve(
     from sharedcare.api.app import create_app, freeze_start_up
     from sharedcare.api.served_tls import TlsHttpProtocol
     from sharedcare.api.server_loop import LOOP
+    from sharedcare.export.jobs import ExportJobs
 
     settings = _settings()
     try:
@@ -459,6 +460,10 @@ def serve(
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     tls = _start_up_checks("serve", application.state.database, tls_cert, tls_key, tls_client_ca, client_certs)
+    expired = ExportJobs(application.state.database, application.state.framework, settings).expire()
+    if expired:
+        console.print(f"deleted the files of {expired} finished exports past their retention "
+                      f"({settings.export_retention_days} days, SHAREDCARE_EXPORT_RETENTION_DAYS)")
     http = TlsHttpProtocol if tls else "auto"
     # No access log: URLs can carry search terms, and patient identifiers must not reach log files
     # (TRUST DP1). Requests are traced by the audit log and the X-Request-ID header instead.
@@ -562,6 +567,20 @@ def clients_add(
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{client.client_id}: registered ({client.kind}, scopes {client.scope})")
+
+
+@clients_app.command("remove")
+def clients_remove(client_id: Annotated[str, typer.Argument(help="The client to cut off.")]) -> None:
+    """Remove an app or partner system: it gets no new tokens, and every token it holds is refused from its
+    next request (audited)."""
+    from sharedcare.governance.clients import remove_client
+
+    try:
+        with _database().session() as session:
+            removed = remove_client(session, client_id, by=OPERATOR)
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{removed.client_id}: removed ({removed.kind}); its tokens are refused from their next request")
 
 
 @clients_app.command("list")
@@ -982,10 +1001,12 @@ def audit_search(
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Search the audit log by patient, user, organisation and date, newest first."""
+    """Search the audit log by patient, user, organisation and date, newest first (audited: the entries
+    name patients and carry clinicians' reasons)."""
     from datetime import UTC, datetime
 
     from sharedcare.governance.access_log import details, search
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     def day(value: str | None, name: str) -> datetime | None:
         try:
@@ -994,8 +1015,15 @@ def audit_search(
             raise _fail(f"--{name} must be a date like 2026-11-22, not '{value}'") from exc
 
     with _database().session() as session:
-        entries = search(session, patient_id=patient, username=user, organisation=org,
-                         since=day(since, "since"), until=day(until, "until"), limit=limit)
+        start, end = day(since, "since"), day(until, "until")
+        entries = search(session, patient_id=patient, username=user, organisation=org, since=start, until=end,
+                         limit=limit)
+        # what was shown, so that it can be found again: the criteria and the entries' span of the chain
+        criteria = {"patient_id": patient, "username": user, "organisation": org, "since": start, "until": end}
+        shown = {"entries": str(len(entries))} | ({"newest_seq": str(entries[0].seq),
+                                                   "oldest_seq": str(entries[-1].seq)} if entries else {})
+        record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
+                                          detail={k: str(v) for k, v in criteria.items() if v} | shown))
         rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
                  "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e)}
                 for e in entries]
@@ -1198,7 +1226,9 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
 def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Pairs the model was unsure about and pairs linked with a discrepancy (the NHS number, surname and
     birth date agree, the given names do not), each with its waterfall (the prior, then every comparison's
-    level and match weight), and records held for review on their own with the reason; oldest first."""
+    level and match weight), and records held for review on their own with the reason; oldest first
+    (audited, naming the records shown: their demographics are patients' details)."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
     from sharedcare.store.models import MatchReview, PatientRecord
 
     with _database().session() as session:
@@ -1220,6 +1250,10 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
                                        "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
                                        "evidence": i.evidence} for i in items]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
+        record_audit(session, AuditRecord(AuditAction.MPI_REVIEW_VIEW, "permit", OPERATOR, purpose="governance",
+                                          detail={"pairs": str(len(items)), "held": str(len(alone)),
+                                                  "records": " ".join(str(r) for r in sorted(in_a_pair | {
+                                                      r.id for r in alone}))}))
     if as_json:
         _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return

@@ -7,6 +7,7 @@ SHAREDCARE_SECRET      key that signs access tokens and portal sessions (require
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
+SHAREDCARE_EXPORT_RETENTION_DAYS  days a finished Bulk Data export's files are kept (default: 7); then deleted
 SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files in parallel (default: the CPU
                        count; 0 or 1 stages every message in the ingesting process itself)
 SHAREDCARE_TLS_CERT    PEM certificate (chain) `serve` and `mllp` present; with SHAREDCARE_TLS_KEY, they speak TLS only
@@ -42,6 +43,7 @@ class Settings:
     token_minutes: int = 60
     data_path: Path = Path("var")
     export_workers: int = 2
+    export_retention_days: int = 7  # a finished export's files are deleted this long after it finished
     ingest_workers: int = 0
     server_threads: int = 2  # worker threads per server process for request work (api/app.py, lifespan)
     audit_repository_token: str | None = None  # bearer token for `audit forward`'s repository, if it wants one
@@ -80,6 +82,7 @@ def load_settings() -> Settings:
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
+        export_retention_days=_whole_number("SHAREDCARE_EXPORT_RETENTION_DAYS", 7, least=1),
         ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", os.cpu_count() or 1, least=0),
         server_threads=_whole_number("SHAREDCARE_SERVER_THREADS", 2, least=1),
         audit_repository_token=os.environ.get("SHAREDCARE_AUDIT_REPOSITORY_TOKEN") or None,

@@ -390,6 +390,25 @@ def test_a_removed_backend_clients_token_stops_working(registered: Ics, rsa_key:
     assert "no longer registered" in _outcome(response, 401)
 
 
+def test_a_removed_apps_tokens_stop_working_on_their_next_request(registered: Ics, db: Database) -> None:
+    """A public app's token names its user, not the app's registration: the app being removed must still
+    cut every token it holds off at once (not one revocation at a time), audited."""
+    from sharedcare.store.models import OAuthClient
+
+    headers = _bearer(_app_token(registered)["access_token"])
+    everything = f"/fhir/Patient/{registered.okafor}/$everything"
+    assert registered.client.get(everything, headers=headers).status_code == 200
+    with db.session() as session:
+        session.delete(session.get_one(OAuthClient, APP))
+    assert "no longer registered" in _outcome(registered.client.get(everything, headers=headers), 401)
+    with db.session() as session:
+        refusal = session.scalars(select(AuditEntry).where(AuditEntry.action == "auth:token:refused")
+                                  .order_by(AuditEntry.seq.desc())).first()
+    assert refusal is not None and refusal.username == "dr.patel" and refusal.outcome == "deny"
+    # the user's own portal session was never the app's: it still works
+    assert registered.client.get(f"/record/{registered.okafor}").status_code == 200
+
+
 # -- tokens refused -----------------------------------------------------------------------------------------
 
 def test_a_token_without_the_scope_for_a_type_gets_none_of_it(ics: Ics) -> None:
@@ -485,6 +504,29 @@ def test_clients_are_registered_and_listed_with_the_cli(db: Database, tmp_path: 
     listed = json.loads(runner.invoke(cli, ["clients", "list", "--json"]).stdout)
     assert [(c["client_id"], c["kind"], c["organisation"], c["scope"]) for c in listed] == [
         (EPR, "backend", "RXR", "system/*.read"), (APP, "public", None, "launch patient/*.read user/*.read")]
+
+
+def test_an_app_removed_with_the_cli_is_cut_off_and_the_removal_audited(
+        registered: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    headers = _bearer(_app_token(registered)["access_token"])
+    everything = f"/fhir/Patient/{registered.okafor}/$everything"
+    assert registered.client.get(everything, headers=headers).status_code == 200
+    runner = CliRunner()
+    removed = runner.invoke(cli, ["clients", "remove", APP])
+    assert removed.exit_code == 0, removed.output
+    assert "no longer registered" in _outcome(registered.client.get(everything, headers=headers), 401)
+    assert APP not in [c["client_id"] for c in json.loads(runner.invoke(cli, ["clients", "list", "--json"]).stdout)]
+    _, challenge = _pkce()  # and it gets no new token: the approval page does not know it
+    assert registered.client.get(_authorize_url(challenge, "launch patient/*.read")).status_code != 200
+    with db.session() as session:
+        (entry,) = session.scalars(select(AuditEntry).where(AuditEntry.action == "governance:client:remove")).all()
+    assert (entry.username, entry.outcome) == ("cli", "permit")
+    assert {d["type"]: d["valueString"] for e in entry.event["entity"] if e.get("name") == "decision"
+            for d in e["detail"]}["client_id"] == APP
+    again = runner.invoke(cli, ["clients", "remove", APP])
+    assert again.exit_code == 2 and f"no client '{APP}'" in again.stderr
 
 
 def test_oauth_over_plain_http_is_refused(registered: Ics, rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -298,3 +298,44 @@ def test_feeds_shows_when_each_declared_source_last_sent_data_and_fails_when_one
     named = {(r["organisation"], r["system"]): r for r in json.loads(runner.invoke(app, ["feeds", "--json"]).stdout)}
     assert named[("P81001", "emisweb")]["declared"] is False and not named[("P81001", "emisweb")]["stale"]
     assert named[("P81001", "emis")]["last_received"] is None and named[("P81001", "emis")]["declared"]
+
+
+def _cli_entries(db: Database, action: str) -> list[dict[str, str]]:
+    """The details of each audit entry of `action` written by the command line, oldest first."""
+    from sqlalchemy import select
+
+    from sharedcare.governance.access_log import details
+    from sharedcare.store.models import AuditEntry
+
+    with db.session() as s:
+        return [details(e) for e in s.scalars(select(AuditEntry).where(
+            AuditEntry.action == action, AuditEntry.username == "cli").order_by(AuditEntry.seq))]
+
+
+def test_mpi_review_is_audited_naming_the_records_it_showed(env: Database, tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from sharedcare.store.models import PatientRecord
+
+    feed = write_ndjson(tmp_path / "twins.ndjson", [
+        bundle("RXR", "epr", [patient("amy", None, "Jones", "Amy", "2001-04-05", gender="female")]),
+        bundle("RXR", "epr", [patient("zoe", None, "Jones", "Zoe", "2001-04-05", gender="female")]),
+        bundle("RXR", "epr", [{"resourceType": "Patient", "id": "unknown", "gender": "male"}])])
+    runner.invoke(app, ["ingest", str(feed)])
+    shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0 and "JONES, Amy" in shown.stdout
+    with env.session() as s:
+        ids = {source_id: record for source_id, record in s.execute(select(PatientRecord.source_id, PatientRecord.id))}
+    [look] = _cli_entries(env, "identity:mpi:review-view")
+    assert (look["pairs"], look["held"]) == ("1", "1")
+    assert look["records"].split() == [str(ids[r]) for r in ("amy", "zoe", "unknown")]
+
+
+def test_audit_search_is_audited_with_its_criteria_and_what_it_showed(env: Database) -> None:
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
+    found = json.loads(runner.invoke(app, ["audit", "search", "--user", "cli", "--json"]).stdout)
+    assert len(found) == 2
+    [search] = _cli_entries(env, "governance:audit:search")
+    assert search == {"username": "cli", "entries": "2", "newest_seq": str(found[0]["seq"]),
+                      "oldest_seq": str(found[1]["seq"])}

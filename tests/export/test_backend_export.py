@@ -82,3 +82,31 @@ def test_a_backend_whose_registration_changed_before_the_run_gets_no_export_unde
                          .order_by(AuditEntry.seq)).all()
     assert [e.outcome for e in ends] == ["deny", "deny"]
     assert all("deny-identity-changed" in json.dumps(e.event) for e in ends)
+
+
+def test_a_finished_export_is_gone_for_its_client_once_registered_for_another_organisation(
+        ics: Ics, db: Database, warehouse: RSAKey) -> None:
+    headers = _headers(ics, warehouse)
+    manifest, _ = export(ics.client, headers)
+    file_url = manifest["output"][0]["url"]
+    status_url = file_url.rsplit("/", 1)[0]
+    with db.session() as s:  # the client id now belongs to another partner, another organisation
+        s.execute(update(OAuthClient).where(OAuthClient.client_id == WAREHOUSE).values(organisation="RXR"))
+    again = _headers(ics, warehouse)
+    assert ics.client.get(file_url, headers=again).status_code == 404  # as if there were no such export
+    assert ics.client.get(status_url, headers=again).status_code == 404
+    assert ics.client.delete(status_url, headers=again).status_code == 404
+    with db.session() as s:  # registered as it was: the export is its own again
+        s.execute(update(OAuthClient).where(OAuthClient.client_id == WAREHOUSE).values(organisation="QRD"))
+    assert ics.client.get(file_url, headers=headers).status_code == 200
+
+
+def test_a_finished_export_is_gone_for_a_user_moved_to_another_organisation(
+        ics: Ics, framework: Framework, monkeypatch: pytest.MonkeyPatch) -> None:
+    headers = ics.token("analyst.chen")
+    manifest, _ = export(ics.client, headers)
+    file_url = manifest["output"][0]["url"]
+    moved = framework.users["analyst.chen"].model_copy(update={"organisation": "RXR"})
+    monkeypatch.setitem(framework.users, "analyst.chen", moved)  # the framework moves her to the hospital
+    assert ics.client.get(file_url, headers=headers).status_code == 404
+    assert ics.client.get(file_url.rsplit("/", 1)[0], headers=headers).status_code == 404

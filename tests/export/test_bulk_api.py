@@ -5,21 +5,31 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+import uvicorn
+from sqlalchemy import select, update
 from tests import builders
+from tests.conftest import FRAMEWORK_PATH
 from tests.export.conftest import ASYNC, exact_counts, export, wait_for
 from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
+from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_token
+from sharedcare.cli import app
+from sharedcare.clock import utcnow
+from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import actor_for
+from sharedcare.governance.secondary import ExportScope
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, ExportJob
 
 HUGHES_NHS = "9990000018"
 # Every identifying value the small ICS's feeds hold (tests/small_ics.py), and its free text.
@@ -173,8 +183,8 @@ def test_bad_kick_offs_say_what_is_wrong(ics: Ics) -> None:
         assert expected in response.json()["issue"][0]["diagnostics"]
     assert ics.client.get("/fhir/$export", headers=ASYNC).status_code == 401
     # an app launched for one patient exports no population, whatever its user's role may export
-    app = ics.client.app
-    launched = mint_token(app.state.settings, app.state.framework, "analyst.chen", "launch patient/*.read",  # type: ignore[attr-defined]
+    state = ics.client.app.state  # type: ignore[attr-defined]
+    launched = mint_token(state.settings, state.framework, "analyst.chen", "launch patient/*.read",
                           client_id="ward-tasks", patient=ics.okafor)
     response = ics.client.get("/fhir/$export", headers={"Authorization": f"Bearer {launched}", **ASYNC})
     assert response.status_code == 400
@@ -203,6 +213,61 @@ def test_cancelling_deletes_the_files_and_forgets_the_job(ics: Ics, tmp_path: Pa
     assert not folder.exists()
     assert ics.client.get(status_url, headers=headers).status_code == 404
     assert ics.client.get(manifest["output"][0]["url"], headers=headers).status_code == 404
+
+
+def _finished_days_ago(db: Database, job_id: str, days: float) -> None:
+    with db.session() as s:
+        s.execute(update(ExportJob).where(ExportJob.id == job_id)
+                  .values(finished_at=utcnow() - timedelta(days=days)))
+
+
+def test_a_finished_exports_files_are_deleted_after_the_retention_period(ics: Ics, db: Database,
+                                                                         tmp_path: Path) -> None:
+    headers = ics.token("analyst.chen")
+    manifest, _ = export(ics.client, headers)
+    status_url = manifest["output"][0]["url"].rsplit("/", 1)[0]
+    job_id = status_url.rsplit("/", 1)[1]
+    folder = tmp_path / "data" / "exports" / job_id
+    _finished_days_ago(db, job_id, 6.9)  # within the 7 days kept: still there
+    assert ics.client.get(status_url, headers=headers).status_code == 200
+    assert ics.client.get(manifest["output"][0]["url"], headers=headers).status_code == 200
+    _finished_days_ago(db, job_id, 7.1)
+    polled = ics.client.get(status_url, headers=headers)
+    assert polled.status_code == 404 and "expired" in polled.json()["issue"][0]["diagnostics"]
+    assert not folder.exists()  # deleted by that poll
+    assert ics.client.get(manifest["output"][0]["url"], headers=headers).status_code == 404
+
+
+def test_a_server_starting_deletes_the_files_past_their_retention(ics: Ics, db: Database, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    job_id = manifest["output"][0]["url"].rsplit("/", 2)[1]
+    folder = tmp_path / "data" / "exports" / job_id
+    _finished_days_ago(db, job_id, 8)
+    assert any(folder.iterdir())
+    for name, value in (("SHAREDCARE_DB", db.url.render_as_string(hide_password=False)),
+                        ("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH)), ("SHAREDCARE_DATA", str(tmp_path / "data")),
+                        ("SHAREDCARE_DEMO", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # started, not left listening
+    started = CliRunner().invoke(app, ["serve"])
+    assert started.exit_code == 0, started.output
+    assert "deleted the files of 1 finished exports" in started.output
+    assert not folder.exists()  # no poll needed
+    with db.session() as s:
+        assert s.get_one(ExportJob, job_id).status == "expired"
+
+
+def test_an_export_written_where_its_operator_asked_is_theirs_to_keep(ics: Ics, db: Database, framework: Framework,
+                                                                       tmp_path: Path) -> None:
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, settings)
+    mine = tmp_path / "my-extract"  # as `sharedcare export --out my-extract` writes it
+    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "sharedcare export",
+                        out_dir=mine, background=False)
+    assert jobs.run(job_id).status == "completed"
+    _finished_days_ago(db, job_id, 30)
+    assert jobs.expire() == 0 and any(mine.iterdir())
 
 
 def test_every_export_is_audited_with_counts(ics: Ics, db: Database) -> None:

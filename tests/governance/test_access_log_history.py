@@ -4,14 +4,21 @@ many times they looked themselves, and still theirs after the MPI moved their re
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from tests.small_ics import Ics
+from pathlib import Path
 
+from sqlalchemy import select
+from tests.builders import bundle, condition, patient, write_ndjson
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.api.auth import mint_citizen_token, mint_token
+from sharedcare.api.deps import SESSION_COOKIE
+from sharedcare.config import load_settings
 from sharedcare.governance.access_log import accesses_of, search
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.identity.links import merge_persons, separate, unmerge
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import LinkEvent, PatientRecord
 
@@ -137,3 +144,71 @@ def test_a_relink_that_moves_a_record_is_a_link_event_and_the_log_follows_it(
         assert event.by == "operator" and (record, apart, ics.okafor) in [
             (m.patient_record_id, m.from_person, m.to_person) for m in event.moves]
     assert _everyone_else(db, framework, ics.okafor) == ["dn.williams"]
+
+
+def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was_there(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A hospice record carrying Mr Okafor's NHS number in error is linked to him, then separated by IG:
+    its person sees the looks at Mr Okafor's record made while it was part of it, not those from before it
+    arrived, and never the reasons written about Mr Okafor; the IG officer's search by that person agrees."""
+    ics.open_record("dr.patel", basis="implied-consent", reason="Okafor phoned re his chest pain results")
+    path = write_ndjson(tmp_path / "hospice.ndjson", [bundle("NHR", "epr", [
+        patient("NHR-77", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        condition("nhr-c1", "Patient/NHR-77", "44054006", "Type 2 diabetes mellitus")])])
+    assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
+    with db.session() as s:
+        hospice = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "NHR-77")).one()
+        assert hospice.person_id == ics.okafor
+        record = hospice.id
+    ics.open_record("para.evans", reason="Okafor fell at home, ambulance crew on scene")
+    with db.session() as s:
+        separate(s, record, by="ig.morgan", reason="another person's record, NHS number keyed in error")
+    other = _person_of(db, record)
+
+    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), other))
+    page = ics.client.get("/patient/accesses")
+    ics.client.cookies.clear()
+    assert page.status_code == 200
+    assert "Carys Evans" in page.text  # the paramedic's look while the hospice record was part of his
+    assert "Dr Amara Patel" not in page.text  # the GP looked before the hospice record existed
+    assert "Okafor" not in page.text  # no reason written about him
+    assert "recorded while your record was joined to another person" in page.text
+
+    ics.client.cookies.set(SESSION_COOKIE, mint_token(load_settings(), framework, "ig.morgan"))
+    found = ics.client.post("/ig/audit", data={"patient": other})
+    ics.client.cookies.clear()
+    assert found.status_code == 200
+    assert "para.evans" in found.text and "dr.patel" not in found.text
+    # Mr Okafor's own log still has both looks, with their reasons: they were at his record.
+    with db.session() as s:
+        own = accesses_of(s, framework, ics.okafor).accesses
+    assert sorted((a.username, a.reason) for a in own) == [
+        ("dr.patel", "Okafor phoned re his chest pain results"),
+        ("para.evans", "Okafor fell at home, ambulance crew on scene")]
+
+
+def test_when_the_wrong_record_came_first_the_person_who_stays_does_not_see_looks_at_it(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The other way round: a hospice record keyed with Mrs Adeyemi's NHS number in error arrives first and
+    is looked at; her GP record then links to it; IG separates the hospice record. Her person id stays
+    with her GP record, which never moved: she must not see the look made before it arrived."""
+    nhs = "9434765927"
+
+    def ingest(name: str, org: str, system: str, source_id: str) -> int:
+        path = write_ndjson(tmp_path / f"{name}.ndjson", [bundle(org, system, [
+            patient(source_id, nhs, "Adeyemi", "Grace", "1950-07-14", gender="female")])])
+        assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
+        with db.session() as s:
+            return s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == source_id)).one()
+
+    hospice = ingest("hospice", "NHR", "epr", "NHR-12")
+    person = _person_of(db, hospice)
+    ics.open_record("hospice.ward", person=person, reason="admitted for respite care this week")
+    gp = ingest("gp", "P81001", "emis", "gp-adeyemi")
+    assert _person_of(db, gp) == person
+    ics.open_record("dr.patel", person=person, reason="medication review before the clinic")
+    with db.session() as s:
+        separate(s, hospice, by="ig.morgan", reason="another person's record, NHS number keyed in error")
+    assert _person_of(db, gp) == person
+    assert _everyone_else(db, framework, person) == ["dr.patel"]
+    assert sorted(_everyone_else(db, framework, _person_of(db, hospice))) == ["dr.patel", "hospice.ward"]

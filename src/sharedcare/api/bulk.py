@@ -5,7 +5,8 @@
   one GP practice). Needs `Prefer: respond-async`; takes `_type`, `_since`, `_outputFormat`
   (application/fhir+ndjson). Answers 202 with `Content-Location` naming the status URL.
 - Status: `GET /fhir/bulk/{job}`: 202 with `X-Progress` while running, 200 with the manifest when done,
-  500 with an OperationOutcome if it failed; `DELETE` cancels (202) and deletes the files.
+  500 with an OperationOutcome if it failed, 404 saying so once its files expired
+  (`SHAREDCARE_EXPORT_RETENTION_DAYS` after it finished); `DELETE` cancels (202) and deletes the files.
 - Files: `GET /fhir/bulk/{job}/{Type}.ndjson` (the manifest says `requiresAccessToken: true`).
 
 Only an actor whose role has a non-identifiable purpose may export; the data is decided, pseudonymised
@@ -21,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from sharedcare.api.deps import ActorDep, FrameworkDep, SettingsDep, get_database, scoped_types
 from sharedcare.api.outcomes import operation_outcome
-from sharedcare.export.jobs import ExportJobs, TooManyExports
+from sharedcare.export.jobs import EXPIRED, ExportJobs, TooManyExports
 from sharedcare.fhir.search import SearchError, parse_instant
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.scopes import patient_level_only
@@ -114,6 +115,10 @@ def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
         return Response(status_code=202, headers={"X-Progress": f"{tens}% done", "Retry-After": "2"})
     if view.status == "failed":
         return operation_outcome(500, "exception", view.error or "the export failed", request.state.request_id)
+    if view.status == EXPIRED:
+        return operation_outcome(404, "not-found", f"export {job_id} expired: its files are deleted "
+                                 f"{jobs.settings.export_retention_days} days after it finished; start a new one",
+                                 request.state.request_id)
     base = f"{_base(request)}/bulk/{job_id}"
     return JSONResponse({
         "transactionTime": view.transaction_time,

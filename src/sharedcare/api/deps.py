@@ -27,7 +27,7 @@ from sharedcare.governance.gateway import AccessDenied, GovernedRecords
 from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.scopes import patient_level_only, read_scopes
-from sharedcare.governance.tokens import OAuthStore, is_revoked
+from sharedcare.governance.tokens import OAuthStore, refusal
 from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, IgWorkspace
 from sharedcare.store.database import Database
 
@@ -82,8 +82,9 @@ async def people_only(request: Request) -> None:
 
 
 def caller(request: Request, settings: Settings, fw: Framework, session: Session) -> Actor:
-    """The caller named by a valid, unrevoked token. A backend client acts as its registered organisation
-    and role, looked up on each request so that removing it takes effect at once."""
+    """The caller named by a valid, unrevoked token of a registered app (if it names one). A backend client
+    acts as its registered organisation and role, looked up on each request so that removing it takes
+    effect at once."""
     token = bearer_or_cookie(request)
     subject = None
     try:
@@ -92,8 +93,9 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
         request.state.launch_patient = claims.get("patient")
         request.state.client_id = claims.get("client_id")
         subject = str(claims["sub"])
-        if is_revoked(session, claims):
-            raise AuthError("the access token has been revoked; sign in again")
+        refused = refusal(session, claims)
+        if refused:
+            raise AuthError(refused)
         actor = current_actor(session, fw, subject)
         if actor is None:
             raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")

@@ -3,10 +3,13 @@
 State lives in the `export_jobs` table (so any worker can answer a poll) and files under the data
 folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only from
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
-a job may see it: anyone else is told it does not exist (404), and every poll and download checks
-again that the user may still export (a suspended organisation loses its files at once). A run goes
-under the role and organisation its kick-off was decided under (a backend client's are its
-registration's), and is refused, audited, if the user or client no longer holds them.
+a job, in the role and organisation it was started under, may see it: anyone else is told it does not
+exist (404), and every poll and download checks again that the user may still export (a suspended
+organisation loses its files at once). A run goes under the role and organisation its kick-off was
+decided under (a backend client's are its registration's), and is refused, audited, if the user or
+client no longer holds them. A finished export's files are deleted `settings.export_retention_days`
+after it finished (`expire`, on each kick-off, poll, download and cancel and at server start), and
+the job then says "expired".
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import ExportJob
 
 RUNNING = ("accepted", "running")
+EXPIRED = "expired"
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
 
 
@@ -202,6 +206,7 @@ class ExportJobs:
                                   "types": ",".join(sorted(scope.types)) if scope.types else None,
                                   "since": scope.since.isoformat() if scope.since else None}
         secondary.check(AuditAction.EXPORT_KICK_OFF, scope, **detail)
+        self.expire()
         job_id = str(uuid.uuid4())
         now = utcnow()
         with self.db.session() as session:
@@ -303,10 +308,30 @@ class ExportJobs:
             return [future.result() for future in futures]
 
     # -- polling, cancelling, downloading ---------------------------------------------------------
+    def expire(self) -> int:
+        """Delete the files of the exports that finished more than the retention period ago, marking each
+        expired; how many. Only the service's own folders (`{data}/exports/`): a command-line export
+        wrote where its operator asked, and is theirs to keep."""
+        now = utcnow()
+        kept = (self.settings.data_path / "exports").resolve()
+        with self.db.session() as session:
+            old = session.scalars(select(ExportJob).where(
+                ExportJob.status == "completed",
+                ExportJob.finished_at < now - timedelta(days=self.settings.export_retention_days)))
+            expired = [job for job in old if Path(job.out_dir).resolve().is_relative_to(kept)]
+            for job in expired:
+                remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
+                job.status, job.updated_at = EXPIRED, now
+        return len(expired)
+
     def _own(self, actor: Actor, job_id: str) -> ExportJob:
+        """The actor's job, only while they hold the role and organisation it was decided under: a client
+        id registered again for another organisation, or a user moved, is not who asked for it."""
         with self.db.session() as session:
             job = session.get(ExportJob, job_id)
-            if job is None or job.username != actor.username or job.status == "cancelled":
+            if (job is None or job.status == "cancelled" or job.username != actor.username
+                    or job.role != (actor.role.name if actor.role else None)
+                    or job.organisation != actor.organisation):
                 raise NotFound(f"no export {job_id}")
             return job
 
@@ -321,6 +346,7 @@ class ExportJobs:
                            job.people_done, list(job.output or []), summary, error)
 
     def status(self, actor: Actor, job_id: str, request_id: str | None = None) -> JobView:
+        self.expire()
         job = self._own(actor, job_id)
         self._secondary(actor, request_id, purpose=job.purpose).check(AuditAction.EXPORT_DOWNLOAD, job=job_id)
         return self._view(job_id)
@@ -328,6 +354,7 @@ class ExportJobs:
     def cancel(self, actor: Actor, job_id: str, request_id: str | None = None,
                source_address: str | None = None) -> None:
         """Stop a running export (its run deletes what it wrote) or delete a finished one's files."""
+        self.expire()
         job = self._own(actor, job_id)
         secondary = self._secondary(actor, request_id, source_address, job.purpose)
         with self.db.session() as session:
@@ -341,6 +368,7 @@ class ExportJobs:
     def file(self, actor: Actor, job_id: str, name: str, request_id: str | None = None,
              source_address: str | None = None) -> Path:
         """The path of one output file of a completed job, after checking and auditing the download."""
+        self.expire()
         job = self._own(actor, job_id)
         entry = next((o for o in job.output or [] if o["file"] == name), None)
         if job.status != "completed" or entry is None:

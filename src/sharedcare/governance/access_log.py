@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, or_, select
+from sqlalchemy import ColumnElement, false, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from sharedcare.governance.audit import AuditAction, expanded
 from sharedcare.governance.framework import Framework
-from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord
+from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
 # found in a search, an IG officer learning whose record an access was to. Denied attempts are shown
@@ -57,19 +57,45 @@ class Holding:
     end: datetime | None
 
 
+def _arrived(session: Session, records: list[int]) -> dict[int, datetime]:
+    """When each source record came into the store: the earliest receipt of anything sent with it. Ingest
+    writes a record with what its first message sent (a Patient, or a result whose Patient comes later),
+    in one transaction, and every later version sent with the record, kept or superseded, is received
+    after it; the model keeps no creation time of its own (`updated_at` moves with each update)."""
+    current = select(Resource.patient_record_id.label("record"), Resource.received_at.label("at")).where(
+        Resource.patient_record_id.in_(records))
+    superseded = select(ResourceVersion.patient_record_id, ResourceVersion.received_at).where(
+        ResourceVersion.resource_id.in_(select(Resource.id).where(Resource.patient_record_id.in_(records))),
+        ResourceVersion.patient_record_id.in_(records))
+    sent = union_all(current, superseded).subquery()
+    return {record: at for record, at in session.execute(
+        select(sent.c.record, func.min(sent.c.at)).group_by(sent.c.record))}
+
+
 def holdings(session: Session, person_id: str) -> list[Holding]:
     """Every person id that one of this person's source records belonged to, and when. A merge or a relink
     moves records between persons, and the audit names the person a read was about at the time; so a
-    record's moves (LinkMove) say which earlier entries were about it."""
+    record's moves (LinkMove) say which earlier entries were about it, from when the record arrived: a
+    look at the person it was first linked to, before it existed, was not a look at it. A record with
+    nothing sent with it (not one ingest made) is dated from its first move: earlier looks are not
+    known to be about it.
+
+    A record that never moved is dated only if some record ever left this person: otherwise every
+    earlier look at this person id was at records it holds now, and dating them (reading every resource
+    row of the person) would change nothing."""
     records = list(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
     moves = session.execute(
         select(LinkMove.patient_record_id, LinkMove.from_person, LinkEvent.at)
         .join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
-        .where(LinkMove.patient_record_id.in_(records)).order_by(LinkEvent.at, LinkMove.id))
-    start: dict[int, datetime | None] = dict.fromkeys(records)
+        .where(LinkMove.patient_record_id.in_(records)).order_by(LinkEvent.at, LinkMove.id)).all()
+    left = session.scalar(select(LinkMove.id).where(LinkMove.from_person == person_id).limit(1)) is not None
+    dated = records if left else sorted({record for record, _, _ in moves})
+    arrived = _arrived(session, dated) if dated else {}
+    start: dict[int, datetime | None] = {record: arrived.get(record) for record in records}
     found = set()
     for record, before, at in moves:
-        found.add(Holding(before, start[record], at))
+        if start[record] is not None:
+            found.add(Holding(before, start[record], at))
         start[record] = at
     found.update(Holding(person_id, since, None) for since in start.values())
     return sorted(found, key=lambda h: (h.person_id, h.start or datetime.min.replace(tzinfo=UTC)))
@@ -184,31 +210,46 @@ class AccessPage:
     older: int | None
 
 
+# In place of a reason written about a person who still holds other records: the look was at a record
+# then joined to theirs (a link later separated or undone), and the reason may be about them alone.
+REASON_ABOUT_ANOTHER = "not shown: recorded while your record was joined to another person's"
+
+
 def accesses_of(session: Session, fw: Framework, person_id: str, before: int | None = None,
                 limit: int = 100) -> AccessPage:
     """Everyone else's looks at the records this person holds, including those made while a record
-    belonged to another person id (before a merge or a relink), the citizen's own reads left out."""
-    stmt = (select(AuditEntry).where(_about(holdings(session, person_id), own_reads=False),
+    belonged to another person id (before a merge or a relink), the citizen's own reads left out. A
+    reason written under a person id that still holds records of its own is not shown (REASON_ABOUT_ANOTHER);
+    one written under an id merged wholly into this person's was about these records, and is."""
+    held = holdings(session, person_id)
+    stmt = (select(AuditEntry).where(_about(held, own_reads=False),
                                      AuditEntry.action.in_([a.value for a in PATIENT_VISIBLE]))
             .order_by(AuditEntry.seq.desc()).limit(limit + 1))
     if before is not None:
         stmt = stmt.where(AuditEntry.seq < before)
     entries = list(session.scalars(stmt))
     older = entries[limit - 1].seq if len(entries) > limit else None
-    return AccessPage([_access(fw, entry) for entry in entries[:limit]], older)
+    others = {h.person_id for h in held} - {person_id}
+    shared = set(session.scalars(select(PatientRecord.person_id).distinct()
+                                 .where(PatientRecord.person_id.in_(others)))) if others else set()
+    return AccessPage([_access(fw, entry, hide_reason=entry.patient_id in shared) for entry in entries[:limit]],
+                      older)
 
 
-def _access(fw: Framework, entry: AuditEntry) -> Access:
+def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
     user = fw.users.get(entry.username or "")
     org = fw.organisation(entry.organisation or "")
     role = fw.roles.get(user.role) if user else None
     info = details(entry)
+    reason = info.get("reason", "")
+    if reason and hide_reason:
+        reason = REASON_ABOUT_ANOTHER
     return Access(
         when=entry.recorded_at, username=entry.username or "",
         who=user.name if user else (entry.username or "unknown"),
         role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
         what=describe(entry),
-        basis=(info.get("basis") or "").replace("-", " "), reason=info.get("reason", ""),
+        basis=(info.get("basis") or "").replace("-", " "), reason=reason,
         outcome="refused" if entry.outcome == "deny" else "allowed")
 
 

@@ -61,7 +61,9 @@ class AuditAction(StrEnum):
     REVIEW_ESCALATED = "governance:review:escalated"  # an item not worked within its due time (review.escalate)
     MPI_RELINK = "identity:mpi:relink"
     MPI_LINK_CHANGE = "identity:mpi:link-change"
+    MPI_REVIEW_VIEW = "identity:mpi:review-view"  # the records in the MPI review queue shown to an operator
     AUDIT_SEARCH = "governance:audit:search"
+    CLIENT_REMOVE = "governance:client:remove"  # an app or partner system cut off (`sharedcare clients remove`)
     PREFERENCE_VIEW = "governance:preference:view"
     GOVERNANCE_DENIED = "governance:function:denied"
     EXPORT_KICK_OFF = "secondary:export:kick-off"

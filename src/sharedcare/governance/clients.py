@@ -1,8 +1,8 @@
-"""The registry of apps and partner systems that may use the FHIR API (`sharedcare clients add/list`).
+"""The registry of apps and partner systems that may use the FHIR API (`sharedcare clients add/list/remove`).
 
 A table rather than a config file: the CLI adds a client without anyone editing YAML, and the token
-endpoint reads it on each request, so a removed client stops working at once. `RegisteredClient` is
-the Authlib client model (ClientMixin) over a row.
+endpoint and every API request read it, so a removed client and every token it holds stop working at
+once. `RegisteredClient` is the Authlib client model (ClientMixin) over a row.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance import scopes
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for, citizen_actor
 from sharedcare.governance.policy import Actor
@@ -104,6 +105,20 @@ def current_actor(session: Session, fw: Framework, username: str) -> Actor | Non
 
 def list_clients(session: Session) -> list[RegisteredClient]:
     return [RegisteredClient.of(r) for r in session.scalars(select(OAuthClient).order_by(OAuthClient.client_id))]
+
+
+def remove_client(session: Session, client_id: str, by: str) -> RegisteredClient:
+    """Cut an app or partner system off: no new tokens, and each token it holds is refused on its next
+    request (`tokens.refusal`, `current_actor`). Audited, naming what it was registered as."""
+    row = session.get(OAuthClient, client_id)
+    if row is None:
+        raise SharedcareError(f"no client '{client_id}' is registered", where="clients remove")
+    removed = RegisteredClient.of(row)
+    session.delete(row)
+    record_audit(session, AuditRecord(AuditAction.CLIENT_REMOVE, "permit", by, purpose="governance", detail={
+        "client_id": removed.client_id, "kind": removed.kind, "organisation": removed.organisation or "",
+        "role": removed.role or ""}))
+    return removed
 
 
 def add_client(session: Session, fw: Framework, client_id: str, name: str, kind: str, *,

@@ -18,11 +18,16 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import run
-from sharedcare.store.models import OAuthCode, RevokedToken, SeenAssertion
+from sharedcare.store.models import OAuthClient, OAuthCode, RevokedToken, SeenAssertion
 
 PURGE_AFTER = timedelta(minutes=5)  # rows outlive their expiry a little: clocks differ
 _REVOKED_TABLE = cast(Table, RevokedToken.__table__)
 _REVOKED = select(_REVOKED_TABLE.c.jti).where(_REVOKED_TABLE.c.jti == bindparam("jti"))  # every request: built once
+_CLIENTS_TABLE = cast(Table, OAuthClient.__table__)
+# A presented token's standing, in one statement (every request: built once): whether it was revoked, and
+# whether the app it names (`client_id`) is still registered.
+_STANDING = select(_REVOKED.exists().label("revoked"), select(_CLIENTS_TABLE.c.client_id).where(
+    _CLIENTS_TABLE.c.client_id == bindparam("client")).exists().label("registered"))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,20 @@ class Code:
 
 def is_revoked(session: Session, claims: dict[str, Any]) -> bool:
     return run(session, _REVOKED, {"jti": str(claims.get("jti", ""))}).first() is not None
+
+
+def refusal(session: Session, claims: dict[str, Any]) -> str | None:
+    """Why a signed, unexpired token no longer works, if it does not: it was revoked, or the app it was
+    issued to has been removed (`sharedcare clients remove`), which cuts off every token of that app at
+    once rather than one at a time. One query a request, as the revocation check alone was; a token of
+    no app (a portal session) runs that check alone."""
+    client = claims.get("client_id")
+    if not client:
+        return "the access token has been revoked; sign in again" if is_revoked(session, claims) else None
+    revoked, registered = run(session, _STANDING, {"jti": str(claims.get("jti", "")), "client": str(client)}).one()
+    if revoked:
+        return "the access token has been revoked; sign in again"
+    return None if registered else f"the app '{client}' is no longer registered; its tokens no longer work"
 
 
 class OAuthStore:

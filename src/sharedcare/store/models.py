@@ -406,8 +406,8 @@ class SeenAssertion(Base):
 class ExportJob(Base):
     """A Bulk Data export for secondary use: who asked, for what, how far it has got, and its files.
 
-    Only the user who started it may poll it or download its files; the files live under the data
-    folder (`out_dir`) until the job is cancelled."""
+    Only the user who started it, in its role and organisation, may poll it or download its files; the
+    files live under the data folder (`out_dir`) until the job is cancelled or expires."""
 
     __tablename__ = "export_jobs"
     __table_args__ = (Index("ix_export_jobs_user", "username"),)
@@ -422,7 +422,7 @@ class ExportJob(Base):
     types: Mapped[list[str] | None] = mapped_column(JsonType)  # None: every type
     since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     request_url: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(12))  # accepted | running | completed | failed | cancelled
+    status: Mapped[str] = mapped_column(String(12))  # accepted | running | completed | failed | cancelled | expired
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
