@@ -12,10 +12,19 @@ from tests.small_ics import Ics
 
 from sharedcare.api.auth import mint_token
 from sharedcare.governance.access_log import details
+from sharedcare.governance.clients import add_client
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, AuditEntry
+
+
+@pytest.fixture(autouse=True)
+def _registered(ics: Ics, db: Database, framework: Framework) -> None:
+    """The app the tokens name is registered (a token naming an unregistered app is refused anyway)."""
+    with db.session() as session:
+        add_client(session, framework, "ward-tasks", "Ward tasks", "public",
+                   redirect_uris=["https://tasks.example/callback"], launch_uri="https://tasks.example/launch")
 
 
 def _app(ics: Ics, username: str, scope: str, **extra: str) -> dict[str, str]:

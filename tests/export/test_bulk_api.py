@@ -23,6 +23,7 @@ from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.clients import add_client
 from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
@@ -184,6 +185,9 @@ def test_bad_kick_offs_say_what_is_wrong(ics: Ics) -> None:
     assert ics.client.get("/fhir/$export", headers=ASYNC).status_code == 401
     # an app launched for one patient exports no population, whatever its user's role may export
     state = ics.client.app.state  # type: ignore[attr-defined]
+    with state.database.session() as session:
+        add_client(session, state.framework, "ward-tasks", "Ward tasks", "public",
+                   redirect_uris=["https://tasks.example/callback"], launch_uri="https://tasks.example/launch")
     launched = mint_token(state.settings, state.framework, "analyst.chen", "launch patient/*.read",
                           client_id="ward-tasks", patient=ics.okafor)
     response = ics.client.get("/fhir/$export", headers={"Authorization": f"Bearer {launched}", **ASYNC})
