@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
+
+from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
@@ -102,9 +105,18 @@ class MllpServer:
         report = IngestReport()
         # deny by default: over TLS, a certificate no organisation lists sends for none
         certified = CertifiedSender.of(self.pipeline.framework, subject or "no certificate") if self.tls else None
-        # agreements None: read in the message's own transaction, so a message costs one transaction
-        staged = self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None, certified=certified)
-        self._audit(header, peer, subject, staged, report)
+        detail = {"message": header.control_id if header else ""} | ({"certificate": subject} if subject else {})
+        address = peer.rsplit(":", 1)[0]
+
+        def audit_stored(session: Session, staged: StagedMessage) -> None:
+            self._audit_stored(session, staged, address, detail)
+
+        # agreements None: read in the message's own transaction, so a message costs one transaction, its
+        # audit entry included
+        staged = self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None, certified=certified,
+                                              then=audit_stored)
+        if staged is None:
+            self._audit_refused(header, address, detail, report)
         if not report.quarantined:
             return ack(header, "AA")
         problem = report.quarantine[0]
@@ -112,34 +124,30 @@ class MllpServer:
         code = "AR" if header is None or any(marker in reason for marker in _REJECTED) else "AE"
         return ack(header, code, f"{reason} (quarantine #{problem['id']})", where)
 
-    def _audit(self, header: Header | None, peer: str, subject: str | None, staged: StagedMessage | None,
-               report: IngestReport) -> None:
-        """One event a message (TRUST AU1). Stored (or unchanged): a write by the feed (`ORG:application`,
-        its organisation checked against its certificate over TLS), naming the patient and the resources
-        created or updated. Refused: a deny by the listener (`mllp`), naming what the message claimed but
-        not its reason, which can quote the message's values, and limited per address like other refusals
-        at the door (anyone who reaches the port can send junk); the quarantine item keeps the reason."""
-        address = peer.rsplit(":", 1)[0]
-        detail = {"message": header.control_id if header else ""} | ({"certificate": subject} if subject else {})
-        if staged is None:
-            claimed = f"{header.sending_facility.split('^')[0]}:{header.sending_app.split('^')[0]}" if header else ""
-            problem = report.quarantine[0]
-            record_refusal(self.pipeline.db, AuditRecord(
-                AuditAction.RECORD_WRITE, "deny", "mllp", source_address=address,
-                detail=detail | {"claimed": claimed, "quarantine": str(problem["id"])}))
-            return
-        written = [f"{r.resource_type}/{r.server_id}" for r in staged.resources if r.outcome in ("created", "updated")]
-        action = "U" if any(r.outcome == "updated" for r in staged.resources) else "C"
-        with self.pipeline.db.session() as session:
-            persons = sorted({record.person_id for source_id in staged.patients
-                              if (record := source_record(session, staged.source_org, source_id)) is not None})
-            record_audit(session, AuditRecord(
-                AuditAction.RECORD_WRITE, "permit", f"{staged.source_org}:{staged.source_system}",
-                organisation=staged.source_org, purpose="direct-care", patient_id=persons[0] if persons else None,
-                source_address=address, fhir_action=action, released=written,
-                detail=detail | {"accepted": str(report.accepted), "unchanged": str(report.unchanged),
-                                 "stale": str(report.stale)} | ({"patients": " ".join(persons)}
-                                                                 if len(persons) > 1 else {})))
+    def _audit_stored(self, session: Session, staged: StagedMessage, address: str, detail: dict[str, str]) -> None:
+        """A stored (or unchanged) message's entry (TRUST AU1), in its own transaction: a write by the feed
+        (`ORG:application`, its organisation checked against its certificate over TLS), naming the patient
+        and the resources created or updated."""
+        counts = Counter(r.outcome for r in staged.resources)
+        persons = sorted({record.person_id for source_id in staged.patients
+                          if (record := source_record(session, staged.source_org, source_id)) is not None})
+        outcome = {"accepted": str(counts["created"] + counts["updated"]), "unchanged": str(counts["unchanged"]),
+                   "stale": str(counts["stale"])} | ({"patients": " ".join(persons)} if len(persons) > 1 else {})
+        record_audit(session, AuditRecord(
+            AuditAction.RECORD_WRITE, "permit", f"{staged.source_org}:{staged.source_system}",
+            organisation=staged.source_org, purpose="direct-care", patient_id=persons[0] if persons else None,
+            source_address=address, fhir_action="U" if counts["updated"] else "C",
+            released=[f"{r.resource_type}/{r.server_id}" for r in staged.resources
+                      if r.outcome in ("created", "updated")], detail=detail | outcome))
+
+    def _audit_refused(self, header: Header | None, address: str, detail: dict[str, str], report: IngestReport) -> None:
+        """A refused message's entry: a deny by the listener (`mllp`), naming what the message claimed but not
+        its reason, which can quote the message's values (the quarantine item keeps it), and limited per
+        address like other refusals at the door: anyone who reaches the port can send junk."""
+        claimed = f"{header.sending_facility.split('^')[0]}:{header.sending_app.split('^')[0]}" if header else ""
+        record_refusal(self.pipeline.db, AuditRecord(
+            AuditAction.RECORD_WRITE, "deny", "mllp", source_address=address,
+            detail=detail | {"claimed": claimed, "quarantine": str(report.quarantine[0]["id"])}))
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])

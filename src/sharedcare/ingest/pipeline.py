@@ -331,15 +331,18 @@ class Pipeline:
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
                        agreements: dict[str, Agreement] | None, staged: Outcome | None = None,
-                       certified: CertifiedSender | None = None) -> StagedMessage | None:
+                       certified: CertifiedSender | None = None,
+                       then: Callable[[Session, StagedMessage], None] | None = None) -> StagedMessage | None:
         """Store one message (staged here unless `staged` holds its staging outcome already); the staged
         message, each resource's `outcome` set, or None if it was quarantined. `agreements` None: read them
         in the message's own transaction (a listener's message on its own: one transaction, not two).
-        `certified`: who sent it over TLS and the organisations it may send for (`ingest/mllp.py`)."""
+        `certified`: who sent it over TLS and the organisations it may send for (`ingest/mllp.py`); `then`
+        runs in the message's own transaction once it is stored (the listener's audit entry: no second
+        transaction a message)."""
         report.messages += 1
         try:
             stored, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements, staged=staged,
-                                                                certified=certified)
+                                                                certified=certified, then=then)
         except MessageError as exc:
             self._quarantine(raw, source, exc, report)
             return None
@@ -380,7 +383,8 @@ class Pipeline:
 
     def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None,
                 agreements: dict[str, Agreement] | None, replaying: int | None = None, staged: Outcome | None = None,
-                certified: CertifiedSender | None = None) -> tuple[StagedMessage, tuple[int, int, int]]:
+                certified: CertifiedSender | None = None, then: Callable[[Session, StagedMessage], None] | None = None,
+                ) -> tuple[StagedMessage, tuple[int, int, int]]:
         """Stage (unless staged already) and store one message in one transaction, or raise MessageError.
 
         A store failure nobody foresaw is still the message's fault, not the feed's: it becomes a
@@ -403,6 +407,8 @@ class Pipeline:
                     counts = self._store(session, staged, raw)
                     if replaying is not None:
                         session.get_one(Quarantine, replaying).status = "replayed"
+                    if then is not None:
+                        then(session, staged)
                 return staged, counts
             except (MessageError, OperationalError, InterfaceError):
                 raise
