@@ -89,6 +89,7 @@ class StagedResource:
     patient_source_id: str
     outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
     content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored
+    category: str = ""  # its data category (governance/classify.py), filled in by staging, else when stored
 
 
 @dataclass

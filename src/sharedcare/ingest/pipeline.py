@@ -36,8 +36,8 @@ from sharedcare.identity.mpi import block_for, link_found_record, link_patient_r
 from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash, sent_by
-from sharedcare.ingest.staging import Outcome, Stager, stage
-from sharedcare.store.database import Database, Prepared, json_dumps
+from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
+from sharedcare.store.database import Database, Encoded, Prepared, json_dumps
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -189,15 +189,21 @@ def _earlier_objects_frozen() -> Iterator[None]:
     objects) out of the collector's full passes while it runs, as `sharedcare serve` does for its life
     (`api.app.freeze_start_up`): an ingest's garbage brings a full collection every few transactions,
     and walking those objects each time was about a tenth of the writer's CPU at 100,000 people. Given back
-    at the end; left alone when a server froze its own already (the count is not ours to undo)."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
+    at the end; left alone when a server froze its own already (the count is not ours to undo). The
+    youngest generation is collected less often meanwhile (`INGEST_GC_THRESHOLD`), and set back after."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], INGEST_GC_THRESHOLD), *thresholds[1:])
     try:
-        yield
+        if gc.get_freeze_count():
+            yield
+            return
+        gc.freeze()
+        try:
+            yield
+        finally:
+            gc.unfreeze()
     finally:
-        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 class Pipeline:
@@ -434,6 +440,7 @@ class Pipeline:
         accepted = unchanged = stale = 0
         received = utcnow()
         new_rows: list[dict[str, Any]] = []
+        new_encoded: list[Encoded] = []
         # Classified once here, not on every read; reads check the key (governance/classify.py).
         org = self.framework.organisation(staged.source_org)
         kind, key = (org.kind if org else "unknown"), classification_key(self.framework)
@@ -466,10 +473,10 @@ class Pipeline:
             content = dict(item.content)
             content["meta"] = {**content["meta"], "versionId": str(version), "lastUpdated": received.isoformat()}
             try:
-                json_dumps(content)  # what the store will write: refused here, the resource named
+                encoded = Encoded(json_dumps(content))  # what the store will write: refused here, the resource named
             except ValueError as exc:
                 raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
-            category = classify(content, kind, self.framework)
+            category = item.category or classify(content, kind, self.framework)
             if (item.resource_type == "Patient" and staged.source_org in self._gp_orgs
                     and claims_registration(content, staged.source_org)
                     and (row is None or not claims_registration(row.content, staged.source_org))):
@@ -481,6 +488,7 @@ class Pipeline:
                     version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
                     received_at=received, message_id=staged.message_id, category=category, category_key=key,
                 ))
+                new_encoded.append(encoded)
             else:  # the version it replaces goes to history first
                 session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
                                             patient_record_id=row.patient_record_id,  # whose it was then
@@ -492,11 +500,13 @@ class Pipeline:
                 row.category, row.category_key = category, key
             item.outcome = "created" if row is None else "updated"
             accepted += 1
+        # inserted as encoded above, not encoded again; a row the run adopts keeps the content as a dict
+        inserting = [{**row, "content": encoded} for row, encoded in zip(new_rows, new_encoded, strict=True)]
         if run is not None:  # inserted with the rest of the run's
-            run.pending += new_rows
+            run.pending += inserting
             run.inserted.update((row["id"], row) for row in new_rows)
-        elif new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
-            session.execute(_INSERT_RESOURCES, new_rows)
+        elif inserting:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
+            session.execute(_INSERT_RESOURCES, inserting)
         if claiming and run is not None and any(r["source_org"] != staged.source_org for r in run.pending):
             run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:
