@@ -37,7 +37,7 @@ from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash, sent_by
 from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
-from sharedcare.store.database import Database, Encoded, Prepared, json_dumps
+from sharedcare.store.database import Database, Encoded, Prepared, json_dumps, json_loads
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -146,7 +146,8 @@ class _Run:
         the session as persistent objects holding exactly the values inserted, rather than read back."""
         self.insert_pending(session)
         for row_id in ids:
-            row = Resource(**self.inserted.pop(row_id))
+            inserted = self.inserted.pop(row_id)  # its content as the text inserted: read back as a read would
+            row = Resource(**{**inserted, "content": json_loads(inserted["content"])})
             make_transient_to_detached(row)
             session.add(row)
             self.stored[row_id] = row
@@ -440,7 +441,6 @@ class Pipeline:
         accepted = unchanged = stale = 0
         received = utcnow()
         new_rows: list[dict[str, Any]] = []
-        new_encoded: list[Encoded] = []
         # Classified once here, not on every read; reads check the key (governance/classify.py).
         org = self.framework.organisation(staged.source_org)
         kind, key = (org.kind if org else "unknown"), classification_key(self.framework)
@@ -452,7 +452,7 @@ class Pipeline:
                 raise MessageError(f"{item.resource_type}/{item.source_id} belongs to patient "
                                    f"'{item.patient_source_id}', whom {staged.source_org} has not sent",
                                    raw.where)
-            digest = item.content_hash or content_hash(item.content)
+            digest = item.content_hash or content_hash(item.sent_content())
             row = existing.get(item.server_id)
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
@@ -461,7 +461,7 @@ class Pipeline:
                 unchanged += 1
                 continue
             if (row is not None and item.recorded_at <= row.recorded_at
-                    and self._applied_before(session, row, staged.message_id, item.content)):
+                    and self._applied_before(session, row, staged.message_id, item.sent_content())):
                 item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
                 unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
                 continue
@@ -470,43 +470,43 @@ class Pipeline:
                 stale += 1
                 continue
             version = row.version + 1 if row else 1
-            content = dict(item.content)
-            content["meta"] = {**content["meta"], "versionId": str(version), "lastUpdated": received.isoformat()}
-            try:
-                encoded = Encoded(json_dumps(content))  # what the store will write: refused here, the resource named
-            except ValueError as exc:
-                raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
-            category = item.category or classify(content, kind, self.framework)
+            stamp = {"versionId": str(version), "lastUpdated": received.isoformat()}
+            text = item.stamped_text(stamp) if row is None else None  # a new resource: from staging's text
+            if text is None:
+                content = dict(item.sent_content())
+                content["meta"] = {**content["meta"], **stamp}
+                try:
+                    text = json_dumps(content)  # what the store will write: refused here, the resource named
+                except ValueError as exc:
+                    raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
+            category = item.category or classify(item.sent_content(), kind, self.framework)
             if (item.resource_type == "Patient" and staged.source_org in self._gp_orgs
-                    and claims_registration(content, staged.source_org)
+                    and claims_registration(item.sent_content(), staged.source_org)
                     and (row is None or not claims_registration(row.content, staged.source_org))):
                 claiming.append(record)
-            if row is None:
+            if row is None:  # inserted as the text made above, not encoded again
                 new_rows.append(dict(
                     id=item.server_id, resource_type=item.resource_type, source_org=staged.source_org,
                     source_system=staged.source_system, source_id=item.source_id, patient_record_id=record.id,
-                    version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
+                    version=version, content=Encoded(text), content_hash=digest, recorded_at=item.recorded_at,
                     received_at=received, message_id=staged.message_id, category=category, category_key=key,
                 ))
-                new_encoded.append(encoded)
             else:  # the version it replaces goes to history first
                 session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
                                             patient_record_id=row.patient_record_id,  # whose it was then
                                             source_system=row.source_system, recorded_at=row.recorded_at,
                                             received_at=row.received_at, message_id=row.message_id))
-                row.version, row.content, row.content_hash = version, content, digest
+                row.version, row.content, row.content_hash = version, content, digest  # (content: made above)
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
                 row.category, row.category_key = category, key
             item.outcome = "created" if row is None else "updated"
             accepted += 1
-        # inserted as encoded above, not encoded again; a row the run adopts keeps the content as a dict
-        inserting = [{**row, "content": encoded} for row, encoded in zip(new_rows, new_encoded, strict=True)]
         if run is not None:  # inserted with the rest of the run's
-            run.pending += inserting
+            run.pending += new_rows
             run.inserted.update((row["id"], row) for row in new_rows)
-        elif inserting:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
-            session.execute(_INSERT_RESOURCES, inserting)
+        elif new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
+            session.execute(_INSERT_RESOURCES, new_rows)
         if claiming and run is not None and any(r["source_org"] != staged.source_org for r in run.pending):
             run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:

@@ -25,7 +25,7 @@ from typing import TypeVar
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.classify import classify
 from sharedcare.governance.framework import Framework
-from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, content_hash
+from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, around_meta, content_hash
 
 log = logging.getLogger("sharedcare.ingest")
 
@@ -57,6 +57,7 @@ def stage(adapter: Adapter, raw: RawMessage, framework: Framework, source: str |
         for item in staged.resources:
             item.content_hash = content_hash(item.content)
             item.category = classify(item.content, kind, framework)
+            item.around_meta = around_meta(item.content)  # the writer then has only the meta to encode
         return staged
     except MessageError:
         raise
