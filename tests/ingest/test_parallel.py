@@ -5,8 +5,10 @@ message that fails while stored with others is quarantined alone; the progress b
 from __future__ import annotations
 
 import json
+import pickle
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,10 @@ from tests.ingest.test_hl7v2 import message, msh, pid, write_hl7
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import pipeline as pipeline_module
-from sharedcare.ingest.messages import RawMessage, StagedMessage
+from sharedcare.ingest.messages import RawMessage, StagedMessage, StagedResource, around_meta
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.ingest.staging import IN_FLIGHT_PER_WORKER, Stager
-from sharedcare.store.database import Database
+from sharedcare.store.database import Database, json_dumps
 from sharedcare.store.models import MatchReview, PatientRecord, Quarantine, Resource
 from sharedcare.synth import generate
 
@@ -195,3 +197,36 @@ def test_a_quarantined_message_is_counted_against_the_organisation_that_sent_it(
         held = sorted((q.format, q.location.split(" (")[0], q.source_org) for q in s.scalars(select(Quarantine)))
     assert held == [("csv", "line 3", "LRC"), ("fhir", "line 1", "P81001"),
                     ("hl7v2", "message 1", "RXR"), ("hl7v2", "message 2", None), ("hl7v2", "message 3", "RXR")]
+
+
+@pytest.mark.parametrize("content", [
+    {"resourceType": "Condition", "id": "c1", "meta": {"profile": ["p"], "source": "s"}, "note": [{"text": "é ✓"}],
+     "onsetAge": {"value": 1.5e-7}, "extension": [{"valueInteger": -(2**63)}]},
+    {"meta": {}, "resourceType": "Observation", "id": "o1", "valueQuantity": {"value": 0.1}},
+    {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "sent", "tag": [{"code": "x"}]}},
+])
+def test_a_resource_handed_over_by_a_worker_is_stored_as_the_writer_would_encode_it(content: dict[str, Any]) -> None:
+    """The writer stores a worker's text with its meta stamped: exactly the text it would have made of the
+    dict (key order, numbers, escapes, the stamp replacing a versionId sent), and the dict read back equal."""
+    item = _handed_over(content)
+    stamp = {"versionId": "2", "lastUpdated": "2026-12-06T05:00:00+00:00"}
+    stamped = {**content, "meta": {**content["meta"], **stamp}}
+    assert item.stamped_text(stamp) == json_dumps(stamped)
+    assert "content" not in item.__dict__  # handed over as text only
+    assert item.sent_content() == content
+
+
+@pytest.mark.parametrize("odd", [float("nan"), float("inf"), 2**64, "null", "\x00meta\x00"])
+def test_what_text_cannot_carry_exactly_is_handed_over_as_the_content_itself(odd: Any) -> None:
+    content = {"resourceType": "Observation", "id": "o1", "meta": {}, "valueString": odd}
+    item = _handed_over(content)
+    assert item.stamped_text({"versionId": "1"}) is None
+    assert repr(item.content) == repr(content)  # (NaN is not equal to itself)
+
+
+def _handed_over(content: dict[str, Any]) -> StagedResource:
+    """A staged resource as the writer gets it from a worker (pickled there, unpickled here)."""
+    item = StagedResource(content["resourceType"], content["id"], content["id"], content, datetime.now(UTC), "p")
+    item.around_meta = around_meta(content)
+    handed: StagedResource = pickle.loads(pickle.dumps(item))  # noqa: S301 - our own bytes, as the pool's
+    return handed

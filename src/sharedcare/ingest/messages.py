@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.mpi import Demographics
@@ -114,6 +116,60 @@ class StagedResource:
     patient_source_id: str
     outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
     content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored
+    category: str = ""  # its data category (governance/classify.py), filled in by staging, else when stored
+    # The content's JSON text either side of its meta, and the meta (`around_meta`), filled in by staging
+    around_meta: tuple[bytes, dict[str, Any], bytes] | None = None
+
+    def stamped_text(self, stamp: dict[str, str]) -> str | None:
+        """The text the store writes for this content with `stamp` added to its meta (exactly what
+        `store.database.json_dumps` makes of it), from staging's text; None when staging made none."""
+        if self.around_meta is None:
+            return None
+        before, meta, after = self.around_meta
+        return (before + orjson.dumps({**meta, **stamp}) + after).decode()
+
+    def sent_content(self) -> dict[str, Any]:
+        """The content as sent. A worker hands the writer only its text (see `__getstate__`), decoded here
+        when the writer needs the dict (an update, a Patient's registration, a resource sent again)."""
+        if "content" not in self.__dict__:
+            self.content = orjson.loads(self.stamped_text({}) or b"")
+        return self.content
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Leaving a staging worker for the writer, the content goes as its text, not as pickled dicts and
+        lists: unpickling those was a tenth of the writer's CPU, on ingest's critical path, and the writer
+        needs only the text for a new resource (`stamped_text`)."""
+        if self.around_meta is None:
+            return self.__dict__
+        state = self.__dict__.copy()
+        del state["content"]
+        return state
+
+
+# Stands for the meta while the rest of a resource is encoded (a NUL: FHIR strings hold no control characters,
+# and a content where it shows up anyway is split at most once, else not at all)
+_META_MARK = "\x00meta\x00"
+_ENCODED_MARK = orjson.dumps(_META_MARK)
+
+
+def around_meta(content: dict[str, Any]) -> tuple[bytes, dict[str, Any], bytes] | None:
+    """A resource's JSON text either side of its meta, and the meta, such that the text with any meta's
+    encoding between is exactly what `store.database.json_dumps` writes for the content with that meta.
+    None where that cannot be promised: orjson refuses something in it (an int beyond 64 bits, a key that
+    is not a string, a subclass of str or dict), or its text holds `null` (a NaN written as null would not
+    read back as sent); the writer then encodes the content itself, as before."""
+    meta = content.get("meta")
+    if not isinstance(meta, dict):
+        return None
+    try:
+        text = orjson.dumps({**content, "meta": _META_MARK}, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+        meta_text = orjson.dumps(meta, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    except TypeError:
+        return None
+    parts = text.split(_ENCODED_MARK)
+    if len(parts) != 2 or b"null" in text or b"null" in meta_text:  # (a string holding "null": encoded as before)
+        return None
+    return parts[0], meta, parts[1]
 
 
 @dataclass

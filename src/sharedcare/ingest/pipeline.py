@@ -45,8 +45,8 @@ from sharedcare.ingest.messages import (
     content_hash,
     sent_by,
 )
-from sharedcare.ingest.staging import Outcome, Stager, stage
-from sharedcare.store.database import Database, Prepared, json_dumps
+from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
+from sharedcare.store.database import Database, Encoded, Prepared, json_dumps, json_loads
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -155,7 +155,8 @@ class _Run:
         the session as persistent objects holding exactly the values inserted, rather than read back."""
         self.insert_pending(session)
         for row_id in ids:
-            row = Resource(**self.inserted.pop(row_id))
+            inserted = self.inserted.pop(row_id)  # its content as the text inserted: read back as a read would
+            row = Resource(**{**inserted, "content": json_loads(inserted["content"])})
             make_transient_to_detached(row)
             session.add(row)
             self.stored[row_id] = row
@@ -198,15 +199,21 @@ def _earlier_objects_frozen() -> Iterator[None]:
     objects) out of the collector's full passes while it runs, as `sharedcare serve` does for its life
     (`api.app.freeze_start_up`): an ingest's garbage brings a full collection every few transactions,
     and walking those objects each time was about a tenth of the writer's CPU at 100,000 people. Given back
-    at the end; left alone when a server froze its own already (the count is not ours to undo)."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
+    at the end; left alone when a server froze its own already (the count is not ours to undo). The
+    youngest generation is collected less often meanwhile (`INGEST_GC_THRESHOLD`), and set back after."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], INGEST_GC_THRESHOLD), *thresholds[1:])
     try:
-        yield
+        if gc.get_freeze_count():
+            yield
+            return
+        gc.freeze()
+        try:
+            yield
+        finally:
+            gc.unfreeze()
     finally:
-        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 class Pipeline:
@@ -471,7 +478,7 @@ class Pipeline:
                 raise MessageError(f"{item.resource_type}/{item.source_id} belongs to patient "
                                    f"'{item.patient_source_id}', whom {staged.source_org} has not sent",
                                    raw.where)
-            digest = item.content_hash or content_hash(item.content)
+            digest = item.content_hash or content_hash(item.sent_content())
             row = existing.get(item.server_id)
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
@@ -480,7 +487,7 @@ class Pipeline:
                 unchanged += 1
                 continue
             if (row is not None and item.recorded_at <= row.recorded_at
-                    and self._applied_before(session, row, staged.message_id, item.content)):
+                    and self._applied_before(session, row, staged.message_id, item.sent_content())):
                 item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
                 unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
                 continue
@@ -489,22 +496,25 @@ class Pipeline:
                 stale += 1
                 continue
             version = row.version + 1 if row else 1
-            content = dict(item.content)
-            content["meta"] = {**content["meta"], "versionId": str(version), "lastUpdated": received.isoformat()}
-            try:
-                json_dumps(content)  # what the store will write: refused here, the resource named
-            except ValueError as exc:
-                raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
-            category = classify(content, kind, self.framework)
+            stamp = {"versionId": str(version), "lastUpdated": received.isoformat()}
+            text = item.stamped_text(stamp) if row is None else None  # a new resource: from staging's text
+            if text is None:
+                content = dict(item.sent_content())
+                content["meta"] = {**content["meta"], **stamp}
+                try:
+                    text = json_dumps(content)  # what the store will write: refused here, the resource named
+                except ValueError as exc:
+                    raise MessageError(f"{item.resource_type}/{item.source_id}: {exc}", raw.where) from exc
+            category = item.category or classify(item.sent_content(), kind, self.framework)
             if (item.resource_type == "Patient" and staged.source_org in self._gp_orgs
-                    and claims_registration(content, staged.source_org)
+                    and claims_registration(item.sent_content(), staged.source_org)
                     and (row is None or not claims_registration(row.content, staged.source_org))):
                 claiming.append(record)
-            if row is None:
+            if row is None:  # inserted as the text made above, not encoded again
                 new_rows.append(dict(
                     id=item.server_id, resource_type=item.resource_type, source_org=staged.source_org,
                     source_system=staged.source_system, source_id=item.source_id, patient_record_id=record.id,
-                    version=version, content=content, content_hash=digest, recorded_at=item.recorded_at,
+                    version=version, content=Encoded(text), content_hash=digest, recorded_at=item.recorded_at,
                     received_at=received, message_id=staged.message_id, category=category, category_key=key,
                 ))
             else:  # the version it replaces goes to history first
@@ -512,7 +522,7 @@ class Pipeline:
                                             patient_record_id=row.patient_record_id,  # whose it was then
                                             source_system=row.source_system, recorded_at=row.recorded_at,
                                             received_at=row.received_at, message_id=row.message_id))
-                row.version, row.content, row.content_hash = version, content, digest
+                row.version, row.content, row.content_hash = version, content, digest  # (content: made above)
                 row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
                 row.source_system, row.patient_record_id = staged.source_system, record.id
                 row.category, row.category_key = category, key

@@ -24,11 +24,22 @@ from sharedcare.store.sqlite_turns import TurnTakingConnection
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class Encoded(str):
+    """A JSON document encoded by `json_dumps` already, given to a JSON column: stored as it is, not
+    encoded a second time (ingest encodes each resource once, to refuse what cannot be stored, and
+    inserts that text)."""
+
+    __slots__ = ()
+
+
 def json_dumps(document: Any) -> str:
     """Encode a JSON document for the store with orjson (several times faster than the standard library
     on every ingest and audit append). orjson refuses integers beyond 64 bits, so every stored document
     reads back exactly with `json_loads`; such a number is refused here with a clear error (ingest
-    quarantines the message) rather than stored and read back rounded."""
+    quarantines the message) rather than stored and read back rounded. An `Encoded` document is returned
+    as it is."""
+    if type(document) is Encoded:
+        return document
     try:
         return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError as exc:
