@@ -19,7 +19,7 @@ from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import details
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, Quarantine, Resource
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource
 
 runner = CliRunner()
 
@@ -219,12 +219,17 @@ def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) 
     assert json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) == []
 
 
-def test_mpi_review_shows_each_uncertain_pair_as_a_waterfall_and_thin_records_with_their_reason(
-        env: Database, tmp_path: Path) -> None:
-    feed = write_ndjson(tmp_path / "twins.ndjson", [
+def _twins_and_a_thin_record(tmp_path: Path) -> Path:
+    """Two hospital records the MPI is unsure about (twins' shape) and one with no name or birth date."""
+    return write_ndjson(tmp_path / "twins.ndjson", [
         bundle("RXR", "epr", [patient("amy", None, "Jones", "Amy", "2001-04-05", gender="female")]),
         bundle("RXR", "epr", [patient("zoe", None, "Jones", "Zoe", "2001-04-05", gender="female")]),
         bundle("RXR", "epr", [{"resourceType": "Patient", "id": "unknown", "gender": "male"}])])
+
+
+def test_mpi_review_shows_each_uncertain_pair_as_a_waterfall_and_thin_records_with_their_reason(
+        env: Database, tmp_path: Path) -> None:
+    feed = _twins_and_a_thin_record(tmp_path)
     runner.invoke(app, ["ingest", str(feed)])
     shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
     assert shown.exit_code == 0
@@ -313,14 +318,7 @@ def _cli_entries(db: Database, action: str) -> list[dict[str, str]]:
 
 
 def test_mpi_review_is_audited_naming_the_records_it_showed(env: Database, tmp_path: Path) -> None:
-    from sqlalchemy import select
-
-    from sharedcare.store.models import PatientRecord
-
-    feed = write_ndjson(tmp_path / "twins.ndjson", [
-        bundle("RXR", "epr", [patient("amy", None, "Jones", "Amy", "2001-04-05", gender="female")]),
-        bundle("RXR", "epr", [patient("zoe", None, "Jones", "Zoe", "2001-04-05", gender="female")]),
-        bundle("RXR", "epr", [{"resourceType": "Patient", "id": "unknown", "gender": "male"}])])
+    feed = _twins_and_a_thin_record(tmp_path)
     runner.invoke(app, ["ingest", str(feed)])
     shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
     assert shown.exit_code == 0 and "JONES, Amy" in shown.stdout
