@@ -132,7 +132,7 @@ class MllpServer:
         return ack(header, code, f"{reason} (quarantine #{problem['id']})", where)
 
     def _audit_stored(self, session: Session, staged: StagedMessage, address: str, detail: dict[str, str]) -> None:
-        """A stored (or unchanged) message's entry (TRUST AU1), in its own transaction: a write by the feed
+        """A stored (or unchanged) message's entry (TRUST AU1), in the message's own transaction: a write by the feed
         (`ORG:application`, its organisation checked against its certificate over TLS), naming the patient
         and the resources created or updated."""
         counts = Counter(r.outcome for r in staged.resources)
