@@ -140,11 +140,16 @@ def ingest(
     pipeline = Pipeline(_database(), _framework())
     files = expand_paths(paths)
     total = sum(p.stat().st_size for p in files)
-    with _progress(transfer=True) as progress:
-        task = progress.add_task("ingesting", total=total)
-        report = pipeline.ingest_paths(paths, fmt=fmt, source=source, progress=lambda n: progress.advance(task, n))
-    _audit_ingest(pipeline, report, paths=" ".join(str(p) for p in paths), files=str(len(files)),
-                  source=source or "")
+    given = {"paths": " ".join(str(p) for p in paths), "files": str(len(files)), "source": source or ""}
+    try:
+        with _progress(transfer=True) as progress:
+            task = progress.add_task("ingesting", total=total)
+            report = pipeline.ingest_paths(paths, fmt=fmt, source=source,
+                                           progress=lambda n: progress.advance(task, n))
+    except BaseException as stopped:  # a run stopped part-way has stored what it committed: audit that it ran
+        _audit_ingest(pipeline, None, stopped=type(stopped).__name__, **given)
+        raise
+    _audit_ingest(pipeline, report, **given)
     data = report.to_json()
     if as_json:
         _print_json(data)
@@ -158,18 +163,26 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _audit_ingest(pipeline: Pipeline, report: IngestReport, **detail: str) -> None:
+def _audit_ingest(pipeline: Pipeline, report: IngestReport | None, **detail: str) -> None:
     """A file ingest or a replay is audited as the operator's write (TRUST AU1), one event a run: what was
     given, and the counts. Each stored resource names its message and source in its provenance, so the
-    event and the resources lead to each other; a listener's messages are audited one by one (mllp.py)."""
+    event and the resources lead to each other; a listener's messages are audited one by one (mllp.py).
+    A run stopped part-way (`report` None: interrupted, the database gone) is audited as an error with
+    what stopped it, when the log can still be written; the error itself is the caller's to raise."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
-    counts = {name: str(getattr(report, name)) for name in ("messages", "accepted", "unchanged", "stale",
-                                                            "quarantined")}
-    with pipeline.db.session() as session:
-        record_audit(session, AuditRecord(AuditAction.RECORD_WRITE, "permit", OPERATOR, purpose="direct-care",
-                                          fhir_action="C" if report.accepted else "E",  # E: ran, wrote nothing
-                                          detail={k: v for k, v in detail.items() if v} | counts))
+    counts = {} if report is None else {name: str(getattr(report, name)) for name in (
+        "messages", "accepted", "unchanged", "stale", "quarantined")}
+    try:
+        with pipeline.db.session() as session:
+            record_audit(session, AuditRecord(
+                AuditAction.RECORD_WRITE, "permit" if report is not None else "error", OPERATOR,
+                purpose="direct-care", fhir_action="C" if report is None or report.accepted else "E",
+                detail={k: v for k, v in detail.items() if v} | counts))  # E: it ran and wrote nothing
+    except Exception:
+        if report is not None:
+            raise
+        console.print("[yellow]warning:[/yellow] the stopped run could not be written to the audit log")
 
 
 @app.command()

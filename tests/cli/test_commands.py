@@ -337,3 +337,19 @@ def test_audit_search_is_audited_with_its_criteria_and_what_it_showed(env: Datab
     [search] = _cli_entries(env, "governance:audit:search")
     assert search == {"username": "cli", "entries": "2", "newest_seq": str(found[0]["seq"]),
                       "oldest_seq": str(found[1]["seq"])}
+
+
+def test_an_ingest_run_stopped_part_way_is_audited_as_an_error_naming_what_stopped_it(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sharedcare.ingest.pipeline import Pipeline
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "ingest_paths", interrupted)
+    result = runner.invoke(app, ["ingest", str(_feed(tmp_path))])
+    assert result.exit_code != 0
+    with env.session() as s:
+        (run,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")).all()
+    assert (run.username, run.outcome, details(run)["stopped"], details(run)["files"]) == (
+        "cli", "error", "KeyboardInterrupt", "1")

@@ -142,8 +142,7 @@ def not_shown(withheld: Iterable[str], role: Role | None, fw: Framework) -> dict
     reasons = set(withheld) - {"tier"}
     if role_limited(role, fw):
         reasons.add("tier")
-    words = withheld_labels(role)
-    return {why: _words(why, words, fw) for why in sorted(reasons)}
+    return _worded(reasons, role, fw)
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,11 @@ def patient_not_shown(withheld: Iterable[str], masked: bool, role: Role | None, 
     nothing on a Patient with nothing withheld, whatever else of the record it does not see. Each is a
     reason the same reader's notice on the whole record gives too (a Patient's withholding rule is the
     record's; `tier` is the role's): nothing about this person the notice would not say."""
-    reasons = set(withheld) | ({"tier"} if masked else set())
+    return _worded(set(withheld) | ({"tier"} if masked else set()), role, fw)
+
+
+def _worded(reasons: set[str], role: Role | None, fw: Framework) -> dict[str, str]:
+    """Each reason in the words this role reads, by code, in code order."""
     words = withheld_labels(role)
     return {why: _words(why, words, fw) for why in sorted(reasons)}
 
