@@ -575,8 +575,8 @@ def clients_add(
     fw = _framework()
     try:
         with _database().session() as session:
-            client = add_client(session, fw, client_id, name, kind, redirect_uris=redirect_uri, launch_uri=launch_uri,
-                                organisation=organisation, role=role, jwks=keys, scope=scope)
+            client = add_client(session, fw, client_id, name, kind, by=OPERATOR, redirect_uris=redirect_uri,
+                                launch_uri=launch_uri, organisation=organisation, role=role, jwks=keys, scope=scope)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{client.client_id}: registered ({client.kind}, scopes {client.scope})")

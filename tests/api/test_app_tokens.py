@@ -23,7 +23,7 @@ from sharedcare.store.models import AgreementChange, AuditEntry
 def _registered(ics: Ics, db: Database, framework: Framework) -> None:
     """The app the tokens name is registered (a token naming an unregistered app is refused anyway)."""
     with db.session() as session:
-        add_client(session, framework, "ward-tasks", "Ward tasks", "public",
+        add_client(session, framework, "ward-tasks", "Ward tasks", "public", by="cli",
                    redirect_uris=["https://tasks.example/callback"], launch_uri="https://tasks.example/launch")
 
 

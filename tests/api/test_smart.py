@@ -57,8 +57,9 @@ def rsa_key() -> RSAKey:
 @pytest.fixture
 def registered(ics: Ics, db: Database, framework: Framework, rsa_key: RSAKey) -> Ics:
     with db.session() as session:
-        add_client(session, framework, APP, "Ward tasks", "public", redirect_uris=[REDIRECT], launch_uri=LAUNCH_URI)
-        add_client(session, framework, EPR, "Riverside Hospital EPR", "backend", organisation="RXR",
+        add_client(session, framework, APP, "Ward tasks", "public", by="cli", redirect_uris=[REDIRECT],
+                   launch_uri=LAUNCH_URI)
+        add_client(session, framework, EPR, "Riverside Hospital EPR", "backend", by="cli", organisation="RXR",
                    role="acute_clinician", jwks=KeySet([rsa_key]).as_dict(private=False))
     return ics
 
@@ -323,7 +324,7 @@ def test_a_partner_backend_with_a_signed_assertion_reads_under_its_organisations
 def test_an_es384_key_works_too(registered: Ics, db: Database, framework: Framework) -> None:
     key = ECKey.generate_key("P-384", parameters={"kid": "ec-1"})
     with db.session() as session:
-        add_client(session, framework, "ec-system", "EC system", "backend", organisation="RYC",
+        add_client(session, framework, "ec-system", "EC system", "backend", by="cli", organisation="RYC",
                    role="district_nurse", jwks=KeySet([key]).as_dict(private=False))
     assert _backend_token(registered, _assertion(key, "ES384", "ec-system")).status_code == 200
 
@@ -407,6 +408,27 @@ def test_a_removed_apps_tokens_stop_working_on_their_next_request(registered: Ic
     assert refusal is not None and refusal.username == "dr.patel" and refusal.outcome == "deny"
     # the user's own portal session was never the app's: it still works
     assert registered.client.get(f"/record/{registered.okafor}").status_code == 200
+
+
+def test_an_app_removed_and_registered_again_does_not_bring_back_its_old_tokens(registered: Ics, db: Database,
+                                                                                framework: Framework) -> None:
+    """Removing a compromised app and registering it again (new redirect URI, say) must leave the tokens
+    the old registration issued cut off; the new registration's tokens work."""
+    from sharedcare.governance.clients import remove_client
+
+    old = _bearer(_app_token(registered)["access_token"])
+    everything = f"/fhir/Patient/{registered.okafor}/$everything"
+    assert registered.client.get(everything, headers=old).status_code == 200
+    time.sleep(1.1)  # the token's iat is whole seconds; the new registration must come after its second
+    with db.session() as session:
+        remove_client(session, APP, by="cli")
+        add_client(session, framework, APP, "Ward tasks", "public", by="cli", redirect_uris=[REDIRECT],
+                   launch_uri=LAUNCH_URI)
+    assert "no longer registered" in _outcome(registered.client.get(everything, headers=old), 401)
+    time.sleep(1.1)
+    new = _bearer(_app_token(registered)["access_token"])
+    assert registered.client.get(everything, headers=new).status_code == 200
+    assert registered.client.get(everything, headers=old).status_code == 401
 
 
 # -- tokens refused -----------------------------------------------------------------------------------------
@@ -504,6 +526,12 @@ def test_clients_are_registered_and_listed_with_the_cli(db: Database, tmp_path: 
     listed = json.loads(runner.invoke(cli, ["clients", "list", "--json"]).stdout)
     assert [(c["client_id"], c["kind"], c["organisation"], c["scope"]) for c in listed] == [
         (EPR, "backend", "RXR", "system/*.read"), (APP, "public", None, "launch patient/*.read user/*.read")]
+    with db.session() as session:  # each registration audited, as the operator's, naming what it may do
+        added_entries = session.scalars(select(AuditEntry).where(AuditEntry.action == "governance:client:add")
+                                        .order_by(AuditEntry.seq)).all()
+    assert [(e.username, e.outcome) for e in added_entries] == [("cli", "permit"), ("cli", "permit")]
+    assert [{d["type"]: d["valueString"] for x in e.event["entity"] if x.get("name") == "decision"
+             for d in x["detail"]}["client_id"] for e in added_entries] == [EPR, APP]
 
 
 def test_an_app_removed_with_the_cli_is_cut_off_and_the_removal_audited(

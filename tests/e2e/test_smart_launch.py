@@ -57,7 +57,7 @@ def test_a_gp_opens_an_app_from_the_record_and_it_reads_that_record(live: tuple[
         site = f"http://localhost:{tasks.port}"
         database, fw = ics.client.app.state.database, ics.client.app.state.framework  # type: ignore[attr-defined]
         with database.session() as session:
-            add_client(session, fw, "ward-tasks", "Ward tasks", "public", redirect_uris=[f"{site}/callback"],
+            add_client(session, fw, "ward-tasks", "Ward tasks", "public", by="cli", redirect_uris=[f"{site}/callback"],
                        launch_uri=f"{site}/launch")
 
         page = pages.open()

@@ -35,8 +35,8 @@ def warehouse(ics: Ics, db: Database, framework: Framework, monkeypatch: pytest.
     monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")  # TestClient talks plain http://testserver
     key = RSAKey.generate_key(2048, parameters={"kid": "warehouse-1"})
     with db.session() as session:
-        add_client(session, framework, WAREHOUSE, "Population health warehouse", "backend", organisation="QRD",
-                   role="analyst", jwks=KeySet([key]).as_dict(private=False))
+        add_client(session, framework, WAREHOUSE, "Population health warehouse", "backend", by="cli",
+                   organisation="QRD", role="analyst", jwks=KeySet([key]).as_dict(private=False))
     yield key
 
 

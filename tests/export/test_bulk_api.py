@@ -186,7 +186,7 @@ def test_bad_kick_offs_say_what_is_wrong(ics: Ics) -> None:
     # an app launched for one patient exports no population, whatever its user's role may export
     state = ics.client.app.state  # type: ignore[attr-defined]
     with state.database.session() as session:
-        add_client(session, state.framework, "ward-tasks", "Ward tasks", "public",
+        add_client(session, state.framework, "ward-tasks", "Ward tasks", "public", by="cli",
                    redirect_uris=["https://tasks.example/callback"], launch_uri="https://tasks.example/launch")
     launched = mint_token(state.settings, state.framework, "analyst.chen", "launch patient/*.read",
                           client_id="ward-tasks", patient=ics.okafor)

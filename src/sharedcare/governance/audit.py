@@ -63,6 +63,7 @@ class AuditAction(StrEnum):
     MPI_LINK_CHANGE = "identity:mpi:link-change"
     MPI_REVIEW_VIEW = "identity:mpi:review-view"  # the records in the MPI review queue shown to an operator
     AUDIT_SEARCH = "governance:audit:search"
+    CLIENT_ADD = "governance:client:add"  # an app or partner system registered (`sharedcare clients add`)
     CLIENT_REMOVE = "governance:client:remove"  # an app or partner system cut off (`sharedcare clients remove`)
     PREFERENCE_VIEW = "governance:preference:view"
     GOVERNANCE_DENIED = "governance:function:denied"

@@ -121,11 +121,12 @@ def remove_client(session: Session, client_id: str, by: str) -> RegisteredClient
     return removed
 
 
-def add_client(session: Session, fw: Framework, client_id: str, name: str, kind: str, *,
+def add_client(session: Session, fw: Framework, client_id: str, name: str, kind: str, *, by: str,
                redirect_uris: list[str] | None = None, launch_uri: str | None = None,
                organisation: str | None = None, role: str | None = None, jwks: dict[str, Any] | None = None,
                scope: str | None = None) -> RegisteredClient:
-    """Register a client, checking what each kind needs; every problem names the option at fault."""
+    """Register a client, checking what each kind needs; every problem names the option at fault. Audited,
+    naming what it may do: registering a client grants it access, as removing one takes it away."""
     where = "clients add"
     if session.get(OAuthClient, client_id) is not None:
         raise SharedcareError(f"a client '{client_id}' is already registered", where=where)
@@ -150,6 +151,9 @@ def add_client(session: Session, fw: Framework, client_id: str, name: str, kind:
                       launch_uri=launch_uri, organisation=organisation, role=role, jwks=jwks, created_at=utcnow())
     session.add(row)
     session.flush()
+    record_audit(session, AuditRecord(AuditAction.CLIENT_ADD, "permit", by, purpose="governance", detail={
+        "client_id": client_id, "kind": kind, "scope": scope, "organisation": organisation or "",
+        "role": role or ""}))
     return RegisteredClient.of(row)
 
 

@@ -25,9 +25,12 @@ _REVOKED_TABLE = cast(Table, RevokedToken.__table__)
 _REVOKED = select(_REVOKED_TABLE.c.jti).where(_REVOKED_TABLE.c.jti == bindparam("jti"))  # every request: built once
 _CLIENTS_TABLE = cast(Table, OAuthClient.__table__)
 # A presented token's standing, in one statement (every request: built once): whether it was revoked, and
-# whether the app it names (`client_id`) is still registered.
+# whether the app it names (`client_id`) is registered now under a registration made before the token was
+# issued (a client removed and registered again does not bring back the tokens of the one removed).
 _STANDING = select(_REVOKED.exists().label("revoked"), select(_CLIENTS_TABLE.c.client_id).where(
-    _CLIENTS_TABLE.c.client_id == bindparam("client")).exists().label("registered"))
+    _CLIENTS_TABLE.c.client_id == bindparam("client"),
+    _CLIENTS_TABLE.c.created_at < bindparam("issued_by"),
+).exists().label("registered"))
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,18 @@ def is_revoked(session: Session, claims: dict[str, Any]) -> bool:
 def refusal(session: Session, claims: dict[str, Any]) -> str | None:
     """Why a signed, unexpired token no longer works, if it does not: it was revoked, or the app it was
     issued to has been removed (`sharedcare clients remove`), which cuts off every token of that app at
-    once rather than one at a time. One query a request, as the revocation check alone was; a token of
-    no app (a portal session) runs that check alone."""
+    once rather than one at a time, and stays cut off if a client of that id is registered again. One
+    query a request, as the revocation check alone was; a token of no app (a portal session) runs that
+    check alone."""
     client = claims.get("client_id")
     if not client:
         return "the access token has been revoked; sign in again" if is_revoked(session, claims) else None
-    revoked, registered = run(session, _STANDING, {"jti": str(claims.get("jti", "")), "client": str(client)}).one()
+    # `iat` is whole seconds (JWT NumericDate as PyJWT writes it): a registration made in the second the
+    # token was issued still counts as before it, so removing and re-registering within that one second
+    # would not cut the token off. Tokens without `iat` are not ours (`auth.sign_token` always sets it).
+    issued_by = datetime.fromtimestamp(int(claims.get("iat", 0)) + 1, UTC)
+    revoked, registered = run(session, _STANDING, {"jti": str(claims.get("jti", "")), "client": str(client),
+                                                   "issued_by": issued_by}).one()
     if revoked:
         return "the access token has been revoked; sign in again"
     return None if registered else f"the app '{client}' is no longer registered; its tokens no longer work"
