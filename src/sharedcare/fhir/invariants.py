@@ -53,10 +53,15 @@ _SAFE_DATA = re.compile(r"^\s*data\s*:\s*image/(png|jpeg|gif|webp|bmp)[;,]", re.
 _ACTIVE_STYLE = re.compile(r"expression\s*\(|javascript\s*:|url\s*\(|@import|behavior\s*:", re.IGNORECASE)
 # In a string (not markup, so matched as text, the way the validator's security check scans one): a tag
 # that runs or embeds something, an event-handler attribute inside a tag, a script URL anywhere.
+# Every string a source sends is searched, so the search must take time linear in the string: the obvious
+# forms (`<\s*/?\s*` splits a run of spaces two ways; `<[a-z][^>]*\son...` scans from every '<' to the next
+# '>' or the end) took seconds on tens of kilobytes. Here an event handler is looked for only back to the
+# nearest tag opening, which finds one exactly when some earlier opening with no '>' since would: tested
+# against those forms (tests/fhir/test_invariants.py).
 _ACTIVE_STRING = re.compile(
-    r"<\s*/?\s*(script|iframe|frame|frameset|object|embed|applet|form|input|button|base|link|meta|style|svg|"
-    r"math|body|html|head)\b"
-    r"|<[a-z][^>]*\son[a-z]+\s*="
+    r"<\s*(?:/\s*)?(script|iframe|frame|frameset|object|embed|applet|form|input|button|base|link|meta|style|"
+    r"svg|math|body|html|head)\b"
+    r"|<[a-z](?:[^<>]|<(?![a-z]))*\son[a-z]+\s*="
     r"|(java|vb)script\s*:",
     re.IGNORECASE)
 _PARSER_OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": False, "huge_tree": False,

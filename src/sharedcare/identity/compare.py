@@ -101,7 +101,10 @@ def email_key(value: str | None) -> str | None:
     if not value:
         return None
     text = value.strip().lower()
-    return text if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text) else None
+    # `[^@\s]+@[^@\s]+\.[^@\s]+` as one regex backtracks over a run of dots (seconds on kilobytes): the
+    # same test is a local part and a domain with a dot inside it, not at either end
+    address = re.fullmatch(r"[^@\s]+@([^@\s]+)", text)
+    return text if address and "." in address[1][1:-1] else None
 
 
 def transposed(dob: str | None) -> str | None:

@@ -58,7 +58,10 @@ _FLAGS = {"H": "High", "L": "Low", "N": "Normal", "HH": "Critical high", "LL": "
 
 _TIMESTAMP = re.compile(r"(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
                         r"([+-]\d{4})?")
-_NUMBER = re.compile(r"\s*(<=|>=|<|>)?\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*")
+# Both are run on what a sender wrote, so each is written to take time linear in its input: no run of one
+# class that two quantifiers in a row could share out between them (`\s*(op)?\s*`, `\d+\.?\d*` took
+# seconds on a few kilobytes of spaces or digits). The languages are the same as the obvious forms'.
+_NUMBER = re.compile(r"\s*(?:(<=|>=|<|>)\s*)?([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*")
 _RANGE = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*")
 
 
@@ -420,7 +423,10 @@ def _quantity(text: str, unit: list[str], simple: bool = False) -> Json | None:
     match = _NUMBER.fullmatch(text)
     if match is None or (simple and match[1]):
         return None
-    value: float | int = float(match[2]) if "." in match[2] else int(match[2])
+    try:
+        value: float | int = float(match[2]) if "." in match[2] else int(match[2])
+    except ValueError:  # more digits than Python reads as an int (4,300): no lab's value, and no FHIR decimal
+        return None
     code, display, system = part(unit, 1), part(unit, 2), part(unit, 3)
     ucum = bool(code) and (system == "UCUM" or is_ucum(code))
     return compact({"value": value, "comparator": match[1], "unit": display or code,
@@ -432,8 +438,9 @@ def reference_range(text: str, unit: list[str]) -> Json | None:
     if not text:
         return None
     span = _RANGE.fullmatch(text)
-    if span:
-        return {"low": _quantity(span[1], unit, simple=True), "high": _quantity(span[2], unit, simple=True)}
+    low, high = (_quantity(span[1], unit, simple=True), _quantity(span[2], unit, simple=True)) if span else (None,) * 2
+    if low and high:  # a bound too long to read as a number leaves the range as text
+        return {"low": low, "high": high}
     bound = _NUMBER.fullmatch(text)
     if bound and bound[1]:
         return {"high" if bound[1].startswith("<") else "low": _quantity(bound[2], unit, simple=True)}
@@ -451,7 +458,6 @@ _PLAIN = {"min", "h", "d", "wk", "mo", "a", "%", "[pH]", "[ppm]", "[ppb]", "[ppt
           "[in_i]", "[ft_i]", "[lb_av]", "[oz_av]", "[degF]", "[psi]"}
 _UCUM_TERM = r"(?:[^./{}\s]|\{[^{}\s]*\})+"
 _UCUM = re.compile(rf"/?{_UCUM_TERM}(?:[./]{_UCUM_TERM})*")
-_UCUM_PART = re.compile(r"(?P<atom>.+?)(?P<exponent>[+-]?\d+)?(?P<note>\{[^{}]*\})?")
 
 
 def is_ucum(unit: str) -> bool:
@@ -470,8 +476,29 @@ def _ucum(unit: str) -> bool:
     for term in re.findall(_UCUM_TERM, unit):
         if re.fullmatch(r"\{[^{}]*\}|\d+|10[*^][+-]?\d+", term):
             continue
-        match = _UCUM_PART.fullmatch(term)
-        atom = match["atom"] if match else ""
+        atom = _atom(term)
         if atom not in _PLAIN and not any(atom.startswith(p) and atom[len(p):] in _METRIC for p in ("", *_PREFIXES)):
             return False
     return True
+
+
+def _atom(term: str) -> str:
+    """A UCUM term's atom: what is left before its exponent and annotation ('mg' of 'mg2{dry}'), the shortest
+    non-empty head whose tail is `[+-]?digits`, then `{note}`, each optional.
+
+    By hand, from the end, because the regex for it (`(.+?)([+-]?\\d+)?(\\{[^{}]*\\})?`, which this replaced and
+    is tested against) tried every head against every tail: seconds on a unit of a few kilobytes of digits."""
+    ends = [len(term)]  # where an exponent may end: the term's end, or where a closing note begins
+    note = term.rfind("{")
+    if term.endswith("}") and note >= 0 and "}" not in term[note:-1]:
+        ends.insert(0, note)  # the tail with the note is the longer one, so it leaves the shorter head
+    for end in ends:
+        start = end
+        while start > 0 and term[start - 1].isdecimal():  # what `\d` matches: a Unicode decimal digit
+            start -= 1
+        if start < end and start > 0 and term[start - 1] in "+-":
+            start -= 1
+        head = max(start, 1)
+        if head <= end:
+            return term[:head]
+    return term
