@@ -314,7 +314,11 @@ class LinkMove(Base):
     record a past audit entry was about can be told after merges and relinks (a citizen's access log)."""
 
     __tablename__ = "link_moves"
-    __table_args__ = (Index("ix_link_moves_record", "patient_record_id"),)
+    __table_args__ = (
+        Index("ix_link_moves_record", "patient_record_id"),
+        Index("ix_link_moves_from_person", "from_person"),  # has a record ever left this person (access_log)
+        Index("ix_link_moves_to_person", "to_person"),  # with from_person: whose records an access was to
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     link_event_id: Mapped[int] = mapped_column(ForeignKey("link_events.id"))
     patient_record_id: Mapped[int] = mapped_column(ForeignKey("patient_records.id"))
