@@ -143,8 +143,12 @@ REGISTER = ROOT / "docs" / "safety" / "change-register.md"
 # consent/, mpi/ and audit/).
 SAFETY_RELEVANT = sorted(
     [f"src/sharedcare/governance/{name}.py" for name in ("policy", "consent", "gateway", "audit", "checkpoints",
-                                                         "disclosure", "classify", "review", "patient_scope")]
+                                                         "disclosure", "classify", "review", "patient_scope",
+                                                         "secondary")]  # secondary: what goes into an extract
     + ["src/sharedcare/store/database.py"]  # its Prepared statements write every audit entry
+    # staging classifies each resource (in a worker for large runs); the writer stores that category, and a
+    # read trusts it: a wrong one releases data at the wrong tier
+    + ["src/sharedcare/ingest/staging.py"]
     + [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "sharedcare" / "identity").glob("*.py")
        if p.name not in ("__init__.py", "evaluate.py")]
     + ["src/sharedcare/identity/default_model.json"])
