@@ -286,6 +286,8 @@ class SignInCode(Base):
     """A one-time code sent to a citizen signing in to the patient portal, kept only as a salted hash."""
 
     __tablename__ = "sign_in_codes"
+    # codes issued to a person in the last hour, counted under the audit chain's lock (one_time_codes.py)
+    __table_args__ = (Index("ix_sign_in_codes_person", "person_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the challenge the browser holds
     person_id: Mapped[str] = mapped_column(String(36))
     code_hash: Mapped[str] = mapped_column(String(200))
