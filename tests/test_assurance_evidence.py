@@ -143,8 +143,14 @@ REGISTER = ROOT / "docs" / "safety" / "change-register.md"
 # consent/, mpi/ and audit/).
 SAFETY_RELEVANT = sorted(
     [f"src/sharedcare/governance/{name}.py" for name in ("policy", "consent", "gateway", "audit", "checkpoints",
-                                                         "disclosure", "classify", "review", "patient_scope")]
+                                                         "disclosure", "classify", "review", "patient_scope",
+                                                         "secondary")]  # secondary: what goes into an extract
     + ["src/sharedcare/store/database.py"]  # its Prepared statements write every audit entry
+    # staging classifies each resource (in a worker for large runs); the writer stores that category (or
+    # classifies one staging did not) under the framework's key, and a read trusts it: a wrong one releases
+    # data at the wrong tier. The writer also keeps a late message from overwriting newer data, quarantines
+    # what fails and queues competing registrations (HAZ-07, HAZ-13, HAZ-10).
+    + ["src/sharedcare/ingest/staging.py", "src/sharedcare/ingest/pipeline.py"]
     + [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "sharedcare" / "identity").glob("*.py")
        if p.name not in ("__init__.py", "evaluate.py")]
     + ["src/sharedcare/identity/default_model.json"])
@@ -154,6 +160,19 @@ REGISTER_ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| `(?P<fingerprint>[0-9a-f]{1
 
 def fingerprint(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_every_module_that_classifies_a_resource_is_safety_relevant() -> None:
+    """A resource's category decides at which tier it is released; a module that computes one (and a read
+    or an extract then trusts it) is reviewed against the hazards as `classify.py` itself is."""
+    classifying = []
+    for path in sorted((ROOT / "src" / "sharedcare").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.ImportFrom) and node.module == "sharedcare.governance.classify"
+                    and any(alias.name == "classify" for alias in node.names)):
+                classifying.append(str(path.relative_to(ROOT)))
+    assert "src/sharedcare/ingest/staging.py" in classifying
+    assert sorted(set(classifying) - set(SAFETY_RELEVANT)) == []
 
 
 def test_every_safety_relevant_change_names_its_hazards() -> None:

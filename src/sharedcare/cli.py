@@ -1018,7 +1018,7 @@ def audit_search(
     name patients and carry clinicians' reasons)."""
     from datetime import UTC, datetime
 
-    from sharedcare.governance.access_log import details, search
+    from sharedcare.governance.access_log import details, search_page
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     def day(value: str | None, name: str) -> datetime | None:
@@ -1029,21 +1029,19 @@ def audit_search(
 
     with _database().session() as session:
         start, end = day(since, "since"), day(until, "until")
-        entries = search(session, patient_id=patient, username=user, organisation=org, since=start, until=end,
-                         limit=limit)
-        # what was shown, so that it can be found again: the criteria and the entries' span of the chain
         criteria = {"patient_id": patient, "username": user, "organisation": org, "since": start, "until": end}
-        shown = {"entries": str(len(entries))} | ({"newest_seq": str(entries[0].seq),
-                                                   "oldest_seq": str(entries[-1].seq)} if entries else {})
+        found = search_page(session, limit, **criteria)
+        entries = found.entries
         record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
-                                          detail={k: str(v) for k, v in criteria.items() if v} | shown))
+                                          detail=found.audit_detail(criteria)))
         rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
                  "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e)}
                 for e in entries]
     if as_json:
         _print_json(rows)
         return
-    table = Table(title=f"Audit: {len(rows)} entries")
+    more = f"; more match than --limit {limit}, newest shown" if found.more else ""
+    table = Table(title=f"Audit: {len(rows)} entries{more}")
     for column in ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason"):
         table.add_column(column)
     for r in rows:

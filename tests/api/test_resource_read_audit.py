@@ -151,6 +151,33 @@ def test_everything_and_search_of_a_patient_who_objected_look_like_a_missing_one
         assert events == [("deny", "deny-objection-org", ics.okafor)]
 
 
+def test_a_caller_without_a_basis_is_not_told_to_record_one_for_a_patient_who_objected_to_them(ics: Ics) -> None:
+    """Without a basis, `$everything` answers 403 "record why you are opening this record": that tells a
+    clinician what to do, and tells them the person is stored. For a patient who objected to their
+    organisation (whom patient search does not find, and whose basis would be refused as missing) it must
+    look missing instead, or the 403 then the basis's 404 tell the caller both that the person is stored and
+    that they objected (TRUST AC3)."""
+    from sharedcare.governance.consent import set_choice
+
+    headers = ics.token("dr.patel")  # no basis recorded
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).status_code == 403
+    with _db(ics).session() as session:
+        set_choice(session, OKAFOR_NHS, by="test", object_org="P81001")
+        session.commit()
+    missing = "00000000-0000-0000-0000-000000000000"
+    for n, url in enumerate(("/fhir/Patient/{}/$everything", "/fhir/Condition?patient={}")):
+        absent = ics.client.get(url.format(missing), headers=headers)
+        refused = ics.client.get(url.format(ics.okafor), headers={**headers, "X-Request-ID": f"unbased-{n}"})
+        assert (absent.status_code, refused.status_code) == (404, 404), (url, refused.text)
+        assert "basis" not in refused.text and "objected" not in refused.text
+        assert refused.json()["issue"][0]["diagnostics"] == absent.json()["issue"][0]["diagnostics"].replace(
+            missing, ics.okafor)
+        events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, f"unbased-{n}")]
+        assert events == [("deny", "deny-objection-org", ics.okafor)]
+    others = ics.token("para.evans")  # another organisation, no basis either: still told what to do
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=others).status_code == 403
+
+
 def test_recording_a_basis_or_opening_the_page_of_a_patient_who_objected_looks_like_a_missing_one(ics: Ics) -> None:
     """Recording why you need a record, over the API or the portal, must not tell you either that the
     person is stored or that they objected to your organisation (TRUST AC3); it used to answer 403 "the

@@ -337,6 +337,13 @@ def test_audit_search_is_audited_with_its_criteria_and_what_it_showed(env: Datab
     [search] = _cli_entries(env, "governance:audit:search")
     assert search == {"username": "cli", "entries": "2", "newest_seq": str(found[0]["seq"]),
                       "oldest_seq": str(found[1]["seq"])}
+    shown = runner.invoke(app, ["audit", "search", "--user", "cli", "--limit", "1"]).stdout
+    assert "Audit: 1 entries; more match than --limit 1" in shown  # the newest: the search above
+    with env.session() as s:
+        first, _ = s.scalars(select(AuditEntry.seq).where(AuditEntry.action == "governance:audit:search")
+                             .order_by(AuditEntry.seq)).all()
+    assert _cli_entries(env, "governance:audit:search")[-1] == {
+        "username": "cli", "entries": "1", "newest_seq": str(first), "oldest_seq": str(first), "more": "true"}
 
 
 def test_an_ingest_run_stopped_part_way_is_audited_as_an_error_naming_what_stopped_it(

@@ -4,14 +4,19 @@ the stored categories are brought up to date."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select, update
+from tests.builders import SCT, bundle, condition, document, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
+from tests.ingest.test_csv_extract import _extract, _lrc, _row
 from tests.small_ics import Ics
 
 from sharedcare.governance.classify import classification_key, classify, reclassify
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import Resource
 
@@ -85,3 +90,65 @@ def test_rows_stored_before_categories_are_classified_by_the_reclassify_command(
     with db.session() as session:
         assert session.scalars(select(Resource).where(Resource.category.is_(None))).first() is None
     assert "reclassified 0 resources" in CliRunner().invoke(app, ["framework", "reclassify"]).output
+
+
+def _one_of_each_category(tmp: Path) -> tuple[list[Path], dict[tuple[str, str], str]]:
+    """Feeds holding a resource of every category in the framework, and the category each must be stored
+    under, written from the framework's rules (config/framework.yaml, classify.py's docstring), not by
+    calling `classify`."""
+    nhs, born = "9434765919", "1945-03-02"
+    encounter = {"resourceType": "Encounter", "id": "gp-e1", "status": "finished",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "subject": {"reference": "Patient/gp"}, "period": {"start": "2026-10-01T09:00:00Z"}}
+    pressure = {"resourceType": "Observation", "id": "gp-o1", "status": "final",
+                "code": {"coding": [{"system": SCT, "code": "271649006", "display": "Systolic blood pressure"}]},
+                "subject": {"reference": "Patient/gp"}, "effectiveDateTime": "2026-10-01T09:00:00Z",
+                "valueQuantity": {"value": 140, "unit": "mmHg", "system": "http://unitsofmeasure.org",
+                                  "code": "mm[Hg]"}}
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-a1", "patient": {"reference": "Patient/rxm"},
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    bundles = [
+        bundle("P81001", "emis", [
+            patient("gp", nhs, "Okafor", "Emeka", born),  # demographics
+            condition("gp-c1", "Patient/gp", "44054006", "Type 2 diabetes mellitus"),  # summary
+            encounter, pressure,  # encounters, diagnostics
+            condition("gp-sg", "Patient/gp", "417430008", "Vulnerable adult"),  # safeguarding, a listed code
+            condition("gp-sh", "Patient/gp", "105629000", "Chlamydial infection"),  # sexual health, a listed code
+        ]),
+        bundle("RXR", "epr", [patient("rxr", nhs, "Okafor", "Emeka", born),
+                              document("rxr-d1", "Patient/rxr", "Discharged after a fall.")]),  # hospital detail
+        bundle("RYC", "rio", [patient("ryc", nhs, "Okafor", "Emeka", born),
+                              condition("ryc-c1", "Patient/ryc", "44054006", "Diabetes")]),  # community's service
+        bundle("RXM", "rio", [patient("rxm", nhs, "Okafor", "Emeka", born),
+                              condition("rxm-c1", "Patient/rxm", "35489007", "Depressive disorder"),  # mental health
+                              allergy]),  # a safety-critical type a mental health trust sent: alerts
+    ]
+    feeds = [write_ndjson(tmp / "feeds" / f"{n}.ndjson", [b]) for n, b in enumerate(bundles)]
+    feeds.append(_extract(_lrc(tmp / "feeds"), [_row()]))  # a council's assessment: social care
+    expected = {("P81001", "gp"): "demographics", ("P81001", "gp-c1"): "summary", ("P81001", "gp-e1"): "encounters",
+                ("P81001", "gp-o1"): "diagnostics", ("P81001", "gp-sg"): "safeguarding",
+                ("P81001", "gp-sh"): "sexual_health", ("RXR", "rxr"): "demographics",
+                ("RXR", "rxr-d1"): "hospital_detail", ("RYC", "ryc"): "demographics", ("RYC", "ryc-c1"): "community",
+                ("RXM", "rxm"): "demographics", ("RXM", "rxm-c1"): "mental_health", ("RXM", "rxm-a1"): "alerts",
+                ("LRC", "C1"): "demographics", ("LRC", "A1"): "social_care"}
+    return feeds, expected
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "workers"])
+def test_every_category_is_stored_as_the_framework_says_whether_staged_in_a_worker_or_in_process(
+        db: Database, framework: Framework, tmp_path: Path, workers: int) -> None:
+    """Staging classifies each resource (in a worker process for large runs) before the writer stores it: a
+    worker's category must be exactly the one the framework gives, as in process, or the data is released
+    at the wrong tier (HAZ-02, HAZ-05)."""
+    feeds, expected = _one_of_each_category(tmp_path)
+    assert set(expected.values()) == set(framework.categories)
+    report = Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths(feeds)
+    assert report.quarantined == 0, report.quarantine
+    with db.session() as session:
+        rows = session.scalars(select(Resource)).all()
+    assert {(row.source_org, row.source_id): row.category for row in rows} == expected
+    for row in rows:  # and what the read path would make of it, classifying afresh in this process
+        org = framework.organisation(row.source_org)
+        assert org is not None
+        assert (row.category, row.category_key) == (classify(row.content, org.kind, framework),
+                                                    classification_key(framework))

@@ -6,7 +6,7 @@ import pytest
 from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 
-from sharedcare.governance.access_log import search
+from sharedcare.governance.access_log import details, search
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, GovernedRecords, actor_for, citizen_actor
 from sharedcare.governance.workspace import CitizenWorkspace, IgWorkspace
@@ -72,8 +72,10 @@ def test_only_roles_granted_it_can_work_the_review_queue_and_the_refusal_is_audi
 def test_an_ig_officers_audit_search_is_itself_audited(ics: Ics, framework: Framework) -> None:
     ics.open_record("dr.patel")
     with _db(ics).session() as s:
-        found = IgWorkspace(s, framework, actor_for(framework, "ig.morgan")).search(username="dr.patel")
-        assert [e.action for e in found] == ["access:basis:record"]
+        found = IgWorkspace(s, framework, actor_for(framework, "ig.morgan")).search(10, username="dr.patel")
+        assert [e.action for e in found.entries] == ["access:basis:record"] and not found.more
     with _db(ics).session() as s:
         (entry,) = search(s, username="ig.morgan")
     assert entry.action == "governance:audit:search"
+    seq = str(found.entries[0].seq)
+    assert details(entry) == {"username": "dr.patel", "entries": "1", "newest_seq": seq, "oldest_seq": seq}

@@ -12,6 +12,7 @@ from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.clock import utcnow
+from sharedcare.governance.access_log import details
 from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
@@ -148,6 +149,31 @@ def test_the_audit_log_is_searched_by_user_organisation_patient_and_dates(ics: I
     with _db(ics).session() as s:
         searches = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:audit:search")).all()
     assert len(searches) == 6 and all(e.username == "ig.morgan" for e in searches)
+
+
+def test_an_audit_search_is_audited_with_what_was_searched_and_what_was_shown(
+        ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search's own entry says what the officer asked for and how many entries the page showed (and
+    which), never the one extra entry the page reads to know there are more."""
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    ics.open_record("dr.patel")
+    _sign_in(ics)
+    monkeypatch.setattr(ig, "FOUND", 1)
+    assert "More than 1 event found" in ics.client.post("/ig/audit", data={"patient": ics.okafor}).text
+    ics.client.post("/ig/audit", data={"user": "para.evans"})
+    ics.client.get("/ig/audit")  # the most recent events, before any criteria
+    with _db(ics).session() as s:
+        searches = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:audit:search")
+                             .order_by(AuditEntry.seq)).all()
+        bases = s.scalars(select(AuditEntry.seq).where(AuditEntry.action == "access:basis:record")
+                          .order_by(AuditEntry.seq)).all()
+        earlier = len(s.scalars(select(AuditEntry.seq).where(AuditEntry.seq < searches[-1].seq)).all())
+    by_patient, by_user, recent = (details(e) for e in searches)
+    assert by_patient == {"patient_id": ics.okafor, "entries": "1", "newest_seq": str(bases[1]),
+                          "oldest_seq": str(bases[1]), "more": "true"}
+    assert by_user == {"username": "para.evans", "entries": "1", "newest_seq": str(bases[0]),
+                       "oldest_seq": str(bases[0])}
+    assert recent["entries"] == str(min(ig.RECENT, earlier)) and "limit" not in recent
 
 
 def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: Ics) -> None:

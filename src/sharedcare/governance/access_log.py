@@ -4,7 +4,7 @@ FHIR AuditEvent NDJSON export. All read the same hash-chained entries that `audi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -159,6 +159,30 @@ def search(session: Session, *, patient_id: str | None = None, username: str | N
     if actions:
         stmt = stmt.where(AuditEntry.action.in_(actions))
     return list(session.scalars(stmt))
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of an audit search: the entries shown, newest first, and whether more matched."""
+
+    entries: list[AuditEntry]
+    more: bool
+
+    def audit_detail(self, criteria: Mapping[str, object]) -> dict[str, str]:
+        """What the search's own audit entry records: the criteria given, and what was shown (how many
+        entries, their span of the chain, whether more matched), so that it can be found again."""
+        shown = {"entries": str(len(self.entries))}
+        if self.entries:
+            shown |= {"newest_seq": str(self.entries[0].seq), "oldest_seq": str(self.entries[-1].seq)}
+        if self.more:
+            shown["more"] = "true"
+        return {name: str(value) for name, value in criteria.items() if value} | shown
+
+
+def search_page(session: Session, limit: int, **criteria: Any) -> Found:
+    """Up to `limit` entries of `search`, and whether more matched (one more is read to tell)."""
+    entries = search(session, limit=limit + 1, **criteria)
+    return Found(entries[:limit], len(entries) > limit)
 
 
 def requested_resource(entry: AuditEntry) -> str | None:

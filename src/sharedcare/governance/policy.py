@@ -10,8 +10,10 @@ Order of rules. Whole-request rules, first deny wins:
   2. deny-actor-agreement   the user's organisation has no signed agreement in force
   3. deny-purpose           the role may not act for this purpose
      deny-identifiable      the purpose allows pseudonymised data only (secondary use), never a record
-  4. deny-no-basis          direct care needs a point-of-care basis for this user and patient
-  5. deny-objection-org     the patient objected to the user's organisation seeing their record
+  4. deny-objection-org     the patient objected to the user's organisation seeing their record (before
+                            the basis: the gateway answers it as a missing patient, TRUST AC3, and an
+                            answer "record a basis" would tell the caller the person is stored)
+  5. deny-no-basis          direct care needs a point-of-care basis for this user and patient
 Then each item, first match withholds it:
   a. source-agreement       its source organisation has no signed agreement in force
   b. objection-all          the patient objected to sharing (the user's own organisation's data stays)
@@ -205,11 +207,11 @@ def check_request(req: Request, fw: Framework, require_basis: bool = True) -> De
         return _deny("deny-purpose", f"the {actor.role.label} role may not act for purpose '{req.purpose}'")
     if not purpose.identifiable:
         return _deny("deny-identifiable", f"purpose '{req.purpose}' uses pseudonymised extracts only, not records")
+    if actor.organisation in req.choices.object_orgs:
+        return _deny("deny-objection-org", "the patient has objected to your organisation seeing their record")
     if require_basis and purpose.needs_basis and (req.basis is None or req.basis.expires_at <= req.now):
         return _deny("deny-no-basis", "record why you are opening this record (explicit consent, implied "
                                       "consent or emergency) before viewing it")
-    if actor.organisation in req.choices.object_orgs:
-        return _deny("deny-objection-org", "the patient has objected to your organisation seeing their record")
     return None
 
 

@@ -40,7 +40,7 @@ from sharedcare.governance.gateway import (
     citizen_actor,
 )
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import AuditEntry, PatientRecord, Preference
+from sharedcare.store.models import PatientRecord, Preference
 
 
 class IgWorkspace:
@@ -82,16 +82,17 @@ class IgWorkspace:
         self._require("governance:review:work")
         review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
 
-    def search(self, **criteria: object) -> list[AuditEntry]:
-        """Audit search; the search itself is audited (who searched for what)."""
+    def search(self, limit: int, **criteria: object) -> access_log.Found:
+        """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and
+        what they were shown)."""
         self._require("governance:audit:search")
-        entries = access_log.search(self.session, **criteria)  # type: ignore[arg-type]
+        found = access_log.search_page(self.session, limit, **criteria)
         record_audit(self.session, AuditRecord(
             AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None,
             organisation=self.actor.organisation or None, purpose="governance",
-            detail={k: str(v) for k, v in criteria.items() if v}))
-        return entries
+            detail=found.audit_detail(criteria)))
+        return found
 
     def agreements(self) -> dict[str, Agreement]:
         self._require("governance:agreement:set")

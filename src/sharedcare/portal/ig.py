@@ -126,7 +126,7 @@ def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200
 @router.get("/audit", response_class=HTMLResponse)
 def audit_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
     """The search form, above the most recent events."""
-    return _audit_page(request, ig, fw, rows=[_audit_row(e, fw) for e in ig.search(limit=RECENT)], recent=True)
+    return _audit_page(request, ig, fw, rows=[_audit_row(e, fw) for e in ig.search(RECENT).entries], recent=True)
 
 
 @router.post("/audit", response_class=HTMLResponse)
@@ -148,10 +148,10 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
                                    error_field=f"{prefix}-day")
             bounds[prefix] = datetime.combine(day, time(), tzinfo=UTC)
     until = bounds["to"] + timedelta(days=1) if bounds["to"] else None  # the "to" day is included
-    entries = ig.search(patient_id=patient.strip() or None, username=user.strip() or None,
-                        organisation=organisation or None, since=bounds["from"], until=until, limit=FOUND + 1)
-    return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in entries[:FOUND]],
-                       more=len(entries) > FOUND)
+    found = ig.search(FOUND, patient_id=patient.strip() or None, username=user.strip() or None,
+                      organisation=organisation or None, since=bounds["from"], until=until)
+    return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in found.entries],
+                       more=found.more)
 
 
 @router.get("/agreements", response_class=HTMLResponse)

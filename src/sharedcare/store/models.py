@@ -286,6 +286,8 @@ class SignInCode(Base):
     """A one-time code sent to a citizen signing in to the patient portal, kept only as a salted hash."""
 
     __tablename__ = "sign_in_codes"
+    # codes issued to a person in the last hour, counted under the audit chain's lock (one_time_codes.py)
+    __table_args__ = (Index("ix_sign_in_codes_person", "person_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the challenge the browser holds
     person_id: Mapped[str] = mapped_column(String(36))
     code_hash: Mapped[str] = mapped_column(String(200))
@@ -314,7 +316,11 @@ class LinkMove(Base):
     record a past audit entry was about can be told after merges and relinks (a citizen's access log)."""
 
     __tablename__ = "link_moves"
-    __table_args__ = (Index("ix_link_moves_record", "patient_record_id"),)
+    __table_args__ = (
+        Index("ix_link_moves_record", "patient_record_id"),
+        Index("ix_link_moves_from_person", "from_person"),  # has a record ever left this person (access_log)
+        Index("ix_link_moves_to_person", "to_person"),  # with from_person: whose records an access was to
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     link_event_id: Mapped[int] = mapped_column(ForeignKey("link_events.id"))
     patient_record_id: Mapped[int] = mapped_column(ForeignKey("patient_records.id"))
