@@ -23,7 +23,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
-from sharedcare.api import access, bulk, consent, fhir, fhir_write, history, oauth, smart, transparency
+from sharedcare.api import access, bodies, bulk, consent, fhir, fhir_write, history, oauth, smart, transparency
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -67,10 +67,19 @@ def _nul_in(path: str, query: str, body: bytes | None) -> str | None:
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
 
+def _too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
+    """413, and the connection closed: the rest of the body is not read."""
+    response = (operation_outcome(413, "too-long", exc.message, _request_id(request)) if _is_api(request)
+                else pages.error_page(request, 413, exc.message, heading="What was sent is too large"))
+    response.headers["Connection"] = "close"
+    return response
+
+
 class _ResponseRules:
     """Every request gets an id; every response no-store (static files excepted) and the security headers;
-    a NUL anywhere is refused. Plain ASGI, not `@app.middleware("http")`: that wrapper's streams and task
-    group cost more than a whole governed resource read."""
+    a body over its route's limit (api/bodies.py) or a NUL anywhere is refused. Plain ASGI, not
+    `@app.middleware("http")`: that wrapper's streams and task group cost more than a whole governed
+    resource read."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,10 +93,19 @@ class _ResponseRules:
         # A caller's id is kept only if it looks like one: it goes into audit events and responses.
         request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
         request.state.request_id = request_id
+        fields = request.headers.get("content-type", "").startswith(_FIELD_BODIES)
+        limit = bodies.limit_for(scope["path"])
         body = None
-        if request.headers.get("content-type", "").startswith(_FIELD_BODIES):
-            body = await request.body()
-            receive = _replay(body, receive)  # the route reads the same body again
+        refused: bodies.BodyTooLarge | None = None
+        try:
+            if bodies.declared_over(request, limit):
+                raise bodies.BodyTooLarge(limit)
+            # Read here (up to the limit) unless a FHIR route streams it itself, to its own limit.
+            if fields or not scope["path"].startswith("/fhir"):
+                body = await bodies.read(request, limit)
+                receive = _replay(body, receive)  # the route reads the same body again
+        except bodies.BodyTooLarge as exc:
+            refused = exc
         static = scope["path"].startswith(STATIC_PREFIXES)
 
         async def send_with_headers(message: Message) -> None:
@@ -100,7 +118,10 @@ class _ResponseRules:
                     headers[name] = value
             await send(message)
 
-        where = _nul_in(scope["path"], request.url.query, body)
+        if refused is not None:
+            await _too_large(request, refused)(scope, receive, send_with_headers)
+            return
+        where = _nul_in(scope["path"], request.url.query, body if fields else None)
         if where is None:
             await self.app(scope, receive, send_with_headers)
             return
@@ -181,6 +202,10 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         return pages.error_page(request, 403, "This form could not be accepted: it was not sent from a page of "
                                               "this service, or the page is out of date. Go back, reload the "
                                               "page and try again.", heading="This form could not be sent")
+
+    @app.exception_handler(bodies.BodyTooLarge)
+    async def too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
+        return _too_large(request, exc)
 
     @app.exception_handler(AccessDenied)
     async def forbidden(request: Request, exc: AccessDenied) -> Response:
