@@ -41,3 +41,11 @@ def test_failed_staff_sign_ins_are_audited_within_the_limit_and_a_good_one_alway
     assert ics.client.post("/login", data={"username": "nobody", "password": "x"}).status_code == 401
     last = _sign_ins(db)[-1]
     assert (last.outcome, details(last)["not_audited_before"]) == ("deny", "80")
+
+
+def test_failed_citizen_sign_ins_are_audited_within_the_limit(ics: Ics, db: Database) -> None:
+    for year in range(1900, 1950):
+        page = ics.client.post("/patient/sign-in", data={"nhs_number": "9434765919", "birth_day": "1",
+                                                          "birth_month": "1", "birth_year": str(year)})
+        assert page.status_code == 200
+    assert [(e.outcome, e.username) for e in _sign_ins(db)] == [("deny", "anonymous")] * 20
