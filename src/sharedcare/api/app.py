@@ -65,6 +65,9 @@ def _nul_in(path: str, query: str, body: bytes | None) -> str | None:
 
 
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+# Outside demo mode browsers are told to use HTTPS only, for a year (a browser ignores it over plain HTTP; the
+# deployment's other hosts are not named: includeSubDomains is theirs to choose).
+HSTS = "max-age=31536000"
 
 
 def _too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
@@ -81,8 +84,9 @@ class _ResponseRules:
     `@app.middleware("http")`: that wrapper's streams and task group cost more than a whole governed
     resource read."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hsts: bool) -> None:
         self.app = app
+        self.headers = _SECURITY_HEADERS | ({"Strict-Transport-Security": HSTS} if hsts else {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +118,7 @@ class _ResponseRules:
                 ok_static = static and message["status"] == 200
                 headers["Cache-Control"] = "public, max-age=3600" if ok_static else "no-store"
                 headers["X-Request-ID"] = request_id
-                for name, value in _SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers[name] = value
             await send(message)
 
@@ -181,7 +185,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     app.state.framework = framework or load_framework(settings.framework_path)
     app.state.database = database or Database(settings.database_url)
 
-    app.add_middleware(_ResponseRules)
+    app.add_middleware(_ResponseRules, hsts=not settings.demo)
 
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:
