@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
@@ -228,6 +229,18 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         if not _is_api(request):
             return pages.error_page(request, 400, str(exc))
         return operation_outcome(400, "invalid", str(exc), _request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_refusal(request: Request, exc: StarletteHTTPException) -> Response:
+        """What FastAPI and Starlette refuse themselves (an unknown path or method, a body that could not be
+        parsed), in the service's own shapes rather than `{"detail": ...}`."""
+        if not _is_api(request):
+            response: Response = pages.error_page(request, exc.status_code, str(exc.detail))
+        else:
+            code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "invalid")
+            response = operation_outcome(exc.status_code, code, str(exc.detail), _request_id(request))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
