@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 from tests.portal_client import PortalClient
 
+from sharedcare.api import transparency
 from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
 from sharedcare.governance import audit, gateway
@@ -102,5 +103,8 @@ def client(db: Database, framework: Framework) -> Iterator[TestClient]:
 
 @pytest.fixture(autouse=True)
 def fresh_refusal_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no refusals counted against its client's address (the limit is per process)."""
+    """Each test starts with no refusals (nor audit proofs) counted against its client's address (the limits
+    are per process)."""
     monkeypatch.setattr(audit, "REFUSALS", audit.RefusalLimiter())
+    monkeypatch.setattr(transparency, "PROOFS", audit.RefusalLimiter(per_minute=transparency.PROOFS.per_minute,
+                                                                      per_minute_all=transparency.PROOFS.per_minute_all))

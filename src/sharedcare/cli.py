@@ -1209,11 +1209,22 @@ def mpi_evaluate(
 
 @app.command()
 def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-         tls_client_ca: TlsClientCa = None, client_certs: ClientCerts = None) -> None:
+         tls_client_ca: TlsClientCa = None, client_certs: ClientCerts = None,
+         idle_timeout: Annotated[int | None, typer.Option(
+             min=1, help="Seconds a connection may be idle between messages (SHAREDCARE_MLLP_IDLE_SECONDS, "
+                         "300).")] = None,
+         frame_timeout: Annotated[int | None, typer.Option(
+             min=1, help="Seconds from a frame's start to its end (SHAREDCARE_MLLP_FRAME_SECONDS, 60).")] = None,
+         max_connections: Annotated[int | None, typer.Option(
+             min=1, help="Connections open at once (SHAREDCARE_MLLP_MAX_CONNECTIONS, 64).")] = None,
+         max_per_address: Annotated[int | None, typer.Option(
+             min=1, help="Connections open at once from one address (SHAREDCARE_MLLP_MAX_PER_ADDRESS, 16).")
+         ] = None) -> None:
     """Listen for HL7 v2 over MLLP; store each message and answer it with an ACK (AA, AE or AR)."""
     import asyncio
+    from dataclasses import replace
 
-    from sharedcare.ingest.mllp import MllpServer
+    from sharedcare.ingest.mllp import MllpLimits, MllpServer
     from sharedcare.ingest.pipeline import Pipeline
 
     database = _database()
@@ -1225,8 +1236,15 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
                       "(organisations.*.feed_certificates): every message will be refused until one does")
     elif tls is not None:
         console.print(f"mllp: {listed} feed certificate(s) bound to organisations in the framework")
-    server = MllpServer(Pipeline(database, fw), tls)
-    console.print(f"listening for HL7 v2 over MLLP on {host}:{port}")
+    limits = MllpLimits.of(_settings())
+    limits = replace(limits, idle_seconds=idle_timeout or limits.idle_seconds,
+                     frame_seconds=frame_timeout or limits.frame_seconds,
+                     max_connections=max_connections or limits.max_connections,
+                     max_per_address=max_per_address or limits.max_per_address)
+    server = MllpServer(Pipeline(database, fw), tls, limits)
+    console.print(f"listening for HL7 v2 over MLLP on {host}:{port} (idle connections closed after "
+                  f"{limits.idle_seconds:g} s, unfinished frames after {limits.frame_seconds:g} s; at most "
+                  f"{limits.max_connections} connections, {limits.max_per_address} from one address)")
     try:
         asyncio.run(server.serve(host, port))
     except KeyboardInterrupt:

@@ -15,6 +15,11 @@ SHAREDCARE_TLS_KEY     PEM private key of that certificate
 SHAREDCARE_TLS_CLIENT_CA   PEM CA certificate(s) that sign the feeds' client certificates (mutual TLS)
 SHAREDCARE_TLS_CLIENT_CERTS  "required" (default with a client CA: no trusted certificate, no connection) or
                        "optional" (a certificate, if sent, must be trusted; browsers without one still connect)
+SHAREDCARE_MLLP_IDLE_SECONDS   `mllp` closes a connection idle this long between messages (default: 300)
+SHAREDCARE_MLLP_FRAME_SECONDS  `mllp` closes, unanswered, a connection whose frame is not finished in this
+                       long (default: 60)
+SHAREDCARE_MLLP_MAX_CONNECTIONS  connections `mllp` keeps open at once (default: 64); more are closed at once
+SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address (default: 16)
 SHAREDCARE_REQUIRE_CLOCK_SYNC  "1": `serve` and `mllp` refuse to start on a clock not synchronised (else a warning)
 SHAREDCARE_AUDIT_REPOSITORY_TOKEN  bearer token `sharedcare audit forward` sends to the Audit Record Repository
 """
@@ -52,6 +57,10 @@ class Settings:
     tls_client_ca: Path | None = None
     tls_client_certs: str = "required"  # required | optional, when there is a client CA
     require_clock_sync: bool = False
+    mllp_idle_seconds: int = 300
+    mllp_frame_seconds: int = 60
+    mllp_max_connections: int = 64
+    mllp_max_per_address: int = 16
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -91,6 +100,10 @@ def load_settings() -> Settings:
         tls_client_ca=_path("SHAREDCARE_TLS_CLIENT_CA"),
         tls_client_certs=_one_of("SHAREDCARE_TLS_CLIENT_CERTS", ("required", "optional")),
         require_clock_sync=os.environ.get("SHAREDCARE_REQUIRE_CLOCK_SYNC") == "1",
+        mllp_idle_seconds=_whole_number("SHAREDCARE_MLLP_IDLE_SECONDS", 300, least=1),
+        mllp_frame_seconds=_whole_number("SHAREDCARE_MLLP_FRAME_SECONDS", 60, least=1),
+        mllp_max_connections=_whole_number("SHAREDCARE_MLLP_MAX_CONNECTIONS", 64, least=1),
+        mllp_max_per_address=_whole_number("SHAREDCARE_MLLP_MAX_PER_ADDRESS", 16, least=1),
     )
 
 

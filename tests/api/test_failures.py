@@ -58,3 +58,18 @@ def test_a_nul_character_in_a_portal_form_is_a_400_page(ics: Ics) -> None:
     response = client.post("/login", data={"username": "dr.\x00patel", "password": "x"})
     assert response.status_code == 400 and "NUL character" in response.text
     assert response.headers["content-type"].startswith("text/html")
+
+
+def test_what_the_framework_refuses_itself_is_answered_in_the_services_own_shapes(ics: Ics) -> None:
+    """An unknown path or method, or a body too deeply nested to parse, is an OperationOutcome on the API
+    (TRUST DP3) and a page on the portals, never FastAPI's `{"detail": ...}`."""
+    client = TestClient(ics.client.app, raise_server_exceptions=False)
+    deep = client.post("/api/access/x", content="[" * 60_000, headers={"Content-Type": "application/json"})
+    unknown = client.get("/fhir/Patient/x/y/z", headers=ics.token("dr.patel"))
+    method = client.delete("/api/access/x")
+    for response, status in ((deep, 400), (unknown, 404), (method, 405)):
+        assert response.status_code == status, response.text
+        assert response.json()["resourceType"] == "OperationOutcome" and "detail" not in response.json()
+    assert "POST" in method.headers["allow"]
+    page = client.get("/no-such-page")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")

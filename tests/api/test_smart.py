@@ -22,6 +22,7 @@ from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import select
+from tests.api.test_sign_in_floods import _sign_ins
 from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
 from tests.small_ics import Ics
@@ -31,11 +32,12 @@ from sharedcare.api.auth import mint_token
 from sharedcare.cli import app as cli
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
+from sharedcare.governance import tokens
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.clients import add_client
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, SeenAssertion
 
 APP, REDIRECT, LAUNCH_URI = "ward-tasks", "https://tasks.example/callback", "https://tasks.example/launch"
 EPR = "rxr-epr"
@@ -594,3 +596,37 @@ def test_a_read_through_an_app_names_the_app_as_well_as_the_user_in_the_audit(re
         own = session.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:read")
                               .order_by(AuditEntry.seq.desc())).first()
     assert own is not None and len(own.event["agent"]) == 1
+
+
+# -- failed token requests cannot flood the audit log (test_sign_in_floods.py for staff and citizens) -------
+
+def test_failed_token_requests_are_audited_within_the_limit_and_write_nothing_else(
+        registered: Ics, db: Database, rsa_key: RSAKey) -> None:
+    for _ in range(60):
+        refused = registered.client.post("/oauth/token", data={
+            "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": "x.y.z"})
+        assert refused.status_code in (400, 401)
+    assert [(e.outcome, e.username) for e in _sign_ins(db)] == [("deny", "client:(unknown)")] * 20
+    assert _backend_token(registered, _assertion(rsa_key)).status_code == 200
+    assert [(e.outcome, e.username) for e in _sign_ins(db)][-1] == ("permit", "client:rxr-epr")
+
+
+def test_expired_rows_are_purged_after_a_grant_at_most_once_a_minute(
+        registered: Ics, db: Database, rsa_key: RSAKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    def seen() -> set[str]:
+        with db.session() as s:
+            return set(s.scalars(select(SeenAssertion.jti)))
+
+    monkeypatch.setattr(tokens, "_last_purge", float("-inf"))
+    assert _backend_token(registered, _assertion(rsa_key, expires_in=1, jti="short")).status_code == 200
+    monkeypatch.setattr(tokens, "PURGE_AFTER", tokens.timedelta(seconds=-5))  # as if it expired long ago
+    assert _backend_token(registered, _assertion(rsa_key, jti="second")).status_code == 200
+    assert seen() == {"short", "second"}  # within the minute: not purged again
+    monkeypatch.setattr(tokens, "_last_purge", float("-inf"))  # a minute on
+    registered.client.post("/oauth/token", data={"grant_type": "client_credentials",
+                                                 "client_assertion_type": ASSERTION_TYPE,
+                                                 "client_assertion": "x.y.z"})
+    assert seen() == {"short", "second"}  # a refused request purges nothing (it writes no more than its audit)
+    assert _backend_token(registered, _assertion(rsa_key, jti="third")).status_code == 200
+    assert seen() == {"second", "third"}  # the expired one forgotten after the next grant

@@ -17,10 +17,11 @@ from tests.e2e.conftest import LiveServer
 from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner, Result
 
+from sharedcare.api import transparency
 from sharedcare.api.app import create_app
 from sharedcare.cli import app
 from sharedcare.config import load_settings
-from sharedcare.governance.audit import _HASHED, GENESIS, _digest, verify
+from sharedcare.governance.audit import _HASHED, GENESIS, RefusalLimiter, _digest, verify
 from sharedcare.governance.checkpoints import (
     AuditTree,
     CheckpointError,
@@ -268,3 +269,20 @@ def test_the_transparency_endpoints_answer_without_a_token_and_refuse_what_the_l
     assert beyond.status_code == 400 and beyond.json()["resourceType"] == "OperationOutcome"
     assert "the log has 5" in beyond.json()["issue"][0]["diagnostics"]
     assert client.get("/audit/inclusion", params={"seq": 0, "size": 5}).status_code == 400
+
+
+def test_proofs_are_limited_per_address_and_a_witness_is_answered_again_a_minute_on(
+        client: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone may ask for a proof, and each costs CPU in proportion to the log: past the limit a caller is
+    told to wait (429, Retry-After), and checkpoints are still served."""
+    now = [1000.0]
+    monkeypatch.setattr(transparency, "PROOFS", RefusalLimiter(per_minute=10, per_minute_all=20,
+                                                               clock=lambda: now[0]))
+    _write(db, 5)
+    asked = [client.get("/audit/consistency", params={"first": n % 4 + 1, "second": 5}) for n in range(12)]
+    assert [r.status_code for r in asked] == [200] * 10 + [429] * 2
+    assert asked[-1].headers["retry-after"] == "60" and asked[-1].json()["resourceType"] == "OperationOutcome"
+    assert client.get("/audit/inclusion", params={"seq": 2, "size": 5}).status_code == 429
+    assert client.get("/audit/checkpoint").status_code == 200
+    now[0] += 60
+    assert client.get("/audit/inclusion", params={"seq": 2, "size": 5}).status_code == 200

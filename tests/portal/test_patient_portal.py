@@ -266,7 +266,7 @@ def test_a_clinicians_session_is_not_a_patients(ics: Ics) -> None:
 def test_outside_demo_mode_patients_are_sent_to_nhs_login(ics: Ics, db: Database) -> None:
     settings = replace(load_settings(), database_url=str(db.url), demo=False, secret="s" * 40)
     app = create_app(settings, framework=ics.client.app.state.framework, database=db)  # type: ignore[attr-defined]
-    with PortalClient(app) as live:
+    with PortalClient(app, base_url="https://testserver") as live:  # outside demo mode cookies are HTTPS-only
         page = live.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, **BORN})
     assert page.status_code == 403 and "NHS login" in page.text and 'id="demo-code"' not in page.text
 

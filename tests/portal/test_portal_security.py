@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
+from fastapi.testclient import TestClient
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
 from tests.small_ics import OKAFOR_NHS, Ics
 
+from sharedcare.api.app import create_app
 from sharedcare.api.auth import ALGORITHM, ISSUER, mint_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.config import Settings
 from sharedcare.portal import csrf
+from sharedcare.store.database import Database
 
 FORGED = "This form could not be sent"
 STRANGER = ("Hughes", "HUGHES", "Margaret", "9990000018", "999 000 0018")
@@ -158,3 +162,20 @@ def test_a_citizen_editing_any_url_gets_nothing_of_anyone_else(ics: Ics) -> None
         page = ics.client.post(url, data=data, follow_redirects=True)
         assert not any(word in page.text for word in STRANGER), url
     assert "OKAFOR" in ics.client.get("/patient/record").text.upper()  # their own record still works
+
+
+# --- HTTPS only outside demo mode -------------------------------------------------------------------------
+
+def test_outside_demo_mode_browsers_are_told_https_only_and_cookies_are_secure(ics: Ics, db: Database) -> None:
+    """Behind a TLS-terminating proxy the service may see plain HTTP; its cookies must still never be sent
+    over it. A demo on a laptop (http://localhost) keeps working."""
+    settings = replace(_settings(ics), demo=False, secret="s" * 40)
+    app = create_app(settings, framework=ics.client.app.state.framework, database=db)  # type: ignore[attr-defined]
+    with TestClient(app) as live:
+        page = live.get("/patient")
+    assert page.headers["strict-transport-security"] == "max-age=31536000"
+    assert csrf.CSRF_COOKIE in page.headers["set-cookie"] and "secure" in page.headers["set-cookie"].lower()
+    ics.client.cookies.clear()
+    demo = ics.client.get("/patient")
+    assert "strict-transport-security" not in demo.headers
+    assert "secure" not in demo.headers["set-cookie"].lower()

@@ -20,10 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
-from sharedcare.api import access, bulk, consent, fhir, fhir_write, history, oauth, smart, transparency
+from sharedcare.api import access, bodies, bulk, consent, fhir, fhir_write, history, oauth, smart, transparency
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -65,15 +66,28 @@ def _nul_in(path: str, query: str, body: bytes | None) -> str | None:
 
 
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+# Outside demo mode browsers are told to use HTTPS only, for a year (a browser ignores it over plain HTTP; the
+# deployment's other hosts are not named: includeSubDomains is theirs to choose).
+HSTS = "max-age=31536000"
+
+
+def _too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
+    """413, and the connection closed: the rest of the body is not read."""
+    response = (operation_outcome(413, "too-long", exc.message, _request_id(request)) if _is_api(request)
+                else pages.error_page(request, 413, exc.message, heading="What was sent is too large"))
+    response.headers["Connection"] = "close"
+    return response
 
 
 class _ResponseRules:
     """Every request gets an id; every response no-store (static files excepted) and the security headers;
-    a NUL anywhere is refused. Plain ASGI, not `@app.middleware("http")`: that wrapper's streams and task
-    group cost more than a whole governed resource read."""
+    a body over its route's limit (api/bodies.py) or a NUL anywhere is refused. Plain ASGI, not
+    `@app.middleware("http")`: that wrapper's streams and task group cost more than a whole governed
+    resource read."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hsts: bool) -> None:
         self.app = app
+        self.headers = _SECURITY_HEADERS | ({"Strict-Transport-Security": HSTS} if hsts else {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,10 +98,19 @@ class _ResponseRules:
         # A caller's id is kept only if it looks like one: it goes into audit events and responses.
         request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
         request.state.request_id = request_id
+        fields = request.headers.get("content-type", "").startswith(_FIELD_BODIES)
+        limit = bodies.limit_for(scope["path"])
         body = None
-        if request.headers.get("content-type", "").startswith(_FIELD_BODIES):
-            body = await request.body()
-            receive = _replay(body, receive)  # the route reads the same body again
+        refused: bodies.BodyTooLarge | None = None
+        try:
+            if bodies.declared_over(request, limit):
+                raise bodies.BodyTooLarge(limit)
+            # Read here (up to the limit) unless a FHIR route streams it itself, to its own limit.
+            if fields or not scope["path"].startswith("/fhir"):
+                body = await bodies.read(request, limit)
+                receive = _replay(body, receive)  # the route reads the same body again
+        except bodies.BodyTooLarge as exc:
+            refused = exc
         static = scope["path"].startswith(STATIC_PREFIXES)
 
         async def send_with_headers(message: Message) -> None:
@@ -96,11 +119,14 @@ class _ResponseRules:
                 ok_static = static and message["status"] == 200
                 headers["Cache-Control"] = "public, max-age=3600" if ok_static else "no-store"
                 headers["X-Request-ID"] = request_id
-                for name, value in _SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers[name] = value
             await send(message)
 
-        where = _nul_in(scope["path"], request.url.query, body)
+        if refused is not None:
+            await _too_large(request, refused)(scope, receive, send_with_headers)
+            return
+        where = _nul_in(scope["path"], request.url.query, body if fields else None)
         if where is None:
             await self.app(scope, receive, send_with_headers)
             return
@@ -160,7 +186,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     app.state.framework = framework or load_framework(settings.framework_path)
     app.state.database = database or Database(settings.database_url)
 
-    app.add_middleware(_ResponseRules)
+    app.add_middleware(_ResponseRules, hsts=not settings.demo)
 
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> Response:
@@ -182,6 +208,10 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
                                               "this service, or the page is out of date. Go back, reload the "
                                               "page and try again.", heading="This form could not be sent")
 
+    @app.exception_handler(bodies.BodyTooLarge)
+    async def too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
+        return _too_large(request, exc)
+
     @app.exception_handler(AccessDenied)
     async def forbidden(request: Request, exc: AccessDenied) -> Response:
         if not _is_api(request):
@@ -199,6 +229,18 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         if not _is_api(request):
             return pages.error_page(request, 400, str(exc))
         return operation_outcome(400, "invalid", str(exc), _request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_refusal(request: Request, exc: StarletteHTTPException) -> Response:
+        """What FastAPI and Starlette refuse themselves (an unknown path or method, a body that could not be
+        parsed), in the service's own shapes rather than `{"detail": ...}`."""
+        if not _is_api(request):
+            response: Response = pages.error_page(request, exc.status_code, str(exc.detail))
+        else:
+            code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "invalid")
+            response = operation_outcome(exc.status_code, code, str(exc.detail), _request_id(request))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:

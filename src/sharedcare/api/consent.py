@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from sharedcare.api import bodies
 from sharedcare.api.deps import own_consent
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE, operation_outcome
 from sharedcare.clock import utcnow
@@ -24,8 +25,6 @@ from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.consent import VersionConflict
 from sharedcare.governance.consent_fhir import ConsentRefused
 from sharedcare.governance.gateway import InvalidRequest
-
-MAX_BODY = 64 * 1024  # a patient's Consent (a few provisions, nested four deep at most) is a few kilobytes
 
 router = APIRouter(prefix="/fhir", responses={**FHIR_RESOURCE_RESPONSE, **ERROR_RESPONSES})
 BODY = {"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": {"type": "object"}}}}}
@@ -54,15 +53,11 @@ def _if_match(request: Request) -> int | None:
 
 
 async def _body(request: Request) -> bytes | None:
-    """The body sent, or None once it is larger than MAX_BODY (read no further)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body sent, or None once it is larger than CONSENT_MAX (read no further; refused, audited)."""
+    try:
+        return await bodies.read(request, bodies.CONSENT_MAX)
+    except bodies.BodyTooLarge:
+        return None
 
 
 def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -98,7 +93,8 @@ async def update_consent(consent_id: str, request: Request) -> JSONResponse:
             with own_consent(request, AuditAction.PREFERENCE_SET) as me:  # the caller first: deny by default
                 if sent is None:
                     me.audit_refusal(AuditAction.PREFERENCE_SET, "deny-invalid-request", "body")
-                    raise InvalidRequest(f"the body is larger than {MAX_BODY // 1024} KB: a Consent is far smaller")
+                    raise InvalidRequest(f"the body is larger than {bodies.in_words(bodies.CONSENT_MAX)}: "
+                                         "a Consent is far smaller")
                 try:
                     body, expected = orjson.loads(sent), _if_match(request)
                 except (orjson.JSONDecodeError, InvalidRequest) as bad:

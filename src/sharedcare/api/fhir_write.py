@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from sharedcare.api import bodies
 from sharedcare.api.deps import ActorDep, get_database, get_framework
 from sharedcare.api.outcomes import FHIR_JSON
 from sharedcare.clock import utcnow
@@ -25,7 +26,6 @@ from sharedcare.ingest.contributions import Contributions, EntryOutcome, WriteRe
 from sharedcare.store.database import Database
 
 router = APIRouter(prefix="/fhir")
-MAX_BODY = 32 * 1024 * 1024  # a bundle bigger than this belongs in a file feed or a bulk import
 # The body is read raw (JSON or XML), so the OpenAPI description is given here for clients and contract tests.
 BODY = {"requestBody": {"required": True, "content": {
     "application/fhir+json": {"schema": {"type": "object"}}, "application/fhir+xml": {"schema": {"type": "string"}}}}}
@@ -46,10 +46,7 @@ async def _body(request: Request) -> bytes:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ACCEPTED_TYPES:
         raise InvalidRequest(f"send the body as application/fhir+json or application/fhir+xml (got '{kind}')")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise InvalidRequest(f"the body is larger than {MAX_BODY // (1024 * 1024)} MB: send it as a file feed")
-    return body
+    return await bodies.read(request, bodies.FHIR_WRITE_MAX, hint=": send it as a file feed")
 
 
 def _outcome(outcome: EntryOutcome) -> dict[str, Any]:

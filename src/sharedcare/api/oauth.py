@@ -456,9 +456,10 @@ def _describe(scope: str) -> str:
 @router.post(TOKEN_PATH)
 async def token(request: Request, store: OAuthDep) -> Response:
     """Codes and assertions are redeemed here. A backend's request counts as its sign-in and is audited,
-    granted or not (TRUST AU3); an app's user signed in at the portal, audited there."""
+    granted or not (TRUST AU3; refused ones within the limits of refusals at the door); an app's user
+    signed in at the portal, audited there. Expired rows are purged after a grant, at most once a minute:
+    a refused request writes nothing else."""
     form = await _form(request)
-    store.purge_expired()
     oauth_request: FormRequest | None = None
     try:
         oauth_request = FormRequest(request, form)  # refuses plain HTTP (InsecureTransportError)
@@ -468,6 +469,8 @@ async def token(request: Request, store: OAuthDep) -> Response:
     if form.get("grant_type") == "client_credentials":
         store.client_sign_in(oauth_request.client if oauth_request else None, response.status_code == 200,
                              request.state.request_id, request.client.host if request.client else None)
+    if response.status_code == 200:
+        store.purge_expired_now_and_then()
     return response
 
 

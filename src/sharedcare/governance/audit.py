@@ -236,9 +236,10 @@ _APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*
 
 
 class RefusalLimiter:
-    """How many refusals at the door (forged or expired tokens, failed TLS handshakes) may be written to the
-    audit log a minute, in this process: `per_minute` from one address (an IPv6 address counts by its /64,
-    which one client holds whole) and `per_minute_all` from all addresses together.
+    """How many refusals at the door (forged or expired tokens, failed TLS handshakes and sign-ins, MLLP
+    messages and connections refused) may be written to the audit log a minute, in this process:
+    `per_minute` from one address (an IPv6 address counts by its /64, which one client holds whole) and
+    `per_minute_all` from all addresses together.
 
     Anyone can send a forged token or a bad handshake, and each would otherwise append an entry that can
     never be deleted and take the chain's write lock every patient read needs: a flood of them would fill
@@ -299,20 +300,31 @@ def _network(address: str | None) -> str | None:
 REFUSALS = RefusalLimiter()
 
 
+def _telling(record: AuditRecord, unaudited: int) -> AuditRecord:
+    return replace(record, detail={**record.detail, "not_audited_before": str(unaudited)}) if unaudited else record
+
+
 def record_refusal(database: Database, record: AuditRecord) -> None:
     """Audit a refusal at the door in a transaction of its own, within its address's limit (REFUSALS)."""
     unaudited = REFUSALS.admit(record.source_address)
     if unaudited is None:
         return
-    if unaudited:
-        record = replace(record, detail={**record.detail, "not_audited_before": str(unaudited)})
     try:
         with database.session() as session:
-            record_audit(session, record)
+            record_audit(session, _telling(record, unaudited))
             session.commit()
     except Exception:
         REFUSALS.put_back(record.source_address, unaudited + 1)  # this refusal and those it was to tell
         raise
+
+
+def record_refusal_in(session: Session, record: AuditRecord) -> None:
+    """As `record_refusal`, in the caller's transaction: for a refusal whose request has already written
+    (a one-time code's tries counted), which on SQLite holds the write lock a transaction of its own would
+    wait for. Should that transaction fail, the refusals it was to tell are not counted again."""
+    unaudited = REFUSALS.admit(record.source_address)
+    if unaudited is not None:
+        record_audit(session, _telling(record, unaudited))
 
 
 def record_refused_credentials(database: Database, reason: str, subject: str | None, request_id: str | None,
@@ -348,11 +360,15 @@ def record_audit(session: Session, record: AuditRecord) -> int:
 
 def record_sign_in(db: Database, username: str, ok: bool, role: str | None, organisation: str | None,
                    request_id: str | None, source_address: str | None) -> None:
-    """Audit a sign-in attempt, successful or not (TRUST AU3), in its own transaction."""
+    """Audit a sign-in attempt (TRUST AU3) in its own transaction: each successful one; failed ones, which
+    anyone can make, within the limits of refusals at the door (REFUSALS)."""
+    record = AuditRecord(AuditAction.LOGIN, "permit" if ok else "deny", username=username[:100], role=role,
+                         organisation=organisation, request_id=request_id, source_address=source_address)
+    if not ok:
+        record_refusal(db, record)
+        return
     with db.session() as session:
-        record_audit(session, AuditRecord(AuditAction.LOGIN, "permit" if ok else "deny", username=username[:100],
-                                          role=role, organisation=organisation, request_id=request_id,
-                                          source_address=source_address))
+        record_audit(session, record)
 
 
 @dataclass

@@ -9,21 +9,30 @@ each connection handshakes first (sharedcare/tls.py), its messages name the cert
 MSH-4 must name an organisation the framework lists that certificate for (`feed_certificates`): a care
 home's engine cannot write as the hospital. Every message handled is audited (TRUST AU1): a write by the
 feed (`ORG:application`) with the patient and the resources it wrote, or a refusal by the listener.
+
+Anyone who reaches a plain-TCP port (and any certified feed over TLS) could otherwise hold the listener's
+memory and sockets: connections over the caps (`MllpLimits`) are closed as they are accepted, a connection
+idle between messages is closed, and one that begins a frame without finishing it in time is closed with
+no ACK; refusals of both kinds are audited within the limits of other refusals at the door.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.config import Settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
 from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
@@ -31,8 +40,12 @@ from sharedcare.store.database import Prepared
 from sharedcare.store.models import PatientRecord
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
+log = logging.getLogger("sharedcare.mllp")
 START, END = b"\x0b", b"\x1c\x0d"
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The most one frame may hold (a connection buffers up to twice this before it stops reading). The ADT and
+# ORU messages handled are a few kilobytes (the synthetic feeds' largest 1.2 KB); a cumulative results report
+# with long NTE text runs to tens of kilobytes. No embedded document (ED) is handled.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 UK = ZoneInfo("Europe/London")
 _LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
 # Reasons that mean the message could not be taken at all (AR) rather than failed on its content (AE).
@@ -89,6 +102,43 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
     return "\r".join(segments).encode("latin-1", errors="replace") + b"\r"
 
 
+@dataclass(frozen=True)
+class MllpLimits:
+    """What one listener allows (Settings: SHAREDCARE_MLLP_*). Interface engines hold a connection open
+    between bursts and open a new one when it has been closed, resending what was not acknowledged; so an
+    idle connection can be let go without losing a message."""
+
+    idle_seconds: float = 300  # between messages
+    frame_seconds: float = 60  # from a frame's start to its end (and to send its ACK)
+    max_connections: int = 64  # open at once, TLS handshakes included
+    max_per_address: int = 16  # from one address: an engine opens one per outbound channel
+
+    @classmethod
+    def of(cls, settings: Settings) -> MllpLimits:
+        return cls(settings.mllp_idle_seconds, settings.mllp_frame_seconds, settings.mllp_max_connections,
+                   settings.mllp_max_per_address)
+
+
+class _Admission(asyncio.Protocol):
+    """Every connection's first protocol: over a cap it is closed at once; else it is handed, at once, to the
+    listener's own protocol (its TLS handshake first, on a TLS listener)."""
+
+    def __init__(self, server: MllpServer, inner: Callable[[], asyncio.Protocol]) -> None:
+        self.server, self.inner = server, inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        refused = self.server.admit(address, transport)
+        if refused:
+            cast(asyncio.Transport, transport).abort()  # a listener's connections are stream transports
+            self.server.refuse(address, refused, {})
+            return
+        protocol = self.inner()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
 # The person a patient record of the message belongs to (built once: it runs for every message)
 _PERSON_OF = Prepared(select(PatientRecord.person_id).where(PatientRecord.source_org == bindparam("org"),
                                                             PatientRecord.source_id == bindparam("id")))
@@ -97,10 +147,37 @@ _PERSON_OF = Prepared(select(PatientRecord.person_id).where(PatientRecord.source
 class MllpServer:
     """One listener; each connection's messages are stored in order, in a worker thread."""
 
-    def __init__(self, pipeline: Pipeline, tls: TlsSettings | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, tls: TlsSettings | None = None, limits: MllpLimits = MllpLimits()) -> None:
         self.pipeline = pipeline
         self.tls = tls
+        self.limits = limits
         self.received = 0
+        self.open: list[tuple[str, asyncio.BaseTransport]] = []  # connections admitted: address, transport
+        self._refusing: set[asyncio.Future[None]] = set()  # refusals being audited (kept until written)
+
+    def admit(self, address: str, transport: asyncio.BaseTransport) -> str | None:
+        """Why a new connection is refused (over a cap), or None when it is counted in."""
+        self.open = [(a, t) for a, t in self.open if not t.is_closing()]
+        if len(self.open) >= self.limits.max_connections:
+            return f"more than {self.limits.max_connections} connections open"
+        if sum(1 for a, _ in self.open if a == address) >= self.limits.max_per_address:
+            return f"more than {self.limits.max_per_address} connections open from one address"
+        self.open.append((address, transport))
+        return None
+
+    def refuse(self, address: str, reason: str, detail: dict[str, str]) -> None:
+        """Audit a connection closed by the listener (a cap, a frame not finished) in a worker thread, within
+        the limits of other refusals at the door; the event loop goes on."""
+        def audit() -> None:
+            try:
+                record_refusal(self.pipeline.db, AuditRecord(AuditAction.RECORD_WRITE, "deny", "mllp", reason=reason,
+                                                             source_address=address, detail=detail))
+            except Exception:  # the connection is closed either way
+                log.exception("mllp: a refused connection from %s could not be audited", address)
+
+        future = asyncio.ensure_future(asyncio.to_thread(audit))
+        self._refusing.add(future)
+        future.add_done_callback(self._refusing.discard)
 
     def handle(self, payload: bytes, peer: str, subject: str | None = None) -> bytes:
         """Store one message through the pipeline, audit it and build its ACK (blocking: run it in a thread).
@@ -160,20 +237,30 @@ class MllpServer:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
         # the feed's certificate names it: its messages (and quarantine items) say who sent them
         subject = peer_subject(writer.transport) if self.tls else None
+        limits = self.limits
         try:
             while True:
                 try:
-                    await reader.readuntil(START)
-                    framed = await reader.readuntil(END)
-                except (asyncio.IncompleteReadError, ConnectionResetError):
-                    break
-                except asyncio.LimitOverrunError:
-                    writer.write(START + ack(None, "AR", "message larger than the limit") + END)
+                    async with asyncio.timeout(limits.idle_seconds):
+                        await reader.readuntil(START)
+                except TimeoutError:
+                    break  # idle: the engine reconnects for its next message
+                try:
+                    async with asyncio.timeout(limits.frame_seconds):
+                        framed = await reader.readuntil(END)
+                except TimeoutError:
+                    self.refuse(peer.rsplit(":", 1)[0], f"no whole frame within {limits.frame_seconds:g} s",
+                                {"certificate": subject} if subject else {})
                     break
                 payload = framed[: -len(END)]
                 response = await asyncio.to_thread(self.handle, payload, peer, subject)
                 writer.write(START + response + END)
-                await writer.drain()
+                async with asyncio.timeout(limits.frame_seconds):  # a peer that reads no ACKs is let go
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError):
+            pass
+        except asyncio.LimitOverrunError:
+            writer.write(START + ack(None, "AR", "message larger than the limit") + END)
         finally:
             writer.close()
 
@@ -184,8 +271,8 @@ class MllpServer:
             reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop)
             return asyncio.StreamReaderProtocol(reader, self.serve_connection, loop=loop)
 
-        factory = connection if self.tls is None else guarded(connection, self.tls, "mllp", self.pipeline.db)
-        server = await loop.create_server(factory, host, port)
+        inner = connection if self.tls is None else guarded(connection, self.tls, "mllp", self.pipeline.db)
+        server = await loop.create_server(lambda: _Admission(self, inner), host, port)
         async with server:
             if ready is not None:
                 ready.set()

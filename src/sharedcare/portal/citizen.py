@@ -78,7 +78,7 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
     response = render(request, "patient/code.html", demo_code=challenge.code, demo=settings.demo, error=None,
                       minutes=CODE_MINUTES)
     response.set_cookie(CHALLENGE_COOKIE, challenge.id, httponly=True, samesite="strict", path="/patient",
-                        secure=request.url.scheme == "https", max_age=CODE_MINUTES * 60)
+                        secure=csrf.secure_cookies(request), max_age=CODE_MINUTES * 60)
     return response
 
 

@@ -43,12 +43,18 @@ def nonce_of(request: Request) -> str:
     return nonce
 
 
+def secure_cookies(request: Request) -> bool:
+    """Whether cookies are set Secure (sent back over HTTPS only): always outside demo mode, since behind a
+    TLS-terminating proxy the service itself may see plain HTTP; in demo mode only when served over HTTPS
+    (a demo on a laptop runs on http://localhost)."""
+    return not request.app.state.settings.demo or request.url.scheme == "https"
+
+
 def remember(request: Request, response: Response, nonce: str | None = None) -> None:
     """Set the nonce cookie when the browser does not hold it yet (or `nonce` replaces it)."""
     nonce = nonce or nonce_of(request)
     if nonce != request.cookies.get(CSRF_COOKIE):
-        response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="strict", secure=secure_cookies(request))
 
 
 async def check(request: Request) -> None:

@@ -132,7 +132,7 @@ def sign_in_again(request: Request, message: str) -> Response:
 def start_session(request: Request, settings: Settings, token: str, target: str) -> Response:
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", max_age=settings.token_minutes * 60)
+                        secure=csrf.secure_cookies(request), max_age=settings.token_minutes * 60)
     csrf.remember(request, response, csrf.new_nonce())  # a new session, a new form token
     return response
 

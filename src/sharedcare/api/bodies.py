@@ -1,0 +1,55 @@
+"""How much of a request body the service reads: the limits, in one place, and reading up to one.
+
+Without a limit one unauthenticated POST of hundreds of megabytes would be held whole in a server
+process (the clinicians' portal and the API share it). A body over its route's limit is refused 413
+before any route runs: by its Content-Length, or, without one, as soon as the bytes read pass it.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from sharedcare.errors import SharedcareError
+
+# Portal forms, /api JSON and OAuth requests: the largest real one, a client assertion JWT (an RS384 or
+# ES384 signature and a few claims), is 1 to 2 KB; an IG officer's review note or a clinician's reason for access a
+# few hundred bytes. 64 KB leaves room for any of them typed at length.
+SMALL_BODY_MAX = 64 * 1024
+FHIR_WRITE_MAX = 32 * 1024 * 1024  # a Bundle bigger than this belongs in a file feed or a bulk import
+CONSENT_MAX = 64 * 1024  # a patient's Consent (a few provisions, nested four deep at most) is a few kilobytes
+
+
+def limit_for(path: str) -> int:
+    """The most read of a body sent to `path`: FHIR writes take Bundles, everything else (a search's form
+    too) small bodies. A Consent PUT is held to CONSENT_MAX by its route, which audits the refusal (the
+    caller is known there)."""
+    return FHIR_WRITE_MAX if path.startswith("/fhir") and not path.endswith("/_search") else SMALL_BODY_MAX
+
+
+def in_words(size: int) -> str:
+    return f"{size // (1024 * 1024)} MB" if size >= 1024 * 1024 else f"{size // 1024} KB"
+
+
+class BodyTooLarge(SharedcareError):
+    """A body over its route's limit: answered 413, read no further."""
+
+    def __init__(self, limit: int, hint: str = "") -> None:
+        super().__init__(f"the request body is larger than {in_words(limit)}, the most accepted here{hint}")
+
+
+def declared_over(request: Request, limit: int) -> bool:
+    """Whether the body's Content-Length says it is over `limit` (a malformed one is refused by the server)."""
+    declared = request.headers.get("content-length", "")
+    return declared.isascii() and declared.isdigit() and int(declared) > limit
+
+
+async def read(request: Request, limit: int, hint: str = "") -> bytes:
+    """The body, read chunk by chunk, raising BodyTooLarge as soon as it passes `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit, hint)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,99 @@
+"""A request body over its route's limit is refused 413 after reading no more than the limit (by its
+Content-Length, before reading any of it), with or without credentials: one large POST cannot hold a
+server process's memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from tests.small_ics import Ics
+
+from sharedcare.api import bodies
+from sharedcare.api.auth import mint_token
+from sharedcare.config import load_settings
+
+CHUNK = 1024 * 1024
+
+
+def _send(app: FastAPI, path: str, content_type: str, megabytes: int,
+          headers: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, int, dict[str, str], bytes]:
+    """POST `megabytes` of body in 1 MB chunks with no Content-Length (as a chunked upload arrives); the
+    bytes the app pulled, and its answer's status, headers and body."""
+    pulled = 0
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        if pulled < megabytes * CHUNK:
+            pulled += CHUNK
+            return {"type": "http.request", "body": b"a" * CHUNK, "more_body": pulled < megabytes * CHUNK}
+        await asyncio.sleep(3600)  # the sender waits for the answer
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        else:
+            answer["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", content_type.encode()), (b"host", b"testserver"), *headers],
+             "client": ("203.0.113.9", 5000), "server": ("testserver", 80)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 60))
+    return pulled, answer["status"], answer["headers"], answer["body"]
+
+
+@pytest.mark.parametrize(("path", "content_type", "page"), [
+    ("/login", "application/x-www-form-urlencoded", True),
+    ("/patient/sign-in", "application/x-www-form-urlencoded", True),
+    ("/oauth/token", "application/x-www-form-urlencoded", True),  # a page, as its other errors outside OAuth
+    ("/api/access/x", "application/json", False),
+    ("/api/access/x", "text/plain", False),  # not a form or JSON: still not read past the limit
+    ("/nowhere", "multipart/form-data; boundary=x", True)])
+def test_an_unauthenticated_body_stops_being_read_at_64_kb(ics: Ics, path: str, content_type: str,
+                                                             page: bool) -> None:
+    pulled, status, headers, body = _send(ics.client.app, path, content_type, 200)  # type: ignore[arg-type]
+    assert status == 413 and pulled <= bodies.SMALL_BODY_MAX + CHUNK
+    assert headers["connection"] == "close"
+    if page:
+        assert headers["content-type"].startswith("text/html") and b"larger than 64 KB" in body
+    else:
+        outcome = json.loads(body)
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "larger than 64 KB" in outcome["issue"][0]["diagnostics"]
+
+
+def test_a_fhir_body_stops_being_read_at_the_fhir_write_limit(ics: Ics) -> None:
+    app = ics.client.app
+    pulled, status, _, _ = _send(app, "/fhir/Consent", "application/json", 200)  # type: ignore[arg-type]
+    assert status == 413 and pulled <= bodies.FHIR_WRITE_MAX + CHUNK
+    pulled, status, _, _ = _send(app, "/fhir/Consent", "application/fhir+json", 200)  # type: ignore[arg-type]
+    assert status == 401 and pulled <= CHUNK  # a FHIR route reads its body itself, after the credentials
+    fw = ics.client.app.state.framework  # type: ignore[attr-defined]
+    writer = f"Bearer {mint_token(load_settings(), fw, 'dr.patel', 'user/*.read user/*.write')}"
+    pulled, status, _, body = _send(ics.client.app, "/fhir", "application/fhir+json", 200,  # type: ignore[arg-type]
+                                    ((b"authorization", writer.encode()),))
+    assert status == 413 and pulled <= bodies.FHIR_WRITE_MAX + CHUNK
+    diagnostics = json.loads(body)["issue"][0]["diagnostics"]
+    assert "larger than 32 MB" in diagnostics and "send it as a file feed" in diagnostics
+
+
+def test_a_declared_length_over_the_limit_is_refused_unread(ics: Ics) -> None:
+    too_long = str(bodies.SMALL_BODY_MAX + 1).encode()
+    pulled, status, _, _ = _send(ics.client.app, "/login", "application/x-www-form-urlencoded", 1,  # type: ignore[arg-type]
+                                 ((b"content-length", too_long),))
+    assert (status, pulled) == (413, 0)
+    pulled, status, _, _ = _send(ics.client.app, "/fhir", "application/fhir+json", 1,  # type: ignore[arg-type]
+                                 ((b"content-length", str(bodies.FHIR_WRITE_MAX + 1).encode()),))
+    assert (status, pulled) == (413, 0)
+
+
+def test_a_form_within_the_limit_is_still_answered(ics: Ics) -> None:
+    response = ics.client.post("/login", data={"username": "nobody", "password": "x" * 60_000})
+    assert response.status_code == 401  # read and judged, not refused for its size

@@ -1,0 +1,111 @@
+"""The MLLP listener cannot be held by whoever reaches its port: an idle connection is let go, a frame
+begun and not finished in time is closed unanswered and audited (within the refusal limits), connections
+over the caps are closed as they arrive, and a frame over the size limit is rejected. A feed's engine
+reconnects, and its messages are answered as before."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+from sqlalchemy import select
+from tests.ingest.test_mllp import A01, _exchange, serving
+
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest import mllp
+from sharedcare.ingest.mllp import END, START, MllpLimits, MllpServer
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+GOOD = A01.format(dob="19450302").encode("latin-1")
+
+
+def _server(db: Database, framework: Framework, **limits: float) -> MllpServer:
+    return MllpServer(Pipeline(db, framework), limits=MllpLimits(**limits))  # type: ignore[arg-type]
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the listener closes `sock` within `seconds` without answering anything."""
+    sock.settimeout(seconds)
+    try:
+        data = sock.recv(65536)
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    assert data == b"", f"the listener answered {data!r}"
+    return True
+
+
+def _refusals(db: Database) -> list[str]:
+    with db.session() as s:
+        return [json.dumps(e.event) for e in s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp")
+                                                       .order_by(AuditEntry.seq))]
+
+
+def test_an_idle_connection_is_closed_and_the_engine_reconnects(db: Database, framework: Framework) -> None:
+    with serving(_server(db, framework, idle_seconds=0.5)) as port:
+        with _connect(port) as silent:
+            assert _closed_within(silent, 5)
+        with _connect(port) as engine:
+            engine.sendall(START + GOOD + END)
+            assert b"MSA|AA" in engine.recv(65536)
+            assert _closed_within(engine, 5)  # idle after its burst
+        assert "MSA|AA" in _exchange(port, GOOD)[0]  # the next burst, on a new connection
+    assert _refusals(db) == []  # letting an idle connection go is not a refusal
+
+
+def test_a_frame_not_finished_in_time_is_closed_unanswered_and_audited_within_limits(
+        db: Database, framework: Framework) -> None:
+    with serving(_server(db, framework, frame_seconds=0.2)) as port:
+        for _ in range(21):
+            with _connect(port) as slow:
+                slow.sendall(START + b"MSH|^~\\&|" + b"A" * 100_000)  # begun, never ended
+                assert _closed_within(slow, 5)
+        time.sleep(0.5)  # the audits are written in worker threads
+        assert "MSA|AA" in _exchange(port, GOOD)[0]
+    refused = _refusals(db)
+    assert len(refused) == 20  # the per-address limit of refusals at the door, a minute
+    assert all("no whole frame within 0.2 s" in r and "127.0.0.1" in r for r in refused)
+
+
+def test_connections_over_the_caps_are_closed_as_they_arrive(db: Database, framework: Framework) -> None:
+    with serving(_server(db, framework, max_connections=3, max_per_address=2)) as port:
+        first, second = _connect(port), _connect(port)
+        time.sleep(0.2)
+        third = _connect(port)
+        assert _closed_within(third, 5)  # a third from the same address
+        other = _connect(port, "127.0.0.2")
+        time.sleep(0.2)
+        fourth = _connect(port, "127.0.0.3")
+        assert _closed_within(fourth, 5)  # a fourth in all
+        first.sendall(START + GOOD + END)
+        assert b"MSA|AA" in first.recv(65536)  # those admitted are served
+        first.close()
+        time.sleep(0.2)
+        assert "MSA|AA" in _exchange(port, GOOD)[0]  # a place freed is taken again
+        for sock in (second, third, other, fourth):
+            sock.close()
+    refused = _refusals(db)
+    assert len(refused) == 2
+    assert "more than 2 connections open from one address" in refused[0] and "127.0.0.1" in refused[0]
+    assert "more than 3 connections open" in refused[1] and "127.0.0.3" in refused[1]
+
+
+def test_a_frame_over_the_size_limit_is_rejected(db: Database, framework: Framework, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(mllp, "MAX_MESSAGE_BYTES", 100_000)
+    with serving(_server(db, framework)) as port, _connect(port) as sock:
+        sock.sendall(START + b"MSH|^~\\&|" + b"A" * 300_000 + END)
+        answer = b""
+        while not answer.endswith(END):
+            chunk = sock.recv(65536)
+            assert chunk, "closed without an answer"
+            answer += chunk
+    assert b"MSA|AR||message larger than the limit" in answer
