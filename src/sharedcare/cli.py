@@ -403,6 +403,8 @@ def export_command(
         table.add_row(f"people excluded: {rule}", str(n))
     for rule, n in view.summary.get("resources_withheld", {}).items():
         table.add_row(f"resources withheld: {rule}", str(n))
+    for rule, n in view.summary.get("codings_withheld", {}).items():
+        table.add_row(f"codings withheld: {rule}", str(n))
     Console().print(table)
     Console().print(f"small numbers: {view.summary.get('small_numbers', '')}")
 

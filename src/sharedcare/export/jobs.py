@@ -292,6 +292,7 @@ class ExportJobs:
             row.updated_at = row.finished_at
             secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
                             withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                            codings_withheld=str(counts.codings_withheld),
                             people_included=str(counts.people_included),
                             people_excluded=dict(counts.excluded), resources=dict(counts.resources))
         return self._view(job_id)
