@@ -341,3 +341,23 @@ def test_a_patient_who_opted_out_and_then_died_stays_out_of_the_export(ics: Ics,
     _, files = export(ics.client, ics.token("analyst.chen"))
     assert len(files["Patient"]) == 1  # the stranger only
     assert exact_counts(db)["people_excluded"] == {"deny-opt-out": 1}
+
+
+def test_a_user_keeps_three_finished_exports_and_a_fourth_deletes_the_oldest(ics: Ics, db: Database,
+                                                                             tmp_path: Path) -> None:
+    """Disk use per user is bounded by count, not only by the retention period: an analyst exporting the
+    whole population again and again keeps the newest three; the kick-off that deletes one says which."""
+    headers = ics.token("analyst.chen")
+    urls = [export(ics.client, headers)[0]["output"][0]["url"].rsplit("/", 1)[0] for _ in range(4)]
+    jobs = [url.rsplit("/", 1)[1] for url in urls]
+    oldest = ics.client.get(urls[0], headers=headers)
+    assert oldest.status_code == 404 and "expired" in oldest.json()["issue"][0]["diagnostics"]
+    assert not (tmp_path / "data" / "exports" / jobs[0]).exists()
+    for url, job in zip(urls[1:], jobs[1:], strict=True):
+        assert ics.client.get(url, headers=headers).status_code == 200
+        assert any((tmp_path / "data" / "exports" / job).iterdir())
+    with db.session() as s:
+        kick_offs = [{d["type"]: d["valueString"] for d in e.event["entity"][-1]["detail"]}
+                     for e in s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:kick-off")
+                                        .order_by(AuditEntry.seq))]
+    assert [k.get("superseded") for k in kick_offs] == [None, None, None, jobs[0]]
