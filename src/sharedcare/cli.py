@@ -455,6 +455,9 @@ def _start_up_checks(service: str, database: Database, cert: Path | None, key: P
         clock = check_clock(database, service, settings.require_clock_sync)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    if service == "serve" and settings.pseudonym_key is None and not settings.demo:
+        console.print("[yellow]warning:[/yellow] SHAREDCARE_PSEUDONYM_KEY is unset: extracts' pseudonyms are keyed "
+                      "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
     if clock.synchronised:
         console.print(clock.summary)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -361,3 +362,24 @@ def test_a_user_keeps_three_finished_exports_and_a_fourth_deletes_the_oldest(ics
                      for e in s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:kick-off")
                                         .order_by(AuditEntry.seq))]
     assert [k.get("superseded") for k in kick_offs] == [None, None, None, jobs[0]]
+
+
+def test_with_a_pseudonym_key_of_its_own_a_new_signing_secret_leaves_the_pseudonyms_as_they_were(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An analyst's extracts join up over time: rotating SHAREDCARE_SECRET (after a leak) does not re-key
+    them when SHAREDCARE_PSEUDONYM_KEY is set; without it, pseudonyms are keyed by the secret, as before."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+
+    def people(**keys: str | None) -> set[str]:
+        jobs = ExportJobs(db, framework, replace(settings, **keys))
+        out = tmp_path / f"extract-{len(list(tmp_path.iterdir()))}"
+        job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "sharedcare export",
+                            out_dir=out, background=False)
+        assert jobs.run(job_id).status == "completed"
+        return {json.loads(line)["id"] for line in (out / "Patient.ndjson").read_text().splitlines()}
+
+    key = "a-pseudonym-key-kept-apart-from-the-signing-secret"
+    before, rotated = people(secret="s" * 40, pseudonym_key=key), people(secret="t" * 40, pseudonym_key=key)
+    assert before == rotated and len(before) == 2
+    assert people(secret="s" * 40, pseudonym_key=None) != before  # keyed by the secret: another series
+    assert people(secret="s" * 40, pseudonym_key=None) == people(secret="s" * 40, pseudonym_key="s" * 40)

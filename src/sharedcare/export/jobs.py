@@ -197,7 +197,8 @@ class ExportJobs:
 
     def _secondary(self, actor: Actor, request_id: str | None = None, source_address: str | None = None,
                    purpose: str | None = None) -> SecondaryUse:
-        return SecondaryUse(self.db, self.fw, self.settings.secret, actor, purpose or export_purpose(actor, self.fw),
+        return SecondaryUse(self.db, self.fw, self.settings.pseudonym_secret, actor,
+                            purpose or export_purpose(actor, self.fw),
                             request_id=request_id, source_address=source_address)
 
     # -- kick-off --------------------------------------------------------------------------------
@@ -264,8 +265,8 @@ class ExportJobs:
         if not same:
             return self._view(job_id)
         shards = max(1, self.settings.export_workers)
-        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.secret, actor,
-                        purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
+        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.pseudonym_secret,
+                        actor, purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
         counts = ExportCounts()
         try:
             if shards == 1:

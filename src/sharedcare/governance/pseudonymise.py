@@ -1,10 +1,10 @@
 """Pseudonymised copies of released resources, for secondary use (planning, research).
 
-Keyed pseudonyms: HMAC-SHA256 under a key derived from the deployment's secret and the purpose, so the
-same person has the same pseudonym in every extract for one purpose, a different one for another
-purpose, and nobody without the secret can recompute them (a plain hash of a UUIDv5 server id could be
-recomputed from a hospital number). Every id and every reference between exported resources is
-rewritten the same way, so files join up without any real id.
+Keyed pseudonyms: HMAC-SHA256 under a key derived from the deployment's pseudonym key
+(`Settings.pseudonym_secret`) and the purpose, so the same person has the same pseudonym in every
+extract for one purpose, a different one for another purpose, and nobody without the key can recompute
+them (a plain hash of a UUIDv5 server id could be recomputed from a hospital number). Every id and every
+reference between exported resources is rewritten the same way, so files join up without any real id.
 
 What is kept is declared, not what is removed (deny by default). Each exported type is a msgspec
 `Struct` listing the elements an analysis needs, down to each datatype (`Coding` is system and code; a
