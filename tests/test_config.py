@@ -26,6 +26,14 @@ def test_a_32_byte_secret_is_accepted_and_demo_mode_accepts_any(tmp_path: Path) 
     assert create_app(replace(settings, secret="short", demo=True)).state.settings.demo
 
 
+def test_outside_demo_mode_a_short_pseudonym_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHAREDCARE_PSEUDONYM_KEY", "p" * 31)
+    settings = replace(load_settings(), database_url=f"sqlite:///{tmp_path / 'x.db'}", secret="k" * 32, demo=False)
+    with pytest.raises(ConfigError, match="SHAREDCARE_PSEUDONYM_KEY is 31 bytes"):
+        create_app(settings)
+    assert create_app(replace(settings, pseudonym_key="p" * 32)).state.settings.pseudonym_secret == "p" * 32
+
+
 def test_the_server_runs_request_work_on_the_configured_number_of_threads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two a process by default (request work is CPU: more threads fight the event loop for the GIL and

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from sqlalchemy import select
@@ -47,8 +48,18 @@ console = Console(stderr=True)
 OPERATOR = "cli"
 
 
+def _literal(value: object) -> str:
+    """A stored or received value as the operator's console prints it: literally. Rich would read `[/]` or
+    `[black on black]` in a sender's value as markup (and fail, or hide a line), and a terminal would obey
+    an escape sequence: markup is escaped and control characters are encoded, as the audit log does."""
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    return escape(text)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {_literal(message)}")
     return typer.Exit(code)
 
 
@@ -156,9 +167,10 @@ def ingest(
     else:
         console.print(_report_table(data))
         for item in data["quarantine"][:20]:
-            console.print(f"[yellow]quarantined[/yellow] #{item['id']} {item['where']}: {item['reason']}")
+            console.print(f"[yellow]quarantined[/yellow] #{item['id']} {_literal(item['where'])}: "
+                          f"{_literal(item['reason'])}")
         for item in data["skipped_files"][:20]:
-            console.print(f"[yellow]skipped[/yellow] {item['file']}: {item['reason']}")
+            console.print(f"[yellow]skipped[/yellow] {_literal(item['file'])}: {_literal(item['reason'])}")
     if report.quarantined:
         raise typer.Exit(1)
 
@@ -210,7 +222,7 @@ def feeds(
         for column in ("organisation", "system", "format", "last new or changed data", "hours quiet", "last 24 h"):
             table.add_column(column, justify="right" if column in ("hours quiet", "last 24 h") else "left")
         for r in rows:
-            table.add_row(f"{r.organisation} {r.name}", r.system, r.format,
+            table.add_row(_literal(f"{r.organisation} {r.name}"), _literal(r.system), _literal(r.format),
                           r.last_received.strftime("%Y-%m-%d %H:%M UTC") if r.last_received else "never",
                           "" if r.hours_quiet is None else f"{r.hours_quiet:g}", f"{r.last_day:,}",
                           style="red" if r.stale else None)
@@ -243,8 +255,8 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
     for column in ("id", "status", "format", "location", "reason"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r["id"]), str(r["status"]), str(r["format"]), f"{r['file']}, {r['location']}",
-                      str(r["reason"]))
+        table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]),
+                      _literal(f"{r['file']}, {r['location']}"), _literal(r["reason"]))
     Console().print(table)
 
 
@@ -281,7 +293,8 @@ def quarantine_check(
             table.add_column(column, justify="right" if column != "source" else "left")
         for r in rows:
             style = "red" if r in late else None
-            table.add_row(r["source"], r["format"], str(r["held"]), f"{r['oldest_hours']:g}", style=style)
+            table.add_row(_literal(r["source"]), _literal(r["format"]), str(r["held"]), f"{r['oldest_hours']:g}",
+                          style=style)
         Console().print(table if rows else "Nothing held in quarantine.")
     if late:
         raise typer.Exit(1)
@@ -306,7 +319,7 @@ def quarantine_replay(
     if as_json:
         _print_json(report.to_json())
     elif report.quarantined:
-        console.print(f"[yellow]still quarantined[/yellow] #{item_id}: {report.quarantine[0]['reason']}")
+        console.print(f"[yellow]still quarantined[/yellow] #{item_id}: {_literal(report.quarantine[0]['reason'])}")
     else:
         console.print(f"#{item_id} replayed: {report.accepted} accepted, {report.unchanged} unchanged")
     if report.quarantined:
@@ -403,6 +416,8 @@ def export_command(
         table.add_row(f"people excluded: {rule}", str(n))
     for rule, n in view.summary.get("resources_withheld", {}).items():
         table.add_row(f"resources withheld: {rule}", str(n))
+    for rule, n in view.summary.get("codings_withheld", {}).items():
+        table.add_row(f"codings withheld: {rule}", str(n))
     Console().print(table)
     Console().print(f"small numbers: {view.summary.get('small_numbers', '')}")
 
@@ -440,6 +455,9 @@ def _start_up_checks(service: str, database: Database, cert: Path | None, key: P
         clock = check_clock(database, service, settings.require_clock_sync)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    if service == "serve" and settings.pseudonym_key is None and not settings.demo:
+        console.print("[yellow]warning:[/yellow] SHAREDCARE_PSEUDONYM_KEY is unset: extracts' pseudonyms are keyed "
+                      "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
     if clock.synchronised:
         console.print(clock.summary)
     else:
@@ -905,7 +923,7 @@ def audit_forward(
             forward(database, state, send, batch, on_batch=lambda at: console.print(
                 f"the repository holds up to entry {at.seq}"))
         except ChainBroken as exc:
-            console.print(f"[red]audit chain broken:[/red] {exc}")
+            console.print(f"[red]audit chain broken:[/red] {_literal(exc)}")
             raise typer.Exit(1) from exc
 
     try:
@@ -915,7 +933,7 @@ def audit_forward(
             except ForwardError as exc:
                 if not follow:
                     raise
-                console.print(f"[yellow]{exc}[/yellow]: trying again in {every:g} s")  # what was sent is kept
+                console.print(f"[yellow]{_literal(exc)}[/yellow]: trying again in {every:g} s")  # what was sent is kept
             if not follow:
                 break
             time.sleep(every)
@@ -950,7 +968,8 @@ def audit_review(
         table.add_column(column)
     for i in items:
         people = " ".join((i.patient_id, *i.also_now))  # also_now: others holding the opened record now
-        table.add_row(str(i.id), i.kind, i.username, people, i.reason, f"{i.created_at:%Y-%m-%d %H:%M}",
+        table.add_row(str(i.id), i.kind, _literal(i.username), people, _literal(i.reason),
+                      f"{i.created_at:%Y-%m-%d %H:%M}",
                       f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else "")
                       + (f", escalated {i.escalated_at:%Y-%m-%d %H:%M}" if i.escalated_at else ""), i.status)
     Console().print(table)
@@ -999,7 +1018,7 @@ def audit_outcome(
     try:
         with _database().session() as session:
             item = record_outcome(session, item_id, outcome, by=by, note=note)  # type: ignore[arg-type]
-            console.print(f"review item #{item.id}: {item.status} ({item.outcome})")
+            console.print(f"review item #{item.id}: {item.status} ({_literal(item.outcome)})")
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
 
@@ -1045,8 +1064,8 @@ def audit_search(
     for column in ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason"):
         table.add_column(column)
     for r in rows:
-        table.add_row(*(str(r.get(c) or "") for c in ("seq", "recorded", "action", "outcome", "user", "organisation",
-                                                     "patient_id", "basis", "reason")))
+        table.add_row(*(_literal(r.get(c) or "") for c in ("seq", "recorded", "action", "outcome", "user",
+                                                           "organisation", "patient_id", "basis", "reason")))
     Console().print(table)
 
 
@@ -1302,14 +1321,15 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
             steps.append(f"{'LINKED' if r['linked'] else 'linked, since moved apart'}: {r['discrepancy']}")
         elif evidence.get("never_link"):
             steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
-        table.add_row(str(r["id"]), str(r["probability"]), r["a"], r["b"], "\n".join(steps))
+        table.add_row(str(r["id"]), str(r["probability"]), _literal(r["a"]), _literal(r["b"]),
+                      "\n".join(_literal(step) for step in steps))
     out.print(table)
     if held:
         alone_table = Table(title=f"{len(held)} records held for review on their own")
         alone_table.add_column("record")
         alone_table.add_column("reason")
         for h in held:
-            alone_table.add_row(h["record"], h["reason"])
+            alone_table.add_row(_literal(h["record"]), _literal(h["reason"]))
         out.print(alone_table)
 
 

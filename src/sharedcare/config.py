@@ -4,6 +4,8 @@ SHAREDCARE_DB          SQLAlchemy URL (default: SQLite file var/sharedcare.db un
 SHAREDCARE_FRAMEWORK   path of the information-sharing framework (default: config/framework.yaml)
 SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per source (default: config/mappings)
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
+SHAREDCARE_PSEUDONYM_KEY  key of the pseudonyms in secondary-use extracts, kept apart from SHAREDCARE_SECRET
+                       (default: SHAREDCARE_SECRET, with a warning at start-up: see `Settings.pseudonym_secret`)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
@@ -45,6 +47,7 @@ class Settings:
     mappings_path: Path
     secret: str
     demo: bool
+    pseudonym_key: str | None = None  # SHAREDCARE_PSEUDONYM_KEY
     token_minutes: int = 60
     data_path: Path = Path("var")
     export_workers: int = 2
@@ -64,14 +67,25 @@ class Settings:
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
-        (TRUST DP4): HMAC-SHA256 wants at least 32 bytes of key."""
+        (TRUST DP4): HMAC-SHA256 wants at least 32 bytes of key. The same for a pseudonym key, if set."""
         if self.demo:
             return
+        if self.pseudonym_key is not None and len(self.pseudonym_key.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"SHAREDCARE_PSEUDONYM_KEY is {len(self.pseudonym_key.encode())} bytes; it must be at "
+                              f"least {MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
         if self.secret == DEMO_SECRET:
             raise ConfigError("SHAREDCARE_SECRET is unset or the demo key; set a secret or SHAREDCARE_DEMO=1")
         if len(self.secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"SHAREDCARE_SECRET is {len(self.secret.encode())} bytes; it must be at least "
                               f"{MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
+
+    @property
+    def pseudonym_secret(self) -> str:
+        """What extracts' pseudonyms are keyed by. A key of their own lets the signing secret be rotated
+        (after a leak, say) without re-keying every pseudonym, and keeps whoever holds the signing secret
+        from recomputing pseudonyms from person ids. Without one, SHAREDCARE_SECRET, as before the key
+        existed, so that pseudonyms already issued stay the same (`sharedcare serve` warns)."""
+        return self.pseudonym_key or self.secret
 
 
 def default_database_url() -> str:
@@ -89,6 +103,7 @@ def load_settings() -> Settings:
         mappings_path=Path(os.environ.get("SHAREDCARE_MAPPINGS") or PROJECT_ROOT / "config" / "mappings"),
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
+        pseudonym_key=os.environ.get("SHAREDCARE_PSEUDONYM_KEY") or None,
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
         export_retention_days=_whole_number("SHAREDCARE_EXPORT_RETENTION_DAYS", 7, least=1),

@@ -13,11 +13,15 @@ from sqlalchemy import select, update
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
 from tests.governance.test_audit import as_an_attacker_with_ddl_rights
+from tests.ingest.test_hl7v2 import results
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import details
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.mllp import MllpServer
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource
 
@@ -360,3 +364,28 @@ def test_an_ingest_run_stopped_part_way_is_audited_as_an_error_naming_what_stopp
         (run,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")).all()
     assert (run.username, run.outcome, details(run)["stopped"], details(run)["files"]) == (
         "cli", "error", "KeyboardInterrupt", "1")
+
+
+def test_a_senders_markup_is_listed_literally_by_quarantine_list_ingest_and_mpi_review(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """`[/]` or `[black on black]` in a value a sender chose reaches the operator's screen as typed: it
+    neither breaks the listing (Rich markup) nor restyles it, and an escape sequence is shown encoded."""
+    server = MllpServer(Pipeline(env, framework))
+    ack = server.handle(results("MK1").replace("||5.9|mmol/L|", "||[/]|mmol/L|").encode(), "203.0.113.8:1")
+    assert b"AE" in ack
+    listed = runner.invoke(app, ["quarantine", "list"], env={"COLUMNS": "400"})
+    assert listed.exit_code == 0, listed.output
+    assert "'[/]' is not a number" in listed.stdout
+
+    feed = write_ndjson(tmp_path / "markup.ndjson", [
+        bundle("P81001", "emis", [patient("amy", "9434765919", "Jones", "[black on black]Amy", "2001-04-05",
+                                          gender="female")]),
+        bundle("RXR", "epr", [patient("h-amy", "9434765919", "Jones", "Zara[/]\x1b[8m", "2001-04-05",
+                                      gender="female")]),
+        bundle("P81001", "emis", [patient("gp-2", "1234567890", "Hughes [/]", "Margaret", "1952-06-11")])])
+    ingested = runner.invoke(app, ["ingest", str(feed)], env={"COLUMNS": "400"})
+    assert ingested.exit_code == 1 and "Traceback" not in ingested.output  # one quarantined, reported
+    review = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
+    assert review.exit_code == 0, review.output
+    assert "JONES, [black on black]Amy" in review.stdout and "Zara[/]\\x1b[8m" in review.stdout
+    assert "\x1b" not in review.stdout

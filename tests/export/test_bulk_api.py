@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -341,3 +342,44 @@ def test_a_patient_who_opted_out_and_then_died_stays_out_of_the_export(ics: Ics,
     _, files = export(ics.client, ics.token("analyst.chen"))
     assert len(files["Patient"]) == 1  # the stranger only
     assert exact_counts(db)["people_excluded"] == {"deny-opt-out": 1}
+
+
+def test_a_user_keeps_three_finished_exports_and_a_fourth_deletes_the_oldest(ics: Ics, db: Database,
+                                                                             tmp_path: Path) -> None:
+    """Disk use per user is bounded by count, not only by the retention period: an analyst exporting the
+    whole population again and again keeps the newest three; the kick-off that deletes one says which."""
+    headers = ics.token("analyst.chen")
+    urls = [export(ics.client, headers)[0]["output"][0]["url"].rsplit("/", 1)[0] for _ in range(4)]
+    jobs = [url.rsplit("/", 1)[1] for url in urls]
+    oldest = ics.client.get(urls[0], headers=headers)
+    assert oldest.status_code == 404 and "expired" in oldest.json()["issue"][0]["diagnostics"]
+    assert not (tmp_path / "data" / "exports" / jobs[0]).exists()
+    for url, job in zip(urls[1:], jobs[1:], strict=True):
+        assert ics.client.get(url, headers=headers).status_code == 200
+        assert any((tmp_path / "data" / "exports" / job).iterdir())
+    with db.session() as s:
+        kick_offs = [{d["type"]: d["valueString"] for d in e.event["entity"][-1]["detail"]}
+                     for e in s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:kick-off")
+                                        .order_by(AuditEntry.seq))]
+    assert [k.get("superseded") for k in kick_offs] == [None, None, None, jobs[0]]
+
+
+def test_with_a_pseudonym_key_of_its_own_a_new_signing_secret_leaves_the_pseudonyms_as_they_were(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An analyst's extracts join up over time: rotating SHAREDCARE_SECRET (after a leak) does not re-key
+    them when SHAREDCARE_PSEUDONYM_KEY is set; without it, pseudonyms are keyed by the secret, as before."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+
+    def people(**keys: str | None) -> set[str]:
+        jobs = ExportJobs(db, framework, replace(settings, **keys))
+        out = tmp_path / f"extract-{len(list(tmp_path.iterdir()))}"
+        job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "sharedcare export",
+                            out_dir=out, background=False)
+        assert jobs.run(job_id).status == "completed"
+        return {json.loads(line)["id"] for line in (out / "Patient.ndjson").read_text().splitlines()}
+
+    key = "a-pseudonym-key-kept-apart-from-the-signing-secret"
+    before, rotated = people(secret="s" * 40, pseudonym_key=key), people(secret="t" * 40, pseudonym_key=key)
+    assert before == rotated and len(before) == 2
+    assert people(secret="s" * 40, pseudonym_key=None) != before  # keyed by the secret: another series
+    assert people(secret="s" * 40, pseudonym_key=None) == people(secret="s" * 40, pseudonym_key="s" * 40)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.small_ics import OKAFOR_NHS, Ics
@@ -13,14 +14,14 @@ from tests.small_ics import OKAFOR_NHS, Ics
 from sharedcare.api.auth import mint_citizen_token, mint_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.config import load_settings
-from sharedcare.governance.access_log import accesses_of, search
+from sharedcare.governance.access_log import REASON_ABOUT_ANOTHER, accesses_of, search
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.identity.links import merge_persons, separate, unmerge
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import LinkEvent, PatientRecord
+from sharedcare.store.models import LinkEvent, PatientRecord, Resource
 
 
 def _reads(db: Database, person_id: str, username: str, count: int) -> None:
@@ -35,7 +36,7 @@ def _everyone_else(db: Database, framework: Framework, person_id: str) -> list[s
     with db.session() as s:
         while True:
             page = CitizenWorkspace(s, framework, person_id).accesses(before)
-            lines += [a.username for a in page.accesses]
+            lines += [a.username or a.who for a in page.accesses]  # "Someone": a look while joined
             if page.older is None:
                 return lines
             before = page.older
@@ -78,7 +79,8 @@ def test_looks_at_a_record_stay_in_its_owners_log_through_a_merge_and_its_undoin
         separate(s, record, by="test", reason="community record held apart")  # as if never linked
     apart = _person_of(db, record)
     _reads(db, apart, "dn.williams", 2)  # the district nurse reads the community record alone
-    assert _everyone_else(db, framework, ics.okafor) == ["dr.patel"]
+    # the GP's read was of Mr Okafor's record joined to the community record: who read it is not shown
+    assert _everyone_else(db, framework, ics.okafor) == ["Someone"]
 
     with db.session() as s:
         merged = merge_persons(s, ics.okafor, apart, by="test", reason="one person")
@@ -90,12 +92,12 @@ def test_looks_at_a_record_stay_in_its_owners_log_through_a_merge_and_its_undoin
     with db.session() as s:
         unmerge(s, merged.id, by="test")
     assert _person_of(db, record) == apart
-    # The community record's owner sees the looks at it alone, and the paramedic's look at the whole
-    # (which included it), and the GP's look from before the separation, when it was part of Mr Okafor's.
-    assert sorted(_everyone_else(db, framework, apart)) == ["dn.williams", "dn.williams", "dr.patel",
-                                                             "para.evans"]
-    # Mr Okafor's own records never left him: the looks at the community record alone were not at them.
-    assert sorted(_everyone_else(db, framework, ics.okafor)) == ["dr.patel", "para.evans"]
+    # The community record's owner sees the looks at it alone, and, generalised, the paramedic's look at the
+    # whole (which included it) and the GP's look from before the separation, when it was part of Mr Okafor's.
+    assert sorted(_everyone_else(db, framework, apart)) == ["Someone", "Someone", "dn.williams", "dn.williams"]
+    # Mr Okafor's own records never left him: the looks at the community record alone were not at them, and
+    # the looks at his record while it was joined to the community record are listed without who looked.
+    assert sorted(_everyone_else(db, framework, ics.okafor)) == ["Someone", "Someone"]
 
 
 def test_the_ig_officers_search_by_patient_finds_looks_made_before_a_merge(ics: Ics, db: Database) -> None:
@@ -169,7 +171,9 @@ def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was
     page = ics.client.get("/patient/accesses")
     ics.client.cookies.clear()
     assert page.status_code == 200
-    assert "Carys Evans" in page.text  # the paramedic's look while the hospice record was part of his
+    # the paramedic's look while the hospice record was part of his: listed, but not who looked (it says
+    # what care Mr Okafor had)
+    assert "Carys Evans" not in page.text and "looked at your record while it was joined" in page.text
     assert "Dr Amara Patel" not in page.text  # the GP looked before the hospice record existed
     assert "Okafor" not in page.text  # no reason written about him
     assert "recorded while your record was joined to another person" in page.text
@@ -179,12 +183,12 @@ def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was
     ics.client.cookies.clear()
     assert found.status_code == 200
     assert "para.evans" in found.text and "dr.patel" not in found.text
-    # Mr Okafor's own log still has both looks, with their reasons: they were at his record.
+    # Mr Okafor's own log still has both looks: the GP's whole, the paramedic's (made while the hospice
+    # record was joined to his: she may have been looking for its patient) without who or why.
     with db.session() as s:
         own = accesses_of(s, framework, ics.okafor).accesses
-    assert sorted((a.username, a.reason) for a in own) == [
-        ("dr.patel", "Okafor phoned re his chest pain results"),
-        ("para.evans", "Okafor fell at home, ambulance crew on scene")]
+    assert sorted((a.who, a.reason) for a in own) == [
+        ("Dr Amara Patel", "Okafor phoned re his chest pain results"), ("Someone", REASON_ABOUT_ANOTHER)]
 
 
 def test_when_the_wrong_record_came_first_the_person_who_stays_does_not_see_looks_at_it(
@@ -210,5 +214,54 @@ def test_when_the_wrong_record_came_first_the_person_who_stays_does_not_see_look
     with db.session() as s:
         separate(s, hospice, by="ig.morgan", reason="another person's record, NHS number keyed in error")
     assert _person_of(db, gp) == person
-    assert _everyone_else(db, framework, person) == ["dr.patel"]
-    assert sorted(_everyone_else(db, framework, _person_of(db, hospice))) == ["dr.patel", "hospice.ward"]
+    assert _everyone_else(db, framework, person) == ["Someone"]  # her GP's look, at her record joined to it
+    # the hospice record's person: the look at it alone whole, the GP's look at the joined record generalised
+    assert sorted(_everyone_else(db, framework, _person_of(db, hospice))) == ["Someone", "hospice.ward"]
+
+
+def _falsely_merged(ics: Ics, db: Database, keep_son: bool) -> tuple[str, str, str]:
+    """Mr Okafor's community record turns out to be his son's; a false merge joins them again, a mental
+    health clinician reads Mr Okafor's depression diagnosis by id, the son's care plan by id, and the whole
+    joined record; the merge is undone. The son's person id, the diagnosis and the care plan."""
+    record = _community_record(db)
+    with db.session() as s:
+        separate(s, record, by="test", reason="the community record is his son's")
+    son = _person_of(db, record)
+    with db.session() as s:
+        depression = s.scalars(select(Resource.id).where(Resource.source_id == "rxm-c1")).one()
+        plan = s.scalars(select(Resource.id).where(Resource.source_id == "ryc-cp1")).one()
+        keep, absorb = (son, ics.okafor) if keep_son else (ics.okafor, son)
+        merged = merge_persons(s, keep, absorb, by="test", reason="looked like one person")
+    with db.session() as s:
+        for action, resource in ((AuditAction.RESOURCE_READ, f"Condition/{depression}"),
+                                 (AuditAction.RESOURCE_READ, f"CarePlan/{plan}"), (AuditAction.RECORD_READ, None)):
+            record_audit(s, AuditRecord(action, "permit", "dr.singh", role="mental_health_clinician",
+                                        organisation="RXM", patient_id=keep, resource=resource,
+                                        released=[resource] if resource else [], reason="clinic follow-up"))
+    with db.session() as s:
+        unmerge(s, merged.id, by="test", reason="two people")
+    return son, depression, plan
+
+
+@pytest.mark.parametrize("keep_son", [False, True], ids=["merged-into-father", "merged-into-son"])
+def test_after_a_false_merge_is_undone_nobody_learns_the_other_persons_care_from_who_looked(
+        ics: Ics, db: Database, framework: Framework, keep_son: bool) -> None:
+    """The son's "who looked" does not show that a mental health clinician read his father's diagnosis,
+    nor who read the joined record; it shows the clinician's read of his own care plan (his data went to
+    them), and that the joined record was looked at. Mr Okafor's own log keeps the read of his diagnosis."""
+    son, _, _ = _falsely_merged(ics, db, keep_son)
+    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), son))
+    page = ics.client.get("/patient/accesses")
+    ics.client.cookies.clear()
+    assert page.status_code == 200
+    assert "problem or diagnosis" not in page.text
+    with db.session() as s:
+        lines = [(a.who, a.role, a.organisation, a.what, a.reason) for a in accesses_of(s, framework, son).accesses]
+    singh = [line for line in lines if line[0] == "Dr Harjit Singh"]
+    assert [line[3] for line in singh] == ["viewed a care plan in your record"]
+    assert singh[0][4] != "clinic follow-up"  # written while joined: not shown
+    joined = [line for line in lines if line[3] == "looked at your record while it was joined to another person's"]
+    assert len(joined) == 1 and "Riverside" not in repr(joined) and "Mental health" not in repr(joined)
+    with db.session() as s:
+        father = [(a.who, a.what) for a in accesses_of(s, framework, ics.okafor).accesses]
+    assert ("Dr Harjit Singh", "viewed a problem or diagnosis in your record") in father

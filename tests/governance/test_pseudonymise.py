@@ -17,6 +17,7 @@ SECRET = "a-test-secret-of-some-length"
 PERSON = "person-1"
 DOB = "1945-03-02"
 NAME = "Okafor"
+ETHNIC = "https://fhir.hl7.org.uk/CodeSystem/UKCore-EthnicCategoryEngland"
 
 SNEAKY_OBSERVATION = {
     "resourceType": "Observation", "id": "obs-1", "status": "final",
@@ -61,12 +62,11 @@ def test_only_declared_elements_leave_and_nothing_that_names_anyone() -> None:
                    "Riverside", "refused", "lives alone"):
         assert secret not in text
     assert set(out) == {"resourceType", "id", "meta", "status", "code", "subject", "encounter", "effectiveDateTime",
-                        "issued", "performer", "valueQuantity", "component"}
+                        "performer", "valueQuantity", "component"}
     assert out["code"] == {"coding": [{"system": "http://snomed.info/sct", "code": "271649006"}]}
     assert out["performer"] == [{"type": "Organization", "identifier": {  # the practitioner left nothing
         "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXR"}}]
-    assert out["meta"] == {"lastUpdated": "2026-11-01T09:00:00Z",
-                           "source": "https://fhir.nhs.uk/Id/ods-organization-code|RXR#lab",
+    assert out["meta"] == {"source": "https://fhir.nhs.uk/Id/ods-organization-code|RXR#lab",
                            "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
                                          "code": "PSEUDED"}]}
 
@@ -81,9 +81,13 @@ def test_elements_left_empty_are_dropped_not_written_as_empty_objects() -> None:
                                "status": "active", "subject": _out(statement)["subject"]}
 
 
-def test_a_date_equal_to_the_date_of_birth_is_cut_to_the_month_and_others_are_kept() -> None:
+def test_a_date_equal_to_the_date_of_birth_is_cut_to_the_month_and_others_to_the_day() -> None:
     out = _out(SNEAKY_OBSERVATION)
-    assert out["effectiveDateTime"] == DOB[:7] and out["issued"] == "2026-11-01T09:00:00Z"
+    assert out["effectiveDateTime"] == DOB[:7] and "issued" not in out
+    later = _out({**SNEAKY_OBSERVATION, "effectiveDateTime": "2026-03-04T10:22:31+00:00"})
+    assert later["effectiveDateTime"] == "2026-03-04"
+    instant = _out({**SNEAKY_OBSERVATION, "effectiveDateTime": None, "effectiveInstant": "2026-03-04T10:22:31Z"})
+    assert instant["effectiveDateTime"] == "2026-03-04" and "effectiveInstant" not in instant
 
 
 def test_references_are_keyed_pseudonyms_the_same_for_a_purpose_and_different_across_purposes() -> None:
@@ -134,7 +138,7 @@ def test_the_patient_keeps_month_of_birth_district_practice_and_ethnicity_only()
                                                 "value": "P81001"}, "display": "Riverside Medical Centre"},
                                 {"reference": "Practitioner/dr-1", "display": "Dr Amara Patel"}],
         "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
-                       "valueCodeableConcept": {"coding": [{"system": "e", "code": "N", "display": "African"}]}},
+                       "valueCodeableConcept": {"coding": [{"system": ETHNIC, "code": "N", "display": "African"}]}},
                       {"url": "https://example.org/religion", "valueString": "x"}],
         "deceasedDateTime": "2026-10-01T03:00:00Z",
     }
@@ -146,7 +150,7 @@ def test_the_patient_keeps_month_of_birth_district_practice_and_ethnicity_only()
     assert out["generalPractitioner"] == [{"type": "Organization", "identifier": {
         "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "P81001"}}]
     assert out["extension"] == [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
-                                 "valueCodeableConcept": {"coding": [{"system": "e", "code": "N"}]}}]
+                                 "valueCodeableConcept": {"coding": [{"system": ETHNIC, "code": "N"}]}}]
     assert set(out) == {"resourceType", "id", "meta", "gender", "birthDate", "deceasedDateTime", "address",
                         "generalPractitioner", "extension"}
 

@@ -272,7 +272,7 @@ def test_an_invalid_date_is_quarantined_naming_pid_7_and_the_next_message_is_sto
     (held,) = report.quarantine
     assert held["location"] == "message 1 (MSH-10 PAS1)"
     assert held["where"].endswith("message 1 (MSH-10 PAS1), PID-7")
-    assert held["reason"] == "'19451302' is not an HL7 date (YYYYMMDD[HHMM[SS]])"
+    assert held["reason"] == "the date of birth is not an HL7 date (YYYYMMDD[HHMM[SS]])"  # not quoted
     with db.session() as s:
         assert s.scalars(select(Quarantine.payload)).one() == broken.encode("latin-1").rstrip(b"\r")
     assert set(_contents(db, "Patient")) == {"H2"}
@@ -284,7 +284,8 @@ def test_an_invalid_nhs_number_is_quarantined_naming_pid_3(db: Database, framewo
     report = Pipeline(db, framework).ingest_paths([path])
     assert (report.accepted, report.quarantined) == (2, 1)
     assert report.quarantine[0]["where"].endswith("PID-3")
-    assert "'9434765918' fails the modulus 11 check" in report.quarantine[0]["reason"]
+    assert "the NHS number fails the modulus 11 check" in report.quarantine[0]["reason"]
+    assert "9434765918" not in report.quarantine[0]["reason"]  # described by rule: reasons go back in ACKs
 
 
 def test_the_same_file_twice_changes_nothing(db: Database, framework: Framework, tmp_path: Path) -> None:

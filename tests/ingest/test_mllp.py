@@ -124,7 +124,8 @@ def test_a_malformed_date_is_answered_ae_naming_segment_and_field_and_waits_in_q
     bad_ack, good_ack = _exchange(listener, bad, good)
     assert _segment(bad_ack, "MSA")[1:3] == ["AE", "MSG002"]
     err = _segment(bad_ack, "ERR")
-    assert err[1] == "PID^1^7" and "19451302" in err[8]
+    # the fault is named by place and rule; the date of birth is not sent back to the sender's engine logs
+    assert err[1] == "PID^1^7" and "date of birth is not an HL7 date" in err[8] and "19451302" not in err[8]
     assert _segment(good_ack, "MSA")[1] == "AA"  # the connection goes on
     with db.session() as s:
         held = s.scalars(select(Quarantine)).one()

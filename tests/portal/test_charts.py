@@ -1,10 +1,22 @@
-"""Trend charts: inline SVG with a text alternative, points coloured by source, nothing unescaped."""
+"""Trend charts: inline SVG with a text alternative, points coloured by source, nothing unescaped; an absurd
+value or a fault in them never takes the record page down."""
 
 from __future__ import annotations
 
 import re
 from datetime import date
+from pathlib import Path
 
+import pytest
+from tests.builders import SCT, bundle, patient, write_ndjson
+from tests.small_ics import OKAFOR_NHS, Ics
+
+from sharedcare.api.auth import mint_citizen_token
+from sharedcare.api.deps import SESSION_COOKIE
+from sharedcare.config import load_settings
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.portal import present
 from sharedcare.portal.charts import PALETTE, Point, Series, describe, trend_chart
 
 GP, HOSPITAL = "Riverside Medical Centre", "Riverside University Hospitals NHS Trust"
@@ -55,3 +67,63 @@ def test_one_result_is_a_point_in_the_middle() -> None:
 def test_source_names_are_escaped() -> None:
     svg = str(trend_chart("c", "HbA1c", "mmol/mol", [Series("HbA1c", [Point(date(2026, 1, 2), 50, "<b>Evil</b>")])]))
     assert "<b>" not in svg and "&lt;b&gt;Evil&lt;/b&gt;" in svg
+
+
+def test_an_absurd_value_is_not_drawn_and_is_listed_beside_the_chart() -> None:
+    points = [*HBA1C, Point(date(2026, 11, 1), 1e308, HOSPITAL), Point(date(2026, 11, 2), float("nan"), GP),
+              Point(date(2026, 11, 3), 4800, GP)]  # 4800: HbA1c in the wrong unit
+    svg = str(trend_chart("c", "HbA1c", "mmol/mol", [Series("HbA1c", points)], (0, 300)))
+    assert svg.count('r="4.5"') == 3  # the three real results are drawn, on their own scale
+    # the axes: values 51 to 64, dates up to the last drawn result
+    assert re.findall(r'text-anchor="end" [^>]*>([^<]+)</text>', svg) == ["51", "64", "Oct 2026"]
+    note = svg.partition('class="sc-chart__left-out">')[2]
+    assert "Not drawn" in note and "1e+308 on 1 Nov 2026" in note and "4800 on 3 Nov 2026" in note
+    assert "nan on 2 Nov 2026" in note
+
+
+def test_a_chart_of_only_absurd_values_says_so_and_draws_nothing() -> None:
+    out = str(trend_chart("c", "eGFR", "mL/min", [Series("eGFR", [Point(date(2026, 1, 1), -1e308, GP)])]))
+    assert "<svg" not in out and "-1e+308 on 1 Jan 2026" in out
+
+
+def _ingest_hba1c(ics: Ics, tmp_path: Path, framework: Framework, values: list[float]) -> None:
+    obs = [{"resourceType": "Observation", "id": f"gp-h{i}", "status": "final",
+            "code": {"coding": [{"system": SCT, "code": "999791000000106", "display": "HbA1c"}]},
+            "subject": {"reference": "Patient/gp-okafor"}, "effectiveDateTime": f"2026-0{i + 1}-01",
+            "valueQuantity": {"value": value, "unit": "mmol/mol", "system": "http://unitsofmeasure.org",
+                              "code": "mmol/mol"}} for i, value in enumerate(values)]
+    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), *obs])
+    report = Pipeline(ics.client.app.state.database, framework).ingest_paths(
+        [write_ndjson(tmp_path / "hba1c.ndjson", [gp])])
+    assert report.quarantined == 0
+
+
+def _record_pages(ics: Ics) -> list[str]:
+    """The clinician's record page and the patient's own, as each would see them."""
+    c = ics.client
+    c.post("/login", data={"username": "dr.patel", "password": "demo"})
+    c.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent", "reason": ""})
+    clinician = c.get(f"/record/{ics.okafor}")
+    c.cookies.clear()
+    c.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), ics.okafor))
+    own = c.get("/patient/record")
+    c.cookies.clear()
+    assert clinician.status_code == 200 and own.status_code == 200
+    return [clinician.text, own.text]
+
+
+def test_one_extreme_result_leaves_the_record_page_up_for_clinician_and_patient(
+        ics: Ics, tmp_path: Path, framework: Framework) -> None:
+    _ingest_hba1c(ics, tmp_path, framework, [1e308, -1e308, 48])
+    for page in _record_pages(ics):
+        assert "Problems" in page and "Type 2 diabetes mellitus" in page  # the rest of the record is there
+        assert "1e+308 on 1 Jan 2026" in page and "-1e+308 on 1 Feb 2026" in page  # said beside the chart
+
+
+def test_a_fault_in_the_charts_leaves_the_rest_of_the_record(ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(view: object) -> list[object]:
+        raise ValueError("a chart fault")
+
+    monkeypatch.setattr(present, "_trend_charts", broken)
+    for page in _record_pages(ics):
+        assert "The trend charts could not be drawn" in page and "Type 2 diabetes mellitus" in page

@@ -9,7 +9,9 @@ organisation loses its files at once). A run goes under the role and organisatio
 decided under (a backend client's are its registration's), and is refused, audited, if the user or
 client no longer holds them. A finished export's files are deleted `settings.export_retention_days`
 after it finished (`expire`, on each kick-off, poll, download and cancel and at server start), and
-the job then says "expired".
+the job then says "expired". A user keeps at most KEPT_PER_USER finished exports in the service's folder:
+a new one deletes the oldest beyond that (`_supersede`), so one analyst's run after run of the whole
+population cannot fill the volume the store (and its audit) lives on before retention catches up.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
@@ -45,6 +48,7 @@ from sharedcare.store.models import ExportJob
 RUNNING = ("accepted", "running")
 EXPIRED = "expired"
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
+KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
 
 
 class TooManyExports(SharedcareError):
@@ -193,7 +197,8 @@ class ExportJobs:
 
     def _secondary(self, actor: Actor, request_id: str | None = None, source_address: str | None = None,
                    purpose: str | None = None) -> SecondaryUse:
-        return SecondaryUse(self.db, self.fw, self.settings.secret, actor, purpose or export_purpose(actor, self.fw),
+        return SecondaryUse(self.db, self.fw, self.settings.pseudonym_secret, actor,
+                            purpose or export_purpose(actor, self.fw),
                             request_id=request_id, source_address=source_address)
 
     # -- kick-off --------------------------------------------------------------------------------
@@ -216,6 +221,7 @@ class ExportJobs:
             if busy and background:
                 raise TooManyExports("you already have an export running: wait for it, or cancel it with DELETE "
                                      "on its status URL", where="$export")
+            superseded = self._supersede(session, actor.username) if out_dir is None else []
             session.add(ExportJob(
                 id=job_id, username=actor.username, role=actor.role.name if actor.role else None,
                 organisation=actor.organisation, purpose=secondary.purpose,
@@ -224,7 +230,7 @@ class ExportJobs:
                 people_total=secondary.people_in_scope(scope), people_done=0, output=[], summary={},
                 out_dir=str(out_dir or self.settings.data_path / "exports" / job_id)))
             secondary.audit(session, AuditAction.EXPORT_KICK_OFF, "permit", rule_id="permit-secondary",
-                            job=job_id, **detail)
+                            job=job_id, superseded=" ".join(superseded) or None, **detail)
         if background:
             threading.Thread(target=self.run, args=(job_id,), name=f"export-{job_id}", daemon=True).start()
         return job_id
@@ -259,8 +265,8 @@ class ExportJobs:
         if not same:
             return self._view(job_id)
         shards = max(1, self.settings.export_workers)
-        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.secret, actor,
-                        purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
+        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.pseudonym_secret,
+                        actor, purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
         counts = ExportCounts()
         try:
             if shards == 1:
@@ -292,6 +298,7 @@ class ExportJobs:
             row.updated_at = row.finished_at
             secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
                             withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                            codings_withheld=str(counts.codings_withheld),
                             people_included=str(counts.people_included),
                             people_excluded=dict(counts.excluded), resources=dict(counts.resources))
         return self._view(job_id)
@@ -323,6 +330,19 @@ class ExportJobs:
                 remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
                 job.status, job.updated_at = EXPIRED, now
         return len(expired)
+
+    def _supersede(self, session: Session, username: str) -> list[str]:
+        """Delete the files of this user's finished exports in the service's folder beyond the newest
+        KEPT_PER_USER - 1 (the one starting makes KEPT_PER_USER), marking each expired; their ids."""
+        kept = (self.settings.data_path / "exports").resolve()
+        finished = session.scalars(select(ExportJob).where(ExportJob.username == username,
+                                                           ExportJob.status == "completed")
+                                   .order_by(ExportJob.finished_at.desc()))
+        old = [job for job in finished if Path(job.out_dir).resolve().is_relative_to(kept)][KEPT_PER_USER - 1:]
+        for job in old:
+            remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
+            job.status, job.updated_at = EXPIRED, utcnow()
+        return [job.id for job in old]
 
     def _own(self, actor: Actor, job_id: str) -> ExportJob:
         """The actor's job, only while they hold the role and organisation it was decided under: a client

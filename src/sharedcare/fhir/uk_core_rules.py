@@ -101,8 +101,8 @@ Found = tuple[str, str] | None  # (the element within the node, the rule and why
 def _nhs_number(node: dict[str, Any], system: str) -> Found:
     value = node.get("value")
     if type(value) is str and not is_valid(value):
-        return ".value", (f"UK Core nhsNumber: NHS number '{value[:40]}' fails the modulus 11 check "
-                          "(ten digits, the last a check digit)")
+        return ".value", ("UK Core nhsNumber: the NHS number fails the modulus 11 check (ten digits, the last "
+                          "a check digit)")  # not quoted: a reason is listed to operators and returned to writers
     return None
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select, union_all
+from sqlalchemy import ColumnElement, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
 from sharedcare.governance.audit import AuditAction, expanded
@@ -234,17 +234,36 @@ class AccessPage:
     older: int | None
 
 
-# In place of a reason written about a person who still holds other records: the look was at a record
-# then joined to theirs (a link later separated or undone), and the reason may be about them alone.
+# In place of a reason written while the record was joined to another person's (a link later separated or
+# undone): the reason may be about them alone.
 REASON_ABOUT_ANOTHER = "not shown: recorded while your record was joined to another person's"
+# A look at the record while it was joined to another person's, generalised (see accesses_of).
+JOINED_LOOK = "looked at your record while it was joined to another person's"
+NOT_SHOWN = "not shown"
+_ITEM_READS = (AuditAction.RESOURCE_READ.value, AuditAction.RESOURCE_HISTORY.value)
 
 
 def accesses_of(session: Session, fw: Framework, person_id: str, before: int | None = None,
                 limit: int = 100) -> AccessPage:
     """Everyone else's looks at the records this person holds, including those made while a record
-    belonged to another person id (before a merge or a relink), the citizen's own reads left out. A
-    reason written under a person id that still holds records of its own is not shown (REASON_ABOUT_ANOTHER);
-    one written under an id merged wholly into this person's was about these records, and is."""
+    belonged to another person id (before a merge or a relink), the citizen's own reads left out.
+
+    A look made while the record was joined to another person's (a link since separated or undone, whichever
+    person's id the look was recorded under: a merge keeps either) was a look at that person as much as at
+    this one, and who looked, in what role, at which organisation, says
+    what care they had (a mental health clinician, a sexual health clinic). So:
+    - a read of one item is listed only if the item is in one of this person's own source records (their
+      own data was released to that person, whom they have a right to know); the other person's items are
+      not listed at all, and the reason, written about the joined record, is not shown;
+    - a look at the whole joined record (a record read, a search, a basis, an IG officer's check) is listed
+      generalised, with when and whether it was refused but no name, role, organisation or reason: the
+      citizen keeps the right to know their record was looked at, and the IG officer's audit search has
+      the whole entry if they ask who.
+    A look under a person id wholly merged into this one, made when that id held only records this person
+    holds now, was at these records alone, and is shown whole.
+
+    The page's entries are chosen before items of other people are left out, so a page may hold fewer than
+    `limit`; `older` still says where the next one starts."""
     held = holdings(session, person_id)
     stmt = (select(AuditEntry).where(_about(held, own_reads=False),
                                      AuditEntry.action.in_([a.value for a in PATIENT_VISIBLE]))
@@ -253,11 +272,72 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
         stmt = stmt.where(AuditEntry.seq < before)
     entries = list(session.scalars(stmt))
     older = entries[limit - 1].seq if len(entries) > limit else None
-    others = {h.person_id for h in held} - {person_id}
-    shared = set(session.scalars(select(PatientRecord.person_id).distinct()
-                                 .where(PatientRecord.person_id.in_(others)))) if others else set()
-    return AccessPage([_access(fw, entry, hide_reason=entry.patient_id in shared) for entry in entries[:limit]],
-                      older)
+    entries = entries[:limit]
+    own = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
+    joined = _joined_spans(session, {h.person_id for h in held}, own)
+    mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS], own)
+    page = []
+    for entry in entries:
+        was_joined = any(_covers(span, entry) for span in joined)
+        item = requested_resource(entry) if entry.action in _ITEM_READS else None
+        whole_record = item is None or item == f"Patient/{entry.patient_id}"
+        if not whole_record and entry.seq not in mine:
+            continue  # an item of another person's record
+        page.append(_joined_look(entry) if was_joined and whole_record
+                    else _access(fw, entry, hide_reason=was_joined))
+    return AccessPage(page, older)
+
+
+def _joined_spans(session: Session, person_ids: set[str], own: set[int]) -> list[Holding]:
+    """When each of these person ids held a source record that is not one of `own` (this person's records
+    now): an entry about that id then was about a record joined to another person's. Each record's span
+    under an id runs from its arrival (or the move that brought it) to the move that took it away."""
+    moved = select(LinkMove.patient_record_id).where(
+        or_(LinkMove.from_person.in_(person_ids), LinkMove.to_person.in_(person_ids)))
+    foreign = dict(session.execute(select(PatientRecord.id, PatientRecord.person_id).where(
+        or_(PatientRecord.person_id.in_(person_ids), PatientRecord.id.in_(moved)),
+        PatientRecord.id.not_in(own) if own else true())).all())
+    if not foreign:
+        return []
+    moves = session.execute(
+        select(LinkMove.patient_record_id, LinkMove.from_person, LinkMove.to_person, LinkEvent.at)
+        .join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
+        .where(LinkMove.patient_record_id.in_(foreign)).order_by(LinkEvent.at, LinkMove.id)).all()
+    arrived = _arrived(session, list(foreign))
+    spans, holder, since = [], {}, {}
+    for record, before, after, at in moves:
+        if record not in holder:
+            holder[record], since[record] = before, arrived.get(record)
+        spans.append(Holding(holder[record], since[record], at))
+        holder[record], since[record] = after, at
+    for record, now in foreign.items():
+        spans.append(Holding(now, since[record] if record in holder else arrived.get(record), None))
+    return [span for span in spans if span.person_id in person_ids]
+
+
+def _covers(span: Holding, entry: AuditEntry) -> bool:
+    return (span.person_id == entry.patient_id and (span.start is None or span.start <= entry.recorded_at)
+            and (span.end is None or entry.recorded_at < span.end))
+
+
+def _own_items(session: Session, entries: list[AuditEntry], own: set[int]) -> set[int]:
+    """The entries (by seq) among these item reads whose item is, or was in some version, in one of `own`."""
+    asked = {entry.seq: (requested_resource(entry) or "").partition("/")[2] for entry in entries}
+    ids = {resource for resource in asked.values() if resource}
+    if not ids or not own:
+        return set()
+    found = set(session.scalars(select(Resource.id).where(Resource.id.in_(ids),
+                                                         Resource.patient_record_id.in_(own))))
+    found.update(session.scalars(select(ResourceVersion.resource_id).where(
+        ResourceVersion.resource_id.in_(ids), ResourceVersion.patient_record_id.in_(own))))
+    return {seq for seq, resource in asked.items() if resource in found}
+
+
+def _joined_look(entry: AuditEntry) -> Access:
+    """A look at the whole record while it was joined to another person's: when, and whether refused."""
+    return Access(when=entry.recorded_at, username="", who="Someone", role=NOT_SHOWN, organisation=NOT_SHOWN,
+                  what=JOINED_LOOK, basis="", reason=REASON_ABOUT_ANOTHER,
+                  outcome="refused" if entry.outcome == "deny" else "allowed")
 
 
 def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:

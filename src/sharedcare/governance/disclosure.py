@@ -51,5 +51,6 @@ def published_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"people_included": summary.get("people_included", 0),
             "people_excluded": published_cells(excluded),
             "resources_withheld": published_cells(withheld),
+            "codings_withheld": published_cells(summary.get("codings_withheld", {})),
             "resources": dict(summary.get("resources", {})),
             "small_numbers": METHOD}

@@ -1,14 +1,14 @@
 """Pseudonymised copies of released resources, for secondary use (planning, research).
 
-Keyed pseudonyms: HMAC-SHA256 under a key derived from the deployment's secret and the purpose, so the
-same person has the same pseudonym in every extract for one purpose, a different one for another
-purpose, and nobody without the secret can recompute them (a plain hash of a UUIDv5 server id could be
-recomputed from a hospital number). Every id and every reference between exported resources is
-rewritten the same way, so files join up without any real id.
+Keyed pseudonyms: HMAC-SHA256 under a key derived from the deployment's pseudonym key
+(`Settings.pseudonym_secret`) and the purpose, so the same person has the same pseudonym in every
+extract for one purpose, a different one for another purpose, and nobody without the key can recompute
+them (a plain hash of a UUIDv5 server id could be recomputed from a hospital number). Every id and every
+reference between exported resources is rewritten the same way, so files join up without any real id.
 
 What is kept is declared, not what is removed (deny by default). Each exported type is a msgspec
-`Struct` listing the elements an analysis needs, down to each datatype (`Coding` is system, version and
-code; a `Reference` is a rewritten reference or an organisation's ODS code). Decoding a stored resource
+`Struct` listing the elements an analysis needs, down to each datatype (`Coding` is system and code; a
+`Reference` is a rewritten reference or an organisation's ODS code). Decoding a stored resource
 into its Struct drops everything undeclared, in C: names, addresses, telecom, other systems' identifiers,
 displays, free text (`text`, `note`, `description`, narratives), document bodies, extensions not listed,
 and any element a source adds that is not listed here. Then:
@@ -20,7 +20,14 @@ and any element a source adds that is not listed here. Then:
   Medication's coded `code` (`medicationCodeableConcept`); a resource left without an element FHIR
   requires (a statement with no coded drug, an observation whose code was only text: `Shaped.incomplete`)
   is not exported at all, and is counted as withheld;
+- a coding survives only from a code system of `CODE_SYSTEMS` (SNOMED CT, dm+d, LOINC, ICD-10, OPCS-4,
+  UCUM, HL7's and the NHS's), and only a code with no space in it: a local system's code, and
+  `Coding.version`, are whatever a source's staff typed ("seen with Jane Smith"), and never leave; each
+  coding left out is counted (`Shaped.codings_withheld`); a status a decision reads keeps its code;
 - a quantity keeps its value and coded unit; `unit`, free text, survives only as its UCUM code;
+- every date and time is cut to the day (an event's time of day, with a few other facts, can pick one
+  person out: a 999 call in the news); instants that must carry a time (`issued`, `meta.lastUpdated`)
+  do not leave, and an observation's `effectiveInstant` leaves as its day;
 - the Patient keeps gender, year and month of birth (and of death), postcode district, registered GP
   practice and ethnic category; any other date equal to the date of birth is cut to year and month.
 
@@ -44,6 +51,16 @@ from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import ODS_SYSTEM
 
 UCUM = "http://unitsofmeasure.org"
+# The code systems whose codes leave in an extract: national and international terminologies, whose codes
+# are drawn from a published list (SNOMED CT's are checked at ingest). A local system's are not.
+CODE_SYSTEMS = frozenset({
+    "http://snomed.info/sct", "https://dmd.nhs.uk", "http://loinc.org", UCUM,
+    "http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk",
+    "http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
+    "https://fhir.nhs.uk/CodeSystem/opcs-4",
+})
+CODE_SYSTEM_PREFIXES = ("http://terminology.hl7.org/CodeSystem/", "https://fhir.nhs.uk/CodeSystem/",
+                        "https://fhir.hl7.org.uk/CodeSystem/")
 PSEUDONYMISED_LABEL = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "PSEUDED"}
 KEPT_EXTENSIONS = frozenset({
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
@@ -56,6 +73,7 @@ class _State(threading.local):
 
     patient_ref: str = ""
     dobs: frozenset[str] = frozenset()
+    codings_withheld: int = 0  # codings left out of the resource being decoded
     links: list[Reference]  # the references to other resources met while decoding one resource
 
 
@@ -76,18 +94,49 @@ class _Dated(_E):
         dobs = _state.dobs  # `_date` inlined: this runs for most elements of every resource
         for name in self._dates:
             value = getattr(self, name)
-            if value is not None and value[:10] in dobs:
-                setattr(self, name, value[:7])
+            if value is not None:
+                day = value[:10]
+                setattr(self, name, day[:7] if day in dobs else day)
+
+
+def kept_system(system: str | None) -> bool:
+    """Whether a code of this system may leave (CODE_SYSTEMS)."""
+    return system is not None and (system in CODE_SYSTEMS or system.startswith(CODE_SYSTEM_PREFIXES))
+
+
+def _kept_code(system: str | None, code: str) -> bool:
+    return kept_system(system) and " " not in code
 
 
 class Coding(_E):
+    """A code of a kept system (`kept_system`), without a space in it, or nothing: what is left out is
+    counted. `version` is never read (it is free text as often as not)."""
+
     system: str | None = None
-    version: str | None = None
     code: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.code is not None and not _kept_code(self.system, self.code):
+            _state.codings_withheld += 1
+            self.system = self.code = None
 
 
 class Concept(_E):
     coding: list[Coding] | None = None
+
+
+class _StoredCoding(_E):
+    """A coding the decision reads as stored (a status, a security label): shaped, if it leaves at all,
+    only when encoded (`Pseudonymiser.encode`)."""
+
+    system: str | None = None
+    code: str | None = None
+
+
+class Status(_E):
+    """A clinical or verification status, read as stored (`Shaped.withdrawn`)."""
+
+    coding: list[_StoredCoding] | None = None
 
 
 class Quantity(_E):
@@ -98,8 +147,14 @@ class Quantity(_E):
     code: str | None = None
 
     def __post_init__(self) -> None:
-        # `unit` is the source's free text ("tablets from Mrs H's blister pack"): only a UCUM code leaves
-        self.unit = self.code if self.system == UCUM and self.code else None
+        # `unit` is the source's free text ("tablets from Mrs H's blister pack"): only a UCUM code leaves as
+        # the unit; the coded unit leaves as a `Coding` would
+        if self.code is not None and not _kept_code(self.system, self.code):
+            _state.codings_withheld += 1
+            self.code = None
+        if self.code is None:
+            self.system = None
+        self.unit = self.code if self.system == UCUM else None
 
 
 class Range(_E):
@@ -144,9 +199,8 @@ class Reference(_E):
 
 
 class Meta(_E):
-    lastUpdated: str | None = None
     source: str | None = None
-    security: list[Coding] | None = None
+    security: list[_StoredCoding] | None = None  # read by the decision as stored; replaced when encoded
 
 
 class Extension(_Dated):
@@ -304,8 +358,8 @@ class _Resource(_Dated):
 
 class Condition(_Resource):
     _dates = ("onsetDateTime", "abatementDateTime", "recordedDate")
-    clinicalStatus: Concept | None = None
-    verificationStatus: Concept | None = None
+    clinicalStatus: Status | None = None
+    verificationStatus: Status | None = None
     category: list[Concept] | None = None
     severity: Concept | None = None
     code: Concept | None = None
@@ -353,7 +407,7 @@ def _coded(concept: Concept | None) -> bool:
 def _medication_code(contained: list[_Contained] | None, reference: str | None) -> Concept | None:
     """The coded `code` of the Medication a `medicationReference` names, if the statement contains it
     (sources send the drug as a contained Medication; a standalone Medication is never stored: it has no
-    patient), and it is neither withdrawn nor uncoded. Codings only: system, version and code."""
+    patient), and it is neither withdrawn nor uncoded. Codings only: system and code (`Coding`)."""
     if not reference or not reference.startswith("#"):
         return None
     for resource in contained or ():
@@ -405,8 +459,8 @@ class MedicationStatement(_Resource):
 
 class AllergyIntolerance(_Resource):
     _dates = ("onsetDateTime", "recordedDate", "lastOccurrence")
-    clinicalStatus: Concept | None = None
-    verificationStatus: Concept | None = None
+    clinicalStatus: Status | None = None
+    verificationStatus: Status | None = None
     type: str | None = None
     category: list[str] | None = None
     criticality: str | None = None
@@ -439,7 +493,10 @@ class Encounter(_Resource):
 
 
 class Observation(_Resource):
-    _dates = ("effectiveDateTime", "effectiveInstant", "issued", "valueDateTime")
+    """`effectiveInstant` must carry a time of day: it leaves as `effectiveDateTime`, the day. `issued`
+    (an instant too, and no more than when the result was released) is not read."""
+
+    _dates = ("effectiveDateTime", "valueDateTime")
     status: str | None = None
     category: list[Concept] | None = None
     code: Concept | None = None
@@ -448,7 +505,6 @@ class Observation(_Resource):
     effectiveDateTime: str | None = None
     effectivePeriod: Period | None = None
     effectiveInstant: str | None = None
-    issued: str | None = None
     performer: list[Reference] | None = None
     valueQuantity: Quantity | None = None
     valueCodeableConcept: Concept | None = None
@@ -466,6 +522,13 @@ class Observation(_Resource):
     hasMember: list[Reference] | None = None
     derivedFrom: list[Reference] | None = None
     component: list[Component] | None = None
+
+    def __post_init__(self) -> None:
+        if self.effectiveInstant is not None:
+            if self.effectiveDateTime is None:
+                self.effectiveDateTime = self.effectiveInstant
+            self.effectiveInstant = None
+        super().__post_init__()
 
 
 class Procedure(_Resource):
@@ -522,13 +585,14 @@ class CarePlan(_Resource):
 
 
 class DocumentReference(_Resource):
-    _dates = ("date",)
+    """`date` (when the reference was made, an instant: it must carry a time of day) is not read; the
+    period of care it is about (`context.period`) leaves, to the day."""
+
     status: str | None = None
     docStatus: str | None = None
     type: Concept | None = None
     category: list[Concept] | None = None
     subject: Reference | None = None
-    date: str | None = None
     author: list[Reference] | None = None
     custodian: Reference | None = None
     content: list[Content] | None = None
@@ -536,7 +600,7 @@ class DocumentReference(_Resource):
 
 
 class DiagnosticReport(_Resource):
-    _dates = ("effectiveDateTime", "issued")
+    _dates = ("effectiveDateTime",)  # `issued`, an instant, is not read (see Observation)
     status: str | None = None
     category: list[Concept] | None = None
     code: Concept | None = None
@@ -544,7 +608,6 @@ class DiagnosticReport(_Resource):
     encounter: Reference | None = None
     effectiveDateTime: str | None = None
     effectivePeriod: Period | None = None
-    issued: str | None = None
     performer: list[Reference] | None = None
     result: list[Reference] | None = None
     conclusionCode: list[Concept] | None = None
@@ -555,7 +618,7 @@ SHAPES: dict[str, type[_Resource]] = {shape.__name__: shape for shape in (
     CarePlan, DocumentReference, DiagnosticReport)}
 _DECODERS = {name: msgspec.json.Decoder(shape) for name, shape in SHAPES.items()}
 _ENCODER = msgspec.json.Encoder()
-_LABEL = Coding(system=PSEUDONYMISED_LABEL["system"], code=PSEUDONYMISED_LABEL["code"])
+_LABEL = _StoredCoding(system=PSEUDONYMISED_LABEL["system"], code=PSEUDONYMISED_LABEL["code"])
 
 
 def purpose_key(secret: str, purpose: str) -> bytes:
@@ -625,6 +688,7 @@ class Shaped:
 
     resource: _Resource
     links: list[Reference]
+    codings_withheld: int = 0  # codings left out (`Coding`); a status's are counted when encoded
 
     def withdrawn(self) -> bool:
         """`lifecycle.entered_in_error` of what was stored: its status, or a Condition's or an allergy's
@@ -692,8 +756,9 @@ class Pseudonymiser:
             raise Unreadable(f"{resource_type} is not exported")
         links: list[Reference] = []
         _state.links = links
+        _state.codings_withheld = 0
         try:
-            return Shaped(decoder.decode(text), links)
+            return Shaped(decoder.decode(text), links, _state.codings_withheld)
         except msgspec.ValidationError as exc:
             raise Unreadable(f"{resource_type}: {exc}") from exc
 
@@ -717,9 +782,15 @@ class Pseudonymiser:
                 if link.identifier is None:
                     link.type = None
         _without_dangling(resource)
+        if isinstance(resource, Condition | AllergyIntolerance):
+            for status in (resource.clinicalStatus, resource.verificationStatus):
+                if status is not None and status.coding:
+                    kept = [c for c in status.coding if c.code is None or _kept_code(c.system, c.code)]
+                    shaped.codings_withheld += len(status.coding) - len(kept)
+                    status.coding = kept or None
         meta = resource.meta
         source = meta.source if meta is not None and (meta.source or "").startswith(f"{ODS_SYSTEM}|") else None
-        resource.meta = Meta(lastUpdated=meta.lastUpdated if meta else None, source=source, security=[_LABEL])
+        resource.meta = Meta(source=source, security=[_LABEL])
         resource.id = self._id(f"{resource.resourceType}/{server_id}")
         if isinstance(resource, MedicationStatement) and resource.extension:
             resource.extension = [e for e in resource.extension if e.url in KEPT_EXTENSIONS] or None
@@ -730,8 +801,8 @@ class Pseudonymiser:
         ethnic category."""
         out: dict[str, Any] = {"resourceType": "Patient", "id": self._id(f"Patient/{person_id}")}
         meta = content.get("meta") or {}
-        out["meta"] = {key: meta[key] for key in ("lastUpdated", "source")
-                       if isinstance(meta.get(key), str) and (key != "source" or meta[key].startswith(ODS_SYSTEM))}
+        out["meta"] = {"source": meta["source"]} if isinstance(meta.get("source"), str) and \
+            meta["source"].startswith(ODS_SYSTEM) else {}
         out["meta"]["security"] = [PSEUDONYMISED_LABEL]
         if content.get("gender") in ("male", "female", "other", "unknown"):
             out["gender"] = content["gender"]
@@ -755,6 +826,7 @@ class Pseudonymiser:
             out["generalPractitioner"] = practices
         ethnicity = [msgspec.to_builtins(_ETHNICITY.decode(msgspec.json.encode(e)))
                      for e in content.get("extension") or [] if e.get("url") == _ETHNIC_URL]
+        ethnicity = [e for e in ethnicity if any(c for c in (e.get("valueCodeableConcept") or {}).get("coding", []))]
         if ethnicity:
             out["extension"] = ethnicity[:1]
         return _ENCODER.encode(out)

@@ -43,6 +43,7 @@ NO_CHOICES = Choices()
 # withheld-count key of a released resource left without an element FHIR requires once shaped (e.g. a
 # MedicationStatement whose drug is neither coded nor a contained, coded Medication): it is not exported
 INCOMPLETE = "required-element-uncoded"
+CODING_NOT_KEPT = "code-system-not-kept"  # pseudonymise.CODE_SYSTEMS
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ExportCounts:
     excluded: Counter[str] = field(default_factory=Counter)  # people, by rule (opt-out, objection)
     withheld: Counter[str] = field(default_factory=Counter)  # resources, by rule
     resources: Counter[str] = field(default_factory=Counter)  # by type
+    codings_withheld: int = 0  # codings left out of exported resources: not of a kept code system
 
     def add(self, other: ExportCounts) -> None:
         self.people_seen += other.people_seen
@@ -77,12 +79,14 @@ class ExportCounts:
         self.excluded.update(other.excluded)
         self.withheld.update(other.withheld)
         self.resources.update(other.resources)
+        self.codings_withheld += other.codings_withheld
 
     def as_dict(self) -> dict[str, Any]:
         return {"people_seen": self.people_seen, "people_included": self.people_included,
                 "people_excluded": dict(sorted(self.excluded.items())),
                 "resources_withheld": dict(sorted(self.withheld.items())),
-                "resources": dict(sorted(self.resources.items()))}
+                "resources": dict(sorted(self.resources.items())),
+                "codings_withheld": {CODING_NOT_KEPT: self.codings_withheld} if self.codings_withheld else {}}
 
 
 def export_purpose(actor: Actor, fw: Framework) -> str:
@@ -292,7 +296,9 @@ class SecondaryUse:
         resources, encode = counts.resources, pseudonymiser.encode
         for resource_type, server_id, resource in clinical:
             resources[resource_type] += 1
-            yield resource_type, encode(resource, server_id, exported)
+            line = encode(resource, server_id, exported)
+            counts.codings_withheld += resource.codings_withheld
+            yield resource_type, line
         if released_patients and scope.wants("Patient") and (
                 scope.since is None or any(row[4] and row[4] >= scope.since for row in released_patients)):
             # one Patient per person: the one their combined Patient's demographics come from (its rule)

@@ -189,7 +189,8 @@ def birth_date(seg: Seg, field: int) -> str | None:
             raise ValueError(value)
         date(int(match[1]), int(match[2] or 1), int(match[3] or 1))
     except ValueError as exc:
-        raise seg.error(f"'{value}' is not an HL7 date (YYYYMMDD[HHMM[SS]])", field) from exc
+        # not quoted: a date of birth, and reasons go back to the sender in the ACK and into operators' lists
+        raise seg.error("the date of birth is not an HL7 date (YYYYMMDD[HHMM[SS]])", field) from exc
     return "-".join(p for p in (match[1], match[2], match[3]) if p)
 
 
@@ -255,7 +256,7 @@ def patient_ids(pid: Seg, sender: Sender) -> tuple[str, str | None]:
     mrn = next((c[0] for c in mrns if part(c, 4) in (sender.org, "")), mrns[0][0])
     nhs = next((c[0] for c in identifiers if part(c, 5) == "NH" and c[0]), None)
     if nhs is not None and not is_valid(nhs):
-        raise pid.error(f"NHS number '{nhs}' fails the modulus 11 check", 3)
+        raise pid.error("the NHS number fails the modulus 11 check", 3)  # not quoted: reasons go back in ACKs
     return mrn, normalise(nhs) if nhs else None
 
 

@@ -7,6 +7,7 @@ by the organisation that sent it, so a GP sees the hospital's results against th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date
 
@@ -17,6 +18,9 @@ PALETTE = ("#005eb8", "#007f3b", "#330072", "#d5281b", "#ae2573", "#425563")
 AXIS, TEXT = "#768692", "#4c6272"
 WIDTH, HEIGHT = 360, 170
 LEFT, RIGHT, TOP, BOTTOM = 40, 14, 12, 30
+# The widest range any chart draws: a value beyond it (or not a number, or infinite) would flatten every
+# other point or overflow the scale, and is listed beside the chart instead (the results table has it).
+DRAWN = (-1e6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,11 @@ def _day(when: date) -> str:
 def _scale(low: float, high: float) -> tuple[float, float]:
     """A y range with a little room above and below, on whole numbers."""
     pad = max((high - low) * 0.1, 1.0)
-    return float(int(low - pad)), float(int(high + pad) + 1)
+    return float(math.trunc(low - pad)), float(math.trunc(high + pad) + 1)
+
+
+def _drawable(value: float, limits: tuple[float, float]) -> bool:
+    return math.isfinite(value) and limits[0] <= value <= limits[1]
 
 
 def describe(title: str, unit: str, series: list[Series]) -> str:
@@ -62,11 +70,27 @@ def describe(title: str, unit: str, series: list[Series]) -> str:
     return f"{title}. " + "; ".join(parts) + "."
 
 
-def trend_chart(chart_id: str, title: str, unit: str, series: list[Series]) -> Markup:
-    """A figure: the SVG line chart, a legend of sources, and its description. Empty if no points."""
+def trend_chart(chart_id: str, title: str, unit: str, series: list[Series],
+                limits: tuple[float, float] = DRAWN) -> Markup:
+    """A figure: the SVG line chart, a legend of sources, and its description. Empty if no points. A point
+    outside `limits` (the range a real result can take; any outside DRAWN) is not drawn but listed under the
+    chart, so one absurd value (a unit error) neither flattens the others nor hides."""
+    limits = (max(limits[0], DRAWN[0]), min(limits[1], DRAWN[1]))
+    left_out = [(s.label, p) for s in series for p in sorted(s.points, key=lambda p: p.when)
+                if not _drawable(p.value, limits)]
+    series = [Series(s.label, [p for p in s.points if _drawable(p.value, limits)], s.dashed) for s in series]
     points = [p for s in series for p in s.points]
-    if not points:
+    if not points and not left_out:
         return Markup("")
+    note = ""
+    if left_out:
+        values = "; ".join(f"{escape(label)} {_number(p.value)} on {_day(p.when)} ({escape(p.source)})"
+                           for label, p in left_out)
+        note = (f'<p class="sc-chart__left-out">Not drawn, outside the range this chart shows '
+                f'({_number(limits[0])} to {_number(limits[1])}): {values}. See the results below.</p>')
+    if not points:
+        return Markup(f'<figure class="sc-chart"><figcaption class="sc-chart__caption">{escape(title)} '  # noqa: S704
+                      f'<span class="sc-chart__unit">({escape(unit)})</span></figcaption>{note}</figure>')
     sources = list(dict.fromkeys(p.source for p in sorted(points, key=lambda p: p.when)))
     colour = {source: PALETTE[i % len(PALETTE)] for i, source in enumerate(sources)}
     first, last = min(p.when for p in points).toordinal(), max(p.when for p in points).toordinal()
@@ -112,5 +136,5 @@ def trend_chart(chart_id: str, title: str, unit: str, series: list[Series]) -> M
     out.append(f'<ul class="sc-chart__legend">{legend}</ul>')
     if lines:
         out.append(f'<p class="sc-chart__lines">Lines: {lines}.</p>')
-    out.append("</figure>")
+    out.append(f"{note}</figure>")
     return Markup("".join(out))  # noqa: S704 - every value above is a number or passed through escape()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -19,6 +21,8 @@ from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
+
+log = logging.getLogger("sharedcare.portal")
 
 # A feed whose newest item arrived longer ago than this is flagged as possibly out of date.
 STALE_AFTER_DAYS = 7
@@ -250,7 +254,12 @@ def _is(concept: Any, kind: tuple[set[str], tuple[str, ...]]) -> bool:
 
 def _value(resource: dict[str, Any]) -> float | None:
     value = (resource.get("valueQuantity") or {}).get("value")
-    return float(value) if isinstance(value, int | float) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer too big for a float: not drawn (charts.DRAWN)
+        return math.inf
 
 
 def _point(served: ServedResource, value: float | None) -> Point | None:
@@ -260,8 +269,24 @@ def _point(served: ServedResource, value: float | None) -> Point | None:
     return Point(date.fromisoformat(day), value, served.source_name)
 
 
+# The range each chart draws: beyond these a result is not physiological (a unit error, a slip).
+HBA1C_RANGE, EGFR_RANGE, BLOOD_PRESSURE_RANGE = (0.0, 300.0), (0.0, 300.0), (0.0, 400.0)
+CHARTS_FAILED = Markup('<p class="sc-chart__left-out">The trend charts could not be drawn. The results are '
+                       'listed below.</p>')
+
+
 def trend_charts(view: RecordView) -> list[Markup]:
-    """HbA1c, eGFR and blood pressure over time, one chart each, for those with any results."""
+    """HbA1c, eGFR and blood pressure over time, one chart each, for those with any results. A fault in
+    drawing them is logged and shows a note in their place: the charts are a view of the results table,
+    and must never take the record page (and the rest of the record) down with them."""
+    try:
+        return _trend_charts(view)
+    except Exception:  # any fault: the record page must still render
+        log.exception("trend charts could not be drawn")  # no person id: the log holds no patient data
+        return [CHARTS_FAILED]
+
+
+def _trend_charts(view: RecordView) -> list[Markup]:
     series: dict[str, list[Point]] = {"hba1c": [], "egfr": [], "systolic": [], "diastolic": []}
     for served in view.of_type("Observation"):
         r = served.content
@@ -286,11 +311,12 @@ def trend_charts(view: RecordView) -> list[Markup]:
             if point:
                 series[name].append(point)
     return [chart for chart in (
-        trend_chart("chart-hba1c", "HbA1c", "mmol/mol", [Series("HbA1c", series["hba1c"])]),
-        trend_chart("chart-egfr", "eGFR", "mL/min/1.73m²", [Series("eGFR", series["egfr"])]),
+        trend_chart("chart-hba1c", "HbA1c", "mmol/mol", [Series("HbA1c", series["hba1c"])], HBA1C_RANGE),
+        trend_chart("chart-egfr", "eGFR", "mL/min/1.73m²", [Series("eGFR", series["egfr"])], EGFR_RANGE),
         trend_chart("chart-bp", "Blood pressure", "mmHg",
                     [s for s in (Series("Systolic", series["systolic"]),
-                                 Series("Diastolic", series["diastolic"], dashed=True)) if s.points]),
+                                 Series("Diastolic", series["diastolic"], dashed=True)) if s.points],
+                    BLOOD_PRESSURE_RANGE),
     ) if chart]
 
 
