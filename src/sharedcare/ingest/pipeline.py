@@ -46,7 +46,7 @@ from sharedcare.ingest.messages import (
     sent_by,
 )
 from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
-from sharedcare.store.database import Database, Encoded, Prepared, json_dumps, json_loads
+from sharedcare.store.database import Database, Encoded, Prepared, PreparedObjects, json_dumps, json_loads
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -60,11 +60,15 @@ ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_
 # feed comes as many files of 1,000 people each); for less, starting the workers costs more than they save.
 PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
-# A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
-_INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]
-# The look-ups every message or run makes, built once: building a statement costs about as much again as
-# running it (ORM select construction and its cache key; 0.13 -> 0.07 ms for a message's resources on SQLite).
-_RESOURCES = select(Resource).where(Resource.id.in_(bindparam("ids", expanding=True)))
+# A prepared INSERT of every column (each new row names them all): `Session.execute` of the Core statement
+# cost about as much again as the driver's work.
+_INSERT_RESOURCES = Prepared(insert(Resource.__table__).values(  # type: ignore[arg-type]
+    {column.key: bindparam(column.key) for column in Resource.__table__.columns}))
+# The stored resources among n ids, prepared once per n (a message names a few; a run up to `_CHUNK`): the
+# ORM's query cost several times the database's work for the one a message makes.
+_CHUNK = 500  # ids a look-up names: below every database's parameter limit
+_RESOURCES: dict[int, PreparedObjects[Resource]] = {}
+# The look-ups every run makes, built once: building a statement costs about as much again as running it.
 _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
                                        PatientRecord.source_id.in_(bindparam("ids", expanding=True)))
 # The Patients other organisations hold of a person, looked up for each new registration claim (most GP
@@ -147,7 +151,7 @@ class _Run:
 
     def insert_pending(self, session: Session) -> None:
         if self.pending:
-            session.execute(_INSERT_RESOURCES, self.pending)
+            _INSERT_RESOURCES.many(session, self.pending)
             self.pending = []
 
     def adopt(self, session: Session, ids: list[str]) -> None:
@@ -439,9 +443,13 @@ class Pipeline:
     def _existing(session: Session, ids: list[str]) -> dict[str, Resource]:
         """The stored resources among `ids`, in chunks that stay below every database's parameter limit."""
         found: dict[str, Resource] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            found.update((row.id, row) for row in session.scalars(_RESOURCES, {"ids": chunk}))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            look_up = _RESOURCES.get(len(chunk))
+            if look_up is None:
+                look_up = _RESOURCES[len(chunk)] = PreparedObjects(Resource, Resource.id.in_(
+                    [bindparam(f"id{i}") for i in range(len(chunk))]))
+            found.update((row.id, row) for row in look_up(session, {f"id{i}": id_ for i, id_ in enumerate(chunk)}))
         return found
 
     def _store(self, session: Session, staged: StagedMessage, raw: RawMessage,
@@ -531,8 +539,8 @@ class Pipeline:
         if run is not None:  # inserted with the rest of the run's
             run.pending += new_rows
             run.inserted.update((row["id"], row) for row in new_rows)
-        elif new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
-            session.execute(_INSERT_RESOURCES, new_rows)
+        else:  # one INSERT for all, not one ORM object each: most of a message is new rows
+            _INSERT_RESOURCES.many(session, new_rows)
         if claiming and run is not None and any(r["source_org"] != staged.source_org for r in run.pending):
             run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:
