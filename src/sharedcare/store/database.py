@@ -144,7 +144,8 @@ class PreparedObjects(Generic[Model]):
     UPDATEs). For the look-ups every ingested message makes, where the ORM's execution of a query cost
     several times the database's own work."""
 
-    def __init__(self, entity: type[Model], *criteria: ColumnElement[bool]) -> None:
+    def __init__(self, entity: type[Model], *criteria: ColumnElement[bool], order_by: ColumnElement[Any] | None = None,
+                 limit: int | None = None) -> None:
         mapper = inspect(entity)
         table = mapper.local_table
         self.entity = entity
@@ -152,7 +153,7 @@ class PreparedObjects(Generic[Model]):
         self._names = [mapper.get_property_by_column(column).key for column in table.columns]
         columns = list(table.columns)
         self._key = [next(i for i, column in enumerate(columns) if column is key) for key in mapper.primary_key]
-        self._prepared = Prepared(select(*table.columns).where(*criteria))
+        self._prepared = Prepared(select(*table.columns).where(*criteria).order_by(order_by).limit(limit))
 
     def __call__(self, session: Session, params: dict[str, Any]) -> list[Model]:
         found: list[Model] = []
