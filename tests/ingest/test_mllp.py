@@ -169,3 +169,44 @@ def test_the_same_message_twice_is_acknowledged_and_stored_once(listener: int, d
     assert [_segment(a, "MSA")[1] for a in acks] == ["AA", "AA"]
     with db.session() as s:
         assert len(s.scalars(select(PatientRecord)).all()) == 1
+
+
+def test_an_agreement_suspended_mid_stream_refuses_the_very_next_message_on_the_same_connection(
+        listener: int, db: Database, framework: Framework) -> None:
+    """An engine keeps its connection open: a suspension between two of its messages holds the second."""
+    first = A01.format(dob="19450302").encode("latin-1")
+    second = first.replace(b"MSG001", b"MSG002").replace(b"H900", b"H901").replace(b"9434765919", b"9999999468")
+    with socket.create_connection(("127.0.0.1", listener), timeout=10) as sock:
+        def send(message: bytes) -> str:
+            sock.sendall(START + message + END)
+            data = b""
+            while not data.endswith(END):
+                data += sock.recv(65536)
+            return data[1:-2].decode("latin-1")
+
+        assert _segment(send(first), "MSA")[1] == "AA"
+        with db.session() as s:
+            set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        held = send(second)
+    assert _segment(held, "MSA")[1:3] == ["AE", "MSG002"] and "no signed agreement" in _segment(held, "MSA")[3]
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
+
+
+def test_a_merge_is_audited_naming_the_surviving_patients_person(listener: int, db: Database) -> None:
+    """An A40 moves the prior record's person into the surviving one's: its write names the person they are now."""
+    h900 = A01.format(dob="19450302").encode("latin-1")
+    h901 = (A01.format(dob="19620714").replace("MSG001", "MSG002").replace("H900", "H901")
+            .replace("9434765919", "9999999468").replace("OKAFOR^Emeka", "JONES^Ann").encode("latin-1"))
+    a40 = ("MSH|^~\\&|PAS|RXR|SHAREDCARE|QRD|20261102093000||ADT^A40^ADT_A39|MSG003|P|2.4\r"
+           "EVN|A40|20261102093000\r"
+           "PID|1||H900^^^RXR^MR~9434765919^^^NHS^NH||OKAFOR^Emeka^^^Mr||19450302|M\r"
+           "MRG|H901^^^RXR^MR\r").encode("latin-1")
+    acks = _exchange(listener, h900, h901, a40)
+    assert [_segment(a, "MSA")[1] for a in acks] == ["AA", "AA", "AA"]
+    with db.session() as s:
+        persons = {source_id: person for source_id, person in s.execute(
+            select(PatientRecord.source_id, PatientRecord.person_id))}
+        merge = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)
+                          .order_by(AuditEntry.seq.desc()).limit(1)).one()
+    assert persons["H900"] == persons["H901"] and merge.patient_id == persons["H900"]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import String, Table, bindparam, insert, select, type_coerce
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from sharedcare.store.database import Database, Prepared, run
-from sharedcare.store.models import AccessBasis, Preference
+from sharedcare.store.database import Database, Prepared, PreparedObjects, run
+from sharedcare.store.models import AccessBasis, PatientRecord, Person, Preference
 
 _BASES = AccessBasis.__table__
 _PREFS = Preference.__table__
@@ -59,3 +60,59 @@ def test_a_refused_statement_raises_sqlalchemys_error_and_the_transaction_rolls_
 def test_a_list_expanded_when_run_is_refused_when_prepared(db: Database) -> None:
     with db.session() as session, pytest.raises(ValueError, match="IN list"):
         Prepared(select(_PREFS.c.nhs_number).where(_PREFS.c.nhs_number.in_(["1", "2"])))(session)
+
+
+def test_many_rows_are_stored_as_sqlalchemy_stores_a_list_of_them(db: Database) -> None:
+    now = datetime(2026, 12, 5, 16, 0, 0, 123456, tzinfo=UTC)
+    rows = [{"id": i, "username": f"user{i}", "person_id": "p1", "basis": "emergency", "reason": "", "granted_at": now,
+             "expires_at": now + timedelta(hours=i)} for i in range(1, 4)]
+    with db.session() as session:
+        Prepared(_ADD_BASIS).many(session, rows)  # the driver's executemany
+        run(session, _ADD_BASIS, [{**row, "id": row["id"] + 10} for row in rows])  # type: ignore[arg-type]
+        Prepared(_ADD_BASIS).many(session, [])  # nothing to do
+    with db.session() as session:
+        stored = session.execute(select(*(type_coerce(c, String) for c in _BASES.c if c.name != "id"))
+                                 .order_by(_BASES.c.id)).all()
+        assert len(stored) == 6 and stored[:3] == stored[3:]
+
+
+_RECORD = PatientRecord.__table__
+assert isinstance(_RECORD, Table)
+_RECORDS_BY_SOURCE = PreparedObjects(PatientRecord, _RECORD.c.source_org == bindparam("org"))
+
+
+def _a_record(session: Session, source_id: str) -> None:
+    session.add(Person(id=f"person-{source_id}"))
+    session.flush()
+    session.add(PatientRecord(source_org="RXR", source_id=source_id, person_id=f"person-{source_id}",
+                              link_method="new", match_probability=1.0, link_status="linked", family="OKAFOR",
+                              birth_date=date(1945, 3, 2), other_names={"given": ["Emeka"]}, phones=["07700900123"],
+                              updated_at=datetime(2026, 12, 5, 16, 0, tzinfo=UTC)))
+
+
+def test_objects_read_prepared_are_the_objects_the_orms_query_gives(db: Database) -> None:
+    with db.session() as session:
+        _a_record(session, "H1")
+        _a_record(session, "H2")
+    columns = [column.key for column in _RECORD.columns]
+    with db.session() as session:
+        expected = {r.id: {name: getattr(r, name) for name in columns} for r in session.scalars(
+            select(PatientRecord).where(PatientRecord.source_org == "RXR"))}
+    with db.session() as session:
+        found = _RECORDS_BY_SOURCE(session, {"org": "RXR"})
+        assert {r.id: {name: getattr(r, name) for name in columns} for r in found} == expected
+        assert not session.dirty and not session.new  # stored objects, nothing to write
+        assert session.scalars(select(PatientRecord).where(PatientRecord.source_id == "H1")).one() in found
+        found[0].family = "OKAFOR-JONES"  # a change to one is written when the session commits
+    with db.session() as session:
+        assert {r.family for r in _RECORDS_BY_SOURCE(session, {"org": "RXR"})} == {"OKAFOR", "OKAFOR-JONES"}
+
+
+def test_an_object_the_session_holds_already_is_the_one_given_unchanged(db: Database) -> None:
+    with db.session() as session:
+        _a_record(session, "H1")
+    with db.session() as session:
+        held = session.scalars(select(PatientRecord)).one()
+        held.family = "CHANGED"  # not yet written: the look-up writes it first, as the ORM's query does
+        assert _RECORDS_BY_SOURCE(session, {"org": "RXR"}) == [held]
+        assert held.family == "CHANGED"

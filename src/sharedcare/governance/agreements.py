@@ -13,16 +13,17 @@ from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
-from sharedcare.store.database import run
+from sharedcare.store.database import Prepared
 from sharedcare.store.models import AgreementChange
 
 _CHANGES = cast(Table, AgreementChange.__table__)
-_ALL_CHANGES = select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.c.id)  # read on every request
+# Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
+_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.c.id))
 
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
     """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
-    return agreements_after(fw, run(session, _ALL_CHANGES))
+    return agreements_after(fw, _ALL_CHANGES(session))
 
 
 def agreements_after(fw: Framework, changes: Iterable[tuple[str, str]]) -> dict[str, Agreement]:

@@ -45,7 +45,8 @@ from sharedcare.identity.compare import (
 )
 from sharedcare.identity.links import moves_to
 from sharedcare.identity.nhs_number import is_valid, normalise
-from sharedcare.store.database import Prepared
+from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
+from sharedcare.store.database import Prepared, PreparedObjects
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
 
 if TYPE_CHECKING:
@@ -149,9 +150,14 @@ def usable_nhs_number(demo: Demographics) -> str | None:
     return normalise(demo.nhs_number) if demo.nhs_number and is_valid(demo.nhs_number) else None
 
 
+# The stored records with an NHS number, looked up for most new records
+_SAME_NHS_NUMBER = PreparedObjects(PatientRecord, PatientRecord.nhs_number == bindparam("nhs"),
+                                   order_by=PatientRecord.id.asc(), limit=SAME_NHS_NUMBER_LIMIT)
+
+
 def _find_person(session: Session, demo: Demographics, nhs: str | None, block: Block | None = None) -> _Link:
     """Where a record not yet linked belongs (its stored neighbours read from `block` when it has them)."""
-    from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT, match  # the scorer loads on first use
+    from sharedcare.identity.realtime import match  # the scorer loads on first use
 
     reason = missing(demo)
     if reason:
@@ -161,8 +167,7 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None, block: B
         block = None
     if nhs:
         same_number: Sequence[PatientRecord | StoredRecord] = (
-            block.same_nhs_number(nhs) if block else session.scalars(select(PatientRecord).where(
-                PatientRecord.nhs_number == nhs).order_by(PatientRecord.id).limit(SAME_NHS_NUMBER_LIMIT)).all())
+            block.same_nhs_number(nhs) if block else _SAME_NHS_NUMBER(session, {"nhs": nhs}))
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
             return _nhs_number_link(session, demo, nhs, agreeing)
@@ -288,14 +293,14 @@ def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
     return Block(session, wanted) if wanted else None
 
 
-# Built once: building a statement costs about as much again as running it (ingest looks one up a message).
-_SOURCE_RECORD = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
-                                             PatientRecord.source_id == bindparam("id"))
+# Prepared: ingest looks one up a message, and the ORM's query cost several times the database's work.
+_SOURCE_RECORD = PreparedObjects(PatientRecord, PatientRecord.source_org == bindparam("org"),
+                                 PatientRecord.source_id == bindparam("id"))
 
 
 def source_record(session: Session, source_org: str, source_id: str) -> PatientRecord | None:
-    """The stored patient record of (source organisation, source id), if there is one."""
-    return session.scalars(_SOURCE_RECORD, {"org": source_org, "id": source_id}).first()
+    """The stored patient record of (source organisation, source id), if there is one (one at most)."""
+    return next(iter(_SOURCE_RECORD(session, {"org": source_org, "id": source_id})), None)
 
 
 def link_patient_record(session: Session, source_org: str, source_id: str, demo: Demographics,

@@ -38,7 +38,7 @@ from sharedcare.identity.model import (
     Score,
     default_model,
 )
-from sharedcare.store.database import run
+from sharedcare.store.database import Prepared, run
 from sharedcare.store.models import MatchModel, PatientRecord
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,12 @@ def current_model(session: Session) -> Model:
     return model
 
 
+# Read once a transaction (an MLLP message is one): prepared, as the ORM's query cost several times its work.
+_NEWEST_MODEL = Prepared(select(MatchModel.id).order_by(MatchModel.id.desc()).limit(1))
+
+
 def _newest_model(session: Session) -> Model:
-    newest = session.scalars(select(MatchModel.id).order_by(MatchModel.id.desc()).limit(1)).first()
+    newest = next((model_id for (model_id,) in _NEWEST_MODEL(session)), None)
     if newest is None:
         return default_model()
     if newest not in _models:

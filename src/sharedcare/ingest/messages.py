@@ -182,6 +182,7 @@ class StagedMessage:
     set_aside: Counter[str] = field(default_factory=Counter)
     # (retired source id, surviving source id): the sender merged two of its own patient records
     merges: list[tuple[str, str]] = field(default_factory=list)
+    persons: dict[str, str] = field(default_factory=dict)  # set when stored: each patient's person (its id)
 
 
 @dataclass(frozen=True)

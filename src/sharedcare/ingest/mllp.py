@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -36,8 +35,6 @@ from sharedcare.config import Settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
 from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
-from sharedcare.store.database import Prepared
-from sharedcare.store.models import PatientRecord
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
 log = logging.getLogger("sharedcare.mllp")
@@ -139,11 +136,6 @@ class _Admission(asyncio.Protocol):
         protocol.connection_made(transport)
 
 
-# The person a patient record of the message belongs to (built once: it runs for every message)
-_PERSON_OF = Prepared(select(PatientRecord.person_id).where(PatientRecord.source_org == bindparam("org"),
-                                                            PatientRecord.source_id == bindparam("id")))
-
-
 class MllpServer:
     """One listener; each connection's messages are stored in order, in a worker thread."""
 
@@ -213,8 +205,7 @@ class MllpServer:
         (`ORG:application`, its organisation checked against its certificate over TLS), naming the patient
         and the resources created or updated."""
         counts = Counter(r.outcome for r in staged.resources)
-        persons = sorted({person for source_id in staged.patients  # nearly always one
-                          for (person,) in _PERSON_OF(session, {"org": staged.source_org, "id": source_id})})
+        persons = sorted(set(staged.persons.values()))  # nearly always one
         outcome = {"accepted": str(counts["created"] + counts["updated"]), "unchanged": str(counts["unchanged"]),
                    "stale": str(counts["stale"])} | ({"patients": " ".join(persons)} if len(persons) > 1 else {})
         record_audit(session, AuditRecord(

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
@@ -46,7 +47,7 @@ from sharedcare.ingest.messages import (
     sent_by,
 )
 from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
-from sharedcare.store.database import Database, Encoded, Prepared, json_dumps, json_loads
+from sharedcare.store.database import Database, Encoded, Prepared, PreparedObjects, json_dumps, json_loads
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
@@ -60,11 +61,15 @@ ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_
 # feed comes as many files of 1,000 people each); for less, starting the workers costs more than they save.
 PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
-# A Core INSERT: the ORM's bulk path costs about as much again per row and adds nothing here.
-_INSERT_RESOURCES = insert(Resource.__table__)  # type: ignore[arg-type]
-# The look-ups every message or run makes, built once: building a statement costs about as much again as
-# running it (ORM select construction and its cache key; 0.13 -> 0.07 ms for a message's resources on SQLite).
-_RESOURCES = select(Resource).where(Resource.id.in_(bindparam("ids", expanding=True)))
+# A prepared INSERT of every column (each new row names them all): `Session.execute` of the Core statement
+# cost about as much again as the driver's work.
+_INSERT_RESOURCES = Prepared(insert(Resource.__table__).values(  # type: ignore[arg-type]
+    {column.key: bindparam(column.key) for column in Resource.__table__.columns}))
+# The stored resources among n ids, prepared once per n (a message names a few; a run up to `_CHUNK`): the
+# ORM's query cost several times the database's work for the one a message makes.
+_CHUNK = 500  # ids a look-up names: below every database's parameter limit
+_RESOURCES: dict[int, PreparedObjects[Resource]] = {}
+# The look-ups every run makes, built once: building a statement costs about as much again as running it.
 _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
                                        PatientRecord.source_id.in_(bindparam("ids", expanding=True)))
 # The Patients other organisations hold of a person, looked up for each new registration claim (most GP
@@ -72,6 +77,28 @@ _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("or
 _OTHER_ORGS_PATIENTS = Prepared(
     select(Resource.source_org, Resource.content).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
     .where(PatientRecord.person_id == bindparam("person_id"), IS_PATIENT, Resource.source_org != bindparam("org")))
+
+
+# A replaced version's copy to history, and a stored resource's new values: prepared statements, not the
+# ORM's flush of the objects (several times the statements' own cost, for about one HL7 message in eight).
+_INSERT_VERSION = Prepared(insert(ResourceVersion.__table__).values(  # type: ignore[arg-type]
+    {column.key: bindparam(column.key) for column in ResourceVersion.__table__.columns}))
+_RESOURCE_UPDATES: dict[frozenset[str], Prepared] = {}  # per set of columns written
+
+
+def _update_resource(session: Session, row: Resource, values: dict[str, Any], text: Encoded | None = None) -> None:
+    """Write these values of a stored resource (its content as `text`, encoded already, when given) and give
+    the object the same values as stored ones, so no flush writes them again."""
+    columns = frozenset(values)
+    statement = _RESOURCE_UPDATES.get(columns)
+    if statement is None:
+        table = Resource.__table__
+        statement = _RESOURCE_UPDATES[columns] = Prepared(update(table).where(  # type: ignore[arg-type]
+            table.c.id == bindparam("row_id")).values({name: bindparam(f"new_{name}") for name in sorted(columns)}))
+    written = values | ({"content": text} if text is not None else {})
+    statement(session, {"row_id": row.id} | {f"new_{name}": value for name, value in written.items()})
+    for name, value in values.items():
+        set_committed_value(row, name, value)
 
 
 @dataclass
@@ -147,7 +174,7 @@ class _Run:
 
     def insert_pending(self, session: Session) -> None:
         if self.pending:
-            session.execute(_INSERT_RESOURCES, self.pending)
+            _INSERT_RESOURCES.many(session, self.pending)
             self.pending = []
 
     def adopt(self, session: Session, ids: list[str]) -> None:
@@ -439,9 +466,13 @@ class Pipeline:
     def _existing(session: Session, ids: list[str]) -> dict[str, Resource]:
         """The stored resources among `ids`, in chunks that stay below every database's parameter limit."""
         found: dict[str, Resource] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            found.update((row.id, row) for row in session.scalars(_RESOURCES, {"ids": chunk}))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            look_up = _RESOURCES.get(len(chunk))
+            if look_up is None:
+                look_up = _RESOURCES[len(chunk)] = PreparedObjects(Resource, Resource.id.in_(
+                    [bindparam(f"id{i}") for i in range(len(chunk))]))
+            found.update((row.id, row) for row in look_up(session, {f"id{i}": id_ for i, id_ in enumerate(chunk)}))
         return found
 
     def _store(self, session: Session, staged: StagedMessage, raw: RawMessage,
@@ -482,7 +513,7 @@ class Pipeline:
             row = existing.get(item.server_id)
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
-                    row.recorded_at, row.message_id = item.recorded_at, staged.message_id
+                    _update_resource(session, row, {"recorded_at": item.recorded_at, "message_id": staged.message_id})
                 item.outcome = "unchanged"
                 unchanged += 1
                 continue
@@ -518,21 +549,21 @@ class Pipeline:
                     received_at=received, message_id=staged.message_id, category=category, category_key=key,
                 ))
             else:  # the version it replaces goes to history first
-                session.add(ResourceVersion(resource_id=row.id, version=row.version, content=row.content,
-                                            patient_record_id=row.patient_record_id,  # whose it was then
-                                            source_system=row.source_system, recorded_at=row.recorded_at,
-                                            received_at=row.received_at, message_id=row.message_id))
-                row.version, row.content, row.content_hash = version, content, digest  # (content: made above)
-                row.recorded_at, row.received_at, row.message_id = item.recorded_at, received, staged.message_id
-                row.source_system, row.patient_record_id = staged.source_system, record.id
-                row.category, row.category_key = category, key
+                _INSERT_VERSION(session, {"resource_id": row.id, "version": row.version, "content": row.content,
+                                          "patient_record_id": row.patient_record_id,  # whose it was then
+                                          "source_system": row.source_system, "recorded_at": row.recorded_at,
+                                          "received_at": row.received_at, "message_id": row.message_id})
+                _update_resource(session, row, {
+                    "version": version, "content": content, "content_hash": digest, "recorded_at": item.recorded_at,
+                    "received_at": received, "message_id": staged.message_id, "source_system": staged.source_system,
+                    "patient_record_id": record.id, "category": category, "category_key": key}, Encoded(text))
             item.outcome = "created" if row is None else "updated"
             accepted += 1
         if run is not None:  # inserted with the rest of the run's
             run.pending += new_rows
             run.inserted.update((row["id"], row) for row in new_rows)
-        elif new_rows:  # one multi-row INSERT, not one ORM object each: most of a message is new rows
-            session.execute(_INSERT_RESOURCES, new_rows)
+        else:  # one INSERT for all, not one ORM object each: most of a message is new rows
+            _INSERT_RESOURCES.many(session, new_rows)
         if claiming and run is not None and any(r["source_org"] != staged.source_org for r in run.pending):
             run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:
@@ -546,6 +577,7 @@ class Pipeline:
                 raise MessageError(exc.message, f"{raw.where}, MRG-1") from exc
             if run is not None:
                 run.block = None
+        staged.persons = {source_id: record.person_id for source_id, record in records.items()}  # (merged: moved)
         return accepted, unchanged, stale
 
     def _competing_registration(self, session: Session, staged: StagedMessage, record: PatientRecord) -> None:
