@@ -101,11 +101,13 @@ def content_hash(content: dict[str, Any]) -> str:
 
 
 # orjson writes the canonical text the hashes have always been taken of (`json.dumps` with sorted keys and no
-# spaces) in a sixth of the time, except where the two differ: a non-ASCII character (the standard library
+# spaces) in a fifth of the time, except where the two differ: a non-ASCII character (the standard library
 # escapes it), DEL (escaped too), NaN or an infinity (orjson writes null), a float below 1e-4 in magnitude (the
 # standard library writes 1e-05, orjson 0.00001 or 1e-5), an integer beyond 64 bits or a key that is not a
 # string (orjson refuses both). Text showing any of these, and much that merely looks like them (a string
 # holding "null", "0.0000" or "1e-5,"), is made by the standard library, as before: stored hashes stay valid.
+# (Content holds only JSON's types, parsed from JSON or XML or mapped from text; subclasses, dates and
+# dataclasses, which orjson would write and the standard library refuses, are passed to the standard library.)
 _HASH_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
                  | orjson.OPT_PASSTHROUGH_DATACLASS)
 _EXPONENT = re.compile(rb"e-[0-9]+[,}\]]")  # a number's negative exponent: orjson's form for the smallest floats
