@@ -55,3 +55,15 @@ def test_the_server_runs_request_work_on_the_configured_number_of_threads(
     monkeypatch.setenv("SHAREDCARE_SERVER_THREADS", "0")
     with pytest.raises(ConfigError, match="SHAREDCARE_SERVER_THREADS"):
         load_settings()
+
+
+@pytest.mark.parametrize(("cores", "setting", "workers"), [(1, None, 0), (2, None, 2), (8, None, 8), (2, "1", 1),
+                                                           (8, "0", 0)])
+def test_ingest_stages_beside_the_writer_on_every_core_unless_there_is_only_one(
+        monkeypatch: pytest.MonkeyPatch, cores: int, setting: str | None, workers: int) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    if setting is None:
+        monkeypatch.delenv("SHAREDCARE_INGEST_WORKERS", raising=False)
+    else:
+        monkeypatch.setenv("SHAREDCARE_INGEST_WORKERS", setting)
+    assert load_settings().ingest_workers == workers

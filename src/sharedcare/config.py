@@ -10,8 +10,8 @@ SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in pas
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
 SHAREDCARE_EXPORT_RETENTION_DAYS  days a finished Bulk Data export's files are kept (default: 7); then deleted
-SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files in parallel (default: the CPU
-                       count; 0 or 1 stages every message in the ingesting process itself)
+SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files beside the ingesting one (default:
+                       the CPU count, or 0 on a one-core machine; 0 stages every message in the ingesting process)
 SHAREDCARE_TLS_CERT    PEM certificate (chain) `serve` and `mllp` present; with SHAREDCARE_TLS_KEY, they speak TLS only
 SHAREDCARE_TLS_KEY     PEM private key of that certificate
 SHAREDCARE_TLS_CLIENT_CA   PEM CA certificate(s) that sign the feeds' client certificates (mutual TLS)
@@ -95,6 +95,7 @@ def default_database_url() -> str:
 
 def load_settings() -> Settings:
     """Read settings from the environment, each time (tests change it)."""
+    cores = os.cpu_count() or 1
     return Settings(
         database_url=os.environ.get("SHAREDCARE_DB") or default_database_url(),
         framework_path=Path(
@@ -107,7 +108,7 @@ def load_settings() -> Settings:
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
         export_retention_days=_whole_number("SHAREDCARE_EXPORT_RETENTION_DAYS", 7, least=1),
-        ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", os.cpu_count() or 1, least=0),
+        ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", cores if cores > 1 else 0, least=0),
         server_threads=_whole_number("SHAREDCARE_SERVER_THREADS", 2, least=1),
         audit_repository_token=os.environ.get("SHAREDCARE_AUDIT_REPOSITORY_TOKEN") or None,
         tls_cert=_path("SHAREDCARE_TLS_CERT"),

@@ -22,7 +22,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.hl7v2_map import _UNESCAPE, Seg
 from sharedcare.ingest.hl7v2_syntax import HEADERS, SyntaxProblem, split_message
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage
+from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, canonical_json
 
 FUZZ = settings(max_examples=150, deadline=timedelta(seconds=5), derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -299,3 +299,35 @@ def test_fhir_json_parses_exactly_as_the_standard_library(value: object, number:
     for candidate in (payload, payload[:cut] + junk + payload[cut:], payload[:cut]):
         raw = RawMessage("feeds/P81001/gp.ndjson", "line 1", candidate, "fhir")
         assert _outcome(raw) == _standard_outcome(raw)
+
+
+# Content hashes are taken of the standard library's canonical text (sorted keys, no spaces, ASCII); orjson writes
+# it where the two agree (messages.canonical_json), so every value must give exactly the standard library's text,
+# or its error: a hash that changed would make every resource sent again a new version.
+def _canonical_outcomes(content: object) -> tuple[bytes | str, bytes | str]:
+    outcomes: list[bytes | str] = []
+    for encode in (lambda: json.dumps(content, sort_keys=True, separators=(",", ":")).encode(),
+                   lambda: canonical_json(content)):
+        try:
+            outcomes.append(encode())
+        except (TypeError, ValueError) as exc:
+            outcomes.append(f"error {type(exc).__name__}")
+    return outcomes[0], outcomes[1]
+
+
+@pytest.mark.parametrize("value", [1e-05, -5e-324, 9.999999999999999e-05, 0.0001, 1e16, 1e22, 1.7976931348623157e308,
+                                   float("nan"), float("-inf"), "x\x7f", "é", "😀", "\ud800", "\x00\x1f", 2**64, -2**63,
+                                   {"b": 1, "a": {"d": [2, {"c": True}]}}, {1: "x"}, {"a": None}, {"a": "1e-5,"}])
+def test_each_value_is_hashed_from_exactly_the_standard_librarys_text(value: object) -> None:
+    for content in (value, {"resourceType": "Observation", "valueQuantity": {"value": value}}):
+        expected, got = _canonical_outcomes(content)
+        assert got == expected
+
+
+@FUZZ
+@given(value=JSON_VALUES, small=st.floats(min_value=-1e-3, max_value=1e-3), big=st.floats(min_value=1e14))
+def test_any_content_is_hashed_from_exactly_the_standard_librarys_text(value: object, small: float, big: float,
+                                                                       ) -> None:
+    for content in (value, {"resourceType": "Observation", "valueQuantity": {"value": small}, "z": [big]}):
+        expected, got = _canonical_outcomes(content)
+        assert got == expected

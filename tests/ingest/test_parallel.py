@@ -43,9 +43,13 @@ def _report(report: Any) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_feeds_staged_by_workers_in_batches_store_what_one_by_one_does(
-        db: Database, framework: Framework, feeds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    parallel = Pipeline(db, framework, workers=2, parallel_from_bytes=0).ingest_paths([feeds])
+        db: Database, framework: Framework, feeds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        workers: int) -> None:
+    with monkeypatch.context() as staged_by_workers:  # one worker too: never staged in the writer's process
+        staged_by_workers.setattr(Stager, "inline", lambda *_: pytest.fail("staged inline"))
+        parallel = Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths([feeds])
     serial_db = Database(f"sqlite:///{tmp_path / 'serial.db'}")
     serial_db.migrate()
     monkeypatch.setattr(pipeline_module, "STORE_BATCH", 1)

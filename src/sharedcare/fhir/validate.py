@@ -82,8 +82,8 @@ _RESOURCES_AUDITED = version("fhir.resources") == _AUDITED_FHIR_RESOURCES
 _PRIMITIVE_EXTENSION_VALIDATOR = "validate_extension_or_fhir_comment_required"
 _BASE_VALIDATORS = FHIRAbstractModel.__pydantic_decorators__.model_validators
 _SCALARS = (str, int, bool)  # values whose validity is a function of type and value, so a verdict is kept
-# Verdicts kept per primitive type, only of small values (ASCII strings up to _CACHED_LENGTH, 64-bit ints):
-# at most about 5 MB a primitive type (some 20 are met) per process, whatever a feed sends.
+# Verdicts kept per primitive type and Python type, only of small values (ASCII strings up to _CACHED_LENGTH,
+# 64-bit ints): at most about 5 MB a primitive type (some 20 are met) per process, whatever a feed sends.
 _CACHE_LIMIT = 20_000
 _CACHED_LENGTH = 128
 _INT_RANGE = range(-(2**63), 2**63)
@@ -94,24 +94,26 @@ class _Primitive:
 
     def __init__(self, annotation: Any) -> None:
         self.adapter: TypeAdapter[Any] = TypeAdapter(annotation, config=FHIRAbstractModel.model_config)
-        self.passed: set[tuple[type, Any]] = set()
+        # the values passed, a set for each Python type a verdict is kept for (True == 1: never in one set);
+        # looked up by the walk itself, `accepts` deciding only what is not there
+        self.passed: dict[type, set[Any]] = {kind: set() for kind in _SCALARS}
 
     def accepts(self, value: Any) -> bool:
         kind = type(value)
-        if kind not in _SCALARS and kind is not float:
+        passed = self.passed.get(kind)
+        if passed is None and kind is not float:
             return False
-        key = (kind, value)
-        if key in self.passed:
+        if passed is not None and value in passed:
             return True
         try:
             self.adapter.validate_python(value)
         except ValidationError:
             return False
-        if (kind is bool or (kind is int and value in _INT_RANGE)  # -0.0 == 0.0: floats are not kept
-                or (kind is str and len(value) <= _CACHED_LENGTH and value.isascii())):
-            if len(self.passed) >= _CACHE_LIMIT:
-                self.passed.clear()
-            self.passed.add(key)
+        if passed is not None and ((kind is int and value in _INT_RANGE) or kind is bool  # (no floats: -0.0 == 0.0)
+                                   or (kind is str and len(value) <= _CACHED_LENGTH and value.isascii())):
+            if len(passed) >= _CACHE_LIMIT:
+                passed.clear()
+            passed.add(value)
         return True
 
 
@@ -217,13 +219,17 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None, depth: i
         many, primitive, element, nulls = kind
         if many and (type(value) is not list or not value):
             return False
-        if primitive is not None:
+        if primitive is not None:  # a value passed before is passed here, without a call (most values are)
+            passed = primitive.passed
             if many:
                 for item in value:
-                    if not primitive.accepts(item):
+                    known = passed.get(type(item))
+                    if (known is None or item not in known) and not primitive.accepts(item):
                         return False
-            elif not primitive.accepts(value):
-                return False
+            else:
+                known = passed.get(type(value))
+                if (known is None or value not in known) and not primitive.accepts(value):
+                    return False
         else:
             inner = _models.get(element) or _model(element)  # type: ignore[arg-type]
             for item in value if many else (value,):

@@ -228,6 +228,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             label = "resource"
         staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
         kept: list[tuple[int, str | None, dict[str, Any]]] = []
+        sent: set[tuple[str, str]] = set()  # (type, id) of each resource kept
         for index, (full_url, resource) in enumerate(entries):
             where = f"{raw.where}, {label.format(index)}"
             if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
@@ -242,9 +243,9 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             if problems:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
-            if any(res["resourceType"] == resource["resourceType"] and str(res["id"]) == str(resource["id"])
-                   for _, _, res in kept):
+            if (resource["resourceType"], str(resource["id"])) in sent:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']} is sent twice in this message", where)
+            sent.add((resource["resourceType"], str(resource["id"])))
             kept.append((index, full_url, resource))
         refs = _References(org, [(url, res) for _, url, res in kept])
         for index, _, resource in kept:

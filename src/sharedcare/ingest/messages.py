@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -96,7 +97,32 @@ class RawMessage:
 
 def content_hash(content: dict[str, Any]) -> str:
     """SHA-256 of a resource's canonical JSON: equal hashes mean unchanged content."""
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+# orjson writes the canonical text the hashes have always been taken of (`json.dumps` with sorted keys and no
+# spaces) in a fifth of the time, except where the two differ: a non-ASCII character (the standard library
+# escapes it), DEL (escaped too), NaN or an infinity (orjson writes null), a float below 1e-4 in magnitude (the
+# standard library writes 1e-05, orjson 0.00001 or 1e-5), an integer beyond 64 bits or a key that is not a
+# string (orjson refuses both). Text showing any of these, and much that merely looks like them (a string
+# holding "null", "0.0000" or "1e-5,"), is made by the standard library, as before: stored hashes stay valid.
+# (Content holds only JSON's types, parsed from JSON or XML or mapped from text; subclasses, dates and
+# dataclasses, which orjson would write and the standard library refuses, are passed to the standard library.)
+_HASH_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                 | orjson.OPT_PASSTHROUGH_DATACLASS)
+_EXPONENT = re.compile(rb"e-[0-9]+[,}\]]")  # a number's negative exponent: orjson's form for the smallest floats
+
+
+def canonical_json(content: Any) -> bytes:
+    """`json.dumps(content, sort_keys=True, separators=(",", ":")).encode()`, by orjson where that is the same."""
+    try:
+        text = orjson.dumps(content, option=_HASH_OPTIONS)
+        if (text.isascii() and b"null" not in text and b"0.0000" not in text and b"\x7f" not in text
+                and _EXPONENT.search(text) is None):  # (a single expression of all four took three times as long)
+            return text
+    except TypeError:
+        pass  # the standard library decides (and raises what it always raised)
+    return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
 
 def too_large(filename: str, location: str, fmt: str, head: bytes, size: int, advice: str) -> RawMessage:

@@ -115,7 +115,7 @@ class Stager:
                  source: str | None) -> Iterator[tuple[F, RawMessage | None, Outcome | None]]:
         """As `inline`, staged by the worker processes. The workers read on into the next file while the
         caller stores the end of one (a feed is many files: waiting at each end kept a core idle)."""
-        if self.workers < 2:
+        if self.workers < 1:
             yield from self.inline(files, source)
             return
         pool = self._start()
