@@ -4,17 +4,18 @@ a server (CI always does), again on PostgreSQL: the same code and tests on both 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy import create_engine, select, text
 from tests.portal_client import PortalClient
+from tests.store_templates import StoreTemplates
 
 from sharedcare.api.app import create_app
 from sharedcare.config import PROJECT_ROOT, load_settings
@@ -42,62 +43,27 @@ def _fresh_postgres(url: str) -> str:
     return url
 
 
-def _postgres_database(suffix: str) -> tuple[str, str]:
-    """The name and URL of a database the tests make beside the named one (the role needs CREATEDB)."""
-    assert POSTGRES_URL is not None
-    url = make_url(POSTGRES_URL)
-    name = f"{url.database}_{suffix}"
-    return name, url.set(database=name).render_as_string(hide_password=False)
-
-
-def _postgres_admin(*statements: str) -> None:
-    """Run statements outside a transaction (CREATE and DROP DATABASE) on the named test database."""
-    assert POSTGRES_URL is not None
-    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    engine.dispose()
-
-
 @pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite store fresh from the migrations, made once a session: each test's store is a copy of the
-    file rather than migrated again."""
-    path = tmp_path_factory.mktemp("migrated") / "sharedcare.db"
-    database = Database(f"sqlite:///{path}")
-    database.migrate()
-    database.dispose()
-    assert not path.with_name(f"{path.name}-wal").exists(), "the migrated store is not yet whole in its file"
-    return path
-
-
-@pytest.fixture(scope="session")
-def migrated_postgres() -> Iterator[str]:
-    """A PostgreSQL database fresh from the migrations, made once a session: each test's store is made
-    from it with CREATE DATABASE ... TEMPLATE rather than migrated again."""
-    template, url = _postgres_database("template")
-    _postgres_admin(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)',
-                    f'CREATE DATABASE "{template}" TEMPLATE template0')
-    database = Database(url)
-    database.migrate()
-    database.dispose()  # a template may have no one connected
-    yield template
-    _postgres_admin(f'DROP DATABASE IF EXISTS "{_postgres_database("each")[0]}" WITH (FORCE)',
-                    f'DROP DATABASE "{template}"')
+def store_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreTemplates]:
+    templates = StoreTemplates(tmp_path_factory.mktemp("templates"), POSTGRES_URL)
+    yield templates
+    templates.drop()
 
 
 @pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of this test's own store, fresh from the migrations and holding nothing else."""
-    if request.param == "postgresql":
-        name, url = _postgres_database("each")
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',  # closes what the last test left open
-                        f'CREATE DATABASE "{name}" TEMPLATE "{request.getfixturevalue("migrated_postgres")}"')
-        return url
-    path = tmp_path / "sharedcare.db"
-    shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
-    return f"sqlite:///{path}"
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, store_templates: StoreTemplates) -> str:
+    """The URL of this test's own store: a copy of one fresh from the migrations or, for a test that takes
+    `ics`, of one holding the small ICS too (tests/small_ics.py), each made once a session."""
+    if "ics" in request.fixturenames:
+        from tests.small_ics import ingest_small_ics  # here: imported first as a plugin, its asserts rewritten
+
+        framework = request.getfixturevalue("framework")
+        template = store_templates.template(request.param, ("ics", id(framework)),
+                                            partial(ingest_small_ics, framework=framework,
+                                                    folder=store_templates.folder))
+    else:
+        template = store_templates.template(request.param, "migrated", Database.migrate)
+    return store_templates.copy(request.param, template, tmp_path)
 
 
 @pytest.fixture
