@@ -110,8 +110,11 @@ def framework() -> Framework:
 
 
 @pytest.fixture
-def client(db: Database, framework: Framework) -> Iterator[TestClient]:
-    settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True)
+def client(db: Database, framework: Framework, tmp_path: Path) -> Iterator[TestClient]:
+    """The app on the test's store, writing its files (Bulk exports) inside the test's folder, and running an
+    export in one process (tests/export/test_synthetic_export.py runs them in several)."""
+    settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True,
+                       data_path=tmp_path / "data", export_workers=1)
     with PortalClient(create_app(settings, framework=framework, database=db)) as test_client:
         yield test_client
 
