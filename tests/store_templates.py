@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import TextClause, create_engine, make_url, text
 
 from sharedcare.store.database import Database
 
@@ -53,7 +53,8 @@ class StoreTemplates:
         """Drop the PostgreSQL databases made (the SQLite files go with the session's temporary folder)."""
         if self.postgres_url:
             names = [name for (backend, _), name in self.made.items() if backend == "postgresql"]
-            self._admin(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in [self._name("each"), *names]))
+            for name in [self._name("each"), *names]:
+                self._drop(name)
 
     def _sqlite(self, name: str, template: str | None = None, folder: Path | None = None) -> str:
         path = (folder or self.folder) / f"{name}.db"
@@ -63,8 +64,8 @@ class StoreTemplates:
 
     def _postgres(self, name: str, template: str) -> str:
         database = self._name(name)
-        self._admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',  # closes what the last test left open
-                    f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+        self._drop(database)
+        self._admin(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
         assert self.postgres_url is not None
         return make_url(self.postgres_url).set(database=database).render_as_string(hide_password=False)
 
@@ -72,11 +73,18 @@ class StoreTemplates:
         assert self.postgres_url is not None
         return f"{make_url(self.postgres_url).database}_{name}"
 
-    def _admin(self, *statements: str) -> None:
+    def _drop(self, database: str) -> None:
+        """Drop a database, first closing what a finished test left connected to it. Not WITH (FORCE): that
+        refuses to end an autovacuum worker (another role's process) where a plain DROP ends it itself."""
+        self._admin(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :database "
+                         "AND usename = current_user AND pid <> pg_backend_pid()").bindparams(database=database),
+                    f'DROP DATABASE IF EXISTS "{database}"')  # waits up to 5 s for the ended ones to go
+
+    def _admin(self, *statements: str | TextClause) -> None:
         """CREATE and DROP DATABASE, run outside a transaction on the named test database."""
         assert self.postgres_url is not None
         engine = create_engine(self.postgres_url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             for statement in statements:
-                conn.execute(text(statement))
+                conn.execute(text(statement) if isinstance(statement, str) else statement)
         engine.dispose()
