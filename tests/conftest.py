@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 from tests.portal_client import PortalClient
+from tests.store_templates import StoreTemplates
 
 from sharedcare.api import transparency
 from sharedcare.api.app import create_app
@@ -42,18 +44,32 @@ def _fresh_postgres(url: str) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def store_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreTemplates]:
+    templates = StoreTemplates(tmp_path_factory.mktemp("templates"), POSTGRES_URL)
+    yield templates
+    templates.drop()
+
+
 @pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        assert POSTGRES_URL is not None
-        return _fresh_postgres(POSTGRES_URL)
-    return f"sqlite:///{tmp_path / 'sharedcare.db'}"
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, store_templates: StoreTemplates) -> str:
+    """The URL of this test's own store: a copy of one fresh from the migrations or, for a test that takes
+    `ics`, of one holding the small ICS too (tests/small_ics.py), each made once a session."""
+    if "ics" in request.fixturenames:
+        from tests.small_ics import ingest_small_ics  # here: imported first as a plugin, its asserts rewritten
+
+        framework = request.getfixturevalue("framework")
+        template = store_templates.template(request.param, ("ics", id(framework)),
+                                            partial(ingest_small_ics, framework=framework,
+                                                    folder=store_templates.folder))
+    else:
+        template = store_templates.template(request.param, "migrated", Database.migrate)
+    return store_templates.copy(request.param, template, tmp_path)
 
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
-    database.migrate()
     yield database
     wait_for_exports()
     check_cached_documents(database)
@@ -62,7 +78,7 @@ def db(database_url: str) -> Iterator[Database]:
 
 def wait_for_exports() -> None:
     """A test may end while a Bulk export it started still runs in its thread: let it finish against this
-    test's store, or the next test empties the PostgreSQL schema under it."""
+    test's store, or the next test drops its PostgreSQL database under it."""
     for thread in threading.enumerate():
         if thread.name.startswith("export-"):
             thread.join(timeout=60)
@@ -95,8 +111,11 @@ def framework() -> Framework:
 
 
 @pytest.fixture
-def client(db: Database, framework: Framework) -> Iterator[TestClient]:
-    settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True)
+def client(db: Database, framework: Framework, tmp_path: Path) -> Iterator[TestClient]:
+    """The app on the test's store, writing its files (Bulk exports) inside the test's folder, and running an
+    export in one process (tests/export/test_synthetic_export.py runs them in several)."""
+    settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True,
+                       data_path=tmp_path / "data", export_workers=1)
     with PortalClient(create_app(settings, framework=framework, database=db)) as test_client:
         yield test_client
 

@@ -77,11 +77,16 @@ def _feeds(tmp: Path) -> list[Path]:
                             ("stranger", stranger))]
 
 
-@pytest.fixture
-def ics(db: Database, framework: Framework, client: TestClient, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Ics:
-    report = Pipeline(db, framework).ingest_paths(_feeds(tmp_path))
+def ingest_small_ics(db: Database, framework: Framework, folder: Path) -> None:
+    """Ingest the small ICS's feeds (written to `folder`) into `db`: the store conftest's `database_url`
+    copies for each test that takes `ics`, made once a session."""
+    report = Pipeline(db, framework).ingest_paths(_feeds(folder))
     assert report.quarantined == 0, report.quarantine
+
+
+@pytest.fixture
+def ics(db: Database, client: TestClient) -> Ics:
+    """The small ICS, in the test's own store (a copy of the store `ingest_small_ics` filled)."""
     with db.session() as s:
         okafor = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-okafor")).one()
         stranger = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-other")).one()

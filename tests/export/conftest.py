@@ -1,39 +1,20 @@
-"""Bulk export fixtures: the app writes its export files under the test's own folder, and a helper
-walks a whole `$export` as a client would (kick-off, poll, download)."""
+"""Bulk export helpers: a whole `$export` walked as a client would (kick-off, poll, download), and the
+exact counts the IG sees. The root conftest's app writes its export files under the test's own folder."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from tests.conftest import FRAMEWORK_PATH
-from tests.portal_client import PortalClient
 
-from sharedcare.api.app import create_app
-from sharedcare.config import load_settings
-from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
-
-
-@pytest.fixture
-def client(db: Database, framework: Framework, tmp_path: Path) -> Iterator[TestClient]:
-    """The app of the root conftest, with its data folder (export files) inside this test's folder, and
-    exports run in one process (test_synthetic_export runs them in several)."""
-    settings = replace(load_settings(), database_url=str(db.url), framework_path=FRAMEWORK_PATH, demo=True,
-                       data_path=tmp_path / "data", export_workers=1)
-    with PortalClient(create_app(settings, framework=framework, database=db)) as test_client:
-        yield test_client
 
 
 def wait_for(client: TestClient, status_url: str, headers: dict[str, str], seconds: float = 60) -> Any:

@@ -29,6 +29,7 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
 runner = CliRunner()
+SHUTDOWN_POLL = 0.02  # seconds: how often a test's repository looks for shutdown (0.5 by default, every test)
 
 
 class Repository(ThreadingHTTPServer):
@@ -90,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def repository() -> Iterator[Repository]:
     server = Repository()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -184,7 +185,7 @@ def test_a_redirect_is_refused_not_followed_with_the_token(db: Database, tmp_pat
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), daemon=True).start()
     try:
         _write(db, 1)
         with pytest.raises(ForwardError, match="not followed"):
