@@ -131,6 +131,21 @@ def _detail(event: dict[str, Any], key: str) -> str | None:
     return next((d["valueString"] for d in decision["detail"] if d["type"] == key), None)
 
 
+def _looks_missing_as_objected(ics: Ics, headers: dict[str, str], request: str) -> None:
+    """`$everything` and a search of Okafor answer as for an id that is stored nowhere, saying nothing of a
+    basis or an objection, and each is audited as the objection's refusal."""
+    missing = "00000000-0000-0000-0000-000000000000"
+    for n, url in enumerate(("/fhir/Patient/{}/$everything", "/fhir/Condition?patient={}")):
+        absent = ics.client.get(url.format(missing), headers=headers)
+        refused = ics.client.get(url.format(ics.okafor), headers={**headers, "X-Request-ID": f"{request}-{n}"})
+        assert (absent.status_code, refused.status_code) == (404, 404), (url, refused.text)
+        assert "basis" not in refused.text and "objected" not in refused.text
+        assert refused.json()["issue"][0]["diagnostics"] == absent.json()["issue"][0]["diagnostics"].replace(
+            missing, ics.okafor)
+        events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, f"{request}-{n}")]
+        assert events == [("deny", "deny-objection-org", ics.okafor)]
+
+
 def test_everything_and_search_of_a_patient_who_objected_look_like_a_missing_one_and_are_audited(ics: Ics) -> None:
     """An app must not confirm by id that a person is stored, nor learn that they objected (TRUST AC3)."""
     from sharedcare.governance.consent import set_choice
@@ -139,16 +154,7 @@ def test_everything_and_search_of_a_patient_who_objected_look_like_a_missing_one
     with _db(ics).session() as session:
         set_choice(session, OKAFOR_NHS, by="test", object_org="P81001")
         session.commit()
-    missing = "00000000-0000-0000-0000-000000000000"
-    for n, url in enumerate(("/fhir/Patient/{}/$everything", "/fhir/Condition?patient={}")):
-        absent = ics.client.get(url.format(missing), headers=headers)
-        refused = ics.client.get(url.format(ics.okafor), headers={**headers, "X-Request-ID": f"refused-{n}"})
-        assert (absent.status_code, refused.status_code) == (404, 404), (url, refused.text)
-        assert "objected" not in refused.text
-        assert refused.json()["issue"][0]["diagnostics"] == absent.json()["issue"][0]["diagnostics"].replace(
-            missing, ics.okafor)
-        events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, f"refused-{n}")]
-        assert events == [("deny", "deny-objection-org", ics.okafor)]
+    _looks_missing_as_objected(ics, headers, "refused")
 
 
 def test_a_caller_without_a_basis_is_not_told_to_record_one_for_a_patient_who_objected_to_them(ics: Ics) -> None:
@@ -164,16 +170,7 @@ def test_a_caller_without_a_basis_is_not_told_to_record_one_for_a_patient_who_ob
     with _db(ics).session() as session:
         set_choice(session, OKAFOR_NHS, by="test", object_org="P81001")
         session.commit()
-    missing = "00000000-0000-0000-0000-000000000000"
-    for n, url in enumerate(("/fhir/Patient/{}/$everything", "/fhir/Condition?patient={}")):
-        absent = ics.client.get(url.format(missing), headers=headers)
-        refused = ics.client.get(url.format(ics.okafor), headers={**headers, "X-Request-ID": f"unbased-{n}"})
-        assert (absent.status_code, refused.status_code) == (404, 404), (url, refused.text)
-        assert "basis" not in refused.text and "objected" not in refused.text
-        assert refused.json()["issue"][0]["diagnostics"] == absent.json()["issue"][0]["diagnostics"].replace(
-            missing, ics.okafor)
-        events = [(e.outcome, _detail(e.event, "rule"), e.patient_id) for e in _events_of(ics, f"unbased-{n}")]
-        assert events == [("deny", "deny-objection-org", ics.okafor)]
+    _looks_missing_as_objected(ics, headers, "unbased")
     others = ics.token("para.evans")  # another organisation, no basis either: still told what to do
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=others).status_code == 403
 
