@@ -98,15 +98,16 @@ class _ResponseRules:
         # A caller's id is kept only if it looks like one: it goes into audit events and responses.
         request_id = offered if _REQUEST_ID.fullmatch(offered) else str(uuid.uuid4())
         request.state.request_id = request_id
-        fields = request.headers.get("content-type", "").startswith(_FIELD_BODIES)
-        limit = bodies.limit_for(scope["path"])
+        fields = request.headers.get("content-type", "").lower().startswith(_FIELD_BODIES)  # media types: any case
+        method, path = scope["method"], scope["path"]
+        limit = bodies.limit_for(method, path)
         body = None
         refused: bodies.BodyTooLarge | None = None
         try:
             if bodies.declared_over(request, limit):
                 raise bodies.BodyTooLarge(limit)
-            # Read here (up to the limit) unless a FHIR route streams it itself, to its own limit.
-            if fields or not scope["path"].startswith("/fhir"):
+            # Read here (up to the limit) unless a FHIR write streams it itself, after the credentials.
+            if not bodies.read_by_route(method, path):
                 body = await bodies.read(request, limit)
                 receive = _replay(body, receive)  # the route reads the same body again
         except bodies.BodyTooLarge as exc:

@@ -19,11 +19,22 @@ FHIR_WRITE_MAX = 32 * 1024 * 1024  # a Bundle bigger than this belongs in a file
 CONSENT_MAX = 64 * 1024  # a patient's Consent (a few provisions, nested four deep at most) is a few kilobytes
 
 
-def limit_for(path: str) -> int:
-    """The most read of a body sent to `path`: FHIR writes take Bundles, everything else (a search's form
-    too) small bodies. A Consent PUT is held to CONSENT_MAX by its route, which audits the refusal (the
-    caller is known there)."""
-    return FHIR_WRITE_MAX if path.startswith("/fhir") and not path.endswith("/_search") else SMALL_BODY_MAX
+def read_by_route(method: str, path: str) -> bool:
+    """Whether the route reads the body itself, after the caller's credentials, to its own limit: the FHIR
+    writes (POST /fhir, a Bundle; POST /fhir/{type}; PUT /fhir/{type}/{id}, the Consent PUT among them).
+    Every other body is read before any route runs, to SMALL_BODY_MAX, whatever its content type says (a
+    route may parse a form whose type is written in capitals, as Starlette accepts it)."""
+    if path != "/fhir" and not path.startswith("/fhir/"):
+        return False
+    segments = [s for s in path[len("/fhir"):].split("/") if s]
+    return (method == "POST" and len(segments) <= 1) or (method == "PUT" and len(segments) == 2)
+
+
+def limit_for(method: str, path: str) -> int:
+    """The most accepted of a body sent to `path`: a FHIR write's Bundle, or a small body (a search's form
+    too). A Consent PUT is held to CONSENT_MAX by its route, which audits the refusal (the caller is known
+    there)."""
+    return FHIR_WRITE_MAX if read_by_route(method, path) else SMALL_BODY_MAX
 
 
 def in_words(size: int) -> str:

@@ -246,8 +246,12 @@ class MllpServer:
                 payload = framed[: -len(END)]
                 response = await asyncio.to_thread(self.handle, payload, peer, subject)
                 writer.write(START + response + END)
-                async with asyncio.timeout(limits.frame_seconds):  # a peer that reads no ACKs is let go
-                    await writer.drain()
+                try:
+                    async with asyncio.timeout(limits.frame_seconds):  # a peer that reads no ACKs is let go
+                        await writer.drain()
+                except TimeoutError:  # the message is stored; resent, it is answered "unchanged"
+                    log.warning("MLLP: %s read no ACK within %g s; connection closed", peer, limits.frame_seconds)
+                    break
         except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError):
             pass
         except asyncio.LimitOverrunError:
