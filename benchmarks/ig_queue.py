@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from large_record import synthetic_store  # benchmarks/ is on the path: these run as scripts
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
@@ -32,11 +33,8 @@ from sharedcare.api.auth import mint_token
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.framework import load_framework
-from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.portal import ig
-from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, ReviewItem
-from sharedcare.synth import generate
 
 
 def main() -> int:
@@ -47,11 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     fw = load_framework()
     with tempfile.TemporaryDirectory() as tmp:
-        feeds = Path(tmp) / "feeds"
-        generate(feeds, people=args.people, seed=5, framework=fw)
-        db = Database(f"sqlite:///{Path(tmp) / 'ig.db'}")
-        db.migrate()
-        Pipeline(db, fw).ingest_paths([feeds])
+        db, _ = synthetic_store(Path(tmp), args.people, 5, fw, "ig.db")
         with db.session() as session:
             people = list(session.scalars(select(PatientRecord.person_id).distinct().order_by(PatientRecord.person_id)))
             now = utcnow()

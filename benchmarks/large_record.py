@@ -25,6 +25,19 @@ def _first_bundle(feeds: Path) -> dict:  # type: ignore[type-arg]
     raise ValueError(f"no GP bundle with an NHS number under {feeds}")
 
 
+def synthetic_store(folder: Path, people: int, seed: int, fw: Framework, name: str) -> tuple[Database, Path]:
+    """A fresh SQLite store in `folder` holding a synthetic ICS of `people` (by the real pipeline), and its
+    feeds' folder: what a benchmark reads from."""
+    from sharedcare.synth import generate
+
+    feeds = folder / "feeds"
+    generate(feeds, people=people, seed=seed, framework=fw)
+    db = Database(f"sqlite:///{folder / name}")
+    db.migrate()
+    Pipeline(db, fw).ingest_paths([feeds])
+    return db, feeds
+
+
 def add_large_record(db: Database, fw: Framework, feeds: Path, out: Path, resources: int = 1000) -> str:
     """Ingest a bundle of about `resources` resources for one person; return that person's NHS number."""
     bundle = _first_bundle(feeds)

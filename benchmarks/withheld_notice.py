@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from large_record import add_large_record
+from large_record import add_large_record, synthetic_store
 from sqlalchemy import event, func, select
 
 from governance import USER, paired  # benchmarks/ is on the path: these run as scripts
@@ -32,10 +32,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.framework import load_framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for
-from sharedcare.ingest.pipeline import Pipeline
-from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
-from sharedcare.synth import generate
 
 
 def main() -> int:
@@ -46,11 +43,7 @@ def main() -> int:
     args = parser.parse_args()
     fw = load_framework()
     with tempfile.TemporaryDirectory() as tmp:
-        feeds = Path(tmp) / "feeds"
-        generate(feeds, people=args.people, seed=21, framework=fw)
-        db = Database(f"sqlite:///{Path(tmp) / 'notice.db'}")
-        db.migrate()
-        Pipeline(db, fw).ingest_paths([feeds])
+        db, feeds = synthetic_store(Path(tmp), args.people, 21, fw, "notice.db")
         nhs = add_large_record(db, fw, feeds, Path(tmp) / "large.ndjson", 1000)
         with db.session() as session:
             people = list(session.scalars(select(PatientRecord.person_id).distinct()

@@ -27,9 +27,11 @@ class Ics:
     stranger: str
     client: TestClient
 
-    def token(self, username: str) -> dict[str, str]:
+    def token(self, username: str, scope: str | None = None) -> dict[str, str]:
+        """A bearer header for a framework user (the default read scopes, or `scope`)."""
         fw: Framework = self.client.app.state.framework  # type: ignore[attr-defined]
-        return {"Authorization": f"Bearer {mint_token(load_settings(), fw, username)}"}
+        extra = {"scope": scope} if scope else {}
+        return {"Authorization": f"Bearer {mint_token(load_settings(), fw, username, **extra)}"}
 
     def open_record(self, username: str, person: str | None = None, basis: str = "explicit-consent",
                     reason: str = "") -> dict[str, str]:

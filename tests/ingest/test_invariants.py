@@ -17,8 +17,6 @@ from tests.ingest.test_fhir_xml_and_batch import GOOD_NHS, _gp, _stored
 from tests.ingest.test_hl7v2 import results, write_hl7
 from tests.small_ics import Ics
 
-from sharedcare.api.auth import mint_token
-from sharedcare.config import load_settings
 from sharedcare.fhir.invariants import invariant_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
@@ -161,9 +159,7 @@ def test_a_transaction_with_a_backwards_period_stores_nothing(db: Database, fram
 
 
 def test_post_fhir_refuses_active_narrative_with_an_operation_outcome_naming_the_rule(ics: Ics) -> None:
-    fw = ics.client.app.state.framework  # type: ignore[attr-defined]
-    headers = {"Authorization": f"Bearer {mint_token(load_settings(), fw, 'dr.patel', 'user/*.read user/*.write')}",
-               "Content-Type": "application/fhir+json"}
+    headers = ics.token("dr.patel", "user/*.read user/*.write") | {"Content-Type": "application/fhir+json"}
     unsafe = medication("gp-m9", "Patient/gp-okafor", "Ramipril 5mg capsules")
     unsafe["text"] = _div('<p>Ramipril</p><a href="javascript:alert(document.cookie)">more</a>')
     response = ics.client.post("/fhir/MedicationStatement", headers=headers, content=json.dumps(unsafe))

@@ -18,8 +18,6 @@ from tests.ingest.test_fhir_xml_and_batch import GOOD_NHS, _gp, _stored
 from tests.ingest.test_hl7v2 import admission, results, write_hl7
 from tests.small_ics import Ics
 
-from sharedcare.api.auth import mint_token
-from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core_rules import _code_problem, sctid_problem, uk_core_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
@@ -182,9 +180,7 @@ def test_a_transaction_naming_the_nhs_number_by_its_oid_stores_nothing_and_says_
 
 
 def test_post_fhir_refuses_a_wrong_dmd_code_with_an_operation_outcome_naming_the_path(ics: Ics) -> None:
-    fw = ics.client.app.state.framework  # type: ignore[attr-defined]
-    headers = {"Authorization": f"Bearer {mint_token(load_settings(), fw, 'dr.patel', 'user/*.read user/*.write')}",
-               "Content-Type": "application/fhir+json"}
+    headers = ics.token("dr.patel", "user/*.read user/*.write") | {"Content-Type": "application/fhir+json"}
     sent = medication("gp-m9", "Patient/gp-okafor", "Ramipril 5mg capsules")
     sent["medicationCodeableConcept"]["coding"][0]["code"] = "39720311000001102"
     response = ics.client.post("/fhir/MedicationStatement", headers=headers, content=json.dumps(sent))

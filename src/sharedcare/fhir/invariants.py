@@ -57,7 +57,7 @@ _ACTIVE_STYLE = re.compile(r"expression\s*\(|javascript\s*:|url\s*\(|@import|beh
 # forms (`<\s*/?\s*` splits a run of spaces two ways; `<[a-z][^>]*\son...` scans from every '<' to the next
 # '>' or the end) took seconds on tens of kilobytes. Here an event handler is looked for only back to the
 # nearest tag opening, which finds one exactly when some earlier opening with no '>' since would: tested
-# against those forms (tests/fhir/test_invariants.py).
+# against those forms (tests/ingest/test_hostile_sizes.py).
 _ACTIVE_STRING = re.compile(
     r"<\s*(?:/\s*)?(script|iframe|frame|frameset|object|embed|applet|form|input|button|base|link|meta|style|"
     r"svg|math|body|html|head)\b"
