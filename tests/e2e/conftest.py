@@ -42,8 +42,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One Chromium for the browser tests, closed when they end: Playwright's sync API keeps its event loop
+    running on the main thread while it is open, so a later test's `asyncio.run` would otherwise fail."""
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     assert executable, "Chromium is needed for the browser tests: apt-get install chromium (make test does this)"
     with sync_playwright() as playwright:
