@@ -59,7 +59,9 @@ def _literal(value: object) -> str:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {_literal(message)}")
+    """Print the error on one line (no wrapping at the console's width: a file's path and line stay whole
+    for the reader and for grep), and the exit to raise."""
+    console.print(f"[red]error:[/red] {_literal(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
