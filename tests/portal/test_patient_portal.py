@@ -26,6 +26,7 @@ from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignI
 
 BORN = {"birth_day": "2", "birth_month": "3", "birth_year": "1945"}
 WRONG_CODE = "The code is not right, or it has expired"
+COMMUNITY = "Riverside Community Healthcare NHS Trust"
 
 
 def _db(ics: Ics) -> Database:
@@ -178,6 +179,36 @@ def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(i
     after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=gp).json()
     assert not any("RYC#" in e["resource"]["meta"]["source"] for e in entries(after))
     assert "Riverside Community Healthcare NHS Trust" in ics.client.get("/patient/choices").text
+
+
+def _holder_rows(page: str) -> dict[str, str]:
+    """The home page's "Who holds information about you" rows, by organisation."""
+    rows = page.split('<tbody class="nhsuk-table__body">')[1].split("</tbody>")[0].split("<tr")[1:]
+    return {re.search(r'sc-cell">([^<]+)<', row).group(1): row for row in rows}  # type: ignore[union-attr]
+
+
+def test_the_home_page_never_says_an_organisation_shares_what_the_patient_stopped(ics: Ics) -> None:
+    """Journey 8: after stopping the hospice (here the community trust) the page that says who shares
+    must say it no longer does, not "sharing under a signed agreement" as before."""
+    _sign_in(ics.client)
+    ics.client.post("/patient/choices", data={"change": "object-org", "organisation": "RYC"})
+    rows = _holder_rows(ics.client.get("/patient/home").text)
+    assert "not shared: you stopped this organisation seeing your record" in rows[COMMUNITY]
+    assert "sharing under a signed agreement" not in rows[COMMUNITY]
+    assert "sharing under a signed agreement" in rows["Riverside Medical Centre"]
+
+    ics.client.post("/patient/choices", data={"change": "object-all"})
+    rows = _holder_rows(ics.client.get("/patient/home").text)
+    assert all("not shared with others: you asked for your record not to be shared" in row
+               for name, row in rows.items() if name != COMMUNITY)
+    assert not any("sharing under a signed agreement" in row for row in rows.values())
+
+
+def test_every_choice_says_before_it_is_confirmed_that_it_applies_at_once(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for change in ("object-org", "object-all", "object-all-except-emergency", "opt-out-secondary", "clear"):
+        page = ics.client.post("/patient/choices/confirm", data={"change": change, "organisation": "RYC"})
+        assert page.status_code == 200 and "This applies straight away." in page.text, change
 
 
 def _sources(ics: Ics, headers: dict[str, str]) -> set[str]:

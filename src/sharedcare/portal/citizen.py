@@ -99,16 +99,26 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
     return response
 
 
+def _sharing(agreement: str, object_all: bool, objected: bool) -> dict[str, str]:
+    """Whether an organisation shares what it holds, as the citizen's own choices leave it: a signed
+    agreement does not share what the citizen stopped (the choice the home page must not contradict)."""
+    if agreement == "signed" and object_all:
+        return {"status": "not shared with others: you asked for your record not to be shared", "sharing": "objected"}
+    if agreement == "signed" and objected:
+        return {"status": "not shared: you stopped this organisation seeing your record", "sharing": "objected"}
+    return {"status": AGREEMENT_WORDS.get(agreement, agreement), "sharing": agreement}
+
+
 @router.get("/home", response_class=HTMLResponse)
 def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     """What is shared, by whom, under which rules: in plain words."""
+    choices = me.choices()
     holders = [{"name": org.name, "kind": explain.KIND_LABELS.get(org.kind, org.kind), "phone": org.phone,
-                "status": AGREEMENT_WORDS.get(agreement.status, agreement.status), "sharing": agreement.status}
+                **_sharing(agreement.status, choices.object_all, org.code in choices.object_orgs)}
                for org, agreement in me.sharing()]
     roles: dict[str, list[explain.RoleCategory]] = {}
     for line in explain.role_rows(fw):
         roles.setdefault(line.role_label, []).append(line)
-    choices = me.choices()
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
                   objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
                   further=[explain.provision_in_words(p, fw) for p in choices.provisions])
