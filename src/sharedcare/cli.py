@@ -1093,28 +1093,40 @@ def framework_explain(
     """Who can see what, and why, in plain words."""
     from dataclasses import asdict
 
-    from sharedcare.governance.explain import role_rows, rules_in_words
+    from sharedcare.governance.explain import KIND_LABELS, other_roles_in_words, role_rows, rules_in_words
 
     fw = _framework()
     if role and role not in fw.roles:
         raise _fail(f"no role '{role}'; roles are: {', '.join(fw.roles)}")
-    rows = role_rows(fw, role)
+    rows, others = role_rows(fw, role), other_roles_in_words(fw, role)
+    partners = [{"code": o.code, "name": o.name, "kind": KIND_LABELS.get(o.kind, o.kind),
+                 "agreement": o.agreement.status, "signatories": o.agreement.signatories}
+                for o in fw.organisations.values()]
     if as_json:
-        _print_json({"framework": fw.name, "version": fw.version, "rules": rules_in_words(fw),
-                     "roles": [asdict(r) for r in rows]})
+        _print_json({"framework": fw.name, "version": fw.version, "partners": partners, "rules": rules_in_words(fw),
+                     "roles": [asdict(r) for r in rows], "other_roles": others})
         return
     out = Console()
     out.print(f"[bold]{fw.name}[/bold] (framework {fw.version})")
+    table = Table(title="Partners and their agreements, as this file records them")
+    for column in ("organisation", "kind", "agreement", "signatories"):
+        table.add_column(column)
+    for p in partners:
+        table.add_row(_literal(f"{p['code']} {p['name']}"), _literal(str(p["kind"])), _literal(str(p["agreement"])),
+                      _literal("; ".join(p["signatories"]) or "none"))
+    out.print(table)
     for line in rules_in_words(fw):
         out.print(f"- {line}")
     for label in dict.fromkeys(r.role_label for r in rows):
-        table = Table(title=f"What a {label.lower()} can see", show_lines=False)
+        table = Table(title=f"{label}: what they can see", show_lines=False)
         table.add_column("information")
         table.add_column("what they see")
         for r in rows:
             if r.role_label == label:
                 table.add_row(r.category_label, r.sees)
         out.print(table)
+    for line in others:
+        out.print(f"- {line}")
 
 
 @framework_app.command("check")

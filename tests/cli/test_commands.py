@@ -154,6 +154,21 @@ def test_framework_explain_for_one_role_and_an_unknown_one(env: Database) -> Non
     assert bad.exit_code == 2 and "no role 'wizard'" in bad.stderr
 
 
+def test_framework_explain_names_the_partners_and_every_role_in_plain_words(env: Database) -> None:
+    """Journey 9: a Caldicott guardian reads who shares and who sees what before signing."""
+    result = runner.invoke(app, ["framework", "explain"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "GP: what they can see" in result.stdout and "What a gp" not in result.stdout
+    assert "Administrative staff: what they can see" in result.stdout and "What a administrative" not in result.stdout
+    assert "VWC01 Willow Court Care Home" in result.stdout and "Dr Helen Marsh, Caldicott Guardian" in result.stdout
+    for label in ("Information governance officer: opens no record for care", "Population health analyst: opens "
+                  "no record", "Patient: sees their own record and everyone who looked at it, except safeguarding"):
+        assert label in result.stdout, label
+    ig = json.loads(runner.invoke(app, ["framework", "explain", "--role", "ig_officer", "--json"]).stdout)
+    assert ig["roles"] == [] and ig["other_roles"][0].startswith("Information governance officer: opens no record")
+    assert {p["code"]: p["agreement"] for p in ig["partners"]}["VWC01"] == "draft"
+
+
 def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Database, tmp_path: Path) -> None:
     from sharedcare.governance.framework import load_framework
     from sharedcare.governance.gateway import GovernedRecords, actor_for
