@@ -219,10 +219,14 @@ def feeds(
                      for r in rows])
     else:
         table = Table(title=f"Feeds (quiet for more than {stale_after:g} h is stale)")
-        for column in ("organisation", "system", "format", "last new or changed data", "hours quiet", "last 24 h"):
-            table.add_column(column, justify="right" if column in ("hours quiet", "last 24 h") else "left")
-        for r in rows:
+        for column in ("organisation", "system", "format", "status"):
+            table.add_column(column)
+        table.add_column("last new or changed data", overflow="fold")
+        for column in ("hours quiet", "last 24 h"):
+            table.add_column(column, justify="right")
+        for r in rows:  # stale in words too: a monitor's log or a colour-blind reader sees no red
             table.add_row(_literal(f"{r.organisation} {r.name}"), _literal(r.system), _literal(r.format),
+                          "STALE" if r.stale else "ok",
                           r.last_received.strftime("%Y-%m-%d %H:%M UTC") if r.last_received else "never",
                           "" if r.hours_quiet is None else f"{r.hours_quiet:g}", f"{r.last_day:,}",
                           style="red" if r.stale else None)
@@ -255,8 +259,9 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
     for column in ("id", "status", "format", "location", "reason"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]),
-                      _literal(f"{r['file']}, {r['location']}"), _literal(r["reason"]))
+        where = f"{r['file']}, {r['location']}"  # which the reason repeats: said once, in its own column
+        reason = str(r["reason"]).removeprefix(where).removeprefix(", ").removeprefix(": ")
+        table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]), _literal(where), _literal(reason))
     Console().print(table)
 
 

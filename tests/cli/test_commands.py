@@ -128,6 +128,8 @@ def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signe
     assert runner.invoke(app, ["ingest", str(feed)]).exit_code == 1
     (held,) = json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout)
     assert "no signed agreement" in held["reason"] and held["location"] == "line 1"
+    listed = runner.invoke(app, ["quarantine", "list"], env={"COLUMNS": "400"}).stdout
+    assert listed.count(str(feed)) == 1  # where, said once: the reason column does not repeat it
 
     still = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
     assert still.exit_code == 1 and "still quarantined" in still.stderr
@@ -313,8 +315,12 @@ def test_feeds_shows_when_each_declared_source_last_sent_data_and_fails_when_one
     assert later[("P81001", "emis")]["stale"] and later[("P81001", "emis")]["last_day"] == 0
     assert not {(r["organisation"], r["system"]): r for r in json.loads(
         runner.invoke(app, ["feeds", "--json", "--stale-after", "72"]).stdout)}[("P81001", "emis")]["stale"]
-    table = runner.invoke(app, ["feeds"])
+    table = runner.invoke(app, ["feeds"], env={"COLUMNS": "200"})
     assert "P81001" in table.stdout and "never" in table.stdout
+    lines = {line.split()[1] + " " + line.split("│")[2].strip(): line for line in table.stdout.splitlines()
+             if line.startswith("│")}
+    assert "STALE" in lines["P81001 emis"] and "STALE" in lines["RXR pas"]  # in words, not only in red
+    assert runner.invoke(app, ["feeds", "--stale-after", "72"], env={"COLUMNS": "200"}).stdout.count(" ok ") > 0
 
     with env.session() as session:  # the practice's feed starts naming another system than the framework's
         session.execute(update(Resource).where(Resource.source_org == "P81001").values(
