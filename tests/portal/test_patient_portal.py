@@ -211,6 +211,30 @@ def test_every_choice_says_before_it_is_confirmed_that_it_applies_at_once(ics: I
         assert page.status_code == 200 and "This applies straight away." in page.text, change
 
 
+def test_each_choice_is_undone_on_its_own_keeping_the_others(ics: Ics) -> None:
+    """Journey 8: a patient who stopped the community trust and opted out of research lets the trust see her
+    record again without losing the opt-out (before, only "remove all your choices" undid anything)."""
+    gp = ics.open_record("dr.patel")
+    _sign_in(ics.client)
+    for change in ({"change": "object-org", "organisation": "RYC"}, {"change": "opt-out-secondary"},
+                   {"change": "object-all"}):
+        ics.client.post("/patient/choices", data=change)
+    page = ics.client.get("/patient/choices").text
+    assert "Let it see your record again<span class=\"nhsuk-u-visually-hidden\"> : " + COMMUNITY in page
+    assert "Opt back in" in page and "Share again" in page
+
+    confirm = ics.client.post("/patient/choices/confirm", data={"change": "allow-org", "organisation": "RYC"})
+    assert f"Let {COMMUNITY} see your record again" in confirm.text and "This applies straight away." in confirm.text
+    assert not _sources(ics, gp) & {"RYC:CarePlan"}  # nothing applied yet
+    ics.client.post("/patient/choices", data={"change": "allow-org", "organisation": "RYC"})
+    ics.client.post("/patient/choices", data={"change": "share-again"})
+    assert "RYC:CarePlan" in _sources(ics, gp)
+    choices = ics.client.get("/patient/choices").text
+    assert "Opted out" in choices and "Let it see your record again" not in choices and "Share again" not in choices
+    ics.client.post("/patient/choices", data={"change": "opt-in-secondary"})
+    assert "Not opted out" in ics.client.get("/patient/choices").text
+
+
 def _sources(ics: Ics, headers: dict[str, str]) -> set[str]:
     """What a read released, as source organisation and resource type."""
     body = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()

@@ -33,7 +33,9 @@ router = APIRouter(prefix="/patient", dependencies=[Depends(people_only), Depend
 
 CHALLENGE_COOKIE = "sc_challenge"
 SIGNED_IN = {"name": "Signed in", "detail": ""}
-Change = Literal["object-all", "object-all-except-emergency", "object-org", "opt-out-secondary", "clear"]
+Change = Literal["object-all", "share-again", "object-all-except-emergency", "object-org", "allow-org",
+                 "opt-out-secondary", "opt-in-secondary", "clear"]
+ONE_ORGANISATION = ("object-org", "allow-org")  # the changes that name an organisation
 AGREEMENT_WORDS = {"signed": "sharing under a signed agreement", "suspended": "sharing suspended",
                    "ended": "no longer sharing (agreement ended)", "draft": "not sharing (agreement not yet signed)"}
 
@@ -180,8 +182,8 @@ def choices(request: Request, me: CitizenDep, fw: FrameworkDep, saved: bool = Fa
 def confirm_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
                    organisation: Annotated[str, Form()] = "") -> Response:
     """What the choice will do, in words, before anything changes."""
-    org = fw.organisation(organisation) if change == "object-org" else None
-    if change == "object-org" and org is None:
+    org = fw.organisation(organisation) if change in ONE_ORGANISATION else None
+    if change in ONE_ORGANISATION and org is None:
         return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
     return render(request, "patient/confirm.html", account=SIGNED_IN, change=change, org=org)
 
