@@ -220,7 +220,7 @@ def test_each_choice_is_undone_on_its_own_keeping_the_others(ics: Ics) -> None:
                    {"change": "object-all"}):
         ics.client.post("/patient/choices", data=change)
     page = ics.client.get("/patient/choices").text
-    assert "Let it see your record again<span class=\"nhsuk-u-visually-hidden\"> : " + COMMUNITY in page
+    assert f"Let it see your record again<span class=\"nhsuk-u-visually-hidden\"> ({COMMUNITY})" in page
     assert "Opt back in" in page and "Share again" in page
 
     confirm = ics.client.post("/patient/choices/confirm", data={"change": "allow-org", "organisation": "RYC"})
