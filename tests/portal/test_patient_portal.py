@@ -20,7 +20,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
 from sharedcare.governance.access_log import PATIENT_VISIBLE
-from sharedcare.governance.one_time_codes import MAX_ATTEMPTS
+from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
 
@@ -110,6 +110,20 @@ def test_a_wrong_code_is_refused_and_after_too_many_tries_so_is_the_right_one(ic
     assert ics.client.post("/patient/code", data={"code": code}).status_code == 401
     assert [r for *_, r in _logins(ics)][1:] == ["wrong-code"] * MAX_ATTEMPTS + ["too-many-attempts"]
     assert ics.client.get("/patient/home").status_code == 401
+
+
+def test_a_patient_who_asked_for_too_many_codes_is_told_to_wait_without_saying_whether_the_details_match(
+        ics: Ics) -> None:
+    """A patient whose phone was slow asks again and again: after the hour's limit no code comes, and the
+    page must tell her why it might not, in words that are the same whether or not her details match."""
+    for _ in range(MAX_CODES_PER_HOUR):
+        assert _start(ics.client) is not None
+    assert _start(ics.client) is None  # the limit: no code
+    limited = ics.client.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, **BORN}).text
+    nobody = ics.client.post("/patient/sign-in", data={"nhs_number": "9990000026", "birth_day": "1",
+                                                       "birth_month": "1", "birth_year": "1970"}).text
+    assert f"We send at most {MAX_CODES_PER_HOUR} codes an hour for one record" in limited
+    assert limited == nobody
 
 
 def test_an_expired_code_is_refused(ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep
 from sharedcare.governance import explain
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.one_time_codes import CODE_MINUTES
+from sharedcare.governance.one_time_codes import CODE_MINUTES, MAX_CODES_PER_HOUR
 from sharedcare.governance.workspace import provision_key
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages, present
@@ -78,7 +78,7 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
         log.warning("patient portal one-time code: %s (demo delivery; valid %d minutes)", challenge.code,
                     CODE_MINUTES)
     response = render(request, "patient/code.html", demo_code=challenge.code, demo=settings.demo, error=None,
-                      minutes=CODE_MINUTES)
+                      minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR)
     response.set_cookie(CHALLENGE_COOKIE, challenge.id, httponly=True, samesite="strict", path="/patient",
                         secure=csrf.secure_cookies(request), max_age=CODE_MINUTES * 60)
     return response
@@ -94,7 +94,7 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
     person_id = sign_in.finish(request.cookies.get(CHALLENGE_COOKIE, ""), code)
     if person_id is None:
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
-                      minutes=CODE_MINUTES,
+                      minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
                       error="The code is not right, or it has expired. Check it, or start again to get a new one.")
     response = pages.start_session(request, settings, mint_citizen_token(settings, person_id), "/patient/home")
     response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
