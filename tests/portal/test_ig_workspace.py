@@ -324,5 +324,6 @@ def test_an_unusual_volume_shows_every_record_the_user_opened_not_only_the_last(
     _sign_in(ics)
     queue = ics.client.get("/ig").text
     assert "Why it was flagged" in queue and "Reason given" not in queue
+    assert "Last record opened" in queue  # the one that crossed the line, not the only one
     found = ics.client.post("/ig/audit", data=_form_fields(queue, "See every record opened")).text
     assert ics.stranger in found and ics.okafor in found
