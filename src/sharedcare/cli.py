@@ -702,6 +702,8 @@ def preferences_set(
     nhs_number: Annotated[str, typer.Argument(help="The patient's NHS number.")],
     object_all: Annotated[bool, typer.Option("--object-all", help="Object to all sharing.")] = False,
     object_org: Annotated[str | None, typer.Option("--object-org", help="Object to this organisation.")] = None,
+    allow_org: Annotated[str | None, typer.Option(
+        "--allow-org", help="Withdraw the objection to this organisation, keeping every other choice.")] = None,
     opt_out_secondary: Annotated[bool, typer.Option("--opt-out-secondary", help="National data opt-out.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every choice.")] = False,
     consent: Annotated[Path | None, typer.Option(
@@ -716,17 +718,19 @@ def preferences_set(
     number = normalise(nhs_number)
     if not is_valid(number):
         raise _fail(f"'{nhs_number}' is not a valid NHS number (modulus 11 check)")
-    if consent is not None and (object_all or object_org or opt_out_secondary or clear):
+    if consent is not None and (object_all or object_org or allow_org or opt_out_secondary or clear):
         raise _fail("--consent replaces every choice: give it alone")
-    if not (object_all or object_org or opt_out_secondary or clear or consent):
-        raise _fail("give one of --object-all, --object-org ORG, --opt-out-secondary, --clear or --consent FILE")
+    if not (object_all or object_org or allow_org or opt_out_secondary or clear or consent):
+        raise _fail("give one of --object-all, --object-org ORG, --allow-org ORG, --opt-out-secondary, --clear or "
+                    "--consent FILE")
     fw = _framework()
-    if object_org and object_org not in fw.organisations:
-        raise _fail(f"organisation '{object_org}' is not in the framework")
+    for option, org in (("--object-org", object_org), ("--allow-org", allow_org)):
+        if org and org not in fw.organisations:
+            raise _fail(f"{option}: organisation '{org}' is not in the framework")
     with _database().session() as session:
         if consent is None:
             pref = set_choice(session, number, by=OPERATOR, object_all=object_all or None, object_org=object_org,
-                              opt_out_secondary=opt_out_secondary or None, clear=clear)
+                              allow_org=allow_org, opt_out_secondary=opt_out_secondary or None, clear=clear)
             console.print(f"choices for {number}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
                           f"opt_out_secondary={pref.opt_out_secondary}")
             return

@@ -111,6 +111,17 @@ def test_preferences_set_rejects_an_invalid_nhs_number(env: Database) -> None:
     assert result.exit_code == 2 and "modulus 11" in result.stderr
 
 
+def test_preferences_set_withdraws_one_objection_and_keeps_the_others(env: Database) -> None:
+    """A patient writes to withdraw her objection to the hospice only: before, the IG officer could only
+    clear every choice or replace them all with a Consent."""
+    for choice in (["--object-org", "NHR"], ["--object-org", "RXR"], ["--opt-out-secondary"]):
+        runner.invoke(app, ["preferences", "set", "9434765919", *choice])
+    done = runner.invoke(app, ["preferences", "set", "9434765919", "--allow-org", "NHR"])
+    assert done.exit_code == 0 and "object_orgs=['RXR']" in done.stderr and "opt_out_secondary=True" in done.stderr
+    unknown = runner.invoke(app, ["preferences", "set", "9434765919", "--allow-org", "XXX"])
+    assert unknown.exit_code == 2 and "--allow-org: organisation 'XXX' is not in the framework" in unknown.stderr
+
+
 def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "framework.yaml"
