@@ -352,7 +352,10 @@ def mapping_check(
     try:
         spec = load_mapping(mapping)
     except MappingError as exc:
-        raise _fail(f"{mapping} is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)) from exc
+        invalid = _fail(f"{mapping} is invalid:")  # each problem on a line of its own, printed literally
+        for problem in exc.problems:
+            console.print(f"  {_literal(problem)}")
+        raise invalid from exc
     if fw.organisation(spec.organisation) is None:
         raise _fail(f"{mapping}: organisation '{spec.organisation}' is not in the framework")
     report = check_file(spec, csv_file, fw)

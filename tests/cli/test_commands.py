@@ -122,6 +122,23 @@ def test_preferences_set_withdraws_one_objection_and_keeps_the_others(env: Datab
     assert unknown.exit_code == 2 and "--allow-org: organisation 'XXX' is not in the framework" in unknown.stderr
 
 
+def test_mapping_check_lists_each_problem_of_an_invalid_mapping_on_its_own_line(env: Database,
+                                                                               tmp_path: Path) -> None:
+    """Journey 10: an integration engineer's first care home mapping has two mistakes; each is a line naming
+    where it is, not one line joined by an encoded newline ("\\x0a")."""
+    mapping = tmp_path / "LRC-mosaic.yaml"
+    mapping.write_text((FRAMEWORK_PATH.parent / "mappings" / "LRC-mosaic.yaml").read_text()
+                       .replace("codes: {Male: male,", "codez: {Male: male,"))
+    sample = tmp_path / "sample.csv"
+    sample.write_text("client_id\n1\n")
+    result = runner.invoke(app, ["mapping", "check", str(mapping), str(sample)], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "\\x0a" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith("is invalid:")
+    assert any(line.startswith("  line ") and "patient.sex.codez" in line for line in lines)
+    assert any(line.startswith("  line ") and "patient.sex.codes" in line for line in lines)
+
+
 def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "framework.yaml"
