@@ -176,6 +176,7 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
     assert len(events) == page.count('class="nhsuk-table__row sc-access"') == 3
     assert page.count("Carys Evans") == 2 and "Paramedic" in page and "North Region Ambulance Service" in page
     assert "confused, daughter not present" in page and "Dr Amara Patel" in page and "Refused" in page
+    assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
 
 
 def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(ics: Ics) -> None:

@@ -136,11 +136,14 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
 
 
 @router.get("/accesses", response_class=HTMLResponse)
-def accesses(request: Request, me: CitizenDep,
+def accesses(request: Request, me: CitizenDep, fw: FrameworkDep,
              before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Response:
     """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8), a page at a time
-    (`before` is an audit sequence number, not anything about the person)."""
-    return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before)
+    (`before` is an audit sequence number, not anything about the person). Each organisation's phone number
+    is beside it: the page tells the patient to contact the organisation named."""
+    phones = {org.name: org.phone for org in fw.organisations.values() if org.phone}
+    return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before,
+                  phones=phones)
 
 
 def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,
