@@ -221,10 +221,14 @@ def feeds(
                      for r in rows])
     else:
         table = Table(title=f"Feeds (quiet for more than {stale_after:g} h is stale)")
-        for column in ("organisation", "system", "format", "last new or changed data", "hours quiet", "last 24 h"):
-            table.add_column(column, justify="right" if column in ("hours quiet", "last 24 h") else "left")
-        for r in rows:
+        for column in ("organisation", "system", "format", "status"):
+            table.add_column(column)
+        table.add_column("last new or changed data", overflow="fold")
+        for column in ("hours quiet", "last 24 h"):
+            table.add_column(column, justify="right")
+        for r in rows:  # stale in words too: a monitor's log or a colour-blind reader sees no red
             table.add_row(_literal(f"{r.organisation} {r.name}"), _literal(r.system), _literal(r.format),
+                          "STALE" if r.stale else "ok",
                           r.last_received.strftime("%Y-%m-%d %H:%M UTC") if r.last_received else "never",
                           "" if r.hours_quiet is None else f"{r.hours_quiet:g}", f"{r.last_day:,}",
                           style="red" if r.stale else None)
@@ -257,8 +261,9 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
     for column in ("id", "status", "format", "location", "reason"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]),
-                      _literal(f"{r['file']}, {r['location']}"), _literal(r["reason"]))
+        where = f"{r['file']}, {r['location']}"  # which the reason repeats: said once, in its own column
+        reason = str(r["reason"]).removeprefix(where).removeprefix(", ").removeprefix(": ")
+        table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]), _literal(where), _literal(reason))
     Console().print(table)
 
 
@@ -349,7 +354,10 @@ def mapping_check(
     try:
         spec = load_mapping(mapping)
     except MappingError as exc:
-        raise _fail(f"{mapping} is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)) from exc
+        invalid = _fail(f"{mapping} is invalid:")  # each problem on a line of its own, printed literally
+        for problem in exc.problems:
+            console.print(f"  {_literal(problem)}")
+        raise invalid from exc
     if fw.organisation(spec.organisation) is None:
         raise _fail(f"{mapping}: organisation '{spec.organisation}' is not in the framework")
     report = check_file(spec, csv_file, fw)
@@ -699,6 +707,8 @@ def preferences_set(
     nhs_number: Annotated[str, typer.Argument(help="The patient's NHS number.")],
     object_all: Annotated[bool, typer.Option("--object-all", help="Object to all sharing.")] = False,
     object_org: Annotated[str | None, typer.Option("--object-org", help="Object to this organisation.")] = None,
+    allow_org: Annotated[str | None, typer.Option(
+        "--allow-org", help="Withdraw the objection to this organisation, keeping every other choice.")] = None,
     opt_out_secondary: Annotated[bool, typer.Option("--opt-out-secondary", help="National data opt-out.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every choice.")] = False,
     consent: Annotated[Path | None, typer.Option(
@@ -713,17 +723,19 @@ def preferences_set(
     number = normalise(nhs_number)
     if not is_valid(number):
         raise _fail(f"'{nhs_number}' is not a valid NHS number (modulus 11 check)")
-    if consent is not None and (object_all or object_org or opt_out_secondary or clear):
+    if consent is not None and (object_all or object_org or allow_org or opt_out_secondary or clear):
         raise _fail("--consent replaces every choice: give it alone")
-    if not (object_all or object_org or opt_out_secondary or clear or consent):
-        raise _fail("give one of --object-all, --object-org ORG, --opt-out-secondary, --clear or --consent FILE")
+    if not (object_all or object_org or allow_org or opt_out_secondary or clear or consent):
+        raise _fail("give one of --object-all, --object-org ORG, --allow-org ORG, --opt-out-secondary, --clear or "
+                    "--consent FILE")
     fw = _framework()
-    if object_org and object_org not in fw.organisations:
-        raise _fail(f"organisation '{object_org}' is not in the framework")
+    for option, org in (("--object-org", object_org), ("--allow-org", allow_org)):
+        if org and org not in fw.organisations:
+            raise _fail(f"{option}: organisation '{org}' is not in the framework")
     with _database().session() as session:
         if consent is None:
             pref = set_choice(session, number, by=OPERATOR, object_all=object_all or None, object_org=object_org,
-                              opt_out_secondary=opt_out_secondary or None, clear=clear)
+                              allow_org=allow_org, opt_out_secondary=opt_out_secondary or None, clear=clear)
             console.print(f"choices for {number}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
                           f"opt_out_secondary={pref.opt_out_secondary}")
             return
@@ -1095,28 +1107,40 @@ def framework_explain(
     """Who can see what, and why, in plain words."""
     from dataclasses import asdict
 
-    from sharedcare.governance.explain import role_rows, rules_in_words
+    from sharedcare.governance.explain import KIND_LABELS, other_roles_in_words, role_rows, rules_in_words
 
     fw = _framework()
     if role and role not in fw.roles:
         raise _fail(f"no role '{role}'; roles are: {', '.join(fw.roles)}")
-    rows = role_rows(fw, role)
+    rows, others = role_rows(fw, role), other_roles_in_words(fw, role)
+    partners = [{"code": o.code, "name": o.name, "kind": KIND_LABELS.get(o.kind, o.kind),
+                 "agreement": o.agreement.status, "signatories": o.agreement.signatories}
+                for o in fw.organisations.values()]
     if as_json:
-        _print_json({"framework": fw.name, "version": fw.version, "rules": rules_in_words(fw),
-                     "roles": [asdict(r) for r in rows]})
+        _print_json({"framework": fw.name, "version": fw.version, "partners": partners, "rules": rules_in_words(fw),
+                     "roles": [asdict(r) for r in rows], "other_roles": others})
         return
     out = Console()
     out.print(f"[bold]{fw.name}[/bold] (framework {fw.version})")
+    table = Table(title="Partners and their agreements, as this file records them")
+    for column in ("organisation", "kind", "agreement", "signatories"):
+        table.add_column(column)
+    for p in partners:
+        table.add_row(_literal(f"{p['code']} {p['name']}"), _literal(str(p["kind"])), _literal(str(p["agreement"])),
+                      _literal("; ".join(p["signatories"]) or "none"))
+    out.print(table)
     for line in rules_in_words(fw):
         out.print(f"- {line}")
     for label in dict.fromkeys(r.role_label for r in rows):
-        table = Table(title=f"What a {label.lower()} can see", show_lines=False)
+        table = Table(title=f"{label}: what they can see", show_lines=False)
         table.add_column("information")
         table.add_column("what they see")
         for r in rows:
             if r.role_label == label:
                 table.add_row(r.category_label, r.sees)
         out.print(table)
+    for line in others:
+        out.print(f"- {line}")
 
 
 @framework_app.command("check")

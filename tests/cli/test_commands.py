@@ -111,6 +111,34 @@ def test_preferences_set_rejects_an_invalid_nhs_number(env: Database) -> None:
     assert result.exit_code == 2 and "modulus 11" in result.stderr
 
 
+def test_preferences_set_withdraws_one_objection_and_keeps_the_others(env: Database) -> None:
+    """A patient writes to withdraw her objection to the hospice only: before, the IG officer could only
+    clear every choice or replace them all with a Consent."""
+    for choice in (["--object-org", "NHR"], ["--object-org", "RXR"], ["--opt-out-secondary"]):
+        runner.invoke(app, ["preferences", "set", "9434765919", *choice])
+    done = runner.invoke(app, ["preferences", "set", "9434765919", "--allow-org", "NHR"])
+    assert done.exit_code == 0 and "object_orgs=['RXR']" in done.stderr and "opt_out_secondary=True" in done.stderr
+    unknown = runner.invoke(app, ["preferences", "set", "9434765919", "--allow-org", "XXX"])
+    assert unknown.exit_code == 2 and "--allow-org: organisation 'XXX' is not in the framework" in unknown.stderr
+
+
+def test_mapping_check_lists_each_problem_of_an_invalid_mapping_on_its_own_line(env: Database,
+                                                                               tmp_path: Path) -> None:
+    """Journey 10: an integration engineer's first care home mapping has two mistakes; each is a line naming
+    where it is, not one line joined by an encoded newline ("\\x0a")."""
+    mapping = tmp_path / "LRC-mosaic.yaml"
+    mapping.write_text((FRAMEWORK_PATH.parent / "mappings" / "LRC-mosaic.yaml").read_text()
+                       .replace("codes: {Male: male,", "codez: {Male: male,"))
+    sample = tmp_path / "sample.csv"
+    sample.write_text("client_id\n1\n")
+    result = runner.invoke(app, ["mapping", "check", str(mapping), str(sample)], env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "\\x0a" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith("is invalid:")
+    assert any(line.startswith("  line ") and "patient.sex.codez" in line for line in lines)
+    assert any(line.startswith("  line ") and "patient.sex.codes" in line for line in lines)
+
+
 def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "framework.yaml"
@@ -128,6 +156,8 @@ def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signe
     assert runner.invoke(app, ["ingest", str(feed)]).exit_code == 1
     (held,) = json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout)
     assert "no signed agreement" in held["reason"] and held["location"] == "line 1"
+    listed = runner.invoke(app, ["quarantine", "list"], env={"COLUMNS": "400"}).stdout
+    assert listed.count(str(feed)) == 1  # where, said once: the reason column does not repeat it
 
     still = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
     assert still.exit_code == 1 and "still quarantined" in still.stderr
@@ -152,6 +182,21 @@ def test_framework_explain_for_one_role_and_an_unknown_one(env: Database) -> Non
     assert seen["demographics"].startswith("only that") and seen["summary"] == "nothing"
     bad = runner.invoke(app, ["framework", "explain", "--role", "wizard"])
     assert bad.exit_code == 2 and "no role 'wizard'" in bad.stderr
+
+
+def test_framework_explain_names_the_partners_and_every_role_in_plain_words(env: Database) -> None:
+    """Journey 9: a Caldicott guardian reads who shares and who sees what before signing."""
+    result = runner.invoke(app, ["framework", "explain"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "GP: what they can see" in result.stdout and "What a gp" not in result.stdout
+    assert "Administrative staff: what they can see" in result.stdout and "What a administrative" not in result.stdout
+    assert "VWC01 Willow Court Care Home" in result.stdout and "Dr Helen Marsh, Caldicott Guardian" in result.stdout
+    for label in ("Information governance officer: opens no record for care", "Population health analyst: opens "
+                  "no record", "Patient: sees their own record and everyone who looked at it, except safeguarding"):
+        assert label in result.stdout, label
+    ig = json.loads(runner.invoke(app, ["framework", "explain", "--role", "ig_officer", "--json"]).stdout)
+    assert ig["roles"] == [] and ig["other_roles"][0].startswith("Information governance officer: opens no record")
+    assert {p["code"]: p["agreement"] for p in ig["partners"]}["VWC01"] == "draft"
 
 
 def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Database, tmp_path: Path) -> None:
@@ -298,8 +343,12 @@ def test_feeds_shows_when_each_declared_source_last_sent_data_and_fails_when_one
     assert later[("P81001", "emis")]["stale"] and later[("P81001", "emis")]["last_day"] == 0
     assert not {(r["organisation"], r["system"]): r for r in json.loads(
         runner.invoke(app, ["feeds", "--json", "--stale-after", "72"]).stdout)}[("P81001", "emis")]["stale"]
-    table = runner.invoke(app, ["feeds"])
+    table = runner.invoke(app, ["feeds"], env={"COLUMNS": "200"})
     assert "P81001" in table.stdout and "never" in table.stdout
+    lines = {line.split()[1] + " " + line.split("│")[2].strip(): line for line in table.stdout.splitlines()
+             if line.startswith("│")}
+    assert "STALE" in lines["P81001 emis"] and "STALE" in lines["RXR pas"]  # in words, not only in red
+    assert runner.invoke(app, ["feeds", "--stale-after", "72"], env={"COLUMNS": "200"}).stdout.count(" ok ") > 0
 
     with env.session() as session:  # the practice's feed starts naming another system than the framework's
         session.execute(update(Resource).where(Resource.source_org == "P81001").values(

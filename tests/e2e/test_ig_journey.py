@@ -9,6 +9,10 @@ from tests.e2e.conftest import Pages
 from tests.e2e.test_clinician_journey import sign_in
 from tests.small_ics import Ics
 
+from sharedcare.clock import utcnow
+from sharedcare.store.database import Database
+from sharedcare.store.models import ReviewItem
+
 REASON = "unconscious in resus, no history available"
 
 
@@ -103,3 +107,29 @@ def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(li
     expect(nurse.get_by_role("heading", name="You cannot see this record")).to_be_visible()
     expect(nurse.get_by_text("no signed information-sharing agreement in force")).to_be_visible()
     pages.check(nurse)
+
+
+def test_an_unusual_volume_leads_the_officer_to_every_record_the_user_opened(live: tuple[Ics, str],
+                                                                           pages: Pages) -> None:
+    """Journey 7: the receptionist's 31st record in an hour is flagged; one click shows all of them."""
+    ics, url = live
+    ics.open_record("admin.taylor", ics.stranger)
+    ics.open_record("admin.taylor")
+    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    with database.session() as s:
+        s.add(ReviewItem(kind="unusual-volume", username="admin.taylor", person_id=ics.okafor,
+                         reason="more than 30 patients' records opened in an hour", created_at=utcnow(),
+                         status="open"))
+        s.commit()
+    officer = pages.open()
+    sign_in_to_ig(pages, officer, url)
+    card = officer.locator(".nhsuk-card", has_text="Unusual volume")
+    expect(card).to_contain_text("Why it was flagged")
+    expect(card).to_contain_text("Last record opened")
+    card.get_by_role("button", name="See every record opened by Chris Taylor that day").click()
+    expect(officer.get_by_role("heading", name="Audit search")).to_be_visible()
+    results = officer.locator("table")
+    expect(results).to_contain_text(ics.stranger)
+    expect(results).to_contain_text(ics.okafor)
+    expect(results).to_contain_text("Administrative staff")
+    pages.check(officer)

@@ -118,3 +118,46 @@ def test_a_patient_hides_mental_health_from_everyone_but_the_gp_after_reading_wh
     pages.check(patient)
     pages.shoot(patient, "patient-other-choices", at=".nhsuk-summary-list")
     assert not depression_shown()
+
+
+def test_on_a_phone_a_patient_stops_one_organisation_sees_it_said_and_lets_it_back(live: tuple[Ics, str],
+                                                                                  pages: Pages) -> None:
+    """Journey 8 at a phone's size (390 by 844): the page that says who shares stops saying the organisation
+    she objected to is sharing, and she undoes that one choice without losing her research opt-out."""
+    ics, url = live
+    patient = _okafor_signed_in(pages, url)
+    patient.set_viewport_size({"width": 390, "height": 844})
+    expect(patient.get_by_role("heading", name="Your shared care record")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_role("link", name="Change your choices").click()
+    pages.check(patient)
+    patient.get_by_role("radio", name=COMMUNITY).check()
+    patient.get_by_role("button", name="Continue to stop one organisation seeing your record").click()
+    pages.check(patient)
+    patient.get_by_role("button", name="Confirm").click()
+    pages.check(patient)
+    patient.get_by_role("button", name="Continue to opt out of planning and research").click()
+    expect(patient.get_by_text("This applies straight away")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_role("button", name="Confirm").click()
+    pages.check(patient)
+
+    patient.get_by_role("link", name="What is shared").click()
+    row = patient.locator("tr", has_text=COMMUNITY)
+    expect(row).to_contain_text("not shared: you stopped this organisation seeing your record")
+    expect(row).not_to_contain_text("sharing under a signed agreement")
+    assert patient.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+    pages.check(patient)
+
+    patient.get_by_role("link", name="Change your choices").click()
+    pages.check(patient)
+    patient.get_by_role("button", name=f"Let it see your record again ({COMMUNITY})").click()
+    expect(patient.get_by_role("heading", name=f"Let {COMMUNITY} see your record again")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_role("button", name="Confirm").click()
+    expect(patient.get_by_text("Your choice is saved")).to_be_visible()
+    expect(patient.get_by_role("button", name="Opt back in to planning and research")).to_be_visible()
+    pages.check(patient)
+    patient.get_by_role("link", name="What is shared").click()
+    expect(patient.locator("tr", has_text=COMMUNITY)).to_contain_text("sharing under a signed agreement")
+    pages.check(patient)

@@ -3,7 +3,9 @@ choices; and that every page is refused (403, audited) to a role without the per
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections import Counter
 from datetime import date, timedelta
 
 import pytest
@@ -250,11 +252,15 @@ def test_a_practice_writing_itself_a_record_of_a_stranger_is_in_the_queue(ics: I
 def test_the_audit_search_says_how_many_items_a_record_read_showed(ics: Ics) -> None:
     headers = ics.open_record("dr.patel")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
-    clinical = sum(1 for e in entries(bundle) if e["resource"]["resourceType"] != "Patient")
+    kinds = Counter(kind for e in entries(bundle) if (kind := e["resource"]["resourceType"]) != "Patient")
+    clinical = sum(kinds.values())
     assert clinical > 1
     _sign_in(ics)
     page = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text
-    assert f"{clinical} items shown" in page
+    assert f"{clinical} items shown: " in page
+    for kind, n in kinds.items():  # journey 7: what was seen, not only how much
+        assert f"{kind} {n}" in page, kind
+    assert "<br>GP</span>" in page and ">gp<" not in page  # the role in words, not the framework's key
 
 
 def test_a_long_queue_is_worked_a_page_at_a_time_looking_up_only_that_pages_patients(ics: Ics) -> None:
@@ -297,3 +303,27 @@ def test_a_long_queue_is_worked_a_page_at_a_time_looking_up_only_that_pages_pati
     unknown = ics.client.get("/ig?after=999999")
     assert unknown.status_code == 400 and "no review item #999999" in unknown.text
     assert ics.client.get("/ig?after=0").status_code == 400
+
+
+def _form_fields(page: str, button: str) -> dict[str, str]:
+    """The hidden fields of the form holding the button whose text starts `button`."""
+    form = next(f for f in page.split("<form")[1:] if f">{button}" in f.split("</form>")[0])
+    return dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', form.split("</form>")[0]))
+
+
+def test_an_unusual_volume_shows_every_record_the_user_opened_not_only_the_last(ics: Ics) -> None:
+    """Journey 7: a receptionist opening 40 records in an hour is flagged on the 31st; the officer must see
+    all of them from the item, and is not told the system's words are a reason the user gave."""
+    ics.open_record("admin.taylor", ics.stranger)
+    ics.open_record("admin.taylor")
+    with _db(ics).session() as s:
+        s.add(ReviewItem(kind="unusual-volume", username="admin.taylor", person_id=ics.okafor,
+                         reason="more than 30 patients' records opened in an hour", created_at=utcnow(),
+                         status="open"))
+        s.commit()
+    _sign_in(ics)
+    queue = ics.client.get("/ig").text
+    assert "Why it was flagged" in queue and "Reason given" not in queue
+    assert "Last record opened" in queue  # the one that crossed the line, not the only one
+    found = ics.client.post("/ig/audit", data=_form_fields(queue, "See every record opened")).text
+    assert ics.stranger in found and ics.okafor in found

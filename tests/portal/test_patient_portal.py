@@ -20,12 +20,13 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
 from sharedcare.governance.access_log import PATIENT_VISIBLE
-from sharedcare.governance.one_time_codes import MAX_ATTEMPTS
+from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
 
 BORN = {"birth_day": "2", "birth_month": "3", "birth_year": "1945"}
 WRONG_CODE = "The code is not right, or it has expired"
+COMMUNITY = "Riverside Community Healthcare NHS Trust"
 
 
 def _db(ics: Ics) -> Database:
@@ -111,6 +112,20 @@ def test_a_wrong_code_is_refused_and_after_too_many_tries_so_is_the_right_one(ic
     assert ics.client.get("/patient/home").status_code == 401
 
 
+def test_a_patient_who_asked_for_too_many_codes_is_told_to_wait_without_saying_whether_the_details_match(
+        ics: Ics) -> None:
+    """A patient whose phone was slow asks again and again: after the hour's limit no code comes, and the
+    page must tell her why it might not, in words that are the same whether or not her details match."""
+    for _ in range(MAX_CODES_PER_HOUR):
+        assert _start(ics.client) is not None
+    assert _start(ics.client) is None  # the limit: no code
+    limited = ics.client.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, **BORN}).text
+    nobody = ics.client.post("/patient/sign-in", data={"nhs_number": "9990000026", "birth_day": "1",
+                                                       "birth_month": "1", "birth_year": "1970"}).text
+    assert f"We send at most {MAX_CODES_PER_HOUR} codes an hour for one record" in limited
+    assert limited == nobody
+
+
 def test_an_expired_code_is_refused(ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
     code = _start(ics.client)
     assert code is not None
@@ -161,6 +176,7 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
     assert len(events) == page.count('class="nhsuk-table__row sc-access"') == 3
     assert page.count("Carys Evans") == 2 and "Paramedic" in page and "North Region Ambulance Service" in page
     assert "confused, daughter not present" in page and "Dr Amara Patel" in page and "Refused" in page
+    assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
 
 
 def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(ics: Ics) -> None:
@@ -178,6 +194,60 @@ def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(i
     after = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=gp).json()
     assert not any("RYC#" in e["resource"]["meta"]["source"] for e in entries(after))
     assert "Riverside Community Healthcare NHS Trust" in ics.client.get("/patient/choices").text
+
+
+def _holder_rows(page: str) -> dict[str, str]:
+    """The home page's "Who holds information about you" rows, by organisation."""
+    rows = page.split('<tbody class="nhsuk-table__body">')[1].split("</tbody>")[0].split("<tr")[1:]
+    return {re.search(r'sc-cell">([^<]+)<', row).group(1): row for row in rows}  # type: ignore[union-attr]
+
+
+def test_the_home_page_never_says_an_organisation_shares_what_the_patient_stopped(ics: Ics) -> None:
+    """Journey 8: after stopping the hospice (here the community trust) the page that says who shares
+    must say it no longer does, not "sharing under a signed agreement" as before."""
+    _sign_in(ics.client)
+    ics.client.post("/patient/choices", data={"change": "object-org", "organisation": "RYC"})
+    rows = _holder_rows(ics.client.get("/patient/home").text)
+    assert "not shared: you stopped this organisation seeing your record" in rows[COMMUNITY]
+    assert "sharing under a signed agreement" not in rows[COMMUNITY]
+    assert "sharing under a signed agreement" in rows["Riverside Medical Centre"]
+
+    ics.client.post("/patient/choices", data={"change": "object-all"})
+    rows = _holder_rows(ics.client.get("/patient/home").text)
+    assert all("not shared with others: you asked for your record not to be shared" in row
+               for name, row in rows.items() if name != COMMUNITY)
+    assert not any("sharing under a signed agreement" in row for row in rows.values())
+
+
+def test_every_choice_says_before_it_is_confirmed_that_it_applies_at_once(ics: Ics) -> None:
+    _sign_in(ics.client)
+    for change in ("object-org", "object-all", "object-all-except-emergency", "opt-out-secondary", "clear"):
+        page = ics.client.post("/patient/choices/confirm", data={"change": change, "organisation": "RYC"})
+        assert page.status_code == 200 and "This applies straight away." in page.text, change
+
+
+def test_each_choice_is_undone_on_its_own_keeping_the_others(ics: Ics) -> None:
+    """Journey 8: a patient who stopped the community trust and opted out of research lets the trust see her
+    record again without losing the opt-out (before, only "remove all your choices" undid anything)."""
+    gp = ics.open_record("dr.patel")
+    _sign_in(ics.client)
+    for change in ({"change": "object-org", "organisation": "RYC"}, {"change": "opt-out-secondary"},
+                   {"change": "object-all"}):
+        ics.client.post("/patient/choices", data=change)
+    page = ics.client.get("/patient/choices").text
+    assert f"Let it see your record again<span class=\"nhsuk-u-visually-hidden\"> ({COMMUNITY})" in page
+    assert "Opt back in" in page and "Share again" in page
+
+    confirm = ics.client.post("/patient/choices/confirm", data={"change": "allow-org", "organisation": "RYC"})
+    assert f"Let {COMMUNITY} see your record again" in confirm.text and "This applies straight away." in confirm.text
+    assert not _sources(ics, gp) & {"RYC:CarePlan"}  # nothing applied yet
+    ics.client.post("/patient/choices", data={"change": "allow-org", "organisation": "RYC"})
+    ics.client.post("/patient/choices", data={"change": "share-again"})
+    assert "RYC:CarePlan" in _sources(ics, gp)
+    choices = ics.client.get("/patient/choices").text
+    assert "Opted out" in choices and "Let it see your record again" not in choices and "Share again" not in choices
+    ics.client.post("/patient/choices", data={"change": "opt-in-secondary"})
+    assert "Not opted out" in ics.client.get("/patient/choices").text
 
 
 def _sources(ics: Ics, headers: dict[str, str]) -> set[str]:

@@ -204,12 +204,13 @@ def _changed(session: Session, pref: Preference, by: str, person_id: str | None,
 
 def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | None = None,
                object_all: bool | None = None,
-               object_org: str | None = None, opt_out_secondary: bool | None = None,
+               object_org: str | None = None, allow_org: str | None = None, opt_out_secondary: bool | None = None,
                provision: Provision | None = None, withdraw: Provision | None = None,
                clear: bool = False, expected_version: int | None = None) -> Preference:
-    """Record one change to a patient's choices, audited. `provision`: a further deny provision to add;
-    `withdraw`: one to remove (as held, not by position, so a page drawn earlier cannot remove another);
-    `expected_version`: refused with VersionConflict unless that is the version held."""
+    """Record one change to a patient's choices, audited. `allow_org`: withdraw the objection to one
+    organisation; `provision`: a further deny provision to add; `withdraw`: one to remove (as held, not by
+    position, so a page drawn earlier cannot remove another); `expected_version`: refused with
+    VersionConflict unless that is the version held."""
     pref = _held(session, nhs_number, expected_version)
     if clear:
         pref.object_all, pref.object_orgs, pref.opt_out_secondary, pref.provisions = False, [], False, []
@@ -217,6 +218,8 @@ def set_choice(session: Session, nhs_number: str, *, by: str, person_id: str | N
         pref.object_all = object_all
     if object_org is not None:
         pref.object_orgs = sorted({*pref.object_orgs, object_org})
+    if allow_org is not None:
+        pref.object_orgs = sorted(set(pref.object_orgs) - {allow_org})
     if opt_out_secondary is not None:
         pref.opt_out_secondary = opt_out_secondary
     if provision is not None:

@@ -217,6 +217,35 @@ def role_rows(fw: Framework, role: str | None = None) -> list[RoleCategory]:
     return rows
 
 
+# What a role that never opens a record for someone's care works with, by purpose: `framework explain`
+# would otherwise say nothing at all about the IG officer, the analyst or the patient.
+_PURPOSE_ROLE_WORDS = {
+    "governance": "opens no record for care; sees the audit log, the agreements and patients' recorded choices, "
+                  "and the name, date of birth and NHS number of a patient whose record a review item is about, "
+                  "never anything clinical",
+    "secondary-use": "opens no record; receives pseudonymised extracts for planning and research (the last rule "
+                     "above)",
+}
+
+
+def other_roles_in_words(fw: Framework, role: str | None = None) -> list[str]:
+    """The roles `role_rows` leaves out (those without direct care), one sentence each."""
+    lines = []
+    for name in [role] if role else list(fw.roles):
+        definition = fw.roles[name]
+        if "direct-care" in definition.purposes:
+            continue
+        words = [_PURPOSE_ROLE_WORDS[p] for p in definition.purposes if p in _PURPOSE_ROLE_WORDS]
+        if "self-access" in definition.purposes:
+            hidden = [fw.categories[c].lower() for c in fw.categories if definition.tier(c) == 0]
+            words.append("sees their own record and everyone who looked at it"
+                         + (f", except {'; '.join(hidden)}" if hidden else "")
+                         + ", and what the rules above never share")
+        if words:
+            lines.append(f"{definition.label}: {'; '.join(words)}.")
+    return lines
+
+
 _TYPE_WORDS = {"AllergyIntolerance": "allergies", "MedicationStatement": "medicines", "Condition": "diagnoses",
                "Immunization": "immunisations"}
 

@@ -270,16 +270,20 @@ class CitizenWorkspace:
                                                purpose="self-access", patient_id=self.person_id,
                                                request_id=self.request_id, detail={"as": "FHIR Consent"}))
 
-    def set_choice(self, change: Literal["object-all", "object-org", "opt-out-secondary", "clear"],
+    def set_choice(self, change: Literal["object-all", "share-again", "object-org", "allow-org", "opt-out-secondary",
+                                         "opt-in-secondary", "clear"],
                    organisation: str | None = None) -> Choices:
-        """Apply one choice to every NHS number the citizen's record carries; takes effect at once."""
-        if change == "object-org" and (organisation is None or organisation not in self.fw.organisations):
+        """Apply one choice, or undo one, to every NHS number the citizen's record carries; takes effect at
+        once. Each can be undone on its own: "clear" would also undo the choices the citizen meant to keep."""
+        if change in ("object-org", "allow-org") and organisation not in self.fw.organisations:
             raise ValueError(f"unknown organisation '{organisation}'")
+        switch = {"object-all": True, "share-again": False, "opt-out-secondary": True, "opt-in-secondary": False}
         for number in self.nhs_numbers():
             set_choice(self.session, number, by=self.actor.username, person_id=self.person_id,
-                       object_all=True if change == "object-all" else None,
+                       object_all=switch[change] if change in ("object-all", "share-again") else None,
                        object_org=organisation if change == "object-org" else None,
-                       opt_out_secondary=True if change == "opt-out-secondary" else None,
+                       allow_org=organisation if change == "allow-org" else None,
+                       opt_out_secondary=switch[change] if change.endswith("-secondary") else None,
                        clear=change == "clear")
         return self.choices()
 

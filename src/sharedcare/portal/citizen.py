@@ -22,7 +22,7 @@ from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep
 from sharedcare.governance import explain
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.one_time_codes import CODE_MINUTES
+from sharedcare.governance.one_time_codes import CODE_MINUTES, MAX_CODES_PER_HOUR
 from sharedcare.governance.workspace import provision_key
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages, present
@@ -33,7 +33,9 @@ router = APIRouter(prefix="/patient", dependencies=[Depends(people_only), Depend
 
 CHALLENGE_COOKIE = "sc_challenge"
 SIGNED_IN = {"name": "Signed in", "detail": ""}
-Change = Literal["object-all", "object-all-except-emergency", "object-org", "opt-out-secondary", "clear"]
+Change = Literal["object-all", "share-again", "object-all-except-emergency", "object-org", "allow-org",
+                 "opt-out-secondary", "opt-in-secondary", "clear"]
+ONE_ORGANISATION = ("object-org", "allow-org")  # the changes that name an organisation
 AGREEMENT_WORDS = {"signed": "sharing under a signed agreement", "suspended": "sharing suspended",
                    "ended": "no longer sharing (agreement ended)", "draft": "not sharing (agreement not yet signed)"}
 
@@ -76,7 +78,7 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
         log.warning("patient portal one-time code: %s (demo delivery; valid %d minutes)", challenge.code,
                     CODE_MINUTES)
     response = render(request, "patient/code.html", demo_code=challenge.code, demo=settings.demo, error=None,
-                      minutes=CODE_MINUTES)
+                      minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR)
     response.set_cookie(CHALLENGE_COOKIE, challenge.id, httponly=True, samesite="strict", path="/patient",
                         secure=csrf.secure_cookies(request), max_age=CODE_MINUTES * 60)
     return response
@@ -92,23 +94,33 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
     person_id = sign_in.finish(request.cookies.get(CHALLENGE_COOKIE, ""), code)
     if person_id is None:
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
-                      minutes=CODE_MINUTES,
+                      minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
                       error="The code is not right, or it has expired. Check it, or start again to get a new one.")
     response = pages.start_session(request, settings, mint_citizen_token(settings, person_id), "/patient/home")
     response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
     return response
 
 
+def _sharing(agreement: str, object_all: bool, objected: bool) -> dict[str, str]:
+    """Whether an organisation shares what it holds, as the citizen's own choices leave it: a signed
+    agreement does not share what the citizen stopped (the choice the home page must not contradict)."""
+    if agreement == "signed" and object_all:
+        return {"status": "not shared with others: you asked for your record not to be shared", "sharing": "objected"}
+    if agreement == "signed" and objected:
+        return {"status": "not shared: you stopped this organisation seeing your record", "sharing": "objected"}
+    return {"status": AGREEMENT_WORDS.get(agreement, agreement), "sharing": agreement}
+
+
 @router.get("/home", response_class=HTMLResponse)
 def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     """What is shared, by whom, under which rules: in plain words."""
+    choices = me.choices()
     holders = [{"name": org.name, "kind": explain.KIND_LABELS.get(org.kind, org.kind), "phone": org.phone,
-                "status": AGREEMENT_WORDS.get(agreement.status, agreement.status), "sharing": agreement.status}
+                **_sharing(agreement.status, choices.object_all, org.code in choices.object_orgs)}
                for org, agreement in me.sharing()]
     roles: dict[str, list[explain.RoleCategory]] = {}
     for line in explain.role_rows(fw):
         roles.setdefault(line.role_label, []).append(line)
-    choices = me.choices()
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
                   objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
                   further=[explain.provision_in_words(p, fw) for p in choices.provisions])
@@ -124,11 +136,14 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
 
 
 @router.get("/accesses", response_class=HTMLResponse)
-def accesses(request: Request, me: CitizenDep,
+def accesses(request: Request, me: CitizenDep, fw: FrameworkDep,
              before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Response:
     """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8), a page at a time
-    (`before` is an audit sequence number, not anything about the person)."""
-    return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before)
+    (`before` is an audit sequence number, not anything about the person). Each organisation's phone number
+    is beside it: the page tells the patient to contact the organisation named."""
+    phones = {org.name: org.phone for org in fw.organisations.values() if org.phone}
+    return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before,
+                  phones=phones)
 
 
 def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,
@@ -170,8 +185,8 @@ def choices(request: Request, me: CitizenDep, fw: FrameworkDep, saved: bool = Fa
 def confirm_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
                    organisation: Annotated[str, Form()] = "") -> Response:
     """What the choice will do, in words, before anything changes."""
-    org = fw.organisation(organisation) if change == "object-org" else None
-    if change == "object-org" and org is None:
+    org = fw.organisation(organisation) if change in ONE_ORGANISATION else None
+    if change in ONE_ORGANISATION and org is None:
         return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
     return render(request, "patient/confirm.html", account=SIGNED_IN, change=change, org=org)
 

@@ -8,6 +8,7 @@ clinician portal's form (`target=/ig`); NHS numbers are only ever POSTed.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, Literal
@@ -47,6 +48,19 @@ class QueueRow:
     organisation: str
     patient: dict[str, str] | None  # the person the access was to (name, born, NHS number), if released
     also_now: list[tuple[str, dict[str, str] | None]]  # others holding that person's records now, likewise
+    search: dict[str, str]  # the audit search that shows what was seen (the "See what was seen" form)
+    given: bool  # whether `item.reason` is the user's own words (a basis) or why the item was flagged
+
+
+def _search_for(item: QueueItem) -> dict[str, str]:
+    """An unusual volume is about every record the user opened, not the one that crossed the line: search
+    the user's events over the hour before it (by day, as the form searches); any other item, the one
+    patient's."""
+    if item.kind != "unusual-volume":
+        return {"patient": item.patient_id, "user": item.username}
+    start, end = (item.created_at - timedelta(hours=1)).date(), item.created_at.date()
+    return {"user": item.username, "from_day": str(start.day), "from_month": str(start.month),
+            "from_year": str(start.year), "to_day": str(end.day), "to_month": str(end.month), "to_year": str(end.year)}
 
 
 def _queue_row(item: QueueItem, fw: Framework, people: dict[str, dict[str, Any] | None]) -> QueueRow:
@@ -58,7 +72,8 @@ def _queue_row(item: QueueItem, fw: Framework, people: dict[str, dict[str, Any] 
     return QueueRow(item, KIND_WORDS.get(item.kind, item.kind), who,
                     role.label if role else "unknown role" if user else "feed", org.name if org else "",
                     _banner(people.get(item.patient_id)),
-                    [(person_id, _banner(people.get(person_id))) for person_id in item.also_now])
+                    [(person_id, _banner(people.get(person_id))) for person_id in item.also_now],
+                    _search_for(item), item.kind in fw.basis)
 
 
 def _banner(patient: dict[str, Any] | None) -> dict[str, str] | None:
@@ -96,6 +111,7 @@ class AuditRow:
     basis: str
     reason: str
     released: int
+    kinds: str  # what the released items were, by type ("Observation 40, Condition 12")
     item: str  # the resource a resource read asked for
 
 
@@ -106,12 +122,17 @@ def _audit_row(entry: Any, fw: Framework) -> AuditRow:
     org = fw.organisation(entry.organisation or "")
     info = details(entry)
     item = requested_resource(entry)
-    released = 0 if entry.outcome == "deny" else sum(  # every entity but the patient's (role 1)
-        1 for e in expanded(entry.event)["entity"] if "what" in e and (e.get("role") or {}).get("code") != "1")
+    kinds = Counter(str(e["what"].get("reference", "")).split("/")[0]  # every entity but the patient's (role 1)
+                    for e in expanded(entry.event)["entity"]
+                    if "what" in e and (e.get("role") or {}).get("code") != "1")
+    released = 0 if entry.outcome == "deny" else sum(kinds.values())
+    role_code = ((agent.get("role") or [{}])[0]).get("text", "")
+    role = fw.roles.get(role_code)
     return AuditRow(entry.recorded_at, entry.action, entry.outcome,
                     f"{user.name} ({entry.username})" if user else (entry.username or ""),
-                    ((agent.get("role") or [{}])[0]).get("text", ""), org.name if org else (entry.organisation or ""),
-                    entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released, item or "")
+                    role.label if role else role_code, org.name if org else (entry.organisation or ""),
+                    entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released,
+                    ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) if released else "", item or "")
 
 
 def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
