@@ -461,6 +461,11 @@ def test_conditions_that_cannot_be_honoured_are_refused_400_naming_them(ics: Ics
         answer = ics.client.post("/fhir", headers=headers, content=json.dumps(transaction))
         assert answer.status_code == 400, answer.text
         assert f"Bundle.entry[0].request.{element}" in answer.json()["issue"][0]["diagnostics"]
+    batch = _bundle("batch", _diabetes(onsetDateTime="2001-01-01"))
+    batch["entry"][0]["request"]["ifNoneExist"] = "identifier=x"
+    entry = ics.client.post("/fhir", headers=headers, content=json.dumps(batch)).json()["entry"][0]["response"]
+    assert entry["status"] == "400 Bad Request"
+    assert entry["outcome"]["issue"][0]["location"] == ["Bundle.entry[0].request.ifNoneExist"]
     assert _count(db) == before
     assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2019-03-01"
-    assert _write_events(db) == [("deny", "deny-write-invalid")] * 11
+    assert _write_events(db) == [("deny", "deny-write-invalid")] * 12

@@ -213,6 +213,7 @@ class Contributions:
                 asked = self._entry_asked(listed[index], index)
             except MessageError as exc:
                 self._invalid(f"{exc.where}: {exc.message}")  # audited; answered as this entry's status
+                self._refused = True
                 result.entries[index] = EntryOutcome("400 Bad Request", severity="error", code="not-supported",
                                                      text=exc.message, where=exc.where)
                 continue
@@ -244,7 +245,8 @@ class Contributions:
         elif not data.get("id"):
             data["id"] = str(uuid.uuid4())
             raw = RawMessage(raw.filename, raw.location, json.dumps(data).encode(), raw.format)
-        asked = Asked("PUT" if resource_id is not None else "POST", version, "If-Match" if version else None)
+        asked = Asked("PUT" if resource_id is not None else "POST", version,
+                      "If-Match" if version is not None else None)
         return self._store_single(raw, [{"resource": data}], {(resource_type, str(data["id"])): asked})
 
     def _header_version(self, headers: Mapping[str, str], resource_id: str | None) -> int | None:
