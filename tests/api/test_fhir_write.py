@@ -349,3 +349,123 @@ def test_a_masked_copy_written_back_cannot_blank_what_the_mask_hid(ics: Ics) -> 
     shown = medication("dr.patel")
     assert shown["note"][0]["text"] == "Takes with breakfast"
     assert shown["meta"]["versionId"] == masked["meta"]["versionId"]
+
+
+# -- create and update scopes kept apart; If-Match honoured (review 3, F6 and F7) ------------------------------
+WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                         "code": "entered-in-error"}]}
+
+
+def _write_events(db: Database) -> list[tuple[str, str]]:
+    with db.session() as s:
+        events = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")
+                           .order_by(AuditEntry.seq)).all()
+    return [(e.outcome, next((d["valueString"] for x in e.event["entity"] if x.get("name") == "decision"
+                              for d in x["detail"] if d["type"] == "rule"), "")) for e in events]
+
+
+def test_a_create_only_scope_cannot_change_or_withdraw_a_held_resource(ics: Ics, db: Database) -> None:
+    """SMART v2 `.c` is create only: a PUT over the GP's diabetes, or its withdrawal, is refused 403 naming
+    the update scope it needs, audited, and the record is as it was; creating something new still works."""
+    create_only = _token(ics, "dr.patel", "user/*.rs user/Condition.c")
+    for change in (_diabetes(onsetDateTime="2001-01-01"), _diabetes(verificationStatus=WITHDRAWN)):
+        refused = ics.client.put("/fhir/Condition/gp-c1", headers=create_only, content=json.dumps(change))
+        assert refused.status_code == 403, refused.text
+        issue = refused.json()["issue"][0]
+        assert issue["code"] == "forbidden" and "user/Condition.u" in issue["diagnostics"]
+    transaction = _bundle("transaction", _diabetes(onsetDateTime="2001-01-01"),
+                          condition("gp-n1", "Patient/gp-okafor", "195967001", "Asthma"))
+    refused = ics.client.post("/fhir", headers=create_only, content=json.dumps(transaction))
+    assert refused.status_code == 403 and refused.json()["issue"][0]["location"] == ["Bundle.entry[0]"]
+    shown = _conditions(ics, ics.open_record("dr.patel"))
+    assert shown["44054006"]["onsetDateTime"] == "2019-03-01" and "195967001" not in shown  # nothing of it stored
+    created = ics.client.post("/fhir/Condition", headers=create_only,
+                              content=json.dumps(condition("gp-n2", "Patient/gp-okafor", "195967001", "Asthma")))
+    assert created.status_code == 201, created.text
+    assert _write_events(db) == [("deny", "deny-write-scope")] * 3 + [("permit", "permit-write")]
+
+
+def test_an_update_only_scope_changes_and_upserts_but_does_not_post_a_new_resource(ics: Ics) -> None:
+    """SMART v2 `.u`: an update, which may create by PUT (SMART's note on upsert); a POST is a create (`c`)."""
+    update_only = _token(ics, "dr.patel", "user/*.rs user/Condition.u")
+    updated = ics.client.put("/fhir/Condition/gp-c1", headers=update_only,
+                             content=json.dumps(_diabetes(onsetDateTime="2018-07-01")))
+    assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"', updated.text
+    asthma = condition("gp-n1", "Patient/gp-okafor", "195967001", "Asthma")
+    posted = ics.client.post("/fhir/Condition", headers=update_only, content=json.dumps(asthma))
+    assert posted.status_code == 403 and "user/Condition.c" in posted.json()["issue"][0]["diagnostics"]
+    assert ics.client.put("/fhir/Condition/gp-n1", headers=update_only, content=json.dumps(asthma)).status_code == 201
+
+
+def test_v1_write_and_v2_cu_cud_cruds_each_create_and_update(ics: Ics) -> None:
+    for number, scope in enumerate(["user/Condition.write", "user/Condition.cu", "user/Condition.cud", "user/*.cruds"]):
+        headers = _token(ics, "dr.patel", scope)
+        changed = json.dumps(_diabetes(onsetDateTime=f"20{10 + number}-01-01"))
+        updated = ics.client.put("/fhir/Condition/gp-c1", headers=headers, content=changed)
+        assert updated.status_code == 200 and updated.headers["etag"] == f'W/"{number + 2}"', (scope, updated.text)
+        new = condition(f"gp-n{number}", "Patient/gp-okafor", "195967001", "Asthma")
+        assert ics.client.post("/fhir/Condition", headers=headers, content=json.dumps(new)).status_code == 201, scope
+
+
+def test_if_match_naming_an_old_version_is_refused_412_and_changes_nothing(ics: Ics, db: Database) -> None:
+    """FHIR's version-aware update: If-Match (or an entry's request.ifMatch) naming a version other than the
+    one held is refused 412, audited, and nothing of the write is stored; naming the held one goes ahead."""
+    headers = _token(ics, "dr.patel")
+    first = ics.client.put("/fhir/Condition/gp-c1", headers=headers,
+                           content=json.dumps(_diabetes(onsetDateTime="2002-01-01")))
+    assert first.headers["etag"] == 'W/"2"'
+    stale = ics.client.put("/fhir/Condition/gp-c1", headers={**headers, "If-Match": 'W/"1"'},
+                           content=json.dumps(_diabetes(onsetDateTime="2003-01-01")))
+    assert stale.status_code == 412, stale.text
+    issue = stale.json()["issue"][0]
+    assert issue["code"] == "conflict" and "version 2 is held" in issue["diagnostics"]
+    assert issue["location"] == ["If-Match"]
+    transaction = _bundle("transaction", condition("gp-n1", "Patient/gp-okafor", "195967001", "Asthma"),
+                          _diabetes(onsetDateTime="2004-01-01"))
+    transaction["entry"][1]["request"]["ifMatch"] = 'W/"1"'
+    refused = ics.client.post("/fhir", headers=headers, content=json.dumps(transaction))
+    assert refused.status_code == 412 and refused.json()["issue"][0]["location"] == ["Bundle.entry[1].request.ifMatch"]
+    batch = _bundle("batch", condition("gp-n1", "Patient/gp-okafor", "195967001", "Asthma"),
+                    _diabetes(onsetDateTime="2004-01-01"))
+    batch["entry"][1]["request"]["ifMatch"] = 'W/"1"'
+    answered = ics.client.post("/fhir", headers=headers, content=json.dumps(batch)).json()
+    assert [e["response"]["status"] for e in answered["entry"]] == ["201 Created", "412 Precondition Failed"]
+    assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2002-01-01"
+    new = ics.client.put("/fhir/Condition/gp-new", headers={**headers, "If-Match": 'W/"1"'},
+                         content=json.dumps(condition("gp-new", "Patient/gp-okafor", "38341003", "Hypertension")))
+    assert new.status_code == 412 and "none is held" in new.json()["issue"][0]["diagnostics"]
+    current = ics.client.put("/fhir/Condition/gp-c1", headers={**headers, "If-Match": 'W/"2"'},
+                             content=json.dumps(_diabetes(onsetDateTime="2005-01-01")))
+    assert current.status_code == 200 and current.headers["etag"] == 'W/"3"', current.text
+    assert _write_events(db).count(("deny", "deny-write-version")) == 4
+
+
+def test_conditions_that_cannot_be_honoured_are_refused_400_naming_them(ics: Ics, db: Database) -> None:
+    """A conditional create, update or read is not supported: refused, never ignored, audited, nothing stored."""
+    headers = _token(ics, "dr.patel")
+    before = _count(db)
+    body = json.dumps(_diabetes(onsetDateTime="2001-01-01"))
+    for name, value in (("If-None-Exist", "identifier=x"), ("If-None-Match", "*"), ("If-Modified-Since", "x")):
+        answer = ics.client.put("/fhir/Condition/gp-c1", headers={**headers, name: value}, content=body)
+        assert answer.status_code == 400 and name in answer.json()["issue"][0]["diagnostics"], answer.text
+    for url, value in (("/fhir/Condition/gp-c1", "*"), ("/fhir/Condition/gp-c1", "three"),
+                       ("/fhir/Condition", 'W/"1"')):
+        call = ics.client.put if url.endswith("gp-c1") else ics.client.post
+        answer = call(url, headers={**headers, "If-Match": value}, content=body)
+        assert answer.status_code == 400 and "If-Match" in answer.json()["issue"][0]["diagnostics"], answer.text
+    for element, value in (("ifNoneExist", "identifier=x"), ("ifNoneMatch", "*"),
+                           ("ifModifiedSince", "2026-11-01T09:00:00Z"), ("ifMatch", "version one"),
+                           ("url", "Condition?identifier=gp-c1")):
+        transaction = _bundle("transaction", _diabetes(onsetDateTime="2001-01-01"))
+        transaction["entry"][0]["request"][element] = value
+        answer = ics.client.post("/fhir", headers=headers, content=json.dumps(transaction))
+        assert answer.status_code == 400, answer.text
+        assert f"Bundle.entry[0].request.{element}" in answer.json()["issue"][0]["diagnostics"]
+    batch = _bundle("batch", _diabetes(onsetDateTime="2001-01-01"))
+    batch["entry"][0]["request"]["ifNoneExist"] = "identifier=x"
+    entry = ics.client.post("/fhir", headers=headers, content=json.dumps(batch)).json()["entry"][0]["response"]
+    assert entry["status"] == "400 Bad Request"
+    assert entry["outcome"]["issue"][0]["location"] == ["Bundle.entry[0].request.ifNoneExist"]
+    assert _count(db) == before
+    assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2019-03-01"
+    assert _write_events(db) == [("deny", "deny-write-invalid")] * 12

@@ -577,6 +577,23 @@ def test_a_read_only_backend_cannot_ask_for_a_write_scope(registered: Ics, rsa_k
     assert "access_token" not in response.json()
 
 
+@pytest.mark.parametrize(("wanted", "given"), [("system/Condition.cu", False), ("system/Condition.write", False),
+                                              ("system/Condition.u", False), ("system/Condition.c", True),
+                                              ("system/Condition.rs", True)])
+def test_a_backend_registered_to_create_only_is_never_given_an_update_scope(
+        ics: Ics, db: Database, framework: Framework, rsa_key: RSAKey, wanted: str, given: bool) -> None:
+    """Review 3, F6: SMART v2 keeps create (`c`) and update (`u`) apart, so a registration for `.c` must not
+    yield `.cu` or v1 `.write` (create and update), which would let the backend change what it did not make."""
+    with db.session() as session:
+        add_client(session, framework, EPR, "Riverside Hospital EPR", "backend", by="cli", organisation="RXR",
+                   role="acute_clinician", jwks=KeySet([rsa_key]).as_dict(private=False),
+                   scope="system/Condition.rs system/Condition.c")
+    response = _backend_token(ics, _assertion(rsa_key), scope=wanted)
+    assert (response.status_code == 200) is given, response.text
+    if not given:
+        assert response.json()["error"] == "invalid_scope"
+
+
 def test_an_app_asking_for_write_scopes_is_given_only_the_reads_it_is_registered_for(registered: Ics) -> None:
     token = _app_token(registered, scope="launch patient/*.cruds patient/*.write user/*.*")
     granted = token["scope"].split()

@@ -207,3 +207,24 @@ def test_a_subject_identifier_that_names_no_patient_sent_is_refused_by_name(
     report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
     assert report.quarantined == 1
     assert "subject.identifier" in report.quarantine[0]["reason"] and "9990000018" in report.quarantine[0]["reason"]
+
+
+def test_a_condition_a_feed_cannot_honour_is_held_naming_the_element(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Review 3, F7: a conditional entry was taken as a plain one (its query cut off, its condition dropped).
+    A feed cannot be held to a version or a search, so the message is held, naming the element."""
+    cases = {"ifNoneExist": ("identifier=x", "conditional create"), "ifNoneMatch": ("W/\"1\"", "conditional read"),
+             "ifModifiedSince": ("2026-11-01T09:00:00Z", "conditional read"),
+             "ifMatch": ("W/\"1\"", "REST API")}
+    for number, (element, (value, said)) in enumerate(cases.items()):
+        message = _gp("transaction", patient(f"gp-{number}", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"))
+        message["entry"][0]["request"][element] = value
+        report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"gp{number}.ndjson", [message])])
+        assert report.quarantined == 1 and said in report.quarantine[0]["reason"], report.quarantine
+        assert report.quarantine[0]["where"].endswith(f"entry[0].request.{element}")
+    message = _gp("transaction", patient("gp-9", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"))
+    message["entry"][0]["request"]["url"] = "Patient/gp-9?identifier=x"
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp9.ndjson", [message])])
+    assert report.quarantined == 1 and "conditional update" in report.quarantine[0]["reason"]
+    assert report.quarantine[0]["where"].endswith("entry[0].request.url")
+    assert _stored(db) == {}

@@ -86,7 +86,7 @@ def _response_entry(outcome: EntryOutcome) -> dict[str, Any]:
 async def write_bundle(request: Request, contributions: ContributionsDep) -> JSONResponse:
     """A batch answers 200 with each entry's own status; a transaction 200 when all of it was stored, else
     the status of its refusal (nothing of it stored) with an OperationOutcome naming the entry."""
-    result = contributions.write_bundle(await _body(request), "HTTP POST /fhir")
+    result = contributions.write_bundle(await _body(request), "HTTP POST /fhir", request.headers)
     if result.refused is not None:
         return _single(result)
     body = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{result.bundle_type}-response",
@@ -104,11 +104,11 @@ async def update_resource(resource_type: str, resource_id: str, request: Request
                           contributions: ContributionsDep) -> JSONResponse:
     _kept(resource_type)
     return _single(contributions.write_resource(await _body(request), f"HTTP PUT /fhir/{resource_type}",
-                                                resource_type, resource_id))
+                                                resource_type, resource_id, request.headers))
 
 
 @router.post("/{resource_type}", openapi_extra=BODY)
 async def create_resource(resource_type: str, request: Request, contributions: ContributionsDep) -> JSONResponse:
     _kept(resource_type)
     return _single(contributions.write_resource(await _body(request), f"HTTP POST /fhir/{resource_type}",
-                                                resource_type, None))
+                                                resource_type, None, request.headers))

@@ -22,7 +22,13 @@ class Scope:
     level: str  # patient | user | system
     resource_type: str  # "*" or a FHIR type
     reads: bool  # whether it allows reading (v1 read or *, v2 r or s)
-    writes: bool  # whether it allows creating or updating (v1 write or *, v2 c or u)
+    creates: bool  # whether it allows creating a resource (v1 write or *, v2 c)
+    updates: bool  # whether it allows changing a held one, a withdrawal too (v1 write or *, v2 u; SMART lets an
+    # update by PUT create a resource too: "upsert")
+
+    @property
+    def writes(self) -> bool:
+        return self.creates or self.updates
 
 
 def parse(scope: str) -> Scope | None:
@@ -33,8 +39,9 @@ def parse(scope: str) -> Scope | None:
     permission = found.group(3)
     v2 = permission not in ("read", "write", "*")
     reads = permission in ("read", "*") or (v2 and bool(set(permission) & {"r", "s"}))
-    writes = permission in ("write", "*") or (v2 and bool(set(permission) & {"c", "u"}))
-    return Scope(found.group(1), found.group(2), reads, writes)
+    creates = permission in ("write", "*") or (v2 and "c" in permission)
+    updates = permission in ("write", "*") or (v2 and "u" in permission)
+    return Scope(found.group(1), found.group(2), reads, creates, updates)
 
 
 def is_known(scope: str) -> bool:
@@ -57,13 +64,14 @@ def patient_level_only(scopes: str) -> bool:
 
 def covers(granted: str, wanted: str) -> bool:
     """Whether a registered scope `granted` allows a client to be given `wanted` (`user/*.read` covers
-    `user/Observation.rs`, never `user/*.*`: a read-only registration must not yield a write token);
-    context scopes must be registered as they are."""
+    `user/Observation.rs`, never `user/*.*`: a read-only registration must not yield a write token, nor a
+    create-only one `.cu`); context scopes must be registered as they are."""
     if granted == wanted:
         return True
     have, want = parse(granted), parse(wanted)
     return (have is not None and want is not None and have.level == want.level
             and (want.reads or want.writes)
-            and (have.reads or not want.reads) and (have.writes or not want.writes)
+            and (have.reads or not want.reads) and (have.creates or not want.creates)
+            and (have.updates or not want.updates)
             and have.resource_type in ("*", want.resource_type)
             and (want.resource_type != "*" or have.resource_type == "*"))

@@ -7,6 +7,12 @@ in `meta.source`, and a message that declares another is refused. What is allowe
 same pipeline as a file (validation, provenance, identity linking, idempotence, event-time ordering,
 quarantine); nothing is written to the store here. Every write, and every refusal, is audited.
 
+What a write does is known only as it is stored, so two rules are checked then, in its own transaction,
+and a write that breaks one is undone and answered (`WriteRefused`): creating a resource needs a create
+scope (`c`, or `u` by PUT: SMART lets an update create), changing a held one (a withdrawal too) an update
+scope (`u`); and a version named by `If-Match` (or an entry's `request.ifMatch`) must be the one held, else
+412, as FHIR's version-aware update says. Conditions that cannot be honoured are refused with a 400.
+
 A practice's write that gives it its first record of a person already in the shared record (the MPI
 linked the new Patient to someone other organisations hold) is that practice's own claim to a care
 relationship, not evidence of one: it is queued for IG review at once ("new source record for an existing
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,21 +45,26 @@ from sharedcare.governance.policy import Actor
 from sharedcare.governance.review import flag_new_source_record
 from sharedcare.governance.scopes import write_scopes
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
-from sharedcare.ingest.fhir_bundle import parse_message
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage
-from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
+from sharedcare.ingest.fhir_bundle import etag_version, parse_message, read_messages, request_version, stage_fhir_write
+from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, WriteRefused
+from sharedcare.ingest.pipeline import IngestReport, Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
 
 STATUS_TEXT = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK", "stale": "409 Conflict"}
+REFUSED_TEXT = {403: ("403 Forbidden", "forbidden"), 412: ("412 Precondition Failed", "conflict")}
+# HTTP conditions a write cannot be held to (FHIR R4's conditional create and read): refused, not ignored
+UNSUPPORTED_HEADERS = ("If-None-Exist", "If-None-Match", "If-Modified-Since")
+WRITE_ADAPTER = Adapter(read_messages, stage_fhir_write)  # a write as it is made: it may name versions
 
 
-def writable_types(scopes: str) -> frozenset[str] | None:
-    """The resource types a token's scopes allow writing: None for every type, else the named ones (maybe
-    none). Patient-level scopes never write: a citizen's app reads their record, it does not feed it."""
+def writable_types(scopes: str, allows: str = "writes") -> frozenset[str] | None:
+    """The resource types a token's scopes allow writing (`allows`: "writes", or only "creates" or
+    "updates"): None for every type, else the named ones (maybe none). Patient-level scopes never write:
+    a citizen's app reads their record, it does not feed it."""
     types: set[str] = set()
     for scope in write_scopes(scopes):
-        if scope.level == "patient":
+        if scope.level == "patient" or not getattr(scope, allows):
             continue
         if scope.resource_type == "*":
             return None
@@ -86,6 +97,16 @@ class EntryOutcome:
         return f"{self.resource_type}/{self.resource_id}/_history/{self.version}"
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What one resource's write asked for: its method (a PUT may create: SMART's upsert), the version it
+    must replace (If-Match, None for any), and where the request says so (the element a refusal names)."""
+
+    method: str
+    version: int | None = None
+    where: str | None = None
+
+
 @dataclass
 class WriteResult:
     bundle_type: str | None  # batch | transaction, or None for a single resource
@@ -106,6 +127,7 @@ class Contributions:
         self.request_id = request_id
         self.source_address = source_address
         self._new_patients: set[str] = set()  # source ids of the Patients this request created
+        self._refused = False  # a refusal of (part of) this request was audited already
         with db.session() as session:
             self.agreements: dict[str, Agreement] = effective_agreements(session, fw)
 
@@ -155,11 +177,12 @@ class Contributions:
             raise self._refuse("deny-write-scope", f"the access token's scopes do not allow writing {missing}")
 
     # -- writes --------------------------------------------------------------------------------------
-    def write_bundle(self, payload: bytes, what: str) -> WriteResult:
+    def write_bundle(self, payload: bytes, what: str, headers: Mapping[str, str]) -> WriteResult:
         """A batch (each entry on its own) or transaction (all or nothing) Bundle."""
         raw = RawMessage(what, f"request {self.request_id}", payload, "fhir")
         data = self._parsed(raw)
         self._authorise(data)
+        self._header_version(headers, None)  # conditions are named per entry (`request.ifMatch`), not here
         if data is None:
             return self._store_single(raw, None)  # quarantined with the parse error, answered 400
         kind = data.get("type")
@@ -170,7 +193,13 @@ class Contributions:
         if not isinstance(listed, list):
             raise self._invalid("Bundle.entry must be a list of entries")
         if kind == "transaction":
-            result = self._store_single(raw, listed)
+            asked: dict[tuple[str, str], Asked] = {}
+            for number, entry in enumerate(listed):
+                try:
+                    asked.update(self._entry_asked(entry, number))
+                except MessageError as exc:
+                    raise self._invalid(f"{exc.where}: {exc.message}") from exc
+            result = self._store_single(raw, listed, asked)
             result.bundle_type = "transaction"
             return result
         result = WriteResult("batch", [EntryOutcome("400 Bad Request", severity="error", code="required",
@@ -180,19 +209,30 @@ class Contributions:
             index = entry_index(part)
             if index is None:  # an empty batch is not split: nothing to answer for
                 continue
-            outcomes, _ = self._ingest(pipeline, part, [listed[index]], report_all)
+            try:
+                asked = self._entry_asked(listed[index], index)
+            except MessageError as exc:
+                self._invalid(f"{exc.where}: {exc.message}")  # audited; answered as this entry's status
+                self._refused = True
+                result.entries[index] = EntryOutcome("400 Bad Request", severity="error", code="not-supported",
+                                                     text=exc.message, where=exc.where)
+                continue
+            outcomes, _ = self._ingest(pipeline, part, [listed[index]], report_all, asked)
             result.entries[index] = outcomes[0]
         self._audit_written(result.entries, report_all)
         return result
 
-    def write_resource(self, payload: bytes, what: str, resource_type: str, resource_id: str | None) -> WriteResult:
+    def write_resource(self, payload: bytes, what: str, resource_type: str, resource_id: str | None,
+                       headers: Mapping[str, str]) -> WriteResult:
         """PUT (create or update; `resource_id` the source's id, or the server id of a resource this
-        organisation sent) or POST (create; the body's id is the source's, or one is given)."""
+        organisation sent; `If-Match` the version it replaces) or POST (create; the body's id is the
+        source's, or one is given)."""
         raw = RawMessage(what, f"request {self.request_id}", payload, "fhir")
         data = self._parsed(raw)
         self._authorise(data)
         if data is None:
             return self._store_single(raw, None)
+        version = self._header_version(headers, resource_id)
         if data.get("resourceType") != resource_type:
             raise self._invalid(f"the body is a {data.get('resourceType')}, but the URL names {resource_type}")
         if resource_id is not None:
@@ -205,7 +245,37 @@ class Contributions:
         elif not data.get("id"):
             data["id"] = str(uuid.uuid4())
             raw = RawMessage(raw.filename, raw.location, json.dumps(data).encode(), raw.format)
-        return self._store_single(raw, [{"resource": data}])
+        asked = Asked("PUT" if resource_id is not None else "POST", version,
+                      "If-Match" if version is not None else None)
+        return self._store_single(raw, [{"resource": data}], {(resource_type, str(data["id"])): asked})
+
+    def _header_version(self, headers: Mapping[str, str], resource_id: str | None) -> int | None:
+        """The version a PUT's `If-Match` names; a 400 (audited) for a condition that cannot be honoured:
+        If-Match anywhere but on a PUT, or not naming a version; conditional create or read headers."""
+        for name in UNSUPPORTED_HEADERS:
+            if name in headers:
+                raise self._invalid(f"the {name} header (a conditional create or read) is not supported: send the "
+                                    "write without it")
+        if "If-Match" not in headers:
+            return None
+        version = etag_version(headers["If-Match"])
+        if resource_id is None or version is None:
+            raise self._invalid(f"If-Match '{headers['If-Match']}' is not supported: it names the version an update "
+                                'replaces, as W/"<versionId>", on a PUT to the resource (or on each entry of a '
+                                "Bundle, as request.ifMatch)")
+        return version
+
+    @staticmethod
+    def _entry_asked(entry: Any, index: int) -> dict[tuple[str, str], Asked]:
+        """What a Bundle entry's request asks for, by its resource; MessageError for what cannot be honoured."""
+        request = entry.get("request") if isinstance(entry, dict) else None
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(request, dict) or not isinstance(resource, dict):
+            return {}
+        where = f"Bundle.entry[{index}]"
+        version = request_version(request, where)
+        return {(str(resource.get("resourceType")), str(resource.get("id"))): Asked(
+            str(request.get("method")), version, f"{where}.request.ifMatch" if version is not None else where)}
 
     def _source_id(self, resource_type: str, resource_id: str) -> str:
         """A PUT to a server id this organisation's resource is served at updates that resource."""
@@ -221,11 +291,12 @@ class Contributions:
         except MessageError:
             return None
 
-    def _store_single(self, raw: RawMessage, listed: list[Any] | None) -> WriteResult:
-        """One message, stored whole or quarantined whole."""
+    def _store_single(self, raw: RawMessage, listed: list[Any] | None,
+                      asked: dict[tuple[str, str], Asked] | None = None) -> WriteResult:
+        """One message, stored whole or quarantined (or refused) whole."""
         report = IngestReport()
         pipeline = Pipeline(self.db, self.fw, sender=self.actor.username)
-        outcomes, staged = self._ingest(pipeline, raw, listed or [], report)
+        outcomes, staged = self._ingest(pipeline, raw, listed or [], report, asked or {})
         result = WriteResult(None)
         if staged is None:
             result.refused = outcomes[0]
@@ -236,11 +307,19 @@ class Contributions:
         self._audit_written(result.entries if staged else [], report)
         return result
 
-    def _ingest(self, pipeline: Pipeline, raw: RawMessage, listed: list[Any],
-                report: IngestReport) -> tuple[list[EntryOutcome], StagedMessage | None]:
+    def _ingest(self, pipeline: Pipeline, raw: RawMessage, listed: list[Any], report: IngestReport,
+                asked: dict[tuple[str, str], Asked]) -> tuple[list[EntryOutcome], StagedMessage | None]:
         """Run one message through the pipeline; one outcome per entry of `listed` (or one for a refusal)."""
         held = len(report.quarantine)
-        staged = pipeline.ingest_message(ADAPTERS["fhir"], raw, self.actor.organisation, report, self.agreements)
+        try:
+            staged = pipeline.ingest_message(WRITE_ADAPTER, raw, self.actor.organisation, report, self.agreements,
+                                             then=self._as_asked(asked))
+        except WriteRefused as refused:  # undone: audited, and answered with its own status
+            self._refused = True
+            self._audit("deny", None, rule_id=refused.rule_id, reason=refused.message)
+            status, code = REFUSED_TEXT[refused.status]
+            return [EntryOutcome(status, severity="error", code=code, text=refused.message,
+                                 where=refused.where)], None
         if staged is None:
             problem = report.quarantine[held]
             return [EntryOutcome("422 Unprocessable Entity", severity="error", code="processing",
@@ -269,6 +348,32 @@ class Contributions:
                                          "conflict" if item.outcome == "stale" else "informational",
                                          texts[item.outcome]))
         return outcomes, staged
+
+    def _as_asked(self, asked: dict[tuple[str, str], Asked]) -> Callable[[Session, StagedMessage], None]:
+        """The check of what a write did, before it is committed (see the module's docstring)."""
+        creatable, updatable = writable_types(self.scopes, "creates"), writable_types(self.scopes, "updates")
+        level = next((s.level for s in write_scopes(self.scopes) if s.level != "patient"), "user")
+
+        def check(_: Session, staged: StagedMessage) -> None:
+            for item in staged.resources:
+                kind, named = item.resource_type, f"{item.resource_type}/{item.source_id}"
+                wanted = asked.get((kind, item.source_id), Asked("POST"))
+                if item.outcome == "created" and not (_among(creatable, kind) or (
+                        wanted.method == "PUT" and _among(updatable, kind))):
+                    raise WriteRefused(403, "deny-write-scope", f"{named} is not held yet, and creating it needs "
+                                       f"the scope {level}/{kind}.c (or .write), which the access token has not",
+                                       wanted.where)
+                if item.outcome in ("updated", "stale") and not _among(updatable, kind):
+                    raise WriteRefused(403, "deny-write-scope", f"{named} is held already, and changing it (an "
+                                       f"update, or a withdrawal as entered-in-error) needs the scope "
+                                       f"{level}/{kind}.u (or .write), which the access token has not: it may only "
+                                       f"create {kind}", wanted.where)
+                if wanted.version is not None and item.held_version != wanted.version:
+                    held = f"version {item.held_version} is held" if item.held_version else "none is held"
+                    raise WriteRefused(412, "deny-write-version", f"{named}: If-Match names version "
+                                       f"{wanted.version}, but {held}; read it again and make the change to the "
+                                       "version held", wanted.where)
+        return check
 
     def _versions(self, ids: list[str]) -> dict[str, tuple[int, datetime]]:
         with self.db.session() as session:
@@ -310,6 +415,8 @@ class Contributions:
         detail = {"accepted": str(report.accepted), "unchanged": str(report.unchanged), "stale": str(report.stale),
                   "quarantined": ",".join(f"#{q['id']}" for q in report.quarantine)}
         written = [o for o in outcomes if o.location is not None]
+        if not written and not report.quarantine and self._refused:
+            return  # its refusal is audited already
         with self.db.session() as session:
             persons: dict[str, list[EntryOutcome]] = {}
             for outcome in written:
@@ -324,3 +431,6 @@ class Contributions:
                         rule_id="permit-write" if written else "deny-write-quarantined", detail=detail,
                         fhir_action="C" if created else "U" if theirs else self.asked)
 
+
+def _among(types: frozenset[str] | None, resource_type: str) -> bool:
+    return types is None or resource_type in types

@@ -201,8 +201,11 @@ class _References:
                     self.rewrite(item)
 
 
-def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
-    """Check and shape one FHIR message; raise MessageError on the first problem, located."""
+def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = None,
+               versioned: bool = False) -> StagedMessage:
+    """Check and shape one FHIR message; raise MessageError on the first problem, located. `versioned`: a
+    write over the REST API, whose entries may name the version they replace (`request.ifMatch`, checked
+    by `ingest.contributions` as the write is stored); a file feed or a quarantine replay cannot."""
     data = parse_message(raw)
     org, system = _source_of(data, raw, fw, source_override)
     with sent_by(org):
@@ -214,7 +217,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             listed = data.get("entry") or []
             if not isinstance(listed, list):
                 raise MessageError("Bundle.entry must be a list of entries", raw.where)
-            _check_requests(listed, raw)
+            _check_requests(listed, raw, versioned)
             entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
             message_time = _timestamp(data.get("timestamp"), received)
             message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
@@ -272,9 +275,49 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
         return staged
 
 
-def _check_requests(entries: list[Any], raw: RawMessage) -> None:
+def stage_fhir_write(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
+    """A FHIR write over the REST API, as it is made (see `stage_fhir`)."""
+    return stage_fhir(raw, fw, source_override, versioned=True)
+
+
+# Conditional interactions (FHIR R4 RESTful API) that are not supported: refused, naming the element, rather
+# than ignored (a write must not go ahead without the guard its sender asked for).
+UNSUPPORTED_CONDITIONS = {"ifNoneExist": "conditional create", "ifNoneMatch": "a conditional read",
+                          "ifModifiedSince": "a conditional read"}
+
+
+def etag_version(value: object) -> int | None:
+    """The version an ETag names (`W/"3"`, or `"3"`), or None when it names none."""
+    version = value.strip().removeprefix("W/").strip('"') if isinstance(value, str) else ""
+    return int(version) if version.isascii() and version.isdigit() else None  # isdigit alone passes "²"
+
+
+def request_version(request: dict[str, Any], where: str) -> int | None:
+    """The version a transaction or batch entry's update must replace (`request.ifMatch`), or None; a
+    MessageError naming the element for a condition that cannot be honoured (a search in the URL,
+    `ifNoneExist`, `ifNoneMatch`, `ifModifiedSince`, an `ifMatch` that is not a version or not on a PUT)."""
+    url = str(request.get("url") or "")
+    if "?" in url:
+        kind = "update" if request.get("method") == "PUT" else "create"
+        raise MessageError(f"request.url '{url}' is a conditional {kind} (a search): not supported; name the "
+                           "resource as Type/id", f"{where}.request.url")
+    for name, what in UNSUPPORTED_CONDITIONS.items():
+        if request.get(name) is not None:
+            raise MessageError(f"request.{name} ({what}) is not supported: send the entry without it",
+                               f"{where}.request.{name}")
+    if request.get("ifMatch") is None:
+        return None
+    version = etag_version(request["ifMatch"])
+    if request.get("method") != "PUT" or version is None:
+        raise MessageError(f"request.ifMatch '{request['ifMatch']}' is not supported: it names the version an update "
+                           'replaces, as W/"<versionId>", on a PUT', f"{where}.request.ifMatch")
+    return version
+
+
+def _check_requests(entries: list[Any], raw: RawMessage, versioned: bool) -> None:
     """A transaction or batch entry's request must agree with its resource; deletes are not taken
-    (a source withdraws a resource by sending it with status entered-in-error, so history is kept)."""
+    (a source withdraws a resource by sending it with status entered-in-error, so history is kept), nor
+    conditions (`request_version`); a version named (`ifMatch`) only in a write over the REST API."""
     for index, entry in enumerate(entries):
         request = entry.get("request") if isinstance(entry, dict) else None
         if not isinstance(request, dict):
@@ -286,10 +329,14 @@ def _check_requests(entries: list[Any], raw: RawMessage) -> None:
                                " entered-in-error, so that its history is kept", where)
         if method not in ("POST", "PUT"):
             raise MessageError(f"request.method '{method}' is not accepted here (POST or PUT)", where)
+        if request_version(request, where) is not None and not versioned:
+            raise MessageError("request.ifMatch is honoured only in a write over the FHIR REST API, as it is made: "
+                               "a file feed (or a replay) is ordered by event time, not by versions",
+                               f"{where}.request.ifMatch")
         resource = entry.get("resource")
         if method == "PUT" and isinstance(resource, dict):
             expected = f"{resource.get('resourceType')}/{resource.get('id')}"
-            if url.split("?")[0] != expected:
+            if url != expected:
                 raise MessageError(f"request.url '{url}' does not name the entry's resource ({expected})", where)
 
 

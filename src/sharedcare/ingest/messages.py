@@ -39,6 +39,18 @@ class MessageError(SharedcareError):
         self.source_org = source_org
 
 
+class WriteRefused(SharedcareError):
+    """A FHIR write refused inside its own transaction, once what it would do is known (it would change a
+    held resource without an update scope, or the version it named is not the one held): raised by the
+    check `Pipeline.ingest_message` runs before committing, it undoes the message and reaches the writer
+    as its answer (`status`, 403 or 412), never quarantine: sending it again as it was cannot succeed."""
+
+    def __init__(self, status: int, rule_id: str, message: str, where: str | None = None) -> None:
+        super().__init__(message, where)
+        self.status = status
+        self.rule_id = rule_id
+
+
 @contextmanager
 def sent_by(org: str | None) -> Iterator[None]:
     """A MessageError raised inside names `org` (when known) as its sender, unless it names one already."""
@@ -141,6 +153,7 @@ class StagedResource:
     recorded_at: datetime
     patient_source_id: str
     outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
+    held_version: int | None = None  # set when stored: the version held before (None: there was none)
     content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored
     category: str = ""  # its data category (governance/classify.py), filled in by staging, else when stored
     # The content's JSON text either side of its meta, and the meta (`around_meta`), filled in by staging

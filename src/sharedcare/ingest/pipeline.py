@@ -42,6 +42,7 @@ from sharedcare.ingest.messages import (
     MessageError,
     RawMessage,
     StagedMessage,
+    WriteRefused,
     certificate_in,
     content_hash,
     sent_by,
@@ -372,7 +373,8 @@ class Pipeline:
         in the message's own transaction (a listener's message on its own: one transaction, not two).
         `certified`: who sent it over TLS and the organisations it may send for (`ingest/mllp.py`); `then`
         runs in the message's own transaction once it is stored (the listener's audit entry: no second
-        transaction a message)."""
+        transaction a message); a WriteRefused it raises undoes the message and reaches the caller (a FHIR
+        write's check of its scopes and If-Match against what the write turned out to do)."""
         report.messages += 1
         try:
             stored, (accepted, unchanged, stale) = self._accept(adapter, raw, source, agreements, staged=staged,
@@ -444,7 +446,7 @@ class Pipeline:
                     if then is not None:
                         then(session, staged)
                 return staged, counts
-            except (MessageError, OperationalError, InterfaceError):
+            except (MessageError, WriteRefused, OperationalError, InterfaceError):
                 raise
             except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
                 log.exception("unexpected failure on %s", raw.where)
@@ -511,6 +513,7 @@ class Pipeline:
                                    raw.where)
             digest = item.content_hash or content_hash(item.sent_content())
             row = existing.get(item.server_id)
+            item.held_version = row.version if row is not None else None
             if row is not None and row.content_hash == digest:
                 if item.recorded_at > row.recorded_at:  # the same content, confirmed by a newer event
                     _update_resource(session, row, {"recorded_at": item.recorded_at, "message_id": staged.message_id})
