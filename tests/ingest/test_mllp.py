@@ -167,14 +167,14 @@ def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_
     """Each message is checked against the agreements as they stand when it is stored, in its own transaction."""
     first = A01.format(dob="19450302").encode("latin-1")
     with db.session() as s:
-        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
     (held_ack,) = _exchange(listener, first)
     assert _segment(held_ack, "MSA")[1] == "AE" and "no signed agreement in force" in _segment(held_ack, "MSA")[3]
     assert _segment(held_ack, "ERR")[3] == "207^Application internal error^HL70357"  # 0357 has none for policy
     with db.session() as s:
         assert s.scalars(select(PatientRecord)).all() == []
         assert s.scalars(select(Quarantine.payload)).one() == first
-        set_agreement(s, framework, "RXR", "signed", by="ig.morgan")
+        set_agreement(s, framework, "RXR", "signed", by="ig.morgan", reason="")
     (ack,) = _exchange(listener, first)
     assert _segment(ack, "MSA")[1] == "AA"
     with db.session() as s:
@@ -217,7 +217,7 @@ def test_an_agreement_suspended_mid_stream_refuses_the_very_next_message_on_the_
 
         assert _segment(send(first), "MSA")[1] == "AA"
         with db.session() as s:
-            set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+            set_agreement(s, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
         held = send(second)
     assert _segment(held, "MSA")[1:3] == ["AE", "MSG002"] and "no signed agreement" in _segment(held, "MSA")[3]
     with db.session() as s:

@@ -184,13 +184,56 @@ def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: 
     _sign_in(ics)
     board = ics.client.get("/ig/agreements").text
     assert "Riverside Community Healthcare NHS Trust" in board and "Dr Priya Nair, Caldicott Guardian" in board
-    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended"}, follow_redirects=False)
+    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "breach reported"},
+                           follow_redirects=False)
     assert done.status_code == 303
     assert "agreement now suspended" in ics.client.get(done.headers["location"]).text
     locked = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse)
     assert locked.status_code == 403 and "deny-actor-agreement" in locked.text
     ics.client.post("/ig/agreements/RYC", data={"status": "signed"})
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200
+
+
+def test_suspending_says_what_it_will_do_and_asks_why_before_anything_changes(ics: Ics) -> None:
+    """Journey 7: a care home reports a breach. The board's Suspend leads to a page saying, in words, what
+    suspending does; without a reason nothing changes; the reason goes into the audit entry and the board's
+    history."""
+    nurse = ics.open_record("dn.williams")
+    _sign_in(ics)
+    board = ics.client.get("/ig/agreements").text
+    assert 'href="/ig/agreements/RYC/suspended"' in board
+    confirm = ics.client.get("/ig/agreements/RYC/suspended")
+    count = sum(1 for u in _framework(ics).users.values() if u.organisation == "RYC")
+    users = f"{count} user" + ("s" if count != 1 else "")
+    assert confirm.status_code == 200
+    assert (f"Suspending Riverside Community Healthcare NHS Trust's agreement hides its information from every "
+            f"partner and stops its {users} opening any record") in confirm.text
+    asked = ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "  "})
+    assert asked.status_code == 400 and "Say why" in asked.text and "stops its" in asked.text
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200  # unchanged
+    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended",
+                                                        "reason": "Data breach reported by the trust on 3 Dec"})
+    assert done.status_code == 200 and f"Its {users} {'is' if count == 1 else 'are'} refused every record" in done.text
+    assert "Reason: Data breach reported by the trust on 3 Dec" in done.text  # the board's history
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 403
+    with _db(ics).session() as s:
+        (entry,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set")).all()
+    assert details(entry)["reason"] == "Data breach reported by the trust on 3 Dec" and entry.username == "ig.morgan"
+
+
+def test_an_ig_officer_cannot_suspend_or_end_her_own_organisations_agreement_from_the_workspace(ics: Ics) -> None:
+    """Suspending the ICB would stop its users, the officer among them, opening any record: the board
+    offers no Suspend for it, and a request to is refused in words naming the CLI; nothing changes."""
+    _sign_in(ics)
+    board = ics.client.get("/ig/agreements").text
+    assert "/ig/agreements/QRD/suspended" not in board and "This is your own organisation" in board
+    for status in ("suspended", "ended"):
+        page = ics.client.post("/ig/agreements/QRD", data={"status": status, "reason": "testing"})
+        assert page.status_code == 400 and "your own organisation&#39;s agreement (QRD)" in page.text
+        assert "sharedcare agreements set QRD" in page.text
+        assert ics.client.get(f"/ig/agreements/QRD/{status}").status_code == 400
+    with _db(ics).session() as s:
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set")).all() == []
 
 
 def test_a_draft_agreement_without_signatories_cannot_be_signed_here(ics: Ics) -> None:

@@ -18,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
 from sharedcare.governance import access_log, one_time_codes, review
-from sharedcare.governance.agreements import effective_agreements, set_agreement
+from sharedcare.governance.agreements import AgreementEvent, agreement_history, effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal_in
 from sharedcare.governance.consent import (
     Choices,
@@ -98,9 +99,26 @@ class IgWorkspace:
         self._require("governance:agreement:set")
         return effective_agreements(self.session, self.fw)
 
-    def set_agreement(self, org: str, status: AgreementStatus) -> Agreement:
+    def agreement_history(self) -> dict[str, list[AgreementEvent]]:
         self._require("governance:agreement:set")
-        return set_agreement(self.session, self.fw, org, status, by=self.actor.username)
+        return agreement_history(self.session)
+
+    def may_change_agreement(self, org: str, status: AgreementStatus) -> None:
+        """Refuse suspending or ending the officer's own organisation's agreement here: it would stop every
+        user of it opening a record, the officer among them (the queue's patients could no longer be seen),
+        from a page she might then not put right. The CLI, run by the server's operator, still can."""
+        self._require("governance:agreement:set")
+        if status != "signed" and org == self.actor.organisation:
+            verb = "suspend" if status == "suspended" else "end"
+            raise SharedcareError(
+                f"you cannot {verb} your own organisation's agreement ({org}) from this workspace: it would stop "
+                "every one of its users, you among them, opening any record. If it must be done, the server's "
+                f"operator runs `sharedcare agreements set {org} --status {status} --reason \"...\"`",
+                where="agreements")
+
+    def set_agreement(self, org: str, status: AgreementStatus, reason: str) -> Agreement:
+        self.may_change_agreement(org, status)
+        return set_agreement(self.session, self.fw, org, status, by=self.actor.username, reason=reason)
 
     def check(self, permission: str) -> None:
         """Refuse (audited) unless the role has this permission: for pages that show a form before any data."""
