@@ -83,16 +83,23 @@ class IgWorkspace:
         self._require("governance:review:work")
         review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
 
-    def search(self, limit: int, **criteria: object) -> access_log.Found:
+    def search(self, limit: int, nhs_number: str | None = None, **criteria: object) -> access_log.Found:
         """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and
-        what they were shown)."""
+        what they were shown). An NHS number (valid: the caller checks) is resolved to every person holding
+        it through the MPI's links; its entry keeps the persons and the number's last four digits, as a
+        choices look-up does, not the number."""
         self._require("governance:audit:search")
+        recorded = dict(criteria)
+        if nhs_number is not None:
+            persons = access_log.persons_with(self.session, nhs_number)
+            criteria["persons"] = persons
+            recorded |= {"nhs_number_suffix": nhs_number[-4:], "persons": " ".join(persons) or "none"}
         found = access_log.search_page(self.session, limit, **criteria)
         record_audit(self.session, AuditRecord(
             AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None,
             organisation=self.actor.organisation or None, purpose="governance",
-            detail=found.audit_detail(criteria)))
+            detail=found.audit_detail(recorded)))
         return found
 
     def agreements(self) -> dict[str, Agreement]:

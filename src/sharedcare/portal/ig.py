@@ -152,13 +152,14 @@ def audit_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
 
 @router.post("/audit", response_class=HTMLResponse)
 def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotated[str, Form()] = "",
+                 nhs_number: Annotated[str, Form()] = "",
                  user: Annotated[str, Form()] = "", organisation: Annotated[str, Form()] = "",
                  from_day: Annotated[str, Form()] = "", from_month: Annotated[str, Form()] = "",
                  from_year: Annotated[str, Form()] = "", to_day: Annotated[str, Form()] = "",
                  to_month: Annotated[str, Form()] = "", to_year: Annotated[str, Form()] = "") -> Response:
-    form = {"patient": patient, "user": user, "organisation": organisation, "from_day": from_day,
-            "from_month": from_month, "from_year": from_year, "to_day": to_day, "to_month": to_month,
-            "to_year": to_year}
+    form = {"patient": patient, "nhs_number": nhs_number, "user": user, "organisation": organisation,
+            "from_day": from_day, "from_month": from_month, "from_year": from_year, "to_day": to_day,
+            "to_month": to_month, "to_year": to_year}
     bounds: dict[str, datetime | None] = {"from": None, "to": None}
     for prefix, parts in (("from", (from_day, from_month, from_year)), ("to", (to_day, to_month, to_year))):
         if any(p.strip() for p in parts):
@@ -169,8 +170,15 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
                                    error_field=f"{prefix}-day")
             bounds[prefix] = datetime.combine(day, time(), tzinfo=UTC)
     until = bounds["to"] + timedelta(days=1) if bounds["to"] else None  # the "to" day is included
-    found = ig.search(FOUND, patient_id=patient.strip() or None, username=user.strip() or None,
-                      organisation=organisation or None, since=bounds["from"], until=until)
+    number = normalise(nhs_number)
+    if number and not is_valid(number):  # a citizen's complaint gives the number: say which rule it breaks
+        why = ("is not 10 digits" if not (number.isdigit() and len(number) == 10)
+               else "fails the modulus 11 check (a digit mistyped, or two swapped)")
+        return _audit_page(request, ig, fw, 400, form=form, error=f"NHS number: {nhs_number.strip()} {why}",
+                           error_field="nhs_number")
+    found = ig.search(FOUND, nhs_number=number or None, patient_id=patient.strip() or None,
+                      username=user.strip() or None, organisation=organisation or None, since=bounds["from"],
+                      until=until)
     return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in found.entries],
                        more=found.more)
 
