@@ -92,7 +92,7 @@ def _change(db: Database, fw: Framework, people: list[str]) -> int:
         nhs = s.scalars(select(PatientRecord.nhs_number).where(PatientRecord.person_id == people[1])).first()
         assert nhs is not None  # noqa: S101 - the synthetic ICS gives every person one
         set_choice(s, nhs, by="bench", object_all=True)
-        set_agreement(s, fw, "RYC", "suspended", by="bench")
+        set_agreement(s, fw, "RYC", "suspended", by="bench", reason="a breach reported")
         merged = merge_persons(s, people[2], people[3], by="bench", reason="same person after review").id
         for person in (people[-1], people[4]):
             rows = s.execute(select(Resource.id, Resource.content, Resource.version)
@@ -140,7 +140,7 @@ def read(store: Path, database: str, out: TextIO) -> None:
         phase("changed")
         with db.session() as s:
             unmerge(s, merged, by="bench", reason="different people after all")
-            set_agreement(s, fw, "RYC", "signed", by="bench")
+            set_agreement(s, fw, "RYC", "signed", by="bench", reason="")
             s.commit()
         phase("restored")
         with db.session() as s:

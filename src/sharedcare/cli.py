@@ -666,8 +666,11 @@ def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 def agreements_set(
     org: Annotated[str, typer.Argument(help="ODS code of the organisation.")],
     status: Annotated[str, typer.Option(help="draft, signed, suspended or ended.")],
+    reason: Annotated[str, typer.Option(help="Why (required to suspend or end): kept in the audit log and shown "
+                                             "on the IG agreements board.")] = "",
 ) -> None:
-    """Change an organisation's agreement status; takes effect on the next request (audited)."""
+    """Change an organisation's agreement status; takes effect on the next request (audited with the reason).
+    Suspending or ending one hides its data from every partner and refuses its users every record."""
     from sharedcare.governance.agreements import set_agreement
 
     if status not in {"draft", "signed", "suspended", "ended"}:
@@ -675,7 +678,8 @@ def agreements_set(
     fw = _framework()
     try:
         with _database().session() as session:
-            agreement = set_agreement(session, fw, org, status, by=OPERATOR)  # type: ignore[arg-type]
+            agreement = set_agreement(session, fw, org, status, by=OPERATOR,  # type: ignore[arg-type]
+                                      reason=reason)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{org}: agreement now {agreement.status}")

@@ -55,7 +55,7 @@ def _calls(ics: Ics) -> list[tuple[str, str, str]]:
     """(method, route path, URL) for every route, path parameters naming Mr Okafor's record."""
     values = {"patient_id": ics.okafor, "person_id": ics.okafor, "resource_type": "Condition",
               "resource_id": "gp-c1", "version_id": "1", "group_id": "P81001", "job_id": "1",
-              "file_name": "Condition.ndjson", "item_id": "1", "org": "RXR",
+              "file_name": "Condition.ndjson", "item_id": "1", "org": "RXR", "status": "suspended",
               "consent_id": OKAFOR_NHS, "code_system_id": "withheld-reason"}
     calls = []
     for route in _routes(ics.client.app.router.routes):  # type: ignore[attr-defined]

@@ -129,10 +129,10 @@ def test_search_never_finds_a_person_through_what_a_read_would_refuse(ics: Ics, 
     form = {"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000018"}  # Mrs Hughes, known only to P81002
     assert _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("dr.patel")).json())
     with db.session() as s:
-        set_agreement(s, framework, "P81002", "suspended", by="ig.morgan")
+        set_agreement(s, framework, "P81002", "suspended", by="ig.morgan", reason="a breach reported")
     assert _entries(ics.client.post("/fhir/Patient/_search", data=form, headers=ics.token("dr.patel")).json()) == []
     with db.session() as s:
-        set_agreement(s, framework, "P81002", "signed", by="ig.morgan")
+        set_agreement(s, framework, "P81002", "signed", by="ig.morgan", reason="")
         set_choice(s, OKAFOR_NHS, by="patient", object_org="P81001")
     okafor = {"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{OKAFOR_NHS}"}
     assert _entries(ics.client.post("/fhir/Patient/_search", data=okafor, headers=ics.token("dr.patel")).json()) == []

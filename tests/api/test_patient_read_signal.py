@@ -69,7 +69,7 @@ def test_a_suspended_partners_demographics_are_signalled_as_left_out(ics: Ics, f
     assert _reasons(_read(ics, ics.okafor, hospital)) == {}
     db = ics.client.app.state.database  # type: ignore[attr-defined]
     with db.session() as session:
-        set_agreement(session, framework, "RYC", "suspended", by="ig.morgan")
+        set_agreement(session, framework, "RYC", "suspended", by="ig.morgan", reason="a breach reported")
     patient = _read(ics, ics.okafor, hospital)
     assert _redacted(patient)
     assert _reasons(patient) == {"source-agreement": WITHHELD_LABELS["source-agreement"]}

@@ -154,7 +154,7 @@ def test_a_suspended_organisation_disappears_and_its_users_are_locked_out(ics: I
     headers = ics.open_record("dr.patel")
     db = ics.client.app.state.database  # type: ignore[attr-defined]
     with db.session() as session:
-        set_agreement(session, framework, "RXR", "suspended", by="ig.morgan")
+        set_agreement(session, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
     assert "RXR#epr" not in _sources(bundle)
     hospital = ics.token("dr.oconnor")

@@ -370,7 +370,7 @@ def test_a_backend_of_a_suspended_organisation_gets_nothing(registered: Ics, rsa
     assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"},
                            headers=earlier).status_code == 201
     with db.session() as session:
-        set_agreement(session, framework, "RXR", "suspended", by="test")
+        set_agreement(session, framework, "RXR", "suspended", by="test", reason="a breach reported")
     refused = _backend_token(ics, _assertion(rsa_key))
     assert refused.status_code == 403 and refused.json()["error"] == "unauthorized_client"
     assert "suspended" in refused.json()["error_description"] and "access_token" not in refused.json()

@@ -132,7 +132,7 @@ def test_a_suspended_organisations_data_is_signalled_as_left_out(ics: Ics, frame
     assert "source-agreement" not in withheld(_get(ics, care_plans, headers))
     db = ics.client.app.state.database  # type: ignore[attr-defined]
     with db.session() as session:
-        set_agreement(session, framework, "RYC", "suspended", by="ig.morgan")
+        set_agreement(session, framework, "RYC", "suspended", by="ig.morgan", reason="a breach reported")
     for path in (care_plans, f"/fhir/Patient/{ics.okafor}/$everything"):
         body = _get(ics, path, headers)
         assert "CarePlan" not in _types(body)

@@ -83,7 +83,7 @@ def test_token_is_refused_for_an_unknown_user(env: Database) -> None:
 
 
 def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path: Path) -> None:
-    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
     runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
     ok = runner.invoke(app, ["audit", "verify"])
     assert ok.exit_code == 0 and "2 entries verified" in ok.stderr
@@ -96,12 +96,24 @@ def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path:
 
 def test_agreements_set_rejects_an_unknown_status_and_organisation(env: Database) -> None:
     assert runner.invoke(app, ["agreements", "set", "NHR", "--status", "paused"]).exit_code == 2
-    result = runner.invoke(app, ["agreements", "set", "XXX", "--status", "suspended"])
+    result = runner.invoke(app, ["agreements", "set", "XXX", "--status", "suspended", "--reason", "a breach reported"])
     assert result.exit_code == 2 and "not in the framework" in result.stderr
 
 
+def test_agreements_set_asks_why_to_suspend_and_keeps_the_reason_in_the_audit_entry(env: Database) -> None:
+    refused = runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    assert refused.exit_code == 2 and "give a reason for setting NHR's agreement to suspended" in refused.stderr
+    rows = {r["organisation"]: r for r in json.loads(runner.invoke(app, ["agreements", "list", "--json"]).stdout)}
+    assert rows["NHR"]["status"] == "signed"  # nothing changed
+    done = runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "breach reported"])
+    assert done.exit_code == 0
+    with env.session() as s:
+        (entry,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set")).all()
+    assert details(entry)["reason"] == "breach reported"
+
+
 def test_agreements_list_shows_a_suspension(env: Database) -> None:
-    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
     rows = {r["organisation"]: r for r in json.loads(runner.invoke(app, ["agreements", "list", "--json"]).stdout)}
     assert rows["NHR"]["status"] == "suspended" and rows["RXR"]["status"] == "signed"
 
@@ -150,7 +162,7 @@ def test_framework_check_names_the_line_of_a_problem(env: Database, tmp_path: Pa
 
 def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signed(
         env: Database, tmp_path: Path) -> None:
-    runner.invoke(app, ["agreements", "set", "RYC", "--status", "suspended"])
+    runner.invoke(app, ["agreements", "set", "RYC", "--status", "suspended", "--reason", "a breach reported"])
     feed = write_ndjson(tmp_path / "ryc.ndjson", [bundle("RYC", "rio", [
         patient("RYC-1", "9434765919", "Okafor", "Emeka", "1945-03-02")])])
     assert runner.invoke(app, ["ingest", str(feed)]).exit_code == 1
@@ -383,7 +395,7 @@ def test_mpi_review_is_audited_naming_the_records_it_showed(env: Database, tmp_p
 
 
 def test_audit_search_is_audited_with_its_criteria_and_what_it_showed(env: Database) -> None:
-    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended"])
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
     runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
     found = json.loads(runner.invoke(app, ["audit", "search", "--user", "cli", "--json"]).stdout)
     assert len(found) == 2

@@ -121,7 +121,7 @@ def test_opted_out_and_objecting_people_are_left_out(ics: Ics, db: Database) -> 
 def test_a_suspended_organisations_data_and_an_objected_organisation_stay_out(ics: Ics, db: Database,
                                                                              framework: Framework) -> None:
     with db.session() as s:
-        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
         set_choice(s, OKAFOR_NHS, by="patient", object_org="RYC")
     _, files = export(ics.client, ics.token("analyst.chen"))
     sources = {r["meta"]["source"].split("|")[1].split("#")[0] for rs in files.values() for r in rs}
@@ -170,7 +170,7 @@ def test_roles_without_a_secondary_use_purpose_get_403_and_are_audited(ics: Ics,
 
 def test_an_analyst_of_a_suspended_organisation_is_refused(ics: Ics, db: Database, framework: Framework) -> None:
     with db.session() as s:
-        set_agreement(s, framework, "QRD", "suspended", by="ig.morgan")
+        set_agreement(s, framework, "QRD", "suspended", by="ig.morgan", reason="a breach reported")
     response = ics.client.get("/fhir/$export", headers={**ics.token("analyst.chen"), **ASYNC})
     assert response.status_code == 403 and "deny-actor-agreement" in response.text
 

@@ -48,7 +48,8 @@ def test_the_governance_promises_hold_end_to_end(ics: Ics, monkeypatch: pytest.M
 
     # A suspended organisation's data disappears and its users are locked out; re-signing restores both.
     gp = ics.open_record("dr.patel")
-    assert runner.invoke(app, ["agreements", "set", "RXR", "--status", "suspended"]).exit_code == 0
+    suspend = ["agreements", "set", "RXR", "--status", "suspended", "--reason", "a breach reported"]
+    assert runner.invoke(app, suspend).exit_code == 0
     assert "RXR" not in _sources(ics.client.get(everything, headers=gp).json())
     assert ics.client.get(everything, headers=doctor).status_code == 403
     assert runner.invoke(app, ["agreements", "set", "RXR", "--status", "signed"]).exit_code == 0

@@ -126,10 +126,40 @@ def test_a_malformed_date_is_answered_ae_naming_segment_and_field_and_waits_in_q
     err = _segment(bad_ack, "ERR")
     # the fault is named by place and rule; the date of birth is not sent back to the sender's engine logs
     assert err[1] == "PID^1^7" and "date of birth is not an HL7 date" in err[8] and "19451302" not in err[8]
+    # ERR-3 (table 0357): a bad date is the sender's data type error, not our application failing (207)
+    assert err[3] == "102^Data type error^HL70357" and f"quarantine #{_held_id(db)}" in err[8]
     assert _segment(good_ack, "MSA")[1] == "AA"  # the connection goes on
     with db.session() as s:
         held = s.scalars(select(Quarantine)).one()
     assert held.payload == bad and "PID-7" in held.reason
+
+
+def _held_id(db: Database) -> int:
+    with db.session() as s:
+        return s.scalars(select(Quarantine.id)).one()
+
+
+@pytest.mark.parametrize(("change", "condition", "location"), [
+    (("9434765919^^^NHS^NH", "9434765918^^^NHS^NH"), "102^Data type error", "PID^1^3"),
+    (("H900^^^RXR^MR~", ""), "101^Required field missing", "PID^1^3"),
+    (("|M|||14 Mill", "|Q|||14 Mill"), "103^Table value not found", "PID^1^8"),
+    (("PV1|1|I|", "PV1|1|Z|"), "103^Table value not found", "PV1^1^2"),
+    (("\rPID|1|", "\rNTE|1|"), "100^Segment sequence error", ""),
+    (("|P|2.4|", "|T|2.4|"), "202^Unsupported processing id", "MSH^1^11"),
+    (("ADT^A01^ADT_A01", "ADT^A17^ADT_A17"), "201^Unsupported event code", "MSH^1^9"),
+], ids=["nhs-number-check-digit", "no-hospital-number", "unknown-sex", "unknown-patient-class", "no-pid",
+        "test-processing-id", "unhandled-event"])
+def test_each_refusal_is_coded_in_err_3_by_table_0357_with_its_location_and_quarantine_number(
+        listener: int, db: Database, change: tuple[str, str], condition: str, location: str) -> None:
+    """An interface analyst's engine routes on ERR-3: 207 (application internal error) says "our fault, try
+    again", so only a failure of ours is coded so; the sender's own faults carry the condition they are."""
+    message = A01.format(dob="19450302").replace(*change)
+    assert message != A01.format(dob="19450302")
+    (ack,) = _exchange(listener, message.encode("latin-1"))
+    err = _segment(ack, "ERR")
+    assert _segment(ack, "MSA")[1] in ("AE", "AR")
+    assert (err[3], err[1]) == (f"{condition}^HL70357", location), err
+    assert f"quarantine #{_held_id(db)}" in err[8]
 
 
 def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_is_signed_again(
@@ -137,13 +167,14 @@ def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_
     """Each message is checked against the agreements as they stand when it is stored, in its own transaction."""
     first = A01.format(dob="19450302").encode("latin-1")
     with db.session() as s:
-        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
     (held_ack,) = _exchange(listener, first)
     assert _segment(held_ack, "MSA")[1] == "AE" and "no signed agreement in force" in _segment(held_ack, "MSA")[3]
+    assert _segment(held_ack, "ERR")[3] == "207^Application internal error^HL70357"  # 0357 has none for policy
     with db.session() as s:
         assert s.scalars(select(PatientRecord)).all() == []
         assert s.scalars(select(Quarantine.payload)).one() == first
-        set_agreement(s, framework, "RXR", "signed", by="ig.morgan")
+        set_agreement(s, framework, "RXR", "signed", by="ig.morgan", reason="")
     (ack,) = _exchange(listener, first)
     assert _segment(ack, "MSA")[1] == "AA"
     with db.session() as s:
@@ -186,7 +217,7 @@ def test_an_agreement_suspended_mid_stream_refuses_the_very_next_message_on_the_
 
         assert _segment(send(first), "MSA")[1] == "AA"
         with db.session() as s:
-            set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+            set_agreement(s, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
         held = send(second)
     assert _segment(held, "MSA")[1:3] == ["AE", "MSG002"] and "no signed agreement" in _segment(held, "MSA")[3]
     with db.session() as s:

@@ -147,7 +147,7 @@ def test_both_views_are_audited_reads_and_follow_the_agreements(stay: Ics, frame
         reads = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:read",
                                                    AuditEntry.username == "dr.patel")).all()
         assert len(reads) == 3 and all(r.patient_id == stay.okafor and r.outcome == "permit" for r in reads)
-        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan")
+        set_agreement(s, framework, "RXR", "suspended", by="ig.morgan", reason="a breach reported")
         s.commit()
     changes = _text(stay.client.get(f"/record/{stay.okafor}/changes").text)
     medicines = _text(stay.client.get(f"/record/{stay.okafor}/medicines").text)

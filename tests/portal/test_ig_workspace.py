@@ -15,9 +15,11 @@ from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import details
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
+from sharedcare.identity.links import merge_persons, separate, unmerge
 from sharedcare.portal import ig
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, ReviewItem
@@ -178,19 +180,101 @@ def test_an_audit_search_is_audited_with_what_was_searched_and_what_was_shown(
     assert recent["entries"] == str(min(ig.RECENT, earlier)) and "limit" not in recent
 
 
+def test_a_complaint_giving_an_nhs_number_finds_the_looks_at_every_record_carrying_it(ics: Ics) -> None:
+    """Journey 7: a citizen complains, giving his NHS number. The search resolves it through the MPI to every
+    person holding it now (here his record and a community record held apart, which was once merged with
+    his and unmerged), and finds the looks at each, before and after; another patient's are not shown. The
+    number is POSTed, checked by modulus 11, and the search's audit entry keeps only its last four digits."""
+    db = _db(ics)
+    with db.session() as s:
+        record = s.scalars(select(PatientRecord.id).where(PatientRecord.source_id == "RYC-9")).one()
+        assert s.get_one(PatientRecord, record).nhs_number == OKAFOR_NHS
+        separate(s, record, by="test", reason="community record held apart")
+    with db.session() as s:
+        apart = s.get_one(PatientRecord, record).person_id
+        record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", "dr.patel", patient_id=ics.okafor))
+        record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", "dn.williams", patient_id=apart))
+        record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", "admin.taylor", patient_id=ics.stranger))
+        merged = merge_persons(s, ics.okafor, apart, by="test", reason="one person")
+    with db.session() as s:
+        record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", "para.evans", patient_id=ics.okafor))
+        unmerge(s, merged.id, by="test")
+    _sign_in(ics)
+    page = ics.client.post("/ig/audit", data={"nhs_number": "943 476 5919"})
+    # the three reads, and the separation and the merge (each audited about the person it moved records to)
+    assert page.status_code == 200 and "5 events found" in page.text
+    assert page.text.count("identity:mpi:link-change") == 2
+    assert "(dr.patel)" in page.text and "(dn.williams)" in page.text and "(para.evans)" in page.text
+    assert "admin.taylor" not in page.text  # another patient's record
+    assert apart in page.text and ics.okafor in page.text
+
+    for typed, why in (("943 476 5918", "fails the modulus 11 check"), ("943 476", "is not 10 digits")):
+        refused = ics.client.post("/ig/audit", data={"nhs_number": typed})
+        assert refused.status_code == 400 and f"NHS number: {typed} {why}" in refused.text
+    with db.session() as s:
+        searches = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:audit:search")
+                             .order_by(AuditEntry.seq)).all()
+    found = details(searches[-1])
+    assert found["nhs_number_suffix"] == "5919" and sorted(found["persons"].split()) == sorted([ics.okafor, apart])
+    assert all(OKAFOR_NHS not in str(entry.event) for entry in searches)
+
+
 def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: Ics) -> None:
     nurse = ics.open_record("dn.williams")
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200
     _sign_in(ics)
     board = ics.client.get("/ig/agreements").text
     assert "Riverside Community Healthcare NHS Trust" in board and "Dr Priya Nair, Caldicott Guardian" in board
-    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended"}, follow_redirects=False)
+    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "breach reported"},
+                           follow_redirects=False)
     assert done.status_code == 303
     assert "agreement now suspended" in ics.client.get(done.headers["location"]).text
     locked = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse)
     assert locked.status_code == 403 and "deny-actor-agreement" in locked.text
     ics.client.post("/ig/agreements/RYC", data={"status": "signed"})
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200
+
+
+def test_suspending_says_what_it_will_do_and_asks_why_before_anything_changes(ics: Ics) -> None:
+    """Journey 7: a care home reports a breach. The board's Suspend leads to a page saying, in words, what
+    suspending does; without a reason nothing changes; the reason goes into the audit entry and the board's
+    history."""
+    nurse = ics.open_record("dn.williams")
+    _sign_in(ics)
+    board = ics.client.get("/ig/agreements").text
+    assert 'href="/ig/agreements/RYC/suspended"' in board
+    confirm = ics.client.get("/ig/agreements/RYC/suspended")
+    count = sum(1 for u in _framework(ics).users.values() if u.organisation == "RYC")
+    users = f"{count} user" + ("s" if count != 1 else "")
+    assert confirm.status_code == 200
+    assert (f"Suspending Riverside Community Healthcare NHS Trust's agreement hides its information from every "
+            f"partner and stops its {users} opening any record") in confirm.text
+    asked = ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "  "})
+    assert asked.status_code == 400 and "Say why" in asked.text and "stops its" in asked.text
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200  # unchanged
+    done = ics.client.post("/ig/agreements/RYC", data={"status": "suspended",
+                                                        "reason": "Data breach reported by the trust on 3 Dec"})
+    assert done.status_code == 200 and f"Its {users} {'is' if count == 1 else 'are'} refused every record" in done.text
+    assert "Reason: Data breach reported by the trust on 3 Dec" in done.text  # the board's history
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 403
+    with _db(ics).session() as s:
+        (entry,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set")).all()
+    assert details(entry)["reason"] == "Data breach reported by the trust on 3 Dec" and entry.username == "ig.morgan"
+
+
+def test_an_ig_officer_cannot_suspend_or_end_her_own_organisations_agreement_from_the_workspace(ics: Ics) -> None:
+    """Suspending the ICB would stop its users, the officer among them, opening any record: the board
+    offers no Suspend for it, and a request to is refused in words naming the CLI; nothing changes."""
+    _sign_in(ics)
+    board = ics.client.get("/ig/agreements").text
+    assert "/ig/agreements/QRD/suspended" not in board and "This is your own organisation" in board
+    for status in ("suspended", "ended"):
+        page = ics.client.post("/ig/agreements/QRD", data={"status": status, "reason": "testing"})
+        assert page.status_code == 400 and "your own organisation&#39;s agreement (QRD)" in page.text
+        assert "sharedcare agreements set QRD" in page.text
+        assert ics.client.get(f"/ig/agreements/QRD/{status}").status_code == 400
+    with _db(ics).session() as s:
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set")).all() == []
 
 
 def test_a_draft_agreement_without_signatories_cannot_be_signed_here(ics: Ics) -> None:

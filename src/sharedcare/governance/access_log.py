@@ -4,7 +4,7 @@ FHIR AuditEvent NDJSON export. All read the same hash-chained entries that `audi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -138,16 +138,31 @@ def _about(held: list[Holding], *, own_reads: bool) -> ColumnElement[bool]:
     return or_(false(), *clauses)
 
 
-def search(session: Session, *, patient_id: str | None = None, username: str | None = None,
-           organisation: str | None = None, since: datetime | None = None, until: datetime | None = None,
-           actions: tuple[str, ...] | None = None, limit: int = 1000) -> list[AuditEntry]:
-    """Audit entries matching every criterion given, newest first. A patient criterion finds the entries
-    recorded about that person id and those about the records it holds now, before a merge or relink
-    brought them together."""
+def persons_with(session: Session, nhs_number: str) -> list[str]:
+    """Every person id holding a source record with this NHS number now (the MPI's links): more than one
+    while records that share it are kept apart, or after an unmerge."""
+    return sorted(set(session.scalars(select(PatientRecord.person_id)
+                                      .where(PatientRecord.nhs_number == nhs_number))))
+
+
+def _about_person(session: Session, person_id: str) -> ColumnElement[bool]:
+    """Entries recorded about this person id, and those about the records it holds now from before a merge
+    or relink brought them together (or after an unmerge took them away)."""
+    return or_(AuditEntry.patient_id == person_id, _about(holdings(session, person_id), own_reads=True))
+
+
+def search(session: Session, *, patient_id: str | None = None, persons: Sequence[str] | None = None,
+           username: str | None = None, organisation: str | None = None, since: datetime | None = None,
+           until: datetime | None = None, actions: tuple[str, ...] | None = None,
+           limit: int = 1000) -> list[AuditEntry]:
+    """Audit entries matching every criterion given, newest first. A patient criterion (a person id, or
+    `persons`: any of these, as an NHS number resolves; none matches nothing) finds the entries about each
+    person and about the records it holds now (`_about_person`)."""
     stmt = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
     if patient_id:
-        stmt = stmt.where(or_(AuditEntry.patient_id == patient_id,
-                              _about(holdings(session, patient_id), own_reads=True)))
+        stmt = stmt.where(_about_person(session, patient_id))
+    if persons is not None:
+        stmt = stmt.where(or_(false(), *(_about_person(session, person) for person in persons)))
     if username:
         stmt = stmt.where(AuditEntry.username == username)
     if organisation:

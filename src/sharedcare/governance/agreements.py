@@ -1,9 +1,13 @@
 """Agreement lifecycle: the framework file holds each agreement as signed; changes since (suspend,
-end, re-sign) are recorded in the store, audited, and take effect on the next request."""
+end, re-sign) are recorded in the store, audited with the reason given, and take effect on the next
+request. Suspending or ending one locks out an organisation's users and hides its data from every
+partner, so it is never done without a reason (kept in the audit entry, shown on the IG board's history)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, select
@@ -11,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.access_log import details
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
 from sharedcare.store.database import Prepared
-from sharedcare.store.models import AgreementChange
+from sharedcare.store.models import AgreementChange, AuditEntry
 
 _CHANGES = cast(Table, AgreementChange.__table__)
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
@@ -36,16 +41,45 @@ def agreements_after(fw: Framework, changes: Iterable[tuple[str, str]]) -> dict[
     return current
 
 
-def set_agreement(session: Session, fw: Framework, org_code: str, status: AgreementStatus, by: str) -> Agreement:
-    """Change an organisation's agreement status, audited; returns the agreement now in effect."""
+def set_agreement(session: Session, fw: Framework, org_code: str, status: AgreementStatus, by: str,
+                  reason: str) -> Agreement:
+    """Change an organisation's agreement status, audited with `reason` (required to suspend or end one);
+    returns the agreement now in effect."""
     organisation = fw.organisation(org_code)
     if organisation is None:
         raise SharedcareError(f"organisation '{org_code}' is not in the framework", where="agreements set")
     if status == "signed" and not organisation.agreement.signatories:
         raise SharedcareError(f"{org_code} has no signatories in the framework; it cannot be signed here",
                               where="agreements set")
+    reason = " ".join(reason.split())
+    if status in ("suspended", "ended") and not reason:
+        raise SharedcareError(f"give a reason for setting {org_code}'s agreement to {status} (a breach reported, "
+                              "the contract ended...): it is kept in the audit log and shown on the agreements "
+                              "board", where="agreements set")
     session.add(AgreementChange(org_code=org_code, status=status, changed_at=utcnow(), changed_by=by))
-    record_audit(session, AuditRecord(AuditAction.AGREEMENT_SET, "permit", username=by,
-                                      purpose="governance", detail={"organisation": org_code, "status": status}))
+    record_audit(session, AuditRecord(AuditAction.AGREEMENT_SET, "permit", username=by, purpose="governance",
+                                      reason=reason or None, detail={"organisation": org_code, "status": status}))
     session.flush()
     return effective_agreements(session, fw)[org_code]
+
+
+@dataclass(frozen=True)
+class AgreementEvent:
+    """One change of an agreement, as its audit entry records it."""
+
+    when: datetime
+    by: str
+    status: str
+    reason: str
+
+
+def agreement_history(session: Session) -> dict[str, list[AgreementEvent]]:
+    """Each organisation's agreement changes, newest first, with the reasons given (from the audit log,
+    which holds the reason: the change table does not)."""
+    history: dict[str, list[AgreementEvent]] = {}
+    for entry in session.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.AGREEMENT_SET.value)
+                                 .order_by(AuditEntry.seq.desc())):
+        info = details(entry)
+        history.setdefault(info.get("organisation", ""), []).append(
+            AgreementEvent(entry.recorded_at, entry.username or "", info.get("status", ""), info.get("reason", "")))
+    return history

@@ -18,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
 from sharedcare.governance import access_log, one_time_codes, review
-from sharedcare.governance.agreements import effective_agreements, set_agreement
+from sharedcare.governance.agreements import AgreementEvent, agreement_history, effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal_in
 from sharedcare.governance.consent import (
     Choices,
@@ -82,25 +83,49 @@ class IgWorkspace:
         self._require("governance:review:work")
         review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
 
-    def search(self, limit: int, **criteria: object) -> access_log.Found:
+    def search(self, limit: int, nhs_number: str | None = None, **criteria: object) -> access_log.Found:
         """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and
-        what they were shown)."""
+        what they were shown). An NHS number (valid: the caller checks) is resolved to every person holding
+        it through the MPI's links; its entry keeps the persons and the number's last four digits, as a
+        choices look-up does, not the number."""
         self._require("governance:audit:search")
+        recorded = dict(criteria)
+        if nhs_number is not None:
+            persons = access_log.persons_with(self.session, nhs_number)
+            criteria["persons"] = persons
+            recorded |= {"nhs_number_suffix": nhs_number[-4:], "persons": " ".join(persons) or "none"}
         found = access_log.search_page(self.session, limit, **criteria)
         record_audit(self.session, AuditRecord(
             AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None,
             organisation=self.actor.organisation or None, purpose="governance",
-            detail=found.audit_detail(criteria)))
+            detail=found.audit_detail(recorded)))
         return found
 
     def agreements(self) -> dict[str, Agreement]:
         self._require("governance:agreement:set")
         return effective_agreements(self.session, self.fw)
 
-    def set_agreement(self, org: str, status: AgreementStatus) -> Agreement:
+    def agreement_history(self) -> dict[str, list[AgreementEvent]]:
         self._require("governance:agreement:set")
-        return set_agreement(self.session, self.fw, org, status, by=self.actor.username)
+        return agreement_history(self.session)
+
+    def may_change_agreement(self, org: str, status: AgreementStatus) -> None:
+        """Refuse suspending or ending the officer's own organisation's agreement here: it would stop every
+        user of it opening a record, the officer among them (the queue's patients could no longer be seen),
+        from a page she might then not put right. The CLI, run by the server's operator, still can."""
+        self._require("governance:agreement:set")
+        if status != "signed" and org == self.actor.organisation:
+            verb = "suspend" if status == "suspended" else "end"
+            raise SharedcareError(
+                f"you cannot {verb} your own organisation's agreement ({org}) from this workspace: it would stop "
+                "every one of its users, you among them, opening any record. If it must be done, the server's "
+                f"operator runs `sharedcare agreements set {org} --status {status} --reason \"...\"`",
+                where="agreements")
+
+    def set_agreement(self, org: str, status: AgreementStatus, reason: str) -> Agreement:
+        self.may_change_agreement(org, status)
+        return set_agreement(self.session, self.fw, org, status, by=self.actor.username, reason=reason)
 
     def check(self, permission: str) -> None:
         """Refuse (audited) unless the role has this permission: for pages that show a form before any data."""

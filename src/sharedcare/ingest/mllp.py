@@ -47,6 +47,22 @@ UK = ZoneInfo("Europe/London")
 _LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
 # Reasons that mean the message could not be taken at all (AR) rather than failed on its content (AE).
 _REJECTED = ("not an HL7 v2 message", "character set", "but byte", "is not handled")
+# ERR-3 (HL7 v2.5.1 table 0357, message error condition codes) for each refusal reason, by the words the
+# adapters use (ingest/hl7v2.py, hl7v2_map.py, pipeline.py); the first match wins. A reason none names keeps
+# 207: a store that failed, or a refusal by policy (no agreement in force, a certificate that may not send
+# for MSH-4), for which the table has no code; the ACK's text says which.
+_CONDITIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"is not an HL7 (timestamp|date)|is not a number|modulus 11|but byte"), "102^Data type error"),
+    (re.compile(r"^(message type )?ADT\^\w+ (\(.*\) )?is not handled"), "201^Unsupported event code"),
+    (re.compile(r"^message type "), "200^Unsupported message type"),
+    (re.compile(r"^processing id"), "202^Unsupported processing id"),
+    (re.compile(r"^not an HL7 v2 message|^no \w+ segment|^\d+ \w+ segments|needs an? \w+ segment|before any \w+:"
+                r"|has no \w+ segment|without an? \w+ segment"), "100^Segment sequence error"),
+    (re.compile(r"^no |is required"), "101^Required field missing"),
+    (re.compile(r"is not one of|^value type|character set|^unknown source organisation|is not part of the "
+                r"sharing framework"), "103^Table value not found"),
+    (re.compile(r"is sent twice in this message"), "205^Duplicate key identifier"),
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +97,10 @@ def _escape(text: str) -> str:
     return " ".join(text.split())
 
 
-def ack(header: Header | None, code: str, text: str = "", where: str = "", now: datetime | None = None) -> bytes:
-    """An ACK (AA, AE or AR), with an ERR segment naming the segment and field when there is one."""
+def ack(header: Header | None, code: str, text: str = "", where: str = "", now: datetime | None = None,
+        error: str = "207^Application internal error") -> bytes:
+    """An ACK (AA, AE or AR), with an ERR segment naming the segment and field when there is one and the
+    condition (`error`, ERR-3: table 0357's code and name; `condition` finds it for a refusal reason)."""
     now = now or utcnow()
     stamp = now.astimezone(UK).strftime("%Y%m%d%H%M%S")
     h = header or Header("", "", "", "", "2.4")
@@ -94,9 +112,13 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
     if code != "AA":
         found = _LOCATION.search(where)
         location = f"{found.group(1)}^{found.group(2) or 1}^{found.group(3)}" if found else ""
-        error_code = "207^Application internal error^HL70357" if code == "AE" else "102^Data type error^HL70357"
-        segments.append(f"ERR|{location}|{location}|{error_code}|E||||{_escape(text)[:500]}")
+        segments.append(f"ERR|{location}|{location}|{error}^HL70357|E||||{_escape(text)[:500]}")
     return "\r".join(segments).encode("latin-1", errors="replace") + b"\r"
+
+
+def condition(reason: str) -> str:
+    """ERR-3 for a refusal reason: table 0357's code and its name."""
+    return next((found for pattern, found in _CONDITIONS if pattern.search(reason)), "207^Application internal error")
 
 
 @dataclass(frozen=True)
@@ -198,7 +220,7 @@ class MllpServer:
         problem = report.quarantine[0]
         reason, where = str(problem["reason"]), str(problem["where"])
         code = "AR" if header is None or any(marker in reason for marker in _REJECTED) else "AE"
-        return ack(header, code, f"{reason} (quarantine #{problem['id']})", where)
+        return ack(header, code, f"{reason} (quarantine #{problem['id']})", where, error=condition(reason))
 
     def _audit_stored(self, session: Session, staged: StagedMessage, address: str, detail: dict[str, str]) -> None:
         """A stored (or unchanged) message's entry (TRUST AU1), in the message's own transaction: a write by the feed
@@ -255,7 +277,7 @@ class MllpServer:
         except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError):
             pass
         except asyncio.LimitOverrunError:
-            writer.write(START + ack(None, "AR", "message larger than the limit") + END)
+            writer.write(START + ack(None, "AR", "message larger than the limit", error="102^Data type error") + END)
         finally:
             writer.close()
 

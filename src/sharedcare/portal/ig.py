@@ -152,13 +152,14 @@ def audit_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
 
 @router.post("/audit", response_class=HTMLResponse)
 def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotated[str, Form()] = "",
+                 nhs_number: Annotated[str, Form()] = "",
                  user: Annotated[str, Form()] = "", organisation: Annotated[str, Form()] = "",
                  from_day: Annotated[str, Form()] = "", from_month: Annotated[str, Form()] = "",
                  from_year: Annotated[str, Form()] = "", to_day: Annotated[str, Form()] = "",
                  to_month: Annotated[str, Form()] = "", to_year: Annotated[str, Form()] = "") -> Response:
-    form = {"patient": patient, "user": user, "organisation": organisation, "from_day": from_day,
-            "from_month": from_month, "from_year": from_year, "to_day": to_day, "to_month": to_month,
-            "to_year": to_year}
+    form = {"patient": patient, "nhs_number": nhs_number, "user": user, "organisation": organisation,
+            "from_day": from_day, "from_month": from_month, "from_year": from_year, "to_day": to_day,
+            "to_month": to_month, "to_year": to_year}
     bounds: dict[str, datetime | None] = {"from": None, "to": None}
     for prefix, parts in (("from", (from_day, from_month, from_year)), ("to", (to_day, to_month, to_year))):
         if any(p.strip() for p in parts):
@@ -169,29 +170,69 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
                                    error_field=f"{prefix}-day")
             bounds[prefix] = datetime.combine(day, time(), tzinfo=UTC)
     until = bounds["to"] + timedelta(days=1) if bounds["to"] else None  # the "to" day is included
-    found = ig.search(FOUND, patient_id=patient.strip() or None, username=user.strip() or None,
-                      organisation=organisation or None, since=bounds["from"], until=until)
+    number = normalise(nhs_number)
+    if number and not is_valid(number):  # a citizen's complaint gives the number: say which rule it breaks
+        why = ("is not 10 digits" if not (number.isdigit() and len(number) == 10)
+               else "fails the modulus 11 check (a digit mistyped, or two swapped)")
+        return _audit_page(request, ig, fw, 400, form=form, error=f"NHS number: {nhs_number.strip()} {why}",
+                           error_field="nhs_number")
+    found = ig.search(FOUND, nhs_number=number or None, patient_id=patient.strip() or None,
+                      username=user.strip() or None, organisation=organisation or None, since=bounds["from"],
+                      until=until)
     return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in found.entries],
                        more=found.more)
+
+
+def _users(fw: Framework, org: str) -> int:
+    return sum(1 for u in fw.users.values() if u.organisation == org)
 
 
 @router.get("/agreements", response_class=HTMLResponse)
 def agreements(request: Request, ig: IgDep, fw: FrameworkDep, changed: str = "") -> Response:
     today = utcnow().date()
     current = ig.agreements()
+    history = ig.agreement_history()
     rows = [{"org": org, "kind": explain.KIND_LABELS.get(org.kind, org.kind), "agreement": current[code],
-             "in_force": current[code].in_force(today),
-             "users": sum(1 for u in fw.users.values() if u.organisation == code)}
+             "in_force": current[code].in_force(today), "users": _users(fw, code), "history": history.get(code, []),
+             "own": code == ig.actor.organisation}
             for code, org in fw.organisations.items()]
     return render(request, "ig/agreements.html", account=pages.account(ig.actor, fw), rows=rows,
-                  changed=fw.organisation(changed), changed_to=current[changed].status if changed in current else "")
+                  changed=fw.organisation(changed), changed_to=current[changed].status if changed in current else "",
+                  changed_users=_users(fw, changed))
+
+
+Stopping = Literal["suspended", "ended"]
+
+
+def _confirm_page(request: Request, ig: IgDep, fw: Framework, org: str, status: Stopping, reason: str = "",
+                  error: str = "") -> Response:
+    """What suspending or ending an agreement will do, in words, and the reason it asks for."""
+    ig.may_change_agreement(org, status)
+    organisation = fw.organisation(org)
+    if organisation is None:
+        return pages.error_page(request, 404, f"organisation '{org}' is not in the framework")
+    return render(request, "ig/agreement_change.html", status=400 if error else 200,
+                  account=pages.account(ig.actor, fw), org=organisation, to=status, users=_users(fw, org),
+                  reason=reason, error=error)
+
+
+@router.get("/agreements/{org}/{status}", response_class=HTMLResponse)
+def confirm_agreement_change(request: Request, org: str, status: Stopping, ig: IgDep,
+                             fw: FrameworkDep) -> Response:
+    """Suspending or ending is asked for here first: the page says what it will do and asks why."""
+    return _confirm_page(request, ig, fw, org, status)
 
 
 @router.post("/agreements/{org}", response_class=HTMLResponse)  # a redirect to a page, or the page
-def change_agreement(org: str, ig: IgDep,
-                     status: Annotated[Literal["signed", "suspended", "ended"], Form()]) -> Response:
-    """Takes effect at once: the organisation's users are refused on their next request."""
-    ig.set_agreement(org, status)
+def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep,
+                     status: Annotated[Literal["signed", "suspended", "ended"], Form()],
+                     reason: Annotated[str, Form()] = "") -> Response:
+    """Takes effect at once: the organisation's users are refused on their next request. Suspending or
+    ending without a reason shows the confirmation page again, asking for one."""
+    if status != "signed" and not reason.strip():
+        return _confirm_page(request, ig, fw, org, status, error="Say why: the reason is kept in the audit log "
+                                                                  "and shown on the board's history")
+    ig.set_agreement(org, status, reason)
     return RedirectResponse(f"/ig/agreements?changed={org}", status_code=303)
 
 
