@@ -90,6 +90,8 @@ def _keyed_settings() -> Settings:
 
 
 def _warn_unkeyed_pseudonyms(settings: Settings) -> None:
+    """Say when extracts' pseudonyms fall back to the signing secret (`Settings.pseudonym_secret`): allowed, so
+    that pseudonyms already issued stay the same, but the operator should know."""
     if settings.pseudonym_key is None and not settings.demo:
         console.print("[yellow]warning:[/yellow] SHAREDCARE_PSEUDONYM_KEY is unset: extracts' pseudonyms are keyed "
                       "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
