@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -65,8 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="sharedcare-tls-bench-"))
     pki = make_pki(folder)
-    base = {**os.environ, "SHAREDCARE_DB": f"sqlite:///{folder / 'store.db'}", "SHAREDCARE_DEMO": "1",
-            "PYTHONPATH": str(ROOT / "src")}
+    base = {**os.environ, "SHAREDCARE_DB": f"sqlite:///{folder / 'store.db'}", "PYTHONPATH": str(ROOT / "src"),
+            # outside demo mode, which `serve` refuses beside TLS
+            "SHAREDCARE_SECRET": secrets.token_hex(32), "SHAREDCARE_PSEUDONYM_KEY": secrets.token_hex(32)}
     tls_env = {**base, "SHAREDCARE_TLS_CERT": str(pki.server_cert), "SHAREDCARE_TLS_KEY": str(pki.server_key),
                "SHAREDCARE_TLS_CLIENT_CA": str(pki.ca)}
     trusted = pki.client_context(pki.client)

@@ -32,6 +32,9 @@ pytest_plugins = ["tests.small_ics"]
 POSTGRES_URL = os.environ.get("SHAREDCARE_TEST_POSTGRES")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 FRAMEWORK_PATH = PROJECT_ROOT / "config" / "framework.yaml"
+# what a deployment sets instead of SHAREDCARE_DEMO=1 (which `serve` refuses beside PostgreSQL or TLS)
+DEPLOYMENT_KEYS = {"SHAREDCARE_SECRET": "a deployment secret of at least thirty-two bytes",
+                   "SHAREDCARE_PSEUDONYM_KEY": "a pseudonym key of its own, of at least thirty-two bytes"}
 
 
 def _fresh_postgres(url: str) -> str:
@@ -42,6 +45,14 @@ def _fresh_postgres(url: str) -> str:
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+@pytest.fixture
+def deployment_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys in the environment as a deployment sets them: a `serve` started by the test runs outside demo mode,
+    and the test's own tokens and apps (made after this fixture) are signed with the same secret."""
+    for name, value in DEPLOYMENT_KEYS.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")

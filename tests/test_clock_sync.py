@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from sqlalchemy import select
-from tests.conftest import FRAMEWORK_PATH
+from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from typer.testing import CliRunner
 
 from sharedcare import clock_sync
@@ -95,7 +95,8 @@ def test_serve_and_mllp_refuse_to_start_on_an_unsynchronised_clock_when_required
         db: Database, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
     monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    monkeypatch.setenv("SHAREDCARE_DEMO", "1")
+    for name, value in DEPLOYMENT_KEYS.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("SHAREDCARE_REQUIRE_CLOCK_SYNC", "1")
     monkeypatch.setattr(clock_sync, "read_kernel_clock", lambda: NEVER_SYNCED)  # the reader, not the check
     result = runner.invoke(app, [command, "--port", "1"])  # it must stop before it listens

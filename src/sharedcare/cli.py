@@ -80,6 +80,25 @@ def _settings() -> Settings:
         raise _fail(str(exc)) from exc
 
 
+def _keyed_settings() -> Settings:
+    """The settings of a command that signs or keys anything (tokens, checkpoints, pseudonyms), refused as
+    `serve` refuses them: outside demo mode, the published demo key or a key short enough to guess (TRUST DP4)."""
+    settings = _settings()
+    try:
+        settings.require_safe_secret()
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    return settings
+
+
+def _warn_unkeyed_pseudonyms(settings: Settings) -> None:
+    """Say when extracts' pseudonyms fall back to the signing secret (`Settings.pseudonym_secret`): allowed, so
+    that pseudonyms already issued stay the same, but the operator should know."""
+    if settings.pseudonym_key is None and not settings.demo:
+        console.print("[yellow]warning:[/yellow] SHAREDCARE_PSEUDONYM_KEY is unset: extracts' pseudonyms are keyed "
+                      "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
+
+
 def _database() -> Database:
     db = Database(_settings().database_url)
     db.migrate()
@@ -393,16 +412,18 @@ def export_command(
     from sharedcare.governance.gateway import AccessDenied, NotFound, actor_for
     from sharedcare.governance.secondary import ExportScope
 
+    settings = _keyed_settings()
     fw = _framework()
     if user not in fw.users:
         raise _fail(f"no user '{user}' in the framework (see `sharedcare users list`)")
+    _warn_unkeyed_pseudonyms(settings)
     chosen = frozenset(t.strip() for t in types.split(",") if t.strip()) if types else None
     if chosen and chosen - RECORD_TYPES:
         raise _fail(f"--type: {', '.join(sorted(chosen - RECORD_TYPES))} not exported "
                     f"(types: {', '.join(sorted(RECORD_TYPES))})")
     try:
         scope = ExportScope("group" if group else "system", group, chosen, parse_instant(since) if since else None)
-        jobs = ExportJobs(_database(), fw, _settings())
+        jobs = ExportJobs(_database(), fw, settings)
         job_id = jobs.start(actor_for(fw, user), scope, f"sharedcare export --out {out}", out_dir=out.resolve(),
                             purpose=purpose, background=False)
         with _progress() as progress:
@@ -441,19 +462,22 @@ ClientCerts = Annotated[str | None, typer.Option(help="required, or optional (a 
                                                       "(SHAREDCARE_TLS_CLIENT_CERTS).")]
 
 
-def _start_up_checks(service: str, database: Database, cert: Path | None, key: Path | None,
-                     client_ca: Path | None, client_certs: str | None) -> TlsSettings | None:
-    """What `serve` and `mllp` check before they listen: the TLS settings (options override the environment,
-    and are put in it, so that every server process reads the same) and the clock (TRUST OP2)."""
+def _tls_options(cert: Path | None, key: Path | None, client_ca: Path | None, client_certs: str | None) -> None:
+    """`serve`'s and `mllp`'s TLS options override the environment, and are put in it, so that every server
+    process (and every check) reads the same."""
     import os
-
-    from sharedcare.clock_sync import check_clock
-    from sharedcare.tls import tls_settings
 
     for name, value in (("SHAREDCARE_TLS_CERT", cert), ("SHAREDCARE_TLS_KEY", key),
                         ("SHAREDCARE_TLS_CLIENT_CA", client_ca), ("SHAREDCARE_TLS_CLIENT_CERTS", client_certs)):
         if value is not None:
             os.environ[name] = str(value)
+
+
+def _start_up_checks(service: str, database: Database) -> TlsSettings | None:
+    """What `serve` and `mllp` check before they listen: the TLS settings and the clock (TRUST OP2)."""
+    from sharedcare.clock_sync import check_clock
+    from sharedcare.tls import tls_settings
+
     try:
         settings = _settings()
         tls = tls_settings(settings)
@@ -465,15 +489,29 @@ def _start_up_checks(service: str, database: Database, cert: Path | None, key: P
         clock = check_clock(database, service, settings.require_clock_sync)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
-    if service == "serve" and settings.pseudonym_key is None and not settings.demo:
-        console.print("[yellow]warning:[/yellow] SHAREDCARE_PSEUDONYM_KEY is unset: extracts' pseudonyms are keyed "
-                      "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
+    if service == "serve":
+        _warn_unkeyed_pseudonyms(settings)
+        if settings.demo:
+            _audit_demo_start(database, service)
     if clock.synchronised:
         console.print(clock.summary)
     else:
         console.print(f"[yellow]warning:[/yellow] {clock.summary} (SHAREDCARE_REQUIRE_CLOCK_SYNC=1 refuses to start)")
     console.print(f"{service}: {tls.describe() if tls else 'plain TCP, no TLS'}")
     return tls
+
+
+def _audit_demo_start(database: Database, service: str) -> None:
+    """Say, on the console and in the audit log, that `service` started in demo mode: an IG officer reading
+    the log should not have to guess why anyone signed in with the demo password."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+
+    what = (f"demo mode (SHAREDCARE_DEMO=1): every framework user signs in with the password '{DEMO_PASSWORD}' "
+            "and the patient portal shows one-time codes on the page; for synthetic data only")
+    console.print(f"[yellow]warning:[/yellow] {what}")
+    with database.session() as session:
+        record_audit(session, AuditRecord(AuditAction.DEMO_START, "permit", username="system", purpose="governance",
+                                          reason=what, detail={"service": service}))
 
 
 @app.command()
@@ -495,12 +533,14 @@ def serve(
     from sharedcare.api.server_loop import LOOP
     from sharedcare.export.jobs import ExportJobs
 
+    _tls_options(tls_cert, tls_key, tls_client_ca, client_certs)
     settings = _settings()
     try:
+        settings.require_demo_alone()  # before the store is touched
         application = create_app(settings, framework=_framework(), database=_database())
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
-    tls = _start_up_checks("serve", application.state.database, tls_cert, tls_key, tls_client_ca, client_certs)
+    tls = _start_up_checks("serve", application.state.database)
     expired = ExportJobs(application.state.database, application.state.framework, settings).expire()
     if expired:
         console.print(f"deleted the files of {expired} finished exports past their retention "
@@ -534,6 +574,10 @@ def demo(
 
     os.environ.setdefault("SHAREDCARE_DEMO", "1")
     os.environ.setdefault("SHAREDCARE_DB", f"sqlite:///{(out / 'sharedcare.db').resolve()}")
+    try:  # before the synthetic people are written into the store it names
+        _settings().require_demo_alone()
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
     db_file = Path(os.environ["SHAREDCARE_DB"].removeprefix("sqlite:///"))
     if db_file.exists():
         db_file.unlink()
@@ -574,7 +618,7 @@ def token(
     """Mint an access token for a configured user (for integration and testing)."""
     from sharedcare.api.auth import mint_token
 
-    settings = _settings()
+    settings = _keyed_settings()
     try:
         sys.stdout.write(mint_token(settings, _framework(), user, scope, minutes) + "\n")
     except SharedcareError as exc:
@@ -819,6 +863,8 @@ def audit_verify(
     from sharedcare.governance.audit import verify
     from sharedcare.governance.checkpoints import check_against_chain, public_key_text, read_checkpoints, signing_key
 
+    # a checkpoint is only evidence if no one else can sign one: not with the published demo key
+    key = public_key_text(signing_key(_keyed_settings().secret)) if checkpoints else ""
     kept = []
     for path in checkpoints or []:
         try:
@@ -829,7 +875,7 @@ def audit_verify(
             raise _fail(str(exc)) from exc
     with _database().session() as session:
         result = verify(session)
-        problems = check_against_chain(session, kept, public_key_text(signing_key(_settings().secret)))
+        problems = check_against_chain(session, kept, key)
     if not result.ok:
         console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
                       f"({result.checked} entries verified before it)")
@@ -849,12 +895,7 @@ def audit_checkpoint(
     service cannot write; `audit verify --checkpoints` checks the chain against what witnesses kept."""
     from sharedcare.governance.checkpoints import make_checkpoint, public_key_text, signing_key
 
-    settings = _settings()
-    try:
-        settings.require_safe_secret()
-    except SharedcareError as exc:
-        raise _fail(str(exc)) from exc
-    key = signing_key(settings.secret)
+    key = signing_key(_keyed_settings().secret)
     if public_key:
         print(public_key_text(key))
         return
@@ -1175,10 +1216,12 @@ app.add_typer(mpi_app, name="mpi")
 
 @mpi_app.command("export")
 def mpi_export() -> None:
-    """CSV of every source patient record and the person it is linked to."""
+    """CSV of every source patient record and the person it is linked to (a cell that a spreadsheet would read as
+    a formula starts with a quote)."""
+    from sharedcare.csv_out import CsvWriter
     from sharedcare.store.models import PatientRecord
 
-    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer = CsvWriter(sys.stdout, lineterminator="\n")  # a source id is the feed's: not a formula
     writer.writerow(["source_org", "source_id", "person_id", "match_probability", "status"])
     with _database().session() as session:
         for r in session.scalars(select(PatientRecord).order_by(PatientRecord.source_org, PatientRecord.source_id)):
@@ -1276,8 +1319,9 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     from sharedcare.ingest.mllp import MllpLimits, MllpServer
     from sharedcare.ingest.pipeline import Pipeline
 
+    _tls_options(tls_cert, tls_key, tls_client_ca, client_certs)
     database = _database()
-    tls = _start_up_checks("mllp", database, tls_cert, tls_key, tls_client_ca, client_certs)
+    tls = _start_up_checks("mllp", database)
     fw = _framework()
     listed = sum(len(org.feed_certificates) for org in fw.organisations.values())
     if tls is not None and not listed:

@@ -6,7 +6,8 @@ SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per sou
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
 SHAREDCARE_PSEUDONYM_KEY  key of the pseudonyms in secondary-use extracts, kept apart from SHAREDCARE_SECRET
                        (default: SHAREDCARE_SECRET, with a warning at start-up: see `Settings.pseudonym_secret`)
-SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password
+SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password (SQLite, no TLS: `serve` refuses
+                       it beside a server database or TLS settings, and warns and audits when it starts with it)
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
 SHAREDCARE_EXPORT_RETENTION_DAYS  days a finished Bulk Data export's files are kept (default: 7); then deleted
@@ -73,11 +74,28 @@ class Settings:
         if self.pseudonym_key is not None and len(self.pseudonym_key.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"SHAREDCARE_PSEUDONYM_KEY is {len(self.pseudonym_key.encode())} bytes; it must be at "
                               f"least {MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
+        if self.pseudonym_key == DEMO_SECRET:
+            raise ConfigError("SHAREDCARE_PSEUDONYM_KEY is the published demo key; set a key of its own "
+                              "(for example `openssl rand -hex 32`)")
         if self.secret == DEMO_SECRET:
             raise ConfigError("SHAREDCARE_SECRET is unset or the demo key; set a secret or SHAREDCARE_DEMO=1")
         if len(self.secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"SHAREDCARE_SECRET is {len(self.secret.encode())} bytes; it must be at least "
                               f"{MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
+
+    def require_demo_alone(self) -> None:
+        """Refuse demo mode beside what only a deployment has, a server database or TLS (TRUST DP4): demo mode
+        signs every framework user in with a published password and shows patients their one-time codes on
+        the page, which is only safe on a laptop with synthetic data."""
+        if not self.demo:
+            return
+        beside = [what for what, found in (
+            ("SHAREDCARE_DB names a server database, not SQLite", not self.database_url.startswith("sqlite")),
+            ("TLS is configured (SHAREDCARE_TLS_CERT, _KEY or _CLIENT_CA)",
+             any((self.tls_cert, self.tls_key, self.tls_client_ca)))) if found]
+        if beside:
+            raise ConfigError(f"SHAREDCARE_DEMO=1 beside a deployment's settings: {'; '.join(beside)}. Demo mode "
+                              f"lets every user sign in with the password '{DEMO_PASSWORD}'; unset SHAREDCARE_DEMO")
 
     @property
     def pseudonym_secret(self) -> str:

@@ -34,6 +34,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+pytestmark = pytest.mark.usefixtures("deployment_keys")  # `serve` refuses demo mode beside PostgreSQL or TLS
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -47,7 +50,7 @@ def serve(db: Database, pki: Pki, tmp_path: Path) -> Iterator[Serve]:
 
     def start(*options: str) -> str:
         port = _free_port()
-        env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "SHAREDCARE_DEMO": "1",
+        env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False),
                "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_TLS_CERT": str(pki.server_cert),
                "SHAREDCARE_TLS_KEY": str(pki.server_key)}
         log_path = tmp_path / f"server-{port}.log"

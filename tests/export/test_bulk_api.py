@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from sqlalchemy import select, update
 from tests import builders
-from tests.conftest import FRAMEWORK_PATH
+from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.export.conftest import ASYNC, exact_counts, export, wait_for
 from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
@@ -252,7 +252,7 @@ def test_a_server_starting_deletes_the_files_past_their_retention(ics: Ics, db: 
     assert any(folder.iterdir())
     for name, value in (("SHAREDCARE_DB", db.url.render_as_string(hide_password=False)),
                         ("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH)), ("SHAREDCARE_DATA", str(tmp_path / "data")),
-                        ("SHAREDCARE_DEMO", "1")):
+                        *DEPLOYMENT_KEYS.items()):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # started, not left listening
     started = CliRunner().invoke(app, ["serve"])
@@ -273,6 +273,23 @@ def test_an_export_written_where_its_operator_asked_is_theirs_to_keep(ics: Ics, 
     assert jobs.run(job_id).status == "completed"
     _finished_days_ago(db, job_id, 30)
     assert jobs.expire() == 0 and any(mine.iterdir())
+
+
+def test_cancelling_a_command_line_export_over_the_api_keeps_the_files_its_operator_asked_for(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The same user may cancel it (the job is theirs), but its files are where the operator chose, as `expire`
+    knows: only the service's own folder is the service's to empty."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, settings)
+    mine = tmp_path / "my-extract"  # as `sharedcare export --out my-extract` writes it
+    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "sharedcare export",
+                        out_dir=mine, background=False)
+    assert jobs.run(job_id).status == "completed"
+    written = {path.name: path.read_bytes() for path in mine.iterdir()}
+    headers = ics.token("analyst.chen")
+    assert ics.client.delete(f"/fhir/bulk/{job_id}", headers=headers).status_code == 202
+    assert ics.client.get(f"/fhir/bulk/{job_id}", headers=headers).status_code == 404
+    assert {path.name: path.read_bytes() for path in mine.iterdir()} == written and written
 
 
 def test_every_export_is_audited_with_counts(ics: Ics, db: Database) -> None:

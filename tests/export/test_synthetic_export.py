@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
-from tests.conftest import BACKENDS, FRAMEWORK_PATH, POSTGRES_URL, _fresh_postgres
+from tests.conftest import BACKENDS, DEPLOYMENT_KEYS, FRAMEWORK_PATH, POSTGRES_URL, _fresh_postgres
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -31,6 +31,7 @@ from sharedcare.store.models import AuditEntry, PatientRecord, Resource
 from sharedcare.synth import generate
 
 PEOPLE = 80
+PSEUDONYM_KEY = DEPLOYMENT_KEYS["SHAREDCARE_PSEUDONYM_KEY"]  # the extract's, as `sharedcare export` is run here
 runner = CliRunner()
 
 
@@ -68,6 +69,8 @@ def exported(store: tuple[Database, dict[str, str]], tmp_path_factory: pytest.Te
         env.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
         env.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
         env.setenv("SHAREDCARE_EXPORT_WORKERS", "2")  # two processes, each a shard of the people
+        for name, value in DEPLOYMENT_KEYS.items():  # outside demo mode, an extract is keyed by a key of its own
+            env.setenv(name, value)
         result = runner.invoke(app, ["export", "--out", str(out), "--user", "analyst.chen", "--json"])
     assert result.exit_code == 0, result.output
     summary: dict[str, Any] = json.loads(result.stdout)
@@ -138,7 +141,7 @@ def test_no_one_s_date_of_birth_appears_in_their_records(store: tuple[Database, 
     date of birth may coincide with a clinical date, which discloses nothing.)"""
     db, _ = store
     *_, births = _identifying(db)
-    pseudonymiser = Pseudonymiser(load_settings().secret, "secondary-use")
+    pseudonymiser = Pseudonymiser(PSEUDONYM_KEY, "secondary-use")
     by_pseudonym = {pseudonymiser.pseudonym("Patient", person): dates for person, dates in births.items()}
     checked = 0
     for lines in exported["lines"].values():
@@ -155,7 +158,7 @@ def test_no_one_s_date_of_birth_appears_in_their_records(store: tuple[Database, 
 def test_opted_out_and_objecting_people_are_not_in_the_export(store: tuple[Database, dict[str, str]],
                                                               exported: dict[str, Any]) -> None:
     _, chosen = store
-    pseudonymiser = Pseudonymiser(load_settings().secret, "secondary-use")
+    pseudonymiser = Pseudonymiser(PSEUDONYM_KEY, "secondary-use")
     absent = {pseudonymiser.pseudonym("Patient", person) for person in chosen.values()}
     text = "\n".join(line for lines in exported["lines"].values() for line in lines)
     assert not any(p in text for p in absent)
@@ -217,6 +220,8 @@ def test_a_clinician_cannot_export_from_the_command_line(store: tuple[Database, 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
         env.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+        for name, value in DEPLOYMENT_KEYS.items():
+            env.setenv(name, value)
         result = runner.invoke(app, ["export", "--out", str(tmp_path / "x"), "--user", "dr.patel"])
     assert result.exit_code == 1 and "secondary-use" in result.output
     assert not (tmp_path / "x").exists()
@@ -226,7 +231,8 @@ def test_one_process_writes_what_two_processes_write(store: tuple[Database, dict
                                                      exported: dict[str, Any], tmp_path: Path) -> None:
     db, _ = store
     fw = parse_framework(FRAMEWORK_PATH.read_text(encoding="utf-8"))
-    jobs = ExportJobs(db, fw, replace(load_settings(), data_path=tmp_path, export_workers=1))
+    jobs = ExportJobs(db, fw, replace(load_settings(), pseudonym_key=PSEUDONYM_KEY, data_path=tmp_path,
+                                      export_workers=1))
     view = jobs.run(jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", background=False))
     single = {o["type"]: sorted((tmp_path / "exports").glob(f"*/{o['file']}"))[0].read_text().splitlines()
               for o in view.output}

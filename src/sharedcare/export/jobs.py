@@ -320,12 +320,11 @@ class ExportJobs:
         expired; how many. Only the service's own folders (`{data}/exports/`): a command-line export
         wrote where its operator asked, and is theirs to keep."""
         now = utcnow()
-        kept = (self.settings.data_path / "exports").resolve()
         with self.db.session() as session:
             old = session.scalars(select(ExportJob).where(
                 ExportJob.status == "completed",
                 ExportJob.finished_at < now - timedelta(days=self.settings.export_retention_days)))
-            expired = [job for job in old if Path(job.out_dir).resolve().is_relative_to(kept)]
+            expired = [job for job in old if self._ours(job.out_dir)]
             for job in expired:
                 remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
                 job.status, job.updated_at = EXPIRED, now
@@ -334,15 +333,19 @@ class ExportJobs:
     def _supersede(self, session: Session, username: str) -> list[str]:
         """Delete the files of this user's finished exports in the service's folder beyond the newest
         KEPT_PER_USER - 1 (the one starting makes KEPT_PER_USER), marking each expired; their ids."""
-        kept = (self.settings.data_path / "exports").resolve()
         finished = session.scalars(select(ExportJob).where(ExportJob.username == username,
                                                            ExportJob.status == "completed")
                                    .order_by(ExportJob.finished_at.desc()))
-        old = [job for job in finished if Path(job.out_dir).resolve().is_relative_to(kept)][KEPT_PER_USER - 1:]
+        old = [job for job in finished if self._ours(job.out_dir)][KEPT_PER_USER - 1:]
         for job in old:
             remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
             job.status, job.updated_at = EXPIRED, utcnow()
         return [job.id for job in old]
+
+    def _ours(self, out_dir: str) -> bool:
+        """Whether an export's folder is the service's own (`{data}/exports/`): a command-line export wrote
+        where its operator asked, and its files are theirs to keep, whatever happens to the job."""
+        return Path(out_dir).resolve().is_relative_to((self.settings.data_path / "exports").resolve())
 
     def _own(self, actor: Actor, job_id: str) -> ExportJob:
         """The actor's job, only while they hold the role and organisation it was decided under: a client
@@ -373,7 +376,8 @@ class ExportJobs:
 
     def cancel(self, actor: Actor, job_id: str, request_id: str | None = None,
                source_address: str | None = None) -> None:
-        """Stop a running export (its run deletes what it wrote) or delete a finished one's files."""
+        """Stop a running export (its run deletes what it wrote) or delete a finished one's files, if they are in
+        the service's folder (`_ours`)."""
         self.expire()
         job = self._own(actor, job_id)
         secondary = self._secondary(actor, request_id, source_address, job.purpose)
@@ -382,7 +386,7 @@ class ExportJobs:
             was = row.status
             row.status, row.updated_at = "cancelled", utcnow()
             secondary.audit(session, AuditAction.EXPORT_CANCEL, "permit", job=job_id, was=was)
-        if was not in RUNNING:
+        if was not in RUNNING and self._ours(job.out_dir):
             remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
 
     def file(self, actor: Actor, job_id: str, name: str, request_id: str | None = None,

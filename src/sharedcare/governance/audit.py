@@ -55,6 +55,7 @@ class AuditAction(StrEnum):
     CREDENTIALS_REFUSED = "auth:token:refused"
     TLS_REFUSED = "auth:tls:refused"  # a feed's connection refused at the TLS handshake (sharedcare/tls.py)
     CLOCK_CHECK = "system:clock:check"  # the start-up check that the clock is synchronised (sharedcare/clock_sync.py)
+    DEMO_START = "system:demo:start"  # `serve` started in demo mode: the demo sign-in password works (cli.py)
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
@@ -75,6 +76,7 @@ class AuditAction(StrEnum):
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
 ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
+                AuditAction.DEMO_START: "E",
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
                 AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E"}

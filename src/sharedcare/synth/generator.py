@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import TextIO
 
+from sharedcare.csv_out import CsvWriter
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.synth import csv_feeds
 from sharedcare.synth.clinical import History, history
@@ -139,7 +140,7 @@ class ShardWriter:
 
     def write_rows(self, org: str, system: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         rel, handle = self._handle(org, "csv", system)
-        writer = csv.writer(handle)
+        writer = csv.writer(handle)  # a source system's extract, read back by ingest as it is (not csv_out's)
         if rel not in self.headed:
             writer.writerow(header)
             self.headed.add(rel)
@@ -250,7 +251,7 @@ def generate(out_dir: Path, people: int, seed: int, as_of: date = DEFAULT_AS_OF,
     orgs = Orgs(practices, lay.ambulance[0] if lay.ambulance else None, lay.hospice[0] if lay.hospice else None,
                 lay.acute)
     with (out_dir / "ground_truth.csv").open("w", encoding="utf-8", newline="") as truth_file:
-        truth = csv.writer(truth_file)
+        truth = CsvWriter(truth_file)
         truth.writerow(GROUND_TRUTH_HEADER)
         renderer = _Renderer(lay, writer, lambda org, sid, key: truth.writerow((org, sid, key)), noise, counts, as_of)
         number, index, unreported = 1, 0, 0
@@ -273,7 +274,7 @@ def generate(out_dir: Path, people: int, seed: int, as_of: date = DEFAULT_AS_OF,
                 unreported = 0
     writer.close()
     with (out_dir / "users.csv").open("w", encoding="utf-8", newline="") as users_file:
-        users = csv.writer(users_file)
+        users = CsvWriter(users_file)
         users.writerow(USERS_HEADER)
         users.writerows((u.username, u.name, u.role, u.organisation) for u in framework.users.values())
     summary.households = index
