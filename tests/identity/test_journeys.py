@@ -74,6 +74,49 @@ def test_twins_without_nhs_numbers_go_to_review_and_the_reviewers_decision_survi
     assert r["RXR/amy"].person_id == r["RXR/zoe"].person_id
 
 
+def test_a_twins_record_without_a_surname_is_not_linked_to_the_other_twin(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An ambulance record of Zoe with no surname taken: her given name still tells her from her twin
+    Amy (same birth date and address). Until 2026-12-06 a missing surname made the whole name comparison
+    'missing', so the given-name rule held nothing and the pair linked on birth date and address alone."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("amy", None, "Jones", "Amy", "2001-04-05", "female")),
+            (("RYA", "cleric"), patient("zoe", None, "", "Zoe", "2001-04-05", "female",
+                                        name=[{"use": "official", "given": ["Zoe"]}])))
+    r = _records(db)
+    assert r["RYA/zoe"].person_id != r["RXR/amy"].person_id
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RYA/zoe"].person_id != r["RXR/amy"].person_id
+
+
+def test_twins_are_never_joined_through_a_record_without_a_given_name(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An ambulance record with only the surname (no given name taken) matches either twin on surname,
+    birth date, address and phone; the given-name rule holds Amy and Zoe apart, and a third record must
+    not join them. Until 2026-12-06 ingest linked Zoe to Amy's person through that record, and a relink
+    joined all three as one person."""
+    phone = {"telecom": [{"system": "phone", "value": "01632 960457", "use": "home"}]}
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("amy", None, "Jones", "Amy", "2001-04-05", "female")),
+            (("RYA", "cleric"), patient("x", None, "Jones", "", "2001-04-05", "female",
+                                        name=[{"use": "official", "family": "Jones"}], **phone)),
+            (HOSPITAL, patient("zoe", None, "Jones", "Zoe", "2001-04-05", "female", **phone)))
+    r = _records(db)
+    assert r["RXR/zoe"].person_id != r["RXR/amy"].person_id
+    assert r["RXR/zoe"].link_status == "review"
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/zoe"].person_id != r["RXR/amy"].person_id
+    assert r["RYA/x"].person_id not in (r["RXR/amy"].person_id, r["RXR/zoe"].person_id)
+    assert r["RYA/x"].link_status == "review" and "kept apart" in (r["RYA/x"].link_note or "")
+    with db.session() as s:
+        listed = {frozenset((m.record_a, m.record_b)) for m in s.scalars(select(MatchReview))}
+    assert {frozenset((r["RYA/x"].id, r[k].id)) for k in ("RXR/amy", "RXR/zoe")} <= listed
+
+
 def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, framework: Framework,
                                                                     tmp_path: Path) -> None:
     _ingest(db, framework, tmp_path / "f.ndjson",
