@@ -4,10 +4,12 @@
 breakdown to FILE as JSON and prints it as tables. For every true pair the batch relink leaves in two
 persons: the comparison levels and match weight the trained model gave it, what kept it apart
 (`status`) and what FEBRL's generator did to the duplicate (`category`, from the raw fields, not from
-our levels). Since FEBRL 3 holds up to nine duplicates of one original, one record left out accounts
-for many pairs, so misses are counted by record and by true person as well: each true person our MPI
-splits has a largest part (ties: the one holding the original), and every record outside it is a
-*held record*, read through its strongest pair into that part.
+our levels). Also the pairs the given-name rule holds that are in one person all the same, joined
+through other records (none since 2026-12-06, `matching._components`). Since FEBRL 3 holds up to nine
+duplicates of one original, one record left out accounts for many pairs, so misses are counted by
+record and by true person as well: each true person our MPI splits has a largest part (ties: the one
+holding the original), and every record outside it is a *held record*, read through its strongest pair
+into that part.
 
 Status, in the order `matching.cluster` decides:
 - held by the given-name rule: the weight reaches the link threshold, but the given names clearly
@@ -15,8 +17,9 @@ Status, in the order `matching.cluster` decides:
 - on the review list: the weight is between review and link;
 - below review: scored, the weight under review;
 - not a candidate: no blocking rule puts the two records side by side, so the pair is never scored;
-- scored to link, yet apart: nothing holds the pair, yet clustering left it in two persons (none on FEBRL,
-  whose identifiers have no check digit, so no cluster is split by NHS number).
+- scored to link, yet apart: nothing holds the pair itself, yet clustering left it in two persons: its
+  link would have joined a pair the given-name rule holds, or one of its records links to both of such a
+  pair and is held alone (on FEBRL, whose identifiers have no check digit, never an NHS-number split).
 """
 
 from __future__ import annotations
@@ -196,9 +199,16 @@ def why(number: int) -> dict[str, Any]:
             best = max((read(a, b) for a in part for b in main), key=lambda p: p["match_weight"])
             held += [{"person": person, "record": keys[i][1], "missed_pairs": len(ids) - len(part),
                       "true_cluster_size": len(ids), "through": best} for i in part]
+    persons: dict[int, list[int]] = defaultdict(list)
+    for r in records:
+        persons[result.cluster_of[r.record_id]].append(r.record_id)
+    joined_anyway = [read(a, b) for ids in persons.values() for a in ids for b in ids if a < b and
+                     (pair := model.score_levels(levels(feats[a], feats[b]))).never_link and
+                     pair.probability >= REVIEW_THRESHOLD]
     return {"data": f"FEBRL {number}", "records": len(records), "people": len(members),
             "true_pairs": sum(len(ids) * (len(ids) - 1) // 2 for ids in members.values()),
             "missed_pairs": len(pairs), "people_split": split, "held_records": len(held),
+            "held_pairs_in_one_person": len(joined_anyway), "held_pairs_in_one_person_examples": joined_anyway[:20],
             "model_weights": {"prior": round(model.prior_weight, 3),
                               **{c: [round(w, 3) for w in ws] for c, ws in model.weights.items()}},
             "pairs": pairs, "held": held}
@@ -223,7 +233,8 @@ def print_tables(results: list[dict[str, Any]], out: Console) -> None:
         counts = found["summary"]
         table = Table(title=f"{found['data']}: {found['missed_pairs']} of {found['true_pairs']} true pairs missed; "
                             f"{found['people_split']} of {found['people']} people split, {found['held_records']} "
-                            "records held outside their largest part")
+                            "records held outside their largest part; "
+                            f"{found['held_pairs_in_one_person']} pairs the given-name rule holds in one person")
         table.add_column("category (what the generator did)")
         table.add_column("pairs", justify="right")
         for header in HEADERS:

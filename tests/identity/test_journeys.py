@@ -3,6 +3,7 @@ and is matched on arrival against what the index already holds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
 
 from sharedcare.governance.framework import Framework
+from sharedcare.identity.compare import MatchRecord
 from sharedcare.identity.links import decide
+from sharedcare.identity.matching import cluster
+from sharedcare.identity.model import default_model
 from sharedcare.identity.mpi import Demographics, link_patient_record, relink
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -115,6 +119,17 @@ def test_twins_are_never_joined_through_a_record_without_a_given_name(
     with db.session() as s:
         listed = {frozenset((m.record_a, m.record_b)) for m in s.scalars(select(MatchReview))}
     assert {frozenset((r["RYA/x"].id, r[k].id)) for k in ("RXR/amy", "RXR/zoe")} <= listed
+
+
+def test_records_a_reviewer_separated_are_not_joined_through_a_third_record() -> None:
+    """A reviewer said records 1 and 2 are two people; record 3 agrees with both on everything. Until
+    2026-12-06 a relink linked 3 to each and so put 1 and 2 in one person after all; now 3 is held."""
+    same = MatchRecord(1, given="John", family="Smith", birth_date="1950-09-14", sex="male", postcode="RV1 2AB")
+    records = [same, replace(same, record_id=2), replace(same, record_id=3)]
+    found = cluster(records, decided_different={(1, 2)}, fallback=default_model().json)
+    assert found.cluster_of[1] != found.cluster_of[2]
+    assert found.held_for_review == found.torn == {3}
+    assert {(1, 3), (2, 3)} <= {(p.record_a, p.record_b) for p in found.review_pairs}
 
 
 def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, framework: Framework,
