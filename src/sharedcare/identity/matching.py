@@ -410,10 +410,10 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
     torn -= {r for pair in kept for r in pair}
     parent = {r.record_id: r.record_id for r in records}
     joined: dict[int, list[int]] = {r.record_id: [r.record_id] for r in records}  # root -> its records
-    kept_from: dict[int, set[int]] = defaultdict(set)  # root -> records its records must not join
+    kept_from: dict[int, set[int]] = {}  # root -> records its records must not join
     for x, y in apart:
-        kept_from[x].add(y)
-        kept_from[y].add(x)
+        kept_from.setdefault(x, set()).add(y)
+        kept_from.setdefault(y, set()).add(x)
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -428,7 +428,8 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
         if ra == rb:
             best[a], best[b] = max(best[a], p), max(best[b], p)
             continue
-        if (a in torn or b in torn or any(r in kept_from[ra] for r in joined[rb])) and (min(a, b), max(a, b)) \
+        far = kept_from.get(ra)
+        if (a in torn or b in torn or (far and any(r in far for r in joined[rb]))) and (min(a, b), max(a, b)) \
                 not in kept:
             refused.append((a, b, p))
             continue
@@ -436,7 +437,8 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
             ra, rb = rb, ra
         parent[rb] = ra
         joined[ra] += joined.pop(rb)
-        kept_from[ra] |= kept_from.pop(rb, set())
+        if rb in kept_from:
+            kept_from.setdefault(ra, set()).update(kept_from.pop(rb))
         best[a], best[b] = max(best[a], p), max(best[b], p)
     cluster_of: dict[int, int] = {}
     held: set[int] = set(torn)
