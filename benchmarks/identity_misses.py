@@ -5,7 +5,7 @@ breakdown to FILE as JSON and prints it as tables. For every true pair the batch
 persons: the comparison levels and match weight the trained model gave it, what kept it apart
 (`status`) and what FEBRL's generator did to the duplicate (`category`, from the raw fields, not from
 our levels). Also the pairs the given-name rule holds that are in one person all the same, joined
-through other records (none since 2026-12-06, `matching._components`). Since FEBRL 3 holds up to nine
+through other records (the rule holds a pair, not a person). Since FEBRL 3 holds up to nine
 duplicates of one original, one record left out accounts for many pairs, so misses are counted by
 record and by true person as well: each true person our MPI splits has a largest part (ties: the one
 holding the original), and every record outside it is a *held record*, read through its strongest pair
@@ -17,9 +17,8 @@ Status, in the order `matching.cluster` decides:
 - on the review list: the weight is between review and link;
 - below review: scored, the weight under review;
 - not a candidate: no blocking rule puts the two records side by side, so the pair is never scored;
-- scored to link, yet apart: nothing holds the pair itself, yet clustering left it in two persons: its
-  link would have joined a pair the given-name rule holds, or one of its records links to both of such a
-  pair and is held alone (on FEBRL, whose identifiers have no check digit, never an NHS-number split).
+- scored to link, yet apart: nothing holds the pair itself, yet clustering left it in two persons (on
+  FEBRL, whose identifiers have no check digit, never: no cluster is split by NHS number).
 """
 
 from __future__ import annotations

@@ -157,7 +157,6 @@ class Clustering:
     evidence: dict[int, dict[str, Any]] = field(default_factory=dict)  # record -> its strongest link's waterfall
     review_pairs: list[ReviewPair] = field(default_factory=list)
     held_for_review: set[int] = field(default_factory=set)
-    torn: set[int] = field(default_factory=set)  # of those, records linked to both of a pair kept apart
     model: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
 
@@ -228,8 +227,7 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     Fewer than MIN_TRAINING_RECORDS are too few to estimate anything from: they are scored with the
     `fallback` model (the one in use) instead. Reviewers' decisions win over the model: pairs decided
     the same person are linked, pairs decided different people are never linked directly."""
-    decided_same, decided_different = ({(min(a, b), max(a, b)) for a, b in pairs or ()}
-                                       for pairs in (decided_same, decided_different))
+    decided_same, decided_different = decided_same or set(), decided_different or set()
     if len(records) < 2:
         return Clustering({r.record_id: r.record_id for r in records}, {r.record_id: 1.0 for r in records})
     trained = fallback is None or len(records) >= MIN_TRAINING_RECORDS
@@ -271,9 +269,7 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         else:
             unsure.append((a, b, p, key))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
-    apart = {(min(a, b), max(a, b)) for a, b, _, key in unsure if scores[key][1]} | decided_different
-    result, refused = _components(records, links, numbers, apart, decided_same)
-    unsure += [(a, b, p, found_of[pair]) for a, b, p in refused if (pair := (min(a, b), max(a, b))) in found_of]
+    result = _components(records, links, numbers)
     waterfalls: dict[tuple[int, ...], dict[str, Any]] = {}
 
     def evidence(key: tuple[int, ...]) -> dict[str, Any]:
@@ -387,33 +383,11 @@ def _numbers_differ(numbers: dict[int, str | None], a: int, b: int) -> bool:
     return numbers_keep_apart(numbers[a], numbers[b])
 
 
-def _components(records: list[MatchRecord], links: list[tuple[int, int, float]], numbers: dict[int, str | None],
-                apart: set[tuple[int, int]] | None = None, kept: set[tuple[int, int]] | None = None,
-                ) -> tuple[Clustering, list[tuple[int, int, float]]]:
-    """Connected components of the links (union-find), kept from joining records `apart`, then split any that
-    would join two valid NHS numbers (`numbers_keep_apart`; identifiers without a check digit are weighed by
-    the model, not split on). Also returns the links refused.
-
-    `apart` are pairs never linked directly: the given-name rule holds them (twins) or a reviewer separated
-    them. A third record must not join them either: one without a given name (a newborn's, an unknown
-    patient's) links to both twins on surname, birth date and address, and until 2026-12-06 the components
-    joined the twins through it. So a record linked to both records of such a pair matches two people
-    equally well and is held alone for review, as real time holds it (`realtime.match`); the other links
-    are joined strongest first and a link that would put a pair kept apart in one person is refused. Links
-    a reviewer made (`kept`) are never refused, nor their records held."""
-    apart, kept = apart or set(), kept or set()
-    neighbours: dict[int, set[int]] = defaultdict(set)
-    for a, b, _ in links:
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-    torn = {r for x, y in apart for r in neighbours.get(x, set()) & neighbours.get(y, set())}
-    torn -= {r for pair in kept for r in pair}
+def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
+                numbers: dict[int, str | None]) -> Clustering:
+    """Connected components of the links (union-find), then split any that would join two valid NHS numbers
+    (`numbers_keep_apart`; identifiers without a check digit are weighed by the model, not split on)."""
     parent = {r.record_id: r.record_id for r in records}
-    joined: dict[int, list[int]] = {r.record_id: [r.record_id] for r in records}  # root -> its records
-    kept_from: dict[int, set[int]] = {}  # root -> records its records must not join
-    for x, y in apart:
-        kept_from.setdefault(x, set()).add(y)
-        kept_from.setdefault(y, set()).add(x)
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -422,27 +396,15 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
         return x
 
     best: dict[int, float] = defaultdict(float)
-    refused: list[tuple[int, int, float]] = []
-    for a, b, p in sorted(links, key=lambda link: (-link[2], min(link[:2]), max(link[:2]))):
-        ra, rb = find(a), find(b)
-        if ra == rb:
-            best[a], best[b] = max(best[a], p), max(best[b], p)
-            continue
-        far = kept_from.get(ra)
-        if (a in torn or b in torn or (far and any(r in far for r in joined[rb]))) and (min(a, b), max(a, b)) \
-                not in kept:
-            refused.append((a, b, p))
-            continue
-        if len(joined[ra]) < len(joined[rb]):
-            ra, rb = rb, ra
-        parent[rb] = ra
-        joined[ra] += joined.pop(rb)
-        if rb in kept_from:
-            kept_from.setdefault(ra, set()).update(kept_from.pop(rb))
+    for a, b, p in links:
+        parent[find(a)] = find(b)
         best[a], best[b] = max(best[a], p), max(best[b], p)
+    members: dict[int, list[int]] = defaultdict(list)
+    for r in records:
+        members[find(r.record_id)].append(r.record_id)
     cluster_of: dict[int, int] = {}
-    held: set[int] = set(torn)
-    for root, ids in joined.items():
+    held: set[int] = set()
+    for root, ids in members.items():
         distinct = {numbers[i] for i in ids if numbers[i]}
         if sum(1 for x in distinct if x and is_valid(x)) <= 1:  # `numbers_keep_apart` needs two valid ones
             cluster_of.update({i: root for i in ids})
@@ -456,4 +418,4 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
                 cluster_of[i] = i
                 held.add(i)
     probability = {i: (best[i] if i in best and i not in held else 1.0) for i in cluster_of}
-    return Clustering(cluster_of, probability, held_for_review=held, torn=torn), refused
+    return Clustering(cluster_of, probability, held_for_review=held)

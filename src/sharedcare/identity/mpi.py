@@ -417,9 +417,7 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
                 record.link_method = "probabilistic"
             if record.id in result.held_for_review:
                 record.link_status = "review"
-                record.link_note = ("held for review: matches two records kept apart (given names differ, or a "
-                                    "reviewer separated them)" if record.id in result.torn else
-                                    "held for review: its cluster joined two NHS numbers")
+                record.link_note = "held for review: its cluster joined two NHS numbers"
             elif len(group) == 1 and record.link_status == "review":
                 record.link_status = "review"
             else:

@@ -300,17 +300,13 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
     if not scored:
         return Found("no-link", candidates=len(rows))
     best = scored[0]
-    # A person one of whose records a safety rule holds against this one (a twin's) is not linked through
-    # another of its records (one without a given name links to either twin): a relink keeps them apart too.
-    ruled_out = {c.person_id for c in scored if c.score.never_link}
-    linkable = {c.person_id for c in scored if c.score.outcome == "link" and c.person_id not in ruled_out}
+    linkable = {c.person_id for c in scored if c.score.outcome == "link"}
     if len(linkable) > 1:
         return Found("review", best, [c for c in scored if c.score.outcome == "link"][:5],
                      f"held for review: matches {len(linkable)} different people equally well", len(rows))
-    if best.score.outcome == "link" and best.person_id not in ruled_out:
+    if best.score.outcome == "link":
         return Found("link", best, candidates=len(rows))
     why = (f"safety rule: {', '.join(best.score.never_link)} disagree" if best.score.never_link
            and best.score.probability >= LINK_THRESHOLD else
-           "safety rule: name disagrees with another of this person's records" if best.score.outcome == "link" else
            f"match probability {best.score.probability:.4f} is below the link threshold {LINK_THRESHOLD}")
     return Found("review", best, scored[:5], f"held for review: {why}", len(rows))
