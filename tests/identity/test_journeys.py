@@ -74,6 +74,23 @@ def test_twins_without_nhs_numbers_go_to_review_and_the_reviewers_decision_survi
     assert r["RXR/amy"].person_id == r["RXR/zoe"].person_id
 
 
+def test_a_twins_record_without_a_surname_is_not_linked_to_the_other_twin(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An ambulance record of Zoe with no surname taken: her given name still tells her from her twin
+    Amy (same birth date and address). Until 2026-12-06 a missing surname made the whole name comparison
+    'missing', so the given-name rule held nothing and the pair linked on birth date and address alone."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("amy", None, "Jones", "Amy", "2001-04-05", "female")),
+            (("RYA", "cleric"), patient("zoe", None, "", "Zoe", "2001-04-05", "female",
+                                        name=[{"use": "official", "given": ["Zoe"]}])))
+    r = _records(db)
+    assert r["RYA/zoe"].person_id != r["RXR/amy"].person_id
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RYA/zoe"].person_id != r["RXR/amy"].person_id
+
+
 def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, framework: Framework,
                                                                     tmp_path: Path) -> None:
     _ingest(db, framework, tmp_path / "f.ndjson",

@@ -222,8 +222,13 @@ def _jw(a: str | None, b: str | None) -> float:
 ELSE = Level("different", "ELSE", lambda a, b: True)
 FUZZY = 0.9  # Jaro-Winkler similarity taken as a keying error (Smith/Smtih 0.96, Dixon/Dickson 0.81)
 
+# The name comparison is 'missing' only when a given name is: the given name is what tells twins and
+# siblings apart (the rule below), so a pair whose given names are both known is judged on them even when
+# a surname is not. A missing surname then reads as a changed one: the given names agree, or they differ
+# and the pair is never linked automatically. Until 2026-12-06 either name missing made the whole
+# comparison 'missing', so twin Zoe's record without a surname linked to Amy's on birth date and address.
 NAME = Comparison("name", "given and family name: exact, swapped, nickname, changed or hyphenated surname, typo", (
-    _either_null("given", "family"),
+    _either_null("given"),
     Level("exact", "given_l = given_r AND family_l = family_r",
           lambda a, b: a["given"] == b["given"] and a["family"] == b["family"]),
     Level("first and last swapped",  # exactly or but for a typing error (a clerk's swap, then a slip)
@@ -240,7 +245,7 @@ NAME = Comparison("name", "given and family name: exact, swapped, nickname, chan
           f"jaro_winkler_similarity(given_l, given_r) >= {FUZZY} "
           f"AND jaro_winkler_similarity(family_l, family_r) >= {FUZZY}",
           lambda a, b: _jw(a["given"], b["given"]) >= FUZZY and _jw(a["family"], b["family"]) >= FUZZY),
-    Level("given agrees, surname changed",
+    Level("given agrees, surname changed or missing",
           f"list_has_any(given_keys_l, given_keys_r) OR jaro_winkler_similarity(given_l, given_r) >= {FUZZY}",
           lambda a, b: _overlap(a["given_keys"], b["given_keys"]) or _jw(a["given"], b["given"]) >= FUZZY),
     Level("surname agrees, given name different", "list_has_any(family_keys_l, family_keys_r)",
