@@ -179,3 +179,18 @@ def test_a_script_may_send_the_date_of_birth_as_one_iso_date(ics: Ics) -> None:
     page = ics.client.post("/search", data={"family": "Okafor", "birth_date": "1945-03-02"})
     assert page.status_code == 200 and "OKAFOR, Emeka" in page.text
     assert ics.client.post("/search", data={"family": "Okafor", "birth_date": "1945-02-30"}).status_code == 400
+
+
+def test_a_role_that_sees_nothing_of_mental_health_is_not_told_a_mental_health_trust_knows_the_patient(
+        ics: Ics) -> None:
+    """The framework gives a community pharmacist nothing of mental health, not even that a service is
+    involved; the trust's own record of who he is must not name it on the care team either."""
+    _sign_in(ics, "pharm.khan")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Metformin 500mg tablets" in page  # the record opened
+    assert "Riverside and Dales Mental Health NHS Foundation Trust" not in page
+    assert "Mental health service" not in page and "01632 960300" not in page
+    ics.client.post("/logout")
+    _sign_in(ics, "sw.brown")  # a social worker sees that the trust is involved, and how to reach it
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Riverside and Dales Mental Health NHS Foundation Trust" in page and "01632 960300" in page

@@ -149,7 +149,7 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
     view = records.everything(person_id)
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
-                  services=explain.services(view, fw), charts=present.trend_charts(view),
+                  services=explain.services(view, fw, records.actor.role), charts=present.trend_charts(view),
                   stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, records.actor.role, fw))
 
 
