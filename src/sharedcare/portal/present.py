@@ -21,6 +21,7 @@ from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
+from sharedcare.portal.pages import uk_time
 
 log = logging.getLogger("sharedcare.portal")
 
@@ -78,15 +79,28 @@ def when(resource: dict[str, Any]) -> str:
     return ""
 
 
+# UCUM units as a clinician writes them (any other unit is shown as sent).
+UNIT_WORDS = {"mm[Hg]": "mmHg", "Cel": "°C", "10*9/L": "x10^9/L", "mL/min/{1.73_m2}": "mL/min/1.73m²", "{score}": ""}
+
+
+def quantity(q: dict[str, Any]) -> str:
+    """A value with its unit: a result without one (3.0 what?) is no use to the reader."""
+    unit = str(q.get("unit") or q.get("code") or "")
+    return f"{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+
+
 def detail(resource: dict[str, Any]) -> str:
     rtype = resource.get("resourceType")
     if rtype == "Observation":
         if "valueQuantity" in resource:
-            q = resource["valueQuantity"]
-            return f"{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
-        parts = [f"{concept_text(c.get('code'))}: {c.get('valueQuantity', {}).get('value')}"
+            return quantity(resource["valueQuantity"])
+        parts = [f"{concept_text(c.get('code'))}: {quantity(c.get('valueQuantity') or {})}"
                  for c in resource.get("component", [])]
         return "; ".join(parts) or str(resource.get("valueString", ""))
+    if rtype == "DiagnosticReport":
+        count = len(resource.get("result") or [])
+        panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
+        return str(resource.get("conclusion") or "") or panel
     if rtype == "MedicationStatement":
         parts = [d.get("text", "") for d in resource.get("dosage", []) if d.get("text")]
         issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
@@ -102,7 +116,9 @@ def detail(resource: dict[str, Any]) -> str:
         acts = [_activity(a.get("detail") or {}) for a in resource.get("activity", [])]
         return "; ".join(a for a in acts if a) or str(resource.get("description") or resource.get("title") or "")
     if rtype == "Encounter":
-        return concept_text((resource.get("class") or {}) and {"text": resource["class"].get("display")}) or ""
+        kind = str((resource.get("class") or {}).get("display") or "")
+        start, end = (str((resource.get("period") or {}).get(k) or "")[:10] for k in ("start", "end"))
+        return ", ".join(part for part in (kind, f"until {end}" if end and end != start else "") if part)
     return ""
 
 
@@ -163,15 +179,14 @@ class Row:
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset()) -> Row:
     r = served.content
     org = fw.organisation(served.source_org)
-    what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "category") \
+    what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
     status = concept_text(r.get("clinicalStatus")) or str(r.get("status", ""))
     return Row(what=what, when=when(r), status=status, detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
                source_kind=KIND_LABELS.get(org.kind, "") if org else "",
-               recorded=served.recorded_at.strftime("%d %b %Y %H:%M"),
-               received=served.received_at.strftime("%d %b %Y %H:%M"),
+               recorded=uk_time(served.recorded_at), received=uk_time(served.received_at),
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale)
 
