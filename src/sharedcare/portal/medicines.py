@@ -132,8 +132,12 @@ def _problems(statements: list[Statement]) -> list[str]:
         for src, found in sorted(stopped.items()):
             latest = max(found, key=lambda s: (s.ended, s.recorded_on))
             why = f" ({latest.reason})" if latest.reason else ""
+            stop = latest.ended or latest.asserted
+            after = sorted((s.source, s.last_issued) for found in taking.values() for s in found
+                           if stop and s.last_issued > stop)  # issued after the stop: a safety signal
+            issued = f", and issued since by {', '.join(f'{who} on {day}' for who, day in after)}" if after else ""
             out.append(f"Stopped by {src}{' on ' + latest.ended if latest.ended else ''}{why}, "
-                       f"but still current at {', '.join(sorted(taking))}.")
+                       f"but still current at {', '.join(sorted(taking))}{issued}.")
     doses = {src: {dose_key(s) for s in found} for src, found in taking.items()}
     if len({frozenset(d) for d in doses.values()}) > 1:
         out.append("Different product or dose: " + "; ".join(
