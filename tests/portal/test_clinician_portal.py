@@ -74,6 +74,7 @@ def test_searching_by_nhs_number_keeps_it_out_of_the_url(ics: Ics) -> None:
     _sign_in(ics, "dr.patel")
     results = ics.client.post("/search", data={"nhs_number": "943 476 5919"})
     assert "OKAFOR, Emeka" in results.text
+    assert "</span>943 476 5919</td>" in results.text  # spaced as on the record's banner, easy to check aloud
     assert OKAFOR_NHS not in str(results.url)
 
 
@@ -84,10 +85,12 @@ def test_emergency_access_tells_the_clinician_it_is_recorded(ics: Ics) -> None:
     assert "Emergency access" in page.text and "will be reviewed" in page.text
 
 
-def test_a_short_reason_is_sent_back_with_the_problem(ics: Ics) -> None:
+def test_a_short_reason_is_sent_back_with_the_problem_in_the_forms_own_words(ics: Ics) -> None:
     _sign_in(ics)
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "emergency", "reason": "help"})
-    assert page.status_code == 400 and "at least 10 characters" in page.text
+    assert page.status_code == 400
+    assert "Enter a reason of at least 10 characters for emergency (break glass)." in page.text
+    assert "basis" not in page.text.split('class="nhsuk-error-summary"', 1)[1].split("</div>", 1)[0]
 
 
 def test_an_unsearchable_query_says_what_is_needed(ics: Ics) -> None:

@@ -21,7 +21,7 @@ from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
-from sharedcare.portal.pages import uk_time
+from sharedcare.portal.pages import nhs_spaced, uk_time
 
 log = logging.getLogger("sharedcare.portal")
 
@@ -380,7 +380,7 @@ def patient_banner(patient: dict[str, Any] | None, source: DemographicsSource | 
         "name": f"{(name.get('family') or '').upper()}, {' '.join(name.get('given', []))}"
                 + (f" ({name['prefix'][0]})" if name.get("prefix") else ""),
         "born": str(patient.get("birthDate", "")),
-        "nhs": f"{nhs[:3]} {nhs[3:6]} {nhs[6:]}" if len(nhs) == 10 else nhs,
+        "nhs": nhs_spaced(nhs),
         "gender": str(patient.get("gender", "")),
         "address": ", ".join([*(address or {}).get("line", []), (address or {}).get("city", ""),
                               (address or {}).get("postalCode", "")]).strip(", ") if address else "",

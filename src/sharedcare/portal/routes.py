@@ -163,7 +163,11 @@ def record_basis(request: Request, person_id: str, records: RecordsDep, fw: Fram
     try:
         records.record_basis(person_id, basis, reason)
     except InvalidRequest as exc:
-        return _basis_page(request, records, fw, person_id, 400, pages.sentence(exc.message),
+        label = next((label for value, label, _ in BASIS_CHOICES if value == basis), None)
+        message = exc.message
+        if label is not None and len(reason.strip()) < fw.min_reason_chars:  # said in the form's own words
+            message = f"Enter a reason of at least {fw.min_reason_chars} characters for {label.lower()}"
+        return _basis_page(request, records, fw, person_id, 400, pages.sentence(message),
                            "reason" if basis in fw.basis else "basis", reason, basis, then)
     return RedirectResponse(f"/record/{person_id}{RECORD_PAGES.get(then, '')}", status_code=303)
 
