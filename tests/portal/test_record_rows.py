@@ -1,9 +1,10 @@
-"""What a clinician reads in each row of the record: a measurement with its unit, a lab panel that says
-what it is, a hospital stay named by its ward with the day it ended, and times as the clock on the wall
-showed them (UK time, summer time included)."""
+"""What a clinician reads in the record: a measurement with its unit, a lab panel that says what it is, a
+hospital stay named by its ward with the day it ended, times as the clock on the wall showed them (UK
+time, summer time included), allergies before anything else, and when each service last saw the person."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.builders import SCT, bundle, write_ndjson
@@ -50,8 +51,12 @@ def _ingest(db: Database, framework: Framework, tmp: Path) -> None:
          "effectiveDateTime": "2026-11-03T08:00:00Z",
          "result": [{"reference": "Observation/rx-k1"}, {"reference": "Observation/rx-na1"}]},
     ], timestamp="2026-11-07T17:00:00Z")
+    gp = bundle("P81001", "emis", [
+        {"resourceType": "AllergyIntolerance", "id": "gp-al1", "patient": {"reference": "Patient/gp-okafor"},
+         "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}},
+    ], timestamp="2026-11-01T10:00:00Z")
     paths = [write_ndjson(tmp / "rows" / f"{name}.ndjson", [b]) for name, b in (("community", community),
-                                                                              ("acute", acute))]
+                                                                              ("acute", acute), ("gp", gp))]
     report = Pipeline(db, framework).ingest_paths(paths)
     assert report.quarantined == 0, report.quarantine
 
@@ -90,3 +95,30 @@ def test_when_an_item_was_recorded_is_said_in_uk_time(ics: Ics, framework: Frame
     page = _record(ics, "dn.williams")
     assert "recorded 14 Jul 2026, 10:45" in page
     assert "recorded 7 Nov 2026, 17:00" in page
+
+
+def test_the_summary_starts_with_allergies(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """The shortest list, and the one no one may miss: on a phone it was below every medicine and problem."""
+    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    page = _record(ics, "para.evans")
+    summary = page.split('id="summary"', 1)[1].split('id="encounters"', 1)[0]
+    sections = re.findall(r'<section id="([a-z-]+)"', summary)
+    assert sections[:3] == ["allergies", "medications", "problems"]
+    assert "Allergy to penicillin" in summary.split('id="medications"', 1)[0]
+
+
+def test_the_care_team_says_when_each_service_last_saw_the_person(ics: Ics, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    page = _record(ics, "dn.williams")
+    team = page.split('id="care-team"', 1)[1].split('id="care-plans"', 1)[0]
+    hospital = team.split("Riverside University Hospitals NHS Trust", 1)[1].split("</dd>", 1)[0]
+    assert "Last contact: Ward 12 (Care of the Elderly) on 2026-11-02." in hospital
+
+
+def test_the_pharmacist_sees_allergies_beside_the_medicines(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    _record(ics, "pharm.khan")
+    page = ics.client.get(f"/record/{ics.okafor}/medicines").text
+    allergies = page.split("<h2>Allergies</h2>", 1)[1].split("<h2>Medicines from every source</h2>", 1)[0]
+    assert "Allergy to penicillin" in allergies and "Riverside Medical Centre" in allergies
