@@ -197,3 +197,12 @@ def test_a_role_that_sees_nothing_of_mental_health_is_not_told_a_mental_health_t
     _sign_in(ics, "sw.brown")  # a social worker sees that the trust is involved, and how to reach it
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
     assert "Riverside and Dales Mental Health NHS Foundation Trust" in page and "01632 960300" in page
+
+
+def test_an_empty_tab_does_not_pass_for_nothing_held_when_services_are_shown_only_as_involved(ics: Ics) -> None:
+    """A social worker sees the mental health trust only as involved: its tab-by-tab gaps say where to look."""
+    _sign_in(ics, "sw.brown")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    results = page.split('id="results"', 1)[1].split('id="care-team"', 1)[0]
+    assert "Nothing shared with you here. Some services hold information you see only as involved" in results
+    assert "Nothing shared.<" not in results
