@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from tests.builders import bundle, medication, patient, write_ndjson
 from tests.discharge_feed import FOLLOW_UP, ingest_discharge
 from tests.results_feed import ingest_results
 from tests.small_ics import Ics
 
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.portal.medicines import Statement, dose_key, medicine_name
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
@@ -186,3 +188,21 @@ def test_a_medicine_is_its_name_before_the_strength_and_common_dose_wordings_agr
         dose_key(said("Metformin 500mg tablets", "One tablet once a day"))
     assert dose_key(said("Metformin 500mg tablets", "One tablet daily")) != \
         dose_key(said("Metformin 500mg tablets", "One tablet twice daily"))
+
+
+def test_a_medicine_issued_after_another_source_stopped_it_says_so(stay: Ics, framework: Framework,
+                                                                   tmp_path: Path) -> None:
+    """The hospital stopped metformin on 16 October; the practice issued it again on 2 November. That is
+    what a pharmacist most needs to see, not only that the lists disagree."""
+    gp = bundle("P81001", "emis", [
+        patient("gp-okafor", "9434765919", "Okafor", "Emeka", "1945-03-02"),
+        {**medication("gp-m1", "Patient/gp-okafor", "Metformin 500mg tablets"),
+         "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-"
+                               "MedicationStatementLastIssueDate", "valueDateTime": "2026-11-02"}]},
+    ], timestamp="2026-11-02T10:00:00Z")
+    report = Pipeline(_db(stay), framework).ingest_paths([write_ndjson(tmp_path / "reissue.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine
+    _open(stay, "pharm.khan")
+    text = _text(stay.client.get(f"/record/{stay.okafor}/medicines").text)
+    assert (f"Stopped by {HOSPITAL} on 2026-10-16 (Acute kidney injury, eGFR 47), but still current at "
+            "Riverside Medical Centre, and issued since by Riverside Medical Centre on 2026-11-02.") in text

@@ -74,6 +74,7 @@ def test_searching_by_nhs_number_keeps_it_out_of_the_url(ics: Ics) -> None:
     _sign_in(ics, "dr.patel")
     results = ics.client.post("/search", data={"nhs_number": "943 476 5919"})
     assert "OKAFOR, Emeka" in results.text
+    assert "</span>943 476 5919</td>" in results.text  # spaced as on the record's banner, easy to check aloud
     assert OKAFOR_NHS not in str(results.url)
 
 
@@ -84,10 +85,12 @@ def test_emergency_access_tells_the_clinician_it_is_recorded(ics: Ics) -> None:
     assert "Emergency access" in page.text and "will be reviewed" in page.text
 
 
-def test_a_short_reason_is_sent_back_with_the_problem(ics: Ics) -> None:
+def test_a_short_reason_is_sent_back_with_the_problem_in_the_forms_own_words(ics: Ics) -> None:
     _sign_in(ics)
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "emergency", "reason": "help"})
-    assert page.status_code == 400 and "at least 10 characters" in page.text
+    assert page.status_code == 400
+    assert "Enter a reason of at least 10 characters for emergency (break glass)." in page.text
+    assert "basis" not in page.text.split('class="nhsuk-error-summary"', 1)[1].split("</div>", 1)[0]
 
 
 def test_an_unsearchable_query_says_what_is_needed(ics: Ics) -> None:
@@ -179,3 +182,27 @@ def test_a_script_may_send_the_date_of_birth_as_one_iso_date(ics: Ics) -> None:
     page = ics.client.post("/search", data={"family": "Okafor", "birth_date": "1945-03-02"})
     assert page.status_code == 200 and "OKAFOR, Emeka" in page.text
     assert ics.client.post("/search", data={"family": "Okafor", "birth_date": "1945-02-30"}).status_code == 400
+
+
+def test_a_role_that_sees_nothing_of_mental_health_is_not_told_a_mental_health_trust_knows_the_patient(
+        ics: Ics) -> None:
+    """The framework gives a community pharmacist nothing of mental health, not even that a service is
+    involved; the trust's own record of who he is must not name it on the care team either."""
+    _sign_in(ics, "pharm.khan")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Metformin 500mg tablets" in page  # the record opened
+    assert "Riverside and Dales Mental Health NHS Foundation Trust" not in page
+    assert "Mental health service" not in page and "01632 960300" not in page
+    ics.client.post("/logout")
+    _sign_in(ics, "sw.brown")  # a social worker sees that the trust is involved, and how to reach it
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Riverside and Dales Mental Health NHS Foundation Trust" in page and "01632 960300" in page
+
+
+def test_an_empty_tab_does_not_pass_for_nothing_held_when_services_are_shown_only_as_involved(ics: Ics) -> None:
+    """A social worker sees the mental health trust only as involved: its tab-by-tab gaps say where to look."""
+    _sign_in(ics, "sw.brown")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    results = page.split('id="results"', 1)[1].split('id="care-team"', 1)[0]
+    assert "Nothing shared with you here. Some services hold information you see only as involved" in results
+    assert "Nothing shared.<" not in results

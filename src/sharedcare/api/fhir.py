@@ -132,7 +132,7 @@ def withheld_notice(records: GovernedRecords, view: RecordView, whole: bool = Fa
         headline = next(i for i in issues if i["details"]["coding"][0]["code"] == "tier-1-headline")
         headline["diagnostics"] = "Involved, details not shown: " + "; ".join(
             ", ".join(part for part in (", ".join(s.involved_only), s.name, s.phone) if part)
-            for s in services(view, records.fw) if s.involved_only)
+            for s in services(view, records.fw, records.actor.role) if s.involved_only)
     return {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues}
 
 

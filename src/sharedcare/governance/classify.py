@@ -63,6 +63,11 @@ _DEMOGRAPHICS_TIER2 = _DEMOGRAPHICS_TIER1 | {"address", "generalPractitioner", "
                                              "deceasedDateTime", "active"}
 
 
+def service_category(kind: str) -> str | None:
+    """The category everything a kind of service sends falls into (rule 4), if it has one of its own."""
+    return _SERVICE_CATEGORY.get(kind)
+
+
 def _codings(resource: dict[str, Any]) -> set[str]:
     found: set[str] = set()
     for name in _CODED_FIELDS:

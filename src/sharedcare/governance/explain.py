@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sharedcare.governance.classify import service_category
 from sharedcare.governance.consent import Provision
 from sharedcare.governance.consent_fhir import UK_TIME
 from sharedcare.governance.framework import Framework, Role
@@ -157,9 +158,14 @@ class Service:
     involved_only: list[str]  # categories this user sees only as "a service is involved"
 
 
-def services(view: RecordView, fw: Framework) -> list[Service]:
+def services(view: RecordView, fw: Framework, role: Role | None) -> list[Service]:
     """The services involved in this view of a record, those sharing something with the reader first: the
-    portal's list of services, and whom the API's notice says to ask about what is shown only as involved."""
+    portal's list of services, and whom the API's notice says to ask about what is shown only as involved.
+
+    A service known to the reader only by its record of who the person is (nothing else shared or
+    headlined) is listed only if the role may know of that kind of service (tier 1 or more of its category):
+    a mental health trust's Patient record must not tell a role that sees nothing of mental health that
+    the trust is involved."""
     shared: dict[str, set[str]] = {}
     for served in view.resources:
         shared.setdefault(served.source_org, set()).add(served.category)
@@ -169,11 +175,19 @@ def services(view: RecordView, fw: Framework) -> list[Service]:
     out = []
     for code in sorted(set(shared) | set(headline) | set(view.sources)):
         org = fw.organisation(code)
+        if code not in shared and code not in headline and not _may_know_of(org.kind if org else "", role):
+            continue
         out.append(Service(code=code, name=org.name if org else code, kind=KIND_LABELS.get(org.kind, "") if org else "",
                            phone=org.phone if org else "",
                            shared=sorted(CATEGORY_LABELS.get(c, c) for c in shared.get(code, set())),
                            involved_only=sorted(CATEGORY_LABELS.get(c, c) for c in headline.get(code, set()))))
     return sorted(out, key=lambda s: (not s.shared, s.name))
+
+
+def _may_know_of(kind: str, role: Role | None) -> bool:
+    """Whether a role may learn that a service of this kind holds something about the person."""
+    category = service_category(kind)
+    return category is None or (role is not None and role.tier(category) >= 1)
 
 
 def patient_not_shown(withheld: Iterable[str], masked: bool, role: Role | None, fw: Framework) -> dict[str, str]:

@@ -131,7 +131,7 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     view = me.record()
     return render(request, "patient/record.html", account=SIGNED_IN, view=view,
                   banner=present.patient_banner(view.patient), tabs=present.tabs(view, fw, me.actor.role),
-                  services=explain.services(view, fw), charts=present.trend_charts(view),
+                  services=explain.services(view, fw, me.actor.role), charts=present.trend_charts(view),
                   stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, me.actor.role, fw))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import ServedResource
+from sharedcare.portal.pages import UK
 from sharedcare.portal.present import concept_text
 
 TAKING = {"active", "intended"}  # the source says the person takes it now
@@ -104,6 +105,7 @@ def statement(served: ServedResource, fw: Framework) -> Statement:
     reasons = [concept_text(c) for c in r.get("statusReason", [])] + \
         [str(n.get("text")) for n in r.get("note", []) if n.get("text")]
     org = fw.organisation(served.source_org)
+    recorded = served.recorded_at.astimezone(UK)  # the day as people in the ICS say it
     return Statement(
         product=product, code=str(codes[0].get("code") or ""),
         dose="; ".join(d["text"] for d in r.get("dosage", []) if d.get("text")),
@@ -113,7 +115,7 @@ def statement(served: ServedResource, fw: Framework) -> Statement:
         last_issued=str(issued or "")[:10], asserted=str(r.get("dateAsserted") or "")[:10],
         source=served.source_name, source_code=served.source_org,
         source_kind=KIND_LABELS.get(org.kind, "") if org else "",
-        recorded=served.recorded_at.strftime("%d %b %Y"), recorded_on=served.recorded_at.date())
+        recorded=f"{recorded.day} {recorded:%b %Y}", recorded_on=recorded.date())
 
 
 def _problems(statements: list[Statement]) -> list[str]:
@@ -130,8 +132,12 @@ def _problems(statements: list[Statement]) -> list[str]:
         for src, found in sorted(stopped.items()):
             latest = max(found, key=lambda s: (s.ended, s.recorded_on))
             why = f" ({latest.reason})" if latest.reason else ""
+            stop = latest.ended or latest.asserted
+            after = sorted((s.source, s.last_issued) for found in taking.values() for s in found
+                           if stop and s.last_issued > stop)  # issued after the stop: a safety signal
+            issued = f", and issued since by {', '.join(f'{who} on {day}' for who, day in after)}" if after else ""
             out.append(f"Stopped by {src}{' on ' + latest.ended if latest.ended else ''}{why}, "
-                       f"but still current at {', '.join(sorted(taking))}.")
+                       f"but still current at {', '.join(sorted(taking))}{issued}.")
     doses = {src: {dose_key(s) for s in found} for src, found in taking.items()}
     if len({frozenset(d) for d in doses.values()}) > 1:
         out.append("Different product or dose: " + "; ".join(

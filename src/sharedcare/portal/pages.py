@@ -36,7 +36,14 @@ def uk_time(moment: datetime) -> str:
     return f"{local.day} {local:%b %Y, %H:%M}"
 
 
+def nhs_spaced(number: str | None) -> str:
+    """An NHS number as people read and say it: 943 476 5919."""
+    digits = number or ""
+    return f"{digits[:3]} {digits[3:6]} {digits[6:]}" if len(digits) == 10 else digits
+
+
 templates.env.filters["uk_time"] = uk_time
+templates.env.filters["nhs"] = nhs_spaced
 
 
 @pass_context

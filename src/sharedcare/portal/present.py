@@ -21,6 +21,7 @@ from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
+from sharedcare.portal.pages import nhs_spaced, uk_time
 
 log = logging.getLogger("sharedcare.portal")
 
@@ -30,8 +31,10 @@ STALE_AFTER_DAYS = 7
 # The record's tabs: (id, title, [(section title, resource types)]). Social care has a tab of its own
 # (below), so its items are not repeated under their resource type.
 TABS = [
-    ("summary", "Summary", [("Problems", ["Condition"]), ("Medications", ["MedicationStatement"]),
-                            ("Allergies", ["AllergyIntolerance"]),
+    # Allergies first: the shortest list and the one no one may miss (a paramedic on a phone read eleven
+    # medicines and nine problems before reaching them).
+    ("summary", "Summary", [("Allergies", ["AllergyIntolerance"]), ("Medications", ["MedicationStatement"]),
+                            ("Problems", ["Condition"]),
                             ("Procedures and immunisations", ["Procedure", "Immunization"])]),
     ("encounters", "Encounters", [("Encounters", ["Encounter"])]),
     ("results", "Results", [("Results", ["Observation", "DiagnosticReport"])]),
@@ -78,15 +81,28 @@ def when(resource: dict[str, Any]) -> str:
     return ""
 
 
+# UCUM units as a clinician writes them (any other unit is shown as sent).
+UNIT_WORDS = {"mm[Hg]": "mmHg", "Cel": "°C", "10*9/L": "x10^9/L", "mL/min/{1.73_m2}": "mL/min/1.73m²", "{score}": ""}
+
+
+def quantity(q: dict[str, Any]) -> str:
+    """A value with its unit: a result without one (3.0 what?) is no use to the reader."""
+    unit = str(q.get("unit") or q.get("code") or "")
+    return f"{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+
+
 def detail(resource: dict[str, Any]) -> str:
     rtype = resource.get("resourceType")
     if rtype == "Observation":
         if "valueQuantity" in resource:
-            q = resource["valueQuantity"]
-            return f"{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
-        parts = [f"{concept_text(c.get('code'))}: {c.get('valueQuantity', {}).get('value')}"
+            return quantity(resource["valueQuantity"])
+        parts = [f"{concept_text(c.get('code'))}: {quantity(c.get('valueQuantity') or {})}"
                  for c in resource.get("component", [])]
         return "; ".join(parts) or str(resource.get("valueString", ""))
+    if rtype == "DiagnosticReport":
+        count = len(resource.get("result") or [])
+        panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
+        return str(resource.get("conclusion") or "") or panel
     if rtype == "MedicationStatement":
         parts = [d.get("text", "") for d in resource.get("dosage", []) if d.get("text")]
         issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
@@ -102,7 +118,9 @@ def detail(resource: dict[str, Any]) -> str:
         acts = [_activity(a.get("detail") or {}) for a in resource.get("activity", [])]
         return "; ".join(a for a in acts if a) or str(resource.get("description") or resource.get("title") or "")
     if rtype == "Encounter":
-        return concept_text((resource.get("class") or {}) and {"text": resource["class"].get("display")}) or ""
+        kind = str((resource.get("class") or {}).get("display") or "")
+        start, end = (str((resource.get("period") or {}).get(k) or "")[:10] for k in ("start", "end"))
+        return ", ".join(part for part in (kind, f"until {end}" if end and end != start else "") if part)
     return ""
 
 
@@ -163,15 +181,14 @@ class Row:
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset()) -> Row:
     r = served.content
     org = fw.organisation(served.source_org)
-    what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "category") \
+    what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
     status = concept_text(r.get("clinicalStatus")) or str(r.get("status", ""))
     return Row(what=what, when=when(r), status=status, detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
                source_kind=KIND_LABELS.get(org.kind, "") if org else "",
-               recorded=served.recorded_at.strftime("%d %b %Y %H:%M"),
-               received=served.received_at.strftime("%d %b %Y %H:%M"),
+               recorded=uk_time(served.recorded_at), received=uk_time(served.received_at),
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale)
 
@@ -320,6 +337,17 @@ def _trend_charts(view: RecordView) -> list[Markup]:
     ) if chart]
 
 
+def last_contacts(view: RecordView, fw: Framework) -> dict[str, str]:
+    """Each service's newest encounter in this view, in words, by organisation code: the care team then says
+    who saw the person this week, not only who is involved."""
+    newest: dict[str, tuple[str, ServedResource]] = {}
+    for served in view.of_type("Encounter"):
+        day = when(served.content)
+        if day and (served.source_org not in newest or day > newest[served.source_org][0]):
+            newest[served.source_org] = (day, served)
+    return {org: f"{row(served, fw).what} on {day}" for org, (day, served) in newest.items()}
+
+
 def stale_sources(view: RecordView, now: datetime | None = None) -> list[str]:
     """Sources whose newest item in this record arrived more than STALE_AFTER_DAYS ago."""
     now = now or utcnow()
@@ -365,7 +393,7 @@ def patient_banner(patient: dict[str, Any] | None, source: DemographicsSource | 
         "name": f"{(name.get('family') or '').upper()}, {' '.join(name.get('given', []))}"
                 + (f" ({name['prefix'][0]})" if name.get("prefix") else ""),
         "born": str(patient.get("birthDate", "")),
-        "nhs": f"{nhs[:3]} {nhs[3:6]} {nhs[6:]}" if len(nhs) == 10 else nhs,
+        "nhs": nhs_spaced(nhs),
         "gender": str(patient.get("gender", "")),
         "address": ", ".join([*(address or {}).get("line", []), (address or {}).get("city", ""),
                               (address or {}).get("postalCode", "")]).strip(", ") if address else "",

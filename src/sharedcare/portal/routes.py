@@ -149,7 +149,8 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
     view = records.everything(person_id)
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
-                  services=explain.services(view, fw), charts=present.trend_charts(view),
+                  services=explain.services(view, fw, records.actor.role), contacts=present.last_contacts(view, fw),
+                  charts=present.trend_charts(view),
                   stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, records.actor.role, fw))
 
 
@@ -163,7 +164,11 @@ def record_basis(request: Request, person_id: str, records: RecordsDep, fw: Fram
     try:
         records.record_basis(person_id, basis, reason)
     except InvalidRequest as exc:
-        return _basis_page(request, records, fw, person_id, 400, pages.sentence(exc.message),
+        label = next((label for value, label, _ in BASIS_CHOICES if value == basis), None)
+        message = exc.message
+        if label is not None and len(reason.strip()) < fw.min_reason_chars:  # said in the form's own words
+            message = f"Enter a reason of at least {fw.min_reason_chars} characters for {label.lower()}"
+        return _basis_page(request, records, fw, person_id, 400, pages.sentence(message),
                            "reason" if basis in fw.basis else "basis", reason, basis, then)
     return RedirectResponse(f"/record/{person_id}{RECORD_PAGES.get(then, '')}", status_code=303)
 
@@ -215,6 +220,7 @@ def medicines_table(request: Request, person_id: str, records: RecordsDep, fw: F
     found = medicines.reconcile(view.resources, fw)
     return render(request, "medicines.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), medicines=found,
+                  allergies=[present.row(s, fw) for s in view.of_type("AllergyIntolerance")],
                   flagged=sum(1 for m in found if m.flagged),
                   sources=len({s.source for m in found for s in m.statements}),
                   left_out=explain.not_shown(view.withheld, records.actor.role, fw),
