@@ -70,7 +70,7 @@ def test_explain_says_in_words_what_a_district_nurse_sees() -> None:
     assert seen["hospital_detail"].startswith("a coded summary")
     assert seen["mental_health"].startswith("only that a service holds information")
     for tier in ("hospital_detail", "mental_health"):  # a category she sees at all: her trust's in full
-        assert seen[tier].endswith("; everything their own organisation recorded")
+        assert seen[tier].endswith("; in full what their own organisation recorded")
     assert seen["sexual_health"] == "nothing, not even what their own organisation recorded"
     rules = " ".join(rules_in_words(fw))
     assert "Staff see everything their own organisation recorded, but only in the kinds of information their " \

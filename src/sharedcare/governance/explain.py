@@ -27,8 +27,8 @@ TIER_WORDS = {
 # in a category the role sees at all, never in one it sees nothing of.
 OWN_ORGANISATION_WORDS = {
     0: ", not even what their own organisation recorded",
-    1: "; everything their own organisation recorded",
-    2: "; everything their own organisation recorded",
+    1: "; in full what their own organisation recorded",
+    2: "; in full what their own organisation recorded",
     3: "",
 }
 BASIS_WORDS = {
