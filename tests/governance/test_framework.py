@@ -66,11 +66,15 @@ def test_explain_says_in_words_what_a_district_nurse_sees() -> None:
 
     fw = parse_framework(TEXT)
     seen = {r.category: r.sees for r in role_rows(fw, "district_nurse")}
-    assert seen["community"].startswith("everything")
+    assert seen["community"] == "everything, including letters and free-text notes"
     assert seen["hospital_detail"].startswith("a coded summary")
     assert seen["mental_health"].startswith("only that a service holds information")
-    assert seen["sexual_health"] == "nothing"
+    for tier in ("hospital_detail", "mental_health"):  # a category she sees at all: her trust's in full
+        assert seen[tier].endswith("; in full what their own organisation recorded")
+    assert seen["sexual_health"] == "nothing, not even what their own organisation recorded"
     rules = " ".join(rules_in_words(fw))
+    assert "Staff see everything their own organisation recorded, but only in the kinds of information their " \
+           "role may see at all" in rules and "always see their own organisation's information in full" not in rules
     assert "emergency" in rules and "lasts 4 hours" in rules and "information about other people" in rules
     assert "For safety, allergies recorded by a mental health, community or social care service are shown" in rules
     assert seen["alerts"].startswith("a coded summary")

@@ -76,11 +76,15 @@ def test_each_role_sees_each_category_at_exactly_its_framework_tier(framework: F
         assert has_free_text == (tier == 3)
 
 
-@pytest.mark.parametrize("username", CLINICAL_USERS)
-def test_a_users_own_organisations_data_is_shown_in_full(framework: Framework, username: str) -> None:
+@pytest.mark.parametrize(("username", "category"), list(itertools.product(CLINICAL_USERS, CATEGORY_ITEMS)))
+def test_a_users_own_organisations_data_is_shown_in_full_where_the_role_sees_the_category_at_all(
+        framework: Framework, username: str, category: str) -> None:
     own = framework.users[username].organisation
-    decision = decide(_request(framework, username), [_item("mental_health", own)], framework)
-    assert [r.tier for r in decision.released] == [3]
+    decision = decide(_request(framework, username), [_item(category, own)], framework)
+    if framework.roles[framework.users[username].role].tier(category) == 0:  # never, whoever recorded it
+        assert not decision.released and decision.withheld == {"tier": 1}
+    else:
+        assert [r.tier for r in decision.released] == [3]
 
 
 @pytest.mark.parametrize(("basis", "expires_in", "permitted"), [

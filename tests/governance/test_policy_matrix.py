@@ -41,7 +41,9 @@ def oracle(user: str, category: str, basis: str | None, viewer_state: str, sourc
         return "deny"
     if source_state != "signed" or preference == "object-source" or (preference == "object-all" and not own):
         return "withheld"
-    tier = 3 if own else role["tiers"].get(category, 0)
+    tier = role["tiers"].get(category, 0)  # 0 is never, whoever recorded it
+    if own and tier > 0:
+        tier = 3  # a category the role sees at all: its own organisation's in full
     return ["withheld", "headline", "tier2", "tier3"][tier]
 
 
@@ -118,6 +120,7 @@ def test_nothing_is_released_above_tier_or_against_an_objection_a_suspension_or_
     decision = decide(request, built, FW)
     for released in decision.released:
         own = released.item.source_org == viewer.organisation
+        assert role.tier(released.item.category) > 0  # tier 0 is never, even the user's own organisation's
         assert own or released.tier <= role.tier(released.item.category)
         assert released.item.source_org not in suspended
         assert released.item.source_org not in objected

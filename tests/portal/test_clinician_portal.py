@@ -206,3 +206,28 @@ def test_an_empty_tab_does_not_pass_for_nothing_held_when_services_are_shown_onl
     results = page.split('id="results"', 1)[1].split('id="care-team"', 1)[0]
     assert "Nothing shared with you here. Some services hold information you see only as involved" in results
     assert "Nothing shared.<" not in results
+def test_a_receptionist_opening_her_own_practices_patient_sees_demographics_and_is_told_the_rest_is_not_shown(
+        ics: Ics) -> None:
+    """Tier 0 is never, whoever recorded it (issue 5): admin staff read no clinical record of their own
+    practice's, and the decision is audited with what was withheld; the practice's GP still reads it all."""
+    from sharedcare.governance.access_log import details
+    from sharedcare.governance.explain import WITHHELD_LABELS
+
+    _sign_in(ics, "admin.taylor")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "OKAFOR, Emeka" in page and "Ada Okafor (Daughter)" in page  # her own practice's demographics
+    assert "Some information is not shown" in page and WITHHELD_LABELS["tier"] in page
+    for clinical in ("Type 2 diabetes mellitus", "Metformin 500mg tablets", "Takes with breakfast",
+                     "Chlamydial infection"):
+        assert clinical not in page
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    with db.session() as s:
+        (read,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "admin.taylor",
+                                                     AuditEntry.action == "clinical:record:read")).all()
+    assert read.outcome == "permit" and details(read)["withheld:tier"] == "6"
+
+    _sign_in(ics, "dr.patel")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    # sexual health is a headline for a GP from elsewhere, and in full from her own practice
+    for clinical in ("Type 2 diabetes mellitus", "Metformin 500mg tablets", "Chlamydial infection"):
+        assert clinical in page

@@ -24,6 +24,14 @@ TIER_WORDS = {
     2: "a coded summary, without free-text notes or documents",
     3: "everything, including letters and free-text notes",
 }
+# What a role sees of its own organisation's information, said after TIER_WORDS (policy.py rule e): in full
+# in a category the role sees at all, never in one it sees nothing of.
+OWN_ORGANISATION_WORDS = {
+    0: ", not even what their own organisation recorded",
+    1: "; in full what their own organisation recorded",
+    2: "; in full what their own organisation recorded",
+    3: "",
+}
 BASIS_WORDS = {
     "explicit-consent": "the patient is present and agrees",
     "implied-consent": "the patient is not present (or cannot say) and the record is needed for their care",
@@ -75,8 +83,8 @@ CITIZEN_WITHHELD_LABELS = {
 # What each reason means, for the CodeSystem the API publishes of them (api/fhir.py): when the decision
 # point gives it. An always-withheld rule's meaning is the framework's own (`explain`).
 WITHHELD_DEFINITIONS = {
-    "tier": "The reader's role sees nothing of some category of information. Said on every read by such a "
-            "role, whether or not this record holds any.",
+    "tier": "The reader's role sees nothing of some category of information, whoever recorded it (their own "
+            "organisation too). Said on every read by such a role, whether or not this record holds any.",
     "tier-1-headline": "The reader's role sees some of this record only as a sign that a service is involved, "
                        "with its contact details.",
     "source-agreement": "Information from an organisation whose information-sharing agreement is not in force "
@@ -227,7 +235,8 @@ def role_rows(fw: Framework, role: str | None = None) -> list[RoleCategory]:
             continue
         for category, label in fw.categories.items():
             tier = definition.tier(category)
-            rows.append(RoleCategory(name, definition.label, category, label, tier, TIER_WORDS[tier]))
+            rows.append(RoleCategory(name, definition.label, category, label, tier,
+                                     TIER_WORDS[tier] + OWN_ORGANISATION_WORDS[tier]))
     return rows
 
 
@@ -276,8 +285,10 @@ def rules_in_words(fw: Framework) -> list[str]:
             + (", reviewed by the information governance team)" if rule.review else ")")
             for basis, rule in fw.basis.items()) + ".",
         "A patient can object to all sharing, or to one organisation seeing their record; their objection "
-        "takes effect at once. Staff still see what their own organisation recorded.",
-        "Staff always see their own organisation's information in full.",
+        "takes effect at once. Staff still see what their own organisation recorded, as the next rule says.",
+        "Staff see everything their own organisation recorded, but only in the kinds of information their role "
+        "may see at all: what a role sees \"nothing\" of below stays hidden from it, even when its own "
+        "organisation recorded it.",
     ]
     if fw.safety_critical_types:
         kinds = ", ".join(_TYPE_WORDS.get(t, t) for t in fw.safety_critical_types)

@@ -26,7 +26,10 @@ Then each item, first match withholds it:
                             except from the organisation that recorded it
   e. tier                   the role's tier for its category: 0 nothing, 1 a headline only (that a
                             service is involved, and its contact), 2 a coded summary without free text,
-                            3 everything. A user's own organisation's data is shown at tier 3.
+                            3 everything. A user's own organisation's data is shown at tier 3 in a
+                            category the role sees at all (tier 1 or more): they hold it in their own
+                            system already. Tier 0 means never, whoever recorded it (a receptionist
+                            does not read her practice's consultations through the shared record).
 Anything not permitted above is denied: there is no rule that permits by default.
 
 Secondary use (`decide_secondary`: planning, research; pseudonymised extracts only) has its own order.
@@ -322,9 +325,11 @@ def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int
     why = _withhold_reason(alike, req, fw, _source_reason(alike.source_org, req))
     if why is not None:
         return why
-    tier = 3 if alike.source_org == req.actor.organisation else role.tier(alike.category)
+    tier = role.tier(alike.category)
     if tier <= 0:
         return "tier"
+    if alike.source_org == req.actor.organisation:
+        return 3
     if tier == 1 and not alike.patient:
         return "tier-1-headline"
     return tier

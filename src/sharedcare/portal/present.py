@@ -217,7 +217,7 @@ def _slug(title: str) -> str:
 
 def shows_social_care(view: RecordView, role: Role | None) -> bool:
     """A social care tab for roles whose tier includes social care, and whenever anything is released
-    or headlined from it (a role's own organisation sees its own data whatever the tier)."""
+    or headlined from it."""
     return (role is not None and role.tier(SOCIAL_CARE) > 0) \
         or any(s.category == SOCIAL_CARE for s in view.resources) \
         or any(h.category == SOCIAL_CARE for h in view.headlines)
