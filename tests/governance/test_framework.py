@@ -43,7 +43,7 @@ def test_a_tier_out_of_range_is_named_with_its_line() -> None:
 
 
 def test_a_missing_category_is_reported() -> None:
-    nurse = "mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 0, alerts: 2}\n  acute_clinician"
+    nurse = "mental_health: 1, social_care: 1, safeguarding: 1, sexual_health: 1, alerts: 2}\n  acute_clinician"
     text = TEXT.replace(nurse, nurse.replace("mental_health: 1, ", ""), 1)
     problems = _problems(text)
     assert any("roles.practice_nurse.tiers" in p and "'mental_health' missing" in p for p in problems)
@@ -56,7 +56,7 @@ def test_a_wrong_type_is_named_with_its_key() -> None:
 
 
 def test_broken_yaml_names_the_line() -> None:
-    text = TEXT.replace("version: \"2026.11-1\"", "version: [unclosed")
+    text = TEXT.replace("version: \"2026.12-1\"", "version: [unclosed")
     (problem,) = _problems(text)
     assert problem.startswith("line ")
 
