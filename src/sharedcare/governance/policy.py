@@ -30,6 +30,10 @@ Then each item, first match withholds it:
                             category the role sees at all (tier 1 or more): they hold it in their own
                             system already. Tier 0 means never, whoever recorded it (a receptionist
                             does not read her practice's consultations through the shared record).
+                            A person's record of who they are (Patient) from a service with a category
+                            of its own (mental health, social care, community) is withheld by tier from
+                            a role that sees nothing of that category: it would tell that the service
+                            is involved.
 Anything not permitted above is denied: there is no rule that permits by default.
 
 Secondary use (`decide_secondary`: planning, research; pseudonymised extracts only) has its own order.
@@ -57,7 +61,7 @@ from functools import cached_property, lru_cache
 from operator import attrgetter
 from typing import Any
 
-from sharedcare.governance.classify import at_tier
+from sharedcare.governance.classify import at_tier, service_category
 from sharedcare.governance.consent import Ask, Choices, purposes_of_use
 from sharedcare.governance.framework import Agreement, Framework, Role
 
@@ -330,9 +334,22 @@ def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int
         return "tier"
     if alike.source_org == req.actor.organisation:
         return 3
+    if alike.patient and not role.citizen and not _may_know_of_service(alike.source_org, fw, role):
+        return "tier"
     if tier == 1 and not alike.patient:
         return "tier-1-headline"
     return tier
+
+
+def _may_know_of_service(source_org: str, fw: Framework, role: Role) -> bool:
+    """Whether a role may learn that this organisation holds a record of the person. A service with a
+    category of its own (a mental health trust, a council's social care) tells that it is involved by its
+    record of who the person is alone: its identifier, its name as the source. A role that sees nothing of
+    that category (tier 0) must not learn it from the Patient either (`explain.services` lists the care team
+    by the same rule)."""
+    org = fw.organisation(source_org)
+    category = service_category(org.kind) if org else None
+    return category is None or role.tier(category) >= 1
 
 
 _ALIKE = attrgetter("alike")
