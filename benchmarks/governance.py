@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -83,8 +83,9 @@ class Ungoverned(GovernedRecords):
     def __init__(self, session: Any, fw: Framework, actor: Actor, **_: Any) -> None:  # no agreements read
         self.session, self.fw, self.actor, self.resource_types = session, fw, actor, None
 
-    def everything(self, person_id: str) -> RecordView:
-        # The same rows read the same way (the decoded-content cache is the store's, not governance's)
+    def everything(self, person_id: str, query: str | None = None, asked: Iterable[str] = ()) -> RecordView:
+        # The gateway's signature (the route passes `asked`). The same rows read the same way (the
+        # decoded-content cache is the store's, not governance's)
         rows = self._rows(person_id, patients_only=False)
         if not rows:
             raise NotFound(f"no patient {person_id}")

@@ -885,6 +885,9 @@ def audit_verify(
         raise typer.Exit(1)
     console.print(f"audit chain whole: {result.checked} entries verified"
                   + (f", through {len(kept)} checkpoints" if kept else ""))
+    if not kept:
+        console.print("[yellow]no checkpoints given[/yellow]: the chain alone cannot show entries cut from its end "
+                      "(with the head set back to match); give a witness's file with --checkpoints")
 
 
 @audit_app.command("checkpoint")

@@ -200,3 +200,74 @@ def test_recording_a_basis_or_opening_the_page_of_a_patient_who_objected_looks_l
         assert page.status_code == 404 and "objected" not in page.text
         basis = ics.client.post(f"/record/{person}/basis", data={"basis": "explicit-consent"})
         assert basis.status_code == 404 and "objected" not in basis.text
+
+
+MADE_UP = "00000000-0000-0000-0000-000000000000"
+
+
+def _log_size(ics: Ics) -> int:
+    """The audit log's size as anyone can read it, with no token (`/audit/checkpoint`)."""
+    return int(ics.client.get("/audit/checkpoint").json()["seq"])
+
+
+def _probe(ics: Ics, method: str, url: str, headers: dict[str, str], request: str) -> tuple[int, int, list[str]]:
+    """What a caller sees of one request: its status, how much the public log grew, and (for the test) the
+    actions of the entries it wrote."""
+    before = _log_size(ics)
+    body = {"json": {"basis": "explicit-consent", "reason": "seen in clinic"}} if method == "POST" else {}
+    status = ics.client.request(method, url, headers={**headers, "X-Request-ID": request}, **body).status_code
+    return status, _log_size(ics) - before, [e.action for e in _events_of(ics, request)]
+
+
+def test_a_made_up_id_and_a_refused_one_grow_the_public_log_alike(ics: Ics) -> None:
+    """Both answer 404 (TRUST AC3), and the log's size is public: were only the refusal written, a caller
+    could tell "stored, but refused" (here: the patient objected to the caller's organisation) from
+    "missing" by the size before and after (third security review, F4). Each writes one entry of the same
+    action; the made-up id's is a refusal with rule `not-found`, naming what was asked for and no patient."""
+    from sharedcare.governance.consent import set_choice
+
+    diabetes = _condition_id(ics, ics.open_record("dr.patel"), "44054006")
+    unbased = ics.token("nurse.lee")  # no basis: a read by id of a stored Condition is refused as missing
+    assert (_probe(ics, "GET", f"/fhir/Condition/{MADE_UP}", unbased, "nb-0")
+            == _probe(ics, "GET", f"/fhir/Condition/{diabetes}", unbased, "nb-1")
+            == (404, 1, ["clinical:resource:read"]))
+    with _db(ics).session() as session:
+        set_choice(session, OKAFOR_NHS, by="test", object_org="P81001")
+        session.commit()
+    headers = ics.token("dr.patel")
+    for n, (method, url, stored, action) in enumerate((
+            ("GET", "/fhir/Patient/{}/$everything", ics.okafor, "clinical:record:read"),
+            ("GET", "/fhir/Condition?patient={}", ics.okafor, "clinical:record:read"),
+            ("GET", "/fhir/Patient/{}", ics.okafor, "clinical:resource:read"),
+            ("GET", "/fhir/Condition/{}", diabetes, "clinical:resource:read"),
+            ("GET", "/fhir/Condition/{}/_history", diabetes, "clinical:resource:history"),
+            ("POST", "/api/access/{}", ics.okafor, "access:basis:record"))):
+        made_up = _probe(ics, method, url.format(MADE_UP), headers, f"probe-{n}-made-up")
+        refused = _probe(ics, method, url.format(stored), headers, f"probe-{n}-refused")
+        assert made_up == refused == (404, 1, [action]), url
+        (entry,) = _events_of(ics, f"probe-{n}-made-up")
+        assert (entry.outcome, _detail(entry.event, "rule"), entry.patient_id) == ("deny", "not-found", None)
+        asked = "Condition" if stored == diabetes else "Patient"
+        assert _entities(entry.event) == [(f"{asked}/{MADE_UP}", "4")]
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})  # the portal's record page
+    assert (_probe(ics, "GET", f"/record/{MADE_UP}", {}, "page-made-up")
+            == _probe(ics, "GET", f"/record/{ics.okafor}", {}, "page-refused") == (404, 1, ["clinical:record:read"]))
+
+
+def test_probes_of_made_up_ids_are_on_record_for_the_ig_officer_and_in_no_ones_who_looked(ics: Ics) -> None:
+    """A citizen's "who looked" lists looks at their record only; a probe of ids stored nowhere is about no
+    one, so it is not there, but the IG officer's search by user shows each one, refused (TRUST AU3)."""
+    headers = ics.open_record("dr.patel")
+    citizen_sign_in(ics.client)
+    before = ics.client.get("/patient/accesses").text.count('class="nhsuk-table__row sc-access"')
+    for url in ("/fhir/Patient/{}/$everything", "/fhir/Patient/{}", "/fhir/Condition/{}"):
+        assert ics.client.get(url.format(MADE_UP), headers=headers).status_code == 404
+    assert ics.client.get("/patient/accesses").text.count('class="nhsuk-table__row sc-access"') == before
+    done = ics.client.post("/login", data={"username": "ig.morgan", "password": "demo", "target": "/ig"},
+                           follow_redirects=False)
+    assert done.status_code == 303
+    rows = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text.split('<tr class="nhsuk-table__row">')
+    probes = [r for r in rows if MADE_UP in r]
+    assert len(probes) == 3 and all("Refused" in r for r in probes)
+    patient_rows = ics.client.post("/ig/audit", data={"patient": ics.okafor}).text
+    assert MADE_UP not in patient_rows

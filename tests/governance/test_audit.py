@@ -21,13 +21,15 @@ from sharedcare.store.models import AuditEntry, AuditHead
 
 
 def as_an_attacker_with_ddl_rights(db: Database) -> None:
-    """Drop the append-only triggers, as someone with the database owner's rights could."""
+    """Drop the append-only triggers and the head's guard, as someone with the database owner's rights could."""
     with db.engine.begin() as conn:
         if db.backend == "postgresql":
             conn.execute(text("DROP TRIGGER audit_events_no_change ON audit_events"))
+            conn.execute(text("DROP TRIGGER audit_head_guard ON audit_head"))
         else:
             conn.execute(text("DROP TRIGGER audit_events_no_update"))
             conn.execute(text("DROP TRIGGER audit_events_no_delete"))
+            conn.execute(text("DROP TRIGGER audit_head_guard"))
 
 
 def _write(db: Database, n: int) -> None:
@@ -98,6 +100,55 @@ def test_the_database_refuses_to_change_or_delete_audit_entries(db: Database, st
         conn.execute(text(statement))
     with db.session() as session:
         assert verify(session).ok
+
+
+def test_the_database_refuses_to_empty_the_log_or_its_head(db: Database) -> None:
+    """The application's own role (no trigger dropped) cannot empty the log or its head at once: TRUNCATE
+    on PostgreSQL, which fires no row trigger; a DELETE of every row (SQLite's truncate) on SQLite."""
+    _write(db, 3)
+    statements = (["TRUNCATE audit_events", "TRUNCATE audit_head", "TRUNCATE audit_events, audit_head"]
+                  if db.backend == "postgresql" else ["DELETE FROM audit_events", "DELETE FROM audit_head"])
+    for statement in statements:
+        with pytest.raises(DBAPIError, match="append-only|only by appending"), db.engine.begin() as conn:
+            conn.execute(text(statement))
+    with db.session() as session:
+        result = verify(session)
+    assert result.ok and result.checked == 3
+
+
+HEAD_MOVES = [
+    "UPDATE audit_head SET seq = 0, hash = '" + "0" * 64 + "'",  # back to the start, as if the log were empty
+    "UPDATE audit_head SET seq = seq - 1",  # one back, to hide the last entry
+    "UPDATE audit_head SET hash = '" + "f" * 64 + "'",
+    "UPDATE audit_head SET seq = seq + 1",  # a step forward that no entry made
+    "DELETE FROM audit_head",
+]
+
+
+@pytest.mark.parametrize("statement", HEAD_MOVES)
+def test_the_database_refuses_to_move_the_head_except_by_appending(db: Database, statement: str) -> None:
+    _write(db, 3)
+    with pytest.raises(DBAPIError, match="only by appending"), db.engine.begin() as conn:
+        conn.execute(text(statement))
+    _write(db, 1)  # appending still moves it
+    with db.session() as session:
+        result = verify(session)
+        assert session.get_one(AuditHead, 1).seq == 4
+    assert result.ok and result.checked == 4
+
+
+def test_the_tail_of_the_log_cannot_be_cut_and_the_prefix_put_back(db: Database) -> None:
+    """What the third security review did with the application's own role: keep entries 1-2, empty the
+    log, set the head back and re-insert them, so that the chain verified with 3-5 gone. The steps that
+    lose entries and move the head back are refused; the log keeps all five."""
+    _write(db, 5)
+    empty = "TRUNCATE audit_events" if db.backend == "postgresql" else "DELETE FROM audit_events WHERE seq > 2"
+    for step in (empty, HEAD_MOVES[0]):
+        with pytest.raises(DBAPIError), db.engine.begin() as conn:
+            conn.execute(text(step))
+    with db.session() as session:
+        result = verify(session)
+    assert result.ok and result.checked == 5
 
 
 def test_audit_events_are_fhir_audit_events_holding_references_not_content(db: Database) -> None:

@@ -121,6 +121,8 @@ def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(
         env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
     _write(env, 4)
+    alone = runner.invoke(app, ["audit", "verify"])  # whole, but a chain alone cannot show a cut end: it says so
+    assert alone.exit_code == 0 and "cannot show entries cut from its end" in " ".join(alone.stderr.split())
     made = runner.invoke(app, ["audit", "checkpoint"])
     assert made.exit_code == 0
     witness = tmp_path / "witness.jsonl"
@@ -128,6 +130,7 @@ def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(
     assert json.loads(made.stdout)["key"] == runner.invoke(app, ["audit", "checkpoint", "--public-key"]).stdout.strip()
     ok = runner.invoke(app, ["audit", "verify", "--checkpoints", str(witness)])
     assert ok.exit_code == 0 and "4 entries verified, through 1 checkpoints" in ok.stderr
+    assert "no checkpoints given" not in ok.stderr
     _rewrite_from(env, 2, "someone-else")
     broken = runner.invoke(app, ["audit", "verify", "--checkpoints", str(witness)])
     assert broken.exit_code == 1 and "checkpoint at entry 4" in broken.stderr and "rewritten" in broken.stderr

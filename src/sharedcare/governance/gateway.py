@@ -372,6 +372,16 @@ class GovernedRecords:
             return NotFound(f"no patient {person_id}")
         return AccessDenied(decision.rule_id, decision.reason)
 
+    def _missing(self, action: AuditAction, asked: str, message: str, **extra: Any) -> NotFound:
+        """Audit an id stored nowhere as a refusal is audited (one `deny` entry of the same action, rule
+        `not-found`, naming the reference `asked` for) and make its error. The log's size is public
+        (`/audit/checkpoint`): were only refusals written, it would tell "stored, but not for you" from
+        "missing", which the 404 hides (TRUST AC3); and a probe of made-up ids is on record (AU3). The entry
+        names no patient, as there is none: a citizen's "who looked" and a search by patient are unchanged."""
+        self._audit(action, "deny", None, rule_id="not-found", resource=asked, **extra)
+        self.session.commit()  # the audit event must survive the error response, as a refusal's does
+        return NotFound(message)
+
     def _person_exists(self, person_id: str) -> bool:
         return run(self.session, _PERSON_EXISTS, {"person_id": person_id}).first() is not None
 
@@ -386,7 +396,7 @@ class GovernedRecords:
         (suspended organisation, objection, wrong purpose, a citizen) is refused here, audited, rather
         than shown a form whose answer would be refused."""
         if not self._person_exists(person_id):
-            raise NotFound(f"no patient {person_id}")
+            raise self._missing(AuditAction.RECORD_READ, f"Patient/{person_id}", f"no patient {person_id}")
         basis, request = self._request(person_id)
         denied = self._check(request)
         if denied is not None:
@@ -406,7 +416,7 @@ class GovernedRecords:
         from sharedcare.governance.clients import CLIENT_PREFIX  # here: clients imports this module
 
         if self.session.get(Person, person_id) is None:
-            raise NotFound(f"no patient {person_id}")
+            raise self._missing(AuditAction.BASIS_RECORD, f"Patient/{person_id}", f"no patient {person_id}")
         denied = self._check(self._request(person_id)[1])  # the request-level rules: a basis is not asked
         if denied is not None and denied.rule_id in REFUSED_AS_MISSING:
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
@@ -530,13 +540,13 @@ class GovernedRecords:
         passes its raw `query`, audited base64-encoded with the read, allowed or not (TRUST AU2), and the
         resource types it `asked` for: one the token's scopes leave out refuses the read (`deny-scope`), as
         a read by id does, so that an empty answer is never mistaken for a complete one."""
-        view = self._view(person_id)
-        if not view.items and not self._person_exists(person_id):
-            raise NotFound(f"no patient {person_id}")
-        basis, request = self._request(person_id)
-        action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
         searched = ({"detail": {"query": base64.b64encode(query.encode()).decode()}, "fhir_action": "E"}  # BALP query
                     if query is not None else {})
+        view = self._view(person_id)
+        if not view.items and not self._person_exists(person_id):
+            raise self._missing(AuditAction.RECORD_READ, f"Patient/{person_id}", f"no patient {person_id}", **searched)
+        basis, request = self._request(person_id)
+        action = AuditAction.RECORD_EMERGENCY_READ if basis and basis.basis == "emergency" else AuditAction.RECORD_READ
         decision = self._decide(request, view.items, view.groups)
         outside = sorted(set(asked) - self.resource_types) if self.resource_types is not None else []
         if decision.permitted and outside:
@@ -569,7 +579,7 @@ class GovernedRecords:
         must not tell the caller that the person exists."""
         view = self._view(person_id, patients_only=True)
         if not view.items:  # a person always has a source Patient record unless there is no such person
-            raise NotFound(f"no Patient {person_id}")
+            raise self._missing(AuditAction.RESOURCE_READ, f"Patient/{person_id}", f"no Patient {person_id}")
         basis, request = self._request(person_id)
         reference = f"Patient/{person_id}"
         decision = self._decide(request, view.items, view.groups)
@@ -612,7 +622,7 @@ class GovernedRecords:
         how an IG officer learns whose record an access was to. Decided and audited like any read (one
         event per person); None when the decision withholds every Patient record."""
         if not self._person_exists(person_id):
-            raise NotFound(f"no patient {person_id}")
+            raise self._missing(AuditAction.DEMOGRAPHICS_READ, f"Patient/{person_id}", f"no patient {person_id}")
         view = self._view(person_id, patients_only=True)
         pairs = view.pairs
         decision = self._decide(self._request(person_id)[1], view.items, view.groups)
@@ -632,7 +642,8 @@ class GovernedRecords:
         per-item rule depends only on the item and the request."""
         row = run(self.session, _ONE_ROW, {"id": resource_id}).first()
         if row is None or row.resource_type != resource_type or entered_in_error(row.content):
-            raise NotFound(f"no {resource_type} {resource_id}")
+            raise self._missing(AuditAction.RESOURCE_READ, f"{resource_type}/{resource_id}",
+                                f"no {resource_type} {resource_id}")
         person_id, reference = row.person_id, f"{resource_type}/{resource_id}"
         basis, request = self._request(person_id)
         decision = self._decide(request, [self._item(row)])
@@ -665,7 +676,8 @@ class GovernedRecords:
         one answers like a missing one. Nothing is shown unless the current version is released."""
         current = run(self.session, _ONE_ROW, {"id": resource_id}).first()
         if current is None or current.resource_type != resource_type:
-            raise NotFound(f"no {resource_type} {resource_id}")
+            raise self._missing(AuditAction.RESOURCE_HISTORY, f"{resource_type}/{resource_id}",
+                                f"no {resource_type} {resource_id}")
         person_id = current.person_id
         stmt, params = (_VERSIONS, {"id": resource_id}) if version is None else \
             (_ONE_VERSION, {"id": resource_id, "version": version})
