@@ -347,7 +347,9 @@ def quarantine_replay(
     elif report.quarantined:
         console.print(f"[yellow]still quarantined[/yellow] #{item_id}: {_literal(report.quarantine[0]['reason'])}")
     else:
-        console.print(f"#{item_id} replayed: {report.accepted} accepted, {report.unchanged} unchanged")
+        console.print(f"#{item_id} replayed: {report.accepted} accepted, {report.unchanged} unchanged"
+                      + (f", [yellow]{report.stale} stale[/yellow] (not applied: the source has sent a newer version "
+                         "since this message was received)" if report.stale else ""))
     if report.quarantined:
         raise typer.Exit(1)
 

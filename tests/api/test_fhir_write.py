@@ -4,11 +4,13 @@ with a write scope, audited; answered with statuses and OperationOutcomes a deve
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 from tests.builders import NHS, condition, medication, patient
 from tests.fhir_bundles import entries
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes
 
 from sharedcare.api.auth import mint_token
 from sharedcare.clock import utcnow
@@ -91,6 +93,34 @@ def test_a_late_older_update_is_answered_409_and_changes_nothing(ics: Ics, db: D
     assert response.status_code == 409
     assert "newer version" in response.json()["issue"][0]["diagnostics"]
     assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2019-03-01"
+
+
+def test_a_meta_last_updated_in_the_future_is_refused_naming_it_and_the_practices_withdrawal_then_applies(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """secrev F2: a client's meta.lastUpdated dated 9999 pinned the resource against every later update. It is
+    the source's event time (it orders a partner system's queued writes, HAZ-07), so it is bounded, not ignored."""
+    pinned = ics.client.put("/fhir/Condition/gp-c1", headers=_token(ics, "dr.patel"), content=json.dumps(
+        _diabetes(onsetDateTime="2000-01-01", meta={"lastUpdated": "9999-01-01T00:00:00Z"})))
+    assert pinned.status_code == 422, pinned.text
+    issue = pinned.json()["issue"][0]
+    assert issue["location"][0].endswith("Condition/gp-c1, meta.lastUpdated")
+    assert "more than 300 seconds after the message was received" in issue["diagnostics"]
+    assert "held in quarantine" in issue["diagnostics"]
+    resend_diabetes(db, framework, tmp_path, "withdraw", "2026-11-20T09:00:00Z", verificationStatus=WITHDRAWN)
+    assert "44054006" not in _conditions(ics, ics.open_record("dr.patel"))
+
+
+def test_a_withdrawal_is_applied_over_a_version_dated_a_little_ahead_of_its_arrival(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Within the allowed skew a time ahead is accepted; the practice's withdrawal, sent after that version
+    arrived but dated before the time it claims, is still applied: a withdrawal is never pinned out."""
+    ahead = (utcnow() + timedelta(minutes=4)).isoformat()
+    response = ics.client.put("/fhir/Condition/gp-c1", headers=_token(ics, "dr.patel"), content=json.dumps(
+        _diabetes(onsetDateTime="2000-01-01", meta={"lastUpdated": ahead})))
+    assert response.status_code == 200, response.text
+    now = utcnow().isoformat()
+    resend_diabetes(db, framework, tmp_path, "withdraw", now, verificationStatus=WITHDRAWN)
+    assert "44054006" not in _conditions(ics, ics.open_record("dr.patel"))
 
 
 def test_a_transaction_with_one_bad_entry_stores_nothing_and_names_the_entry(ics: Ics, db: Database) -> None:

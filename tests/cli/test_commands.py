@@ -12,12 +12,15 @@ import pytest
 from sqlalchemy import select, update
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.fhir_bundles import entries
 from tests.governance.test_audit import as_an_attacker_with_ddl_rights
 from tests.ingest.test_hl7v2 import results
+from tests.small_ics import Ics
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
+from sharedcare.fhir.uk_core import meta_source
 from sharedcare.governance.access_log import details
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
@@ -187,6 +190,33 @@ def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signe
     assert json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout) == []
     again = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
     assert again.exit_code == 2 and "no held quarantine item" in again.stderr
+
+
+def test_a_replayed_message_is_dated_when_it_was_received_and_reported_stale_behind_a_newer_correction(
+        env: Database, ics: Ics, tmp_path: Path) -> None:
+    """secrev F5: a plain Condition (no event time of its own) held while the practice's agreement was
+    suspended is, once replayed, older than the correction the practice sent since: the operator is told it
+    is stale, and the clinician still sees the correction."""
+    def diabetes(onset: str) -> str:
+        return json.dumps(condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus",
+                                    onsetDateTime=onset, meta={"source": meta_source("P81001", "emis")}))
+
+    runner.invoke(app, ["agreements", "set", "P81001", "--status", "suspended"])
+    assert runner.invoke(app, ["ingest", str(write_ndjson(tmp_path / "old.ndjson", [diabetes("2010-01-01")]))]
+                         ).exit_code == 1
+    with env.session() as s:  # held for an hour
+        s.execute(update(Quarantine).values(received_at=utcnow() - timedelta(hours=1)))
+        held = s.scalars(select(Quarantine.id)).one()
+    runner.invoke(app, ["agreements", "set", "P81001", "--status", "signed"])
+    assert runner.invoke(app, ["ingest", str(write_ndjson(tmp_path / "new.ndjson", [diabetes("2018-07-01")]))]
+                         ).exit_code == 0
+    replayed = runner.invoke(app, ["quarantine", "replay", str(held)], env={"COLUMNS": "200"})
+    assert replayed.exit_code == 0, replayed.output
+    assert f"#{held} replayed: 0 accepted, 0 unchanged, 1 stale" in replayed.stderr
+    everything = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition",
+                                headers=ics.open_record("dr.patel")).json()
+    assert [e["resource"]["onsetDateTime"] for e in entries(everything)
+            if e["resource"]["code"]["coding"][0]["code"] == "44054006"] == ["2018-07-01"]
 
 
 def test_framework_explain_for_one_role_and_an_unknown_one(env: Database) -> None:

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_token
 from sharedcare.cli import app
+from sharedcare.clock import utcnow
 from sharedcare.config import PROJECT_ROOT, load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
@@ -224,6 +226,19 @@ def test_a_late_older_row_does_not_overwrite_a_newer_one(db: Database, framework
     assert (report.accepted, report.unchanged, report.stale) == (0, 1, 2)  # the Patient is the same
     (plan,) = _resources(db, "CarePlan")
     assert (plan["status"], plan["description"]) == ("active", "Home care package agreed: two calls a day.")
+
+
+def test_a_row_updated_in_the_future_is_quarantined_naming_the_column(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """secrev F2: `last_updated` orders the council's rows; a row dated a day ahead would make every later
+    row for the assessment stale, so it is held, naming the column and the rule, and the file goes on."""
+    ahead = (utcnow() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows: list[dict[str, str] | str] = [_row(last_updated=ahead), _row(client_id="C2", assessment_id="A2")]
+    report = Pipeline(db, framework).ingest_paths([_extract(_lrc(tmp_path), rows)])
+    assert (report.accepted, report.quarantined) == (3, 1)
+    (held,) = report.quarantine
+    assert held["where"].endswith("line 2, column last_updated")
+    assert "more than 300 seconds after the message was received" in held["reason"]
 
 
 def test_a_row_quarantined_by_the_mapping_is_replayed_once_the_mapping_is_fixed(

@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -261,8 +260,7 @@ def hostile(bundle: Json, pick: Pick, changes: int) -> Json:
 def _outcome(raw: RawMessage, framework: Framework) -> tuple[Any, ...]:
     """What staging makes of a message, as the pipeline stages it (a failure nobody foresaw is a refusal)."""
     try:
-        with patch.object(fhir_bundle, "utcnow", lambda: NOW):
-            staged = stage(ADAPTERS["fhir"], raw, framework, None)
+        staged = stage(ADAPTERS["fhir"], raw, framework, None)
     except MessageError as exc:
         return "refused", exc.message, exc.where
     return ("staged", staged.source_org, staged.source_system, staged.message_id, staged.patients,
@@ -273,7 +271,7 @@ def _outcome(raw: RawMessage, framework: Framework) -> tuple[Any, ...]:
 def _same_as_the_model(payload: bytes, framework: Framework) -> tuple[tuple[Any, ...], list[Json]]:
     """Stage with the walk and with the model alone: the outcomes must be identical, and the walk must vouch
     for no resource the model refuses. Returns the outcome and the resources validated."""
-    raw = RawMessage("feeds/P81001/fhir/emis-0000.ndjson", "line 1", payload, "fhir")
+    raw = RawMessage("feeds/P81001/fhir/emis-0000.ndjson", "line 1", payload, "fhir", received_at=NOW)
     return same_as_the_model(fhir_bundle, lambda: _outcome(raw, framework))
 
 

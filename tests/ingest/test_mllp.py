@@ -9,10 +9,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
+from sharedcare.clock import utcnow
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.audit import AuditAction, expanded, verify
 from sharedcare.governance.framework import Framework
@@ -160,6 +162,20 @@ def test_each_refusal_is_coded_in_err_3_by_table_0357_with_its_location_and_quar
     assert _segment(ack, "MSA")[1] in ("AE", "AR")
     assert (err[3], err[1]) == (f"{condition}^HL70357", location), err
     assert f"quarantine #{_held_id(db)}" in err[8]
+@pytest.mark.parametrize(("sent", "place"), [("|{}||ADT", "MSH^1^7"), ("EVN|A01|{}", "EVN^1^2")])
+def test_a_message_dated_in_the_future_is_answered_ae_naming_the_field_and_waits_in_quarantine(
+        listener: int, db: Database, sent: str, place: str) -> None:
+    """secrev F2: MSH-7 (or EVN-2) orders the message against the source's others; an hour ahead would
+    make every later update of the admission stale, so it is held, and the engine is told where and why."""
+    ahead = (utcnow() + timedelta(hours=1)).strftime("%Y%m%d%H%M%S+0000")
+    message = A01.format(dob="19450302").replace(sent.format("20261101093000"), sent.format(ahead), 1)
+    (ack,) = _exchange(listener, message.encode("latin-1"))
+    assert _segment(ack, "MSA")[1:3] == ["AE", "MSG001"]
+    err = _segment(ack, "ERR")
+    assert err[1] == place and "more than 300 seconds after the message was received" in err[8]
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+        assert s.scalars(select(Quarantine.source_org)).all() == ["RXR"]
 
 
 def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_is_signed_again(

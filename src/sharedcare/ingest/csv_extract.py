@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.invariants import invariant_problems
 from sharedcare.fhir.uk_core import ODS_SYSTEM, demographics, meta_source, server_id
@@ -37,6 +38,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
 from sharedcare.ingest.csv_mapping import (
     ACT_CODE,
+    DateColumn,
     Mapping,
     MappingError,
     NoMapping,
@@ -49,7 +51,14 @@ from sharedcare.ingest.csv_mapping import (
     required,
     text,
 )
-from sharedcare.ingest.messages import MessageError, RawMessage, StagedMessage, StagedResource, sent_by
+from sharedcare.ingest.messages import (
+    MessageError,
+    RawMessage,
+    StagedMessage,
+    StagedResource,
+    future_event_time,
+    sent_by,
+)
 
 T = TypeVar("T")
 
@@ -223,7 +232,8 @@ def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None
         if row is None:
             raise MessageError(f"the header now fits the {mapping.name} mapping: ingest the file again to read its "
                                "rows", at_header)
-        return shape_row(mapping, header, row.fields, raw.where, f"{Path(raw.filename).name}:{raw.location}", fw)
+        return shape_row(mapping, header, row.fields, raw.where, f"{Path(raw.filename).name}:{raw.location}", fw,
+                         raw.received)
 
 
 class _Reader:
@@ -240,6 +250,18 @@ class _Reader:
         except ValueProblem as problem:
             self.problems.append(problem)
             return fallback
+
+
+def _event_time(column: DateColumn, received: datetime) -> Callable[[dict[str, str]], datetime]:
+    """Reads the row's `updated` time, which orders it against the source's other rows: refused, naming the
+    column, when it is in the future (`future_event_time`)."""
+    def read(values: dict[str, str]) -> datetime:
+        at = column.instant(values)
+        problem = future_event_time(at, received)
+        if problem is not None:
+            raise ValueProblem(column.column, f"event time {problem}")
+        return at
+    return read
 
 
 def _nhs_number(values: dict[str, str], column: str | None) -> str | None:
@@ -274,8 +296,9 @@ def _patient(p: PatientMap, values: dict[str, str], nhs: str | None, born: date 
 
 
 def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str, message_id: str,
-              fw: Framework) -> StagedMessage:
-    """One row as a staged message of FHIR resources; RowError lists every cell the mapping cannot read."""
+              fw: Framework, received: datetime) -> StagedMessage:
+    """One row as a staged message of FHIR resources; RowError lists every cell the mapping cannot read.
+    `received`: when the row was received, which its `updated` time may not be much later than."""
     if len(fields) != len(header):
         raise MessageError(f"expected {len(header)} columns, as the header has, but found {len(fields)}", where)
     org, system = mapping.organisation, mapping.system
@@ -286,7 +309,7 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
     values = dict(zip((name.strip() for name in header), fields, strict=True))
     p, a = mapping.patient, mapping.assessment
     read = _Reader(values)
-    updated = read(mapping.updated.instant, _EPOCH)
+    updated = read(_event_time(mapping.updated, received), _EPOCH)
     client = read(lambda v: required(v, p.id), "")
     nhs = read(lambda v: _nhs_number(v, p.nhs_number), None)
     born = read(p.birth_date.read, None) if p.birth_date else None
@@ -389,7 +412,7 @@ def check_file(mapping: Mapping, path: Path, fw: Framework) -> CheckReport:
                 continue
             try:
                 shape_row(mapping, header.fields, record.fields, f"{path}, line {record.line}",
-                          f"{path.name}:line {record.line}", fw)
+                          f"{path.name}:line {record.line}", fw, utcnow())
             except RowError as exc:
                 for fault in exc.problems:
                     report.fail(record.line, fault.column, fault.rule)

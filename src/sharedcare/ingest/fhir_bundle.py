@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from sharedcare.clock import utcnow
 from sharedcare.fhir.invariants import invariant_problems
 from sharedcare.fhir.uk_core import (
     PATIENT_FIELDS,
@@ -39,6 +38,7 @@ from sharedcare.ingest.messages import (
     RawMessage,
     StagedMessage,
     StagedResource,
+    bounded_event_time,
     sent_by,
     too_large,
 )
@@ -209,7 +209,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
     data = parse_message(raw)
     org, system = _source_of(data, raw, fw, source_override)
     with sent_by(org):
-        received = utcnow()
+        received = raw.received
         if data["resourceType"] == "Bundle":
             if data.get("type") not in BUNDLE_TYPES:
                 raise MessageError(f"Bundle.type '{data.get('type')}' cannot be ingested "
@@ -219,7 +219,8 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
                 raise MessageError("Bundle.entry must be a list of entries", raw.where)
             _check_requests(listed, raw, versioned)
             entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
-            message_time = _timestamp(data.get("timestamp"), received)
+            message_time = bounded_event_time(_timestamp(data.get("timestamp"), received), received,
+                                              f"{raw.where}, Bundle.timestamp")
             message_id = str(data.get("id") or f"{Path(raw.filename).name}:{raw.location}")
             label = "entry[{}]"
             if entry_index(raw) is not None:  # one entry of a split batch: its location already names it
@@ -269,7 +270,8 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             meta = dict(content.get("meta") or {})
             meta["source"] = meta_source(org, system)
             content["meta"] = meta
-            recorded = _timestamp(meta.get("lastUpdated"), message_time)
+            recorded = bounded_event_time(_timestamp(meta.get("lastUpdated"), message_time), received,
+                                          f"{where}, meta.lastUpdated")
             staged.resources.append(StagedResource(resource["resourceType"], source_id, content["id"], content,
                                                    recorded, patient_source_id))
         return staged

@@ -30,6 +30,7 @@ from sharedcare.ingest.messages import (
     RawMessage,
     StagedMessage,
     StagedResource,
+    future_event_time,
     sent_by,
     too_large,
 )
@@ -297,6 +298,8 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         sent = hmap.stamp(msh, 7)
         if sent is None:
             raise msh.error("no message date/time (MSH-7): it orders this message against others", 7)
+        received = raw.received
+        _not_future(msh, 7, sent, received)
         staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
         pid = _one_patient(segments, raw)
         patient = hmap.patient(pid, _first(segments, "PD1"), [s for s in segments if s.name == "NK1"], sender)
@@ -307,11 +310,11 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         if kind == "ADT" and event in PATIENT_MERGES:
             staged.merges.append((_retired_mrn(segments, msh, sender), mrn))
             evn = _first(segments, "EVN")
-            happened = (hmap.stamp(evn, 2) if evn else None) or sent
+            happened = (_not_future(evn, 2, hmap.stamp(evn, 2), received) if evn else None) or sent
             produced = [(pid.label, patient)]
         elif kind == "ADT":
             evn = _first(segments, "EVN")
-            happened = (hmap.stamp(evn, 2) if evn else None) or sent
+            happened = (_not_future(evn, 2, hmap.stamp(evn, 2), received) if evn else None) or sent
             produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender)]
         elif (kind, event) == ("ORU", "R01"):
             # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it
@@ -323,6 +326,14 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         for label, resource in produced:
             staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, staged))
         return staged
+
+
+def _not_future(seg: Seg, field: int, stamp: hmap.Stamp | None, received: datetime) -> hmap.Stamp | None:
+    """A date/time that orders this message against others, refused (naming its field) when in the future."""
+    problem = future_event_time(stamp.at, received) if stamp is not None else None
+    if problem is not None:
+        raise seg.error(f"event time {problem}", field)
+    return stamp
 
 
 def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: datetime, mrn: str,

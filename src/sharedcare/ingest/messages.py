@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from sharedcare.clock import utcnow
+from sharedcare.config import event_skew
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.mpi import Demographics
@@ -96,6 +98,12 @@ class RawMessage:
     format: str  # fhir | hl7v2 | csv
     file_bytes: int | None = None  # bytes of the file it spans, when that is not its payload and a line end
     refused: str | None = None  # why the reader could not take it (too large): quarantined without staging
+    received_at: datetime | None = None  # when it was received, if not now: a quarantine replay's, when held
+
+    @property
+    def received(self) -> datetime:
+        """When this message was received: its event time when it gives none, and the bound of those it gives."""
+        return self.received_at or utcnow()
 
     @property
     def size(self) -> int:
@@ -105,6 +113,26 @@ class RawMessage:
     @property
     def where(self) -> str:
         return f"{self.filename}, {self.location}"
+
+
+def future_event_time(at: datetime, received: datetime) -> str | None:
+    """Why `at` cannot be a message's event time, or None: later than the message was received by more than
+    SHAREDCARE_EVENT_SKEW_SECONDS (a source's clock a little ahead). Versions are ordered by event time, so a
+    time in the future would make every later update of the resource, a withdrawal included, stale."""
+    skew = event_skew()
+    if at <= received + skew:
+        return None
+    return (f"{at.isoformat()} is more than {int(skew.total_seconds())} seconds after the message was received "
+            f"({received.isoformat(timespec='seconds')}): an event time in the future would order this message "
+            "after every later update (SHAREDCARE_EVENT_SKEW_SECONDS)")
+
+
+def bounded_event_time(at: datetime, received: datetime, where: str) -> datetime:
+    """`at`, or a MessageError at `where` (naming the element) when it is too far in the future."""
+    problem = future_event_time(at, received)
+    if problem is not None:
+        raise MessageError(f"event time {problem}", where)
+    return at
 
 
 def content_hash(content: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from sharedcare.clock import utcnow
-from sharedcare.config import load_settings
+from sharedcare.config import event_skew, load_settings
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import claims_registration
 from sharedcare.governance.agreements import effective_agreements
@@ -43,6 +44,7 @@ from sharedcare.ingest.messages import (
     RawMessage,
     StagedMessage,
     WriteRefused,
+    StagedResource,
     certificate_in,
     content_hash,
     sent_by,
@@ -85,6 +87,15 @@ _OTHER_ORGS_PATIENTS = Prepared(
 _INSERT_VERSION = Prepared(insert(ResourceVersion.__table__).values(  # type: ignore[arg-type]
     {column.key: bindparam(column.key) for column in ResourceVersion.__table__.columns}))
 _RESOURCE_UPDATES: dict[frozenset[str], Prepared] = {}  # per set of columns written
+
+
+def _ordered_at(row: Resource, item: StagedResource) -> datetime:
+    """The stored version's event time, as `item` is ordered against it. Never later than that version arrived
+    plus the allowed skew (a time beyond, stored before event times were bounded, pins the resource), and for
+    a withdrawal never later than its arrival: a withdrawal sent after the version arrived is applied,
+    whatever future time that version claims (a source's clock a little ahead)."""
+    limit = row.received_at if entered_in_error(item.sent_content()) else row.received_at + event_skew()
+    return min(row.recorded_at, limit)
 
 
 def _update_resource(session: Session, row: Resource, values: dict[str, Any], text: Encoded | None = None) -> None:
@@ -395,7 +406,9 @@ class Pipeline:
             held = session.get(Quarantine, quarantine_id)
             if held is None or held.status != "held":
                 raise MessageError(f"no held quarantine item #{quarantine_id}", where="quarantine replay")
-            raw = RawMessage(held.filename, held.location, held.payload, held.format)
+            # dated when it was first received, not now: ordered by when its source sent it, a message held for
+            # days is stale against what the source sent since (its own event time, if any, is bounded by it)
+            raw = RawMessage(held.filename, held.location, held.payload, held.format, received_at=held.received_at)
             agreements = effective_agreements(session, self.framework)
         adapter = ADAPTERS.get(raw.format)
         if adapter is None:
@@ -525,7 +538,7 @@ class Pipeline:
                 item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
                 unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
                 continue
-            if row is not None and item.recorded_at < row.recorded_at:
+            if row is not None and item.recorded_at < row.recorded_at and item.recorded_at < _ordered_at(row, item):
                 item.outcome = "stale"
                 stale += 1
                 continue
