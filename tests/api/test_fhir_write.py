@@ -382,8 +382,6 @@ def test_a_masked_copy_written_back_cannot_blank_what_the_mask_hid(ics: Ics) -> 
 
 
 # -- create and update scopes kept apart; If-Match honoured (review 3, F6 and F7) ------------------------------
-WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                         "code": "entered-in-error"}]}
 
 
 def _write_events(db: Database) -> list[tuple[str, str]]:
