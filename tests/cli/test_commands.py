@@ -201,13 +201,14 @@ def test_a_replayed_message_is_dated_when_it_was_received_and_reported_stale_beh
         return json.dumps(condition("gp-c1", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus",
                                     onsetDateTime=onset, meta={"source": meta_source("P81001", "emis")}))
 
-    runner.invoke(app, ["agreements", "set", "P81001", "--status", "suspended"])
+    suspended = runner.invoke(app, ["agreements", "set", "P81001", "--status", "suspended", "--reason", "a breach"])
+    assert suspended.exit_code == 0, suspended.output
     assert runner.invoke(app, ["ingest", str(write_ndjson(tmp_path / "old.ndjson", [diabetes("2010-01-01")]))]
                          ).exit_code == 1
     with env.session() as s:  # held for an hour
         s.execute(update(Quarantine).values(received_at=utcnow() - timedelta(hours=1)))
         held = s.scalars(select(Quarantine.id)).one()
-    runner.invoke(app, ["agreements", "set", "P81001", "--status", "signed"])
+    assert runner.invoke(app, ["agreements", "set", "P81001", "--status", "signed"]).exit_code == 0
     assert runner.invoke(app, ["ingest", str(write_ndjson(tmp_path / "new.ndjson", [diabetes("2018-07-01")]))]
                          ).exit_code == 0
     replayed = runner.invoke(app, ["quarantine", "replay", str(held)], env={"COLUMNS": "200"})
