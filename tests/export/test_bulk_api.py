@@ -263,14 +263,19 @@ def test_a_server_starting_deletes_the_files_past_their_retention(ics: Ics, db: 
         assert s.get_one(ExportJob, job_id).status == "expired"
 
 
-def test_an_export_written_where_its_operator_asked_is_theirs_to_keep(ics: Ics, db: Database, framework: Framework,
-                                                                       tmp_path: Path) -> None:
-    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
-    jobs = ExportJobs(db, framework, settings)
-    mine = tmp_path / "my-extract"  # as `sharedcare export --out my-extract` writes it
+def _command_line_export(ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> tuple[ExportJobs, str, Path]:
+    """A finished export written where its operator asked, as `sharedcare export --out my-extract` writes it."""
+    jobs = ExportJobs(db, framework, ics.client.app.state.settings)  # type: ignore[attr-defined]
+    mine = tmp_path / "my-extract"
     job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "sharedcare export",
                         out_dir=mine, background=False)
     assert jobs.run(job_id).status == "completed"
+    return jobs, job_id, mine
+
+
+def test_an_export_written_where_its_operator_asked_is_theirs_to_keep(ics: Ics, db: Database, framework: Framework,
+                                                                       tmp_path: Path) -> None:
+    jobs, job_id, mine = _command_line_export(ics, db, framework, tmp_path)
     _finished_days_ago(db, job_id, 30)
     assert jobs.expire() == 0 and any(mine.iterdir())
 
@@ -279,12 +284,7 @@ def test_cancelling_a_command_line_export_over_the_api_keeps_the_files_its_opera
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
     """The same user may cancel it (the job is theirs), but its files are where the operator chose, as `expire`
     knows: only the service's own folder is the service's to empty."""
-    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
-    jobs = ExportJobs(db, framework, settings)
-    mine = tmp_path / "my-extract"  # as `sharedcare export --out my-extract` writes it
-    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "sharedcare export",
-                        out_dir=mine, background=False)
-    assert jobs.run(job_id).status == "completed"
+    jobs, job_id, mine = _command_line_export(ics, db, framework, tmp_path)
     written = {path.name: path.read_bytes() for path in mine.iterdir()}
     headers = ics.token("analyst.chen")
     assert ics.client.delete(f"/fhir/bulk/{job_id}", headers=headers).status_code == 202
