@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from tests.builders import SCT, bundle, write_ndjson
 from tests.small_ics import Ics
 
@@ -22,8 +23,12 @@ def _component(code: str, display: str, value: float, unit: str) -> dict[str, ob
             "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
 
 
-def _ingest(db: Database, framework: Framework, tmp: Path) -> None:
-    """A district nurse's wound measurement in July, and a hospital stay with its blood tests."""
+@pytest.fixture(autouse=True)
+def _feeds(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Every test's store also holds a district nurse's wound measurement in July, and a hospital stay with
+    its blood tests."""
+    db: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    tmp = tmp_path
     community = bundle("RYC", "rio", [
         {"resourceType": "Observation", "id": "ryc-w1", "status": "final", "subject": {"reference": "Patient/RYC-9"},
          "code": {"coding": [{"system": SCT, "code": "225552003", "display": "Wound finding"}]},
@@ -69,37 +74,31 @@ def _record(ics: Ics, username: str) -> str:
     return page.text
 
 
-def test_a_measurement_in_parts_keeps_each_parts_unit(ics: Ics, framework: Framework, tmp_path: Path) -> None:
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+def test_a_measurement_in_parts_keeps_each_parts_unit(ics: Ics) -> None:
     page = _record(ics, "dn.williams")
     assert "Length of wound: 3.0 cm; Width of wound: 1.9 cm" in page
 
 
-def test_a_lab_panel_says_how_many_results_it_holds(ics: Ics, framework: Framework, tmp_path: Path) -> None:
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+def test_a_lab_panel_says_how_many_results_it_holds(ics: Ics) -> None:
     page = _record(ics, "dr.patel")
     assert "Urea and electrolytes" in page and "panel of 2 results" in page
     assert "4.2 mmol/L" in page and "142 mmol/L" in page
 
 
-def test_a_hospital_stay_is_named_by_its_ward_and_says_when_it_ended(ics: Ics, framework: Framework,
-                                                                     tmp_path: Path) -> None:
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+def test_a_hospital_stay_is_named_by_its_ward_and_says_when_it_ended(ics: Ics) -> None:
     page = _record(ics, "dr.patel")
     assert "Ward 12 (Care of the Elderly) (inpatient encounter, until 2026-11-07)" in page
 
 
-def test_when_an_item_was_recorded_is_said_in_uk_time(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+def test_when_an_item_was_recorded_is_said_in_uk_time(ics: Ics) -> None:
     """09:45 UTC on 14 July is 10:45 in the UK (summer time); 17:00 UTC on 7 November is 17:00."""
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
     page = _record(ics, "dn.williams")
     assert "recorded 14 Jul 2026, 10:45" in page
     assert "recorded 7 Nov 2026, 17:00" in page
 
 
-def test_the_summary_starts_with_allergies(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+def test_the_summary_starts_with_allergies(ics: Ics) -> None:
     """The shortest list, and the one no one may miss: on a phone it was below every medicine and problem."""
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
     page = _record(ics, "para.evans")
     summary = page.split('id="summary"', 1)[1].split('id="encounters"', 1)[0]
     sections = re.findall(r'<section id="([a-z-]+)"', summary)
@@ -107,17 +106,14 @@ def test_the_summary_starts_with_allergies(ics: Ics, framework: Framework, tmp_p
     assert "Allergy to penicillin" in summary.split('id="medications"', 1)[0]
 
 
-def test_the_care_team_says_when_each_service_last_saw_the_person(ics: Ics, framework: Framework,
-                                                                  tmp_path: Path) -> None:
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+def test_the_care_team_says_when_each_service_last_saw_the_person(ics: Ics) -> None:
     page = _record(ics, "dn.williams")
     team = page.split('id="care-team"', 1)[1].split('id="care-plans"', 1)[0]
     hospital = team.split("Riverside University Hospitals NHS Trust", 1)[1].split("</dd>", 1)[0]
     assert "Last contact: Ward 12 (Care of the Elderly) on 2026-11-02." in hospital
 
 
-def test_the_pharmacist_sees_allergies_beside_the_medicines(ics: Ics, framework: Framework, tmp_path: Path) -> None:
-    _ingest(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+def test_the_pharmacist_sees_allergies_beside_the_medicines(ics: Ics) -> None:
     _record(ics, "pharm.khan")
     page = ics.client.get(f"/record/{ics.okafor}/medicines").text
     allergies = page.split("<h2>Allergies</h2>", 1)[1].split("<h2>Medicines from every source</h2>", 1)[0]
