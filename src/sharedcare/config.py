@@ -68,7 +68,9 @@ class Settings:
     mllp_frame_seconds: int = 60
     mllp_max_connections: int = 64
     mllp_max_per_address: int = 16
-    event_skew_seconds: int = 300  # SHAREDCARE_EVENT_SKEW_SECONDS (read per message through `event_skew`)
+    # SHAREDCARE_EVENT_SKEW_SECONDS: here so a bad value is refused at start; ingest reads it per message
+    # through `event_skew` (a fraction of `load_settings`' cost)
+    event_skew_seconds: int = 300
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess

@@ -37,6 +37,7 @@ CASES: list[tuple[str, str, tuple[MatchRecord, MatchRecord]]] = [
     ("name", "given agrees, surname changed or missing", pair({"given": "Priya", "family": "Sharma"},
                                                               {"given": "Priya", "family": "Kapoor"})),
     ("name", "given agrees, surname changed or missing", pair({"family": None}, {})),
+    ("name", "given agrees, surname changed or missing", pair({"family": None}, {"family": None})),  # NULL = NULL
     ("name", "missing", pair({"given": None, "family": None}, {"family": None})),
     ("name", "surname agrees, given name different", pair({"given": "Amy", "family": "Jones"},
                                                           {"given": "Zoe", "family": "Jones"})),

@@ -86,10 +86,12 @@ def test_a_chart_of_only_absurd_values_says_so_and_draws_nothing() -> None:
     assert "<svg" not in out and "-1e+308 on 1 Jan 2026" in out
 
 
-def _ingest_hba1c(ics: Ics, tmp_path: Path, framework: Framework, values: list[float]) -> None:
+def _ingest_hba1c(ics: Ics, tmp_path: Path, framework: Framework, values: list[float],
+                  dates: list[str] | None = None) -> None:
+    dates = dates or [f"2026-0{i + 1}-01" for i in range(len(values))]
     obs = [{"resourceType": "Observation", "id": f"gp-h{i}", "status": "final",
             "code": {"coding": [{"system": SCT, "code": "999791000000106", "display": "HbA1c"}]},
-            "subject": {"reference": "Patient/gp-okafor"}, "effectiveDateTime": f"2026-0{i + 1}-01",
+            "subject": {"reference": "Patient/gp-okafor"}, "effectiveDateTime": dates[i],
             "valueQuantity": {"value": value, "unit": "mmol/mol", "system": "http://unitsofmeasure.org",
                               "code": "mmol/mol"}} for i, value in enumerate(values)]
     gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), *obs])
@@ -127,3 +129,13 @@ def test_a_fault_in_the_charts_leaves_the_rest_of_the_record(ics: Ics, monkeypat
     monkeypatch.setattr(present, "_trend_charts", broken)
     for page in _record_pages(ics):
         assert "The trend charts could not be drawn" in page and "Type 2 diabetes mellitus" in page
+
+
+def test_a_result_dated_only_to_the_month_leaves_the_charts_drawn(ics: Ics, tmp_path: Path,
+                                                                   framework: Framework) -> None:
+    """FHIR allows a partial date ("2026-03"): it has no day to plot at, so that result is left off the chart
+    (the results table lists it), and the other results are still drawn."""
+    _ingest_hba1c(ics, tmp_path, framework, [48, 52, 55], dates=["2026-01-01", "2026-03", "2026-05-01"])
+    for page in _record_pages(ics):
+        assert "The trend charts could not be drawn" not in page
+        assert '<svg' in page and "Type 2 diabetes mellitus" in page

@@ -187,6 +187,23 @@ def remove_files(folder: Path, names: list[str]) -> None:
         folder.rmdir()
 
 
+Files = tuple[Path, list[str]]  # an export's folder and the files it wrote there
+
+
+def _mark_expired(jobs: list[ExportJob]) -> dict[str, Files]:
+    """Mark these finished exports expired; their files, by job id, to delete once that is committed (a
+    rollback after a deletion would offer downloads of files that are gone)."""
+    now = utcnow()
+    for job in jobs:
+        job.status, job.updated_at = EXPIRED, now
+    return {job.id: (Path(job.out_dir), [o["file"] for o in job.output or []]) for job in jobs}
+
+
+def _remove(files: dict[str, Files]) -> None:
+    for folder, names in files.values():
+        remove_files(folder, names)
+
+
 class ExportJobs:
     """The export jobs of one store, for the API and the CLI alike."""
 
@@ -221,7 +238,7 @@ class ExportJobs:
             if busy and background:
                 raise TooManyExports("you already have an export running: wait for it, or cancel it with DELETE "
                                      "on its status URL", where="$export")
-            superseded = self._supersede(session, actor.username) if out_dir is None else []
+            superseded = self._supersede(session, actor.username) if out_dir is None else {}
             session.add(ExportJob(
                 id=job_id, username=actor.username, role=actor.role.name if actor.role else None,
                 organisation=actor.organisation, purpose=secondary.purpose,
@@ -231,6 +248,7 @@ class ExportJobs:
                 out_dir=str(out_dir or self.settings.data_path / "exports" / job_id)))
             secondary.audit(session, AuditAction.EXPORT_KICK_OFF, "permit", rule_id="permit-secondary",
                             job=job_id, superseded=" ".join(superseded) or None, **detail)
+        _remove(superseded)  # only once they are marked expired: a failed kick-off leaves them whole
         if background:
             threading.Thread(target=self.run, args=(job_id,), name=f"export-{job_id}", daemon=True).start()
         return job_id
@@ -324,23 +342,18 @@ class ExportJobs:
             old = session.scalars(select(ExportJob).where(
                 ExportJob.status == "completed",
                 ExportJob.finished_at < now - timedelta(days=self.settings.export_retention_days)))
-            expired = [job for job in old if self._ours(job.out_dir)]
-            for job in expired:
-                remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
-                job.status, job.updated_at = EXPIRED, now
+            expired = _mark_expired([job for job in old if self._ours(job.out_dir)])
+        _remove(expired)
         return len(expired)
 
-    def _supersede(self, session: Session, username: str) -> list[str]:
-        """Delete the files of this user's finished exports in the service's folder beyond the newest
-        KEPT_PER_USER - 1 (the one starting makes KEPT_PER_USER), marking each expired; their ids."""
+    def _supersede(self, session: Session, username: str) -> dict[str, Files]:
+        """Mark expired this user's finished exports in the service's folder beyond the newest
+        KEPT_PER_USER - 1 (the one starting makes KEPT_PER_USER); their files, by id, for the caller to
+        delete once that is committed."""
         finished = session.scalars(select(ExportJob).where(ExportJob.username == username,
                                                            ExportJob.status == "completed")
                                    .order_by(ExportJob.finished_at.desc()))
-        old = [job for job in finished if self._ours(job.out_dir)][KEPT_PER_USER - 1:]
-        for job in old:
-            remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
-            job.status, job.updated_at = EXPIRED, utcnow()
-        return [job.id for job in old]
+        return _mark_expired([job for job in finished if self._ours(job.out_dir)][KEPT_PER_USER - 1:])
 
     def _ours(self, out_dir: str) -> bool:
         """Whether an export's folder is the service's own (`{data}/exports/`): a command-line export wrote

@@ -222,6 +222,12 @@ def _jw(a: str | None, b: str | None) -> float:
 ELSE = Level("different", "ELSE", lambda a, b: True)
 FUZZY = 0.9  # Jaro-Winkler similarity taken as a keying error (Smith/Smtih 0.96, Dixon/Dickson 0.81)
 
+def _same(a: str | None, b: str | None) -> bool:
+    """Equal and present, as SQL's `=` reads it: two missing surnames agree on nothing (NULL = NULL is not
+    true), so the Python scorer reaches the level the trained SQL one does."""
+    return a is not None and a == b
+
+
 # The name comparison is 'missing' only when a given name is: the given name is what tells twins and
 # siblings apart (the rule below), so a pair whose given names are both known is judged on them even when
 # a surname is not. A missing surname then reads as a changed one: the given names agree, or they differ
@@ -230,14 +236,14 @@ FUZZY = 0.9  # Jaro-Winkler similarity taken as a keying error (Smith/Smtih 0.96
 NAME = Comparison("name", "given and family name: exact, swapped, nickname, changed or hyphenated surname, typo", (
     _either_null("given"),
     Level("exact", "given_l = given_r AND family_l = family_r",
-          lambda a, b: a["given"] == b["given"] and a["family"] == b["family"]),
+          lambda a, b: a["given"] == b["given"] and _same(a["family"], b["family"])),
     Level("first and last swapped",  # exactly or but for a typing error (a clerk's swap, then a slip)
           f"jaro_winkler_similarity(given_l, family_r) >= {FUZZY} "
           f"AND jaro_winkler_similarity(family_l, given_r) >= {FUZZY}",
           lambda a, b: _jw(a["given"], b["family"]) >= FUZZY and _jw(a["family"], b["given"]) >= FUZZY),
     Level("nickname or middle name, same surname",
           "list_has_any(given_keys_l, given_keys_r) AND family_l = family_r",
-          lambda a, b: _overlap(a["given_keys"], b["given_keys"]) and a["family"] == b["family"]),
+          lambda a, b: _overlap(a["given_keys"], b["given_keys"]) and _same(a["family"], b["family"])),
     Level("given agrees, surname shares a part (hyphenated or previous)",
           "list_has_any(given_keys_l, given_keys_r) AND list_has_any(family_keys_l, family_keys_r)",
           lambda a, b: _overlap(a["given_keys"], b["given_keys"]) and _overlap(a["family_keys"], b["family_keys"])),

@@ -181,13 +181,20 @@ def choices(request: Request, me: CitizenDep, fw: FrameworkDep, saved: bool = Fa
     return _choices_page(request, me, fw, saved=saved)
 
 
+def _choose_organisation(change: str) -> str:
+    """What to ask for when a one-organisation choice names none the framework knows."""
+    if change == "allow-org":
+        return "Choose the organisation to let see your record again."
+    return "Choose the organisation you do not want to see your record."
+
+
 @router.post("/choices/confirm", response_class=HTMLResponse)
 def confirm_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Annotated[Change, Form()],
                    organisation: Annotated[str, Form()] = "") -> Response:
     """What the choice will do, in words, before anything changes."""
     org = fw.organisation(organisation) if change in ONE_ORGANISATION else None
     if change in ONE_ORGANISATION and org is None:
-        return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
+        return _choices_page(request, me, fw, 400, _choose_organisation(change))
     return render(request, "patient/confirm.html", account=SIGNED_IN, change=change, org=org)
 
 
@@ -238,5 +245,5 @@ def apply_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Ann
         else:
             me.set_choice(change, organisation or None)
     except ValueError:
-        return _choices_page(request, me, fw, 400, "Choose the organisation you do not want to see your record.")
+        return _choices_page(request, me, fw, 400, _choose_organisation(change))
     return RedirectResponse("/patient/choices?saved=true", status_code=303)

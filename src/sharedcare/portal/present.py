@@ -10,6 +10,7 @@ import base64
 import binascii
 import logging
 import math
+import traceback
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -283,7 +284,11 @@ def _point(served: ServedResource, value: float | None) -> Point | None:
     day = when(served.content)
     if value is None or not day:
         return None
-    return Point(date.fromisoformat(day), value, served.source_name)
+    try:  # a partial date (FHIR allows "2026-03") has no day to plot at: the results table still lists it
+        on = date.fromisoformat(day)
+    except ValueError:
+        return None
+    return Point(on, value, served.source_name)
 
 
 # The range each chart draws: beyond these a result is not physiological (a unit error, a slip).
@@ -298,8 +303,11 @@ def trend_charts(view: RecordView) -> list[Markup]:
     and must never take the record page (and the rest of the record) down with them."""
     try:
         return _trend_charts(view)
-    except Exception:  # any fault: the record page must still render
-        log.exception("trend charts could not be drawn")  # no person id: the log holds no patient data
+    except Exception as exc:  # any fault: the record page must still render
+        # the exception's type and where it was raised, not its message (which may quote a value of the
+        # record) and no person id: the log holds no patient data (docs/operations/log-inventory.md)
+        log.error("trend charts could not be drawn: %s\n%s", type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
         return [CHARTS_FAILED]
 
 
