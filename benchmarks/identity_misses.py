@@ -13,12 +13,15 @@ into that part.
 
 Status, in the order `matching.cluster` decides:
 - held by the given-name rule: the weight reaches the link threshold, but the given names clearly
-  differ (`compare.NAME.never_link`), so the pair is only reviewed;
+  differ (`compare.NAME.never_link`), or neither record has one (`compare.neither_named`), so the pair
+  is only reviewed;
 - on the review list: the weight is between review and link;
 - below review: scored, the weight under review;
 - not a candidate: no blocking rule puts the two records side by side, so the pair is never scored;
-- scored to link, yet apart: nothing holds the pair itself, yet clustering left it in two persons (on
-  FEBRL, whose identifiers have no check digit, never: no cluster is split by NHS number).
+- scored to link, yet apart: nothing holds the pair itself, yet clustering left it in two persons: its
+  link would have joined records kept apart through a record without a given name, or one of its
+  records links to two such records and is held alone (`matching._components`; on FEBRL, whose
+  identifiers have no check digit, never an NHS-number split).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from identity import febrl_set  # benchmarks/ is on the path: these run as scripts
-from sharedcare.identity.compare import COMPARISONS, FUZZY, Features, features, given_keys, levels
+from sharedcare.identity.compare import COMPARISONS, FUZZY, Features, features, given_keys, levels, neither_named
 from sharedcare.identity.matching import cluster
 from sharedcare.identity.model import LINK_THRESHOLD, REVIEW_THRESHOLD, Model
 
@@ -167,7 +170,7 @@ def why(number: int) -> dict[str, Any]:
         if not candidate(feats[a], feats[b]):
             status = NOT_CANDIDATE
         elif scored.probability >= LINK_THRESHOLD:
-            status = HELD if scored.never_link else APART
+            status = HELD if scored.never_link or neither_named(feats[a], feats[b]) else APART
         elif scored.probability >= REVIEW_THRESHOLD:
             status = REVIEW
         else:

@@ -1400,6 +1400,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
             steps.append(f"{'LINKED' if r['linked'] else 'linked, since moved apart'}: {r['discrepancy']}")
         elif evidence.get("never_link"):
             steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
+        elif evidence.get("held"):
+            steps.append(f"never linked automatically: {evidence['held']}")
         table.add_row(str(r["id"]), str(r["probability"]), _literal(r["a"]), _literal(r["b"]),
                       "\n".join(_literal(step) for step in steps))
     out.print(table)

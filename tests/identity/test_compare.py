@@ -9,7 +9,17 @@ from typing import Any
 import duckdb
 import pytest
 
-from sharedcare.identity.compare import COMPARISONS, LIST_COLUMNS, Comparison, MatchRecord, features, numbers_keep_apart
+from sharedcare.identity.compare import (
+    COMPARISONS,
+    LIST_COLUMNS,
+    NAME,
+    Comparison,
+    MatchRecord,
+    features,
+    given_text,
+    names_keep_apart,
+    numbers_keep_apart,
+)
 from sharedcare.identity.nhs_number import is_valid
 
 BASE = MatchRecord(1, given="Robert", family="Smith", birth_date="1960-03-07", sex="male", postcode="RV1 2AB")
@@ -130,3 +140,30 @@ def test_only_two_different_valid_nhs_numbers_keep_a_pair_apart_by_rule() -> Non
     assert not numbers_keep_apart("9434765919", "9434765919")
     assert not numbers_keep_apart("9434765919", None)
     assert not numbers_keep_apart("4652817", "4658217")  # no check digit: a difference the model weighs
+
+
+@pytest.mark.parametrize("placeholder", ["Baby", "BABY BOY", "Baby Girl", "Twin 1", "twin-2", "Twin A", "Infant",
+                                         "Baby of Sarah Jones", "Unknown", "Unknown Male", "Not Known", "NK", "  "])
+def test_a_placeholder_given_name_is_no_given_name(placeholder: str) -> None:
+    """What a newborn's record carries before naming, or an unknown patient's, says nothing of who it is:
+    "Twin 1" and "Twin 2" must not meet as an exact name (both would read "twin")."""
+    assert given_text(placeholder) is None
+    twin1, twin2 = pair({"given": placeholder}, {"given": "Twin 2"})
+    a, b = features(twin1), features(twin2)
+    assert (a["given"], a["given_keys"]) == (None, None)
+    assert NAME.levels[NAME.level(a, b)].label == "missing"
+    assert names_keep_apart(a, b)  # neither has a given name and no NHS number agrees
+
+
+@pytest.mark.parametrize("name", ["Amy", "A", "Boyd", "Twinkle", "Babette", "Abby-Gail"])
+def test_a_real_given_name_is_kept(name: str) -> None:
+    assert given_text(name) == name.lower()
+
+
+def test_two_records_without_a_given_name_are_kept_apart_unless_a_valid_nhs_number_agrees() -> None:
+    a, b = pair({"given": "Baby"}, {"given": None})
+    assert names_keep_apart(features(a), features(b))
+    assert not names_keep_apart(features(replace(a, nhs_number="9434765919")),
+                                features(replace(b, nhs_number="9434765919")))
+    assert names_keep_apart(features(replace(a, nhs_number="4652817")), features(replace(b, nhs_number="4652817")))
+    assert not names_keep_apart(features(a), features(replace(b, given="Amy")))  # one given name: the model weighs it

@@ -3,6 +3,7 @@ and is matched on arrival against what the index already holds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
 
 from sharedcare.governance.framework import Framework
+from sharedcare.identity.compare import MatchRecord
 from sharedcare.identity.links import decide
+from sharedcare.identity.matching import cluster
+from sharedcare.identity.model import default_model
 from sharedcare.identity.mpi import Demographics, link_patient_record, relink
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -89,6 +93,96 @@ def test_a_twins_record_without_a_surname_is_not_linked_to_the_other_twin(
         relink(s)
     r = _records(db)
     assert r["RYA/zoe"].person_id != r["RXR/amy"].person_id
+
+
+def test_twins_are_never_joined_through_a_record_without_a_given_name(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An ambulance record with only the surname (no given name taken) matches either twin on surname,
+    birth date, address and phone; the given-name rule holds Amy and Zoe apart, and a third record must
+    not join them. Until this change (2026-12-06) ingest linked Zoe to Amy's person through that record, and a
+    relink joined all three as one person."""
+    phone = {"telecom": [{"system": "phone", "value": "01632 960457", "use": "home"}]}
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("amy", None, "Jones", "Amy", "2001-04-05", "female")),
+            (("RYA", "cleric"), patient("x", None, "Jones", "", "2001-04-05", "female",
+                                        name=[{"use": "official", "family": "Jones"}], **phone)),
+            (HOSPITAL, patient("zoe", None, "Jones", "Zoe", "2001-04-05", "female", **phone)))
+    r = _records(db)
+    assert r["RXR/zoe"].person_id != r["RXR/amy"].person_id
+    assert r["RXR/zoe"].link_status == "review"
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/zoe"].person_id != r["RXR/amy"].person_id
+    assert r["RYA/x"].person_id not in (r["RXR/amy"].person_id, r["RXR/zoe"].person_id)
+    assert r["RYA/x"].link_status == "review" and "kept apart" in (r["RYA/x"].link_note or "")
+    with db.session() as s:
+        listed = {frozenset((m.record_a, m.record_b)) for m in s.scalars(select(MatchReview))}
+    assert {frozenset((r["RYA/x"].id, r[k].id)) for k in ("RXR/amy", "RXR/zoe")} <= listed
+
+
+def test_records_a_reviewer_separated_are_not_joined_through_a_third_record() -> None:
+    """A reviewer said records 1 and 2 are two people; record 3 agrees with both on everything. Until
+    this change (2026-12-06) a relink linked 3 to each and so put 1 and 2 in one person after all; now 3 is held."""
+    same = MatchRecord(1, given="John", family="Smith", birth_date="1950-09-14", sex="male", postcode="RV1 2AB")
+    records = [same, replace(same, record_id=2), replace(same, record_id=3)]
+    found = cluster(records, decided_different={(1, 2)}, fallback=default_model().json)
+    assert found.cluster_of[1] != found.cluster_of[2]
+    assert found.held_for_review == found.torn == {3}
+    assert {(1, 3), (2, 3)} <= {(p.record_a, p.record_b) for p in found.review_pairs}
+
+
+def test_a_chain_of_agreeing_given_names_stays_one_person(db: Database, framework: Framework,
+                                                          tmp_path: Path) -> None:
+    """Joe, Joseph (twice, with Joe's NHS number) and a keyed "Jooseph": Joe and Jooseph differ by the
+    rule, but each agrees with Joseph, so the chain is evidence of one person. The first fix for twins
+    joined through a third record (branch ident-transitive) held the Joseph records alone (the 10,000-
+    person ICS lost recall so); only a record without a given name of its own is held as a bridge."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("joe", "9434765919", "Bloggs", "Joe", "1972-06-30")),
+            (HOSPITAL, patient("joseph", "9434765919", "Bloggs", "Joseph", "1972-06-30")),
+            (("RYA", "cleric"), patient("joseph", "9434765919", "Bloggs", "Joseph", "1972-06-30")),
+            (("RYC", "pas"), patient("jooseph", None, "Bloggs", "Jooseph", "1972-06-30")))
+    for when in ("on ingest", "after a relink"):
+        r = _records(db)
+        assert len({record.person_id for record in r.values()}) == 1, when
+        assert {record.link_status for record in r.values()} == {"linked"}, when
+        with db.session() as s:
+            relink(s)
+
+
+def test_newborn_twins_without_given_names_are_reviewed_not_linked(db: Database, framework: Framework,
+                                                                    tmp_path: Path) -> None:
+    """Twins' records before naming carry no given name or a placeholder ("Twin 1", "Baby"), with the same
+    surname, birth date and address: nothing tells them apart, so the pair goes to review. On main
+    "Twin 1" and "Twin 2" both read "twin", an exact name, and were linked (HAZ-01)."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("t1", None, "Jones", "Twin 1", "2026-11-30", "female")),
+            (HOSPITAL, patient("t2", None, "Jones", "Twin 2", "2026-11-30", "female")),
+            (("RYA", "cleric"), patient("b", None, "Jones", "Baby", "2026-11-30", "female")))
+    for when in ("on ingest", "after a relink"):
+        r = _records(db)
+        assert len({r[k].person_id for k in ("RXR/t1", "RXR/t2", "RYA/b")}) == 3, when
+        assert r["RXR/t2"].link_status == "review", when
+        with db.session() as s:
+            listed = {frozenset((m.record_a, m.record_b)) for m in s.scalars(select(MatchReview))}
+            relink(s)
+        assert frozenset((r["RXR/t1"].id, r["RXR/t2"].id)) in listed, when
+    assert "given name" in (r["RXR/t2"].link_note or "")
+
+
+def test_a_newborns_records_without_a_given_name_link_on_an_agreeing_nhs_number(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A newborn in England is given an NHS number at birth: two of one baby's records before naming that
+    carry the same valid number are linked, on ingest and by a relink."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("b", "9434765919", "Jones", "Baby", "2026-11-30", "female")),
+            (("RYA", "cleric"), patient("b", "9434765919", "Jones", "Baby Girl", "2026-11-30", "female")))
+    for when in ("on ingest", "after a relink"):
+        r = _records(db)
+        assert r["RXR/b"].person_id == r["RYA/b"].person_id, when
+        with db.session() as s:
+            relink(s)
 
 
 def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, framework: Framework,

@@ -51,13 +51,36 @@ def name_text(value: str | None) -> str | None:
     return text or None
 
 
+# What a record carries in place of a given name before the patient is named or while unknown: in England
+# a newborn is registered as "Baby", "Baby Boy" or "Baby of <mother>", twins as "Twin 1" and "Twin 2" (the
+# digits are dropped: both read "twin"), an unidentified patient as "Unknown Male". None of it says who the
+# patient is, so matching reads it as no given name: "Twin 1" and "Twin 2" are not an exact match.
+_PLACEHOLDERS = frozenset({"baby", "babe", "infant", "newborn", "neonate", "twin", "triplet", "quad", "unknown",
+                           "unnamed", "anonymous", "unidentified", "nk", "bb", "bg", "boy", "girl", "male", "female"})
+_PLACEHOLDER_PARTS = _PLACEHOLDERS | {"of", "a", "b", "c", "d", "i", "ii", "iii", "one", "two", "three", "first",
+                                      "second", "third", "not", "known", "patient"}
+
+
+def given_text(value: str | None) -> str | None:
+    """A given name as matching compares it (`name_text`), or None when it is missing or a placeholder
+    ("Baby", "Twin 2", "Baby of Sarah", "Unknown", "Not known"); an initial alone is a given name."""
+    text = name_text(value)
+    if text is None:
+        return None
+    words = text.replace("-", " ").split()
+    if text == "not known" or (words[0] in _PLACEHOLDERS and (
+            set(words) <= _PLACEHOLDER_PARTS or (len(words) > 1 and words[1] == "of"))):
+        return None
+    return text
+
+
 def given_keys(names: Iterable[str | None]) -> list[str]:
     """Every key a set of given names answers to: each name and the formal names it is short for, so
-    that Bob meets Robert and Peggy meets Margaret through the same key."""
+    that Bob meets Robert and Peggy meets Margaret through the same key (placeholders answer to none)."""
     keys: set[str] = set()
     groups = _nickname_groups()
     for raw in names:
-        for name in (name_text(raw) or "").replace("-", " ").split():
+        for name in (given_text(raw) or "").replace("-", " ").split():
             keys.add(name)
             keys.update(groups.get(name, ()))
     return sorted(keys)
@@ -140,7 +163,7 @@ def features(r: MatchRecord) -> Features:
     return {
         "unique_id": r.record_id,
         "nhs_number": r.nhs_number or None,
-        "given": name_text(r.given), "family": name_text(r.family),
+        "given": given_text(r.given), "family": name_text(r.family),
         "given_keys": given_keys([r.given, *r.other_given]) or None,
         "family_keys": family_keys([r.family, *r.other_family]) or None,
         **birth_and_address(r.birth_date, r.postcode, r.postcodes),
@@ -319,6 +342,28 @@ def nhs_number_outweighs_given_name(a: Features, b: Features) -> bool:
             and a["dob"] and a["dob"] == b["dob"] and _jw(a["family"], b["family"]) >= FUZZY):
         return False
     return NAME.levels[NAME.level(a, b)].label in NAME.never_link
+
+
+# The given-name rule cannot hold what neither record says: two records without a given name (newborn
+# twins before naming, "Baby Jones" and "Baby Jones"; two unknown patients) agree on surname, birth date and
+# address as twins do. Such a pair is reviewed, never linked automatically, unless a valid NHS number agrees
+# (a newborn is given one at birth, and a keying error never makes one valid number into another).
+NEITHER_NAMED = ("neither record has a given name (a newborn's before naming, an unknown patient's; 'Baby', "
+                 "'Twin 1' count as none) and no NHS number agrees: twins would match as well")
+
+
+def neither_named(a: Features, b: Features) -> bool:
+    """Whether neither record of the pair has a given name (`given_text`) and they share no valid NHS number."""
+    return a["given"] is None and b["given"] is None and not (
+        a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and is_valid(a["nhs_number"]))
+
+
+def names_keep_apart(a: Features, b: Features) -> bool:
+    """Whether the given-name rules keep this pair from an automatic link whatever else agrees: given names
+    that differ (twins, siblings), but for the NHS-number exception above, or no given name on either."""
+    if neither_named(a, b):
+        return True
+    return NAME.levels[NAME.level(a, b)].label in NAME.never_link and not nhs_number_outweighs_given_name(a, b)
 
 
 def numbers_keep_apart(a: str | None, b: str | None) -> bool:

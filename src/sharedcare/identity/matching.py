@@ -8,8 +8,10 @@ blocking rules produce and clusters them at the link threshold. The comparisons 
 one person another's record: records whose valid NHS numbers differ are never in one person; a pair
 whose given names disagree (twins, siblings) is never linked automatically, only reviewed, unless its
 NHS number, surname and date of birth all agree (then it is linked, as ingest links on the NHS number,
-and put on the review list with that reason); and a cluster that would join two NHS numbers is split,
-its records without a number held for review.
+and put on the review list with that reason); nor is a pair neither of whose records has a given name
+(newborn twins before naming), unless a valid NHS number agrees; these rules and a reviewer's separation
+hold across a third record without a given name too (`_components`); and a cluster that would join two
+NHS numbers is split, its records without a number held for review.
 
 Splink trains the model; the candidate pairs are scored here, in one DuckDB query built from the same
 blocking rules and the same comparison SQL, because Splink's predict computes every comparison of every
@@ -26,7 +28,7 @@ import json
 import logging
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,11 +46,15 @@ from sharedcare.identity.compare import (
     COMPARISONS,
     INT_COLUMNS,
     LIST_COLUMNS,
+    NEITHER_NAMED,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
     Comparison,
     Features,
     MatchRecord,
     features,
+    given_text,
+    names_keep_apart,
+    neither_named,
     nhs_number_outweighs_given_name,
     numbers_keep_apart,
 )
@@ -157,6 +163,7 @@ class Clustering:
     evidence: dict[int, dict[str, Any]] = field(default_factory=dict)  # record -> its strongest link's waterfall
     review_pairs: list[ReviewPair] = field(default_factory=list)
     held_for_review: set[int] = field(default_factory=set)
+    torn: set[int] = field(default_factory=set)  # of those, records linked to two records kept apart
     model: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
 
@@ -226,8 +233,10 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
 
     Fewer than MIN_TRAINING_RECORDS are too few to estimate anything from: they are scored with the
     `fallback` model (the one in use) instead. Reviewers' decisions win over the model: pairs decided
-    the same person are linked, pairs decided different people are never linked directly."""
-    decided_same, decided_different = decided_same or set(), decided_different or set()
+    the same person are linked, pairs decided different people are never linked, directly or through
+    another record (`_components`)."""
+    decided_same, decided_different = ({(min(a, b), max(a, b)) for a, b in pairs or ()}
+                                       for pairs in (decided_same, decided_different))
     if len(records) < 2:
         return Clustering({r.record_id: r.record_id for r in records}, {r.record_id: 1.0 for r in records})
     trained = fallback is None or len(records) >= MIN_TRAINING_RECORDS
@@ -243,6 +252,14 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     names = [c.name for c in COMPARISONS]
     numbers = {r.record_id: r.nhs_number for r in records}
     by_id = {r.record_id: r for r in records}
+    unnamed = {r.record_id for r in records if given_text(r.given) is None}
+    prepared: dict[int, Features] = {}
+
+    def features_of(record_id: int) -> Features:
+        if record_id not in prepared:
+            prepared[record_id] = features(by_id[record_id])
+        return prepared[record_id]
+
     scores: dict[tuple[int, ...], tuple[float, list[str]]] = {}
     links: list[tuple[int, int, float]] = []
     unsure: list[tuple[int, int, float, tuple[int, ...]]] = []
@@ -261,15 +278,19 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         found_of[pair] = key
         if pair in decided_different or _numbers_differ(numbers, a, b):
             continue
-        if pair in decided_same or (p >= LINK_THRESHOLD and not never_link):
+        if pair in decided_same or (p >= LINK_THRESHOLD and not never_link and not (
+                a in unnamed and b in unnamed and neither_named(features_of(a), features_of(b)))):
             links.append((a, b, p))
-        elif never_link == ["name"] and nhs_number_outweighs_given_name(features(by_id[a]), features(by_id[b])):
+        elif never_link == ["name"] and nhs_number_outweighs_given_name(features_of(a), features_of(b)):
             links.append((a, b, p))  # as ingest links on the NHS number; kept on the review list
             discrepant.append((a, b, p, key))
         else:
             unsure.append((a, b, p, key))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
-    result = _components(records, links, numbers)
+    result, refused = _components(records, links, numbers, Apart(
+        decided_different, decided_same, unnamed, lambda x, y: names_keep_apart(features_of(x), features_of(y))))
+    unsure += [(a, b, p, found_of[pair]) for a, b, p in refused if (pair := (min(a, b), max(a, b))) in found_of]
+    bridged = {(min(a, b), max(a, b)) for a, b, _ in refused}
     waterfalls: dict[tuple[int, ...], dict[str, Any]] = {}
 
     def evidence(key: tuple[int, ...]) -> dict[str, Any]:
@@ -281,12 +302,23 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     flagged = {(min(a, b), max(a, b)) for a, b, _, _ in discrepant}
     for a, b, p in links:
         pair = (min(a, b), max(a, b))
+        if pair in bridged:
+            continue
         pair_levels = found_of.get(pair)
         for record in (a, b):
             if pair_levels and p >= result.probability.get(record, 0.0) - 1e-12 and record not in result.evidence:
                 result.evidence[record] = evidence(pair_levels) | {"with_record": b if record == a else a} | (
                     {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME} if pair in flagged else {})
-    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, dict(evidence(key)))
+
+    def why(a: int, b: int, p: float) -> dict[str, str]:
+        """What holds an unsure pair the model would have linked, beyond its levels' own `never_link`."""
+        if (min(a, b), max(a, b)) in bridged:
+            return {"held": BRIDGE}
+        if p >= LINK_THRESHOLD and a in unnamed and b in unnamed and neither_named(features_of(a), features_of(b)):
+            return {"held": NEITHER_NAMED}
+        return {}
+
+    result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, evidence(key) | why(a, b, p))
                            for a, b, p, key in unsure if result.cluster_of[a] != result.cluster_of[b]]
     result.review_pairs += [ReviewPair(min(a, b), max(a, b), p, evidence(key)
                                        | {"discrepancy": NHS_NUMBER_OUTWEIGHS_GIVEN_NAME}, linked=True)
@@ -383,28 +415,48 @@ def _numbers_differ(numbers: dict[int, str | None], a: int, b: int) -> bool:
     return numbers_keep_apart(numbers[a], numbers[b])
 
 
-def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
-                numbers: dict[int, str | None]) -> Clustering:
-    """Connected components of the links (union-find), then split any that would join two valid NHS numbers
-    (`numbers_keep_apart`; identifiers without a check digit are weighed by the model, not split on)."""
-    parent = {r.record_id: r.record_id for r in records}
+# Why a relink holds a record, or a pair it would have linked, because the link would join records kept apart.
+BRIDGE = ("a record of the pair links to two records kept apart (their given names differ or neither has one, or "
+          "a reviewer separated them) and cannot join both")
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
-    best: dict[int, float] = defaultdict(float)
-    for a, b, p in links:
-        parent[find(a)] = find(b)
-        best[a], best[b] = max(best[a], p), max(best[b], p)
-    members: dict[int, list[int]] = defaultdict(list)
-    for r in records:
-        members[find(r.record_id)].append(r.record_id)
+@dataclass(frozen=True)
+class Apart:
+    """What keeps records from one person beyond a pair's own levels (see `_components`)."""
+
+    separated: set[tuple[int, int]]  # pairs a reviewer decided are two people
+    kept: set[tuple[int, int]]  # pairs a reviewer decided are one person: never refused
+    unnamed: set[int]  # records without a given name (`compare.given_text`)
+    names_differ: Callable[[int, int], bool]  # `compare.names_keep_apart` of two records
+
+
+def _components(records: list[MatchRecord], links: list[tuple[int, int, float]], numbers: dict[int, str | None],
+                apart: Apart | None = None) -> tuple[Clustering, list[tuple[int, int, float]]]:
+    """Persons from the links (union-find) under the rules that hold across a third record, then split any
+    that would join two valid NHS numbers (`numbers_keep_apart`; identifiers without a check digit are
+    weighed by the model, not split on). Also returns the links refused, for review.
+
+    A rule that holds a pair must hold through other records too, or persons (connected components) undo it:
+    twins Amy and Zoe Jones without NHS numbers both link to a record with their surname only (a newborn's
+    before naming, an unknown patient's), and a relink joined them through it. But a chain of records whose
+    given names agree pair by pair (Joe, Joseph, "Jooseph") is evidence of one person although its ends differ,
+    and holding every such chain split real people (branch ident-transitive, architecture.md, 2026-12-06). So
+    links are joined in order: a reviewer's first, then those between two records with given names (never
+    refused but by a reviewer's separation), then those of a record without one, strongest first, each refused
+    if it would put in one person two records the given-name rules keep apart (`compare.names_keep_apart`) or a
+    reviewer separated. A record without a given name whose link is refused, itself in no pair kept apart,
+    matched two people kept apart: it is held alone for review, and the persons are made again without its links
+    (as real time holds it, `realtime.match`); so is any record linked across a reviewer's separation."""
+    apart = apart or Apart(set(), set(), set(), lambda a, b: False)
+    torn: set[int] = set()
+    while True:
+        joined, best, refused, found = _join(records, links, apart, torn)
+        if found <= torn:
+            break
+        torn |= found
     cluster_of: dict[int, int] = {}
-    held: set[int] = set()
-    for root, ids in members.items():
+    held: set[int] = set(torn)
+    for root, ids in joined.items():
         distinct = {numbers[i] for i in ids if numbers[i]}
         if sum(1 for x in distinct if x and is_valid(x)) <= 1:  # `numbers_keep_apart` needs two valid ones
             cluster_of.update({i: root for i in ids})
@@ -418,4 +470,63 @@ def _components(records: list[MatchRecord], links: list[tuple[int, int, float]],
                 cluster_of[i] = i
                 held.add(i)
     probability = {i: (best[i] if i in best and i not in held else 1.0) for i in cluster_of}
-    return Clustering(cluster_of, probability, held_for_review=held)
+    return Clustering(cluster_of, probability, held_for_review=held, torn=torn), refused
+
+
+def _join(records: list[MatchRecord], links: list[tuple[int, int, float]], apart: Apart, torn: set[int],
+          ) -> tuple[dict[int, list[int]], dict[int, float], list[tuple[int, int, float]], set[int]]:
+    """One pass of `_components`' joining, the `torn` records' links refused: the persons (root -> its
+    records), each record's strongest link joined, the links refused and the records found torn."""
+    parent = {r.record_id: r.record_id for r in records}
+    joined: dict[int, list[int]] = {r.record_id: [r.record_id] for r in records}
+    separated: dict[int, set[int]] = {}
+    for x, y in apart.separated:
+        separated.setdefault(x, set()).add(y)
+        separated.setdefault(y, set()).add(x)
+    kept = {r for pair in apart.kept for r in pair}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def conflicts(ra: int, rb: int, bridged: bool) -> tuple[set[int], bool]:
+        """The records of the pairs kept apart the join of these two persons would hold, and whether a
+        reviewer's separation is among them."""
+        side = set(joined[rb])
+        found = {x for x in joined[ra] if x in separated and not side.isdisjoint(separated[x])}
+        found |= {y for x in found for y in separated[x] & side}
+        by_reviewer = bool(found)
+        if bridged:
+            found |= {r for x in joined[ra] for y in joined[rb] if apart.names_differ(x, y) for r in (x, y)}
+        return found, by_reviewer
+
+    def order(link: tuple[int, int, float]) -> tuple[bool, bool, float, int, int]:
+        a, b, p = link
+        return ((min(a, b), max(a, b)) not in apart.kept, a in apart.unnamed or b in apart.unnamed, -p,
+                min(a, b), max(a, b))
+
+    best: dict[int, float] = defaultdict(float)
+    refused: list[tuple[int, int, float]] = []
+    found: set[int] = set()
+    for a, b, p in sorted(links, key=order):
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            best[a], best[b] = max(best[a], p), max(best[b], p)
+            continue
+        if (min(a, b), max(a, b)) not in apart.kept:
+            if a in torn or b in torn:
+                refused.append((a, b, p))
+                continue
+            held, by_reviewer = conflicts(ra, rb, a in apart.unnamed or b in apart.unnamed)
+            if held:
+                refused.append((a, b, p))
+                found |= {r for r in (a, b) if r not in held and r not in kept and (by_reviewer or r in apart.unnamed)}
+                continue
+        if len(joined[ra]) < len(joined[rb]):
+            ra, rb = rb, ra
+        parent[rb] = ra
+        joined[ra] += joined.pop(rb)
+        best[a], best[b] = max(best[a], p), max(best[b], p)
+    return joined, best, refused, found

@@ -373,7 +373,7 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     to match on keep their own person, under review. The trained model is saved with the index (the
     one real-time matching uses from then on) and returned for the caller to write out. Every record that
     changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known."""
-    from sharedcare.identity.matching import cluster  # Splink loads slowly; ingest never needs it
+    from sharedcare.identity.matching import BRIDGE, cluster  # Splink loads slowly; ingest never needs it
     from sharedcare.identity.model import MODEL_VERSION
 
     every = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)))
@@ -417,7 +417,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
                 record.link_method = "probabilistic"
             if record.id in result.held_for_review:
                 record.link_status = "review"
-                record.link_note = "held for review: its cluster joined two NHS numbers"
+                record.link_note = (f"held for review: {BRIDGE}" if record.id in
+                                    result.torn else "held for review: its cluster joined two NHS numbers")
             elif len(group) == 1 and record.link_status == "review":
                 record.link_status = "review"
             else:

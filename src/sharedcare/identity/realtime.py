@@ -23,9 +23,13 @@ from sharedcare.identity.compare import (
     ADDRESS,
     COMPARISONS,
     DOB,
+    NEITHER_NAMED,
+    Features,
     MatchRecord,
     birth_and_address,
     features,
+    names_keep_apart,
+    neither_named,
     numbers_keep_apart,
     transposed,
 )
@@ -55,6 +59,12 @@ class Candidate:
     person_id: str
     score: Score
     evidence: dict[str, Any]
+    named: bool = True  # the stored record has a given name (`compare.given_text`)
+    held: bool = False  # neither record has a given name: never linked automatically (`compare.neither_named`)
+
+    @property
+    def links(self) -> bool:
+        return self.score.outcome == "link" and not self.held
 
 
 @dataclass
@@ -154,6 +164,7 @@ _CANDIDATES = (select(*_SCREENED).where(
     PatientRecord.link_method != "insufficient-data").order_by(PatientRecord.id).limit(CANDIDATE_LIMIT))
 _BY_ID = select(*_COLUMNS).where(PatientRecord.id.in_(bindparam("ids", expanding=True))).order_by(PatientRecord.id)
 _INDEX_SIZE = select(func.max(PatientRecord.id))
+_RECORDS_OF_PERSON = select(*_COLUMNS).where(PatientRecord.person_id == bindparam("person"))
 _NUMBERS_OF_PERSONS = select(PatientRecord.person_id, PatientRecord.nhs_number).where(
     PatientRecord.person_id.in_(bindparam("persons", expanding=True)), PatientRecord.nhs_number.is_not(None))
 
@@ -263,6 +274,24 @@ class Block:
         self.size = max(self.size, record.id)
 
 
+# Why real time holds a record that would link to a person only through a record without a given name.
+BRIDGE = ("it matches this person only through a record without a given name, and another of the person's "
+          "records is kept apart from it by the given-name rules (twins, or two records without a given name)")
+
+
+def _kept_apart(session: Session, person_id: str, incoming: Features) -> bool:
+    """Whether the given-name rules keep any of this person's records apart from the incoming record.
+
+    Asked only of a link made without given-name evidence (the incoming record or every record it links
+    to has none, `compare.given_text`): such a record links to either twin on surname, birth date and
+    address, and a person is one whole, so linking it would put it with a twin's record it is kept apart
+    from, as a relink's persons would (`matching._components`)."""
+    from sharedcare.identity.mpi import stored_match_record
+
+    return any(names_keep_apart(incoming, features(stored_match_record(row)))
+               for row in run(session, _RECORDS_OF_PERSON, {"person": person_id}))
+
+
 def match(session: Session, record: MatchRecord, model: Model | None = None, block: Block | None = None) -> Found:
     """Score `record` against its candidates (from `block` when it has them); decide by the best."""
     from sharedcare.identity.mpi import stored_match_record
@@ -287,10 +316,13 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
     if block is None and kept:
         kept = list(run(session, _BY_ID, {"ids": [row.id for row in kept]}).all())
     for row in kept:
-        score = model.score(incoming, features(stored_match_record(row)), shift)
+        stored = features(stored_match_record(row))
+        score = model.score(incoming, stored, shift)
         if score.probability >= REVIEW_THRESHOLD:
-            scored.append(Candidate(row.id, row.person_id, score,
-                                    model.evidence(score.levels, shift) | {"with_record": row.id}))
+            nameless = score.probability >= LINK_THRESHOLD and neither_named(incoming, stored)
+            scored.append(Candidate(row.id, row.person_id, score, model.evidence(score.levels, shift)
+                                    | {"with_record": row.id} | ({"held": NEITHER_NAMED} if nameless else {}),
+                                    stored["given"] is not None, nameless))
     apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
     held = sorted((c for c in scored if c.person_id in apart), key=lambda c: -c.score.probability)
     scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
@@ -305,7 +337,13 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
         return Found("review", best, [c for c in scored if c.score.outcome == "link"][:5],
                      f"held for review: matches {len(linkable)} different people equally well", len(rows))
     if best.score.outcome == "link":
-        return Found("link", best, candidates=len(rows))
+        through = [c for c in scored if c.person_id == best.person_id and c.links]
+        if not through:
+            return Found("review", best, scored[:5], f"held for review: safety rule: {NEITHER_NAMED}", len(rows))
+        if (incoming["given"] is None or not any(c.named for c in through)) and _kept_apart(session, best.person_id,
+                                                                                           incoming):
+            return Found("review", through[0], scored[:5], f"held for review: safety rule: {BRIDGE}", len(rows))
+        return Found("link", through[0], candidates=len(rows))
     why = (f"safety rule: {', '.join(best.score.never_link)} disagree" if best.score.never_link
            and best.score.probability >= LINK_THRESHOLD else
            f"match probability {best.score.probability:.4f} is below the link threshold {LINK_THRESHOLD}")
