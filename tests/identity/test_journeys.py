@@ -4,6 +4,7 @@ and is matched on arrival against what the index already holds."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sharedcare.identity.compare import MatchRecord
 from sharedcare.identity.links import decide
 from sharedcare.identity.matching import cluster
 from sharedcare.identity.model import default_model
-from sharedcare.identity.mpi import Demographics, link_patient_record, relink
+from sharedcare.identity.mpi import Demographics, link_patient_record, missing, relink
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import MatchReview, PatientRecord
@@ -169,6 +170,14 @@ def test_newborn_twins_without_given_names_are_reviewed_not_linked(db: Database,
             relink(s)
         assert frozenset((r["RXR/t1"].id, r["RXR/t2"].id)) in listed, when
     assert "given name" in (r["RXR/t2"].link_note or "")
+
+
+def test_a_placeholder_alone_is_no_name_to_match_on() -> None:
+    """"Unknown Male" with no surname says nothing of who this is: held for review as too little to match
+    on, as a record with no name is, not matched on birth date and address alone."""
+    born = date(1980, 1, 1)
+    assert missing(Demographics(None, None, "Unknown Male", born, "male", "RV1 2AB")) == "no name"
+    assert missing(Demographics(None, "Jones", "Baby", born, "male", "RV1 2AB")) is None
 
 
 def test_a_newborns_records_without_a_given_name_link_on_an_agreeing_nhs_number(

@@ -37,6 +37,7 @@ from sharedcare.identity.compare import (
     MatchRecord,
     email_key,
     features,
+    given_text,
     levels,
     name_text,
     nhs_number_outweighs_given_name,
@@ -124,7 +125,7 @@ def _conflicts(a: PatientRecord | StoredRecord, b: Demographics) -> bool:
 
 def missing(demo: Demographics) -> str | None:
     """Why these demographics are too few to match on, or None."""
-    gaps = [what for what, absent in (("no name", not (demo.family or demo.given)),
+    gaps = [what for what, absent in (("no name", not (demo.family or given_text(demo.given))),
                                       ("no date of birth", demo.birth_date is None)) if absent]
     if gaps:
         return " and ".join(gaps)
