@@ -353,6 +353,17 @@ def test_mpi_review_lists_a_link_made_on_the_nhs_number_despite_different_given_
     assert item["linked"] and "NHS number, surname and date of birth agree" in item["discrepancy"]
 
 
+def test_mpi_review_says_why_newborn_twins_without_given_names_were_not_linked(env: Database, tmp_path: Path) -> None:
+    """The model alone would link them (surname, birth date, address); the reviewer reads the rule that held them."""
+    feed = write_ndjson(tmp_path / "twins.ndjson", [
+        bundle("RXR", "epr", [patient(f"t{n}", None, "Jones", f"Twin {n}", "2026-11-30", gender="female")])
+        for n in (1, 2)])
+    runner.invoke(app, ["ingest", str(feed)])
+    shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0
+    assert "never linked automatically: neither record has a given name" in shown.stdout
+
+
 def test_quarantine_check_counts_what_waits_without_saying_what_it_is_and_fails_past_the_service_level(
         env: Database, tmp_path: Path) -> None:
     runner.invoke(app, ["ingest", str(_feed(tmp_path))])  # one bundle held: an NHS number failing modulus 11
