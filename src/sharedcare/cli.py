@@ -1155,11 +1155,12 @@ def audit_search(
 
 @audit_app.command("export")
 def audit_export(out: Annotated[Path | None, typer.Option(help="File to write (default stdout).")] = None) -> None:
-    """The whole audit log as FHIR AuditEvent NDJSON, in chain order."""
+    """The whole audit log as FHIR AuditEvent NDJSON, in chain order (a new file owner-only: it names patients)."""
     from sharedcare.governance.access_log import export_ndjson
+    from sharedcare.private_files import private_opener
 
     with _database().session() as session:
-        handle = out.open("w", encoding="utf-8") if out else sys.stdout
+        handle = open(out, "w", encoding="utf-8", opener=private_opener) if out else sys.stdout  # noqa: SIM115
         count = 0
         for line in export_ndjson(session):
             handle.write(line + "\n")
