@@ -49,6 +49,7 @@ import re
 import threading
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import msgspec
@@ -112,14 +113,14 @@ def _keep_fixed_codes(element: Any) -> None:
     """Leave out of `element` each value of its `_fixed` elements that its value set does not hold (counted)."""
     for name, allowed in element._fixed:
         value = getattr(element, name)
-        if value is None:
+        if value is None or (type(value) is str and value in allowed):  # nearly always
             continue
         if isinstance(value, list):
             kept = [v for v in value if v in allowed]
             if len(kept) != len(value):
                 _state.codings_withheld += len(value) - len(kept)
                 setattr(element, name, kept or None)
-        elif value not in allowed:
+        else:
             _state.codings_withheld += 1
             setattr(element, name, None)
 
@@ -742,7 +743,14 @@ def postcode_district(postcode: str | None) -> str | None:
 def kept_source(source: Any) -> str | None:
     """`meta.source` as it may leave: the ODS code of the organisation, and the source system's short name
     (`...|RXR#epr`) when it is one; what else a source wrote there is its own text."""
-    if not isinstance(source, str) or not source.startswith(f"{ODS_SYSTEM}|"):
+    if not isinstance(source, str):
+        return None
+    return _kept_source(source)
+
+
+@lru_cache(maxsize=1024)  # a store holds a few sources' values, met on every resource
+def _kept_source(source: str) -> str | None:
+    if not source.startswith(f"{ODS_SYSTEM}|"):
         return None
     org, _, system = source[len(ODS_SYSTEM) + 1:].partition("#")
     if not _ODS_CODE.fullmatch(org):
