@@ -124,7 +124,7 @@ class Prepared:
             if gone:  # as SQLAlchemy's own execution does: the pool must not hand the dead connection out again
                 connection.invalidate(err)
             raise DBAPIError.instance(form.sql, args[0] if len(args) == 1 else args, err, dialect.loaded_dbapi.Error,
-                                      connection_invalidated=gone) from err
+                                      hide_parameters=True, connection_invalidated=gone) from err
         finally:
             cursor.close()
         if not processing:
@@ -238,7 +238,9 @@ class Database:
             private_folder(store.parent)
             create_private(store)
         # Writers on one SQLite file take turns (store/sqlite_turns.py): no sleeping in SQLite's busy handler.
-        self.engine: Engine = create_engine(self.url, future=True, json_serializer=json_dumps,
+        # hide_parameters: an error's message (logged with its traceback) names the statement, not its values,
+        # which hold patients' data (a resource, an audit event); the database's own words may still quote some
+        self.engine: Engine = create_engine(self.url, future=True, hide_parameters=True, json_serializer=json_dumps,
                                             json_deserializer=json_loads,
                                             connect_args={"factory": TurnTakingConnection} if file_sqlite else {})
         if self.url.get_backend_name() == "sqlite":
