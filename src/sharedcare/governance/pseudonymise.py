@@ -101,6 +101,7 @@ EVENT_STATUS = _codes("preparation", "in-progress", "not-done", "on-hold", "stop
                       "unknown")
 REQUEST_STATUS = _codes("draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown")
 UNITS_OF_TIME = _codes("s", "min", "h", "d", "wk", "mo", "a")
+_COMPARATORS = _codes("<", "<=", ">=", ">")
 EVENT_TIMING = _codes("MORN", "MORN.early", "MORN.late", "NOON", "AFT", "AFT.early", "AFT.late", "EVE", "EVE.early",
                       "EVE.late", "NIGHT", "PHS", "HS", "WAKE", "C", "CM", "CD", "CV", "AC", "ACM", "ACD", "ACV", "PC",
                       "PCM", "PCD", "PCV")
@@ -202,9 +203,6 @@ class Quantity(_E):
         if self.comparator is not None and self.comparator not in _COMPARATORS:
             _state.codings_withheld += 1
             self.comparator = None
-
-
-_COMPARATORS = _codes("<", "<=", ">=", ">")
 
 
 class Range(_E):
