@@ -7,9 +7,10 @@ Exit codes: 0 done; 1 the command ran and found a problem (quarantined input, a 
 from __future__ import annotations
 
 import csv
+import getpass
 import json
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -617,14 +618,33 @@ def token(
     scope: Annotated[str, typer.Option(help="Space-separated scopes.")] = "user/*.read",
     minutes: Annotated[int, typer.Option(min=1, max=24 * 60)] = 60,
 ) -> None:
-    """Mint an access token for a configured user (for integration and testing)."""
-    from sharedcare.api.auth import mint_token
+    """Mint an access token for a configured user (for integration and testing). Audited as that user's
+    sign-in, naming the account that minted it: everything read with the token is audited under the user's
+    name, and without this entry the log would say they signed in and looked themselves. No entry, no token."""
+    from sharedcare.api.auth import mint_token, read_token
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     settings = _keyed_settings()
+    fw = _framework()
     try:
-        sys.stdout.write(mint_token(settings, _framework(), user, scope, minutes) + "\n")
+        minted = mint_token(settings, fw, user, scope, minutes)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    claims, named = read_token(settings, minted), fw.users[user]
+    with _database().session() as session:
+        record_audit(session, AuditRecord(
+            AuditAction.LOGIN, "permit", user, role=named.role, organisation=named.organisation,
+            detail={"step": "command-line token", "minted_by": f"{OPERATOR}:{_account()}", "token_id": claims["jti"],
+                    "scope": scope, "expires": datetime.fromtimestamp(claims["exp"], UTC).isoformat()}))
+    sys.stdout.write(minted + "\n")
+
+
+def _account() -> str:
+    """The operating-system account running this command (as the shell names it), or "unknown"."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER or LOGNAME, and no passwd entry (a bare container)
+        return "unknown"
 
 
 @clients_app.command("add")
@@ -1135,11 +1155,12 @@ def audit_search(
 
 @audit_app.command("export")
 def audit_export(out: Annotated[Path | None, typer.Option(help="File to write (default stdout).")] = None) -> None:
-    """The whole audit log as FHIR AuditEvent NDJSON, in chain order."""
+    """The whole audit log as FHIR AuditEvent NDJSON, in chain order (a new file owner-only: it names patients)."""
     from sharedcare.governance.access_log import export_ndjson
+    from sharedcare.private_files import private_opener
 
     with _database().session() as session:
-        handle = out.open("w", encoding="utf-8") if out else sys.stdout
+        handle = open(out, "w", encoding="utf-8", opener=private_opener) if out else sys.stdout  # noqa: SIM115
         count = 0
         for line in export_ndjson(session):
             handle.write(line + "\n")

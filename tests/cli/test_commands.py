@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,10 @@ from tests.ingest.test_hl7v2 import results
 from tests.small_ics import Ics
 from typer.testing import CliRunner
 
+from sharedcare.api.auth import read_token
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
+from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core import meta_source
 from sharedcare.governance.access_log import details
 from sharedcare.governance.framework import Framework
@@ -85,6 +87,26 @@ def test_token_is_refused_for_an_unknown_user(env: Database, monkeypatch: pytest
         monkeypatch.setenv(name, value)
     result = runner.invoke(app, ["token", "--user", "nobody"])
     assert result.exit_code == 2 and "no user 'nobody'" in result.stderr
+
+
+def test_a_token_minted_at_the_command_line_is_on_record_as_that_users_sign_in_naming_who_minted_it(
+        env: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever holds the service's keys can mint any clinician a token, and everything read with it is
+    audited under the clinician's name: the minting itself must be on record, or the log would say the
+    clinician signed in and looked when someone else did."""
+    for name, value in DEPLOYMENT_KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("USER", "ops.jones")
+    result = runner.invoke(app, ["token", "--user", "dr.patel", "--scope", "user/*.read", "--minutes", "30"])
+    assert result.exit_code == 0, result.stderr
+    claims = read_token(load_settings(), result.stdout.strip())
+    with env.session() as s:
+        (minted,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "auth:session:login")).all()
+    info = details(minted)
+    assert (minted.username, minted.organisation, minted.outcome) == ("dr.patel", "P81001", "permit")
+    assert (info["step"], info["minted_by"], info["token_id"], info["scope"]) == (
+        "command-line token", "cli:ops.jones", claims["jti"], "user/*.read")
+    assert info["expires"] == datetime.fromtimestamp(claims["exp"], UTC).isoformat()
 
 
 def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from tests.builders import SCT, bundle, patient, write_ndjson
-from tests.export.conftest import export
+from tests.export.conftest import exact_counts, export
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.framework import Framework
@@ -55,3 +55,50 @@ def test_local_codes_versions_and_times_of_day_stay_behind(ics: Ics, tmp_path: P
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:complete")).one()
     details = {d["type"]: d["valueString"] for d in entry.event["entity"][-1]["detail"]}
     assert details["codings_withheld"] == "2"  # of what left: the local code and the local value
+
+
+def test_text_typed_into_a_status_a_media_type_or_the_source_system_stays_behind(ics: Ics) -> None:
+    """FHIR's validation takes any text in a `code` element ("seen by Jane Smith" is a valid code), so a
+    source whose staff type there would send it: only a code of the element's value set leaves."""
+    gp = {**ics.token("dr.patel", "user/*.read user/*.write"), "Content-Type": "application/fhir+json"}
+    subject = {"reference": "Patient/gp-okafor"}
+    sent = [
+        {"resourceType": "Encounter", "id": "gp-enc-typed", "status": f"seen by {NAME}",
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+         "subject": subject, "period": {"start": "2026-03-05"}},
+        {"resourceType": "AllergyIntolerance", "id": "gp-allergy-typed", "criticality": f"high, says {NAME}",
+         "code": {"coding": [{"system": SCT, "code": "91936005"}]}, "patient": subject,
+         "reaction": [{"manifestation": [{"coding": [{"system": SCT, "code": "271807003"}]}],
+                       "severity": f"phoned {PHONE}"}]},
+        {"resourceType": "DocumentReference", "id": "gp-doc-typed", "status": "current",
+         "type": {"coding": [{"system": SCT, "code": "373942005"}]}, "subject": subject,
+         "content": [{"attachment": {"contentType": f"Text/RTF; name={NAME} letter.rtf", "data": "aGVsbG8="}}]},
+        {"resourceType": "Condition", "id": "gp-cond-typed",
+         "meta": {"source": f"https://fhir.nhs.uk/Id/ods-organization-code|P81001#laptop of {NAME}"},
+         "code": {"coding": [{"system": SCT, "code": "38341003"}]}, "subject": subject,
+         "onsetAge": {"value": 50, "comparator": f"about, per {NAME}", "system": "http://unitsofmeasure.org",
+                      "code": "a"}},
+    ]
+    export(ics.client, ics.token("analyst.chen"))
+    uncoded_before = exact_counts(ics.client.app.state.database)["withheld"].get("required-element-uncoded", 0)
+    for resource in sent:
+        written = ics.client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", headers=gp,
+                                 content=json.dumps(resource))
+        assert written.status_code == 201, written.text
+
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    text = json.dumps(files)
+    for typed in ("Smith", "07700", "laptop", "letter.rtf", "seen by"):
+        assert typed not in text, typed
+    allergy, = (a for a in files["AllergyIntolerance"] if "reaction" in a)
+    assert "criticality" not in allergy and allergy["reaction"] == [
+        {"manifestation": [{"coding": [{"system": SCT, "code": "271807003"}]}]}]
+    document, = (d for d in files["DocumentReference"] if d["type"]["coding"][0]["code"] == "373942005"
+                 and d["content"][0]["attachment"]["contentType"] == "text/rtf")
+    condition, = (c for c in files["Condition"] if c["code"]["coding"][0]["code"] == "38341003")
+    assert condition["meta"]["source"] == "https://fhir.nhs.uk/Id/ods-organization-code|P81001"
+    assert condition["onsetAge"] == {"value": 50, "system": "http://unitsofmeasure.org", "code": "a", "unit": "a"}
+    # an encounter with no status of FHIR's set is not valid FHIR without one: withheld, and counted
+    assert not any(e.get("period", {}).get("start") == "2026-03-05" for e in files.get("Encounter", []))
+    withheld = exact_counts(ics.client.app.state.database)["withheld"]
+    assert withheld["required-element-uncoded"] == uncoded_before + 1

@@ -442,3 +442,12 @@ def test_a_header_whose_separators_clash_or_stop_short_is_held_at_msh_2(framewor
     with pytest.raises(MessageError) as caught:
         hl7v2.stage_hl7(hl7v2.RawMessage("RXR/pas.hl7", "message 1", text.encode("latin-1"), "hl7v2"), framework)
     assert caught.value.where == "RXR/pas.hl7, message 1, MSH-2"
+
+
+def test_a_result_sent_twice_in_one_message_is_held_naming_it(db: Database, framework: Framework,
+                                                              tmp_path: Path) -> None:
+    twice = results().replace("OBX|3|NM|1011481000000105", "OBX|1|NM|1011481000000105")  # set ID 1 again
+    path = write_hl7(tmp_path / "RXR" / "lab.hl7", [twice, results("LAB2", mrn="H2")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert report.quarantined == 1 and "is sent twice in this message" in report.quarantine[0]["reason"]
+    assert report.quarantine[0]["location"] == "message 1 (MSH-10 LAB1)"

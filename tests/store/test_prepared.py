@@ -116,3 +116,17 @@ def test_an_object_the_session_holds_already_is_the_one_given_unchanged(db: Data
         held.family = "CHANGED"  # not yet written: the look-up writes it first, as the ORM's query does
         assert _RECORDS_BY_SOURCE(session, {"org": "RXR"}) == [held]
         assert held.family == "CHANGED"
+
+
+def test_a_refused_statements_error_which_the_server_log_keeps_quotes_none_of_the_values(db: Database) -> None:
+    """An unforeseen store error is logged with its traceback (docs/operations/log-inventory.md): SQLAlchemy's
+    message would quote the statement's values (a resource, an audit event, a reason naming someone)."""
+    now = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    basis = {"id": 1, "username": "dr.patel", "person_id": "p1", "basis": "implied-consent",
+             "reason": "Jane Smith, his carer, says he fell", "granted_at": now, "expires_at": now}
+    with db.session() as session:
+        Prepared(_ADD_BASIS)(session, basis)
+    for insert_again in (lambda s: Prepared(_ADD_BASIS)(s, basis), lambda s: s.add(AccessBasis(**basis))):
+        with pytest.raises(IntegrityError) as refused, db.session() as session:
+            insert_again(session)
+        assert "Jane Smith" not in str(refused.value) and "dr.patel" not in str(refused.value)

@@ -34,6 +34,7 @@ class AuthError(SharedcareError):
 
     presented = False  # the caller sent credentials and they were refused: audited (TRUST AU3)
     subject: str | None = None  # whom they name, where the signature was checked (revoked, client removed)
+    ends_session = True  # a portal page answering it clears the session cookie (it is no good)
 
 
 def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None = None) -> str:

@@ -55,12 +55,41 @@ def _source_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+class FromAnotherSite(AuthError):
+    """A session cookie sent with a request another site's page made (an image, a form, a script): refused,
+    audited, and the session kept (the clinician did nothing wrong)."""
+
+    presented, ends_session = True, False
+
+
+def from_own_pages(request: Request) -> bool:
+    """Whether a browser says this request came from the service's own pages, or from no page (an address
+    typed or bookmarked), or is a link followed from elsewhere (a GET navigation): Fetch Metadata's
+    `Sec-Fetch-*` headers. SameSite=Strict keeps the session cookie from other *sites* only: a sibling under
+    the same domain (a trust's intranet beside the record, both under ics.nhs.uk) is the same site, and its
+    image or form would read or search in the signed-in clinician's name. A request without the headers
+    (an older browser, a script) is taken as before."""
+    site = request.headers.get("sec-fetch-site")
+    if site is None or site in ("same-origin", "none"):
+        return True
+    return request.method == "GET" and request.headers.get("sec-fetch-mode") == "navigate" \
+        and request.headers.get("sec-fetch-dest", "document") == "document"
+
+
 def bearer_or_cookie(request: Request) -> str:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
+        if not from_own_pages(request):
+            refused = FromAnotherSite("this request came from another site's page, which may not act with your "
+                                      "session: open the shared care record itself")
+            try:  # the audit names whose session it was, if it is a valid one
+                refused.subject = str(read_token(request.app.state.settings, cookie)["sub"])
+            except AuthError:
+                pass
+            raise refused
         return cookie
     raise AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
 

@@ -341,7 +341,9 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
     if request.url.query:
         raise SearchError(POST_ONLY)
     form = await request.form()
-    return _search_patients(request, records, [(k, str(v)) for k, v in form.multi_items()])
+    # the search and its audit append in a worker thread: in the loop, a wait for the store's write lock
+    # held up every other request of the process
+    return await run_in_threadpool(_search_patients, request, records, [(k, str(v)) for k, v in form.multi_items()])
 
 
 @router.get("/Patient/{patient_id}")

@@ -39,6 +39,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
+from starlette.concurrency import run_in_threadpool
 
 from sharedcare.api.auth import (
     ALGORITHM,
@@ -458,33 +459,42 @@ async def token(request: Request, store: OAuthDep) -> Response:
     """Codes and assertions are redeemed here. A backend's request counts as its sign-in and is audited,
     granted or not (TRUST AU3; refused ones within the limits of refusals at the door); an app's user
     signed in at the portal, audited there. Expired rows are purged after a grant, at most once a minute:
-    a refused request writes nothing else."""
+    a refused request writes nothing else. The form is read in the event loop, the rest (signatures, the
+    store, the audit) in a worker thread, where a wait for the store holds up no other request."""
     form = await _form(request)
-    oauth_request: FormRequest | None = None
-    try:
-        oauth_request = FormRequest(request, form)  # refuses plain HTTP (InsecureTransportError)
-        response: Response = _server(request, store).create_token_response(oauth_request)
-    except OAuth2Error as error:
-        response = _oauth_error(error)
-    if form.get("grant_type") == "client_credentials":
-        store.client_sign_in(oauth_request.client if oauth_request else None, response.status_code == 200,
-                             request.state.request_id, request.client.host if request.client else None)
-    if response.status_code == 200:
-        store.purge_expired_now_and_then()
-    return response
+
+    def redeem() -> Response:
+        oauth_request: FormRequest | None = None
+        try:
+            oauth_request = FormRequest(request, form)  # refuses plain HTTP (InsecureTransportError)
+            response: Response = _server(request, store).create_token_response(oauth_request)
+        except OAuth2Error as error:
+            response = _oauth_error(error)
+        if form.get("grant_type") == "client_credentials":
+            store.client_sign_in(oauth_request.client if oauth_request else None, response.status_code == 200,
+                                 request.state.request_id, request.client.host if request.client else None)
+        if response.status_code == 200:
+            store.purge_expired_now_and_then()
+        return response
+
+    return await run_in_threadpool(redeem)
 
 
 @router.post(REVOKE_PATH)
 async def revoke_token(request: Request, store: OAuthDep) -> Response:
     """RFC 7009: the client that was issued a token may revoke it; any caller gets 200 for a token that is
-    not (or no longer) valid."""
+    not (or no longer) valid. Worked in a worker thread, as the token endpoint is."""
     form = await _form(request)
-    try:
-        response: Response = _server(request, store).create_endpoint_response(
-            Revocation.ENDPOINT_NAME, FormRequest(request, form))
-    except OAuth2Error as error:
-        return _oauth_error(error)
-    return response
+
+    def revoke() -> Response:
+        try:
+            response: Response = _server(request, store).create_endpoint_response(
+                Revocation.ENDPOINT_NAME, FormRequest(request, form))
+        except OAuth2Error as error:
+            return _oauth_error(error)
+        return response
+
+    return await run_in_threadpool(revoke)
 
 
 def revoke_session(request: Request, store: OAuthStore) -> None:

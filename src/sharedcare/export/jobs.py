@@ -42,6 +42,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
+from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
 from sharedcare.store.models import ExportJob
 
@@ -84,15 +85,16 @@ class NdjsonFiles:
     def __init__(self, folder: Path, part: int | None = None) -> None:
         self.folder = folder
         self.part = part
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         self._handles: dict[str, IO[bytes]] = {}
         self.counts: Counter[str] = Counter()
 
     def write(self, resource_type: str, line: bytes) -> None:
         handle = self._handles.get(resource_type)
         if handle is None:
-            handle = self._handles[resource_type] = (self.folder / _file_name(resource_type, self.part)).open(
-                "wb", buffering=1 << 20)  # a large buffer: one system call per megabyte, not per 8 KiB
+            handle = self._handles[resource_type] = open(  # noqa: SIM115 (closed by `close`)
+                self.folder / _file_name(resource_type, self.part), "wb", buffering=1 << 20,  # a system call per MiB
+                opener=private_opener)
         handle.write(line + b"\n")
         self.counts[resource_type] += 1
 

@@ -24,6 +24,13 @@ and any element a source adds that is not listed here. Then:
   UCUM, HL7's and the NHS's), and only a code with no space in it: a local system's code, and
   `Coding.version`, are whatever a source's staff typed ("seen with Jane Smith"), and never leave; each
   coding left out is counted (`Shaped.codings_withheld`); a status a decision reads keeps its code;
+- an element of FHIR's `code` type bound to a fixed value set (a status, an intent, an allergy's
+  criticality, a timing's units, a comparator) leaves only holding one of that set's codes: FHIR's
+  validation takes any text there ("seen by Jane Smith"), and a source's staff may type it. What is left
+  out is counted with the codings; a resource left without a status FHIR requires is not exported. A
+  document's `contentType` leaves as its media type alone (its parameters can name a file), `meta.source`
+  as the ODS code and a source system's short name, an ODS identifier only when shaped as an ODS code,
+  and a reference's `type` only when it names a type the extract can hold;
 - a quantity keeps its value and coded unit; `unit`, free text, survives only as its UCUM code;
 - every date and time is cut to the day (an event's time of day, with a few other facts, can pick one
   person out: a 999 call in the news); instants that must carry a time (`issued`, `meta.lastUpdated`)
@@ -42,6 +49,7 @@ import re
 import threading
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import msgspec
@@ -84,11 +92,46 @@ class _E(Struct, omit_defaults=True, gc=False):
     """An element (not tracked by the garbage collector: these trees have no cycles)."""
 
 
+def _codes(*codes: str) -> frozenset[str]:
+    return frozenset(codes)
+
+
+# FHIR R4's required value sets of the `code` elements the shapes keep (hl7.org/fhir/R4/valuesets.html)
+EVENT_STATUS = _codes("preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error",
+                      "unknown")
+REQUEST_STATUS = _codes("draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown")
+UNITS_OF_TIME = _codes("s", "min", "h", "d", "wk", "mo", "a")
+_COMPARATORS = _codes("<", "<=", ">=", ">")
+EVENT_TIMING = _codes("MORN", "MORN.early", "MORN.late", "NOON", "AFT", "AFT.early", "AFT.late", "EVE", "EVE.early",
+                      "EVE.late", "NIGHT", "PHS", "HS", "WAKE", "C", "CM", "CD", "CV", "AC", "ACM", "ACD", "ACV", "PC",
+                      "PCM", "PCD", "PCV")
+_MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9][a-z0-9.+-]{0,63}")
+_ODS_CODE = re.compile(r"[A-Z0-9]{3,8}")  # as ingest checks them (fhir/uk_core_rules.py)
+_SOURCE_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # `emis`, `epr`, `pas`: a system's short name
+
+
+def _keep_fixed_codes(element: Any) -> None:
+    """Leave out of `element` each value of its `_fixed` elements that its value set does not hold (counted)."""
+    for name, allowed in element._fixed:
+        value = getattr(element, name)
+        if value is None or (type(value) is str and value in allowed):  # nearly always
+            continue
+        if isinstance(value, list):
+            kept = [v for v in value if v in allowed]
+            if len(kept) != len(value):
+                _state.codings_withheld += len(value) - len(kept)
+                setattr(element, name, kept or None)
+        else:
+            _state.codings_withheld += 1
+            setattr(element, name, None)
+
+
 class _Dated(_E):
     """An element whose fields named in `_dates` are checked against the date of birth after decoding: a
     date equal to the person's date of birth would give it away, and is cut to year and month."""
 
     _dates: ClassVar[tuple[str, ...]] = ()
+    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = ()  # `code` elements and their value sets
 
     def __post_init__(self) -> None:
         dobs = _state.dobs  # `_date` inlined: this runs for most elements of every resource
@@ -97,6 +140,8 @@ class _Dated(_E):
             if value is not None:
                 day = value[:10]
                 setattr(self, name, day[:7] if day in dobs else day)
+        if self._fixed:
+            _keep_fixed_codes(self)
 
 
 def kept_system(system: str | None) -> bool:
@@ -155,6 +200,9 @@ class Quantity(_E):
         if self.code is None:
             self.system = None
         self.unit = self.code if self.system == UCUM else None
+        if self.comparator is not None and self.comparator not in _COMPARATORS:
+            _state.codings_withheld += 1
+            self.comparator = None
 
 
 class Range(_E):
@@ -192,10 +240,13 @@ class Reference(_E):
                 _state.links.append(self)  # kept only if the export holds its target (`Pseudonymiser.encode`)
             else:
                 self.reference = None
-        if self.identifier is not None and self.identifier.system != ODS_SYSTEM:
+        if self.identifier is not None and (self.identifier.system != ODS_SYSTEM
+                                            or not _ODS_CODE.fullmatch(self.identifier.value or "")):
             self.identifier = None
         if self.reference is None and self.identifier is None:
             self.type = None  # a practitioner or a location: nothing of it leaves
+        elif self.type is not None and self.type not in _REFERENCE_TYPES:
+            self.type = None
 
 
 class Meta(_E):
@@ -213,6 +264,9 @@ class Extension(_Dated):
 
 
 class TimingRepeat(_E):
+    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = (
+        ("durationUnit", UNITS_OF_TIME), ("periodUnit", UNITS_OF_TIME), ("when", EVENT_TIMING),
+        ("dayOfWeek", _codes("mon", "tue", "wed", "thu", "fri", "sat", "sun")))
     boundsPeriod: Period | None = None
     count: int | None = None
     duration: float | None = None
@@ -226,6 +280,9 @@ class TimingRepeat(_E):
     timeOfDay: list[str] | None = None
     when: list[str] | None = None
     offset: int | None = None
+
+    def __post_init__(self) -> None:
+        _keep_fixed_codes(self)
 
 
 class Timing(_E):
@@ -253,6 +310,7 @@ class Dosage(_E):
 
 class Reaction(_Dated):
     _dates = ("onset",)
+    _fixed = (("severity", _codes("mild", "moderate", "severe")),)
     substance: Concept | None = None
     manifestation: list[Concept] | None = None
     onset: str | None = None
@@ -313,6 +371,11 @@ class ProtocolApplied(_E):
 
 
 class ActivityDetail(_E):
+    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = (
+        ("kind", _codes("Appointment", "CommunicationRequest", "DeviceRequest", "MedicationRequest", "NutritionOrder",
+                        "Task", "ServiceRequest", "VisionPrescription")),
+        ("status", _codes("not-started", "scheduled", "in-progress", "on-hold", "completed", "cancelled", "stopped",
+                          "unknown", "entered-in-error")))
     kind: str | None = None
     code: Concept | None = None
     reasonCode: list[Concept] | None = None
@@ -326,10 +389,17 @@ class ActivityDetail(_E):
     dailyAmount: Quantity | None = None
     quantity: Quantity | None = None
 
+    def __post_init__(self) -> None:
+        _keep_fixed_codes(self)
+
 
 class Activity(_E):
     outcomeCodeableConcept: list[Concept] | None = None
     detail: ActivityDetail | None = None
+
+    def __post_init__(self) -> None:
+        if self.detail is not None and self.detail.status is None:  # required (1..1): the detail goes with it
+            self.detail = None
 
 
 class DocumentContext(_E):
@@ -342,6 +412,11 @@ class DocumentContext(_E):
 class Attachment(_E):
     contentType: str | None = None  # that a document exists and its kind; never its data, title or url
 
+    def __post_init__(self) -> None:
+        if self.contentType is not None:  # the media type alone: a parameter can name the file
+            media = self.contentType.partition(";")[0].strip().lower()
+            self.contentType = media if _MEDIA_TYPE.fullmatch(media) else None
+
 
 class Content(_E):
     attachment: Attachment | None = None
@@ -351,6 +426,7 @@ class Content(_E):
 class _Resource(_Dated):
     """Common head: the id and meta are replaced after decoding; `subject`/`patient` become the person."""
 
+    _required: ClassVar[tuple[str, ...]] = ()  # `_fixed` elements FHIR requires (1..1)
     resourceType: str
     id: str | None = None
     meta: Meta | None = None
@@ -432,6 +508,9 @@ class MedicationStatement(_Resource):
     `Shaped.incomplete` has it left out of the export."""
 
     _dates = ("effectiveDateTime", "dateAsserted")
+    _fixed = (("status", _codes("active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown",
+                                "not-taken")),)
+    _required = ("status",)
     extension: list[Extension] | None = None
     status: str | None = None
     statusReason: list[Concept] | None = None
@@ -459,6 +538,9 @@ class MedicationStatement(_Resource):
 
 class AllergyIntolerance(_Resource):
     _dates = ("onsetDateTime", "recordedDate", "lastOccurrence")
+    _fixed = (("type", _codes("allergy", "intolerance")),
+              ("category", _codes("food", "medication", "environment", "biologic")),
+              ("criticality", _codes("low", "high", "unable-to-assess")))
     clinicalStatus: Status | None = None
     verificationStatus: Status | None = None
     type: str | None = None
@@ -476,6 +558,9 @@ class AllergyIntolerance(_Resource):
 
 
 class Encounter(_Resource):
+    _fixed = (("status", _codes("planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+                                "entered-in-error", "unknown")),)
+    _required = ("status",)
     status: str | None = None
     class_: Coding | None = field(default=None, name="class")
     type: list[Concept] | None = None
@@ -497,6 +582,9 @@ class Observation(_Resource):
     (an instant too, and no more than when the result was released) is not read."""
 
     _dates = ("effectiveDateTime", "valueDateTime")
+    _fixed = (("status", _codes("registered", "preliminary", "final", "amended", "corrected", "cancelled",
+                                "entered-in-error", "unknown")),)
+    _required = ("status",)
     status: str | None = None
     category: list[Concept] | None = None
     code: Concept | None = None
@@ -533,6 +621,8 @@ class Observation(_Resource):
 
 class Procedure(_Resource):
     _dates = ("performedDateTime",)
+    _fixed = (("status", EVENT_STATUS),)
+    _required = ("status",)
     status: str | None = None
     statusReason: Concept | None = None
     category: Concept | None = None
@@ -552,6 +642,8 @@ class Procedure(_Resource):
 
 class Immunization(_Resource):
     _dates = ("occurrenceDateTime", "recorded")
+    _fixed = (("status", _codes("completed", "entered-in-error", "not-done")),)
+    _required = ("status",)
     status: str | None = None
     statusReason: Concept | None = None
     vaccineCode: Concept | None = None
@@ -572,6 +664,8 @@ class Immunization(_Resource):
 
 class CarePlan(_Resource):
     _dates = ("created",)
+    _fixed = (("status", REQUEST_STATUS), ("intent", _codes("proposal", "plan", "order", "option")))
+    _required = ("status", "intent")
     status: str | None = None
     intent: str | None = None
     category: list[Concept] | None = None
@@ -588,6 +682,9 @@ class DocumentReference(_Resource):
     """`date` (when the reference was made, an instant: it must carry a time of day) is not read; the
     period of care it is about (`context.period`) leaves, to the day."""
 
+    _fixed = (("status", _codes("current", "superseded", "entered-in-error")),
+              ("docStatus", _codes("preliminary", "final", "amended", "entered-in-error")))
+    _required = ("status",)
     status: str | None = None
     docStatus: str | None = None
     type: Concept | None = None
@@ -601,6 +698,9 @@ class DocumentReference(_Resource):
 
 class DiagnosticReport(_Resource):
     _dates = ("effectiveDateTime",)  # `issued`, an instant, is not read (see Observation)
+    _fixed = (("status", _codes("registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
+                                "cancelled", "entered-in-error", "unknown")),)
+    _required = ("status",)
     status: str | None = None
     category: list[Concept] | None = None
     code: Concept | None = None
@@ -617,6 +717,7 @@ SHAPES: dict[str, type[_Resource]] = {shape.__name__: shape for shape in (
     Condition, MedicationStatement, AllergyIntolerance, Encounter, Observation, Procedure, Immunization,
     CarePlan, DocumentReference, DiagnosticReport)}
 _DECODERS = {name: msgspec.json.Decoder(shape) for name, shape in SHAPES.items()}
+_REFERENCE_TYPES = frozenset(SHAPES) | {"Patient", "Organization"}  # what a kept reference can point at
 _ENCODER = msgspec.json.Encoder()
 _LABEL = _StoredCoding(system=PSEUDONYMISED_LABEL["system"], code=PSEUDONYMISED_LABEL["code"])
 
@@ -635,6 +736,24 @@ def postcode_district(postcode: str | None) -> str | None:
         return None
     compact = "".join(postcode.upper().split())
     return compact[:-3] if _POSTCODE.fullmatch(compact) else None
+
+
+def kept_source(source: Any) -> str | None:
+    """`meta.source` as it may leave: the ODS code of the organisation, and the source system's short name
+    (`...|RXR#epr`) when it is one; what else a source wrote there is its own text."""
+    if not isinstance(source, str):
+        return None
+    return _kept_source(source)
+
+
+@lru_cache(maxsize=1024)  # a store holds a few sources' values, met on every resource
+def _kept_source(source: str) -> str | None:
+    if not source.startswith(f"{ODS_SYSTEM}|"):
+        return None
+    org, _, system = source[len(ODS_SYSTEM) + 1:].partition("#")
+    if not _ODS_CODE.fullmatch(org):
+        return None
+    return f"{ODS_SYSTEM}|{org}#{system}" if _SOURCE_SYSTEM.fullmatch(system) else f"{ODS_SYSTEM}|{org}"
 
 
 def _kept(reference: Reference | None) -> bool:
@@ -700,11 +819,14 @@ class Shaped:
 
     def incomplete(self) -> bool:
         """Whether shaping left it without an element FHIR requires (1..1), so it cannot be exported as
-        valid FHIR: a required concept or coding that held only a display or text, which do not leave (a
-        MedicationStatement's drug, see `MedicationStatement`; an Observation's, a DiagnosticReport's or
-        an Immunization's code; an Encounter's class), or a document whose attachments say nothing that
-        may leave (DocumentReference.content.attachment keeps only its contentType)."""
+        valid FHIR: a required status that held none of its value set's codes, a required concept or coding
+        that held only a display or text, which do not leave (a MedicationStatement's drug, see
+        `MedicationStatement`; an Observation's, a DiagnosticReport's or an Immunization's code; an
+        Encounter's class), or a document whose attachments say nothing that may leave
+        (DocumentReference.content.attachment keeps only its contentType, as a media type)."""
         resource = self.resource
+        if any(getattr(resource, name) is None for name in resource._required):  # a status not of its value set
+            return True
         if isinstance(resource, MedicationStatement):
             return not _coded(resource.medicationCodeableConcept)
         if isinstance(resource, Observation | DiagnosticReport):
@@ -789,8 +911,7 @@ class Pseudonymiser:
                     shaped.codings_withheld += len(status.coding) - len(kept)
                     status.coding = kept or None
         meta = resource.meta
-        source = meta.source if meta is not None and (meta.source or "").startswith(f"{ODS_SYSTEM}|") else None
-        resource.meta = Meta(source=source, security=[_LABEL])
+        resource.meta = Meta(source=kept_source(meta.source if meta is not None else None), security=[_LABEL])
         resource.id = self._id(f"{resource.resourceType}/{server_id}")
         if isinstance(resource, MedicationStatement) and resource.extension:
             resource.extension = [e for e in resource.extension if e.url in KEPT_EXTENSIONS] or None
@@ -800,9 +921,8 @@ class Pseudonymiser:
         """The person's one Patient: gender, birth and death to the month, postcode district, GP practice,
         ethnic category."""
         out: dict[str, Any] = {"resourceType": "Patient", "id": self._id(f"Patient/{person_id}")}
-        meta = content.get("meta") or {}
-        out["meta"] = {"source": meta["source"]} if isinstance(meta.get("source"), str) and \
-            meta["source"].startswith(ODS_SYSTEM) else {}
+        source = kept_source((content.get("meta") or {}).get("source"))
+        out["meta"] = {"source": source} if source else {}
         out["meta"]["security"] = [PSEUDONYMISED_LABEL]
         if content.get("gender") in ("male", "female", "other", "unknown"):
             out["gender"] = content["gender"]
@@ -821,7 +941,8 @@ class Pseudonymiser:
         practices = [{"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": ref["identifier"]["value"]}}
                      for ref in content.get("generalPractitioner") or []
                      if (ref.get("identifier") or {}).get("system") == ODS_SYSTEM
-                     and isinstance(ref["identifier"].get("value"), str)]
+                     and isinstance(ref["identifier"].get("value"), str)
+                     and _ODS_CODE.fullmatch(ref["identifier"]["value"])]
         if practices:
             out["generalPractitioner"] = practices
         ethnicity = [msgspec.to_builtins(_ETHNICITY.decode(msgspec.json.encode(e)))

@@ -323,8 +323,9 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
             produced = _oru(segments, subject, sender, raw)
         else:
             raise msh.error(f"message type {kind}^{event} is not handled (ADT, ORU^R01)", 9)
+        seen: set[str] = set()  # the server ids staged so far: a repeat is refused (a set: a list was quadratic)
         for label, resource in produced:
-            staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, staged))
+            staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, seen))
         return staged
 
 
@@ -337,14 +338,16 @@ def _not_future(seg: Seg, field: int, stamp: hmap.Stamp | None, received: dateti
 
 
 def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: datetime, mrn: str,
-            raw: RawMessage, staged: StagedMessage) -> StagedResource:
-    """Give a mapped resource its server id and provenance, and check it is valid FHIR and not a repeat."""
+            raw: RawMessage, seen: set[str]) -> StagedResource:
+    """Give a mapped resource its server id and provenance, and check it is valid FHIR and not a repeat of
+    one already `seen` in this message (its server id is added)."""
     resource_type, source_id = resource["resourceType"], str(resource["id"])
     where = f"{raw.where}, {label}"
     content = {**resource, "id": server_id(sender.org, resource_type, source_id),
                "meta": {**resource.get("meta", {}), "source": meta_source(sender.org, system)}}
-    if any(item.server_id == content["id"] for item in staged.resources):
+    if content["id"] in seen:
         raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where)
+    seen.add(content["id"])
     problems = walked_problems(content) or invariant_problems(content) or uk_core_problems(content)
     if problems:
         element = _ELEMENT.match(problems[0])

@@ -125,14 +125,16 @@ def staff_sign_in(request: Request, status: int = 200, error: str | None = None,
                   demo=request.app.state.settings.demo, portal=portal_for(target))
 
 
-def sign_in_again(request: Request, message: str) -> Response:
-    """The sign-in page of whichever portal the request was for, with the stale session cleared."""
+def sign_in_again(request: Request, message: str, end_session: bool = True) -> Response:
+    """The sign-in page of whichever portal the request was for, with the stale session cleared (unless
+    the session is good and only this request was refused)."""
     portal = portal_for(request.url.path)
     if portal.key == "patient":
         response: Response = render(request, "patient/sign_in.html", status=401, error=message, form={})
     else:
         response = staff_sign_in(request, 401, message, target=portal.home)
-    response.delete_cookie(SESSION_COOKIE)
+    if end_session:
+        response.delete_cookie(SESSION_COOKIE)
     return response
 
 

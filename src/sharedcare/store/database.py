@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached,
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from sharedcare.private_files import create_private, private_folder
 from sharedcare.store.sqlite_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -123,7 +124,7 @@ class Prepared:
             if gone:  # as SQLAlchemy's own execution does: the pool must not hand the dead connection out again
                 connection.invalidate(err)
             raise DBAPIError.instance(form.sql, args[0] if len(args) == 1 else args, err, dialect.loaded_dbapi.Error,
-                                      connection_invalidated=gone) from err
+                                      hide_parameters=True, connection_invalidated=gone) from err
         finally:
             cursor.close()
         if not processing:
@@ -232,10 +233,14 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
         file_sqlite = self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:")
-        if file_sqlite:
-            Path(str(self.url.database)).parent.mkdir(parents=True, exist_ok=True)
+        if file_sqlite:  # a new store and its journals (which SQLite makes with its mode) are owner-only
+            store = Path(str(self.url.database))
+            private_folder(store.parent)
+            create_private(store)
         # Writers on one SQLite file take turns (store/sqlite_turns.py): no sleeping in SQLite's busy handler.
-        self.engine: Engine = create_engine(self.url, future=True, json_serializer=json_dumps,
+        # hide_parameters: an error's message (logged with its traceback) names the statement, not its values,
+        # which hold patients' data (a resource, an audit event); the database's own words may still quote some
+        self.engine: Engine = create_engine(self.url, future=True, hide_parameters=True, json_serializer=json_dumps,
                                             json_deserializer=json_loads,
                                             connect_args={"factory": TurnTakingConnection} if file_sqlite else {})
         if self.url.get_backend_name() == "sqlite":
