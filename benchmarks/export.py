@@ -70,7 +70,7 @@ def export_run(url: str, out: str, workers: int, src: str | None = None) -> dict
     seconds, cpu_seconds = time.perf_counter() - start, _cpu() - cpu
     resources = sum(o["count"] for o in view.output)
     return {"seconds": seconds, "resources": resources, "resources_per_s": resources / seconds,
-            "cpu_resources_per_s": resources / cpu_seconds, "people": view.summary["people_seen"],
+            "cpu_resources_per_s": resources / cpu_seconds, "people": view.summary["people_included"],
             "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
