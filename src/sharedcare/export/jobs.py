@@ -5,7 +5,7 @@ folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only fro
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
 a job, in the role and organisation it was started under, may see it: anyone else is told it does not
 exist (404), and every poll and download checks again that the user may still export (a suspended
-organisation loses its files at once). A run goes under the role and organisation its kick-off was
+organisation loses its files at once; a run that ends while it is suspended keeps none). A run goes under the role and organisation its kick-off was
 decided under (a backend client's are its registration's), and is refused, audited, if the user or
 client no longer holds them. A finished export's files are deleted `settings.export_retention_days`
 after it finished (`expire`, on each kick-off, poll, download and cancel and at server start), and
@@ -39,7 +39,7 @@ from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import NotFound
+from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
 from sharedcare.store.database import Database
@@ -306,6 +306,15 @@ class ExportJobs:
                 secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
                                 error=type(exc).__name__)
             raise
+        try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
+            secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
+        except (AccessDenied, NotFound) as refused:
+            remove_files(folder, [o["file"] for o in output])
+            with self.db.session() as session:
+                row = session.get_one(ExportJob, job_id)
+                row.status, row.finished_at = "failed", utcnow()
+                row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+            return self._view(job_id)
         with self.db.session() as session:
             row = session.get_one(ExportJob, job_id)
             if row.status == "cancelled":  # cancelled after the last progress check
