@@ -20,6 +20,7 @@ import httpx2 as httpx  # the dev dependency starlette's TestClient uses
 import pytest
 from sqlalchemy import create_engine, func, select, text
 from tests.api.test_fhir_write import _diabetes, _token
+from tests.builders import condition
 from tests.conftest import FRAMEWORK_PATH
 from tests.small_ics import Ics
 
@@ -116,4 +117,24 @@ def test_two_updates_naming_the_same_version_at_once_store_one_and_refuse_the_ot
         stored = s.scalars(select(Resource).where(Resource.source_id == "gp-c1")).one()
         assert (stored.version, stored.content["onsetDateTime"]) == (2, won)
         assert s.scalars(select(ResourceVersion.version).where(ResourceVersion.resource_id == stored.id)).all() == [1]
+        assert s.scalar(select(func.count()).select_from(Quarantine)) == 0
+
+
+def test_the_same_new_resource_put_at_once_to_two_processes_is_stored_once_and_nothing_is_quarantined(
+        ics: Ics, db: Database, two_servers: list[str]) -> None:
+    """An interface engine's PUT of a new Condition times out and is sent again, reaching the other server
+    process while the first is still storing it: one creates it, the other finds it held (200, unchanged),
+    and nothing is held in quarantine as a failure."""
+    headers = _token(ics, "dr.patel")
+    body = json.dumps(condition("gp-new", "Patient/gp-okafor", "195967001", "Asthma"))
+    with ThreadPoolExecutor(2) as pool:
+        with writes_held(db) as wait_for:
+            sent = [pool.submit(httpx.put, f"{url}/fhir/Condition/gp-new", headers=headers, timeout=60, content=body)
+                    for url in two_servers]
+            wait_for(2)
+        answers = [future.result() for future in sent]
+    assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+    assert "unchanged" in next(a for a in answers if a.status_code == 200).text
+    with db.session() as s:
+        assert s.scalars(select(Resource.version).where(Resource.source_id == "gp-new")).all() == [1]
         assert s.scalar(select(func.count()).select_from(Quarantine)) == 0

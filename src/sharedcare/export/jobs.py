@@ -5,13 +5,14 @@ folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only fro
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
 a job, in the role and organisation it was started under, may see it: anyone else is told it does not
 exist (404), and every poll and download checks again that the user may still export (a suspended
-organisation loses its files at once; a run that ends while it is suspended keeps none). A run goes under the role and organisation its kick-off was
-decided under (a backend client's are its registration's), and is refused, audited, if the user or
-client no longer holds them. A finished export's files are deleted `settings.export_retention_days`
-after it finished (`expire`, on each kick-off, poll, download and cancel and at server start), and
-the job then says "expired". A user keeps at most KEPT_PER_USER finished exports in the service's folder:
-a new one deletes the oldest beyond that (`_supersede`), so one analyst's run after run of the whole
-population cannot fill the volume the store (and its audit) lives on before retention catches up.
+organisation loses its files at once; a run that ends while it is suspended keeps none). A run goes under
+the role and organisation its kick-off was decided under (a backend client's are its registration's),
+and is refused, audited, if the user or client no longer holds them. A finished export's files are
+deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off, poll, download and
+cancel and at server start), and the job then says "expired". A user keeps at most KEPT_PER_USER
+finished exports in the service's folder: a new one deletes the oldest beyond that (`_supersede`), so one
+analyst's run after run of the whole population cannot fill the volume the store (and its audit) lives on
+before retention catches up.
 """
 
 from __future__ import annotations

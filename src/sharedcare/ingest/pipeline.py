@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -475,9 +475,16 @@ class Pipeline:
                             if then is not None:
                                 then(session, staged)
                         return staged, counts
-                    except ChangedMeanwhile as exc:  # stored again from a fresh read (its If-Match checked on it)
-                        if attempt == _ATTEMPTS:
-                            raise MessageError(f"{exc.args[0]} was changed by other writers each of the {_ATTEMPTS} "
+                    except (ChangedMeanwhile, IntegrityError) as exc:
+                        # another writer changed, or created, one of its resources meanwhile (two processes; a
+                        # PUT retried to another while the first was storing it): stored again from a fresh
+                        # read, its If-Match checked on what is held then; an integrity error that persists is
+                        # the message's own (below)
+                        if attempt < _ATTEMPTS:
+                            continue
+                        if isinstance(exc, IntegrityError):
+                            raise
+                        raise MessageError(f"{exc.args[0]} was changed by other writers each of the {_ATTEMPTS} "
                                                "times this message was stored", raw.where) from exc
             except (MessageError, WriteRefused, OperationalError, InterfaceError):
                 raise
