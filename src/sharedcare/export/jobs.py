@@ -313,8 +313,9 @@ class ExportJobs:
             remove_files(folder, [o["file"] for o in output])
             with self.db.session() as session:
                 row = session.get_one(ExportJob, job_id)
-                row.status, row.finished_at = "failed", utcnow()
-                row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+                if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
+                    row.status, row.finished_at = "failed", utcnow()
+                    row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
             return self._view(job_id)
         with self.db.session() as session:
             row = session.get_one(ExportJob, job_id)

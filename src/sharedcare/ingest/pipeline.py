@@ -64,7 +64,7 @@ ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_
 # feed comes as many files of 1,000 people each); for less, starting the workers costs more than they save.
 PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
-_ATTEMPTS = 3  # times a message is stored while other writers change its resources under it (ChangedMeanwhile)
+_ATTEMPTS = 3  # times a message is stored while other writers change or create its resources under it
 # A prepared INSERT of every column (each new row names them all): `Session.execute` of the Core statement
 # cost about as much again as the driver's work.
 _INSERT_RESOURCES = Prepared(insert(Resource.__table__).values(  # type: ignore[arg-type]
@@ -485,7 +485,7 @@ class Pipeline:
                         if isinstance(exc, IntegrityError):
                             raise
                         raise MessageError(f"{exc.args[0]} was changed by other writers each of the {_ATTEMPTS} "
-                                               "times this message was stored", raw.where) from exc
+                                           "times this message was stored", raw.where) from exc
             except (MessageError, WriteRefused, OperationalError, InterfaceError):
                 raise
             except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
