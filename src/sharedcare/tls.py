@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def check_revocation_list(crl_path: Path, ca_path: Path) -> None:
         cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: could not be read: {exc}") from exc
-    if b"-----BEGIN CERTIFICATE-----" in text:
+    if re.search(rb"-----BEGIN [A-Z0-9 ]*CERTIFICATE-----", text):  # (OpenSSL reads X509 and TRUSTED ones too)
         raise ConfigError(f"{where} holds a certificate: it must hold only revocation lists (PEM 'X509 CRL' "
                           "blocks), or that certificate would be trusted as a client CA")
     marker = b"-----BEGIN X509 CRL-----"
