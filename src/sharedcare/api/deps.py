@@ -65,20 +65,6 @@ def bearer_or_cookie(request: Request) -> str:
     raise AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
 
 
-def staff_not_sharing(session: Session, fw: Framework, username: str) -> str | None:
-    """Why a member of staff may not be signed in now, if they may not: their organisation's information-sharing
-    agreement is not in force (suspended, ended, not yet signed). None for anyone else (a citizen)."""
-    user = fw.users.get(username)
-    if user is None:
-        return None
-    agreement = effective_agreements(session, fw).get(user.organisation)
-    if agreement is not None and agreement.in_force(utcnow().date()):
-        return None
-    status = agreement.status if agreement else "none"
-    return (f"your organisation's ({user.organisation}) information-sharing agreement is not in force ({status}): "
-            "its users cannot use the shared care record until it is signed again")
-
-
 def people_only(request: Request) -> None:
     """The portals and the IG workspace are used by people, signed in through the portal (or with a token
     from `sharedcare token`, for scripts). A token issued to an app (SMART on FHIR, or a backend client) is
@@ -98,7 +84,7 @@ def people_only(request: Request) -> None:
         refused.presented, refused.subject = True, str(claims["sub"])
         raise refused
     with state.database.session() as session:
-        why = staff_not_sharing(session, state.framework, str(claims["sub"]))
+        why = OAuthStore(session, state.framework).staff_not_sharing(str(claims["sub"]))
     if why is not None:
         refused = AuthError(f"you have been signed out: {why}")
         refused.presented, refused.subject = True, str(claims["sub"])

@@ -56,7 +56,6 @@ from sharedcare.api.deps import (
     RecordsDep,
     SettingsDep,
     people_only,
-    staff_not_sharing,
 )
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
@@ -167,7 +166,7 @@ class CodeGrant(AuthorizationCodeGrant):
     def authenticate_user(self, authorization_code: StoredCode) -> Grantee:
         """The user who approved the app, while their organisation's agreement is in force: a code approved
         just before it was suspended is not redeemed after."""
-        why = staff_not_sharing(self.server.store.session, self.server.fw, authorization_code.code.username)
+        why = self.server.store.staff_not_sharing(authorization_code.code.username)
         if why is not None:
             raise OrganisationNotSharing(f"{why}; no token is issued")
         return Grantee(authorization_code.code.username, authorization_code.code.patient)
@@ -382,7 +381,7 @@ def _signed_in_user(request: Request, settings: Settings, fw: Framework, store: 
     except AuthError:
         return None
     subject = str(claims["sub"])
-    if subject not in fw.users or store.is_revoked(claims) or staff_not_sharing(store.session, fw, subject):
+    if subject not in fw.users or store.is_revoked(claims) or store.staff_not_sharing(subject):
         return None  # (one whose organisation no longer shares is refused at the sign-in it is sent to)
     return subject
 

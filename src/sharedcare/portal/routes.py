@@ -24,7 +24,6 @@ from sharedcare.api.deps import (
     SettingsDep,
     get_database,
     people_only,
-    staff_not_sharing,
 )
 from sharedcare.api.oauth import revoke_session
 from sharedcare.clock import utcnow
@@ -58,7 +57,7 @@ def home(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
+def login(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAuthDep,
           db: Annotated[Database, Depends(get_database)],
           username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
           target: Annotated[str, Form()] = "/search") -> Response:
@@ -67,10 +66,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
     name = username.strip()
     user = fw.users.get(name)
     ok = settings.demo and user is not None and password == DEMO_PASSWORD
-    not_sharing = None
-    if ok:
-        with db.session() as session:
-            not_sharing = staff_not_sharing(session, fw, name)
+    not_sharing = store.staff_not_sharing(name) if ok else None
     record_sign_in(db, name, ok and not_sharing is None, role=user.role if user else None,
                    organisation=user.organisation if user else None, request_id=request.state.request_id,
                    source_address=request.client.host if request.client else None)
