@@ -1,5 +1,7 @@
 """Throwaway certificates for the TLS tests, made with `cryptography`: a CA the service trusts for feeds,
-the server's certificate, a feed's good client certificate, an expired one, and one from a CA nobody trusts."""
+the server's certificate, a feed's good client certificate, an expired one, one from a CA nobody trusts, and
+one the CA has revoked, with the CA's revocation list (and lists that cannot be used: past their next update,
+or signed by another CA)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ class Pki:
     client: tuple[Path, Path]  # a feed's certificate and key, signed by `ca`
     expired: tuple[Path, Path]  # signed by `ca`, validity ended yesterday
     stranger: tuple[Path, Path]  # signed by a CA the service does not trust
+    revoked: tuple[Path, Path]  # signed by `ca`, then revoked: listed in `crl`
+    crl: Path  # `ca`'s current revocation list (PEM), listing `revoked`
+    crl_overdue: Path  # `ca`'s list, past its next update
+    crl_other_ca: Path  # a list signed by the CA the service does not trust
 
     def client_context(self, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
         """What a feed's TLS client uses: trusts the service's CA, presents `cert` (or nothing)."""
@@ -77,6 +83,19 @@ def _issue(folder: Path, stem: str, subject: str, issuer: tuple[x509.Certificate
     return cert, key, cert_path, key_path
 
 
+def _revocation_list(path: Path, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+                     revoked: list[x509.Certificate], days: tuple[int, int] = (-1, 7)) -> Path:
+    """A CRL as a CA publishes it (PEM): issued `days[0]` from now, next update `days[1]` from now."""
+    now = datetime.now(UTC)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer[0].subject)
+               .last_update(now + timedelta(days=days[0])).next_update(now + timedelta(days=days[1])))
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                                                  .revocation_date(now - timedelta(hours=1)).build())
+    path.write_bytes(builder.sign(issuer[1], hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def make_pki(folder: Path) -> Pki:
     ca_cert, ca_key, ca_path, _ = _issue(folder, "ca", "CN=ICS feeds CA,O=Test ICS", None, ca=True, days=(-2, 365))
     _, _, server_cert, server_key = _issue(folder, "server", "CN=localhost,O=sharedcare", (ca_cert, ca_key),
@@ -87,5 +106,10 @@ def make_pki(folder: Path) -> Pki:
     other = _issue(folder, "other-ca", "CN=Someone else's CA", None, ca=True, days=(-2, 365))
     _, _, stranger_cert, stranger_key = _issue(folder, "stranger", "CN=stranger-engine,O=Elsewhere",
                                                (other[0], other[1]))
+    revoked, _, revoked_cert, revoked_key = _issue(folder, "revoked", "CN=lost-laptop-engine,O=Riverside Hospital",
+                                                   (ca_cert, ca_key))
     return Pki(ca_path, server_cert, server_key, (client_cert, client_key), (old_cert, old_key),
-               (stranger_cert, stranger_key))
+               (stranger_cert, stranger_key), (revoked_cert, revoked_key),
+               _revocation_list(folder / "ca-crl.pem", (ca_cert, ca_key), [revoked]),
+               _revocation_list(folder / "ca-crl-overdue.pem", (ca_cert, ca_key), [revoked], days=(-14, -7)),
+               _revocation_list(folder / "other-ca-crl.pem", (other[0], other[1]), []))

@@ -460,18 +460,22 @@ TlsCert = Annotated[Path | None, typer.Option(help="PEM certificate to serve TLS
 TlsKey = Annotated[Path | None, typer.Option(help="Its PEM private key (SHAREDCARE_TLS_KEY).")]
 TlsClientCa = Annotated[Path | None, typer.Option(help="PEM CA that signs feeds' client certificates: mutual TLS "
                                                        "(SHAREDCARE_TLS_CLIENT_CA).")]
+TlsClientCrl = Annotated[Path | None, typer.Option(help="PEM revocation list(s) of the client CA(s): a revoked "
+                                                        "feed certificate is refused (SHAREDCARE_TLS_CLIENT_CRL).")]
 ClientCerts = Annotated[str | None, typer.Option(help="required, or optional (a certificate sent must be "
                                                       "trusted; browsers without one connect) "
                                                       "(SHAREDCARE_TLS_CLIENT_CERTS).")]
 
 
-def _tls_options(cert: Path | None, key: Path | None, client_ca: Path | None, client_certs: str | None) -> None:
+def _tls_options(cert: Path | None, key: Path | None, client_ca: Path | None, client_certs: str | None,
+                 client_crl: Path | None) -> None:
     """`serve`'s and `mllp`'s TLS options override the environment, and are put in it, so that every server
     process (and every check) reads the same."""
     import os
 
     for name, value in (("SHAREDCARE_TLS_CERT", cert), ("SHAREDCARE_TLS_KEY", key),
-                        ("SHAREDCARE_TLS_CLIENT_CA", client_ca), ("SHAREDCARE_TLS_CLIENT_CERTS", client_certs)):
+                        ("SHAREDCARE_TLS_CLIENT_CA", client_ca), ("SHAREDCARE_TLS_CLIENT_CERTS", client_certs),
+                        ("SHAREDCARE_TLS_CLIENT_CRL", client_crl)):
         if value is not None:
             os.environ[name] = str(value)
 
@@ -527,6 +531,7 @@ def serve(
     tls_key: TlsKey = None,
     tls_client_ca: TlsClientCa = None,
     client_certs: ClientCerts = None,
+    tls_client_crl: TlsClientCrl = None,
 ) -> None:
     """Serve the FHIR API and the portals."""
     import uvicorn
@@ -536,7 +541,7 @@ def serve(
     from sharedcare.api.server_loop import LOOP
     from sharedcare.export.jobs import ExportJobs
 
-    _tls_options(tls_cert, tls_key, tls_client_ca, client_certs)
+    _tls_options(tls_cert, tls_key, tls_client_ca, client_certs, tls_client_crl)
     settings = _settings()
     try:
         settings.require_demo_alone()  # before the store is touched
@@ -1327,7 +1332,7 @@ def mpi_evaluate(
 
 @app.command()
 def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-         tls_client_ca: TlsClientCa = None, client_certs: ClientCerts = None,
+         tls_client_ca: TlsClientCa = None, client_certs: ClientCerts = None, tls_client_crl: TlsClientCrl = None,
          idle_timeout: Annotated[int | None, typer.Option(
              min=1, help="Seconds a connection may be idle between messages (SHAREDCARE_MLLP_IDLE_SECONDS, "
                          "300).")] = None,
@@ -1345,7 +1350,7 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     from sharedcare.ingest.mllp import MllpLimits, MllpServer
     from sharedcare.ingest.pipeline import Pipeline
 
-    _tls_options(tls_cert, tls_key, tls_client_ca, client_certs)
+    _tls_options(tls_cert, tls_key, tls_client_ca, client_certs, tls_client_crl)
     database = _database()
     tls = _start_up_checks("mllp", database)
     fw = _framework()

@@ -16,6 +16,8 @@ SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files be
 SHAREDCARE_TLS_CERT    PEM certificate (chain) `serve` and `mllp` present; with SHAREDCARE_TLS_KEY, they speak TLS only
 SHAREDCARE_TLS_KEY     PEM private key of that certificate
 SHAREDCARE_TLS_CLIENT_CA   PEM CA certificate(s) that sign the feeds' client certificates (mutual TLS)
+SHAREDCARE_TLS_CLIENT_CRL  PEM certificate revocation list(s) from the client CA(s): a feed's revoked certificate
+                       is refused at the handshake (one CRL for each client CA, current; replace it and restart)
 SHAREDCARE_TLS_CLIENT_CERTS  "required" (default with a client CA: no trusted certificate, no connection) or
                        "optional" (a certificate, if sent, must be trusted; browsers without one still connect)
 SHAREDCARE_MLLP_IDLE_SECONDS   `mllp` closes a connection idle this long between messages (default: 300)
@@ -62,6 +64,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_client_crl: Path | None = None  # the client CAs' revocation lists (needs tls_client_ca)
     tls_client_certs: str = "required"  # required | optional, when there is a client CA
     require_clock_sync: bool = False
     mllp_idle_seconds: int = 300
@@ -97,8 +100,8 @@ class Settings:
             return
         beside = [what for what, found in (
             ("SHAREDCARE_DB names a server database, not SQLite", not self.database_url.startswith("sqlite")),
-            ("TLS is configured (SHAREDCARE_TLS_CERT, _KEY or _CLIENT_CA)",
-             any((self.tls_cert, self.tls_key, self.tls_client_ca)))) if found]
+            ("TLS is configured (SHAREDCARE_TLS_CERT, _KEY, _CLIENT_CA or _CLIENT_CRL)",
+             any((self.tls_cert, self.tls_key, self.tls_client_ca, self.tls_client_crl)))) if found]
         if beside:
             raise ConfigError(f"SHAREDCARE_DEMO=1 beside a deployment's settings: {'; '.join(beside)}. Demo mode "
                               f"lets every user sign in with the password '{DEMO_PASSWORD}'; unset SHAREDCARE_DEMO")
@@ -138,6 +141,7 @@ def load_settings() -> Settings:
         tls_cert=_path("SHAREDCARE_TLS_CERT"),
         tls_key=_path("SHAREDCARE_TLS_KEY"),
         tls_client_ca=_path("SHAREDCARE_TLS_CLIENT_CA"),
+        tls_client_crl=_path("SHAREDCARE_TLS_CLIENT_CRL"),
         tls_client_certs=_one_of("SHAREDCARE_TLS_CLIENT_CERTS", ("required", "optional")),
         require_clock_sync=os.environ.get("SHAREDCARE_REQUIRE_CLOCK_SYNC") == "1",
         mllp_idle_seconds=_whole_number("SHAREDCARE_MLLP_IDLE_SECONDS", 300, least=1),

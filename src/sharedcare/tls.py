@@ -1,7 +1,8 @@
 """Mutual TLS for system feeds (TRUST OP2; IHE ATNA's Secure Node authenticates its peers by certificate).
 
 Python's ssl module (OpenSSL) does every check: the feed's certificate must chain to the configured client
-CA and be within its validity dates, or the handshake fails. What is written here is only the plumbing:
+CA, be within its validity dates and, given the CA's revocation list, not be revoked, or the handshake
+fails. What is written here is the plumbing, and the checks at start that the revocation list is one:
 asyncio performs a listener's handshake before telling the listener of the connection and drops a failed
 one without a word (it logs only in debug mode), and uvicorn has no hook either. So the listeners (`mllp`,
 `serve`) accept plain TCP, and `HandshakeFirst` upgrades each connection with `loop.start_tls` before the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import cast
 
 from cryptography import x509
 
+from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import ConfigError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_refusal
@@ -39,22 +42,28 @@ class TlsSettings:
     key: Path
     client_ca: Path | None
     client_certs: str  # required | optional (only with a client CA)
+    client_crl: Path | None = None  # the client CAs' revocation lists (only with a client CA)
 
     def describe(self) -> str:
         if self.client_ca is None:
             return "TLS (no client certificates asked for)"
-        return f"mutual TLS (client certificates {self.client_certs}, trusted CA {self.client_ca})"
+        revoked = f", revoked ones refused (CRL {self.client_crl})" if self.client_crl else ", no revocation list"
+        return f"mutual TLS (client certificates {self.client_certs}, trusted CA {self.client_ca}{revoked})"
 
 
 def tls_settings(settings: Settings) -> TlsSettings | None:
     """The TLS a listener must speak, or None for plain TCP; a half-made configuration is refused by name."""
+    if settings.tls_client_crl is not None and settings.tls_client_ca is None:
+        raise ConfigError("SHAREDCARE_TLS_CLIENT_CRL needs SHAREDCARE_TLS_CLIENT_CA: it lists the certificates "
+                          "that CA revoked")
     if settings.tls_cert is None and settings.tls_key is None:
         if settings.tls_client_ca is not None:
             raise ConfigError("SHAREDCARE_TLS_CLIENT_CA needs SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY too")
         return None
     if settings.tls_cert is None or settings.tls_key is None:
         raise ConfigError("SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY go together: set both, or neither")
-    tls = TlsSettings(settings.tls_cert, settings.tls_key, settings.tls_client_ca, settings.tls_client_certs)
+    tls = TlsSettings(settings.tls_cert, settings.tls_key, settings.tls_client_ca, settings.tls_client_certs,
+                      settings.tls_client_crl)
     server_context(tls)  # unreadable files are refused at start-up, not at the first connection
     return tls
 
@@ -70,7 +79,54 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
             context.verify_mode = ssl.CERT_REQUIRED if tls.client_certs == "required" else ssl.CERT_OPTIONAL
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"the TLS certificate, key or client CA could not be loaded: {exc}") from exc
+    if tls.client_ca is not None and tls.client_crl is not None:
+        check_revocation_list(tls.client_crl, tls.client_ca)
+        try:
+            context.load_verify_locations(cafile=tls.client_crl)
+        except (OSError, ssl.SSLError) as exc:  # checked above: only a file changed since would reach here
+            raise ConfigError(f"SHAREDCARE_TLS_CLIENT_CRL {tls.client_crl}: could not be loaded: {exc}") from exc
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF  # a client certificate its CA revoked is refused
     return context
+
+
+def check_revocation_list(crl_path: Path, ca_path: Path) -> None:
+    """Refuse at start, by name, a revocation list that would check nothing or refuse every feed: unreadable,
+    not PEM CRLs (a certificate in it would be trusted as a CA), a CRL no client CA signed, a client CA
+    without one (OpenSSL then refuses every certificate it issued: "unable to get certificate CRL"), or
+    one past its next update (OpenSSL refuses every certificate: "CRL has expired")."""
+    where = f"SHAREDCARE_TLS_CLIENT_CRL {crl_path}"
+    try:
+        text = crl_path.read_bytes()
+        cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: could not be read: {exc}") from exc
+    if re.search(rb"-----BEGIN [A-Z0-9 ]*CERTIFICATE-----", text):  # (OpenSSL reads X509 and TRUSTED ones too)
+        raise ConfigError(f"{where} holds a certificate: it must hold only revocation lists (PEM 'X509 CRL' "
+                          "blocks), or that certificate would be trusted as a client CA")
+    marker = b"-----BEGIN X509 CRL-----"
+    blocks = [marker + part for part in text.split(marker)[1:]]
+    try:
+        crls = [x509.load_pem_x509_crl(block) for block in blocks]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a PEM certificate revocation list: {exc}") from exc
+    if not crls:
+        raise ConfigError(f"{where} holds no PEM certificate revocation list ('-----BEGIN X509 CRL-----'); convert "
+                          "a DER one with `openssl crl -inform DER -in list.crl -out list.pem`")
+    now = utcnow()
+    for crl in crls:
+        issuer = crl.issuer.rfc4514_string()
+        if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in cas):
+            raise ConfigError(f"{where}: the list issued by {issuer} is not signed by a CA in "
+                              f"SHAREDCARE_TLS_CLIENT_CA ({ca_path})")
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            raise ConfigError(f"{where}: the list issued by {issuer} was due to be replaced on "
+                              f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC; fetch the CA's current one (every feed "
+                              "certificate it issued would be refused until then)")
+    for ca in cas:
+        if not any(crl.issuer == ca.subject for crl in crls):
+            raise ConfigError(f"{where} has no revocation list from the client CA {ca.subject.rfc4514_string()}: "
+                              "every certificate it issued would be refused; add its CRL")
 
 
 def peer_subject(transport: asyncio.BaseTransport) -> str | None:

@@ -131,3 +131,32 @@ def test_with_client_certificates_optional_a_browser_reaches_the_portal_but_an_u
         httpx.get(f"{url}/", verify=pki.client_context(pki.expired), timeout=10)
     (refusal,) = _refusals(db, 1)
     assert "certificate has expired" in json.dumps(refusal.event)
+
+
+def test_a_client_certificate_its_ca_revoked_is_refused_at_the_handshake_and_audited(
+        ics: Ics, db: Database, pki: Pki, serve: Serve) -> None:
+    """`serve --tls-client-crl`: a system whose certificate the CA revoked is refused at the handshake in every
+    server process, audited as revoked; a system in good standing still writes."""
+    url = serve("--tls-client-ca", str(pki.ca), "--tls-client-crl", str(pki.crl), "--workers", "2")
+    for _ in range(2):  # (each connection may reach either process)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/fhir/metadata", verify=pki.client_context(pki.revoked), timeout=10)
+    refusals = _refusals(db, 2)
+    assert len(refusals) == 2 and all("CERTIFICATE_VERIFY_FAILED: certificate revoked" in json.dumps(e.event)
+                                      for e in refusals)
+    with httpx.Client(base_url=url, verify=pki.client_context(pki.client), timeout=30) as system:
+        response = system.put("/fhir/Condition/gp-c1", headers=_token(ics, "dr.patel"),
+                              content=json.dumps(_diabetes(onsetDateTime="2001-01-01")))
+    assert response.status_code == 200, response.text
+
+
+def test_serve_refuses_to_start_with_a_revocation_list_it_cannot_use(db: Database, pki: Pki, tmp_path: Path) -> None:
+    """An overdue list would refuse every feed: `serve` says so at start and exits, rather than later."""
+    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False),
+           "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_TLS_CERT": str(pki.server_cert),
+           "SHAREDCARE_TLS_KEY": str(pki.server_key), "SHAREDCARE_TLS_CLIENT_CA": str(pki.ca),
+           "SHAREDCARE_TLS_CLIENT_CRL": str(pki.crl_overdue)}
+    ended = subprocess.run([sys.executable, "-c", "from sharedcare.cli import app; app()", "serve",  # noqa: S603
+                            "--port", "1"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert ended.returncode == 2, ended.stdout + ended.stderr
+    assert "SHAREDCARE_TLS_CLIENT_CRL" in ended.stderr and "was due to be replaced" in ended.stderr

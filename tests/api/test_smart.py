@@ -652,3 +652,24 @@ def test_expired_rows_are_purged_after_a_grant_at_most_once_a_minute(
     assert seen() == {"short", "second"}  # a refused request purges nothing (it writes no more than its audit)
     assert _backend_token(registered, _assertion(rsa_key, jti="third")).status_code == 200
     assert seen() == {"second", "third"}  # the expired one forgotten after the next grant
+
+
+def test_an_app_gets_no_token_for_a_user_whose_organisation_was_suspended(registered: Ics, db: Database,
+                                                                          framework: Framework) -> None:
+    """The practice's agreement is suspended between the GP approving the app and the app redeeming its code:
+    no token is issued; and the approval page, asked again with the session the GP still holds, is the
+    sign-in (which refuses her), never the approval."""
+    ics = registered
+    _sign_in(ics)
+    assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}).status_code == 201
+    verifier, challenge = _pkce()
+    url = _authorize_url(challenge, "launch patient/*.read", _launch(ics, ics.okafor))
+    query = _approve(ics, url)
+    with db.session() as session:
+        set_agreement(session, framework, "P81001", "suspended", by="test", reason="a breach reported")
+    refused = _redeem(ics, query["code"][0], verifier)
+    assert refused.status_code == 403 and refused.json()["error"] == "unauthorized_client"
+    assert "P81001" in refused.json()["error_description"] and "access_token" not in refused.json()
+    page = ics.client.get(url)
+    assert "Allow Ward tasks" not in page.text and 'name="password"' in page.text
+    assert ics.client.post(url, data={"decision": "approve"}, follow_redirects=False).status_code == 401

@@ -113,9 +113,11 @@ def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(li
     expect(officer.get_by_text("Reason: The trust reported a data breach this morning")).to_be_visible()
     pages.check(officer)
 
-    nurse.reload()
-    expect(nurse.get_by_role("heading", name="You cannot see this record")).to_be_visible()
-    expect(nurse.get_by_text("no signed information-sharing agreement in force")).to_be_visible()
+    nurse.reload()  # signed out, saying why
+    expect(nurse.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(nurse.get_by_text("you have been signed out: your organisation's (RYC) information-sharing agreement is "
+                             "not in force (suspended)")).to_be_visible()
+    expect(nurse.get_by_role("heading", name="OKAFOR, Emeka")).not_to_be_visible()
     pages.check(nurse)
 
 

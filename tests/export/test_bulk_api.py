@@ -400,3 +400,30 @@ def test_with_a_pseudonym_key_of_its_own_a_new_signing_secret_leaves_the_pseudon
     assert before == rotated and len(before) == 2
     assert people(secret="s" * 40, pseudonym_key=None) != before  # keyed by the secret: another series
     assert people(secret="s" * 40, pseudonym_key=None) == people(secret="s" * 40, pseudonym_key="s" * 40)
+
+
+def test_an_export_running_when_its_organisation_is_suspended_is_not_kept(ics: Ics, db: Database,
+                                                                         framework: Framework) -> None:
+    """QRD's agreement is suspended while its analyst's export runs: the run ends failed, audited, and none of
+    its files is left to download, then or once QRD signs again; the poll says why."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, replace(settings, export_workers=1))
+    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
+
+    def suspend_once(done: int, total: int) -> None:
+        if done and not suspended:
+            with db.session() as s:
+                set_agreement(s, framework, "QRD", "suspended", by="ig.morgan", reason="a breach reported")
+            suspended.append(done)
+    suspended: list[int] = []
+    assert jobs.run(job_id, on_progress=suspend_once).status == "failed" and suspended
+    folder = settings.data_path / "exports" / job_id
+    assert not folder.exists() or not any(folder.iterdir())
+    with db.session() as s:
+        set_agreement(s, framework, "QRD", "signed", by="ig.morgan", reason="")
+        done = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:complete")).one()
+    assert done.outcome == "deny" and "deny-actor-agreement" in json.dumps(done.event)
+    poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert poll.status_code == 500 and "not kept" in poll.json()["issue"][0]["diagnostics"]
+    assert "no signed information-sharing agreement in force" in poll.json()["issue"][0]["diagnostics"]
+    assert ics.client.get(f"/fhir/bulk/{job_id}/Patient.ndjson", headers=ics.token("analyst.chen")).status_code == 404

@@ -233,3 +233,52 @@ def test_mllp_over_tls_will_not_start_without_a_required_client_certificate(
         monkeypatch.delenv(name)
     result = CliRunner().invoke(app, ["mllp", "--port", "1"])
     assert result.exit_code == 2 and "client certificates must be required" in result.stderr
+
+
+def test_a_feed_certificate_its_ca_revoked_is_refused_at_the_handshake_and_audited(
+        db: Database, framework: Framework, pki: Pki) -> None:
+    """The region's CA revoked an interface engine's certificate (a lost laptop, a decommissioned engine):
+    with the CA's revocation list configured its feed is refused at the handshake, audited as revoked, and
+    nothing is stored; the engines still in good standing send as before."""
+    tls = TlsSettings(pki.server_cert, pki.server_key, pki.ca, "required", pki.crl)
+    fw = _listing(framework, "RXR", FEED_SUBJECT)
+    message = A01.format(dob="19450302").encode("latin-1")
+    with serving(MllpServer(Pipeline(db, fw), tls)) as port:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _send_over_tls(port, pki.client_context(pki.revoked), message)
+        (refusal,) = _await_refusals(db, 1)
+        assert "CERTIFICATE_VERIFY_FAILED: certificate revoked" in json.dumps(refusal.event)
+        with db.session() as s:
+            assert s.scalars(select(PatientRecord)).all() == [] and s.scalars(select(Quarantine)).all() == []
+        assert _segment(_send_over_tls(port, pki.client_context(pki.client), message), "MSA")[1] == "AA"
+
+
+def test_a_revocation_list_that_cannot_be_used_is_refused_at_start_by_name(tmp_path: Path, pki: Pki) -> None:
+    """Unreadable, not a CRL (a certificate would be trusted as a CA), another CA's, one the client CA lacks
+    (every feed would be refused), past its next update (likewise), or without a client CA: refused at start,
+    naming the setting and what to do."""
+    from dataclasses import replace
+
+    from sharedcare.config import load_settings
+    from sharedcare.errors import ConfigError
+    from sharedcare.tls import tls_settings
+
+    settings = replace(load_settings(), tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca)
+    assert tls_settings(replace(settings, tls_client_crl=pki.crl)) is not None
+    both_cas = tmp_path / "both-cas.pem"
+    both_cas.write_bytes(pki.ca.read_bytes() + (pki.ca.parent / "other-ca.pem").read_bytes())
+    garbled = tmp_path / "garbled.pem"
+    garbled.write_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n")
+    for crl, ca, words in (
+            (tmp_path / "missing.pem", pki.ca, "could not be read"),
+            (pki.client[0], pki.ca, "holds a certificate"),
+            (pki.server_key, pki.ca, "holds no PEM certificate revocation list"),
+            (garbled, pki.ca, "not a PEM certificate revocation list"),
+            (pki.crl_other_ca, pki.ca, "is not signed by a CA in SHAREDCARE_TLS_CLIENT_CA"),
+            (pki.crl, both_cas, "no revocation list from the client CA CN=Someone else's CA"),
+            (pki.crl_overdue, pki.ca, "was due to be replaced on")):
+        with pytest.raises(ConfigError, match="SHAREDCARE_TLS_CLIENT_CRL") as refused:
+            tls_settings(replace(settings, tls_client_ca=ca, tls_client_crl=crl))
+        assert words in str(refused.value), (crl, str(refused.value))
+    with pytest.raises(ConfigError, match="SHAREDCARE_TLS_CLIENT_CRL needs SHAREDCARE_TLS_CLIENT_CA"):
+        tls_settings(replace(settings, tls_client_ca=None, tls_client_crl=pki.crl))

@@ -94,18 +94,28 @@ def bearer_or_cookie(request: Request) -> str:
     raise AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
 
 
-async def people_only(request: Request) -> None:
+def people_only(request: Request) -> None:
     """The portals and the IG workspace are used by people, signed in through the portal (or with a token
     from `sharedcare token`, for scripts). A token issued to an app (SMART on FHIR, or a backend client) is
     refused there, audited: its scopes grant FHIR reads, never the IG officer's functions (the audit log,
-    agreements, the review queue), a citizen's choices, or a page a CSRF token would otherwise guard."""
+    agreements, the review queue), a citizen's choices, or a page a CSRF token would otherwise guard. A
+    member of staff whose organisation's agreement was suspended or ended is signed out on their next page,
+    audited, the IG officer too (the audit log names patients, and she could sign her own organisation's
+    agreement again); the server's operator still can, with `sharedcare agreements set`."""
+    state = request.app.state
     try:
-        claims = read_token(request.app.state.settings, bearer_or_cookie(request))
+        claims = read_token(state.settings, bearer_or_cookie(request))
     except AuthError:
         return  # none or not valid: the route's own dependency refuses it (or asks the person to sign in)
     if "client_id" in claims:  # even an empty one: only the SMART server issues the claim
         refused = AuthError(f"this token was issued to the app '{claims['client_id']}', and apps may not use the "
                             "portal: sign in to it yourself")
+        refused.presented, refused.subject = True, str(claims["sub"])
+        raise refused
+    with state.database.session() as session:
+        why = OAuthStore(session, state.framework).staff_not_sharing(str(claims["sub"]))
+    if why is not None:
+        refused = AuthError(f"you have been signed out: {why}")
         refused.presented, refused.subject = True, str(claims["sub"])
         raise refused
 

@@ -50,7 +50,14 @@ from sharedcare.api.auth import (
     read_token,
     sign_token,
 )
-from sharedcare.api.deps import SESSION_COOKIE, FrameworkDep, OAuthDep, RecordsDep, SettingsDep, people_only
+from sharedcare.api.deps import (
+    SESSION_COOKIE,
+    FrameworkDep,
+    OAuthDep,
+    RecordsDep,
+    SettingsDep,
+    people_only,
+)
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance import scopes
@@ -158,6 +165,11 @@ class CodeGrant(AuthorizationCodeGrant):
         self.server.store.use_code(authorization_code.code.code)
 
     def authenticate_user(self, authorization_code: StoredCode) -> Grantee:
+        """The user who approved the app, while their organisation's agreement is in force: a code approved
+        just before it was suspended is not redeemed after."""
+        why = self.server.store.staff_not_sharing(authorization_code.code.username)
+        if why is not None:
+            raise OrganisationNotSharing(f"{why}; no token is issued")
         return Grantee(authorization_code.code.username, authorization_code.code.patient)
 
 
@@ -370,7 +382,9 @@ def _signed_in_user(request: Request, settings: Settings, fw: Framework, store: 
     except AuthError:
         return None
     subject = str(claims["sub"])
-    return subject if subject in fw.users and not store.is_revoked(claims) else None
+    if subject not in fw.users or store.is_revoked(claims) or store.staff_not_sharing(subject):
+        return None  # (one whose organisation no longer shares is refused at the sign-in it is sent to)
+    return subject
 
 
 def _check_launch(grant: Any, settings: Settings, username: str) -> str | None:

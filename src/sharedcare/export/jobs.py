@@ -5,13 +5,14 @@ folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only fro
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
 a job, in the role and organisation it was started under, may see it: anyone else is told it does not
 exist (404), and every poll and download checks again that the user may still export (a suspended
-organisation loses its files at once). A run goes under the role and organisation its kick-off was
-decided under (a backend client's are its registration's), and is refused, audited, if the user or
-client no longer holds them. A finished export's files are deleted `settings.export_retention_days`
-after it finished (`expire`, on each kick-off, poll, download and cancel and at server start), and
-the job then says "expired". A user keeps at most KEPT_PER_USER finished exports in the service's folder:
-a new one deletes the oldest beyond that (`_supersede`), so one analyst's run after run of the whole
-population cannot fill the volume the store (and its audit) lives on before retention catches up.
+organisation loses its files at once; a run that ends while it is suspended keeps none). A run goes under
+the role and organisation its kick-off was decided under (a backend client's are its registration's),
+and is refused, audited, if the user or client no longer holds them. A finished export's files are
+deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off, poll, download and
+cancel and at server start), and the job then says "expired". A user keeps at most KEPT_PER_USER
+finished exports in the service's folder: a new one deletes the oldest beyond that (`_supersede`), so one
+analyst's run after run of the whole population cannot fill the volume the store (and its audit) lives on
+before retention catches up.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import NotFound
+from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
 from sharedcare.private_files import private_folder, private_opener
@@ -308,6 +309,16 @@ class ExportJobs:
                 secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
                                 error=type(exc).__name__)
             raise
+        try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
+            secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
+        except (AccessDenied, NotFound) as refused:
+            remove_files(folder, [o["file"] for o in output])
+            with self.db.session() as session:
+                row = session.get_one(ExportJob, job_id)
+                if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
+                    row.status, row.finished_at = "failed", utcnow()
+                    row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+            return self._view(job_id)
         with self.db.session() as session:
             row = session.get_one(ExportJob, job_id)
             if row.status == "cancelled":  # cancelled after the last progress check

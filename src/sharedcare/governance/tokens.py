@@ -74,6 +74,20 @@ def refusal(session: Session, claims: dict[str, Any]) -> str | None:
     return None if registered else f"the app '{client}' is no longer registered; its tokens no longer work"
 
 
+def staff_not_sharing(session: Session, fw: Framework, username: str) -> str | None:
+    """Why a member of staff may not be signed in now, if they may not: their organisation's information-sharing
+    agreement is not in force (suspended, ended, not yet signed). None for anyone else (a citizen)."""
+    user = fw.users.get(username)
+    if user is None:
+        return None
+    agreement = effective_agreements(session, fw).get(user.organisation)
+    if agreement is not None and agreement.in_force(utcnow().date()):
+        return None
+    status = agreement.status if agreement else "none"
+    return (f"your organisation's ({user.organisation}) information-sharing agreement is not in force ({status}): "
+            "its users cannot use the shared care record until it is signed again")
+
+
 class OAuthStore:
     def __init__(self, session: Session, fw: Framework) -> None:
         self.session = session
@@ -85,6 +99,10 @@ class OAuthStore:
 
     def clients(self) -> list[RegisteredClient]:
         return list_clients(self.session)
+
+    def staff_not_sharing(self, username: str) -> str | None:
+        """`staff_not_sharing` in this store's session."""
+        return staff_not_sharing(self.session, self.fw, username)
 
     def sharing(self, organisation: str | None) -> tuple[bool, str]:
         """Whether an organisation's information-sharing agreement is in force now, and its status."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -64,6 +64,7 @@ ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_
 # feed comes as many files of 1,000 people each); for less, starting the workers costs more than they save.
 PARALLEL_FROM_BYTES = 1024 * 1024
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
+_ATTEMPTS = 3  # times a message is stored while other writers change or create its resources under it
 # A prepared INSERT of every column (each new row names them all): `Session.execute` of the Core statement
 # cost about as much again as the driver's work.
 _INSERT_RESOURCES = Prepared(insert(Resource.__table__).values(  # type: ignore[arg-type]
@@ -98,17 +99,28 @@ def _ordered_at(row: Resource, item: StagedResource) -> datetime:
     return min(row.recorded_at, limit)
 
 
+class ChangedMeanwhile(Exception):
+    """A stored resource was changed by another writer between this transaction's read of it and its write
+    (two servers updating one resource at once): the message is stored again from a fresh read."""
+
+
 def _update_resource(session: Session, row: Resource, values: dict[str, Any], text: Encoded | None = None) -> None:
     """Write these values of a stored resource (its content as `text`, encoded already, when given) and give
-    the object the same values as stored ones, so no flush writes them again."""
+    the object the same values as stored ones, so no flush writes them again. Only if it is still the version
+    read (else ChangedMeanwhile): a writer that read the same version waits on the first one's row lock, then
+    finds the version moved on, so neither's update is lost and If-Match is checked against the version it
+    replaced (PostgreSQL's READ COMMITTED re-checks the condition; SQLite writers take turns)."""
     columns = frozenset(values)
     statement = _RESOURCE_UPDATES.get(columns)
     if statement is None:
         table = Resource.__table__
-        statement = _RESOURCE_UPDATES[columns] = Prepared(update(table).where(  # type: ignore[arg-type]
-            table.c.id == bindparam("row_id")).values({name: bindparam(f"new_{name}") for name in sorted(columns)}))
+        statement = _RESOURCE_UPDATES[columns] = Prepared(
+            update(table).where(table.c.id == bindparam("row_id"), table.c.version == bindparam("read_version"))  # type: ignore[arg-type]
+            .values({name: bindparam(f"new_{name}") for name in sorted(columns)}).returning(table.c.id))
     written = values | ({"content": text} if text is not None else {})
-    statement(session, {"row_id": row.id} | {f"new_{name}": value for name, value in written.items()})
+    if not statement(session, {"row_id": row.id, "read_version": row.version}
+                     | {f"new_{name}": value for name, value in written.items()}):
+        raise ChangedMeanwhile(row.id)
     for name, value in values.items():
         set_committed_value(row, name, value)
 
@@ -450,15 +462,30 @@ class Pipeline:
             try:
                 if agreements is not None:
                     self._check_agreement(staged, raw, agreements)
-                with self.db.session() as session:
-                    if agreements is None:
-                        self._check_agreement(staged, raw, effective_agreements(session, self.framework))
-                    counts = self._store(session, staged, raw)
-                    if replaying is not None:
-                        session.get_one(Quarantine, replaying).status = "replayed"
-                    if then is not None:
-                        then(session, staged)
-                return staged, counts
+                attempt = 0
+                while True:
+                    attempt += 1
+                    try:
+                        with self.db.session() as session:
+                            if agreements is None:
+                                self._check_agreement(staged, raw, effective_agreements(session, self.framework))
+                            counts = self._store(session, staged, raw)
+                            if replaying is not None:
+                                session.get_one(Quarantine, replaying).status = "replayed"
+                            if then is not None:
+                                then(session, staged)
+                        return staged, counts
+                    except (ChangedMeanwhile, IntegrityError) as exc:
+                        # another writer changed, or created, one of its resources meanwhile (two processes; a
+                        # PUT retried to another while the first was storing it): stored again from a fresh
+                        # read, its If-Match checked on what is held then; an integrity error that persists is
+                        # the message's own (below)
+                        if attempt < _ATTEMPTS:
+                            continue
+                        if isinstance(exc, IntegrityError):
+                            raise
+                        raise MessageError(f"{exc.args[0]} was changed by other writers each of the {_ATTEMPTS} "
+                                           "times this message was stored", raw.where) from exc
             except (MessageError, WriteRefused, OperationalError, InterfaceError):
                 raise
             except Exception as exc:  # noqa: BLE001 - see the docstring: never let one message stop a feed
@@ -564,15 +591,16 @@ class Pipeline:
                     version=version, content=Encoded(text), content_hash=digest, recorded_at=item.recorded_at,
                     received_at=received, message_id=staged.message_id, category=category, category_key=key,
                 ))
-            else:  # the version it replaces goes to history first
-                _INSERT_VERSION(session, {"resource_id": row.id, "version": row.version, "content": row.content,
-                                          "patient_record_id": row.patient_record_id,  # whose it was then
-                                          "source_system": row.source_system, "recorded_at": row.recorded_at,
-                                          "received_at": row.received_at, "message_id": row.message_id})
+            else:  # the version it replaces goes to history (once it is known to be the one replaced)
+                replaced = {"resource_id": row.id, "version": row.version, "content": row.content,
+                            "patient_record_id": row.patient_record_id,  # whose it was then
+                            "source_system": row.source_system, "recorded_at": row.recorded_at,
+                            "received_at": row.received_at, "message_id": row.message_id}
                 _update_resource(session, row, {
                     "version": version, "content": content, "content_hash": digest, "recorded_at": item.recorded_at,
                     "received_at": received, "message_id": staged.message_id, "source_system": staged.source_system,
                     "patient_record_id": record.id, "category": category, "category_key": key}, Encoded(text))
+                _INSERT_VERSION(session, replaced)
             item.outcome = "created" if row is None else "updated"
             accepted += 1
         if run is not None:  # inserted with the rest of the run's

@@ -57,7 +57,7 @@ def home(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
+def login(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAuthDep,
           db: Annotated[Database, Depends(get_database)],
           username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
           target: Annotated[str, Form()] = "/search") -> Response:
@@ -66,9 +66,12 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep,
     name = username.strip()
     user = fw.users.get(name)
     ok = settings.demo and user is not None and password == DEMO_PASSWORD
-    record_sign_in(db, name, ok, role=user.role if user else None,
+    not_sharing = store.staff_not_sharing(name) if ok else None
+    record_sign_in(db, name, ok and not_sharing is None, role=user.role if user else None,
                    organisation=user.organisation if user else None, request_id=request.state.request_id,
                    source_address=request.client.host if request.client else None)
+    if not_sharing is not None:
+        return pages.staff_sign_in(request, 403, f"You cannot sign in: {not_sharing}.", target=target, username=name)
     if not ok or user is None:
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")

@@ -1,0 +1,100 @@
+"""Suspending an organisation's agreement locks its users out at once (DESIGN: "hides its data and locks its
+users out at once"): a member of staff signed in is signed out on their next page, audited, and cannot sign in
+again; its IG officer loses the audit log, the agreements and the choices too (and cannot sign her own
+organisation's agreement again); a system of it writing over FHIR is refused, nothing stored. Signed again,
+all is as before."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+from tests.api.test_fhir_write import _diabetes, _token
+from tests.small_ics import Ics
+
+from sharedcare.governance.agreements import effective_agreements, set_agreement
+from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.framework import Framework
+from sharedcare.portal.pages import SESSION_COOKIE
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, Resource
+
+SIGNED_OUT = "information-sharing agreement is not in force (suspended)"
+
+
+def _sign_in(ics: Ics, username: str, target: str = "/search") -> int:
+    return int(ics.client.post("/login", data={"username": username, "password": "demo", "target": target},
+                               follow_redirects=False).status_code)
+
+
+def _set(db: Database, framework: Framework, org: str, status: str) -> None:
+    with db.session() as s:
+        set_agreement(s, framework, org, status, by="operator", reason="" if status == "signed" else "a breach")
+
+
+def _events(db: Database, action: AuditAction, username: str) -> list[AuditEntry]:
+    with db.session() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.action == action.value,
+                                                      AuditEntry.username == username).order_by(AuditEntry.seq)))
+
+
+def test_a_clinician_signed_in_when_their_organisation_is_suspended_is_signed_out_and_cannot_sign_in(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    assert _sign_in(ics, "dr.oconnor") == 303
+    assert ics.client.get("/search").status_code == 200
+    _set(db, framework, "RXR", "suspended")
+    page = ics.client.get("/search")
+    assert page.status_code == 401 and SIGNED_OUT in page.text and "RXR" in page.text
+    assert SESSION_COOKIE not in ics.client.cookies  # the session cookie is cleared
+    refused = _events(db, AuditAction.CREDENTIALS_REFUSED, "dr.oconnor")
+    assert [e.outcome for e in refused] == ["deny"] and SIGNED_OUT in json.dumps(refused[0].event)
+    again = ics.client.post("/login", data={"username": "dr.oconnor", "password": "demo"}, follow_redirects=False)
+    assert again.status_code == 403 and "You cannot sign in" in again.text and SIGNED_OUT in again.text
+    assert SESSION_COOKIE not in again.cookies
+    assert [e.outcome for e in _events(db, AuditAction.LOGIN, "dr.oconnor")] == ["permit", "deny"]
+    assert _sign_in(ics, "dr.patel") == 303  # another organisation's users are not touched
+    assert ics.client.get("/search").status_code == 200
+    _set(db, framework, "RXR", "signed")
+    assert _sign_in(ics, "dr.oconnor") == 303 and ics.client.get("/search").status_code == 200
+
+
+def test_an_ig_officer_of_a_suspended_organisation_loses_the_workspace_and_cannot_sign_it_again(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """The operator suspends QRD (the CLI can; the workspace refuses an officer her own): its IG officer no
+    longer reads the audit log, the agreements or anyone's choices, and cannot sign QRD's agreement again
+    from a session she still holds."""
+    assert _sign_in(ics, "ig.morgan", "/ig") == 303
+    assert ics.client.get("/ig/audit").status_code == 200
+    _set(db, framework, "QRD", "suspended")
+    session = ics.client.cookies[SESSION_COOKIE]
+    for path in ("/ig", "/ig/audit", "/ig/agreements", "/ig/choices"):  # the session kept, as a copy of it would be
+        ics.client.cookies.set(SESSION_COOKIE, session)
+        page = ics.client.get(path)
+        assert page.status_code == 401 and SIGNED_OUT in page.text, path
+    ics.client.cookies.set(SESSION_COOKIE, session)
+    signed = ics.client.post("/ig/agreements/QRD", data={"status": "signed"})
+    assert signed.status_code == 401 and SIGNED_OUT in signed.text
+    ics.client.cookies.clear()
+    assert _sign_in(ics, "ig.morgan", "/ig") == 403  # refused at the door too
+    with db.session() as s:
+        assert effective_agreements(s, framework)["QRD"].status == "suspended"
+    _set(db, framework, "QRD", "signed")
+    assert _sign_in(ics, "ig.morgan", "/ig") == 303 and ics.client.get("/ig/agreements").status_code == 200
+
+
+def test_a_system_of_a_suspended_organisation_writing_over_fhir_is_refused_and_nothing_is_stored(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """A token issued before the suspension writes nothing after it (no new one is issued: tests/api/test_smart.py).
+    Refused 403, audited, rather than held: the sender is told at once and keeps what it sent; an HL7 v2 feed,
+    which has no token to refuse, is held in quarantine instead (tests/ingest/test_mllp.py)."""
+    headers = _token(ics, "dr.patel")
+    _set(db, framework, "P81001", "suspended")
+    with db.session() as s:
+        before = s.scalar(select(func.count()).select_from(Resource))
+    refused = ics.client.put("/fhir/Condition/gp-c1", headers=headers,
+                             content=json.dumps(_diabetes(onsetDateTime="2001-01-01")))
+    assert refused.status_code == 403 and "P81001" in refused.json()["issue"][0]["diagnostics"]
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Resource)) == before
+        write = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)).one()
+    assert write.outcome == "deny" and "deny-write-agreement" in json.dumps(write.event)
