@@ -287,13 +287,15 @@ def _refuse_active_content(segments: list[Seg]) -> None:
 def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one HL7 v2 message; raise MessageError on the first problem, located."""
     segments = _decode(raw)
-    _refuse_active_content(segments)
     msh = segments[0]
-    kind, event = _message_type(msh, segments)
-    if msh.get(11) not in ("", "P"):
-        raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
-                        "must not join a live record", 11)
-    sender, system = _source_of(msh, raw, fw, source_override)
+    # a refusal before the sender is resolved is still counted against (and replayed only as) the one MSH-4 names
+    with sent_by(source_override or (msh.get(4) if msh.get(4) in fw.organisations else None)):
+        _refuse_active_content(segments)
+        kind, event = _message_type(msh, segments)
+        if msh.get(11) not in ("", "P"):
+            raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
+                            "must not join a live record", 11)
+        sender, system = _source_of(msh, raw, fw, source_override)
     with sent_by(sender.org):
         sent = hmap.stamp(msh, 7)
         if sent is None:
