@@ -128,6 +128,7 @@ class IngestReport:
     set_aside: Counter[str] = field(default_factory=Counter)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
+    errors: list[MessageError] = field(default_factory=list)  # each quarantined message's refusal (an ACK's codes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -435,6 +436,7 @@ class Pipeline:
             report.quarantined += 1
             report.quarantine.append({"id": quarantine_id, "file": raw.filename, "location": raw.location,
                                       "reason": exc.message, "where": exc.where or raw.where})
+            report.errors.append(exc)
             return report
         report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
         return report
@@ -710,4 +712,5 @@ class Pipeline:
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
                                       "reason": error.message, "where": error.where or raw.where})
+        report.errors.append(error)
         report.quarantined += 1
