@@ -88,6 +88,11 @@ _OTHER_ORGS_PATIENTS = Prepared(
 _INSERT_VERSION = Prepared(insert(ResourceVersion.__table__).values(  # type: ignore[arg-type]
     {column.key: bindparam(column.key) for column in ResourceVersion.__table__.columns}))
 _RESOURCE_UPDATES: dict[frozenset[str], Prepared] = {}  # per set of columns written
+# The held quarantine items of a sender and format that name their message (Pipeline._supersede): prepared, as
+# every message a listener stores runs it
+_HELD_KEYS = Prepared(select(Quarantine.id, Quarantine.message_key).where(
+    Quarantine.source_org == bindparam("org"), Quarantine.format == bindparam("format"),
+    Quarantine.message_key.is_not(None), Quarantine.status == "held"))
 
 
 def _ordered_at(row: Resource, item: StagedResource) -> datetime:
@@ -671,10 +676,7 @@ class Pipeline:
         scope = (staged.source_org, raw.format)
         held = run.held.get(scope) if run is not None else None
         if held is None:
-            keyed = select(Quarantine.id, Quarantine.message_key).where(
-                Quarantine.source_org == staged.source_org, Quarantine.format == raw.format,
-                Quarantine.message_key.is_not(None), Quarantine.status == "held")
-            held = {item_id: key for item_id, key in session.execute(keyed) if key is not None}
+            held = dict(_HELD_KEYS(session, {"org": staged.source_org, "format": raw.format}))
             if run is not None:
                 run.held[scope] = held
         if not held:
