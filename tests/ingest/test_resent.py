@@ -176,3 +176,18 @@ def test_replay_with_source_names_the_sender_of_a_message_that_names_none(
     assert done.exit_code == 0, done.output
     with env.session() as s:
         assert s.scalars(select(PatientRecord.source_org)).all() == ["RXR"]
+
+
+def test_the_original_file_ingested_again_after_its_correction_leaves_one_item_superseded(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """Re-running an ingest (after a crash, say) reads the failing original again: it is the message already
+    superseded, not a new one waiting."""
+    pipeline = Pipeline(env, framework)
+    first = write_ndjson(tmp_path / "1.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z")])
+    pipeline.ingest_paths([first])
+    pipeline.ingest_paths([write_ndjson(tmp_path / "2.ndjson", [_identified("9434765919", "2026-11-01T10:00:00Z")])])
+    again = pipeline.ingest_paths([first])
+    assert again.quarantined == 1  # still refused, and said so
+    (item,) = _items(env)
+    assert item.status == "superseded" and "modulus 11" in item.reason
+    assert json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)["held"] == 0

@@ -696,10 +696,10 @@ class Pipeline:
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message
         from the same place, still held, is kept once (with the newest reason): ingesting a file again,
-        say after a crash, does not pile up copies."""
+        say after a crash, does not pile up copies; nor does one its source has since superseded (it stays so)."""
         with self.db.session() as session:
             item = next((held for held in session.scalars(select(Quarantine).where(
-                Quarantine.status == "held", Quarantine.filename == raw.filename,
+                Quarantine.status.in_(("held", "superseded")), Quarantine.filename == raw.filename,
                 Quarantine.location == raw.location, Quarantine.format == raw.format))
                 if held.payload == raw.payload), None)
             if item is None:
@@ -709,7 +709,7 @@ class Pipeline:
                                   reason=str(error), payload=raw.payload, received_at=utcnow(),
                                   message_key=named.key if named else None)
                 session.add(item)
-            else:
+            elif item.status == "held":
                 item.reason, item.source_org = str(error), item.source_org or source or error.source_org
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
