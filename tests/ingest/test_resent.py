@@ -86,6 +86,19 @@ def test_an_hl7_message_resent_corrected_with_its_control_id_supersedes_the_held
     assert [i.status for i in _items(env)] == ["superseded"]
 
 
+@pytest.mark.parametrize("sent", ["2026110109300X", "{ahead}"], ids=["malformed-msh-7", "msh-7-in-the-future"])
+def test_an_hl7_message_held_for_its_own_msh_7_is_superseded_by_its_corrected_copy(
+        env: Database, framework: Framework, sent: str) -> None:
+    """The held copy's faulty time is no time to order by: the corrected copy, dated earlier, supersedes it."""
+    listener = MllpServer(Pipeline(env, framework))
+    ahead = (utcnow() + timedelta(days=1)).strftime("%Y%m%d%H%M%S+0000")
+    held = listener.handle(_a01(GOOD_DOB, sent=sent.format(ahead=ahead)), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(held, "MSA")[1] == "AE" and _segment(held, "ERR")[1] == "MSH^1^7"
+    fixed = listener.handle(_a01(GOOD_DOB), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(fixed, "MSA")[1] == "AA"
+    assert [i.status for i in _items(env)] == ["superseded"]
+
+
 @pytest.mark.parametrize("other", [
     {"control_id": "MSG003"},  # another message of the same sender
     {"app_name": "LAB"},  # the same control id from another of the trust's applications

@@ -687,7 +687,8 @@ class Pipeline:
         now = utcnow()
         for item_id in [i for i, key in held.items() if key == mine.key and i != replaying]:
             item = session.get_one(Quarantine, item_id)
-            theirs = identity(RawMessage(item.filename, item.location, item.payload, item.format), item.source_org)
+            theirs = identity(RawMessage(item.filename, item.location, item.payload, item.format,
+                                         received_at=item.received_at), item.source_org)
             if theirs is not None and mine.supersedes(theirs):
                 item.status, item.superseded_at = "superseded", now
                 item.superseded_by = f"{raw.where} (message {staged.message_id})"

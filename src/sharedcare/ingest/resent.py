@@ -8,8 +8,9 @@ one format (a control id is only unique to its sender):
   by the resource's type and id.
 - CSV: the same record through the source's mapping (its assessment id), a row being one assessment.
 and the stored copy's event time (HL7 MSH-7; FHIR `Bundle.timestamp`, else the resource's `meta.lastUpdated`;
-CSV the mapping's `updated` column) is not earlier than the held one's, where both can be read: at an equal
-event time the later message wins, as the store orders versions. A held item whose key cannot be read (no
+CSV the mapping's `updated` column) is not earlier than the held one's, where both can be read (a time more
+than SHAREDCARE_EVENT_SKEW_SECONDS past the message's receipt is not read: the held copy's fault, perhaps): at
+an equal event time the later message wins, as the store orders versions. A held item whose key cannot be read (no
 MSH-10, not JSON, no mapping fits) is never superseded: it waits to be seen, as before.
 """
 
@@ -28,7 +29,7 @@ from sharedcare.ingest.csv_mapping import ValueProblem, find_mapping, required
 from sharedcare.ingest.fhir_batch import entry_index
 from sharedcare.ingest.fhir_bundle import parse_message
 from sharedcare.ingest.hl7v2_syntax import SyntaxProblem, split_message
-from sharedcare.ingest.messages import RawMessage
+from sharedcare.ingest.messages import MessageError, RawMessage, future_event_time
 
 _FIRST_SEGMENT = re.compile(r"\r\n|\r|\n")
 
@@ -66,17 +67,26 @@ def _hl7(raw: RawMessage) -> Identity | None:
     control_id = fields[10].strip() if len(fields) > 10 else ""
     if not control_id:
         return None
-    stamp = hl7v2_map.stamp(hl7v2_map.Seg(fields, encoding, "MSH", raw.where), 7)
-    return Identity(f"MSH-3 {fields[3].strip()} MSH-10 {control_id}", stamp.at if stamp else None)
+    try:
+        stamp = hl7v2_map.stamp(hl7v2_map.Seg(fields, encoding, "MSH", raw.where), 7)
+    except MessageError:  # the fault the source has corrected, perhaps
+        stamp = None
+    return Identity(f"MSH-3 {fields[3].strip()} MSH-10 {control_id}", _bounded(stamp.at if stamp else None, raw))
+
+
+def _bounded(at: datetime | None, raw: RawMessage) -> datetime | None:
+    """An event time, unless it is too far past the message's receipt to be one (`future_event_time`: a
+    message held for that is corrected by a copy dated earlier)."""
+    return None if at is None or future_event_time(at, raw.received) else at
 
 
 def _fhir(raw: RawMessage) -> Identity | None:
     data = parse_message(raw)
     if data.get("resourceType") == "Bundle" and entry_index(raw) is None:
-        named = data.get("identifier")
+        named, at = data.get("identifier"), _time(data, "timestamp", raw)
         if isinstance(named, dict) and named.get("value"):
-            return Identity(f"Bundle.identifier {named.get('system', '')}|{named['value']}", _time(data, "timestamp"))
-        return Identity(f"Bundle/{data['id']}", _time(data, "timestamp")) if data.get("id") else None
+            return Identity(f"Bundle.identifier {named.get('system', '')}|{named['value']}", at)
+        return Identity(f"Bundle/{data['id']}", at) if data.get("id") else None
     resource = data
     if data.get("resourceType") == "Bundle":  # one entry of a split batch: the resource is what was sent
         resource = data["entry"][0]["resource"]
@@ -84,15 +94,15 @@ def _fhir(raw: RawMessage) -> Identity | None:
         return None
     meta = resource.get("meta")
     return Identity(f"{resource['resourceType']}/{resource['id']}",
-                    _time(meta, "lastUpdated") if isinstance(meta, dict) else None)
+                    _time(meta, "lastUpdated", raw) if isinstance(meta, dict) else None)
 
 
-def _time(data: dict[str, Any], element: str) -> datetime | None:
+def _time(data: dict[str, Any], element: str, raw: RawMessage) -> datetime | None:
     value = data.get(element)
     if not isinstance(value, str) or "T" not in value:
         return None
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo is not None else None
+    return _bounded(parsed, raw) if parsed.tzinfo is not None else None
 
 
 def _csv(raw: RawMessage, org: str | None) -> Identity | None:
@@ -106,4 +116,4 @@ def _csv(raw: RawMessage, org: str | None) -> Identity | None:
         at: datetime | None = mapping.updated.instant(values)
     except ValueProblem:
         at = None
-    return Identity(key, at)
+    return Identity(key, _bounded(at, raw))
