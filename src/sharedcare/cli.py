@@ -263,8 +263,12 @@ app.add_typer(quarantine_app, name="quarantine")
 
 @quarantine_app.command("list")
 def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
-                    every: Annotated[bool, typer.Option("--all", help="Include replayed items.")] = False) -> None:
-    """What is waiting in quarantine, with where and why."""
+                    every: Annotated[bool, typer.Option("--all", help="Include replayed and superseded items.")]
+                    = False) -> None:
+    """What is waiting in quarantine, with where and why; with --all, also what was replayed, and what its
+    source superseded by sending it again corrected (kept, with what superseded it and when)."""
+    from sqlalchemy import func
+
     from sharedcare.store.models import Quarantine
 
     with _database().session() as session:
@@ -272,8 +276,12 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
         if not every:
             stmt = stmt.where(Quarantine.status == "held")
         rows = [{"id": q.id, "status": q.status, "format": q.format, "file": q.filename, "location": q.location,
-                 "reason": q.reason, "received_at": q.received_at.isoformat(), "bytes": len(q.payload)}
+                 "reason": q.reason, "received_at": q.received_at.isoformat(), "bytes": len(q.payload),
+                 "superseded_by": q.superseded_by,
+                 "superseded_at": q.superseded_at.isoformat() if q.superseded_at else None}
                 for q in session.scalars(stmt)]
+        superseded = 0 if every else session.scalar(
+            select(func.count()).select_from(Quarantine).where(Quarantine.status == "superseded"))
     if as_json:
         _print_json(rows)
         return
@@ -283,8 +291,14 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
     for r in rows:
         where = f"{r['file']}, {r['location']}"  # which the reason repeats: said once, in its own column
         reason = str(r["reason"]).removeprefix(where).removeprefix(", ").removeprefix(": ")
+        if r["superseded_by"]:
+            when = str(r["superseded_at"])[:16].replace("T", " ")
+            reason = f"superseded {when} UTC by {r['superseded_by']}; was: {reason}"
         table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]), _literal(where), _literal(reason))
     Console().print(table)
+    if superseded:
+        console.print(f"{superseded} superseded by a corrected copy its source sent (kept, not waiting): "
+                      "--all lists them")
 
 
 @quarantine_app.command("check")

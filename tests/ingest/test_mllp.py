@@ -141,27 +141,49 @@ def _held_id(db: Database) -> int:
         return s.scalars(select(Quarantine.id)).one()
 
 
-@pytest.mark.parametrize(("change", "condition", "location"), [
-    (("9434765919^^^NHS^NH", "9434765918^^^NHS^NH"), "102^Data type error", "PID^1^3"),
-    (("H900^^^RXR^MR~", ""), "101^Required field missing", "PID^1^3"),
-    (("|M|||14 Mill", "|Q|||14 Mill"), "103^Table value not found", "PID^1^8"),
-    (("PV1|1|I|", "PV1|1|Z|"), "103^Table value not found", "PV1^1^2"),
-    (("\rPID|1|", "\rNTE|1|"), "100^Segment sequence error", ""),
-    (("|P|2.4|", "|T|2.4|"), "202^Unsupported processing id", "MSH^1^11"),
-    (("ADT^A01^ADT_A01", "ADT^A17^ADT_A17"), "201^Unsupported event code", "MSH^1^9"),
+@pytest.mark.parametrize(("change", "code", "condition", "location"), [
+    (("9434765919^^^NHS^NH", "9434765918^^^NHS^NH"), "AE", "102^Data type error", "PID^1^3"),
+    (("H900^^^RXR^MR~", ""), "AE", "101^Required field missing", "PID^1^3"),
+    (("|M|||14 Mill", "|Q|||14 Mill"), "AE", "103^Table value not found", "PID^1^8"),
+    (("PV1|1|I|", "PV1|1|Z|"), "AE", "103^Table value not found", "PV1^1^2"),
+    (("\rPID|1|", "\rNTE|1|"), "AE", "100^Segment sequence error", ""),
+    (("|P|2.4|", "|T|2.4|"), "AE", "202^Unsupported processing id", "MSH^1^11"),
+    (("ADT^A01^ADT_A01", "ADT^A17^ADT_A17"), "AR", "201^Unsupported event code", "MSH^1^9"),
+    (("ADT^A01^ADT_A01", "ADT^A18^ADT_A18"), "AR", "201^Unsupported event code", "MSH^1^9"),
+    (("ADT^A01^ADT_A01|MSG001|P|2.4|||AL|NE|GBR|8859/1\rEVN|A01|", "ADT|MSG001|P|2.4|||AL|NE|GBR|8859/1\rEVN||"),
+     "AR", "200^Unsupported message type", "MSH^1^9"),
+    (("ADT^A01^ADT_A01", "SIU^S12^SIU_S12"), "AR", "200^Unsupported message type", "MSH^1^9"),
+    (("|20261101093000||ADT", "|||ADT"), "AE", "101^Required field missing", "MSH^1^7"),
+    (("|20261101093000||ADT", "|2026110109300X||ADT"), "AE", "102^Data type error", "MSH^1^7"),
+    (("|PAS|RXR|", "|PAS|RIVERSIDE|"), "AE", "103^Table value not found", "MSH^1^4"),
+    (("|8859/1\r", "|KLINGON\r"), "AR", "103^Table value not found", "MSH^1^18"),
+    (("\rPV1|1|I|Ward 12", "\rPV1|1|I|Ward 12\rPID|1||H901^^^RXR^MR"), "AE", "100^Segment sequence error", ""),
+    (("ADT^A01^ADT_A01", "ADT^A40^ADT_A39"), "AE", "100^Segment sequence error", "MSH^1^9"),
 ], ids=["nhs-number-check-digit", "no-hospital-number", "unknown-sex", "unknown-patient-class", "no-pid",
-        "test-processing-id", "unhandled-event"])
+        "test-processing-id", "unhandled-event", "visit-merge", "no-event", "unhandled-message-type", "no-msh-7",
+        "bad-msh-7", "unknown-sender", "unknown-character-set", "two-pids", "merge-without-mrg"])
 def test_each_refusal_is_coded_in_err_3_by_table_0357_with_its_location_and_quarantine_number(
-        listener: int, db: Database, change: tuple[str, str], condition: str, location: str) -> None:
+        listener: int, db: Database, change: tuple[str, str], code: str, condition: str, location: str) -> None:
     """An interface analyst's engine routes on ERR-3: 207 (application internal error) says "our fault, try
-    again", so only a failure of ours is coded so; the sender's own faults carry the condition they are."""
+    again", so only a failure of ours is coded so; the sender's own faults carry the condition they are. The
+    code is carried by the refusal where it is raised (`MessageError.condition`), not read from its wording."""
     message = A01.format(dob="19450302").replace(*change)
     assert message != A01.format(dob="19450302")
     (ack,) = _exchange(listener, message.encode("latin-1"))
     err = _segment(ack, "ERR")
-    assert _segment(ack, "MSA")[1] in ("AE", "AR")
+    assert _segment(ack, "MSA")[1] == code
     assert (err[3], err[1]) == (f"{condition}^HL70357", location), err
     assert f"quarantine #{_held_id(db)}" in err[8]
+def test_a_value_quoted_in_the_reason_cannot_change_the_code_the_ack_gives(listener: int) -> None:
+    """The reason quotes what the sender sent; its words once chose ERR-3 and AR (a patient class spelling
+    "but byte 1 is not handled" was answered AR, 102, as if the message could not be read)."""
+    message = A01.format(dob="19450302").replace("PV1|1|I|", "PV1|1|but byte 1 is not handled|")
+    (ack,) = _exchange(listener, message.encode("latin-1"))
+    err = _segment(ack, "ERR")
+    assert "patient class 'but byte 1 is not handled' is not one of" in err[8]
+    assert (_segment(ack, "MSA")[1], err[3], err[1]) == ("AE", "103^Table value not found^HL70357", "PV1^1^2")
+
+
 @pytest.mark.parametrize(("sent", "place"), [("|{}||ADT", "MSH^1^7"), ("EVN|A01|{}", "EVN^1^2")])
 def test_a_message_dated_in_the_future_is_answered_ae_naming_the_field_and_waits_in_quarantine(
         listener: int, db: Database, sent: str, place: str) -> None:

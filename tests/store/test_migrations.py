@@ -88,3 +88,32 @@ def test_link_moves_survive_a_downgrade_to_the_json_list_and_back(db: Database, 
     assert "link_moves" not in inspect(db.engine).get_table_names()
     db.migrate()
     assert moves() == before
+
+
+def test_a_superseded_quarantine_item_is_held_again_below_0021_and_kept_byte_for_byte(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The older code cannot say why an item is not waiting: downgraded, it waits again (HAZ-13)."""
+    from sharedcare.store.models import Quarantine
+
+    def sent(nhs: str, at: str) -> dict[str, object]:
+        message = bundle("P81001", "emis", [patient("a", nhs, "Hughes", "Margaret", "1952-06-11")], timestamp=at)
+        return message | {"identifier": {"system": "https://emis.example/messages", "value": "M-1"}}
+
+    pipeline = Pipeline(db, framework)
+    pipeline.ingest_paths([write_ndjson(tmp_path / "1.ndjson", [sent("1234567890", "2026-11-01T09:00:00Z")])])
+    pipeline.ingest_paths([write_ndjson(tmp_path / "2.ndjson", [sent("9434765919", "2026-11-01T10:00:00Z")])])
+    with db.session() as s:
+        item = s.scalars(select(Quarantine)).one()
+        assert item.status == "superseded"
+        payload = item.payload
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0020")
+    assert "superseded_by" not in {c["name"] for c in inspect(db.engine).get_columns("quarantine")}
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT status, payload FROM quarantine").one() == ("held", payload)
+    db.migrate()
+    with db.session() as s:
+        item = s.scalars(select(Quarantine)).one()
+        assert (item.status, item.payload, item.message_key, item.superseded_by) == ("held", payload, None, None)

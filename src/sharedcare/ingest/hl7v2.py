@@ -26,6 +26,7 @@ from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
 from sharedcare.ingest.hl7v2_syntax import SyntaxProblem, split_message
 from sharedcare.ingest.messages import (
     MAX_MESSAGE_BYTES,
+    Condition,
     MessageError,
     RawMessage,
     StagedMessage,
@@ -55,6 +56,14 @@ _BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
 SOURCE_FIELDS = {"Patient.identifier": "PID-3", "Patient.generalPractitioner": "PD1-3", "Observation.code": "-3",
                  "Observation.valueCodeableConcept": "-5", "DiagnosticReport.code": "-4"}
 _ELEMENT = re.compile(r"[A-Za-z]+\.[A-Za-z]+")
+# A mapped resource the FHIR validators refuse (fhir/validate.py, invariants.py, uk_core_rules.py: text shared by
+# every format, with no HL7 code of its own) is coded by the phrases those checks use for table 0357's
+# conditions; any other is 207. The adapter's own refusals carry theirs where they are raised.
+_VALIDATION_CONDITIONS = (
+    (re.compile(r"modulus 11|is not a number|is not an HL7 (timestamp|date)"), Condition.DATA_TYPE),
+    (re.compile(r"is required"), Condition.REQUIRED_FIELD),
+    (re.compile(r"is not one of"), Condition.TABLE_VALUE),
+)
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
 
 
@@ -117,8 +126,9 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
         if exc.field == 2:
             raise MessageError("not an HL7 v2 message: MSH must start with its field separator and encoding "
                                "characters, each a different character (MSH-1 and MSH-2, as in MSH|^~\\&|)",
-                               f"{raw.where}, MSH-2") from exc
-        raise MessageError(f"not an HL7 v2 message: {exc.reason}", raw.where) from exc
+                               f"{raw.where}, MSH-2", condition=Condition.SEGMENT_SEQUENCE, rejected=True) from exc
+        raise MessageError(f"not an HL7 v2 message: {exc.reason}", raw.where, condition=Condition.SEGMENT_SEQUENCE,
+                           rejected=True) from exc
     seen: Counter[str] = Counter()
     segments = []
     for fields in message:
@@ -136,13 +146,15 @@ def _decode(raw: RawMessage) -> list[Seg]:
     charset = segments[0].get(18) or DEFAULT_CHARSET
     codec = CHARSETS.get(charset)
     if codec is None:
-        raise segments[0].error(f"character set '{charset}' is not supported ({', '.join(CHARSETS)})", 18)
+        raise segments[0].error(f"character set '{charset}' is not supported ({', '.join(CHARSETS)})", 18,
+                                condition=Condition.TABLE_VALUE, rejected=True)
     if codec == "iso8859-1":
         return segments
     try:
         return _parse(raw, raw.payload.decode(codec))
     except UnicodeDecodeError as exc:
-        raise segments[0].error(f"declares {charset} but byte {exc.start} is not {charset}", 18) from exc
+        raise segments[0].error(f"declares {charset} but byte {exc.start} is not {charset}", 18,
+                                condition=Condition.DATA_TYPE, rejected=True) from exc
 
 
 def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -> tuple[Sender, str]:
@@ -154,10 +166,11 @@ def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)
     if org is None:
         raise msh.error(f"unknown source organisation: '{sending}' is not an organisation of the framework; "
-                        "give --source ORG", 4)
+                        "give --source ORG", 4, condition=Condition.TABLE_VALUE)
     organisation = fw.organisation(org)
     if organisation is None:
-        raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where)
+        raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where,
+                           condition=Condition.TABLE_VALUE)
     system = "-".join(msh.get(3).lower().split()) or next(
         (name for name, fmt in organisation.systems.items() if fmt == "hl7v2"), "hl7v2")
     return Sender(org, organisation.name), system
@@ -186,7 +199,8 @@ def _orders(segments: list[Seg]) -> list[_Order]:
             notes = orders[-1].notes
         elif seg.name == "OBX":
             if not orders:
-                raise seg.error("OBX before any OBR: a result must belong to a report")
+                raise seg.error("OBX before any OBR: a result must belong to a report",
+                                condition=Condition.SEGMENT_SEQUENCE)
             orders[-1].results.append(_Result(seg))
             notes = orders[-1].results[-1].notes
         elif seg.name == "NTE":
@@ -204,9 +218,11 @@ def _first(segments: list[Seg], name: str) -> Seg | None:
 def _one_patient(segments: list[Seg], raw: RawMessage) -> Seg:
     pids = [s for s in segments if s.name == "PID"]
     if not pids:
-        raise MessageError("no PID segment: every message must name its patient", f"{raw.where}, PID")
+        raise MessageError("no PID segment: every message must name its patient", f"{raw.where}, PID",
+                           condition=Condition.SEGMENT_SEQUENCE)
     if len(pids) > 1:
-        raise MessageError(f"{len(pids)} PID segments: one patient per message is accepted", f"{raw.where}, PID")
+        raise MessageError(f"{len(pids)} PID segments: one patient per message is accepted", f"{raw.where}, PID",
+                           condition=Condition.SEGMENT_SEQUENCE)
     return pids[0]
 
 
@@ -214,29 +230,36 @@ def _retired_mrn(segments: list[Seg], msh: Seg, sender: Sender) -> str:
     """MRG-1: the hospital number being merged away (type MR)."""
     mrg = _first(segments, "MRG")
     if mrg is None:
-        raise msh.error("a patient merge needs an MRG segment naming the record merged away", 9)
+        raise msh.error("a patient merge needs an MRG segment naming the record merged away", 9,
+                        condition=Condition.SEGMENT_SEQUENCE)
     retired = [c[0] for c in mrg.reps(1) if hmap.part(c, 5) in ("MR", "") and c[0]]
     if not retired:
-        raise mrg.error("no prior hospital number (MRG-1 with type MR)", 1)
+        raise mrg.error("no prior hospital number (MRG-1 with type MR)", 1, condition=Condition.REQUIRED_FIELD)
     return retired[0]
 
 
 def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sender) -> list[tuple[str, Json]]:
     """The Encounter an ADT event creates or changes (none for a person-only update)."""
     if event in MERGE_EVENTS:
-        raise msh.error(f"ADT^{event} (a visit or person-level merge) is not handled yet; held until it is", 9)
+        raise msh.error(f"ADT^{event} (a visit or person-level merge) is not handled yet; held until it is", 9,
+                        condition=Condition.EVENT_CODE, rejected=True)
     if event not in ADT_EVENTS:
-        raise msh.error(f"message type ADT^{event} is not handled (ADT^{', ADT^'.join(ADT_EVENTS)}, ORU^R01)", 9)
+        # an event code no table could hold (none, or not a word) leaves the message type unsupported
+        unsupported = Condition.EVENT_CODE if re.fullmatch(r"\w+", event) else Condition.MESSAGE_TYPE
+        raise msh.error(f"message type ADT^{event} is not handled (ADT^{', ADT^'.join(ADT_EVENTS)}, ORU^R01)", 9,
+                        condition=unsupported, rejected=True)
     pv1 = _first(segments, "PV1")
     update = ADT_EVENTS[event] is None
     # An update's PV1 without a visit number (PV1|1|N) describes no visit: the Patient alone changes.
     if pv1 is None or (update and not pv1.get(19)):
         if update:
             return []
-        raise msh.error(f"ADT^{event} has no PV1 segment: the visit is required", 9)
+        raise msh.error(f"ADT^{event} has no PV1 segment: the visit is required", 9,
+                        condition=Condition.SEGMENT_SEQUENCE)
     visit = pv1.get(19) or msh.get(10)
     if not visit:
-        raise pv1.error("no visit number (PV1-19) and no message control id (MSH-10) to identify the visit", 19)
+        raise pv1.error("no visit number (PV1-19) and no message control id (MSH-10) to identify the visit", 19,
+                        condition=Condition.REQUIRED_FIELD)
     return [(pv1.label, hmap.encounter(pv1, ADT_EVENTS[event], visit, subject, sender, reopened=event == "A13"))]
 
 
@@ -244,14 +267,16 @@ def _oru(segments: list[Seg], subject: Json, sender: Sender, raw: RawMessage) ->
     """A DiagnosticReport per OBR and an Observation per OBX, the report listing its results."""
     orders = _orders(segments)
     if not orders:
-        raise MessageError("ORU^R01 without an OBR segment: there is no report", f"{raw.where}, OBR")
+        raise MessageError("ORU^R01 without an OBR segment: there is no report", f"{raw.where}, OBR",
+                           condition=Condition.SEGMENT_SEQUENCE)
     pv1 = _first(segments, "PV1")
     visit = sender.reference("Encounter", pv1.get(19)) if pv1 and pv1.get(19) else None
     out: list[tuple[str, Json]] = []
     for order in orders:
         filler = order.obr.get(3)
         if not filler:
-            raise order.obr.error("no filler order number (OBR-3): it identifies the report for corrections", 3)
+            raise order.obr.error("no filler order number (OBR-3): it identifies the report for corrections", 3,
+                                     condition=Condition.REQUIRED_FIELD)
         results = []
         for number, result in enumerate(order.results, start=1):
             source_id = f"{filler}-{result.obx.get(1) or number}"
@@ -265,7 +290,7 @@ def _oru(segments: list[Seg], subject: Json, sender: Sender, raw: RawMessage) ->
 def _message_type(msh: Seg, segments: list[Seg]) -> tuple[str, str]:
     kind = msh.get(9)
     if not kind:
-        raise msh.error("no message type (MSH-9)", 9)
+        raise msh.error("no message type (MSH-9)", 9, condition=Condition.REQUIRED_FIELD)
     evn = _first(segments, "EVN")
     return kind, msh.get(9, 2) or (evn.get(1) if evn else "")
 
@@ -281,23 +306,26 @@ def _refuse_active_content(segments: list[Seg]) -> None:
             if active_content(segment.text(number)):
                 raise segment.error("security: the field holds active content (a script, frame, object, form, "
                                     "event handler or script URL), refused as the FHIR validator's security "
-                                    "checks refuse it", number)
+                                    "checks refuse it", number, condition=Condition.APPLICATION)
 
 
 def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one HL7 v2 message; raise MessageError on the first problem, located."""
     segments = _decode(raw)
-    _refuse_active_content(segments)
     msh = segments[0]
-    kind, event = _message_type(msh, segments)
-    if msh.get(11) not in ("", "P"):
-        raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
-                        "must not join a live record", 11)
-    sender, system = _source_of(msh, raw, fw, source_override)
+    # a refusal before the sender is resolved is still counted against (and replayed only as) the one MSH-4 names
+    with sent_by(source_override or (msh.get(4) if msh.get(4) in fw.organisations else None)):
+        _refuse_active_content(segments)
+        kind, event = _message_type(msh, segments)
+        if msh.get(11) not in ("", "P"):
+            raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
+                            "must not join a live record", 11, condition=Condition.PROCESSING_ID)
+        sender, system = _source_of(msh, raw, fw, source_override)
     with sent_by(sender.org):
         sent = hmap.stamp(msh, 7)
         if sent is None:
-            raise msh.error("no message date/time (MSH-7): it orders this message against others", 7)
+            raise msh.error("no message date/time (MSH-7): it orders this message against others", 7,
+                            condition=Condition.REQUIRED_FIELD)
         received = raw.received
         _not_future(msh, 7, sent, received)
         staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
@@ -322,7 +350,8 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
             happened = sent
             produced = _oru(segments, subject, sender, raw)
         else:
-            raise msh.error(f"message type {kind}^{event} is not handled (ADT, ORU^R01)", 9)
+            raise msh.error(f"message type {kind}^{event} is not handled (ADT, ORU^R01)", 9,
+                            condition=Condition.MESSAGE_TYPE, rejected=True)
         seen: set[str] = set()  # the server ids staged so far: a repeat is refused (a set: a list was quadratic)
         for label, resource in produced:
             staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, seen))
@@ -333,7 +362,7 @@ def _not_future(seg: Seg, field: int, stamp: hmap.Stamp | None, received: dateti
     """A date/time that orders this message against others, refused (naming its field) when in the future."""
     problem = future_event_time(stamp.at, received) if stamp is not None else None
     if problem is not None:
-        raise seg.error(f"event time {problem}", field)
+        raise seg.error(f"event time {problem}", field, condition=Condition.APPLICATION)
     return stamp
 
 
@@ -346,7 +375,8 @@ def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: d
     content = {**resource, "id": server_id(sender.org, resource_type, source_id),
                "meta": {**resource.get("meta", {}), "source": meta_source(sender.org, system)}}
     if content["id"] in seen:
-        raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where)
+        raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where,
+                           condition=Condition.DUPLICATE_KEY)
     seen.add(content["id"])
     problems = walked_problems(content) or invariant_problems(content) or uk_core_problems(content)
     if problems:
@@ -354,6 +384,9 @@ def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: d
         field = SOURCE_FIELDS.get(element.group(0)) if element else None
         if field:
             where = f"{raw.where}, {label}{field}" if field.startswith("-") else f"{raw.where}, {field}"
+        condition = next((found for phrase, found in _VALIDATION_CONDITIONS if phrase.search(problems[0])),
+                         Condition.APPLICATION)
         raise MessageError(f"{resource_type}/{source_id}: {problems[0]}"
-                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
+                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where,
+                           condition=condition)
     return StagedResource(resource_type, source_id, content["id"], content, recorded, mrn)

@@ -21,7 +21,7 @@ from hl7.util import unescape
 from sharedcare.fhir.uk_core import ODS_SYSTEM, SNOMED, server_id
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
 from sharedcare.ingest.hl7v2_syntax import Encoding
-from sharedcare.ingest.messages import MessageError
+from sharedcare.ingest.messages import Condition, MessageError
 
 # python-hl7's unescape logs the whole field on an escape it does not know, under a logger named after its
 # file: patient values in the server's log (TRUST DP1). The value is kept as sent either way.
@@ -79,8 +79,11 @@ class Seg:
         self.where = where
         self._reps: dict[int, list[list[str]]] = {}
 
-    def error(self, reason: str, field: int | None = None) -> MessageError:
-        return MessageError(reason, f"{self.where}, {self.label}" + (f"-{field}" if field else ""))
+    def error(self, reason: str, field: int | None = None, *, condition: Condition,
+              rejected: bool = False) -> MessageError:
+        """The refusal of this segment (and `field`), with its table 0357 condition (see MessageError)."""
+        return MessageError(reason, f"{self.where}, {self.label}" + (f"-{field}" if field else ""),
+                            condition=condition, rejected=rejected)
 
     def reps(self, field: int) -> list[list[str]]:
         """Each repetition of a field as its components (the first subcomponent of each), empty ones left out."""
@@ -162,7 +165,8 @@ def stamp(seg: Seg, field: int) -> Stamp | None:
     try:
         return _stamp(value)
     except (ValueError, OverflowError) as exc:  # OverflowError: a time zone moves year 1 or 9999 out of range
-        raise seg.error(f"'{value}' is not an HL7 timestamp (YYYYMMDD[HHMM[SS]][+/-ZZZZ])", field) from exc
+        raise seg.error(f"'{value}' is not an HL7 timestamp (YYYYMMDD[HHMM[SS]][+/-ZZZZ])", field,
+                        condition=Condition.DATA_TYPE) from exc
 
 
 @lru_cache(maxsize=4096)  # a message repeats its times (OBR-7 and OBR-22 on every result), a feed its days
@@ -190,7 +194,8 @@ def birth_date(seg: Seg, field: int) -> str | None:
         date(int(match[1]), int(match[2] or 1), int(match[3] or 1))
     except ValueError as exc:
         # not quoted: a date of birth, and reasons go back to the sender in the ACK and into operators' lists
-        raise seg.error("the date of birth is not an HL7 date (YYYYMMDD[HHMM[SS]])", field) from exc
+        raise seg.error("the date of birth is not an HL7 date (YYYYMMDD[HHMM[SS]])", field,
+                        condition=Condition.DATA_TYPE) from exc
     return "-".join(p for p in (match[1], match[2], match[3]) if p)
 
 
@@ -252,11 +257,13 @@ def patient_ids(pid: Seg, sender: Sender) -> tuple[str, str | None]:
     identifiers = pid.reps(3)
     mrns = [c for c in identifiers if part(c, 5) == "MR" and c[0]]
     if not mrns:
-        raise pid.error("no MR identifier: the hospital number (PID-3 with type MR) is required", 3)
+        raise pid.error("no MR identifier: the hospital number (PID-3 with type MR) is required", 3,
+                        condition=Condition.REQUIRED_FIELD)
     mrn = next((c[0] for c in mrns if part(c, 4) in (sender.org, "")), mrns[0][0])
     nhs = next((c[0] for c in identifiers if part(c, 5) == "NH" and c[0]), None)
     if nhs is not None and not is_valid(nhs):
-        raise pid.error("the NHS number fails the modulus 11 check", 3)  # not quoted: reasons go back in ACKs
+        # not quoted: reasons go back in ACKs
+        raise pid.error("the NHS number fails the modulus 11 check", 3, condition=Condition.DATA_TYPE)
     return mrn, normalise(nhs) if nhs else None
 
 
@@ -281,7 +288,8 @@ def patient(pid: Seg, pd1: Seg | None, next_of_kin: list[Seg], sender: Sender) -
         "contact": _each([_contact(nk1) for nk1 in next_of_kin]),
     }
     if pid.get(8) and resource["gender"] is None:
-        raise pid.error(f"administrative sex '{pid.get(8)}' is not one of M, F, U, O, A, N", 8)
+        raise pid.error(f"administrative sex '{pid.get(8)}' is not one of M, F, U, O, A, N", 8,
+                        condition=Condition.TABLE_VALUE)
     return compact(resource)
 
 
@@ -312,7 +320,8 @@ def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: S
     discharge times sent. `reopened` (A13, cancel discharge) drops the end."""
     kind = pv1.get(2)
     if kind not in _ENCOUNTER_CLASS:
-        raise pv1.error(f"patient class '{kind}' is not one of {', '.join(_ENCOUNTER_CLASS)}", 2)
+        raise pv1.error(f"patient class '{kind}' is not one of {', '.join(_ENCOUNTER_CLASS)}", 2,
+                        condition=Condition.TABLE_VALUE)
     start, end = stamp(pv1, 44), None if reopened else stamp(pv1, 45)
     status = status or ("finished" if end else "in-progress" if start else "planned")
     prior, current = _place(pv1.reps(6)), _place(pv1.reps(3))
@@ -346,7 +355,8 @@ def _laboratory() -> list[Json]:
 def _status(seg: Seg, field: int, table: dict[str, str], name: str) -> str:
     code = seg.get(field)
     if code and code not in table:
-        raise seg.error(f"{name} '{code}' is not one of {', '.join(table)}", field)
+        raise seg.error(f"{name} '{code}' is not one of {', '.join(table)}", field,
+                        condition=Condition.TABLE_VALUE)
     return table.get(code, "unknown")
 
 
@@ -356,7 +366,8 @@ def report(obr: Seg, notes: list[str], results: list[Json], subject: Json, encou
     the OBR are the lab's conclusion."""
     code = concept(obr.reps(4)[0]) if obr.reps(4) else None
     if code is None:
-        raise obr.error("no test code (OBR-4): a report must say what was tested", 4)
+        raise obr.error("no test code (OBR-4): a report must say what was tested", 4,
+                        condition=Condition.REQUIRED_FIELD)
     taken, reported = stamp(obr, 7), stamp(obr, 22)
     return compact({
         "resourceType": "DiagnosticReport", "id": obr.get(3), "meta": {"profile": [UK_CORE + "DiagnosticReport"]},
@@ -375,7 +386,7 @@ def observation(obx: Seg, obr: Seg, source_id: str, notes: list[str], subject: J
     flags OBX-8, status OBX-11, taken OBX-14 (else OBR-7); the NTEs after the OBX are its notes."""
     code = concept(obx.reps(3)[0]) if obx.reps(3) else None
     if code is None:
-        raise obx.error("no observation code (OBX-3)", 3)
+        raise obx.error("no observation code (OBX-3)", 3, condition=Condition.REQUIRED_FIELD)
     unit = obx.reps(6)[0] if obx.reps(6) else []
     taken, reported = stamp(obx, 14) or stamp(obr, 7), stamp(obr, 22)
     return compact({
@@ -400,7 +411,8 @@ def _value(obx: Seg, unit: list[str]) -> Json:
     if kind == "NM":
         quantity = _quantity(obx.get(5), unit)
         if quantity is None:
-            raise obx.error(f"'{obx.get(5)}' is not a number (OBX-2 says NM)", 5)
+            raise obx.error(f"'{obx.get(5)}' is not a number (OBX-2 says NM)", 5,
+                            condition=Condition.DATA_TYPE)
         return {"valueQuantity": quantity}
     if kind == "SN":  # comparator^number or ^low^-^high; other forms (ratios, 1:128) are kept as text
         comparator, low, separator, high = (obx.get(5, n) for n in range(1, 5))
@@ -416,7 +428,8 @@ def _value(obx: Seg, unit: list[str]) -> Json:
     if kind in ("DT", "TS", "DTM"):
         when = stamp(obx, 5)
         return {"valueDateTime": when.fhir} if when else {}
-    raise obx.error(f"value type '{kind}' is not handled (NM, SN, ST, TX, FT, CE, CWE, DT, TS)", 2)
+    raise obx.error(f"value type '{kind}' is not handled (NM, SN, ST, TX, FT, CE, CWE, DT, TS)", 2,
+                    condition=Condition.TABLE_VALUE, rejected=True)
 
 
 def _quantity(text: str, unit: list[str], simple: bool = False) -> Json | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,33 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 KEPT_OF_TOO_LARGE = 64 * 1024  # what quarantine keeps of a message too large to take (its start)
 
 
+class Condition(StrEnum):
+    """HL7 v2.5.1 table 0357 (message error condition codes), code and name: the ERR-3 an MLLP refusal is
+    answered with, and which an interface engine routes on (207 says "our fault, try again")."""
+
+    SEGMENT_SEQUENCE = "100^Segment sequence error"
+    REQUIRED_FIELD = "101^Required field missing"
+    DATA_TYPE = "102^Data type error"
+    TABLE_VALUE = "103^Table value not found"
+    MESSAGE_TYPE = "200^Unsupported message type"
+    EVENT_CODE = "201^Unsupported event code"
+    PROCESSING_ID = "202^Unsupported processing id"
+    DUPLICATE_KEY = "205^Duplicate key identifier"
+    APPLICATION = "207^Application internal error"  # a store that failed, or a refusal by policy (no code of its own)
+
+
 class MessageError(SharedcareError):
     """A message cannot be accepted; `where` names file, line and element at fault, `source_org` the sending
-    organisation when the message got far enough to name it (quarantine is counted by it)."""
+    organisation when the message got far enough to name it (quarantine is counted by it). An HL7 v2 refusal
+    carries its table 0357 `condition` and whether the message could not be taken at all (`rejected`: an MLLP
+    AR, not AE), set where it is raised, so that rewording a reason never changes what an ACK says."""
 
-    def __init__(self, message: str, where: str | None = None, source_org: str | None = None) -> None:
+    def __init__(self, message: str, where: str | None = None, source_org: str | None = None,
+                 condition: Condition = Condition.APPLICATION, rejected: bool = False) -> None:
         super().__init__(message, where)
         self.source_org = source_org
+        self.condition = condition
+        self.rejected = rejected
 
 
 class WriteRefused(SharedcareError):

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
-from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, RawMessage, StagedMessage
+from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
@@ -45,24 +45,6 @@ START, END = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 UK = ZoneInfo("Europe/London")
 _LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
-# Reasons that mean the message could not be taken at all (AR) rather than failed on its content (AE).
-_REJECTED = ("not an HL7 v2 message", "character set", "but byte", "is not handled")
-# ERR-3 (HL7 v2.5.1 table 0357, message error condition codes) for each refusal reason, by the words the
-# adapters use (ingest/hl7v2.py, hl7v2_map.py, pipeline.py); the first match wins. A reason none names keeps
-# 207: a store that failed, or a refusal by policy (no agreement in force, a certificate that may not send
-# for MSH-4), for which the table has no code; the ACK's text says which.
-_CONDITIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"is not an HL7 (timestamp|date)|is not a number|modulus 11|but byte"), "102^Data type error"),
-    (re.compile(r"^(message type )?ADT\^\w+ (\(.*\) )?is not handled"), "201^Unsupported event code"),
-    (re.compile(r"^message type "), "200^Unsupported message type"),
-    (re.compile(r"^processing id"), "202^Unsupported processing id"),
-    (re.compile(r"^not an HL7 v2 message|^no \w+ segment|^\d+ \w+ segments|needs an? \w+ segment|before any \w+:"
-                r"|has no \w+ segment|without an? \w+ segment"), "100^Segment sequence error"),
-    (re.compile(r"^no |is required"), "101^Required field missing"),
-    (re.compile(r"is not one of|^value type|character set|^unknown source organisation|is not part of the "
-                r"sharing framework"), "103^Table value not found"),
-    (re.compile(r"is sent twice in this message"), "205^Duplicate key identifier"),
-)
 
 
 @dataclass(frozen=True)
@@ -98,9 +80,9 @@ def _escape(text: str) -> str:
 
 
 def ack(header: Header | None, code: str, text: str = "", where: str = "", now: datetime | None = None,
-        error: str = "207^Application internal error") -> bytes:
+        error: Condition = Condition.APPLICATION) -> bytes:
     """An ACK (AA, AE or AR), with an ERR segment naming the segment and field when there is one and the
-    condition (`error`, ERR-3: table 0357's code and name; `condition` finds it for a refusal reason)."""
+    condition (`error`, ERR-3: table 0357's code and name, as the refusal carries it: `MessageError.condition`)."""
     now = now or utcnow()
     stamp = now.astimezone(UK).strftime("%Y%m%d%H%M%S")
     h = header or Header("", "", "", "", "2.4")
@@ -114,11 +96,6 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
         location = f"{found.group(1)}^{found.group(2) or 1}^{found.group(3)}" if found else ""
         segments.append(f"ERR|{location}|{location}|{error}^HL70357|E||||{_escape(text)[:500]}")
     return "\r".join(segments).encode("latin-1", errors="replace") + b"\r"
-
-
-def condition(reason: str) -> str:
-    """ERR-3 for a refusal reason: table 0357's code and its name."""
-    return next((found for pattern, found in _CONDITIONS if pattern.search(reason)), "207^Application internal error")
 
 
 @dataclass(frozen=True)
@@ -217,10 +194,10 @@ class MllpServer:
             self._audit_refused(header, address, detail, report)
         if not report.quarantined:
             return ack(header, "AA")
-        problem = report.quarantine[0]
-        reason, where = str(problem["reason"]), str(problem["where"])
-        code = "AR" if header is None or any(marker in reason for marker in _REJECTED) else "AE"
-        return ack(header, code, f"{reason} (quarantine #{problem['id']})", where, error=condition(reason))
+        problem, refusal = report.quarantine[0], report.errors[0]
+        code = "AR" if header is None or refusal.rejected else "AE"
+        return ack(header, code, f"{problem['reason']} (quarantine #{problem['id']})", str(problem["where"]),
+                   error=refusal.condition)
 
     def _audit_stored(self, session: Session, staged: StagedMessage, address: str, detail: dict[str, str]) -> None:
         """A stored (or unchanged) message's entry (TRUST AU1), in the message's own transaction: a write by the feed
@@ -277,7 +254,7 @@ class MllpServer:
         except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError):
             pass
         except asyncio.LimitOverrunError:
-            writer.write(START + ack(None, "AR", "message larger than the limit", error="102^Data type error") + END)
+            writer.write(START + ack(None, "AR", "message larger than the limit", error=Condition.DATA_TYPE) + END)
         finally:
             writer.close()
 

@@ -49,6 +49,7 @@ from sharedcare.ingest.messages import (
     content_hash,
     sent_by,
 )
+from sharedcare.ingest.resent import identity
 from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
 from sharedcare.store.database import Database, Encoded, Prepared, PreparedObjects, json_dumps, json_loads
 from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
@@ -88,6 +89,11 @@ _OTHER_ORGS_PATIENTS = Prepared(
 _INSERT_VERSION = Prepared(insert(ResourceVersion.__table__).values(  # type: ignore[arg-type]
     {column.key: bindparam(column.key) for column in ResourceVersion.__table__.columns}))
 _RESOURCE_UPDATES: dict[frozenset[str], Prepared] = {}  # per set of columns written
+# The held quarantine items of a sender and format that name their message (Pipeline._supersede): prepared, as
+# every message a listener stores runs it
+_HELD_KEYS = Prepared(select(Quarantine.id, Quarantine.message_key).where(
+    Quarantine.source_org == bindparam("org"), Quarantine.format == bindparam("format"),
+    Quarantine.message_key.is_not(None), Quarantine.status == "held"))
 
 
 def _ordered_at(row: Resource, item: StagedResource) -> datetime:
@@ -139,6 +145,7 @@ class IngestReport:
     set_aside: Counter[str] = field(default_factory=Counter)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
+    errors: list[MessageError] = field(default_factory=list)  # each quarantined message's refusal (an ACK's codes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +201,7 @@ class _Run:
     records: dict[tuple[str, str], PatientRecord]
     block: Block | None = None
     inserted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)  # keyed held items (see _supersede)
     pending: list[dict[str, Any]] = field(default_factory=list)
 
     def insert_pending(self, session: Session) -> None:
@@ -370,6 +378,7 @@ class Pipeline:
                         stored.append((raw, exc, (0, 0, 0)))
                         continue
                     stored.append((raw, staged, self._store(session, staged, raw, run)))
+                    self._supersede(session, staged, raw, run)
                 run.insert_pending(session)
         except (OperationalError, InterfaceError):
             raise
@@ -416,6 +425,10 @@ class Pipeline:
         marked replayed; on failure it stays held with the new reason, and no second copy is kept."""
         with self.db.session() as session:
             held = session.get(Quarantine, quarantine_id)
+            if held is not None and held.status == "superseded":
+                raise MessageError(f"#{quarantine_id} was superseded by {held.superseded_by} at "
+                                   f"{held.superseded_at:%Y-%m-%d %H:%M} UTC: its source's corrected copy is stored, "
+                                   "and these older bytes are kept but not replayed", where="quarantine replay")
             if held is None or held.status != "held":
                 raise MessageError(f"no held quarantine item #{quarantine_id}", where="quarantine replay")
             # dated when it was first received, not now: ordered by when its source sent it, a message held for
@@ -425,6 +438,8 @@ class Pipeline:
         adapter = ADAPTERS.get(raw.format)
         if adapter is None:
             raise MessageError(f"format '{raw.format}' is not ingested yet", where=raw.where)
+        if source is not None:
+            self._check_replay_source(adapter, raw, source, held.source_org)
         report = IngestReport(files=0)
         report.messages += 1
         subject = certificate_in(raw.filename)  # sent over TLS: still only for what its certificate may send
@@ -438,9 +453,27 @@ class Pipeline:
             report.quarantined += 1
             report.quarantine.append({"id": quarantine_id, "file": raw.filename, "location": raw.location,
                                       "reason": exc.message, "where": exc.where or raw.where})
+            report.errors.append(exc)
             return report
         report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
         return report
+
+    def _check_replay_source(self, adapter: Adapter, raw: RawMessage, source: str, held_by: str | None) -> None:
+        """`replay --source` may name the sender of a message that never named one it could be stored under
+        (an HL7 MSH-4 the framework does not know, a file outside its organisation's folder), as `ingest
+        --source` does; never another organisation than the one the item or the message itself names: its
+        data would be stored, shared and audited as that organisation's (a false provenance). Such a message
+        is the source's to send again with the right sender."""
+        named = held_by
+        if named is None:  # what the message declares, read as if no --source had been given
+            try:
+                named = stage(adapter, raw, self.framework, None).source_org
+            except MessageError as exc:
+                named = exc.source_org
+        if named is not None and named != source:
+            raise MessageError(f"this item was sent by {named}: a replay cannot store it as {source}'s (its records "
+                               f"would carry a false provenance); replay it without --source, or have {named} send "
+                               "it again", where="quarantine replay --source")
 
     def _accept(self, adapter: Adapter, raw: RawMessage, source: str | None,
                 agreements: dict[str, Agreement] | None, replaying: int | None = None, staged: Outcome | None = None,
@@ -470,6 +503,7 @@ class Pipeline:
                             if agreements is None:
                                 self._check_agreement(staged, raw, effective_agreements(session, self.framework))
                             counts = self._store(session, staged, raw)
+                            self._supersede(session, staged, raw, replaying=replaying)
                             if replaying is not None:
                                 session.get_one(Quarantine, replaying).status = "replayed"
                             if then is not None:
@@ -660,22 +694,54 @@ class Pipeline:
         stored = existing.get(patient.server_id)
         return stored is None or patient.recorded_at >= stored.recorded_at
 
+    @staticmethod
+    def _supersede(session: Session, staged: StagedMessage, raw: RawMessage, run: _Run | None = None,
+                   replaying: int | None = None) -> None:
+        """Mark superseded, in the stored message's own transaction, each held item it is a corrected copy of
+        (`ingest/resent.py` says what counts as the same message): kept byte for byte, naming what superseded
+        it and when, no longer waiting and never replayed. The held items' keys are looked up once a run (or
+        a message); the stored message's own identity is read only when some held item of its sender might match."""
+        scope = (staged.source_org, raw.format)
+        held = run.held.get(scope) if run is not None else None
+        if held is None:
+            held = dict(_HELD_KEYS(session, {"org": staged.source_org, "format": raw.format}))
+            if run is not None:
+                run.held[scope] = held
+        if not held:
+            return
+        mine = identity(raw, staged.source_org)
+        if mine is None:
+            return
+        now = utcnow()
+        for item_id in [i for i, key in held.items() if key == mine.key and i != replaying]:
+            item = session.get_one(Quarantine, item_id)
+            theirs = identity(RawMessage(item.filename, item.location, item.payload, item.format,
+                                         received_at=item.received_at), item.source_org)
+            if theirs is not None and mine.supersedes(theirs):
+                item.status, item.superseded_at = "superseded", now
+                item.superseded_by = f"{raw.where} (message {staged.message_id})"
+                del held[item_id]
+
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message
         from the same place, still held, is kept once (with the newest reason): ingesting a file again,
-        say after a crash, does not pile up copies."""
+        say after a crash, does not pile up copies; nor does one its source has since superseded (it stays so)."""
         with self.db.session() as session:
             item = next((held for held in session.scalars(select(Quarantine).where(
-                Quarantine.status == "held", Quarantine.filename == raw.filename,
+                Quarantine.status.in_(("held", "superseded")), Quarantine.filename == raw.filename,
                 Quarantine.location == raw.location, Quarantine.format == raw.format))
                 if held.payload == raw.payload), None)
             if item is None:
-                item = Quarantine(source_org=source or error.source_org, format=raw.format, filename=raw.filename,
-                                  location=raw.location, reason=str(error), payload=raw.payload, received_at=utcnow())
+                org = source or error.source_org
+                named = identity(raw, org)
+                item = Quarantine(source_org=org, format=raw.format, filename=raw.filename, location=raw.location,
+                                  reason=str(error), payload=raw.payload, received_at=utcnow(),
+                                  message_key=named.key if named else None)
                 session.add(item)
-            else:
+            elif item.status == "held":
                 item.reason, item.source_org = str(error), item.source_org or source or error.source_org
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
                                       "reason": error.message, "where": error.where or raw.where})
+        report.errors.append(error)
         report.quarantined += 1

@@ -161,10 +161,13 @@ class ResourceVersion(Base):
 
 
 class Quarantine(Base):
-    """Input that could not be accepted, kept byte for byte with the reason and where it failed."""
+    """Input that could not be accepted, kept byte for byte with the reason and where it failed. `status`:
+    held (waiting), replayed, or superseded (its source has since sent it again, corrected, and that copy
+    was stored: `superseded_by` names it; `message_key` is how the two are known to be one message)."""
 
     __tablename__ = "quarantine"
-    __table_args__ = (Index("ix_quarantine_place", "filename", "location"),)
+    __table_args__ = (Index("ix_quarantine_place", "filename", "location"),
+                      Index("ix_quarantine_message_key", "source_org", "format", "message_key"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     source_org: Mapped[str | None] = mapped_column(String(16))
@@ -174,6 +177,9 @@ class Quarantine(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(10), default="held")
+    message_key: Mapped[str | None] = mapped_column(Text)
+    superseded_by: Mapped[str | None] = mapped_column(Text)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditHead(Base):

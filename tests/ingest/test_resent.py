@@ -1,0 +1,206 @@
+"""A source fixes a message that waits in quarantine and sends it again: what an integration engineer sees.
+
+The corrected copy is stored; the held original is marked superseded (kept byte for byte, naming what
+superseded it and when), is no longer counted as waiting past the service level, and is never replayed.
+What counts as the same message is in `ingest/resent.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from tests.builders import bundle, patient, write_ndjson
+from tests.conftest import FRAMEWORK_PATH
+from tests.ingest.test_csv_extract import _extract, _lrc, _row
+from tests.ingest.test_mllp import A01, _segment
+from typer.testing import CliRunner
+
+from sharedcare.cli import app
+from sharedcare.clock import utcnow
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.mllp import MllpServer
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Quarantine
+
+runner = CliRunner()
+BAD_DOB, GOOD_DOB = "19451302", "19450302"
+
+
+@pytest.fixture
+def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    return db
+
+
+def _a01(dob: str, control_id: str = "MSG002", app_name: str = "PAS", sent: str = "20261101093000") -> bytes:
+    return (A01.format(dob=dob).replace("MSG001", control_id).replace("|PAS|RXR|", f"|{app_name}|RXR|")
+            .replace("20261101093000||ADT", f"{sent}||ADT").encode("latin-1"))
+
+
+def _held_two_days(db: Database) -> None:
+    """The items held have waited two days: past the 24-hour service level."""
+    with db.session() as s:
+        s.execute(update(Quarantine).values(received_at=utcnow() - timedelta(days=2)))
+
+
+def _items(db: Database) -> list[Quarantine]:
+    with db.session() as s:
+        return list(s.scalars(select(Quarantine).order_by(Quarantine.id)))
+
+
+def test_an_hl7_message_resent_corrected_with_its_control_id_supersedes_the_held_one(
+        env: Database, framework: Framework) -> None:
+    listener = MllpServer(Pipeline(env, framework))
+    bad = _a01(BAD_DOB)
+    assert _segment(listener.handle(bad, "127.0.0.1:5000").decode("latin-1"), "MSA")[1] == "AE"
+    _held_two_days(env)
+    assert runner.invoke(app, ["quarantine", "check"]).exit_code == 1  # waiting past the service level
+
+    fixed = listener.handle(_a01(GOOD_DOB), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(fixed, "MSA")[1:3] == ["AA", "MSG002"]
+
+    (item,) = _items(env)
+    assert (item.status, item.payload) == ("superseded", bad)  # kept, byte for byte
+    assert item.superseded_by == "mllp://127.0.0.1:5000, message 2 (MSH-10 MSG002) (message MSG002)"
+    assert item.superseded_at is not None and utcnow() - item.superseded_at < timedelta(minutes=1)
+    check = runner.invoke(app, ["quarantine", "check", "--json"])
+    assert check.exit_code == 0 and json.loads(check.stdout)["held"] == 0  # no longer waiting
+    assert json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout) == []
+    (listed,) = json.loads(runner.invoke(app, ["quarantine", "list", "--all", "--json"]).stdout)
+    assert (listed["status"], listed["superseded_by"]) == ("superseded", item.superseded_by)
+    shown = runner.invoke(app, ["quarantine", "list", "--all"], env={"COLUMNS": "400"}).stdout
+    assert "superseded" in shown and "MSH-10 MSG002) (message MSG002)" in shown and "PID-7" in shown
+    assert "1 superseded by a corrected copy" in runner.invoke(app, ["quarantine", "list"]).stderr
+
+    replay = runner.invoke(app, ["quarantine", "replay", str(item.id)], env={"COLUMNS": "400"})
+    assert replay.exit_code == 2 and f"#{item.id} was superseded by mllp://127.0.0.1:5000" in replay.stderr
+    with env.session() as s:
+        assert s.scalars(select(PatientRecord.birth_date)).one().isoformat() == "1945-03-02"
+    assert [i.status for i in _items(env)] == ["superseded"]
+
+
+@pytest.mark.parametrize("sent", ["2026110109300X", "{ahead}"], ids=["malformed-msh-7", "msh-7-in-the-future"])
+def test_an_hl7_message_held_for_its_own_msh_7_is_superseded_by_its_corrected_copy(
+        env: Database, framework: Framework, sent: str) -> None:
+    """The held copy's faulty time is no time to order by: the corrected copy, dated earlier, supersedes it."""
+    listener = MllpServer(Pipeline(env, framework))
+    ahead = (utcnow() + timedelta(days=1)).strftime("%Y%m%d%H%M%S+0000")
+    held = listener.handle(_a01(GOOD_DOB, sent=sent.format(ahead=ahead)), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(held, "MSA")[1] == "AE" and _segment(held, "ERR")[1] == "MSH^1^7"
+    fixed = listener.handle(_a01(GOOD_DOB), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(fixed, "MSA")[1] == "AA"
+    assert [i.status for i in _items(env)] == ["superseded"]
+
+
+@pytest.mark.parametrize("other", [
+    {"control_id": "MSG003"},  # another message of the same sender
+    {"app_name": "LAB"},  # the same control id from another of the trust's applications
+    {"sent": "20261101080000"},  # the same control id on an older message: a counter that wrapped
+], ids=["other-control-id", "other-application", "older-message"])
+def test_an_hl7_message_that_is_not_the_same_one_leaves_the_held_item_waiting(
+        env: Database, framework: Framework, other: dict[str, Any]) -> None:
+    listener = MllpServer(Pipeline(env, framework))
+    listener.handle(_a01(BAD_DOB), "127.0.0.1:5000")
+    ack = listener.handle(_a01(GOOD_DOB, **other), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(ack, "MSA")[1] == "AA"
+    assert [(i.status, i.superseded_by) for i in _items(env)] == [("held", None)]
+
+
+def _identified(nhs: str, timestamp: str) -> dict[str, Any]:
+    message = bundle("P81001", "emis", [patient("gp-2", nhs, "Hughes", "Margaret", "1952-06-11")], timestamp=timestamp)
+    return message | {"identifier": {"system": "https://emis.example/messages", "value": "M-77"}}
+
+
+@pytest.mark.parametrize(("resent_at", "superseded"), [("2026-11-01T10:00:00Z", True), ("2026-11-01T08:00:00Z", False)],
+                         ids=["later", "earlier"])
+def test_a_fhir_bundle_resent_with_its_identifier_and_a_later_timestamp_supersedes_the_held_one(
+        env: Database, framework: Framework, tmp_path: Path, resent_at: str, superseded: bool) -> None:
+    pipeline = Pipeline(env, framework)
+    first = write_ndjson(tmp_path / "1.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z")])
+    held = pipeline.ingest_paths([first])
+    assert held.quarantined == 1  # an NHS number failing modulus 11
+    resent = pipeline.ingest_paths([write_ndjson(tmp_path / "2.ndjson", [_identified("9434765919", resent_at)])])
+    assert (resent.accepted, resent.quarantined) == (1, 0)
+    (item,) = _items(env)
+    assert item.status == ("superseded" if superseded else "held")
+    assert (item.superseded_by == f"{tmp_path / '2.ndjson'}, line 1 (message {_bundle_id(tmp_path / '2.ndjson')})"
+            ) is superseded
+
+
+def _bundle_id(path: Path) -> str:
+    return str(json.loads(path.read_text())["id"])
+
+
+def test_a_csv_row_resent_for_the_same_assessment_supersedes_the_held_one(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    pipeline = Pipeline(env, framework)
+    first = pipeline.ingest_paths([_extract(_lrc(tmp_path, "mosaic-0001.csv"), [_row(sex="Mle")])])
+    assert first.quarantined == 1
+    other = pipeline.ingest_paths([_extract(_lrc(tmp_path, "mosaic-0002.csv"), [
+        _row(client_id="C2", assessment_id="A2", last_updated="2026-10-18T10:00:00Z")])])
+    assert other.accepted and [i.status for i in _items(env)] == ["held"]  # another assessment: still waiting
+    fixed = pipeline.ingest_paths([_extract(_lrc(tmp_path, "mosaic-0003.csv"), [
+        _row(last_updated="2026-10-18T09:00:00Z")])])
+    assert fixed.accepted and fixed.quarantined == 0
+    (item,) = _items(env)
+    assert item.status == "superseded" and item.superseded_by.startswith(f"{_lrc(tmp_path, 'mosaic-0003.csv')}, line 2")
+
+
+def test_replay_will_not_store_a_message_as_another_organisations(env: Database, tmp_path: Path) -> None:
+    """Provenance: `replay --source` could store a practice's held message as a hospital's, shared and audited
+    as the hospital's. It names the sender only of a message that could not name its own."""
+    runner.invoke(app, ["agreements", "set", "RYC", "--status", "suspended", "--reason", "a breach reported"])
+    feed = write_ndjson(tmp_path / "ryc.ndjson", [bundle("RYC", "rio", [
+        patient("RYC-1", "9434765919", "Okafor", "Emeka", "1945-03-02")])])
+    assert runner.invoke(app, ["ingest", str(feed)]).exit_code == 1
+    (held,) = _items(env)
+    runner.invoke(app, ["agreements", "set", "RYC", "--status", "signed"])
+
+    refused = runner.invoke(app, ["quarantine", "replay", str(held.id), "--source", "RXR"], env={"COLUMNS": "400"})
+    assert refused.exit_code == 2 and "sent by RYC: a replay cannot store it as RXR's" in refused.stderr
+    with env.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+    assert [i.status for i in _items(env)] == ["held"]
+    done = runner.invoke(app, ["quarantine", "replay", str(held.id), "--source", "RYC"])
+    assert done.exit_code == 0, done.output
+    with env.session() as s:
+        assert s.scalars(select(PatientRecord.source_org)).all() == ["RYC"]
+
+
+def test_replay_with_source_names_the_sender_of_a_message_that_names_none(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """An HL7 message whose MSH-4 is a local code the framework does not know is held; the operator who
+    knows the sender replays it with --source, as `ingest --source` would have stored it. Another
+    organisation's message, read as if no --source were given, cannot be."""
+    unknown = A01.format(dob=GOOD_DOB).replace("|PAS|RXR|", "|PAS|RIVERSIDE|").encode("latin-1")
+    hl7 = tmp_path / "adt.hl7"
+    hl7.write_bytes(unknown)
+    assert Pipeline(env, framework).ingest_paths([hl7]).quarantined == 1
+    (held,) = _items(env)
+    assert held.source_org is None
+    done = runner.invoke(app, ["quarantine", "replay", str(held.id), "--source", "RXR"])
+    assert done.exit_code == 0, done.output
+    with env.session() as s:
+        assert s.scalars(select(PatientRecord.source_org)).all() == ["RXR"]
+
+
+def test_the_original_file_ingested_again_after_its_correction_leaves_one_item_superseded(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """Re-running an ingest (after a crash, say) reads the failing original again: it is the message already
+    superseded, not a new one waiting."""
+    pipeline = Pipeline(env, framework)
+    first = write_ndjson(tmp_path / "1.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z")])
+    pipeline.ingest_paths([first])
+    pipeline.ingest_paths([write_ndjson(tmp_path / "2.ndjson", [_identified("9434765919", "2026-11-01T10:00:00Z")])])
+    again = pipeline.ingest_paths([first])
+    assert again.quarantined == 1  # still refused, and said so
+    (item,) = _items(env)
+    assert item.status == "superseded" and "modulus 11" in item.reason
+    assert json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)["held"] == 0
