@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 from tests.e2e.live_server import ACCESS_LOG, LiveServer
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -74,6 +74,8 @@ class Pages:
         self.loads: dict[Page, list[list[Any]]] = {}  # page -> [[url, checked], ...] per document loaded
         self.urls: list[str] = []
         self.minor: list[str] = []
+        self.console: list[str] = []  # errors the browser reported: a refused font, a failed script
+        self.documents: set[str] = set()  # pages the tabs opened (their own status is the page's answer)
 
     def open(self, scripts: bool = True) -> Page:
         """A new tab in its own browser context (its own cookies: another person at another computer).
@@ -88,7 +90,20 @@ class Pages:
         self.loads[page] = []
         page.on("load", lambda loaded: self.loads[loaded].append([loaded.url, False]))
         page.on("request", lambda request: self.urls.append(request.url))
+        page.on("request", lambda request: self.documents.add(request.url) if request.is_navigation_request() else None)
+        page.on("console", lambda message: self._console(message, scripts))
+        page.on("pageerror", lambda error: self.console.append(f"{page.url}: {error}"))
         return page
+
+    def _console(self, message: ConsoleMessage, scripts: bool) -> None:
+        """Keep an error the browser reports (a resource the Content-Security-Policy refused, a script that
+        threw, a stylesheet or image not found), except the script files this tab refuses on purpose
+        (`scripts=False`) and a page's own status (a sign-in page answered 401, a refused form 400: the
+        page is the answer, and the tests check it)."""
+        where = message.location.get("url", "")
+        own_status = where in self.documents and message.text.startswith("Failed to load resource: the server")
+        if message.type == "error" and (scripts or not where.endswith(".js")) and not own_status:
+            self.console.append(f"{where}: {message.text}")
 
     def check(self, page: Page) -> None:
         """Run axe on what the page shows now; fail on any serious or critical WCAG 2.1 AA violation."""
@@ -153,6 +168,7 @@ def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
     if not _failed(request):
         assert tabs.unchecked() == [], "pages loaded but never checked with axe"
         assert stored == {}, f"the portals left data in the browser: {stored}"
+        assert tabs.console == [], "errors in the browser's console:\n  " + "\n  ".join(tabs.console)
         leaked = [url for url in tabs.urls if any(secret in url.lower() for secret in NOT_IN_URLS)]
         assert leaked == [], "patient details in a URL"
 
