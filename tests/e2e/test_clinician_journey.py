@@ -177,13 +177,13 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
 
     tab_to(gp, "a[href$='/changes']")
     gp.keyboard.press("Enter")
-    expect(gp.get_by_role("heading", name="What changed since 1 September 2026")).to_be_visible()
+    expect(gp.get_by_role("heading", name="What changed since 1 Sep 2026")).to_be_visible()
     hospital = gp.locator("section", has_text="Riverside University Hospitals NHS Trust")
     medicines = hospital.locator("table").first
     expect(medicines.locator("tr", has_text="Metformin")).to_contain_text("Stopped")
     expect(medicines.locator("tr", has_text="Metformin")).to_contain_text("One tablet daily: taking")  # the GP's own
     expect(medicines.locator("tr", has_text="Gliclazide")).to_contain_text("Not on your list")
-    expect(hospital).to_contain_text("58 mmol/mol on 2026-05-14")
+    expect(hospital).to_contain_text("58 mmol/mol on 14 May 2026")
     expect(hospital).to_contain_text("Please check U&E in 2 weeks")
     pages.check(gp)
     pages.shoot(gp, "clinician-what-changed", at="#org-RXR")
@@ -196,7 +196,7 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
     tab_to(gp, "#since-year")
     gp.keyboard.type("2026")
     gp.keyboard.press("Enter")
-    expect(gp.get_by_role("heading", name="What changed since 19 October 2026")).to_be_visible()
+    expect(gp.get_by_role("heading", name="What changed since 19 Oct 2026")).to_be_visible()
     expect(gp.locator("main")).not_to_contain_text("Admission to ward 7")
     pages.check(gp)
     tab_to(gp, "a[href$='/medicines']")

@@ -19,6 +19,7 @@ from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
+from sharedcare.portal.pages import uk_date
 from sharedcare.portal.present import Row, row, stale_sources, when
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
@@ -83,7 +84,7 @@ def default_since(view: RecordView, fw: Framework, own: str, today: date) -> Sin
     if mine:
         day, last = max(mine, key=lambda pair: pair[0])
         return Since(date.fromisoformat(day), f"your organisation's last encounter with this person "
-                                              f"({row(last, fw).what}, {day})")
+                                              f"({row(last, fw).what}, {uk_date(day)})")
     start = today - timedelta(days=WITHOUT_ENCOUNTER_DAYS)
     return Since(start, f"{WITHOUT_ENCOUNTER_DAYS} days ago: your organisation has no encounter with this person "
                         "on record")
@@ -156,8 +157,8 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                 earlier = [o for o in own_results.get(_test_key(served), [])
                            if when(o.content) < when(served.content)]
                 last = max(earlier, key=lambda o: when(o.content)) if earlier else None
-                block.results.append(Compared(row(served, fw, stale),
-                                              f"{row(last, fw).detail} on {when(last.content)}" if last else ""))
+                earlier_value = f"{row(last, fw).detail} on {uk_date(when(last.content))}" if last else ""
+                block.results.append(Compared(row(served, fw, stale), earlier_value))
                 continue
             for key, _title, types in SECTIONS:
                 if served.resource_type in types:
