@@ -14,6 +14,7 @@ from tests.e2e.conftest import PHONE, Pages
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
 from tests.social_care_feed import ingest_social_care
+from tests.stay_feeds import ingest_stay
 
 from sharedcare.governance.framework import Framework
 
@@ -238,3 +239,29 @@ def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
     pages.check(page)
     pages.shoot(page, "phone-clinician-record")
+
+
+def test_a_hospital_stay_sent_by_the_pas_and_the_epr_is_one_stay_on_the_timeline(
+        live: tuple[Ics, str], pages: Pages, framework: Framework, tmp_path: Path) -> None:
+    """The hospital's PAS and EPR both tell of his November stay: the A&E doctor's timeline shows it once,
+    saying both systems sent it, with the dates as she reads them."""
+    ics, url = live
+    ingest_stay(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    page = pages.open()
+    sign_in(pages, page, url, "dr.oconnor")
+    page.get_by_label("NHS number").fill("943 476 5919")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    pages.check(page)
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    pages.check(page)
+    page.get_by_role("radio", name="Explicit consent").check()
+    page.get_by_role("button", name="Open record").click()
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    page.get_by_role("link", name=re.compile("^Encounters")).click()
+    stays = page.locator("#encounters .sc-timeline__item")
+    expect(stays).to_have_count(1)
+    expect(stays.first).to_contain_text("2 Nov 2026")
+    expect(stays.first).to_contain_text("Ward 3 (Respiratory) (inpatient encounter, until 7 Nov 2026)")
+    expect(stays.first).to_contain_text("sent by EPR and PAS, shown once")
+    pages.check(page)

@@ -21,6 +21,7 @@ from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
 from sharedcare.portal.pages import uk_date
 from sharedcare.portal.present import Row, row, stale_sources, when
+from sharedcare.portal.stays import one_per_stay
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
 KIND_ORDER = {"acute": 0, "ambulance": 1, "community": 2, "mental_health": 3, "hospice": 4, "social_care": 5}
@@ -139,6 +140,7 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
         if served.source_org == own and when(served.content):
             own_results.setdefault(_test_key(served), []).append(served)
     groups = medicines.reconcile(view.resources, fw)
+    told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
     blocks = []
     for code in others:
         org = fw.organisation(code)
@@ -151,7 +153,8 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                 block.medicines.append(change)
             elif any(_med_new(s, since.day) for s in group.from_source(code)):
                 block.unchanged_medicines += 1
-        mine = [s for s in view.resources if s.source_org == code and _new(s, since.day)]
+        mine = [s for s in view.resources if s.source_org == code and _new(s, since.day)
+                and (s.resource_type != "Encounter" or id(s) in told_again)]  # a stay once, not per system
         for served in sorted(mine, key=lambda s: when(s.content), reverse=True):
             if served.resource_type in {"Observation", "DiagnosticReport"}:
                 earlier = [o for o in own_results.get(_test_key(served), [])
@@ -162,7 +165,7 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                 continue
             for key, _title, types in SECTIONS:
                 if served.resource_type in types:
-                    block.sections.setdefault(key, []).append(row(served, fw, stale))
+                    block.sections.setdefault(key, []).append(row(served, fw, stale, told_again.get(id(served), ())))
         if not block.empty:
             blocks.append(block)
     return Changes(since, _name(fw, own), blocks)

@@ -23,6 +23,7 @@ from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
 from sharedcare.portal.pages import nhs_spaced, uk_date, uk_time
+from sharedcare.portal.stays import one_per_stay
 
 log = logging.getLogger("sharedcare.portal")
 
@@ -172,6 +173,7 @@ class Row:
     category: str
     tier: int
     stale: bool = False
+    systems: tuple[str, ...] = ()  # when more than one system of the source sent it (a stay: PAS and EPR)
 
     @property
     def status_colour(self) -> str:
@@ -184,7 +186,9 @@ class Row:
         return "grey" if status else ""
 
 
-def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset()) -> Row:
+def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
+        also: tuple[ServedResource, ...] = ()) -> Row:
+    """An item as the pages show it; `also`: the same item as other systems of its source sent it."""
     r = served.content
     org = fw.organisation(served.source_org)
     what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
@@ -196,7 +200,8 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
                source_kind=KIND_LABELS.get(org.kind, "") if org else "",
                recorded=uk_time(served.recorded_at), received=uk_time(served.received_at),
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
-               stale=served.source_name in stale)
+               stale=served.source_name in stale,
+               systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else ())
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,9 @@ def shows_social_care(view: RecordView, role: Role | None) -> bool:
 def tabs(view: RecordView, fw: Framework, role: Role | None) -> list[Tab]:
     """The record's tabs in order, each item in exactly one of them, newest first."""
     stale = frozenset(stale_sources(view))
-    items = [(s, row(s, fw, stale)) for s in view.resources]
+    told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
+    items = [(s, row(s, fw, stale, told_again[id(s)]) if s.resource_type == "Encounter" else row(s, fw, stale))
+             for s in view.resources if s.resource_type != "Encounter" or id(s) in told_again]
     social = shows_social_care(view, role)
 
     def pick(types: list[str] | None) -> list[Row]:
