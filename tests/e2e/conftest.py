@@ -8,7 +8,8 @@ axe-core (vendored in `vendor/`) before the test ends, for WCAG 2.1 A and AA: a 
 violation fails the test, and so does a page the test forgot to check. Every URL the browser asks for
 is kept too, and none may carry an NHS number, a name or a date of birth (TRUST DP1); the server
 keeps an access log as a proxy in front of it would (every method, path and query it was sent), and
-that log is scanned for the same after each test.
+that log is scanned for the same after each test. Any error in a tab's console (a resource the
+Content-Security-Policy refused, a script that threw, a file not found) fails the test too.
 
 The journeys also photograph each main page (`Pages.shoot`). The pictures are always taken; with
 `SHAREDCARE_SCREENSHOTS=DIR` (`make screenshots` sets docs/screenshots) they are written there for the
