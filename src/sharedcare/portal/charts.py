@@ -43,8 +43,6 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-
-
 def _scale(low: float, high: float) -> tuple[float, float]:
     """A y range with a little room above and below, on whole numbers."""
     pad = max((high - low) * 0.1, 1.0)
