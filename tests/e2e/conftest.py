@@ -8,7 +8,8 @@ axe-core (vendored in `vendor/`) before the test ends, for WCAG 2.1 A and AA: a 
 violation fails the test, and so does a page the test forgot to check. Every URL the browser asks for
 is kept too, and none may carry an NHS number, a name or a date of birth (TRUST DP1); the server
 keeps an access log as a proxy in front of it would (every method, path and query it was sent), and
-that log is scanned for the same after each test.
+that log is scanned for the same after each test. Any error in a tab's console (a resource the
+Content-Security-Policy refused, a script that threw, a file not found) fails the test too.
 
 The journeys also photograph each main page (`Pages.shoot`). The pictures are always taken; with
 `SHAREDCARE_SCREENSHOTS=DIR` (`make screenshots` sets docs/screenshots) they are written there for the
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 from tests.e2e.live_server import ACCESS_LOG, LiveServer
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -74,6 +75,8 @@ class Pages:
         self.loads: dict[Page, list[list[Any]]] = {}  # page -> [[url, checked], ...] per document loaded
         self.urls: list[str] = []
         self.minor: list[str] = []
+        self.console: list[str] = []  # errors the browser reported: a refused font, a failed script
+        self.documents: set[str] = set()  # pages the tabs opened (their own status is the page's answer)
 
     def open(self, scripts: bool = True) -> Page:
         """A new tab in its own browser context (its own cookies: another person at another computer).
@@ -88,7 +91,20 @@ class Pages:
         self.loads[page] = []
         page.on("load", lambda loaded: self.loads[loaded].append([loaded.url, False]))
         page.on("request", lambda request: self.urls.append(request.url))
+        page.on("request", lambda request: self.documents.add(request.url) if request.is_navigation_request() else None)
+        page.on("console", lambda message: self._console(message, scripts))
+        page.on("pageerror", lambda error: self.console.append(f"{page.url}: {error}"))
         return page
+
+    def _console(self, message: ConsoleMessage, scripts: bool) -> None:
+        """Keep an error the browser reports (a resource the Content-Security-Policy refused, a script that
+        threw, a stylesheet or image not found), except the script files this tab refuses on purpose
+        (`scripts=False`) and a page's own status (a sign-in page answered 401, a refused form 400: the
+        page is the answer, and the tests check it)."""
+        where = message.location.get("url", "")
+        own_status = where in self.documents and message.text.startswith("Failed to load resource: the server")
+        if message.type == "error" and (scripts or not where.endswith(".js")) and not own_status:
+            self.console.append(f"{where}: {message.text}")
 
     def check(self, page: Page) -> None:
         """Run axe on what the page shows now; fail on any serious or critical WCAG 2.1 AA violation."""
@@ -153,6 +169,7 @@ def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
     if not _failed(request):
         assert tabs.unchecked() == [], "pages loaded but never checked with axe"
         assert stored == {}, f"the portals left data in the browser: {stored}"
+        assert tabs.console == [], "errors in the browser's console:\n  " + "\n  ".join(tabs.console)
         leaked = [url for url in tabs.urls if any(secret in url.lower() for secret in NOT_IN_URLS)]
         assert leaked == [], "patient details in a URL"
 

@@ -14,6 +14,7 @@ from tests.e2e.conftest import PHONE, Pages
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
 from tests.social_care_feed import ingest_social_care
+from tests.stay_feeds import ingest_stay
 
 from sharedcare.governance.framework import Framework
 
@@ -177,13 +178,13 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
 
     tab_to(gp, "a[href$='/changes']")
     gp.keyboard.press("Enter")
-    expect(gp.get_by_role("heading", name="What changed since 1 September 2026")).to_be_visible()
+    expect(gp.get_by_role("heading", name="What changed since 1 Sep 2026")).to_be_visible()
     hospital = gp.locator("section", has_text="Riverside University Hospitals NHS Trust")
     medicines = hospital.locator("table").first
     expect(medicines.locator("tr", has_text="Metformin")).to_contain_text("Stopped")
     expect(medicines.locator("tr", has_text="Metformin")).to_contain_text("One tablet daily: taking")  # the GP's own
     expect(medicines.locator("tr", has_text="Gliclazide")).to_contain_text("Not on your list")
-    expect(hospital).to_contain_text("58 mmol/mol on 2026-05-14")
+    expect(hospital).to_contain_text("58 mmol/mol on 14 May 2026")
     expect(hospital).to_contain_text("Please check U&E in 2 weeks")
     pages.check(gp)
     pages.shoot(gp, "clinician-what-changed", at="#org-RXR")
@@ -196,7 +197,7 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
     tab_to(gp, "#since-year")
     gp.keyboard.type("2026")
     gp.keyboard.press("Enter")
-    expect(gp.get_by_role("heading", name="What changed since 19 October 2026")).to_be_visible()
+    expect(gp.get_by_role("heading", name="What changed since 19 Oct 2026")).to_be_visible()
     expect(gp.locator("main")).not_to_contain_text("Admission to ward 7")
     pages.check(gp)
     tab_to(gp, "a[href$='/medicines']")
@@ -238,3 +239,29 @@ def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
     pages.check(page)
     pages.shoot(page, "phone-clinician-record")
+
+
+def test_a_hospital_stay_sent_by_the_pas_and_the_epr_is_one_stay_on_the_timeline(
+        live: tuple[Ics, str], pages: Pages, framework: Framework, tmp_path: Path) -> None:
+    """The hospital's PAS and EPR both tell of his November stay: the A&E doctor's timeline shows it once,
+    saying both systems sent it, with the dates as she reads them."""
+    ics, url = live
+    ingest_stay(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
+    page = pages.open()
+    sign_in(pages, page, url, "dr.oconnor")
+    page.get_by_label("NHS number").fill("943 476 5919")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    pages.check(page)
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    pages.check(page)
+    page.get_by_role("radio", name="Explicit consent").check()
+    page.get_by_role("button", name="Open record").click()
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    page.get_by_role("link", name=re.compile("^Encounters")).click()
+    stays = page.locator("#encounters .sc-timeline__item")
+    expect(stays).to_have_count(1)
+    expect(stays.first).to_contain_text("2 Nov 2026")
+    expect(stays.first).to_contain_text("Ward 3 (Respiratory) (inpatient encounter, until 7 Nov 2026)")
+    expect(stays.first).to_contain_text("sent by EPR and PAS, shown once")
+    pages.check(page)

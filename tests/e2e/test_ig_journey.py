@@ -52,7 +52,7 @@ def test_break_glass_reaches_the_ig_queue_and_is_marked_appropriate(live: tuple[
     sign_in_to_ig(pages, officer, url, shot=True)
     card = officer.locator(".nhsuk-card", has_text=REASON)
     expect(card).to_contain_text("Break glass")
-    expect(card).to_contain_text("OKAFOR, Emeka, born 1945-03-02, NHS number 943 476 5919")  # whose record it was
+    expect(card).to_contain_text("OKAFOR, Emeka, born 2 Mar 1945, NHS number 943 476 5919")  # whose record it was
     pages.shoot(officer, "ig-review-queue")
     expect(card).to_contain_text("Dr Niamh O'Connor")
     expect(card).to_contain_text("Hospital clinician")

@@ -102,11 +102,11 @@ def test_a_patient_hides_mental_health_from_everyone_but_the_gp_after_reading_wh
     patient.get_by_role("link", name="Your choices", exact=True).click()
     pages.check(patient)
 
-    patient.get_by_label("What kind of information?").select_option(label="Mental health services")
+    patient.get_by_label("What kind of information?").select_option(label="Mental health")
     patient.get_by_label("Hide it from").select_option(label="Everyone")
     patient.get_by_label("Except (when hiding it from everyone)").select_option(label="Riverside Medical Centre")
     patient.get_by_role("button", name="Continue to hide one kind of information").click()
-    expect(patient.get_by_role("heading", name="Hide mental health services from everyone; except: show it to "
+    expect(patient.get_by_role("heading", name="Hide mental health from everyone; except: show it to "
                                                 "Riverside Medical Centre")).to_be_visible()
     expect(patient.get_by_text("staff at Riverside Medical Centre will still see it")).to_be_visible()
     pages.check(patient)
@@ -114,7 +114,7 @@ def test_a_patient_hides_mental_health_from_everyone_but_the_gp_after_reading_wh
     assert depression_shown()  # nothing applied before the patient confirms
     patient.get_by_role("button", name="Confirm").click()
     expect(patient.get_by_text("Your choice is saved")).to_be_visible()
-    expect(patient.locator(".further-choice")).to_contain_text("Hide mental health services from everyone")
+    expect(patient.locator(".further-choice")).to_contain_text("Hide mental health from everyone")
     pages.check(patient)
     pages.shoot(patient, "patient-other-choices", at=".nhsuk-summary-list")
     assert not depression_shown()

@@ -24,7 +24,8 @@ from sharedcare.governance.clients import add_client
 
 
 def _page(body: str) -> HTMLResponse:
-    return HTMLResponse('<!doctype html><html lang="en"><head><title>Ward tasks</title></head>'
+    return HTMLResponse('<!doctype html><html lang="en"><head><title>Ward tasks</title>'
+                        '<link rel="icon" href="data:,"></head>'  # no /favicon.ico asked for (a console error)
                         f"<body><main><h1>Ward tasks</h1>{body}</main></body></html>")
 
 

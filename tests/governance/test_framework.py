@@ -56,7 +56,7 @@ def test_a_wrong_type_is_named_with_its_key() -> None:
 
 
 def test_broken_yaml_names_the_line() -> None:
-    text = TEXT.replace("version: \"2026.12-1\"", "version: [unclosed")
+    text = TEXT.replace("version: \"2026.12-2\"", "version: [unclosed")
     (problem,) = _problems(text)
     assert problem.startswith("line ")
 
@@ -102,3 +102,18 @@ def test_a_feed_certificate_not_written_as_a_certificate_subject_is_named_with_i
     assert "RFC 4514" in problem
     good = parse_framework(text.replace("CN=rxr-engine, O=Riverside", "CN=rxr-engine,O=Riverside"))
     assert good.organisations["RXR"].feed_certificates == ["CN=rxr-engine,O=Riverside"]
+
+
+def test_explaining_codes_of_a_category_without_any_is_named_with_its_line() -> None:
+    text = TEXT.replace("  sexual_health: \"sexually", "  sexual_helth: \"sexually", 1)
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('sexual_helth:', text)}, sensitive_codes_explain.sexual_helth")
+    assert "has no sensitive codes to explain" in problem
+
+
+def test_the_rules_say_in_plain_words_which_conditions_are_sensitive_whoever_recorded_them() -> None:
+    from sharedcare.governance.explain import rules_in_words
+
+    (rule,) = [line for line in rules_in_words(parse_framework(TEXT)) if "whoever recorded them" in line]
+    assert "a GP or a hospital" in rule
+    assert "mental health: depression" in rule and "self-harm" in rule and "(not dementia)" in rule

@@ -82,7 +82,7 @@ def test_the_queue_names_the_patient_through_the_decision_point_and_audits_each_
     ics.open_record("dr.oconnor", basis="emergency", reason=REASON)
     _sign_in(ics)
     queue = ics.client.get("/ig").text
-    assert "OKAFOR, Emeka, born 1945-03-02, NHS number 943 476 5919" in queue
+    assert "OKAFOR, Emeka, born 2 Mar 1945, NHS number 943 476 5919" in queue
     assert "Metformin" not in queue and "Type 2 diabetes" not in queue
     with _db(ics).session() as s:
         looks = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:demographics:read")).all()

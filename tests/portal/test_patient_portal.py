@@ -263,8 +263,8 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     form = {"category": "mental_health", "hide_from": "everyone", "except_org": "P81001"}
     confirm = ics.client.post("/patient/choices/hide/confirm", data=form)
     assert confirm.status_code == 200
-    assert "Hide mental health services from everyone; except: show it to Riverside Medical Centre" in confirm.text
-    assert "staff at every organisation will not see mental health services recorded by other organisations" \
+    assert "Hide mental health from everyone; except: show it to Riverside Medical Centre" in confirm.text
+    assert "staff at every organisation will not see mental health recorded by other organisations" \
         in confirm.text
     assert "RXM:Condition" in _sources(ics, hospital)  # nothing applied yet
     assert ics.client.post("/patient/choices/hide", data=form, follow_redirects=False).status_code == 303
@@ -273,8 +273,8 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     page = ics.client.get(f"/record/{ics.okafor}", headers=hospital).text  # said, without saying what
     assert "information the patient has chosen not to share" in page and "Depressive" not in page
     listed = ics.client.get("/patient/choices").text
-    assert "Other choices" in listed and "Hide mental health services from everyone" in listed
-    assert "Hide mental health services from everyone" in ics.client.get("/patient/home").text
+    assert "Other choices" in listed and "Hide mental health from everyone" in listed
+    assert "Hide mental health from everyone" in ics.client.get("/patient/home").text
     (form,) = _withdraw_forms(listed)
     assert ics.client.post("/patient/choices/withdraw", data=form, follow_redirects=False).status_code == 303
     assert "RXM:Condition" in _sources(ics, hospital)
@@ -380,7 +380,7 @@ def test_a_withdraw_from_a_page_shown_before_another_change_never_removes_a_diff
     assert other.status_code == 409 and "already changed" in other.text
     listed = ics.client.get("/patient/choices").text
     assert "Hide sexual and reproductive health from everyone" in listed
-    assert "Hide mental health services" not in listed
+    assert "Hide mental health" not in listed
 
 
 def test_a_withdraw_drawn_with_a_non_ascii_digit_is_refused_and_withdraws_from_no_number(ics: Ics) -> None:
@@ -399,4 +399,4 @@ def test_a_withdraw_drawn_with_a_non_ascii_digit_is_refused_and_withdraws_from_n
         for number in (OKAFOR_NHS, other_number):
             held = s.get(Preference, number)
             assert held is not None and held.version == 1 and len(held.provisions) == 1
-    assert "Hide mental health services" in ics.client.get("/patient/choices").text
+    assert "Hide mental health" in ics.client.get("/patient/choices").text

@@ -179,3 +179,18 @@ def test_outside_demo_mode_browsers_are_told_https_only_and_cookies_are_secure(i
     demo = ics.client.get("/patient")
     assert "strict-transport-security" not in demo.headers
     assert "secure" not in demo.headers["set-cookie"].lower()
+
+
+def test_the_stylesheets_the_pages_link_ask_for_no_font_the_policy_refuses(ics: Ics) -> None:
+    """The NHS stylesheet declared Frutiger from assets.nhs.uk; with `font-src 'self'` Chromium logged every
+    refused source on every page (the browser tests now fail on any console error). The pages load fonts
+    from nowhere else, and the policy is not widened to let them."""
+    import re
+
+    page = ics.client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "font-src 'self';" in policy
+    for href in re.findall(r'<link rel="stylesheet" href="([^"]+)"', page.text):
+        css = ics.client.get(href).text
+        sources = re.findall(r"@font-face\s*\{[^}]*\}", css)
+        assert all(re.findall(r"url\((?!/)", face) == [] for face in sources), f"{href}: {sources}"

@@ -87,7 +87,7 @@ def test_a_lab_panel_says_how_many_results_it_holds(ics: Ics) -> None:
 
 def test_a_hospital_stay_is_named_by_its_ward_and_says_when_it_ended(ics: Ics) -> None:
     page = _record(ics, "dr.patel")
-    assert "Ward 12 (Care of the Elderly) (inpatient encounter, until 2026-11-07)" in page
+    assert "Ward 12 (Care of the Elderly) (inpatient encounter, until 7 Nov 2026)" in page
 
 
 def test_when_an_item_was_recorded_is_said_in_uk_time(ics: Ics) -> None:
@@ -110,7 +110,7 @@ def test_the_care_team_says_when_each_service_last_saw_the_person(ics: Ics) -> N
     page = _record(ics, "dn.williams")
     team = page.split('id="care-team"', 1)[1].split('id="care-plans"', 1)[0]
     hospital = team.split("Riverside University Hospitals NHS Trust", 1)[1].split("</dd>", 1)[0]
-    assert "Last contact: Ward 12 (Care of the Elderly) on 2026-11-02." in hospital
+    assert "Last contact: Ward 12 (Care of the Elderly) on 2 Nov 2026." in hospital
 
 
 def test_the_pharmacist_sees_allergies_beside_the_medicines(ics: Ics) -> None:

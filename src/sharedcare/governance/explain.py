@@ -290,6 +290,11 @@ def rules_in_words(fw: Framework) -> list[str]:
         "may see at all: what a role sees \"nothing\" of below stays hidden from it, even when its own "
         "organisation recorded it.",
     ]
+    if fw.sensitive_codes_explain:
+        kinds = "; ".join(f"{category.replace('_', ' ')}: {words}"
+                          for category, words in fw.sensitive_codes_explain.items())
+        lines.append("Some conditions are sensitive information whoever recorded them (a GP or a hospital as much as "
+                     f"a specialist service), and are shown to each role as that kind of information: {kinds}.")
     if fw.safety_critical_types:
         kinds = ", ".join(_TYPE_WORDS.get(t, t) for t in fw.safety_critical_types)
         lines.append(f"For safety, {kinds} recorded by a mental health, community or social care service are "

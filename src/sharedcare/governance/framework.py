@@ -135,6 +135,9 @@ class Framework(_Strict):
     roles: dict[str, Role]
     always_withheld: list[WithholdRule]
     sensitive_codes: dict[str, list[str]]
+    # What each category's sensitive codes are, in plain words, for `framework explain` (a code list means
+    # nothing to the board that signs it)
+    sensitive_codes_explain: dict[str, str] = Field(default_factory=dict)
     # Types that, sent by a mental health, social care, community or hospice service, are filed as `alerts`
     # with tiers of their own rather than under the service (hazard HAZ-02: a known allergy must reach
     # whoever prescribes). Only the types `classify` files under summary by type may be named.
@@ -208,6 +211,9 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
     for category in fw.sensitive_codes:
         if category not in categories:
             problems.append((("sensitive_codes", category), f"unknown category '{category}'"))
+    for category in fw.sensitive_codes_explain:
+        if category not in fw.sensitive_codes:
+            problems.append((("sensitive_codes_explain", category), f"'{category}' has no sensitive codes to explain"))
     for username, user in fw.users.items():
         if user.role not in fw.roles:
             problems.append((("users", username, "role"), f"unknown role '{user.role}'"))

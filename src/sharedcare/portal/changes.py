@@ -19,7 +19,9 @@ from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
+from sharedcare.portal.pages import uk_date
 from sharedcare.portal.present import Row, row, stale_sources, when
+from sharedcare.portal.stays import one_per_stay
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
 KIND_ORDER = {"acute": 0, "ambulance": 1, "community": 2, "mental_health": 3, "hospice": 4, "social_care": 5}
@@ -83,7 +85,7 @@ def default_since(view: RecordView, fw: Framework, own: str, today: date) -> Sin
     if mine:
         day, last = max(mine, key=lambda pair: pair[0])
         return Since(date.fromisoformat(day), f"your organisation's last encounter with this person "
-                                              f"({row(last, fw).what}, {day})")
+                                              f"({row(last, fw).what}, {uk_date(day)})")
     start = today - timedelta(days=WITHOUT_ENCOUNTER_DAYS)
     return Since(start, f"{WITHOUT_ENCOUNTER_DAYS} days ago: your organisation has no encounter with this person "
                         "on record")
@@ -138,6 +140,7 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
         if served.source_org == own and when(served.content):
             own_results.setdefault(_test_key(served), []).append(served)
     groups = medicines.reconcile(view.resources, fw)
+    told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
     blocks = []
     for code in others:
         org = fw.organisation(code)
@@ -150,18 +153,19 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                 block.medicines.append(change)
             elif any(_med_new(s, since.day) for s in group.from_source(code)):
                 block.unchanged_medicines += 1
-        mine = [s for s in view.resources if s.source_org == code and _new(s, since.day)]
+        mine = [s for s in view.resources if s.source_org == code and _new(s, since.day)
+                and (s.resource_type != "Encounter" or id(s) in told_again)]  # a stay once, not per system
         for served in sorted(mine, key=lambda s: when(s.content), reverse=True):
             if served.resource_type in {"Observation", "DiagnosticReport"}:
                 earlier = [o for o in own_results.get(_test_key(served), [])
                            if when(o.content) < when(served.content)]
                 last = max(earlier, key=lambda o: when(o.content)) if earlier else None
-                block.results.append(Compared(row(served, fw, stale),
-                                              f"{row(last, fw).detail} on {when(last.content)}" if last else ""))
+                earlier_value = f"{row(last, fw).detail} on {uk_date(when(last.content))}" if last else ""
+                block.results.append(Compared(row(served, fw, stale), earlier_value))
                 continue
             for key, _title, types in SECTIONS:
                 if served.resource_type in types:
-                    block.sections.setdefault(key, []).append(row(served, fw, stale))
+                    block.sections.setdefault(key, []).append(row(served, fw, stale, told_again.get(id(served), ())))
         if not block.empty:
             blocks.append(block)
     return Changes(since, _name(fw, own), blocks)

@@ -13,6 +13,8 @@ from datetime import date
 
 from markupsafe import Markup, escape
 
+from sharedcare.portal.pages import uk_date
+
 # NHS identity colours with at least 3:1 contrast on white (WCAG 1.4.11, graphical objects).
 PALETTE = ("#005eb8", "#007f3b", "#330072", "#d5281b", "#ae2573", "#425563")
 AXIS, TEXT = "#768692", "#4c6272"
@@ -41,10 +43,6 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _day(when: date) -> str:
-    return f"{when.day} {when:%b %Y}"
-
-
 def _scale(low: float, high: float) -> tuple[float, float]:
     """A y range with a little room above and below, on whole numbers."""
     pad = max((high - low) * 0.1, 1.0)
@@ -65,7 +63,7 @@ def describe(title: str, unit: str, series: list[Series]) -> str:
         values = [p.value for p in points]
         latest = points[-1]
         parts.append(f"{s.label}: {len(points)} result{'s' if len(points) != 1 else ''} from "
-                     f"{_day(points[0].when)} to {_day(latest.when)}, lowest {_number(min(values))}, highest "
+                     f"{uk_date(points[0].when)} to {uk_date(latest.when)}, lowest {_number(min(values))}, highest "
                      f"{_number(max(values))}, latest {_number(latest.value)} {unit} ({latest.source})")
     return f"{title}. " + "; ".join(parts) + "."
 
@@ -84,7 +82,7 @@ def trend_chart(chart_id: str, title: str, unit: str, series: list[Series],
         return Markup("")
     note = ""
     if left_out:
-        values = "; ".join(f"{escape(label)} {_number(p.value)} on {_day(p.when)} ({escape(p.source)})"
+        values = "; ".join(f"{escape(label)} {_number(p.value)} on {uk_date(p.when)} ({escape(p.source)})"
                            for label, p in left_out)
         note = (f'<p class="sc-chart__left-out">Not drawn, outside the range this chart shows '
                 f'({_number(limits[0])} to {_number(limits[1])}): {values}. See the results below.</p>')
@@ -126,7 +124,7 @@ def trend_chart(chart_id: str, title: str, unit: str, series: list[Series],
             out.append(f'<polyline points="{path}" fill="none" stroke="#212b32" stroke-width="1.5"{dash}/>')
         for p in line:
             out.append(f'<circle cx="{x(p.when):.1f}" cy="{y(p.value):.1f}" r="4.5" fill="{colour[p.source]}">'
-                       f'<title>{escape(s.label)} {_number(p.value)} {escape(unit)}, {_day(p.when)}, '
+                       f'<title>{escape(s.label)} {_number(p.value)} {escape(unit)}, {uk_date(p.when)}, '
                        f'{escape(p.source)}</title></circle>')
     out.append("</svg>")
     legend = "".join(f'<li><svg width="12" height="12" aria-hidden="true" focusable="false"><circle cx="6" cy="6" '

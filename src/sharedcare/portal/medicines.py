@@ -20,7 +20,7 @@ from typing import Any
 from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import ServedResource
-from sharedcare.portal.pages import UK
+from sharedcare.portal.pages import UK, uk_date
 from sharedcare.portal.present import concept_text
 
 TAKING = {"active", "intended"}  # the source says the person takes it now
@@ -135,8 +135,9 @@ def _problems(statements: list[Statement]) -> list[str]:
             stop = latest.ended or latest.asserted
             after = sorted((s.source, s.last_issued) for found in taking.values() for s in found
                            if stop and s.last_issued > stop)  # issued after the stop: a safety signal
-            issued = f", and issued since by {', '.join(f'{who} on {day}' for who, day in after)}" if after else ""
-            out.append(f"Stopped by {src}{' on ' + latest.ended if latest.ended else ''}{why}, "
+            since = ", ".join(f"{who} on {uk_date(day)}" for who, day in after)
+            issued = f", and issued since by {since}" if after else ""
+            out.append(f"Stopped by {src}{' on ' + uk_date(latest.ended) if latest.ended else ''}{why}, "
                        f"but still current at {', '.join(sorted(taking))}{issued}.")
     doses = {src: {dose_key(s) for s in found} for src, found in taking.items()}
     if len({frozenset(d) for d in doses.values()}) > 1:

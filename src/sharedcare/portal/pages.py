@@ -36,6 +36,34 @@ def uk_time(moment: datetime) -> str:
     return f"{local.day} {local:%b %Y, %H:%M}"
 
 
+def uk_date(value: str | date | datetime | None) -> str:
+    """A date as UK clinicians and patients read it ("5 Dec 2026"), from a FHIR date or dateTime (partial
+    ones too: "Mar 2019", "2019") or a Python date; a time with an offset is taken in UK time first, so a
+    stay that began at 23:30 UTC in summer began the next day. Pages only: FHIR, JSON and CSV keep ISO.
+    Anything else is shown as sent."""
+    if value is None or value == "":
+        return ""
+    day: date
+    if isinstance(value, datetime):
+        day = value.astimezone(UK).date() if value.tzinfo else value.date()
+    elif isinstance(value, date):
+        day = value
+    else:
+        text = str(value)
+        try:
+            if len(text) == 4 and text.isdigit():
+                return text
+            if len(text) == 7:
+                return f"{date.fromisoformat(text + '-01'):%b %Y}"
+            if len(text) == 10:
+                day = date.fromisoformat(text)
+            else:
+                return uk_date(datetime.fromisoformat(text))
+        except ValueError:
+            return text
+    return f"{day.day} {day:%b %Y}"
+
+
 def nhs_spaced(number: str | None) -> str:
     """An NHS number as people read and say it: 943 476 5919."""
     digits = number or ""
@@ -43,6 +71,7 @@ def nhs_spaced(number: str | None) -> str:
 
 
 templates.env.filters["uk_time"] = uk_time
+templates.env.filters["uk_date"] = uk_date
 templates.env.filters["nhs"] = nhs_spaced
 
 

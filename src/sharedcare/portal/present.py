@@ -22,7 +22,8 @@ from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.portal.charts import Point, Series, trend_chart
-from sharedcare.portal.pages import nhs_spaced, uk_time
+from sharedcare.portal.pages import nhs_spaced, uk_date, uk_time
+from sharedcare.portal.stays import one_per_stay
 
 log = logging.getLogger("sharedcare.portal")
 
@@ -70,15 +71,20 @@ def _first_concept(resource: dict[str, Any], *names: str) -> str:
 
 
 def when(resource: dict[str, Any]) -> str:
-    """The date that matters for this item (onset, effective, period start, issued...)."""
+    """The date that matters for this item (onset, effective, period start, issued...), as an ISO date."""
+    return moment(resource)[:10]
+
+
+def moment(resource: dict[str, Any]) -> str:
+    """That date as sent (a dateTime keeps its time and offset, so a page can show it in UK time)."""
     for name in ("effectiveDateTime", "onsetDateTime", "recordedDate", "occurrenceDateTime", "performedDateTime",
                  "date", "issued", "dateAsserted", "authoredOn", "created"):
         if resource.get(name):
-            return str(resource[name])[:10]
+            return str(resource[name])
     for name in ("period", "effectivePeriod", "performedPeriod"):
         period = resource.get(name) or {}
         if period.get("start"):
-            return str(period["start"])[:10]
+            return str(period["start"])
     return ""
 
 
@@ -109,7 +115,7 @@ def detail(resource: dict[str, Any]) -> str:
         issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
                        if str(e.get("url", "")).endswith("MedicationStatementLastIssueDate")), None)
         if issued:
-            parts.append(f"last issued {str(issued)[:10]}")
+            parts.append(f"last issued {uk_date(issued)}")
         parts += [f"stopped: {concept_text(r)}" for r in resource.get("statusReason", []) if concept_text(r)]
         return "; ".join(parts)
     if rtype == "AllergyIntolerance":
@@ -120,7 +126,7 @@ def detail(resource: dict[str, Any]) -> str:
         return "; ".join(a for a in acts if a) or str(resource.get("description") or resource.get("title") or "")
     if rtype == "Encounter":
         kind = str((resource.get("class") or {}).get("display") or "")
-        start, end = (str((resource.get("period") or {}).get(k) or "")[:10] for k in ("start", "end"))
+        start, end = (uk_date((resource.get("period") or {}).get(k)) for k in ("start", "end"))
         return ", ".join(part for part in (kind, f"until {end}" if end and end != start else "") if part)
     return ""
 
@@ -167,6 +173,7 @@ class Row:
     category: str
     tier: int
     stale: bool = False
+    systems: tuple[str, ...] = ()  # when more than one system of the source sent it (a stay: PAS and EPR)
 
     @property
     def status_colour(self) -> str:
@@ -179,19 +186,22 @@ class Row:
         return "grey" if status else ""
 
 
-def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset()) -> Row:
+def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
+        also: tuple[ServedResource, ...] = ()) -> Row:
+    """An item as the pages show it; `also`: the same item as other systems of its source sent it."""
     r = served.content
     org = fw.organisation(served.source_org)
     what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
     status = concept_text(r.get("clinicalStatus")) or str(r.get("status", ""))
-    return Row(what=what, when=when(r), status=status, detail=detail(r),
+    return Row(what=what, when=moment(r), status=status, detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
                source_kind=KIND_LABELS.get(org.kind, "") if org else "",
                recorded=uk_time(served.recorded_at), received=uk_time(served.received_at),
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
-               stale=served.source_name in stale)
+               stale=served.source_name in stale,
+               systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else ())
 
 
 @dataclass(frozen=True)
@@ -227,7 +237,9 @@ def shows_social_care(view: RecordView, role: Role | None) -> bool:
 def tabs(view: RecordView, fw: Framework, role: Role | None) -> list[Tab]:
     """The record's tabs in order, each item in exactly one of them, newest first."""
     stale = frozenset(stale_sources(view))
-    items = [(s, row(s, fw, stale)) for s in view.resources]
+    told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
+    items = [(s, row(s, fw, stale, told_again[id(s)]) if s.resource_type == "Encounter" else row(s, fw, stale))
+             for s in view.resources if s.resource_type != "Encounter" or id(s) in told_again]
     social = shows_social_care(view, role)
 
     def pick(types: list[str] | None) -> list[Row]:
@@ -353,7 +365,7 @@ def last_contacts(view: RecordView, fw: Framework) -> dict[str, str]:
         day = when(served.content)
         if day and (served.source_org not in newest or day > newest[served.source_org][0]):
             newest[served.source_org] = (day, served)
-    return {org: f"{row(served, fw).what} on {day}" for org, (day, served) in newest.items()}
+    return {org: f"{row(served, fw).what} on {uk_date(moment(served.content))}" for org, (_, served) in newest.items()}
 
 
 def stale_sources(view: RecordView, now: datetime | None = None) -> list[str]:
