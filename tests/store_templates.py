@@ -3,18 +3,33 @@ ingesting the small ICS into it) for every test was most of the suite's set-up t
 all. A copy is the store as it was made, and no test can reach a template to change it.
 
 SQLite: the template is a file, copied. PostgreSQL: a database beside the named test database, copied
-with CREATE DATABASE ... TEMPLATE (so the role needs CREATEDB), each test's copy in one database that the
-next test drops."""
+with CREATE DATABASE ... TEMPLATE (so the role needs CREATEDB) into a database of the test's own
+(`<name>_each<n>`). Making a copy (0.1-0.3 s) and dropping it (0.1-1.7 s: DROP DATABASE waits for a
+checkpoint of the whole server, so it costs more the busier the server) were most of a PostgreSQL test's
+time, so a thread makes the next copy of each template while a test runs, and another drops each test's
+copy after it. The databases commit without waiting for the disk (`synchronous_commit = off`: nothing a
+test sees changes, only what a crash of the server would keep), and autovacuum leaves the templates' tables
+alone, so no copy has statistics an earlier copy lacked (a plan a test checks depends on none)."""
 
 from __future__ import annotations
 
+import itertools
+import queue
 import shutil
+import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from sqlalchemy import TextClause, create_engine, make_url, text
+import psycopg
+from psycopg import sql
+from sqlalchemy import make_url
 
 from sharedcare.store.database import Database
+
+TABLES = "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')"
+# What a finished test left connected to its database (its own role's connections only), ended.
+LEFT_CONNECTED = sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} "
+                         "AND usename = current_user AND pid <> pg_backend_pid()")
 
 
 class StoreTemplates:
@@ -22,6 +37,12 @@ class StoreTemplates:
         self.folder = folder
         self.postgres_url = postgres_url
         self.made: dict[tuple[str, Hashable], str] = {}  # (backend, key) -> SQLite file or PostgreSQL database
+        self._ready: dict[str, queue.Queue[str]] = {}  # PostgreSQL template -> its next copy, made or being made
+        self._copies = itertools.count()
+        self._last: str | None = None  # the last test's PostgreSQL copy
+        self._failed: list[BaseException] = []
+        self._making = _Worker(self._failed)
+        self._dropping = _Worker(self._failed)
 
     def template(self, backend: str, key: Hashable, fill: Callable[[Database], None]) -> str:
         """The template for `key`, made on first use: the migrated store filled by `fill` (the migrated store
@@ -32,7 +53,8 @@ class StoreTemplates:
             if backend == "sqlite":
                 url = self._sqlite(name, migrated)
             else:
-                url = self._postgres(name, migrated or "template0")
+                url = self._postgres(self._name(name), migrated or "template0")
+                self._without_autovacuum(url)
             database = Database(url)
             try:
                 fill(database)
@@ -47,14 +69,36 @@ class StoreTemplates:
         """The URL of a new store that is a copy of `template` (made in `folder` on SQLite)."""
         if backend == "sqlite":
             return self._sqlite("sharedcare", template, folder)
-        return self._postgres("each", template)
+        if self._last is not None:
+            self._dropping.do(self._drop, self._last)
+        ready = self._ready.get(template)
+        if ready is None:
+            ready = self._ready[template] = queue.Queue()
+            self._make(template, ready)
+        while True:  # made while the last test ran, or still being made
+            self._raise_failure()
+            try:
+                self._last = ready.get(timeout=1)
+                break
+            except queue.Empty:
+                continue
+        self._making.do(self._make, template, ready)
+        return self._url(self._last)
 
     def drop(self) -> None:
         """Drop the PostgreSQL databases made (the SQLite files go with the session's temporary folder)."""
+        self._making.stop()
+        self._dropping.stop()
         if self.postgres_url:
+            left = [ready.get() for ready in self._ready.values() if not ready.empty()]
             names = [name for (backend, _), name in self.made.items() if backend == "postgresql"]
-            for name in [self._name("each"), *names]:
+            for name in [*([self._last] if self._last else []), *left, *names]:
                 self._drop(name)
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failed:
+            raise RuntimeError("making or dropping a test's PostgreSQL copy failed") from self._failed[0]
 
     def _sqlite(self, name: str, template: str | None = None, folder: Path | None = None) -> str:
         path = (folder or self.folder) / f"{name}.db"
@@ -62,10 +106,20 @@ class StoreTemplates:
             shutil.copyfile(template, path)
         return f"sqlite:///{path}"
 
-    def _postgres(self, name: str, template: str) -> str:
-        database = self._name(name)
+    def _make(self, template: str, ready: queue.Queue[str]) -> None:
+        """A new copy of `template`, put in `ready` for the next test that takes it."""
+        database = self._name(f"each{next(self._copies)}")
+        self._postgres(database, template)
+        ready.put(database)
+
+    def _postgres(self, database: str, template: str) -> str:
+        named = sql.Identifier(database)
         self._drop(database)
-        self._admin(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+        self._admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(named, sql.Identifier(template)),
+                    sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(named))
+        return self._url(database)
+
+    def _url(self, database: str) -> str:
         assert self.postgres_url is not None
         return make_url(self.postgres_url).set(database=database).render_as_string(hide_password=False)
 
@@ -73,18 +127,53 @@ class StoreTemplates:
         assert self.postgres_url is not None
         return f"{make_url(self.postgres_url).database}_{name}"
 
+    def _without_autovacuum(self, url: str) -> None:
+        """Autovacuum off on every table of a template (and so of its copies): see the module's docstring."""
+        with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+            for (table,) in conn.execute(TABLES).fetchall():
+                conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(sql.Identifier(table)))
+
     def _drop(self, database: str) -> None:
         """Drop a database, first closing what a finished test left connected to it. Not WITH (FORCE): that
         refuses to end an autovacuum worker (another role's process) where a plain DROP ends it itself."""
-        self._admin(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :database "
-                         "AND usename = current_user AND pid <> pg_backend_pid()").bindparams(database=database),
-                    f'DROP DATABASE IF EXISTS "{database}"')  # waits up to 5 s for the ended ones to go
+        self._admin(LEFT_CONNECTED.format(database),  # (DROP waits up to 5 s for the ended ones to go)
+                    sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
 
-    def _admin(self, *statements: str | TextClause) -> None:
-        """CREATE and DROP DATABASE, run outside a transaction on the named test database."""
+    def _admin(self, *statements: sql.Composable) -> None:
+        """CREATE and DROP DATABASE (and ending connections), run outside a transaction on the named test
+        database."""
         assert self.postgres_url is not None
-        engine = create_engine(self.postgres_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
+        with psycopg.connect(_conninfo(self.postgres_url), autocommit=True) as conn:
             for statement in statements:
-                conn.execute(text(statement) if isinstance(statement, str) else statement)
-        engine.dispose()
+                conn.execute(statement)
+
+
+class _Worker:
+    """A thread that runs what it is given in turn; a failure is kept in `failed` for the tests to raise."""
+
+    def __init__(self, failed: list[BaseException]) -> None:
+        self._jobs: queue.Queue[tuple[Callable[..., None], tuple[object, ...]] | None] = queue.Queue()
+        self._failed = failed
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def do(self, job: Callable[..., None], *args: object) -> None:
+        self._jobs.put((job, args))
+
+    def stop(self) -> None:
+        """Finish what was given, then end."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (given := self._jobs.get()) is not None:
+            job, args = given
+            try:
+                job(*args)
+            except Exception as exc:  # noqa: BLE001 - raised in the test process by the next copy (or drop)
+                self._failed.append(exc)
+
+
+def _conninfo(url: str) -> str:
+    """The libpq form of a SQLAlchemy URL, for psycopg's own connections."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
