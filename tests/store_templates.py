@@ -54,7 +54,6 @@ class StoreTemplates:
                 url = self._sqlite(name, migrated)
             else:
                 url = self._postgres(self._name(name), migrated or "template0")
-                self._without_autovacuum(url)
             database = Database(url)
             try:
                 fill(database)
@@ -63,6 +62,8 @@ class StoreTemplates:
             self.made[backend, key] = str(make_url(url).database)
             if backend == "sqlite":
                 assert not Path(f"{self.made[backend, key]}-wal").exists(), "the template is not whole in its file"
+            else:
+                self._without_autovacuum(url)
         return self.made[backend, key]
 
     def copy(self, backend: str, template: str, folder: Path) -> str:
