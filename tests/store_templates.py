@@ -7,17 +7,17 @@ with CREATE DATABASE ... TEMPLATE (so the role needs CREATEDB) into a database o
 (`<name>_each<n>`). Making a copy (0.1-0.3 s) and dropping it (0.1-1.7 s: DROP DATABASE waits for a
 checkpoint of the whole server, so it costs more the busier the server) were most of a PostgreSQL test's
 time, so a thread makes the next copy of each template while a test runs, and another drops each test's
-copy after it. The databases commit without waiting for the disk (`synchronous_commit = off`: nothing a
-test sees changes, only what a crash of the server would keep), and autovacuum leaves the templates' tables
-alone, so no copy has statistics an earlier copy lacked (a plan a test checks depends on none)."""
+copy after it (a failure of either is raised by the next test that takes that copy, or at the end). The
+databases commit without waiting for the disk (`synchronous_commit = off`: nothing a test sees changes,
+only what a crash of the server would keep), and autovacuum leaves the templates' tables alone, so no copy
+has statistics an earlier copy lacked (a plan a test checks depends on none)."""
 
 from __future__ import annotations
 
 import itertools
-import queue
 import shutil
-import threading
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -37,12 +37,12 @@ class StoreTemplates:
         self.folder = folder
         self.postgres_url = postgres_url
         self.made: dict[tuple[str, Hashable], str] = {}  # (backend, key) -> SQLite file or PostgreSQL database
-        self._ready: dict[str, queue.Queue[str]] = {}  # PostgreSQL template -> its next copy, made or being made
         self._copies = itertools.count()
+        self._making = ThreadPoolExecutor(1, thread_name_prefix="store-copy")
+        self._dropping = ThreadPoolExecutor(1, thread_name_prefix="store-drop")
+        self._next: dict[str, Future[str]] = {}  # PostgreSQL template -> its next copy, made or being made
         self._last: str | None = None  # the last test's PostgreSQL copy
-        self._failed: list[BaseException] = []
-        self._making = _Worker(self._failed)
-        self._dropping = _Worker(self._failed)
+        self._dropped: list[Future[None]] = []
 
     def template(self, backend: str, key: Hashable, fill: Callable[[Database], None]) -> str:
         """The template for `key`, made on first use: the migrated store filled by `fill` (the migrated store
@@ -71,35 +71,24 @@ class StoreTemplates:
         if backend == "sqlite":
             return self._sqlite("sharedcare", template, folder)
         if self._last is not None:
-            self._dropping.do(self._drop, self._last)
-        ready = self._ready.get(template)
-        if ready is None:
-            ready = self._ready[template] = queue.Queue()
-            self._make(template, ready)
-        while True:  # made while the last test ran, or still being made
-            self._raise_failure()
-            try:
-                self._last = ready.get(timeout=1)
-                break
-            except queue.Empty:
-                continue
-        self._making.do(self._make, template, ready)
+            self._dropped.append(self._dropping.submit(self._drop, self._last))
+        made = self._next.pop(template, None)  # (made while the last test ran, or still being made)
+        self._last = made.result() if made is not None else self._make(template)
+        self._next[template] = self._making.submit(self._make, template)
         return self._url(self._last)
 
     def drop(self) -> None:
-        """Drop the PostgreSQL databases made (the SQLite files go with the session's temporary folder)."""
-        self._making.stop()
-        self._dropping.stop()
+        """Drop the PostgreSQL databases made (the SQLite files go with the session's temporary folder); raise
+        what failed making or dropping a copy meanwhile."""
+        self._making.shutdown()
+        self._dropping.shutdown()
         if self.postgres_url:
-            left = [ready.get() for ready in self._ready.values() if not ready.empty()]
+            left = [made.result() for made in self._next.values()]
             names = [name for (backend, _), name in self.made.items() if backend == "postgresql"]
             for name in [*([self._last] if self._last else []), *left, *names]:
                 self._drop(name)
-        self._raise_failure()
-
-    def _raise_failure(self) -> None:
-        if self._failed:
-            raise RuntimeError("making or dropping a test's PostgreSQL copy failed") from self._failed[0]
+        for dropped in self._dropped:
+            dropped.result()
 
     def _sqlite(self, name: str, template: str | None = None, folder: Path | None = None) -> str:
         path = (folder or self.folder) / f"{name}.db"
@@ -107,11 +96,11 @@ class StoreTemplates:
             shutil.copyfile(template, path)
         return f"sqlite:///{path}"
 
-    def _make(self, template: str, ready: queue.Queue[str]) -> None:
-        """A new copy of `template`, put in `ready` for the next test that takes it."""
+    def _make(self, template: str) -> str:
+        """A new copy of `template`, for the next test that takes it: its database's name."""
         database = self._name(f"each{next(self._copies)}")
         self._postgres(database, template)
-        ready.put(database)
+        return database
 
     def _postgres(self, database: str, template: str) -> str:
         named = sql.Identifier(database)
@@ -147,32 +136,6 @@ class StoreTemplates:
         with psycopg.connect(_conninfo(self.postgres_url), autocommit=True) as conn:
             for statement in statements:
                 conn.execute(statement)
-
-
-class _Worker:
-    """A thread that runs what it is given in turn; a failure is kept in `failed` for the tests to raise."""
-
-    def __init__(self, failed: list[BaseException]) -> None:
-        self._jobs: queue.Queue[tuple[Callable[..., None], tuple[object, ...]] | None] = queue.Queue()
-        self._failed = failed
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def do(self, job: Callable[..., None], *args: object) -> None:
-        self._jobs.put((job, args))
-
-    def stop(self) -> None:
-        """Finish what was given, then end."""
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (given := self._jobs.get()) is not None:
-            job, args = given
-            try:
-                job(*args)
-            except Exception as exc:  # noqa: BLE001 - raised in the test process by the next copy (or drop)
-                self._failed.append(exc)
 
 
 def _conninfo(url: str) -> str:
