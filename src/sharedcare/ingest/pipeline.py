@@ -70,10 +70,13 @@ _ATTEMPTS = 3  # times a message is stored while other writers change or create 
 # cost about as much again as the driver's work.
 _INSERT_RESOURCES = Prepared(insert(Resource.__table__).values(  # type: ignore[arg-type]
     {column.key: bindparam(column.key) for column in Resource.__table__.columns}))
-# The stored resources among n ids, prepared once per n (a message names a few; a run up to `_CHUNK`): the
-# ORM's query cost several times the database's work for the one a message makes.
-_CHUNK = 500  # ids a look-up names: below every database's parameter limit
-_RESOURCES: dict[int, PreparedObjects[Resource]] = {}
+# The stored resources among up to 2**k ids, one look-up for each k (a message names a few ids; a run up to
+# `_CHUNK`), a chunk's ids padded to the next size with its last: ten prepared statements, not one for every
+# number of ids. Prepared: the ORM's query cost several times the database's work for the one a message makes.
+_SIZES = 10
+_CHUNK = 2 ** (_SIZES - 1)  # ids a look-up names at most: below every database's parameter limit
+_RESOURCES = [PreparedObjects(Resource, Resource.id.in_([bindparam(f"id{i}") for i in range(2 ** k)]))
+              for k in range(_SIZES)]
 # The look-ups every run makes, built once: building a statement costs about as much again as running it.
 _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
                                        PatientRecord.source_id.in_(bindparam("ids", expanding=True)))
@@ -544,11 +547,10 @@ class Pipeline:
         found: dict[str, Resource] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
-            look_up = _RESOURCES.get(len(chunk))
-            if look_up is None:
-                look_up = _RESOURCES[len(chunk)] = PreparedObjects(Resource, Resource.id.in_(
-                    [bindparam(f"id{i}") for i in range(len(chunk))]))
-            found.update((row.id, row) for row in look_up(session, {f"id{i}": id_ for i, id_ in enumerate(chunk)}))
+            k = (len(chunk) - 1).bit_length()  # the smallest 2**k ids that hold the chunk
+            padded = chunk + chunk[-1:] * (2 ** k - len(chunk))
+            rows = _RESOURCES[k](session, {f"id{i}": id_ for i, id_ in enumerate(padded)})
+            found.update((row.id, row) for row in rows)
         return found
 
     def _store(self, session: Session, staged: StagedMessage, raw: RawMessage,
@@ -599,7 +601,7 @@ class Pipeline:
                 item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
                 unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
                 continue
-            if row is not None and item.recorded_at < row.recorded_at and item.recorded_at < _ordered_at(row, item):
+            if row is not None and item.recorded_at < _ordered_at(row, item):  # (never later than its recorded_at)
                 item.outcome = "stale"
                 stale += 1
                 continue
