@@ -163,6 +163,22 @@ def _outcome(response: Any, status: int) -> str:
 
 # -- discovery ----------------------------------------------------------------------------------------
 
+def test_a_form_on_a_sibling_site_cannot_approve_an_app_in_the_clinicians_name(registered: Ics) -> None:
+    """The session cookie is SameSite=Strict, but a sibling site under the same domain is the same site:
+    its self-submitting form must not approve an app with her session (Fetch Metadata says where it came from)."""
+    ics = registered
+    _sign_in(ics)
+    assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}).status_code == 201
+    url = _authorize_url(_pkce()[1], "launch patient/*.read", _launch(ics, ics.okafor))
+    assert "Allow Ward tasks to read records?" in ics.client.get(url).text
+    sibling = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    response = ics.client.post(url, data={"decision": "approve"}, headers=sibling, follow_redirects=False)
+    assert "code=" not in response.headers.get("location", "")
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    approved = ics.client.post(url, data={"decision": "approve"}, headers=own, follow_redirects=False)
+    assert approved.status_code == 302 and "code=" in approved.headers["location"]
+
+
 def test_discovery_document_and_capability_statement_point_at_the_same_endpoints(ics: Ics) -> None:
     config = ics.client.get("/.well-known/smart-configuration").json()
     assert config["code_challenge_methods_supported"] == ["S256"]

@@ -143,7 +143,8 @@ def test_only_two_different_valid_nhs_numbers_keep_a_pair_apart_by_rule() -> Non
 
 
 @pytest.mark.parametrize("placeholder", ["Baby", "BABY BOY", "Baby Girl", "Twin 1", "twin-2", "Twin A", "Infant",
-                                         "Baby of Sarah Jones", "Unknown", "Unknown Male", "Not Known", "NK", "  "])
+                                         "Baby of Sarah Jones", "Unknown", "Unknown Male", "Not Known", "NK", "  ",
+                                         "-", "--", " - ", "'-'"])
 def test_a_placeholder_given_name_is_no_given_name(placeholder: str) -> None:
     """What a newborn's record carries before naming, or an unknown patient's, says nothing of who it is:
     "Twin 1" and "Twin 2" must not meet as an exact name (both would read "twin")."""

@@ -18,10 +18,11 @@ from tests.builders import bundle, condition, patient, write_ndjson
 from tests.ingest.test_crash_recovery import _store
 from tests.ingest.test_csv_extract import _extract, _lrc, _row
 from tests.ingest.test_hl7v2 import message, msh, pid, write_hl7
+from tests.ingest.test_mllp import A01
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import pipeline as pipeline_module
-from sharedcare.ingest.messages import RawMessage, StagedMessage, StagedResource, around_meta
+from sharedcare.ingest.messages import Condition, RawMessage, StagedMessage, StagedResource, around_meta
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.ingest.staging import IN_FLIGHT_PER_WORKER, Stager
 from sharedcare.store.database import Database, json_dumps
@@ -234,3 +235,17 @@ def _handed_over(content: dict[str, Any]) -> StagedResource:
     item.around_meta = around_meta(content)
     handed: StagedResource = pickle.loads(pickle.dumps(item))  # noqa: S301 - our own bytes, as the pool's
     return handed
+
+
+def test_a_refusal_keeps_its_hl7_error_code_whether_staged_inline_or_by_the_workers(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Every refusal carries the table 0357 condition an ACK would give (`MessageError.condition`): one staged
+    by a worker process says the same as one staged inline, not the default 207 of "application error"."""
+    path = tmp_path / "RXR" / "pas.hl7"
+    path.parent.mkdir()
+    path.write_bytes(A01.format(dob="19450302").replace("ADT^A01^ADT_A01", "SIU^S12").encode("latin-1"))
+    answers = []
+    for workers in (0, 2):
+        report = Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths([path])
+        answers.append([(error.condition, error.rejected) for error in report.errors])
+    assert answers == [[(Condition.MESSAGE_TYPE, True)]] * 2

@@ -134,6 +134,27 @@ def test_a_fhir_bundle_resent_with_its_identifier_and_a_later_timestamp_supersed
             ) is superseded
 
 
+@pytest.mark.parametrize(("dated", "superseded"), [(False, False), (True, True)], ids=["undated", "dated"])
+def test_a_bundle_known_only_by_its_id_supersedes_only_when_both_copies_are_dated(
+        env: Database, framework: Framework, tmp_path: Path, dated: bool, superseded: bool) -> None:
+    """Senders reuse a Bundle id ("1", "export") for unrelated messages: without times to order them, a later
+    bundle with the same id is not taken for a corrected copy of the held one (which would never be replayed)."""
+    def numbered(nhs: str, given: str, timestamp: str) -> dict[str, Any]:
+        message = bundle("P81001", "emis", [patient("gp-2", nhs, "Hughes", given, "1952-06-11")], timestamp=timestamp)
+        message["id"] = "1"
+        return message if dated else {k: v for k, v in message.items() if k != "timestamp"}
+
+    pipeline = Pipeline(env, framework)
+    held = pipeline.ingest_paths([write_ndjson(tmp_path / "1.ndjson", [numbered("1234567890", "Margaret",
+                                                                                "2026-11-01T09:00:00Z")])])
+    assert held.quarantined == 1
+    later = pipeline.ingest_paths([write_ndjson(tmp_path / "2.ndjson", [numbered("9434765919", "Peggy",
+                                                                                 "2026-11-01T10:00:00Z")])])
+    assert (later.accepted, later.quarantined) == (1, 0)
+    (item,) = _items(env)
+    assert item.status == ("superseded" if superseded else "held")
+
+
 def _bundle_id(path: Path) -> str:
     return str(json.loads(path.read_text())["id"])
 

@@ -51,9 +51,10 @@ def test_over_fhir_each_system_s_encounter_is_still_served_with_its_own_source(i
     assert sorted(e["meta"]["source"].rsplit("#", 1)[1] for e in found) == ["epr", "pas"]
 
 
-def _served(org: str, system: str, start: str, identifier: str | None = None, cls: str = "IMP") -> ServedResource:
+def _served(org: str, system: str, start: str, identifier: str | None = None, cls: str = "IMP",
+            status: str = "in-progress", end: str | None = None) -> ServedResource:
     content = {"resourceType": "Encounter", "id": f"{org}-{system}-{start}", "class": {**IMP, "code": cls},
-               "period": {"start": start}}
+               "status": status, "period": {"start": start} | ({"end": end} if end else {})}
     if identifier:
         content["identifier"] = [{"system": "https://fhir.rxr.nhs.uk/Id/visit-number", "value": identifier}]
     at = datetime(2026, 11, 7, tzinfo=UTC)
@@ -69,6 +70,13 @@ def _served(org: str, system: str, start: str, identifier: str | None = None, cl
     (_served("RXR", "pas", "2026-11-02T10:00:00Z"), _served("RXR", "pas", "2026-11-02T10:00:00Z"), False),
     (_served("RXR", "pas", "2026-11-02T10:00:00Z"), _served("RXR", "epr", "2026-11-02T10:00:00Z", cls="EMER"), False),
     (_served("RXR", "pas", "2026-11-02"), _served("RXR", "epr", "2026-11-02"), False),  # no time: cannot tell
+    # the PAS has discharged the patient, the EPR still says in progress: neither may hide the other
+    (_served("RXR", "pas", "2026-11-02T10:00:00Z", "V1", status="finished", end="2026-11-05T12:00:00Z"),
+     _served("RXR", "epr", "2026-11-02T10:00:00Z", "V1"), False),
+    (_served("RXR", "pas", "2026-11-02T10:00:00Z", "V1", status="cancelled"),
+     _served("RXR", "epr", "2026-11-02T10:00:00Z", "V1"), False),
+    (_served("RXR", "pas", "2026-11-02T10:00:00Z", status="finished", end="2026-11-05T12:00:00Z"),
+     _served("RXR", "epr", "2026-11-02T10:05:00Z", status="finished", end="2026-11-05T12:00:00+00:00"), True),
 ])
 def test_what_makes_two_encounters_one_stay(a: ServedResource, b: ServedResource, one: bool) -> None:
     assert same_stay(a, b) is one and same_stay(b, a) is one

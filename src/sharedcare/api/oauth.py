@@ -53,9 +53,11 @@ from sharedcare.api.auth import (
 from sharedcare.api.deps import (
     SESSION_COOKIE,
     FrameworkDep,
+    FromAnotherSite,
     OAuthDep,
     RecordsDep,
     SettingsDep,
+    from_own_pages,
     people_only,
 )
 from sharedcare.clock import utcnow
@@ -441,7 +443,11 @@ def authorize(request: Request, settings: SettingsDep, fw: FrameworkDep, store: 
 @router.post(AUTHORIZE_PATH, dependencies=[Depends(csrf.check)])
 def approve(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAuthDep,
             decision: Annotated[str, Form()] = "") -> Response:
-    """The user's answer: a code for the app (approve) or access_denied, sent to its redirect URI."""
+    """The user's answer: a code for the app (approve) or access_denied, sent to its redirect URI. Only from
+    the approval page itself: a sibling site's form approves nothing in her name (her session is kept)."""
+    if not from_own_pages(request):
+        raise FromAnotherSite("this approval came from another site's page: approve the app on the shared care "
+                              "record's own page")
     username = _signed_in_user(request, settings, fw, store)
     if username is None:
         raise AuthError("sign in again to approve the app")

@@ -68,6 +68,8 @@ def given_text(value: str | None) -> str | None:
     if text is None:
         return None
     words = text.replace("-", " ").split()
+    if not words:  # "-" or "--" typed for a name not known
+        return None
     if text == "not known" or (words[0] in _PLACEHOLDERS and (
             set(words) <= _PLACEHOLDER_PARTS or (len(words) > 1 and words[1] == "of"))):
         return None

@@ -4,8 +4,9 @@
 one format (a control id is only unique to its sender):
 - HL7 v2: the same sending application (MSH-3) and message control id (MSH-10), as an interface engine
   resends a message it was told was in error (AE).
-- FHIR: the same Bundle (its `identifier`, else its `id`); a single resource, or one entry of a split batch,
-  by the resource's type and id.
+- FHIR: the same Bundle (its `identifier`, else its `id`, but only where both copies carry a readable
+  `timestamp`: senders reuse ids such as "1" or "export" for unrelated bundles); a single resource, or one
+  entry of a split batch, by the resource's type and id.
 - CSV: the same record through the source's mapping (its assessment id), a row being one assessment.
 and the stored copy's event time (HL7 MSH-7; FHIR `Bundle.timestamp`, else the resource's `meta.lastUpdated`;
 CSV the mapping's `updated` column) is not earlier than the held one's, where both can be read (a time more
@@ -40,10 +41,15 @@ class Identity:
 
     key: str
     at: datetime | None
+    needs_times: bool = False  # a key weak enough that only copies both dated may be taken as one message
 
     def supersedes(self, held: Identity) -> bool:
         """Whether a stored message with this identity replaces a held one (see the module's rule)."""
-        return self.key == held.key and (self.at is None or held.at is None or self.at >= held.at)
+        if self.key != held.key:
+            return False
+        if self.at is None or held.at is None:
+            return not self.needs_times
+        return self.at >= held.at
 
 
 def identity(raw: RawMessage, org: str | None) -> Identity | None:
@@ -86,7 +92,7 @@ def _fhir(raw: RawMessage) -> Identity | None:
         named, at = data.get("identifier"), _time(data, "timestamp", raw)
         if isinstance(named, dict) and named.get("value"):
             return Identity(f"Bundle.identifier {named.get('system', '')}|{named['value']}", at)
-        return Identity(f"Bundle/{data['id']}", at) if data.get("id") else None
+        return Identity(f"Bundle/{data['id']}", at, needs_times=True) if data.get("id") else None
     resource = data
     if data.get("resourceType") == "Bundle":  # one entry of a split batch: the resource is what was sent
         resource = data["entry"][0]["resource"]

@@ -25,13 +25,22 @@ from typing import TypeVar
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.classify import classify
 from sharedcare.governance.framework import Framework
-from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, around_meta, content_hash
+from sharedcare.ingest.messages import (
+    Adapter,
+    Condition,
+    MessageError,
+    RawMessage,
+    StagedMessage,
+    around_meta,
+    content_hash,
+)
 
 log = logging.getLogger("sharedcare.ingest")
 
 Outcome = StagedMessage | MessageError
 F = TypeVar("F")  # what the caller knows a file by
-Refused = tuple[str, str | None, str | None]  # a MessageError as a worker hands it back: message, where, sender
+# a MessageError as a worker hands it back: message, where, sender, its table 0357 condition, rejected (AR)
+Refused = tuple[str, str | None, str | None, Condition, bool]
 BATCH = 32  # messages a worker stages per task: enough to make the hand-over cheap, few enough to stay small
 IN_FLIGHT_PER_WORKER = 3
 # The collector's youngest generation is collected after this many new container objects while an ingest
@@ -87,7 +96,7 @@ def _stage_batch(adapter: Adapter, batch: list[RawMessage],
         try:
             out.append(stage(adapter, raw, _worker_framework, source))
         except MessageError as exc:
-            out.append((exc.message, exc.where, exc.source_org))
+            out.append((exc.message, exc.where, exc.source_org, exc.condition, exc.rejected))
     return out
 
 
