@@ -33,6 +33,20 @@ def sign_in(pages: Pages, page: Page, url: str, username: str, shot: str | None 
     pages.check(page)
 
 
+def open_okafor(pages: Pages, page: Page, url: str, username: str) -> None:
+    """Sign in, find Mr Okafor by NHS number and open his record on his explicit consent."""
+    sign_in(pages, page, url, username)
+    page.get_by_label("NHS number").fill("943 476 5919")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    pages.check(page)
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    pages.check(page)
+    page.get_by_role("radio", name="Explicit consent").check()
+    page.get_by_role("button", name="Open record").click()
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+
+
 def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple[Ics, str], pages: Pages,
                                                                       framework: Framework, tmp_path: Path) -> None:
     ics, url = live
@@ -160,16 +174,7 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
     ingest_discharge(db, framework, tmp_path)
     ingest_social_care(db, framework, tmp_path)
     gp = pages.open()
-    sign_in(pages, gp, url, "dr.patel")
-    gp.get_by_label("NHS number").fill("943 476 5919")
-    gp.get_by_role("button", name="Search").click()
-    expect(gp.get_by_text("1 person found")).to_be_visible()
-    pages.check(gp)
-    gp.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
-    pages.check(gp)
-    gp.get_by_role("radio", name="Explicit consent").check()
-    gp.get_by_role("button", name="Open record").click()
-    expect(gp.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    open_okafor(pages, gp, url, "dr.patel")
     pages.check(gp)
     gp.get_by_role("link", name=re.compile("^Social care")).click()
     expect(gp.locator("#social-care")).to_contain_text("Care Act Assessment")
@@ -248,16 +253,7 @@ def test_a_hospital_stay_sent_by_the_pas_and_the_epr_is_one_stay_on_the_timeline
     ics, url = live
     ingest_stay(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
     page = pages.open()
-    sign_in(pages, page, url, "dr.oconnor")
-    page.get_by_label("NHS number").fill("943 476 5919")
-    page.get_by_role("button", name="Search").click()
-    expect(page.get_by_text("1 person found")).to_be_visible()
-    pages.check(page)
-    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
-    pages.check(page)
-    page.get_by_role("radio", name="Explicit consent").check()
-    page.get_by_role("button", name="Open record").click()
-    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    open_okafor(pages, page, url, "dr.oconnor")
     page.get_by_role("link", name=re.compile("^Encounters")).click()
     stays = page.locator("#encounters .sc-timeline__item")
     expect(stays).to_have_count(1)
