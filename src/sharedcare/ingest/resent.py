@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sharedcare.config import load_settings
 from sharedcare.errors import SharedcareError
 from sharedcare.ingest import hl7v2_map
+from sharedcare.ingest.csv_extract import _mappings_folder as mappings_folder
 from sharedcare.ingest.csv_extract import _parse as parse_csv
 from sharedcare.ingest.csv_mapping import ValueProblem, find_mapping, required
 from sharedcare.ingest.fhir_batch import entry_index
@@ -115,7 +115,7 @@ def _csv(raw: RawMessage, org: str | None) -> Identity | None:
     header, row = parse_csv(raw)
     if row is None:
         return None
-    mapping = find_mapping(load_settings().mappings_path, org, header)
+    mapping = find_mapping(mappings_folder(), org, header)
     values = dict(zip((name.strip() for name in header), row.fields, strict=True))
     key = f"{mapping.name} {required(values, mapping.assessment.id)}"
     try:
