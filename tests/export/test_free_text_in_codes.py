@@ -44,9 +44,10 @@ def test_local_codes_versions_and_times_of_day_stay_behind(ics: Ics, tmp_path: P
         assert typed not in text, typed
     observation, = (o for o in files["Observation"] if o["code"]["coding"][0]["code"] == "271649006")
     assert observation["code"] == {"coding": [{"system": SCT, "code": "271649006"}]}
-    assert observation["effectiveDateTime"] == "2026-03-04" and "valueCodeableConcept" not in observation
-    encounter, = (e for e in files["Encounter"] if e.get("period", {}).get("start") == "2026-03-04")
-    assert encounter["period"] == {"start": "2026-03-04", "end": "2026-03-04"}
+    day = observation["effectiveDateTime"]  # the day, moved by the person's date shift: no time of day
+    assert len(day) == 10 and "valueCodeableConcept" not in observation
+    encounter, = (e for e in files["Encounter"] if e.get("period", {}).get("start") == day)  # the same day
+    assert encounter["period"] == {"start": day, "end": day}
     # the observation coded only locally says nothing that may leave: withheld, as invalid FHIR without a code
     summary = manifest["extension"]["https://sharedcare.example/bulk/summary"]
     assert summary["resources_withheld"].get("required-element-uncoded")

@@ -5,13 +5,15 @@ come out, and the keys make pseudonyms that only this deployment and purpose can
 from __future__ import annotations
 
 import json
+from collections import Counter
+from datetime import date, timedelta
 
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable, postcode_district
+from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable, birth_shift, postcode_district
 
 SECRET = "a-test-secret-of-some-length"
 PERSON = "person-1"
@@ -81,13 +83,66 @@ def test_elements_left_empty_are_dropped_not_written_as_empty_objects() -> None:
                                "status": "active", "subject": _out(statement)["subject"]}
 
 
-def test_a_date_equal_to_the_date_of_birth_is_cut_to_the_month_and_others_to_the_day() -> None:
-    out = _out(SNEAKY_OBSERVATION)
-    assert out["effectiveDateTime"] == DOB[:7] and "issued" not in out
-    later = _out({**SNEAKY_OBSERVATION, "effectiveDateTime": "2026-03-04T10:22:31+00:00"})
-    assert later["effectiveDateTime"] == "2026-03-04"
+def _shift(resource: dict[str, object], person: str = PERSON, purpose: str = "secondary-use",
+           dob: str = DOB) -> dict[str, object]:
+    pseudonymiser = Pseudonymiser(SECRET, purpose)
+    pseudonymiser.for_person(person, frozenset({dob}))
+    shaped = pseudonymiser.decode(str(resource["resourceType"]), json.dumps(resource))
+    result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"]), frozenset()))
+    return result
+
+
+def _day(text: object) -> date:
+    return date.fromisoformat(str(text))
+
+
+def test_every_date_of_a_person_moves_by_one_shift_to_the_day_and_instants_do_not_leave() -> None:
+    """A birth-day event leaves as another day of the birth month; every other date of the person moves
+    by the same number of days, so intervals within the person are exact."""
+    born = _out(SNEAKY_OBSERVATION)["effectiveDateTime"]
+    later = _out({**SNEAKY_OBSERVATION, "effectiveDateTime": "2026-03-04T10:22:31+00:00"})["effectiveDateTime"]
     instant = _out({**SNEAKY_OBSERVATION, "effectiveDateTime": None, "effectiveInstant": "2026-03-04T10:22:31Z"})
-    assert instant["effectiveDateTime"] == "2026-03-04" and "effectiveInstant" not in instant
+    assert str(born)[:7] == DOB[:7] and born != DOB and "issued" not in _out(SNEAKY_OBSERVATION)
+    assert _day(later) - _day(born) == date(2026, 3, 4) - date.fromisoformat(DOB)
+    assert instant["effectiveDateTime"] == later and "effectiveInstant" not in instant
+    stay = {"resourceType": "Encounter", "id": "e", "status": "finished", "class": {"code": "IMP"},
+            "period": {"start": "2026-01-30T23:10:00Z", "end": "2026-02-02T09:00:00Z"}}
+    period = _out(stay)["period"]
+    assert _day(period["end"]) - _day(period["start"]) == timedelta(days=3)  # type: ignore[index]
+    assert _day(period["start"]) - _day(later) == date(2026, 1, 30) - date(2026, 3, 4)  # type: ignore[index]
+    assert _out({**SNEAKY_OBSERVATION, "effectiveDateTime": "2026-03"})["effectiveDateTime"] == "2026-03"
+
+
+def test_the_shifted_day_of_birth_says_nothing_of_the_true_day() -> None:
+    """Over many people born on the 1st, and many born on the 28th, of February 2025, the shifted day of
+    birth an age-tied event gives back is spread over the whole month alike."""
+    vaccine = {"resourceType": "Immunization", "id": "i", "status": "completed",
+               "vaccineCode": {"coding": [{"system": "http://snomed.info/sct", "code": "61153008"}]}}
+    spread = {}
+    for dob in ("2025-02-01", "2025-02-28"):
+        given = (date.fromisoformat(dob) + timedelta(days=400)).isoformat()
+        days = [_day(_shift({**vaccine, "occurrenceDateTime": given}, person=f"p{n}", dob=dob)["occurrenceDateTime"])
+                - timedelta(days=400) for n in range(2800)]
+        assert {d.strftime("%Y-%m") for d in days} == {"2025-02"}
+        spread[dob] = Counter(d.day for d in days)
+    for counts in spread.values():
+        assert set(counts) == set(range(1, 29)) and max(counts.values()) < 2 * min(counts.values())
+
+
+def test_a_person_s_shift_is_the_same_for_a_purpose_and_differs_across_purposes() -> None:
+    event = {**SNEAKY_OBSERVATION, "effectiveDateTime": "2026-03-04"}
+    first, again = _shift(event), _shift(event)
+    research = [_shift(event, person=f"p{n}", purpose="research")["effectiveDateTime"] for n in range(50)]
+    ours = [_shift(event, person=f"p{n}")["effectiveDateTime"] for n in range(50)]
+    assert first["effectiveDateTime"] == again["effectiveDateTime"]
+    assert sum(a != b for a, b in zip(research, ours, strict=True)) > 40
+    assert len(set(ours)) > 20  # people's shifts differ: a calendar day is not kept across people
+
+
+@given(st.dates(date(1900, 1, 1), date(2030, 12, 31)), st.integers(0, 2**48))
+def test_the_shift_keeps_the_month_of_birth(born: date, draw: int) -> None:
+    assert (born + birth_shift(draw, born)).strftime("%Y-%m") == born.strftime("%Y-%m")
+    assert abs(birth_shift(draw, None).days) <= 30
 
 
 def test_references_are_keyed_pseudonyms_the_same_for_a_purpose_and_different_across_purposes() -> None:
@@ -143,9 +198,13 @@ def test_the_patient_keeps_month_of_birth_district_practice_and_ethnicity_only()
         "deceasedDateTime": "2026-10-01T03:00:00Z",
     }
     pseudonymiser = Pseudonymiser(SECRET, "secondary-use")
+    pseudonymiser.for_person(PERSON, frozenset({DOB}))
     out = json.loads(pseudonymiser.patient(patient, PERSON))
     assert out["id"] == pseudonymiser.pseudonym("Patient", PERSON)
-    assert (out["birthDate"], out["deceasedDateTime"], out["gender"]) == ("1945-03", "2026-10", "male")
+    died = (date(2026, 10, 1) + pseudonymiser.date_shift(PERSON, {DOB})).strftime("%Y-%m")  # as their other dates
+    assert (out["birthDate"], out["deceasedDateTime"], out["gender"]) == ("1945-03", died, "male")
+    with pytest.raises(ValueError, match="another person"):
+        pseudonymiser.patient(patient, "someone-else")
     assert out["address"] == [{"use": "home", "postalCode": "RV3"}]
     assert out["generalPractitioner"] == [{"type": "Organization", "identifier": {
         "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "P81001"}}]

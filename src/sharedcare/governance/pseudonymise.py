@@ -35,8 +35,25 @@ and any element a source adds that is not listed here. Then:
 - every date and time is cut to the day (an event's time of day, with a few other facts, can pick one
   person out: a 999 call in the news); instants that must carry a time (`issued`, `meta.lastUpdated`)
   do not leave, and an observation's `effectiveInstant` leaves as its day;
-- the Patient keeps gender, year and month of birth (and of death), postcode district, registered GP
-  practice and ethnic category; any other date equal to the date of birth is cut to year and month.
+- every full date of a person is then moved by the same number of days, their date shift (below);
+- the Patient keeps gender, year and month of birth (and of death, shifted), postcode district,
+  registered GP practice and ethnic category.
+
+Date shift. An event tied to age (the 8-week immunisation, the first MMR at one year, a newborn check,
+a birth encounter) gives the day of birth back, and with month of birth, sex and postcode district that
+picks out most young children (measured on the synthetic ICS: docs/architecture.md). So each person's
+dates are shifted by their own number of days, as i2b2, Stanford's STARR and OMOP de-identification do
+(rather than generalised to the week or month, which would lose the intervals analysts need: length of
+stay, readmission within 30 days, referral to treatment). The shift moves the person's date of birth to
+a pseudo-random day of the same month (`birth_shift`): so the published year and month of birth stay
+true, an age at an event computed from the shifted dates is exact, and the day of birth recovered from
+an age-tied event is a day drawn uniformly from the month, whatever the true day (a shift drawn from a
+fixed range instead would be narrowed by the month it must stay in). A person without a date of birth
+is shifted by -30 to +30 days. The draw is an HMAC of the person's id under the purpose's key: stable
+across extracts for one purpose (they join up, `_since` extracts included), different across purposes,
+and not reversible without the key. Intervals within a person are kept exactly; between people and to
+the calendar (seasons, a bank holiday, a day of the week, a dated incident) they are off by up to a
+month. Partial dates (a year, a year and month) leave as they are: they are coarser than the shift.
 
 The shapes are written here because no library pseudonymises FHIR to a policy; msgspec does the
 decoding and encoding, fast enough for tens of thousands of resources a second.
@@ -44,11 +61,13 @@ decoding and encoding, fast enough for tens of thousands of resources a second.
 
 from __future__ import annotations
 
+import calendar
 import hmac
 import re
 import threading
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -80,7 +99,8 @@ class _State(threading.local):
     """The person being pseudonymised, for the Structs' post-decode hooks (one export per thread)."""
 
     patient_ref: str = ""
-    dobs: frozenset[str] = frozenset()
+    shift: timedelta = timedelta(0)  # the person's date shift (`birth_shift`)
+    shifted: dict[str, str]  # the person's days met so far -> shifted (events share days), reset per person
     codings_withheld: int = 0  # codings left out of the resource being decoded
     links: list[Reference]  # the references to other resources met while decoding one resource
 
@@ -126,20 +146,37 @@ def _keep_fixed_codes(element: Any) -> None:
             setattr(element, name, None)
 
 
+def _shifted_day(day: str) -> str | None:
+    """A day (YYYY-MM-DD) moved by the person's shift; a year or a year and month as it is (coarser than
+    the shift); None for what is not a date (it does not leave unshifted)."""
+    if len(day) < 10:
+        return day if _PARTIAL_DATE.fullmatch(day) else None
+    try:
+        moved = (date.fromisoformat(day) + _state.shift).isoformat()
+    except ValueError:
+        return None
+    _state.shifted[day] = moved
+    return moved
+
+
+_PARTIAL_DATE = re.compile(r"[0-9]{4}(-[0-9]{2})?")
+
+
 class _Dated(_E):
-    """An element whose fields named in `_dates` are checked against the date of birth after decoding: a
-    date equal to the person's date of birth would give it away, and is cut to year and month."""
+    """An element whose fields named in `_dates` are dates: each is cut to the day and moved by the
+    person's date shift after decoding."""
 
     _dates: ClassVar[tuple[str, ...]] = ()
     _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = ()  # `code` elements and their value sets
 
     def __post_init__(self) -> None:
-        dobs = _state.dobs  # `_date` inlined: this runs for most elements of every resource
+        shifted = _state.shifted  # this runs for most elements of every resource: a person's days repeat
         for name in self._dates:
             value = getattr(self, name)
             if value is not None:
                 day = value[:10]
-                setattr(self, name, day[:7] if day in dobs else day)
+                moved = shifted.get(day)
+                setattr(self, name, moved if moved is not None else _shifted_day(day))
         if self._fixed:
             _keep_fixed_codes(self)
 
@@ -722,6 +759,26 @@ _ENCODER = msgspec.json.Encoder()
 _LABEL = _StoredCoding(system=PSEUDONYMISED_LABEL["system"], code=PSEUDONYMISED_LABEL["code"])
 
 
+def birth_shift(draw: int, born: date | None) -> timedelta:
+    """A person's date shift from a keyed pseudo-random `draw`: the one that moves their date of birth to
+    day 1 + draw mod (days in its month) of the same month, so the shifted day of birth is uniform over
+    the month whatever the true day, and the month stays; without a date of birth, -30 to +30 days."""
+    if born is None:
+        return timedelta(days=draw % 61 - 30)
+    return timedelta(days=1 + draw % calendar.monthrange(born.year, born.month)[1] - born.day)
+
+
+def _birth_date(dobs: AbstractSet[str]) -> date | None:
+    """The earliest of a person's dates of birth that is a valid date (sources rarely disagree)."""
+    valid = []
+    for text in dobs:
+        try:
+            valid.append(date.fromisoformat(text[:10]))
+        except ValueError:
+            continue
+    return min(valid, default=None)
+
+
 def purpose_key(secret: str, purpose: str) -> bytes:
     """The pseudonymisation key of one purpose: HMAC of the purpose under the deployment's secret."""
     return hmac.digest(secret.encode(), f"sharedcare pseudonym key|{purpose}".encode(), "sha256")
@@ -864,10 +921,16 @@ class Pseudonymiser:
         return self._hmac(f"{resource_type}/{server_id}")
 
     def for_person(self, person_id: str, dobs: frozenset[str]) -> None:
-        """Set the person whose resources `decode` reads next. `dobs`: their dates of birth (YYYY-MM-DD)."""
+        """Set the person whose resources `decode` reads next. `dobs`: their dates of birth (YYYY-MM-DD) as
+        their sources give them; the earliest valid one sets their date shift."""
         self._known = {}
         _state.patient_ref = f"Patient/{self._id(f'Patient/{person_id}')}"
-        _state.dobs = dobs
+        _state.shift = self.date_shift(person_id, dobs)
+        _state.shifted = {}
+
+    def date_shift(self, person_id: str, dobs: AbstractSet[str]) -> timedelta:
+        """How far every date of this person moves in this purpose's extracts (`birth_shift`)."""
+        return birth_shift(int(self._hmac(f"date shift|Patient/{person_id}")[:12], 16), _birth_date(dobs))
 
     @staticmethod
     def decode(resource_type: str, text: str | bytes) -> Shaped:
@@ -918,9 +981,12 @@ class Pseudonymiser:
         return _without_empties(_ENCODER.encode(resource))
 
     def patient(self, content: dict[str, Any], person_id: str) -> bytes:
-        """The person's one Patient: gender, birth and death to the month, postcode district, GP practice,
-        ethnic category."""
+        """The person's one Patient: gender, birth and (shifted) death to the month, postcode district, GP
+        practice, ethnic category. Called after `for_person` of the same person: their date shift moves the
+        date of death."""
         out: dict[str, Any] = {"resourceType": "Patient", "id": self._id(f"Patient/{person_id}")}
+        if _state.patient_ref != f"Patient/{out['id']}":
+            raise ValueError(f"Patient/{person_id} is pseudonymised after for_person of another person")
         source = kept_source((content.get("meta") or {}).get("source"))
         out["meta"] = {"source": source} if source else {}
         out["meta"]["security"] = [PSEUDONYMISED_LABEL]
@@ -932,7 +998,9 @@ class Pseudonymiser:
         if content.get("deceasedBoolean") is True:
             out["deceasedBoolean"] = True
         elif isinstance(content.get("deceasedDateTime"), str):
-            out["deceasedDateTime"] = content["deceasedDateTime"][:7]
+            died = _shifted_day(content["deceasedDateTime"][:10])  # as the person's other dates, so the
+            if died is not None:  # month of death does not narrow their shift
+                out["deceasedDateTime"] = died[:7]
         home = [a for a in content.get("address") or []
                 if a.get("use", "home") == "home" and not (a.get("period") or {}).get("end")]
         district = postcode_district((home[0] if home else {}).get("postalCode"))
