@@ -1,8 +1,9 @@
 """The pseudonymiser's cost per resource, this checkout's against another's (say main's), in one process.
 
 Every clinical row of a store is decoded into its declared shape and encoded as an extract's line
-(`Pseudonymiser.decode` and `.encode`), by this checkout's `governance/pseudonymise.py` and by the one
-under `--compare-src`, alternating in rounds; process CPU, medians of the rounds. The rest of an export
+(`Pseudonymiser.decode` and `.encode`, after `.for_person` for each person in turn, as an export does),
+by this checkout's `governance/pseudonymise.py` and by the one under `--compare-src`, alternating in
+rounds; process CPU, medians of the rounds. The rest of an export
 (reading the store, the decision, writing files) is not in it: `benchmarks/export.py` measures that.
 
     PYTHONPATH=src python benchmarks/pseudonymise.py sqlite:///var/sharedcare.db --compare-src ../main/src
@@ -35,9 +36,12 @@ def _load(src: Path, name: str) -> ModuleType:
 
 def _cpu(module: ModuleType, rows: list[Any]) -> float:
     pseudonymiser = module.Pseudonymiser("a pseudonym key of the benchmark, 32+ bytes", "secondary-use")
-    pseudonymiser.for_person("person", frozenset())
+    person = None
     started = time.process_time()
-    for server_id, resource_type, content in rows:
+    for server_id, resource_type, content, person_id, born in rows:
+        if person_id != person:  # as an export does, person by person (with the date of birth of the record)
+            person = person_id
+            pseudonymiser.for_person(person_id, frozenset({str(born)}) if born else frozenset())
         try:
             shaped = pseudonymiser.decode(resource_type, content)
         except module.Unreadable:
@@ -54,7 +58,9 @@ def main() -> int:
     args = parser.parse_args()
     with create_engine(args.database).connect() as connection:
         rows = list(connection.execute(text(
-            "SELECT id, resource_type, CAST(content AS TEXT) FROM resources WHERE resource_type <> 'Patient'")))
+            "SELECT r.id, r.resource_type, CAST(r.content AS TEXT), p.person_id, p.birth_date FROM resources r "
+            "JOIN patient_records p ON p.id = r.patient_record_id WHERE r.resource_type <> 'Patient' "
+            "ORDER BY p.person_id")))
     here, there = _load(Path(__file__).resolve().parents[1] / "src", "pseudonymise_here"), \
         _load(args.compare_src.resolve(), "pseudonymise_there")
     times: dict[str, list[float]] = {"compared": [], "this": []}

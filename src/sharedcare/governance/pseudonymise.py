@@ -42,18 +42,20 @@ and any element a source adds that is not listed here. Then:
 Date shift. An event tied to age (the 8-week immunisation, the first MMR at one year, a newborn check,
 a birth encounter) gives the day of birth back, and with month of birth, sex and postcode district that
 picks out most young children (measured on the synthetic ICS: docs/architecture.md). So each person's
-dates are shifted by their own number of days, as i2b2, Stanford's STARR and OMOP de-identification do
-(rather than generalised to the week or month, which would lose the intervals analysts need: length of
-stay, readmission within 30 days, referral to treatment). The shift moves the person's date of birth to
-a pseudo-random day of the same month (`birth_shift`): so the published year and month of birth stay
-true, an age at an event computed from the shifted dates is exact, and the day of birth recovered from
-an age-tied event is a day drawn uniformly from the month, whatever the true day (a shift drawn from a
-fixed range instead would be narrowed by the month it must stay in). A person without a date of birth
-is shifted by -30 to +30 days. The draw is an HMAC of the person's id under the purpose's key: stable
-across extracts for one purpose (they join up, `_since` extracts included), different across purposes,
-and not reversible without the key. Intervals within a person are kept exactly; between people and to
-the calendar (seasons, a bank holiday, a day of the week, a dated incident) they are off by up to a
-month. Partial dates (a year, a year and month) leave as they are: they are coarser than the shift.
+dates are shifted by their own number of days, the approach of i2b2's and Stanford's STARR-OMOP
+de-identified data, REDCap and MIMIC (rather than generalised to the week or month, which would lose
+the intervals analysts need: length of stay, readmission within 30 days, referral to treatment). The
+shift moves the person's date of birth to a pseudo-random day of the same month (`birth_shift`): so the
+published year and month of birth stay true, an age computed from shifted dates is exact, and the day
+of birth recovered from an age-tied event is a day drawn uniformly from the month, whatever the true
+day (a shift drawn from a fixed range instead would be narrowed by the month it must stay in). A person
+without a date of birth is shifted by -30 to +30 days. The draw is an HMAC of the person's id under the
+purpose's key: stable across extracts for one purpose (they join up, `_since` extracts included),
+different across purposes, and not computable without the key. Intervals within a person are kept
+exactly; between people and to the calendar (seasons, a bank holiday, a dated incident) dates are off by
+up to a month. The day of the week is not kept: a shift in whole weeks would keep it, but would tell the
+day of birth to within 4 or 5 days of its month. Partial dates (a year, a year and month) leave as they
+are.
 
 The shapes are written here because no library pseudonymises FHIR to a policy; msgspec does the
 decoding and encoding, fast enough for tens of thousands of resources a second.
@@ -99,8 +101,7 @@ class _State(threading.local):
     """The person being pseudonymised, for the Structs' post-decode hooks (one export per thread)."""
 
     patient_ref: str = ""
-    shift: timedelta = timedelta(0)  # the person's date shift (`birth_shift`)
-    shifted: dict[str, str]  # the person's days met so far -> shifted (events share days), reset per person
+    shift: int = 0  # the person's date shift in days (`birth_shift`)
     codings_withheld: int = 0  # codings left out of the resource being decoded
     links: list[Reference]  # the references to other resources met while decoding one resource
 
@@ -149,16 +150,33 @@ def _keep_fixed_codes(element: Any) -> None:
 def _shifted_day(day: str) -> str | None:
     """A day (YYYY-MM-DD) moved by the person's shift; a year or a year and month as it is (coarser than
     the shift); None for what is not a date (it does not leave unshifted)."""
-    if len(day) < 10:
-        return day if _PARTIAL_DATE.fullmatch(day) else None
-    try:
-        moved = (date.fromisoformat(day) + _state.shift).isoformat()
-    except ValueError:
-        return None
-    _state.shifted[day] = moved
-    return moved
+    ordinal = _ORDINALS.get(day)
+    if ordinal is None:
+        if len(day) < 10:
+            return day if _PARTIAL_DATE.fullmatch(day) else None
+        try:
+            ordinal = date.fromisoformat(day).toordinal()
+        except ValueError:
+            return None
+        if len(_ORDINALS) < _CACHED_DAYS:
+            _ORDINALS[day] = ordinal
+    moved = ordinal + _state.shift
+    text = _DAYS.get(moved)
+    if text is None:
+        try:
+            text = date.fromordinal(moved).isoformat()
+        except (ValueError, OverflowError):  # moved out of the calendar (year 1 or 9999)
+            return None
+        if len(_DAYS) < _CACHED_DAYS:
+            _DAYS[moved] = text
+    return text
 
 
+# Days as text and as ordinals, both ways, for the days met (shared by every person and thread: they are
+# facts of the calendar). Parsing and formatting a date cost several times two look-ups, per date.
+_ORDINALS: dict[str, int] = {}
+_DAYS: dict[int, str] = {}
+_CACHED_DAYS = 200_000  # more than five centuries of days; a store's dates fill a few tens of thousands
 _PARTIAL_DATE = re.compile(r"[0-9]{4}(-[0-9]{2})?")
 
 
@@ -170,12 +188,13 @@ class _Dated(_E):
     _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = ()  # `code` elements and their value sets
 
     def __post_init__(self) -> None:
-        shifted = _state.shifted  # this runs for most elements of every resource: a person's days repeat
+        shift = _state.shift  # `_shifted_day` inlined: this runs for most elements of every resource
         for name in self._dates:
             value = getattr(self, name)
             if value is not None:
                 day = value[:10]
-                moved = shifted.get(day)
+                ordinal = _ORDINALS.get(day)
+                moved = _DAYS.get(ordinal + shift) if ordinal is not None else None
                 setattr(self, name, moved if moved is not None else _shifted_day(day))
         if self._fixed:
             _keep_fixed_codes(self)
@@ -925,8 +944,7 @@ class Pseudonymiser:
         their sources give them; the earliest valid one sets their date shift."""
         self._known = {}
         _state.patient_ref = f"Patient/{self._id(f'Patient/{person_id}')}"
-        _state.shift = self.date_shift(person_id, dobs)
-        _state.shifted = {}
+        _state.shift = self.date_shift(person_id, dobs).days
 
     def date_shift(self, person_id: str, dobs: AbstractSet[str]) -> timedelta:
         """How far every date of this person moves in this purpose's extracts (`birth_shift`)."""
