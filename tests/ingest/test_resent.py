@@ -225,3 +225,32 @@ def test_the_original_file_ingested_again_after_its_correction_leaves_one_item_s
     (item,) = _items(env)
     assert item.status == "superseded" and "modulus 11" in item.reason
     assert json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)["held"] == 0
+
+
+@pytest.mark.parametrize("per_transaction", [64, 1], ids=["one-batch", "a-batch-each"])
+def test_a_corrected_copy_in_the_same_file_as_its_original_supersedes_it_whatever_the_batch(
+        env: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        per_transaction: int) -> None:
+    """A source that resends within one file (an interface engine's catch-up, an export run again): the
+    outcome does not depend on whether the two copies fall into one stored batch of the file's messages."""
+    monkeypatch.setattr("sharedcare.ingest.pipeline.STORE_BATCH", per_transaction)
+    hl7 = tmp_path / "adt.hl7"
+    hl7.write_bytes(_a01(BAD_DOB) + b"\r\n" + _a01(GOOD_DOB, sent="20261101094000"))
+    fhir = write_ndjson(tmp_path / "gp.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z"),
+                                                 _identified("9434765919", "2026-11-01T10:00:00Z")])
+    report = Pipeline(env, framework).ingest_paths([hl7, fhir])
+    assert (report.messages, report.quarantined) == (4, 2)
+    items = _items(env)
+    assert [(i.filename, i.status) for i in items] == [(str(hl7), "superseded"), (str(fhir), "superseded")]
+    assert items[0].superseded_by.startswith(f"{hl7}, message 2")
+    assert items[1].superseded_by.startswith(f"{fhir}, line 2")
+    assert json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)["held"] == 0
+
+
+def test_a_corrected_copy_before_its_original_in_one_file_does_not_supersede_it(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """Only a copy stored after the held one replaces it: the same rule as across files."""
+    fhir = write_ndjson(tmp_path / "gp.ndjson", [_identified("9434765919", "2026-11-01T10:00:00Z"),
+                                                 _identified("1234567890", "2026-11-01T09:00:00Z")])
+    assert Pipeline(env, framework).ingest_paths([fhir]).quarantined == 1
+    assert [i.status for i in _items(env)] == ["held"]

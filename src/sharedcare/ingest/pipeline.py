@@ -358,6 +358,10 @@ class Pipeline:
                      report: IngestReport, agreements: dict[str, Agreement]) -> None:
         """Store a run of a file's messages in one transaction (one commit, not one per message).
 
+        The messages refused are held after the run commits, in order; a message stored after one of its
+        sender's was held is then checked against it (`_supersede`, in a transaction of its own), so a corrected
+        copy supersedes its original in the same run as it does across runs.
+
         Each message is still all or nothing: if any message fails while being stored, the whole run is
         rolled back and stored again one message per transaction, so only the failing one is quarantined.
         A process killed mid-run loses only uncommitted work, which ingesting the same input again redoes."""
@@ -389,11 +393,16 @@ class Pipeline:
             for raw, staged in batch:
                 self.ingest_message(adapter, raw, source, report, agreements, staged)
             return
+        held_here: set[tuple[str | None, str]] = set()  # (sender, format) of the messages this run held
         for raw, outcome, (accepted, unchanged, stale) in stored:
             report.messages += 1
             if isinstance(outcome, MessageError):
                 self._quarantine(raw, source, outcome, report)
+                held_here.add((source or outcome.source_org, raw.format))
                 continue
+            if (outcome.source_org, raw.format) in held_here:  # perhaps a corrected copy of one held above
+                with self.db.session() as session:
+                    self._supersede(session, outcome, raw)
             report.accepted += accepted
             report.unchanged += unchanged
             report.stale += stale
