@@ -254,3 +254,33 @@ def test_a_corrected_copy_before_its_original_in_one_file_does_not_supersede_it(
                                                  _identified("1234567890", "2026-11-01T09:00:00Z")])
     assert Pipeline(env, framework).ingest_paths([fhir]).quarantined == 1
     assert [i.status for i in _items(env)] == ["held"]
+
+
+def test_items_held_before_message_keys_are_superseded_once_migrated(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """An item held by a release before 0021 has no key; migrated, it is superseded by its source's next
+    corrected copy like any other (HL7 v2, a FHIR Bundle, a CSV row)."""
+    from alembic import command
+
+    pipeline = Pipeline(env, framework)
+    hl7 = tmp_path / "adt-1.hl7"
+    hl7.write_bytes(_a01(BAD_DOB))
+    first = [hl7, write_ndjson(tmp_path / "1.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z")]),
+             _extract(_lrc(tmp_path, "mosaic-0001.csv"), [_row(sex="Mle")])]
+    assert pipeline.ingest_paths(first).quarantined == 3
+    with env.session() as s:  # as a release before 0021 held them
+        s.execute(update(Quarantine).values(message_key=None))
+    cfg = env.alembic_config()
+    with env.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0021")
+    env.migrate()
+    assert all(i.message_key for i in _items(env))
+
+    fixed = tmp_path / "adt-2.hl7"
+    fixed.write_bytes(_a01(GOOD_DOB))
+    again = pipeline.ingest_paths([fixed, write_ndjson(tmp_path / "2.ndjson", [
+        _identified("9434765919", "2026-11-01T10:00:00Z")]), _extract(_lrc(tmp_path, "mosaic-0002.csv"), [
+            _row(last_updated="2026-10-18T09:00:00Z")])])
+    assert (again.quarantined, again.accepted > 0) == (0, True)
+    assert [i.status for i in _items(env)] == ["superseded"] * 3
