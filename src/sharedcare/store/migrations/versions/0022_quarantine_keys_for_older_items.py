@@ -43,7 +43,8 @@ def upgrade() -> None:
                         table.c.payload, table.c.received_at).where(
         table.c.status == "held", table.c.message_key.is_(None), table.c.id > sa.bindparam("after")
     ).order_by(table.c.id).limit(PAGE)
-    keyed = sa.update(table).where(table.c.id == sa.bindparam("item")).values(message_key=sa.bindparam("key"))
+    keyed = sa.update(table).where(  # type: ignore[arg-type]
+        table.c.id == sa.bindparam("item")).values(message_key=sa.bindparam("key"))
     connection = op.get_bind()
     after = 0
     while rows := connection.execute(unkeyed, {"after": after}).all():
