@@ -8,7 +8,7 @@ What counts as the same message is in `ingest/resent.py`.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +284,24 @@ def test_items_held_before_message_keys_are_superseded_once_migrated(
             _row(last_updated="2026-10-18T09:00:00Z")])])
     assert (again.quarantined, again.accepted > 0) == (0, True)
     assert [i.status for i in _items(env)] == ["superseded"] * 3
+
+
+def test_superseding_is_an_audit_event_naming_the_item_the_stored_message_and_when(
+        env: Database, framework: Framework) -> None:
+    """An IG officer or feed engineer reading the audit sees that a held message was superseded, by which
+    stored message, when, and for which sender, without the message's content."""
+    listener = MllpServer(Pipeline(env, framework))
+    listener.handle(_a01(BAD_DOB), "127.0.0.1:5000")
+    listener.handle(_a01(GOOD_DOB), "127.0.0.1:5000")
+    (item,) = _items(env)
+    found = runner.invoke(app, ["audit", "search", "--org", "RXR", "--json"])
+    assert found.exit_code == 0, found.output
+    (event,) = [e for e in json.loads(found.stdout) if e["action"] == "governance:quarantine:superseded"]
+    assert (event["user"], event["organisation"], event["outcome"]) == ("RXR:pas", "RXR", "permit")
+    assert event["quarantine item"] == str(item.id)
+    assert event["superseded by"] == item.superseded_by
+    assert event["held since"] == item.received_at.isoformat()
+    assert abs(datetime.fromisoformat(event["recorded"]) - item.superseded_at) < timedelta(seconds=5)
+    assert BAD_DOB not in found.stdout and GOOD_DOB not in found.stdout  # references, never content
+    verified = runner.invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output

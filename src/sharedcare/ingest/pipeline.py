@@ -30,6 +30,7 @@ from sharedcare.config import event_skew, load_settings
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import claims_registration
 from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.review import flag_registration_conflict
@@ -711,7 +712,9 @@ class Pipeline:
         """Mark superseded, in the stored message's own transaction, each held item it is a corrected copy of
         (`ingest/resent.py` says what counts as the same message): kept byte for byte, naming what superseded
         it and when, no longer waiting and never replayed. The held items' keys are looked up once a run (or
-        a message); the stored message's own identity is read only when some held item of its sender might match."""
+        a message); the stored message's own identity is read only when some held item of its sender might match.
+        Each item superseded is an audit event of its own (`governance:quarantine:superseded`), in the same
+        transaction: its id, what superseded it, and the key; never the message's content."""
         scope = (staged.source_org, raw.format)
         held = run.held.get(scope) if run is not None else None
         if held is None:
@@ -732,6 +735,11 @@ class Pipeline:
                 item.status, item.superseded_at = "superseded", now
                 item.superseded_by = f"{raw.where} (message {staged.message_id})"
                 del held[item_id]
+                record_audit(session, AuditRecord(  # who reads the audit sees it was not lost: which, by what
+                    AuditAction.QUARANTINE_SUPERSEDED, "permit", f"{staged.source_org}:{staged.source_system}",
+                    organisation=staged.source_org, purpose="governance", fhir_action="U", detail={
+                        "quarantine item": str(item_id), "superseded by": item.superseded_by,
+                        "message key": mine.key, "held since": item.received_at.isoformat()}))
 
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message
