@@ -751,7 +751,7 @@ class Pipeline:
                 Quarantine.location == raw.location, Quarantine.format == raw.format))
                 if held.payload == raw.payload), None)
             if item is None:
-                org = source or error.source_org
+                org = error.source_org or source  # the sender a message names over --source (sender_conflict)
                 named = identity(raw, org)
                 item = Quarantine(source_org=org, format=raw.format, filename=raw.filename, location=raw.location,
                                   reason=str(error), payload=raw.payload, received_at=utcnow(),
