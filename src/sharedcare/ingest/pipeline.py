@@ -442,6 +442,10 @@ class Pipeline:
                 raise MessageError(f"#{quarantine_id} was superseded by {held.superseded_by} at "
                                    f"{held.superseded_at:%Y-%m-%d %H:%M} UTC: its source's corrected copy is stored, "
                                    "and these older bytes are kept but not replayed", where="quarantine replay")
+            if held is not None and held.erased_at is not None:
+                raise MessageError(f"#{quarantine_id}'s body was erased at {held.erased_at:%Y-%m-%d %H:%M} UTC after "
+                                   f"the retention period (SHA-256 {held.payload_sha256}): nothing is left to replay; "
+                                   "its source must send it again", where="quarantine replay")
             if held is None or held.status != "held":
                 raise MessageError(f"no held quarantine item #{quarantine_id}", where="quarantine replay")
             # dated when it was first received, not now: ordered by when its source sent it, a message held for

@@ -1,4 +1,5 @@
-"""held quarantine items received before 0021 are given the key that lets a corrected copy supersede them
+"""held quarantine items received before 0021 are given the key that lets a corrected copy supersede them;
+quarantine bodies can be erased after a retention period
 
 Revision ID: 0022
 Revises: 0021
@@ -19,7 +20,10 @@ page: about 0.3 ms an item. Measured on 10,000 held items (a third each HL7 v2, 
 3.43 s, 25 times reading every held body once; a million held items would take about five minutes, in the one
 transaction of the upgrade. A store with no such items does one query.
 
-Downgraded, the keys stay: 0021 reads them as its own.
+Retention (`ingest/retention.py`, `sharedcare quarantine purge`): `erased_at` and `payload_sha256` say when an
+item's body was erased and what it hashed to; the item's other columns stay. Downgraded, the keys stay (0021
+reads them as its own) and an erased item's reason says its body was erased, when and its hash (the older code
+has no column for it: an empty body unexplained reads as a message lost).
 """
 
 import sqlalchemy as sa
@@ -45,6 +49,9 @@ def upgrade() -> None:
     ).order_by(table.c.id).limit(PAGE)
     keyed = sa.update(table).where(  # type: ignore[arg-type]
         table.c.id == sa.bindparam("item")).values(message_key=sa.bindparam("key"))
+    with op.batch_alter_table("quarantine") as batch:
+        batch.add_column(sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("payload_sha256", sa.String(64), nullable=True))
     connection = op.get_bind()
     after = 0
     while rows := connection.execute(unkeyed, {"after": after}).all():
@@ -60,4 +67,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    pass  # the keys are 0021's own
+    op.execute("UPDATE quarantine SET reason = reason || ' [body erased ' || CAST(erased_at AS TEXT) || ', sha256 ' "
+               "|| payload_sha256 || ']' WHERE erased_at IS NOT NULL")
+    with op.batch_alter_table("quarantine") as batch:
+        batch.drop_column("payload_sha256")
+        batch.drop_column("erased_at")
