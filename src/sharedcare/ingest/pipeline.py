@@ -399,7 +399,7 @@ class Pipeline:
             report.messages += 1
             if isinstance(outcome, MessageError):
                 self._quarantine(raw, source, outcome, report)
-                held_here.add((source or outcome.source_org, raw.format))
+                held_here.add((outcome.source_org or source, raw.format))  # as `_quarantine` holds it
                 continue
             if (outcome.source_org, raw.format) in held_here:  # perhaps a corrected copy of one held above
                 with self.db.session() as session:
