@@ -20,6 +20,8 @@ from tests.ingest.test_mllp import A01
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine
 
@@ -98,3 +100,16 @@ def test_a_csv_row_whose_mapping_or_folder_is_another_senders_is_refused(env: Da
     code, report = _ingest(str(loose), "--source", "LRC")  # the sender it names: stored as before
     assert code == 0 and report["quarantined"] == 0
     assert _stored(env) == [("LRC", "C1"), ("LRC", "C2")]
+
+
+def test_the_worker_processes_refuse_it_as_staging_inline_does(env: Database, framework: Framework,
+                                                               tmp_path: Path) -> None:
+    """A large feed is staged by worker processes (ingest/staging.py): the refusal, its place and the sender it
+    is held as are the same."""
+    feed = tmp_path / "adt.hl7"
+    feed.write_text("\r\n".join([_adt("RXR", "H1", "M1"), _adt("RYC", "H2", "M2")]), encoding="latin-1")
+    report = Pipeline(env, framework, workers=1, parallel_from_bytes=0).ingest_paths([feed], source="RXR")
+    assert (report.messages, report.quarantined) == (2, 1)
+    assert report.quarantine[0]["where"] == f"{feed}, message 2 (MSH-10 M2), MSH-4"
+    assert _stored(env) == [("RXR", "H1")]
+    assert _held(env) == [("RYC", "message 2 (MSH-10 M2)")]
