@@ -368,8 +368,10 @@ def quarantine_purge(
             {"id": i.id, "status": i.status, "source": i.source_org or "unknown", "format": i.format,
              "file": i.filename, "location": i.location, "received_at": i.received_at.isoformat(),
              "bytes": len(i.payload)} for i in items]
-        if apply:
+        if apply:  # the bytes each had; the status each has now (a held one is `erased`)
             erase(session, items, now, OPERATOR, retention)
+            for row, item in zip(rows, items, strict=True):
+                row["status"] = item.status
     if as_json:
         _print_json({"retention_days": retention, "applied": apply, "include_unresolved": include_unresolved,
                      "items": rows, "bytes": sum(r["bytes"] for r in rows)})
@@ -383,7 +385,7 @@ def quarantine_purge(
         table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["source"]), _literal(r["format"]),
                       _literal(f"{r['file']}, {r['location']}"), r["received_at"][:16].replace("T", " "),
                       f"{r['bytes']:,}")
-    Console().print(table if rows else f"No quarantine body kept past {retention} days"
+    Console().print(table if rows else f"No quarantine body kept past {retention} day{'s' * (retention != 1)}"
                     + ("." if include_unresolved else " among resolved items."))
 
 

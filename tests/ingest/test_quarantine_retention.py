@@ -106,6 +106,7 @@ def test_items_still_held_are_erased_only_when_the_operator_includes_them(env: D
     old = ("OLD-FIXED", "OLD-HELD", "OLD-HELD-2")
     assert sorted(i["id"] for i in done["items"]) == sorted(items[k].id for k in old)
     assert [items[k].status for k in ("OLD-HELD", "NEW")] == ["erased", "held"]
+    assert {i["status"] for i in done["items"]} == {"superseded", "erased"}
     assert items["NEW"].payload  # received today
     check = json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)
     assert check["held"] == 1  # the erased items no longer wait
