@@ -15,10 +15,10 @@ Only the next message a source sends supersedes such an item: one whose correcte
 this ran stays held for an operator to resolve (the stored copy's bytes are not kept to compare).
 
 Cost: every held item without a key is read once, in pages of 500, and its key written with one UPDATE a
-page: about 0.3 ms an item. Measured on 10,000 held items (a third each HL7 v2, FHIR Bundle and CSV row;
-`benchmarks/quarantine.py`, medians of 3, 2 cores shared at load average 6.6-7.5): SQLite 2.84 s, PostgreSQL
-3.43 s, 25 times reading every held body once; a million held items would take about five minutes, in the one
-transaction of the upgrade. A store with no such items does one query.
+page: about 0.14 ms an item. Measured on 10,000 held items (a third each HL7 v2, FHIR Bundle and CSV row;
+`benchmarks/quarantine.py`, medians of 3, 2 cores at load average 3.3-3.5): SQLite 1.42 s, PostgreSQL 1.41 s,
+25 times reading every held body once (2.8-5.6 s at load 6-7.5); a million held items would take some
+minutes, in the one transaction of the upgrade. A store with no such items does one query.
 
 Retention (`ingest/retention.py`, `sharedcare quarantine purge`): `erased_at` and `payload_sha256` say when an
 item's body was erased and what it hashed to; the item's other columns stay. Downgraded, the keys stay (0021
