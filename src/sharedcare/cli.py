@@ -263,7 +263,8 @@ app.add_typer(quarantine_app, name="quarantine")
 
 @quarantine_app.command("list")
 def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
-                    every: Annotated[bool, typer.Option("--all", help="Include replayed and superseded items.")]
+                    every: Annotated[bool, typer.Option("--all", help="Include replayed, superseded and erased "
+                                                                      "items.")]
                     = False) -> None:
     """What is waiting in quarantine, with where and why; with --all, also what was replayed, and what its
     source superseded by sending it again corrected (kept, with what superseded it and when)."""
@@ -278,7 +279,8 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
         rows = [{"id": q.id, "status": q.status, "format": q.format, "file": q.filename, "location": q.location,
                  "reason": q.reason, "received_at": q.received_at.isoformat(), "bytes": len(q.payload),
                  "superseded_by": q.superseded_by,
-                 "superseded_at": q.superseded_at.isoformat() if q.superseded_at else None}
+                 "superseded_at": q.superseded_at.isoformat() if q.superseded_at else None,
+                 "erased_at": q.erased_at.isoformat() if q.erased_at else None, "sha256": q.payload_sha256}
                 for q in session.scalars(stmt)]
         superseded = 0 if every else session.scalar(
             select(func.count()).select_from(Quarantine).where(Quarantine.status == "superseded"))
@@ -294,6 +296,8 @@ def quarantine_list(as_json: Annotated[bool, typer.Option("--json")] = False,
         if r["superseded_by"]:
             when = str(r["superseded_at"])[:16].replace("T", " ")
             reason = f"superseded {when} UTC by {r['superseded_by']}; was: {reason}"
+        if r["erased_at"]:
+            reason = f"body erased {str(r['erased_at'])[:16].replace('T', ' ')} UTC (retention); {reason}"
         table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["format"]), _literal(where), _literal(reason))
     Console().print(table)
     if superseded:
@@ -339,6 +343,50 @@ def quarantine_check(
         Console().print(table if rows else "Nothing held in quarantine.")
     if late:
         raise typer.Exit(1)
+
+
+@quarantine_app.command("purge")
+def quarantine_purge(
+    apply: Annotated[bool, typer.Option("--apply", help="Erase the bodies (without it: only list them).")] = False,
+    include_unresolved: Annotated[bool, typer.Option(
+        "--include-unresolved", help="Also erase items still held: they will never be replayed.")] = False,
+    days: Annotated[int | None, typer.Option(min=1, help="Retention in days from receipt (default: "
+                                                        "SHAREDCARE_QUARANTINE_RETENTION_DAYS, 90).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Erase the bodies of quarantine items kept past the retention period (UK GDPR storage limitation),
+    keeping each item's sender, place, reason, status and the body's SHA-256; resolved items only (replayed,
+    superseded) unless --include-unresolved. A dry run unless --apply; an erasure is audited."""
+    from sharedcare.clock import utcnow
+    from sharedcare.ingest.retention import due, erase
+
+    retention = days or _settings().quarantine_retention_days
+    now = utcnow()
+    with _database().session() as session:
+        items = due(session, now, retention, include_unresolved)
+        rows: list[dict[str, Any]] = [
+            {"id": i.id, "status": i.status, "source": i.source_org or "unknown", "format": i.format,
+             "file": i.filename, "location": i.location, "received_at": i.received_at.isoformat(),
+             "bytes": len(i.payload)} for i in items]
+        if apply:  # the bytes each had; the status each has now (a held one is `erased`)
+            erase(session, items, now, OPERATOR, retention)
+            for row, item in zip(rows, items, strict=True):
+                row["status"] = item.status
+    if as_json:
+        _print_json({"retention_days": retention, "applied": apply, "include_unresolved": include_unresolved,
+                     "items": rows, "bytes": sum(r["bytes"] for r in rows)})
+        return
+    table = Table(title=f"Quarantine bodies {'erased' if apply else 'to erase (dry run: --apply erases)'}: "
+                        f"received more than {retention} days ago"
+                        + ("" if include_unresolved else ", resolved (replayed or superseded)"))
+    for column in ("id", "status", "source", "format", "location", "received", "bytes"):
+        table.add_column(column, justify="right" if column in ("id", "bytes") else "left")
+    for r in rows:
+        table.add_row(str(r["id"]), _literal(r["status"]), _literal(r["source"]), _literal(r["format"]),
+                      _literal(f"{r['file']}, {r['location']}"), r["received_at"][:16].replace("T", " "),
+                      f"{r['bytes']:,}")
+    Console().print(table if rows else f"No quarantine body kept past {retention} day{'s' * (retention != 1)}"
+                    + ("." if include_unresolved else " among resolved items."))
 
 
 @quarantine_app.command("replay")

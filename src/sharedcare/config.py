@@ -28,6 +28,8 @@ SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address (default: 16)
 SHAREDCARE_REQUIRE_CLOCK_SYNC  "1": `serve` and `mllp` refuse to start on a clock not synchronised (else a warning)
 SHAREDCARE_EVENT_SKEW_SECONDS  how far past its receipt a message's event time may be (default: 300, a source's clock
                        a little ahead); later, the message is quarantined (see `ingest.messages.future_event_time`)
+SHAREDCARE_QUARANTINE_RETENTION_DAYS  days from receipt a quarantine item's body is kept (default: 90); then
+                       `sharedcare quarantine purge --apply` erases it (resolved items; held ones only if told)
 SHAREDCARE_AUDIT_REPOSITORY_TOKEN  bearer token `sharedcare audit forward` sends to the Audit Record Repository
 """
 
@@ -74,6 +76,7 @@ class Settings:
     # SHAREDCARE_EVENT_SKEW_SECONDS: here so a bad value is refused at start; ingest reads it per message
     # through `event_skew` (a fraction of `load_settings`' cost)
     event_skew_seconds: int = 300
+    quarantine_retention_days: int = 90  # a quarantine item's body is kept this long (ingest/retention.py)
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -149,6 +152,7 @@ def load_settings() -> Settings:
         mllp_max_connections=_whole_number("SHAREDCARE_MLLP_MAX_CONNECTIONS", 64, least=1),
         mllp_max_per_address=_whole_number("SHAREDCARE_MLLP_MAX_PER_ADDRESS", 16, least=1),
         event_skew_seconds=int(event_skew().total_seconds()),
+        quarantine_retention_days=_whole_number("SHAREDCARE_QUARANTINE_RETENTION_DAYS", 90, least=1),
     )
 
 

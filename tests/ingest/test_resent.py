@@ -8,7 +8,7 @@ What counts as the same message is in `ingest/resent.py`.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +225,83 @@ def test_the_original_file_ingested_again_after_its_correction_leaves_one_item_s
     (item,) = _items(env)
     assert item.status == "superseded" and "modulus 11" in item.reason
     assert json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)["held"] == 0
+
+
+@pytest.mark.parametrize("per_transaction", [64, 1], ids=["one-batch", "a-batch-each"])
+def test_a_corrected_copy_in_the_same_file_as_its_original_supersedes_it_whatever_the_batch(
+        env: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        per_transaction: int) -> None:
+    """A source that resends within one file (an interface engine's catch-up, an export run again): the
+    outcome does not depend on whether the two copies fall into one stored batch of the file's messages."""
+    monkeypatch.setattr("sharedcare.ingest.pipeline.STORE_BATCH", per_transaction)
+    hl7 = tmp_path / "adt.hl7"
+    hl7.write_bytes(_a01(BAD_DOB) + b"\r\n" + _a01(GOOD_DOB, sent="20261101094000"))
+    fhir = write_ndjson(tmp_path / "gp.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z"),
+                                                 _identified("9434765919", "2026-11-01T10:00:00Z")])
+    report = Pipeline(env, framework).ingest_paths([hl7, fhir])
+    assert (report.messages, report.quarantined) == (4, 2)
+    items = _items(env)
+    assert [(i.filename, i.status) for i in items] == [(str(hl7), "superseded"), (str(fhir), "superseded")]
+    assert items[0].superseded_by.startswith(f"{hl7}, message 2")
+    assert items[1].superseded_by.startswith(f"{fhir}, line 2")
+    assert json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)["held"] == 0
+
+
+def test_a_corrected_copy_before_its_original_in_one_file_does_not_supersede_it(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """Only a copy stored after the held one replaces it: the same rule as across files."""
+    fhir = write_ndjson(tmp_path / "gp.ndjson", [_identified("9434765919", "2026-11-01T10:00:00Z"),
+                                                 _identified("1234567890", "2026-11-01T09:00:00Z")])
+    assert Pipeline(env, framework).ingest_paths([fhir]).quarantined == 1
+    assert [i.status for i in _items(env)] == ["held"]
+
+
+def test_items_held_before_message_keys_are_superseded_once_migrated(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """An item held by a release before 0021 has no key; migrated, it is superseded by its source's next
+    corrected copy like any other (HL7 v2, a FHIR Bundle, a CSV row)."""
+    from alembic import command
+
+    pipeline = Pipeline(env, framework)
+    hl7 = tmp_path / "adt-1.hl7"
+    hl7.write_bytes(_a01(BAD_DOB))
+    first = [hl7, write_ndjson(tmp_path / "1.ndjson", [_identified("1234567890", "2026-11-01T09:00:00Z")]),
+             _extract(_lrc(tmp_path, "mosaic-0001.csv"), [_row(sex="Mle")])]
+    assert pipeline.ingest_paths(first).quarantined == 3
+    with env.session() as s:  # as a release before 0021 held them
+        s.execute(update(Quarantine).values(message_key=None))
+    cfg = env.alembic_config()
+    with env.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0021")
+    env.migrate()
+    assert all(i.message_key for i in _items(env))
+
+    fixed = tmp_path / "adt-2.hl7"
+    fixed.write_bytes(_a01(GOOD_DOB))
+    again = pipeline.ingest_paths([fixed, write_ndjson(tmp_path / "2.ndjson", [
+        _identified("9434765919", "2026-11-01T10:00:00Z")]), _extract(_lrc(tmp_path, "mosaic-0002.csv"), [
+            _row(last_updated="2026-10-18T09:00:00Z")])])
+    assert (again.quarantined, again.accepted > 0) == (0, True)
+    assert [i.status for i in _items(env)] == ["superseded"] * 3
+
+
+def test_superseding_is_an_audit_event_naming_the_item_the_stored_message_and_when(
+        env: Database, framework: Framework) -> None:
+    """An IG officer or feed engineer reading the audit sees that a held message was superseded, by which
+    stored message, when, and for which sender, without the message's content."""
+    listener = MllpServer(Pipeline(env, framework))
+    listener.handle(_a01(BAD_DOB), "127.0.0.1:5000")
+    listener.handle(_a01(GOOD_DOB), "127.0.0.1:5000")
+    (item,) = _items(env)
+    found = runner.invoke(app, ["audit", "search", "--org", "RXR", "--json"])
+    assert found.exit_code == 0, found.output
+    (event,) = [e for e in json.loads(found.stdout) if e["action"] == "governance:quarantine:superseded"]
+    assert (event["user"], event["organisation"], event["outcome"]) == ("RXR:pas", "RXR", "permit")
+    assert event["quarantine item"] == str(item.id)
+    assert event["superseded by"] == item.superseded_by
+    assert event["held since"] == item.received_at.isoformat()
+    assert abs(datetime.fromisoformat(event["recorded"]) - item.superseded_at) < timedelta(seconds=5)
+    assert BAD_DOB not in found.stdout and GOOD_DOB not in found.stdout  # references, never content
+    verified = runner.invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output

@@ -116,4 +116,6 @@ def test_a_superseded_quarantine_item_is_held_again_below_0021_and_kept_byte_for
     db.migrate()
     with db.session() as s:
         item = s.scalars(select(Quarantine)).one()
-        assert (item.status, item.payload, item.message_key, item.superseded_by) == ("held", payload, None, None)
+        # held again, and keyed again from its bytes (0022): the next corrected copy supersedes it
+        assert (item.status, item.payload, item.message_key, item.superseded_by) == (
+            "held", payload, "Bundle.identifier https://emis.example/messages|M-1", None)

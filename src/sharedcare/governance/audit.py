@@ -64,6 +64,9 @@ class AuditAction(StrEnum):
     MPI_LINK_CHANGE = "identity:mpi:link-change"
     MPI_REVIEW_VIEW = "identity:mpi:review-view"  # the records in the MPI review queue shown to an operator
     AUDIT_SEARCH = "governance:audit:search"
+    # a held quarantine item its source's corrected copy replaced (ingest/pipeline.py `_supersede`)
+    QUARANTINE_SUPERSEDED = "governance:quarantine:superseded"
+    QUARANTINE_PURGE = "governance:quarantine:purge"  # bodies erased after the retention period (ingest/retention.py)
     CLIENT_ADD = "governance:client:add"  # an app or partner system registered (`sharedcare clients add`)
     CLIENT_REMOVE = "governance:client:remove"  # an app or partner system cut off (`sharedcare clients remove`)
     PREFERENCE_VIEW = "governance:preference:view"

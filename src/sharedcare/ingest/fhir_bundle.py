@@ -39,6 +39,7 @@ from sharedcare.ingest.messages import (
     StagedMessage,
     StagedResource,
     bounded_event_time,
+    sender_conflict,
     sent_by,
     too_large,
 )
@@ -131,9 +132,12 @@ def _standard_loads(raw: RawMessage) -> Any:
 
 
 def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
-    """Which organisation and system sent this: --source, else meta.source, else the folder it sits in."""
+    """Which organisation and system sent this: --source, else meta.source, else the folder it sits in. --source
+    only names a sender meta.source does not: another organisation of the framework there is refused."""
     meta = data.get("meta")
     declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
+    if override and declared and declared[0] != override and declared[0] in fw.organisations:
+        raise sender_conflict(f"meta.source names the sender {declared[0]}", declared[0], override, raw.where)
     org = override or (declared[0] if declared else None)
     if org is None:
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)

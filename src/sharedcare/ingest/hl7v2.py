@@ -32,6 +32,7 @@ from sharedcare.ingest.messages import (
     StagedMessage,
     StagedResource,
     future_event_time,
+    sender_conflict,
     sent_by,
     too_large,
 )
@@ -159,8 +160,11 @@ def _decode(raw: RawMessage) -> list[Seg]:
 
 def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -> tuple[Sender, str]:
     """Which organisation and system sent this: --source, else MSH-4 if it is an ODS code in the framework,
-    else the folder it sits in; the system is MSH-3, the sending application."""
+    else the folder it sits in; the system is MSH-3, the sending application. --source only names a sender
+    MSH-4 does not: another organisation of the framework there is refused (`sender_conflict`)."""
     sending = msh.get(4)
+    if override and sending != override and sending in fw.organisations:
+        raise sender_conflict(f"MSH-4 names the sender {sending}", sending, override, f"{msh.where}, MSH-4")
     org = override or (sending if sending in fw.organisations else None)
     if org is None:
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)

@@ -84,6 +84,16 @@ def sent_by(org: str | None) -> Iterator[None]:
         raise
 
 
+def sender_conflict(claim: str, named: str, source: str, where: str,
+                    condition: Condition = Condition.APPLICATION) -> MessageError:
+    """`--source` names the sender of messages that name none; a message that names another organisation of the
+    framework is refused, held as the one it names: stored as `source`'s, its records would be shared and
+    audited with a false provenance. `claim`: what in the message names `named`."""
+    return MessageError(f"{claim}, but --source names {source}: stored as {source}'s, its records would carry a "
+                        f"false provenance; ingest it without --source (or with --source {named}), or have the "
+                        "sender correct it", where, source_org=named, condition=condition)
+
+
 MLLP_PREFIX = "mllp://"
 
 

@@ -30,6 +30,7 @@ from sharedcare.config import event_skew, load_settings
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import claims_registration
 from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.review import flag_registration_conflict
@@ -358,6 +359,10 @@ class Pipeline:
                      report: IngestReport, agreements: dict[str, Agreement]) -> None:
         """Store a run of a file's messages in one transaction (one commit, not one per message).
 
+        The messages refused are held after the run commits, in order; a message stored after one of its
+        sender's was held is then checked against it (`_supersede`, in a transaction of its own), so a corrected
+        copy supersedes its original in the same run as it does across runs.
+
         Each message is still all or nothing: if any message fails while being stored, the whole run is
         rolled back and stored again one message per transaction, so only the failing one is quarantined.
         A process killed mid-run loses only uncommitted work, which ingesting the same input again redoes."""
@@ -389,11 +394,16 @@ class Pipeline:
             for raw, staged in batch:
                 self.ingest_message(adapter, raw, source, report, agreements, staged)
             return
+        held_here: set[tuple[str | None, str]] = set()  # (sender, format) of the messages this run held
         for raw, outcome, (accepted, unchanged, stale) in stored:
             report.messages += 1
             if isinstance(outcome, MessageError):
                 self._quarantine(raw, source, outcome, report)
+                held_here.add((outcome.source_org or source, raw.format))  # as `_quarantine` holds it
                 continue
+            if (outcome.source_org, raw.format) in held_here:  # perhaps a corrected copy of one held above
+                with self.db.session() as session:
+                    self._supersede(session, outcome, raw)
             report.accepted += accepted
             report.unchanged += unchanged
             report.stale += stale
@@ -432,6 +442,10 @@ class Pipeline:
                 raise MessageError(f"#{quarantine_id} was superseded by {held.superseded_by} at "
                                    f"{held.superseded_at:%Y-%m-%d %H:%M} UTC: its source's corrected copy is stored, "
                                    "and these older bytes are kept but not replayed", where="quarantine replay")
+            if held is not None and held.erased_at is not None:
+                raise MessageError(f"#{quarantine_id}'s body was erased at {held.erased_at:%Y-%m-%d %H:%M} UTC after "
+                                   f"the retention period (SHA-256 {held.payload_sha256}): nothing is left to replay; "
+                                   "its source must send it again", where="quarantine replay")
             if held is None or held.status != "held":
                 raise MessageError(f"no held quarantine item #{quarantine_id}", where="quarantine replay")
             # dated when it was first received, not now: ordered by when its source sent it, a message held for
@@ -702,7 +716,9 @@ class Pipeline:
         """Mark superseded, in the stored message's own transaction, each held item it is a corrected copy of
         (`ingest/resent.py` says what counts as the same message): kept byte for byte, naming what superseded
         it and when, no longer waiting and never replayed. The held items' keys are looked up once a run (or
-        a message); the stored message's own identity is read only when some held item of its sender might match."""
+        a message); the stored message's own identity is read only when some held item of its sender might match.
+        Each item superseded is an audit event of its own (`governance:quarantine:superseded`), in the same
+        transaction: its id, what superseded it, and the key; never the message's content."""
         scope = (staged.source_org, raw.format)
         held = run.held.get(scope) if run is not None else None
         if held is None:
@@ -723,6 +739,11 @@ class Pipeline:
                 item.status, item.superseded_at = "superseded", now
                 item.superseded_by = f"{raw.where} (message {staged.message_id})"
                 del held[item_id]
+                record_audit(session, AuditRecord(  # who reads the audit sees it was not lost: which, by what
+                    AuditAction.QUARANTINE_SUPERSEDED, "permit", f"{staged.source_org}:{staged.source_system}",
+                    organisation=staged.source_org, purpose="governance", fhir_action="U", detail={
+                        "quarantine item": str(item_id), "superseded by": item.superseded_by,
+                        "message key": mine.key, "held since": item.received_at.isoformat()}))
 
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message
@@ -734,7 +755,7 @@ class Pipeline:
                 Quarantine.location == raw.location, Quarantine.format == raw.format))
                 if held.payload == raw.payload), None)
             if item is None:
-                org = source or error.source_org
+                org = error.source_org or source  # the sender a message names over --source (sender_conflict)
                 named = identity(raw, org)
                 item = Quarantine(source_org=org, format=raw.format, filename=raw.filename, location=raw.location,
                                   reason=str(error), payload=raw.payload, received_at=utcnow(),

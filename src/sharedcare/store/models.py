@@ -162,8 +162,11 @@ class ResourceVersion(Base):
 
 class Quarantine(Base):
     """Input that could not be accepted, kept byte for byte with the reason and where it failed. `status`:
-    held (waiting), replayed, or superseded (its source has since sent it again, corrected, and that copy
-    was stored: `superseded_by` names it; `message_key` is how the two are known to be one message)."""
+    held (waiting), replayed, superseded (its source has since sent it again, corrected, and that copy
+    was stored: `superseded_by` names it; `message_key` is how the two are known to be one message), or erased
+    (held past the retention period and its body erased with --include-unresolved). After the retention period
+    the body is erased (`erased_at`; `payload` empty, `payload_sha256` the hash of what it was: ingest/retention.py)
+    and the rest stays."""
 
     __tablename__ = "quarantine"
     __table_args__ = (Index("ix_quarantine_place", "filename", "location"),
@@ -180,6 +183,8 @@ class Quarantine(Base):
     message_key: Mapped[str | None] = mapped_column(Text)
     superseded_by: Mapped[str | None] = mapped_column(Text)
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    payload_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditHead(Base):

@@ -1,0 +1,115 @@
+"""`sharedcare ingest --source X` names the sender of messages that name none; a message that names another
+sender the framework knows is refused, not stored as X's (a false provenance: shared and audited as X's).
+
+What an operator sees: the refused message held, naming the file, the line or message and both senders; the
+rest of the file stored; exit 1 (the run found a problem), as for any quarantined message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from tests.builders import bundle, patient, write_ndjson
+from tests.conftest import FRAMEWORK_PATH
+from tests.ingest.test_csv_extract import _extract, _row
+from tests.ingest.test_mllp import A01
+from typer.testing import CliRunner
+
+from sharedcare.cli import app
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Quarantine
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    return db
+
+
+def _ingest(*args: str) -> tuple[int, dict[str, Any]]:
+    result = runner.invoke(app, ["ingest", *args, "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def _stored(db: Database) -> list[tuple[str, str]]:
+    with db.session() as s:
+        return sorted((org, sid) for org, sid in s.execute(select(PatientRecord.source_org, PatientRecord.source_id)))
+
+
+def _held(db: Database) -> list[tuple[str | None, str]]:
+    with db.session() as s:
+        return [(org, at) for org, at in s.execute(select(Quarantine.source_org, Quarantine.location)
+                                                 .order_by(Quarantine.id))]
+
+
+def _adt(sending: str, mrn: str, control_id: str) -> str:
+    return (A01.format(dob="19450302").replace("|PAS|RXR|", f"|PAS|{sending}|").replace("MSG001", control_id)
+            .replace("H900^^^RXR", f"{mrn}^^^RXR"))
+
+
+def test_an_hl7_message_naming_another_known_sender_in_msh_4_is_refused(env: Database, tmp_path: Path) -> None:
+    feed = tmp_path / "adt.hl7"
+    feed.write_text("\r\n".join([_adt("RXR", "H1", "M1"), _adt("RYC", "H2", "M2"), _adt("RIVERSIDE", "H3", "M3")]),
+                    encoding="latin-1")
+    code, report = _ingest(str(feed), "--source", "RXR")
+    assert code == 1 and (report["messages"], report["quarantined"]) == (3, 1)
+    (refused,) = report["quarantine"]
+    assert refused["where"] == f"{feed}, message 2 (MSH-10 M2), MSH-4"
+    assert "MSH-4 names the sender RYC, but --source names RXR" in refused["reason"]
+    # the one that names RXR, and the one whose MSH-4 is a local code, stored as RXR's; the other held as RYC's
+    assert _stored(env) == [("RXR", "H1"), ("RXR", "H3")]
+    assert _held(env) == [("RYC", "message 2 (MSH-10 M2)")]
+
+
+def test_a_bundle_naming_another_known_sender_in_meta_source_is_refused(env: Database, tmp_path: Path) -> None:
+    theirs = bundle("P81001", "emis", [patient("gp-1", "9434765919", "Hughes", "Margaret", "1952-06-11")])
+    unnamed = bundle("P81002", "emis", [patient("gp-2", None, "Hughes", "Peggy", "1952-06-11")])
+    del unnamed["meta"]
+    ours = bundle("P81002", "emis", [patient("gp-3", None, "Jones", "Ann", "1960-01-01")])
+    feed = write_ndjson(tmp_path / "gp.ndjson", [ours, theirs, unnamed])
+    code, report = _ingest(str(feed), "--source", "P81002")
+    assert code == 1 and (report["messages"], report["quarantined"]) == (3, 1)
+    (refused,) = report["quarantine"]
+    assert refused["where"].startswith(f"{feed}, line 2")
+    assert "meta.source names the sender P81001, but --source names P81002" in refused["reason"]
+    assert _stored(env) == [("P81002", "gp-2"), ("P81002", "gp-3")]
+    assert _held(env) == [("P81001", "line 2")]
+
+
+def test_a_csv_row_whose_mapping_or_folder_is_another_senders_is_refused(env: Database, tmp_path: Path) -> None:
+    loose = _extract(tmp_path / "extract.csv", [_row(), _row(client_id="C2", assessment_id="A2")])
+    code, report = _ingest(str(loose), "--source", "RYC")
+    assert code == 1 and (report["messages"], report["quarantined"]) == (2, 2)
+    reason = report["quarantine"][0]["reason"]
+    assert "its header fits the mapping of LRC (LRC-mosaic), but --source names RYC" in reason
+    assert report["quarantine"][0]["where"].startswith(f"{loose}, line 2")
+    foldered = _extract(tmp_path / "LRC" / "csv" / "extract.csv", [_row(client_id="C3", assessment_id="A3")])
+    code, report = _ingest(str(foldered), "--source", "RYC")
+    assert code == 1 and "its folder names the sender LRC, but --source names RYC" in report["quarantine"][0]["reason"]
+    assert _stored(env) == []
+    assert {org for org, _ in _held(env)} == {"LRC"}
+    code, report = _ingest(str(loose), "--source", "LRC")  # the sender it names: stored as before
+    assert code == 0 and report["quarantined"] == 0
+    assert _stored(env) == [("LRC", "C1"), ("LRC", "C2")]
+
+
+def test_the_worker_processes_refuse_it_as_staging_inline_does(env: Database, framework: Framework,
+                                                               tmp_path: Path) -> None:
+    """A large feed is staged by worker processes (ingest/staging.py): the refusal, its place and the sender it
+    is held as are the same."""
+    feed = tmp_path / "adt.hl7"
+    feed.write_text("\r\n".join([_adt("RXR", "H1", "M1"), _adt("RYC", "H2", "M2")]), encoding="latin-1")
+    report = Pipeline(env, framework, workers=1, parallel_from_bytes=0).ingest_paths([feed], source="RXR")
+    assert (report.messages, report.quarantined) == (2, 1)
+    assert report.quarantine[0]["where"] == f"{feed}, message 2 (MSH-10 M2), MSH-4"
+    assert _stored(env) == [("RXR", "H1")]
+    assert _held(env) == [("RYC", "message 2 (MSH-10 M2)")]
