@@ -16,7 +16,10 @@ hand-written here, each from the R4 specification's text:
 - dom-2, dom-4, dom-5, dom-3: a contained resource holds no contained ones, no meta.versionId, lastUpdated
   or security, and is referenced from elsewhere in the resource (or refers to its container);
 - the validator's security checks on strings: markup that would run if shown (a script, frame, object or
-  form tag, an event-handler attribute, a javascript: URL) is refused in any string.
+  form tag, an event-handler attribute, a javascript: URL) is refused in any string;
+- strings hold no control characters but tab, carriage return and line feed (the datatypes page: FHIR XML
+  cannot carry them, PostgreSQL refuses a NUL, a terminal obeys an escape): an HL7 `\\X00\\` or a JSON
+  `\\u0000` from a feed is refused naming the element (fifth security review, 2026-12-06).
 
 Problems come back located as the structural ones are: `Condition.code.coding[0].code: ele-1: why`.
 """
@@ -64,6 +67,7 @@ _ACTIVE_STRING = re.compile(
     r"|<[a-z](?:[^<>]|<(?![a-z]))*\son[a-z]+\s*="
     r"|(java|vb)script\s*:",
     re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _PARSER_OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": False, "huge_tree": False,
                    "dtd_validation": False, "remove_comments": False}
 
@@ -72,6 +76,11 @@ def active_content(text: str) -> bool:
     """Whether a string holds markup that would run if shown (the validator's security check on strings)."""
     # most strings have neither a '<' nor "script": those are passed without running the expression
     return ("<" in text or "cript" in text.lower()) and _ACTIVE_STRING.search(text) is not None
+
+
+def _refused(text: str) -> bool:
+    """Whether a string is refused (empty, active content or a control character), tested cheaply first."""
+    return text == "" or active_content(text) or (not text.isprintable() and _CONTROL.search(text) is not None)
 
 
 def invariant_problems(resource: dict[str, Any]) -> list[str]:
@@ -86,6 +95,9 @@ def invariant_problems(resource: dict[str, Any]) -> list[str]:
 def _string(value: str, where: str, problems: list[str]) -> None:
     if value == "":
         problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
+    elif control := _CONTROL.search(value):
+        problems.append(f"{where}: the string holds the control character U+{ord(control.group()):04X} at character "
+                        f"{control.start() + 1}; FHIR strings hold none but tab, carriage return and line feed")
     elif active_content(value):
         problems.append(f"{where}: security: the string holds active content (script, frame, object, form, "
                         "event handler or script URL), refused as the FHIR validator's security checks do")
@@ -105,7 +117,7 @@ def _element(node: Any, where: str, problems: list[str], depth: int, resource_ro
             problems.append(f"{where}: ele-1: an element has a value or children; an empty array has neither")
         for index, item in enumerate(node):
             if type(item) is str:
-                if item == "" or active_content(item):
+                if _refused(item):
                     _string(item, f"{where}[{index}]", problems)
             elif isinstance(item, (dict, list)):
                 _element(item, f"{where}[{index}]", problems, depth + 1)
@@ -120,7 +132,7 @@ def _element(node: Any, where: str, problems: list[str], depth: int, resource_ro
         if type(value) is str:
             if key == "div" and where.endswith(".text"):
                 _narrative(value, f"{where}.div", problems)
-            elif value == "" or active_content(value):
+            elif _refused(value):
                 _string(value, f"{where}.{key}", problems)
         elif key == "contained":
             continue  # each contained resource is checked as a resource of its own, by _contained
