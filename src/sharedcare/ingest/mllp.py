@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
+from sharedcare.ingest.hl7v2_syntax import Encoding, SyntaxProblem, encoding_of
 from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
@@ -64,17 +65,34 @@ def read_header(payload: bytes) -> Header | None:
     if not first.startswith("MSH") or len(first) < 8:
         return None
     fields = first.split(first[3])
+    try:
+        encoding: Encoding | None = encoding_of(first)
+    except SyntaxProblem:
+        encoding = None
     # MSH-1 is the separator itself, so MSH-n is fields[n - 1].
     def field(n: int) -> str:
-        return fields[n - 1] if len(fields) >= n else ""
-    components = field(9).split(first[4]) if len(first) > 4 else [field(9)]
+        return _echoed(fields[n - 1], encoding) if len(fields) >= n else ""
+    components = field(9).split("^")
     return Header(sending_app=field(3), sending_facility=field(4),
                   trigger=components[1] if len(components) > 1 else "", control_id=field(10),
                   version=field(12) or "2.4")
 
 
+def _echoed(value: str, encoding: Encoding | None) -> str:
+    """A header field as the ACK (`|^~\\&`) sends it back: the message's own separators become the ACK's, a
+    character that is text in the message but a separator in the ACK is escaped (a sender that declared `#`
+    its field separator could otherwise send `|` in MSH-10 and add fields to the ACK's MSA), and control
+    characters (a frame's VT or FS) are dropped."""
+    ours = (dict(zip((encoding.component, encoding.repetition, encoding.esc, encoding.subcomponent), "^~\\&",
+                     strict=True)) if encoding else {})
+    return "".join(ours.get(ch) or _ESCAPES.get(ch) or ch for ch in value if ch.isprintable())
+
+
+_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+
+
 def _escape(text: str) -> str:
-    for raw, escaped in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+    for raw, escaped in _ESCAPES.items():
         text = text.replace(raw, escaped)
     return " ".join(text.split())
 
