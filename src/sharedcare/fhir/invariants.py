@@ -78,11 +78,6 @@ def active_content(text: str) -> bool:
     return ("<" in text or "cript" in text.lower()) and _ACTIVE_STRING.search(text) is not None
 
 
-def _refused(text: str) -> bool:
-    """Whether a string is refused (empty, active content or a control character), tested cheaply first."""
-    return text == "" or active_content(text) or (not text.isprintable() and _CONTROL.search(text) is not None)
-
-
 def invariant_problems(resource: dict[str, Any]) -> list[str]:
     """Every core invariant or security check the resource breaks, located (empty when none)."""
     problems: list[str] = []
@@ -93,9 +88,11 @@ def invariant_problems(resource: dict[str, Any]) -> list[str]:
 
 
 def _string(value: str, where: str, problems: list[str]) -> None:
+    """A string's problems; called for every string that is empty, holds markup or is not all printable (a
+    line end, a control character, a non-breaking space: `str.isprintable` is the cheap first test)."""
     if value == "":
         problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
-    elif control := _CONTROL.search(value):
+    elif not value.isprintable() and (control := _CONTROL.search(value)):
         problems.append(f"{where}: the string holds the control character U+{ord(control.group()):04X} at character "
                         f"{control.start() + 1}; FHIR strings hold none but tab, carriage return and line feed")
     elif active_content(value):
@@ -117,7 +114,7 @@ def _element(node: Any, where: str, problems: list[str], depth: int, resource_ro
             problems.append(f"{where}: ele-1: an element has a value or children; an empty array has neither")
         for index, item in enumerate(node):
             if type(item) is str:
-                if _refused(item):
+                if item == "" or not item.isprintable() or active_content(item):
                     _string(item, f"{where}[{index}]", problems)
             elif isinstance(item, (dict, list)):
                 _element(item, f"{where}[{index}]", problems, depth + 1)
@@ -132,7 +129,7 @@ def _element(node: Any, where: str, problems: list[str], depth: int, resource_ro
         if type(value) is str:
             if key == "div" and where.endswith(".text"):
                 _narrative(value, f"{where}.div", problems)
-            elif _refused(value):
+            elif value == "" or not value.isprintable() or active_content(value):
                 _string(value, f"{where}.{key}", problems)
         elif key == "contained":
             continue  # each contained resource is checked as a resource of its own, by _contained
