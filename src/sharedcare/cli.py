@@ -593,7 +593,7 @@ def _open_files_to_the_hard_limit() -> None:
     import contextlib
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # a hard limit the kernel will not grant: the soft one stands
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 

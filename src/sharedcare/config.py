@@ -137,8 +137,8 @@ def insecure_choices(settings: Settings, service: str, host: str) -> list[str]:
             mode = os.stat(path).st_mode if path else 0
         except OSError:
             continue
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            found.append(f"{what} {path} can be read by other accounts on this machine (mode "
+        if mode & (stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH):
+            found.append(f"{what} {path} can be read or changed by other accounts on this machine (mode "
                          f"{stat.filemode(mode)}); `chmod 600 {path}`")
     return found
 

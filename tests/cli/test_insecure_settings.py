@@ -68,10 +68,10 @@ def test_a_key_or_store_other_accounts_can_read_is_named_with_its_remedy(store: 
         os.chmod(path, 0o644)  # noqa: S103 - as a copy under umask 022 leaves it
     started = runner.invoke(app, ["serve", "--tls-cert", str(pki.server_cert), "--tls-key", str(key)])
     assert started.exit_code == 0, started.output
-    assert f"the TLS private key {key} can be read by other accounts" in started.output
-    assert f"the SQLite store {store} can be read by other accounts" in started.output
+    assert f"the TLS private key {key} can be read or changed by other accounts" in started.output
+    assert f"the SQLite store {store} can be read or changed by other accounts" in started.output
     assert f"chmod 600 {key}" in started.output
     for path in (key, store):
         os.chmod(path, 0o600)
     again = runner.invoke(app, ["serve", "--tls-cert", str(pki.server_cert), "--tls-key", str(key)])
-    assert again.exit_code == 0 and "can be read by other accounts" not in again.output
+    assert again.exit_code == 0 and "by other accounts" not in again.output
