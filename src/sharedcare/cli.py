@@ -542,9 +542,11 @@ def _tls_options(cert: Path | None, key: Path | None, client_ca: Path | None, cl
             os.environ[name] = str(value)
 
 
-def _start_up_checks(service: str, database: Database) -> TlsSettings | None:
-    """What `serve` and `mllp` check before they listen: the TLS settings and the clock (TRUST OP2)."""
+def _start_up_checks(service: str, database: Database, host: str) -> TlsSettings | None:
+    """What `serve` and `mllp` check before they listen: the TLS settings and the clock (TRUST OP2), and
+    settings that expose patients' data (warned: `config.insecure_choices`)."""
     from sharedcare.clock_sync import check_clock
+    from sharedcare.config import insecure_choices
     from sharedcare.tls import tls_settings
 
     try:
@@ -566,6 +568,8 @@ def _start_up_checks(service: str, database: Database) -> TlsSettings | None:
         console.print(clock.summary)
     else:
         console.print(f"[yellow]warning:[/yellow] {clock.summary} (SHAREDCARE_REQUIRE_CLOCK_SYNC=1 refuses to start)")
+    for warning in insecure_choices(settings, service, host):
+        console.print(f"[yellow]warning:[/yellow] {_literal(warning)}")
     console.print(f"{service}: {tls.describe() if tls else 'plain TCP, no TLS'}")
     return tls
 
@@ -601,6 +605,7 @@ def serve(
     from sharedcare.api.app import create_app, freeze_start_up
     from sharedcare.api.served_tls import TlsHttpProtocol
     from sharedcare.api.server_loop import LOOP
+    from sharedcare.api.slow_clients import TimedHttpProtocol
     from sharedcare.export.jobs import ExportJobs
 
     _tls_options(tls_cert, tls_key, tls_client_ca, client_certs, tls_client_crl)
@@ -610,12 +615,13 @@ def serve(
         application = create_app(settings, framework=_framework(), database=_database())
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
-    tls = _start_up_checks("serve", application.state.database)
+    tls = _start_up_checks("serve", application.state.database, host)
     expired = ExportJobs(application.state.database, application.state.framework, settings).expire()
     if expired:
         console.print(f"deleted the files of {expired} finished exports past their retention "
                       f"({settings.export_retention_days} days, SHAREDCARE_EXPORT_RETENTION_DAYS)")
-    http = TlsHttpProtocol if tls else "auto"
+    http = TlsHttpProtocol if tls else TimedHttpProtocol
+    _open_files_to_the_hard_limit()
     # No access log: URLs can carry search terms, and patient identifiers must not reach log files
     # (TRUST DP1). Requests are traced by the audit log and the X-Request-ID header instead.
     if workers > 1:
@@ -626,7 +632,18 @@ def serve(
                     log_level="info", access_log=False, http=http, loop=LOOP)
         return
     freeze_start_up()
-    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False, http=http)
+    uvicorn.run(application, host=host, port=port, log_level="info", access_log=False, http=http, loop=LOOP)
+
+
+def _open_files_to_the_hard_limit() -> None:
+    """Raise this process's limit of open files (sockets) to the most the system allows it: a systemd service
+    starts at 1,024, which a thousand connections from one client used up (api/slow_clients.py)."""
+    import contextlib
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # a hard limit the kernel will not grant: the soft one stands
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @app.command()
@@ -1414,7 +1431,7 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
 
     _tls_options(tls_cert, tls_key, tls_client_ca, client_certs, tls_client_crl)
     database = _database()
-    tls = _start_up_checks("mllp", database)
+    tls = _start_up_checks("mllp", database, host)
     fw = _framework()
     listed = sum(len(org.feed_certificates) for org in fw.organisations.values())
     if tls is not None and not listed:

@@ -25,6 +25,8 @@ SHAREDCARE_MLLP_FRAME_SECONDS  `mllp` closes, unanswered, a connection whose fra
                        long (default: 60)
 SHAREDCARE_MLLP_MAX_CONNECTIONS  connections `mllp` keeps open at once (default: 64); more are closed at once
 SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address (default: 16)
+SHAREDCARE_HTTP_REQUEST_SECONDS  `serve` closes a connection whose request has not arrived whole this long after it
+                       opened or after the previous answer, a second more per 500 bytes received (default: 20)
 SHAREDCARE_REQUIRE_CLOCK_SYNC  "1": `serve` and `mllp` refuse to start on a clock not synchronised (else a warning)
 SHAREDCARE_EVENT_SKEW_SECONDS  how far past its receipt a message's event time may be (default: 300, a source's clock
                        a little ahead); later, the message is quarantined (see `ingest.messages.future_event_time`)
@@ -35,7 +37,9 @@ SHAREDCARE_AUDIT_REPOSITORY_TOKEN  bearer token `sharedcare audit forward` sends
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import stat
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -73,6 +77,7 @@ class Settings:
     mllp_frame_seconds: int = 60
     mllp_max_connections: int = 64
     mllp_max_per_address: int = 16
+    http_request_seconds: int = 20  # api/slow_clients.py
     # SHAREDCARE_EVENT_SKEW_SECONDS: here so a bad value is refused at start; ingest reads it per message
     # through `event_skew` (a fraction of `load_settings`' cost)
     event_skew_seconds: int = 300
@@ -118,6 +123,36 @@ class Settings:
         return self.pseudonym_key or self.secret
 
 
+def insecure_choices(settings: Settings, service: str, host: str) -> list[str]:
+    """What `serve` or `mllp` would start with that exposes patients' data, each said with its remedy (fifth
+    security review, 2026-12-06: each was taken without a word). Warned, not refused: a container binds every
+    address behind a proxy that speaks TLS, and a store's mode is its owner's to choose."""
+    found = []
+    if settings.tls_cert is None and not _loopback(host):
+        found.append(f"{service} listens on {host} without TLS: " + (
+            "anyone who reaches the port can send feeds in any organisation's name (without a client certificate "
+            "MSH-4 is taken as sent) and read the ACKs" if service == "mllp" else
+            "sign-ins, session cookies, tokens and records cross the network unencrypted")
+            + "; set SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY, or listen on 127.0.0.1 behind a proxy that does")
+    store = settings.database_url.removeprefix("sqlite:///") if settings.database_url.startswith("sqlite:///") else None
+    for what, path in (("the TLS private key", settings.tls_key), ("the SQLite store", store)):
+        try:
+            mode = os.stat(path).st_mode if path else 0
+        except OSError:
+            continue
+        if mode & (stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH):
+            found.append(f"{what} {path} can be read or changed by other accounts on this machine (mode "
+                         f"{stat.filemode(mode)}); `chmod 600 {path}`")
+    return found
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any address
+        return False
+
+
 def default_database_url() -> str:
     path = Path.cwd() / "var" / "sharedcare.db"
     return f"sqlite:///{path}"
@@ -151,6 +186,7 @@ def load_settings() -> Settings:
         mllp_frame_seconds=_whole_number("SHAREDCARE_MLLP_FRAME_SECONDS", 60, least=1),
         mllp_max_connections=_whole_number("SHAREDCARE_MLLP_MAX_CONNECTIONS", 64, least=1),
         mllp_max_per_address=_whole_number("SHAREDCARE_MLLP_MAX_PER_ADDRESS", 16, least=1),
+        http_request_seconds=_whole_number("SHAREDCARE_HTTP_REQUEST_SECONDS", 20, least=1),
         event_skew_seconds=int(event_skew().total_seconds()),
         quarantine_retention_days=_whole_number("SHAREDCARE_QUARANTINE_RETENTION_DAYS", 90, least=1),
     )

@@ -496,7 +496,8 @@ def test_an_ingest_run_stopped_part_way_is_audited_as_an_error_naming_what_stopp
 def test_a_senders_markup_is_listed_literally_by_quarantine_list_ingest_and_mpi_review(
         env: Database, framework: Framework, tmp_path: Path) -> None:
     """`[/]` or `[black on black]` in a value a sender chose reaches the operator's screen as typed: it
-    neither breaks the listing (Rich markup) nor restyles it, and an escape sequence is shown encoded."""
+    neither breaks the listing (Rich markup) nor restyles it. An escape sequence never reaches the store (fifth
+    security review: refused at ingest, naming the element), and nothing listed holds one."""
     server = MllpServer(Pipeline(env, framework))
     ack = server.handle(results("MK1").replace("||5.9|mmol/L|", "||[/]|mmol/L|").encode(), "203.0.113.8:1")
     assert b"AE" in ack
@@ -507,14 +508,16 @@ def test_a_senders_markup_is_listed_literally_by_quarantine_list_ingest_and_mpi_
     feed = write_ndjson(tmp_path / "markup.ndjson", [
         bundle("P81001", "emis", [patient("amy", "9434765919", "Jones", "[black on black]Amy", "2001-04-05",
                                           gender="female")]),
-        bundle("RXR", "epr", [patient("h-amy", "9434765919", "Jones", "Zara[/]\x1b[8m", "2001-04-05",
+        bundle("RXR", "epr", [patient("h-amy", "9434765919", "Jones", "Zara[/]", "2001-04-05",
                                       gender="female")]),
+        bundle("RXR", "epr", [patient("h-esc", "9434765919", "Jones", "Zara\x1b[8m", "2001-04-05", gender="female")]),
         bundle("P81001", "emis", [patient("gp-2", "1234567890", "Hughes [/]", "Margaret", "1952-06-11")])])
     ingested = runner.invoke(app, ["ingest", str(feed)], env={"COLUMNS": "400"})
-    assert ingested.exit_code == 1 and "Traceback" not in ingested.output  # one quarantined, reported
+    assert ingested.exit_code == 1 and "Traceback" not in ingested.output  # two quarantined, reported
+    assert "control character U+001B" in ingested.output and "\x1b" not in ingested.output
     review = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
     assert review.exit_code == 0, review.output
-    assert "JONES, [black on black]Amy" in review.stdout and "Zara[/]\\x1b[8m" in review.stdout
+    assert "JONES, [black on black]Amy" in review.stdout and "Zara[/]" in review.stdout
     assert "\x1b" not in review.stdout
 
 

@@ -219,6 +219,19 @@ def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_
         assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
 
 
+def test_the_ack_sends_the_header_back_in_its_own_separators_and_cannot_be_given_fields(listener: int) -> None:
+    """Fifth security review (LOW): MSH-3, -4, -10 and -12 went back verbatim. A sender that declared `#` its
+    field separator and `*` its component separator had `|` read as text; echoed, it added fields to the ACK's
+    MSH and MSA, and a VT in MSH-10 put a frame's start inside the ACK. Each value is now re-encoded in the
+    ACK's separators."""
+    header = "MSH#*~\\&#PAS|X^Y#RXR*1.2*ISO#SHAREDCARE#QRD#20261101093000##ADT*A01*ADT_A01#MSG\x0b|AA#P#2.4"
+    rest = A01.format(dob="19450302").split("\r", 1)[1].replace("|", "#").replace("^", "*")
+    (ack,) = _exchange(listener, (header + "\r" + rest).encode("latin-1"))
+    msh, msa = _segment(ack, "MSH"), _segment(ack, "MSA")
+    assert len(msh) == 12 and msh[4:6] == ["PAS\\F\\X\\S\\Y", "RXR^1.2^ISO"] and msh[8] == "ACK^A01^ACK"
+    assert msa[2] == "MSG\\F\\AA" and "\x0b" not in ack
+
+
 def test_something_that_is_not_hl7_is_rejected_ar_and_kept(listener: int, db: Database) -> None:
     (ack,) = _exchange(listener, b"hello, is this the lab?")
     assert _segment(ack, "MSA")[1] == "AR"

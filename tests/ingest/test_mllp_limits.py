@@ -109,3 +109,31 @@ def test_a_frame_over_the_size_limit_is_rejected(db: Database, framework: Framew
             assert chunk, "closed without an answer"
             answer += chunk
     assert b"MSA|AR||message larger than the limit" in answer
+
+
+def test_one_senders_many_connections_do_not_queue_in_front_of_another_senders_message(
+        db: Database, framework: Framework) -> None:
+    """Fifth security review (MEDIUM): a sender's messages on sixteen connections all waited for the listener's
+    worker threads at once, and another sender's message waited behind them (3.2 s, against 4.3 ms alone, with
+    1.5 MB messages). One address has one message in hand at a time: the other sender's comes next."""
+    with serving(_server(db, framework, max_per_address=16)) as port:
+        flooding = [_connect(port) for _ in range(16)]
+        for n, sock in enumerate(flooding):  # each ~0.3 s to handle (a name of 200,000 escapes)
+            sock.sendall(START + GOOD.replace(b"MSG001", f"A{n}".encode()).replace(b"OKAFOR", b"\\E\\" * 200_000)
+                         + END)
+        time.sleep(0.3)  # all sixteen frames are in
+        other = _connect(port, "127.0.0.2")
+        other.sendall(START + GOOD.replace(b"MSG001", b"B1").replace(b"H900", b"B900") + END)
+        other.settimeout(120)
+        assert b"MSA|AA|B1" in other.recv(65536)
+        other.close()
+        for sock in flooding:
+            sock.settimeout(120)
+            while not sock.recv(65536).endswith(END):
+                pass
+            sock.close()
+    with db.session() as s:
+        writes = [json.dumps(e.event) for e in s.scalars(select(AuditEntry).where(AuditEntry.username == "RXR:pas")
+                                                         .order_by(AuditEntry.seq))]
+    before = next(n for n, event in enumerate(writes) if '"B1"' in event)
+    assert len(writes) == 17 and before <= 2  # at most the message in hand and one more came first

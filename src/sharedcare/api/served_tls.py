@@ -1,6 +1,7 @@
 """`sharedcare serve` over TLS: uvicorn's HTTP protocol behind our own handshake (sharedcare/tls.py), so a
 connection refused at the handshake is logged and audited with its address, which uvicorn's own ssl_*
-options cannot do (asyncio drops a failed handshake silently). uvicorn takes the protocol class as its
+options cannot do (asyncio drops a failed handshake silently); then HTTP as without TLS, a late request
+not waited for (`slow_clients.py`). uvicorn takes the protocol class as its
 `http` setting and makes one per connection in each worker process, which reads the environment's
 settings (SHAREDCARE_TLS_*) once.
 """
@@ -13,9 +14,9 @@ from functools import cache
 from typing import Any
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.server import ServerState
 
+from sharedcare.api.slow_clients import TimedHttpProtocol
 from sharedcare.config import load_settings
 from sharedcare.errors import ConfigError
 from sharedcare.store.database import Database
@@ -33,11 +34,10 @@ def _process_setup() -> tuple[ssl.SSLContext, Database]:
 
 
 class TlsHttpProtocol(HandshakeFirst):
-    """One HTTP connection: the handshake first, then uvicorn's own protocol (h11 or httptools)."""
+    """One HTTP connection: the handshake first, then uvicorn's h11 protocol with a deadline for each request."""
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         context, database = _process_setup()
-        inner = AutoHTTPProtocol(config=config, server_state=server_state, app_state=app_state,  # type: ignore[call-arg]
-                                 _loop=_loop)
+        inner = TimedHttpProtocol(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
         super().__init__(inner, context, "http", database)

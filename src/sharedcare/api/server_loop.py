@@ -10,6 +10,10 @@ process still takes up to a thousand new connections a second (far more than it 
 uvicorn takes a loop by import string but has no setting for this, and asyncio none but this method's
 `backlog` argument, which `create_server` also gives the socket's listen queue, where a small value would
 refuse bursts of new connections outright: hence the override.
+
+One process runs it too (fifth security review, 2026-12-06): out of file descriptors, asyncio's own loop
+logged a traceback for every connection it could not accept, up to `backlog` (uvicorn's 2,048) a turn, and
+wrote 1.4 GB of log in ten minutes of a connection flood; accepting one a turn, it logs once a second.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ hand-written here, each from the R4 specification's text:
 - dom-2, dom-4, dom-5, dom-3: a contained resource holds no contained ones, no meta.versionId, lastUpdated
   or security, and is referenced from elsewhere in the resource (or refers to its container);
 - the validator's security checks on strings: markup that would run if shown (a script, frame, object or
-  form tag, an event-handler attribute, a javascript: URL) is refused in any string.
+  form tag, an event-handler attribute, a javascript: URL) is refused in any string;
+- strings hold no control characters but tab, carriage return and line feed (the datatypes page: FHIR XML
+  cannot carry them, PostgreSQL refuses a NUL, a terminal obeys an escape): an HL7 `\\X00\\` or a JSON
+  `\\u0000` from a feed is refused naming the element (fifth security review, 2026-12-06).
 
 Problems come back located as the structural ones are: `Condition.code.coding[0].code: ele-1: why`.
 """
@@ -64,6 +67,7 @@ _ACTIVE_STRING = re.compile(
     r"|<[a-z](?:[^<>]|<(?![a-z]))*\son[a-z]+\s*="
     r"|(java|vb)script\s*:",
     re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _PARSER_OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": False, "huge_tree": False,
                    "dtd_validation": False, "remove_comments": False}
 
@@ -84,8 +88,13 @@ def invariant_problems(resource: dict[str, Any]) -> list[str]:
 
 
 def _string(value: str, where: str, problems: list[str]) -> None:
+    """A string's problems; called for every string that is empty, holds markup or is not all printable (a
+    line end, a control character, a non-breaking space: `str.isprintable` is the cheap first test)."""
     if value == "":
         problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
+    elif not value.isprintable() and (control := _CONTROL.search(value)):
+        problems.append(f"{where}: the string holds the control character U+{ord(control.group()):04X} at character "
+                        f"{control.start() + 1}; FHIR strings hold none but tab, carriage return and line feed")
     elif active_content(value):
         problems.append(f"{where}: security: the string holds active content (script, frame, object, form, "
                         "event handler or script URL), refused as the FHIR validator's security checks do")
@@ -105,7 +114,7 @@ def _element(node: Any, where: str, problems: list[str], depth: int, resource_ro
             problems.append(f"{where}: ele-1: an element has a value or children; an empty array has neither")
         for index, item in enumerate(node):
             if type(item) is str:
-                if item == "" or active_content(item):
+                if item == "" or not item.isprintable() or active_content(item):
                     _string(item, f"{where}[{index}]", problems)
             elif isinstance(item, (dict, list)):
                 _element(item, f"{where}[{index}]", problems, depth + 1)
@@ -120,7 +129,7 @@ def _element(node: Any, where: str, problems: list[str], depth: int, resource_ro
         if type(value) is str:
             if key == "div" and where.endswith(".text"):
                 _narrative(value, f"{where}.div", problems)
-            elif value == "" or active_content(value):
+            elif value == "" or not value.isprintable() or active_content(value):
                 _string(value, f"{where}.{key}", problems)
         elif key == "contained":
             continue  # each contained resource is checked as a resource of its own, by _contained

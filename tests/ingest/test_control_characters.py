@@ -1,0 +1,58 @@
+"""Control characters a feed slips into a value (fifth security review, 2026-12-06): an HL7 escape such as
+`\\X00\\` or a JSON `\\u0000` gave a NUL that SQLite stored inside a patient's name and PostgreSQL refused as an
+"unexpected DataError"; an escape character (`\\X1B\\`) reached the record as it was sent. FHIR strings hold
+no control characters but tab, carriage return and line feed, and FHIR XML cannot carry them at all: the
+message waits in quarantine, naming the element and the character, on either database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+from tests.ingest.test_mllp import A01
+
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.messages import RawMessage
+from sharedcare.ingest.mllp import MllpServer
+from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Quarantine, Resource
+
+PATIENT = {"resourceType": "Patient", "id": "gp-1",
+           "meta": {"source": "https://fhir.nhs.uk/Id/ods-organization-code|P81001#emis"},
+           "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}],
+           "name": [{"family": "OKAFOR", "given": ["Emeka"]}], "birthDate": "1945-03-02", "gender": "male"}
+
+
+@pytest.mark.parametrize(("escape", "code"), [("\\X00\\", "U+0000"), ("\\X1B\\", "U+001B")])
+def test_an_hl7_escape_that_gives_a_control_character_is_answered_ae_and_held(
+        db: Database, framework: Framework, escape: str, code: str) -> None:
+    message = A01.format(dob="19450302").replace("OKAFOR", f"OKA{escape}FOR").encode("latin-1")
+    ack = MllpServer(Pipeline(db, framework)).handle(message, "127.0.0.1:5000").decode("latin-1")
+    msa = next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
+    assert msa[1] == "AE" and "Patient.name[0].family" in msa[3] and f"control character {code}" in msa[3]
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == [] and s.scalars(select(Resource)).all() == []
+        (held,) = s.scalars(select(Quarantine)).all()
+        assert f"control character {code}" in held.reason
+
+
+def test_a_fhir_string_holding_a_nul_is_held_naming_the_element(db: Database, framework: Framework) -> None:
+    patient = PATIENT | {"name": [{"family": "OKA\u0000FOR", "given": ["Emeka"]}]}
+    report = IngestReport()
+    raw = RawMessage("feeds/P81001/gp.ndjson", "line 1", json.dumps(patient).encode(), "fhir")
+    assert Pipeline(db, framework).ingest_message(ADAPTERS["fhir"], raw, None, report, None) is None
+    assert "Patient.name[0].family" in report.quarantine[0]["reason"]
+    assert "control character U+0000" in report.quarantine[0]["reason"]
+    with db.session() as s:
+        assert s.scalars(select(Resource)).all() == []
+
+
+def test_tab_carriage_return_and_line_feed_are_still_text(db: Database, framework: Framework) -> None:
+    patient = PATIENT | {"name": [{"family": "OKAFOR", "given": ["Emeka"], "text": "Mr\tEmeka\r\nOKAFOR"}]}
+    report = IngestReport()
+    raw = RawMessage("feeds/P81001/gp.ndjson", "line 1", json.dumps(patient).encode(), "fhir")
+    assert Pipeline(db, framework).ingest_message(ADAPTERS["fhir"], raw, None, report, None) is not None
+    with db.session() as s:
+        assert s.scalars(select(Resource.content)).one()["name"][0]["text"] == "Mr\tEmeka\r\nOKAFOR"
