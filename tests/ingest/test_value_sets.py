@@ -187,6 +187,16 @@ def test_a_file_feed_batch_entry_outside_a_value_set_is_held_and_the_rest_stored
     assert set(_stored(db)) == {"gp-1", "gp-c1"}
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_refusal_staged_by_a_worker_process_is_still_code_invalid(
+        workers: int, db: Database, framework: Framework, tmp_path: Path) -> None:
+    message = _gp("batch", patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02"), _encounter(status="seen"))
+    path = write_ndjson(tmp_path / "P81001" / "fhir" / "gp.ndjson", [message])
+    report = Pipeline(db, framework, workers=workers, parallel_from_bytes=0).ingest_paths([path])
+    refused = [(error.issue, error.where) for error in report.errors]
+    assert refused == [("code-invalid", f"{path}, line 1, entry[1], resource")]
+
+
 @pytest.mark.parametrize("element", OUTSIDE)
 def test_an_api_write_outside_a_value_set_is_refused_422_code_invalid(element: str, ics: Ics, db: Database) -> None:
     headers = ics.token("dr.patel", "user/*.read user/*.write") | {"Content-Type": "application/fhir+json"}
