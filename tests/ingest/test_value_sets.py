@@ -26,10 +26,16 @@ from sharedcare.store.models import Quarantine, Resource
 
 HL7 = "http://terminology.hl7.org/CodeSystem/"
 WHO = "Patient/gp-1"
+XHTML = '<div xmlns="http://www.w3.org/1999/xhtml">Seen in clinic</div>'
 
 
 def _status(system: str, code: str) -> dict[str, Any]:
     return {"coding": [{"system": f"{HL7}{system}", "code": code}]}
+
+
+def _patient(**changes: Any) -> dict[str, Any]:
+    """Another person than the batch's own (so the batch's other entries still have their patient)."""
+    return {**patient("gp-2", None, "Hughes", "Margaret", "1950-01-01"), **changes}
 
 
 def _allergy(**changes: Any) -> dict[str, Any]:
@@ -80,8 +86,29 @@ def _document(**changes: Any) -> dict[str, Any]:
 
 # element: (a resource holding a code outside that element's value set, the located path, the value named)
 OUTSIDE: dict[str, tuple[dict[str, Any], str, str]] = {
-    "Patient.gender": ({**patient("gp-2", None, "Hughes", "Margaret", "1950-01-01"), "gender": "F"},
-                       "Patient.gender", "'F'"),
+    "Patient.gender": (_patient(gender="F"), "Patient.gender", "'F'"),
+    "Patient.contact.gender": (_patient(contact=[{"name": {"family": "Adeyemi"}, "gender": "woman"}]),
+                               "Patient.contact[0].gender", "'woman'"),
+    "Patient.link.type": (_patient(link=[{"other": {"reference": "Patient/gp-9"}, "type": "same-as"}]),
+                          "Patient.link[0].type", "'same-as'"),
+    "Identifier.use": (_patient(identifier=[{"system": "https://local.example/mrn", "value": "1", "use": "main"}]),
+                       "Patient.identifier[0].use", "'main'"),
+    "HumanName.use": (_patient(name=[{"family": "Hughes", "use": "Official"}]), "Patient.name[0].use", "'Official'"),
+    "ContactPoint.system": (_patient(telecom=[{"system": "mobile", "value": "07700 900456"}]),
+                            "Patient.telecom[0].system", "'mobile'"),
+    "ContactPoint.use": (_patient(telecom=[{"system": "phone", "value": "07700 900456", "use": "evenings"}]),
+                         "Patient.telecom[0].use", "'evenings'"),
+    "Address.use": (_patient(address=[{"use": "current", "postalCode": "RV3 7QT"}]), "Patient.address[0].use",
+                    "'current'"),
+    "Address.type": (_patient(address=[{"type": "residential", "postalCode": "RV3 7QT"}]),
+                     "Patient.address[0].type", "'residential'"),
+    "Narrative.status": (_encounter(text={"status": "draft", "div": XHTML}), "Encounter.text.status", "'draft'"),
+    "Encounter.statusHistory.status": (
+        _encounter(statusHistory=[{"status": "seen", "period": {"start": "2026-10-01"}}]),
+        "Encounter.statusHistory[0].status", "'seen'"),
+    "DocumentReference.relatesTo.code": (_document(relatesTo=[{"code": "corrects",
+                                                               "target": {"reference": "DocumentReference/x"}}]),
+                                         "DocumentReference.relatesTo[0].code", "'corrects'"),
     "Quantity.comparator": (_observation(valueQuantity={"value": 150, "comparator": "about"}),
                             "Observation.valueQuantity.comparator", "'about'"),
     "Timing.repeat.durationUnit": (_dosed(duration=1, durationUnit="days"),

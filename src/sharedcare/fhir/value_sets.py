@@ -58,8 +58,21 @@ EVENT_TIMING = _vs("EventTiming", "event-timing",
                    "HS WAKE C CM CD CV AC ACM ACD ACV PC PCM PCD PCV")
 
 # element path (in the type that defines it) -> its required value set
+GENDER = _vs("AdministrativeGender", "administrative-gender", "male female other unknown")
+ENCOUNTER_STATUS = _vs("EncounterStatus", "encounter-status",
+                       "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown")
+
 REQUIRED: dict[str, ValueSet] = {
-    "Patient.gender": _vs("AdministrativeGender", "administrative-gender", "male female other unknown"),
+    "Patient.gender": GENDER,
+    "Patient.contact.gender": GENDER,
+    "Patient.link.type": _vs("LinkType", "link-type", "replaced-by replaces refer seealso"),
+    "Identifier.use": _vs("IdentifierUse", "identifier-use", "usual official temp secondary old"),
+    "HumanName.use": _vs("NameUse", "name-use", "usual official temp nickname anonymous old maiden"),
+    "ContactPoint.system": _vs("ContactPointSystem", "contact-point-system", "phone fax email pager url sms other"),
+    "ContactPoint.use": _vs("ContactPointUse", "contact-point-use", "home work temp old mobile"),
+    "Address.use": _vs("AddressUse", "address-use", "home work temp old billing"),
+    "Address.type": _vs("AddressType", "address-type", "postal physical both"),
+    "Narrative.status": _vs("NarrativeStatus", "narrative-status", "generated extensions additional empty"),
     "Quantity.comparator": COMPARATOR,
     "Timing.repeat.durationUnit": UNITS_OF_TIME,
     "Timing.repeat.periodUnit": UNITS_OF_TIME,
@@ -87,8 +100,8 @@ REQUIRED: dict[str, ValueSet] = {
     "MedicationStatement.status": _vs("MedicationStatementStatusCodes", "medication-statement-status",
                                       "active completed entered-in-error intended stopped on-hold unknown not-taken"),
     "Medication.status": _vs("MedicationStatusCodes", "medication-status", "active inactive entered-in-error"),
-    "Encounter.status": _vs("EncounterStatus", "encounter-status",
-                            "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"),
+    "Encounter.status": ENCOUNTER_STATUS,
+    "Encounter.statusHistory.status": ENCOUNTER_STATUS,
     "Encounter.location.status": _vs("EncounterLocationStatus", "encounter-location-status",
                                      "planned active reserved completed"),
     "Observation.status": _vs("ObservationStatus", "observation-status",
@@ -105,6 +118,8 @@ REQUIRED: dict[str, ValueSet] = {
                                            "unknown entered-in-error"),
     "DocumentReference.status": _vs("DocumentReferenceStatus", "document-reference-status",
                                     "current superseded entered-in-error"),
+    "DocumentReference.relatesTo.code": _vs("DocumentRelationshipType", "document-relationship-type",
+                                            "replaces transforms signs appends"),
     "DocumentReference.docStatus": _vs("CompositionStatus", "composition-status",
                                        "preliminary final amended entered-in-error"),
     "DiagnosticReport.status": _vs("DiagnosticReportStatus", "diagnostic-report-status",
