@@ -191,21 +191,39 @@ def _plans() -> tuple[dict[str, dict[str, _Step]], dict[Model, dict[str, _Step]]
 def value_set_problems(resource: dict[str, Any]) -> list[str]:
     """Each required-bound element of the resource (and of the resources it contains) that holds a code
     outside its value set, located: `Encounter.status: code-invalid: ...`. Runs after the structural check."""
-    problems: list[str] = []
     roots, plans = _plans()
     resource_type = str(resource.get("resourceType"))
-    plan = roots.get(resource_type)
-    if plan is not None:
-        _walk(resource, plan, plans, resource_type, problems, 0)
     contained = resource.get("contained")
-    for index, inner in enumerate(contained if type(contained) is list else ()):
-        plan = roots.get(str(inner.get("resourceType"))) if type(inner) is dict else None
-        if plan is not None:
-            _walk(inner, plan, plans, f"{resource_type}.contained[{index}]", problems, 0)
+    parts = [(resource, roots.get(resource_type), resource_type)] + [
+        (inner, roots.get(str(inner.get("resourceType"))), f"{resource_type}.contained[{index}]")
+        for index, inner in enumerate(contained if type(contained) is list else ()) if type(inner) is dict]
+    problems: list[str] = []
+    for node, plan, where in parts:
+        # nearly every resource holds only valid codes: only one that does not is walked again, naming paths
+        if plan is not None and _breaks(node, plan, plans, 0):
+            _walk(node, plan, plans, where, problems, 0)
     return problems
 
 
 _MAX_DEPTH = 64  # the invariants refuse a resource nested deeper
+
+
+def _breaks(node: dict[str, Any], plan: dict[str, _Step], plans: dict[Model, dict[str, _Step]], depth: int) -> bool:
+    """Whether an element in the node holds a code outside its value set (`_walk` without the paths)."""
+    if depth > _MAX_DEPTH:
+        return False
+    for name, value in node.items():
+        step = plan.get(name)
+        if step is None:
+            continue
+        vs, child = step
+        for item in value if type(value) is list else (value,):
+            if vs is not None and (_concept_problem(item, vs) is not None if vs.system
+                                   else type(item) is not str or item not in vs.codes):
+                return True
+            if child is not None and type(item) is dict and _breaks(item, plans[child], plans, depth + 1):
+                return True
+    return False
 
 
 def _walk(node: dict[str, Any], plan: dict[str, _Step], plans: dict[Model, dict[str, _Step]], where: str,
@@ -232,7 +250,7 @@ def _named(vs: ValueSet) -> str:
 
 
 def _code_problem(code: Any, vs: ValueSet) -> str | None:
-    if code in vs.codes:
+    if type(code) is str and code in vs.codes:
         return None
     return f"'{str(code)[:60]}' is not a code of the value set {_named(vs)}"
 
