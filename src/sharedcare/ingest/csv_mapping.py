@@ -46,7 +46,6 @@ UK_TIME = ZoneInfo("Europe/London")  # extract times without an offset are the s
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 
-
 def _code_of(element: str) -> AfterValidator:
     """A mapping's target code must be one of the element's required value set (fhir/value_sets.py, the table
     ingest refuses by): a wrong one is named when the mapping is loaded, not on each row it maps."""
