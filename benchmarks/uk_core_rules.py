@@ -21,11 +21,11 @@ from typing import Any
 
 from invariants import cpu_per_resource, resources  # benchmarks/invariants.py: the same resources, same timing
 
+from sharedcare.fhir import checks
 from sharedcare.fhir.invariants import invariant_problems
 from sharedcare.fhir.uk_core_rules import uk_core_problems
 from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import load_framework
-from sharedcare.ingest import fhir_bundle
 from sharedcare.ingest.messages import MessageError, RawMessage
 from sharedcare.ingest.pipeline import ADAPTERS
 from sharedcare.ingest.staging import stage
@@ -39,7 +39,7 @@ def messages(folder: Path) -> list[RawMessage]:
 
 def stage_cpu(batch: list[RawMessage], framework: Any, rules: bool) -> tuple[float, int]:
     """Thread CPU per staged resource, staging every message (the rules on or off)."""
-    fhir_bundle.uk_core_problems = uk_core_problems if rules else _none  # type: ignore[attr-defined]
+    checks.uk_core_problems = uk_core_problems if rules else _none  # type: ignore[attr-defined]
     staged = 0
     started = time.thread_time()
     for raw in batch:

@@ -152,6 +152,8 @@ SAFETY_RELEVANT = sorted(
     # data at the wrong tier. The writer also keeps a late message from overwriting newer data, quarantines
     # what fails and queues competing registrations (HAZ-07, HAZ-13, HAZ-10).
     + ["src/sharedcare/ingest/staging.py", "src/sharedcare/ingest/pipeline.py"]
+    # the codes ingest takes for a status (a withdrawal among them) and the extract keeps (HAZ-08, HAZ-05)
+    + ["src/sharedcare/fhir/value_sets.py"]
     + [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "sharedcare" / "identity").glob("*.py")
        if p.name not in ("__init__.py", "evaluate.py")]
     + ["src/sharedcare/identity/default_model.json"])

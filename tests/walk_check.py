@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any, TypeVar
 from unittest.mock import patch
 
+from sharedcare.fhir import checks
 from sharedcare.fhir.validate import surely_valid, validation_problems
 
 T = TypeVar("T")
 
 
-def same_as_the_model(stager: ModuleType, outcome: Callable[[], T]) -> tuple[T, list[dict[str, Any]]]:
-    """`outcome()` staged as it is and again with `stager.walked_problems` replaced by the model alone:
+def same_as_the_model(outcome: Callable[[], T]) -> tuple[T, list[dict[str, Any]]]:
+    """`outcome()` staged as it is and again with the walk (`fhir.checks.walked_problems`, which every format's
+    staging calls) replaced by the model alone:
     both must be equal, and each resource the model then judged must be one the walk does not vouch for
     unless the model accepts it. Returns the outcome and those resources."""
     validated: list[dict[str, Any]] = []
@@ -25,7 +26,7 @@ def same_as_the_model(stager: ModuleType, outcome: Callable[[], T]) -> tuple[T, 
         return validation_problems(resource)
 
     walked = outcome()
-    with patch.object(stager, "walked_problems", model_only):
+    with patch.object(checks, "walked_problems", model_only):
         modelled = outcome()
     assert walked == modelled
     for resource in validated:

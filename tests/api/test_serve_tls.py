@@ -92,9 +92,10 @@ def _refusals(db: Database, count: int) -> list[AuditEntry]:
 def test_a_system_with_a_trusted_certificate_writes_fhir_over_mutual_tls(
         ics: Ics, db: Database, pki: Pki, serve: Serve) -> None:
     url = serve("--tls-client-ca", str(pki.ca), "--workers", "2")  # the options reach every server process
+    resolved = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]}
     with httpx.Client(base_url=url, verify=pki.client_context(pki.client), timeout=30) as system:
         response = system.put("/fhir/Condition/gp-c1", headers=_token(ics, "dr.patel"),
-                              content=json.dumps(_diabetes(clinicalStatus={"coding": [{"code": "resolved"}]})))
+                              content=json.dumps(_diabetes(clinicalStatus=resolved)))
     assert response.status_code in (200, 201), response.text
     assert _refusals(db, 0) == []
     with db.session() as s:  # the clock was checked once, at start-up, before the workers were started

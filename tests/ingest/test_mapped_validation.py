@@ -93,7 +93,7 @@ def _outcome(raw: RawMessage, framework: Framework) -> tuple[Any, ...]:
 def _same_as_the_model(raw: RawMessage, framework: Framework) -> tuple[Any, ...]:
     """Stage with the fast path and with the model alone; both outcomes must be the same, and the walk
     must vouch for no resource the model refuses. Returns the outcome."""
-    return same_as_the_model(hl7v2, lambda: _outcome(raw, framework))[0]
+    return same_as_the_model(lambda: _outcome(raw, framework))[0]
 
 
 @SETTINGS

@@ -200,6 +200,12 @@ def _model(cls: type[FHIRAbstractModel]) -> _Model:
     return model
 
 
+def element_fields(cls: type[FHIRAbstractModel]) -> dict[str, tuple[bool, type[FHIRAbstractModel] | None]]:
+    """A model's fields by JSON name, each as (repeats, its element's model or None for a primitive), as the
+    walk reads them (fhir/value_sets.py finds its bound elements through them)."""
+    return {name: (kind[0], kind[2]) for name, kind in _model(cls).fields.items()}
+
+
 # Deeper than this the walk vouches for nothing: the model, which decides then, runs out of stack at some
 # 130-150 levels of nesting (a RecursionError, quarantined as unreadable), and the walk must not accept what
 # the model cannot read. Real resources nest under 15 levels.

@@ -25,8 +25,9 @@ and any element a source adds that is not listed here. Then:
   `Coding.version`, are whatever a source's staff typed ("seen with Jane Smith"), and never leave; each
   coding left out is counted (`Shaped.codings_withheld`); a status a decision reads keeps its code;
 - an element of FHIR's `code` type bound to a fixed value set (a status, an intent, an allergy's
-  criticality, a timing's units, a comparator) leaves only holding one of that set's codes: FHIR's
-  validation takes any text there ("seen by Jane Smith"), and a source's staff may type it. What is left
+  criticality, a timing's units, a comparator) leaves only holding one of that set's codes
+  (`fhir/value_sets.py`, the table ingest refuses other codes by since 2026-12-06; a resource stored before
+  may hold any text there, "seen by Jane Smith", as FHIR's own validation takes it). What is left
   out is counted with the codings; a resource left without a status FHIR requires is not exported. A
   document's `contentType` leaves as its media type alone (its parameters can name a file), `meta.source`
   as the ODS code and a source system's short name, an ODS identifier only when shaped as an ODS code,
@@ -78,6 +79,7 @@ from msgspec import Struct, field
 
 from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import ODS_SYSTEM
+from sharedcare.fhir.value_sets import codes_of
 
 UCUM = "http://unitsofmeasure.org"
 # The code systems whose codes leave in an extract: national and international terminologies, whose codes
@@ -113,19 +115,13 @@ class _E(Struct, omit_defaults=True, gc=False):
     """An element (not tracked by the garbage collector: these trees have no cycles)."""
 
 
-def _codes(*codes: str) -> frozenset[str]:
-    return frozenset(codes)
+def _bound(element: str, *names: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """The `code` elements `names` of `element` with their required value sets' codes (fhir/value_sets.py,
+    the table ingest refuses by: a stored resource holds none other unless it was stored before that check)."""
+    return tuple((name, codes_of(f"{element}.{name}")) for name in names)
 
 
-# FHIR R4's required value sets of the `code` elements the shapes keep (hl7.org/fhir/R4/valuesets.html)
-EVENT_STATUS = _codes("preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error",
-                      "unknown")
-REQUEST_STATUS = _codes("draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown")
-UNITS_OF_TIME = _codes("s", "min", "h", "d", "wk", "mo", "a")
-_COMPARATORS = _codes("<", "<=", ">=", ">")
-EVENT_TIMING = _codes("MORN", "MORN.early", "MORN.late", "NOON", "AFT", "AFT.early", "AFT.late", "EVE", "EVE.early",
-                      "EVE.late", "NIGHT", "PHS", "HS", "WAKE", "C", "CM", "CD", "CV", "AC", "ACM", "ACD", "ACV", "PC",
-                      "PCM", "PCD", "PCV")
+_COMPARATORS = codes_of("Quantity.comparator")
 _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9][a-z0-9.+-]{0,63}")
 _ODS_CODE = re.compile(r"[A-Z0-9]{3,8}")  # as ingest checks them (fhir/uk_core_rules.py)
 _SOURCE_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # `emis`, `epr`, `pas`: a system's short name
@@ -320,9 +316,8 @@ class Extension(_Dated):
 
 
 class TimingRepeat(_E):
-    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = (
-        ("durationUnit", UNITS_OF_TIME), ("periodUnit", UNITS_OF_TIME), ("when", EVENT_TIMING),
-        ("dayOfWeek", _codes("mon", "tue", "wed", "thu", "fri", "sat", "sun")))
+    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = _bound("Timing.repeat", "durationUnit", "periodUnit",
+                                                                      "when", "dayOfWeek")
     boundsPeriod: Period | None = None
     count: int | None = None
     duration: float | None = None
@@ -366,7 +361,7 @@ class Dosage(_E):
 
 class Reaction(_Dated):
     _dates = ("onset",)
-    _fixed = (("severity", _codes("mild", "moderate", "severe")),)
+    _fixed = _bound("AllergyIntolerance.reaction", "severity")
     substance: Concept | None = None
     manifestation: list[Concept] | None = None
     onset: str | None = None
@@ -427,11 +422,7 @@ class ProtocolApplied(_E):
 
 
 class ActivityDetail(_E):
-    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = (
-        ("kind", _codes("Appointment", "CommunicationRequest", "DeviceRequest", "MedicationRequest", "NutritionOrder",
-                        "Task", "ServiceRequest", "VisionPrescription")),
-        ("status", _codes("not-started", "scheduled", "in-progress", "on-hold", "completed", "cancelled", "stopped",
-                          "unknown", "entered-in-error")))
+    _fixed: ClassVar[tuple[tuple[str, frozenset[str]], ...]] = _bound("CarePlan.activity.detail", "kind", "status")
     kind: str | None = None
     code: Concept | None = None
     reasonCode: list[Concept] | None = None
@@ -564,8 +555,7 @@ class MedicationStatement(_Resource):
     `Shaped.incomplete` has it left out of the export."""
 
     _dates = ("effectiveDateTime", "dateAsserted")
-    _fixed = (("status", _codes("active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown",
-                                "not-taken")),)
+    _fixed = _bound("MedicationStatement", "status")
     _required = ("status",)
     extension: list[Extension] | None = None
     status: str | None = None
@@ -594,9 +584,7 @@ class MedicationStatement(_Resource):
 
 class AllergyIntolerance(_Resource):
     _dates = ("onsetDateTime", "recordedDate", "lastOccurrence")
-    _fixed = (("type", _codes("allergy", "intolerance")),
-              ("category", _codes("food", "medication", "environment", "biologic")),
-              ("criticality", _codes("low", "high", "unable-to-assess")))
+    _fixed = _bound("AllergyIntolerance", "type", "category", "criticality")
     clinicalStatus: Status | None = None
     verificationStatus: Status | None = None
     type: str | None = None
@@ -614,8 +602,7 @@ class AllergyIntolerance(_Resource):
 
 
 class Encounter(_Resource):
-    _fixed = (("status", _codes("planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
-                                "entered-in-error", "unknown")),)
+    _fixed = _bound("Encounter", "status")
     _required = ("status",)
     status: str | None = None
     class_: Coding | None = field(default=None, name="class")
@@ -638,8 +625,7 @@ class Observation(_Resource):
     (an instant too, and no more than when the result was released) is not read."""
 
     _dates = ("effectiveDateTime", "valueDateTime")
-    _fixed = (("status", _codes("registered", "preliminary", "final", "amended", "corrected", "cancelled",
-                                "entered-in-error", "unknown")),)
+    _fixed = _bound("Observation", "status")
     _required = ("status",)
     status: str | None = None
     category: list[Concept] | None = None
@@ -677,7 +663,7 @@ class Observation(_Resource):
 
 class Procedure(_Resource):
     _dates = ("performedDateTime",)
-    _fixed = (("status", EVENT_STATUS),)
+    _fixed = _bound("Procedure", "status")
     _required = ("status",)
     status: str | None = None
     statusReason: Concept | None = None
@@ -698,7 +684,7 @@ class Procedure(_Resource):
 
 class Immunization(_Resource):
     _dates = ("occurrenceDateTime", "recorded")
-    _fixed = (("status", _codes("completed", "entered-in-error", "not-done")),)
+    _fixed = _bound("Immunization", "status")
     _required = ("status",)
     status: str | None = None
     statusReason: Concept | None = None
@@ -720,7 +706,7 @@ class Immunization(_Resource):
 
 class CarePlan(_Resource):
     _dates = ("created",)
-    _fixed = (("status", REQUEST_STATUS), ("intent", _codes("proposal", "plan", "order", "option")))
+    _fixed = _bound("CarePlan", "status", "intent")
     _required = ("status", "intent")
     status: str | None = None
     intent: str | None = None
@@ -738,8 +724,7 @@ class DocumentReference(_Resource):
     """`date` (when the reference was made, an instant: it must carry a time of day) is not read; the
     period of care it is about (`context.period`) leaves, to the day."""
 
-    _fixed = (("status", _codes("current", "superseded", "entered-in-error")),
-              ("docStatus", _codes("preliminary", "final", "amended", "entered-in-error")))
+    _fixed = _bound("DocumentReference", "status", "docStatus")
     _required = ("status",)
     status: str | None = None
     docStatus: str | None = None
@@ -754,8 +739,7 @@ class DocumentReference(_Resource):
 
 class DiagnosticReport(_Resource):
     _dates = ("effectiveDateTime",)  # `issued`, an instant, is not read (see Observation)
-    _fixed = (("status", _codes("registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
-                                "cancelled", "entered-in-error", "unknown")),)
+    _fixed = _bound("DiagnosticReport", "status")
     _required = ("status",)
     status: str | None = None
     category: list[Concept] | None = None

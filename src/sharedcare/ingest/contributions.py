@@ -322,7 +322,7 @@ class Contributions:
                                  where=refused.where)], None
         if staged is None:
             problem = report.quarantine[held]
-            return [EntryOutcome("422 Unprocessable Entity", severity="error", code="processing",
+            return [EntryOutcome("422 Unprocessable Entity", severity="error", code=problem["issue"],
                                  text=f"{problem['reason']} (held in quarantine as #{problem['id']})",
                                  where=problem["where"])], None
         by_key = {(r.resource_type, r.source_id): r for r in staged.resources}

@@ -30,10 +30,8 @@ from typing import IO, Any, TypeVar
 
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
-from sharedcare.fhir.invariants import invariant_problems
+from sharedcare.fhir.checks import resource_problems
 from sharedcare.fhir.uk_core import ODS_SYSTEM, demographics, meta_source, server_id
-from sharedcare.fhir.uk_core_rules import uk_core_problems
-from sharedcare.fhir.validate import validation_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
 from sharedcare.ingest.csv_mapping import (
@@ -378,9 +376,10 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
         meta = {**body.pop("meta", {}), "source": meta_source(org, system)}
         content = {"resourceType": resource_type, "id": server_id(org, resource_type, source_id), "meta": meta,
                    **body}
-        problems = validation_problems(content) or invariant_problems(content) or uk_core_problems(content)
+        problems, issue = resource_problems(content)
         if problems:
-            raise MessageError(f"the {resource_type} made from this row is not valid FHIR: {problems[0]}", where)
+            raise MessageError(f"the {resource_type} made from this row is not valid FHIR: {problems[0]}", where,
+                               issue=issue)
         staged.resources.append(StagedResource(resource_type, source_id, content["id"], content, updated, client))
     return staged
 

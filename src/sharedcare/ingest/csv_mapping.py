@@ -30,12 +30,13 @@ from collections import Counter
 from collections.abc import Collection, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sharedcare.errors import SharedcareError
+from sharedcare.fhir.value_sets import REQUIRED
 from sharedcare.yaml_lines import YamlProblem, read_yaml
 from sharedcare.yaml_lines import where as where_in
 
@@ -44,10 +45,23 @@ T = TypeVar("T")
 UK_TIME = ZoneInfo("Europe/London")  # extract times without an offset are the source's local time
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
-Gender = Literal["male", "female", "other", "unknown"]
-EncounterStatus = Literal["planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
-                          "entered-in-error", "unknown"]
-CarePlanStatus = Literal["draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"]
+
+def _code_of(element: str) -> AfterValidator:
+    """A mapping's target code must be one of the element's required value set (fhir/value_sets.py, the table
+    ingest refuses by): a wrong one is named when the mapping is loaded, not on each row it maps."""
+    value_set = REQUIRED[element]
+
+    def check(code: str) -> str:
+        if code not in value_set:
+            raise ValueError(f"'{code}' is not a code of {element}'s value set {value_set.name} "
+                             f"({', '.join(sorted(value_set.codes))})")
+        return code
+    return AfterValidator(check)
+
+
+Gender = Annotated[str, _code_of("Patient.gender")]
+EncounterStatus = Annotated[str, _code_of("Encounter.status")]
+CarePlanStatus = Annotated[str, _code_of("CarePlan.status")]
 
 
 class _ColumnRef:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sharedcare.fhir.invariants import invariant_problems
+from sharedcare.fhir.checks import resource_problems
 from sharedcare.fhir.uk_core import (
     PATIENT_FIELDS,
     RECORD_TYPES,
@@ -25,8 +25,6 @@ from sharedcare.fhir.uk_core import (
     parse_meta_source,
     server_id,
 )
-from sharedcare.fhir.uk_core_rules import uk_core_problems
-from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import normalise
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
@@ -247,10 +245,11 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             if not resource.get("id"):
                 raise MessageError(f"{resource['resourceType']} has no id; the source's id is needed to "
                                    "recognise later updates", where)
-            problems = walked_problems(resource) or invariant_problems(resource) or uk_core_problems(resource)
+            problems, issue = resource_problems(resource)
             if problems:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
-                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where)
+                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where,
+                                   issue=issue)
             if (resource["resourceType"], str(resource["id"])) in sent:
                 raise MessageError(f"{resource['resourceType']}/{resource['id']} is sent twice in this message", where)
             sent.add((resource["resourceType"], str(resource["id"])))

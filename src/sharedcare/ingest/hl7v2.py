@@ -16,10 +16,9 @@ from datetime import datetime
 from itertools import chain
 from pathlib import Path
 
-from sharedcare.fhir.invariants import active_content, invariant_problems
+from sharedcare.fhir.checks import CODE_INVALID, resource_problems
+from sharedcare.fhir.invariants import active_content
 from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
-from sharedcare.fhir.uk_core_rules import uk_core_problems
-from sharedcare.fhir.validate import walked_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2_map as hmap
 from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
@@ -382,15 +381,15 @@ def _staged(resource: Json, label: str, sender: Sender, system: str, recorded: d
         raise MessageError(f"{resource_type} '{source_id}' is sent twice in this message", where,
                            condition=Condition.DUPLICATE_KEY)
     seen.add(content["id"])
-    problems = walked_problems(content) or invariant_problems(content) or uk_core_problems(content)
+    problems, issue = resource_problems(content)
     if problems:
         element = _ELEMENT.match(problems[0])
         field = SOURCE_FIELDS.get(element.group(0)) if element else None
         if field:
             where = f"{raw.where}, {label}{field}" if field.startswith("-") else f"{raw.where}, {field}"
-        condition = next((found for phrase, found in _VALIDATION_CONDITIONS if phrase.search(problems[0])),
-                         Condition.APPLICATION)
+        condition = Condition.TABLE_VALUE if issue == CODE_INVALID else next(
+            (found for phrase, found in _VALIDATION_CONDITIONS if phrase.search(problems[0])), Condition.APPLICATION)
         raise MessageError(f"{resource_type}/{source_id}: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where,
-                           condition=condition)
+                           condition=condition, issue=issue)
     return StagedResource(resource_type, source_id, content["id"], content, recorded, mrn)

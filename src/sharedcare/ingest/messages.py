@@ -52,14 +52,18 @@ class MessageError(SharedcareError):
     """A message cannot be accepted; `where` names file, line and element at fault, `source_org` the sending
     organisation when the message got far enough to name it (quarantine is counted by it). An HL7 v2 refusal
     carries its table 0357 `condition` and whether the message could not be taken at all (`rejected`: an MLLP
-    AR, not AE), set where it is raised, so that rewording a reason never changes what an ACK says."""
+    AR, not AE), set where it is raised, so that rewording a reason never changes what an ACK says; `issue` is
+    the OperationOutcome issue type a FHIR writer is answered with (`code-invalid` for a code outside its value
+    set)."""
 
     def __init__(self, message: str, where: str | None = None, source_org: str | None = None,
-                 condition: Condition = Condition.APPLICATION, rejected: bool = False) -> None:
+                 condition: Condition = Condition.APPLICATION, rejected: bool = False,
+                 issue: str = "processing") -> None:
         super().__init__(message, where)
         self.source_org = source_org
         self.condition = condition
         self.rejected = rejected
+        self.issue = issue
 
 
 class WriteRefused(SharedcareError):

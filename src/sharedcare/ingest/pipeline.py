@@ -469,7 +469,8 @@ class Pipeline:
                 session.get_one(Quarantine, quarantine_id).reason = str(exc)
             report.quarantined += 1
             report.quarantine.append({"id": quarantine_id, "file": raw.filename, "location": raw.location,
-                                      "reason": exc.message, "where": exc.where or raw.where})
+                                      "reason": exc.message, "where": exc.where or raw.where,
+                                      "issue": exc.issue})
             report.errors.append(exc)
             return report
         report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
@@ -765,6 +766,7 @@ class Pipeline:
                 item.reason, item.source_org = str(error), item.source_org or source or error.source_org
             session.flush()
             report.quarantine.append({"id": item.id, "file": raw.filename, "location": raw.location,
-                                      "reason": error.message, "where": error.where or raw.where})
+                                      "reason": error.message, "where": error.where or raw.where,
+                                      "issue": error.issue})
         report.errors.append(error)
         report.quarantined += 1
