@@ -23,6 +23,7 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import MatchReview, PatientRecord
 
 GP, HOSPITAL = ("P81001", "emis"), ("RXR", "epr")
+PHONE = [{"system": "phone", "value": "01632 960123", "use": "home"}]
 
 
 def _ingest(db: Database, framework: Framework, path: Path, *messages: tuple[tuple[str, str], dict[str, Any]]) -> None:
@@ -193,6 +194,40 @@ def test_newborn_twins_registered_as_baby_of_their_mother_are_reviewed_not_linke
         assert r["RYA/t2"].link_status == "review", when
         with db.session() as s:
             relink(s)
+
+
+def test_a_twins_record_before_naming_is_not_linked_on_arrival_to_whichever_twin_came_first(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Found at 100,000 people (seed 23): the maternity record "Twin 2 Rowe" (no NHS number yet) arrived,
+    then twin Samuel's GP record, which matched it on surname, birth date, address and phone with nothing
+    else in the index and was linked: Samuel's record joined his twin's. A link with no given-name evidence
+    and no agreeing NHS number is reviewed on arrival; the relink, seeing both twins, links each record of
+    one baby and holds the twin's birth record that matches both."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("t2", None, "Rowe", "Twin 2", "2023-09-16", "male", telecom=PHONE)),
+            (GP, patient("samuel", "9434765919", "Rowe", "Samuel", "2023-09-16", "male", telecom=PHONE)),
+            (("P81002", "systmone"), patient("oscar", "9434765870", "Rowe", "Oscar", "2023-09-16", "male",
+                                              telecom=PHONE)))
+    r = _records(db)
+    assert r["RXR/t2"].person_id != r["P81001/samuel"].person_id
+    assert r["P81001/samuel"].link_status == "review"
+    assert "no NHS number agrees" in (r["P81001/samuel"].link_note or "")
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/t2"].person_id not in (r["P81001/samuel"].person_id, r["P81002/oscar"].person_id)
+
+
+def test_a_babys_record_before_naming_is_linked_by_a_relink(db: Database, framework: Framework,
+                                                           tmp_path: Path) -> None:
+    """One baby, no twin: reviewed on arrival (nothing yet says there is no twin), one person after a relink."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("b", None, "Rowe", "Baby", "2023-09-16", "male", telecom=PHONE)),
+            (GP, patient("samuel", "9434765919", "Rowe", "Samuel", "2023-09-16", "male", telecom=PHONE)))
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/b"].person_id == r["P81001/samuel"].person_id
 
 
 def test_unknown_patients_are_held_as_too_little_to_match_and_never_paired(
