@@ -167,7 +167,8 @@ def compare(full_db: str, copy_db: str) -> dict[str, Any]:
 
 def _kind(given: str | None, family: str | None, postcode: str | None) -> str:
     """Which of the ICS's records this is: an unknown patient's (a placeholder surname or the
-    pseudo-postcode), a newborn's before naming (a placeholder given name, or none), or a named one."""
+    pseudo-postcode), a newborn's before naming (a placeholder given name, or none), or a named one. From
+    the record alone: an unknown patient's record that carries a real surname reads as "before naming"."""
     from sharedcare.identity.compare import PSEUDO_POSTCODE_DISTRICT, family_text, given_text
 
     if (postcode or "").upper().startswith(PSEUDO_POSTCODE_DISTRICT) or (family and not family_text(family)):
