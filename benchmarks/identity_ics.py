@@ -26,11 +26,15 @@ Usage:
       # each store is also kept as ingest left it (NAME.ingested.db)
   python benchmarks/identity_ics.py compare sqlite:///A.db sqlite:///B.db   # two stores, record by record
   python benchmarks/identity_ics.py copy FULL_DIR OUT_DIR    # the copy alone
+  python benchmarks/identity_ics.py breakdown STORE.db ground_truth.csv
+      # pairs linked, missed and false, and the review list, by kind of record: unknown patients', newborns'
+      # before naming (a placeholder given name or none), named; each review pair by the rule that held it
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -42,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +165,61 @@ def compare(full_db: str, copy_db: str) -> dict[str, Any]:
             "identical": not any(differ.values())}
 
 
+def _kind(given: str | None, family: str | None, postcode: str | None) -> str:
+    """Which of the ICS's records this is: an unknown patient's (a placeholder surname or the
+    pseudo-postcode), a newborn's before naming (a placeholder given name, or none), or a named one. From
+    the record alone: an unknown patient's record that carries a real surname reads as "before naming"."""
+    from sharedcare.identity.compare import PSEUDO_POSTCODE_DISTRICT, family_text, given_text
+
+    if (postcode or "").upper().startswith(PSEUDO_POSTCODE_DISTRICT) or (family and not family_text(family)):
+        return "unknown patient"
+    if given_text(given) is None:
+        return "before naming, placeholder" if (given or "").strip() else "before naming, no given name"
+    return "named"
+
+
+def breakdown(db_file: Path, truth_file: Path) -> dict[str, Any]:
+    """A store's identity outcome by kind of record (`_kind`): pairs linked, missed and falsely linked, and
+    the review list by what put each pair there (the rule's `held` or `never_link`, else the weight)."""
+    with truth_file.open(encoding="utf-8", newline="") as f:
+        truth = {(r["source_org"], r["source_id"]): r["person_key"] for r in csv.DictReader(f)}
+    with sqlite3.connect(db_file) as con:
+        rows = con.execute("select id, source_org, source_id, person_id, given, family, postcode, link_status, "
+                           "link_note from patient_records").fetchall()
+        reviews = con.execute("select record_a, record_b, status, evidence from match_reviews").fetchall()
+    kind = {r[0]: _kind(r[4], r[5], r[6]) for r in rows}
+    who = {r[0]: truth[(r[1], r[2])] for r in rows}
+    person = {r[0]: r[3] for r in rows}
+
+    def pair_kind(a: int, b: int) -> str:
+        return " / ".join(sorted((kind[a], kind[b])))
+
+    groups: dict[str, dict[Any, list[int]]] = {"truth": {}, "store": {}}
+    for r in rows:
+        groups["truth"].setdefault(who[r[0]], []).append(r[0])
+        groups["store"].setdefault(person[r[0]], []).append(r[0])
+    linked, missed, false = Counter[str](), Counter[str](), Counter[str]()
+    for ids in groups["truth"].values():
+        for a, b in combinations(ids, 2):
+            (linked if person[a] == person[b] else missed)[pair_kind(a, b)] += 1
+    for ids in groups["store"].values():
+        false.update(pair_kind(a, b) for a, b in combinations(ids, 2) if who[a] != who[b])
+    listed = Counter[str]()
+    for a, b, status, evidence in reviews:
+        e = json.loads(evidence)
+        held = e.get("held", "")
+        why = (held.split(" (")[0] if held else "given names differ" if e.get("never_link") else
+               "linked on the NHS number, given names differ" if e.get("discrepancy") else "weight")
+        listed[f"{status} | {why} | {pair_kind(a, b)} | "
+               f"{'same person' if who[a] == who[b] else 'two people'}"] += 1
+    notes = Counter(f"{r[7]} | {(r[8] or '').split(' (')[0][:90]} | {kind[r[0]]}" for r in rows
+                    if r[8] and "below the link" not in r[8])
+    return {"records": Counter(kind.values()), "persons": len(groups["store"]),
+            "true pairs linked": linked, "true pairs missed": missed, "false pairs": false,
+            "review pairs": dict(sorted(listed.items())), "records noted": dict(sorted(notes.items())),
+            "records held for review": sum(r[7] == "review" for r in rows)}
+
+
 def check(people: int, seed: int) -> dict[str, Any]:
     """Ingest one ICS whole and as the person-bearing copy; compare what identity decided."""
     from sharedcare.synth import generate
@@ -236,12 +296,18 @@ def main() -> None:
     d = sub.add_parser("compare")
     d.add_argument("full_db")
     d.add_argument("copy_db")
+    k = sub.add_parser("breakdown")
+    k.add_argument("db_file", type=Path)
+    k.add_argument("truth_file", type=Path)
     p = sub.add_parser("copy")
     p.add_argument("full", type=Path)
     p.add_argument("out", type=Path)
     args = parser.parse_args()
     if args.command == "copy":
         print(json.dumps(person_bearing_copy(args.full, args.out), indent=2))
+        return
+    if args.command == "breakdown":
+        print(json.dumps(breakdown(args.db_file, args.truth_file), indent=1))
         return
     result = (check(args.people, args.seed) if args.command == "check" else
               compare(args.full_db, args.copy_db) if args.command == "compare" else

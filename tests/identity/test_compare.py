@@ -3,18 +3,22 @@ and in Splink's SQL on DuckDB (batch relink): the two scorers must give the same
 
 from __future__ import annotations
 
+import csv
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
+from sharedcare.identity import compare
 from sharedcare.identity.compare import (
     COMPARISONS,
     LIST_COLUMNS,
     NAME,
     Comparison,
     MatchRecord,
+    family_text,
     features,
     given_text,
     names_keep_apart,
@@ -159,6 +163,74 @@ def test_a_placeholder_given_name_is_no_given_name(placeholder: str) -> None:
 @pytest.mark.parametrize("name", ["Amy", "A", "Boyd", "Twinkle", "Babette", "Abby-Gail"])
 def test_a_real_given_name_is_kept(name: str) -> None:
     assert given_text(name) == name.lower()
+
+
+# The placeholders NHS systems write (HAZ-01, 2026-12-06 idt2): each must read as no given name. "UNK",
+# "XX", "B/O Sarah", "Baby Jones" and "Not Stated" read as given names before placeholders.csv.
+@pytest.mark.parametrize("placeholder", [
+    "Baby", "Baby Boy", "Baby Girl", "BB", "BG", "Infant", "Newborn of Sarah", "Infant of Sarah Jones",
+    "Baby Jones", "Baby Girl Jones", "B/O Sarah", "BB of Sarah", "Stillborn", "New Born", "Neonate",
+    "Unknown", "UNK", "Unk Male", "NK", "N/K", "Not Known", "NOTKNOWN", "Not Stated", "Not Given", "No Name",
+    "Male", "Female", "Unknown Male", "Unknown Female", "Unknown Male Alpha", "Unidentified", "Anon",
+    "Twin 1", "Twin 2", "Twin A", "Twin B", "Twin II", "Female Twin 1", "Triplet 3", "XX", "XXX", "ZZ"])
+def test_each_placeholder_form_nhs_systems_use_is_no_given_name(placeholder: str) -> None:
+    assert given_text(placeholder) is None
+    a, b = pair({"given": placeholder}, {"given": "Twin 2"})
+    assert NAME.levels[NAME.level(features(a), features(b))].label == "missing"
+
+
+@pytest.mark.parametrize("name", ["Una", "Kay", "Bo", "BO Sarah", "Mary Kay", "Boyd", "Babette", "Maleek",
+                                  "Girlie", "Twinkle", "Xavier", "Nik", "A", "B", "Of", "One", "Noname"])
+def test_a_real_name_that_looks_like_a_placeholder_is_kept(name: str) -> None:
+    """Una and Kay are UK given names; an initial ("A", "B") or a single qualifier is one too; "Bo" is a
+    name and only "B/O" (with its slash) reads "baby of"."""
+    assert given_text(name) == name.lower()
+
+
+def _forms(kind: str) -> list[str]:
+    text = Path(compare.__file__).with_name("placeholders.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return [row["form"] for row in rows if row["kind"] == kind]
+
+
+@pytest.mark.parametrize("form", _forms("lead") + _forms("word"))
+def test_every_listed_placeholder_form_is_no_given_name_alone_or_before_of(form: str) -> None:
+    assert given_text(form) is None
+    assert given_text(form.upper()) is None
+    assert given_text(f"{form} of Sarah") is None
+
+
+@pytest.mark.parametrize("form", _forms("lead"))
+def test_a_lead_placeholder_is_no_given_name_whatever_follows(form: str) -> None:
+    assert given_text(f"{form} Jones") is None
+
+
+@pytest.mark.parametrize("form", _forms("qualifier"))
+def test_a_qualifier_goes_with_a_placeholder_but_is_none_alone(form: str) -> None:
+    assert given_text(form) == form
+    assert given_text(f"Twin {form}") is None
+    assert given_text(f"Amy {form}") is not None  # with a name it is part of the name
+
+
+@pytest.mark.parametrize("form", _forms("surname"))
+def test_a_placeholder_surname_is_no_surname(form: str) -> None:
+    assert family_text(form) is None
+    assert family_text(f"{form}-Smith") is not None
+
+
+@pytest.mark.parametrize("surname", ["Smith", "Male", "Baby", "Twin", "Boy", "Known"])
+def test_a_real_surname_is_kept(surname: str) -> None:
+    """Male, Baby and Boy are English surnames, if rare: only the surname forms of the list are none."""
+    assert family_text(surname) == surname.lower()
+
+
+@pytest.mark.parametrize("pseudo", ["ZZ99 3WZ", "ZZ99 3VZ", "zz993cz"])
+def test_two_records_at_an_nhs_pseudo_postcode_share_no_address(pseudo: str) -> None:
+    """ZZ99 3WZ (address not known) and ZZ99 3VZ (no fixed abode) say where no one lives: two homeless
+    men or two unknown patients there share no address (before: "same postcode", weight 9.9)."""
+    address = next(c for c in COMPARISONS if c.name == "address")
+    a, b = pair({"postcode": pseudo}, {"postcode": pseudo})
+    assert address.levels[address.level(features(a), features(b))].label == "missing"
 
 
 def test_two_records_without_a_given_name_are_kept_apart_unless_a_valid_nhs_number_agrees() -> None:

@@ -23,6 +23,7 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import MatchReview, PatientRecord
 
 GP, HOSPITAL = ("P81001", "emis"), ("RXR", "epr")
+PHONE = [{"system": "phone", "value": "01632 960123", "use": "home"}]
 
 
 def _ingest(db: Database, framework: Framework, path: Path, *messages: tuple[tuple[str, str], dict[str, Any]]) -> None:
@@ -178,6 +179,89 @@ def test_a_placeholder_alone_is_no_name_to_match_on() -> None:
     born = date(1980, 1, 1)
     assert missing(Demographics(None, None, "Unknown Male", born, "male", "RV1 2AB")) == "no name"
     assert missing(Demographics(None, "Jones", "Baby", born, "male", "RV1 2AB")) is None
+
+
+def test_newborn_twins_registered_as_baby_of_their_mother_are_reviewed_not_linked(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A maternity system's "B/O Sarah" (baby of Sarah) on both twins' records names neither: before
+    placeholders.csv it read as the given name "bo sarah", an exact match, and the twins were one person."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("t1", None, "Jones", "B/O Sarah", "2026-11-30", "female")),
+            (("RYA", "cleric"), patient("t2", None, "Jones", "B/O Sarah", "2026-11-30", "female")))
+    for when in ("on ingest", "after a relink"):
+        r = _records(db)
+        assert r["RXR/t1"].person_id != r["RYA/t2"].person_id, when
+        assert r["RYA/t2"].link_status == "review", when
+        with db.session() as s:
+            relink(s)
+
+
+def test_a_twins_record_before_naming_is_not_linked_on_arrival_to_whichever_twin_came_first(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Found at 100,000 people (seed 23): the maternity record "Twin 2 Rowe" (no NHS number yet) arrived,
+    then twin Samuel's GP record, which matched it on surname, birth date, address and phone with nothing
+    else in the index and was linked: Samuel's record joined his twin's. A link with no given-name evidence
+    and no agreeing NHS number is reviewed on arrival; the relink, seeing both twins, links each record of
+    one baby and holds the twin's birth record that matches both."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("t2", None, "Rowe", "Twin 2", "2023-09-16", "male", telecom=PHONE)),
+            (GP, patient("samuel", "9434765919", "Rowe", "Samuel", "2023-09-16", "male", telecom=PHONE)),
+            (("P81002", "systmone"), patient("oscar", "9434765870", "Rowe", "Oscar", "2023-09-16", "male",
+                                              telecom=PHONE)))
+    r = _records(db)
+    assert r["RXR/t2"].person_id != r["P81001/samuel"].person_id
+    assert r["P81001/samuel"].link_status == "review"
+    assert "no NHS number agrees" in (r["P81001/samuel"].link_note or "")
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/t2"].person_id not in (r["P81001/samuel"].person_id, r["P81002/oscar"].person_id)
+
+
+def test_a_babys_record_before_naming_is_linked_by_a_relink(db: Database, framework: Framework,
+                                                           tmp_path: Path) -> None:
+    """One baby, no twin: reviewed on arrival (nothing yet says there is no twin), one person after a relink."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (HOSPITAL, patient("b", None, "Rowe", "Baby", "2023-09-16", "male", telecom=PHONE)),
+            (GP, patient("samuel", "9434765919", "Rowe", "Samuel", "2023-09-16", "male", telecom=PHONE)))
+    with db.session() as s:
+        relink(s)
+    r = _records(db)
+    assert r["RXR/b"].person_id == r["P81001/samuel"].person_id
+
+
+def test_unknown_patients_are_held_as_too_little_to_match_and_never_paired(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Two unidentified patients registered as a trust's guidance says (surname and forename UNKNOWN, born
+    1 January of an estimated year, postcode ZZ99 3WZ: address not known) are two people. Before, the
+    surname "UNKNOWN" counted as a name, so each was matched and the pair went on the review list; now
+    each is held for review as having no name, as a record with none is."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (("RYA", "cleric"), patient("u1", None, "UNKNOWN", "UNKNOWN", "1980-01-01", "male", "ZZ99 3WZ")),
+            (HOSPITAL, patient("u2", None, "Not known", "Unknown Male", "1980-01-01", "male", "ZZ99 3WZ")))
+    r = _records(db)
+    for key in ("RYA/u1", "RXR/u2"):
+        assert r[key].link_status == "review"
+        assert "no name" in (r[key].link_note or "")
+    assert r["RYA/u1"].person_id != r["RXR/u2"].person_id
+    with db.session() as s:
+        assert not list(s.scalars(select(MatchReview)))
+
+
+def test_two_unknown_patients_with_a_surname_at_the_pseudo_postcode_are_not_linked(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """"UNK Smith" twice, both estimated 1 January 1980, both ZZ99 3WZ: the given name is a placeholder and
+    the pseudo-postcode is no address shared, so nothing says these are one man. Before, "unk" was an exact
+    given name and ZZ99 3WZ the same postcode: one person."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (("RYA", "cleric"), patient("u1", None, "Smith", "UNK", "1980-01-01", "male", "ZZ99 3WZ")),
+            (HOSPITAL, patient("u2", None, "Smith", "UNK", "1980-01-01", "male", "ZZ99 3WZ")))
+    for when in ("on ingest", "after a relink"):
+        r = _records(db)
+        assert r["RYA/u1"].person_id != r["RXR/u2"].person_id, when
+        assert "pseudo-postcode" in (r["RXR/u2"].link_note or ""), when
+        with db.session() as s:
+            relink(s)
 
 
 def test_a_newborns_records_without_a_given_name_link_on_an_agreeing_nhs_number(

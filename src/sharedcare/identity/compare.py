@@ -16,7 +16,7 @@ import csv
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -29,6 +29,9 @@ Features = dict[str, Any]
 # UK postcode shape (outward code, space, inward code); anything else is not used for matching.
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ?([0-9][A-Z]{2})$")
 _NOT_NAME = re.compile(r"[^a-z\- ]")
+# The NHS pseudo-postcodes (ZZ99 3WZ address not known, ZZ99 3VZ no fixed abode, ZZ99 xxZ a country abroad)
+# say where no one lives: people who share one share no address.
+PSEUDO_POSTCODE_DISTRICT = "ZZ99"
 
 
 @cache
@@ -51,27 +54,70 @@ def name_text(value: str | None) -> str | None:
     return text or None
 
 
-# What a record carries in place of a given name before the patient is named or while unknown: in England
-# a newborn is registered as "Baby", "Baby Boy" or "Baby of <mother>", twins as "Twin 1" and "Twin 2" (the
-# digits are dropped: both read "twin"), an unidentified patient as "Unknown Male". None of it says who the
-# patient is, so matching reads it as no given name: "Twin 1" and "Twin 2" are not an exact match.
-_PLACEHOLDERS = frozenset({"baby", "babe", "infant", "newborn", "neonate", "twin", "triplet", "quad", "unknown",
-                           "unnamed", "anonymous", "unidentified", "nk", "bb", "bg", "boy", "girl", "male", "female"})
-_PLACEHOLDER_PARTS = _PLACEHOLDERS | {"of", "a", "b", "c", "d", "i", "ii", "iii", "one", "two", "three", "first",
-                                      "second", "third", "not", "known", "patient"}
+# What a record carries in place of a name before the patient is named or while unknown ("Baby", "Baby of
+# <mother>", "Twin 1", "Unknown Male", "UNKNOWN"), read from `placeholders.csv`: a list, one form a line, so
+# a form found in a feed is added there, not in code. None of it says who the patient is, so matching reads
+# it as no name: "Twin 1" and "Twin 2" are not an exact match.
+_TOKEN = re.compile(r"[a-z0-9]+(?:/[a-z0-9]+)*")
+
+
+@cache
+def _placeholder_forms() -> dict[tuple[str, ...], set[str]]:
+    """Each form's words -> its kinds (lead, word, qualifier, surname)."""
+    text = resources.files("sharedcare.identity").joinpath("placeholders.csv").read_text(encoding="utf-8")
+    forms: dict[tuple[str, ...], set[str]] = {}
+    for row in csv.DictReader(line for line in text.splitlines() if not line.startswith("#")):
+        forms.setdefault(tuple(row["form"].split()), set()).add(row["kind"])
+    return forms
+
+
+def _read(value: str) -> list[tuple[tuple[str, ...], set[str]]]:
+    """The text's forms left to right with their kinds, two-word forms first ("not known"); a digit is a
+    qualifier, any other word a name ({"name"})."""
+    forms = _placeholder_forms()
+    words = _TOKEN.findall(value.lower().replace("'", ""))
+    read: list[tuple[tuple[str, ...], set[str]]] = []
+    i = 0
+    while i < len(words):
+        form = tuple(words[i:i + 2])
+        if len(form) < 2 or form not in forms:
+            form = (words[i],)
+        read.append((form, forms.get(form, {"qualifier"} if words[i].isdigit() else {"name"})))
+        i += len(form)
+    return read
+
+
+@lru_cache(maxsize=1 << 16)  # a relink reads each of a million records' names: most names recur
+def is_placeholder_given(value: str) -> bool:
+    """A given name that names no one: it starts with a lead form ("Baby Jones", "Twin 2"), is only
+    placeholder words and qualifiers ("Female Twin 1", "NK"), or they come before "of" ("BB of Sarah")."""
+    read = _read(value)
+    if not read or "lead" in read[0][1]:
+        return True
+    seen = False
+    for form, kinds in read:
+        if form == ("of",) and seen:
+            return True
+        if "name" in kinds:
+            return False
+        seen = seen or bool(kinds & {"lead", "word", "surname"})
+    return seen
 
 
 def given_text(value: str | None) -> str | None:
     """A given name as matching compares it (`name_text`), or None when it is missing or a placeholder
     ("Baby", "Twin 2", "Baby of Sarah", "Unknown", "Not known"); an initial alone is a given name."""
     text = name_text(value)
-    if text is None:
-        return None
-    words = text.replace("-", " ").split()
-    if not words:  # "-" or "--" typed for a name not known
-        return None
-    if text == "not known" or (words[0] in _PLACEHOLDERS and (
-            set(words) <= _PLACEHOLDER_PARTS or (len(words) > 1 and words[1] == "of"))):
+    if text is None or not text.replace("-", " ").split() or is_placeholder_given(value or ""):
+        return None  # "-" or "--" typed for a name not known, or a placeholder
+    return text
+
+
+def family_text(value: str | None) -> str | None:
+    """A surname as matching compares it (`name_text`), or None when it is missing or a placeholder
+    ("UNKNOWN", "Not known": `placeholders.csv`, kind surname)."""
+    text = name_text(value)
+    if text is None or all("surname" in kinds for _, kinds in _read(value or "")):
         return None
     return text
 
@@ -93,7 +139,7 @@ def family_keys(names: Iterable[str | None]) -> list[str]:
     jones, smith-jones), over current and previous surnames."""
     keys: set[str] = set()
     for raw in names:
-        name = name_text(raw)
+        name = family_text(raw)
         if name:
             keys.add(name)
             keys.update(part for part in re.split(r"[- ]", name) if len(part) > 1)
@@ -101,12 +147,12 @@ def family_keys(names: Iterable[str | None]) -> list[str]:
 
 
 def postcode_parts(value: str | None) -> tuple[str, str, str] | None:
-    """(full, sector, district) of a UK postcode, or None when it is not one ("LS1 4AP" -> "LS1 4AP",
-    "LS1 4", "LS1")."""
+    """(full, sector, district) of a UK postcode, or None when it is not one or is a pseudo-postcode
+    ("LS1 4AP" -> "LS1 4AP", "LS1 4", "LS1"; "ZZ99 3WZ" -> None)."""
     if not value:
         return None
     match = _POSTCODE.match(" ".join(value.upper().split()))
-    if not match:
+    if not match or match[1] == PSEUDO_POSTCODE_DISTRICT:
         return None
     outward, inward = match.groups()
     return f"{outward} {inward}", f"{outward} {inward[0]}", outward
@@ -165,7 +211,7 @@ def features(r: MatchRecord) -> Features:
     return {
         "unique_id": r.record_id,
         "nhs_number": r.nhs_number or None,
-        "given": given_text(r.given), "family": name_text(r.family),
+        "given": given_text(r.given), "family": family_text(r.family),
         "given_keys": given_keys([r.given, *r.other_given]) or None,
         "family_keys": family_keys([r.family, *r.other_family]) or None,
         **birth_and_address(r.birth_date, r.postcode, r.postcodes),

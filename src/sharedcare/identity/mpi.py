@@ -34,8 +34,10 @@ from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import (
     NAME,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
+    PSEUDO_POSTCODE_DISTRICT,
     MatchRecord,
     email_key,
+    family_text,
     features,
     given_text,
     levels,
@@ -125,7 +127,7 @@ def _conflicts(a: PatientRecord | StoredRecord, b: Demographics) -> bool:
 
 def missing(demo: Demographics) -> str | None:
     """Why these demographics are too few to match on, or None."""
-    gaps = [what for what, absent in (("no name", not (demo.family or given_text(demo.given))),
+    gaps = [what for what, absent in (("no name", not (family_text(demo.family) or given_text(demo.given))),
                                       ("no date of birth", demo.birth_date is None)) if absent]
     if gaps:
         return " and ".join(gaps)
@@ -140,7 +142,9 @@ def problems(demo: Demographics) -> list[str]:
     if demo.nhs_number and not is_valid(demo.nhs_number):
         found.append(f"NHS number '{demo.nhs_number[:20]}' fails the modulus 11 check: not used")
     if demo.postcode and postcode_parts(demo.postcode) is None:
-        found.append(f"postcode '{demo.postcode[:20]}' is not a UK postcode: not used")
+        pseudo = demo.postcode.upper().startswith(PSEUDO_POSTCODE_DISTRICT)
+        found.append(f"postcode '{demo.postcode[:20]}' is " + ("an NHS pseudo-postcode (address not known, no fixed "
+                     "abode or abroad)" if pseudo else "not a UK postcode") + ": not used")
     found += [f"phone '{p[:30]}' is not a UK number: not used" for p in demo.phones if phone_key(p) is None]
     if demo.email and email_key(demo.email) is None:
         found.append(f"email '{demo.email[:60]}' is not an address: not used")

@@ -27,6 +27,7 @@ from sharedcare.synth.hl7_feeds import Hl7Feed
 from sharedcare.synth.journeys import JOURNEY_HOUSEHOLDS, JOURNEY_MIN_PEOPLE, Orgs, journey_household
 from sharedcare.synth.noise import ERROR_RATES, Noise
 from sharedcare.synth.people import HouseholdContext, Person, council_client_id, make_household
+from sharedcare.synth.unnamed import Unnamed, UnnamedRecords
 
 DEFAULT_AS_OF = date(2026, 11, 1)
 SHARD_SIZE = 1000
@@ -160,6 +161,7 @@ class _Renderer:
         self.lay, self.writer, self.truth, self.noise = lay, writer, truth, noise
         self.counts, self.as_of = counts, as_of
         self.hl7 = Hl7Feed(lay.acute or "", lay.names, counts)
+        self.unnamed_at = Unnamed((lay.acute, lay.epr) if lay.acute and lay.epr else None, lay.ambulance)
 
     def person(self, rng: random.Random, person: Person, hist: History) -> None:
         fhir = FhirFeed(rng, self.lay.names, self.counts, self.as_of, self.noise)
@@ -187,6 +189,11 @@ class _Renderer:
             self.writer.write_rows(org, system, csv_feeds.HEADER,
                                    csv_feeds.rows(person, view, client, hist.social_care, org, self.counts))
             self.truth(org, client, person.key)
+
+    def unnamed(self, rng: random.Random, members: list[tuple[Person, History]]) -> None:
+        """A household's records made before naming or identification, from a generator of their own."""
+        feed = FhirFeed(rng, self.lay.names, self.counts, self.as_of, self.noise)
+        UnnamedRecords(self.unnamed_at, feed, self._emit, self.as_of).household(rng, members)
 
     def _source(self, rng: random.Random, person: Person, where: tuple[str, str]) -> Source:
         org, system = where
@@ -266,6 +273,7 @@ def generate(out_dir: Path, people: int, seed: int, as_of: date = DEFAULT_AS_OF,
             writer.move_to((number - 1) // SHARD_SIZE)
             for person, hist in members:
                 renderer.person(rng, person, hist)
+            renderer.unnamed(random.Random(f"{seed}:{index}:unnamed"), members)
             number += len(members)
             index += 1
             unreported += len(members)

@@ -26,6 +26,11 @@ ERROR_RATES: dict[str, dict[str, float | str]] = {
     "maiden_name": {"rate": 0.25, "per": NON_GP + " of a woman who changed her surname"},
     "invalid_nhs_number": {"rate": 0.002, "per": "FHIR bundle carrying an NHS number (fails modulus 11)"},
     "duplicate_hospital_number": {"rate": 0.05, "per": "later hospital stay: the PAS registered the person again"},
+    # Extra records (synth/unnamed.py); rates are assumptions, the forms NHS practice (docs/architecture.md)
+    "birth_record": {"rate": 0.8, "nhs_number": 0.7,
+                     "per": "child under 5: a maternity record made at birth, given name a placeholder or none"},
+    "unknown_patient": {"ambulance": 0.01, "per": "person attended by ambulance: one call registered as an unknown "
+                                                  "patient (estimated birth date 1 January, address not known)"},
 }
 
 
