@@ -310,6 +310,26 @@ def test_mpi_evaluate_scores_the_index_and_relink_improves_it(env: Database, tmp
     assert "precision" in table.stdout and "Worst errors" in table.stdout
 
 
+def test_mpi_evaluate_shows_recall_without_the_records_too_little_to_match_on(env: Database, tmp_path: Path) -> None:
+    # Mr Okafor's GP and hospital records link on his NHS number; the ambulance's record of him as an
+    # unknown patient (no name, no date of birth) is held for review, never guessed, so its two pairs can
+    # only be missed: the overall recall says so, and the figure without held records says how the rest did.
+    unknown = patient("RYC-9", None, "UNKNOWN", "UNKNOWN", "1945-01-01")
+    del unknown["birthDate"]
+    write_ndjson(tmp_path / "feeds.ndjson", [
+        bundle("P81001", "emis", [patient("gp-1", "9434765919", "Okafor", "Emeka", "1945-03-02")]),
+        bundle("RYC", "rio", [patient("RYC-1", "9434765919", "Okafor", "Emeka", "1945-03-02")]),
+        bundle("RYC", "rio", [unknown])])
+    assert runner.invoke(app, ["ingest", str(tmp_path / "feeds.ndjson")]).exit_code == 0
+    truth = tmp_path / "truth.csv"
+    truth.write_text("source_org,source_id,person_key\nP81001,gp-1,okafor\nRYC,RYC-1,okafor\nRYC,RYC-9,okafor\n")
+    scored = json.loads(runner.invoke(app, ["mpi", "evaluate", "--truth", str(truth), "--json"]).stdout)
+    assert scored["recall"] == pytest.approx(1 / 3) and scored["precision"] == 1.0
+    assert scored["held_too_little"] == 1 and scored["recall_without_held"] == 1.0
+    table = runner.invoke(app, ["mpi", "evaluate", "--truth", str(truth)]).stdout
+    assert "records held: too little to match on" in table and "recall without them" in table
+
+
 def test_mpi_evaluate_refuses_a_file_that_is_not_ground_truth(env: Database, tmp_path: Path) -> None:
     bad = tmp_path / "truth.csv"
     bad.write_text("org,id\nA,1\n")
