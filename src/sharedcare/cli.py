@@ -755,19 +755,24 @@ def agreements_set(
                                              "on the IG agreements board.")] = "",
 ) -> None:
     """Change an organisation's agreement status; takes effect on the next request (audited with the reason).
-    Suspending or ending one hides its data from every partner and refuses its users every record."""
+    Suspending or ending one hides its data from every partner, refuses its users every record, ends every
+    session and token issued to them for good, and deletes their finished exports' files."""
+    from sharedcare.export.jobs import ExportJobs
     from sharedcare.governance.agreements import set_agreement
 
     if status not in {"draft", "signed", "suspended", "ended"}:
         raise _fail(f"--status must be draft, signed, suspended or ended, not '{status}'")
-    fw = _framework()
+    fw, db = _framework(), _database()
     try:
-        with _database().session() as session:
+        with db.session() as session:
             agreement = set_agreement(session, fw, org, status, by=OPERATOR,  # type: ignore[arg-type]
                                       reason=reason)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{org}: agreement now {agreement.status}")
+    withdrawn = ExportJobs(db, fw, _settings()).withdraw()
+    if withdrawn:
+        console.print(f"deleted the files of {withdrawn} finished exports of {org}'s users")
 
 
 @agreements_app.command("list")

@@ -251,6 +251,7 @@ def test_suspending_says_what_it_will_do_and_asks_why_before_anything_changes(ic
     assert confirm.status_code == 200
     assert (f"Suspending Riverside Community Healthcare NHS Trust's agreement hides its information from every "
             f"partner and stops its {users} opening any record") in confirm.text
+    assert "signs them out for good" in confirm.text and "finished exports' files are deleted" in confirm.text
     asked = ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "  "})
     assert asked.status_code == 400 and "Say why" in asked.text and "stops its" in asked.text
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200  # unchanged

@@ -72,6 +72,7 @@ class AuditAction(StrEnum):
     EXPORT_COMPLETE = "secondary:export:complete"
     EXPORT_DOWNLOAD = "secondary:export:download"
     EXPORT_CANCEL = "secondary:export:cancel"
+    EXPORT_WITHDRAWN = "secondary:export:withdrawn"  # files deleted at the organisation's suspension (export/jobs.py)
 
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
@@ -79,7 +80,8 @@ ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", Aud
                 AuditAction.DEMO_START: "E",
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
-                AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E"}
+                AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",
+                AuditAction.EXPORT_WITHDRAWN: "D"}
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
 PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent

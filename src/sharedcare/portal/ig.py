@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.deps import FrameworkDep, IgDep, people_only
 from sharedcare.clock import utcnow
+from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import details, requested_resource
 from sharedcare.governance.audit import expanded
@@ -224,7 +225,7 @@ def confirm_agreement_change(request: Request, org: str, status: Stopping, ig: I
 
 
 @router.post("/agreements/{org}", response_class=HTMLResponse)  # a redirect to a page, or the page
-def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep,
+def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep, background: BackgroundTasks,
                      status: Annotated[Literal["signed", "suspended", "ended"], Form()],
                      reason: Annotated[str, Form()] = "") -> Response:
     """Takes effect at once: the organisation's users are refused on their next request. Suspending or
@@ -233,6 +234,8 @@ def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep,
         return _confirm_page(request, ig, fw, org, status, error="Say why: the reason is kept in the audit log "
                                                                   "and shown on the board's history")
     ig.set_agreement(org, status, reason)
+    state = request.app.state  # once the change is committed: the organisation's finished exports go
+    background.add_task(ExportJobs(state.database, fw, state.settings).withdraw)
     return RedirectResponse(f"/ig/agreements?changed={org}", status_code=303)
 
 
