@@ -68,11 +68,18 @@ def tls_settings(settings: Settings) -> TlsSettings | None:
     return tls
 
 
+class ServerContext(ssl.SSLContext):
+    """A listener's context, knowing which client CAs have no revocation list (`unlisted`): OpenSSL refuses
+    every certificate they issue ("unable to get certificate CRL"), and the refusal's audit names them."""
+
+    unlisted: tuple[str, ...] = ()
+
+
 @cache
-def server_context(tls: TlsSettings) -> ssl.SSLContext:
+def server_context(tls: TlsSettings) -> ServerContext:
     """The server side's context, made once a process (a certificate change needs a restart)."""
     try:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later, OpenSSL's safe ciphers
+        context = ServerContext(ssl.PROTOCOL_TLS_SERVER)  # as ssl.create_default_context(CLIENT_AUTH) makes it
         context.load_cert_chain(tls.cert, tls.key)
         if tls.client_ca is not None:
             context.load_verify_locations(cafile=tls.client_ca)
@@ -80,7 +87,10 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"the TLS certificate, key or client CA could not be loaded: {exc}") from exc
     if tls.client_ca is not None and tls.client_crl is not None:
-        check_revocation_list(tls.client_crl, tls.client_ca)
+        context.unlisted = check_revocation_list(tls.client_crl, tls.client_ca)
+        if context.unlisted:
+            log.warning("SHAREDCARE_TLS_CLIENT_CRL %s has no list from %s: a client certificate issued by it is "
+                        "refused at the handshake", tls.client_crl, " or ".join(context.unlisted))
         try:
             context.load_verify_locations(cafile=tls.client_crl)
         except (OSError, ssl.SSLError) as exc:  # checked above: only a file changed since would reach here
@@ -89,11 +99,16 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def check_revocation_list(crl_path: Path, ca_path: Path) -> None:
+def check_revocation_list(crl_path: Path, ca_path: Path) -> tuple[str, ...]:
     """Refuse at start, by name, a revocation list that would check nothing or refuse every feed: unreadable,
-    not PEM CRLs (a certificate in it would be trusted as a CA), a CRL no client CA signed, a client CA
+    not PEM CRLs (a certificate in it would be trusted as a CA), a CRL no client CA signed, an issuing CA
     without one (OpenSSL then refuses every certificate it issued: "unable to get certificate CRL"), or
-    one past its next update (OpenSSL refuses every certificate: "CRL has expired")."""
+    one past its next update (OpenSSL refuses every certificate: "CRL has expired").
+
+    OpenSSL checks the client certificate alone (VERIFY_CRL_CHECK_LEAF), so only its issuer's list is
+    needed: an issuing CA is one that signed no other CA of the file (a root above an intermediate needs
+    none). Returns the CAs of the file without a list (such a root): a certificate one of them issued
+    directly is still refused at the handshake, for want of its list (fail closed)."""
     where = f"SHAREDCARE_TLS_CLIENT_CRL {crl_path}"
     try:
         text = crl_path.read_bytes()
@@ -123,10 +138,12 @@ def check_revocation_list(crl_path: Path, ca_path: Path) -> None:
             raise ConfigError(f"{where}: the list issued by {issuer} was due to be replaced on "
                               f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC; fetch the CA's current one (every feed "
                               "certificate it issued would be refused until then)")
-    for ca in cas:
-        if not any(crl.issuer == ca.subject for crl in crls):
+    unlisted = [ca for ca in cas if not any(crl.issuer == ca.subject for crl in crls)]
+    for ca in unlisted:
+        if not any(other is not ca and other.issuer == ca.subject for other in cas):  # it issues client certificates
             raise ConfigError(f"{where} has no revocation list from the client CA {ca.subject.rfc4514_string()}: "
                               "every certificate it issued would be refused; add its CRL")
+    return tuple(ca.subject.rfc4514_string() for ca in unlisted)
 
 
 def peer_subject(transport: asyncio.BaseTransport) -> str | None:
@@ -136,10 +153,16 @@ def peer_subject(transport: asyncio.BaseTransport) -> str | None:
     return x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else None
 
 
-def refusal_reason(exc: BaseException) -> str:
-    """Why a handshake failed, in OpenSSL's words (a reason code, never the peer's bytes)."""
+UNABLE_TO_GET_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
+
+
+def refusal_reason(exc: BaseException, unlisted: tuple[str, ...] = ()) -> str:
+    """Why a handshake failed, in OpenSSL's words (a reason code, never the peer's bytes); for a certificate
+    refused for want of its issuer's revocation list, which client CAs have none (`unlisted`)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"{exc.reason}: {exc.verify_message}"
+        missing = (f" (SHAREDCARE_TLS_CLIENT_CRL has no list from {' or '.join(unlisted)}: add it to accept "
+                   "the certificates it issues)" if exc.verify_code == UNABLE_TO_GET_CRL and unlisted else "")
+        return f"{exc.reason}: {exc.verify_message}{missing}"
     if isinstance(exc, ssl.SSLError):
         return str(exc.reason or exc.__class__.__name__)
     if isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
@@ -159,7 +182,7 @@ class HandshakeFirst(asyncio.Protocol):
     and only then hands the connection (now the TLS transport) to `inner`. A failed handshake is logged and
     audited in `database` (in a thread: the event loop goes on), and the connection is closed."""
 
-    def __init__(self, inner: asyncio.Protocol, context: ssl.SSLContext, listener: str, database: Database) -> None:
+    def __init__(self, inner: asyncio.Protocol, context: ServerContext, listener: str, database: Database) -> None:
         self.inner, self.context, self.listener, self.database = inner, context, listener, database
         self.task: asyncio.Task[None] | None = None
         self.tls_begun = False  # from here on the TLS layer owns the connection's end, and reports it
@@ -181,7 +204,7 @@ class HandshakeFirst(asyncio.Protocol):
             secured = await loop.start_tls(transport, self, self.context, server_side=True,
                                            ssl_handshake_timeout=HANDSHAKE_SECONDS)
         except (ssl.SSLError, OSError) as exc:
-            reason = refusal_reason(exc)
+            reason = refusal_reason(exc, self.context.unlisted)
             if not isinstance(exc, ssl.SSLError):  # no TLS attempted (a probe, a silent peer): not audited
                 log.info("%s: a connection from %s ended without a TLS handshake: %s", self.listener, address, reason)
                 return

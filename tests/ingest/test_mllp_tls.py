@@ -10,13 +10,15 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from tests.ingest.test_mllp import A01, _segment, serving
-from tests.tls_certs import FEED_SUBJECT, Pki, make_pki
+from tests.tls_certs import FEED_SUBJECT, Pki, make_chain, make_pki
 
+from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, verify
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import END, START, MllpServer
@@ -282,3 +284,31 @@ def test_a_revocation_list_that_cannot_be_used_is_refused_at_start_by_name(tmp_p
         assert words in str(refused.value), (crl, str(refused.value))
     with pytest.raises(ConfigError, match="SHAREDCARE_TLS_CLIENT_CRL needs SHAREDCARE_TLS_CLIENT_CA"):
         tls_settings(replace(settings, tls_client_ca=None, tls_client_crl=pki.crl))
+
+
+def test_only_the_issuing_cas_list_is_needed_and_a_certificate_of_a_ca_without_one_is_refused_naming_it(
+        db: Database, framework: Framework, pki: Pki, tmp_path: Path) -> None:
+    """The client CA file holds a root and the intermediate that issues the feeds' certificates; only the
+    intermediate publishes a list. OpenSSL checks the client certificate's issuer's list alone, so the
+    listener starts; a certificate the root issued directly has no list to be checked against and is refused
+    at the handshake (fail closed), audited naming the CA whose list is missing."""
+    from sharedcare.tls import tls_settings
+
+    chain = make_chain(tmp_path)
+    settings = replace(load_settings(), tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=chain.cas,
+                       tls_client_crl=chain.crl)
+    tls = tls_settings(settings)
+    assert tls is not None
+    fw = _listing(framework, "RXR", FEED_SUBJECT)
+    message = A01.format(dob="19450302").encode("latin-1")
+
+    def context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+        return pki.client_context(cert)  # (the server's certificate is still the feeds' CA's)
+    with serving(MllpServer(Pipeline(db, fw), tls)) as port:
+        assert _segment(_send_over_tls(port, context(chain.from_intermediate), message), "MSA")[1] == "AA"
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _send_over_tls(port, context(chain.from_root), message)
+        (refusal,) = _await_refusals(db, 1)
+    reason = json.dumps(refusal.event)
+    assert "unable to get certificate CRL" in reason
+    assert "SHAREDCARE_TLS_CLIENT_CRL has no list from CN=ICS root CA,O=Test ICS" in reason

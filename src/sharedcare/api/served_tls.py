@@ -8,7 +8,6 @@ settings (SHAREDCARE_TLS_*) once.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from functools import cache
 from typing import Any
 
@@ -19,11 +18,11 @@ from uvicorn.server import ServerState
 from sharedcare.config import load_settings
 from sharedcare.errors import ConfigError
 from sharedcare.store.database import Database
-from sharedcare.tls import HandshakeFirst, server_context, tls_settings
+from sharedcare.tls import HandshakeFirst, ServerContext, server_context, tls_settings
 
 
 @cache
-def _process_setup() -> tuple[ssl.SSLContext, Database]:
+def _process_setup() -> tuple[ServerContext, Database]:
     """This process's TLS context and the store refusals are audited in."""
     settings = load_settings()
     tls = tls_settings(settings)
