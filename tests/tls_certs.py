@@ -137,3 +137,11 @@ def make_chain(folder: Path) -> Chain:
                                            (root[0], root[1]))
     return Chain(cas, _revocation_list(folder / "intermediate-crl.pem", (intermediate[0], intermediate[1]), []),
                  (leaf_cert, leaf_key), (direct_cert, direct_key))
+
+
+def revocation_list(pki: Pki, path: Path, revoked: list[Path]) -> Path:
+    """A new list from `pki`'s CA revoking these certificates (as the CA publishes its next one)."""
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    key = serialization.load_pem_private_key((pki.ca.parent / "ca.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return _revocation_list(path, (ca, key), [x509.load_pem_x509_certificate(p.read_bytes()) for p in revoked])

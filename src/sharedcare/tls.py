@@ -2,7 +2,8 @@
 
 Python's ssl module (OpenSSL) does every check: the feed's certificate must chain to the configured client
 CA, be within its validity dates and, given the CA's revocation list, not be revoked, or the handshake
-fails. What is written here is the plumbing, and the checks at start that the revocation list is one:
+fails. What is written here is the plumbing, the checks at start that the revocation list is one, and its
+re-reading when its file changes (`server_context`):
 asyncio performs a listener's handshake before telling the listener of the connection and drops a failed
 one without a word (it logs only in debug mode), and uvicorn has no hook either. So the listeners (`mllp`,
 `serve`) accept plain TCP, and `HandshakeFirst` upgrades each connection with `loop.start_tls` before the
@@ -16,9 +17,9 @@ import asyncio
 import logging
 import re
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import cast
 
@@ -75,9 +76,46 @@ class ServerContext(ssl.SSLContext):
     unlisted: tuple[str, ...] = ()
 
 
-@cache
+Stamp = tuple[int, int, int] | None  # the revocation list file's inode, size and modification time
+_contexts: dict[TlsSettings, tuple[Stamp, ServerContext | ConfigError]] = {}
+_contexts_lock = threading.Lock()
+
+
+def _stamp(path: Path | None) -> Stamp:
+    if path is None:
+        return None
+    try:
+        found = path.stat()
+    except OSError:
+        return (-1, -1, -1)  # gone: `_context` says so
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def server_context(tls: TlsSettings) -> ServerContext:
-    """The server side's context, made once a process (a certificate change needs a restart)."""
+    """The server side's context for a new connection: made once, and again when the revocation list's
+    file changes (a CA publishes a new list every few days; new connections are checked against it, no
+    restart). A changed list that cannot be used refuses every connection until it is put right (fail
+    closed: the list before it may not name a certificate revoked since), raising ConfigError saying why.
+    A certificate or key change still needs a restart. One `stat` a connection."""
+    stamp = _stamp(tls.client_crl)
+    with _contexts_lock:
+        made = _contexts.get(tls)
+        if made is None or made[0] != stamp:
+            try:
+                made = (stamp, _context(tls))
+            except ConfigError as exc:
+                if made is None:  # at start: refused there
+                    raise
+                log.error("%s; every client is refused until it is put right", exc)
+                made = (stamp, exc)
+            _contexts[tls] = made
+    if isinstance(made[1], ConfigError):
+        raise made[1]
+    return made[1]
+
+
+def _context(tls: TlsSettings) -> ServerContext:
+    """A new server context from the files as they are now."""
     try:
         context = ServerContext(ssl.PROTOCOL_TLS_SERVER)  # as ssl.create_default_context(CLIENT_AUTH) makes it
         context.load_cert_chain(tls.cert, tls.key)
@@ -182,8 +220,8 @@ class HandshakeFirst(asyncio.Protocol):
     and only then hands the connection (now the TLS transport) to `inner`. A failed handshake is logged and
     audited in `database` (in a thread: the event loop goes on), and the connection is closed."""
 
-    def __init__(self, inner: asyncio.Protocol, context: ServerContext, listener: str, database: Database) -> None:
-        self.inner, self.context, self.listener, self.database = inner, context, listener, database
+    def __init__(self, inner: asyncio.Protocol, tls: TlsSettings, listener: str, database: Database) -> None:
+        self.inner, self.tls, self.listener, self.database = inner, tls, listener, database
         self.task: asyncio.Task[None] | None = None
         self.tls_begun = False  # from here on the TLS layer owns the connection's end, and reports it
         self.handed_over = False
@@ -201,18 +239,20 @@ class HandshakeFirst(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.tls_begun = True
         try:
-            secured = await loop.start_tls(transport, self, self.context, server_side=True,
+            context = server_context(self.tls)
+        except ConfigError as exc:  # the revocation list changed and cannot be used: refused, audited
+            transport.close()
+            await self.refused(address, f"not checked: {exc.message}")
+            return
+        try:
+            secured = await loop.start_tls(transport, self, context, server_side=True,
                                            ssl_handshake_timeout=HANDSHAKE_SECONDS)
         except (ssl.SSLError, OSError) as exc:
-            reason = refusal_reason(exc, self.context.unlisted)
+            reason = refusal_reason(exc, context.unlisted)
             if not isinstance(exc, ssl.SSLError):  # no TLS attempted (a probe, a silent peer): not audited
                 log.info("%s: a connection from %s ended without a TLS handshake: %s", self.listener, address, reason)
                 return
-            log.warning("%s: TLS handshake from %s refused: %s", self.listener, address, reason)
-            try:
-                await asyncio.to_thread(record_refused_handshake, self.database, self.listener, address, reason)
-            except Exception:  # the connection is refused either way
-                log.exception("%s: the refused TLS handshake from %s could not be audited", self.listener, address)
+            await self.refused(address, reason)
             return
         if secured is None:  # the peer went away as the handshake finished
             return
@@ -223,6 +263,14 @@ class HandshakeFirst(asyncio.Protocol):
             self.inner.data_received(data)
         if self.eof and not self.inner.eof_received():
             secured.close()
+
+    async def refused(self, address: str | None, reason: str) -> None:
+        """Log and audit a refused handshake (in a thread: the event loop goes on)."""
+        log.warning("%s: TLS handshake from %s refused: %s", self.listener, address, reason)
+        try:
+            await asyncio.to_thread(record_refused_handshake, self.database, self.listener, address, reason)
+        except Exception:  # the connection is refused either way
+            log.exception("%s: the refused TLS handshake from %s could not be audited", self.listener, address)
 
     # Between the handshake and the hand-over (one turn of the event loop), TLS may already deliver data
     # or an end; after it, calls scheduled earlier still arrive here and are passed on.
@@ -248,5 +296,5 @@ class HandshakeFirst(asyncio.Protocol):
 def guarded(factory: Callable[[], asyncio.Protocol], tls: TlsSettings, listener: str,
             database: Database) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for `loop.create_server` whose connections handshake first (see HandshakeFirst)."""
-    context = server_context(tls)
-    return lambda: HandshakeFirst(factory(), context, listener, database)
+    server_context(tls)  # refused now, not at the first connection
+    return lambda: HandshakeFirst(factory(), tls, listener, database)

@@ -18,17 +18,17 @@ from uvicorn.server import ServerState
 from sharedcare.config import load_settings
 from sharedcare.errors import ConfigError
 from sharedcare.store.database import Database
-from sharedcare.tls import HandshakeFirst, ServerContext, server_context, tls_settings
+from sharedcare.tls import HandshakeFirst, TlsSettings, tls_settings
 
 
 @cache
-def _process_setup() -> tuple[ServerContext, Database]:
-    """This process's TLS context and the store refusals are audited in."""
+def _process_setup() -> tuple[TlsSettings, Database]:
+    """This process's TLS settings and the store refusals are audited in."""
     settings = load_settings()
     tls = tls_settings(settings)
     if tls is None:
         raise ConfigError("TlsHttpProtocol serves TLS: SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY must be set")
-    return server_context(tls), Database(settings.database_url)
+    return tls, Database(settings.database_url)
 
 
 class TlsHttpProtocol(HandshakeFirst):
@@ -36,7 +36,7 @@ class TlsHttpProtocol(HandshakeFirst):
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        context, database = _process_setup()
+        tls, database = _process_setup()
         inner = AutoHTTPProtocol(config=config, server_state=server_state, app_state=app_state,  # type: ignore[call-arg]
                                  _loop=_loop)
-        super().__init__(inner, context, "http", database)
+        super().__init__(inner, tls, "http", database)
