@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy import Table, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -18,7 +18,7 @@ from sharedcare.governance.agreements import STOPPED, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal_in
 from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
 from sharedcare.governance.framework import Framework
-from sharedcare.store.database import run
+from sharedcare.store.database import Prepared, run
 from sharedcare.store.models import AgreementChange, OAuthClient, OAuthCode, RevokedToken, SeenAssertion
 
 PURGE_AFTER = timedelta(minutes=5)  # rows outlive their expiry a little: clocks differ
@@ -31,16 +31,18 @@ _CHANGES = cast(Table, AgreementChange.__table__)
 # Whether the organisation a token was issued under (its `org` claim) had its agreement suspended or ended
 # since: every token of its users and systems issued before then is cut off, for good (signing the agreement
 # again brings none back), so that a copied cookie or a second browser's session is no use afterwards.
-_CUT_OFF = select(_CHANGES.c.id).where(_CHANGES.c.org_code == bindparam("org"), _CHANGES.c.status.in_(STOPPED),
+_CUT_OFF = select(_CHANGES.c.id).where(_CHANGES.c.org_code == bindparam("org"),  # (no IN list: prepared below)
+                                       or_(*(_CHANGES.c.status == status for status in STOPPED)),
                                        _CHANGES.c.changed_at >= bindparam("issued_at")).exists().label("cut_off")
-_SESSION_STANDING = select(_REVOKED.exists().label("revoked"), _CUT_OFF)  # a token of no app: every request
+# A token of no app: every request (prepared: through `run` its execution cost as much as the query)
+_SESSION_STANDING = Prepared(select(_REVOKED.exists().label("revoked"), _CUT_OFF))
 # A presented token's standing, in one statement (every request: built once): whether it was revoked, and
 # whether the app it names (`client_id`) is registered now under a registration made before the token was
 # issued (a client removed and registered again does not bring back the tokens of the one removed).
-_STANDING = select(_REVOKED.exists().label("revoked"), select(_CLIENTS_TABLE.c.client_id).where(
+_STANDING = Prepared(select(_REVOKED.exists().label("revoked"), select(_CLIENTS_TABLE.c.client_id).where(
     _CLIENTS_TABLE.c.client_id == bindparam("client"),
     _CLIENTS_TABLE.c.created_at < bindparam("issued_by"),
-).exists().label("registered"), _CUT_OFF)
+).exists().label("registered"), _CUT_OFF))
 _LAST_STOP = select(_CHANGES.c.status, _CHANGES.c.changed_at).where(
     _CHANGES.c.org_code == bindparam("org"), _CHANGES.c.status.in_(STOPPED),
     _CHANGES.c.changed_at >= bindparam("issued_at")).order_by(_CHANGES.c.id.desc()).limit(1)
@@ -69,17 +71,17 @@ def refusal(session: Session, claims: dict[str, Any]) -> str | None:
     issued_at = datetime.fromtimestamp(float(claims.get("iat", 0)), UTC)
     client = claims.get("client_id")
     if not client:
-        revoked, cut_off = run(session, _SESSION_STANDING, {"jti": str(claims.get("jti", "")), "org": org,
-                                                            "issued_at": issued_at}).one()
+        ((revoked, cut_off),) = _SESSION_STANDING(session, {"jti": str(claims.get("jti", "")), "org": org,
+                                                            "issued_at": issued_at})
         registered = True
     else:
         # The registration is compared with whole seconds, as tokens before float `iat` carried it: a
         # registration made in the second the token was issued still counts as before it, so removing and
         # re-registering within that one second would not cut the token off.
         issued_by = datetime.fromtimestamp(int(claims.get("iat", 0)) + 1, UTC)
-        revoked, registered, cut_off = run(session, _STANDING, {
+        ((revoked, registered, cut_off),) = _STANDING(session, {
             "jti": str(claims.get("jti", "")), "client": str(client), "issued_by": issued_by, "org": org,
-            "issued_at": issued_at}).one()
+            "issued_at": issued_at})
     if revoked:
         return "the access token has been revoked; sign in again"
     if cut_off:
