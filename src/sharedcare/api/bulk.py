@@ -122,7 +122,7 @@ def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
                                  f"{jobs.settings.export_retention_days} days after it finished; start a new one",
                                  request.state.request_id)
     if view.status == WITHDRAWN:
-        return operation_outcome(410, "deleted", f"export {job_id} {view.error}", request.state.request_id)
+        return operation_outcome(410, "deleted", f"export {job_id}: {view.error}", request.state.request_id)
     base = f"{_base(request)}/bulk/{job_id}"
     return JSONResponse({
         "transactionTime": view.transaction_time,

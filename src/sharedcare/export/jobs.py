@@ -469,7 +469,7 @@ class ExportJobs:
         if job.status == WITHDRAWN:
             self._secondary(actor, request_id, source_address, job.purpose).check(
                 AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)  # still suspended: that is the answer
-            raise Withdrawn(f"export {job_id} has no files: {job.error}", where="$export")
+            raise Withdrawn(f"export {job_id}: {job.error}", where="$export")
         if job.status != "completed" or entry is None:
             raise NotFound(f"export {job_id} has no file {name}")
         secondary = self._secondary(actor, request_id, source_address, job.purpose)

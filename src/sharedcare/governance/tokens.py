@@ -45,7 +45,7 @@ _STANDING = Prepared(select(_REVOKED.exists().label("revoked"), select(_CLIENTS_
 ).exists().label("registered"), _CUT_OFF))
 _LAST_STOP = select(_CHANGES.c.status, _CHANGES.c.changed_at).where(
     _CHANGES.c.org_code == bindparam("org"), _CHANGES.c.status.in_(STOPPED),
-    _CHANGES.c.changed_at >= bindparam("issued_at")).order_by(_CHANGES.c.id.desc()).limit(1)
+    _CHANGES.c.changed_at >= bindparam("issued_at")).order_by(_CHANGES.c.id).limit(1)  # the first since
 
 
 @dataclass(frozen=True)
