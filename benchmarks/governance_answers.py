@@ -142,6 +142,8 @@ def read(store: Path, database: str, out: TextIO) -> None:
             unmerge(s, merged, by="bench", reason="different people after all")
             set_agreement(s, fw, "RYC", "signed", by="bench", reason="")
             s.commit()
+        # the suspension ended RYC's users' tokens for good (task sess): they sign in again
+        tokens.update({user: {"Authorization": f"Bearer {mint_token(settings, fw, user)}"} for user in fw.users})
         phase("restored")
         with db.session() as s:
             out.writelines(f"AUDIT {_masked(line.rstrip())}\n" for line in export_ndjson(s))

@@ -113,3 +113,35 @@ def make_pki(folder: Path) -> Pki:
                _revocation_list(folder / "ca-crl.pem", (ca_cert, ca_key), [revoked]),
                _revocation_list(folder / "ca-crl-overdue.pem", (ca_cert, ca_key), [revoked], days=(-14, -7)),
                _revocation_list(folder / "other-ca-crl.pem", (other[0], other[1]), []))
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A root CA above an issuing (intermediate) CA, both in the client CA file, with a revocation list from
+    the intermediate alone: what a region's PKI publishes when only the intermediate issues feed certificates."""
+
+    cas: Path  # the root and the intermediate, one file
+    crl: Path  # the intermediate's list (revoking nothing)
+    from_intermediate: tuple[Path, Path]  # a feed certificate the intermediate issued
+    from_root: tuple[Path, Path]  # one the root issued directly: its list is not configured
+
+
+def make_chain(folder: Path) -> Chain:
+    root = _issue(folder, "root", "CN=ICS root CA,O=Test ICS", None, ca=True, days=(-2, 365))
+    intermediate = _issue(folder, "intermediate", "CN=ICS feeds issuing CA,O=Test ICS", (root[0], root[1]), ca=True,
+                          days=(-2, 365))
+    cas = folder / "root-and-intermediate.pem"
+    cas.write_bytes(root[2].read_bytes() + intermediate[2].read_bytes())
+    _, _, leaf_cert, leaf_key = _issue(folder, "intermediate-leaf", FEED_SUBJECT, (intermediate[0], intermediate[1]))
+    _, _, direct_cert, direct_key = _issue(folder, "root-leaf", "CN=root-issued-engine,O=Riverside Hospital",
+                                           (root[0], root[1]))
+    return Chain(cas, _revocation_list(folder / "intermediate-crl.pem", (intermediate[0], intermediate[1]), []),
+                 (leaf_cert, leaf_key), (direct_cert, direct_key))
+
+
+def revocation_list(pki: Pki, path: Path, revoked: list[Path]) -> Path:
+    """A new list from `pki`'s CA revoking these certificates (as the CA publishes its next one)."""
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    key = serialization.load_pem_private_key((pki.ca.parent / "ca.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return _revocation_list(path, (ca, key), [x509.load_pem_x509_certificate(p.read_bytes()) for p in revoked])

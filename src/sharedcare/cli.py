@@ -703,22 +703,24 @@ def token(
     minutes: Annotated[int, typer.Option(min=1, max=24 * 60)] = 60,
 ) -> None:
     """Mint an access token for a configured user (for integration and testing). Audited as that user's
-    sign-in, naming the account that minted it: everything read with the token is audited under the user's
-    name, and without this entry the log would say they signed in and looked themselves. No entry, no token."""
+    sign-in, naming the account that minted it, and everything read with the token is audited under the
+    user's name marked as read with this token (its id) minted by that account: without both the log would
+    say the user signed in and looked themselves. No entry, no token."""
     from sharedcare.api.auth import mint_token, read_token
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     settings = _keyed_settings()
     fw = _framework()
     try:
-        minted = mint_token(settings, fw, user, scope, minutes)
+        minter = f"{OPERATOR}:{_account()}"
+        minted = mint_token(settings, fw, user, scope, minutes, minted_by=minter)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     claims, named = read_token(settings, minted), fw.users[user]
     with _database().session() as session:
         record_audit(session, AuditRecord(
             AuditAction.LOGIN, "permit", user, role=named.role, organisation=named.organisation,
-            detail={"step": "command-line token", "minted_by": f"{OPERATOR}:{_account()}", "token_id": claims["jti"],
+            detail={"step": "command-line token", "minted_by": minter, "token_id": claims["jti"],
                     "scope": scope, "expires": datetime.fromtimestamp(claims["exp"], UTC).isoformat()}))
     sys.stdout.write(minted + "\n")
 
@@ -820,19 +822,24 @@ def agreements_set(
                                              "on the IG agreements board.")] = "",
 ) -> None:
     """Change an organisation's agreement status; takes effect on the next request (audited with the reason).
-    Suspending or ending one hides its data from every partner and refuses its users every record."""
+    Suspending or ending one hides its data from every partner, refuses its users every record, ends every
+    session and token issued to them for good, and deletes their finished exports' files."""
+    from sharedcare.export.jobs import ExportJobs
     from sharedcare.governance.agreements import set_agreement
 
     if status not in {"draft", "signed", "suspended", "ended"}:
         raise _fail(f"--status must be draft, signed, suspended or ended, not '{status}'")
-    fw = _framework()
+    fw, db = _framework(), _database()
     try:
-        with _database().session() as session:
+        with db.session() as session:
             agreement = set_agreement(session, fw, org, status, by=OPERATOR,  # type: ignore[arg-type]
                                       reason=reason)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{org}: agreement now {agreement.status}")
+    withdrawn = ExportJobs(db, fw, _settings()).withdraw()
+    if withdrawn:
+        console.print(f"deleted the files of {withdrawn} finished exports of {org}'s users")
 
 
 @agreements_app.command("list")

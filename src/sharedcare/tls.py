@@ -2,7 +2,8 @@
 
 Python's ssl module (OpenSSL) does every check: the feed's certificate must chain to the configured client
 CA, be within its validity dates and, given the CA's revocation list, not be revoked, or the handshake
-fails. What is written here is the plumbing, and the checks at start that the revocation list is one:
+fails. What is written here is the plumbing, the checks at start that the revocation list is one, and its
+re-reading when its file changes (`server_context`):
 asyncio performs a listener's handshake before telling the listener of the connection and drops a failed
 one without a word (it logs only in debug mode), and uvicorn has no hook either. So the listeners (`mllp`,
 `serve`) accept plain TCP, and `HandshakeFirst` upgrades each connection with `loop.start_tls` before the
@@ -16,9 +17,9 @@ import asyncio
 import logging
 import re
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import cast
 
@@ -68,11 +69,55 @@ def tls_settings(settings: Settings) -> TlsSettings | None:
     return tls
 
 
-@cache
-def server_context(tls: TlsSettings) -> ssl.SSLContext:
-    """The server side's context, made once a process (a certificate change needs a restart)."""
+class ServerContext(ssl.SSLContext):
+    """A listener's context, knowing which client CAs have no revocation list (`unlisted`): OpenSSL refuses
+    every certificate they issue ("unable to get certificate CRL"), and the refusal's audit names them."""
+
+    unlisted: tuple[str, ...] = ()
+
+
+Stamp = tuple[int, int, int] | None  # the revocation list file's inode, size and modification time
+_contexts: dict[TlsSettings, tuple[Stamp, ServerContext | ConfigError]] = {}
+_contexts_lock = threading.Lock()
+
+
+def _stamp(path: Path | None) -> Stamp:
+    if path is None:
+        return None
     try:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2 or later, OpenSSL's safe ciphers
+        found = path.stat()
+    except OSError:
+        return (-1, -1, -1)  # gone: `_context` says so
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def server_context(tls: TlsSettings) -> ServerContext:
+    """The server side's context for a new connection: made once, and again when the revocation list's
+    file changes (a CA publishes a new list every few days; new connections are checked against it, no
+    restart). A changed list that cannot be used refuses every connection until it is put right (fail
+    closed: the list before it may not name a certificate revoked since), raising ConfigError saying why.
+    A certificate or key change still needs a restart. One `stat` a connection."""
+    stamp = _stamp(tls.client_crl)
+    with _contexts_lock:
+        made = _contexts.get(tls)
+        if made is None or made[0] != stamp:
+            try:
+                made = (stamp, _context(tls))
+            except ConfigError as exc:
+                if made is None:  # at start: refused there
+                    raise
+                log.error("%s; every client is refused until it is put right", exc)
+                made = (stamp, exc)
+            _contexts[tls] = made
+    if isinstance(made[1], ConfigError):
+        raise made[1]
+    return made[1]
+
+
+def _context(tls: TlsSettings) -> ServerContext:
+    """A new server context from the files as they are now."""
+    try:
+        context = ServerContext(ssl.PROTOCOL_TLS_SERVER)  # as ssl.create_default_context(CLIENT_AUTH) makes it
         context.load_cert_chain(tls.cert, tls.key)
         if tls.client_ca is not None:
             context.load_verify_locations(cafile=tls.client_ca)
@@ -80,7 +125,10 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"the TLS certificate, key or client CA could not be loaded: {exc}") from exc
     if tls.client_ca is not None and tls.client_crl is not None:
-        check_revocation_list(tls.client_crl, tls.client_ca)
+        context.unlisted = check_revocation_list(tls.client_crl, tls.client_ca)
+        if context.unlisted:
+            log.warning("SHAREDCARE_TLS_CLIENT_CRL %s has no list from %s: a client certificate issued by it is "
+                        "refused at the handshake", tls.client_crl, " or ".join(context.unlisted))
         try:
             context.load_verify_locations(cafile=tls.client_crl)
         except (OSError, ssl.SSLError) as exc:  # checked above: only a file changed since would reach here
@@ -89,11 +137,16 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def check_revocation_list(crl_path: Path, ca_path: Path) -> None:
+def check_revocation_list(crl_path: Path, ca_path: Path) -> tuple[str, ...]:
     """Refuse at start, by name, a revocation list that would check nothing or refuse every feed: unreadable,
-    not PEM CRLs (a certificate in it would be trusted as a CA), a CRL no client CA signed, a client CA
+    not PEM CRLs (a certificate in it would be trusted as a CA), a CRL no client CA signed, an issuing CA
     without one (OpenSSL then refuses every certificate it issued: "unable to get certificate CRL"), or
-    one past its next update (OpenSSL refuses every certificate: "CRL has expired")."""
+    one past its next update (OpenSSL refuses every certificate: "CRL has expired").
+
+    OpenSSL checks the client certificate alone (VERIFY_CRL_CHECK_LEAF), so only its issuer's list is
+    needed: an issuing CA is one that signed no other CA of the file (a root above an intermediate needs
+    none). Returns the CAs of the file without a list (such a root): a certificate one of them issued
+    directly is still refused at the handshake, for want of its list (fail closed)."""
     where = f"SHAREDCARE_TLS_CLIENT_CRL {crl_path}"
     try:
         text = crl_path.read_bytes()
@@ -123,10 +176,12 @@ def check_revocation_list(crl_path: Path, ca_path: Path) -> None:
             raise ConfigError(f"{where}: the list issued by {issuer} was due to be replaced on "
                               f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC; fetch the CA's current one (every feed "
                               "certificate it issued would be refused until then)")
-    for ca in cas:
-        if not any(crl.issuer == ca.subject for crl in crls):
+    unlisted = [ca for ca in cas if not any(crl.issuer == ca.subject for crl in crls)]
+    for ca in unlisted:
+        if not any(other is not ca and other.issuer == ca.subject for other in cas):  # it issues client certificates
             raise ConfigError(f"{where} has no revocation list from the client CA {ca.subject.rfc4514_string()}: "
                               "every certificate it issued would be refused; add its CRL")
+    return tuple(ca.subject.rfc4514_string() for ca in unlisted)
 
 
 def peer_subject(transport: asyncio.BaseTransport) -> str | None:
@@ -136,10 +191,16 @@ def peer_subject(transport: asyncio.BaseTransport) -> str | None:
     return x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else None
 
 
-def refusal_reason(exc: BaseException) -> str:
-    """Why a handshake failed, in OpenSSL's words (a reason code, never the peer's bytes)."""
+UNABLE_TO_GET_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
+
+
+def refusal_reason(exc: BaseException, unlisted: tuple[str, ...] = ()) -> str:
+    """Why a handshake failed, in OpenSSL's words (a reason code, never the peer's bytes); for a certificate
+    refused for want of its issuer's revocation list, which client CAs have none (`unlisted`)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"{exc.reason}: {exc.verify_message}"
+        missing = (f" (SHAREDCARE_TLS_CLIENT_CRL has no list from {' or '.join(unlisted)}: add it to accept "
+                   "the certificates it issues)" if exc.verify_code == UNABLE_TO_GET_CRL and unlisted else "")
+        return f"{exc.reason}: {exc.verify_message}{missing}"
     if isinstance(exc, ssl.SSLError):
         return str(exc.reason or exc.__class__.__name__)
     if isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
@@ -159,8 +220,8 @@ class HandshakeFirst(asyncio.Protocol):
     and only then hands the connection (now the TLS transport) to `inner`. A failed handshake is logged and
     audited in `database` (in a thread: the event loop goes on), and the connection is closed."""
 
-    def __init__(self, inner: asyncio.Protocol, context: ssl.SSLContext, listener: str, database: Database) -> None:
-        self.inner, self.context, self.listener, self.database = inner, context, listener, database
+    def __init__(self, inner: asyncio.Protocol, tls: TlsSettings, listener: str, database: Database) -> None:
+        self.inner, self.tls, self.listener, self.database = inner, tls, listener, database
         self.task: asyncio.Task[None] | None = None
         self.tls_begun = False  # from here on the TLS layer owns the connection's end, and reports it
         self.handed_over = False
@@ -178,18 +239,20 @@ class HandshakeFirst(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.tls_begun = True
         try:
-            secured = await loop.start_tls(transport, self, self.context, server_side=True,
+            context = server_context(self.tls)
+        except ConfigError as exc:  # the revocation list changed and cannot be used: refused, audited
+            transport.close()
+            await self.refused(address, f"not checked: {exc.message}")
+            return
+        try:
+            secured = await loop.start_tls(transport, self, context, server_side=True,
                                            ssl_handshake_timeout=HANDSHAKE_SECONDS)
         except (ssl.SSLError, OSError) as exc:
-            reason = refusal_reason(exc)
+            reason = refusal_reason(exc, context.unlisted)
             if not isinstance(exc, ssl.SSLError):  # no TLS attempted (a probe, a silent peer): not audited
                 log.info("%s: a connection from %s ended without a TLS handshake: %s", self.listener, address, reason)
                 return
-            log.warning("%s: TLS handshake from %s refused: %s", self.listener, address, reason)
-            try:
-                await asyncio.to_thread(record_refused_handshake, self.database, self.listener, address, reason)
-            except Exception:  # the connection is refused either way
-                log.exception("%s: the refused TLS handshake from %s could not be audited", self.listener, address)
+            await self.refused(address, reason)
             return
         if secured is None:  # the peer went away as the handshake finished
             return
@@ -200,6 +263,14 @@ class HandshakeFirst(asyncio.Protocol):
             self.inner.data_received(data)
         if self.eof and not self.inner.eof_received():
             secured.close()
+
+    async def refused(self, address: str | None, reason: str) -> None:
+        """Log and audit a refused handshake (in a thread: the event loop goes on)."""
+        log.warning("%s: TLS handshake from %s refused: %s", self.listener, address, reason)
+        try:
+            await asyncio.to_thread(record_refused_handshake, self.database, self.listener, address, reason)
+        except Exception:  # the connection is refused either way
+            log.exception("%s: the refused TLS handshake from %s could not be audited", self.listener, address)
 
     # Between the handshake and the hand-over (one turn of the event loop), TLS may already deliver data
     # or an end; after it, calls scheduled earlier still arrive here and are passed on.
@@ -225,5 +296,5 @@ class HandshakeFirst(asyncio.Protocol):
 def guarded(factory: Callable[[], asyncio.Protocol], tls: TlsSettings, listener: str,
             database: Database) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for `loop.create_server` whose connections handshake first (see HandshakeFirst)."""
-    context = server_context(tls)
-    return lambda: HandshakeFirst(factory(), context, listener, database)
+    server_context(tls)  # refused now, not at the first connection
+    return lambda: HandshakeFirst(factory(), tls, listener, database)

@@ -390,8 +390,8 @@ def test_a_backend_of_a_suspended_organisation_gets_nothing(registered: Ics, rsa
     refused = _backend_token(ics, _assertion(rsa_key))
     assert refused.status_code == 403 and refused.json()["error"] == "unauthorized_client"
     assert "suspended" in refused.json()["error_description"] and "access_token" not in refused.json()
-    read = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=earlier)
-    assert "(rule deny-actor-agreement)" in _outcome(read, 403)
+    read = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=earlier)  # cut off by the suspension
+    assert "(RXR) information-sharing agreement was suspended" in _outcome(read, 401)
     with db.session() as session:
         sign_ins = session.scalars(select(AuditEntry).where(AuditEntry.username == f"client:{EPR}",
                                                             AuditEntry.action == "auth:session:login")

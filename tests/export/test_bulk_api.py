@@ -427,3 +427,59 @@ def test_an_export_running_when_its_organisation_is_suspended_is_not_kept(ics: I
     assert poll.status_code == 500 and "not kept" in poll.json()["issue"][0]["diagnostics"]
     assert "no signed information-sharing agreement in force" in poll.json()["issue"][0]["diagnostics"]
     assert ics.client.get(f"/fhir/bulk/{job_id}/Patient.ndjson", headers=ics.token("analyst.chen")).status_code == 404
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, db: Database, tmp_path: Path) -> None:
+    for name, value in (("SHAREDCARE_DB", db.url.render_as_string(hide_password=False)),
+                        ("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH)), ("SHAREDCARE_DATA", str(tmp_path / "data")),
+                        *DEPLOYMENT_KEYS.items()):
+        monkeypatch.setenv(name, value)
+
+
+def test_a_finished_export_is_deleted_when_its_organisation_is_suspended_and_not_served_again(
+        ics: Ics, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator suspends QRD while its analyst's finished export waits to be downloaded: its files go at
+    once (audited, naming them), the status URL says 403 while QRD is suspended, and once QRD signs again
+    410 saying why, the download too; the analyst starts a new one."""
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    status_url, file_url = manifest["output"][0]["url"].rsplit("/", 1)[0], manifest["output"][0]["url"]
+    job_id = status_url.rsplit("/", 1)[1]
+    folder = tmp_path / "data" / "exports" / job_id
+    assert any(folder.iterdir())
+    _cli_env(monkeypatch, db, tmp_path)
+    suspended = CliRunner().invoke(app, ["agreements", "set", "QRD", "--status", "suspended", "--reason", "a breach"])
+    assert suspended.exit_code == 0 and "deleted the files of 1 finished exports of QRD's users" in suspended.output
+    assert not folder.exists()  # no poll needed
+    settings, fw = ics.client.app.state.settings, ics.client.app.state.framework  # type: ignore[attr-defined]
+
+    def token() -> dict[str, str]:  # signed as the app signs (the environment now holds the command line's key)
+        return {"Authorization": f"Bearer {mint_token(settings, fw, 'analyst.chen')}"}
+    during = ics.client.get(status_url, headers=token())
+    assert during.status_code == 403 and "QRD" in during.json()["issue"][0]["diagnostics"]
+    assert CliRunner().invoke(app, ["agreements", "set", "QRD", "--status", "signed"]).exit_code == 0
+    headers = token()
+    for url in (status_url, file_url):
+        gone = ics.client.get(url, headers=headers)
+        why = gone.json()["issue"][0]
+        assert gone.status_code == 410 and why["code"] == "deleted", url
+        assert "its files were deleted when QRD's information-sharing agreement was suspended on" in why["diagnostics"]
+    with db.session() as s:
+        withdrawn = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:withdrawn")).one()
+    assert job_id in json.dumps(withdrawn.event) and "Patient.ndjson" in json.dumps(withdrawn.event)
+    export(ics.client, headers)  # a new one, as before
+
+
+def test_an_export_finished_before_a_suspension_made_elsewhere_is_deleted_at_its_first_touch(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A suspension that did not pass through `agreements set` or the IG workspace (straight into the store):
+    the next poll, of anyone's export, deletes the files before anything is answered."""
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    job_id = manifest["output"][0]["url"].rsplit("/", 2)[1]
+    folder = tmp_path / "data" / "exports" / job_id
+    with db.session() as s:
+        set_agreement(s, framework, "QRD", "ended", by="test", reason="the contract ended")
+    assert any(folder.iterdir())
+    polled = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert polled.status_code == 403 and not folder.exists()
+    with db.session() as s:
+        assert s.get_one(ExportJob, job_id).status == "withdrawn"

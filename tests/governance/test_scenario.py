@@ -46,14 +46,17 @@ def test_the_governance_promises_hold_end_to_end(ics: Ics, monkeypatch: pytest.M
     queue = json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout)
     assert [(i["kind"], i["username"]) for i in queue] == [("emergency", "dr.oconnor")]
 
-    # A suspended organisation's data disappears and its users are locked out; re-signing restores both.
+    # A suspended organisation's data disappears and its users are locked out, their tokens for good;
+    # re-signing restores the data and lets them sign in again.
     gp = ics.open_record("dr.patel")
     suspend = ["agreements", "set", "RXR", "--status", "suspended", "--reason", "a breach reported"]
     assert runner.invoke(app, suspend).exit_code == 0
     assert "RXR" not in _sources(ics.client.get(everything, headers=gp).json())
-    assert ics.client.get(everything, headers=doctor).status_code == 403
+    assert ics.client.get(everything, headers=doctor).status_code == 401
     assert runner.invoke(app, ["agreements", "set", "RXR", "--status", "signed"]).exit_code == 0
     assert "RXR" in _sources(ics.client.get(everything, headers=gp).json())
+    assert ics.client.get(everything, headers=doctor).status_code == 401
+    doctor = ics.open_record("dr.oconnor", basis="emergency", reason="unconscious, brought in by ambulance")
     assert ics.client.get(everything, headers=doctor).status_code == 200
 
     # An objection empties the view of other organisations' data, at once.

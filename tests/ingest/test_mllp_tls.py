@@ -10,13 +10,15 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from tests.ingest.test_mllp import A01, _segment, serving
-from tests.tls_certs import FEED_SUBJECT, Pki, make_pki
+from tests.tls_certs import FEED_SUBJECT, Pki, make_chain, make_pki, revocation_list
 
+from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, verify
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import END, START, MllpServer
@@ -282,3 +284,56 @@ def test_a_revocation_list_that_cannot_be_used_is_refused_at_start_by_name(tmp_p
         assert words in str(refused.value), (crl, str(refused.value))
     with pytest.raises(ConfigError, match="SHAREDCARE_TLS_CLIENT_CRL needs SHAREDCARE_TLS_CLIENT_CA"):
         tls_settings(replace(settings, tls_client_ca=None, tls_client_crl=pki.crl))
+
+
+def test_only_the_issuing_cas_list_is_needed_and_a_certificate_of_a_ca_without_one_is_refused_naming_it(
+        db: Database, framework: Framework, pki: Pki, tmp_path: Path) -> None:
+    """The client CA file holds a root and the intermediate that issues the feeds' certificates; only the
+    intermediate publishes a list. OpenSSL checks the client certificate's issuer's list alone, so the
+    listener starts; a certificate the root issued directly has no list to be checked against and is refused
+    at the handshake (fail closed), audited naming the CA whose list is missing."""
+    from sharedcare.tls import tls_settings
+
+    chain = make_chain(tmp_path)
+    settings = replace(load_settings(), tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=chain.cas,
+                       tls_client_crl=chain.crl)
+    tls = tls_settings(settings)
+    assert tls is not None
+    fw = _listing(framework, "RXR", FEED_SUBJECT)
+    message = A01.format(dob="19450302").encode("latin-1")
+
+    def context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+        return pki.client_context(cert)  # (the server's certificate is still the feeds' CA's)
+    with serving(MllpServer(Pipeline(db, fw), tls)) as port:
+        assert _segment(_send_over_tls(port, context(chain.from_intermediate), message), "MSA")[1] == "AA"
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _send_over_tls(port, context(chain.from_root), message)
+        (refusal,) = _await_refusals(db, 1)
+    reason = json.dumps(refusal.event)
+    assert "unable to get certificate CRL" in reason
+    assert "SHAREDCARE_TLS_CLIENT_CRL has no list from CN=ICS root CA,O=Test ICS" in reason
+
+
+def test_a_new_revocation_list_is_read_without_a_restart_and_one_that_cannot_be_used_refuses_every_feed(
+        db: Database, framework: Framework, pki: Pki, tmp_path: Path) -> None:
+    """The CA publishes a new list revoking another engine's certificate: the file is replaced under the
+    running listener, and the next connection with that certificate is refused. A list replaced by one that
+    cannot be used (a half-copied file) refuses every feed, audited saying why, until it is put right."""
+    crl = tmp_path / "current-crl.pem"
+    crl.write_bytes(pki.crl.read_bytes())  # revokes the lost laptop's certificate only
+    tls = TlsSettings(pki.server_cert, pki.server_key, pki.ca, "required", crl)
+    message = A01.format(dob="19450302").encode("latin-1")
+    with serving(MllpServer(Pipeline(db, _listing(framework, "RXR", FEED_SUBJECT)), tls)) as port:
+        assert _segment(_send_over_tls(port, pki.client_context(pki.client), message), "MSA")[1] == "AA"
+        revocation_list(pki, tmp_path / "next.pem", [pki.revoked[0], pki.client[0]]).replace(crl)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _send_over_tls(port, pki.client_context(pki.client), message)
+        (revoked,) = _await_refusals(db, 1)
+        assert "certificate revoked" in json.dumps(revoked.event)
+        crl.write_bytes(b"-----BEGIN X509 CRL-----\nMIIB")  # cut short
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _send_over_tls(port, pki.client_context(pki.client), message)
+        unusable = _await_refusals(db, 2)[1]
+        assert "not checked: SHAREDCARE_TLS_CLIENT_CRL" in json.dumps(unusable.event)
+        crl.write_bytes(pki.crl.read_bytes())  # put right: the engine in good standing sends again
+        assert _segment(_send_over_tls(port, pki.client_context(pki.client), message), "MSA")[1] == "AA"

@@ -230,9 +230,11 @@ def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: 
     assert done.status_code == 303
     assert "agreement now suspended" in ics.client.get(done.headers["location"]).text
     locked = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse)
-    assert locked.status_code == 403 and "deny-actor-agreement" in locked.text
+    assert locked.status_code == 401 and "(RYC) information-sharing agreement was suspended" in locked.text
     ics.client.post("/ig/agreements/RYC", data={"status": "signed"})
-    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 401  # for good
+    again = ics.open_record("dn.williams")  # a token issued since: as before
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=again).status_code == 200
 
 
 def test_suspending_says_what_it_will_do_and_asks_why_before_anything_changes(ics: Ics) -> None:
@@ -249,6 +251,7 @@ def test_suspending_says_what_it_will_do_and_asks_why_before_anything_changes(ic
     assert confirm.status_code == 200
     assert (f"Suspending Riverside Community Healthcare NHS Trust's agreement hides its information from every "
             f"partner and stops its {users} opening any record") in confirm.text
+    assert "signs them out for good" in confirm.text and "finished exports' files are deleted" in confirm.text
     asked = ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "  "})
     assert asked.status_code == 400 and "Say why" in asked.text and "stops its" in asked.text
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 200  # unchanged
@@ -256,7 +259,7 @@ def test_suspending_says_what_it_will_do_and_asks_why_before_anything_changes(ic
                                                         "reason": "Data breach reported by the trust on 3 Dec"})
     assert done.status_code == 200 and f"Its {users} {'is' if count == 1 else 'are'} refused every record" in done.text
     assert "Reason: Data breach reported by the trust on 3 Dec" in done.text  # the board's history
-    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 403
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=nurse).status_code == 401
     with _db(ics).session() as s:
         (entry,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set")).all()
     assert details(entry)["reason"] == "Data breach reported by the trust on 3 Dec" and entry.username == "ig.morgan"

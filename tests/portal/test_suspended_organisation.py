@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from tests.api.test_fhir_write import _diabetes, _token
 from tests.small_ics import Ics
 
+from sharedcare.governance.access_log import details
 from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
@@ -84,17 +85,46 @@ def test_an_ig_officer_of_a_suspended_organisation_loses_the_workspace_and_canno
 
 def test_a_system_of_a_suspended_organisation_writing_over_fhir_is_refused_and_nothing_is_stored(
         ics: Ics, db: Database, framework: Framework) -> None:
-    """A token issued before the suspension writes nothing after it (no new one is issued: tests/api/test_smart.py).
-    Refused 403, audited, rather than held: the sender is told at once and keeps what it sent; an HL7 v2 feed,
-    which has no token to refuse, is held in quarantine instead (tests/ingest/test_mllp.py)."""
-    headers = _token(ics, "dr.patel")
+    """A token issued before the suspension is cut off by it (401); one minted during it (the operator's command
+    line: no app is issued one, tests/api/test_smart.py) writes nothing either. Refused 403, audited, rather than
+    held: the sender is told at once and keeps what it sent; an HL7 v2 feed, which has no token to refuse, is
+    held in quarantine instead (tests/ingest/test_mllp.py)."""
+    before_suspension = _token(ics, "dr.patel")
     _set(db, framework, "P81001", "suspended")
     with db.session() as s:
         before = s.scalar(select(func.count()).select_from(Resource))
-    refused = ics.client.put("/fhir/Condition/gp-c1", headers=headers,
-                             content=json.dumps(_diabetes(onsetDateTime="2001-01-01")))
+    body = json.dumps(_diabetes(onsetDateTime="2001-01-01"))
+    cut_off = ics.client.put("/fhir/Condition/gp-c1", headers=before_suspension, content=body)
+    assert cut_off.status_code == 401 and "(P81001)" in cut_off.json()["issue"][0]["diagnostics"]
+    refused = ics.client.put("/fhir/Condition/gp-c1", headers=_token(ics, "dr.patel"), content=body)
     assert refused.status_code == 403 and "P81001" in refused.json()["issue"][0]["diagnostics"]
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Resource)) == before
         write = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)).one()
     assert write.outcome == "deny" and "deny-write-agreement" in json.dumps(write.event)
+
+
+def test_a_session_kept_through_a_suspension_is_ended_for_good_when_the_agreement_is_signed_again(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """A copy of the session cookie (a second browser) and a command-line token of the same user, both
+    issued before the suspension, do not work again once the agreement is signed again: the person is told
+    when and why they were signed out, the suspension's audit entry names whose sessions it ended, and a
+    fresh sign-in works. Another organisation's users keep theirs."""
+    assert _sign_in(ics, "dr.oconnor") == 303
+    kept = ics.client.cookies[SESSION_COOKIE]
+    bearer = ics.token("dr.oconnor")
+    other = ics.token("dr.patel")
+    _set(db, framework, "RXR", "suspended")
+    _set(db, framework, "RXR", "signed")
+    assert ics.client.cookies[SESSION_COOKIE] == kept  # this browser never came back during the suspension
+    page = ics.client.get("/search")
+    assert page.status_code == 401 and "you were signed out on" in page.text
+    assert "RXR" in page.text and "agreement was suspended" in page.text and 'name="password"' in page.text
+    assert SESSION_COOKIE not in ics.client.cookies
+    read = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=bearer)
+    assert read.status_code == 401 and "agreement was suspended" in read.json()["issue"][0]["diagnostics"]
+    opened = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}, headers=other)
+    assert opened.status_code == 201 and ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=other).status_code == 200
+    suspension = _events(db, AuditAction.AGREEMENT_SET, "operator")[0]  # says whose sessions it ended
+    assert details(suspension)["sessions_ended"] == "dr.oconnor"
+    assert _sign_in(ics, "dr.oconnor") == 303 and ics.client.get("/search").status_code == 200

@@ -40,8 +40,10 @@ class AuthError(SharedcareError):
 def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None = None) -> str:
     """Sign `claims` with the issuer, a fresh `jti` and an expiry added."""
     now = utcnow()
-    full = {"iss": ISSUER, **claims, "iat": now, "exp": now + timedelta(minutes=minutes or settings.token_minutes),
-            "jti": str(uuid.uuid4())}
+    # `iat` to the microsecond (a NumericDate may have a fraction): a session cut off by its organisation's
+    # suspension is told apart from one begun after the agreement was signed again within the same second
+    full = {"iss": ISSUER, **claims, "iat": now.timestamp(),
+            "exp": now + timedelta(minutes=minutes or settings.token_minutes), "jti": str(uuid.uuid4())}
     return jwt.encode(full, settings.secret, algorithm=ALGORITHM)
 
 

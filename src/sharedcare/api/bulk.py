@@ -6,7 +6,9 @@
   (application/fhir+ndjson). Answers 202 with `Content-Location` naming the status URL.
 - Status: `GET /fhir/bulk/{job}`: 202 with `X-Progress` while running, 200 with the manifest when done,
   500 with an OperationOutcome if it failed, 404 saying so once its files expired
-  (`SHAREDCARE_EXPORT_RETENTION_DAYS` after it finished); `DELETE` cancels (202) and deletes the files.
+  (`SHAREDCARE_EXPORT_RETENTION_DAYS` after it finished), 410 saying so once they were deleted because
+  its organisation's agreement was suspended or ended (403 while it still is); `DELETE` cancels (202) and
+  deletes the files.
 - Files: `GET /fhir/bulk/{job}/{Type}.ndjson` (the manifest says `requiresAccessToken: true`).
 
 Only an actor whose role has a non-identifiable purpose may export; the data is decided, pseudonymised
@@ -22,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from sharedcare.api.deps import ActorDep, FrameworkDep, SettingsDep, get_database, scoped_types
 from sharedcare.api.outcomes import operation_outcome
-from sharedcare.export.jobs import EXPIRED, ExportJobs, TooManyExports
+from sharedcare.export.jobs import EXPIRED, WITHDRAWN, ExportJobs, TooManyExports, Withdrawn
 from sharedcare.fhir.search import SearchError, parse_instant
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.scopes import patient_level_only
@@ -119,6 +121,8 @@ def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
         return operation_outcome(404, "not-found", f"export {job_id} expired: its files are deleted "
                                  f"{jobs.settings.export_retention_days} days after it finished; start a new one",
                                  request.state.request_id)
+    if view.status == WITHDRAWN:
+        return operation_outcome(410, "deleted", f"export {job_id}: {view.error}", request.state.request_id)
     base = f"{_base(request)}/bulk/{job_id}"
     return JSONResponse({
         "transactionTime": view.transaction_time,
@@ -139,6 +143,9 @@ def export_cancel(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
 
 @router.get("/bulk/{job_id}/{file_name}")
 def export_file(job_id: str, file_name: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
-    path = jobs.file(actor, job_id, file_name, request.state.request_id,
-                     request.client.host if request.client else None)
+    try:
+        path = jobs.file(actor, job_id, file_name, request.state.request_id,
+                         request.client.host if request.client else None)
+    except Withdrawn as gone:
+        return operation_outcome(410, "deleted", gone.message, request.state.request_id)
     return FileResponse(path, media_type=NDJSON, filename=file_name)

@@ -131,6 +131,8 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
         request.state.scopes = str(claims.get("scope", ""))
         request.state.launch_patient = claims.get("patient")
         request.state.client_id = claims.get("client_id")
+        request.state.minted_by = claims.get("minted_by")  # a `sharedcare token`: its reads say so
+        request.state.token_id = claims.get("jti")
         subject = str(claims["sub"])
         refused = refusal(session, claims)
         if refused:
@@ -205,7 +207,8 @@ def governed_records(request: Request) -> Iterator[GovernedRecords]:
         common: dict[str, Any] = {"purpose": "direct-care", "request_id": request.state.request_id,
                                   "source_address": _source_address(request),
                                   "resource_types": scoped_types(scopes, patient_level),
-                                  "client_id": request.state.client_id}
+                                  "client_id": request.state.client_id, "minted_by": request.state.minted_by,
+                                  "token_id": request.state.token_id}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
                if patient_only else GovernedRecords(session, fw, actor, **common))
 

@@ -384,7 +384,7 @@ def _signed_in_user(request: Request, settings: Settings, fw: Framework, store: 
     except AuthError:
         return None
     subject = str(claims["sub"])
-    if subject not in fw.users or store.is_revoked(claims) or store.staff_not_sharing(subject):
+    if subject not in fw.users or store.refusal(claims) or store.staff_not_sharing(subject):
         return None  # (one whose organisation no longer shares is refused at the sign-in it is sent to)
     return subject
 

@@ -9,7 +9,6 @@ settings (SHAREDCARE_TLS_*) once.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from functools import cache
 from typing import Any
 
@@ -20,17 +19,17 @@ from sharedcare.api.slow_clients import TimedHttpProtocol
 from sharedcare.config import load_settings
 from sharedcare.errors import ConfigError
 from sharedcare.store.database import Database
-from sharedcare.tls import HandshakeFirst, server_context, tls_settings
+from sharedcare.tls import HandshakeFirst, TlsSettings, tls_settings
 
 
 @cache
-def _process_setup() -> tuple[ssl.SSLContext, Database]:
-    """This process's TLS context and the store refusals are audited in."""
+def _process_setup() -> tuple[TlsSettings, Database]:
+    """This process's TLS settings and the store refusals are audited in."""
     settings = load_settings()
     tls = tls_settings(settings)
     if tls is None:
         raise ConfigError("TlsHttpProtocol serves TLS: SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY must be set")
-    return server_context(tls), Database(settings.database_url)
+    return tls, Database(settings.database_url)
 
 
 class TlsHttpProtocol(HandshakeFirst):
@@ -38,6 +37,6 @@ class TlsHttpProtocol(HandshakeFirst):
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        context, database = _process_setup()
+        tls, database = _process_setup()
         inner = TimedHttpProtocol(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
-        super().__init__(inner, context, "http", database)
+        super().__init__(inner, tls, "http", database)

@@ -5,7 +5,8 @@ folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only fro
 `governance.secondary.SecondaryUse`, which decides, pseudonymises and audits. Only the user who started
 a job, in the role and organisation it was started under, may see it: anyone else is told it does not
 exist (404), and every poll and download checks again that the user may still export (a suspended
-organisation loses its files at once; a run that ends while it is suspended keeps none). A run goes under
+organisation's users are refused at once; a run that ends while it is suspended keeps none; a finished
+export's files are deleted at the suspension, `withdraw`, and the job then says "withdrawn"). A run goes under
 the role and organisation its kick-off was decided under (a backend client's are its registration's),
 and is refused, audited, if the user or client no longer holds them. A finished export's files are
 deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off, poll, download and
@@ -29,14 +30,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
-from sharedcare.governance.audit import AuditAction
+from sharedcare.governance.agreements import STOPPED
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
@@ -45,16 +47,21 @@ from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
-from sharedcare.store.models import ExportJob
+from sharedcare.store.models import AgreementChange, ExportJob
 
 RUNNING = ("accepted", "running")
 EXPIRED = "expired"
+WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspended or ended after it finished
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
 KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
 
 
 class TooManyExports(SharedcareError):
     """The user already has an export running (one at a time keeps the store responsive)."""
+
+
+class Withdrawn(SharedcareError):
+    """The export's files were deleted when its organisation stopped sharing (`ExportJobs.withdraw`)."""
 
 
 class ExportCancelled(Exception):
@@ -348,16 +355,54 @@ class ExportJobs:
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def expire(self) -> int:
         """Delete the files of the exports that finished more than the retention period ago, marking each
-        expired; how many. Only the service's own folders (`{data}/exports/`): a command-line export
-        wrote where its operator asked, and is theirs to keep."""
+        expired, and of those withdrawn (`withdraw`); how many expired. Only the service's own folders
+        (`{data}/exports/`): a command-line export wrote where its operator asked, and is theirs to keep."""
         now = utcnow()
         with self.db.session() as session:
             old = session.scalars(select(ExportJob).where(
                 ExportJob.status == "completed",
                 ExportJob.finished_at < now - timedelta(days=self.settings.export_retention_days)))
             expired = _mark_expired([job for job in old if self._ours(job.out_dir)])
-        _remove(expired)
+            withdrawn = self._withdraw(session)
+        _remove(expired | withdrawn)  # only once committed, as `_mark_expired` says
         return len(expired)
+
+    def withdraw(self) -> int:
+        """Delete the files of every finished export whose organisation's agreement was suspended or ended
+        after it finished, marking each withdrawn, audited; how many. Run by whoever changes an agreement
+        (`sharedcare agreements set`, the IG workspace), and by every kick-off, poll, download and cancel
+        and at server start (`expire`), so that one changed by other means is caught at its first touch."""
+        with self.db.session() as session:
+            withdrawn = self._withdraw(session)
+        _remove(withdrawn)
+        return len(withdrawn)
+
+    def _withdraw(self, session: Session) -> dict[str, Files]:
+        """`withdraw`'s marking and audit; the files to delete once committed (a command-line export's
+        are its operator's: the job is withdrawn, its files are left where they were asked for)."""
+        stops = session.execute(select(ExportJob, AgreementChange.status, AgreementChange.changed_at).join(
+            AgreementChange, and_(AgreementChange.org_code == ExportJob.organisation,
+                                  AgreementChange.status.in_(STOPPED),
+                                  AgreementChange.changed_at > ExportJob.finished_at))
+            .where(ExportJob.status == "completed").order_by(AgreementChange.id)).all()
+        files: dict[str, Files] = {}
+        for job, stopped, when in stops:
+            if job.status != "completed":  # a second change after it finished: withdrawn by the first
+                continue
+            names, ours = [o["file"] for o in job.output or []], self._ours(job.out_dir)
+            job.status, job.updated_at = WITHDRAWN, utcnow()
+            job.error = (f"its files were deleted when {job.organisation}'s information-sharing agreement was "
+                         f"{stopped} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
+                         "organisation stops sharing; start a new one when the agreement is signed again")
+            record_audit(session, AuditRecord(
+                AuditAction.EXPORT_WITHDRAWN, "permit", username="system", purpose=job.purpose,
+                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped}", detail={
+                    "job": job.id, "owner": job.username, "organisation": job.organisation,
+                    "files": " ".join(names) or "(none)",
+                    "deleted": "yes" if ours else "no: written where its operator asked, theirs to keep"}))
+            if ours:
+                files[job.id] = (Path(job.out_dir), names)
+        return files
 
     def _supersede(self, session: Session, username: str) -> dict[str, Files]:
         """Mark expired this user's finished exports in the service's folder beyond the newest
@@ -421,6 +466,10 @@ class ExportJobs:
         self.expire()
         job = self._own(actor, job_id)
         entry = next((o for o in job.output or [] if o["file"] == name), None)
+        if job.status == WITHDRAWN:
+            self._secondary(actor, request_id, source_address, job.purpose).check(
+                AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)  # still suspended: that is the answer
+            raise Withdrawn(f"export {job_id}: {job.error}", where="$export")
         if job.status != "completed" or entry is None:
             raise NotFound(f"export {job_id} has no file {name}")
         secondary = self._secondary(actor, request_id, source_address, job.purpose)

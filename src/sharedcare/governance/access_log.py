@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
-from sharedcare.governance.audit import AuditAction, expanded
+from sharedcare.governance.audit import AuditAction, expanded, minted_by
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
 
@@ -31,6 +31,12 @@ ACTION_WORDS = {
     AuditAction.PATIENT_SEARCH: "found you in a search",
     AuditAction.DEMOGRAPHICS_READ: "saw your name and date of birth (reviewing an access to your record)",
 }
+# Beside a look made with a token the service's operators issued in the person's name (`sharedcare token`):
+# the name is the account the look was made under, not proof that person looked. The citizen is told so, in
+# words, so that a question about it goes to the organisation knowing that; the operator's account on the
+# server means nothing to them and is for the IG officer's search, which shows it with the token's id.
+MINTED_WORDS = ("using access the shared care record's technical team set up in their name, not by signing "
+                "in themselves")
 # A resource read says what kind of item was looked at (a citizen has no use for its id).
 ITEM_WORDS = {
     "Patient": "viewed your personal details",
@@ -239,6 +245,7 @@ class Access:
     basis: str
     reason: str
     outcome: str
+    how: str = ""  # MINTED_WORDS for a look made with a token an operator minted
 
 
 @dataclass(frozen=True)
@@ -369,7 +376,7 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
         role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
         what=describe(entry),
         basis=(info.get("basis") or "").replace("-", " "), reason=reason,
-        outcome="refused" if entry.outcome == "deny" else "allowed")
+        outcome="refused" if entry.outcome == "deny" else "allowed", how=MINTED_WORDS if minted_by(entry.event) else "")
 
 
 def export_ndjson(session: Session) -> Iterator[str]:

@@ -21,6 +21,7 @@ from sharedcare.governance.framework import Agreement, AgreementStatus, Framewor
 from sharedcare.store.database import Prepared
 from sharedcare.store.models import AgreementChange, AuditEntry
 
+STOPPED = ("suspended", "ended")  # a change to either ends every session and token issued under the organisation
 _CHANGES = cast(Table, AgreementChange.__table__)
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
 _ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.c.id))
@@ -56,9 +57,16 @@ def set_agreement(session: Session, fw: Framework, org_code: str, status: Agreem
         raise SharedcareError(f"give a reason for setting {org_code}'s agreement to {status} (a breach reported, "
                               "the contract ended...): it is kept in the audit log and shown on the agreements "
                               "board", where="agreements set")
-    session.add(AgreementChange(org_code=org_code, status=status, changed_at=utcnow(), changed_by=by))
+    now = utcnow()
+    session.add(AgreementChange(org_code=org_code, status=status, changed_at=now, changed_by=by))
+    detail = {"organisation": org_code, "status": status}
+    if status in STOPPED:  # `tokens.refusal` refuses them from now on: the entry says whose it cut off
+        users = sorted(name for name, user in fw.users.items() if user.organisation == org_code)
+        detail |= {"sessions_ended": " ".join(users) or "(no users configured)", "issued_before": now.isoformat(),
+                   "tokens_ended": "portal sessions, app and command-line tokens of these users, and the "
+                                   "organisation's systems' tokens"}
     record_audit(session, AuditRecord(AuditAction.AGREEMENT_SET, "permit", username=by, purpose="governance",
-                                      reason=reason or None, detail={"organisation": org_code, "status": status}))
+                                      reason=reason or None, detail=detail))
     session.flush()
     return effective_agreements(session, fw)[org_code]
 

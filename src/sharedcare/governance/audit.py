@@ -37,6 +37,10 @@ GENESIS = "0" * 64
 RELEASED = "released"
 USER_SYSTEM = "https://sharedcare.example/Id/user"
 ON_BEHALF_OF = "http://hl7.org/fhir/StructureDefinition/auditevent-OnBehalfOf"
+OPERATOR_SYSTEM = "https://sharedcare.example/Id/operator"  # an account on the server (`sharedcare token`)
+JTI_PREFIX = "urn:ietf:params:oauth:jti:"  # IHE BALP: a token's id, as AuditEvent.agent.policy carries it
+AUTHORISATION_SERVER = {"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+                        "code": "authserver", "display": "authorization server"}
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"  # fhir.uk_core's, which imports identity, which audits
 
 
@@ -75,6 +79,7 @@ class AuditAction(StrEnum):
     EXPORT_COMPLETE = "secondary:export:complete"
     EXPORT_DOWNLOAD = "secondary:export:download"
     EXPORT_CANCEL = "secondary:export:cancel"
+    EXPORT_WITHDRAWN = "secondary:export:withdrawn"  # files deleted at the organisation's suspension (export/jobs.py)
 
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
@@ -82,7 +87,8 @@ ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", Aud
                 AuditAction.DEMO_START: "E",
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
-                AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E"}
+                AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",
+                AuditAction.EXPORT_WITHDRAWN: "D"}
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
 PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent
@@ -110,6 +116,8 @@ class AuditRecord:
     request_id: str | None = None
     source_address: str | None = None
     client_id: str | None = None  # the SMART app the user acted through (None: the portal or a tool)
+    minted_by: str | None = None  # the operator account whose `sharedcare token` the user's token is
+    token_id: str | None = None  # that token's id (jti), named with `minted_by`
     resource: str | None = None  # the one resource a resource read asked for (`Condition/{id}`)
     fhir_action: str | None = None  # AuditEvent.action where the action alone does not say: a write's C or U
     released: list[str] = field(default_factory=list)
@@ -167,7 +175,8 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
             **_on_behalf_of(ODS_SYSTEM, record.organisation),
             "requestor": True,
             "network": {"address": record.source_address or "local", "type": "2"},
-        }, *_app_agent(record.client_id, record.username)],
+            **_token_policy(record),
+        }, *_app_agent(record.client_id, record.username), *_minter_agent(record)],
         "source": {"observer": {"display": "sharedcare"}, "site": record.request_id or str(uuid.uuid4())},
         "entity": entities,
     }
@@ -206,6 +215,35 @@ def _app_agent(client_id: str | None, username: str | None) -> list[dict[str, An
              "who": {"identifier": {"system": "https://sharedcare.example/Id/client", "value": _clean(client_id)}},
              **_on_behalf_of(USER_SYSTEM, username),
              "requestor": False}]
+
+
+def _token_policy(record: AuditRecord) -> dict[str, Any]:
+    """IHE BALP (OAUTHaccessTokenUse): the id of the token the user acted with, on the user's agent. Only
+    for a token an operator minted (`_minter_agent`), which is what a reader needs it for."""
+    if not (record.minted_by and record.token_id):
+        return {}
+    return {"policy": [f"{JTI_PREFIX}{_clean(record.token_id)}"]}
+
+
+def _minter_agent(record: AuditRecord) -> list[dict[str, Any]]:
+    """The operator account that minted the token the user acted with (`sharedcare token`), as a second
+    agent in the role of the authorisation server, naming the token: the read was made in the user's name,
+    but not necessarily by them, and the IG officer and the citizen can tell (TRUST AU1)."""
+    if not record.minted_by:
+        return []
+    return [{"type": {"coding": [AUTHORISATION_SERVER]},
+             "who": {"identifier": {"system": OPERATOR_SYSTEM, "value": _clean(record.minted_by)}},
+             "requestor": False, **_token_policy(record)}]
+
+
+def minted_by(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The operator account that minted the token an audited action was taken with, and the token's id;
+    None for a user's own session, an app's or a system's token (`_minter_agent`)."""
+    for agent in event.get("agent", []):
+        if AUTHORISATION_SERVER in ((agent.get("type") or {}).get("coding") or []):
+            policy = agent.get("policy") or [""]
+            return str(agent["who"]["identifier"]["value"]), str(policy[0]).removeprefix(JTI_PREFIX)
+    return None
 
 
 _HASHED = ("seq", "recorded_at", "action", "outcome", "username", "organisation", "patient_id", "event")

@@ -279,12 +279,15 @@ class GovernedRecords:
 
     def __init__(self, session: Session, fw: Framework, actor: Actor, purpose: str = "direct-care",
                  request_id: str | None = None, source_address: str | None = None,
-                 resource_types: frozenset[str] | None = None, client_id: str | None = None) -> None:
+                 resource_types: frozenset[str] | None = None, client_id: str | None = None,
+                 minted_by: str | None = None, token_id: str | None = None) -> None:
         """`resource_types`: what the caller's token scopes allow (None: every type). The decision point
         still decides; scopes only narrow what a client asked to receive. `client_id`: the SMART app the
-        user reads through, named in every audit event."""
+        user reads through; `minted_by`: the operator account whose `sharedcare token` (`token_id`) the
+        caller holds; each named in every audit event."""
         self.resource_types = resource_types
         self.client_id = client_id
+        self.minted_by, self.token_id = minted_by, token_id
         self.session = session
         self.fw = fw
         self.actor = actor
@@ -302,7 +305,8 @@ class GovernedRecords:
         return record_audit(self.session, AuditRecord(
             action=action, outcome=outcome, username=self.actor.username, role=role,
             organisation=self.actor.organisation or None, purpose=self.purpose, patient_id=patient_id,
-            request_id=self.request_id, source_address=self.source_address, client_id=self.client_id, **extra))
+            request_id=self.request_id, source_address=self.source_address, client_id=self.client_id,
+            minted_by=self.minted_by, token_id=self.token_id, **extra))
 
     def _released(self, action: AuditAction, patient_id: str | None, **extra: Any) -> None:
         """Audit a permitted read and commit it at once, before the caller builds its answer: the entry is

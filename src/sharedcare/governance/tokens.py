@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy import Table, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.governance.agreements import effective_agreements
+from sharedcare.governance.agreements import STOPPED, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal_in
 from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
 from sharedcare.governance.framework import Framework
-from sharedcare.store.database import run
-from sharedcare.store.models import OAuthClient, OAuthCode, RevokedToken, SeenAssertion
+from sharedcare.store.database import Prepared, run
+from sharedcare.store.models import AgreementChange, OAuthClient, OAuthCode, RevokedToken, SeenAssertion
 
 PURGE_AFTER = timedelta(minutes=5)  # rows outlive their expiry a little: clocks differ
 PURGE_EVERY = 60.0  # seconds between purges of expired rows (each process)
@@ -27,13 +27,25 @@ _last_purge = float("-inf")
 _REVOKED_TABLE = cast(Table, RevokedToken.__table__)
 _REVOKED = select(_REVOKED_TABLE.c.jti).where(_REVOKED_TABLE.c.jti == bindparam("jti"))  # every request: built once
 _CLIENTS_TABLE = cast(Table, OAuthClient.__table__)
+_CHANGES = cast(Table, AgreementChange.__table__)
+# Whether the organisation a token was issued under (its `org` claim) had its agreement suspended or ended
+# since: every token of its users and systems issued before then is cut off, for good (signing the agreement
+# again brings none back), so that a copied cookie or a second browser's session is no use afterwards.
+_CUT_OFF = select(_CHANGES.c.id).where(_CHANGES.c.org_code == bindparam("org"),  # (no IN list: prepared below)
+                                       or_(*(_CHANGES.c.status == status for status in STOPPED)),
+                                       _CHANGES.c.changed_at >= bindparam("issued_at")).exists().label("cut_off")
+# A token of no app: every request (prepared: through `run` its execution cost as much as the query)
+_SESSION_STANDING = Prepared(select(_REVOKED.exists().label("revoked"), _CUT_OFF))
 # A presented token's standing, in one statement (every request: built once): whether it was revoked, and
 # whether the app it names (`client_id`) is registered now under a registration made before the token was
 # issued (a client removed and registered again does not bring back the tokens of the one removed).
-_STANDING = select(_REVOKED.exists().label("revoked"), select(_CLIENTS_TABLE.c.client_id).where(
+_STANDING = Prepared(select(_REVOKED.exists().label("revoked"), select(_CLIENTS_TABLE.c.client_id).where(
     _CLIENTS_TABLE.c.client_id == bindparam("client"),
     _CLIENTS_TABLE.c.created_at < bindparam("issued_by"),
-).exists().label("registered"))
+).exists().label("registered"), _CUT_OFF))
+_LAST_STOP = select(_CHANGES.c.status, _CHANGES.c.changed_at).where(
+    _CHANGES.c.org_code == bindparam("org"), _CHANGES.c.status.in_(STOPPED),
+    _CHANGES.c.changed_at >= bindparam("issued_at")).order_by(_CHANGES.c.id).limit(1)  # the first since
 
 
 @dataclass(frozen=True)
@@ -50,28 +62,38 @@ class Code:
     patient: str | None
 
 
-def is_revoked(session: Session, claims: dict[str, Any]) -> bool:
-    return run(session, _REVOKED, {"jti": str(claims.get("jti", ""))}).first() is not None
-
-
 def refusal(session: Session, claims: dict[str, Any]) -> str | None:
-    """Why a signed, unexpired token no longer works, if it does not: it was revoked, or the app it was
-    issued to has been removed (`sharedcare clients remove`), which cuts off every token of that app at
-    once rather than one at a time, and stays cut off if a client of that id is registered again. One
-    query a request, as the revocation check alone was; a token of no app (a portal session) runs that
-    check alone."""
+    """Why a signed, unexpired token no longer works, if it does not: it was revoked; its organisation's
+    agreement was suspended or ended after it was issued (`cut_off`); or the app it was issued to has been
+    removed (`sharedcare clients remove`), which cuts off every token of that app at once rather than one
+    at a time, and stays cut off if a client of that id is registered again. One query a request."""
+    org = str(claims.get("org", ""))
+    issued_at = datetime.fromtimestamp(float(claims.get("iat", 0)), UTC)
     client = claims.get("client_id")
     if not client:
-        return "the access token has been revoked; sign in again" if is_revoked(session, claims) else None
-    # `iat` is whole seconds (JWT NumericDate as PyJWT writes it): a registration made in the second the
-    # token was issued still counts as before it, so removing and re-registering within that one second
-    # would not cut the token off. Tokens without `iat` are not ours (`auth.sign_token` always sets it).
-    issued_by = datetime.fromtimestamp(int(claims.get("iat", 0)) + 1, UTC)
-    revoked, registered = run(session, _STANDING, {"jti": str(claims.get("jti", "")), "client": str(client),
-                                                   "issued_by": issued_by}).one()
+        ((revoked, cut_off),) = _SESSION_STANDING(session, {"jti": str(claims.get("jti", "")), "org": org,
+                                                            "issued_at": issued_at})
+        registered = True
+    else:
+        # The registration is compared with whole seconds, as tokens before float `iat` carried it: a
+        # registration made in the second the token was issued still counts as before it, so removing and
+        # re-registering within that one second would not cut the token off.
+        issued_by = datetime.fromtimestamp(int(claims.get("iat", 0)) + 1, UTC)
+        ((revoked, registered, cut_off),) = _STANDING(session, {
+            "jti": str(claims.get("jti", "")), "client": str(client), "issued_by": issued_by, "org": org,
+            "issued_at": issued_at})
     if revoked:
         return "the access token has been revoked; sign in again"
+    if cut_off:
+        return cut_off_words(session, org, issued_at)
     return None if registered else f"the app '{client}' is no longer registered; its tokens no longer work"
+
+
+def cut_off_words(session: Session, org: str, issued_at: datetime) -> str:
+    """What a person presenting a token cut off by a suspension is told: when, and why, in plain words."""
+    status, when = run(session, _LAST_STOP, {"org": org, "issued_at": issued_at}).one()
+    return (f"you were signed out on {when:%d %B %Y at %H:%M} UTC, when your organisation's ({org}) "
+            f"information-sharing agreement was {status}, and that session has ended for good: sign in again")
 
 
 def staff_not_sharing(session: Session, fw: Framework, username: str) -> str | None:
@@ -153,8 +175,9 @@ class OAuthStore:
             self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(),
                                           expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)))
 
-    def is_revoked(self, claims: dict[str, Any]) -> bool:
-        return is_revoked(self.session, claims)
+    def refusal(self, claims: dict[str, Any]) -> str | None:
+        """`refusal` in this store's session."""
+        return refusal(self.session, claims)
 
     def purge_expired(self) -> None:
         """Forget codes, used assertions and revoked token ids past their expiry: each is refused anyway."""

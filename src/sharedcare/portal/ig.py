@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.deps import FrameworkDep, IgDep, people_only
 from sharedcare.clock import utcnow
+from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import details, requested_resource
-from sharedcare.governance.audit import expanded
+from sharedcare.governance.audit import expanded, minted_by
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -113,6 +114,7 @@ class AuditRow:
     released: int
     kinds: str  # what the released items were, by type ("Observation 40, Condition 12")
     item: str  # the resource a resource read asked for
+    minted: str  # for an action taken with a `sharedcare token`: who minted it, and the token's id
 
 
 def _audit_row(entry: Any, fw: Framework) -> AuditRow:
@@ -127,12 +129,14 @@ def _audit_row(entry: Any, fw: Framework) -> AuditRow:
                     if "what" in e and (e.get("role") or {}).get("code") != "1")
     released = 0 if entry.outcome == "deny" else sum(kinds.values())
     role_code = ((agent.get("role") or [{}])[0]).get("text", "")
+    minter = minted_by(entry.event)
     role = fw.roles.get(role_code)
     return AuditRow(entry.recorded_at, entry.action, entry.outcome,
                     f"{user.name} ({entry.username})" if user else (entry.username or ""),
                     role.label if role else role_code, org.name if org else (entry.organisation or ""),
                     entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released,
-                    ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) if released else "", item or "")
+                    ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) if released else "", item or "",
+                    f"with a token minted by {minter[0]} (token {minter[1]})" if minter else "")
 
 
 def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
@@ -224,7 +228,7 @@ def confirm_agreement_change(request: Request, org: str, status: Stopping, ig: I
 
 
 @router.post("/agreements/{org}", response_class=HTMLResponse)  # a redirect to a page, or the page
-def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep,
+def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep, background: BackgroundTasks,
                      status: Annotated[Literal["signed", "suspended", "ended"], Form()],
                      reason: Annotated[str, Form()] = "") -> Response:
     """Takes effect at once: the organisation's users are refused on their next request. Suspending or
@@ -233,6 +237,8 @@ def change_agreement(request: Request, org: str, ig: IgDep, fw: FrameworkDep,
         return _confirm_page(request, ig, fw, org, status, error="Say why: the reason is kept in the audit log "
                                                                   "and shown on the board's history")
     ig.set_agreement(org, status, reason)
+    state = request.app.state  # once the change is committed: the organisation's finished exports go
+    background.add_task(ExportJobs(state.database, fw, state.settings).withdraw)
     return RedirectResponse(f"/ig/agreements?changed={org}", status_code=303)
 
 

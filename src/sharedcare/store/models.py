@@ -439,7 +439,8 @@ class ExportJob(Base):
     types: Mapped[list[str] | None] = mapped_column(JsonType)  # None: every type
     since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     request_url: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(12))  # accepted | running | completed | failed | cancelled | expired
+    # accepted | running | completed | failed | cancelled | expired | withdrawn
+    status: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

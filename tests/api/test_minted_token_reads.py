@@ -1,0 +1,67 @@
+"""Reads made with a token an operator minted (`sharedcare token`) are audited under the user's name, marked
+as such: the AuditEvent names the operator account as a second agent, in the role of the authorisation
+server, and the token's id on both agents (IHE BALP's `urn:ietf:params:oauth:jti:`); the IG officer's search
+shows it; the citizen is told in words that the person named did not sign in themselves. A read with the
+user's own session is not marked."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from tests.conftest import FRAMEWORK_PATH
+from tests.portal.test_patient_portal import _sign_in as citizen_sign_in
+from tests.small_ics import Ics
+from typer.testing import CliRunner
+
+from sharedcare.api.auth import read_token
+from sharedcare.cli import app
+from sharedcare.config import load_settings
+from sharedcare.governance.access_log import MINTED_WORDS
+from sharedcare.governance.audit import AuditAction, minted_by
+from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry
+
+NOT_THEMSELVES = MINTED_WORDS.split(", ")[-1]  # the words past the apostrophe the page escapes
+
+
+def _reads(db: Database) -> list[AuditEntry]:
+    with db.session() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_READ.value,
+                                                      AuditEntry.username == "dr.patel").order_by(AuditEntry.seq)))
+
+
+def test_a_read_with_an_operator_minted_token_is_marked_in_the_audit_the_ig_search_and_the_citizens_log(
+        deployment_keys: None, ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    monkeypatch.setenv("USER", "ops.jones")
+    minted = CliRunner().invoke(app, ["token", "--user", "dr.patel"])
+    assert minted.exit_code == 0, minted.output
+    token = minted.stdout.strip()
+    jti = read_token(load_settings(), token)["jti"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"},
+                           headers=headers).status_code == 201
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).status_code == 200
+    own = ics.open_record("dr.patel")  # the GP's own token, as the portal's session is
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=own).status_code == 200
+
+    with_minted, with_own = _reads(db)
+    assert minted_by(with_minted.event) == ("cli:ops.jones", jti) and minted_by(with_own.event) is None
+    user_agent, minter = with_minted.event["agent"]
+    assert user_agent["who"]["identifier"]["value"] == "dr.patel" and user_agent["requestor"] is True
+    assert user_agent["policy"] == [f"urn:ietf:params:oauth:jti:{jti}"] == minter["policy"]
+    assert minter["type"]["coding"][0]["code"] == "authserver" and minter["requestor"] is False
+    assert "policy" not in with_own.event["agent"][0]
+
+    ics.client.post("/login", data={"username": "ig.morgan", "password": "demo", "target": "/ig"})
+    found = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text
+    assert found.count(f"with a token minted by cli:ops.jones (token {jti})") == 2  # the basis and the read
+    assert found.count("Not signed in") == 2
+    ics.client.cookies.clear()
+
+    citizen_sign_in(ics.client)
+    rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
+    patel = [row for row in rows if "Dr Amara Patel" in row]
+    assert len(patel) == 4 and [NOT_THEMSELVES in row for row in patel] == [False, False, True, True]  # newest first
+    assert "ops.jones" not in "".join(rows)
