@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from invariants import cpu_per_resource, resources  # benchmarks/invariants.py: the same resources, same timing
@@ -30,6 +31,8 @@ from sharedcare.ingest.messages import MessageError, RawMessage
 from sharedcare.ingest.pipeline import ADAPTERS
 from sharedcare.ingest.staging import stage
 
+_CHECKS = SimpleNamespace(**vars(checks))  # each check as `fhir.checks` holds it before a run switches one off
+
 
 def messages(folder: Path) -> list[RawMessage]:
     """Every message of the synth ICS's FHIR feeds, as the file reader hands them to staging."""
@@ -37,9 +40,10 @@ def messages(folder: Path) -> list[RawMessage]:
     return [raw for path in sorted(folder.glob("*/fhir/*.ndjson")) for raw in adapter.read(path)]
 
 
-def stage_cpu(batch: list[RawMessage], framework: Any, rules: bool) -> tuple[float, int]:
-    """Thread CPU per staged resource, staging every message (the rules on or off)."""
-    checks.uk_core_problems = uk_core_problems if rules else _none  # type: ignore[attr-defined]
+def stage_cpu(batch: list[RawMessage], framework: Any, check: str = "uk_core_problems",
+              on: bool = True) -> tuple[float, int]:
+    """Thread CPU per staged resource, staging every message with one of `fhir.checks`' checks on or off."""
+    setattr(checks, check, getattr(_CHECKS, check) if on else _none)
     staged = 0
     started = time.thread_time()
     for raw in batch:
@@ -73,9 +77,9 @@ def main() -> None:
     with_rules: list[float] = []
     without: list[float] = []
     for _ in range(args.rounds):
-        cost, staged_with = stage_cpu(raws, framework, rules=True)
+        cost, staged_with = stage_cpu(raws, framework, on=True)
         with_rules.append(cost)
-        cost, staged_without = stage_cpu(raws, framework, rules=False)
+        cost, staged_without = stage_cpu(raws, framework, on=False)
         without.append(cost)
     print(json.dumps({
         "resources": len(batch), "refused": len(refused), "refusals": refused[:5],

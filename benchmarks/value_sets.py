@@ -16,37 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
-from typing import Any
 
 from invariants import cpu_per_resource, resources  # benchmarks/invariants.py: the same resources, same timing
-from uk_core_rules import messages
+from uk_core_rules import messages, stage_cpu  # the same staging timed with one check on or off
 
-from sharedcare.fhir import checks
 from sharedcare.fhir.validate import walked_problems
 from sharedcare.fhir.value_sets import value_set_problems
 from sharedcare.governance.framework import load_framework
-from sharedcare.ingest.messages import MessageError, RawMessage
-from sharedcare.ingest.pipeline import ADAPTERS
-from sharedcare.ingest.staging import stage
-
-
-def stage_cpu(batch: list[RawMessage], framework: Any, on: bool) -> tuple[float, int]:
-    """Thread CPU per staged resource, staging every message (the check on or off)."""
-    checks.value_set_problems = value_set_problems if on else _none  # type: ignore[attr-defined]
-    staged = 0
-    started = time.thread_time()
-    for raw in batch:
-        try:
-            staged += len(stage(ADAPTERS["fhir"], raw, framework, None).resources)
-        except MessageError:
-            pass
-    return (time.thread_time() - started) / max(staged, 1), staged
-
-
-def _none(resource: dict[str, Any]) -> list[str]:
-    return []
 
 
 def main() -> None:
@@ -66,9 +43,9 @@ def main() -> None:
     on: list[float] = []
     off: list[float] = []
     for _ in range(args.rounds):
-        cost, staged_on = stage_cpu(raws, framework, on=True)
+        cost, staged_on = stage_cpu(raws, framework, "value_set_problems", on=True)
         on.append(cost)
-        cost, staged_off = stage_cpu(raws, framework, on=False)
+        cost, staged_off = stage_cpu(raws, framework, "value_set_problems", on=False)
         off.append(cost)
     print(json.dumps({
         "resources": len(batch), "refused": len(refused), "refusals": refused[:5],
