@@ -115,11 +115,13 @@ def test_one_senders_many_connections_do_not_queue_in_front_of_another_senders_m
         db: Database, framework: Framework) -> None:
     """Fifth security review (MEDIUM): a sender's messages on sixteen connections all waited for the listener's
     worker threads at once, and another sender's message waited behind them (3.2 s, against 4.3 ms alone, with
-    1.5 MB messages). One address has one message in hand at a time: the other sender's comes next."""
+    1.5 MB messages). One address has one message in hand at a time: the other sender's comes next, give or
+    take the few the flooding sender's connection had handed on while the other's was still connecting on a
+    busy machine (3 once under a full test run; main's code lets 8 go first here, as many as its threads)."""
     with serving(_server(db, framework, max_per_address=16)) as port:
         flooding = [_connect(port) for _ in range(16)]
-        for n, sock in enumerate(flooding):  # each ~0.3 s to handle (a name of 200,000 escapes)
-            sock.sendall(START + GOOD.replace(b"MSG001", f"A{n}".encode()).replace(b"OKAFOR", b"\\E\\" * 200_000)
+        for n, sock in enumerate(flooding):  # each a fraction of a second (a name of 600,000 escapes)
+            sock.sendall(START + GOOD.replace(b"MSG001", f"A{n}".encode()).replace(b"OKAFOR", b"\\E\\" * 600_000)
                          + END)
         time.sleep(0.3)  # all sixteen frames are in
         other = _connect(port, "127.0.0.2")
@@ -136,4 +138,4 @@ def test_one_senders_many_connections_do_not_queue_in_front_of_another_senders_m
         writes = [json.dumps(e.event) for e in s.scalars(select(AuditEntry).where(AuditEntry.username == "RXR:pas")
                                                          .order_by(AuditEntry.seq))]
     before = next(n for n, event in enumerate(writes) if '"B1"' in event)
-    assert len(writes) == 17 and before <= 2  # at most the message in hand and one more came first
+    assert len(writes) == 17 and before <= 4  # the message in hand and a few more, not a thread pool's worth
