@@ -41,31 +41,38 @@ class TimedHttpProtocol(H11Protocol):
     _timer: asyncio.TimerHandle | None = None
     _due = 0.0
     _ceiling = 0.0  # the phase's due time never passes this, however many bytes arrive
-    _in_body = False
+    _phase: type[h11.IDLE] | type[h11.SEND_BODY] = h11.IDLE  # awaiting the headers, or the body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start(HEADER_MOST)
+        self._begin(h11.IDLE)
 
     def data_received(self, data: bytes) -> None:
         self._due = min(self._due + len(data) / MIN_BYTES_PER_SECOND, self._ceiling)
         super().data_received(data)
-        if not self._in_body and self.conn.their_state == h11.SEND_BODY:  # the headers are in: the body's time
-            self._in_body = True
-            self._start(BODY_MOST)
+        self._follow()
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is not h11.SEND_BODY:  # else answered early: the rest of the body keeps its time
+            self._begin(h11.IDLE)  # the next request's time starts now (an idle keep-alive is closed sooner)
         super().on_response_complete()
-        self._in_body = False
-        self._start(HEADER_MOST)  # the next request's time starts now (an idle keep-alive is closed sooner)
+        self._follow()  # a pipelined request, read by uvicorn now
+
+    def _follow(self) -> None:
+        """The headers are in (the body's time begins), or a body answered early has ended (the next request's)."""
+        state = self.conn.their_state
+        if state is not self._phase and (state is h11.IDLE or state is h11.SEND_BODY):
+            self._begin(state)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
         super().connection_lost(exc)
 
-    def _start(self, most: int) -> None:
-        """A phase begins now: due in R, at the latest in `most` x R."""
+    def _begin(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
+        """A phase begins now: due in R, at the latest in HEADER_MOST or BODY_MOST x R."""
+        self._phase = phase
+        most = BODY_MOST if phase is h11.SEND_BODY else HEADER_MOST
         if self._timer is not None:
             self._timer.cancel()
         now = self.loop.time()
