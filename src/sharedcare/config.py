@@ -25,8 +25,9 @@ SHAREDCARE_MLLP_FRAME_SECONDS  `mllp` closes, unanswered, a connection whose fra
                        long (default: 60)
 SHAREDCARE_MLLP_MAX_CONNECTIONS  connections `mllp` keeps open at once (default: 64); more are closed at once
 SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address (default: 16)
-SHAREDCARE_HTTP_REQUEST_SECONDS  `serve` closes a connection whose request has not arrived whole this long after it
-                       opened or after the previous answer, a second more per 500 bytes received (default: 20)
+SHAREDCARE_HTTP_REQUEST_SECONDS  `serve` closes a connection whose headers have not arrived this long after it
+                       opened or after the previous answer, or whose body this long after its headers, a second
+                       more per 500 bytes received, never past 2 times it for headers, 10 for a body (default: 20)
 SHAREDCARE_REQUIRE_CLOCK_SYNC  "1": `serve` and `mllp` refuse to start on a clock not synchronised (else a warning)
 SHAREDCARE_EVENT_SKEW_SECONDS  how far past its receipt a message's event time may be (default: 300, a source's clock
                        a little ahead); later, the message is quarantined (see `ingest.messages.future_event_time`)

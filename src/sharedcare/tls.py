@@ -2,8 +2,8 @@
 
 Python's ssl module (OpenSSL) does every check: the feed's certificate must chain to the configured client
 CA, be within its validity dates and, given the CA's revocation list, not be revoked, or the handshake
-fails. What is written here is the plumbing, the checks at start that the revocation list is one, and its
-re-reading when its file changes (`server_context`):
+fails. What is written here is the plumbing, the checks at start that the revocation list is one, and the
+re-reading of the files when one changes (`server_context`):
 asyncio performs a listener's handshake before telling the listener of the connection and drops a failed
 one without a word (it logs only in debug mode), and uvicorn has no hook either. So the listeners (`mllp`,
 `serve`) accept plain TCP, and `HandshakeFirst` upgrades each connection with `loop.start_tls` before the
@@ -76,12 +76,18 @@ class ServerContext(ssl.SSLContext):
     unlisted: tuple[str, ...] = ()
 
 
-Stamp = tuple[int, int, int] | None  # the revocation list file's inode, size and modification time
+Stamp = tuple[tuple[int, int, int] | None, ...]  # each file's inode, size and modification time
 _contexts: dict[TlsSettings, tuple[Stamp, ServerContext | ConfigError]] = {}
 _contexts_lock = threading.Lock()
 
 
-def _stamp(path: Path | None) -> Stamp:
+def _stamp(tls: TlsSettings) -> Stamp:
+    """Every file a context is made from: a change to any one makes it again (a context that could not be
+    made, say from a half-rotated key, is tried again when the key is put right, not only the list)."""
+    return tuple(_file_stamp(path) for path in (tls.cert, tls.key, tls.client_ca, tls.client_crl))
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
     if path is None:
         return None
     try:
@@ -92,12 +98,13 @@ def _stamp(path: Path | None) -> Stamp:
 
 
 def server_context(tls: TlsSettings) -> ServerContext:
-    """The server side's context for a new connection: made once, and again when the revocation list's
-    file changes (a CA publishes a new list every few days; new connections are checked against it, no
-    restart). A changed list that cannot be used refuses every connection until it is put right (fail
-    closed: the list before it may not name a certificate revoked since), raising ConfigError saying why.
-    A certificate or key change still needs a restart. One `stat` a connection."""
-    stamp = _stamp(tls.client_crl)
+    """The server side's context for a new connection: made once, and again when one of its files changes
+    (a CA publishes a new revocation list every few days; new connections are checked against it, no
+    restart; a renewed certificate and key, or client CA, are read the same way). A changed file that
+    cannot be used refuses every connection until one of them changes again, put right (fail closed: the
+    list before it may not name a certificate revoked since), raising ConfigError saying why. Up to four
+    `stat`s a connection."""
+    stamp = _stamp(tls)
     with _contexts_lock:
         made = _contexts.get(tls)
         if made is None or made[0] != stamp:

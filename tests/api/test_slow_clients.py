@@ -31,12 +31,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serving(db: Database, tmp_path: Path, open_files: int | None = None) -> Iterator[tuple[int, Path]]:
-    """`sharedcare serve` on the test's store, a request's deadline 2 s (and at most `open_files` open files,
-    hard limit, if given); its port and log."""
+def _serving(db: Database, tmp_path: Path, open_files: int | None = None,
+             request_seconds: int = 2) -> Iterator[tuple[int, Path]]:
+    """`sharedcare serve` on the test's store, a request's deadline `request_seconds` (and at most `open_files`
+    open files, hard limit, if given); its port and log."""
     port = _free_port()
     env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False),
-           "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_HTTP_REQUEST_SECONDS": "2"}
+           "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_HTTP_REQUEST_SECONDS": str(request_seconds)}
     limited = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))) if open_files else None
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
@@ -91,6 +92,45 @@ def test_a_request_dripped_a_byte_at_a_time_is_closed_after_its_deadline(served:
         assert silent.recv(1024) == b""  # one that sent nothing is closed as well
     # a client that sends its request in time is answered, before and after a slow one
     assert httpx.get(f"http://127.0.0.1:{served}/fhir/metadata", timeout=5).status_code == 200
+
+
+def _held_for(sock: socket.socket, data: bytes, rate: int, seconds: float) -> float | None:
+    """Send `data` at `rate` bytes a second (a twentieth each 50 ms) until the server closes the connection;
+    how long that took, or None if it was still open after `seconds` (or everything was sent)."""
+    start = time.monotonic()
+    sock.settimeout(0.05)
+    step = rate // 20
+    for at in range(0, min(len(data), int(seconds * rate)), step):
+        try:
+            if sock.recv(1024) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            pass
+        try:
+            sock.send(data[at:at + step])
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - start
+    return None
+
+
+def test_a_request_sent_at_twice_the_minimum_rate_is_still_closed_at_its_ceiling(
+        db: Database, tmp_path: Path) -> None:
+    """A second more per 500 bytes had no end: a client sending 1,000 bytes a second earned two seconds a
+    second and kept its connection as long as it liked (review, 2026-12-06). The headers now have at most
+    2 x SHAREDCARE_HTTP_REQUEST_SECONDS whatever the rate, the body 10 x (here 1 s: 2 s and 10 s)."""
+    with _serving(db, tmp_path, request_seconds=1) as (port, _):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            taken = _held_for(sock, b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 12_000,
+                              1000, 8)
+            assert taken is not None and taken < 3.5  # the headers' ceiling, 2 s
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            body = b"q=" + b"a" * 59_998  # under the 64 KB limit: read whole before the route runs
+            sock.sendall(b"POST /fhir/Patient/_search HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode())
+            taken = _held_for(sock, body, 1000, 16)
+            assert taken is not None and 9 < taken < 12.5  # the body's ceiling, 10 s after the headers
+        assert httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5).status_code == 200
 
 
 def test_a_slow_but_steady_body_and_a_keep_alive_connection_are_still_answered(served: int) -> None:

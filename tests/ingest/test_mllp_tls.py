@@ -337,3 +337,25 @@ def test_a_new_revocation_list_is_read_without_a_restart_and_one_that_cannot_be_
         assert "not checked: SHAREDCARE_TLS_CLIENT_CRL" in json.dumps(unusable.event)
         crl.write_bytes(pki.crl.read_bytes())  # put right: the engine in good standing sends again
         assert _segment(_send_over_tls(port, pki.client_context(pki.client), message), "MSA")[1] == "AA"
+
+
+def test_a_key_unreadable_when_the_list_changed_is_read_again_once_put_right(
+        db: Database, framework: Framework, pki: Pki, tmp_path: Path) -> None:
+    """The CA's new list arrives while the listener's key is half-rotated: every feed is refused, audited
+    saying why. Putting the key right (the list unchanged since) lets the feeds in again, without a restart;
+    the context was made again only when the list's file changed (review, 2026-12-06)."""
+    key, crl = tmp_path / "server.key", tmp_path / "current-crl.pem"
+    key.write_bytes(pki.server_key.read_bytes())
+    crl.write_bytes(pki.crl.read_bytes())
+    tls = TlsSettings(pki.server_cert, key, pki.ca, "required", crl)
+    message = A01.format(dob="19450302").encode("latin-1")
+    with serving(MllpServer(Pipeline(db, _listing(framework, "RXR", FEED_SUBJECT)), tls)) as port:
+        assert _segment(_send_over_tls(port, pki.client_context(pki.client), message), "MSA")[1] == "AA"
+        key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nMIGH")  # half-copied
+        revocation_list(pki, tmp_path / "next.pem", [pki.revoked[0]]).replace(crl)  # the CA's next list
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _send_over_tls(port, pki.client_context(pki.client), message)
+        (refused,) = _await_refusals(db, 1)
+        assert "the TLS certificate, key or client CA could not be loaded" in json.dumps(refused.event)
+        key.write_bytes(pki.server_key.read_bytes())  # put right
+        assert _segment(_send_over_tls(port, pki.client_context(pki.client), message), "MSA")[1] == "AA"

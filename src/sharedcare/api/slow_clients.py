@@ -5,10 +5,13 @@ sending its request: a client that sends a header byte every few seconds holds i
 descriptor, for ever. Measured (fifth security review, 2026-12-06, docs/architecture.md): 1,100 such
 connections from one client, at the 1,024 descriptors a systemd service gets by default, stopped every
 clinician's read (20 of 20 timed out at 30 s) and asyncio logged each refused accept, 1.4 GB of log in ten
-minutes. So, as Apache's mod_reqtimeout does, each request must arrive whole (head and body) within
-`SHAREDCARE_HTTP_REQUEST_SECONDS` (20) of the connection opening or of the previous response, a second
-more for every `MIN_BYTES_PER_SECOND` received (a large FHIR write over a slow link); else the connection
-is closed unanswered. A request that has arrived takes as long as its answer takes.
+minutes. So, as Apache's mod_reqtimeout does (`header=20-40,MinRate=500 body=20,MinRate=500`), the
+request line and headers must arrive within `SHAREDCARE_HTTP_REQUEST_SECONDS` (R, 20) of the connection
+opening or of the previous response, a second more for every `MIN_BYTES_PER_SECOND` received, but never
+past `HEADER_MOST` x R whatever the rate; then the body within R of the headers, a second more per 500 bytes
+(a large FHIR write over a slow link), never past `BODY_MOST` x R (review, 2026-12-06: without the
+ceilings a client sending 500 bytes a second held its connection until the 32 MB body limit, 18 hours).
+Else the connection is closed unanswered. A request that has arrived takes as long as its answer takes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sharedcare.config import load_settings
 
 MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate
+HEADER_MOST = 2  # x R: the request line and headers' ceiling (mod_reqtimeout's header=20-40)
+BODY_MOST = 10  # x R: the body's ceiling (200 s at R = 20: a 32 MB Bundle needs 160 KB/s, 1 MB 5 KB/s)
 
 
 @cache
@@ -35,28 +40,43 @@ class TimedHttpProtocol(H11Protocol):
 
     _timer: asyncio.TimerHandle | None = None
     _due = 0.0
+    _ceiling = 0.0  # the phase's due time never passes this, however many bytes arrive
+    _phase: type[h11.IDLE] | type[h11.SEND_BODY] = h11.IDLE  # awaiting the headers, or the body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start()
+        self._begin(h11.IDLE)
 
     def data_received(self, data: bytes) -> None:
-        self._due += len(data) / MIN_BYTES_PER_SECOND
+        self._due = min(self._due + len(data) / MIN_BYTES_PER_SECOND, self._ceiling)
         super().data_received(data)
+        self._follow()
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is not h11.SEND_BODY:  # else answered early: the rest of the body keeps its time
+            self._begin(h11.IDLE)  # the next request's time starts now (an idle keep-alive is closed sooner)
         super().on_response_complete()
-        self._start()  # the next request's time starts now (an idle keep-alive is closed sooner, by uvicorn)
+        self._follow()  # a pipelined request, read by uvicorn now
+
+    def _follow(self) -> None:
+        """The headers are in (the body's time begins), or a body answered early has ended (the next request's)."""
+        state = self.conn.their_state
+        if state is not self._phase and (state is h11.IDLE or state is h11.SEND_BODY):
+            self._begin(state)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
         super().connection_lost(exc)
 
-    def _start(self) -> None:
+    def _begin(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
+        """A phase begins now: due in R, at the latest in HEADER_MOST or BODY_MOST x R."""
+        self._phase = phase
+        most = BODY_MOST if phase is h11.SEND_BODY else HEADER_MOST
         if self._timer is not None:
             self._timer.cancel()
-        self._due = self.loop.time() + request_seconds()
+        now = self.loop.time()
+        self._due, self._ceiling = now + request_seconds(), now + most * request_seconds()
         self._timer = self.loop.call_at(self._due, self._check)
 
     def _check(self) -> None:
