@@ -61,7 +61,6 @@ class Candidate:
     evidence: dict[str, Any]
     named: bool = True  # the stored record has a given name (`compare.given_text`)
     held: bool = False  # neither record has a given name: never linked automatically (`compare.neither_named`)
-    same_number: bool = False  # the stored record carries the incoming record's valid NHS number
 
     @property
     def links(self) -> bool:
@@ -280,9 +279,10 @@ BRIDGE = ("it matches this person only through a record without a given name, an
           "records is kept apart from it by the given-name rules (twins, or two records without a given name)")
 
 
-# Why real time holds a link made without given-name evidence and without an agreeing NHS number (the
-# safety decision "placeholders as data", docs/architecture.md): on arrival a newborn twin's record before
-# naming matches whichever twin is in the index yet; a relink, which sees both, decides.
+# Why real time holds a link made without given-name evidence (the safety decision "placeholders as data",
+# docs/architecture.md): on arrival a newborn twin's record before naming matches whichever twin is in the
+# index yet; a relink, which sees both, decides. No NHS number agrees here: a record whose valid NHS number
+# a stored record holds is linked, or held, by that number before it is scored (`mpi._find_person`).
 UNNAMED_LINK = ("it would link only through a record without a given name (a newborn's before naming, an "
                 "unknown patient's) and no NHS number agrees: a twin's such record matches either twin")
 
@@ -330,8 +330,7 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
             nameless = score.probability >= LINK_THRESHOLD and neither_named(incoming, stored)
             scored.append(Candidate(row.id, row.person_id, score, model.evidence(score.levels, shift)
                                     | {"with_record": row.id} | ({"held": NEITHER_NAMED} if nameless else {}),
-                                    stored["given"] is not None, nameless,
-                                    bool(record.nhs_number) and row.nhs_number == record.nhs_number))
+                                    stored["given"] is not None, nameless))
     apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
     held = sorted((c for c in scored if c.person_id in apart), key=lambda c: -c.score.probability)
     scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
@@ -352,9 +351,8 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
         if incoming["given"] is None or not any(c.named for c in through):
             if _kept_apart(session, best.person_id, incoming):
                 return Found("review", through[0], scored[:5], f"held for review: safety rule: {BRIDGE}", len(rows))
-            if not any(c.same_number for c in through):
-                return Found("review", through[0], scored[:5], f"held for review: safety rule: {UNNAMED_LINK}",
-                             len(rows))
+            return Found("review", through[0], scored[:5], f"held for review: safety rule: {UNNAMED_LINK}",
+                         len(rows))
         return Found("link", through[0], candidates=len(rows))
     why = (f"safety rule: {', '.join(best.score.never_link)} disagree" if best.score.never_link
            and best.score.probability >= LINK_THRESHOLD else
