@@ -99,6 +99,25 @@ def test_applied_it_erases_those_bodies_keeping_the_item_its_reason_hash_and_an_
     assert listed[erased.id]["bytes"] == 0 and listed[erased.id]["sha256"] == erased.payload_sha256
 
 
+def test_the_original_file_ingested_again_after_a_purge_is_not_held_again(env: Database, tmp_path: Path) -> None:
+    """The erased body's kept SHA-256 still matches its message: the superseded item stays the one item for it,
+    not a second copy held, waiting and keeping the body the purge erased."""
+    _store(env, tmp_path)
+    _purge("--apply")
+    before = {k: (i.id, i.status) for k, i in _items(env).items()}
+    again = runner.invoke(app, ["ingest", str(tmp_path / "1.ndjson"), "--json"])
+    assert again.exit_code == 1
+    assert sorted(q["id"] for q in json.loads(again.stdout)["quarantine"]) == sorted(
+        before[k][0] for k in ("OLD-FIXED", "OLD-HELD", "OLD-HELD-2"))
+    with env.session() as s:
+        assert len(s.scalars(select(Quarantine)).all()) == 4
+    items = _items(env)
+    assert {k: (i.id, i.status) for k, i in items.items()} == before
+    assert items["OLD-FIXED"].payload == b""
+    check = json.loads(runner.invoke(app, ["quarantine", "check", "--json"]).stdout)
+    assert check["held"] == 3  # OLD-HELD, OLD-HELD-2, NEW: the superseded one does not wait again
+
+
 def test_items_still_held_are_erased_only_when_the_operator_includes_them(env: Database, tmp_path: Path) -> None:
     _store(env, tmp_path)
     done = _purge("--apply", "--include-unresolved")

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH
+from tests.conftest import FRAMEWORK_PATH, PROJECT_ROOT
 from tests.ingest.test_csv_extract import _extract, _row
 from tests.ingest.test_mllp import A01
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
+from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -85,21 +86,53 @@ def test_a_bundle_naming_another_known_sender_in_meta_source_is_refused(env: Dat
     assert _held(env) == [("P81001", "line 2")]
 
 
-def test_a_csv_row_whose_mapping_or_folder_is_another_senders_is_refused(env: Database, tmp_path: Path) -> None:
-    loose = _extract(tmp_path / "extract.csv", [_row(), _row(client_id="C2", assessment_id="A2")])
-    code, report = _ingest(str(loose), "--source", "RYC")
-    assert code == 1 and (report["messages"], report["quarantined"]) == (2, 2)
-    reason = report["quarantine"][0]["reason"]
-    assert "its header fits the mapping of LRC (LRC-mosaic), but --source names RYC" in reason
-    assert report["quarantine"][0]["where"].startswith(f"{loose}, line 2")
-    foldered = _extract(tmp_path / "LRC" / "csv" / "extract.csv", [_row(client_id="C3", assessment_id="A3")])
-    code, report = _ingest(str(foldered), "--source", "RYC")
-    assert code == 1 and "its folder names the sender LRC, but --source names RYC" in report["quarantine"][0]["reason"]
+def test_a_bundle_entry_naming_another_known_sender_in_meta_source_is_refused(env: Database, tmp_path: Path) -> None:
+    """A bundle with no meta of its own can still carry another organisation's entries: --source would overwrite
+    each entry's meta.source, storing P81001's record as P81002's."""
+    theirs = bundle("P81002", "emis", [patient("gp-0", None, "Jones", "Ann", "1960-01-01"),
+                                       patient("gp-1", "9434765919", "Hughes", "Margaret", "1952-06-11")])
+    del theirs["meta"]
+    theirs["entry"][1]["resource"]["meta"] = {"source": f"{ODS_SYSTEM}|P81001#emis"}
+    feed = write_ndjson(tmp_path / "gp.ndjson", [theirs])
+    code, report = _ingest(str(feed), "--source", "P81002")
+    assert code == 1 and (report["messages"], report["quarantined"]) == (1, 1)
+    (refused,) = report["quarantine"]
+    assert refused["where"] == f"{feed}, line 1, entry[1]"
+    assert "meta.source names the sender P81001, but --source names P81002" in refused["reason"]
     assert _stored(env) == []
-    assert {org for org, _ in _held(env)} == {"LRC"}
-    code, report = _ingest(str(loose), "--source", "LRC")  # the sender it names: stored as before
+    assert _held(env) == [("P81001", "line 1")]
+
+
+def test_a_csv_row_is_another_senders_only_by_its_folder_not_its_header(env: Database, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Organisations running the same system (Mosaic) write the same header: it names the system, not the sender.
+    A loose file ingested with --source RYC is RYC's, held as RYC's (RYC has no mapping yet) and replayed as
+    RYC's once it has one; never refused or stored as LRC's, whose mapping the header happens to fit."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    lrc = (PROJECT_ROOT / "config" / "mappings" / "LRC-mosaic.yaml").read_text(encoding="utf-8")
+    (mappings / "LRC-mosaic.yaml").write_text(lrc, encoding="utf-8")
+    monkeypatch.setenv("SHAREDCARE_MAPPINGS", str(mappings))
+    loose = _extract(tmp_path / "extract.csv", [_row()])
+    code, report = _ingest(str(loose), "--source", "RYC")
+    assert code == 1 and report["quarantined"] == 1
+    (held,) = report["quarantine"]
+    assert "no mapping for RYC" in held["reason"] and "LRC" not in held["reason"].replace(str(mappings), "")
+    assert _held(env) == [("RYC", "line 2")]
+    still = runner.invoke(app, ["quarantine", "replay", str(held["id"])], env={"COLUMNS": "300"})
+    assert still.exit_code != 0 and _stored(env) == []  # not stored as LRC's
+    (mappings / "RYC-mosaic.yaml").write_text(lrc.replace("organisation: LRC", "organisation: RYC"), encoding="utf-8")
+    replayed = runner.invoke(app, ["quarantine", "replay", str(held["id"]), "--source", "RYC"],
+                             env={"COLUMNS": "300"})
+    assert replayed.exit_code == 0, replayed.output
+    assert _stored(env) == [("RYC", "C1")]
+    foldered = _extract(tmp_path / "LRC" / "csv" / "extract.csv", [_row(client_id="C3", assessment_id="A3")])
+    code, report = _ingest(str(foldered), "--source", "RYC")  # its folder does name its sender
+    assert code == 1 and "its folder names the sender LRC, but --source names RYC" in report["quarantine"][0]["reason"]
+    assert _held(env)[-1] == ("LRC", "line 2")
+    code, report = _ingest(str(loose), "--source", "LRC")
     assert code == 0 and report["quarantined"] == 0
-    assert _stored(env) == [("LRC", "C1"), ("LRC", "C2")]
+    assert _stored(env) == [("LRC", "C1"), ("RYC", "C1")]
 
 
 def test_the_worker_processes_refuse_it_as_staging_inline_does(env: Database, framework: Framework,

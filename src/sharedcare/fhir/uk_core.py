@@ -48,6 +48,22 @@ def parse_meta_source(value: str | None) -> tuple[str, str] | None:
     return (org, system or "unknown") if org else None
 
 
+def declared_senders(data: dict[str, Any]) -> list[tuple[int | None, str]]:
+    """The organisations a message names as its sender in meta.source: the resource's own (entry None) and, in a
+    Bundle, each entry's (its index); a bundle without meta of its own can still carry another's entries."""
+    resources: list[tuple[int | None, Any]] = [(None, data)]
+    if data.get("resourceType") == "Bundle" and isinstance(data.get("entry"), list):
+        resources += [(index, e["resource"]) for index, e in enumerate(data["entry"])
+                      if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    named = []
+    for index, resource in resources:
+        meta = resource.get("meta")
+        declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
+        if declared:
+            named.append((index, declared[0]))
+    return named
+
+
 def claims_registration(patient: dict[str, Any], sender: str) -> bool:
     """Whether a Patient says the person is registered with the organisation that sent it: not inactive,
     with a generalPractitioner naming the sender's ODS code (as a GP system's feed does; a practice the

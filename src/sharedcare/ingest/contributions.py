@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.fhir.uk_core import RECORD_TYPES, parse_meta_source
+from sharedcare.fhir.uk_core import RECORD_TYPES, declared_senders
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, Framework
@@ -165,12 +165,10 @@ class Contributions:
         if data.get("resourceType") == "Bundle" and isinstance(data.get("entry"), list):
             resources += [e["resource"] for e in data["entry"]
                           if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-        for resource in resources:
-            meta = resource.get("meta")
-            declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
-            if declared and declared[0] != org_code:
-                raise self._refuse("deny-write-other-org", f"meta.source names {declared[0]}, but you write as "
-                                                           f"{org_code}: no one writes as another organisation")
+        other = next((named for _, named in declared_senders(data) if named != org_code), None)
+        if other is not None:
+            raise self._refuse("deny-write-other-org", f"meta.source names {other}, but you write as "
+                                                       f"{org_code}: no one writes as another organisation")
         types = {str(r.get("resourceType")) for r in resources if r.get("resourceType") in RECORD_TYPES}
         if allowed is not None and not types <= allowed:
             missing = ", ".join(sorted(types - allowed))

@@ -45,7 +45,6 @@ from sharedcare.ingest.csv_mapping import (
     candidates,
     find_mapping,
     load_mapping,
-    mappings_reading,
     organisation_of,
     required,
     text,
@@ -218,7 +217,9 @@ def _parse(raw: RawMessage) -> tuple[list[str], _Record | None]:
 
 
 def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
-    """Check and shape one row; raise MessageError naming the line, and the column when a cell is at fault."""
+    """Check and shape one row; raise MessageError naming the line, and the column when a cell is at fault.
+    Only the file's organisation folder names a sender that --source can conflict with: the header names only
+    the system that wrote the file, and organisations running the same system (Mosaic) write the same one."""
     folder_org = organisation_of(raw.filename, fw.organisations)
     if source_override and folder_org and folder_org != source_override:
         raise sender_conflict(f"its folder names the sender {folder_org}", folder_org, source_override, raw.where)
@@ -226,8 +227,6 @@ def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None
     with sent_by(organisation):
         header, row = _parse(raw)
         at_header = f"{raw.filename}, {HEADER}"
-        if source_override and folder_org is None:
-            _check_mapping_sender(header, source_override, raw.where)
         try:
             mapping = find_mapping(_mappings_folder(), organisation, header)
         except NoMapping as exc:
@@ -239,16 +238,6 @@ def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None
                                "rows", at_header)
         return shape_row(mapping, header, row.fields, raw.where, f"{Path(raw.filename).name}:{raw.location}", fw,
                          raw.received)
-
-
-def _check_mapping_sender(header: list[str], source: str, where: str) -> None:
-    """A file outside any organisation's folder names its sender by the mapping its header fits: one only of
-    other organisations' mappings is refused under --source (`sender_conflict`)."""
-    fitting = mappings_reading(_mappings_folder(), header)
-    if fitting and all(m.organisation != source for m in fitting):
-        named = fitting[0].organisation
-        raise sender_conflict(f"its header fits the mapping of {named} ({', '.join(m.name for m in fitting)})",
-                              named, source, where)
 
 
 class _Reader:

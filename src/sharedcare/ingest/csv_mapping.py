@@ -341,11 +341,6 @@ def candidates(folder: Path, organisation: str | None) -> list[Path]:
     return sorted(folder.glob(f"{organisation}-*.yaml" if organisation else "*.yaml"))
 
 
-def mappings_reading(folder: Path, header: list[str]) -> list[Mapping]:
-    """Every mapping in the folder, whichever organisation's, whose columns this header has."""
-    return [m for m in map(load_mapping, candidates(folder, None)) if m.header_fault(header) is None]
-
-
 def find_mapping(folder: Path, organisation: str | None, header: list[str]) -> Mapping:
     """The one mapping (of the organisation's, or of all) whose columns this header has."""
     paths = candidates(folder, organisation)

@@ -19,6 +19,7 @@ from sharedcare.fhir.checks import resource_problems
 from sharedcare.fhir.uk_core import (
     PATIENT_FIELDS,
     RECORD_TYPES,
+    declared_senders,
     demographics,
     meta_source,
     nhs_numbers,
@@ -131,11 +132,15 @@ def _standard_loads(raw: RawMessage) -> Any:
 
 def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
     """Which organisation and system sent this: --source, else meta.source, else the folder it sits in. --source
-    only names a sender meta.source does not: another organisation of the framework there is refused."""
+    only names a sender meta.source does not: another organisation of the framework there, the message's own or
+    any entry's (each entry's would be overwritten with --source's), is refused."""
     meta = data.get("meta")
     declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
-    if override and declared and declared[0] != override and declared[0] in fw.organisations:
-        raise sender_conflict(f"meta.source names the sender {declared[0]}", declared[0], override, raw.where)
+    if override:
+        for index, named in declared_senders(data):
+            if named != override and named in fw.organisations:
+                where = raw.where if index is None or entry_index(raw) is not None else f"{raw.where}, entry[{index}]"
+                raise sender_conflict(f"meta.source names the sender {named}", named, override, where)
     org = override or (declared[0] if declared else None)
     if org is None:
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)

@@ -10,6 +10,7 @@ time, not arrival) does not overwrite the newer one.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -749,12 +750,15 @@ class Pipeline:
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message
         from the same place, still held, is kept once (with the newest reason): ingesting a file again,
-        say after a crash, does not pile up copies; nor does one its source has since superseded (it stays so)."""
+        say after a crash, does not pile up copies; nor does one its source has since superseded (it stays so),
+        even once retention erased its body (`ingest/retention.py`): matched then by the SHA-256 kept of it. One
+        erased while still held is not matched: no longer waiting, it waits again when its source sends it again."""
         with self.db.session() as session:
+            sha256 = hashlib.sha256(raw.payload).hexdigest()
             item = next((held for held in session.scalars(select(Quarantine).where(
                 Quarantine.status.in_(("held", "superseded")), Quarantine.filename == raw.filename,
                 Quarantine.location == raw.location, Quarantine.format == raw.format))
-                if held.payload == raw.payload), None)
+                if (held.payload == raw.payload if held.erased_at is None else held.payload_sha256 == sha256)), None)
             if item is None:
                 org = error.source_org or source  # the sender a message names over --source (sender_conflict)
                 named = identity(raw, org)
