@@ -198,6 +198,7 @@ def remove_files(folder: Path, names: list[str]) -> None:
 
 
 Files = tuple[Path, list[str]]  # an export's folder and the files it wrote there
+Minted = tuple[str, str] | None  # the operator account and token id of a `sharedcare token` a request came with
 
 
 def _mark_expired(jobs: list[ExportJob]) -> dict[str, Files]:
@@ -223,17 +224,19 @@ class ExportJobs:
         self.settings = settings
 
     def _secondary(self, actor: Actor, request_id: str | None = None, source_address: str | None = None,
-                   purpose: str | None = None) -> SecondaryUse:
+                   purpose: str | None = None, minted: Minted = None) -> SecondaryUse:
+        minted_by, token_id = minted or (None, None)
         return SecondaryUse(self.db, self.fw, self.settings.pseudonym_secret, actor,
-                            purpose or export_purpose(actor, self.fw),
-                            request_id=request_id, source_address=source_address)
+                            purpose or export_purpose(actor, self.fw), request_id=request_id,
+                            source_address=source_address, minted_by=minted_by, token_id=token_id)
 
     # -- kick-off --------------------------------------------------------------------------------
     def start(self, actor: Actor, scope: ExportScope, request_url: str, *, request_id: str | None = None,
               source_address: str | None = None, out_dir: Path | None = None, purpose: str | None = None,
-              background: bool = True) -> str:
-        """Check, record and audit a new export; run it in a background thread (or leave it to `run`)."""
-        secondary = self._secondary(actor, request_id, source_address, purpose)
+              background: bool = True, minted: Minted = None) -> str:
+        """Check, record and audit a new export; run it in a background thread (or leave it to `run`).
+        `minted`: the operator account and token id of a `sharedcare token` the request came with."""
+        secondary = self._secondary(actor, request_id, source_address, purpose, minted)
         detail: dict[str, Any] = {"kind": scope.kind, "group": scope.group,
                                   "types": ",".join(sorted(scope.types)) if scope.types else None,
                                   "since": scope.since.isoformat() if scope.since else None}
@@ -439,19 +442,20 @@ class ExportJobs:
             return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
                            job.people_done, list(job.output or []), summary, error)
 
-    def status(self, actor: Actor, job_id: str, request_id: str | None = None) -> JobView:
+    def status(self, actor: Actor, job_id: str, request_id: str | None = None, minted: Minted = None) -> JobView:
         self.expire()
         job = self._own(actor, job_id)
-        self._secondary(actor, request_id, purpose=job.purpose).check(AuditAction.EXPORT_DOWNLOAD, job=job_id)
+        self._secondary(actor, request_id, purpose=job.purpose, minted=minted).check(AuditAction.EXPORT_DOWNLOAD,
+                                                                                    job=job_id)
         return self._view(job_id)
 
     def cancel(self, actor: Actor, job_id: str, request_id: str | None = None,
-               source_address: str | None = None) -> None:
+               source_address: str | None = None, minted: Minted = None) -> None:
         """Stop a running export (its run deletes what it wrote) or delete a finished one's files, if they are in
         the service's folder (`_ours`)."""
         self.expire()
         job = self._own(actor, job_id)
-        secondary = self._secondary(actor, request_id, source_address, job.purpose)
+        secondary = self._secondary(actor, request_id, source_address, job.purpose, minted)
         with self.db.session() as session:
             row = session.get_one(ExportJob, job_id)
             was = row.status
@@ -461,18 +465,18 @@ class ExportJobs:
             remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
 
     def file(self, actor: Actor, job_id: str, name: str, request_id: str | None = None,
-             source_address: str | None = None) -> Path:
+             source_address: str | None = None, minted: Minted = None) -> Path:
         """The path of one output file of a completed job, after checking and auditing the download."""
         self.expire()
         job = self._own(actor, job_id)
         entry = next((o for o in job.output or [] if o["file"] == name), None)
         if job.status == WITHDRAWN:
-            self._secondary(actor, request_id, source_address, job.purpose).check(
+            self._secondary(actor, request_id, source_address, job.purpose, minted).check(
                 AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)  # still suspended: that is the answer
             raise Withdrawn(f"export {job_id}: {job.error}", where="$export")
         if job.status != "completed" or entry is None:
             raise NotFound(f"export {job_id} has no file {name}")
-        secondary = self._secondary(actor, request_id, source_address, job.purpose)
+        secondary = self._secondary(actor, request_id, source_address, job.purpose, minted)
         secondary.check(AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)
         with self.db.session() as session:
             secondary.audit(session, AuditAction.EXPORT_DOWNLOAD, "permit", rule_id="permit-secondary", job=job_id,

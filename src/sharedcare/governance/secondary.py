@@ -103,13 +103,17 @@ class SecondaryUse:
     """Pseudonymised extracts on behalf of one actor, for one secondary purpose."""
 
     def __init__(self, db: Database, fw: Framework, secret: str, actor: Actor, purpose: str,
-                 request_id: str | None = None, source_address: str | None = None) -> None:
+                 request_id: str | None = None, source_address: str | None = None,
+                 minted_by: str | None = None, token_id: str | None = None) -> None:
+        """`minted_by`/`token_id`: the operator account and token id of a `sharedcare token` the request
+        came with, so that its audits are marked as `GovernedRecords`' are."""
         self.db = db
         self.fw = fw
         self.actor = actor
         self.purpose = purpose
         self.request_id = request_id
         self.source_address = source_address
+        self.minted_by, self.token_id = minted_by, token_id
         self._secret = secret
 
     # -- audit -----------------------------------------------------------------------------------
@@ -120,6 +124,7 @@ class SecondaryUse:
             action=action, outcome=outcome, username=self.actor.username, role=role,
             organisation=self.actor.organisation or None, purpose=self.purpose, rule_id=rule_id, reason=reason,
             request_id=self.request_id, source_address=self.source_address, withheld=withheld or {},
+            minted_by=self.minted_by, token_id=self.token_id,
             detail={key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
                     for key, value in detail.items() if value is not None}))
 

@@ -47,8 +47,12 @@ from sharedcare.store.models import PatientRecord, Preference
 class IgWorkspace:
     """What an information governance officer can do, each step checked and audited."""
 
-    def __init__(self, session: Session, fw: Framework, actor: Actor) -> None:
+    def __init__(self, session: Session, fw: Framework, actor: Actor, minted_by: str | None = None,
+                 token_id: str | None = None) -> None:
+        """`minted_by`/`token_id`: the operator account and token id of a `sharedcare token` the officer's
+        request came with; every audit made here is marked with them, as `GovernedRecords`' are."""
         self.session, self.fw, self.actor = session, fw, actor
+        self.minted_by, self.token_id = minted_by, token_id
 
     def _require(self, permission: str) -> None:
         role = self.actor.role
@@ -57,7 +61,8 @@ class IgWorkspace:
                                                    role=role.name if role else None,
                                                    organisation=self.actor.organisation or None,
                                                    purpose="governance", rule_id="deny-permission",
-                                                   detail={"permission": permission}))
+                                                   detail={"permission": permission}, minted_by=self.minted_by,
+                                                   token_id=self.token_id))
             self.session.commit()
             raise AccessDenied("deny-permission", f"your role may not use this function ({permission})")
 
@@ -70,7 +75,8 @@ class IgWorkspace:
         """The people the queue's accesses were to, as the decision point lets the IG role see them
         (name, date of birth, NHS number; each look-up audited); None for anyone it withholds."""
         self._require("governance:review:work")
-        records = GovernedRecords(self.session, self.fw, self.actor, purpose="governance")
+        records = GovernedRecords(self.session, self.fw, self.actor, purpose="governance",
+                                  minted_by=self.minted_by, token_id=self.token_id)
         found: dict[str, dict[str, Any] | None] = {}
         for person_id in sorted(set(person_ids)):
             try:
@@ -99,7 +105,7 @@ class IgWorkspace:
             AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None,
             organisation=self.actor.organisation or None, purpose="governance",
-            detail=found.audit_detail(recorded)))
+            detail=found.audit_detail(recorded), minted_by=self.minted_by, token_id=self.token_id))
         return found
 
     def agreements(self) -> dict[str, Agreement]:
@@ -140,7 +146,7 @@ class IgWorkspace:
             AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None, organisation=self.actor.organisation or None,
             purpose="governance", patient_id=persons[0] if len(persons) == 1 else None,
-            detail={"nhs_number_suffix": nhs_number[-4:]}))
+            detail={"nhs_number_suffix": nhs_number[-4:]}, minted_by=self.minted_by, token_id=self.token_id))
         return choices_for(self.session, [nhs_number])
 
 
