@@ -51,7 +51,7 @@ from sharedcare.store.models import AgreementChange, ExportJob
 
 RUNNING = ("accepted", "running")
 EXPIRED = "expired"
-WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspended or ended after it finished
+WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspended or ended after it started
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
 KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
 
@@ -372,9 +372,12 @@ class ExportJobs:
 
     def withdraw(self) -> int:
         """Delete the files of every finished export whose organisation's agreement was suspended or ended
-        after it finished, marking each withdrawn, audited; how many. Run by whoever changes an agreement
-        (`sharedcare agreements set`, the IG workspace), and by every kick-off, poll, download and cancel
-        and at server start (`expire`), so that one changed by other means is caught at its first touch."""
+        after it was started, marking each withdrawn, audited; how many. From its start, not its finish: a
+        suspension between the run's last agreement check and its finish, or one while it ran that was signed
+        again before that check, would otherwise leave an export made across a suspension kept. Run by
+        whoever changes an agreement (`sharedcare agreements set`, the IG workspace), and by every kick-off,
+        poll, download and cancel and at server start (`expire`), so that one changed by other means is
+        caught at its first touch."""
         with self.db.session() as session:
             withdrawn = self._withdraw(session)
         _remove(withdrawn)
@@ -386,7 +389,7 @@ class ExportJobs:
         stops = session.execute(select(ExportJob, AgreementChange.status, AgreementChange.changed_at).join(
             AgreementChange, and_(AgreementChange.org_code == ExportJob.organisation,
                                   AgreementChange.status.in_(STOPPED),
-                                  AgreementChange.changed_at > ExportJob.finished_at))
+                                  AgreementChange.changed_at > ExportJob.created_at))
             .where(ExportJob.status == "completed").order_by(AgreementChange.id)).all()
         files: dict[str, Files] = {}
         for job, stopped, when in stops:
