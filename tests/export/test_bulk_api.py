@@ -507,3 +507,18 @@ def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ic
     assert "agreement was suspended on" in poll.json()["issue"][0]["diagnostics"]
     folder = settings.data_path / "exports" / job_id
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_finished_export_is_withdrawn_when_its_agreement_is_set_back_to_draft(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Draft is not signed: the files go, and once QRD signs again the poll says why (410)."""
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    job_id = manifest["output"][0]["url"].rsplit("/", 2)[1]
+    with db.session() as s:
+        set_agreement(s, framework, "QRD", "draft", by="test", reason="re-drafting the data sharing terms")
+        set_agreement(s, framework, "QRD", "signed", by="test", reason="")
+    polled = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert polled.status_code == 410, polled.text
+    assert "agreement was set back to draft (no longer signed) on" in polled.json()["issue"][0]["diagnostics"]
+    assert not (tmp_path / "data" / "exports" / job_id).exists()
+

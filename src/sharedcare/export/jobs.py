@@ -37,7 +37,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
-from sharedcare.governance.agreements import STOPPED
+from sharedcare.governance.agreements import STOPPED, stopped_words
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.disclosure import published_summary
@@ -398,11 +398,12 @@ class ExportJobs:
             names, ours = [o["file"] for o in job.output or []], self._ours(job.out_dir)
             job.status, job.updated_at = WITHDRAWN, utcnow()
             job.error = (f"its files were deleted when {job.organisation}'s information-sharing agreement was "
-                         f"{stopped} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
+                         f"{stopped_words(stopped)} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
                          "organisation stops sharing; start a new one when the agreement is signed again")
             record_audit(session, AuditRecord(
                 AuditAction.EXPORT_WITHDRAWN, "permit", username="system", purpose=job.purpose,
-                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped}", detail={
+                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped_words(stopped)}",
+                detail={
                     "job": job.id, "owner": job.username, "organisation": job.organisation,
                     "files": " ".join(names) or "(none)",
                     "deleted": "yes" if ours else "no: written where its operator asked, theirs to keep"}))

@@ -122,9 +122,11 @@ class IgWorkspace:
         from a page she might then not put right. The CLI, run by the server's operator, still can."""
         self._require("governance:agreement:set")
         if status != "signed" and org == self.actor.organisation:
-            verb = "suspend" if status == "suspended" else "end"
+            change = {"suspended": "suspend your own organisation's agreement",
+                      "ended": "end your own organisation's agreement"}.get(
+                status, "set your own organisation's agreement back to draft")
             raise SharedcareError(
-                f"you cannot {verb} your own organisation's agreement ({org}) from this workspace: it would stop "
+                f"you cannot {change} ({org}) from this workspace: it would stop "
                 "every one of its users, you among them, opening any record. If it must be done, the server's "
                 f"operator runs `sharedcare agreements set {org} --status {status} --reason \"...\"`",
                 where="agreements")
