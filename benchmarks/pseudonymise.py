@@ -41,7 +41,7 @@ def _cpu(module: ModuleType, rows: list[Any]) -> float:
     for server_id, resource_type, content, person_id, born in rows:
         if person_id != person:  # as an export does, person by person (with the date of birth of the record)
             person = person_id
-            pseudonymiser.for_person(person_id, frozenset({str(born)}) if born else frozenset())
+            pseudonymiser.for_person(person_id, str(born) if born else None)
         try:
             shaped = pseudonymiser.decode(resource_type, content)
         except module.Unreadable:

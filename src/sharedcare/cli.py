@@ -818,12 +818,13 @@ def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 def agreements_set(
     org: Annotated[str, typer.Argument(help="ODS code of the organisation.")],
     status: Annotated[str, typer.Option(help="draft, signed, suspended or ended.")],
-    reason: Annotated[str, typer.Option(help="Why (required to suspend or end): kept in the audit log and shown "
-                                             "on the IG agreements board.")] = "",
+    reason: Annotated[str, typer.Option(help="Why (required for any status but signed): kept in the audit log "
+                                             "and shown on the IG agreements board.")] = "",
 ) -> None:
     """Change an organisation's agreement status; takes effect on the next request (audited with the reason).
-    Suspending or ending one hides its data from every partner, refuses its users every record, ends every
-    session and token issued to them for good, and deletes their finished exports' files."""
+    Suspending or ending one, or setting it back to draft, hides its data from every partner, refuses its users
+    every record, ends every session and token issued to them for good, and deletes their finished exports'
+    files."""
     from sharedcare.export.jobs import ExportJobs
     from sharedcare.governance.agreements import set_agreement
 

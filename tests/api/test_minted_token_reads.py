@@ -65,3 +65,46 @@ def test_a_read_with_an_operator_minted_token_is_marked_in_the_audit_the_ig_sear
     patel = [row for row in rows if "Dr Amara Patel" in row]
     assert len(patel) == 4 and [NOT_THEMSELVES in row for row in patel] == [False, False, True, True]  # newest first
     assert "ops.jones" not in "".join(rows)
+
+
+def _mint(db: Database, monkeypatch: pytest.MonkeyPatch, user: str) -> tuple[dict[str, str], str]:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    monkeypatch.setenv("USER", "ops.jones")
+    minted = CliRunner().invoke(app, ["token", "--user", user])
+    assert minted.exit_code == 0, minted.output
+    token = minted.stdout.strip()
+    return {"Authorization": f"Bearer {token}"}, read_token(load_settings(), token)["jti"]
+
+
+def test_the_ig_officers_looks_with_a_minted_token_are_marked_and_the_patient_is_told(
+        deployment_keys: None, ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review queue's look-up of whose record it was, and the audit search, made with a `sharedcare
+    token` for ig.morgan, name the operator who minted it; the patient reads that she did not sign in."""
+    ics.open_record("dr.oconnor", basis="emergency", reason="unconscious in resus")
+    headers, jti = _mint(db, monkeypatch, "ig.morgan")
+    assert "OKAFOR, Emeka" in ics.client.get("/ig", headers=headers).text
+    assert ics.client.post("/ig/audit", data={"user": "dr.oconnor"}, headers=headers).status_code == 200
+    with db.session() as s:
+        looks = s.scalars(select(AuditEntry).where(AuditEntry.username == "ig.morgan", AuditEntry.action.in_(
+            [AuditAction.DEMOGRAPHICS_READ.value, AuditAction.AUDIT_SEARCH.value])).order_by(AuditEntry.seq)).all()
+    assert [(e.action, minted_by(e.event)) for e in looks] == [
+        (AuditAction.DEMOGRAPHICS_READ.value, ("cli:ops.jones", jti)),
+        (AuditAction.AUDIT_SEARCH.value, ("cli:ops.jones", jti))]
+
+    citizen_sign_in(ics.client)
+    rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
+    morgan = [row for row in rows if "Rhian Morgan" in row]
+    assert len(morgan) == 1 and NOT_THEMSELVES in morgan[0]
+
+
+def test_an_export_kicked_off_with_a_minted_token_is_audited_as_such(
+        deployment_keys: None, ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    headers, jti = _mint(db, monkeypatch, "analyst.chen")
+    kick_off = ics.client.get("/fhir/$export", headers={**headers, "Prefer": "respond-async",
+                                                        "Accept": "application/fhir+json"})
+    assert kick_off.status_code == 202, kick_off.text
+    with db.session() as s:
+        started = s.scalars(select(AuditEntry).where(
+            AuditEntry.action == AuditAction.EXPORT_KICK_OFF.value)).one()
+    assert started.username == "analyst.chen" and minted_by(started.event) == ("cli:ops.jones", jti)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,10 +28,11 @@ from sharedcare.governance.clients import add_client
 from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
+from sharedcare.governance.pseudonymise import Pseudonymiser
 from sharedcare.governance.secondary import ExportScope
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, ExportJob
+from sharedcare.store.models import AuditEntry, ExportJob, PatientRecord, Resource
 
 HUGHES_NHS = "9990000018"
 # Every identifying value the small ICS's feeds hold (tests/small_ics.py), and its free text.
@@ -483,3 +484,80 @@ def test_an_export_finished_before_a_suspension_made_elsewhere_is_deleted_at_its
     assert polled.status_code == 403 and not folder.exists()
     with db.session() as s:
         assert s.get_one(ExportJob, job_id).status == "withdrawn"
+
+
+def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ics: Ics, db: Database,
+                                                                             framework: Framework) -> None:
+    """QRD is suspended and signed again while its analyst's export runs: the run's last check finds the
+    agreement signed, but the export was made across a suspension, so its files are withdrawn at the next
+    touch and the poll says why (410), not served."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, replace(settings, export_workers=1))
+    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
+
+    def suspend_and_sign_once(done: int, total: int) -> None:
+        if done and not changed:
+            with db.session() as s:
+                set_agreement(s, framework, "QRD", "suspended", by="ig.morgan", reason="a breach reported")
+                set_agreement(s, framework, "QRD", "signed", by="ig.morgan", reason="")
+            changed.append(done)
+    changed: list[int] = []
+    assert jobs.run(job_id, on_progress=suspend_and_sign_once).status == "completed" and changed
+    poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert poll.status_code == 410, poll.text
+    assert "agreement was suspended on" in poll.json()["issue"][0]["diagnostics"]
+    folder = settings.data_path / "exports" / job_id
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_finished_export_is_withdrawn_when_its_agreement_is_set_back_to_draft(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Draft is not signed: the files go, and once QRD signs again the poll says why (410)."""
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    job_id = manifest["output"][0]["url"].rsplit("/", 2)[1]
+    with db.session() as s:
+        set_agreement(s, framework, "QRD", "draft", by="test", reason="re-drafting the data sharing terms")
+        set_agreement(s, framework, "QRD", "signed", by="test", reason="")
+    polled = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert polled.status_code == 410, polled.text
+    assert "agreement was set back to draft (no longer signed) on" in polled.json()["issue"][0]["diagnostics"]
+    assert not (tmp_path / "data" / "exports" / job_id).exists()
+
+
+def test_dates_are_shifted_by_the_date_of_birth_the_export_publishes(ics: Ics, db: Database) -> None:
+    """Mr Okafor's hospital record gives his date of birth day and month transposed (1945-02-03, earlier than
+    his GP's 1945-03-02). The export publishes his GP record's birth month, and shifts his dates by the shift
+    anchored on that record's date of birth, not on the earliest any source gives: else the shifted date of
+    birth his events are measured from would not be in the month published."""
+    with db.session() as s:
+        hospital = s.scalars(select(Resource).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+                             .where(PatientRecord.source_id == "MRN1", Resource.resource_type == "Patient")).one()
+        hospital.content = {**hospital.content, "birthDate": "1945-02-03"}
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    _, files = export(ics.client, ics.token("analyst.chen"), params={"_type": "Patient,Condition"})
+    assert [p["birthDate"] for p in files["Patient"] if p.get("gender") == "male"] == ["1945-03"]
+    with db.session() as s:
+        purpose = s.scalars(select(ExportJob.purpose)).one()
+    shift = Pseudonymiser(settings.pseudonym_secret, purpose).date_shift(ics.okafor, "1945-03-02")
+    assert (date(1945, 3, 2) + shift).strftime("%Y-%m") == "1945-03"
+    onsets = {c["onsetDateTime"] for c in files["Condition"]}
+    assert onsets == {(date(2019, 3, 1) + shift).isoformat()}, (onsets, shift)
+
+
+def test_when_the_chosen_patient_is_withheld_dates_follow_the_one_published(ics: Ics, db: Database) -> None:
+    """Mr Okafor's GP record, the one his Patient would come from, is marked restricted (and gives an earlier
+    date of birth): it does not leave, another source's Patient is published, and his dates are shifted by
+    that one's date of birth, not by the withheld record's."""
+    with db.session() as s:
+        for resource in s.scalars(select(Resource).join(PatientRecord, Resource.patient_record_id == PatientRecord.id)
+                                  .where(PatientRecord.person_id == ics.okafor, Resource.resource_type == "Patient")):
+            if resource.source_org == "P81001":
+                resource.content = {**resource.content, "birthDate": "1945-01-05", "meta": {"security": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    _, files = export(ics.client, ics.token("analyst.chen"), params={"_type": "Patient,Condition"})
+    assert [p["birthDate"] for p in files["Patient"] if p.get("gender") == "male"] == ["1945-03"]
+    with db.session() as s:
+        purpose = s.scalars(select(ExportJob.purpose)).one()
+    shift = Pseudonymiser(settings.pseudonym_secret, purpose).date_shift(ics.okafor, "1945-03-02")
+    assert {c["onsetDateTime"] for c in files["Condition"]} == {(date(2019, 3, 1) + shift).isoformat()}

@@ -28,7 +28,7 @@ def test_pseudonyms_are_the_keyed_hmac_of_type_and_id() -> None:
 
 def test_exported_ids_and_references_use_the_same_pseudonyms() -> None:
     pseudonymiser = Pseudonymiser(SECRET, "secondary-use")
-    pseudonymiser.for_person("person-1", frozenset())
+    pseudonymiser.for_person("person-1", None)
     condition = {"resourceType": "Condition", "id": "c-1", "code": {"coding": [{"code": "x"}]},
                  "subject": {"reference": "Patient/source-1"}, "encounter": {"reference": "Encounter/e-1"}}
     out = json.loads(pseudonymiser.encode(pseudonymiser.decode("Condition", json.dumps(condition)), "c-1",

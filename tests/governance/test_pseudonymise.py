@@ -51,7 +51,7 @@ def _out(resource: dict[str, object], secret: str = SECRET, purpose: str = "seco
          exported: frozenset[str] = frozenset({"Encounter/enc-1"})) -> dict[str, object]:
     """The resource pseudonymised in an export that holds `exported` too."""
     pseudonymiser = Pseudonymiser(secret, purpose)
-    pseudonymiser.for_person(PERSON, frozenset({DOB}))
+    pseudonymiser.for_person(PERSON, DOB)
     shaped = pseudonymiser.decode(str(resource["resourceType"]), json.dumps(resource))
     result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"]), exported))
     return result
@@ -86,7 +86,7 @@ def test_elements_left_empty_are_dropped_not_written_as_empty_objects() -> None:
 def _shift(resource: dict[str, object], person: str = PERSON, purpose: str = "secondary-use",
            dob: str = DOB) -> dict[str, object]:
     pseudonymiser = Pseudonymiser(SECRET, purpose)
-    pseudonymiser.for_person(person, frozenset({dob}))
+    pseudonymiser.for_person(person, dob)
     shaped = pseudonymiser.decode(str(resource["resourceType"]), json.dumps(resource))
     result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"]), frozenset()))
     return result
@@ -198,10 +198,10 @@ def test_the_patient_keeps_month_of_birth_district_practice_and_ethnicity_only()
         "deceasedDateTime": "2026-10-01T03:00:00Z",
     }
     pseudonymiser = Pseudonymiser(SECRET, "secondary-use")
-    pseudonymiser.for_person(PERSON, frozenset({DOB}))
+    pseudonymiser.for_person(PERSON, DOB)
     out = json.loads(pseudonymiser.patient(patient, PERSON))
     assert out["id"] == pseudonymiser.pseudonym("Patient", PERSON)
-    died = (date(2026, 10, 1) + pseudonymiser.date_shift(PERSON, {DOB})).strftime("%Y-%m")  # as their other dates
+    died = (date(2026, 10, 1) + pseudonymiser.date_shift(PERSON, DOB)).strftime("%Y-%m")  # as their other dates
     assert (out["birthDate"], out["deceasedDateTime"], out["gender"]) == ("1945-03", died, "male")
     with pytest.raises(ValueError, match="another person"):
         pseudonymiser.patient(patient, "someone-else")
@@ -222,7 +222,7 @@ def test_postcodes_become_their_district(postcode: str, district: str | None) ->
 
 def test_a_resource_that_does_not_fit_its_shape_is_refused_not_passed_on() -> None:
     pseudonymiser = Pseudonymiser(SECRET, "secondary-use")
-    pseudonymiser.for_person(PERSON, frozenset())
+    pseudonymiser.for_person(PERSON, None)
     with pytest.raises(Unreadable):
         pseudonymiser.decode("Observation", json.dumps({"resourceType": "Observation", "status": {"x": 1}}))
     with pytest.raises(Unreadable):

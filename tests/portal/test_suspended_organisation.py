@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select
 from tests.api.test_fhir_write import _diabetes, _token
 from tests.small_ics import Ics
 
+from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import details
 from sharedcare.governance.agreements import effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction
@@ -127,4 +129,22 @@ def test_a_session_kept_through_a_suspension_is_ended_for_good_when_the_agreemen
     assert opened.status_code == 201 and ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=other).status_code == 200
     suspension = _events(db, AuditAction.AGREEMENT_SET, "operator")[0]  # says whose sessions it ended
     assert details(suspension)["sessions_ended"] == "dr.oconnor"
+    assert _sign_in(ics, "dr.oconnor") == 303 and ics.client.get("/search").status_code == 200
+
+
+def test_setting_an_agreement_back_to_draft_is_a_stop_too(ics: Ics, db: Database, framework: Framework) -> None:
+    """Draft is not signed: set back to draft (and then signed), an organisation's sessions and tokens from
+    before are ended for good, as a suspension ends them, and the person is told in words what happened;
+    the change, like a suspension, needs a reason."""
+    assert _sign_in(ics, "dr.oconnor") == 303
+    bearer = ics.token("dr.oconnor")
+    with db.session() as s, pytest.raises(SharedcareError, match="give a reason"):
+        set_agreement(s, framework, "RXR", "draft", by="operator", reason="")
+    _set(db, framework, "RXR", "draft")
+    _set(db, framework, "RXR", "signed")
+    page = ics.client.get("/search")
+    assert page.status_code == 401 and "agreement was set back to draft (no longer signed)" in page.text
+    read = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=bearer)
+    assert read.status_code == 401 and "set back to draft" in read.json()["issue"][0]["diagnostics"]
+    assert details(_events(db, AuditAction.AGREEMENT_SET, "operator")[0])["sessions_ended"] == "dr.oconnor"
     assert _sign_in(ics, "dr.oconnor") == 303 and ics.client.get("/search").status_code == 200

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from sharedcare.api.deps import ActorDep, FrameworkDep, SettingsDep, get_database, scoped_types
 from sharedcare.api.outcomes import operation_outcome
-from sharedcare.export.jobs import EXPIRED, WITHDRAWN, ExportJobs, TooManyExports, Withdrawn
+from sharedcare.export.jobs import EXPIRED, WITHDRAWN, ExportJobs, Minted, TooManyExports, Withdrawn
 from sharedcare.fhir.search import SearchError, parse_instant
 from sharedcare.fhir.uk_core import RECORD_TYPES
 from sharedcare.governance.scopes import patient_level_only
@@ -80,11 +80,19 @@ def _scope(request: Request, kind: str, group: str | None) -> ExportScope:
     return ExportScope(kind, group, types, since)
 
 
+def _minted(request: Request) -> Minted:
+    """The operator and token id of a `sharedcare token` the caller's token is (`caller` reads them), so that
+    the export's audits are marked as made with it."""
+    minter, token_id = getattr(request.state, "minted_by", None), getattr(request.state, "token_id", None)
+    return (minter, token_id) if minter and token_id else None
+
+
 def _kick_off(request: Request, actor: ActorDep, jobs: ExportJobs, kind: str, group: str | None = None) -> Response:
     scope = _scope(request, kind, group)
     try:
         job_id = jobs.start(actor, scope, str(request.url), request_id=request.state.request_id,
-                            source_address=request.client.host if request.client else None)
+                            source_address=request.client.host if request.client else None,
+                            minted=_minted(request))
     except TooManyExports as exc:
         response = operation_outcome(429, "throttled", exc.message, request.state.request_id)
         response.headers["Retry-After"] = "60"
@@ -109,7 +117,7 @@ def export_group(group_id: str, request: Request, actor: ActorDep, jobs: JobsDep
 
 @router.get("/bulk/{job_id}")
 def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
-    view = jobs.status(actor, job_id, request.state.request_id)
+    view = jobs.status(actor, job_id, request.state.request_id, _minted(request))
     if view.status in ("accepted", "running"):
         # tens of percent, no counts: the people in scope less the people in the files would be the exact
         # number who opted out or objected (TRUST SU2)
@@ -137,7 +145,8 @@ def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
 
 @router.delete("/bulk/{job_id}")
 def export_cancel(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
-    jobs.cancel(actor, job_id, request.state.request_id, request.client.host if request.client else None)
+    jobs.cancel(actor, job_id, request.state.request_id, request.client.host if request.client else None,
+                _minted(request))
     return Response(status_code=202)
 
 
@@ -145,7 +154,7 @@ def export_cancel(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
 def export_file(job_id: str, file_name: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
     try:
         path = jobs.file(actor, job_id, file_name, request.state.request_id,
-                         request.client.host if request.client else None)
+                         request.client.host if request.client else None, _minted(request))
     except Withdrawn as gone:
         return operation_outcome(410, "deleted", gone.message, request.state.request_id)
     return FileResponse(path, media_type=NDJSON, filename=file_name)

@@ -240,10 +240,13 @@ def get_citizen(request: Request, actor: Annotated[Actor, Depends(get_actor)],
         yield CitizenWorkspace(session, fw, actor.person_id, request_id=request.state.request_id)
 
 
-def get_ig(actor: Annotated[Actor, Depends(get_actor)], fw: Annotated[Framework, Depends(get_framework)],
+def get_ig(request: Request, actor: Annotated[Actor, Depends(get_actor)],
+           fw: Annotated[Framework, Depends(get_framework)],
            db: Annotated[Database, Depends(get_database)]) -> Iterator[IgWorkspace]:
+    """The IG officer's workspace; its audits are marked if her token is a `sharedcare token` (`caller`
+    read it)."""
     with db.session() as session:
-        yield IgWorkspace(session, fw, actor)
+        yield IgWorkspace(session, fw, actor, minted_by=request.state.minted_by, token_id=request.state.token_id)
 
 
 def get_sign_in(request: Request, fw: Annotated[Framework, Depends(get_framework)],

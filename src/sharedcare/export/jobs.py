@@ -37,7 +37,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.uk_core import RECORD_TYPES
-from sharedcare.governance.agreements import STOPPED
+from sharedcare.governance.agreements import STOPPED, stopped_words
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import current_actor
 from sharedcare.governance.disclosure import published_summary
@@ -51,7 +51,7 @@ from sharedcare.store.models import AgreementChange, ExportJob
 
 RUNNING = ("accepted", "running")
 EXPIRED = "expired"
-WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspended or ended after it finished
+WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspended or ended after it started
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
 KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
 
@@ -198,6 +198,7 @@ def remove_files(folder: Path, names: list[str]) -> None:
 
 
 Files = tuple[Path, list[str]]  # an export's folder and the files it wrote there
+Minted = tuple[str, str] | None  # the operator account and token id of a `sharedcare token` a request came with
 
 
 def _mark_expired(jobs: list[ExportJob]) -> dict[str, Files]:
@@ -223,17 +224,19 @@ class ExportJobs:
         self.settings = settings
 
     def _secondary(self, actor: Actor, request_id: str | None = None, source_address: str | None = None,
-                   purpose: str | None = None) -> SecondaryUse:
+                   purpose: str | None = None, minted: Minted = None) -> SecondaryUse:
+        minted_by, token_id = minted or (None, None)
         return SecondaryUse(self.db, self.fw, self.settings.pseudonym_secret, actor,
-                            purpose or export_purpose(actor, self.fw),
-                            request_id=request_id, source_address=source_address)
+                            purpose or export_purpose(actor, self.fw), request_id=request_id,
+                            source_address=source_address, minted_by=minted_by, token_id=token_id)
 
     # -- kick-off --------------------------------------------------------------------------------
     def start(self, actor: Actor, scope: ExportScope, request_url: str, *, request_id: str | None = None,
               source_address: str | None = None, out_dir: Path | None = None, purpose: str | None = None,
-              background: bool = True) -> str:
-        """Check, record and audit a new export; run it in a background thread (or leave it to `run`)."""
-        secondary = self._secondary(actor, request_id, source_address, purpose)
+              background: bool = True, minted: Minted = None) -> str:
+        """Check, record and audit a new export; run it in a background thread (or leave it to `run`).
+        `minted`: the operator account and token id of a `sharedcare token` the request came with."""
+        secondary = self._secondary(actor, request_id, source_address, purpose, minted)
         detail: dict[str, Any] = {"kind": scope.kind, "group": scope.group,
                                   "types": ",".join(sorted(scope.types)) if scope.types else None,
                                   "since": scope.since.isoformat() if scope.since else None}
@@ -369,9 +372,12 @@ class ExportJobs:
 
     def withdraw(self) -> int:
         """Delete the files of every finished export whose organisation's agreement was suspended or ended
-        after it finished, marking each withdrawn, audited; how many. Run by whoever changes an agreement
-        (`sharedcare agreements set`, the IG workspace), and by every kick-off, poll, download and cancel
-        and at server start (`expire`), so that one changed by other means is caught at its first touch."""
+        after it was started, marking each withdrawn, audited; how many. From its start, not its finish: a
+        suspension between the run's last agreement check and its finish, or one while it ran that was signed
+        again before that check, would otherwise leave an export made across a suspension kept. Run by
+        whoever changes an agreement (`sharedcare agreements set`, the IG workspace), and by every kick-off,
+        poll, download and cancel and at server start (`expire`), so that one changed by other means is
+        caught at its first touch."""
         with self.db.session() as session:
             withdrawn = self._withdraw(session)
         _remove(withdrawn)
@@ -383,7 +389,7 @@ class ExportJobs:
         stops = session.execute(select(ExportJob, AgreementChange.status, AgreementChange.changed_at).join(
             AgreementChange, and_(AgreementChange.org_code == ExportJob.organisation,
                                   AgreementChange.status.in_(STOPPED),
-                                  AgreementChange.changed_at > ExportJob.finished_at))
+                                  AgreementChange.changed_at > ExportJob.created_at))
             .where(ExportJob.status == "completed").order_by(AgreementChange.id)).all()
         files: dict[str, Files] = {}
         for job, stopped, when in stops:
@@ -392,11 +398,12 @@ class ExportJobs:
             names, ours = [o["file"] for o in job.output or []], self._ours(job.out_dir)
             job.status, job.updated_at = WITHDRAWN, utcnow()
             job.error = (f"its files were deleted when {job.organisation}'s information-sharing agreement was "
-                         f"{stopped} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
+                         f"{stopped_words(stopped)} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
                          "organisation stops sharing; start a new one when the agreement is signed again")
             record_audit(session, AuditRecord(
                 AuditAction.EXPORT_WITHDRAWN, "permit", username="system", purpose=job.purpose,
-                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped}", detail={
+                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped_words(stopped)}",
+                detail={
                     "job": job.id, "owner": job.username, "organisation": job.organisation,
                     "files": " ".join(names) or "(none)",
                     "deleted": "yes" if ours else "no: written where its operator asked, theirs to keep"}))
@@ -439,19 +446,20 @@ class ExportJobs:
             return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
                            job.people_done, list(job.output or []), summary, error)
 
-    def status(self, actor: Actor, job_id: str, request_id: str | None = None) -> JobView:
+    def status(self, actor: Actor, job_id: str, request_id: str | None = None, minted: Minted = None) -> JobView:
         self.expire()
         job = self._own(actor, job_id)
-        self._secondary(actor, request_id, purpose=job.purpose).check(AuditAction.EXPORT_DOWNLOAD, job=job_id)
+        self._secondary(actor, request_id, purpose=job.purpose, minted=minted).check(AuditAction.EXPORT_DOWNLOAD,
+                                                                                    job=job_id)
         return self._view(job_id)
 
     def cancel(self, actor: Actor, job_id: str, request_id: str | None = None,
-               source_address: str | None = None) -> None:
+               source_address: str | None = None, minted: Minted = None) -> None:
         """Stop a running export (its run deletes what it wrote) or delete a finished one's files, if they are in
         the service's folder (`_ours`)."""
         self.expire()
         job = self._own(actor, job_id)
-        secondary = self._secondary(actor, request_id, source_address, job.purpose)
+        secondary = self._secondary(actor, request_id, source_address, job.purpose, minted)
         with self.db.session() as session:
             row = session.get_one(ExportJob, job_id)
             was = row.status
@@ -461,18 +469,18 @@ class ExportJobs:
             remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
 
     def file(self, actor: Actor, job_id: str, name: str, request_id: str | None = None,
-             source_address: str | None = None) -> Path:
+             source_address: str | None = None, minted: Minted = None) -> Path:
         """The path of one output file of a completed job, after checking and auditing the download."""
         self.expire()
         job = self._own(actor, job_id)
         entry = next((o for o in job.output or [] if o["file"] == name), None)
         if job.status == WITHDRAWN:
-            self._secondary(actor, request_id, source_address, job.purpose).check(
+            self._secondary(actor, request_id, source_address, job.purpose, minted).check(
                 AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)  # still suspended: that is the answer
             raise Withdrawn(f"export {job_id}: {job.error}", where="$export")
         if job.status != "completed" or entry is None:
             raise NotFound(f"export {job_id} has no file {name}")
-        secondary = self._secondary(actor, request_id, source_address, job.purpose)
+        secondary = self._secondary(actor, request_id, source_address, job.purpose, minted)
         secondary.check(AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)
         with self.db.session() as session:
             secondary.audit(session, AuditAction.EXPORT_DOWNLOAD, "permit", rule_id="permit-secondary", job=job_id,

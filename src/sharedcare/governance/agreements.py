@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import cast, get_args
 
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
@@ -21,7 +21,11 @@ from sharedcare.governance.framework import Agreement, AgreementStatus, Framewor
 from sharedcare.store.database import Prepared
 from sharedcare.store.models import AgreementChange, AuditEntry
 
-STOPPED = ("suspended", "ended")  # a change to either ends every session and token issued under the organisation
+# Any change away from signed (suspended, ended, or back to draft) is a stop: it ends every session and token
+# issued under the organisation and withdraws its finished exports; signing again brings none of them back.
+STOPPED: tuple[AgreementStatus, ...] = tuple(s for s in get_args(AgreementStatus) if s != "signed")
+_STOPPED_WORDS = {"suspended": "suspended", "ended": "ended", "draft": "set back to draft (no longer signed)"}
+
 _CHANGES = cast(Table, AgreementChange.__table__)
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
 _ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.c.id))
@@ -30,6 +34,11 @@ _ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
     """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
     return agreements_after(fw, _ALL_CHANGES(session))
+
+
+def stopped_words(status: str) -> str:
+    """A stop in words, after "the agreement was" ("set back to draft", not "draft")."""
+    return _STOPPED_WORDS.get(status, status)
 
 
 def agreements_after(fw: Framework, changes: Iterable[tuple[str, str]]) -> dict[str, Agreement]:
@@ -53,7 +62,7 @@ def set_agreement(session: Session, fw: Framework, org_code: str, status: Agreem
         raise SharedcareError(f"{org_code} has no signatories in the framework; it cannot be signed here",
                               where="agreements set")
     reason = " ".join(reason.split())
-    if status in ("suspended", "ended") and not reason:
+    if status in STOPPED and not reason:
         raise SharedcareError(f"give a reason for setting {org_code}'s agreement to {status} (a breach reported, "
                               "the contract ended...): it is kept in the audit log and shown on the agreements "
                               "board", where="agreements set")

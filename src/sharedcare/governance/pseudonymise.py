@@ -50,7 +50,13 @@ shift moves the person's date of birth to a pseudo-random day of the same month 
 published year and month of birth stay true, an age computed from shifted dates is exact, and the day
 of birth recovered from an age-tied event is a day drawn uniformly from the month, whatever the true
 day (a shift drawn from a fixed range instead would be narrowed by the month it must stay in). A person
-without a date of birth is shifted by -30 to +30 days. The draw is an HMAC of the person's id under the
+without a date of birth is shifted by -30 to +30 days. The date of birth anchoring the shift is the one
+the extract publishes the month of: that of the person's one exported Patient (`patient()`, the source
+record `secondary.py` chooses by the demographics rule), not the earliest any source gives, so that
+sources disagreeing (a day and month transposed) cannot publish one month with events measured from a
+shifted birth in another. So a corrected date of birth on that record, or another source's record
+becoming the one chosen, changes the person's shift, and every one of their dates in the next extract:
+extracts either side of the correction do not join up date for date. The draw is an HMAC of the person's id under the
 purpose's key: stable across extracts for one purpose (they join up, `_since` extracts included),
 different across purposes, and not computable without the key. Intervals within a person are kept
 exactly; between people and to the calendar (seasons, a bank holiday, a dated incident) dates are off by
@@ -771,15 +777,12 @@ def birth_shift(draw: int, born: date | None) -> timedelta:
     return timedelta(days=1 + draw % calendar.monthrange(born.year, born.month)[1] - born.day)
 
 
-def _birth_date(dobs: AbstractSet[str]) -> date | None:
-    """The earliest of a person's dates of birth that is a valid date (sources rarely disagree)."""
-    valid = []
-    for text in dobs:
-        try:
-            valid.append(date.fromisoformat(text[:10]))
-        except ValueError:
-            continue
-    return min(valid, default=None)
+def _birth_date(text: str | None) -> date | None:
+    """A date of birth as a date, if it is a full valid one (a year, or a year and month, is not)."""
+    try:
+        return date.fromisoformat(text[:10]) if text else None
+    except ValueError:
+        return None
 
 
 def purpose_key(secret: str, purpose: str) -> bytes:
@@ -923,16 +926,17 @@ class Pseudonymiser:
         """The pseudonymous id of a resource (for a person: `pseudonym("Patient", person_id)`)."""
         return self._hmac(f"{resource_type}/{server_id}")
 
-    def for_person(self, person_id: str, dobs: frozenset[str]) -> None:
-        """Set the person whose resources `decode` reads next. `dobs`: their dates of birth (YYYY-MM-DD) as
-        their sources give them; the earliest valid one sets their date shift."""
+    def for_person(self, person_id: str, birth: str | None) -> None:
+        """Set the person whose resources `decode` reads next. `birth`: the date of birth (YYYY-MM-DD) of the
+        Patient `patient` will write for them, which sets their date shift (module docstring)."""
         self._known = {}
         _state.patient_ref = f"Patient/{self._id(f'Patient/{person_id}')}"
-        _state.shift = self.date_shift(person_id, dobs).days
+        _state.shift = self.date_shift(person_id, birth).days
 
-    def date_shift(self, person_id: str, dobs: AbstractSet[str]) -> timedelta:
-        """How far every date of this person moves in this purpose's extracts (`birth_shift`)."""
-        return birth_shift(int(self._hmac(f"date shift|Patient/{person_id}")[:12], 16), _birth_date(dobs))
+    def date_shift(self, person_id: str, birth: str | None) -> timedelta:
+        """How far every date of this person moves in this purpose's extracts (`birth_shift`), anchored on
+        `birth`, the date of birth their exported Patient gives."""
+        return birth_shift(int(self._hmac(f"date shift|Patient/{person_id}")[:12], 16), _birth_date(birth))
 
     @staticmethod
     def decode(resource_type: str, text: str | bytes) -> Shaped:

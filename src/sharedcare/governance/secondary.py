@@ -32,7 +32,7 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.consent import Choices, combined_choices
 from sharedcare.governance.framework import Agreement, Framework
-from sharedcare.governance.gateway import AccessDenied, NotFound, demographics_rule
+from sharedcare.governance.gateway import AccessDenied, DemographicsRule, NotFound, demographics_rule
 from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
 from sharedcare.governance.pseudonymise import Pseudonymiser, Shaped, Unreadable
 from sharedcare.governance.review import NOTHING_ON_REVIEW, OnReview, everyone_on_review
@@ -103,13 +103,17 @@ class SecondaryUse:
     """Pseudonymised extracts on behalf of one actor, for one secondary purpose."""
 
     def __init__(self, db: Database, fw: Framework, secret: str, actor: Actor, purpose: str,
-                 request_id: str | None = None, source_address: str | None = None) -> None:
+                 request_id: str | None = None, source_address: str | None = None,
+                 minted_by: str | None = None, token_id: str | None = None) -> None:
+        """`minted_by`/`token_id`: the operator account and token id of a `sharedcare token` the request
+        came with, so that its audits are marked as `GovernedRecords`' are."""
         self.db = db
         self.fw = fw
         self.actor = actor
         self.purpose = purpose
         self.request_id = request_id
         self.source_address = source_address
+        self.minted_by, self.token_id = minted_by, token_id
         self._secret = secret
 
     # -- audit -----------------------------------------------------------------------------------
@@ -120,6 +124,7 @@ class SecondaryUse:
             action=action, outcome=outcome, username=self.actor.username, role=role,
             organisation=self.actor.organisation or None, purpose=self.purpose, rule_id=rule_id, reason=reason,
             request_id=self.request_id, source_address=self.source_address, withheld=withheld or {},
+            minted_by=self.minted_by, token_id=self.token_id,
             detail={key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
                     for key, value in detail.items() if value is not None}))
 
@@ -239,22 +244,27 @@ class SecondaryUse:
     def _person(self, person_id: str, held: list[Any], snap: _Snapshot) -> Iterator[tuple[str, bytes]]:
         counts, scope, pseudonymiser = snap.counts, snap.scope, snap.pseudonymiser
         counts.people_seen += 1
-        patients = {id(row): orjson.loads(row[7]) for row in held if row[2] == "Patient"}
-        dobs = frozenset(p["birthDate"] for p in patients.values() if isinstance(p.get("birthDate"), str))
-        pseudonymiser.for_person(person_id, dobs)
+        patient_rows = [row for row in held if row[2] == "Patient"]
+        patients = {id(row): orjson.loads(row[7]) for row in patient_rows}
+        patient_items = {id(row): Item(patients[id(row)], "Patient", row[3], "demographics",
+                                       _labels((patients[id(row)].get("meta") or {}).get("security")))
+                         for row in patient_rows}
+        # one Patient per person: the one their combined Patient's demographics come from (its rule); its
+        # date of birth anchors their date shift (`Pseudonymiser.for_person`). The one chosen of them all
+        # first: of those released, if the decision withholds it, below
+        rule = demographics_rule(patient_items.values(), snap.gp_orgs,
+                                 snap.on_review.get(person_id, NOTHING_ON_REVIEW))
+        anchor = _birth(patients, _chosen(rule, patient_rows))
+        pseudonymiser.for_person(person_id, anchor)
         items: list[Item] = []
-        patient_items: list[Item] = []
         shaped: dict[int, tuple[Any, Shaped | None]] = {}
         unreadable = 0
         decode, kinds = pseudonymiser.decode, snap.kinds
         for row in held:
             _, _, resource_type, source_org, _, _, category, text = row
             if resource_type == "Patient":
-                content = patients[id(row)]
-                item = Item(content, "Patient", source_org, "demographics",
-                            _labels((content.get("meta") or {}).get("security")))
+                item = patient_items[id(row)]
                 shaped[id(item)] = (row, None)
-                patient_items.append(item)
             else:
                 try:
                     resource = decode(resource_type, text)
@@ -281,13 +291,19 @@ class SecondaryUse:
         counts.withheld.update(decision.withheld)
         if unreadable:
             counts.withheld["unreadable"] += unreadable
-        released_patients: list[Any] = []  # their rows
+        released_patients = [shaped[id(r.item)][0] for r in decision.released if shaped[id(r.item)][1] is None]
+        chosen = _chosen(rule, released_patients)
+        birth = _birth(patients, chosen)
+        if birth != anchor:  # the Patient chosen of them all is withheld: dates decoded again, shifted by this one
+            pseudonymiser.for_person(person_id, birth)
         clinical: list[tuple[str, str, Shaped]] = []  # type, server id, shape
         for released in decision.released:
             row, maybe = shaped[id(released.item)]
             if maybe is None:
-                released_patients.append(row)
-            elif maybe.incomplete():  # e.g. a statement whose drug cannot leave coded: invalid FHIR without it
+                continue
+            if birth != anchor:
+                maybe = decode(row[2], row[7])
+            if maybe.incomplete():  # e.g. a statement whose drug cannot leave coded: invalid FHIR without it
                 counts.withheld[INCOMPLETE] += 1
             else:
                 clinical.append((row[2], row[1], maybe))
@@ -299,13 +315,21 @@ class SecondaryUse:
             line = encode(resource, server_id, exported)
             counts.codings_withheld += resource.codings_withheld
             yield resource_type, line
-        if released_patients and scope.wants("Patient") and (
+        if chosen is not None and scope.wants("Patient") and (
                 scope.since is None or any(row[4] and row[4] >= scope.since for row in released_patients)):
-            # one Patient per person: the one their combined Patient's demographics come from (its rule)
-            rule = demographics_rule(patient_items, snap.gp_orgs, snap.on_review.get(person_id, NOTHING_ON_REVIEW))
-            chosen = id(rule.order(released_patients, lambda row: (row[1], row[3], row[5]))[0])
             counts.resources["Patient"] += 1
             yield "Patient", pseudonymiser.patient(patients[chosen], person_id)
+
+
+def _chosen(rule: DemographicsRule, rows: list[Any]) -> int | None:
+    """Which of these Patient rows (its `id`) the person's one exported Patient is, by `rule`; None if none."""
+    return id(rule.order(rows, lambda row: (row[1], row[3], row[5]))[0]) if rows else None
+
+
+def _birth(patients: dict[int, dict[str, Any]], chosen: int | None) -> str | None:
+    """The date of birth the chosen Patient gives, if any."""
+    birth = patients[chosen].get("birthDate") if chosen is not None else None
+    return birth if isinstance(birth, str) else None
 
 
 _NOT_READ: dict[str, Any] = {}  # an Item's content the decision does not read (secondary use decides on the rest)

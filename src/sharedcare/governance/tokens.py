@@ -14,7 +14,7 @@ from sqlalchemy import Table, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.governance.agreements import STOPPED, effective_agreements
+from sharedcare.governance.agreements import STOPPED, effective_agreements, stopped_words
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal_in
 from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
 from sharedcare.governance.framework import Framework
@@ -28,7 +28,7 @@ _REVOKED_TABLE = cast(Table, RevokedToken.__table__)
 _REVOKED = select(_REVOKED_TABLE.c.jti).where(_REVOKED_TABLE.c.jti == bindparam("jti"))  # every request: built once
 _CLIENTS_TABLE = cast(Table, OAuthClient.__table__)
 _CHANGES = cast(Table, AgreementChange.__table__)
-# Whether the organisation a token was issued under (its `org` claim) had its agreement suspended or ended
+# Whether the organisation a token was issued under (its `org` claim) had its agreement stopped (`STOPPED`)
 # since: every token of its users and systems issued before then is cut off, for good (signing the agreement
 # again brings none back), so that a copied cookie or a second browser's session is no use afterwards.
 _CUT_OFF = select(_CHANGES.c.id).where(_CHANGES.c.org_code == bindparam("org"),  # (no IN list: prepared below)
@@ -93,7 +93,8 @@ def cut_off_words(session: Session, org: str, issued_at: datetime) -> str:
     """What a person presenting a token cut off by a suspension is told: when, and why, in plain words."""
     status, when = run(session, _LAST_STOP, {"org": org, "issued_at": issued_at}).one()
     return (f"you were signed out on {when:%d %B %Y at %H:%M} UTC, when your organisation's ({org}) "
-            f"information-sharing agreement was {status}, and that session has ended for good: sign in again")
+            f"information-sharing agreement was {stopped_words(status)}, and that session has ended for good: "
+            "sign in again")
 
 
 def staff_not_sharing(session: Session, fw: Framework, username: str) -> str | None:

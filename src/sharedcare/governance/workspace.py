@@ -47,8 +47,12 @@ from sharedcare.store.models import PatientRecord, Preference
 class IgWorkspace:
     """What an information governance officer can do, each step checked and audited."""
 
-    def __init__(self, session: Session, fw: Framework, actor: Actor) -> None:
+    def __init__(self, session: Session, fw: Framework, actor: Actor, minted_by: str | None = None,
+                 token_id: str | None = None) -> None:
+        """`minted_by`/`token_id`: the operator account and token id of a `sharedcare token` the officer's
+        request came with; every audit made here is marked with them, as `GovernedRecords`' are."""
         self.session, self.fw, self.actor = session, fw, actor
+        self.minted_by, self.token_id = minted_by, token_id
 
     def _require(self, permission: str) -> None:
         role = self.actor.role
@@ -57,7 +61,8 @@ class IgWorkspace:
                                                    role=role.name if role else None,
                                                    organisation=self.actor.organisation or None,
                                                    purpose="governance", rule_id="deny-permission",
-                                                   detail={"permission": permission}))
+                                                   detail={"permission": permission}, minted_by=self.minted_by,
+                                                   token_id=self.token_id))
             self.session.commit()
             raise AccessDenied("deny-permission", f"your role may not use this function ({permission})")
 
@@ -70,7 +75,8 @@ class IgWorkspace:
         """The people the queue's accesses were to, as the decision point lets the IG role see them
         (name, date of birth, NHS number; each look-up audited); None for anyone it withholds."""
         self._require("governance:review:work")
-        records = GovernedRecords(self.session, self.fw, self.actor, purpose="governance")
+        records = GovernedRecords(self.session, self.fw, self.actor, purpose="governance",
+                                  minted_by=self.minted_by, token_id=self.token_id)
         found: dict[str, dict[str, Any] | None] = {}
         for person_id in sorted(set(person_ids)):
             try:
@@ -99,7 +105,7 @@ class IgWorkspace:
             AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None,
             organisation=self.actor.organisation or None, purpose="governance",
-            detail=found.audit_detail(recorded)))
+            detail=found.audit_detail(recorded), minted_by=self.minted_by, token_id=self.token_id))
         return found
 
     def agreements(self) -> dict[str, Agreement]:
@@ -116,9 +122,11 @@ class IgWorkspace:
         from a page she might then not put right. The CLI, run by the server's operator, still can."""
         self._require("governance:agreement:set")
         if status != "signed" and org == self.actor.organisation:
-            verb = "suspend" if status == "suspended" else "end"
+            change = {"suspended": "suspend your own organisation's agreement",
+                      "ended": "end your own organisation's agreement"}.get(
+                status, "set your own organisation's agreement back to draft")
             raise SharedcareError(
-                f"you cannot {verb} your own organisation's agreement ({org}) from this workspace: it would stop "
+                f"you cannot {change} ({org}) from this workspace: it would stop "
                 "every one of its users, you among them, opening any record. If it must be done, the server's "
                 f"operator runs `sharedcare agreements set {org} --status {status} --reason \"...\"`",
                 where="agreements")
@@ -140,7 +148,7 @@ class IgWorkspace:
             AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
             role=self.actor.role.name if self.actor.role else None, organisation=self.actor.organisation or None,
             purpose="governance", patient_id=persons[0] if len(persons) == 1 else None,
-            detail={"nhs_number_suffix": nhs_number[-4:]}))
+            detail={"nhs_number_suffix": nhs_number[-4:]}, minted_by=self.minted_by, token_id=self.token_id))
         return choices_for(self.session, [nhs_number])
 
 
