@@ -61,8 +61,11 @@ purpose's key: stable across extracts for one purpose (they join up, `_since` ex
 different across purposes, and not computable without the key. Intervals within a person are kept
 exactly; between people and to the calendar (seasons, a bank holiday, a dated incident) dates are off by
 up to a month. The day of the week is not kept: a shift in whole weeks would keep it, but would tell the
-day of birth to within 4 or 5 days of its month. Partial dates (a year, a year and month) leave as they
-are.
+day of birth to within 4 or 5 days of its month. A limit (review of 2026-12-06): in real records, where a
+person's visits keep to weekdays, the weekdays their shifted dates avoid give the shift modulo 7 back, and
+with it the day of birth to about the same 4 or 5 days; the synthetic records spread events over the week,
+so this is not measured. Young children's extracts may still need a small-cell check on birth month, sex
+and district; not done. Partial dates (a year, a year and month) leave as they are.
 
 The shapes are written here because no library pseudonymises FHIR to a policy; msgspec does the
 decoding and encoding, fast enough for tens of thousands of resources a second.
