@@ -8,8 +8,9 @@ Create Date: 2026-12-06
 0021 named each item it held by its message's key (`ingest/resent.py`); items held before it have none and
 so were never superseded: they waited for an operator even after their source's corrected copy arrived. Here
 each held item without a key is given the one its held body names, read by the same code the pipeline uses
-(`resent.identity`, so a CSV row by the sender's mapping as configured when this runs); an item whose body
-names none keeps no key and waits, as before. Items replayed or superseded are left alone.
+(`resent.identity`, so a CSV row by the sender's mapping as configured when this runs; with the timestamp type,
+the only current code this revision runs, as a key is what the pipeline of the day computes); an item whose
+body names none keeps no key and waits, as before. Items replayed or superseded are left alone.
 
 Only the next message a source sends supersedes such an item: one whose corrected copy was stored before
 this ran stays held for an operator to resolve (the stored copy's bytes are not kept to compare).
@@ -40,14 +41,18 @@ PAGE = 500
 def upgrade() -> None:
     from sharedcare.ingest.messages import RawMessage
     from sharedcare.ingest.resent import identity
-    from sharedcare.store.models import Quarantine
+    from sharedcare.store.models import UTCDateTime
 
-    table = Quarantine.__table__
+    # The table as this revision knows it, not the current model's: a later revision's columns do not exist yet.
+    table = sa.table("quarantine", sa.column("id", sa.Integer), sa.column("source_org", sa.String),
+                     sa.column("format", sa.String), sa.column("filename", sa.Text), sa.column("location", sa.Text),
+                     sa.column("payload", sa.LargeBinary), sa.column("received_at", UTCDateTime),
+                     sa.column("status", sa.String), sa.column("message_key", sa.Text))
     unkeyed = sa.select(table.c.id, table.c.source_org, table.c.format, table.c.filename, table.c.location,
                         table.c.payload, table.c.received_at).where(
         table.c.status == "held", table.c.message_key.is_(None), table.c.id > sa.bindparam("after")
     ).order_by(table.c.id).limit(PAGE)
-    keyed = sa.update(table).where(  # type: ignore[arg-type]
+    keyed = sa.update(table).where(
         table.c.id == sa.bindparam("item")).values(message_key=sa.bindparam("key"))
     with op.batch_alter_table("quarantine") as batch:
         batch.add_column(sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True))
