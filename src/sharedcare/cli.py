@@ -1446,6 +1446,7 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     import asyncio
     from dataclasses import replace
 
+    from sharedcare.governance.agreements import note_file_agreements
     from sharedcare.ingest.mllp import MllpLimits, MllpServer
     from sharedcare.ingest.pipeline import Pipeline
 
@@ -1453,6 +1454,9 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     database = _database()
     tls = _start_up_checks("mllp", database, host)
     fw = _framework()
+    changed = note_file_agreements(database, fw, str(_settings().framework_path))  # a suspension in the file
+    if changed:
+        console.print(f"agreements changed in the framework file since it was last read: {' '.join(changed)}")
     listed = sum(len(org.feed_certificates) for org in fw.organisations.values())
     if tls is not None and not listed:
         console.print("[yellow]warning:[/yellow] no organisation in the framework lists a feed certificate "
