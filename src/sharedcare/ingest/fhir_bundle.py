@@ -133,20 +133,20 @@ def _standard_loads(raw: RawMessage) -> Any:
 def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
     """Which organisation and system sent this: --source, else meta.source, else the folder it sits in. --source
     only names a sender meta.source does not: another organisation of the framework there, the message's own or
-    any entry's (each entry's would be overwritten with --source's), is refused."""
+    any entry's (each entry's would be overwritten with --source's), is refused; so is, without it, an entry
+    naming another than the message's own sender, held as the one it names (a batch's entry on its own)."""
     meta = data.get("meta")
     declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
-    if override:
-        for index, named in declared_senders(data):
-            if named != override and named in fw.organisations:
-                where = raw.where if index is None or entry_index(raw) is not None else f"{raw.where}, entry[{index}]"
-                raise sender_conflict(f"meta.source names the sender {named}", named, override, where)
     org = override or (declared[0] if declared else None)
     if org is None:
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)
     if org is None:
         raise MessageError("unknown source organisation: give --source ORG or meta.source with an ODS code",
                            raw.where)
+    for index, named in declared_senders(data):
+        if named != org and named in fw.organisations:
+            where = raw.where if index is None or entry_index(raw) is not None else f"{raw.where}, entry[{index}]"
+            raise sender_conflict(f"meta.source names the sender {named}", named, org, where, given=bool(override))
     organisation = fw.organisation(org)
     if organisation is None:
         raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where)
