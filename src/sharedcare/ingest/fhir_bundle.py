@@ -26,6 +26,7 @@ from sharedcare.fhir.uk_core import (
     parse_meta_source,
     server_id,
 )
+from sharedcare.fhir.validate import too_deep
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import normalise
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
@@ -125,9 +126,35 @@ def _standard_loads(raw: RawMessage) -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw.where) from exc
-    except (ValueError, RecursionError) as exc:  # numbers too long to convert, nesting too deep
+    except RecursionError as exc:  # nested deeper than the parser's stack: never read, measured in the text
+        depth, line, column = _json_nesting(text)
+        raise MessageError(too_deep(depth, f"line {line} column {column}", "objects and arrays"), raw.where) from exc
+    except ValueError as exc:  # numbers too long to convert
         raise MessageError(f"invalid JSON: {str(exc)[:120]}", raw.where) from exc
     return data
+
+
+def _json_nesting(text: str) -> tuple[int, int, int]:
+    """How many objects and arrays deep the JSON text nests, and the line and column where it is deepest (only
+    for a text too deep to parse: a character at a time)."""
+    depth = deepest = 0
+    line, column, at = 1, 0, (1, 1)
+    in_string = escaped = False
+    for char in text:
+        column += 1
+        if in_string:
+            in_string, escaped = (escaped or char != '"'), (not escaped and char == "\\")
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, (line, column)
+        elif char in "}]":
+            depth -= 1
+        elif char == "\n":
+            line, column = line + 1, 0
+    return deepest, *at
 
 
 def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
