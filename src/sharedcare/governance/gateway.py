@@ -784,7 +784,8 @@ class GovernedRecords:
             stmt = stmt.where(func.lower(PatientRecord.family) == family.strip().lower(),
                               PatientRecord.birth_date == birth_date)
             if given:
-                stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower()))
+                # `%` and `_` typed are letters, not LIKE's wildcards (which let any name fill the candidates)
+                stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower(), autoescape=True))
             if postcode:
                 stmt = stmt.where(PatientRecord.postcode == " ".join(postcode.upper().split()))
         else:
