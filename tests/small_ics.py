@@ -15,6 +15,7 @@ from tests.portal_client import PortalClient
 from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
+from sharedcare.governance.agreements import note_file_agreements
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -36,10 +37,11 @@ class Ics:
         return {"Authorization": f"Bearer {mint_token(load_settings(), fw, username, **extra)}"}
 
     def restarted(self, framework: Framework) -> PortalClient:
-        """The server started again, on the same store, with this framework (as after its file was edited)."""
-        app = self.client.app
-        return PortalClient(create_app(app.state.settings, framework=framework,  # type: ignore[attr-defined]
-                                       database=app.state.database))  # type: ignore[attr-defined]
+        """The server started again, on the same store, with this framework (as after its file was edited):
+        `sharedcare serve` notes the file's agreements, then builds the app."""
+        state = self.client.app.state  # type: ignore[attr-defined]
+        note_file_agreements(state.database, framework, str(state.settings.framework_path))
+        return PortalClient(create_app(state.settings, framework=framework, database=state.database))
 
     def open_record(self, username: str, person: str | None = None, basis: str = "explicit-consent",
                     reason: str = "") -> dict[str, str]:

@@ -29,7 +29,6 @@ from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
 from sharedcare.errors import SharedcareError
-from sharedcare.governance.agreements import note_file_agreements
 from sharedcare.governance.audit import record_refused_credentials
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
@@ -187,10 +186,6 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
     app.state.settings = settings
     app.state.framework = framework or load_framework(settings.framework_path)
     app.state.database = database or Database(settings.database_url)
-    # a suspension written in the framework file acts as one made by `agreements set`
-    changed = note_file_agreements(app.state.database, app.state.framework, str(settings.framework_path))
-    if changed:
-        log.warning("agreements changed in the framework file since it was last read: %s", " ".join(changed))
 
     app.add_middleware(_ResponseRules, hsts=not settings.demo)
 
