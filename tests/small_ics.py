@@ -10,9 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from tests.builders import SCT, bundle, condition, document, medication, patient, write_ndjson
+from tests.portal_client import PortalClient
 
+from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
+from sharedcare.governance.agreements import note_file_agreements
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -33,6 +36,13 @@ class Ics:
         extra = {"scope": scope} if scope else {}
         return {"Authorization": f"Bearer {mint_token(load_settings(), fw, username, **extra)}"}
 
+    def restarted(self, framework: Framework) -> PortalClient:
+        """The server started again, on the same store, with this framework (as after its file was edited):
+        `sharedcare serve` notes the file's agreements, then builds the app."""
+        state = self.client.app.state  # type: ignore[attr-defined]
+        note_file_agreements(state.database, framework, str(state.settings.framework_path))
+        return PortalClient(create_app(state.settings, framework=framework, database=state.database))
+
     def open_record(self, username: str, person: str | None = None, basis: str = "explicit-consent",
                     reason: str = "") -> dict[str, str]:
         headers = self.token(username)
@@ -40,6 +50,14 @@ class Ics:
                                     headers=headers)
         assert response.status_code == 201, response.text
         return headers
+
+
+def file_says(framework: Framework, org: str, status: str) -> Framework:
+    """The framework with one organisation's agreement status edited, as an operator would edit its file."""
+    organisation = framework.organisations[org]
+    agreement = organisation.agreement.model_copy(update={"status": status})
+    organisations = {**framework.organisations, org: organisation.model_copy(update={"agreement": agreement})}
+    return framework.model_copy(update={"organisations": organisations})
 
 
 def _feeds(tmp: Path) -> list[Path]:

@@ -616,6 +616,7 @@ def serve(
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     tls = _start_up_checks("serve", application.state.database, host)
+    _note_file_agreements(application.state.database, application.state.framework)
     expired = ExportJobs(application.state.database, application.state.framework, settings).expire()
     if expired:
         console.print(f"deleted the files of {expired} finished exports past their retention "
@@ -633,6 +634,16 @@ def serve(
         return
     freeze_start_up()
     uvicorn.run(application, host=host, port=port, log_level="info", access_log=False, http=http, loop=LOOP)
+
+
+def _note_file_agreements(database: Database, fw: Framework) -> None:
+    """At a start of `serve` or `mllp` (before `serve`'s workers): a suspension written in the framework file
+    since it was last read acts as one made by `agreements set` (`agreements.note_file_agreements`)."""
+    from sharedcare.governance.agreements import note_file_agreements
+
+    changed = note_file_agreements(database, fw, str(_settings().framework_path))
+    if changed:
+        console.print(f"agreements changed in the framework file since it was last read: {' '.join(changed)}")
 
 
 def _open_files_to_the_hard_limit() -> None:
@@ -1453,6 +1464,7 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     database = _database()
     tls = _start_up_checks("mllp", database, host)
     fw = _framework()
+    _note_file_agreements(database, fw)
     listed = sum(len(org.feed_certificates) for org in fw.organisations.values())
     if tls is not None and not listed:
         console.print("[yellow]warning:[/yellow] no organisation in the framework lists a feed certificate "

@@ -79,6 +79,7 @@ class Settings:
     mllp_max_connections: int = 64
     mllp_max_per_address: int = 16
     http_request_seconds: int = 20  # api/slow_clients.py
+    http_connections_per_address: int = 64  # api/slow_clients.py: one address's share of a server process
     # SHAREDCARE_EVENT_SKEW_SECONDS: here so a bad value is refused at start; ingest reads it per message
     # through `event_skew` (a fraction of `load_settings`' cost)
     event_skew_seconds: int = 300
@@ -188,6 +189,7 @@ def load_settings() -> Settings:
         mllp_max_connections=_whole_number("SHAREDCARE_MLLP_MAX_CONNECTIONS", 64, least=1),
         mllp_max_per_address=_whole_number("SHAREDCARE_MLLP_MAX_PER_ADDRESS", 16, least=1),
         http_request_seconds=_whole_number("SHAREDCARE_HTTP_REQUEST_SECONDS", 20, least=1),
+        http_connections_per_address=_whole_number("SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS", 64, least=1),
         event_skew_seconds=int(event_skew().total_seconds()),
         quarantine_retention_days=_whole_number("SHAREDCARE_QUARANTINE_RETENTION_DAYS", 90, least=1),
     )

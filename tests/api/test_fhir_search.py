@@ -3,11 +3,16 @@ after the decision point (so search can never show what a read would refuse)."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import date
+
 from fhir.resources.R4B import get_fhir_model_class
 from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.framework import Framework
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord, Person
 
 SCT = "http://snomed.info/sct"
 
@@ -178,3 +183,25 @@ def test_include_brings_the_patient_only_as_a_read_would(ics: Ics) -> None:
     (included,) = [r for r in _entries(bundle) if r["resourceType"] == "Patient"]
     read = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=paramedic).json()
     assert {k: v for k, v in included.items() if k != "meta"} == {k: v for k, v in read.items() if k != "meta"}
+
+
+def test_a_given_name_searched_with_percent_or_underscore_matches_them_literally(ics: Ics, db: Database) -> None:
+    """`%` and `_` in a given name are letters to match, not wildcards: 200 Okafors born the same day with
+    other given names do not crowd out the one whose name starts with the `%` or `_` searched for."""
+    born = date(1945, 3, 2)
+    with db.session() as s:
+        for n, given in enumerate(["Anne"] * 200 + ["%Chi", "_Ada"]):
+            person = str(uuid.uuid4())
+            s.add(Person(id=person))
+            s.flush()  # the person before the record naming it
+            s.add(PatientRecord(source_org="P81001", source_id=f"crowd-{n}", person_id=person, family="Okafor",
+                                given=given, birth_date=born, link_method="new", match_probability=1.0,
+                                link_status="linked"))
+
+    def found(given: str) -> list[str]:
+        response = ics.client.post("/fhir/Patient/_search", headers=ics.token("dr.patel"),
+                                   data={"family": "okafor", "given": given, "birthdate": born.isoformat()})
+        assert response.status_code == 200, response.text
+        return [name["text"] for p in _entries(response.json()) for name in p["name"]]
+
+    assert found("%") == ["OKAFOR, %Chi"] and found("_") == ["OKAFOR, _Ada"] and found("%c") == ["OKAFOR, %Chi"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 from tests.conftest import FRAMEWORK_PATH
+from tests.export.conftest import ASYNC, wait_for
 from tests.portal.test_patient_portal import _sign_in as citizen_sign_in
 from tests.small_ics import Ics
 from typer.testing import CliRunner
@@ -16,8 +17,11 @@ from typer.testing import CliRunner
 from sharedcare.api.auth import read_token
 from sharedcare.cli import app
 from sharedcare.config import load_settings
+from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance.access_log import MINTED_WORDS
+from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.audit import AuditAction, minted_by
+from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
@@ -108,3 +112,22 @@ def test_an_export_kicked_off_with_a_minted_token_is_audited_as_such(
         started = s.scalars(select(AuditEntry).where(
             AuditEntry.action == AuditAction.EXPORT_KICK_OFF.value)).one()
     assert started.username == "analyst.chen" and minted_by(started.event) == ("cli:ops.jones", jti)
+
+
+def test_an_export_run_started_with_a_minted_token_is_audited_as_such_when_it_completes_and_is_withdrawn(
+        deployment_keys: None, ics: Ics, db: Database, framework: Framework, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's own entries (completed, and withdrawn at QRD's suspension) name the operator and the token the
+    export was started with, as its kick-off's does: the run comes after the request, so the job keeps them."""
+    headers, jti = _mint(db, monkeypatch, "analyst.chen")
+    kick_off = ics.client.get("/fhir/$export", headers={**headers, **ASYNC})
+    assert kick_off.status_code == 202, kick_off.text
+    assert wait_for(ics.client, kick_off.headers["Content-Location"], headers).status_code == 200
+    with db.session() as s:
+        set_agreement(s, framework, "QRD", "suspended", by="operator", reason="a breach")
+    ExportJobs(db, framework, ics.client.app.state.settings).withdraw()  # type: ignore[attr-defined]
+    with db.session() as s:
+        run = list(s.scalars(select(AuditEntry).where(AuditEntry.action.in_(
+            [AuditAction.EXPORT_COMPLETE.value, AuditAction.EXPORT_WITHDRAWN.value])).order_by(AuditEntry.seq)))
+    assert [(e.action, minted_by(e.event)) for e in run] == [
+        (AuditAction.EXPORT_COMPLETE.value, ("cli:ops.jones", jti)),
+        (AuditAction.EXPORT_WITHDRAWN.value, ("cli:ops.jones", jti))]

@@ -32,12 +32,13 @@ def _free_port() -> int:
 
 @contextmanager
 def _serving(db: Database, tmp_path: Path, open_files: int | None = None,
-             request_seconds: int = 2) -> Iterator[tuple[int, Path]]:
-    """`sharedcare serve` on the test's store, a request's deadline `request_seconds` (and at most `open_files`
-    open files, hard limit, if given); its port and log."""
+             request_seconds: int = 2, per_address: int = 64) -> Iterator[tuple[int, Path]]:
+    """`sharedcare serve` on the test's store, a request's deadline `request_seconds`, at most `per_address`
+    connections from one address (and at most `open_files` open files, hard limit, if given); its port and log."""
     port = _free_port()
     env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False),
-           "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_HTTP_REQUEST_SECONDS": str(request_seconds)}
+           "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_HTTP_REQUEST_SECONDS": str(request_seconds),
+           "SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS": str(per_address)}
     limited = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))) if open_files else None
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
@@ -89,6 +90,8 @@ def _held_for(sock: socket.socket, data: bytes, rate: int, seconds: float, sends
                 return time.monotonic() - start
         except TimeoutError:
             pass
+        except ConnectionResetError:  # closed with bytes of ours unread
+            return time.monotonic() - start
         try:
             sock.send(data[at:at + step])
         except (BrokenPipeError, ConnectionResetError):
@@ -147,3 +150,25 @@ def test_out_of_open_files_the_server_logs_a_refused_connection_once_a_second_no
         for sock in held:
             sock.close()
     assert 1 <= refused <= 10
+
+
+def test_connections_from_one_address_past_its_share_are_refused_at_once(db: Database, tmp_path: Path) -> None:
+    """One address holding SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS (here 4) connections, each within its
+    deadline, gets no more: the next is answered 503 saying why and closed at once rather than held for its
+    deadline (2 s) like the four; once one of them closes, that address is served again."""
+    with _serving(db, tmp_path, per_address=4) as (port, _):
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as refused:
+                refused.settimeout(1)
+                answer = refused.recv(1024)
+                assert answer.startswith(b"HTTP/1.1 503") and b"SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS" in answer
+            with socket.create_connection(("127.0.0.1", port)) as dripping:
+                taken = _held_for(dripping, b"GET /fhir/metadata HTTP/1.1\r\nX-Slow: " + b"a" * 64, 4, 8, sends=4)
+                assert taken is not None and taken < 0.6  # not the 2 s a connection within the share is held
+        finally:
+            held.pop().close()
+        time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5).status_code == 200
+        for sock in held:
+            sock.close()

@@ -16,7 +16,7 @@ from tests import builders
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.export.conftest import ASYNC, exact_counts, export, wait_for
 from tests.fhir_bundles import entries
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import OKAFOR_NHS, Ics, file_says
 from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_token
@@ -508,6 +508,22 @@ def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ic
     assert "agreement was suspended on" in poll.json()["issue"][0]["diagnostics"]
     folder = settings.data_path / "exports" / job_id
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_finished_export_is_withdrawn_when_a_suspension_is_written_in_the_framework_file(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """The operator suspends QRD by editing the framework file and restarting the server: its analyst's
+    finished export is withdrawn, as after `agreements set`, and once the file says signed again the poll
+    says why (410), not the files."""
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    job_id = manifest["output"][0]["url"].rsplit("/", 2)[1]
+    with ics.restarted(file_says(framework, "QRD", "suspended")) as suspended:
+        assert suspended.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen")).status_code == 403
+    assert not (tmp_path / "data" / "exports" / job_id).exists()
+    with ics.restarted(framework) as signed_again:
+        polled = signed_again.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert polled.status_code == 410, polled.text
+    assert "agreement was suspended on" in polled.json()["issue"][0]["diagnostics"]
 
 
 def test_a_finished_export_is_withdrawn_when_its_agreement_is_set_back_to_draft(

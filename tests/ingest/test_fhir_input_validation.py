@@ -14,6 +14,7 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.walk_check import same_as_the_model
 
-from sharedcare.fhir.validate import surely_valid, validation_problems
+from sharedcare.fhir.validate import MAX_NESTING, surely_valid, validation_problems
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.messages import MessageError, RawMessage
-from sharedcare.ingest.pipeline import ADAPTERS
+from sharedcare.ingest.pipeline import ADAPTERS, Pipeline
 from sharedcare.ingest.staging import stage
+from sharedcare.store.database import Database
 from sharedcare.synth import generate
 
 SETTINGS = settings(max_examples=1000, deadline=timedelta(seconds=10), derandomize=True,
@@ -477,13 +479,50 @@ def _nested_extension(depth: int) -> Json:
 
 @pytest.mark.parametrize("depth", [40, 200, 600])
 def test_a_resource_nested_deeper_than_the_model_can_read_is_left_to_the_model(depth: int) -> None:
-    """The model runs out of stack at some 130-150 levels (quarantined as unreadable): the walk must not
-    accept what the model cannot read, so past a few dozen levels it vouches for nothing."""
+    """The model runs out of stack at some 130-150 levels: the walk must not accept what the model cannot
+    read, so past a few dozen levels it vouches for nothing, and past MAX_NESTING the model is not asked."""
     resource = _nested_extension(depth)
     assert not surely_valid(resource)
     if depth >= 200:
-        with pytest.raises(RecursionError):
-            validation_problems(resource)
+        assert validation_problems(resource) == [
+            f"Patient.extension[0] ({depth + 1} times): nested {depth + 2} levels deep, more than the "
+            f"{MAX_NESTING} levels a resource may nest (real ones nest under 15); it is not read"]
+
+
+def _deep_xml(depth: int) -> bytes:
+    inner = '<extension url="http://x"><valueString value="deepest"/></extension>'
+    for _ in range(depth):
+        inner = f'<extension url="http://x">{inner}</extension>'
+    return f'<Patient xmlns="http://hl7.org/fhir"><id value="x"/>{inner}</Patient>'.encode()
+
+
+def test_fhir_nested_hundreds_deep_is_held_naming_how_deep_and_where(db: Database, framework: Framework,
+                                                                      tmp_path: Path) -> None:
+    """JSON nested 200 and 400 objects deep (which ran the model out of stack: held as "RecursionError"), 1,200
+    deep (past the parser's), and XML 200 deep (which crashed the XML path) and 300 (past libxml2's 256): each
+    is held saying how deep, where and the limit, the JSON and XML alike; the file's other messages stored."""
+    folder = tmp_path / "P81001"
+    folder.mkdir()
+    plain = {"resourceType": "Patient", "id": "ok"}  # its folder names its sender
+    def nested(depth: int) -> str:  # as text: json.dumps runs out of stack too
+        inner = '{"url": "http://x", "extension": [' * depth + '{"url": "http://x", "valueString": "deepest"}'
+        return f'{{"resourceType": "Patient", "id": "d{depth}", "extension": [{inner}{"]}" * depth}]}}'
+    lines = [nested(depth) for depth in (200, 400, 1200)]
+    (folder / "deep.ndjson").write_text("\n".join([*lines, json.dumps(plain)]), encoding="utf-8")
+    for depth in (200, 300):
+        (folder / f"deep{depth}.xml").write_bytes(_deep_xml(depth))
+    report = Pipeline(db, framework).ingest_paths([folder])
+    assert report.accepted == 1 and report.quarantined == 5, report.quarantine
+    reasons = {problem["where"].rsplit("/", 1)[-1].removesuffix(", resource").removesuffix(", whole file"):
+               problem["reason"] for problem in report.quarantine}
+    limit = f"more than the {MAX_NESTING} levels a resource may nest"
+    assert "Patient.extension[0] (201 times): nested 202 levels deep, " + limit in reasons["deep.ndjson, line 1"]
+    assert "Patient.extension[0] (401 times): nested 402 levels deep, " + limit in reasons["deep.ndjson, line 2"]
+    deepest = lines[2].rindex("{") + 1  # the innermost extension: the parser's stack never got there
+    assert f"line 1 column {deepest}: nested 2403 objects and arrays deep, " + limit in reasons["deep.ndjson, line 3"]
+    assert "Patient.extension (201 times) (line 1): nested 202 levels deep, " + limit in reasons["deep200.xml"]
+    assert "nested more than 256 levels deep, " + limit in reasons["deep300.xml"]
+    assert not any("Recursion" in reason for reason in reasons.values()), reasons
 
 
 def test_a_resource_nested_as_deep_as_real_ones_is_still_vouched_for() -> None:

@@ -11,11 +11,11 @@ import json
 import pytest
 from sqlalchemy import func, select
 from tests.api.test_fhir_write import _diabetes, _token
-from tests.small_ics import Ics
+from tests.small_ics import Ics, file_says
 
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import details
-from sharedcare.governance.agreements import effective_agreements, set_agreement
+from sharedcare.governance.agreements import FRAMEWORK_FILE, effective_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
 from sharedcare.portal.pages import SESSION_COOKIE
@@ -148,3 +148,31 @@ def test_setting_an_agreement_back_to_draft_is_a_stop_too(ics: Ics, db: Database
     assert read.status_code == 401 and "set back to draft" in read.json()["issue"][0]["diagnostics"]
     assert details(_events(db, AuditAction.AGREEMENT_SET, "operator")[0])["sessions_ended"] == "dr.oconnor"
     assert _sign_in(ics, "dr.oconnor") == 303 and ics.client.get("/search").status_code == 200
+
+
+def test_a_suspension_written_in_the_framework_file_ends_sessions_and_tokens_for_good(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """The operator suspends RXR by editing the framework file and restarting the server, then signs it again
+    the same way: a session and a token of its user from before the suspension stay refused, as after
+    `agreements set`, and the person is told why; both edits are audited, by the framework file. Another
+    organisation's users keep theirs."""
+    assert _sign_in(ics, "dr.oconnor") == 303
+    kept, bearer, other = ics.client.cookies[SESSION_COOKIE], ics.token("dr.oconnor"), ics.token("dr.patel")
+    with ics.restarted(file_says(framework, "RXR", "suspended")) as suspended:
+        read = suspended.get(f"/fhir/Patient/{ics.okafor}", headers=bearer)
+        assert read.status_code == 401 and "(RXR)" in read.json()["issue"][0]["diagnostics"]
+    with ics.restarted(framework) as signed_again:
+        signed_again.cookies.set(SESSION_COOKIE, kept)
+        page = signed_again.get("/search")
+        assert page.status_code == 401 and "agreement was suspended" in page.text and "RXR" in page.text
+        read = signed_again.get(f"/fhir/Patient/{ics.okafor}", headers=bearer)
+        assert read.status_code == 401 and "agreement was suspended" in read.json()["issue"][0]["diagnostics"]
+        opened = signed_again.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}, headers=other)
+        assert opened.status_code == 201
+        assert signed_again.get(f"/fhir/Patient/{ics.okafor}", headers=other).status_code == 200
+        fresh = signed_again.post("/login", data={"username": "dr.oconnor", "password": "demo", "target": "/search"},
+                                  follow_redirects=False)
+        assert fresh.status_code == 303 and signed_again.get("/search").status_code == 200
+    changes = [details(e) for e in _events(db, AuditAction.AGREEMENT_SET, FRAMEWORK_FILE)]
+    assert [(c["organisation"], c["status"]) for c in changes] == [("RXR", "suspended"), ("RXR", "signed")]
+    assert changes[0]["sessions_ended"] == "dr.oconnor" and "framework file" in changes[0]["reason"]

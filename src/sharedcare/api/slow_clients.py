@@ -12,11 +12,17 @@ past `HEADER_MOST` x R whatever the rate; then the body within R of the headers,
 (a large FHIR write over a slow link), never past `BODY_MOST` x R (review, 2026-12-06: without the
 ceilings a client sending 500 bytes a second held its connection until the 32 MB body limit, 18 hours).
 Else the connection is closed unanswered. A request that has arrived takes as long as its answer takes.
+
+Deadlines alone still let one address hold every descriptor with connections renewed within them: each
+process serves at most `SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS` (64) connections from one address at once,
+as the MLLP listener caps its own (`SHAREDCARE_MLLP_MAX_PER_ADDRESS`); the next is answered 503 saying why
+and closed. Per process: with `--workers N` one address may hold up to N times as many.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from functools import cache
 
 import h11
@@ -35,6 +41,18 @@ def request_seconds() -> float:
     return float(load_settings().http_request_seconds)
 
 
+@cache
+def connections_per_address() -> int:
+    """This process's SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS (read once, as `request_seconds`)."""
+    return load_settings().http_connections_per_address
+
+
+_OPEN: Counter[str] = Counter()  # this process's connections by client address (one event loop: no lock)
+_WHY = b"too many connections from your address at once (SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS)\n"
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+            + f"Content-Length: {len(_WHY)}\r\n\r\n".encode() + _WHY)
+
+
 class TimedHttpProtocol(H11Protocol):
     """uvicorn's h11 protocol (the `auto` one without httptools), closing a connection whose request is late."""
 
@@ -43,8 +61,19 @@ class TimedHttpProtocol(H11Protocol):
     _ceiling = 0.0  # the phase's due time never passes this, however many bytes arrive
     _phase: type[h11.IDLE] | type[h11.SEND_BODY] = h11.IDLE  # awaiting the headers, or the body
 
+    _address: str | None = None  # counted in _OPEN while open
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if address is not None and _OPEN[address] >= connections_per_address():
+            transport.write(_REFUSED)
+            transport.close()
+            return
+        if address is not None:
+            self._address = address
+            _OPEN[address] += 1
         self._begin(h11.IDLE)
 
     def data_received(self, data: bytes) -> None:
@@ -67,6 +96,11 @@ class TimedHttpProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._address is not None:
+            _OPEN[self._address] -= 1
+            if not _OPEN[self._address]:
+                del _OPEN[self._address]
+            self._address = None
         super().connection_lost(exc)
 
     def _begin(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:

@@ -201,6 +201,11 @@ Files = tuple[Path, list[str]]  # an export's folder and the files it wrote ther
 Minted = tuple[str, str] | None  # the operator account and token id of a `sharedcare token` a request came with
 
 
+def _minted(job: ExportJob) -> Minted:
+    """The `sharedcare token` a job was started with, if it was: its run's audit entries name it."""
+    return (job.minted_by, job.token_id) if job.minted_by and job.token_id else None
+
+
 def _mark_expired(jobs: list[ExportJob]) -> dict[str, Files]:
     """Mark these finished exports expired; their files, by job id, to delete once that is committed (a
     rollback after a deletion would offer downloads of files that are gone)."""
@@ -258,7 +263,8 @@ class ExportJobs:
                 kind=scope.kind, group_id=scope.group, types=sorted(scope.types) if scope.types else None,
                 since=scope.since, request_url=request_url, status="accepted", created_at=now, updated_at=now,
                 people_total=secondary.people_in_scope(scope), people_done=0, output=[], summary={},
-                out_dir=str(out_dir or self.settings.data_path / "exports" / job_id)))
+                out_dir=str(out_dir or self.settings.data_path / "exports" / job_id),
+                minted_by=secondary.minted_by, token_id=secondary.token_id))
             secondary.audit(session, AuditAction.EXPORT_KICK_OFF, "permit", rule_id="permit-secondary",
                             job=job_id, superseded=" ".join(superseded) or None, **detail)
         _remove(superseded)  # only once they are marked expired: a failed kick-off leaves them whole
@@ -285,7 +291,7 @@ class ExportJobs:
             job.status, job.updated_at = ("running" if same else "failed"), utcnow()
             scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)
             folder, total, purpose = Path(job.out_dir), job.people_total, job.purpose
-            secondary = self._secondary(actor, request_id=job_id, purpose=purpose)
+            secondary = self._secondary(actor, request_id=job_id, purpose=purpose, minted=_minted(job))
             if not same:
                 job.error = ("the user or client that started this export no longer has the role and organisation "
                              "it was started under; start a new one")
@@ -403,6 +409,7 @@ class ExportJobs:
             record_audit(session, AuditRecord(
                 AuditAction.EXPORT_WITHDRAWN, "permit", username="system", purpose=job.purpose,
                 rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped_words(stopped)}",
+                minted_by=job.minted_by, token_id=job.token_id,
                 detail={
                     "job": job.id, "owner": job.username, "organisation": job.organisation,
                     "files": " ".join(names) or "(none)",

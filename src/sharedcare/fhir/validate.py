@@ -32,8 +32,55 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+# Objects (elements) a resource may nest, counting the resource itself: the model runs out of stack at some
+# 130-150 (a RecursionError, which named neither the depth nor where), and real resources nest under 15.
+MAX_NESTING = 64
+
+
+def too_deep(depth: int | str, where: str, levels: str = "levels") -> str:
+    """A resource or message nested deeper than MAX_NESTING, in words: how deep, where, and the limit."""
+    return (f"{where}: nested {depth} {levels} deep, more than the {MAX_NESTING} levels a resource may nest "
+            "(real ones nest under 15); it is not read")
+
+
+def nesting(node: dict[str, Any]) -> tuple[int, tuple[Any, ...]]:
+    """How many objects deep `node` nests (itself 1), and the path to its deepest object. Without recursion:
+    a resource nested deeper than Python's stack must still be measured."""
+    deepest: tuple[int, tuple[Any, ...]] = (1, ())
+    stack: list[tuple[dict[str, Any], int, tuple[Any, ...]]] = [(node, 1, ())]
+    while stack:
+        current, depth, path = stack.pop()
+        if depth > deepest[0]:
+            deepest = (depth, path)
+        for key, value in current.items():
+            if isinstance(value, dict):
+                stack.append((value, depth + 1, (*path, key)))
+            elif isinstance(value, list):
+                stack.extend((item, depth + 1, (*path, key, index)) for index, item in enumerate(value)
+                             if isinstance(item, dict))
+    return deepest
+
+
+def short_path(loc: tuple[Any, ...]) -> str:
+    """`_path`, with a run of one step repeated (`extension[0]` 150 times) written once with its count."""
+    steps: list[str] = []
+    for part in loc:
+        if isinstance(part, int) and steps:
+            steps[-1] += f"[{part}]"
+        else:
+            steps.append(str(part))
+    runs: list[tuple[str, int]] = []
+    for step in steps:
+        if runs and runs[-1][0] == step:
+            runs[-1] = (step, runs[-1][1] + 1)
+        else:
+            runs.append((step, 1))
+    return ".".join(step if count < 3 else f"{step} ({count} times)" for step, count in runs)
+
+
 def validation_problems(resource: dict[str, Any]) -> list[str]:
-    """Return every structural problem in the resource (empty when it is valid FHIR)."""
+    """Return every structural problem in the resource (empty when it is valid FHIR). Nesting is measured
+    here, where the walk did not vouch for the resource (it vouches for none deeper than _MAX_DEPTH)."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         return ["resourceType: missing"]
@@ -41,6 +88,9 @@ def validation_problems(resource: dict[str, Any]) -> list[str]:
         model = get_fhir_model_class(resource_type)
     except ValueError:
         return [f"resourceType: '{resource_type}' is not a FHIR R4 resource type"]
+    depth, where = nesting(resource)
+    if depth > MAX_NESTING:
+        return [too_deep(depth, ".".join(filter(None, [resource_type, short_path(where)])))]
     try:
         model.model_validate(resource)
     except ValidationError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import cast, get_args
 
 from sqlalchemy import Table, select
@@ -18,7 +18,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import details
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
-from sharedcare.store.database import Prepared
+from sharedcare.store.database import Database, Prepared
 from sharedcare.store.models import AgreementChange, AuditEntry
 
 # Any change away from signed (suspended, ended, or back to draft) is a stop: it ends every session and token
@@ -26,9 +26,18 @@ from sharedcare.store.models import AgreementChange, AuditEntry
 STOPPED: tuple[AgreementStatus, ...] = tuple(s for s in get_args(AgreementStatus) if s != "signed")
 _STOPPED_WORDS = {"suspended": "suspended", "ended": "ended", "draft": "set back to draft (no longer signed)"}
 
+# `changed_by` of a status read from the framework file (`note_file_agreements`): such a row ends sessions,
+# tokens and exports as any stop does, but overrides nothing (the file says it already), so that an operator's
+# change made before it (`agreements set`) still stands
+FRAMEWORK_FILE = "framework file"
+# The date of a status the file had when first read, whose start is not known: it ends nothing issued before
+_NOT_KNOWN = datetime(1970, 1, 1, tzinfo=UTC)
+
 _CHANGES = cast(Table, AgreementChange.__table__)
+OVERRIDES = _CHANGES.c.changed_by != FRAMEWORK_FILE  # the changes that override the file
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
-_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).order_by(_CHANGES.c.id))
+_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).where(OVERRIDES).order_by(_CHANGES.c.id))
+_FILE_SAID = select(_CHANGES.c.org_code, _CHANGES.c.status).where(~OVERRIDES).order_by(_CHANGES.c.id)
 
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
@@ -66,8 +75,18 @@ def set_agreement(session: Session, fw: Framework, org_code: str, status: Agreem
         raise SharedcareError(f"give a reason for setting {org_code}'s agreement to {status} (a breach reported, "
                               "the contract ended...): it is kept in the audit log and shown on the agreements "
                               "board", where="agreements set")
+    _record(session, fw, org_code, status, by, reason)
+    session.flush()
+    return effective_agreements(session, fw)[org_code]
+
+
+def _record(session: Session, fw: Framework, org_code: str, status: str, by: str, reason: str,
+            when: datetime | None = None) -> None:
+    """One change, and its audit entry (a stop's names whose sessions and tokens it ended)."""
     now = utcnow()
-    session.add(AgreementChange(org_code=org_code, status=status, changed_at=now, changed_by=by))
+    session.add(AgreementChange(org_code=org_code, status=status, changed_at=when or now, changed_by=by))
+    if when is not None:  # the file's status as first read: no change to audit
+        return
     detail = {"organisation": org_code, "status": status}
     if status in STOPPED:  # `tokens.refusal` refuses them from now on: the entry says whose it cut off
         users = sorted(name for name, user in fw.users.items() if user.organisation == org_code)
@@ -76,8 +95,29 @@ def set_agreement(session: Session, fw: Framework, org_code: str, status: Agreem
                                    "organisation's systems' tokens"}
     record_audit(session, AuditRecord(AuditAction.AGREEMENT_SET, "permit", username=by, purpose="governance",
                                       reason=reason or None, detail=detail))
-    session.flush()
-    return effective_agreements(session, fw)[org_code]
+
+
+def note_file_agreements(db: Database, fw: Framework, source: str) -> list[str]:
+    """Record each agreement whose status in the framework file differs from what the file said when last
+    loaded (at every start of the server and the MLLP listener), so that a suspension written in the file
+    acts as one made by `agreements set`: the sessions and tokens issued before it stay refused after the
+    file says signed again, and its finished exports are withdrawn (`ExportJobs.withdraw`). Audited, by
+    "framework file". A file read for the first time is taken as it is: a suspension or end in it dates from
+    now; a draft or signed agreement's start is not known and ends nothing. The organisations changed."""
+    changed = []
+    with db.session() as session:
+        said: dict[str, str] = {org: status for org, status in session.execute(_FILE_SAID)}
+        for code, organisation in fw.organisations.items():
+            status, before = organisation.agreement.status, said.get(code)
+            if status == before:
+                continue
+            known = before is not None or status in ("suspended", "ended")
+            _record(session, fw, code, status, FRAMEWORK_FILE, f"changed in the framework file ({source})"
+                    if before is not None else f"{status} in the framework file ({source}) when first read",
+                    None if known else _NOT_KNOWN)
+            if known:
+                changed.append(code)
+    return changed
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
-from sharedcare.governance.agreements import agreements_after, effective_agreements
+from sharedcare.governance.agreements import OVERRIDES, agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
 from sharedcare.governance.consent import OF_PERSON, Ask, choices_for, combined_choices, purposes_of_use
@@ -129,7 +129,7 @@ _REVIEW_NOW = ON_REVIEW.subquery()
 _INPUTS = Prepared(union_all(
     select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), _CHANGES.c.status.label("b"),
            _NO_TIME.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"), _NO_ORGS.label("orgs"),
-           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c"), _NO_ORGS.label("provisions")),
+           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c"), _NO_ORGS.label("provisions")).where(OVERRIDES),
     select(literal("basis", String), _BASIS_NOW.c.basis, sql_cast(_BASIS_NOW.c.reason, String), _BASIS_NOW.c.expires_at,
            _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer), _NO_TEXT, _NO_ORGS),
     select(literal("choices", String), _NO_TEXT, _NO_TEXT, _NO_TIME, _PREFS.c.object_all, _PREFS.c.opt_out_secondary,
@@ -784,7 +784,8 @@ class GovernedRecords:
             stmt = stmt.where(func.lower(PatientRecord.family) == family.strip().lower(),
                               PatientRecord.birth_date == birth_date)
             if given:
-                stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower()))
+                # `%` and `_` typed are letters, not LIKE's wildcards (which let any name fill the candidates)
+                stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower(), autoescape=True))
             if postcode:
                 stmt = stmt.where(PatientRecord.postcode == " ".join(postcode.upper().split()))
         else:

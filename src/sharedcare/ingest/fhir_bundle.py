@@ -26,6 +26,7 @@ from sharedcare.fhir.uk_core import (
     parse_meta_source,
     server_id,
 )
+from sharedcare.fhir.validate import too_deep
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import normalise
 from sharedcare.ingest.fhir_batch import entry_index, messages_of
@@ -125,28 +126,54 @@ def _standard_loads(raw: RawMessage) -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw.where) from exc
-    except (ValueError, RecursionError) as exc:  # numbers too long to convert, nesting too deep
+    except RecursionError as exc:  # nested deeper than the parser's stack: never read, measured in the text
+        depth, line, column = _json_nesting(text)
+        raise MessageError(too_deep(depth, f"line {line} column {column}", "objects and arrays"), raw.where) from exc
+    except ValueError as exc:  # numbers too long to convert
         raise MessageError(f"invalid JSON: {str(exc)[:120]}", raw.where) from exc
     return data
+
+
+def _json_nesting(text: str) -> tuple[int, int, int]:
+    """How many objects and arrays deep the JSON text nests, and the line and column where it is deepest (only
+    for a text too deep to parse: a character at a time)."""
+    depth = deepest = 0
+    line, column, at = 1, 0, (1, 1)
+    in_string = escaped = False
+    for char in text:
+        column += 1
+        if in_string:
+            in_string, escaped = (escaped or char != '"'), (not escaped and char == "\\")
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, (line, column)
+        elif char in "}]":
+            depth -= 1
+        elif char == "\n":
+            line, column = line + 1, 0
+    return deepest, *at
 
 
 def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: str | None) -> tuple[str, str]:
     """Which organisation and system sent this: --source, else meta.source, else the folder it sits in. --source
     only names a sender meta.source does not: another organisation of the framework there, the message's own or
-    any entry's (each entry's would be overwritten with --source's), is refused."""
+    any entry's (each entry's would be overwritten with --source's), is refused; so is, without it, an entry
+    naming another than the message's own sender, held as the one it names (a batch's entry on its own)."""
     meta = data.get("meta")
     declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
-    if override:
-        for index, named in declared_senders(data):
-            if named != override and named in fw.organisations:
-                where = raw.where if index is None or entry_index(raw) is not None else f"{raw.where}, entry[{index}]"
-                raise sender_conflict(f"meta.source names the sender {named}", named, override, where)
     org = override or (declared[0] if declared else None)
     if org is None:
         org = next((part for part in reversed(Path(raw.filename).parts) if part in fw.organisations), None)
     if org is None:
         raise MessageError("unknown source organisation: give --source ORG or meta.source with an ODS code",
                            raw.where)
+    for index, named in declared_senders(data):
+        if named != org and named in fw.organisations:
+            where = raw.where if index is None or entry_index(raw) is not None else f"{raw.where}, entry[{index}]"
+            raise sender_conflict(f"meta.source names the sender {named}", named, org, where, given=bool(override))
     organisation = fw.organisation(org)
     if organisation is None:
         raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where)

@@ -16,10 +16,11 @@ from lxml import etree
 from pydantic import ValidationError
 
 from sharedcare.fhir.uk_core import RECORD_TYPES
-from sharedcare.fhir.validate import _path
+from sharedcare.fhir.validate import MAX_NESTING, _path, short_path, too_deep
 from sharedcare.ingest.messages import MessageError
 
 FHIR_NS = "http://hl7.org/fhir"
+_LIBXML2_DEPTH = 256  # elements libxml2 nests before it refuses a document (without XML_PARSE_HUGE)
 
 
 def looks_like_xml(payload: bytes) -> bool:
@@ -37,7 +38,13 @@ def parse_xml(payload: bytes, where: str) -> dict[str, Any]:
         root = etree.fromstring(payload, parser=_parser())
     except etree.XMLSyntaxError as exc:
         line, column = exc.position if exc.position else (exc.lineno, 0)
+        if exc.msg.startswith("Excessive depth in document"):  # libxml2's own limit (no huge_tree): 256
+            raise MessageError(too_deep(f"more than {_LIBXML2_DEPTH}", f"line {line} column {column}"), where) from exc
         raise MessageError(f"invalid XML at line {line} column {column}: {exc.msg}", where) from exc
+    depth, deepest = _nesting(root)
+    if depth > MAX_NESTING:  # the JSON path's limit (`fhir.validate`): the model runs out of stack at some 130
+        names = [etree.QName(e).localname for e in reversed([deepest, *deepest.iterancestors()])]
+        raise MessageError(too_deep(depth, f"{short_path(tuple(names))} (line {deepest.sourceline})"), where)
     doctype = root.getroottree().docinfo.doctype
     if doctype:
         raise MessageError("XML with a DOCTYPE is refused (FHIR XML has none; entities are not expanded)", where)
@@ -64,6 +71,22 @@ def parse_xml(payload: bytes, where: str) -> dict[str, Any]:
     for index, stub in set_aside.items():
         data["entry"][index]["resource"] = stub
     return data
+
+
+def _nesting(root: etree._Element) -> tuple[int, etree._Element]:
+    """How many elements with elements inside them (a JSON object each) nest from the root (itself 1), and the
+    deepest of them. Without recursion, as `fhir.validate.nesting` measures JSON."""
+    deepest, at = 0, root
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        children = [child for child in element if isinstance(child.tag, str)]  # not comments
+        if not children:
+            continue
+        if depth > deepest:
+            deepest, at = depth, element
+        stack.extend((child, depth + 1) for child in children)
+    return deepest, at
 
 
 def _first(resource_type: str, exc: ValidationError, element: etree._Element) -> str:

@@ -89,10 +89,15 @@ def sent_by(org: str | None) -> Iterator[None]:
 
 
 def sender_conflict(claim: str, named: str, source: str, where: str,
-                    condition: Condition = Condition.APPLICATION) -> MessageError:
+                    condition: Condition = Condition.APPLICATION, given: bool = True) -> MessageError:
     """`--source` names the sender of messages that name none; a message that names another organisation of the
     framework is refused, held as the one it names: stored as `source`'s, its records would be shared and
-    audited with a false provenance. `claim`: what in the message names `named`."""
+    audited with a false provenance. `claim`: what in the message names `named`. `given`: whether `source` is
+    --source's; else the message's own sender (a bundle's meta.source, its folder), which one entry contradicts."""
+    if not given:
+        return MessageError(f"{claim}, but the message is sent as {source}: stored as {source}'s, its records would "
+                            "carry a false provenance; have the sender send each organisation's records in a message "
+                            "of its own, or correct it", where, source_org=named, condition=condition)
     return MessageError(f"{claim}, but --source names {source}: stored as {source}'s, its records would carry a "
                         f"false provenance; ingest it without --source (or with --source {named}), or have the "
                         "sender correct it", where, source_org=named, condition=condition)

@@ -254,7 +254,9 @@ class ReviewItem(Base):
 
 
 class AgreementChange(Base):
-    """A change of an organisation's agreement status; the latest one overrides the framework file."""
+    """A change of an organisation's agreement status; the latest one overrides the framework file. Rows by
+    `agreements.FRAMEWORK_FILE` are the file's own statuses as read at a start: they end what a stop ends and
+    override nothing."""
 
     __tablename__ = "agreement_changes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -450,3 +452,6 @@ class ExportJob(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)  # people included/excluded, withheld
     error: Mapped[str | None] = mapped_column(Text)
     out_dir: Mapped[str] = mapped_column(Text)
+    # the operator account and token id of a `sharedcare token` it was started with: its run's entries say so
+    minted_by: Mapped[str | None] = mapped_column(String(100))
+    token_id: Mapped[str | None] = mapped_column(String(100))
