@@ -206,3 +206,25 @@ def test_a_merge_is_not_undone_by_a_later_change_it_goes_to_review_naming_the_me
     with db.session() as s:
         unmerge(s, merge_id, by="mpi.reviewer")
     assert _records(db)["RXR/H100"].person_id == hospital
+
+
+def test_an_open_review_item_about_the_record_is_scored_again_and_stays_open(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Twins' hospital records wait for a reviewer; one is sent again with a new postcode: the pair stays
+    on the review list, its evidence now the new address's ("same postcode" no longer)."""
+    _fhir(db, framework, tmp_path / "f.ndjson",
+          (("RXR", "epr"), patient("amy", None, "Jones", "Amy", "2001-04-05", "female")),
+          (("RXR", "epr"), patient("zoe", None, "Jones", "Zoe", "2001-04-05", "female")))
+
+    def address_level() -> tuple[str, str]:
+        with db.session() as s:
+            item = s.scalars(select(MatchReview)).one()
+            return item.status, next(c["level"] for c in item.evidence["comparisons"] if c["comparison"] == "address")
+
+    assert address_level() == ("open", "same postcode")
+    _fhir(db, framework, tmp_path / "g.ndjson",
+          (("RXR", "epr"), patient("zoe", None, "Jones", "Zoe", "2001-04-05", "female", "LS1 4AP")),
+          at="2026-11-02T09:00:00Z")
+    assert address_level() == ("open", "different")
+    r = _records(db)
+    assert r["RXR/zoe"].person_id != r["RXR/amy"].person_id

@@ -36,6 +36,7 @@ from sharedcare.identity.compare import (
     NAME,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
     PSEUDO_POSTCODE_DISTRICT,
+    Features,
     MatchRecord,
     email_key,
     family_text,
@@ -49,6 +50,7 @@ from sharedcare.identity.compare import (
     postcode_parts,
 )
 from sharedcare.identity.links import moves_to
+from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
 from sharedcare.store.database import Prepared, PreparedObjects
@@ -473,9 +475,10 @@ def _pair_with(link: _Link) -> list[tuple[int, float, dict[str, Any]]]:
     return [(other, link.probability, link.evidence or {})] if other is not None else []
 
 
-def _review(session: Session, record: PatientRecord, incoming: dict[str, Any], model: Any,
+def _review(session: Session, record: PatientRecord, incoming: Features, model: Model,
             new: list[tuple[int, float, dict[str, Any]]]) -> None:
-    """The record's open review items scored again on its new demographics, and `new` pairs added."""
+    """The record's open review items scored again on its new demographics (what else their evidence said is
+    kept), and `new` pairs added."""
     items = {(i.record_a, i.record_b): i for i in session.scalars(select(MatchReview).where(
         or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)))}
     for item in items.values():
@@ -483,7 +486,8 @@ def _review(session: Session, record: PatientRecord, incoming: dict[str, Any], m
             them = session.get_one(PatientRecord, item.record_b if item.record_a == record.id else item.record_a)
             found = levels(incoming, features(stored_match_record(them)))
             item.probability = model.score_levels(found).probability
-            item.evidence = model.evidence(found) | {"with_record": them.id}
+            item.evidence = (item.evidence or {}) | model.evidence(found) | {
+                "with_record": them.id, "rescored": "scored again: a source changed the record's demographics"}
     now = utcnow()
     for other, probability, evidence in new:
         pair = (min(record.id, other), max(record.id, other))
