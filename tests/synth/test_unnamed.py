@@ -67,6 +67,26 @@ def test_an_unknown_patient_is_registered_with_a_guessed_birth_date_and_no_addre
     assert any(family_text(p["name"][0]["family"]) is None for p in unknown)  # "UNKNOWN" / "Not known"
 
 
+def test_most_unknown_patients_are_sent_again_later_under_their_real_details(big: SynthRun) -> None:
+    """The ambulance service resends an identified patient's record (same id) after the call, with the name,
+    birth date and sex their GP holds: what `mpi.rematch` matches again on arrival."""
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for b in big.bundles("RYA"):
+        sent.setdefault(patient(b)["id"], []).append(b)
+    unknown = {pid: bundles for pid, bundles in sent.items()
+               if patient(bundles[0]).get("address", [{}])[0].get("postalCode") == NOT_KNOWN_POSTCODE}
+    identified = {pid: bundles for pid, bundles in unknown.items() if len(bundles) > 1}
+    assert 0.5 * len(unknown) < len(identified) < len(unknown)
+    person_of = {(r["source_org"], r["source_id"]): r["person_key"] for r in big.truth()}
+    for pid, (call, again) in identified.items():
+        assert again["timestamp"] > call["timestamp"]
+        real = patient(again)
+        practice = next(o for o, _ in sorted(big.records_of(person_of[("RYA", pid)])) if o.startswith("P8"))
+        gp = patient(big.bundles_of(person_of[("RYA", pid)], practice)[0])
+        assert (real["name"][0]["family"], _given(real), real["birthDate"], real["gender"]) == (
+            gp["name"][0]["family"], _given(gp), gp["birthDate"], gp["gender"])
+
+
 def test_the_extra_records_leave_everyone_elses_output_as_it_was(
         big: SynthRun, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same seed without the extra records: every file is the same lines in the same order, the

@@ -25,16 +25,18 @@ from datetime import date
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from sharedcare.clock import utcnow
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import (
     NAME,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
     PSEUDO_POSTCODE_DISTRICT,
+    Features,
     MatchRecord,
     email_key,
     family_text,
@@ -43,10 +45,12 @@ from sharedcare.identity.compare import (
     levels,
     name_text,
     nhs_number_outweighs_given_name,
+    numbers_keep_apart,
     phone_key,
     postcode_parts,
 )
 from sharedcare.identity.links import moves_to
+from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
 from sharedcare.store.database import Prepared, PreparedObjects
@@ -160,8 +164,10 @@ _SAME_NHS_NUMBER = PreparedObjects(PatientRecord, PatientRecord.nhs_number == bi
                                    order_by=PatientRecord.id.asc(), limit=SAME_NHS_NUMBER_LIMIT)
 
 
-def _find_person(session: Session, demo: Demographics, nhs: str | None, block: Block | None = None) -> _Link:
-    """Where a record not yet linked belongs (its stored neighbours read from `block` when it has them)."""
+def _find_person(session: Session, demo: Demographics, nhs: str | None, block: Block | None = None,
+                 itself: int | None = None) -> _Link:
+    """Where a record belongs (its stored neighbours read from `block` when it has them): a new record, or
+    a stored one matched again (`itself`, its id, is then never its own candidate)."""
     from sharedcare.identity.realtime import match  # the scorer loads on first use
 
     reason = missing(demo)
@@ -173,13 +179,14 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None, block: B
     if nhs:
         same_number: Sequence[PatientRecord | StoredRecord] = (
             block.same_nhs_number(nhs) if block else _SAME_NHS_NUMBER(session, {"nhs": nhs}))
+        same_number = [r for r in same_number if r.id != itself]
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
             return _nhs_number_link(session, demo, nhs, agreeing)
         if same_number:
             return _Link(None, "nhs-number-conflict", 0.0, "review",
                          "held for review: this NHS number is held for someone of another sex and date of birth")
-    found = match(session, incoming, block=block)
+    found = match(session, incoming, block=block, itself=itself)
     if found.outcome == "link" and found.best is not None:
         return _Link(found.best.person_id, "probabilistic", found.best.score.probability, "linked",
                      weight=found.best.evidence["match_weight"], evidence=found.best.evidence)
@@ -276,11 +283,12 @@ def _update_statement(columns: frozenset[str]) -> Prepared:
 
 
 def _update_record(session: Session, record: PatientRecord, demo: Demographics, nhs: str | None,
-                   notes: list[str]) -> None:
+                   notes: list[str]) -> bool:
     """Write a stored record's new demographics, notes and time, as the ORM's flush wrote them (only the
     columns whose values differ from the object's, compared as it compares them), and give the object the
     same values as stored ones, so no flush writes them again. `Prepared` flushes whatever else is pending
-    first, as the flush here did."""
+    first, as the flush here did. Returns whether anything matching uses changed (every demographic column
+    does; the notes and the time do not)."""
     values = _demographic_columns(demo, nhs) | ({"link_note": "; ".join(notes)} if notes else {})
     changed = {name: value for name, value in values.items() if value != getattr(record, name)}
     changed["updated_at"] = utcnow()
@@ -288,6 +296,7 @@ def _update_record(session: Session, record: PatientRecord, demo: Demographics, 
         f"new_{name}": value for name, value in changed.items()})
     for name, value in changed.items():
         set_committed_value(record, name, value)
+    return not changed.keys() <= {"link_note", "updated_at"}
 
 
 def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
@@ -348,10 +357,145 @@ def link_found_record(session: Session, record: PatientRecord | None, source_org
         return record
     if not update:
         return record
-    _update_record(session, record, demo, nhs, notes)
+    if _update_record(session, record, demo, nhs, notes):
+        rematch(session, record, demo, nhs, notes, block)
     if block is not None:
         block.note(record)
     return record
+
+
+REMATCH = "mpi re-match"  # who moves a record whose demographics changed (LinkEvent.by, the audit's user)
+_DECIDED = ("linked", "separate")
+
+
+def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: str | None, notes: list[str],
+            block: Block | None) -> None:
+    """Match a stored record again, in real time, once a source changed what matching uses (already written):
+    a PAS correcting a wrong-patient registration, an unknown patient identified. The same rules as a new
+    record (`_find_person`, against every record but itself) decide where it belongs, so a false link is not
+    kept until the next relink, nor a missed one. What follows:
+    - it moves to the person it now links to, or to a person of its own when it links to no one (a person
+      it leaves with no record keeps none, as after a merge): a `rematch` LinkEvent with the move, audited;
+    - it never stays with, nor goes to, a person one of whose records it clearly conflicts with (another
+      valid NHS number, or another sex and date of birth): it gets a person of its own, held for review;
+    - a record a person placed (a reviewer's link or separation, a source's merge) is not moved: it is held
+      for review with the earlier decision named, unless it now conflicts with its person's other records;
+      then it leaves them, and the decisions on its pairs are reopened, naming what they were;
+    - its open review items are scored again against its new demographics; new ones are added."""
+    from sharedcare.identity.realtime import current_model
+
+    link = _find_person(session, demo, nhs, block, itself=record.id)
+    mine = _person_records(session, record.person_id, record.id)
+    clash = _clash(mine, demo, nhs)
+    if link.person_id is not None:
+        theirs = mine if link.person_id == record.person_id else _person_records(session, link.person_id, record.id)
+        conflict = _clash(theirs, demo, nhs)
+        if conflict is not None:
+            link = _Link(None, "nhs-number-conflict" if nhs and conflict.nhs_number else "probabilistic", 0.0,
+                         "review", f"held for review: matched again after its demographics changed, it conflicts "
+                         f"with record {conflict.id} of the person it matches ({_why_apart(conflict, nhs)})")
+    to = link.person_id or (record.person_id if not mine else None)  # None: a person of its own
+    moves = to != record.person_id
+    earlier = _decisions(session, record)
+    model = current_model(session)
+    incoming = features(match_record(record.id, demo, nhs))
+    if moves and earlier and clash is None:
+        where = f"person {to}" if to else "a person of its own"
+        record.link_status = "review"
+        record.link_note = "; ".join([f"held for review: its demographics changed after {', '.join(earlier)}; "
+                                      f"matched again it would go to {where}; left where that decision put it"]
+                                     + notes)
+        _review(session, record, incoming, model, link.review_with + _pair_with(link))
+        return
+    now = utcnow()
+    reason = (f"its demographics changed: matched again ({link.method}, {link.status})"
+              + (f"; after {', '.join(earlier)}, which a reviewer decides again" if earlier else ""))
+    if moves:
+        person_id = to or _new_person(session)
+        move = moves_to([record], person_id)
+        record.person_id = person_id
+        event = LinkEvent(at=now, kind="rematch", by=REMATCH, reason=reason, moves=move)
+        session.add(event)
+        session.flush()
+        flag_joined_registrations(session, move, REMATCH)
+        record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=REMATCH,
+                                          purpose="governance", patient_id=person_id, reason=reason,
+                                          detail={"kind": "rematch", "link_event": str(event.id), "moves": "1"}))
+    placed = record.link_method == "manual" and not moves  # still where a person put it: so it stays marked
+    record.link_method = "manual" if placed else link.method
+    record.match_probability, record.link_status = link.probability, link.status
+    record.match_weight, record.match_evidence, record.updated_at = link.weight, link.evidence, now
+    record.link_note = "; ".join(([link.note] if link.note else []) + notes) or None
+    _review(session, record, incoming, model, link.review_with)
+    if moves and earlier:
+        _reopen(session, record, reason)
+
+
+def _person_records(session: Session, person_id: str, but: int) -> list[PatientRecord]:
+    return list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id,
+                                                            PatientRecord.id != but)))
+
+
+def _why_apart(other: PatientRecord, nhs: str | None) -> str:
+    return "another NHS number" if numbers_keep_apart(nhs, other.nhs_number) else "another sex and date of birth"
+
+
+def _clash(records: list[PatientRecord], demo: Demographics, nhs: str | None) -> PatientRecord | None:
+    """The first of these records that is clearly someone else than `demo`: never one person with it."""
+    return next((r for r in records if numbers_keep_apart(nhs, r.nhs_number) or _conflicts(r, demo)), None)
+
+
+def _decisions(session: Session, record: PatientRecord) -> list[str]:
+    """What people decided about where this record belongs: reviewers' decisions on its pairs, and the merge,
+    separation or review that last moved it (`link_method` manual)."""
+    found = [f"review #{item.id} ({item.status} by {item.decided_by})" for item in session.scalars(
+        select(MatchReview).where(or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id),
+                                  MatchReview.status.in_(_DECIDED)).order_by(MatchReview.id))]
+    if record.link_method == "manual":
+        event = session.scalars(select(LinkEvent).join(LinkMove).where(LinkMove.patient_record_id == record.id)
+                                .order_by(LinkEvent.id.desc()).limit(1)).first()
+        if event is not None:
+            found.append(f"{event.kind} #{event.id} by {event.by}")
+    return found
+
+
+def _reopen(session: Session, record: PatientRecord, why: str) -> None:
+    """Put a reviewer's decisions on this record's pairs back on the review list, saying what they were and why
+    they are asked again (a relink holds a decided pair together or apart; these no longer fit)."""
+    mine = or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)
+    for item in session.scalars(select(MatchReview).where(mine, MatchReview.status.in_(_DECIDED))):
+        item.evidence = (item.evidence or {}) | {"reopened": f"was '{item.status}' by {item.decided_by} at "
+                                                              f"{item.decided_at}; {why}"}
+        item.status = "open"
+
+
+def _pair_with(link: _Link) -> list[tuple[int, float, dict[str, Any]]]:
+    """The pair a held-back link would have been made through, for the reviewer."""
+    other = (link.evidence or {}).get("with_record")
+    return [(other, link.probability, link.evidence or {})] if other is not None else []
+
+
+def _review(session: Session, record: PatientRecord, incoming: Features, model: Model,
+            new: list[tuple[int, float, dict[str, Any]]]) -> None:
+    """The record's open review items scored again on its new demographics (what else their evidence said is
+    kept), and `new` pairs added."""
+    items = {(i.record_a, i.record_b): i for i in session.scalars(select(MatchReview).where(
+        or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)))}
+    for item in items.values():
+        if item.status in ("open", "deferred"):
+            them = session.get_one(PatientRecord, item.record_b if item.record_a == record.id else item.record_a)
+            found = levels(incoming, features(stored_match_record(them)))
+            item.probability = model.score_levels(found).probability
+            item.evidence = (item.evidence or {}) | model.evidence(found) | {
+                "with_record": them.id, "rescored": "scored again: a source changed the record's demographics"}
+    now = utcnow()
+    for other, probability, evidence in new:
+        pair = (min(record.id, other), max(record.id, other))
+        if pair not in items:
+            items[pair] = MatchReview(record_a=pair[0], record_b=pair[1], probability=probability,
+                                      evidence=evidence, created_at=now, status="open")
+            session.add(items[pair])
+    session.flush()
 
 
 @dataclass

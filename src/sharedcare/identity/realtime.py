@@ -300,8 +300,10 @@ def _kept_apart(session: Session, person_id: str, incoming: Features) -> bool:
                for row in run(session, _RECORDS_OF_PERSON, {"person": person_id}))
 
 
-def match(session: Session, record: MatchRecord, model: Model | None = None, block: Block | None = None) -> Found:
-    """Score `record` against its candidates (from `block` when it has them); decide by the best."""
+def match(session: Session, record: MatchRecord, model: Model | None = None, block: Block | None = None,
+          itself: int | None = None) -> Found:
+    """Score `record` against its candidates (from `block` when it has them); decide by the best. A stored
+    record matched again after its demographics changed (`itself`, its id) is never its own candidate."""
     from sharedcare.identity.mpi import stored_match_record
 
     model = model or current_model(session)
@@ -315,6 +317,8 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
     rows: list[Row[Any]] | list[StoredRecord] = block.candidates(record) if block else candidates(session, record)
     kept: list[Any] = []  # rows of `candidates` or the block's StoredRecords
     for row in rows:
+        if row.id == itself:
+            continue
         if numbers_keep_apart(record.nhs_number, row.nhs_number):
             continue  # different valid NHS numbers: never one person
         first = birth_and_address(row.birth_date.isoformat() if row.birth_date else None, row.postcode,

@@ -73,6 +73,7 @@ class Source:
     person: Person
     traced: bool = False  # a GP practice's own record: every name and address it has known
 
+CALL_LENGTH = timedelta(minutes=75)  # an ambulance call's bundle is sent as the call ends
 TREATMENT_FUNCTION = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function"
 
 
@@ -271,7 +272,7 @@ class FhirFeed:
 
     # --- Ambulance ------------------------------------------------------------------------------------
     def ambulance(self, source: Source, call: AmbulanceCall) -> str:
-        end = call.at + timedelta(minutes=75)
+        end = call.at + CALL_LENGTH
         b = Bundle(self, source, end)
         enc = {**encounter_resource(b.patient_ref, "EMER", "emergency", None, call.at, end, self.org(source.org),
                                     service="Emergency ambulance response")}

@@ -31,6 +31,10 @@ ERROR_RATES: dict[str, dict[str, float | str]] = {
                      "per": "child under 5: a maternity record made at birth, given name a placeholder or none"},
     "unknown_patient": {"ambulance": 0.01, "per": "person attended by ambulance: one call registered as an unknown "
                                                   "patient (estimated birth date 1 January, address not known)"},
+    # the ambulance service resends the record with the real demographics (ePCR/PAS reconciliation), 1 to 24
+    # hours after the call, with the NHS number once traced: assumptions (docs/architecture.md)
+    "unknown_patient_identified": {"rate": 0.8, "nhs_number": 0.7,
+                                   "per": "unknown patient's record: identified later and sent again"},
 }
 
 

@@ -4,7 +4,8 @@ UK feeds carry records whose given name is a placeholder or missing: a maternity
 at birth as "Baby", "Baby of <mother>" or "Twin 1" (the birth notification gives the NHS number within
 hours, so some records carry it and some do not), and an ambulance crew or emergency department that
 cannot learn who a patient is registers "UNKNOWN" / "Unknown Male" with an estimated birth date of
-1 January and the NHS pseudo-postcode ZZ99 3WZ (address not known). Each such record is an *extra*
+1 January and the NHS pseudo-postcode ZZ99 3WZ (address not known); most are identified within the day and
+the service sends the record again with the real details (`_identified`). Each such record is an *extra*
 source record of a real person (its truth is that person), drawn from a generator of its own, so the
 rest of the ICS is byte for byte what it was without them.
 """
@@ -19,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from string import ascii_uppercase
 
 from sharedcare.synth.clinical import History
-from sharedcare.synth.fhir_feeds import Bundle, FhirFeed, Source, encounter_resource, new_id
+from sharedcare.synth.fhir_feeds import CALL_LENGTH, Bundle, FhirFeed, Source, encounter_resource, new_id
 from sharedcare.synth.noise import Demographics, rate
 from sharedcare.synth.people import Person
 
@@ -103,9 +104,27 @@ class UnnamedRecords:
         guessed = date(min(person.birth_date.year + rng.randint(-5, 5), self.as_of.year - 1), 1, 1)
         view = Demographics("", given, "", family, "", guessed, person.sex, None)
         source = Source(org, system, new_id(rng), view, person)
-        bundle = self.feed.ambulance(source, rng.choice(hist.ambulance))
+        call = rng.choice(hist.ambulance)
+        bundles = [_unknown_patient(self.feed.ambulance(source, call), family, given)]
         self.feed.noise.count("unknown_patient")
-        self.emit(source, [_unknown_patient(bundle, family, given)])
+        identified = self._identified(random.Random(f"{source.patient_id}:identified"), source, call.at)
+        self.emit(source, bundles + ([identified] if identified else []))
+
+    def _identified(self, rng: random.Random, source: Source, called: datetime) -> str | None:
+        """The record sent again once the patient is identified (a Patient bundle with their real details), or
+        None: not identified, or not by the ICS's date. From a generator of its own, so the rest is unchanged."""
+        if rng.random() >= rate("unknown_patient_identified"):
+            return None
+        when = called + CALL_LENGTH + timedelta(minutes=rng.randrange(60, 24 * 60))
+        if when.date() >= self.as_of:
+            return None
+        person = source.person
+        nhs = person.nhs_number if rng.random() < rate("unknown_patient_identified", "nhs_number") else None
+        view = Demographics(person.title, person.given, person.middle, person.family, "", person.birth_date,
+                            person.sex, nhs)
+        feed = FhirFeed(rng, self.feed.org_names, self.feed.counts, self.as_of, self.feed.noise)
+        self.feed.noise.count("unknown_patient_identified")
+        return Bundle(feed, Source(source.org, source.system, source.patient_id, view, person), when).to_json()
 
 
 def _rename(b: Bundle, family: str, given: str) -> None:
