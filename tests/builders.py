@@ -27,6 +27,19 @@ def patient(pid: str, nhs: str | None, family: str, given: str, born: str, gende
     return res
 
 
+SURNAMES = ("Okafor", "Hughes", "Patel", "Nowak", "Murphy", "Lindqvist", "Adeyemi", "Brennan", "Castillo", "Dubois",
+            "Eriksen", "Fitzgerald", "Gallagher", "Horvath", "Ishikawa", "Jankowski", "Kowalczyk", "Lombardi",
+            "Mbeki", "Novak")
+GIVEN_NAMES = ("Emeka", "Margaret", "Priya", "Tomasz", "Siobhan", "Astrid", "Tunde", "Ciaran", "Lucia", "Amelie")
+
+
+def different_people(count: int) -> list[dict[str, Any]]:
+    """`count` (at most 40) source Patients `p0`, `p1`, ... no two of whom the MPI takes for one person (names
+    differing by a digit are: a typing error)."""
+    return [patient(f"p{n}", None, SURNAMES[n % 20], GIVEN_NAMES[n % 10],
+                    f"19{40 + n}-{1 + n % 12:02d}-{1 + n % 28:02d}") for n in range(count)]
+
+
 def condition(cid: str, patient_ref: str, code: str, display: str, **extra: Any) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "Condition", "id": cid, "subject": {"reference": patient_ref},

@@ -73,3 +73,22 @@ def test_what_the_framework_refuses_itself_is_answered_in_the_services_own_shape
     assert "POST" in method.headers["allow"]
     page = client.get("/no-such-page")
     assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+
+
+def test_a_server_error_carries_the_security_headers_every_other_answer_does(
+        ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unhandled error is answered outside the middleware that sets them (sixth security review,
+    2026-12-06): its page or OperationOutcome went out without nosniff, no-referrer and DENY framing."""
+    headers = ics.open_record("dr.patel")
+    ok = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("record store unavailable")
+
+    monkeypatch.setattr(gateway.GovernedRecords, "everything", broken)
+    client = TestClient(ics.client.app, raise_server_exceptions=False)
+    for url in (f"/fhir/Patient/{ics.okafor}/$everything", f"/record/{ics.okafor}"):
+        failed = client.get(url, headers=headers)
+        assert failed.status_code == 500, failed.text
+        for name in ("x-content-type-options", "referrer-policy", "x-frame-options", "cache-control"):
+            assert failed.headers.get(name) == ok.headers[name], (url, name)

@@ -24,6 +24,7 @@ from sharedcare.governance.access_log import details
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.explain import WITHHELD_LABELS
 from sharedcare.governance.framework import Framework
+from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
@@ -277,3 +278,28 @@ def test_everything_written_from_kept_json_is_the_bundle_the_search_path_writes(
     monkeypatch.setattr(fhir, "utcnow", lambda: fixed)
     written = fhir._encoded_bundle(request, [(condition, orjson.dumps(condition)), (provenance, None)], notice)
     assert written.body == fhir.fhir_response(fhir._bundle(request, [condition, provenance], notice)).body
+
+
+@pytest.mark.parametrize("why", ["suspended", "objected"])
+def test_a_role_that_sees_nothing_of_mental_health_is_not_told_that_the_trust_holds_anything(
+        ics: Ics, framework: Framework, why: str) -> None:
+    """A pharmacist sees nothing of mental health, nor learns that a mental health trust is involved (policy
+    rule e). With the trust's agreement suspended, or the patient's objection to the trust, its records were
+    withheld by that rule first, and the notice named it for Mr Okafor, whom the trust knows, and would not
+    for a patient it does not know: the reason told what `tier` hides (sixth security review, 2026-12-06).
+    What the pharmacist is told is now what it was before."""
+    pharmacist = ics.open_record("pharm.khan", basis="implied-consent", reason="checking a new prescription")
+    paths = (f"/fhir/Patient/{ics.okafor}/$everything", f"/fhir/MedicationStatement?patient={ics.okafor}")
+    before = [set(withheld(_get(ics, path, pharmacist))) for path in paths]
+    page_before = ics.client.get(f"/record/{ics.okafor}", headers=pharmacist).text
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    with db.session() as session:
+        if why == "suspended":
+            set_agreement(session, framework, "RXM", "suspended", by="ig.morgan", reason="a breach reported")
+        else:
+            CitizenWorkspace(session, framework, ics.okafor).set_choice("object-org", "RXM")
+    assert [set(withheld(_get(ics, path, pharmacist))) for path in paths] == before
+    assert "tier" in before[0] and not before[0] & {"source-agreement", "objection-org"}
+    page = ics.client.get(f"/record/{ics.okafor}", headers=pharmacist).text
+    assert WITHHELD_LABELS["source-agreement"] not in page and WITHHELD_LABELS["objection-org"] not in page
+    assert WITHHELD_LABELS["tier"] in page and WITHHELD_LABELS["tier"] in page_before

@@ -224,7 +224,9 @@ def test_a_receptionist_opening_her_own_practices_patient_sees_demographics_and_
     with db.session() as s:
         (read,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "admin.taylor",
                                                      AuditEntry.action == "clinical:record:read")).all()
-    assert read.outcome == "permit" and details(read)["withheld:tier"] == "8"
+    # the restricted letter too: her role sees nothing of its kind (sixth security review)
+    assert read.outcome == "permit" and details(read)["withheld:tier"] == "9"
+    assert WITHHELD_LABELS["confidential"] not in page
 
     _sign_in(ics, "dr.patel")
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text

@@ -400,3 +400,28 @@ def test_a_withdraw_drawn_with_a_non_ascii_digit_is_refused_and_withdraws_from_n
             held = s.get(Preference, number)
             assert held is not None and held.version == 1 and len(held.provisions) == 1
     assert "Hide mental health" in ics.client.get("/patient/choices").text
+
+
+def test_details_that_match_no_one_take_the_work_of_details_that_match(
+        ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page is the same whether or not the NHS number and date of birth go together; issuing the code
+    spends a slow hash (PBKDF2, 100,000 rounds: tens of milliseconds) that details matching no one, or a
+    person already sent the hour's codes, did not, so the answer's time said which (sixth security review,
+    2026-12-06). Counted here by the hashes made; times are benchmarks' business."""
+    import hashlib
+
+    made: list[int] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counted(*args: object, **kwargs: object) -> bytes:
+        made.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counted)
+    hashes = []
+    for nhs, born in ((OKAFOR_NHS, BORN), (OKAFOR_NHS, {**BORN, "birth_day": "3"}), ("9990000026", BORN)):
+        made.clear()
+        page = ics.client.post("/patient/sign-in", data={"nhs_number": nhs, **born})
+        assert page.status_code == 200
+        hashes.append(len(made))
+    assert hashes == [1, 1, 1]

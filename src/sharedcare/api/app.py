@@ -71,6 +71,11 @@ _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no
 HSTS = "max-age=31536000"
 
 
+def _security_headers(hsts: bool) -> dict[str, str]:
+    """The headers every answer carries, Strict-Transport-Security outside demo mode."""
+    return _SECURITY_HEADERS | ({"Strict-Transport-Security": HSTS} if hsts else {})
+
+
 def _too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
     """413, and the connection closed: the rest of the body is not read."""
     response = (operation_outcome(413, "too-long", exc.message, _request_id(request)) if _is_api(request)
@@ -87,7 +92,7 @@ class _ResponseRules:
 
     def __init__(self, app: ASGIApp, hsts: bool) -> None:
         self.app = app
-        self.headers = _SECURITY_HEADERS | ({"Strict-Transport-Security": HSTS} if hsts else {})
+        self.headers = _security_headers(hsts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -259,6 +264,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         # Unhandled errors are answered outside the middleware above, so its headers are set here too.
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Request-ID"] = _request_id(request)
+        response.headers.update(_security_headers(hsts=not settings.demo))
         return response
 
     app.include_router(smart.router)  # before fhir's /{type}/{id}, which would take /fhir/.well-known/...

@@ -15,6 +15,9 @@ Order of rules. Whole-request rules, first deny wins:
                             answer "record a basis" would tell the caller the person is stored)
   5. deny-no-basis          direct care needs a point-of-care basis for this user and patient
 Then each item, first match withholds it:
+  e0. tier                  what the role never sees (rule e's tier 0, a Patient of a service it may not
+                            know of), whatever else holds: the notice names each rule that withheld
+                            something, and a-d named for such an item would tell what `tier` hides
   a. source-agreement       its source organisation has no signed agreement in force
   b. objection-all          the patient objected to sharing (the user's own organisation's data stays)
   c. objection-org          the patient objected to sharing with its source organisation
@@ -325,17 +328,21 @@ def _withhold_reason(alike: Alike, req: Request, fw: Framework, source_reason: s
 
 
 def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int:
-    """Rules a-e for items alike: the tier they are released at, or why they are withheld."""
+    """Rules a-e for items alike: the tier they are released at, or why they are withheld. What the role
+    never sees (rule e's tier 0, and a Patient of a service it may not know of) is withheld as `tier` before
+    rules a-d are asked: the notice names each rule that withheld something of the record, and a suspended
+    agreement, an objection or a restricted label named there for such an item told the role what `tier`,
+    said on every read, hides (that a mental health trust holds something: sixth security review)."""
+    tier = role.tier(alike.category)
+    own = alike.source_org == req.actor.organisation
+    if tier <= 0 or (alike.patient and not own and not role.citizen
+                     and not _may_know_of_service(alike.source_org, fw, role)):
+        return "tier"
     why = _withhold_reason(alike, req, fw, _source_reason(alike.source_org, req))
     if why is not None:
         return why
-    tier = role.tier(alike.category)
-    if tier <= 0:
-        return "tier"
-    if alike.source_org == req.actor.organisation:
+    if own:
         return 3
-    if alike.patient and not role.citizen and not _may_know_of_service(alike.source_org, fw, role):
-        return "tier"
     if tier == 1 and not alike.patient:
         return "tier-1-headline"
     return tier

@@ -361,14 +361,14 @@ class CitizenSignIn:
     def start(self, nhs_number: str, birth_date: date) -> Challenge:
         person_id = self.find(nhs_number, birth_date)
         if person_id is None:
-            return Challenge(one_time_codes.new_challenge(), None)
+            return Challenge(one_time_codes.unmatched_challenge(), None)
         now = utcnow()
         # `find` appended to the audit log, which holds the chain's write lock until commit: two sign-ins
         # cannot both count below the limit and both issue a code.
         if one_time_codes.issued_in_the_last_hour(self.session, person_id, now) >= one_time_codes.MAX_CODES_PER_HOUR:
             # The same page as details that match no one (no oracle for guessers); no code is sent.
             self._audit(False, person_id, "code-issue", "too-many-codes")
-            return Challenge(one_time_codes.new_challenge(), None)
+            return Challenge(one_time_codes.unmatched_challenge(), None)
         issued = one_time_codes.issue(self.session, person_id, now)
         return Challenge(issued.challenge, issued.code)
 
