@@ -38,8 +38,8 @@ Extract = dict[str, list[str]]
 def fw() -> Framework:
     """The framework with a second secondary purpose the analyst may export for."""
     text = FRAMEWORK_PATH.read_text(encoding="utf-8")
-    text = text.replace("  secondary-use: {identifiable: false, needs_basis: false}\n",
-                        "  secondary-use: {identifiable: false, needs_basis: false}\n"
+    text = text.replace("  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n",
+                        "  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n"
                         "  research: {identifiable: false, needs_basis: false}\n")
     return parse_framework(text.replace("    purposes: [secondary-use]\n", "    purposes: [secondary-use, research]\n"))
 
