@@ -137,3 +137,10 @@ def test_a_smallest_group_on_an_identifiable_purpose_is_refused_with_its_line() 
 def test_an_extract_purpose_without_a_smallest_group_gets_eight() -> None:
     text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false}")
     assert parse_framework(text).purposes["secondary-use"].k == 8
+
+
+def test_the_rules_say_the_smallest_group_an_extract_may_publish() -> None:
+    from sharedcare.governance.explain import rules_in_words
+
+    text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false, smallest_group: 11}")
+    assert any("shared by fewer than 11 people" in line for line in rules_in_words(parse_framework(text)))
