@@ -119,11 +119,11 @@ def combinations(lines: list[bytes]) -> Counter[bytes]:
 def protect(lines: list[bytes], k: int) -> tuple[list[bytes], SmallCells]:
     """The Patient lines with every combination held by at least k people (or suppressed), in their order."""
     result = SmallCells(k=k)
-    patients = [orjson.loads(line) for line in lines]
-    current = [_combination(p) for p in patients]
+    current = [_combination(orjson.loads(line)) for line in lines]
     sizes = Counter(current)
     out = list(lines)
     pending = [i for i, c in enumerate(current) if sizes[c] < k]
+    patients = {i: orjson.loads(lines[i]) for i in pending}  # decoded again only where a step may change them
     for step, rule in zip(STEPS, _STEP_RULES, strict=True):
         if not pending:
             break
