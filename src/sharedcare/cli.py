@@ -514,6 +514,12 @@ def export_command(
         table.add_row(f"resources withheld: {rule}", str(n))
     for rule, n in view.summary.get("codings_withheld", {}).items():
         table.add_row(f"codings withheld: {rule}", str(n))
+    small = view.summary.get("small_cells")
+    if small:
+        table.add_row("small cells: smallest group published (k)", str(small["k"]))
+        for step, n in small["generalised"].items():
+            table.add_row(f"people generalised: {step}", str(n))
+        table.add_row("people suppressed (Patient without quasi-identifiers)", str(small["suppressed"]))
     Console().print(table)
     Console().print(f"small numbers: {view.summary.get('small_numbers', '')}")
 

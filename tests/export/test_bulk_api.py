@@ -51,6 +51,7 @@ def _lines(files: dict[str, list[dict[str, object]]]) -> list[str]:
     return [json.dumps(resource) for resources in files.values() for resource in resources]
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_kick_off_poll_and_download_give_one_pseudonymised_file_per_type(ics: Ics) -> None:
     headers = ics.token("analyst.chen")
     manifest, files = export(ics.client, headers)
@@ -119,6 +120,7 @@ def test_opted_out_and_objecting_people_are_left_out(ics: Ics, db: Database) -> 
                                              for e in entries(record.json()))
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_a_suspended_organisations_data_and_an_objected_organisation_stay_out(ics: Ics, db: Database,
                                                                              framework: Framework) -> None:
     with db.session() as s:
@@ -130,6 +132,7 @@ def test_a_suspended_organisations_data_and_an_objected_organisation_stay_out(ic
     assert "DocumentReference" not in files and "CarePlan" not in files
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_group_export_is_one_practices_registered_population(ics: Ics) -> None:
     headers = ics.token("analyst.chen")
     _, files = export(ics.client, headers, "/fhir/Group/P81002/$export")
@@ -540,6 +543,7 @@ def test_a_finished_export_is_withdrawn_when_its_agreement_is_set_back_to_draft(
     assert not (tmp_path / "data" / "exports" / job_id).exists()
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_dates_are_shifted_by_the_date_of_birth_the_export_publishes(ics: Ics, db: Database) -> None:
     """Mr Okafor's hospital record gives his date of birth day and month transposed (1945-02-03, earlier than
     his GP's 1945-03-02). The export publishes his GP record's birth month, and shifts his dates by the shift
@@ -560,6 +564,7 @@ def test_dates_are_shifted_by_the_date_of_birth_the_export_publishes(ics: Ics, d
     assert onsets == {(date(2019, 3, 1) + shift).isoformat()}, (onsets, shift)
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_when_the_chosen_patient_is_withheld_dates_follow_the_one_published(ics: Ics, db: Database) -> None:
     """Mr Okafor's GP record, the one his Patient would come from, is marked restricted (and gives an earlier
     date of birth): it does not leave, another source's Patient is published, and his dates are shifted by

@@ -17,11 +17,13 @@ from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.export.birth_date_attack import attack, read_extract, recovered_births, true_births
 
 from sharedcare.config import load_settings
+from sharedcare.export import jobs as export_jobs
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance.framework import Framework, parse_framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.pseudonymise import Pseudonymiser
 from sharedcare.governance.secondary import ExportScope
+from sharedcare.governance.small_cells import SmallCells
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
@@ -38,8 +40,8 @@ Extract = dict[str, list[str]]
 def fw() -> Framework:
     """The framework with a second secondary purpose the analyst may export for."""
     text = FRAMEWORK_PATH.read_text(encoding="utf-8")
-    text = text.replace("  secondary-use: {identifiable: false, needs_basis: false}\n",
-                        "  secondary-use: {identifiable: false, needs_basis: false}\n"
+    text = text.replace("  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n",
+                        "  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n"
                         "  research: {identifiable: false, needs_basis: false}\n")
     return parse_framework(text.replace("    purposes: [secondary-use]\n", "    purposes: [secondary-use, research]\n"))
 
@@ -57,9 +59,13 @@ def db(tmp_path_factory: pytest.TempPathFactory, fw: Framework) -> Iterator[Data
 
 
 def _export(db: Database, fw: Framework, folder: Path, purpose: str, workers: int = 1) -> Extract:
+    """The extract with its Patients as the pseudonymiser gave them: the date shift measured alone (the
+    small-cell check, which on 2,000 people publishes no child's month of birth, and so leaves this attack
+    nothing to learn the schedule from, is tested in test_small_cells.py)."""
     with pytest.MonkeyPatch.context() as env:
         for name, value in DEPLOYMENT_KEYS.items():
             env.setenv(name, value)
+        env.setattr(export_jobs, "protect", lambda lines, k: (lines, SmallCells(k)))
         jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers))
         job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", out_dir=folder / "out",
                          purpose=purpose, background=False)

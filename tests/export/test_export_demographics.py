@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tests.builders import bundle, patient, write_ndjson
 from tests.export.conftest import export
 from tests.small_ics import Ics
@@ -36,12 +37,14 @@ def _hughes_district(ics: Ics) -> str:
     return str(hughes["address"][0]["postalCode"])
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_a_self_made_record_awaiting_review_does_not_give_the_export_its_postcode(ics: Ics) -> None:
     """It was the newest GP record, and the export took "the GP record, else the newest"."""
     _write_hughes(ics, "made-up", "ZZ9 9ZZ")
     assert _hughes_district(ics) == "RV1"
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")
 def test_a_competing_registration_claim_does_not_give_the_export_its_postcode(
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
     """Castle Street's feed names it as her GP; Riverside, which she left, sends her old record active again."""

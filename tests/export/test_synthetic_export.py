@@ -157,7 +157,8 @@ def test_no_one_s_date_of_birth_leaves_but_by_a_coincidence_of_their_date_shift(
             checked += 1
     assert checked == sum(len(lines) for lines in exported["lines"].values()) > PEOPLE * 10
     assert len(coinciding) <= 2  # of 80: chance, at most
-    assert all(len(json.loads(p)["birthDate"]) == 7 for p in exported["lines"]["Patient"])
+    # a year and month at most (a year, or nothing, where the small-cell check generalised or suppressed it)
+    assert all(len(json.loads(p).get("birthDate", "")) <= 7 for p in exported["lines"]["Patient"])
 
 
 def test_opted_out_and_objecting_people_are_not_in_the_export(store: tuple[Database, dict[str, str]],
@@ -203,8 +204,8 @@ def test_pseudonyms_differ_between_purposes_and_repeat_within_one(store: tuple[D
                                                                  tmp_path: Path) -> None:
     db, _ = store
     text = FRAMEWORK_PATH.read_text(encoding="utf-8")
-    text = text.replace("  secondary-use: {identifiable: false, needs_basis: false}\n",
-                        "  secondary-use: {identifiable: false, needs_basis: false}\n"
+    text = text.replace("  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n",
+                        "  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n"
                         "  research: {identifiable: false, needs_basis: false}\n")
     text = text.replace("    purposes: [secondary-use]\n", "    purposes: [secondary-use, research]\n")
     fw = parse_framework(text)

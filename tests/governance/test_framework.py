@@ -117,3 +117,30 @@ def test_the_rules_say_in_plain_words_which_conditions_are_sensitive_whoever_rec
     (rule,) = [line for line in rules_in_words(parse_framework(TEXT)) if "whoever recorded them" in line]
     assert "a GP or a hospital" in rule
     assert "mental health: depression" in rule and "self-harm" in rule and "(not dementia)" in rule
+
+
+def test_a_smallest_group_under_two_is_named_with_its_line_and_key() -> None:
+    text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false, smallest_group: 1}")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('smallest_group: 1', text)}, purposes.secondary-use.smallest_group")
+    assert "greater than or equal to 2" in problem
+
+
+def test_a_smallest_group_on_an_identifiable_purpose_is_refused_with_its_line() -> None:
+    text = TEXT.replace("direct-care: {identifiable: true, needs_basis: true}",
+                        "direct-care: {identifiable: true, needs_basis: true, smallest_group: 5}")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('direct-care: {', text)}, purposes.direct-care.smallest_group")
+    assert "not identifiable" in problem
+
+
+def test_an_extract_purpose_without_a_smallest_group_gets_eight() -> None:
+    text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false}")
+    assert parse_framework(text).purposes["secondary-use"].k == 8
+
+
+def test_the_rules_say_the_smallest_group_an_extract_may_publish() -> None:
+    from sharedcare.governance.explain import rules_in_words
+
+    text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false, smallest_group: 11}")
+    assert any("shared by fewer than 11 people" in line for line in rules_in_words(parse_framework(text)))

@@ -45,6 +45,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
+from sharedcare.governance.small_cells import DEFAULT_K, SmallCells, protect
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, ExportJob
@@ -129,9 +130,10 @@ class _Shard:
 
 
 def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
-        ExportCounts, list[dict[str, Any]]]:
+        ExportCounts, list[dict[str, Any]], list[bytes]]:
     """Export one shard of the people into part files (or the final files when there is one shard),
-    adding to the job's progress and stopping if the job is cancelled."""
+    adding to the job's progress and stopping if the job is cancelled. The Patient lines are returned, not
+    written: whether a person's quasi-identifiers may leave as they are depends on everyone's (`_patients`)."""
     db = Database(task.db_url)
     reported = 0
 
@@ -150,10 +152,14 @@ def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> t
     secondary = SecondaryUse(db, task.fw, task.secret, task.actor, task.purpose, request_id=task.job_id)
     counts = ExportCounts()
     files = NdjsonFiles(Path(task.folder), None if task.count == 1 else task.index)
+    patients: list[bytes] = []
     try:
         for resource_type, line in secondary.stream(task.scope, counts, progress, (task.index, task.count)):
-            files.write(resource_type, line)
-        return counts, files.close()
+            if resource_type == "Patient":
+                patients.append(line)
+            else:
+                files.write(resource_type, line)
+        return counts, files.close(), patients
     except BaseException:
         files.close()
         raise
@@ -182,6 +188,19 @@ def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) ->
         output.append({"type": resource_type, "file": _file_name(resource_type, None),
                        "count": sum(e["count"] for e in by_type[resource_type])})
     return output
+
+
+def _patients(folder: Path, output: list[dict[str, Any]], lines: list[bytes], k: int) -> tuple[
+        list[dict[str, Any]], SmallCells]:
+    """Write the extract's Patients once no combination of quasi-identifiers in it is held by fewer than k
+    people (`small_cells.protect`); the output list with the Patient file in its place."""
+    protected, small = protect(lines, k)
+    if not protected:
+        return output, small
+    files = NdjsonFiles(folder)
+    for line in protected:
+        files.write("Patient", line)
+    return sorted(output + files.close(), key=lambda entry: entry["type"]), small
 
 
 def _discard_parts(folder: Path, shards: int) -> None:
@@ -291,6 +310,8 @@ class ExportJobs:
             job.status, job.updated_at = ("running" if same else "failed"), utcnow()
             scope = ExportScope(job.kind, job.group_id, frozenset(job.types) if job.types else None, job.since)
             folder, total, purpose = Path(job.out_dir), job.people_total, job.purpose
+            rule = self.fw.purposes.get(purpose)
+            k = rule.k if rule is not None else DEFAULT_K
             secondary = self._secondary(actor, request_id=job_id, purpose=purpose, minted=_minted(job))
             if not same:
                 job.error = ("the user or client that started this export no longer has the role and organisation "
@@ -310,9 +331,10 @@ class ExportJobs:
                 results = [run_shard(tasks[0], lambda done: on_progress(done, total) if on_progress else None)]
             else:
                 results = self._in_processes(tasks, lambda done: on_progress(done, total) if on_progress else None)
-            for shard_counts, _ in results:
+            for shard_counts, _, _ in results:
                 counts.add(shard_counts)
-            output = _join_parts(folder, [files for _, files in results], shards)
+            output = _join_parts(folder, [files for _, files, _ in results], shards)
+            output, counts.small_cells = _patients(folder, output, [line for *_, lines in results for line in lines], k)
         except ExportCancelled:
             _discard_parts(folder, shards)
             return self._view(job_id)
@@ -347,11 +369,12 @@ class ExportJobs:
                             withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
                             codings_withheld=str(counts.codings_withheld),
                             people_included=str(counts.people_included),
-                            people_excluded=dict(counts.excluded), resources=dict(counts.resources))
+                            people_excluded=dict(counts.excluded), resources=dict(counts.resources),
+                            small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
         return self._view(job_id)
 
     def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
-            tuple[ExportCounts, list[dict[str, Any]]]]:
+            tuple[ExportCounts, list[dict[str, Any]], list[bytes]]]:
         """Each shard in its own process (spawned: no state shared with this server), reporting progress
         through the job row, which this thread reads for the caller."""
         with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -53,4 +53,6 @@ def published_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
             "resources_withheld": published_cells(withheld),
             "codings_withheld": published_cells(summary.get("codings_withheld", {})),
             "resources": dict(summary.get("resources", {})),
+            # exact: how many Patients were generalised or suppressed can be counted in the Patient file itself
+            **({"small_cells": summary["small_cells"]} if "small_cells" in summary else {}),
             "small_numbers": METHOD}

@@ -308,6 +308,11 @@ def rules_in_words(fw: Framework) -> list[str]:
         lines.append("Planning and research use pseudonymised data only (no names, NHS numbers, addresses or full "
                      "dates of birth), respect the national data opt-out and objections to sharing, and never "
                      f"include {sensitive} information.")
+        for name, purpose in sorted(fw.purposes.items()):
+            if not purpose.identifiable:
+                lines.append(f"In extracts for {name}, no combination of sex, birth, postcode district, practice "
+                             f"and ethnic category is shared by fewer than {purpose.k} people: it is made coarser, "
+                             "else left out.")
     return lines
 
 

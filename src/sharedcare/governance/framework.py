@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sharedcare.config import load_settings
 from sharedcare.errors import FrameworkError
+from sharedcare.governance.small_cells import DEFAULT_K
 from sharedcare.yaml_lines import YamlProblem, read_yaml, where
 
 AgreementStatus = Literal["draft", "signed", "suspended", "ended"]
@@ -100,6 +101,14 @@ class BasisRule(_Strict):
 class Purpose(_Strict):
     identifiable: bool
     needs_basis: bool
+    # A non-identifiable purpose's extracts publish no combination of a person's quasi-identifiers (sex,
+    # birth, district, practice...) that fewer than this many people share (`small_cells.py`, HAZ-05)
+    smallest_group: int | None = Field(default=None, ge=2, le=1000)
+
+    @property
+    def k(self) -> int:
+        """The smallest group an extract for this purpose may publish (DEFAULT_K when not set)."""
+        return self.smallest_group or DEFAULT_K
 
 
 class ReviewRules(_Strict):
@@ -199,6 +208,10 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
         if "direct-care" in role.purposes or role.citizen:
             for category in sorted(categories - set(role.tiers)):
                 problems.append((("roles", name, "tiers"), f"category '{category}' missing"))
+    for name, purpose_rule in fw.purposes.items():
+        if purpose_rule.identifiable and purpose_rule.smallest_group is not None:
+            problems.append((("purposes", name, "smallest_group"),
+                             "applies only to a purpose that is not identifiable (its pseudonymised extracts)"))
     for basis, rule in fw.basis.items():
         if rule.permission is not None and rule.permission not in PERMISSIONS:
             problems.append((("basis", basis, "permission"), f"unknown permission '{rule.permission}'"))

@@ -36,6 +36,7 @@ from sharedcare.governance.gateway import AccessDenied, DemographicsRule, NotFou
 from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
 from sharedcare.governance.pseudonymise import Pseudonymiser, Shaped, Unreadable
 from sharedcare.governance.review import NOTHING_ON_REVIEW, OnReview, everyone_on_review
+from sharedcare.governance.small_cells import SmallCells
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Preference, Resource
 
@@ -72,6 +73,7 @@ class ExportCounts:
     withheld: Counter[str] = field(default_factory=Counter)  # resources, by rule
     resources: Counter[str] = field(default_factory=Counter)  # by type
     codings_withheld: int = 0  # codings left out of exported resources: not of a kept code system
+    small_cells: SmallCells | None = None  # what the small-cell check did to the Patients (the whole export's)
 
     def add(self, other: ExportCounts) -> None:
         self.people_seen += other.people_seen
@@ -86,7 +88,8 @@ class ExportCounts:
                 "people_excluded": dict(sorted(self.excluded.items())),
                 "resources_withheld": dict(sorted(self.withheld.items())),
                 "resources": dict(sorted(self.resources.items())),
-                "codings_withheld": {CODING_NOT_KEPT: self.codings_withheld} if self.codings_withheld else {}}
+                "codings_withheld": {CODING_NOT_KEPT: self.codings_withheld} if self.codings_withheld else {},
+                **({"small_cells": self.small_cells.as_dict()} if self.small_cells else {})}
 
 
 def export_purpose(actor: Actor, fw: Framework) -> str:

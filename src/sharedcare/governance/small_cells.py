@@ -1,0 +1,142 @@
+"""Small cells in a pseudonymised extract: no published combination of quasi-identifiers under k people.
+
+A person's one Patient in an extract carries what a motivated intruder (the ICO's anonymisation code of
+practice) would match against a register they hold: sex, year and month of birth (and of death), postcode
+district, GP practice, ethnic category and the source it came from. A combination held by one person, or
+by a few, singles them out (on a 3,000-person ICS all 51 children under two were alone on birth date, sex
+and district). So before an extract's Patient file is written, every Patient whose combination (the
+whole resource but its pseudonymous id: whatever it publishes counts) is shared by fewer than k people of
+the extract is generalised, a step at a time, the data analysts use least going first:
+
+1. `source-left-out`: the Patient's `meta.source` (whose record the demographics were taken from);
+2. `birth-year`: year of birth (and of death) instead of year and month;
+3. `ethnicity-left-out`: the ethnic category left out;
+4. `postcode-area`: postcode area (`RV`) instead of district (`RV3`);
+5. `practice-left-out`: the GP practice left out;
+6. `birth-5-years`: the five years of birth (1970 to 1974) instead of the year, as a Period in an extension
+   on `birthDate` (`_birthDate`; FHIR's birthDate cannot hold a range), and a death as `deceasedBoolean`;
+
+and whoever is still in a group under k after the last step is `suppressed`: their Patient keeps only its
+id and the pseudonymised label (their clinical resources are unchanged). A step is tried on all the
+people not settled at an earlier one together, so the outcome depends only on the extract's set of
+Patients, not on their order: the same extract gives the same file. Patients settled at step 0 are written
+byte for byte as they were.
+
+What this does not cover (docs/architecture.md, HAZ-05): the clinical resources, which keep the
+practice in `meta.source` and, through age-tied events, the month of birth.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+STEPS = ("source-left-out", "birth-year", "ethnicity-left-out", "postcode-area", "practice-left-out",
+         "birth-5-years")
+SUPPRESSED = "suppressed"
+BIRTH_PERIOD = "https://sharedcare.example/fhir/StructureDefinition/birth-period"
+DEFAULT_K = 8  # disclosure.SMALLEST_SHOWN: the smallest count the extract's own summary shows
+_KEPT_WHEN_SUPPRESSED = ("resourceType", "id")
+
+
+@dataclass
+class SmallCells:
+    """What the check did to an extract's Patients: counts of people, never who."""
+
+    k: int
+    generalised: Counter[str] = field(default_factory=Counter)  # people settled at each step
+    suppressed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "generalised": {step: self.generalised[step] for step in STEPS if self.generalised[step]},
+                SUPPRESSED: self.suppressed}
+
+
+def _source_left_out(patient: dict[str, Any]) -> None:
+    (patient.get("meta") or {}).pop("source", None)
+
+
+def _birth_year(patient: dict[str, Any]) -> None:
+    for key in ("birthDate", "deceasedDateTime"):
+        if isinstance(patient.get(key), str):
+            patient[key] = patient[key][:4]
+
+
+def _ethnicity_left_out(patient: dict[str, Any]) -> None:
+    patient.pop("extension", None)
+
+
+def _postcode_area(patient: dict[str, Any]) -> None:
+    for address in patient.get("address") or []:
+        if isinstance(address.get("postalCode"), str):
+            address["postalCode"] = _area(address["postalCode"])
+
+
+def _area(district: str) -> str:
+    """The postcode area of an outward code: its leading letters (`RV3` -> `RV`, `M1` -> `M`)."""
+    letters = len(district) - len(district.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    return district[:letters] or district
+
+
+def _practice_left_out(patient: dict[str, Any]) -> None:
+    patient.pop("generalPractitioner", None)
+
+
+def _birth_5_years(patient: dict[str, Any]) -> None:
+    birth = patient.pop("birthDate", None)
+    if isinstance(birth, str) and birth[:4].isdigit():
+        first = int(birth[:4]) // 5 * 5
+        patient["_birthDate"] = {"extension": [{"url": BIRTH_PERIOD,
+                                                "valuePeriod": {"start": f"{first:04d}", "end": f"{first + 4:04d}"}}]}
+    if patient.pop("deceasedDateTime", None) is not None:
+        patient["deceasedBoolean"] = True
+
+
+_STEP_RULES: tuple[Callable[[dict[str, Any]], None], ...] = (
+    _source_left_out, _birth_year, _ethnicity_left_out, _postcode_area, _practice_left_out, _birth_5_years)
+
+
+def _suppressed(patient: dict[str, Any]) -> dict[str, Any]:
+    kept = {key: patient[key] for key in _KEPT_WHEN_SUPPRESSED if key in patient}
+    kept["meta"] = {"security": (patient.get("meta") or {}).get("security", [])}
+    return kept
+
+
+def _combination(patient: dict[str, Any]) -> bytes:
+    """What the Patient publishes about its person: everything but the pseudonymous id."""
+    return orjson.dumps({key: value for key, value in patient.items() if key != "id"}, option=orjson.OPT_SORT_KEYS)
+
+
+def combinations(lines: list[bytes]) -> Counter[bytes]:
+    """How many people share each published combination, over an extract's Patient lines."""
+    return Counter(_combination(orjson.loads(line)) for line in lines)
+
+
+def protect(lines: list[bytes], k: int) -> tuple[list[bytes], SmallCells]:
+    """The Patient lines with every combination held by at least k people (or suppressed), in their order."""
+    result = SmallCells(k=k)
+    current = [_combination(orjson.loads(line)) for line in lines]
+    sizes = Counter(current)
+    out = list(lines)
+    pending = [i for i, c in enumerate(current) if sizes[c] < k]
+    patients = {i: orjson.loads(lines[i]) for i in pending}  # decoded again only where a step may change them
+    for step, rule in zip(STEPS, _STEP_RULES, strict=True):
+        if not pending:
+            break
+        for i in pending:
+            rule(patients[i])
+            current[i] = _combination(patients[i])
+        sizes = Counter(current[i] for i in pending)
+        settled = [i for i in pending if sizes[current[i]] >= k]
+        for i in settled:
+            out[i] = orjson.dumps(patients[i])
+        result.generalised[step] += len(settled)
+        pending = [i for i in pending if sizes[current[i]] < k]
+    for i in pending:
+        out[i] = orjson.dumps(_suppressed(patients[i]))
+    result.suppressed = len(pending)
+    return out, result
