@@ -29,7 +29,6 @@ Decision = Literal["link", "separate", "defer"]
 # reviewer can overrule (two different valid NHS numbers: `decide` refuses to link them). Reopened when a
 # later relink no longer settles it; a reviewer's decision (linked, separate, deferred) is never changed.
 RELINK_SAME, RELINK_APART = "relink-same", "relink-apart"
-REVIEW_STATUSES = ("open", "deferred", "linked", "separate", RELINK_SAME, RELINK_APART)
 
 
 class LinkError(SharedcareError):
