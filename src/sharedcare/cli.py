@@ -1507,6 +1507,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
         rows: list[dict[str, Any]] = [{"id": i.id, "status": i.status, "probability": round(i.probability, 4),
                                        "linked": records[i.record_a].person_id == records[i.record_b].person_id,
                                        "discrepancy": (i.evidence or {}).get("discrepancy"),
+                                       "decided_by": i.decided_by,
+                                       "decided_at": i.decided_at.isoformat() if i.decided_at else None,
                                        "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
                                        "evidence": i.evidence} for i in items]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
@@ -1540,6 +1542,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
         elif evidence.get("held"):
             steps.append(f"never linked automatically: {evidence['held']}")
         steps += [_relink_step(step) for step in evidence.get("relinks", ()) if every]
+        if every and r["decided_by"]:
+            steps.append(f"{str(r['decided_at'])[:16].replace('T', ' ')} UTC, {r['decided_by']}: decided {r['status']}")
         table.add_row(str(r["id"]), *([r["status"]] if every else []), str(r["probability"]), _literal(r["a"]),
                       _literal(r["b"]), "\n".join(_literal(step) for step in steps))
     out.print(table)

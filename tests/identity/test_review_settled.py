@@ -83,6 +83,8 @@ def test_a_reviewers_deferral_is_never_closed_by_a_relink(env: Database, tmp_pat
     report = _relink(tmp_path)
     assert report["review_closed_one_person"] == 0
     assert [(i["id"], i["status"], i["linked"]) for i in _listed()] == [(item, "deferred", True)]
+    shown = runner.invoke(app, ["mpi", "review", "--all"], env={"COLUMNS": "400"})
+    assert "decided deferred" in shown.stdout and "relink-same" not in shown.stdout
 
 
 def test_a_pair_a_later_relink_parts_again_is_reopened(env: Database, tmp_path: Path) -> None:
