@@ -10,6 +10,7 @@ import csv
 import getpass
 import json
 import sys
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -1493,17 +1494,24 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
 
 
 @mpi_app.command("review")
-def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
+               every: Annotated[bool, typer.Option(
+                   "--all", help="Every item with its history: also those a reviewer decided (linked, separate) "
+                                 "and those a relink closed (relink-same: one person now; relink-apart: "
+                                 "different valid NHS numbers).")] = False) -> None:
     """Pairs the model was unsure about and pairs linked with a discrepancy (the NHS number, surname and
     birth date agree, the given names do not), each with its waterfall (the prior, then every comparison's
     level and match weight), and records held for review on their own with the reason; oldest first
-    (audited, naming the records shown: their demographics are patients' details)."""
+    (audited, naming the records shown: their demographics are patients' details). Open and deferred items
+    only, unless --all: a pair a relink has put in one person is closed by it, and reopened if a later
+    relink parts them."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
     from sharedcare.store.models import MatchReview, PatientRecord
 
     with _database().session() as session:
-        items = list(session.scalars(select(MatchReview).where(MatchReview.status.in_(("open", "deferred")))
-                                     .order_by(MatchReview.id)))
+        shown = select(MatchReview) if every else select(MatchReview).where(
+            MatchReview.status.in_(("open", "deferred")))
+        items = list(session.scalars(shown.order_by(MatchReview.id)))
         records = {r.id: r for r in session.scalars(select(PatientRecord).where(PatientRecord.id.in_(
             [i.record_a for i in items] + [i.record_b for i in items])))}
         in_a_pair = set(records)
@@ -1517,6 +1525,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         rows: list[dict[str, Any]] = [{"id": i.id, "status": i.status, "probability": round(i.probability, 4),
                                        "linked": records[i.record_a].person_id == records[i.record_b].person_id,
                                        "discrepancy": (i.evidence or {}).get("discrepancy"),
+                                       "decided_by": i.decided_by,
+                                       "decided_at": i.decided_at.isoformat() if i.decided_at else None,
                                        "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
                                        "evidence": i.evidence} for i in items]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
@@ -1528,10 +1538,14 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return
     out = Console()
-    flagged = sum(bool(r["discrepancy"]) for r in rows)
-    table = Table(title=f"MPI review: {len(rows) - flagged} uncertain pairs, {flagged} linked with a discrepancy",
-                  show_lines=True)
-    for column in ("id", "probability", "record a", "record b", "why (match weight)"):
+    waiting = [r for r in rows if r["status"] in ("open", "deferred")]
+    flagged = sum(bool(r["discrepancy"]) for r in waiting)
+    title = f"MPI review: {len(waiting) - flagged} uncertain pairs, {flagged} linked with a discrepancy"
+    if every:
+        title += ", " + ", ".join(f"{n} {status}" for status, n in sorted(Counter(
+            r["status"] for r in rows if r["status"] not in ("open", "deferred")).items()))
+    table = Table(title=title, show_lines=True)
+    for column in ("id", *(["status"] if every else []), "probability", "record a", "record b", "why (match weight)"):
         table.add_column(column)
     for r in rows:
         evidence = r["evidence"]
@@ -1545,8 +1559,11 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
             steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
         elif evidence.get("held"):
             steps.append(f"never linked automatically: {evidence['held']}")
-        table.add_row(str(r["id"]), str(r["probability"]), _literal(r["a"]), _literal(r["b"]),
-                      "\n".join(_literal(step) for step in steps))
+        steps += [_relink_step(step) for step in evidence.get("relinks", ()) if every]
+        if every and r["decided_by"]:
+            steps.append(f"{str(r['decided_at'])[:16].replace('T', ' ')} UTC, {r['decided_by']}: decided {r['status']}")
+        table.add_row(str(r["id"]), *([r["status"]] if every else []), str(r["probability"]), _literal(r["a"]),
+                      _literal(r["b"]), "\n".join(_literal(step) for step in steps))
     out.print(table)
     if held:
         alone_table = Table(title=f"{len(held)} records held for review on their own")
@@ -1555,6 +1572,15 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         for h in held:
             alone_table.add_row(_literal(h["record"]), _literal(h["reason"]))
         out.print(alone_table)
+
+
+def _relink_step(step: dict[str, Any]) -> str:
+    """One relink's change to a review item, in words: when, by whom, why and, for a link, what linked."""
+    links = "; ".join(f"record {link['record']} linked with record {link['with_record']} "
+                      f"({link['match_weight']:+})" if link.get("with_record") is not None and
+                      link.get("match_weight") is not None else f"record {link['record']} linked"
+                      for link in step.get("links", ()))
+    return f"{step['at'][:16].replace('T', ' ')} UTC, {step['by']}: {step['reason']}" + (f" ({links})" if links else "")
 
 
 @mpi_app.command("decide")

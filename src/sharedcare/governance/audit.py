@@ -67,6 +67,8 @@ class AuditAction(StrEnum):
     MPI_RELINK = "identity:mpi:relink"
     MPI_LINK_CHANGE = "identity:mpi:link-change"
     MPI_REVIEW_VIEW = "identity:mpi:review-view"  # the records in the MPI review queue shown to an operator
+    # review items a relink closed (their records now one person, or two valid NHS numbers) or reopened, by id
+    MPI_REVIEW_SETTLED = "identity:mpi:review-settled"
     AUDIT_SEARCH = "governance:audit:search"
     # a held quarantine item its source's corrected copy replaced (ingest/pipeline.py `_supersede`)
     QUARANTINE_SUPERSEDED = "governance:quarantine:superseded"
@@ -84,7 +86,7 @@ class AuditAction(StrEnum):
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
 ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
-                AuditAction.DEMO_START: "E",
+                AuditAction.DEMO_START: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
                 AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",

@@ -9,7 +9,10 @@ practices' claims of the person's registration queues the moved claim for IG (go
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +25,10 @@ from sharedcare.identity.compare import numbers_keep_apart
 from sharedcare.store.models import LinkEvent, LinkMove, MatchReview, PatientRecord, Person
 
 Decision = Literal["link", "separate", "defer"]
+# A review item a relink closed, not a reviewer: its records are one person, or kept apart by a rule no
+# reviewer can overrule (two different valid NHS numbers: `decide` refuses to link them). Reopened when a
+# later relink no longer settles it; a reviewer's decision (linked, separate, deferred) is never changed.
+RELINK_SAME, RELINK_APART = "relink-same", "relink-apart"
 
 
 class LinkError(SharedcareError):
@@ -139,3 +146,62 @@ def decide(session: Session, review_id: int, decision: Decision, by: str) -> Mat
     review.decided_by, review.decided_at = by, utcnow()
     session.flush()
     return review
+
+
+@dataclass
+class Settled:
+    """The review items one relink closed or reopened, by id."""
+
+    same: list[int] = field(default_factory=list)  # its records now one person
+    apart: list[int] = field(default_factory=list)  # its records carry different valid NHS numbers
+    reopened: list[int] = field(default_factory=list)  # closed by an earlier relink, now in doubt again
+
+
+def _relink_links(record: PatientRecord) -> dict[str, Any]:
+    """What linked a record in a relink: the record its strongest link joined it to and that link's weight."""
+    evidence = record.match_evidence or {}
+    return {"record": record.id, "with_record": evidence.get("with_record"),
+            "match_weight": evidence.get("match_weight"), "probability": round(record.match_probability, 6)}
+
+
+def settle_reviews(session: Session, records: Mapping[int, PatientRecord], listed: Container[tuple[int, int]],
+                   by: str, at: datetime) -> Settled:
+    """After a relink has placed every record (`records`, by id, as it left them), close each open item it
+    settled and reopen each it no longer settles; `listed` are the pairs the relink itself put on the list
+    (still in doubt, or linked with a discrepancy), which stay open.
+
+    Settled: both records are now in one person (RELINK_SAME), or they carry two different valid NHS
+    numbers, which never link (RELINK_APART). Each change is added to the item's evidence (`relinks`: when,
+    by whom, the new status, why, and for a link each record's strongest link), and the whole is one audit
+    entry naming the items by id. A reviewer's decision is not touched: only open and relink-closed items
+    are read."""
+    settled = Settled()
+    items = session.scalars(select(MatchReview).where(MatchReview.status.in_(("open", RELINK_SAME, RELINK_APART)))
+                            .order_by(MatchReview.id))
+    for item in items:
+        a, b = records[item.record_a], records[item.record_b]
+        if (item.record_a, item.record_b) in listed:
+            status, why = "open", "reopened: the relink lists the pair again"
+        elif a.person_id == b.person_id:
+            status, why = RELINK_SAME, "closed: the relink put both records in one person"
+        elif numbers_keep_apart(a.nhs_number, b.nhs_number):
+            status, why = RELINK_APART, "closed: the records carry different valid NHS numbers, never one person"
+        else:
+            status, why = "open", "reopened: the relink put the records in two persons"
+        if status == item.status:
+            continue
+        step: dict[str, Any] = {"at": at.isoformat(), "by": by, "status": status, "reason": why}
+        if status == RELINK_SAME:
+            step["links"] = [_relink_links(a), _relink_links(b)]
+        item.evidence = {**item.evidence, "relinks": [*item.evidence.get("relinks", ()), step]}
+        {"open": settled.reopened, RELINK_SAME: settled.same, RELINK_APART: settled.apart}[status].append(item.id)
+        item.status = status
+    if settled.same or settled.apart or settled.reopened:
+        session.flush()
+        record_audit(session, AuditRecord(
+            AuditAction.MPI_REVIEW_SETTLED, "permit", username=by, purpose="governance",
+            reason="review items a relink settled or reopened",
+            detail={"one_person": " ".join(map(str, settled.same)),
+                    "nhs_numbers_differ": " ".join(map(str, settled.apart)),
+                    "reopened": " ".join(map(str, settled.reopened))}))
+    return settled

@@ -25,7 +25,7 @@ from datetime import date
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, bindparam, insert, or_, select, update
+from sqlalchemy import Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -49,7 +49,7 @@ from sharedcare.identity.compare import (
     phone_key,
     postcode_parts,
 )
-from sharedcare.identity.links import moves_to
+from sharedcare.identity.links import moves_to, settle_reviews
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
@@ -506,7 +506,11 @@ class RelinkReport:
     records_moved: int = 0
     persons_created: int = 0
     held_for_review: int = 0
-    review_pairs: int = 0
+    review_pairs: int = 0  # pairs this relink added to the review list
+    review_closed_one_person: int = 0  # open items closed: the relink put both records in one person
+    review_closed_nhs_numbers_differ: int = 0  # open items closed: two different valid NHS numbers
+    review_reopened: int = 0  # items an earlier relink closed that this one no longer settles
+    review_open: int = 0  # open items after this relink (deferred ones not counted)
     not_matched_too_little_data: int = 0
     model_version: str = ""
 
@@ -579,18 +583,25 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
         flag_joined_registrations(session, moves, by)
     report.persons_after = len({r.person_id for r in every})
     report.held_for_review = len(result.held_for_review)
+    settled = settle_reviews(session, {r.id: r for r in every},
+                             {(pair.record_a, pair.record_b) for pair in result.review_pairs}, by, now)
+    report.review_closed_one_person, report.review_closed_nhs_numbers_differ, report.review_reopened = (
+        len(settled.same), len(settled.apart), len(settled.reopened))
     known = {(a, b) for a, b in session.execute(select(MatchReview.record_a, MatchReview.record_b))}
     for pair in result.review_pairs:
         if pair.linked and (pair.record_a, pair.record_b) in known:  # an open item now linked: say why
             item = session.scalars(select(MatchReview).where(MatchReview.record_a == pair.record_a,
                                                              MatchReview.record_b == pair.record_b)).one()
             if item.status == "open":
-                item.evidence, item.probability = pair.evidence, pair.probability
+                history = {"relinks": item.evidence["relinks"]} if "relinks" in item.evidence else {}
+                item.evidence, item.probability = pair.evidence | history, pair.probability
         elif (pair.record_a, pair.record_b) not in known:
             known.add((pair.record_a, pair.record_b))
             session.add(MatchReview(record_a=pair.record_a, record_b=pair.record_b, probability=pair.probability,
                                     evidence=pair.evidence, created_at=now, status="open"))
             report.review_pairs += 1
+    report.review_open = session.scalar(select(func.count()).select_from(MatchReview).where(
+        MatchReview.status == "open")) or 0
     if result.trained:
         session.add(MatchModel(version=MODEL_VERSION, trained_at=now, trained_on=len(rows), model=result.model))
         session.info.pop(SESSION_MODEL, None)  # matching in this session from now on uses the new model

@@ -364,7 +364,8 @@ class MatchReview(Base):
     probability: Mapped[float] = mapped_column(Float)
     evidence: Mapped[dict[str, Any]] = mapped_column(JsonType)  # per comparison: level and match weight
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(12), default="open")  # open | linked | separate | deferred
+    # open | a reviewer's linked, separate or deferred | a relink's relink-same, relink-apart (identity/links.py)
+    status: Mapped[str] = mapped_column(String(12), default="open")
     decided_by: Mapped[str | None] = mapped_column(String(100))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
