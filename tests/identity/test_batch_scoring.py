@@ -39,7 +39,7 @@ def test_the_relinks_query_finds_every_pair_splink_predicts_at_review_with_the_s
     model = default_model()
     records = _records(120)
     numbers = {r.record_id: r.nhs_number for r in records}
-    linker = _linker(records, model.json)
+    linker = _linker(records, model.json | {"retain_matching_columns": True})  # the gamma columns, to compare
     relation = linker.inference.predict(REVIEW_THRESHOLD).as_duckdbpyrelation()
     columns = ["unique_id_l", "unique_id_r", *(f"gamma_{c.name}" for c in COMPARISONS)]
     by_splink = {(a, b): tuple(model.level_of_gamma(c.name, g) for c, g in zip(COMPARISONS, gammas, strict=True))

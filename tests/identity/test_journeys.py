@@ -466,3 +466,19 @@ def test_a_mothers_nhs_number_on_her_babys_record_is_held_for_review_not_linked(
         relink(s)
     r = _records(db)
     assert r["RXR/baby"].person_id != r["P81001/mum"].person_id
+
+
+@pytest.mark.parametrize(("postcode", "telecom"), [
+    ("RV1 7XY", PHONE),  # moved within the postcode district RV1, same phone
+    ("RV1 2AB", [{"system": "phone", "value": "07700 900456", "use": "mobile"}]),  # same address, a new phone
+], ids=["moved-within-district", "new-phone"])
+def test_a_second_record_that_moved_within_the_district_or_changed_phone_links_in_real_time(
+        db: Database, framework: Framework, tmp_path: Path, postcode: str, telecom: list[dict[str, str]]) -> None:
+    """Before the first relink the shipped model scores; a level a true match reaches (a move in the same
+    district, a new number) must not weigh as a veto that every agreeing field cannot outweigh."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("gp-1", None, "Okonjo", "Chidi", "1957-09-14", "male", telecom=PHONE)),
+            (HOSPITAL, patient("h-1", None, "Okonjo", "Chidi", "1957-09-14", "male", postcode, telecom=telecom)))
+    r = _records(db)
+    assert r["RXR/h-1"].person_id == r["P81001/gp-1"].person_id
+    assert r["RXR/h-1"].link_method == "probabilistic"

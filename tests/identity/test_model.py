@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_real_time_scores_levels_training_left_unestimated_as_the_relink_does() 
                    for c in model.json["comparisons"] for i, level in enumerate(reversed(c["comparison_levels"]))
                    if not level.get("is_null_level") and (level.get("m_probability") is None
                                                           or level.get("u_probability") is None)}
-    assert {("name", 8), ("dob", 3), ("nhs_number", 2), ("email", 1), ("email", 2)} <= unestimated
+    assert {("dob", 3), ("nhs_number", 2), ("email", 1), ("email", 2)} <= unestimated
     relation = _linker(UNESTIMATED, model.json).inference.predict().as_duckdbpyrelation()
     predicted = [dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()]
     by_id = {r.record_id: features(r) for r in UNESTIMATED}
@@ -66,7 +67,7 @@ def test_real_time_scores_levels_training_left_unestimated_as_the_relink_does() 
         score = model.score(by_id[row["unique_id_l"]], by_id[row["unique_id_r"]])
         reached |= {(name, level) for name, level in score.levels.items()} & unestimated
         assert score.match_weight == pytest.approx(row["match_weight"], abs=1e-6)
-    assert reached == {("name", 8), ("dob", 3), ("nhs_number", 2), ("email", 1), ("email", 2)}
+    assert reached == {("dob", 3), ("nhs_number", 2), ("email", 1), ("email", 2)}
     assert model.weights["name"][8] < -5  # "name different" counts against a match, as in the relink
 
 
@@ -112,3 +113,32 @@ def test_real_time_screening_never_rules_out_a_pair_that_scoring_would_keep() ->
         for a, b in ((features(x), features(y)), (features(y), features(x))):
             screened = model.prior_weight + model.ceiling(a, rest) + sum(model.weight(c, a, b) for c in FIRST)
             assert screened >= model.score(a, b).match_weight - 1e-9, (x, y)
+
+
+def test_training_never_saves_a_level_a_true_match_reaches_as_a_veto() -> None:
+    """EM on a synthetic ICS where no true pair moved within its district or changed phone drove those
+    levels' m to ~0 (the model shipped until 2026.12-3: district -176.46, phone different -45.91), so such
+    a person could never link. Training bounds them before the model is saved."""
+    from sharedcare.identity.matching import M_PROBABILITY_FLOOR, Weights, bound_m_probabilities
+
+    degenerate = json.loads(json.dumps(default_model().json))
+    by_name = {c["output_column_name"]: c["comparison_levels"] for c in degenerate["comparisons"]}
+    by_name["address"][4]["m_probability"] = 4.778560889101907e-55  # same postcode district
+    by_name["phone"][1]["m_probability"], by_name["phone"][2]["m_probability"] = 1 - 1.5e-14, 1.5e-14
+    linker = _linker(RECORDS, degenerate)
+    before = Weights.of(linker).levels
+    assert before["address"][4] < -150 and before["phone"][2] < -40
+    bound_m_probabilities(linker)
+    after = Weights.of(linker).levels
+    for name, weights in after.items():
+        assert min(weights[1:-1], default=weights[-1]) >= weights[-1], name  # partial agreement >= "different"
+    u_phone_different = by_name["phone"][2]["u_probability"]
+    assert after["phone"][2] == pytest.approx(math.log2(M_PROBABILITY_FLOOR / u_phone_different))
+    assert {k: v for k, v in after.items() if k not in ("address", "phone")} == \
+        {k: v for k, v in before.items() if k not in ("address", "phone")}
+
+
+def test_the_shipped_model_weighs_partial_agreement_at_least_as_much_as_disagreement() -> None:
+    for name, weights in default_model().weights.items():
+        assert min(weights[1:-1], default=weights[-1]) >= weights[-1], name
+        assert min(weights) > -15, name

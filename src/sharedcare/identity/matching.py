@@ -97,6 +97,17 @@ STAGES: list[tuple[str, ...]] = [("nhs_number", "dob", "sex", "email"), ("addres
 SLACK = 1e-6  # the query keeps pairs this far below review; Python decides on the exact weight
 
 
+# The least m-probability a trained level keeps. EM drives a level's m towards 0 when its training pairs
+# hold (nearly) no true match at that level: the model shipped until 2026.12-3 gave "same postcode
+# district" m 5e-55 (-176.46) and phone "different" 2e-14 (-45.91); on a 10,000-person synthetic ICS,
+# name "different" 5e-11 (-34.1) and phone "different" 2e-5 (-16.0). A level people reach in ordinary
+# life (a move within the district, a new number) then weighs as a veto no agreement outweighs. One true
+# pair in a thousand is far rarer than moving or changing number is in a real ICS, and still weighs a
+# "different" level at about -10, as strongly against a match as the strongest estimated from pairs EM
+# did see (birth date, -9.3). Splink has no bound (a level's m is estimated, or fixed by
+# `fix_m_probability`, which would keep EM from estimating it at all).
+M_PROBABILITY_FLOOR = 1e-3
+
 PRIOR_RECALL_GUESS = 0.9  # the recall assumed for the prior's rule when the data cannot measure it
 MIN_PRIOR_OVERLAP = 20  # pairs agreeing on both rules needed to measure the NHS-number rule's recall
 
@@ -219,11 +230,29 @@ def train(records: list[MatchRecord], rows: list[Features] | None = None,
         # every pair (the same estimates; the same-name block is ~100 million pairs at a million records).
         linker.training.estimate_parameters_using_expectation_maximisation(
             block_on(*usable), estimate_without_term_frequencies=True)
+    bound_m_probabilities(linker)
     model = json.loads(json.dumps(linker.misc.save_model_to_json(overwrite=True)))
     model["sharedcare_model_version"] = MODEL_VERSION
     model["sharedcare_trained_on"] = len(records)
     model["sharedcare_match_weights"] = Weights.of(linker).levels  # what real time scores with (model.py)
     return linker, model
+
+
+def bound_m_probabilities(linker: Linker) -> None:
+    """Make the trained levels sound before the model is saved: every trained m-probability at least
+    `M_PROBABILITY_FLOOR`, and a level of partial agreement (any but a comparison's last, "different")
+    never weighing less than "different" (agreeing in part is never evidence against more than not
+    agreeing). Set on the linker, so the relink, the saved model and real time score alike."""
+    for comparison in linker._settings_obj.comparisons:
+        levels = [level for level in comparison.comparison_levels if not level.is_null_level]
+        for level in levels:
+            if level._m_is_trained and (level.m_probability or 0.0) < M_PROBABILITY_FLOOR:
+                level.m_probability = M_PROBABILITY_FLOOR
+        different = levels[-1]._match_weight
+        for level in levels[:-1]:
+            weight, u = level._match_weight, level.u_probability
+            if different is not None and weight is not None and u is not None and weight < different:
+                level.m_probability = min(1.0, u * 2.0 ** different)  # the same m/u as "different"
 
 
 def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | None = None,

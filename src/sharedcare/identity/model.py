@@ -25,7 +25,7 @@ from sharedcare.identity.compare import COMPARISONS, Comparison, Features, level
 LINK_THRESHOLD = 0.999
 REVIEW_THRESHOLD = 0.9
 REVIEW_WEIGHT = math.log2(REVIEW_THRESHOLD / (1 - REVIEW_THRESHOLD))  # the match weight of that probability
-MODEL_VERSION = "2026.12-2"  # the comparisons (compare.py) and saved weights; a model of another is refused
+MODEL_VERSION = "2026.12-3"  # the comparisons (compare.py) and saved weights; a model of another is refused
 DEFAULT_MODEL = "default_model.json"  # trained on a synthetic ICS, used until the first relink
 
 
