@@ -133,7 +133,8 @@ def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> t
         ExportCounts, list[dict[str, Any]], list[bytes]]:
     """Export one shard of the people into part files (or the final files when there is one shard),
     adding to the job's progress and stopping if the job is cancelled. The Patient lines are returned, not
-    written: whether a person's quasi-identifiers may leave as they are depends on everyone's (`_patients`)."""
+    written: whether a person's quasi-identifiers may leave as they are depends on everyone's (`_patients`);
+    so they are held in memory, some 700 bytes a person (docs/architecture.md, "Small cells")."""
     db = Database(task.db_url)
     reported = 0
 
