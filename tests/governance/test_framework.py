@@ -144,14 +144,3 @@ def test_the_rules_say_the_smallest_group_an_extract_may_publish() -> None:
 
     text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false, smallest_group: 11}")
     assert any("shared by fewer than 11 people" in line for line in rules_in_words(parse_framework(text)))
-
-
-def test_the_rules_do_not_promise_that_an_extract_hides_the_practice_its_records_name() -> None:
-    """Small cells protect the Patient's details only: each clinical record in an extract keeps the code of
-    the organisation that recorded it (meta.source), a GP practice's among them, so the rules a patient
-    reads say so rather than that no combination including the practice is shared by fewer than k."""
-    from sharedcare.governance.explain import rules_in_words
-
-    (rule,) = [line for line in rules_in_words(parse_framework(TEXT)) if "shared by fewer than 8 people" in line]
-    assert "in a person's details" in rule
-    assert "still names the organisation that recorded it" in rule and "GP practice" in rule

@@ -310,11 +310,9 @@ def rules_in_words(fw: Framework) -> list[str]:
                      f"include {sensitive} information.")
         for name, purpose in sorted(fw.purposes.items()):
             if not purpose.identifiable:
-                # what small_cells.py protects: the Patient alone (the clinical records keep their source)
                 lines.append(f"In extracts for {name}, no combination of sex, birth, postcode district, practice "
-                             f"and ethnic category in a person's details is shared by fewer than {purpose.k} "
-                             "people: it is made coarser, else left out. Each health record in an extract still "
-                             "names the organisation that recorded it (your GP practice, for its records).")
+                             f"and ethnic category is shared by fewer than {purpose.k} people: it is made coarser, "
+                             "else left out.")
     return lines
 
 
