@@ -68,6 +68,6 @@ def exact_counts(db: Database) -> dict[str, Any]:
 def patients_as_pseudonymised(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Patient of an extract written as the pseudonymiser gave it, for the tests of which Patient that
     is (the demographics rule, the date of birth anchoring the shift) on stores of two or three people:
-    there the small-cell check would leave everyone without quasi-identifiers. The check itself is tested
-    on a synthetic ICS (test_small_cells.py)."""
+    there the small-cell check would leave everyone without quasi-identifiers (and their clinical resources
+    without organisations). The check itself is tested on a synthetic ICS (test_small_cells.py)."""
     monkeypatch.setattr(jobs, "protect", lambda lines, k: (lines, SmallCells(k)))

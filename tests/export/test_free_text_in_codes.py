@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from tests.builders import SCT, bundle, patient, write_ndjson
 from tests.export.conftest import exact_counts, export
@@ -58,6 +59,7 @@ def test_local_codes_versions_and_times_of_day_stay_behind(ics: Ics, tmp_path: P
     assert details["codings_withheld"] == "2"  # of what left: the local code and the local value
 
 
+@pytest.mark.usefixtures("patients_as_pseudonymised")  # the source, as the pseudonymiser gives it
 def test_text_typed_into_a_status_a_media_type_or_the_source_system_stays_behind(ics: Ics) -> None:
     """FHIR's validation takes any text in a `code` element ("seen by Jane Smith" passes it), so a store
     written before ingest checked the required value sets (2026-12-06) may hold it: only a code of the

@@ -6,6 +6,7 @@ and every Patient already in a group of k, is what the pseudonymiser streamed (m
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from typer.testing import CliRunner
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 from sharedcare.cli import app
 from sharedcare.config import load_settings
 from sharedcare.export.jobs import ExportJobs
+from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.framework import Framework, parse_framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse
@@ -109,9 +112,12 @@ def test_nothing_but_the_small_cells_changes(extract: tuple[dict[str, list[bytes
                                              streamed: dict[str, list[bytes]]) -> None:
     files, summary = extract
     assert set(files) == set(streamed)
+    unsourced, unknown = _unsourced(files, streamed)
     for resource_type, lines in streamed.items():
-        if resource_type != "Patient":
-            assert Counter(files[resource_type]) == Counter(lines), resource_type
+        if resource_type != "Patient":  # but the organisations on the lines of people whose practice is left out
+            kept = [line for line in lines if _about(line) not in unsourced | unknown]
+            assert Counter(line for line in files[resource_type] if _about(line) not in unsourced | unknown) == \
+                Counter(kept), resource_type
     sizes = Counter(map(_published, streamed["Patient"]))
     given = {json.loads(line)["id"]: line for line in files["Patient"]}
     changed = 0
@@ -137,6 +143,43 @@ def test_nothing_but_the_small_cells_changes(extract: tuple[dict[str, list[bytes
     assert small["k"] == K
     assert sum(small["generalised"].values()) + small["suppressed"] == changed > 0
     assert small["suppressed"] == sum(map(_says_nothing, files["Patient"]))
+
+
+def _about(line: bytes) -> str:
+    """The Patient a clinical line is about."""
+    match = re.search(r'"reference":\s*"Patient/([^"]+)"', line.decode())
+    assert match is not None, line
+    return match.group(1)
+
+
+def _unsourced(files: dict[str, list[bytes]], streamed: dict[str, list[bytes]]) -> tuple[set[str], set[str]]:
+    """The people whose Patient leaves without the practice it had, or says nothing; and those who had no
+    practice to leave out (whether they were generalised that far the file cannot tell)."""
+    had = {json.loads(line)["id"] for line in streamed["Patient"] if "generalPractitioner" in json.loads(line)}
+    published = [json.loads(line) for line in files["Patient"]]
+    unsourced = {patient["id"] for patient in published if set(patient) == {"resourceType", "id", "meta"}
+                 or (patient["id"] in had and "generalPractitioner" not in patient)}
+    return unsourced, {patient["id"] for patient in published if patient["id"] not in had} - unsourced
+
+
+def test_no_clinical_line_gives_back_the_practice_a_patient_left_out(
+        extract: tuple[dict[str, list[bytes]], dict[str, Any]], streamed: dict[str, list[bytes]]) -> None:
+    """A person generalised as far as leaving out their practice, or suppressed, would be put back in a
+    group under k by the practice's code on their clinical resources (meta.source, an Encounter's
+    serviceProvider): no organisation is left on them (everyone else's lines are as streamed:
+    `test_nothing_but_the_small_cells_changes`)."""
+    files, _ = extract
+    unsourced, _ = _unsourced(files, streamed)
+    assert unsourced
+    theirs = [line for resource_type, lines in files.items() if resource_type != "Patient"
+              for line in lines if _about(line) in unsourced]
+    assert theirs and not [line for line in theirs if ODS_SYSTEM.encode() in line or b'"source"' in line]
+    before = [line for resource_type, lines in streamed.items() if resource_type != "Patient"
+              for line in lines if _about(line) in unsourced]
+    assert len(theirs) == len(before) and any(ODS_SYSTEM.encode() in line for line in before)
+    for line in theirs:  # still valid FHIR: nothing required went with the organisations
+        resource = json.loads(line)
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
 
 
 def test_the_same_extract_gives_the_same_patients_in_one_process_or_two(

@@ -176,3 +176,41 @@ def test_a_suspension_written_in_the_framework_file_ends_sessions_and_tokens_for
     changes = [details(e) for e in _events(db, AuditAction.AGREEMENT_SET, FRAMEWORK_FILE)]
     assert [(c["organisation"], c["status"]) for c in changes] == [("RXR", "suspended"), ("RXR", "signed")]
     assert changes[0]["sessions_ended"] == "dr.oconnor" and "framework file" in changes[0]["reason"]
+
+
+def test_a_suspension_written_in_the_file_after_an_operator_signed_again_takes_effect(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """The most recent deliberate change decides: RXR suspended and signed again by `agreements set`, then
+    suspended in the framework file and the server restarted: its staff cannot sign in, as the file says."""
+    with ics.restarted(framework):
+        pass
+    _set(db, framework, "RXR", "suspended")
+    _set(db, framework, "RXR", "signed")
+    suspended = file_says(framework, "RXR", "suspended")
+    with ics.restarted(suspended) as restarted:
+        assert _sign_in(ics, "dr.patel") == 303  # another organisation's staff are not touched
+        refused = restarted.post("/login", data={"username": "dr.oconnor", "password": "demo", "target": "/search"},
+                                 follow_redirects=False)
+        assert refused.status_code == 403 and "You cannot sign in" in refused.text and "suspended" in refused.text
+    with db.session() as s:
+        assert effective_agreements(s, suspended)["RXR"].status == "suspended"
+
+
+def test_a_stale_suspension_in_the_file_at_the_first_start_does_not_undo_an_operator_signing(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """The file still says RXR is suspended, but an operator signed it by `agreements set` before the server
+    first started: the signing stands, and nothing of RXR's is ended (its token keeps working, its staff
+    can sign in); no stop is audited."""
+    stale = file_says(framework, "RXR", "suspended")
+    _set(db, stale, "RXR", "signed")
+    bearer = ics.token("dr.oconnor")
+    with ics.restarted(stale) as started:
+        opened = started.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}, headers=bearer)
+        assert opened.status_code == 201, opened.text
+        assert started.get(f"/fhir/Patient/{ics.okafor}", headers=bearer).status_code == 200
+        signed_in = started.post("/login", data={"username": "dr.oconnor", "password": "demo", "target": "/search"},
+                                 follow_redirects=False)
+        assert signed_in.status_code == 303 and started.get("/search").status_code == 200
+    assert _events(db, AuditAction.AGREEMENT_SET, FRAMEWORK_FILE) == []
+    with db.session() as s:
+        assert effective_agreements(s, stale)["RXR"].status == "signed"

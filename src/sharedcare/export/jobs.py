@@ -19,6 +19,7 @@ before retention catches up.
 from __future__ import annotations
 
 import multiprocessing
+import re
 import shutil
 import threading
 import uuid
@@ -30,13 +31,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
-from sharedcare.fhir.uk_core import RECORD_TYPES
+from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.agreements import STOPPED, stopped_words
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import current_actor
@@ -133,7 +135,8 @@ def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> t
         ExportCounts, list[dict[str, Any]], list[bytes]]:
     """Export one shard of the people into part files (or the final files when there is one shard),
     adding to the job's progress and stopping if the job is cancelled. The Patient lines are returned, not
-    written: whether a person's quasi-identifiers may leave as they are depends on everyone's (`_patients`)."""
+    written: whether a person's quasi-identifiers may leave as they are depends on everyone's (`_patients`);
+    so they are held in memory, some 700 bytes a person (docs/architecture.md, "Small cells")."""
     db = Database(task.db_url)
     reported = 0
 
@@ -197,10 +200,70 @@ def _patients(folder: Path, output: list[dict[str, Any]], lines: list[bytes], k:
     protected, small = protect(lines, k)
     if not protected:
         return output, small
+    _unsource(folder, output, small.unsourced)
     files = NdjsonFiles(folder)
     for line in protected:
         files.write("Patient", line)
     return sorted(output + files.close(), key=lambda entry: entry["type"]), small
+
+
+# The Patient a clinical line is about (every reference to a Patient in it is to its person's one)
+_PATIENT_REFERENCE = re.compile(rb'"reference":"Patient/([^"]+)"')
+
+
+def _unsource(folder: Path, output: list[dict[str, Any]], patient_ids: set[str]) -> None:
+    """Rewrite the clinical files without organisations on the lines of these Patients
+    (`without_organisations`); every other line stays byte for byte."""
+    if not patient_ids:
+        return
+    wanted = {patient_id.encode() for patient_id in patient_ids}
+    for entry in output:
+        path = folder / entry["file"]
+        rewritten = path.with_name(path.name + ".unsourced")
+        try:
+            with path.open("rb") as lines, open(rewritten, "wb", buffering=1 << 20, opener=private_opener) as out:
+                for line in lines:
+                    about = _PATIENT_REFERENCE.search(line)
+                    if about is not None and about.group(1) in wanted:
+                        resource = orjson.loads(line)
+                        without_organisations(resource)
+                        line = orjson.dumps(resource) + b"\n"
+                    out.write(line)
+        except BaseException:
+            rewritten.unlink(missing_ok=True)
+            raise
+        rewritten.replace(path)
+
+
+def without_organisations(resource: dict[str, Any]) -> None:
+    """A clinical resource of a person in `SmallCells.unsourced`, without the organisations in it: its
+    `meta.source`, and every reference by ODS code (one also to a resource keeps that; a performer whose
+    actor it was goes with it, the actor being required)."""
+    (resource.get("meta") or {}).pop("source", None)
+    _drop_organisations(resource)
+
+
+def _organisation(value: Any) -> bool:
+    """Whether this is a reference by ODS code alone (nothing else of a reference leaves then)."""
+    return isinstance(value, dict) and "reference" not in value and \
+        (value.get("identifier") or {}).get("system") == ODS_SYSTEM
+
+
+def _drop_organisations(value: Any) -> None:
+    if isinstance(value, list):
+        value[:] = [item for item in value if not _organisation(item)
+                    and not (isinstance(item, dict) and _organisation(item.get("actor")))]
+        for item in value:
+            _drop_organisations(item)
+    elif isinstance(value, dict):
+        if (value.get("identifier") or {}).get("system") == ODS_SYSTEM:  # a reference to a resource too
+            value.pop("identifier")
+        for key in [key for key, item in value.items() if _organisation(item)]:
+            del value[key]
+        for key, item in list(value.items()):
+            _drop_organisations(item)
+            if item == [] or item == {}:
+                del value[key]
 
 
 def _discard_parts(folder: Path, shards: int) -> None:

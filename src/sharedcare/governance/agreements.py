@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast, get_args
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, case, null, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -27,21 +27,26 @@ STOPPED: tuple[AgreementStatus, ...] = tuple(s for s in get_args(AgreementStatus
 _STOPPED_WORDS = {"suspended": "suspended", "ended": "ended", "draft": "set back to draft (no longer signed)"}
 
 # `changed_by` of a status read from the framework file (`note_file_agreements`): such a row ends sessions,
-# tokens and exports as any stop does, but overrides nothing (the file says it already), so that an operator's
-# change made before it (`agreements set`) still stands
+# tokens and exports as any stop does, and, as the most recent deliberate change, puts the file back in charge
+# until an operator's next change (`agreements set`)
 FRAMEWORK_FILE = "framework file"
 # The date of a status the file had when first read, whose start is not known: it ends nothing issued before
+# and decides nothing (an operator's change made before the first read still stands)
 _NOT_KNOWN = datetime(1970, 1, 1, tzinfo=UTC)
 
 _CHANGES = cast(Table, AgreementChange.__table__)
-OVERRIDES = _CHANGES.c.changed_by != FRAMEWORK_FILE  # the changes that override the file
+DECIDING = _CHANGES.c.changed_at > _NOT_KNOWN  # the changes that decide, the latest winning
+# A change's status, None for the file's own (the file decides, as it says now)
+OVERRIDE = case((_CHANGES.c.changed_by == FRAMEWORK_FILE, null()), else_=_CHANGES.c.status)
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
-_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status).where(OVERRIDES).order_by(_CHANGES.c.id))
-_FILE_SAID = select(_CHANGES.c.org_code, _CHANGES.c.status).where(~OVERRIDES).order_by(_CHANGES.c.id)
+_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, OVERRIDE).where(DECIDING).order_by(_CHANGES.c.id))
+_FILE_SAID = select(_CHANGES.c.org_code, _CHANGES.c.status).where(
+    _CHANGES.c.changed_by == FRAMEWORK_FILE).order_by(_CHANGES.c.id)
 
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
-    """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
+    """Each organisation's agreement as it stands now: the file's, overridden by the latest change unless
+    that is the file's own."""
     return agreements_after(fw, _ALL_CHANGES(session))
 
 
@@ -50,12 +55,13 @@ def stopped_words(status: str) -> str:
     return _STOPPED_WORDS.get(status, status)
 
 
-def agreements_after(fw: Framework, changes: Iterable[tuple[str, str]]) -> dict[str, Agreement]:
-    """The file's agreements overridden by these (organisation, status) changes, given in the order made."""
+def agreements_after(fw: Framework, changes: Iterable[tuple[str, str | None]]) -> dict[str, Agreement]:
+    """The file's agreements overridden by these (organisation, status) changes, given in the order made
+    (status None: the file's own change, which puts the file back in charge)."""
     current = {code: org.agreement for code, org in fw.organisations.items()}
     latest = {code: status for code, status in changes}  # the last change wins
     for code, status in latest.items():
-        if code in current and current[code].status != status:
+        if status is not None and code in current and current[code].status != status:
             current[code] = current[code].model_copy(update={"status": status})
     return current
 
@@ -103,15 +109,17 @@ def note_file_agreements(db: Database, fw: Framework, source: str) -> list[str]:
     acts as one made by `agreements set`: the sessions and tokens issued before it stay refused after the
     file says signed again, and its finished exports are withdrawn (`ExportJobs.withdraw`). Audited, by
     "framework file". A file read for the first time is taken as it is: a suspension or end in it dates from
-    now; a draft or signed agreement's start is not known and ends nothing. The organisations changed."""
+    now; a draft or signed agreement's start is not known and ends nothing, nor does a status unlike the one
+    in effect (an operator changed it since, by `agreements set`): that change stands. The organisations changed."""
     changed = []
     with db.session() as session:
         said: dict[str, str] = {org: status for org, status in session.execute(_FILE_SAID)}
+        in_effect = effective_agreements(session, fw)
         for code, organisation in fw.organisations.items():
             status, before = organisation.agreement.status, said.get(code)
             if status == before:
                 continue
-            known = before is not None or status in ("suspended", "ended")
+            known = before is not None or (status in ("suspended", "ended") and status == in_effect[code].status)
             _record(session, fw, code, status, FRAMEWORK_FILE, f"changed in the framework file ({source})"
                     if before is not None else f"{status} in the framework file ({source}) when first read",
                     None if known else _NOT_KNOWN)

@@ -42,7 +42,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
-from sharedcare.governance.agreements import OVERRIDES, agreements_after, effective_agreements
+from sharedcare.governance.agreements import DECIDING, OVERRIDE, agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
 from sharedcare.governance.consent import OF_PERSON, Ask, choices_for, combined_choices, purposes_of_use
@@ -115,10 +115,10 @@ _ACTIVE_BASIS = (select(_BASES.c.basis, _BASES.c.reason, _BASES.c.expires_at)
                         _BASES.c.expires_at > bindparam("now"))
                  .order_by(_BASES.c.granted_at.desc()).limit(1))
 # The decision's inputs in one statement (four cost a small read more than its decision): the agreement
-# changes (kind "agreement": organisation, status, in the order made), this user's active basis for the
-# person ("basis": basis, reason, expiry), the choices held against the person's NHS numbers
-# ("choices": object_all, opt_out_secondary, object_orgs, and the Consent's other provisions) and what of
-# the person's records waits on IG review ("review": review kind, status, record id, Patient id;
+# changes (kind "agreement": organisation, status or None for the file's own, in the order made), this
+# user's active basis for the person ("basis": basis, reason, expiry), the choices held against the person's
+# NHS numbers ("choices": object_all, opt_out_secondary, object_orgs, and the Consent's other provisions) and
+# what of the person's records waits on IG review ("review": review kind, status, record id, Patient id;
 # review.py). Typed NULLs, so that PostgreSQL can match the branches' columns.
 _CHANGES = cast(Table, AgreementChange.__table__)
 _PREFS = cast(Table, Preference.__table__)
@@ -127,9 +127,9 @@ _NO_FLAG, _NO_ORGS = sql_cast(null(), Boolean), sql_cast(null(), JsonType)
 _BASIS_NOW = _ACTIVE_BASIS.subquery()
 _REVIEW_NOW = ON_REVIEW.subquery()
 _INPUTS = Prepared(union_all(
-    select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), _CHANGES.c.status.label("b"),
+    select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), OVERRIDE.label("b"),
            _NO_TIME.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"), _NO_ORGS.label("orgs"),
-           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c"), _NO_ORGS.label("provisions")).where(OVERRIDES),
+           _CHANGES.c.id.label("seq"), _NO_TEXT.label("c"), _NO_ORGS.label("provisions")).where(DECIDING),
     select(literal("basis", String), _BASIS_NOW.c.basis, sql_cast(_BASIS_NOW.c.reason, String), _BASIS_NOW.c.expires_at,
            _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer), _NO_TEXT, _NO_ORGS),
     select(literal("choices", String), _NO_TEXT, _NO_TEXT, _NO_TIME, _PREFS.c.object_all, _PREFS.c.opt_out_secondary,

@@ -22,8 +22,13 @@ people not settled at an earlier one together, so the outcome depends only on th
 Patients, not on their order: the same extract gives the same file. Patients settled at step 0 are written
 byte for byte as they were.
 
-What this does not cover (docs/architecture.md, HAZ-05): the clinical resources, which keep the
-practice in `meta.source` and, through age-tied events, the month of birth.
+The people settled at `practice-left-out` or later, and those suppressed, are named (`unsourced`, by
+pseudonymous id), and their clinical resources leave without the organisations that recorded or provided
+them (`export/jobs.py`: `meta.source`, every reference by ODS code): the practice's code there,
+linked to the Patient by its pseudonym, would put the practice back into their combination.
+
+What this does not cover (docs/architecture.md, HAZ-05): the clinical resources' dates, which through
+age-tied events can date a child's birth to the month.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class SmallCells:
     k: int
     generalised: Counter[str] = field(default_factory=Counter)  # people settled at each step
     suppressed: int = 0
+    # the Patient ids whose clinical resources leave without organisations (kept here, never published)
+    unsourced: set[str] = field(default_factory=set, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"k": self.k, "generalised": {step: self.generalised[step] for step in STEPS if self.generalised[step]},
@@ -96,6 +103,7 @@ def _birth_5_years(patient: dict[str, Any]) -> None:
         patient["deceasedBoolean"] = True
 
 
+_PRACTICE_STEP = STEPS.index("practice-left-out")
 _STEP_RULES: tuple[Callable[[dict[str, Any]], None], ...] = (
     _source_left_out, _birth_year, _ethnicity_left_out, _postcode_area, _practice_left_out, _birth_5_years)
 
@@ -124,7 +132,7 @@ def protect(lines: list[bytes], k: int) -> tuple[list[bytes], SmallCells]:
     out = list(lines)
     pending = [i for i, c in enumerate(current) if sizes[c] < k]
     patients = {i: orjson.loads(lines[i]) for i in pending}  # decoded again only where a step may change them
-    for step, rule in zip(STEPS, _STEP_RULES, strict=True):
+    for n, (step, rule) in enumerate(zip(STEPS, _STEP_RULES, strict=True)):
         if not pending:
             break
         for i in pending:
@@ -134,9 +142,13 @@ def protect(lines: list[bytes], k: int) -> tuple[list[bytes], SmallCells]:
         settled = [i for i in pending if sizes[current[i]] >= k]
         for i in settled:
             out[i] = orjson.dumps(patients[i])
+        if n >= _PRACTICE_STEP:
+            result.unsourced.update(str(patients[i].get("id")) for i in settled)
         result.generalised[step] += len(settled)
         pending = [i for i in pending if sizes[current[i]] < k]
     for i in pending:
         out[i] = orjson.dumps(_suppressed(patients[i]))
+        result.unsourced.add(str(patients[i].get("id")))
     result.suppressed = len(pending)
     return out, result
+
