@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -180,15 +180,13 @@ def settle_reviews(session: Session, records: Mapping[int, PatientRecord], liste
     return _settle(session, items, records, listed, by, at, "the relink")
 
 
-def resettle_reviews(session: Session, record: PatientRecord, listed: Container[tuple[int, int]], by: str,
+def resettle_reviews(session: Session, mine: list[MatchReview], listed: Container[tuple[int, int]], by: str,
                      at: datetime) -> Settled:
     """After a re-match moved or changed one record: the relink's rule applied again to the items of its pairs
-    a relink closed, so a pair it no longer settles (the records now in two persons, or a pair the re-match
-    puts in doubt, `listed`) is back on the review list at once, not at the next relink. Open items are left
-    to the relink and the reviewers."""
-    mine = or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)
-    items = list(session.scalars(select(MatchReview).where(mine, MatchReview.status.in_((RELINK_SAME, RELINK_APART)))
-                                 .order_by(MatchReview.id)))
+    (`mine`) a relink closed, so a pair it no longer settles (the records now in two persons, or a pair the
+    re-match puts in doubt, `listed`) is back on the review list at once, not at the next relink. Open items
+    are left to the relink and the reviewers."""
+    items = sorted((i for i in mine if i.status in (RELINK_SAME, RELINK_APART)), key=lambda i: i.id)
     records = {i: session.get_one(PatientRecord, i) for item in items for i in (item.record_a, item.record_b)}
     return _settle(session, items, records, listed, by, at, "the re-match")
 

@@ -435,8 +435,9 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
 
 def _left_alone(record: PatientRecord, now: datetime) -> None:
     """A record the re-match left alone in its person links to no one now: what it said about its link (how,
-    how likely, with which record) is cleared, as for a new record of its own; a placed record stays manual."""
-    if record.link_method != "manual":
+    how likely, with which record) is cleared, as for a new record of its own; a placed record stays manual, and
+    one held for another reason (too little to match on, an NHS number conflict) keeps that method."""
+    if record.link_method in ("probabilistic", "nhs-number"):
         record.link_method = "new"
     record.match_probability, record.match_weight, record.match_evidence, record.updated_at = 1.0, None, None, now
 
@@ -467,10 +468,11 @@ def _decisions(session: Session, record: PatientRecord, mine: list[PatientRecord
                                 .order_by(LinkEvent.id.desc()).limit(1)).first()
         if event is not None:
             found.append(f"{event.kind} #{event.id} by {event.by}")
-    if mine:
+    placed = [r.id for r in mine if r.link_method == "manual"]  # a merge marks the records it moves so
+    if placed:
         merge = session.scalars(select(LinkEvent).join(LinkMove).where(
             LinkEvent.kind == "merge", LinkEvent.undone_by.is_(None), LinkMove.to_person == record.person_id,
-            LinkMove.patient_record_id.in_([r.id for r in mine])).order_by(LinkEvent.id.desc()).limit(1)).first()
+            LinkMove.patient_record_id.in_(placed)).order_by(LinkEvent.id.desc()).limit(1)).first()
         if merge is not None and f"{merge.kind} #{merge.id} by {merge.by}" not in found:
             found.append(f"{merge.kind} #{merge.id} by {merge.by}")
     return found
@@ -497,10 +499,10 @@ def _review(session: Session, record: PatientRecord, incoming: Features, model: 
     """The record's items a relink closed that no longer hold (or that `new` puts in doubt again) reopened,
     its open review items scored again on its new demographics (what else their evidence said is kept), and
     `new` pairs added."""
-    resettle_reviews(session, record, {(min(record.id, other), max(record.id, other)) for other, _, _ in new},
-                     REMATCH, utcnow())
     items = {(i.record_a, i.record_b): i for i in session.scalars(select(MatchReview).where(
         or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)))}
+    resettle_reviews(session, list(items.values()), {(min(record.id, other), max(record.id, other))
+                                                     for other, _, _ in new}, REMATCH, utcnow())
     for item in items.values():
         if item.status in ("open", "deferred"):
             them = session.get_one(PatientRecord, item.record_b if item.record_a == record.id else item.record_a)
