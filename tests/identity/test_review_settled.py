@@ -127,6 +127,19 @@ def test_a_pair_with_two_different_valid_nhs_numbers_is_closed_as_apart(env: Dat
     assert "different valid NHS numbers" in closed["evidence"]["relinks"][-1]["reason"]
 
 
+def test_a_pair_a_relink_closed_is_reopened_when_the_re_match_puts_it_in_doubt_again(env: Database,
+                                                                                     tmp_path: Path) -> None:
+    """The maternity unit sends the baby's record again without the phone: matched again it is in doubt with
+    Ada's record, as on arrival; the pair the relink had closed is back on the list, saying why."""
+    item = _baby_and_her_gp_record(tmp_path)
+    _relink(tmp_path)
+    _ingest(tmp_path, "again.ndjson", ("RXR", "epr", patient("b", None, "Rowe", "Baby", "2023-09-16", "female")))
+    [reopened] = _listed()  # before: nothing listed, the pair dropped as already known
+    assert (reopened["id"], reopened["status"]) == (item, "open")
+    step = reopened["evidence"]["relinks"][-1]
+    assert (step["by"], step["reason"]) == ("mpi re-match", "reopened: the re-match lists the pair again")
+
+
 def test_a_relink_keeps_what_the_re_match_said_about_an_open_item_it_lists_again(env: Database,
                                                                                   tmp_path: Path) -> None:
     """Amy's hospital record (keyed Zara) links on the NHS number with a discrepancy, on the list; the hospital
