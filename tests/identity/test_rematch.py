@@ -208,6 +208,28 @@ def test_a_merge_is_not_undone_by_a_later_change_it_goes_to_review_naming_the_me
     assert _records(db)["RXR/H100"].person_id == hospital
 
 
+def test_the_kept_side_of_a_merge_is_not_moved_by_a_later_change_it_goes_to_review_naming_the_merge(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The hospital registration (Chuks) was merged into the GP record's person; the GP then sends only a new
+    postcode: matched again the GP record would go apart from Chuks, so it stays, held for review naming the
+    merge, rather than the merge being undone silently."""
+    _fhir(db, framework, tmp_path / "gp.ndjson",
+          (GP, patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")))
+    _hl7(db, framework, tmp_path / "RXR" / "a01.hl7", admission(nhs=None, name="OKAFOR^Chuks^^^Mr"))
+    r = _records(db)
+    gp, hospital = r["P81001/okafor"].person_id, r["RXR/H100"].person_id
+    with db.session() as s:
+        merge_id = merge_persons(s, gp, hospital, by="mpi.reviewer", reason="same man: Chuks is what he is called").id
+    _fhir(db, framework, tmp_path / "gp2.ndjson",
+          (GP, patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "LS1 4AP")),
+          at="2026-11-02T09:00:00Z")
+    r = _records(db)
+    assert r["P81001/okafor"].person_id == r["RXR/H100"].person_id == gp  # before: the GP record moved away
+    assert r["P81001/okafor"].link_status == "review"
+    assert f"merge #{merge_id} by mpi.reviewer" in (r["P81001/okafor"].link_note or "")
+    assert _events(db, "rematch") == []
+
+
 def test_an_open_review_item_about_the_record_is_scored_again_and_stays_open(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """Twins' hospital records wait for a reviewer; one is sent again with a new postcode: the pair stays

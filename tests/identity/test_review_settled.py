@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, PatientRecord
 
 runner = CliRunner()
 PHONE = [{"system": "phone", "value": "01632 960123", "use": "home"}]
@@ -87,17 +87,26 @@ def test_a_reviewers_deferral_is_never_closed_by_a_relink(env: Database, tmp_pat
     assert "decided deferred" in shown.stdout and "relink-same" not in shown.stdout
 
 
-def test_a_pair_a_later_relink_parts_again_is_reopened(env: Database, tmp_path: Path) -> None:
+def test_a_pair_a_relink_closed_is_reopened_at_once_when_a_correction_parts_it(env: Database,
+                                                                              tmp_path: Path) -> None:
+    """The practice corrects Ada's record (another birth date, no phone): matched again at once, it leaves the
+    baby's record, and the pair the relink had closed as one person is back on the list then, not at the next
+    relink; the baby's record, alone now, no longer says it is linked with Ada's."""
     item = _baby_and_her_gp_record(tmp_path)
     _relink(tmp_path)
-    # the practice corrects Ada's record: another birth date, no phone; the baby's record no longer matches it
     _ingest(tmp_path, "correction.ndjson",
             ("P81001", "emis", patient("ada", "9434765919", "Rowe", "Ada", "2019-03-02", "female")))
-    report = _relink(tmp_path)
-    assert (report["review_reopened"], report["review_open"]) == (1, 1)
-    [reopened] = _listed()
+    [reopened] = _listed()  # before: nothing listed, the item still "relink-same" with both records apart
     assert (reopened["id"], reopened["status"], reopened["linked"]) == (item, "open", False)
-    assert [step["status"] for step in reopened["evidence"]["relinks"]] == ["relink-same", "open"]
+    [closed, step] = reopened["evidence"]["relinks"]
+    assert (closed["status"], step["status"], step["by"]) == ("relink-same", "open", "mpi re-match")
+    assert "two persons" in step["reason"]
+    with env.session() as session:
+        baby = session.scalars(select(PatientRecord).where(PatientRecord.source_id == "b")).one()
+        assert (baby.link_method, baby.match_evidence, baby.match_weight) == ("new", None, None)
+    report = _relink(tmp_path)  # the relink finds it open already
+    assert (report["review_reopened"], report["review_open"]) == (0, 1)
+    assert [(i["id"], i["status"]) for i in _listed()] == [(item, "open")]
 
 
 def test_a_pair_with_two_different_valid_nhs_numbers_is_closed_as_apart(env: Database, tmp_path: Path) -> None:
@@ -116,3 +125,35 @@ def test_a_pair_with_two_different_valid_nhs_numbers_is_closed_as_apart(env: Dat
     [closed] = _listed("--all")
     assert (closed["id"], closed["status"], closed["linked"]) == (item["id"], "relink-apart", False)
     assert "different valid NHS numbers" in closed["evidence"]["relinks"][-1]["reason"]
+
+
+def test_a_pair_a_relink_closed_is_reopened_when_the_re_match_puts_it_in_doubt_again(env: Database,
+                                                                                     tmp_path: Path) -> None:
+    """The maternity unit sends the baby's record again without the phone: matched again it is in doubt with
+    Ada's record, as on arrival; the pair the relink had closed is back on the list, saying why."""
+    item = _baby_and_her_gp_record(tmp_path)
+    _relink(tmp_path)
+    _ingest(tmp_path, "again.ndjson", ("RXR", "epr", patient("b", None, "Rowe", "Baby", "2023-09-16", "female")))
+    [reopened] = _listed()  # before: nothing listed, the pair dropped as already known
+    assert (reopened["id"], reopened["status"]) == (item, "open")
+    step = reopened["evidence"]["relinks"][-1]
+    assert (step["by"], step["reason"]) == ("mpi re-match", "reopened: the re-match lists the pair again")
+
+
+def test_a_relink_keeps_what_the_re_match_said_about_an_open_item_it_lists_again(env: Database,
+                                                                                  tmp_path: Path) -> None:
+    """Amy's hospital record (keyed Zara) links on the NHS number with a discrepancy, on the list; the hospital
+    sends a new address and the re-match scores the item again; the relink lists it again: the reviewer still
+    reads that it was scored again, with the relink's evidence."""
+    _ingest(tmp_path, "f.ndjson",
+            ("P81001", "emis", patient("amy", "9434765919", "Jones", "Amy", "2001-04-05", "female")),
+            ("RXR", "epr", patient("h-amy", "9434765919", "Jones", "Zara", "2001-04-05", "female", "LS1 4AP")))
+    _ingest(tmp_path, "g.ndjson",
+            ("RXR", "epr", patient("h-amy", "9434765919", "Jones", "Zara", "2001-04-05", "female", "LS2 7UE")))
+    [item] = _listed()
+    assert "rescored" in item["evidence"]
+    _relink(tmp_path)
+    [after] = _listed()
+    assert (after["id"], after["status"], after["linked"]) == (item["id"], "open", True)
+    assert "discrepancy" in after["evidence"]
+    assert after["evidence"]["rescored"] == item["evidence"]["rescored"]  # before: dropped by the relink

@@ -103,11 +103,12 @@ def test_a_bundle_entry_naming_another_known_sender_in_meta_source_is_refused(en
     assert _held(env) == [("P81001", "line 1")]
 
 
-def test_without_source_a_bundle_entry_naming_another_known_sender_is_held_as_its_own(
+def test_without_source_a_bundle_entry_naming_another_known_sender_is_held_as_the_bundles_sender(
         env: Database, tmp_path: Path) -> None:
     """Without --source the bundle's own meta.source names its sender; an entry naming another organisation of
-    the framework is not stored as the bundle's sender's (its meta.source overwritten): the message is held as
-    the entry's sender's, naming both, as with --source, and the rest of the file is stored."""
+    the framework is not stored as the bundle's sender's (its meta.source overwritten): the message is held,
+    naming both, as the bundle's sender's (who alone can send it again corrected), and the rest of the file is
+    stored; the sender's corrected copy supersedes it."""
     mixed = bundle("P81002", "emis", [patient("gp-0", None, "Jones", "Ann", "1960-01-01"),
                                       patient("gp-1", "9434765919", "Hughes", "Margaret", "1952-06-11")])
     mixed["entry"][1]["resource"]["meta"] = {"source": f"{ODS_SYSTEM}|P81001#emis"}
@@ -120,12 +121,18 @@ def test_without_source_a_bundle_entry_naming_another_known_sender_is_held_as_it
     assert refused["where"] == f"{feed}, line 1, entry[1]"
     assert "meta.source names the sender P81001, but the message is sent as P81002" in refused["reason"]
     assert _stored(env) == [("P81002", "gp-2")]
-    assert _held(env) == [("P81001", "line 1")]
+    assert _held(env) == [("P81002", "line 1")]  # before: held as P81001's, which never sends it again
+    corrected = json.loads(json.dumps(mixed))
+    corrected["entry"][1]["resource"]["meta"] = {"source": f"{ODS_SYSTEM}|P81002#emis"}
+    corrected["timestamp"] = "2026-11-02T09:00:00Z"
+    code, report = _ingest(str(write_ndjson(tmp_path / "corrected.ndjson", [corrected])))
+    assert code == 0 and ("P81002", "gp-1") in _stored(env)
+    with env.session() as s:
+        assert s.scalars(select(Quarantine.status)).one() == "superseded"
     mixed["type"], mixed["id"] = "batch", "another"  # a batch's entries stand alone: only that one is held
     code, report = _ingest(str(write_ndjson(tmp_path / "batch.ndjson", [mixed])))
     assert code == 1 and report["quarantine"][0]["where"].endswith("line 1, entry[1]")
-    assert _stored(env) == [("P81002", "gp-0"), ("P81002", "gp-2")]
-    assert _held(env)[-1] == ("P81001", "line 1, entry[1]")
+    assert _held(env)[-1] == ("P81002", "line 1, entry[1]")
 
 
 def test_a_csv_row_is_another_senders_only_by_its_folder_not_its_header(env: Database, tmp_path: Path,

@@ -9,7 +9,7 @@ practices' claims of the person's registration queues the moved claim for IG (go
 from __future__ import annotations
 
 import uuid
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -175,19 +175,36 @@ def settle_reviews(session: Session, records: Mapping[int, PatientRecord], liste
     by whom, the new status, why, and for a link each record's strongest link), and the whole is one audit
     entry naming the items by id. A reviewer's decision is not touched: only open and relink-closed items
     are read."""
-    settled = Settled()
     items = session.scalars(select(MatchReview).where(MatchReview.status.in_(("open", RELINK_SAME, RELINK_APART)))
                             .order_by(MatchReview.id))
+    return _settle(session, items, records, listed, by, at, "the relink")
+
+
+def resettle_reviews(session: Session, mine: list[MatchReview], listed: Container[tuple[int, int]], by: str,
+                     at: datetime) -> Settled:
+    """After a re-match moved or changed one record: the relink's rule applied again to the items of its pairs
+    (`mine`) a relink closed, so a pair it no longer settles (the records now in two persons, or a pair the
+    re-match puts in doubt, `listed`) is back on the review list at once, not at the next relink. Open items
+    are left to the relink and the reviewers."""
+    items = sorted((i for i in mine if i.status in (RELINK_SAME, RELINK_APART)), key=lambda i: i.id)
+    records = {i: session.get_one(PatientRecord, i) for item in items for i in (item.record_a, item.record_b)}
+    return _settle(session, items, records, listed, by, at, "the re-match")
+
+
+def _settle(session: Session, items: Iterable[MatchReview], records: Mapping[int, PatientRecord],
+            listed: Container[tuple[int, int]], by: str, at: datetime, actor: str) -> Settled:
+    """`settle_reviews`'s rule on these items; `actor` (the relink, the re-match) is named in each reason."""
+    settled = Settled()
     for item in items:
         a, b = records[item.record_a], records[item.record_b]
         if (item.record_a, item.record_b) in listed:
-            status, why = "open", "reopened: the relink lists the pair again"
+            status, why = "open", f"reopened: {actor} lists the pair again"
         elif a.person_id == b.person_id:
-            status, why = RELINK_SAME, "closed: the relink put both records in one person"
+            status, why = RELINK_SAME, f"closed: {actor} put both records in one person"
         elif numbers_keep_apart(a.nhs_number, b.nhs_number):
             status, why = RELINK_APART, "closed: the records carry different valid NHS numbers, never one person"
         else:
-            status, why = "open", "reopened: the relink put the records in two persons"
+            status, why = "open", f"reopened: {actor} put the records in two persons"
         if status == item.status:
             continue
         step: dict[str, Any] = {"at": at.isoformat(), "by": by, "status": status, "reason": why}
@@ -200,7 +217,7 @@ def settle_reviews(session: Session, records: Mapping[int, PatientRecord], liste
         session.flush()
         record_audit(session, AuditRecord(
             AuditAction.MPI_REVIEW_SETTLED, "permit", username=by, purpose="governance",
-            reason="review items a relink settled or reopened",
+            reason=f"review items {actor} settled or reopened",
             detail={"one_person": " ".join(map(str, settled.same)),
                     "nhs_numbers_differ": " ".join(map(str, settled.apart)),
                     "reopened": " ".join(map(str, settled.reopened))}))

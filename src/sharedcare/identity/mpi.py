@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ from sharedcare.identity.compare import (
     phone_key,
     postcode_parts,
 )
-from sharedcare.identity.links import moves_to, settle_reviews
+from sharedcare.identity.links import moves_to, resettle_reviews, settle_reviews
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
@@ -396,7 +396,7 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
                          f"with record {conflict.id} of the person it matches ({_why_apart(conflict, nhs)})")
     to = link.person_id or (record.person_id if not mine else None)  # None: a person of its own
     moves = to != record.person_id
-    earlier = _decisions(session, record)
+    earlier = _decisions(session, record, mine)
     model = current_model(session)
     incoming = features(match_record(record.id, demo, nhs))
     if moves and earlier and clash is None:
@@ -414,6 +414,8 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
         person_id = to or _new_person(session)
         move = moves_to([record], person_id)
         record.person_id = person_id
+        if len(mine) == 1:
+            _left_alone(mine[0], now)
         event = LinkEvent(at=now, kind="rematch", by=REMATCH, reason=reason, moves=move)
         session.add(event)
         session.flush()
@@ -431,6 +433,15 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
         _reopen(session, record, reason)
 
 
+def _left_alone(record: PatientRecord, now: datetime) -> None:
+    """A record the re-match left alone in its person links to no one now: what it said about its link (how,
+    how likely, with which record) is cleared, as for a new record of its own; a placed record stays manual, and
+    one held for another reason (too little to match on, an NHS number conflict) keeps that method."""
+    if record.link_method in ("probabilistic", "nhs-number"):
+        record.link_method = "new"
+    record.match_probability, record.match_weight, record.match_evidence, record.updated_at = 1.0, None, None, now
+
+
 def _person_records(session: Session, person_id: str, but: int) -> list[PatientRecord]:
     return list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id,
                                                             PatientRecord.id != but)))
@@ -445,9 +456,10 @@ def _clash(records: list[PatientRecord], demo: Demographics, nhs: str | None) ->
     return next((r for r in records if numbers_keep_apart(nhs, r.nhs_number) or _conflicts(r, demo)), None)
 
 
-def _decisions(session: Session, record: PatientRecord) -> list[str]:
-    """What people decided about where this record belongs: reviewers' decisions on its pairs, and the merge,
-    separation or review that last moved it (`link_method` manual)."""
+def _decisions(session: Session, record: PatientRecord, mine: list[PatientRecord]) -> list[str]:
+    """What people decided about where this record belongs: reviewers' decisions on its pairs, the merge,
+    separation or review that last moved it (`link_method` manual), and a merge not undone that brought
+    records still with it (`mine`) to its person: the kept side of a merge is as placed as the side moved."""
     found = [f"review #{item.id} ({item.status} by {item.decided_by})" for item in session.scalars(
         select(MatchReview).where(or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id),
                                   MatchReview.status.in_(_DECIDED)).order_by(MatchReview.id))]
@@ -456,6 +468,13 @@ def _decisions(session: Session, record: PatientRecord) -> list[str]:
                                 .order_by(LinkEvent.id.desc()).limit(1)).first()
         if event is not None:
             found.append(f"{event.kind} #{event.id} by {event.by}")
+    placed = [r.id for r in mine if r.link_method == "manual"]  # a merge marks the records it moves so
+    if placed:
+        merge = session.scalars(select(LinkEvent).join(LinkMove).where(
+            LinkEvent.kind == "merge", LinkEvent.undone_by.is_(None), LinkMove.to_person == record.person_id,
+            LinkMove.patient_record_id.in_(placed)).order_by(LinkEvent.id.desc()).limit(1)).first()
+        if merge is not None and f"{merge.kind} #{merge.id} by {merge.by}" not in found:
+            found.append(f"{merge.kind} #{merge.id} by {merge.by}")
     return found
 
 
@@ -477,10 +496,13 @@ def _pair_with(link: _Link) -> list[tuple[int, float, dict[str, Any]]]:
 
 def _review(session: Session, record: PatientRecord, incoming: Features, model: Model,
             new: list[tuple[int, float, dict[str, Any]]]) -> None:
-    """The record's open review items scored again on its new demographics (what else their evidence said is
-    kept), and `new` pairs added."""
+    """The record's items a relink closed that no longer hold (or that `new` puts in doubt again) reopened,
+    its open review items scored again on its new demographics (what else their evidence said is kept), and
+    `new` pairs added."""
     items = {(i.record_a, i.record_b): i for i in session.scalars(select(MatchReview).where(
         or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)))}
+    resettle_reviews(session, list(items.values()), {(min(record.id, other), max(record.id, other))
+                                                     for other, _, _ in new}, REMATCH, utcnow())
     for item in items.values():
         if item.status in ("open", "deferred"):
             them = session.get_one(PatientRecord, item.record_b if item.record_a == record.id else item.record_a)
@@ -593,7 +615,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
             item = session.scalars(select(MatchReview).where(MatchReview.record_a == pair.record_a,
                                                              MatchReview.record_b == pair.record_b)).one()
             if item.status == "open":
-                history = {"relinks": item.evidence["relinks"]} if "relinks" in item.evidence else {}
+                history = {key: item.evidence[key] for key in ("relinks", "reopened", "rescored")
+                           if key in item.evidence}
                 item.evidence, item.probability = pair.evidence | history, pair.probability
         elif (pair.record_a, pair.record_b) not in known:
             known.add((pair.record_a, pair.record_b))

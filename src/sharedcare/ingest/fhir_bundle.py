@@ -161,7 +161,7 @@ def _source_of(data: dict[str, Any], raw: RawMessage, fw: Framework, override: s
     """Which organisation and system sent this: --source, else meta.source, else the folder it sits in. --source
     only names a sender meta.source does not: another organisation of the framework there, the message's own or
     any entry's (each entry's would be overwritten with --source's), is refused; so is, without it, an entry
-    naming another than the message's own sender, held as the one it names (a batch's entry on its own)."""
+    naming another than the message's own sender, held as the message's (a batch's entry on its own)."""
     meta = data.get("meta")
     declared = parse_meta_source(meta.get("source") if isinstance(meta, dict) else None)
     org = override or (declared[0] if declared else None)

@@ -91,13 +91,15 @@ def sent_by(org: str | None) -> Iterator[None]:
 def sender_conflict(claim: str, named: str, source: str, where: str,
                     condition: Condition = Condition.APPLICATION, given: bool = True) -> MessageError:
     """`--source` names the sender of messages that name none; a message that names another organisation of the
-    framework is refused, held as the one it names: stored as `source`'s, its records would be shared and
-    audited with a false provenance. `claim`: what in the message names `named`. `given`: whether `source` is
-    --source's; else the message's own sender (a bundle's meta.source, its folder), which one entry contradicts."""
+    framework is refused: stored as `source`'s, its records would be shared and audited with a false
+    provenance. It is held as the organisation whose corrected copy will supersede it: the one it names when
+    `source` is --source's (`given`: an operator's word against the message's), else the message's own sender
+    (a bundle's meta.source, its folder), which one entry contradicts and which alone can send it again
+    corrected. `claim`: what in the message names `named`; the reason names both."""
     if not given:
         return MessageError(f"{claim}, but the message is sent as {source}: stored as {source}'s, its records would "
                             "carry a false provenance; have the sender send each organisation's records in a message "
-                            "of its own, or correct it", where, source_org=named, condition=condition)
+                            "of its own, or correct it", where, source_org=source, condition=condition)
     return MessageError(f"{claim}, but --source names {source}: stored as {source}'s, its records would carry a "
                         f"false provenance; ingest it without --source (or with --source {named}), or have the "
                         "sender correct it", where, source_org=named, condition=condition)
