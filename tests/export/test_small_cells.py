@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,13 @@ from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.config import load_settings
+from sharedcare.export import jobs as export_jobs
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.framework import Framework, parse_framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse
-from sharedcare.governance.small_cells import protect
+from sharedcare.governance.small_cells import SmallCells, protect
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
@@ -236,3 +237,19 @@ def test_a_step_is_taken_only_as_far_as_a_group_needs() -> None:
     assert _says_nothing(out[6])
     assert small.as_dict() == {"k": 3, "generalised": {"birth-year": 3}, "suppressed": 1}
     assert protect(list(reversed(lines)), 3)[0] == list(reversed(out))  # the same whatever the order
+
+
+def test_a_run_that_fails_in_the_check_leaves_no_unchecked_patient_behind(
+        db: Database, fw: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shards write the Patient lines before the check has decided them (it streams the file): a run
+    that fails while rewriting it must not leave them, nor the half-written file, for anyone to pick up."""
+    def failing(lines: Iterable[bytes], k: int) -> tuple[Iterator[bytes], SmallCells]:
+        def some_then_fail() -> Iterator[bytes]:
+            yield next(iter(lines))
+            raise OSError("no space left on device")
+        return some_then_fail(), SmallCells(k)
+
+    monkeypatch.setattr(export_jobs, "protect", failing)
+    with pytest.raises(OSError, match="no space"):
+        _export(db, fw, tmp_path, workers=1)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

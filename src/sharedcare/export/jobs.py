@@ -24,7 +24,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,7 +47,8 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
-from sharedcare.governance.small_cells import DEFAULT_K, SmallCells, protect
+from sharedcare.governance.small_cells import DEFAULT_K, SmallCells
+from sharedcare.governance.small_cells import screen as protect  # streams: the file is never held
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, ExportJob
@@ -132,11 +133,11 @@ class _Shard:
 
 
 def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
-        ExportCounts, list[dict[str, Any]], list[bytes]]:
+        ExportCounts, list[dict[str, Any]]]:
     """Export one shard of the people into part files (or the final files when there is one shard),
-    adding to the job's progress and stopping if the job is cancelled. The Patient lines are returned, not
-    written: whether a person's quasi-identifiers may leave as they are depends on everyone's (`_patients`);
-    so they are held in memory, some 700 bytes a person (docs/architecture.md, "Small cells")."""
+    adding to the job's progress and stopping if the job is cancelled. The Patient lines are written as they
+    come too: whether a person's quasi-identifiers may leave as they are depends on everyone's, and the run
+    rewrites the joined file once that is decided (`_patients`), so no process holds the extract."""
     db = Database(task.db_url)
     reported = 0
 
@@ -155,14 +156,10 @@ def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> t
     secondary = SecondaryUse(db, task.fw, task.secret, task.actor, task.purpose, request_id=task.job_id)
     counts = ExportCounts()
     files = NdjsonFiles(Path(task.folder), None if task.count == 1 else task.index)
-    patients: list[bytes] = []
     try:
         for resource_type, line in secondary.stream(task.scope, counts, progress, (task.index, task.count)):
-            if resource_type == "Patient":
-                patients.append(line)
-            else:
-                files.write(resource_type, line)
-        return counts, files.close(), patients
+            files.write(resource_type, line)
+        return counts, files.close()
     except BaseException:
         files.close()
         raise
@@ -193,18 +190,44 @@ def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) ->
     return output
 
 
-def _patients(folder: Path, output: list[dict[str, Any]], lines: list[bytes], k: int) -> tuple[
-        list[dict[str, Any]], SmallCells]:
-    """Write the extract's Patients once no combination of quasi-identifiers in it is held by fewer than k
-    people (`small_cells.protect`); the output list with the Patient file in its place."""
-    protected, small = protect(lines, k)
-    if not protected:
-        return output, small
-    _unsource(folder, output, small.unsourced)
-    files = NdjsonFiles(folder)
-    for line in protected:
-        files.write("Patient", line)
-    return sorted(output + files.close(), key=lambda entry: entry["type"]), small
+def _patients(folder: Path, output: list[dict[str, Any]], k: int) -> SmallCells:
+    """Rewrite the extract's Patient file so that no combination of quasi-identifiers in it is held by
+    fewer than k people, and the clinical files of those whose practice it left out (`_unsource`). The
+    file is read twice, as a stream: once to decide each person's step keeping only short digests of their
+    combinations, once to rewrite the lines that step changes (`small_cells.screen`)."""
+    entry = next((entry for entry in output if entry["type"] == "Patient"), None)
+    if entry is None:
+        return SmallCells(k=k)
+    path = folder / entry["file"]
+    protected, small = protect(_Lines(path), k)
+    _rewrite(path, lambda _: (line + b"\n" for line in protected))
+    _unsource(folder, [other for other in output if other is not entry], small.unsourced)
+    return small
+
+
+class _Lines:
+    """A file's lines without their ends, read afresh each time they are iterated."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as lines:
+            for line in lines:
+                yield line.rstrip(b"\n")
+
+
+def _rewrite(path: Path, lines: Callable[[IO[bytes]], Iterable[bytes]]) -> None:
+    """Replace a file by the lines made from it, written beside it (deleted if that fails) and then moved."""
+    rewritten = path.with_name(path.name + ".rewritten")
+    try:
+        with path.open("rb") as source, open(rewritten, "wb", buffering=1 << 20, opener=private_opener) as out:
+            for line in lines(source):
+                out.write(line)
+    except BaseException:
+        rewritten.unlink(missing_ok=True)
+        raise
+    rewritten.replace(path)
 
 
 # The Patient a clinical line is about (every reference to a Patient in it is to its person's one)
@@ -216,23 +239,17 @@ def _unsource(folder: Path, output: list[dict[str, Any]], patient_ids: set[str])
     (`without_organisations`); every other line stays byte for byte."""
     if not patient_ids:
         return
-    wanted = {patient_id.encode() for patient_id in patient_ids}
+    def unsourced(lines: IO[bytes]) -> Iterator[bytes]:
+        for line in lines:
+            about = _PATIENT_REFERENCE.search(line)
+            if about is not None and about.group(1).decode() in patient_ids:
+                resource = orjson.loads(line)
+                without_organisations(resource)
+                line = orjson.dumps(resource) + b"\n"
+            yield line
+
     for entry in output:
-        path = folder / entry["file"]
-        rewritten = path.with_name(path.name + ".unsourced")
-        try:
-            with path.open("rb") as lines, open(rewritten, "wb", buffering=1 << 20, opener=private_opener) as out:
-                for line in lines:
-                    about = _PATIENT_REFERENCE.search(line)
-                    if about is not None and about.group(1) in wanted:
-                        resource = orjson.loads(line)
-                        without_organisations(resource)
-                        line = orjson.dumps(resource) + b"\n"
-                    out.write(line)
-        except BaseException:
-            rewritten.unlink(missing_ok=True)
-            raise
-        rewritten.replace(path)
+        _rewrite(folder / entry["file"], unsourced)
 
 
 def without_organisations(resource: dict[str, Any]) -> None:
@@ -394,10 +411,10 @@ class ExportJobs:
                 results = [run_shard(tasks[0], lambda done: on_progress(done, total) if on_progress else None)]
             else:
                 results = self._in_processes(tasks, lambda done: on_progress(done, total) if on_progress else None)
-            for shard_counts, _, _ in results:
+            for shard_counts, _ in results:
                 counts.add(shard_counts)
-            output = _join_parts(folder, [files for _, files, _ in results], shards)
-            output, counts.small_cells = _patients(folder, output, [line for *_, lines in results for line in lines], k)
+            output = _join_parts(folder, [files for _, files in results], shards)
+            counts.small_cells = _patients(folder, output, k)
         except ExportCancelled:
             _discard_parts(folder, shards)
             return self._view(job_id)
@@ -437,7 +454,7 @@ class ExportJobs:
         return self._view(job_id)
 
     def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
-            tuple[ExportCounts, list[dict[str, Any]], list[bytes]]]:
+            tuple[ExportCounts, list[dict[str, Any]]]]:
         """Each shard in its own process (spawned: no state shared with this server), reporting progress
         through the job row, which this thread reads for the caller."""
         with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -188,8 +188,8 @@ class SecondaryUse:
         in the order of the people's pseudonyms (`_people`).
 
         The rows of `_PEOPLE_PER_STATEMENT` people are read at a time, but the people's ids are listed first
-        (`_people`), and an export run keeps every Patient line for the small-cell check (`export/jobs.py`):
-        memory grows with the population (docs/architecture.md, "Small cells").
+        (`_people`), and an export run's small-cell check keeps short digests of each person's Patient
+        (`small_cells.decide`): memory grows with the population (docs/architecture.md, "Small cells").
         `progress(people_done)` is called every few hundred people (it may raise to stop).
         `shard=(i, n)`: only the i-th of n runs of the people's pseudonyms, so that n processes can share one
         export and their files, joined in shard order, are in the order one process writes."""

@@ -22,6 +22,10 @@ people not settled at an earlier one together, so the outcome depends only on th
 Patients, not on their order: the same extract gives the same file. Patients settled at step 0 are written
 byte for byte as they were.
 
+An export reads its Patient file twice, as a stream (`screen`): once keeping of each person only short
+digests of their combination as it is and after each step (`decide`; a few hundred bytes a person, not the
+decoded Patient), once rewriting the lines whose step changes them (`apply`).
+
 The people settled at `practice-left-out` or later, and those suppressed, are named (`unsourced`, by
 pseudonymous id), and their clinical resources leave without the organisations that recorded or provided
 them (`export/jobs.py`: `meta.source`, every reference by ODS code): the practice's code there,
@@ -33,8 +37,9 @@ age-tied events can date a child's birth to the month.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,36 +124,83 @@ def _combination(patient: dict[str, Any]) -> bytes:
     return orjson.dumps({key: value for key, value in patient.items() if key != "id"}, option=orjson.OPT_SORT_KEYS)
 
 
-def combinations(lines: list[bytes]) -> Counter[bytes]:
+def combinations(lines: Iterable[bytes]) -> Counter[bytes]:
     """How many people share each published combination, over an extract's Patient lines."""
     return Counter(_combination(orjson.loads(line)) for line in lines)
 
 
-def protect(lines: list[bytes], k: int) -> tuple[list[bytes], SmallCells]:
-    """The Patient lines with every combination held by at least k people (or suppressed), in their order."""
+_KEY = 16  # bytes of a combination's digest: a collision among 10^7 combinations has odds under 10^-24
+_WIDTH = _KEY * (len(STEPS) + 1)  # a person's digests: as they are, then after each step
+_SUPPRESSED_AT = len(STEPS) + 1  # a person's outcome: 0 as they are, n settled at STEPS[n - 1], or this
+
+
+def _digests(line: bytes) -> bytes:
+    """A Patient's combination as it is and after each step in turn, each as a short digest: what the
+    check keeps of a person while it decides (some 120 bytes, not the decoded Patient)."""
+    patient = orjson.loads(line)
+    keys = [_combination(patient)]
+    for rule in _STEP_RULES:
+        rule(patient)
+        keys.append(_combination(patient))
+    return b"".join(hashlib.blake2b(key, digest_size=_KEY).digest() for key in keys)
+
+
+def decide(lines: Iterable[bytes], k: int) -> tuple[bytearray, SmallCells]:
+    """Each person's outcome, by position in the extract (0 as they are, n settled at STEPS[n - 1],
+    `_SUPPRESSED_AT` suppressed), read in one pass keeping only their digests (`_digests`), so that the
+    extract's memory stays bounded by a few hundred bytes a person; and the counts by step."""
+    digests = bytearray()
+    for line in lines:
+        digests += _digests(line)
+    people = len(digests) // _WIDTH
+
+    def key(i: int, step: int) -> bytes:
+        start = i * _WIDTH + step * _KEY
+        return bytes(digests[start:start + _KEY])
+
     result = SmallCells(k=k)
-    current = [_combination(orjson.loads(line)) for line in lines]
-    sizes = Counter(current)
-    out = list(lines)
-    pending = [i for i, c in enumerate(current) if sizes[c] < k]
-    patients = {i: orjson.loads(lines[i]) for i in pending}  # decoded again only where a step may change them
-    for n, (step, rule) in enumerate(zip(STEPS, _STEP_RULES, strict=True)):
+    outcome = bytearray(people)
+    sizes = Counter(key(i, 0) for i in range(people))
+    pending = [i for i in range(people) if sizes[key(i, 0)] < k]
+    for n, step in enumerate(STEPS, start=1):
         if not pending:
             break
-        for i in pending:
-            rule(patients[i])
-            current[i] = _combination(patients[i])
-        sizes = Counter(current[i] for i in pending)
-        settled = [i for i in pending if sizes[current[i]] >= k]
+        sizes = Counter(key(i, n) for i in pending)
+        settled = [i for i in pending if sizes[key(i, n)] >= k]
         for i in settled:
-            out[i] = orjson.dumps(patients[i])
-        if n >= _PRACTICE_STEP:
-            result.unsourced.update(str(patients[i].get("id")) for i in settled)
+            outcome[i] = n
         result.generalised[step] += len(settled)
-        pending = [i for i in pending if sizes[current[i]] < k]
+        pending = [i for i in pending if sizes[key(i, n)] < k]
     for i in pending:
-        out[i] = orjson.dumps(_suppressed(patients[i]))
-        result.unsourced.add(str(patients[i].get("id")))
+        outcome[i] = _SUPPRESSED_AT
     result.suppressed = len(pending)
-    return out, result
+    return outcome, result
 
+
+def apply(lines: Iterable[bytes], outcome: bytearray, result: SmallCells) -> Iterator[bytes]:
+    """The Patient lines again, in the same order, each as `decide` settled it (those left as they are
+    byte for byte), naming in `result.unsourced` those settled at `practice-left-out` or later."""
+    for line, settled in zip(lines, outcome, strict=True):
+        if not settled:
+            yield line
+            continue
+        patient = orjson.loads(line)
+        for rule in _STEP_RULES[:settled]:
+            rule(patient)
+        if settled > _PRACTICE_STEP:
+            result.unsourced.add(str(patient.get("id")))
+        yield orjson.dumps(_suppressed(patient) if settled == _SUPPRESSED_AT else patient)
+
+
+def screen(lines: Iterable[bytes], k: int) -> tuple[Iterator[bytes], SmallCells]:
+    """The Patient lines with every combination held by at least k people (or suppressed), in their order,
+    as a stream; `lines` is read twice (`decide`, then `apply`: a list, or a file read again), and
+    `SmallCells.unsourced` is complete once the stream is."""
+    outcome, result = decide(lines, k)
+    return apply(lines, outcome, result), result
+
+
+def protect(lines: list[bytes], k: int) -> tuple[list[bytes], SmallCells]:
+    """`screen` on lines in memory, kept as a list."""
+    out, result = screen(lines, k)
+    return list(out), result
