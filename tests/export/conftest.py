@@ -70,4 +70,4 @@ def patients_as_pseudonymised(monkeypatch: pytest.MonkeyPatch) -> None:
     is (the demographics rule, the date of birth anchoring the shift) on stores of two or three people:
     there the small-cell check would leave everyone without quasi-identifiers (and their clinical resources
     without organisations). The check itself is tested on a synthetic ICS (test_small_cells.py)."""
-    monkeypatch.setattr(jobs, "protect", lambda lines, k: (lines, SmallCells(k)))
+    monkeypatch.setattr(jobs, "screen", lambda lines, k: (lines, SmallCells(k)))

@@ -65,7 +65,7 @@ def _export(db: Database, fw: Framework, folder: Path, purpose: str, workers: in
     with pytest.MonkeyPatch.context() as env:
         for name, value in DEPLOYMENT_KEYS.items():
             env.setenv(name, value)
-        env.setattr(export_jobs, "protect", lambda lines, k: (lines, SmallCells(k)))
+        env.setattr(export_jobs, "screen", lambda lines, k: (lines, SmallCells(k)))
         jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers))
         job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", out_dir=folder / "out",
                          purpose=purpose, background=False)

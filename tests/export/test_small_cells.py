@@ -249,7 +249,7 @@ def test_a_run_that_fails_in_the_check_leaves_no_unchecked_patient_behind(
             raise OSError("no space left on device")
         return some_then_fail(), SmallCells(k)
 
-    monkeypatch.setattr(export_jobs, "protect", failing)
+    monkeypatch.setattr(export_jobs, "screen", failing)
     with pytest.raises(OSError, match="no space"):
         _export(db, fw, tmp_path, workers=1)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

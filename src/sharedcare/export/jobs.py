@@ -47,8 +47,11 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
-from sharedcare.governance.small_cells import DEFAULT_K, SmallCells
-from sharedcare.governance.small_cells import screen as protect  # streams: the file is never held
+from sharedcare.governance.small_cells import (
+    DEFAULT_K,
+    SmallCells,
+    screen,  # streams: the file is never held
+)
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, ExportJob
@@ -199,7 +202,7 @@ def _patients(folder: Path, output: list[dict[str, Any]], k: int) -> SmallCells:
     if entry is None:
         return SmallCells(k=k)
     path = folder / entry["file"]
-    protected, small = protect(_Lines(path), k)
+    protected, small = screen(_Lines(path), k)
     _rewrite(path, lambda _: (line + b"\n" for line in protected))
     _unsource(folder, [other for other in output if other is not entry], small.unsourced)
     return small
