@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +15,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from sharedcare.export import jobs
+from sharedcare.governance.framework import Framework
 from sharedcare.governance.small_cells import SmallCells
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
+from sharedcare.synth import generate
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
@@ -71,3 +76,13 @@ def patients_as_pseudonymised(monkeypatch: pytest.MonkeyPatch) -> None:
     there the small-cell check would leave everyone without quasi-identifiers (and their clinical resources
     without organisations). The check itself is tested on a synthetic ICS (test_small_cells.py)."""
     monkeypatch.setattr(jobs, "screen", lambda lines, k: (lines, SmallCells(k)))
+
+
+def synthetic_store(folder: Path, fw: Framework, people: int, seed: int) -> Iterator[Database]:
+    """A synthetic ICS of `people` ingested into a new SQLite store in `folder` (for a module's fixture)."""
+    generate(folder / "ics", people=people, seed=seed, framework=fw)
+    database = Database(f"sqlite:///{folder / 'ics.db'}")
+    database.migrate()
+    Pipeline(database, fw).ingest_paths([folder / "ics"])
+    yield database
+    database.dispose()

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.export.birth_date_attack import attack, read_extract, recovered_births, true_births
+from tests.export.conftest import synthetic_store
 
 from sharedcare.config import load_settings
 from sharedcare.export import jobs as export_jobs
@@ -24,10 +25,8 @@ from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.pseudonymise import Pseudonymiser
 from sharedcare.governance.secondary import ExportScope
 from sharedcare.governance.small_cells import SmallCells
-from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
-from sharedcare.synth import generate
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +48,7 @@ def fw() -> Framework:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory, fw: Framework) -> Iterator[Database]:
     """The ICS ingested into SQLite (the shift is computed in Python, the same on either store)."""
-    feeds = tmp_path_factory.mktemp("ics")
-    generate(feeds, people=PEOPLE, seed=5, framework=fw)
-    database = Database(f"sqlite:///{tmp_path_factory.mktemp('db') / 'ics.db'}")
-    database.migrate()
-    Pipeline(database, fw).ingest_paths([feeds])
-    yield database
-    database.dispose()
+    yield from synthetic_store(tmp_path_factory.mktemp("store"), fw, PEOPLE, seed=5)
 
 
 def _export(db: Database, fw: Framework, folder: Path, purpose: str, workers: int = 1) -> Extract:

@@ -17,6 +17,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.export.conftest import synthetic_store
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -28,10 +29,8 @@ from sharedcare.governance.framework import Framework, parse_framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse
 from sharedcare.governance.small_cells import SmallCells, protect
-from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
-from sharedcare.synth import generate
 
 PEOPLE = 400
 K = 8
@@ -47,13 +46,7 @@ def fw() -> Framework:
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory, fw: Framework) -> Iterator[Database]:
-    feeds = tmp_path_factory.mktemp("ics")
-    generate(feeds, people=PEOPLE, seed=11, framework=fw)
-    database = Database(f"sqlite:///{tmp_path_factory.mktemp('db') / 'ics.db'}")
-    database.migrate()
-    Pipeline(database, fw).ingest_paths([feeds])
-    yield database
-    database.dispose()
+    yield from synthetic_store(tmp_path_factory.mktemp("store"), fw, PEOPLE, seed=11)
 
 
 def _export(db: Database, fw: Framework, folder: Path, workers: int) -> tuple[dict[str, list[bytes]], dict[str, Any]]:
