@@ -75,6 +75,7 @@ def test_a_pas_correcting_a_wrong_patient_registration_moves_the_record_at_once(
     with db.session() as s:
         audited = list(s.scalars(select(AuditEntry).where(AuditEntry.action == "identity:mpi:link-change")))
     assert [a.patient_id for a in audited] == [r["P81002/adeyemi"].person_id]
+    assert [a.event["action"] for a in audited] == ["U"]  # the AuditEvent of a change, not of a read
 
 
 def test_a_correction_that_matches_no_one_takes_the_record_from_the_person_it_conflicts_with(

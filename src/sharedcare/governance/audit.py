@@ -87,6 +87,8 @@ class AuditAction(StrEnum):
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
 ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
                 AuditAction.DEMO_START: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
+                # a relink is run; a merge, unmerge, decision or re-match changes which person a record is in
+                AuditAction.MPI_RELINK: "E", AuditAction.MPI_LINK_CHANGE: "U",
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
                 AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",
