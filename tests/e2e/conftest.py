@@ -66,6 +66,9 @@ def live(ics: Ics, request: pytest.FixtureRequest) -> Iterator[tuple[Ics, str]]:
         assert logged == [], f"patient details in the server's access log: {logged}"
 
 
+BLANK_PNG = 5000  # bytes: a window-sized PNG of a blank page is about 2 KB, of any real page far more
+
+
 class Pages:
     """The browser tabs of one test: each document they load is checked with axe, each URL recorded."""
 
@@ -128,14 +131,26 @@ class Pages:
         scrolling `at` (a selector) to the top of the window when given."""
         if at:
             page.locator(at).first.evaluate("(element) => element.scrollIntoView({block: 'start'})")
-        png = page.screenshot(animations="disabled", caret="hide")
-        assert png.startswith(b"\x89PNG") and len(png) > 5000, f"screenshot {name} is empty"
+        png = self._painted(page)
+        assert png.startswith(b"\x89PNG") and len(png) > BLANK_PNG, f"screenshot {name} is empty"
         if SCREENSHOTS:
             folder = Path(SCREENSHOTS)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{name}.png").write_bytes(png)
         if at:
             page.evaluate("() => window.scrollTo(0, 0)")
+
+    @staticmethod
+    def _painted(page: Page) -> bytes:
+        """A screenshot once the page has painted: just after a resize (the phone-sized shots) headless
+        Chromium can hand back a blank frame, so wait two animation frames, and shoot once more after a
+        short wait if the picture is still blank. A page that really is blank stays blank, and fails."""
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        png = page.screenshot(animations="disabled", caret="hide")
+        if len(png) <= BLANK_PNG:
+            page.wait_for_timeout(500)
+            png = page.screenshot(animations="disabled", caret="hide")
+        return png
 
     def unchecked(self) -> list[str]:
         return [url for loads in self.loads.values() for url, checked in loads if not checked]
