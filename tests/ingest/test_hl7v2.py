@@ -323,6 +323,30 @@ def test_the_same_file_twice_changes_nothing_where_two_messages_share_an_event_t
     with db.session() as s:
         assert {r.id: (r.version, r.content_hash) for r in s.scalars(select(Resource))} == before
 
+def test_a_registration_sent_again_after_its_correction_in_the_same_second_moves_nothing(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An unknown patient registered (A01) and identified in the same second (A08): the record joins the
+    person. Sent again (a re-run after a crash), the A01 must not put back the details its A08 corrected,
+    nor match the record again on them: it stays with the person it was corrected to."""
+    Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "known.hl7", [admission()])])
+    unknown = pid("H200", None, "UNKNOWN^Male", "19000101", "M", "^^^^^GBR^H")
+    registration = adt("A01", "PAS5", "20260111090000", unknown, pv1("V200"))
+    identified = adt("A08", "PAS6", "20260111090000", pid("H200"), pv1("V200"))
+    Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "ed.hl7", [registration, identified])])
+
+    def h200() -> tuple[str, str | None, str | None]:
+        with db.session() as s:
+            known = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "H100")).one()
+            record = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "H200")).one()
+            assert record.person_id == known.person_id
+            return record.person_id, record.family, record.nhs_number
+
+    corrected = h200()
+    again = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "ed-again.hl7", [registration])])
+    assert (again.accepted, again.quarantined) == (0, 0)
+    assert h200() == corrected == (corrected[0], "OKAFOR", GOOD_NHS)
+
+
 _BROKEN = {
     "no message type": (message(msh("", "X1"), pid(), pv1()), "MSH-9", "no message type"),
     "merge of an unknown record": (adt("A40", "X2", "20260110090000", pid(), "MRG|H099^^^RXR^MR"), "MRG-1",

@@ -581,7 +581,7 @@ class Pipeline:
             existing = {i: run.stored[i] for i in ids if i in run.stored}
         records: dict[str, PatientRecord] = {}
         for source_id, demo in staged.patients.items():
-            current = self._demographics_are_current(staged, source_id, existing)
+            current = self._demographics_are_current(session, staged, source_id, existing)
             if run is None:
                 records[source_id] = link_patient_record(session, staged.source_org, source_id, demo, update=current)
             else:
@@ -701,16 +701,22 @@ class Pipeline:
                 return True
         return False
 
-    @staticmethod
-    def _demographics_are_current(staged: StagedMessage, source_id: str, existing: dict[str, Resource]) -> bool:
+    @classmethod
+    def _demographics_are_current(cls, session: Session, staged: StagedMessage, source_id: str,
+                                  existing: dict[str, Resource]) -> bool:
         """A message may change who the MPI thinks a patient is only if its Patient is the newest we have:
-        a late, older message (or one that carries no Patient of its own, such as a lab result) must not."""
+        a late, older message (or one that carries no Patient of its own, such as a lab result) must not,
+        nor may a message sent again after its correction in the same second (an A01 resent after its A08:
+        re-applying it would re-match the record on details already corrected)."""
         patient = next((r for r in staged.resources if r.resource_type == "Patient" and r.source_id == source_id),
                        None)
         if patient is None:
             return False
         stored = existing.get(patient.server_id)
-        return stored is None or patient.recorded_at >= stored.recorded_at
+        if stored is None or patient.recorded_at > stored.recorded_at:
+            return True
+        return (patient.recorded_at == stored.recorded_at
+                and not cls._applied_before(session, stored, staged.message_id, patient.sent_content()))
 
     @staticmethod
     def _supersede(session: Session, staged: StagedMessage, raw: RawMessage, run: _Run | None = None,
