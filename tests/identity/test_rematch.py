@@ -117,6 +117,45 @@ def test_an_unknown_patient_identified_later_joins_the_person_at_once(
     assert alone not in {record.person_id for record in r.values()}
 
 
+def _okafor_at_gp_and_in_hospital_without_his_nhs_number(db: Database, framework: Framework, tmp_path: Path) -> None:
+    _fhir(db, framework, tmp_path / "gp.ndjson",
+          (GP, patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")))
+    _hl7(db, framework, tmp_path / "RXR" / "a01.hl7", admission().replace(f"~{GOOD_NHS}^^^NHS^NH", ""))
+    r = _records(db)
+    assert r["RXR/H100"].person_id == r["P81001/okafor"].person_id
+
+
+def test_a_move_that_leaves_the_record_in_doubt_keeps_it_with_its_person_held_for_review(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Mr Okafor's hospital record (no NHS number) gets a new address far away: matched again it links to no
+    one surely, but still scores above the review threshold with his GP record. It is not split off into a
+    person of its own (his GP would stop seeing his admission): it stays, held for review with that pair."""
+    _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
+    moved = adt("A08", "PAS2", "20260110100000", pid(nhs=None, address="9 High St^^Dales^^DL20 1LY^GBR^H"), pv1())
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", moved)
+    r = _records(db)
+    assert r["RXR/H100"].person_id == r["P81001/okafor"].person_id
+    assert r["RXR/H100"].link_status == "review" and 0.9 <= r["RXR/H100"].match_probability < 0.999
+    assert "left with them for a reviewer" in (r["RXR/H100"].link_note or "")
+    assert _events(db, "rematch") == []
+    with db.session() as s:
+        pairs = [(i.record_a, i.record_b, i.status) for i in s.scalars(select(MatchReview))]
+    assert pairs == [(r["P81001/okafor"].id, r["RXR/H100"].id, "open")]
+
+
+def test_a_change_that_leaves_too_little_to_match_on_moves_nothing(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An A08 without the birth date: too little to match on, and nothing in it says this is someone else,
+    so the record stays with its person (before, it was split off into a person of its own)."""
+    _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", adt("A08", "PAS2", "20260110100000", pid(nhs=None, born=""),
+                                                          pv1()))
+    r = _records(db)
+    assert r["RXR/H100"].person_id == r["P81001/okafor"].person_id and r["RXR/H100"].birth_date is None
+    assert "no date of birth since its demographics changed" in (r["RXR/H100"].link_note or "")
+    assert _events(db, "rematch") == []
+
+
 def test_a_resend_that_changes_nothing_matching_uses_moves_nothing(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """A marital status changed: the record is not matched again (no move, no event)."""
