@@ -178,6 +178,25 @@ def test_a_suspension_written_in_the_framework_file_ends_sessions_and_tokens_for
     assert changes[0]["sessions_ended"] == "dr.oconnor" and "framework file" in changes[0]["reason"]
 
 
+def test_a_file_edited_back_to_signed_lifts_nothing_until_a_start_records_it(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """RXR suspended in the framework file and the server restarted; then the file is edited back to signed.
+    A process that only loads the file (an export, an ingest, a worker) must still find RXR suspended: the
+    signing counts once a start of the server records it, audited, and not before. A stop written in the
+    file acts at once, even before a start records it."""
+    suspended = file_says(framework, "RXR", "suspended")
+    with ics.restarted(suspended):
+        pass
+    with db.session() as s:
+        assert effective_agreements(s, framework)["RXR"].status == "suspended"
+        assert effective_agreements(s, file_says(framework, "RXR", "ended"))["RXR"].status == "ended"
+    with ics.restarted(framework):
+        pass
+    with db.session() as s:
+        assert effective_agreements(s, framework)["RXR"].status == "signed"
+        assert effective_agreements(s, suspended)["RXR"].status == "suspended"
+
+
 def test_a_suspension_written_in_the_file_after_an_operator_signed_again_takes_effect(
         ics: Ics, db: Database, framework: Framework) -> None:
     """The most recent deliberate change decides: RXR suspended and signed again by `agreements set`, then

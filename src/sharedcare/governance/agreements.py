@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast, get_args
 
-from sqlalchemy import Table, case, null, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -27,8 +27,8 @@ STOPPED: tuple[AgreementStatus, ...] = tuple(s for s in get_args(AgreementStatus
 _STOPPED_WORDS = {"suspended": "suspended", "ended": "ended", "draft": "set back to draft (no longer signed)"}
 
 # `changed_by` of a status read from the framework file (`note_file_agreements`): such a row ends sessions,
-# tokens and exports as any stop does, and, as the most recent deliberate change, puts the file back in charge
-# until an operator's next change (`agreements set`)
+# tokens and exports as any stop does, and, as the most recent deliberate change, decides until an operator's
+# next change (`agreements set`) or the next start that finds the file changed
 FRAMEWORK_FILE = "framework file"
 # The date of a status the file had when first read, whose start is not known: it ends nothing issued before
 # and decides nothing (an operator's change made before the first read still stands)
@@ -36,17 +36,15 @@ _NOT_KNOWN = datetime(1970, 1, 1, tzinfo=UTC)
 
 _CHANGES = cast(Table, AgreementChange.__table__)
 DECIDING = _CHANGES.c.changed_at > _NOT_KNOWN  # the changes that decide, the latest winning
-# A change's status, None for the file's own (the file decides, as it says now)
-OVERRIDE = case((_CHANGES.c.changed_by == FRAMEWORK_FILE, null()), else_=_CHANGES.c.status)
+BY_FILE = _CHANGES.c.changed_by == FRAMEWORK_FILE
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
-_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, OVERRIDE).where(DECIDING).order_by(_CHANGES.c.id))
-_FILE_SAID = select(_CHANGES.c.org_code, _CHANGES.c.status).where(
-    _CHANGES.c.changed_by == FRAMEWORK_FILE).order_by(_CHANGES.c.id)
+_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status, BY_FILE).where(DECIDING)
+                        .order_by(_CHANGES.c.id))
+_FILE_SAID = select(_CHANGES.c.org_code, _CHANGES.c.status).where(BY_FILE).order_by(_CHANGES.c.id)
 
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
-    """Each organisation's agreement as it stands now: the file's, overridden by the latest change unless
-    that is the file's own."""
+    """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
     return agreements_after(fw, _ALL_CHANGES(session))
 
 
@@ -55,13 +53,17 @@ def stopped_words(status: str) -> str:
     return _STOPPED_WORDS.get(status, status)
 
 
-def agreements_after(fw: Framework, changes: Iterable[tuple[str, str | None]]) -> dict[str, Agreement]:
-    """The file's agreements overridden by these (organisation, status) changes, given in the order made
-    (status None: the file's own change, which puts the file back in charge)."""
+def agreements_after(fw: Framework, changes: Iterable[tuple[str, str, bool]]) -> dict[str, Agreement]:
+    """The file's agreements overridden by these (organisation, status, read from the file) changes, given
+    in the order made. The file's own latest status decides as recorded, not as the file says now: a file
+    edited back to signed lifts a stop only once a start of `serve` or `mllp` has recorded it (and audited
+    it), never in a process that merely loads the file. A stop newly written in the file acts at once."""
     current = {code: org.agreement for code, org in fw.organisations.items()}
-    latest = {code: status for code, status in changes}  # the last change wins
-    for code, status in latest.items():
-        if status is not None and code in current and current[code].status != status:
+    latest = {code: (status, by_file) for code, status, by_file in changes}  # the last change wins
+    for code, (status, by_file) in latest.items():
+        if code not in current or (by_file and current[code].status in STOPPED):
+            continue
+        if current[code].status != status:
             current[code] = current[code].model_copy(update={"status": status})
     return current
 

@@ -256,7 +256,7 @@ class ReviewItem(Base):
 class AgreementChange(Base):
     """A change of an organisation's agreement status; the latest one overrides the framework file. Rows by
     `agreements.FRAMEWORK_FILE` are the file's own statuses as read at a start: they end what a stop ends and
-    put the file back in charge, unless dated 1970 (a first read's status whose start is not known)."""
+    decide as recorded, unless dated 1970 (a first read's status whose start is not known)."""
 
     __tablename__ = "agreement_changes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
