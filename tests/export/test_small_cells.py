@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse
 from sharedcare.governance.small_cells import SmallCells, protect
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, ExportJob
 
 PEOPLE = 400
 K = 8
@@ -246,3 +248,28 @@ def test_a_run_that_fails_in_the_check_leaves_no_unchecked_patient_behind(
     with pytest.raises(OSError, match="no space"):
         _export(db, fw, tmp_path, workers=1)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_long_small_cell_check_keeps_its_export_running_for_whoever_polls_it(
+        db: Database, fw: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs in the export's own process after the shards have finished, and on a large extract it
+    can take longer than the time after which a job not heard from is taken for dead (STALE_AFTER, here made
+    a second). The analyst polling meanwhile must read "running", not "stopped (the server restarted)"."""
+    monkeypatch.setattr(export_jobs, "STALE_AFTER", timedelta(seconds=1))
+    monkeypatch.setattr(export_jobs, "HEARTBEAT", timedelta(seconds=0.1))
+    polled: list[tuple[str, str | None]] = []
+    check = export_jobs.screen
+
+    def slow(lines: Iterable[bytes], k: int) -> tuple[Iterator[bytes], SmallCells]:
+        time.sleep(2)  # longer than STALE_AFTER
+        with db.session() as s:
+            job_id = s.scalars(select(ExportJob.id).order_by(ExportJob.created_at.desc())).first()
+        assert job_id is not None
+        view = ExportJobs(db, fw, load_settings()).status(actor_for(fw, "analyst.chen"), job_id)
+        polled.append((view.status, view.error))
+        return check(lines, k)
+
+    monkeypatch.setattr(export_jobs, "screen", slow)
+    files, _ = _export(db, fw, tmp_path, workers=1)
+    assert polled == [("running", None)]
+    assert files["Patient"]

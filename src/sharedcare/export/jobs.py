@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -60,6 +61,7 @@ RUNNING = ("accepted", "running")
 EXPIRED = "expired"
 WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspended or ended after it started
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
+HEARTBEAT = timedelta(minutes=1)  # how often a running job's own process says it lives (`_heard_from`)
 KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
 
 
@@ -191,6 +193,29 @@ def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) ->
         output.append({"type": resource_type, "file": _file_name(resource_type, None),
                        "count": sum(e["count"] for e in by_type[resource_type])})
     return output
+
+
+@contextmanager
+def _heard_from(db: Database, job_id: str) -> Iterator[None]:
+    """Keep a running job's `updated_at` fresh every HEARTBEAT while its run works on it. The shards say so
+    with their progress, but the run's own steps after them (joining the parts, the small-cell check, the
+    clinical files' rewrite) said nothing: on a large extract they can take longer than STALE_AFTER, and
+    meanwhile a poll reported the export stopped and a second one could start beside it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT.total_seconds()):
+            with db.session() as session:
+                session.execute(update(ExportJob).where(ExportJob.id == job_id, ExportJob.status.in_(RUNNING))
+                                .values(updated_at=utcnow()))
+
+    heart = threading.Thread(target=beat, name=f"export {job_id}: alive", daemon=True)
+    heart.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heart.join()
 
 
 def _patients(folder: Path, output: list[dict[str, Any]], k: int) -> SmallCells:
@@ -408,28 +433,31 @@ class ExportJobs:
         shards = max(1, self.settings.export_workers)
         tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.pseudonym_secret,
                         actor, purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
+
+        def people(done: int) -> None:
+            if on_progress:
+                on_progress(done, total)
+
         counts = ExportCounts()
-        try:
-            if shards == 1:
-                results = [run_shard(tasks[0], lambda done: on_progress(done, total) if on_progress else None)]
-            else:
-                results = self._in_processes(tasks, lambda done: on_progress(done, total) if on_progress else None)
-            for shard_counts, _ in results:
-                counts.add(shard_counts)
-            output = _join_parts(folder, [files for _, files in results], shards)
-            counts.small_cells = _patients(folder, output, k)
-        except ExportCancelled:
-            _discard_parts(folder, shards)
-            return self._view(job_id)
-        except Exception as exc:
-            _discard_parts(folder, shards)
-            with self.db.session() as session:
-                row = session.get_one(ExportJob, job_id)
-                row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
-                row.updated_at = row.finished_at
-                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
-                                error=type(exc).__name__)
-            raise
+        with _heard_from(self.db, job_id):  # the small-cell check can outlast STALE_AFTER
+            try:
+                results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
+                for shard_counts, _ in results:
+                    counts.add(shard_counts)
+                output = _join_parts(folder, [files for _, files in results], shards)
+                counts.small_cells = _patients(folder, output, k)
+            except ExportCancelled:
+                _discard_parts(folder, shards)
+                return self._view(job_id)
+            except Exception as exc:
+                _discard_parts(folder, shards)
+                with self.db.session() as session:
+                    row = session.get_one(ExportJob, job_id)
+                    row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
+                    row.updated_at = row.finished_at
+                    secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
+                                    error=type(exc).__name__)
+                raise
         try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
             secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
         except (AccessDenied, NotFound) as refused:
