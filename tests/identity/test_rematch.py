@@ -143,6 +143,20 @@ def test_a_move_that_leaves_the_record_in_doubt_keeps_it_with_its_person_held_fo
     assert pairs == [(r["P81001/okafor"].id, r["RXR/H100"].id, "open")]
 
 
+def test_a_correction_to_a_twins_details_takes_the_record_from_the_twin_it_was_filed_under(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The hospital registered Mr Okafor's twin under his name; the A08 gives the twin's own given name.
+    Same surname, birth date and address: the pair still scores high, but given names that differ keep
+    twins apart, so the record is not left with Mr Okafor in doubt: it leaves him, as a new record would."""
+    _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7",
+         adt("A08", "PAS2", "20260110100000", pid(nhs=None, name="OKAFOR^Chidi"), pv1()))
+    r = _records(db)
+    assert r["RXR/H100"].person_id != r["P81001/okafor"].person_id
+    assert [m for _, m in _events(db, "rematch")] == [[(r["RXR/H100"].id, r["P81001/okafor"].person_id,
+                                                        r["RXR/H100"].person_id)]]
+
+
 def test_a_change_that_leaves_too_little_to_match_on_moves_nothing(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """An A08 without the birth date: too little to match on, and nothing in it says this is someone else,

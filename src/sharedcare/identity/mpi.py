@@ -44,6 +44,7 @@ from sharedcare.identity.compare import (
     given_text,
     levels,
     name_text,
+    names_keep_apart,
     nhs_number_outweighs_given_name,
     numbers_keep_apart,
     phone_key,
@@ -449,13 +450,16 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
 
 def _close_to(records: list[PatientRecord], incoming: Features,
               model: Model) -> list[tuple[int, float, dict[str, Any]]]:
-    """The pairs, best first, in which these records score at least the review threshold with `incoming`."""
+    """The pairs, best first, in which these records score at least the review threshold with `incoming`
+    and no safety rule keeps them apart (given names that differ, as a twin's do: a wrong-patient record
+    corrected to the twin's details scores high with the twin it was filed under, and must leave)."""
     pairs = []
     for other in records:
-        found = levels(incoming, features(stored_match_record(other)))
-        probability = model.score_levels(found).probability
-        if probability >= REVIEW_THRESHOLD:
-            pairs.append((other.id, probability, model.evidence(found) | {"with_record": other.id}))
+        theirs = features(stored_match_record(other))
+        found = levels(incoming, theirs)
+        score = model.score_levels(found)
+        if score.probability >= REVIEW_THRESHOLD and not score.never_link and not names_keep_apart(incoming, theirs):
+            pairs.append((other.id, score.probability, model.evidence(found) | {"with_record": other.id}))
     return sorted(pairs, key=lambda pair: -pair[1])
 
 
