@@ -1501,7 +1501,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
                                  "different valid NHS numbers).")] = False) -> None:
     """Pairs the model was unsure about and pairs linked with a discrepancy (the NHS number, surname and
     birth date agree, the given names do not), each with its waterfall (the prior, then every comparison's
-    level and match weight), and records held for review on their own with the reason; oldest first
+    level and match weight) and why either record is held (a re-match's note, a decision reopened), and
+    records held for review on their own with the reason; oldest first
     (audited, naming the records shown: their demographics are patients' details). Open and deferred items
     only, unless --all: a pair a relink has put in one person is closed by it, and reopened if a later
     relink parts them."""
@@ -1528,6 +1529,9 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
                                        "decided_by": i.decided_by,
                                        "decided_at": i.decided_at.isoformat() if i.decided_at else None,
                                        "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
+                                       "held": {side: r.link_note or r.link_method for side, r in (
+                                           ("a", records[i.record_a]), ("b", records[i.record_b]))
+                                                if r.link_status == "review"},
                                        "evidence": i.evidence} for i in items]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
         record_audit(session, AuditRecord(AuditAction.MPI_REVIEW_VIEW, "permit", OPERATOR, purpose="governance",
@@ -1559,6 +1563,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
             steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
         elif evidence.get("held"):
             steps.append(f"never linked automatically: {evidence['held']}")
+        steps += [f"record {side} held: {note}" for side, note in r["held"].items()]
+        steps += [f"{what}: {evidence[what]}" for what in ("reopened", "rescored") if evidence.get(what)]
         steps += [_relink_step(step) for step in evidence.get("relinks", ()) if every]
         if every and r["decided_by"]:
             steps.append(f"{str(r['decided_at'])[:16].replace('T', ' ')} UTC, {r['decided_by']}: decided {r['status']}")

@@ -5,13 +5,18 @@ silently; a change that matching does not use (marital status) moves nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
+from tests.conftest import FRAMEWORK_PATH
 from tests.ingest.test_hl7v2 import GOOD_NHS, OTHER_NHS, admission, adt, pid, pv1, write_hl7
+from typer.testing import CliRunner
 
+from sharedcare.cli import app
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.links import decide, merge_persons, unmerge
 from sharedcare.ingest.pipeline import Pipeline
@@ -141,6 +146,24 @@ def test_a_move_that_leaves_the_record_in_doubt_keeps_it_with_its_person_held_fo
     with db.session() as s:
         pairs = [(i.record_a, i.record_b, i.status) for i in s.scalars(select(MatchReview))]
     assert pairs == [(r["P81001/okafor"].id, r["RXR/H100"].id, "open")]
+
+
+def test_the_review_list_says_why_a_record_in_doubt_was_left_with_its_person(
+        db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer reading `mpi review` sees, on the pair, that the hospital record is held and why: its
+    details changed and it was left with the person it was with, not only the pair's match weights."""
+    _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
+    moved = adt("A08", "PAS2", "20260110100000", pid(nhs=None, address="9 High St^^Dales^^DL20 1LY^GBR^H"), pv1())
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", moved)
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    monkeypatch.setenv("COLUMNS", "400")
+    shown = CliRunner().invoke(app, ["mpi", "review"])
+    assert shown.exit_code == 0, shown.output
+    assert "record b held: held for review: matched again after its demographics changed" in shown.output
+    listed = CliRunner().invoke(app, ["mpi", "review", "--json"])
+    [item] = [i for i in json.loads(listed.stdout) if "id" in i]
+    assert list(item["held"]) == ["b"] and "left with them for a reviewer" in item["held"]["b"]
 
 
 def test_a_correction_to_a_twins_details_takes_the_record_from_the_twin_it_was_filed_under(
