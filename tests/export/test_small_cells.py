@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.export.conftest import synthetic_store
 from typer.testing import CliRunner
@@ -270,6 +272,15 @@ def test_a_long_small_cell_check_keeps_its_export_running_for_whoever_polls_it(
         return check(lines, k)
 
     monkeypatch.setattr(export_jobs, "screen", slow)
+    session = db.session
+    failures = iter([True])  # the first beat meets a database that is restarting: the next must still come
+
+    def restarting() -> Any:
+        if threading.current_thread().name.endswith(": alive") and next(failures, False):
+            raise OperationalError("UPDATE export_jobs", {}, Exception("the database system is shutting down"))
+        return session()
+
+    monkeypatch.setattr(db, "session", restarting)
     files, _ = _export(db, fw, tmp_path, workers=1)
     assert polled == [("running", None)]
     assert files["Patient"]

@@ -180,17 +180,24 @@ def test_a_correction_to_a_twins_details_takes_the_record_from_the_twin_it_was_f
                                                         r["RXR/H100"].person_id)]]
 
 
-def test_a_change_that_leaves_too_little_to_match_on_moves_nothing(
+def test_a_correction_to_another_patient_without_a_birth_date_leaves_the_person_and_links_nothing_to_them(
         db: Database, framework: Framework, tmp_path: Path) -> None:
-    """An A08 without the birth date: too little to match on, and nothing in it says this is someone else,
-    so the record stays with its person (before, it was split off into a person of its own)."""
+    """The PAS corrects a registration filed under Mr Okafor to Mrs Jones, her birth date not yet known: too
+    little to match on, so the record leaves him, held for review as a new record would be. It must not stay
+    with him: her own ambulance record, arriving next, would then link through it into his record (a review
+    of this session found exactly that when such a record was kept)."""
     _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
-    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", adt("A08", "PAS2", "20260110100000", pid(nhs=None, born=""),
-                                                          pv1()))
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", adt(
+        "A08", "PAS2", "20260110100000",
+        pid(nhs=None, name="JONES^Mary^^^Mrs", born="", sex="F", address="5 Elm Way^^Riverside^^RV5 5AA^GBR^H"),
+        pv1()))
+    _fhir(db, framework, tmp_path / "amb.ndjson",
+          (AMBULANCE, patient("call-9", None, "Jones", "Mary", "1960-04-04", "female", "RV5 5AA")),
+          at="2026-11-03T09:00:00Z")
     r = _records(db)
-    assert r["RXR/H100"].person_id == r["P81001/okafor"].person_id and r["RXR/H100"].birth_date is None
-    assert "no date of birth since its demographics changed" in (r["RXR/H100"].link_note or "")
-    assert _events(db, "rematch") == []
+    okafor = r["P81001/okafor"].person_id
+    assert r["RXR/H100"].person_id != okafor and r["RYA/call-9"].person_id != okafor
+    assert (r["RXR/H100"].link_method, r["RXR/H100"].link_status) == ("insufficient-data", "review")
 
 
 def test_a_resend_that_changes_nothing_matching_uses_moves_nothing(

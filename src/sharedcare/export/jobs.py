@@ -18,6 +18,7 @@ before retention catches up.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import re
 import shutil
@@ -56,6 +57,8 @@ from sharedcare.governance.small_cells import (
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, ExportJob
+
+log = logging.getLogger(__name__)
 
 RUNNING = ("accepted", "running")
 EXPIRED = "expired"
@@ -197,17 +200,21 @@ def _join_parts(folder: Path, parts: list[list[dict[str, Any]]], shards: int) ->
 
 @contextmanager
 def _heard_from(db: Database, job_id: str) -> Iterator[None]:
-    """Keep a running job's `updated_at` fresh every HEARTBEAT while its run works on it. The shards say so
-    with their progress, but the run's own steps after them (joining the parts, the small-cell check, the
-    clinical files' rewrite) said nothing: on a large extract they can take longer than STALE_AFTER, and
-    meanwhile a poll reported the export stopped and a second one could start beside it."""
+    """Keep a running job's `updated_at` fresh every HEARTBEAT while its run works on it after the shards
+    (which say so with their progress): joining the parts, the small-cell check and the clinical files'
+    rewrite said nothing, and on a large extract they can take longer than STALE_AFTER, so a poll reported
+    the export stopped and a second one could start beside it. A beat that fails (the database restarting,
+    a lock held too long) is logged and the next one tried: one failure must not silence it for good."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT.total_seconds()):
-            with db.session() as session:
-                session.execute(update(ExportJob).where(ExportJob.id == job_id, ExportJob.status.in_(RUNNING))
-                                .values(updated_at=utcnow()))
+            try:
+                with db.session() as session:
+                    session.execute(update(ExportJob).where(ExportJob.id == job_id, ExportJob.status.in_(RUNNING))
+                                    .values(updated_at=utcnow()))
+            except Exception:  # noqa: BLE001 - any failure: the next beat may succeed
+                log.warning("export %s: its heartbeat could not be written; trying again", job_id, exc_info=True)
 
     heart = threading.Thread(target=beat, name=f"export {job_id}: alive", daemon=True)
     heart.start()
@@ -439,25 +446,25 @@ class ExportJobs:
                 on_progress(done, total)
 
         counts = ExportCounts()
-        with _heard_from(self.db, job_id):  # the small-cell check can outlast STALE_AFTER
-            try:
-                results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
-                for shard_counts, _ in results:
-                    counts.add(shard_counts)
+        try:
+            results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
+            for shard_counts, _ in results:
+                counts.add(shard_counts)
+            with _heard_from(self.db, job_id):  # the shards report progress; these steps do not
                 output = _join_parts(folder, [files for _, files in results], shards)
                 counts.small_cells = _patients(folder, output, k)
-            except ExportCancelled:
-                _discard_parts(folder, shards)
-                return self._view(job_id)
-            except Exception as exc:
-                _discard_parts(folder, shards)
-                with self.db.session() as session:
-                    row = session.get_one(ExportJob, job_id)
-                    row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
-                    row.updated_at = row.finished_at
-                    secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
-                                    error=type(exc).__name__)
-                raise
+        except ExportCancelled:
+            _discard_parts(folder, shards)
+            return self._view(job_id)
+        except Exception as exc:
+            _discard_parts(folder, shards)
+            with self.db.session() as session:
+                row = session.get_one(ExportJob, job_id)
+                row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
+                row.updated_at = row.finished_at
+                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
+                                error=type(exc).__name__)
+            raise
         try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
             secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
         except (AccessDenied, NotFound) as refused:

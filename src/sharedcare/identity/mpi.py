@@ -387,11 +387,6 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
 
     mine = _person_records(session, record.person_id, record.id)
     clash = _clash(mine, demo, nhs)
-    too_little = missing(demo)
-    if too_little and clash is None:  # nothing to match on, nothing that says it is someone else: it stays
-        record.link_note = "; ".join([f"{too_little} since its demographics changed: not matched again; "
-                                      "left with its person"] + notes)
-        return
     link = _find_person(session, demo, nhs, block, itself=record.id)
     if link.person_id is not None:
         theirs = mine if link.person_id == record.person_id else _person_records(session, link.person_id, record.id)

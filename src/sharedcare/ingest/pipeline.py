@@ -715,8 +715,11 @@ class Pipeline:
         stored = existing.get(patient.server_id)
         if stored is None or patient.recorded_at > stored.recorded_at:
             return True
-        return (patient.recorded_at == stored.recorded_at
-                and not cls._applied_before(session, stored, staged.message_id, patient.sent_content()))
+        if patient.recorded_at < stored.recorded_at:
+            return False
+        sent = patient.sent_content()  # the same content as stored (a file ingested again): nothing to look up
+        return (stored.content_hash == (patient.content_hash or content_hash(sent))
+                or not cls._applied_before(session, stored, staged.message_id, sent))
 
     @staticmethod
     def _supersede(session: Session, staged: StagedMessage, raw: RawMessage, run: _Run | None = None,
