@@ -144,9 +144,11 @@ REGISTER = ROOT / "docs" / "safety" / "change-register.md"
 SAFETY_RELEVANT = sorted(
     [f"src/sharedcare/governance/{name}.py" for name in ("policy", "consent", "gateway", "audit", "checkpoints",
                                                          "disclosure", "classify", "review", "patient_scope",
-                                                         "secondary", "pseudonymise", "small_cells")]
+                                                         "secondary", "pseudonymise", "small_cells",
+                                                         "agreements")]
     # secondary: what goes into an extract; pseudonymise: what of it leaves, and how (dates shifted: HAZ-05);
-    # small_cells: which quasi-identifiers of a Patient leave, given everyone else's in the extract (HAZ-05)
+    # small_cells: which quasi-identifiers of a Patient leave, given everyone else's in the extract (HAZ-05);
+    # agreements: which organisations' agreements are in effect, from the file and the changes (HAZ-12)
     + ["src/sharedcare/store/database.py"]  # its Prepared statements write every audit entry
     # staging classifies each resource (in a worker for large runs); the writer stores that category (or
     # classifies one staging did not) under the framework's key, and a read trusts it: a wrong one releases

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
-from sharedcare.governance.agreements import DECIDING, FRAMEWORK_FILE
+from sharedcare.governance.agreements import FRAMEWORK_FILE
 from sharedcare.ingest.mllp import MllpServer
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, AuditEntry
@@ -49,7 +50,8 @@ def _file_changes(store: Path) -> list[tuple[str, str]]:
     database = Database(f"sqlite:///{store}")
     with database.session() as s:
         rows = [(c.org_code, c.status) for c in s.scalars(select(AgreementChange).where(
-            AgreementChange.changed_by == FRAMEWORK_FILE, DECIDING))]  # (not a first read's statuses)
+            AgreementChange.changed_by == FRAMEWORK_FILE,
+            AgreementChange.changed_at > datetime(1970, 1, 1, tzinfo=UTC)))]  # (not a first read's, dated 1970)
         audited = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:agreement:set",
                                                      AuditEntry.username == FRAMEWORK_FILE)).all()
         assert len(audited) == len(rows)

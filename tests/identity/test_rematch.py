@@ -180,6 +180,24 @@ def test_a_correction_to_a_twins_details_takes_the_record_from_the_twin_it_was_f
                                                         r["RXR/H100"].person_id)]]
 
 
+def test_a_correction_to_a_namesake_without_a_birth_date_leaves_the_person_and_links_nothing_to_them(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The registration filed under Mr Okafor was his son's, of the same name; the A08 empties the birth date
+    while it is checked. The name still scores high with the father's record, but too little is left to
+    match on: the record leaves him, held, so the son's own ambulance record cannot link through it into
+    his father's record (the second review of this session found that when it stayed)."""
+    _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7",
+         adt("A08", "PAS2", "20260110100000", pid(nhs=None, born=""), pv1()))
+    _fhir(db, framework, tmp_path / "amb.ndjson",
+          (AMBULANCE, patient("call-7", None, "Okafor", "Emeka", "1975-06-01", "male", "RV3 7QT")),
+          at="2026-11-03T09:00:00Z")
+    r = _records(db)
+    father = r["P81001/okafor"].person_id
+    assert r["RXR/H100"].person_id != father and r["RYA/call-7"].person_id != father
+    assert (r["RXR/H100"].link_method, r["RXR/H100"].link_status) == ("insufficient-data", "review")
+
+
 def test_a_correction_to_another_patient_without_a_birth_date_leaves_the_person_and_links_nothing_to_them(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """The PAS corrects a registration filed under Mr Okafor to Mrs Jones, her birth date not yet known: too

@@ -11,8 +11,10 @@ import json
 import pytest
 from sqlalchemy import func, select
 from tests.api.test_fhir_write import _diabetes, _token
+from tests.portal_client import PortalClient
 from tests.small_ics import Ics, file_says
 
+from sharedcare.api.app import create_app
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import details
 from sharedcare.governance.agreements import FRAMEWORK_FILE, effective_agreements, set_agreement
@@ -178,23 +180,62 @@ def test_a_suspension_written_in_the_framework_file_ends_sessions_and_tokens_for
     assert changes[0]["sessions_ended"] == "dr.oconnor" and "framework file" in changes[0]["reason"]
 
 
+def _loaded_only(ics: Ics, framework: Framework) -> PortalClient:
+    """An app built on this framework without a start's recording of the file (a process that only loads
+    it: a server worker, an export, an ingest)."""
+    state = ics.client.app.state  # type: ignore[attr-defined]
+    return PortalClient(create_app(state.settings, framework=framework, database=state.database))
+
+
+def _sources_read(ics: Ics, app: PortalClient) -> set[str]:
+    """The organisations whose records a GP reads in Mr Okafor's $everything (by `meta.source`)."""
+    headers = ics.token("dr.patel")
+    assert app.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"}, headers=headers).status_code == 201
+    everything = app.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers)
+    assert everything.status_code == 200, everything.text
+    return {(entry["resource"].get("meta") or {}).get("source", "").split("|")[-1].split("#")[0]
+            for entry in everything.json()["entry"]} - {""}
+
+
 def test_a_file_edited_back_to_signed_lifts_nothing_until_a_start_records_it(
         ics: Ics, db: Database, framework: Framework) -> None:
     """RXR suspended in the framework file and the server restarted; then the file is edited back to signed.
-    A process that only loads the file (an export, an ingest, a worker) must still find RXR suspended: the
-    signing counts once a start of the server records it, audited, and not before. A stop written in the
-    file acts at once, even before a start records it."""
+    A process that only loads the file must still refuse RXR's staff: the signing counts once a start of the
+    server records it, audited, and not before. A stop written in the file acts at once, before a start."""
     suspended = file_says(framework, "RXR", "suspended")
     with ics.restarted(suspended):
         pass
+    refused = _loaded_only(ics, framework).post("/login", data={"username": "dr.oconnor", "password": "demo",
+                                                                "target": "/search"}, follow_redirects=False)
+    assert refused.status_code == 403 and "You cannot sign in" in refused.text and "suspended" in refused.text
+    assert "RXR" not in _sources_read(ics, _loaded_only(ics, framework))  # RXR's records still hidden
     with db.session() as s:
         assert effective_agreements(s, framework)["RXR"].status == "suspended"
         assert effective_agreements(s, file_says(framework, "RXR", "ended"))["RXR"].status == "ended"
-    with ics.restarted(framework):
-        pass
+    with ics.restarted(framework) as signed_again:
+        assert "RXR" in _sources_read(ics, signed_again)
     with db.session() as s:
         assert effective_agreements(s, framework)["RXR"].status == "signed"
         assert effective_agreements(s, suspended)["RXR"].status == "suspended"
+
+
+def test_a_stop_written_in_the_file_acts_at_once_after_an_operator_signed_again(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """An operator suspended RXR and signed it again with `agreements set`; then RXR's agreement is ended in
+    the framework file. Every process that loads the file refuses RXR's staff at once, before any start
+    records it: the latest change was the operator's, but the file's stop is newer than what it last said."""
+    with ics.restarted(framework):
+        pass
+    _set(db, framework, "RXR", "suspended")
+    _set(db, framework, "RXR", "signed")
+    ended = file_says(framework, "RXR", "ended")
+    assert _sign_in(ics, "dr.patel") == 303
+    refused = _loaded_only(ics, ended).post("/login", data={"username": "dr.oconnor", "password": "demo",
+                                                            "target": "/search"}, follow_redirects=False)
+    assert refused.status_code == 403 and "ended" in refused.text
+    with db.session() as s:
+        assert effective_agreements(s, ended)["RXR"].status == "ended"
+        assert effective_agreements(s, framework)["RXR"].status == "signed"
 
 
 def test_a_suspension_written_in_the_file_after_an_operator_signed_again_takes_effect(

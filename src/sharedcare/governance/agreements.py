@@ -27,24 +27,26 @@ STOPPED: tuple[AgreementStatus, ...] = tuple(s for s in get_args(AgreementStatus
 _STOPPED_WORDS = {"suspended": "suspended", "ended": "ended", "draft": "set back to draft (no longer signed)"}
 
 # `changed_by` of a status read from the framework file (`note_file_agreements`): such a row ends sessions,
-# tokens and exports as any stop does, and, as the most recent deliberate change, decides until an operator's
-# next change (`agreements set`) or the next start that finds the file changed
+# tokens and exports as any stop does, and, as the most recent deliberate change, decides as recorded until
+# an operator's next change (`agreements set`) or the next start that finds the file changed
 FRAMEWORK_FILE = "framework file"
 # The date of a status the file had when first read, whose start is not known: it ends nothing issued before
 # and decides nothing (an operator's change made before the first read still stands)
 _NOT_KNOWN = datetime(1970, 1, 1, tzinfo=UTC)
 
 _CHANGES = cast(Table, AgreementChange.__table__)
-DECIDING = _CHANGES.c.changed_at > _NOT_KNOWN  # the changes that decide, the latest winning
 BY_FILE = _CHANGES.c.changed_by == FRAMEWORK_FILE
 # Read on every request and every MLLP message: prepared (through `run` its execution cost several times the query)
-_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status, BY_FILE).where(DECIDING)
+_ALL_CHANGES = Prepared(select(_CHANGES.c.org_code, _CHANGES.c.status, BY_FILE, _CHANGES.c.changed_at)
                         .order_by(_CHANGES.c.id))
 _FILE_SAID = select(_CHANGES.c.org_code, _CHANGES.c.status).where(BY_FILE).order_by(_CHANGES.c.id)
 
+# (organisation, status, read from the file, when): an `agreement_changes` row, in the order made
+Change = tuple[str, str, bool, datetime]
+
 
 def effective_agreements(session: Session, fw: Framework) -> dict[str, Agreement]:
-    """Each organisation's agreement as it stands now: the file's, overridden by the latest change."""
+    """Each organisation's agreement as it stands now (`agreements_after`)."""
     return agreements_after(fw, _ALL_CHANGES(session))
 
 
@@ -53,18 +55,26 @@ def stopped_words(status: str) -> str:
     return _STOPPED_WORDS.get(status, status)
 
 
-def agreements_after(fw: Framework, changes: Iterable[tuple[str, str, bool]]) -> dict[str, Agreement]:
-    """The file's agreements overridden by these (organisation, status, read from the file) changes, given
-    in the order made. The file's own latest status decides as recorded, not as the file says now: a file
-    edited back to signed lifts a stop only once a start of `serve` or `mllp` has recorded it (and audited
-    it), never in a process that merely loads the file. A stop newly written in the file acts at once."""
+def agreements_after(fw: Framework, changes: Iterable[Change], *, new_file_stops: bool = True) -> dict[str, Agreement]:
+    """The file's agreements overridden by the latest deciding change, which decides as recorded (a file's
+    own too: a file edited back to signed lifts a stop only once a start of `serve` or `mllp` has recorded
+    it, audited, never in a process that merely loads the file). A stop written in the file since a start
+    last recorded what it said acts at once, whoever made the latest change (`new_file_stops`; False: what
+    the store's changes alone decide, which a start compares the file with)."""
     current = {code: org.agreement for code, org in fw.organisations.items()}
-    latest = {code: (status, by_file) for code, status, by_file in changes}  # the last change wins
-    for code, (status, by_file) in latest.items():
-        if code not in current or (by_file and current[code].status in STOPPED):
+    decided: dict[str, str] = {}
+    file_said: dict[str, str] = {}  # what the file said when a start last recorded it (a first read's too)
+    for code, status, by_file, at in changes:
+        if at > _NOT_KNOWN:
+            decided[code] = status
+        if by_file:
+            file_said[code] = status
+    for code, agreement in list(current.items()):
+        if new_file_stops and agreement.status in STOPPED and agreement.status != file_said.get(code):
             continue
-        if current[code].status != status:
-            current[code] = current[code].model_copy(update={"status": status})
+        latest = decided.get(code)
+        if latest is not None and latest != agreement.status:
+            current[code] = agreement.model_copy(update={"status": latest})
     return current
 
 
@@ -116,7 +126,7 @@ def note_file_agreements(db: Database, fw: Framework, source: str) -> list[str]:
     changed = []
     with db.session() as session:
         said: dict[str, str] = {org: status for org, status in session.execute(_FILE_SAID)}
-        in_effect = effective_agreements(session, fw)
+        in_effect = agreements_after(fw, _ALL_CHANGES(session), new_file_stops=False)
         for code, organisation in fw.organisations.items():
             status, before = organisation.agreement.status, said.get(code)
             if status == before:

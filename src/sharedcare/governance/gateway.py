@@ -42,7 +42,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
-from sharedcare.governance.agreements import DECIDING, FRAMEWORK_FILE, agreements_after, effective_agreements
+from sharedcare.governance.agreements import FRAMEWORK_FILE, agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
 from sharedcare.governance.consent import OF_PERSON, Ask, choices_for, combined_choices, purposes_of_use
@@ -128,8 +128,9 @@ _BASIS_NOW = _ACTIVE_BASIS.subquery()
 _REVIEW_NOW = ON_REVIEW.subquery()
 _INPUTS = Prepared(union_all(
     select(literal("agreement", String).label("kind"), _CHANGES.c.org_code.label("a"), _CHANGES.c.status.label("b"),
-           _NO_TIME.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"), _NO_ORGS.label("orgs"),
-           _CHANGES.c.id.label("seq"), _CHANGES.c.changed_by.label("c"), _NO_ORGS.label("provisions")).where(DECIDING),
+           _CHANGES.c.changed_at.label("at"), _NO_FLAG.label("object_all"), _NO_FLAG.label("opt_out"),
+           _NO_ORGS.label("orgs"), _CHANGES.c.id.label("seq"), _CHANGES.c.changed_by.label("c"),
+           _NO_ORGS.label("provisions")),
     select(literal("basis", String), _BASIS_NOW.c.basis, sql_cast(_BASIS_NOW.c.reason, String), _BASIS_NOW.c.expires_at,
            _NO_FLAG, _NO_FLAG, _NO_ORGS, literal(0, Integer), _NO_TEXT, _NO_ORGS),
     select(literal("choices", String), _NO_TEXT, _NO_TEXT, _NO_TIME, _PREFS.c.object_all, _PREFS.c.opt_out_secondary,
@@ -338,7 +339,7 @@ class GovernedRecords:
         for kind, a, b, at, object_all, opt_out, orgs, seq, c, provisions in _INPUTS(
                 self.session, {"username": self.actor.username, "person_id": person_id, "now": self.now}):
             if kind == "agreement":
-                changes.append((seq, a, b, c == FRAMEWORK_FILE))
+                changes.append((seq, a, b, c == FRAMEWORK_FILE, at))
             elif kind == "basis":
                 basis = ActiveBasis(a, b, at)
             elif kind == "choices":

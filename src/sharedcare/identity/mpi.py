@@ -408,7 +408,10 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
                                      + notes)
         _review(session, record, incoming, model, link.review_with + _pair_with(link))
         return
-    close = _close_to(mine, incoming, model) if moves and to is None and clash is None else []
+    # (never a record with too little now to match on: kept, it would still be a candidate for every new
+    # record, and another patient's next record could link through it into this person)
+    close = (_close_to(mine, incoming, model)
+             if moves and to is None and clash is None and link.method != "insufficient-data" else [])
     if close:  # in doubt, not someone else: a split would hide these records from each other's readers
         record.link_status, record.match_probability = "review", close[0][1]
         record.match_weight, record.match_evidence = close[0][2].get("match_weight"), close[0][2]
