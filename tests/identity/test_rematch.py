@@ -130,28 +130,28 @@ def _okafor_at_gp_and_in_hospital_without_his_nhs_number(db: Database, framework
     assert r["RXR/H100"].person_id == r["P81001/okafor"].person_id
 
 
-def test_a_move_that_leaves_the_record_in_doubt_keeps_it_with_its_person_held_for_review(
+def test_a_move_that_leaves_the_record_in_doubt_parts_it_from_its_person_onto_the_review_list(
         db: Database, framework: Framework, tmp_path: Path) -> None:
-    """Mr Okafor's hospital record (no NHS number) gets a new address far away: matched again it links to no
-    one surely, but still scores above the review threshold with his GP record. It is not split off into a
-    person of its own (his GP would stop seeing his admission): it stays, held for review with that pair."""
+    """Mr Okafor's hospital record (no NHS number) gets a new address far away: matched again it scores
+    0.9975 with his GP record, below the link threshold. It leaves his person, as a new record with these
+    details would never join it, and the pair waits for a reviewer. (Kept with him instead, held, it stayed
+    a candidate for new records: a namesake of the same birthday at the new address would then have linked
+    through it into his record. Session 18 tried that and took it back: decision in docs/architecture.md.)"""
     _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
     moved = adt("A08", "PAS2", "20260110100000", pid(nhs=None, address="9 High St^^Dales^^DL20 1LY^GBR^H"), pv1())
     _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", moved)
     r = _records(db)
-    assert r["RXR/H100"].person_id == r["P81001/okafor"].person_id
-    assert r["RXR/H100"].link_status == "review" and 0.9 <= r["RXR/H100"].match_probability < 0.999
-    assert "left with them for a reviewer" in (r["RXR/H100"].link_note or "")
-    assert _events(db, "rematch") == []
+    assert r["RXR/H100"].person_id != r["P81001/okafor"].person_id
+    assert r["RXR/H100"].link_status == "review"
     with db.session() as s:
-        pairs = [(i.record_a, i.record_b, i.status) for i in s.scalars(select(MatchReview))]
-    assert pairs == [(r["P81001/okafor"].id, r["RXR/H100"].id, "open")]
+        pairs = [(i.record_a, i.record_b, i.status, round(i.probability, 4)) for i in s.scalars(select(MatchReview))]
+    assert pairs == [(r["P81001/okafor"].id, r["RXR/H100"].id, "open", 0.9975)]
 
 
-def test_the_review_list_says_why_a_record_in_doubt_was_left_with_its_person(
+def test_the_review_list_says_why_a_record_of_a_pair_is_held(
         db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reviewer reading `mpi review` sees, on the pair, that the hospital record is held and why: its
-    details changed and it was left with the person it was with, not only the pair's match weights."""
+    """The reviewer reading `mpi review` sees, on the pair, that the hospital record is held and why (its
+    match fell below the link threshold when its details changed), not only the pair's match weights."""
     _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
     moved = adt("A08", "PAS2", "20260110100000", pid(nhs=None, address="9 High St^^Dales^^DL20 1LY^GBR^H"), pv1())
     _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", moved)
@@ -160,10 +160,10 @@ def test_the_review_list_says_why_a_record_in_doubt_was_left_with_its_person(
     monkeypatch.setenv("COLUMNS", "400")
     shown = CliRunner().invoke(app, ["mpi", "review"])
     assert shown.exit_code == 0, shown.output
-    assert "record b held: held for review: matched again after its demographics changed" in shown.output
+    assert "record b held: held for review: match probability 0.9975 is below the link threshold" in shown.output
     listed = CliRunner().invoke(app, ["mpi", "review", "--json"])
     [item] = [i for i in json.loads(listed.stdout) if "id" in i]
-    assert list(item["held"]) == ["b"] and "left with them for a reviewer" in item["held"]["b"]
+    assert list(item["held"]) == ["b"] and "below the link threshold" in item["held"]["b"]
 
 
 def test_a_correction_to_a_twins_details_takes_the_record_from_the_twin_it_was_filed_under(

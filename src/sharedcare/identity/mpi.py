@@ -44,14 +44,13 @@ from sharedcare.identity.compare import (
     given_text,
     levels,
     name_text,
-    names_keep_apart,
     nhs_number_outweighs_given_name,
     numbers_keep_apart,
     phone_key,
     postcode_parts,
 )
 from sharedcare.identity.links import moves_to, resettle_reviews, settle_reviews
-from sharedcare.identity.model import REVIEW_THRESHOLD, Model
+from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
 from sharedcare.store.database import Prepared, PreparedObjects
@@ -385,9 +384,9 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     - its open review items are scored again against its new demographics; new ones are added."""
     from sharedcare.identity.realtime import current_model
 
+    link = _find_person(session, demo, nhs, block, itself=record.id)
     mine = _person_records(session, record.person_id, record.id)
     clash = _clash(mine, demo, nhs)
-    link = _find_person(session, demo, nhs, block, itself=record.id)
     if link.person_id is not None:
         theirs = mine if link.person_id == record.person_id else _person_records(session, link.person_id, record.id)
         conflict = _clash(theirs, demo, nhs)
@@ -407,18 +406,6 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
                                       f"matched again it would go to {where}; left where that decision put it"]
                                      + notes)
         _review(session, record, incoming, model, link.review_with + _pair_with(link))
-        return
-    # (never a record with too little now to match on: kept, it would still be a candidate for every new
-    # record, and another patient's next record could link through it into this person)
-    close = (_close_to(mine, incoming, model)
-             if moves and to is None and clash is None and link.method != "insufficient-data" else [])
-    if close:  # in doubt, not someone else: a split would hide these records from each other's readers
-        record.link_status, record.match_probability = "review", close[0][1]
-        record.match_weight, record.match_evidence = close[0][2].get("match_weight"), close[0][2]
-        record.link_note = "; ".join([f"held for review: matched again after its demographics changed it links "
-                                      f"to no one, but scores {close[0][1]:.4f} with record {close[0][0]} of its "
-                                      "person; left with them for a reviewer"] + notes)
-        _review(session, record, incoming, model, link.review_with + close)
         return
     now = utcnow()
     reason = (f"its demographics changed: matched again ({link.method}, {link.status})"
@@ -444,21 +431,6 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     _review(session, record, incoming, model, link.review_with)
     if moves and earlier:
         _reopen(session, record, reason)
-
-
-def _close_to(records: list[PatientRecord], incoming: Features,
-              model: Model) -> list[tuple[int, float, dict[str, Any]]]:
-    """The pairs, best first, in which these records score at least the review threshold with `incoming`
-    and no safety rule keeps them apart (given names that differ, as a twin's do: a wrong-patient record
-    corrected to the twin's details scores high with the twin it was filed under, and must leave)."""
-    pairs = []
-    for other in records:
-        theirs = features(stored_match_record(other))
-        found = levels(incoming, theirs)
-        score = model.score_levels(found)
-        if score.probability >= REVIEW_THRESHOLD and not score.never_link and not names_keep_apart(incoming, theirs):
-            pairs.append((other.id, score.probability, model.evidence(found) | {"with_record": other.id}))
-    return sorted(pairs, key=lambda pair: -pair[1])
 
 
 def _left_alone(record: PatientRecord, now: datetime) -> None:
