@@ -20,8 +20,15 @@ one's on the same store: before/after figures in the same conditions. `--store F
 built (about 1.6 GB at the defaults); a store already there (that file, or a `--database` an earlier run
 built) is used as it is, without the quarter-population memory figure.
 
+With `--orders` only the export runs, with 1 and `--workers` processes, as shipped (people in the order
+of their pseudonyms) and with the people listed by server id (the order before the sixth security review,
+monkeypatched into this process and its workers: a baseline, never shipped), alternated run by run, and
+with `--compare-src` that checkout's export too: wall and CPU seconds (medians, and every run's in the
+JSON), and whether every run wrote the same files (SHA-256). `SHAREDCARE_EXPORT_PEOPLE_PER_WORKER=1`
+makes a small store's export start its workers all the same.
+
 Usage: python benchmarks/export.py [--people 2000] [--copies 24] [--repeats 3] [--workers 2]
-                                   [--database URL | --store FILE] [--compare-src DIR]
+                                   [--database URL | --store FILE] [--compare-src DIR] [--orders]
 """
 
 from __future__ import annotations
