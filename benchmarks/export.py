@@ -20,8 +20,15 @@ one's on the same store: before/after figures in the same conditions. `--store F
 built (about 1.6 GB at the defaults); a store already there (that file, or a `--database` an earlier run
 built) is used as it is, without the quarter-population memory figure.
 
+With `--orders` only the export runs, with 1 and `--workers` processes, as shipped (people in the order
+of their pseudonyms) and with the people listed by server id (the order before the sixth security review,
+monkeypatched into this process and its workers: a baseline, never shipped), alternated run by run, and
+with `--compare-src` that checkout's export too: wall and CPU seconds (medians, and every run's in the
+JSON), and whether every run wrote the same files (SHA-256). `SHAREDCARE_EXPORT_PEOPLE_PER_WORKER=1`
+makes a small store's export start its workers all the same.
+
 Usage: python benchmarks/export.py [--people 2000] [--copies 24] [--repeats 3] [--workers 2]
-                                   [--database URL | --store FILE] [--compare-src DIR]
+                                   [--database URL | --store FILE] [--compare-src DIR] [--orders]
 """
 
 from __future__ import annotations
@@ -50,28 +57,78 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
-def export_run(url: str, out: str, workers: int, src: str | None = None) -> dict[str, float]:
+def _by_person_id(self: Any, session: Any, scope: Any, pseudonymiser: Any, shard: tuple[int, int]) -> list[str]:
+    """`SecondaryUse._people` as it was before extracts were in pseudonym order (`--orders`' baseline only,
+    never shipped: two purposes' files would line up): the people by server id, shard i of n the i-th of n
+    runs of them."""
+    from sqlalchemy import select
+
+    from sharedcare.store.models import PatientRecord
+
+    stmt = select(PatientRecord.person_id).distinct()
+    if scope.group:
+        stmt = stmt.where(PatientRecord.person_id.in_(self._group_members(scope.group)))
+    people = sorted(session.scalars(stmt))
+    index, count = shard
+    return people[index * len(people) // count:(index + 1) * len(people) // count]
+
+
+def _in_id_order() -> None:
+    from sharedcare.governance.secondary import SecondaryUse
+
+    SecondaryUse._people = _by_person_id
+
+
+def _shard_in_id_order(task: Any, on_people: Any = None) -> Any:
+    """`run_shard` in a worker process, with the people in id order (spawned workers import afresh)."""
+    from sharedcare.export import jobs
+
+    _in_id_order()
+    # a fresh worker's run_shard is the module's own; in the process that patched it in, the one it replaced
+    return getattr(jobs, "unpatched_run_shard", jobs.run_shard)(task, on_people)
+
+
+def export_run(url: str, out: str, workers: int, src: str | None = None, order: str = "pseudonym",
+               digest: bool = False) -> dict[str, float]:
+    """One export (`ExportJobs.start` and `run`); `order="id"` lists the people by server id instead of by
+    pseudonym (the baseline of `--orders`), `digest` adds a SHA-256 of each file written."""
     if src is not None:  # another checkout's code (--compare-src), here and in the workers this process spawns
         sys.path.insert(0, src)
     from dataclasses import replace
 
     from sharedcare.config import load_settings
+    from sharedcare.export import jobs as jobs_module
     from sharedcare.export.jobs import ExportJobs
     from sharedcare.governance.framework import load_framework
     from sharedcare.governance.gateway import actor_for
     from sharedcare.governance.secondary import ExportScope
     from sharedcare.store.database import Database
 
+    if order == "id":
+        _in_id_order()
+        jobs_module.unpatched_run_shard = jobs_module.run_shard  # type: ignore[attr-defined]
+        jobs_module.run_shard = _shard_in_id_order
     fw = load_framework()
     jobs = ExportJobs(Database(url), fw, replace(load_settings(), data_path=Path(out), export_workers=workers))
+    started, cpu = time.perf_counter(), _cpu()
     job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "benchmark", background=False)
-    start, cpu = time.perf_counter(), _cpu()
+    start = time.perf_counter()
     view = jobs.run(job)
-    seconds, cpu_seconds = time.perf_counter() - start, _cpu() - cpu
+    end = time.perf_counter()
+    seconds, cpu_seconds = end - start, _cpu() - cpu
     resources = sum(o["count"] for o in view.output)
-    return {"seconds": seconds, "resources": resources, "resources_per_s": resources / seconds,
-            "cpu_resources_per_s": resources / cpu_seconds, "people": view.summary["people_included"],
-            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    figures: dict[str, Any] = {
+        "seconds": seconds, "start_and_run_seconds": end - started, "cpu_seconds": cpu_seconds,
+        "resources": resources, "resources_per_s": resources / seconds,
+        "cpu_resources_per_s": resources / cpu_seconds, "people": view.summary["people_included"],
+        "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    if digest:
+        import hashlib
+
+        folder = Path(out) / "exports" / job
+        figures["digests"] = {o["file"]: hashlib.sha256((folder / o["file"]).read_bytes()).hexdigest()
+                              for o in view.output}
+    return figures
 
 
 def baseline_run(url: str, out: str) -> dict[str, float]:
@@ -200,6 +257,62 @@ def _store(url: str, work: Path, args: argparse.Namespace, console: Console) -> 
             "export_peak_rss_mb_quarter_population": small["peak_rss_mb"]}
 
 
+def compare_orders(url: str, work: Path, args: argparse.Namespace, compare: str | None,
+                   console: Console) -> dict[str, Any]:
+    """`--orders`: the export with the people in pseudonym order (as shipped) and in server id order (the
+    order before the sixth review, monkeypatched in: the baseline only), with 1 and `--workers` processes,
+    interleaved run by run (each variant first in turn), in fresh processes; with `--compare-src` that
+    checkout's export (pseudonym order) too. Wall seconds of `run` (and of `start` and `run`), CPU seconds of
+    every process, medians; the files of this code and the compared code compared by SHA-256."""
+    variants: list[tuple[str, str | None, str]] = [("pseudonym", None, "pseudonym"), ("id", None, "id")]
+    if compare:
+        variants.append(("compared", compare, "pseudonym"))
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    loads: list[float] = []
+    for i in range(args.repeats):
+        for workers in sorted({1, args.workers}):
+            order = variants[i % len(variants):] + variants[:i % len(variants)]
+            for name, src, people_order in order:
+                console.print(f"run {i + 1}/{args.repeats}, {workers} process(es): {name}")
+                loads.append(os.getloadavg()[0])
+                runs.setdefault((name, workers), []).append(in_fresh_process(
+                    export_run, url, str(work / f"{name}{workers}-{i}"), workers, src, people_order, True))
+    figures: dict[str, Any] = {"people": runs[("pseudonym", 1)][0]["people"], "repeats": args.repeats,
+                               "load_average_1min": {"min": min(loads), "median": statistics.median(loads),
+                                                     "max": max(loads)}, "cpus": os.cpu_count(),
+                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for (name, workers), done in runs.items():
+        figures[f"{name}_{workers}"] = {
+            "run_seconds": _median(done, "seconds"), "start_and_run_seconds": _median(done, "start_and_run_seconds"),
+            "cpu_seconds": _median(done, "cpu_seconds"), "resources": done[0]["resources"],
+            "all_run_seconds": [round(r["seconds"], 3) for r in done]}
+    digests = {(name, workers): {json.dumps(r["digests"], sort_keys=True) for r in done}
+               for (name, workers), done in runs.items()}
+    figures["same_files_every_run"] = all(len(d) == 1 for d in digests.values())
+    ours = {d for (name, _), ds in digests.items() if name == "pseudonym" for d in ds}
+    figures["same_files_1_and_n_workers"] = len(ours) == 1
+    if compare:
+        figures["compare_src"] = compare
+        figures["same_files_as_compared"] = ours == {d for (n, _), ds in digests.items() if n == "compared" for d in ds}
+    table = Table(title=f"Export by people's order ({figures['people']} people exported, "
+                        f"{figures['pseudonym_1']['resources']} resources, median of {args.repeats}, "
+                        f"load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs)")
+    for column in ("export", "processes", "run s (wall)", "start+run s", "CPU s", "wall / id order",
+                   "CPU / id order"):
+        table.add_column(column, justify="left" if column == "export" else "right")
+    for name, _, _ in variants:
+        for workers in sorted({1, args.workers}):
+            mine, base = figures[f"{name}_{workers}"], figures[f"id_{workers}"]
+            table.add_row(name, str(workers), f"{mine['run_seconds']:.2f}", f"{mine['start_and_run_seconds']:.2f}",
+                          f"{mine['cpu_seconds']:.2f}", f"{mine['run_seconds'] / base['run_seconds']:.2f}",
+                          f"{mine['cpu_seconds'] / base['cpu_seconds']:.2f}")
+    Console().print(table)
+    Console().print(f"same files in every run: {figures['same_files_every_run']}; with 1 and {args.workers} "
+                    f"processes: {figures['same_files_1_and_n_workers']}"
+                    + (f"; as --compare-src's: {figures['same_files_as_compared']}" if compare else ""))
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=2000, help="people synthesised and ingested")
@@ -215,6 +328,10 @@ def main() -> int:
     parser.add_argument("--compare-src", type=Path, default=None,
                         help="the src folder of another checkout (say main's): its export runs too, alternating "
                              "with this one's on the same store, for before/after figures in the same conditions")
+    parser.add_argument("--orders", action="store_true",
+                        help="only compare the export with the people in pseudonym order and in server id order "
+                             "(the order before the sixth review; with --compare-src, that checkout's too), "
+                             "with 1 and --workers processes")
     args = parser.parse_args()
     console = Console(stderr=True)
     compare = str(args.compare_src.resolve()) if args.compare_src else None
@@ -226,6 +343,13 @@ def main() -> int:
             console.print("using the store already there (--people and --copies do not apply)")
         else:
             built = _store(url, work, args, console)
+        if args.orders:
+            ordered = compare_orders(url, work, args, compare, console)
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"export-order-{int(time.time())}.json").write_text(json.dumps(ordered, indent=2))
+            json.dump(ordered, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return 0
         exports, compared, singles, baselines, loads = [], [], [], [], []
         for i in range(args.repeats):
             console.print(f"run {i + 1}/{args.repeats}: export{' and the compared export' if compare else ''}, "

@@ -9,7 +9,10 @@ SHAREDCARE_PSEUDONYM_KEY  key of the pseudonyms in secondary-use extracts, kept 
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password (SQLite, no TLS: `serve` refuses
                        it beside a server database or TLS settings, and warns and audits when it starts with it)
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
-SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in (default: 2, or 1 on a one-core machine)
+SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in at most (default: 2, or 1 on a one-core machine)
+SHAREDCARE_EXPORT_PEOPLE_PER_WORKER  people in scope each of those processes must have to be started (default:
+                       5000): a worker's start costs about what 2,000 people's export does, so a smaller export
+                       runs in one process (docs/architecture.md, "Bulk Data export", Throughput)
 SHAREDCARE_EXPORT_RETENTION_DAYS  days a finished Bulk Data export's files are kept (default: 7); then deleted
 SHAREDCARE_INGEST_WORKERS  processes that parse and validate large feed files beside the ingesting one (default:
                        the CPU count, or 0 on a one-core machine; 0 stages every message in the ingesting process)
@@ -64,6 +67,7 @@ class Settings:
     token_minutes: int = 60
     data_path: Path = Path("var")
     export_workers: int = 2
+    export_people_per_worker: int = 5000  # an export of fewer people than this per worker starts fewer workers
     export_retention_days: int = 7  # a finished export's files are deleted this long after it finished
     ingest_workers: int = 0
     server_threads: int = 2  # worker threads per server process for request work (api/app.py, lifespan)
@@ -174,6 +178,7 @@ def load_settings() -> Settings:
         pseudonym_key=os.environ.get("SHAREDCARE_PSEUDONYM_KEY") or None,
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
+        export_people_per_worker=_whole_number("SHAREDCARE_EXPORT_PEOPLE_PER_WORKER", 5000, least=1),
         export_retention_days=_whole_number("SHAREDCARE_EXPORT_RETENTION_DAYS", 7, least=1),
         ingest_workers=_whole_number("SHAREDCARE_INGEST_WORKERS", cores if cores > 1 else 0, least=0),
         server_threads=_whole_number("SHAREDCARE_SERVER_THREADS", 2, least=1),

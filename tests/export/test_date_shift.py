@@ -59,7 +59,8 @@ def _export(db: Database, fw: Framework, folder: Path, purpose: str, workers: in
         for name, value in DEPLOYMENT_KEYS.items():
             env.setenv(name, value)
         env.setattr(export_jobs, "screen", lambda lines, k: (lines, SmallCells(k)))
-        jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers))
+        jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers,
+                                          export_people_per_worker=1))
         job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", out_dir=folder / "out",
                          purpose=purpose, background=False)
         jobs.run(job)

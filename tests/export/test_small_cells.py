@@ -57,7 +57,8 @@ def _export(db: Database, fw: Framework, folder: Path, workers: int) -> tuple[di
     with pytest.MonkeyPatch.context() as env:
         for name, value in DEPLOYMENT_KEYS.items():
             env.setenv(name, value)
-        jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers))
+        jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers,
+                                          export_people_per_worker=1))
         job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", out_dir=folder / "out",
                          background=False)
         view = jobs.run(job)

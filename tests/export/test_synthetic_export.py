@@ -69,6 +69,7 @@ def exported(store: tuple[Database, dict[str, str]], tmp_path_factory: pytest.Te
         env.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
         env.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
         env.setenv("SHAREDCARE_EXPORT_WORKERS", "2")  # two processes, each a shard of the people
+        env.setenv("SHAREDCARE_EXPORT_PEOPLE_PER_WORKER", "1")  # (however few they are)
         for name, value in DEPLOYMENT_KEYS.items():  # outside demo mode, an extract is keyed by a key of its own
             env.setenv(name, value)
         result = runner.invoke(app, ["export", "--out", str(out), "--user", "analyst.chen", "--json"])

@@ -140,6 +140,14 @@ class _Shard:
     job_id: str
 
 
+def shard_count(people: int, workers: int, people_per_worker: int) -> int:
+    """How many processes an export of `people` runs in: `workers` at most, and no more than have
+    `people_per_worker` people each. A spawned worker imports the service and reads the framework before its
+    first person (about a CPU-second), as much as exporting 2,000 people costs; an export of 2,000 people
+    took 1.4 s in one process and 2.1-3.3 s in two (benchmarks/export.py --orders, docs/architecture.md)."""
+    return max(1, min(workers, people // max(1, people_per_worker)))
+
+
 def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
         ExportCounts, list[dict[str, Any]]]:
     """Export one shard of the people into part files (or the final files when there is one shard),
@@ -411,7 +419,9 @@ class ExportJobs:
         """Stream the export into its files, keeping the job row up to date; audit how it ended.
 
         With `settings.export_workers` above 1 the people are split into that many shards, each exported
-        by its own process into part files that are joined into one file per type at the end."""
+        by its own process into part files that are joined into one file per type at the end; but only as many
+        as have `settings.export_people_per_worker` people each (`shard_count`). The files are the same
+        either way."""
         with self.db.session() as session:
             job = session.get_one(ExportJob, job_id)
             if job.status != "accepted":  # cancelled before it started (or already run): nothing to do
@@ -437,7 +447,7 @@ class ExportJobs:
                                 job=job_id)
         if not same:
             return self._view(job_id)
-        shards = max(1, self.settings.export_workers)
+        shards = shard_count(total, self.settings.export_workers, self.settings.export_people_per_worker)
         tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.pseudonym_secret,
                         actor, purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
 
