@@ -8,14 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy import select
-from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.cli.starts import deployment_that_starts_and_stops
+from tests.conftest import FRAMEWORK_PATH
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.governance.agreements import FRAMEWORK_FILE
-from sharedcare.ingest.mllp import MllpServer
 from sharedcare.store.database import Database
 from sharedcare.store.models import AgreementChange, AuditEntry
 
@@ -29,20 +28,7 @@ def framework_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     start but do not stay."""
     copy = tmp_path / "framework.yaml"
     copy.write_text(FRAMEWORK_PATH.read_text())
-    monkeypatch.setenv("SHAREDCARE_DB", f"sqlite:///{tmp_path / 'sharedcare.db'}")
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(copy))
-    monkeypatch.setenv("SHAREDCARE_DATA", str(tmp_path / "data"))
-    for name, value in DEPLOYMENT_KEYS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("SHAREDCARE_DEMO", raising=False)
-    for name in ("SHAREDCARE_TLS_CERT", "SHAREDCARE_TLS_KEY", "SHAREDCARE_TLS_CLIENT_CA"):
-        monkeypatch.setenv(name, "")
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
-
-    async def listens(*args: object) -> None:
-        return None
-
-    monkeypatch.setattr(MllpServer, "serve", listens)
+    deployment_that_starts_and_stops(monkeypatch, tmp_path, copy)
     return copy
 
 

@@ -8,13 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-import uvicorn
-from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.cli.starts import deployment_that_starts_and_stops
+from tests.conftest import FRAMEWORK_PATH
 from tests.tls_certs import Pki, make_pki
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
-from sharedcare.ingest.mllp import MllpServer
 
 runner = CliRunner(env={"COLUMNS": "400"})  # one line a message
 
@@ -27,22 +26,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A deployment's keys and a SQLite store in tmp_path; `serve` and `mllp` start but do not stay."""
-    monkeypatch.setenv("SHAREDCARE_DB", f"sqlite:///{tmp_path / 'sharedcare.db'}")
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    monkeypatch.setenv("SHAREDCARE_DATA", str(tmp_path / "data"))
-    for name, value in DEPLOYMENT_KEYS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("SHAREDCARE_DEMO", raising=False)
-    for name in ("SHAREDCARE_TLS_CERT", "SHAREDCARE_TLS_KEY", "SHAREDCARE_TLS_CLIENT_CA"):
-        monkeypatch.setenv(name, "")  # empty is unset; `serve` puts its options here
-
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
-
-    async def listens(*args: object) -> None:
-        return None
-
-    monkeypatch.setattr(MllpServer, "serve", listens)
-    return tmp_path / "sharedcare.db"
+    return deployment_that_starts_and_stops(monkeypatch, tmp_path, FRAMEWORK_PATH)
 
 
 def test_serve_on_a_network_address_without_tls_says_so(store: Path) -> None:

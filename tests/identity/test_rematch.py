@@ -180,41 +180,30 @@ def test_a_correction_to_a_twins_details_takes_the_record_from_the_twin_it_was_f
                                                         r["RXR/H100"].person_id)]]
 
 
-def test_a_correction_to_a_namesake_without_a_birth_date_leaves_the_person_and_links_nothing_to_them(
-        db: Database, framework: Framework, tmp_path: Path) -> None:
-    """The registration filed under Mr Okafor was his son's, of the same name; the A08 empties the birth date
-    while it is checked. The name still scores high with the father's record, but too little is left to
-    match on: the record leaves him, held, so the son's own ambulance record cannot link through it into
-    his father's record (the second review of this session found that when it stayed)."""
-    _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
-    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7",
-         adt("A08", "PAS2", "20260110100000", pid(nhs=None, born=""), pv1()))
-    _fhir(db, framework, tmp_path / "amb.ndjson",
-          (AMBULANCE, patient("call-7", None, "Okafor", "Emeka", "1975-06-01", "male", "RV3 7QT")),
-          at="2026-11-03T09:00:00Z")
-    r = _records(db)
-    father = r["P81001/okafor"].person_id
-    assert r["RXR/H100"].person_id != father and r["RYA/call-7"].person_id != father
-    assert (r["RXR/H100"].link_method, r["RXR/H100"].link_status) == ("insufficient-data", "review")
+# A registration filed under Mr Okafor, corrected to someone else with the birth date emptied while it is
+# checked (the PID of the A08), then that someone's own ambulance record (a FHIR Patient)
+_CORRECTED_WITHOUT_A_BIRTH_DATE = {
+    "his namesake son": (pid(nhs=None, born=""),
+                         patient("call-7", None, "Okafor", "Emeka", "1975-06-01", "male", "RV3 7QT")),
+    "another patient": (pid(nhs=None, name="JONES^Mary^^^Mrs", born="", sex="F",
+                            address="5 Elm Way^^Riverside^^RV5 5AA^GBR^H"),
+                        patient("call-9", None, "Jones", "Mary", "1960-04-04", "female", "RV5 5AA")),
+}
 
 
-def test_a_correction_to_another_patient_without_a_birth_date_leaves_the_person_and_links_nothing_to_them(
-        db: Database, framework: Framework, tmp_path: Path) -> None:
-    """The PAS corrects a registration filed under Mr Okafor to Mrs Jones, her birth date not yet known: too
-    little to match on, so the record leaves him, held for review as a new record would be. It must not stay
-    with him: her own ambulance record, arriving next, would then link through it into his record (a review
-    of this session found exactly that when such a record was kept)."""
+@pytest.mark.parametrize("who", list(_CORRECTED_WITHOUT_A_BIRTH_DATE))
+def test_a_correction_to_someone_else_without_a_birth_date_leaves_the_person_and_links_nothing_to_them(
+        db: Database, framework: Framework, tmp_path: Path, who: str) -> None:
+    """Too little is left to match on (the name may still score high with the father's record): the record
+    leaves Mr Okafor, held for review as a new record would be. Kept with him, the other person's own
+    ambulance record, arriving next, linked through it into his record (this session's two reviews)."""
+    corrected, their_own = _CORRECTED_WITHOUT_A_BIRTH_DATE[who]
     _okafor_at_gp_and_in_hospital_without_his_nhs_number(db, framework, tmp_path)
-    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", adt(
-        "A08", "PAS2", "20260110100000",
-        pid(nhs=None, name="JONES^Mary^^^Mrs", born="", sex="F", address="5 Elm Way^^Riverside^^RV5 5AA^GBR^H"),
-        pv1()))
-    _fhir(db, framework, tmp_path / "amb.ndjson",
-          (AMBULANCE, patient("call-9", None, "Jones", "Mary", "1960-04-04", "female", "RV5 5AA")),
-          at="2026-11-03T09:00:00Z")
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", adt("A08", "PAS2", "20260110100000", corrected, pv1()))
+    _fhir(db, framework, tmp_path / "amb.ndjson", (AMBULANCE, their_own), at="2026-11-03T09:00:00Z")
     r = _records(db)
     okafor = r["P81001/okafor"].person_id
-    assert r["RXR/H100"].person_id != okafor and r["RYA/call-9"].person_id != okafor
+    assert r["RXR/H100"].person_id != okafor and r[f"RYA/{their_own['id']}"].person_id != okafor
     assert (r["RXR/H100"].link_method, r["RXR/H100"].link_status) == ("insufficient-data", "review")
 
 
