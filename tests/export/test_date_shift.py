@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.export.birth_date_attack import attack, read_extract, recovered_births, true_births
-from tests.export.conftest import synthetic_store
+from tests.export.conftest import synthetic_store, unscreened
 
 from sharedcare.config import load_settings
 from sharedcare.export import jobs as export_jobs
@@ -24,7 +24,6 @@ from sharedcare.governance.framework import Framework, parse_framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.pseudonymise import Pseudonymiser
 from sharedcare.governance.secondary import ExportScope
-from sharedcare.governance.small_cells import SmallCells
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Resource
 
@@ -58,7 +57,7 @@ def _export(db: Database, fw: Framework, folder: Path, purpose: str, workers: in
     with pytest.MonkeyPatch.context() as env:
         for name, value in DEPLOYMENT_KEYS.items():
             env.setenv(name, value)
-        env.setattr(export_jobs, "screen", lambda lines, k: (lines, SmallCells(k)))
+        env.setattr(export_jobs, "screen", unscreened)  # (module-scoped: the function fixture cannot serve)
         jobs = ExportJobs(db, fw, replace(load_settings(), data_path=folder, export_workers=workers,
                                           export_people_per_worker=1))
         job = jobs.start(actor_for(fw, "analyst.chen"), ExportScope("system"), "test", out_dir=folder / "out",

@@ -138,6 +138,23 @@ def test_training_never_saves_a_level_a_true_match_reaches_as_a_veto() -> None:
         {k: v for k, v in before.items() if k not in ("address", "phone")}
 
 
+def test_training_bounds_a_level_em_never_observed_among_the_matches() -> None:
+    """A level no true pair reached in the training data is saved by Splink as "not observed" and scored
+    as m 1e-6: as much a veto as a degenerate estimate (phone "different" weighed -19.9). It is bounded too."""
+    from splink.internals.constants import LEVEL_NOT_OBSERVED_TEXT
+
+    from sharedcare.identity.matching import M_PROBABILITY_FLOOR, Weights, bound_m_probabilities
+
+    linker = _linker(RECORDS, default_model().json)
+    phone = next(c for c in linker._settings_obj.comparisons if c.output_column_name == "phone")
+    different = phone.comparison_levels[-1]
+    different.m_probability = LEVEL_NOT_OBSERVED_TEXT  # as EM leaves it (a saved model cannot hold it)
+    assert Weights.of(linker).levels["phone"][2] < -19
+    bound_m_probabilities(linker)
+    assert Weights.of(linker).levels["phone"][2] == pytest.approx(
+        math.log2(M_PROBABILITY_FLOOR / different.u_probability))
+
+
 def test_the_shipped_model_weighs_partial_agreement_at_least_as_much_as_disagreement() -> None:
     for name, weights in default_model().weights.items():
         assert min(weights[1:-1], default=weights[-1]) >= weights[-1], name

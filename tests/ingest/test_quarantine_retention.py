@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.store.database import Database
-from sharedcare.store.models import Quarantine
+from sharedcare.store.models import AuditEntry, Quarantine
 
 runner = CliRunner()
 
@@ -95,6 +95,9 @@ def test_applied_it_erases_those_bodies_keeping_the_item_its_reason_hash_and_an_
     audit = json.loads(runner.invoke(app, ["audit", "search", "--json"]).stdout)
     (event,) = [e for e in audit if e["action"] == "governance:quarantine:purge"]
     assert (event["items"], event["count"], event["retention days"]) == (str(erased.id), "1", "30")
+    with env.session() as s:  # its AuditEvent says what was done: deleted, not read
+        (purge,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:quarantine:purge"))
+        assert purge.event["action"] == "D"
     listed = {i["id"]: i for i in json.loads(runner.invoke(app, ["quarantine", "list", "--all", "--json"]).stdout)}
     assert listed[erased.id]["bytes"] == 0 and listed[erased.id]["sha256"] == erased.payload_sha256
 

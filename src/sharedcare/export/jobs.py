@@ -303,10 +303,16 @@ def without_organisations(resource: dict[str, Any]) -> None:
     _drop_organisations(resource)
 
 
+def _by_ods_code(value: dict[str, Any]) -> bool:
+    """Whether this reference carries an ODS code as its identifier (a resource's own identifiers are a
+    list, never an ODS reference's)."""
+    identifier = value.get("identifier")
+    return isinstance(identifier, dict) and identifier.get("system") == ODS_SYSTEM
+
+
 def _organisation(value: Any) -> bool:
     """Whether this is a reference by ODS code alone (nothing else of a reference leaves then)."""
-    return isinstance(value, dict) and "reference" not in value and \
-        (value.get("identifier") or {}).get("system") == ODS_SYSTEM
+    return isinstance(value, dict) and "reference" not in value and _by_ods_code(value)
 
 
 def _drop_organisations(value: Any) -> None:
@@ -316,7 +322,7 @@ def _drop_organisations(value: Any) -> None:
         for item in value:
             _drop_organisations(item)
     elif isinstance(value, dict):
-        if (value.get("identifier") or {}).get("system") == ODS_SYSTEM:  # a reference to a resource too
+        if _by_ods_code(value):  # a reference to a resource too
             value.pop("identifier")
         for key in [key for key, item in value.items() if _organisation(item)]:
             del value[key]

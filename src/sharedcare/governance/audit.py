@@ -92,7 +92,7 @@ ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", Aud
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
                 AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",
-                AuditAction.EXPORT_WITHDRAWN: "D"}
+                AuditAction.EXPORT_WITHDRAWN: "D", AuditAction.QUARANTINE_PURGE: "D"}  # files, bodies erased
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
 PURPOSE_CODES = {  # v3 ActReason codes for AuditEvent.purposeOfEvent

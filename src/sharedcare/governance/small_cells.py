@@ -17,7 +17,7 @@ the extract is generalised, a step at a time, the data analysts use least going 
    on `birthDate` (`_birthDate`; FHIR's birthDate cannot hold a range), and a death as `deceasedBoolean`;
 
 and whoever is still in a group under k after the last step is `suppressed`: their Patient keeps only its
-id and the pseudonymised label (their clinical resources are unchanged). A step is tried on all the
+id and the pseudonymised label (their clinical resources leave without organisations, below). A step is tried on all the
 people not settled at an earlier one together, so the outcome depends only on the extract's set of
 Patients, not on their order: the same extract gives the same file. Patients settled at step 0 are written
 byte for byte as they were.

@@ -40,6 +40,7 @@ from splink import Linker, SettingsCreator, block_on
 from splink.backends.duckdb import DuckDBAPI
 from splink.internals.blocking_rule_creator import BlockingRuleCreator
 from splink.internals.blocking_rule_creator_utils import to_blocking_rule_creator
+from splink.internals.constants import LEVEL_NOT_OBSERVED_TEXT
 from splink.internals.misc import prob_to_match_weight
 
 from sharedcare.identity.compare import (
@@ -242,11 +243,14 @@ def bound_m_probabilities(linker: Linker) -> None:
     """Make the trained levels sound before the model is saved: every trained m-probability at least
     `M_PROBABILITY_FLOOR`, and a level of partial agreement (any but a comparison's last, "different")
     never weighing less than "different" (agreeing in part is never evidence against more than not
-    agreeing). Set on the linker, so the relink, the saved model and real time score alike."""
+    agreeing), a level EM did not observe included. Set on the linker, so the relink, the saved model and
+    real time score alike."""
     for comparison in linker._settings_obj.comparisons:
         levels = [level for level in comparison.comparison_levels if not level.is_null_level]
         for level in levels:
-            if level._m_is_trained and (level.m_probability or 0.0) < M_PROBABILITY_FLOOR:
+            # a level EM never saw among the matches is "not observed", which Splink scores as m 1e-6 (a veto)
+            trained = level._m_is_trained or level._m_probability == LEVEL_NOT_OBSERVED_TEXT
+            if trained and (level.m_probability or 0.0) < M_PROBABILITY_FLOOR:
                 level.m_probability = M_PROBABILITY_FLOOR
         different = levels[-1]._match_weight
         for level in levels[:-1]:
