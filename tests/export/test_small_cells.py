@@ -285,3 +285,12 @@ def test_a_long_small_cell_check_keeps_its_export_running_for_whoever_polls_it(
     files, _ = _export(db, fw, tmp_path, workers=1)
     assert polled == [("running", None)]
     assert files["Patient"]
+
+
+def test_a_resource_with_identifiers_of_its_own_loses_only_its_organisations() -> None:
+    """A clinical line's own identifiers are a list; only references by ODS code go (this crashed on a list)."""
+    own = [{"system": "https://fhir.nhs.uk/Id/encounter", "value": "E1"}]
+    encounter = {"resourceType": "Encounter", "identifier": own, "meta": {"source": f"{ODS_SYSTEM}|RXR#epr"},
+                 "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": "RXR"}}}
+    export_jobs.without_organisations(encounter)
+    assert encounter == {"resourceType": "Encounter", "identifier": own}
