@@ -155,6 +155,31 @@ def test_training_bounds_a_level_em_never_observed_among_the_matches() -> None:
         math.log2(M_PROBABILITY_FLOOR / different.u_probability))
 
 
+def test_training_on_data_where_every_true_pair_agrees_saves_no_veto() -> None:
+    """EM on records whose duplicates always share phone, sex and birth date drives those "different"
+    levels to a veto (-32.8, -52.3 and -32.8 here without the bound): one changed phone number would then
+    keep a person's records apart for good. `train` bounds them before the model is saved."""
+    import random
+
+    from sharedcare.identity.matching import train
+
+    rng = random.Random(7)
+    given = ["Amy", "Ben", "Carl", "Dina", "Ella", "Finn", "Gita", "Hugo", "Isla", "Jack", "Kofi", "Lena"]
+    family = ["Okafor", "Smith", "Jones", "Patel", "Khan", "Brown", "Evans", "Wilson", "Taylor", "Davies"]
+    records = []
+    for person in range(700):
+        born = f"19{rng.randint(30, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        postcode = f"RV{rng.randint(1, 9)} {rng.randint(1, 9)}{rng.choice('ABCDEFGH')}{rng.choice('JKLMNP')}"
+        shared = dict(given=rng.choice(given), family=rng.choice(family), birth_date=born,
+                      sex=rng.choice(["male", "female"]), postcode=postcode,
+                      phones=(f"07700 9{rng.randint(10000, 99999)}",))
+        records += [MatchRecord(2 * person + 1, **shared), MatchRecord(2 * person + 2, **shared)]
+    _, saved = train(records)
+    for name, weights in Model(saved).weights.items():
+        assert min(weights) > -15, name
+        assert min(weights[1:-1], default=weights[-1]) >= weights[-1], name
+
+
 def test_the_shipped_model_weighs_partial_agreement_at_least_as_much_as_disagreement() -> None:
     for name, weights in default_model().weights.items():
         assert min(weights[1:-1], default=weights[-1]) >= weights[-1], name
