@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -19,6 +21,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jwt as pyjwt
 import pytest
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from fastapi.testclient import TestClient
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import select
@@ -28,6 +31,7 @@ from tests.fhir_bundles import entries
 from tests.small_ics import Ics
 from typer.testing import CliRunner
 
+from sharedcare.api import oauth
 from sharedcare.api.auth import mint_token
 from sharedcare.cli import app as cli
 from sharedcare.clock import utcnow
@@ -179,6 +183,27 @@ def test_a_form_on_a_sibling_site_cannot_approve_an_app_in_the_clinicians_name(r
     assert approved.status_code == 302 and "code=" in approved.headers["location"]
 
 
+@pytest.mark.parametrize("whose", ["the app's own access token", "a token an operator minted"])
+def test_only_a_portal_session_approves_an_app(registered: Ics, framework: Framework, whose: str) -> None:
+    """An app approved for one patient sent its own access token as the session cookie and approved itself
+    user/*.read on the approval page (its CSRF field read off the page), then did it again with that token:
+    every patient the clinician may see, with no one asked. Nor does a `sharedcare token` approve an app."""
+    ics = registered
+    if whose == "the app's own access token":
+        token = _app_token(ics)["access_token"]
+    else:
+        token = mint_token(load_settings(), framework, "dr.patel", minted_by="operator:ops")
+    app_http = TestClient(ics.client.app)
+    app_http.cookies.set("sc_session", token)
+    url = _authorize_url(_pkce()[1], "user/*.read")
+    page = app_http.get(url)
+    assert page.status_code == 200 and "Allow Ward tasks" not in page.text and "Sign in" in page.text
+    field = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    answer = app_http.post(url, data={"decision": "approve", "csrf_token": field.group(1) if field else ""},
+                           follow_redirects=False)
+    assert answer.status_code in (401, 403) and "code=" not in answer.headers.get("location", "")
+
+
 def test_discovery_document_and_capability_statement_point_at_the_same_endpoints(ics: Ics) -> None:
     config = ics.client.get("/.well-known/smart-configuration").json()
     assert config["code_challenge_methods_supported"] == ["S256"]
@@ -252,6 +277,31 @@ def test_a_wrong_code_verifier_is_refused_and_the_right_one_still_works_once(reg
     assert right.status_code == 200
     again = _redeem(ics, query["code"][0], verifier)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"  # a code is used once
+
+
+def test_a_code_redeemed_twice_at_once_gives_one_token(registered: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two redemptions of one code arriving together both found it before either spent it: each was given a
+    token. Held at the point where both have found it, only one gets a token now."""
+    ics = registered
+    _sign_in(ics)
+    verifier, challenge = _pkce()
+    code = _approve(ics, _authorize_url(challenge, "user/*.read"))["code"][0]
+    both_found_it = threading.Barrier(2, timeout=10)
+    authenticate = oauth.CodeGrant.authenticate_user
+
+    def after_both_found_it(grant: oauth.CodeGrant, found: Any) -> Any:
+        both_found_it.wait()
+        return authenticate(grant, found)
+
+    monkeypatch.setattr(oauth.CodeGrant, "authenticate_user", after_both_found_it)
+    answers: list[Any] = []
+    redeemers = [threading.Thread(target=lambda: answers.append(_redeem(ics, code, verifier))) for _ in range(2)]
+    for redeemer in redeemers:
+        redeemer.start()
+    for redeemer in redeemers:
+        redeemer.join()
+    assert sorted(a.status_code for a in answers) == [200, 400]
+    assert [a.json()["error"] for a in answers if a.status_code == 400] == ["invalid_grant"]
 
 
 def test_an_authorisation_request_without_pkce_s256_is_sent_back_as_an_error(registered: Ics) -> None:

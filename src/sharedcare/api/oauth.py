@@ -26,6 +26,7 @@ from authlib.oauth2 import AuthorizationServer, OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import (
     AuthorizationCodeMixin,
     InvalidClientError,
+    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     TokenMixin,
@@ -164,7 +165,10 @@ class CodeGrant(AuthorizationCodeGrant):
         return StoredCode(found) if found else None
 
     def delete_authorization_code(self, authorization_code: StoredCode) -> None:
-        self.server.store.use_code(authorization_code.code.code)
+        """Spend the code before its token leaves: of two redemptions at once only the first gets one
+        (RFC 6749 4.1.2), the other is refused as a code already used."""
+        if not self.server.store.use_code(authorization_code.code.code):
+            raise InvalidGrantError("this authorisation code was already used")
 
     def authenticate_user(self, authorization_code: StoredCode) -> Grantee:
         """The user who approved the app, while their organisation's agreement is in force: a code approved
@@ -375,13 +379,19 @@ def launch(request: Request, records: RecordsDep, store: OAuthDep, settings: Set
 # -- authorisation endpoint -----------------------------------------------------------------------
 
 def _signed_in_user(request: Request, settings: Settings, fw: Framework, store: OAuthStore) -> str | None:
-    """The configured user of the portal session, if any (citizens cannot approve apps here)."""
+    """The configured user of the portal session, if any (citizens cannot approve apps here).
+
+    Only a session the person began at the portal approves an app: an app's own access token sent as the
+    cookie (`client_id`) would let the app grant itself wider scopes with no one asked, again and again,
+    and a token an operator minted (`minted_by`) would approve one in the person's name without them."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
     try:
         claims = read_token(settings, token)
     except AuthError:
+        return None
+    if "client_id" in claims or "minted_by" in claims:
         return None
     subject = str(claims["sub"])
     if subject not in fw.users or store.refusal(claims) or store.staff_not_sharing(subject):

@@ -157,8 +157,9 @@ class OAuthStore:
         return Code(row.code, row.client_id, row.username, row.redirect_uri, row.scope, row.code_challenge,
                     row.code_challenge_method, row.patient)
 
-    def use_code(self, code: str) -> None:
-        self.session.execute(delete(OAuthCode).where(OAuthCode.code == code))
+    def use_code(self, code: str) -> bool:
+        """Spend a code; False if another request spent it first (two redemptions at once both found it)."""
+        return bool(self.session.execute(delete(OAuthCode).where(OAuthCode.code == code)).rowcount)
 
     # -- client assertions and revocation ---------------------------------------------------------
     def first_use_of_assertion(self, client_id: str, jti: str, expires: int) -> bool:
