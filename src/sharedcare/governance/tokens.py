@@ -159,7 +159,8 @@ class OAuthStore:
 
     def use_code(self, code: str) -> bool:
         """Spend a code; False if another request spent it first (two redemptions at once both found it)."""
-        return bool(self.session.execute(delete(OAuthCode).where(OAuthCode.code == code)).rowcount)
+        spent = self.session.execute(delete(OAuthCode).where(OAuthCode.code == code))
+        return spent.rowcount == 1  # type: ignore[attr-defined]
 
     # -- client assertions and revocation ---------------------------------------------------------
     def first_use_of_assertion(self, client_id: str, jti: str, expires: int) -> bool:
