@@ -8,6 +8,9 @@ SHAREDCARE_PSEUDONYM_KEY  key of the pseudonyms in secondary-use extracts, kept 
                        (default: SHAREDCARE_SECRET, with a warning at start-up: see `Settings.pseudonym_secret`)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password (SQLite, no TLS: `serve` refuses
                        it beside a server database or TLS settings, and warns and audits when it starts with it)
+SHAREDCARE_PUBLIC_URL  the address users and apps reach the service at (`https://scr.example.nhs.uk`): the FHIR base
+                       apps must name (`aud`), the audience of a backend's signed assertion, and the links in
+                       answers; unset, each request's own Host header (fine on loopback; `serve` warns otherwise)
 SHAREDCARE_DATA        folder for files the service writes, such as Bulk Data exports (default: var/)
 SHAREDCARE_EXPORT_WORKERS  processes one Bulk Data export runs in at most (default: 2, or 1 on a one-core machine)
 SHAREDCARE_EXPORT_PEOPLE_PER_WORKER  people in scope each of those processes must have to be started (default:
@@ -47,6 +50,7 @@ import stat
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sharedcare.errors import ConfigError
 
@@ -88,6 +92,7 @@ class Settings:
     # through `event_skew` (a fraction of `load_settings`' cost)
     event_skew_seconds: int = 300
     quarantine_retention_days: int = 90  # a quarantine item's body is kept this long (ingest/retention.py)
+    public_url: str | None = None  # SHAREDCARE_PUBLIC_URL, without a trailing slash
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
@@ -140,6 +145,10 @@ def insecure_choices(settings: Settings, service: str, host: str) -> list[str]:
             "MSH-4 is taken as sent) and read the ACKs" if service == "mllp" else
             "sign-ins, session cookies, tokens and records cross the network unencrypted")
             + "; set SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY, or listen on 127.0.0.1 behind a proxy that does")
+    if service == "serve" and settings.public_url is None and not settings.demo:
+        found.append("SHAREDCARE_PUBLIC_URL is not set, so the address apps must name and backends sign their "
+                     "assertions for is taken from each request's Host header, which the caller chooses (a partner's "
+                     "assertion made for another service would be taken here); set it to the address users reach")
     store = settings.database_url.removeprefix("sqlite:///") if settings.database_url.startswith("sqlite:///") else None
     for what, path in (("the TLS private key", settings.tls_key), ("the SQLite store", store)):
         try:
@@ -197,7 +206,20 @@ def load_settings() -> Settings:
         http_connections_per_address=_whole_number("SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS", 64, least=1),
         event_skew_seconds=int(event_skew().total_seconds()),
         quarantine_retention_days=_whole_number("SHAREDCARE_QUARANTINE_RETENTION_DAYS", 90, least=1),
+        public_url=_public_url(),
     )
+
+
+def _public_url() -> str | None:
+    """SHAREDCARE_PUBLIC_URL: an http(s) address with a host and nothing after it but an optional path."""
+    value = os.environ.get("SHAREDCARE_PUBLIC_URL")
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"SHAREDCARE_PUBLIC_URL must be the service's address, such as "
+                          f"https://scr.example.nhs.uk, not '{value}'")
+    return value.rstrip("/")
 
 
 def event_skew() -> timedelta:

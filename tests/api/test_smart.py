@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -145,17 +146,18 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def _assertion(key: Any, alg: str = "RS384", client_id: str = EPR, expires_in: int = 240,
-               jti: str | None = None) -> str:
+               jti: str | None = None, audience: str = TOKEN_URL) -> str:
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": TOKEN_URL, "iat": now, "exp": now + expires_in,
+    claims = {"iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + expires_in,
               "jti": jti or str(uuid.uuid4())}
     return jose_jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
 
 
-def _backend_token(ics: Ics, assertion: str, scope: str = "system/*.read") -> Any:
+def _backend_token(ics: Ics, assertion: str, scope: str = "system/*.read", host: str | None = None) -> Any:
     return ics.client.post("/oauth/token", data={"grant_type": "client_credentials", "scope": scope,
                                                  "client_assertion_type": ASSERTION_TYPE,
-                                                 "client_assertion": assertion})
+                                                 "client_assertion": assertion},
+                           headers={"Host": host} if host else None)
 
 
 def _outcome(response: Any, status: int) -> str:
@@ -361,6 +363,40 @@ def test_a_launch_cannot_be_used_as_an_access_token_nor_made_before_a_basis(regi
     launch = _launch(ics, ics.okafor)
     response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=_bearer(launch))
     assert _outcome(response, 401)
+
+
+@pytest.mark.parametrize("aud", ["https://counterfeit.example/fhir", None])
+def test_an_app_naming_another_fhir_server_is_sent_back_an_error(registered: Ics, aud: str | None) -> None:
+    """SMART: the app names the FHIR server it will read (`aud`); one sent here by a counterfeit server (to
+    collect the token) names that server, and is refused before anyone is asked to approve it."""
+    _sign_in(registered)
+    params = {"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT, "scope": "user/*.read",
+              "state": "xyz", "code_challenge": _pkce()[1], "code_challenge_method": "S256"}
+    response = registered.client.get("/oauth/authorize?" + urlencode(params | ({"aud": aud} if aud else {})),
+                                     follow_redirects=False)
+    location = urlsplit(response.headers.get("location", ""))
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    query = parse_qs(location.query)
+    assert query["error"] == ["invalid_request"] and "code" not in query
+    assert query["error_description"] == ["aud must name this FHIR server, http://testserver/fhir"]
+
+
+def test_with_a_public_url_a_backend_assertion_for_another_service_is_refused_whatever_the_host(
+        registered: Ics, rsa_key: RSAKey) -> None:
+    """A partner using one key with two services signs an assertion for each one's token endpoint. The
+    audience was taken from the request's Host header, so ICS B's assertion sent here with `Host: ics-b`
+    got a token. With SHAREDCARE_PUBLIC_URL the audience is that address, and discovery says so."""
+    ics = registered
+    public = "https://scr.example.nhs.uk"
+    app_state = ics.client.app.state
+    app_state.settings = replace(app_state.settings, public_url=public)
+    discovery = ics.client.get("/.well-known/smart-configuration").json()
+    assert discovery["token_endpoint"] == f"{public}/oauth/token"
+    for_ics_b = _assertion(rsa_key, audience="http://ics-b.example/oauth/token")
+    refused = _backend_token(ics, for_ics_b, host="ics-b.example")
+    assert refused.status_code in (400, 401) and "access_token" not in refused.json()
+    assert _backend_token(ics, _assertion(rsa_key, audience=TOKEN_URL)).status_code in (400, 401)
+    assert _backend_token(ics, _assertion(rsa_key, audience=f"{public}/oauth/token")).status_code == 200
 
 
 def test_an_approval_form_from_another_site_is_refused(registered: Ics) -> None:

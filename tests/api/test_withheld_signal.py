@@ -6,6 +6,7 @@ who is refused anyway."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -268,7 +269,8 @@ def test_everything_written_from_kept_json_is_the_bundle_the_search_path_writes(
     ordinary path, notice and all."""
     monkeypatch.setattr(fhir.uuid, "uuid4", lambda: "00000000-0000-4000-8000-000000000000")
     request = Request({"type": "http", "method": "GET", "scheme": "http", "server": ("testserver", 80),
-                       "path": "/fhir/Patient/p/$everything", "query_string": b"", "headers": [], "root_path": ""})
+                       "path": "/fhir/Patient/p/$everything", "query_string": b"", "headers": [], "root_path": "",
+                       "app": SimpleNamespace(state=SimpleNamespace(settings=load_settings()))})
     condition = {"resourceType": "Condition", "id": "c1", "code": {"text": "Diabetes"}}
     provenance = {"resourceType": "Provenance", "id": "v1", "target": [{"reference": "Condition/c1"}]}
     notice = ({"resourceType": "OperationOutcome", "id": "n1", "issue": [{"severity": "information",

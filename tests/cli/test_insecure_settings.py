@@ -59,3 +59,15 @@ def test_a_key_or_store_other_accounts_can_read_is_named_with_its_remedy(store: 
         os.chmod(path, 0o600)
     again = runner.invoke(app, ["serve", "--tls-cert", str(pki.server_cert), "--tls-key", str(key)])
     assert again.exit_code == 0 and "by other accounts" not in again.output
+
+
+def test_serve_without_a_public_url_says_the_host_header_decides_the_audience(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = runner.invoke(app, ["serve"])
+    assert started.exit_code == 0, started.output
+    assert "SHAREDCARE_PUBLIC_URL is not set" in started.output and "Host header" in started.output
+    monkeypatch.setenv("SHAREDCARE_PUBLIC_URL", "https://scr.example.nhs.uk/")
+    assert "SHAREDCARE_PUBLIC_URL" not in runner.invoke(app, ["serve"]).output
+    monkeypatch.setenv("SHAREDCARE_PUBLIC_URL", "scr.example.nhs.uk")
+    refused = runner.invoke(app, ["serve"])
+    assert refused.exit_code != 0 and "SHAREDCARE_PUBLIC_URL must be the service's address" in refused.output

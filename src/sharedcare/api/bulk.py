@@ -22,7 +22,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from sharedcare.api.deps import ActorDep, FrameworkDep, SettingsDep, get_database, scoped_types
+from sharedcare.api.deps import ActorDep, FrameworkDep, SettingsDep, get_database, public_base, scoped_types
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.export.jobs import EXPIRED, WITHDRAWN, ExportJobs, Minted, TooManyExports, Withdrawn
 from sharedcare.fhir.search import SearchError, parse_instant
@@ -45,7 +45,7 @@ JobsDep = Annotated[ExportJobs, Depends(get_jobs)]
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+    return public_base(request) + "/fhir"
 
 
 def _scope(request: Request, kind: str, group: str | None) -> ExportScope:

@@ -51,6 +51,13 @@ async def get_database(request: Request) -> Database:
     return database
 
 
+def public_base(request: Request) -> str:
+    """The service's address as users and apps know it: SHAREDCARE_PUBLIC_URL, or else this request's own
+    (its Host header, the caller's to choose: `serve` warns outside demo mode)."""
+    configured: str | None = request.app.state.settings.public_url
+    return configured or str(request.base_url).rstrip("/")
+
+
 def _source_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare import __version__
-from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_records
+from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_records, public_base
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
@@ -163,7 +163,7 @@ def _bundle(request: Request, resources: list[dict[str, Any]],
             notice: dict[str, Any] | None = None) -> dict[str, Any]:
     """A searchset of `resources`; with `notice` (`withheld_notice`) labelled REDACTED, the notice last (a
     client taking the first entry of `$everything` as the Patient still does)."""
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = public_base(request) + "/fhir"
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -213,7 +213,7 @@ def capability_statement(request: Request) -> JSONResponse:
         "software": {"name": "sharedcare", "version": __version__},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "rest": [{"mode": "server", "security": smart_security(str(request.base_url).rstrip("/")),
+        "rest": [{"mode": "server", "security": smart_security(public_base(request)),
                   "documentation": "A $everything or search-by-patient Bundle that leaves out whole resources "
                                    "the reader may not see ends with an OperationOutcome (search mode outcome), "
                                    "one issue 'suppressed' per reason, and is labelled REDACTED: read it as "
@@ -254,7 +254,7 @@ def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], byte
     large record's resources again on every request."""
     empty = _bundle(request, [], notice)
     head = orjson.dumps({**empty, "entry": []})  # ..."entry":[]} : the entries go between the brackets
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = public_base(request) + "/fhir"
     entries = [b'{"fullUrl":' + orjson.dumps(f"{base}/{r['resourceType']}/{r['id']}") + b',"resource":'
                + (encoded or orjson.dumps(r))
                + (b',"search":{"mode":"match"}}' if r["resourceType"] != "Provenance" else

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sharedcare.api.deps import RecordsDep
+from sharedcare.api.deps import RecordsDep, public_base
 from sharedcare.api.outcomes import FHIR_JSON
 from sharedcare.clock import utcnow
 from sharedcare.fhir.uk_core import RECORD_TYPES
@@ -49,7 +49,7 @@ def _entry(base: str, served: ServedResource) -> dict[str, Any]:
 def instance_history(resource_type: str, resource_id: str, request: Request, records: RecordsDep) -> JSONResponse:
     _checked(resource_type)
     versions = records.history(resource_type, resource_id)
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = public_base(request) + "/fhir"
     body = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "history", "timestamp": utcnow().isoformat(),
             "total": len(versions), "link": [{"relation": "self", "url": str(request.url)}],
             "entry": [_entry(base, served) for served in versions]}

@@ -60,6 +60,7 @@ from sharedcare.api.deps import (
     SettingsDep,
     from_own_pages,
     people_only,
+    public_base,
 )
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
@@ -301,7 +302,7 @@ class SmartServer(AuthorizationServer):
 
 
 def _server(request: Request, store: OAuthStore) -> SmartServer:
-    base = str(request.base_url).rstrip("/")
+    base = public_base(request)
     return SmartServer(store, request.app.state.settings, request.app.state.framework, base)
 
 
@@ -371,7 +372,7 @@ def launch(request: Request, records: RecordsDep, store: OAuthDep, settings: Set
     if records.needs_basis(patient):
         return RedirectResponse(f"/record/{patient}", status_code=303)  # record a basis first
     value = mint_launch(settings, records.actor.username, client_id, patient)
-    iss = str(request.base_url).rstrip("/") + "/fhir"
+    iss = public_base(request) + "/fhir"
     return RedirectResponse(add_params_to_uri(client.launch_uri, [("iss", iss), ("launch", value)]),
                             status_code=303)
 
@@ -417,9 +418,17 @@ def _check_launch(grant: Any, settings: Settings, username: str) -> str | None:
 
 
 def _consent_grant(request: Request, store: OAuthStore) -> tuple[SmartServer, Any]:
+    """The app's request, checked: its client, redirect URI, PKCE, and the FHIR server it names (`aud`)."""
     server = _server(request, store)
     oauth_request = FormRequest(request)
     grant = server.get_consent_grant(oauth_request)
+    fhir_base = public_base(request) + "/fhir"
+    if (grant.request.payload.data.get("aud") or "").rstrip("/") != fhir_base:
+        # SMART App Launch: a request naming another server (a counterfeit one that sent the app here, to
+        # collect the token it would then be shown) is refused
+        error = InvalidRequestError(f"aud must name this FHIR server, {fhir_base}")
+        error.redirect_uri, error.state = grant.redirect_uri, grant.request.payload.state
+        raise error
     return server, grant
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from sharedcare.api.deps import public_base
 from sharedcare.api.oauth import AUTHORIZE_PATH, REVOKE_PATH, TOKEN_PATH
 from sharedcare.governance.clients import ASSERTION_ALGORITHMS
 
@@ -57,4 +58,4 @@ def smart_security(base: str) -> dict[str, Any]:
 @router.get(WELL_KNOWN)
 @router.get("/fhir" + WELL_KNOWN)
 def discovery(request: Request) -> JSONResponse:
-    return JSONResponse(smart_configuration(str(request.base_url).rstrip("/")))
+    return JSONResponse(smart_configuration(public_base(request)))
