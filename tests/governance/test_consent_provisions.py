@@ -13,7 +13,7 @@ from tests.conftest import FRAMEWORK_PATH
 from sharedcare.governance.consent import Choices, Provision, combined_choices
 from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent
 from sharedcare.governance.explain import provision_in_words
-from sharedcare.governance.framework import load_framework
+from sharedcare.governance.framework import load_framework, parse_framework
 from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide, decide_secondary
 
 FW = load_framework(FRAMEWORK_PATH)
@@ -170,6 +170,25 @@ def test_secondary_use_honours_a_research_deny_without_an_own_organisation_excep
     treatment_only = decide_secondary(_request("analyst.chen", (EXCEPT_EMERGENCY,), purpose="secondary-use"),
                                       ITEMS, FW)
     assert "gp-med" in {r.item.resource["id"] for r in treatment_only.released}
+
+
+@pytest.mark.parametrize("purpose", ["secondary-use", "research"])
+def test_a_research_deny_holds_for_every_secondary_purpose_whatever_its_name(purpose: str) -> None:
+    """A deployment that adds a second non-identifiable purpose ('research') exported, under it, what the
+    patient's Consent denied for research: only a purpose named 'secondary-use' acted for HOPERAT/HRESCH."""
+    text = FRAMEWORK_PATH.read_text().replace(
+        "  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n",
+        "  secondary-use: {identifiable: false, needs_basis: false, smallest_group: 8}\n"
+        "  research: {identifiable: false, needs_basis: false, smallest_group: 8}\n").replace(
+        "    purposes: [secondary-use]\n", "    purposes: [secondary-use, research]\n")
+    fw = parse_framework(text)
+    assert fw.purposes["research"].identifiable is False and "research" in fw.roles["analyst"].purposes
+    user = fw.users["analyst.chen"]
+    request = Request(Actor("analyst.chen", fw.roles[user.role], user.organisation), purpose, "p1", None,
+                      {code: org.agreement for code, org in fw.organisations.items()},
+                      Choices(provisions=(Provision("deny", purposes=_f("HRESCH")),)), NOW)
+    decision = decide_secondary(request, ITEMS, fw)
+    assert decision.permitted and decision.released == []
 
 
 def test_a_provision_held_against_two_of_a_persons_nhs_numbers_counts_once() -> None:

@@ -33,19 +33,19 @@ _RECORDS = cast(Table, PatientRecord.__table__)
 OF_PERSON = _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == bindparam("person_id")))
 
 # v3 ActReason purposes of use a provision may name, and those each framework purpose acts for. ETREAT
-# (emergency, break glass) is a kind of TREAT: a deny of TREAT covers it, a permit of ETREAT only it. The
-# framework has one secondary-use purpose (planning and research): a deny of either covers it.
+# (emergency, break glass) is a kind of TREAT: a deny of TREAT covers it, a permit of ETREAT only it.
 PURPOSES_OF_USE = ("TREAT", "ETREAT", "HOPERAT", "HRESCH")
-_SECONDARY = frozenset({"HOPERAT", "HRESCH"})
+# What every non-identifiable purpose acts for, whatever the framework names it ('secondary-use', 'research',
+# 'planning'): a pseudonymised extract may serve planning or research, so a deny of either covers it.
+SECONDARY_USE = frozenset({"HOPERAT", "HRESCH"})
 
 
 def purposes_of_use(purpose: str, emergency: bool) -> frozenset[str]:
-    """The ActReason codes a request acts for: its framework purpose, and break glass as ETREAT."""
+    """The ActReason codes an identifiable request acts for: direct care, and break glass as ETREAT; self-access
+    and governance act for none, so only provisions that name no purpose apply. (Secondary use: SECONDARY_USE.)"""
     if purpose == "direct-care":
         return frozenset({"TREAT", "ETREAT"}) if emergency else frozenset({"TREAT"})
-    if purpose == "secondary-use":
-        return _SECONDARY
-    return frozenset()  # self-access and governance: only provisions that name no purpose apply
+    return frozenset()
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ from operator import attrgetter
 from typing import Any
 
 from sharedcare.governance.classify import at_tier, service_category
-from sharedcare.governance.consent import Ask, Choices, purposes_of_use
+from sharedcare.governance.consent import SECONDARY_USE, Ask, Choices, purposes_of_use
 from sharedcare.governance.framework import Agreement, Framework, Role
 
 
@@ -286,7 +286,8 @@ def _secondary_reason(item: Item, req: Request, fw: Framework, today: date, sens
         return "source-agreement"
     if item.source_org in req.choices.object_orgs:
         return "objection-org"
-    if req.consent_denies(item.source_org, item.resource_type, item.category):
+    if req.choices.provisions and req.choices.denies(Ask(req.actor.organisation, SECONDARY_USE, item.source_org,
+                                                         item.resource_type, item.category, req.now)):
         return "consent-deny"
     if item.security:
         why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
