@@ -115,7 +115,10 @@ def test_every_ig_page_is_refused_to_a_gp_and_the_refusal_is_audited(ics: Ics) -
     ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
     pages = [("get", "/ig", {}), ("get", "/ig/audit", {}), ("post", "/ig/audit", {"user": "x"}),
              ("get", "/ig/agreements", {}), ("post", "/ig/agreements/RYC", {"status": "suspended"}),
-             ("post", "/ig/choices", {"nhs_number": OKAFOR_NHS}), ("post", "/ig/review/1", {"outcome": "appropriate"})]
+             ("post", "/ig/choices", {"nhs_number": OKAFOR_NHS}), ("post", "/ig/review/1", {"outcome": "appropriate"}),
+             # a form the page would refuse is refused for the role first, never shown back in the IG page
+             ("post", "/ig/audit", {"from_day": "x", "from_month": "1", "from_year": "2026"}),
+             ("post", "/ig/audit", {"nhs_number": "1234567890"}), ("post", "/ig/choices", {"nhs_number": "12"})]
     for method, url, data in pages:
         page = ics.client.request(method, url, data=data or None)
         assert page.status_code == 403 and "You cannot use this page" in page.text, url
