@@ -11,6 +11,7 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
+from tests.portal.test_patient_portal import _start as _patient_start
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.app import create_app
@@ -208,3 +209,14 @@ def test_a_patients_name_and_number_stay_out_of_the_browser_history(ics: Ics) ->
         text = ics.client.get(f"/record/{ics.okafor}{page}").text
         assert f"<title>{title} - Shared care record</title>" in text, page
         assert '<h1 id="patient-name">OKAFOR, Emeka</h1>' in text, page
+
+
+def test_closing_the_browser_ends_the_session(ics: Ics) -> None:
+    """The session cookie has no lifetime of its own, so no browser keeps it on disk once closed; the
+    token inside it still ends at its own expiry while the browser stays open."""
+    clinician = ics.client.post("/login", data={"username": "dr.patel", "password": "demo"}, follow_redirects=False)
+    code = _patient_start(ics.client)
+    citizen = ics.client.post("/patient/code", data={"code": code}, follow_redirects=False)
+    for signed_in in (clinician, citizen):
+        (cookie,) = [c for c in signed_in.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")]
+        assert "max-age" not in cookie.lower() and "expires" not in cookie.lower(), cookie
