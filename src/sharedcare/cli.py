@@ -47,7 +47,7 @@ app.add_typer(framework_app, name="framework")
 app.add_typer(clients_app, name="clients")
 
 console = Console(stderr=True)
-OPERATOR = "cli"
+OPERATOR = "cli"  # access_log.OPERATOR too: a citizen reads its looks at their choices in words
 
 
 def _literal(value: object) -> str:

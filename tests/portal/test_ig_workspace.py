@@ -3,6 +3,7 @@ choices; and that every page is refused (403, audited) to a role without the per
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections import Counter
@@ -10,9 +11,13 @@ from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import select
+from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
+from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
 from tests.small_ics import OKAFOR_NHS, Ics
+from typer.testing import CliRunner
 
+from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import details
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
@@ -115,7 +120,10 @@ def test_every_ig_page_is_refused_to_a_gp_and_the_refusal_is_audited(ics: Ics) -
     ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
     pages = [("get", "/ig", {}), ("get", "/ig/audit", {}), ("post", "/ig/audit", {"user": "x"}),
              ("get", "/ig/agreements", {}), ("post", "/ig/agreements/RYC", {"status": "suspended"}),
-             ("post", "/ig/choices", {"nhs_number": OKAFOR_NHS}), ("post", "/ig/review/1", {"outcome": "appropriate"})]
+             ("post", "/ig/choices", {"nhs_number": OKAFOR_NHS}), ("post", "/ig/review/1", {"outcome": "appropriate"}),
+             # a form the page would refuse is refused for the role first, never shown back in the IG page
+             ("post", "/ig/audit", {"from_day": "x", "from_month": "1", "from_year": "2026"}),
+             ("post", "/ig/audit", {"nhs_number": "1234567890"}), ("post", "/ig/choices", {"nhs_number": "12"})]
     for method, url, data in pages:
         page = ics.client.request(method, url, data=data or None)
         assert page.status_code == 403 and "You cannot use this page" in page.text, url
@@ -216,7 +224,32 @@ def test_a_complaint_giving_an_nhs_number_finds_the_looks_at_every_record_carryi
                              .order_by(AuditEntry.seq)).all()
     found = details(searches[-1])
     assert found["nhs_number_suffix"] == "5919" and sorted(found["persons"].split()) == sorted([ics.okafor, apart])
+    assert sorted(e.patient_id for e in searches) == sorted([ics.okafor, apart])  # the search, about each of them
     assert all(OKAFOR_NHS not in str(entry.event) for entry in searches)
+
+
+def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_patient_is_told(
+        ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audit search and a choices look-up by a patient's NHS number are looks at that patient: a later IG
+    search by the patient finds them, and the patient's "Who has looked" says what each was, as it does the
+    operator's look-up of the choices at the command line."""
+    _sign_in(ics)
+    assert ics.client.post("/ig/audit", data={"nhs_number": OKAFOR_NHS}).status_code == 200
+    assert ics.client.post("/ig/choices", data={"nhs_number": OKAFOR_NHS}).status_code == 200
+    found = ics.client.post("/ig/audit", data={"patient": ics.okafor}).text
+    assert "governance:audit:search" in found and "governance:preference:view" in found
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    assert CliRunner().invoke(app, ["preferences", "show", OKAFOR_NHS]).exit_code == 0
+    ics.client.post("/logout", data={"target": "/ig"})
+    _patient_sign_in(ics.client)
+    rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
+    said = [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row).split())) for row in rows]
+    officer, choices = "Rhian Morgan Information governance officer", "looked at your sharing choices"
+    told = [("The shared care record's technical team using the service's own commands", choices), (officer, choices),
+            (officer, "looked at the list of who has seen your record (an information governance check)")]
+    assert len(said) == len(told)  # newest first
+    assert all(who in row and what in row for row, (who, what) in zip(said, told, strict=True)), said
 
 
 def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: Ics) -> None:

@@ -1,7 +1,9 @@
-"""The portals against a hostile browser: forged forms (CSRF), expired sessions and edited URLs."""
+"""The portals against a hostile browser: forged forms (CSRF), expired sessions and edited URLs; and what a
+shared workstation's browser keeps after sign-out."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +11,7 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
+from tests.portal.test_patient_portal import _start as _patient_start
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.app import create_app
@@ -185,8 +188,6 @@ def test_the_stylesheets_the_pages_link_ask_for_no_font_the_policy_refuses(ics: 
     """The NHS stylesheet declared Frutiger from assets.nhs.uk; with `font-src 'self'` Chromium logged every
     refused source on every page (the browser tests now fail on any console error). The pages load fonts
     from nowhere else, and the policy is not widened to let them."""
-    import re
-
     page = ics.client.get("/")
     policy = page.headers["content-security-policy"]
     assert "font-src 'self';" in policy
@@ -194,3 +195,28 @@ def test_the_stylesheets_the_pages_link_ask_for_no_font_the_policy_refuses(ics: 
         css = ics.client.get(href).text
         sources = re.findall(r"@font-face\s*\{[^}]*\}", css)
         assert all(re.findall(r"url\((?!/)", face) == [] for face in sources), f"{href}: {sources}"
+
+
+# --- Shared workstations ---------------------------------------------------------------------------------
+
+def test_a_patients_name_and_number_stay_out_of_the_browser_history(ics: Ics) -> None:
+    """Browser history keeps each page's title after sign-out (Clear-Site-Data does not clear it): the next
+    user of a shared workstation would read there whose records were opened. The name stays on the page."""
+    _staff(ics, "dr.patel")
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"})
+    for page, title in (("", "Patient record"), ("/changes", "What changed"),
+                        ("/medicines", "Medicines from every source")):
+        text = ics.client.get(f"/record/{ics.okafor}{page}").text
+        assert f"<title>{title} - Shared care record</title>" in text, page
+        assert '<h1 id="patient-name">OKAFOR, Emeka</h1>' in text, page
+
+
+def test_closing_the_browser_ends_the_session(ics: Ics) -> None:
+    """The session cookie has no lifetime of its own, so no browser keeps it on disk once closed; the
+    token inside it still ends at its own expiry while the browser stays open."""
+    clinician = ics.client.post("/login", data={"username": "dr.patel", "password": "demo"}, follow_redirects=False)
+    code = _patient_start(ics.client)
+    citizen = ics.client.post("/patient/code", data={"code": code}, follow_redirects=False)
+    for signed_in in (clinician, citizen):
+        (cookie,) = [c for c in signed_in.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")]
+        assert "max-age" not in cookie.lower() and "expires" not in cookie.lower(), cookie

@@ -17,11 +17,12 @@ from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
-# found in a search, an IG officer learning whose record an access was to. Denied attempts are shown
-# too: a refused look is still a look someone tried.
+# found in a search, an IG officer learning whose record an access was to, searching the audit log for
+# the citizen's NHS number or looking up their choices. Denied attempts are shown too: a refused look is
+# still a look someone tried.
 PATIENT_VISIBLE = (AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ, AuditAction.RESOURCE_READ,
                    AuditAction.RESOURCE_HISTORY, AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH,
-                   AuditAction.DEMOGRAPHICS_READ)
+                   AuditAction.DEMOGRAPHICS_READ, AuditAction.AUDIT_SEARCH, AuditAction.PREFERENCE_VIEW)
 ACTION_WORDS = {
     AuditAction.RECORD_READ: "viewed your record",
     AuditAction.RECORD_EMERGENCY_READ: "viewed your record in an emergency",
@@ -30,6 +31,8 @@ ACTION_WORDS = {
     AuditAction.BASIS_RECORD: "recorded why they needed your record",
     AuditAction.PATIENT_SEARCH: "found you in a search",
     AuditAction.DEMOGRAPHICS_READ: "saw your name and date of birth (reviewing an access to your record)",
+    AuditAction.AUDIT_SEARCH: "looked at the list of who has seen your record (an information governance check)",
+    AuditAction.PREFERENCE_VIEW: "looked at your sharing choices",
 }
 # Beside a look made with a token the service's operators issued in the person's name (`sharedcare token`):
 # the name is the account the look was made under, not proof that person looked. The citizen is told so, in
@@ -37,6 +40,10 @@ ACTION_WORDS = {
 # server means nothing to them and is for the IG officer's search, which shows it with the token's id.
 MINTED_WORDS = ("using access the shared care record's technical team set up in their name, not by signing "
                 "in themselves")
+# The account the server's own commands audit under (`cli.OPERATOR`; `sharedcare preferences show` looks up a
+# patient's choices), named for a citizen, who knows no such account.
+OPERATOR = "cli"
+OPERATOR_WORDS = ("The shared care record's technical team", "using the service's own commands")
 # A resource read says what kind of item was looked at (a citizen has no use for its id).
 ITEM_WORDS = {
     "Patient": "viewed your personal details",
@@ -370,10 +377,15 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
     reason = info.get("reason", "")
     if reason and hide_reason:
         reason = REASON_ABOUT_ANOTHER
+    if user:
+        who, role_label = user.name, role.label if role else "unknown role"
+    elif entry.username == OPERATOR:
+        who, role_label = OPERATOR_WORDS
+    else:
+        who, role_label = entry.username or "unknown", "unknown role"
     return Access(
-        when=entry.recorded_at, username=entry.username or "",
-        who=user.name if user else (entry.username or "unknown"),
-        role=role.label if role else "unknown role", organisation=org.name if org else (entry.organisation or ""),
+        when=entry.recorded_at, username=entry.username or "", who=who, role=role_label,
+        organisation=org.name if org else (entry.organisation or ""),
         what=describe(entry),
         basis=(info.get("basis") or "").replace("-", " "), reason=reason,
         outcome="refused" if entry.outcome == "deny" else "allowed", how=MINTED_WORDS if minted_by(entry.event) else "")

@@ -92,21 +92,29 @@ class IgWorkspace:
     def search(self, limit: int, nhs_number: str | None = None, **criteria: object) -> access_log.Found:
         """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and
         what they were shown). An NHS number (valid: the caller checks) is resolved to every person holding
-        it through the MPI's links; its entry keeps the persons and the number's last four digits, as a
-        choices look-up does, not the number."""
+        it through the MPI's links; the search is then audited about each of them (`_looked_up`), keeping
+        the persons and the number's last four digits, as a choices look-up does, not the number."""
         self._require("governance:audit:search")
         recorded = dict(criteria)
+        persons: list[str] = []
         if nhs_number is not None:
             persons = access_log.persons_with(self.session, nhs_number)
             criteria["persons"] = persons
             recorded |= {"nhs_number_suffix": nhs_number[-4:], "persons": " ".join(persons) or "none"}
         found = access_log.search_page(self.session, limit, **criteria)
-        record_audit(self.session, AuditRecord(
-            AuditAction.AUDIT_SEARCH, "permit", self.actor.username,
-            role=self.actor.role.name if self.actor.role else None,
-            organisation=self.actor.organisation or None, purpose="governance",
-            detail=found.audit_detail(recorded), minted_by=self.minted_by, token_id=self.token_id))
+        self._looked_up(AuditAction.AUDIT_SEARCH, persons, found.audit_detail(recorded))
         return found
+
+    def _looked_up(self, action: AuditAction, persons: list[str], detail: dict[str, str]) -> None:
+        """Audit a look-up by NHS number once per person it found, as a patient search is (IHE BALP), so that
+        an IG search by any of them, and their own "who looked", finds it; once, naming no one, if it found
+        no one (or was not about a patient)."""
+        about: list[str | None] = [*persons] or [None]
+        for person_id in about:
+            record_audit(self.session, AuditRecord(
+                action, "permit", self.actor.username, role=self.actor.role.name if self.actor.role else None,
+                organisation=self.actor.organisation or None, purpose="governance", patient_id=person_id,
+                detail=detail, minted_by=self.minted_by, token_id=self.token_id))
 
     def agreements(self) -> dict[str, Agreement]:
         self._require("governance:agreement:set")
@@ -142,13 +150,8 @@ class IgWorkspace:
     def choices(self, nhs_number: str) -> Choices:
         """A patient's recorded choices; the look-up is audited (a patient's choices are about them)."""
         self._require("governance:preference:view")
-        persons = sorted(set(self.session.scalars(select(PatientRecord.person_id)
-                                                  .where(PatientRecord.nhs_number == nhs_number))))
-        record_audit(self.session, AuditRecord(
-            AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
-            role=self.actor.role.name if self.actor.role else None, organisation=self.actor.organisation or None,
-            purpose="governance", patient_id=persons[0] if len(persons) == 1 else None,
-            detail={"nhs_number_suffix": nhs_number[-4:]}, minted_by=self.minted_by, token_id=self.token_id))
+        self._looked_up(AuditAction.PREFERENCE_VIEW, access_log.persons_with(self.session, nhs_number),
+                        {"nhs_number_suffix": nhs_number[-4:]})
         return choices_for(self.session, [nhs_number])
 
 

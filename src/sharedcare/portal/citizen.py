@@ -96,7 +96,7 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
                       error="The code is not right, or it has expired. Check it, or start again to get a new one.")
-    response = pages.start_session(request, settings, mint_citizen_token(settings, person_id), "/patient/home")
+    response = pages.start_session(request, mint_citizen_token(settings, person_id), "/patient/home")
     response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
     return response
 

@@ -161,6 +161,9 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
                  from_day: Annotated[str, Form()] = "", from_month: Annotated[str, Form()] = "",
                  from_year: Annotated[str, Form()] = "", to_day: Annotated[str, Form()] = "",
                  to_month: Annotated[str, Form()] = "", to_year: Annotated[str, Form()] = "") -> Response:
+    """The events matching the criteria given. The role is checked before the form: a role without the
+    permission is refused (audited) whatever it sent, never shown this page back with the form's error."""
+    ig.check("governance:audit:search")
     form = {"patient": patient, "nhs_number": nhs_number, "user": user, "organisation": organisation,
             "from_day": from_day, "from_month": from_month, "from_year": from_year, "to_day": to_day,
             "to_month": to_month, "to_year": to_year}
@@ -252,6 +255,7 @@ def choices_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
 @router.post("/choices", response_class=HTMLResponse)
 def choices_lookup(request: Request, ig: IgDep, fw: FrameworkDep,
                    nhs_number: Annotated[str, Form()] = "") -> Response:
+    ig.check("governance:preference:view")  # before the form, as `audit_search`
     number = normalise(nhs_number)
     if not is_valid(number):
         return render(request, "ig/choices.html", status=400, account=pages.account(ig.actor, fw), result=None,

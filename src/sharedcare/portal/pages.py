@@ -18,7 +18,6 @@ from jinja2 import pass_context
 from markupsafe import Markup
 
 from sharedcare.api.deps import SESSION_COOKIE
-from sharedcare.config import Settings
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
 from sharedcare.portal import csrf
@@ -167,10 +166,11 @@ def sign_in_again(request: Request, message: str, end_session: bool = True) -> R
     return response
 
 
-def start_session(request: Request, settings: Settings, token: str, target: str) -> Response:
+def start_session(request: Request, token: str, target: str) -> Response:
+    """The session cookie has no expiry of its own: closing the browser ends it (a shared workstation's next
+    user finds no session), and the token in it still ends at its own `exp` while the browser stays open."""
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
-                        secure=csrf.secure_cookies(request), max_age=settings.token_minutes * 60)
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=csrf.secure_cookies(request))
     csrf.remember(request, response, csrf.new_nonce())  # a new session, a new form token
     return response
 
