@@ -45,7 +45,7 @@ from sharedcare.fhir.uk_core import demographics as patient_demographics
 from sharedcare.governance.agreements import FRAMEWORK_FILE, agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
-from sharedcare.governance.consent import OF_PERSON, Ask, choices_for, combined_choices, purposes_of_use
+from sharedcare.governance.consent import OF_PERSON, Choices, choices_for, combined_choices
 from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.policy import (
@@ -98,6 +98,9 @@ _PERSON_STAMPS = (select(_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RE
                   .join(_REC, _RES.c.patient_record_id == _REC.c.id)
                   .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
 _PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(IS_PATIENT)
+# Which source record each of a person's Patients was sent with (a patient search matches on the record's columns)
+_PATIENT_RECORD_OF = (select(_RES.c.id, _RES.c.patient_record_id).join(_REC, _RES.c.patient_record_id == _REC.c.id)
+                      .where(_REC.c.person_id == bindparam("person_id"), IS_PATIENT))
 # The stored JSON as text, decoded here (as the engine would): its length is what the cache counts.
 _CONTENTS = (select(_RES.c.id, *_STAMP_COLUMNS, sql_cast(_RES.c.content, Text))
              .where(_RES.c.id.in_(bindparam("ids", expanding=True))))
@@ -808,40 +811,42 @@ class GovernedRecords:
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
 
     def _visible_match(self, person_id: str, wanted: _Criteria) -> PatientMatch | None:
-        """The person as this actor may find them: only from source records a read would also use
-        (agreement in force, not objected to), never if they objected to the actor's organisation, and
-        with their postcode only where the role sees addresses (demographics tier 2). Name, birth date,
-        gender and postcode are those of the source Patient the record's combined Patient is made of
-        (combined_patient's rule), so a result shows who the record will show; a person no source sent a
-        Patient of (a laboratory's patient alone) shows as the record that matched."""
+        """The person as this actor may find them: only through source records whose record of who the person
+        is a read would release (the decision point asked for each Patient, with any basis this actor could
+        give), never if they objected to the actor's organisation, and with their postcode only where the
+        role sees addresses (demographics tier 2). A source record's own columns are its Patient's, so one
+        whose Patient is withheld (restricted by its source, a service the role may not know of, an
+        objection, a suspended agreement) neither matches nor names anyone. Name, birth date, gender and
+        postcode are those of the released source Patient the combined Patient is made of (combined_patient's
+        rule), so a result shows who the record will show; a source that sent no Patient (a laboratory's
+        patient alone) is asked about as a Patient of its own without labels, and shows as the record."""
         records = list(self.session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id)))
         # one statement of one shape, whether or not the person has a number (or exists: `search_patients`)
         choices = choices_for(self.session, sorted({r.nhs_number for r in records if r.nhs_number}) or [""])
-        own = self.actor.organisation
-        if own in choices.object_orgs:
+        # A person hidden by an objection or a suspended agreement is left before their Patients are read,
+        # as one who matched nothing is (the same statements: sixth security review). One hidden only by
+        # what the Patients say (a restriction, a service the role may not know of) costs those reads more.
+        own, today = self.actor.organisation, self.now.date()
+        if own in choices.object_orgs or not any(
+                wanted.matches(r) for r in records
+                if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)
+                and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs):
             return None
-        today = self.now.date()
-        # No basis yet: a source Patient is found if any basis this actor could give would show it, so one
-        # whose role may break glass finds a patient who shares only in an emergency (the record itself
-        # stays behind the basis given when it is opened).
-        role, rule = self.actor.role, self.fw.basis.get("emergency")  # as record_basis judges break glass
-        breaks_glass = role is not None and rule is not None and (rule.permission is None
-                                                                  or rule.permission in role.permissions)
-        bases = [False, True] if breaks_glass else [False]
-        asks = [purposes_of_use(self.purpose, emergency=e) for e in bases]
-        visible = [r for r in records
-                   if (agreement := self._agreements.get(r.source_org)) is not None and agreement.in_force(today)
-                   and not (choices.object_all and r.source_org != own) and r.source_org not in choices.object_orgs
-                   and (r.source_org == own
-                        or any(not choices.denies(Ask(own, purposes, r.source_org, "Patient", "demographics",
-                                                      self.now)) for purposes in asks))]
+        pairs = self._items(person_id, patients_only=True)
+        record_of = dict(self.session.execute(_PATIENT_RECORD_OF, {"person_id": person_id}).all())
+        sent = {record_of.get(row[0]) for _, row in pairs}
+        unsent = {r.id: Item({"resourceType": "Patient"}, "Patient", r.source_org, "demographics")
+                  for r in records if r.id not in sent}
+        items = [item for item, _ in pairs] + list(unsent.values())
+        released = self._released_to_find(person_id, choices, items)
+        shown_records = {record_of.get(row[0]) for item, row in pairs if id(item) in released}
+        visible = [r for r in records if r.id in shown_records or (r.id in unsent and id(unsent[r.id]) in released)]
         matched = next((r for r in visible if wanted.matches(r)), None)
         if matched is None:
             return None
-        pairs = self._items(person_id, patients_only=True)
-        orgs = {r.source_org for r in visible}
-        shown = self._demographics_rule(person_id, (item for item, _ in pairs)).order(
-            [(item, row) for item, row in pairs if item.source_org in orgs],
+        patients = [item for item, _ in pairs]
+        shown = self._demographics_rule(person_id, patients).order(
+            [(item, row) for item, row in pairs if id(item) in released],
             lambda pair: (str(pair[0].resource.get("id")), pair[0].source_org, pair[1][7]))
         if shown:
             item = shown[0][0]
@@ -858,6 +863,23 @@ class GovernedRecords:
                             birth_date=born, gender=gender,
                             nhs_number=next((r.nhs_number for r in visible if r.nhs_number), None),
                             postcode=postcode if sees_address else None, sources=len(visible))
+
+    def _released_to_find(self, person_id: str, choices: Choices, items: list[Item]) -> set[int]:
+        """The items (by `id`) the decision point releases to this actor under some basis they could give: no
+        basis is recorded before a patient is found, so one whose role may break glass finds a patient who
+        shares only in an emergency (the record itself stays behind the basis given when it is opened)."""
+        role, rule = self.actor.role, self.fw.basis.get("emergency")  # as record_basis judges break glass
+        breaks_glass = role is not None and rule is not None and (rule.permission is None
+                                                                  or rule.permission in role.permissions)
+        released: set[int] = set()
+        for basis in ("explicit-consent", "emergency") if breaks_glass else ("explicit-consent",):
+            request = Request(self.actor, self.purpose, person_id, ActiveBasis(basis, "finding the patient",
+                                                                               self.now + timedelta(hours=1)),
+                              self._agreements, choices, self.now)
+            decision = self._decide(request, items)
+            if decision.permitted:
+                released.update(id(item) for item in items if isinstance(decision.verdicts[item.alike], int))
+        return released
 
 
 @dataclass(frozen=True)
