@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
-from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
+from sharedcare.fhir.uk_core import ODS_SYSTEM
 from sharedcare.governance.agreements import STOPPED, stopped_words
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import current_actor
@@ -99,6 +99,11 @@ def _file_name(resource_type: str, part: int | None) -> str:
     return f"{resource_type}.ndjson" if part is None else f"{resource_type}.part{part}.ndjson"
 
 
+def _partial(folder: Path, job_id: str) -> Path:
+    """Where a run writes until its files are checked: a file under its final name is a finished export's."""
+    return folder / f".partial-{job_id}"
+
+
 class NdjsonFiles:
     """One NDJSON file per resource type (or part of one), opened as the first resource of that type arrives."""
 
@@ -150,10 +155,11 @@ def shard_count(people: int, workers: int, people_per_worker: int) -> int:
 
 def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
         ExportCounts, list[dict[str, Any]]]:
-    """Export one shard of the people into part files (or the final files when there is one shard),
-    adding to the job's progress and stopping if the job is cancelled. The Patient lines are written as they
-    come too: whether a person's quasi-identifiers may leave as they are depends on everyone's, and the run
-    rewrites the joined file once that is decided (`_patients`), so no process holds the extract."""
+    """Export one shard of the people into part files (or whole files when there is one shard) in the
+    run's partial folder, adding to the job's progress and stopping if the job is cancelled. The Patient lines
+    are written as they come too: whether a person's quasi-identifiers may leave as they are depends on
+    everyone's, and the run rewrites the joined file once that is decided (`_patients`), so no process holds
+    the extract; only then, and after the run's last agreement check, do the files take their final names."""
     db = Database(task.db_url)
     reported = 0
 
@@ -332,10 +338,20 @@ def _drop_organisations(value: Any) -> None:
                 del value[key]
 
 
-def _discard_parts(folder: Path, shards: int) -> None:
-    """Delete whatever a failed or cancelled run wrote (only its own files: the folder may be a user's)."""
-    names = [_file_name(t, part) for t in RECORD_TYPES for part in [None, *range(shards)]]
-    remove_files(folder, names)
+def _discard(folder: Path, job_id: str, published: Iterable[str] = ()) -> None:
+    """Delete whatever a run that did not finish wrote: its partial folder and the files it had already
+    moved to their final names (only its own: the folder may be a user's)."""
+    shutil.rmtree(_partial(folder, job_id), ignore_errors=True)
+    remove_files(folder, list(published))
+
+
+def _publish(folder: Path, job_id: str, output: list[dict[str, Any]], published: list[str]) -> None:
+    """Move a checked run's files to their final names, each named in `published` once moved."""
+    partial = _partial(folder, job_id)
+    for entry in output:
+        (partial / entry["file"]).replace(folder / entry["file"])
+        published.append(entry["file"])
+    partial.rmdir()
 
 
 def remove_files(folder: Path, names: list[str]) -> None:
@@ -454,57 +470,63 @@ class ExportJobs:
         if not same:
             return self._view(job_id)
         shards = shard_count(total, self.settings.export_workers, self.settings.export_people_per_worker)
+        private_folder(folder)  # the operator's --out, made owner-only if made here
         tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.pseudonym_secret,
-                        actor, purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
+                        actor, purpose, scope, str(_partial(folder, job_id)), index, shards, job_id)
+                 for index in range(shards)]
 
         def people(done: int) -> None:
             if on_progress:
                 on_progress(done, total)
 
         counts = ExportCounts()
+        published: list[str] = []  # files moved to their final names, deleted again if the run stops after all
         try:
             results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
             for shard_counts, _ in results:
                 counts.add(shard_counts)
             with _heard_from(self.db, job_id):  # the shards report progress; these steps do not
-                output = _join_parts(folder, [files for _, files in results], shards)
-                counts.small_cells = _patients(folder, output, k)
-        except ExportCancelled:
-            _discard_parts(folder, shards)
-            return self._view(job_id)
-        except Exception as exc:
-            _discard_parts(folder, shards)
+                output = _join_parts(_partial(folder, job_id), [files for _, files in results], shards)
+                counts.small_cells = _patients(_partial(folder, job_id), output, k)
+            try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
+                secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
+            except (AccessDenied, NotFound) as refused:
+                _discard(folder, job_id)
+                with self.db.session() as session:
+                    row = session.get_one(ExportJob, job_id)
+                    if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
+                        row.status, row.finished_at = "failed", utcnow()
+                        row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+                return self._view(job_id)
             with self.db.session() as session:
                 row = session.get_one(ExportJob, job_id)
-                row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
+                if row.status == "cancelled":  # cancelled after the last progress check
+                    _discard(folder, job_id)
+                    return self._view(job_id)
+                _publish(folder, job_id, output, published)  # checked: under their final names, then completed
+                row.status, row.output, row.summary = "completed", output, counts.as_dict()
+                row.people_done, row.finished_at = counts.people_seen, utcnow()
+                row.updated_at = row.finished_at
+                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
+                                withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                                codings_withheld=str(counts.codings_withheld),
+                                people_included=str(counts.people_included),
+                                people_excluded=dict(counts.excluded), resources=dict(counts.resources),
+                                small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
+        except ExportCancelled:
+            _discard(folder, job_id)
+            return self._view(job_id)
+        except BaseException as exc:  # an error, or the run interrupted (Ctrl-C; the CLI makes SIGTERM one too)
+            _discard(folder, job_id, published)
+            with self.db.session() as session:
+                row = session.get_one(ExportJob, job_id)
+                row.status, row.finished_at = "failed", utcnow()
+                row.error = "the export failed; see the server log" if isinstance(exc, Exception) else \
+                    "the export was interrupted before it finished; nothing was kept"
                 row.updated_at = row.finished_at
                 secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
                                 error=type(exc).__name__)
             raise
-        try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
-            secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
-        except (AccessDenied, NotFound) as refused:
-            remove_files(folder, [o["file"] for o in output])
-            with self.db.session() as session:
-                row = session.get_one(ExportJob, job_id)
-                if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
-                    row.status, row.finished_at = "failed", utcnow()
-                    row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
-            return self._view(job_id)
-        with self.db.session() as session:
-            row = session.get_one(ExportJob, job_id)
-            if row.status == "cancelled":  # cancelled after the last progress check
-                remove_files(folder, [o["file"] for o in output])
-                return self._view(job_id)
-            row.status, row.output, row.summary = "completed", output, counts.as_dict()
-            row.people_done, row.finished_at = counts.people_seen, utcnow()
-            row.updated_at = row.finished_at
-            secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
-                            withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
-                            codings_withheld=str(counts.codings_withheld),
-                            people_included=str(counts.people_included),
-                            people_excluded=dict(counts.excluded), resources=dict(counts.resources),
-                            small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
         return self._view(job_id)
 
     def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[

@@ -1,0 +1,118 @@
+"""An export that does not finish leaves nothing that looks like an extract: its files take their final names
+only once the small-cell check and the last agreement check have passed. Interrupted (Ctrl-C, SIGTERM), it
+deletes what it wrote; its process killed, the next touch of the service deletes what it wrote in the
+service's folder; refused at its last check, `sharedcare export` says so and exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.small_ics import Ics
+from typer.testing import CliRunner
+
+from sharedcare.cli import app
+from sharedcare.export import jobs as export_jobs
+from sharedcare.governance.small_cells import SmallCells
+from sharedcare.store.database import Database
+
+# A run held at its small-cell check, its lines written (the file named first is touched then), for the
+# test to stop its process there; the rest of the arguments are `sharedcare`'s, or `run JOB DATA` for
+# a server-side run of a job already started (as `ExportJobs.start`'s thread runs it)
+HELD_AT_THE_CHECK = """
+import sys, time
+from dataclasses import replace
+from pathlib import Path
+from sharedcare.export import jobs
+
+def held(lines, k):
+    Path(sys.argv[1]).touch()
+    time.sleep(120)
+
+jobs.screen = held
+if sys.argv[2] == "run":
+    from sharedcare.config import load_settings
+    from sharedcare.governance.framework import load_framework
+    from sharedcare.store.database import Database
+    settings = replace(load_settings(), data_path=Path(sys.argv[4]), export_workers=1)
+    jobs.ExportJobs(Database(settings.database_url), load_framework(), settings).run(sys.argv[3])
+else:
+    from sharedcare.cli import app
+    app(sys.argv[2:], prog_name="sharedcare")
+"""
+
+
+def _environment(db: Database, tmp_path: Path) -> dict[str, str]:
+    return {"SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH),
+            "SHAREDCARE_DATA": str(tmp_path / "data"), "SHAREDCARE_EXPORT_WORKERS": "1", **DEPLOYMENT_KEYS}
+
+
+@pytest.fixture
+def cli_env(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in _environment(db, tmp_path).items():
+        monkeypatch.setenv(name, value)
+
+
+Held = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def held(db: Database, tmp_path: Path) -> Iterator[Held]:
+    """Starts a process with these arguments (`HELD_AT_THE_CHECK`), returned once held at the check."""
+    processes: list[subprocess.Popen[bytes]] = []
+    marker = tmp_path / "at-the-check"
+
+    def start(*arguments: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-c", HELD_AT_THE_CHECK, str(marker), *arguments],  # noqa: S603
+                                   env={**os.environ, **_environment(db, tmp_path)}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        processes.append(process)
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the export did not reach its small-cell check"
+            time.sleep(0.05)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.usefixtures("ics", "cli_env")
+def test_an_export_interrupted_by_ctrl_c_leaves_nothing_in_its_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the small-cell check reads the Patients: their lines, each person's source and month of
+    birth as the pseudonymiser gave them, are already written; none is left, and nothing else in the folder
+    is touched."""
+    out = tmp_path / "extract"
+    out.mkdir()
+    (out / "notes.txt").write_text("the operator's own")
+
+    def interrupted(lines: Iterable[bytes], k: int) -> tuple[Iterable[bytes], SmallCells]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_jobs, "screen", interrupted)
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--user", "analyst.chen"])
+    assert {path.name for path in out.iterdir()} == {"notes.txt"}
+    assert result.exit_code != 0 and "was interrupted; none of its files was kept" in result.output
+
+
+def test_an_export_stopped_by_sigterm_leaves_nothing_in_its_folder(ics: Ics, held: Held, tmp_path: Path) -> None:
+    """`kill` (or a service manager stopping the host) while `sharedcare export` runs its small-cell check."""
+    out = tmp_path / "extract"
+    process = held("export", "--out", str(out), "--user", "analyst.chen")
+    assert any(out.rglob("Patient.ndjson"))
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    assert not out.exists() or not any(out.iterdir())
+    assert process.returncode == 128 + signal.SIGTERM and "was interrupted; none of its files was kept" in output
