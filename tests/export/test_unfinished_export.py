@@ -11,17 +11,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.small_ics import Ics
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
+from sharedcare.clock import utcnow
 from sharedcare.export import jobs as export_jobs
+from sharedcare.export.jobs import STALE_AFTER, ExportJobs
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import actor_for
+from sharedcare.governance.secondary import ExportScope
 from sharedcare.governance.small_cells import SmallCells
 from sharedcare.store.database import Database
+from sharedcare.store.models import ExportJob
 
 # A run held at its small-cell check, its lines written (the file named first is touched then), for the
 # test to stop its process there; the rest of the arguments are `sharedcare`'s, or `run JOB DATA` for
@@ -116,3 +124,26 @@ def test_an_export_stopped_by_sigterm_leaves_nothing_in_its_folder(ics: Ics, hel
     output = process.communicate(timeout=60)[0].decode()
     assert not out.exists() or not any(out.iterdir())
     assert process.returncode == 128 + signal.SIGTERM and "was interrupted; none of its files was kept" in output
+
+
+def test_a_server_side_run_whose_process_died_has_its_files_deleted(
+        ics: Ics, db: Database, framework: Framework, held: Held, tmp_path: Path) -> None:
+    """The server dies (killed) while an analyst's export runs: its unchecked files are deleted at the next
+    touch of the service once the run is taken for dead, and the poll says it stopped."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, replace(settings, export_workers=1))
+    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
+    folder = settings.data_path / "exports" / job_id
+    process = held("run", job_id, str(settings.data_path))
+    process.kill()
+    process.communicate(timeout=60)
+    assert any(folder.rglob("Patient.ndjson"))
+    (folder / "Patient.part0.ndjson").write_text("{}\n")  # as a run from before partial folders left them
+
+    poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert poll.status_code == 202 and any(folder.rglob("*.ndjson"))  # still taken for running
+    with db.session() as s:
+        s.execute(update(ExportJob).where(ExportJob.id == job_id).values(updated_at=utcnow() - STALE_AFTER))
+    poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert poll.status_code == 500 and "the export stopped" in poll.json()["issue"][0]["diagnostics"]
+    assert not folder.exists()

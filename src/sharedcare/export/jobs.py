@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
-from sharedcare.fhir.uk_core import ODS_SYSTEM
+from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.agreements import STOPPED, stopped_words
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.clients import current_actor
@@ -66,6 +66,7 @@ WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspend
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
 HEARTBEAT = timedelta(minutes=1)  # how often a running job's own process says it lives (`_heard_from`)
 KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
+STOPPED_RUN = "the export stopped (the server restarted); start a new one"  # a run whose process died
 
 
 class TooManyExports(SharedcareError):
@@ -345,6 +346,12 @@ def _discard(folder: Path, job_id: str, published: Iterable[str] = ()) -> None:
     remove_files(folder, list(published))
 
 
+def _written_before_partial(folder: Path) -> list[str]:
+    """The files a run wrote straight into its folder before runs wrote into a partial folder (2026-12-07):
+    one that died then left them there."""
+    return [path.name for path in folder.glob("*.ndjson*") if path.name.partition(".")[0] in RECORD_TYPES]
+
+
 def _publish(folder: Path, job_id: str, output: list[dict[str, Any]], published: list[str]) -> None:
     """Move a checked run's files to their final names, each named in `published` once moved."""
     partial = _partial(folder, job_id)
@@ -543,8 +550,9 @@ class ExportJobs:
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def expire(self) -> int:
         """Delete the files of the exports that finished more than the retention period ago, marking each
-        expired, and of those withdrawn (`withdraw`); how many expired. Only the service's own folders
-        (`{data}/exports/`): a command-line export wrote where its operator asked, and is theirs to keep."""
+        expired, of those withdrawn (`withdraw`), and what runs whose process died wrote (`_stopped`); how
+        many expired. Only the service's own folders (`{data}/exports/`): a command-line export wrote where
+        its operator asked, and is theirs to keep."""
         now = utcnow()
         with self.db.session() as session:
             old = session.scalars(select(ExportJob).where(
@@ -552,8 +560,23 @@ class ExportJobs:
                 ExportJob.finished_at < now - timedelta(days=self.settings.export_retention_days)))
             expired = _mark_expired([job for job in old if self._ours(job.out_dir)])
             withdrawn = self._withdraw(session)
+            stopped = self._stopped(session)
         _remove(expired | withdrawn)  # only once committed, as `_mark_expired` says
+        for folder, job_id in stopped:
+            _discard(folder, job_id, _written_before_partial(folder))
         return len(expired)
+
+    def _stopped(self, session: Session) -> list[tuple[Path, str]]:
+        """Mark failed the runs in the service's folder not heard from for STALE_AFTER (their process died:
+        a poll already says so), whose unchecked files no retention period would otherwise reach; their
+        folders and ids, for the caller to delete what they wrote once that is committed."""
+        stale = session.scalars(select(ExportJob).where(ExportJob.status.in_(RUNNING),
+                                                        ExportJob.updated_at < utcnow() - STALE_AFTER))
+        stopped = [job for job in stale if self._ours(job.out_dir)]
+        for job in stopped:
+            job.status, job.updated_at = "failed", utcnow()
+            job.error = STOPPED_RUN
+        return [(Path(job.out_dir), job.id) for job in stopped]
 
     def withdraw(self) -> int:
         """Delete the files of every finished export whose organisation's agreement was suspended or ended
@@ -627,7 +650,7 @@ class ExportJobs:
             job = session.get_one(ExportJob, job_id)
             status, error = job.status, job.error
             if status in RUNNING and utcnow() - job.updated_at > STALE_AFTER:
-                status, error = "failed", "the export stopped (the server restarted); start a new one"
+                status, error = "failed", STOPPED_RUN
             summary = published_summary(job.summary) if job.summary else {}
             return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
                            job.people_done, list(job.output or []), summary, error)
