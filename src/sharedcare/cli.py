@@ -523,6 +523,8 @@ def export_command(
         raise _fail(str(exc), 1) from exc
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    if view.status != "completed":  # refused at its last agreement check, or cancelled: no files
+        raise _fail(f"export {job_id} {view.status}: {view.error or 'none of its files was kept'}", 1)
     summary = {"job": job_id, "out": str(out), "files": view.output, **view.summary}
     if as_json:
         _print_json(summary)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.export.conftest import unscreened
 from tests.small_ics import Ics
 from typer.testing import CliRunner
 
@@ -24,6 +25,7 @@ from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.export import jobs as export_jobs
 from sharedcare.export.jobs import STALE_AFTER, ExportJobs
+from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportScope
@@ -147,3 +149,22 @@ def test_a_server_side_run_whose_process_died_has_its_files_deleted(
     poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
     assert poll.status_code == 500 and "the export stopped" in poll.json()["issue"][0]["diagnostics"]
     assert not folder.exists()
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_the_command_line_export_refused_at_its_last_check_exits_non_zero(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QRD's agreement is suspended while `sharedcare export` runs: nothing is kept, and the command says so
+    and fails (a script running it must not take an empty folder for an extract)."""
+    def suspended_meanwhile(lines: Iterable[bytes], k: int) -> tuple[Iterable[bytes], SmallCells]:
+        with db.session() as s:
+            set_agreement(s, framework, "QRD", "suspended", by="ig.morgan", reason="a breach reported")
+        return unscreened(lines, k)
+
+    monkeypatch.setattr(export_jobs, "screen", suspended_meanwhile)
+    out = tmp_path / "extract"
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--user", "analyst.chen", "--json"])
+    assert result.exit_code == 1, result.output
+    assert "failed: not kept:" in result.output and "agreement" in result.output
+    assert not out.exists() or not any(out.iterdir())
+    assert not result.stdout.lstrip().startswith("{")  # no summary of an extract
