@@ -9,10 +9,14 @@ from __future__ import annotations
 import csv
 import getpass
 import json
+import signal
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -143,6 +147,20 @@ def _progress(transfer: bool = False) -> Progress:
         columns.append(TransferSpeedColumn())
     columns.append(TimeRemainingColumn())
     return Progress(*columns, console=console, transient=False)
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raised as SystemExit (status 143, as the signal gives) for the while: by default it ends the
+    process at once, so clean-up that `except BaseException` and `finally` do never happens."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report_table(report: dict[str, Any]) -> Table:
@@ -492,13 +510,21 @@ def export_command(
         jobs = ExportJobs(_database(), fw, settings)
         job_id = jobs.start(actor_for(fw, user), scope, f"sharedcare export --out {out}", out_dir=out.resolve(),
                             purpose=purpose, background=False)
-        with _progress() as progress:
+        with _progress() as progress, _sigterm_as_exit():  # stopped, the run deletes what it wrote
             task = progress.add_task("exporting (people)", total=None)
-            view = jobs.run(job_id, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+            try:
+                view = jobs.run(job_id, on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                                        total=total))
+            except (KeyboardInterrupt, SystemExit):
+                console.print(f"[red]stopped:[/red] export {job_id} was interrupted; none of its files was kept",
+                              soft_wrap=True)
+                raise
     except (AccessDenied, NotFound) as exc:
         raise _fail(str(exc), 1) from exc
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    if view.status != "completed":  # refused at its last agreement check, or cancelled: no files
+        raise _fail(f"export {job_id} {view.status}: {view.error or 'none of its files was kept'}", 1)
     summary = {"job": job_id, "out": str(out), "files": view.output, **view.summary}
     if as_json:
         _print_json(summary)

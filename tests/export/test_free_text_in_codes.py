@@ -114,3 +114,28 @@ def test_text_typed_into_a_status_a_media_type_or_the_source_system_stays_behind
     assert not any(e.get("period", {}).get("start") == "2026-03-05" for e in files.get("Encounter", []))
     withheld = exact_counts(ics.client.app.state.database)["withheld"]
     assert withheld["required-element-uncoded"] == uncoded_before + 1
+
+
+def test_a_system_typed_without_a_code_stays_behind(ics: Ics, tmp_path: Path, framework: Framework) -> None:
+    """A coding's `system` is a URI anyone can type ("urn:seen-by:Jane.Smith:07700900456"): it leaves only
+    from the allow-list, code or no code; a coding with a system alone off it is left out and counted."""
+    typed = f"urn:seen-by:{NAME.replace(' ', '.')}:{PHONE.replace(' ', '')}"
+    clinical = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    condition = {"resourceType": "Condition", "id": "gp-cond-system",
+                 "clinicalStatus": {"coding": [{"system": clinical, "code": "active"}, {"system": typed}]},
+                 "category": [{"coding": [{"system": typed}]}],
+                 "code": {"coding": [{"system": SCT, "code": "195967001"}]},
+                 "subject": {"reference": "Patient/gp-okafor"}, "onsetDateTime": "2020-05-01"}
+    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), condition])
+    db = ics.client.app.state.database
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "system.ndjson", [gp])]).quarantined == 0
+
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    assert "seen-by" not in json.dumps(files)
+    exported, = (c for c in files["Condition"] if c["code"]["coding"][0]["code"] == "195967001")
+    assert exported["clinicalStatus"] == {"coding": [{"system": clinical, "code": "active"}]}
+    assert "category" not in exported
+    with db.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:complete")).one()
+    details = {d["type"]: d["valueString"] for d in entry.event["entity"][-1]["detail"]}
+    assert details["codings_withheld"] == "2"  # the typed system in the status and in the category

@@ -66,6 +66,7 @@ WITHDRAWN = "withdrawn"  # deleted when its organisation's agreement was suspend
 STALE_AFTER = timedelta(minutes=10)  # a running job not heard from for this long has died with its process
 HEARTBEAT = timedelta(minutes=1)  # how often a running job's own process says it lives (`_heard_from`)
 KEPT_PER_USER = 3  # finished exports a user keeps in the service's folder, the one starting included
+STOPPED_RUN = "the export stopped (the server restarted); start a new one"  # a run whose process died
 
 
 class TooManyExports(SharedcareError):
@@ -97,6 +98,11 @@ class JobView:
 
 def _file_name(resource_type: str, part: int | None) -> str:
     return f"{resource_type}.ndjson" if part is None else f"{resource_type}.part{part}.ndjson"
+
+
+def _partial(folder: Path, job_id: str) -> Path:
+    """Where a run writes until its files are checked: a file under its final name is a finished export's."""
+    return folder / f".partial-{job_id}"
 
 
 class NdjsonFiles:
@@ -150,10 +156,11 @@ def shard_count(people: int, workers: int, people_per_worker: int) -> int:
 
 def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> tuple[
         ExportCounts, list[dict[str, Any]]]:
-    """Export one shard of the people into part files (or the final files when there is one shard),
-    adding to the job's progress and stopping if the job is cancelled. The Patient lines are written as they
-    come too: whether a person's quasi-identifiers may leave as they are depends on everyone's, and the run
-    rewrites the joined file once that is decided (`_patients`), so no process holds the extract."""
+    """Export one shard of the people into part files (or whole files when there is one shard) in the
+    run's partial folder, adding to the job's progress and stopping if the job is cancelled. The Patient lines
+    are written as they come too: whether a person's quasi-identifiers may leave as they are depends on
+    everyone's, and the run rewrites the joined file once that is decided (`_patients`), so no process holds
+    the extract; only then, and after the run's last agreement check, do the files take their final names."""
     db = Database(task.db_url)
     reported = 0
 
@@ -332,10 +339,26 @@ def _drop_organisations(value: Any) -> None:
                 del value[key]
 
 
-def _discard_parts(folder: Path, shards: int) -> None:
-    """Delete whatever a failed or cancelled run wrote (only its own files: the folder may be a user's)."""
-    names = [_file_name(t, part) for t in RECORD_TYPES for part in [None, *range(shards)]]
-    remove_files(folder, names)
+def _discard(folder: Path, job_id: str, published: Iterable[str] = ()) -> None:
+    """Delete whatever a run that did not finish wrote: its partial folder and the files it had already
+    moved to their final names (only its own: the folder may be a user's)."""
+    shutil.rmtree(_partial(folder, job_id), ignore_errors=True)
+    remove_files(folder, list(published))
+
+
+def _written_before_partial(folder: Path) -> list[str]:
+    """The files a run wrote straight into its folder before runs wrote into a partial folder (2026-12-07):
+    one that died then left them there."""
+    return [path.name for path in folder.glob("*.ndjson*") if path.name.partition(".")[0] in RECORD_TYPES]
+
+
+def _publish(folder: Path, job_id: str, output: list[dict[str, Any]], published: list[str]) -> None:
+    """Move a checked run's files to their final names, each named in `published` once moved."""
+    partial = _partial(folder, job_id)
+    for entry in output:
+        (partial / entry["file"]).replace(folder / entry["file"])
+        published.append(entry["file"])
+    partial.rmdir()
 
 
 def remove_files(folder: Path, names: list[str]) -> None:
@@ -454,57 +477,63 @@ class ExportJobs:
         if not same:
             return self._view(job_id)
         shards = shard_count(total, self.settings.export_workers, self.settings.export_people_per_worker)
+        private_folder(folder)  # the operator's --out, made owner-only if made here
         tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.fw, self.settings.pseudonym_secret,
-                        actor, purpose, scope, str(folder), index, shards, job_id) for index in range(shards)]
+                        actor, purpose, scope, str(_partial(folder, job_id)), index, shards, job_id)
+                 for index in range(shards)]
 
         def people(done: int) -> None:
             if on_progress:
                 on_progress(done, total)
 
         counts = ExportCounts()
+        published: list[str] = []  # files moved to their final names, deleted again if the run stops after all
         try:
             results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
             for shard_counts, _ in results:
                 counts.add(shard_counts)
             with _heard_from(self.db, job_id):  # the shards report progress; these steps do not
-                output = _join_parts(folder, [files for _, files in results], shards)
-                counts.small_cells = _patients(folder, output, k)
-        except ExportCancelled:
-            _discard_parts(folder, shards)
-            return self._view(job_id)
-        except Exception as exc:
-            _discard_parts(folder, shards)
+                output = _join_parts(_partial(folder, job_id), [files for _, files in results], shards)
+                counts.small_cells = _patients(_partial(folder, job_id), output, k)
+            try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
+                secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
+            except (AccessDenied, NotFound) as refused:
+                _discard(folder, job_id)
+                with self.db.session() as session:
+                    row = session.get_one(ExportJob, job_id)
+                    if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
+                        row.status, row.finished_at = "failed", utcnow()
+                        row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+                return self._view(job_id)
             with self.db.session() as session:
                 row = session.get_one(ExportJob, job_id)
-                row.status, row.error, row.finished_at = "failed", "the export failed; see the server log", utcnow()
+                if row.status == "cancelled":  # cancelled after the last progress check
+                    _discard(folder, job_id)
+                    return self._view(job_id)
+                _publish(folder, job_id, output, published)  # checked: under their final names, then completed
+                row.status, row.output, row.summary = "completed", output, counts.as_dict()
+                row.people_done, row.finished_at = counts.people_seen, utcnow()
+                row.updated_at = row.finished_at
+                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
+                                withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                                codings_withheld=str(counts.codings_withheld),
+                                people_included=str(counts.people_included),
+                                people_excluded=dict(counts.excluded), resources=dict(counts.resources),
+                                small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
+        except ExportCancelled:
+            _discard(folder, job_id)
+            return self._view(job_id)
+        except BaseException as exc:  # an error, or the run interrupted (Ctrl-C; the CLI makes SIGTERM one too)
+            _discard(folder, job_id, published)
+            with self.db.session() as session:
+                row = session.get_one(ExportJob, job_id)
+                row.status, row.finished_at = "failed", utcnow()
+                row.error = "the export failed; see the server log" if isinstance(exc, Exception) else \
+                    "the export was interrupted before it finished; nothing was kept"
                 row.updated_at = row.finished_at
                 secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
                                 error=type(exc).__name__)
             raise
-        try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
-            secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
-        except (AccessDenied, NotFound) as refused:
-            remove_files(folder, [o["file"] for o in output])
-            with self.db.session() as session:
-                row = session.get_one(ExportJob, job_id)
-                if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
-                    row.status, row.finished_at = "failed", utcnow()
-                    row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
-            return self._view(job_id)
-        with self.db.session() as session:
-            row = session.get_one(ExportJob, job_id)
-            if row.status == "cancelled":  # cancelled after the last progress check
-                remove_files(folder, [o["file"] for o in output])
-                return self._view(job_id)
-            row.status, row.output, row.summary = "completed", output, counts.as_dict()
-            row.people_done, row.finished_at = counts.people_seen, utcnow()
-            row.updated_at = row.finished_at
-            secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
-                            withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
-                            codings_withheld=str(counts.codings_withheld),
-                            people_included=str(counts.people_included),
-                            people_excluded=dict(counts.excluded), resources=dict(counts.resources),
-                            small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
         return self._view(job_id)
 
     def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
@@ -521,8 +550,9 @@ class ExportJobs:
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def expire(self) -> int:
         """Delete the files of the exports that finished more than the retention period ago, marking each
-        expired, and of those withdrawn (`withdraw`); how many expired. Only the service's own folders
-        (`{data}/exports/`): a command-line export wrote where its operator asked, and is theirs to keep."""
+        expired, of those withdrawn (`withdraw`), and what runs whose process died wrote (`_stopped`); how
+        many expired. Only the service's own folders (`{data}/exports/`): a command-line export wrote where
+        its operator asked, and is theirs to keep."""
         now = utcnow()
         with self.db.session() as session:
             old = session.scalars(select(ExportJob).where(
@@ -530,8 +560,23 @@ class ExportJobs:
                 ExportJob.finished_at < now - timedelta(days=self.settings.export_retention_days)))
             expired = _mark_expired([job for job in old if self._ours(job.out_dir)])
             withdrawn = self._withdraw(session)
+            stopped = self._stopped(session)
         _remove(expired | withdrawn)  # only once committed, as `_mark_expired` says
+        for folder, job_id in stopped:
+            _discard(folder, job_id, _written_before_partial(folder))
         return len(expired)
+
+    def _stopped(self, session: Session) -> list[tuple[Path, str]]:
+        """Mark failed the runs in the service's folder not heard from for STALE_AFTER (their process died:
+        a poll already says so), whose unchecked files no retention period would otherwise reach; their
+        folders and ids, for the caller to delete what they wrote once that is committed."""
+        stale = session.scalars(select(ExportJob).where(ExportJob.status.in_(RUNNING),
+                                                        ExportJob.updated_at < utcnow() - STALE_AFTER))
+        stopped = [job for job in stale if self._ours(job.out_dir)]
+        for job in stopped:
+            job.status, job.updated_at = "failed", utcnow()
+            job.error = STOPPED_RUN
+        return [(Path(job.out_dir), job.id) for job in stopped]
 
     def withdraw(self) -> int:
         """Delete the files of every finished export whose organisation's agreement was suspended or ended
@@ -605,7 +650,7 @@ class ExportJobs:
             job = session.get_one(ExportJob, job_id)
             status, error = job.status, job.error
             if status in RUNNING and utcnow() - job.updated_at > STALE_AFTER:
-                status, error = "failed", "the export stopped (the server restarted); start a new one"
+                status, error = "failed", STOPPED_RUN
             summary = published_summary(job.summary) if job.summary else {}
             return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
                            job.people_done, list(job.output or []), summary, error)

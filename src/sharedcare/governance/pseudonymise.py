@@ -214,6 +214,12 @@ def _kept_code(system: str | None, code: str) -> bool:
     return kept_system(system) and " " not in code
 
 
+def _kept_coding(system: str | None, code: str | None) -> bool:
+    """Whether a coding may leave as it is: empty, or of a kept system with no space in its code. A system
+    alone is checked too: it is a URI anyone can type ("urn:seen-by:Jane.Smith:07700900456")."""
+    return (system is None and code is None) or _kept_code(system, code or "")
+
+
 class Coding(_E):
     """A code of a kept system (`kept_system`), without a space in it, or nothing: what is left out is
     counted. `version` is never read (it is free text as often as not)."""
@@ -222,7 +228,7 @@ class Coding(_E):
     code: str | None = None
 
     def __post_init__(self) -> None:
-        if self.code is not None and not _kept_code(self.system, self.code):
+        if not _kept_coding(self.system, self.code):
             _state.codings_withheld += 1
             self.system = self.code = None
 
@@ -979,7 +985,7 @@ class Pseudonymiser:
         if isinstance(resource, Condition | AllergyIntolerance):
             for status in (resource.clinicalStatus, resource.verificationStatus):
                 if status is not None and status.coding:
-                    kept = [c for c in status.coding if c.code is None or _kept_code(c.system, c.code)]
+                    kept = [c for c in status.coding if _kept_coding(c.system, c.code)]
                     shaped.codings_withheld += len(status.coding) - len(kept)
                     status.coding = kept or None
         meta = resource.meta

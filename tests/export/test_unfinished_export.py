@@ -1,0 +1,170 @@
+"""An export that does not finish leaves nothing that looks like an extract: its files take their final names
+only once the small-cell check and the last agreement check have passed. Interrupted (Ctrl-C, SIGTERM), it
+deletes what it wrote; its process killed, the next touch of the service deletes what it wrote in the
+service's folder; refused at its last check, `sharedcare export` says so and exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
+from tests.export.conftest import unscreened
+from tests.small_ics import Ics
+from typer.testing import CliRunner
+
+from sharedcare.cli import app
+from sharedcare.clock import utcnow
+from sharedcare.export import jobs as export_jobs
+from sharedcare.export.jobs import STALE_AFTER, ExportJobs
+from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.gateway import actor_for
+from sharedcare.governance.secondary import ExportScope
+from sharedcare.governance.small_cells import SmallCells
+from sharedcare.store.database import Database
+from sharedcare.store.models import ExportJob
+
+# A run held at its small-cell check, its lines written (the file named first is touched then), for the
+# test to stop its process there; the rest of the arguments are `sharedcare`'s, or `run JOB DATA` for
+# a server-side run of a job already started (as `ExportJobs.start`'s thread runs it)
+HELD_AT_THE_CHECK = """
+import sys, time
+from dataclasses import replace
+from pathlib import Path
+from sharedcare.export import jobs
+
+def held(lines, k):
+    Path(sys.argv[1]).touch()
+    time.sleep(120)
+
+jobs.screen = held
+if sys.argv[2] == "run":
+    from sharedcare.config import load_settings
+    from sharedcare.governance.framework import load_framework
+    from sharedcare.store.database import Database
+    settings = replace(load_settings(), data_path=Path(sys.argv[4]), export_workers=1)
+    jobs.ExportJobs(Database(settings.database_url), load_framework(), settings).run(sys.argv[3])
+else:
+    from sharedcare.cli import app
+    app(sys.argv[2:], prog_name="sharedcare")
+"""
+
+
+def _environment(db: Database, tmp_path: Path) -> dict[str, str]:
+    return {"SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH),
+            "SHAREDCARE_DATA": str(tmp_path / "data"), "SHAREDCARE_EXPORT_WORKERS": "1", **DEPLOYMENT_KEYS}
+
+
+@pytest.fixture
+def cli_env(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in _environment(db, tmp_path).items():
+        monkeypatch.setenv(name, value)
+
+
+Held = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def held(db: Database, tmp_path: Path) -> Iterator[Held]:
+    """Starts a process with these arguments (`HELD_AT_THE_CHECK`), returned once held at the check."""
+    processes: list[subprocess.Popen[bytes]] = []
+    marker = tmp_path / "at-the-check"
+
+    def start(*arguments: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-c", HELD_AT_THE_CHECK, str(marker), *arguments],  # noqa: S603
+                                   env={**os.environ, **_environment(db, tmp_path)}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        processes.append(process)
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the export did not reach its small-cell check"
+            time.sleep(0.05)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.usefixtures("ics", "cli_env")
+def test_an_export_interrupted_by_ctrl_c_leaves_nothing_in_its_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the small-cell check reads the Patients: their lines, each person's source and month of
+    birth as the pseudonymiser gave them, are already written; none is left, and nothing else in the folder
+    is touched."""
+    out = tmp_path / "extract"
+    out.mkdir()
+    (out / "notes.txt").write_text("the operator's own")
+
+    def interrupted(lines: Iterable[bytes], k: int) -> tuple[Iterable[bytes], SmallCells]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_jobs, "screen", interrupted)
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--user", "analyst.chen"])
+    assert {path.name for path in out.iterdir()} == {"notes.txt"}
+    assert result.exit_code != 0 and "was interrupted; none of its files was kept" in result.output
+
+
+def test_an_export_stopped_by_sigterm_leaves_nothing_in_its_folder(ics: Ics, held: Held, tmp_path: Path) -> None:
+    """`kill` (or a service manager stopping the host) while `sharedcare export` runs its small-cell check."""
+    out = tmp_path / "extract"
+    process = held("export", "--out", str(out), "--user", "analyst.chen")
+    assert any(out.rglob("Patient.ndjson"))
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    assert not out.exists() or not any(out.iterdir())
+    assert process.returncode == 128 + signal.SIGTERM and "was interrupted; none of its files was kept" in output
+
+
+def test_a_server_side_run_whose_process_died_has_its_files_deleted(
+        ics: Ics, db: Database, framework: Framework, held: Held, tmp_path: Path) -> None:
+    """The server dies (killed) while an analyst's export runs: its unchecked files are deleted at the next
+    touch of the service once the run is taken for dead, and the poll says it stopped."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, replace(settings, export_workers=1))
+    job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
+    folder = settings.data_path / "exports" / job_id
+    process = held("run", job_id, str(settings.data_path))
+    process.kill()
+    process.communicate(timeout=60)
+    assert any(folder.rglob("Patient.ndjson"))
+    (folder / "Patient.part0.ndjson").write_text("{}\n")  # as a run from before partial folders left them
+
+    poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert poll.status_code == 202 and any(folder.rglob("*.ndjson"))  # still taken for running
+    with db.session() as s:
+        s.execute(update(ExportJob).where(ExportJob.id == job_id).values(updated_at=utcnow() - STALE_AFTER))
+    poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
+    assert poll.status_code == 500 and "the export stopped" in poll.json()["issue"][0]["diagnostics"]
+    assert not folder.exists()
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_the_command_line_export_refused_at_its_last_check_exits_non_zero(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QRD's agreement is suspended while `sharedcare export` runs: nothing is kept, and the command says so
+    and fails (a script running it must not take an empty folder for an extract)."""
+    def suspended_meanwhile(lines: Iterable[bytes], k: int) -> tuple[Iterable[bytes], SmallCells]:
+        with db.session() as s:
+            set_agreement(s, framework, "QRD", "suspended", by="ig.morgan", reason="a breach reported")
+        return unscreened(lines, k)
+
+    monkeypatch.setattr(export_jobs, "screen", suspended_meanwhile)
+    out = tmp_path / "extract"
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--user", "analyst.chen", "--json"])
+    assert result.exit_code == 1, result.output
+    assert "failed: not kept:" in result.output and "agreement" in result.output
+    assert not out.exists() or not any(out.iterdir())
+    assert not result.stdout.lstrip().startswith("{")  # no summary of an extract
