@@ -212,6 +212,29 @@ def test_only_the_requesting_user_can_poll_download_or_cancel(ics: Ics) -> None:
         == 404
 
 
+def test_an_app_the_analyst_authorised_reaches_only_what_its_scopes_name(ics: Ics, db: Database) -> None:
+    """Kick-off held a token to its scopes, polling and downloading did not: an app authorised for one type,
+    for one patient, or to write only downloaded the whole population extract. Each refusal is audited."""
+    manifest, _ = export(ics.client, ics.token("analyst.chen"))
+    status_url = manifest["output"][0]["url"].rsplit("/", 1)[0]
+    urls = {o["type"]: o["url"] for o in manifest["output"]}
+    assert {"Patient", "Condition"} <= set(urls)
+    conditions_only = ics.token("analyst.chen", scope="user/Condition.read")
+    assert ics.client.get(status_url, headers=conditions_only).status_code == 200
+    assert ics.client.get(urls["Condition"], headers=conditions_only).status_code == 200
+    refused = ics.client.get(urls["Patient"], headers=conditions_only)
+    assert refused.status_code == 403 and "deny-scope" in refused.text
+    for scope in ("patient/*.read", "user/Condition.write", "system/*.write"):
+        app = ics.token("analyst.chen", scope=scope)
+        assert ics.client.get(status_url, headers=app).status_code == 403, scope
+        assert ics.client.get(urls["Condition"], headers=app).status_code == 403, scope
+        assert ics.client.delete(status_url, headers=app).status_code == 403, scope
+    with db.session() as session:
+        denied = session.scalars(select(AuditEntry).where(AuditEntry.outcome == "deny")).all()
+    assert sum("deny-scope" in json.dumps(e.event) for e in denied) == 10
+    assert ics.client.get(status_url, headers=ics.token("analyst.chen")).status_code == 200  # nothing cancelled
+
+
 def test_cancelling_deletes_the_files_and_forgets_the_job(ics: Ics, tmp_path: Path) -> None:
     headers = ics.token("analyst.chen")
     manifest, _ = export(ics.client, headers)

@@ -80,6 +80,13 @@ def _scope(request: Request, kind: str, group: str | None) -> ExportScope:
     return ExportScope(kind, group, types, since)
 
 
+def _readable(request: Request) -> frozenset[str] | None:
+    """The types the token's scopes read of a population (None: any; none for patient/ scopes alone), which
+    polling, downloading and cancelling are held to as the kick-off is."""
+    scopes = getattr(request.state, "scopes", "")
+    return frozenset() if patient_level_only(scopes) else scoped_types(scopes)
+
+
 def _minted(request: Request) -> Minted:
     """The operator and token id of a `sharedcare token` the caller's token is (`caller` reads them), so that
     the export's audits are marked as made with it."""
@@ -117,7 +124,7 @@ def export_group(group_id: str, request: Request, actor: ActorDep, jobs: JobsDep
 
 @router.get("/bulk/{job_id}")
 def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
-    view = jobs.status(actor, job_id, request.state.request_id, _minted(request))
+    view = jobs.status(actor, job_id, request.state.request_id, _minted(request), _readable(request))
     if view.status in ("accepted", "running"):
         # tens of percent, no counts: the people in scope less the people in the files would be the exact
         # number who opted out or objected (TRUST SU2)
@@ -146,7 +153,7 @@ def export_status(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
 @router.delete("/bulk/{job_id}")
 def export_cancel(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
     jobs.cancel(actor, job_id, request.state.request_id, request.client.host if request.client else None,
-                _minted(request))
+                _minted(request), _readable(request))
     return Response(status_code=202)
 
 
@@ -154,7 +161,7 @@ def export_cancel(job_id: str, request: Request, actor: ActorDep, jobs: JobsDep)
 def export_file(job_id: str, file_name: str, request: Request, actor: ActorDep, jobs: JobsDep) -> Response:
     try:
         path = jobs.file(actor, job_id, file_name, request.state.request_id,
-                         request.client.host if request.client else None, _minted(request))
+                         request.client.host if request.client else None, _minted(request), _readable(request))
     except Withdrawn as gone:
         return operation_outcome(410, "deleted", gone.message, request.state.request_id)
     return FileResponse(path, media_type=NDJSON, filename=file_name)

@@ -47,7 +47,7 @@ from sharedcare.governance.clients import current_actor
 from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
-from sharedcare.governance.policy import Actor
+from sharedcare.governance.policy import Actor, Decision
 from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
 from sharedcare.governance.small_cells import (
     DEFAULT_K,
@@ -655,20 +655,35 @@ class ExportJobs:
             return JobView(job.id, status, job.request_url, job.created_at.isoformat(), job.people_total,
                            job.people_done, list(job.output or []), summary, error)
 
-    def status(self, actor: Actor, job_id: str, request_id: str | None = None, minted: Minted = None) -> JobView:
+    @staticmethod
+    def _within_scopes(secondary: SecondaryUse, action: AuditAction, readable: frozenset[str] | None,
+                       wanted: str | None = None, **detail: Any) -> None:
+        """Refuse, audited, a token whose scopes read nothing of a population (`readable` empty: patient/ scopes
+        only, or no read scope) or not the type of the file `wanted`: an app the export's owner authorised
+        reaches only what its scopes name, as at the kick-off (None: any type)."""
+        if readable is None or (readable and (wanted is None or wanted in readable)):
+            return
+        raise secondary.refuse(action, Decision("deny", "deny-scope", f"the access token's scopes do not allow "
+                                                f"{wanted or 'a population export'}"), **detail)
+
+    def status(self, actor: Actor, job_id: str, request_id: str | None = None, minted: Minted = None,
+               readable: frozenset[str] | None = None) -> JobView:
         self.expire()
         job = self._own(actor, job_id)
-        self._secondary(actor, request_id, purpose=job.purpose, minted=minted).check(AuditAction.EXPORT_DOWNLOAD,
-                                                                                    job=job_id)
+        secondary = self._secondary(actor, request_id, purpose=job.purpose, minted=minted)
+        self._within_scopes(secondary, AuditAction.EXPORT_DOWNLOAD, readable, job=job_id)
+        secondary.check(AuditAction.EXPORT_DOWNLOAD, job=job_id)
         return self._view(job_id)
 
     def cancel(self, actor: Actor, job_id: str, request_id: str | None = None,
-               source_address: str | None = None, minted: Minted = None) -> None:
+               source_address: str | None = None, minted: Minted = None,
+               readable: frozenset[str] | None = None) -> None:
         """Stop a running export (its run deletes what it wrote) or delete a finished one's files, if they are in
         the service's folder (`_ours`)."""
         self.expire()
         job = self._own(actor, job_id)
         secondary = self._secondary(actor, request_id, source_address, job.purpose, minted)
+        self._within_scopes(secondary, AuditAction.EXPORT_CANCEL, readable, job=job_id)
         with self.db.session() as session:
             row = session.get_one(ExportJob, job_id)
             was = row.status
@@ -678,11 +693,15 @@ class ExportJobs:
             remove_files(Path(job.out_dir), [o["file"] for o in job.output or []])
 
     def file(self, actor: Actor, job_id: str, name: str, request_id: str | None = None,
-             source_address: str | None = None, minted: Minted = None) -> Path:
+             source_address: str | None = None, minted: Minted = None,
+             readable: frozenset[str] | None = None) -> Path:
         """The path of one output file of a completed job, after checking and auditing the download."""
         self.expire()
         job = self._own(actor, job_id)
         entry = next((o for o in job.output or [] if o["file"] == name), None)
+        self._within_scopes(self._secondary(actor, request_id, source_address, job.purpose, minted),
+                            AuditAction.EXPORT_DOWNLOAD, readable, entry["type"] if entry else None, job=job_id,
+                            file=name)
         if job.status == WITHDRAWN:
             self._secondary(actor, request_id, source_address, job.purpose, minted).check(
                 AuditAction.EXPORT_DOWNLOAD, job=job_id, file=name)  # still suspended: that is the answer
