@@ -16,12 +16,18 @@ from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
 from sharedcare.governance.agreements import note_file_agreements
+from sharedcare.governance.consent_fhir import consent_id, consent_id_key
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord
 
 OKAFOR_NHS = "9434765919"
+
+
+def consent_id_of(nhs_number: str) -> str:
+    """The id the service names the Consent held against `nhs_number` by (under the tests' secret)."""
+    return consent_id(consent_id_key(load_settings().secret), nhs_number)
 
 
 @dataclass

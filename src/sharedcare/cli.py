@@ -977,7 +977,7 @@ def preferences_show(
     choices are about the patient)."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
     from sharedcare.governance.consent import choices_for, numbers_of_person
-    from sharedcare.governance.consent_fhir import UK_TIME, as_provisions, consent_resource
+    from sharedcare.governance.consent_fhir import UK_TIME, as_provisions, consent_id, consent_id_key, consent_resource
     from sharedcare.identity.nhs_number import is_valid, normalise
     from sharedcare.store.models import Preference
 
@@ -991,7 +991,8 @@ def preferences_show(
                                           patient_id=person_id, detail={"nhs_number_suffix": number[-4:]}))
         pref = session.get(Preference, number)
         choices = choices_for(session, [number])
-        consent = consent_resource(number, choices, pref.version if pref else 0, pref.updated_at if pref else None, fw)
+        consent = consent_resource(consent_id(consent_id_key(_settings().secret), number), number, choices,
+                                   pref.version if pref else 0, pref.updated_at if pref else None, fw)
     if as_json:
         _print_json(consent)
         return

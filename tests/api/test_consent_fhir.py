@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, update
 from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
 from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_citizen_token
@@ -42,13 +42,17 @@ def _mine(ics: Ics) -> dict[str, str]:
 
 
 def _consent(*denies: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Consent", "id": OKAFOR_NHS, "status": "active",
+    return {"resourceType": "Consent", "id": consent_id_of(OKAFOR_NHS), "status": "active",
             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                                   "code": "patient-privacy"}]},
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
             "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": OKAFOR_NHS}},
             "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
             "provision": {"type": "permit", **({"provision": list(denies)} if denies else {})}}
+
+
+def _okafor_url() -> str:
+    return f"/fhir/Consent/{consent_id_of(OKAFOR_NHS)}"
 
 
 def _reader(org: str) -> dict[str, Any]:
@@ -91,11 +95,11 @@ def test_a_patient_hides_their_mental_health_from_everyone_but_their_gp(ics: Ics
     (entry,) = found.json()["entry"]
     assert entry["resource"]["provision"] == {"type": "permit"}  # nothing chosen: the framework's sharing
 
-    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
+    saved = ics.client.put(_okafor_url(), json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
     assert saved.json()["meta"]["versionId"] == "1"
-    read_back = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics)).json()
+    read_back = ics.client.get(_okafor_url(), headers=_mine(ics)).json()
     (deny,) = read_back["provision"]["provision"]
     assert deny["code"][0]["coding"][0]["code"] == "mental_health"
     assert deny["provision"][0]["actor"][0]["reference"]["identifier"]["value"] == "P81001"
@@ -109,11 +113,41 @@ def test_a_patient_hides_their_mental_health_from_everyone_but_their_gp(ics: Ics
         assert details(setting)["consent_version"] == "1"
 
 
+def test_a_consents_id_and_every_url_naming_it_keep_the_nhs_number_out_of_proxy_logs(ics: Ics, db: Database) -> None:
+    """TRUST DP1: a URL is kept by every proxy and access log, so a Consent is named by an opaque id,
+    the same at every read; the NHS number is only in the body, and no longer names the Consent."""
+    found = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=_mine(ics))
+    assert found.status_code == 200, found.text
+    (entry,) = found.json()["entry"]
+    resource_id = entry["resource"]["id"]
+    assert OKAFOR_NHS not in entry["fullUrl"] and OKAFOR_NHS not in resource_id
+    assert entry["fullUrl"].endswith(f"/fhir/Consent/{resource_id}")
+    assert entry["resource"]["patient"]["identifier"]["value"] == OKAFOR_NHS
+
+    read = ics.client.get(entry["fullUrl"], headers=_mine(ics))
+    assert read.status_code == 200, read.text
+    assert read.json()["id"] == resource_id  # stable: a client keeps it between reads
+    headers = {**_mine(ics), "Content-Type": "application/fhir+json", "If-Match": read.headers["ETag"]}
+    saved = ics.client.put(f"/fhir/Consent/{resource_id}", json={**_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
+                                                                 "id": resource_id}, headers=headers)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["id"] == resource_id and saved.headers["ETag"] == 'W/"1"'
+
+    by_number = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))
+    assert by_number.status_code == 404  # as any id that is not one of the patient's Consents
+    put_by_number = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json={**_consent(), "id": OKAFOR_NHS},
+                                   headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert put_by_number.status_code == 404
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.version == 1 and len(held.provisions) == 1  # the 404 changed nothing
+
+
 def test_object_to_all_sharing_except_in_an_emergency(ics: Ics) -> None:
     except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
                         "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
     assert _found(ics, "pharm.khan") == 1
-    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
+    saved = ics.client.put(_okafor_url(), json=_consent(except_emergency),
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
     ordinary = _ids(ics, ics.open_record("dr.oconnor"), "ordinary")
@@ -130,7 +164,7 @@ def test_search_finds_a_patient_sharing_only_in_an_emergency_as_the_frameworks_b
         ics: Ics, db: Database, framework: Framework) -> None:
     except_emergency = {"type": "deny", "purpose": [{"system": REASON, "code": "TREAT"}],
                         "provision": [{"type": "permit", "purpose": [{"system": REASON, "code": "ETREAT"}]}]}
-    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(except_emergency),
+    saved = ics.client.put(_okafor_url(), json=_consent(except_emergency),
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
     rule = framework.basis["emergency"].model_copy(update={"permission": "access:break-glass"})
@@ -154,13 +188,13 @@ def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics
             ({"type": "permit", "actor": [_reader("RXR")]}, "Consent.provision.provision[0].type"),
             ({"type": "deny", "provision": [{"type": "permit", "securityLabel": [{"code": "R"}]}]},
              "Consent.provision.provision[0].provision[0].securityLabel")):
-        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(provision), headers=headers)
+        refused = ics.client.put(_okafor_url(), json=_consent(provision), headers=headers)
         assert refused.status_code == 400, refused.text
         (issue,) = refused.json()["issue"]
         assert issue["expression"] == [element]
         # quoted like every other refusal: the correlation id the support desk finds it by
         assert refused.json()["extension"][0]["valueString"] == refused.headers["X-Request-ID"]
-    not_fhir = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json={**_consent(), "status": "nonsense"},
+    not_fhir = ics.client.put(_okafor_url(), json={**_consent(), "status": "nonsense"},
                               headers=headers)
     assert not_fhir.status_code == 400 and "status" in not_fhir.text
     with db.session() as s:
@@ -170,15 +204,15 @@ def test_what_the_decision_point_cannot_honour_is_refused_naming_the_element(ics
 def test_no_clinician_or_other_organisation_may_read_or_change_a_patients_consent(ics: Ics, db: Database) -> None:
     clinician = ics.token("dr.patel")
     assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=clinician).status_code == 403
-    assert ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=clinician).status_code == 403
-    changed = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),
+    assert ics.client.get(_okafor_url(), headers=clinician).status_code == 403
+    changed = ics.client.put(_okafor_url(), json=_consent(),
                              headers={**clinician, "Content-Type": "application/fhir+json"})
     assert changed.status_code == 403
     assert "only the patient" in changed.json()["issue"][0]["diagnostics"]
     stranger = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.stranger)}"}
-    assert ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=stranger).status_code == 404
+    assert ics.client.get(_okafor_url(), headers=stranger).status_code == 404
     assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=stranger).status_code == 404
-    stranger_put = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),
+    stranger_put = ics.client.put(_okafor_url(), json=_consent(),
                                   headers={**stranger, "Content-Type": "application/fhir+json"})
     assert stranger_put.status_code == 404
     with db.session() as s:
@@ -194,13 +228,13 @@ def test_the_three_earlier_choices_are_consent_provisions_and_come_back_as_they_
         set_choice(s, OKAFOR_NHS, by="patient", object_org="RYC")
         set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
         set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
-    consent = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics)).json()
+    consent = ics.client.get(_okafor_url(), headers=_mine(ics)).json()
     denies = consent["provision"]["provision"]
     assert denies[0] == {"type": "deny"}  # object to all sharing
     assert {(a["role"]["coding"][0]["code"], a["reference"]["identifier"]["value"]) for a in denies[1]["actor"]} \
         == {("IRCP", "RYC"), ("CST", "RYC")}  # object to one organisation, both ways
     assert {p["code"] for p in denies[2]["purpose"]} == {"HOPERAT", "HRESCH"}  # opt out of secondary use
-    sent_back = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=consent,
+    sent_back = ics.client.put(_okafor_url(), json=consent,
                                headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert sent_back.status_code == 200, sent_back.text
     with db.session() as s:
@@ -216,7 +250,7 @@ def test_search_does_not_find_a_patient_through_records_their_consent_hides_from
 
     assert found("para.evans") == 1
     from_ambulance = {"type": "deny", "actor": [_reader("RYA")]}  # the ambulance service holds nothing of his
-    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(from_ambulance),
+    saved = ics.client.put(_okafor_url(), json=_consent(from_ambulance),
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
     assert found("para.evans") == 0
@@ -225,13 +259,13 @@ def test_search_does_not_find_a_patient_through_records_their_consent_hides_from
 
 def test_a_change_sent_against_an_older_version_is_refused_and_changes_nothing(ics: Ics, db: Database) -> None:
     headers = {**_mine(ics), "Content-Type": "application/fhir+json"}
-    read = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))
+    read = ics.client.get(_okafor_url(), headers=_mine(ics))
     assert read.headers["ETag"] == 'W/"0"'
-    first = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
+    first = ics.client.put(_okafor_url(), json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP),
                            headers={**headers, "If-Match": read.headers["ETag"]})
     assert first.status_code == 200, first.text
     assert first.headers["ETag"] == 'W/"1"'
-    stale = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(),  # drawn from version 0: would clear it
+    stale = ics.client.put(_okafor_url(), json=_consent(),  # drawn from version 0: would clear it
                            headers={**headers, "If-Match": 'W/"0"'})
     assert stale.status_code == 412, stale.text
     assert "already changed" in stale.json()["issue"][0]["diagnostics"]
@@ -264,7 +298,7 @@ def _put_raw(ics: Ics, path: str, headers: dict[str, bytes], body: bytes) -> int
 def test_an_if_match_with_a_non_ascii_digit_is_refused_as_a_bad_request_and_audited(ics: Ics, db: Database) -> None:
     headers = {k: v.encode() for k, v in _mine(ics).items()} | {"Content-Type": b"application/fhir+json",
                                                                "If-Match": b'W/"\xb2"'}  # W/"²" read as Latin-1
-    status = _put_raw(ics, f"/fhir/Consent/{OKAFOR_NHS}", headers,
+    status = _put_raw(ics, _okafor_url(), headers,
                       orjson.dumps(_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP)))
     assert status == 400
     with db.session() as s:
@@ -298,11 +332,11 @@ def test_a_hostile_or_empty_consent_is_refused_naming_the_element_and_nothing_is
              "Consent.provision.provision[0].provision[0].actor"),
             (_consent(_nested(4)), "Consent.provision.provision[0].provision[0].provision[0].provision[0].provision"),
             (_consent(_nested(150)), None)):
-        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=body, headers=headers)
+        refused = ics.client.put(_okafor_url(), json=body, headers=headers)
         assert refused.status_code == 400, refused.text
         if element is not None:
             assert refused.json()["issue"][0]["expression"] == [element]
-    assert ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(_nested(3)), headers=headers).status_code == 200
+    assert ics.client.put(_okafor_url(), json=_consent(_nested(3)), headers=headers).status_code == 200
     with db.session() as s:
         held = s.get(Preference, OKAFOR_NHS)
         assert held is not None and held.version == 1  # only the last, honourable one
@@ -326,12 +360,12 @@ def test_a_hostile_period_key_or_size_is_refused_with_a_short_element_name_and_a
              "Consent.provision.provision[0].period.end"),
             (_consent({"type": "deny", long_key: True}), "Consent.provision.provision[0]"),
             ({**_consent(), long_key: True}, "Consent")):
-        refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=body, headers=headers)
+        refused = ics.client.put(_okafor_url(), json=body, headers=headers)
         assert refused.status_code == 400, refused.text
         assert refused.json()["issue"][0].get("expression") == [element], (element, refused.text[:500])
         assert "xxxx" not in refused.text
     too_big = _consent({"type": "deny", "code": [{"coding": [{"system": CATEGORY, "code": "mental_health"}]}] * 4000})
-    refused = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=too_big, headers=headers)
+    refused = ics.client.put(_okafor_url(), json=too_big, headers=headers)
     assert refused.status_code == 400 and "larger than" in refused.text
     with db.session() as s:
         assert s.get(Preference, OKAFOR_NHS) is None
@@ -351,10 +385,10 @@ def test_a_consent_sent_for_one_nhs_number_replaces_the_choices_held_against_all
     hospital = ics.open_record("dr.oconnor")
     assert "RXM:Condition" not in _ids(ics, hospital, "hidden")
 
-    cleared = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(), headers=headers)
+    cleared = ics.client.put(_okafor_url(), json=_consent(), headers=headers)
     assert cleared.status_code == 200, cleared.text
     found = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=_mine(ics)).json()
-    assert {e["resource"]["id"] for e in found["entry"]} == {OKAFOR_NHS, other_number}
+    assert {e["resource"]["id"] for e in found["entry"]} == {consent_id_of(OKAFOR_NHS), consent_id_of(other_number)}
     assert all(e["resource"]["provision"] == {"type": "permit"} for e in found["entry"])
     assert "RXM:Condition" in _ids(ics, hospital, "shown-again")  # no copy left in force under the other number
 
@@ -365,12 +399,12 @@ def test_a_consent_sent_against_one_numbers_version_never_undoes_a_choice_held_o
     with db.session() as s:  # the mental health trust knows him by another NHS number, linked to him
         s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=other_number))
         s.commit()
-    read = ics.client.get(f"/fhir/Consent/{OKAFOR_NHS}", headers=_mine(ics))  # the app reads the first number's
+    read = ics.client.get(_okafor_url(), headers=_mine(ics))  # the app reads the first number's
     with db.session() as s:  # meanwhile an objection is recorded against the other number alone (as the CLI does)
         set_choice(s, other_number, by="ig.officer", object_org="RYC")
         s.commit()
     headers = {**_mine(ics), "Content-Type": "application/fhir+json", "If-Match": read.headers["ETag"]}
-    stale = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP), headers=headers)
+    stale = ics.client.put(_okafor_url(), json=_consent(HIDE_MENTAL_HEALTH_EXCEPT_GP), headers=headers)
     assert stale.status_code == 412, stale.text
     with db.session() as s:
         held = s.get(Preference, other_number)
@@ -402,6 +436,7 @@ def test_an_operator_records_a_consent_from_the_command_line_for_a_patient_witho
 
     shown = runner.invoke(app, ["preferences", "show", other_number, "--json"])
     assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == consent_id_of(other_number)  # as the API names it
     (deny,) = json.loads(shown.stdout)["provision"]["provision"]
     assert deny["code"][0]["coding"][0]["code"] == "mental_health"
     monkeypatch.setenv("COLUMNS", "200")  # rich's width when not on a terminal

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 from tests.builders import SCT, bundle, patient, write_ndjson
 from tests.fhir_bundles import resources, withheld
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
 
 from sharedcare.api import fhir
 from sharedcare.api.auth import mint_citizen_token, mint_token
@@ -51,7 +51,7 @@ def _mine(ics: Ics) -> dict[str, str]:
 
 def _put_consent(ics: Ics, *denies: dict[str, Any]) -> None:
     """The patient's own PUT /fhir/Consent, holding these deny provisions."""
-    consent = {"resourceType": "Consent", "id": OKAFOR_NHS, "status": "active",
+    consent = {"resourceType": "Consent", "id": consent_id_of(OKAFOR_NHS), "status": "active",
                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                                      "code": "patient-privacy"}]},
                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
@@ -59,7 +59,7 @@ def _put_consent(ics: Ics, *denies: dict[str, Any]) -> None:
                "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                                           "code": "OPTIN"}]},
                "provision": {"type": "permit", "provision": list(denies)}}
-    saved = ics.client.put(f"/fhir/Consent/{OKAFOR_NHS}", json=consent,
+    saved = ics.client.put(f"/fhir/Consent/{consent_id_of(OKAFOR_NHS)}", json=consent,
                            headers={**_mine(ics), "Content-Type": "application/fhir+json"})
     assert saved.status_code == 200, saved.text
 

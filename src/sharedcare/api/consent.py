@@ -1,9 +1,10 @@
 """A patient's own Consent over FHIR: `GET /fhir/Consent?patient=`, `GET` and `PUT /fhir/Consent/{id}`.
 
 Only the patient's own token (a citizen's) may read or change their Consent; anyone else (a clinician,
-another organisation's system) is refused, audited. The id is the NHS number the Consent is held
-against. A PUT is validated and checked element by element (governance/consent_fhir.py); what the
-decision point could not honour exactly is refused with a 400 naming the element.
+another organisation's system) is refused, audited. The id is a keyed digest of the NHS number the
+Consent is held against (`consent_id`), never the number: a URL is kept by every proxy. A PUT is
+validated and checked element by element (governance/consent_fhir.py); what the decision point could
+not honour exactly is refused with a 400 naming the element.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def read_consent(consent_id: str, request: Request) -> JSONResponse:
 
 @router.put("/Consent/{consent_id}", openapi_extra=BODY)
 async def update_consent(consent_id: str, request: Request) -> JSONResponse:
-    """Replace the caller's choices held against one of their NHS numbers with the Consent sent."""
+    """Replace the caller's choices held against one of their NHS numbers (the one the id names) with the
+    Consent sent."""
     sent = await _body(request)
 
     def replace() -> JSONResponse:

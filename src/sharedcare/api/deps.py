@@ -21,6 +21,7 @@ from sharedcare.config import Settings
 from sharedcare.governance.agreements import effective_agreements
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.clients import current_actor
+from sharedcare.governance.consent_fhir import consent_id_key
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, GovernedRecords
@@ -28,7 +29,7 @@ from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.scopes import patient_level_only, read_scopes
 from sharedcare.governance.tokens import OAuthStore, refusal
-from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, IgWorkspace
+from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, ConsentWorkspace, IgWorkspace
 from sharedcare.store.database import Database
 
 SESSION_COOKIE = "sc_session"
@@ -221,13 +222,14 @@ def governed_records(request: Request) -> Iterator[GovernedRecords]:
 
 
 @contextmanager
-def own_consent(request: Request, action: AuditAction) -> Iterator[CitizenWorkspace]:
-    """The caller's own choices (`CitizenWorkspace`), committed when the block ends: only a patient's own
+def own_consent(request: Request, action: AuditAction) -> Iterator[ConsentWorkspace]:
+    """The caller's own choices (`ConsentWorkspace`), committed when the block ends: only a patient's own
     token may read or change their Consent; anyone else is refused, audited (`action`)."""
     state = request.app.state
     with state.database.session() as session:
         actor = caller(request, state.settings, state.framework, session)
-        yield CitizenWorkspace.for_consent(session, state.framework, actor, action,
+        yield ConsentWorkspace.for_consent(session, state.framework, actor, action,
+                                           consent_id_key(state.settings.secret),
                                            request_id=request.state.request_id, client_id=request.state.client_id)
 
 

@@ -8,6 +8,7 @@ point honours: anything else is refused naming the element (`ConsentRefused`), n
 
 from __future__ import annotations
 
+import hmac
 import re
 from calendar import monthrange
 from datetime import UTC, date, datetime, time
@@ -93,15 +94,28 @@ def as_provisions(choices: Choices) -> list[Provision]:
     return found + list(choices.provisions)
 
 
-def consent_resource(nhs_number: str, choices: Choices, version: int, updated: datetime | None,
+def consent_id_key(secret: str) -> bytes:
+    """What Consent ids are keyed by: the service's secret under a label of its own, so it is never the key
+    of anything else (tokens, pseudonyms, checkpoints)."""
+    return hmac.digest(secret.encode(), b"sharedcare consent id key", "sha256")
+
+
+def consent_id(key: bytes, nhs_number: str) -> str:
+    """The id of the Consent held against `nhs_number`: the same at every read (a client keeps it, If-Match),
+    yet an id in a URL, which every proxy logs, neither shows the number nor can be turned back into it
+    without the key (NHS numbers are few enough to try them all against an unkeyed digest)."""
+    return hmac.new(key, nhs_number.encode(), "sha256").hexdigest()[:32]
+
+
+def consent_resource(resource_id: str, nhs_number: str, choices: Choices, version: int, updated: datetime | None,
                      fw: Framework) -> dict[str, Any]:
-    """The patient's choices held against one NHS number as a FHIR R4 Consent (id: the NHS number)."""
+    """The patient's choices held against one NHS number as a FHIR R4 Consent (id: `consent_id`'s)."""
     base: dict[str, Any] = {"type": "permit"}
     denies = [_provision(p, fw) for p in as_provisions(choices)]
     if denies:
         base["provision"] = denies
     consent: dict[str, Any] = {
-        "resourceType": "Consent", "id": nhs_number, "meta": {"versionId": str(version)},
+        "resourceType": "Consent", "id": resource_id, "meta": {"versionId": str(version)},
         "status": "active", "scope": {"coding": [SCOPE]}, "category": [{"coding": [CATEGORY]}],
         "patient": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number}},
         "policyRule": {"coding": [POLICY], "text": f"{fw.name}, framework version {fw.version}: sharing for care "

@@ -9,6 +9,7 @@ becomes one: found by NHS number and date of birth, then a one-time code, every 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from sharedcare.governance.consent import (
     replace_choices,
     set_choice,
 )
-from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent, consent_resource
+from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent, consent_id, consent_resource
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
 from sharedcare.governance.gateway import (
     AccessDenied,
@@ -163,22 +164,6 @@ class CitizenWorkspace:
         self.actor = citizen_actor(fw, person_id)
         self.request_id = request_id
 
-    @classmethod
-    def for_consent(cls, session: Session, fw: Framework, actor: Actor, action: AuditAction,
-                    request_id: str | None = None, client_id: str | None = None) -> CitizenWorkspace:
-        """The workspace of the patient `actor` is, to read or change their Consent; anyone else (a
-        clinician, another organisation's system) is refused, audited: no one changes a patient's choices
-        for them."""
-        if actor.person_id is None:
-            record_audit(session, AuditRecord(action, "deny", actor.username,
-                                              role=actor.role.name if actor.role else None,
-                                              organisation=actor.organisation or None, purpose="governance",
-                                              rule_id="deny-not-own-consent", request_id=request_id,
-                                              client_id=client_id))
-            session.commit()
-            raise AccessDenied("deny-not-own-consent", "only the patient may read or change their own Consent")
-        return cls(session, fw, actor.person_id, request_id=request_id)
-
     def nhs_numbers(self) -> list[str]:
         """Each NHS number the citizen's source records carry, once (several sources send the same one)."""
         return sorted({n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
@@ -241,49 +226,6 @@ class CitizenWorkspace:
         pref = self.session.get(Preference, nhs_number)
         return pref.version if pref else 0
 
-    def consents(self, patient: str | None) -> list[dict[str, Any]]:
-        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited);
-        `patient` (a search's) must be the citizen, or the search is refused, audited."""
-        if patient is None:
-            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-invalid-request", "patient")
-            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
-        if patient.removeprefix("Patient/") != self.person_id:
-            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-not-own-consent", "patient")
-            raise NotFound("you can see only your own Consent")
-        self._audit_view()
-        return [self._consent(number) for number in self.nhs_numbers()]
-
-    def consent(self, nhs_number: str) -> dict[str, Any]:
-        self._own(AuditAction.PREFERENCE_VIEW, nhs_number)
-        self._audit_view()
-        return self._consent(nhs_number)
-
-    def replace_consent(self, nhs_number: str, body: Any, expected_version: int | None = None) -> dict[str, Any]:
-        """Hold the Consent the citizen sent for one of their NHS numbers in place of their choices, against
-        every NHS number they have (the choices held against all of them apply together, so replacing one
-        number's alone would leave the others' in force); refused, naming the element, if the decision
-        point could not honour it exactly; VersionConflict if `expected_version` is given and is no longer
-        the version held against `nhs_number`, or another number holds other choices than it (the sender
-        saw only `nhs_number`'s). Each refusal audited."""
-        self._own(AuditAction.PREFERENCE_SET, nhs_number)
-        try:
-            choices = choices_from_consent(body, nhs_number, self.fw)
-            replace_choices(self.session, self.nhs_numbers(), nhs_number, choices, by=self.actor.username,
-                            person_id=self.person_id, expected_version=expected_version)
-        except ConsentRefused as refused:
-            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
-            raise
-        except VersionConflict:
-            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-version-changed", "If-Match")
-            raise
-        return self._consent(nhs_number)
-
-    def _own(self, action: AuditAction, nhs_number: str) -> None:
-        """Refuse (audited, as not found) a Consent id that is not one of the citizen's NHS numbers."""
-        if nhs_number not in self.nhs_numbers():
-            self.audit_refusal(action, "deny-not-own-consent", "Consent.id")
-            raise NotFound(f"no Consent '{nhs_number}' of yours")
-
     def audit_refusal(self, action: AuditAction, rule_id: str, where: str | None) -> None:
         """Audit a refused request about the citizen's choices, durably: whatever the request had begun is
         rolled back, the refusal is committed before the error leaves."""
@@ -294,17 +236,6 @@ class CitizenWorkspace:
                                                request_id=self.request_id,
                                                detail={"where": where} if where else {}))
         self.session.commit()
-
-    def _consent(self, nhs_number: str) -> dict[str, Any]:
-        pref = self.session.get(Preference, nhs_number)
-        return consent_resource(nhs_number, choices_for(self.session, [nhs_number]), self._version(nhs_number),
-                                pref.updated_at if pref else None, self.fw)
-
-    def _audit_view(self) -> None:
-        record_audit(self.session, AuditRecord(AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
-                                               role=self.actor.role.name if self.actor.role else None,
-                                               purpose="self-access", patient_id=self.person_id,
-                                               request_id=self.request_id, detail={"as": "FHIR Consent"}))
 
     def set_choice(self, change: Literal["object-all", "share-again", "object-org", "allow-org", "opt-out-secondary",
                                          "opt-in-secondary", "clear"],
@@ -322,6 +253,92 @@ class CitizenWorkspace:
                        opt_out_secondary=switch[change] if change.endswith("-secondary") else None,
                        clear=change == "clear")
         return self.choices()
+
+
+class ConsentWorkspace(CitizenWorkspace):
+    """A citizen's own choices as FHIR Consents, one per NHS number, each named by `consent_id` under the
+    service's key: never by the number, which a URL would leave in every proxy's log."""
+
+    def __init__(self, session: Session, fw: Framework, person_id: str, consent_key: bytes,
+                 request_id: str | None = None) -> None:
+        super().__init__(session, fw, person_id, request_id=request_id)
+        self.consent_key = consent_key
+
+    @classmethod
+    def for_consent(cls, session: Session, fw: Framework, actor: Actor, action: AuditAction, consent_key: bytes,
+                    request_id: str | None = None, client_id: str | None = None) -> ConsentWorkspace:
+        """The workspace of the patient `actor` is, to read or change their Consent; anyone else (a
+        clinician, another organisation's system) is refused, audited: no one changes a patient's choices
+        for them."""
+        if actor.person_id is None:
+            record_audit(session, AuditRecord(action, "deny", actor.username,
+                                              role=actor.role.name if actor.role else None,
+                                              organisation=actor.organisation or None, purpose="governance",
+                                              rule_id="deny-not-own-consent", request_id=request_id,
+                                              client_id=client_id))
+            session.commit()
+            raise AccessDenied("deny-not-own-consent", "only the patient may read or change their own Consent")
+        return cls(session, fw, actor.person_id, consent_key, request_id=request_id)
+
+    def consents(self, patient: str | None) -> list[dict[str, Any]]:
+        """The citizen's choices as FHIR Consents, one per NHS number their record carries (audited);
+        `patient` (a search's) must be the citizen, or the search is refused, audited."""
+        if patient is None:
+            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-invalid-request", "patient")
+            raise InvalidRequest("name the patient: GET /fhir/Consent?patient=<your record's id>")
+        if patient.removeprefix("Patient/") != self.person_id:
+            self.audit_refusal(AuditAction.PREFERENCE_VIEW, "deny-not-own-consent", "patient")
+            raise NotFound("you can see only your own Consent")
+        self._audit_view()
+        return [self._consent(number) for number in self.nhs_numbers()]
+
+    def consent(self, resource_id: str) -> dict[str, Any]:
+        number = self._own(AuditAction.PREFERENCE_VIEW, resource_id)
+        self._audit_view()
+        return self._consent(number)
+
+    def replace_consent(self, resource_id: str, body: Any, expected_version: int | None = None) -> dict[str, Any]:
+        """Hold the Consent the citizen sent for one of their NHS numbers (the one `resource_id` names) in
+        place of their choices, against every NHS number they have (the choices held against all of them
+        apply together, so replacing one number's alone would leave the others' in force); refused, naming
+        the element, if the decision point could not honour it exactly; VersionConflict if
+        `expected_version` is given and is no longer the version held against that number, or another
+        number holds other choices than it (the sender saw only that number's). Each refusal audited."""
+        number = self._own(AuditAction.PREFERENCE_SET, resource_id)
+        try:
+            choices = choices_from_consent(body, number, self.fw)
+            replace_choices(self.session, self.nhs_numbers(), number, choices, by=self.actor.username,
+                            person_id=self.person_id, expected_version=expected_version)
+        except ConsentRefused as refused:
+            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-not-honoured", refused.where)
+            raise
+        except VersionConflict:
+            self.audit_refusal(AuditAction.PREFERENCE_SET, "deny-consent-version-changed", "If-Match")
+            raise
+        return self._consent(number)
+
+    def _own(self, action: AuditAction, resource_id: str) -> str:
+        """The citizen's NHS number whose Consent `resource_id` names, found among their own few numbers
+        (compared in constant time, so no table of ids is kept); any other id, an NHS number too, is refused
+        (audited, as not found)."""
+        sent = resource_id.encode()
+        found = [n for n in self.nhs_numbers() if hmac.compare_digest(consent_id(self.consent_key, n).encode(), sent)]
+        if not found:
+            self.audit_refusal(action, "deny-not-own-consent", "Consent.id")
+            raise NotFound(f"no Consent '{resource_id}' of yours")
+        return found[0]
+
+    def _consent(self, nhs_number: str) -> dict[str, Any]:
+        pref = self.session.get(Preference, nhs_number)
+        return consent_resource(consent_id(self.consent_key, nhs_number), nhs_number,
+                                choices_for(self.session, [nhs_number]), self._version(nhs_number),
+                                pref.updated_at if pref else None, self.fw)
+
+    def _audit_view(self) -> None:
+        record_audit(self.session, AuditRecord(AuditAction.PREFERENCE_VIEW, "permit", self.actor.username,
+                                               role=self.actor.role.name if self.actor.role else None,
+                                               purpose="self-access", patient_id=self.person_id,
+                                               request_id=self.request_id, detail={"as": "FHIR Consent"}))
 
 
 @dataclass(frozen=True)
