@@ -396,6 +396,33 @@ def test_files_split_into_messages_whatever_the_line_endings(framework: Framewor
     assert [s.resources[1].content["status"] for s in staged] == ["in-progress", "finished"]
 
 
+def _blank_line_before(text: str, segment: str) -> str:
+    """`text` with a blank line (CRLF CRLF) before its first segment that starts with `segment`."""
+    segments = text.split("\r")
+    at = next(i for i, s in enumerate(segments) if s.startswith(segment))
+    return "\r".join(segments[:at]) + "\r\n\r\n" + "\r".join(segments[at:])
+
+
+def test_a_blank_line_inside_a_message_does_not_split_it(db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A message starts only at an MSH. A blank line after a report's first result stored one result of four
+    and held the rest as a message starting with NTE; one before an update's PD1 stored the Patient without
+    its GP and next of kin, erasing what the admission had stored."""
+    update = adt("A08", "PAS2", "20260111090000", pid(), "PD1|||Riverside Medical Centre^^P81001",
+                 "NK1|1|ADEYEMI^Ngozi^^^Mrs|CHD^Daughter^HL70063||07700 900461||N^Next-of-Kin^HL70131", "PV1|1|N")
+    path = write_hl7(tmp_path / "RXR" / "feed.hl7", [admission(), _blank_line_before(update, "PD1"),
+                                                     _blank_line_before(results(), "NTE|1|L|Repeat")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.messages, report.quarantined) == (3, 0), report.quarantine
+    patient = _contents(db, "Patient")["H100"]
+    assert patient["generalPractitioner"][0]["identifier"]["value"] == "P81001"
+    assert patient["contact"][0]["name"]["family"] == "ADEYEMI"
+    observations = _contents(db, "Observation")
+    assert sorted(observations) == ["F1-1", "F1-2", "F1-3", "F1-4"]
+    assert observations["F1-1"]["note"] == [{"text": "Repeat in 2-3 days"}]
+    (lab_report,) = _contents(db, "DiagnosticReport").values()
+    assert len(lab_report["result"]) == 4
+
+
 def test_the_source_is_msh_4_else_the_folder_else_the_override(framework: Framework, tmp_path: Path) -> None:
     unknown_facility = admission().replace("|PAS|RXR|", "|PAS|RXR-MAIN|")
     path = write_hl7(tmp_path / "RXR" / "pas.hl7", [admission(), unknown_facility])

@@ -68,21 +68,22 @@ _SEGMENT_END = re.compile(r"\r\n|\r|\n")
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
-    """Yield the messages in an HL7 file. A message starts at each MSH or after a blank line, so files
-    that end segments with CR, LF or CRLF and separate messages with a newline or a blank line all read.
-    Batch envelope segments (FHS, BHS, BTS, FTS) are not messages and are skipped."""
+    """Yield the messages in an HL7 file. A message starts at each MSH and nowhere else, so files that end
+    segments with CR, LF or CRLF and separate messages with a newline or a blank line all read, and a blank
+    line inside a message is left out of it rather than splitting it (the rest of an ORU's results, or an
+    A08's PD1 and NK1, would have been held as a message of their own). Batch envelope segments (FHS, BHS,
+    BTS, FTS) are not messages and are skipped."""
     number = held = 0
     lines: list[bytes] = []
-    for line in chain(_segments(path), [b""]):
-        body = line.rstrip(b"\r\n")
-        if lines and (not body.strip() or body.startswith(b"MSH")):
+    for line in chain(_segments(path), [None]):
+        if lines and (line is None or line.startswith(b"MSH")):
             number += 1
             payload = b"".join(lines).rstrip(b"\r\n")
             yield (_raw_message(path, number, payload) if held <= MAX_MESSAGE_BYTES else
                    too_large(str(path), f"message {number}", "hl7v2", payload, held,
                              "is a segment separator or an MSH missing?"))
             lines, held = [], 0
-        if body.strip() and not body.startswith(_BATCH_ENVELOPE):
+        if line is not None and line.strip() and not line.startswith(_BATCH_ENVELOPE):
             held += len(line)
             if held <= MAX_MESSAGE_BYTES or not lines:  # past the limit only the start is kept
                 lines.append(line[:MAX_MESSAGE_BYTES + 1])
