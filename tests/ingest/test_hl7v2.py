@@ -423,6 +423,25 @@ def test_a_blank_line_inside_a_message_does_not_split_it(db: Database, framework
     assert len(lab_report["result"]) == 4
 
 
+@pytest.mark.parametrize(("patient", "start"), [({"name": "OKAFOR^Em\reka"}, "eka"),
+                                                ({"address": "14 Mill\nLane^^Riverside^^RV3 7QT^GBR^H"}, "Lane^^Rive")],
+                         ids=["cr-in-name", "lf-in-address"])
+def test_a_line_end_inside_a_field_holds_the_message_naming_the_segment_it_cut(
+        db: Database, framework: Framework, tmp_path: Path, patient: dict[str, str], start: str) -> None:
+    """An unescaped CR or LF cuts its segment, and what follows is no segment at all: read on, the name was
+    stored as 'Em' with no birth date and the rest dropped. The whole message is held, naming the line."""
+    cut = admission(**patient)
+    path = write_hl7(tmp_path / "RXR" / "pas.hl7", [cut, admission("PAS2", mrn="H2", visit="V2")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.messages, report.quarantined) == (2, 1)
+    (held,) = report.quarantine
+    assert held["where"].endswith("message 1 (MSH-10 PAS1), segment 4")
+    assert f"segment 4 (after PID) starts '{start}', which is not a segment ID" in held["reason"]
+    assert set(_contents(db, "Patient")) == {"H2"}
+    with db.session() as s:
+        assert s.scalars(select(Quarantine.payload)).one() == cut.encode("latin-1").rstrip(b"\r")
+
+
 def test_the_source_is_msh_4_else_the_folder_else_the_override(framework: Framework, tmp_path: Path) -> None:
     unknown_facility = admission().replace("|PAS|RXR|", "|PAS|RXR-MAIN|")
     path = write_hl7(tmp_path / "RXR" / "pas.hl7", [admission(), unknown_facility])

@@ -65,6 +65,7 @@ _VALIDATION_CONDITIONS = (
     (re.compile(r"is not one of"), Condition.TABLE_VALUE),
 )
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
@@ -132,13 +133,25 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
                            rejected=True) from exc
     seen: Counter[str] = Counter()
     segments = []
-    for fields in message:
+    for position, fields in enumerate(message, start=1):
         name = fields[0]
+        if not _SEGMENT_ID.fullmatch(name):
+            raise _not_a_segment(raw, position, name or encoding.field, message[position - 2][0])
         if name.startswith("Z"):
             continue
         seen[name] += 1
         segments.append(Seg(fields, encoding, f"{name}[{seen[name]}]" if name in REPEATING else name, raw.where))
     return segments
+
+
+def _not_a_segment(raw: RawMessage, position: int, start: str, previous: str) -> MessageError:
+    """A line that is no segment (`start`: what stands where its ID should): most often the rest of a field cut
+    by a CR or LF the sender did not escape, which read on would leave that field truncated and the fields after
+    it (a birth date, an address) unread."""
+    return MessageError(f"segment {position} (after {previous}) starts '{start[:10]}', which is not a segment ID "
+                        "(three capital letters or digits, as PID): a carriage return or line feed inside a field "
+                        "ends its segment early; the sender must escape it (\\X0D\\, \\X0A\\ or \\.br\\)",
+                        f"{raw.where}, segment {position}", condition=Condition.SEGMENT_SEQUENCE, rejected=True)
 
 
 def _decode(raw: RawMessage) -> list[Seg]:
