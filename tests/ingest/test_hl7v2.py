@@ -349,6 +349,7 @@ def test_a_registration_sent_again_after_its_correction_in_the_same_second_moves
 
 _BROKEN = {
     "no message type": (message(msh("", "X1"), pid(), pv1()), "MSH-9", "no message type"),
+    "no control id": (admission(control=""), "MSH-10", "no message control id (MSH-10)"),
     "merge of an unknown record": (adt("A40", "X2", "20260110090000", pid(), "MRG|H099^^^RXR^MR"), "MRG-1",
                                    "has sent no patient 'H099'"),
     "unhandled event": (adt("A17", "X3", "20260110090000", pid(), pv1()), "MSH-9", "ADT^A17 is not handled"),

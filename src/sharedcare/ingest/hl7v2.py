@@ -273,10 +273,7 @@ def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sende
             return []
         raise msh.error(f"ADT^{event} has no PV1 segment: the visit is required", 9,
                         condition=Condition.SEGMENT_SEQUENCE)
-    visit = pv1.get(19) or msh.get(10)
-    if not visit:
-        raise pv1.error("no visit number (PV1-19) and no message control id (MSH-10) to identify the visit", 19,
-                        condition=Condition.REQUIRED_FIELD)
+    visit = pv1.get(19) or msh.get(10)  # (stage_hl7 has refused a message without MSH-10)
     return [(pv1.label, hmap.encounter(pv1, ADT_EVENTS[event], visit, subject, sender, reopened=event == "A13"))]
 
 
@@ -334,6 +331,9 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
     with sent_by(source_override or (msh.get(4) if msh.get(4) in fw.organisations else None)):
         _refuse_active_content(segments)
         kind, event = _message_type(msh, segments)
+        if not msh.get(10):
+            raise msh.error("no message control id (MSH-10): the ACK names the message by it, and a corrected copy "
+                            "is known by it", 10, condition=Condition.REQUIRED_FIELD, rejected=True)
         if msh.get(11) not in ("", "P"):
             raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
                             "must not join a live record", 11, condition=Condition.PROCESSING_ID)
@@ -345,7 +345,7 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
                             condition=Condition.REQUIRED_FIELD)
         received = raw.received
         _not_future(msh, 7, sent, received)
-        staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
+        staged = StagedMessage(sender.org, system, msh.get(10))
         pid = _one_patient(segments, raw)
         patient = hmap.patient(pid, _first(segments, "PD1"), [s for s in segments if s.name == "NK1"], sender)
         mrn = patient["id"]
