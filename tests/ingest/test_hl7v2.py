@@ -163,6 +163,23 @@ def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, 
     assert names == {"H1": ("JONES", "Siân"), "H2": ("O'BRIEN", "Zoë"), "H3": ("MÜLLER", "Renée")}
 
 
+def test_utf8_without_msh_18_is_read_as_utf8_and_noted(db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A message without MSH-18 whose bytes are UTF-8 beyond ASCII is read as UTF-8, not ISO 8859-1: an update
+    so sent stored "ZOÃ" and a control character over the name its admission had stored right."""
+    first = admission(name="ZOË^Zoë")  # declared 8859/1, and so encoded
+    update = adt("A08", "PAS2", "20260111090000", pid(name="ZOË^Zoë", address="1 Quay Street^^Riverside^^RV1 1AA"),
+                 "PD1|||Riverside Medical Centre^^P81001").replace("|8859/1\r", "|\r")
+    path = tmp_path / "RXR" / "pas.hl7"
+    path.parent.mkdir()
+    path.write_bytes(first.encode("latin-1") + b"\n" + update.encode("utf-8") + b"\n")
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.accepted, report.quarantined) == (3, 0), report.quarantine
+    patient = _contents(db, "Patient")["H100"]
+    assert (patient["name"][0]["family"], patient["name"][0]["given"][0]) == ("ZOË", "Zoë")
+    assert patient["address"][0]["line"] == ["1 Quay Street"]  # the update was stored
+    assert report.to_json()["notes"] == {hl7v2.READ_AS_UTF8: 1}
+
+
 def _late_update_feed(tmp_path: Path) -> Path:
     """An A01, its A03, then an A08 sent late: its event time (EVN-2) is before the discharge."""
     late_a08 = adt("A08", "PAS3", "20260112120000", pid(address="9 New Road^^Riverside^^RV9 9ZZ^GBR^H"),
