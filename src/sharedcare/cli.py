@@ -171,6 +171,8 @@ def _report_table(report: dict[str, Any]) -> Table:
         table.add_row(key, str(report[key]))
     for rtype, n in report["set_aside"].items():
         table.add_row(f"set aside: {rtype}", str(n))
+    for note, n in report["notes"].items():
+        table.add_row(f"note: {note}", str(n))
     return table
 
 

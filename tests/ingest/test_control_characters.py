@@ -25,7 +25,7 @@ PATIENT = {"resourceType": "Patient", "id": "gp-1",
            "name": [{"family": "OKAFOR", "given": ["Emeka"]}], "birthDate": "1945-03-02", "gender": "male"}
 
 
-@pytest.mark.parametrize(("escape", "code"), [("\\X00\\", "U+0000"), ("\\X1B\\", "U+001B")])
+@pytest.mark.parametrize(("escape", "code"), [("\\X00\\", "U+0000"), ("\\X1B\\", "U+001B"), ("\\X85\\", "U+0085")])
 def test_an_hl7_escape_that_gives_a_control_character_is_answered_ae_and_held(
         db: Database, framework: Framework, escape: str, code: str) -> None:
     message = A01.format(dob="19450302").replace("OKAFOR", f"OKA{escape}FOR").encode("latin-1")
@@ -36,6 +36,21 @@ def test_an_hl7_escape_that_gives_a_control_character_is_answered_ae_and_held(
         assert s.scalars(select(PatientRecord)).all() == [] and s.scalars(select(Resource)).all() == []
         (held,) = s.scalars(select(Quarantine)).all()
         assert f"control character {code}" in held.reason
+
+
+def test_utf8_sent_as_iso_8859_1_is_answered_ae_naming_the_field_not_stored_garbled(
+        db: Database, framework: Framework) -> None:
+    """MSH-18 says ISO 8859-1 but the bytes are UTF-8: "ZOË" read so is "ZOÃ" and U+008B, a C1 control character
+    no name holds. It was stored so, over the correct name; it is held, naming PID-5 and the character set."""
+    message = A01.format(dob="19450302").replace("OKAFOR^Emeka", "ZOË^Zoë").encode("utf-8")
+    ack = MllpServer(Pipeline(db, framework)).handle(message, "127.0.0.1:5000").decode("latin-1")
+    msa = next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
+    err = next(s for s in ack.split("\r") if s.startswith("ERR")).split("|")
+    assert msa[1] == "AE" and err[1] == "PID^1^5" and err[3] == "102^Data type error^HL70357"
+    assert "control character U+008B" in msa[3] and "declare its character set in MSH-18" in msa[3]
+    with db.session() as s:
+        assert s.scalars(select(Resource)).all() == []
+        assert s.scalars(select(Quarantine.payload)).one() == message
 
 
 def test_a_fhir_string_holding_a_nul_is_held_naming_the_element(db: Database, framework: Framework) -> None:

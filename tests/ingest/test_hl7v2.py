@@ -163,6 +163,23 @@ def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, 
     assert names == {"H1": ("JONES", "Siân"), "H2": ("O'BRIEN", "Zoë"), "H3": ("MÜLLER", "Renée")}
 
 
+def test_utf8_without_msh_18_is_read_as_utf8_and_noted(db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A message without MSH-18 whose bytes are UTF-8 beyond ASCII is read as UTF-8, not ISO 8859-1: an update
+    so sent stored "ZOÃ" and a control character over the name its admission had stored right."""
+    first = admission(name="ZOË^Zoë")  # declared 8859/1, and so encoded
+    update = adt("A08", "PAS2", "20260111090000", pid(name="ZOË^Zoë", address="1 Quay Street^^Riverside^^RV1 1AA"),
+                 "PD1|||Riverside Medical Centre^^P81001").replace("|8859/1\r", "|\r")
+    path = tmp_path / "RXR" / "pas.hl7"
+    path.parent.mkdir()
+    path.write_bytes(first.encode("latin-1") + b"\n" + update.encode("utf-8") + b"\n")
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.accepted, report.quarantined) == (3, 0), report.quarantine
+    patient = _contents(db, "Patient")["H100"]
+    assert (patient["name"][0]["family"], patient["name"][0]["given"][0]) == ("ZOË", "Zoë")
+    assert patient["address"][0]["line"] == ["1 Quay Street"]  # the update was stored
+    assert report.to_json()["notes"] == {hl7v2.READ_AS_UTF8: 1}
+
+
 def _late_update_feed(tmp_path: Path) -> Path:
     """An A01, its A03, then an A08 sent late: its event time (EVN-2) is before the discharge."""
     late_a08 = adt("A08", "PAS3", "20260112120000", pid(address="9 New Road^^Riverside^^RV9 9ZZ^GBR^H"),
@@ -349,6 +366,7 @@ def test_a_registration_sent_again_after_its_correction_in_the_same_second_moves
 
 _BROKEN = {
     "no message type": (message(msh("", "X1"), pid(), pv1()), "MSH-9", "no message type"),
+    "no control id": (admission(control=""), "MSH-10", "no message control id (MSH-10)"),
     "merge of an unknown record": (adt("A40", "X2", "20260110090000", pid(), "MRG|H099^^^RXR^MR"), "MRG-1",
                                    "has sent no patient 'H099'"),
     "unhandled event": (adt("A17", "X3", "20260110090000", pid(), pv1()), "MSH-9", "ADT^A17 is not handled"),
@@ -394,6 +412,52 @@ def test_files_split_into_messages_whatever_the_line_endings(framework: Framewor
     assert [r.location for r in raws] == ["message 1 (MSH-10 PAS1)", "message 2 (MSH-10 PAS2)"]
     staged = [hl7v2.stage_hl7(raw, framework, None) for raw in raws]
     assert [s.resources[1].content["status"] for s in staged] == ["in-progress", "finished"]
+
+
+def _blank_line_before(text: str, segment: str) -> str:
+    """`text` with a blank line (CRLF CRLF) before its first segment that starts with `segment`."""
+    segments = text.split("\r")
+    at = next(i for i, s in enumerate(segments) if s.startswith(segment))
+    return "\r".join(segments[:at]) + "\r\n\r\n" + "\r".join(segments[at:])
+
+
+def test_a_blank_line_inside_a_message_does_not_split_it(db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A message starts only at an MSH. A blank line after a report's first result stored one result of four
+    and held the rest as a message starting with NTE; one before an update's PD1 stored the Patient without
+    its GP and next of kin, erasing what the admission had stored."""
+    update = adt("A08", "PAS2", "20260111090000", pid(), "PD1|||Riverside Medical Centre^^P81001",
+                 "NK1|1|ADEYEMI^Ngozi^^^Mrs|CHD^Daughter^HL70063||07700 900461||N^Next-of-Kin^HL70131", "PV1|1|N")
+    path = write_hl7(tmp_path / "RXR" / "feed.hl7", [admission(), _blank_line_before(update, "PD1"),
+                                                     _blank_line_before(results(), "NTE|1|L|Repeat")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.messages, report.quarantined) == (3, 0), report.quarantine
+    patient = _contents(db, "Patient")["H100"]
+    assert patient["generalPractitioner"][0]["identifier"]["value"] == "P81001"
+    assert patient["contact"][0]["name"]["family"] == "ADEYEMI"
+    observations = _contents(db, "Observation")
+    assert sorted(observations) == ["F1-1", "F1-2", "F1-3", "F1-4"]
+    assert observations["F1-1"]["note"] == [{"text": "Repeat in 2-3 days"}]
+    (lab_report,) = _contents(db, "DiagnosticReport").values()
+    assert len(lab_report["result"]) == 4
+
+
+@pytest.mark.parametrize(("patient", "start"), [({"name": "OKAFOR^Em\reka"}, "eka"),
+                                                ({"address": "14 Mill\nLane^^Riverside^^RV3 7QT^GBR^H"}, "Lane^^Rive")],
+                         ids=["cr-in-name", "lf-in-address"])
+def test_a_line_end_inside_a_field_holds_the_message_naming_the_segment_it_cut(
+        db: Database, framework: Framework, tmp_path: Path, patient: dict[str, str], start: str) -> None:
+    """An unescaped CR or LF cuts its segment, and what follows is no segment at all: read on, the name was
+    stored as 'Em' with no birth date and the rest dropped. The whole message is held, naming the line."""
+    cut = admission(**patient)
+    path = write_hl7(tmp_path / "RXR" / "pas.hl7", [cut, admission("PAS2", mrn="H2", visit="V2")])
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.messages, report.quarantined) == (2, 1)
+    (held,) = report.quarantine
+    assert held["where"].endswith("message 1 (MSH-10 PAS1), segment 4")
+    assert f"segment 4 (after PID) starts '{start}', which is not a segment ID" in held["reason"]
+    assert set(_contents(db, "Patient")) == {"H2"}
+    with db.session() as s:
+        assert s.scalars(select(Quarantine.payload)).one() == cut.encode("latin-1").rstrip(b"\r")
 
 
 def test_the_source_is_msh_4_else_the_folder_else_the_override(framework: Framework, tmp_path: Path) -> None:

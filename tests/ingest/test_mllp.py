@@ -159,9 +159,12 @@ def _held_id(db: Database) -> int:
     (("|8859/1\r", "|KLINGON\r"), "AR", "103^Table value not found", "MSH^1^18"),
     (("\rPV1|1|I|Ward 12", "\rPV1|1|I|Ward 12\rPID|1||H901^^^RXR^MR"), "AE", "100^Segment sequence error", ""),
     (("ADT^A01^ADT_A01", "ADT^A40^ADT_A39"), "AE", "100^Segment sequence error", "MSH^1^9"),
+    (("OKAFOR^Emeka", "OKAFOR^Em\reka"), "AR", "100^Segment sequence error", ""),
+    (("|MSG001|P|", "||P|"), "AR", "101^Required field missing", "MSH^1^10"),
 ], ids=["nhs-number-check-digit", "no-hospital-number", "unknown-sex", "unknown-patient-class", "no-pid",
         "test-processing-id", "unhandled-event", "visit-merge", "no-event", "unhandled-message-type", "no-msh-7",
-        "bad-msh-7", "unknown-sender", "unknown-character-set", "two-pids", "merge-without-mrg"])
+        "bad-msh-7", "unknown-sender", "unknown-character-set", "two-pids", "merge-without-mrg",
+        "carriage-return-in-a-field", "no-control-id"])
 def test_each_refusal_is_coded_in_err_3_by_table_0357_with_its_location_and_quarantine_number(
         listener: int, db: Database, change: tuple[str, str], code: str, condition: str, location: str) -> None:
     """An interface analyst's engine routes on ERR-3: 207 (application internal error) says "our fault, try

@@ -39,9 +39,11 @@ def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
     return db
 
 
-def _a01(dob: str, control_id: str = "MSG002", app_name: str = "PAS", sent: str = "20261101093000") -> bytes:
+def _a01(dob: str, control_id: str = "MSG002", app_name: str = "PAS", sent: str = "20261101093000",
+         kind: str = "ADT^A01", patient: str = "H900^^^RXR^MR~9434765919^^^NHS^NH") -> bytes:
     return (A01.format(dob=dob).replace("MSG001", control_id).replace("|PAS|RXR|", f"|{app_name}|RXR|")
-            .replace("20261101093000||ADT", f"{sent}||ADT").encode("latin-1"))
+            .replace("20261101093000||ADT", f"{sent}||ADT").replace("ADT^A01^", f"{kind}^")
+            .replace("H900^^^RXR^MR~9434765919^^^NHS^NH", patient).encode("latin-1"))
 
 
 def _held_two_days(db: Database) -> None:
@@ -103,7 +105,9 @@ def test_an_hl7_message_held_for_its_own_msh_7_is_superseded_by_its_corrected_co
     {"control_id": "MSG003"},  # another message of the same sender
     {"app_name": "LAB"},  # the same control id from another of the trust's applications
     {"sent": "20261101080000"},  # the same control id on an older message: a counter that wrapped
-], ids=["other-control-id", "other-application", "older-message"])
+    {"patient": "H300^^^RXR^MR~9990000018^^^NHS^NH"},  # the same control id, reused for another patient
+    {"kind": "ADT^A08"},  # the same control id, reused for another kind of message
+], ids=["other-control-id", "other-application", "older-message", "other-patient", "other-message-type"])
 def test_an_hl7_message_that_is_not_the_same_one_leaves_the_held_item_waiting(
         env: Database, framework: Framework, other: dict[str, Any]) -> None:
     listener = MllpServer(Pipeline(env, framework))
@@ -111,6 +115,17 @@ def test_an_hl7_message_that_is_not_the_same_one_leaves_the_held_item_waiting(
     ack = listener.handle(_a01(GOOD_DOB, **other), "127.0.0.1:5000").decode("latin-1")
     assert _segment(ack, "MSA")[1] == "AA"
     assert [(i.status, i.superseded_by) for i in _items(env)] == [("held", None)]
+
+
+def test_an_hl7_message_resent_with_its_nhs_number_corrected_supersedes_the_held_one(
+        env: Database, framework: Framework) -> None:
+    """The copy is about the same patient when it shares one identifier of PID-3: here the hospital number,
+    the NHS number being the fault corrected."""
+    listener = MllpServer(Pipeline(env, framework))
+    held = listener.handle(_a01(GOOD_DOB, patient="H900^^^RXR^MR~9434765918^^^NHS^NH"), "127.0.0.1:5000")
+    assert _segment(held.decode("latin-1"), "MSA")[1] == "AE"
+    assert _segment(listener.handle(_a01(GOOD_DOB), "127.0.0.1:5000").decode("latin-1"), "MSA")[1] == "AA"
+    assert [i.status for i in _items(env)] == ["superseded"]
 
 
 def _identified(nhs: str, timestamp: str) -> dict[str, Any]:

@@ -19,7 +19,9 @@ hand-written here, each from the R4 specification's text:
   form tag, an event-handler attribute, a javascript: URL) is refused in any string;
 - strings hold no control characters but tab, carriage return and line feed (the datatypes page: FHIR XML
   cannot carry them, PostgreSQL refuses a NUL, a terminal obeys an escape): an HL7 `\\X00\\` or a JSON
-  `\\u0000` from a feed is refused naming the element (fifth security review, 2026-12-06).
+  `\\u0000` from a feed is refused naming the element (fifth security review, 2026-12-06); nor C1 controls
+  (U+0080 to U+009F), which no text holds: they are another character set's bytes read as ISO 8859-1 (a UTF-8
+  "ZOË" read so holds U+008B), refused rather than stored over a correct name (review of 2026-12-07).
 
 Problems come back located as the structural ones are: `Condition.code.coding[0].code: ele-1: why`.
 """
@@ -67,7 +69,7 @@ _ACTIVE_STRING = re.compile(
     r"|<[a-z](?:[^<>]|<(?![a-z]))*\son[a-z]+\s*="
     r"|(java|vb)script\s*:",
     re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x80-\x9f]")
 _PARSER_OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": False, "huge_tree": False,
                    "dtd_validation": False, "remove_comments": False}
 
@@ -94,7 +96,7 @@ def _string(value: str, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
     elif not value.isprintable() and (control := _CONTROL.search(value)):
         problems.append(f"{where}: the string holds the control character U+{ord(control.group()):04X} at character "
-                        f"{control.start() + 1}; FHIR strings hold none but tab, carriage return and line feed")
+                        f"{control.start() + 1}; strings hold none but tab, carriage return and line feed")
     elif active_content(value):
         problems.append(f"{where}: security: the string holds active content (script, frame, object, form, "
                         "event handler or script URL), refused as the FHIR validator's security checks do")

@@ -36,10 +36,17 @@ from sharedcare.ingest.messages import (
     too_large,
 )
 
-# MSH-18 (HL7 table 0211) to Python codecs; a message without MSH-18 is ISO 8859-1, as NHS trusts send it.
+# MSH-18 (HL7 table 0211) to Python codecs. A message without MSH-18 is ISO 8859-1, as NHS trusts send it, unless
+# its bytes are UTF-8 beyond ASCII, which ISO 8859-1 text all but never is: read as ISO 8859-1, a UTF-8 "ZOË" was
+# stored as "ZOÃ" and a control character over the correct name. Reading it as UTF-8 is noted in the report.
 CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "8859/15": "iso8859-15",
             **{f"8859/{n}": f"iso8859-{n}" for n in range(1, 10)}}
 DEFAULT_CHARSET = "8859/1"
+UTF8 = "UNICODE UTF-8"
+READ_AS_UTF8 = "HL7 v2 message without MSH-18 read as UTF-8 (its bytes are UTF-8, not ISO 8859-1)"
+# C1 controls are in no name or text: in decoded text they are bytes of another character set read as this one
+# (UTF-8, or Windows-1252's quotes and dashes, read as ISO 8859-1)
+_C1 = re.compile("[\x80-\x9f]")
 # ADT events and the Encounter status each sets; None: an update, whose status follows PV1's times.
 ADT_EVENTS: dict[str, str | None] = {
     "A01": "in-progress", "A02": "in-progress", "A04": "in-progress", "A05": "planned", "A03": "finished",
@@ -65,24 +72,26 @@ _VALIDATION_CONDITIONS = (
     (re.compile(r"is not one of"), Condition.TABLE_VALUE),
 )
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
-    """Yield the messages in an HL7 file. A message starts at each MSH or after a blank line, so files
-    that end segments with CR, LF or CRLF and separate messages with a newline or a blank line all read.
-    Batch envelope segments (FHS, BHS, BTS, FTS) are not messages and are skipped."""
+    """Yield the messages in an HL7 file. A message starts at each MSH and nowhere else, so files that end
+    segments with CR, LF or CRLF and separate messages with a newline or a blank line all read, and a blank
+    line inside a message is left out of it rather than splitting it (the rest of an ORU's results, or an
+    A08's PD1 and NK1, would have been held as a message of their own). Batch envelope segments (FHS, BHS,
+    BTS, FTS) are not messages and are skipped."""
     number = held = 0
     lines: list[bytes] = []
-    for line in chain(_segments(path), [b""]):
-        body = line.rstrip(b"\r\n")
-        if lines and (not body.strip() or body.startswith(b"MSH")):
+    for line in chain(_segments(path), [None]):
+        if lines and (line is None or line.startswith(b"MSH")):
             number += 1
             payload = b"".join(lines).rstrip(b"\r\n")
             yield (_raw_message(path, number, payload) if held <= MAX_MESSAGE_BYTES else
                    too_large(str(path), f"message {number}", "hl7v2", payload, held,
                              "is a segment separator or an MSH missing?"))
             lines, held = [], 0
-        if body.strip() and not body.startswith(_BATCH_ENVELOPE):
+        if line is not None and line.strip() and not line.startswith(_BATCH_ENVELOPE):
             held += len(line)
             if held <= MAX_MESSAGE_BYTES or not lines:  # past the limit only the start is kept
                 lines.append(line[:MAX_MESSAGE_BYTES + 1])
@@ -131,8 +140,10 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
                            rejected=True) from exc
     seen: Counter[str] = Counter()
     segments = []
-    for fields in message:
+    for position, fields in enumerate(message, start=1):
         name = fields[0]
+        if not _SEGMENT_ID.fullmatch(name):
+            raise _not_a_segment(raw, position, name or encoding.field, message[position - 2][0])
         if name.startswith("Z"):
             continue
         seen[name] += 1
@@ -140,21 +151,58 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
     return segments
 
 
-def _decode(raw: RawMessage) -> list[Seg]:
-    """Parse with the character set MSH-18 declares (read first through ISO 8859-1, which any byte decodes)."""
-    segments = _parse(raw, raw.payload.decode("latin-1"))
-    charset = segments[0].get(18) or DEFAULT_CHARSET
+def _not_a_segment(raw: RawMessage, position: int, start: str, previous: str) -> MessageError:
+    """A line that is no segment (`start`: what stands where its ID should): most often the rest of a field cut
+    by a CR or LF the sender did not escape, which read on would leave that field truncated and the fields after
+    it (a birth date, an address) unread."""
+    return MessageError(f"segment {position} (after {previous}) starts '{start[:10]}', which is not a segment ID "
+                        "(three capital letters or digits, as PID): a carriage return or line feed inside a field "
+                        "ends its segment early; the sender must escape it (\\X0D\\, \\X0A\\ or \\.br\\)",
+                        f"{raw.where}, segment {position}", condition=Condition.SEGMENT_SEQUENCE, rejected=True)
+
+
+def _decode(raw: RawMessage) -> tuple[list[Seg], bool]:
+    """Parse with the character set MSH-18 declares (read first through ISO 8859-1, which any byte decodes), or
+    with none declared, as UTF-8 when the bytes are UTF-8 beyond ASCII (then True: it is noted), else as
+    ISO 8859-1. Text holding a C1 control character was not in the character set it was read as: refused."""
+    text = raw.payload.decode("latin-1")
+    segments = _parse(raw, text)
+    declared = segments[0].get(18)
+    guessed = not declared and not raw.payload.isascii() and _utf8(raw.payload)
+    charset = UTF8 if guessed else declared or DEFAULT_CHARSET
     codec = CHARSETS.get(charset)
     if codec is None:
         raise segments[0].error(f"character set '{charset}' is not supported ({', '.join(CHARSETS)})", 18,
                                 condition=Condition.TABLE_VALUE, rejected=True)
-    if codec == "iso8859-1":
-        return segments
+    if codec != "iso8859-1":
+        try:
+            text = raw.payload.decode(codec)
+        except UnicodeDecodeError as exc:
+            raise segments[0].error(f"declares {charset} but byte {exc.start} is not {charset}", 18,
+                                    condition=Condition.DATA_TYPE, rejected=True) from exc
+        segments = _parse(raw, text)
+    if _C1.search(text):
+        _refuse_c1(segments, charset)
+    return segments, guessed
+
+
+def _utf8(payload: bytes) -> bool:
     try:
-        return _parse(raw, raw.payload.decode(codec))
-    except UnicodeDecodeError as exc:
-        raise segments[0].error(f"declares {charset} but byte {exc.start} is not {charset}", 18,
-                                condition=Condition.DATA_TYPE, rejected=True) from exc
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _refuse_c1(segments: list[Seg], charset: str) -> None:
+    """Refuse the first field holding a C1 control character, naming it (one in a Z-segment is not read)."""
+    for segment in segments:
+        for number, value in enumerate(segment.fields[1:], start=1):
+            if found := _C1.search(value):
+                raise segment.error(
+                    f"holds the control character U+{ord(found.group()):04X}, which no name or text holds: its bytes "
+                    f"are not {charset} (UTF-8 or Windows-1252 read as ISO 8859-1, perhaps); the sender must "
+                    "declare its character set in MSH-18", number, condition=Condition.DATA_TYPE)
 
 
 def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -> tuple[Sender, str]:
@@ -259,10 +307,7 @@ def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sende
             return []
         raise msh.error(f"ADT^{event} has no PV1 segment: the visit is required", 9,
                         condition=Condition.SEGMENT_SEQUENCE)
-    visit = pv1.get(19) or msh.get(10)
-    if not visit:
-        raise pv1.error("no visit number (PV1-19) and no message control id (MSH-10) to identify the visit", 19,
-                        condition=Condition.REQUIRED_FIELD)
+    visit = pv1.get(19) or msh.get(10)  # (stage_hl7 has refused a message without MSH-10)
     return [(pv1.label, hmap.encounter(pv1, ADT_EVENTS[event], visit, subject, sender, reopened=event == "A13"))]
 
 
@@ -314,12 +359,15 @@ def _refuse_active_content(segments: list[Seg]) -> None:
 
 def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
     """Check and shape one HL7 v2 message; raise MessageError on the first problem, located."""
-    segments = _decode(raw)
+    segments, guessed = _decode(raw)
     msh = segments[0]
     # a refusal before the sender is resolved is still counted against (and replayed only as) the one MSH-4 names
     with sent_by(source_override or (msh.get(4) if msh.get(4) in fw.organisations else None)):
         _refuse_active_content(segments)
         kind, event = _message_type(msh, segments)
+        if not msh.get(10):
+            raise msh.error("no message control id (MSH-10): the ACK names the message by it, and a corrected copy "
+                            "is known by it", 10, condition=Condition.REQUIRED_FIELD, rejected=True)
         if msh.get(11) not in ("", "P"):
             raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
                             "must not join a live record", 11, condition=Condition.PROCESSING_ID)
@@ -331,7 +379,9 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
                             condition=Condition.REQUIRED_FIELD)
         received = raw.received
         _not_future(msh, 7, sent, received)
-        staged = StagedMessage(sender.org, system, msh.get(10) or f"{Path(raw.filename).name}:{raw.location}")
+        staged = StagedMessage(sender.org, system, msh.get(10))
+        if guessed:
+            staged.notes[READ_AS_UTF8] += 1
         pid = _one_patient(segments, raw)
         patient = hmap.patient(pid, _first(segments, "PD1"), [s for s in segments if s.name == "NK1"], sender)
         mrn = patient["id"]

@@ -148,6 +148,7 @@ class IngestReport:
     stale: int = 0
     quarantined: int = 0
     set_aside: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # messages stored that an adapter noted, by note
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     errors: list[MessageError] = field(default_factory=list)  # each quarantined message's refusal (an ACK's codes)
@@ -156,7 +157,8 @@ class IngestReport:
         return {
             "files": self.files, "messages": self.messages, "accepted": self.accepted,
             "unchanged": self.unchanged, "stale": self.stale, "quarantined": self.quarantined,
-            "set_aside": dict(sorted(self.set_aside.items())), "quarantine": self.quarantine,
+            "set_aside": dict(sorted(self.set_aside.items())), "notes": dict(sorted(self.notes.items())),
+            "quarantine": self.quarantine,
             "skipped_files": self.skipped_files,
         }
 
@@ -409,6 +411,7 @@ class Pipeline:
             report.unchanged += unchanged
             report.stale += stale
             report.set_aside.update(outcome.set_aside)
+            report.notes.update(outcome.notes)
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
                        agreements: dict[str, Agreement] | None, staged: Outcome | None = None,
@@ -432,6 +435,7 @@ class Pipeline:
         report.unchanged += unchanged
         report.stale += stale
         report.set_aside.update(stored.set_aside)
+        report.notes.update(stored.notes)
         return stored
 
     def replay(self, quarantine_id: int, source: str | None = None) -> IngestReport:

@@ -3,7 +3,9 @@
 "The same message" is read from the bytes as the source names them, within one sending organisation and
 one format (a control id is only unique to its sender):
 - HL7 v2: the same sending application (MSH-3) and message control id (MSH-10), as an interface engine
-  resends a message it was told was in error (AE).
+  resends a message it was told was in error (AE), and the same message type (MSH-9) about the same patient
+  (an identifier of PID-3 in common, so that a corrected NHS number still matches by the hospital number):
+  senders reuse control ids, and an unrelated message for another patient superseded a held admission.
 - FHIR: the same Bundle (its `identifier`, else its `id`, but only where both copies carry a readable
   `timestamp`: senders reuse ids such as "1" or "export" for unrelated bundles); a single resource, or one
   entry of a split batch, by the resource's type and id.
@@ -12,7 +14,8 @@ and the stored copy's event time (HL7 MSH-7; FHIR `Bundle.timestamp`, else the r
 CSV the mapping's `updated` column) is not earlier than the held one's, where both can be read (a time more
 than SHAREDCARE_EVENT_SKEW_SECONDS past the message's receipt is not read: the held copy's fault, perhaps): at
 an equal event time the later message wins, as the store orders versions. A held item whose key cannot be read (no
-MSH-10, not JSON, no mapping fits) is never superseded: it waits to be seen, as before.
+MSH-10, not JSON, no mapping fits), or an HL7 v2 one that names no patient in PID-3, is never superseded: it waits
+to be seen, as before.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from sharedcare.ingest.fhir_bundle import parse_message
 from sharedcare.ingest.hl7v2_syntax import SyntaxProblem, split_message
 from sharedcare.ingest.messages import MessageError, RawMessage, future_event_time
 
-_FIRST_SEGMENT = re.compile(r"\r\n|\r|\n")
+_SEGMENT_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,21 @@ class Identity:
     key: str
     at: datetime | None
     needs_times: bool = False  # a key weak enough that only copies both dated may be taken as one message
+    # HL7 v2: the message type (MSH-9) and the patient's identifiers (PID-3), which a copy must share too
+    about: tuple[str, frozenset[str]] | None = None
 
     def supersedes(self, held: Identity) -> bool:
         """Whether a stored message with this identity replaces a held one (see the module's rule)."""
-        if self.key != held.key:
+        if self.key != held.key or not self._about_the_same(held):
             return False
         if self.at is None or held.at is None:
             return not self.needs_times
         return self.at >= held.at
+
+    def _about_the_same(self, held: Identity) -> bool:
+        if self.about is None or held.about is None:
+            return self.about is held.about  # neither says (FHIR, CSV): the key decides
+        return self.about[0] == held.about[0] and bool(self.about[1] & held.about[1])
 
 
 def identity(raw: RawMessage, org: str | None) -> Identity | None:
@@ -68,16 +78,19 @@ def identity(raw: RawMessage, org: str | None) -> Identity | None:
 
 
 def _hl7(raw: RawMessage) -> Identity | None:
-    first = _FIRST_SEGMENT.split(raw.payload.decode("latin-1"), maxsplit=1)[0]
-    encoding, (fields, *_) = split_message(first)
+    encoding, (fields, *rest) = split_message("\r".join(_SEGMENT_END.split(raw.payload.decode("latin-1"))))
     control_id = fields[10].strip() if len(fields) > 10 else ""
     if not control_id:
         return None
+    msh = hl7v2_map.Seg(fields, encoding, "MSH", raw.where)
     try:
-        stamp = hl7v2_map.stamp(hl7v2_map.Seg(fields, encoding, "MSH", raw.where), 7)
+        stamp = hl7v2_map.stamp(msh, 7)
     except MessageError:  # the fault the source has corrected, perhaps
         stamp = None
-    return Identity(f"MSH-3 {fields[3].strip()} MSH-10 {control_id}", _bounded(stamp.at if stamp else None, raw))
+    pid = next((hl7v2_map.Seg(segment, encoding, "PID", raw.where) for segment in rest if segment[0] == "PID"), None)
+    patient = frozenset(f"{hl7v2_map.part(rep, 5)} {rep[0]}" for rep in pid.reps(3) if rep[0]) if pid else frozenset()
+    return Identity(f"MSH-3 {fields[3].strip()} MSH-10 {control_id}", _bounded(stamp.at if stamp else None, raw),
+                    about=(f"{msh.get(9)}^{msh.get(9, 2)}", patient))
 
 
 def _bounded(at: datetime | None, raw: RawMessage) -> datetime | None:
