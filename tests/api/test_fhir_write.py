@@ -497,3 +497,20 @@ def test_conditions_that_cannot_be_honoured_are_refused_400_naming_them(ics: Ics
     assert _count(db) == before
     assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2019-03-01"
     assert _write_events(db) == [("deny", "deny-write-invalid")] * 12
+
+
+def test_a_transaction_whose_entries_share_a_fullurl_is_refused_400_and_stores_nothing(
+        ics: Ics, db: Database) -> None:
+    """Ann's Condition points at a fullUrl that Bob's Patient entry repeats: it must not be filed under Bob."""
+    before = _count(db)
+    ann = patient("dupA", "9434765919", "Alpha", "Ann", "1950-01-01")
+    bob = patient("dupB", HUGHES_NHS, "Beta", "Bob", "1960-01-01")
+    diabetes = condition("dupC", "urn:uuid:same", "44054006", "Type 2 diabetes mellitus")
+    for kind in ("transaction", "batch"):
+        message = _bundle(kind, ann, bob, diabetes)
+        message["entry"][0]["fullUrl"] = message["entry"][1]["fullUrl"] = "urn:uuid:same"
+        response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+        assert response.status_code == 400, response.text
+        diagnostics = response.json()["issue"][0]["diagnostics"]
+        assert "entry[0] and entry[1] have the same fullUrl 'urn:uuid:same'" in diagnostics
+    assert _count(db) == before

@@ -171,7 +171,7 @@ def test_any_malformed_message_is_quarantined_and_the_feed_goes_on(db: Database,
 def test_a_resource_sent_twice_in_one_bundle_is_refused_by_name(db: Database, framework: Framework,
                                                                 tmp_path: Path) -> None:
     twice = _gp_bundle()
-    twice["entry"].append(dict(twice["entry"][1]))
+    twice["entry"].append(dict(twice["entry"][1], fullUrl="urn:uuid:another-entry"))
     report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [twice])])
     assert report.quarantined == 1 and "sent twice" in report.quarantine[0]["reason"]
 
@@ -213,3 +213,25 @@ def test_an_unforeseen_store_failure_tells_the_sender_its_kind_not_the_databases
     with db.session() as s:
         assert "INSERT" not in s.scalars(select(Quarantine.reason)).one()
     assert any("INSERT INTO resources" in (r.exc_text or "") for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["collection", "transaction", "batch"])
+def test_a_bundle_whose_entries_share_a_fullurl_is_held_whole_naming_both(
+        db: Database, framework: Framework, tmp_path: Path, kind: str) -> None:
+    """Two patients under one fullUrl: the Condition that points at it would be filed under whichever entry
+    came last (Ann's diabetes on Bob's record). FHIR's bdl-7 forbids it, so none of the Bundle is stored."""
+    message = bundle("P81001", "emis", [patient("pA", GOOD_NHS, "Alpha", "Ann", "1950-01-01"),
+                                        patient("pB", OTHER_NHS, "Beta", "Bob", "1960-01-01"),
+                                        condition("c1", "Patient/pA", "44054006", "Type 2 diabetes mellitus")])
+    message["type"] = kind
+    message["entry"][1]["fullUrl"] = message["entry"][0]["fullUrl"]
+    if kind != "collection":
+        for entry in message["entry"]:
+            resource = entry["resource"]
+            entry["request"] = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    (problem,) = report.quarantine
+    assert problem["location"] == "line 1"
+    assert "entry[0] and entry[1] have the same fullUrl" in problem["reason"] and "bdl-7" in problem["reason"]
+    assert _count(db, Resource) == 0

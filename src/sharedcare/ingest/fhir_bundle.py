@@ -29,7 +29,7 @@ from sharedcare.fhir.uk_core import (
 from sharedcare.fhir.validate import too_deep
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import normalise
-from sharedcare.ingest.fhir_batch import entry_index, messages_of
+from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_full_url
 from sharedcare.ingest.fhir_xml import looks_like_xml, parse_xml
 from sharedcare.ingest.messages import (
     KEPT_OF_TOO_LARGE,
@@ -251,6 +251,9 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             listed = data.get("entry") or []
             if not isinstance(listed, list):
                 raise MessageError("Bundle.entry must be a list of entries", raw.where)
+            repeated = repeated_full_url(listed)
+            if repeated:
+                raise MessageError(repeated, raw.where)
             _check_requests(listed, raw, versioned)
             entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
             message_time = bounded_event_time(_timestamp(data.get("timestamp"), received), received,
