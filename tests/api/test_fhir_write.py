@@ -514,3 +514,13 @@ def test_a_transaction_whose_entries_share_a_fullurl_is_refused_400_and_stores_n
         diagnostics = response.json()["issue"][0]["diagnostics"]
         assert "entry[0] and entry[1] have the same fullUrl 'urn:uuid:same'" in diagnostics
     assert _count(db) == before
+
+
+def test_a_urn_reference_that_names_no_entry_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
+    before = _count(db)
+    message = _bundle("transaction", _diabetes(encounter={"reference": "urn:uuid:not-in-bundle"}))
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+    assert response.status_code == 422, response.text
+    assert "Condition.encounter.reference 'urn:uuid:not-in-bundle' names no entry" in \
+        response.json()["issue"][0]["diagnostics"]
+    assert _count(db) == before

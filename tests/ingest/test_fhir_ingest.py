@@ -235,3 +235,20 @@ def test_a_bundle_whose_entries_share_a_fullurl_is_held_whole_naming_both(
     assert problem["location"] == "line 1"
     assert "entry[0] and entry[1] have the same fullUrl" in problem["reason"] and "bdl-7" in problem["reason"]
     assert _count(db, Resource) == 0
+
+
+def test_a_urn_reference_that_names_no_entry_is_held_naming_the_element(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A urn:uuid resolves only within its Bundle: one naming no entry points nowhere, and was stored as if it
+    pointed somewhere (an encounter, an asserter no one can find)."""
+    message = bundle("P81001", "emis", [
+        patient("pA", GOOD_NHS, "Alpha", "Ann", "1950-01-01"),
+        condition("c1", "Patient/pA", "44054006", "Type 2 diabetes mellitus",
+                  evidence=[{"detail": [{"reference": "urn:uuid:0000-not-in-bundle"}]}])])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    (problem,) = report.quarantine
+    assert problem["where"].endswith("entry[1] Condition/c1")
+    assert problem["reason"].startswith("Condition.evidence[0].detail[0].reference 'urn:uuid:0000-not-in-bundle' "
+                                        "names no entry of this message")
+    assert _count(db, Resource) == 0
