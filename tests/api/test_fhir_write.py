@@ -146,9 +146,9 @@ def test_a_batch_stores_the_good_entries_and_answers_each(ics: Ics, db: Database
     body = response.json()
     assert body["type"] == "batch-response"
     statuses = [e["response"]["status"] for e in body["entry"]]
-    assert statuses == ["201 Created", "422 Unprocessable Entity", "201 Created", "200 OK"]
+    assert statuses == ["201 Created", "422 Unprocessable Entity", "201 Created", "404 Not Found"]
     assert "onsetDateTime" in body["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
-    assert "set aside" in body["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert "does not keep Claim" in body["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
     with db.session() as s:
         stored = set(s.scalars(select(Resource.source_id).where(Resource.source_id.in_(["gp-new", "gp-n1", "gp-n2"]))))
     assert stored == {"gp-new", "gp-n1"}
@@ -523,4 +523,20 @@ def test_a_urn_reference_that_names_no_entry_is_refused_naming_the_element(ics: 
     assert response.status_code == 422, response.text
     assert "Condition.encounter.reference 'urn:uuid:not-in-bundle' names no entry" in \
         response.json()["issue"][0]["diagnostics"]
+    assert _count(db) == before
+
+
+def test_a_transaction_with_a_type_the_record_does_not_keep_is_refused_400_naming_the_entry(
+        ics: Ics, db: Database) -> None:
+    """A PUT of a MedicationRequest answers 404; in a transaction it was answered 200 with a warning, the
+    sender told its warfarin order was taken when it was dropped."""
+    before = _count(db)
+    warfarin = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "order",
+                "subject": {"reference": "Patient/gp-okafor"}, "medicationCodeableConcept": {"text": "Warfarin 5mg"}}
+    asthma = condition("gp-n9", "Patient/gp-okafor", "195967001", "Asthma")
+    message = _bundle("transaction", asthma, warfarin)
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["diagnostics"].startswith(
+        "Bundle.entry[1]: the shared record does not keep MedicationRequest resources")
     assert _count(db) == before
