@@ -252,3 +252,18 @@ def test_a_urn_reference_that_names_no_entry_is_held_naming_the_element(
     assert problem["reason"].startswith("Condition.evidence[0].detail[0].reference 'urn:uuid:0000-not-in-bundle' "
                                         "names no entry of this message")
     assert _count(db, Resource) == 0
+
+
+def test_a_folder_file_of_no_known_suffix_is_listed_as_skipped_or_read_in_the_format_given(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A drop folder's `gp-0002.txt` and `gp-0003` were passed over unseen: not read, not reported."""
+    folder = tmp_path / "drop"
+    write_ndjson(folder / "gp-0001.ndjson", [_gp_bundle(pid="gp-1")])
+    write_ndjson(folder / "gp-0002.txt", [_gp_bundle(OTHER_NHS, pid="gp-2")])
+    write_ndjson(folder / "gp-0003", [_gp_bundle("9990000026", pid="gp-3")])
+    report = Pipeline(db, framework).ingest_paths([folder])
+    assert (report.files, report.accepted) == (1, 3)
+    assert [item["file"] for item in report.skipped_files] == [str(folder / "gp-0002.txt"), str(folder / "gp-0003")]
+    assert "unknown format" in report.skipped_files[0]["reason"]
+    again = Pipeline(db, framework).ingest_paths([folder], fmt="fhir")
+    assert (again.files, again.accepted, again.unchanged, again.skipped_files) == (3, 6, 3, [])
