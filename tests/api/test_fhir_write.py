@@ -540,3 +540,15 @@ def test_a_transaction_with_a_type_the_record_does_not_keep_is_refused_400_namin
     assert response.json()["issue"][0]["diagnostics"].startswith(
         "Bundle.entry[1]: the shared record does not keep MedicationRequest resources")
     assert _count(db) == before
+
+
+def test_a_number_sent_as_a_string_is_refused_422_naming_the_element(ics: Ics, db: Database) -> None:
+    """Stored as sent, "5.9" was served back as a string: a client reading FHIR JSON finds no number."""
+    before = _count(db)
+    potassium = {"resourceType": "Observation", "id": "ostr", "status": "final", "code": {"text": "Potassium"},
+                 "subject": {"reference": "Patient/gp-okafor"}, "valueQuantity": {"value": "5.9", "unit": "mmol/L"}}
+    response = ics.client.put("/fhir/Observation/ostr", headers=_token(ics, "dr.patel"), content=json.dumps(potassium))
+    assert response.status_code == 422, response.text
+    assert "Observation.valueQuantity.value: a string (\"5.9\") where FHIR JSON has a number" in \
+        response.json()["issue"][0]["diagnostics"]
+    assert _count(db) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -267,3 +268,26 @@ def test_a_folder_file_of_no_known_suffix_is_listed_as_skipped_or_read_in_the_fo
     assert "unknown format" in report.skipped_files[0]["reason"]
     again = Pipeline(db, framework).ingest_paths([folder], fmt="fhir")
     assert (again.files, again.accepted, again.unchanged, again.skipped_files) == (3, 6, 3, [])
+
+
+@pytest.mark.parametrize(("change", "element", "why"), [
+    (lambda p, o: p.update(active="true"), "Patient.active", 'a string ("true") where FHIR JSON has a boolean'),
+    (lambda p, o: o["valueQuantity"].update(value="5.9"), "Observation.valueQuantity.value",
+     'a string ("5.9") where FHIR JSON has a number'),
+    (lambda p, o: p["name"][0].update(text="x" * (1024 * 1024 + 1)), "Patient.name[0].text",
+     "a string of 1,048,577 bytes, more than FHIR's limit of 1 MB (1,048,576 bytes)"),
+])
+def test_a_value_fhir_json_does_not_allow_is_held_naming_the_element(
+        db: Database, framework: Framework, tmp_path: Path, change: Any, element: str, why: str) -> None:
+    """The model reads "5.9" as a decimal and "true" as a boolean, and they were stored and served back as
+    strings (not FHIR); a 50 MB name was stored whole. Each is held, naming the element."""
+    person = patient("p1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02")
+    potassium = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "Potassium"},
+                 "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 5.9, "unit": "mmol/L"}}
+    change(person, potassium)
+    message = bundle("P81001", "emis", [person, potassium])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    assert report.quarantine[0]["reason"].startswith(f"{element.split('.')[0]}/")
+    assert f"{element}: {why}" in report.quarantine[0]["reason"]
+    assert _count(db, Resource) == 0
