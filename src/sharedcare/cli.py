@@ -214,6 +214,11 @@ def ingest(
                           f"{_literal(item['reason'])}")
         for item in data["skipped_files"][:20]:
             console.print(f"[yellow]skipped[/yellow] {_literal(item['file'])}: {_literal(item['reason'])}")
+    if report.skipped_files and not report.files:  # a script must notice a feed it named was not read
+        skipped = [item["file"] for item in report.skipped_files]
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise _fail(f"nothing was read: {', '.join(skipped[:3])}{more} skipped, of no format ingested (name them "
+                    ".json, .ndjson, .xml, .hl7 or .csv, or pass --format)")
     if report.quarantined:
         raise typer.Exit(1)
 

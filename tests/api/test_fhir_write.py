@@ -146,9 +146,9 @@ def test_a_batch_stores_the_good_entries_and_answers_each(ics: Ics, db: Database
     body = response.json()
     assert body["type"] == "batch-response"
     statuses = [e["response"]["status"] for e in body["entry"]]
-    assert statuses == ["201 Created", "422 Unprocessable Entity", "201 Created", "200 OK"]
+    assert statuses == ["201 Created", "422 Unprocessable Entity", "201 Created", "404 Not Found"]
     assert "onsetDateTime" in body["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
-    assert "set aside" in body["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert "does not keep Claim" in body["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
     with db.session() as s:
         stored = set(s.scalars(select(Resource.source_id).where(Resource.source_id.in_(["gp-new", "gp-n1", "gp-n2"]))))
     assert stored == {"gp-new", "gp-n1"}
@@ -497,3 +497,58 @@ def test_conditions_that_cannot_be_honoured_are_refused_400_naming_them(ics: Ics
     assert _count(db) == before
     assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2019-03-01"
     assert _write_events(db) == [("deny", "deny-write-invalid")] * 12
+
+
+def test_a_transaction_whose_entries_share_a_fullurl_is_refused_400_and_stores_nothing(
+        ics: Ics, db: Database) -> None:
+    """Ann's Condition points at a fullUrl that Bob's Patient entry repeats: it must not be filed under Bob."""
+    before = _count(db)
+    ann = patient("dupA", "9434765919", "Alpha", "Ann", "1950-01-01")
+    bob = patient("dupB", HUGHES_NHS, "Beta", "Bob", "1960-01-01")
+    diabetes = condition("dupC", "urn:uuid:same", "44054006", "Type 2 diabetes mellitus")
+    for kind in ("transaction", "batch"):
+        message = _bundle(kind, ann, bob, diabetes)
+        message["entry"][0]["fullUrl"] = message["entry"][1]["fullUrl"] = "urn:uuid:same"
+        response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+        assert response.status_code == 400, response.text
+        diagnostics = response.json()["issue"][0]["diagnostics"]
+        assert "entry[0] and entry[1] have the same fullUrl 'urn:uuid:same'" in diagnostics
+    assert _count(db) == before
+
+
+def test_a_urn_reference_that_names_no_entry_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
+    before = _count(db)
+    message = _bundle("transaction", _diabetes(encounter={"reference": "urn:uuid:not-in-bundle"}))
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+    assert response.status_code == 422, response.text
+    assert "Condition.encounter.reference 'urn:uuid:not-in-bundle' names no entry" in \
+        response.json()["issue"][0]["diagnostics"]
+    assert _count(db) == before
+
+
+def test_a_transaction_with_a_type_the_record_does_not_keep_is_refused_400_naming_the_entry(
+        ics: Ics, db: Database) -> None:
+    """A PUT of a MedicationRequest answers 404; in a transaction it was answered 200 with a warning, the
+    sender told its warfarin order was taken when it was dropped."""
+    before = _count(db)
+    warfarin = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "order",
+                "subject": {"reference": "Patient/gp-okafor"}, "medicationCodeableConcept": {"text": "Warfarin 5mg"}}
+    asthma = condition("gp-n9", "Patient/gp-okafor", "195967001", "Asthma")
+    message = _bundle("transaction", asthma, warfarin)
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["diagnostics"].startswith(
+        "Bundle.entry[1]: the shared record does not keep MedicationRequest resources")
+    assert _count(db) == before
+
+
+def test_a_number_sent_as_a_string_is_refused_422_naming_the_element(ics: Ics, db: Database) -> None:
+    """Stored as sent, "5.9" was served back as a string: a client reading FHIR JSON finds no number."""
+    before = _count(db)
+    potassium = {"resourceType": "Observation", "id": "ostr", "status": "final", "code": {"text": "Potassium"},
+                 "subject": {"reference": "Patient/gp-okafor"}, "valueQuantity": {"value": "5.9", "unit": "mmol/L"}}
+    response = ics.client.put("/fhir/Observation/ostr", headers=_token(ics, "dr.patel"), content=json.dumps(potassium))
+    assert response.status_code == 422, response.text
+    assert "Observation.valueQuantity.value: a string (\"5.9\") where FHIR JSON has a number" in \
+        response.json()["issue"][0]["diagnostics"]
+    assert _count(db) == before

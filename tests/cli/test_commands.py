@@ -553,3 +553,13 @@ def test_mpi_export_writes_a_senders_formula_as_text_a_spreadsheet_does_not_run(
     assert result.exit_code == 0
     written = sorted(r["source_id"] for r in csv.DictReader(io.StringIO(result.stdout)))
     assert written == sorted(["C1", *(f"'{f}" for f in formulas)])
+
+
+def test_ingest_that_reads_nothing_of_what_was_given_exits_2_naming_the_skipped(env: Database, tmp_path: Path) -> None:
+    notes = tmp_path / "P81001" / "gp-0001.txt"
+    write_ndjson(notes, [bundle("P81001", "emis", [patient("gp-1", "9434765919", "Okafor", "Emeka", "1945-03-02")])])
+    result = runner.invoke(app, ["ingest", str(notes)])
+    assert result.exit_code == 2
+    assert "nothing was read" in result.stderr and "gp-0001.txt" in result.stderr
+    result = runner.invoke(app, ["ingest", "--format", "fhir", str(notes.parent)])
+    assert result.exit_code == 0, result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -171,7 +172,7 @@ def test_any_malformed_message_is_quarantined_and_the_feed_goes_on(db: Database,
 def test_a_resource_sent_twice_in_one_bundle_is_refused_by_name(db: Database, framework: Framework,
                                                                 tmp_path: Path) -> None:
     twice = _gp_bundle()
-    twice["entry"].append(dict(twice["entry"][1]))
+    twice["entry"].append(dict(twice["entry"][1], fullUrl="urn:uuid:another-entry"))
     report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [twice])])
     assert report.quarantined == 1 and "sent twice" in report.quarantine[0]["reason"]
 
@@ -213,3 +214,80 @@ def test_an_unforeseen_store_failure_tells_the_sender_its_kind_not_the_databases
     with db.session() as s:
         assert "INSERT" not in s.scalars(select(Quarantine.reason)).one()
     assert any("INSERT INTO resources" in (r.exc_text or "") for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["collection", "transaction", "batch"])
+def test_a_bundle_whose_entries_share_a_fullurl_is_held_whole_naming_both(
+        db: Database, framework: Framework, tmp_path: Path, kind: str) -> None:
+    """Two patients under one fullUrl: the Condition that points at it would be filed under whichever entry
+    came last (Ann's diabetes on Bob's record). FHIR's bdl-7 forbids it, so none of the Bundle is stored."""
+    message = bundle("P81001", "emis", [patient("pA", GOOD_NHS, "Alpha", "Ann", "1950-01-01"),
+                                        patient("pB", OTHER_NHS, "Beta", "Bob", "1960-01-01"),
+                                        condition("c1", "Patient/pA", "44054006", "Type 2 diabetes mellitus")])
+    message["type"] = kind
+    message["entry"][1]["fullUrl"] = message["entry"][0]["fullUrl"]
+    if kind != "collection":
+        for entry in message["entry"]:
+            resource = entry["resource"]
+            entry["request"] = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    (problem,) = report.quarantine
+    assert problem["location"] == "line 1"
+    assert "entry[0] and entry[1] have the same fullUrl" in problem["reason"] and "bdl-7" in problem["reason"]
+    assert _count(db, Resource) == 0
+
+
+def test_a_urn_reference_that_names_no_entry_is_held_naming_the_element(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A urn:uuid resolves only within its Bundle: one naming no entry points nowhere, and was stored as if it
+    pointed somewhere (an encounter, an asserter no one can find)."""
+    message = bundle("P81001", "emis", [
+        patient("pA", GOOD_NHS, "Alpha", "Ann", "1950-01-01"),
+        condition("c1", "Patient/pA", "44054006", "Type 2 diabetes mellitus",
+                  evidence=[{"detail": [{"reference": "urn:uuid:0000-not-in-bundle"}]}])])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    (problem,) = report.quarantine
+    assert problem["where"].endswith("entry[1] Condition/c1")
+    assert problem["reason"].startswith("Condition.evidence[0].detail[0].reference 'urn:uuid:0000-not-in-bundle' "
+                                        "names no entry of this message")
+    assert _count(db, Resource) == 0
+
+
+def test_a_folder_file_of_no_known_suffix_is_listed_as_skipped_or_read_in_the_format_given(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A drop folder's `gp-0002.txt` and `gp-0003` were passed over unseen: not read, not reported."""
+    folder = tmp_path / "drop"
+    write_ndjson(folder / "gp-0001.ndjson", [_gp_bundle(pid="gp-1")])
+    write_ndjson(folder / "gp-0002.txt", [_gp_bundle(OTHER_NHS, pid="gp-2")])
+    write_ndjson(folder / "gp-0003", [_gp_bundle("9990000026", pid="gp-3")])
+    report = Pipeline(db, framework).ingest_paths([folder])
+    assert (report.files, report.accepted) == (1, 3)
+    assert [item["file"] for item in report.skipped_files] == [str(folder / "gp-0002.txt"), str(folder / "gp-0003")]
+    assert "unknown format" in report.skipped_files[0]["reason"]
+    again = Pipeline(db, framework).ingest_paths([folder], fmt="fhir")
+    assert (again.files, again.accepted, again.unchanged, again.skipped_files) == (3, 6, 3, [])
+
+
+@pytest.mark.parametrize(("change", "element", "why"), [
+    (lambda p, o: p.update(active="true"), "Patient.active", 'a string ("true") where FHIR JSON has a boolean'),
+    (lambda p, o: o["valueQuantity"].update(value="5.9"), "Observation.valueQuantity.value",
+     'a string ("5.9") where FHIR JSON has a number'),
+    (lambda p, o: p["name"][0].update(text="x" * (1024 * 1024 + 1)), "Patient.name[0].text",
+     "a string of 1,048,577 bytes, more than FHIR's limit of 1 MB (1,048,576 bytes)"),
+])
+def test_a_value_fhir_json_does_not_allow_is_held_naming_the_element(
+        db: Database, framework: Framework, tmp_path: Path, change: Any, element: str, why: str) -> None:
+    """The model reads "5.9" as a decimal and "true" as a boolean, and they were stored and served back as
+    strings (not FHIR); a 50 MB name was stored whole. Each is held, naming the element."""
+    person = patient("p1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02")
+    potassium = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "Potassium"},
+                 "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 5.9, "unit": "mmol/L"}}
+    change(person, potassium)
+    message = bundle("P81001", "emis", [person, potassium])
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    assert report.quarantine[0]["reason"].startswith(f"{element.split('.')[0]}/")
+    assert f"{element}: {why}" in report.quarantine[0]["reason"]
+    assert _count(db, Resource) == 0

@@ -14,6 +14,8 @@ validators per element.
 
 from __future__ import annotations
 
+import decimal
+import json
 import types
 import typing
 from importlib.metadata import version
@@ -21,7 +23,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
-from fhir_core.types import FhirBase
+from fhir_core.types import Base64Binary, FhirBase, Xhtml
 from pydantic import TypeAdapter, ValidationError
 
 
@@ -140,10 +142,15 @@ _INT_RANGE = range(-(2**63), 2**63)
 
 
 class _Primitive:
-    """A primitive field's own pydantic validator, and the values it has passed."""
+    """A primitive field's own pydantic validator, and the values it has passed; and the JSON type FHIR
+    gives its values (`json_types`), and whether the 1 MB limit on strings holds for it."""
 
     def __init__(self, annotation: Any) -> None:
         self.adapter: TypeAdapter[Any] = TypeAdapter(annotation, config=FHIRAbstractModel.model_config)
+        base, *markers = get_args(annotation) if get_origin(annotation) is Annotated else (annotation,)
+        self.json_types: tuple[type, ...] = ((bool,) if base is bool else (int,) if base is int
+                                             else (int, float) if base is decimal.Decimal else (str,))
+        self.limited = self.json_types == (str,) and not any(isinstance(m, Base64Binary | Xhtml) for m in markers)
         # the values passed, a set for each Python type a verdict is kept for (True == 1: never in one set);
         # looked up by the walk itself, `accepts` deciding only what is not there
         self.passed: dict[type, set[Any]] = {kind: set() for kind in _SCALARS}
@@ -304,6 +311,75 @@ def _walk(model: _Model, node: dict[str, Any], skip: str | None = None, depth: i
         if present > 1 or (required and not present):
             return False
     return True
+
+
+# FHIR's JSON: a boolean is true or false, an integer or decimal a number, every other primitive a string, and
+# "strings SHALL NOT exceed 1MB" (R4 datatypes, string).
+MAX_STRING_BYTES = 1024 * 1024
+_JSON_NAMES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+               dict: "an object"}
+_WANTED = {(bool,): "a boolean", (int,): "an integer", (int, float): "a number", (str,): "a string"}
+
+
+def json_problems(resource: dict[str, Any]) -> list[str]:
+    """What the model takes but FHIR JSON does not allow, by element: a number or boolean sent as a string
+    (`"5.9"`, `"true"`: pydantic reads them, and they were stored and served back as strings, which is not
+    FHIR), a string where a number belongs, and a string over 1 MB. Fields the walk leaves to the model
+    are not looked at; a value the model refuses is refused by it first."""
+    resource_type = resource.get("resourceType")
+    model = _by_type.get(resource_type) if type(resource_type) is str else None
+    if model is None and type(resource_type) is str:
+        try:
+            model = _by_type[resource_type] = _model(get_fhir_model_class(resource_type))
+        except ValueError:  # not a resource type: the model has refused it already
+            return []
+    found = _json_problem(model, resource) if model is not None else None
+    if found is None:
+        return []
+    path, problem = found
+    return [f"{short_path((resource_type, *reversed(path)))}: {problem}"]
+
+
+_by_type: dict[str, _Model] = {}  # the models of resource types met (looking one up took a third of the check)
+
+
+def _json_problem(model: _Model, node: dict[str, Any]) -> tuple[list[Any], str] | None:
+    """The first value of `node` FHIR JSON does not allow: its path (innermost first) and why."""
+    fields = model.fields
+    for key, value in node.items():
+        kind = fields.get(key)
+        if kind is None:
+            continue
+        many, primitive, element, _ = kind
+        for index, item in enumerate(value if many and type(value) is list else (value,)):
+            if primitive is not None:
+                problem = _json_value_problem(primitive, item)
+            elif type(item) is dict:
+                found = _json_problem(_models.get(element) or _model(element), item)  # type: ignore[arg-type]
+                if found is None:
+                    continue
+                path, problem = found
+                return [*path, *((index, key) if many else (key,))], problem
+            else:
+                continue
+            if problem is not None:
+                return ([index, key] if many else [key]), problem
+    return None
+
+
+def _json_value_problem(primitive: _Primitive, value: Any) -> str | None:
+    kind = type(value)
+    if kind not in primitive.json_types:
+        if value is None or kind not in _JSON_NAMES:
+            return None  # a null, or not from JSON: for the model
+        wanted = _WANTED[primitive.json_types]
+        shown = f" ({json.dumps(value[:40] if kind is str else value)[:42]})" if kind in (str, int, float, bool) else ""
+        return f"{_JSON_NAMES[kind]}{shown} where FHIR JSON has {wanted}: send it as {wanted}"
+    if primitive.limited and len(value) > MAX_STRING_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) \
+            > MAX_STRING_BYTES:
+        return (f"a string of {len(value.encode('utf-8', 'surrogatepass')):,} bytes, more than FHIR's limit of "
+                f"1 MB ({MAX_STRING_BYTES:,} bytes)")
+    return None
 
 
 def surely_valid(resource: dict[str, Any]) -> bool:

@@ -44,7 +44,7 @@ from sharedcare.governance.gateway import AccessDenied, InvalidRequest
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.review import flag_new_source_record
 from sharedcare.governance.scopes import write_scopes
-from sharedcare.ingest.fhir_batch import entry_index, messages_of
+from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_full_url
 from sharedcare.ingest.fhir_bundle import etag_version, parse_message, read_messages, request_version, stage_fhir_write
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, WriteRefused
 from sharedcare.ingest.pipeline import IngestReport, Pipeline
@@ -190,6 +190,9 @@ class Contributions:
         listed = data.get("entry") or []
         if not isinstance(listed, list):
             raise self._invalid("Bundle.entry must be a list of entries")
+        repeated = repeated_full_url(listed)
+        if repeated:
+            raise self._invalid(f"Bundle.{repeated}")
         if kind == "transaction":
             asked: dict[tuple[str, str], Asked] = {}
             for number, entry in enumerate(listed):
@@ -197,6 +200,11 @@ class Contributions:
                     asked.update(self._entry_asked(entry, number))
                 except MessageError as exc:
                     raise self._invalid(f"{exc.where}: {exc.message}") from exc
+                kind_sent = _not_kept(entry)
+                if kind_sent is not None:
+                    raise self._invalid(f"Bundle.entry[{number}]: the shared record does not keep {kind_sent} "
+                                        "resources, and a transaction is stored whole or not at all: send it "
+                                        "without that entry (nothing of it was stored)")
             result = self._store_single(raw, listed, asked)
             result.bundle_type = "transaction"
             return result
@@ -332,9 +340,9 @@ class Contributions:
             resource = entry.get("resource") if isinstance(entry, dict) else None
             resource = resource if isinstance(resource, dict) else {}
             item = by_key.get((str(resource.get("resourceType")), str(resource.get("id"))))
-            if item is None:
-                outcomes.append(EntryOutcome("200 OK", resource.get("resourceType"), severity="warning",
-                                             code="not-supported", text=f"set aside: the shared record does not "
+            if item is None:  # a batch's entry of a type not kept: answered as a PUT of it would be
+                outcomes.append(EntryOutcome("404 Not Found", resource.get("resourceType"), severity="error",
+                                             code="not-supported", text=f"not stored: the shared record does not "
                                              f"keep {resource.get('resourceType')} resources"))
                 continue
             version, modified = rows.get(item.server_id, (None, None))
@@ -428,6 +436,13 @@ class Contributions:
                         released=[str(o.location) for o in theirs],
                         rule_id="permit-write" if written else "deny-write-quarantined", detail=detail,
                         fhir_action="C" if created else "U" if theirs else self.asked)
+
+
+def _not_kept(entry: Any) -> str | None:
+    """The resource type of a Bundle entry that the shared record does not keep; None for one it does."""
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    kind = resource.get("resourceType") if isinstance(resource, dict) else None
+    return kind if isinstance(kind, str) and kind not in RECORD_TYPES else None
 
 
 def _among(types: frozenset[str] | None, resource_type: str) -> bool:

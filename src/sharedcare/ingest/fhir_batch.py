@@ -5,7 +5,8 @@ entry at fault. A batch is split here into one message per entry, so the pipelin
 entries and quarantines each bad one with its own reason and index. Entries of a batch have no
 interdependencies by the spec's rule, but senders do point at a patient in the same batch by its
 `urn:uuid` fullUrl, so each entry's references to other entries are rewritten to `Type/id` (which the
-pipeline resolves within the sender's records) and Patient entries go first.
+pipeline resolves within the sender's records) and Patient entries go first. A batch whose fullUrls repeat is
+not split: it is refused whole (`repeated_full_url`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,23 @@ def entry_index(raw: RawMessage) -> int | None:
     """The index in its batch of the entry a split message holds; None for a whole message."""
     found = _ENTRY_LOCATION.search(raw.location)
     return int(found.group(1)) if found else None
+
+
+def repeated_full_url(entries: list[Any]) -> str | None:
+    """Why a Bundle whose entries share a fullUrl is refused (FHIR's bdl-7), naming the first two; None when
+    each is unique. A reference to a repeated fullUrl would be resolved to one of them, maybe the wrong
+    patient's, so none of the Bundle is taken."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        url = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if not isinstance(url, str):
+            continue
+        if url in seen:
+            return (f"entry[{seen[url]}] and entry[{index}] have the same fullUrl '{url}': a reference to it could "
+                    "name either, and FHIR requires each entry's fullUrl to be unique in a Bundle (bdl-7); "
+                    "nothing of this Bundle is stored")
+        seen[url] = index
+    return None
 
 
 def _targets(entries: list[Any]) -> dict[str, str]:
@@ -52,7 +70,7 @@ def split_batch(raw: RawMessage, data: dict[str, Any]) -> list[RawMessage] | Non
     if data.get("resourceType") != "Bundle" or data.get("type") != "batch":
         return None
     entries = data.get("entry")
-    if not isinstance(entries, list) or not entries:
+    if not isinstance(entries, list) or not entries or repeated_full_url(entries):
         return None
     targets = _targets(entries)
     envelope = {key: value for key, value in data.items() if key != "entry"}

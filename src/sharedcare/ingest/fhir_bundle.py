@@ -26,10 +26,10 @@ from sharedcare.fhir.uk_core import (
     parse_meta_source,
     server_id,
 )
-from sharedcare.fhir.validate import too_deep
+from sharedcare.fhir.validate import short_path, too_deep
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import normalise
-from sharedcare.ingest.fhir_batch import entry_index, messages_of
+from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_full_url
 from sharedcare.ingest.fhir_xml import looks_like_xml, parse_xml
 from sharedcare.ingest.messages import (
     KEPT_OF_TOO_LARGE,
@@ -195,6 +195,20 @@ def _timestamp(value: Any, fallback: datetime) -> datetime:
     return fallback
 
 
+# References FHIR resolves only within the Bundle that carries them, to an entry's fullUrl: one that names no
+# entry is not a reference to anything (stored, it pointed nowhere and read as if it did).
+BUNDLE_ONLY_REFERENCES = ("urn:uuid:", "urn:oid:")
+
+
+class _Unresolved(Exception):
+    """A urn reference that names no entry; `path` is filled in (innermost first) as the walk unwinds."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(reference)
+        self.reference = reference
+        self.path: list[str | int] = []
+
+
 class _References:
     """Rewrites a source's references (urn:uuid fullUrls, Type/id) to sharedcare's server ids."""
 
@@ -219,20 +233,31 @@ class _References:
     def rewrite(self, node: dict[str, Any] | list[Any]) -> None:
         """Rewrite the references in `node` in place: it was parsed for this message alone and nothing reads
         the source's references after this (copying every object and array was a twentieth of staging).
-        Only dicts and lists are walked into (a call per string and number was a tenth of staging)."""
+        Only dicts and lists are walked into (a call per string and number was a tenth of staging). A urn
+        reference that names no entry raises _Unresolved (the try costs nothing until it does)."""
         if isinstance(node, dict):
-            for value in node.values():
+            for key, value in node.items():
                 if isinstance(value, dict | list):
-                    self.rewrite(value)
+                    try:
+                        self.rewrite(value)
+                    except _Unresolved as unresolved:
+                        unresolved.path.append(key)
+                        raise
             ref = node.get("reference")
             if isinstance(ref, str):
                 target = self.resolve(ref)
                 if target:
                     node["reference"] = f"{target[0]}/{server_id(self.org, target[0], target[1])}"
+                elif ref.startswith(BUNDLE_ONLY_REFERENCES):
+                    raise _Unresolved(ref)
         else:
-            for item in node:
+            for index, item in enumerate(node):
                 if isinstance(item, dict | list):
-                    self.rewrite(item)
+                    try:
+                        self.rewrite(item)
+                    except _Unresolved as unresolved:
+                        unresolved.path.append(index)
+                        raise
 
 
 def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = None,
@@ -251,6 +276,9 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             listed = data.get("entry") or []
             if not isinstance(listed, list):
                 raise MessageError("Bundle.entry must be a list of entries", raw.where)
+            repeated = repeated_full_url(listed)
+            if repeated:
+                raise MessageError(repeated, raw.where)
             _check_requests(listed, raw, versioned)
             entries = [(e.get("fullUrl"), e.get("resource")) if isinstance(e, dict) else (None, None) for e in listed]
             message_time = bounded_event_time(_timestamp(data.get("timestamp"), received), received,
@@ -296,7 +324,13 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
                 patient_source_id = source_id
             else:
                 patient_source_id = _patient_of(resource, refs, where)
-            refs.rewrite(resource)
+            try:
+                refs.rewrite(resource)
+            except _Unresolved as unresolved:
+                element = short_path((resource["resourceType"], *reversed(unresolved.path), "reference"))
+                raise MessageError(f"{element} '{unresolved.reference}' names no entry of this message: a urn:uuid or "
+                                   "urn:oid reference must be the fullUrl of an entry sent with it (send that entry, "
+                                   "or reference the resource as Type/id)", where) from None
             content = resource  # its references rewritten: what is stored
             for name in PATIENT_FIELDS:  # a patient named by identifier only gets the literal reference too
                 if isinstance(content.get(name), dict) and "reference" not in content[name]:

@@ -181,13 +181,14 @@ def _manifest_feeds(folder: Path) -> list[Path] | None:
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files named, and every feed file under folders named, in a stable order."""
+    """Files named, and every regular file under folders named (or the feeds a folder's manifest lists), in a
+    stable order. A file of no known format is passed on too, to be read in the --format given or reported
+    as skipped: a feed named `ADT_0001.txt` was passed over unseen."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
             listed = _manifest_feeds(path)
-            out.extend(listed if listed is not None else
-                       sorted(p for p in path.rglob("*") if p.is_file() and detect_format(p)))
+            out.extend(listed if listed is not None else sorted(p for p in path.rglob("*") if p.is_file()))
         else:
             out.append(path)
     return out
