@@ -289,6 +289,27 @@ def test_father_and_son_with_the_same_name_and_address_stay_apart(db: Database, 
     assert r["RXR/h-jr"].person_id == r["P81001/jr"].person_id
 
 
+def test_twins_whose_names_differ_only_in_letters_outside_a_to_z_are_reviewed_not_linked(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("hang", None, "Nguyễn", "Hằng", "2001-04-09", "female")),
+            (HOSPITAL, patient("huong", None, "Nguyễn", "Hương", "2001-04-09", "female")))
+    r = _records(db)
+    assert r["P81001/hang"].person_id != r["RXR/huong"].person_id
+    assert r["RXR/huong"].link_status == "review"
+    assert "safety rule: name" in (r["RXR/huong"].link_note or "")
+
+
+def test_a_name_in_another_script_is_matched_not_held_as_no_name(db: Database, framework: Framework,
+                                                                 tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("maria", "9434765919", "Παπαδόπουλος", "Μαρία", "1970-05-05", "female")),
+            (HOSPITAL, patient("h-maria", "9434765919", "Παπαδόπουλος", "Μαρία", "1970-05-05", "female")))
+    r = _records(db)
+    assert r["RXR/h-maria"].person_id == r["P81001/maria"].person_id
+    assert r["RXR/h-maria"].link_status == "linked"
+
+
 def test_a_son_is_never_linked_through_his_fathers_record_without_a_number_to_a_person_with_another(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """Found at 100,000 people: the son's GP record (its own NHS number) matched the father's hospital

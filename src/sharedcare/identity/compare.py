@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -28,7 +29,6 @@ Features = dict[str, Any]
 
 # UK postcode shape (outward code, space, inward code); anything else is not used for matching.
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ?([0-9][A-Z]{2})$")
-_NOT_NAME = re.compile(r"[^a-z\- ]")
 # The NHS pseudo-postcodes (ZZ99 3WZ address not known, ZZ99 3VZ no fixed abode, ZZ99 xxZ a country abroad)
 # say where no one lives: people who share one share no address.
 PSEUDO_POSTCODE_DISTRICT = "ZZ99"
@@ -46,19 +46,40 @@ def _nickname_groups() -> dict[str, frozenset[str]]:
     return {name: frozenset(formals) for name, formals in groups.items()}
 
 
+# Letters NFKD does not decompose into a base letter and marks: written as English keyboards write them.
+_UNDECOMPOSED = str.maketrans({"æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ð": "d", "þ": "th", "ł": "l", "ŀ": "l",
+                               "ı": "i", "ħ": "h", "ŧ": "t", "ŋ": "n", "ƒ": "f", "ʒ": "z", "ɨ": "i"})
+
+
+def _folded(value: str) -> str:
+    """Case and accents folded, as a clerk without the letter types it ("Nguyễn Hằng" -> "nguyen hang",
+    "Straße" -> "strasse", "Søren" -> "soren"); letters of other scripts stay, lower-cased ("Μαρία" ->
+    "μαρια"), so two names that differ only in their accents or script marks never read as one."""
+    if value.isascii():
+        return value.lower()
+    # NFKD both sides of casefold: casefold may leave a letter NFKD then decomposes ("ℌ" -> "H") or write one
+    # composed ("ΐ")
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", value).casefold()).translate(_UNDECOMPOSED)
+    return "".join(ch for ch in text if not unicodedata.combining(ch))
+
+
 def name_text(value: str | None) -> str | None:
-    """Lower case, letters, hyphens and single spaces only ("O'Brien " -> "obrien")."""
+    """Folded (`_folded`), letters, hyphens and single spaces only ("O'Brien " -> "obrien")."""
     if not value:
         return None
-    text = " ".join(_NOT_NAME.sub("", value.strip().lower().replace("'", "")).split())
-    return text or None
+    letters = "".join(ch for ch in _folded(value) if ch in "- " or unicodedata.category(ch) in _LETTERS)
+    return " ".join(letters.split()) or None
+
+
+# Letters a name is read by: not modifier letters, which are apostrophes and tone marks ("ʻ", "ʼ").
+_LETTERS = frozenset({"Ll", "Lu", "Lt", "Lo"})
 
 
 # What a record carries in place of a name before the patient is named or while unknown ("Baby", "Baby of
 # <mother>", "Twin 1", "Unknown Male", "UNKNOWN"), read from `placeholders.csv`: a list, one form a line, so
 # a form found in a feed is added there, not in code. None of it says who the patient is, so matching reads
 # it as no name: "Twin 1" and "Twin 2" are not an exact match.
-_TOKEN = re.compile(r"[a-z0-9]+(?:/[a-z0-9]+)*")
+_TOKEN = re.compile(r"[^\W_]+(?:/[^\W_]+)*")  # words of letters and digits, in any script
 
 
 @cache
@@ -75,7 +96,7 @@ def _read(value: str) -> list[tuple[tuple[str, ...], set[str]]]:
     """The text's forms left to right with their kinds, two-word forms first ("not known"); a digit is a
     qualifier, any other word a name ({"name"})."""
     forms = _placeholder_forms()
-    words = _TOKEN.findall(value.lower().replace("'", ""))
+    words = _TOKEN.findall(_folded(value).replace("'", ""))
     read: list[tuple[tuple[str, ...], set[str]]] = []
     i = 0
     while i < len(words):
