@@ -24,7 +24,7 @@ from sharedcare.identity.compare import (
     names_keep_apart,
     numbers_keep_apart,
 )
-from sharedcare.identity.nhs_number import is_valid
+from sharedcare.identity.nhs_number import is_valid, normalise
 
 BASE = MatchRecord(1, given="Robert", family="Smith", birth_date="1960-03-07", sex="male", postcode="RV1 2AB")
 
@@ -144,6 +144,12 @@ def test_a_keying_error_never_turns_one_valid_nhs_number_into_another() -> None:
         keyed = {number[:i] + d + number[i + 1:] for i in range(10) for d in "0123456789"} | {
             number[:i] + number[i + 1] + number[i] + number[i + 2:] for i in range(9)}
         assert [k for k in keyed - {number} if is_valid(k)] == []
+
+
+def test_an_nhs_number_in_full_width_or_other_script_digits_is_read_as_its_ascii_digits() -> None:
+    assert normalise("９４３４７６５９１９") == normalise("943 476 ５９１９") == "9434765919"
+    assert is_valid("９４３４７６５９１９") and is_valid("٩٤٣٤٧٦٥٩١٩")  # full-width, Arabic-Indic
+    assert not is_valid("943476591\u00b9") and normalise("943476591\u00b9") != "9434765919"  # superscript one
 
 
 def test_only_two_different_valid_nhs_numbers_keep_a_pair_apart_by_rule() -> None:

@@ -310,6 +310,17 @@ def test_a_name_in_another_script_is_matched_not_held_as_no_name(db: Database, f
     assert r["RXR/h-maria"].link_status == "linked"
 
 
+def test_an_nhs_number_in_full_width_digits_is_stored_and_linked_as_the_same_number(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("emeka", "9434765919", "Okafor", "Emeka", "1945-03-02", "male")),
+            (HOSPITAL, patient("h-emeka", "９４３４７６５９１９", "Okafor", "Emeka", "1945-03-02", "male", "LS6 1AA")))
+    r = _records(db)
+    assert r["RXR/h-emeka"].nhs_number == "9434765919"
+    assert r["RXR/h-emeka"].person_id == r["P81001/emeka"].person_id
+    assert r["RXR/h-emeka"].link_method == "nhs-number"
+
+
 def test_a_son_is_never_linked_through_his_fathers_record_without_a_number_to_a_person_with_another(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """Found at 100,000 people: the son's GP record (its own NHS number) matched the father's hospital

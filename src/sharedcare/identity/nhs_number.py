@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 
 import nhs_number
@@ -10,14 +11,18 @@ NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
 
 def normalise(value: str) -> str:
-    """Strip the spaces and dashes people type ("943 476 5919" -> "9434765919")."""
-    return "".join(ch for ch in value if ch.isdigit() or ch.isalpha())
+    """Strip the spaces and dashes people type ("943 476 5919" -> "9434765919") and write a digit of
+    another script as its ASCII digit (full-width "９" -> "9"): the number is stored and compared so, and one
+    person's number written both ways is one number."""
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch
+                   for ch in value if ch.isdigit() or ch.isalpha())
 
 
 def is_valid(value: str) -> bool:
-    """Ten digits whose check digit agrees (modulus 11)."""
+    """Ten ASCII digits, once normalised, whose check digit agrees (modulus 11): "²" is a digit to
+    `str.isdigit` but no decimal digit, and stays one no number is made of."""
     digits = normalise(value)
-    return len(digits) == 10 and digits.isdigit() and _check_digit_agrees(digits)
+    return len(digits) == 10 and digits.isascii() and digits.isdigit() and _check_digit_agrees(digits)
 
 
 @lru_cache(maxsize=1 << 16)
