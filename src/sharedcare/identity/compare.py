@@ -46,33 +46,37 @@ def _nickname_groups() -> dict[str, frozenset[str]]:
     return {name: frozenset(formals) for name, formals in groups.items()}
 
 
-# Letters NFKD does not decompose into a base letter and marks: written as English keyboards write them.
+# Letters NFKD does not decompose into a base letter and marks, written as a keyboard without them writes them;
+# apostrophes written as modifier letters ("ʼ", "ʻ") go, as "'" does.
 _UNDECOMPOSED = str.maketrans({"æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ð": "d", "þ": "th", "ł": "l", "ŀ": "l",
-                               "ı": "i", "ħ": "h", "ŧ": "t", "ŋ": "n", "ƒ": "f", "ʒ": "z", "ɨ": "i"})
+                               "ı": "i", "ħ": "h", "ŧ": "t", "ŋ": "n", "ƒ": "f", "ʒ": "z", "ɨ": "i",
+                               "ʼ": "", "ʻ": "", "ʽ": "", "ʹ": ""})
+# The combining diacritical marks (accents, the breve of Cyrillic "й"): not the vowel signs and viramas of
+# Indic and other scripts, which are part of the letters they write (किरण Kiran and करण Karan)
+_ACCENTS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+_NOT_NAME = re.compile(r"[^a-z\- ]")
 
 
 def _folded(value: str) -> str:
-    """Case and accents folded, as a clerk without the letter types it ("Nguyễn Hằng" -> "nguyen hang",
-    "Straße" -> "strasse", "Søren" -> "soren"); letters of other scripts stay, lower-cased ("Μαρία" ->
-    "μαρια"), so two names that differ only in their accents or script marks never read as one."""
+    """Case and accents folded, as a clerk without the letters types it ("Nguyễn Hằng" -> "nguyễn hằng" ->
+    "nguyen hang", "Straße" -> "strasse", "Søren" -> "soren"); other scripts stay, lower-cased ("Μαρία" ->
+    "μαρια"). An ASCII value is only lower-cased, as names were before accents were folded."""
     if value.isascii():
         return value.lower()
-    # NFKD both sides of casefold: casefold may leave a letter NFKD then decomposes ("ℌ" -> "H") or write one
-    # composed ("ΐ")
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", value).casefold()).translate(_UNDECOMPOSED)
-    return "".join(ch for ch in text if not unicodedata.combining(ch))
+    # NFKD on both sides of casefold: it may leave a letter NFKD then decomposes ("ℌ" -> "H") or write one composed
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", value).casefold())
+    return _ACCENTS.sub("", text).translate(_UNDECOMPOSED)
 
 
 def name_text(value: str | None) -> str | None:
-    """Folded (`_folded`), letters, hyphens and single spaces only ("O'Brien " -> "obrien")."""
+    """Folded (`_folded`): letters of any script with their marks, hyphens and single spaces only ("O'Brien "
+    -> "obrien"); a name written in letters is never read as nothing."""
     if not value:
         return None
-    letters = "".join(ch for ch in _folded(value) if ch in "- " or unicodedata.category(ch) in _LETTERS)
+    text = _folded(value).replace("'", "")
+    letters = _NOT_NAME.sub("", text) if text.isascii() else "".join(
+        ch for ch in text if ch in "- " or unicodedata.category(ch)[0] in "LM")
     return " ".join(letters.split()) or None
-
-
-# Letters a name is read by: not modifier letters, which are apostrophes and tone marks ("ʻ", "ʼ").
-_LETTERS = frozenset({"Ll", "Lu", "Lt", "Lo"})
 
 
 # What a record carries in place of a name before the patient is named or while unknown ("Baby", "Baby of
