@@ -384,6 +384,22 @@ def test_a_valid_nhs_number_typed_into_the_wrong_person_is_held_for_review_not_l
     assert "another sex and date of birth" in (r["RXR/tom"].link_note or "")
 
 
+@pytest.mark.parametrize(("born", "linked"), [
+    ("1945-03-02", False),  # the father's record given his son's number: same name, sex and address
+    ("1975-10-09", False),  # two keying errors
+    ("1975-09-08", True), ("1975-08-08", True), ("1957-08-09", True)])  # day-month swap, one keying error
+def test_a_valid_nhs_number_on_a_record_born_more_than_a_keying_error_away_is_held_for_review(
+        db: Database, framework: Framework, tmp_path: Path, born: str, linked: bool) -> None:
+    """Whatever the sex: a birth date one keying error or a day-month swap away is the same date written twice,
+    so the number links; a father's (decades away) is someone else's."""
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("son", "9434765870", "Okafor", "Emeka", "1975-08-09", "male", "RV3 7QT")),
+            (HOSPITAL, patient("h", "9434765870", "Okafor", "Emeka", born, "male", "RV3 7QT")))
+    r = _records(db)
+    assert (r["RXR/h"].person_id == r["P81001/son"].person_id) is linked
+    assert r["RXR/h"].link_method == ("nhs-number" if linked else "nhs-number-conflict")
+
+
 @pytest.mark.parametrize(("given", "family", "born", "reason"), [
     (None, None, "1970-01-01", "no name"),
     ("Ann", "Lee", None, "no date of birth"),
@@ -491,7 +507,7 @@ def test_a_mothers_nhs_number_on_her_babys_record_is_held_for_review_not_linked(
     r = _records(db)
     assert r["RXR/baby"].person_id != r["P81001/mum"].person_id
     assert (r["RXR/baby"].link_status, r["RXR/baby"].link_method) == ("review", "nhs-number-conflict")
-    assert "another given name" in (r["RXR/baby"].link_note or "")
+    assert "a date of birth more than a keying error" in (r["RXR/baby"].link_note or "")  # 36 years apart
     [review] = _reviews(db)
     assert {review.record_a, review.record_b} == {r["RXR/baby"].id, r["P81001/mum"].id}
     with db.session() as s:

@@ -96,6 +96,21 @@ def test_a_correction_that_matches_no_one_takes_the_record_from_the_person_it_co
     assert r["RXR/H100"].link_method == "new"
 
 
+def test_a_correction_giving_a_record_a_sons_nhs_number_does_not_move_the_fathers_admission_to_the_son(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The A08 gives Mr Okafor's (born 1945) registration his son's NHS number, name and sex unchanged: the
+    son's record holds that number, but a birth date 30 years from his is someone else's."""
+    _fhir(db, framework, tmp_path / "gp.ndjson",
+          (GP, patient("father", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")),
+          (OTHER_GP, patient("son", "9434765870", "Okafor", "Emeka", "1975-08-19", "male", "LS1 4AP")))
+    _hl7(db, framework, tmp_path / "RXR" / "a01.hl7", admission())
+    _hl7(db, framework, tmp_path / "RXR" / "a08.hl7", adt("A08", "PAS2", "20260110100000", pid(nhs="9434765870"),
+                                                          pv1(admitted="20260110090000")))
+    r = _records(db)
+    assert r["RXR/H100"].person_id not in (r["P81002/son"].person_id, r["P81001/father"].person_id)
+    assert (r["RXR/H100"].link_method, r["RXR/H100"].link_status) == ("nhs-number-conflict", "review")
+
+
 def _unknown_patient(db: Database, framework: Framework, tmp_path: Path) -> None:
     """A GP record, then an ambulance crew's record of the same man while he could not say who he was."""
     unknown = patient("call-1", None, "UNKNOWN", "Unknown Male", "1945-01-01", "male", "ZZ99 3WZ")

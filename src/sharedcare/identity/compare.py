@@ -365,6 +365,14 @@ DOB = Comparison("dob", "date of birth: exact, day and month transposed, one key
     ELSE,
 ))
 
+
+def birth_dates_far_apart(a: str, b: str) -> bool:
+    """Whether two ISO birth dates are further apart than the date of birth comparison reads as one date
+    written twice (day and month transposed, one keying error): its level 'different'."""
+    x, y = ({"dob": d, "dob_transposed": transposed(d)} for d in (a, b))
+    return DOB.levels[DOB.level(x, y)].label == "different"
+
+
 ADDRESS = Comparison("address", "postcode now and in the address history: full, moved, sector, district", (
     _either_null("postcode"),
     _exact("postcode", "same postcode"),

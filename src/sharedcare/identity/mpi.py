@@ -38,6 +38,7 @@ from sharedcare.identity.compare import (
     PSEUDO_POSTCODE_DISTRICT,
     Features,
     MatchRecord,
+    birth_dates_far_apart,
     email_key,
     family_text,
     features,
@@ -122,11 +123,17 @@ def _insert_record(session: Session, record: PatientRecord) -> None:
     session.add(record)
 
 
+# What `_conflicts` reads as clearly someone else, as review notes name it.
+CONFLICT = "another sex and date of birth, or a date of birth more than a keying error or a day-month swap away"
+
+
 def _conflicts(a: PatientRecord | StoredRecord, b: Demographics) -> bool:
-    """Clearly a different person: both sex and date of birth known and different."""
+    """Clearly a different person (`CONFLICT`): sex and date of birth both known and different, or dates of
+    birth further apart than one date written twice (a father's 1945 record given his son's NHS number)."""
+    if not (a.birth_date and b.birth_date and a.birth_date != b.birth_date):
+        return False
     sex_differs = bool(a.gender and b.gender and a.gender != b.gender and "unknown" not in (a.gender, b.gender))
-    dob_differs = bool(a.birth_date and b.birth_date and a.birth_date != b.birth_date)
-    return sex_differs and dob_differs
+    return sex_differs or birth_dates_far_apart(a.birth_date.isoformat(), b.birth_date.isoformat())
 
 
 def missing(demo: Demographics) -> str | None:
@@ -183,9 +190,10 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None, block: B
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
             return _nhs_number_link(session, demo, nhs, agreeing)
-        if same_number:
+        if same_number:  # each on the review list with it, for a reviewer to see whose number it is
             return _Link(None, "nhs-number-conflict", 0.0, "review",
-                         "held for review: this NHS number is held for someone of another sex and date of birth")
+                         f"held for review: this NHS number is held for someone of {CONFLICT}",
+                         review_with=_review_pairs(session, features(match_record(0, demo, nhs)), same_number[:5]))
     found = match(session, incoming, block=block, itself=itself)
     if found.outcome == "link" and found.best is not None:
         return _Link(found.best.person_id, "probabilistic", found.best.score.probability, "linked",
@@ -203,30 +211,34 @@ def _nhs_number_link(session: Session, demo: Demographics, nhs: str,
     only when the surname and date of birth agree as well, and is then put on the review list with the
     reason; one whose given name and surname or birth date differ is held for review (a mother's NHS
     number on her baby's record), never linked."""
-    from sharedcare.identity.realtime import current_model
-
     incoming = features(match_record(0, demo, nhs))
     theirs = [(r, features(stored_match_record(r))) for r in agreeing]
     for record, their in theirs:
         if NAME.levels[NAME.level(incoming, their)].label not in NAME.never_link:
             return _Link(record.person_id, "nhs-number", 1.0, "linked")
-    model = current_model(session)
-
-    def review(record: PatientRecord | StoredRecord, their: dict[str, Any],
-               **extra: str) -> tuple[int, float, dict[str, Any]]:
-        found = levels(incoming, their)
-        return (record.id, model.score_levels(found).probability,
-                model.evidence(found) | {"with_record": record.id} | extra)
-
     for record, their in theirs:
         if nhs_number_outweighs_given_name(incoming, their):
-            item = review(record, their, discrepancy=NHS_NUMBER_OUTWEIGHS_GIVEN_NAME)
+            [item] = _review_pairs(session, incoming, [record], discrepancy=NHS_NUMBER_OUTWEIGHS_GIVEN_NAME)
             return _Link(record.person_id, "nhs-number", 1.0, "linked",
                          f"linked, on the review list: {NHS_NUMBER_OUTWEIGHS_GIVEN_NAME}", evidence=item[2],
                          review_with=[item])
     return _Link(None, "nhs-number-conflict", 0.0, "review",
                  "held for review: this NHS number is held for someone with another given name and another "
-                 "surname or date of birth", review_with=[review(r, their) for r, their in theirs[:5]])
+                 "surname or date of birth", review_with=_review_pairs(session, incoming, agreeing[:5]))
+
+
+def _review_pairs(session: Session, incoming: Features, records: Sequence[PatientRecord | StoredRecord],
+                  **extra: str) -> list[tuple[int, float, dict[str, Any]]]:
+    """The incoming record's pair with each of these records as the review list shows it: score and evidence."""
+    from sharedcare.identity.realtime import current_model
+
+    model = current_model(session)
+    pairs = []
+    for record in records:
+        found = levels(incoming, features(stored_match_record(record)))
+        pairs.append((record.id, model.score_levels(found).probability,
+                      model.evidence(found) | {"with_record": record.id} | extra))
+    return pairs
 
 
 def match_record(record_id: int, demo: Demographics, nhs: str | None) -> MatchRecord:
@@ -377,7 +389,7 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     - it moves to the person it now links to, or to a person of its own when it links to no one (a person
       it leaves with no record keeps none, as after a merge): a `rematch` LinkEvent with the move, audited;
     - it never stays with, nor goes to, a person one of whose records it clearly conflicts with (another
-      valid NHS number, or another sex and date of birth): it gets a person of its own, held for review;
+      valid NHS number, or `CONFLICT`): it gets a person of its own, held for review;
     - a record a person placed (a reviewer's link or separation, a source's merge) is not moved: it is held
       for review with the earlier decision named, unless it now conflicts with its person's other records;
       then it leaves them, and the decisions on its pairs are reopened, naming what they were;
@@ -448,7 +460,7 @@ def _person_records(session: Session, person_id: str, but: int) -> list[PatientR
 
 
 def _why_apart(other: PatientRecord, nhs: str | None) -> str:
-    return "another NHS number" if numbers_keep_apart(nhs, other.nhs_number) else "another sex and date of birth"
+    return "another NHS number" if numbers_keep_apart(nhs, other.nhs_number) else CONFLICT
 
 
 def _clash(records: list[PatientRecord], demo: Demographics, nhs: str | None) -> PatientRecord | None:
