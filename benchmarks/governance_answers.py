@@ -93,6 +93,8 @@ def _change(db: Database, fw: Framework, people: list[str]) -> int:
         assert nhs is not None  # noqa: S101 - the synthetic ICS gives every person one
         set_choice(s, nhs, by="bench", object_all=True)
         set_agreement(s, fw, "RYC", "suspended", by="bench", reason="a breach reported")
+        # as if people[3]'s sources had sent no NHS number: a merge of two different valid ones is refused
+        s.execute(update(PatientRecord).where(PatientRecord.person_id == people[3]).values(nhs_number=None))
         merged = merge_persons(s, people[2], people[3], by="bench", reason="same person after review").id
         for person in (people[-1], people[4]):
             rows = s.execute(select(Resource.id, Resource.content, Resource.version)

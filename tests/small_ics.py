@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 from tests.builders import SCT, bundle, condition, document, medication, patient, write_ndjson
 from tests.portal_client import PortalClient
 
@@ -132,3 +133,10 @@ def resend_diabetes(db: Database, framework: Framework, tmp_path: Path, name: st
     ], timestamp=timestamp)
     report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{name}.ndjson", [gp])])
     assert report.quarantined == 0, report.quarantine
+
+
+def without_nhs_number(session: Session, person: str) -> None:
+    """Clear the NHS number of a person's source records, as if their sources had sent none: for tests that
+    merge two of the small ICS's people, each with a valid number, to see what follows a merge (a merge of
+    two different valid NHS numbers is refused, HAZ-01)."""
+    session.execute(update(PatientRecord).where(PatientRecord.person_id == person).values(nhs_number=None))

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 from tests.builders import bundle, condition, document, patient, write_ndjson
 from tests.fhir_bundles import entries, resources
-from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes
+from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes, without_nhs_number
 
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.links import merge_persons, unmerge
@@ -216,6 +216,7 @@ def test_after_a_merge_the_merged_records_versions_are_in_the_history_and_after_
     rid, vine = _moved_to_okafor(db, framework, tmp_path)
     headers = ics.open_record("dr.oconnor")
     with db.session() as s:
+        without_nhs_number(s, vine)
         merge = merge_persons(s, ics.okafor, vine, by="mpi.reviewer", reason="one person after all")
     assert _shown(ics, rid, headers) == [("2", "Okafor's hypertension", f"Patient/{ics.okafor}"),
                                          ("1", "Vine's hypertension", f"Patient/{ics.okafor}")]

@@ -355,6 +355,17 @@ def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) 
     assert json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) == []
 
 
+def test_mpi_merge_refuses_two_persons_with_different_nhs_numbers(env: Database, tmp_path: Path) -> None:
+    feed = write_ndjson(tmp_path / "two.ndjson", [
+        bundle("P81001", "emis", [patient("a", "9434765919", "Hughes", "Margaret", "1952-06-11", gender="female")]),
+        bundle("P81002", "systmone", [patient("b", "9990000018", "Hughes", "Peggy", "1953-02-17", gender="female")])])
+    runner.invoke(app, ["ingest", str(feed)])
+    first, second = (r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout)))
+    merged = runner.invoke(app, ["mpi", "merge", first, second, "--reason", "Peggy is Margaret"])
+    assert merged.exit_code == 2 and "5919" in merged.stderr and "0018" in merged.stderr
+    assert len({r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout))}) == 2
+
+
 def _twins_and_a_thin_record(tmp_path: Path) -> Path:
     """Two hospital records the MPI is unsure about (twins' shape) and one with no name or birth date."""
     return write_ndjson(tmp_path / "twins.ndjson", [

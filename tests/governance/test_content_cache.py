@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tests.fhir_bundles import entries
-from tests.small_ics import WITHDRAWN, Ics, resend_diabetes
+from tests.small_ics import WITHDRAWN, Ics, resend_diabetes, without_nhs_number
 
 from sharedcare.governance import content_cache as content_cache_module
 from sharedcare.governance import gateway
@@ -61,6 +61,7 @@ def test_a_merge_and_its_unmerge_move_cached_resources_between_records_on_the_ne
     assert allergy not in okafor and _cached(db) > 0
 
     with db.session() as s:
+        without_nhs_number(s, ics.stranger)
         event = merge_persons(s, ics.okafor, ics.stranger, by="mpi.reviewer", reason="same person after review")
     assert allergy in _record(ics, ics.okafor, headers)
     after_merge = ics.client.get(f"/fhir/Patient/{ics.stranger}/$everything", headers=headers)
@@ -229,6 +230,7 @@ def test_a_shape_served_from_a_cached_document_is_served_only_to_the_tier_and_re
 
     ics.open_record("dr.patel", person=ics.stranger)
     with db.session() as s:
+        without_nhs_number(s, ics.okafor)
         merge_persons(s, ics.stranger, ics.okafor, by="mpi.reviewer", reason="same person after review")
     moved = _metformin(ics, ics.stranger, gp)[1]
     assert moved["subject"]["reference"] == f"Patient/{ics.stranger}" and moved["note"] == full["note"]

@@ -6,17 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.builders import bundle, condition, patient, write_ndjson
-from tests.ingest.test_hl7v2 import admission, adt, pid, write_hl7
+from tests.ingest.test_hl7v2 import GOOD_NHS, OTHER_NHS, admission, adt, pid, pv1, write_hl7
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import search
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.links import LinkError, decide, merge_persons, unmerge
+from sharedcare.identity.mpi import relink
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import MatchReview, PatientRecord, Resource
+from sharedcare.store.models import LinkEvent, MatchReview, PatientRecord, Resource
 
 
 def _people(db: Database) -> dict[str, str]:
@@ -59,6 +60,28 @@ def test_a_merge_is_undone_exactly_and_no_clinical_data_crosses(db: Database, fr
         unmerge(s, event.id, by="mpi.reviewer")
 
 
+def test_an_unmerge_sends_the_absorbed_persons_records_that_arrived_meanwhile_back_to_them(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    gps = write_ndjson(tmp_path / "gp.ndjson", [
+        bundle("P81001", "emis", [patient("m", None, "Hughes", "Margaret", "1952-06-11", "female", "RV1 2AB")]),
+        bundle("P81002", "systmone", [patient("p", None, "Hughes", "Patricia", "1955-02-17", "female", "RV4 4BB")])])
+    Pipeline(db, framework).ingest_paths([gps])
+    margaret, patricia = _people(db)["P81001/m"], _people(db)["P81002/p"]
+    with db.session() as s:
+        merge = merge_persons(s, margaret, patricia, by="mpi.operator", reason="wrongly thought one person").id
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "amb.ndjson", [bundle("RYA", "epcr", [
+        patient("call-7", None, "Hughes", "Patricia", "1955-02-17", "female", "RV4 4BB")])]), write_hl7(
+        tmp_path / "pas.hl7", [adt("A01", "PAS9", "20260201090000", pid(
+            mrn="H300", nhs=OTHER_NHS, name="HUGHES^Patricia^^^Mrs", born="19550217", sex="F",
+            address="4 Bank Street^^Riverside^^RV4 4BB^GBR^H"), pv1("V300", admitted="20260201090000"))])])
+    assert _people(db)["RYA/call-7"] == _people(db)["RXR/H300"] == margaret  # linked through Patricia's record
+    with db.session() as s:
+        unmerge(s, merge, by="mpi.operator", reason="different people")
+    people = _people(db)
+    assert people["P81001/m"] == margaret
+    assert people["P81002/p"] == people["RYA/call-7"] == people["RXR/H300"] == patricia
+
+
 def test_an_a40_merges_the_hospitals_two_numbers_for_one_patient(db: Database, framework: Framework,
                                                                   tmp_path: Path) -> None:
     registrations = write_hl7(tmp_path / "pas-1.hl7", [
@@ -74,6 +97,27 @@ def test_an_a40_merges_the_hospitals_two_numbers_for_one_patient(db: Database, f
     assert report.quarantined == 0, report.quarantine
     after = _people(db)
     assert after["RXR/H100"] == after["RXR/T555"] == before["RXR/H100"]
+
+
+def test_an_a40_joining_two_valid_nhs_numbers_is_quarantined_and_merges_no_one(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A PAS clerk merges Mr Okafor's hospital record into Mrs Adeyemi's: their GP records must not follow."""
+    gps = write_ndjson(tmp_path / "gp.ndjson", [
+        bundle("P81001", "emis", [patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT"),
+                                  condition("okc", "Patient/okafor", "44054006", "Diabetes")]),
+        bundle("P81002", "systmone", [patient("adeyemi", OTHER_NHS, "Adeyemi", "Grace", "1980-05-12", "female",
+                                              "RV9 9ZZ")])])
+    adeyemi = pid(mrn="H200", nhs=OTHER_NHS, name="ADEYEMI^Grace^^^Mrs", born="19800512", sex="F",
+                  address="2 Park Road^^Riverside^^RV9 9ZZ^GBR^H")
+    Pipeline(db, framework).ingest_paths([gps, write_hl7(tmp_path / "pas-1.hl7", [
+        admission("M1"), adt("A01", "M2", "20260110090000", adeyemi, pv1("V200", admitted="20260110090000"))])])
+    before = _people(db)
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "pas-2.hl7", [
+        adt("A40", "M4", "20260112100000", adeyemi, "MRG|H100^^^RXR^MR")])])
+    assert report.quarantined == 1
+    assert "5919" in report.quarantine[0]["reason"] and "0018" in report.quarantine[0]["reason"]
+    assert _people(db) == before
+    assert "okc" not in _clinical_of(db, before["P81002/adeyemi"])
 
 
 def test_a_reviewer_links_or_separates_an_uncertain_pair_and_different_nhs_numbers_never_link(
@@ -98,6 +142,68 @@ def test_a_reviewer_links_or_separates_an_uncertain_pair_and_different_nhs_numbe
             record.nhs_number = "9434765919" if record.source_id == "a" else "9990000018"
     with db.session() as s, pytest.raises(LinkError, match="different NHS numbers"):
         decide(s, review.id, "link", by="mpi.reviewer")
+
+
+def test_a_reviewers_link_that_would_join_a_pair_another_reviewer_separated_is_refused_naming_that_decision(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    def arrives(org: str, source_id: str) -> None:
+        Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{source_id}.ndjson", [bundle(org, "x", [
+            patient(source_id, None, "Hughes", "Margaret", "1952-06-11", "female", "RV1 2AB")])])])
+
+    arrives("P81001", "a")
+    arrives("RYC", "b")
+    with db.session() as s:
+        ids = {r.source_id: r.id for r in s.scalars(select(PatientRecord))}
+        item = MatchReview(record_a=ids["a"], record_b=ids["b"], probability=0.9995, evidence={},
+                           created_at=utcnow(), status="open")
+        s.add(item)
+        s.flush()
+        separated = decide(s, item.id, "separate", by="reviewer1").id
+    arrives("RYA", "c")  # the same details again: it matches both, so both pairs are listed
+    with db.session() as s:
+        ids = {r.source_id: r.id for r in s.scalars(select(PatientRecord))}
+        pairs = {(i.record_a, i.record_b): i.id for i in s.scalars(select(MatchReview))}
+        decide(s, pairs[ids["a"], ids["c"]], "link", by="reviewer2")
+    with db.session() as s, pytest.raises(LinkError, match=f"review #{separated} separated \\(reviewer1, "):
+        decide(s, pairs[ids["b"], ids["c"]], "link", by="reviewer2")
+    people = _people(db)
+    assert people["P81001/a"] == people["RYA/c"] != people["RYC/b"]
+
+
+def test_a_relink_keeps_a_sources_merge_and_the_merge_can_still_be_undone(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "pas-1.hl7", [
+        admission("M1", mrn="H100", nhs=None),
+        admission("M2", visit="V200", mrn="T555", nhs=None, born="19540302",
+                  address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])])
+    before = _people(db)
+    Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "pas-2.hl7", [
+        adt("A40", "M3", "20260112090000", pid(mrn="H100", nhs=None), "MRG|T555^^^RXR^MR")])])
+    with db.session() as s:
+        relink(s)
+    assert _people(db)["RXR/T555"] == _people(db)["RXR/H100"] == before["RXR/H100"]
+    with db.session() as s:
+        merge = s.scalars(select(LinkEvent).where(LinkEvent.kind == "merge")).one().id
+        unmerge(s, merge, by="mpi.operator", reason="two patients after all")
+    assert _people(db) == before
+
+
+def test_a_relink_that_parts_a_wrongly_merged_person_gives_each_their_own_person_id_back(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A merge of two NHS numbers made before merges refused them: the relink parts them, and each person's
+    records keep the id their access bases and consents were kept by."""
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [
+        bundle("P81001", "emis", [patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")]),
+        bundle("P81002", "systmone", [patient("adeyemi", OTHER_NHS, "Adeyemi", "Grace", "1980-05-12", "female",
+                                              "RV9 9ZZ")])])])
+    before = _people(db)
+    with db.session() as s:
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "okafor").values(nhs_number=None))
+        merge_persons(s, before["P81002/adeyemi"], before["P81001/okafor"], by="mpi.operator", reason="mistake")
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "okafor").values(nhs_number=GOOD_NHS))
+    with db.session() as s:
+        relink(s)
+    assert _people(db) == before
 
 
 def test_a_record_with_no_name_or_birth_date_is_held_for_review_not_guessed(db: Database, framework: Framework,

@@ -282,7 +282,7 @@ def test_a_merge_is_audited_naming_the_surviving_patients_person(listener: int, 
     """An A40 moves the prior record's person into the surviving one's: its write names the person they are now."""
     h900 = A01.format(dob="19450302").encode("latin-1")
     h901 = (A01.format(dob="19620714").replace("MSG001", "MSG002").replace("H900", "H901")
-            .replace("9434765919", "9999999468").replace("OKAFOR^Emeka", "JONES^Ann").encode("latin-1"))
+            .replace("~9434765919^^^NHS^NH", "").replace("OKAFOR^Emeka", "JONES^Ann").encode("latin-1"))
     a40 = ("MSH|^~\\&|PAS|RXR|SHAREDCARE|QRD|20261102093000||ADT^A40^ADT_A39|MSG003|P|2.4\r"
            "EVN|A40|20261102093000\r"
            "PID|1||H900^^^RXR^MR~9434765919^^^NHS^NH||OKAFOR^Emeka^^^Mr||19450302|M\r"

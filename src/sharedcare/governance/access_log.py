@@ -70,7 +70,7 @@ class Holding:
     end: datetime | None
 
 
-def _arrived(session: Session, records: list[int]) -> dict[int, datetime]:
+def arrival_times(session: Session, records: list[int]) -> dict[int, datetime]:
     """When each source record came into the store: the earliest receipt of anything sent with it. Ingest
     writes a record with what its first message sent (a Patient, or a result whose Patient comes later),
     in one transaction, and every later version sent with the record, kept or superseded, is received
@@ -103,7 +103,7 @@ def holdings(session: Session, person_id: str) -> list[Holding]:
         .where(LinkMove.patient_record_id.in_(records)).order_by(LinkEvent.at, LinkMove.id)).all()
     left = session.scalar(select(LinkMove.id).where(LinkMove.from_person == person_id).limit(1)) is not None
     dated = records if left else sorted({record for record, _, _ in moves})
-    arrived = _arrived(session, dated) if dated else {}
+    arrived = arrival_times(session, dated) if dated else {}
     start: dict[int, datetime | None] = {record: arrived.get(record) for record in records}
     found = set()
     for record, before, at in moves:
@@ -332,7 +332,7 @@ def _joined_spans(session: Session, person_ids: set[str], own: set[int]) -> list
         select(LinkMove.patient_record_id, LinkMove.from_person, LinkMove.to_person, LinkEvent.at)
         .join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
         .where(LinkMove.patient_record_id.in_(foreign)).order_by(LinkEvent.at, LinkMove.id)).all()
-    arrived = _arrived(session, list(foreign))
+    arrived = arrival_times(session, list(foreign))
     spans, holder, since = [], {}, {}
     for record, before, after, at in moves:
         if record not in holder:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.access_log import arrival_times
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import numbers_keep_apart
@@ -68,7 +69,19 @@ def merge_persons(session: Session, keep: str, absorb: str, by: str, reason: str
         if session.get(Person, person) is None:
             raise LinkError(f"no person {person}")
     records = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == absorb)))
+    _refuse_two_numbers(session, keep, records)
     return _move(session, records, keep, "merge", by, reason)
+
+
+def _refuse_two_numbers(session: Session, keep: str, records: list[PatientRecord]) -> None:
+    """Two different valid NHS numbers are never one person (HAZ-01): a merge that would join them is
+    refused, whoever asks (an operator, a source's A40), naming the numbers by their last four digits."""
+    kept = [n for n in session.scalars(select(PatientRecord.nhs_number).where(PatientRecord.person_id == keep)) if n]
+    absorbed = [r.nhs_number for r in records if r.nhs_number]
+    pair = next(((mine, theirs) for mine in kept for theirs in absorbed if numbers_keep_apart(mine, theirs)), None)
+    if pair is not None:
+        raise LinkError(f"refused: NHS numbers ending {pair[0][-4:]} and {pair[1][-4:]} are two people; "
+                        f"two different valid NHS numbers are never one person")
 
 
 def merge_source_records(session: Session, org: str, prior_id: str, surviving_id: str, by: str,
@@ -89,7 +102,9 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
 
 
 def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkEvent:
-    """Undo one merge exactly: each moved record goes back to the person it came from."""
+    """Undo one merge exactly: each moved record goes back to the person it came from. A record that came to
+    the kept person since the merge is matched again (`mpi.rematch`): it goes where it belongs, or is held
+    for review with a note when it conflicts."""
     event = session.get(LinkEvent, event_id)
     if event is None or event.kind != "merge":
         raise LinkError(f"no merge #{event_id}")
@@ -115,7 +130,29 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkE
     record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
                                       reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
                                                                   "undoes": str(event_id)}))
+    from sharedcare.identity.mpi import match_again  # mpi imports this module
+
+    joined = _joined_since(session, event)  # matched again in the order they came, as if arriving again
+    for at, record in enumerate(joined):
+        match_again(session, record, f"merge #{event_id} was undone", {r.id for r in joined[at + 1:]})
     return undo
+
+
+def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:
+    """The records that came to the merged person after the merge (new, or moved in), in id order: one of
+    the absorbed person's may have linked through the records the merge brought, and belongs with them."""
+    if not merge.moves:
+        return []
+    keep, moved = merge.moves[0].to_person, {m.patient_record_id for m in merge.moves}
+    records = [r for r in session.scalars(select(PatientRecord).where(PatientRecord.person_id == keep)
+                                          .order_by(PatientRecord.id)) if r.id not in moved]
+    moved_in: dict[int, int] = {record: last for record, last in session.execute(
+        select(LinkMove.patient_record_id, func.max(LinkEvent.id)).join(LinkEvent)
+        .where(LinkMove.to_person == keep, LinkMove.patient_record_id.in_([r.id for r in records]))
+        .group_by(LinkMove.patient_record_id))}
+    arrived = arrival_times(session, [r.id for r in records if r.id not in moved_in])
+    return [r for r in records if (moved_in[r.id] > merge.id if r.id in moved_in
+                                   else r.id in arrived and arrived[r.id] > merge.at)]
 
 
 def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEvent:
@@ -139,6 +176,12 @@ def decide(session: Session, review_id: int, decision: Decision, by: str) -> Mat
     if decision == "link" and a.person_id != b.person_id:
         if numbers_keep_apart(a.nhs_number, b.nhs_number):
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
+        apart = _separated(session, a.person_id, b.person_id, review.id)
+        if apart is not None:
+            when = f"{apart.decided_at:%Y-%m-%d %H:%M} UTC"
+            raise LinkError(f"refused: linking would put records {apart.record_a} and {apart.record_b} in one "
+                            f"person, which review #{apart.id} separated ({apart.decided_by}, {when}); decide "
+                            f"that item again first")
         merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person")
     elif decision == "separate" and a.person_id == b.person_id:
         separate(session, b.id, by, f"review #{review_id}: different people")
@@ -146,6 +189,47 @@ def decide(session: Session, review_id: int, decision: Decision, by: str) -> Mat
     review.decided_by, review.decided_at = by, utcnow()
     session.flush()
     return review
+
+
+def _separated(session: Session, one: str, other: str, deciding: int) -> MatchReview | None:
+    """A reviewer's "separate" of a pair with a record in each of these persons, other than the item being
+    decided again: a link joining them would undo it silently (and a relink keep it, reviewer links winning)."""
+    person_of: dict[int, str] = {record: person for record, person in session.execute(
+        select(PatientRecord.id, PatientRecord.person_id).where(PatientRecord.person_id.in_((one, other))))}
+    return next((item for item in session.scalars(select(MatchReview).where(
+        MatchReview.status == "separate", MatchReview.id != deciding, MatchReview.record_a.in_(person_of),
+        MatchReview.record_b.in_(person_of))
+        .order_by(MatchReview.id)) if person_of[item.record_a] != person_of[item.record_b]), None)
+
+
+@dataclass
+class Merged:
+    """What the merges not undone (an operator's, a source's A40, a reviewer's link) still hold, for a
+    relink to keep as it keeps a reviewer's link."""
+
+    pairs: set[tuple[int, int]] = field(default_factory=set)  # each record moved with one the person held
+    came_from: dict[int, str] = field(default_factory=dict)  # each record moved: the person it left
+
+
+def merged(session: Session) -> Merged:
+    """Each merge not undone, as record pairs: every record it moved that is still where it put it, with a
+    record the kept person held before the merge (or, with none, with the first record moved)."""
+    found = Merged()
+    for merge in session.scalars(select(LinkEvent).where(LinkEvent.kind == "merge", LinkEvent.undone_by.is_(None))
+                                 .order_by(LinkEvent.id)):
+        if not merge.moves:
+            continue
+        keep = merge.moves[0].to_person
+        here = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == keep)))
+        moved = [m for m in merge.moves if m.patient_record_id in here]
+        if not moved:
+            continue
+        held = sorted(here - {m.patient_record_id for m in merge.moves}
+                      - {r.id for r in _joined_since(session, merge)})
+        anchor = held[0] if held else moved[0].patient_record_id
+        found.pairs |= {(anchor, m.patient_record_id) for m in moved if m.patient_record_id != anchor}
+        found.came_from |= {m.patient_record_id: m.from_person for m in moved}
+    return found
 
 
 @dataclass

@@ -19,7 +19,7 @@ record and not used; it never stops the record being stored. `relink` re-matches
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
@@ -50,7 +50,7 @@ from sharedcare.identity.compare import (
     phone_key,
     postcode_parts,
 )
-from sharedcare.identity.links import moves_to, resettle_reviews, settle_reviews
+from sharedcare.identity.links import merged, moves_to, resettle_reviews, settle_reviews
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
@@ -172,9 +172,10 @@ _SAME_NHS_NUMBER = PreparedObjects(PatientRecord, PatientRecord.nhs_number == bi
 
 
 def _find_person(session: Session, demo: Demographics, nhs: str | None, block: Block | None = None,
-                 itself: int | None = None) -> _Link:
+                 leave_out: Container[int] = ()) -> _Link:
     """Where a record belongs (its stored neighbours read from `block` when it has them): a new record, or
-    a stored one matched again (`itself`, its id, is then never its own candidate)."""
+    a stored one matched again (`leave_out`: itself, and any others being matched again, by id, are then
+    never candidates)."""
     from sharedcare.identity.realtime import match  # the scorer loads on first use
 
     reason = missing(demo)
@@ -186,7 +187,7 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None, block: B
     if nhs:
         same_number: Sequence[PatientRecord | StoredRecord] = (
             block.same_nhs_number(nhs) if block else _SAME_NHS_NUMBER(session, {"nhs": nhs}))
-        same_number = [r for r in same_number if r.id != itself]
+        same_number = [r for r in same_number if r.id not in leave_out]
         agreeing = [r for r in same_number if not _conflicts(r, demo)]
         if agreeing:
             return _nhs_number_link(session, demo, nhs, agreeing)
@@ -194,7 +195,7 @@ def _find_person(session: Session, demo: Demographics, nhs: str | None, block: B
             return _Link(None, "nhs-number-conflict", 0.0, "review",
                          f"held for review: this NHS number is held for someone of {CONFLICT}",
                          review_with=_review_pairs(session, features(match_record(0, demo, nhs)), same_number[:5]))
-    found = match(session, incoming, block=block, itself=itself)
+    found = match(session, incoming, block=block, leave_out=leave_out)
     if found.outcome == "link" and found.best is not None:
         return _Link(found.best.person_id, "probabilistic", found.best.score.probability, "linked",
                      weight=found.best.evidence["match_weight"], evidence=found.best.evidence)
@@ -381,7 +382,7 @@ _DECIDED = ("linked", "separate")
 
 
 def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: str | None, notes: list[str],
-            block: Block | None) -> None:
+            block: Block | None, cause: str = "its demographics changed", later: Collection[int] = ()) -> None:
     """Match a stored record again, in real time, once a source changed what matching uses (already written):
     a PAS correcting a wrong-patient registration, an unknown patient identified. The same rules as a new
     record (`_find_person`, against every record but itself) decide where it belongs, so a false link is not
@@ -393,10 +394,12 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     - a record a person placed (a reviewer's link or separation, a source's merge) is not moved: it is held
       for review with the earlier decision named, unless it now conflicts with its person's other records;
       then it leaves them, and the decisions on its pairs are reopened, naming what they were;
-    - its open review items are scored again against its new demographics; new ones are added."""
+    - its open review items are scored again against its new demographics; new ones are added.
+    `cause` (a source's change, a merge undone) is named in its note and the move's reason; `later` are
+    records to be matched again after this one, not yet candidates."""
     from sharedcare.identity.realtime import current_model
 
-    link = _find_person(session, demo, nhs, block, itself=record.id)
+    link = _find_person(session, demo, nhs, block, leave_out={record.id, *later})
     mine = _person_records(session, record.person_id, record.id)
     clash = _clash(mine, demo, nhs)
     if link.person_id is not None:
@@ -404,7 +407,7 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
         conflict = _clash(theirs, demo, nhs)
         if conflict is not None:
             link = _Link(None, "nhs-number-conflict" if nhs and conflict.nhs_number else "probabilistic", 0.0,
-                         "review", f"held for review: matched again after its demographics changed, it conflicts "
+                         "review", f"held for review: matched again after {cause}, it conflicts "
                          f"with record {conflict.id} of the person it matches ({_why_apart(conflict, nhs)})")
     to = link.person_id or (record.person_id if not mine else None)  # None: a person of its own
     moves = to != record.person_id
@@ -414,13 +417,13 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     if moves and earlier and clash is None:
         where = f"person {to}" if to else "a person of its own"
         record.link_status = "review"
-        record.link_note = "; ".join([f"held for review: its demographics changed after {', '.join(earlier)}; "
+        record.link_note = "; ".join([f"held for review: {cause} after {', '.join(earlier)}; "
                                       f"matched again it would go to {where}; left where that decision put it"]
                                      + notes)
         _review(session, record, incoming, model, link.review_with + _pair_with(link))
         return
     now = utcnow()
-    reason = (f"its demographics changed: matched again ({link.method}, {link.status})"
+    reason = (f"{cause}: matched again ({link.method}, {link.status})"
               + (f"; after {', '.join(earlier)}, which a reviewer decides again" if earlier else ""))
     if moves:
         person_id = to or _new_person(session)
@@ -443,6 +446,17 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     _review(session, record, incoming, model, link.review_with)
     if moves and earlier:
         _reopen(session, record, reason)
+
+
+def match_again(session: Session, record: PatientRecord, cause: str, later: Collection[int]) -> None:
+    """`rematch` on what the record holds, when something other than its demographics puts its link in doubt
+    (a merge undone: it may have joined the merged person through the other side's records); `later`, the
+    records to be matched again after it, are not its candidates yet, as if they had not arrived."""
+    other = record.other_names or {}
+    demo = Demographics(record.nhs_number, record.family, record.given, record.birth_date, record.gender,
+                        record.postcode, other.get("given", ()), other.get("family", ()), record.postcodes or (),
+                        record.phones or (), record.email)
+    rematch(session, record, demo, record.nhs_number, [], None, cause, later)
 
 
 def _left_alone(record: PatientRecord, now: datetime) -> None:
@@ -572,7 +586,10 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
         for status in ("linked", "separate")}
     from sharedcare.identity.realtime import SESSION_MODEL, current_model
 
-    result = cluster([stored_match_record(r) for r in rows], decided_same=decided["linked"],
+    kept = merged(session)  # merges not undone hold as reviewers' links do
+    matched = {r.id for r in rows}
+    result = cluster([stored_match_record(r) for r in rows],
+                     decided_same=decided["linked"] | {p for p in kept.pairs if set(p) <= matched},
                      decided_different=decided["separate"], fallback=current_model(session).json)
     by_id = {r.id: r for r in rows}
     members: dict[int, list[PatientRecord]] = {}
@@ -582,9 +599,14 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     now = utcnow()
     moves: list[LinkMove] = []
     for group in sorted(members.values(), key=len, reverse=True):
+        # a record a merge brought votes for the person it came from when none of its person's own records
+        # is in the cluster: a wrongly merged person split keeps each id (and the access bases and consents
+        # kept by it) with the records it held before the merge
+        own = {r.person_id for r in group if r.id not in kept.came_from}
         votes: dict[str, int] = {}
         for record in group:
-            votes[record.person_id] = votes.get(record.person_id, 0) + 1
+            vote = record.person_id if record.person_id in own else kept.came_from[record.id]
+            votes[vote] = votes.get(vote, 0) + 1
         person_id = next((pid for pid, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
                           if pid not in claimed), None)
         if person_id is None:

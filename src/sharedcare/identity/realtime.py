@@ -11,7 +11,7 @@ both good enough to link is itself a reason for review.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
@@ -301,9 +301,10 @@ def _kept_apart(session: Session, person_id: str, incoming: Features) -> bool:
 
 
 def match(session: Session, record: MatchRecord, model: Model | None = None, block: Block | None = None,
-          itself: int | None = None) -> Found:
+          leave_out: Container[int] = ()) -> Found:
     """Score `record` against its candidates (from `block` when it has them); decide by the best. A stored
-    record matched again after its demographics changed (`itself`, its id) is never its own candidate."""
+    record matched again is never its own candidate, nor are the records still to be matched again with
+    it (`leave_out`, by id: those a merge undone had brought to the person)."""
     from sharedcare.identity.mpi import stored_match_record
 
     model = model or current_model(session)
@@ -317,7 +318,7 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
     rows: list[Row[Any]] | list[StoredRecord] = block.candidates(record) if block else candidates(session, record)
     kept: list[Any] = []  # rows of `candidates` or the block's StoredRecords
     for row in rows:
-        if row.id == itself:
+        if row.id in leave_out:
             continue
         if numbers_keep_apart(record.nhs_number, row.nhs_number):
             continue  # different valid NHS numbers: never one person
