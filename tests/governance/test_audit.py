@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from tests.small_ics import Ics
 
 from sharedcare.api import fhir
+from sharedcare.governance import audit
 from sharedcare.governance.audit import AuditAction, AuditRecord, _canonical, record_audit, verify
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
@@ -294,3 +295,70 @@ def test_an_entry_that_waited_for_the_chain_is_timed_after_the_entry_before_it(d
         assert verify(session).ok
     assert [e.username for e in entries] == ["held", "waited"]
     assert entries[0].recorded_at <= entries[1].recorded_at
+
+
+def test_verify_passes_while_another_writer_appends_between_its_reads(db: Database) -> None:
+    """On PostgreSQL each statement sees what was committed before it: an entry appended after the chain
+    was read, counted by the head read next, was reported as a broken log (a false tamper alarm)."""
+    _write(db, 3)
+    reads: list[str] = []
+
+    def append_before_the_second_read(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "audit_" in statement and len(reads) < 2:
+            reads.append(statement)
+            if len(reads) == 2:
+                _write(db, 1)
+
+    event.listen(db.engine, "before_cursor_execute", append_before_the_second_read)
+    try:
+        with db.session() as session:
+            result = verify(session)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", append_before_the_second_read)
+    assert len(reads) == 2 and result.ok, result.problem
+    with db.session() as session:
+        assert verify(session).checked == 4
+
+
+@pytest.mark.parametrize("typed", ["\x01x" * 25, "\x00" * 30, "\U000e0001" * 40])
+def test_a_refused_sign_in_with_a_long_name_of_control_characters_is_audited(db: Database, typed: str) -> None:
+    """Cleaning makes a control character four characters: cut before it, a 50-character name became 125
+    and PostgreSQL refused the entry, so the refusal was not on record (TRUST AU3)."""
+    audit.record_sign_in(db, typed, False, None, None, "req-1", "203.0.113.9")
+    with db.session() as session:
+        entry = session.scalars(select(AuditEntry)).one()
+        assert entry.outcome == "deny" and len(entry.username or "") == 100
+        assert entry.event["agent"][0]["who"]["identifier"]["value"] == entry.username
+        assert verify(session).ok
+
+
+def test_a_control_character_and_its_escape_typed_are_stored_apart(db: Database) -> None:
+    """A backslash is escaped too, and every escape of a range has one width: no two names are stored and
+    hashed alike, so one cannot stand for another in the log."""
+    typed = ["a\x01", "a\\x01", "\u2028", "\\x2028", "\x85", "\U000e0001"]
+    with db.session() as session:
+        for name in typed:
+            record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username=name))
+    with db.session() as session:
+        stored = session.scalars(select(AuditEntry.username).order_by(AuditEntry.seq)).all()
+        events = session.scalars(select(AuditEntry.event).order_by(AuditEntry.seq)).all()
+    assert stored == ["a\\x01", "a\\\\x01", "\\u2028", "\\\\x2028", "\\x85", "\\U000e0001"]
+    assert [e["agent"][0]["who"]["identifier"]["value"] for e in events] == stored  # cleaned once, not twice
+
+
+def test_entries_written_with_the_earlier_cleaning_still_verify(db: Database,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify` hashes the fields as stored, never cleaning them again: a log written before the backslash
+    was escaped verifies as it did, and goes on with entries cleaned the new way."""
+    with monkeypatch.context() as earlier:
+        earlier.setattr(audit, "_clean", lambda text: text if text is None or text.isprintable() else "".join(
+            ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text))
+        with db.session() as session:
+            record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username="a\\b\x01\u2028"))
+    with db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username="a\\b\x01\u2028"))
+    with db.session() as session:
+        assert session.scalars(select(AuditEntry.username).order_by(AuditEntry.seq)).all() == [
+            "a\\b\\x01\\x2028", "a\\\\b\\x01\\u2028"]
+        result = verify(session)
+    assert result.ok and result.checked == 2

@@ -139,6 +139,26 @@ def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(
     assert unreadable.exit_code == 2 and "line 1: not a checkpoint" in unreadable.stderr
 
 
+def test_verify_reports_an_edit_and_a_removed_middle_entry_without_crashing(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The chain's finding is printed first; the Merkle tree, which cannot be built over a log with an entry
+    missing, is built only to check checkpoints, and its failure is reported, not a traceback."""
+    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
+    _write(env, 6)
+    witness = tmp_path / "witness.jsonl"
+    witness.write_text(runner.invoke(app, ["audit", "checkpoint"]).stdout)
+    as_an_attacker_with_ddl_rights(env)
+    with env.session() as session:
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(username="someone-else"))
+        session.execute(delete(AuditEntry).where(AuditEntry.seq == 5))
+    for args in ([], ["--checkpoints", str(witness)]):
+        result = runner.invoke(app, ["audit", "verify", *args])
+        said = " ".join(result.stderr.split())
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no crash
+        assert "audit chain broken at entry 2" in said and "edited" in said
+    assert "checkpoints not checked: audit log: audit entry 5 is missing (the next is 6)" in said
+
+
 def test_outside_demo_mode_the_demo_secret_signs_nothing(env: Database,  # noqa: F811
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHAREDCARE_SECRET", raising=False)

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import String, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -131,13 +131,28 @@ class AuditRecord:
 
 def _clean(text: str | None) -> str | None:
     """Encode CR/LF and other control characters so a log line cannot be forged (TRUST AU5)."""
-    if text is None or text.isprintable():  # nearly always: nothing to encode
+    if text is None or (text.isprintable() and "\\" not in text):  # nearly always: nothing to encode
         return text
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    return "".join(_escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    """One character as stored. The backslash is escaped too, and each escape has one width for its range,
+    so no two texts are stored (and hashed) alike: a control character is told from its escape typed."""
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
-    """Shape the record as a FHIR R4 AuditEvent (IHE BALP where it fits)."""
+    """Shape the record as a FHIR R4 AuditEvent (IHE BALP where it fits). The fields `record_audit` cleans
+    are not cleaned again: a backslash would be doubled twice, and the event would not say what the
+    columns say."""
     purpose = "emergency" if record.basis == "emergency" else (record.purpose or "governance")
     entities: list[dict[str, Any]] = []
     if record.patient_id:
@@ -174,7 +189,7 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
                                         "code": PURPOSE_CODES.get(purpose, "HOPERAT")}]}],
         "agent": [{
             "who": {"identifier": {"system": USER_SYSTEM,
-                                   "value": _clean(record.username) or "anonymous"}},
+                                   "value": record.username or "anonymous"}},
             "role": [{"text": record.role or "none"}],
             **_on_behalf_of(ODS_SYSTEM, record.organisation),
             "requestor": True,
@@ -206,7 +221,7 @@ def _on_behalf_of(system: str, value: str | None) -> dict[str, Any]:
     if not value:
         return {}
     return {"extension": [{"url": ON_BEHALF_OF,
-                           "valueReference": {"identifier": {"system": system, "value": _clean(value)}}}]}
+                           "valueReference": {"identifier": {"system": system, "value": value}}}]}
 
 
 def _app_agent(client_id: str | None, username: str | None) -> list[dict[str, Any]]:
@@ -383,13 +398,25 @@ def record_refused_credentials(database: Database, reason: str, subject: str | N
                                          request_id=request_id, source_address=source_address))
 
 
+def _fitted(text: str | None, column: str) -> str | None:
+    """`text` cleaned, then cut to its column's length: cleaning makes a control character four characters
+    (a character beyond U+FFFF ten), and PostgreSQL refuses a text too long, losing the event."""
+    cleaned = _clean(text)
+    return cleaned[:_LENGTHS[column]] if cleaned else cleaned
+
+
+_LENGTHS = {column: cast(String, _ENTRIES.c[column].type).length or 0
+            for column in ("username", "organisation", "patient_id")}
+
+
 def record_audit(session: Session, record: AuditRecord) -> int:
     """Append one event to the chain, in the caller's transaction (so no audit, no effect); return its
     sequence number."""
     # What a caller typed (a sign-in name, an id in a URL) is cleaned like free text: PostgreSQL refuses a
     # NUL in text, which would lose the event and fail the request.
     typed = (record.username, record.organisation, record.patient_id, record.resource)
-    cleaned = tuple(_clean(text) for text in typed)
+    cleaned = (_fitted(record.username, "username"), _fitted(record.organisation, "organisation"),
+               _fitted(record.patient_id, "patient_id"), _clean(record.resource))
     if cleaned != typed:  # rarely: copying the record costs more than the rest of the event
         record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
                          resource=cleaned[3])
@@ -409,7 +436,7 @@ def record_sign_in(db: Database, username: str, ok: bool, role: str | None, orga
                    request_id: str | None, source_address: str | None) -> None:
     """Audit a sign-in attempt (TRUST AU3) in its own transaction: each successful one; failed ones, which
     anyone can make, within the limits of refusals at the door (REFUSALS)."""
-    record = AuditRecord(AuditAction.LOGIN, "permit" if ok else "deny", username=username[:100], role=role,
+    record = AuditRecord(AuditAction.LOGIN, "permit" if ok else "deny", username=username, role=role,
                          organisation=organisation, request_id=request_id, source_address=source_address)
     if not ok:
         record_refusal(db, record)
@@ -452,6 +479,11 @@ def chain_problem(entry: AuditEntry, prev_hash: str) -> str | None:
 
 
 def verify(session: Session) -> VerifyResult:
-    entries = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000))
+    """Check the chain up to its head, read first: an entry past it was appended since (each statement sees
+    what was committed before it), not a gap. Read after the entries, the head could count one they did
+    not hold, and a log being written to was reported broken. No head row bounds nothing."""
     head = session.get(AuditHead, 1)
-    return verify_chain(entries.scalars(), head)
+    stmt = select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000)
+    if head is not None:
+        stmt = stmt.where(AuditEntry.seq <= head.seq)
+    return verify_chain(session.scalars(stmt), head)

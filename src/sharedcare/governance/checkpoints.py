@@ -237,7 +237,10 @@ class CheckpointProblem:
 def check_against_chain(session: Session, checkpoints: list[Checkpoint], public_key: str) -> list[CheckpointProblem]:
     """Every way the checkpoints and the stored chain disagree: a signature that is not this deployment's,
     two checkpoints at one position with different hashes (a split view), a checkpoint past the head (the
-    log was cut back) or one whose position now holds another hash or tree head (the log was rewritten)."""
+    log was cut back) or one whose position now holds another hash or tree head (the log was rewritten).
+    None given, none checked: the tree over the whole log is not built."""
+    if not checkpoints:
+        return []
     problems, signed = [], []
     for checkpoint in checkpoints:
         if is_signed(checkpoint, public_key):

@@ -254,7 +254,8 @@ class Database:
     def alembic_config(self) -> Config:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False))
+        # '%' is ConfigParser's interpolation: a URL-escaped password (p%40ss) would stop every command
+        cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
         return cfg
 
     def migrate(self) -> None:
