@@ -35,6 +35,15 @@ def test_an_unknown_role_is_named_with_its_line() -> None:
     assert "unknown role 'paramedik'" in problem
 
 
+def test_a_username_the_audit_could_not_name_as_written_is_refused_with_its_line() -> None:
+    """The audit escapes a backslash (`audit._clean`): a user `RYA\\para.evans` would be audited under another
+    name than the framework's, and the IG search and a citizen's "who looked" would not find them."""
+    text = TEXT.replace("  para.evans: {", "  RYA\\para.evans: {")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('RYA' + chr(92) + 'para.evans', text)}, users.RYA")
+    assert "without a backslash" in problem
+
+
 def test_a_tier_out_of_range_is_named_with_its_line() -> None:
     text = TEXT.replace("sexual_health: 1, alerts: 2}\n  practice_nurse",
                         "sexual_health: 4, alerts: 2}\n  practice_nurse", 1)

@@ -228,6 +228,11 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
         if category not in fw.sensitive_codes:
             problems.append((("sensitive_codes_explain", category), f"'{category}' has no sensitive codes to explain"))
     for username, user in fw.users.items():
+        if not username.isprintable() or "\\" in username or username != username.strip() or len(username) > 100:
+            # the audit names users as written (its `_clean` would escape these, and searches and a citizen's
+            # "who looked" would then not find the user), in a column of 100 characters
+            problems.append((("users", username), "a username is up to 100 printable characters without a "
+                                                  "backslash or surrounding spaces"))
         if user.role not in fw.roles:
             problems.append((("users", username, "role"), f"unknown role '{user.role}'"))
         if user.organisation not in fw.organisations:
