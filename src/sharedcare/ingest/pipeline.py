@@ -669,13 +669,19 @@ class Pipeline:
             run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:
             self._competing_registration(session, staged, record)
-        for retired, surviving in staged.merges:
+        # a FHIR Patient sent again unchanged (or older) with its replaced-by link states a merge made before:
+        # not made again (nor one a reviewer has undone since)
+        restated = {item.source_id for item in staged.resources
+                    if item.resource_type == "Patient" and item.outcome in ("unchanged", "stale")}
+        for retired, surviving, named_at in staged.merges:
+            if retired in restated:
+                continue
             try:
                 merge_source_records(session, staged.source_org, retired, surviving,
                                      by=f"{staged.source_org}:{staged.source_system}",
                                      reason=f"merged by the source (message {staged.message_id})")
             except LinkError as exc:
-                raise MessageError(exc.message, f"{raw.where}, MRG-1") from exc
+                raise MessageError(exc.message, named_at) from exc
             if run is not None:
                 run.block = None
         staged.persons = {source_id: record.person_id for source_id, record in records.items()}  # (merged: moved)
