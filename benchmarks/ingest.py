@@ -385,8 +385,8 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
 
 
 def _repeat(repeats: int, fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
-    runs = [measure(fn, *args) for _ in range(repeats)]
-    return {key: _median(runs, key) for key in runs[0]}
+    runs = [measure(fn, *args) for _ in range(repeats)]  # (a figure that is no number, as the first run's)
+    return {key: _median(runs, key) if isinstance(value, int | float) else value for key, value in runs[0].items()}
 
 
 def main() -> int:

@@ -15,11 +15,11 @@ from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes
 from sharedcare.api.auth import mint_token
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
-from sharedcare.fhir.uk_core import meta_source
+from sharedcare.fhir.uk_core import meta_source, server_id
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import queue, record_outcome
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, Quarantine, Resource, ReviewItem
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource, ReviewItem
 
 WRITE = "user/*.read user/*.write"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -552,3 +552,29 @@ def test_a_number_sent_as_a_string_is_refused_422_naming_the_element(ics: Ics, d
     assert "Observation.valueQuantity.value: a string (\"5.9\") where FHIR JSON has a number" in \
         response.json()["issue"][0]["diagnostics"]
     assert _count(db) == before
+
+
+def test_a_gp_system_retires_a_duplicate_patient_with_replaced_by_only_into_its_own_patient(
+        ics: Ics, db: Database) -> None:
+    """Patient.link replaced-by over POST /fhir: merged into the practice's other Patient as an A40 merges; one
+    naming another organisation's Patient is refused naming the link, and merges nothing."""
+    def person_of_duplicate() -> str:
+        with db.session() as s:
+            return s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-dup")).one()
+
+    duplicate = patient("gp-dup", None, "Okafor", "Emeka", "1954-03-02", postcode="LS1 4AP")
+    assert ics.client.post("/fhir", headers=_token(ics, "dr.patel"),
+                           content=json.dumps(_bundle("transaction", duplicate))).status_code == 200
+    assert person_of_duplicate() != ics.okafor
+    theirs = {**duplicate, "active": False, "link": [
+        {"other": {"reference": f"Patient/{server_id('P81002', 'Patient', 'gp-other')}"}, "type": "replaced-by"}]}
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"),
+                               content=json.dumps(_bundle("transaction", theirs)))
+    assert response.status_code == 422
+    assert "Patient.link[0].other" in response.json()["issue"][0]["location"][0]
+    assert person_of_duplicate() not in (ics.okafor, ics.stranger)
+    retired = {**theirs, "link": [{"other": {"reference": "Patient/gp-okafor"}, "type": "replaced-by"}]}
+    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"),
+                               content=json.dumps(_bundle("transaction", retired)))
+    assert response.status_code == 200, response.text
+    assert person_of_duplicate() == ics.okafor

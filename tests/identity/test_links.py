@@ -120,6 +120,31 @@ def test_an_a40_joining_two_valid_nhs_numbers_is_quarantined_and_merges_no_one(
     assert "okc" not in _clinical_of(db, before["P81002/adeyemi"])
 
 
+def test_a_gps_patient_replaced_by_another_of_its_patients_is_merged_into_it_and_never_into_another_orgs(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """FHIR's A40: a practice retires a duplicate registration (Patient.link replaced-by its other Patient)."""
+    first, second = _two_strangers(db, framework, tmp_path)
+    dup = patient("a-dup", None, "Hughes", "Margaret", "1953-06-11", gender="female", postcode="LS1 4AP")
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "dup.ndjson", [bundle("P81001", "emis", [dup])])])
+    assert _people(db)["P81001/a-dup"] not in (first, second)  # another birth year and address: not linked
+    retired = {**dup, "active": False, "link": [{"other": {"reference": "Patient/a"}, "type": "replaced-by"}]}
+    merge = write_ndjson(tmp_path / "merge.ndjson", [
+        bundle("P81001", "emis", [retired], timestamp="2026-11-02T09:00:00Z", use_urns=False)])
+    report = Pipeline(db, framework).ingest_paths([merge])
+    assert report.quarantined == 0, report.quarantine
+    assert _people(db)["P81001/a-dup"] == first
+    Pipeline(db, framework).ingest_paths([merge])  # sent again unchanged: no second merge
+    with db.session() as s:
+        assert [e.kind for e in s.scalars(select(LinkEvent))] == ["merge"]
+        theirs = s.scalars(select(Resource.id).where(Resource.source_org == "P81002",
+                                                     Resource.resource_type == "Patient")).one()
+    elsewhere = {**retired, "link": [{"other": {"reference": f"Patient/{theirs}"}, "type": "replaced-by"}]}
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "theirs.ndjson", [
+        bundle("P81001", "emis", [elsewhere], timestamp="2026-11-03T09:00:00Z", use_urns=False)])])
+    assert report.quarantined == 1 and "Patient.link[0].other" in report.quarantine[0]["where"]
+    assert _people(db) == {"P81001/a": first, "P81001/a-dup": first, "P81002/b": second}
+
+
 def test_a_reviewer_links_or_separates_an_uncertain_pair_and_different_nhs_numbers_never_link(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     first, second = _two_strangers(db, framework, tmp_path)

@@ -18,6 +18,7 @@ record and not used; it never stops the record being stored. `relink` re-matches
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -49,12 +50,13 @@ from sharedcare.identity.compare import (
     numbers_keep_apart,
     phone_key,
     postcode_parts,
+    transposed,
 )
 from sharedcare.identity.links import merged, moves_to, resettle_reviews, settle_reviews
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
-from sharedcare.store.database import Prepared, PreparedObjects
+from sharedcare.store.database import Prepared, PreparedObjects, run
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
 
 if TYPE_CHECKING:
@@ -312,10 +314,58 @@ def _update_record(session: Session, record: PatientRecord, demo: Demographics, 
     return not changed.keys() <= {"link_note", "updated_at"}
 
 
+# PostgreSQL's advisory locks of `hold_matching`: one per blocking key; more keys than this in one transaction
+# (a Bundle of many patients) take the lock on every key instead, as each of the lock table's entries is shared
+# memory. A transaction holding keys one by one holds that lock shared, so the two exclude each other.
+_KEYS_HELD_ONE_BY_ONE = 512
+_EVERY_KEY = 0x4D5049  # "MPI"
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")  # in the order given
+_LOCK_EVERY_KEY = text("SELECT pg_advisory_xact_lock(:key)")
+_SHARE_EVERY_KEY = text("SELECT pg_advisory_xact_lock_shared(:key)")
+
+
+def _lock_key(kind: str, value: object) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{kind} {value}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def hold_matching(session: Session, demos: Sequence[Demographics]) -> None:
+    """Make matching these new records and inserting their persons one writer's at a time, to the commit: two
+    processes that each matched one person's records against a store holding neither, then inserted, made two
+    persons of one (HAZ-06). Called before their candidates are read. PostgreSQL: an advisory lock on each
+    blocking key they have (NHS number, birth date and its transposition, postcode, exact name: two records
+    that could be each other's candidates share one), taken in one order, so no two writers wait on each other
+    crosswise. SQLite: the transaction begins as a write transaction (writers take turns:
+    `store/sqlite_turns.py`), so what it reads next holds every commit before it."""
+    keys: set[int] = set()
+    for demo in demos:
+        if missing(demo):  # never matched
+            continue
+        columns = _demographic_columns(demo, usable_nhs_number(demo))
+        born = columns["birth_date"].isoformat()
+        keys.update(_lock_key(kind, value) for kind, value in (
+            ("nhs", columns["nhs_number"]), ("born", born), ("born", transposed(born)),
+            ("postcode", columns["postcode"]), ("name", columns["name_key"])) if value)
+    if not keys:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        if not getattr(connection.connection.dbapi_connection, "in_transaction", False):  # (else it holds the lock:
+            # pysqlite begins a transaction only at its first write)
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    if len(keys) > _KEYS_HELD_ONE_BY_ONE:
+        run(session, _LOCK_EVERY_KEY, {"key": _EVERY_KEY})
+        return
+    run(session, _SHARE_EVERY_KEY, {"key": _EVERY_KEY})
+    run(session, _LOCK_KEYS, {"keys": sorted(keys)})
+
+
 def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
-    """The stored records these new records may match, in one query (None when none can match)."""
+    """The stored records these new records may match, in one query (None when none can match), read once no
+    other writer can be matching records that share a key with them (`hold_matching`)."""
     from sharedcare.identity.realtime import Block
 
+    hold_matching(session, demos)
     wanted = [match_record(0, demo, usable_nhs_number(demo)) for demo in demos if not missing(demo)]
     return Block(session, wanted) if wanted else None
 

@@ -321,6 +321,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             if resource["resourceType"] == "Patient":
                 numbers = nhs_numbers(resource)  # each a valid NHS number (uk_core_problems)
                 staged.patients[source_id] = demographics(resource, numbers[0] if numbers else None)
+                staged.merges += _replaced_by(resource, refs, org, where)
                 patient_source_id = source_id
             else:
                 patient_source_id = _patient_of(resource, refs, where)
@@ -409,6 +410,27 @@ def _check_requests(entries: list[Any], raw: RawMessage, versioned: bool) -> Non
             expected = f"{resource.get('resourceType')}/{resource.get('id')}"
             if url != expected:
                 raise MessageError(f"request.url '{url}' does not name the entry's resource ({expected})", where)
+
+
+def _replaced_by(patient: dict[str, Any], refs: _References, org: str, where: str) -> list[tuple[str, str, str]]:
+    """The merges a Patient states (`link` of type replaced-by): its source retired this record for another of its
+    own, merged as an HL7 A40 merges them (retired, surviving, the element naming it). Only a Patient of the same
+    source can be the surviving record: a reference to another server, to another type, or to this Patient
+    itself is refused here; one to a Patient the source has not sent (another organisation's server id among
+    them) is refused when stored, the message held in quarantine naming the element."""
+    merges = []
+    for n, link in enumerate(patient.get("link") or []):
+        if not isinstance(link, dict) or link.get("type") != "replaced-by":
+            continue
+        element = f"Patient.link[{n}].other"
+        reference = (link.get("other") or {}).get("reference")
+        target = refs.resolve(reference) if isinstance(reference, str) else None
+        if target is None or target[0] != "Patient" or target[1] == str(patient["id"]):
+            raise MessageError(f"{element} '{reference}': a Patient replaced-by must name another Patient of {org} "
+                               "(its merge is made between one source's own records); not merged",
+                               f"{where}, {element}")
+        merges.append((str(patient["id"]), target[1], f"{where}, {element}"))
+    return merges
 
 
 def _patient_of(resource: dict[str, Any], refs: _References, where: str) -> str:

@@ -389,7 +389,7 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         staged.patients[mrn] = demographics(patient, numbers[0] if numbers else None)
         subject = sender.reference("Patient", mrn)
         if kind == "ADT" and event in PATIENT_MERGES:
-            staged.merges.append((_retired_mrn(segments, msh, sender), mrn))
+            staged.merges.append((_retired_mrn(segments, msh, sender), mrn, f"{raw.where}, MRG-1"))
             evn = _first(segments, "EVN")
             happened = (_not_future(evn, 2, hmap.stamp(evn, 2), received) if evn else None) or sent
             produced = [(pid.label, patient)]

@@ -290,8 +290,9 @@ class StagedMessage:
     resources: list[StagedResource] = field(default_factory=list)
     set_aside: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)  # how it was read, where the reader had to judge
-    # (retired source id, surviving source id): the sender merged two of its own patient records
-    merges: list[tuple[str, str]] = field(default_factory=list)
+    # (retired source id, surviving source id, where it is named): the sender merged two of its own patient
+    # records (HL7 MRG-1, FHIR Patient.link replaced-by)
+    merges: list[tuple[str, str, str]] = field(default_factory=list)
     persons: dict[str, str] = field(default_factory=dict)  # set when stored: each patient's person (its id)
 
 

@@ -36,7 +36,7 @@ from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.review import flag_registration_conflict
 from sharedcare.identity.links import LinkError, merge_source_records
-from sharedcare.identity.mpi import block_for, link_found_record, link_patient_record, source_record
+from sharedcare.identity.mpi import block_for, hold_matching, link_found_record, source_record
 from sharedcare.identity.realtime import Block
 from sharedcare.ingest import csv_extract, fhir_bundle, hl7v2
 from sharedcare.ingest.messages import (
@@ -585,12 +585,17 @@ class Pipeline:
                 run.adopt(session, again)
             existing = {i: run.stored[i] for i in ids if i in run.stored}
         records: dict[str, PatientRecord] = {}
+        if run is None:  # (a run holds its new patients' keys from its start: `block_for`)
+            found = _patient_records(session, {(staged.source_org, source_id) for source_id in staged.patients})
+            hold_matching(session, [demo for source_id, demo in staged.patients.items()
+                                    if (staged.source_org, source_id) not in found])
         for source_id, demo in staged.patients.items():
             current = self._demographics_are_current(session, staged, source_id, existing)
+            known = (staged.source_org, source_id)
             if run is None:
-                records[source_id] = link_patient_record(session, staged.source_org, source_id, demo, update=current)
+                records[source_id] = link_found_record(session, found.get(known), staged.source_org, source_id, demo,
+                                                       update=current)
             else:
-                known = (staged.source_org, source_id)
                 records[source_id] = run.records[known] = link_found_record(
                     session, run.records.get(known), staged.source_org, source_id, demo, update=current,
                     block=run.block)
@@ -669,13 +674,19 @@ class Pipeline:
             run.insert_pending(session)  # the check below reads other practices' stored Patients
         for record in claiming:
             self._competing_registration(session, staged, record)
-        for retired, surviving in staged.merges:
+        # a FHIR Patient sent again unchanged (or older) with its replaced-by link states a merge made before:
+        # not made again (nor one a reviewer has undone since)
+        restated = {item.source_id for item in staged.resources
+                    if item.resource_type == "Patient" and item.outcome in ("unchanged", "stale")}
+        for retired, surviving, named_at in staged.merges:
+            if retired in restated:
+                continue
             try:
                 merge_source_records(session, staged.source_org, retired, surviving,
                                      by=f"{staged.source_org}:{staged.source_system}",
                                      reason=f"merged by the source (message {staged.message_id})")
             except LinkError as exc:
-                raise MessageError(exc.message, f"{raw.where}, MRG-1") from exc
+                raise MessageError(exc.message, named_at) from exc
             if run is not None:
                 run.block = None
         staged.persons = {source_id: record.person_id for source_id, record in records.items()}  # (merged: moved)

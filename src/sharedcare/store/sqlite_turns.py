@@ -25,8 +25,9 @@ import threading
 import time
 from typing import Any
 
-# pysqlite opens a transaction before these statements (and only these), so they start a write.
-_WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+# pysqlite opens a transaction before these statements (and only these), so they start a write; BEGIN IMMEDIATE
+# starts one before the first write (the MPI's, before it matches: `identity.mpi.hold_matching`).
+_WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+IMMEDIATE)\b", re.IGNORECASE)
 # A thread that waits this long for a turn (its own process's: a write nested in another on one thread
 # would wait for ever; or another process's: a writer stalled mid-transaction) goes on without one, to
 # SQLite's busy handler, as every write did before.
