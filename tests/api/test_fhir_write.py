@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from tests.builders import NHS, condition, medication, patient
@@ -516,42 +517,39 @@ def test_a_transaction_whose_entries_share_a_fullurl_is_refused_400_and_stores_n
     assert _count(db) == before
 
 
-def test_a_urn_reference_that_names_no_entry_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
+def _refused_storing_nothing(ics: Ics, db: Database, method: str, url: str, body: dict[str, Any], status: int,
+                             said: str) -> None:
+    """The GP's system sends `body`: refused with `status`, the OperationOutcome saying `said`, nothing stored."""
     before = _count(db)
-    message = _bundle("transaction", _diabetes(encounter={"reference": "urn:uuid:not-in-bundle"}))
-    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
-    assert response.status_code == 422, response.text
-    assert "Condition.encounter.reference 'urn:uuid:not-in-bundle' names no entry" in \
-        response.json()["issue"][0]["diagnostics"]
+    response = ics.client.request(method, url, headers=_token(ics, "dr.patel"), content=json.dumps(body))
+    assert response.status_code == status, response.text
+    assert said in response.json()["issue"][0]["diagnostics"]
     assert _count(db) == before
+
+
+def test_a_urn_reference_that_names_no_entry_is_refused_naming_the_element(ics: Ics, db: Database) -> None:
+    message = _bundle("transaction", _diabetes(encounter={"reference": "urn:uuid:not-in-bundle"}))
+    _refused_storing_nothing(ics, db, "POST", "/fhir", message, 422,
+                             "Condition.encounter.reference 'urn:uuid:not-in-bundle' names no entry")
 
 
 def test_a_transaction_with_a_type_the_record_does_not_keep_is_refused_400_naming_the_entry(
         ics: Ics, db: Database) -> None:
     """A PUT of a MedicationRequest answers 404; in a transaction it was answered 200 with a warning, the
     sender told its warfarin order was taken when it was dropped."""
-    before = _count(db)
     warfarin = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active", "intent": "order",
                 "subject": {"reference": "Patient/gp-okafor"}, "medicationCodeableConcept": {"text": "Warfarin 5mg"}}
     asthma = condition("gp-n9", "Patient/gp-okafor", "195967001", "Asthma")
-    message = _bundle("transaction", asthma, warfarin)
-    response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
-    assert response.status_code == 400, response.text
-    assert response.json()["issue"][0]["diagnostics"].startswith(
-        "Bundle.entry[1]: the shared record does not keep MedicationRequest resources")
-    assert _count(db) == before
+    _refused_storing_nothing(ics, db, "POST", "/fhir", _bundle("transaction", asthma, warfarin), 400,
+                             "Bundle.entry[1]: the shared record does not keep MedicationRequest resources")
 
 
 def test_a_number_sent_as_a_string_is_refused_422_naming_the_element(ics: Ics, db: Database) -> None:
     """Stored as sent, "5.9" was served back as a string: a client reading FHIR JSON finds no number."""
-    before = _count(db)
     potassium = {"resourceType": "Observation", "id": "ostr", "status": "final", "code": {"text": "Potassium"},
                  "subject": {"reference": "Patient/gp-okafor"}, "valueQuantity": {"value": "5.9", "unit": "mmol/L"}}
-    response = ics.client.put("/fhir/Observation/ostr", headers=_token(ics, "dr.patel"), content=json.dumps(potassium))
-    assert response.status_code == 422, response.text
-    assert "Observation.valueQuantity.value: a string (\"5.9\") where FHIR JSON has a number" in \
-        response.json()["issue"][0]["diagnostics"]
-    assert _count(db) == before
+    _refused_storing_nothing(ics, db, "PUT", "/fhir/Observation/ostr", potassium, 422,
+                             "Observation.valueQuantity.value: a string (\"5.9\") where FHIR JSON has a number")
 
 
 def test_a_gp_system_retires_a_duplicate_patient_with_replaced_by_only_into_its_own_patient(
