@@ -539,13 +539,22 @@ class ExportJobs:
     def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
             tuple[ExportCounts, list[dict[str, Any]]]]:
         """Each shard in its own process (spawned: no state shared with this server), reporting progress
-        through the job row, which this thread reads for the caller."""
-        with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        through the job row, which this thread reads for the caller. Stopped (SIGTERM, Ctrl-C) or failing
+        here, it ends its workers rather than waiting for them to finish their shares, work thrown away: a
+        service manager stopping the run would reach its timeout and kill it before it cleaned up."""
+        pool = ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn"))
+        try:
             futures = [pool.submit(run_shard, task) for task in tasks]
             while wait(futures, timeout=0.5).not_done:
                 with self.db.session() as session:
                     on_people(session.get_one(ExportJob, tasks[0].job_id).people_done)
             return [future.result() for future in futures]
+        except BaseException:
+            for process in pool._processes.values():  # (`terminate_workers` from Python 3.14)
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(cancel_futures=True)  # waits for the ended workers, so nothing outlives the run
 
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def expire(self) -> int:
