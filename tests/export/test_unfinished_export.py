@@ -102,6 +102,7 @@ def held(db: Database, tmp_path: Path) -> Iterator[Held]:
     marker = tmp_path / "at-the-check"
 
     def start(*arguments: str) -> subprocess.Popen[bytes]:
+        marker.unlink(missing_ok=True)  # (held by an earlier one)
         process = subprocess.Popen([sys.executable, "-c", HELD_AT_THE_CHECK, str(marker), *arguments],  # noqa: S603
                                    env={**os.environ, **_environment(db, tmp_path)}, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT)
@@ -148,6 +149,28 @@ def test_an_export_stopped_by_sigterm_leaves_nothing_in_its_folder(ics: Ics, hel
     output = process.communicate(timeout=60)[0].decode()
     assert not out.exists() or not any(out.iterdir())
     assert process.returncode == 128 + signal.SIGTERM and "was interrupted; none of its files was kept" in output
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_an_export_deletes_what_a_killed_run_left_in_its_folder_but_not_a_running_ones(
+        ics: Ics, held: Held, tmp_path: Path) -> None:
+    """A killed `sharedcare export` (SIGKILL, the machine losing power) cleans up nothing: its hidden folder
+    of unchecked Patients stays until the next export to that folder, which deletes it and says so; the
+    folder of an export still running there is left alone."""
+    out = tmp_path / "extract"
+    running = held("export", "--out", str(out), "--user", "analyst.chen")
+    [live] = [path for path in out.iterdir() if path.is_dir()]
+    killed = held("export", "--out", str(out), "--user", "analyst.chen")
+    killed.kill()
+    killed.communicate(timeout=60)
+    [left] = [path for path in out.iterdir() if path.is_dir() and path != live]
+    assert any(left.rglob("Patient.ndjson")) and any(live.rglob("Patient.ndjson"))
+
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--user", "analyst.chen"])
+    assert result.exit_code == 0, result.output
+    assert f"removed {left}" in result.output and str(live) not in result.output
+    assert not list(out.glob(f"{left.name}*")) and any(live.rglob("Patient.ndjson"))
+    assert (out / "Patient.ndjson").exists() and running.poll() is None
 
 
 def _running(pid: int) -> bool:
