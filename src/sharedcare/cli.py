@@ -497,7 +497,7 @@ def export_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """A pseudonymised Bulk Data export for secondary use, the same way `$export` makes it (audited)."""
-    from sharedcare.export.jobs import ExportJobs
+    from sharedcare.export.jobs import ExportJobs, remove_abandoned
     from sharedcare.fhir.search import parse_instant
     from sharedcare.fhir.uk_core import RECORD_TYPES
     from sharedcare.governance.gateway import AccessDenied, NotFound, actor_for
@@ -517,6 +517,9 @@ def export_command(
         jobs = ExportJobs(_database(), fw, settings)
         job_id = jobs.start(actor_for(fw, user), scope, f"sharedcare export --out {out}", out_dir=out.resolve(),
                             purpose=purpose, background=False)
+        for abandoned in remove_abandoned(out):
+            console.print(f"removed {abandoned}: the unchecked files of an export to this folder that was killed "
+                          "before it finished", soft_wrap=True)
         with _progress() as progress, _sigterm_as_exit():  # stopped, the run deletes what it wrote
             task = progress.add_task("exporting (people)", total=None)
             try:

@@ -58,6 +58,28 @@ else:
     app(sys.argv[2:], prog_name="sharedcare")
 """
 
+# `sharedcare export` whose worker processes each hold their share for two minutes once its files are written
+# (each names itself by a file beside this script, named by its process id), as a large share would take.
+# Run as a script file: a spawned worker runs the script's top level again, so it is held too.
+HELD_IN_ITS_SHARE = """
+import os, sys, time
+from pathlib import Path
+from sharedcare.export import jobs
+
+close = jobs.NdjsonFiles.close
+
+def held(self):
+    files = close(self)
+    (Path(__file__).parent / "workers" / str(os.getpid())).touch()
+    time.sleep(120)
+    return files
+
+jobs.NdjsonFiles.close = held
+if __name__ == "__main__":
+    from sharedcare.cli import app
+    app(sys.argv[1:], prog_name="sharedcare")
+"""
+
 
 def _environment(db: Database, tmp_path: Path) -> dict[str, str]:
     return {"SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH),
@@ -80,6 +102,7 @@ def held(db: Database, tmp_path: Path) -> Iterator[Held]:
     marker = tmp_path / "at-the-check"
 
     def start(*arguments: str) -> subprocess.Popen[bytes]:
+        marker.unlink(missing_ok=True)  # (held by an earlier one)
         process = subprocess.Popen([sys.executable, "-c", HELD_AT_THE_CHECK, str(marker), *arguments],  # noqa: S603
                                    env={**os.environ, **_environment(db, tmp_path)}, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT)
@@ -126,6 +149,72 @@ def test_an_export_stopped_by_sigterm_leaves_nothing_in_its_folder(ics: Ics, hel
     output = process.communicate(timeout=60)[0].decode()
     assert not out.exists() or not any(out.iterdir())
     assert process.returncode == 128 + signal.SIGTERM and "was interrupted; none of its files was kept" in output
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_an_export_deletes_what_a_killed_run_left_in_its_folder_but_not_a_running_ones(
+        ics: Ics, held: Held, tmp_path: Path) -> None:
+    """A killed `sharedcare export` (SIGKILL, the machine losing power) cleans up nothing: its hidden folder
+    of unchecked Patients stays until the next export to that folder, which deletes it and says so; the
+    folder of an export still running there is left alone."""
+    out = tmp_path / "extract"
+    running = held("export", "--out", str(out), "--user", "analyst.chen")
+    [live] = [path for path in out.iterdir() if path.is_dir()]
+    killed = held("export", "--out", str(out), "--user", "analyst.chen")
+    killed.kill()
+    killed.communicate(timeout=60)
+    [left] = [path for path in out.iterdir() if path.is_dir() and path != live]
+    assert any(left.rglob("Patient.ndjson")) and any(live.rglob("Patient.ndjson"))
+
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--user", "analyst.chen"])
+    assert result.exit_code == 0, result.output
+    assert f"removed {left}" in result.output and str(live) not in result.output
+    assert not list(out.glob(f"{left.name}*")) and any(live.rglob("Patient.ndjson"))
+    assert (out / "Patient.ndjson").exists() and running.poll() is None
+
+
+def _running(pid: int) -> bool:
+    """Whether this process still runs (not ended, nor a zombie left to whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_an_export_running_in_several_processes_without_waiting_for_them(
+        ics: Ics, db: Database, tmp_path: Path) -> None:
+    """`systemctl stop` (or a container's) signals the command, not its workers: it stops them, cleans up and
+    exits within seconds, rather than waiting for each to finish its share (two minutes here) and being
+    killed by the service manager's timeout with its unchecked files left behind."""
+    script, workers, out = tmp_path / "held_in_its_share.py", tmp_path / "workers", tmp_path / "extract"
+    script.write_text(HELD_IN_ITS_SHARE)
+    workers.mkdir()
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, str(script), "export", "--out", str(out), "--user", "analyst.chen"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env={**os.environ, **_environment(db, tmp_path), "SHAREDCARE_EXPORT_WORKERS": "2",
+                                       "SHAREDCARE_EXPORT_PEOPLE_PER_WORKER": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(workers.iterdir())) < 2:
+            assert process.poll() is None, process.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the export's two workers did not both write their shares"
+            time.sleep(0.05)
+        assert any(out.rglob("*.part?.ndjson"))  # the shares written, in the run's partial folder
+        process.send_signal(signal.SIGTERM)
+        try:
+            output = process.communicate(timeout=30)[0].decode()
+        except subprocess.TimeoutExpired:
+            pytest.fail("`sharedcare export` still running 30 s after SIGTERM: it waited for its workers")
+        assert process.returncode == 128 + signal.SIGTERM and "was interrupted; none of its files was kept" in output
+        assert not out.exists() or not any(out.iterdir())
+        assert not [pid for pid in workers.iterdir() if _running(int(pid.name))]
+    finally:
+        for pid in workers.iterdir():
+            if _running(int(pid.name)):
+                os.kill(int(pid.name), signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def test_a_server_side_run_whose_process_died_has_its_files_deleted(

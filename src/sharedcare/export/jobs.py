@@ -18,6 +18,7 @@ before retention catches up.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import re
@@ -103,6 +104,49 @@ def _file_name(resource_type: str, part: int | None) -> str:
 def _partial(folder: Path, job_id: str) -> Path:
     """Where a run writes until its files are checked: a file under its final name is a finished export's."""
     return folder / f".partial-{job_id}"
+
+
+def _lock(folder: Path, job_id: str) -> Path:
+    """The file a run holds locked while it lives (`_alive`), beside its partial folder: made before that
+    folder and deleted after it, so the folder is never there without the lock of a run that may be alive."""
+    return folder / f".partial-{job_id}.lock"
+
+
+@contextmanager
+def _alive(folder: Path, job_id: str) -> Iterator[None]:
+    """Hold the run's lock while it runs. The kernel releases it when the process ends however it ends
+    (SIGKILL, the machine losing power), so a later export to the folder tells the partial folder of a run
+    that died from a running one's (`remove_abandoned`)."""
+    with open(_lock(folder, job_id), "wb", opener=private_opener) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            _lock(folder, job_id).unlink(missing_ok=True)
+
+
+# What runs leave in their folder: a partial folder and its lock (a job id is a UUID; any other name is the
+# operator's)
+_LEFT_BY_A_RUN = re.compile(r"\.partial-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?:\.lock)?")
+
+
+def remove_abandoned(folder: Path) -> list[Path]:
+    """Delete the partial folders in `folder` of runs that died without cleaning up (killed, or their machine
+    lost power), holding pseudonymised Patients never small-cell checked; the paths deleted. A running one
+    holds its lock, so its folder is left alone; a lock left without its folder goes too."""
+    removed = []
+    for job_id in sorted({found[1] for path in folder.glob(".partial-*")
+                          if (found := _LEFT_BY_A_RUN.fullmatch(path.name))}):
+        with open(_lock(folder, job_id), "ab", opener=private_opener) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its run is alive
+                continue
+            if _partial(folder, job_id).is_dir():
+                shutil.rmtree(_partial(folder, job_id))
+                removed.append(_partial(folder, job_id))
+            _lock(folder, job_id).unlink()
+    return removed
 
 
 class NdjsonFiles:
@@ -343,6 +387,7 @@ def _discard(folder: Path, job_id: str, published: Iterable[str] = ()) -> None:
     """Delete whatever a run that did not finish wrote: its partial folder and the files it had already
     moved to their final names (only its own: the folder may be a user's)."""
     shutil.rmtree(_partial(folder, job_id), ignore_errors=True)
+    _lock(folder, job_id).unlink(missing_ok=True)
     remove_files(folder, list(published))
 
 
@@ -488,64 +533,74 @@ class ExportJobs:
 
         counts = ExportCounts()
         published: list[str] = []  # files moved to their final names, deleted again if the run stops after all
-        try:
-            results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
-            for shard_counts, _ in results:
-                counts.add(shard_counts)
-            with _heard_from(self.db, job_id):  # the shards report progress; these steps do not
-                output = _join_parts(_partial(folder, job_id), [files for _, files in results], shards)
-                counts.small_cells = _patients(_partial(folder, job_id), output, k)
-            try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
-                secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
-            except (AccessDenied, NotFound) as refused:
-                _discard(folder, job_id)
+        with _alive(folder, job_id):  # released however the run ends, even killed
+            try:
+                results = [run_shard(tasks[0], people)] if shards == 1 else self._in_processes(tasks, people)
+                for shard_counts, _ in results:
+                    counts.add(shard_counts)
+                with _heard_from(self.db, job_id):  # the shards report progress; these steps do not
+                    output = _join_parts(_partial(folder, job_id), [files for _, files in results], shards)
+                    counts.small_cells = _patients(_partial(folder, job_id), output, k)
+                try:  # its organisation's agreement suspended (or its role's export withdrawn) while it ran: not kept
+                    secondary.check(AuditAction.EXPORT_COMPLETE, ExportScope(scope.kind, scope.group), job=job_id)
+                except (AccessDenied, NotFound) as refused:
+                    _discard(folder, job_id)
+                    with self.db.session() as session:
+                        row = session.get_one(ExportJob, job_id)
+                        if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
+                            row.status, row.finished_at = "failed", utcnow()
+                            row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+                    return self._view(job_id)
                 with self.db.session() as session:
                     row = session.get_one(ExportJob, job_id)
-                    if row.status != "cancelled":  # (cancelled after the last progress check: stays so)
-                        row.status, row.finished_at = "failed", utcnow()
-                        row.error, row.updated_at = f"not kept: {refused.message}", row.finished_at
+                    if row.status == "cancelled":  # cancelled after the last progress check
+                        _discard(folder, job_id)
+                        return self._view(job_id)
+                    _publish(folder, job_id, output, published)  # checked: under their final names, then completed
+                    row.status, row.output, row.summary = "completed", output, counts.as_dict()
+                    row.people_done, row.finished_at = counts.people_seen, utcnow()
+                    row.updated_at = row.finished_at
+                    secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
+                                    withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                                    codings_withheld=str(counts.codings_withheld),
+                                    people_included=str(counts.people_included),
+                                    people_excluded=dict(counts.excluded), resources=dict(counts.resources),
+                                    small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
+            except ExportCancelled:
+                _discard(folder, job_id)
                 return self._view(job_id)
-            with self.db.session() as session:
-                row = session.get_one(ExportJob, job_id)
-                if row.status == "cancelled":  # cancelled after the last progress check
-                    _discard(folder, job_id)
-                    return self._view(job_id)
-                _publish(folder, job_id, output, published)  # checked: under their final names, then completed
-                row.status, row.output, row.summary = "completed", output, counts.as_dict()
-                row.people_done, row.finished_at = counts.people_seen, utcnow()
-                row.updated_at = row.finished_at
-                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
-                                withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
-                                codings_withheld=str(counts.codings_withheld),
-                                people_included=str(counts.people_included),
-                                people_excluded=dict(counts.excluded), resources=dict(counts.resources),
-                                small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
-        except ExportCancelled:
-            _discard(folder, job_id)
-            return self._view(job_id)
-        except BaseException as exc:  # an error, or the run interrupted (Ctrl-C; the CLI makes SIGTERM one too)
-            _discard(folder, job_id, published)
-            with self.db.session() as session:
-                row = session.get_one(ExportJob, job_id)
-                row.status, row.finished_at = "failed", utcnow()
-                row.error = "the export failed; see the server log" if isinstance(exc, Exception) else \
-                    "the export was interrupted before it finished; nothing was kept"
-                row.updated_at = row.finished_at
-                secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
-                                error=type(exc).__name__)
-            raise
+            except BaseException as exc:  # an error, or the run interrupted (Ctrl-C; the CLI makes SIGTERM one too)
+                _discard(folder, job_id, published)
+                with self.db.session() as session:
+                    row = session.get_one(ExportJob, job_id)
+                    row.status, row.finished_at = "failed", utcnow()
+                    row.error = "the export failed; see the server log" if isinstance(exc, Exception) else \
+                        "the export was interrupted before it finished; nothing was kept"
+                    row.updated_at = row.finished_at
+                    secondary.audit(session, AuditAction.EXPORT_COMPLETE, "error", job=job_id,
+                                    error=type(exc).__name__)
+                raise
         return self._view(job_id)
 
     def _in_processes(self, tasks: list[_Shard], on_people: Callable[[int], None]) -> list[
             tuple[ExportCounts, list[dict[str, Any]]]]:
         """Each shard in its own process (spawned: no state shared with this server), reporting progress
-        through the job row, which this thread reads for the caller."""
-        with ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        through the job row, which this thread reads for the caller. Stopped (SIGTERM, Ctrl-C) or failing
+        here, it ends its workers rather than waiting for them to finish their shares, work thrown away: a
+        service manager stopping the run would reach its timeout and kill it before it cleaned up."""
+        pool = ProcessPoolExecutor(len(tasks), mp_context=multiprocessing.get_context("spawn"))
+        try:
             futures = [pool.submit(run_shard, task) for task in tasks]
             while wait(futures, timeout=0.5).not_done:
                 with self.db.session() as session:
                     on_people(session.get_one(ExportJob, tasks[0].job_id).people_done)
             return [future.result() for future in futures]
+        except BaseException:
+            for process in pool._processes.values():  # (`terminate_workers` from Python 3.14)
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(cancel_futures=True)  # waits for the ended workers, so nothing outlives the run
 
     # -- polling, cancelling, downloading ---------------------------------------------------------
     def expire(self) -> int:
