@@ -130,9 +130,10 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkE
     record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
                                       reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
                                                                   "undoes": str(event_id)}))
-    from sharedcare.identity.mpi import match_again  # mpi imports this module
+    from sharedcare.identity.mpi import hold_matching, match_again, stored_demographics  # mpi imports this module
 
     joined = _joined_since(session, event)  # matched again in the order they came, as if arriving again
+    hold_matching(session, [stored_demographics(r) for r in joined])  # every key at once, as ingest holds them
     for at, record in enumerate(joined):
         match_again(session, record, f"merge #{event_id} was undone", {r.id for r in joined[at + 1:]})
     return undo

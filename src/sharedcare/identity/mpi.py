@@ -360,12 +360,14 @@ def hold_matching(session: Session, demos: Sequence[Demographics]) -> None:
     run(session, _LOCK_KEYS, {"keys": sorted(keys)})
 
 
-def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
+def block_for(session: Session, demos: Sequence[Demographics], known: Sequence[Demographics] = ()) -> Block | None:
     """The stored records these new records may match, in one query (None when none can match), read once no
-    other writer can be matching records that share a key with them (`hold_matching`)."""
+    other writer can be matching records that share a key with them (`hold_matching`). The keys of `known`,
+    stored records' new demographics, are held with theirs: a record they change is matched again (`rematch`,
+    which holds its keys too), and keys taken all at once, in one order, are never waited on crosswise."""
     from sharedcare.identity.realtime import Block
 
-    hold_matching(session, demos)
+    hold_matching(session, [*demos, *known])
     wanted = [match_record(0, demo, usable_nhs_number(demo)) for demo in demos if not missing(demo)]
     return Block(session, wanted) if wanted else None
 
@@ -449,6 +451,7 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     records to be matched again after this one, not yet candidates."""
     from sharedcare.identity.realtime import current_model
 
+    hold_matching(session, [demo])  # as a new record's match: else a writer inserting its person meanwhile makes two
     link = _find_person(session, demo, nhs, block, leave_out={record.id, *later})
     mine = _person_records(session, record.person_id, record.id)
     clash = _clash(mine, demo, nhs)
@@ -502,11 +505,15 @@ def match_again(session: Session, record: PatientRecord, cause: str, later: Coll
     """`rematch` on what the record holds, when something other than its demographics puts its link in doubt
     (a merge undone: it may have joined the merged person through the other side's records); `later`, the
     records to be matched again after it, are not its candidates yet, as if they had not arrived."""
+    rematch(session, record, stored_demographics(record), record.nhs_number, [], None, cause, later)
+
+
+def stored_demographics(record: PatientRecord) -> Demographics:
+    """What a stored record holds, as a source's demographics."""
     other = record.other_names or {}
-    demo = Demographics(record.nhs_number, record.family, record.given, record.birth_date, record.gender,
+    return Demographics(record.nhs_number, record.family, record.given, record.birth_date, record.gender,
                         record.postcode, other.get("given", ()), other.get("family", ()), record.postcodes or (),
                         record.phones or (), record.email)
-    rematch(session, record, demo, record.nhs_number, [], None, cause, later)
 
 
 def _left_alone(record: PatientRecord, now: datetime) -> None:
