@@ -1676,13 +1676,34 @@ def mpi_unmerge(
     event_id: Annotated[int, typer.Argument(help="The merge to undo.")],
     reason: Annotated[str, typer.Option(help="Why.")] = "",
     by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Undo a merge exactly: each source record returns to the person it came from (audited)."""
+    """Undo a merge exactly: each source record returns to the person it came from, and each record that came
+    to the kept person during the merge is matched again; lists where every one went (audited)."""
     from sharedcare.identity.links import LinkError, unmerge
+    from sharedcare.store.models import PatientRecord
 
     try:
         with _database().session() as session:
-            undo = unmerge(session, event_id, by=by, reason=reason)
-            console.print(f"unmerge #{undo.id}: {len(undo.moves)} source records restored")
+            done = unmerge(session, event_id, by=by, reason=reason)
+            restored = [{"record": f"{r.source_org}/{r.source_id}", "from_person": move.from_person,
+                         "to_person": move.to_person} for move in done.event.moves
+                        for r in [session.get_one(PatientRecord, move.patient_record_id)]]
+            again = [{"record": f"{r.source_org}/{r.source_id}", "from_person": done.kept, "to_person": r.person_id,
+                      "status": r.link_status, "note": r.link_note} for r in done.matched_again]
+            undo_id = done.event.id
     except LinkError as exc:
         raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json({"unmerge": undo_id, "undoes": event_id, "restored": restored, "matched_again": again})
+        return
+    table = Table(title=f"unmerge #{undo_id} of merge #{event_id}: {len(restored)} source records restored, "
+                        f"{len(again)} that arrived during the merge matched again", show_lines=True)
+    for column in ("record", "from person", "to person", "how"):
+        table.add_column(column)
+    for row in restored:
+        table.add_row(row["record"], row["from_person"], row["to_person"], "restored: the merge moved it")
+    for came in again:
+        how = f"matched again: {came['status']}" + (f" ({came['note']})" if came["note"] else "")
+        table.add_row(came["record"], came["from_person"], came["to_person"], how)
+    Console().print(table)

@@ -101,7 +101,18 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
     return merge_persons(session, surviving.person_id, prior.person_id, by, reason)
 
 
-def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkEvent:
+@dataclass
+class Unmerged:
+    """What an unmerge did, for the operator to check: `event` moved each record the merge moved back to the
+    person it came from; `matched_again` are the records that came to the kept person (`kept`) during the
+    merge, each now where matching again put it."""
+
+    event: LinkEvent
+    kept: str
+    matched_again: list[PatientRecord]
+
+
+def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmerged:
     """Undo one merge exactly: each moved record goes back to the person it came from. A record that came to
     the kept person since the merge is matched again (`mpi.rematch`): it goes where it belongs, or is held
     for review with a note when it conflicts."""
@@ -136,7 +147,7 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkE
     hold_matching(session, [stored_demographics(r) for r in joined])  # every key at once, as ingest holds them
     for at, record in enumerate(joined):
         match_again(session, record, f"merge #{event_id} was undone", {r.id for r in joined[at + 1:]})
-    return undo
+    return Unmerged(undo, event.moves[0].to_person if event.moves else "", joined)
 
 
 def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:
