@@ -1437,6 +1437,34 @@ def mpi_relink(
     console.print(f"model saved to {model_out}")
 
 
+@mpi_app.command("reprepare")
+def mpi_reprepare(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Prepare every stored record's values for matching as this release does, and match again each record they
+    change (run once after upgrading from a release before 2026-12-07; a migration cannot: it needs this code).
+    Records stored before keep a name's old blocking key and an NHS number typed in full-width digits, and a Greek
+    or Cyrillic name's record stays held as too little to match, until their source sends them again."""
+    from sqlalchemy import func
+
+    from sharedcare.identity.mpi import reprepare
+    from sharedcare.store.models import PatientRecord
+
+    db = _database()
+    with db.session() as session:
+        total = session.scalar(select(func.count()).select_from(PatientRecord)) or 0
+    with _progress() as progress:
+        task = progress.add_task("records", total=total)
+        report = reprepare(db, lambda n: progress.advance(task, n))
+    if as_json:
+        _print_json(report.to_json())
+        return
+    table = Table(title="MPI reprepare")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.to_json().items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+
+
 @mpi_app.command("evaluate")
 def mpi_evaluate(
     truth: Annotated[Path, typer.Option(help="ground_truth.csv: source_org,source_id,person_key")],

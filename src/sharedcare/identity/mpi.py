@@ -56,7 +56,7 @@ from sharedcare.identity.links import merged, moves_to, resettle_reviews, settle
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
-from sharedcare.store.database import Prepared, PreparedObjects, run
+from sharedcare.store.database import Database, Prepared, PreparedObjects, run
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
 
 if TYPE_CHECKING:
@@ -514,6 +514,74 @@ def stored_demographics(record: PatientRecord) -> Demographics:
     return Demographics(record.nhs_number, record.family, record.given, record.birth_date, record.gender,
                         record.postcode, other.get("given", ()), other.get("family", ()), record.postcodes or (),
                         record.phones or (), record.email)
+
+
+REPREPARED = "its values for matching were prepared anew (sharedcare mpi reprepare)"
+_REPREPARE_PAGE = 1000  # records read in one query to find those due
+
+
+def reprepared(record: PatientRecord) -> dict[str, Any]:
+    """The values matching prepares from a record that the current code prepares otherwise than they are stored,
+    by column. Since 2026-12-07 a name is folded by its accents, its letters of any script kept, and an NHS
+    number's digits of another script are read as ASCII; a record stored before keeps the name's blocking key
+    and the number it was given then (a key missing or stripped; a full-width number, valid to the old check)."""
+    current = {"nhs_number": usable_nhs_number(stored_demographics(record)),
+               "name_key": name_key(record.family, record.given)}
+    return {column: value for column, value in current.items() if value != getattr(record, column)}
+
+
+def _held_but_matchable(record: PatientRecord) -> bool:
+    """Held as too little to match on, which it is not now (a Greek or Cyrillic name read as none before)."""
+    return record.link_method == "insufficient-data" and missing(stored_demographics(record)) is None
+
+
+@dataclass
+class ReprepareReport:
+    records: int = 0
+    nhs_numbers_rewritten: int = 0
+    name_keys_rewritten: int = 0
+    matched_again: int = 0
+    moved: int = 0  # matched again into another person
+    held_for_review: int = 0  # matched again and held for review
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def reprepare(db: Database, progress: Callable[[int], None]) -> ReprepareReport:
+    """Prepare every stored record's values for matching as the current code does, and match again each record
+    they change, or that was held as too little to match on and is not now (`rematch`: moves audited, a person's
+    decision held for review, never undone silently); `progress` is told how many records were read. A relink
+    cannot do this: it takes the stored NHS numbers as they are and skips records held as too little. Each
+    record matched again is a transaction of its own, holding its own keys only (`hold_matching`), so ingest
+    goes on beside it."""
+    report, after = ReprepareReport(), 0
+    while True:
+        with db.session() as session:
+            page = list(session.scalars(select(PatientRecord).where(PatientRecord.id > after)
+                                        .order_by(PatientRecord.id).limit(_REPREPARE_PAGE)))
+            due = [r.id for r in page if reprepared(r) or _held_but_matchable(r)]
+        for record_id in due:
+            with db.session() as session:
+                record = session.get_one(PatientRecord, record_id)
+                changed = reprepared(record)
+                if not changed and not _held_but_matchable(record):  # (matched again meanwhile by a source)
+                    continue
+                before = record.person_id
+                for column, value in changed.items():
+                    setattr(record, column, value)
+                demo = stored_demographics(record)
+                rematch(session, record, demo, record.nhs_number, [], None, REPREPARED)
+                report.nhs_numbers_rewritten += "nhs_number" in changed
+                report.name_keys_rewritten += "name_key" in changed
+                report.matched_again += 1
+                report.moved += record.person_id != before
+                report.held_for_review += record.link_status == "review"
+        if not page:
+            return report
+        report.records += len(page)
+        after = page[-1].id
+        progress(len(page))
 
 
 def _left_alone(record: PatientRecord, now: datetime) -> None:
