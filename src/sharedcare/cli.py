@@ -1440,6 +1440,34 @@ def mpi_relink(
     console.print(f"model saved to {model_out}")
 
 
+@mpi_app.command("reprepare")
+def mpi_reprepare(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Prepare every stored record's values for matching as this release does, and match again each record they
+    change (run once after upgrading from a release before 2026-12-07; a migration cannot: it needs this code).
+    Records stored before keep a name's old blocking key and an NHS number typed in full-width digits, and a Greek
+    or Cyrillic name's record stays held as too little to match, until their source sends them again."""
+    from sqlalchemy import func
+
+    from sharedcare.identity.mpi import reprepare
+    from sharedcare.store.models import PatientRecord
+
+    db = _database()
+    with db.session() as session:
+        total = session.scalar(select(func.count()).select_from(PatientRecord)) or 0
+    with _progress() as progress:
+        task = progress.add_task("records", total=total)
+        report = reprepare(db, lambda n: progress.advance(task, n))
+    if as_json:
+        _print_json(report.to_json())
+        return
+    table = Table(title="MPI reprepare")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.to_json().items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+
+
 @mpi_app.command("evaluate")
 def mpi_evaluate(
     truth: Annotated[Path, typer.Option(help="ground_truth.csv: source_org,source_id,person_key")],
@@ -1679,13 +1707,34 @@ def mpi_unmerge(
     event_id: Annotated[int, typer.Argument(help="The merge to undo.")],
     reason: Annotated[str, typer.Option(help="Why.")] = "",
     by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Undo a merge exactly: each source record returns to the person it came from (audited)."""
+    """Undo a merge exactly: each source record returns to the person it came from, and each record that came
+    to the kept person during the merge is matched again; lists where every one went (audited)."""
     from sharedcare.identity.links import LinkError, unmerge
+    from sharedcare.store.models import PatientRecord
 
     try:
         with _database().session() as session:
-            undo = unmerge(session, event_id, by=by, reason=reason)
-            console.print(f"unmerge #{undo.id}: {len(undo.moves)} source records restored")
+            done = unmerge(session, event_id, by=by, reason=reason)
+            restored = [{"record": f"{r.source_org}/{r.source_id}", "from_person": move.from_person,
+                         "to_person": move.to_person} for move in done.event.moves
+                        for r in [session.get_one(PatientRecord, move.patient_record_id)]]
+            again = [{"record": f"{r.source_org}/{r.source_id}", "from_person": done.kept, "to_person": r.person_id,
+                      "status": r.link_status, "note": r.link_note} for r in done.matched_again]
+            undo_id = done.event.id
     except LinkError as exc:
         raise _fail(str(exc)) from exc
+    if as_json:
+        _print_json({"unmerge": undo_id, "undoes": event_id, "restored": restored, "matched_again": again})
+        return
+    table = Table(title=f"unmerge #{undo_id} of merge #{event_id}: {len(restored)} source records restored, "
+                        f"{len(again)} that arrived during the merge matched again", show_lines=True)
+    for column in ("record", "from person", "to person", "how"):
+        table.add_column(column)
+    for row in restored:
+        table.add_row(row["record"], row["from_person"], row["to_person"], "restored: the merge moved it")
+    for came in again:
+        how = f"matched again: {came['status']}" + (f" ({came['note']})" if came["note"] else "")
+        table.add_row(came["record"], came["from_person"], came["to_person"], how)
+    Console().print(table)

@@ -355,6 +355,43 @@ def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) 
     assert json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) == []
 
 
+def _merged_then_patricia_called_999(tmp_path: Path) -> tuple[str, str]:
+    """Margaret's and Patricia's GP records merged by mistake, then an ambulance record of Patricia's, linked to
+    the merged person through her GP record: Margaret's and Patricia's person ids."""
+    runner.invoke(app, ["ingest", str(write_ndjson(tmp_path / "gp.ndjson", [
+        bundle("P81001", "emis", [patient("m", None, "Hughes", "Margaret", "1952-06-11", "female", "RV1 2AB")]),
+        bundle("P81002", "systmone", [patient("p", None, "Hughes", "Patricia", "1955-02-17", "female", "RV4 4BB")])]))])
+    margaret, patricia = (r["person_id"] for r in csv.DictReader(io.StringIO(
+        runner.invoke(app, ["mpi", "export"]).stdout)))
+    assert runner.invoke(app, ["mpi", "merge", margaret, patricia, "--reason", "one person"]).exit_code == 0
+    runner.invoke(app, ["ingest", str(write_ndjson(tmp_path / "amb.ndjson", [bundle("RYA", "epcr", [
+        patient("call-7", None, "Hughes", "Patricia", "1955-02-17", "female", "RV4 4BB")])]))])
+    return margaret, patricia
+
+
+def test_unmerge_lists_each_record_restored_and_each_that_arrived_during_the_merge_with_where_it_went(
+        env: Database, tmp_path: Path) -> None:
+    """An operator undoing a mistaken merge sees which records went back to which person, and that the ambulance
+    record which arrived meanwhile (linked through Patricia's record) was matched again and went to Patricia."""
+    margaret, patricia = _merged_then_patricia_called_999(tmp_path)
+    shown = runner.invoke(app, ["mpi", "unmerge", "1", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == {
+        "unmerge": 2, "undoes": 1,
+        "restored": [{"record": "P81002/p", "from_person": margaret, "to_person": patricia}],
+        "matched_again": [{"record": "RYA/call-7", "from_person": margaret, "to_person": patricia,
+                           "status": "linked", "note": None}]}
+
+
+def test_unmerge_shows_a_table_of_where_each_record_went(env: Database, tmp_path: Path) -> None:
+    margaret, patricia = _merged_then_patricia_called_999(tmp_path)
+    table = runner.invoke(app, ["mpi", "unmerge", "1"], env={"COLUMNS": "400"}).stdout
+    assert "1 source records restored, 1 that arrived during the merge matched again" in table
+    restored, again = (line for line in table.splitlines() if "P81002/p" in line or "RYA/call-7" in line)
+    assert margaret in restored and patricia in restored and "restored" in restored
+    assert margaret in again and patricia in again and "matched again: linked" in again
+
+
 def test_mpi_merge_refuses_two_persons_with_different_nhs_numbers(env: Database, tmp_path: Path) -> None:
     feed = write_ndjson(tmp_path / "two.ndjson", [
         bundle("P81001", "emis", [patient("a", "9434765919", "Hughes", "Margaret", "1952-06-11", gender="female")]),

@@ -101,7 +101,18 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
     return merge_persons(session, surviving.person_id, prior.person_id, by, reason)
 
 
-def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkEvent:
+@dataclass
+class Unmerged:
+    """What an unmerge did, for the operator to check: `event` moved each record the merge moved back to the
+    person it came from; `matched_again` are the records that came to the kept person (`kept`) during the
+    merge, each now where matching again put it."""
+
+    event: LinkEvent
+    kept: str
+    matched_again: list[PatientRecord]
+
+
+def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmerged:
     """Undo one merge exactly: each moved record goes back to the person it came from. A record that came to
     the kept person since the merge is matched again (`mpi.rematch`): it goes where it belongs, or is held
     for review with a note when it conflicts."""
@@ -130,12 +141,13 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> LinkE
     record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
                                       reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
                                                                   "undoes": str(event_id)}))
-    from sharedcare.identity.mpi import match_again  # mpi imports this module
+    from sharedcare.identity.mpi import hold_matching, match_again, stored_demographics  # mpi imports this module
 
     joined = _joined_since(session, event)  # matched again in the order they came, as if arriving again
+    hold_matching(session, [stored_demographics(r) for r in joined])  # every key at once, as ingest holds them
     for at, record in enumerate(joined):
         match_again(session, record, f"merge #{event_id} was undone", {r.id for r in joined[at + 1:]})
-    return undo
+    return Unmerged(undo, event.moves[0].to_person if event.moves else "", joined)
 
 
 def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:

@@ -56,7 +56,7 @@ from sharedcare.identity.links import merged, moves_to, resettle_reviews, settle
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
-from sharedcare.store.database import Prepared, PreparedObjects, run
+from sharedcare.store.database import Database, Prepared, PreparedObjects, run
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
 
 if TYPE_CHECKING:
@@ -360,12 +360,14 @@ def hold_matching(session: Session, demos: Sequence[Demographics]) -> None:
     run(session, _LOCK_KEYS, {"keys": sorted(keys)})
 
 
-def block_for(session: Session, demos: Sequence[Demographics]) -> Block | None:
+def block_for(session: Session, demos: Sequence[Demographics], known: Sequence[Demographics] = ()) -> Block | None:
     """The stored records these new records may match, in one query (None when none can match), read once no
-    other writer can be matching records that share a key with them (`hold_matching`)."""
+    other writer can be matching records that share a key with them (`hold_matching`). The keys of `known`,
+    stored records' new demographics, are held with theirs: a record they change is matched again (`rematch`,
+    which holds its keys too), and keys taken all at once, in one order, are never waited on crosswise."""
     from sharedcare.identity.realtime import Block
 
-    hold_matching(session, demos)
+    hold_matching(session, [*demos, *known])
     wanted = [match_record(0, demo, usable_nhs_number(demo)) for demo in demos if not missing(demo)]
     return Block(session, wanted) if wanted else None
 
@@ -449,6 +451,7 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
     records to be matched again after this one, not yet candidates."""
     from sharedcare.identity.realtime import current_model
 
+    hold_matching(session, [demo])  # as a new record's match: else a writer inserting its person meanwhile makes two
     link = _find_person(session, demo, nhs, block, leave_out={record.id, *later})
     mine = _person_records(session, record.person_id, record.id)
     clash = _clash(mine, demo, nhs)
@@ -502,11 +505,83 @@ def match_again(session: Session, record: PatientRecord, cause: str, later: Coll
     """`rematch` on what the record holds, when something other than its demographics puts its link in doubt
     (a merge undone: it may have joined the merged person through the other side's records); `later`, the
     records to be matched again after it, are not its candidates yet, as if they had not arrived."""
+    rematch(session, record, stored_demographics(record), record.nhs_number, [], None, cause, later)
+
+
+def stored_demographics(record: PatientRecord) -> Demographics:
+    """What a stored record holds, as a source's demographics."""
     other = record.other_names or {}
-    demo = Demographics(record.nhs_number, record.family, record.given, record.birth_date, record.gender,
+    return Demographics(record.nhs_number, record.family, record.given, record.birth_date, record.gender,
                         record.postcode, other.get("given", ()), other.get("family", ()), record.postcodes or (),
                         record.phones or (), record.email)
-    rematch(session, record, demo, record.nhs_number, [], None, cause, later)
+
+
+REPREPARED = "its values for matching were prepared anew (sharedcare mpi reprepare)"
+_REPREPARE_PAGE = 1000  # records read in one query to find those due
+
+
+def reprepared(record: PatientRecord) -> dict[str, Any]:
+    """The values matching prepares from a record that the current code prepares otherwise than they are stored,
+    by column. Since 2026-12-07 a name is folded by its accents, its letters of any script kept, and an NHS
+    number's digits of another script are read as ASCII; a record stored before keeps the name's blocking key
+    and the number it was given then (a key missing or stripped; a full-width number, valid to the old check)."""
+    current = {"nhs_number": usable_nhs_number(stored_demographics(record)),
+               "name_key": name_key(record.family, record.given)}
+    return {column: value for column, value in current.items() if value != getattr(record, column)}
+
+
+def _held_but_matchable(record: PatientRecord) -> bool:
+    """Held as too little to match on, which it is not now (a Greek or Cyrillic name read as none before)."""
+    return record.link_method == "insufficient-data" and missing(stored_demographics(record)) is None
+
+
+@dataclass
+class ReprepareReport:
+    records: int = 0
+    nhs_numbers_rewritten: int = 0
+    name_keys_rewritten: int = 0
+    matched_again: int = 0
+    moved: int = 0  # matched again into another person
+    held_for_review: int = 0  # matched again and held for review
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def reprepare(db: Database, progress: Callable[[int], None]) -> ReprepareReport:
+    """Prepare every stored record's values for matching as the current code does, and match again each record
+    they change, or that was held as too little to match on and is not now (`rematch`: moves audited, a person's
+    decision held for review, never undone silently); `progress` is told how many records were read. A relink
+    cannot do this: it takes the stored NHS numbers as they are and skips records held as too little. Each
+    record matched again is a transaction of its own, holding its own keys only (`hold_matching`), so ingest
+    goes on beside it."""
+    report, after = ReprepareReport(), 0
+    while True:
+        with db.session() as session:
+            page = list(session.scalars(select(PatientRecord).where(PatientRecord.id > after)
+                                        .order_by(PatientRecord.id).limit(_REPREPARE_PAGE)))
+            due = [r.id for r in page if reprepared(r) or _held_but_matchable(r)]
+        for record_id in due:
+            with db.session() as session:
+                record = session.get_one(PatientRecord, record_id)
+                changed = reprepared(record)
+                if not changed and not _held_but_matchable(record):  # (matched again meanwhile by a source)
+                    continue
+                before = record.person_id
+                for column, value in changed.items():
+                    setattr(record, column, value)
+                demo = stored_demographics(record)
+                rematch(session, record, demo, record.nhs_number, [], None, REPREPARED)
+                report.nhs_numbers_rewritten += "nhs_number" in changed
+                report.name_keys_rewritten += "name_key" in changed
+                report.matched_again += 1
+                report.moved += record.person_id != before
+                report.held_for_review += record.link_status == "review"
+        if not page:
+            return report
+        report.records += len(page)
+        after = page[-1].id
+        progress(len(page))
 
 
 def _left_alone(record: PatientRecord, now: datetime) -> None:

@@ -379,7 +379,9 @@ class Pipeline:
                 records = _patient_records(session, patients)
                 new = [demo for staged in messages for source_id, demo in staged.patients.items()
                        if (staged.source_org, source_id) not in records]
-                run = _Run(self._existing(session, ids), records, block_for(session, new))
+                known = [demo for staged in messages for source_id, demo in staged.patients.items()
+                         if (staged.source_org, source_id) in records]
+                run = _Run(self._existing(session, ids), records, block_for(session, new, known))
                 for raw, staged in batch:
                     if isinstance(staged, MessageError):
                         stored.append((raw, staged, (0, 0, 0)))
@@ -585,10 +587,10 @@ class Pipeline:
                 run.adopt(session, again)
             existing = {i: run.stored[i] for i in ids if i in run.stored}
         records: dict[str, PatientRecord] = {}
-        if run is None:  # (a run holds its new patients' keys from its start: `block_for`)
+        if run is None:  # (a run holds its patients' keys from its start: `block_for`; a known patient's, as
+            # a change to their record matches it again)
             found = _patient_records(session, {(staged.source_org, source_id) for source_id in staged.patients})
-            hold_matching(session, [demo for source_id, demo in staged.patients.items()
-                                    if (staged.source_org, source_id) not in found])
+            hold_matching(session, list(staged.patients.values()))
         for source_id, demo in staged.patients.items():
             current = self._demographics_are_current(session, staged, source_id, existing)
             known = (staged.source_org, source_id)
