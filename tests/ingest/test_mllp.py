@@ -337,3 +337,34 @@ def test_the_first_message_after_the_listener_starts_updates_a_patient_already_s
     with db.session() as s:
         assert s.scalars(select(PatientRecord.postcode)).all() == ["RV1 2AB"]
         assert s.scalars(select(Quarantine)).all() == []
+
+
+def test_a_control_id_longer_than_the_store_keeps_is_rejected_ar_and_neither_echoed_nor_audited_whole(
+        listener: int, db: Database) -> None:
+    """Network review of 2026-12-07 (MEDIUM): a 3 MB MSH-10 was answered AA, echoed whole in the ACK and kept whole in
+    an audit entry that can never be deleted. It is refused, naming the field and the limit, and what the
+    ACK and the audit say of it is cut, saying so."""
+    long_id = "Z" * 300_000
+    message = A01.format(dob="19450302").replace("MSG001", long_id).encode("latin-1")
+    (ack,) = _exchange(listener, message)
+    msa, err = _segment(ack, "MSA"), _segment(ack, "ERR")
+    assert msa[1] == "AR" and msa[2] == "Z" * 200 + "... (cut from 300000 characters)"
+    assert (err[1], err[3]) == ("MSH^1^10", "102^Data type error^HL70357")
+    assert "message control id (MSH-10) of 300000 characters: the store keeps at most 100" in err[8]
+    assert len(ack) < 2_000
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+        (refused,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp")).all()
+    assert len(json.dumps(refused.event)) < 5_000 and "cut from 300000 characters" in json.dumps(refused.event)
+
+
+def test_long_sending_application_and_facility_are_echoed_cut(listener: int, db: Database) -> None:
+    """Network review of 2026-12-07 (MEDIUM): a 3 MB MSH-3 came back whole in the ACK (MSH-5) of a message refused."""
+    header = f"MSH|^~\\&|{'A' * 300_000}|{'B' * 300_000}||||||MSG9|P|2.4"
+    (ack,) = _exchange(listener, header.encode("latin-1"))
+    msh = _segment(ack, "MSH")
+    assert _segment(ack, "MSA")[1:3] == ["AE", "MSG9"]  # no message type (MSH-9)
+    assert msh[4:6] == ["A" * 200 + "... (cut from 300000 characters)", "B" * 200 + "... (cut from 300000 characters)"]
+    with db.session() as s:
+        (refused,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp")).all()
+    assert len(json.dumps(refused.event)) < 5_000

@@ -38,7 +38,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
 from sharedcare.ingest.hl7v2_syntax import Encoding, SyntaxProblem, encoding_of
-from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage
+from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage, cut
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
@@ -54,7 +54,7 @@ _LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
 
 @dataclass(frozen=True)
 class Header:
-    """The MSH fields an ACK echoes back."""
+    """The MSH fields an ACK echoes back (and the audit names), each cut to `ECHOED_CHARACTERS`."""
 
     sending_app: str
     sending_facility: str
@@ -75,7 +75,7 @@ def read_header(payload: bytes) -> Header | None:
         encoding = None
     # MSH-1 is the separator itself, so MSH-n is fields[n - 1].
     def field(n: int) -> str:
-        return _echoed(fields[n - 1], encoding) if len(fields) >= n else ""
+        return _echoed(cut(fields[n - 1]), encoding) if len(fields) >= n else ""
     components = field(9).split("^")
     return Header(sending_app=field(3), sending_facility=field(4),
                   trigger=components[1] if len(components) > 1 else "", control_id=field(10),
