@@ -1534,7 +1534,8 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
          max_connections: Annotated[int | None, typer.Option(
              min=1, help="Connections open at once (SHAREDCARE_MLLP_MAX_CONNECTIONS, 64).")] = None,
          max_per_address: Annotated[int | None, typer.Option(
-             min=1, help="Connections open at once from one address (SHAREDCARE_MLLP_MAX_PER_ADDRESS, 16).")
+             min=1, help="Connections open at once from one address or IPv6 /64 "
+                         "(SHAREDCARE_MLLP_MAX_PER_ADDRESS, 16).")
          ] = None) -> None:
     """Listen for HL7 v2 over MLLP; store each message and answer it with an ACK (AA, AE or AR)."""
     import asyncio

@@ -30,7 +30,7 @@ SHAREDCARE_MLLP_IDLE_SECONDS   `mllp` closes a connection idle this long between
 SHAREDCARE_MLLP_FRAME_SECONDS  `mllp` closes, unanswered, a connection whose frame is not finished in this
                        long (default: 60)
 SHAREDCARE_MLLP_MAX_CONNECTIONS  connections `mllp` keeps open at once (default: 64); more are closed at once
-SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address (default: 16)
+SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address or IPv6 /64 (default: 16)
 SHAREDCARE_HTTP_REQUEST_SECONDS  `serve` closes a connection whose headers have not arrived this long after it
                        opened or after the previous answer, or whose body this long after its headers, a second
                        more per 500 bytes received, never past 2 times it for headers, 10 for a body (default: 20)

@@ -540,3 +540,17 @@ def test_a_result_sent_twice_in_one_message_is_held_naming_it(db: Database, fram
     report = Pipeline(db, framework).ingest_paths([path])
     assert report.quarantined == 1 and "is sent twice in this message" in report.quarantine[0]["reason"]
     assert report.quarantine[0]["location"] == "message 1 (MSH-10 LAB1)"
+
+
+def test_a_file_message_with_a_control_id_longer_than_the_store_keeps_is_held_naming_it_by_its_start(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Network review of 2026-12-07 (MEDIUM): MSH-10 is the sender's to fill. One longer than each resource keeps (100
+    characters; HL7 allows 199) is held naming the field and the limit, and the held item's place names the
+    message by the start of it, saying it was cut; the file's other messages are stored."""
+    long_id = "Z" * 300_000
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7",
+                                                             [admission(control=long_id), results()])])
+    (held,) = report.quarantine
+    assert "message control id (MSH-10) of 300000 characters: the store keeps at most 100" in held["reason"]
+    assert held["location"] == f"message 1 (MSH-10 {'Z' * 200}... (cut from 300000 characters))"
+    assert _count(db, PatientRecord) == 1 and report.accepted > 0

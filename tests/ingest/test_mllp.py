@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from tests.conftest import FRAMEWORK_PATH
 
+import sharedcare
 from sharedcare.clock import utcnow
-from sharedcare.governance.agreements import set_agreement
+from sharedcare.governance.agreements import note_file_agreements, set_agreement
 from sharedcare.governance.audit import AuditAction, expanded, verify
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import END, START, MllpServer
@@ -295,3 +302,69 @@ def test_a_merge_is_audited_naming_the_surviving_patients_person(listener: int, 
         merge = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.RECORD_WRITE.value)
                           .order_by(AuditEntry.seq.desc()).limit(1)).one()
     assert persons["H900"] == persons["H901"] and merge.patient_id == persons["H900"]
+
+
+def test_the_first_message_after_the_listener_starts_updates_a_patient_already_stored(
+        db: Database, framework: Framework) -> None:
+    """Network review of 2026-12-07 (HIGH): after each `sharedcare mllp` start, the first message for a patient
+    already stored was answered AE 207 and quarantined (objects made before the ORM had configured its mappers),
+    and engines do not resend after an AE: that update went missing. The listener is restarted here: a patient
+    stored, and the framework file's agreements noted, as an earlier run left them."""
+    stored = A01.format(dob="19450302").encode("latin-1")
+    MllpServer(Pipeline(db, framework)).handle(stored, "127.0.0.1:5000")
+    note_file_agreements(db, framework, str(FRAMEWORK_PATH))
+    update = (stored.replace(b"ADT^A01^ADT_A01|MSG001", b"ADT^A08^ADT_A01|MSG002").replace(b"EVN|A01", b"EVN|A08")
+              .replace(b"14 Mill Lane^^Riverside^^RV3 7QT", b"2 Quay Street^^Riverside^^RV1 2AB"))
+    port = _free_port()
+    src = str(Path(sharedcare.__file__).resolve().parents[1])
+    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "PYTHONPATH": src}
+    started = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "mllp",  # noqa: S603
+                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and started.poll() is None, "the listener did not start"
+                time.sleep(0.2)
+        (ack,) = _exchange(port, update)
+    finally:
+        started.terminate()
+        started.wait(timeout=30)
+    assert _segment(ack, "MSA")[1:3] == ["AA", "MSG002"], ack
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.postcode)).all() == ["RV1 2AB"]
+        assert s.scalars(select(Quarantine)).all() == []
+
+
+def test_a_control_id_longer_than_the_store_keeps_is_rejected_ar_and_neither_echoed_nor_audited_whole(
+        listener: int, db: Database) -> None:
+    """Network review of 2026-12-07 (MEDIUM): a 3 MB MSH-10 was answered AA, echoed whole in the ACK and kept whole in
+    an audit entry that can never be deleted. It is refused, naming the field and the limit, and what the
+    ACK and the audit say of it is cut, saying so."""
+    long_id = "Z" * 300_000
+    message = A01.format(dob="19450302").replace("MSG001", long_id).encode("latin-1")
+    (ack,) = _exchange(listener, message)
+    msa, err = _segment(ack, "MSA"), _segment(ack, "ERR")
+    assert msa[1] == "AR" and msa[2] == "Z" * 200 + "... (cut from 300000 characters)"
+    assert (err[1], err[3]) == ("MSH^1^10", "102^Data type error^HL70357")
+    assert "message control id (MSH-10) of 300000 characters: the store keeps at most 100" in err[8]
+    assert len(ack) < 2_000
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord)).all() == []
+        (refused,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp")).all()
+    assert len(json.dumps(refused.event)) < 5_000 and "cut from 300000 characters" in json.dumps(refused.event)
+
+
+def test_long_sending_application_and_facility_are_echoed_cut(listener: int, db: Database) -> None:
+    """Network review of 2026-12-07 (MEDIUM): a 3 MB MSH-3 came back whole in the ACK (MSH-5) of a message refused."""
+    header = f"MSH|^~\\&|{'A' * 300_000}|{'B' * 300_000}||||||MSG9|P|2.4"
+    (ack,) = _exchange(listener, header.encode("latin-1"))
+    msh = _segment(ack, "MSH")
+    assert _segment(ack, "MSA")[1:3] == ["AE", "MSG9"]  # no message type (MSH-9)
+    assert msh[4:6] == ["A" * 200 + "... (cut from 300000 characters)", "B" * 200 + "... (cut from 300000 characters)"]
+    with db.session() as s:
+        (refused,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp")).all()
+    assert len(json.dumps(refused.event)) < 5_000

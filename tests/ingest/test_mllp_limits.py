@@ -5,6 +5,7 @@ reconnects, and its messages are answered as before."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -139,3 +140,21 @@ def test_one_senders_many_connections_do_not_queue_in_front_of_another_senders_m
                                                          .order_by(AuditEntry.seq))]
     before = next(n for n, event in enumerate(writes) if '"B1"' in event)
     assert len(writes) == 17 and before <= 4  # the message in hand and a few more, not a thread pool's worth
+
+
+class _Open(asyncio.BaseTransport):
+    """A connection as the caps see it: open."""
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_an_ipv6_clients_addresses_share_one_place_in_the_per_address_cap(db: Database, framework: Framework) -> None:
+    """Network review of 2026-12-07 (LOW): the cap counted exact addresses, and an IPv6 client holds a /64 of
+    them, each with a share of its own. Its addresses count as one, as refusals at the door do (`network_of`).
+    (The loopback interface has one IPv6 address, so the listener's own check is asked.)"""
+    server = _server(db, framework, max_per_address=2)
+    assert [server.admit(address, _Open()) for address in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2::3")
+            ] == [None, None, "more than 2 connections open from one address"]
+    assert server.admit("2001:db8:1:3::1", _Open()) is None  # the next /64 is another client's
+    assert server.admit("192.0.2.1", _Open()) is None and server.admit("192.0.2.2", _Open()) is None

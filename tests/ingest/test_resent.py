@@ -26,7 +26,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Quarantine
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine
 
 runner = CliRunner()
 BAD_DOB, GOOD_DOB = "19451302", "19450302"
@@ -320,3 +320,20 @@ def test_superseding_is_an_audit_event_naming_the_item_the_stored_message_and_wh
     assert BAD_DOB not in found.stdout and GOOD_DOB not in found.stdout  # references, never content
     verified = runner.invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0, verified.output
+
+
+def test_a_superseded_items_audit_event_names_a_long_sending_application_cut(
+        env: Database, framework: Framework) -> None:
+    """Network review of 2026-12-07 (MEDIUM): the event naming a superseded item's key (MSH-3 and MSH-10) kept MSH-3
+    whole, which the sender fills: 300,000 characters in an entry that can never be deleted. It is cut,
+    saying so."""
+    listener = MllpServer(Pipeline(env, framework))
+    long_app = "PAS^" + "X" * 300_000
+    listener.handle(_a01(BAD_DOB, app_name=long_app), "127.0.0.1:5000")
+    listener.handle(_a01(GOOD_DOB, app_name=long_app), "127.0.0.1:5000")
+    assert [i.status for i in _items(env)] == ["superseded"]
+    with env.session() as s:
+        events = [json.dumps(e.event) for e in s.scalars(select(AuditEntry))]
+    (superseded,) = [e for e in events if "governance:quarantine:superseded" in e]
+    assert "MSH-3 PAS^XXXX" in superseded and "... (cut from 300024 characters)" in superseded  # the whole key
+    assert max(len(e) for e in events) < 5_000

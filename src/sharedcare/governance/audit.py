@@ -319,7 +319,7 @@ class RefusalLimiter:
 
     def admit(self, address: str | None) -> int | None:
         """None when this refusal is only counted; else how many went unaudited before it (see above)."""
-        key, now = _network(address), self.clock()
+        key, now = network_of(address), self.clock()
         with self._lock:
             if now - self._everyone[0] >= 60:
                 self._everyone = [now, 0.0]
@@ -341,7 +341,7 @@ class RefusalLimiter:
 
     def put_back(self, address: str | None, unaudited: int) -> None:
         """Count `unaudited` refusals as not audited again: the entry that was to tell them was not written."""
-        key = _network(address)
+        key = network_of(address)
         with self._lock:
             window = self._windows.get(key)
             if window is None:
@@ -350,8 +350,9 @@ class RefusalLimiter:
                 window[2] += unaudited
 
 
-def _network(address: str | None) -> str | None:
-    """The key an address is limited by: an IPv6 address's /64, any other address itself."""
+def network_of(address: str | None) -> str | None:
+    """The key an address is limited by (here, and in the MLLP listener's connections): an IPv6 address's /64,
+    which one client holds whole, any other address itself."""
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:

@@ -30,6 +30,7 @@ from sharedcare.ingest.messages import (
     RawMessage,
     StagedMessage,
     StagedResource,
+    cut,
     future_event_time,
     sender_conflict,
     sent_by,
@@ -52,6 +53,7 @@ ADT_EVENTS: dict[str, str | None] = {
     "A01": "in-progress", "A02": "in-progress", "A04": "in-progress", "A05": "planned", "A03": "finished",
     "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None,
 }
+CONTROL_ID_CHARACTERS = 100  # as much of MSH-10 as the store keeps (each resource's message_id, String(100))
 # A40 and A34 merge one of the sender's patient records into another (MRG-1 names the retired one);
 # the other merge events (visit and account merges, person-level A18/A30/A36/A39) are held for now.
 PATIENT_MERGES = {"A34", "A40"}
@@ -122,7 +124,7 @@ def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
             fields = split_message(first)[1][0]
         except SyntaxProblem:
             fields = []
-        control_id = fields[10].strip() if len(fields) > 10 else ""
+        control_id = cut(fields[10].strip()) if len(fields) > 10 else ""
     location = f"message {number} (MSH-10 {control_id})" if control_id else f"message {number}"
     return RawMessage(str(path), location, payload, "hl7v2")
 
@@ -368,6 +370,10 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         if not msh.get(10):
             raise msh.error("no message control id (MSH-10): the ACK names the message by it, and a corrected copy "
                             "is known by it", 10, condition=Condition.REQUIRED_FIELD, rejected=True)
+        if len(msh.get(10)) > CONTROL_ID_CHARACTERS:
+            raise msh.error(f"message control id (MSH-10) of {len(msh.get(10))} characters: the store keeps at most "
+                            f"{CONTROL_ID_CHARACTERS} (HL7 allows 199)", 10, condition=Condition.DATA_TYPE,
+                            rejected=True)
         if msh.get(11) not in ("", "P"):
             raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "
                             "must not join a live record", 11, condition=Condition.PROCESSING_ID)

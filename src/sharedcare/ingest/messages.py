@@ -106,6 +106,13 @@ def sender_conflict(claim: str, named: str, source: str, where: str,
 
 
 MLLP_PREFIX = "mllp://"
+ECHOED_CHARACTERS = 200  # the most an ACK echoes, or an audit entry keeps, of one header field
+
+
+def cut(text: str, limit: int = ECHOED_CHARACTERS) -> str:
+    """A field the sender fills, as an ACK echoes it or an audit entry (never deleted) keeps it: its first `limit`
+    characters, saying so when cut. A 3 MB MSH-10 was once audited whole, and a 3 MB MSH-3 echoed back."""
+    return text if len(text) <= limit else f"{text[:limit]}... (cut from {len(text)} characters)"
 
 
 @dataclass(frozen=True)

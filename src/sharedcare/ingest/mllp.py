@@ -36,9 +36,9 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal
+from sharedcare.governance.audit import AuditAction, AuditRecord, network_of, record_audit, record_refusal
 from sharedcare.ingest.hl7v2_syntax import Encoding, SyntaxProblem, encoding_of
-from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage
+from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage, cut
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
@@ -54,7 +54,7 @@ _LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
 
 @dataclass(frozen=True)
 class Header:
-    """The MSH fields an ACK echoes back."""
+    """The MSH fields an ACK echoes back (and the audit names), each cut to `ECHOED_CHARACTERS`."""
 
     sending_app: str
     sending_facility: str
@@ -75,7 +75,7 @@ def read_header(payload: bytes) -> Header | None:
         encoding = None
     # MSH-1 is the separator itself, so MSH-n is fields[n - 1].
     def field(n: int) -> str:
-        return _echoed(fields[n - 1], encoding) if len(fields) >= n else ""
+        return _echoed(cut(fields[n - 1]), encoding) if len(fields) >= n else ""
     components = field(9).split("^")
     return Header(sending_app=field(3), sending_facility=field(4),
                   trigger=components[1] if len(components) > 1 else "", control_id=field(10),
@@ -129,7 +129,7 @@ class MllpLimits:
     idle_seconds: float = 300  # between messages
     frame_seconds: float = 60  # from a frame's start to its end (and to send its ACK)
     max_connections: int = 64  # open at once, TLS handshakes included
-    max_per_address: int = 16  # from one address: an engine opens one per outbound channel
+    max_per_address: int = 16  # from one address (IPv6: one /64): an engine opens one per outbound channel
 
     @classmethod
     def of(cls, settings: Settings) -> MllpLimits:
@@ -165,18 +165,20 @@ class MllpServer:
         self.tls = tls
         self.limits = limits
         self.received = 0
-        self.open: list[tuple[str, asyncio.BaseTransport]] = []  # connections admitted: address, transport
+        self.open: list[tuple[str, asyncio.BaseTransport]] = []  # connections admitted: network_of, transport
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # per address: its lock, the connections wanting it
         self._refusing: set[asyncio.Future[None]] = set()  # refusals being audited (kept until written)
 
     def admit(self, address: str, transport: asyncio.BaseTransport) -> str | None:
-        """Why a new connection is refused (over a cap), or None when it is counted in."""
-        self.open = [(a, t) for a, t in self.open if not t.is_closing()]
+        """Why a new connection is refused (over a cap), or None when it is counted in. An IPv6 address counts
+        by its /64 (`network_of`), which one client holds whole: each of its addresses had a share of its own."""
+        self.open = [(n, t) for n, t in self.open if not t.is_closing()]
         if len(self.open) >= self.limits.max_connections:
             return f"more than {self.limits.max_connections} connections open"
-        if sum(1 for a, _ in self.open if a == address) >= self.limits.max_per_address:
+        network = network_of(address) or ""
+        if sum(1 for n, _ in self.open if n == network) >= self.limits.max_per_address:
             return f"more than {self.limits.max_per_address} connections open from one address"
-        self.open.append((address, transport))
+        self.open.append((network, transport))
         return None
 
     def refuse(self, address: str, reason: str, detail: dict[str, str]) -> None:

@@ -49,6 +49,7 @@ from sharedcare.ingest.messages import (
     WriteRefused,
     certificate_in,
     content_hash,
+    cut,
     sent_by,
 )
 from sharedcare.ingest.resent import identity
@@ -772,7 +773,7 @@ class Pipeline:
                     AuditAction.QUARANTINE_SUPERSEDED, "permit", f"{staged.source_org}:{staged.source_system}",
                     organisation=staged.source_org, purpose="governance", fhir_action="U", detail={
                         "quarantine item": str(item_id), "superseded by": item.superseded_by,
-                        "message key": mine.key, "held since": item.received_at.isoformat()}))
+                        "message key": cut(mine.key), "held since": item.received_at.isoformat()}))
 
     def _quarantine(self, raw: RawMessage, source: str | None, error: MessageError, report: IngestReport) -> None:
         """Keep the original bytes with the reason and its location; never drop input. The same message

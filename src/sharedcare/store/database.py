@@ -15,7 +15,7 @@ from alembic.config import Config
 from sqlalchemy import ColumnElement, create_engine, event, inspect, select
 from sqlalchemy.engine import CursorResult, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
-from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, configure_mappers, make_transient_to_detached, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -147,6 +147,9 @@ class PreparedObjects(Generic[Model]):
 
     def __init__(self, entity: type[Model], *criteria: ColumnElement[bool], order_by: ColumnElement[Any] | None = None,
                  limit: int | None = None) -> None:
+        # An ORM query configures the mappers first; objects made here are not, and an unconfigured mapper
+        # cannot key them: a listener's first message touching a stored patient failed (AttributeError, AE 207)
+        configure_mappers()
         mapper = inspect(entity)
         table = mapper.local_table
         self.entity = entity
