@@ -2,7 +2,9 @@
 
 All in one process on one synthetic ICS (SQLite unless --database names another store):
 - decision latency: `policy.decide` for each person's full record, median and p99 per decision;
-- audit append rate: events per second appended to the hash chain (one transaction per event, as reads do);
+- audit append rate: events per second appended to the hash chain (one transaction per event, as reads do),
+  and what keying the chain costs: one entry's chain hash as an HMAC under the chain's key and as the plain
+  SHA-256 entries had before (governance/audit.py), timed alternately in batches;
 - `$everything` with and without governance, at the gateway and as whole HTTP requests. Without
   governance is `Ungoverned` below: the same rows read the same way (the gateway's `_rows`, with its
   decoded-content cache), served whole through the same route, with no decision inputs (agreements,
@@ -49,7 +51,7 @@ from sharedcare.api.auth import mint_token
 from sharedcare.api.deps import caller, governed_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.audit import AuditAction, AuditRecord, _digest, record_audit, to_audit_event
 from sharedcare.governance.content_cache import content_cache
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import (
@@ -180,6 +182,25 @@ def profile_governed(db: Database, fw: Framework, actor: Actor, people: list[str
     return out.getvalue()
 
 
+def chain_hash_cost(batches: int = 30, size: int = 1000) -> tuple[float, float]:
+    """Microseconds to hash one typical read's entry for the chain: keyed (HMAC-SHA256) and plain (SHA-256),
+    medians over batches run alternately so that load on the machine falls on both."""
+    recorded = utcnow()
+    record = AuditRecord(AuditAction.RECORD_READ, "permit", username="bench", role="gp", organisation="P81001",
+                         purpose="direct-care", patient_id="p1", released=[f"Condition/{i}" for i in range(20)])
+    row = {"seq": 1000, "recorded_at": recorded, "action": record.action.value, "outcome": "permit",
+           "username": "bench", "organisation": "P81001", "patient_id": "p1", "event": to_audit_event(record, recorded)}
+    key, prev = load_settings().audit_chain_key, "0" * 64
+    timed: dict[bytes | None, list[float]] = {key: [], None: []}
+    for _ in range(batches):
+        for chain_key in timed:
+            start = time.perf_counter()
+            for _ in range(size):
+                _digest(prev, row, chain_key)
+            timed[chain_key].append((time.perf_counter() - start) / size * 1e6)
+    return statistics.median(timed[key]), statistics.median(timed[None])
+
+
 def share(timings: Timings, suffix: str = "", average: Callable[[list[float]], float] = statistics.median) -> float:
     """Governance's share of the call: (governed - ungoverned) / governed, on `average` of each (`suffix`:
     "" wall clock, "_cpu" process CPU, "_server" the server threads' CPU)."""
@@ -266,6 +287,7 @@ def main() -> int:
                                                   organisation="P81001", purpose="direct-care", patient_id=str(i),
                                                   released=[f"Condition/{i}"] * 20))
         append_rate = appends / (time.perf_counter() - start)
+        keyed_us, plain_us = chain_hash_cost()
         if args.profile:
             console.print(profile_governed(db, fw, actor, people))
         db.dispose()
@@ -280,6 +302,7 @@ def main() -> int:
         "decision_cpu_ms_median": statistics.median(decision_cpu_ms),
         "decision_cpu_ms_p99": percentile(decision_cpu_ms, 99),
         "audit_appends_per_s": append_rate,
+        "audit_chain_hash_us_keyed": keyed_us, "audit_chain_hash_us_plain": plain_us,
         **medians("gateway", gw), **medians("http", http),
         "http_governed_ms_p95": percentile(http["governed"], 95),
         **shares("", http), **shares("gateway_", gw),
@@ -300,6 +323,7 @@ def main() -> int:
     table.add_row("  the same in CPU ms",
                   f"{figures['decision_cpu_ms_median']:.3f} / {figures['decision_cpu_ms_p99']:.3f}", "")
     table.add_row("audit appends/s", f"{append_rate:.0f}", "")
+    table.add_row("  chain hash us per entry, keyed / plain", f"{keyed_us:.2f} / {plain_us:.2f}", "")
     for label, key in (("gateway $everything ms, governed / ungoverned", "gateway_{}_ms_median"),
                        ("  the same in CPU ms", "gateway_{}_cpu_ms_median"),
                        ("HTTP $everything ms, governed / ungoverned", "http_{}_ms_median"),

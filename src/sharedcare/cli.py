@@ -106,7 +106,8 @@ def _warn_unkeyed_pseudonyms(settings: Settings) -> None:
 
 
 def _database() -> Database:
-    db = Database(_settings().database_url)
+    settings = _settings()
+    db = Database(settings.database_url, settings.audit_chain_key)
     db.migrate()
     return db
 
@@ -1039,7 +1040,7 @@ def audit_verify(
     )
 
     # a checkpoint is only evidence if no one else can sign one: not with the published demo key
-    key = public_key_text(signing_key(_keyed_settings().secret)) if checkpoints else ""
+    key = public_key_text(signing_key(_keyed_settings().audit_secret)) if checkpoints else ""
     kept = []
     for path in checkpoints or []:
         try:
@@ -1063,8 +1064,11 @@ def audit_verify(
         console.print(problem)
     if not result.ok or problems:
         raise typer.Exit(1)
-    console.print(f"audit chain whole: {result.checked} entries verified"
+    console.print(f"audit chain whole: {result.checked} {'entry' if result.checked == 1 else 'entries'} verified"
                   + (f", through {len(kept)} checkpoints" if kept else ""))
+    if result.unkeyed_through > 1:  # a store upgraded with entries in it (migration 0024)
+        console.print(f"entries 1-{result.unkeyed_through} were written before the chain had a key: a plain hash fixes "
+                      "them, and only the checkpoints witnesses took of them show they were not rewritten since")
     if not kept:
         console.print("[yellow]no checkpoints given[/yellow]: the chain alone cannot show entries cut from its end "
                       "(with the head set back to match); give a witness's file with --checkpoints")
@@ -1078,7 +1082,7 @@ def audit_checkpoint(
     service cannot write; `audit verify --checkpoints` checks the chain against what witnesses kept."""
     from sharedcare.governance.checkpoints import make_checkpoint, public_key_text, signing_key
 
-    key = signing_key(_keyed_settings().secret)
+    key = signing_key(_keyed_settings().audit_secret)
     if public_key:
         print(public_key_text(key))
         return

@@ -6,6 +6,8 @@ SHAREDCARE_MAPPINGS    folder of CSV mappings, one `{ORG}-{system}.yaml` per sou
 SHAREDCARE_SECRET      key that signs access tokens and portal sessions (required outside demo mode)
 SHAREDCARE_PSEUDONYM_KEY  key of the pseudonyms in secondary-use extracts, kept apart from SHAREDCARE_SECRET
                        (default: SHAREDCARE_SECRET, with a warning at start-up: see `Settings.pseudonym_secret`)
+SHAREDCARE_AUDIT_KEY   key the audit log's chain and checkpoints are keyed by, kept apart from SHAREDCARE_SECRET so
+                       that rotating that leaves the log verifiable (default: SHAREDCARE_SECRET; Settings.audit_secret)
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password (SQLite, no TLS: `serve` refuses
                        it beside a server database or TLS settings, and warns and audits when it starts with it)
 SHAREDCARE_PUBLIC_URL  the address users and apps reach the service at (`https://scr.example.nhs.uk`): the FHIR base
@@ -44,6 +46,7 @@ SHAREDCARE_AUDIT_REPOSITORY_TOKEN  bearer token `sharedcare audit forward` sends
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import stat
@@ -68,6 +71,7 @@ class Settings:
     secret: str
     demo: bool
     pseudonym_key: str | None = None  # SHAREDCARE_PSEUDONYM_KEY
+    audit_key: str | None = None  # SHAREDCARE_AUDIT_KEY
     token_minutes: int = 60
     data_path: Path = Path("var")
     export_workers: int = 2
@@ -99,12 +103,13 @@ class Settings:
         (TRUST DP4): HMAC-SHA256 wants at least 32 bytes of key. The same for a pseudonym key, if set."""
         if self.demo:
             return
-        if self.pseudonym_key is not None and len(self.pseudonym_key.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"SHAREDCARE_PSEUDONYM_KEY is {len(self.pseudonym_key.encode())} bytes; it must be at "
-                              f"least {MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
-        if self.pseudonym_key == DEMO_SECRET:
-            raise ConfigError("SHAREDCARE_PSEUDONYM_KEY is the published demo key; set a key of its own "
-                              "(for example `openssl rand -hex 32`)")
+        for name, key in (("SHAREDCARE_PSEUDONYM_KEY", self.pseudonym_key), ("SHAREDCARE_AUDIT_KEY", self.audit_key)):
+            if key is not None and len(key.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"{name} is {len(key.encode())} bytes; it must be at least {MIN_SECRET_BYTES} "
+                                  "(for example `openssl rand -hex 32`)")
+            if key == DEMO_SECRET:
+                raise ConfigError(f"{name} is the published demo key; set a key of its own "
+                                  "(for example `openssl rand -hex 32`)")
         if self.secret == DEMO_SECRET:
             raise ConfigError("SHAREDCARE_SECRET is unset or the demo key; set a secret or SHAREDCARE_DEMO=1")
         if len(self.secret.encode()) < MIN_SECRET_BYTES:
@@ -132,6 +137,20 @@ class Settings:
         from recomputing pseudonyms from person ids. Without one, SHAREDCARE_SECRET, as before the key
         existed, so that pseudonyms already issued stay the same (`sharedcare serve` warns)."""
         return self.pseudonym_key or self.secret
+
+    @property
+    def audit_secret(self) -> str:
+        """What the audit log's keys come from: the chain's HMAC key (`audit_chain_key`) and the checkpoints'
+        signing key. A key of its own lets SHAREDCARE_SECRET be rotated (after a leak, say) while entries
+        already written still verify and witnesses keep the checkpoint key they hold; unset, SHAREDCARE_SECRET."""
+        return self.audit_key or self.secret
+
+    @property
+    def audit_chain_key(self) -> bytes:
+        """The audit chain's HMAC key, made from `audit_secret` under its own label so that it is never the key
+        of anything else: without it no one, the database's own roles included, can write an entry that
+        `audit verify` accepts (governance/audit.py)."""
+        return hmac.digest(self.audit_secret.encode(), b"sharedcare audit chain key", "sha256")
 
 
 def insecure_choices(settings: Settings, service: str, host: str) -> list[str]:
@@ -185,6 +204,7 @@ def load_settings() -> Settings:
         secret=os.environ.get("SHAREDCARE_SECRET") or DEMO_SECRET,
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
         pseudonym_key=os.environ.get("SHAREDCARE_PSEUDONYM_KEY") or None,
+        audit_key=os.environ.get("SHAREDCARE_AUDIT_KEY") or None,
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
         export_people_per_worker=_whole_number("SHAREDCARE_EXPORT_PEOPLE_PER_WORKER", 5000, least=1),

@@ -113,12 +113,31 @@ def test_audit_verify_passes_then_fails_after_tampering(env: Database, tmp_path:
     runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
     runner.invoke(app, ["preferences", "set", "9434765919", "--object-org", "NHR"])
     ok = runner.invoke(app, ["audit", "verify"])
-    assert ok.exit_code == 0 and "2 entries verified" in ok.stderr
+    assert ok.exit_code == 0 and "3 entries verified" in ok.stderr  # the two, after the log's opening entry
     as_an_attacker_with_ddl_rights(env)
     with env.session() as s:
-        s.execute(update(AuditEntry).where(AuditEntry.seq == 1).values(username="someone-else"))
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(username="someone-else"))
     broken = runner.invoke(app, ["audit", "verify"])
-    assert broken.exit_code == 1 and "broken at entry 1" in broken.stderr
+    assert broken.exit_code == 1 and "broken at entry 2" in broken.stderr
+
+
+def test_the_audit_key_outlives_a_rotated_secret_and_a_check_with_another_key_says_so(
+        env: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator rotates SHAREDCARE_SECRET (after a leak, say) and keeps the audit's key as
+    SHAREDCARE_AUDIT_KEY: the log written before and after verifies. Checked under another key, `verify`
+    names the first entry it cannot vouch for and says a different key may be why."""
+    old_secret = "the secret this deployment started with, 32+ bytes"
+    monkeypatch.setenv("SHAREDCARE_SECRET", old_secret)
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
+    monkeypatch.setenv("SHAREDCARE_SECRET", "the secret it was rotated to, also 32+ bytes")
+    monkeypatch.setenv("SHAREDCARE_AUDIT_KEY", old_secret)
+    runner.invoke(app, ["agreements", "set", "NHR", "--status", "signed", "--reason", "breach resolved"])
+    kept = runner.invoke(app, ["audit", "verify"])
+    assert kept.exit_code == 0 and "3 entries verified" in kept.stderr
+    monkeypatch.delenv("SHAREDCARE_AUDIT_KEY")
+    other = runner.invoke(app, ["audit", "verify"])
+    said = " ".join(other.stderr.split())
+    assert other.exit_code == 1 and "broken at entry 2" in said and "SHAREDCARE_AUDIT_KEY" in said
 
 
 def test_agreements_set_rejects_an_unknown_status_and_organisation(env: Database) -> None:

@@ -26,17 +26,21 @@ COMMANDS = {
     "audit checkpoint": ["audit", "checkpoint"],
     "audit verify --checkpoints": ["audit", "verify", "--checkpoints", "{tmp}/witness.jsonl"],
 }
-UNSAFE = {  # SHAREDCARE_SECRET, SHAREDCARE_PSEUDONYM_KEY; the refusal says
-    "no secret": (None, None, "SHAREDCARE_SECRET is unset or the demo key"),
-    "a short secret": ("x" * 31, None, "SHAREDCARE_SECRET is 31 bytes; it must be at least 32"),
-    "a short pseudonym key": (SECRET, "p" * 31, "SHAREDCARE_PSEUDONYM_KEY is 31 bytes; it must be at least 32"),
-    "the demo key as pseudonym key": (SECRET, DEMO_SECRET, "SHAREDCARE_PSEUDONYM_KEY is the published demo key"),
+UNSAFE = {  # SHAREDCARE_SECRET, SHAREDCARE_PSEUDONYM_KEY, SHAREDCARE_AUDIT_KEY; the refusal says
+    "no secret": (None, None, None, "SHAREDCARE_SECRET is unset or the demo key"),
+    "a short secret": ("x" * 31, None, None, "SHAREDCARE_SECRET is 31 bytes; it must be at least 32"),
+    "a short pseudonym key": (SECRET, "p" * 31, None,
+                              "SHAREDCARE_PSEUDONYM_KEY is 31 bytes; it must be at least 32"),
+    "the demo key as pseudonym key": (SECRET, DEMO_SECRET, None, "SHAREDCARE_PSEUDONYM_KEY is the published demo key"),
+    "a short audit key": (SECRET, None, "a" * 31, "SHAREDCARE_AUDIT_KEY is 31 bytes; it must be at least 32"),
+    "the demo key as audit key": (SECRET, None, DEMO_SECRET, "SHAREDCARE_AUDIT_KEY is the published demo key"),
 }
 
 
-def _keys(monkeypatch: pytest.MonkeyPatch, secret: str | None, pseudonym_key: str | None, demo: bool = False) -> None:
+def _keys(monkeypatch: pytest.MonkeyPatch, secret: str | None, pseudonym_key: str | None,
+          audit_key: str | None = None, demo: bool = False) -> None:
     for name, value in (("SHAREDCARE_SECRET", secret), ("SHAREDCARE_PSEUDONYM_KEY", pseudonym_key),
-                        ("SHAREDCARE_DEMO", "1" if demo else None)):
+                        ("SHAREDCARE_AUDIT_KEY", audit_key), ("SHAREDCARE_DEMO", "1" if demo else None)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
@@ -51,10 +55,10 @@ def _run(command: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_outside_demo_mode_a_command_that_signs_or_keys_refuses_the_demo_key_and_short_keys(
         env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, unsafe: str) -> None:  # noqa: F811
-    secret, pseudonym_key, says = UNSAFE[unsafe]
+    secret, pseudonym_key, audit_key, says = UNSAFE[unsafe]
     with env.session() as session:  # what a forger holding the published key gives `audit verify`
         (tmp_path / "witness.jsonl").write_text(make_checkpoint(session, signing_key(DEMO_SECRET)).to_json() + "\n")
-    _keys(monkeypatch, secret, pseudonym_key)
+    _keys(monkeypatch, secret, pseudonym_key, audit_key)
     refused = runner.invoke(app, _run(command, tmp_path))
     assert refused.exit_code == 2 and says in refused.stderr, refused.output
     assert refused.stdout == ""  # no token, no checkpoint
@@ -65,7 +69,7 @@ def test_outside_demo_mode_a_command_that_signs_or_keys_refuses_the_demo_key_and
 def test_with_keys_of_their_own_or_in_demo_mode_every_such_command_runs(
         env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         secret: str | None, pseudonym_key: str | None, demo: bool) -> None:
-    _keys(monkeypatch, secret, pseudonym_key, demo)
+    _keys(monkeypatch, secret, pseudonym_key, demo=demo)
     checkpoint = runner.invoke(app, ["audit", "checkpoint"])
     (tmp_path / "witness.jsonl").write_text(checkpoint.stdout)
     for command in COMMANDS:

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from tests.small_ics import Ics
 
 from sharedcare.api import fhir
+from sharedcare.config import Settings
 from sharedcare.governance import audit
 from sharedcare.governance.audit import AuditAction, AuditRecord, _canonical, record_audit, verify
-from sharedcare.store.database import Database
+from sharedcare.store.database import AUDIT_KEY, Database
 from sharedcare.store.models import AuditEntry, AuditHead
 
 
@@ -33,19 +39,24 @@ def as_an_attacker_with_ddl_rights(db: Database) -> None:
             conn.execute(text("DROP TRIGGER audit_head_guard"))
 
 
-def _write(db: Database, n: int) -> None:
+# what a test wrote, not the entry a new store's log begins with (migration 0024's, where the key starts)
+WRITTEN = AuditEntry.action != AuditAction.CHAIN_KEYED
+
+
+def _write(db: Database, n: int) -> list[int]:
+    """Append `n` reads; their sequence numbers (a new store's log begins with migration 0024's entry)."""
     with db.session() as session:
-        for i in range(n):
-            record_audit(session, AuditRecord(AuditAction.RECORD_READ, "permit", username=f"user{i}",
-                                              role="gp", organisation="P81001", purpose="direct-care",
-                                              patient_id=f"p{i}", released=[f"Condition/{i}"]))
+        return [record_audit(session, AuditRecord(AuditAction.RECORD_READ, "permit", username=f"user{i}", role="gp",
+                                                  organisation="P81001", purpose="direct-care", patient_id=f"p{i}",
+                                                  released=[f"Condition/{i}"]))
+                for i in range(n)]
 
 
 def test_an_untouched_chain_verifies(db: Database) -> None:
-    _write(db, 5)
+    seqs = _write(db, 5)
     with db.session() as session:
         result = verify(session)
-    assert result.ok and result.checked == 5
+    assert result.ok and result.checked == seqs[-1]
 
 
 def test_an_edited_entry_is_found(db: Database) -> None:
@@ -106,7 +117,7 @@ def test_the_database_refuses_to_change_or_delete_audit_entries(db: Database, st
 def test_the_database_refuses_to_empty_the_log_or_its_head(db: Database) -> None:
     """The application's own role (no trigger dropped) cannot empty the log or its head at once: TRUNCATE
     on PostgreSQL, which fires no row trigger; a DELETE of every row (SQLite's truncate) on SQLite."""
-    _write(db, 3)
+    seqs = _write(db, 3)
     statements = (["TRUNCATE audit_events", "TRUNCATE audit_head", "TRUNCATE audit_events, audit_head"]
                   if db.backend == "postgresql" else ["DELETE FROM audit_events", "DELETE FROM audit_head"])
     for statement in statements:
@@ -114,7 +125,7 @@ def test_the_database_refuses_to_empty_the_log_or_its_head(db: Database) -> None
             conn.execute(text(statement))
     with db.session() as session:
         result = verify(session)
-    assert result.ok and result.checked == 3
+    assert result.ok and result.checked == seqs[-1]
 
 
 HEAD_MOVES = [
@@ -128,34 +139,34 @@ HEAD_MOVES = [
 
 @pytest.mark.parametrize("statement", HEAD_MOVES)
 def test_the_database_refuses_to_move_the_head_except_by_appending(db: Database, statement: str) -> None:
-    _write(db, 3)
+    seqs = _write(db, 3)
     with pytest.raises(DBAPIError, match="only by appending"), db.engine.begin() as conn:
         conn.execute(text(statement))
-    _write(db, 1)  # appending still moves it
+    (last,) = _write(db, 1)  # appending still moves it
     with db.session() as session:
         result = verify(session)
-        assert session.get_one(AuditHead, 1).seq == 4
-    assert result.ok and result.checked == 4
+        assert session.get_one(AuditHead, 1).seq == last == seqs[-1] + 1
+    assert result.ok and result.checked == last
 
 
 def test_the_tail_of_the_log_cannot_be_cut_and_the_prefix_put_back(db: Database) -> None:
     """What the third security review did with the application's own role: keep entries 1-2, empty the
     log, set the head back and re-insert them, so that the chain verified with 3-5 gone. The steps that
     lose entries and move the head back are refused; the log keeps all five."""
-    _write(db, 5)
+    seqs = _write(db, 5)
     empty = "TRUNCATE audit_events" if db.backend == "postgresql" else "DELETE FROM audit_events WHERE seq > 2"
     for step in (empty, HEAD_MOVES[0]):
         with pytest.raises(DBAPIError), db.engine.begin() as conn:
             conn.execute(text(step))
     with db.session() as session:
         result = verify(session)
-    assert result.ok and result.checked == 5
+    assert result.ok and result.checked == seqs[-1]
 
 
 def test_audit_events_are_fhir_audit_events_holding_references_not_content(db: Database) -> None:
     _write(db, 1)
     with db.session() as session:
-        event = session.scalars(select(AuditEntry.event)).one()
+        event = session.scalars(select(AuditEntry.event).where(WRITTEN)).one()
     from fhir.resources.R4B.auditevent import AuditEvent
 
     AuditEvent.model_validate(event)
@@ -168,7 +179,7 @@ def test_control_characters_cannot_forge_log_lines(db: Database) -> None:
         record_audit(session, AuditRecord(AuditAction.BASIS_RECORD, "permit", username="dr.patel",
                                           reason="ok\nFAKE ENTRY: admin read everything"))
     with db.session() as session:
-        event = session.scalars(select(AuditEntry.event)).one()
+        event = session.scalars(select(AuditEntry.event).where(WRITTEN)).one()
     details = {d["type"]: d["valueString"] for d in event["entity"][-1]["detail"]}
     assert "\n" not in details["reason"] and "\\x0a" in details["reason"]
 
@@ -178,7 +189,7 @@ def test_a_typed_name_or_id_with_a_nul_is_audited_not_lost(db: Database) -> None
     with db.session() as session:
         record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username="dr.\x00patel", patient_id="p\x001"))
     with db.session() as session:
-        entry = session.scalars(select(AuditEntry)).one()
+        entry = session.scalars(select(AuditEntry).where(WRITTEN)).one()
         assert (entry.username, entry.patient_id) == ("dr.\\x00patel", "p\\x001")
         assert verify(session).ok
 
@@ -190,25 +201,25 @@ def test_many_writers_keep_one_linear_chain(db: Database) -> None:
         list(pool.map(lambda _: _write(db, 5), range(4)))
     with db.session() as session:
         result = verify(session)
-        assert session.scalar(text("SELECT count(*) FROM audit_events")) == 20
+        assert session.scalar(select(func.count()).where(WRITTEN)) == 20
     assert result.ok
 
 
 def test_the_database_refuses_an_entry_that_does_not_follow_the_head(db: Database) -> None:
     """A trigger advances the head with each entry and refuses one that skips, repeats or forks the chain."""
-    _write(db, 2)
+    seqs = _write(db, 2)
     with db.session() as session:
-        last = session.get_one(AuditEntry, 2)
+        last = session.get_one(AuditEntry, seqs[-1])
         row = {"recorded_at": last.recorded_at, "action": last.action, "outcome": "permit", "username": "x",
                "organisation": None, "patient_id": None, "event": last.event, "hash": "f" * 64}
-    for seq, prev_hash in ((4, last.hash), (3, "0" * 64), (2, last.prev_hash)):
+    for seq, prev_hash in ((last.seq + 2, last.hash), (last.seq + 1, "0" * 64), (last.seq, last.prev_hash)):
         with pytest.raises(DBAPIError, match="must follow the head"), db.engine.begin() as conn:
             conn.execute(insert(AuditEntry).values(seq=seq, prev_hash=prev_hash, **row))
-    _write(db, 1)
+    (appended,) = _write(db, 1)
     with db.session() as session:
         result = verify(session)
-        assert result.ok and result.checked == 3
-        assert session.get_one(AuditHead, 1).seq == 3
+        assert result.ok and result.checked == appended == last.seq + 1
+        assert session.get_one(AuditHead, 1).seq == appended
 
 
 @settings(deadline=None, max_examples=40,  # a shared, busy machine; the store is reused across examples
@@ -291,7 +302,8 @@ def test_an_entry_that_waited_for_the_chain_is_timed_after_the_entry_before_it(d
         record_audit(holder, AuditRecord(AuditAction.RECORD_READ, "permit", username="held", patient_id="p1"))
     waiting.join(10)
     with db.session() as session:
-        entries = session.execute(select(AuditEntry.username, AuditEntry.recorded_at).order_by(AuditEntry.seq)).all()
+        entries = session.execute(select(AuditEntry.username, AuditEntry.recorded_at).where(WRITTEN)
+                                  .order_by(AuditEntry.seq)).all()
         assert verify(session).ok
     assert [e.username for e in entries] == ["held", "waited"]
     assert entries[0].recorded_at <= entries[1].recorded_at
@@ -300,7 +312,7 @@ def test_an_entry_that_waited_for_the_chain_is_timed_after_the_entry_before_it(d
 def test_verify_passes_while_another_writer_appends_between_its_reads(db: Database) -> None:
     """On PostgreSQL each statement sees what was committed before it: an entry appended after the chain
     was read, counted by the head read next, was reported as a broken log (a false tamper alarm)."""
-    _write(db, 3)
+    seqs = _write(db, 3)
     reads: list[str] = []
 
     def append_before_the_second_read(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -317,7 +329,7 @@ def test_verify_passes_while_another_writer_appends_between_its_reads(db: Databa
         event.remove(db.engine, "before_cursor_execute", append_before_the_second_read)
     assert len(reads) == 2 and result.ok, result.problem
     with db.session() as session:
-        assert verify(session).checked == 4
+        assert verify(session).checked == seqs[-1] + 1
 
 
 @pytest.mark.parametrize("typed", ["\x01x" * 25, "\x00" * 30, "\U000e0001" * 40])
@@ -326,7 +338,7 @@ def test_a_refused_sign_in_with_a_long_name_of_control_characters_is_audited(db:
     and PostgreSQL refused the entry, so the refusal was not on record (TRUST AU3)."""
     audit.record_sign_in(db, typed, False, None, None, "req-1", "203.0.113.9")
     with db.session() as session:
-        entry = session.scalars(select(AuditEntry)).one()
+        entry = session.scalars(select(AuditEntry).where(WRITTEN)).one()
         assert entry.outcome == "deny" and len(entry.username or "") == 100
         assert entry.event["agent"][0]["who"]["identifier"]["value"] == entry.username
         assert verify(session).ok
@@ -340,8 +352,8 @@ def test_a_control_character_and_its_escape_typed_are_stored_apart(db: Database)
         for name in typed:
             record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username=name))
     with db.session() as session:
-        stored = session.scalars(select(AuditEntry.username).order_by(AuditEntry.seq)).all()
-        events = session.scalars(select(AuditEntry.event).order_by(AuditEntry.seq)).all()
+        stored = session.scalars(select(AuditEntry.username).where(WRITTEN).order_by(AuditEntry.seq)).all()
+        events = session.scalars(select(AuditEntry.event).where(WRITTEN).order_by(AuditEntry.seq)).all()
     assert stored == ["a\\x01", "a\\\\x01", "\\u2028", "\\\\x2028", "\\x85", "\\U000e0001"]
     assert [e["agent"][0]["who"]["identifier"]["value"] for e in events] == stored  # cleaned once, not twice
 
@@ -358,7 +370,83 @@ def test_entries_written_with_the_earlier_cleaning_still_verify(db: Database,
     with db.session() as session:
         record_audit(session, AuditRecord(AuditAction.LOGIN, "deny", username="a\\b\x01\u2028"))
     with db.session() as session:
-        assert session.scalars(select(AuditEntry.username).order_by(AuditEntry.seq)).all() == [
+        assert session.scalars(select(AuditEntry.username).where(WRITTEN).order_by(AuditEntry.seq)).all() == [
             "a\\b\\x01\\x2028", "a\\\\b\\x01\\u2028"]
         result = verify(session)
-    assert result.ok and result.checked == 2
+    assert result.ok and result.checked == session.get_one(AuditHead, 1).seq
+
+
+def _forged_after_head(db: Database, digest: Callable[[bytes], str]) -> int:
+    """Append, as the application's own database role may (no trigger dropped), an entry that follows the head,
+    naming a read of a patient's record that never happened, hashed by `digest` of what the chain hashes."""
+    from datetime import UTC, datetime
+
+    with db.engine.begin() as conn:
+        seq, prev_hash = conn.execute(select(AuditHead.seq, AuditHead.hash)).one()
+        recorded = datetime.now(UTC)
+        record = AuditRecord(AuditAction.RECORD_READ, "permit", username="dr.patel", role="gp",
+                             organisation="P81001", purpose="direct-care", patient_id="p-forged")
+        row: dict[str, Any] = {"seq": seq + 1, "recorded_at": recorded, "action": record.action.value,
+                               "outcome": "permit", "username": "dr.patel", "organisation": "P81001",
+                               "patient_id": "p-forged", "event": audit.to_audit_event(record, recorded)}
+        hashed = {**row, "recorded_at": recorded.isoformat()}
+        row["hash"] = digest(prev_hash.encode() + _canonical(hashed))
+        conn.execute(insert(AuditEntry).values(prev_hash=prev_hash, **row))
+    return int(seq + 1)
+
+
+@pytest.mark.parametrize("digest", [
+    pytest.param(lambda message: hashlib.sha256(message).hexdigest(), id="a plain hash, as the chain was"),
+    pytest.param(lambda message: hmac.digest(Settings("", Path(), Path(), "another deployment's secret",
+                                                      False).audit_chain_key, message, "sha256").hex(),
+                 id="another deployment's key"),
+])
+def test_an_entry_appended_by_someone_without_the_key_is_found_as_forged(db: Database,
+                                                                        digest: Callable[[bytes], str]) -> None:
+    """The audit review of 2026-12-07: the application's role may INSERT, and an entry that follows the head
+    passes the triggers; with a plain hash it passed `verify` too, and the next checkpoint vouched for it. A
+    false read of a patient's record is now named, and so is its place in the log."""
+    seqs = _write(db, 2)
+    forged = _forged_after_head(db, digest)
+    with db.session() as session:
+        result = verify(session)
+    assert forged == seqs[-1] + 1
+    assert not result.ok and result.broken_seq == forged and result.checked == seqs[-1]
+    assert "without the chain's key" in (result.problem or "")
+
+
+def test_a_log_written_before_the_chain_had_a_key_verifies_and_goes_on_keyed(db: Database) -> None:
+    """A store upgraded with entries in it: those keep their plain hashes and verify as before, the upgrade
+    marks where the key starts, and an unkeyed entry after it is refused however it is dressed."""
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:  # a store as the code before the key left it
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+        command.upgrade(cfg, "0023")
+    with db.engine.begin() as conn, Session(bind=conn, info={AUDIT_KEY: None}) as old:  # the code before the key
+        before = [record_audit(old, AuditRecord(AuditAction.RECORD_READ, "permit", username=f"user{i}",
+                                                patient_id=f"p{i}")) for i in range(3)]
+    db.migrate()
+    after = _write(db, 2)
+    with db.session() as session:
+        result = verify(session)
+        marks = session.scalars(select(AuditEntry.seq).where(AuditEntry.action == AuditAction.CHAIN_KEYED)).all()
+    assert result.ok and result.checked == after[-1] == before[-1] + 3
+    assert result.unkeyed_through == before[-1] + 1 == marks[-1]  # the upgrade's own entry
+    _forged_after_head(db, lambda message: hashlib.sha256(message).hexdigest())
+    with db.session() as session:
+        assert verify(session).broken_seq == after[-1] + 1
+
+
+def test_an_unkeyed_mark_appended_later_does_not_move_where_the_key_starts(db: Database) -> None:
+    """Someone who may INSERT appends a second 'chain keyed' entry, hoping everything before it is checked
+    by plain hash: the first mark is where the key starts, and the forged mark is itself refused."""
+    seqs = _write(db, 2)
+    with db.session() as session:
+        first_mark = verify(session).unkeyed_through
+    with db.engine.begin() as conn, Session(bind=conn, info={AUDIT_KEY: None}) as forger:
+        mark = record_audit(forger, AuditRecord(AuditAction.CHAIN_KEYED, "permit", username=None))
+    with db.session() as session:
+        result = verify(session)
+    assert first_mark < seqs[0] and mark == seqs[-1] + 1
+    assert result.unkeyed_through == first_mark and not result.ok and result.broken_seq == mark

@@ -4,6 +4,7 @@ Record Repository over HTTP (TRUST AU7, IHE RESTful ATNA), never twice, never an
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import update
-from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
+from tests.governance.test_audit import _forged_after_head, _write, as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -115,48 +116,48 @@ def _chain(event: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_log_is_copied_in_order_and_only_what_is_new_goes_next_time(db: Database, repository: Repository,
                                                                         tmp_path: Path) -> None:
-    _write(db, 7)
+    seqs = _write(db, 7)  # after the entry a new store's log begins with
     state, send = tmp_path / "forward.json", http_sender(repository.url, token="arr-secret")
-    assert forward(db, state, send, batch=3) == 7
-    assert repository.bundles == [[1, 2, 3], [4, 5, 6], [7]]
+    assert seqs == list(range(2, 9)) and forward(db, state, send, batch=3) == 8
+    assert repository.bundles == [[1, 2, 3], [4, 5, 6], [7, 8]]
     assert set(repository.tokens) == {"Bearer arr-secret"}
     with db.session() as s:
-        for seq in range(1, 8):
+        for n, seq in enumerate(seqs):
             entry = s.get_one(AuditEntry, seq)
             kept = repository.kept[f"{seq}-{entry.hash}"]
             assert _chain(kept) == {"seq": seq, "hash": entry.hash, "previous": entry.prev_hash}
-            assert kept["agent"][0]["who"]["identifier"]["value"] == f"user{seq - 1}"
-            assert {"what": {"reference": f"Condition/{seq - 1}"}} in kept["entity"]  # one entity per release
+            assert kept["agent"][0]["who"]["identifier"]["value"] == f"user{n}"
+            assert {"what": {"reference": f"Condition/{n}"}} in kept["entity"]  # one entity per release
     assert forward(db, state, send, batch=3) == 0
     _write(db, 2)
-    assert forward(db, state, send, batch=3) == 2 and repository.bundles[-1] == [8, 9]
-    assert read_position(state).seq == 9
+    assert forward(db, state, send, batch=3) == 2 and repository.bundles[-1] == [9, 10]
+    assert read_position(state).seq == 10
 
 
 def test_a_repository_that_is_down_loses_nothing_and_gets_nothing_twice(db: Database, repository: Repository,
                                                                         tmp_path: Path) -> None:
-    _write(db, 5)
+    first = _write(db, 5)
     state, send = tmp_path / "forward.json", http_sender(repository.url)
-    assert forward(db, state, send, batch=2) == 5
-    _write(db, 3)
+    assert forward(db, state, send, batch=2) == first[-1]
+    then = _write(db, 3)
     repository.refuse = True
     with pytest.raises(ForwardError, match="HTTP 503"):
         forward(db, state, send, batch=2)
-    assert read_position(state).seq == 5
+    assert read_position(state).seq == first[-1]
     repository.refuse = False
     assert forward(db, state, send, batch=2) == 3
     sent = [i for bundle in repository.bundles for i in bundle]
-    assert sent == list(range(1, 9)) and sorted(_held(repository)) == list(range(1, 9))
+    assert sent == list(range(1, then[-1] + 1)) and sorted(_held(repository)) == sent
 
 
 def test_a_lost_state_file_sends_again_but_nothing_held_is_replaced_or_doubled(
         db: Database, repository: Repository, tmp_path: Path) -> None:
-    _write(db, 4)
+    seqs = _write(db, 4)
     state, send = tmp_path / "forward.json", http_sender(repository.url)
     forward(db, state, send)
     held = json.dumps(_held(repository), sort_keys=True)
     state.unlink()
-    assert forward(db, state, send) == 4  # sent again: the repository creates nothing new
+    assert forward(db, state, send) == seqs[-1]  # sent again: the repository creates nothing new
     assert json.dumps(_held(repository), sort_keys=True) == held
 
 
@@ -197,13 +198,13 @@ def test_a_redirect_is_refused_not_followed_with_the_token(db: Database, tmp_pat
 
 
 def test_one_forwarder_at_a_time_per_state_file(db: Database, repository: Repository, tmp_path: Path) -> None:
-    _write(db, 2)
+    seqs = _write(db, 2)
     state = tmp_path / "forward.json"
     with (tmp_path / "forward.json.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(SharedcareError, match="another forwarder"):
             forward(db, state, http_sender(repository.url))
-    assert forward(db, state, http_sender(repository.url)) == 2
+    assert forward(db, state, http_sender(repository.url)) == seqs[-1]
     with pytest.raises(SharedcareError, match="folder does not exist"):
         forward(db, tmp_path / "nowhere" / "forward.json", http_sender(repository.url))
 
@@ -217,34 +218,46 @@ def test_an_edited_entry_is_never_copied_and_the_forwarder_names_it(db: Database
         event["outcome"] = "8"  # a refusal turned into a serious failure, say
         s.execute(update(AuditEntry).where(AuditEntry.seq == 4).values(event=event))
     state = tmp_path / "forward.json"
-    with pytest.raises(ChainBroken, match="entry 4 content does not match its hash"):
+    with pytest.raises(ChainBroken, match="entry 4 content does not match its keyed hash"):
         forward(db, state, http_sender(repository.url), batch=10)
     assert sorted(_held(repository)) == [1, 2, 3]  # what was sound before it
     assert read_position(state).seq == 3
 
 
+def test_an_entry_appended_without_the_key_is_never_copied(db: Database, repository: Repository,
+                                                          tmp_path: Path) -> None:
+    """An entry the application's database role appended (no trigger dropped) with a plain hash: before the
+    chain was keyed the forwarder copied it as genuine."""
+    seqs = _write(db, 3)
+    forged = _forged_after_head(db, lambda message: hashlib.sha256(message).hexdigest())
+    state = tmp_path / "forward.json"
+    with pytest.raises(ChainBroken, match=f"entry {forged} was written without the chain's key"):
+        forward(db, state, http_sender(repository.url), batch=10)
+    assert sorted(_held(repository)) == list(range(1, seqs[-1] + 1)) and read_position(state).seq == seqs[-1]
+
+
 def test_a_rewrite_of_what_was_already_copied_is_reported(db: Database, repository: Repository,
                                                           tmp_path: Path) -> None:
-    _write(db, 4)
+    seqs = _write(db, 4)
     state = tmp_path / "forward.json"
     forward(db, state, http_sender(repository.url))
     as_an_attacker_with_ddl_rights(db)
     with db.session() as s:  # the attacker recomputes the last hash too: the chain alone would not show it
-        s.execute(update(AuditEntry).where(AuditEntry.seq == 4).values(hash="f" * 64))
+        s.execute(update(AuditEntry).where(AuditEntry.seq == seqs[-1]).values(hash="f" * 64))
     _write(db, 1)
-    with pytest.raises(ChainBroken, match="entry 4 is not what was forwarded"):
+    with pytest.raises(ChainBroken, match=f"entry {seqs[-1]} is not what was forwarded"):
         forward(db, state, http_sender(repository.url))
-    assert len(repository.kept) == 4
+    assert len(repository.kept) == seqs[-1]
 
 
 def test_the_command_reports_and_exits_as_an_operator_expects(db: Database, repository: Repository,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write(db, 3)
+    seqs = _write(db, 3)
     monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
     state = tmp_path / "forward.json"
     done = runner.invoke(app, ["audit", "forward", repository.url, "--state", str(state)])
     assert done.exit_code == 0, done.output
-    assert "forwarded 3 audit entries" in done.output and len(repository.kept) == 3
+    assert f"forwarded {seqs[-1]} audit entries" in done.output and len(repository.kept) == seqs[-1]
     repository.refuse = True
     _write(db, 1)
     down = runner.invoke(app, ["audit", "forward", repository.url, "--state", str(state)])
@@ -253,7 +266,7 @@ def test_the_command_reports_and_exits_as_an_operator_expects(db: Database, repo
     assert nowhere.exit_code == 2 and "127.0.0.1:9" in nowhere.output
     as_an_attacker_with_ddl_rights(db)
     with db.session() as s:
-        s.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(hash="0" * 64))  # the last one copied
+        s.execute(update(AuditEntry).where(AuditEntry.seq == seqs[-1]).values(hash="0" * 64))  # the last copied
     repository.refuse = False
     broken = runner.invoke(app, ["audit", "forward", repository.url, "--state", str(state)])
     assert broken.exit_code == 1 and "audit chain broken" in broken.output
@@ -267,7 +280,7 @@ def _interruptible() -> None:
 
 def test_following_the_log_copies_entries_as_they_are_written(db: Database, repository: Repository,
                                                               tmp_path: Path) -> None:
-    _write(db, 2)
+    first = _write(db, 2)
     repository.refuse = True  # down when the follower starts: it keeps trying
     env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False)}
     follower = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "audit",  # noqa: S603
@@ -277,8 +290,8 @@ def test_following_the_log_copies_entries_as_they_are_written(db: Database, repo
     try:
         time.sleep(0.5)
         repository.refuse = False
-        for written in (2, 5):
-            if written == 5:
+        for written in (first[-1], first[-1] + 3):
+            if written > first[-1]:
                 _write(db, 3)
             deadline = time.monotonic() + 60
             # until the follower has recorded the repository's answer too: stopping it while the answer is on
@@ -290,4 +303,4 @@ def test_following_the_log_copies_entries_as_they_are_written(db: Database, repo
     finally:
         follower.send_signal(signal.SIGINT)
         output = follower.communicate(timeout=30)[0].decode()
-    assert follower.returncode == 0 and "forwarded 5 audit entries" in output, output
+    assert follower.returncode == 0 and f"forwarded {first[-1] + 3} audit entries" in output, output

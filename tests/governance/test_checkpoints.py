@@ -21,7 +21,7 @@ from sharedcare.api import transparency
 from sharedcare.api.app import create_app
 from sharedcare.cli import app
 from sharedcare.config import load_settings
-from sharedcare.governance.audit import _HASHED, GENESIS, RefusalLimiter, _digest, verify
+from sharedcare.governance.audit import _HASHED, GENESIS, RefusalLimiter, _digest, chain_key, verify
 from sharedcare.governance.checkpoints import (
     AuditTree,
     CheckpointError,
@@ -44,30 +44,32 @@ runner = CliRunner()
 
 
 def _rewrite_from(db: Database, seq: int, username: str) -> None:
-    """What an attacker with the owner's rights does so that the chain still verifies: edit one entry, then
-    recompute every later hash and the head."""
+    """What an insider with the owner's rights and the deployment's secret does so that the chain still
+    verifies (which only the checkpoints witnesses keep can show): edit one entry, then recompute every later
+    hash, under the chain's key, and the head."""
     as_an_attacker_with_ddl_rights(db)
     with db.session() as s:
         s.execute(update(AuditEntry).where(AuditEntry.seq == seq).values(username=username))
-        prev = GENESIS
+        prev, key = GENESIS, chain_key(s)
         for entry in s.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
             if entry.seq >= seq:
                 entry.prev_hash = prev
-                entry.hash = _digest(prev, {name: getattr(entry, name) for name in _HASHED})
+                entry.hash = _digest(prev, {name: getattr(entry, name) for name in _HASHED},
+                                     key.for_entry(entry.seq))
             prev = entry.hash
         s.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
 
 
 def test_a_log_rewritten_end_to_end_passes_the_chain_but_not_a_witnesses_checkpoint(db: Database) -> None:
-    _write(db, 5)
+    seqs = _write(db, 5)
     with db.session() as s:
         kept = make_checkpoint(s, KEY)
-        assert kept.seq == 5 and check_against_chain(s, [kept], PUBLIC) == []
-    _rewrite_from(db, 2, "someone-else")
+        assert kept.seq == seqs[-1] and check_against_chain(s, [kept], PUBLIC) == []
+    _rewrite_from(db, seqs[1], "someone-else")
     with db.session() as s:
         assert verify(s).ok  # the chain alone cannot tell
         (found,) = check_against_chain(s, [kept], PUBLIC)
-    assert found.checkpoint == kept and "entry 5 no longer has the hash" in found.problem
+    assert found.checkpoint == kept and f"entry {seqs[-1]} no longer has the hash" in found.problem
 
 
 def test_a_log_cut_back_below_a_checkpoint_is_found(db: Database) -> None:
@@ -86,14 +88,14 @@ def test_a_log_cut_back_below_a_checkpoint_is_found(db: Database) -> None:
 
 
 def test_two_witnesses_shown_different_logs_are_found(db: Database) -> None:
-    _write(db, 3)
+    seqs = _write(db, 3)
     with db.session() as s:
         first = make_checkpoint(s, KEY)
-    _rewrite_from(db, 1, "someone-else")
+    _rewrite_from(db, seqs[0], "someone-else")
     with db.session() as s:
         second = make_checkpoint(s, KEY)  # the rewritten log, signed for another witness
         problems = [p.problem for p in check_against_chain(s, [first, second], PUBLIC)]
-    assert any("two checkpoints at entry 3 disagree" in p for p in problems)
+    assert any(f"two checkpoints at entry {seqs[-1]} disagree" in p for p in problems)
 
 
 def test_a_forged_or_foreign_checkpoint_is_not_trusted(db: Database) -> None:
@@ -118,9 +120,8 @@ def test_a_witness_file_that_is_not_checkpoints_is_named_by_line() -> None:
 
 
 def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(
-        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
-    _write(env, 4)
+        deployment_keys: None, env: Database, tmp_path: Path) -> None:  # noqa: F811
+    seqs = _write(env, 4)
     alone = runner.invoke(app, ["audit", "verify"])  # whole, but a chain alone cannot show a cut end: it says so
     assert alone.exit_code == 0 and "cannot show entries cut from its end" in " ".join(alone.stderr.split())
     made = runner.invoke(app, ["audit", "checkpoint"])
@@ -129,21 +130,20 @@ def test_the_cli_signs_checkpoints_and_verify_checks_the_chain_through_them(
     witness.write_text(made.stdout)
     assert json.loads(made.stdout)["key"] == runner.invoke(app, ["audit", "checkpoint", "--public-key"]).stdout.strip()
     ok = runner.invoke(app, ["audit", "verify", "--checkpoints", str(witness)])
-    assert ok.exit_code == 0 and "4 entries verified, through 1 checkpoints" in ok.stderr
+    assert ok.exit_code == 0 and f"{seqs[-1]} entries verified, through 1 checkpoints" in ok.stderr
     assert "no checkpoints given" not in ok.stderr
-    _rewrite_from(env, 2, "someone-else")
+    _rewrite_from(env, seqs[1], "someone-else")
     broken = runner.invoke(app, ["audit", "verify", "--checkpoints", str(witness)])
-    assert broken.exit_code == 1 and "checkpoint at entry 4" in broken.stderr and "rewritten" in broken.stderr
+    assert broken.exit_code == 1 and f"checkpoint at entry {seqs[-1]}" in broken.stderr and "rewritten" in broken.stderr
     witness.write_text("not json\n")
     unreadable = runner.invoke(app, ["audit", "verify", "--checkpoints", str(witness)])
     assert unreadable.exit_code == 2 and "line 1: not a checkpoint" in unreadable.stderr
 
 
 def test_verify_reports_an_edit_and_a_removed_middle_entry_without_crashing(
-        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        deployment_keys: None, env: Database, tmp_path: Path) -> None:  # noqa: F811
     """The chain's finding is printed first; the Merkle tree, which cannot be built over a log with an entry
     missing, is built only to check checkpoints, and its failure is reported, not a traceback."""
-    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
     _write(env, 6)
     witness = tmp_path / "witness.jsonl"
     witness.write_text(runner.invoke(app, ["audit", "checkpoint"]).stdout)
@@ -189,22 +189,22 @@ def test_the_audit_tree_is_the_rfc_6962_merkle_tree() -> None:
 
 
 def test_a_witness_accepts_a_log_that_grew_and_refuses_one_rewritten_beneath_it(db: Database) -> None:
-    _write(db, 3)
+    seqs = _write(db, 3)
     with db.session() as s:
         kept = make_checkpoint(s, KEY)
-    _write(db, 2)
+    grew = _write(db, 2)
     with db.session() as s:
         grown = make_checkpoint(s, KEY)
-        assert witness_problems(kept, grown, consistency_proof(s, 3, 5), PUBLIC) == []
+        assert witness_problems(kept, grown, consistency_proof(s, seqs[-1], grew[-1]), PUBLIC) == []
         assert check_against_chain(s, [kept, grown], PUBLIC) == []
 
-    _rewrite_from(db, 2, "someone-else")  # the owner's rights: the chain and the service's own key still work
-    _write(db, 1)
+    _rewrite_from(db, seqs[1], "someone-else")  # the owner's rights and the secret: the chain and keys still work
+    (last,) = _write(db, 1)
     with db.session() as s:
         assert verify(s).ok
         rewritten = make_checkpoint(s, KEY)
-        (problem,) = witness_problems(kept, rewritten, consistency_proof(s, 3, 6), PUBLIC)
-    assert "does not extend the 3 of the checkpoint kept" in problem and "rewritten" in problem
+        (problem,) = witness_problems(kept, rewritten, consistency_proof(s, seqs[-1], last), PUBLIC)
+    assert f"does not extend the {seqs[-1]} of the checkpoint kept" in problem and "rewritten" in problem
 
 
 def test_a_witness_refuses_a_log_cut_back_a_split_view_and_a_forged_checkpoint(db: Database) -> None:
@@ -241,57 +241,60 @@ def test_the_witness_command_follows_the_service_over_http_and_stops_at_a_rewrit
     monkeypatch.setenv("SHAREDCARE_SECRET", secret)
     settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
     store = tmp_path / "witness.jsonl"
-    _write(env, 3)
+    (*_, three) = _write(env, 3)
     with LiveServer(create_app(settings, database=env)) as server:
         def witness() -> Result:
             return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store), "--public-key", PUBLIC])
         first = witness()
-        assert first.exit_code == 0 and "kept the checkpoint at entry 3: the first kept" in first.stderr
-        _write(env, 2)
+        assert first.exit_code == 0 and f"kept the checkpoint at entry {three}: the first kept" in first.stderr
+        (four, five) = _write(env, 2)
         second = witness()
-        assert second.exit_code == 0 and "at entry 5: the log extends the last kept, at entry 3" in second.stderr
+        assert second.exit_code == 0 and f"at entry {five}: the log extends the last kept, at entry {three}" in (
+            second.stderr)
         unchanged = witness()  # run again before anything new is logged: the file does not grow
-        assert unchanged.exit_code == 0 and "still at entry 5: nothing new to keep" in unchanged.stderr
-        _rewrite_from(env, 4, "someone-else")
-        _write(env, 1)
+        assert unchanged.exit_code == 0 and f"still at entry {five}: nothing new to keep" in unchanged.stderr
+        _rewrite_from(env, four, "someone-else")
+        (six,) = _write(env, 1)
         refused = witness()
-    assert refused.exit_code == 1 and "checkpoint at entry 6" in refused.stderr
-    assert "does not extend the 5" in refused.stderr
-    assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [3, 5]
+    assert refused.exit_code == 1 and f"checkpoint at entry {six}" in refused.stderr
+    assert f"does not extend the {five}" in refused.stderr
+    assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [three, five]
 
 
 def test_an_entry_is_proved_in_the_log_a_witness_signed_and_an_edited_one_is_not(db: Database) -> None:
     """An IG officer investigating a complaint shows that the break glass on record is the entry the
     witnessed log held: an inclusion proof against the witness's checkpoint. An entry edited since (its
     hash recomputed) is not proved."""
-    _write(db, 6)
+    seqs = _write(db, 6)
+    size = seqs[-1]
     with db.session() as s:
         witnessed = make_checkpoint(s, KEY)
-        _write(db, 2)
+        (*_, last) = _write(db, 2)
     with db.session() as s:
-        assert all(proves_inclusion(inclusion_proof(s, seq, 6), witnessed) for seq in range(1, 7))
-        found = inclusion_proof(s, 4, 6)
+        assert all(proves_inclusion(inclusion_proof(s, seq, size), witnessed) for seq in range(1, size + 1))
+        found = inclusion_proof(s, 4, size)
         assert not proves_inclusion(found | {"seq": 5}, witnessed)  # the proof is for entry 4 only
-        assert not proves_inclusion(inclusion_proof(s, 4, 8), witnessed)  # and for the log of 6 entries
-        with pytest.raises(CheckpointError, match="no inclusion proof of entry 9 in 9 entries: the log has 8"):
-            inclusion_proof(s, 9, 9)
+        assert not proves_inclusion(inclusion_proof(s, 4, last), witnessed)  # and for the log the witness signed
+        with pytest.raises(CheckpointError, match=f"no inclusion proof of entry {last + 1} in {last + 1} entries: "
+                                                  f"the log has {last}"):
+            inclusion_proof(s, last + 1, last + 1)
     _rewrite_from(db, 4, "someone-else")
     with db.session() as s:
-        assert not proves_inclusion(inclusion_proof(s, 4, 6), witnessed)
+        assert not proves_inclusion(inclusion_proof(s, 4, size), witnessed)
 
 
 def test_the_transparency_endpoints_answer_without_a_token_and_refuse_what_the_log_does_not_hold(
         client: TestClient, db: Database) -> None:
-    _write(db, 5)
+    (*_, size) = _write(db, 5)
     checkpoint = client.get("/audit/checkpoint")
-    assert checkpoint.status_code == 200 and checkpoint.json()["seq"] == 5
+    assert checkpoint.status_code == 200 and checkpoint.json()["seq"] == size
     (kept,) = read_checkpoints([json.dumps(checkpoint.json())], "GET /audit/checkpoint")
-    found = client.get("/audit/inclusion", params={"seq": 2, "size": 5})
+    found = client.get("/audit/inclusion", params={"seq": 2, "size": size})
     assert found.status_code == 200 and proves_inclusion(found.json(), kept)
-    beyond = client.get("/audit/consistency", params={"first": 3, "second": 9})
+    beyond = client.get("/audit/consistency", params={"first": 3, "second": size + 4})
     assert beyond.status_code == 400 and beyond.json()["resourceType"] == "OperationOutcome"
-    assert "the log has 5" in beyond.json()["issue"][0]["diagnostics"]
-    assert client.get("/audit/inclusion", params={"seq": 0, "size": 5}).status_code == 400
+    assert f"the log has {size}" in beyond.json()["issue"][0]["diagnostics"]
+    assert client.get("/audit/inclusion", params={"seq": 0, "size": size}).status_code == 400
 
 
 def test_proofs_are_limited_per_address_and_a_witness_is_answered_again_a_minute_on(

@@ -46,7 +46,7 @@ def _throttled(request: Request) -> JSONResponse | None:
 def _published(request: Request) -> Transparency:
     state = request.app.state
     if getattr(state, "transparency", None) is None:
-        state.transparency = Transparency(state.database, state.settings.secret)
+        state.transparency = Transparency(state.database, state.settings.audit_secret)
     published: Transparency = state.transparency
     return published
 

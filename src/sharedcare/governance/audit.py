@@ -1,14 +1,20 @@
 """The audit log: every decision, permit or deny, appended as a FHIR-shaped AuditEvent to a hash chain.
 
 Each entry's hash covers its content and the previous entry's hash, so `verify` finds any entry that
-was edited, removed or reordered. Entries hold references and counts, never clinical content or
-tokens (TRUST AU5). Appending locks the one-row head table (created with the schema), so
-concurrent writers stay in one chain.
+was edited, removed or reordered. The hash is an HMAC under the chain's key (`Settings.audit_chain_key`),
+which the database does not hold: the application's own role may INSERT, and the triggers accept any entry
+that follows the head, but without the key no one can write an entry that `verify` accepts. Entries written
+before the chain had a key (up to migration 0024's `CHAIN_KEYED` entry) keep their plain SHA-256, and the
+checkpoints witnesses took of them (governance/checkpoints.py) are what fixes them.
+
+Entries hold references and counts, never clinical content or tokens (TRUST AU5). Appending locks the one-row
+head table (created with the schema), so concurrent writers stay in one chain.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
 import threading
@@ -22,12 +28,12 @@ from enum import StrEnum
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import String, Table, bindparam, insert, select, update
+from sqlalchemy import String, Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.store.database import Database, Prepared
-from sharedcare.store.models import AuditEntry, AuditHead
+from sharedcare.store.database import AUDIT_KEY, Database, Prepared
+from sharedcare.store.models import CHAIN_KEYED, AuditEntry, AuditHead
 
 GENESIS = "0" * 64
 # What a read released is stored as one entity of this name holding every reference, space-separated
@@ -60,6 +66,7 @@ class AuditAction(StrEnum):
     TLS_REFUSED = "auth:tls:refused"  # a feed's connection refused at the TLS handshake (sharedcare/tls.py)
     CLOCK_CHECK = "system:clock:check"  # the start-up check that the clock is synchronised (sharedcare/clock_sync.py)
     DEMO_START = "system:demo:start"  # `serve` started in demo mode: the demo sign-in password works (cli.py)
+    CHAIN_KEYED = CHAIN_KEYED  # migration 0024: the entries after this one are keyed (ChainKey)
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
@@ -86,7 +93,7 @@ class AuditAction(StrEnum):
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
 ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
-                AuditAction.DEMO_START: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
+                AuditAction.DEMO_START: "E", AuditAction.CHAIN_KEYED: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
                 # a relink is run; a merge, unmerge, decision or re-match changes which person a record is in
                 AuditAction.MPI_RELINK: "E", AuditAction.MPI_LINK_CHANGE: "U",
                 # IHE BALP: a query, and an operation such as $export, are executed
@@ -277,11 +284,13 @@ def _canonical(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _digest(prev_hash: str, row: Mapping[str, Any]) -> str:
-    """Hash of the previous hash and every column of the entry (the searchable columns included)."""
+def _digest(prev_hash: str, row: Mapping[str, Any], key: bytes | None) -> str:
+    """The entry's chain hash: of the previous hash and every column of the entry (the searchable columns
+    included), an HMAC-SHA256 under `key`, or for an entry from before the chain had a key (None) a SHA-256."""
     fields = {name: row[name] for name in _HASHED}
     fields["recorded_at"] = fields["recorded_at"].isoformat()
-    return hashlib.sha256(prev_hash.encode() + _canonical(fields)).hexdigest()
+    message = prev_hash.encode() + _canonical(fields)
+    return hmac.digest(key, message, "sha256").hex() if key is not None else hashlib.sha256(message).hexdigest()
 
 
 # Statements built once: this runs on every read, and building ORM statements per call cost more than
@@ -411,8 +420,8 @@ _LENGTHS = {column: cast(String, _ENTRIES.c[column].type).length or 0
 
 
 def record_audit(session: Session, record: AuditRecord) -> int:
-    """Append one event to the chain, in the caller's transaction (so no audit, no effect); return its
-    sequence number."""
+    """Append one event to the chain, in the caller's transaction (so no audit, no effect), keyed with the
+    session's key (`Database.audit_key`); return its sequence number."""
     # What a caller typed (a sign-in name, an id in a URL) is cleaned like free text: PostgreSQL refuses a
     # NUL in text, which would lose the event and fail the request.
     typed = (record.username, record.organisation, record.patient_id, record.resource)
@@ -428,7 +437,7 @@ def record_audit(session: Session, record: AuditRecord) -> int:
         "username": record.username, "organisation": record.organisation, "patient_id": record.patient_id,
         "event": to_audit_event(record, recorded), "prev_hash": prev_hash,
     }
-    row["hash"] = _digest(prev_hash, row)
+    row["hash"] = _digest(prev_hash, row, session.info[AUDIT_KEY])
     _APPEND(session, row)
     return int(row["seq"])
 
@@ -446,37 +455,73 @@ def record_sign_in(db: Database, username: str, ok: bool, role: str | None, orga
         record_audit(session, record)
 
 
+@dataclass(frozen=True)
+class ChainKey:
+    """What each entry's hash is checked with: `key`, but for the entries up to `unkeyed_through`, written
+    before the chain had a key and checked as a plain SHA-256."""
+
+    key: bytes
+    unkeyed_through: int
+
+    def for_entry(self, seq: int) -> bytes | None:
+        return None if seq <= self.unkeyed_through else self.key
+
+
+def chain_key(session: Session) -> ChainKey:
+    """The session's key and where it starts: after the first `CHAIN_KEYED` entry, which migration 0024 wrote.
+    Another one appended later, by anyone who may write to the table, moves nothing: the first stays first (no
+    entry can be deleted), and those before it are fixed by the checkpoints witnesses took."""
+    first = session.scalar(_FIRST_KEYED)
+    return ChainKey(session.info[AUDIT_KEY], first or 0)
+
+
+# The action written as it stands, not bound: only then do SQLite and PostgreSQL's planners use the partial index
+# migration 0024 made for it, rather than read the whole log.
+_FIRST_KEYED = select(func.min(_ENTRIES.c.seq)).where(
+    _ENTRIES.c.action == literal(AuditAction.CHAIN_KEYED.value, literal_execute=True))
+
+
 @dataclass
 class VerifyResult:
     ok: bool
     checked: int
     broken_seq: int | None = None
     problem: str | None = None
+    unkeyed_through: int = 0  # the entries up to this one are from before the chain had a key
 
 
-def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None) -> VerifyResult:
-    """Walk the chain in order; name the first entry that was edited, removed or reordered."""
+def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None, key: ChainKey) -> VerifyResult:
+    """Walk the chain in order; name the first entry that was edited, removed, reordered or forged."""
     prev_hash, expected_seq, checked = GENESIS, 1, 0
     for entry in entries:
         if entry.seq != expected_seq:
-            return VerifyResult(False, checked, expected_seq, f"entry {expected_seq} is missing or out of order")
-        problem = chain_problem(entry, prev_hash)
+            return VerifyResult(False, checked, expected_seq, f"entry {expected_seq} is missing or out of order",
+                                key.unkeyed_through)
+        problem = chain_problem(entry, prev_hash, key)
         if problem:
-            return VerifyResult(False, checked, entry.seq, problem)
+            return VerifyResult(False, checked, entry.seq, problem, key.unkeyed_through)
         prev_hash, expected_seq, checked = entry.hash, expected_seq + 1, checked + 1
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     if head_seq != checked or head_hash != prev_hash:
-        return VerifyResult(False, checked, checked + 1, f"the log ends at {checked} but the head says {head_seq}")
-    return VerifyResult(True, checked)
+        return VerifyResult(False, checked, checked + 1, f"the log ends at {checked} but the head says {head_seq}",
+                            key.unkeyed_through)
+    return VerifyResult(True, checked, unkeyed_through=key.unkeyed_through)
 
 
-def chain_problem(entry: AuditEntry, prev_hash: str) -> str | None:
+def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | None:
     """Why `entry` cannot be the one after the entry whose hash is `prev_hash`, or None if it is."""
     if entry.prev_hash != prev_hash:
         return "does not follow the entry before it"
-    if _digest(prev_hash, {name: getattr(entry, name) for name in _HASHED}) != entry.hash:
+    fields = {name: getattr(entry, name) for name in _HASHED}
+    entry_key = key.for_entry(entry.seq)
+    if _digest(prev_hash, fields, entry_key) == entry.hash:
+        return None
+    if entry_key is None:
         return "content does not match its hash (edited)"
-    return None
+    if _digest(prev_hash, fields, None) == entry.hash:
+        return "was written without the chain's key (forged by someone who can write to the database)"
+    return ("content does not match its keyed hash: edited, or written by someone without the chain's key (or "
+            "this check runs with another SHAREDCARE_AUDIT_KEY or SHAREDCARE_SECRET than the service)")
 
 
 def verify(session: Session) -> VerifyResult:
@@ -484,7 +529,8 @@ def verify(session: Session) -> VerifyResult:
     what was committed before it), not a gap. Read after the entries, the head could count one they did
     not hold, and a log being written to was reported broken. No head row bounds nothing."""
     head = session.get(AuditHead, 1)
+    key = chain_key(session)
     stmt = select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000)
     if head is not None:
         stmt = stmt.where(AuditEntry.seq <= head.seq)
-    return verify_chain(session.scalars(stmt), head)
+    return verify_chain(session.scalars(stmt), head, key)

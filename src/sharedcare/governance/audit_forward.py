@@ -8,8 +8,9 @@ here would arrive beside the original, under another hash. Each event also carri
 (sequence, hash, previous hash), which matches the leaves of the witnessed checkpoints; the hash itself is
 of the stored form, so the copy names its entry but cannot recompute it.
 
-An entry leaves only if it follows the last one sent and its content matches its hash: an entry edited in
-the database is never copied as if genuine, and the forwarder stops, naming it. The position (sequence
+An entry leaves only if it follows the last one sent and its content matches its hash under the chain's key:
+an entry edited in the database, or appended there by someone without the key, is never copied as if genuine,
+and the forwarder stops, naming it. The position (sequence
 and hash of the last entry the repository accepted) is kept in a small state file, replaced atomically,
 and checked against the log at every start, so a rewrite of what was already copied is reported too. One
 forwarder at a time holds a lock beside the state file.
@@ -35,7 +36,7 @@ from typing import Any
 from sqlalchemy import select
 
 from sharedcare.errors import SharedcareError
-from sharedcare.governance.audit import GENESIS, chain_problem, expanded
+from sharedcare.governance.audit import GENESIS, chain_key, chain_problem, expanded
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
@@ -159,6 +160,7 @@ def _forward(db: Database, state: Path, send: Send, batch: int,
              on_batch: Callable[[Position], None] | None) -> int:
     position, sent = read_position(state), 0
     with db.session() as session:
+        key = chain_key(session)
         if position.seq:
             held = session.get(AuditEntry, position.seq)
             if held is None or held.hash != position.hash:
@@ -171,7 +173,7 @@ def _forward(db: Database, state: Path, send: Send, batch: int,
                 return sent
             good, previous, problem = [], position, None
             for entry in entries:
-                problem = (chain_problem(entry, previous.hash) if entry.seq == previous.seq + 1
+                problem = (chain_problem(entry, previous.hash, key) if entry.seq == previous.seq + 1
                            else f"comes after entry {previous.seq}: entry {previous.seq + 1} is missing")
                 if problem:
                     problem = f"entry {entry.seq} {problem}"

@@ -16,8 +16,9 @@ and those proofs at `/audit/checkpoint` and `/audit/consistency` (api/transparen
 proof (`/audit/inclusion`) shows one entry is in the log a witness holds a checkpoint of: evidence, in a
 complaint or an investigation, that the access on record is the one the log held then.
 
-The signing key is derived from the deployment's secret, so nothing new must be kept; witnesses need
-only the public key (`sharedcare audit checkpoint --public-key`). A checkpoint holds no patient data.
+The signing key is derived from the deployment's audit secret (`Settings.audit_secret`), so nothing new must be
+kept; witnesses need only the public key (`sharedcare audit checkpoint --public-key`). A checkpoint holds no
+patient data.
 """
 
 from __future__ import annotations

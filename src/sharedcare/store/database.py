@@ -19,10 +19,12 @@ from sqlalchemy.orm import DeclarativeBase, Session, configure_mappers, make_tra
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from sharedcare.config import load_settings
 from sharedcare.private_files import create_private, private_folder
 from sharedcare.store.sqlite_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+AUDIT_KEY = "sharedcare.audit_key"  # Session.info: the HMAC key of the audit chain (Database.audit_key)
 Model = TypeVar("Model", bound=DeclarativeBase)
 
 
@@ -233,7 +235,8 @@ class _Form:
 class Database:
     """One store: an engine, a session factory and its migrations."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, audit_key: bytes | None = None) -> None:
+        """`audit_key`: the audit chain's HMAC key (`Settings.audit_chain_key`), by default the environment's."""
         self.url = make_url(url)
         file_sqlite = self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:")
         if file_sqlite:  # a new store and its journals (which SQLite makes with its mode) are owner-only
@@ -248,7 +251,9 @@ class Database:
                                             connect_args={"factory": TurnTakingConnection} if file_sqlite else {})
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # every session carries the key its audit entries are chained with (governance/audit.py)
+        self.audit_key = audit_key if audit_key is not None else load_settings().audit_chain_key
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={AUDIT_KEY: self.audit_key})
 
     @property
     def backend(self) -> str:

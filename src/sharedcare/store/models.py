@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -33,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sharedcare.clock import utcnow
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+CHAIN_KEYED = "audit:chain:keyed"  # the action of the entry after which the audit chain is keyed (migration 0024)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -204,6 +206,9 @@ class AuditEntry(Base):
         Index("ix_audit_events_patient", "patient_id"),
         Index("ix_audit_events_user", "username"),
         Index("ix_audit_events_organisation", "organisation"),
+        # where the chain's key starts (governance/audit.py `chain_key`), found without reading the log
+        Index("ix_audit_events_chain_keyed", "seq", sqlite_where=text(f"action = '{CHAIN_KEYED}'"),
+              postgresql_where=text(f"action = '{CHAIN_KEYED}'")),
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)

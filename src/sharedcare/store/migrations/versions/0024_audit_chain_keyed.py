@@ -1,0 +1,47 @@
+"""the audit chain is keyed from here on: an entry marks where, and an index finds it
+
+Revision ID: 0024
+Revises: 0023
+Create Date: 2026-12-07
+
+Until now each entry's hash was a plain SHA-256 of its content and the previous hash. The application's own
+database role may INSERT into `audit_events`, and the triggers accept any entry that follows the head, so that
+role could append a forged entry (a false access on a patient's record) that `audit verify` accepted and the
+next signed checkpoint vouched for (audit review of 2026-12-07, HAZ-04). From this revision each entry's hash is
+an HMAC under a key made from the deployment's secret, which the database does not hold
+(`Settings.audit_chain_key`, governance/audit.py).
+
+A migration has no key, so it appends one unkeyed entry, `audit:chain:keyed`, after everything written so far
+(on a new store it is entry 1): `audit verify` checks the entries up to the first such entry as before and every
+later one under the key. An entry of that kind appended later moves nothing, since the first stays first and no
+entry can be deleted; a partial index finds it without reading the log. Downgraded, the index goes and the
+entry stays (it cannot be deleted); the older code writes plain hashes after it, which this code refuses, as it
+should: they are what a forger would write.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.orm import Session
+
+revision = "0024"
+down_revision = "0023"
+branch_labels = None
+depends_on = None
+
+INDEX = "ix_audit_events_chain_keyed"
+
+
+def upgrade() -> None:
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+    from sharedcare.store.database import AUDIT_KEY
+
+    op.create_index(INDEX, "audit_events", ["seq"],
+                    sqlite_where=sa.text(f"action = '{AuditAction.CHAIN_KEYED.value}'"),
+                    postgresql_where=sa.text(f"action = '{AuditAction.CHAIN_KEYED.value}'"))
+    with Session(bind=op.get_bind(), info={AUDIT_KEY: None}) as session:  # no key: a plain SHA-256, as before
+        record_audit(session, AuditRecord(AuditAction.CHAIN_KEYED, "permit", username=None, detail={
+            "migration": revision, "note": "every entry after this one is keyed with the deployment's audit key"}))
+
+
+def downgrade() -> None:
+    op.drop_index(INDEX, "audit_events")
