@@ -19,6 +19,7 @@ README. They show the tests' own synthetic people only.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,15 @@ from tests.small_ics import OKAFOR_NHS, Ics
 AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text(encoding="utf-8")
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 BLOCKING = {"serious", "critical"}
-# What must never appear in a URL: Mr Okafor's NHS number (with or without spaces), name and birthday.
-NOT_IN_URLS = (OKAFOR_NHS, "943%20476", "943+476", "okafor", "1945")
+# What must never appear in a URL: Mr Okafor's NHS number (with or without spaces), name and birth year, the
+# year not inside a hex id (his person id, a random UUID, held "791945d7" in one run).
+NOT_IN_URLS = (OKAFOR_NHS, "943%20476", "943+476", "okafor")
+BIRTH_YEAR = re.compile(r"(?<![0-9a-f])1945(?![0-9a-f])")
+
+
+def names_okafor(text: str) -> bool:
+    lowered = text.lower()
+    return any(secret in lowered for secret in NOT_IN_URLS) or BIRTH_YEAR.search(lowered) is not None
 
 SCREENSHOTS = os.environ.get("SHAREDCARE_SCREENSHOTS")
 PHONE = {"width": 375, "height": 740}
@@ -62,7 +70,7 @@ def live(ics: Ics, request: pytest.FixtureRequest) -> Iterator[tuple[Ics, str]]:
         yield ics, server.url
     if not _failed(request):
         assert ACCESS_LOG.lines, "the server's access log recorded nothing"
-        logged = [line for line in ACCESS_LOG.lines if any(secret in line.lower() for secret in NOT_IN_URLS)]
+        logged = [line for line in ACCESS_LOG.lines if names_okafor(line)]
         assert logged == [], f"patient details in the server's access log: {logged}"
 
 
@@ -185,7 +193,7 @@ def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Pages]:
         assert tabs.unchecked() == [], "pages loaded but never checked with axe"
         assert stored == {}, f"the portals left data in the browser: {stored}"
         assert tabs.console == [], "errors in the browser's console:\n  " + "\n  ".join(tabs.console)
-        leaked = [url for url in tabs.urls if any(secret in url.lower() for secret in NOT_IN_URLS)]
+        leaked = [url for url in tabs.urls if names_okafor(url)]
         assert leaked == [], "patient details in a URL"
 
 
