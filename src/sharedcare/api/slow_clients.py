@@ -16,7 +16,8 @@ Else the connection is closed unanswered. A request that has arrived takes as lo
 Deadlines alone still let one address hold every descriptor with connections renewed within them: each
 process serves at most `SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS` (64) connections from one address at once,
 as the MLLP listener caps its own (`SHAREDCARE_MLLP_MAX_PER_ADDRESS`); the next is answered 503 saying why
-and closed. Per process: with `--workers N` one address may hold up to N times as many.
+and closed. Over TLS a connection is counted as it opens, before its handshake (`served_tls.py`). Per
+process: with `--workers N` one address may hold up to N times as many.
 """
 
 from __future__ import annotations
@@ -53,6 +54,33 @@ _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-T
             + f"Content-Length: {len(_WHY)}\r\n\r\n".encode() + _WHY)
 
 
+class Place:
+    """One connection counted in its address's share; given back once, by whichever protocol sees the
+    connection end first (over TLS the handshake's, or HTTP's after it)."""
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key  # what it is counted under in _OPEN; None: not counted (not IP), or given back
+
+    def give_back(self) -> None:
+        if self.key is not None:
+            _OPEN[self.key] -= 1
+            if not _OPEN[self.key]:
+                del _OPEN[self.key]
+            self.key = None
+
+
+def admit(transport: asyncio.BaseTransport) -> Place | None:
+    """A new connection's place in its address's share, or None when that share is taken (refuse it)."""
+    peer = transport.get_extra_info("peername")
+    key = str(peer[0]) if isinstance(peer, tuple) and peer else None
+    if key is None:
+        return Place(None)
+    if _OPEN[key] >= connections_per_address():
+        return None
+    _OPEN[key] += 1
+    return Place(key)
+
+
 class TimedHttpProtocol(H11Protocol):
     """uvicorn's h11 protocol (the `auto` one without httptools), closing a connection whose request is late."""
 
@@ -61,19 +89,16 @@ class TimedHttpProtocol(H11Protocol):
     _ceiling = 0.0  # the phase's due time never passes this, however many bytes arrive
     _phase: type[h11.IDLE] | type[h11.SEND_BODY] = h11.IDLE  # awaiting the headers, or the body
 
-    _address: str | None = None  # counted in _OPEN while open
+    place: Place | None = None  # counted in its address's share; over TLS, by TlsHttpProtocol before the handshake
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
-        if address is not None and _OPEN[address] >= connections_per_address():
+        if self.place is None:
+            self.place = admit(transport)
+        if self.place is None:
             transport.write(_REFUSED)
             transport.close()
             return
-        if address is not None:
-            self._address = address
-            _OPEN[address] += 1
         self._begin(h11.IDLE)
 
     def data_received(self, data: bytes) -> None:
@@ -96,11 +121,8 @@ class TimedHttpProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._address is not None:
-            _OPEN[self._address] -= 1
-            if not _OPEN[self._address]:
-                del _OPEN[self._address]
-            self._address = None
+        if self.place is not None:
+            self.place.give_back()
         super().connection_lost(exc)
 
     def _begin(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
