@@ -13,6 +13,11 @@ past `HEADER_MOST` x R whatever the rate; then the body within R of the headers,
 ceilings a client sending 500 bytes a second held its connection until the 32 MB body limit, 18 hours).
 Else the connection is closed unanswered. A request that has arrived takes as long as its answer takes.
 
+An answer the client does not read is not held for ever either: while its connection's buffer is full
+(asyncio has paused writing), the client must take `MIN_BYTES_PER_SECOND` of it in each R seconds, or the
+connection is reset, the rest unsent (review, 2026-12-07: 200 pipelined requests never read held a
+connection, and 2.9 MB queued, past every deadline).
+
 Deadlines alone still let one address hold every descriptor with connections renewed within them: each
 process serves at most `SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS` (64) connections from one address at once,
 as the MLLP listener caps its own (`SHAREDCARE_MLLP_MAX_PER_ADDRESS`); the next is answered 503 saying why
@@ -23,6 +28,8 @@ process: with `--workers N` one address may hold up to N times as many.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections import Counter
 from functools import cache
 
@@ -31,7 +38,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sharedcare.config import load_settings
 
-MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate
+MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate (and the least a client must read of its answers)
 HEADER_MOST = 2  # x R: the request line and headers' ceiling (mod_reqtimeout's header=20-40)
 BODY_MOST = 10  # x R: the body's ceiling (200 s at R = 20: a 32 MB Bundle needs 160 KB/s, 1 MB 5 KB/s)
 
@@ -89,6 +96,9 @@ class TimedHttpProtocol(H11Protocol):
     _ceiling = 0.0  # the phase's due time never passes this, however many bytes arrive
     _phase: type[h11.IDLE] | type[h11.SEND_BODY] = h11.IDLE  # awaiting the headers, or the body
 
+    _stalled: asyncio.TimerHandle | None = None  # while writing is paused: checks that the client still reads
+    _unsent = 0  # bytes waiting to be sent at the last check
+
     place: Place | None = None  # counted in its address's share; over TLS, by TlsHttpProtocol before the handshake
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -100,6 +110,31 @@ class TimedHttpProtocol(H11Protocol):
             transport.close()
             return
         self._begin(h11.IDLE)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._stalled = self.loop.call_later(request_seconds(), self._check_sending)
+
+    def _check_sending(self) -> None:
+        """Still paused R seconds on (nothing more is written meanwhile: uvicorn waits to send): a client that
+        took the minimum rate keeps its connection, one that did not is dropped (`abort`, as `close` would
+        wait to send what it does not read)."""
+        if self._unsent - self.transport.get_write_buffer_size() >= MIN_BYTES_PER_SECOND * request_seconds():
+            self._watch_sending()
+        else:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # reset: else the kernel goes on sending what it holds (megabytes)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+
+    def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+        super().resume_writing()
 
     def data_received(self, data: bytes) -> None:
         self._due = min(self._due + len(data) / MIN_BYTES_PER_SECOND, self._ceiling)
@@ -119,8 +154,9 @@ class TimedHttpProtocol(H11Protocol):
             self._begin(state)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._stalled):
+            if timer is not None:
+                timer.cancel()
         if self.place is not None:
             self.place.give_back()
         super().connection_lost(exc)
