@@ -4,6 +4,7 @@ until, at a service's usual limit of open files, a clinician's read could not co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -19,6 +20,8 @@ import httpx2 as httpx
 import pytest
 from tests.conftest import FRAMEWORK_PATH
 
+from sharedcare.api import slow_clients
+from sharedcare.api.slow_clients import admit
 from sharedcare.store.database import Database
 
 pytestmark = pytest.mark.usefixtures("deployment_keys")  # `serve` refuses demo mode beside PostgreSQL
@@ -205,3 +208,22 @@ def _left_to_read(sock: socket.socket) -> int:
             received += len(data)
     return received
 
+
+
+def test_the_addresses_of_one_ipv6_64_share_one_addresss_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host is usually given a whole IPv6 /64: counted by exact address, one client took the share again
+    from each of its addresses (review, 2026-12-07). They count together, as refusals at the door are
+    limited; another /64 has a share of its own."""
+    monkeypatch.setattr(slow_clients, "connections_per_address", lambda: 1)
+
+    def opened(address: str) -> asyncio.BaseTransport:
+        return asyncio.BaseTransport({"peername": (address, 50_000, 0, 0)})
+
+    first, other = admit(opened("2001:db8:1:2::1")), admit(opened("2001:db8:1:3::1"))
+    assert first is not None and other is not None
+    assert admit(opened("2001:db8:1:2:ffff::9")) is None
+    first.give_back()
+    again = admit(opened("2001:db8:1:2:ffff::9"))
+    assert again is not None
+    for place in (other, again):
+        place.give_back()

@@ -21,7 +21,8 @@ connection, and 2.9 MB queued, past every deadline).
 Deadlines alone still let one address hold every descriptor with connections renewed within them: each
 process serves at most `SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS` (64) connections from one address at once,
 as the MLLP listener caps its own (`SHAREDCARE_MLLP_MAX_PER_ADDRESS`); the next is answered 503 saying why
-and closed. Over TLS a connection is counted as it opens, before its handshake (`served_tls.py`). Per
+and closed. An IPv6 address counts by its /64, as refusals at the door are limited (a host is usually given
+a whole /64). Over TLS a connection is counted as it opens, before its handshake (`served_tls.py`). Per
 process: with `--workers N` one address may hold up to N times as many.
 """
 
@@ -37,6 +38,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sharedcare.config import load_settings
+from sharedcare.governance.audit import network_of
 
 MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate (and the least a client must read of its answers)
 HEADER_MOST = 2  # x R: the request line and headers' ceiling (mod_reqtimeout's header=20-40)
@@ -55,7 +57,7 @@ def connections_per_address() -> int:
     return load_settings().http_connections_per_address
 
 
-_OPEN: Counter[str] = Counter()  # this process's connections by client address (one event loop: no lock)
+_OPEN: Counter[str] = Counter()  # this process's connections by address, an IPv6 one's /64 (one event loop: no lock)
 _WHY = b"too many connections from your address at once (SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS)\n"
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
             + f"Content-Length: {len(_WHY)}\r\n\r\n".encode() + _WHY)
@@ -79,7 +81,7 @@ class Place:
 def admit(transport: asyncio.BaseTransport) -> Place | None:
     """A new connection's place in its address's share, or None when that share is taken (refuse it)."""
     peer = transport.get_extra_info("peername")
-    key = str(peer[0]) if isinstance(peer, tuple) and peer else None
+    key = network_of(str(peer[0])) if isinstance(peer, tuple) and peer else None
     if key is None:
         return Place(None)
     if _OPEN[key] >= connections_per_address():
