@@ -5,6 +5,7 @@ witnesses (TRUST TE1-TE3)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -360,6 +361,43 @@ def test_a_witness_is_answered_though_other_addresses_ask_for_all_the_proofs_the
                            for n in range(1, 12)]
             assert 429 in answers
         second = witness()
-    assert second.exit_code == 0, second.stderr
+    assert second.exit_code == 0 and "refused for now" not in second.stderr, second.stderr
     assert f"at entry {last}: the log extends the last kept, at entry {three}" in second.stderr
 
+
+def test_a_witness_refused_for_now_waits_as_told_once_then_exits_3(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A service answering 429 is not a service down (exit 2): the witness waits for its Retry-After and
+    asks once more; refused again, it keeps nothing and exits 3 (its own code: run again later)."""
+    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
+    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
+    store = tmp_path / "witness.jsonl"
+    now, waits = [1000.0], []
+    monkeypatch.setattr(transparency, "PROOFS", _proofs_limited(lambda: now[0]))
+    (*_, three) = _write(env, 3)
+    with LiveServer(create_app(settings, database=env)) as server:
+        def witness(minutes_pass: bool) -> Result:
+            def sleep(seconds: float) -> None:
+                waits.append(seconds)
+                now[0] += seconds if minutes_pass else 0
+            with monkeypatch.context() as patched:
+                patched.setattr(time, "sleep", sleep)
+                return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store),
+                                           "--public-key", PUBLIC])
+
+        def use_the_share(second: int) -> None:
+            for n in range(1, 6):
+                httpx.get(f"{server.url}/audit/inclusion", params={"seq": n, "size": second})
+
+        assert witness(minutes_pass=True).exit_code == 0 and waits == []
+        (*_, eight) = _write(env, 5)
+        use_the_share(eight)
+        waited = witness(minutes_pass=True)
+        assert waited.exit_code == 0 and waits == [60], waited.stderr
+        assert "refused for now (HTTP Error 429: Too Many Requests); asking again in 60 s" in waited.stderr
+        (*_, thirteen) = _write(env, 5)
+        use_the_share(thirteen)
+        refused = witness(minutes_pass=False)
+    assert refused.exit_code == 3 and waits == [60, 60]
+    assert "refused again after waiting" in refused.stderr and "run again later" in refused.stderr
+    assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [three, eight]
