@@ -133,8 +133,9 @@ def client(db: Database, framework: Framework, tmp_path: Path) -> Iterator[TestC
 
 @pytest.fixture(autouse=True)
 def fresh_refusal_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no refusals (nor audit proofs) counted against its client's address (the limits
-    are per process)."""
+    """Each test starts with no refusals (nor audit proofs) counted against its client's address, and no proofs
+    kept from other tests (the limits and the proofs are per process)."""
     monkeypatch.setattr(audit, "REFUSALS", audit.RefusalLimiter())
     monkeypatch.setattr(transparency, "PROOFS", audit.RefusalLimiter(per_minute=transparency.PROOFS.per_minute,
                                                                       per_minute_all=transparency.PROOFS.per_minute_all))
+    monkeypatch.setattr(transparency, "KEPT", transparency.KeptProofs())

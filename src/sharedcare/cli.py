@@ -1099,20 +1099,36 @@ def audit_witness(
 ) -> None:
     """Run by a witness outside the service (say every 5 minutes): fetch its signed checkpoint, check with a
     consistency proof that the log extends the last checkpoint kept in --store, and keep it; exit 1 naming
-    what is wrong (a forged checkpoint, a log cut back or rewritten, a split view) and keep nothing."""
+    what is wrong (a forged checkpoint, a log cut back or rewritten, a split view) and keep nothing, 2 if
+    the service cannot be reached or answers with an error, 3 if it refuses for now (HTTP 429: too many
+    proofs asked of it) once more after waiting as long as it said (Retry-After, at most 5 minutes)."""
     import json
+    import time
+    import urllib.error
     import urllib.parse
     import urllib.request
     from dataclasses import asdict
 
     from sharedcare.governance.checkpoints import read_checkpoints, witness_problems
 
-    def fetch(path: str) -> dict[str, object]:
+    def fetch(path: str, waited: bool = False) -> dict[str, object]:
         address = url.rstrip("/") + path
         try:
             with urllib.request.urlopen(address, timeout=30) as response:  # noqa: S310 (an operator's URL)
                 found: dict[str, object] = json.load(response)
                 return found
+        except urllib.error.HTTPError as exc:
+            if exc.code != 429:
+                raise _fail(f"{address}: {exc}") from exc
+            if waited:
+                raise _fail(f"{address}: refused again after waiting ({exc}): the service is answering too many "
+                            "proofs; nothing kept, run again later", code=3) from exc
+            after = exc.headers.get("Retry-After", "")
+            wait = min(int(after), 300) if after.isdigit() else 60
+            console.print(f"{address}: refused for now ({exc}); asking again in {wait} s, as the service said",
+                          soft_wrap=True)
+            time.sleep(wait)
+            return fetch(path, waited=True)
         except (OSError, ValueError) as exc:
             raise _fail(f"{address}: {exc}") from exc
 

@@ -4,6 +4,7 @@ handshake and audited; with client certificates optional, a browser without one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,14 +46,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def serve(db: Database, pki: Pki, tmp_path: Path) -> Iterator[Serve]:
-    """Start `sharedcare serve` with TLS options on the test store; returns its https base URL."""
+    """Start `sharedcare serve` with TLS options (and `settings`, SHAREDCARE_* variables) on the test store;
+    returns its https base URL."""
     servers: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(*options: str) -> str:
+    def start(*options: str, settings: dict[str, str] | None = None) -> str:
         port = _free_port()
         env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False),
                "SHAREDCARE_FRAMEWORK": str(FRAMEWORK_PATH), "SHAREDCARE_TLS_CERT": str(pki.server_cert),
-               "SHAREDCARE_TLS_KEY": str(pki.server_key)}
+               "SHAREDCARE_TLS_KEY": str(pki.server_key), **(settings or {})}
         log_path = tmp_path / f"server-{port}.log"
         log = log_path.open("wb")
         command = [sys.executable, "-c", "from sharedcare.cli import app; app()", "serve", "--port", str(port),
@@ -161,3 +163,38 @@ def test_serve_refuses_to_start_with_a_revocation_list_it_cannot_use(db: Databas
                             "--port", "1"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert ended.returncode == 2, ended.stdout + ended.stderr
     assert "SHAREDCARE_TLS_CLIENT_CRL" in ended.stderr and "was due to be replaced" in ended.stderr
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether the server closes `sock` within a second (it has sent nothing)."""
+    sock.settimeout(1)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_past_an_addresss_share_a_connection_is_dropped_before_its_tls_handshake(pki: Pki, serve: Serve) -> None:
+    """Counted only once its handshake was done, a connection that sent no TLS hello was held for up to 10 s
+    outside its address's share: 40 from one address all stayed open, and a flood of them used up the
+    server's file descriptors until another address's clinician could not connect (review, 2026-12-07).
+    Share 4: a fifth silent connection is dropped at once; a connection in use over TLS counts once."""
+    url = serve(settings={"SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS": "4"})
+    address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    silent = [socket.create_connection(address) for _ in range(4)]
+    with socket.create_connection(address) as fifth:
+        assert _dropped(fifth)
+    assert not any(_dropped(sock) for sock in silent[:1])  # those within the share wait for their handshake
+    for sock in silent:
+        sock.close()
+    time.sleep(0.2)
+    with contextlib.ExitStack() as stack:  # four kept-alive TLS connections, each answered, fill the share
+        clients = [stack.enter_context(httpx.Client(base_url=url, verify=pki.client_context(None), timeout=10))
+                   for _ in range(4)]
+        assert [client.get("/fhir/metadata").status_code for client in clients] == [200] * 4
+        with socket.create_connection(address) as fifth:
+            assert _dropped(fifth)
+    time.sleep(0.2)
+    assert httpx.get(f"{url}/fhir/metadata", verify=pki.client_context(None), timeout=10).status_code == 200

@@ -4,6 +4,7 @@ until, at a service's usual limit of open files, a clinician's read could not co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -19,6 +20,8 @@ import httpx2 as httpx
 import pytest
 from tests.conftest import FRAMEWORK_PATH
 
+from sharedcare.api import slow_clients
+from sharedcare.api.slow_clients import admit
 from sharedcare.store.database import Database
 
 pytestmark = pytest.mark.usefixtures("deployment_keys")  # `serve` refuses demo mode beside PostgreSQL
@@ -172,3 +175,55 @@ def test_connections_from_one_address_past_its_share_are_refused_at_once(db: Dat
         assert httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5).status_code == 200
         for sock in held:
             sock.close()
+
+
+def test_a_client_that_never_reads_its_answers_is_dropped_after_the_deadline(db: Database, tmp_path: Path) -> None:
+    """Once its request had arrived a connection had no deadline: a client sending 200 requests at once and
+    reading none of the answers held its connection, and megabytes of them, for as long as it liked (review,
+    2026-12-07). Two such clients fill their address's share (2); once the server has waited the deadline
+    (2 s) with answers they do not take, it drops them, the address is served again, and what its kernel
+    still held for them (megabytes) is not sent after all."""
+    with _serving(db, tmp_path, per_address=2) as (port, _):
+        requests = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 200  # 12.7 MB of answers
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(socket.socket()) for _ in range(2)]
+            for reader in readers:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                reader.connect(("127.0.0.1", port))
+                reader.sendall(requests)
+            assert httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5).status_code == 503
+            start = time.monotonic()
+            while httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5).status_code == 503:
+                assert time.monotonic() - start < 10, "connections that read nothing are still held"
+                time.sleep(0.2)
+            assert all(_left_to_read(reader) < 100_000 for reader in readers)
+
+
+def _left_to_read(sock: socket.socket) -> int:
+    """How many bytes `sock` still receives before its connection ends (reset or closed)."""
+    sock.settimeout(5)
+    received = 0
+    with contextlib.suppress(ConnectionResetError):
+        while data := sock.recv(65536):
+            received += len(data)
+    return received
+
+
+
+def test_the_addresses_of_one_ipv6_64_share_one_addresss_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host is usually given a whole IPv6 /64: counted by exact address, one client took the share again
+    from each of its addresses (review, 2026-12-07). They count together, as refusals at the door are
+    limited; another /64 has a share of its own."""
+    monkeypatch.setattr(slow_clients, "connections_per_address", lambda: 1)
+
+    def opened(address: str) -> asyncio.BaseTransport:
+        return asyncio.BaseTransport({"peername": (address, 50_000, 0, 0)})
+
+    first, other = admit(opened("2001:db8:1:2::1")), admit(opened("2001:db8:1:3::1"))
+    assert first is not None and other is not None
+    assert admit(opened("2001:db8:1:2:ffff::9")) is None
+    first.give_back()
+    again = admit(opened("2001:db8:1:2:ffff::9"))
+    assert again is not None
+    for place in (other, again):
+        place.give_back()

@@ -5,9 +5,12 @@ witnesses (TRUST TE1-TE3)."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
@@ -299,16 +302,102 @@ def test_the_transparency_endpoints_answer_without_a_token_and_refuse_what_the_l
 
 def test_proofs_are_limited_per_address_and_a_witness_is_answered_again_a_minute_on(
         client: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anyone may ask for a proof, and each costs CPU in proportion to the log: past the limit a caller is
-    told to wait (429, Retry-After), and checkpoints are still served."""
+    """Anyone may ask for a proof, and each new one costs CPU in proportion to the log: past its share (5 a
+    minute) a caller is told to wait (429, Retry-After); checkpoints, and proofs it was given already, are
+    still served."""
     now = [1000.0]
-    monkeypatch.setattr(transparency, "PROOFS", RefusalLimiter(per_minute=10, per_minute_all=20,
-                                                               clock=lambda: now[0]))
-    _write(db, 5)
-    asked = [client.get("/audit/consistency", params={"first": n % 4 + 1, "second": 5}) for n in range(12)]
-    assert [r.status_code for r in asked] == [200] * 10 + [429] * 2
+    monkeypatch.setattr(transparency, "PROOFS", _proofs_limited(lambda: now[0]))
+    _write(db, 8)
+    asked = [client.get("/audit/consistency", params={"first": n, "second": 8}) for n in range(1, 8)]
+    assert [r.status_code for r in asked] == [200] * 5 + [429] * 2
     assert asked[-1].headers["retry-after"] == "60" and asked[-1].json()["resourceType"] == "OperationOutcome"
-    assert client.get("/audit/inclusion", params={"seq": 2, "size": 5}).status_code == 429
+    assert client.get("/audit/inclusion", params={"seq": 2, "size": 8}).status_code == 429
     assert client.get("/audit/checkpoint").status_code == 200
+    assert client.get("/audit/consistency", params={"first": 1, "second": 8}).json() == asked[0].json()
     now[0] += 60
-    assert client.get("/audit/inclusion", params={"seq": 2, "size": 5}).status_code == 200
+    assert client.get("/audit/inclusion", params={"seq": 2, "size": 8}).status_code == 200
+
+
+def _proofs_limited(clock: Callable[[], float]) -> RefusalLimiter:
+    """The service's limits on new proofs, on `clock`."""
+    return RefusalLimiter(per_minute=transparency.PROOFS.per_minute,
+                          per_minute_all=transparency.PROOFS.per_minute_all, clock=clock)
+
+
+def test_a_proof_asked_for_again_and_again_is_answered_and_costs_the_caller_nothing(
+        client: TestClient, db: Database) -> None:
+    """Review of 2026-12-07: asking for the same proof over and over used up every caller's proofs for the
+    minute. It is made once and answered again as made, uncounted, until the log it was made over changes."""
+    _write(db, 8)
+    again = [client.get("/audit/consistency", params={"first": 1, "second": 2}) for _ in range(30)]
+    assert {r.status_code for r in again} == {200} and len({r.text for r in again}) == 1
+    assert [client.get("/audit/inclusion", params={"seq": 1, "size": 1}).status_code for _ in range(30)] == [200] * 30
+    _rewrite_from(db, 2, "someone-else")
+    with db.session() as s:
+        rewritten = consistency_proof(s, 1, 2)
+    assert rewritten != again[0].json()
+    assert client.get("/audit/consistency", params={"first": 1, "second": 2}).json() == rewritten  # made anew
+    fresh = [client.get("/audit/consistency", params={"first": n, "second": 8}).status_code for n in range(1, 4)]
+    assert fresh == [200, 200, 429]  # three made so far, and a share of five new proofs a minute
+
+
+def test_a_witness_is_answered_though_other_addresses_ask_for_all_the_proofs_they_may(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Review of 2026-12-07: all callers together had 20 new proofs a minute, so two addresses asking for 11
+    each left none, and `audit witness` failed as if the service were down. Each address has its share
+    now: the witness, on another, is answered."""
+    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
+    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
+    store = tmp_path / "witness.jsonl"
+    (*_, three) = _write(env, 3)
+    with LiveServer(create_app(settings, database=env)) as server:
+        def witness() -> Result:
+            return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store), "--public-key", PUBLIC])
+        assert witness().exit_code == 0
+        (*_, before_last, last) = _write(env, 12)
+        for second, attacker in ((last, "127.0.0.2"), (before_last, "127.0.0.3")):  # new proofs, none made yet
+            with httpx.Client(base_url=server.url, transport=httpx.HTTPTransport(local_address=attacker)) as asking:
+                answers = [asking.get("/audit/consistency", params={"first": n, "second": second}).status_code
+                           for n in range(1, 12)]
+            assert 429 in answers
+        second = witness()
+    assert second.exit_code == 0 and "refused for now" not in second.stderr, second.stderr
+    assert f"at entry {last}: the log extends the last kept, at entry {three}" in second.stderr
+
+
+def test_a_witness_refused_for_now_waits_as_told_once_then_exits_3(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A service answering 429 is not a service down (exit 2): the witness waits for its Retry-After and
+    asks once more; refused again, it keeps nothing and exits 3 (its own code: run again later)."""
+    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
+    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
+    store = tmp_path / "witness.jsonl"
+    now, waits = [1000.0], []
+    monkeypatch.setattr(transparency, "PROOFS", _proofs_limited(lambda: now[0]))
+    (*_, three) = _write(env, 3)
+    with LiveServer(create_app(settings, database=env)) as server:
+        def witness(minutes_pass: bool) -> Result:
+            def sleep(seconds: float) -> None:
+                waits.append(seconds)
+                now[0] += seconds if minutes_pass else 0
+            with monkeypatch.context() as patched:
+                patched.setattr(time, "sleep", sleep)
+                return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store),
+                                           "--public-key", PUBLIC])
+
+        def use_the_share(second: int) -> None:
+            for n in range(1, 6):
+                httpx.get(f"{server.url}/audit/inclusion", params={"seq": n, "size": second})
+
+        assert witness(minutes_pass=True).exit_code == 0 and waits == []
+        (*_, eight) = _write(env, 5)
+        use_the_share(eight)
+        waited = witness(minutes_pass=True)
+        assert waited.exit_code == 0 and waits == [60], waited.stderr
+        assert "refused for now (HTTP Error 429: Too Many Requests); asking again in 60 s" in waited.stderr
+        (*_, thirteen) = _write(env, 5)
+        use_the_share(thirteen)
+        refused = witness(minutes_pass=False)
+    assert refused.exit_code == 3 and waits == [60, 60]
+    assert "refused again after waiting" in refused.stderr and "run again later" in refused.stderr
+    assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [three, eight]

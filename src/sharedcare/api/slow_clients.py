@@ -13,15 +13,24 @@ past `HEADER_MOST` x R whatever the rate; then the body within R of the headers,
 ceilings a client sending 500 bytes a second held its connection until the 32 MB body limit, 18 hours).
 Else the connection is closed unanswered. A request that has arrived takes as long as its answer takes.
 
+An answer the client does not read is not held for ever either: while its connection's buffer is full
+(asyncio has paused writing), the client must take `MIN_BYTES_PER_SECOND` of it in each R seconds, or the
+connection is reset, the rest unsent (review, 2026-12-07: 200 pipelined requests never read held a
+connection, and 2.9 MB queued, past every deadline).
+
 Deadlines alone still let one address hold every descriptor with connections renewed within them: each
 process serves at most `SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS` (64) connections from one address at once,
 as the MLLP listener caps its own (`SHAREDCARE_MLLP_MAX_PER_ADDRESS`); the next is answered 503 saying why
-and closed. Per process: with `--workers N` one address may hold up to N times as many.
+and closed. An IPv6 address counts by its /64, as refusals at the door are limited (a host is usually given
+a whole /64). Over TLS a connection is counted as it opens, before its handshake (`served_tls.py`). Per
+process: with `--workers N` one address may hold up to N times as many.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections import Counter
 from functools import cache
 
@@ -29,8 +38,9 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sharedcare.config import load_settings
+from sharedcare.governance.audit import network_of
 
-MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate
+MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate (and the least a client must read of its answers)
 HEADER_MOST = 2  # x R: the request line and headers' ceiling (mod_reqtimeout's header=20-40)
 BODY_MOST = 10  # x R: the body's ceiling (200 s at R = 20: a 32 MB Bundle needs 160 KB/s, 1 MB 5 KB/s)
 
@@ -47,10 +57,37 @@ def connections_per_address() -> int:
     return load_settings().http_connections_per_address
 
 
-_OPEN: Counter[str] = Counter()  # this process's connections by client address (one event loop: no lock)
+_OPEN: Counter[str] = Counter()  # this process's connections by address, an IPv6 one's /64 (one event loop: no lock)
 _WHY = b"too many connections from your address at once (SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS)\n"
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
             + f"Content-Length: {len(_WHY)}\r\n\r\n".encode() + _WHY)
+
+
+class Place:
+    """One connection counted in its address's share; given back once, by whichever protocol sees the
+    connection end first (over TLS the handshake's, or HTTP's after it)."""
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key  # what it is counted under in _OPEN; None: not counted (not IP), or given back
+
+    def give_back(self) -> None:
+        if self.key is not None:
+            _OPEN[self.key] -= 1
+            if not _OPEN[self.key]:
+                del _OPEN[self.key]
+            self.key = None
+
+
+def admit(transport: asyncio.BaseTransport) -> Place | None:
+    """A new connection's place in its address's share, or None when that share is taken (refuse it)."""
+    peer = transport.get_extra_info("peername")
+    key = network_of(str(peer[0])) if isinstance(peer, tuple) and peer else None
+    if key is None:
+        return Place(None)
+    if _OPEN[key] >= connections_per_address():
+        return None
+    _OPEN[key] += 1
+    return Place(key)
 
 
 class TimedHttpProtocol(H11Protocol):
@@ -61,20 +98,45 @@ class TimedHttpProtocol(H11Protocol):
     _ceiling = 0.0  # the phase's due time never passes this, however many bytes arrive
     _phase: type[h11.IDLE] | type[h11.SEND_BODY] = h11.IDLE  # awaiting the headers, or the body
 
-    _address: str | None = None  # counted in _OPEN while open
+    _stalled: asyncio.TimerHandle | None = None  # while writing is paused: checks that the client still reads
+    _unsent = 0  # bytes waiting to be sent at the last check
+
+    place: Place | None = None  # counted in its address's share; over TLS, by TlsHttpProtocol before the handshake
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
-        if address is not None and _OPEN[address] >= connections_per_address():
+        if self.place is None:
+            self.place = admit(transport)
+        if self.place is None:
             transport.write(_REFUSED)
             transport.close()
             return
-        if address is not None:
-            self._address = address
-            _OPEN[address] += 1
         self._begin(h11.IDLE)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._stalled = self.loop.call_later(request_seconds(), self._check_sending)
+
+    def _check_sending(self) -> None:
+        """Still paused R seconds on (nothing more is written meanwhile: uvicorn waits to send): a client that
+        took the minimum rate keeps its connection, one that did not is dropped (`abort`, as `close` would
+        wait to send what it does not read)."""
+        if self._unsent - self.transport.get_write_buffer_size() >= MIN_BYTES_PER_SECOND * request_seconds():
+            self._watch_sending()
+        else:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # reset: else the kernel goes on sending what it holds (megabytes)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+
+    def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+        super().resume_writing()
 
     def data_received(self, data: bytes) -> None:
         self._due = min(self._due + len(data) / MIN_BYTES_PER_SECOND, self._ceiling)
@@ -94,13 +156,11 @@ class TimedHttpProtocol(H11Protocol):
             self._begin(state)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._address is not None:
-            _OPEN[self._address] -= 1
-            if not _OPEN[self._address]:
-                del _OPEN[self._address]
-            self._address = None
+        for timer in (self._timer, self._stalled):
+            if timer is not None:
+                timer.cancel()
+        if self.place is not None:
+            self.place.give_back()
         super().connection_lost(exc)
 
     def _begin(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
