@@ -14,6 +14,8 @@ from sharedcare.governance.framework import Framework
 from sharedcare.synth import generate
 
 SCT = "http://snomed.info/sct"
+TF = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function"
+HIV = {"coding": [{"system": SCT, "code": "86406008", "display": "HIV infection"}]}
 
 
 def _coded(rtype: str, code: str = "44054006", field: str = "code", **extra: object) -> dict:
@@ -144,3 +146,21 @@ def test_a_coded_value_can_make_a_result_sensitive(framework: Framework) -> None
     hiv = {"resourceType": "Observation", "id": "o", "code": {"text": "Finding"},
            "valueCodeableConcept": {"coding": [{"system": SCT, "code": "86406008"}]}}
     assert classify(hiv, "gp", framework) == "sexual_health"
+
+
+@pytest.mark.parametrize("resource", [
+    {"resourceType": "DocumentReference", "id": "d", "status": "current",  # a GUM clinic's letter
+     "context": {"practiceSetting": {"coding": [{"system": TF, "code": "360"}]}},
+     "content": [{"attachment": {"data": "c2VjcmV0"}}]},
+    {"resourceType": "DiagnosticReport", "id": "r", "status": "final", "code": {"text": "C trachomatis DNA"},
+     "conclusionCode": [{"coding": [{"system": SCT, "code": "105629000"}]}]},
+    {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "Histopathology"},
+     "component": [{"code": {"text": "Finding"}, "valueCodeableConcept": HIV}]},
+    {"resourceType": "Encounter", "id": "e", "status": "finished",
+     "contained": [{"resourceType": "Condition", "id": "dx", "code": HIV}],
+     "diagnosis": [{"condition": {"reference": "#dx"}}]},
+    {"resourceType": "Condition", "id": "c", "code": {"text": "Infection"},
+     "extension": [{"url": "https://example.org/underlying", "valueCodeableConcept": HIV}]},
+], ids=["practice-setting", "conclusion-code", "component-value", "contained-condition", "extension"])
+def test_a_sensitive_code_anywhere_in_a_resource_makes_it_sensitive(framework: Framework, resource: dict) -> None:
+    assert classify(resource, "acute", framework) == "sexual_health"

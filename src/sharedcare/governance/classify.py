@@ -1,8 +1,9 @@
 """Which data category a stored resource falls into, and what each tier of detail lets through.
 
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
-`sensitive_codes` (its own, or a contained Medication's: the drug a statement's medicationReference
-names) puts the resource in that category wherever it came from; (3) a type the framework lists as
+`sensitive_codes`, in any Coding at any depth (a report's conclusionCode, a component's value, a
+document's practice setting, an extension, a contained resource), puts the resource in that category
+wherever it came from; (3) a type the framework lists as
 `safety_critical_types` (an allergy), sent by a mental health, social care, community or hospice service,
 is `alerts` (hazard HAZ-02: the trust's record of a penicillin allergy must reach the paramedic, coded,
 not only as a headline that the trust is involved; the framework gives `alerts` its own tiers and keeps
@@ -26,9 +27,10 @@ from sharedcare.governance.framework import Framework
 from sharedcare.store.models import Resource
 
 # change whenever the rules in this module change, so every stored category is recomputed
-# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts).
+# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts;
+# r3: every Coding at any depth counts, not only eight top-level elements).
 # Rule 3 acts only on the framework's safety-critical types, which are in its classification digest.
-RULES = "r2"
+RULES = "r3"
 ALERTS = "alerts"  # the category rule 3 files into; the framework must define it (framework.py checks)
 
 _SERVICE_CATEGORY = {
@@ -47,8 +49,6 @@ _TYPE_CATEGORY = {
     "Encounter": "encounters",
 }
 _HOSPITAL_TYPES = {"DocumentReference", "Procedure", "CarePlan"}
-_CODED_FIELDS = ("code", "type", "serviceType", "category", "reasonCode", "medicationCodeableConcept",
-                 "vaccineCode", "valueCodeableConcept")
 
 # Free text and documents: tier 3 only. At tier 2 they are removed at any depth, leaving a coded summary:
 # annotations (`note`), comments, descriptions (a CarePlan activity's too), a report's conclusion and
@@ -69,19 +69,28 @@ def service_category(kind: str) -> str | None:
 
 
 def _codings(resource: dict[str, Any]) -> set[str]:
+    """Every Coding's "system|code" at any depth: a sensitive code counts wherever a source put it."""
     found: set[str] = set()
-    for name in _CODED_FIELDS:
-        value = resource.get(name)
-        concepts = value if isinstance(value, list) else [value]
-        for concept in concepts:
-            if isinstance(concept, dict):
-                for coding in concept.get("coding") or []:
-                    if isinstance(coding, dict):
-                        found.add(f"{coding.get('system')}|{coding.get('code')}")
-    for contained in resource.get("contained") or []:  # the drug a medicationReference names ("#med")
-        if isinstance(contained, dict) and contained.get("resourceType") == "Medication":
-            found |= _codings({"code": contained.get("code")})
+    _collect(resource, found)
     return found
+
+
+def _collect(node: dict[str, Any], found: set[str]) -> None:
+    # recursive, with exact type checks: ingest classifies every resource (FHIR JSON has no list of lists)
+    for value in node.values():
+        kind = type(value)
+        if kind is dict:
+            children: Any = (value,)
+        elif kind is list:
+            children = value
+        else:
+            continue
+        for child in children:
+            if type(child) is dict:
+                code = child.get("code")
+                if type(code) is str:
+                    found.add(f"{child.get('system')}|{code}")
+                _collect(child, found)
 
 
 def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
