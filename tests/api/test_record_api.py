@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.builders import bundle, patient, write_ndjson
-from tests.fhir_bundles import entries, resources
+from tests.builders import bundle, condition, patient, write_ndjson
+from tests.fhir_bundles import entries, resources, withheld
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM
@@ -79,6 +79,21 @@ def test_a_restricted_document_is_never_shared_and_the_view_says_something_was_w
     headers = ics.open_record("dr.patel")
     gp = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=headers).json()
     assert len(entries(gp)) == 1
+
+
+def test_a_record_the_hospital_marked_very_restricted_is_shared_with_no_one_else(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """v3-Confidentiality V is stricter than R: withheld from every other organisation, the notice saying so."""
+    marked = condition("rx-v1", "Patient/MRN1", "44054006", "Type 2 diabetes mellitus",
+                       meta={"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                           "code": "V"}]})
+    feed = bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), marked])
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "v.ndjson", [feed])]).quarantined == 0
+    for user, sees in (("dr.oconnor", True), ("dr.patel", False), ("para.evans", False)):
+        headers = ics.open_record(user)
+        got = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
+        assert any("security" in c.get("meta", {}) for c in resources(got)) == sees, user
+        assert ("very-restricted" in withheld(got)) != sees, user
 
 
 def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(ics: Ics) -> None:

@@ -68,6 +68,7 @@ WITHHELD_LABELS = {
     "consent-deny": "information the patient has chosen not to share",
     "third-party": "information about other people",
     "confidential": "documents the source marked restricted",
+    "very-restricted": "records the source marked very restricted",
     "scope": "information this app's access does not include",  # the API's alone: a token's SMART scopes
 }
 
@@ -77,6 +78,7 @@ CITIZEN_WITHHELD_LABELS = {
     "tier": "any safeguarding records (these are never shown online, so that they cannot put anyone at risk)",
     "source-agreement": "information from organisations that are not sharing at the moment",
     "confidential": "documents the organisation that wrote them marked restricted (ask them for a copy)",
+    "very-restricted": "records the organisation that wrote them marked very restricted (ask them about these)",
 }
 
 
