@@ -96,6 +96,24 @@ def test_a_record_the_hospital_marked_very_restricted_is_shared_with_no_one_else
         assert ("very-restricted" in withheld(got)) != sees, user
 
 
+def test_a_result_typed_as_text_reaches_a_pharmacist_only_as_a_value_not_shown(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Results are tier 2 for a pharmacist: coded, without what a clinician typed."""
+    wound = {"resourceType": "Observation", "id": "rx-ob2", "status": "final", "subject": {"reference": "Patient/MRN1"},
+             "code": {"coding": [{"system": SCT, "code": "225552003", "display": "Wound finding"}]},
+             "valueString": "Disclosed partner hit her; refuge address 4 Mill Lane"}
+    feed = bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), wound])
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "o.ndjson", [feed])]).quarantined == 0
+    headers = ics.open_record("pharm.khan")
+    got = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Observation", headers=headers).json()
+    (shown,) = resources(got)
+    assert "valueString" not in shown and "Mill Lane" not in json.dumps(got)
+    assert shown["dataAbsentReason"]["coding"][0]["code"] == "masked"
+    headers = ics.open_record("dr.oconnor")  # the hospital's own clinician reads it in full
+    got = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Observation", headers=headers).json()
+    assert [o["valueString"] for o in resources(got)] == [wound["valueString"]]
+
+
 def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(ics: Ics) -> None:
     headers = ics.open_record("sw.brown")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=MedicationStatement", headers=headers)
