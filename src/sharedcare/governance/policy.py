@@ -47,6 +47,8 @@ Whole-request rules, first deny wins:
 Then the person, first deny excludes them and all their data:
   4. deny-opt-out           the national data opt-out / the person's opt-out of secondary use
   5. deny-objection-all     the person objected to all sharing
+     deny-objection-org     the person objected to the exporting user's organisation (as direct care refuses
+                            its users the record)
 Then each item, first match withholds it (no own-organisation exception: an analyst holds nothing):
   a. source-agreement, objection-org, consent-deny, always-withheld rules, as for direct care
   b. sensitive-category     the framework's sensitive categories never go to secondary use
@@ -256,6 +258,8 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
         return _deny("deny-opt-out", "the person opted out of their data being used for planning and research")
     if req.choices.object_all:
         return _deny("deny-objection-all", "the person objected to sharing their record")
+    if req.actor.organisation in req.choices.object_orgs:
+        return _deny("deny-objection-org", "the person objected to your organisation seeing their record")
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_secondary_request denied a missing role
     decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
