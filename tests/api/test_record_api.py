@@ -270,3 +270,25 @@ def test_a_mental_health_trusts_allergy_record_reaches_the_paramedic_and_the_pha
         assert "note" not in shown
     (own,) = allergies("dr.singh")
     assert own["note"][0]["text"] == "reaction on the ward during an admission"
+
+
+def test_a_pharmacist_reads_a_mental_health_trusts_allergy_without_learning_the_trust_holds_a_record(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The pharmacist sees nothing of mental health (tier 0), so the allergy comes from "a specialist
+    service": not the trust's name, code, identifiers or system, in the resource or its Provenance. The
+    paramedic, who is told the trust is involved (tier 1), still sees whom to ask."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al", "patient": {"reference": "Patient/RXM-4"},
+               "criticality": "high", "identifier": [{"system": "https://fhir.rxm.nhs.uk/Id/allergy", "value": "7"}],
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    path = write_ndjson(tmp_path / "mh-allergy.ndjson", [bundle("RXM", "rio", [
+        patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])])
+    assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
+    url = f"/fhir/Patient/{ics.okafor}/$everything?_type=AllergyIntolerance&_revinclude=Provenance:target"
+    got = resources(ics.client.get(url, headers=ics.open_record("pharm.khan")).json())
+    assert [r["code"]["coding"][0]["code"] for r in got if r["resourceType"] == "AllergyIntolerance"] == ["91936005"]
+    text = json.dumps(got)
+    assert "RXM" not in text and "rxm" not in text and "Mental Health" not in text
+    (provenance,) = [r for r in got if r["resourceType"] == "Provenance"]
+    assert provenance["agent"][0]["who"] == {"display": "A specialist service"}
+    got = resources(ics.client.get(url, headers=ics.open_record("para.evans")).json())
+    assert "RXM" in json.dumps([r for r in got if r["resourceType"] == "Provenance"])
