@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.builders import bundle, patient, write_ndjson
-from tests.fhir_bundles import entries, resources
+from tests.builders import bundle, condition, patient, write_ndjson
+from tests.fhir_bundles import entries, resources, withheld
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM
@@ -79,6 +79,39 @@ def test_a_restricted_document_is_never_shared_and_the_view_says_something_was_w
     headers = ics.open_record("dr.patel")
     gp = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=DocumentReference", headers=headers).json()
     assert len(entries(gp)) == 1
+
+
+def test_a_record_the_hospital_marked_very_restricted_is_shared_with_no_one_else(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """v3-Confidentiality V is stricter than R: withheld from every other organisation, the notice saying so."""
+    marked = condition("rx-v1", "Patient/MRN1", "44054006", "Type 2 diabetes mellitus",
+                       meta={"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                           "code": "V"}]})
+    feed = bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), marked])
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "v.ndjson", [feed])]).quarantined == 0
+    for user, sees in (("dr.oconnor", True), ("dr.patel", False), ("para.evans", False)):
+        headers = ics.open_record(user)
+        got = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Condition", headers=headers).json()
+        assert any("security" in c.get("meta", {}) for c in resources(got)) == sees, user
+        assert ("very-restricted" in withheld(got)) != sees, user
+
+
+def test_a_result_typed_as_text_reaches_a_pharmacist_only_as_a_value_not_shown(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Results are tier 2 for a pharmacist: coded, without what a clinician typed."""
+    wound = {"resourceType": "Observation", "id": "rx-ob2", "status": "final", "subject": {"reference": "Patient/MRN1"},
+             "code": {"coding": [{"system": SCT, "code": "225552003", "display": "Wound finding"}]},
+             "valueString": "Disclosed partner hit her; refuge address 4 Mill Lane"}
+    feed = bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), wound])
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "o.ndjson", [feed])]).quarantined == 0
+    headers = ics.open_record("pharm.khan")
+    got = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Observation", headers=headers).json()
+    (shown,) = resources(got)
+    assert "valueString" not in shown and "Mill Lane" not in json.dumps(got)
+    assert shown["dataAbsentReason"]["coding"][0]["code"] == "masked"
+    headers = ics.open_record("dr.oconnor")  # the hospital's own clinician reads it in full
+    got = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Observation", headers=headers).json()
+    assert [o["valueString"] for o in resources(got)] == [wound["valueString"]]
 
 
 def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(ics: Ics) -> None:
@@ -237,3 +270,25 @@ def test_a_mental_health_trusts_allergy_record_reaches_the_paramedic_and_the_pha
         assert "note" not in shown
     (own,) = allergies("dr.singh")
     assert own["note"][0]["text"] == "reaction on the ward during an admission"
+
+
+def test_a_pharmacist_reads_a_mental_health_trusts_allergy_without_learning_the_trust_holds_a_record(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The pharmacist sees nothing of mental health (tier 0), so the allergy comes from "a specialist
+    service": not the trust's name, code, identifiers or system, in the resource or its Provenance. The
+    paramedic, who is told the trust is involved (tier 1), still sees whom to ask."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al", "patient": {"reference": "Patient/RXM-4"},
+               "criticality": "high", "identifier": [{"system": "https://fhir.rxm.nhs.uk/Id/allergy", "value": "7"}],
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    path = write_ndjson(tmp_path / "mh-allergy.ndjson", [bundle("RXM", "rio", [
+        patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])])
+    assert Pipeline(db, framework).ingest_paths([path]).quarantined == 0
+    url = f"/fhir/Patient/{ics.okafor}/$everything?_type=AllergyIntolerance&_revinclude=Provenance:target"
+    got = resources(ics.client.get(url, headers=ics.open_record("pharm.khan")).json())
+    assert [r["code"]["coding"][0]["code"] for r in got if r["resourceType"] == "AllergyIntolerance"] == ["91936005"]
+    text = json.dumps(got)
+    assert "RXM" not in text and "rxm" not in text and "Mental Health" not in text
+    (provenance,) = [r for r in got if r["resourceType"] == "Provenance"]
+    assert provenance["agent"][0]["who"] == {"display": "A specialist service"}
+    got = resources(ics.client.get(url, headers=ics.open_record("para.evans")).json())
+    assert "RXM" in json.dumps([r for r in got if r["resourceType"] == "Provenance"])

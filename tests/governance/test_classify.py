@@ -14,6 +14,8 @@ from sharedcare.governance.framework import Framework
 from sharedcare.synth import generate
 
 SCT = "http://snomed.info/sct"
+TF = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function"
+HIV = {"coding": [{"system": SCT, "code": "86406008", "display": "HIV infection"}]}
 
 
 def _coded(rtype: str, code: str = "44054006", field: str = "code", **extra: object) -> dict:
@@ -140,7 +142,58 @@ def test_free_text_nested_anywhere_is_removed_at_tier_2_but_coded_text_stays() -
         assert coded in shown
 
 
+def test_typed_values_names_and_instructions_are_free_text_at_tier_2_and_what_is_left_is_valid_fhir() -> None:
+    """A string value, a Reference's display and a dose's instruction are what a person typed; what a tier-2
+    reader gets in their place says something is not shown, and still validates."""
+    wound = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "Wound finding"},
+             "valueString": "Disclosed partner hit her; refuge address 4 Mill Lane",
+             "performer": [{"reference": "Practitioner/1", "display": "Nurse at the refuge"}],
+             "component": [{"code": {"text": "Site"}, "valueString": "Bruised left arm"}],
+             "extension": [{"url": "https://example.org/said", "valueString": "She asked us not to tell him"},
+                           {"url": "https://example.org/coded", "valueCodeableConcept": {"text": "Assault"}}]}
+    visit = {"resourceType": "Encounter", "id": "e", "status": "finished",
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "location": [{"location": {"display": "Sexual Health (GUM) Clinic"}}],
+             "diagnosis": [{"condition": {"reference": "#dx", "display": "HIV infection"}}],
+             "contained": [{"resourceType": "Condition", "id": "dx", "subject": {"reference": "Patient/1"},
+                            "code": {"coding": [{"system": SCT, "code": "44054006", "display": "Diabetes"}]}}]}
+    med = {"resourceType": "MedicationStatement", "id": "m", "status": "active", "subject": {"reference": "Patient/1"},
+           "medicationCodeableConcept": {"text": "Sertraline"},
+           "dosage": [{"text": "50mg daily", "patientInstruction": "Hide the box from your husband"}]}
+    shown = [at_tier(resource, 2) for resource in (wound, visit, med)]
+    text = json.dumps(shown)
+    for secret in ("Mill Lane", "Bruised", "refuge", "asked us", "GUM", "HIV", "husband"):
+        assert secret not in text
+    for coded in ("Wound finding", "Assault", "Diabetes", "50mg daily"):
+        assert coded in text
+    masked = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "masked",
+                          "display": "Masked"}], "text": "Not shown at your access level"}
+    assert shown[0]["dataAbsentReason"] == shown[0]["component"][0]["dataAbsentReason"] == masked
+    assert shown[0]["performer"] == [{"reference": "Practitioner/1"}]
+    assert shown[1]["location"] == [{"location": {"display": "Not shown at your access level"}}]
+    for resource in shown:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
 def test_a_coded_value_can_make_a_result_sensitive(framework: Framework) -> None:
     hiv = {"resourceType": "Observation", "id": "o", "code": {"text": "Finding"},
            "valueCodeableConcept": {"coding": [{"system": SCT, "code": "86406008"}]}}
     assert classify(hiv, "gp", framework) == "sexual_health"
+
+
+@pytest.mark.parametrize("resource", [
+    {"resourceType": "DocumentReference", "id": "d", "status": "current",  # a GUM clinic's letter
+     "context": {"practiceSetting": {"coding": [{"system": TF, "code": "360"}]}},
+     "content": [{"attachment": {"data": "c2VjcmV0"}}]},
+    {"resourceType": "DiagnosticReport", "id": "r", "status": "final", "code": {"text": "C trachomatis DNA"},
+     "conclusionCode": [{"coding": [{"system": SCT, "code": "105629000"}]}]},
+    {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "Histopathology"},
+     "component": [{"code": {"text": "Finding"}, "valueCodeableConcept": HIV}]},
+    {"resourceType": "Encounter", "id": "e", "status": "finished",
+     "contained": [{"resourceType": "Condition", "id": "dx", "code": HIV}],
+     "diagnosis": [{"condition": {"reference": "#dx"}}]},
+    {"resourceType": "Condition", "id": "c", "code": {"text": "Infection"},
+     "extension": [{"url": "https://example.org/underlying", "valueCodeableConcept": HIV}]},
+], ids=["practice-setting", "conclusion-code", "component-value", "contained-condition", "extension"])
+def test_a_sensitive_code_anywhere_in_a_resource_makes_it_sensitive(framework: Framework, resource: dict) -> None:
+    assert classify(resource, "acute", framework) == "sexual_health"

@@ -154,7 +154,8 @@ def test_an_objection_to_all_sharing_leaves_the_users_own_organisations_data(fra
 
 
 @pytest.mark.parametrize("label", ["http://terminology.hl7.org/CodeSystem/v3-ActCode|THIRDPARTY",
-                                   "http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R"])
+                                   "http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",
+                                   "http://terminology.hl7.org/CodeSystem/v3-Confidentiality|V"])
 def test_third_party_and_restricted_items_are_always_withheld_from_other_organisations(framework: Framework,
                                                                                        label: str) -> None:
     item = _item("social_care", "LRC", frozenset({label}))

@@ -44,6 +44,7 @@ def test_an_identifiable_purpose_is_never_an_export(framework: Framework) -> Non
     (Choices(opt_out_secondary=True), "deny-opt-out"),
     (Choices(object_all=True), "deny-objection-all"),
     (Choices(opt_out_secondary=True, object_all=True), "deny-opt-out"),
+    (Choices(object_orgs=frozenset({"QRD"})), "deny-objection-org"),  # the analyst's own organisation
 ])
 def test_the_opt_out_and_an_objection_leave_the_whole_person_out(framework: Framework, choices: Choices,
                                                                  rule: str) -> None:

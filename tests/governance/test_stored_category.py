@@ -92,6 +92,27 @@ def test_rows_stored_before_categories_are_classified_by_the_reclassify_command(
     assert "reclassified 0 resources" in CliRunner().invoke(app, ["framework", "reclassify"]).output
 
 
+def test_a_category_stored_under_earlier_rules_is_worked_out_again(ics: Ics, db: Database, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    """Rules r2 read eight top-level elements and filed a report coded chlamydia in its conclusion as
+    diagnostics: a paramedic (sexual health 0) must not see a row stored so, before or after reclassifying."""
+    report = {"resourceType": "DiagnosticReport", "id": "rx-dr1", "status": "final",
+              "subject": {"reference": "Patient/MRN1"}, "code": {"text": "C trachomatis DNA"},
+              "conclusionCode": [{"coding": [{"system": SCT, "code": "105629000"}]}]}
+    feed = bundle("RXR", "epr", [patient("MRN1", "9434765919", "OKAFOR", "Emeka", "1945-03-02"), report])
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "r.ndjson", [feed])]).quarantined == 0
+    with db.session() as session:
+        session.execute(update(Resource).where(Resource.resource_type == "DiagnosticReport").values(
+            category="diagnostics", category_key=f"r2-{framework.classification_digest}"))
+    with db.session() as session:
+        records = GovernedRecords(session, framework, actor_for(framework, "para.evans"))
+        records.record_basis(ics.okafor, "implied-consent", "collapsed at home, daughter present")
+        assert not records.everything(ics.okafor).of_type("DiagnosticReport")
+        reclassify(session, framework)
+        stored = session.scalars(select(Resource.category).where(Resource.resource_type == "DiagnosticReport")).one()
+    assert stored == "sexual_health"
+
+
 def _one_of_each_category(tmp: Path) -> tuple[list[Path], dict[tuple[str, str], str]]:
     """Feeds holding a resource of every category in the framework, and the category each must be stored
     under, written from the framework's rules (config/framework.yaml, classify.py's docstring), not by

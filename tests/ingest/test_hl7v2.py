@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from tests.fhir_bundles import resources
+from tests.small_ics import Ics
 
 from sharedcare.fhir.uk_core import server_id
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2
+from sharedcare.ingest.hl7v2_map import TREATMENT_FUNCTION
 from sharedcare.ingest.messages import MessageError
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -36,9 +39,9 @@ def pid(mrn: str = "H100", nhs: str | None = GOOD_NHS, name: str = "OKAFOR^Emeka
 
 
 def pv1(visit: str = "V100", kind: str = "I", admitted: str = "", discharged: str = "",
-        ward: str = "Ward 3 (Respiratory)^^^RXR") -> str:
+        ward: str = "Ward 3 (Respiratory)^^^RXR", service: str = "") -> str:
     fields = ["PV1", "1", kind, ward] + [""] * 42
-    fields[7] = "^KENT^Laura^^^Dr"
+    fields[7], fields[10] = "^KENT^Laura^^^Dr", service
     fields[19], fields[44], fields[45] = visit, admitted, discharged
     return "|".join(fields)
 
@@ -146,6 +149,22 @@ def test_an_attendance_without_pd1_nk1_or_evn_is_still_stored(db: Database, fram
     patient = _contents(db, "Patient")["H100"]
     assert "generalPractitioner" not in patient and "contact" not in patient
     assert [i["system"] for i in patient["identifier"]] == ["https://fhir.rxr.nhs.uk/Id/mrn"]
+
+
+def test_a_gum_clinic_attendance_is_sexual_health_by_its_hospital_service(db: Database, framework: Framework,
+                                                                         ics: Ics, tmp_path: Path) -> None:
+    """PV1-10 is the visit's treatment function: 360, genitourinary medicine, is a code the framework lists
+    as sexual health, so a paramedic (sexual health 0) does not see the attendance; a local code is not one."""
+    visits = [adt("A04", f"PAS{n}", "20261101100000", pid(), pv1(visit, kind="O", admitted="20261101100000",
+                                                                  ward="Clinic 4^^^RXR", service=service))
+              for n, (visit, service) in enumerate((("V360", "360"), ("VMED", "MED")))]
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", visits)])
+    assert report.quarantined == 0, report.quarantine
+    gum = _contents(db, "Encounter")["V360"]
+    assert gum["serviceType"] == {"coding": [{"system": TREATMENT_FUNCTION, "code": "360"}]}
+    headers = ics.open_record("para.evans")
+    seen = ics.client.get(f"/fhir/Encounter?patient={ics.okafor}", headers=headers).json()
+    assert [i["value"] for e in resources(seen) for i in e.get("identifier", [])] == ["VMED"]
 
 
 def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, framework: Framework,

@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 
 from sqlalchemy import select
+from tests.builders import SCT, bundle, patient, write_ndjson
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.models import AuditEntry, Feedback, ReviewItem
 
 
@@ -68,6 +70,35 @@ def test_a_paramedic_finds_a_patient_by_name_and_date_of_birth_and_opens_the_rec
     with db.session() as s:
         review = s.scalars(select(ReviewItem)).one()
     assert (review.kind, review.username, review.person_id) == ("implied-consent", "para.evans", ics.okafor)
+
+
+def test_a_pharmacist_sees_that_a_typed_result_is_not_shown_rather_than_what_was_typed(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    wound = {"resourceType": "Observation", "id": "rx-ob2", "status": "final", "subject": {"reference": "Patient/MRN1"},
+             "code": {"coding": [{"system": SCT, "code": "225552003", "display": "Wound finding"}]},
+             "valueString": "Disclosed partner hit her; refuge address 4 Mill Lane"}
+    feed = bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), wound])
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "o.ndjson", [feed])]).quarantined == 0
+    _sign_in(ics, "pharm.khan")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Wound finding" in page and "Mill Lane" not in page
+    assert 'aria-hidden="true">Detail </span>Not shown at your access level</td>' in page  # the result's row
+
+
+def test_a_pharmacist_is_shown_a_mental_health_trusts_allergy_as_from_a_specialist_service(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """The pharmacist sees nothing of mental health: the allergy is shown, its source and the care team do
+    not name the trust or give its phone number."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al", "patient": {"reference": "Patient/RXM-4"},
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    feed = bundle("RXM", "rio", [patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "a.ndjson", [feed])]).quarantined == 0
+    _sign_in(ics, "pharm.khan")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Allergy to penicillin" in page and "A specialist service" in page
+    assert "Mental Health" not in page and "Mental health service" not in page and "01632 960300" not in page
 
 
 def test_searching_by_nhs_number_keeps_it_out_of_the_url(ics: Ics) -> None:

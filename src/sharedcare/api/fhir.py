@@ -90,8 +90,10 @@ def fhir_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
 
 
 def provenance_of(served: ServedResource) -> dict[str, Any]:
-    """A FHIR Provenance saying which organisation and system a served resource came from, and when."""
+    """A FHIR Provenance saying which organisation and system a served resource came from, and when (for a
+    service the reader's role may not know of, only that a specialist service did: `UNNAMED_SERVICE`)."""
     target = f"{served.resource_type}/{served.content['id']}"
+    named = bool(served.source_org)
     return {
         "resourceType": "Provenance",
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"provenance:{target}:{served.received_at.isoformat()}")),
@@ -101,9 +103,11 @@ def provenance_of(served: ServedResource) -> dict[str, Any]:
         "agent": [{
             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
                                  "code": "author"}]},
-            "who": {"identifier": {"system": ODS_SYSTEM, "value": served.source_org}, "display": served.source_name},
+            "who": ({"identifier": {"system": ODS_SYSTEM, "value": served.source_org}, "display": served.source_name}
+                    if named else {"display": served.source_name}),
         }],
-        "entity": [{"role": "source", "what": {"display": f"{served.source_org}#{served.source_system}"}}],
+        **({"entity": [{"role": "source", "what": {"display": f"{served.source_org}#{served.source_system}"}}]}
+           if named else {}),
     }
 
 

@@ -1,8 +1,9 @@
 """Which data category a stored resource falls into, and what each tier of detail lets through.
 
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
-`sensitive_codes` (its own, or a contained Medication's: the drug a statement's medicationReference
-names) puts the resource in that category wherever it came from; (3) a type the framework lists as
+`sensitive_codes`, in any Coding at any depth (a report's conclusionCode, a component's value, a
+document's practice setting, an extension, a contained resource), puts the resource in that category
+wherever it came from; (3) a type the framework lists as
 `safety_critical_types` (an allergy), sent by a mental health, social care, community or hospice service,
 is `alerts` (hazard HAZ-02: the trust's record of a penicillin allergy must reach the paramedic, coded,
 not only as a headline that the trust is involved; the framework gives `alerts` its own tiers and keeps
@@ -26,9 +27,10 @@ from sharedcare.governance.framework import Framework
 from sharedcare.store.models import Resource
 
 # change whenever the rules in this module change, so every stored category is recomputed
-# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts).
+# (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts;
+# r3: every Coding at any depth counts, not only eight top-level elements).
 # Rule 3 acts only on the framework's safety-critical types, which are in its classification digest.
-RULES = "r2"
+RULES = "r3"
 ALERTS = "alerts"  # the category rule 3 files into; the framework must define it (framework.py checks)
 
 _SERVICE_CATEGORY = {
@@ -47,15 +49,20 @@ _TYPE_CATEGORY = {
     "Encounter": "encounters",
 }
 _HOSPITAL_TYPES = {"DocumentReference", "Procedure", "CarePlan"}
-_CODED_FIELDS = ("code", "type", "serviceType", "category", "reasonCode", "medicationCodeableConcept",
-                 "vaccineCode", "valueCodeableConcept")
 
 # Free text and documents: tier 3 only. At tier 2 they are removed at any depth, leaving a coded summary:
 # annotations (`note`), comments, descriptions (a CarePlan activity's too), a report's conclusion and
-# presented form, narratives (`text` holding a `div`, in contained resources too) and a document's
-# content. Coded text such as CodeableConcept.text and Dosage.text stays: it is what the code means.
-_FREE_TEXT = {"note", "comment", "description", "conclusion", "presentedForm"}
+# presented form, a string value (an Observation's, a component's, an extension's), a dose's instruction
+# to the patient, a Reference's display (who or where, typed: "refuge, 4 Mill Lane"), narratives (`text`
+# holding a `div`, in contained resources too) and a document's content. Coded text such as
+# CodeableConcept.text, Coding.display and Dosage.text stays: it is what the code means.
+_FREE_TEXT = {"note", "comment", "description", "conclusion", "presentedForm", "valueString", "patientInstruction"}
 _FREE_TEXT_BY_TYPE = {"DocumentReference": {"content"}}
+_EXTENSIONS = {"extension", "modifierExtension"}
+_NOT_SHOWN = "Not shown at your access level"
+# FHIR's reason for a value withheld for privacy: a tier-2 reader is told a value exists, not that none does
+_MASKED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "masked",
+                       "display": "Masked"}], "text": _NOT_SHOWN}
 # Demographics: tier 1 is who the person is and how to reach them; tier 2 adds where they live and
 # their GP; tier 3 adds contacts such as next of kin.
 _DEMOGRAPHICS_TIER1 = {"resourceType", "id", "meta", "identifier", "name", "birthDate", "gender", "telecom"}
@@ -69,19 +76,28 @@ def service_category(kind: str) -> str | None:
 
 
 def _codings(resource: dict[str, Any]) -> set[str]:
+    """Every Coding's "system|code" at any depth: a sensitive code counts wherever a source put it."""
     found: set[str] = set()
-    for name in _CODED_FIELDS:
-        value = resource.get(name)
-        concepts = value if isinstance(value, list) else [value]
-        for concept in concepts:
-            if isinstance(concept, dict):
-                for coding in concept.get("coding") or []:
-                    if isinstance(coding, dict):
-                        found.add(f"{coding.get('system')}|{coding.get('code')}")
-    for contained in resource.get("contained") or []:  # the drug a medicationReference names ("#med")
-        if isinstance(contained, dict) and contained.get("resourceType") == "Medication":
-            found |= _codings({"code": contained.get("code")})
+    _collect(resource, found)
     return found
+
+
+def _collect(node: dict[str, Any], found: set[str]) -> None:
+    # recursive, with exact type checks: ingest classifies every resource (FHIR JSON has no list of lists)
+    for value in node.values():
+        kind = type(value)
+        if kind is dict:
+            children: Any = (value,)
+        elif kind is list:
+            children = value
+        else:
+            continue
+        for child in children:
+            if type(child) is dict:
+                code = child.get("code")
+                if type(code) is str:
+                    found.add(f"{child.get('system')}|{code}")
+                _collect(child, found)
 
 
 def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
@@ -133,20 +149,34 @@ def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
     if resource.get("resourceType") == "Patient":
         keep = _DEMOGRAPHICS_TIER1 if tier == 1 else _DEMOGRAPHICS_TIER2
         return {key: value for key, value in resource.items() if key in keep}
-    drop = _FREE_TEXT | _FREE_TEXT_BY_TYPE.get(resource.get("resourceType", ""), set())
-    summary = {key: _without(value, _FREE_TEXT) for key, value in resource.items() if key not in drop}
-    summary.pop("text", None)  # the resource's own narrative
+    summary = _without(resource, _FREE_TEXT | _FREE_TEXT_BY_TYPE.get(resource.get("resourceType", ""), set()))
     if resource.get("resourceType") == "DocumentReference":
         # content is required (1..*): say that the document exists without what it says
-        summary["content"] = [{"attachment": {"title": "Document not shown at your access level"}}]
+        summary["content"] = [{"attachment": {"title": f"Document {_NOT_SHOWN.lower()}"}}]
     return summary
 
 
-def _without(node: Any, drop: set[str]) -> Any:
-    """Remove the named elements, and narratives (a `text` holding a `div`), at any depth."""
-    if isinstance(node, dict):
-        return {key: _without(value, drop) for key, value in node.items()
-                if key not in drop and not (key == "text" and isinstance(value, dict) and "div" in value)}
-    if isinstance(node, list):
-        return [_without(item, drop) for item in node]
-    return node
+def _without(node: dict[str, Any], drop: set[str]) -> dict[str, Any]:
+    """`node` without the named elements, narratives (a `text` holding a `div`) and a Reference's display,
+    at any depth, still valid FHIR: a string value removed is said to be masked, a Reference that was only
+    its display says it is not shown, and an extension left with no value goes."""
+    coding = "code" in node or "system" in node  # a Coding's display is what its code means
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in drop or (key == "display" and not coding) or (
+                key == "text" and isinstance(value, dict) and "div" in value):
+            continue
+        if isinstance(value, dict):
+            value = _without(value, _FREE_TEXT)
+        elif isinstance(value, list):
+            value = [_without(item, _FREE_TEXT) if isinstance(item, dict) else item for item in value]
+            if key in _EXTENSIONS:
+                value = [ext for ext in value if any(name.startswith("value") or name == "extension" for name in ext)]
+                if not value:
+                    continue
+        out[key] = value
+    if "valueString" in node and "url" not in node:  # an Observation's or a component's (an extension has a url)
+        out["dataAbsentReason"] = _MASKED
+    if "display" in node and not coding and "reference" not in out and "identifier" not in out:
+        out["display"] = _NOT_SHOWN  # a Reference that was only its display (a ward, a doctor): one was named
+    return out

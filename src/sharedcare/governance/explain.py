@@ -14,6 +14,7 @@ from sharedcare.governance.classify import service_category
 from sharedcare.governance.consent import Provision
 from sharedcare.governance.consent_fhir import UK_TIME
 from sharedcare.governance.framework import Framework, Role
+from sharedcare.governance.policy import UNNAMED_SERVICE
 
 if TYPE_CHECKING:  # only for the type: the framework in words needs no store
     from sharedcare.governance.gateway import RecordView
@@ -68,6 +69,7 @@ WITHHELD_LABELS = {
     "consent-deny": "information the patient has chosen not to share",
     "third-party": "information about other people",
     "confidential": "documents the source marked restricted",
+    "very-restricted": "records the source marked very restricted",
     "scope": "information this app's access does not include",  # the API's alone: a token's SMART scopes
 }
 
@@ -77,6 +79,7 @@ CITIZEN_WITHHELD_LABELS = {
     "tier": "any safeguarding records (these are never shown online, so that they cannot put anyone at risk)",
     "source-agreement": "information from organisations that are not sharing at the moment",
     "confidential": "documents the organisation that wrote them marked restricted (ask them for a copy)",
+    "very-restricted": "records the organisation that wrote them marked very restricted (ask them about these)",
 }
 
 
@@ -185,7 +188,8 @@ def services(view: RecordView, fw: Framework, role: Role | None) -> list[Service
         org = fw.organisation(code)
         if code not in shared and code not in headline and not _may_know_of(org.kind if org else "", role):
             continue
-        out.append(Service(code=code, name=org.name if org else code, kind=KIND_LABELS.get(org.kind, "") if org else "",
+        out.append(Service(code=code, name=org.name if org else code or UNNAMED_SERVICE,
+                           kind=KIND_LABELS.get(org.kind, "") if org else "",
                            phone=org.phone if org else "",
                            shared=sorted(CATEGORY_LABELS.get(c, c) for c in shared.get(code, set())),
                            involved_only=sorted(CATEGORY_LABELS.get(c, c) for c in headline.get(code, set()))))

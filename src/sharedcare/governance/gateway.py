@@ -49,6 +49,7 @@ from sharedcare.governance.consent import OF_PERSON, Choices, choices_for, combi
 from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
 from sharedcare.governance.framework import Agreement, Framework
 from sharedcare.governance.policy import (
+    UNNAMED_SERVICE,
     ActiveBasis,
     Actor,
     Alike,
@@ -59,6 +60,7 @@ from sharedcare.governance.policy import (
     check_request,
     count_alike,
     decide,
+    may_know_of_service,
 )
 from sharedcare.governance.review import ON_REVIEW, OnReview, flag_access, on_review, standing
 from sharedcare.store.database import Prepared, json_loads, run
@@ -186,7 +188,7 @@ class ServedResource:
     resource_type: str
     category: str
     tier: int
-    source_org: str
+    source_org: str  # "" when served from UNNAMED_SERVICE (a service the reader's role may not know of)
     source_name: str
     source_system: str
     recorded_at: datetime
@@ -744,13 +746,26 @@ class GovernedRecords:
                cache: ContentCache | None = None) -> ServedResource:
         """The stored `row`, released at `tier` in `category`, as served in this person's record. With
         `cache`, what was served before from the same cached document in the same shape (tier, person,
-        category, provenance) is served again, with its JSON, rather than redacted, copied and encoded again."""
+        category, provenance) is served again, with its JSON, rather than redacted, copied and encoded again.
+        What a role sees of a service it may not know of (a mental health trust's allergy, to a pharmacist)
+        is served from `UNNAMED_SERVICE`, without the identifiers and meta.source that name the service."""
         resource_id, resource_type, source_org, source_system, content, _, _, recorded_at, received_at, _ = row
-        org = self.fw.organisation(source_org)
-        source_name = org.name if org else source_org
+        role = self.actor.role
+        unnamed = (role is not None and not role.citizen and source_org != self.actor.organisation
+                   and not may_know_of_service(source_org, self.fw, role))
+        if unnamed:
+            source_org, source_name, source_system = "", UNNAMED_SERVICE, ""
+        else:
+            org = self.fw.organisation(source_org)
+            source_name = org.name if org else source_org
 
         def make() -> ServedResource:
             out = dict(at_tier(content, tier))
+            if unnamed:
+                out.pop("identifier", None)
+                meta = {key: value for key, value in out.pop("meta", {}).items() if key != "source"}
+                if meta:
+                    out["meta"] = meta
             for name in PATIENT_FIELDS:
                 if name in out:
                     out[name] = {**out[name], "reference": f"Patient/{person_id}"}

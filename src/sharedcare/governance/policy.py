@@ -47,6 +47,8 @@ Whole-request rules, first deny wins:
 Then the person, first deny excludes them and all their data:
   4. deny-opt-out           the national data opt-out / the person's opt-out of secondary use
   5. deny-objection-all     the person objected to all sharing
+     deny-objection-org     the person objected to the exporting user's organisation (as direct care refuses
+                            its users the record)
 Then each item, first match withholds it (no own-organisation exception: an analyst holds nothing):
   a. source-agreement, objection-org, consent-deny, always-withheld rules, as for direct care
   b. sensitive-category     the framework's sensitive categories never go to secondary use
@@ -67,6 +69,9 @@ from typing import Any
 from sharedcare.governance.classify import at_tier, service_category
 from sharedcare.governance.consent import SECONDARY_USE, Ask, Choices, purposes_of_use
 from sharedcare.governance.framework import Agreement, Framework, Role
+
+# The source a role is given for what it sees of a service it may not know of (`may_know_of_service`)
+UNNAMED_SERVICE = "A specialist service"
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,8 @@ def decide_secondary(req: Request, items: list[Item], fw: Framework) -> Decision
         return _deny("deny-opt-out", "the person opted out of their data being used for planning and research")
     if req.choices.object_all:
         return _deny("deny-objection-all", "the person objected to sharing their record")
+    if req.actor.organisation in req.choices.object_orgs:
+        return _deny("deny-objection-org", "the person objected to your organisation seeing their record")
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_secondary_request denied a missing role
     decision = Decision("permit", "permit-secondary", f"{role.label}: pseudonymised extract for {req.purpose}")
@@ -337,7 +344,7 @@ def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int
     tier = role.tier(alike.category)
     own = alike.source_org == req.actor.organisation
     if tier <= 0 or (alike.patient and not own and not role.citizen
-                     and not _may_know_of_service(alike.source_org, fw, role)):
+                     and not may_know_of_service(alike.source_org, fw, role)):
         return "tier"
     why = _withhold_reason(alike, req, fw, _source_reason(alike.source_org, req))
     if why is not None:
@@ -349,12 +356,13 @@ def _verdict(alike: Alike, req: Request, fw: Framework, role: Role) -> str | int
     return tier
 
 
-def _may_know_of_service(source_org: str, fw: Framework, role: Role) -> bool:
+def may_know_of_service(source_org: str, fw: Framework, role: Role) -> bool:
     """Whether a role may learn that this organisation holds a record of the person. A service with a
     category of its own (a mental health trust, a council's social care) tells that it is involved by its
     record of who the person is alone: its identifier, its name as the source. A role that sees nothing of
     that category (tier 0) must not learn it from the Patient either (`explain.services` lists the care team
-    by the same rule)."""
+    by the same rule), nor from what it does see of the service's records (an allergy filed as `alerts`):
+    the gateway serves those from an unnamed specialist service (`UNNAMED_SERVICE`)."""
     org = fw.organisation(source_org)
     category = service_category(org.kind) if org else None
     return category is None or role.tier(category) >= 1

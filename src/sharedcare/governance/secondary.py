@@ -18,9 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any
 
-import msgspec
 import orjson
 from sqlalchemy import ColumnElement, Text, and_, bindparam, case, cast, distinct, func, or_, select
 from sqlalchemy.orm import Session, aliased
@@ -293,7 +292,7 @@ class SecondaryUse:
                 # the category stored by ingest, when under the current classification key; else
                 # classified on what was stored, not on what may leave
                 if category is None:
-                    category = classify(dict(_CODES.decode(text)), kinds.get(source_org, "unknown"), self.fw)
+                    category = classify(orjson.loads(text), kinds.get(source_org, "unknown"), self.fw)
                 item = Item(_NOT_READ, resource_type, source_org, category, resource.security())
                 shaped[id(item)] = (row, resource)
             items.append(item)
@@ -350,25 +349,6 @@ def _birth(patients: dict[int, dict[str, Any]], chosen: int | None) -> str | Non
 
 _NOT_READ: dict[str, Any] = {}  # an Item's content the decision does not read (secondary use decides on the rest)
 
-
-class ClassifiedElements(TypedDict, total=False):
-    """What `classify` reads of a stored resource (its type and coded elements), decoded from the stored
-    JSON without the rest, for a row whose stored category is not under the current classification key.
-    Withdrawal and security labels are read from the pseudonymised shape (`Shaped`)."""
-
-    resourceType: str
-    code: Any
-    type: Any
-    serviceType: Any
-    category: Any
-    reasonCode: Any
-    medicationCodeableConcept: Any
-    contained: Any  # a contained Medication's code is the drug of a statement's medicationReference
-    vaccineCode: Any
-    valueCodeableConcept: Any
-
-
-_CODES = msgspec.json.Decoder(ClassifiedElements)
 # people whose rows one statement reads: a few hundred records' rows in memory, not one statement a person
 _PEOPLE_PER_STATEMENT = 200
 

@@ -37,6 +37,9 @@ ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+# NHS HL7 v2 sends the visit's treatment function in PV1-10 (hospital service): 360 is a GUM clinic
+TREATMENT_FUNCTION = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function"
+_TREATMENT_FUNCTION_CODE = re.compile(r"[0-9]{3}")
 
 # python-hl7 turns \.br\ into a carriage return and highlighting (\H\, \N\) into underscores;
 # FHIR text wants newlines and no markup.
@@ -317,7 +320,8 @@ def _contact(nk1: Seg) -> Json | None:
 
 def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: Sender, reopened: bool) -> Json:
     """PV1 as an Encounter. `status` None means an update (A08): the status follows the admit and
-    discharge times sent. `reopened` (A13, cancel discharge) drops the end."""
+    discharge times sent. `reopened` (A13, cancel discharge) drops the end. PV1-10, when a treatment
+    function code, is the service type: the framework's sensitive codes list some (GUM clinics)."""
     kind = pv1.get(2)
     if kind not in _ENCOUNTER_CLASS:
         raise pv1.error(f"patient class '{kind}' is not one of {', '.join(_ENCOUNTER_CLASS)}", 2,
@@ -325,11 +329,14 @@ def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: S
     start, end = stamp(pv1, 44), None if reopened else stamp(pv1, 45)
     status = status or ("finished" if end else "in-progress" if start else "planned")
     prior, current = _place(pv1.reps(6)), _place(pv1.reps(3))
+    service = pv1.get(10)
     return compact({
         "resourceType": "Encounter", "id": visit, "meta": {"profile": [UK_CORE + "Encounter"]},
         "identifier": [{"system": sender.system("visit-number"), "value": pv1.get(19)}] if pv1.get(19) else [],
         "status": status,
         "class": {"system": ACT_CODE, "code": _ENCOUNTER_CLASS[kind][0], "display": _ENCOUNTER_CLASS[kind][1]},
+        "serviceType": ({"coding": [{"system": TREATMENT_FUNCTION, "code": service}]}
+                        if _TREATMENT_FUNCTION_CODE.fullmatch(service) else None),
         "subject": subject,
         "participant": [{"type": [{"coding": [{"system": PARTICIPATION, "code": "ATND", "display": "attender"}]}],
                          "individual": {"display": person_display(doctor)}} for doctor in pv1.reps(7)[:1]],

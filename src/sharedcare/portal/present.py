@@ -98,14 +98,20 @@ def quantity(q: dict[str, Any]) -> str:
     return f"{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
 
 
+def _value_text(observation: dict[str, Any]) -> str:
+    """An Observation's or a component's value; a text value withheld below tier 3 says it is not shown."""
+    if "valueQuantity" in observation:
+        return quantity(observation["valueQuantity"])
+    return str(observation.get("valueString") or concept_text(observation.get("dataAbsentReason")))
+
+
 def detail(resource: dict[str, Any]) -> str:
     rtype = resource.get("resourceType")
     if rtype == "Observation":
         if "valueQuantity" in resource:
             return quantity(resource["valueQuantity"])
-        parts = [f"{concept_text(c.get('code'))}: {quantity(c.get('valueQuantity') or {})}"
-                 for c in resource.get("component", [])]
-        return "; ".join(parts) or str(resource.get("valueString", ""))
+        parts = [f"{concept_text(c.get('code'))}: {_value_text(c)}" for c in resource.get("component", [])]
+        return "; ".join(parts) or _value_text(resource)
     if rtype == "DiagnosticReport":
         count = len(resource.get("result") or [])
         panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
