@@ -24,12 +24,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, operation_outcome
 from sharedcare.governance.audit import RefusalLimiter
 from sharedcare.governance.checkpoints import Transparency
-from sharedcare.store.models import AuditEntry
 
 router = APIRouter(prefix="/audit", tags=["audit transparency"])
 # New proofs a minute in this process: from one address (an IPv6 /64), and from all together (at about 0.4 s
@@ -88,10 +86,7 @@ def _proof(request: Request, kind: str, low: int, size: int,
            prove: Callable[[Transparency], dict[str, Any]]) -> dict[str, Any] | JSONResponse:
     """A proof about the log of `size` entries: one made before over the same log, free; else a new one,
     counted against the caller's share (or 429)."""
-    last = None
-    if size < 2**63:  # a database integer (a larger size is refused below, as beyond the log)
-        with request.app.state.database.session() as session:
-            last = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == size))
+    last = _published(request).hash_of(size)  # None beyond the log: refused below, as such
     key = (kind, low, size, str(last))
     kept = KEPT.get(key) if last is not None else None
     if kept is not None:

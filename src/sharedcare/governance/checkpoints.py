@@ -209,6 +209,13 @@ class Transparency:
         with self.database.session() as session:
             return inclusion_proof(session, seq, size, tree=self.tree)
 
+    def hash_of(self, seq: int) -> str | None:
+        """Entry `seq`'s chain hash, which fixes it and every entry before it; None if the log holds none."""
+        if not 0 < seq < 2**63:  # a database integer
+            return None
+        with self.database.session() as session:
+            return session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == seq))
+
 
 def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
     """Checkpoints from a witness's file, one JSON object a line; a line that is not one is an error
