@@ -105,10 +105,20 @@ def _warn_unkeyed_pseudonyms(settings: Settings) -> None:
                       "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
 
 
-def _database() -> Database:
+def _database(writes: bool = True) -> Database:
+    """The store, migrated. A command that `writes` (nearly all do: each audits what it did) is refused, exit 2,
+    when its audit key is not the log's: else its entries would fail `audit verify` ever after. The checks of
+    the log (verify, checkpoint, forward) write nothing and must report what they find, so they are not."""
+    from sharedcare.governance.audit import key_problem
+
     settings = _settings()
     db = Database(settings.database_url, settings.audit_chain_key)
     db.migrate()
+    if writes:
+        with db.session() as session:
+            problem = key_problem(session)
+        if problem:
+            raise _fail(problem)
     return db
 
 
@@ -1050,7 +1060,7 @@ def audit_verify(
         except SharedcareError as exc:
             raise _fail(str(exc)) from exc
     problems: list[str] = []
-    with _database().session() as session:
+    with _database(writes=False).session() as session:
         result = verify(session)
         if not result.ok:
             console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
@@ -1086,7 +1096,7 @@ def audit_checkpoint(
     if public_key:
         print(public_key_text(key))
         return
-    with _database().session() as session:
+    with _database(writes=False).session() as session:
         print(make_checkpoint(session, key).to_json())
 
 
@@ -1174,7 +1184,7 @@ def audit_forward(
     from sharedcare.governance.audit_forward import ChainBroken, ForwardError, forward, http_sender, read_position
 
     send = http_sender(repository, _settings().audit_repository_token)
-    database = _database()
+    database = _database(writes=False)
     try:
         started_at = read_position(state).seq
     except SharedcareError as exc:

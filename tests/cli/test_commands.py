@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.fhir_bundles import entries
@@ -138,6 +138,12 @@ def test_the_audit_key_outlives_a_rotated_secret_and_a_check_with_another_key_sa
     other = runner.invoke(app, ["audit", "verify"])
     said = " ".join(other.stderr.split())
     assert other.exit_code == 1 and "broken at entry 2" in said and "SHAREDCARE_AUDIT_KEY" in said
+    # a command that would write under the other key is stopped before it writes anything
+    refused = runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach"])
+    said = " ".join(refused.stderr.split())
+    assert refused.exit_code == 2 and "not written with this process's audit key" in said
+    with env.session() as s:
+        assert s.scalar(select(func.max(AuditEntry.seq))) == 3
 
 
 def test_agreements_set_rejects_an_unknown_status_and_organisation(env: Database) -> None:

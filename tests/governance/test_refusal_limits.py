@@ -47,6 +47,16 @@ def test_many_addresses_cannot_flood_the_log_and_what_they_sent_is_still_counted
     assert told.count(None) == 6 and sum(t or 0 for t in told) == 4  # the 4 forgotten ones, each told once
 
 
+def test_ipv4_clients_of_a_dual_stack_listener_each_have_their_own_share() -> None:
+    """A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`: taken as an IPv6 /64, every IPv4 client
+    fell into `::/64` and one client's flood of refusals used up every other's (MLLP review, 2026-12-07)."""
+    limits = audit.RefusalLimiter(per_minute=2, per_minute_all=100)
+    assert [limits.admit("::ffff:198.51.100.7") for _ in range(3)] == [0, 0, None]
+    assert limits.admit("::ffff:203.0.113.9") == 0  # another client: its own share
+    assert limits.admit("198.51.100.7") is None  # the same client, however it arrives
+    assert audit.network_of("::ffff:198.51.100.7") == "198.51.100.7"
+
+
 def test_a_flood_of_forged_tokens_writes_a_bounded_number_of_entries_and_every_one_is_refused(
         ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()

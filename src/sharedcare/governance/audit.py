@@ -361,11 +361,14 @@ class RefusalLimiter:
 
 def network_of(address: str | None) -> str | None:
     """The key an address is limited by (here, and in the MLLP listener's connections): an IPv6 address's /64,
-    which one client holds whole, any other address itself."""
+    which one client holds whole, any other address itself. An IPv4 client of a dual-stack listener arrives
+    as `::ffff:a.b.c.d`, and is its IPv4 address: else every IPv4 client shared the one /64 `::`."""
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
         return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
     return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
 
 
@@ -522,6 +525,25 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
         return "was written without the chain's key (forged by someone who can write to the database)"
     return ("content does not match its keyed hash: edited, or written by someone without the chain's key (or "
             "this check runs with another SHAREDCARE_AUDIT_KEY or SHAREDCARE_SECRET than the service)")
+
+
+KEY_CHECKED = 100  # the newest keyed entries a process checks its key against before it writes (`key_problem`)
+
+
+def key_problem(session: Session) -> str | None:
+    """Why this process must not write to the log, or None: its key (`Database.audit_key`) is not the one the
+    log's newest keyed entries were written with, and every entry it wrote would fail `verify` (a command run
+    without SHAREDCARE_AUDIT_KEY, or with SHAREDCARE_SECRET rotated and no audit key kept). One of the newest
+    `KEY_CHECKED` checking out is enough, so a few entries forged at the end do not stop the service."""
+    key = chain_key(session)
+    newest = session.scalars(select(AuditEntry).where(AuditEntry.seq > key.unkeyed_through)
+                             .order_by(AuditEntry.seq.desc()).limit(KEY_CHECKED)).all()
+    if not newest or any(_digest(entry.prev_hash, {name: getattr(entry, name) for name in _HASHED}, key.key)
+                         == entry.hash for entry in newest):
+        return None
+    return (f"the audit log's newest {len(newest)} entries (up to entry {newest[0].seq}) were not written with this "
+            "process's audit key, so every entry it wrote would fail `audit verify`: set SHAREDCARE_AUDIT_KEY (or "
+            "SHAREDCARE_SECRET, if no audit key is set) as the service has it")
 
 
 def verify(session: Session) -> VerifyResult:
