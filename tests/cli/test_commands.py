@@ -127,6 +127,7 @@ def test_the_audit_key_outlives_a_rotated_secret_and_a_check_with_another_key_sa
     SHAREDCARE_AUDIT_KEY: the log written before and after verifies. Checked under another key, `verify`
     names the first entry it cannot vouch for and says a different key may be why."""
     old_secret = "the secret this deployment started with, 32+ bytes"
+    monkeypatch.delenv("SHAREDCARE_AUDIT_KEY", raising=False)  # keyed by the secret, as before the setting
     monkeypatch.setenv("SHAREDCARE_SECRET", old_secret)
     runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
     monkeypatch.setenv("SHAREDCARE_SECRET", "the secret it was rotated to, also 32+ bytes")

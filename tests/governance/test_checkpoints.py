@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
 from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
-from tests.conftest import FRAMEWORK_PATH
+from tests.conftest import AUDIT_KEY, FRAMEWORK_PATH
 from tests.e2e.conftest import LiveServer
 from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner, Result
@@ -41,7 +41,7 @@ from sharedcare.governance.checkpoints import (
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
 
-KEY = signing_key("a deployment secret of at least thirty-two bytes")
+KEY = signing_key(AUDIT_KEY)  # the service's: its checkpoints are signed with the audit key
 PUBLIC = public_key_text(KEY)
 runner = CliRunner()
 
