@@ -1326,18 +1326,20 @@ def audit_search(
         record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
                                           detail=found.audit_detail(criteria)))
         rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
-                 "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e)}
+                 "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e),
+                 "verified": "no" if e.seq in found.unverified else "yes"}
                 for e in entries]
     if as_json:
         _print_json(rows)
         return
     more = f"; more match than --limit {limit}, newest shown" if found.more else ""
     table = Table(title=f"Audit: {len(rows)} entries{more}")
-    for column in ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason"):
+    columns = ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason",
+               "verified")
+    for column in columns:
         table.add_column(column)
     for r in rows:
-        table.add_row(*(_literal(r.get(c) or "") for c in ("seq", "recorded", "action", "outcome", "user",
-                                                           "organisation", "patient_id", "basis", "reason")))
+        table.add_row(*(_literal(r.get(c) or "") for c in columns))
     Console().print(table)
 
 
