@@ -4,7 +4,9 @@ All in one process on one synthetic ICS (SQLite unless --database names another 
 - decision latency: `policy.decide` for each person's full record, median and p99 per decision;
 - audit append rate: events per second appended to the hash chain (one transaction per event, as reads do),
   and what keying the chain costs: one entry's chain hash as an HMAC under the chain's key and as the plain
-  SHA-256 entries had before (governance/audit.py), timed alternately in batches;
+  SHA-256 entries had before (governance/audit.py), timed alternately in batches; and what building the
+  checkpoint tree afresh costs an entry (a server's first checkpoint: each entry read whole and checked to be
+  the service's, `checkpoints.AuditTree.catch_up`; later checkpoints add only the entries since);
 - `$everything` with and without governance, at the gateway and as whole HTTP requests. Without
   governance is `Ungoverned` below: the same rows read the same way (the gateway's `_rows`, with its
   decoded-content cache), served whole through the same route, with no decision inputs (agreements,
@@ -52,6 +54,7 @@ from sharedcare.api.deps import caller, governed_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, _digest, record_audit, to_audit_event
+from sharedcare.governance.checkpoints import AuditTree
 from sharedcare.governance.content_cache import content_cache
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import (
@@ -66,7 +69,7 @@ from sharedcare.governance.policy import Actor, Item, decide
 from sharedcare.governance.review import NOTHING_ON_REVIEW
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Resource
+from sharedcare.store.models import AuditHead, PatientRecord, Resource
 from sharedcare.synth import generate
 
 RESULTS = Path(__file__).parent / "results"
@@ -201,6 +204,17 @@ def chain_hash_cost(batches: int = 30, size: int = 1000) -> tuple[float, float]:
     return statistics.median(timed[key]), statistics.median(timed[None])
 
 
+def tree_cost(db: Database, rounds: int = 3) -> float:
+    """CPU microseconds an entry to build the checkpoint tree over the whole log afresh, median of `rounds`."""
+    timed = []
+    for _ in range(rounds):
+        with db.session() as session:
+            start, tree = time.process_time(), AuditTree()
+            tree.catch_up(session, session.get_one(AuditHead, 1).seq)
+            timed.append((time.process_time() - start) / len(tree.leaves) * 1e6)
+    return statistics.median(timed)
+
+
 def share(timings: Timings, suffix: str = "", average: Callable[[list[float]], float] = statistics.median) -> float:
     """Governance's share of the call: (governed - ungoverned) / governed, on `average` of each (`suffix`:
     "" wall clock, "_cpu" process CPU, "_server" the server threads' CPU)."""
@@ -288,6 +302,7 @@ def main() -> int:
                                                   released=[f"Condition/{i}"] * 20))
         append_rate = appends / (time.perf_counter() - start)
         keyed_us, plain_us = chain_hash_cost()
+        tree_us = tree_cost(db)
         if args.profile:
             console.print(profile_governed(db, fw, actor, people))
         db.dispose()
@@ -303,6 +318,7 @@ def main() -> int:
         "decision_cpu_ms_p99": percentile(decision_cpu_ms, 99),
         "audit_appends_per_s": append_rate,
         "audit_chain_hash_us_keyed": keyed_us, "audit_chain_hash_us_plain": plain_us,
+        "audit_tree_us_per_entry": tree_us,
         **medians("gateway", gw), **medians("http", http),
         "http_governed_ms_p95": percentile(http["governed"], 95),
         **shares("", http), **shares("gateway_", gw),
@@ -324,6 +340,7 @@ def main() -> int:
                   f"{figures['decision_cpu_ms_median']:.3f} / {figures['decision_cpu_ms_p99']:.3f}", "")
     table.add_row("audit appends/s", f"{append_rate:.0f}", "")
     table.add_row("  chain hash us per entry, keyed / plain", f"{keyed_us:.2f} / {plain_us:.2f}", "")
+    table.add_row("  checkpoint tree built afresh, CPU us per entry", f"{tree_us:.1f}", "")
     for label, key in (("gateway $everything ms, governed / ungoverned", "gateway_{}_ms_median"),
                        ("  the same in CPU ms", "gateway_{}_cpu_ms_median"),
                        ("HTTP $everything ms, governed / ungoverned", "http_{}_ms_median"),

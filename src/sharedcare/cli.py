@@ -1109,7 +1109,8 @@ def audit_witness(
 ) -> None:
     """Run by a witness outside the service (say every 5 minutes): fetch its signed checkpoint, check with a
     consistency proof that the log extends the last checkpoint kept in --store, and keep it; exit 1 naming
-    what is wrong (a forged checkpoint, a log cut back or rewritten, a split view) and keep nothing, 2 if
+    what is wrong (a forged checkpoint, a log cut back or rewritten, a split view, or an entry in it that the
+    service will not sign over: HTTP 409, an entry it did not write) and keep nothing, 2 if
     the service cannot be reached or answers with an error, 3 if it refuses for now (HTTP 429: too many
     proofs asked of it) once more after waiting as long as it said (Retry-After, at most 5 minutes)."""
     import json
@@ -1121,6 +1122,13 @@ def audit_witness(
 
     from sharedcare.governance.checkpoints import read_checkpoints, witness_problems
 
+    def said(exc: urllib.error.HTTPError) -> str:
+        """The service's own words for its error (its OperationOutcome's diagnostics), if it gave any."""
+        try:
+            return f": {json.load(exc)['issue'][0]['diagnostics']}"
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return ""
+
     def fetch(path: str, waited: bool = False) -> dict[str, object]:
         address = url.rstrip("/") + path
         try:
@@ -1129,7 +1137,7 @@ def audit_witness(
                 return found
         except urllib.error.HTTPError as exc:
             if exc.code != 429:
-                raise _fail(f"{address}: {exc}") from exc
+                raise _fail(f"{address}: {exc}{said(exc)}", code=1 if exc.code == 409 else 2) from exc
             if waited:
                 raise _fail(f"{address}: refused again after waiting ({exc}): the service is answering too many "
                             "proofs; nothing kept, run again later", code=3) from exc
@@ -1326,18 +1334,20 @@ def audit_search(
         record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
                                           detail=found.audit_detail(criteria)))
         rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
-                 "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e)}
+                 "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e),
+                 "verified": "no" if e.seq in found.unverified else "yes"}
                 for e in entries]
     if as_json:
         _print_json(rows)
         return
     more = f"; more match than --limit {limit}, newest shown" if found.more else ""
     table = Table(title=f"Audit: {len(rows)} entries{more}")
-    for column in ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason"):
+    columns = ("seq", "recorded", "action", "outcome", "user", "organisation", "patient_id", "basis", "reason",
+               "verified")
+    for column in columns:
         table.add_column(column)
     for r in rows:
-        table.add_row(*(_literal(r.get(c) or "") for c in ("seq", "recorded", "action", "outcome", "user",
-                                                           "organisation", "patient_id", "basis", "reason")))
+        table.add_row(*(_literal(r.get(c) or "") for c in columns))
     Console().print(table)
 
 

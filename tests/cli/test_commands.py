@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.fhir_bundles import entries
-from tests.governance.test_audit import as_an_attacker_with_ddl_rights
+from tests.governance.test_audit import _forged_after_head, _plain, _write, as_an_attacker_with_ddl_rights
 from tests.ingest.test_hl7v2 import results
 from tests.small_ics import Ics
 from typer.testing import CliRunner
@@ -316,6 +316,14 @@ def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Databa
     assert runner.invoke(app, ["audit", "export", "--out", str(out)]).exit_code == 0
     assert len(out.read_text().splitlines()) == len(json.loads(runner.invoke(
         app, ["audit", "search", "--json"]).stdout))
+
+
+def test_audit_search_says_which_entries_could_not_be_verified(env: Database) -> None:
+    """An entry appended without the chain's key (`audit verify` names it forged) is `verified: no`."""
+    _write(env, 2)
+    forged = _forged_after_head(env, _plain)
+    found = json.loads(runner.invoke(app, ["audit", "search", "--json"]).stdout)
+    assert {r["seq"]: r["verified"] for r in found} == {**{r["seq"]: "yes" for r in found}, forged: "no"}
 
 
 def test_mpi_evaluate_scores_the_index_and_relink_improves_it(env: Database, tmp_path: Path) -> None:

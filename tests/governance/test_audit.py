@@ -376,19 +376,28 @@ def test_entries_written_with_the_earlier_cleaning_still_verify(db: Database,
     assert result.ok and result.checked == session.get_one(AuditHead, 1).seq
 
 
-def _forged_after_head(db: Database, digest: Callable[[bytes], str]) -> int:
+def _plain(message: bytes) -> str:
+    """The hash a forger without the chain's key can write: a plain SHA-256."""
+    return hashlib.sha256(message).hexdigest()
+
+
+FORGED_READ = AuditRecord(AuditAction.RECORD_READ, "permit", username="dr.patel", role="gp", organisation="P81001",
+                          purpose="direct-care", patient_id="p-forged")
+
+
+def _forged_after_head(db: Database, digest: Callable[[bytes], str], record: AuditRecord = FORGED_READ) -> int:
     """Append, as the application's own database role may (no trigger dropped), an entry that follows the head,
-    naming a read of a patient's record that never happened, hashed by `digest` of what the chain hashes."""
+    naming `record` (by default a read of a patient's record that never happened), hashed by `digest` of what
+    the chain hashes."""
     from datetime import UTC, datetime
 
     with db.engine.begin() as conn:
         seq, prev_hash = conn.execute(select(AuditHead.seq, AuditHead.hash)).one()
         recorded = datetime.now(UTC)
-        record = AuditRecord(AuditAction.RECORD_READ, "permit", username="dr.patel", role="gp",
-                             organisation="P81001", purpose="direct-care", patient_id="p-forged")
         row: dict[str, Any] = {"seq": seq + 1, "recorded_at": recorded, "action": record.action.value,
-                               "outcome": "permit", "username": "dr.patel", "organisation": "P81001",
-                               "patient_id": "p-forged", "event": audit.to_audit_event(record, recorded)}
+                               "outcome": record.outcome, "username": record.username,
+                               "organisation": record.organisation, "patient_id": record.patient_id,
+                               "event": audit.to_audit_event(record, recorded)}
         hashed = {**row, "recorded_at": recorded.isoformat()}
         row["hash"] = digest(prev_hash.encode() + _canonical(hashed))
         conn.execute(insert(AuditEntry).values(prev_hash=prev_hash, **row))

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
 from tests.conftest import AUDIT_KEY, FRAMEWORK_PATH
 from tests.e2e.conftest import LiveServer
-from tests.governance.test_audit import _write, as_an_attacker_with_ddl_rights
+from tests.governance.test_audit import _forged_after_head, _plain, _write, as_an_attacker_with_ddl_rights
 from typer.testing import CliRunner, Result
 
 from sharedcare.api import transparency
@@ -28,6 +28,8 @@ from sharedcare.governance.audit import _HASHED, GENESIS, RefusalLimiter, _diges
 from sharedcare.governance.checkpoints import (
     AuditTree,
     CheckpointError,
+    Transparency,
+    UnsoundLog,
     check_against_chain,
     consistency_proof,
     inclusion_proof,
@@ -262,6 +264,46 @@ def test_the_witness_command_follows_the_service_over_http_and_stops_at_a_rewrit
     assert refused.exit_code == 1 and f"checkpoint at entry {six}" in refused.stderr
     assert f"does not extend the {five}" in refused.stderr
     assert [json.loads(line)["seq"] for line in store.read_text().splitlines()] == [three, five]
+
+
+def test_no_checkpoint_or_proof_vouches_for_an_entry_appended_without_the_key(db: Database) -> None:
+    """A read that never happened, appended by the application's database role without the chain's key: the
+    service signs no checkpoint and gives no proof over it (nor over the genuine entries after it), with a
+    tree kept between requests or one built afresh; the log before it is still proved."""
+    published = Transparency(db, "a deployment secret of at least thirty-two bytes")
+    (*_, last) = _write(db, 3)
+    before = published.checkpoint()
+    forged = _forged_after_head(db, _plain)
+    _write(db, 1)
+    named = f"audit entry {forged} was not written by the service"
+    with pytest.raises(UnsoundLog, match=named):
+        published.checkpoint()
+    with pytest.raises(UnsoundLog, match=named):
+        published.inclusion(forged, forged)
+    with pytest.raises(UnsoundLog, match=named):
+        published.consistency(before.seq, forged + 1)
+    with db.session() as s, pytest.raises(UnsoundLog, match=named):
+        make_checkpoint(s, KEY)
+    assert proves_inclusion(published.inclusion(last, before.seq), before)
+
+
+def test_the_witness_is_told_which_entry_the_service_will_not_sign_and_exits_1(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """GET /audit/checkpoint answers 409 naming the forged entry, and `audit witness` prints it and exits 1 (a
+    log tampered with), not 2 (a service down), keeping nothing."""
+    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
+    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
+    store = tmp_path / "witness.jsonl"
+    _write(env, 3)
+    forged = _forged_after_head(env, _plain)
+    with LiveServer(create_app(settings, database=env)) as server:
+        answer = httpx.get(f"{server.url}/audit/checkpoint")
+        refused = runner.invoke(app, ["audit", "witness", server.url, "--store", str(store), "--public-key", PUBLIC])
+    assert answer.status_code == 409
+    assert f"audit entry {forged} was not written by the service" in answer.json()["issue"][0]["diagnostics"]
+    said = " ".join(refused.stderr.split())
+    assert refused.exit_code == 1 and f"audit entry {forged} was not written by the service" in said
+    assert not store.exists()
 
 
 def test_an_entry_is_proved_in_the_log_a_witness_signed_and_an_edited_one_is_not(db: Database) -> None:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
+from tests.governance.test_audit import _forged_after_head, _plain
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
 from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
@@ -250,6 +251,36 @@ def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_pati
             (officer, "looked at the list of who has seen your record (an information governance check)")]
     assert len(said) == len(told)  # newest first
     assert all(who in row and what in row for row, (who, what) in zip(said, told, strict=True)), said
+
+
+UNVERIFIED_TAG = 'nhsuk-tag--red">Could not be verified'
+
+
+def test_the_audit_search_flags_an_entry_the_service_did_not_write(ics: Ics) -> None:
+    """An entry appended to the log by someone without the chain's key (`audit verify` names it forged) is
+    shown in the IG officer's search, flagged with what it means and what to do; genuine ones are not."""
+    _forged_after_head(_db(ics), _plain)
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    _sign_in(ics)
+    found = ics.client.post("/ig/audit", data={"patient": "p-forged"}).text
+    assert "1 event found" in found and found.count(UNVERIFIED_TAG) == 1
+    assert "Entries that could not be verified" in found and "sharedcare audit verify" in found
+    recent = ics.client.get("/ig/audit").text
+    assert "para.evans" in recent and "dr.patel" in recent and recent.count(UNVERIFIED_TAG) == 1
+
+
+def test_an_agreement_change_the_service_did_not_write_is_flagged_on_the_board(ics: Ics) -> None:
+    """A suspension written into the audit log by someone without the chain's key shows on the board's history
+    as not verified, not as a change an officer made; the genuine change beside it is not flagged."""
+    _sign_in(ics)
+    ics.client.post("/ig/agreements/RYC", data={"status": "suspended", "reason": "breach reported"})
+    _forged_after_head(_db(ics), _plain, AuditRecord(
+        AuditAction.AGREEMENT_SET, "permit", "ig.morgan", purpose="governance", reason="nothing happened",
+        detail={"organisation": "RYC", "status": "signed"}))
+    history = ics.client.get("/ig/agreements").text
+    assert history.count(UNVERIFIED_TAG) == 1
+    flagged = history[history.index(UNVERIFIED_TAG):]
+    assert flagged.index("nothing happened") < flagged.index("breach reported")  # newest first: only it flagged
 
 
 def test_suspending_an_agreement_locks_its_users_out_on_their_next_request(ics: Ics) -> None:

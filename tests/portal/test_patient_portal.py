@@ -4,6 +4,7 @@ record, a clinician's session)."""
 
 from __future__ import annotations
 
+import html
 import re
 from dataclasses import replace
 from datetime import timedelta
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from tests.fhir_bundles import entries
+from tests.governance.test_audit import FORGED_READ, _forged_after_head, _plain
 from tests.portal_client import PortalClient
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -19,7 +21,7 @@ from sharedcare.api.app import create_app
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
-from sharedcare.governance.access_log import PATIENT_VISIBLE
+from sharedcare.governance.access_log import PATIENT_VISIBLE, UNVERIFIED_WORDS
 from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
@@ -177,6 +179,22 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
     assert page.count("Carys Evans") == 2 and "Paramedic" in page and "North Region Ambulance Service" in page
     assert "confused, daughter not present" in page and "Dr Amara Patel" in page and "Refused" in page
     assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
+
+
+def test_a_look_the_service_did_not_record_is_listed_as_not_verified(ics: Ics) -> None:
+    """A read of the record appended to the log by someone without the chain's key (the database role may
+    INSERT), which `audit verify` names as forged: listed, so that the citizen sees something is wrong, but
+    marked as not verified rather than shown as fact; the genuine looks around it are not marked."""
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    _forged_after_head(_db(ics), _plain, replace(FORGED_READ, patient_id=ics.okafor))
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    _sign_in(ics.client)
+    rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
+    said = [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row).split())) for row in rows]
+    forged = [row for row in said if "Dr Amara Patel" in row]
+    assert len(forged) == 1 and "Could not be verified" in forged[0] and UNVERIFIED_WORDS in forged[0]
+    genuine = [row for row in said if "Carys Evans" in row]
+    assert genuine and not any("Could not be verified" in row for row in genuine)
 
 
 def test_a_choice_is_explained_first_and_applies_to_the_next_clinician_request(ics: Ics) -> None:

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, operation_outcome
 from sharedcare.governance.audit import RefusalLimiter
-from sharedcare.governance.checkpoints import Transparency
+from sharedcare.governance.checkpoints import Transparency, UnsoundLog
 
 router = APIRouter(prefix="/audit", tags=["audit transparency"])
 # New proofs a minute in this process: from one address (an IPv6 /64), and from all together (at about 0.4 s
@@ -38,6 +38,14 @@ PROOFS = RefusalLimiter(per_minute=5, per_minute_all=50)
 THROTTLED: dict[int | str, dict[str, Any]] = {429: {
     "description": "Too many proofs asked for this minute (Retry-After says when to ask again)",
     "content": {FHIR_JSON: ERROR_RESPONSES[400]["content"][FHIR_JSON]}}}
+UNSOUND: dict[int | str, dict[str, Any]] = {409: {
+    "description": "The log holds an entry the service did not write (or one missing): nothing is signed over it",
+    "content": {FHIR_JSON: ERROR_RESPONSES[400]["content"][FHIR_JSON]}}}
+
+
+def _unsound(request: Request, exc: UnsoundLog) -> JSONResponse:
+    """A 409 naming the entry no checkpoint or proof may vouch for, for the witness to report."""
+    return operation_outcome(409, "conflict", f"nothing signed or proved: {exc}", request.state.request_id)
 
 
 def _throttled(request: Request) -> JSONResponse | None:
@@ -94,7 +102,10 @@ def _proof(request: Request, kind: str, low: int, size: int,
     refused = _throttled(request)
     if refused is not None:
         return refused
-    proof = prove(_published(request))
+    try:
+        proof = prove(_published(request))
+    except UnsoundLog as exc:
+        return _unsound(request, exc)
     if last is not None:
         KEPT.put(key, proof)
     return proof
@@ -108,20 +119,23 @@ def _published(request: Request) -> Transparency:
     return published
 
 
-@router.get("/checkpoint")
-def checkpoint(request: Request) -> dict[str, Any]:
+@router.get("/checkpoint", responses=UNSOUND, response_model=None)
+def checkpoint(request: Request) -> dict[str, Any] | JSONResponse:
     """The log's current checkpoint, signed now."""
-    return asdict(_published(request).checkpoint())
+    try:
+        return asdict(_published(request).checkpoint())
+    except UnsoundLog as exc:
+        return _unsound(request, exc)
 
 
-@router.get("/consistency", responses=THROTTLED, response_model=None)
+@router.get("/consistency", responses=THROTTLED | UNSOUND, response_model=None)
 def consistency(request: Request, first: Annotated[int, Query(ge=1)],
                 second: Annotated[int, Query(ge=1)]) -> dict[str, Any] | JSONResponse:
     """Proof that the log of `second` entries extends the log of `first` (both at most the log's size)."""
     return _proof(request, "consistency", first, second, lambda published: published.consistency(first, second))
 
 
-@router.get("/inclusion", responses=THROTTLED, response_model=None)
+@router.get("/inclusion", responses=THROTTLED | UNSOUND, response_model=None)
 def inclusion(request: Request, seq: Annotated[int, Query(ge=1)],
               size: Annotated[int, Query(ge=1)]) -> dict[str, Any] | JSONResponse:
     """Proof that entry `seq` (its chain hash) is in the log of `size` entries."""

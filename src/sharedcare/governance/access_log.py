@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
-from sharedcare.governance.audit import AuditAction, expanded, minted_by
+from sharedcare.governance.audit import AuditAction, chain_key, entry_is_genuine, expanded, minted_by
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
 
@@ -58,6 +58,11 @@ ITEM_WORDS = {
     "CarePlan": "viewed a care plan in your record",
     "DocumentReference": "viewed a letter or document in your record",
 }
+# Beside an entry whose hash is not the service's (written into the database by someone without the chain's
+# key): shown, not hidden, so that the citizen knows something is wrong, but not as a fact. `audit verify`
+# and the forwarder name the same entry to the operators.
+UNVERIFIED_WORDS = ("This entry could not be verified: it may not have been recorded by the shared care "
+                    "record, and may not be true. Please tell the information governance team.")
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ class Found:
 
     entries: list[AuditEntry]
     more: bool
+    unverified: frozenset[int]  # the entries shown (by seq) whose hash is not the service's
 
     def audit_detail(self, criteria: Mapping[str, object]) -> dict[str, str]:
         """What the search's own audit entry records: the criteria given, and what was shown (how many
@@ -210,7 +216,9 @@ class Found:
 def search_page(session: Session, limit: int, **criteria: Any) -> Found:
     """Up to `limit` entries of `search`, and whether more matched (one more is read to tell)."""
     entries = search(session, limit=limit + 1, **criteria)
-    return Found(entries[:limit], len(entries) > limit)
+    key = chain_key(session)
+    return Found(entries[:limit], len(entries) > limit,
+                 frozenset(entry.seq for entry in entries[:limit] if not entry_is_genuine(entry, key)))
 
 
 def requested_resource(entry: AuditEntry) -> str | None:
@@ -253,6 +261,7 @@ class Access:
     reason: str
     outcome: str
     how: str = ""  # MINTED_WORDS for a look made with a token an operator minted
+    unverified: str = ""  # UNVERIFIED_WORDS for an entry whose hash is not the service's
 
 
 @dataclass(frozen=True)
@@ -290,6 +299,8 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
       the whole entry if they ask who.
     A look under a person id wholly merged into this one, made when that id held only records this person
     holds now, was at these records alone, and is shown whole.
+    An entry whose hash is not the service's (`entry_is_genuine`) is shown with UNVERIFIED_WORDS: it may
+    name a look that never happened, and hiding it would hide that someone wrote into the log.
 
     The page's entries are chosen before items of other people are left out, so a page may hold fewer than
     `limit`; `older` still says where the next one starts."""
@@ -305,6 +316,7 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     own = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
     joined = _joined_spans(session, {h.person_id for h in held}, own)
     mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS], own)
+    key = chain_key(session)
     page = []
     for entry in entries:
         was_joined = any(_covers(span, entry) for span in joined)
@@ -312,8 +324,8 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
         whole_record = item is None or item == f"Patient/{entry.patient_id}"
         if not whole_record and entry.seq not in mine:
             continue  # an item of another person's record
-        page.append(_joined_look(entry) if was_joined and whole_record
-                    else _access(fw, entry, hide_reason=was_joined))
+        access = _joined_look(entry) if was_joined and whole_record else _access(fw, entry, hide_reason=was_joined)
+        page.append(access if entry_is_genuine(entry, key) else replace(access, unverified=UNVERIFIED_WORDS))
     return AccessPage(page, older)
 
 

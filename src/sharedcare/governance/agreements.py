@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import details
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.audit import AuditAction, AuditRecord, chain_key, entry_is_genuine, record_audit
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework
 from sharedcare.store.database import Database, Prepared
 from sharedcare.store.models import AgreementChange, AuditEntry
@@ -148,15 +148,19 @@ class AgreementEvent:
     by: str
     status: str
     reason: str
+    unverified: bool  # the entry's hash is not the service's: written by someone without the chain's key
 
 
 def agreement_history(session: Session) -> dict[str, list[AgreementEvent]]:
     """Each organisation's agreement changes, newest first, with the reasons given (from the audit log,
-    which holds the reason: the change table does not)."""
+    which holds the reason: the change table does not). An entry the service did not write is marked, not
+    taken as a change someone made."""
     history: dict[str, list[AgreementEvent]] = {}
+    key = chain_key(session)
     for entry in session.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.AGREEMENT_SET.value)
                                  .order_by(AuditEntry.seq.desc())):
         info = details(entry)
         history.setdefault(info.get("organisation", ""), []).append(
-            AgreementEvent(entry.recorded_at, entry.username or "", info.get("status", ""), info.get("reason", "")))
+            AgreementEvent(entry.recorded_at, entry.username or "", info.get("status", ""), info.get("reason", ""),
+                           not entry_is_genuine(entry, key)))
     return history

@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.audit import GENESIS, chain_key, entry_is_genuine
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
 
@@ -55,6 +56,11 @@ LOG_NAME = "sharedcare audit log"
 
 class CheckpointError(SharedcareError):
     """A checkpoint that cannot be read: names the file, the line and what is wrong."""
+
+
+class UnsoundLog(CheckpointError):
+    """The log holds an entry no checkpoint or proof may vouch for (missing, off the chain or not the
+    service's): named, so that the witness asking is told why nothing is signed."""
 
 
 def signing_key(secret: str) -> Ed25519PrivateKey:
@@ -99,23 +105,34 @@ class AuditTree(BaseMerkleTree):
         self.leaves: list[bytes] = []
         self.last_hash: str | None = None  # the chain hash of the last leaf's entry, as read
 
-    def catch_up(self, session: Session, upto: int) -> None:
-        """Add the entries after the last leaf, up to entry `upto`. A tree kept between calls is rebuilt if
-        the store no longer holds its last leaf's entry as read (the log was rewritten or cut back beneath
+    def catch_up(self, session: Session, upto: int, checked: bool = True) -> None:
+        """Add the entries after the last leaf, up to entry `upto`. Each is `checked` to follow the one before
+        and to be the service's (`entry_is_genuine`), else UnsoundLog names it: a checkpoint or a proof over an
+        entry someone without the chain's key appended would vouch for it. A tree kept between calls is rebuilt
+        if the store no longer holds its last leaf's entry as read (the log was rewritten or cut back beneath
         it): it must show what the store holds, so that witnesses see the rewrite."""
         with self.lock:
             if self.leaves and session.scalar(
                     select(AuditEntry.hash).where(AuditEntry.seq == len(self.leaves))) != self.last_hash:
                 self.leaves, self.last_hash = [], None
                 self.cache_clear()
-            rows = session.execute(select(AuditEntry.seq, AuditEntry.hash).where(
-                AuditEntry.seq > len(self.leaves), AuditEntry.seq <= upto).order_by(AuditEntry.seq))
-            for seq, digest in rows:
-                if seq != len(self.leaves) + 1:
-                    raise CheckpointError(f"audit entry {len(self.leaves) + 1} is missing (the next is {seq})",
-                                          where="audit log")
-                self.append_entry(bytes.fromhex(digest))
-                self.last_hash = digest
+            key = chain_key(session)
+            entries = session.scalars(select(AuditEntry).where(
+                AuditEntry.seq > len(self.leaves), AuditEntry.seq <= upto).order_by(AuditEntry.seq)
+                .execution_options(yield_per=1000))
+            for entry in entries:
+                if entry.seq != len(self.leaves) + 1:
+                    raise UnsoundLog(f"audit entry {len(self.leaves) + 1} is missing (the next is {entry.seq})",
+                                     where="audit log")
+                if checked and entry.prev_hash != (self.last_hash or GENESIS):
+                    raise UnsoundLog(f"audit entry {entry.seq} does not follow the entry before it",
+                                     where="audit log")
+                if checked and not entry_is_genuine(entry, key):
+                    raise UnsoundLog(f"audit entry {entry.seq} was not written by the service (its hash is not "
+                                     "under the chain's key: forged, or edited in the database); run "
+                                     "`sharedcare audit verify`", where="audit log")
+                self.append_entry(bytes.fromhex(entry.hash))
+                self.last_hash = entry.hash
 
     def _encode_entry(self, data: bytes) -> bytes:
         return data
@@ -263,7 +280,7 @@ def check_against_chain(session: Session, checkpoints: list[Checkpoint], public_
     head = session.get(AuditHead, 1)
     head_seq = head.seq if head else 0
     tree = AuditTree()
-    tree.catch_up(session, head_seq)
+    tree.catch_up(session, head_seq, checked=False)  # what is stored, as it is: `verify` judges the entries
     stored = {seq: digest for seq, digest in session.execute(select(AuditEntry.seq, AuditEntry.hash).where(
         AuditEntry.seq.in_([c.seq for c in signed if c.seq > 0])))}
     for checkpoint in signed:

@@ -20,7 +20,7 @@ from sharedcare.api.deps import FrameworkDep, IgDep, people_only
 from sharedcare.clock import utcnow
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
-from sharedcare.governance.access_log import details, requested_resource
+from sharedcare.governance.access_log import Found, details, requested_resource
 from sharedcare.governance.audit import expanded, minted_by
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
@@ -115,9 +115,10 @@ class AuditRow:
     kinds: str  # what the released items were, by type ("Observation 40, Condition 12")
     item: str  # the resource a resource read asked for
     minted: str  # for an action taken with a `sharedcare token`: who minted it, and the token's id
+    unverified: bool  # its hash is not the service's: written by someone without the chain's key
 
 
-def _audit_row(entry: Any, fw: Framework) -> AuditRow:
+def _audit_row(entry: Any, fw: Framework, unverified: bool) -> AuditRow:
     """One audit entry in words (`entry` is the store's AuditEntry, which only governance imports)."""
     agent = (entry.event.get("agent") or [{}])[0]
     user = fw.users.get(entry.username or "")
@@ -136,7 +137,12 @@ def _audit_row(entry: Any, fw: Framework) -> AuditRow:
                     role.label if role else role_code, org.name if org else (entry.organisation or ""),
                     entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released,
                     ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) if released else "", item or "",
-                    f"with a token minted by {minter[0]} (token {minter[1]})" if minter else "")
+                    f"with a token minted by {minter[0]} (token {minter[1]})" if minter else "",
+                    unverified)
+
+
+def _audit_rows(found: Found, fw: Framework) -> list[AuditRow]:
+    return [_audit_row(entry, fw, entry.seq in found.unverified) for entry in found.entries]
 
 
 def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
@@ -151,7 +157,7 @@ def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200
 @router.get("/audit", response_class=HTMLResponse)
 def audit_form(request: Request, ig: IgDep, fw: FrameworkDep) -> Response:
     """The search form, above the most recent events."""
-    return _audit_page(request, ig, fw, rows=[_audit_row(e, fw) for e in ig.search(RECENT).entries], recent=True)
+    return _audit_page(request, ig, fw, rows=_audit_rows(ig.search(RECENT), fw), recent=True)
 
 
 @router.post("/audit", response_class=HTMLResponse)
@@ -186,7 +192,7 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
     found = ig.search(FOUND, nhs_number=number or None, patient_id=patient.strip() or None,
                       username=user.strip() or None, organisation=organisation or None, since=bounds["from"],
                       until=until)
-    return _audit_page(request, ig, fw, form=form, rows=[_audit_row(e, fw) for e in found.entries],
+    return _audit_page(request, ig, fw, form=form, rows=_audit_rows(found, fw),
                        more=found.more)
 
 
