@@ -545,8 +545,7 @@ def key_problem(session: Session) -> str | None:
     key = chain_key(session)
     newest = session.scalars(select(AuditEntry).where(AuditEntry.seq > key.unkeyed_through)
                              .order_by(AuditEntry.seq.desc()).limit(KEY_CHECKED)).all()
-    if not newest or any(_digest(entry.prev_hash, {name: getattr(entry, name) for name in _HASHED}, key.key)
-                         == entry.hash for entry in newest):
+    if not newest or any(entry_is_genuine(entry, key) for entry in newest):
         return None
     return (f"the audit log's newest {len(newest)} entries (up to entry {newest[0].seq}) were not written with this "
             "process's audit key, so every entry it wrote would fail `audit verify`: set SHAREDCARE_AUDIT_KEY (or "
