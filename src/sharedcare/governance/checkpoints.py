@@ -29,7 +29,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -117,9 +117,13 @@ class AuditTree(BaseMerkleTree):
                 self.leaves, self.last_hash = [], None
                 self.cache_clear()
             key = chain_key(session)
-            entries = session.scalars(select(AuditEntry).where(
-                AuditEntry.seq > len(self.leaves), AuditEntry.seq <= upto).order_by(AuditEntry.seq)
-                .execution_options(yield_per=1000))
+            after = (AuditEntry.seq > len(self.leaves), AuditEntry.seq <= upto)
+            # whole entries, their events decoded and hashed (about 65-90 us each); or, unchecked (`audit verify
+            # --checkpoints`, whose chain check comes first), the leaves alone (about 3-7 us)
+            entries = cast(Iterable[Any], session.scalars(
+                select(AuditEntry).where(*after).order_by(AuditEntry.seq).execution_options(yield_per=1000))
+                if checked else session.execute(select(AuditEntry.seq, AuditEntry.hash).where(*after)
+                                                .order_by(AuditEntry.seq)))
             for entry in entries:
                 if entry.seq != len(self.leaves) + 1:
                     raise UnsoundLog(f"audit entry {len(self.leaves) + 1} is missing (the next is {entry.seq})",
