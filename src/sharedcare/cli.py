@@ -174,6 +174,16 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _figures_table(title: str, figures: dict[str, object]) -> Table:
+    """A report's figures as a table a person reads, one row a figure (its `--json` is the same dict)."""
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key.replace("_", " "), str(value))
+    return table
+
+
 def _report_table(report: dict[str, Any]) -> Table:
     table = Table(title="Ingest summary")
     table.add_column("measure")
@@ -1471,12 +1481,7 @@ def mpi_relink(
     if as_json:
         _print_json(report.to_json())
         return
-    table = Table(title="MPI relink")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in report.to_json().items():
-        table.add_row(key.replace("_", " "), str(value))
-    Console().print(table)
+    Console().print(_figures_table("MPI relink", report.to_json()))
     console.print(f"model saved to {model_out}")
 
 
@@ -1500,12 +1505,7 @@ def mpi_reprepare(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
     if as_json:
         _print_json(report.to_json())
         return
-    table = Table(title="MPI reprepare")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in report.to_json().items():
-        table.add_row(key.replace("_", " "), str(value))
-    Console().print(table)
+    Console().print(_figures_table("MPI reprepare", report.to_json()))
 
 
 @mpi_app.command("evaluate")

@@ -8,36 +8,23 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import select, update
-from tests.builders import bundle, patient, write_ndjson
+from sqlalchemy import update
+from tests.builders import patient
 from tests.conftest import FRAMEWORK_PATH
+from tests.identity.test_journeys import _ingest, _records
 from tests.ingest.test_hl7v2 import GOOD_NHS, OTHER_NHS
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.governance.framework import Framework
-from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Person
 
 GP, HOSPITAL = ("P81001", "emis"), ("RXR", "epr")
 runner = CliRunner()
 
-
-def _ingest(db: Database, framework: Framework, path: Path, *messages: tuple[tuple[str, str], dict[str, Any]]) -> None:
-    report = Pipeline(db, framework).ingest_paths([write_ndjson(path, [
-        bundle(org, system, [res]) for (org, system), res in messages])])
-    assert report.quarantined == 0, report.quarantine
-
-
-def _records(db: Database) -> dict[str, PatientRecord]:
-    with db.session() as s:
-        rows = list(s.scalars(select(PatientRecord)))
-        s.expunge_all()
-    return {f"{r.source_org}/{r.source_id}": r for r in rows}
 
 
 def _as_stored_before(db: Database, source_id: str, **old: object) -> None:
