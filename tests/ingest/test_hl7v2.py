@@ -561,6 +561,17 @@ def test_a_result_sent_twice_in_one_message_is_held_naming_it(db: Database, fram
     assert report.quarantine[0]["location"] == "message 1 (MSH-10 LAB1)"
 
 
+def test_a_message_whose_sending_application_is_longer_than_the_store_keeps_is_held_naming_it(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An application name (MSH-3) past the store's 40 characters was a database error on PostgreSQL (AE 207,
+    naming nothing the sender could fix); it is held naming the field and the limit, on every store."""
+    long_name = admission().replace("|PAS|", f"|{'P' * 41}|", 1)
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [long_name, results()])])
+    (held,) = report.quarantine
+    assert "sending application (MSH-3) of 41 characters: the store keeps at most 40" in held["reason"]
+    assert _count(db, PatientRecord) == 1 and report.accepted > 0
+
+
 def test_a_file_message_with_a_control_id_longer_than_the_store_keeps_is_held_naming_it_by_its_start(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """Network review of 2026-12-07 (MEDIUM): MSH-10 is the sender's to fill. One longer than each resource keeps (100

@@ -88,6 +88,21 @@ def test_an_hl7_message_resent_corrected_with_its_control_id_supersedes_the_held
     assert [i.status for i in _items(env)] == ["superseded"]
 
 
+def test_a_message_held_with_a_huge_sending_application_is_held_and_superseded_by_its_corrected_copy(
+        env: Database, framework: Framework) -> None:
+    """A 300,000-character MSH-3 made the held item's key too long for PostgreSQL's index: the listener closed
+    the connection without an ACK and nothing was held. The key is now its start and its digest."""
+    listener = MllpServer(Pipeline(env, framework))
+    name = "PAS^" + "X" * 300_000  # the key holds MSH-3 whole; the system is its first part
+    held = listener.handle(_a01(BAD_DOB, app_name=name), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(held, "MSA")[1] == "AE"
+    (item,) = _items(env)
+    assert item.status == "held" and item.message_key is not None and len(item.message_key) < 300
+    fixed = listener.handle(_a01(GOOD_DOB, app_name=name), "127.0.0.1:5000").decode("latin-1")
+    assert _segment(fixed, "MSA")[1] == "AA"
+    assert [i.status for i in _items(env)] == ["superseded"]
+
+
 @pytest.mark.parametrize("sent", ["2026110109300X", "{ahead}"], ids=["malformed-msh-7", "msh-7-in-the-future"])
 def test_an_hl7_message_held_for_its_own_msh_7_is_superseded_by_its_corrected_copy(
         env: Database, framework: Framework, sent: str) -> None:
@@ -335,5 +350,5 @@ def test_a_superseded_items_audit_event_names_a_long_sending_application_cut(
     with env.session() as s:
         events = [json.dumps(e.event) for e in s.scalars(select(AuditEntry))]
     (superseded,) = [e for e in events if "governance:quarantine:superseded" in e]
-    assert "MSH-3 PAS^XXXX" in superseded and "... (cut from 300024 characters)" in superseded  # the whole key
+    assert "MSH-3 PAS^XXXX" in superseded and "... sha256:" in superseded  # the key, its start and its digest
     assert max(len(e) for e in events) < 5_000

@@ -54,6 +54,7 @@ ADT_EVENTS: dict[str, str | None] = {
     "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None,
 }
 CONTROL_ID_CHARACTERS = 100  # as much of MSH-10 as the store keeps (each resource's message_id, String(100))
+SYSTEM_CHARACTERS = 40  # as much of MSH-3's application name as the store keeps (source_system, String(40))
 # A40 and A34 merge one of the sender's patient records into another (MRG-1 names the retired one);
 # the other merge events (visit and account merges, person-level A18/A30/A36/A39) are held for now.
 PATIENT_MERGES = {"A34", "A40"}
@@ -226,6 +227,9 @@ def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -
                            condition=Condition.TABLE_VALUE)
     system = "-".join(msh.get(3).lower().split()) or next(
         (name for name, fmt in organisation.systems.items() if fmt == "hl7v2"), "hl7v2")
+    if len(system) > SYSTEM_CHARACTERS:  # else PostgreSQL refuses the store's write: AE 207, saying nothing useful
+        raise msh.error(f"sending application (MSH-3) of {len(system)} characters: the store keeps at most "
+                        f"{SYSTEM_CHARACTERS}", 3, condition=Condition.DATA_TYPE, rejected=True)
     return Sender(org, organisation.name), system
 
 

@@ -20,6 +20,7 @@ to be seen, as before.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,9 @@ from sharedcare.ingest.hl7v2_syntax import SyntaxProblem, split_message
 from sharedcare.ingest.messages import MessageError, RawMessage, future_event_time
 
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
+# A key's most characters as stored: it is indexed (ix_quarantine_message_key), and PostgreSQL's btree refuses an
+# entry over 2,704 bytes; a longer one is kept as its start and its SHA-256, so that copies still compare equal.
+KEY_MOST = 200
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ class Identity:
     needs_times: bool = False  # a key weak enough that only copies both dated may be taken as one message
     # HL7 v2: the message type (MSH-9) and the patient's identifiers (PID-3), which a copy must share too
     about: tuple[str, frozenset[str]] | None = None
+
+    def __post_init__(self) -> None:
+        """A key past KEY_MOST is cut to its start and its digest: a 300,000-character MSH-3 made PostgreSQL refuse
+        the held item, and the listener closed the connection without an ACK."""
+        if len(self.key) > KEY_MOST:
+            digest = hashlib.sha256(self.key.encode("utf-8", "surrogatepass")).hexdigest()
+            object.__setattr__(self, "key", f"{self.key[:100]}... sha256:{digest}")
 
     def supersedes(self, held: Identity) -> bool:
         """Whether a stored message with this identity replaces a held one (see the module's rule)."""
