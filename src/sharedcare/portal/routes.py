@@ -169,7 +169,7 @@ def record_basis(request: Request, person_id: str, records: RecordsDep, fw: Fram
     except InvalidRequest as exc:
         label = next((label for value, label, _ in BASIS_CHOICES if value == basis), None)
         message = exc.message
-        if label is not None and len(reason.strip()) < fw.min_reason_chars:  # said in the form's own words
+        if label is not None and basis in fw.basis:  # a known basis: the reason was refused, in the form's words
             message = f"Enter a reason of at least {fw.min_reason_chars} characters for {label.lower()}"
         return _basis_page(request, records, fw, person_id, 400, pages.sentence(message),
                            "reason" if basis in fw.basis else "basis", reason, basis, then)
