@@ -137,8 +137,11 @@ def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_
                 error: str | None = None, error_field: str = "", reason: str = "",
                 chosen: str | None = None, then: str = "") -> HTMLResponse:
     role = records.actor.role
-    choices = [choice for choice in BASIS_CHOICES  # break glass only for roles that may (TRUST BG1)
-               if (rule := fw.basis.get(choice[0])) is not None  # type: ignore[call-overload]
+    # break glass only for roles that may (TRUST BG1); each says how long it lasts: the framework's hours,
+    # not a shift (a basis is the user's for that patient, in every session and token, until it expires)
+    choices = [(value, label, f"{hint} Lasts {rule.hours:g} hours, even if you sign out.")
+               for value, label, hint in BASIS_CHOICES
+               if (rule := fw.basis.get(value)) is not None  # type: ignore[call-overload]
                and (rule.permission is None or (role is not None and rule.permission in role.permissions))]
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
                   person_id=person_id, choices=choices, error=error, error_field=error_field, reason=reason,
