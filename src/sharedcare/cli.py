@@ -1297,17 +1297,25 @@ def audit_escalate(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 def audit_outcome(
     item_id: Annotated[int, typer.Argument(help="Review item id (see `sharedcare audit review`).")],
     outcome: Annotated[str, typer.Option(help="appropriate or investigate.")],
+    by: Annotated[str, typer.Option(help="The IG officer recording it: a framework user whose role may work "
+                                         "the review queue, not the user the item is about.")],
     note: Annotated[str, typer.Option(help="What was found.")] = "",
-    by: Annotated[str, typer.Option(help="The IG officer recording it.")] = OPERATOR,
 ) -> None:
-    """Record the IG officer's conclusion on a review item (audited)."""
+    """Record the IG officer's conclusion on a review item (audited under --by, naming the operating-system
+    account that ran this command, as `token` does: the name typed is not proof of who typed it)."""
+    from sharedcare.governance.gateway import actor_for
     from sharedcare.governance.review import record_outcome
 
     if outcome not in {"appropriate", "investigate"}:
         raise _fail(f"--outcome must be appropriate or investigate, not '{outcome}'")
+    role = actor_for(_framework(), by).role  # the portal's IG pages require the same permission
+    if role is None or "governance:review:work" not in role.permissions:
+        raise _fail(f"--by {by}: not a framework user whose role may work the review queue "
+                    "(governance:review:work); name the IG officer recording the outcome")
     try:
         with _database().session() as session:
-            item = record_outcome(session, item_id, outcome, by=by, note=note)  # type: ignore[arg-type]
+            item = record_outcome(session, item_id, outcome, by=by, note=note,  # type: ignore[arg-type]
+                                  operator=f"{OPERATOR}:{_account()}")
             console.print(f"review item #{item.id}: {item.status} ({_literal(item.outcome)})")
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc

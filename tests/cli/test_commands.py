@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import getpass
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource, ReviewItem
 
 runner = CliRunner()
 
@@ -324,6 +325,38 @@ def test_audit_search_says_which_entries_could_not_be_verified(env: Database) ->
     forged = _forged_after_head(env, _plain)
     found = json.loads(runner.invoke(app, ["audit", "search", "--json"]).stdout)
     assert {r["seq"]: r["verified"] for r in found} == {**{r["seq"]: "yes" for r in found}, forged: "no"}
+
+
+def test_an_outcome_is_recorded_only_by_an_ig_officer_other_than_the_user_reviewed_naming_the_account(
+        env: Database, ics: Ics, framework: Framework) -> None:
+    """`--by` is who the audit says cleared a break glass: the clinician under review, or any name typed, is
+    refused; the IG officer's outcome names the operating-system account that entered it."""
+    from sharedcare.governance.review import queue
+
+    ics.open_record("dr.oconnor", basis="emergency", reason="unconscious in resus, no history")
+    with env.session() as s:
+        (glass,) = queue(s, framework, utcnow())
+        own = ReviewItem(kind="unusual-volume", username="ig.morgan", person_id=ics.okafor, reason="40 records",
+                         created_at=utcnow())
+        s.add(own)
+        s.flush()
+        own_id = own.id
+    for by in ("dr.oconnor", "Someone Else"):
+        refused = runner.invoke(app, ["audit", "outcome", str(glass.id), "--outcome", "appropriate", "--by", by])
+        assert refused.exit_code == 2 and "not a framework user whose role may work the review queue" in \
+            refused.stderr
+    mine = runner.invoke(app, ["audit", "outcome", str(own_id), "--outcome", "appropriate", "--by", "ig.morgan"])
+    assert mine.exit_code == 2 and "ig.morgan's own access: another IG officer must" in mine.stderr
+    with env.session() as s:
+        assert [i.id for i in queue(s, framework, utcnow())] == [glass.id, own_id]  # both still open
+        (denied,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:function:denied"))
+        assert (denied.username, details(denied)["rule"]) == ("ig.morgan", "deny-own-review")
+
+    done = runner.invoke(app, ["audit", "outcome", str(glass.id), "--outcome", "appropriate", "--by", "ig.morgan"])
+    assert done.exit_code == 0, done.stdout
+    with env.session() as s:
+        (entry,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:review:outcome"))
+    assert (entry.username, details(entry)["operator_account"]) == ("ig.morgan", f"cli:{getpass.getuser()}")
 
 
 def test_mpi_evaluate_scores_the_index_and_relink_improves_it(env: Database, tmp_path: Path) -> None:

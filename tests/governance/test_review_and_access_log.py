@@ -39,6 +39,23 @@ def test_break_glass_without_a_reason_is_refused_and_with_one_enters_the_queue(i
     assert item.reason == "unconscious in resus, no history" and not item.overdue
 
 
+def test_a_reason_no_one_can_read_is_refused_as_an_empty_one(ics: Ics, framework: Framework) -> None:
+    """Ten zero-width spaces passed as ten characters: break glass with nothing for IG to review."""
+    headers = ics.token("dr.oconnor")
+    empty = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "emergency"}, headers=headers)
+    for reason in ("\u200b" * 10, "\u2060\ufeff\u200d\x07" * 3, "a" + "\u200b" * 12, "1234567890"):
+        refused = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "emergency", "reason": reason},
+                                  headers=headers)
+        assert refused.status_code == 400, repr(reason)
+        assert refused.json()["issue"][0]["diagnostics"] == empty.json()["issue"][0]["diagnostics"]
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).status_code == 403
+    with _db(ics).session() as s:
+        assert queue(s, framework, utcnow()) == []
+    spaced = ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "emergency", "reason": "fits, no ID\u200b"},
+                             headers=headers)
+    assert spaced.status_code == 201  # a reason in words counts, whatever invisible character came with it
+
+
 def test_only_roles_allowed_to_break_glass_can_and_the_refusal_is_audited(ics: Ics, framework: Framework) -> None:
     """TRUST BG1: emergency access needs the role's permission (`access:emergency`), a reason and its code;
     administrative and care home staff, pharmacists and social workers are refused, audited."""

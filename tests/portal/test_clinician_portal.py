@@ -118,9 +118,10 @@ def test_emergency_access_tells_the_clinician_it_is_recorded(ics: Ics) -> None:
 
 def test_a_short_reason_is_sent_back_with_the_problem_in_the_forms_own_words(ics: Ics) -> None:
     _sign_in(ics)
-    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "emergency", "reason": "help"})
-    assert page.status_code == 400
-    assert "Enter a reason of at least 10 characters for emergency (break glass)." in page.text
+    for reason in ("help", "\u200b" * 10):  # ten zero-width spaces say no more than "help"
+        page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "emergency", "reason": reason})
+        assert page.status_code == 400
+        assert "Enter a reason of at least 10 characters for emergency (break glass)." in page.text
     assert "basis" not in page.text.split('class="nhsuk-error-summary"', 1)[1].split("</div>", 1)[0]
 
 
@@ -143,6 +144,21 @@ def test_the_basis_must_be_chosen_not_assumed(ics: Ics) -> None:
     assert "checked" not in gate  # no basis is pre-selected: the clinician says which applies
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"reason": ""})
     assert page.status_code == 400 and "Select why you are opening this record" in page.text
+
+
+def test_the_form_says_how_long_a_basis_lasts_and_it_does_outlast_signing_out(ics: Ics) -> None:
+    """The form said a basis lasts "for your shift", but signing out does not end it: it lasts the
+    framework's hours for that user and patient, in every session."""
+    _sign_in(ics)
+    gate = ics.client.get(f"/record/{ics.okafor}").text
+    assert "lasts for your shift" not in gate
+    hint = "Give a reason. Lasts 8 hours, even if you sign out."
+    assert hint in gate and "review it. Lasts 4 hours, even if you sign out." in gate  # implied; break glass
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "implied-consent", "reason": "fall at home"})
+    ics.client.post("/logout")
+    _sign_in(ics)
+    again = ics.client.get(f"/record/{ics.okafor}")
+    assert again.status_code == 200 and "Why are you opening this record?" not in again.text
 
 
 def test_break_glass_is_offered_only_to_roles_that_may_use_it(ics: Ics) -> None:

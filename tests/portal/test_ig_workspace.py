@@ -117,6 +117,24 @@ def test_an_investigation_keeps_the_item_in_the_queue(ics: Ics) -> None:
     assert ics.client.post(f"/ig/review/{item_id}", data={"outcome": "maybe"}).status_code == 400
 
 
+def test_an_ig_officer_may_not_record_the_outcome_of_a_review_of_her_own_access(ics: Ics) -> None:
+    with _db(ics).session() as s:
+        own = ReviewItem(kind="unusual-volume", username="ig.morgan", person_id=ics.okafor, reason="40 records",
+                         created_at=utcnow())
+        s.add(own)
+        s.flush()
+        item_id = own.id
+    _sign_in(ics)
+    refused = ics.client.post(f"/ig/review/{item_id}", data={"outcome": "appropriate", "note": "fine"})
+    assert refused.status_code == 400
+    assert "is about ig.morgan&#39;s own access: another IG officer must record its outcome" in refused.text
+    with _db(ics).session() as s:
+        assert s.get_one(ReviewItem, item_id).status == "open"
+        (denied,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:function:denied"))
+    assert (denied.username, details(denied)["rule"], details(denied)["review_item"]) == (
+        "ig.morgan", "deny-own-review", str(item_id))
+
+
 def test_every_ig_page_is_refused_to_a_gp_and_the_refusal_is_audited(ics: Ics) -> None:
     ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
     pages = [("get", "/ig", {}), ("get", "/ig/audit", {}), ("post", "/ig/audit", {"user": "x"}),

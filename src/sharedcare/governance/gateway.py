@@ -8,6 +8,7 @@ no data: TRUST AU4) and returns only what the decision released.
 from __future__ import annotations
 
 import base64
+import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -151,6 +152,12 @@ def _instant(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _visible(reason: str) -> str:
+    """A reason as its reader sees it: without control or format characters (ten U+200B draw nothing and
+    passed as ten characters), each run of spaces as one."""
+    return " ".join("".join(ch for ch in reason if unicodedata.category(ch) not in ("Cc", "Cf")).split())
 
 
 def _encoded_size(served: ServedResource) -> int:
@@ -443,7 +450,8 @@ class GovernedRecords:
         problem = None
         if rule is None:
             problem = f"basis must be one of {', '.join(self.fw.basis)}"
-        elif rule.needs_reason and len(reason) < self.fw.min_reason_chars:
+        elif rule.needs_reason and (len(_visible(reason)) < self.fw.min_reason_chars
+                                    or not any(ch.isalpha() for ch in reason)):
             problem = f"a {basis} basis needs a reason of at least {self.fw.min_reason_chars} characters"
         if problem:
             self._audit(AuditAction.BASIS_RECORD, "deny", person_id, basis=basis, reason=reason,

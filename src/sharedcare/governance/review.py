@@ -334,20 +334,32 @@ def escalate(session: Session, fw: Framework, now: datetime) -> list[QueueItem]:
     return escalated
 
 
-def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "") -> ReviewItem:
+def record_outcome(session: Session, item_id: int, outcome: Outcome, by: str, note: str = "",
+                   operator: str | None = None) -> ReviewItem:
     """An IG officer's conclusion on one item, audited. 'investigate' keeps it visible as under
-    investigation; 'appropriate' closes it."""
+    investigation; 'appropriate' closes it. `operator` is the operating-system account that entered it for
+    `by` from the command line (the audit names both). No one concludes on their own access: the refusal
+    is audited, as a user clearing their own break glass is what the review is there to catch."""
     item = session.get(ReviewItem, item_id)
     if item is None:
         raise SharedcareError(f"no review item #{item_id}", where="review")
     if item.status == "closed":
         raise SharedcareError(f"review item #{item_id} is already closed ({item.outcome})", where="review")
+    entered = {"operator_account": operator} if operator else {}
+    if item.username == by:
+        record_audit(session, AuditRecord(AuditAction.GOVERNANCE_DENIED, "deny", username=by, purpose="governance",
+                                          patient_id=_persons_now(session, item)[0], rule_id="deny-own-review",
+                                          detail={"review_item": str(item_id), **entered}))
+        session.commit()
+        raise SharedcareError(f"review item #{item_id} is about {by}'s own access: another IG officer must "
+                              "record its outcome", where="review")
     item.status = "closed" if outcome == "appropriate" else "investigating"
     item.outcome = f"{outcome}: {note}".strip().rstrip(":")
     record_audit(session, AuditRecord(AuditAction.REVIEW_OUTCOME, "permit", username=by, purpose="governance",
                                       patient_id=_persons_now(session, item)[0], reason=note,
                                       detail={"review_item": str(item_id), "outcome": outcome,
                                               "reviewed_user": item.username,
-                                              **({"audit_seq": str(item.audit_seq)} if item.audit_seq else {})}))
+                                              **({"audit_seq": str(item.audit_seq)} if item.audit_seq else {}),
+                                              **entered}))
     session.flush()
     return item

@@ -3,7 +3,8 @@
 Only links move (`patient_records.person_id`); clinical rows stay with the source record they came
 with, so an unmerge restores each person exactly and no clinical data can cross between them (TRUST
 MP2). Every change is a LinkEvent listing each move, and an audit event; a move that joins two
-practices' claims of the person's registration queues the moved claim for IG (governance/review.py).
+practices' claims of the person's registration queues the moved claim for IG (governance/review.py),
+and ends the point-of-care bases given on the persons it moved records out of or into (`end_bases`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sharedcare.governance.access_log import arrival_times
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import numbers_keep_apart
-from sharedcare.store.models import LinkEvent, LinkMove, MatchReview, PatientRecord, Person
+from sharedcare.store.models import AccessBasis, LinkEvent, LinkMove, MatchReview, PatientRecord, Person
 
 Decision = Literal["link", "separate", "defer"]
 # A review item a relink closed, not a reviewer: its records are one person, or kept apart by a rule no
@@ -42,6 +43,28 @@ def moves_to(records: list[PatientRecord], to_person: str) -> list[LinkMove]:
             for r in records if r.person_id != to_person]
 
 
+def end_bases(session: Session, event: LinkEvent) -> None:
+    """End every active basis on a person this event moved records out of or into, audited per person.
+
+    A basis is given for one patient's record as it was (that patient's consent, their emergency); after a
+    move the same person id opens records of someone else, or fewer of the patient's own, so each user must
+    give a basis again. Only the active bases are read (they last hours), then matched by person."""
+    persons = {m.from_person for m in event.moves} | {m.to_person for m in event.moves}
+    ended: dict[str, list[AccessBasis]] = {}
+    for basis in session.scalars(select(AccessBasis).where(AccessBasis.expires_at > event.at)
+                                 .order_by(AccessBasis.id)):
+        if basis.person_id in persons:
+            basis.expires_at = event.at
+            ended.setdefault(basis.person_id, []).append(basis)
+    for person, bases in sorted(ended.items()):
+        record_audit(session, AuditRecord(
+            AuditAction.MPI_LINK_CHANGE, "permit", username=event.by, purpose="governance", patient_id=person,
+            reason=f"access bases ended: the {event.kind} (link event #{event.id}) moved records out of or into "
+                   f"this person, so each user gives a basis again for the record as it is now",
+            detail={"kind": "bases-ended", "link_event": str(event.id),
+                    "bases": ", ".join(f"#{b.id} {b.username} ({b.basis})" for b in bases)}))
+
+
 def _move(session: Session, records: list[PatientRecord], to_person: str, kind: str, by: str,
           reason: str) -> LinkEvent:
     moves = moves_to(records, to_person)
@@ -58,6 +81,7 @@ def _move(session: Session, records: list[PatientRecord], to_person: str, kind: 
     record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
                                       patient_id=to_person, reason=reason,
                                       detail={"kind": kind, "link_event": str(event.id), "moves": str(len(moves))}))
+    end_bases(session, event)
     return event
 
 
@@ -141,6 +165,7 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
     record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
                                       reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
                                                                   "undoes": str(event_id)}))
+    end_bases(session, undo)
     from sharedcare.identity.mpi import hold_matching, match_again, stored_demographics  # mpi imports this module
 
     joined = _joined_since(session, event)  # matched again in the order they came, as if arriving again

@@ -52,7 +52,7 @@ from sharedcare.identity.compare import (
     postcode_parts,
     transposed,
 )
-from sharedcare.identity.links import merged, moves_to, resettle_reviews, settle_reviews
+from sharedcare.identity.links import end_bases, merged, moves_to, resettle_reviews, settle_reviews
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
@@ -491,6 +491,7 @@ def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: st
         record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=REMATCH,
                                           purpose="governance", patient_id=person_id, reason=reason,
                                           detail={"kind": "rematch", "link_event": str(event.id), "moves": "1"}))
+        end_bases(session, event)
     placed = record.link_method == "manual" and not moves  # still where a person put it: so it stays marked
     record.link_method = "manual" if placed else link.method
     record.match_probability, record.link_status = link.probability, link.status
@@ -725,8 +726,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     moves: list[LinkMove] = []
     for group in sorted(members.values(), key=len, reverse=True):
         # a record a merge brought votes for the person it came from when none of its person's own records
-        # is in the cluster: a wrongly merged person split keeps each id (and the access bases and consents
-        # kept by it) with the records it held before the merge
+        # is in the cluster: a wrongly merged person split keeps each id with the records it held before the
+        # merge (any access basis given on either is ended: `end_bases`)
         own = {r.person_id for r in group if r.id not in kept.came_from}
         votes: dict[str, int] = {}
         for record in group:
@@ -759,9 +760,11 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
                 record.link_status = "linked"
             record.updated_at = now
     if moves:
-        session.add(LinkEvent(at=now, kind="relink", by=by, reason="batch relink", moves=moves))
+        event = LinkEvent(at=now, kind="relink", by=by, reason="batch relink", moves=moves)
+        session.add(event)
         session.flush()
         flag_joined_registrations(session, moves, by)
+        end_bases(session, event)
     report.persons_after = len({r.person_id for r in every})
     report.held_for_review = len(result.held_for_review)
     settled = settle_reviews(session, {r.id: r for r in every},

@@ -137,8 +137,11 @@ def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_
                 error: str | None = None, error_field: str = "", reason: str = "",
                 chosen: str | None = None, then: str = "") -> HTMLResponse:
     role = records.actor.role
-    choices = [choice for choice in BASIS_CHOICES  # break glass only for roles that may (TRUST BG1)
-               if (rule := fw.basis.get(choice[0])) is not None  # type: ignore[call-overload]
+    # break glass only for roles that may (TRUST BG1); each says how long it lasts: the framework's hours,
+    # not a shift (a basis is the user's for that patient, in every session and token, until it expires)
+    choices = [(value, label, f"{hint} Lasts {rule.hours:g} hours, even if you sign out.")
+               for value, label, hint in BASIS_CHOICES
+               if (rule := fw.basis.get(value)) is not None  # type: ignore[call-overload]
                and (rule.permission is None or (role is not None and rule.permission in role.permissions))]
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
                   person_id=person_id, choices=choices, error=error, error_field=error_field, reason=reason,
@@ -169,7 +172,7 @@ def record_basis(request: Request, person_id: str, records: RecordsDep, fw: Fram
     except InvalidRequest as exc:
         label = next((label for value, label, _ in BASIS_CHOICES if value == basis), None)
         message = exc.message
-        if label is not None and len(reason.strip()) < fw.min_reason_chars:  # said in the form's own words
+        if label is not None and basis in fw.basis:  # a known basis: the reason was refused, in the form's words
             message = f"Enter a reason of at least {fw.min_reason_chars} characters for {label.lower()}"
         return _basis_page(request, records, fw, person_id, 400, pages.sentence(message),
                            "reason" if basis in fw.basis else "basis", reason, basis, then)
