@@ -340,6 +340,8 @@ def test_the_transparency_endpoints_answer_without_a_token_and_refuse_what_the_l
     assert beyond.status_code == 400 and beyond.json()["resourceType"] == "OperationOutcome"
     assert f"the log has {size}" in beyond.json()["issue"][0]["diagnostics"]
     assert client.get("/audit/inclusion", params={"seq": 0, "size": size}).status_code == 400
+    # past what the log's sequence column holds (an INTEGER on PostgreSQL, where it was a 500): beyond the log
+    assert client.get("/audit/inclusion", params={"seq": 2**40, "size": 2**40}).status_code == 400
 
 
 def test_proofs_are_limited_per_address_and_a_witness_is_answered_again_a_minute_on(

@@ -36,6 +36,7 @@ from sharedcare.store.database import AUDIT_KEY, Database, Prepared
 from sharedcare.store.models import CHAIN_KEYED, AuditEntry, AuditHead
 
 GENESIS = "0" * 64
+SEQ_MOST = 2**31 - 1  # the largest sequence number: audit_events.seq is an INTEGER (4 bytes on PostgreSQL)
 # What a read released is stored as one entity of this name holding every reference, space-separated
 # (FHIR ids and `Type/id/_history/n` have no spaces), in the order served: exact, and written, hashed and
 # stored in a fraction of the time one entity per reference took on a large record (1,100 entities were

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
-from sharedcare.governance.audit import GENESIS, chain_key, entry_is_genuine
+from sharedcare.governance.audit import GENESIS, SEQ_MOST, chain_key, entry_is_genuine
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
 
@@ -232,7 +232,7 @@ class Transparency:
 
     def hash_of(self, seq: int) -> str | None:
         """Entry `seq`'s chain hash, which fixes it and every entry before it; None if the log holds none."""
-        if not 0 < seq < 2**63:  # a database integer
+        if not 0 < seq <= SEQ_MOST:
             return None
         with self.database.session() as session:
             return session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == seq))
@@ -252,7 +252,7 @@ def read_checkpoints(lines: Iterable[str], where: str) -> list[Checkpoint]:
                                     signature=str(fields["signature"])))
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{where}, line {number}: not a checkpoint ({exc})") from exc
-        if not 0 <= found[-1].seq < 2**63:  # a database integer: anything else cannot be a position in the log
+        if not 0 <= found[-1].seq <= SEQ_MOST:  # anything else cannot be a position in the log
             raise CheckpointError(f"{where}, line {number}: not a checkpoint (entry {found[-1].seq} is out of range)")
     return found
 

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep, people_only
 from sharedcare.governance import explain
+from sharedcare.governance.audit import SEQ_MOST
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import CODE_MINUTES, MAX_CODES_PER_HOUR
@@ -137,7 +138,7 @@ def record(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
 
 @router.get("/accesses", response_class=HTMLResponse)
 def accesses(request: Request, me: CitizenDep, fw: FrameworkDep,
-             before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Response:
+             before: Annotated[int | None, Query(ge=1, le=SEQ_MOST)] = None) -> Response:
     """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8), a page at a time
     (`before` is an audit sequence number, not anything about the person). Each organisation's phone number
     is beside it: the page tells the patient to contact the organisation named."""

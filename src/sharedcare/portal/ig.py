@@ -21,7 +21,7 @@ from sharedcare.clock import utcnow
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import Found, details, requested_resource
-from sharedcare.governance.audit import expanded, minted_by
+from sharedcare.governance.audit import SEQ_MOST, expanded, minted_by
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -83,7 +83,7 @@ def _banner(patient: dict[str, Any] | None) -> dict[str, str] | None:
 
 @router.get("", response_class=HTMLResponse)
 def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None,
-          after: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> Response:
+          after: Annotated[int | None, Query(ge=1, le=SEQ_MOST)] = None) -> Response:
     """A page of the queue: only its items' patients are looked up (each look-up is an audited read)."""
     page = ig.queue(after, QUEUE_PAGE)
     people = ig.whose([person_id for i in page.items for person_id in (i.patient_id, *i.also_now)])
@@ -95,7 +95,7 @@ def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = 
 @router.post("/review/{item_id}", response_class=HTMLResponse)  # a redirect to a page, or the page
 def review(item_id: int, ig: IgDep, outcome: Annotated[Literal["appropriate", "investigate"], Form()],
            note: Annotated[str, Form()] = "",
-           after: Annotated[int | None, Form(ge=1, le=2**63 - 1)] = None) -> Response:
+           after: Annotated[int | None, Form(ge=1, le=SEQ_MOST)] = None) -> Response:
     ig.record_outcome(item_id, outcome, note.strip())
     return RedirectResponse(f"/ig?recorded={item_id}" + (f"&after={after}" if after else ""), status_code=303)
 
