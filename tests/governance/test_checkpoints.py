@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -238,18 +239,24 @@ def make_checkpoint_at(db: Database, seq: int) -> object:
         return make_checkpoint(s, KEY)
 
 
+@contextmanager
+def _served_to_a_witness(store_db: Database, monkeypatch: pytest.MonkeyPatch,
+                         store: Path) -> Iterator[tuple[LiveServer, Callable[[], Result]]]:
+    """The service on loopback outside demo mode, and `audit witness` run against it, keeping `store`."""
+    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
+    settings = replace(load_settings(), database_url=str(store_db.url), framework_path=FRAMEWORK_PATH, demo=False)
+    with LiveServer(create_app(settings, database=store_db)) as server:
+        yield server, lambda: runner.invoke(app, ["audit", "witness", server.url, "--store", str(store),
+                                                  "--public-key", PUBLIC])
+
+
 def test_the_witness_command_follows_the_service_over_http_and_stops_at_a_rewrite(
         env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """`sharedcare audit witness` against a real server on loopback: it keeps each new checkpoint the
     service proves consistent, and keeps nothing, exiting 1, once the log under it was rewritten."""
-    secret = "a deployment secret of at least thirty-two bytes"
-    monkeypatch.setenv("SHAREDCARE_SECRET", secret)
-    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
     store = tmp_path / "witness.jsonl"
     (*_, three) = _write(env, 3)
-    with LiveServer(create_app(settings, database=env)) as server:
-        def witness() -> Result:
-            return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store), "--public-key", PUBLIC])
+    with _served_to_a_witness(env, monkeypatch, store) as (_, witness):
         first = witness()
         assert first.exit_code == 0 and f"kept the checkpoint at entry {three}: the first kept" in first.stderr
         (four, five) = _write(env, 2)
@@ -390,13 +397,9 @@ def test_a_witness_is_answered_though_other_addresses_ask_for_all_the_proofs_the
     """Review of 2026-12-07: all callers together had 20 new proofs a minute, so two addresses asking for 11
     each left none, and `audit witness` failed as if the service were down. Each address has its share
     now: the witness, on another, is answered."""
-    monkeypatch.setenv("SHAREDCARE_SECRET", "a deployment secret of at least thirty-two bytes")
-    settings = replace(load_settings(), database_url=str(env.url), framework_path=FRAMEWORK_PATH, demo=False)
     store = tmp_path / "witness.jsonl"
     (*_, three) = _write(env, 3)
-    with LiveServer(create_app(settings, database=env)) as server:
-        def witness() -> Result:
-            return runner.invoke(app, ["audit", "witness", server.url, "--store", str(store), "--public-key", PUBLIC])
+    with _served_to_a_witness(env, monkeypatch, store) as (server, witness):
         assert witness().exit_code == 0
         (*_, before_last, last) = _write(env, 12)
         for second, attacker in ((last, "127.0.0.2"), (before_last, "127.0.0.3")):  # new proofs, none made yet
