@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import socket
@@ -227,3 +228,29 @@ def test_the_addresses_of_one_ipv6_64_share_one_addresss_connections(monkeypatch
     assert again is not None
     for place in (other, again):
         place.give_back()
+
+
+def test_connections_refused_at_an_addresss_cap_are_logged_once_a_minute_with_a_count(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator sees which address met its cap and how often, without a line per refused connection:
+    the first refusal is logged at once, the rest of the minute counted into the next line."""
+    monkeypatch.setattr(slow_clients, "connections_per_address", lambda: 1)
+    monkeypatch.setattr(slow_clients, "_REFUSALS", slow_clients.RefusalLog())
+    now = [1_000.0]
+    monkeypatch.setattr(slow_clients.time, "monotonic", lambda: now[0])
+    opened = asyncio.BaseTransport({"peername": ("192.0.2.7", 50_000)})
+    held = admit(opened)
+    assert held is not None
+    with caplog.at_level(logging.WARNING, logger="sharedcare.http"):
+        for _ in range(5):
+            assert admit(opened) is None
+        now[0] += 61
+        assert admit(opened) is None
+    held.give_back()
+    lines = [record.getMessage() for record in caplog.records if record.name == "sharedcare.http"]
+    assert lines == [
+        "HTTP: a connection from 192.0.2.7 refused: 1 open from that address, the most allowed "
+        "(SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS)",
+        "HTTP: a connection from 192.0.2.7 refused: 1 open from that address, the most allowed "
+        "(SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS); 4 more refused since the last line",
+    ]

@@ -23,14 +23,19 @@ process serves at most `SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS` (64) connection
 as the MLLP listener caps its own (`SHAREDCARE_MLLP_MAX_PER_ADDRESS`); the next is answered 503 saying why
 and closed. An IPv6 address counts by its /64, as refusals at the door are limited (a host is usually given
 a whole /64). Over TLS a connection is counted as it opens, before its handshake (`served_tls.py`). Per
-process: with `--workers N` one address may hold up to N times as many.
+process: with `--workers N` one address may hold up to N times as many. Refusals are logged (logger
+`sharedcare.http`, WARNING) the first time and then at most once a minute per address, with how many were
+refused since: an operator sees which address met the cap without a line per refused connection (asyncio's
+own line per refused accept once wrote 1.4 GB in ten minutes, above).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
+import time
 from collections import Counter
 from functools import cache
 
@@ -39,6 +44,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import network_of
+
+log = logging.getLogger("sharedcare.http")
 
 MIN_BYTES_PER_SECOND = 500  # mod_reqtimeout's MinRate (and the least a client must read of its answers)
 HEADER_MOST = 2  # x R: the request line and headers' ceiling (mod_reqtimeout's header=20-40)
@@ -63,6 +70,33 @@ _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-T
             + f"Content-Length: {len(_WHY)}\r\n\r\n".encode() + _WHY)
 
 
+REFUSALS_LOGGED_EVERY = 60.0  # seconds between an address's lines about its refused connections
+
+
+class RefusalLog:
+    """Logs connections refused at an address's cap: an address's first refusal at once, then one line a
+    minute at most saying how many more there were. Holds one entry per address refused within the minute."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, tuple[float, int]] = {}  # address -> (when last logged, refused since then)
+
+    def refused(self, key: str) -> None:
+        now = time.monotonic()
+        logged, unlogged = self._since.get(key, (float("-inf"), 0))
+        if now - logged < REFUSALS_LOGGED_EVERY:
+            self._since[key] = (logged, unlogged + 1)
+            return
+        if len(self._since) > 10_000:  # addresses refused over a minute ago need no entry: forget them
+            self._since = {k: v for k, v in self._since.items() if now - v[0] < REFUSALS_LOGGED_EVERY}
+        self._since[key] = (now, 0)
+        more = f"; {unlogged} more refused since the last line" if unlogged else ""
+        log.warning("HTTP: a connection from %s refused: %d open from that address, the most allowed "
+                    "(SHAREDCARE_HTTP_CONNECTIONS_PER_ADDRESS)%s", key, connections_per_address(), more)
+
+
+_REFUSALS = RefusalLog()  # this process's (one event loop: no lock)
+
+
 class Place:
     """One connection counted in its address's share; given back once, by whichever protocol sees the
     connection end first (over TLS the handshake's, or HTTP's after it)."""
@@ -85,6 +119,7 @@ def admit(transport: asyncio.BaseTransport) -> Place | None:
     if key is None:
         return Place(None)
     if _OPEN[key] >= connections_per_address():
+        _REFUSALS.refused(key)
         return None
     _OPEN[key] += 1
     return Place(key)
