@@ -5,6 +5,7 @@ competing registration claim must not give an analyst the person's postcode dist
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,17 @@ def test_a_competing_registration_claim_does_not_give_the_export_its_postcode(
     _write_hughes(ics, "rv-hughes", "RV9 9QD", active=False, generalPractitioner=[riverside])
     _write_hughes(ics, "rv-hughes", "ZZ9 9ZZ", active=True, generalPractitioner=[riverside])
     assert _hughes_district(ics) == "RV2"
+
+
+@pytest.mark.usefixtures("patients_as_pseudonymised")
+def test_a_death_recorded_by_a_source_other_than_the_chosen_one_reaches_the_export(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The hospital recorded Mr Okafor's death; his GP's record, whose demographics the export takes, has not
+    caught up. Population health counts deaths: the extract's Patient says he died, to the month (moved by
+    his date shift, as his other dates are)."""
+    died = patient("MRN1", "9434765919", "OKAFOR", "Emeka", "1945-03-02", deceasedDateTime="2026-11-20T03:10:00Z")
+    feed = write_ndjson(tmp_path / "died.ndjson", [bundle("RXR", "epr", [died], "2026-11-21T09:00:00Z")])
+    assert Pipeline(db, framework).ingest_paths([feed]).accepted == 1
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    (okafor,) = [p for p in files["Patient"] if p["gender"] == "male"]
+    assert re.fullmatch(r"202[67]-\d\d", okafor.get("deceasedDateTime", "")), okafor

@@ -273,6 +273,7 @@ class PatientMatch:
     nhs_number: str | None
     postcode: str | None
     sources: int
+    died: bool = False  # a released source Patient says the person has died
 
 
 def actor_for(fw: Framework, username: str) -> Actor:
@@ -871,6 +872,7 @@ class GovernedRecords:
         shown = self._demographics_rule(person_id, patients).order(
             [(item, row) for item, row in pairs if id(item) in released],
             lambda pair: (str(pair[0].resource.get("id")), pair[0].source_org, pair[1][7]))
+        died = any(death_of(item.resource) for item, _ in shown)
         if shown:
             item = shown[0][0]
             found, source_org = patient_demographics(item.resource, None), item.source_org
@@ -885,7 +887,7 @@ class GovernedRecords:
         return PatientMatch(person_id=person_id, name=f"{(family or '').upper()}, {given or ''}",
                             birth_date=born, gender=gender,
                             nhs_number=next((r.nhs_number for r in visible if r.nhs_number), None),
-                            postcode=postcode if sees_address else None, sources=len(visible))
+                            postcode=postcode if sees_address else None, sources=len(visible), died=died)
 
     def _released_to_find(self, person_id: str, choices: Choices, items: list[Item]) -> set[int]:
         """The items (by `id`) the decision point releases to this actor under some basis they could give: no
@@ -936,6 +938,7 @@ class DemographicsSource:
     org: str
     registered: bool
     also_claimed_by: tuple[str, ...]
+    death_recorded_by: tuple[str, ...] = ()  # the organisations whose released Patient says the person died
 
 
 @dataclass(frozen=True)
@@ -967,7 +970,8 @@ class DemographicsRule:
         org = chosen[0].source_org
         others = {self.claimants[pid] for pid in (str(p.content.get("id")) for p in patients) if pid in self.claimants}
         return DemographicsSource(org, str(chosen[0].content.get("id")) in self.registered,
-                                  tuple(sorted(others - {org})))
+                                  tuple(sorted(others - {org})),
+                                  tuple(sorted({p.source_org for p in patients if death_of(p.content)})))
 
 
 def demographics_rule(patients: Iterable[Item], gp_orgs: frozenset[str], review: OnReview) -> DemographicsRule:
@@ -1002,7 +1006,7 @@ def combined_patient(person_id: str, patients: list[ServedResource], rule: Demog
     if not patients:
         return None
     preferred = rule.order(patients, _served_key)
-    combined = dict(preferred[0].content)
+    combined = carrying_death([served.content for served in preferred])
     combined["id"] = person_id
     seen, identifiers = set(), []
     for served in preferred:
@@ -1013,3 +1017,21 @@ def combined_patient(person_id: str, patients: list[ServedResource], rule: Demog
                 identifiers.append(identifier)
     combined["identifier"] = identifiers
     return combined
+
+
+def carrying_death(ordered: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of the first of a person's source Patients (`ordered` best first), carrying the first record of
+    a death among them all: a hospital that recorded a death (PID-29/30) must not be hidden behind a GP
+    record that has not caught up, and a `deceasedBoolean` false from one source says less than a death
+    recorded by another. The page and the export then say the person died, whoever's contact details show."""
+    combined = {key: value for key, value in ordered[0].items()
+                if key not in ("deceasedBoolean", "deceasedDateTime")}
+    combined.update(next((death for patient in ordered if (death := death_of(patient))), {}))
+    return combined
+
+
+def death_of(patient: dict[str, Any]) -> dict[str, Any]:
+    """The Patient's record of a death (`deceasedDateTime`, or `deceasedBoolean` true), or nothing."""
+    if patient.get("deceasedDateTime"):
+        return {"deceasedDateTime": patient["deceasedDateTime"]}
+    return {"deceasedBoolean": True} if patient.get("deceasedBoolean") is True else {}

@@ -31,7 +31,13 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.consent import Choices, combined_choices
 from sharedcare.governance.framework import Agreement, Framework
-from sharedcare.governance.gateway import AccessDenied, DemographicsRule, NotFound, demographics_rule
+from sharedcare.governance.gateway import (
+    AccessDenied,
+    DemographicsRule,
+    NotFound,
+    carrying_death,
+    demographics_rule,
+)
 from sharedcare.governance.policy import Actor, Decision, Item, Request, check_secondary_request, decide_secondary
 from sharedcare.governance.pseudonymise import Pseudonymiser, Shaped, Unreadable
 from sharedcare.governance.review import NOTHING_ON_REVIEW, OnReview, everyone_on_review
@@ -307,7 +313,8 @@ class SecondaryUse:
         if unreadable:
             counts.withheld["unreadable"] += unreadable
         released_patients = [shaped[id(r.item)][0] for r in decision.released if shaped[id(r.item)][1] is None]
-        chosen = _chosen(rule, released_patients)
+        ordered = _ordered(rule, released_patients)
+        chosen = ordered[0] if ordered else None
         birth = _birth(patients, chosen)
         if birth != anchor:  # the Patient chosen of them all is withheld: dates decoded again, shifted by this one
             pseudonymiser.for_person(person_id, birth)
@@ -333,12 +340,17 @@ class SecondaryUse:
         if chosen is not None and scope.wants("Patient") and (
                 scope.since is None or any(row[4] and row[4] >= scope.since for row in released_patients)):
             counts.resources["Patient"] += 1
-            yield "Patient", pseudonymiser.patient(patients[chosen], person_id)
+            yield "Patient", pseudonymiser.patient(carrying_death([patients[i] for i in ordered]), person_id)
+
+
+def _ordered(rule: DemographicsRule, rows: list[Any]) -> list[int]:
+    """These Patient rows (their `id`s) in `rule`'s order: the first is the person's one exported Patient."""
+    return [id(row) for row in rule.order(rows, lambda row: (row[1], row[3], row[5]))]
 
 
 def _chosen(rule: DemographicsRule, rows: list[Any]) -> int | None:
     """Which of these Patient rows (its `id`) the person's one exported Patient is, by `rule`; None if none."""
-    return id(rule.order(rows, lambda row: (row[1], row[3], row[5]))[0]) if rows else None
+    return next(iter(_ordered(rule, rows)), None)
 
 
 def _birth(patients: dict[int, dict[str, Any]], chosen: int | None) -> str | None:

@@ -401,12 +401,17 @@ def patient_banner(patient: dict[str, Any] | None, source: DemographicsSource | 
     clinician checks those details with the patient."""
     if not patient:
         return {"name": "Details withheld", "born": "", "nhs": "", "gender": "", "address": "", "kin": "",
-                "from": "", "disputed": ""}
-    whose = disputed = ""
+                "from": "", "disputed": "", "died": ""}
+    whose = disputed = died_per = ""
     if source is not None and fw is not None:
         whose = _org_name(source.org, fw) + (", the GP practice the patient is registered with" if source.registered
                                              else "")
         disputed = ", ".join(_org_name(code, fw) for code in source.also_claimed_by)
+        died_per = ", ".join(_org_name(code, fw) for code in source.death_recorded_by)
+    died = ""
+    if patient.get("deceasedDateTime") or patient.get("deceasedBoolean") is True:
+        died = (uk_date(str(patient["deceasedDateTime"])) if patient.get("deceasedDateTime") else "date not recorded") \
+            + (f", recorded by {died_per}" if died_per else "")
     name = (patient.get("name") or [{}])[0]
     nhs = next((i.get("value", "") for i in patient.get("identifier", [])
                 if i.get("system") == "https://fhir.nhs.uk/Id/nhs-number"), "")
@@ -426,4 +431,5 @@ def patient_banner(patient: dict[str, Any] | None, source: DemographicsSource | 
         "kin": "; ".join(kin),
         "from": whose,
         "disputed": disputed,
+        "died": died,
     }
