@@ -584,3 +584,61 @@ def test_a_file_message_with_a_control_id_longer_than_the_store_keeps_is_held_na
     assert "message control id (MSH-10) of 300000 characters: the store keeps at most 100" in held["reason"]
     assert held["location"] == f"message 1 (MSH-10 {'Z' * 200}... (cut from 300000 characters))"
     assert _count(db, PatientRecord) == 1 and report.accepted > 0
+
+
+def test_an_admissions_allergies_are_stored_with_severity_reactions_and_category(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """AL1 was read and dropped, the A01 answered AA: a penicillin anaphylaxis the ward recorded never reached
+    the record (clinical fidelity review, 2026-12-07)."""
+    a01 = admission().rstrip("\r") + "\r" + "\r".join([
+        "AL1|1|DA|764146007^Penicillin^SCT|SV|Anaphylaxis~Urticaria|20100101",
+        "AL1|2|FA|^Peanuts|MO|Swollen lips",
+        "AL1|3|EA|LATEX^Latex^L",
+        "DG1|1||J18.9^Pneumonia^I10|||A",
+    ]) + "\r"
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01])])
+    assert (report.accepted, report.quarantined) == (5, 0), report.quarantine
+    assert report.set_aside == {"DG1": 1}  # not mapped yet, and said so
+    patient = _contents(db, "Patient")["H100"]
+    allergies = {a["code"].get("text") or a["code"]["coding"][0]["display"]: a
+                 for a in _contents(db, "AllergyIntolerance").values()}
+    assert set(allergies) == {"Penicillin", "Peanuts", "Latex"}
+    penicillin = allergies["Penicillin"]
+    assert penicillin["patient"] == {"reference": f"Patient/{patient['id']}"}
+    assert penicillin["code"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "764146007",
+                                               "display": "Penicillin"}
+    assert (penicillin["category"], penicillin["criticality"], penicillin["onsetDateTime"]) == (
+        ["medication"], "high", "2010-01-01")
+    assert [(r["manifestation"][0]["text"], r["severity"]) for r in penicillin["reaction"]] == [
+        ("Anaphylaxis", "severe"), ("Urticaria", "severe")]
+    assert penicillin["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert (allergies["Peanuts"]["category"], allergies["Peanuts"]["criticality"]) == (["food"], "low")
+    assert "criticality" not in allergies["Latex"] and "reaction" not in allergies["Latex"]
+
+
+def test_the_same_allergy_in_the_next_adt_updates_it_and_no_known_allergies_is_said_as_such(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    first = admission().rstrip("\r") + "\rAL1|1|DA|764146007^Penicillin^SCT|MO|Rash\r"
+    update = adt("A08", "PAS9", "20260111090000", pid(), pv1(),
+                 "AL1|1|DA|764146007^Penicillin^SCT|SV|Anaphylaxis")
+    Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [first, update])])
+    (penicillin,) = _contents(db, "AllergyIntolerance").values()
+    assert (penicillin["criticality"], penicillin["reaction"][0]["manifestation"][0]["text"]) == ("high", "Anaphylaxis")
+
+    other = admission(control="PAS3", visit="V200", mrn="H200", nhs=OTHER_NHS).rstrip("\r") \
+        + "\rAL1|1||^No known drug allergies\r"
+    Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas2.hl7", [other])])
+    nkda = next(a for key, a in _contents(db, "AllergyIntolerance").items() if key.startswith("H200"))
+    assert nkda["code"]["coding"][0]["code"] == "409137002" and "criticality" not in nkda
+
+
+def test_an_allergy_without_an_allergen_or_with_an_unknown_severity_is_held_naming_the_field(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    missing = admission(control="PAS4").rstrip("\r") + "\rAL1|1|DA||SV|Rash\r"
+    unknown = admission(control="PAS5").rstrip("\r") + "\rAL1|1|DA|764146007^Penicillin^SCT|XX|Rash\r"
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [missing, unknown])])
+    reasons = sorted((q["where"].split("pas.hl7, ")[1], q["reason"]) for q in report.quarantine)
+    assert reasons == [
+        ("message 1 (MSH-10 PAS4), AL1-3", "no allergen (AL1-3): an allergy must say what to"),
+        ("message 2 (MSH-10 PAS5), AL1-4", "allergy severity 'XX' is not one of SV, MO, MI, U (table 0128)"),
+    ], reasons

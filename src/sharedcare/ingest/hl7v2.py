@@ -8,6 +8,7 @@ the message and the segment and field (`PID-7`, `OBX[3]-5`). The segment mapping
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -64,6 +65,7 @@ _BATCH_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
 # Where a mapped element came from, so that a refused one is located at its segment and field (a field alone
 # is of the resource's own segment): a SNOMED CT code in OBX-3, an ODS code in PD1-3.
 SOURCE_FIELDS = {"Patient.identifier": "PID-3", "Patient.generalPractitioner": "PD1-3", "Observation.code": "-3",
+                 "AllergyIntolerance.code": "-3",
                  "Observation.valueCodeableConcept": "-5", "DiagnosticReport.code": "-4"}
 _ELEMENT = re.compile(r"[A-Za-z]+\.[A-Za-z]+")
 # A mapped resource the FHIR validators refuse (fhir/validate.py, invariants.py, uk_core_rules.py: text shared by
@@ -317,6 +319,26 @@ def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sende
     return [(pv1.label, hmap.encounter(pv1, ADT_EVENTS[event], visit, subject, sender, reopened=event == "A13"))]
 
 
+# Clinical segments an ADT may carry that the record does not map yet: counted in the report's `set_aside`
+# by segment name (as a Bundle's unkept resource types are), so their loss is seen, not silent
+ADT_CLINICAL_UNSTORED = frozenset({"DG1", "PR1", "IAM", "OBX"})
+
+
+def _allergies(segments: list[Seg], mrn: str, subject: Json) -> list[tuple[str, Json]]:
+    """The AllergyIntolerance of each AL1 (an ADT's allergy list: it was read and dropped, the message
+    answered AA). Each is known by the patient's number and its allergen's code (its words where it has
+    none), so the same allergy sent in the next ADT updates it; AL1-1 only numbers the list."""
+    out: list[tuple[str, Json]] = []
+    keys: Counter[str] = Counter()
+    for al1 in (seg for seg in segments if seg.name == "AL1"):
+        key = f"{mrn}-AL1-{al1.get(3) or al1.get(3, 2).lower()}"
+        if len(key) > 56:  # the store keeps 64 characters of a source id, a repeat's suffix included
+            key = f"AL1-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+        keys[key] += 1
+        out.append((al1.label, hmap.allergy(al1, key if keys[key] == 1 else f"{key}-{keys[key]}", subject)))
+    return out
+
+
 def _oru(segments: list[Seg], subject: Json, sender: Sender, raw: RawMessage) -> list[tuple[str, Json]]:
     """A DiagnosticReport per OBR and an Observation per OBX, the report listing its results."""
     orders = _orders(segments)
@@ -406,7 +428,9 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         elif kind == "ADT":
             evn = _first(segments, "EVN")
             happened = (_not_future(evn, 2, hmap.stamp(evn, 2), received) if evn else None) or sent
-            produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender)]
+            produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender),
+                        *_allergies(segments, mrn, subject)]
+            staged.set_aside.update(seg.name for seg in segments if seg.name in ADT_CLINICAL_UNSTORED)
         elif (kind, event) == ("ORU", "R01"):
             # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it
             # as the Patient would replace the PAS's fuller one (practice, next of kin) whenever a result is newer.

@@ -353,6 +353,50 @@ def _place(reps: list[list[str]]) -> str:
     return ", ".join(p for p in (reps[0][:3] if reps else []) if p)
 
 
+# --- Allergies -------------------------------------------------------------------------------------
+
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+# HL7 table 0127 (AL1-2, allergen type) to AllergyIntolerance.category; the miscellaneous types have none
+_ALLERGEN_CATEGORY = {"DA": "medication", "FA": "food", "EA": "environment", "AA": "environment",
+                      "PA": "environment", "LA": "environment"}
+# HL7 table 0128 (AL1-4, severity) to criticality, and to a reaction's severity where a reaction is sent
+_ALLERGY_SEVERITY = {"SV": ("high", "severe"), "MO": ("low", "moderate"), "MI": ("low", "mild"),
+                     "U": ("unable-to-assess", None)}
+# "No known allergies" sent as a local code or as words is the SNOMED CT statement, not an allergen called so
+_NO_KNOWN = {"NKA": ("716186003", "No known allergy"), "NKDA": ("409137002", "No known drug allergy")}
+_NO_KNOWN_WORDS = re.compile(r"no known (drug )?allerg", re.IGNORECASE)
+
+
+def allergy(al1: Seg, source_id: str, subject: Json) -> Json:
+    """AL1 as an AllergyIntolerance (the HL7 v2-to-FHIR mapping): AL1-3 the allergen, AL1-2 its category,
+    AL1-4 the criticality (and each AL1-5 reaction's severity), AL1-6 the onset. An ADT carries the
+    patient's allergy list; AL1 has no status, so each is active as sent."""
+    allergen = al1.reps(3)[0] if al1.reps(3) else []
+    if not any(allergen):
+        raise al1.error("no allergen (AL1-3): an allergy must say what to", 3, condition=Condition.REQUIRED_FIELD)
+    code, words = part(allergen, 1).upper(), part(allergen, 2)
+    none_known = _NO_KNOWN.get(code) or (
+        _NO_KNOWN["NKDA" if "drug" in words.lower() else "NKA"] if _NO_KNOWN_WORDS.match(words) else None)
+    severity = al1.get(4)
+    if severity and severity not in _ALLERGY_SEVERITY:
+        raise al1.error(f"allergy severity '{severity}' is not one of {', '.join(_ALLERGY_SEVERITY)} (table 0128)",
+                        4, condition=Condition.TABLE_VALUE)
+    criticality, reaction_severity = _ALLERGY_SEVERITY.get(severity, (None, None))
+    onset = stamp(al1, 6)
+    return compact({
+        "resourceType": "AllergyIntolerance", "id": source_id, "meta": {"profile": [UK_CORE + "AllergyIntolerance"]},
+        "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]},
+        "category": [category] if (category := _ALLERGEN_CATEGORY.get(al1.get(2))) and not none_known else [],
+        "criticality": None if none_known else criticality,
+        "code": ({"coding": [{"system": SNOMED, "code": none_known[0], "display": none_known[1]}], "text": words}
+                 if none_known else concept(allergen)),
+        "patient": subject,
+        "onsetDateTime": onset.fhir if onset else None,
+        "reaction": [compact({"manifestation": [{"text": text}], "severity": reaction_severity})
+                     for text in al1.text(5).splitlines() if text.strip()] if not none_known else [],
+    })
+
+
 # --- Laboratory results ----------------------------------------------------------------------------
 
 def _laboratory() -> list[Json]:
