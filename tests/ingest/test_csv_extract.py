@@ -303,3 +303,16 @@ def test_mapping_check_refuses_an_invalid_mapping_naming_its_line(env: Database,
     result = runner.invoke(app, ["mapping", "check", str(broken), str(_extract(tmp_path / "s.csv", [_row()]))])
     assert result.exit_code == 2
     assert "line 19, patient.family: column 'surname' is not in `columns`" in result.stderr
+
+
+def test_a_mapping_that_reads_two_digit_years_is_refused_naming_its_line(env: Database, tmp_path: Path) -> None:
+    """%y reads 00-68 as 20xx: a resident born 02/03/25 was stored as born on 2 March 2025 (clinical fidelity
+    review, 2026-12-07). The mapping is refused before any row is read."""
+    two_digit = tmp_path / "LRC-mosaic.yaml"
+    two_digit.write_text(MOSAIC.read_text().replace('date_of_birth, format: "%d/%m/%Y"',
+                                                    'date_of_birth, format: "%d/%m/%y"'))
+    assert two_digit.read_text() != MOSAIC.read_text()
+    result = runner.invoke(app, ["mapping", "check", str(two_digit), str(_extract(tmp_path / "s.csv", [_row()]))])
+    assert result.exit_code == 2
+    assert ("line 21, patient.birth_date.format: '%d/%m/%y' reads a two-digit year (%y), which cannot tell 1925 "
+            "from 2025: use %Y") in " ".join(result.stderr.split())

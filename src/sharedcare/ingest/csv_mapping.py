@@ -131,6 +131,8 @@ class DateColumn(_Strict):
     @field_validator("format")
     @classmethod
     def _round_trips(cls, fmt: str) -> str:
+        if "%y" in fmt.replace("%%", ""):  # strptime reads 00-68 as 20xx: a resident born 02/03/25 became born in 2025
+            raise ValueError(f"'{fmt}' reads a two-digit year (%y), which cannot tell 1925 from 2025: use %Y")
         try:
             datetime.strptime(datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC).strftime(fmt), fmt)  # noqa: DTZ007
         except ValueError as exc:
