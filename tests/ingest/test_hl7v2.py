@@ -182,6 +182,38 @@ def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, 
     assert names == {"H1": ("JONES", "Siân"), "H2": ("O'BRIEN", "Zoë"), "H3": ("MÜLLER", "Renée")}
 
 
+
+def test_a_message_declaring_8859_1_whose_bytes_are_utf8_is_held_naming_the_field(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Read as declared, 'Siobhán' was stored as 'SiobhÃ¡n', answered AA: a name no search finds and a banner
+    that misnames her (clinical fidelity review, 2026-12-07). The C1 check caught Ë but not á, é, í, ó, ú."""
+    wrong = admission("PAS1", mrn="H1", nhs=None, name="KELLY^Siobhán")  # declares 8859/1
+    path = tmp_path / "RXR" / "pas.hl7"
+    path.parent.mkdir()
+    path.write_bytes(wrong.encode("utf-8") + b"\n")
+    report = Pipeline(db, framework).ingest_paths([path])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    (held,) = report.quarantine
+    assert held["where"].endswith("message 1 (MSH-10 PAS1), PID-5")
+    assert "declares 8859/1 in MSH-18, but its bytes are UTF-8" in held["reason"]
+
+
+def test_a_hex_escape_is_read_in_the_messages_character_set(db: Database, framework: Framework,
+                                                            tmp_path: Path) -> None:
+    """\\XC3A1\\ in a UTF-8 message is 'á': python-hl7 made each byte a character, 'Siobhán' stored as
+    'SiobhÃ¡n' (clinical fidelity review, 2026-12-07). In ISO 8859-1 \\XE1\\ is 'á' as before; bytes that are
+    no text in the declared set are held naming the segment."""
+    utf8 = admission("PAS1", mrn="H1", nhs=None, name="KELLY^Siobh\\XC3A1\\n").replace("|8859/1\r", "|UNICODE UTF-8\r")
+    latin = admission("PAS2", mrn="H2", nhs=None, name="BRADY^Siobh\\XE1\\n", visit="V2")
+    broken = admission("PAS3", mrn="H3", nhs=None, name="NOLAN^Siobh\\XC3\\n", visit="V3").replace(
+        "|8859/1\r", "|UNICODE UTF-8\r")
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [utf8, latin, broken])])
+    names = {sid: p["name"][0]["given"][0] for sid, p in _contents(db, "Patient").items()}
+    assert names == {"H1": "Siobhán", "H2": "Siobhán"}
+    (held,) = report.quarantine
+    assert held["where"].endswith("message 3 (MSH-10 PAS3), PID")
+    assert "is not text in the message's character set (utf-8)" in held["reason"]
+
 def test_utf8_without_msh_18_is_read_as_utf8_and_noted(db: Database, framework: Framework, tmp_path: Path) -> None:
     """A message without MSH-18 whose bytes are UTF-8 beyond ASCII is read as UTF-8, not ISO 8859-1: an update
     so sent stored "ZOÃ" and a control character over the name its admission had stored right."""

@@ -132,8 +132,9 @@ def _raw_message(path: Path, number: int, payload: bytes) -> RawMessage:
     return RawMessage(str(path), location, payload, "hl7v2")
 
 
-def _parse(raw: RawMessage, text: str) -> list[Seg]:
-    """Segments in order, labelled; Z-segments (local extensions) are left out."""
+def _parse(raw: RawMessage, text: str, codec: str = "iso8859-1") -> list[Seg]:
+    """Segments in order, labelled; Z-segments (local extensions) are left out. `codec` is the character
+    set `text` was decoded in, which hex escapes are read in too."""
     try:
         encoding, message = split_message("\r".join(s for s in _SEGMENT_END.split(text) if s.strip()))
     except SyntaxProblem as exc:
@@ -152,7 +153,8 @@ def _parse(raw: RawMessage, text: str) -> list[Seg]:
         if name.startswith("Z"):
             continue
         seen[name] += 1
-        segments.append(Seg(fields, encoding, f"{name}[{seen[name]}]" if name in REPEATING else name, raw.where))
+        segments.append(Seg(fields, encoding, f"{name}[{seen[name]}]" if name in REPEATING else name, raw.where,
+                            codec))
     return segments
 
 
@@ -179,13 +181,15 @@ def _decode(raw: RawMessage) -> tuple[list[Seg], bool]:
     if codec is None:
         raise segments[0].error(f"character set '{charset}' is not supported ({', '.join(CHARSETS)})", 18,
                                 condition=Condition.TABLE_VALUE, rejected=True)
+    if declared and codec.startswith("iso8859") and not raw.payload.isascii() and _utf8(raw.payload):
+        _refuse_utf8(segments, charset)
     if codec != "iso8859-1":
         try:
             text = raw.payload.decode(codec)
         except UnicodeDecodeError as exc:
             raise segments[0].error(f"declares {charset} but byte {exc.start} is not {charset}", 18,
                                     condition=Condition.DATA_TYPE, rejected=True) from exc
-        segments = _parse(raw, text)
+        segments = _parse(raw, text, codec)
     if _C1.search(text):
         _refuse_c1(segments, charset)
     return segments, guessed
@@ -197,6 +201,24 @@ def _utf8(payload: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# A UTF-8 sequence read byte by byte as ISO 8859-1: a lead byte (Â-ô) and its continuation bytes (U+0080-U+00BF)
+_UTF8_AS_LATIN1 = re.compile("[\xc2-\xf4][\x80-\xbf]+")
+
+
+def _refuse_utf8(segments: list[Seg], charset: str) -> None:
+    """Refuse a message that declares an ISO 8859 character set but whose bytes are UTF-8, naming the first
+    field where they show: read as declared, 'Siobhán' was stored as 'SiobhÃ¡n' and answered AA (clinical
+    fidelity review, 2026-12-07), and the C1 check catches only some letters (Ë, not á). Text in ISO 8859
+    that is also valid UTF-8 needs a capital accented letter followed by a symbol (Ã©): no name holds one."""
+    for segment in segments:
+        for number, value in enumerate(segment.fields[1:], start=1):
+            if _UTF8_AS_LATIN1.search(value):
+                raise segment.error(
+                    f"declares {charset} in MSH-18, but its bytes are UTF-8 (read as {charset}, its letters "
+                    "would change): the sender must declare UNICODE UTF-8 in MSH-18", number,
+                    condition=Condition.DATA_TYPE)
 
 
 def _refuse_c1(segments: list[Seg], charset: str) -> None:

@@ -74,9 +74,11 @@ class Seg:
     A field is split (repetitions, components, the first subcomponent of each) and unescaped when
     mapping first reads it, and kept for the next read."""
 
-    def __init__(self, fields: list[str], encoding: Encoding, label: str, where: str) -> None:
+    def __init__(self, fields: list[str], encoding: Encoding, label: str, where: str,
+                 codec: str = "iso8859-1") -> None:
         self.fields = fields  # each field's text as sent (hl7v2_syntax.split_message)
         self.encoding = encoding
+        self.codec = codec  # the message's character set (MSH-18), which a hex escape's bytes are in
         self.name = fields[0]
         self.label = label  # "PID", or "OBX[3]" for segments that repeat
         self.where = where
@@ -113,7 +115,32 @@ class Seg:
         return "\n".join(self._unescape(rep) for rep in self.fields[field].split(self.encoding.repetition)).strip()
 
     def _unescape(self, value: str) -> str:
-        return "" if value == '""' else str(unescape(self.encoding, value, _UNESCAPE))  # "" is HL7's null
+        if value == '""':  # HL7's null
+            return ""
+        esc = self.encoding.esc
+        if f"{esc}X" in value:
+            value = _hex_escapes(esc).sub(self._hex_text, value)
+        return str(unescape(self.encoding, value, _UNESCAPE))
+
+    def _hex_text(self, found: re.Match[str]) -> str:
+        """A hex escape (\\XC3A1\\) as the text its bytes make in the message's character set, its escape
+        character escaped again for `unescape`. python-hl7 made each byte a character of its own, so 'á' sent
+        as \\XC3A1\\ in a UTF-8 message was stored as 'Ã¡' (clinical fidelity review, 2026-12-07). A control
+        character it makes is refused by the FHIR checks, naming the element, as before."""
+        try:
+            text = bytes.fromhex(found.group(1)).decode(self.codec)
+        except (ValueError, UnicodeDecodeError):
+            text = None
+        if text is None:
+            raise self.error(f"the hex escape {found.group(0)} is not text in the message's character set "
+                             f"({self.codec})", condition=Condition.DATA_TYPE)
+        return text.replace(self.encoding.esc, f"{self.encoding.esc}E{self.encoding.esc}")
+
+
+@lru_cache(maxsize=8)
+def _hex_escapes(esc: str) -> re.Pattern[str]:
+    """HL7's hex escape (\\Xhh...\\) under a message's escape character."""
+    return re.compile(re.escape(esc) + "X([0-9A-Fa-f]*)" + re.escape(esc))
 
 
 def part(components: list[str], n: int) -> str:
