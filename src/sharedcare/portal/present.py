@@ -21,6 +21,7 @@ from sharedcare.clock import utcnow
 from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
+from sharedcare.ingest.hl7v2_map import _FLAGS as HL7_FLAGS
 from sharedcare.portal.charts import Point, Series, trend_chart
 from sharedcare.portal.pages import nhs_spaced, uk_date, uk_time
 from sharedcare.portal.stays import one_per_stay
@@ -93,25 +94,128 @@ UNIT_WORDS = {"mm[Hg]": "mmHg", "Cel": "°C", "10*9/L": "x10^9/L", "mL/min/{1.73
 
 
 def quantity(q: dict[str, Any]) -> str:
-    """A value with its unit: a result without one (3.0 what?) is no use to the reader."""
+    """A value with its unit: a result without one (3.0 what?) is no use to the reader. Its comparator
+    first: "<5" is less than five, not five."""
     unit = str(q.get("unit") or q.get("code") or "")
-    return f"{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+    return f"{q.get('comparator') or ''}{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+
+
+def _bound(q: Any) -> dict[str, Any] | None:
+    """A Quantity that holds a number (a range's bound, a ratio's term), else None."""
+    return q if isinstance(q, dict) and q.get("value") is not None else None
+
+
+def _unit(q: dict[str, Any]) -> str:
+    unit = str(q.get("unit") or q.get("code") or "")
+    return UNIT_WORDS.get(unit, unit)
+
+
+def range_text(r: dict[str, Any]) -> str:
+    """A Range (a result of 10 to 20, a reference range) in words; one bound alone is "up to" or "and above"
+    (FHIR's bounds are inclusive); "" when it has neither."""
+    low, high = _bound(r.get("low")), _bound(r.get("high"))
+    if low and high:
+        if _unit(low) == _unit(high) or not _unit(high):
+            return f"{low['value']} to {high['value']} {_unit(low)}".strip()
+        return f"{quantity(low)} to {quantity(high)}"
+    if low:
+        return f"{quantity(low)} and above"
+    if high:
+        return f"up to {quantity(high)}"
+    return ""
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    numerator, denominator = _bound(r.get("numerator")), _bound(r.get("denominator"))
+    return f"{quantity(numerator)}:{quantity(denominator)}" if numerator and denominator else ""
+
+
+def _date_time(value: str) -> str:
+    """A dateTime value: its day as pages write it, and its time in UK time when it has one."""
+    if len(value) <= 10:
+        return uk_date(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return uk_time(moment) if moment.tzinfo else f"{uk_date(moment)}, {moment:%H:%M}"
+
+
+# The flags a lab sends (HL7 table 0078, FHIR's v3 ObservationInterpretation) in words, for a flag sent
+# without its display: HL7 v2 ingest's wording, and a few codes FHIR feeds use besides.
+FLAG_WORDS = {**HL7_FLAGS, "HU": "Significantly high", "LU": "Significantly low", "POS": "Positive",
+              "NEG": "Negative", "DET": "Detected", "ND": "Not detected", "IND": "Indeterminate",
+              "R": "Resistant", "S": "Susceptible", "I": "Intermediate", "<": "Below the lowest value measured",
+              ">": "Above the highest value measured"}
+
+
+def _flag(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    if concept.get("text"):
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
+        if coding.get("display"):
+            return str(coding["display"])
+        if coding.get("code"):
+            return FLAG_WORDS.get(str(coding["code"]), str(coding["code"]))
+    return ""
+
+
+def _reference_range(r: dict[str, Any]) -> str:
+    """One reference range, with whom it applies to when the lab says ("range 3.5 to 5.3 mmol/L")."""
+    said = range_text(r) or str(r.get("text") or "")
+    if not said:
+        return ""
+    who = ", ".join(t for t in (concept_text(r.get("type")),
+                                *(concept_text(a) for a in r.get("appliesTo") or [])) if t)
+    return f"range {said}" + (f" ({who})" if who else "")
 
 
 def _value_text(observation: dict[str, Any]) -> str:
-    """An Observation's or a component's value; a text value withheld below tier 3 says it is not shown."""
+    """An Observation's or a component's value, of whichever kind the source sent it; a text value withheld
+    below tier 3 says it is not shown. A value of a kind not written here says so: never a blank."""
     if "valueQuantity" in observation:
         return quantity(observation["valueQuantity"])
-    return str(observation.get("valueString") or concept_text(observation.get("dataAbsentReason")))
+    if "valueCodeableConcept" in observation:
+        return concept_text(observation["valueCodeableConcept"])
+    if "valueRange" in observation:
+        return range_text(observation["valueRange"])
+    if "valueRatio" in observation:
+        return _ratio(observation["valueRatio"])
+    if "valueDateTime" in observation:
+        return _date_time(str(observation["valueDateTime"]))
+    if "valuePeriod" in observation:
+        period = observation["valuePeriod"] or {}
+        return " ".join(f"{word} {_date_time(str(period[key]))}" for word, key in (("from", "start"), ("to", "end"))
+                        if period.get(key))
+    if isinstance(observation.get("valueBoolean"), bool):
+        return "Yes" if observation["valueBoolean"] else "No"
+    for name in ("valueInteger", "valueTime"):
+        if observation.get(name) is not None:
+            return str(observation[name])
+    if observation.get("valueString") or observation.get("dataAbsentReason"):
+        return str(observation.get("valueString") or concept_text(observation.get("dataAbsentReason")))
+    if any(name.startswith("value") for name in observation):
+        return "A value this page cannot show: see the source's record"
+    return ""
+
+
+def result_text(observation: dict[str, Any]) -> str:
+    """A value with what the lab said of it: its flags in words and its reference range
+    ("6.8 mmol/L (Critical high; range 3.5 to 5.3 mmol/L)")."""
+    value = _value_text(observation)
+    flags = [f for f in (_flag(c) for c in observation.get("interpretation") or []) if f]
+    ranges = [r for r in (_reference_range(r) for r in observation.get("referenceRange") or []) if r]
+    said = "; ".join([", ".join(flags)] * bool(flags) + ranges)
+    return f"{value} ({said})" if value and said else value or said
 
 
 def detail(resource: dict[str, Any]) -> str:
     rtype = resource.get("resourceType")
     if rtype == "Observation":
-        if "valueQuantity" in resource:
-            return quantity(resource["valueQuantity"])
-        parts = [f"{concept_text(c.get('code'))}: {_value_text(c)}" for c in resource.get("component", [])]
-        return "; ".join(parts) or _value_text(resource)
+        parts = [f"{concept_text(c.get('code'))}: {result_text(c)}" for c in resource.get("component", [])]
+        return "; ".join(part for part in (result_text(resource), *parts) if part)
     if rtype == "DiagnosticReport":
         count = len(resource.get("result") or [])
         panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
@@ -288,17 +392,20 @@ def _is(concept: Any, kind: tuple[set[str], tuple[str, ...]]) -> bool:
     return any(word in text for word in words)
 
 
-def _value(resource: dict[str, Any]) -> float | None:
-    value = (resource.get("valueQuantity") or {}).get("value")
+def _value(resource: dict[str, Any]) -> tuple[float, str] | None:
+    """A result's number, and its comparator when the lab gave a limit (">90"): the chart leaves that out."""
+    quantity = resource.get("valueQuantity") or {}
+    value = quantity.get("value")
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
+    comparator = str(quantity.get("comparator") or "")
     try:
-        return float(value)
+        return float(value), comparator
     except OverflowError:  # an integer too big for a float: not drawn (charts.DRAWN)
-        return math.inf
+        return math.inf, comparator
 
 
-def _point(served: ServedResource, value: float | None) -> Point | None:
+def _point(served: ServedResource, value: tuple[float, str] | None) -> Point | None:
     day = when(served.content)
     if value is None or not day:
         return None
@@ -306,7 +413,7 @@ def _point(served: ServedResource, value: float | None) -> Point | None:
         on = date.fromisoformat(day)
     except ValueError:
         return None
-    return Point(on, value, served.source_name)
+    return Point(on, value[0], served.source_name, value[1])
 
 
 # The range each chart draws: beyond these a result is not physiological (a unit error, a slip).
@@ -334,7 +441,7 @@ def _trend_charts(view: RecordView) -> list[Markup]:
     for served in view.of_type("Observation"):
         r = served.content
         code = r.get("code")
-        found: list[tuple[str, float | None]] = []
+        found: list[tuple[str, tuple[float, str] | None]] = []
         if _is(code, HBA1C):
             found.append(("hba1c", _value(r)))
         elif _is(code, EGFR):
