@@ -284,16 +284,50 @@ class Row:
     tier: int
     stale: bool = False
     systems: tuple[str, ...] = ()  # when more than one system of the source sent it (a stay: PAS and EPR)
+    verification: str = ""  # a Condition's or an allergy's verificationStatus code, when the source sent one
 
     @property
     def status_colour(self) -> str:
-        """The nhsuk-tag colour for the status: current things blue, finished things grey."""
+        """The nhsuk-tag colour for the status: current things blue, finished things grey; an item the source
+        is not sure of orange, one it ruled out red (the status says so in words too)."""
+        if self.verification == "refuted":
+            return "red"
+        if self.verification in NOT_CONFIRMED:
+            return "orange"
         status = self.status.lower()
         if status in {"active", "current", "in-progress", "final", "confirmed", "recurrence", "relapse"}:
             return "blue"
         if status in {"entered-in-error", "refuted", "cancelled", "revoked"}:
             return "red"
         return "grey" if status else ""
+
+
+# How sure the source is of a problem or an allergy (FHIR's condition-ver-status and
+# allergyintolerance-verification), said beside its clinical status whenever it is not confirmed: a
+# suspected pulmonary embolism is not a diagnosed one, and a refuted penicillin allergy is no allergy.
+# (Entered in error is never shown: the gateway serves no withdrawn item.)
+VERIFICATION_WORDS = {"unconfirmed": "unconfirmed", "provisional": "provisional (suspected)",
+                      "differential": "differential (one of several possible diagnoses)",
+                      "refuted": "refuted (ruled out)"}
+NOT_CONFIRMED = {"unconfirmed", "provisional", "differential"}
+
+
+def _verification(resource: dict[str, Any]) -> str:
+    concept = resource.get("verificationStatus")
+    if not isinstance(concept, dict):
+        return ""
+    codes = [str(c.get("code")) for c in concept.get("coding") or [] if c.get("code")]
+    return codes[0] if codes else str(concept.get("text") or "").strip().lower()
+
+
+def status_words(resource: dict[str, Any]) -> str:
+    """The status as a row shows it: "active", "active, provisional (suspected)", "refuted (ruled out)"."""
+    clinical = concept_text(resource.get("clinicalStatus")) or str(resource.get("status", ""))
+    verification = _verification(resource)
+    if verification == "refuted":
+        return VERIFICATION_WORDS[verification]  # not "active, refuted": it is not there
+    said = VERIFICATION_WORDS.get(verification, "")
+    return ", ".join(part for part in (clinical, said) if part)
 
 
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
@@ -303,15 +337,15 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
     org = fw.organisation(served.source_org)
     what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
-    status = concept_text(r.get("clinicalStatus")) or str(r.get("status", ""))
-    return Row(what=what, when=moment(r), status=status, detail=detail(r),
+    return Row(what=what, when=moment(r), status=status_words(r), detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
                source_kind=KIND_LABELS.get(org.kind, "") if org else "",
                recorded=uk_time(served.recorded_at), received=uk_time(served.received_at),
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale,
-               systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else ())
+               systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else (),
+               verification=_verification(r))
 
 
 @dataclass(frozen=True)
