@@ -206,3 +206,55 @@ def test_a_medicine_issued_after_another_source_stopped_it_says_so(stay: Ics, fr
     text = _text(stay.client.get(f"/record/{stay.okafor}/medicines").text)
     assert (f"Stopped by {HOSPITAL} on 16 Oct 2026 (Acute kidney injury, eGFR 47), but still current at "
             "Riverside Medical Centre, and issued since by Riverside Medical Centre on 2 Nov 2026.") in text
+
+
+def _hba1c(oid: str, subject: str, day: str, value: int) -> dict[str, object]:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": subject},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "999791000000106",
+                                 "display": "Haemoglobin A1c level"}]},
+            "effectiveDateTime": day, "valueQuantity": {"value": value, "unit": "mmol/mol"}}
+
+
+def test_what_changed_opens_when_another_organisation_dates_a_problem_by_its_year_alone(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """FHIR allows "2019" for an onset; the page answered 500. A year reads as its first day, as pages show it."""
+    feed = bundle("RXR", "epr", [
+        {"resourceType": "Condition", "id": "rx-htn", "subject": {"reference": "Patient/MRN1"},
+         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                        "code": "active"}]},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]},
+         "onsetDateTime": "2019"},
+        {"resourceType": "Condition", "id": "rx-ckd", "subject": {"reference": "Patient/MRN1"},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "431855005",
+                              "display": "Chronic kidney disease stage 1"}]},
+         "onsetDateTime": "2026-11"},
+        _hba1c("rx-a1c", "Patient/MRN1", "2026-11", 61)], timestamp="2026-11-20T10:00:00Z")
+    gp = bundle("P81001", "emis", [_hba1c("gp-a1c", "Patient/gp-okafor", "2025", 57)],
+                timestamp="2026-11-20T10:00:00Z")
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "partial.ndjson", [feed]),
+                                                         write_ndjson(tmp_path / "partial-gp.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    page = ics.client.get(f"/record/{ics.okafor}/changes")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "Chronic kidney disease stage 1 Date Nov 2026" in text  # since 1 Nov 2026 or earlier: counts
+    assert "Hypertension" not in text  # 2019: before the date
+    assert "Result 61 mmol/mol Your last result 57 mmol/mol on 2025" in text  # each dated as sent
+
+
+def test_what_changed_opens_when_the_viewers_own_last_encounter_is_dated_by_month(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    feed = bundle("P81001", "emis", [
+        {"resourceType": "Encounter", "id": "gp-e-month", "status": "finished",
+         "subject": {"reference": "Patient/gp-okafor"},
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
+                   "display": "ambulatory"},
+         "type": [{"text": "GP home visit"}], "period": {"start": "2026-11"}}], timestamp="2026-11-20T10:00:00Z")
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "month.ndjson", [feed])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    page = ics.client.get(f"/record/{ics.okafor}/changes")
+    assert page.status_code == 200
+    assert "What changed since 1 Nov 2026" in _text(page.text)
+    assert "(GP home visit, Nov 2026)" in _text(page.text)

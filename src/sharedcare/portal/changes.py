@@ -20,7 +20,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
 from sharedcare.portal.pages import uk_date
-from sharedcare.portal.present import Row, row, stale_sources, when
+from sharedcare.portal.present import Row, day_of, row, stale_sources, when
 from sharedcare.portal.stays import one_per_stay
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
@@ -81,19 +81,21 @@ class Changes:
 
 def default_since(view: RecordView, fw: Framework, own: str, today: date) -> Since:
     """The person's last encounter with the viewer's organisation, else WITHOUT_ENCOUNTER_DAYS ago."""
-    mine = [(when(s.content), s) for s in view.of_type("Encounter") if s.source_org == own and when(s.content)]
+    dated = ((day_of(s.content), s) for s in view.of_type("Encounter") if s.source_org == own)
+    mine = [(day, s) for day, s in dated if day]
     if mine:
         day, last = max(mine, key=lambda pair: pair[0])
-        return Since(date.fromisoformat(day), f"your organisation's last encounter with this person "
-                                              f"({row(last, fw).what}, {uk_date(day)})")
+        return Since(day, f"your organisation's last encounter with this person "
+                          f"({row(last, fw).what}, {uk_date(when(last.content))})")
     start = today - timedelta(days=WITHOUT_ENCOUNTER_DAYS)
     return Since(start, f"{WITHOUT_ENCOUNTER_DAYS} days ago: your organisation has no encounter with this person "
                         "on record")
 
 
 def _new(served: ServedResource, since: date) -> bool:
-    day = when(served.content)
-    return (date.fromisoformat(day) if day else served.recorded_at.date()) >= since
+    """Whether an item counts as new: its own date (a year or a month as its first day), else when its source
+    recorded it."""
+    return (day_of(served.content) or served.recorded_at.date()) >= since
 
 
 def _test_key(served: ServedResource) -> str:

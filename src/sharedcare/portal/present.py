@@ -18,6 +18,7 @@ from typing import Any
 from markupsafe import Markup
 
 from sharedcare.clock import utcnow
+from sharedcare.fhir.search import SearchError, parse_instant
 from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
@@ -74,6 +75,18 @@ def _first_concept(resource: dict[str, Any], *names: str) -> str:
 def when(resource: dict[str, Any]) -> str:
     """The date that matters for this item (onset, effective, period start, issued...), as an ISO date."""
     return moment(resource)[:10]
+
+
+def day_of(resource: dict[str, Any]) -> date | None:
+    """That date as a day to compare with: a year or a month ("2019", FHIR allows it) is its first day, as FHIR
+    search reads it (`parse_instant`); None when the item has no date, or what it has is no date."""
+    text = when(resource)
+    if not text:
+        return None
+    try:
+        return parse_instant(text).date()
+    except SearchError:
+        return None
 
 
 def moment(resource: dict[str, Any]) -> str:
