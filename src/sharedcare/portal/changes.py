@@ -110,14 +110,15 @@ def _medicine_changes(group: medicines.Medicine, org: str, own: str, since: date
         return None
     yours = group.from_source(own)
     your_current = [s for s in yours if s.taking]
+    coded = medicines.on_coded_doses([*(s for s in theirs if s.taking), *your_current])
     if any(s.status in medicines.STOPPED for s in theirs) and not any(s.taking for s in theirs):
         change = "Stopped"
     elif not any(s.taking for s in theirs) and any(s.status == "completed" for s in theirs):
         change = "Course finished"
     elif any(s.taking and s.started and s.started >= since.isoformat() for s in theirs) and not your_current:
         change = "Started"
-    elif your_current and {medicines.dose_key(s) for s in theirs if s.taking} - \
-            {medicines.dose_key(s) for s in your_current}:
+    elif your_current and {medicines.dose_key(s, coded) for s in theirs if s.taking} - \
+            {medicines.dose_key(s, coded) for s in your_current}:
         change = "Dose or product changed"
     elif not your_current and any(s.taking for s in theirs):
         change = "Continued (not on your list)"

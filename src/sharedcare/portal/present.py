@@ -13,6 +13,7 @@ import math
 import traceback
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from markupsafe import Markup
@@ -234,7 +235,7 @@ def detail(resource: dict[str, Any]) -> str:
         panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
         return str(resource.get("conclusion") or "") or panel
     if rtype == "MedicationStatement":
-        parts = [d.get("text", "") for d in resource.get("dosage", []) if d.get("text")]
+        parts = [text for text in (dosage_text(d) for d in resource.get("dosage", [])) if text]
         issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
                        if str(e.get("url", "")).endswith("MedicationStatementLastIssueDate")), None)
         if issued:
@@ -256,6 +257,128 @@ def detail(resource: dict[str, Any]) -> str:
 
 WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
             "sat": "Saturday", "sun": "Sunday"}
+
+
+# A dose's schedule in words (FHIR Timing): the units of a period, and when in the day (the codes UK
+# prescribing systems send; any other is shown as sent).
+PERIOD_UNITS = {"s": ("second", "seconds"), "min": ("minute", "minutes"), "h": ("hour", "hours"),
+                "d": ("day", "days"), "wk": ("week", "weeks"), "mo": ("month", "months"), "a": ("year", "years")}
+WHEN_WORDS = {"MORN": "in the morning", "AFT": "in the afternoon", "EVE": "in the evening", "NIGHT": "at night",
+              "NOON": "at noon", "HS": "at bedtime", "WAKE": "on waking", "C": "with meals", "CM": "with breakfast",
+              "CD": "with lunch", "CV": "with the evening meal", "AC": "before meals", "ACM": "before breakfast",
+              "ACD": "before lunch", "ACV": "before the evening meal", "PC": "after meals", "PCM": "after breakfast",
+              "PCD": "after lunch", "PCV": "after the evening meal"}
+
+
+def _number(value: Any) -> str:
+    """A dose's number as a prescriber writes it: 3.0 is 3, 2.50 is 2.5 (so two sources agree on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    try:
+        return format(Decimal(str(value)).normalize(), "f")
+    except InvalidOperation:
+        return str(value)
+
+
+def _amount(q: dict[str, Any]) -> str:
+    unit = str(q.get("unit") or q.get("code") or "")
+    unit = unit[1:-1] if unit.startswith("{") and unit.endswith("}") else UNIT_WORDS.get(unit, unit)
+    return f"{_number(q.get('value'))} {unit}".strip()
+
+
+def _span(q: dict[str, Any]) -> str:
+    """A length of time: 24 hours, 1 week."""
+    one, many = PERIOD_UNITS.get(str(q.get("code") or q.get("unit") or ""), ("", ""))
+    value = q.get("value")
+    return f"{_number(value)} {one if value == 1 else many}" if one else _amount(q)
+
+
+def _amount_range(r: dict[str, Any]) -> str:
+    low, high = _bound(r.get("low")), _bound(r.get("high"))
+    if low and high:
+        same = _amount(low).split(" ", 1)[1:] == _amount(high).split(" ", 1)[1:]
+        return f"{_number(low['value'])} to {_amount(high)}" if same else f"{_amount(low)} to {_amount(high)}"
+    return f"up to {_amount(high)}" if high else f"at least {_amount(low)}" if low else ""
+
+
+def _times(count: Any) -> str:
+    return {1: "once", 2: "twice"}.get(count, f"{_number(count)} times")
+
+
+def timing_text(timing: dict[str, Any]) -> str:
+    """A Timing in words: "once a day in the evening", "every 6 hours", "once a week on Monday"."""
+    repeat = timing.get("repeat") or {}
+    parts = []
+    frequency, most = repeat.get("frequency") or 1, repeat.get("frequencyMax")
+    period, longest, unit = repeat.get("period"), repeat.get("periodMax"), repeat.get("periodUnit")
+    if period and unit in PERIOD_UNITS:
+        one, many = PERIOD_UNITS[unit]
+        how = f"{_number(frequency)} to {_number(most)} times" if most else _times(frequency)
+        if longest:
+            every = f"every {_number(period)} to {_number(longest)} {many}"
+            parts.append(every if frequency == 1 and not most else f"{how} {every}")
+        elif period == 1:
+            parts.append(f"{how} {'an' if one == 'hour' else 'a'} {one}")
+        elif frequency == 1 and not most:
+            parts.append(f"every {_number(period)} {many}")
+        else:
+            parts.append(f"{how} every {_number(period)} {many}")
+    elif repeat.get("frequency"):
+        parts.append(_times(repeat["frequency"]))
+    days = [WEEKDAYS.get(str(d), str(d)) for d in repeat.get("dayOfWeek") or []]
+    if days:
+        parts.append("on " + " and ".join(days))
+    hours = [str(t)[:5] for t in repeat.get("timeOfDay") or []]
+    if hours:
+        parts.append("at " + " and ".join(hours))
+    if repeat.get("when"):
+        parts.append(" and ".join(WHEN_WORDS.get(str(w), str(w)) for w in repeat["when"]))
+    bounds = _bound(repeat.get("boundsDuration"))
+    if bounds:
+        parts.append(f"for {_span(bounds)}")
+    return " ".join(parts) or concept_text(timing.get("code"))
+
+
+def coded_dose(dosage: dict[str, Any]) -> bool:
+    """Whether a Dosage codes how much (doseAndRate: a quantity or a range): only then is it compared on its
+    coded form, since a route or a schedule alone says nothing of the dose."""
+    return any(_bound(d.get("doseQuantity")) or _bound((d.get("doseRange") or {}).get("low"))
+               or _bound((d.get("doseRange") or {}).get("high")) for d in dosage.get("doseAndRate") or [])
+
+
+def structured_dose(dosage: dict[str, Any]) -> str:
+    """A Dosage's coded parts in words: how much (and how fast), how often, when needed, at most how much,
+    and by which route ("3 mg, once a day in the evening, oral")."""
+    parts = []
+    for given in dosage.get("doseAndRate") or []:
+        dose = _bound(given.get("doseQuantity"))
+        parts.append(_amount(dose) if dose else _amount_range(given.get("doseRange") or {}))
+        rate = _bound(given.get("rateQuantity"))
+        ratio = given.get("rateRatio") or {}
+        if rate:
+            parts.append(f"at {_amount(rate)}")
+        elif given.get("rateRange"):
+            parts.append(f"at {_amount_range(given['rateRange'])}")
+        elif _bound(ratio.get("numerator")) and _bound(ratio.get("denominator")):
+            parts.append(f"at {_amount(ratio['numerator'])} per {_span(ratio['denominator'])}")
+    parts.append(timing_text(dosage.get("timing") or {}))
+    if dosage.get("asNeededBoolean") is True:
+        parts.append("when needed")
+    elif concept_text(dosage.get("asNeededCodeableConcept")):
+        parts.append(f"when needed for {concept_text(dosage['asNeededCodeableConcept'])}")
+    limit = dosage.get("maxDosePerPeriod") or {}
+    if _bound(limit.get("numerator")) and _bound(limit.get("denominator")):
+        parts.append(f"at most {_amount(limit['numerator'])} in {_span(limit['denominator'])}")
+    route = concept_text(dosage.get("route"))
+    if route:  # "Oral" reads "oral"; an abbreviation ("PEG tube") is left as sent
+        parts.append(route[:1].lower() + route[1:] if route[1:2].islower() else route)
+    return ", ".join(p for p in parts if p)
+
+
+def dosage_text(dosage: dict[str, Any]) -> str:
+    """A Dosage as the page shows it: the prescriber's words when the source sent them, else its coded parts
+    in words (a GP system or an EPR often codes the dose and writes nothing)."""
+    return str(dosage.get("text") or "") or structured_dose(dosage)
 
 
 def _activity(detail: dict[str, Any]) -> str:
