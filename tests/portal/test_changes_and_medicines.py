@@ -329,6 +329,10 @@ def test_what_changed_opens_when_another_organisation_dates_a_problem_by_its_yea
     assert "Chronic kidney disease stage 1 Date Nov 2026" in text  # since 1 Nov 2026 or earlier: counts
     assert "Hypertension" not in text  # 2019: before the date
     assert "Result 61 mmol/mol Your last result 57 mmol/mol on 2025" in text  # each dated as sent
+    # a month alone may be its last day: since 15 Nov, "2026-11" may be new, and is shown
+    later = _text(ics.client.post(f"/record/{ics.okafor}/changes",
+                                  data={"since_day": "15", "since_month": "11", "since_year": "2026"}).text)
+    assert "Chronic kidney disease stage 1 Date Nov 2026" in later and "Hypertension" not in later
 
 
 def test_what_changed_opens_when_the_viewers_own_last_encounter_is_dated_by_month(

@@ -4,8 +4,9 @@ stopped or changed (with the viewer's own list alongside), new results (with the
 value of the same test), discharge summaries and other documents, follow-up asked for, and admissions.
 
 The default date is the person's last encounter with the viewer's own organisation ("since I last saw
-them"). An item counts from its own clinical date (onset, result, period start or end); an item with
-no date of its own counts from when its source recorded it.
+them"; a last encounter dated only to the month counts from its first day). An item counts from its own
+clinical date (onset, result, period start or end; one dated only to the year or month counts when any of
+it is on or after the date); an item with no date of its own counts from when its source recorded it.
 
 Display only, like `present`: it receives what governance released and fetches nothing.
 """
@@ -93,9 +94,10 @@ def default_since(view: RecordView, fw: Framework, own: str, today: date) -> Sin
 
 
 def _new(served: ServedResource, since: date) -> bool:
-    """Whether an item counts as new: its own date (a year or a month as its first day), else when its source
-    recorded it."""
-    return (day_of(served.content) or served.recorded_at.date()) >= since
+    """Whether an item counts as new: its own date, else when its source recorded it. A date given only to the
+    year or month counts when any of it is on or after `since` (an onset "2026-11" may be 30 November): a
+    reader is shown what may be new rather than not shown it."""
+    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since
 
 
 def _test_key(served: ServedResource) -> str:

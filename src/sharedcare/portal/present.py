@@ -12,7 +12,7 @@ import logging
 import math
 import traceback
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -78,16 +78,22 @@ def when(resource: dict[str, Any]) -> str:
     return moment(resource)[:10]
 
 
-def day_of(resource: dict[str, Any]) -> date | None:
+def day_of(resource: dict[str, Any], last: bool = False) -> date | None:
     """That date as a day to compare with: a year or a month ("2019", FHIR allows it) is its first day, as FHIR
-    search reads it (`parse_instant`); None when the item has no date, or what it has is no date."""
+    search reads it (`parse_instant`), or with `last` its last day (31 Dec 2019); None when the item has no
+    date, or what it has is no date."""
     text = when(resource)
     if not text:
         return None
     try:
-        return parse_instant(text).date()
+        first = parse_instant(text).date()
     except SearchError:
         return None
+    if not last or len(text) == 10:
+        return first
+    if len(text) == 4:
+        return date(first.year, 12, 31)
+    return date(first.year + first.month // 12, first.month % 12 + 1, 1) - timedelta(days=1)
 
 
 def moment(resource: dict[str, Any]) -> str:
