@@ -226,7 +226,8 @@ def result_text(observation: dict[str, Any]) -> str:
     ("6.8 mmol/L (Critical high; range 3.5 to 5.3 mmol/L)")."""
     value = _value_text(observation)
     flags = [f for f in (_flag(c) for c in observation.get("interpretation") or []) if f]
-    ranges = [r for r in (_reference_range(r) for r in observation.get("referenceRange") or []) if r]
+    ranges = [r for r in (_reference_range(r) for r in observation.get("referenceRange") or []
+                          if isinstance(r, dict)) if r]
     said = "; ".join([", ".join(flags)] * bool(flags) + ranges)
     return f"{value} ({said})" if value and said else value or said
 
@@ -234,14 +235,16 @@ def result_text(observation: dict[str, Any]) -> str:
 def detail(resource: dict[str, Any]) -> str:
     rtype = resource.get("resourceType")
     if rtype == "Observation":
-        parts = [f"{concept_text(c.get('code'))}: {result_text(c)}" for c in resource.get("component", [])]
+        parts = [f"{concept_text(c.get('code'))}: {result_text(c)}" for c in resource.get("component") or []
+                 if isinstance(c, dict)]
         return "; ".join(part for part in (result_text(resource), *parts) if part)
     if rtype == "DiagnosticReport":
         count = len(resource.get("result") or [])
         panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
         return str(resource.get("conclusion") or "") or panel
     if rtype == "MedicationStatement":
-        parts = [text for text in (dosage_text(d) for d in resource.get("dosage", [])) if text]
+        parts = [text for text in (dosage_text(d) for d in resource.get("dosage") or [] if isinstance(d, dict))
+                 if text]
         issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
                        if str(e.get("url", "")).endswith("MedicationStatementLastIssueDate")), None)
         if issued:
