@@ -206,3 +206,147 @@ def test_a_medicine_issued_after_another_source_stopped_it_says_so(stay: Ics, fr
     text = _text(stay.client.get(f"/record/{stay.okafor}/medicines").text)
     assert (f"Stopped by {HOSPITAL} on 16 Oct 2026 (Acute kidney injury, eGFR 47), but still current at "
             "Riverside Medical Centre, and issued since by Riverside Medical Centre on 2 Nov 2026.") in text
+
+
+def _warfarin(mid: str, subject: str, mg: float, text: str = "") -> dict[str, object]:
+    """Warfarin as a GP system or an EPR sends it: the dose coded (doseAndRate, timing, route), the
+    words (`dosage.text`) only sometimes."""
+    dosage: dict[str, object] = {
+        "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "when": ["EVE"]}},
+        "route": {"coding": [{"system": "http://snomed.info/sct", "code": "26643006", "display": "Oral"}]},
+        "doseAndRate": [{"doseQuantity": {"value": mg, "unit": "mg"}}]}
+    if text:
+        dosage["text"] = text
+    return {"resourceType": "MedicationStatement", "id": mid, "status": "active", "subject": {"reference": subject},
+            "effectivePeriod": {"start": "2026-10-20"},
+            "medicationCodeableConcept": {"coding": [{"system": "https://dmd.nhs.uk", "code": "319733000",
+                                                      "display": "Warfarin 1mg tablets"}]},
+            "dosage": [dosage]}
+
+
+def _send_warfarin(ics: Ics, framework: Framework, tmp_path: Path, gp_mg: float, hospital_mg: float,
+                   gp_text: str = "", hospital_text: str = "") -> None:
+    feeds = [bundle("P81001", "emis", [_warfarin("gp-w", "Patient/gp-okafor", gp_mg, gp_text)],
+                    timestamp="2026-11-20T10:00:00Z"),
+             bundle("RXR", "epr", [_warfarin("rx-w", "Patient/MRN1", hospital_mg, hospital_text)],
+                    timestamp="2026-11-20T10:00:00Z")]
+    paths = [write_ndjson(tmp_path / f"warfarin-{i}.ndjson", [feed]) for i, feed in enumerate(feeds)]
+    report = Pipeline(_db(ics), framework).ingest_paths(paths)
+    assert report.quarantined == 0, report.quarantine
+
+
+def test_a_coded_dose_is_shown_and_3mg_at_the_gp_beside_5mg_at_the_hospital_is_flagged(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Both lists coded warfarin's dose and neither wrote it in words: the page said "taking" twice, with no
+    dose and no discrepancy."""
+    _send_warfarin(ics, framework, tmp_path, 3, 5.0)
+    _open(ics, "pharm.khan")
+    text = _text(ics.client.get(f"/record/{ics.okafor}/medicines").text)
+    warfarin = _section(text, "Warfarin Discrepancy", "Metformin")
+    assert ("Different product or dose: Riverside Medical Centre says Warfarin 1mg tablets, 3 mg, once a day "
+            f"in the evening, oral; {HOSPITAL} says Warfarin 1mg tablets, 5 mg, once a day in the evening, "
+            "oral.") in warfarin
+    assert "As recorded Warfarin 1mg tablets 3 mg, once a day in the evening, oral Status taking" in warfarin
+    # the whole record's medication rows say the dose too
+    record = _text(ics.client.get(f"/record/{ics.okafor}").text)
+    assert "Detail 5 mg, once a day in the evening, oral" in record
+
+
+def test_the_same_coded_dose_written_in_different_words_is_not_flagged(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    _send_warfarin(ics, framework, tmp_path, 3, 3.0, gp_text="3mg each evening", hospital_text="Three mg at 6pm")
+    _open(ics, "pharm.khan")
+    text = _text(ics.client.get(f"/record/{ics.okafor}/medicines").text)
+    assert "Warfarin Discrepancy" not in text
+    assert "Warfarin 1mg tablets 3mg each evening" in text and "Warfarin 1mg tablets Three mg at 6pm" in text
+
+
+def test_the_same_words_over_different_coded_doses_are_flagged_naming_both_doses(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """The words are shown, as the prescriber wrote them; the coded doses are what is compared when both
+    sources send one, and the flag says what each coded."""
+    _send_warfarin(ics, framework, tmp_path, 3, 5, gp_text="As directed by the anticoagulation clinic",
+                   hospital_text="As directed by the anticoagulation clinic")
+    _open(ics, "pharm.khan")
+    text = _text(ics.client.get(f"/record/{ics.okafor}/medicines").text)
+    assert ("Different product or dose: Riverside Medical Centre says Warfarin 1mg tablets, As directed by the "
+            "anticoagulation clinic (coded dose: 3 mg, once a day in the evening, oral); ") in text
+    assert "As recorded Warfarin 1mg tablets As directed by the anticoagulation clinic Status" in text
+    _open(ics, "dr.patel")
+    changes = _text(ics.client.get(f"/record/{ics.okafor}/changes").text)
+    assert "Warfarin Change Dose or product changed" in changes
+
+
+def test_a_dose_in_words_is_its_schedule_route_and_limits() -> None:
+    from sharedcare.portal.present import dosage_text
+    assert dosage_text({"doseAndRate": [{"doseRange": {"low": {"value": 1, "unit": "tablet"},
+                                                       "high": {"value": 2, "unit": "tablet"}}}],
+                        "timing": {"repeat": {"frequency": 1, "period": 6, "periodUnit": "h"}},
+                        "asNeededCodeableConcept": {"text": "pain"},
+                        "maxDosePerPeriod": {"numerator": {"value": 8, "unit": "tablet"},
+                                             "denominator": {"value": 24, "unit": "h"}}}) == \
+        "1 to 2 tablet, every 6 hours, when needed for pain, at most 8 tablet in 24 hours"
+    assert dosage_text({"doseAndRate": [{"doseQuantity": {"value": 2.50, "unit": "mg"}}],
+                        "timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}},
+                        "asNeededBoolean": True}) == "2.5 mg, twice a day, when needed"
+    assert dosage_text({"doseAndRate": [{"doseQuantity": {"value": 70, "unit": "mg"}}],
+                        "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk",
+                                              "dayOfWeek": ["mon"]}}}) == "70 mg, once a week on Monday"
+    assert dosage_text({"text": "One tablet daily", "doseAndRate": [{"doseQuantity": {"value": 1}}]}) == \
+        "One tablet daily"
+
+
+def _hba1c(oid: str, subject: str, day: str, value: int) -> dict[str, object]:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": subject},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "999791000000106",
+                                 "display": "Haemoglobin A1c level"}]},
+            "effectiveDateTime": day, "valueQuantity": {"value": value, "unit": "mmol/mol"}}
+
+
+def test_what_changed_opens_when_another_organisation_dates_a_problem_by_its_year_alone(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """FHIR allows "2019" for an onset; the page answered 500. A year reads as its first day, as pages show it."""
+    feed = bundle("RXR", "epr", [
+        {"resourceType": "Condition", "id": "rx-htn", "subject": {"reference": "Patient/MRN1"},
+         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                        "code": "active"}]},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]},
+         "onsetDateTime": "2019"},
+        {"resourceType": "Condition", "id": "rx-ckd", "subject": {"reference": "Patient/MRN1"},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "431855005",
+                              "display": "Chronic kidney disease stage 1"}]},
+         "onsetDateTime": "2026-11"},
+        _hba1c("rx-a1c", "Patient/MRN1", "2026-11", 61)], timestamp="2026-11-20T10:00:00Z")
+    gp = bundle("P81001", "emis", [_hba1c("gp-a1c", "Patient/gp-okafor", "2025", 57)],
+                timestamp="2026-11-20T10:00:00Z")
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "partial.ndjson", [feed]),
+                                                         write_ndjson(tmp_path / "partial-gp.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    page = ics.client.get(f"/record/{ics.okafor}/changes")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "Chronic kidney disease stage 1 Date Nov 2026" in text  # since 1 Nov 2026 or earlier: counts
+    assert "Hypertension" not in text  # 2019: before the date
+    assert "Result 61 mmol/mol Your last result 57 mmol/mol on 2025" in text  # each dated as sent
+    # a month alone may be its last day: since 15 Nov, "2026-11" may be new, and is shown
+    later = _text(ics.client.post(f"/record/{ics.okafor}/changes",
+                                  data={"since_day": "15", "since_month": "11", "since_year": "2026"}).text)
+    assert "Chronic kidney disease stage 1 Date Nov 2026" in later and "Hypertension" not in later
+
+
+def test_what_changed_opens_when_the_viewers_own_last_encounter_is_dated_by_month(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    feed = bundle("P81001", "emis", [
+        {"resourceType": "Encounter", "id": "gp-e-month", "status": "finished",
+         "subject": {"reference": "Patient/gp-okafor"},
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
+                   "display": "ambulatory"},
+         "type": [{"text": "GP home visit"}], "period": {"start": "2026-11"}}], timestamp="2026-11-20T10:00:00Z")
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "month.ndjson", [feed])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    page = ics.client.get(f"/record/{ics.okafor}/changes")
+    assert page.status_code == 200
+    assert "What changed since 1 Nov 2026" in _text(page.text)
+    assert "(GP home visit, Nov 2026)" in _text(page.text)

@@ -4,8 +4,9 @@ stopped or changed (with the viewer's own list alongside), new results (with the
 value of the same test), discharge summaries and other documents, follow-up asked for, and admissions.
 
 The default date is the person's last encounter with the viewer's own organisation ("since I last saw
-them"). An item counts from its own clinical date (onset, result, period start or end); an item with
-no date of its own counts from when its source recorded it.
+them"; a last encounter dated only to the month counts from its first day). An item counts from its own
+clinical date (onset, result, period start or end; one dated only to the year or month counts when any of
+it is on or after the date); an item with no date of its own counts from when its source recorded it.
 
 Display only, like `present`: it receives what governance released and fetches nothing.
 """
@@ -20,7 +21,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
 from sharedcare.portal.pages import uk_date
-from sharedcare.portal.present import Row, row, stale_sources, when
+from sharedcare.portal.present import Row, day_of, row, stale_sources, when
 from sharedcare.portal.stays import one_per_stay
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
@@ -81,19 +82,22 @@ class Changes:
 
 def default_since(view: RecordView, fw: Framework, own: str, today: date) -> Since:
     """The person's last encounter with the viewer's organisation, else WITHOUT_ENCOUNTER_DAYS ago."""
-    mine = [(when(s.content), s) for s in view.of_type("Encounter") if s.source_org == own and when(s.content)]
+    dated = ((day_of(s.content), s) for s in view.of_type("Encounter") if s.source_org == own)
+    mine = [(day, s) for day, s in dated if day]
     if mine:
         day, last = max(mine, key=lambda pair: pair[0])
-        return Since(date.fromisoformat(day), f"your organisation's last encounter with this person "
-                                              f"({row(last, fw).what}, {uk_date(day)})")
+        return Since(day, f"your organisation's last encounter with this person "
+                          f"({row(last, fw).what}, {uk_date(when(last.content))})")
     start = today - timedelta(days=WITHOUT_ENCOUNTER_DAYS)
     return Since(start, f"{WITHOUT_ENCOUNTER_DAYS} days ago: your organisation has no encounter with this person "
                         "on record")
 
 
 def _new(served: ServedResource, since: date) -> bool:
-    day = when(served.content)
-    return (date.fromisoformat(day) if day else served.recorded_at.date()) >= since
+    """Whether an item counts as new: its own date, else when its source recorded it. A date given only to the
+    year or month counts when any of it is on or after `since` (an onset "2026-11" may be 30 November): a
+    reader is shown what may be new rather than not shown it."""
+    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since
 
 
 def _test_key(served: ServedResource) -> str:
@@ -108,14 +112,15 @@ def _medicine_changes(group: medicines.Medicine, org: str, own: str, since: date
         return None
     yours = group.from_source(own)
     your_current = [s for s in yours if s.taking]
+    coded = medicines.on_coded_doses([*(s for s in theirs if s.taking), *your_current])
     if any(s.status in medicines.STOPPED for s in theirs) and not any(s.taking for s in theirs):
         change = "Stopped"
     elif not any(s.taking for s in theirs) and any(s.status == "completed" for s in theirs):
         change = "Course finished"
     elif any(s.taking and s.started and s.started >= since.isoformat() for s in theirs) and not your_current:
         change = "Started"
-    elif your_current and {medicines.dose_key(s) for s in theirs if s.taking} - \
-            {medicines.dose_key(s) for s in your_current}:
+    elif your_current and {medicines.dose_key(s, coded) for s in theirs if s.taking} - \
+            {medicines.dose_key(s, coded) for s in your_current}:
         change = "Dose or product changed"
     elif not your_current and any(s.taking for s in theirs):
         change = "Continued (not on your list)"

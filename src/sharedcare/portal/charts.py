@@ -30,6 +30,7 @@ class Point:
     when: date
     value: float
     source: str
+    comparator: str = ""  # "<", ">", "<=" or ">=": the lab gave a limit, not the value (not drawn)
 
 
 @dataclass(frozen=True)
@@ -72,20 +73,28 @@ def trend_chart(chart_id: str, title: str, unit: str, series: list[Series],
                 limits: tuple[float, float] = DRAWN) -> Markup:
     """A figure: the SVG line chart, a legend of sources, and its description. Empty if no points. A point
     outside `limits` (the range a real result can take; any outside DRAWN) is not drawn but listed under the
-    chart, so one absurd value (a unit error) neither flattens the others nor hides."""
+    chart, so one absurd value (a unit error) neither flattens the others nor hides; so is a point given as a
+    limit (">90"), which has no place on the line."""
     limits = (max(limits[0], DRAWN[0]), min(limits[1], DRAWN[1]))
-    left_out = [(s.label, p) for s in series for p in sorted(s.points, key=lambda p: p.when)
-                if not _drawable(p.value, limits)]
-    series = [Series(s.label, [p for p in s.points if _drawable(p.value, limits)], s.dashed) for s in series]
+    ordered = [(s.label, p) for s in series for p in sorted(s.points, key=lambda p: p.when)]
+    limited = [(label, p) for label, p in ordered if p.comparator]  # ">90" is not 90: not a point to draw
+    left_out = [(label, p) for label, p in ordered if not p.comparator and not _drawable(p.value, limits)]
+    series = [Series(s.label, [p for p in s.points if not p.comparator and _drawable(p.value, limits)], s.dashed)
+              for s in series]
     points = [p for s in series for p in s.points]
-    if not points and not left_out:
+    if not points and not left_out and not limited:
         return Markup("")
     note = ""
+    if limited:
+        values = "; ".join(f"{escape(label)} {escape(p.comparator)}{_number(p.value)} on {uk_date(p.when)} "
+                           f"({escape(p.source)})" for label, p in limited)
+        note += (f'<p class="sc-chart__left-out">Not drawn, given as a limit, not a value: {values}. '
+                 f'See the results below.</p>')
     if left_out:
         values = "; ".join(f"{escape(label)} {_number(p.value)} on {uk_date(p.when)} ({escape(p.source)})"
                            for label, p in left_out)
-        note = (f'<p class="sc-chart__left-out">Not drawn, outside the range this chart shows '
-                f'({_number(limits[0])} to {_number(limits[1])}): {values}. See the results below.</p>')
+        note += (f'<p class="sc-chart__left-out">Not drawn, outside the range this chart shows '
+                 f'({_number(limits[0])} to {_number(limits[1])}): {values}. See the results below.</p>')
     if not points:
         return Markup(f'<figure class="sc-chart"><figcaption class="sc-chart__caption">{escape(title)} '  # noqa: S704
                       f'<span class="sc-chart__unit">({escape(unit)})</span></figcaption>{note}</figure>')

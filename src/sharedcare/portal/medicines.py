@@ -13,6 +13,7 @@ reads every source's own wording beside it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -21,7 +22,7 @@ from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import ServedResource
 from sharedcare.portal.pages import UK, uk_date
-from sharedcare.portal.present import concept_text
+from sharedcare.portal.present import coded_dose, concept_text, dosage_text, structured_dose
 
 TAKING = {"active", "intended"}  # the source says the person takes it now
 STOPPED = {"stopped"}  # the source says it was stopped (a finished course or closed record is "completed")
@@ -52,6 +53,7 @@ class Statement:
     source_kind: str
     recorded: str
     recorded_on: date
+    coded: str = ""  # the dose as coded (doseAndRate, timing, route) in words, when every dosage codes one
 
     @property
     def taking(self) -> bool:
@@ -88,11 +90,30 @@ def medicine_name(product: str) -> str:
     return head[:1].upper() + head[1:] if head else product.strip()
 
 
-def dose_key(statement: Statement) -> str:
-    text = " ".join(f"{statement.product} {statement.dose}".lower().replace(",", " ").split())
+def dose_key(statement: Statement, coded: bool = False) -> str:
+    """What two sources' statements are compared on: the product and the dose, as written or (`coded`) as
+    coded."""
+    dose = statement.coded if coded else statement.dose
+    text = " ".join(f"{statement.product} {dose}".lower().replace(",", " ").split())
     for pattern, words in SAME_DOSE:
         text = pattern.sub(words, text)
     return text
+
+
+def on_coded_doses(statements: Iterable[Statement]) -> bool:
+    """Whether statements are compared on their coded doses: when every one of them codes its dose. The words
+    a prescriber wrote ("as directed") may hide different coded doses; and where one source only wrote words,
+    those words are what there is to compare."""
+    found = list(statements)
+    return bool(found) and all(s.coded for s in found)
+
+
+def said(statement: Statement, coded: bool = False) -> str:
+    """A statement in a discrepancy's words: the product and the dose shown, with the coded dose compared
+    when that is not what is shown."""
+    dose = statement.dose + (f" (coded dose: {statement.coded})" if coded and statement.coded != statement.dose
+                             else "")
+    return f"{statement.product}, {dose}" if dose else statement.product
 
 
 def statement(served: ServedResource, fw: Framework) -> Statement:
@@ -104,11 +125,13 @@ def statement(served: ServedResource, fw: Framework) -> Statement:
                    if str(e.get("url", "")).endswith(LAST_ISSUE)), None)
     reasons = [concept_text(c) for c in r.get("statusReason", [])] + \
         [str(n.get("text")) for n in r.get("note", []) if n.get("text")]
+    dosages = [d for d in r.get("dosage") or [] if isinstance(d, dict)]
     org = fw.organisation(served.source_org)
     recorded = served.recorded_at.astimezone(UK)  # the day as people in the ICS say it
     return Statement(
         product=product, code=str(codes[0].get("code") or ""),
-        dose="; ".join(d["text"] for d in r.get("dosage", []) if d.get("text")),
+        dose="; ".join(text for text in (dosage_text(d) for d in dosages) if text),
+        coded="; ".join(structured_dose(d) for d in dosages) if dosages and all(map(coded_dose, dosages)) else "",
         status=str(r.get("status", "")), reason="; ".join(x for x in reasons if x),
         started=str(period.get("start") or r.get("effectiveDateTime") or "")[:10],
         ended=str(period.get("end") or "")[:10],
@@ -139,11 +162,11 @@ def _problems(statements: list[Statement]) -> list[str]:
             issued = f", and issued since by {since}" if after else ""
             out.append(f"Stopped by {src}{' on ' + uk_date(latest.ended) if latest.ended else ''}{why}, "
                        f"but still current at {', '.join(sorted(taking))}{issued}.")
-    doses = {src: {dose_key(s) for s in found} for src, found in taking.items()}
+    coded = on_coded_doses(s for found in taking.values() for s in found)
+    doses = {src: {dose_key(s, coded) for s in found} for src, found in taking.items()}
     if len({frozenset(d) for d in doses.values()}) > 1:
         out.append("Different product or dose: " + "; ".join(
-            f"{src} says {' / '.join(f'{s.product}, {s.dose}' if s.dose else s.product for s in found)}"
-            for src, found in sorted(taking.items())) + ".")
+            f"{src} says {' / '.join(said(s, coded) for s in found)}" for src, found in sorted(taking.items())) + ".")
     return out
 
 

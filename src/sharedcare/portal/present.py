@@ -12,15 +12,18 @@ import logging
 import math
 import traceback
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from markupsafe import Markup
 
 from sharedcare.clock import utcnow
+from sharedcare.fhir.search import SearchError, parse_instant
 from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
+from sharedcare.ingest.hl7v2_map import _FLAGS as HL7_FLAGS
 from sharedcare.portal.charts import Point, Series, trend_chart
 from sharedcare.portal.pages import nhs_spaced, uk_date, uk_time
 from sharedcare.portal.stays import one_per_stay
@@ -75,6 +78,24 @@ def when(resource: dict[str, Any]) -> str:
     return moment(resource)[:10]
 
 
+def day_of(resource: dict[str, Any], last: bool = False) -> date | None:
+    """That date as a day to compare with: a year or a month ("2019", FHIR allows it) is its first day, as FHIR
+    search reads it (`parse_instant`), or with `last` its last day (31 Dec 2019); None when the item has no
+    date, or what it has is no date."""
+    text = when(resource)
+    if not text:
+        return None
+    try:
+        first = parse_instant(text).date()
+    except SearchError:
+        return None
+    if not last or len(text) == 10:
+        return first
+    if len(text) == 4:
+        return date(first.year, 12, 31)
+    return date(first.year + first.month // 12, first.month % 12 + 1, 1) - timedelta(days=1)
+
+
 def moment(resource: dict[str, Any]) -> str:
     """That date as sent (a dateTime keeps its time and offset, so a page can show it in UK time)."""
     for name in ("effectiveDateTime", "onsetDateTime", "recordedDate", "occurrenceDateTime", "performedDateTime",
@@ -93,31 +114,137 @@ UNIT_WORDS = {"mm[Hg]": "mmHg", "Cel": "°C", "10*9/L": "x10^9/L", "mL/min/{1.73
 
 
 def quantity(q: dict[str, Any]) -> str:
-    """A value with its unit: a result without one (3.0 what?) is no use to the reader."""
+    """A value with its unit: a result without one (3.0 what?) is no use to the reader. Its comparator
+    first: "<5" is less than five, not five."""
     unit = str(q.get("unit") or q.get("code") or "")
-    return f"{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+    return f"{q.get('comparator') or ''}{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+
+
+def _bound(q: Any) -> dict[str, Any] | None:
+    """A Quantity that holds a number (a range's bound, a ratio's term), else None."""
+    return q if isinstance(q, dict) and q.get("value") is not None else None
+
+
+def _unit(q: dict[str, Any]) -> str:
+    unit = str(q.get("unit") or q.get("code") or "")
+    return UNIT_WORDS.get(unit, unit)
+
+
+def range_text(r: dict[str, Any]) -> str:
+    """A Range (a result of 10 to 20, a reference range) in words; one bound alone is "up to" or "and above"
+    (FHIR's bounds are inclusive); "" when it has neither."""
+    low, high = _bound(r.get("low")), _bound(r.get("high"))
+    if low and high:
+        if _unit(low) == _unit(high) or not _unit(high):
+            return f"{low['value']} to {high['value']} {_unit(low)}".strip()
+        return f"{quantity(low)} to {quantity(high)}"
+    if low:
+        return f"{quantity(low)} and above"
+    if high:
+        return f"up to {quantity(high)}"
+    return ""
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    numerator, denominator = _bound(r.get("numerator")), _bound(r.get("denominator"))
+    return f"{quantity(numerator)}:{quantity(denominator)}" if numerator and denominator else ""
+
+
+def _date_time(value: str) -> str:
+    """A dateTime value: its day as pages write it, and its time in UK time when it has one."""
+    if len(value) <= 10:
+        return uk_date(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return uk_time(moment) if moment.tzinfo else f"{uk_date(moment)}, {moment:%H:%M}"
+
+
+# The flags a lab sends (HL7 table 0078, FHIR's v3 ObservationInterpretation) in words, for a flag sent
+# without its display: HL7 v2 ingest's wording, and a few codes FHIR feeds use besides.
+FLAG_WORDS = {**HL7_FLAGS, "HU": "Significantly high", "LU": "Significantly low", "POS": "Positive",
+              "NEG": "Negative", "DET": "Detected", "ND": "Not detected", "IND": "Indeterminate",
+              "R": "Resistant", "S": "Susceptible", "I": "Intermediate", "<": "Below the lowest value measured",
+              ">": "Above the highest value measured"}
+
+
+def _flag(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    if concept.get("text"):
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
+        if coding.get("display"):
+            return str(coding["display"])
+        if coding.get("code"):
+            return FLAG_WORDS.get(str(coding["code"]), str(coding["code"]))
+    return ""
+
+
+def _reference_range(r: dict[str, Any]) -> str:
+    """One reference range, with whom it applies to when the lab says ("range 3.5 to 5.3 mmol/L")."""
+    said = range_text(r) or str(r.get("text") or "")
+    if not said:
+        return ""
+    who = ", ".join(t for t in (concept_text(r.get("type")),
+                                *(concept_text(a) for a in r.get("appliesTo") or [])) if t)
+    return f"range {said}" + (f" ({who})" if who else "")
 
 
 def _value_text(observation: dict[str, Any]) -> str:
-    """An Observation's or a component's value; a text value withheld below tier 3 says it is not shown."""
+    """An Observation's or a component's value, of whichever kind the source sent it; a text value withheld
+    below tier 3 says it is not shown. A value of a kind not written here says so: never a blank."""
     if "valueQuantity" in observation:
         return quantity(observation["valueQuantity"])
-    return str(observation.get("valueString") or concept_text(observation.get("dataAbsentReason")))
+    if "valueCodeableConcept" in observation:
+        return concept_text(observation["valueCodeableConcept"])
+    if "valueRange" in observation:
+        return range_text(observation["valueRange"])
+    if "valueRatio" in observation:
+        return _ratio(observation["valueRatio"])
+    if "valueDateTime" in observation:
+        return _date_time(str(observation["valueDateTime"]))
+    if "valuePeriod" in observation:
+        period = observation["valuePeriod"] or {}
+        return " ".join(f"{word} {_date_time(str(period[key]))}" for word, key in (("from", "start"), ("to", "end"))
+                        if period.get(key))
+    if isinstance(observation.get("valueBoolean"), bool):
+        return "Yes" if observation["valueBoolean"] else "No"
+    for name in ("valueInteger", "valueTime"):
+        if observation.get(name) is not None:
+            return str(observation[name])
+    if observation.get("valueString") or observation.get("dataAbsentReason"):
+        return str(observation.get("valueString") or concept_text(observation.get("dataAbsentReason")))
+    if any(name.startswith("value") for name in observation):
+        return "A value this page cannot show: see the source's record"
+    return ""
+
+
+def result_text(observation: dict[str, Any]) -> str:
+    """A value with what the lab said of it: its flags in words and its reference range
+    ("6.8 mmol/L (Critical high; range 3.5 to 5.3 mmol/L)")."""
+    value = _value_text(observation)
+    flags = [f for f in (_flag(c) for c in observation.get("interpretation") or []) if f]
+    ranges = [r for r in (_reference_range(r) for r in observation.get("referenceRange") or []
+                          if isinstance(r, dict)) if r]
+    said = "; ".join([", ".join(flags)] * bool(flags) + ranges)
+    return f"{value} ({said})" if value and said else value or said
 
 
 def detail(resource: dict[str, Any]) -> str:
     rtype = resource.get("resourceType")
     if rtype == "Observation":
-        if "valueQuantity" in resource:
-            return quantity(resource["valueQuantity"])
-        parts = [f"{concept_text(c.get('code'))}: {_value_text(c)}" for c in resource.get("component", [])]
-        return "; ".join(parts) or _value_text(resource)
+        parts = [f"{concept_text(c.get('code'))}: {result_text(c)}" for c in resource.get("component") or []
+                 if isinstance(c, dict)]
+        return "; ".join(part for part in (result_text(resource), *parts) if part)
     if rtype == "DiagnosticReport":
         count = len(resource.get("result") or [])
         panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
         return str(resource.get("conclusion") or "") or panel
     if rtype == "MedicationStatement":
-        parts = [d.get("text", "") for d in resource.get("dosage", []) if d.get("text")]
+        parts = [text for text in (dosage_text(d) for d in resource.get("dosage") or [] if isinstance(d, dict))
+                 if text]
         issued = next((e.get("valueDateTime") for e in resource.get("extension", [])
                        if str(e.get("url", "")).endswith("MedicationStatementLastIssueDate")), None)
         if issued:
@@ -139,6 +266,128 @@ def detail(resource: dict[str, Any]) -> str:
 
 WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
             "sat": "Saturday", "sun": "Sunday"}
+
+
+# A dose's schedule in words (FHIR Timing): the units of a period, and when in the day (the codes UK
+# prescribing systems send; any other is shown as sent).
+PERIOD_UNITS = {"s": ("second", "seconds"), "min": ("minute", "minutes"), "h": ("hour", "hours"),
+                "d": ("day", "days"), "wk": ("week", "weeks"), "mo": ("month", "months"), "a": ("year", "years")}
+WHEN_WORDS = {"MORN": "in the morning", "AFT": "in the afternoon", "EVE": "in the evening", "NIGHT": "at night",
+              "NOON": "at noon", "HS": "at bedtime", "WAKE": "on waking", "C": "with meals", "CM": "with breakfast",
+              "CD": "with lunch", "CV": "with the evening meal", "AC": "before meals", "ACM": "before breakfast",
+              "ACD": "before lunch", "ACV": "before the evening meal", "PC": "after meals", "PCM": "after breakfast",
+              "PCD": "after lunch", "PCV": "after the evening meal"}
+
+
+def _number(value: Any) -> str:
+    """A dose's number as a prescriber writes it: 3.0 is 3, 2.50 is 2.5 (so two sources agree on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    try:
+        return format(Decimal(str(value)).normalize(), "f")
+    except InvalidOperation:
+        return str(value)
+
+
+def _amount(q: dict[str, Any]) -> str:
+    unit = str(q.get("unit") or q.get("code") or "")
+    unit = unit[1:-1] if unit.startswith("{") and unit.endswith("}") else UNIT_WORDS.get(unit, unit)
+    return f"{_number(q.get('value'))} {unit}".strip()
+
+
+def _span(q: dict[str, Any]) -> str:
+    """A length of time: 24 hours, 1 week."""
+    one, many = PERIOD_UNITS.get(str(q.get("code") or q.get("unit") or ""), ("", ""))
+    value = q.get("value")
+    return f"{_number(value)} {one if value == 1 else many}" if one else _amount(q)
+
+
+def _amount_range(r: dict[str, Any]) -> str:
+    low, high = _bound(r.get("low")), _bound(r.get("high"))
+    if low and high:
+        same = _amount(low).split(" ", 1)[1:] == _amount(high).split(" ", 1)[1:]
+        return f"{_number(low['value'])} to {_amount(high)}" if same else f"{_amount(low)} to {_amount(high)}"
+    return f"up to {_amount(high)}" if high else f"at least {_amount(low)}" if low else ""
+
+
+def _times(count: Any) -> str:
+    return {1: "once", 2: "twice"}.get(count, f"{_number(count)} times")
+
+
+def timing_text(timing: dict[str, Any]) -> str:
+    """A Timing in words: "once a day in the evening", "every 6 hours", "once a week on Monday"."""
+    repeat = timing.get("repeat") or {}
+    parts = []
+    frequency, most = repeat.get("frequency") or 1, repeat.get("frequencyMax")
+    period, longest, unit = repeat.get("period"), repeat.get("periodMax"), repeat.get("periodUnit")
+    if period and unit in PERIOD_UNITS:
+        one, many = PERIOD_UNITS[unit]
+        how = f"{_number(frequency)} to {_number(most)} times" if most else _times(frequency)
+        if longest:
+            every = f"every {_number(period)} to {_number(longest)} {many}"
+            parts.append(every if frequency == 1 and not most else f"{how} {every}")
+        elif period == 1:
+            parts.append(f"{how} {'an' if one == 'hour' else 'a'} {one}")
+        elif frequency == 1 and not most:
+            parts.append(f"every {_number(period)} {many}")
+        else:
+            parts.append(f"{how} every {_number(period)} {many}")
+    elif repeat.get("frequency"):
+        parts.append(_times(repeat["frequency"]))
+    days = [WEEKDAYS.get(str(d), str(d)) for d in repeat.get("dayOfWeek") or []]
+    if days:
+        parts.append("on " + " and ".join(days))
+    hours = [str(t)[:5] for t in repeat.get("timeOfDay") or []]
+    if hours:
+        parts.append("at " + " and ".join(hours))
+    if repeat.get("when"):
+        parts.append(" and ".join(WHEN_WORDS.get(str(w), str(w)) for w in repeat["when"]))
+    bounds = _bound(repeat.get("boundsDuration"))
+    if bounds:
+        parts.append(f"for {_span(bounds)}")
+    return " ".join(parts) or concept_text(timing.get("code"))
+
+
+def coded_dose(dosage: dict[str, Any]) -> bool:
+    """Whether a Dosage codes how much (doseAndRate: a quantity or a range): only then is it compared on its
+    coded form, since a route or a schedule alone says nothing of the dose."""
+    return any(_bound(d.get("doseQuantity")) or _bound((d.get("doseRange") or {}).get("low"))
+               or _bound((d.get("doseRange") or {}).get("high")) for d in dosage.get("doseAndRate") or [])
+
+
+def structured_dose(dosage: dict[str, Any]) -> str:
+    """A Dosage's coded parts in words: how much (and how fast), how often, when needed, at most how much,
+    and by which route ("3 mg, once a day in the evening, oral")."""
+    parts = []
+    for given in dosage.get("doseAndRate") or []:
+        dose = _bound(given.get("doseQuantity"))
+        parts.append(_amount(dose) if dose else _amount_range(given.get("doseRange") or {}))
+        rate = _bound(given.get("rateQuantity"))
+        ratio = given.get("rateRatio") or {}
+        if rate:
+            parts.append(f"at {_amount(rate)}")
+        elif given.get("rateRange"):
+            parts.append(f"at {_amount_range(given['rateRange'])}")
+        elif _bound(ratio.get("numerator")) and _bound(ratio.get("denominator")):
+            parts.append(f"at {_amount(ratio['numerator'])} per {_span(ratio['denominator'])}")
+    parts.append(timing_text(dosage.get("timing") or {}))
+    if dosage.get("asNeededBoolean") is True:
+        parts.append("when needed")
+    elif concept_text(dosage.get("asNeededCodeableConcept")):
+        parts.append(f"when needed for {concept_text(dosage['asNeededCodeableConcept'])}")
+    limit = dosage.get("maxDosePerPeriod") or {}
+    if _bound(limit.get("numerator")) and _bound(limit.get("denominator")):
+        parts.append(f"at most {_amount(limit['numerator'])} in {_span(limit['denominator'])}")
+    route = concept_text(dosage.get("route"))
+    if route:  # "Oral" reads "oral"; an abbreviation ("PEG tube") is left as sent
+        parts.append(route[:1].lower() + route[1:] if route[1:2].islower() else route)
+    return ", ".join(p for p in parts if p)
+
+
+def dosage_text(dosage: dict[str, Any]) -> str:
+    """A Dosage as the page shows it: the prescriber's words when the source sent them, else its coded parts
+    in words (a GP system or an EPR often codes the dose and writes nothing)."""
+    return str(dosage.get("text") or "") or structured_dose(dosage)
 
 
 def _activity(detail: dict[str, Any]) -> str:
@@ -180,16 +429,50 @@ class Row:
     tier: int
     stale: bool = False
     systems: tuple[str, ...] = ()  # when more than one system of the source sent it (a stay: PAS and EPR)
+    verification: str = ""  # a Condition's or an allergy's verificationStatus code, when the source sent one
 
     @property
     def status_colour(self) -> str:
-        """The nhsuk-tag colour for the status: current things blue, finished things grey."""
+        """The nhsuk-tag colour for the status: current things blue, finished things grey; an item the source
+        is not sure of orange, one it ruled out red (the status says so in words too)."""
+        if self.verification == "refuted":
+            return "red"
+        if self.verification in NOT_CONFIRMED:
+            return "orange"
         status = self.status.lower()
         if status in {"active", "current", "in-progress", "final", "confirmed", "recurrence", "relapse"}:
             return "blue"
         if status in {"entered-in-error", "refuted", "cancelled", "revoked"}:
             return "red"
         return "grey" if status else ""
+
+
+# How sure the source is of a problem or an allergy (FHIR's condition-ver-status and
+# allergyintolerance-verification), said beside its clinical status whenever it is not confirmed: a
+# suspected pulmonary embolism is not a diagnosed one, and a refuted penicillin allergy is no allergy.
+# (Entered in error is never shown: the gateway serves no withdrawn item.)
+VERIFICATION_WORDS = {"unconfirmed": "unconfirmed", "provisional": "provisional (suspected)",
+                      "differential": "differential (one of several possible diagnoses)",
+                      "refuted": "refuted (ruled out)"}
+NOT_CONFIRMED = {"unconfirmed", "provisional", "differential"}
+
+
+def _verification(resource: dict[str, Any]) -> str:
+    concept = resource.get("verificationStatus")
+    if not isinstance(concept, dict):
+        return ""
+    codes = [str(c.get("code")) for c in concept.get("coding") or [] if c.get("code")]
+    return codes[0] if codes else str(concept.get("text") or "").strip().lower()
+
+
+def status_words(resource: dict[str, Any]) -> str:
+    """The status as a row shows it: "active", "active, provisional (suspected)", "refuted (ruled out)"."""
+    clinical = concept_text(resource.get("clinicalStatus")) or str(resource.get("status", ""))
+    verification = _verification(resource)
+    if verification == "refuted":
+        return VERIFICATION_WORDS[verification]  # not "active, refuted": it is not there
+    said = VERIFICATION_WORDS.get(verification, "")
+    return ", ".join(part for part in (clinical, said) if part)
 
 
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
@@ -199,15 +482,15 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
     org = fw.organisation(served.source_org)
     what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
-    status = concept_text(r.get("clinicalStatus")) or str(r.get("status", ""))
-    return Row(what=what, when=moment(r), status=status, detail=detail(r),
+    return Row(what=what, when=moment(r), status=status_words(r), detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
                source_kind=KIND_LABELS.get(org.kind, "") if org else "",
                recorded=uk_time(served.recorded_at), received=uk_time(served.received_at),
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale,
-               systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else ())
+               systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else (),
+               verification=_verification(r))
 
 
 @dataclass(frozen=True)
@@ -288,17 +571,20 @@ def _is(concept: Any, kind: tuple[set[str], tuple[str, ...]]) -> bool:
     return any(word in text for word in words)
 
 
-def _value(resource: dict[str, Any]) -> float | None:
-    value = (resource.get("valueQuantity") or {}).get("value")
+def _value(resource: dict[str, Any]) -> tuple[float, str] | None:
+    """A result's number, and its comparator when the lab gave a limit (">90"): the chart leaves that out."""
+    quantity = resource.get("valueQuantity") or {}
+    value = quantity.get("value")
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
+    comparator = str(quantity.get("comparator") or "")
     try:
-        return float(value)
+        return float(value), comparator
     except OverflowError:  # an integer too big for a float: not drawn (charts.DRAWN)
-        return math.inf
+        return math.inf, comparator
 
 
-def _point(served: ServedResource, value: float | None) -> Point | None:
+def _point(served: ServedResource, value: tuple[float, str] | None) -> Point | None:
     day = when(served.content)
     if value is None or not day:
         return None
@@ -306,7 +592,7 @@ def _point(served: ServedResource, value: float | None) -> Point | None:
         on = date.fromisoformat(day)
     except ValueError:
         return None
-    return Point(on, value, served.source_name)
+    return Point(on, value[0], served.source_name, value[1])
 
 
 # The range each chart draws: beyond these a result is not physiological (a unit error, a slip).
@@ -334,7 +620,7 @@ def _trend_charts(view: RecordView) -> list[Markup]:
     for served in view.of_type("Observation"):
         r = served.content
         code = r.get("code")
-        found: list[tuple[str, float | None]] = []
+        found: list[tuple[str, tuple[float, str] | None]] = []
         if _is(code, HBA1C):
             found.append(("hba1c", _value(r)))
         elif _is(code, EGFR):
