@@ -178,6 +178,10 @@ class AuditTree(BaseMerkleTree):
                         and self.get_root(mark.seq).hex() == mark.root)
             except ValueError:  # a stored hash that is not hex
                 kept = False
+            except BaseException:  # the store failed mid-way: no half-built tree is left behind
+                self.leaves, self.last_hash = [], None
+                self.cache_clear()
+                raise
             if kept:
                 self.last_hash = last
                 return True
