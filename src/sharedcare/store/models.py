@@ -222,6 +222,20 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditTreeMark(Base):
+    """One row: how far the server's checkpoint tree has checked the audit log (governance/checkpoints.py
+    `TreeMark`): every entry up to `seq` was checked to be the service's, the last with chain hash `hash`,
+    and the RFC 6962 tree head over them is `root`. `mac` is an HMAC of the three under a key derived from the
+    audit chain's key, which the database does not hold: a row written without it is not trusted."""
+
+    __tablename__ = "audit_tree_mark"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    root: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
 class AccessBasis(Base):
     """A point-of-care basis: one user may see one person's record, for a bounded time."""
 
