@@ -249,6 +249,26 @@ def test_a_late_update_older_than_the_discharge_is_stale_and_does_not_reopen_the
         assert s.scalars(select(Resource.version).where(Resource.source_id == "V100")).one() == 2
 
 
+
+def test_a_discharge_in_the_hour_the_clocks_go_back_is_ordered_by_arrival_not_dropped(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An A08 at 01:50 BST (00:50 UTC), then the A03 at 01:30 GMT (01:30 UTC, really later), both without an
+    offset: read alike as BST, the discharge looked older and was dropped as stale, the stay left open
+    (clinical fidelity review, 2026-12-07). A time in the repeated hour may be either: a version stored
+    within the hour is ordered by arrival, and the report says so. One more than the hour older is stale."""
+    admitted = "20261024220000"
+    update = adt("A08", "PAS2", "20261025015000", pid(), pv1("V700", admitted=admitted))
+    discharged = adt("A03", "PAS3", "20261025013000", pid(), pv1("V700", admitted=admitted,
+                                                                 discharged="20261025013000"))
+    late = adt("A08", "PAS4", "20261025003000", pid(), pv1("V700", admitted=admitted))  # 00:30 BST: before both
+    pipeline = Pipeline(db, framework)
+    pipeline.ingest_paths([write_hl7(tmp_path / "RXR" / "a.hl7", [admission(visit="V700", when=admitted), update])])
+    report = pipeline.ingest_paths([write_hl7(tmp_path / "RXR" / "b.hl7", [discharged])])
+    assert (report.accepted, report.stale) == (1, 0) and report.notes == {hl7v2.AMBIGUOUS_TIME: 1}  # the stay
+    assert _contents(db, "Encounter")["V700"]["status"] == "finished"
+    assert pipeline.ingest_paths([write_hl7(tmp_path / "RXR" / "c.hl7", [late])]).stale == 1
+    assert _contents(db, "Encounter")["V700"]["status"] == "finished"
+
 def test_a_late_update_older_than_the_discharge_does_not_overwrite_the_patient(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     path = _late_update_feed(tmp_path)

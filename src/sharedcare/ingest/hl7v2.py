@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain
 from pathlib import Path
 
@@ -46,6 +46,8 @@ CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "8859/15": "iso8859-15",
 DEFAULT_CHARSET = "8859/1"
 UTF8 = "UNICODE UTF-8"
 READ_AS_UTF8 = "HL7 v2 message without MSH-18 read as UTF-8 (its bytes are UTF-8, not ISO 8859-1)"
+AMBIGUOUS_TIME = ("HL7 v2 event time without an offset in the hour the clocks go back (BST or GMT): ordered by "
+                  "arrival against a version stored within that hour")
 # C1 controls are in no name or text: in decoded text they are bytes of another character set read as this one
 # (UTF-8, or Windows-1252's quotes and dashes, read as ISO 8859-1)
 _C1 = re.compile("[\x80-\x9f]")
@@ -464,6 +466,10 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         seen: set[str] = set()  # the server ids staged so far: a repeat is refused (a set: a list was quadratic)
         for label, resource in produced:
             staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, seen))
+        if happened.ambiguous:  # BST or GMT: ordered against a stored version within the hour by arrival
+            staged.notes[AMBIGUOUS_TIME] += 1
+            for item in staged.resources:
+                item.recorded_doubt = timedelta(hours=1)
         return staged
 
 

@@ -180,6 +180,8 @@ class Stamp:
     at: datetime
     day: date
     has_time: bool
+    # a UK local time without an offset in the hour the clocks go back: it is `at` (BST) or an hour later (GMT)
+    ambiguous: bool = False
 
     @property
     def fhir(self) -> str:
@@ -209,7 +211,8 @@ def _stamp(value: str) -> Stamp:
         (-1 if offset[0] == "-" else 1) * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
     local = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
                      int((fraction or "0").ljust(6, "0")), tzinfo=zone)
-    return Stamp(local.astimezone(UTC), local.date(), hour is not None)
+    ambiguous = offset is None and hour is not None and local.utcoffset() != local.replace(fold=1).utcoffset()
+    return Stamp(local.astimezone(UTC), local.date(), hour is not None, ambiguous)
 
 
 def birth_date(seg: Seg, field: int) -> str | None:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,9 @@ class StagedResource:
     content: dict[str, Any]
     recorded_at: datetime
     patient_source_id: str
+    # its event time may be up to this much later (a UK local time without an offset in the hour the clocks go
+    # back): a stored version within it is not newer for certain, so arrival orders them (pipeline)
+    recorded_doubt: timedelta = timedelta(0)
     outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
     held_version: int | None = None  # set when stored: the version held before (None: there was none)
     content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored

@@ -630,10 +630,12 @@ class Pipeline:
                 item.outcome = "unchanged"  # sent again after a later message replaced it: nothing changes,
                 unchanged += 1  # even where both share an event time (an A01 and its A08 in one second)
                 continue
-            if row is not None and item.recorded_at < _ordered_at(row, item):  # (never later than its recorded_at)
-                item.outcome = "stale"
-                stale += 1
-                continue
+            if row is not None and item.recorded_at < (ordered := _ordered_at(row, item)):  # (<= its recorded_at)
+                if item.recorded_at + item.recorded_doubt < ordered:
+                    item.outcome = "stale"
+                    stale += 1
+                    continue
+                item.recorded_at = ordered  # perhaps later than the stored version: it arrived later, so it is
             version = row.version + 1 if row else 1
             stamp = {"versionId": str(version), "lastUpdated": received.isoformat()}
             text = item.stamped_text(stamp) if row is None else None  # a new resource: from staging's text
