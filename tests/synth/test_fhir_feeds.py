@@ -159,3 +159,13 @@ def test_ambulance_calls_record_vital_signs_and_a_clinical_impression(run: Synth
         vitals = {o["code"]["coding"][0]["code"] for o in resources(bundle, "Observation")}
         assert {"364075005", "86290005", "431314004", "75367002"} <= vitals
         assert resources(bundle, "Condition")[0]["verificationStatus"]["coding"][0]["code"] == "provisional"
+
+
+def test_mmr_is_given_only_since_the_uk_brought_it_in(run: SynthRun) -> None:
+    """A man born in 1945 showed MMR doses in 1946 and 1949 (journeys review, 2026-12-07): MMR came to the UK
+    schedule in October 1988, so a clinician reading the demo saw data no record could hold."""
+    mmr = [entry["resource"]["occurrenceDateTime"] for bundle in run.bundles("P8100*") for entry in bundle["entry"]
+           if entry["resource"]["resourceType"] == "Immunization"
+           and entry["resource"]["vaccineCode"]["coding"][0]["code"] == "61153008"]
+    assert mmr, "children still have their MMR"
+    assert min(mmr) >= "1988-10-01", min(mmr)
