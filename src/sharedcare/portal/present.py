@@ -170,16 +170,9 @@ FLAG_WORDS = {**HL7_FLAGS, "HU": "Significantly high", "LU": "Significantly low"
 
 
 def _flag(concept: Any) -> str:
-    if not isinstance(concept, dict):
-        return ""
-    if concept.get("text"):
-        return str(concept["text"])
-    for coding in concept.get("coding") or []:
-        if coding.get("display"):
-            return str(coding["display"])
-        if coding.get("code"):
-            return FLAG_WORDS.get(str(coding["code"]), str(coding["code"]))
-    return ""
+    """A flag as its text or display, else its code in words."""
+    text = concept_text(concept)
+    return FLAG_WORDS.get(text, text)
 
 
 def _reference_range(r: dict[str, Any]) -> str:
