@@ -174,3 +174,12 @@ def test_local_service_codes_of_a_system_that_is_not_hl7v2_are_named_with_their_
     (problem,) = _problems(text)
     assert problem.startswith(f"line {_line_of('      epr:', text)}, organisations.RXR.service_codes.epr")
     assert "'epr' is not an HL7 v2 system of RXR" in problem
+
+
+def test_the_rules_say_in_plain_words_that_a_hospital_s_own_clinic_codes_count_and_a_service_may_be_unnamed(
+        ) -> None:
+    from sharedcare.governance.explain import rules_in_words
+
+    rules = " ".join(rules_in_words(parse_framework(TEXT)))
+    assert "Riverside University Hospitals NHS Trust list what their own codes mean" in rules
+    assert 'names only "a specialist service"' in rules

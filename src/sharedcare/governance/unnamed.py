@@ -20,8 +20,9 @@ takes the service's name out of the elements inside a record too, by one rule fo
 
 Free text is not read: the gateway serves a service's own records to such a role at tier 2 at most (no
 notes, narrative or displays), and another organisation's free text naming the service at tier 3 is a
-residue (docs/safety/hazard-log.md, HAZ-06). Nothing is changed in place: what is given may be a cached
-document or shape, so an element changed is a copy, and a record naming no such service is returned as is.
+residue (docs/architecture.md, "What names a service the reader may not know of"). Nothing is changed in
+place: what is given may be a cached document or shape, so an element changed is a copy, and a record
+naming no such service is returned as is.
 """
 
 from __future__ import annotations
