@@ -145,7 +145,9 @@ SAFETY_RELEVANT = sorted(
     [f"src/sharedcare/governance/{name}.py" for name in ("policy", "consent", "gateway", "audit", "checkpoints",
                                                          "disclosure", "classify", "review", "patient_scope",
                                                          "secondary", "pseudonymise", "small_cells",
-                                                         "agreements")]
+                                                         "agreements", "unnamed", "framework")]
+    # unnamed: what of a service a reader may not know of leaves inside a record (HAZ-02); framework: the
+    # classification digest and the local hospital service code table a category is worked out from
     # secondary: what goes into an extract; pseudonymise: what of it leaves, and how (dates shifted: HAZ-05);
     # small_cells: which quasi-identifiers of a Patient leave, given everyone else's in the extract (HAZ-05);
     # agreements: which organisations' agreements are in effect, from the file and the changes (HAZ-12)
@@ -157,6 +159,8 @@ SAFETY_RELEVANT = sorted(
     + ["src/sharedcare/ingest/staging.py", "src/sharedcare/ingest/pipeline.py"]
     # the codes ingest takes for a status (a withdrawal among them) and the extract keeps (HAZ-08, HAZ-05)
     + ["src/sharedcare/fhir/value_sets.py"]
+    # PV1-10: the code a visit's category is worked out from, and the hold of an unlisted local code (HAZ-13)
+    + ["src/sharedcare/ingest/hl7v2_map.py"]
     + [str(p.relative_to(ROOT)) for p in (ROOT / "src" / "sharedcare" / "identity").glob("*.py")
        if p.name not in ("__init__.py", "evaluate.py")]
     + ["src/sharedcare/identity/default_model.json"]

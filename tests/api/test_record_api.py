@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.builders import bundle, condition, patient, write_ndjson
+from tests.builders import bundle, condition, medication, patient, write_ndjson
 from tests.fhir_bundles import entries, resources, withheld
 from tests.small_ics import OKAFOR_NHS, Ics
 
-from sharedcare.fhir.uk_core import ODS_SYSTEM
+from sharedcare.fhir.uk_core import ODS_SYSTEM, server_id
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -292,3 +292,49 @@ def test_a_pharmacist_reads_a_mental_health_trusts_allergy_without_learning_the_
     assert provenance["agent"][0]["who"] == {"display": "A specialist service"}
     got = resources(ics.client.get(url, headers=ics.open_record("para.evans")).json())
     assert "RXM" in json.dumps([r for r in got if r["resourceType"] == "Provenance"])
+
+
+TRUST = "Riverside and Dales Mental Health NHS Foundation Trust"
+
+
+def test_a_pharmacist_learns_nothing_of_the_mental_health_trust_from_the_references_of_what_it_reads(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """meta.source and the Provenance said "A specialist service", but the references still named the trust:
+    the allergy's recorder (a contained Practitioner with the trust's staff number), its asserter (the
+    trust's staff identifier system, https://fhir.rxm.nhs.uk/...), and the GP's record of a depot the trust
+    gives (informationSource: the trust by name and as Organization/RXM, whose server id anyone can work out
+    from the public id namespace). Each is now served as "A specialist service" to a role that may not know
+    of the trust; the codes the pharmacist needs still reach it, and the paramedic (told the trust is
+    involved) still sees whom to ask."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al", "patient": {"reference": "Patient/RXM-4"},
+               "criticality": "high",
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]},
+               "contained": [{"resourceType": "Practitioner", "id": "dr", "name": [{"text": "Dr Ruth Ade"}],
+                              "identifier": [{"system": "https://fhir.rxm.nhs.uk/Id/staff", "value": "77"}]}],
+               "recorder": {"reference": "#dr"},
+               "asserter": {"reference": "Practitioner/rxm-dr-ade", "display": f"Dr Ruth Ade, {TRUST}",
+                            "identifier": {"system": "https://fhir.rxm.nhs.uk/Id/staff", "value": "77"}}}
+    depot = {**medication("gp-depot", "Patient/gp-okafor-2", "Paliperidone 100mg injection"),
+             "informationSource": {"reference": "Organization/RXM", "display": TRUST}}
+    feeds = [bundle("RXM", "rio", [patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy]),
+             bundle("P81001", "emis", [patient("gp-okafor-2", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), depot])]
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "feeds.ndjson", feeds)])
+    assert report.quarantined == 0, report.quarantine
+    url = (f"/fhir/Patient/{ics.okafor}/$everything?_type=AllergyIntolerance,MedicationStatement"
+           "&_revinclude=Provenance:target")
+    answer = ics.client.get(url, headers=ics.open_record("pharm.khan")).json()
+    got = resources(answer)
+    (shown,) = [r for r in got if r["resourceType"] == "AllergyIntolerance"]
+    assert (shown["code"]["coding"][0]["code"], shown["criticality"]) == ("91936005", "high")
+    assert shown["recorder"] == shown["asserter"] == {"display": "A specialist service"}
+    assert "contained" not in shown
+    (gp_depot,) = [r for r in got if r["resourceType"] == "MedicationStatement" and "informationSource" in r]
+    assert gp_depot["informationSource"] == {"display": "A specialist service"}
+    assert gp_depot["medicationCodeableConcept"]["coding"][0]["display"] == "Paliperidone 100mg injection"
+    text = json.dumps(answer)  # the Bundle whole: its notice of what was withheld too
+    for named in ("RXM", "rxm", "Mental Health", "Ruth Ade", server_id("P81001", "Organization", "RXM"),
+                  server_id("RXM", "Practitioner", "rxm-dr-ade")):
+        assert named not in text, named
+    got = resources(ics.client.get(url, headers=ics.open_record("para.evans")).json())
+    (seen,) = [r for r in got if r["resourceType"] == "AllergyIntolerance"]
+    assert seen["asserter"]["identifier"]["system"] == "https://fhir.rxm.nhs.uk/Id/staff"

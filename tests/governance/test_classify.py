@@ -10,7 +10,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from sharedcare.governance.classify import at_tier, classify
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.framework import Framework, hospital_service_system
 from sharedcare.synth import generate
 
 SCT = "http://snomed.info/sct"
@@ -197,3 +197,27 @@ def test_a_coded_value_can_make_a_result_sensitive(framework: Framework) -> None
 ], ids=["practice-setting", "conclusion-code", "component-value", "contained-condition", "extension"])
 def test_a_sensitive_code_anywhere_in_a_resource_makes_it_sensitive(framework: Framework, resource: dict) -> None:
     assert classify(resource, "acute", framework) == "sexual_health"
+
+
+def _visit(org: str, system: str, code: str) -> dict:
+    return {"resourceType": "Encounter", "id": "e", "status": "finished", "class": {"code": "AMB"},
+            "serviceType": {"coding": [{"system": hospital_service_system(org, system), "code": code}]}}
+
+
+@pytest.mark.parametrize(("visit", "category"), [
+    (_visit("RXR", "pas", "GUM"), "sexual_health"),  # to the national 360, which sensitive_codes list
+    (_visit("RXR", "pas", "SHC"), "sexual_health"),  # straight to the category
+    (_visit("RXR", "pas", "MED"), "encounters"),  # to general medicine, 300: not sensitive
+    (_visit("RXR", "pas", "XYZ"), "encounters"),  # not listed (ingest holds it from a PAS with a table)
+    (_visit("RXR", "lab", "GUM"), "encounters"),  # another system's GUM means what that system says: nothing here
+    (_visit("RYC", "pas", "GUM"), "encounters"),  # another organisation's likewise
+], ids=["to-national", "to-category", "to-ordinary", "unlisted", "other-system", "other-organisation"])
+def test_a_local_hospital_service_code_counts_as_what_the_framework_maps_it_to(framework: Framework, visit: dict,
+                                                                             category: str) -> None:
+    assert classify(visit, "acute", framework) == category
+
+
+def test_a_local_code_never_makes_a_specialist_service_s_visit_less_protected(framework: Framework) -> None:
+    """Rule 2 may only move a record into a sensitive category: a local code mapped to a national code no
+    category lists leaves the mental health trust's visit in mental health (rule 4), not ordinary."""
+    assert classify(_visit("RXR", "pas", "MED"), "mental_health", framework) == "mental_health"

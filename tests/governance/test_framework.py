@@ -65,7 +65,7 @@ def test_a_wrong_type_is_named_with_its_key() -> None:
 
 
 def test_broken_yaml_names_the_line() -> None:
-    text = TEXT.replace("version: \"2026.12-3\"", "version: [unclosed")
+    text = TEXT.replace("version: \"2026.12-4\"", "version: [unclosed")
     (problem,) = _problems(text)
     assert problem.startswith("line ")
 
@@ -153,3 +153,33 @@ def test_the_rules_say_the_smallest_group_an_extract_may_publish() -> None:
 
     text = TEXT.replace("needs_basis: false, smallest_group: 8}", "needs_basis: false, smallest_group: 11}")
     assert any("shared by fewer than 11 people" in line for line in rules_in_words(parse_framework(text)))
+
+
+def test_a_local_service_code_mapped_to_nothing_known_is_named_with_its_line_and_key() -> None:
+    """A local PV1-10 code must mean a national code (system|code) or a sensitive category; one mapped to a
+    typo, or to an ordinary category (which would make a visit less protected than its type), is refused."""
+    text = TEXT.replace("SHC: sexual_health", "SHC: sexual_helth").replace(
+        "SUR: \"https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function|100\"", "SUR: encounters")
+    problems = _problems(text)
+    assert len(problems) == 2, problems
+    key = "organisations.RXR.service_codes.pas"
+    assert problems[0].startswith(f"line {_line_of('SUR: encounters', text)}, {key}.SUR")
+    assert "'encounters' is not a sensitive category" in problems[0]
+    assert problems[1].startswith(f"line {_line_of('SHC: sexual_helth', text)}, {key}.SHC")
+    assert "'sexual_helth' is neither a sensitive category nor a national code" in problems[1]
+
+
+def test_local_service_codes_of_a_system_that_is_not_hl7v2_are_named_with_their_line() -> None:
+    text = TEXT.replace("    service_codes:\n      pas:", "    service_codes:\n      epr:")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('      epr:', text)}, organisations.RXR.service_codes.epr")
+    assert "'epr' is not an HL7 v2 system of RXR" in problem
+
+
+def test_the_rules_say_in_plain_words_that_a_hospital_s_own_clinic_codes_count_and_a_service_may_be_unnamed(
+        ) -> None:
+    from sharedcare.governance.explain import rules_in_words
+
+    rules = " ".join(rules_in_words(parse_framework(TEXT)))
+    assert "Riverside University Hospitals NHS Trust list what their own codes mean" in rules
+    assert 'names only "a specialist service"' in rules

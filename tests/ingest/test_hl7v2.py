@@ -12,6 +12,7 @@ from tests.fhir_bundles import resources
 from tests.small_ics import Ics
 
 from sharedcare.fhir.uk_core import server_id
+from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import hl7v2
 from sharedcare.ingest.hl7v2_map import TREATMENT_FUNCTION
@@ -165,6 +166,62 @@ def test_a_gum_clinic_attendance_is_sexual_health_by_its_hospital_service(db: Da
     headers = ics.open_record("para.evans")
     seen = ics.client.get(f"/fhir/Encounter?patient={ics.okafor}", headers=headers).json()
     assert [i["value"] for e in resources(seen) for i in e.get("identifier", [])] == ["VMED"]
+
+
+def _clinic_visits(*codes: str) -> list[str]:
+    return [adt("A04", f"PAS{n}", "20261101100000", pid(), pv1(f"V{code}", kind="O", admitted="20261101100000",
+                                                                 ward="Clinic 4^^^RXR", service=code))
+            for n, code in enumerate(codes)]
+
+
+def test_a_local_gum_code_from_a_pas_the_framework_maps_is_sexual_health(db: Database, framework: Framework,
+                                                                         ics: Ics, tmp_path: Path) -> None:
+    """RXR's PAS sends its own codes in PV1-10 ("GUM", "SHC"), not treatment functions: the framework lists
+    them (organisations.RXR.service_codes.pas), so a GUM clinic attendance is sexual health, withheld from the
+    paramedic (sexual health 0) as the national 360 is; "MED", mapped to general medicine (300), stays an
+    ordinary encounter. Before, a local code was dropped: the attendance was an encounter the paramedic read."""
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7",
+                                                             _clinic_visits("GUM", "SHC", "MED"))])
+    assert report.quarantined == 0, report.quarantine
+    gum = _contents(db, "Encounter")["VGUM"]
+    assert gum["serviceType"] == {"coding": [{"system": "https://fhir.rxr.nhs.uk/CodeSystem/pas-hospital-service",
+                                              "code": "GUM"}]}
+    with db.session() as s:
+        categories = {source_id: category for source_id, category in s.execute(
+            select(Resource.source_id, Resource.category).where(Resource.resource_type == "Encounter"))}
+    assert categories == {"VGUM": "sexual_health", "VSHC": "sexual_health", "VMED": "encounters"}
+    seen = ics.client.get(f"/fhir/Encounter?patient={ics.okafor}", headers=ics.open_record("para.evans")).json()
+    assert [i["value"] for e in resources(seen) for i in e.get("identifier", [])] == ["VMED"]
+
+
+def test_a_local_code_the_framework_does_not_list_for_a_mapped_pas_is_held(db: Database, framework: Framework,
+                                                                           tmp_path: Path) -> None:
+    """Deny by default: a system whose local codes the framework lists sends no others. An unlisted one
+    ("STI", a new clinic) might be a sensitive service: the message is held naming PV1-10, the code and the
+    framework key to list it under, and nothing of it is stored; a national three-digit code still passes."""
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7",
+                                                             _clinic_visits("STI", "360"))])
+    (held,) = report.quarantine
+    assert "PV1-10" in held["where"] and "'STI'" in held["reason"]
+    assert "organisations.RXR.service_codes.pas" in held["reason"]
+    assert set(_contents(db, "Encounter")) == {"V360"}
+
+
+def test_a_local_code_from_a_system_without_a_table_is_kept_and_reported(db: Database, framework: Framework,
+                                                                         tmp_path: Path) -> None:
+    """A system the framework lists no codes for keeps today's flow (the visit is filed by its type) but the
+    local code is stored in the system's own code system, and the report counts it, so that the operator
+    lists the codes: a table added later moves what is stored (the classification key holds the tables)."""
+    without = framework.organisations["RXR"].model_copy(update={"service_codes": {}})
+    bare = framework.model_copy(update={"organisations": {**framework.organisations, "RXR": without}})
+    report = Pipeline(db, bare).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", _clinic_visits("GUM"))])
+    assert report.quarantined == 0, report.quarantine
+    assert report.notes == {hl7v2.UNMAPPED_SERVICE: 1}
+    with db.session() as s:
+        row = s.scalars(select(Resource).where(Resource.resource_type == "Encounter")).one()
+        assert (row.content["serviceType"]["coding"][0]["code"], row.category) == ("GUM", "encounters")
+        assert classify(row.content, "acute", framework) == "sexual_health"
+        assert classification_key(bare) != classification_key(framework)
 
 
 def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, framework: Framework,

@@ -3,12 +3,14 @@
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
 `sensitive_codes`, in any Coding at any depth (a report's conclusionCode, a component's value, a
 document's practice setting, an extension, a contained resource), puts the resource in that category
-wherever it came from; (3) a type the framework lists as
-`safety_critical_types` (an allergy), sent by a mental health, social care, community or hospice service,
-is `alerts` (hazard HAZ-02: the trust's record of a penicillin allergy must reach the paramedic, coded,
-not only as a headline that the trust is involved; the framework gives `alerts` its own tiers and keeps
-it out of secondary use); (4) the kind of service that sent it (mental health, social care, community
-and hospice); (5) its resource type.
+wherever it came from; so does a source's local hospital service code (HL7 v2 PV1-10, kept in a system
+naming the organisation and its sending system) that its `service_codes` map to a listed national code or
+straight to a sensitive category (an acute trust's "GUM" clinic attendance is sexual health); (3) a type
+the framework lists as `safety_critical_types` (an allergy), sent by a mental health, social care,
+community or hospice service, is `alerts` (hazard HAZ-02: the trust's record of a penicillin allergy must
+reach the paramedic, coded, not only as a headline that the trust is involved; the framework gives
+`alerts` its own tiers and keeps it out of secondary use); (4) the kind of service that sent it (mental
+health, social care, community and hospice); (5) its resource type.
 
 Ingest stores each resource's category with `classification_key(fw)`; a read trusts a stored category
 only under the current key (the gateway classifies afresh otherwise), so changing these rules (bump
@@ -28,9 +30,10 @@ from sharedcare.store.models import Resource
 
 # change whenever the rules in this module change, so every stored category is recomputed
 # (r2: the code of a contained Medication, the drug a statement's medicationReference names, counts;
-# r3: every Coding at any depth counts, not only eight top-level elements).
+# r3: every Coding at any depth counts, not only eight top-level elements;
+# r4: a local hospital service code counts as what the framework's `service_codes` map it to).
 # Rule 3 acts only on the framework's safety-critical types, which are in its classification digest.
-RULES = "r3"
+RULES = "r4"
 ALERTS = "alerts"  # the category rule 3 files into; the framework must define it (framework.py checks)
 
 _SERVICE_CATEGORY = {
@@ -106,6 +109,11 @@ def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
     if resource_type == "Patient":
         return "demographics"
     codes = _codings(resource)
+    local = fw.local_service_codes
+    if local and not codes.isdisjoint(local):  # (a dict of a few codes: isdisjoint walks it, not the codes)
+        found = _local_category(codes, local, fw)
+        if found is not None:
+            return found
     for category, listed in fw.sensitive_codes.items():
         if codes.intersection(listed):
             return category
@@ -116,6 +124,18 @@ def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
     if resource_type in _HOSPITAL_TYPES:
         return "hospital_detail" if source_kind == "acute" else "summary"
     return _TYPE_CATEGORY.get(resource_type, "hospital_detail")
+
+
+def _local_category(codes: set[str], local: dict[str, str], fw: Framework) -> str | None:
+    """Rule 2 for a resource holding local hospital service codes: each counts as the national code or
+    the sensitive category the framework maps it to (first in `sensitive_codes` order, then in
+    `sensitive_categories` order, as rule 2 would take them)."""
+    targets = {local[code] for code in codes if code in local}
+    meant = codes | targets
+    for category, listed in fw.sensitive_codes.items():
+        if category in targets or meant.intersection(listed):
+            return category
+    return next((category for category in fw.sensitive_categories if category in targets), None)
 
 
 def classification_key(fw: Framework) -> str:

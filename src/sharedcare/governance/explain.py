@@ -299,11 +299,20 @@ def rules_in_words(fw: Framework) -> list[str]:
                           for category, words in fw.sensitive_codes_explain.items())
         lines.append("Some conditions are sensitive information whoever recorded them (a GP or a hospital as much as "
                      f"a specialist service), and are shown to each role as that kind of information: {kinds}.")
+    mapped = [org.name for org in fw.organisations.values() if org.service_codes]
+    if mapped:
+        lines.append("A hospital visit is the kind of information its clinic is (a sexual health clinic's visit is "
+                     "sexual health), whether the hospital names the clinic by a national code or by its own: "
+                     f"{', '.join(mapped)} list what their own codes mean, and a visit with a code not listed is "
+                     "held back until it is.")
     if fw.safety_critical_types:
         kinds = ", ".join(_TYPE_WORDS.get(t, t) for t in fw.safety_critical_types)
         lines.append(f"For safety, {kinds} recorded by a mental health, community or social care service are "
                      "shown to clinical staff as coded entries without notes (\"alerts\" below), not only as a "
                      "sign that the service is involved, unless they name a sensitive condition.")
+    lines.append("Staff whose role sees nothing of a specialist service's kind of information (mental health, say) "
+                 "are never told that service holds a record: what they do see of it, or of it in other "
+                 "records, names only \"a specialist service\".")
     lines += [f"Never shared outside the organisation that recorded it: {rule.explain.lower()}."
               for rule in fw.always_withheld]
     lines.append("Every look at a record is recorded; patients can see who looked, when and why.")

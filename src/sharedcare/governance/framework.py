@@ -10,6 +10,7 @@ import hashlib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -29,6 +30,13 @@ SourceFormat = Literal["fhir", "hl7v2", "csv"]
 # Governance functions a role may be granted, named `area:subject:action` like audit actions.
 PERMISSIONS = frozenset({"governance:review:work", "governance:audit:search", "governance:agreement:set",
                          "governance:preference:view", "access:emergency"})
+
+
+def hospital_service_system(org: str, system: str) -> str:
+    """The code system of the local hospital service codes (HL7 v2 PV1-10) one sending system of an
+    organisation uses, in the NHS England form of a local system: a code means what that system's table
+    says (`Organisation.service_codes`), and ingest keeps it in this system whether listed or not."""
+    return f"https://fhir.{org.lower()}.nhs.uk/CodeSystem/{quote(system, safe='')}-hospital-service"
 
 
 class _Strict(BaseModel):
@@ -61,6 +69,11 @@ class Organisation(_Strict):
     # The subjects (RFC 4514, as `sharedcare mllp` logs them) of the TLS client certificates whose feeds may
     # send for this organisation: over TLS, MSH-4 must name an organisation listing the connection's own.
     feed_certificates: list[str] = Field(default_factory=list)
+    # The local codes each HL7 v2 system of this organisation (MSH-3, a key of `systems`) sends for a visit's
+    # hospital service (PV1-10), each to the national code it means ("system|code": the treatment function)
+    # or to a sensitive category. A system listed here sends only these and national three-digit treatment
+    # functions: a message with any other code is held until the code is listed (deny by default).
+    service_codes: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @field_validator("feed_certificates")
     @classmethod
@@ -159,6 +172,21 @@ class Framework(_Strict):
         return self.organisations.get(code)
 
     @property
+    def local_service_codes(self) -> dict[str, str]:
+        """Every local hospital service code the organisations list, as the Coding ingest keeps it
+        ("system|code", the system naming the organisation and its sending system), to what it means: a
+        national "system|code" or a sensitive category. Classify asks for it per resource, so the last table
+        worked out is kept with the `organisations` it came from (held, so never mistaken for another; a
+        `model_copy` with other organisations works it out again; a private attribute took 2 us to read)."""
+        global _last_local_codes
+        organisations, last = self.organisations, _last_local_codes
+        if last[0] is not organisations:
+            last = _last_local_codes = (organisations, {
+                f"{hospital_service_system(code, system)}|{local}": target for code, org in organisations.items()
+                for system, codes in org.service_codes.items() for local, target in codes.items()})
+        return last[1]
+
+    @property
     def gp_practices(self) -> frozenset[str]:
         """The ODS codes of the GP practices: the organisations a person is registered with."""
         return frozenset(code for code, org in self.organisations.items() if org.kind == "gp")
@@ -173,7 +201,12 @@ class Framework(_Strict):
                   "kinds": {code: org.kind for code, org in sorted(self.organisations.items())}}
         if self.safety_critical_types:  # only when listed: without them classification is as before
             inputs["safety_critical_types"] = sorted(self.safety_critical_types)
+        if self.local_service_codes:  # likewise
+            inputs["local_service_codes"] = sorted(self.local_service_codes.items())
         return hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
+
+
+_last_local_codes: tuple[object, dict[str, str]] = (None, {})  # (organisations, their table): local_service_codes
 
 
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
@@ -239,9 +272,37 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
             problems.append((("users", username, "organisation"),
                              f"unknown organisation '{user.organisation}'"))
     for code, org in fw.organisations.items():
+        problems += _service_code_problems(fw, code, org)
         agreement = org.agreement
         if agreement.status == "signed" and not (agreement.signed and agreement.signatories):
             problems.append((("organisations", code, "agreement"), "a signed agreement needs a date and signatories"))
+    return problems
+
+
+def _service_code_problems(fw: Framework, code: str, org: Organisation) -> list[tuple[tuple[Any, ...], str]]:
+    """An organisation's local hospital service codes: each of an HL7 v2 system it has, each to a national
+    code or a sensitive category (a local code may make a visit more protected, never less)."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    hl7 = sorted(name for name, fmt in org.systems.items() if fmt == "hl7v2")
+    for system, codes in org.service_codes.items():
+        path = ("organisations", code, "service_codes", system)
+        if system not in hl7:
+            problems.append((path, f"'{system}' is not an HL7 v2 system of {code} (its systems list "
+                                   f"{', '.join(hl7) or 'none'}): name the sending application as MSH-3 does"))
+        for local, target in codes.items():
+            if not local or local != local.strip() or "|" in local:
+                problems.append(((*path, local), f"'{local}' is not a code as PV1-10 sends it"))
+            system_url, bar, national = target.rpartition("|")
+            if target in fw.sensitive_categories:
+                continue
+            if target in fw.categories:
+                problems.append(((*path, local), f"'{target}' is not a sensitive category ("
+                                 f"{', '.join(fw.sensitive_categories)}): a local code may only make a visit "
+                                 "more protected, so map it to the national code it means"))
+            elif not bar or not national.strip() or not system_url.startswith(("http://", "https://", "urn:")):
+                problems.append(((*path, local), f"'{target}' is neither a sensitive category nor a national code "
+                                 "written system|code (https://fhir.nhs.uk/CodeSystem/"
+                                 "NHSDataModelAndDictionary-treatment-function|360)"))
     return problems
 
 

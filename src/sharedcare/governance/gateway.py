@@ -61,9 +61,9 @@ from sharedcare.governance.policy import (
     check_request,
     count_alike,
     decide,
-    may_know_of_service,
 )
 from sharedcare.governance.review import ON_REVIEW, OnReview, flag_access, on_review, standing
+from sharedcare.governance.unnamed import Unknown, unknown_services, unnamed
 from sharedcare.store.database import Prepared, json_loads, run
 from sharedcare.store.models import (
     IS_PATIENT,
@@ -314,6 +314,11 @@ class GovernedRecords:
         self._agreements_read: dict[str, Agreement] | None = None  # request-scoped: changes apply next request
         self._on_review_read: dict[str, OnReview] = {}  # read with the decision's inputs, by person
         self._classification_key = classification_key(fw)
+
+    @cached_property
+    def _unknown(self) -> Unknown | None:
+        """What names the services this reader may not know of (`governance/unnamed.py`)."""
+        return unknown_services(self.fw, self.actor.role, self.actor.organisation)
 
     # -- audit -----------------------------------------------------------------------------------
     def _audit(self, action: AuditAction, outcome: str, patient_id: str | None, **extra: Any) -> int:
@@ -757,34 +762,44 @@ class GovernedRecords:
         `cache`, what was served before from the same cached document in the same shape (tier, person,
         category, provenance) is served again, with its JSON, rather than redacted, copied and encoded again.
         What a role sees of a service it may not know of (a mental health trust's allergy, to a pharmacist)
-        is served from `UNNAMED_SERVICE`, without the identifiers and meta.source that name the service."""
+        is served from `UNNAMED_SERVICE`, at tier 2 at most (free text may name the service), without the
+        identifiers and meta.source that name the service; in every resource served to such a role, what
+        names the service (a recorder, an author, an informationSource...) says only `UNNAMED_SERVICE`
+        (`governance/unnamed.py`)."""
         resource_id, resource_type, source_org, source_system, content, _, _, recorded_at, received_at, _ = row
-        role = self.actor.role
-        unnamed = (role is not None and not role.citizen and source_org != self.actor.organisation
-                   and not may_know_of_service(source_org, self.fw, role))
-        if unnamed:
+        unknown = self._unknown
+        whole = unknown is not None and source_org in unknown.codes
+        if whole:
             source_org, source_name, source_system = "", UNNAMED_SERVICE, ""
+            tier = min(tier, 2)
         else:
             org = self.fw.organisation(source_org)
             source_name = org.name if org else source_org
 
         def make() -> ServedResource:
             out = dict(at_tier(content, tier))
-            if unnamed:
-                out.pop("identifier", None)
+            if whole:
+                out = unnamed(out, cast(Unknown, unknown), whole=True)
                 meta = {key: value for key, value in out.pop("meta", {}).items() if key != "source"}
                 if meta:
                     out["meta"] = meta
             for name in PATIENT_FIELDS:
                 if name in out:
                     out[name] = {**out[name], "reference": f"Patient/{person_id}"}
+            encoded = orjson.dumps(out) if cache or unknown is not None else None
+            if unknown is not None and not whole and unknown.mentions(cast(bytes, encoded)):
+                # another organisation's record naming the service (only these are walked: the JSON
+                # encoded anyway tells which)
+                out = unnamed(out, unknown, whole=False, checked=True)
+                encoded = orjson.dumps(out)
             return ServedResource(out, resource_type, category, tier, source_org, source_name,
                                   source_system, _instant(recorded_at), _instant(received_at),
-                                  orjson.dumps(out) if cache else None)
+                                  encoded if cache else None)
 
         if cache is None:
             return make()
-        shape = ("served", tier, person_id, category, source_name, source_system, recorded_at, received_at)
+        shape = ("served", tier, person_id, category, source_name, source_system, recorded_at, received_at,
+                 unknown.codes if unknown is not None else None)
         return cache.kept(resource_id, content, shape, make, _encoded_size)
 
     # -- search ----------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ UTF8 = "UNICODE UTF-8"
 READ_AS_UTF8 = "HL7 v2 message without MSH-18 read as UTF-8 (its bytes are UTF-8, not ISO 8859-1)"
 AMBIGUOUS_TIME = ("HL7 v2 event time without an offset in the hour the clocks go back (BST or GMT): ordered by "
                   "arrival against a version stored within that hour")
+# a local PV1-10 code from a system the framework lists no `service_codes` for: stored, filed by its type
+UNMAPPED_SERVICE = ("HL7 v2 visit with a local hospital service code (PV1-10) the framework does not map: filed by "
+                    "its type; list the sending system's codes in its organisation's service_codes")
 # C1 controls are in no name or text: in decoded text they are bytes of another character set read as this one
 # (UTF-8, or Windows-1252's quotes and dashes, read as ISO 8859-1)
 _C1 = re.compile("[\x80-\x9f]")
@@ -256,7 +259,7 @@ def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -
     if len(system) > SYSTEM_CHARACTERS:  # else PostgreSQL refuses the store's write: AE 207, saying nothing useful
         raise msh.error(f"sending application (MSH-3) of {len(system)} characters: the store keeps at most "
                         f"{SYSTEM_CHARACTERS}", 3, condition=Condition.DATA_TYPE, rejected=True)
-    return Sender(org, organisation.name), system
+    return Sender(org, organisation.name, system, organisation.service_codes.get(system)), system
 
 
 @dataclass
@@ -465,6 +468,10 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
                             condition=Condition.MESSAGE_TYPE, rejected=True)
         seen: set[str] = set()  # the server ids staged so far: a repeat is refused (a set: a list was quadratic)
         for label, resource in produced:
+            if sender.service_codes is None and resource["resourceType"] == "Encounter" and any(
+                    coding["system"] != hmap.TREATMENT_FUNCTION for coding in resource.get("serviceType", {})
+                    .get("coding", [])):
+                staged.notes[UNMAPPED_SERVICE] += 1
             staged.resources.append(_staged(resource, label, sender, system, happened.at, mrn, raw, seen))
         if happened.ambiguous:  # BST or GMT: ordered against a stored version within the hour by arrival
             staged.notes[AMBIGUOUS_TIME] += 1

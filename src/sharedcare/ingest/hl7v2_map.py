@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
@@ -19,6 +19,7 @@ import hl7.util
 from hl7.util import unescape
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM, SNOMED, server_id
+from sharedcare.governance.framework import hospital_service_system
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
 from sharedcare.ingest.hl7v2_syntax import Encoding
 from sharedcare.ingest.messages import Condition, MessageError
@@ -159,6 +160,9 @@ class Sender:
 
     org: str
     name: str
+    application: str = ""  # the sending system (MSH-3), as meta.source names it
+    # the local hospital service codes the framework lists for that system (None: it lists none)
+    service_codes: dict[str, str] | None = field(default=None, compare=False)
 
     def organisation(self) -> Json:
         return {"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": self.org}, "display": self.name}
@@ -350,8 +354,9 @@ def _contact(nk1: Seg) -> Json | None:
 
 def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: Sender, reopened: bool) -> Json:
     """PV1 as an Encounter. `status` None means an update (A08): the status follows the admit and
-    discharge times sent. `reopened` (A13, cancel discharge) drops the end. PV1-10, when a treatment
-    function code, is the service type: the framework's sensitive codes list some (GUM clinics)."""
+    discharge times sent. `reopened` (A13, cancel discharge) drops the end. PV1-10 is the service type: a
+    three-digit treatment function code (the framework's sensitive codes list some: GUM clinics), else a
+    local code (`service_type`)."""
     kind = pv1.get(2)
     if kind not in _ENCOUNTER_CLASS:
         raise pv1.error(f"patient class '{kind}' is not one of {', '.join(_ENCOUNTER_CLASS)}", 2,
@@ -359,14 +364,12 @@ def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: S
     start, end = stamp(pv1, 44), None if reopened else stamp(pv1, 45)
     status = status or ("finished" if end else "in-progress" if start else "planned")
     prior, current = _place(pv1.reps(6)), _place(pv1.reps(3))
-    service = pv1.get(10)
     return compact({
         "resourceType": "Encounter", "id": visit, "meta": {"profile": [UK_CORE + "Encounter"]},
         "identifier": [{"system": sender.system("visit-number"), "value": pv1.get(19)}] if pv1.get(19) else [],
         "status": status,
         "class": {"system": ACT_CODE, "code": _ENCOUNTER_CLASS[kind][0], "display": _ENCOUNTER_CLASS[kind][1]},
-        "serviceType": ({"coding": [{"system": TREATMENT_FUNCTION, "code": service}]}
-                        if _TREATMENT_FUNCTION_CODE.fullmatch(service) else None),
+        "serviceType": service_type(pv1, sender),
         "subject": subject,
         "participant": [{"type": [{"coding": [{"system": PARTICIPATION, "code": "ATND", "display": "attender"}]}],
                          "individual": {"display": person_display(doctor)}} for doctor in pv1.reps(7)[:1]],
@@ -376,6 +379,29 @@ def encounter(pv1: Seg, status: str | None, visit: str, subject: Json, sender: S
            if current else []),
         "serviceProvider": sender.organisation(),
     })
+
+
+def service_type(pv1: Seg, sender: Sender) -> Json | None:
+    """PV1-10, the hospital service. A code the framework lists for the sending system (its
+    `service_codes`) is kept as that system's local code, which classification reads as what the framework
+    maps it to; else a three-digit code is a national treatment function; else the code is local. A system
+    with a table sends nothing else: an unlisted local code is held until it is listed, so that a visit to a
+    sensitive clinic is never filed as an ordinary one. A system without one keeps the local code (filed by
+    type, and a table listed later moves what is stored: the classification key holds the tables)."""
+    service = pv1.get(10)
+    if not service:
+        return None
+    table = sender.service_codes
+    if (table is None or service not in table) and _TREATMENT_FUNCTION_CODE.fullmatch(service):
+        return {"coding": [{"system": TREATMENT_FUNCTION, "code": service}]}
+    if table is not None and service not in table:
+        raise pv1.error(f"hospital service '{service}' is neither a national treatment function (three digits) "
+                        f"nor one of the local codes the framework lists for {sender.org}'s system "
+                        f"'{sender.application}' (organisations.{sender.org}.service_codes.{sender.application}): "
+                        "held until it is listed with what it means, so that no visit to a sensitive clinic is "
+                        "filed as an ordinary one", 10, condition=Condition.TABLE_VALUE)
+    local = hospital_service_system(sender.org, sender.application)
+    return {"coding": [{"system": local, "code": service}]}
 
 
 def _place(reps: list[list[str]]) -> str:
