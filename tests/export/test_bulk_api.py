@@ -605,3 +605,17 @@ def test_when_the_chosen_patient_is_withheld_dates_follow_the_one_published(ics:
         purpose = s.scalars(select(ExportJob.purpose)).one()
     shift = Pseudonymiser(settings.pseudonym_secret, purpose).date_shift(ics.okafor, "1945-03-02")
     assert {c["onsetDateTime"] for c in files["Condition"]} == {(date(2019, 3, 1) + shift).isoformat()}
+
+
+@pytest.mark.parametrize("name", ["_type", "_since", "_outputFormat"])
+def test_a_repeated_kick_off_parameter_is_refused_naming_it(ics: Ics, name: str) -> None:
+    """`_type=Condition&_type=Patient` was cut to its last value without a word: the analyst got Patients
+    alone and could take the extract for what was asked. Each parameter is 0..1 in the Bulk Data
+    OperationDefinition (`_type` takes a comma-separated list): a repeat is a 400 naming it."""
+    values = {"_type": ("Condition", "Patient"), "_since": ("2020-01-01T00:00:00Z", "2021-01-01T00:00:00Z"),
+              "_outputFormat": ("ndjson", "application/fhir+ndjson")}[name]
+    headers = ics.token("analyst.chen")
+    response = ics.client.get("/fhir/$export", params=[(name, value) for value in values], headers={**headers, **ASYNC})
+    assert response.status_code == 400, response.text
+    says = response.json()["issue"][0]["diagnostics"]
+    assert name in says and "more than once" in says, says
