@@ -19,6 +19,7 @@ before retention catches up.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import multiprocessing
 import re
@@ -49,7 +50,13 @@ from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor, Decision
-from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
+from sharedcare.governance.secondary import (
+    UNPUBLISHED_PATIENT,
+    ExportCounts,
+    ExportScope,
+    SecondaryUse,
+    export_purpose,
+)
 from sharedcare.governance.small_cells import (
     DEFAULT_K,
     SmallCells,
@@ -288,28 +295,60 @@ def _heard_from(db: Database, job_id: str) -> Iterator[None]:
 def _patients(folder: Path, output: list[dict[str, Any]], k: int) -> SmallCells:
     """Rewrite the extract's Patient file so that no combination of quasi-identifiers in it is held by
     fewer than k people, and the clinical files of those whose practice it left out (`_unsource`). The
-    file is read twice, as a stream: once to decide each person's step keeping only short digests of their
-    combinations, once to rewrite the lines that step changes (`small_cells.screen`)."""
-    entry = next((entry for entry in output if entry["type"] == "Patient"), None)
-    if entry is None:
+    files are read twice, as a stream: once to decide each person's step keeping only short digests of their
+    combinations, once to rewrite the lines that step changes (`small_cells.screen`).
+
+    The check decides on every included person's Patient, the published ones (`Patient`) and those the export
+    was not asked for (`UNPUBLISHED_PATIENT`: `_type` or the token's scopes leave Patients out, or `_since`
+    leaves out a Patient that did not change), so that the clinical lines lose the organisations the whole
+    export's check would take from them, whatever was asked for: before, an extract without Patients was not
+    checked at all, and a `_type=Condition` extract gave back, by pseudonym, the practices the whole extract
+    left out. The unpublished Patients are then deleted, `output` left without them. When some Patients are
+    published and others not (`_since`), the published ones are checked again among themselves, so that the
+    file alone holds no group under k either; the clinical lines of anyone either check leaves without a
+    practice lose their organisations."""
+    published = next((entry for entry in output if entry["type"] == "Patient"), None)
+    unpublished = next((entry for entry in output if entry["type"] == UNPUBLISHED_PATIENT), None)
+    entries = [entry for entry in (published, unpublished) if entry is not None]
+    if not entries:
         return SmallCells(k=k)
-    path = folder / entry["file"]
-    protected, small = screen(_Lines(path), k)
-    _rewrite(path, lambda _: (line + b"\n" for line in protected))
-    _unsource(folder, [other for other in output if other is not entry], small.unsourced)
+    clinical = [entry for entry in output if entry not in entries]
+    protected, small = screen(_Lines(*(folder / entry["file"] for entry in entries)), k)
+    _rewrite_each(folder, entries, protected)
+    unsourced = small.unsourced
+    if unpublished is not None:
+        output.remove(unpublished)
+        (folder / unpublished["file"]).unlink()
+        if published is not None:  # checked again on its own: the file alone holds no group under k
+            again, alone = screen(_Lines(folder / published["file"]), k)
+            _rewrite(folder / published["file"], lambda _: (line + b"\n" for line in again))
+            unsourced = unsourced | alone.unsourced
+    _unsource(folder, clinical, unsourced)
     return small
 
 
-class _Lines:
-    """A file's lines without their ends, read afresh each time they are iterated."""
+def _rewrite_each(folder: Path, entries: list[dict[str, Any]], lines: Iterable[bytes]) -> None:
+    """Replace each of these files, in turn, by as many of `lines` as it holds (its `count`)."""
+    stream = iter(lines)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def take(n: int) -> Callable[[IO[bytes]], Iterable[bytes]]:
+        return lambda _: (line + b"\n" for line in itertools.islice(stream, n))
+
+    for entry in entries:
+        _rewrite(folder / entry["file"], take(entry["count"]))
+
+
+class _Lines:
+    """Files' lines, one file after the other, without their ends, read afresh each time they are iterated."""
+
+    def __init__(self, *paths: Path) -> None:
+        self.paths = paths
 
     def __iter__(self) -> Iterator[bytes]:
-        with self.path.open("rb") as lines:
-            for line in lines:
-                yield line.rstrip(b"\n")
+        for path in self.paths:
+            with path.open("rb") as lines:
+                for line in lines:
+                    yield line.rstrip(b"\n")
 
 
 def _rewrite(path: Path, lines: Callable[[IO[bytes]], Iterable[bytes]]) -> None:
