@@ -515,8 +515,8 @@ def test_an_export_finished_before_a_suspension_made_elsewhere_is_deleted_at_its
 def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ics: Ics, db: Database,
                                                                              framework: Framework) -> None:
     """QRD is suspended and signed again while its analyst's export runs: the run's last check finds the
-    agreement signed, but the export was made across a suspension, so its files are withdrawn at the next
-    touch and the poll says why (410), not served."""
+    agreement signed, but the export was made across a suspension, so its files are not published (since
+    2026-12-07: before, they were published and withdrawn at the next touch) and the poll says why (410)."""
     settings = ics.client.app.state.settings  # type: ignore[attr-defined]
     jobs = ExportJobs(db, framework, replace(settings, export_workers=1))
     job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
@@ -528,7 +528,7 @@ def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ic
                 set_agreement(s, framework, "QRD", "signed", by="ig.morgan", reason="")
             changed.append(done)
     changed: list[int] = []
-    assert jobs.run(job_id, on_progress=suspend_and_sign_once).status == "completed" and changed
+    assert jobs.run(job_id, on_progress=suspend_and_sign_once).status == "withdrawn" and changed
     poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
     assert poll.status_code == 410, poll.text
     assert "agreement was suspended on" in poll.json()["issue"][0]["diagnostics"]

@@ -31,12 +31,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -64,7 +64,7 @@ from sharedcare.governance.small_cells import (
 )
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
-from sharedcare.store.models import AgreementChange, ExportJob
+from sharedcare.store.models import AgreementChange, ExportJob, Preference
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +476,70 @@ def _remove(files: dict[str, Files]) -> None:
         remove_files(folder, names)
 
 
+@dataclass(frozen=True)
+class _Change:
+    """Why an export started before a change is not kept: for its audit entry and for its owner."""
+
+    rule_id: str
+    reason: str
+    says: str  # after "its files were deleted" (or "were not kept")
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """What changed since a time that an export started before it may not reflect: an agreement of any
+    organisation stopped (suspended, ended, set back to draft), and a person's choices changed so that
+    they now opt out of planning and research or object (to all sharing, to an organisation, to a kind of
+    information). An export reads the agreements and everybody's choices once, when its run starts
+    (`secondary.SecondaryUse.stream`); a change after its kick-off may be missing from its files.
+
+    Any organisation's stop counts, not only the exporter's or those whose data the job holds: a job does not
+    record whose data it holds, and in an ICS nearly every export holds nearly every organisation's; stops
+    are rare. Any person's choices count, not only those of the people in the files: which of them it holds
+    is in the files alone, and dropping their lines would change the groups the small-cell check made
+    (a group of k less one person is a group under k). A change that lifts a choice withdraws nothing: the
+    files then hold less than the person allows."""
+
+    stops: list[tuple[str, str, datetime]]  # organisation, status, when; in the order they were made
+    choices: list[datetime]  # when each person's choices that restrict were last changed
+
+    @staticmethod
+    def since(session: Session, when: datetime | None) -> _Changes:
+        if when is None:
+            return _Changes([], [])
+        stops = [(org, status, changed) for org, status, changed in session.execute(
+            select(AgreementChange.org_code, AgreementChange.status, AgreementChange.changed_at)
+            .where(AgreementChange.status.in_(STOPPED), AgreementChange.changed_at > when)
+            .order_by(AgreementChange.id))]
+        # a choice's time is stamped under the audit chain's lock (`consent._changed`), which a kick-off waits
+        # on: one stamped before an export's kick-off was committed before its run read the choices
+        choices = [pref.updated_at for pref in session.scalars(select(Preference).where(Preference.updated_at > when))
+                   if pref.opt_out_secondary or pref.object_all or pref.object_orgs or pref.provisions]
+        return _Changes(stops, choices)
+
+    def after(self, started: datetime, organisation: str) -> _Change | None:
+        """The first change after `started` an export of `organisation`'s started then does not survive."""
+        for org, status, when in self.stops:
+            if when <= started:
+                continue
+            words = stopped_words(status)
+            if org == organisation:
+                return _Change("deny-actor-agreement", f"{org}'s agreement {words}",
+                               f"when {org}'s information-sharing agreement was {words} on {when:%d %B %Y at %H:%M} "
+                               "UTC: an export is not kept once its organisation stops sharing; start a new one "
+                               "when the agreement is signed again")
+            return _Change("source-agreement", f"{org}'s agreement {words}, after the export started",
+                           f"when {org}'s information-sharing agreement was {words} on {when:%d %B %Y at %H:%M} UTC: "
+                           f"an export made while {org} shared its data is not kept once it stops; start a new one, "
+                           f"which leaves {org}'s data out")
+        if any(when > started for when in self.choices):
+            return _Change("choices-changed", "a person's choices changed after the export started",
+                           "because a person's choices about the use of their data (an opt-out of planning and "
+                           "research, or an objection) were recorded after this export started, and its files "
+                           "may hold what they no longer allow; start a new one, which follows their choices")
+        return None
+
+
 class ExportJobs:
     """The export jobs of one store, for the API and the CLI alike."""
 
@@ -597,16 +661,26 @@ class ExportJobs:
                     if row.status == "cancelled":  # cancelled after the last progress check
                         _discard(folder, job_id)
                         return self._view(job_id)
-                    _publish(folder, job_id, output, published)  # checked: under their final names, then completed
-                    row.status, row.output, row.summary = "completed", output, counts.as_dict()
-                    row.people_done, row.finished_at = counts.people_seen, utcnow()
-                    row.updated_at = row.finished_at
-                    secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
-                                    withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
-                                    codings_withheld=str(counts.codings_withheld),
-                                    people_included=str(counts.people_included),
-                                    people_excluded=dict(counts.excluded), resources=dict(counts.resources),
-                                    small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
+                    # a choice made or an agreement stopped since the kick-off may be missing from the run's
+                    # snapshot: nothing is published (one made after this check withdraws it at the next touch)
+                    change = _Changes.since(session, row.created_at).after(row.created_at, row.organisation)
+                    if change is not None:
+                        _discard(folder, job_id)
+                        row.status, row.finished_at = WITHDRAWN, utcnow()
+                        row.error, row.updated_at = f"its files were not kept {change.says}", row.finished_at
+                        secondary.audit(session, AuditAction.EXPORT_COMPLETE, "deny", rule_id=change.rule_id,
+                                        reason=change.reason, job=job_id)
+                    else:
+                        _publish(folder, job_id, output, published)  # checked: under their final names, then completed
+                        row.status, row.output, row.summary = "completed", output, counts.as_dict()
+                        row.people_done, row.finished_at = counts.people_seen, utcnow()
+                        row.updated_at = row.finished_at
+                        secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
+                                        withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                                        codings_withheld=str(counts.codings_withheld),
+                                        people_included=str(counts.people_included),
+                                        people_excluded=dict(counts.excluded), resources=dict(counts.resources),
+                                        small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
             except ExportCancelled:
                 _discard(folder, job_id)
                 return self._view(job_id)
@@ -690,24 +764,19 @@ class ExportJobs:
     def _withdraw(self, session: Session) -> dict[str, Files]:
         """`withdraw`'s marking and audit; the files to delete once committed (a command-line export's
         are its operator's: the job is withdrawn, its files are left where they were asked for)."""
-        stops = session.execute(select(ExportJob, AgreementChange.status, AgreementChange.changed_at).join(
-            AgreementChange, and_(AgreementChange.org_code == ExportJob.organisation,
-                                  AgreementChange.status.in_(STOPPED),
-                                  AgreementChange.changed_at > ExportJob.created_at))
-            .where(ExportJob.status == "completed").order_by(AgreementChange.id)).all()
+        finished = list(session.scalars(select(ExportJob).where(ExportJob.status == "completed")))
+        changes = _Changes.since(session, min((job.created_at for job in finished), default=None))
         files: dict[str, Files] = {}
-        for job, stopped, when in stops:
-            if job.status != "completed":  # a second change after it finished: withdrawn by the first
+        for job in finished:
+            change = changes.after(job.created_at, job.organisation)
+            if change is None:
                 continue
             names, ours = [o["file"] for o in job.output or []], self._ours(job.out_dir)
             job.status, job.updated_at = WITHDRAWN, utcnow()
-            job.error = (f"its files were deleted when {job.organisation}'s information-sharing agreement was "
-                         f"{stopped_words(stopped)} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
-                         "organisation stops sharing; start a new one when the agreement is signed again")
+            job.error = f"its files were deleted {change.says}"
             record_audit(session, AuditRecord(
                 AuditAction.EXPORT_WITHDRAWN, "permit", username="system", purpose=job.purpose,
-                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped_words(stopped)}",
-                minted_by=job.minted_by, token_id=job.token_id,
+                rule_id=change.rule_id, reason=change.reason, minted_by=job.minted_by, token_id=job.token_id,
                 detail={
                     "job": job.id, "owner": job.username, "organisation": job.organisation,
                     "files": " ".join(names) or "(none)",
