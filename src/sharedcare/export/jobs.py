@@ -432,14 +432,22 @@ def _discard(folder: Path, job_id: str, published: Iterable[str] = ()) -> None:
 
 
 def _written_before_partial(folder: Path) -> list[str]:
-    """The files a run wrote straight into its folder before runs wrote into a partial folder (2026-12-07):
-    one that died then left them there."""
+    """The extract's files in a folder, by their names (a record type's): those a run wrote straight into its
+    folder before runs wrote into a partial folder (2026-12-07), which one that died then left there, and
+    those an earlier run into the same folder published (`_publish` deletes those it does not replace)."""
     return [path.name for path in folder.glob("*.ndjson*") if path.name.partition(".")[0] in RECORD_TYPES]
 
 
 def _publish(folder: Path, job_id: str, output: list[dict[str, Any]], published: list[str]) -> None:
-    """Move a checked run's files to their final names, each named in `published` once moved."""
+    """Move a checked run's files to their final names, each named in `published` once moved. An extract's
+    files of an earlier run into the same folder (a command-line `--out` run again) that this run did not
+    write are deleted first: the folder is this run's extract. Before, a type with no lines this time (its
+    only person since opted out) left the earlier run's file, with that person in it, beside the new ones."""
     partial = _partial(folder, job_id)
+    writing = {entry["file"] for entry in output}
+    for earlier in _written_before_partial(folder):
+        if earlier not in writing:
+            (folder / earlier).unlink(missing_ok=True)
     for entry in output:
         (partial / entry["file"]).replace(folder / entry["file"])
         published.append(entry["file"])
