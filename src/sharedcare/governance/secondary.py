@@ -8,7 +8,9 @@ and hands out only what was released, pseudonymised (`pseudonymise.py`). Kick-of
 download and each refusal are audited; the audit holds counts, never people or content.
 
 The inputs of the decision (agreements, everybody's choices) are read once when the stream starts, so
-one extract is one consistent snapshot; a choice made during an export applies to the next one.
+one extract is one consistent snapshot. A choice that restricts (an opt-out, an objection) or an agreement
+stopped after an export's kick-off withdraws that export, before its files are published or at the next
+poll or download (`export.jobs._Changes`); the next export follows the change.
 """
 
 from __future__ import annotations
