@@ -6,7 +6,9 @@ folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only fro
 a job, in the role and organisation it was started under, may see it: anyone else is told it does not
 exist (404), and every poll and download checks again that the user may still export (a suspended
 organisation's users are refused at once; a run that ends while it is suspended keeps none; a finished
-export's files are deleted at the suspension, `withdraw`, and the job then says "withdrawn"). A run goes under
+export's files are deleted at the suspension, `withdraw`, and the job then says "withdrawn"; so are those of
+any export started before any organisation's agreement stopped or anyone's choices came to restrict,
+`_Changes`, and such a change during a run keeps its files from being published). A run goes under
 the role and organisation its kick-off was decided under (a backend client's are its registration's),
 and is refused, audited, if the user or client no longer holds them. A finished export's files are
 deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off, poll, download and
