@@ -100,7 +100,8 @@ class Settings:
 
     def require_safe_secret(self) -> None:
         """Refuse to serve real users with the published demo key or a key short enough to guess
-        (TRUST DP4): HMAC-SHA256 wants at least 32 bytes of key. The same for a pseudonym key, if set."""
+        (TRUST DP4): HMAC-SHA256 wants at least 32 bytes of key. The same for a pseudonym key, if set, which
+        must not be the secret or the audit key either."""
         if self.demo:
             return
         for name, key in (("SHAREDCARE_PSEUDONYM_KEY", self.pseudonym_key), ("SHAREDCARE_AUDIT_KEY", self.audit_key)):
@@ -109,6 +110,12 @@ class Settings:
                                   "(for example `openssl rand -hex 32`)")
             if key == DEMO_SECRET:
                 raise ConfigError(f"{name} is the published demo key; set a key of its own "
+                                  "(for example `openssl rand -hex 32`)")
+        # one key doing two jobs: whoever holds the signing secret (or the audit key) could recompute every
+        # pseudonym of every extract, and rotating it after a leak would re-key them all
+        for name, key in (("SHAREDCARE_SECRET", self.secret), ("SHAREDCARE_AUDIT_KEY", self.audit_key)):
+            if self.pseudonym_key is not None and key is not None and self.pseudonym_key == key:
+                raise ConfigError(f"SHAREDCARE_PSEUDONYM_KEY is the same as {name}; set a key of its own "
                                   "(for example `openssl rand -hex 32`)")
         if self.secret == DEMO_SECRET:
             raise ConfigError("SHAREDCARE_SECRET is unset or the demo key; set a secret or SHAREDCARE_DEMO=1")

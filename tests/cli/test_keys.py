@@ -34,6 +34,11 @@ UNSAFE = {  # SHAREDCARE_SECRET, SHAREDCARE_PSEUDONYM_KEY, SHAREDCARE_AUDIT_KEY;
     "the demo key as pseudonym key": (SECRET, DEMO_SECRET, None, "SHAREDCARE_PSEUDONYM_KEY is the published demo key"),
     "a short audit key": (SECRET, None, "a" * 31, "SHAREDCARE_AUDIT_KEY is 31 bytes; it must be at least 32"),
     "the demo key as audit key": (SECRET, None, DEMO_SECRET, "SHAREDCARE_AUDIT_KEY is the published demo key"),
+    # one key doing two jobs: whoever holds the secret (or the audit key) could recompute every pseudonym
+    "the secret as pseudonym key": (SECRET, SECRET, None,
+                                    "SHAREDCARE_PSEUDONYM_KEY is the same as SHAREDCARE_SECRET"),
+    "the audit key as pseudonym key": (SECRET, PSEUDONYM_KEY, PSEUDONYM_KEY,
+                                       "SHAREDCARE_PSEUDONYM_KEY is the same as SHAREDCARE_AUDIT_KEY"),
 }
 
 

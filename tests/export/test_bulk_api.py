@@ -515,8 +515,8 @@ def test_an_export_finished_before_a_suspension_made_elsewhere_is_deleted_at_its
 def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ics: Ics, db: Database,
                                                                              framework: Framework) -> None:
     """QRD is suspended and signed again while its analyst's export runs: the run's last check finds the
-    agreement signed, but the export was made across a suspension, so its files are withdrawn at the next
-    touch and the poll says why (410), not served."""
+    agreement signed, but the export was made across a suspension, so its files are not published (since
+    2026-12-07: before, they were published and withdrawn at the next touch) and the poll says why (410)."""
     settings = ics.client.app.state.settings  # type: ignore[attr-defined]
     jobs = ExportJobs(db, framework, replace(settings, export_workers=1))
     job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
@@ -528,7 +528,7 @@ def test_an_export_that_ran_through_a_suspension_and_a_re_signing_is_not_kept(ic
                 set_agreement(s, framework, "QRD", "signed", by="ig.morgan", reason="")
             changed.append(done)
     changed: list[int] = []
-    assert jobs.run(job_id, on_progress=suspend_and_sign_once).status == "completed" and changed
+    assert jobs.run(job_id, on_progress=suspend_and_sign_once).status == "withdrawn" and changed
     poll = ics.client.get(f"/fhir/bulk/{job_id}", headers=ics.token("analyst.chen"))
     assert poll.status_code == 410, poll.text
     assert "agreement was suspended on" in poll.json()["issue"][0]["diagnostics"]
@@ -605,3 +605,17 @@ def test_when_the_chosen_patient_is_withheld_dates_follow_the_one_published(ics:
         purpose = s.scalars(select(ExportJob.purpose)).one()
     shift = Pseudonymiser(settings.pseudonym_secret, purpose).date_shift(ics.okafor, "1945-03-02")
     assert {c["onsetDateTime"] for c in files["Condition"]} == {(date(2019, 3, 1) + shift).isoformat()}
+
+
+@pytest.mark.parametrize("name", ["_type", "_since", "_outputFormat"])
+def test_a_repeated_kick_off_parameter_is_refused_naming_it(ics: Ics, name: str) -> None:
+    """`_type=Condition&_type=Patient` was cut to its last value without a word: the analyst got Patients
+    alone and could take the extract for what was asked. Each parameter is 0..1 in the Bulk Data
+    OperationDefinition (`_type` takes a comma-separated list): a repeat is a 400 naming it."""
+    values = {"_type": ("Condition", "Patient"), "_since": ("2020-01-01T00:00:00Z", "2021-01-01T00:00:00Z"),
+              "_outputFormat": ("ndjson", "application/fhir+ndjson")}[name]
+    headers = ics.token("analyst.chen")
+    response = ics.client.get("/fhir/$export", params=[(name, value) for value in values], headers={**headers, **ASYNC})
+    assert response.status_code == 400, response.text
+    says = response.json()["issue"][0]["diagnostics"]
+    assert name in says and "more than once" in says, says

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.builders import SCT, bundle, patient, write_ndjson
+from tests.builders import SCT, bundle, condition, patient, write_ndjson
 from tests.export.conftest import exact_counts, export
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -139,3 +139,72 @@ def test_a_system_typed_without_a_code_stays_behind(ics: Ics, tmp_path: Path, fr
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:complete")).one()
     details = {d["type"]: d["valueString"] for d in entry.event["entity"][-1]["detail"]}
     assert details["codings_withheld"] == "2"  # the typed system in the status and in the category
+
+
+TYPED = "SeenByJane.Smith-mob07700900456"  # a name and a mobile number, typed where a code goes
+
+
+def test_text_typed_as_a_code_of_loinc_icd_10_or_an_hl7_code_system_stays_behind(
+        ics: Ics, tmp_path: Path, framework: Framework) -> None:
+    """LOINC, ICD-10, OPCS-4 and HL7's code systems are on the allow-list, but a source's staff can type
+    anything in their codes: a code leaves only shaped as its system's codes are (a LOINC code with its
+    mod-10 check digit, an ICD-10 or OPCS-4 code, a code of an HL7 value set shipped or a short one), the
+    rest is left out and counted. Codes of the right shape leave as they are."""
+    category = "http://terminology.hl7.org/CodeSystem/condition-category"
+    gp = bundle("P81001", "emis", [
+        patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+        condition("gp-c9", "Patient/gp-okafor", "44054006", "Type 2 diabetes mellitus", category=[
+            {"coding": [{"system": category, "code": TYPED}]},
+            {"coding": [{"system": category, "code": "problem-list-item"}]}]),
+        {"resourceType": "Observation", "id": "gp-o9", "status": "final", "subject": {"reference": "Patient/gp-okafor"},
+         "code": {"coding": [{"system": "http://loinc.org", "code": TYPED + "-L"},
+                             {"system": "http://loinc.org", "code": "2345-8"}]},  # not 2345-7: the check digit fails
+         "valueCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": TYPED + "-I"}]},
+         "effectiveDateTime": "2026-10-01"},
+        {"resourceType": "Observation", "id": "gp-o10", "status": "final",
+         "subject": {"reference": "Patient/gp-okafor"},
+         "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},  # glucose: a LOINC code
+         "valueCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"},
+                                             {"system": "http://hl7.org/fhir/sid/icd-10", "code": "07700900456"}]},
+         "effectiveDateTime": "2026-10-01"},
+    ], timestamp="2026-11-02T09:00:00Z")
+    db = ics.client.app.state.database
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "typed.ndjson", [gp])]).quarantined == 0
+
+    _, files = export(ics.client, ics.token("analyst.chen"))
+    text = json.dumps(files)
+    for typed in ("SeenBy", "Smith", "07700", "2345-8"):
+        assert typed not in text, typed
+    assert [c["category"] for c in files["Condition"] if "category" in c] == [
+        [{"coding": [{"system": category, "code": "problem-list-item"}]}]]
+    glucose, = (o for o in files["Observation"] if o["code"]["coding"][0]["code"] == "2345-7")
+    assert glucose["valueCodeableConcept"] == {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10",
+                                                           "code": "E11.9"}]}
+    with db.session() as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "secondary:export:complete")).one()
+    details = {d["type"]: d["valueString"] for d in entry.event["entity"][-1]["detail"]}
+    # of what left: the typed category and the glucose's ICD-10 value "07700900456"; the observation coded only
+    # with typed LOINC codes says nothing that may leave, and is withheld (invalid FHIR without a code)
+    assert details["codings_withheld"] == "2"
+    assert details["withheld:required-element-uncoded"] == "1"
+
+
+@pytest.mark.parametrize(("system", "code", "kept"), [
+    ("http://loinc.org", "2345-7", True), ("http://loinc.org", "8480-6", True), ("http://loinc.org", "2345-8", False),
+    ("http://loinc.org", "12345678-9", False), ("http://loinc.org", "LA6576-8", False),
+    ("http://hl7.org/fhir/sid/icd-10", "E11.9", True), ("http://hl7.org/fhir/sid/icd-10-uk", "I219", True),
+    ("http://hl7.org/fhir/sid/icd-10", "E11.-Smith", False), ("http://hl7.org/fhir/sid/icd-10", "e11.9", False),
+    ("http://fhir.nhs.uk/CodeSystem/opcs-4", "K40.1", True), ("http://fhir.nhs.uk/CodeSystem/opcs-4", "K401", True),
+    ("http://fhir.nhs.uk/CodeSystem/opcs-4", "K40.12", False),
+    ("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", True),
+    ("http://terminology.hl7.org/CodeSystem/condition-clinical", "Jane", False),  # a shipped value set's: not in it
+    ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "AMB", True),
+    ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR", True),
+    ("https://fhir.hl7.org.uk/CodeSystem/UKCore-EthnicCategory", "A", True),
+    ("http://terminology.hl7.org/CodeSystem/v2-0203", "mob07700900456", False),
+    ("http://terminology.hl7.org/CodeSystem/v2-0203", "SeenByJane.Smith-Ward7", False),  # over 20
+    ("http://terminology.hl7.org/CodeSystem/v2-0203", "Jane_Smith", False),
+])
+def test_a_code_leaves_only_shaped_as_its_system_s_codes(system: str, code: str, kept: bool) -> None:
+    from sharedcare.governance.pseudonymise import kept_code
+    assert kept_code(system, code) is kept

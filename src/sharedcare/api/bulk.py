@@ -3,7 +3,8 @@
 - Kick-off: `GET /fhir/$export` (everyone), `GET /fhir/Patient/$export` (everyone: every type kept here
   belongs to a patient's compartment), `GET /fhir/Group/{ods}/$export` (the registered population of
   one GP practice). Needs `Prefer: respond-async`; takes `_type`, `_since`, `_outputFormat`
-  (application/fhir+ndjson). Answers 202 with `Content-Location` naming the status URL.
+  (application/fhir+ndjson), each at most once (a repeat is a 400 naming it). Answers 202 with
+  `Content-Location` naming the status URL.
 - Status: `GET /fhir/bulk/{job}`: 202 with `X-Progress` while running, 200 with the manifest when done,
   500 with an OperationOutcome if it failed, 404 saying so once its files expired
   (`SHAREDCARE_EXPORT_RETENTION_DAYS` after it finished), 410 saying so once they were deleted because
@@ -56,6 +57,12 @@ def _scope(request: Request, kind: str, group: str | None) -> ExportScope:
     unknown = sorted(set(params) - KICK_OFF_PARAMS)
     if unknown:
         raise SearchError(f"$export does not take {', '.join(unknown)} (it takes {', '.join(sorted(KICK_OFF_PARAMS))})")
+    # each is 0..1 in the Bulk Data OperationDefinition (`_type` takes a comma-separated list): a repeat was
+    # cut to its last value without a word, and the analyst could take the extract for what they asked
+    repeated = sorted(name for name in KICK_OFF_PARAMS if len(params.getlist(name)) > 1)
+    if repeated:
+        raise SearchError(f"$export takes {', '.join(repeated)} once, not more than once (give several types as one "
+                          "comma-separated _type: _type=Condition,Patient)")
     output_format = params.get("_outputFormat")
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise SearchError(f"_outputFormat: only {NDJSON} is produced, not '{output_format}'")

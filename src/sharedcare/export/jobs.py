@@ -6,7 +6,9 @@ folder (`{data}/exports/{job id}/{Type}.ndjson`). The data itself comes only fro
 a job, in the role and organisation it was started under, may see it: anyone else is told it does not
 exist (404), and every poll and download checks again that the user may still export (a suspended
 organisation's users are refused at once; a run that ends while it is suspended keeps none; a finished
-export's files are deleted at the suspension, `withdraw`, and the job then says "withdrawn"). A run goes under
+export's files are deleted at the suspension, `withdraw`, and the job then says "withdrawn"; so are those of
+any export started before any organisation's agreement stopped or anyone's choices came to restrict,
+`_Changes`, and such a change during a run keeps its files from being published). A run goes under
 the role and organisation its kick-off was decided under (a backend client's are its registration's),
 and is refused, audited, if the user or client no longer holds them. A finished export's files are
 deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off, poll, download and
@@ -19,6 +21,7 @@ before retention catches up.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import multiprocessing
 import re
@@ -30,12 +33,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -49,7 +52,13 @@ from sharedcare.governance.disclosure import published_summary
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.governance.policy import Actor, Decision
-from sharedcare.governance.secondary import ExportCounts, ExportScope, SecondaryUse, export_purpose
+from sharedcare.governance.secondary import (
+    UNPUBLISHED_PATIENT,
+    ExportCounts,
+    ExportScope,
+    SecondaryUse,
+    export_purpose,
+)
 from sharedcare.governance.small_cells import (
     DEFAULT_K,
     SmallCells,
@@ -57,7 +66,7 @@ from sharedcare.governance.small_cells import (
 )
 from sharedcare.private_files import private_folder, private_opener
 from sharedcare.store.database import Database
-from sharedcare.store.models import AgreementChange, ExportJob
+from sharedcare.store.models import AgreementChange, ExportJob, Preference
 
 log = logging.getLogger(__name__)
 
@@ -288,28 +297,60 @@ def _heard_from(db: Database, job_id: str) -> Iterator[None]:
 def _patients(folder: Path, output: list[dict[str, Any]], k: int) -> SmallCells:
     """Rewrite the extract's Patient file so that no combination of quasi-identifiers in it is held by
     fewer than k people, and the clinical files of those whose practice it left out (`_unsource`). The
-    file is read twice, as a stream: once to decide each person's step keeping only short digests of their
-    combinations, once to rewrite the lines that step changes (`small_cells.screen`)."""
-    entry = next((entry for entry in output if entry["type"] == "Patient"), None)
-    if entry is None:
+    files are read twice, as a stream: once to decide each person's step keeping only short digests of their
+    combinations, once to rewrite the lines that step changes (`small_cells.screen`).
+
+    The check decides on every included person's Patient, the published ones (`Patient`) and those the export
+    was not asked for (`UNPUBLISHED_PATIENT`: `_type` or the token's scopes leave Patients out, or `_since`
+    leaves out a Patient that did not change), so that the clinical lines lose the organisations the whole
+    export's check would take from them, whatever was asked for: before, an extract without Patients was not
+    checked at all, and a `_type=Condition` extract gave back, by pseudonym, the practices the whole extract
+    left out. The unpublished Patients are then deleted, `output` left without them. When some Patients are
+    published and others not (`_since`), the published ones are checked again among themselves, so that the
+    file alone holds no group under k either; the clinical lines of anyone either check leaves without a
+    practice lose their organisations."""
+    published = next((entry for entry in output if entry["type"] == "Patient"), None)
+    unpublished = next((entry for entry in output if entry["type"] == UNPUBLISHED_PATIENT), None)
+    entries = [entry for entry in (published, unpublished) if entry is not None]
+    if not entries:
         return SmallCells(k=k)
-    path = folder / entry["file"]
-    protected, small = screen(_Lines(path), k)
-    _rewrite(path, lambda _: (line + b"\n" for line in protected))
-    _unsource(folder, [other for other in output if other is not entry], small.unsourced)
+    clinical = [entry for entry in output if entry not in entries]
+    protected, small = screen(_Lines(*(folder / entry["file"] for entry in entries)), k)
+    _rewrite_each(folder, entries, protected)
+    unsourced = small.unsourced
+    if unpublished is not None:
+        output.remove(unpublished)
+        (folder / unpublished["file"]).unlink()
+        if published is not None:  # checked again on its own: the file alone holds no group under k
+            again, alone = screen(_Lines(folder / published["file"]), k)
+            _rewrite(folder / published["file"], lambda _: (line + b"\n" for line in again))
+            unsourced = unsourced | alone.unsourced
+    _unsource(folder, clinical, unsourced)
     return small
 
 
-class _Lines:
-    """A file's lines without their ends, read afresh each time they are iterated."""
+def _rewrite_each(folder: Path, entries: list[dict[str, Any]], lines: Iterable[bytes]) -> None:
+    """Replace each of these files, in turn, by as many of `lines` as it holds (its `count`)."""
+    stream = iter(lines)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def take(n: int) -> Callable[[IO[bytes]], Iterable[bytes]]:
+        return lambda _: (line + b"\n" for line in itertools.islice(stream, n))
+
+    for entry in entries:
+        _rewrite(folder / entry["file"], take(entry["count"]))
+
+
+class _Lines:
+    """Files' lines, one file after the other, without their ends, read afresh each time they are iterated."""
+
+    def __init__(self, *paths: Path) -> None:
+        self.paths = paths
 
     def __iter__(self) -> Iterator[bytes]:
-        with self.path.open("rb") as lines:
-            for line in lines:
-                yield line.rstrip(b"\n")
+        for path in self.paths:
+            with path.open("rb") as lines:
+                for line in lines:
+                    yield line.rstrip(b"\n")
 
 
 def _rewrite(path: Path, lines: Callable[[IO[bytes]], Iterable[bytes]]) -> None:
@@ -393,14 +434,22 @@ def _discard(folder: Path, job_id: str, published: Iterable[str] = ()) -> None:
 
 
 def _written_before_partial(folder: Path) -> list[str]:
-    """The files a run wrote straight into its folder before runs wrote into a partial folder (2026-12-07):
-    one that died then left them there."""
+    """The extract's files in a folder, by their names (a record type's): those a run wrote straight into its
+    folder before runs wrote into a partial folder (2026-12-07), which one that died then left there, and
+    those an earlier run into the same folder published (`_publish` deletes those it does not replace)."""
     return [path.name for path in folder.glob("*.ndjson*") if path.name.partition(".")[0] in RECORD_TYPES]
 
 
 def _publish(folder: Path, job_id: str, output: list[dict[str, Any]], published: list[str]) -> None:
-    """Move a checked run's files to their final names, each named in `published` once moved."""
+    """Move a checked run's files to their final names, each named in `published` once moved. An extract's
+    files of an earlier run into the same folder (a command-line `--out` run again) that this run did not
+    write are deleted first: the folder is this run's extract. Before, a type with no lines this time (its
+    only person since opted out) left the earlier run's file, with that person in it, beside the new ones."""
     partial = _partial(folder, job_id)
+    writing = {entry["file"] for entry in output}
+    for earlier in _written_before_partial(folder):
+        if earlier not in writing:
+            (folder / earlier).unlink(missing_ok=True)
     for entry in output:
         (partial / entry["file"]).replace(folder / entry["file"])
         published.append(entry["file"])
@@ -435,6 +484,70 @@ def _mark_expired(jobs: list[ExportJob]) -> dict[str, Files]:
 def _remove(files: dict[str, Files]) -> None:
     for folder, names in files.values():
         remove_files(folder, names)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """Why an export started before a change is not kept: for its audit entry and for its owner."""
+
+    rule_id: str
+    reason: str
+    says: str  # after "its files were deleted" (or "were not kept")
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """What changed since a time that an export started before it may not reflect: an agreement of any
+    organisation stopped (suspended, ended, set back to draft), and a person's choices changed so that
+    they now opt out of planning and research or object (to all sharing, to an organisation, to a kind of
+    information). An export reads the agreements and everybody's choices once, when its run starts
+    (`secondary.SecondaryUse.stream`); a change after its kick-off may be missing from its files.
+
+    Any organisation's stop counts, not only the exporter's or those whose data the job holds: a job does not
+    record whose data it holds, and in an ICS nearly every export holds nearly every organisation's; stops
+    are rare. Any person's choices count, not only those of the people in the files: which of them it holds
+    is in the files alone, and dropping their lines would change the groups the small-cell check made
+    (a group of k less one person is a group under k). A change that lifts a choice withdraws nothing: the
+    files then hold less than the person allows."""
+
+    stops: list[tuple[str, str, datetime]]  # organisation, status, when; in the order they were made
+    choices: list[datetime]  # when each person's choices that restrict were last changed
+
+    @staticmethod
+    def since(session: Session, when: datetime | None) -> _Changes:
+        if when is None:
+            return _Changes([], [])
+        stops = [(org, status, changed) for org, status, changed in session.execute(
+            select(AgreementChange.org_code, AgreementChange.status, AgreementChange.changed_at)
+            .where(AgreementChange.status.in_(STOPPED), AgreementChange.changed_at > when)
+            .order_by(AgreementChange.id))]
+        # a choice's time is stamped under the audit chain's lock (`consent._changed`), which a kick-off waits
+        # on: one stamped before an export's kick-off was committed before its run read the choices
+        choices = [pref.updated_at for pref in session.scalars(select(Preference).where(Preference.updated_at > when))
+                   if pref.opt_out_secondary or pref.object_all or pref.object_orgs or pref.provisions]
+        return _Changes(stops, choices)
+
+    def after(self, started: datetime, organisation: str) -> _Change | None:
+        """The first change after `started` an export of `organisation`'s started then does not survive."""
+        for org, status, when in self.stops:
+            if when <= started:
+                continue
+            words = stopped_words(status)
+            if org == organisation:
+                return _Change("deny-actor-agreement", f"{org}'s agreement {words}",
+                               f"when {org}'s information-sharing agreement was {words} on {when:%d %B %Y at %H:%M} "
+                               "UTC: an export is not kept once its organisation stops sharing; start a new one "
+                               "when the agreement is signed again")
+            return _Change("source-agreement", f"{org}'s agreement {words}, after the export started",
+                           f"when {org}'s information-sharing agreement was {words} on {when:%d %B %Y at %H:%M} UTC: "
+                           f"an export made while {org} shared its data is not kept once it stops; start a new one, "
+                           f"which leaves {org}'s data out")
+        if any(when > started for when in self.choices):
+            return _Change("choices-changed", "a person's choices changed after the export started",
+                           "because a person's choices about the use of their data (an opt-out of planning and "
+                           "research, or an objection) were recorded after this export started, and its files "
+                           "may hold what they no longer allow; start a new one, which follows their choices")
+        return None
 
 
 class ExportJobs:
@@ -558,16 +671,26 @@ class ExportJobs:
                     if row.status == "cancelled":  # cancelled after the last progress check
                         _discard(folder, job_id)
                         return self._view(job_id)
-                    _publish(folder, job_id, output, published)  # checked: under their final names, then completed
-                    row.status, row.output, row.summary = "completed", output, counts.as_dict()
-                    row.people_done, row.finished_at = counts.people_seen, utcnow()
-                    row.updated_at = row.finished_at
-                    secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
-                                    withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
-                                    codings_withheld=str(counts.codings_withheld),
-                                    people_included=str(counts.people_included),
-                                    people_excluded=dict(counts.excluded), resources=dict(counts.resources),
-                                    small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
+                    # a choice made or an agreement stopped since the kick-off may be missing from the run's
+                    # snapshot: nothing is published (one made after this check withdraws it at the next touch)
+                    change = _Changes.since(session, row.created_at).after(row.created_at, row.organisation)
+                    if change is not None:
+                        _discard(folder, job_id)
+                        row.status, row.finished_at = WITHDRAWN, utcnow()
+                        row.error, row.updated_at = f"its files were not kept {change.says}", row.finished_at
+                        secondary.audit(session, AuditAction.EXPORT_COMPLETE, "deny", rule_id=change.rule_id,
+                                        reason=change.reason, job=job_id)
+                    else:
+                        _publish(folder, job_id, output, published)  # checked: under their final names, then completed
+                        row.status, row.output, row.summary = "completed", output, counts.as_dict()
+                        row.people_done, row.finished_at = counts.people_seen, utcnow()
+                        row.updated_at = row.finished_at
+                        secondary.audit(session, AuditAction.EXPORT_COMPLETE, "permit", rule_id="permit-secondary",
+                                        withheld=dict(counts.withheld), job=job_id, people_seen=str(counts.people_seen),
+                                        codings_withheld=str(counts.codings_withheld),
+                                        people_included=str(counts.people_included),
+                                        people_excluded=dict(counts.excluded), resources=dict(counts.resources),
+                                        small_cells=counts.small_cells.as_dict() if counts.small_cells else None)
             except ExportCancelled:
                 _discard(folder, job_id)
                 return self._view(job_id)
@@ -651,24 +774,19 @@ class ExportJobs:
     def _withdraw(self, session: Session) -> dict[str, Files]:
         """`withdraw`'s marking and audit; the files to delete once committed (a command-line export's
         are its operator's: the job is withdrawn, its files are left where they were asked for)."""
-        stops = session.execute(select(ExportJob, AgreementChange.status, AgreementChange.changed_at).join(
-            AgreementChange, and_(AgreementChange.org_code == ExportJob.organisation,
-                                  AgreementChange.status.in_(STOPPED),
-                                  AgreementChange.changed_at > ExportJob.created_at))
-            .where(ExportJob.status == "completed").order_by(AgreementChange.id)).all()
+        finished = list(session.scalars(select(ExportJob).where(ExportJob.status == "completed")))
+        changes = _Changes.since(session, min((job.created_at for job in finished), default=None))
         files: dict[str, Files] = {}
-        for job, stopped, when in stops:
-            if job.status != "completed":  # a second change after it finished: withdrawn by the first
+        for job in finished:
+            change = changes.after(job.created_at, job.organisation)
+            if change is None:
                 continue
             names, ours = [o["file"] for o in job.output or []], self._ours(job.out_dir)
             job.status, job.updated_at = WITHDRAWN, utcnow()
-            job.error = (f"its files were deleted when {job.organisation}'s information-sharing agreement was "
-                         f"{stopped_words(stopped)} on {when:%d %B %Y at %H:%M} UTC: an export is not kept once its "
-                         "organisation stops sharing; start a new one when the agreement is signed again")
+            job.error = f"its files were deleted {change.says}"
             record_audit(session, AuditRecord(
                 AuditAction.EXPORT_WITHDRAWN, "permit", username="system", purpose=job.purpose,
-                rule_id="deny-actor-agreement", reason=f"{job.organisation}'s agreement {stopped_words(stopped)}",
-                minted_by=job.minted_by, token_id=job.token_id,
+                rule_id=change.rule_id, reason=change.reason, minted_by=job.minted_by, token_id=job.token_id,
                 detail={
                     "job": job.id, "owner": job.username, "organisation": job.organisation,
                     "files": " ".join(names) or "(none)",

@@ -191,13 +191,19 @@ def _held(session: Session, nhs_number: str, expected_version: int | None = None
 
 
 def _changed(session: Session, pref: Preference, by: str, person_id: str | None, summary: str) -> Preference:
-    """Stamp a change to the Consent (a new version) and audit it with that version."""
+    """Stamp a change to the Consent (a new version) and audit it with that version.
+
+    The time is stamped once the audit entry is appended, so under the audit chain's lock, which the
+    transaction holds until it commits: an export kicked off before that time appends its own kick-off
+    entry after this change commits, so its run reads this change; one kicked off after it finds the change
+    newer than its start (`export.jobs._changes_since`). Stamped before the append, a change waiting on the
+    lock could be older than a kick-off and yet missing from its snapshot."""
     pref.version = (pref.version or 0) + 1
-    pref.updated_at = utcnow()
     record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
                                       patient_id=person_id,
                                       detail={"nhs_number_suffix": pref.nhs_number[-4:], "choices": summary,
                                               "consent_version": str(pref.version)}))
+    pref.updated_at = utcnow()
     session.flush()
     return pref
 

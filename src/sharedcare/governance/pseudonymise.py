@@ -85,16 +85,19 @@ from typing import Any, ClassVar
 
 import msgspec
 from msgspec import Struct, field
+from stdnum import luhn  # python-stdnum: LOINC's mod-10 check digit is Luhn's
 
 from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
-from sharedcare.fhir.uk_core import ODS_SYSTEM
-from sharedcare.fhir.value_sets import codes_of
+from sharedcare.fhir.uk_core import DMD, ODS_SYSTEM, SNOMED
+from sharedcare.fhir.uk_core_rules import code_problem
+from sharedcare.fhir.value_sets import REQUIRED, codes_of
 
 UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
 # The code systems whose codes leave in an extract: national and international terminologies, whose codes
 # are drawn from a published list (SNOMED CT's are checked at ingest). A local system's are not.
 CODE_SYSTEMS = frozenset({
-    "http://snomed.info/sct", "https://dmd.nhs.uk", "http://loinc.org", UCUM,
+    SNOMED, DMD, LOINC, UCUM,
     "http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk",
     "http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
     "https://fhir.nhs.uk/CodeSystem/opcs-4",
@@ -210,14 +213,63 @@ def kept_system(system: str | None) -> bool:
     return system is not None and (system in CODE_SYSTEMS or system.startswith(CODE_SYSTEM_PREFIXES))
 
 
-def _kept_code(system: str | None, code: str) -> bool:
-    return kept_system(system) and " " not in code
+# What each kept system's codes look like (fourth review of the extract, 2026-12-07): the allow-list names
+# systems, but a source's staff can type anything in a code ("SeenByJane.Smith-mob07700900456" as a LOINC
+# code, a condition's category, an ICD-10 value). A code leaves only shaped as its system's codes are.
+_LOINC_CODE = re.compile(r"(\d{1,7})-(\d)")  # with its mod-10 check digit (Luhn's)
+_ICD_10_CODE = re.compile(r"[A-Z]\d{2}(?:\.?[0-9A-Z]{1,4})?")
+_OPCS_4_CODE = re.compile(r"[A-Z]\d{2}(?:\.?\d)?")
+_SCT_SYNTAX = re.compile(r"[0-9:+=,{}()]+")  # a concept id or an expression of them: no |terms| nor "strings"
+_UCUM_CODE = re.compile(r"[!-~]{1,30}")  # printable ASCII, short
+_SHORT_CODE = re.compile(r"[A-Za-z0-9.-]{1,20}")  # an HL7, HL7 UK or NHS England code not in a value set shipped
+_DIGIT_RUN = re.compile(r"\d{6}")  # a phone number, an NHS number, a date: no code of those systems holds one
+_ICD_10 = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk"})
+_OPCS_4 = frozenset({"http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
+                     "https://fhir.nhs.uk/CodeSystem/opcs-4"})
+
+
+def _shipped_code_systems() -> dict[str, frozenset[str]]:
+    """The codes of each code system a value set shipped draws on (fhir/value_sets.py), by system."""
+    systems: dict[str, set[str]] = {}
+    for value_set in REQUIRED.values():
+        if value_set.system is not None:
+            systems.setdefault(value_set.system, set()).update(value_set.codes)
+    return {system: frozenset(codes) for system, codes in systems.items()}
+
+
+_SHIPPED = _shipped_code_systems()
+
+
+@lru_cache(maxsize=1 << 16)  # a store holds the same few thousand codes again and again
+def kept_code(system: str | None, code: str) -> bool:
+    """Whether a code may leave: of a kept system (`kept_system`) and shaped as that system's codes are (a
+    SNOMED CT or dm+d concept id or expression of them, as ingest checks them; a LOINC code with its check
+    digit; an ICD-10 or OPCS-4 code; a UCUM unit of printable characters; for HL7's, HL7 UK's and NHS
+    England's code systems, one of the codes of a value set shipped that draws on the system, else a short
+    code of letters, digits, dots and hyphens; neither a unit nor such a code with a run of six digits)."""
+    if system is None or not kept_system(system) or " " in code:
+        return False
+    if system in (SNOMED, DMD):
+        return _SCT_SYNTAX.fullmatch(code) is not None and code_problem(code) is None
+    if system == LOINC:
+        found = _LOINC_CODE.fullmatch(code)
+        return found is not None and luhn.is_valid(found[1] + found[2])
+    if system in _ICD_10:
+        return _ICD_10_CODE.fullmatch(code) is not None
+    if system in _OPCS_4:
+        return _OPCS_4_CODE.fullmatch(code) is not None
+    if _DIGIT_RUN.search(code):
+        return False
+    if system == UCUM:
+        return _UCUM_CODE.fullmatch(code) is not None
+    shipped = _SHIPPED.get(system)
+    return code in shipped if shipped is not None else _SHORT_CODE.fullmatch(code) is not None
 
 
 def _kept_coding(system: str | None, code: str | None) -> bool:
     """Whether a coding may leave as it is: empty, or of a kept system with no space in its code. A system
     alone is checked too: it is a URI anyone can type ("urn:seen-by:Jane.Smith:07700900456")."""
-    return (system is None and code is None) or _kept_code(system, code or "")
+    return (system is None and code is None) or kept_code(system, code or "")
 
 
 class Coding(_E):
@@ -261,7 +313,7 @@ class Quantity(_E):
     def __post_init__(self) -> None:
         # `unit` is the source's free text ("tablets from Mrs H's blister pack"): only a UCUM code leaves as
         # the unit; the coded unit leaves as a `Coding` would
-        if self.code is not None and not _kept_code(self.system, self.code):
+        if self.code is not None and not kept_code(self.system, self.code):
             _state.codings_withheld += 1
             self.code = None
         if self.code is None:

@@ -8,7 +8,9 @@ and hands out only what was released, pseudonymised (`pseudonymise.py`). Kick-of
 download and each refusal are audited; the audit holds counts, never people or content.
 
 The inputs of the decision (agreements, everybody's choices) are read once when the stream starts, so
-one extract is one consistent snapshot; a choice made during an export applies to the next one.
+one extract is one consistent snapshot. A choice that restricts (an opt-out, an objection) or an agreement
+stopped after an export's kick-off withdraws that export, before its files are published or at the next
+poll or download (`export.jobs._Changes`); the next export follows the change.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ NO_CHOICES = Choices()
 # MedicationStatement whose drug is neither coded nor a contained, coded Medication): it is not exported
 INCOMPLETE = "required-element-uncoded"
 CODING_NOT_KEPT = "code-system-not-kept"  # pseudonymise.CODE_SYSTEMS
+# the "type" of a person's Patient the export was not asked for: written beside the others for the small-cell
+# check, then deleted (`export/jobs.py`), never published
+UNPUBLISHED_PATIENT = "Patient.unpublished"
 
 
 @dataclass(frozen=True)
@@ -337,10 +342,19 @@ class SecondaryUse:
             line = encode(resource, server_id, exported)
             counts.codings_withheld += resource.codings_withheld
             yield resource_type, line
-        if chosen is not None and scope.wants("Patient") and (
-                scope.since is None or any(row[4] and row[4] >= scope.since for row in released_patients)):
+        if chosen is None:
+            return
+        # Every included person's Patient is made, asked for or not: the small-cell check decides on them all,
+        # and the clinical lines of those it leaves without a practice lose their organisations whatever types
+        # and dates were asked for (an extract of Conditions alone gave back the practices the whole extract
+        # left out, by pseudonym). One not asked for (`_type`, the token's scopes, `_since`) is yielded as
+        # UNPUBLISHED_PATIENT, which the run deletes after the check (`jobs._patients`).
+        published = scope.wants("Patient") and (
+            scope.since is None or any(row[4] and row[4] >= scope.since for row in released_patients))
+        if published:
             counts.resources["Patient"] += 1
-            yield "Patient", pseudonymiser.patient(carrying_death([patients[i] for i in ordered]), person_id)
+        yield ("Patient" if published else UNPUBLISHED_PATIENT,
+               pseudonymiser.patient(carrying_death([patients[i] for i in ordered]), person_id))
 
 
 def _ordered(rule: DemographicsRule, rows: list[Any]) -> list[int]:
