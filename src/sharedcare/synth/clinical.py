@@ -236,10 +236,12 @@ MMR_INTRODUCED = date(1988, 10, 1)
 
 def add_vaccinations(rng: random.Random, person: Person, record: GpRecord, as_of: date) -> None:
     age = person.age(as_of)
-    # MMR came to the UK schedule in October 1988: a man born in 1945 was not given it at 13 months
-    for dose_age, due in ((1, person.birth_date + 400 * DAY), (4, person.birth_date + 1220 * DAY)):
-        if age >= dose_age and due >= MMR_INTRODUCED:
-            record.vaccinations.append(Vaccination(codes.MMR_VACCINE, due))
+    # MMR came to the UK schedule in October 1988, for children then reaching their first dose: a man born in
+    # 1945 was not given it at 13 months (those older caught up in campaigns this record does not model)
+    if person.birth_date + 400 * DAY >= MMR_INTRODUCED:
+        for dose_age, days in ((1, 400), (4, 1220)):
+            if age >= dose_age:
+                record.vaccinations.append(Vaccination(codes.MMR_VACCINE, person.birth_date + days * DAY))
     if age >= 65 or (record.problems and age >= 18 and rng.random() < 0.5):
         for back in range(3):
             season = date(as_of.year - back - (as_of.month < 10), 10, 1)
