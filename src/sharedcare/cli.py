@@ -1130,6 +1130,9 @@ def audit_rekey(
             raise ConfigError("SHAREDCARE_AUDIT_KEY_NEW is unset: set it to the new audit key (for example `openssl "
                               "rand -hex 32`); it is read from the environment alone, never from the command line")
         require_safe_key("SHAREDCARE_AUDIT_KEY_NEW", new_secret)
+        if "," in new_secret:  # it could not be given in SHAREDCARE_AUDIT_KEYS_RETIRED when it is retired in turn
+            raise ConfigError("SHAREDCARE_AUDIT_KEY_NEW holds a comma, which SHAREDCARE_AUDIT_KEYS_RETIRED separates "
+                              "keys by: choose a key without one (for example `openssl rand -hex 32`)")
         if new_secret in (settings.audit_secret, settings.secret, *settings.audit_keys_retired):
             raise ConfigError("SHAREDCARE_AUDIT_KEY_NEW is the current audit key, SHAREDCARE_SECRET or a retired "
                               "audit key: a rotation needs a key of its own")

@@ -445,7 +445,8 @@ def record_audit(session: Session, record: AuditRecord) -> int:
                          resource=cleaned[3])
     ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)
     epochs = session.info.get(AUDIT_EPOCHS)
-    if epochs is not None and (epochs.found is None or epochs.found[0] != newest_mark):  # rarely: a new marker
+    found = epochs.found if epochs is not None else None
+    if epochs is not None and (found is None or found[0] != newest_mark or not found[2]):  # rarely: a new marker
         _check_epoch(session, newest_mark)
     recorded = utcnow()
     row: dict[str, Any] = {
@@ -547,14 +548,16 @@ class ChainKey:
         if epoch is None:
             return None
         if epoch.key is None:
-            raise LookupError(unheld_words(epoch, seq, seq))
+            raise LookupError(f"entry {seq} {unheld_words(epoch)}")
         return epoch.key
 
 
-def unheld_words(epoch: Epoch, first: int, last: int) -> str:
-    """Why entries `first`..`last` of `epoch` cannot be checked: their key was not given."""
+def unheld_words(epoch: Epoch, first: int | None = None, last: int | None = None) -> str:
+    """Why entries `first`..`last` of `epoch` cannot be checked: their key was not given (without them, what
+    follows an entry's number)."""
     named = f" (fingerprint {epoch.fingerprint[:16]})" if epoch.fingerprint else ""
-    return (f"entries {first}-{last} were written under a retired key{named} that this check was not given: set "
+    said = f"entries {first}-{last} were" if first is not None else "was"
+    return (f"{said} written under a retired key{named} that this check was not given: set "
             f"{RETIRED_SETTING} to the log's retired audit keys, comma separated")
 
 
@@ -574,7 +577,7 @@ def _chain_key(session: Session, newest_mark: int | None) -> ChainKey:
         return cast(ChainKey, found[1])
     key = _epochs(session, session.info[AUDIT_KEY], session.info.get(AUDIT_RETIRED) or ())
     if isinstance(epochs, AuditEpochs):
-        epochs.found = (newest_mark, key)
+        epochs.found = (newest_mark, key, key.current.key == key.key)
     return key
 
 
@@ -718,7 +721,7 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
     fields = {name: getattr(entry, name) for name in _HASHED}
     epoch = key.epoch(entry.seq)
     if epoch is not None and epoch.key is None:
-        return unheld_words(epoch, entry.seq, entry.seq)
+        return unheld_words(epoch)
     entry_key = epoch.key if epoch is not None else None
     if _digest(prev_hash, fields, entry_key) == entry.hash:
         return None

@@ -38,7 +38,8 @@ class AuditEpochs:
     __slots__ = ("found",)
 
     def __init__(self) -> None:
-        self.found: tuple[int | None, Any] | None = None  # (the newest marker's seq, the ChainKey found)
+        # (the newest marker's seq, the ChainKey found, whether its current epoch is keyed by this process's key)
+        self.found: tuple[int | None, Any, bool] | None = None
 Model = TypeVar("Model", bound=DeclarativeBase)
 
 
