@@ -21,6 +21,7 @@ from tests.e2e.conftest import LiveServer
 from tests.governance.test_audit import (
     NEW_KEY,
     NEW_SECRET,
+    OLD_KEY,
     _forged_after_head,
     _forged_marker,
     _plain,
@@ -470,10 +471,15 @@ def test_the_tree_checks_each_epoch_under_its_key_and_names_a_retired_key_not_gi
         (*_, last) = _write(restarted, 2)
         assert Transparency(restarted, NEW_SECRET).checkpoint().seq == last > mark
         without = _store(db, NEW_KEY)
-        with pytest.raises(UnsoundLog, match="audit entry 2 was written under a retired audit key this service was "
+        with pytest.raises(UnsoundLog, match="audit entry 2 was written under a retired key .* that this check was "
                                              "not given: set SHAREDCARE_AUDIT_KEYS_RETIRED"):
             Transparency(without, NEW_SECRET).checkpoint()
         without.dispose()
+        still_old = _store(db, OLD_KEY)  # a service started before the rotation, not restarted
+        with pytest.raises(UnsoundLog, match=f"audit entry {mark + 1} was written under the log's current audit key "
+                                             f".* \\(the log was rekeyed at entry {mark}\\): set SHAREDCARE_AUDIT_KEY"):
+            Transparency(still_old, AUDIT_KEY).checkpoint()
+        still_old.dispose()
         forged = _forged_marker(restarted, _plain, NEW_KEY)
         with pytest.raises(UnsoundLog, match=f"audit entry {forged} was not written by the service"):
             Transparency(restarted, NEW_SECRET).checkpoint()

@@ -548,15 +548,20 @@ class ChainKey:
         if epoch is None:
             return None
         if epoch.key is None:
-            raise LookupError(f"entry {seq} {unheld_words(epoch)}")
+            raise LookupError(f"entry {seq} {unheld_words(epoch, current=epoch is self.current)}")
         return epoch.key
 
 
-def unheld_words(epoch: Epoch, first: int | None = None, last: int | None = None) -> str:
+def unheld_words(epoch: Epoch, first: int | None = None, last: int | None = None, current: bool = False) -> str:
     """Why entries `first`..`last` of `epoch` cannot be checked: their key was not given (without them, what
-    follows an entry's number)."""
+    follows an entry's number). The `current` epoch's key is not a retired one: the log was rekeyed after this
+    process started, or it runs with a retired key."""
     named = f" (fingerprint {epoch.fingerprint[:16]})" if epoch.fingerprint else ""
     said = f"entries {first}-{last} were" if first is not None else "was"
+    if current:
+        return (f"{said} written under the log's current audit key{named}, which this check was not given (the log "
+                f"was rekeyed at entry {epoch.marker}): set SHAREDCARE_AUDIT_KEY to it, and {RETIRED_SETTING} to "
+                "the retired ones")
     return (f"{said} written under a retired key{named} that this check was not given: set "
             f"{RETIRED_SETTING} to the log's retired audit keys, comma separated")
 
@@ -685,7 +690,8 @@ def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None, key: Cha
     unchecked: list[list[Any]] = []  # [first, last, epoch]
 
     def result(ok: bool, broken: int | None = None, problem: str | None = None) -> VerifyResult:
-        spans = tuple((first, last, unheld_words(epoch, first, last)) for first, last, epoch in unchecked)
+        spans = tuple((first, last, unheld_words(epoch, first, last, epoch is key.current))
+                      for first, last, epoch in unchecked)
         if ok and spans:
             ok, broken, problem = False, spans[0][0], spans[0][2]
         return VerifyResult(ok, checked, broken, problem, key.unkeyed_through, spans, key.epochs)
@@ -721,7 +727,7 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
     fields = {name: getattr(entry, name) for name in _HASHED}
     epoch = key.epoch(entry.seq)
     if epoch is not None and epoch.key is None:
-        return unheld_words(epoch)
+        return unheld_words(epoch, current=epoch is key.current)
     entry_key = epoch.key if epoch is not None else None
     if _digest(prev_hash, fields, entry_key) == entry.hash:
         return None

@@ -55,11 +55,11 @@ from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import (
     GENESIS,
-    RETIRED_SETTING,
     SEQ_MOST,
     chain_key,
     decision_details,
     entry_is_genuine,
+    unheld_words,
 )
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead
@@ -184,8 +184,8 @@ class AuditTree(BaseMerkleTree):
                 if checked and not entry_is_genuine(entry, key):
                     epoch = key.epoch(entry.seq)
                     if epoch is not None and epoch.key is None:
-                        raise UnsoundLog(f"audit entry {entry.seq} was written under a retired audit key this service "
-                                         f"was not given: set {RETIRED_SETTING}", where="audit log")
+                        words = unheld_words(epoch, current=epoch is key.current)
+                        raise UnsoundLog(f"audit entry {entry.seq} {words}", where="audit log")
                     raise UnsoundLog(f"audit entry {entry.seq} was not written by the service (its hash is not "
                                      "under the chain's key: forged, or edited in the database); run "
                                      "`sharedcare audit verify`", where="audit log")
