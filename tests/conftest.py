@@ -38,7 +38,7 @@ DEPLOYMENT_KEYS = {"SHAREDCARE_SECRET": "a deployment secret of at least thirty-
 # The audit chain's key of every store and command in the run, kept apart from the secret as README advises a
 # deployment to: a test that sets SHAREDCARE_SECRET (`deployment_keys`) after its store was written still runs
 # commands on it, which a command whose key is not the log's refuses (`audit.key_problem`).
-AUDIT_KEY = os.environ.setdefault("SHAREDCARE_AUDIT_KEY", "the test run's audit key, of at least thirty-two bytes")
+AUDIT_KEY = os.environ.setdefault("SHAREDCARE_AUDIT_KEY", "the test run's audit key of at least thirty-two bytes")
 
 
 def _fresh_postgres(url: str) -> str:

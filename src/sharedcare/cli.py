@@ -112,7 +112,7 @@ def _database(writes: bool = True) -> Database:
     from sharedcare.governance.audit import key_problem
 
     settings = _settings()
-    db = Database(settings.database_url, settings.audit_chain_key)
+    db = Database(settings.database_url, settings.audit_chain_key, settings.audit_chain_keys_retired)
     db.migrate()
     if writes:
         with db.session() as session:
@@ -1059,8 +1059,11 @@ def audit_verify(
         signing_key,
     )
 
-    # a checkpoint is only evidence if no one else can sign one: not with the published demo key
-    key = public_key_text(signing_key(_keyed_settings().audit_secret)) if checkpoints else ""
+    # a checkpoint is only evidence if no one else can sign one: not with the published demo key. Those signed
+    # before a rotation of the audit key (`audit rekey`) are signed by a retired key's
+    keyed = _keyed_settings() if checkpoints else None
+    keys = [public_key_text(signing_key(secret)) for secret in (keyed.audit_secret, *keyed.audit_keys_retired)
+            ] if keyed else []
     kept = []
     for path in checkpoints or []:
         try:
@@ -1072,12 +1075,17 @@ def audit_verify(
     problems: list[str] = []
     with _database(writes=False).session() as session:
         result = verify(session)
-        if not result.ok:
+        unchecked = [words for first, _, words in result.unchecked if first != result.broken_seq]
+        if not result.ok and result.unchecked and result.broken_seq == result.unchecked[0][0]:
+            console.print(f"[red]audit chain not checked[/red]: {result.problem}")
+        elif not result.ok:
             console.print(f"[red]audit chain broken at entry {result.broken_seq}[/red]: {result.problem} "
                           f"({result.checked} entries verified before it)")
+        for words in unchecked:
+            console.print(f"[red]audit chain not checked[/red]: {words}")
         try:
             problems = [f"[red]checkpoint at entry {found.checkpoint.seq}[/red] ({found.checkpoint.at}): "
-                        f"{found.problem}" for found in check_against_chain(session, kept, key)]
+                        f"{found.problem}" for found in check_against_chain(session, kept, keys)]
         except CheckpointError as exc:  # the tree cannot be built over a log with an entry missing
             problems = [f"[red]checkpoints not checked[/red]: {exc}"]
     for problem in problems:
@@ -1086,12 +1094,67 @@ def audit_verify(
         raise typer.Exit(1)
     console.print(f"audit chain whole: {result.checked} {'entry' if result.checked == 1 else 'entries'} verified"
                   + (f", through {len(kept)} checkpoints" if kept else ""))
+    rekeyed = [epoch for epoch in result.epochs if epoch.marker is not None]
+    if rekeyed:
+        console.print(f"the chain's key was rotated {len(rekeyed)} {'time' if len(rekeyed) == 1 else 'times'} "
+                      f"(at {', '.join(f'entry {epoch.marker}' for epoch in rekeyed)}): each epoch checked under "
+                      "its key")
     if result.unkeyed_through > 1:  # a store upgraded with entries in it (migration 0024)
         console.print(f"entries 1-{result.unkeyed_through} were written before the chain had a key: a plain hash fixes "
                       "them, and only the checkpoints witnesses took of them show they were not rewritten since")
     if not kept:
         console.print("[yellow]no checkpoints given[/yellow]: the chain alone cannot show entries cut from its end "
                       "(with the head set back to match); give a witness's file with --checkpoints")
+
+
+@audit_app.command("rekey")
+def audit_rekey(
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log): a scheduled rotation, a suspected "
+                                             "leak...")] = "scheduled rotation of the audit key",
+) -> None:
+    """Rotate the audit chain's key: append a marker, written under the current key (SHAREDCARE_AUDIT_KEY), that
+    names the new one, read from SHAREDCARE_AUDIT_KEY_NEW (never from the command line); every entry after it is
+    keyed by the new key, and the checkpoint key is handed over to the new one's. Then restart every process with
+    SHAREDCARE_AUDIT_KEY set to the new key and SHAREDCARE_AUDIT_KEYS_RETIRED holding the old: until then each
+    refuses to write (a running service's next append fails). Exit 2 when a key is missing or unsafe."""
+    import os
+
+    from sharedcare.config import chain_key_of, require_safe_key
+    from sharedcare.governance.audit import AuditKeyProblem, key_fingerprint, rekey
+    from sharedcare.governance.checkpoints import handover_signature, public_key_text, signing_key
+
+    settings = _keyed_settings()
+    new_secret = os.environ.get("SHAREDCARE_AUDIT_KEY_NEW") or ""
+    try:
+        if not new_secret:
+            raise ConfigError("SHAREDCARE_AUDIT_KEY_NEW is unset: set it to the new audit key (for example `openssl "
+                              "rand -hex 32`); it is read from the environment alone, never from the command line")
+        require_safe_key("SHAREDCARE_AUDIT_KEY_NEW", new_secret)
+        if "," in new_secret:  # it could not be given in SHAREDCARE_AUDIT_KEYS_RETIRED when it is retired in turn
+            raise ConfigError("SHAREDCARE_AUDIT_KEY_NEW holds a comma, which SHAREDCARE_AUDIT_KEYS_RETIRED separates "
+                              "keys by: choose a key without one (for example `openssl rand -hex 32`)")
+        if new_secret in (settings.audit_secret, settings.secret, *settings.audit_keys_retired):
+            raise ConfigError("SHAREDCARE_AUDIT_KEY_NEW is the current audit key, SHAREDCARE_SECRET or a retired "
+                              "audit key: a rotation needs a key of its own")
+    except SharedcareError as exc:
+        raise _fail(str(exc)) from exc
+    database = _database()  # refused unless this process's key is the log's current one
+    old_signer, new_public = signing_key(settings.audit_secret), public_key_text(signing_key(new_secret))
+    new_key = chain_key_of(new_secret)
+    try:
+        with database.session() as session:
+            mark = rekey(session, new_key, reason, lambda seq: {
+                "next-checkpoint-key": new_public, "handover": handover_signature(old_signer, seq, new_public)})
+    except AuditKeyProblem as exc:
+        raise _fail(str(exc)) from exc
+    old_print, new_print = key_fingerprint(settings.audit_chain_key)[:16], key_fingerprint(new_key)[:16]
+    console.print(f"the audit log is rekeyed: entry {mark} names the new key (fingerprint {new_print}; the retired "
+                  f"one's {old_print}); every entry after it is keyed by the new key")
+    console.print("now restart every process (serve, mllp, cron jobs, the forwarder) with SHAREDCARE_AUDIT_KEY set to "
+                  "the new key and the old one added to SHAREDCARE_AUDIT_KEYS_RETIRED (comma separated): until then "
+                  "each refuses to write to the log")
+    console.print(f"checkpoints are signed from now on by {new_public}: witnesses follow the handover "
+                  "(`/audit/handovers`); after a leak, give them the new key out of band")
 
 
 @audit_app.command("checkpoint")
@@ -1130,7 +1193,7 @@ def audit_witness(
     import urllib.request
     from dataclasses import asdict
 
-    from sharedcare.governance.checkpoints import read_checkpoints, witness_problems
+    from sharedcare.governance.checkpoints import followed_key, read_checkpoints, witness_problems
 
     def said(exc: urllib.error.HTTPError) -> str:
         """The service's own words for its error (its OperationOutcome's diagnostics), if it gave any."""
@@ -1139,11 +1202,11 @@ def audit_witness(
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             return ""
 
-    def fetch(path: str, waited: bool = False) -> dict[str, object]:
+    def fetch(path: str, waited: bool = False) -> Any:
         address = url.rstrip("/") + path
         try:
             with urllib.request.urlopen(address, timeout=30) as response:  # noqa: S310 (an operator's URL)
-                found: dict[str, object] = json.load(response)
+                found = json.load(response)
                 return found
         except urllib.error.HTTPError as exc:
             if exc.code != 429:
@@ -1170,7 +1233,13 @@ def audit_witness(
     proof = None
     if kept is not None and 0 < kept.seq < new.seq:
         proof = fetch("/audit/consistency?" + urllib.parse.urlencode({"first": kept.seq, "second": new.seq}))
-    problems = witness_problems(kept, new, proof, public_key)
+    trusted = public_key
+    if new.key != public_key:  # the audit key was rotated since: follow the old checkpoint key's handovers
+        found = fetch("/audit/handovers")
+        trusted = followed_key(public_key, found if isinstance(found, list) else [])
+        if trusted != public_key and new.key == trusted:
+            console.print(f"the checkpoint key was handed over (by `audit rekey`) to {trusted}: following it")
+    problems = witness_problems(kept, new, proof, trusted)
     for problem in problems:
         console.print(f"[red]checkpoint at entry {new.seq}[/red] ({new.at}): {problem}")
     if problems:

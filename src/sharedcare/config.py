@@ -8,6 +8,9 @@ SHAREDCARE_PSEUDONYM_KEY  key of the pseudonyms in secondary-use extracts, kept 
                        (default: SHAREDCARE_SECRET, with a warning at start-up: see `Settings.pseudonym_secret`)
 SHAREDCARE_AUDIT_KEY   key the audit log's chain and checkpoints are keyed by, kept apart from SHAREDCARE_SECRET so
                        that rotating that leaves the log verifiable (default: SHAREDCARE_SECRET; Settings.audit_secret)
+SHAREDCARE_AUDIT_KEYS_RETIRED  the audit keys the log was keyed by before `sharedcare audit rekey` moved it on, comma
+                       separated, each at least 32 bytes: what checks the entries of their epochs (governance/audit.py)
+SHAREDCARE_AUDIT_KEY_NEW  read by `sharedcare audit rekey` alone: the key the log is to be keyed by from then on
 SHAREDCARE_DEMO        "1" allows the built-in demo key and the demo sign-in password (SQLite, no TLS: `serve` refuses
                        it beside a server database or TLS settings, and warns and audits when it starts with it)
 SHAREDCARE_PUBLIC_URL  the address users and apps reach the service at (`https://scr.example.nhs.uk`): the FHIR base
@@ -72,6 +75,7 @@ class Settings:
     demo: bool
     pseudonym_key: str | None = None  # SHAREDCARE_PSEUDONYM_KEY
     audit_key: str | None = None  # SHAREDCARE_AUDIT_KEY
+    audit_keys_retired: tuple[str, ...] = ()  # SHAREDCARE_AUDIT_KEYS_RETIRED: the keys of the log's earlier epochs
     token_minutes: int = 60
     data_path: Path = Path("var")
     export_workers: int = 2
@@ -104,13 +108,10 @@ class Settings:
         must not be the secret or the audit key either."""
         if self.demo:
             return
-        for name, key in (("SHAREDCARE_PSEUDONYM_KEY", self.pseudonym_key), ("SHAREDCARE_AUDIT_KEY", self.audit_key)):
-            if key is not None and len(key.encode()) < MIN_SECRET_BYTES:
-                raise ConfigError(f"{name} is {len(key.encode())} bytes; it must be at least {MIN_SECRET_BYTES} "
-                                  "(for example `openssl rand -hex 32`)")
-            if key == DEMO_SECRET:
-                raise ConfigError(f"{name} is the published demo key; set a key of its own "
-                                  "(for example `openssl rand -hex 32`)")
+        for name, key in (("SHAREDCARE_PSEUDONYM_KEY", self.pseudonym_key), ("SHAREDCARE_AUDIT_KEY", self.audit_key),
+                          *((f"SHAREDCARE_AUDIT_KEYS_RETIRED (key {n})", retired)
+                            for n, retired in enumerate(self.audit_keys_retired, start=1))):
+            require_safe_key(name, key)
         # one key doing two jobs: whoever holds the signing secret (or the audit key) could recompute every
         # pseudonym of every extract, and rotating it after a leak would re-key them all
         for name, key in (("SHAREDCARE_SECRET", self.secret), ("SHAREDCARE_AUDIT_KEY", self.audit_key)):
@@ -157,7 +158,28 @@ class Settings:
         """The audit chain's HMAC key, made from `audit_secret` under its own label so that it is never the key
         of anything else: without it no one, the database's own roles included, can write an entry that
         `audit verify` accepts (governance/audit.py)."""
-        return hmac.digest(self.audit_secret.encode(), b"sharedcare audit chain key", "sha256")
+        return chain_key_of(self.audit_secret)
+
+    @property
+    def audit_chain_keys_retired(self) -> tuple[bytes, ...]:
+        """The chain keys of the log's earlier epochs (SHAREDCARE_AUDIT_KEYS_RETIRED), made as `audit_chain_key` is:
+        what checks the entries written before `sharedcare audit rekey` moved the log on to the current key."""
+        return tuple(chain_key_of(secret) for secret in self.audit_keys_retired)
+
+
+def chain_key_of(secret: str) -> bytes:
+    """The audit chain's HMAC key made from an audit secret (`Settings.audit_chain_key`)."""
+    return hmac.digest(secret.encode(), b"sharedcare audit chain key", "sha256")
+
+
+def require_safe_key(name: str, key: str | None) -> None:
+    """Refuse a key (the setting `name`) short enough to guess or the published demo key; None is unset."""
+    if key is not None and len(key.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{name} is {len(key.encode())} bytes; it must be at least {MIN_SECRET_BYTES} "
+                          "(for example `openssl rand -hex 32`)")
+    if key == DEMO_SECRET:
+        raise ConfigError(f"{name} is the published demo key; set a key of its own "
+                          "(for example `openssl rand -hex 32`)")
 
 
 def insecure_choices(settings: Settings, service: str, host: str) -> list[str]:
@@ -212,6 +234,8 @@ def load_settings() -> Settings:
         demo=os.environ.get("SHAREDCARE_DEMO") == "1",
         pseudonym_key=os.environ.get("SHAREDCARE_PSEUDONYM_KEY") or None,
         audit_key=os.environ.get("SHAREDCARE_AUDIT_KEY") or None,
+        audit_keys_retired=tuple(key for key in (os.environ.get("SHAREDCARE_AUDIT_KEYS_RETIRED") or "").split(",")
+                                 if key),
         data_path=Path(os.environ.get("SHAREDCARE_DATA") or Path.cwd() / "var"),
         export_workers=_whole_number("SHAREDCARE_EXPORT_WORKERS", min(2, os.cpu_count() or 1), least=1),
         export_people_per_worker=_whole_number("SHAREDCARE_EXPORT_PEOPLE_PER_WORKER", 5000, least=1),

@@ -29,6 +29,7 @@ PUBLIC = {
     ("GET", "/oauth/authorize"), ("POST", "/oauth/authorize"), ("POST", "/oauth/token"), ("POST", "/oauth/revoke"),
     # the audit log's transparency endpoints, for witnesses in other organisations: hashes and counts only
     ("GET", "/audit/checkpoint"), ("GET", "/audit/consistency"), ("GET", "/audit/inclusion"),
+    ("GET", "/audit/handovers"),  # the checkpoint key's handovers: public keys and signatures
 }
 # Shown to any signed session, even one the decision point refuses: an empty form, whose POST is decided.
 FORMS = {("GET", "/search")}

@@ -15,6 +15,7 @@ from sharedcare.cli import app
 from sharedcare.config import DEMO_SECRET
 from sharedcare.governance.checkpoints import make_checkpoint, signing_key
 from sharedcare.store.database import Database
+from sharedcare.store.models import AuditHead
 
 runner = CliRunner(env={"COLUMNS": "400"})  # one line a message
 SECRET, PSEUDONYM_KEY = DEPLOYMENT_KEYS["SHAREDCARE_SECRET"], DEPLOYMENT_KEYS["SHAREDCARE_PSEUDONYM_KEY"]
@@ -88,3 +89,39 @@ def test_an_export_keyed_by_the_signing_secret_says_so(env: Database, tmp_path: 
     _keys(monkeypatch, SECRET, None)
     result = runner.invoke(app, _run("export", tmp_path))
     assert result.exit_code == 0 and "SHAREDCARE_PSEUDONYM_KEY is unset" in result.stderr
+
+
+@pytest.mark.parametrize(("retired", "says"), [
+    ("r" * 31, "SHAREDCARE_AUDIT_KEYS_RETIRED (key 1) is 31 bytes; it must be at least 32"),
+    (f"{'r' * 40},{DEMO_SECRET}", "SHAREDCARE_AUDIT_KEYS_RETIRED (key 2) is the published demo key"),
+])
+def test_a_retired_audit_key_short_enough_to_guess_is_refused(env: Database, tmp_path: Path,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch, retired: str,
+                                                              says: str) -> None:
+    _keys(monkeypatch, SECRET, PSEUDONYM_KEY, "a" * 40)
+    monkeypatch.setenv("SHAREDCARE_AUDIT_KEYS_RETIRED", retired)
+    refused = runner.invoke(app, ["audit", "checkpoint"])
+    assert refused.exit_code == 2 and says in refused.stderr and refused.stdout == ""
+
+
+@pytest.mark.parametrize(("new", "says"), [
+    (None, "SHAREDCARE_AUDIT_KEY_NEW is unset"),
+    ("n" * 31, "SHAREDCARE_AUDIT_KEY_NEW is 31 bytes; it must be at least 32"),
+    (DEMO_SECRET, "SHAREDCARE_AUDIT_KEY_NEW is the published demo key"),
+    ("{current}", "SHAREDCARE_AUDIT_KEY_NEW is the current audit key"),
+    ("a new key, with a comma, of at least thirty-two bytes", "SHAREDCARE_AUDIT_KEY_NEW holds a comma"),
+])
+def test_audit_rekey_refuses_a_new_key_missing_unsafe_or_not_new(env: Database, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                                 new: str | None, says: str) -> None:
+    """The new key comes from the environment alone; one that is missing, guessable or not new rekeys nothing."""
+    from tests.conftest import AUDIT_KEY
+
+    _keys(monkeypatch, SECRET, PSEUDONYM_KEY, AUDIT_KEY)
+    if new is not None:
+        monkeypatch.setenv("SHAREDCARE_AUDIT_KEY_NEW", new.replace("{current}", AUDIT_KEY))
+    with env.session() as session:
+        head = session.get_one(AuditHead, 1).seq
+    refused = runner.invoke(app, ["audit", "rekey"])
+    assert refused.exit_code == 2 and says in " ".join(refused.stderr.split()), refused.output
+    with env.session() as session:
+        assert session.get_one(AuditHead, 1).seq == head

@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from tests.conftest import AUDIT_KEY as TEST_AUDIT_KEY
 from tests.small_ics import Ics
 
 from sharedcare.api import fhir
-from sharedcare.config import Settings
+from sharedcare.config import Settings, chain_key_of
 from sharedcare.governance import audit
 from sharedcare.governance.audit import AuditAction, AuditRecord, _canonical, record_audit, verify
 from sharedcare.store.database import AUDIT_KEY, Database
@@ -459,3 +461,158 @@ def test_an_unkeyed_mark_appended_later_does_not_move_where_the_key_starts(db: D
         result = verify(session)
     assert first_mark < seqs[0] and mark == seqs[-1] + 1
     assert result.unkeyed_through == first_mark and not result.ok and result.broken_seq == mark
+
+
+
+# The audit key rotated in place (`audit rekey`): a marker written under the old key names the new one, the
+# entries after it are keyed by that, and each epoch is checked under its own key.
+NEW_SECRET = "the audit key it is rotated to (at least thirty-two bytes)"
+OLD_KEY, NEW_KEY = chain_key_of(TEST_AUDIT_KEY), chain_key_of(NEW_SECRET)
+ATTACKER_KEY = chain_key_of("a key of the attacker's own, of at least thirty-two bytes")
+
+
+def _store(db: Database, key: bytes, retired: tuple[bytes, ...] = ()) -> Database:
+    """The test's store as a process holding `key` (and `retired`) sees it."""
+    return Database(db.url.render_as_string(hide_password=False), key, retired)
+
+
+@contextmanager
+def rotated(db: Database, retired: tuple[bytes, ...] = (OLD_KEY,)) -> Iterator[tuple[Database, int]]:
+    """Rotate `db`'s log to NEW_KEY as `sharedcare audit rekey` does (a process of its own, holding the old key),
+    and give the store as a process restarted with the new key and `retired` sees it, with the marker's seq."""
+    rekeying = _store(db, OLD_KEY)
+    with rekeying.session() as session:
+        mark = audit.rekey(session, NEW_KEY, "a scheduled rotation")
+    rekeying.dispose()
+    restarted = _store(db, NEW_KEY, retired)
+    try:
+        yield restarted, mark
+    finally:
+        restarted.dispose()
+
+
+def test_a_rotated_log_verifies_each_epoch_under_its_own_key(db: Database) -> None:
+    before = _write(db, 3)
+    with rotated(db) as (restarted, mark):
+        after = _write(restarted, 2)
+        with restarted.session() as session:
+            result = verify(session)
+            assert audit.key_problem(session) is None
+            entries = session.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+            key = audit.chain_key(session)
+    assert mark == before[-1] + 1 and after == [mark + 1, mark + 2]
+    assert result.ok and result.checked == after[-1] and result.unchecked == ()
+    assert [(epoch.first, epoch.marker) for epoch in result.epochs] == [(before[0], None), (mark + 1, mark)]
+    assert all(audit.entry_is_genuine(entry, key) for entry in entries)
+    assert key.for_entry(before[0]) == OLD_KEY and key.for_entry(mark) == OLD_KEY and key.for_entry(after[0]) == NEW_KEY
+
+
+def test_verify_without_the_retired_key_names_its_epoch_and_still_names_a_forged_entry(db: Database) -> None:
+    before = _write(db, 3)
+    with rotated(db, retired=()) as (restarted, mark):
+        after = _write(restarted, 2)
+        with restarted.session() as session:
+            result = verify(session)
+            assert audit.key_problem(session) is None  # a writer needs only the new key: the marker proves it
+            key = audit.chain_key(session)
+            shown = {entry.seq: audit.entry_is_genuine(entry, key)
+                     for entry in session.scalars(select(AuditEntry).where(WRITTEN))}
+        forged = _forged_after_head(restarted, _plain)
+        with restarted.session() as session:
+            forged_found = verify(session)
+    assert not result.ok and result.broken_seq == before[0] and result.checked == result.unkeyed_through + len(after)
+    assert result.problem == (f"entries {before[0]}-{mark} were written under a retired key (fingerprint "
+                              f"{audit.key_fingerprint(OLD_KEY)[:16]}) that this check was not given: set "
+                              "SHAREDCARE_AUDIT_KEYS_RETIRED to the log's retired audit keys, comma separated")
+    assert [span[:2] for span in result.unchecked] == [(before[0], mark)]
+    assert shown == {**{seq: False for seq in before}, **{seq: True for seq in after}}  # the marker is not WRITTEN
+    assert forged_found.broken_seq == forged and "without the chain's key" in (forged_found.problem or "")
+    assert [span[:2] for span in forged_found.unchecked] == [(before[0], mark)]
+
+
+def _marker(seq: int, prev_hash: str, proof_key: bytes) -> AuditRecord:
+    """A rekey marker as a forger makes one, proving a key of theirs."""
+    return AuditRecord(AuditAction.CHAIN_KEYED, "permit", username="system", detail={
+        "key": "0" * 64, "next-key": audit.key_fingerprint(proof_key),
+        "next-key-proof": audit._rekey_proof(proof_key, seq, prev_hash)})
+
+
+def _forged_marker(db: Database, digest: Callable[[bytes], str], proof_key: bytes) -> int:
+    with db.engine.connect() as conn:
+        seq, prev_hash = conn.execute(select(AuditHead.seq, AuditHead.hash)).one()
+    return _forged_after_head(db, digest, _marker(seq + 1, prev_hash, proof_key))
+
+
+def _under(key: bytes) -> Callable[[bytes], str]:
+    return lambda message: hmac.digest(key, message, "sha256").hex()
+
+
+@pytest.mark.parametrize(("digest", "proof_key"), [
+    pytest.param(_plain, ATTACKER_KEY, id="a plain hash"),
+    pytest.param(_under(ATTACKER_KEY), ATTACKER_KEY, id="written under the attacker's key"),
+    pytest.param(_under(OLD_KEY), ATTACKER_KEY, id="written under the retired key, leaked"),
+    pytest.param(_under(OLD_KEY), OLD_KEY, id="the retired key, leaked, brought back"),
+])
+def test_a_forged_rekey_marker_does_not_move_the_epoch_and_is_named(db: Database, digest: Callable[[bytes], str],
+                                                                   proof_key: bytes) -> None:
+    """Someone who may INSERT, without the current key (with a leaked retired one at most), appends a marker
+    naming a key of theirs: the epoch stays, the service goes on writing, and `verify` names the marker."""
+    with rotated(db) as (restarted, mark):
+        _write(restarted, 1)
+        forged = _forged_marker(restarted, digest, proof_key)
+        with restarted.session() as session:
+            key = audit.chain_key(session)
+            assert audit.key_problem(session) is None
+        (written,) = _write(restarted, 1)  # the service's next append is not refused
+        with restarted.session() as session:
+            result = verify(session)
+            genuine = audit.entry_is_genuine(session.get_one(AuditEntry, written), audit.chain_key(session))
+    assert key.current.first == mark + 1 and len(key.epochs) == 2 and written == forged + 1 and genuine
+    assert not result.ok and result.broken_seq == forged
+
+
+@pytest.mark.parametrize("digest", [pytest.param(_plain, id="a plain hash"),
+                                    pytest.param(_under(ATTACKER_KEY), id="the attacker's key")])
+def test_a_forged_rekey_marker_before_any_rotation_moves_nothing(db: Database, digest: Callable[[bytes], str]) -> None:
+    seqs = _write(db, 2)
+    forged = _forged_marker(db, digest, ATTACKER_KEY)
+    with db.session() as session:
+        key = audit.chain_key(session)
+        assert audit.key_problem(session) is None
+    (written,) = _write(db, 1)
+    with db.session() as session:
+        result = verify(session)
+    assert len(key.epochs) == 1 and key.current.key == OLD_KEY and forged == seqs[-1] + 1 == written - 1
+    assert not result.ok and result.broken_seq == forged
+
+
+def test_writing_with_the_old_key_after_a_rotation_is_refused(db: Database) -> None:
+    """A process still holding the old key (one running since before, or started with the old settings) writes
+    nothing after another process rekeyed the log: its next append fails, and a command stops at start."""
+    _write(db, 2)  # this process has read the chain's epochs
+    with rotated(db) as (_, mark):
+        with db.session() as session:
+            head = session.get_one(AuditHead, 1).seq
+            problem = audit.key_problem(session)
+        with pytest.raises(audit.AuditKeyProblem, match=f"rekeyed at entry {mark}"):
+            _write(db, 1)
+        started = _store(db, OLD_KEY)
+        with started.session() as session:
+            assert audit.key_problem(session) == problem
+        with pytest.raises(audit.AuditKeyProblem):
+            _write(started, 1)
+        started.dispose()
+        with db.session() as session:
+            assert session.get_one(AuditHead, 1).seq == head == mark
+    assert problem is not None and f"rekeyed at entry {mark}" in problem and "SHAREDCARE_AUDIT_KEY" in problem
+
+
+def test_a_key_cannot_be_rotated_twice_from_the_same_epoch_nor_back(db: Database) -> None:
+    _write(db, 1)
+    with rotated(db) as (restarted, _):
+        stale = _store(db, OLD_KEY)
+        with stale.session() as session, pytest.raises(audit.AuditKeyProblem, match="rekeyed at entry"):
+            audit.rekey(session, ATTACKER_KEY, "a second rotation from the retired key")
+        stale.dispose()
+        with restarted.session() as session, pytest.raises(audit.AuditKeyProblem, match="keyed this log before"):
+            audit.rekey(session, OLD_KEY, "back to the retired key")

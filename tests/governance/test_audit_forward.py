@@ -20,7 +20,16 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import update
-from tests.governance.test_audit import _forged_after_head, _write, as_an_attacker_with_ddl_rights
+from tests.governance.test_audit import (
+    NEW_KEY,
+    _forged_after_head,
+    _forged_marker,
+    _plain,
+    _store,
+    _write,
+    as_an_attacker_with_ddl_rights,
+    rotated,
+)
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -304,3 +313,32 @@ def test_following_the_log_copies_entries_as_they_are_written(db: Database, repo
         follower.send_signal(signal.SIGINT)
         output = follower.communicate(timeout=30)[0].decode()
     assert follower.returncode == 0 and f"forwarded {first[-1] + 3} audit entries" in output, output
+
+
+def test_a_rotated_log_is_copied_across_its_epochs_and_a_forged_marker_stops_it(db: Database, repository: Repository,
+                                                                                tmp_path: Path) -> None:
+    """After `audit rekey`, the forwarder checks each epoch under its key (the retired one given) and copies the
+    whole log; a rekey marker forged after it (naming a key of the forger's) is not copied, nor anything after."""
+    _write(db, 2)
+    state = tmp_path / "forward.json"
+    with rotated(db) as (restarted, mark):
+        after = _write(restarted, 2)
+        assert forward(restarted, state, http_sender(repository.url), batch=3) == after[-1]
+        forged = _forged_marker(restarted, _plain, NEW_KEY)
+        _write(restarted, 1)
+        with pytest.raises(ChainBroken, match=f"entry {forged} was written without the chain's key"):
+            forward(restarted, state, http_sender(repository.url))
+    assert sorted(_held(repository)) == list(range(1, after[-1] + 1)) and mark < after[0]
+
+
+def test_the_forwarder_without_the_retired_key_says_so_and_copies_nothing_of_its_epoch(
+        db: Database, repository: Repository, tmp_path: Path) -> None:
+    (first, _) = _write(db, 2)
+    with rotated(db) as (restarted, mark):
+        _write(restarted, 1)
+    without = _store(db, NEW_KEY)
+    with pytest.raises(ChainBroken, match=f"entry {first} was written under a retired key"
+                                          ".* SHAREDCARE_AUDIT_KEYS_RETIRED"):
+        forward(without, tmp_path / "forward.json", http_sender(repository.url))
+    without.dispose()
+    assert sorted(_held(repository)) == list(range(1, first)) and mark > first

@@ -18,7 +18,18 @@ from sqlalchemy import delete, select, text, update
 from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
 from tests.conftest import AUDIT_KEY, FRAMEWORK_PATH
 from tests.e2e.conftest import LiveServer
-from tests.governance.test_audit import _forged_after_head, _plain, _write, as_an_attacker_with_ddl_rights
+from tests.governance.test_audit import (
+    NEW_KEY,
+    NEW_SECRET,
+    OLD_KEY,
+    _forged_after_head,
+    _forged_marker,
+    _plain,
+    _store,
+    _write,
+    as_an_attacker_with_ddl_rights,
+    rotated,
+)
 from typer.testing import CliRunner, Result
 
 from sharedcare.api import transparency
@@ -35,6 +46,8 @@ from sharedcare.governance.checkpoints import (
     UnsoundLog,
     check_against_chain,
     consistency_proof,
+    followed_key,
+    handover_signature,
     inclusion_proof,
     make_checkpoint,
     proves_inclusion,
@@ -574,3 +587,85 @@ def test_a_store_whose_mark_cannot_be_read_or_written_is_served_checking_every_e
     checked = _checked(monkeypatch)
     assert Transparency(db, SECRET).checkpoint().seq == last
     assert Transparency(db, SECRET).checkpoint().seq == last and checked == list(range(1, last + 1)) * 2
+
+
+def test_the_tree_checks_each_epoch_under_its_key_and_names_a_retired_key_not_given(db: Database) -> None:
+    """After `audit rekey` the service (given the retired key) signs checkpoints over both epochs; one not given it
+    signs nothing and says why; a rekey marker forged after the rotation is not signed over."""
+    _write(db, 2)
+    with rotated(db) as (restarted, mark):
+        (*_, last) = _write(restarted, 2)
+        assert Transparency(restarted, NEW_SECRET).checkpoint().seq == last > mark
+        without = _store(db, NEW_KEY)
+        with without.engine.begin() as conn:  # else it resumes from the mark the service with both keys stored
+            conn.execute(text("DELETE FROM audit_tree_mark"))
+        with pytest.raises(UnsoundLog, match="audit entry 2 was written under a retired key .* that this check was "
+                                             "not given: set SHAREDCARE_AUDIT_KEYS_RETIRED"):
+            Transparency(without, NEW_SECRET).checkpoint()
+        without.dispose()
+        still_old = _store(db, OLD_KEY)  # a service started before the rotation, not restarted
+        with pytest.raises(UnsoundLog, match=f"audit entry {mark + 1} was written under the log's current audit key "
+                                             f".* \\(the log was rekeyed at entry {mark}\\): set SHAREDCARE_AUDIT_KEY"):
+            Transparency(still_old, AUDIT_KEY).checkpoint()
+        still_old.dispose()
+        forged = _forged_marker(restarted, _plain, NEW_KEY)
+        with pytest.raises(UnsoundLog, match=f"audit entry {forged} was not written by the service"):
+            Transparency(restarted, NEW_SECRET).checkpoint()
+
+
+def test_a_witness_follows_only_a_handover_the_key_it_trusts_signed() -> None:
+    new, other, third = (public_key_text(signing_key(secret)) for secret in (NEW_SECRET, "another key entirely",
+                                                                             "a third key of thirty-two bytes"))
+    handed = {"seq": 7, "key": new, "signature": handover_signature(KEY, 7, new)}
+    assert followed_key(PUBLIC, [handed]) == new
+    assert followed_key(PUBLIC, []) == PUBLIC
+    forged = {"seq": 7, "key": other, "signature": handover_signature(signing_key("another key entirely"), 7, other)}
+    assert followed_key(PUBLIC, [forged]) == PUBLIC  # not signed by the key the witness holds
+    moved = {**handed, "seq": 8}  # the signature is for the marker at entry 7
+    assert followed_key(PUBLIC, [moved]) == PUBLIC
+    onward = {"seq": 20, "key": third, "signature": handover_signature(signing_key(NEW_SECRET), 20, third)}
+    assert followed_key(PUBLIC, [onward, handed]) == third  # in the log's order
+    later = {"seq": 30, "key": other, "signature": handover_signature(KEY, 30, other)}  # the old key, later
+    assert followed_key(PUBLIC, [handed, later]) == new  # the first handover a key signed wins
+
+
+def test_a_witness_follows_the_checkpoint_key_through_audit_rekey_and_verify_takes_both(
+        env: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The operator's rotation end to end: `audit rekey` with the new key in the environment, every command
+    started with the old key refused, the service restarted with the new key and the old retired, and a witness
+    given the old public key follows the handover; `audit verify` checks the witness's checkpoints of both keys,
+    and without the retired key names the epoch it could not check."""
+    store = tmp_path / "witness.jsonl"
+    (*_, three) = _write(env, 3)
+    with _served_to_a_witness(env, monkeypatch, store) as (_, witness):
+        assert witness().exit_code == 0
+    monkeypatch.setenv("SHAREDCARE_AUDIT_KEY_NEW", NEW_SECRET)
+    rekeyed = runner.invoke(app, ["audit", "rekey", "--reason", "the yearly rotation"])
+    monkeypatch.delenv("SHAREDCARE_AUDIT_KEY_NEW")
+    mark = three + 1
+    assert rekeyed.exit_code == 0 and f"entry {mark} names the new key" in rekeyed.stderr, rekeyed.output
+    assert NEW_SECRET not in rekeyed.output and AUDIT_KEY not in rekeyed.output
+    stale = runner.invoke(app, ["init"])  # still the old key: refused before it writes
+    assert stale.exit_code == 2 and f"rekeyed at entry {mark}" in " ".join(stale.stderr.split())
+    monkeypatch.setenv("SHAREDCARE_AUDIT_KEY", NEW_SECRET)
+    monkeypatch.setenv("SHAREDCARE_AUDIT_KEYS_RETIRED", AUDIT_KEY)
+    restarted = Database(env.url.render_as_string(hide_password=False))
+    (*_, last) = _write(restarted, 2)
+    with _served_to_a_witness(restarted, monkeypatch, store) as (server, witness):
+        followed = witness()
+        (handover,) = httpx.get(f"{server.url}/audit/handovers").json()
+    restarted.dispose()
+    assert followed.exit_code == 0, followed.output
+    assert "handed over" in followed.stderr and f"the log extends the last kept, at entry {three}" in followed.stderr
+    kept = [json.loads(line) for line in store.read_text().splitlines()]
+    new_public = public_key_text(signing_key(NEW_SECRET))
+    assert [(c["seq"], c["key"]) for c in kept] == [(three, PUBLIC), (last, new_public)]
+    assert handover["seq"] == mark and handover["key"] == new_public
+    checked = runner.invoke(app, ["audit", "verify", "--checkpoints", str(store)])
+    assert checked.exit_code == 0 and "through 2 checkpoints" in checked.stderr, checked.output
+    assert f"rotated 1 time (at entry {mark})" in " ".join(checked.stderr.split())
+    monkeypatch.delenv("SHAREDCARE_AUDIT_KEYS_RETIRED")
+    unchecked = runner.invoke(app, ["audit", "verify"])
+    said = " ".join(unchecked.stderr.split())
+    assert unchecked.exit_code == 1 and f"entries 2-{mark} were written under a retired key" in said
+    assert "SHAREDCARE_AUDIT_KEYS_RETIRED" in said

@@ -190,7 +190,8 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
                   description="Shared care record: FHIR R4 API and portals under one sharing framework")
     app.state.settings = settings
     app.state.framework = framework or load_framework(settings.framework_path)
-    app.state.database = database or Database(settings.database_url, settings.audit_chain_key)
+    app.state.database = database or Database(settings.database_url, settings.audit_chain_key,
+                                                      settings.audit_chain_keys_retired)
 
     app.add_middleware(_ResponseRules, hsts=not settings.demo)
 

@@ -31,7 +31,7 @@ def _process_setup() -> tuple[TlsSettings, Database]:
     tls = tls_settings(settings)
     if tls is None:
         raise ConfigError("TlsHttpProtocol serves TLS: SHAREDCARE_TLS_CERT and SHAREDCARE_TLS_KEY must be set")
-    return tls, Database(settings.database_url, settings.audit_chain_key)
+    return tls, Database(settings.database_url, settings.audit_chain_key, settings.audit_chain_keys_retired)
 
 
 class TlsHttpProtocol(HandshakeFirst):

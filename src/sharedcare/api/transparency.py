@@ -2,7 +2,8 @@
 
 `GET /audit/checkpoint` is a freshly signed checkpoint of the log (its size, chain head and RFC 6962 tree
 head); `GET /audit/consistency?first=M&second=N` proves that the log of N entries extends the log of M;
-`GET /audit/inclusion?seq=K&size=N` proves entry K is in the log of N entries.
+`GET /audit/inclusion?seq=K&size=N` proves entry K is in the log of N entries; `GET /audit/handovers` lists
+the checkpoint key's handovers at each rotation of the audit key, which a witness follows (`followed_key`).
 Neither holds patient data (hashes and counts only), so neither needs a token: a witness in another
 organisation polls the first every few minutes and checks it against the last it kept with the second
 (`sharedcare audit witness`). The tree is kept between requests and caught up on each.
@@ -126,6 +127,13 @@ def checkpoint(request: Request) -> dict[str, Any] | JSONResponse:
         return asdict(_published(request).checkpoint())
     except UnsoundLog as exc:
         return _unsound(request, exc)
+
+
+@router.get("/handovers")
+def handovers(request: Request) -> list[dict[str, Any]]:
+    """The checkpoint key's handovers, in the log's order: at each `sharedcare audit rekey`, the old key's
+    signature over the log's name, the rekey marker's entry and the new public key (`checkpoints.followed_key`)."""
+    return _published(request).handovers()
 
 
 @router.get("/consistency", responses=THROTTLED | UNSOUND, response_model=None)

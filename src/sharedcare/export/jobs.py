@@ -189,6 +189,7 @@ class _Shard:
 
     db_url: str
     audit_key: bytes
+    retired_audit_keys: tuple[bytes, ...]
     fw: Framework
     secret: str
     actor: Actor
@@ -215,7 +216,7 @@ def run_shard(task: _Shard, on_people: Callable[[int], None] | None = None) -> t
     are written as they come too: whether a person's quasi-identifiers may leave as they are depends on
     everyone's, and the run rewrites the joined file once that is decided (`_patients`), so no process holds
     the extract; only then, and after the run's last agreement check, do the files take their final names."""
-    db = Database(task.db_url, task.audit_key)
+    db = Database(task.db_url, task.audit_key, task.retired_audit_keys)
     reported = 0
 
     def progress(done: int) -> None:
@@ -637,7 +638,8 @@ class ExportJobs:
             return self._view(job_id)
         shards = shard_count(total, self.settings.export_workers, self.settings.export_people_per_worker)
         private_folder(folder)  # the operator's --out, made owner-only if made here
-        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.db.audit_key, self.fw,
+        tasks = [_Shard(self.db.url.render_as_string(hide_password=False), self.db.audit_key,
+                        self.db.retired_audit_keys, self.fw,
                         self.settings.pseudonym_secret, actor, purpose, scope, str(_partial(folder, job_id)), index,
                         shards, job_id)
                  for index in range(shards)]

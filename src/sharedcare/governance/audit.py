@@ -5,7 +5,9 @@ was edited, removed or reordered. The hash is an HMAC under the chain's key (`Se
 which the database does not hold: the application's own role may INSERT, and the triggers accept any entry
 that follows the head, but without the key no one can write an entry that `verify` accepts. Entries written
 before the chain had a key (up to migration 0024's `CHAIN_KEYED` entry) keep their plain SHA-256, and the
-checkpoints witnesses took of them (governance/checkpoints.py) are what fixes them.
+checkpoints witnesses took of them (governance/checkpoints.py) are what fixes them. The key can be rotated
+(`rekey`): a marker written under the old key names the new one, and the entries after it are keyed by that;
+each epoch is checked under its own key (`chain_key`), the retired ones given as SHAREDCARE_AUDIT_KEYS_RETIRED.
 
 Entries hold references and counts, never clinical content or tokens (TRUST AU5). Appending locks the one-row
 head table (created with the schema), so concurrent writers stay in one chain.
@@ -20,6 +22,7 @@ import json
 import threading
 import time
 import uuid
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,11 +31,12 @@ from enum import StrEnum
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import String, Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import String, Table, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
-from sharedcare.store.database import AUDIT_KEY, Database, Prepared
+from sharedcare.errors import SharedcareError
+from sharedcare.store.database import AUDIT_EPOCHS, AUDIT_KEY, AUDIT_RETIRED, AuditEpochs, Database, Prepared
 from sharedcare.store.models import CHAIN_KEYED, AuditEntry, AuditHead
 
 GENESIS = "0" * 64
@@ -67,7 +71,7 @@ class AuditAction(StrEnum):
     TLS_REFUSED = "auth:tls:refused"  # a feed's connection refused at the TLS handshake (sharedcare/tls.py)
     CLOCK_CHECK = "system:clock:check"  # the start-up check that the clock is synchronised (sharedcare/clock_sync.py)
     DEMO_START = "system:demo:start"  # `serve` started in demo mode: the demo sign-in password works (cli.py)
-    CHAIN_KEYED = CHAIN_KEYED  # migration 0024: the entries after this one are keyed (ChainKey)
+    CHAIN_KEYED = CHAIN_KEYED  # migration 0024, and `rekey`: the entries after this one are keyed (ChainKey)
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
     REVIEW_OUTCOME = "governance:review:outcome"
@@ -300,8 +304,13 @@ _HEAD = cast(Table, AuditHead.__table__)
 _ENTRIES = cast(Table, AuditEntry.__table__)
 # A no-op UPDATE takes the write lock on the head row (a row lock on PostgreSQL; on SQLite it opens the
 # write transaction) and RETURNING reads it in the same statement, so no two writers chain to one parent.
+# The same statement reads the newest epoch marker (CHAIN_KEYED: the partial index of migration 0024 holds only
+# those, so it is one index look-up): an append notices an epoch another process began (`_check_epoch`). The action
+# is written as it stands, not bound: only then do SQLite and PostgreSQL's planners use that index.
+_MARKED = _ENTRIES.c.action == literal_column(f"'{CHAIN_KEYED}'")
+_NEWEST_MARK = select(func.max(_ENTRIES.c.seq)).where(_MARKED)
 _LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
-                                .returning(_HEAD.c.seq, _HEAD.c.hash))
+                                .returning(_HEAD.c.seq, _HEAD.c.hash, _NEWEST_MARK.scalar_subquery()))
 # A trigger (migration 0006) advances the head, refusing an entry that does not follow it.
 # Only the columns an append writes are named, so a column added later (with its default) breaks nothing.
 _APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*_HASHED, "prev_hash", "hash")}))
@@ -434,7 +443,11 @@ def record_audit(session: Session, record: AuditRecord) -> int:
     if cleaned != typed:  # rarely: copying the record costs more than the rest of the event
         record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
                          resource=cleaned[3])
-    ((seq, prev_hash),) = _LOCK_AND_READ_HEAD(session)
+    ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)
+    epochs = session.info.get(AUDIT_EPOCHS)
+    found = epochs.found if epochs is not None else None
+    if epochs is not None and (found is None or found[0] != newest_mark or not found[2]):  # rarely: a new marker
+        _check_epoch(session, newest_mark)
     recorded = utcnow()
     row: dict[str, Any] = {
         "seq": seq + 1, "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,
@@ -459,30 +472,203 @@ def record_sign_in(db: Database, username: str, ok: bool, role: str | None, orga
         record_audit(session, record)
 
 
+class AuditKeyProblem(SharedcareError):
+    """This process must not append to the log: the chain was rekeyed to a key it was not given as its own."""
+
+
+# What a rekey marker says of the key after it: a fingerprint that names it (for people: `audit rekey` prints the
+# fingerprints) and a proof bound to the marker's place, which only a holder of the new key can make.
+FINGERPRINT_LABEL = b"sharedcare audit chain key fingerprint"
+PROOF_LABEL = b"sharedcare audit chain rekey"
+RETIRED_SETTING = "SHAREDCARE_AUDIT_KEYS_RETIRED"
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A chain key's name, which tells nothing of it: an HMAC of a fixed label under it."""
+    return hmac.digest(key, FINGERPRINT_LABEL, "sha256").hex()
+
+
+def _rekey_proof(key: bytes, seq: int, prev_hash: str) -> str:
+    return hmac.digest(key, PROOF_LABEL + f"\n{seq}\n{prev_hash}".encode(), "sha256").hex()
+
+
+def decision_details(event: Mapping[str, Any]) -> dict[str, str]:
+    """An event's decision details (`to_audit_event`), by type."""
+    for entity in event.get("entity") or []:
+        if isinstance(entity, dict) and entity.get("name") == "decision":
+            return {str(d.get("type")): str(d.get("valueString")) for d in entity.get("detail") or []
+                    if isinstance(d, dict)}
+    return {}
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """The entries from `first` on (to the next epoch's marker) keyed by `key`; None: a key this process was
+    not given (an earlier epoch's, SHAREDCARE_AUDIT_KEYS_RETIRED), so they cannot be checked here."""
+
+    first: int
+    key: bytes | None
+    fingerprint: str | None = None  # of its key, as a marker names it (the first keyed epoch's is never written)
+    marker: int | None = None  # the rekey marker that began it; None for the first keyed epoch
+
+
 @dataclass(frozen=True)
 class ChainKey:
-    """What each entry's hash is checked with: `key`, but for the entries up to `unkeyed_through`, written
-    before the chain had a key and checked as a plain SHA-256."""
+    """What each entry's hash is checked with: a plain SHA-256 for the entries up to `unkeyed_through`, written
+    before the chain had a key; then each keyed epoch's key (`epochs`, in order; none given: one, under `key`).
+    `key` is this process's own, the one it appends with."""
 
     key: bytes
     unkeyed_through: int
+    epochs: tuple[Epoch, ...] = ()
+    _firsts: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.epochs:
+            object.__setattr__(self, "epochs", (Epoch(self.unkeyed_through + 1, self.key),))
+        self._firsts.extend(epoch.first for epoch in self.epochs)
+
+    @property
+    def current(self) -> Epoch:
+        """The newest epoch: the key appends must be written with."""
+        return self.epochs[-1]
+
+    def epoch(self, seq: int) -> Epoch | None:
+        """The epoch entry `seq` is in; None for an entry from before the chain had a key."""
+        if seq <= self.unkeyed_through:
+            return None
+        epochs = self.epochs
+        if seq >= epochs[-1].first:  # nearly always
+            return epochs[-1]
+        return epochs[max(bisect_right(self._firsts, seq) - 1, 0)]
 
     def for_entry(self, seq: int) -> bytes | None:
-        return None if seq <= self.unkeyed_through else self.key
+        """Entry `seq`'s key (None: a plain SHA-256); LookupError if its epoch's key was not given."""
+        epoch = self.epoch(seq)
+        if epoch is None:
+            return None
+        if epoch.key is None:
+            raise LookupError(f"entry {seq} {unheld_words(epoch, current=epoch is self.current)}")
+        return epoch.key
+
+
+def unheld_words(epoch: Epoch, first: int | None = None, last: int | None = None, current: bool = False) -> str:
+    """Why entries `first`..`last` of `epoch` cannot be checked: their key was not given (without them, what
+    follows an entry's number). The `current` epoch's key is not a retired one: the log was rekeyed after this
+    process started, or it runs with a retired key."""
+    named = f" (fingerprint {epoch.fingerprint[:16]})" if epoch.fingerprint else ""
+    said = f"entries {first}-{last} were" if first is not None else "was"
+    if current:
+        return (f"{said} written under the log's current audit key{named}, which this check was not given (the log "
+                f"was rekeyed at entry {epoch.marker}): set SHAREDCARE_AUDIT_KEY to it, and {RETIRED_SETTING} to "
+                "the retired ones")
+    return (f"{said} written under a retired key{named} that this check was not given: set "
+            f"{RETIRED_SETTING} to the log's retired audit keys, comma separated")
 
 
 def chain_key(session: Session) -> ChainKey:
-    """The session's key and where it starts: after the first `CHAIN_KEYED` entry, which migration 0024 wrote.
-    Another one appended later, by anyone who may write to the table, moves nothing: the first stays first (no
-    entry can be deleted), and those before it are fixed by the checkpoints witnesses took."""
-    first = session.scalar(_FIRST_KEYED)
-    return ChainKey(session.info[AUDIT_KEY], first or 0)
+    """The session's key and the chain's epochs: unkeyed up to the first `CHAIN_KEYED` entry, which migration 0024
+    wrote; then keyed, a rekey marker (`rekey`) beginning each later epoch. Another unkeyed marker appended later,
+    by anyone who may write to the table, moves nothing: the first stays first (no entry can be deleted), and
+    those before it are fixed by the checkpoints witnesses took. What was found is kept for the process until
+    another marker is appended (one index look-up tells)."""
+    return _chain_key(session, session.scalar(_NEWEST_MARK))
 
 
-# The action written as it stands, not bound: only then do SQLite and PostgreSQL's planners use the partial index
-# migration 0024 made for it, rather than read the whole log.
-_FIRST_KEYED = select(func.min(_ENTRIES.c.seq)).where(
-    _ENTRIES.c.action == literal(AuditAction.CHAIN_KEYED.value, literal_execute=True))
+def _chain_key(session: Session, newest_mark: int | None) -> ChainKey:
+    epochs = session.info.get(AUDIT_EPOCHS)
+    found = epochs.found if isinstance(epochs, AuditEpochs) else None
+    if found is not None and found[0] == newest_mark:
+        return cast(ChainKey, found[1])
+    key = _epochs(session, session.info[AUDIT_KEY], session.info.get(AUDIT_RETIRED) or ())
+    if isinstance(epochs, AuditEpochs):
+        epochs.found = (newest_mark, key, key.current.key == key.key)
+    return key
+
+
+def _epochs(session: Session, own: bytes, retired: tuple[bytes, ...]) -> ChainKey:
+    """Where the chain's key changes, judged with the keys this process holds (its own and the retired ones).
+
+    A rekey marker begins an epoch only if it carries the proof of a held key bound to its place, or is written
+    under the key of the epoch it ends (when that is held): each needs a key, so no one who may only INSERT can
+    make one. When the ended epoch's key is held, the marker must be written under it (a marker made with a
+    leaked retired key, appended later, is in the newer epoch and is not). The first such marker of an epoch
+    wins: the entries after it are the next epoch's. A key never comes back. The first keyed epoch's key is the
+    one its ending marker was written under, or with no rekey this process's own."""
+    marks = session.scalars(select(AuditEntry).where(_MARKED).order_by(AuditEntry.seq)).all()
+    if not marks:
+        return ChainKey(own, 0)
+    held = (own, *(key for key in retired if key != own))
+    epochs: list[Epoch] = []
+    current, settled, used = Epoch(marks[0].seq + 1, None), False, set[bytes]()
+    for mark in marks[1:]:
+        said = decision_details(mark.event)
+        proof = said.get("next-key-proof")
+        if not proof:
+            continue  # not a rekey (another unkeyed marker: `verify` names it)
+        fields = {name: getattr(mark, name) for name in _HASHED}
+        following = next((key for key in held if hmac.compare_digest(_rekey_proof(key, mark.seq, mark.prev_hash),
+                                                                     proof)), None)
+        if not settled:  # the first keyed epoch: its key is the one its marker was written under
+            writer = next((key for key in held if _digest(mark.prev_hash, fields, key) == mark.hash), None)
+            if writer is None and following is None:
+                continue  # written by someone without any key held here
+            current, settled = replace(current, key=writer, fingerprint=said.get("key")), True
+        elif current.key is not None:
+            if _digest(mark.prev_hash, fields, current.key) != mark.hash:
+                continue  # not written under the epoch's key: forged
+        elif following is None:
+            continue  # an epoch whose key is not held, and a next key not held: nothing can be told
+        if following is not None and (following in used or following == current.key):
+            continue  # a key never comes back
+        if current.key is not None:
+            used.add(current.key)
+        epochs.append(current)
+        current = Epoch(mark.seq + 1, following, said.get("next-key"), mark.seq)
+    if not settled:
+        current = replace(current, key=own)
+    return ChainKey(own, marks[0].seq, (*epochs, current))
+
+
+def _check_epoch(session: Session, newest_mark: int | None) -> None:
+    """An append's check, once for each marker appended (the head is locked): the chain's current epoch must
+    still be keyed by this process's key, else AuditKeyProblem (no entry is written: the writing path fails
+    closed when another process rekeyed the log)."""
+    key = _chain_key(session, newest_mark)
+    if key.current.key != key.key:
+        raise AuditKeyProblem(_rekeyed_words(key))
+
+
+def _rekeyed_words(key: ChainKey) -> str:
+    current = key.current
+    named = f" (fingerprint {current.fingerprint[:16]})" if current.fingerprint else ""
+    return (f"the audit log was rekeyed at entry {current.marker} to another key{named}, and this process's key is "
+            "retired: every entry it wrote would fail `audit verify`; set SHAREDCARE_AUDIT_KEY to the log's current "
+            f"key (and {RETIRED_SETTING} to the retired ones)")
+
+
+def rekey(session: Session, new_key: bytes, reason: str,
+          also: Callable[[int], dict[str, str]] | None = None) -> int:
+    """Append the marker that begins a new epoch keyed by `new_key`, written under this session's key, which must
+    be the current epoch's; return its sequence number. The marker names the new key (its fingerprint) and proves
+    it with a hash under it bound to its place; `also(seq)` adds details (the checkpoint key's handover). After it
+    this session's key writes nothing: every process must be restarted with the new key."""
+    own: bytes = session.info[AUDIT_KEY]
+    ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)  # held: no entry between the check and the mark
+    key = _chain_key(session, newest_mark)
+    if key.current.key != own:
+        raise AuditKeyProblem(_rekeyed_words(key))
+    if any(new_key == epoch.key for epoch in key.epochs):
+        raise AuditKeyProblem("the new audit key has keyed this log before: a rotation needs a key of its own")
+    mark = seq + 1
+    detail = {"key": key_fingerprint(own), "next-key": key_fingerprint(new_key),
+              "next-key-proof": _rekey_proof(new_key, mark, prev_hash),
+              "note": "every entry after this one is keyed with the audit key of fingerprint next-key",
+              **(also(mark) if also else {})}
+    written = record_audit(session, AuditRecord(AuditAction.CHAIN_KEYED, "permit", username="system",
+                                                purpose="governance", reason=reason, detail=detail))
+    assert written == mark, (written, mark)  # noqa: S101 - the head was held
+    return written
 
 
 @dataclass
@@ -492,24 +678,46 @@ class VerifyResult:
     broken_seq: int | None = None
     problem: str | None = None
     unkeyed_through: int = 0  # the entries up to this one are from before the chain had a key
+    # entries whose key this check was not given (first, last, why): only that each follows the one before is checked
+    unchecked: tuple[tuple[int, int, str], ...] = ()
+    epochs: tuple[Epoch, ...] = ()
 
 
 def verify_chain(entries: Iterable[AuditEntry], head: AuditHead | None, key: ChainKey) -> VerifyResult:
-    """Walk the chain in order; name the first entry that was edited, removed, reordered or forged."""
+    """Walk the chain in order; name the first entry that was edited, removed, reordered or forged. An epoch whose
+    key was not given is walked (each entry must follow the one before) and named in `unchecked`."""
     prev_hash, expected_seq, checked = GENESIS, 1, 0
+    unchecked: list[list[Any]] = []  # [first, last, epoch]
+
+    def result(ok: bool, broken: int | None = None, problem: str | None = None) -> VerifyResult:
+        spans = tuple((first, last, unheld_words(epoch, first, last, epoch is key.current))
+                      for first, last, epoch in unchecked)
+        if ok and spans:
+            ok, broken, problem = False, spans[0][0], spans[0][2]
+        return VerifyResult(ok, checked, broken, problem, key.unkeyed_through, spans, key.epochs)
+
     for entry in entries:
         if entry.seq != expected_seq:
-            return VerifyResult(False, checked, expected_seq, f"entry {expected_seq} is missing or out of order",
-                                key.unkeyed_through)
-        problem = chain_problem(entry, prev_hash, key)
-        if problem:
-            return VerifyResult(False, checked, entry.seq, problem, key.unkeyed_through)
-        prev_hash, expected_seq, checked = entry.hash, expected_seq + 1, checked + 1
+            return result(False, expected_seq, f"entry {expected_seq} is missing or out of order")
+        epoch = key.epoch(entry.seq)
+        if epoch is not None and epoch.key is None:  # rarely: a retired key not given
+            if entry.prev_hash != prev_hash:
+                return result(False, entry.seq, "does not follow the entry before it")
+            if unchecked and unchecked[-1][2] is epoch and unchecked[-1][1] == entry.seq - 1:
+                unchecked[-1][1] = entry.seq
+            else:
+                unchecked.append([entry.seq, entry.seq, epoch])
+        else:
+            problem = chain_problem(entry, prev_hash, key)
+            if problem:
+                return result(False, entry.seq, problem)
+            checked += 1
+        prev_hash, expected_seq = entry.hash, expected_seq + 1
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
-    if head_seq != checked or head_hash != prev_hash:
-        return VerifyResult(False, checked, checked + 1, f"the log ends at {checked} but the head says {head_seq}",
-                            key.unkeyed_through)
-    return VerifyResult(True, checked, unkeyed_through=key.unkeyed_through)
+    walked = expected_seq - 1
+    if head_seq != walked or head_hash != prev_hash:
+        return result(False, walked + 1, f"the log ends at {walked} but the head says {head_seq}")
+    return result(True)
 
 
 def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | None:
@@ -517,7 +725,10 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
     if entry.prev_hash != prev_hash:
         return "does not follow the entry before it"
     fields = {name: getattr(entry, name) for name in _HASHED}
-    entry_key = key.for_entry(entry.seq)
+    epoch = key.epoch(entry.seq)
+    if epoch is not None and epoch.key is None:
+        return unheld_words(epoch, current=epoch is key.current)
+    entry_key = epoch.key if epoch is not None else None
     if _digest(prev_hash, fields, entry_key) == entry.hash:
         return None
     if entry_key is None:
@@ -530,21 +741,30 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
 
 def entry_is_genuine(entry: AuditEntry, key: ChainKey) -> bool:
     """Whether `entry`, checked alone, was written by the service: its hash is that of its own fields and
-    `prev_hash` under the chain's key. A view showing a few entries checks each so, without walking the chain."""
+    `prev_hash` under its epoch's key (False if that key was not given). A view showing a few entries checks
+    each so, without walking the chain."""
+    epoch = key.epoch(entry.seq)
+    if epoch is not None and epoch.key is None:
+        return False
     fields = {name: getattr(entry, name) for name in _HASHED}
-    return _digest(entry.prev_hash, fields, key.for_entry(entry.seq)) == entry.hash
+    return _digest(entry.prev_hash, fields, epoch.key if epoch is not None else None) == entry.hash
 
 
 KEY_CHECKED = 100  # the newest keyed entries a process checks its key against before it writes (`key_problem`)
 
 
 def key_problem(session: Session) -> str | None:
-    """Why this process must not write to the log, or None: its key (`Database.audit_key`) is not the one the
-    log's newest keyed entries were written with, and every entry it wrote would fail `verify` (a command run
-    without SHAREDCARE_AUDIT_KEY, or with SHAREDCARE_SECRET rotated and no audit key kept). One of the newest
-    `KEY_CHECKED` checking out is enough, so a few entries forged at the end do not stop the service."""
+    """Why this process must not write to the log, or None: its key (`Database.audit_key`) is not the current
+    epoch's, and every entry it wrote would fail `verify`. Where the log was rekeyed, the marker says which key
+    (a command run with the retired key after `audit rekey` stops here). Otherwise the log's newest keyed entries
+    must have been written with it (a command run without SHAREDCARE_AUDIT_KEY, or with SHAREDCARE_SECRET rotated
+    and no audit key kept). One of the newest `KEY_CHECKED` checking out is enough, so a few entries forged at the
+    end do not stop the service; none since a rekey marker that proved this key, nothing to check."""
     key = chain_key(session)
-    newest = session.scalars(select(AuditEntry).where(AuditEntry.seq > key.unkeyed_through)
+    if key.current.key != key.key:
+        return _rekeyed_words(key)
+    newest = session.scalars(select(AuditEntry).where(AuditEntry.seq >= key.current.first,
+                                                      AuditEntry.seq > key.unkeyed_through)
                              .order_by(AuditEntry.seq.desc()).limit(KEY_CHECKED)).all()
     if not newest or any(entry_is_genuine(entry, key) for entry in newest):
         return None

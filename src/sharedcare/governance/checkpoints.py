@@ -18,7 +18,13 @@ complaint or an investigation, that the access on record is the one the log held
 
 The signing key is derived from the deployment's audit secret (`Settings.audit_secret`), so nothing new must be
 kept; witnesses need only the public key (`sharedcare audit checkpoint --public-key`). A checkpoint holds no
-patient data.
+patient data. Rotating the audit key (`sharedcare audit rekey`) rotates the signing key with it, since a leaked
+audit secret leaks it too: the rekey marker carries the new public key and a handover, the old key's signature
+over the log's name, the marker's place and the new key (`handover_signature`). The service serves the handovers
+(`/audit/handovers`); a witness follows them from the key it was given (`followed_key`), so a scheduled rotation
+needs nothing of witnesses. No one without the old signing key can make one. After a leak its holder could, so
+the operator gives witnesses the new public key out of band, and a witness given it follows nothing signed by the
+old one.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import base64
 import hmac
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -49,7 +55,14 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
-from sharedcare.governance.audit import GENESIS, SEQ_MOST, chain_key, entry_is_genuine
+from sharedcare.governance.audit import (
+    GENESIS,
+    SEQ_MOST,
+    chain_key,
+    decision_details,
+    entry_is_genuine,
+    unheld_words,
+)
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, AuditHead, AuditTreeMark
 
@@ -77,6 +90,43 @@ def signing_key(secret: str) -> Ed25519PrivateKey:
 def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def _handover_bytes(seq: int, new_key: str) -> bytes:
+    return f"{LOG_NAME}\nhandover\n{seq}\n{new_key}\n".encode()
+
+
+def handover_signature(old: Ed25519PrivateKey, seq: int, new_key: str) -> str:
+    """The old checkpoint key's word that from the rekey marker at entry `seq` on, `new_key` signs the checkpoints."""
+    return base64.b64encode(old.sign(_handover_bytes(seq, new_key))).decode()
+
+
+def handovers(session: Session) -> list[dict[str, Any]]:
+    """The checkpoint key's handovers the log's rekey markers carry, in order: what `followed_key` follows. Only
+    markers that began an epoch (`chain_key`) are read; a witness checks each signature itself in any case."""
+    found = []
+    for epoch in chain_key(session).epochs:
+        if epoch.marker is None:
+            continue
+        said = decision_details(session.get_one(AuditEntry, epoch.marker).event)
+        if "next-checkpoint-key" in said and "handover" in said:
+            found.append({"seq": epoch.marker, "key": said["next-checkpoint-key"], "signature": said["handover"]})
+    return found
+
+
+def followed_key(public_key: str, given: Iterable[dict[str, Any]]) -> str:
+    """The checkpoint key a witness given `public_key` trusts now: followed through each handover (in the log's
+    order) that the key trusted before signed. The first handover a key signed wins."""
+    trusted = public_key
+    for handover in sorted(given, key=lambda found: int(found.get("seq", 0))):
+        try:
+            seq, new_key, signature = int(handover["seq"]), str(handover["key"]), str(handover["signature"])
+            verifier = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted))
+            verifier.verify(base64.b64decode(signature), _handover_bytes(seq, new_key))
+        except (InvalidSignature, ValueError, KeyError, TypeError):
+            continue
+        trusted = new_key
+    return trusted
 
 
 @dataclass(frozen=True)
@@ -226,6 +276,10 @@ class AuditTree(BaseMerkleTree):
                     raise UnsoundLog(f"audit entry {entry.seq} does not follow the entry before it",
                                      where="audit log")
                 if checked and not entry_is_genuine(entry, key):
+                    epoch = key.epoch(entry.seq)
+                    if epoch is not None and epoch.key is None:
+                        words = unheld_words(epoch, current=epoch is key.current)
+                        raise UnsoundLog(f"audit entry {entry.seq} {words}", where="audit log")
                     raise UnsoundLog(f"audit entry {entry.seq} was not written by the service (its hash is not "
                                      "under the chain's key: forged, or edited in the database); run "
                                      "`sharedcare audit verify`", where="audit log")
@@ -374,6 +428,10 @@ class Transparency:
         except SQLAlchemyError as exc:
             log.warning("the audit tree's mark could not be stored (%s): a restart checks every entry again", exc)
 
+    def handovers(self) -> list[dict[str, Any]]:
+        with self.database.session() as session:
+            return handovers(session)
+
     def hash_of(self, seq: int) -> str | None:
         """Entry `seq`'s chain hash, which fixes it and every entry before it; None if the log holds none."""
         if not 0 < seq <= SEQ_MOST:
@@ -407,16 +465,19 @@ class CheckpointProblem:
     problem: str
 
 
-def check_against_chain(session: Session, checkpoints: list[Checkpoint], public_key: str) -> list[CheckpointProblem]:
-    """Every way the checkpoints and the stored chain disagree: a signature that is not this deployment's,
+def check_against_chain(session: Session, checkpoints: list[Checkpoint],
+                        public_key: str | Collection[str]) -> list[CheckpointProblem]:
+    """Every way the checkpoints and the stored chain disagree: a signature that is not this deployment's (by
+    any of `public_key`: the current checkpoint key and those of the retired audit keys),
     two checkpoints at one position with different hashes (a split view), a checkpoint past the head (the
     log was cut back) or one whose position now holds another hash or tree head (the log was rewritten).
     None given, none checked: the tree over the whole log is not built."""
     if not checkpoints:
         return []
     problems, signed = [], []
+    keys = [public_key] if isinstance(public_key, str) else list(public_key)
     for checkpoint in checkpoints:
-        if is_signed(checkpoint, public_key):
+        if any(is_signed(checkpoint, key) for key in keys):
             signed.append(checkpoint)
         else:
             problems.append(CheckpointProblem(checkpoint, "not signed by this deployment's checkpoint key"))

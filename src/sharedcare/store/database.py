@@ -25,6 +25,21 @@ from sharedcare.store.sqlite_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 AUDIT_KEY = "sharedcare.audit_key"  # Session.info: the HMAC key of the audit chain (Database.audit_key)
+# Session.info: the keys of the chain's earlier epochs (Database.retired_audit_keys), and what this process has
+# found of the chain's epochs (an `AuditEpochs`, shared by the sessions of one Database; governance/audit.py)
+AUDIT_RETIRED = "sharedcare.audit_retired"
+AUDIT_EPOCHS = "sharedcare.audit_epochs"
+
+
+class AuditEpochs:
+    """Where this process found the audit chain's keys to change (governance/audit.py `chain_key`), kept with
+    the newest epoch marker it was found from: worked out again only when another marker is appended."""
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        # (the newest marker's seq, the ChainKey found, whether its current epoch is keyed by this process's key)
+        self.found: tuple[int | None, Any, bool] | None = None
 Model = TypeVar("Model", bound=DeclarativeBase)
 
 
@@ -235,8 +250,10 @@ class _Form:
 class Database:
     """One store: an engine, a session factory and its migrations."""
 
-    def __init__(self, url: str, audit_key: bytes | None = None) -> None:
-        """`audit_key`: the audit chain's HMAC key (`Settings.audit_chain_key`), by default the environment's."""
+    def __init__(self, url: str, audit_key: bytes | None = None,
+                 retired_audit_keys: tuple[bytes, ...] | None = None) -> None:
+        """`audit_key`: the audit chain's HMAC key (`Settings.audit_chain_key`), by default the environment's;
+        `retired_audit_keys`: those of its earlier epochs (`Settings.audit_chain_keys_retired`), by default too."""
         self.url = make_url(url)
         file_sqlite = self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:")
         if file_sqlite:  # a new store and its journals (which SQLite makes with its mode) are owner-only
@@ -253,7 +270,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # every session carries the key its audit entries are chained with (governance/audit.py)
         self.audit_key = audit_key if audit_key is not None else load_settings().audit_chain_key
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={AUDIT_KEY: self.audit_key})
+        self.retired_audit_keys = (retired_audit_keys if retired_audit_keys is not None
+                                   else load_settings().audit_chain_keys_retired)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={
+            AUDIT_KEY: self.audit_key, AUDIT_RETIRED: self.retired_audit_keys, AUDIT_EPOCHS: AuditEpochs()})
 
     @property
     def backend(self) -> str:
