@@ -36,7 +36,10 @@ OF_PERSON = _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS
 # (emergency, break glass) is a kind of TREAT: a deny of TREAT covers it, a permit of ETREAT only it.
 PURPOSES_OF_USE = ("TREAT", "ETREAT", "HOPERAT", "HRESCH")
 # What every non-identifiable purpose acts for, whatever the framework names it ('secondary-use', 'research',
-# 'planning'): a pseudonymised extract may serve planning or research, so a deny of either covers it.
+# 'planning'): a pseudonymised extract may serve planning or research, so a deny of either covers it, and it
+# is asked once for each (policy's `_secondary_reason`): a permit of one excepts only that one. An emergency
+# read's {TREAT, ETREAT} is one purpose and its broader kind, not two, so it is asked once: a deny of
+# treatment covers it, and an exception for emergency treatment or for treatment both except it.
 SECONDARY_USE = frozenset({"HOPERAT", "HRESCH"})
 
 
