@@ -455,3 +455,15 @@ def test_an_operator_records_a_consent_from_the_command_line_for_a_patient_witho
     broken = runner.invoke(app, ["preferences", "set", OKAFOR_NHS, "--consent", str(sent)])
     assert broken.exit_code == 2 and "line 1, column 2: not JSON" in broken.stderr
     assert "RXM:Condition" not in _ids(ics, hospital, "still-hidden")  # nothing changed by either
+
+
+def test_a_consent_sent_with_post_is_answered_405_naming_get_and_put_not_that_consents_are_not_kept(
+        ics: Ics) -> None:
+    """An app that POSTs a patient's Consent was told "resource type 'Consent' is not kept" (404), as if the
+    service had no Consent at all (review of 2026-12-07, F5)."""
+    posted = ics.client.post("/fhir/Consent", json=_consent(),
+                             headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET, PUT"
+    issue = posted.json()["issue"][0]
+    assert posted.json()["resourceType"] == "OperationOutcome" and issue["code"] == "not-supported"
+    assert "PUT /fhir/Consent/" in issue["diagnostics"] and "not kept" not in posted.text
