@@ -140,3 +140,13 @@ def without_nhs_number(session: Session, person: str) -> None:
     merge two of the small ICS's people, each with a valid number, to see what follows a merge (a merge of
     two different valid NHS numbers is refused, HAZ-01)."""
     session.execute(update(PatientRecord).where(PatientRecord.person_id == person).values(nhs_number=None))
+
+
+OKAFOR_SECOND_NHS = "9434765927"  # valid (modulus 11): another NHS number for Mr Okafor
+
+
+def okafor_second_number(db: Database) -> None:
+    """The mental health trust knows Mr Okafor by a second NHS number (its record stays linked to him)."""
+    with db.session() as s:
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=OKAFOR_SECOND_NHS))
+        s.commit()
