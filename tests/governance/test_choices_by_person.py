@@ -5,17 +5,21 @@ patient and shown to the patient (F2); the IG officer's look-up shows what every
 
 from __future__ import annotations
 
+from datetime import date
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 from tests.conftest import FRAMEWORK_PATH
-from tests.small_ics import OKAFOR_NHS, OKAFOR_SECOND_NHS, Ics, okafor_second_number
+from tests.small_ics import OKAFOR_NHS, OKAFOR_SECOND_NHS, Ics, his_number_on_another_record, okafor_second_number
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.governance.access_log import OPERATOR_WORDS, details
+from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
-from sharedcare.governance.workspace import CitizenWorkspace, IgWorkspace
+from sharedcare.governance.workspace import ChoicesUnavailable, CitizenSignIn, CitizenWorkspace, IgWorkspace
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, Preference
 
@@ -31,6 +35,48 @@ def _objects(db: Database, fw: Framework, person: str) -> None:
     with db.session() as s:
         CitizenWorkspace(s, fw, person).set_choice("object-all")
         s.commit()
+
+
+def test_a_number_two_peoples_records_carry_signs_neither_in_and_the_refusal_is_audited(
+        ics: Ics, db: Database, tmp_path: Path) -> None:
+    """Anyone who gave Mr Okafor's number with the baby's date of birth became the baby's person and held his
+    choices (F1). While the MPI keeps the two apart, the number signs no one in, him included (the portal
+    answers as for details that match no one: tests/portal/test_choices_pages.py)."""
+    fw = _fw(ics)
+    his_number_on_another_record(db, fw, tmp_path)
+    with db.session() as s:
+        assert CitizenSignIn(s, fw).find(OKAFOR_NHS, date(2026, 11, 30)) is None  # the baby's date of birth
+        assert CitizenSignIn(s, fw).find(OKAFOR_NHS, date(1945, 3, 2)) is None  # his own
+        assert CitizenSignIn(s, fw).find(OKAFOR_NHS, date(1990, 1, 1)) is None
+        s.commit()
+        logins = s.scalars(select(AuditEntry).where(AuditEntry.action == "auth:session:login")
+                           .order_by(AuditEntry.seq)).all()
+    assert [(e.outcome, e.patient_id, details(e)["result"]) for e in logins] == [
+        ("deny", None, "number-of-several-persons"), ("deny", None, "number-of-several-persons"),
+        ("deny", None, "no-match")]
+
+
+def test_whoever_holds_a_record_carrying_his_number_neither_sees_nor_withdraws_his_objection(
+        ics: Ics, db: Database, tmp_path: Path) -> None:
+    """The baby's person (a session from before, however got) saw Mr Okafor's objection and could "share again",
+    silently removing it (F1): now the number is neither's to read or change choices by, nothing changes, and
+    the decision point still applies his objection."""
+    fw = _fw(ics)
+    _objects(db, fw, ics.okafor)
+    other = his_number_on_another_record(db, fw, tmp_path)
+    with db.session() as s:
+        them = CitizenWorkspace(s, fw, other)
+        assert them.nhs_numbers() == [] and not them.choices().object_all and them.choices_elsewhere()
+        for change in ("share-again", "clear", "object-all"):
+            with pytest.raises(ChoicesUnavailable, match="contact your GP practice"):
+                them.set_choice(change)  # type: ignore[arg-type]
+        s.commit()
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.object_all and held.version == 1  # untouched
+        assert CitizenWorkspace(s, fw, ics.okafor).choices_elsewhere()  # his pages say some are held elsewhere
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:set",
+                                                  AuditEntry.username == f"patient:{other}")).all() == []
 
 
 def _operator(db: Database, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
@@ -76,3 +122,21 @@ def test_a_patient_sees_that_the_technical_team_changed_their_sharing_choices(
     with db.session() as s:
         shown = CitizenWorkspace(s, fw, ics.okafor).accesses().accesses
     assert [(a.who, a.role, a.what) for a in shown] == [(*OPERATOR_WORDS, "changed your sharing choices")]
+
+
+def test_the_ig_look_up_shows_an_objection_held_against_the_patients_other_nhs_number(
+        ics: Ics, db: Database) -> None:
+    """An objection held against the mental health trust's number for Mr Okafor applies to every read, yet the
+    look-up by his GP's number told the IG officer "Objects to all sharing: No" (F4)."""
+    fw = _fw(ics)
+    okafor_second_number(db)
+    with db.session() as s:
+        set_choice(s, OKAFOR_SECOND_NHS, by="cli", object_all=True)
+        set_choice(s, OKAFOR_NHS, by="cli", object_org="NHR")
+        s.commit()
+    with db.session() as s:
+        assert CitizenWorkspace(s, fw, ics.okafor).choices().object_all  # what every read applies
+        found = IgWorkspace(s, fw, actor_for(fw, "ig.morgan")).choices(OKAFOR_NHS)
+    assert found.combined.object_all and found.combined.object_orgs == {"NHR"} and found.persons == 1
+    assert [(number, c.object_all, sorted(c.object_orgs)) for number, c in found.by_number] == [
+        (OKAFOR_NHS, False, ["NHR"]), (OKAFOR_SECOND_NHS, True, [])]  # the number looked up first
