@@ -54,10 +54,13 @@ def test_signing_in_with_a_number_two_peoples_records_carry_looks_like_details_t
 
 def test_a_patient_whose_number_reached_another_record_is_told_to_contact_their_gp_practice(
         ics: Ics, db: Database, tmp_path: Path) -> None:
-    """Signed in before a baby's record arrived carrying his number: his choices page says some choices may be
-    held that it cannot show or change, and a change is refused in words, nothing changed."""
+    """Signed in before a baby's record arrived carrying his number: his home and choices pages say some choices
+    may be held that they cannot show (his objection, held against that number, still applies), and a change
+    is refused in words, nothing changed."""
     _patient_sign_in(ics.client)
     his_number_on_another_record(db, _fw(ics), tmp_path)
+    home = ics.client.get("/patient/home")
+    assert home.status_code == 200 and 'id="choices-elsewhere"' in home.text
     page = ics.client.get("/patient/choices")
     assert page.status_code == 200 and 'id="choices-elsewhere"' in page.text
     assert "Please contact your GP practice to check them" in _words(page.text)
@@ -71,6 +74,7 @@ def test_a_patient_whose_number_reached_another_record_is_told_to_contact_their_
 def test_a_patient_with_one_number_of_their_own_is_not_told_of_choices_held_elsewhere(ics: Ics) -> None:
     _patient_sign_in(ics.client)
     assert 'id="choices-elsewhere"' not in ics.client.get("/patient/choices").text
+    assert 'id="choices-elsewhere"' not in ics.client.get("/patient/home").text
 
 
 def test_the_ig_choices_page_says_which_of_the_patients_nhs_numbers_each_choice_is_held_against(

@@ -124,7 +124,8 @@ def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
         roles.setdefault(line.role_label, []).append(line)
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
                   objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
-                  further=[explain.provision_in_words(p, fw) for p in choices.provisions])
+                  further=[explain.provision_in_words(p, fw) for p in choices.provisions],
+                  elsewhere=me.choices_elsewhere())
 
 
 @router.get("/record", response_class=HTMLResponse)
