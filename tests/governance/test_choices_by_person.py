@@ -140,3 +140,15 @@ def test_the_ig_look_up_shows_an_objection_held_against_the_patients_other_nhs_n
     assert found.combined.object_all and found.combined.object_orgs == {"NHR"} and found.persons == 1
     assert [(number, c.object_all, sorted(c.object_orgs)) for number, c in found.by_number] == [
         (OKAFOR_NHS, False, ["NHR"]), (OKAFOR_SECOND_NHS, True, [])]  # the number looked up first
+
+
+def test_an_operators_change_to_a_number_two_people_hold_is_made_to_that_number_alone_and_says_so(
+        ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """While the MPI keeps a baby's record carrying Mr Okafor's number apart, the operator's change is held
+    against that number alone (it applies to both persons) and the operator is told to resolve the review."""
+    okafor_second_number(db)
+    his_number_on_another_record(db, _fw(ics), tmp_path)
+    said = _operator(db, monkeypatch, "--object-all")
+    assert "more than one person" in said and "sharedcare mpi review" in " ".join(said.split())
+    with db.session() as s:
+        assert s.get(Preference, OKAFOR_NHS) is not None and s.get(Preference, OKAFOR_SECOND_NHS) is None
