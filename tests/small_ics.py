@@ -140,3 +140,24 @@ def without_nhs_number(session: Session, person: str) -> None:
     merge two of the small ICS's people, each with a valid number, to see what follows a merge (a merge of
     two different valid NHS numbers is refused, HAZ-01)."""
     session.execute(update(PatientRecord).where(PatientRecord.person_id == person).values(nhs_number=None))
+
+
+def his_number_on_another_record(db: Database, framework: Framework, folder: Path) -> str:
+    """A hospital record carrying Mr Okafor's NHS number under another name and date of birth (a baby's record
+    sent with a parent's number), which the MPI keeps apart as another person, held for review; that
+    person's id."""
+    baby = bundle("RXR", "epr", [patient("MRN-BABY", OKAFOR_NHS, "Okafor", "Chidi", "2026-11-30")])
+    Pipeline(db, framework).ingest_paths([write_ndjson(folder / "baby.ndjson", [baby])])
+    with db.session() as s:
+        person: str = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "MRN-BABY")).one()
+    return person
+
+
+OKAFOR_SECOND_NHS = "9434765927"  # valid (modulus 11): another NHS number for Mr Okafor
+
+
+def okafor_second_number(db: Database) -> None:
+    """The mental health trust knows Mr Okafor by a second NHS number (its record stays linked to him)."""
+    with db.session() as s:
+        s.execute(update(PatientRecord).where(PatientRecord.source_id == "RXM-4").values(nhs_number=OKAFOR_SECOND_NHS))
+        s.commit()

@@ -953,6 +953,7 @@ def preferences_set(
                           "held for the patient, under all their NHS numbers, as PUT /fhir/Consent does.")] = None,
 ) -> None:
     """Record a patient's choice about sharing; takes effect on the next request (audited)."""
+    from sharedcare.governance.access_log import persons_with
     from sharedcare.governance.consent import numbers_of_person, replace_choices, set_choice
     from sharedcare.governance.consent_fhir import choices_from_consent
     from sharedcare.identity.nhs_number import is_valid, normalise
@@ -970,14 +971,24 @@ def preferences_set(
         if org and org not in fw.organisations:
             raise _fail(f"{option}: organisation '{org}' is not in the framework")
     with _database().session() as session:
+        # The person the number is, and every number that is theirs: the change is made against each (as the
+        # patient's own pages make it) and audited about the person, so that the IG officer's search by
+        # patient and the patient's "Who has looked" find it. A number two persons' records carry (kept apart
+        # for review) is changed alone, about no one; the operator is told.
+        person_id, numbers = numbers_of_person(session, number)
+        if person_id is None and len(persons_with(session, number)) > 1:
+            console.print(f"warning: {number} is on the records of more than one person, kept apart for review "
+                              "(`sharedcare mpi review`): the change is held against this number alone, applies "
+                              "to each of them, and is audited about neither")
         if consent is None:
-            pref = set_choice(session, number, by=OPERATOR, object_all=object_all or None, object_org=object_org,
-                              allow_org=allow_org, opt_out_secondary=opt_out_secondary or None, clear=clear)
-            console.print(f"choices for {number}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
-                          f"opt_out_secondary={pref.opt_out_secondary}")
+            for each in numbers:
+                pref = set_choice(session, each, by=OPERATOR, person_id=person_id, object_all=object_all or None,
+                                  object_org=object_org, allow_org=allow_org,
+                                  opt_out_secondary=opt_out_secondary or None, clear=clear)
+                console.print(f"choices for {each}: object_all={pref.object_all} object_orgs={pref.object_orgs} "
+                              f"opt_out_secondary={pref.opt_out_secondary}")
             return
         body = _read_json(consent)
-        person_id, numbers = numbers_of_person(session, number)
         try:
             choices = choices_from_consent(body, number, fw)
         except SharedcareError as refused:

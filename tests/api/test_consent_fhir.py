@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, update
 from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
-from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
+from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of, his_number_on_another_record
 from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_citizen_token
@@ -455,3 +455,40 @@ def test_an_operator_records_a_consent_from_the_command_line_for_a_patient_witho
     broken = runner.invoke(app, ["preferences", "set", OKAFOR_NHS, "--consent", str(sent)])
     assert broken.exit_code == 2 and "line 1, column 2: not JSON" in broken.stderr
     assert "RXM:Condition" not in _ids(ics, hospital, "still-hidden")  # nothing changed by either
+
+
+def test_a_token_for_a_record_carrying_his_number_neither_reads_nor_replaces_his_consent(
+        ics: Ics, db: Database, tmp_path: Path) -> None:
+    """A baby's record sent with Mr Okafor's NHS number is another person, kept apart for review. A patient token
+    for that person (signed in before, or by the sign-in this review closed) read his objection and replaced it
+    (review of 2026-12-07, F1): the number is now no one's to read or change choices by while two persons
+    hold it, so the token finds no Consent of its own and his is untouched."""
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="cli", object_all=True)
+        s.commit()
+    other = his_number_on_another_record(db, ics.client.app.state.framework, tmp_path)  # type: ignore[attr-defined]
+    theirs = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), other)}"}
+    found = ics.client.get(f"/fhir/Consent?patient=Patient/{other}", headers=theirs)
+    assert found.status_code == 200 and found.json().get("entry", []) == []
+    assert ics.client.get(_okafor_url(), headers=theirs).status_code == 404
+    replaced = ics.client.put(_okafor_url(), json=_consent(),
+                              headers={**theirs, "Content-Type": "application/fhir+json"})
+    assert replaced.status_code == 404
+    with db.session() as s:
+        held = s.get(Preference, OKAFOR_NHS)
+        assert held is not None and held.object_all and held.version == 1
+        refusals = s.scalars(select(AuditEntry).where(AuditEntry.username == f"patient:{other}",
+                                                      AuditEntry.outcome == "deny")).all()
+        assert [details(e)["rule"] for e in refusals] == ["deny-not-own-consent", "deny-not-own-consent"]
+
+
+def test_a_consent_sent_with_post_is_answered_405_naming_get_and_put_not_that_consents_are_not_kept(
+        ics: Ics) -> None:
+    """An app that POSTs a patient's Consent was told "resource type 'Consent' is not kept" (404), as if the
+    service had no Consent at all (review of 2026-12-07, F5)."""
+    posted = ics.client.post("/fhir/Consent", json=_consent(),
+                             headers={**_mine(ics), "Content-Type": "application/fhir+json"})
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET, PUT"
+    issue = posted.json()["issue"][0]
+    assert posted.json()["resourceType"] == "OperationOutcome" and issue["code"] == "not-supported"
+    assert "PUT /fhir/Consent/" in issue["diagnostics"] and "not kept" not in posted.text

@@ -191,6 +191,26 @@ def test_a_research_deny_holds_for_every_secondary_purpose_whatever_its_name(pur
     assert decision.permitted and decision.released == []
 
 
+@pytest.mark.parametrize(("excepted", "released"), [("HOPERAT", False), ("HRESCH", False), (None, True)])
+def test_deny_all_except_for_planning_keeps_the_person_out_of_an_extract_that_may_serve_research(
+        excepted: str | None, released: bool) -> None:
+    """An extract may serve planning and research alike: "deny all, except for planning" (or except for research)
+    must keep the person out of it. Asked once for both purposes, the exception matched because the purposes
+    merely overlapped, and everything was released (review of 2026-12-07, F3). An exception for both (None:
+    one permit naming HOPERAT and another HRESCH) releases as the framework does."""
+    exceptions = ((Provision("permit", purposes=_f(excepted)),) if excepted else
+                  (Provision("permit", purposes=_f("HOPERAT")), Provision("permit", purposes=_f("HRESCH"))))
+    decision = decide_secondary(_request("analyst.chen", (Provision("deny", provisions=exceptions),),
+                                         purpose="secondary-use"), ITEMS, FW)
+    assert decision.permitted
+    framework_only = decide_secondary(_request("analyst.chen", purpose="secondary-use"), ITEMS, FW)
+    assert framework_only.released  # the analyst's extract would hold some of this record
+    if released:
+        assert decision.released == framework_only.released
+    else:
+        assert decision.released == [] and decision.withheld["consent-deny"] >= len(framework_only.released)
+
+
 def test_a_provision_held_against_two_of_a_persons_nhs_numbers_counts_once() -> None:
     held = [HIDE_MH_EXCEPT_RXM.to_json()]
     combined = combined_choices([(False, [], False, held), (False, [], False, held)])

@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tests.conftest import FRAMEWORK_PATH
 
 from sharedcare.governance.consent import Choices, Provision
 from sharedcare.governance.framework import Agreement, load_framework
-from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide
+from sharedcare.governance.policy import ActiveBasis, Actor, Item, Request, decide, decide_secondary
 
 RAW = yaml.safe_load(FRAMEWORK_PATH.read_text(encoding="utf-8"))
 FW = load_framework(FRAMEWORK_PATH)
@@ -214,3 +214,32 @@ def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_de
             assert tier is None  # a deny the Consent does not except withholds it
         else:
             assert tier == without.get(item.resource["id"])  # otherwise exactly what the framework releases
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(st.sampled_from(CATEGORIES), st.sampled_from(ORGS), st.sampled_from(TYPES)),
+                      max_size=12), denies=DENIES)
+@example(items=[("summary", "P81001", "Condition")],  # "deny all, except for planning" (review of 2026-12-07, F3)
+         denies=[Provision("deny", provisions=(Provision("permit", purposes=frozenset({"HOPERAT"})),))])
+def test_no_consent_however_nested_puts_in_an_extract_what_it_denies_for_planning_or_for_research(
+        items: list[tuple[str, str, str]], denies: list[Provision]) -> None:
+    """A secondary-use extract may serve planning (HOPERAT) and research (HRESCH) alike, so an item goes into it
+    only if the Consent withholds it for neither: each purpose asked on its own, as the R4 rule reads a
+    provision's purposes; otherwise exactly what the framework releases."""
+    analyst = FW.users["analyst.chen"]
+    agreements = {code: org.agreement for code, org in FW.organisations.items()}
+    built = [Item({"resourceType": kind, "id": str(i)}, kind, org, category)
+             for i, (category, org, kind) in enumerate(items)]
+
+    def extract(provisions: tuple[Provision, ...]) -> set[str]:
+        request = Request(Actor("analyst.chen", FW.roles[analyst.role], analyst.organisation), "secondary-use",
+                          "p1", None, agreements, Choices(provisions=provisions), NOW)
+        decision = decide_secondary(request, built, FW)
+        assert decision.permitted
+        return {r.item.resource["id"] for r in decision.released}
+
+    framework_only, released = extract(()), extract(tuple(denies))
+    for item in built:
+        covered = any(_denied(p, analyst.organisation, {purpose}, item.source_org, item.resource_type, item.category)
+                      for p in denies for purpose in ("HOPERAT", "HRESCH"))
+        assert (item.resource["id"] in released) == (not covered and item.resource["id"] in framework_only)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from sharedcare.api import bodies
 from sharedcare.api.deps import ActorDep, get_database, get_framework
@@ -120,6 +121,9 @@ async def update_resource(resource_type: str, resource_id: str, request: Request
 
 @router.post("/{resource_type}", openapi_extra=BODY)
 async def create_resource(resource_type: str, request: Request, contributions: ContributionsDep) -> JSONResponse:
+    if resource_type == "Consent":  # kept, as the patient's own, read and replaced only (api/consent.py)
+        raise HTTPException(405, "a Consent is not created: read yours (GET /fhir/Consent?patient=) and replace it "
+                                 "with PUT /fhir/Consent/{id}", headers={"Allow": "GET, PUT"})
     _kept(resource_type)
     payload = await _body(request)
     return await run_in_threadpool(lambda: _single(contributions.write_resource(

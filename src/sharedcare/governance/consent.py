@@ -36,7 +36,10 @@ OF_PERSON = _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS
 # (emergency, break glass) is a kind of TREAT: a deny of TREAT covers it, a permit of ETREAT only it.
 PURPOSES_OF_USE = ("TREAT", "ETREAT", "HOPERAT", "HRESCH")
 # What every non-identifiable purpose acts for, whatever the framework names it ('secondary-use', 'research',
-# 'planning'): a pseudonymised extract may serve planning or research, so a deny of either covers it.
+# 'planning'): a pseudonymised extract may serve planning or research, so a deny of either covers it, and it
+# is asked once for each (policy's `_secondary_reason`): a permit of one excepts only that one. An emergency
+# read's {TREAT, ETREAT} is one purpose and its broader kind, not two, so it is asked once: a deny of
+# treatment covers it, and an exception for emergency treatment or for treatment both except it.
 SECONDARY_USE = frozenset({"HOPERAT", "HRESCH"})
 
 
@@ -258,16 +261,35 @@ def replace_choices(session: Session, nhs_numbers: Iterable[str], named: str, ch
 
 
 def numbers_of_person(session: Session, nhs_number: str) -> tuple[str | None, list[str]]:
-    """The person whose records carry `nhs_number`, and every NHS number their records carry (choices held
-    against any of them apply together). A number no record carries, or one carried by two persons' records
-    (a conflict the MPI has put to review), is that number alone, with no person."""
+    """The person whose records carry `nhs_number`, and every NHS number that is theirs (`own_numbers`:
+    choices held against any of them apply together). A number no record carries, or one carried by two
+    persons' records (a conflict the MPI has put to review), is that number alone, with no person."""
     persons = set(session.scalars(select(PatientRecord.person_id).where(PatientRecord.nhs_number == nhs_number)))
     if len(persons) != 1:
         return None, [nhs_number]
     (person_id,) = persons
-    numbers = session.scalars(select(PatientRecord.nhs_number).where(PatientRecord.person_id == person_id,
-                                                                     PatientRecord.nhs_number.is_not(None)))
-    return person_id, sorted({nhs_number, *(n for n in numbers if n)})
+    return person_id, sorted({nhs_number, *own_numbers(session, person_id)})
+
+
+def own_numbers(session: Session, person_id: str) -> list[str]:
+    """The NHS numbers the person's source records carry and no other person's do: the numbers by which their
+    choices are read and changed (the citizen's pages, their FHIR Consent, the operator's command). A number
+    another person's records carry too (the MPI keeps them apart for review: a mother's number on her baby's
+    record) is no one's, as in `numbers_of_person`: either holder could otherwise read and withdraw the
+    other's choices. The decision point still applies the choices held against it to both (`OF_PERSON`:
+    an objection is never dropped for a conflict)."""
+    mine = select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == person_id, _RECORDS.c.nhs_number.is_not(None))
+    numbers = {n for n in session.scalars(mine) if n}
+    shared = set(session.scalars(select(_RECORDS.c.nhs_number).where(
+        _RECORDS.c.nhs_number.in_(numbers), _RECORDS.c.person_id != person_id))) if numbers else set()
+    return sorted(numbers - shared)
+
+
+def shared_numbers(session: Session, person_id: str) -> list[str]:
+    """The NHS numbers the person's records carry that another person's records carry too (not `own_numbers`)."""
+    mine = select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == person_id, _RECORDS.c.nhs_number.is_not(None))
+    return sorted({n for n in session.scalars(select(_RECORDS.c.nhs_number).where(
+        _RECORDS.c.nhs_number.in_(mine), _RECORDS.c.person_id != person_id)) if n})
 
 
 def _as_held(pref: Preference) -> tuple[Any, ...]:

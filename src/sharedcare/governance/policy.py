@@ -293,8 +293,12 @@ def _secondary_reason(item: Item, req: Request, fw: Framework, today: date, sens
         return "source-agreement"
     if item.source_org in req.choices.object_orgs:
         return "objection-org"
-    if req.choices.provisions and req.choices.denies(Ask(req.actor.organisation, SECONDARY_USE, item.source_org,
-                                                         item.resource_type, item.category, req.now)):
+    # The extract may serve planning and research alike (SECONDARY_USE): it is asked once for each, and a deny
+    # of either withholds. Asked once for both, a nested permit of one ("deny all, except for planning")
+    # matched as the purposes merely overlapped and released the item to an extract that may serve research.
+    if req.choices.provisions and any(
+            req.choices.denies(Ask(req.actor.organisation, frozenset({purpose}), item.source_org, item.resource_type,
+                                   item.category, req.now)) for purpose in sorted(SECONDARY_USE)):
         return "consent-deny"
     if item.security:
         why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)

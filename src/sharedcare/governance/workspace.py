@@ -28,8 +28,11 @@ from sharedcare.governance.consent import (
     Provision,
     VersionConflict,
     choices_for,
+    numbers_of_person,
+    own_numbers,
     replace_choices,
     set_choice,
+    shared_numbers,
 )
 from sharedcare.governance.consent_fhir import ConsentRefused, choices_from_consent, consent_id, consent_resource
 from sharedcare.governance.framework import Agreement, AgreementStatus, Framework, Organisation
@@ -148,12 +151,41 @@ class IgWorkspace:
         """Refuse (audited) unless the role has this permission: for pages that show a form before any data."""
         self._require(permission)
 
-    def choices(self, nhs_number: str) -> Choices:
-        """A patient's recorded choices; the look-up is audited (a patient's choices are about them)."""
+    def choices(self, nhs_number: str) -> ChoicesLookUp:
+        """A patient's recorded choices: those held against every NHS number of the person this one is (as the
+        decision point applies them together), each with the number it is held against; the look-up is
+        audited (a patient's choices are about them)."""
         self._require("governance:preference:view")
-        self._looked_up(AuditAction.PREFERENCE_VIEW, access_log.persons_with(self.session, nhs_number),
-                        {"nhs_number_suffix": nhs_number[-4:]})
-        return choices_for(self.session, [nhs_number])
+        persons = access_log.persons_with(self.session, nhs_number)
+        self._looked_up(AuditAction.PREFERENCE_VIEW, persons, {"nhs_number_suffix": nhs_number[-4:]})
+        numbers = sorted(numbers_of_person(self.session, nhs_number)[1], key=lambda number: number != nhs_number)
+        return ChoicesLookUp(choices_for(self.session, numbers),
+                             tuple((number, choices_for(self.session, [number])) for number in numbers),
+                             len(persons))
+
+
+@dataclass(frozen=True)
+class ChoicesLookUp:
+    """What the IG officer's look-up by NHS number finds: the person's choices as every read applies them
+    (`combined`), those held against each of their NHS numbers (the number looked up first), and how many
+    persons' records carry the number looked up (more than one: the MPI keeps them apart for review, and the
+    number's own choices are shown alone, applying to each of them)."""
+
+    combined: Choices
+    by_number: tuple[tuple[str, Choices], ...]
+    persons: int
+
+    @property
+    def object_all(self) -> bool:
+        return self.combined.object_all
+
+
+class ChoicesUnavailable(ValueError):
+    """The citizen holds no NHS number of their own by which to record a choice (nothing was changed)."""
+
+
+UNAVAILABLE_WORDS = ("Your choices cannot be changed online at the moment. Please contact your GP practice: "
+                     "they can record them for you.")
 
 
 class CitizenWorkspace:
@@ -165,9 +197,22 @@ class CitizenWorkspace:
         self.request_id = request_id
 
     def nhs_numbers(self) -> list[str]:
-        """Each NHS number the citizen's source records carry, once (several sources send the same one)."""
-        return sorted({n for n in self.session.scalars(select(PatientRecord.nhs_number).where(
-            PatientRecord.person_id == self.person_id, PatientRecord.nhs_number.is_not(None))) if n})
+        """Each NHS number the citizen's source records carry and no other person's do, once (several sources
+        send the same one): the numbers their choices are read and changed by (`consent.own_numbers`). A number
+        another person's records also carry (kept apart by the MPI for review) is left out, so neither holder
+        reads or withdraws the choices held against it; the decision point still applies them."""
+        return own_numbers(self.session, self.person_id)
+
+    def choices_elsewhere(self) -> bool:
+        """Whether some choices may apply to the citizen that their pages cannot show or change: a number their
+        records carry is also another person's (`nhs_numbers`), or they have no number of their own."""
+        return not self.nhs_numbers() or bool(shared_numbers(self.session, self.person_id))
+
+    def _numbers_to_change(self) -> list[str]:
+        numbers = self.nhs_numbers()
+        if not numbers:
+            raise ChoicesUnavailable(UNAVAILABLE_WORDS)
+        return numbers
 
     def record(self) -> RecordView:
         return GovernedRecords(self.session, self.fw, self.actor, purpose="self-access",
@@ -191,7 +236,7 @@ class CitizenWorkspace:
     def add_provision(self, provision: Provision) -> Choices:
         """Add one deny provision (with its exceptions) to the Consent held against each of the citizen's
         NHS numbers; takes effect at once."""
-        for number in self.nhs_numbers():
+        for number in self._numbers_to_change():
             set_choice(self.session, number, by=self.actor.username, person_id=self.person_id, provision=provision)
         return self.choices()
 
@@ -245,7 +290,7 @@ class CitizenWorkspace:
         if change in ("object-org", "allow-org") and organisation not in self.fw.organisations:
             raise ValueError(f"unknown organisation '{organisation}'")
         switch = {"object-all": True, "share-again": False, "opt-out-secondary": True, "opt-in-secondary": False}
-        for number in self.nhs_numbers():
+        for number in self._numbers_to_change():
             set_choice(self.session, number, by=self.actor.username, person_id=self.person_id,
                        object_all=switch[change] if change in ("object-all", "share-again") else None,
                        object_org=organisation if change == "object-org" else None,
@@ -370,11 +415,18 @@ class CitizenSignIn:
             detail={"step": step, "result": result, **detail}))
 
     def find(self, nhs_number: str, birth_date: date) -> str | None:
-        """The one person whose record carries this NHS number with this date of birth (audited)."""
-        persons = set(self.session.scalars(select(PatientRecord.person_id).where(
-            PatientRecord.nhs_number == nhs_number, PatientRecord.birth_date == birth_date)))
-        person_id = persons.pop() if len(persons) == 1 else None
-        result = "found" if person_id else ("ambiguous" if persons else "no-match")
+        """The one person whose record carries this NHS number with this date of birth, and whom no other
+        person's record shares the number with (audited). A number two persons' records carry (the MPI keeps
+        them apart for review: a mother's number on her baby's record) signs in neither: whoever gave it with
+        the other record's date of birth would become that person and hold the number's choices. The caller
+        is answered as for details that match no one; the audit says why."""
+        holders = self.session.execute(select(PatientRecord.person_id, PatientRecord.birth_date).where(
+            PatientRecord.nhs_number == nhs_number)).all()
+        persons = {person for person, born in holders if born == birth_date}
+        shared = len({person for person, _ in holders}) > 1
+        person_id = next(iter(persons)) if len(persons) == 1 and not shared else None
+        result = ("found" if person_id else "ambiguous" if len(persons) > 1
+                  else "number-of-several-persons" if persons else "no-match")
         self._audit(person_id is not None, person_id, "identify", result, nhs_number_suffix=nhs_number[-4:])
         return person_id
 

@@ -24,7 +24,7 @@ from sharedcare.governance.audit import SEQ_MOST
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import CODE_MINUTES, MAX_CODES_PER_HOUR
-from sharedcare.governance.workspace import provision_key
+from sharedcare.governance.workspace import ChoicesUnavailable, provision_key
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages, present
 from sharedcare.portal.pages import render
@@ -124,7 +124,8 @@ def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
         roles.setdefault(line.role_label, []).append(line)
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
                   objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
-                  further=[explain.provision_in_words(p, fw) for p in choices.provisions])
+                  further=[explain.provision_in_words(p, fw) for p in choices.provisions],
+                  elsewhere=me.choices_elsewhere())
 
 
 @router.get("/record", response_class=HTMLResponse)
@@ -156,7 +157,8 @@ def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: in
     further = [(explain.provision_in_words(p, fw), provision_key(p)) for p in choices.provisions]
     return render(request, "patient/choices.html", status=status, account=SIGNED_IN, choices=choices,
                   organisations=organisations, error=error, saved=saved, objected=_names(fw, choices.object_orgs),
-                  further=further, drawn=me.drawn_from(), categories=_categories(fw), hide_error=hide_error)
+                  further=further, drawn=me.drawn_from(), categories=_categories(fw), hide_error=hide_error,
+                  elsewhere=me.choices_elsewhere())
 
 
 def _categories(fw: Framework) -> list[tuple[str, str]]:
@@ -221,7 +223,10 @@ def apply_hide(request: Request, me: CitizenDep, fw: FrameworkDep, category: Ann
         provision = _hide(fw, category, hide_from, except_org)
     except ValueError as wrong:
         return _choices_page(request, me, fw, 400, hide_error=str(wrong))
-    me.add_provision(provision)
+    try:
+        me.add_provision(provision)
+    except ChoicesUnavailable as unavailable:
+        return _choices_page(request, me, fw, 409, hide_error=str(unavailable))
     return RedirectResponse("/patient/choices?saved=true", status_code=303)
 
 
@@ -245,6 +250,8 @@ def apply_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Ann
             me.add_provision(except_in_emergency())
         else:
             me.set_choice(change, organisation or None)
+    except ChoicesUnavailable as unavailable:
+        return _choices_page(request, me, fw, 409, hide_error=str(unavailable))
     except ValueError:
         return _choices_page(request, me, fw, 400, _choose_organisation(change))
     return RedirectResponse("/patient/choices?saved=true", status_code=303)

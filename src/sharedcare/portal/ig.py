@@ -22,6 +22,7 @@ from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import Found, details, requested_resource
 from sharedcare.governance.audit import SEQ_MOST, expanded, minted_by
+from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -266,8 +267,22 @@ def choices_lookup(request: Request, ig: IgDep, fw: FrameworkDep,
     if not is_valid(number):
         return render(request, "ig/choices.html", status=400, account=pages.account(ig.actor, fw), result=None,
                       error="Enter a 10 digit NHS number with a valid check digit.", nhs_number=nhs_number)
-    result = ig.choices(number)
-    objected = [fw.organisations[c].name if c in fw.organisations else c for c in sorted(result.object_orgs)]
-    return render(request, "ig/choices.html", account=pages.account(ig.actor, fw), result=result,
-                  objected=objected, further=[explain.provision_in_words(p, fw) for p in result.provisions],
-                  error=None, nhs_number=nhs_number)
+    found = ig.choices(number)
+    return render(request, "ig/choices.html", account=pages.account(ig.actor, fw), result=found.combined,
+                  held=_held_against(found.by_number, number, fw), persons=found.persons, error=None,
+                  nhs_number=nhs_number)
+
+
+def _held_against(by_number: tuple[tuple[str, Choices], ...], looked_up: str, fw: Framework
+                  ) -> dict[str, list[tuple[str, str]]]:
+    """Each choice in words with the NHS number it is held against: the one looked up, or another of the
+    person's, named by its last four digits as the audit does (the decision point applies them all)."""
+    held: dict[str, list[tuple[str, str]]] = {"object_all": [], "objected": [], "opt_out": [], "further": []}
+    for number, choices in by_number:
+        where = "the number you entered" if number == looked_up else f"their other NHS number ending {number[-4:]}"
+        held["object_all"] += [("Yes", where)] if choices.object_all else []
+        held["objected"] += [(fw.organisations[c].name if c in fw.organisations else c, where)
+                             for c in sorted(choices.object_orgs)]
+        held["opt_out"] += [("Yes", where)] if choices.opt_out_secondary else []
+        held["further"] += [(explain.provision_in_words(p, fw), where) for p in choices.provisions]
+    return held
