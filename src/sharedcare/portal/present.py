@@ -11,7 +11,7 @@ import binascii
 import logging
 import math
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -96,8 +96,44 @@ def day_of(resource: dict[str, Any], last: bool = False) -> date | None:
     return date(first.year + first.month // 12, first.month % 12 + 1, 1) - timedelta(days=1)
 
 
+# A medicine's own date, in the order that says most of it, and what the page calls it: when it started (or was
+# taken, or prescribed); only without one, the day the source listed it (`dateAsserted`: for a GP system's
+# extract, the night it ran, which beside a hospital's stop read as a restart).
+MEDICATION_DATES = (("effectivePeriod", "started"), ("effectiveDateTime", "taken"), ("authoredOn", "prescribed"),
+                    ("dateAsserted", "listed"))
+MEDICATION_TYPES = {"MedicationStatement", "MedicationRequest"}
+
+
+def _medication_date(resource: dict[str, Any]) -> tuple[str, str]:
+    """A medicine's date as sent and its label ("started"), or ("", "") when it has none."""
+    for name, label in MEDICATION_DATES:
+        value = resource.get(name)
+        if isinstance(value, dict):
+            value = value.get("start")
+        if value:
+            return str(value), label
+    return "", ""
+
+
+def date_label(resource: dict[str, Any]) -> str:
+    """What a row's date is, where the date alone could mislead ("started", "listed"): a medicine's only."""
+    return _medication_date(resource)[1] if resource.get("resourceType") in MEDICATION_TYPES else ""
+
+
+def until(resource: dict[str, Any]) -> str:
+    """When a medicine ended, as sent ("" when it has not, or the item is no medicine)."""
+    if resource.get("resourceType") not in MEDICATION_TYPES:
+        return ""
+    return str((resource.get("effectivePeriod") or {}).get("end") or "")
+
+
 def moment(resource: dict[str, Any]) -> str:
-    """That date as sent (a dateTime keeps its time and offset, so a page can show it in UK time)."""
+    """That date as sent (a dateTime keeps its time and offset, so a page can show it in UK time). A medicine's
+    is when it started (`_medication_date`), not when its statement was made."""
+    if resource.get("resourceType") in MEDICATION_TYPES:
+        found, _ = _medication_date(resource)
+        if found:
+            return found
     for name in ("effectiveDateTime", "onsetDateTime", "recordedDate", "occurrenceDateTime", "performedDateTime",
                  "date", "issued", "dateAsserted", "authoredOn", "created"):
         if resource.get(name):
@@ -430,6 +466,9 @@ class Row:
     stale: bool = False
     systems: tuple[str, ...] = ()  # when more than one system of the source sent it (a stay: PAS and EPR)
     verification: str = ""  # a Condition's or an allergy's verificationStatus code, when the source sent one
+    when_label: str = ""  # what `when` is, where the date alone could mislead: "started", "listed" (a medicine's)
+    disagree: bool = False  # a medicine the sources disagree about (medicines.disagreements)
+    until: str = ""  # when a medicine ended, as sent
 
     @property
     def status_colour(self) -> str:
@@ -490,7 +529,7 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale,
                systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else (),
-               verification=_verification(r))
+               verification=_verification(r), when_label=date_label(r), until=until(r))
 
 
 @dataclass(frozen=True)
@@ -523,12 +562,15 @@ def shows_social_care(view: RecordView, role: Role | None) -> bool:
         or any(h.category == SOCIAL_CARE for h in view.headlines)
 
 
-def tabs(view: RecordView, fw: Framework, role: Role | None) -> list[Tab]:
-    """The record's tabs in order, each item in exactly one of them, newest first."""
+def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: frozenset[str] = frozenset()) -> list[Tab]:
+    """The record's tabs in order, each item in exactly one of them, newest first; an item named in `disagree`
+    (by `Type/id`: medicines the sources disagree about) is tagged so."""
     stale = frozenset(stale_sources(view))
     told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
     items = [(s, row(s, fw, stale, told_again[id(s)]) if s.resource_type == "Encounter" else row(s, fw, stale))
              for s in view.resources if s.resource_type != "Encounter" or id(s) in told_again]
+    if disagree:
+        items = [(s, replace(r, disagree=True) if s.reference in disagree else r) for s, r in items]
     social = shows_social_care(view, role)
 
     def pick(types: list[str] | None) -> list[Row]:

@@ -153,8 +153,10 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
     if records.needs_basis(person_id):
         return _basis_page(request, records, fw, person_id)
     view = records.everything(person_id)
+    disagree, references = medicines.disagreements(view.resources, fw)
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
-                  banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
+                  banner=present.record_banner(view, fw), disagree=disagree,
+                  tabs=present.tabs(view, fw, records.actor.role, references),
                   services=explain.services(view, fw, records.actor.role), contacts=present.last_contacts(view, fw),
                   charts=present.trend_charts(view),
                   stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, records.actor.role, fw))
