@@ -9,11 +9,15 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from tests.builders import bundle, patient, write_ndjson
 from tests.discharge_feed import ingest_discharge
 from tests.small_ics import Ics
 
 from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
+from sharedcare.store.models import AuditEntry, PatientRecord
 
 HOSPITAL = "Riverside University Hospitals NHS Trust"
 
@@ -115,3 +119,67 @@ def test_the_time_a_source_sent_an_item_is_not_called_the_time_it_was_recorded(s
     meta.lastUpdated, MSH-7): for a GP extract, the night it ran, not when the GP recorded anything."""
     page = _text(_open(stay, "dr.patel"))
     assert "recorded 1 Sep 2026" not in page and "sent 1 Sep 2026, 11:00 · received" in page
+
+
+# -- H3: the basis form says whose record it opens --------------------------------------------------------------
+
+def _twins(ics: Ics, framework: Framework, tmp_path: Path) -> tuple[str, str]:
+    gp = bundle("P81001", "emis", [
+        patient("tw-1", "9990000026", "Nowak", "Anna", "2019-05-04", gender="female", postcode="RV3 1AA"),
+        patient("tw-2", "9990000034", "Nowak", "Zofia", "2019-05-04", gender="female", postcode="RV3 1AA"),
+    ])
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "twins.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine
+    _sign_in(ics, "para.evans")
+    results = ics.client.post("/search", data={"family": "Nowak", "birth_day": "4", "birth_month": "5",
+                                               "birth_year": "2019"}).text
+    assert "2 people found" in results
+    links = re.findall(r'href="/record/([^"]+)">Open record<span class="nhsuk-u-visually-hidden"> of ([^<]+)<',
+                       results)
+    return next(pid for pid, name in links if "Anna" in name), next(pid for pid, name in links if "Zofia" in name)
+
+
+def test_the_basis_form_names_the_patient_it_is_for(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    anna, zofia = _twins(ics, framework, tmp_path)
+    for person, name, other, number in ((anna, "NOWAK, Anna", "Zofia", "999 000 0026"),
+                                        (zofia, "NOWAK, Zofia", "Anna", "999 000 0034")):
+        page = ics.client.get(f"/record/{person}")
+        assert "Why are you opening this record?" in page.text
+        form = page.text.split('action="/record/', 1)[1]
+        heading = form.split("</h1>", 1)[0]
+        assert name in heading  # the heading itself says whose record
+        text = _text(page.text)
+        assert f"{name} Born 4 May 2019 NHS number {number} Postcode RV3 1AA" in text, text
+        assert other not in text
+        assert "<title>Why are you opening this record?" in page.text  # the title stays generic
+    with _db(ics).session() as s:
+        looked = s.scalars(select(AuditEntry.patient_id).where(AuditEntry.username == "para.evans",
+                                                               AuditEntry.action == "clinical:patient:search")).all()
+    assert looked.count(anna) == 2 and looked.count(zofia) == 2  # found in the search, and named on the form
+
+
+def test_a_record_id_alone_does_not_tell_a_user_who_the_person_is(ics: Ics) -> None:
+    """The form names only someone this user found (or whose record they read): an id from a URL, a browser's
+    history or a log is no way to learn who someone is without their name and date of birth or NHS number."""
+    _sign_in(ics, "para.evans")
+    edited = _text(ics.client.get(f"/record/{ics.okafor}").text)
+    assert "OKAFOR" not in edited and "943 476 5919" not in edited
+    assert "We cannot show you who this record belongs to" in edited
+    ics.client.post("/search", data={"nhs_number": "9434765919"})
+    found = _text(ics.client.get(f"/record/{ics.okafor}").text)
+    assert "OKAFOR, Emeka Born 2 Mar 1945 NHS number 943 476 5919 Postcode RV1 2AB" in found
+
+
+def test_the_basis_form_says_so_when_it_cannot_say_whose_record_it_is(ics: Ics, framework: Framework,
+                                                                        tmp_path: Path) -> None:
+    """A person known only to the mental health trust, opened by id by a pharmacist (whose role may not know
+    of that trust): no one is named, and the form says it could not confirm who."""
+    mental = bundle("RXM", "rio", [patient("RXM-77", "9990000042", "Quill", "Ruth", "1960-01-01")])
+    Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "mh.ndjson", [mental])])
+    with _db(ics).session() as s:
+        person = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "RXM-77")).one()
+    _sign_in(ics, "pharm.khan")
+    page = ics.client.get(f"/record/{person}")
+    assert "Why are you opening this record?" in page.text
+    text = _text(page.text)
+    assert "Quill" not in text and "We cannot show you who this record belongs to" in text

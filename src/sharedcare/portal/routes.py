@@ -143,9 +143,11 @@ def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_
                for value, label, hint in BASIS_CHOICES
                if (rule := fw.basis.get(value)) is not None  # type: ignore[call-overload]
                and (rule.permission is None or (role is not None and rule.permission in role.permissions))]
+    # whose record this is, as a search shows this user (through the decision point, audited as a look-up):
+    # twins found by one search differ only here, and a mis-tap records a basis against the other child
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
-                  person_id=person_id, choices=choices, error=error, error_field=error_field, reason=reason,
-                  chosen=chosen, then=then if then in RECORD_PAGES else "")
+                  person_id=person_id, patient=records.identify(person_id), choices=choices, error=error,
+                  error_field=error_field, reason=reason, chosen=chosen, then=then if then in RECORD_PAGES else "")
 
 
 @router.get("/record/{person_id}", response_class=HTMLResponse)
