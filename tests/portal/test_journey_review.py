@@ -183,3 +183,17 @@ def test_the_basis_form_says_so_when_it_cannot_say_whose_record_it_is(ics: Ics, 
     assert "Why are you opening this record?" in page.text
     text = _text(page.text)
     assert "Quill" not in text and "We cannot show you who this record belongs to" in text
+
+
+# -- M1: a role that sees no clinical information is told so, not "nothing shared" ------------------------------
+
+def test_a_receptionist_is_told_her_role_does_not_see_allergies_not_that_there_are_none(
+        ics: Ics) -> None:
+    page = _open(ics, "admin.taylor")
+    allergies = _section(page, "allergies")
+    assert "Your role does not see allergies" in allergies and "Nothing shared" not in allergies
+    assert "does not mean there are none" in allergies
+    assert "Your role does not see medications" in _section(page, "medications")
+    # a GP sees the same empty section as "none recorded", not as her role's limit
+    gp = _section(_open(ics, "dr.patel"), "allergies")
+    assert "Your role does not see" not in gp and "None recorded by the organisations sharing" in gp

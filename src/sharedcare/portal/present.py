@@ -48,6 +48,16 @@ TABS = [
     ("documents", "Documents", [("Documents", ["DocumentReference"])]),
 ]
 SOCIAL_CARE = "social_care"
+# The categories GP practices' and hospitals' items of each section fall in (governance/classify.py: a
+# summary type is `summary`, a hospital's procedure, care plan or letter `hospital_detail`, an allergy from a
+# specialist service `alerts`): a role whose tier is 0 in all of them sees none of that section, whoever
+# recorded it, and is told so rather than "none recorded" (a receptionist must not pass on "no allergies").
+SECTION_CATEGORIES = {
+    "Allergies": ("summary", "alerts"), "Medications": ("summary",), "Problems": ("summary",),
+    "Procedures and immunisations": ("summary", "hospital_detail"), "Encounters": ("encounters",),
+    "Results": ("diagnostics",), "Care plans": ("summary", "hospital_detail"),
+    "Documents": ("summary", "hospital_detail"),
+}
 KNOWN_TYPES = {t for _, _, sections in TABS for _, types in sections for t in types}
 
 def concept_text(concept: Any) -> str:
@@ -537,6 +547,7 @@ class Section:
     title: str
     rows: list[Row]
     id: str = ""  # set when a tab holds more than one section
+    not_for_role: bool = False  # the reader's role sees nothing of this section's categories (SECTION_CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -562,6 +573,14 @@ def shows_social_care(view: RecordView, role: Role | None) -> bool:
         or any(h.category == SOCIAL_CARE for h in view.headlines)
 
 
+def not_for_role(section: str, role: Role | None) -> bool:
+    """Whether the role's tiers leave out everything of this section's kind (a tier of 0 in each of its
+    categories): never a patient's own record, nor a section not listed."""
+    categories = SECTION_CATEGORIES.get(section)
+    return bool(categories) and role is not None and not role.citizen \
+        and all(role.tier(category) <= 0 for category in categories or ())
+
+
 def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: frozenset[str] = frozenset()) -> list[Tab]:
     """The record's tabs in order, each item in exactly one of them, newest first; an item named in `disagree`
     (by `Type/id`: medicines the sources disagree about) is tagged so."""
@@ -580,8 +599,9 @@ def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: frozenset
 
     out = []
     for tab_id, title, section_defs in TABS:
-        sections = [Section(name, pick(types), _slug(name) if len(section_defs) > 1 else "")
-                    for name, types in section_defs]
+        sections = [Section(name, rows, _slug(name) if len(section_defs) > 1 else "",
+                            not rows and not_for_role(name, role))
+                    for name, types in section_defs for rows in (pick(types),)]
         if tab_id == "summary":
             other = [r for s, r in items if s.resource_type not in KNOWN_TYPES
                      and not (social and s.category == SOCIAL_CARE)]
