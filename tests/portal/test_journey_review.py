@@ -197,3 +197,18 @@ def test_a_receptionist_is_told_her_role_does_not_see_allergies_not_that_there_a
     # a GP sees the same empty section as "none recorded", not as her role's limit
     gp = _section(_open(ics, "dr.patel"), "allergies")
     assert "Your role does not see" not in gp and "None recorded by the organisations sharing" in gp
+
+
+# -- M2: a letter whose text the role's tier removed says so, and whom to ask -----------------------------------
+
+def test_a_district_nurse_is_told_a_letters_text_is_not_shared_with_her_role_and_whom_to_ask(ics: Ics) -> None:
+    page = _open(ics, "dn.williams")
+    documents = page.split('id="documents"', 1)[1]
+    row = next(" ".join(re.sub(r"<[^>]+>", " ", r).split())
+               for r in re.findall(r'<tr class="nhsuk-table__row">(.*?)</tr>', documents, re.S)
+               if "Discharge summary" in r)
+    assert "Read document" not in row
+    assert f"Full text not shared with your role. Ask {HOSPITAL}: 01632 960100" in row, row
+    # the paramedic's tier shows the letter, and no such note
+    paramedic = _open(ics, "para.evans").split('id="documents"', 1)[1]
+    assert "Read document" in paramedic and "Full text not shared" not in paramedic

@@ -478,6 +478,7 @@ class Row:
     verification: str = ""  # a Condition's or an allergy's verificationStatus code, when the source sent one
     when_label: str = ""  # what `when` is, where the date alone could mislead: "started", "listed" (a medicine's)
     disagree: bool = False  # a medicine the sources disagree about (medicines.disagreements)
+    text_withheld: str = ""  # a document whose text the reader's tier removed: that, and whom to ask for it
     until: str = ""  # when a medicine ended, as sent
 
     @property
@@ -524,6 +525,17 @@ def status_words(resource: dict[str, Any]) -> str:
     return ", ".join(part for part in (clinical, said) if part)
 
 
+def text_withheld(served: ServedResource, fw: Framework) -> str:
+    """A document served below tier 3 has had its text and attachment removed (classify.at_tier): the row says
+    so, and whom to ask (the source's telephone, when the framework has one), instead of silently showing
+    a letter with nothing to read. Other types' free text (a note, a description) leaves no trace to tell."""
+    if served.resource_type != "DocumentReference" or served.tier >= 3:
+        return ""
+    org = fw.organisation(served.source_org) if served.source_org else None
+    ask = f" Ask {org.name}{': ' + org.phone if org.phone else ''}." if org else ""
+    return f"Full text not shared with your role.{ask}"
+
+
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
         also: tuple[ServedResource, ...] = ()) -> Row:
     """An item as the pages show it; `also`: the same item as other systems of its source sent it."""
@@ -539,7 +551,8 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale,
                systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else (),
-               verification=_verification(r), when_label=date_label(r), until=until(r))
+               verification=_verification(r), when_label=date_label(r), until=until(r),
+               text_withheld=text_withheld(served, fw))
 
 
 @dataclass(frozen=True)
