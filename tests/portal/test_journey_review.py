@@ -212,3 +212,30 @@ def test_a_district_nurse_is_told_a_letters_text_is_not_shared_with_her_role_and
     # the paramedic's tier shows the letter, and no such note
     paramedic = _open(ics, "para.evans").split('id="documents"', 1)[1]
     assert "Read document" in paramedic and "Full text not shared" not in paramedic
+
+
+# -- M3: search errors are shown at the field ------------------------------------------------------------------
+
+def test_an_invalid_nhs_number_is_shown_at_the_field(ics: Ics) -> None:
+    _sign_in(ics, "para.evans")
+    page = ics.client.post("/search", data={"nhs_number": "943 476 5918"}).text
+    assert 'id="nhs_number-error"' in page and "nhsuk-input--error" in page
+    assert re.search(r'id="nhs_number"[^>]*aria-describedby="nhs_number-hint nhs_number-error"', page)
+
+
+def test_a_two_digit_year_is_shown_at_the_date_with_the_gov_uk_words(ics: Ics) -> None:
+    _sign_in(ics, "para.evans")
+    page = ics.client.post("/search", data={"family": "Okafor", "birth_day": "2", "birth_month": "3",
+                                            "birth_year": "45"}).text
+    assert 'id="birth-error"' in page and "Year must include 4 numbers" in page
+    assert "must be a real date" not in page
+    assert 'aria-describedby="birth-hint birth-error"' in page
+    assert 'href="#birth-year"' in page  # the summary leads to the part that is wrong, and only it is marked
+    assert re.findall(r'nhsuk-input--error" id="birth-([a-z]+)"', page) == ["year"]
+
+
+def test_a_missing_family_name_is_shown_at_the_field(ics: Ics) -> None:
+    _sign_in(ics, "para.evans")
+    page = ics.client.post("/search", data={"birth_day": "2", "birth_month": "3", "birth_year": "1945"}).text
+    assert 'id="family-error"' in page and 'aria-describedby=" family-error"' not in page
+    assert re.search(r'id="family"[^>]*aria-describedby="family-error"', page)

@@ -90,6 +90,7 @@ def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "
 def _search_page(request: Request, actor: Actor, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("results", None)
     context.setdefault("error", None)
+    context.setdefault("field_error", context["error"])  # the message at the field (the summary's, or shorter)
     context.setdefault("form", {})
     return render(request, "search.html", status=status, account=pages.account(actor, fw), **context)
 
@@ -121,9 +122,10 @@ def search(request: Request, records: RecordsDep, fw: FrameworkDep,
                                 error="Enter an NHS number, or a family name and date of birth.")
         try:
             born = pages.parse_date(birth_day, birth_month, birth_year)
-        except ValueError as exc:
-            return _search_page(request, records.actor, fw, 400, form=form, error_field="birth-day",
-                                error=f"{exc}. Search by NHS number, or by family name and date of birth.")
+        except pages.DateProblem as exc:  # the summary links to the input that is wrong
+            return _search_page(request, records.actor, fw, 400, form=form, error_field=f"birth-{exc.part}",
+                                error=f"{exc}. Search by NHS number, or by family name and date of birth.",
+                                field_error=pages.sentence(str(exc)))
     results = records.search_patients(nhs_number=number, family=family or None, given=given or None,
                                       birth_date=born)
     return _search_page(request, records.actor, fw, results=results, form=form)
