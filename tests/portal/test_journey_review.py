@@ -85,6 +85,12 @@ def test_the_summary_warns_when_the_hospital_stopped_a_medicine_the_gp_lists_as_
             assert "Sources disagree" in row, row
         if row.startswith("Atorvastatin"):
             assert "Sources disagree" not in row, row
+    # listed first, each medicine's statements together: the hospital's stop beside the practice's "active"
+    rows = _rows(page, "medications")
+    tagged = ["Sources disagree" in row for row in rows]
+    assert tagged == sorted(tagged, reverse=True), rows
+    names = [row.split()[0] for row in rows if "Sources disagree" in row]
+    assert all(n == names[i - 1] or n not in names[:i] for i, n in enumerate(names) if i), names
 
 
 def test_the_summary_says_nothing_of_disagreement_when_the_sources_agree(ics: Ics) -> None:

@@ -210,9 +210,10 @@ def _kind(fw: Framework, code: str) -> str:
     return org.kind if org else ""
 
 
-def disagreements(resources: list[ServedResource], fw: Framework) -> tuple[list[Medicine], frozenset[str]]:
-    """The medicines whose sources disagree (`reconcile`'s discrepancies, in its words), and the references of
-    every statement about them: the record's summary warns of these and tags their rows, so that a reader of
-    the summary alone (a paramedic) is not shown the practice's "active" beside a hospital's stop unflagged."""
+def disagreements(resources: list[ServedResource], fw: Framework) -> tuple[list[Medicine], dict[str, int]]:
+    """The medicines whose sources disagree (`reconcile`'s discrepancies, in its words), and the reference of
+    every statement about them with its medicine's place in that list: the record's summary warns of these
+    and lists their rows first, together and tagged, so that a reader of the summary alone (a paramedic) is
+    not shown the practice's "active" with a hospital's stop far below it, unflagged."""
     flagged = [m for m in reconcile(resources, fw) if m.flagged]
-    return flagged, frozenset(s.reference for m in flagged for s in m.statements)
+    return flagged, {s.reference: place for place, m in enumerate(flagged) for s in m.statements}

@@ -11,6 +11,7 @@ import binascii
 import logging
 import math
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -594,9 +595,12 @@ def not_for_role(section: str, role: Role | None) -> bool:
         and all(role.tier(category) <= 0 for category in categories or ())
 
 
-def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: frozenset[str] = frozenset()) -> list[Tab]:
+def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: Mapping[str, int] | None = None
+         ) -> list[Tab]:
     """The record's tabs in order, each item in exactly one of them, newest first; an item named in `disagree`
-    (by `Type/id`: medicines the sources disagree about) is tagged so."""
+    (by `Type/id`: medicines the sources disagree about, with their medicine's place among them) is tagged so,
+    and listed first with the other sources' statements of the same medicine."""
+    disagree = disagree or {}
     stale = frozenset(stale_sources(view))
     told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
     items = [(s, row(s, fw, stale, told_again[id(s)]) if s.resource_type == "Encounter" else row(s, fw, stale))
@@ -606,9 +610,10 @@ def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: frozenset
     social = shows_social_care(view, role)
 
     def pick(types: list[str] | None) -> list[Row]:
-        chosen = [r for s, r in items if (types is None or s.resource_type in types)
+        chosen = [(s, r) for s, r in items if (types is None or s.resource_type in types)
                   and not (social and s.category == SOCIAL_CARE)]
-        return sorted(chosen, key=lambda r: r.when, reverse=True)
+        newest = sorted(chosen, key=lambda pair: pair[1].when, reverse=True)
+        return [r for _, r in sorted(newest, key=lambda pair: disagree.get(pair[0].reference, len(disagree)))]
 
     out = []
     for tab_id, title, section_defs in TABS:
