@@ -18,7 +18,7 @@ from tests.stay_feeds import ingest_stay
 
 from sharedcare.governance.framework import Framework
 
-TABS = ["Summary", "Encounters", "Results", "Care team", "Care plans", "Documents", "Social care"]
+TABS = ["Summary", "Care team", "Care plans", "Documents", "Encounters", "Results", "Social care"]
 
 
 def sign_in(pages: Pages, page: Page, url: str, username: str, shot: str | None = None) -> None:

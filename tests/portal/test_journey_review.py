@@ -245,3 +245,18 @@ def test_a_missing_family_name_is_shown_at_the_field(ics: Ics) -> None:
     page = ics.client.post("/search", data={"birth_day": "2", "birth_month": "3", "birth_year": "1945"}).text
     assert 'id="family-error"' in page and 'aria-describedby=" family-error"' not in page
     assert re.search(r'id="family"[^>]*aria-describedby="family-error"', page)
+
+
+# -- L1: on a phone every panel is stacked: what a crew needs before the long results table ----------------------
+
+def test_care_team_care_plans_and_documents_come_before_encounters_and_results(ics: Ics) -> None:
+    """Without script (and on a phone, where the panels stack), the district nurse's Tuesday visits and last
+    month's discharge letter came after a 57-row results table, 31,000 px down a 390 px wide screen."""
+    page = _open(ics, "para.evans")
+    tabs = re.findall(r'class="nhsuk-tabs__tab" href="#([a-z-]+)"', page)
+    assert tabs[:4] == ["summary", "care-team", "care-plans", "documents"]
+    assert tabs.index("results") > tabs.index("documents") and tabs.index("encounters") > tabs.index("documents")
+    panels = [page.index(f'class="nhsuk-tabs__panel{extra}" id="{tab}"')
+              for tab, extra in (("summary", ""), ("care-team", " nhsuk-tabs__panel--hidden"),
+                                 ("results", " nhsuk-tabs__panel--hidden"))]
+    assert panels == sorted(panels)

@@ -42,11 +42,14 @@ TABS = [
     ("summary", "Summary", [("Allergies", ["AllergyIntolerance"]), ("Medications", ["MedicationStatement"]),
                             ("Problems", ["Condition"]),
                             ("Procedures and immunisations", ["Procedure", "Immunization"])]),
-    ("encounters", "Encounters", [("Encounters", ["Encounter"])]),
-    ("results", "Results", [("Results", ["Observation", "DiagnosticReport"])]),
+    # Then who is involved, the care plan and the letters, before the timeline and the results: on a phone (and
+    # without script) the panels stack, and a 57-row results table put the district nurse's Tuesday visits
+    # and last month's discharge letter 31,000 px down the page (journey 1).
     ("care-team", "Care team", []),
     ("care-plans", "Care plans", [("Care plans", ["CarePlan"])]),
     ("documents", "Documents", [("Documents", ["DocumentReference"])]),
+    ("encounters", "Encounters", [("Encounters", ["Encounter"])]),
+    ("results", "Results", [("Results", ["Observation", "DiagnosticReport"])]),
 ]
 SOCIAL_CARE = "social_care"
 # The categories GP practices' and hospitals' items of each section fall in (governance/classify.py: a
