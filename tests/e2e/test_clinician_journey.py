@@ -18,7 +18,7 @@ from tests.stay_feeds import ingest_stay
 
 from sharedcare.governance.framework import Framework
 
-TABS = ["Summary", "Encounters", "Results", "Care team", "Care plans", "Documents", "Social care"]
+TABS = ["Summary", "Care team", "Care plans", "Documents", "Encounters", "Results", "Social care"]
 
 
 def sign_in(pages: Pages, page: Page, url: str, username: str, shot: str | None = None) -> None:
@@ -66,10 +66,13 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
 
     expect(page.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
+    # whose record: the person the paramedic chose, before she says why she is opening it
+    expect(page.get_by_role("heading", name="Why are you opening this record?")).to_contain_text("OKAFOR, Emeka")
+    expect(page.locator("#patient-identity")).to_contain_text("943 476 5919")
     pages.check(page)
     page.get_by_role("radio", name="Implied consent").check()
     page.get_by_label("Reason", exact=True).fill("confused, daughter not present")
-    pages.shoot(page, "clinician-basis")
+    pages.shoot(page, "clinician-basis", at="#patient-identity")
     page.get_by_role("button", name="Open record").click()
 
     expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()

@@ -183,7 +183,7 @@ def test_the_record_has_the_tabs_a_clinician_expects_with_trend_charts(ics: Ics,
     _sign_in(ics, "dr.patel")
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
     tabs = re.findall(r'class="nhsuk-tabs__tab" href="#([a-z-]+)"', page)
-    assert tabs == ["summary", "encounters", "results", "care-team", "care-plans", "documents", "social-care"]
+    assert tabs == ["summary", "care-team", "care-plans", "documents", "encounters", "results", "social-care"]
     charts = re.findall(r'<title id="chart-([a-z0-9]+)-title">([^<]+)</title>', page)
     assert charts == [("hba1c", "HbA1c trend"), ("egfr", "eGFR trend"), ("bp", "Blood pressure trend")]
     assert "HbA1c: 4 results from 10 May 2024 to 18 Oct 2026, lowest 52, highest 62, latest 62 mmol/mol " \

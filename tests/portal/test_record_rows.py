@@ -90,11 +90,11 @@ def test_a_hospital_stay_is_named_by_its_ward_and_says_when_it_ended(ics: Ics) -
     assert "Ward 12 (Care of the Elderly) (inpatient encounter, until 7 Nov 2026)" in page
 
 
-def test_when_an_item_was_recorded_is_said_in_uk_time(ics: Ics) -> None:
+def test_when_an_item_was_sent_is_said_in_uk_time(ics: Ics) -> None:
     """09:45 UTC on 14 July is 10:45 in the UK (summer time); 17:00 UTC on 7 November is 17:00."""
     page = _record(ics, "dn.williams")
-    assert "recorded 14 Jul 2026, 10:45" in page
-    assert "recorded 7 Nov 2026, 17:00" in page
+    assert "sent 14 Jul 2026, 10:45" in page
+    assert "sent 7 Nov 2026, 17:00" in page
 
 
 def test_the_summary_starts_with_allergies(ics: Ics) -> None:

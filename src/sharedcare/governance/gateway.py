@@ -69,6 +69,7 @@ from sharedcare.store.models import (
     IS_PATIENT,
     AccessBasis,
     AgreementChange,
+    AuditEntry,
     JsonType,
     PatientRecord,
     Person,
@@ -812,15 +813,8 @@ class GovernedRecords:
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
-        denied = check_request(self._request("")[1], self.fw, require_basis=False)
-        if denied is None and self.resource_types is not None and "Patient" not in self.resource_types:
-            denied = Decision("deny", "deny-scope", "the access token's scopes do not include Patient")
-        if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:
-            denied = Decision("deny", "deny-tier", "your role may not look up patients")
+        denied = self._search_refused(query_b64)
         if denied is not None:
-            self._audit(AuditAction.PATIENT_SEARCH, "deny", None, rule_id=denied.rule_id, reason=denied.reason,
-                        detail={"query": query_b64})
-            self.session.commit()
             raise AccessDenied(denied.rule_id, denied.reason)
         stmt = select(PatientRecord)
         if nhs_number:
@@ -848,6 +842,44 @@ class GovernedRecords:
             self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
         self.session.commit()  # as `_released`: durable before the results leave, the lock held no longer
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
+
+    def _search_refused(self, query_b64: str) -> Decision | None:
+        """Why this actor may not look anyone up (audited, as a refused search), or None when they may."""
+        denied = check_request(self._request("")[1], self.fw, require_basis=False)
+        if denied is None and self.resource_types is not None and "Patient" not in self.resource_types:
+            denied = Decision("deny", "deny-scope", "the access token's scopes do not include Patient")
+        if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:
+            denied = Decision("deny", "deny-tier", "your role may not look up patients")
+        if denied is not None:
+            self._audit(AuditAction.PATIENT_SEARCH, "deny", None, rule_id=denied.rule_id, reason=denied.reason,
+                        detail={"query": query_b64})
+            self.session.commit()
+        return denied
+
+    def identify(self, person_id: str) -> PatientMatch | None:
+        """Who a person is, exactly as a search that found them would show this actor (`_visible_match`: name,
+        born, NHS number, postcode where the role sees addresses; nothing clinical), for the basis form to name
+        the patient it records a basis against (twins found by one search, one mis-tap). Audited as a search by
+        the person's id, one event naming them; None, audited as a search that found no one, when no search by
+        this actor could find them (or they may not look anyone up).
+
+        Only for someone this actor found, or whose record they read, in the last FOUND_WITHIN (the audit says
+        so): whom they have already seen named. A record's id (in a URL, a browser's history, a log) is not a
+        way to learn who someone is without knowing their name and date of birth or NHS number."""
+        query_b64 = base64.b64encode(urlencode({"person_id": person_id}).encode()).decode()
+        if self._search_refused(query_b64) is not None:
+            return None
+        found_before = self.session.execute(select(AuditEntry.seq).where(
+            AuditEntry.patient_id == person_id, AuditEntry.username == self.actor.username,
+            AuditEntry.outcome == "permit", AuditEntry.action.in_(FOUND_BY), AuditEntry.recorded_at
+            >= self.now - FOUND_WITHIN).limit(1)).first() is not None
+        match = self._visible_match(person_id, _ANYONE) if found_before else None
+        if match is not None:
+            self._audit(AuditAction.PATIENT_SEARCH, "permit", person_id, detail={"query": query_b64})
+        else:
+            self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
+        self.session.commit()
+        return match
 
     def _visible_match(self, person_id: str, wanted: _Criteria) -> PatientMatch | None:
         """The person as this actor may find them: only through source records whose record of who the person
@@ -940,6 +972,22 @@ class _Criteria:
                 and (not self.given or (record.given or "").lower().startswith(self.given.strip().lower()))
                 and (not self.postcode or record.postcode == " ".join(self.postcode.upper().split())))
 
+
+# What shows a user who someone is: a search that found them, a read of their record (its banner). `identify`
+# names a person only to a user the audit shows one of these for, this recently.
+FOUND_BY = (AuditAction.PATIENT_SEARCH, AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ)
+FOUND_WITHIN = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class _Anyone(_Criteria):
+    """Every source record of one person: who they are, as a search that found them shows them (`identify`)."""
+
+    def matches(self, record: PatientRecord) -> bool:
+        return True
+
+
+_ANYONE = _Anyone(None, None, None, None, None)
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -54,6 +54,7 @@ class Statement:
     recorded: str
     recorded_on: date
     coded: str = ""  # the dose as coded (doseAndRate, timing, route) in words, when every dosage codes one
+    reference: str = field(default="", compare=False)  # the served statement's `Type/id`, for the record's rows
 
     @property
     def taking(self) -> bool:
@@ -138,7 +139,7 @@ def statement(served: ServedResource, fw: Framework) -> Statement:
         last_issued=str(issued or "")[:10], asserted=str(r.get("dateAsserted") or "")[:10],
         source=served.source_name, source_code=served.source_org,
         source_kind=KIND_LABELS.get(org.kind, "") if org else "",
-        recorded=f"{recorded.day} {recorded:%b %Y}", recorded_on=recorded.date())
+        recorded=f"{recorded.day} {recorded:%b %Y}", recorded_on=recorded.date(), reference=served.reference)
 
 
 def _problems(statements: list[Statement]) -> list[str]:
@@ -207,3 +208,12 @@ def reconcile(resources: list[ServedResource], fw: Framework) -> list[Medicine]:
 def _kind(fw: Framework, code: str) -> str:
     org = fw.organisation(code)
     return org.kind if org else ""
+
+
+def disagreements(resources: list[ServedResource], fw: Framework) -> tuple[list[Medicine], dict[str, int]]:
+    """The medicines whose sources disagree (`reconcile`'s discrepancies, in its words), and the reference of
+    every statement about them with its medicine's place in that list: the record's summary warns of these
+    and lists their rows first, together and tagged, so that a reader of the summary alone (a paramedic) is
+    not shown the practice's "active" with a hospital's stop far below it, unflagged."""
+    flagged = [m for m in reconcile(resources, fw) if m.flagged]
+    return flagged, {s.reference: place for place, m in enumerate(flagged) for s in m.statements}

@@ -184,17 +184,31 @@ def end_session(target: str) -> Response:
     return response
 
 
+class DateProblem(ValueError):
+    """What is wrong with a typed date, and which of its inputs (`part`: day, month or year) to mark."""
+
+    def __init__(self, message: str, part: str = "day") -> None:
+        super().__init__(message)
+        self.part = part
+
+
 def parse_date(day: str, month: str, year: str, what: str = "Date of birth") -> date:
-    """A date typed as day, month and year (the NHS date input); ValueError says what is wrong."""
+    """A date typed as day, month and year (the NHS date input); DateProblem (a ValueError) says what is wrong,
+    in the GOV.UK pattern's words ("Year must include 4 numbers"), and which input it is about."""
     parts = [day.strip(), month.strip(), year.strip()]
     if not all(parts):
-        raise ValueError(f"{what} must include a day, month and year")
-    if not all(p.isdigit() for p in parts) or len(parts[2]) != 4:
-        raise ValueError(f"{what} must be a real date, for example 2 3 1945")
+        raise DateProblem(f"{what} must include a day, month and year",
+                          next(name for name, part in zip(("day", "month", "year"), parts, strict=True) if not part))
+    if not all(p.isdigit() for p in parts):
+        raise DateProblem(f"{what} must be a real date, for example 2 3 1945",
+                          next(name for name, part in zip(("day", "month", "year"), parts, strict=True)
+                               if not part.isdigit()))
+    if len(parts[2]) != 4:
+        raise DateProblem("Year must include 4 numbers", "year")
     try:
         return date(int(parts[2]), int(parts[1]), int(parts[0]))
     except ValueError as exc:
-        raise ValueError(f"{what} must be a real date, for example 2 3 1945") from exc
+        raise DateProblem(f"{what} must be a real date, for example 2 3 1945") from exc
 
 
 def sentence(text: str) -> str:

@@ -11,7 +11,8 @@ import binascii
 import logging
 import math
 import traceback
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -41,13 +42,26 @@ TABS = [
     ("summary", "Summary", [("Allergies", ["AllergyIntolerance"]), ("Medications", ["MedicationStatement"]),
                             ("Problems", ["Condition"]),
                             ("Procedures and immunisations", ["Procedure", "Immunization"])]),
-    ("encounters", "Encounters", [("Encounters", ["Encounter"])]),
-    ("results", "Results", [("Results", ["Observation", "DiagnosticReport"])]),
+    # Then who is involved, the care plan and the letters, before the timeline and the results: on a phone (and
+    # without script) the panels stack, and a 57-row results table put the district nurse's Tuesday visits
+    # and last month's discharge letter 31,000 px down the page (journey 1).
     ("care-team", "Care team", []),
     ("care-plans", "Care plans", [("Care plans", ["CarePlan"])]),
     ("documents", "Documents", [("Documents", ["DocumentReference"])]),
+    ("encounters", "Encounters", [("Encounters", ["Encounter"])]),
+    ("results", "Results", [("Results", ["Observation", "DiagnosticReport"])]),
 ]
 SOCIAL_CARE = "social_care"
+# The categories GP practices' and hospitals' items of each section fall in (governance/classify.py: a
+# summary type is `summary`, a hospital's procedure, care plan or letter `hospital_detail`, an allergy from a
+# specialist service `alerts`): a role whose tier is 0 in all of them sees none of that section, whoever
+# recorded it, and is told so rather than "none recorded" (a receptionist must not pass on "no allergies").
+SECTION_CATEGORIES = {
+    "Allergies": ("summary", "alerts"), "Medications": ("summary",), "Problems": ("summary",),
+    "Procedures and immunisations": ("summary", "hospital_detail"), "Encounters": ("encounters",),
+    "Results": ("diagnostics",), "Care plans": ("summary", "hospital_detail"),
+    "Documents": ("summary", "hospital_detail"),
+}
 KNOWN_TYPES = {t for _, _, sections in TABS for _, types in sections for t in types}
 
 def concept_text(concept: Any) -> str:
@@ -96,8 +110,44 @@ def day_of(resource: dict[str, Any], last: bool = False) -> date | None:
     return date(first.year + first.month // 12, first.month % 12 + 1, 1) - timedelta(days=1)
 
 
+# A medicine's own date, in the order that says most of it, and what the page calls it: when it started (or was
+# taken, or prescribed); only without one, the day the source listed it (`dateAsserted`: for a GP system's
+# extract, the night it ran, which beside a hospital's stop read as a restart).
+MEDICATION_DATES = (("effectivePeriod", "started"), ("effectiveDateTime", "taken"), ("authoredOn", "prescribed"),
+                    ("dateAsserted", "listed"))
+MEDICATION_TYPES = {"MedicationStatement", "MedicationRequest"}
+
+
+def _medication_date(resource: dict[str, Any]) -> tuple[str, str]:
+    """A medicine's date as sent and its label ("started"), or ("", "") when it has none."""
+    for name, label in MEDICATION_DATES:
+        value = resource.get(name)
+        if isinstance(value, dict):
+            value = value.get("start")
+        if value:
+            return str(value), label
+    return "", ""
+
+
+def date_label(resource: dict[str, Any]) -> str:
+    """What a row's date is, where the date alone could mislead ("started", "listed"): a medicine's only."""
+    return _medication_date(resource)[1] if resource.get("resourceType") in MEDICATION_TYPES else ""
+
+
+def until(resource: dict[str, Any]) -> str:
+    """When a medicine ended, as sent ("" when it has not, or the item is no medicine)."""
+    if resource.get("resourceType") not in MEDICATION_TYPES:
+        return ""
+    return str((resource.get("effectivePeriod") or {}).get("end") or "")
+
+
 def moment(resource: dict[str, Any]) -> str:
-    """That date as sent (a dateTime keeps its time and offset, so a page can show it in UK time)."""
+    """That date as sent (a dateTime keeps its time and offset, so a page can show it in UK time). A medicine's
+    is when it started (`_medication_date`), not when its statement was made."""
+    if resource.get("resourceType") in MEDICATION_TYPES:
+        found, _ = _medication_date(resource)
+        if found:
+            return found
     for name in ("effectiveDateTime", "onsetDateTime", "recordedDate", "occurrenceDateTime", "performedDateTime",
                  "date", "issued", "dateAsserted", "authoredOn", "created"):
         if resource.get(name):
@@ -423,6 +473,10 @@ class Row:
     stale: bool = False
     systems: tuple[str, ...] = ()  # when more than one system of the source sent it (a stay: PAS and EPR)
     verification: str = ""  # a Condition's or an allergy's verificationStatus code, when the source sent one
+    when_label: str = ""  # what `when` is, where the date alone could mislead: "started", "listed" (a medicine's)
+    disagree: bool = False  # a medicine the sources disagree about (medicines.disagreements)
+    text_withheld: str = ""  # a document whose text the reader's tier removed: that, and whom to ask for it
+    until: str = ""  # when a medicine ended, as sent
 
     @property
     def status_colour(self) -> str:
@@ -468,6 +522,17 @@ def status_words(resource: dict[str, Any]) -> str:
     return ", ".join(part for part in (clinical, said) if part)
 
 
+def text_withheld(served: ServedResource, fw: Framework) -> str:
+    """A document served below tier 3 has had its text and attachment removed (classify.at_tier): the row says
+    so, and whom to ask (the source's telephone, when the framework has one), instead of silently showing
+    a letter with nothing to read. Other types' free text (a note, a description) leaves no trace to tell."""
+    if served.resource_type != "DocumentReference" or served.tier >= 3:
+        return ""
+    org = fw.organisation(served.source_org) if served.source_org else None
+    ask = f" Ask {org.name}{': ' + org.phone if org.phone else ''}." if org else ""
+    return f"Full text not shared with your role.{ask}"
+
+
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
         also: tuple[ServedResource, ...] = ()) -> Row:
     """An item as the pages show it; `also`: the same item as other systems of its source sent it."""
@@ -483,7 +548,8 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
                category=CATEGORY_LABELS.get(served.category, served.category), tier=served.tier,
                stale=served.source_name in stale,
                systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else (),
-               verification=_verification(r))
+               verification=_verification(r), when_label=date_label(r), until=until(r),
+               text_withheld=text_withheld(served, fw))
 
 
 @dataclass(frozen=True)
@@ -491,6 +557,7 @@ class Section:
     title: str
     rows: list[Row]
     id: str = ""  # set when a tab holds more than one section
+    not_for_role: bool = False  # the reader's role sees nothing of this section's categories (SECTION_CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -516,23 +583,39 @@ def shows_social_care(view: RecordView, role: Role | None) -> bool:
         or any(h.category == SOCIAL_CARE for h in view.headlines)
 
 
-def tabs(view: RecordView, fw: Framework, role: Role | None) -> list[Tab]:
-    """The record's tabs in order, each item in exactly one of them, newest first."""
+def not_for_role(section: str, role: Role | None) -> bool:
+    """Whether the role's tiers leave out everything of this section's kind (a tier of 0 in each of its
+    categories): never a patient's own record, nor a section not listed."""
+    categories = SECTION_CATEGORIES.get(section)
+    return bool(categories) and role is not None and not role.citizen \
+        and all(role.tier(category) <= 0 for category in categories or ())
+
+
+def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: Mapping[str, int] | None = None
+         ) -> list[Tab]:
+    """The record's tabs in order, each item in exactly one of them, newest first; an item named in `disagree`
+    (by `Type/id`: medicines the sources disagree about, with their medicine's place among them) is tagged so,
+    and listed first with the other sources' statements of the same medicine."""
+    disagree = disagree or {}
     stale = frozenset(stale_sources(view))
     told_again = {id(s): tuple(others) for s, others in one_per_stay(view.of_type("Encounter"))}
     items = [(s, row(s, fw, stale, told_again[id(s)]) if s.resource_type == "Encounter" else row(s, fw, stale))
              for s in view.resources if s.resource_type != "Encounter" or id(s) in told_again]
+    if disagree:
+        items = [(s, replace(r, disagree=True) if s.reference in disagree else r) for s, r in items]
     social = shows_social_care(view, role)
 
     def pick(types: list[str] | None) -> list[Row]:
-        chosen = [r for s, r in items if (types is None or s.resource_type in types)
+        chosen = [(s, r) for s, r in items if (types is None or s.resource_type in types)
                   and not (social and s.category == SOCIAL_CARE)]
-        return sorted(chosen, key=lambda r: r.when, reverse=True)
+        newest = sorted(chosen, key=lambda pair: pair[1].when, reverse=True)
+        return [r for _, r in sorted(newest, key=lambda pair: disagree.get(pair[0].reference, len(disagree)))]
 
     out = []
     for tab_id, title, section_defs in TABS:
-        sections = [Section(name, pick(types), _slug(name) if len(section_defs) > 1 else "")
-                    for name, types in section_defs]
+        sections = [Section(name, rows, _slug(name) if len(section_defs) > 1 else "",
+                            not rows and not_for_role(name, role))
+                    for name, types in section_defs for rows in (pick(types),)]
         if tab_id == "summary":
             other = [r for s, r in items if s.resource_type not in KNOWN_TYPES
                      and not (social and s.category == SOCIAL_CARE)]

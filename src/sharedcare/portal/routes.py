@@ -90,6 +90,7 @@ def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "
 def _search_page(request: Request, actor: Actor, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("results", None)
     context.setdefault("error", None)
+    context.setdefault("field_error", context["error"])  # the message at the field (the summary's, or shorter)
     context.setdefault("form", {})
     return render(request, "search.html", status=status, account=pages.account(actor, fw), **context)
 
@@ -121,9 +122,10 @@ def search(request: Request, records: RecordsDep, fw: FrameworkDep,
                                 error="Enter an NHS number, or a family name and date of birth.")
         try:
             born = pages.parse_date(birth_day, birth_month, birth_year)
-        except ValueError as exc:
-            return _search_page(request, records.actor, fw, 400, form=form, error_field="birth-day",
-                                error=f"{exc}. Search by NHS number, or by family name and date of birth.")
+        except pages.DateProblem as exc:  # the summary links to the input that is wrong
+            return _search_page(request, records.actor, fw, 400, form=form, error_field=f"birth-{exc.part}",
+                                error=f"{exc}. Search by NHS number, or by family name and date of birth.",
+                                field_error=pages.sentence(str(exc)))
     results = records.search_patients(nhs_number=number, family=family or None, given=given or None,
                                       birth_date=born)
     return _search_page(request, records.actor, fw, results=results, form=form)
@@ -143,9 +145,11 @@ def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_
                for value, label, hint in BASIS_CHOICES
                if (rule := fw.basis.get(value)) is not None  # type: ignore[call-overload]
                and (rule.permission is None or (role is not None and rule.permission in role.permissions))]
+    # whose record this is, as a search shows this user (through the decision point, audited as a look-up):
+    # twins found by one search differ only here, and a mis-tap records a basis against the other child
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
-                  person_id=person_id, choices=choices, error=error, error_field=error_field, reason=reason,
-                  chosen=chosen, then=then if then in RECORD_PAGES else "")
+                  person_id=person_id, patient=records.identify(person_id), choices=choices, error=error,
+                  error_field=error_field, reason=reason, chosen=chosen, then=then if then in RECORD_PAGES else "")
 
 
 @router.get("/record/{person_id}", response_class=HTMLResponse)
@@ -153,8 +157,10 @@ def record(request: Request, person_id: str, records: RecordsDep, fw: FrameworkD
     if records.needs_basis(person_id):
         return _basis_page(request, records, fw, person_id)
     view = records.everything(person_id)
+    disagree, references = medicines.disagreements(view.resources, fw)
     return render(request, "record.html", account=pages.account(records.actor, fw), view=view,
-                  banner=present.record_banner(view, fw), tabs=present.tabs(view, fw, records.actor.role),
+                  banner=present.record_banner(view, fw), disagree=disagree,
+                  tabs=present.tabs(view, fw, records.actor.role, references),
                   services=explain.services(view, fw, records.actor.role), contacts=present.last_contacts(view, fw),
                   charts=present.trend_charts(view),
                   stale=present.stale_sources(view), left_out=explain.not_shown(view.withheld, records.actor.role, fw))
