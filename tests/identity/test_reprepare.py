@@ -100,3 +100,26 @@ def test_twins_linked_when_their_names_read_alike_are_parted(
     r = _records(db)
     assert r["RXR/huong"].person_id != r["P81001/hang"].person_id
     assert report["name_keys_rewritten"] == 2
+
+
+def test_a_record_with_only_a_given_name_read_as_her_twins_is_matched_again_to_her_own(
+        db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with one part has no blocking key, so the key cannot show it was read otherwise: the earlier release
+    read the hospital's "Hương" (no surname given) as "hng", nearer Hằng than Hương, and put Hương's hospital record
+    with her twin sister's GP record (each GP typed the name without accents)."""
+    huong = patient("h-huong", None, "x", "x", "2001-04-09", "female")
+    huong["name"] = [{"use": "official", "given": ["Hương"]}]
+    _ingest(db, framework, tmp_path / "f.ndjson",
+            (GP, patient("hang", None, "Nguyen", "Hang", "2001-04-09", "female")),
+            (GP, patient("huong", None, "Nguyen", "Huong", "2001-04-09", "female")),
+            (HOSPITAL, huong))
+    r = _records(db)
+    assert r["RXR/h-huong"].name_key is None
+    assert r["RXR/h-huong"].person_id == r["P81001/huong"].person_id  # as this release reads her
+    _as_stored_before(db, "h-huong", link_method="probabilistic", person_id=r["P81001/hang"].person_id)
+    report = _reprepare(db, monkeypatch)
+    r = _records(db)
+    assert r["RXR/h-huong"].person_id == r["P81001/huong"].person_id
+    assert r["RXR/h-huong"].person_id != r["P81001/hang"].person_id
+    assert (report["names_read_anew"], report["matched_again"], report["moved"]) == (1, 1, 1)
+    assert _reprepare(db, monkeypatch)["moved"] == 0  # matched again, it stays

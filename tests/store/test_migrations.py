@@ -119,3 +119,19 @@ def test_a_superseded_quarantine_item_is_held_again_below_0021_and_kept_byte_for
         # held again, and keyed again from its bytes (0022): the next corrected copy supersedes it
         assert (item.status, item.payload, item.message_key, item.superseded_by) == (
             "held", payload, "Bundle.identifier https://emis.example/messages|M-1", None)
+
+
+def test_a_persons_active_bases_are_indexed_and_the_index_goes_on_downgrade(db: Database) -> None:
+    """A link event looks up the bases of the persons it moved by this index (0026) instead of reading every
+    active basis of the store."""
+    def indexes() -> set[str]:
+        return {i["name"] for i in inspect(db.engine).get_indexes("access_bases")}
+
+    assert "ix_access_bases_person_expires" in indexes()
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0025")
+    assert "ix_access_bases_person_expires" not in indexes()
+    db.migrate()
+    assert "ix_access_bases_person_expires" in indexes()

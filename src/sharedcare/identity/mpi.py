@@ -19,6 +19,7 @@ record and not used; it never stops the record being stored. `relink` re-matches
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
@@ -531,6 +532,27 @@ def reprepared(record: PatientRecord) -> dict[str, Any]:
     return {column: value for column, value in current.items() if value != getattr(record, column)}
 
 
+# How the releases before 2026-12-07 read a name (lower-cased, every character outside a-z, hyphen and space
+# deleted: "Hương" -> "hng"), kept here as it was: `reprepare` needs it to find the records they read otherwise.
+_BEFORE_NOT_NAME = re.compile(r"[^a-z\- ]")
+
+
+def _read_before(value: str) -> str | None:
+    return " ".join(_BEFORE_NOT_NAME.sub("", value.strip().lower().replace("'", "")).split()) or None
+
+
+def _read_otherwise_before(record: PatientRecord) -> bool:
+    """Whether the earlier release read one of its names otherwise than this one where no stored value shows it:
+    a record with a given name or a surname only has no name key either way (nor do its other names), so an
+    accented name stripped but not emptied ("Hương" read as "hng", nearer Hằng than Hương) left nothing to
+    compare, while its link was decided on what was left."""
+    if record.name_key is not None:  # a key stripped shows it (`reprepared`)
+        return False
+    other = record.other_names or {}
+    names = [record.given, record.family, *other.get("given", ()), *other.get("family", ())]
+    return any(not name.isascii() and _read_before(name) != name_text(name) for name in names if name)
+
+
 def _held_but_matchable(record: PatientRecord) -> bool:
     """Held as too little to match on, which it is not now (a Greek or Cyrillic name read as none before)."""
     return record.link_method == "insufficient-data" and missing(stored_demographics(record)) is None
@@ -541,6 +563,7 @@ class ReprepareReport:
     records: int = 0
     nhs_numbers_rewritten: int = 0
     name_keys_rewritten: int = 0
+    names_read_anew: int = 0  # matched again for a name read otherwise that no key shows (`_read_otherwise_before`)
     matched_again: int = 0
     moved: int = 0  # matched again into another person
     held_for_review: int = 0  # matched again and held for review
@@ -551,7 +574,8 @@ class ReprepareReport:
 
 def reprepare(db: Database, progress: Callable[[int], None]) -> ReprepareReport:
     """Prepare every stored record's values for matching as the current code does, and match again each record
-    they change, or that was held as too little to match on and is not now (`rematch`: moves audited, a person's
+    they change, that was held as too little to match on and is not now, or whose name without a key the earlier
+    release read otherwise (`_read_otherwise_before`: every run) (`rematch`: moves audited, a person's
     decision held for review, never undone silently); `progress` is told how many records were read. A relink
     cannot do this: it takes the stored NHS numbers as they are and skips records held as too little. Each
     record matched again is a transaction of its own, holding its own keys only (`hold_matching`), so ingest
@@ -561,13 +585,13 @@ def reprepare(db: Database, progress: Callable[[int], None]) -> ReprepareReport:
         with db.session() as session:
             page = list(session.scalars(select(PatientRecord).where(PatientRecord.id > after)
                                         .order_by(PatientRecord.id).limit(_REPREPARE_PAGE)))
-            due = [r.id for r in page if reprepared(r) or _held_but_matchable(r)]
+            due = [r.id for r in page if reprepared(r) or _held_but_matchable(r) or _read_otherwise_before(r)]
         for record_id in due:
             with db.session() as session:
                 record = session.get_one(PatientRecord, record_id)
-                changed = reprepared(record)
-                if not changed and not _held_but_matchable(record):  # (matched again meanwhile by a source)
-                    continue
+                changed, read_anew = reprepared(record), _read_otherwise_before(record)
+                if not changed and not read_anew and not _held_but_matchable(record):  # (matched again
+                    continue  # meanwhile by a source)
                 before = record.person_id
                 for column, value in changed.items():
                     setattr(record, column, value)
@@ -575,6 +599,7 @@ def reprepare(db: Database, progress: Callable[[int], None]) -> ReprepareReport:
                 rematch(session, record, demo, record.nhs_number, [], None, REPREPARED)
                 report.nhs_numbers_rewritten += "nhs_number" in changed
                 report.name_keys_rewritten += "name_key" in changed
+                report.names_read_anew += read_anew
                 report.matched_again += 1
                 report.moved += record.person_id != before
                 report.held_for_review += record.link_status == "review"

@@ -240,7 +240,9 @@ class AccessBasis(Base):
     """A point-of-care basis: one user may see one person's record, for a bounded time."""
 
     __tablename__ = "access_bases"
-    __table_args__ = (Index("ix_access_bases_user_person", "username", "person_id"),)
+    __table_args__ = (Index("ix_access_bases_user_person", "username", "person_id"),
+                      # a person's active bases, which a link event ends (`links.end_bases`)
+                      Index("ix_access_bases_person_expires", "person_id", "expires_at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(100))
     person_id: Mapped[str] = mapped_column(String(36))
