@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
+from sharedcare.governance import explain
 from sharedcare.governance.access_log import details
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import hide_category, set_choice
@@ -76,7 +77,8 @@ def test_break_glass_appears_in_the_queue_and_is_marked_appropriate(ics: Ics) ->
                            follow_redirects=False)
     assert done.status_code == 303
     after = ics.client.get(done.headers["location"]).text
-    assert f"Outcome recorded for review item {item_id}" in after and REASON not in after
+    assert f"Recorded as appropriate: Break glass by Dr Niamh O&#39;Connor (review item {item_id})" in after
+    assert "Recorded by Rhian Morgan" in after and REASON not in after
     with _db(ics).session() as s:
         item = s.get_one(ReviewItem, item_id)
         assert (item.status, item.outcome) == ("closed", "appropriate: resus notes agree")
@@ -112,7 +114,7 @@ def test_an_investigation_keeps_the_item_in_the_queue(ics: Ics) -> None:
     _sign_in(ics)
     with _db(ics).session() as s:
         item_id = s.scalars(select(ReviewItem.id)).one()
-    ics.client.post(f"/ig/review/{item_id}", data={"outcome": "investigate"})
+    ics.client.post(f"/ig/review/{item_id}", data={"outcome": "investigate", "note": "ask the crew"})
     assert "Under investigation" in ics.client.get("/ig").text
     assert ics.client.post(f"/ig/review/{item_id}", data={"outcome": "maybe"}).status_code == 400
 
@@ -167,7 +169,8 @@ def test_the_audit_log_is_searched_by_user_organisation_patient_and_dates(ics: I
     def on(prefix: str, day: date) -> dict[str, str]:
         return {f"{prefix}_day": str(day.day), f"{prefix}_month": str(day.month), f"{prefix}_year": str(day.year)}
 
-    assert "2 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor, **on("from", today),
+    # and the officer's look-up of his name for that search's page (audited, so found now)
+    assert "3 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor, **on("from", today),
                                                                    **on("to", today)}).text
     assert "0 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor,
                                                                    **on("from", tomorrow)}).text
@@ -256,7 +259,7 @@ def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_pati
     assert ics.client.post("/ig/audit", data={"nhs_number": OKAFOR_NHS}).status_code == 200
     assert ics.client.post("/ig/choices", data={"nhs_number": OKAFOR_NHS}).status_code == 200
     found = ics.client.post("/ig/audit", data={"patient": ics.okafor}).text
-    assert "governance:audit:search" in found and "governance:preference:view" in found
+    assert "Searched the audit log" in found and "Looked up the patient&#39;s sharing choices" in found
     monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
     monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
     assert CliRunner().invoke(app, ["preferences", "show", OKAFOR_NHS]).exit_code == 0
@@ -265,7 +268,9 @@ def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_pati
     rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
     said = [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row).split())) for row in rows]
     officer, choices = "Rhian Morgan Information governance officer", "looked at your sharing choices"
-    told = [("The shared care record's technical team using the service's own commands", choices), (officer, choices),
+    told = [("The shared care record's technical team using the service's own commands", choices),
+            (officer, "saw your name and date of birth"),  # the name on her search by patient's page
+            (officer, choices),
             (officer, "looked at the list of who has seen your record (an information governance check)")]
     assert len(said) == len(told)  # newest first
     assert all(who in row and what in row for row, (who, what) in zip(said, told, strict=True)), said
@@ -426,9 +431,9 @@ def test_the_audit_search_says_how_many_items_a_record_read_showed(ics: Ics) -> 
     assert clinical > 1
     _sign_in(ics)
     page = ics.client.post("/ig/audit", data={"user": "dr.patel"}).text
-    assert f"{clinical} items shown: " in page
+    assert f"What was seen: {clinical} items: " in page
     for kind, n in kinds.items():  # journey 7: what was seen, not only how much
-        assert f"{kind} {n}" in page, kind
+        assert f"{explain.RECORD_TYPE_WORDS[kind]} {n}" in page, kind
     assert "<br>GP</span>" in page and ">gp<" not in page  # the role in words, not the framework's key
 
 
@@ -496,3 +501,75 @@ def test_an_unusual_volume_shows_every_record_the_user_opened_not_only_the_last(
     assert "Last record opened" in queue  # the one that crossed the line, not the only one
     found = ics.client.post("/ig/audit", data=_form_fields(queue, "See every record opened")).text
     assert ics.stranger in found and ics.okafor in found
+
+
+def _cells(page: str) -> list[str]:
+    """Each audit row's text, tags and markup stripped, as a reader hears it."""
+    rows = page.split("<tbody")[1].split("</tbody>")[0].split('<tr class="nhsuk-table__row">')[1:]
+    return [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row).split())) for row in rows]
+
+
+def test_see_what_was_seen_says_in_words_what_was_done_and_seen_and_names_the_patient(ics: Ics) -> None:
+    """Journey 7 (review M4): from a break-glass card, "See what was seen" says what the user did in words,
+    what the record showed by kind of item in words, and whose record it was by name (looked up through the
+    decision point and audited, as the card's was); the audit codes stay only as a small "Logged as"."""
+    headers = ics.open_record("dr.oconnor", basis="emergency", reason=REASON)
+    bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
+    kinds = Counter(kind for e in entries(bundle) if (kind := e["resource"]["resourceType"]) != "Patient")
+    _sign_in(ics)
+    queue = ics.client.get("/ig").text
+    page = ics.client.post("/ig/audit", data=_form_fields(queue, "See what was seen")).text
+    rows = _cells(page)
+    read = next(row for row in rows if "Opened the record in an emergency" in row)
+    for kind, n in kinds.items():
+        assert f"{explain.RECORD_TYPE_WORDS[kind]} {n}" in read, kind
+    assert "What was seen: " in read and "MedicationStatement" not in read and "Observation" not in read
+    assert "OKAFOR, Emeka, born 2 Mar 1945, NHS number 943 476 5919" in read
+    assert any("Recorded why they opened the record" in row and "emergency: " + REASON in row for row in rows)
+    for row in rows:  # each code only as the small "Logged as", never as what happened
+        assert re.sub(r"Logged as \S+", "", row).count("clinical:") == 0, row
+    with _db(ics).session() as s:
+        looks = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:demographics:read")
+                          .order_by(AuditEntry.seq)).all()
+    assert [(e.username, e.patient_id) for e in looks] == [("ig.morgan", ics.okafor)] * 2  # the card, the search
+
+
+def test_an_audit_search_by_user_names_no_one_and_offers_each_patients_events(ics: Ics) -> None:
+    """A search by user (or organisation, or dates) looks up no one's name: the officer asks for one patient's
+    events, and that search names them."""
+    ics.open_record("admin.taylor", ics.stranger)
+    ics.open_record("admin.taylor")
+    _sign_in(ics)
+    found = ics.client.post("/ig/audit", data={"user": "admin.taylor"}).text
+    assert "OKAFOR" not in found and "See this patient's events" in found
+    with _db(ics).session() as s:
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:demographics:read")).all() == []
+    fields = next(dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', f.split("</form>")[0]))
+                  for f in found.split("<form")[1:] if f'value="{ics.okafor}"' in f.split("</form>")[0])
+    assert "OKAFOR, Emeka" in ics.client.post("/ig/audit", data=fields).text
+
+
+def test_every_audit_action_has_words_for_the_ig_officer() -> None:
+    assert [action for action in AuditAction if action not in ig.ACTION_WORDS] == []
+
+
+def test_an_investigation_is_opened_only_with_a_note_and_the_banner_says_what_was_recorded(ics: Ics) -> None:
+    """Review M4: "Open an investigation" with an empty note comes back with the error at that item's note
+    (nothing recorded); with one, the banner names the outcome, whose access and who recorded it."""
+    ics.open_record("dr.oconnor", basis="emergency", reason=REASON)
+    _sign_in(ics)
+    with _db(ics).session() as s:
+        item_id = s.scalars(select(ReviewItem.id)).one()
+    refused = ics.client.post(f"/ig/review/{item_id}", data={"outcome": "investigate", "note": "  "})
+    assert refused.status_code == 400
+    assert f'href="#note-{item_id}">Enter a note saying what to investigate' in refused.text
+    assert f'id="note-{item_id}-error"' in refused.text and "nhsuk-textarea--error" in refused.text
+    assert "Needed to open an investigation" in refused.text
+    with _db(ics).session() as s:
+        assert s.get_one(ReviewItem, item_id).status == "open"
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:review:outcome")).all() == []
+    done = ics.client.post(f"/ig/review/{item_id}", data={"outcome": "investigate", "note": "no 999 call found"},
+                           follow_redirects=False)
+    banner = html.unescape(ics.client.get(done.headers["location"]).text)
+    assert f"Investigation opened: Break glass by Dr Niamh O'Connor (review item {item_id})." in banner
+    assert "Recorded by Rhian Morgan." in banner

@@ -204,6 +204,7 @@ class Found:
     entries: list[AuditEntry]
     more: bool
     unverified: frozenset[int]  # the entries shown (by seq) whose hash is not the service's
+    persons: tuple[str, ...] = ()  # the person ids an NHS number given as a criterion resolved to
 
     def audit_detail(self, criteria: Mapping[str, object]) -> dict[str, str]:
         """What the search's own audit entry records: the criteria given, and what was shown (how many

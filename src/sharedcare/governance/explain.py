@@ -273,8 +273,16 @@ def other_roles_in_words(fw: Framework, role: str | None = None) -> list[str]:
     return lines
 
 
-_TYPE_WORDS = {"AllergyIntolerance": "allergies", "MedicationStatement": "medicines", "Condition": "diagnoses",
-               "Immunization": "immunisations"}
+# Each kind of item a record holds (its FHIR resource type), in the plural, as a reader counts them: the IG
+# officer's audit search says what a look showed in these words ("test results and measurements 50,
+# medicines 11"), and the framework's safety-critical types are named in them.
+RECORD_TYPE_WORDS = {
+    "Patient": "personal details", "Condition": "problems and diagnoses", "MedicationStatement": "medicines",
+    "AllergyIntolerance": "allergies", "Encounter": "appointments and stays",
+    "Observation": "test results and measurements", "DiagnosticReport": "test reports", "Procedure": "procedures",
+    "Immunization": "immunisations", "CarePlan": "care plans", "DocumentReference": "letters and documents",
+}
+_TYPE_WORDS = {**RECORD_TYPE_WORDS, "Condition": "diagnoses"}
 
 
 def rules_in_words(fw: Framework) -> list[str]:

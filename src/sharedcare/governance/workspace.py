@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -45,7 +45,11 @@ from sharedcare.governance.gateway import (
     citizen_actor,
 )
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import PatientRecord, Preference
+from sharedcare.store.models import PatientRecord, Preference, ReviewItem
+
+# An investigation is opened with a note saying what to look into (the portal says so at the field).
+INVESTIGATION_NEEDS_A_NOTE = ("Enter a note saying what to investigate: it is kept with the review item and in "
+                              "the audit log")
 
 
 class IgWorkspace:
@@ -75,10 +79,12 @@ class IgWorkspace:
         self._require("governance:review:work")
         return review.queue_page(self.session, self.fw, now or utcnow(), after=after, limit=limit)
 
-    def whose(self, person_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """The people the queue's accesses were to, as the decision point lets the IG role see them
-        (name, date of birth, NHS number; each look-up audited); None for anyone it withholds."""
-        self._require("governance:review:work")
+    def whose(self, person_ids: list[str], permission: str = "governance:review:work",
+              ) -> dict[str, dict[str, Any] | None]:
+        """The people the queue's accesses were to (or an audit search's patient was: `permission` is then
+        the search's), as the decision point lets the IG role see them (name, date of birth, NHS number;
+        each look-up audited); None for anyone it withholds."""
+        self._require(permission)
         records = GovernedRecords(self.session, self.fw, self.actor, purpose="governance",
                                   minted_by=self.minted_by, token_id=self.token_id)
         found: dict[str, dict[str, Any] | None] = {}
@@ -89,9 +95,18 @@ class IgWorkspace:
                 found[person_id] = None
         return found
 
-    def record_outcome(self, item_id: int, outcome: review.Outcome, note: str = "") -> None:
+    def record_outcome(self, item_id: int, outcome: review.Outcome, note: str = "") -> ReviewItem:
+        """An investigation is opened only with a note saying what to look into (the next officer, and the
+        audit, need it); "appropriate" may be recorded without one."""
         self._require("governance:review:work")
-        review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
+        if outcome == "investigate" and not note.strip():
+            raise SharedcareError(INVESTIGATION_NEEDS_A_NOTE, where="review")
+        return review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
+
+    def review_item(self, item_id: int) -> ReviewItem | None:
+        """One review item as it stands (for the page that says what was just recorded on it)."""
+        self._require("governance:review:work")
+        return self.session.get(ReviewItem, item_id)
 
     def search(self, limit: int, nhs_number: str | None = None, **criteria: object) -> access_log.Found:
         """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and
@@ -107,7 +122,7 @@ class IgWorkspace:
             recorded |= {"nhs_number_suffix": nhs_number[-4:], "persons": " ".join(persons) or "none"}
         found = access_log.search_page(self.session, limit, **criteria)
         self._looked_up(AuditAction.AUDIT_SEARCH, persons, found.audit_detail(recorded))
-        return found
+        return replace(found, persons=tuple(persons))
 
     def _looked_up(self, action: AuditAction, persons: list[str], detail: dict[str, str]) -> None:
         """Audit a look-up by NHS number once per person it found, as a patient search is (IHE BALP), so that

@@ -21,13 +21,14 @@ from sharedcare.clock import utcnow
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import Found, details, requested_resource
-from sharedcare.governance.audit import SEQ_MOST, expanded, minted_by
+from sharedcare.governance.audit import SEQ_MOST, AuditAction, expanded, minted_by
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
+from sharedcare.governance.workspace import INVESTIGATION_NEEDS_A_NOTE
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages
-from sharedcare.portal.pages import render
+from sharedcare.portal.pages import render, uk_date
 from sharedcare.portal.present import patient_banner
 
 router = APIRouter(prefix="/ig", dependencies=[Depends(people_only), Depends(csrf.check)])
@@ -36,6 +37,52 @@ KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",
               "new-source-record": "New source record for an existing person",
               "registration-conflict": "Competing GP registration"}
+# Each audit action as the IG officer reads it: what the user (or the service) did, in words; the code stays
+# on the page, smaller, for `sharedcare audit search` and an exported log. Every action has words (a test
+# keeps it so): a new one shown as its code would be the page this replaced.
+ACTION_WORDS = {
+    AuditAction.RECORD_READ: "opened the record",
+    AuditAction.RECORD_EMERGENCY_READ: "opened the record in an emergency",
+    AuditAction.RESOURCE_READ: "opened one item of the record",
+    AuditAction.RESOURCE_HISTORY: "looked at earlier versions of one item of the record",
+    AuditAction.RECORD_WRITE: "sent information to the shared record",
+    AuditAction.PATIENT_SEARCH: "searched for a patient",
+    AuditAction.DEMOGRAPHICS_READ: "saw the patient's name, date of birth and NHS number (reviewing an access)",
+    AuditAction.BASIS_RECORD: "recorded why they opened the record",
+    AuditAction.LOGIN: "signed in",
+    AuditAction.CREDENTIALS_REFUSED: "presented a sign-in or token that was not accepted",
+    AuditAction.TLS_REFUSED: "a feed's connection was refused (its certificate)",
+    AuditAction.CLOCK_CHECK: "the service checked its clock at start-up",
+    AuditAction.DEMO_START: "started the service in demo mode",
+    AuditAction.CHAIN_KEYED: "the audit log began keying its entries",
+    AuditAction.AGREEMENT_SET: "changed an organisation's information-sharing agreement",
+    AuditAction.PREFERENCE_SET: "changed the patient's sharing choices",
+    AuditAction.REVIEW_OUTCOME: "recorded the outcome of a review",
+    AuditAction.REVIEW_ESCALATED: "a review item was escalated (not worked in time)",
+    AuditAction.MPI_RELINK: "matched every record again (relink)",
+    AuditAction.MPI_LINK_CHANGE: "changed which person a record belongs to",
+    AuditAction.MPI_REVIEW_VIEW: "looked at records waiting for a matching decision",
+    AuditAction.MPI_REVIEW_SETTLED: "matching review items were settled by a relink",
+    AuditAction.AUDIT_SEARCH: "searched the audit log",
+    AuditAction.QUARANTINE_SUPERSEDED: "a held message was replaced by its source's corrected copy",
+    AuditAction.QUARANTINE_PURGE: "erased held messages kept past their retention period",
+    AuditAction.CLIENT_ADD: "registered an app or partner system",
+    AuditAction.CLIENT_REMOVE: "cut off an app or partner system",
+    AuditAction.PREFERENCE_VIEW: "looked up the patient's sharing choices",
+    AuditAction.GOVERNANCE_DENIED: "tried to use an information governance function",
+    AuditAction.EXPORT_KICK_OFF: "started a data export",
+    AuditAction.EXPORT_COMPLETE: "a data export finished",
+    AuditAction.EXPORT_DOWNLOAD: "downloaded an export file",
+    AuditAction.EXPORT_CANCEL: "cancelled a data export",
+    AuditAction.EXPORT_WITHDRAWN: "an export's files were deleted (its organisation stopped sharing)",
+}
+# Item words for a read of one item ("opened one item of the record: a medicine").
+ITEM_WORDS = {"Patient": "the personal details", "Condition": "a problem or diagnosis",
+              "MedicationStatement": "a medicine", "AllergyIntolerance": "an allergy",
+              "Encounter": "an appointment or stay", "Observation": "a test result or measurement",
+              "DiagnosticReport": "a test report", "Procedure": "a procedure", "Immunization": "an immunisation",
+              "CarePlan": "a care plan", "DocumentReference": "a letter or document"}
+NAMED_AT_MOST = 10  # patients an audit search by patient names (each an audited look-up); more keep their ids
 RECENT = 50  # audit events the search page shows before any criteria are given
 FOUND = 500  # events a search shows, newest first; it says so when more match
 QUEUE_PAGE = 25  # review items a page of the queue shows
@@ -82,21 +129,56 @@ def _banner(patient: dict[str, Any] | None) -> dict[str, str] | None:
     return patient_banner(patient) if patient else None
 
 
-@router.get("", response_class=HTMLResponse)
-def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None,
-          after: Annotated[int | None, Query(ge=1, le=SEQ_MOST)] = None) -> Response:
+@dataclass(frozen=True)
+class Recorded:
+    """What the officer just recorded, for the page's banner: the outcome, on whose access, by whom."""
+
+    item_id: int
+    outcome: str  # "appropriate" or "investigate"
+    kind: str
+    who: str  # the user whose access it was, by name
+    by: str  # the officer who recorded it, by name
+
+
+def _recorded(ig: IgDep, fw: Framework, item_id: int) -> Recorded | None:
+    item = ig.review_item(item_id)
+    if item is None or not item.outcome:
+        return None
+    user = fw.users.get(item.username)
+    officer = fw.users.get(ig.actor.username)
+    return Recorded(item.id, "investigate" if item.status == "investigating" else "appropriate",
+                    KIND_WORDS.get(item.kind, item.kind), user.name if user else item.username,
+                    officer.name if officer else ig.actor.username)
+
+
+def _queue_page(request: Request, ig: IgDep, fw: Framework, after: int | None, status: int = 200,
+                **context: Any) -> HTMLResponse:
     """A page of the queue: only its items' patients are looked up (each look-up is an audited read)."""
     page = ig.queue(after, QUEUE_PAGE)
     people = ig.whose([person_id for i in page.items for person_id in (i.patient_id, *i.also_now)])
-    return render(request, "ig/queue.html", account=pages.account(ig.actor, fw),
-                  rows=[_queue_row(i, fw, people) for i in page.items], recorded=recorded, page=page,
-                  after=after)
+    context.setdefault("recorded", None)
+    context.setdefault("error", None)
+    context.setdefault("error_item", None)
+    return render(request, "ig/queue.html", status=status, account=pages.account(ig.actor, fw),
+                  rows=[_queue_row(i, fw, people) for i in page.items], page=page, after=after, **context)
+
+
+@router.get("", response_class=HTMLResponse)
+def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None,
+          after: Annotated[int | None, Query(ge=1, le=SEQ_MOST)] = None) -> Response:
+    return _queue_page(request, ig, fw, after,
+                       recorded=_recorded(ig, fw, recorded) if recorded is not None else None)
 
 
 @router.post("/review/{item_id}", response_class=HTMLResponse)  # a redirect to a page, or the page
-def review(item_id: int, ig: IgDep, outcome: Annotated[Literal["appropriate", "investigate"], Form()],
-           note: Annotated[str, Form()] = "",
+def review(request: Request, item_id: int, ig: IgDep, fw: FrameworkDep,
+           outcome: Annotated[Literal["appropriate", "investigate"], Form()], note: Annotated[str, Form()] = "",
            after: Annotated[int | None, Form(ge=1, le=SEQ_MOST)] = None) -> Response:
+    """An investigation needs a note saying what to look into: without one the queue comes back with the
+    error at that item's note, and nothing is recorded."""
+    if outcome == "investigate" and not note.strip():
+        ig.check("governance:review:work")  # the role first, as the audit search's form
+        return _queue_page(request, ig, fw, after, 400, error=INVESTIGATION_NEEDS_A_NOTE, error_item=item_id)
     ig.record_outcome(item_id, outcome, note.strip())
     return RedirectResponse(f"/ig?recorded={item_id}" + (f"&after={after}" if after else ""), status_code=303)
 
@@ -113,14 +195,40 @@ class AuditRow:
     basis: str
     reason: str
     released: int
-    kinds: str  # what the released items were, by type ("Observation 40, Condition 12")
+    kinds: str  # what the released items were, in words ("test results and measurements 40, medicines 12")
     item: str  # the resource a resource read asked for
+    code: str  # the action's code (`clinical:record:read`), as the log and the command line name it
+    patient_id: str  # the person id the entry names ("" for none); `patient` is their name when looked up
+    named: bool  # whether `patient` is the person's name (looked up through the decision point)
     minted: str  # for an action taken with a `sharedcare token`: who minted it, and the token's id
     unverified: bool  # its hash is not the service's: written by someone without the chain's key
 
 
-def _audit_row(entry: Any, fw: Framework, unverified: bool) -> AuditRow:
-    """One audit entry in words (`entry` is the store's AuditEntry, which only governance imports)."""
+def _action_words(entry: Any, item: str | None) -> str:
+    """What the entry's user did, in words; an item read says what kind of item."""
+    try:
+        action = AuditAction(entry.action)
+    except ValueError:  # an entry written by an older or newer release: its code is all there is
+        return str(entry.action)
+    words = ACTION_WORDS.get(action, str(entry.action))
+    kind = (item or "").partition("/")[0]
+    if action in (AuditAction.RESOURCE_READ, AuditAction.RESOURCE_HISTORY) and kind in ITEM_WORDS:
+        words = f"{words}: {ITEM_WORDS[kind]}"
+    return words[:1].upper() + words[1:]
+
+
+def _named(patient: dict[str, str] | None) -> str:
+    if patient is None:
+        return ""
+    born = f", born {uk_date(patient['born'])}" if patient.get("born") else ""
+    nhs = f", NHS number {patient['nhs']}" if patient.get("nhs") else ""
+    return f"{patient['name']}{born}{nhs}"
+
+
+def _audit_row(entry: Any, fw: Framework, unverified: bool,
+               people: dict[str, dict[str, str] | None] | None = None) -> AuditRow:
+    """One audit entry in words (`entry` is the store's AuditEntry, which only governance imports); the
+    patient by name where `people` (the look-ups the search made) has it."""
     agent = (entry.event.get("agent") or [{}])[0]
     user = fw.users.get(entry.username or "")
     org = fw.organisation(entry.organisation or "")
@@ -133,17 +241,37 @@ def _audit_row(entry: Any, fw: Framework, unverified: bool) -> AuditRow:
     role_code = ((agent.get("role") or [{}])[0]).get("text", "")
     minter = minted_by(entry.event)
     role = fw.roles.get(role_code)
-    return AuditRow(entry.recorded_at, entry.action, entry.outcome,
+    name = _named((people or {}).get(entry.patient_id or ""))
+    return AuditRow(entry.recorded_at, _action_words(entry, item), entry.outcome,
                     f"{user.name} ({entry.username})" if user else (entry.username or ""),
                     role.label if role else role_code, org.name if org else (entry.organisation or ""),
-                    entry.patient_id or "", info.get("basis", ""), info.get("reason", ""), released,
-                    ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) if released else "", item or "",
+                    name or entry.patient_id or "", info.get("basis", "").replace("-", " "), info.get("reason", ""),
+                    released,
+                    ", ".join(f"{explain.RECORD_TYPE_WORDS.get(kind, kind)} {n}" for kind, n in kinds.most_common())
+                    if released else "", item or "", entry.action,
+                    entry.patient_id or "", bool(name),
                     f"with a token minted by {minter[0]} (token {minter[1]})" if minter else "",
                     unverified)
 
 
-def _audit_rows(found: Found, fw: Framework) -> list[AuditRow]:
-    return [_audit_row(entry, fw, entry.seq in found.unverified) for entry in found.entries]
+def _audit_rows(found: Found, fw: Framework,
+                people: dict[str, dict[str, str] | None] | None = None) -> list[AuditRow]:
+    return [_audit_row(entry, fw, entry.seq in found.unverified, people) for entry in found.entries]
+
+
+def _search_names(ig: IgDep, found: Found, patient: str) -> dict[str, dict[str, str] | None]:
+    """Whose record a search by patient (a record id, or an NHS number from a complaint) is about, by name:
+    only the person or persons searched for, each looked up through the decision point and audited as the
+    review queue's are, and only when some entry found names them. A search by user, organisation or dates
+    (or the latest events) names no one: the officer asks for one patient's events (a button beside each
+    record id) to learn whose it is, so no search looks up more people than she asked about."""
+    asked = [patient] if patient else list(found.persons)
+    shown = {entry.patient_id for entry in found.entries}
+    wanted = [person for person in asked if person in shown][:NAMED_AT_MOST]
+    if not wanted:
+        return {}
+    people = ig.whose(wanted, permission="governance:audit:search")
+    return {person: _banner(found_patient) for person, found_patient in people.items() if found_patient}
 
 
 def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
@@ -151,6 +279,7 @@ def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200
     context.setdefault("rows", None)
     context.setdefault("error", None)
     context.setdefault("more", False)
+    context.setdefault("by_patient", False)
     return render(request, "ig/audit.html", status=status, account=pages.account(ig.actor, fw),
                   organisations=fw.organisations, **context)
 
@@ -193,8 +322,9 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
     found = ig.search(FOUND, nhs_number=number or None, patient_id=patient.strip() or None,
                       username=user.strip() or None, organisation=organisation or None, since=bounds["from"],
                       until=until)
-    return _audit_page(request, ig, fw, form=form, rows=_audit_rows(found, fw),
-                       more=found.more)
+    people = _search_names(ig, found, patient.strip())
+    return _audit_page(request, ig, fw, form=form, rows=_audit_rows(found, fw, people), more=found.more,
+                       by_patient=bool(patient.strip() or number))
 
 
 def _users(fw: Framework, org: str) -> int:
