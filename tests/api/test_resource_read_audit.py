@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from tests.fhir_bundles import entries
 from tests.portal.test_patient_portal import _sign_in as citizen_sign_in
+from tests.portal.test_patient_portal import events_listed, visit_rows
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.store.database import Database
@@ -102,9 +103,8 @@ def test_the_citizen_sees_which_kind_of_item_was_looked_at(ics: Ics) -> None:
     ics.client.get(f"/fhir/Condition/{diabetes}", headers=ics.token("nurse.lee"))  # refused
     citizen_sign_in(ics.client)
     page = ics.client.get("/patient/accesses").text
-    rows = page.split('class="nhsuk-table__row sc-access"')[1:]
-    reads = [r for r in rows if "viewed a problem or diagnosis in your record" in r]
-    assert len(reads) == 2
+    reads = [r for r in visit_rows(page) if "viewed a problem or diagnosis in your record" in r]
+    assert len(reads) == 2  # two people: two visits
     assert "Dr Amara Patel" in reads[1] and "Refused" not in reads[1]  # newest first: the refusal is on top
     assert "Refused" in reads[0]
     assert diabetes not in page  # ids mean nothing to a citizen
@@ -122,8 +122,9 @@ def test_the_ig_officer_sees_the_resource_named_and_whether_it_was_shown(ics: Ic
     reads = [r for r in rows if "clinical:resource:read" in r]
     assert len(reads) == 2 and all(f"Condition/{diabetes}" in r for r in reads)
     refused, allowed = reads  # newest first
-    assert "Refused" in refused and "shown" not in refused
-    assert "Allowed" in allowed and "1 item shown" in allowed
+    assert "Refused" in refused and "What was seen" not in refused
+    assert "Allowed" in allowed and "What was seen: 1 item: problems and diagnoses 1" in allowed
+    assert all("Opened one item of the record: a problem or diagnosis" in r for r in reads)
 
 
 def _detail(event: dict[str, Any], key: str) -> str | None:
@@ -259,10 +260,10 @@ def test_probes_of_made_up_ids_are_on_record_for_the_ig_officer_and_in_no_ones_w
     one, so it is not there, but the IG officer's search by user shows each one, refused (TRUST AU3)."""
     headers = ics.open_record("dr.patel")
     citizen_sign_in(ics.client)
-    before = ics.client.get("/patient/accesses").text.count('class="nhsuk-table__row sc-access"')
+    before = events_listed(ics.client.get("/patient/accesses").text)
     for url in ("/fhir/Patient/{}/$everything", "/fhir/Patient/{}", "/fhir/Condition/{}"):
         assert ics.client.get(url.format(MADE_UP), headers=headers).status_code == 404
-    assert ics.client.get("/patient/accesses").text.count('class="nhsuk-table__row sc-access"') == before
+    assert events_listed(ics.client.get("/patient/accesses").text) == before > 0
     done = ics.client.post("/login", data={"username": "ig.morgan", "password": "demo", "target": "/ig"},
                            follow_redirects=False)
     assert done.status_code == 303

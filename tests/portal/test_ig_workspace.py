@@ -15,6 +15,7 @@ from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
 from tests.governance.test_audit import _forged_after_head, _plain
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
+from tests.portal.test_patient_portal import events_listed, visit_rows
 from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
 
@@ -265,15 +266,16 @@ def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_pati
     assert CliRunner().invoke(app, ["preferences", "show", OKAFOR_NHS]).exit_code == 0
     ics.client.post("/logout", data={"target": "/ig"})
     _patient_sign_in(ics.client)
-    rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
-    said = [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row).split())) for row in rows]
+    page = ics.client.get("/patient/accesses").text
+    said = visit_rows(page)
     officer, choices = "Rhian Morgan Information governance officer", "looked at your sharing choices"
-    told = [("The shared care record's technical team using the service's own commands", choices),
-            (officer, "saw your name and date of birth"),  # the name on her search by patient's page
-            (officer, choices),
-            (officer, "looked at the list of who has seen your record (an information governance check)")]
-    assert len(said) == len(told)  # newest first
-    assert all(who in row and what in row for row, (who, what) in zip(said, told, strict=True)), said
+    told = [("The shared care record's technical team using the service's own commands", [choices]),
+            # her three looks, one visit, in the order she made them
+            (officer, ["looked at the list of who has seen your record (an information governance check), "
+                       f"{choices}, then saw your name and date of birth"])]
+    assert len(said) == len(told) and events_listed(page) == 4  # newest first
+    assert all(who in row and all(what in row for what in whats)
+               for row, (who, whats) in zip(said, told, strict=True)), said
 
 
 UNVERIFIED_TAG = 'nhsuk-tag--red">Could not be verified'

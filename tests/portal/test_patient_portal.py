@@ -21,7 +21,7 @@ from sharedcare.api.app import create_app
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
-from sharedcare.governance.access_log import PATIENT_VISIBLE, UNVERIFIED_WORDS
+from sharedcare.governance.access_log import PATIENT_VISIBLE, UNVERIFIED_WORDS, VISIT_MINUTES, Access, visits
 from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
@@ -34,6 +34,17 @@ COMMUNITY = "Riverside Community Healthcare NHS Trust"
 def _db(ics: Ics) -> Database:
     database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
     return database
+
+
+def visit_rows(page: str) -> list[str]:
+    """Each visit's line of "who has looked", markup stripped, as a reader hears it (its events included)."""
+    rows = page.split('class="nhsuk-table__row sc-visit"')[1:]
+    return [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row.split("</tr>")[0]).split())) for row in rows]
+
+
+def events_listed(page: str) -> int:
+    """How many audit entries the page lists, inside its visits."""
+    return sum(int(n) for n in re.findall(r'class="nhsuk-table__row sc-visit" data-events="(\d+)"', page))
 
 
 def _start(client: TestClient, nhs: str = OKAFOR_NHS, born: dict[str, str] | None = None) -> str | None:
@@ -175,8 +186,10 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
         events = s.scalars(select(AuditEntry).where(
             AuditEntry.patient_id == ics.okafor, AuditEntry.action.in_([a.value for a in PATIENT_VISIBLE]),
             AuditEntry.username != f"patient:{ics.okafor}")).all()
-    assert len(events) == page.count('class="nhsuk-table__row sc-access"') == 3
-    assert page.count("Carys Evans") == 2 and "Paramedic" in page and "North Region Ambulance Service" in page
+    assert len(events) == events_listed(page) == 3
+    rows = visit_rows(page)  # the paramedic's basis and read are one visit; the GP's refused read another
+    assert len(rows) == 2 and "Carys Evans" in rows[1] and "Dr Amara Patel" in rows[0]
+    assert "Paramedic" in page and "North Region Ambulance Service" in page
     assert "confused, daughter not present" in page and "Dr Amara Patel" in page and "Refused" in page
     assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
 
@@ -189,8 +202,7 @@ def test_a_look_the_service_did_not_record_is_listed_as_not_verified(ics: Ics) -
     _forged_after_head(_db(ics), _plain, replace(FORGED_READ, patient_id=ics.okafor))
     ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
     _sign_in(ics.client)
-    rows = ics.client.get("/patient/accesses").text.split('class="nhsuk-table__row sc-access"')[1:]
-    said = [html.unescape(" ".join(re.sub(r"<[^>]+>", " ", row).split())) for row in rows]
+    said = visit_rows(ics.client.get("/patient/accesses").text)
     forged = [row for row in said if "Dr Amara Patel" in row]
     assert len(forged) == 1 and "Could not be verified" in forged[0] and UNVERIFIED_WORDS in forged[0]
     genuine = [row for row in said if "Carys Evans" in row]
@@ -367,11 +379,13 @@ def test_a_long_access_log_is_read_a_page_at_a_time(ics: Ics) -> None:
             record_audit(s, AuditRecord(AuditAction.RECORD_READ, "permit", username, patient_id=ics.okafor))
     _sign_in(ics.client)
     first = ics.client.get("/patient/accesses").text
-    assert first.count('class="nhsuk-table__row sc-access"') == 100 and "Dr Amara Patel" not in first
+    assert events_listed(first) == 100 and "Dr Amara Patel" not in first
+    assert len(visit_rows(first)) == 1 and "viewed your record (100 times)" in first  # one visit, every entry
     older = re.search(r'href="(/patient/accesses\?before=\d+)"', first)
     assert older is not None and "Earlier entries" in first
     second = ics.client.get(older.group(1)).text
-    assert second.count('class="nhsuk-table__row sc-access"') == 30 and second.count("Dr Amara Patel") == 30
+    assert events_listed(second) == 30 and second.count('class="sc-access">') == 30
+    assert ["Dr Amara Patel" in row and "viewed your record (30 times)" in row for row in visit_rows(second)] == [True]
     assert "Earlier entries</span>" not in second and 'href="/patient/accesses"' in second
     assert ics.client.get("/patient/accesses?before=soon").status_code == 400
 
@@ -443,3 +457,41 @@ def test_details_that_match_no_one_take_the_work_of_details_that_match(
         assert page.status_code == 200
         hashes.append(len(made))
     assert hashes == [1, 1, 1]
+
+
+def test_one_visit_is_one_line_saying_what_they_did_and_why_with_each_entry_inside(ics: Ics) -> None:
+    """Review L6: a GP finding Mr Okafor in a search, recording why and opening his record is one line of his
+    "who has looked", saying all three and why; each entry is still listed inside it, none hidden."""
+    headers = ics.token("dr.patel")
+    found = ics.client.post("/fhir/Patient/_search", headers=headers,
+                            data={"family": "okafor", "birthdate": "1945-03-02"})
+    assert found.status_code == 200
+    ics.open_record("dr.patel", reason="review of care after discharge")
+    assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).status_code == 200
+    _sign_in(ics.client)
+    page = ics.client.get("/patient/accesses").text
+    (visit,) = visit_rows(page)
+    assert ("found you in a search, recorded why they needed your record, then viewed your record" in visit
+            and "explicit consent: review of care after discharge" in visit and "Dr Amara Patel" in visit)
+    assert "No reason recorded" not in visit and "1 visit (3 recorded events)" in page
+    assert events_listed(page) == 3 and "See each recorded event (3)" in visit
+    listed = re.findall(r'<li class="sc-access">(.*?)</li>', page, re.S)
+    assert [("found you in a search" in e, "recorded why" in e, "viewed your record" in e) for e in listed] == [
+        (True, False, False), (False, True, False), (False, False, True)]  # in the order they happened
+
+
+def _access(who: str, minute: int, what: str = "viewed your record", **extra: str) -> Access:
+    return Access(when=utcnow().replace(hour=9, minute=0, second=0) + timedelta(minutes=minute), username=who,
+                  who=who, role="GP", organisation="Riverside Medical Centre", what=what, basis="", reason="",
+                  outcome="allowed", seq=minute + 1, **extra)
+
+
+def test_a_visit_is_one_persons_looks_within_ten_minutes_with_no_one_elses_between() -> None:
+    newest_first = [_access("a", 40, unverified=UNVERIFIED_WORDS), _access("b", 30), _access("a", 25),
+                    _access("a", 9), _access("a", 0)]
+    grouped = [[a.when.minute for a in v.accesses] for v in visits(newest_first)]
+    # a's first two within 10 minutes; b's look ends a's visit; the unverified entry stands alone
+    assert grouped == [[40], [30], [25], [0, 9]] and VISIT_MINUTES == 10
+    assert [len(v.accesses) for v in visits([_access("a", 11), _access("a", 0)])] == [1, 1]  # 11 minutes: two
+    refused = visits([_access("a", 1), replace(_access("a", 0), outcome="refused")])[0]
+    assert refused.what == "viewed your record (refused), then viewed your record" and refused.refused == 1

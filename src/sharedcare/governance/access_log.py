@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, false, func, or_, select, true, union_all
@@ -266,6 +266,7 @@ class Access:
     outcome: str
     how: str = ""  # MINTED_WORDS for a look made with a token an operator minted
     unverified: str = ""  # UNVERIFIED_WORDS for an entry whose hash is not the service's
+    seq: int = 0  # the audit entry's sequence number (where a page of the list starts)
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,7 @@ def _joined_look(entry: AuditEntry) -> Access:
     """A look at the whole record while it was joined to another person's: when, and whether refused."""
     return Access(when=entry.recorded_at, username="", who="Someone", role=NOT_SHOWN, organisation=NOT_SHOWN,
                   what=JOINED_LOOK, basis="", reason=REASON_ABOUT_ANOTHER,
-                  outcome="refused" if entry.outcome == "deny" else "allowed")
+                  outcome="refused" if entry.outcome == "deny" else "allowed", seq=entry.seq)
 
 
 def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
@@ -404,7 +405,95 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
         organisation=org.name if org else (entry.organisation or ""),
         what=describe(entry),
         basis=(info.get("basis") or "").replace("-", " "), reason=reason,
-        outcome="refused" if entry.outcome == "deny" else "allowed", how=MINTED_WORDS if minted_by(entry.event) else "")
+        outcome="refused" if entry.outcome == "deny" else "allowed", how=MINTED_WORDS if minted_by(entry.event) else "",
+        seq=entry.seq)
+
+
+# A citizen's list shows one visit as one line: a clinician finding the person, recording why and opening the
+# record are three entries in the log, and one look to the person whose record it is. A visit is one
+# person's looks, from one organisation in one role (and the same way of signing in), each within
+# VISIT_MINUTES of the visit's first, with no one else's look between them. Every entry is still listed,
+# inside the visit; a refused one is said so on the visit's line; an entry that could not be verified, and a
+# look at the record while it was joined to another person's (which names no one), is never grouped.
+VISIT_MINUTES = 10
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One line of a citizen's "who has looked": a visit's entries, oldest first."""
+
+    accesses: tuple[Access, ...]
+
+    @property
+    def first(self) -> Access:
+        return self.accesses[0]
+
+    @property
+    def last(self) -> Access:
+        return self.accesses[-1]
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for a in self.accesses if a.outcome == "refused")
+
+    @property
+    def what(self) -> str:
+        """What they did, in the order they did it, each once ("found you in a search, recorded why they needed
+        your record, then viewed your record"); a refused step says so, and a repeated one how often."""
+        done: dict[tuple[str, str], int] = {}
+        for access in self.accesses:
+            key = (access.what, access.outcome)
+            done[key] = done.get(key, 0) + 1
+        steps = [what + (" (refused)" if outcome == "refused" else "") + (f" ({n} times)" if n > 1 else "")
+                 for (what, outcome), n in done.items()]
+        return steps[0] if len(steps) == 1 else ", ".join(steps[:-1]) + ", then " + steps[-1]
+
+    @property
+    def why(self) -> list[str]:
+        """Each reason the visit recorded, once ("explicit consent: review of care after discharge")."""
+        said = [": ".join(part for part in (a.basis, a.reason) if part) for a in self.accesses]
+        return list(dict.fromkeys(why for why in said if why))
+
+
+def _same_visit(visit: list[Access], access: Access) -> bool:
+    first = visit[0]
+    return (bool(access.username) and not access.unverified and not first.unverified
+            and (access.username, access.organisation, access.role, access.how)
+            == (first.username, first.organisation, first.role, first.how)
+            and access.when - first.when <= timedelta(minutes=VISIT_MINUTES))
+
+
+def visits(accesses: Sequence[Access]) -> list[Visit]:
+    """A page's accesses (newest first) as visits, newest first (see VISIT_MINUTES)."""
+    found: list[list[Access]] = []
+    for access in reversed(accesses):  # oldest first, so that a visit runs from its first look
+        if found and _same_visit(found[-1], access):
+            found[-1].append(access)
+        else:
+            found.append([access])
+    return [Visit(tuple(visit)) for visit in reversed(found)]
+
+
+@dataclass(frozen=True)
+class VisitPage:
+    """A page of a citizen's "who has looked", as visits; `older` is where the next page starts, if any."""
+
+    visits: list[Visit]
+    older: int | None
+
+    @property
+    def entries(self) -> int:
+        return sum(len(visit.accesses) for visit in self.visits)
+
+
+def visit_page(page: AccessPage) -> VisitPage:
+    """The page's accesses as visits. When there are earlier entries, the page's oldest visit may go on
+    among them: it is left to the next page, which then starts at it (unless it is the page's only one)."""
+    found = visits(page.accesses)
+    if page.older is None or len(found) < 2:
+        return VisitPage(found, page.older)
+    kept = found[:-1]
+    return VisitPage(kept, min(access.seq for access in kept[-1].accesses))
 
 
 def export_ndjson(session: Session) -> Iterator[str]:

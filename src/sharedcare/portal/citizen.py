@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep, people_only
-from sharedcare.governance import explain
+from sharedcare.governance import access_log, explain
 from sharedcare.governance.audit import SEQ_MOST
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
 from sharedcare.governance.framework import Framework
@@ -142,10 +142,12 @@ def accesses(request: Request, me: CitizenDep, fw: FrameworkDep,
              before: Annotated[int | None, Query(ge=1, le=SEQ_MOST)] = None) -> Response:
     """Everyone who looked at the record, or tried to: the audit log itself (TRUST AU8), a page at a time
     (`before` is an audit sequence number, not anything about the person). Each organisation's phone number
-    is beside it: the page tells the patient to contact the organisation named."""
+    is beside it: the page tells the patient to contact the organisation named. One person's visit (found in a
+    search, why recorded, record viewed) is one line, each of its entries listed inside it
+    (`access_log.visits`)."""
     phones = {org.name: org.phone for org in fw.organisations.values() if org.phone}
-    return render(request, "patient/accesses.html", account=SIGNED_IN, page=me.accesses(before), before=before,
-                  phones=phones)
+    return render(request, "patient/accesses.html", account=SIGNED_IN, page=access_log.visit_page(me.accesses(before)),
+                  before=before, phones=phones, minutes=access_log.VISIT_MINUTES)
 
 
 def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,
