@@ -66,6 +66,13 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     pages.check(patient)
     pages.shoot(patient, "patient-who-looked")
 
+    ics.open_record("dn.williams")  # the trust's district nurse has his record open as he decides
+    nurse = pages.open()
+    sign_in(pages, nurse, url, "dn.williams")
+    nurse.goto(f"{url}/record/{ics.okafor}")
+    expect(nurse.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(nurse)
+
     patient.get_by_role("link", name="Your choices", exact=True).click()
     pages.check(patient)
     pages.shoot(patient, "patient-choices")
@@ -78,6 +85,12 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     patient.get_by_role("button", name="Confirm").click()
     expect(patient.get_by_text("Your choice is saved")).to_be_visible()
     pages.check(patient)
+
+    nurse.reload()  # review L5: said plainly, with what to do next, and no internal id
+    expect(nurse.get_by_role("heading", name="This record is not available to you")).to_be_visible()
+    expect(nurse.get_by_role("link", name="Search for the patient again")).to_be_visible()
+    expect(nurse.locator("main")).not_to_contain_text(ics.okafor)
+    pages.check(nurse)
 
     gp = pages.open()
     sign_in(pages, gp, url, "dr.patel")

@@ -495,3 +495,29 @@ def test_a_visit_is_one_persons_looks_within_ten_minutes_with_no_one_elses_betwe
     assert [len(v.accesses) for v in visits([_access("a", 11), _access("a", 0)])] == [1, 1]  # 11 minutes: two
     refused = visits([_access("a", 1), replace(_access("a", 0), outcome="refused")])[0]
     assert refused.what == "viewed your record (refused), then viewed your record" and refused.refused == 1
+
+
+def _main(page: str) -> str:
+    return page.split("<main", 1)[1].split("</main>", 1)[0]
+
+
+def test_a_record_the_patient_stopped_mid_visit_reads_as_any_unavailable_record_naming_no_id(ics: Ics) -> None:
+    """Review L5: the GP has the record open; Mr Okafor stops her practice seeing it; her reload says the
+    record is not available to her and what to do next, never its internal id, in the very words a record
+    stored nowhere gets (so the page tells no one which it was). The API keeps governance's message."""
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
+    assert ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).status_code == 200
+    assert "OKAFOR, Emeka" in ics.client.get(f"/record/{ics.okafor}").text
+    with _db(ics).session() as s:
+        workspace.set_choice(s, OKAFOR_NHS, by="test", object_org="P81001")
+        s.commit()
+    stopped = ics.client.get(f"/record/{ics.okafor}")
+    assert stopped.status_code == 404
+    said = html.unescape(_main(stopped.text))
+    assert "<h1>This record is not available to you</h1>" in said and "Search for the patient again" in said
+    assert "contact your organisation's information governance team" in said
+    assert ics.okafor not in said and "no patient" not in said and "Not found" not in said
+    made_up = ics.client.get("/record/00000000-0000-4000-8000-000000000000")
+    assert made_up.status_code == 404 and _main(made_up.text) == _main(stopped.text)
+    api = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("dr.patel"))
+    assert api.status_code == 404 and f"no patient {ics.okafor}" in api.text

@@ -227,8 +227,8 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
-        if not _is_api(request):
-            return pages.error_page(request, 404, exc.message)
+        if not _is_api(request):  # the same page whatever governance's message (missing, or refused as missing)
+            return pages.record_unavailable(request)
         return operation_outcome(404, "not-found", exc.message, _request_id(request))
 
     @app.exception_handler(SharedcareError)

@@ -147,6 +147,18 @@ def error_page(request: Request, status: int, message: str, heading: str = "") -
     return render(request, "error.html", status=status, message=message, code=status, heading=heading)
 
 
+RECORD_UNAVAILABLE = "This record is not available to you"
+
+
+def record_unavailable(request: Request) -> HTMLResponse:
+    """A record the portal cannot show: one stored nowhere, or one refused on the patient's account (their
+    objection, a joined record since separated: governance answers both as missing, TRUST AC3). The page
+    says the same words for every one, with no id and no reason, so that it tells no one which it was, and
+    what to do next; the API's OperationOutcome keeps governance's own message."""
+    return render(request, "error.html", status=404, message="", code=404, heading=RECORD_UNAVAILABLE,
+                  unavailable=True)
+
+
 def staff_sign_in(request: Request, status: int = 200, error: str | None = None, target: str = "/search",
                   username: str = "") -> HTMLResponse:
     return render(request, "sign_in.html", status=status, error=error, target=target, username=username,
