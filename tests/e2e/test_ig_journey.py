@@ -115,6 +115,8 @@ def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(li
     sign_in_to_ig(pages, officer, url)
     officer.get_by_role("link", name="Agreements").click()
     expect(officer.get_by_role("heading", name="Agreements", exact=True)).to_be_visible()
+    expect(officer.locator(".nhsuk-card", has_text="Riverside Community Healthcare NHS Trust")
+           .get_by_role("definition").nth(2)).to_have_text("12 Jan 2026")  # signed: a UK date, as "Runs" is
     pages.check(officer)
     pages.shoot(officer, "ig-agreements")
     officer.get_by_role("link", name="Suspend Riverside Community Healthcare NHS Trust").click()
@@ -133,8 +135,9 @@ def test_suspending_an_organisation_locks_its_users_out_on_their_next_request(li
 
     nurse.reload()  # signed out, saying why
     expect(nurse.get_by_role("heading", name="Sign in")).to_be_visible()
-    expect(nurse.get_by_text("you have been signed out: your organisation's (RYC) information-sharing agreement is "
-                             "not in force (suspended)")).to_be_visible()
+    expect(nurse.get_by_text("You have been signed out. Riverside Community Healthcare NHS Trust's (RYC) "
+                             "information-sharing agreement is suspended")).to_be_visible()
+    expect(nurse.locator(".nhsuk-error-summary")).to_contain_text("To ask about it, contact")
     expect(nurse.get_by_role("heading", name="OKAFOR, Emeka")).not_to_be_visible()
     pages.check(nurse)
 

@@ -23,6 +23,7 @@ from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance import explain
 from sharedcare.governance.access_log import details
+from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
@@ -575,3 +576,28 @@ def test_an_investigation_is_opened_only_with_a_note_and_the_banner_says_what_wa
     banner = html.unescape(ics.client.get(done.headers["location"]).text)
     assert f"Investigation opened: Break glass by Dr Niamh O'Connor (review item {item_id})." in banner
     assert "Recorded by Rhian Morgan." in banner
+
+
+def test_a_suspended_organisations_user_is_told_in_a_sentence_naming_it_and_whom_to_contact(ics: Ics) -> None:
+    """Review L7: the sign-out message starts with a capital, names the organisation (its ODS code beside it,
+    for a helpdesk) and says whom to ask; the same at the sign-in it then refuses."""
+    assert ics.client.post("/login", data={"username": "hospice.ward", "password": "demo"},
+                           follow_redirects=False).status_code == 303
+    with _db(ics).session() as s:
+        set_agreement(s, _framework(ics), "NHR", "suspended", by="ig.morgan", reason="breach reported")
+    said = ("St Brigid's Hospice's (NHR) information-sharing agreement is suspended, so its staff cannot use the "
+            "shared care record until it is signed again. To ask about it, contact your organisation's information "
+            "governance lead, or the information governance team at Riverside and Dales Integrated Care Board on "
+            "0300 123 0001.")
+    signed_out = ics.client.get("/search")
+    assert signed_out.status_code == 401 and f"You have been signed out. {said}" in html.unescape(signed_out.text)
+    refused = html.unescape(ics.client.post("/login", data={"username": "hospice.ward", "password": "demo"}).text)
+    assert f"You cannot sign in. {said}" in refused and "your organisation's (NHR)" not in refused
+
+
+def test_the_agreements_board_writes_every_date_the_uk_way(ics: Ics) -> None:
+    """Review L7: "Signed 15 Jan 2026" beside "Runs 1 Feb 2026 to 31 Jan 2029", never an ISO date."""
+    _sign_in(ics)
+    board = ics.client.get("/ig/agreements").text
+    assert "15 Jan 2026" in board and "1 Feb 2026 to 31 Jan 2029" in board
+    assert re.search(r"\b20\d\d-\d\d-\d\d\b", board.split("<main", 1)[1]) is None

@@ -24,7 +24,7 @@ from sharedcare.portal.pages import SESSION_COOKIE
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, Resource
 
-SIGNED_OUT = "information-sharing agreement is not in force (suspended)"
+SIGNED_OUT = "information-sharing agreement is suspended, so its staff cannot use the shared care record"
 
 
 def _sign_in(ics: Ics, username: str, target: str = "/search") -> int:
@@ -122,7 +122,7 @@ def test_a_session_kept_through_a_suspension_is_ended_for_good_when_the_agreemen
     _set(db, framework, "RXR", "signed")
     assert ics.client.cookies[SESSION_COOKIE] == kept  # this browser never came back during the suspension
     page = ics.client.get("/search")
-    assert page.status_code == 401 and "you were signed out on" in page.text
+    assert page.status_code == 401 and "You were signed out on" in page.text
     assert "RXR" in page.text and "agreement was suspended" in page.text and 'name="password"' in page.text
     assert SESSION_COOKIE not in ics.client.cookies
     read = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=bearer)

@@ -123,7 +123,7 @@ def people_only(request: Request) -> None:
     with state.database.session() as session:
         why = OAuthStore(session, state.framework).staff_not_sharing(str(claims["sub"]))
     if why is not None:
-        refused = AuthError(f"you have been signed out: {why}")
+        refused = AuthError(f"You have been signed out. {why}.")
         refused.presented, refused.subject = True, str(claims["sub"])
         raise refused
 
@@ -142,7 +142,7 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
         request.state.minted_by = claims.get("minted_by")  # a `sharedcare token`: its reads say so
         request.state.token_id = claims.get("jti")
         subject = str(claims["sub"])
-        refused = refusal(session, claims)
+        refused = refusal(session, claims, fw)
         if refused:
             raise AuthError(refused)
         actor = current_actor(session, fw, subject)

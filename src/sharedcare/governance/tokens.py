@@ -62,7 +62,7 @@ class Code:
     patient: str | None
 
 
-def refusal(session: Session, claims: dict[str, Any]) -> str | None:
+def refusal(session: Session, claims: dict[str, Any], fw: Framework | None = None) -> str | None:
     """Why a signed, unexpired token no longer works, if it does not: it was revoked; its organisation's
     agreement was suspended or ended after it was issued (`cut_off`); or the app it was issued to has been
     removed (`sharedcare clients remove`), which cuts off every token of that app at once rather than one
@@ -85,14 +85,31 @@ def refusal(session: Session, claims: dict[str, Any]) -> str | None:
     if revoked:
         return "the access token has been revoked; sign in again"
     if cut_off:
-        return cut_off_words(session, org, issued_at)
+        return cut_off_words(session, org, issued_at, fw)
     return None if registered else f"the app '{client}' is no longer registered; its tokens no longer work"
 
 
-def cut_off_words(session: Session, org: str, issued_at: datetime) -> str:
+def organisations_words(fw: Framework | None, code: str) -> str:
+    """An organisation's, as its staff know it, with the ODS code a helpdesk asks for: "Riverside University
+    Hospitals NHS Trust's (RXR)"; "your organisation's (RXR)" where the framework does not name it."""
+    organisation = fw.organisation(code) if fw is not None else None
+    return f"{organisation.name if organisation else 'your organisation'}'s ({code})"
+
+
+def contact_words(fw: Framework | None) -> str:
+    """Whom a member of staff locked out asks about their organisation's agreement: the ICS's information
+    governance team (at its integrated care board, which keeps the agreements), with its number."""
+    icb = next((org for org in fw.organisations.values() if org.kind == "icb"), None) if fw is not None else None
+    if icb is None:
+        return "To ask about it, contact your organisation's information governance lead"
+    return (f"To ask about it, contact your organisation's information governance lead, or the information "
+            f"governance team at {icb.name}" + (f" on {icb.phone}" if icb.phone else ""))
+
+
+def cut_off_words(session: Session, org: str, issued_at: datetime, fw: Framework | None = None) -> str:
     """What a person presenting a token cut off by a suspension is told: when, and why, in plain words."""
     status, when = run(session, _LAST_STOP, {"org": org, "issued_at": issued_at}).one()
-    return (f"you were signed out on {when:%d %B %Y at %H:%M} UTC, when your organisation's ({org}) "
+    return (f"You were signed out on {when.day} {when:%B %Y at %H:%M} UTC, when {organisations_words(fw, org)} "
             f"information-sharing agreement was {stopped_words(status)}, and that session has ended for good: "
             "sign in again")
 
@@ -107,8 +124,14 @@ def staff_not_sharing(session: Session, fw: Framework, username: str) -> str | N
     if agreement is not None and agreement.in_force(utcnow().date()):
         return None
     status = agreement.status if agreement else "none"
-    return (f"your organisation's ({user.organisation}) information-sharing agreement is not in force ({status}): "
-            "its users cannot use the shared care record until it is signed again")
+    state = NOT_SHARING_WORDS.get(status, "is not in force")
+    return (f"{organisations_words(fw, user.organisation)} information-sharing agreement {state}, so its staff "
+            f"cannot use the shared care record until it is signed again. {contact_words(fw)}")
+
+
+# An agreement not in force, after "the agreement" (a signed one is out of its dates: "is not in force").
+NOT_SHARING_WORDS = {"suspended": "is suspended", "ended": "has ended", "draft": "is not signed",
+                     "none": "is not recorded"}
 
 
 class OAuthStore:
@@ -180,7 +203,7 @@ class OAuthStore:
 
     def refusal(self, claims: dict[str, Any]) -> str | None:
         """`refusal` in this store's session."""
-        return refusal(self.session, claims)
+        return refusal(self.session, claims, self.fw)
 
     def purge_expired(self) -> None:
         """Forget codes, used assertions and revoked token ids past their expiry: each is refused anyway."""

@@ -169,6 +169,7 @@ def sign_in_again(request: Request, message: str, end_session: bool = True) -> R
     """The sign-in page of whichever portal the request was for, with the stale session cleared (unless
     the session is good and only this request was refused)."""
     portal = portal_for(request.url.path)
+    message = sentence(message)  # governance's words start lower case, for the API's diagnostics
     if portal.key == "patient":
         response: Response = render(request, "patient/sign_in.html", status=401, error=message, form={})
     else:

@@ -71,7 +71,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAut
                    organisation=user.organisation if user else None, request_id=request.state.request_id,
                    source_address=request.client.host if request.client else None)
     if not_sharing is not None:
-        return pages.staff_sign_in(request, 403, f"You cannot sign in: {not_sharing}.", target=target, username=name)
+        return pages.staff_sign_in(request, 403, f"You cannot sign in. {not_sharing}.", target=target, username=name)
     if not ok or user is None:
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")
