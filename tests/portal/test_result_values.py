@@ -64,7 +64,7 @@ def test_the_results_tab_shows_less_than_more_than_coded_ranged_and_flagged_lab_
         "Troponin T": "&lt;5 ng/L (range up to 14 ng/L)",
         "Estimated GFR": "&gt;90 mL/min/1.73m2 (range 60 mL/min/1.73m2 and above)",
         "MRSA screen": "Detected",
-        "Platelet estimate": "10 to 20 x10^9/L",
+        "Platelet estimate": "10 to 20 ×10⁹/L",
         "Serum potassium": "6.8 mmol/L (Critical high; range 3.5 to 5.3 mmol/L)"}
 
 
@@ -76,7 +76,7 @@ def test_what_changed_shows_the_hospitals_new_results_as_the_lab_sent_them(
              for t in TESTS}
     assert shown == {"Troponin T": "&lt;5 ng/L (range up to 14 ng/L)",
                      "Estimated GFR": "&gt;90 mL/min/1.73m2 (range 60 mL/min/1.73m2 and above)",
-                     "MRSA screen": "Detected", "Platelet estimate": "10 to 20 x10^9/L",
+                     "MRSA screen": "Detected", "Platelet estimate": "10 to 20 ×10⁹/L",
                      "Serum potassium": "6.8 mmol/L (Critical high; range 3.5 to 5.3 mmol/L)"}
 
 

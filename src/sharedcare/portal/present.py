@@ -159,15 +159,32 @@ def moment(resource: dict[str, Any]) -> str:
     return ""
 
 
-# UCUM units as a clinician writes them (any other unit is shown as sent).
-UNIT_WORDS = {"mm[Hg]": "mmHg", "Cel": "°C", "10*9/L": "x10^9/L", "mL/min/{1.73_m2}": "mL/min/1.73m²", "{score}": ""}
+# UCUM units (and the text forms labs send for them) as a clinician writes them; any other unit is shown as
+# sent. "/min" alone is said by what was counted (RATE_WORDS), else "per minute".
+UNIT_WORDS = {"mm[Hg]": "mmHg", "Cel": "°C", "10*9/L": "×10⁹/L", "x10^9/L": "×10⁹/L", "10*12/L": "×10¹²/L",
+              "x10^12/L": "×10¹²/L", "umol/L": "µmol/L", "ug/L": "µg/L", "/min": "per minute",
+              "{beats}/min": "beats/min", "{breaths}/min": "breaths/min",
+              "mL/min/{1.73_m2}": "mL/min/1.73m²", "{score}": ""}
+# What a count per minute counts, by the observation's code (SNOMED CT, LOINC): heart and pulse rates in beats,
+# respiratory rates in breaths.
+RATE_WORDS = {"364075005": "beats/min", "78564009": "beats/min", "8867-4": "beats/min", "8893-0": "beats/min",
+              "86290005": "breaths/min", "9279-1": "breaths/min"}
 
 
-def quantity(q: dict[str, Any]) -> str:
+def quantity(q: dict[str, Any], per_minute: str = "") -> str:
     """A value with its unit: a result without one (3.0 what?) is no use to the reader. Its comparator
-    first: "<5" is less than five, not five."""
+    first: "<5" is less than five, not five. The value as the source sent it: FHIR keeps a decimal's
+    precision ("5.0" from a lab is not "5"), and the store keeps what each feed sent (a JSON 45 and 45.0
+    apart, HL7 v2's "59" as 59), so nothing is trimmed here. `per_minute`: what a "/min" counts."""
     unit = str(q.get("unit") or q.get("code") or "")
-    return f"{q.get('comparator') or ''}{q.get('value')} {UNIT_WORDS.get(unit, unit)}".strip()
+    words = per_minute if per_minute and unit == "/min" else UNIT_WORDS.get(unit, unit)
+    return f"{q.get('comparator') or ''}{q.get('value')} {words}".strip()
+
+
+def _counted(observation: dict[str, Any]) -> str:
+    """What a rate per minute counts, from the observation's codes ("" when none is known)."""
+    codings = (observation.get("code") or {}).get("coding") or []
+    return next((RATE_WORDS[str(c.get("code"))] for c in codings if str(c.get("code")) in RATE_WORDS), "")
 
 
 def _bound(q: Any) -> dict[str, Any] | None:
@@ -175,23 +192,23 @@ def _bound(q: Any) -> dict[str, Any] | None:
     return q if isinstance(q, dict) and q.get("value") is not None else None
 
 
-def _unit(q: dict[str, Any]) -> str:
+def _unit(q: dict[str, Any], per_minute: str = "") -> str:
     unit = str(q.get("unit") or q.get("code") or "")
-    return UNIT_WORDS.get(unit, unit)
+    return per_minute if per_minute and unit == "/min" else UNIT_WORDS.get(unit, unit)
 
 
-def range_text(r: dict[str, Any]) -> str:
+def range_text(r: dict[str, Any], per_minute: str = "") -> str:
     """A Range (a result of 10 to 20, a reference range) in words; one bound alone is "up to" or "and above"
     (FHIR's bounds are inclusive); "" when it has neither."""
     low, high = _bound(r.get("low")), _bound(r.get("high"))
     if low and high:
         if _unit(low) == _unit(high) or not _unit(high):
-            return f"{low['value']} to {high['value']} {_unit(low)}".strip()
-        return f"{quantity(low)} to {quantity(high)}"
+            return f"{low['value']} to {high['value']} {_unit(low, per_minute)}".strip()
+        return f"{quantity(low, per_minute)} to {quantity(high, per_minute)}"
     if low:
-        return f"{quantity(low)} and above"
+        return f"{quantity(low, per_minute)} and above"
     if high:
-        return f"up to {quantity(high)}"
+        return f"up to {quantity(high, per_minute)}"
     return ""
 
 
@@ -225,9 +242,9 @@ def _flag(concept: Any) -> str:
     return FLAG_WORDS.get(text, text)
 
 
-def _reference_range(r: dict[str, Any]) -> str:
+def _reference_range(r: dict[str, Any], per_minute: str = "") -> str:
     """One reference range, with whom it applies to when the lab says ("range 3.5 to 5.3 mmol/L")."""
-    said = range_text(r) or str(r.get("text") or "")
+    said = range_text(r, per_minute) or str(r.get("text") or "")
     if not said:
         return ""
     who = ", ".join(t for t in (concept_text(r.get("type")),
@@ -239,11 +256,11 @@ def _value_text(observation: dict[str, Any]) -> str:
     """An Observation's or a component's value, of whichever kind the source sent it; a text value withheld
     below tier 3 says it is not shown. A value of a kind not written here says so: never a blank."""
     if "valueQuantity" in observation:
-        return quantity(observation["valueQuantity"])
+        return quantity(observation["valueQuantity"], _counted(observation))
     if "valueCodeableConcept" in observation:
         return concept_text(observation["valueCodeableConcept"])
     if "valueRange" in observation:
-        return range_text(observation["valueRange"])
+        return range_text(observation["valueRange"], _counted(observation))
     if "valueRatio" in observation:
         return _ratio(observation["valueRatio"])
     if "valueDateTime" in observation:
@@ -269,7 +286,7 @@ def result_text(observation: dict[str, Any]) -> str:
     ("6.8 mmol/L (Critical high; range 3.5 to 5.3 mmol/L)")."""
     value = _value_text(observation)
     flags = [f for f in (_flag(c) for c in observation.get("interpretation") or []) if f]
-    ranges = [r for r in (_reference_range(r) for r in observation.get("referenceRange") or []
+    ranges = [r for r in (_reference_range(r, _counted(observation)) for r in observation.get("referenceRange") or []
                           if isinstance(r, dict)) if r]
     said = "; ".join([", ".join(flags)] * bool(flags) + ranges)
     return f"{value} ({said})" if value and said else value or said
@@ -298,8 +315,8 @@ def detail(resource: dict[str, Any]) -> str:
         reactions = [concept_text(m) for r in resource.get("reaction", []) for m in r.get("manifestation", [])]
         return ", ".join(r for r in reactions if r)
     if rtype == "CarePlan":
-        acts = [_activity(a.get("detail") or {}) for a in resource.get("activity", [])]
-        return "; ".join(a for a in acts if a) or str(resource.get("description") or resource.get("title") or "")
+        acts = [a for a in (_activity(a.get("detail") or {}) for a in resource.get("activity", [])) if a]
+        return _joined(acts) or str(resource.get("description") or resource.get("title") or "")
     if rtype == "Encounter":
         kind = str((resource.get("class") or {}).get("display") or "")
         start, end = (uk_date((resource.get("period") or {}).get(k)) for k in ("start", "end"))
@@ -431,6 +448,15 @@ def dosage_text(dosage: dict[str, Any]) -> str:
     """A Dosage as the page shows it: the prescriber's words when the source sent them, else its coded parts
     in words (a GP system or an EPR often codes the dose and writes nothing)."""
     return str(dosage.get("text") or "") or structured_dose(dosage)
+
+
+def _joined(activities: list[str]) -> str:
+    """Care plan activities one after another, each as sent: after one that ends a sentence ("...in 2
+    weeks.") the next follows with a space, never ".;"; after any other, a semicolon."""
+    text = ""
+    for activity in activities:
+        text += ("" if not text else " " if text.rstrip().endswith((".", "!", "?")) else "; ") + activity.strip()
+    return text
 
 
 def _activity(detail: dict[str, Any]) -> str:

@@ -58,8 +58,12 @@ def org_ref(code: str, name: str) -> Json:
     return {"type": "Organization", "identifier": {"system": codes.ODS, "value": code}, "display": name}
 
 
-def quantity(value: float, unit: str) -> Json:
-    return {"value": value, "unit": unit, "system": codes.UCUM, "code": unit}
+def quantity(value: float, unit: str, decimals: int | None = None) -> Json:
+    """A Quantity as a system sends it: a value measured to whole units (`decimals` 0) is written without a
+    decimal point ("95", as a lab reports it), since FHIR keeps a decimal's precision as sent and the
+    portal shows it so: "95.0" would say a precision no one measured."""
+    sent: float | int = int(value) if decimals == 0 and float(value).is_integer() else value
+    return {"value": sent, "unit": unit, "system": codes.UCUM, "code": unit}
 
 
 @dataclass
@@ -459,7 +463,8 @@ def observation_category(code: str) -> Json:
 
 
 def reference_range(test: Test) -> list[Json]:
-    bounds = {k: quantity(v, test.unit) for k, v in (("low", test.low), ("high", test.high)) if v is not None}
+    bounds = {k: quantity(v, test.unit, test.decimals) for k, v in (("low", test.low), ("high", test.high))
+              if v is not None}
     return [bounds] if bounds else []
 
 
@@ -469,7 +474,7 @@ def observation(subject: Json, result: Result, category: str, performer: Json | 
     resource: Json = {"resourceType": "Observation", "status": "final",
                       "category": [observation_category(category)], "code": coding(Code(test.code, test.display)),
                       "subject": subject, "effectiveDateTime": instant(result.at),
-                      "valueQuantity": quantity(result.value, test.unit)}
+                      "valueQuantity": quantity(result.value, test.unit, test.decimals)}
     if encounter:
         resource["encounter"] = encounter
     if performer:
