@@ -439,12 +439,13 @@ class Visit:
     @property
     def what(self) -> str:
         """What they did, in the order they did it, each once ("found you in a search, recorded why they needed
-        your record, then viewed your record"); a refused step says so, and a repeated one how often."""
+        your record, then viewed your record"); a repeated step says how often ("viewed your record 3 times"),
+        and a refused one says so."""
         done: dict[tuple[str, str], int] = {}
         for access in self.accesses:
             key = (access.what, access.outcome)
             done[key] = done.get(key, 0) + 1
-        steps = [what + (" (refused)" if outcome == "refused" else "") + (f" ({n} times)" if n > 1 else "")
+        steps = [what + (f" {n} times" if n > 1 else "") + (" (refused)" if outcome == "refused" else "")
                  for (what, outcome), n in done.items()]
         return steps[0] if len(steps) == 1 else ", ".join(steps[:-1]) + ", then " + steps[-1]
 
