@@ -56,3 +56,11 @@ def test_follow_up_instructions_are_joined_cleanly() -> None:
     said = present.detail(_care_plan("GP to review bloods in 2 weeks.", "Amlodipine 5 mg: check blood pressure"))
     assert said == "GP to review bloods in 2 weeks. Amlodipine 5 mg: check blood pressure" and ".;" not in said
     assert present.detail(_care_plan("Wound dressing", "Visits on Tuesdays")) == "Wound dressing; Visits on Tuesdays"
+
+
+def test_a_finding_written_as_a_sentence_and_its_measurements_are_joined_cleanly() -> None:
+    wound = {"resourceType": "Observation", "valueString": "Granulating, no signs of infection. Dressing renewed.",
+             "component": [{"code": {"text": "Length of wound"}, "valueQuantity": {"value": 3.0, "unit": "cm"}},
+                           {"code": {"text": "Width of wound"}, "valueQuantity": {"value": 1.9, "unit": "cm"}}]}
+    assert present.detail(wound) == ("Granulating, no signs of infection. Dressing renewed. Length of wound: 3.0 cm; "
+                                     "Width of wound: 1.9 cm")

@@ -297,7 +297,7 @@ def detail(resource: dict[str, Any]) -> str:
     if rtype == "Observation":
         parts = [f"{concept_text(c.get('code'))}: {result_text(c)}" for c in resource.get("component") or []
                  if isinstance(c, dict)]
-        return "; ".join(part for part in (result_text(resource), *parts) if part)
+        return _joined([part for part in (result_text(resource), *parts) if part])
     if rtype == "DiagnosticReport":
         count = len(resource.get("result") or [])
         panel = f"panel of {count} result{'s' if count != 1 else ''}" if count else ""
@@ -451,8 +451,9 @@ def dosage_text(dosage: dict[str, Any]) -> str:
 
 
 def _joined(activities: list[str]) -> str:
-    """Care plan activities one after another, each as sent: after one that ends a sentence ("...in 2
-    weeks.") the next follows with a space, never ".;"; after any other, a semicolon."""
+    """Care plan activities (or a finding and its measurements) one after another, each as sent: after one
+    that ends a sentence ("...in 2 weeks.") the next follows with a space, never ".;"; after any other, a
+    semicolon."""
     text = ""
     for activity in activities:
         text += ("" if not text else " " if text.rstrip().endswith((".", "!", "?")) else "; ") + activity.strip()
