@@ -27,6 +27,7 @@ from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
+from sharedcare.governance.review import record_outcome
 from sharedcare.governance.workspace import CitizenWorkspace
 from sharedcare.identity.links import merge_persons, separate, unmerge
 from sharedcare.portal import ig
@@ -576,6 +577,11 @@ def test_an_investigation_is_opened_only_with_a_note_and_the_banner_says_what_wa
     banner = html.unescape(ics.client.get(done.headers["location"]).text)
     assert f"Investigation opened: Break glass by Dr Niamh O'Connor (review item {item_id})." in banner
     assert "Recorded by Rhian Morgan." in banner
+    with _db(ics).session() as s:  # the banner names who recorded it, from the audit, whoever opens the page
+        record_outcome(s, item_id, "appropriate", by="ig.jones", note="the ward confirmed")
+        s.commit()
+    later = html.unescape(ics.client.get(f"/ig?recorded={item_id}").text)
+    assert "Recorded as appropriate: Break glass by Dr Niamh O'Connor" in later and "Recorded by ig.jones." in later
 
 
 def test_a_suspended_organisations_user_is_told_in_a_sentence_naming_it_and_whom_to_contact(ics: Ics) -> None:

@@ -45,7 +45,7 @@ from sharedcare.governance.gateway import (
     citizen_actor,
 )
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import PatientRecord, Preference, ReviewItem
+from sharedcare.store.models import AuditEntry, PatientRecord, Preference, ReviewItem
 
 # An investigation is opened with a note saying what to look into (the portal says so at the field).
 INVESTIGATION_NEEDS_A_NOTE = ("Enter a note saying what to investigate: it is kept with the review item and in "
@@ -103,10 +103,19 @@ class IgWorkspace:
             raise SharedcareError(INVESTIGATION_NEEDS_A_NOTE, where="review")
         return review.record_outcome(self.session, item_id, outcome, by=self.actor.username, note=note)
 
-    def review_item(self, item_id: int) -> ReviewItem | None:
-        """One review item as it stands (for the page that says what was just recorded on it)."""
+    def review_item(self, item_id: int) -> tuple[ReviewItem, str | None] | None:
+        """One review item as it stands, and who recorded its latest outcome (the audit log's entry for it,
+        about the person the item is about now): for the page that says what was just recorded on it."""
         self._require("governance:review:work")
-        return self.session.get(ReviewItem, item_id)
+        item = self.session.get(ReviewItem, item_id)
+        if item is None:
+            return None
+        about = review._persons_now(self.session, item)[0]
+        recorded = self.session.scalars(select(AuditEntry).where(
+            AuditEntry.patient_id == about, AuditEntry.action == AuditAction.REVIEW_OUTCOME.value)
+            .order_by(AuditEntry.seq.desc()).limit(50))
+        by = next((e.username for e in recorded if access_log.details(e).get("review_item") == str(item_id)), None)
+        return item, by
 
     def search(self, limit: int, nhs_number: str | None = None, **criteria: object) -> access_log.Found:
         """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and

@@ -141,14 +141,18 @@ class Recorded:
 
 
 def _recorded(ig: IgDep, fw: Framework, item_id: int) -> Recorded | None:
-    item = ig.review_item(item_id)
-    if item is None or not item.outcome:
+    """The banner's words, from the item and the audit entry of its outcome (who recorded it, whoever
+    opens the page)."""
+    found = ig.review_item(item_id)
+    if found is None:
         return None
-    user = fw.users.get(item.username)
-    officer = fw.users.get(ig.actor.username)
+    item, by = found
+    if not item.outcome or by is None:
+        return None
+    user, officer = fw.users.get(item.username), fw.users.get(by)
     return Recorded(item.id, "investigate" if item.status == "investigating" else "appropriate",
                     KIND_WORDS.get(item.kind, item.kind), user.name if user else item.username,
-                    officer.name if officer else ig.actor.username)
+                    officer.name if officer else by)
 
 
 def _queue_page(request: Request, ig: IgDep, fw: Framework, after: int | None, status: int = 200,
