@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import threading
 import time
 import uuid
@@ -311,6 +312,21 @@ _MARKED = _ENTRIES.c.action == literal_column(f"'{CHAIN_KEYED}'")
 _NEWEST_MARK = select(func.max(_ENTRIES.c.seq)).where(_MARKED)
 _LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
                                 .returning(_HEAD.c.seq, _HEAD.c.hash, _NEWEST_MARK.scalar_subquery()))
+_READ_NEWEST_MARK = Prepared(_NEWEST_MARK)
+
+
+def _lock_head(session: Session) -> tuple[int, str, int | None]:
+    """Lock the head; return its position and hash and the newest epoch marker's position. On PostgreSQL the
+    marker is read again in a statement of its own: the locking statement's subquery runs in the snapshot taken
+    before it waited for the lock, so an append that waited on `audit rekey` saw the head after the marker but
+    not the marker, and wrote an entry under the retired key into the new epoch (review of 2026-12-07). One more
+    index look-up an append; SQLite's statement begins with the write lock held and sees everything."""
+    ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)
+    if session.get_bind().dialect.name == "postgresql":
+        ((newest_mark,),) = _READ_NEWEST_MARK(session)
+    return seq, prev_hash, newest_mark
+
+
 # A trigger (migration 0006) advances the head, refusing an entry that does not follow it.
 # Only the columns an append writes are named, so a column added later (with its default) breaks nothing.
 _APPEND = Prepared(insert(_ENTRIES).values({name: bindparam(name) for name in (*_HASHED, "prev_hash", "hash")}))
@@ -443,7 +459,7 @@ def record_audit(session: Session, record: AuditRecord) -> int:
     if cleaned != typed:  # rarely: copying the record costs more than the rest of the event
         record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
                          resource=cleaned[3])
-    ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)
+    seq, prev_hash, newest_mark = _lock_head(session)
     epochs = session.info.get(AUDIT_EPOCHS)
     found = epochs.found if epochs is not None else None
     if epochs is not None and (found is None or found[0] != newest_mark or not found[2]):  # rarely: a new marker
@@ -492,13 +508,19 @@ def _rekey_proof(key: bytes, seq: int, prev_hash: str) -> str:
     return hmac.digest(key, PROOF_LABEL + f"\n{seq}\n{prev_hash}".encode(), "sha256").hex()
 
 
-def decision_details(event: Mapping[str, Any]) -> dict[str, str]:
-    """An event's decision details (`to_audit_event`), by type."""
-    for entity in event.get("entity") or []:
+def decision_details(event: Any) -> dict[str, str]:
+    """An event's decision details (`to_audit_event`), by type; nothing for an event not of that shape (a row
+    someone without the key appended may hold any JSON: reading it must not fail every later append)."""
+    entities = event.get("entity") if isinstance(event, Mapping) else None
+    for entity in entities if isinstance(entities, list) else []:
         if isinstance(entity, dict) and entity.get("name") == "decision":
-            return {str(d.get("type")): str(d.get("valueString")) for d in entity.get("detail") or []
-                    if isinstance(d, dict)}
+            details = entity.get("detail")
+            return {str(d.get("type")): str(d.get("valueString")) for d in details if isinstance(d, dict)} \
+                if isinstance(details, list) else {}
     return {}
+
+
+_PROOF = re.compile("[0-9a-f]{64}")  # a rekey proof as `_rekey_proof` writes it
 
 
 @dataclass(frozen=True)
@@ -604,8 +626,8 @@ def _epochs(session: Session, own: bytes, retired: tuple[bytes, ...]) -> ChainKe
     for mark in marks[1:]:
         said = decision_details(mark.event)
         proof = said.get("next-key-proof")
-        if not proof:
-            continue  # not a rekey (another unkeyed marker: `verify` names it)
+        if not proof or not _PROOF.fullmatch(proof):
+            continue  # not a rekey (another unkeyed marker, or a proof of no key's making: `verify` names it)
         fields = {name: getattr(mark, name) for name in _HASHED}
         following = next((key for key in held if hmac.compare_digest(_rekey_proof(key, mark.seq, mark.prev_hash),
                                                                      proof)), None)
@@ -654,7 +676,7 @@ def rekey(session: Session, new_key: bytes, reason: str,
     it with a hash under it bound to its place; `also(seq)` adds details (the checkpoint key's handover). After it
     this session's key writes nothing: every process must be restarted with the new key."""
     own: bytes = session.info[AUDIT_KEY]
-    ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)  # held: no entry between the check and the mark
+    seq, prev_hash, newest_mark = _lock_head(session)  # held: no entry between the check and the mark
     key = _chain_key(session, newest_mark)
     if key.current.key != own:
         raise AuditKeyProblem(_rekeyed_words(key))
@@ -763,6 +785,8 @@ def key_problem(session: Session) -> str | None:
     key = chain_key(session)
     if key.current.key != key.key:
         return _rekeyed_words(key)
+    if key.current.marker is not None:  # a rekey marker proved this key: stronger than any look at entries after
+        return None  # it (one forged entry there, the first after a rotation, locked the new key out for good)
     newest = session.scalars(select(AuditEntry).where(AuditEntry.seq >= key.current.first,
                                                       AuditEntry.seq > key.unkeyed_through)
                              .order_by(AuditEntry.seq.desc()).limit(KEY_CHECKED)).all()

@@ -183,7 +183,9 @@ def read_mark(session: Session, chain_key: bytes) -> TreeMark | None:
     if row is None:
         return None
     mark = TreeMark(row.seq, row.hash, row.root)
-    if not hmac.compare_digest(mark.mac(chain_key), row.mac):
+    # compared as bytes: the row is the application role's to write, and a str holding a non-ASCII character made
+    # compare_digest raise, every checkpoint then a 500 (review of 2026-12-07)
+    if not hmac.compare_digest(mark.mac(chain_key).encode(), str(row.mac).encode()):
         log.warning("the audit tree's stored mark (entry %s) is not under this process's audit key: not trusted; "
                     "every entry is checked", row.seq)
         return None
@@ -412,8 +414,11 @@ class Transparency:
                         self.marked = mark
                         log.info("the audit tree was rebuilt from the stored hashes up to entry %s, checked "
                                  "before; entries after it are checked", mark.seq)
-            except SQLAlchemyError as exc:
-                log.warning("the audit tree's mark could not be read (%s): every entry is checked", exc)
+            except Exception as exc:  # noqa: BLE001 - a mark that cannot be read or judged is only not trusted
+                self.tree.leaves, self.tree.last_hash = [], None
+                self.tree.cache_clear()
+                log.warning("the audit tree's mark could not be read (%s): every entry is checked",
+                            type(exc).__name__ if not isinstance(exc, SQLAlchemyError) else exc)
 
     def _remember(self) -> None:
         """Store where the tree has got to, if it moved (one small write after a request that checked entries)."""
