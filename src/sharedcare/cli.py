@@ -234,9 +234,9 @@ def init(
     """Create or upgrade the database schema (Alembic migrations) and check the framework. On PostgreSQL, name
     each role granted the audit log (the service's) that lacks privileges on a table, or grant them (--grant-to)."""
     _framework()
-    db = _database(migrate=True)
-    if grant_to is not None and db.backend != "postgresql":
+    if grant_to is not None and not _store_named().startswith("postgresql"):  # before anything is changed
         raise _fail("--grant-to is for a PostgreSQL store: an SQLite store has no roles")
+    db = _database(migrate=True)
     if db.backend == "postgresql":
         _service_grants(db, grant_to)
     console.print(f"database ready: {db.url.render_as_string(hide_password=True)}")

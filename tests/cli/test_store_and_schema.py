@@ -67,6 +67,9 @@ def test_a_command_on_a_schema_behind_the_release_stops_naming_init_and_changes_
 def test_a_new_sqlite_store_is_made_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo and a developer's store need no `init`: a store with no schema at all is made (SQLite only)."""
     monkeypatch.setenv("SHAREDCARE_DB", f"sqlite:///{tmp_path / 'new.db'}")
+    no_roles = runner.invoke(app, ["init", "--grant-to", "sharedcare_app"])
+    assert no_roles.exit_code == 2 and "--grant-to is for a PostgreSQL store" in _said(no_roles)
+    assert not (tmp_path / "new.db").exists()  # refused before anything was made
     made = runner.invoke(app, ["audit", "verify"])
     assert made.exit_code == 0 and "1 entry verified" in made.stderr, made.output
     assert Database(f"sqlite:///{tmp_path / 'new.db'}").schema_revision() == HEAD
