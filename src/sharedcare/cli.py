@@ -179,7 +179,7 @@ def _migrate(db: Database) -> None:
     try:
         db.migrate()
     except DBAPIError as exc:
-        if unreachable(exc):
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # only PostgreSQL's insufficient_privilege is the role's
             raise
         reason = " ".join(str(exc.orig).split())
         raise _fail(f"the schema could not be brought to {db.head_revision()} as this role: {reason}: run "
