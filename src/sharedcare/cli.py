@@ -1,7 +1,9 @@
 """The `sharedcare` command. Each subcommand is a thin wrapper over the package's modules.
 
 Exit codes: 0 done; 1 the command ran and found a problem (quarantined input, a broken audit chain);
-2 the command could not run as asked (bad arguments, invalid framework, unknown user).
+2 the command could not run as asked (bad arguments, invalid framework, unknown user, a SHAREDCARE_DB that is no
+database URL, a schema this release cannot use as it stands: `sharedcare init` first); 3 the store could not be
+reached, or was lost mid-command (try again; an ingest run again resumes).
 """
 
 from __future__ import annotations
@@ -25,18 +27,39 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from typer.core import TyperGroup
 
-from sharedcare.config import DEMO_PASSWORD, Settings, load_settings
+from sharedcare.config import DEMO_PASSWORD, MIN_SECRET_BYTES, Settings, load_settings
 from sharedcare.errors import ConfigError, SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
-from sharedcare.store.database import Database
+from sharedcare.store.database import Database, unreachable, unreachable_reason
 
 if TYPE_CHECKING:
     from sharedcare.ingest.pipeline import IngestReport, Pipeline
     from sharedcare.tls import TlsSettings
 
+UNREACHABLE = 3  # the exit code of a store that cannot be reached (as `audit witness` exits 3 for "not now")
+
+
+class _Commands(TyperGroup):
+    """Every command, with a store that cannot be reached or is lost part-way (a restart, a dropped connection)
+    said in one line, exit 3, rather than a traceback and exit 1, which each command gives a meaning of its own
+    (a broken chain, a quarantined message)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            if not unreachable(exc):
+                raise
+            raise _fail(f"cannot reach the store named by SHAREDCARE_DB ({_store_named()}): {unreachable_reason(exc)}",
+                        UNREACHABLE) from exc
+
+
 app = typer.Typer(help="sharedcare: an open shared care record for an integrated care system.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_Commands)
 users_app = typer.Typer(help="The framework's configured users.", no_args_is_help=True)
 agreements_app = typer.Typer(help="Organisations' information-sharing agreements.", no_args_is_help=True)
 preferences_app = typer.Typer(help="Patients' choices about sharing.", no_args_is_help=True)
@@ -105,16 +128,45 @@ def _warn_unkeyed_pseudonyms(settings: Settings) -> None:
                       "by SHAREDCARE_SECRET, so rotating it re-keys them all and whoever holds it can recompute them")
 
 
-def _database(writes: bool = True) -> Database:
-    """The store, migrated. A command that `writes` (nearly all do: each audits what it did) is refused, exit 2,
-    when its audit key is not the log's: else its entries would fail `audit verify` ever after. The checks of
-    the log (verify, checkpoint, forward) write nothing and must report what they find, so they are not."""
+def _store_named() -> str:
+    """The store SHAREDCARE_DB names, as an error may show it: its password hidden."""
+    try:
+        return make_url(_settings().database_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "not a database URL"
+
+
+def _database(writes: bool = True, migrate: bool = False) -> Database:
+    """The store, its schema at this release's migration. Only `init` (`migrate`) changes the schema: any other
+    command finds it current or stops, exit 2, saying to run `init` as the schema owner (the service's role owns
+    nothing and cannot), except that a new SQLite store (no schema at all) is made on first use, so that the demo
+    and a developer's store need no step. A store that cannot be reached stops the command, exit 3 (`_Commands`).
+    A command that `writes` (nearly all do: each audits what it did) is refused, exit 2, when its audit key is too
+    short or not the log's: else its entries would fail `audit verify` ever after. The checks of the log (verify,
+    checkpoint, forward) write nothing and must report what they find, so they are not."""
     from sharedcare.governance.audit import key_problem
 
     settings = _settings()
-    db = Database(settings.database_url, settings.audit_chain_key, settings.audit_chain_keys_retired)
-    db.migrate()
+    try:
+        db = Database(settings.database_url, settings.audit_chain_key, settings.audit_chain_keys_retired)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise _fail(f"SHAREDCARE_DB ({_store_named()}) names a database or driver sharedcare cannot use: write "
+                    "postgresql+psycopg://... or sqlite:///...") from exc
+    except ArgumentError as exc:  # the value itself is not shown: it may hold a password
+        raise _fail("SHAREDCARE_DB is not a database URL (such as postgresql+psycopg://user:password@host:5432/"
+                    "sharedcare, or sqlite:///var/sharedcare.db)") from exc
+    except OSError as exc:  # an SQLite store's folder or file that cannot be made
+        raise _fail(f"cannot reach the store named by SHAREDCARE_DB ({_store_named()}): "
+                    f"{(exc.strerror or str(exc)).lower()}", UNREACHABLE) from exc
+    if migrate:
+        _migrate(db)
+    else:
+        _check_schema(db)
     if writes:
+        if not settings.demo and settings.audit_key is not None and len(settings.audit_key.encode()) < MIN_SECRET_BYTES:
+            # said before `key_problem`, which would call a short key the wrong one
+            raise _fail(f"SHAREDCARE_AUDIT_KEY is {len(settings.audit_key.encode())} bytes; it must be at least "
+                        f"{MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
         with db.session() as session:
             problem = key_problem(session)
         if problem:
@@ -122,16 +174,97 @@ def _database(writes: bool = True) -> Database:
     return db
 
 
+def _migrate(db: Database) -> None:
+    """`init`: bring the schema to this release's migration; refused in words (exit 2) for a role that may not."""
+    try:
+        db.migrate()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # only PostgreSQL's insufficient_privilege is the role's
+            raise
+        reason = " ".join(str(exc.orig).split())
+        raise _fail(f"the schema could not be brought to {db.head_revision()} as this role: {reason}: run "
+                    "`sharedcare init` as the schema's owner") from exc
+
+
+def _check_schema(db: Database) -> None:
+    """Stop, exit 2, unless the store's schema is at this release's migration (a new SQLite store is made)."""
+    current, head = db.schema_revision(), db.head_revision()
+    if current == head:
+        return
+    if current is None and db.backend == "sqlite":
+        db.migrate()  # a new SQLite store, made on first use (the demo, a developer's store)
+        return
+    if current is None:
+        raise _fail(f"the store has no schema yet (this release needs {head}): run `sharedcare init` as the "
+                    "schema's owner")
+    if db.known_revision(current):
+        raise _fail(f"the store's schema is at {current}, this release needs {head}: run `sharedcare init` as the "
+                    "schema owner")
+    raise _fail(f"the store's schema is at {current}, which this release does not know (it needs {head}): a later "
+                "release migrated it; run that release")
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# README's grants to the service's own role (PostgreSQL), run by `init --grant-to ROLE` after each upgrade
+SERVICE_GRANTS = (
+    "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+    "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    "REVOKE UPDATE, DELETE ON audit_events FROM {role}",  # SELECT, INSERT: appends only
+    "REVOKE INSERT, DELETE ON audit_head FROM {role}",  # SELECT, UPDATE: the append's lock and step
+    "REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {role}",
+)
+# the roles the schema's owner granted anything on the audit log (README's service role), and the tables one lacks
+_GRANTEES = ("SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_class c, aclexplode(c.relacl) a "
+             "WHERE c.oid = 'public.audit_events'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 ORDER BY 1")
+_NOT_GRANTED = ("SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+                "AND c.relkind IN ('r', 'p') AND NOT has_table_privilege(%(role)s, c.oid, 'SELECT') ORDER BY 1")
+
+
 @app.command()
-def init() -> None:
-    """Create or upgrade the database schema (Alembic migrations) and check the framework."""
+def init(
+    grant_to: Annotated[str | None, typer.Option(
+        "--grant-to", metavar="ROLE", help="PostgreSQL: give the service's role README's grants on every table "
+                                           "(again after each upgrade that adds one).")] = None,
+) -> None:
+    """Create or upgrade the database schema (Alembic migrations) and check the framework. On PostgreSQL, name
+    each role granted the audit log (the service's) that lacks privileges on a table, or grant them (--grant-to)."""
     _framework()
-    db = _database()
+    if grant_to is not None and not _store_named().startswith("postgresql"):  # before anything is changed
+        raise _fail("--grant-to is for a PostgreSQL store: an SQLite store has no roles")
+    db = _database(migrate=True)
+    if db.backend == "postgresql":
+        _service_grants(db, grant_to)
     console.print(f"database ready: {db.url.render_as_string(hide_password=True)}")
+
+
+def _service_grants(db: Database, grant_to: str | None) -> None:
+    """`init` on PostgreSQL: run README's grants for `grant_to`; then warn of each service role (one granted
+    anything on the audit log, or `grant_to`) lacking privileges on a table, as a new migration's table is: the
+    service would otherwise find out at run time, as a permission denied."""
+    from sqlalchemy.exc import ProgrammingError
+
+    with db.engine.begin() as connection:
+        if grant_to is not None:
+            role = connection.dialect.identifier_preparer.quote(grant_to)
+            try:
+                for grant in SERVICE_GRANTS:
+                    connection.exec_driver_sql(grant.format(role=role))
+            except ProgrammingError as exc:
+                raise _fail(f"the grants to {grant_to} could not be made: {' '.join(str(exc.orig).split())}") from exc
+            console.print(f"granted {grant_to} the service's privileges (README, PostgreSQL)")
+        roles = [grant_to] if grant_to is not None else []
+        roles += [role for (role,) in connection.exec_driver_sql(_GRANTEES) if role not in roles]
+        for role in roles:
+            missing = [table for (table,) in connection.exec_driver_sql(_NOT_GRANTED, {"role": role})]
+            if missing:
+                console.print(f"[yellow]warning:[/yellow] role {_literal(role)} has no privileges on "
+                              f"{', '.join(missing)}: run `sharedcare init --grant-to {_literal(role)}` "
+                              "(README's grants)", soft_wrap=True)
 
 
 @app.command()
@@ -372,10 +505,12 @@ def quarantine_check(
             select(Quarantine.source_org, Quarantine.format, func.count(), func.min(Quarantine.received_at))
             .where(Quarantine.status == "held").group_by(Quarantine.source_org, Quarantine.format)
             .order_by(Quarantine.source_org, Quarantine.format)).all()
+    # compared unrounded (an item 24.04 h old is past a 24 h service level, though shown as 24), rounded to show
+    ages = [(now - oldest).total_seconds() / 3600 for _, _, _, oldest in groups]
     rows: list[dict[str, Any]] = [
-        {"source": org or "unknown", "format": fmt, "held": count,
-         "oldest_hours": round((now - oldest).total_seconds() / 3600, 1)} for org, fmt, count, oldest in groups]
-    late = [r for r in rows if r["oldest_hours"] > older_than]
+        {"source": org or "unknown", "format": fmt, "held": count, "oldest_hours": round(age, 1)}
+        for (org, fmt, count, _), age in zip(groups, ages, strict=True)]
+    late = [r for r, age in zip(rows, ages, strict=True) if age > older_than]
     if as_json:
         _print_json({"held": sum(r["held"] for r in rows), "older_than_hours": older_than,
                      "late_groups": len(late), "groups": rows})

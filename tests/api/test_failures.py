@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import sql
 from sqlalchemy.orm import Session
+from tests.portal_client import PortalClient
 from tests.small_ics import Ics
 
 from sharedcare.governance import gateway
+from sharedcare.store.database import Database
 
 
 @pytest.mark.parametrize("fails", ["append", "commit"])
@@ -92,3 +100,70 @@ def test_a_server_error_carries_the_security_headers_every_other_answer_does(
         assert failed.status_code == 500, failed.text
         for name in ("x-content-type-options", "referrer-policy", "x-frame-options", "cache-control"):
             assert failed.headers.get(name) == ok.headers[name], (url, name)
+
+
+class StoreAdmin:
+    """A connection of the test's own to the PostgreSQL server (its `postgres` database), beside the service's
+    to the test's store, to end theirs as a restart does and to have the store refuse new ones."""
+
+    def __init__(self, connection: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+        self.connection, self.database = connection, database
+
+    def allow(self, allowed: bool) -> None:
+        self.connection.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(self.database), sql.SQL("true" if allowed else "false")))
+
+    def drop_connections(self, refuse: bool = False) -> None:
+        """End every connection to the store (the test role's own: it may end those) and, with `refuse`, take no
+        more (as a server that is down); wait until they are gone."""
+        if refuse:
+            self.allow(False)
+        others = sql.SQL("FROM pg_stat_activity WHERE datname = {} AND usename = current_user").format(
+            sql.Literal(self.database))
+        self.connection.execute(sql.SQL("SELECT pg_terminate_backend(pid) {}").format(others))
+        deadline = time.monotonic() + 10
+        while self.connection.execute(sql.SQL("SELECT count(*) {}").format(others)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the store's connections were not ended"
+            time.sleep(0.05)
+
+
+@contextmanager
+def store_admin(db: Database) -> Iterator[StoreAdmin]:
+    if db.backend != "postgresql":
+        pytest.skip("a server's connections: PostgreSQL")
+    server = db.url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(server, autocommit=True) as connection:
+        admin = StoreAdmin(connection, str(db.url.database))
+        try:
+            yield admin
+        finally:
+            admin.allow(True)
+
+
+def test_after_the_store_drops_its_connections_the_next_request_succeeds_and_while_it_refuses_them_503(
+        ics: Ics, db: Database) -> None:
+    """Without pool_pre_ping the first request on each pooled connection failed (500) after PostgreSQL
+    restarted; while it refused connections, reads answered a generic 500 rather than "try again"."""
+    headers = ics.open_record("dr.patel")
+    client = TestClient(ics.client.app, raise_server_exceptions=False)
+    everything = f"/fhir/Patient/{ics.okafor}/$everything"
+    portal = PortalClient(ics.client.app, raise_server_exceptions=False)
+    portal.csrf_token()  # the sign-in form's token, fetched while the store is there
+    with store_admin(db) as admin:
+        assert client.get(everything, headers=headers).status_code == 200
+        admin.drop_connections()
+        for _ in range(3):  # each pooled connection, each ended
+            assert client.get(everything, headers=headers).status_code == 200
+        admin.drop_connections(refuse=True)
+        refused = client.get(everything, headers=headers)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "10" and refused.headers["cache-control"] == "no-store"
+        issue = refused.json()["issue"][0]
+        assert issue["code"] == "transient"
+        assert issue["diagnostics"] == "the record store is not reachable; try again shortly"
+        assert "Okafor" not in refused.text and "psycopg" not in refused.text
+        page = portal.post("/login", data={"username": "dr.patel", "password": "demo"})  # audited: the store
+        assert page.status_code == 503 and "not reachable" in page.text, page.text  # a page, not a 500
+        assert page.headers["content-type"].startswith("text/html")
+        admin.allow(True)
+        assert client.get(everything, headers=headers).status_code == 200

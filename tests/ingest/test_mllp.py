@@ -368,3 +368,29 @@ def test_long_sending_application_and_facility_are_echoed_cut(listener: int, db:
     with db.session() as s:
         (refused,) = s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp")).all()
     assert len(json.dumps(refused.event)) < 5_000
+
+
+def test_after_the_store_drops_its_connections_the_next_message_is_stored_and_while_it_refuses_them_ae_207(
+        listener: int, db: Database) -> None:
+    """After PostgreSQL restarted, a message got no ACK at all: the connection closed on a dead pooled
+    connection (AdminShutdown). Now the pool replaces it; and a store that refuses connections is answered AE
+    with ERR-3 207 (ours: try again), which an engine resends, not a closed connection."""
+    from tests.api.test_failures import store_admin
+
+    def sent(control_id: str) -> bytes:
+        return A01.format(dob="19450302").replace("MSG001", control_id).encode("latin-1")
+
+    with store_admin(db) as admin:
+        (first,) = _exchange(listener, sent("MSG001"))
+        assert _segment(first, "MSA")[1] == "AA"
+        admin.drop_connections()
+        (after,) = _exchange(listener, sent("MSG002"))
+        assert _segment(after, "MSA")[1:3] == ["AA", "MSG002"], after
+        admin.drop_connections(refuse=True)
+        (refused,) = _exchange(listener, sent("MSG003"))
+        assert _segment(refused, "MSA")[1:3] == ["AE", "MSG003"], refused
+        assert "the record store is not reachable" in _segment(refused, "MSA")[3]
+        assert _segment(refused, "ERR")[3] == "207^Application internal error^HL70357"
+        admin.allow(True)
+        (again,) = _exchange(listener, sent("MSG003"))
+        assert _segment(again, "MSA")[1:3] == ["AA", "MSG003"], again

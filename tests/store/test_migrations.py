@@ -135,3 +135,31 @@ def test_a_persons_active_bases_are_indexed_and_the_index_goes_on_downgrade(db: 
     assert "ix_access_bases_person_expires" not in indexes()
     db.migrate()
     assert "ix_access_bases_person_expires" in indexes()
+
+
+def test_a_store_rolled_back_below_0024_and_upgraded_again_keeps_one_chain_marker_and_verifies(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """0024's upgrade appended its unkeyed `audit:chain:keyed` marker again after a downgrade: the second came
+    after keyed entries, `audit verify` reported it forged and checkpoints were refused, for ever."""
+    from sharedcare.governance.audit import AuditAction, key_problem, verify
+    from sharedcare.store.models import AuditEntry
+
+    message = bundle("P81001", "emis", [patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female")])
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "a.ndjson", [message])])
+
+    def markers() -> list[int]:
+        with db.session() as s:
+            return list(s.scalars(select(AuditEntry.seq).where(AuditEntry.action == AuditAction.CHAIN_KEYED.value)))
+
+    before = markers()
+    assert len(before) == 1
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0022")
+    db.migrate()
+    assert markers() == before
+    with db.session() as s:
+        result = verify(s)
+        assert result.ok, result.problem
+        assert key_problem(s) is None

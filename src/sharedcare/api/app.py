@@ -18,6 +18,7 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,10 +35,12 @@ from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.portal import citizen, csrf, ig, pages
 from sharedcare.portal import routes as clinician
-from sharedcare.store.database import Database
+from sharedcare.store.database import Database, unreachable, unreachable_reason
 
 log = logging.getLogger("sharedcare.api")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+STORE_RETRY_SECONDS = 10  # Retry-After of a 503 while the record store cannot be reached
+STORE_UNREACHABLE = "the record store is not reachable; try again shortly"
 STATIC_PREFIXES = ("/static/", "/assets/")
 
 
@@ -230,6 +233,22 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         if not _is_api(request):  # the same page whatever governance's message (missing, or refused as missing)
             return pages.record_unavailable(request)
         return operation_outcome(404, "not-found", exc.message, _request_id(request))
+
+    @app.exception_handler(DBAPIError)
+    async def store_unreachable(request: Request, exc: DBAPIError) -> Response:
+        """503 with Retry-After, not a 500, while the store cannot be reached (down, restarting, refusing
+        connections; a pooled connection it dropped is replaced before use: `Database`). Not audited, since
+        the audit log is in that store: logged, with the request id. What the request would have done was
+        rolled back whole, its audit entry with it, so nothing was released unaudited. Any other database error
+        is the server's failure (500, below)."""
+        if not unreachable(exc):
+            raise exc
+        log.error("request %s: the record store is not reachable (%s); answered 503", _request_id(request),
+                  unreachable_reason(exc))
+        response = (operation_outcome(503, "transient", STORE_UNREACHABLE, _request_id(request)) if _is_api(request)
+                    else pages.error_page(request, 503, STORE_UNREACHABLE, heading="The record is not available"))
+        response.headers["Retry-After"] = str(STORE_RETRY_SECONDS)
+        return response
 
     @app.exception_handler(SharedcareError)
     async def bad_request(request: Request, exc: SharedcareError) -> Response:

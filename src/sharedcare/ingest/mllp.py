@@ -40,6 +40,7 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, network_of, re
 from sharedcare.ingest.hl7v2_syntax import Encoding, SyntaxProblem, encoding_of
 from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage, cut
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
+from sharedcare.store.database import unreachable, unreachable_reason
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
 log = logging.getLogger("sharedcare.mllp")
@@ -248,6 +249,20 @@ class MllpServer:
             AuditAction.RECORD_WRITE, "deny", "mllp", source_address=address,
             detail=detail | {"claimed": claimed, "quarantine": str(report.quarantine[0]["id"])}))
 
+    @staticmethod
+    def _failed(payload: bytes, peer: str, exc: Exception) -> bytes:
+        """The ACK of a message whose handling failed (the store not reachable, above all: restarting, refusing
+        connections): AE with ERR-3 207, application internal error, which interface engines treat as ours and
+        retry, rather than a connection closed with no answer. Nothing can be audited or quarantined without the
+        store; the failure is logged. A message stored before the failure is answered "unchanged" when resent."""
+        if unreachable(exc):
+            log.error("mllp: %s: the record store is not reachable (%s); answered AE", peer, unreachable_reason(exc))
+            text = "the record store is not reachable: the message was not stored; send it again shortly"
+        else:
+            log.exception("mllp: a message from %s could not be handled; answered AE", peer)
+            text = "the message could not be handled (an internal error, logged): send it again"
+        return ack(read_header(payload), "AE", text, error=Condition.APPLICATION)
+
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
         # the feed's certificate names it: its messages (and quarantine items) say who sent them
@@ -269,7 +284,10 @@ class MllpServer:
                     break
                 payload = framed[: -len(END)]
                 async with self._turn(peer.rsplit(":", 1)[0]):
-                    response = await asyncio.to_thread(self.handle, payload, peer, subject)
+                    try:
+                        response = await asyncio.to_thread(self.handle, payload, peer, subject)
+                    except Exception as exc:  # answered, not dropped: an engine resends on AE 207
+                        response = self._failed(payload, peer, exc)
                 writer.write(START + response + END)
                 try:
                     async with asyncio.timeout(limits.frame_seconds):  # a peer that reads no ACKs is let go

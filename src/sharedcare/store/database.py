@@ -6,15 +6,17 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeGuard, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import orjson
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, create_engine, event, inspect, select
 from sqlalchemy.engine import CursorResult, Dialect, Engine, make_url
-from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidRequestError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, configure_mappers, make_transient_to_detached, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -82,6 +84,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def unreachable(exc: BaseException) -> TypeGuard[DBAPIError]:
+    """Whether `exc` says the store cannot be reached, rather than that a statement failed: a connection that
+    could not be made (the server down or refusing, a wrong host, port or password, an SQLite file that cannot
+    be opened: an error with no statement), or one lost under a statement (a restart, a terminated backend:
+    SQLAlchemy invalidates it). SQLite's other OperationalErrors (a missing table, a lock) are not."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or (exc.statement is None and isinstance(exc, OperationalError | InterfaceError))
+
+
+def unreachable_reason(exc: DBAPIError) -> str:
+    """The driver's reason a store could not be reached, in a few words (`connection refused`, `password
+    authentication failed for user "x"`): its first line, without psycopg's preamble naming host and port."""
+    text = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    text = text.rsplit(" failed: ", 1)[-1].removeprefix("connection failed: ").removeprefix("FATAL:")
+    text = " ".join(text.split())
+    return text[:1].lower() + text[1:]
 
 
 def run(session: Session, statement: Executable,
@@ -262,9 +283,13 @@ class Database:
             create_private(store)
         # Writers on one SQLite file take turns (store/sqlite_turns.py): no sleeping in SQLite's busy handler.
         # hide_parameters: an error's message (logged with its traceback) names the statement, not its values,
-        # which hold patients' data (a resource, an audit event); the database's own words may still quote some
+        # which hold patients' data (a resource, an audit event); the database's own words may still quote some.
+        # pool_pre_ping (a server's store): a pooled connection the server dropped (a restart, a terminated backend,
+        # a firewall's idle timeout) is found dead as it is taken from the pool and replaced, not handed to the
+        # next request to fail on; a round trip per checkout. An SQLite file has no connection to lose.
         self.engine: Engine = create_engine(self.url, future=True, hide_parameters=True, json_serializer=json_dumps,
                                             json_deserializer=json_loads,
+                                            pool_pre_ping=self.url.get_backend_name() != "sqlite",
                                             connect_args={"factory": TurnTakingConnection} if file_sqlite else {})
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -285,6 +310,20 @@ class Database:
         # '%' is ConfigParser's interpolation: a URL-escaped password (p%40ss) would stop every command
         cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
         return cfg
+
+    def schema_revision(self) -> str | None:
+        """The migration the store's schema is at (Alembic's `alembic_version`), None for a store with no schema."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def head_revision(self) -> str:
+        """The migration this release's code needs the schema at."""
+        return str(ScriptDirectory.from_config(self.alembic_config()).get_current_head())
+
+    def known_revision(self, revision: str) -> bool:
+        """Whether `revision` is one of this release's migrations (an older schema), not a later release's."""
+        return revision in {script.revision for script in ScriptDirectory.from_config(self.alembic_config())
+                            .walk_revisions()}
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (safe to run on every start)."""

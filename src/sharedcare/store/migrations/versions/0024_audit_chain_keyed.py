@@ -17,6 +17,11 @@ later one under the key. An entry of that kind appended later moves nothing, sin
 entry can be deleted; a partial index finds it without reading the log. Downgraded, the index goes and the
 entry stays (it cannot be deleted); the older code writes plain hashes after it, which this code refuses, as it
 should: they are what a forger would write.
+
+Upgraded again after such a downgrade, the log already holds its marker, and the first one is the one that counts
+(`governance.audit.chain_key`): a second, unkeyed, would come after entries keyed under the deployment's key and be
+reported by `audit verify` as forged, for ever (the log is append-only). So the marker is appended only when the
+log holds none yet.
 """
 
 import sqlalchemy as sa
@@ -39,6 +44,10 @@ def upgrade() -> None:
                     sqlite_where=sa.text(f"action = '{AuditAction.CHAIN_KEYED.value}'"),
                     postgresql_where=sa.text(f"action = '{AuditAction.CHAIN_KEYED.value}'"))
     with Session(bind=op.get_bind(), info={AUDIT_KEY: None}) as session:  # no key: a plain SHA-256, as before
+        marked = session.execute(sa.text("SELECT 1 FROM audit_events WHERE action = :action LIMIT 1"),
+                                 {"action": AuditAction.CHAIN_KEYED.value}).first()
+        if marked is not None:  # upgraded again after a downgrade: the first marker stands
+            return
         record_audit(session, AuditRecord(AuditAction.CHAIN_KEYED, "permit", username=None, detail={
             "migration": revision, "note": "every entry after this one is keyed with the deployment's audit key"}))
 
