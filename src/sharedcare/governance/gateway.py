@@ -764,9 +764,10 @@ class GovernedRecords:
         category, provenance) is served again, with its JSON, rather than redacted, copied and encoded again.
         What a role sees of a service it may not know of (a mental health trust's allergy, to a pharmacist)
         is served from `UNNAMED_SERVICE`, at tier 2 at most (free text may name the service), without the
-        identifiers and meta.source that name the service; in every resource served to such a role, what
-        names the service (a recorder, an author, an informationSource...) says only `UNNAMED_SERVICE`
-        (`governance/unnamed.py`)."""
+        identifiers and meta.source that name the service (meta.tag and meta.security lose any coding with its
+        ODS code, as every Coding does); in every resource served to such a role, what names the service (a
+        recorder, an author, an informationSource, a Coding or Identifier with its ODS code...) says only
+        `UNNAMED_SERVICE` or goes (`governance/unnamed.py`)."""
         resource_id, resource_type, source_org, source_system, content, _, _, recorded_at, received_at, _ = row
         unknown = self._unknown
         whole = unknown is not None and source_org in unknown.codes
