@@ -124,3 +124,64 @@ def test_a_role_given_full_detail_of_alerts_reads_the_service_s_allergy_without_
         (served,) = records.everything(ics.okafor).of_type("AllergyIntolerance")
     assert (served.source_name, served.tier) == ("A specialist service", 2)
     assert "note" not in served.content and "Mental Health" not in json.dumps(served.content)
+
+
+def test_the_service_s_ods_code_goes_from_codings_identifiers_tags_and_displays(unknown: Unknown) -> None:
+    """Privacy review of 2026-12-07 (HIGH D1): ODS codes are public, so "RXM" in a Coding or Identifier (an
+    extension's value, meta.tag) tells the reader a mental health trust holds a record, as its name would."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "a", "patient": {"reference": "Patient/p"},
+               "meta": {"tag": [{"system": ODS_SYSTEM, "code": "rxm"}, {"system": SCT, "code": "1"}],
+                        "security": [{"system": ODS_SYSTEM, "code": "RXM"}]},
+               "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-Source",
+                              "valueIdentifier": {"system": ODS_SYSTEM, "value": "RXM"}}]}
+    shown = unnamed(allergy, unknown, whole=True)
+    assert "rxm" not in json.dumps(shown).lower(), shown
+    assert shown["meta"] == {"tag": [{"system": SCT, "code": "1"}]}
+    depot = {"resourceType": "MedicationStatement", "id": "m", "status": "active",
+             "medicationCodeableConcept": {"text": "Paliperidone"}, "subject": {"reference": "Patient/p"},
+             "informationSource": {"display": "Given by RXM"},
+             "note": [{"authorReference": {"display": "Dr Ade (rxm)"}, "text": "monthly"}],
+             "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-MedicationSource",
+                            "valueCoding": {"system": ODS_SYSTEM, "code": "RXM"}}]}
+    shown = unnamed(depot, unknown, whole=False)
+    assert shown["informationSource"] == UNNAMED and shown["note"][0]["authorReference"] == UNNAMED
+    assert "extension" not in shown and "rxm" not in json.dumps(shown).lower(), shown
+    tagged = unnamed({**depot, "meta": {"tag": [{"system": ODS_SYSTEM, "code": "RXM"}]}}, unknown, whole=False)
+    assert "meta" not in tagged  # nothing left of it
+    # another organisation's code, or a word that only holds the letters, is not the service's
+    kept = {**depot, "informationSource": {"display": "Given by RXMA pharmacy"},
+            "extension": [{"url": "https://example.org/source", "valueCoding": {"system": ODS_SYSTEM, "code": "RXR"}}],
+            "note": []}
+    assert unnamed(kept, unknown, whole=False) == kept
+
+
+def test_a_pharmacist_reads_the_trust_s_allergy_and_the_gp_s_depot_without_the_trust_s_ods_code(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The reviewer's reproduction (D1): the trust's allergy is served from "A specialist service" with no
+    meta.tag or extension naming RXM, and the GP's depot record keeps the drug, not who gives it."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al", "patient": {"reference": "Patient/RXM-4"},
+               "meta": {"tag": [{"system": ODS_SYSTEM, "code": "RXM"}]},
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]},
+               "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-Source",
+                              "valueIdentifier": {"system": ODS_SYSTEM, "value": "RXM"}}]}
+    depot = {"resourceType": "MedicationStatement", "id": "gp-depot", "status": "active",
+             "subject": {"reference": "Patient/gp-okafor"}, "medicationCodeableConcept": {"text": "Paliperidone"},
+             "informationSource": {"display": "Given by RXM"},
+             "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-MedicationSource",
+                            "valueCoding": {"system": ODS_SYSTEM, "code": "RXM"}}]}
+    paths = [write_ndjson(tmp_path / "mh.ndjson", [bundle("RXM", "rio", [
+                 patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])]),
+             write_ndjson(tmp_path / "gp.ndjson", [bundle("P81001", "emis", [
+                 patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), depot],
+                 timestamp="2026-12-01T09:00:00Z")])]
+    assert Pipeline(db, framework).ingest_paths(paths).quarantined == 0
+    with db.session() as s:
+        records = GovernedRecords(s, framework, actor_for(framework, "pharm.khan"))
+        records.record_basis(ics.okafor, "explicit-consent", "")
+        view = records.everything(ics.okafor)
+    (mh,) = view.of_type("AllergyIntolerance")
+    assert mh.source_name == "A specialist service"
+    served = next(m for m in view.of_type("MedicationStatement") if "Paliperidone" in json.dumps(m.content))
+    assert '"RXM"' not in json.dumps(mh.content), mh.content
+    assert '"RXM"' not in json.dumps(served.content) and "RXM" not in json.dumps(served.content), served.content
+    assert served.content["medicationCodeableConcept"] == {"text": "Paliperidone"}

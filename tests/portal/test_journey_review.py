@@ -6,6 +6,7 @@ removed without a word, and search errors only in the summary."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tests.builders import bundle, patient, write_ndjson
 from tests.discharge_feed import ingest_discharge
 from tests.small_ics import Ics
 
+from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -159,9 +161,11 @@ def test_the_basis_form_names_the_patient_it_is_for(ics: Ics, framework: Framewo
         assert other not in text
         assert "<title>Why are you opening this record?" in page.text  # the title stays generic
     with _db(ics).session() as s:
-        looked = s.scalars(select(AuditEntry.patient_id).where(AuditEntry.username == "para.evans",
-                                                               AuditEntry.action == "clinical:patient:search")).all()
-    assert looked.count(anna) == 2 and looked.count(zofia) == 2  # found in the search, and named on the form
+        looked = s.execute(select(AuditEntry.patient_id, AuditEntry.action).where(
+            AuditEntry.username == "para.evans", AuditEntry.action.startswith("clinical:patient:"))).all()
+    for person in (anna, zofia):  # found in the search, and named on the form (not a search: review D3)
+        assert sorted(action for who, action in looked if who == person) == [
+            "clinical:patient:identify", "clinical:patient:search"]
 
 
 def test_a_record_id_alone_does_not_tell_a_user_who_the_person_is(ics: Ics) -> None:
@@ -189,6 +193,47 @@ def test_the_basis_form_says_so_when_it_cannot_say_whose_record_it_is(ics: Ics, 
     assert "Why are you opening this record?" in page.text
     text = _text(page.text)
     assert "Quill" not in text and "We cannot show you who this record belongs to" in text
+
+
+def _searches(ics: Ics, person: str) -> list[str]:
+    """The actions of the audit entries about `person` that name them (a search, or the form's look-up)."""
+    with _db(ics).session() as s:
+        return list(s.scalars(select(AuditEntry.action).where(
+            AuditEntry.patient_id == person, AuditEntry.action.startswith("clinical:patient:"))
+            .order_by(AuditEntry.seq)))
+
+
+def test_each_render_of_the_basis_form_is_not_another_search(ics: Ics) -> None:
+    """Privacy review of 2026-12-07 (D3): a search, the form, the form sent without a choice, then a basis:
+    one search in the audit (and "Who has looked"), the form's look-ups audited as what they are."""
+    _sign_in(ics, "dr.patel")
+    ics.client.post("/search", data={"nhs_number": "9434765919"})
+    ics.client.get(f"/record/{ics.okafor}")
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": ""})
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"})
+    assert _searches(ics, ics.okafor) == ["clinical:patient:search", "clinical:patient:identify",
+                                          "clinical:patient:identify"]
+
+
+def test_the_basis_form_s_own_look_up_does_not_keep_the_24_hours_open(ics: Ics, monkeypatch: pytest.MonkeyPatch
+                                                                       ) -> None:
+    """Privacy review of 2026-12-07 (D4): the form named the patient because the form itself had named them
+    (its audit entry was a search), so one view a day named them for ever with no search again. Only a search
+    or a read of the record in the last 24 hours counts."""
+    _sign_in(ics, "dr.patel")
+    ics.client.post("/search", data={"nhs_number": "9434765919"})
+    start = utcnow()
+
+    def at(hours: int) -> None:
+        for module in ("sharedcare.governance.gateway", "sharedcare.governance.audit"):
+            monkeypatch.setattr(f"{module}.utcnow", lambda: start + timedelta(hours=hours))
+    at(23)
+    assert "OKAFOR, Emeka" in ics.client.get(f"/record/{ics.okafor}").text  # 23 hours after the search
+    at(46)
+    later = ics.client.get(f"/record/{ics.okafor}").text  # 46 hours: the only look since was the form's own
+    assert "OKAFOR, Emeka" not in later and "We cannot show you who this record belongs to" in later
+    ics.client.post("/search", data={"nhs_number": "9434765919"})  # a search again names them again
+    assert "OKAFOR, Emeka" in ics.client.get(f"/record/{ics.okafor}").text
 
 
 # -- M1: a role that sees no clinical information is told so, not "nothing shared" ------------------------------

@@ -480,6 +480,24 @@ def test_one_visit_is_one_line_saying_what_they_did_and_why_with_each_entry_insi
         (True, False, False), (False, True, False), (False, False, True)]  # in the order they happened
 
 
+def test_the_basis_form_naming_the_patient_is_a_step_of_the_visit_not_another_search(ics: Ics) -> None:
+    """Privacy review of 2026-12-07 (D3): each render of the basis form was audited as a search, so one look
+    read "found you in a search" once a render. The form's look-up is its own step, said plainly."""
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})
+    ics.client.post("/search", data={"nhs_number": OKAFOR_NHS})
+    ics.client.get(f"/record/{ics.okafor}")
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": ""})
+    ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent", "reason": "clinic today"})
+    ics.client.post("/logout")
+    _sign_in(ics.client)
+    page = ics.client.get("/patient/accesses").text
+    (visit,) = visit_rows(page)
+    said, listed = visit.split("See each recorded event (5)")
+    assert said.count("found you in a search") == 1 and listed.count("found you in a search") == 1, visit
+    assert ("found you in a search, saw who you are on the form to record why they needed your record 2 times, "
+            "recorded why they needed your record, then viewed your record") in visit, visit
+
+
 def _access(who: str, minute: int, what: str = "viewed your record", **extra: str) -> Access:
     return Access(when=utcnow().replace(hour=9, minute=0, second=0) + timedelta(minutes=minute), username=who,
                   who=who, role="GP", organisation="Riverside Medical Centre", what=what, basis="", reason="",

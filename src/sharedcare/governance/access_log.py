@@ -17,14 +17,15 @@ from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
-# found in a search, an IG officer learning whose record an access was to, searching the audit log for
-# the citizen's NHS number or looking up their choices, and anyone else changing their choices (the operator's
-# `sharedcare preferences set`, on the patient's written request: the citizen's own changes are theirs, left
-# out as their own reads are). Denied attempts are shown too: a refused look is still a look someone tried.
+# found in a search, being named on the form a user records why they need the record on, an IG officer
+# learning whose record an access was to, searching the audit log for the citizen's NHS number or looking up
+# their choices, and anyone else changing their choices (the operator's `sharedcare preferences set`, on the
+# patient's written request: the citizen's own changes are theirs, left out as their own reads are). Denied
+# attempts are shown too: a refused look is still a look someone tried.
 PATIENT_VISIBLE = (AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ, AuditAction.RESOURCE_READ,
                    AuditAction.RESOURCE_HISTORY, AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH,
-                   AuditAction.DEMOGRAPHICS_READ, AuditAction.AUDIT_SEARCH, AuditAction.PREFERENCE_VIEW,
-                   AuditAction.PREFERENCE_SET)
+                   AuditAction.PATIENT_IDENTIFY, AuditAction.DEMOGRAPHICS_READ, AuditAction.AUDIT_SEARCH,
+                   AuditAction.PREFERENCE_VIEW, AuditAction.PREFERENCE_SET)
 ACTION_WORDS = {
     AuditAction.RECORD_READ: "viewed your record",
     AuditAction.RECORD_EMERGENCY_READ: "viewed your record in an emergency",
@@ -32,6 +33,7 @@ ACTION_WORDS = {
     AuditAction.RESOURCE_HISTORY: "viewed earlier versions of an item in your record",
     AuditAction.BASIS_RECORD: "recorded why they needed your record",
     AuditAction.PATIENT_SEARCH: "found you in a search",
+    AuditAction.PATIENT_IDENTIFY: "saw who you are on the form to record why they needed your record",
     AuditAction.DEMOGRAPHICS_READ: "saw your name and date of birth (reviewing an access to your record)",
     AuditAction.AUDIT_SEARCH: "looked at the list of who has seen your record (an information governance check)",
     AuditAction.PREFERENCE_VIEW: "looked at your sharing choices",

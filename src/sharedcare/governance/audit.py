@@ -65,6 +65,9 @@ class AuditAction(StrEnum):
     RESOURCE_HISTORY = "clinical:resource:history"
     RECORD_WRITE = "clinical:record:write"
     PATIENT_SEARCH = "clinical:patient:search"
+    # the basis form named the person to the user (`GovernedRecords.identify`): not a search, and not a way to
+    # find them again (gateway.FOUND_BY)
+    PATIENT_IDENTIFY = "clinical:patient:identify"
     DEMOGRAPHICS_READ = "clinical:demographics:read"
     BASIS_RECORD = "access:basis:record"
     LOGIN = "auth:session:login"

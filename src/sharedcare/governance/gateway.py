@@ -764,9 +764,10 @@ class GovernedRecords:
         category, provenance) is served again, with its JSON, rather than redacted, copied and encoded again.
         What a role sees of a service it may not know of (a mental health trust's allergy, to a pharmacist)
         is served from `UNNAMED_SERVICE`, at tier 2 at most (free text may name the service), without the
-        identifiers and meta.source that name the service; in every resource served to such a role, what
-        names the service (a recorder, an author, an informationSource...) says only `UNNAMED_SERVICE`
-        (`governance/unnamed.py`)."""
+        identifiers and meta.source that name the service (meta.tag and meta.security lose any coding with its
+        ODS code, as every Coding does); in every resource served to such a role, what names the service (a
+        recorder, an author, an informationSource, a Coding or Identifier with its ODS code...) says only
+        `UNNAMED_SERVICE` or goes (`governance/unnamed.py`)."""
         resource_id, resource_type, source_org, source_system, content, _, _, recorded_at, received_at, _ = row
         unknown = self._unknown
         whole = unknown is not None and source_org in unknown.codes
@@ -843,15 +844,16 @@ class GovernedRecords:
         self.session.commit()  # as `_released`: durable before the results leave, the lock held no longer
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
 
-    def _search_refused(self, query_b64: str) -> Decision | None:
-        """Why this actor may not look anyone up (audited, as a refused search), or None when they may."""
+    def _search_refused(self, query_b64: str, action: AuditAction = AuditAction.PATIENT_SEARCH) -> Decision | None:
+        """Why this actor may not look anyone up (audited as `action` refused: a search, or the basis form's
+        look-up), or None when they may."""
         denied = check_request(self._request("")[1], self.fw, require_basis=False)
         if denied is None and self.resource_types is not None and "Patient" not in self.resource_types:
             denied = Decision("deny", "deny-scope", "the access token's scopes do not include Patient")
         if denied is None and self.actor.role and self.actor.role.tier("demographics") < 1:
             denied = Decision("deny", "deny-tier", "your role may not look up patients")
         if denied is not None:
-            self._audit(AuditAction.PATIENT_SEARCH, "deny", None, rule_id=denied.rule_id, reason=denied.reason,
+            self._audit(action, "deny", None, rule_id=denied.rule_id, reason=denied.reason,
                         detail={"query": query_b64})
             self.session.commit()
         return denied
@@ -859,15 +861,18 @@ class GovernedRecords:
     def identify(self, person_id: str) -> PatientMatch | None:
         """Who a person is, exactly as a search that found them would show this actor (`_visible_match`: name,
         born, NHS number, postcode where the role sees addresses; nothing clinical), for the basis form to name
-        the patient it records a basis against (twins found by one search, one mis-tap). Audited as a search by
-        the person's id, one event naming them; None, audited as a search that found no one, when no search by
-        this actor could find them (or they may not look anyone up).
+        the patient it records a basis against (twins found by one search, one mis-tap). Audited as
+        `PATIENT_IDENTIFY` (the query the person's id), one event naming them; None, audited as one that named
+        no one, when no search by this actor could find them (or they may not look anyone up). Not audited as
+        a search: each render of the form would read as another "found you in a search" to the citizen, and
+        would count as having found them (privacy review of 2026-12-07, D3 and D4).
 
         Only for someone this actor found, or whose record they read, in the last FOUND_WITHIN (the audit says
         so): whom they have already seen named. A record's id (in a URL, a browser's history, a log) is not a
-        way to learn who someone is without knowing their name and date of birth or NHS number."""
+        way to learn who someone is without knowing their name and date of birth or NHS number. The form's own
+        look-ups do not count, or viewing it once a day would name the person for ever with no search again."""
         query_b64 = base64.b64encode(urlencode({"person_id": person_id}).encode()).decode()
-        if self._search_refused(query_b64) is not None:
+        if self._search_refused(query_b64, AuditAction.PATIENT_IDENTIFY) is not None:
             return None
         found_before = self.session.execute(select(AuditEntry.seq).where(
             AuditEntry.patient_id == person_id, AuditEntry.username == self.actor.username,
@@ -875,9 +880,9 @@ class GovernedRecords:
             >= self.now - FOUND_WITHIN).limit(1)).first() is not None
         match = self._visible_match(person_id, _ANYONE) if found_before else None
         if match is not None:
-            self._audit(AuditAction.PATIENT_SEARCH, "permit", person_id, detail={"query": query_b64})
+            self._audit(AuditAction.PATIENT_IDENTIFY, "permit", person_id, detail={"query": query_b64})
         else:
-            self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
+            self._audit(AuditAction.PATIENT_IDENTIFY, "permit", None, detail={"query": query_b64, "results": "0"})
         self.session.commit()
         return match
 
@@ -974,7 +979,8 @@ class _Criteria:
 
 
 # What shows a user who someone is: a search that found them, a read of their record (its banner). `identify`
-# names a person only to a user the audit shows one of these for, this recently.
+# names a person only to a user the audit shows one of these for, this recently; its own entries
+# (PATIENT_IDENTIFY) are not among them, so the form cannot keep the window open by itself.
 FOUND_BY = (AuditAction.PATIENT_SEARCH, AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ)
 FOUND_WITHIN = timedelta(hours=24)
 

@@ -7,16 +7,21 @@ what it does see of the service's records (an allergy the mental health trust re
 takes the service's name out of the elements inside a record too, by one rule for every resource type:
 
 - a Reference that names such a service (its ODS code as identifier, an identifier or address in one of
-  its local systems `https://fhir.<code>.nhs.uk/...`, its name in the display, `Organization/<code>` as
-  any source's reference to it is stored) becomes `{"display": "A specialist service"}`, wherever it is
-  (recorder, asserter, performer, author, custodian, informationSource, serviceProvider, participant...)
-  and whoever recorded it (a GP's record of a depot the trust gives names the trust as its source);
+  its local systems `https://fhir.<code>.nhs.uk/...`, its name or its ODS code as a word in the display,
+  `Organization/<code>` as any source's reference to it is stored) becomes `{"display": "A specialist
+  service"}`, wherever it is (recorder, asserter, performer, author, custodian, informationSource,
+  serviceProvider, participant...) and whoever recorded it (a GP's record of a depot the trust gives
+  names the trust as its source);
 - in a record the service itself made (`whole`), so does every Reference to who recorded or did something
   (an Organization, Practitioner, PractitionerRole, Location, CareTeam... or a Reference with no
   literal reference), since its staff, wards and teams are the service's; a contained resource of those
   types goes, and the record's own identifiers;
-- a Coding or Identifier in one of its local systems, and an extension defined under one, goes (a
-  CodeableConcept left with nothing says it is not shown).
+- a Coding or Identifier in one of its local systems, or in the national ODS system with its ODS code
+  (whatever the case), goes wherever it is (meta.tag and meta.security, an extension's value[x], a
+  CodeableConcept's codings, a resource's identifiers), and so does an extension defined under one of its
+  local systems or left with no value: ODS codes are public, so "RXM" tells the reader as much as the
+  trust's name (privacy review of 2026-12-07, D1). A CodeableConcept left with nothing says it is not
+  shown.
 
 Free text is not read: the gateway serves a service's own records to such a role at tier 2 at most (no
 notes, narrative or displays), and another organisation's free text naming the service at tier 3 is a
@@ -27,6 +32,7 @@ naming no such service is returned as is.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -60,11 +66,16 @@ class Unknown:
     hints: tuple[bytes, ...] = field(init=False)
     reference_hints: tuple[bytes, ...] = field(init=False)
     exact: bool = field(init=False)  # whether the JSON holds each name as written, lowered as it is
+    lowered: frozenset[str] = field(init=False)  # their ODS codes, casefolded
+    word: re.Pattern[str] = field(init=False)  # any of their ODS codes as a whole word, in casefolded text
 
     def __post_init__(self) -> None:
         hints = (*self.codes, *self.names)
         object.__setattr__(self, "hints", tuple(hint.lower().encode() for hint in hints))
         object.__setattr__(self, "reference_hints", tuple(ref.lower().encode() for ref in sorted(self.references)))
+        object.__setattr__(self, "lowered", frozenset(code.casefold() for code in self.codes))
+        object.__setattr__(self, "word", re.compile(
+            r"(?<![0-9a-z])(?:" + "|".join(re.escape(code) for code in sorted(self.lowered)) + r")(?![0-9a-z])"))
         object.__setattr__(self, "exact", all(name.isascii() and name.isprintable() and '"' not in name
                                               and "\\" not in name for name in self.names))
 
@@ -95,17 +106,27 @@ class Unknown:
         lowered = value.lower()
         return any(host in lowered for host in self.hosts)
 
+    def ods(self, element: dict[str, Any]) -> bool:
+        """Whether a Coding or Identifier is one of their ODS codes (the national system, any case)."""
+        if element.get("system") != ODS_SYSTEM:
+            return False
+        code = element.get("code", element.get("value"))
+        return type(code) is str and code.strip().casefold() in self.lowered
+
     def named_by(self, ref: dict[str, Any]) -> bool:
-        """Whether a Reference names one of the services."""
+        """Whether a Reference names one of the services: its ODS code or a local system as its identifier,
+        its reference, its name anywhere in its display or its ODS code there as a word ("Given by RXM")."""
         ident = ref.get("identifier")
-        if type(ident) is dict and ((ident.get("system") == ODS_SYSTEM and ident.get("value") in self.codes)
-                                    or self.local(ident.get("system"))):
+        if type(ident) is dict and (self.ods(ident) or self.local(ident.get("system"))):
             return True
         target = ref.get("reference")
         if type(target) is str and (target in self.references or self.local(target)):
             return True
         display = ref.get("display")
-        return type(display) is str and any(name in display.casefold() for name in self.names)
+        if type(display) is not str:
+            return False
+        shown = display.casefold()
+        return any(name in shown for name in self.names) or self.word.search(shown) is not None
 
 
 def unknown_services(fw: Framework, role: Role | None, organisation: str) -> Unknown | None:
@@ -155,8 +176,7 @@ def _names(resource: dict[str, Any], unknown: Unknown) -> bool:
     name = resource.get("name")
     if type(name) is str and any(known in name.casefold() for known in unknown.names):
         return True
-    return any(type(ident) is dict and ((ident.get("system") == ODS_SYSTEM and ident.get("value") in unknown.codes)
-                                        or unknown.local(ident.get("system")))
+    return any(type(ident) is dict and (unknown.ods(ident) or unknown.local(ident.get("system")))
                for ident in resource.get("identifier") or [])
 
 
@@ -173,15 +193,24 @@ def _agent(ref: dict[str, Any], gone: set[str]) -> bool:
 
 def _replaced(value: dict[str, Any], unknown: Unknown, whole: bool, gone: set[str]) -> dict[str, Any] | None:
     """What a dict element becomes: the unnamed Reference, None when it goes (a Coding or Identifier in a
-    local system, an extension defined under one), else itself walked."""
+    local system or with their ODS code, an extension defined under a local system or whose value went),
+    else itself walked."""
     if _REFERENCE_KEYS.intersection(value) and _NOT_A_REFERENCE.isdisjoint(value):
         target = value.get("reference")
         if (whole and _agent(value, gone)) or unknown.named_by(value) or (type(target) is str and target in gone):
             return _UNNAMED
         return value
-    if unknown.local(value.get("system")) or unknown.local(value.get("url")):
+    if unknown.local(value.get("system")) or unknown.local(value.get("url")) or unknown.ods(value):
         return None
-    return _walk(value, unknown, whole, gone)
+    walked = _walk(value, unknown, whole, gone)
+    if walked is not value and "url" in value and _valued(value) and not _valued(walked):
+        return None  # an extension whose value named the service: nothing of it is left to say
+    return walked
+
+
+def _valued(extension: dict[str, Any]) -> bool:
+    """Whether an extension has a value[x] or extensions of its own."""
+    return any(key.startswith("value") or key == "extension" for key in extension)
 
 
 def _walk(node: dict[str, Any], unknown: Unknown, whole: bool, gone: set[str]) -> dict[str, Any]:
@@ -190,6 +219,8 @@ def _walk(node: dict[str, Any], unknown: Unknown, whole: bool, gone: set[str]) -
         kind = type(value)
         if kind is dict:
             new: Any = _replaced(value, unknown, whole, gone)
+            if new is not value and not new and value:
+                new = None  # an element (meta) whose only content named the service
         elif kind is list:
             items = [(_replaced(item, unknown, whole, gone) if type(item) is dict else item) for item in value]
             new = [item for item in items if item is not None]

@@ -145,7 +145,8 @@ def _basis_page(request: Request, records: RecordsDep, fw: FrameworkDep, person_
                for value, label, hint in BASIS_CHOICES
                if (rule := fw.basis.get(value)) is not None  # type: ignore[call-overload]
                and (rule.permission is None or (role is not None and rule.permission in role.permissions))]
-    # whose record this is, as a search shows this user (through the decision point, audited as a look-up):
+    # whose record this is, as a search shows this user (through the decision point, audited as the form's
+    # look-up, `clinical:patient:identify`, not as a search):
     # twins found by one search differ only here, and a mis-tap records a basis against the other child
     return render(request, "basis.html", status=status, account=pages.account(records.actor, fw),
                   person_id=person_id, patient=records.identify(person_id), choices=choices, error=error,
