@@ -1,0 +1,102 @@
+"""Twins whose given names share a common element (a Vietnamese middle name Thị or Văn, a first name
+Mohammed or Mary) and differ in the one that tells them apart, through the real ingest path: the GP's
+FHIR Patient for one twin, the hospital's HL7 v2 admission for the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tests.builders import bundle, patient, write_ndjson
+from tests.ingest.test_hl7v2 import admission, write_hl7
+
+from sharedcare.governance.framework import Framework
+from sharedcare.identity.mpi import relink
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.database import Database
+from sharedcare.store.models import PatientRecord
+
+BORN, HL7_BORN, POSTCODE = "2001-04-09", "20010409", "RV3 7QT"
+ADDRESS = f"14 Mill Lane^^Riverside^^{POSTCODE}^GBR^H"
+
+
+def _ingest(db: Database, framework: Framework, tmp_path: Path, gp_given: list[str], family: str, sex: str,
+            hl7_name: str, gp_nhs: str | None = "9434765919") -> dict[str, PatientRecord]:
+    """The GP's FHIR Patient (given names as `gp_given`), then the hospital's A01 (PID-5 `hl7_name`)."""
+    gp = patient("gp-1", gp_nhs, family, gp_given[0], BORN, sex, POSTCODE,
+                 name=[{"use": "official", "family": family, "given": gp_given}],
+                 telecom=[{"system": "phone", "value": "01632 960457", "use": "home"}])
+    feeds = [write_ndjson(tmp_path / "P81001" / "gp.ndjson", [bundle("P81001", "emis", [gp])]),
+             write_hl7(tmp_path / "RXR" / "pas.hl7",
+                       [admission("PAS1", mrn="H1", nhs=None, name=hl7_name, born=HL7_BORN, sex=sex[0].upper(),
+                                  address=ADDRESS).replace("|8859/1\r", "|UNICODE UTF-8\r")], encoding="utf-8")]
+    for feed in feeds:
+        report = Pipeline(db, framework).ingest_paths([feed])
+        assert report.quarantined == 0, report.quarantine
+    with db.session() as s:
+        rows = list(s.scalars(select(PatientRecord)))
+        s.expunge_all()
+    return {r.source_org: r for r in rows}
+
+
+def _relinked(db: Database) -> dict[str, PatientRecord]:
+    with db.session() as s:
+        relink(s)
+    with db.session() as s:
+        rows = list(s.scalars(select(PatientRecord)))
+        s.expunge_all()
+    return {r.source_org: r for r in rows}
+
+
+TWINS = [  # (GP's given names for one twin, surname, sex, the hospital's PID-5 for the other twin)
+    pytest.param(["Thị", "Hằng"], "Trần", "female", "TRẦN^Thị^Hương", id="fhir-given-middle/hl7-given^middle"),
+    pytest.param(["Thị Hằng"], "Trần", "female", "TRAN^Thi Huong", id="fhir-one-given/hl7-one-given-unaccented"),
+    pytest.param(["Thị", "Hằng"], "Trần", "female", "TRAN^Thi Huong", id="fhir-given-middle/hl7-one-given"),
+    pytest.param(["Thị Hằng"], "Trần", "female", "TRẦN^Thị^Hương", id="fhir-one-given/hl7-given^middle"),
+    pytest.param(["Hằng", "Thị"], "Trần", "female", "TRẦN^Hương^Thị", id="fhir-middle-last/hl7-middle-last"),
+    pytest.param(["Văn", "Minh"], "Nguyễn", "male", "NGUYỄN^Văn^Long", id="van-minh/van-long"),
+    pytest.param(["Văn Minh"], "Nguyễn", "male", "NGUYEN^Van Long", id="van-minh/van-long-one-given"),
+    pytest.param(["Mohammed", "Ali"], "Khan", "male", "KHAN^Mohammed^Omar", id="mohammed-ali/mohammed-omar"),
+    pytest.param(["Mohammed Ali"], "Khan", "male", "KHAN^Mohammed Omar", id="mohammed-ali/mohammed-omar-one"),
+    pytest.param(["Mary", "Ann"], "Smith", "female", "SMITH^Mary^Jane", id="mary-ann/mary-jane"),
+    pytest.param(["Mary-Ann"], "Smith", "female", "SMITH^Mary-Jane", id="mary-ann/mary-jane-hyphenated"),
+]
+
+
+@pytest.mark.parametrize(("gp_given", "family", "sex", "hl7_name"), TWINS)
+def test_twins_sharing_a_common_given_name_element_are_not_linked(
+        db: Database, framework: Framework, tmp_path: Path, gp_given: list[str], family: str, sex: str,
+        hl7_name: str) -> None:
+    r = _ingest(db, framework, tmp_path, gp_given, family, sex, hl7_name)
+    assert r["RXR"].person_id != r["P81001"].person_id, "on ingest"
+    assert r["RXR"].link_status == "review"
+    r = _relinked(db)
+    assert r["RXR"].person_id != r["P81001"].person_id, "after a relink"
+
+
+ONE_PERSON = [  # (the GP's given names, surname, sex, the hospital's PID-5 for the same person)
+    pytest.param(["Mary", "Ann"], "Smith", "female", "SMITH^Mary", id="middle-name-missing"),
+    pytest.param(["Thị", "Hằng"], "Trần", "female", "TRAN^Thi Hang", id="one-given-field-unaccented"),
+    pytest.param(["Thị Hằng"], "Trần", "female", "TRẦN^Thị^Hằng", id="given^middle-against-one-field"),
+    pytest.param(["Thị Hằng"], "Trần", "female", "TRAN^Hang", id="common-middle-missing"),
+    pytest.param(["Thị", "Hằng"], "Trần", "female", "TRẦN^Hằng^Thị", id="given-names-in-swapped-order"),
+    pytest.param(["John", "Robert"], "Smith", "male", "SMITH^Robert", id="goes-by-the-middle-name"),
+    pytest.param(["Robert", "James"], "Okafor", "male", "OKAFOR^Bob^James", id="nickname"),
+    pytest.param(["Margaret", "Rose"], "Hughes", "female", "HUGHES^Peggy", id="nickname-middle-missing"),
+    pytest.param(["Jonathan", "Paul"], "Smith", "male", "SMITH^Jonathon^Paul", id="typing-error-in-the-first"),
+    pytest.param(["Mohammed", "Ali"], "Khan", "male", "KHAN^Mohammed^Aly", id="typing-error-in-the-second"),
+    pytest.param(["Mary", "Ann"], "Smith", "female", "SMITH^Mary^A", id="middle-initial"),
+    pytest.param(["Robert", "James"], "Smith", "male", "ROBERT^Smith^James", id="first-and-last-swapped"),
+]
+
+
+@pytest.mark.parametrize(("gp_given", "family", "sex", "hl7_name"), ONE_PERSON)
+def test_one_persons_given_names_written_differently_still_link(
+        db: Database, framework: Framework, tmp_path: Path, gp_given: list[str], family: str, sex: str,
+        hl7_name: str) -> None:
+    r = _ingest(db, framework, tmp_path, gp_given, family, sex, hl7_name)
+    assert r["RXR"].person_id == r["P81001"].person_id, "on ingest"
+    assert r["RXR"].link_status == "linked"
+    r = _relinked(db)
+    assert r["RXR"].person_id == r["P81001"].person_id, "after a relink"
