@@ -23,6 +23,7 @@ from sharedcare.identity.compare import (
     ADDRESS,
     COMPARISONS,
     DOB,
+    GIVEN_NAMES_CONFLICT,
     NEITHER_NAMED,
     Features,
     MatchRecord,
@@ -333,9 +334,12 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
         score = model.score(incoming, stored, shift)
         if score.probability >= REVIEW_THRESHOLD:
             nameless = score.probability >= LINK_THRESHOLD and neither_named(incoming, stored)
-            scored.append(Candidate(row.id, row.person_id, score, model.evidence(score.levels, shift)
-                                    | {"with_record": row.id} | ({"held": NEITHER_NAMED} if nameless else {}),
-                                    stored["given"] is not None, nameless))
+            evidence = model.evidence(score.levels, shift) | {"with_record": row.id}
+            if nameless:
+                evidence["held"] = NEITHER_NAMED
+            elif "name" in score.never_link and "name" not in evidence["never_link"]:
+                evidence["held"] = GIVEN_NAMES_CONFLICT  # held by the given names element by element
+            scored.append(Candidate(row.id, row.person_id, score, evidence, stored["given"] is not None, nameless))
     apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
     held = sorted((c for c in scored if c.person_id in apart), key=lambda c: -c.score.probability)
     scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
