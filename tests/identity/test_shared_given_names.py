@@ -4,7 +4,9 @@ FHIR Patient for one twin, the hospital's HL7 v2 admission for the other."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -155,3 +157,40 @@ def test_one_persons_given_names_written_differently_still_link(
     assert r["RXR"].link_status == "linked"
     r = _relinked(db)
     assert r["RXR"].person_id == r["P81001"].person_id, "after a relink"
+
+
+def _fhir_twin(pid: str, given: list[str], nhs: str | None = None, phone: bool = True) -> dict[str, Any]:
+    return patient(pid, nhs, "Trần", given[0], BORN, "female", POSTCODE,
+                   name=[{"use": "official", "family": "Trần", "given": given}],
+                   **({"telecom": [{"system": "phone", "value": "01632 960457", "use": "home"}]} if phone else {}))
+
+
+@pytest.mark.parametrize("bridge_first", [True, False], ids=["bridge-before-the-twin", "bridge-after-the-twin"])
+def test_twins_sharing_a_common_given_name_are_not_joined_through_a_record_with_only_that_name(
+        db: Database, framework: Framework, tmp_path: Path, bridge_first: bool) -> None:
+    """An ambulance record with "Thị" alone agrees with both twins (a middle name missing is no
+    disagreement), so a relink joined Thị Hằng and Thị Hương through it, as a chain of agreeing names joins.
+    Given names that differ element by element hold through any record: the bridge is held for review."""
+    # the GP holds no phone: Hương's record scores higher with the bridge than with her twin's
+    hang = ("P81001", "emis", _fhir_twin("hang", ["Thị", "Hằng"], "9434765919", phone=False))
+    bridge = ("RYA", "cleric", _fhir_twin("thi", ["Thị"]))
+    huong = ("RXR", "epr", _fhir_twin("huong", ["Thị", "Hương"]))
+    for n, (org, system, res) in enumerate([hang, bridge, huong] if bridge_first else [hang, huong, bridge]):
+        Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{n}.ndjson", [bundle(org, system, [res])])])
+    with db.session() as s:
+        rows = {r.source_org: r for r in s.scalars(select(PatientRecord))}
+        assert rows["RXR"].person_id != rows["P81001"].person_id, "on ingest"
+        assert rows["RXR"].link_status == "review"
+    r = _relinked(db)
+    assert r["RXR"].person_id != r["P81001"].person_id, "after a relink"
+    assert r["RYA"].person_id not in (r["RXR"].person_id, r["P81001"].person_id)
+    assert r["RYA"].link_status == "review" and "kept apart" in (r["RYA"].link_note or "")
+
+
+def test_a_relink_holds_a_record_with_only_the_shared_given_name_between_twins() -> None:
+    base = MatchRecord(0, family="Tran", birth_date=BORN, sex="female", postcode=POSTCODE, phones=("01632 960457",))
+    records = [replace(base, record_id=1, given="Thị", other_given=("Hằng",)), replace(base, record_id=2, given="Thị"),
+               replace(base, record_id=3, given="Thị Hương")]
+    found = cluster(records, fallback=default_model().json)
+    assert len({found.cluster_of[i] for i in (1, 2, 3)}) == 3
+    assert found.held_for_review == found.torn == {2}

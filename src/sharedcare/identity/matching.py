@@ -328,8 +328,13 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         else:
             unsure.append((a, b, p, key))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
+    def elements_differ(x: int, y: int) -> bool:
+        fx, fy = features_of(x), features_of(y)
+        return given_names_conflict(fx, fy) and not nhs_number_outweighs_given_name(fx, fy)
+
     result, refused = _components(records, links, numbers, Apart(
-        decided_different, decided_same, unnamed, lambda x, y: names_keep_apart(features_of(x), features_of(y))))
+        decided_different, decided_same, unnamed, lambda x, y: names_keep_apart(features_of(x), features_of(y)),
+        elements_differ))
     unsure += [(a, b, p, found_of[pair]) for a, b, p in refused if (pair := (min(a, b), max(a, b))) in found_of]
     bridged = {(min(a, b), max(a, b)) for a, b, _ in refused}
     waterfalls: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -471,6 +476,8 @@ class Apart:
     kept: set[tuple[int, int]]  # pairs a reviewer decided are one person: never refused
     unnamed: set[int]  # records without a given name (`compare.given_text`)
     names_differ: Callable[[int, int], bool]  # `compare.names_keep_apart` of two records
+    # `compare.given_names_conflict` of two records but for the NHS-number exception: held through any record
+    elements_differ: Callable[[int, int], bool] | None = None
 
 
 def _components(records: list[MatchRecord], links: list[tuple[int, int, float]], numbers: dict[int, str | None],
@@ -536,10 +543,13 @@ def _join(records: list[MatchRecord], links: list[tuple[int, int, float]], apart
 
     def conflicts(ra: int, rb: int, bridged: bool) -> tuple[set[int], bool]:
         """The records of the pairs kept apart the join of these two persons would hold, and whether a
-        reviewer's separation is among them."""
+        reviewer's separation or given names that differ element by element are among them (either holds
+        through any record, so the record that would join them is torn)."""
         side = set(joined[rb])
         found = {x for x in joined[ra] if x in separated and not side.isdisjoint(separated[x])}
         found |= {y for x in found for y in separated[x] & side}
+        if apart.elements_differ is not None:
+            found |= {r for x in joined[ra] for y in joined[rb] if apart.elements_differ(x, y) for r in (x, y)}
         by_reviewer = bool(found)
         if bridged:
             found |= {r for x in joined[ra] for y in joined[rb] if apart.names_differ(x, y) for r in (x, y)}
