@@ -328,6 +328,7 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         else:
             unsure.append((a, b, p, key))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
+
     def elements_differ(x: int, y: int) -> bool:
         fx, fy = features_of(x), features_of(y)
         return given_names_conflict(fx, fy) and not nhs_number_outweighs_given_name(fx, fy)
