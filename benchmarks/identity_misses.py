@@ -166,7 +166,7 @@ def why(number: int) -> dict[str, Any]:
     def read(a: int, b: int) -> dict[str, Any]:
         a, b = min(a, b), max(a, b)
         found = levels(feats[a], feats[b])
-        scored = model.score_levels(found)
+        scored = model.score(feats[a], feats[b])  # never_link: the levels' and the given names' (element by element)
         if not candidate(feats[a], feats[b]):
             status = NOT_CANDIDATE
         elif scored.probability >= LINK_THRESHOLD:
@@ -205,7 +205,7 @@ def why(number: int) -> dict[str, Any]:
     for r in records:
         persons[result.cluster_of[r.record_id]].append(r.record_id)
     joined_anyway = [read(a, b) for ids in persons.values() for a in ids for b in ids if a < b and
-                     (pair := model.score_levels(levels(feats[a], feats[b]))).never_link and
+                     (pair := model.score(feats[a], feats[b])).never_link and
                      pair.probability >= REVIEW_THRESHOLD]
     return {"data": f"FEBRL {number}", "records": len(records), "people": len(members),
             "true_pairs": sum(len(ids) * (len(ids) - 1) // 2 for ids in members.values()),

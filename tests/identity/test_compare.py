@@ -24,6 +24,7 @@ from sharedcare.identity.compare import (
     names_keep_apart,
     numbers_keep_apart,
 )
+from sharedcare.identity.model import default_model
 from sharedcare.identity.nhs_number import is_valid, normalise
 
 BASE = MatchRecord(1, given="Robert", family="Smith", birth_date="1960-03-07", sex="male", postcode="RV1 2AB")
@@ -265,3 +266,52 @@ def test_two_records_without_a_given_name_are_kept_apart_unless_a_valid_nhs_numb
                                 features(replace(b, nhs_number="9434765919")))
     assert names_keep_apart(features(replace(a, nhs_number="4652817")), features(replace(b, nhs_number="4652817")))
     assert not names_keep_apart(features(a), features(replace(b, given="Amy")))  # one given name: the model weighs it
+
+
+def _named(given: str, *other: str, family: str = "Tran") -> dict[str, Any]:
+    return features(replace(BASE, given=given, other_given=other, family=family))
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    (("Thị", "Hằng"), ("Thị", "Hương")), (("Thị Hằng",), ("Thị Hương",)), (("Thị", "Hằng"), ("Thi Huong",)),
+    (("Hằng", "Thị"), ("Hương", "Thị")), (("Văn", "Minh"), ("Van Long",)), (("Mohammed", "Ali"), ("Mohammed Omar",)),
+    (("Mary", "Ann"), ("Mary", "Jane")), (("Mary-Ann",), ("Mary-Jane",)), (("Mary", "Ava"), ("Mary", "Eva")),
+    (("Robert", "James"), ("Bob", "Peter"))])
+def test_given_names_that_share_one_element_and_differ_in_another_are_kept_apart(
+        one: tuple[str, ...], other: tuple[str, ...]) -> None:
+    """Twins named alike: the name comparison meets them on the element they share (exact, nickname or
+    middle name, a typing error on the whole field), so the rule looks at every given name."""
+    a, b = _named(*one), _named(*other)
+    assert NAME.levels[NAME.level(a, b)].label not in NAME.never_link  # the levels alone would link them
+    assert compare.given_names_conflict(a, b) and compare.given_names_conflict(b, a)
+    assert names_keep_apart(a, b)
+    assert default_model().score(a, b).never_link == ["name"]
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    (("Thị", "Hằng"), ("Thị",)), (("Thị Hằng",), ("Hằng",)), (("Thị", "Hằng"), ("Hằng", "Thị")),
+    (("Thị", "Hằng"), ("Thi Hang",)), (("John", "Robert"), ("Robert",)), (("Robert", "James"), ("Bob", "James")),
+    (("Margaret", "Rose"), ("Peggy",)), (("Jonathan", "Paul"), ("Jonathon", "Paul")), (("Mary", "Ann"), ("Mary", "A")),
+    (("Mary", "Ann"), ("Mary", "Ann", "Louise")), (("Mary", "Anne"), ("Mary", "Ann")), (("Amy",), ("Zoe",))])
+def test_given_names_that_agree_element_by_element_are_no_conflict(one: tuple[str, ...],
+                                                                   other: tuple[str, ...]) -> None:
+    """A middle name missing, names in another order, a nickname, a typing error, an initial, the middle
+    name the person goes by; one given name each is left to the name comparison (Amy and Zoe: its level)."""
+    assert not compare.given_names_conflict(_named(*one), _named(*other))
+
+
+def test_given_names_moved_into_the_surname_are_no_conflict() -> None:
+    """Robert James Smith written Smith James Robert: the names swapped between the fields, as the level
+    'first and last swapped' reads a pair."""
+    assert not compare.given_names_conflict(_named("Robert", "James", family="Smith"),
+                                            _named("Smith", "James", family="Robert"))
+
+
+def test_the_given_names_are_read_by_the_rule_only_not_by_splink() -> None:
+    """The comparisons, their SQL and the shipped model are unchanged: no level reads `given_names`."""
+    from sharedcare.identity.matching import _feature_columns
+
+    assert features(replace(BASE, given="Thị-Hằng", other_given=("Baby", "hằng", "Hằng Lan")))["given_names"] == [
+        "thi", "hang", "lan"]
+    assert "given_names" not in _feature_columns()
+    assert not any("given_names" in level.sql for c in COMPARISONS for level in c.levels)

@@ -159,6 +159,16 @@ def given_keys(names: Iterable[str | None]) -> list[str]:
     return sorted(keys)
 
 
+def given_names(names: Iterable[str | None]) -> list[str]:
+    """Each given name a record carries, one word each, in order and once: first, middle and any other name
+    it holds ("Thị Hằng" or "Thị", "Hằng" -> thi, hang; "Mary-Ann" -> mary, ann; placeholders none). What
+    the given-name rule compares element by element (`given_names_conflict`)."""
+    found: dict[str, None] = {}
+    for raw in names:
+        found.update(dict.fromkeys((given_text(raw) or "").replace("-", " ").split()))
+    return list(found)
+
+
 def family_keys(names: Iterable[str | None]) -> list[str]:
     """Each whole surname and each part of a hyphenated or double-barrelled one (Smith-Jones -> smith,
     jones, smith-jones), over current and previous surnames."""
@@ -238,6 +248,7 @@ def features(r: MatchRecord) -> Features:
         "nhs_number": r.nhs_number or None,
         "given": given_text(r.given), "family": family_text(r.family),
         "given_keys": given_keys([r.given, *r.other_given]) or None,
+        "given_names": given_names([r.given, *r.other_given]) or None,
         "family_keys": family_keys([r.family, *r.other_family]) or None,
         **birth_and_address(r.birth_date, r.postcode, r.postcodes),
         "sex": r.sex if r.sex in ("male", "female") else None,
@@ -261,8 +272,10 @@ def birth_and_address(birth_date: str | None, current: str | None, postcodes: It
 
 
 # Column types of the feature table (DuckDB / Arrow): lists for the multi-valued keys.
-LIST_COLUMNS = ("given_keys", "family_keys", "postcodes", "phones")
+LIST_COLUMNS = ("given_keys", "family_keys", "postcodes", "phones", "given_names")
 INT_COLUMNS = ("unique_id",)
+# Features only the safety rules read, in Python: no comparison level, so not in the table Splink reads.
+RULE_COLUMNS = ("given_names",)
 
 
 Pair = tuple[Features, Features]
@@ -418,11 +431,58 @@ NHS_NUMBER_OUTWEIGHS_GIVEN_NAME = ("given names differ: linked because the NHS n
 
 def nhs_number_outweighs_given_name(a: Features, b: Features) -> bool:
     """Whether this pair's valid NHS number and date of birth agree exactly, its surname agrees but for a
-    typing error at most, and its given names do not agree."""
+    typing error at most, and its given names do not agree (`given_names_differ`)."""
     if not (a["nhs_number"] and a["nhs_number"] == b["nhs_number"] and is_valid(a["nhs_number"])
             and a["dob"] and a["dob"] == b["dob"] and _jw(a["family"], b["family"]) >= FUZZY):
         return False
-    return NAME.levels[NAME.level(a, b)].label in NAME.never_link
+    return given_names_differ(a, b)
+
+
+# The given-name rule over every given name a record carries. The name comparison reads the given-name
+# field and the set of name keys: twins "Thị Hằng" and "Thị Hương" (a middle name most Vietnamese women
+# share, as men share Văn), "Mohammed Ali" and "Mohammed Omar", "Mary Ann" and "Mary Jane" agree there on
+# the element they share ("exact" when a feed sends it first and the other as a middle name, else "nickname
+# or middle name", or a typing error on the whole field), so until 2026-12-07 the rule held nothing and
+# they were linked. Each element is judged as the rule judges a given name: it agrees with an element of
+# the other record that is the same, shares a nickname key, is within a typing error (Jaro-Winkler 0.9,
+# FUZZY) or is its initial, or with the other record's surname (names swapped between the fields). When
+# both records carry two given names or more and each has one that agrees with nothing in the other, the
+# given names differ: held as the rule holds "surname agrees, given name different". One record whose
+# given names all agree with the other's is not held: a middle name missing, names in another order, a
+# nickname, a typing error, or the middle name the person goes by.
+GIVEN_NAMES_CONFLICT = ("given names differ: each record has a given name the other lacks, beside one they "
+                        "share (twins named alike: Thị Hằng and Thị Hương, Mary Ann and Mary Jane)")
+
+
+def _element_agrees(name: str, other: str) -> bool:
+    if name == other:
+        return True
+    if len(name) == 1 or len(other) == 1:
+        return name[0] == other[0]  # an initial
+    groups = _nickname_groups()
+    keys, other_keys = groups.get(name, frozenset()) | {name}, groups.get(other, frozenset()) | {other}
+    return not keys.isdisjoint(other_keys) or _jw(name, other) >= FUZZY  # as `given_keys` meet, or a typing error
+
+
+def _lacks(names: list[str], other: list[str], other_family: list[str] | None) -> bool:
+    """Whether one of `names` agrees with none of `other` nor with the other record's surname keys."""
+    return any(not any(_element_agrees(name, o) for o in other)
+               and not any(_jw(name, f) >= FUZZY for f in other_family or ()) for name in names)
+
+
+def given_names_conflict(a: Features, b: Features) -> bool:
+    """Whether both records carry two given names or more and each has one that agrees with none of the other's
+    (see above): "Thị Hằng" and "Thị Hương", never "Thị Hằng" and "Hằng" or "Hằng Thị"."""
+    x, y = a.get("given_names"), b.get("given_names")
+    if not x or not y or len(x) < 2 or len(y) < 2:
+        return False
+    return _lacks(x, y, b["family_keys"]) and _lacks(y, x, a["family_keys"])
+
+
+def given_names_differ(a: Features, b: Features) -> bool:
+    """The given-name rule: both given names present and clearly different, by the name comparison's level
+    (`NAME.never_link`) or element by element (`given_names_conflict`)."""
+    return NAME.levels[NAME.level(a, b)].label in NAME.never_link or given_names_conflict(a, b)
 
 
 # The given-name rule cannot hold what neither record says: two records without a given name (newborn
@@ -444,7 +504,7 @@ def names_keep_apart(a: Features, b: Features) -> bool:
     that differ (twins, siblings), but for the NHS-number exception above, or no given name on either."""
     if neither_named(a, b):
         return True
-    return NAME.levels[NAME.level(a, b)].label in NAME.never_link and not nhs_number_outweighs_given_name(a, b)
+    return given_names_differ(a, b) and not nhs_number_outweighs_given_name(a, b)
 
 
 def numbers_keep_apart(a: str | None, b: str | None) -> bool:

@@ -45,14 +45,17 @@ from splink.internals.misc import prob_to_match_weight
 
 from sharedcare.identity.compare import (
     COMPARISONS,
+    GIVEN_NAMES_CONFLICT,
     INT_COLUMNS,
     LIST_COLUMNS,
     NEITHER_NAMED,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
+    RULE_COLUMNS,
     Comparison,
     Features,
     MatchRecord,
     features,
+    given_names_conflict,
     given_text,
     names_keep_apart,
     neither_named,
@@ -193,7 +196,8 @@ def _settings() -> SettingsCreator:
 def table(rows: list[Features]) -> pa.Table:
     """The feature table Splink reads (one row per source record)."""
     schema = pa.schema([(name, pa.list_(pa.string()) if name in LIST_COLUMNS else
-                         pa.int64() if name in INT_COLUMNS else pa.string()) for name in rows[0]])
+                         pa.int64() if name in INT_COLUMNS else pa.string()) for name in rows[0]
+                        if name not in RULE_COLUMNS])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -298,6 +302,7 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
     unsure: list[tuple[int, int, float, tuple[int, ...]]] = []
     discrepant: list[tuple[int, int, float, tuple[int, ...]]] = []  # linked on the NHS number, names differ
     found_of: dict[tuple[int, int], tuple[int, ...]] = {}
+    conflicting: set[tuple[int, int]] = set()  # held by `given_names_conflict`, not by their levels
     columns = [scored["unique_id_l"].tolist(), scored["unique_id_r"].tolist(),
                *(scored[f"level_{name}"].tolist() for name in names)]
     for a, b, *found in zip(*columns, strict=True):
@@ -311,6 +316,9 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         found_of[pair] = key
         if pair in decided_different or _numbers_differ(numbers, a, b):
             continue
+        if p >= LINK_THRESHOLD and "name" not in never_link and given_names_conflict(features_of(a), features_of(b)):
+            never_link = [*never_link, "name"]  # the given names differ element by element, as `Model.score` reads
+            conflicting.add(pair)
         if pair in decided_same or (p >= LINK_THRESHOLD and not never_link and not (
                 a in unnamed and b in unnamed and neither_named(features_of(a), features_of(b)))):
             links.append((a, b, p))
@@ -320,8 +328,14 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
         else:
             unsure.append((a, b, p, key))
     links += [(a, b, 1.0) for a, b in decided_same if not _numbers_differ(numbers, a, b)]
+
+    def elements_differ(x: int, y: int) -> bool:
+        fx, fy = features_of(x), features_of(y)
+        return given_names_conflict(fx, fy) and not nhs_number_outweighs_given_name(fx, fy)
+
     result, refused = _components(records, links, numbers, Apart(
-        decided_different, decided_same, unnamed, lambda x, y: names_keep_apart(features_of(x), features_of(y))))
+        decided_different, decided_same, unnamed, lambda x, y: names_keep_apart(features_of(x), features_of(y)),
+        elements_differ))
     unsure += [(a, b, p, found_of[pair]) for a, b, p in refused if (pair := (min(a, b), max(a, b))) in found_of]
     bridged = {(min(a, b), max(a, b)) for a, b, _ in refused}
     waterfalls: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -349,6 +363,8 @@ def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | Non
             return {"held": BRIDGE}
         if p >= LINK_THRESHOLD and a in unnamed and b in unnamed and neither_named(features_of(a), features_of(b)):
             return {"held": NEITHER_NAMED}
+        if (min(a, b), max(a, b)) in conflicting:
+            return {"held": GIVEN_NAMES_CONFLICT}
         return {}
 
     result.review_pairs = [ReviewPair(min(a, b), max(a, b), p, evidence(key) | why(a, b, p))
@@ -426,7 +442,7 @@ def scoring_sql(weights: Weights) -> str:
 
 
 def _feature_columns() -> list[str]:
-    return list(features(MatchRecord(0)))
+    return [name for name in features(MatchRecord(0)) if name not in RULE_COLUMNS]
 
 
 def _level_sql(comparison: Comparison) -> str:
@@ -461,6 +477,8 @@ class Apart:
     kept: set[tuple[int, int]]  # pairs a reviewer decided are one person: never refused
     unnamed: set[int]  # records without a given name (`compare.given_text`)
     names_differ: Callable[[int, int], bool]  # `compare.names_keep_apart` of two records
+    # `compare.given_names_conflict` of two records but for the NHS-number exception: held through any record
+    elements_differ: Callable[[int, int], bool] | None = None
 
 
 def _components(records: list[MatchRecord], links: list[tuple[int, int, float]], numbers: dict[int, str | None],
@@ -526,10 +544,13 @@ def _join(records: list[MatchRecord], links: list[tuple[int, int, float]], apart
 
     def conflicts(ra: int, rb: int, bridged: bool) -> tuple[set[int], bool]:
         """The records of the pairs kept apart the join of these two persons would hold, and whether a
-        reviewer's separation is among them."""
+        reviewer's separation or given names that differ element by element are among them (either holds
+        through any record, so the record that would join them is torn)."""
         side = set(joined[rb])
         found = {x for x in joined[ra] if x in separated and not side.isdisjoint(separated[x])}
         found |= {y for x in found for y in separated[x] & side}
+        if apart.elements_differ is not None:
+            found |= {r for x in joined[ra] for y in joined[rb] if apart.elements_differ(x, y) for r in (x, y)}
         by_reviewer = bool(found)
         if bridged:
             found |= {r for x in joined[ra] for y in joined[rb] if apart.names_differ(x, y) for r in (x, y)}

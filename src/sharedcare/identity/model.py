@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from sharedcare.identity.compare import COMPARISONS, Comparison, Features, levels
+from sharedcare.identity.compare import COMPARISONS, Comparison, Features, given_names_conflict, levels
 
 LINK_THRESHOLD = 0.999
 REVIEW_THRESHOLD = 0.9
@@ -38,7 +38,7 @@ class Score:
     probability: float
     match_weight: float
     levels: dict[str, int]
-    never_link: list[str]  # comparisons whose level rules out an automatic link
+    never_link: list[str]  # comparisons whose level (or, for the name, given names: `score`) rules out a link
 
     @property
     def outcome(self) -> str:
@@ -74,7 +74,12 @@ class Model:
             self.labels[comparison.name] = [lv.label for lv in comparison.levels]
 
     def score(self, a: Features, b: Features, prior_shift: float = 0.0) -> Score:
-        return self.score_levels(levels(a, b), prior_shift)
+        """The pair's score; the name rules out a link also when the given names differ element by element
+        (`compare.given_names_conflict`: "Thị Hằng" and "Thị Hương" meet on Thị at a level that links)."""
+        score = self.score_levels(levels(a, b), prior_shift)
+        if "name" not in score.never_link and given_names_conflict(a, b):
+            return replace(score, never_link=[*score.never_link, "name"])
+        return score
 
     def score_levels(self, found: dict[str, int], prior_shift: float = 0.0) -> Score:
         weight = self.prior_weight + prior_shift + sum(self.weights[name][i] for name, i in found.items())

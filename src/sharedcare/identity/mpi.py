@@ -35,7 +35,6 @@ from sharedcare.clock import utcnow
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import (
-    NAME,
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
     PSEUDO_POSTCODE_DISTRICT,
     Features,
@@ -44,6 +43,7 @@ from sharedcare.identity.compare import (
     email_key,
     family_text,
     features,
+    given_names_differ,
     given_text,
     levels,
     name_text,
@@ -218,7 +218,7 @@ def _nhs_number_link(session: Session, demo: Demographics, nhs: str,
     incoming = features(match_record(0, demo, nhs))
     theirs = [(r, features(stored_match_record(r))) for r in agreeing]
     for record, their in theirs:
-        if NAME.levels[NAME.level(incoming, their)].label not in NAME.never_link:
+        if not given_names_differ(incoming, their):
             return _Link(record.person_id, "nhs-number", 1.0, "linked")
     for record, their in theirs:
         if nhs_number_outweighs_given_name(incoming, their):

@@ -23,6 +23,7 @@ from sharedcare.identity.compare import (
     ADDRESS,
     COMPARISONS,
     DOB,
+    GIVEN_NAMES_CONFLICT,
     NEITHER_NAMED,
     Features,
     MatchRecord,
@@ -279,6 +280,12 @@ BRIDGE = ("it matches this person only through a record without a given name, an
           "records is kept apart from it by the given-name rules (twins, or two records without a given name)")
 
 
+# Why real time holds a record that would link to a person one of whose records its given names differ from
+# element by element ("Thị Hương" to Thị Hằng's person through a record with "Thị" alone): as a relink holds it.
+ELEMENTS_BRIDGE = ("it matches this person through one record, and another of the person's records has given "
+                   "names that differ from its own (each has one the other lacks: twins named alike)")
+
+
 # Why real time holds a link made without given-name evidence (the safety decision "placeholders as data",
 # docs/architecture.md): on arrival a newborn twin's record before naming matches whichever twin is in the
 # index yet; a relink, which sees both, decides. No NHS number agrees here: a record whose valid NHS number
@@ -333,9 +340,12 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
         score = model.score(incoming, stored, shift)
         if score.probability >= REVIEW_THRESHOLD:
             nameless = score.probability >= LINK_THRESHOLD and neither_named(incoming, stored)
-            scored.append(Candidate(row.id, row.person_id, score, model.evidence(score.levels, shift)
-                                    | {"with_record": row.id} | ({"held": NEITHER_NAMED} if nameless else {}),
-                                    stored["given"] is not None, nameless))
+            evidence = model.evidence(score.levels, shift) | {"with_record": row.id}
+            if nameless:
+                evidence["held"] = NEITHER_NAMED
+            elif "name" in score.never_link and "name" not in evidence["never_link"]:
+                evidence["held"] = GIVEN_NAMES_CONFLICT  # held by the given names element by element
+            scored.append(Candidate(row.id, row.person_id, score, evidence, stored["given"] is not None, nameless))
     apart = held_apart(session, (c.person_id for c in scored), record.nhs_number)
     held = sorted((c for c in scored if c.person_id in apart), key=lambda c: -c.score.probability)
     scored = sorted((c for c in scored if c.person_id not in apart), key=lambda c: -c.score.probability)
@@ -353,6 +363,9 @@ def match(session: Session, record: MatchRecord, model: Model | None = None, blo
         through = [c for c in scored if c.person_id == best.person_id and c.links]
         if not through:
             return Found("review", best, scored[:5], f"held for review: safety rule: {NEITHER_NAMED}", len(rows))
+        if any(c.person_id == best.person_id and c.evidence.get("held") == GIVEN_NAMES_CONFLICT for c in scored):
+            return Found("review", through[0], scored[:5], f"held for review: safety rule: {ELEMENTS_BRIDGE}",
+                         len(rows))
         if incoming["given"] is None or not any(c.named for c in through):
             if _kept_apart(session, best.person_id, incoming):
                 return Found("review", through[0], scored[:5], f"held for review: safety rule: {BRIDGE}", len(rows))
