@@ -37,6 +37,12 @@ class Ics:
     stranger: str
     client: TestClient
 
+    @property
+    def database(self) -> Database:
+        """The store the portal and API under test serve from."""
+        database: Database = self.client.app.state.database  # type: ignore[attr-defined]
+        return database
+
     def token(self, username: str, scope: str | None = None) -> dict[str, str]:
         """A bearer header for a framework user (the default read scopes, or `scope`)."""
         fw: Framework = self.client.app.state.framework  # type: ignore[attr-defined]

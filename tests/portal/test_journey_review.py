@@ -18,20 +18,14 @@ from tests.small_ics import Ics
 from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
-from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord
 
 HOSPITAL = "Riverside University Hospitals NHS Trust"
 
 
-def _db(ics: Ics) -> Database:
-    database: Database = ics.client.app.state.database  # type: ignore[attr-defined]
-    return database
-
-
 @pytest.fixture
 def stay(ics: Ics, framework: Framework, tmp_path: Path) -> Ics:
-    ingest_discharge(_db(ics), framework, tmp_path)
+    ingest_discharge(ics.database, framework, tmp_path)
     return ics
 
 
@@ -136,7 +130,7 @@ def _twins(ics: Ics, framework: Framework, tmp_path: Path) -> tuple[str, str]:
         patient("tw-1", "9990000026", "Nowak", "Anna", "2019-05-04", gender="female", postcode="RV3 1AA"),
         patient("tw-2", "9990000034", "Nowak", "Zofia", "2019-05-04", gender="female", postcode="RV3 1AA"),
     ])
-    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "twins.ndjson", [gp])])
+    report = Pipeline(ics.database, framework).ingest_paths([write_ndjson(tmp_path / "twins.ndjson", [gp])])
     assert report.quarantined == 0, report.quarantine
     _sign_in(ics, "para.evans")
     results = ics.client.post("/search", data={"family": "Nowak", "birth_day": "4", "birth_month": "5",
@@ -160,7 +154,7 @@ def test_the_basis_form_names_the_patient_it_is_for(ics: Ics, framework: Framewo
         assert f"{name} Born 4 May 2019 NHS number {number} Postcode RV3 1AA" in text, text
         assert other not in text
         assert "<title>Why are you opening this record?" in page.text  # the title stays generic
-    with _db(ics).session() as s:
+    with ics.database.session() as s:
         looked = s.execute(select(AuditEntry.patient_id, AuditEntry.action).where(
             AuditEntry.username == "para.evans", AuditEntry.action.startswith("clinical:patient:"))).all()
     for person in (anna, zofia):  # found in the search, and named on the form (not a search: review D3)
@@ -185,8 +179,8 @@ def test_the_basis_form_says_so_when_it_cannot_say_whose_record_it_is(ics: Ics, 
     """A person known only to the mental health trust, opened by id by a pharmacist (whose role may not know
     of that trust): no one is named, and the form says it could not confirm who."""
     mental = bundle("RXM", "rio", [patient("RXM-77", "9990000042", "Quill", "Ruth", "1960-01-01")])
-    Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "mh.ndjson", [mental])])
-    with _db(ics).session() as s:
+    Pipeline(ics.database, framework).ingest_paths([write_ndjson(tmp_path / "mh.ndjson", [mental])])
+    with ics.database.session() as s:
         person = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "RXM-77")).one()
     _sign_in(ics, "pharm.khan")
     page = ics.client.get(f"/record/{person}")
@@ -197,7 +191,7 @@ def test_the_basis_form_says_so_when_it_cannot_say_whose_record_it_is(ics: Ics, 
 
 def _searches(ics: Ics, person: str) -> list[str]:
     """The actions of the audit entries about `person` that name them (a search, or the form's look-up)."""
-    with _db(ics).session() as s:
+    with ics.database.session() as s:
         return list(s.scalars(select(AuditEntry.action).where(
             AuditEntry.patient_id == person, AuditEntry.action.startswith("clinical:patient:"))
             .order_by(AuditEntry.seq)))
