@@ -1,8 +1,9 @@
 """Which data category a stored resource falls into, and what each tier of detail lets through.
 
 Rules, first match wins: (1) a Patient is demographics; (2) a code listed in the framework's
-`sensitive_codes`, in any Coding at any depth (a report's conclusionCode, a component's value, a
-document's practice setting, an extension, a contained resource), puts the resource in that category
+`sensitive_codes` (or one under a listed ICD-10 or OPCS-4 stem, "system|F32*"), in any Coding at any
+depth (a report's conclusionCode, a component's value, a document's practice setting, an extension, a
+contained resource), puts the resource in that category
 wherever it came from; so does a source's local hospital service code (HL7 v2 PV1-10, kept in a system
 naming the organisation and its sending system) that its `service_codes` map to a listed national code or
 straight to a sensitive category (an acute trust's "GUM" clinic attendance is sexual health); (3) a type
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.framework import STEM_PREFIXES, STEM_SYSTEMS, Framework, code_stem
 from sharedcare.store.models import Resource
 
 # change whenever the rules in this module change, so every stored category is recomputed
@@ -114,9 +115,9 @@ def classify(resource: dict[str, Any], source_kind: str, fw: Framework) -> str:
         found = _local_category(codes, local, fw)
         if found is not None:
             return found
-    for category, listed in fw.sensitive_codes.items():
-        if codes.intersection(listed):
-            return category
+    found = _sensitive_category(codes, fw)
+    if found is not None:
+        return found
     if source_kind in _SERVICE_CATEGORY and resource_type in fw.safety_critical_types:
         return ALERTS
     if source_kind in _SERVICE_CATEGORY:
@@ -131,11 +132,24 @@ def _local_category(codes: set[str], local: dict[str, str], fw: Framework) -> st
     the sensitive category the framework maps it to (first in `sensitive_codes` order, then in
     `sensitive_categories` order, as rule 2 would take them)."""
     targets = {local[code] for code in codes if code in local}
-    meant = codes | targets
-    for category, listed in fw.sensitive_codes.items():
-        if category in targets or meant.intersection(listed):
-            return category
+    found = _sensitive_category(codes | targets, fw, targets)
+    if found is not None:
+        return found
     return next((category for category in fw.sensitive_categories if category in targets), None)
+
+
+def _sensitive_category(codes: set[str], fw: Framework, targets: set[str] | None = None) -> str | None:
+    """The first category in `sensitive_codes` order listing one of the codes, or a stem one of them begins
+    with ("http://hl7.org/fhir/sid/icd-10|B20*" holds B20.0 and B209), or among `targets` (the categories
+    local service codes map to straight)."""
+    stemmed = [(STEM_SYSTEMS[system], code_stem(code)) for system, _, code in
+               (c.rpartition("|") for c in codes if c.startswith(STEM_PREFIXES))]
+    for category, listed in fw.sensitive_matchers.items():
+        if (targets and category in targets) or not listed.codes.isdisjoint(codes):
+            return category
+        if stemmed and listed.stems and any(code.startswith(listed.stems.get(family, ())) for family, code in stemmed):
+            return category
+    return None
 
 
 def classification_key(fw: Framework) -> str:

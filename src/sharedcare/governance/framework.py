@@ -7,6 +7,7 @@ problem, naming the line and key of each (unknown role, tier out of range, categ
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,22 @@ SourceFormat = Literal["fhir", "hl7v2", "csv"]
 # Governance functions a role may be granted, named `area:subject:action` like audit actions.
 PERMISSIONS = frozenset({"governance:review:work", "governance:audit:search", "governance:agreement:set",
                          "governance:preference:view", "access:emergency"})
+ICD_10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk"})
+OPCS_4_SYSTEMS = frozenset({"http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
+                            "https://fhir.nhs.uk/CodeSystem/opcs-4"})
+# Code systems whose codes begin with their parent's (ICD-10's F32 holds F32.0 to F32.9; OPCS-4's Q10 holds
+# Q10.1 to Q10.9), so `sensitive_codes` may list "system|F32*" for a code and every code under it. Not
+# SNOMED CT: a concept id says nothing of its place, so each concept is listed (descendants not expanded).
+# Each system URI of one classification names the same codes (ICD-10-UK adds to the WHO edition; OPCS-4 is
+# written three ways), so a stem listed under one holds the codes sent under any of them.
+STEM_SYSTEMS = {**{system: "icd-10" for system in ICD_10_SYSTEMS}, **{system: "opcs-4" for system in OPCS_4_SYSTEMS}}
+STEM_PREFIXES = tuple(f"{system}|" for system in STEM_SYSTEMS)  # of a Coding as classify writes it
+
+
+def code_stem(code: str) -> str:
+    """A code of a `STEM_SYSTEMS` system as compared with a listed stem: upper case, without its dot, since
+    sources write F32.9, F329 and f32.9 for one code."""
+    return code.replace(".", "").upper()
 
 
 def hospital_service_system(org: str, system: str) -> str:
@@ -137,6 +154,25 @@ class WithholdRule(_Strict):
     explain: str
 
 
+@dataclass(frozen=True)
+class SensitiveCodes:
+    """One category's `sensitive_codes`: the codes listed ("system|code") and the stems ("system|F32*": the
+    code and every code under it), as `code_stem` writes them, by classification (`STEM_SYSTEMS`)."""
+
+    codes: frozenset[str]
+    stems: dict[str, tuple[str, ...]]
+
+    @staticmethod
+    def of(entries: list[str]) -> SensitiveCodes:
+        stems: dict[str, list[str]] = {}
+        for entry in entries:
+            system, _, code = entry.rpartition("|")
+            if code.endswith("*") and system in STEM_SYSTEMS:
+                stems.setdefault(STEM_SYSTEMS[system], []).append(code_stem(code[:-1]))
+        return SensitiveCodes(frozenset(entry for entry in entries if not entry.endswith("*")),
+                              {family: tuple(found) for family, found in stems.items()})
+
+
 class User(_Strict):
     username: str
     name: str
@@ -187,6 +223,18 @@ class Framework(_Strict):
         return last[1]
 
     @property
+    def sensitive_matchers(self) -> dict[str, SensitiveCodes]:
+        """Each category's `sensitive_codes` as classify matches them, in the framework's order (the first
+        listed category wins). Classify asks per resource, so the last worked out is kept with the
+        `sensitive_codes` it came from (as `local_service_codes` is): a set, where a list was walked whole."""
+        global _last_matchers
+        listed, last = self.sensitive_codes, _last_matchers
+        if last[0] is not listed:
+            last = _last_matchers = (listed, {category: SensitiveCodes.of(entries)
+                                              for category, entries in listed.items()})
+        return last[1]
+
+    @property
     def gp_practices(self) -> frozenset[str]:
         """The ODS codes of the GP practices: the organisations a person is registered with."""
         return frozenset(code for code, org in self.organisations.items() if org.kind == "gp")
@@ -207,6 +255,7 @@ class Framework(_Strict):
 
 
 _last_local_codes: tuple[object, dict[str, str]] = (None, {})  # (organisations, their table): local_service_codes
+_last_matchers: tuple[object, dict[str, SensitiveCodes]] = (None, {})  # (sensitive_codes, their matchers)
 
 
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
@@ -254,9 +303,11 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
     if fw.safety_critical_types and "alerts" not in fw.categories:
         problems.append((("safety_critical_types",), "needs the category 'alerts' (with a tier in each role) "
                                                      "that these types are filed into"))
-    for category in fw.sensitive_codes:
+    for category, entries in fw.sensitive_codes.items():
         if category not in categories:
             problems.append((("sensitive_codes", category), f"unknown category '{category}'"))
+        for index, entry in enumerate(entries):
+            problems += [(("sensitive_codes", category, index), problem) for problem in _sensitive_code_problems(entry)]
     for category in fw.sensitive_codes_explain:
         if category not in fw.sensitive_codes:
             problems.append((("sensitive_codes_explain", category), f"'{category}' has no sensitive codes to explain"))
@@ -277,6 +328,22 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
         if agreement.status == "signed" and not (agreement.signed and agreement.signatories):
             problems.append((("organisations", code, "agreement"), "a signed agreement needs a date and signatories"))
     return problems
+
+
+def _sensitive_code_problems(entry: str) -> list[str]:
+    """A `sensitive_codes` entry: "system|code", or "system|stem*" in a system whose codes begin with their
+    parent's (`STEM_SYSTEMS`)."""
+    system, bar, code = entry.rpartition("|")
+    if not bar or not code.strip("*").strip() or not system.startswith(("http://", "https://", "urn:")):
+        return [f"'{entry}' is not a code written system|code (http://snomed.info/sct|86406008)"]
+    if "*" not in code:
+        return []
+    if system not in STEM_SYSTEMS:
+        return [f"'{entry}': a '*' stands for the codes under a code only in ICD-10 and OPCS-4, whose codes begin "
+                f"with their parent's; in {system} list each code"]
+    if code.index("*") != len(code) - 1:
+        return [f"'{entry}': a '*' may only end a code (F32* for F32 and every code under it)"]
+    return []
 
 
 def _service_code_problems(fw: Framework, code: str, org: Organisation) -> list[tuple[tuple[Any, ...], str]]:

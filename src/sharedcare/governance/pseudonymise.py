@@ -91,6 +91,7 @@ from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import DMD, ODS_SYSTEM, SNOMED
 from sharedcare.fhir.uk_core_rules import code_problem
 from sharedcare.fhir.value_sets import REQUIRED, codes_of
+from sharedcare.governance.framework import ICD_10_SYSTEMS, OPCS_4_SYSTEMS
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -98,9 +99,7 @@ LOINC = "http://loinc.org"
 # are drawn from a published list (SNOMED CT's are checked at ingest). A local system's are not.
 CODE_SYSTEMS = frozenset({
     SNOMED, DMD, LOINC, UCUM,
-    "http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk",
-    "http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
-    "https://fhir.nhs.uk/CodeSystem/opcs-4",
+    *ICD_10_SYSTEMS, *OPCS_4_SYSTEMS,
 })
 CODE_SYSTEM_PREFIXES = ("http://terminology.hl7.org/CodeSystem/", "https://fhir.nhs.uk/CodeSystem/",
                         "https://fhir.hl7.org.uk/CodeSystem/")
@@ -223,9 +222,6 @@ _SCT_SYNTAX = re.compile(r"[0-9:+=,{}()]+")  # a concept id or an expression of 
 _UCUM_CODE = re.compile(r"[!-~]{1,30}")  # printable ASCII, short
 _SHORT_CODE = re.compile(r"[A-Za-z0-9.-]{1,20}")  # an HL7, HL7 UK or NHS England code not in a value set shipped
 _DIGIT_RUN = re.compile(r"\d{6}")  # a phone number, an NHS number, a date: no code of those systems holds one
-_ICD_10 = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk"})
-_OPCS_4 = frozenset({"http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
-                     "https://fhir.nhs.uk/CodeSystem/opcs-4"})
 
 
 def _shipped_code_systems() -> dict[str, frozenset[str]]:
@@ -254,9 +250,9 @@ def kept_code(system: str | None, code: str) -> bool:
     if system == LOINC:
         found = _LOINC_CODE.fullmatch(code)
         return found is not None and luhn.is_valid(found[1] + found[2])
-    if system in _ICD_10:
+    if system in ICD_10_SYSTEMS:
         return _ICD_10_CODE.fullmatch(code) is not None
-    if system in _OPCS_4:
+    if system in OPCS_4_SYSTEMS:
         return _OPCS_4_CODE.fullmatch(code) is not None
     if _DIGIT_RUN.search(code):
         return False
