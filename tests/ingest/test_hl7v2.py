@@ -706,8 +706,8 @@ def test_an_admissions_allergies_are_stored_with_severity_reactions_and_category
         "DG1|1||J18.9^Pneumonia^I10|||A",
     ]) + "\r"
     report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01])])
-    assert (report.accepted, report.quarantined) == (5, 0), report.quarantine
-    assert report.set_aside == {"DG1": 1}  # not mapped yet, and said so
+    assert (report.accepted, report.quarantined) == (6, 0), report.quarantine  # the DG1 is a Condition now
+    assert not report.set_aside
     patient = _contents(db, "Patient")["H100"]
     allergies = {a["code"].get("text") or a["code"]["coding"][0]["display"]: a
                  for a in _contents(db, "AllergyIntolerance").values()}
@@ -751,3 +751,73 @@ def test_an_allergy_without_an_allergen_or_with_an_unknown_severity_is_held_nami
         ("message 1 (MSH-10 PAS4), AL1-3", "no allergen (AL1-3): an allergy must say what to"),
         ("message 2 (MSH-10 PAS5), AL1-4", "allergy severity 'XX' is not one of SV, MO, MI, U (table 0128)"),
     ], reasons
+
+
+def test_an_admissions_diagnoses_and_procedures_are_stored_with_the_visit_and_a_working_diagnosis_is_provisional(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """DG1 and PR1 were counted as set aside and dropped: the ward's diagnosis of pneumonia and the hip
+    replacement never reached the record (known gap since the clinical fidelity review of 2026-12-07). A
+    working or admitting diagnosis (DG1-6 W, A) is provisional, a final one confirmed (HAZ-14)."""
+    a01 = admission().rstrip("\r") + "\r" + "\r".join([
+        "DG1|1||J18.9^Pneumonia, unspecified^I10|||W",
+        "DG1|2||I10X^Essential (primary) hypertension^I10|||F",
+        "PR1|1||W37.1^Primary total prosthetic replacement of hip joint using cement^OPCS4||20260110143000",
+    ]) + "\r"
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01])])
+    assert report.quarantined == 0 and not report.set_aside, report.quarantine
+    patient = _contents(db, "Patient")["H100"]
+    (encounter,) = _contents(db, "Encounter").values()
+    conditions = {c["code"]["coding"][0]["code"]: c for c in _contents(db, "Condition").values()}
+    assert set(conditions) == {"J18.9", "I10X"}
+    pneumonia = conditions["J18.9"]
+    assert pneumonia["code"]["coding"][0] == {"system": "http://hl7.org/fhir/sid/icd-10", "code": "J18.9",
+                                              "display": "Pneumonia, unspecified"}
+    assert pneumonia["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert pneumonia["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+    assert pneumonia["category"][0]["coding"][0]["code"] == "encounter-diagnosis"
+    assert pneumonia["verificationStatus"]["coding"][0]["code"] == "provisional"
+    assert conditions["I10X"]["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert "clinicalStatus" not in pneumonia  # DG1 does not say whether it is still active
+    (hip,) = _contents(db, "Procedure").values()
+    assert hip["code"]["coding"][0]["code"] == "W37.1" and hip["code"]["coding"][0]["system"].endswith("opcs-4")
+    assert (hip["status"], hip["performedDateTime"]) == ("completed", "2026-01-10T14:30:00+00:00")
+    assert hip["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+
+
+def test_the_next_adt_confirms_a_diagnosis_and_its_action_code_d_withdraws_it(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    first = admission().rstrip("\r") + "\rDG1|1||J18.9^Pneumonia^I10|||W\rDG1|2||R07.4^Chest pain^I10|||A\r"
+    update = adt("A08", "PAS9", "20260111090000", pid(), pv1(),
+                 "DG1|1||J18.9^Pneumonia^I10|||F", "DG1|2||R07.4^Chest pain^I10|||A" + "|" * 15 + "D")  # DG1-21 action code
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [first, update])])
+    assert report.quarantined == 0, report.quarantine
+    conditions = {c["code"]["coding"][0]["code"]: c for c in _contents(db, "Condition").values()}
+    assert set(conditions) == {"J18.9", "R07.4"}  # updated in place, not added again
+    assert conditions["J18.9"]["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert conditions["R07.4"]["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+
+
+def test_a_diagnosis_without_a_code_or_with_an_unknown_type_is_held_naming_the_field(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    missing = admission(control="PAS4").rstrip("\r") + "\rDG1|1||||||F\r"
+    unknown = admission(control="PAS5").rstrip("\r") + "\rDG1|1||J18.9^Pneumonia^I10|||Q\r"
+    no_procedure = admission(control="PAS6").rstrip("\r") + "\rPR1|1||||20260110\r"
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7",
+                                                             [missing, unknown, no_procedure])])
+    reasons = sorted((q["where"].split("pas.hl7, ")[1], q["reason"]) for q in report.quarantine)
+    assert reasons == [
+        ("message 1 (MSH-10 PAS4), DG1-3", "no diagnosis (DG1-3): a diagnosis must say what it is"),
+        ("message 2 (MSH-10 PAS5), DG1-6", "diagnosis type 'Q' is not one of A, W, F (table 0052)"),
+        ("message 3 (MSH-10 PAS6), PR1-3", "no procedure code (PR1-3): a procedure must say what was done"),
+    ], reasons
+
+
+def test_a_hospitals_icd10_hiv_diagnosis_sent_in_dg1_is_sexual_health(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Stored, a DG1 is classified by its ICD-10 code (framework 2026.12-5): the paramedic and the pharmacist
+    (sexual health 0) are not shown it."""
+    a01 = admission().rstrip("\r") + "\rDG1|1||B20.9^HIV disease resulting in unspecified disease^I10|||F\r"
+    assert Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01])]).quarantined == 0
+    with db.session() as s:
+        (category,) = s.scalars(select(Resource.category).where(Resource.resource_type == "Condition")).all()
+    assert category == "sexual_health"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
@@ -348,22 +348,37 @@ def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sende
 
 # Clinical segments an ADT may carry that the record does not map yet: counted in the report's `set_aside`
 # by segment name (as a Bundle's unkept resource types are), so their loss is seen, not silent
-ADT_CLINICAL_UNSTORED = frozenset({"DG1", "PR1", "IAM", "OBX"})
+ADT_CLINICAL_UNSTORED = frozenset({"IAM", "OBX"})
 
 
-def _allergies(segments: list[Seg], mrn: str, subject: Json) -> list[tuple[str, Json]]:
-    """The AllergyIntolerance of each AL1 (an ADT's allergy list: it was read and dropped, the message
-    answered AA). Each is known by the patient's number and its allergen's code (its words where it has
-    none), so the same allergy sent in the next ADT updates it; AL1-1 only numbers the list."""
+def _listed(segments: list[Seg], name: str, base: str,
+            build: Callable[[Seg, str], Json]) -> list[tuple[str, Json]]:
+    """The resource of each `name` segment of an ADT's list (allergies, a visit's diagnoses or procedures),
+    each known by `base`, the segment and what it is about (its code, its words where it has none), so the
+    same item sent in the next ADT updates it (and "D" in its action code withdraws it); its set ID only
+    numbers the list. (AL1 was read and dropped, the message answered AA, until 2026-12-07; DG1 and PR1
+    were counted as set aside.)"""
     out: list[tuple[str, Json]] = []
     keys: Counter[str] = Counter()
-    for al1 in (seg for seg in segments if seg.name == "AL1"):
-        key = f"{mrn}-AL1-{al1.get(3) or al1.get(3, 2).lower()}"
+    for seg in (s for s in segments if s.name == name):
+        key = f"{base}-{name}-{seg.get(3) or seg.get(3, 2).lower()}"
         if len(key) > 56:  # the store keeps 64 characters of a source id, a repeat's suffix included
-            key = f"AL1-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+            key = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         keys[key] += 1
-        out.append((al1.label, hmap.allergy(al1, key if keys[key] == 1 else f"{key}-{keys[key]}", subject)))
+        out.append((seg.label, build(seg, key if keys[key] == 1 else f"{key}-{keys[key]}")))
     return out
+
+
+def _clinical_lists(segments: list[Seg], mrn: str, subject: Json, sender: Sender) -> list[tuple[str, Json]]:
+    """An ADT's allergies (the patient's), and its diagnoses and procedures (the visit's, PV1-19, when it
+    names one: the same code at another admission is another diagnosis)."""
+    pv1 = _first(segments, "PV1")
+    visit = pv1.get(19) if pv1 else ""
+    encounter_ref = sender.reference("Encounter", visit) if visit else None
+    of_visit = f"{mrn}-{visit}" if visit else mrn
+    return [*_listed(segments, "AL1", mrn, lambda seg, key: hmap.allergy(seg, key, subject)),
+            *_listed(segments, "DG1", of_visit, lambda seg, key: hmap.diagnosis(seg, key, subject, encounter_ref)),
+            *_listed(segments, "PR1", of_visit, lambda seg, key: hmap.procedure(seg, key, subject, encounter_ref))]
 
 
 def _oru(segments: list[Seg], subject: Json, sender: Sender, raw: RawMessage) -> list[tuple[str, Json]]:
@@ -456,7 +471,7 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
             evn = _first(segments, "EVN")
             happened = (_not_future(evn, 2, hmap.stamp(evn, 2), received) if evn else None) or sent
             produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender),
-                        *_allergies(segments, mrn, subject)]
+                        *_clinical_lists(segments, mrn, subject, sender)]
             staged.set_aside.update(seg.name for seg in segments if seg.name in ADT_CLINICAL_UNSTORED)
         elif (kind, event) == ("ORU", "R01"):
             # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it

@@ -46,7 +46,10 @@ _TREATMENT_FUNCTION_CODE = re.compile(r"[0-9]{3}")
 # FHIR text wants newlines and no markup.
 _UNESCAPE = {".br": "\n", ".sp": "\n", ".ce": "\n", "H": "", "N": ""}
 
-_CODE_SYSTEMS = {"SCT": SNOMED, "LN": LOINC, "UCUM": UCUM}
+ICD_10 = "http://hl7.org/fhir/sid/icd-10"
+OPCS_4 = "http://fhir.nhs.net/CodeSystem/opcs-4"
+# CWE-3 names: HL7 table 0396's (SCT, LN, UCUM, I10 for ICD-10) and the NHS's for OPCS-4, which the table lacks
+_CODE_SYSTEMS = {"SCT": SNOMED, "LN": LOINC, "UCUM": UCUM, "I10": ICD_10, "OPCS4": OPCS_4, "OPCS": OPCS_4}
 _GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other", "N": "unknown"}
 _NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname"}
 _ADDRESS_USE = {"H": "home", "B": "work", "O": "work", "C": "temp"}
@@ -450,6 +453,59 @@ def allergy(al1: Seg, source_id: str, subject: Json) -> Json:
         "onsetDateTime": onset.fhir if onset else None,
         "reaction": [compact({"manifestation": [{"text": text}], "severity": reaction_severity})
                      for text in al1.text(5).splitlines() if text.strip()] if not none_known else [],
+    })
+
+
+# --- Diagnoses and procedures ----------------------------------------------------------------------
+
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+# HL7 table 0052 (DG1-6, diagnosis type): an admitting or working diagnosis is not yet a confirmed one
+# (HAZ-14: a suspected diagnosis must not read as confirmed); a final one is
+_DIAGNOSIS_TYPE = {"A": "provisional", "W": "provisional", "F": "confirmed"}
+_DELETED = "D"  # HL7 table 0206 (DG1-21, PR1-20 action code): the sender withdraws the item
+
+
+def diagnosis(dg1: Seg, source_id: str, subject: Json, encounter_ref: Json | None) -> Json:
+    """DG1 as a Condition of the visit (the HL7 v2-to-FHIR mapping): DG1-3 the diagnosis, DG1-5 when it was
+    made, DG1-6 the type (admitting and working are provisional, final confirmed), DG1-19 when attested,
+    DG1-21 "D" its withdrawal (entered in error). An ADT carries the visit's diagnoses; DG1 gives no clinical
+    status (whether the problem is still active), so none is claimed."""
+    code = concept(dg1.reps(3)[0]) if dg1.reps(3) else None
+    if code is None:
+        raise dg1.error("no diagnosis (DG1-3): a diagnosis must say what it is", 3,
+                        condition=Condition.REQUIRED_FIELD)
+    kind = dg1.get(6)
+    if kind and kind not in _DIAGNOSIS_TYPE:
+        raise dg1.error(f"diagnosis type '{kind}' is not one of {', '.join(_DIAGNOSIS_TYPE)} (table 0052)", 6,
+                        condition=Condition.TABLE_VALUE)
+    verification = "entered-in-error" if dg1.get(21) == _DELETED else _DIAGNOSIS_TYPE.get(kind)
+    made, attested = stamp(dg1, 5), stamp(dg1, 19)
+    return compact({
+        "resourceType": "Condition", "id": source_id, "meta": {"profile": [UK_CORE + "Condition"]},
+        "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": verification}]}
+        if verification else None,
+        "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "encounter-diagnosis",
+                                  "display": "Encounter Diagnosis"}]}],
+        "code": code, "subject": subject, "encounter": encounter_ref,
+        "onsetDateTime": made.fhir if made else None,
+        "recordedDate": attested.fhir if attested else None,
+    })
+
+
+def procedure(pr1: Seg, source_id: str, subject: Json, encounter_ref: Json | None) -> Json:
+    """PR1 as a Procedure of the visit: PR1-3 the procedure (OPCS-4 in NHS hospitals), PR1-5 when it was
+    done, PR1-20 "D" its withdrawal. PR1 reports procedures done, so each is completed."""
+    code = concept(pr1.reps(3)[0]) if pr1.reps(3) else None
+    if code is None:
+        raise pr1.error("no procedure code (PR1-3): a procedure must say what was done", 3,
+                        condition=Condition.REQUIRED_FIELD)
+    done = stamp(pr1, 5)
+    return compact({
+        "resourceType": "Procedure", "id": source_id, "meta": {"profile": [UK_CORE + "Procedure"]},
+        "status": "entered-in-error" if pr1.get(20) == _DELETED else "completed",
+        "code": code, "subject": subject, "encounter": encounter_ref,
+        "performedDateTime": done.fhir if done else None,
     })
 
 
