@@ -787,8 +787,8 @@ def test_an_admissions_diagnoses_and_procedures_are_stored_with_the_visit_and_a_
 def test_the_next_adt_confirms_a_diagnosis_and_its_action_code_d_withdraws_it(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     first = admission().rstrip("\r") + "\rDG1|1||J18.9^Pneumonia^I10|||W\rDG1|2||R07.4^Chest pain^I10|||A\r"
-    update = adt("A08", "PAS9", "20260111090000", pid(), pv1(),
-                 "DG1|1||J18.9^Pneumonia^I10|||F", "DG1|2||R07.4^Chest pain^I10|||A" + "|" * 15 + "D")  # DG1-21 action code
+    withdrawn = "DG1|2||R07.4^Chest pain^I10|||A" + "|" * 15 + "D"  # DG1-21, the action code
+    update = adt("A08", "PAS9", "20260111090000", pid(), pv1(), "DG1|1||J18.9^Pneumonia^I10|||F", withdrawn)
     report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [first, update])])
     assert report.quarantined == 0, report.quarantine
     conditions = {c["code"]["coding"][0]["code"]: c for c in _contents(db, "Condition").values()}
