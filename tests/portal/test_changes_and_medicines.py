@@ -350,3 +350,28 @@ def test_what_changed_opens_when_the_viewers_own_last_encounter_is_dated_by_mont
     assert page.status_code == 200
     assert "What changed since 1 Nov 2026" in _text(page.text)
     assert "(GP home visit, Nov 2026)" in _text(page.text)
+
+
+def test_what_changed_shows_an_old_problem_its_source_recorded_since_the_date_and_says_when_it_was_recorded(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """A hospital writes at this admission that he has had epilepsy since 2015: news to the GP, but the page
+    counted a problem from its onset only and left it out (HAZ-14's open item until 2026-12-07). One the
+    hospital recorded before the date is still left out, however recently it reached the shared record."""
+    def problem(cid: str, code: str, display: str, onset: str, recorded: str) -> dict[str, object]:
+        return {"resourceType": "Condition", "id": cid, "subject": {"reference": "Patient/MRN1"},
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                               "code": "active"}]},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
+                "onsetDateTime": onset, "recordedDate": recorded}
+
+    feed = bundle("RXR", "epr", [problem("rx-epilepsy", "84757009", "Epilepsy", "2015-03-01", "2026-11-20"),
+                                 problem("rx-gout", "90560007", "Gout", "2012-05-01", "2020-01-10")],
+                  timestamp="2026-11-20T10:00:00Z")
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "old.ndjson", [feed])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    text = _text(ics.client.post(f"/record/{ics.okafor}/changes",
+                                 data={"since_day": "1", "since_month": "11", "since_year": "2026"}).text)
+    assert "What changed since 1 Nov 2026" in text
+    assert "Epilepsy Date 1 Mar 2015 recorded by its source 20 Nov 2026" in text
+    assert "Gout" not in text  # recorded in 2020: not new since November, though it arrived today

@@ -6,14 +6,18 @@ value of the same test), discharge summaries and other documents, follow-up aske
 The default date is the person's last encounter with the viewer's own organisation ("since I last saw
 them"; a last encounter dated only to the month counts from its first day). An item counts from its own
 clinical date (onset, result, period start or end; one dated only to the year or month counts when any of
-it is on or after the date); an item with no date of its own counts from when its source recorded it.
+it is on or after the date); an item with no date of its own counts from when its source recorded it. A
+problem or allergy counts too when its source recorded it since the date (its `recordedDate`), whatever its
+onset: a hospital's record of epilepsy since 2015, written at this admission, is news to the GP (HAZ-14;
+it was left out until 2026-12-07). Not when it reached the shared record: a source's first load would
+list its whole history as new.
 
 Display only, like `present`: it receives what governance released and fetches nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from sharedcare.governance.explain import KIND_LABELS
@@ -94,10 +98,24 @@ def default_since(view: RecordView, fw: Framework, own: str, today: date) -> Sin
 
 
 def _new(served: ServedResource, since: date) -> bool:
-    """Whether an item counts as new: its own date, else when its source recorded it. A date given only to the
-    year or month counts when any of it is on or after `since` (an onset "2026-11" may be 30 November): a
-    reader is shown what may be new rather than not shown it."""
-    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since
+    """Whether an item counts as new: its own date, else when its source recorded it; a problem or allergy
+    also when its source recorded it since (`_recorded_since`). A date given only to the year or month counts
+    when any of it is on or after `since` (an onset "2026-11" may be 30 November): a reader is shown what may
+    be new rather than not shown it."""
+    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since \
+        or bool(_recorded_since(served, since))
+
+
+RECORDED_DATE_TYPES = {"Condition", "AllergyIntolerance"}  # the types whose `recordedDate` says when first recorded
+
+
+def _recorded_since(served: ServedResource, since: date) -> str:
+    """A problem's or allergy's `recordedDate` as sent, when it is on or after `since` ("" otherwise)."""
+    if served.resource_type not in RECORDED_DATE_TYPES:
+        return ""
+    recorded = served.content.get("recordedDate")
+    day = day_of({"recordedDate": recorded}, last=True) if isinstance(recorded, str) else None
+    return recorded if day and day >= since and isinstance(recorded, str) else ""
 
 
 def _test_key(served: ServedResource) -> str:
@@ -170,7 +188,10 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                 continue
             for key, _title, types in SECTIONS:
                 if served.resource_type in types:
-                    block.sections.setdefault(key, []).append(row(served, fw, stale, told_again.get(id(served), ())))
+                    shown = row(served, fw, stale, told_again.get(id(served), ()))
+                    if not (day_of(served.content, last=True) or served.recorded_at.date()) >= since.day:
+                        shown = replace(shown, recorded_since=_recorded_since(served, since.day))
+                    block.sections.setdefault(key, []).append(shown)
         if not block.empty:
             blocks.append(block)
     return Changes(since, _name(fw, own), blocks)

@@ -504,6 +504,9 @@ class Row:
     disagree: bool = False  # a medicine the sources disagree about (medicines.disagreements)
     text_withheld: str = ""  # a document whose text the reader's tier removed: that, and whom to ask for it
     until: str = ""  # when a medicine ended, as sent
+    # on What changed, a problem or allergy with an older date that its source recorded since the date asked:
+    # when it recorded it (its recordedDate, as sent), so the row says why an old onset is there
+    recorded_since: str = ""
 
     @property
     def status_colour(self) -> str:
