@@ -1847,37 +1847,19 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
     only, unless --all: a pair a relink has put in one person is closed by it, and reopened if a later
     relink parts them."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-    from sharedcare.store.models import MatchReview, PatientRecord
+    from sharedcare.identity.review_list import describe, pending
 
     with _database().session() as session:
-        shown = select(MatchReview) if every else select(MatchReview).where(
-            MatchReview.status.in_(("open", "deferred")))
-        items = list(session.scalars(shown.order_by(MatchReview.id)))
-        records = {r.id: r for r in session.scalars(select(PatientRecord).where(PatientRecord.id.in_(
-            [i.record_a for i in items] + [i.record_b for i in items])))}
-        in_a_pair = set(records)
-        alone = [r for r in session.scalars(select(PatientRecord).where(PatientRecord.link_status == "review")
-                                            .order_by(PatientRecord.id)) if r.id not in in_a_pair]
-
-        def describe(r: PatientRecord) -> str:
-            return (f"{r.source_org}/{r.source_id}: {(r.family or '').upper()}, {r.given or ''} "
-                    f"{r.birth_date or ''} {r.postcode or ''} {r.nhs_number or 'no NHS number'}")
-
-        rows: list[dict[str, Any]] = [{"id": i.id, "status": i.status, "probability": round(i.probability, 4),
-                                       "linked": records[i.record_a].person_id == records[i.record_b].person_id,
-                                       "discrepancy": (i.evidence or {}).get("discrepancy"),
-                                       "decided_by": i.decided_by,
-                                       "decided_at": i.decided_at.isoformat() if i.decided_at else None,
-                                       "a": describe(records[i.record_a]), "b": describe(records[i.record_b]),
-                                       "held": {side: r.link_note or r.link_method for side, r in (
-                                           ("a", records[i.record_a]), ("b", records[i.record_b]))
-                                                if r.link_status == "review"},
-                                       "evidence": i.evidence} for i in items]
-        held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in alone]
+        found = pending(session, every)
+        rows: list[dict[str, Any]] = [{"id": p.id, "status": p.status, "probability": p.probability,
+                                       "linked": p.linked, "discrepancy": p.discrepancy, "decided_by": p.decided_by,
+                                       "decided_at": p.decided_at.isoformat() if p.decided_at else None,
+                                       "a": describe(p.a), "b": describe(p.b), "held": p.held,
+                                       "evidence": p.evidence} for p in found.pairs]
+        held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in found.held]
         record_audit(session, AuditRecord(AuditAction.MPI_REVIEW_VIEW, "permit", OPERATOR, purpose="governance",
-                                          detail={"pairs": str(len(items)), "held": str(len(alone)),
-                                                  "records": " ".join(str(r) for r in sorted(in_a_pair | {
-                                                      r.id for r in alone}))}))
+                                          detail={"pairs": str(len(found.pairs)), "held": str(len(found.held)),
+                                                  "records": " ".join(str(r) for r in found.record_ids)}))
     if as_json:
         _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return
@@ -1891,25 +1873,9 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
     table = Table(title=title, show_lines=True)
     for column in ("id", *(["status"] if every else []), "probability", "record a", "record b", "why (match weight)"):
         table.add_column(column)
-    for r in rows:
-        evidence = r["evidence"]
-        steps = [f"prior {evidence.get('prior_weight', '')}"] + [
-            f"{step['comparison']}: {step['level']} {step['match_weight']:+}"
-            for step in evidence.get("comparisons", [])]
-        steps.append(f"= {evidence.get('match_weight', '')}")
-        if r["discrepancy"]:
-            steps.append(f"{'LINKED' if r['linked'] else 'linked, since moved apart'}: {r['discrepancy']}")
-        elif evidence.get("never_link"):
-            steps.append(f"never linked automatically: {', '.join(evidence['never_link'])} disagree")
-        elif evidence.get("held"):
-            steps.append(f"never linked automatically: {evidence['held']}")
-        steps += [f"record {side} held: {note}" for side, note in r["held"].items()]
-        steps += [f"{what}: {evidence[what]}" for what in ("reopened", "rescored") if evidence.get(what)]
-        steps += [_relink_step(step) for step in evidence.get("relinks", ()) if every]
-        if every and r["decided_by"]:
-            steps.append(f"{str(r['decided_at'])[:16].replace('T', ' ')} UTC, {r['decided_by']}: decided {r['status']}")
+    for pair, r in zip(found.pairs, rows, strict=True):
         table.add_row(str(r["id"]), *([r["status"]] if every else []), str(r["probability"]), _literal(r["a"]),
-                      _literal(r["b"]), "\n".join(_literal(step) for step in steps))
+                      _literal(r["b"]), "\n".join(_literal(step) for step in pair.steps(history=every)))
     out.print(table)
     if held:
         alone_table = Table(title=f"{len(held)} records held for review on their own")
@@ -1918,15 +1884,6 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
         for h in held:
             alone_table.add_row(_literal(h["record"]), _literal(h["reason"]))
         out.print(alone_table)
-
-
-def _relink_step(step: dict[str, Any]) -> str:
-    """One relink's change to a review item, in words: when, by whom, why and, for a link, what linked."""
-    links = "; ".join(f"record {link['record']} linked with record {link['with_record']} "
-                      f"({link['match_weight']:+})" if link.get("with_record") is not None and
-                      link.get("match_weight") is not None else f"record {link['record']} linked"
-                      for link in step.get("links", ()))
-    return f"{step['at'][:16].replace('T', ' ')} UTC, {step['by']}: {step['reason']}" + (f" ({links})" if links else "")
 
 
 @mpi_app.command("decide")

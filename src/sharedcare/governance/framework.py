@@ -30,7 +30,7 @@ OrgKind = Literal[
 SourceFormat = Literal["fhir", "hl7v2", "csv"]
 # Governance functions a role may be granted, named `area:subject:action` like audit actions.
 PERMISSIONS = frozenset({"governance:review:work", "governance:audit:search", "governance:agreement:set",
-                         "governance:preference:view", "access:emergency"})
+                         "governance:preference:view", "access:emergency", "identity:review:work"})
 ICD_10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk"})
 OPCS_4_SYSTEMS = frozenset({"http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
                             "https://fhir.nhs.uk/CodeSystem/opcs-4"})

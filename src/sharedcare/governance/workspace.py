@@ -45,8 +45,12 @@ from sharedcare.governance.gateway import (
     citizen_actor,
 )
 from sharedcare.governance.policy import Actor
-from sharedcare.store.models import AuditEntry, PatientRecord, Preference, ReviewItem
+from sharedcare.identity import links, review_list
+from sharedcare.identity.links import Decision
+from sharedcare.store.models import AuditEntry, MatchReview, PatientRecord, Preference, ReviewItem
 
+# A matching decision says why: the next reviewer, and the patient's "who looked", need it.
+DECISION_NEEDS_A_REASON = "Enter why: what in the records shows they are (or are not) the same person"
 # An investigation is opened with a note saying what to look into (the portal says so at the field).
 INVESTIGATION_NEEDS_A_NOTE = ("Enter a note saying what to investigate: it is kept with the review item and in "
                               "the audit log")
@@ -170,6 +174,37 @@ class IgWorkspace:
     def set_agreement(self, org: str, status: AgreementStatus, reason: str) -> Agreement:
         self.may_change_agreement(org, status)
         return set_agreement(self.session, self.fw, org, status, by=self.actor.username, reason=reason)
+
+    def identity_review(self, limit: int) -> tuple[review_list.ReviewList, int]:
+        """The first `limit` pairs of the MPI's review list, oldest first, and how many wait in all
+        (`identity/review_list.py`), for the data quality page. What the reviewer decides on is the records'
+        demographics as each source sent them, whatever the person's sharing choices (matching serves the
+        record's integrity, as `sharedcare mpi review` does): the permission is the decision, and the look-up
+        is audited about each person shown, so the IG search and the citizen's "who looked" find it."""
+        self._require("identity:review:work")
+        found = review_list.pending(self.session)
+        shown = review_list.ReviewList(found.pairs[:limit], found.held[:limit])
+        persons = sorted({r.person_id for p in shown.pairs for r in (p.a, p.b) if r.person_id}
+                         | {r.person_id for r in shown.held if r.person_id})
+        self._looked_up(AuditAction.MPI_REVIEW_VIEW, persons,
+                        {"pairs": str(len(shown.pairs)), "held": str(len(shown.held)),
+                         "records": " ".join(str(r) for r in shown.record_ids)})
+        self.session.commit()
+        return shown, len(found.pairs)
+
+    def decide_pair(self, review_id: int, decision: Decision, reason: str) -> MatchReview:
+        """A reviewer's decision on a pair, in their own name, with why (`links.decide`: audited, and later
+        relinks keep it)."""
+        self._require("identity:review:work")
+        if not reason.strip():
+            raise SharedcareError(DECISION_NEEDS_A_REASON, where="identity review")
+        try:
+            item = links.decide(self.session, review_id, decision, by=self.actor.username)
+        except links.LinkError:
+            self.session.rollback()
+            raise
+        self.session.commit()
+        return item
 
     def check(self, permission: str) -> None:
         """Refuse (audited) unless the role has this permission: for pages that show a form before any data."""

@@ -25,7 +25,8 @@ from sharedcare.governance.audit import SEQ_MOST, AuditAction, expanded, minted_
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import QueueItem
-from sharedcare.governance.workspace import INVESTIGATION_NEEDS_A_NOTE
+from sharedcare.governance.workspace import DECISION_NEEDS_A_REASON, INVESTIGATION_NEEDS_A_NOTE
+from sharedcare.identity.links import LinkError
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import csrf, pages
 from sharedcare.portal.pages import render, uk_date
@@ -87,6 +88,9 @@ NAMED_AT_MOST = 10  # patients an audit search by patient names (each an audited
 RECENT = 50  # audit events the search page shows before any criteria are given
 FOUND = 500  # events a search shows, newest first; it says so when more match
 QUEUE_PAGE = 25  # review items a page of the queue shows
+MATCHING_PAGE = 25  # matching pairs the data quality page shows (each person shown is an audited look-up)
+DECISION_WORDS = {"link": "Linked as one person", "separate": "Kept apart as different people",
+                  "defer": "Deferred"}
 
 
 @dataclass(frozen=True)
@@ -421,3 +425,33 @@ def _held_against(by_number: tuple[tuple[str, Choices], ...], looked_up: str, fw
         held["opt_out"] += [("Yes", where)] if choices.opt_out_secondary else []
         held["further"] += [(explain.provision_in_words(p, fw), where) for p in choices.provisions]
     return held
+
+
+def _identity_page(request: Request, ig: IgDep, status: int = 200, **context: Any) -> HTMLResponse:
+    shown, waiting = ig.identity_review(MATCHING_PAGE)
+    return render(request, "ig/identity.html", status, found=shown, waiting=waiting, **context)
+
+
+@router.get("/identity", response_class=HTMLResponse)
+def identity(request: Request, ig: IgDep, decided: int | None = None,
+             decision: Literal["link", "separate", "defer"] | None = None) -> Response:
+    """The MPI's uncertain pairs (identity/review_list.py), each with its evidence, for a reviewer to link, keep
+    apart or defer in their own name and with a reason (issue 4: the data quality page)."""
+    done = DECISION_WORDS[decision] if decided is not None and decision else None
+    return _identity_page(request, ig, decided=decided, done=done)
+
+
+@router.post("/identity/{review_id}", response_class=HTMLResponse)  # a redirect to the page, or the page
+def decide_pair(request: Request, review_id: int, ig: IgDep,
+                decision: Annotated[Literal["link", "separate", "defer"], Form()],
+                reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """Without a reason, or refused (different NHS numbers, a reviewer's earlier separation), the page comes
+    back with the error at that pair and nothing is decided."""
+    if not reason.strip():
+        ig.check("identity:review:work")  # the role first, as the queue's note
+        return _identity_page(request, ig, 400, error=DECISION_NEEDS_A_REASON, error_item=review_id)
+    try:
+        ig.decide_pair(review_id, decision, reason.strip())
+    except LinkError as refused:
+        return _identity_page(request, ig, 409, error=str(refused), error_item=review_id)
+    return RedirectResponse(f"/ig/identity?decided={review_id}&decision={decision}", status_code=303)

@@ -102,7 +102,7 @@ PORTALS = {
     "clinician": Portal("clinician", "Shared care record", "/search", "/", (("Find a patient", "/search"),)),
     "ig": Portal("ig", "Information governance", "/ig", "/ig", (
         ("Review queue", "/ig"), ("Audit search", "/ig/audit"), ("Agreements", "/ig/agreements"),
-        ("Patient choices", "/ig/choices"))),
+        ("Patient choices", "/ig/choices"), ("Matching", "/ig/identity"))),
     "patient": Portal("patient", "Your shared care record", "/patient/home", "/patient", (
         ("What is shared", "/patient/home"), ("Your record", "/patient/record"),
         ("Who has looked", "/patient/accesses"), ("Your choices", "/patient/choices"))),
