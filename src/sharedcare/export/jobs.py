@@ -9,14 +9,13 @@ organisation's users are refused at once; a run that ends while it is suspended 
 export's files are deleted at the suspension, `withdraw`, and the job then says "withdrawn"; so are those of
 any export started before the agreement of an organisation whose data it holds stopped or the choices of a
 person it included came to restrict, `_Changes`, and such a change during a run keeps its files from being
-published). A run goes under
-the role and organisation its kick-off was decided under (a backend client's are its registration's),
-and is refused, audited, if the user or client no longer holds them. A finished export's files are
-deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off, poll, download and
-cancel and at server start), and the job then says "expired". A user keeps at most KEPT_PER_USER
-finished exports in the service's folder: a new one deletes the oldest beyond that (`_supersede`), so one
-analyst's run after run of the whole population cannot fill the volume the store (and its audit) lives on
-before retention catches up.
+published). A run goes under the role and organisation its kick-off was decided under (a backend client's
+are its registration's), and is refused, audited, if the user or client no longer holds them. A finished
+export's files are deleted `settings.export_retention_days` after it finished (`expire`, on each kick-off,
+poll, download and cancel and at server start), and the job then says "expired". A user keeps at most
+KEPT_PER_USER finished exports in the service's folder: a new one deletes the oldest beyond that
+(`_supersede`), so one analyst's run after run of the whole population cannot fill the volume the store
+(and its audit) lives on before retention catches up.
 """
 
 from __future__ import annotations
@@ -856,12 +855,11 @@ class ExportJobs:
         """Delete the files of every finished export that a change after it was started touches (`_Changes`:
         its organisation's agreement, or that of one whose data it holds, suspended or ended; the choices of
         a person it included restricted), marking each withdrawn, audited; how many. From its start, not its
-        finish: a
-        suspension between the run's last agreement check and its finish, or one while it ran that was signed
-        again before that check, would otherwise leave an export made across a suspension kept. Run by
-        whoever changes an agreement (`sharedcare agreements set`, the IG workspace), and by every kick-off,
-        poll, download and cancel and at server start (`expire`), so that one changed by other means is
-        caught at its first touch."""
+        finish: a suspension between the run's last agreement check and its finish, or one while it ran that
+        was signed again before that check, would otherwise leave an export made across a suspension kept.
+        Run by whoever changes an agreement (`sharedcare agreements set`, the IG workspace), and by every
+        kick-off, poll, download and cancel and at server start (`expire`), so that one changed by other means
+        is caught at its first touch."""
         with self.db.session() as session:
             withdrawn = self._withdraw(session)
         _remove(withdrawn)
