@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,7 +214,7 @@ def test_a_choice_recorded_while_the_export_runs_withdraws_it_only_if_the_person
 
 def test_a_choice_held_against_a_number_a_record_in_the_export_carries_withdraws_it(ics: Ics, db: Database,
                                                                                   framework: Framework,
-                                                                                  tmp_path: Any) -> None:
+                                                                                  tmp_path: Path) -> None:
     """Mr Okafor's mental health trust knows him by a second NHS number, and he opted out under it before the
     kick-off: the export leaves him out. A baby's hospital record carries his first number (the MPI keeps the
     baby apart as another person), and the baby is in the export. A choice held against his second number
