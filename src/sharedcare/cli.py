@@ -1050,7 +1050,7 @@ def agreements_set(
     console.print(f"{org}: agreement now {agreement.status}")
     withdrawn = ExportJobs(db, fw, _settings()).withdraw()
     if withdrawn:
-        console.print(f"deleted the files of {withdrawn} finished exports of {org}'s users")
+        console.print(f"deleted the files of {withdrawn} finished exports of {org}'s users or holding its data")
 
 
 @agreements_app.command("list")

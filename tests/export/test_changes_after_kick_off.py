@@ -2,24 +2,39 @@
 a person opting out of planning and research, or objecting, and an organisation whose data the export
 holds suspended. An extract is one snapshot, read when the run starts; a change after the kick-off may be
 missing from it, so the export is withdrawn (its files deleted, audited) and the analyst is told why and
-asked to export again, which then reflects the change."""
+asked to export again, which then reflects the change. Only the exports it touches (2026-12-07): a choice
+of a person the export included (by any NHS number their records carry or carried), a stop of an
+organisation whose data its files hold or of the exporter's own; anyone else's leaves it to download (in a
+region of a million people choices change daily: before, no large export lived to be downloaded). An export
+finished before its persons were recorded is withdrawn by any change, as before."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from tests.export.conftest import ASYNC, export, wait_for
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import (
+    OKAFOR_NHS,
+    OKAFOR_SECOND_NHS,
+    Ics,
+    his_number_on_another_record,
+    okafor_second_number,
+)
 
+from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.secondary import SecondaryUse
+from sharedcare.governance.gateway import actor_for
+from sharedcare.governance.secondary import ExportScope, SecondaryUse
+from sharedcare.identity.links import separate
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, ExportJob
+from sharedcare.store.models import AuditEntry, ExportJob, ExportJobPerson, PatientRecord
 
 DIABETES = "44054006"  # Mr Okafor's type 2 diabetes, held only by his GP practice's (P81001) feed
 
@@ -38,8 +53,12 @@ def _conditions_served(ics: Ics, headers: dict[str, str], manifest: dict[str, An
     return 200, {json.loads(line)["code"]["coding"][0]["code"] for line in served.text.splitlines()}, ""
 
 
-def _finished(ics: Ics, headers: dict[str, str]) -> tuple[str, Any]:
-    kick = ics.client.get("/fhir/$export", headers={**headers, **ASYNC})
+HUGHES_NHS = "9990000018"  # the stranger: Mrs Hughes, known only to her GP practice, P81002
+HER_PRACTICE = "/fhir/Group/P81002/$export"  # her practice's registered population: she alone
+
+
+def _finished(ics: Ics, headers: dict[str, str], path: str = "/fhir/$export") -> tuple[str, Any]:
+    kick = ics.client.get(path, headers={**headers, **ASYNC})
     assert kick.status_code == 202, kick.text
     return kick.headers["Content-Location"].rsplit("/", 1)[1], wait_for(ics.client, kick.headers["Content-Location"],
                                                                          headers)
@@ -134,3 +153,158 @@ def test_a_source_suspended_while_the_export_runs_is_not_published(ics: Ics, db:
     assert "P81001" in done.json()["issue"][0]["diagnostics"]
     with db.session() as s:
         assert s.get_one(ExportJob, job_id).output == []
+
+
+def _served(ics: Ics, headers: dict[str, str], manifest: dict[str, Any]) -> int:
+    """The status of the download of the export's Patient file."""
+    url = next(o["url"] for o in manifest["output"] if o["type"] == "Patient")
+    return ics.client.get(url, headers=headers).status_code
+
+
+@pytest.mark.parametrize("choice", CHOICES)
+def test_a_choice_of_someone_not_in_the_export_leaves_it_and_one_of_someone_in_it_withdraws_it(
+        ics: Ics, db: Database, choice: str) -> None:
+    """An analyst exports Mrs Hughes's practice; Mr Okafor, registered elsewhere, then opts out or objects:
+    her practice's export holds nothing of his and stays to download (before, any person's choice withdrew
+    every export). She then opts out: it is withdrawn (410). Neither person's id is in its files or the audit."""
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HER_PRACTICE)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", **CHOICES[choice])
+    assert _served(ics, headers, done.json()) == 200, "withdrawn by the choice of someone not in it"
+    assert ics.client.get(f"/fhir/bulk/{job_id}", headers=headers).status_code == 200
+    assert not any(job_id in entry and "choices-changed" in entry for entry in _withdrawals(db))
+    with db.session() as s:
+        set_choice(s, HUGHES_NHS, by="patient", opt_out_secondary=True)
+    assert _served(ics, headers, done.json()) == 410
+    polled = ics.client.get(f"/fhir/bulk/{job_id}", headers=headers)
+    assert polled.status_code == 410 and "start a new one" in polled.json()["issue"][0]["diagnostics"]
+    assert any(job_id in entry and "choices-changed" in entry for entry in _withdrawals(db))
+    with db.session() as s:
+        audit = json.dumps([e.event for e in s.scalars(select(AuditEntry).where(
+            AuditEntry.action.like("secondary:export:%")))])
+        assert ics.stranger not in audit and ics.okafor not in audit
+        assert s.scalars(select(ExportJobPerson)).all() == [], "the withdrawn export's persons are kept"
+
+
+@pytest.mark.parametrize(("who", "kept"), [("Mr Okafor", True), ("Mrs Hughes", False)])
+def test_a_choice_recorded_while_the_export_runs_withdraws_it_only_if_the_person_is_in_it(
+        ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch, who: str, kept: bool) -> None:
+    people = SecondaryUse._people
+
+    def people_then_choice(self: SecondaryUse, *args: Any, **kwargs: Any) -> list[str]:
+        found = people(self, *args, **kwargs)  # the run has read everyone's choices; one of them chooses now
+        with db.session() as s:
+            set_choice(s, OKAFOR_NHS if who == "Mr Okafor" else HUGHES_NHS, by="patient", object_all=True)
+        return found
+
+    monkeypatch.setattr(SecondaryUse, "_people", people_then_choice)
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HER_PRACTICE)  # her practice's: she is in it, he is not
+    if kept:
+        assert done.status_code == 200, done.text
+        assert _served(ics, headers, done.json()) == 200
+    else:
+        assert done.status_code == 410, done.text  # nothing was published
+        assert "choices" in done.json()["issue"][0]["diagnostics"]
+        with db.session() as s:
+            assert s.get_one(ExportJob, job_id).output == []
+
+
+def test_a_choice_held_against_a_number_a_record_in_the_export_carries_withdraws_it(ics: Ics, db: Database,
+                                                                                  framework: Framework,
+                                                                                  tmp_path: Path) -> None:
+    """Mr Okafor's mental health trust knows him by a second NHS number, and he opted out under it before the
+    kick-off: the export leaves him out. A baby's hospital record carries his first number (the MPI keeps the
+    baby apart as another person), and the baby is in the export. A choice held against his second number
+    after the kick-off is his alone: the export stays. One held against his first is the baby's too (the
+    decision point applies it to both): the export is withdrawn."""
+    okafor_second_number(db)
+    baby = his_number_on_another_record(db, framework, tmp_path)
+    with db.session() as s:
+        set_choice(s, OKAFOR_SECOND_NHS, by="patient", opt_out_secondary=True)
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        assert set(s.scalars(select(ExportJobPerson.person_id).where(ExportJobPerson.job_id == job_id))) == \
+            {baby, ics.stranger}, "the baby and Mrs Hughes are in the export, Mr Okafor is not"
+        set_choice(s, OKAFOR_SECOND_NHS, by="patient", object_all=True)
+    assert _served(ics, headers, done.json()) == 200
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", object_org="RXR")
+    assert _served(ics, headers, done.json()) == 410
+
+
+def test_a_choice_under_the_number_of_a_record_moved_out_of_a_person_in_the_export_withdraws_it(
+        ics: Ics, db: Database) -> None:
+    """Mr Okafor is in the export with his mental health trust record, which carries his second number. The
+    record is then separated from him (a wrong link): a choice held against that number now belongs to the
+    person the record went to, who is not in the export; but the export holds the record's data under him,
+    so it is withdrawn."""
+    okafor_second_number(db)
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        record = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "RXM-4")).one()
+        separate(s, record.id, by="mpi.admin", reason="a wrong link")
+    with db.session() as s:
+        set_choice(s, OKAFOR_SECOND_NHS, by="patient", opt_out_secondary=True)
+    assert _served(ics, headers, done.json()) == 410
+
+
+def test_a_stop_of_an_organisation_whose_data_is_not_in_the_export_leaves_it(ics: Ics, db: Database,
+                                                                            framework: Framework) -> None:
+    """Mrs Hughes's practice's export holds only P81002's data: the hospital (RXR) suspended leaves it to
+    download (before, any organisation's stop withdrew every export); her practice suspended withdraws it."""
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HER_PRACTICE)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        set_agreement(s, framework, "RXR", "suspended", "ig.morgan", "breach reported")
+    assert _served(ics, headers, done.json()) == 200, "withdrawn by a stop of an organisation not in it"
+    with db.session() as s:
+        set_agreement(s, framework, "P81002", "suspended", "ig.morgan", "breach reported")
+        set_agreement(s, framework, "P81002", "signed", "ig.morgan", "")  # signed again: the poll says why
+    polled = ics.client.get(f"/fhir/bulk/{job_id}", headers=headers)
+    assert polled.status_code == 410 and "P81002" in polled.json()["issue"][0]["diagnostics"]
+    assert any(job_id in entry and "source-agreement" in entry for entry in _withdrawals(db))
+
+
+def test_an_export_finished_before_its_persons_were_recorded_is_withdrawn_by_anyone_s_choice(
+        ics: Ics, db: Database, framework: Framework) -> None:
+    """A job finished before migration 0027 recorded nobody and no organisation: any change withdraws it,
+    a choice of someone not in it and a stop of an organisation not in it alike."""
+    headers = ics.token("analyst.chen")
+    jobs = []
+    for _ in range(2):
+        job_id, done = _finished(ics, headers, HER_PRACTICE)
+        assert done.status_code == 200, done.text
+        jobs.append((job_id, done.json()))
+        with db.session() as s:  # as a job finished before 0027 is
+            s.get_one(ExportJob, job_id).source_orgs = None
+            s.execute(delete(ExportJobPerson).where(ExportJobPerson.job_id == job_id))
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
+    assert _served(ics, headers, jobs[0][1]) == 410
+    with db.session() as s:
+        set_agreement(s, framework, "RXR", "suspended", "ig.morgan", "breach reported")
+    assert ics.client.get(f"/fhir/bulk/{jobs[1][0]}", headers=headers).status_code == 410
+
+
+def test_an_export_run_in_processes_records_everyone_its_shards_included(ics: Ics, db: Database,
+                                                                         framework: Framework) -> None:
+    """With two worker processes (a shard of the people each), a choice of either person withdraws the
+    export: each shard's persons are recorded, not only the first's."""
+    settings = ics.client.app.state.settings  # type: ignore[attr-defined]
+    jobs = ExportJobs(db, framework, replace(settings, export_workers=2, export_people_per_worker=1))
+    for nhs_number in (OKAFOR_NHS, HUGHES_NHS):
+        job_id = jobs.start(actor_for(framework, "analyst.chen"), ExportScope("system"), "test", background=False)
+        assert jobs.run(job_id).status == "completed"
+        with db.session() as s:
+            set_choice(s, nhs_number, by="patient", opt_out_secondary=True)
+        assert jobs.withdraw() == 1, f"the choice under {nhs_number} withdrew nothing"
+        with db.session() as s:
+            set_choice(s, nhs_number, by="patient", opt_out_secondary=False)  # back in, for the next export

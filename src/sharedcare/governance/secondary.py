@@ -8,9 +8,12 @@ and hands out only what was released, pseudonymised (`pseudonymise.py`). Kick-of
 download and each refusal are audited; the audit holds counts, never people or content.
 
 The inputs of the decision (agreements, everybody's choices) are read once when the stream starts, so
-one extract is one consistent snapshot. A choice that restricts (an opt-out, an objection) or an agreement
-stopped after an export's kick-off withdraws that export, before its files are published or at the next
-poll or download (`export.jobs._Changes`); the next export follows the change.
+one extract is one consistent snapshot. The stream also notes which persons it included and whose data it
+released (`ExportCounts.persons`, `source_orgs`: internal ids, recorded by the run, never in the files or
+the audit). A choice that restricts (an opt-out, an objection) made after an export's kick-off by a person
+it included, or an agreement stopped after it of an organisation whose data it holds (or the exporter's),
+withdraws that export, before its files are published or at the next poll or download
+(`export.jobs._Changes`); the next export follows the change.
 """
 
 from __future__ import annotations
@@ -84,9 +87,15 @@ class ExportCounts:
     resources: Counter[str] = field(default_factory=Counter)  # by type
     codings_withheld: int = 0  # codings left out of exported resources: not of a kept code system
     small_cells: SmallCells | None = None  # what the small-cell check did to the Patients (the whole export's)
+    # Who and whose data the files hold, for the run to record (`export.jobs._Changes`: what later changes
+    # withdraw it). Person ids are the store's internal ones: never in `as_dict`, the audit or the files
+    persons: list[str] = field(default_factory=list)  # every person included
+    source_orgs: set[str] = field(default_factory=set)  # every organisation whose resources were released
 
     def add(self, other: ExportCounts) -> None:
         self.people_seen += other.people_seen
+        self.persons += other.persons
+        self.source_orgs |= other.source_orgs
         self.people_included += other.people_included
         self.excluded.update(other.excluded)
         self.withheld.update(other.withheld)
@@ -314,6 +323,9 @@ class SecondaryUse:
             counts.excluded[decision.rule_id] += 1
             return
         counts.people_included += 1
+        counts.persons.append(person_id)
+        # every released resource's source, one left out below as incomplete too: more withdraws more, never less
+        counts.source_orgs.update(released.item.source_org for released in decision.released)
         counts.withheld.update(decision.withheld)
         if unreadable:
             counts.withheld["unreadable"] += unreadable
