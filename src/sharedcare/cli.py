@@ -327,6 +327,8 @@ def _report_table(report: dict[str, Any]) -> Table:
         table.add_row(f"set aside: {rtype}", str(n))
     for note, n in report["notes"].items():
         table.add_row(f"note: {note}", str(n))
+    if report["merges_held"]:
+        table.add_row("merges held for review", str(len(report["merges_held"])))
     return table
 
 
@@ -368,6 +370,8 @@ def ingest(
                           f"{_literal(item['reason'])}")
         for item in data["skipped_files"][:20]:
             console.print(f"[yellow]skipped[/yellow] {_literal(item['file'])}: {_literal(item['reason'])}")
+        for item in data["merges_held"][:20]:
+            console.print(f"[yellow]held for review[/yellow] {_literal(item['where'])}: {_literal(item['reason'])}")
     if report.skipped_files and not report.files:  # a script must notice a feed it named was not read
         skipped = [item["file"] for item in report.skipped_files]
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
@@ -1904,7 +1908,8 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
         elif evidence.get("held"):
             steps.append(f"never linked automatically: {evidence['held']}")
         steps += [f"record {side} held: {note}" for side, note in r["held"].items()]
-        steps += [f"{what}: {evidence[what]}" for what in ("reopened", "rescored") if evidence.get(what)]
+        steps += [f"{what.replace('_', ' ')}: {evidence[what]}" for what in ("source_merge", "reopened", "rescored")
+                  if evidence.get(what)]
         steps += [_relink_step(step) for step in evidence.get("relinks", ()) if every]
         if every and r["decided_by"]:
             steps.append(f"{str(r['decided_at'])[:16].replace('T', ' ')} UTC, {r['decided_by']}: decided {r['status']}")
