@@ -327,6 +327,8 @@ def _report_table(report: dict[str, Any]) -> Table:
         table.add_row(f"set aside: {rtype}", str(n))
     for note, n in report["notes"].items():
         table.add_row(f"note: {note}", str(n))
+    if report["merges_held"]:
+        table.add_row("merges held for review", str(len(report["merges_held"])))
     return table
 
 
@@ -368,6 +370,8 @@ def ingest(
                           f"{_literal(item['reason'])}")
         for item in data["skipped_files"][:20]:
             console.print(f"[yellow]skipped[/yellow] {_literal(item['file'])}: {_literal(item['reason'])}")
+        for item in data["merges_held"][:20]:
+            console.print(f"[yellow]held for review[/yellow] {_literal(item['where'])}: {_literal(item['reason'])}")
     if report.skipped_files and not report.files:  # a script must notice a feed it named was not read
         skipped = [item["file"] for item in report.skipped_files]
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""

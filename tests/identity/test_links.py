@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 from tests.builders import bundle, condition, patient, write_ndjson
+from tests.conftest import FRAMEWORK_PATH
 from tests.ingest.test_hl7v2 import GOOD_NHS, OTHER_NHS, admission, adt, pid, pv1, write_hl7
+from typer.testing import CliRunner
 
+from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import search
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.links import LinkError, decide, merge_persons, unmerge
 from sharedcare.identity.mpi import relink
+from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import LinkEvent, MatchReview, PatientRecord, Resource
@@ -115,9 +119,131 @@ def test_an_a40_joining_two_valid_nhs_numbers_is_quarantined_and_merges_no_one(
     report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "pas-2.hl7", [
         adt("A40", "M4", "20260112100000", adeyemi, "MRG|H100^^^RXR^MR")])])
     assert report.quarantined == 1
-    assert "5919" in report.quarantine[0]["reason"] and "0018" in report.quarantine[0]["reason"]
+    reason = report.quarantine[0]["reason"]  # what the PAS is answered: its own two records, no number's digits
+    assert "'H100' and 'H200' carry different valid NHS numbers" in reason
+    assert "5919" not in reason and "0018" not in reason
     assert _people(db) == before
     assert "okc" not in _clinical_of(db, before["P81002/adeyemi"])
+
+
+def _ack(db: Database, framework: Framework, message: str) -> dict[str, list[str]]:
+    """A message sent to the MLLP listener (`MllpServer.handle`, as a connection's worker runs it): its ACK's
+    segments by name."""
+    ack = MllpServer(Pipeline(db, framework)).handle(message.encode("latin-1"), "127.0.0.1:5000").decode("latin-1")
+    return {segment.split("|")[0]: segment.split("|") for segment in ack.strip("\r").split("\r")}
+
+
+def _records_of(db: Database, person: str) -> set[str]:
+    with db.session() as s:
+        return {f"{r.source_org}/{r.source_id}" for r in s.scalars(select(PatientRecord).where(
+            PatientRecord.person_id == person))}
+
+
+def _nowak_at_his_gp_and_mrs_adeyemi_at_hers_and_both_in_hospital(db: Database, framework: Framework,
+                                                                 tmp_path: Path, nowak_nhs: str | None) -> None:
+    """Mr Nowak's GP record (with his HIV diagnosis; his NHS number or none) and his hospital record H300 without
+    a number, linked by his details; Mrs Adeyemi's GP record and her hospital record H200, by her number."""
+    gps = write_ndjson(tmp_path / "gp.ndjson", [
+        bundle("P81001", "emis", [patient("nowak", nowak_nhs, "Nowak", "Tomasz", "1961-04-04", "male", "RV3 7QT"),
+                                  condition("nowak-hiv", "Patient/nowak", "86406008", "HIV infection")]),
+        bundle("P81002", "systmone", [patient("adeyemi", OTHER_NHS, "Adeyemi", "Grace", "1980-05-12", "female",
+                                              "RV9 9ZZ")])])
+    Pipeline(db, framework).ingest_paths([gps, write_hl7(tmp_path / "pas-1.hl7", [
+        admission("M1", mrn="H300", nhs=None, name="NOWAK^Tomasz^^^Mr", born="19610404"),
+        adt("A01", "M2", "20260110090000", ADEYEMI, pv1("V200", admitted="20260110090000"))])])
+    people = _people(db)
+    assert people["RXR/H300"] == people["P81001/nowak"] != people["RXR/H200"] == people["P81002/adeyemi"]
+
+
+ADEYEMI = pid(mrn="H200", nhs=OTHER_NHS, name="ADEYEMI^Grace^^^Mrs", born="19800512", sex="F",
+              address="2 Park Road^^Riverside^^RV9 9ZZ^GBR^H")
+
+
+def test_a_hospitals_merge_of_its_record_of_one_patient_into_anothers_never_shows_his_gp_record_in_hers(
+        db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security review of 2026-12-07 (HIGH): a PAS merges Mr Nowak's hospital record (no NHS number, linked to
+    his GP record by his details) into Mrs Adeyemi's. Before, his whole person moved into hers, his GP record
+    and its HIV diagnosis with it. Now the A40 is stored and answered AA saying the merge waits for review,
+    naming only the PAS's own two records, and an MPI reviewer sees the pair and why."""
+    _nowak_at_his_gp_and_mrs_adeyemi_at_hers_and_both_in_hospital(db, framework, tmp_path, nowak_nhs=None)
+    before = _people(db)
+
+    ack = _ack(db, framework, adt("A40", "M4", "20260112100000", ADEYEMI, "MRG|H300^^^RXR^MR"))
+
+    assert _people(db) == before
+    assert "nowak-hiv" not in _clinical_of(db, before["P81002/adeyemi"])
+    assert _records_of(db, before["RXR/H200"]) == {"RXR/H200", "P81002/adeyemi"}
+    assert ack["MSA"][1] == "AA" and "ERR" not in ack
+    assert "the merge of patient 'H300' into 'H200' is held for review (MPI review #" in ack["MSA"][3]
+    assert not any(told in ack["MSA"][3] for told in ("Nowak", "NOWAK", "P81001", "nowak"))
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    shown = CliRunner().invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    assert "RXR/H300: NOWAK" in shown.output and "RXR/H200: ADEYEMI" in shown.output
+    assert "source merge:" in shown.output and "holds records of P81001 too" in shown.output
+    with db.session() as s:  # the reviewer: two people
+        [item] = s.scalars(select(MatchReview))
+        decide(s, item.id, "separate", by="mpi.reviewer")
+    assert _people(db) == before
+
+
+def test_a_hospitals_held_merge_names_no_nhs_number_it_did_not_send(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The same merge where Mr Nowak's GP sent his NHS number: before, the A40 was refused AE "NHS numbers
+    ending 0018 and 5919", telling the PAS the end of a number it never sent for H300."""
+    _nowak_at_his_gp_and_mrs_adeyemi_at_hers_and_both_in_hospital(db, framework, tmp_path, nowak_nhs=GOOD_NHS)
+    before = _people(db)
+
+    ack = _ack(db, framework, adt("A40", "M4", "20260112100000", ADEYEMI, "MRG|H300^^^RXR^MR"))
+
+    assert GOOD_NHS[-4:] not in "|".join(ack["MSA"] + ack.get("ERR", []))
+    assert ack["MSA"][1] == "AA" and "held for review" in ack["MSA"][3]
+    assert _people(db) == before
+
+
+def test_a_hospitals_merge_of_its_temporary_record_into_the_registered_one_joins_it_to_the_gp_record(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The merge a source makes alone: a temporary registration linked to no one (another address, a mistyped
+    birth year) retired into the hospital record of Mr Okafor, whom his GP knows too. Only it moves."""
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [bundle("P81001", "emis", [
+        patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")])]), write_hl7(
+        tmp_path / "pas-1.hl7", [admission("M1"), admission("M2", visit="V200", mrn="T555", nhs=None,
+                                                             born="19540302",
+                                                             address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])])
+    before = _people(db)
+    assert before["RXR/H100"] == before["P81001/okafor"] != before["RXR/T555"]
+
+    ack = _ack(db, framework, adt("A40", "M3", "20260112090000", pid(), "MRG|T555^^^RXR^MR"))
+
+    assert ack["MSA"][1:] == ["AA", "M3"]
+    assert _people(db) == {**before, "RXR/T555": before["P81001/okafor"]}
+
+
+def test_a_hospitals_merge_of_its_registered_record_into_a_temporary_one_waits_for_a_reviewer_whose_link_joins_all(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The other way round: the PAS keeps the temporary number and retires the registered record, which is
+    linked to the GP's. Which of the GP's records go with it is not the hospital's to say: held; the
+    reviewer's link joins the persons."""
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [bundle("P81001", "emis", [
+        patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")])]), write_hl7(
+        tmp_path / "pas-1.hl7", [admission("M1"), admission("M2", visit="V200", mrn="T555", nhs=None,
+                                                             born="19540302",
+                                                             address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])])
+    before = _people(db)
+    temporary = pid(mrn="T555", nhs=None, born="19540302", address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")
+    merge = write_hl7(tmp_path / "pas-2.hl7", [adt("A40", "M3", "20260112090000", temporary, "MRG|H100^^^RXR^MR")])
+
+    report = Pipeline(db, framework).ingest_paths([merge])
+
+    assert _people(db) == before
+    assert report.quarantined == 0
+    assert [held["where"] for held in report.merges_held] == [f"{merge}, message 1 (MSH-10 M3), MRG-1"]
+    with db.session() as s:
+        [item] = s.scalars(select(MatchReview))
+        decide(s, item.id, "link", by="mpi.reviewer")
+    people = _people(db)
+    assert people["RXR/H100"] == people["RXR/T555"] == people["P81001/okafor"]
 
 
 def test_a_gps_patient_replaced_by_another_of_its_patients_is_merged_into_it_and_never_into_another_orgs(

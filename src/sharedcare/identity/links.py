@@ -22,9 +22,9 @@ from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import arrival_times
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.governance.review import flag_joined_registrations
-from sharedcare.identity.compare import numbers_keep_apart
-from sharedcare.store.models import AccessBasis, LinkEvent, LinkMove, MatchReview, PatientRecord, Person
+from sharedcare.governance.review import NEW_SOURCE_RECORD, flag_joined_registrations
+from sharedcare.identity.compare import features, levels, numbers_keep_apart
+from sharedcare.store.models import AccessBasis, LinkEvent, LinkMove, MatchReview, PatientRecord, Person, ReviewItem
 
 Decision = Literal["link", "separate", "defer"]
 # A review item a relink closed, not a reviewer: its records are one person, or kept apart by a rule no
@@ -122,9 +122,9 @@ def _refuse_two_numbers(session: Session, keep: str, records: list[PatientRecord
 
 
 def merge_source_records(session: Session, org: str, prior_id: str, surviving_id: str, by: str,
-                         reason: str) -> LinkEvent:
+                         reason: str) -> LinkEvent | MatchReview:
     """A source merged two of its own patient records (HL7 A40, FHIR Patient.link replaced-by): the prior
-    record's person becomes the surviving record's, along with every record linked with it."""
+    record moves to the surviving record's person, or the merge is held for review (`source_merge`)."""
     def find(source_id: str) -> PatientRecord:
         record = session.scalars(select(PatientRecord).where(PatientRecord.source_org == org,
                                                              PatientRecord.source_id == source_id)).first()
@@ -135,7 +135,81 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
     prior, surviving = find(prior_id), find(surviving_id)
     if prior.person_id == surviving.person_id:
         return _move(session, [], surviving.person_id, "merge", by, reason)
-    return merge_persons(session, surviving.person_id, prior.person_id, by, reason)
+    return source_merge(session, prior, surviving, by, reason)
+
+
+def source_merge(session: Session, retired: PatientRecord, surviving: PatientRecord, by: str,
+                 reason: str) -> LinkEvent | MatchReview:
+    """A source speaks for its own records only: the retired record alone moves to the surviving record's
+    person, and the person it leaves keeps every other record. Until 2026-12-07 the retired record's whole
+    person moved, other organisations' records with it: a practice writing a copy of a hospital patient's
+    demographics, then marking it replaced-by a Patient with another person's NHS number, moved his hospital
+    record into hers. So the merge waits for an MPI reviewer (an `mpi review` pair of the two records, the
+    reasons in its evidence) when the retired record's person holds another organisation's record (joining
+    them is a claim about others' data), when either record awaits IG review as a practice's self-made record
+    (merged, it would count as a care relationship), or when the retired record's NHS number differs from one
+    the surviving person holds. Two records of the source with different valid NHS numbers are refused
+    (HAZ-01). What the source is told names neither another record nor any number (`LinkError`'s text)."""
+    if numbers_keep_apart(retired.nhs_number, surviving.nhs_number):
+        raise LinkError(f"refused: {retired.source_org}'s patients '{retired.source_id}' and "
+                        f"'{surviving.source_id}' carry different valid NHS numbers, and two different valid NHS "
+                        "numbers are never one person")
+    why = _merge_needs_review(session, retired, surviving)
+    if why:
+        return _hold_source_merge(session, retired, surviving, by, reason, why)
+    return _move(session, [retired], surviving.person_id, "merge", by, reason)
+
+
+def _merge_needs_review(session: Session, retired: PatientRecord, surviving: PatientRecord) -> list[str]:
+    """Why a source's merge of these records needs a reviewer (`source_merge`), for the reviewer: nothing
+    when the source may make it on its own."""
+    why = []
+    others = sorted(set(session.scalars(select(PatientRecord.source_org).where(
+        PatientRecord.person_id == retired.person_id, PatientRecord.source_org != retired.source_org))))
+    if others:
+        why.append(f"record {retired.id}'s person holds records of {', '.join(others)} too, which a source's "
+                   "merge does not move")
+    for item, record_id in session.execute(select(ReviewItem.id, ReviewItem.patient_record_id).where(
+            ReviewItem.kind == NEW_SOURCE_RECORD, ReviewItem.status != "closed",
+            ReviewItem.patient_record_id.in_((retired.id, surviving.id))).order_by(ReviewItem.id)):
+        why.append(f"record {record_id} awaits IG review as a practice's self-made record (item #{item})")
+    for kept in session.scalars(select(PatientRecord).where(PatientRecord.person_id == surviving.person_id)
+                                .order_by(PatientRecord.id)):
+        if numbers_keep_apart(retired.nhs_number, kept.nhs_number):
+            why.append(f"record {retired.id}'s NHS number (ending {str(retired.nhs_number)[-4:]}) differs from "
+                       f"record {kept.id}'s ({kept.source_org}, ending {str(kept.nhs_number)[-4:]})")
+    return why
+
+
+def _hold_source_merge(session: Session, retired: PatientRecord, surviving: PatientRecord, by: str, reason: str,
+                       why: list[str]) -> MatchReview:
+    """The source's merge as an MPI review pair (its waterfall, and the merge and why it waits, as
+    `source_merge` in its evidence), audited; a pair already listed is reopened if only a relink closed it
+    (a reviewer's decision stands)."""
+    from sharedcare.identity.mpi import stored_match_record  # mpi imports this module
+    from sharedcare.identity.realtime import current_model
+
+    now = utcnow()
+    note = (f"{now:%Y-%m-%d %H:%M} UTC, {by}: {reason}: record {retired.id} retired into record {surviving.id}; "
+            f"held for a reviewer: {'; '.join(why)}")
+    a, b = sorted((retired.id, surviving.id))
+    item = session.scalars(select(MatchReview).where(MatchReview.record_a == a, MatchReview.record_b == b)).first()
+    if item is None:
+        model = current_model(session)
+        found = levels(features(stored_match_record(retired)), features(stored_match_record(surviving)))
+        item = MatchReview(record_a=a, record_b=b, probability=model.score_levels(found).probability,
+                           evidence=model.evidence(found) | {"source_merge": note}, created_at=now, status="open")
+        session.add(item)
+    else:
+        item.evidence = {**item.evidence, "source_merge": note}
+        if item.status in (RELINK_SAME, RELINK_APART):
+            item.status = "open"
+    session.flush()
+    record_audit(session, AuditRecord(AuditAction.MPI_LINK_CHANGE, "permit", username=by, purpose="governance",
+                                      patient_id=retired.person_id, reason=f"{reason}: held for review",
+                                      detail={"kind": "merge-held", "review_item": str(item.id),
+                                              "records": f"{retired.id} {surviving.id}"}))
+    return item
 
 
 @dataclass

@@ -49,7 +49,8 @@ class Pair:
         elif evidence.get("held"):
             steps.append(f"never linked automatically: {evidence['held']}")
         steps += [f"record {side} held: {note}" for side, note in self.held.items()]
-        steps += [f"{what}: {evidence[what]}" for what in ("reopened", "rescored") if evidence.get(what)]
+        steps += [f"{what.replace('_', ' ')}: {evidence[what]}" for what in ("source_merge", "reopened", "rescored")
+                  if evidence.get(what)]
         if history:
             steps += [relink_step(step) for step in evidence.get("relinks", ())]
             if self.decided_by:

@@ -332,6 +332,7 @@ class Contributions:
                                  text=f"{problem['reason']} (held in quarantine as #{problem['id']})",
                                  where=problem["where"])], None
         by_key = {(r.resource_type, r.source_id): r for r in staged.resources}
+        held_merges = {held["retired"]: held for held in staged.merges_held}
         self._new_patients.update(r.source_id for r in staged.resources
                                   if r.resource_type == "Patient" and r.outcome == "created")
         rows = self._versions([r.server_id for r in staged.resources])
@@ -353,6 +354,10 @@ class Contributions:
                                          modified, "warning" if item.outcome == "stale" else "information",
                                          "conflict" if item.outcome == "stale" else "informational",
                                          texts[item.outcome]))
+            merge = held_merges.get(item.source_id) if item.resource_type == "Patient" else None
+            if merge is not None:  # stored, but its replaced-by merge waits for a reviewer
+                outcomes[-1].severity, outcomes[-1].where = "warning", merge["where"]
+                outcomes[-1].text += f"; {merge['reason']}"
         return outcomes, staged
 
     def _as_asked(self, asked: dict[tuple[str, str], Asked]) -> Callable[[Session, StagedMessage], None]:

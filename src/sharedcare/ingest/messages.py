@@ -303,6 +303,8 @@ class StagedMessage:
     # (retired source id, surviving source id, where it is named): the sender merged two of its own patient
     # records (HL7 MRG-1, FHIR Patient.link replaced-by)
     merges: list[tuple[str, str, str]] = field(default_factory=list)
+    # those held for review when stored (`links.source_merge`): review item id, retired source id, where, reason
+    merges_held: list[dict[str, Any]] = field(default_factory=list)
     persons: dict[str, str] = field(default_factory=dict)  # set when stored: each patient's person (its id)
 
 

@@ -218,8 +218,8 @@ class MllpServer:
                                               then=audit_stored)
         if staged is None:
             self._audit_refused(header, address, detail, report)
-        if not report.quarantined:
-            return ack(header, "AA")
+        if not report.quarantined:  # stored; a merge it asked for may wait for a reviewer (MSA-3 says so)
+            return ack(header, "AA", "; ".join(f"MRG-1: {held['reason']}" for held in report.merges_held))
         problem, refusal = report.quarantine[0], report.errors[0]
         code = "AR" if header is None or refusal.rejected else "AE"
         return ack(header, code, f"{problem['reason']} (quarantine #{problem['id']})", str(problem["where"]),

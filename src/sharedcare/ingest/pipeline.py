@@ -55,7 +55,7 @@ from sharedcare.ingest.messages import (
 from sharedcare.ingest.resent import identity
 from sharedcare.ingest.staging import INGEST_GC_THRESHOLD, Outcome, Stager, stage
 from sharedcare.store.database import Database, Encoded, Prepared, PreparedObjects, json_dumps, json_loads
-from sharedcare.store.models import IS_PATIENT, PatientRecord, Quarantine, Resource, ResourceVersion
+from sharedcare.store.models import IS_PATIENT, MatchReview, PatientRecord, Quarantine, Resource, ResourceVersion
 
 log = logging.getLogger("sharedcare.ingest")
 
@@ -67,6 +67,10 @@ ADAPTERS: dict[str, Adapter] = {"fhir": Adapter(fhir_bundle.read_messages, fhir_
 # Runs whose files add up to this size are staged by worker processes (see staging.py), every file of them (a
 # feed comes as many files of 1,000 people each); for less, starting the workers costs more than they save.
 PARALLEL_FROM_BYTES = 1024 * 1024
+# What a source is told of its merge held for review (`links.source_merge`): its own two records and the
+# item's number, never why (which would tell it of other organisations' records, or of a number it never sent)
+MERGE_HELD = ("the merge of patient '{retired}' into '{surviving}' is held for review (MPI review #{review}): a "
+              "source's merge moves only its own record, and this one waits for a reviewer; nothing was merged")
 STORE_BATCH = 64  # messages of a file stored per transaction (see Pipeline._store_batch)
 _ATTEMPTS = 3  # times a message is stored while other writers change or create its resources under it
 # A prepared INSERT of every column (each new row names them all): `Session.execute` of the Core statement
@@ -153,6 +157,7 @@ class IngestReport:
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     errors: list[MessageError] = field(default_factory=list)  # each quarantined message's refusal (an ACK's codes)
+    merges_held: list[dict[str, Any]] = field(default_factory=list)  # sources' merges held for review (MERGE_HELD)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -161,6 +166,7 @@ class IngestReport:
             "set_aside": dict(sorted(self.set_aside.items())), "notes": dict(sorted(self.notes.items())),
             "quarantine": self.quarantine,
             "skipped_files": self.skipped_files,
+            "merges_held": [{k: held[k] for k in ("review", "where", "reason")} for held in self.merges_held],
         }
 
 
@@ -416,6 +422,7 @@ class Pipeline:
             report.stale += stale
             report.set_aside.update(outcome.set_aside)
             report.notes.update(outcome.notes)
+            report.merges_held += outcome.merges_held
 
     def ingest_message(self, adapter: Adapter, raw: RawMessage, source: str | None, report: IngestReport,
                        agreements: dict[str, Agreement] | None, staged: Outcome | None = None,
@@ -440,6 +447,7 @@ class Pipeline:
         report.stale += stale
         report.set_aside.update(stored.set_aside)
         report.notes.update(stored.notes)
+        report.merges_held += stored.merges_held
         return stored
 
     def replay(self, quarantine_id: int, source: str | None = None) -> IngestReport:
@@ -471,8 +479,9 @@ class Pipeline:
         subject = certificate_in(raw.filename)  # sent over TLS: still only for what its certificate may send
         certified = CertifiedSender.of(self.framework, subject) if subject is not None else None
         try:
-            _, (accepted, unchanged, stale) = self._accept(adapter, raw, source or held.source_org, agreements,
-                                                           replaying=quarantine_id, certified=certified)
+            replayed, (accepted, unchanged, stale) = self._accept(adapter, raw, source or held.source_org,
+                                                                  agreements, replaying=quarantine_id,
+                                                                  certified=certified)
         except MessageError as exc:
             with self.db.session() as session:
                 session.get_one(Quarantine, quarantine_id).reason = str(exc)
@@ -483,6 +492,7 @@ class Pipeline:
             report.errors.append(exc)
             return report
         report.accepted, report.unchanged, report.stale = accepted, unchanged, stale
+        report.merges_held = replayed.merges_held
         return report
 
     def _check_replay_source(self, adapter: Adapter, raw: RawMessage, source: str, held_by: str | None) -> None:
@@ -683,16 +693,21 @@ class Pipeline:
         # not made again (nor one a reviewer has undone since)
         restated = {item.source_id for item in staged.resources
                     if item.resource_type == "Patient" and item.outcome in ("unchanged", "stale")}
+        staged.merges_held = []  # (stored again after a run rolled back: only this storing's)
         for retired, surviving, named_at in staged.merges:
             if retired in restated:
                 continue
             try:
-                merge_source_records(session, staged.source_org, retired, surviving,
-                                     by=f"{staged.source_org}:{staged.source_system}",
-                                     reason=f"merged by the source (message {staged.message_id})")
+                merged = merge_source_records(session, staged.source_org, retired, surviving,
+                                              by=f"{staged.source_org}:{staged.source_system}",
+                                              reason=f"merged by the source (message {staged.message_id})")
             except LinkError as exc:
                 raise MessageError(exc.message, named_at) from exc
-            if run is not None:
+            if isinstance(merged, MatchReview):
+                staged.merges_held.append({"review": merged.id, "retired": retired, "where": named_at,
+                                           "reason": MERGE_HELD.format(retired=retired, surviving=surviving,
+                                                                       review=merged.id)})
+            elif run is not None:
                 run.block = None
         staged.persons = {source_id: record.person_id for source_id, record in records.items()}  # (merged: moved)
         return accepted, unchanged, stale
