@@ -1969,12 +1969,14 @@ def mpi_merge(
 @mpi_app.command("unmerge")
 def mpi_unmerge(
     event_id: Annotated[int, typer.Argument(help="The merge to undo.")],
-    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    reason: Annotated[str, typer.Option(help="Why they are not one person (kept with each reviewer's link "
+                                             "the unmerge marks separate).")],
     by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Undo a merge exactly: each source record returns to the person it came from, and each record that came
-    to the kept person during the merge is matched again; lists where every one went (audited)."""
+    to the kept person during the merge is matched again; lists where every one went (audited). A reviewer's
+    link the unmerge parts is marked separate, by --by for --reason, so a relink does not join it again."""
     from sharedcare.identity.links import LinkError, unmerge
     from sharedcare.store.models import PatientRecord
 
@@ -1986,11 +1988,13 @@ def mpi_unmerge(
                         for r in [session.get_one(PatientRecord, move.patient_record_id)]]
             again = [{"record": f"{r.source_org}/{r.source_id}", "from_person": done.kept, "to_person": r.person_id,
                       "status": r.link_status, "note": r.link_note} for r in done.matched_again]
+            separated = [item.id for item in done.separated]
             undo_id = done.event.id
     except LinkError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
-        _print_json({"unmerge": undo_id, "undoes": event_id, "restored": restored, "matched_again": again})
+        _print_json({"unmerge": undo_id, "undoes": event_id, "restored": restored, "matched_again": again,
+                     "reviews_marked_separate": separated})
         return
     table = Table(title=f"unmerge #{undo_id} of merge #{event_id}: {len(restored)} source records restored, "
                         f"{len(again)} that arrived during the merge matched again", show_lines=True)
@@ -2002,3 +2006,5 @@ def mpi_unmerge(
         how = f"matched again: {came['status']}" + (f" ({came['note']})" if came["note"] else "")
         table.add_row(came["record"], came["from_person"], came["to_person"], how)
     Console().print(table)
+    for item_id in separated:
+        console.print(f"review #{item_id}: a reviewer's link this unmerge parts, now marked separate")

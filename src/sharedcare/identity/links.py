@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -147,12 +147,17 @@ class Unmerged:
     event: LinkEvent
     kept: str
     matched_again: list[PatientRecord]
+    separated: list[MatchReview] = field(default_factory=list)  # reviewers' links the unmerge overruled
 
 
 def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmerged:
     """Undo one merge exactly: each moved record goes back to the person it came from. A record that came to
     the kept person since the merge is matched again (`mpi.rematch`): it goes where it belongs, or is held
-    for review with a note when it conflicts."""
+    for review with a note when it conflicts.
+
+    A reviewer's link whose records the unmerge parts (the merge was that link, or joined its records) is
+    marked separate, by `by` for `reason` (required then): whoever undoes a link says the records are not
+    one person, and a relink keeps a reviewer's link, so left "linked" it would join them again."""
     event = session.get(LinkEvent, event_id)
     if event is None or event.kind != "merge":
         raise LinkError(f"no merge #{event_id}")
@@ -164,6 +169,10 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
         if record.person_id != move.to_person:
             raise LinkError(f"record {record.id} has moved again since merge #{event_id}; undo that first")
         moves.append((record, move.from_person))
+    parted = _links_parted(session, {record.id: back for record, back in moves})
+    if parted and not reason.strip():
+        raise LinkError(f"say why (--reason): undoing merge #{event_id} parts records that review "
+                        f"#{parted[0].id} linked ({parted[0].decided_by}), which is then marked separate")
     undo = LinkEvent(at=utcnow(), kind="unmerge", by=by, reason=reason or f"undo merge #{event_id}",
                      moves=[LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=back)
                             for r, back in moves])
@@ -179,13 +188,28 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
                                       reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
                                                                   "undoes": str(event_id)}))
     end_bases(session, undo)
+    for item in parted:
+        _record_decision(session, item, "separate", by, f"unmerge #{undo.id} of merge #{event_id}: {reason}",
+                         undo.at)
     from sharedcare.identity.mpi import hold_matching, match_again, stored_demographics  # mpi imports this module
 
     joined = _joined_since(session, event)  # matched again in the order they came, as if arriving again
     hold_matching(session, [stored_demographics(r) for r in joined])  # every key at once, as ingest holds them
     for at, record in enumerate(joined):
         match_again(session, record, f"merge #{event_id} was undone", {r.id for r in joined[at + 1:]})
-    return Unmerged(undo, event.moves[0].to_person if event.moves else "", joined)
+    return Unmerged(undo, event.moves[0].to_person if event.moves else "", joined, parted)
+
+
+def _links_parted(session: Session, going: dict[int, str]) -> list[MatchReview]:
+    """The reviewers' links ("linked") that sending these records (by id) to these persons would part."""
+    items = list(session.scalars(select(MatchReview).where(
+        MatchReview.status == "linked", or_(MatchReview.record_a.in_(going), MatchReview.record_b.in_(going)))
+        .order_by(MatchReview.id)))
+
+    def person(record_id: int) -> str:
+        return going.get(record_id) or session.get_one(PatientRecord, record_id).person_id
+
+    return [item for item in items if person(item.record_a) != person(item.record_b)]
 
 
 def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:
@@ -216,7 +240,23 @@ def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEven
     return _move(session, [record], person.id, "separate", by, reason)
 
 
-def decide(session: Session, review_id: int, decision: Decision, by: str) -> MatchReview:
+def _record_decision(session: Session, item: MatchReview, status: str, by: str, reason: str,
+                     at: datetime) -> None:
+    """Give a review item the status a person decided, audited. Every decision is kept in the item's
+    evidence (`decisions`: when, by whom, the status, the one before, why), as `decided_by` names only the
+    latest."""
+    was = item.status
+    step = {"at": at.isoformat(), "by": by, "status": status, "was": was, "reason": reason}
+    item.evidence = {**(item.evidence or {}), "decisions": [*(item.evidence or {}).get("decisions", ()), step]}
+    item.status, item.decided_by, item.decided_at = status, by, at
+    session.flush()
+    record_audit(session, AuditRecord(
+        AuditAction.MPI_REVIEW_DECIDED, "permit", username=by, purpose="governance", reason=reason,
+        detail={"review": str(item.id), "status": status, "was": was,
+                "records": f"{item.record_a} {item.record_b}"}))
+
+
+def decide(session: Session, review_id: int, decision: Decision, by: str, reason: str = "") -> MatchReview:
     """A reviewer's decision on an uncertain pair; relinking respects it from then on."""
     review = session.get(MatchReview, review_id)
     if review is None:
@@ -235,9 +275,8 @@ def decide(session: Session, review_id: int, decision: Decision, by: str) -> Mat
         merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person")
     elif decision == "separate" and a.person_id == b.person_id:
         separate(session, b.id, by, f"review #{review_id}: different people")
-    review.status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
-    review.decided_by, review.decided_at = by, utcnow()
-    session.flush()
+    status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
+    _record_decision(session, review, status, by, reason, utcnow())
     return review
 
 

@@ -64,6 +64,7 @@ ACTION_WORDS = {
     AuditAction.MPI_LINK_CHANGE: "changed which person a record belongs to",
     AuditAction.MPI_REVIEW_VIEW: "looked at records waiting for a matching decision",
     AuditAction.MPI_REVIEW_SETTLED: "matching review items were settled by a relink",
+    AuditAction.MPI_REVIEW_DECIDED: "decided whether two records are one person",
     AuditAction.AUDIT_SEARCH: "searched the audit log",
     AuditAction.QUARANTINE_SUPERSEDED: "a held message was replaced by its source's corrected copy",
     AuditAction.QUARANTINE_PURGE: "erased held messages kept past their retention period",
