@@ -1906,7 +1906,10 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
         steps += [f"record {side} held: {note}" for side, note in r["held"].items()]
         steps += [f"{what}: {evidence[what]}" for what in ("reopened", "rescored") if evidence.get(what)]
         steps += [_relink_step(step) for step in evidence.get("relinks", ()) if every]
-        if every and r["decided_by"]:
+        if every:
+            steps += [f"{d['at'][:16].replace('T', ' ')} UTC, {d['by']}: decided {d['status']} (was {d['was']})"
+                      + (f": {d['reason']}" if d["reason"] else "") for d in evidence.get("decisions", ())]
+        if every and r["decided_by"] and not evidence.get("decisions"):  # decided before decisions were kept
             steps.append(f"{str(r['decided_at'])[:16].replace('T', ' ')} UTC, {r['decided_by']}: decided {r['status']}")
         table.add_row(str(r["id"]), *([r["status"]] if every else []), str(r["probability"]), _literal(r["a"]),
                       _literal(r["b"]), "\n".join(_literal(step) for step in steps))
@@ -1933,16 +1936,25 @@ def _relink_step(step: dict[str, Any]) -> str:
 def mpi_decide(
     review_id: Annotated[int, typer.Argument(help="The review item (see `sharedcare mpi review`).")],
     decision: Annotated[str, typer.Option(help="link, separate or defer.")],
+    reason: Annotated[str, typer.Option(help="Why (needed to link, to separate and to change a decision); kept "
+                                             "with the item and audited.")] = "",
+    change: Annotated[str | None, typer.Option(
+        "--change", help="Change a reviewer's decision: the status the item has as you read it (linked or "
+                         "separate); refused if it has changed since.")] = None,
     by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
 ) -> None:
-    """Decide an uncertain pair; later relinks respect the decision (audited)."""
-    from sharedcare.identity.links import LinkError, decide
+    """Decide an uncertain pair; later relinks respect the decision (audited). A pair a reviewer linked or
+    separated is decided again only with --change and a --reason."""
+    from sharedcare.identity.links import REVIEWED, LinkError, decide
 
     if decision not in {"link", "separate", "defer"}:
         raise _fail(f"--decision must be link, separate or defer, not '{decision}'")
+    if change is not None and change not in REVIEWED:
+        raise _fail(f"--change must be linked or separate (the decision changed), not '{change}'")
     try:
         with _database().session() as session:
-            review = decide(session, review_id, decision, by=by)  # type: ignore[arg-type]
+            review = decide(session, review_id, decision, by=by, reason=reason,  # type: ignore[arg-type]
+                            was=change)
             console.print(f"review #{review.id}: {review.status}")
     except LinkError as exc:
         raise _fail(str(exc)) from exc

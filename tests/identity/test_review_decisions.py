@@ -4,12 +4,17 @@ and HIV infection in record b, seen through the governance gateway as a clinicia
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from tests.builders import bundle, condition, patient, write_ndjson
+from tests.conftest import FRAMEWORK_PATH
+from typer.testing import CliRunner
 
+from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import search
 from sharedcare.governance.framework import Framework
@@ -19,6 +24,13 @@ from sharedcare.identity.mpi import relink
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, LinkEvent, MatchReview, PatientRecord
+
+
+@pytest.fixture
+def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    return db
 
 
 def _people(db: Database) -> dict[str, str]:
@@ -73,6 +85,26 @@ def _two_women(db: Database, fw: Framework, tmp: Path) -> int:
         return item.id
 
 
+def _separated_pair(db: Database, fw: Framework, tmp: Path) -> int:
+    """Two records with Margaret's details (linked on ingest) that a reviewer found to be two women."""
+    _arrives(db, fw, tmp, "P81001", "a", "Diabetes")
+    _arrives(db, fw, tmp, "P81002", "b", "HIV infection")
+    ids = _ids(db)
+    with db.session() as s:
+        item = MatchReview(record_a=ids["a"], record_b=ids["b"], probability=0.99, evidence={},
+                           created_at=utcnow(), status="open")
+        s.add(item)
+        s.flush()
+        decide(s, item.id, "separate", by="reviewer1", reason="two women: another mother's maiden name")
+        return item.id
+
+
+def _review_audit(db: Database, username: str) -> list[dict[str, str]]:
+    """The review decisions `username` was audited for, oldest first."""
+    with db.session() as s:
+        return [_details(e) for e in reversed(search(s, username=username, actions=("identity:mpi:review-decided",)))]
+
+
 def test_an_unmerged_reviewers_link_stays_apart_after_the_next_relink(db: Database, framework: Framework,
                                                                         tmp_path: Path) -> None:
     """Until 2026-12-07 the item stayed "linked" after the unmerge, and the relink, keeping reviewers' links,
@@ -101,3 +133,105 @@ def test_an_unmerged_reviewers_link_stays_apart_after_the_next_relink(db: Databa
         found = _details(entry)
     assert (found["review"], found["status"], found["was"]) == (str(item), "separate", "linked")
     assert found["reason"].endswith("wrong link: two different women")
+
+
+def test_a_second_reviewers_defer_cannot_drop_a_separation_and_a_relink_keeps_the_women_apart(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Until 2026-12-07 a second reviewer, working from the list as it was, deferred the pair: the separation
+    was gone without a word, and the next relink joined the two women (HIV infection in Margaret's record)."""
+    item = _separated_pair(db, framework, tmp_path)
+    with db.session() as s, pytest.raises(LinkError, match=f"review #{item} was decided 'separate' \\(reviewer1, "
+                                                           ".*--change separate and a --reason"):
+        decide(s, item, "defer", by="reviewer2")
+    with db.session() as s:
+        relink(s)
+    p = _people(db)
+    assert p["a"] != p["b"]
+    assert _conditions(db, framework, p["a"]) == {"Diabetes"}
+    assert _item(db, item).status == "separate"
+
+
+def test_changing_a_reviewers_decision_is_explicit_says_why_and_is_audited(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    item = _separated_pair(db, framework, tmp_path)
+    with db.session() as s, pytest.raises(LinkError, match="say why .*changing a reviewer's decision"):
+        decide(s, item, "defer", by="reviewer2", was="separate")
+    with db.session() as s, pytest.raises(LinkError, match=f"review #{item} is now 'separate' .*not 'linked' as read"):
+        decide(s, item, "separate", by="reviewer2", reason="two women", was="linked")
+    with db.session() as s:
+        decide(s, item, "link", by="reviewer2", reason="one woman: the GP confirmed", was="separate")
+    p = _people(db)
+    assert p["a"] == p["b"]
+    assert [(d["status"], d["was"], d["reason"]) for d in _review_audit(db, "reviewer2")] == [
+        ("linked", "separate", "one woman: the GP confirmed")]
+    decisions = _item(db, item).evidence["decisions"]
+    assert [(d["by"], d["status"], d["was"]) for d in decisions] == [
+        ("reviewer1", "separate", "open"), ("reviewer2", "linked", "separate")]
+
+
+def test_decisions_that_move_no_record_are_audited_and_each_reviewer_is_kept(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A defer, and a separate of a pair already apart, moved nothing and until 2026-12-07 wrote no audit entry;
+    `decided_by` kept only the last reviewer."""
+    item = _two_women(db, framework, tmp_path)
+    with db.session() as s, pytest.raises(LinkError, match="say why .*a decision to separate"):
+        decide(s, item, "separate", by="reviewer3")
+    with db.session() as s:
+        decide(s, item, "defer", by="reviewer2")
+        decide(s, item, "separate", by="reviewer3", reason="another birth date and address")
+    assert _review_audit(db, "reviewer2") == [{"review": str(item), "status": "deferred", "was": "open",
+                                               "records": "1 2"}]
+    [separated] = _review_audit(db, "reviewer3")
+    assert (separated["status"], separated["was"], separated["reason"]) == (
+        "separate", "deferred", "another birth date and address")
+    assert [d["by"] for d in _item(db, item).evidence["decisions"]] == ["reviewer2", "reviewer3"]
+
+
+def test_two_reviewers_deciding_one_pair_at_once_decide_one_after_the_other(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Reviewer 1 links the pair and reviewer 2 separates it at the same moment. Until 2026-12-07 both went
+    through: the women stayed joined (Peggy's HIV diagnosis in Margaret's record) with the pair marked
+    separate. Now the second waits for the first's commit, sees the link and is refused."""
+    item = _two_women(db, framework, tmp_path)
+    held = db.session()
+    first = held.__enter__()
+    decide(first, item, "link", by="reviewer1", reason="one woman, known as Peggy")  # not yet committed
+    errors: list[Exception] = []
+
+    def second() -> None:
+        try:
+            with db.session() as s:
+                decide(s, item, "separate", by="reviewer2", reason="two women")
+        except Exception as exc:  # noqa: BLE001 (the test reads it)
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive()  # waiting on the first reviewer's lock
+    held.__exit__(None, None, None)
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], LinkError)
+    assert f"review #{item} was decided 'linked' (reviewer1, " in str(errors[0])
+    p = _people(db)
+    assert p["a"] == p["b"] and _item(db, item).status == "linked"
+    assert _review_audit(db, "reviewer2") == []
+
+
+def test_mpi_decide_refuses_to_redecide_without_change_and_reason(env: Database, framework: Framework,
+                                                                  tmp_path: Path) -> None:
+    item = _separated_pair(env, framework, tmp_path)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["mpi", "decide", str(item), "--decision", "defer"])
+    assert refused.exit_code == 2 and f"review #{item} was decided 'separate'" in refused.output
+    assert "--change separate" in refused.output
+    unsaid = runner.invoke(app, ["mpi", "decide", str(item), "--decision", "link", "--change", "separate"])
+    assert unsaid.exit_code == 2 and "say why (--reason)" in unsaid.output
+    changed = runner.invoke(app, ["mpi", "decide", str(item), "--decision", "link", "--change", "separate",
+                                  "--reason", "one woman: the GP confirmed", "--by", "reviewer2"])
+    assert changed.exit_code == 0, changed.output
+    p = _people(env)
+    assert p["a"] == p["b"]
+    shown = runner.invoke(app, ["mpi", "review", "--all"], env={"COLUMNS": "400"}).stdout
+    assert "reviewer2: decided linked (was separate): one woman: the GP confirmed" in shown
+    assert "reviewer1: decided separate (was open): two women" in shown

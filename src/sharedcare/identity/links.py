@@ -24,6 +24,7 @@ from sharedcare.governance.access_log import arrival_times
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import numbers_keep_apart
+from sharedcare.store.database import begin_write
 from sharedcare.store.models import AccessBasis, LinkEvent, LinkMove, MatchReview, PatientRecord, Person
 
 Decision = Literal["link", "separate", "defer"]
@@ -31,6 +32,9 @@ Decision = Literal["link", "separate", "defer"]
 # reviewer can overrule (two different valid NHS numbers: `decide` refuses to link them). Reopened when a
 # later relink no longer settles it; a reviewer's decision (linked, separate, deferred) is never changed.
 RELINK_SAME, RELINK_APART = "relink-same", "relink-apart"
+# A reviewer's decisions a relink keeps: changed only by deciding again as a change (`decide`'s `was`), or
+# by an unmerge parting a link (marked separate).
+REVIEWED = ("linked", "separate")
 
 
 class LinkError(SharedcareError):
@@ -256,11 +260,22 @@ def _record_decision(session: Session, item: MatchReview, status: str, by: str, 
                 "records": f"{item.record_a} {item.record_b}"}))
 
 
-def decide(session: Session, review_id: int, decision: Decision, by: str, reason: str = "") -> MatchReview:
-    """A reviewer's decision on an uncertain pair; relinking respects it from then on."""
-    review = session.get(MatchReview, review_id)
+def decide(session: Session, review_id: int, decision: Decision, by: str, reason: str = "",
+           was: str | None = None) -> MatchReview:
+    """A reviewer's decision on a pair; relinking respects it from then on. Audited, with `reason`, which a
+    link or a separate (a safety decision) must give.
+
+    An item a reviewer linked or separated (`REVIEWED`) is decided again only as a change: `was` names its
+    status as the reviewer read it, with a reason. `was`, whenever given, must still be its status. The item
+    is read locked (PostgreSQL's row lock, SQLite's write transaction), so two reviewers deciding one pair
+    at once decide one after the other and the second is refused: until 2026-12-07 both went through, the
+    pair left joined by one and marked separate by the other."""
+    begin_write(session)
+    review = session.scalars(select(MatchReview).where(MatchReview.id == review_id).with_for_update()
+                             .execution_options(populate_existing=True)).first()
     if review is None:
         raise LinkError(f"no review item #{review_id}")
+    _may_decide(review, decision, reason, was)
     a = session.get_one(PatientRecord, review.record_a)
     b = session.get_one(PatientRecord, review.record_b)
     if decision == "link" and a.person_id != b.person_id:
@@ -268,16 +283,34 @@ def decide(session: Session, review_id: int, decision: Decision, by: str, reason
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
         apart = _separated(session, a.person_id, b.person_id, review.id)
         if apart is not None:
-            when = f"{apart.decided_at:%Y-%m-%d %H:%M} UTC"
             raise LinkError(f"refused: linking would put records {apart.record_a} and {apart.record_b} in one "
-                            f"person, which review #{apart.id} separated ({apart.decided_by}, {when}); decide "
-                            f"that item again first")
-        merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person")
+                            f"person, which {_separation(apart)}; change that decision first")
+        merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person: {reason}")
     elif decision == "separate" and a.person_id == b.person_id:
-        separate(session, b.id, by, f"review #{review_id}: different people")
+        separate(session, b.id, by, f"review #{review_id}: different people: {reason}")
     status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
     _record_decision(session, review, status, by, reason, utcnow())
     return review
+
+
+def _may_decide(review: MatchReview, decision: Decision, reason: str, was: str | None) -> None:
+    """Refuse a decision on an item whose status changed since the reviewer read it (`was`), a change of a
+    reviewer's link or separate not asked for as one, and a safety decision without a reason."""
+    by = f" ({review.decided_by}, {review.decided_at:%Y-%m-%d %H:%M} UTC)" if review.decided_at else ""
+    if was is not None and review.status != was:
+        raise LinkError(f"review #{review.id} is now '{review.status}'{by}, not '{was}' as read: read it again "
+                        f"(`sharedcare mpi review --all`) before deciding")
+    if review.status in REVIEWED and was is None:
+        raise LinkError(f"review #{review.id} was decided '{review.status}'{by}: to change that decision, "
+                        f"decide again with --change {review.status} and a --reason")
+    if not reason.strip() and (decision != "defer" or review.status in REVIEWED):
+        what = "changing a reviewer's decision" if review.status in REVIEWED else f"a decision to {decision}"
+        raise LinkError(f"say why (--reason): {what} is a safety decision, kept with the item and audited")
+
+
+def _separation(item: MatchReview) -> str:
+    """A reviewer's separate, in words: which item, by whom, when."""
+    return f"review #{item.id} separated ({item.decided_by}, {item.decided_at:%Y-%m-%d %H:%M} UTC)"
 
 
 def _separated(session: Session, one: str, other: str, deciding: int) -> MatchReview | None:
