@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
+from tests.ingest.test_hl7v2 import adt, pid, pv1, write_hl7
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -19,11 +20,12 @@ from sharedcare.clock import utcnow
 from sharedcare.governance.access_log import search
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for
-from sharedcare.identity.links import LinkError, decide, unmerge
+from sharedcare.identity.links import LinkError, decide, merge_persons, unmerge
 from sharedcare.identity.mpi import relink
+from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, LinkEvent, MatchReview, PatientRecord
+from sharedcare.store.models import AuditEntry, LinkEvent, MatchReview, PatientRecord, Quarantine
 
 
 @pytest.fixture
@@ -235,3 +237,51 @@ def test_mpi_decide_refuses_to_redecide_without_change_and_reason(env: Database,
     shown = runner.invoke(app, ["mpi", "review", "--all"], env={"COLUMNS": "400"}).stdout
     assert "reviewer2: decided linked (was separate): one woman: the GP confirmed" in shown
     assert "reviewer1: decided separate (was open): two women" in shown
+
+
+def test_an_operators_merge_across_a_reviewers_separation_is_refused_naming_the_item(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """Until 2026-12-07 `mpi merge` joined the two women the reviewer had separated, and the relink kept it."""
+    item = _separated_pair(env, framework, tmp_path)
+    p = _people(env)
+    with env.session() as s, pytest.raises(LinkError, match=f"which review #{item} separated \\(reviewer1, "):
+        merge_persons(s, p["a"], p["b"], by="mpi.operator", reason="duplicate?")
+    merged = CliRunner().invoke(app, ["mpi", "merge", p["a"], p["b"], "--reason", "duplicate?"])
+    assert merged.exit_code == 2 and f"review #{item} separated (reviewer1, " in merged.output
+    assert f"mpi decide {item} --change separate" in merged.output
+    assert _people(env) == p
+    assert _conditions(env, framework, p["a"]) == {"Diabetes"}
+
+
+_PAS_PATIENT = {"nhs": None, "name": "HUGHES^Margaret^^^Mrs", "born": "19520611", "sex": "F",
+                "address": "1 High Street^^Riverside^^RV1 2AB^GBR^H"}
+
+
+def test_a_hospitals_a40_across_a_reviewers_separation_is_quarantined_naming_the_item(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The hospital holds Margaret as H100 and the other woman as T555 (each linked by a reviewer to her GP
+    record), and merges its two numbers: until 2026-12-07 the A40 joined the two women the reviewer had
+    separated (HIV infection in Margaret's record). Now the message is answered AE and held, saying whom to ask."""
+    item = _separated_pair(db, framework, tmp_path)
+    for n, mrn in enumerate(("H100", "T555")):
+        Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / f"pas-{mrn}.hl7", [
+            adt("A01", f"M{n}", "20260110090000", pid(mrn=mrn, **_PAS_PATIENT), pv1(f"V{n}"))])])
+    ids = _ids(db)
+    with db.session() as s:
+        pairs = {(i.record_a, i.record_b): i.id for i in s.scalars(select(MatchReview))}
+        decide(s, pairs[ids["a"], ids["H100"]], "link", by="reviewer3", reason="Margaret's admission")
+        decide(s, pairs[ids["b"], ids["T555"]], "link", by="reviewer3", reason="the other woman's admission")
+    before = _people(db)
+    a40 = adt("A40", "M3", "20260112090000", pid(mrn="H100", **_PAS_PATIENT), "MRG|T555^^^RXR^MR")
+    answer = MllpServer(Pipeline(db, framework)).handle(a40.encode("latin-1"), "127.0.0.1:5000").decode("latin-1")
+    msa, err = (next(seg for seg in answer.split("\r") if seg.startswith(name)).split("|") for name in ("MSA", "ERR"))
+    assert msa[1] == "AE"
+    assert msa[3].startswith(f"not merged: review #{item} separated (reviewer1, ")
+    assert "human safety decision" in msa[3] and "ask the IG team or that reviewer" in msa[3]
+    assert f"mpi decide {item} --change separate" in err[8]
+    with db.session() as s:
+        [held] = s.scalars(select(Quarantine).where(Quarantine.status == "held"))
+        assert f"MRG-1: not merged: review #{item} separated (reviewer1, " in held.reason
+        assert held.reason.endswith("then replay this message (RXR's merge of 'T555' into 'H100' would join them)")
+    assert _people(db) == before
+    assert _conditions(db, framework, before["a"]) == {"Diabetes"}

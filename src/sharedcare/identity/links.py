@@ -103,12 +103,24 @@ def _move(session: Session, records: list[PatientRecord], to_person: str, kind: 
 
 
 def merge_persons(session: Session, keep: str, absorb: str, by: str, reason: str) -> LinkEvent:
-    """Move every source record of `absorb` to `keep`: they are one person."""
+    """Move every source record of `absorb` to `keep`: they are one person. Refused when a reviewer separated
+    a pair with a record in each (until 2026-12-07 only a reviewer's link was checked): changing that is
+    deciding the item again."""
+    return _merge(session, keep, absorb, by, reason)
+
+
+def _merge(session: Session, keep: str, absorb: str, by: str, reason: str, deciding: int | None = None) -> LinkEvent:
+    """`merge_persons`; `deciding`: the review item being decided, whose own separate does not count."""
     if keep == absorb:
         raise LinkError("a person cannot be merged with themselves")
     for person in (keep, absorb):
         if session.get(Person, person) is None:
             raise LinkError(f"no person {person}")
+    apart = _separated(session, keep, absorb, deciding)
+    if apart is not None:
+        raise LinkError(f"refused: this would put records {apart.record_a} and {apart.record_b} in one person, "
+                        f"which {_separation(apart)}; change that decision first (`sharedcare mpi decide "
+                        f"{apart.id} --change separate`)")
     records = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == absorb)))
     _refuse_two_numbers(session, keep, records)
     return _move(session, records, keep, "merge", by, reason)
@@ -139,6 +151,12 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
     prior, surviving = find(prior_id), find(surviving_id)
     if prior.person_id == surviving.person_id:
         return _move(session, [], surviving.person_id, "merge", by, reason)
+    apart = _separated(session, surviving.person_id, prior.person_id)
+    if apart is not None:  # the message is quarantined (MLLP AE), its merge not made
+        raise LinkError(f"not merged: {_separation(apart)} records {apart.record_a} and {apart.record_b}, a human "
+                        f"safety decision a source's merge does not overrule: ask the IG team or that reviewer to "
+                        f"look at it again (`sharedcare mpi decide {apart.id} --change separate`), then replay "
+                        f"this message ({org}'s merge of '{prior_id}' into '{surviving_id}' would join them)")
     return merge_persons(session, surviving.person_id, prior.person_id, by, reason)
 
 
@@ -281,11 +299,7 @@ def decide(session: Session, review_id: int, decision: Decision, by: str, reason
     if decision == "link" and a.person_id != b.person_id:
         if numbers_keep_apart(a.nhs_number, b.nhs_number):
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
-        apart = _separated(session, a.person_id, b.person_id, review.id)
-        if apart is not None:
-            raise LinkError(f"refused: linking would put records {apart.record_a} and {apart.record_b} in one "
-                            f"person, which {_separation(apart)}; change that decision first")
-        merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person: {reason}")
+        _merge(session, a.person_id, b.person_id, by, f"review #{review_id}: same person: {reason}", review.id)
     elif decision == "separate" and a.person_id == b.person_id:
         separate(session, b.id, by, f"review #{review_id}: different people: {reason}")
     status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
@@ -313,15 +327,17 @@ def _separation(item: MatchReview) -> str:
     return f"review #{item.id} separated ({item.decided_by}, {item.decided_at:%Y-%m-%d %H:%M} UTC)"
 
 
-def _separated(session: Session, one: str, other: str, deciding: int) -> MatchReview | None:
+def _separated(session: Session, one: str, other: str, deciding: int | None = None) -> MatchReview | None:
     """A reviewer's "separate" of a pair with a record in each of these persons, other than the item being
-    decided again: a link joining them would undo it silently (and a relink keep it, reviewer links winning)."""
+    decided again (`deciding`): a merge joining them would undo it silently (and a relink keep the merge)."""
     person_of: dict[int, str] = {record: person for record, person in session.execute(
         select(PatientRecord.id, PatientRecord.person_id).where(PatientRecord.person_id.in_((one, other))))}
-    return next((item for item in session.scalars(select(MatchReview).where(
-        MatchReview.status == "separate", MatchReview.id != deciding, MatchReview.record_a.in_(person_of),
-        MatchReview.record_b.in_(person_of))
-        .order_by(MatchReview.id)) if person_of[item.record_a] != person_of[item.record_b]), None)
+    found = select(MatchReview).where(MatchReview.status == "separate", MatchReview.record_a.in_(person_of),
+                                      MatchReview.record_b.in_(person_of))
+    if deciding is not None:
+        found = found.where(MatchReview.id != deciding)
+    return next((item for item in session.scalars(found.order_by(MatchReview.id))
+                 if person_of[item.record_a] != person_of[item.record_b]), None)
 
 
 @dataclass
