@@ -285,3 +285,30 @@ def test_a_hospitals_a40_across_a_reviewers_separation_is_quarantined_naming_the
         assert held.reason.endswith("then replay this message (RXR's merge of 'T555' into 'H100' would join them)")
     assert _people(db) == before
     assert _conditions(db, framework, before["a"]) == {"Diabetes"}
+
+
+def test_an_unmerge_puts_a_record_held_for_review_back_on_hold(db: Database, framework: Framework,
+                                                                tmp_path: Path) -> None:
+    """An ambulance record with no name or birth date, held for review, merged into Margaret by mistake and the
+    merge undone: until 2026-12-07 it came back linked and placed by hand, no longer held, and a relink
+    matched it as any other."""
+    _arrives(db, framework, tmp_path, "P81001", "a", "Diabetes")
+    anonymous = {"resourceType": "Patient", "id": "unknown-1", "gender": "female"}
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "rya.ndjson", [
+        bundle("RYA", "epcr", [anonymous, condition("c", "Patient/unknown-1", "217082002", "Fall")])])])
+
+    def statuses() -> dict[str, tuple[str, str]]:
+        with db.session() as s:
+            return {r.source_id: (r.link_status, r.link_method) for r in s.scalars(select(PatientRecord))}
+
+    before, p = statuses(), _people(db)
+    assert before["unknown-1"] == ("review", "insufficient-data")
+    with db.session() as s:
+        merge = merge_persons(s, p["a"], p["unknown-1"], by="mpi.operator", reason="the same call").id
+    assert statuses()["unknown-1"] == ("linked", "manual")
+    with db.session() as s:
+        unmerge(s, merge, by="mpi.operator", reason="another woman")
+    assert statuses() == before
+    with db.session() as s:
+        relink(s)
+    assert statuses() == before and _people(db) == p

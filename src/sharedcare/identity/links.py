@@ -42,8 +42,10 @@ class LinkError(SharedcareError):
 
 
 def moves_to(records: list[PatientRecord], to_person: str) -> list[LinkMove]:
-    """The moves that taking these records to `to_person` makes (none for a record already there)."""
-    return [LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=to_person)
+    """The moves that taking these records to `to_person` makes (none for a record already there), each with
+    the record's link status and method as they were, for an unmerge to restore."""
+    return [LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=to_person,
+                     from_status=r.link_status, from_method=r.link_method)
             for r in records if r.person_id != to_person]
 
 
@@ -190,19 +192,22 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
         record = session.get_one(PatientRecord, move.patient_record_id)
         if record.person_id != move.to_person:
             raise LinkError(f"record {record.id} has moved again since merge #{event_id}; undo that first")
-        moves.append((record, move.from_person))
-    parted = _links_parted(session, {record.id: back for record, back in moves})
+        moves.append((record, move))
+    parted = _links_parted(session, {record.id: move.from_person for record, move in moves})
     if parted and not reason.strip():
         raise LinkError(f"say why (--reason): undoing merge #{event_id} parts records that review "
                         f"#{parted[0].id} linked ({parted[0].decided_by}), which is then marked separate")
     undo = LinkEvent(at=utcnow(), kind="unmerge", by=by, reason=reason or f"undo merge #{event_id}",
-                     moves=[LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=back)
-                            for r, back in moves])
-    for record, back in moves:
-        if session.get(Person, back) is None:
-            session.add(Person(id=back))
-        record.person_id = back
+                     moves=[m for record, move in moves for m in moves_to([record], move.from_person)])
+    for record, move in moves:
+        if session.get(Person, move.from_person) is None:
+            session.add(Person(id=move.from_person))
+        record.person_id = move.from_person
         record.updated_at = undo.at
+        if move.from_status and move.from_method and (record.link_status, record.link_method) == ("linked", "manual"):
+            # as the merge found it (a record held for review is held again), unless changed since; not kept
+            # before migration 0029
+            record.link_status, record.link_method = move.from_status, move.from_method
     session.add(undo)
     session.flush()
     event.undone_by = undo.id
