@@ -490,7 +490,10 @@ def test_mpi_review_shows_each_uncertain_pair_as_a_waterfall_and_thin_records_wi
                  "never linked automatically: name disagree", "RXR/unknown", "no name and no date of birth"):
         assert text in shown.stdout
     pairs = [item for item in json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) if "id" in item]
-    assert runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate"]).exit_code == 0
+    unsaid = runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate"])
+    assert unsaid.exit_code == 2 and "say why (--reason)" in unsaid.stderr
+    assert runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate",
+                               "--reason", "twins"]).exit_code == 0
     assert runner.invoke(app, ["mpi", "relink", "--model-out", str(tmp_path / "m.json")]).exit_code == 0
     people = {r["source_id"]: r["person_id"] for r in csv.DictReader(io.StringIO(
         runner.invoke(app, ["mpi", "export"]).stdout))}
