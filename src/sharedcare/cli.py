@@ -1894,16 +1894,25 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
 def mpi_decide(
     review_id: Annotated[int, typer.Argument(help="The review item (see `sharedcare mpi review`).")],
     decision: Annotated[str, typer.Option(help="link, separate or defer.")],
+    reason: Annotated[str, typer.Option(help="Why (needed to link, to separate and to change a decision); kept "
+                                             "with the item and audited.")] = "",
+    change: Annotated[str | None, typer.Option(
+        "--change", help="Change a reviewer's decision: the status the item has as you read it (linked or "
+                         "separate); refused if it has changed since.")] = None,
     by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
 ) -> None:
-    """Decide an uncertain pair; later relinks respect the decision (audited)."""
-    from sharedcare.identity.links import LinkError, decide
+    """Decide an uncertain pair; later relinks respect the decision (audited). A pair a reviewer linked or
+    separated is decided again only with --change and a --reason."""
+    from sharedcare.identity.links import REVIEWED, LinkError, decide
 
     if decision not in {"link", "separate", "defer"}:
         raise _fail(f"--decision must be link, separate or defer, not '{decision}'")
+    if change is not None and change not in REVIEWED:
+        raise _fail(f"--change must be linked or separate (the decision changed), not '{change}'")
     try:
         with _database().session() as session:
-            review = decide(session, review_id, decision, by=by)  # type: ignore[arg-type]
+            review = decide(session, review_id, decision, by=by, reason=reason,  # type: ignore[arg-type]
+                            was=change)
             console.print(f"review #{review.id}: {review.status}")
     except LinkError as exc:
         raise _fail(str(exc)) from exc
@@ -1930,12 +1939,14 @@ def mpi_merge(
 @mpi_app.command("unmerge")
 def mpi_unmerge(
     event_id: Annotated[int, typer.Argument(help="The merge to undo.")],
-    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    reason: Annotated[str, typer.Option(help="Why they are not one person (kept with each reviewer's link "
+                                             "the unmerge marks separate).")],
     by: Annotated[str, typer.Option(help="Who decided.")] = OPERATOR,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Undo a merge exactly: each source record returns to the person it came from, and each record that came
-    to the kept person during the merge is matched again; lists where every one went (audited)."""
+    to the kept person during the merge is matched again; lists where every one went (audited). A reviewer's
+    link the unmerge parts is marked separate, by --by for --reason, so a relink does not join it again."""
     from sharedcare.identity.links import LinkError, unmerge
     from sharedcare.store.models import PatientRecord
 
@@ -1947,11 +1958,13 @@ def mpi_unmerge(
                         for r in [session.get_one(PatientRecord, move.patient_record_id)]]
             again = [{"record": f"{r.source_org}/{r.source_id}", "from_person": done.kept, "to_person": r.person_id,
                       "status": r.link_status, "note": r.link_note} for r in done.matched_again]
+            separated = [item.id for item in done.separated]
             undo_id = done.event.id
     except LinkError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
-        _print_json({"unmerge": undo_id, "undoes": event_id, "restored": restored, "matched_again": again})
+        _print_json({"unmerge": undo_id, "undoes": event_id, "restored": restored, "matched_again": again,
+                     "reviews_marked_separate": separated})
         return
     table = Table(title=f"unmerge #{undo_id} of merge #{event_id}: {len(restored)} source records restored, "
                         f"{len(again)} that arrived during the merge matched again", show_lines=True)
@@ -1963,3 +1976,5 @@ def mpi_unmerge(
         how = f"matched again: {came['status']}" + (f" ({came['note']})" if came["note"] else "")
         table.add_row(came["record"], came["from_person"], came["to_person"], how)
     Console().print(table)
+    for item_id in separated:
+        console.print(f"review #{item_id}: a reviewer's link this unmerge parts, now marked separate")

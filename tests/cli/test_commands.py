@@ -413,11 +413,13 @@ def test_merge_and_unmerge_from_the_command_line(env: Database, tmp_path: Path) 
     merged = runner.invoke(app, ["mpi", "merge", first, second, "--reason", "Peggy is Margaret"])
     assert merged.exit_code == 0 and "1 source records moved" in merged.stderr
     assert len({r["person_id"] for r in csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout))}) == 1
-    assert runner.invoke(app, ["mpi", "unmerge", "1"]).exit_code == 0
+    unsaid = runner.invoke(app, ["mpi", "unmerge", "1"])
+    assert unsaid.exit_code == 2 and "--reason" in unsaid.output
+    assert runner.invoke(app, ["mpi", "unmerge", "1", "--reason", "two women"]).exit_code == 0
     people = {r["source_id"]: r["person_id"] for r in csv.DictReader(io.StringIO(
         runner.invoke(app, ["mpi", "export"]).stdout))}
     assert people == {"a": first, "b": second}
-    again = runner.invoke(app, ["mpi", "unmerge", "1"])
+    again = runner.invoke(app, ["mpi", "unmerge", "1", "--reason", "two women"])
     assert again.exit_code == 2 and "already undone" in again.stderr
     assert json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) == []
 
@@ -441,18 +443,18 @@ def test_unmerge_lists_each_record_restored_and_each_that_arrived_during_the_mer
     """An operator undoing a mistaken merge sees which records went back to which person, and that the ambulance
     record which arrived meanwhile (linked through Patricia's record) was matched again and went to Patricia."""
     margaret, patricia = _merged_then_patricia_called_999(tmp_path)
-    shown = runner.invoke(app, ["mpi", "unmerge", "1", "--json"])
+    shown = runner.invoke(app, ["mpi", "unmerge", "1", "--json", "--reason", "two women"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout) == {
         "unmerge": 2, "undoes": 1,
         "restored": [{"record": "P81002/p", "from_person": margaret, "to_person": patricia}],
         "matched_again": [{"record": "RYA/call-7", "from_person": margaret, "to_person": patricia,
-                           "status": "linked", "note": None}]}
+                           "status": "linked", "note": None}], "reviews_marked_separate": []}
 
 
 def test_unmerge_shows_a_table_of_where_each_record_went(env: Database, tmp_path: Path) -> None:
     margaret, patricia = _merged_then_patricia_called_999(tmp_path)
-    table = runner.invoke(app, ["mpi", "unmerge", "1"], env={"COLUMNS": "400"}).stdout
+    table = runner.invoke(app, ["mpi", "unmerge", "1", "--reason", "two women"], env={"COLUMNS": "400"}).stdout
     assert "1 source records restored, 1 that arrived during the merge matched again" in table
     restored, again = (line for line in table.splitlines() if "P81002/p" in line or "RYA/call-7" in line)
     assert margaret in restored and patricia in restored and "restored" in restored
@@ -488,7 +490,10 @@ def test_mpi_review_shows_each_uncertain_pair_as_a_waterfall_and_thin_records_wi
                  "never linked automatically: name disagree", "RXR/unknown", "no name and no date of birth"):
         assert text in shown.stdout
     pairs = [item for item in json.loads(runner.invoke(app, ["mpi", "review", "--json"]).stdout) if "id" in item]
-    assert runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate"]).exit_code == 0
+    unsaid = runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate"])
+    assert unsaid.exit_code == 2 and "say why (--reason)" in unsaid.stderr
+    assert runner.invoke(app, ["mpi", "decide", str(pairs[0]["id"]), "--decision", "separate",
+                               "--reason", "twins"]).exit_code == 0
     assert runner.invoke(app, ["mpi", "relink", "--model-out", str(tmp_path / "m.json")]).exit_code == 0
     people = {r["source_id"]: r["person_id"] for r in csv.DictReader(io.StringIO(
         runner.invoke(app, ["mpi", "export"]).stdout))}

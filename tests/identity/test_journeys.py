@@ -74,14 +74,15 @@ def test_twins_without_nhs_numbers_go_to_review_and_the_reviewers_decision_survi
         review = s.scalars(select(MatchReview)).one()
         levels = {step["comparison"]: step["level"] for step in review.evidence["comparisons"]}
         assert levels["name"] == "surname agrees, given name different" and levels["dob"] == "exact"
-        decide(s, review.id, "separate", by="mpi.reviewer")
+        decide(s, review.id, "separate", by="mpi.reviewer", reason="twins")
     with db.session() as s:
         relink(s)
     r = _records(db)
     assert r["RXR/amy"].person_id != r["RXR/zoe"].person_id
     with db.session() as s:
         review = s.scalars(select(MatchReview)).one()
-        decide(s, review.id, "link", by="mpi.reviewer")  # the reviewer changes their mind: the pair is one
+        # the reviewer changes their mind: the pair is one
+        decide(s, review.id, "link", by="mpi.reviewer", reason="one woman, her name mistyped", was="separate")
     with db.session() as s:
         relink(s)
     r = _records(db)
@@ -467,7 +468,8 @@ def test_a_different_given_name_links_on_the_nhs_number_surname_and_birth_date_a
     [review] = _reviews(db)
     assert review.status == "open" and "given names differ" in review.evidence["discrepancy"]
     with db.session() as s:
-        decide(s, review.id, "separate", by="mpi.reviewer")  # the IG officer finds they are two people
+        # the IG officer finds they are two people
+        decide(s, review.id, "separate", by="mpi.reviewer", reason="twins")
     with db.session() as s:
         relink(s)
     r = _records(db)

@@ -281,18 +281,18 @@ def test_a_reviewer_links_or_separates_an_uncertain_pair_and_different_nhs_numbe
                              created_at=utcnow(), status="open")
         s.add(review)
         s.flush()
-        decide(s, review.id, "link", by="mpi.reviewer")
+        decide(s, review.id, "link", by="mpi.reviewer", reason="Peggy is Margaret")
     people = _people(db)
     assert people["P81001/a"] == people["P81002/b"]
     with db.session() as s:
-        decide(s, review.id, "separate", by="mpi.reviewer")
+        decide(s, review.id, "separate", by="mpi.reviewer", reason="two sisters", was="linked")
     people = _people(db)
     assert people["P81001/a"] != people["P81002/b"]
     with db.session() as s:
         for record in s.scalars(select(PatientRecord)):
             record.nhs_number = "9434765919" if record.source_id == "a" else "9990000018"
     with db.session() as s, pytest.raises(LinkError, match="different NHS numbers"):
-        decide(s, review.id, "link", by="mpi.reviewer")
+        decide(s, review.id, "link", by="mpi.reviewer", reason="one woman", was="separate")
 
 
 def test_a_reviewers_link_that_would_join_a_pair_another_reviewer_separated_is_refused_naming_that_decision(
@@ -309,14 +309,14 @@ def test_a_reviewers_link_that_would_join_a_pair_another_reviewer_separated_is_r
                            created_at=utcnow(), status="open")
         s.add(item)
         s.flush()
-        separated = decide(s, item.id, "separate", by="reviewer1").id
+        separated = decide(s, item.id, "separate", by="reviewer1", reason="two women").id
     arrives("RYA", "c")  # the same details again: it matches both, so both pairs are listed
     with db.session() as s:
         ids = {r.source_id: r.id for r in s.scalars(select(PatientRecord))}
         pairs = {(i.record_a, i.record_b): i.id for i in s.scalars(select(MatchReview))}
-        decide(s, pairs[ids["a"], ids["c"]], "link", by="reviewer2")
+        decide(s, pairs[ids["a"], ids["c"]], "link", by="reviewer2", reason="one woman")
     with db.session() as s, pytest.raises(LinkError, match=f"review #{separated} separated \\(reviewer1, "):
-        decide(s, pairs[ids["b"], ids["c"]], "link", by="reviewer2")
+        decide(s, pairs[ids["b"], ids["c"]], "link", by="reviewer2", reason="one woman")
     people = _people(db)
     assert people["P81001/a"] == people["RYA/c"] != people["RYC/b"]
 

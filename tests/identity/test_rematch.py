@@ -245,7 +245,7 @@ def test_a_reviewers_separation_is_not_undone_silently_the_change_goes_to_review
           (("RXR", "epr"), patient("zoe", None, "Jones", "Zoe", "2001-04-05", "female")))
     with db.session() as s:
         review = s.scalars(select(MatchReview)).one()
-        decide(s, review.id, "separate", by="mpi.reviewer")
+        decide(s, review.id, "separate", by="mpi.reviewer", reason="two people")
         review_id = review.id
     _fhir(db, framework, tmp_path / "g.ndjson",
           (("RXR", "epr"), patient("zoe", None, "Jones", "Amy", "2001-04-05", "female")), at="2026-11-02T09:00:00Z")
@@ -272,7 +272,7 @@ def test_a_reviewers_link_does_not_keep_a_record_with_a_person_whose_nhs_number_
                           created_at=r["RXR/h1"].updated_at, status="open"))
     with db.session() as s:
         item = s.scalars(select(MatchReview)).one()
-        decide(s, item.id, "link", by="mpi.reviewer")
+        decide(s, item.id, "link", by="mpi.reviewer", reason="one person")
         item_id = item.id
     assert _records(db)["RXR/h1"].person_id == r["P81001/okafor"].person_id
     _fhir(db, framework, tmp_path / "g.ndjson",

@@ -78,14 +78,13 @@ def test_keeping_the_twins_apart_needs_a_reason_is_in_the_reviewers_name_and_sur
         twins: Ics, db: Database) -> None:
     _sign_in(twins)
     pair = _pair_id(db)
-    refused = twins.client.post(f"/ig/identity/{pair}", data={"decision": "separate", "reason": "  "})
+    refused = twins.client.post(f"/ig/identity/{pair}", data={"decision": "separate", "reason": "  ", "was": "open"})
     assert refused.status_code == 400 and "Enter why" in refused.text
     with db.session() as s:
         assert s.get(MatchReview, pair).status == "open"  # type: ignore[union-attr]  # nothing decided
 
-    done = twins.client.post(f"/ig/identity/{pair}",
-                             data={"decision": "separate", "reason": "The practice confirms these are twins"},
-                             follow_redirects=False)
+    twins_confirmed = {"decision": "separate", "reason": "The practice confirms these are twins", "was": "open"}
+    done = twins.client.post(f"/ig/identity/{pair}", data=twins_confirmed, follow_redirects=False)
     assert done.status_code == 303
     page = twins.client.get(done.headers["location"])
     assert "Kept apart as different people (pair" in _text(page.text) and "No pairs are waiting" in page.text
@@ -109,7 +108,8 @@ def test_a_link_the_mpi_refuses_is_shown_at_the_pair_and_nothing_changes(
         s.commit()
     _sign_in(twins)
     pair = _pair_id(db)
-    page = twins.client.post(f"/ig/identity/{pair}", data={"decision": "link", "reason": "looks the same"})
+    page = twins.client.post(f"/ig/identity/{pair}",
+                             data={"decision": "link", "reason": "looks the same", "was": "open"})
     assert page.status_code == 409 and "different NHS numbers" in page.text
     with db.session() as s:
         assert s.get(MatchReview, pair).status == "open"  # type: ignore[union-attr]
@@ -119,8 +119,8 @@ def test_the_matching_page_is_refused_to_a_gp_and_the_refusal_is_audited(twins: 
     twins.client.post("/login", data={"username": "dr.patel", "password": "demo"})
     pair = _pair_id(db)
     for method, url, data in [("get", "/ig/identity", None),
-                              ("post", f"/ig/identity/{pair}", {"decision": "link", "reason": "same"}),
-                              ("post", f"/ig/identity/{pair}", {"decision": "link", "reason": ""})]:
+                              ("post", f"/ig/identity/{pair}", {"decision": "link", "reason": "same", "was": "open"}),
+                              ("post", f"/ig/identity/{pair}", {"decision": "link", "reason": "", "was": "open"})]:
         page = twins.client.request(method, url, data=data)
         assert page.status_code == 403 and "You cannot use this page" in page.text, url
     with db.session() as s:
@@ -128,3 +128,20 @@ def test_the_matching_page_is_refused_to_a_gp_and_the_refusal_is_audited(twins: 
             AuditEntry.action == AuditAction.GOVERNANCE_DENIED.value)).all()
         assert denied == ["dr.patel"] * 3
         assert s.get(MatchReview, pair).status == "open"  # type: ignore[union-attr]
+
+
+def test_a_pair_another_reviewer_decided_since_the_page_was_shown_is_not_decided_again(
+        twins: Ics, db: Database) -> None:
+    """Two reviewers with the page open: the second's "Same person" comes back saying the pair was decided,
+    and the first's "Different people" stands."""
+    _sign_in(twins)
+    pair = _pair_id(db)
+    first = twins.client.post(f"/ig/identity/{pair}", follow_redirects=False,
+                              data={"decision": "separate", "reason": "twins, the practice says", "was": "open"})
+    assert first.status_code == 303
+    second = twins.client.post(f"/ig/identity/{pair}",
+                               data={"decision": "link", "reason": "look the same to me", "was": "open"})
+    assert second.status_code == 409
+    with db.session() as s:
+        item = s.get(MatchReview, pair)
+        assert item is not None and (item.status, item.decided_by) == ("separate", "ig.morgan")

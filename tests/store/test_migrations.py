@@ -163,3 +163,18 @@ def test_a_store_rolled_back_below_0024_and_upgraded_again_keeps_one_chain_marke
         result = verify(s)
         assert result.ok, result.problem
         assert key_problem(s) is None
+
+
+def test_link_moves_keep_the_records_previous_status_and_the_columns_go_on_downgrade(db: Database) -> None:
+    """An unmerge restores each record's link status and method from its move (0028)."""
+    def columns() -> set[str]:
+        return {c["name"] for c in inspect(db.engine).get_columns("link_moves")}
+
+    assert {"from_status", "from_method"} <= columns()
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0027")
+    assert not {"from_status", "from_method"} & columns()
+    db.migrate()
+    assert {"from_status", "from_method"} <= columns()

@@ -85,6 +85,8 @@ class AuditAction(StrEnum):
     MPI_REVIEW_VIEW = "identity:mpi:review-view"  # the records in the MPI review queue shown to an operator
     # review items a relink closed (their records now one person, or two valid NHS numbers) or reopened, by id
     MPI_REVIEW_SETTLED = "identity:mpi:review-settled"
+    # a person's decision on an MPI review item (link, separate, defer, a change of one, an unmerge's separate)
+    MPI_REVIEW_DECIDED = "identity:mpi:review-decided"
     AUDIT_SEARCH = "governance:audit:search"
     # a held quarantine item its source's corrected copy replaced (ingest/pipeline.py `_supersede`)
     QUARANTINE_SUPERSEDED = "governance:quarantine:superseded"
@@ -103,6 +105,7 @@ class AuditAction(StrEnum):
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
 ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
                 AuditAction.DEMO_START: "E", AuditAction.CHAIN_KEYED: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
+                AuditAction.MPI_REVIEW_DECIDED: "U",
                 # a relink is run; a merge, unmerge, decision or re-match changes which person a record is in
                 AuditAction.MPI_RELINK: "E", AuditAction.MPI_LINK_CHANGE: "U",
                 # IHE BALP: a query, and an operation such as $export, are executed

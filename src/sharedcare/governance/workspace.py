@@ -192,14 +192,15 @@ class IgWorkspace:
         self.session.commit()
         return shown, len(found.pairs)
 
-    def decide_pair(self, review_id: int, decision: Decision, reason: str) -> MatchReview:
+    def decide_pair(self, review_id: int, decision: Decision, reason: str, was: str) -> MatchReview:
         """A reviewer's decision on a pair, in their own name, with why (`links.decide`: audited, and later
-        relinks keep it)."""
+        relinks keep it); `was` is the status the page showed, so a pair another reviewer decided meanwhile
+        is refused rather than decided again over them."""
         self._require("identity:review:work")
         if not reason.strip():
             raise SharedcareError(DECISION_NEEDS_A_REASON, where="identity review")
         try:
-            item = links.decide(self.session, review_id, decision, by=self.actor.username)
+            item = links.decide(self.session, review_id, decision, by=self.actor.username, reason=reason, was=was)
         except links.LinkError:
             self.session.rollback()
             raise

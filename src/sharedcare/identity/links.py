@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -24,13 +24,25 @@ from sharedcare.governance.access_log import arrival_times
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import NEW_SOURCE_RECORD, flag_joined_registrations
 from sharedcare.identity.compare import features, levels, numbers_keep_apart
-from sharedcare.store.models import AccessBasis, LinkEvent, LinkMove, MatchReview, PatientRecord, Person, ReviewItem
+from sharedcare.store.database import begin_write
+from sharedcare.store.models import (
+    AccessBasis,
+    LinkEvent,
+    LinkMove,
+    MatchReview,
+    PatientRecord,
+    Person,
+    ReviewItem,
+)
 
 Decision = Literal["link", "separate", "defer"]
 # A review item a relink closed, not a reviewer: its records are one person, or kept apart by a rule no
 # reviewer can overrule (two different valid NHS numbers: `decide` refuses to link them). Reopened when a
 # later relink no longer settles it; a reviewer's decision (linked, separate, deferred) is never changed.
 RELINK_SAME, RELINK_APART = "relink-same", "relink-apart"
+# A reviewer's decisions a relink keeps: changed only by deciding again as a change (`decide`'s `was`), or
+# by an unmerge parting a link (marked separate).
+REVIEWED = ("linked", "separate")
 
 
 class LinkError(SharedcareError):
@@ -38,8 +50,10 @@ class LinkError(SharedcareError):
 
 
 def moves_to(records: list[PatientRecord], to_person: str) -> list[LinkMove]:
-    """The moves that taking these records to `to_person` makes (none for a record already there)."""
-    return [LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=to_person)
+    """The moves that taking these records to `to_person` makes (none for a record already there), each with
+    the record's link status and method as they were, for an unmerge to restore."""
+    return [LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=to_person,
+                     from_status=r.link_status, from_method=r.link_method)
             for r in records if r.person_id != to_person]
 
 
@@ -99,12 +113,24 @@ def _move(session: Session, records: list[PatientRecord], to_person: str, kind: 
 
 
 def merge_persons(session: Session, keep: str, absorb: str, by: str, reason: str) -> LinkEvent:
-    """Move every source record of `absorb` to `keep`: they are one person."""
+    """Move every source record of `absorb` to `keep`: they are one person. Refused when a reviewer separated
+    a pair with a record in each (until 2026-12-07 only a reviewer's link was checked): changing that is
+    deciding the item again."""
+    return _merge(session, keep, absorb, by, reason)
+
+
+def _merge(session: Session, keep: str, absorb: str, by: str, reason: str, deciding: int | None = None) -> LinkEvent:
+    """`merge_persons`; `deciding`: the review item being decided, whose own separate does not count."""
     if keep == absorb:
         raise LinkError("a person cannot be merged with themselves")
     for person in (keep, absorb):
         if session.get(Person, person) is None:
             raise LinkError(f"no person {person}")
+    apart = _separated(session, keep, absorb, deciding)
+    if apart is not None:
+        raise LinkError(f"refused: this would put records {apart.record_a} and {apart.record_b} in one person, "
+                        f"which {_separation(apart)}; change that decision first (`sharedcare mpi decide "
+                        f"{apart.id} --change separate`)")
     records = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == absorb)))
     _refuse_two_numbers(session, keep, records)
     return _move(session, records, keep, "merge", by, reason)
@@ -135,6 +161,12 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
     prior, surviving = find(prior_id), find(surviving_id)
     if prior.person_id == surviving.person_id:
         return _move(session, [], surviving.person_id, "merge", by, reason)
+    apart = _separated(session, surviving.person_id, prior.person_id)
+    if apart is not None:  # the message is quarantined (MLLP AE), its merge not made
+        raise LinkError(f"not merged: {_separation(apart)} records {apart.record_a} and {apart.record_b}, a human "
+                        f"safety decision a source's merge does not overrule: ask the IG team or that reviewer to "
+                        f"look at it again (`sharedcare mpi decide {apart.id} --change separate`), then replay "
+                        f"this message ({org}'s merge of '{prior_id}' into '{surviving_id}' would join them)")
     return source_merge(session, prior, surviving, by, reason)
 
 
@@ -221,12 +253,17 @@ class Unmerged:
     event: LinkEvent
     kept: str
     matched_again: list[PatientRecord]
+    separated: list[MatchReview] = field(default_factory=list)  # reviewers' links the unmerge overruled
 
 
 def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmerged:
     """Undo one merge exactly: each moved record goes back to the person it came from. A record that came to
     the kept person since the merge is matched again (`mpi.rematch`): it goes where it belongs, or is held
-    for review with a note when it conflicts."""
+    for review with a note when it conflicts.
+
+    A reviewer's link whose records the unmerge parts (the merge was that link, or joined its records) is
+    marked separate, by `by` for `reason` (required then): whoever undoes a link says the records are not
+    one person, and a relink keeps a reviewer's link, so left "linked" it would join them again."""
     event = session.get(LinkEvent, event_id)
     if event is None or event.kind != "merge":
         raise LinkError(f"no merge #{event_id}")
@@ -237,15 +274,22 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
         record = session.get_one(PatientRecord, move.patient_record_id)
         if record.person_id != move.to_person:
             raise LinkError(f"record {record.id} has moved again since merge #{event_id}; undo that first")
-        moves.append((record, move.from_person))
+        moves.append((record, move))
+    parted = _links_parted(session, {record.id: move.from_person for record, move in moves})
+    if parted and not reason.strip():
+        raise LinkError(f"say why (--reason): undoing merge #{event_id} parts records that review "
+                        f"#{parted[0].id} linked ({parted[0].decided_by}), which is then marked separate")
     undo = LinkEvent(at=utcnow(), kind="unmerge", by=by, reason=reason or f"undo merge #{event_id}",
-                     moves=[LinkMove(patient_record_id=r.id, from_person=r.person_id, to_person=back)
-                            for r, back in moves])
-    for record, back in moves:
-        if session.get(Person, back) is None:
-            session.add(Person(id=back))
-        record.person_id = back
+                     moves=[m for record, move in moves for m in moves_to([record], move.from_person)])
+    for record, move in moves:
+        if session.get(Person, move.from_person) is None:
+            session.add(Person(id=move.from_person))
+        record.person_id = move.from_person
         record.updated_at = undo.at
+        if move.from_status and move.from_method and (record.link_status, record.link_method) == ("linked", "manual"):
+            # as the merge found it (a record held for review is held again), unless changed since; not kept
+            # before migration 0028
+            record.link_status, record.link_method = move.from_status, move.from_method
     session.add(undo)
     session.flush()
     event.undone_by = undo.id
@@ -253,13 +297,28 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
                                       reason=undo.reason, detail={"kind": "unmerge", "link_event": str(undo.id),
                                                                   "undoes": str(event_id)}))
     end_bases(session, undo)
+    for item in parted:
+        _record_decision(session, item, "separate", by, f"unmerge #{undo.id} of merge #{event_id}: {reason}",
+                         undo.at)
     from sharedcare.identity.mpi import hold_matching, match_again, stored_demographics  # mpi imports this module
 
     joined = _joined_since(session, event)  # matched again in the order they came, as if arriving again
     hold_matching(session, [stored_demographics(r) for r in joined])  # every key at once, as ingest holds them
     for at, record in enumerate(joined):
         match_again(session, record, f"merge #{event_id} was undone", {r.id for r in joined[at + 1:]})
-    return Unmerged(undo, event.moves[0].to_person if event.moves else "", joined)
+    return Unmerged(undo, event.moves[0].to_person if event.moves else "", joined, parted)
+
+
+def _links_parted(session: Session, going: dict[int, str]) -> list[MatchReview]:
+    """The reviewers' links ("linked") that sending these records (by id) to these persons would part."""
+    items = list(session.scalars(select(MatchReview).where(
+        MatchReview.status == "linked", or_(MatchReview.record_a.in_(going), MatchReview.record_b.in_(going)))
+        .order_by(MatchReview.id)))
+
+    def person(record_id: int) -> str:
+        return going.get(record_id) or session.get_one(PatientRecord, record_id).person_id
+
+    return [item for item in items if person(item.record_a) != person(item.record_b)]
 
 
 def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:
@@ -290,40 +349,82 @@ def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEven
     return _move(session, [record], person.id, "separate", by, reason)
 
 
-def decide(session: Session, review_id: int, decision: Decision, by: str) -> MatchReview:
-    """A reviewer's decision on an uncertain pair; relinking respects it from then on."""
-    review = session.get(MatchReview, review_id)
+def _record_decision(session: Session, item: MatchReview, status: str, by: str, reason: str,
+                     at: datetime) -> None:
+    """Give a review item the status a person decided, audited. Every decision is kept in the item's
+    evidence (`decisions`: when, by whom, the status, the one before, why), as `decided_by` names only the
+    latest."""
+    was = item.status
+    step = {"at": at.isoformat(), "by": by, "status": status, "was": was, "reason": reason}
+    item.evidence = {**(item.evidence or {}), "decisions": [*(item.evidence or {}).get("decisions", ()), step]}
+    item.status, item.decided_by, item.decided_at = status, by, at
+    session.flush()
+    record_audit(session, AuditRecord(
+        AuditAction.MPI_REVIEW_DECIDED, "permit", username=by, purpose="governance", reason=reason,
+        detail={"review": str(item.id), "status": status, "was": was,
+                "records": f"{item.record_a} {item.record_b}"}))
+
+
+def decide(session: Session, review_id: int, decision: Decision, by: str, reason: str = "",
+           was: str | None = None) -> MatchReview:
+    """A reviewer's decision on a pair; relinking respects it from then on. Audited, with `reason`, which a
+    link or a separate (a safety decision) must give.
+
+    An item a reviewer linked or separated (`REVIEWED`) is decided again only as a change: `was` names its
+    status as the reviewer read it, with a reason. `was`, whenever given, must still be its status. The item
+    is read locked (PostgreSQL's row lock, SQLite's write transaction), so two reviewers deciding one pair
+    at once decide one after the other and the second is refused: until 2026-12-07 both went through, the
+    pair left joined by one and marked separate by the other."""
+    begin_write(session)
+    review = session.scalars(select(MatchReview).where(MatchReview.id == review_id).with_for_update()
+                             .execution_options(populate_existing=True)).first()
     if review is None:
         raise LinkError(f"no review item #{review_id}")
+    _may_decide(review, decision, reason, was)
     a = session.get_one(PatientRecord, review.record_a)
     b = session.get_one(PatientRecord, review.record_b)
     if decision == "link" and a.person_id != b.person_id:
         if numbers_keep_apart(a.nhs_number, b.nhs_number):
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
-        apart = _separated(session, a.person_id, b.person_id, review.id)
-        if apart is not None:
-            when = f"{apart.decided_at:%Y-%m-%d %H:%M} UTC"
-            raise LinkError(f"refused: linking would put records {apart.record_a} and {apart.record_b} in one "
-                            f"person, which review #{apart.id} separated ({apart.decided_by}, {when}); decide "
-                            f"that item again first")
-        merge_persons(session, a.person_id, b.person_id, by, f"review #{review_id}: same person")
+        _merge(session, a.person_id, b.person_id, by, f"review #{review_id}: same person: {reason}", review.id)
     elif decision == "separate" and a.person_id == b.person_id:
-        separate(session, b.id, by, f"review #{review_id}: different people")
-    review.status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
-    review.decided_by, review.decided_at = by, utcnow()
-    session.flush()
+        separate(session, b.id, by, f"review #{review_id}: different people: {reason}")
+    status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
+    _record_decision(session, review, status, by, reason, utcnow())
     return review
 
 
-def _separated(session: Session, one: str, other: str, deciding: int) -> MatchReview | None:
+def _may_decide(review: MatchReview, decision: Decision, reason: str, was: str | None) -> None:
+    """Refuse a decision on an item whose status changed since the reviewer read it (`was`), a change of a
+    reviewer's link or separate not asked for as one, and a safety decision without a reason."""
+    by = f" ({review.decided_by}, {review.decided_at:%Y-%m-%d %H:%M} UTC)" if review.decided_at else ""
+    if was is not None and review.status != was:
+        raise LinkError(f"review #{review.id} is now '{review.status}'{by}, not '{was}' as read: read it again "
+                        f"(`sharedcare mpi review --all`) before deciding")
+    if review.status in REVIEWED and was is None:
+        raise LinkError(f"review #{review.id} was decided '{review.status}'{by}: to change that decision, "
+                        f"decide again with --change {review.status} and a --reason")
+    if not reason.strip() and (decision != "defer" or review.status in REVIEWED):
+        what = "changing a reviewer's decision" if review.status in REVIEWED else f"a decision to {decision}"
+        raise LinkError(f"say why (--reason): {what} is a safety decision, kept with the item and audited")
+
+
+def _separation(item: MatchReview) -> str:
+    """A reviewer's separate, in words: which item, by whom, when."""
+    return f"review #{item.id} separated ({item.decided_by}, {item.decided_at:%Y-%m-%d %H:%M} UTC)"
+
+
+def _separated(session: Session, one: str, other: str, deciding: int | None = None) -> MatchReview | None:
     """A reviewer's "separate" of a pair with a record in each of these persons, other than the item being
-    decided again: a link joining them would undo it silently (and a relink keep it, reviewer links winning)."""
+    decided again (`deciding`): a merge joining them would undo it silently (and a relink keep the merge)."""
     person_of: dict[int, str] = {record: person for record, person in session.execute(
         select(PatientRecord.id, PatientRecord.person_id).where(PatientRecord.person_id.in_((one, other))))}
-    return next((item for item in session.scalars(select(MatchReview).where(
-        MatchReview.status == "separate", MatchReview.id != deciding, MatchReview.record_a.in_(person_of),
-        MatchReview.record_b.in_(person_of))
-        .order_by(MatchReview.id)) if person_of[item.record_a] != person_of[item.record_b]), None)
+    found = select(MatchReview).where(MatchReview.status == "separate", MatchReview.record_a.in_(person_of),
+                                      MatchReview.record_b.in_(person_of))
+    if deciding is not None:
+        found = found.where(MatchReview.id != deciding)
+    return next((item for item in session.scalars(found.order_by(MatchReview.id))
+                 if person_of[item.record_a] != person_of[item.record_b]), None)
 
 
 @dataclass

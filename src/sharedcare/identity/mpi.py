@@ -53,11 +53,11 @@ from sharedcare.identity.compare import (
     postcode_parts,
     transposed,
 )
-from sharedcare.identity.links import end_bases, merged, moves_to, resettle_reviews, settle_reviews
+from sharedcare.identity.links import REVIEWED, end_bases, merged, moves_to, resettle_reviews, settle_reviews
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
-from sharedcare.store.database import Database, Prepared, PreparedObjects, run
+from sharedcare.store.database import Database, Prepared, PreparedObjects, begin_write, run
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
 
 if TYPE_CHECKING:
@@ -348,11 +348,8 @@ def hold_matching(session: Session, demos: Sequence[Demographics]) -> None:
             ("postcode", columns["postcode"]), ("name", columns["name_key"])) if value)
     if not keys:
         return
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        if not getattr(connection.connection.dbapi_connection, "in_transaction", False):  # (else it holds the lock:
-            # pysqlite begins a transaction only at its first write)
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if session.connection().dialect.name == "sqlite":
+        begin_write(session)
         return
     if len(keys) > _KEYS_HELD_ONE_BY_ONE:
         run(session, _LOCK_EVERY_KEY, {"key": _EVERY_KEY})
@@ -431,7 +428,6 @@ def link_found_record(session: Session, record: PatientRecord | None, source_org
 
 
 REMATCH = "mpi re-match"  # who moves a record whose demographics changed (LinkEvent.by, the audit's user)
-_DECIDED = ("linked", "separate")
 
 
 def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: str | None, notes: list[str],
@@ -639,7 +635,7 @@ def _decisions(session: Session, record: PatientRecord, mine: list[PatientRecord
     records still with it (`mine`) to its person: the kept side of a merge is as placed as the side moved."""
     found = [f"review #{item.id} ({item.status} by {item.decided_by})" for item in session.scalars(
         select(MatchReview).where(or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id),
-                                  MatchReview.status.in_(_DECIDED)).order_by(MatchReview.id))]
+                                  MatchReview.status.in_(REVIEWED)).order_by(MatchReview.id))]
     if record.link_method == "manual":
         event = session.scalars(select(LinkEvent).join(LinkMove).where(LinkMove.patient_record_id == record.id)
                                 .order_by(LinkEvent.id.desc()).limit(1)).first()
@@ -659,7 +655,7 @@ def _reopen(session: Session, record: PatientRecord, why: str) -> None:
     """Put a reviewer's decisions on this record's pairs back on the review list, saying what they were and why
     they are asked again (a relink holds a decided pair together or apart; these no longer fit)."""
     mine = or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id)
-    for item in session.scalars(select(MatchReview).where(mine, MatchReview.status.in_(_DECIDED))):
+    for item in session.scalars(select(MatchReview).where(mine, MatchReview.status.in_(REVIEWED))):
         item.evidence = (item.evidence or {}) | {"reopened": f"was '{item.status}' by {item.decided_by} at "
                                                               f"{item.decided_at}; {why}"}
         item.status = "open"

@@ -53,7 +53,9 @@ class Pair:
                   if evidence.get(what)]
         if history:
             steps += [relink_step(step) for step in evidence.get("relinks", ())]
-            if self.decided_by:
+            steps += [f"{d['at'][:16].replace('T', ' ')} UTC, {d['by']}: decided {d['status']} (was {d['was']})"
+                      + (f": {d['reason']}" if d["reason"] else "") for d in evidence.get("decisions", ())]
+            if self.decided_by and not evidence.get("decisions"):  # decided before decisions were kept
                 when = self.decided_at.isoformat()[:16].replace("T", " ") if self.decided_at else ""
                 steps.append(f"{when} UTC, {self.decided_by}: decided {self.status}")
         return steps

@@ -65,6 +65,7 @@ ACTION_WORDS = {
     AuditAction.MPI_LINK_CHANGE: "changed which person a record belongs to",
     AuditAction.MPI_REVIEW_VIEW: "looked at records waiting for a matching decision",
     AuditAction.MPI_REVIEW_SETTLED: "matching review items were settled by a relink",
+    AuditAction.MPI_REVIEW_DECIDED: "decided whether two records are one person",
     AuditAction.AUDIT_SEARCH: "searched the audit log",
     AuditAction.QUARANTINE_SUPERSEDED: "a held message was replaced by its source's corrected copy",
     AuditAction.QUARANTINE_PURGE: "erased held messages kept past their retention period",
@@ -444,14 +445,15 @@ def identity(request: Request, ig: IgDep, decided: int | None = None,
 @router.post("/identity/{review_id}", response_class=HTMLResponse)  # a redirect to the page, or the page
 def decide_pair(request: Request, review_id: int, ig: IgDep,
                 decision: Annotated[Literal["link", "separate", "defer"], Form()],
-                reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
-    """Without a reason, or refused (different NHS numbers, a reviewer's earlier separation), the page comes
-    back with the error at that pair and nothing is decided."""
+                was: Annotated[Literal["open", "deferred"], Form()], reason: Annotated[str, Form(max_length=2000)] = "",
+                ) -> Response:
+    """Without a reason, or refused (different NHS numbers, a reviewer's earlier separation, another reviewer's
+    decision since the page was shown), the page comes back with the error at that pair and nothing is decided."""
     if not reason.strip():
         ig.check("identity:review:work")  # the role first, as the queue's note
         return _identity_page(request, ig, 400, error=DECISION_NEEDS_A_REASON, error_item=review_id)
     try:
-        ig.decide_pair(review_id, decision, reason.strip())
+        ig.decide_pair(review_id, decision, reason.strip(), was)
     except LinkError as refused:
         return _identity_page(request, ig, 409, error=str(refused), error_item=review_id)
     return RedirectResponse(f"/ig/identity?decided={review_id}&decision={decision}", status_code=303)

@@ -115,6 +115,17 @@ def run(session: Session, statement: Executable,
     return session.connection().execute(statement, params or {})
 
 
+def begin_write(session: Session) -> None:
+    """On SQLite, begin the session's transaction as a write transaction now (writers take turns:
+    `store/sqlite_turns.py`), so what it reads next holds every commit before it and no other writer's
+    until it ends: SQLite's `SELECT ... FOR UPDATE`. pysqlite otherwise begins one only at the first write,
+    reading until then outside any transaction. Nothing to do on PostgreSQL (lock the rows read instead)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite" and not getattr(connection.connection.dbapi_connection,
+                                                           "in_transaction", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # (in one already: it holds the lock)
+
+
 class Prepared:
     """A Core statement built once, compiled once per dialect, and run on the driver's own cursor in the
     session's transaction: for the statements every governed read runs (its decision inputs, the audit

@@ -360,6 +360,9 @@ class LinkMove(Base):
     patient_record_id: Mapped[int] = mapped_column(ForeignKey("patient_records.id"))
     from_person: Mapped[str] = mapped_column(String(36))
     to_person: Mapped[str] = mapped_column(String(36))
+    # the record's link status and method before the move, for an unmerge to restore (none before 0028)
+    from_status: Mapped[str | None] = mapped_column(String(12))
+    from_method: Mapped[str | None] = mapped_column(String(20))
 
 
 class MatchModel(Base):
