@@ -12,7 +12,7 @@ from tests.builders import NHS, SCT, bundle, condition, medication, patient, wri
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import Quarantine, Resource
+from sharedcare.store.models import PatientRecord, Quarantine, Resource
 
 GOOD_NHS = "9434765919"
 
@@ -228,3 +228,84 @@ def test_a_condition_a_feed_cannot_honour_is_held_naming_the_element(
     assert report.quarantined == 1 and "conditional update" in report.quarantine[0]["reason"]
     assert report.quarantine[0]["where"].endswith("entry[0].request.url")
     assert _stored(db) == {}
+
+
+def _entries(kind: str, *sent: tuple[str, dict]) -> dict:
+    """A Bundle of `kind` from P81001 whose entries have the fullUrls given (the builder derives them from ids)."""
+    return {"resourceType": "Bundle", "id": f"b-{kind}", "type": kind, "timestamp": "2026-11-01T09:00:00Z",
+            "meta": {"source": "https://fhir.nhs.uk/Id/ods-organization-code|P81001#emis"},
+            "entry": [{"fullUrl": url, "resource": resource,
+                       "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}}
+                      for url, resource in sent]}
+
+
+def _records(db: Database) -> dict[str, tuple[str, str, str]]:
+    """Each stored patient record of P81001 by source id: (family name, birth date, person)."""
+    with db.session() as s:
+        return {r.source_id: (r.family, str(r.birth_date), r.person_id)
+                for r in s.scalars(select(PatientRecord).where(PatientRecord.source_org == "P81001"))}
+
+
+def _filed_under(db: Database) -> dict[str, str]:
+    """Each stored Condition's source id, and the family name of the patient record it is filed under."""
+    with db.session() as s:
+        return {source_id: family for source_id, family in s.execute(
+            select(Resource.source_id, PatientRecord.family).join(
+                PatientRecord, PatientRecord.id == Resource.patient_record_id).where(
+                Resource.resource_type == "Condition"))}
+
+
+def test_a_batch_sending_two_patients_under_one_id_is_refused_whole_and_changes_no_record(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Review 2026-12-07: Smith and Jones, both `Patient/1` under two fullUrls, in one batch: Jones was stored over
+    Smith and Smith's diabetes filed in Jones's record. Refused whole, naming both entries, for batch and
+    transaction alike; Smith's record, already stored, is left as it was."""
+    smith = patient("1", None, "Smith", "Alan", "1950-01-01")
+    jones = patient("1", None, "Jones", "Brenda", "1980-05-05", gender="female", postcode="RV9 9ZZ")
+    diabetes = condition("c-smith", "urn:uuid:aaaaaaaa-0000-0000-0000-000000000001", "44054006", "Diabetes")
+    hiv = condition("c-jones", "urn:uuid:aaaaaaaa-0000-0000-0000-000000000002", "86406008", "HIV infection")
+    first = _entries("batch", ("urn:uuid:aaaaaaaa-0000-0000-0000-000000000001", smith),
+                     ("urn:uuid:cccccccc-0000-0000-0000-000000000001", diabetes))
+    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "first.ndjson", [first])])
+    before = (_records(db), _filed_under(db))
+    assert before == ({"1": ("Smith", "1950-01-01", before[0]["1"][2])}, {"c-smith": "Smith"})
+    for kind in ("batch", "transaction"):
+        message = _entries(kind, ("urn:uuid:aaaaaaaa-0000-0000-0000-000000000001", smith),
+                           ("urn:uuid:aaaaaaaa-0000-0000-0000-000000000002", jones),
+                           ("urn:uuid:cccccccc-0000-0000-0000-000000000001", diabetes),
+                           ("urn:uuid:cccccccc-0000-0000-0000-000000000002", hiv))
+        report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{kind}.ndjson", [message])])
+        assert (report.accepted, report.quarantined) == (0, 1), report.quarantine
+        (problem,) = report.quarantine
+        assert problem["location"] == "line 1"  # the whole message is held, not an entry of it
+        assert problem["reason"].startswith("Patient/1 is sent twice, in entry[0] and entry[1]"), problem["reason"]
+        assert (_records(db), _filed_under(db)) == before
+
+
+def test_a_batch_sending_one_condition_twice_with_different_content_stores_none_of_it(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Two entries `Condition/7` in one batch: stored apart, one would silently replace the other."""
+    message = _entries("batch", ("urn:uuid:p", patient("gp-1", GOOD_NHS, "Okafor", "Emeka", "1945-03-02")),
+                       ("urn:uuid:c1", condition("7", "urn:uuid:p", "44054006", "Diabetes")),
+                       ("urn:uuid:c2", condition("7", "urn:uuid:p", "38341003", "Hypertension")))
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (0, 1)
+    assert "Condition/7 is sent twice, in entry[1] and entry[2]" in report.quarantine[0]["reason"]
+    assert _stored(db) == {}
+
+
+def test_a_batch_listing_a_retired_patient_before_its_survivor_merges_them(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Review 2026-12-07: the retired record came first in the batch and was held ("P81001 has sent no patient
+    'a'") though 'a' came in the same batch and was stored. Survivors are stored first, however the batch lists
+    them (here a chain: a-old replaced by a-dup, replaced by a)."""
+    survivor = patient("a", None, "Hughes", "Margaret", "1952-06-11", gender="female")
+    duplicate = patient("a-dup", None, "Hughes", "Margaret", "1953-06-11", gender="female", postcode="LS1 4AP",
+                        link=[{"other": {"reference": "urn:uuid:a"}, "type": "replaced-by"}])
+    oldest = patient("a-old", None, "Hughes", "Maggie", "1952-06-11", gender="female", postcode="LS2 7AB",
+                     link=[{"other": {"reference": "Patient/a-dup"}, "type": "replaced-by"}])
+    message = _entries("batch", ("urn:uuid:a-old", oldest), ("urn:uuid:a-dup", duplicate), ("urn:uuid:a", survivor))
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [message])])
+    assert (report.accepted, report.quarantined) == (3, 0), report.quarantine
+    records = _records(db)
+    assert records["a-old"][2] == records["a-dup"][2] == records["a"][2]  # one person
