@@ -309,3 +309,90 @@ def test_a_batch_listing_a_retired_patient_before_its_survivor_merges_them(
     assert (report.accepted, report.quarantined) == (3, 0), report.quarantine
     records = _records(db)
     assert records["a-old"][2] == records["a-dup"][2] == records["a"][2]  # one person
+
+
+def _held_xml(db: Database, framework: Framework, tmp_path: Path, text: str) -> str:
+    """Ingest the XML Bundle `text`: it must be held whole, nothing of it stored; the reason given."""
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "acute.xml", text)])
+    assert (report.accepted, report.quarantined) == (0, 1), report.quarantine
+    assert _stored(db) == {}
+    return str(report.quarantine[0]["reason"])
+
+
+def test_an_xml_value_written_as_text_is_held_naming_line_and_column_not_stored_empty(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Review 2026-12-07: `<birthDate>1945-03-02</birthDate>` gave a Patient with no birth date (and an allergy's
+    `<criticality>high</criticality>` none): FHIR XML puts a value in the `value` attribute, and the text was
+    dropped without a word."""
+    as_text = XML_BUNDLE.replace('<birthDate value="1945-03-02"/>', "<birthDate>1945-03-02</birthDate>")
+    reason = _held_xml(db, framework, tmp_path, as_text)
+    assert reason.startswith("entry[0] Patient.birthDate (line 15 column 9): <birthDate> holds text"), reason
+    criticality = XML_BUNDLE.replace('<onsetDateTime value="2026-10-30"/>',
+                                     '<onsetDateTime value="2026-10-30"/>\n<severity><text>severe</text></severity>')
+    reason = _held_xml(db, framework, tmp_path, criticality)
+    assert reason.startswith("entry[1] Condition.severity.text (line 28 column 11): <text> holds text"), reason
+
+
+def test_an_xml_element_that_takes_one_value_given_twice_is_held_not_the_last_one_stored(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Two `<birthDate>`: the last was stored (and matched on), whichever the sender meant."""
+    twice = XML_BUNDLE.replace('<birthDate value="1945-03-02"/>',
+                               '<birthDate value="1945-03-02"/><birthDate value="1925-03-02"/>')
+    reason = _held_xml(db, framework, tmp_path, twice)
+    assert reason.startswith("entry[0] Patient.birthDate (line 15 column 40): <birthDate> is given 2 times, but "
+                             "Patient.birthDate takes one value"), reason
+
+
+def test_xml_elements_and_attributes_outside_fhir_are_held_not_read_as_fhir(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An element of another namespace, or of none, was read as if it were FHIR (an identifier of `urn:x` as an
+    NHS number); an attribute that is not FHIR's was dropped with what it held."""
+    cases = {
+        '<identifier xmlns="urn:x"><system value="{NHS}"/><value value="{GOOD_NHS}"/></identifier>':
+            "entry[0] Patient (line 12 column 9): <identifier> is in the namespace urn:x, not FHIR's",
+        '<identifier xmlns=""><system value="{NHS}"/><value value="{GOOD_NHS}"/></identifier>':
+            "entry[0] Patient (line 12 column 9): <identifier> is in no namespace, not FHIR's",
+        '<identifier><system value="{NHS}"/><value xmlns:f="http://hl7.org/fhir" f:value="{GOOD_NHS}"/></identifier>':
+            "entry[0] Patient.identifier[0].value (line 12 column 72): the attribute {http://hl7.org/fhir}value is "
+            "not FHIR XML",
+    }
+    original = f'<identifier><system value="{NHS}"/><value value="{GOOD_NHS}"/></identifier>'
+    for number, (sent, said) in enumerate(cases.items()):
+        text = XML_BUNDLE.replace(original, sent.format(NHS=NHS, GOOD_NHS=GOOD_NHS))
+        report = Pipeline(db, framework).ingest_paths([_write(tmp_path / f"acute{number}.xml", text)])
+        assert (report.accepted, report.quarantined) == (0, 1), report.quarantine
+        assert str(report.quarantine[0]["reason"]).startswith(said), report.quarantine[0]["reason"]
+    assert _stored(db) == {}
+
+
+def test_an_unknown_xml_element_is_named_with_its_line_and_column(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    reason = _held_xml(db, framework, tmp_path, XML_BUNDLE.replace('<gender value="male"/>', '<sex value="male"/>'))
+    assert reason.startswith("entry[0] Patient (line 14 column 9): unknown element <sex>"), reason
+
+
+def test_valid_xml_with_extensions_contained_resources_and_schema_hints_is_stored_whole(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """What the checks above must let through: an extension on a value, a modifier extension, a contained
+    resource, a narrative and `xsi:schemaLocation`."""
+    statement = """<MedicationStatement>
+        <id value="rx-m1"/>
+        <contained><Medication><id value="med"/><code><coding><system value="https://dmd.nhs.uk"/>
+          <code value="322236009"/><display value="Paracetamol 500mg tablets"/></coding></code></Medication></contained>
+        <modifierExtension url="https://example.org/self-reported"><valueBoolean value="true"/></modifierExtension>
+        <status value="active"/>
+        <medicationReference><reference value="#med"/></medicationReference>
+        <subject><reference value="urn:uuid:7f1a3c52-0d6c-4c1e-9d0b-2f6a1e5b9c01"/></subject>
+        <dateAsserted value="2026-10-30"><extension url="https://example.org/estimated">
+          <valueBoolean value="true"/></extension></dateAsserted>
+      </MedicationStatement>"""
+    text = XML_BUNDLE.replace('<Bundle xmlns="http://hl7.org/fhir">', '<Bundle xmlns="http://hl7.org/fhir" '
+                              'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                              'xsi:schemaLocation="http://hl7.org/fhir fhir-all.xsd">')
+    text = text.replace("<Claim>", f"{statement}</resource></entry><entry><resource><Claim>")
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "acute.xml", text)])
+    assert (report.accepted, report.quarantined) == (3, 0), report.quarantine
+    stored = _stored(db, "MedicationStatement")["rx-m1"]
+    assert stored["contained"][0]["code"]["coding"][0]["display"] == "Paracetamol 500mg tablets"
+    assert stored["modifierExtension"][0]["valueBoolean"] is True
+    assert stored["_dateAsserted"]["extension"][0]["valueBoolean"] is True
