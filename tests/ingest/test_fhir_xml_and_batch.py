@@ -396,3 +396,15 @@ def test_valid_xml_with_extensions_contained_resources_and_schema_hints_is_store
     assert stored["contained"][0]["code"]["coding"][0]["display"] == "Paracetamol 500mg tablets"
     assert stored["modifierExtension"][0]["valueBoolean"] is True
     assert stored["_dateAsserted"]["extension"][0]["valueBoolean"] is True
+
+
+def test_prefixed_fhir_xml_is_held_saying_how_to_send_it_and_a_processing_instruction_is_ignored(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Both were held as "unknown element <None>"."""
+    prefixed = ('<f:Patient xmlns:f="http://hl7.org/fhir"><f:id value="gp-x"/><f:gender value="male"/>'
+                '<f:birthDate value="1945-03-02"/></f:Patient>')
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "a.xml", prefixed)], source="P81001")
+    assert report.quarantined == 1 and "declare FHIR's namespace as the default" in report.quarantine[0]["reason"]
+    instruction = XML_BUNDLE.replace('<gender value="male"/>', '<?generator emis 7.2?><gender value="male"/>')
+    report = Pipeline(db, framework).ingest_paths([_write(tmp_path / "acute.xml", instruction)])
+    assert (report.accepted, report.quarantined) == (2, 0), report.quarantine

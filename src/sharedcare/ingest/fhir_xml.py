@@ -36,7 +36,7 @@ def looks_like_xml(payload: bytes) -> bool:
 
 def _parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                           huge_tree=False, remove_comments=True)
+                           huge_tree=False, remove_comments=True, remove_pis=True)
 
 
 def parse_xml(payload: bytes, where: str) -> dict[str, Any]:
@@ -75,7 +75,10 @@ def parse_xml(payload: bytes, where: str) -> dict[str, Any]:
         resource = model.model_validate_xml(etree.tostring(root), xmlparser=_parser())
     except ValidationError as exc:
         raise MessageError(_locate(root) or _first(name.localname, exc, root), where) from exc
-    except KeyError as exc:  # fhir.resources' XML walker meets an element its model does not have
+    except KeyError as exc:  # fhir.resources' XML walker meets what it cannot place (`_check` names the rest)
+        if exc.args[0] is None:  # it looks for the default namespace
+            raise MessageError(f"FHIR XML written with a namespace prefix (<{root.prefix}:{name.localname}>) is not "
+                               f'read: declare FHIR\'s namespace as the default (xmlns="{FHIR_NS}")', where) from exc
         raise MessageError(f"{name.localname}: unknown element <{exc.args[0]}>", where) from exc
     except (ValueError, TypeError, AttributeError) as exc:
         raise MessageError(f"{name.localname}: not valid FHIR XML ({str(exc)[:200]})", where) from exc
@@ -150,12 +153,12 @@ _TEXT = ("holds text: in FHIR XML a value is in an element's value attribute and
 def _unknown(element: etree._Element, model: type) -> str:
     """Why an element `model` does not have is refused, by its name and namespace."""
     name = etree.QName(element)
+    if name.localname == "div" and "div" in _elements(model):
+        return f"a narrative is an xhtml <div> ({XHTML_NS}), not a FHIR element"
     if name.namespace == FHIR_NS:
         return f"unknown element <{name.localname}>: {model.__name__} has no such element"
     if name.namespace == XHTML_NS and name.localname == "div":
         return f"{model.__name__} has no narrative <div> (a Narrative, `text`, has)"
-    if name.localname == "div" and "div" in _elements(model):
-        return f"a narrative is an xhtml <div> ({XHTML_NS}), not a FHIR element"
     where = f"in the namespace {name.namespace}" if name.namespace else "in no namespace"
     return (f"<{name.localname}> is {where}, not FHIR's ({FHIR_NS}): it would be read as if it were FHIR; "
             "only a narrative's <div> is xhtml")
