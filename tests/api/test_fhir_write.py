@@ -517,6 +517,24 @@ def test_a_transaction_whose_entries_share_a_fullurl_is_refused_400_and_stores_n
     assert _count(db) == before
 
 
+def test_a_batch_sending_two_patients_under_one_id_is_refused_400_and_stores_nothing(
+        ics: Ics, db: Database) -> None:
+    """Ann and Bob, both `Patient/dupA` under two fullUrls: as a batch, Bob was stored over Ann, and Ann's
+    diabetes filed under Bob. Refused whole, naming both entries, as a transaction is."""
+    before = _count(db)
+    ann = patient("dupA", "9434765919", "Alpha", "Ann", "1950-01-01")
+    bob = patient("dupA", HUGHES_NHS, "Beta", "Bob", "1960-01-01")
+    diabetes = condition("dupC", "urn:uuid:ann", "44054006", "Type 2 diabetes mellitus")
+    for kind in ("batch", "transaction"):
+        message = _bundle(kind, ann, bob, diabetes)
+        message["entry"][0]["fullUrl"], message["entry"][1]["fullUrl"] = "urn:uuid:ann", "urn:uuid:bob"
+        response = ics.client.post("/fhir", headers=_token(ics, "dr.patel"), content=json.dumps(message))
+        assert response.status_code == 400, response.text
+        diagnostics = response.json()["issue"][0]["diagnostics"]
+        assert "Patient/dupA is sent twice, in entry[0] and entry[1]" in diagnostics
+    assert _count(db) == before
+
+
 def _refused_storing_nothing(ics: Ics, db: Database, method: str, url: str, body: dict[str, Any], status: int,
                              said: str) -> None:
     """The GP's system sends `body`: refused with `status`, the OperationOutcome saying `said`, nothing stored."""

@@ -44,7 +44,7 @@ from sharedcare.governance.gateway import AccessDenied, InvalidRequest
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.review import flag_new_source_record
 from sharedcare.governance.scopes import write_scopes
-from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_full_url
+from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_entry
 from sharedcare.ingest.fhir_bundle import etag_version, parse_message, read_messages, request_version, stage_fhir_write
 from sharedcare.ingest.messages import Adapter, MessageError, RawMessage, StagedMessage, WriteRefused
 from sharedcare.ingest.pipeline import IngestReport, Pipeline
@@ -190,7 +190,7 @@ class Contributions:
         listed = data.get("entry") or []
         if not isinstance(listed, list):
             raise self._invalid("Bundle.entry must be a list of entries")
-        repeated = repeated_full_url(listed)
+        repeated = repeated_entry(listed)
         if repeated:
             raise self._invalid(f"Bundle.{repeated}")
         if kind == "transaction":

@@ -29,7 +29,7 @@ from sharedcare.fhir.uk_core import (
 from sharedcare.fhir.validate import short_path, too_deep
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import normalise
-from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_full_url
+from sharedcare.ingest.fhir_batch import entry_index, messages_of, repeated_entry
 from sharedcare.ingest.fhir_xml import looks_like_xml, parse_xml
 from sharedcare.ingest.messages import (
     KEPT_OF_TOO_LARGE,
@@ -276,7 +276,7 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             listed = data.get("entry") or []
             if not isinstance(listed, list):
                 raise MessageError("Bundle.entry must be a list of entries", raw.where)
-            repeated = repeated_full_url(listed)
+            repeated = repeated_entry(listed)
             if repeated:
                 raise MessageError(repeated, raw.where)
             _check_requests(listed, raw, versioned)
@@ -294,7 +294,6 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
             label = "resource"
         staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
         kept: list[tuple[int, str | None, dict[str, Any]]] = []
-        sent: set[tuple[str, str]] = set()  # (type, id) of each resource kept
         for index, (full_url, resource) in enumerate(entries):
             where = f"{raw.where}, {label.format(index)}"
             if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
@@ -310,9 +309,6 @@ def stage_fhir(raw: RawMessage, fw: Framework, source_override: str | None = Non
                 raise MessageError(f"{resource['resourceType']}/{resource['id']}: {problems[0]}"
                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), where,
                                    issue=issue)
-            if (resource["resourceType"], str(resource["id"])) in sent:
-                raise MessageError(f"{resource['resourceType']}/{resource['id']} is sent twice in this message", where)
-            sent.add((resource["resourceType"], str(resource["id"])))
             kept.append((index, full_url, resource))
         refs = _References(org, [(url, res) for _, url, res in kept])
         for index, _, resource in kept:
