@@ -453,7 +453,10 @@ def authorize(request: Request, settings: SettingsDep, fw: FrameworkDep, store: 
         return _refuse(request, error)
     client: RegisteredClient = grant.request.client
     described = [_describe(w) for w in (grant.request.scope or "").split()]
+    # what it asked for beyond that is dropped: a wish to write is named, so no one approves it unaware
+    asked_to_write = bool(scopes.write_scopes(grant.request.payload.scope or ""))
     page = pages.render(request, "oauth_authorize.html", app=client.name, scopes=described,
+                        asked_to_write=asked_to_write,
                         patient=patient, action=f"{AUTHORIZE_PATH}?{request.url.query}",
                         account=pages.account(actor_for(fw, username), fw))
     return _form_may_lead_to(page, [grant.redirect_uri])
