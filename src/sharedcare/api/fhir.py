@@ -26,7 +26,7 @@ from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_re
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
-from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
+from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant, span
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.explain import (
     not_shown,
@@ -286,7 +286,7 @@ def _everything(patient_id: str, request: Request, records: GovernedRecords
     view = records.everything(patient_id, asked=types & RECORD_TYPES if types else ())
     if since:
         view.resources = [s for s in view.resources
-                          if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
+                          if since.matches(span(s.content.get("meta", {}).get("lastUpdated", "1900")))]
     return _everything_resources(view, types, provenance), withheld_notice(records, view, whole=types is None)
 
 
@@ -324,6 +324,9 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
         if system and system != NHS_NUMBER_SYSTEM:
             raise SearchError(f"identifier: only the NHS number system ({NHS_NUMBER_SYSTEM}) is searchable")
         nhs = normalise(value)
+    if values.get("birthdate") and len(values["birthdate"]) != len("1945-03-02"):
+        raise SearchError("birthdate: give the whole date of birth (YYYY-MM-DD): a year or month would find "
+                          "everyone born in it, and a prefix is not taken here")
     born = parse_instant(values["birthdate"]).date() if values.get("birthdate") else None
     matches = records.search_patients(nhs_number=nhs, family=values.get("family"), given=values.get("given"),
                                       birth_date=born, postcode=values.get("address-postalcode"))
