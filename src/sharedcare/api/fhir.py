@@ -22,7 +22,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare import __version__
-from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_records, public_base
+from sharedcare.api.deps import (
+    FrameworkDep,
+    Interaction,
+    MemberDep,
+    RecordsDep,
+    SearchRecordsDep,
+    governed_records,
+    public_base,
+)
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
@@ -70,7 +78,7 @@ REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue
             "display": "redacted"}
 
 
-async def _governed(request: Request, work: Callable[[GovernedRecords], T],
+async def _governed(request: Request, interaction: Interaction, work: Callable[[GovernedRecords], T],
                     respond: Callable[[T], Response]) -> Response:
     """`work` on the caller's governed records, then `respond` with what it released, all in one worker
     thread: a sync route with the records as a generator dependency took three thread hops (open, route,
@@ -78,7 +86,7 @@ async def _governed(request: Request, work: Callable[[GovernedRecords], T],
     the audit append's write lock (SQLite's one writer, shared by every server process) is not held
     while a large Bundle is written; nothing is sent unless the audit was committed."""
     def in_thread() -> Response:
-        with governed_records(request) as records:
+        with governed_records(request, interaction) as records:
             released = work(records)
         return respond(released)
 
@@ -270,7 +278,7 @@ def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], byte
 
 @router.get("/Patient/{patient_id}/$everything")
 async def patient_everything(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _everything(patient_id, request, records),
+    return await _governed(request, "search", lambda records: _everything(patient_id, request, records),
                            lambda released: _encoded_bundle(request, *released))
 
 
@@ -342,7 +350,7 @@ def search_patients(_records: RecordsDep) -> JSONResponse:
 
 
 @router.post("/Patient/_search")
-async def search_patients_by_post(request: Request, records: RecordsDep) -> JSONResponse:
+async def search_patients_by_post(request: Request, records: SearchRecordsDep) -> JSONResponse:
     """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log.
     Criteria in the URL as well (FHIR allows both) are refused, not silently dropped."""
     if request.url.query:
@@ -355,7 +363,8 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
 
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _labelled(records.patient(patient_id), records), fhir_response)
+    return await _governed(request, "read", lambda records: _labelled(records.patient(patient_id), records),
+                           fhir_response)
 
 
 def _labelled(read: PatientRead, records: GovernedRecords) -> dict[str, Any]:
@@ -393,12 +402,13 @@ async def read_resource(resource_type: str, resource_id: str, request: Request) 
         _served_type(resource_type)
         return records.read(resource_type, resource_id)
 
-    return await _governed(request, read, fhir_response)
+    return await _governed(request, "read", read, fhir_response)
 
 
 @router.get("/{resource_type}")
 async def search(resource_type: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _search(resource_type, request, records), fhir_response)
+    return await _governed(request, "search", lambda records: _search(resource_type, request, records),
+                           fhir_response)
 
 
 def _search(resource_type: str, request: Request, records: GovernedRecords) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sharedcare.api.deps import RecordsDep, public_base
+from sharedcare.api.deps import ReadRecordsDep, public_base
 from sharedcare.api.outcomes import FHIR_JSON
 from sharedcare.clock import utcnow
 from sharedcare.fhir.uk_core import RECORD_TYPES
@@ -46,7 +46,7 @@ def _entry(base: str, served: ServedResource) -> dict[str, Any]:
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
-def instance_history(resource_type: str, resource_id: str, request: Request, records: RecordsDep) -> JSONResponse:
+def instance_history(resource_type: str, resource_id: str, request: Request, records: ReadRecordsDep) -> JSONResponse:
     _checked(resource_type)
     versions = records.history(resource_type, resource_id)
     base = public_base(request) + "/fhir"
@@ -57,7 +57,7 @@ def instance_history(resource_type: str, resource_id: str, request: Request, rec
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
-def vread(resource_type: str, resource_id: str, version_id: str, records: RecordsDep) -> JSONResponse:
+def vread(resource_type: str, resource_id: str, version_id: str, records: ReadRecordsDep) -> JSONResponse:
     (served,) = records.history(resource_type, resource_id, _checked(resource_type, version_id))
     version = served.content.get("meta", {}).get("versionId", version_id)
     return JSONResponse(served.content, media_type=FHIR_JSON,

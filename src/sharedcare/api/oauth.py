@@ -490,7 +490,9 @@ def _describe(scope: str) -> str:
     what = "every part of the record" if found.resource_type == "*" else f"{found.resource_type} records"
     whose = {"patient": "of this patient only", "user": "of the patients you may see",
              "system": "as a system"}[found.level]
-    verb = "Read and write" if found.writes and found.reads else "Write" if found.writes else "Read"
+    verb = "Read" if found.reads and found.searches else "Search" if found.searches else \
+        "Read, by reference only (no searching)," if found.reads else ""
+    verb = f"{verb} and write" if verb and found.writes else verb or "Write"
     return f"{verb} {what} {whose}, as the sharing framework allows you"
 
 
