@@ -34,7 +34,7 @@ from sharedcare.api.deps import (
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
-from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant, span
+from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, only_these, parse_instant, span
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.explain import (
     not_shown,
@@ -285,9 +285,7 @@ async def patient_everything(patient_id: str, request: Request) -> Response:
 def _everything(patient_id: str, request: Request, records: GovernedRecords
                 ) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, Any] | None]:
     params = request.query_params
-    unknown = sorted(set(params) - {"_type", "_since", "_revinclude"})
-    if unknown:
-        raise SearchError(f"$everything does not take {', '.join(unknown)} (it takes _type, _since, _revinclude)")
+    only_these(list(params.multi_items()), ("_type", "_since", "_revinclude"), "$everything")
     types = {t.strip() for t in params.get("_type", "").split(",") if t.strip()} or None
     since = DateFilter.parse("_since", "ge" + params["_since"]) if params.get("_since") else None
     provenance = params.get("_revinclude") == "Provenance:target"
@@ -323,6 +321,7 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
     if unknown:
         raise SearchError(f"search parameter(s) {', '.join(unknown)} not supported on Patient "
                           f"(supported: {', '.join(sorted(PATIENT_SEARCH_PARAMS))})")
+    only_these(params, PATIENT_SEARCH_PARAMS, "a Patient search")  # each once: the last would win unsaid
     refused = [name for name in values if name in REFUSED]
     if refused:
         raise SearchError(f"{refused[0]}: {REFUSED[refused[0]]}")
@@ -363,8 +362,11 @@ async def search_patients_by_post(request: Request, records: SearchRecordsDep) -
 
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
-    return await _governed(request, "read", lambda records: _labelled(records.patient(patient_id), records),
-                           fhir_response)
+    def read(records: GovernedRecords) -> dict[str, Any]:
+        only_these(list(request.query_params.multi_items()), (), "a read by id")
+        return _labelled(records.patient(patient_id), records)
+
+    return await _governed(request, "read", read, fhir_response)
 
 
 def _labelled(read: PatientRead, records: GovernedRecords) -> dict[str, Any]:
@@ -400,6 +402,7 @@ def _served_type(resource_type: str) -> None:
 async def read_resource(resource_type: str, resource_id: str, request: Request) -> Response:
     def read(records: GovernedRecords) -> dict[str, Any]:
         _served_type(resource_type)
+        only_these(list(request.query_params.multi_items()), (), "a read by id")
         return records.read(resource_type, resource_id)
 
     return await _governed(request, "read", read, fhir_response)

@@ -8,6 +8,7 @@ lists; anything else is refused with a clear message rather than silently ignore
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +41,19 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 class SearchError(SharedcareError):
     """A search the server will not run as asked (unknown or refused parameter, bad value)."""
+
+
+def only_these(params: list[tuple[str, str]], takes: Collection[str], what: str) -> None:
+    """Refuse a parameter `what` does not take, or one given more than once, naming it: a parameter ignored
+    (or all but one of its values) could answer other than what was asked."""
+    names = [name for name, _ in params]
+    unknown = sorted(set(names) - set(takes))
+    if unknown:
+        raise SearchError(f"{what} does not take {', '.join(unknown)} "
+                          f"({'it takes ' + ', '.join(sorted(takes)) if takes else 'it takes no parameters'})")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SearchError(f"{what} takes {', '.join(repeated)} once, not more than once")
 
 
 @dataclass(frozen=True)
@@ -166,9 +180,9 @@ class ClinicalQuery:
     """A parsed search on one clinical type, for one patient."""
 
     patient: str
-    code: str | None = None
-    category: str | None = None
-    status: str | None = None
+    codes: tuple[str, ...] = ()  # each given `code` must match (FHIR: repeated parameters are AND-ed)
+    categories: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
     dates: tuple[DateFilter, ...] = ()
     last_updated: tuple[DateFilter, ...] = ()
     count: int = 50
@@ -190,13 +204,20 @@ class ClinicalQuery:
         values: dict[str, list[str]] = {}
         for name, value in params:
             values.setdefault(name, []).append(value)
-        patient = (values.get("patient") or values.get("subject") or [""])[0].removeprefix("Patient/")
+        people = values.get("patient", []) + values.get("subject", [])
+        if len(people) > 1:
+            raise SearchError("give patient=<id> once: searches are per patient (patient and subject name the "
+                              "same, and two patients are never searched together)")
+        patient = (people or [""])[0].removeprefix("Patient/")
         if not patient:
             raise SearchError("give patient=<id>: searches are per patient")
+        for name in ("_count", "_offset", "_sort"):
+            if len(values.get(name, [])) > 1:
+                raise SearchError(f"{name}: give it once, not more than once")
         query = cls(patient=patient)
-        query.code = _first(values, "code")
-        query.category = _first(values, "category")
-        query.status = _first(values, "status")
+        query.codes = tuple(values.get("code", []))
+        query.categories = tuple(values.get("category", []))
+        query.statuses = tuple(values.get("status", []))
         query.dates = tuple(DateFilter.parse("date", v) for v in values.get("date", []))
         query.last_updated = tuple(DateFilter.parse("_lastUpdated", v) for v in values.get("_lastUpdated", []))
         query.count = _integer(values, "_count", 50, 1, 500)
@@ -212,14 +233,14 @@ class ClinicalQuery:
         return query
 
     def matches(self, resource: dict[str, Any]) -> bool:
-        if self.code and not _token_matches(resource, CODE_ELEMENTS, self.code):
+        if not all(_token_matches(resource, CODE_ELEMENTS, code) for code in self.codes):
             return False
-        if self.category and not _token_matches(resource, ("category", "class", "serviceType"), self.category):
+        if not all(_token_matches(resource, ("category", "class", "serviceType"), c) for c in self.categories):
             return False
-        if self.status and str(resource.get("status", "")) not in self.status.split(","):
-            clinical = resource.get("clinicalStatus") or {}
-            if not {c.get("code") for c in clinical.get("coding", [])} & set(self.status.split(",")):
-                return False
+        clinical = {c.get("code") for c in (resource.get("clinicalStatus") or {}).get("coding", [])}
+        statuses = clinical | {str(resource.get("status", ""))}
+        if not all(statuses & set(status.split(",")) for status in self.statuses):
+            return False
         if self.dates:
             when = clinical_span(resource)
             if not all(f.matches(when) for f in self.dates):
