@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from tests.small_ics import OKAFOR_NHS, Ics
 
-from sharedcare.api.auth import mint_token, sign_token
+from sharedcare.api.auth import sign_token
 from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 
@@ -90,7 +90,8 @@ def _headers(actor: str, framework: Framework) -> dict[str, str]:
         token = sign_token(settings, {"sub": "mallory", "role": "gp", "org": "P81001",
                                       "scope": "user/*.read user/*.write"})
     elif actor == "a user without a signed agreement":  # the care home's agreement is a draft
-        token = mint_token(settings, framework, "carehome.davies", "user/*.read user/*.write")
+        token = sign_token(settings, {"sub": "carehome.davies", "role": "care_home_staff", "org": "VWC01",
+                                      "scope": "user/*.read user/*.write"})
     else:
         return {}
     return {"Authorization": f"Bearer {token}"}

@@ -13,7 +13,7 @@ from tests.builders import NHS, condition, medication, patient
 from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, WITHDRAWN, Ics, resend_diabetes
 
-from sharedcare.api.auth import mint_token
+from sharedcare.api.auth import mint_token, sign_token
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core import meta_source, server_id
@@ -212,11 +212,18 @@ def test_a_hospital_cannot_overwrite_a_gp_record_by_its_id(ics: Ics) -> None:
     assert _conditions(ics, ics.open_record("dr.patel"))["44054006"]["onsetDateTime"] == "2019-03-01"
 
 
+def _signed(ics: Ics, username: str, scope: str = WRITE) -> dict[str, str]:
+    """A token as `_token` mints it, for a user whose role is not given write scopes (`mint_token` refuses)."""
+    user = ics.client.app.state.framework.users[username]  # type: ignore[attr-defined]
+    claims = {"sub": username, "role": user.role, "org": user.organisation, "scope": scope}
+    return {"Authorization": f"Bearer {sign_token(load_settings(), claims)}", **FHIR_JSON}
+
+
 def test_organisations_that_do_not_contribute_or_have_no_agreement_cannot_write(ics: Ics) -> None:
     body = json.dumps(_diabetes())
-    pharmacy = ics.client.put("/fhir/Condition/gp-c1", headers=_token(ics, "pharm.khan"), content=body)
+    pharmacy = ics.client.put("/fhir/Condition/gp-c1", headers=_signed(ics, "pharm.khan"), content=body)
     assert pharmacy.status_code == 403 and "contribute" in pharmacy.json()["issue"][0]["diagnostics"]
-    care_home = ics.client.put("/fhir/Condition/gp-c1", headers=_token(ics, "carehome.davies"), content=body)
+    care_home = ics.client.put("/fhir/Condition/gp-c1", headers=_signed(ics, "carehome.davies"), content=body)
     assert care_home.status_code == 403 and "agreement" in care_home.json()["issue"][0]["diagnostics"]
     anonymous = ics.client.put("/fhir/Condition/gp-c1", headers=FHIR_JSON, content=body)
     assert anonymous.status_code == 401
@@ -374,7 +381,7 @@ def test_a_masked_copy_written_back_cannot_blank_what_the_mask_hid(ics: Ics) -> 
 
     masked = medication("sw.brown")
     assert "note" not in masked
-    response = ics.client.put(f"/fhir/MedicationStatement/{masked['id']}", headers=_token(ics, "sw.brown"),
+    response = ics.client.put(f"/fhir/MedicationStatement/{masked['id']}", headers=_signed(ics, "sw.brown"),
                               content=json.dumps(masked))
     assert response.status_code == 403 and "not set up" in response.json()["issue"][0]["diagnostics"]
     shown = medication("dr.patel")

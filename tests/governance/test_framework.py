@@ -183,3 +183,17 @@ def test_the_rules_say_in_plain_words_that_a_hospital_s_own_clinic_codes_count_a
     rules = " ".join(rules_in_words(parse_framework(TEXT)))
     assert "Riverside University Hospitals NHS Trust list what their own codes mean" in rules
     assert 'names only "a specialist service"' in rules
+
+
+def test_write_permission_for_a_role_that_gives_no_direct_care_is_named_with_its_line() -> None:
+    """`clinical:record:write` (who may write to the record) is for staff giving direct care: an analyst's or a
+    patient's role given it is refused, naming the role's permissions and their line."""
+    text = TEXT.replace("    purposes: [secondary-use]\n",
+                        "    purposes: [secondary-use]\n    permissions: [clinical:record:write]\n")
+    (problem,) = _problems(text)
+    assert problem.startswith(f"line {_line_of('permissions: [clinical:record:write]', text)}, "
+                              "roles.analyst.permissions")
+    assert "'clinical:record:write' is for staff roles giving direct care" in problem
+    fw = parse_framework(TEXT)
+    assert {name for name, role in fw.roles.items() if role.writes} == {
+        "gp", "practice_nurse", "acute_clinician", "district_nurse", "mental_health_clinician", "paramedic"}

@@ -22,6 +22,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.governance.clients import CITIZEN_PREFIX as CITIZEN_PREFIX  # subject prefixes (re-exported)
 from sharedcare.governance.clients import CLIENT_PREFIX as CLIENT_PREFIX
 from sharedcare.governance.framework import Framework
+from sharedcare.governance.scopes import write_scopes
 
 ALGORITHM = "HS256"
 ISSUER = "sharedcare"
@@ -49,10 +50,15 @@ def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None =
 
 def mint_token(settings: Settings, fw: Framework, username: str, scope: str = DEFAULT_SCOPE,
                minutes: int | None = None, **extra: str) -> str:
-    """A token for a configured user; `extra` claims (`client_id`, `patient`) come from the SMART server."""
+    """A token for a configured user; `extra` claims (`client_id`, `patient`) come from the SMART server.
+    Write scopes only for a role the framework lets write (the write itself checks the role again)."""
     user = fw.users.get(username)
     if user is None:
         raise SharedcareError(f"no user '{username}' in the framework", where="token")
+    role = fw.roles.get(user.role)
+    if write_scopes(scope) and (role is None or not role.writes):
+        raise SharedcareError(f"{username}'s role ({user.role}) may not write to the record: give read scopes only",
+                              where="token")
     return sign_token(settings, {"sub": username, "role": user.role, "org": user.organisation, "scope": scope,
                                  **extra}, minutes)
 

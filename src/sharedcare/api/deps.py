@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -33,6 +33,8 @@ from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, Con
 from sharedcare.store.database import Database
 
 SESSION_COOKIE = "sc_session"
+
+Interaction = Literal["read", "search"]  # SMART v2 `r` (read by id, vread, history) and `s` (search)
 
 
 # The three below are attribute look-ups: `async` so FastAPI runs them in the event loop rather than
@@ -180,15 +182,18 @@ def get_member(request: Request, settings: Annotated[Settings, Depends(get_setti
     return actor
 
 
-def scoped_types(scopes: str, patient_only: bool = False) -> frozenset[str] | None:
-    """The resource types SMART scopes allow reading: None for a wildcard (`user/*.read`), else the named
-    types; a token with no read scope may read nothing. A patient/ scope counts only on a token whose read
+def scoped_types(scopes: str, patient_only: bool = False, interaction: Interaction | None = None
+                 ) -> frozenset[str] | None:
+    """The resource types SMART scopes allow reading (by id with `interaction` "read", by search with "search",
+    either without one: SMART v2 `r` and `s`): None for a wildcard (`user/*.read`), else the named types; a
+    token with no read scope may read nothing. A patient/ scope counts only on a token whose read
     scopes are all patient-level (an app's launch patient, or a citizen's own record): on a token that
     also holds a user/ scope it must not widen what that token reads of every other patient
     (`patient/*.read user/Observation.read` reads Observations, whoever the patient)."""
     types: set[str] = set()
     for scope in read_scopes(scopes):
-        if scope.level == "patient" and not patient_only:
+        if (scope.level == "patient" and not patient_only) or (interaction == "read" and not scope.reads) \
+                or (interaction == "search" and not scope.searches):
             continue
         if scope.resource_type == "*":
             return None
@@ -197,10 +202,11 @@ def scoped_types(scopes: str, patient_only: bool = False) -> frozenset[str] | No
 
 
 @contextmanager
-def governed_records(request: Request) -> Iterator[GovernedRecords]:
+def governed_records(request: Request, interaction: Interaction | None = None) -> Iterator[GovernedRecords]:
     """Records as the caller (`caller`, checked in the records' own session) may read them, committed when
     the block ends; with only patient/ scopes (an app's EHR launch), only the launch patient's (a citizen's
-    own-record rule is the framework's, not the scope's). For the routes that open it themselves (`fhir.py`:
+    own-record rule is the framework's, not the scope's); of the types the token's scopes allow for the
+    route's `interaction` (read by id, or search). For the routes that open it themselves (`fhir.py`:
     one thread hop, or none, rather than a generator dependency's three)."""
     state = request.app.state
     fw: Framework = state.framework
@@ -214,7 +220,7 @@ def governed_records(request: Request) -> Iterator[GovernedRecords]:
             raise AuthError("a patient/ scope needs a launch patient: get the token through an EHR launch")
         common: dict[str, Any] = {"purpose": "direct-care", "request_id": request.state.request_id,
                                   "source_address": _source_address(request),
-                                  "resource_types": scoped_types(scopes, patient_level),
+                                  "resource_types": scoped_types(scopes, patient_level, interaction),
                                   "client_id": request.state.client_id, "minted_by": request.state.minted_by,
                                   "token_id": request.state.token_id}
         yield (PatientScopedRecords(session, fw, actor, launch_patient=str(launch_patient), **common)
@@ -236,6 +242,18 @@ def own_consent(request: Request, action: AuditAction) -> Iterator[ConsentWorksp
 def get_records(request: Request) -> Iterator[GovernedRecords]:
     """`governed_records` as a dependency, for routes that hold the records across other dependencies."""
     with governed_records(request) as records:
+        yield records
+
+
+def get_records_to_read(request: Request) -> Iterator[GovernedRecords]:
+    """`get_records` for a read by id (vread, `_history`): of the types a SMART v2 `r` scope names."""
+    with governed_records(request, "read") as records:
+        yield records
+
+
+def get_records_to_search(request: Request) -> Iterator[GovernedRecords]:
+    """`get_records` for a search: of the types a SMART v2 `s` scope names."""
+    with governed_records(request, "search") as records:
         yield records
 
 
@@ -281,6 +299,8 @@ def get_oauth(fw: Annotated[Framework, Depends(get_framework)],
 ActorDep = Annotated[Actor, Depends(get_actor)]
 MemberDep = Annotated[Actor, Depends(get_member)]
 RecordsDep = Annotated[GovernedRecords, Depends(get_records, scope="function")]
+ReadRecordsDep = Annotated[GovernedRecords, Depends(get_records_to_read, scope="function")]
+SearchRecordsDep = Annotated[GovernedRecords, Depends(get_records_to_search, scope="function")]
 CitizenDep = Annotated[CitizenWorkspace, Depends(get_citizen, scope="function")]
 IgDep = Annotated[IgWorkspace, Depends(get_ig, scope="function")]
 SignInDep = Annotated[CitizenSignIn, Depends(get_sign_in, scope="function")]

@@ -22,11 +22,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare import __version__
-from sharedcare.api.deps import FrameworkDep, MemberDep, RecordsDep, governed_records, public_base
+from sharedcare.api.deps import (
+    FrameworkDep,
+    Interaction,
+    MemberDep,
+    RecordsDep,
+    SearchRecordsDep,
+    governed_records,
+    public_base,
+)
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
-from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, parse_instant
+from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, only_these, parse_instant, span
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.explain import (
     not_shown,
@@ -70,7 +78,7 @@ REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue
             "display": "redacted"}
 
 
-async def _governed(request: Request, work: Callable[[GovernedRecords], T],
+async def _governed(request: Request, interaction: Interaction, work: Callable[[GovernedRecords], T],
                     respond: Callable[[T], Response]) -> Response:
     """`work` on the caller's governed records, then `respond` with what it released, all in one worker
     thread: a sync route with the records as a generator dependency took three thread hops (open, route,
@@ -78,7 +86,7 @@ async def _governed(request: Request, work: Callable[[GovernedRecords], T],
     the audit append's write lock (SQLite's one writer, shared by every server process) is not held
     while a large Bundle is written; nothing is sent unless the audit was committed."""
     def in_thread() -> Response:
-        with governed_records(request) as records:
+        with governed_records(request, interaction) as records:
             released = work(records)
         return respond(released)
 
@@ -270,23 +278,21 @@ def _encoded_bundle(request: Request, resources: list[tuple[dict[str, Any], byte
 
 @router.get("/Patient/{patient_id}/$everything")
 async def patient_everything(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _everything(patient_id, request, records),
+    return await _governed(request, "search", lambda records: _everything(patient_id, request, records),
                            lambda released: _encoded_bundle(request, *released))
 
 
 def _everything(patient_id: str, request: Request, records: GovernedRecords
                 ) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, Any] | None]:
     params = request.query_params
-    unknown = sorted(set(params) - {"_type", "_since", "_revinclude"})
-    if unknown:
-        raise SearchError(f"$everything does not take {', '.join(unknown)} (it takes _type, _since, _revinclude)")
+    only_these(list(params.multi_items()), ("_type", "_since", "_revinclude"), "$everything")
     types = {t.strip() for t in params.get("_type", "").split(",") if t.strip()} or None
     since = DateFilter.parse("_since", "ge" + params["_since"]) if params.get("_since") else None
     provenance = params.get("_revinclude") == "Provenance:target"
     view = records.everything(patient_id, asked=types & RECORD_TYPES if types else ())
     if since:
         view.resources = [s for s in view.resources
-                          if since.matches(parse_instant(s.content.get("meta", {}).get("lastUpdated", "1900")))]
+                          if since.matches(span(s.content.get("meta", {}).get("lastUpdated", "1900")))]
     return _everything_resources(view, types, provenance), withheld_notice(records, view, whole=types is None)
 
 
@@ -315,6 +321,7 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
     if unknown:
         raise SearchError(f"search parameter(s) {', '.join(unknown)} not supported on Patient "
                           f"(supported: {', '.join(sorted(PATIENT_SEARCH_PARAMS))})")
+    only_these(params, PATIENT_SEARCH_PARAMS, "a Patient search")  # each once: the last would win unsaid
     refused = [name for name in values if name in REFUSED]
     if refused:
         raise SearchError(f"{refused[0]}: {REFUSED[refused[0]]}")
@@ -324,6 +331,9 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
         if system and system != NHS_NUMBER_SYSTEM:
             raise SearchError(f"identifier: only the NHS number system ({NHS_NUMBER_SYSTEM}) is searchable")
         nhs = normalise(value)
+    if values.get("birthdate") and len(values["birthdate"]) != len("1945-03-02"):
+        raise SearchError("birthdate: give the whole date of birth (YYYY-MM-DD): a year or month would find "
+                          "everyone born in it, and a prefix is not taken here")
     born = parse_instant(values["birthdate"]).date() if values.get("birthdate") else None
     matches = records.search_patients(nhs_number=nhs, family=values.get("family"), given=values.get("given"),
                                       birth_date=born, postcode=values.get("address-postalcode"))
@@ -339,7 +349,7 @@ def search_patients(_records: RecordsDep) -> JSONResponse:
 
 
 @router.post("/Patient/_search")
-async def search_patients_by_post(request: Request, records: RecordsDep) -> JSONResponse:
+async def search_patients_by_post(request: Request, records: SearchRecordsDep) -> JSONResponse:
     """Patient search with the criteria in a form body, so no NHS number or name reaches a URL or log.
     Criteria in the URL as well (FHIR allows both) are refused, not silently dropped."""
     if request.url.query:
@@ -352,7 +362,11 @@ async def search_patients_by_post(request: Request, records: RecordsDep) -> JSON
 
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _labelled(records.patient(patient_id), records), fhir_response)
+    def read(records: GovernedRecords) -> dict[str, Any]:
+        only_these(list(request.query_params.multi_items()), (), "a read by id")
+        return _labelled(records.patient(patient_id), records)
+
+    return await _governed(request, "read", read, fhir_response)
 
 
 def _labelled(read: PatientRead, records: GovernedRecords) -> dict[str, Any]:
@@ -388,14 +402,16 @@ def _served_type(resource_type: str) -> None:
 async def read_resource(resource_type: str, resource_id: str, request: Request) -> Response:
     def read(records: GovernedRecords) -> dict[str, Any]:
         _served_type(resource_type)
+        only_these(list(request.query_params.multi_items()), (), "a read by id")
         return records.read(resource_type, resource_id)
 
-    return await _governed(request, read, fhir_response)
+    return await _governed(request, "read", read, fhir_response)
 
 
 @router.get("/{resource_type}")
 async def search(resource_type: str, request: Request) -> Response:
-    return await _governed(request, lambda records: _search(resource_type, request, records), fhir_response)
+    return await _governed(request, "search", lambda records: _search(resource_type, request, records),
+                           fhir_response)
 
 
 def _search(resource_type: str, request: Request, records: GovernedRecords) -> dict[str, Any]:

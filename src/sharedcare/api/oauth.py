@@ -453,7 +453,10 @@ def authorize(request: Request, settings: SettingsDep, fw: FrameworkDep, store: 
         return _refuse(request, error)
     client: RegisteredClient = grant.request.client
     described = [_describe(w) for w in (grant.request.scope or "").split()]
+    # what it asked for beyond that is dropped: a wish to write is named, so no one approves it unaware
+    asked_to_write = bool(scopes.write_scopes(grant.request.payload.scope or ""))
     page = pages.render(request, "oauth_authorize.html", app=client.name, scopes=described,
+                        asked_to_write=asked_to_write,
                         patient=patient, action=f"{AUTHORIZE_PATH}?{request.url.query}",
                         account=pages.account(actor_for(fw, username), fw))
     return _form_may_lead_to(page, [grant.redirect_uri])
@@ -487,7 +490,9 @@ def _describe(scope: str) -> str:
     what = "every part of the record" if found.resource_type == "*" else f"{found.resource_type} records"
     whose = {"patient": "of this patient only", "user": "of the patients you may see",
              "system": "as a system"}[found.level]
-    verb = "Read and write" if found.writes and found.reads else "Write" if found.writes else "Read"
+    verb = "Read" if found.reads and found.searches else "Search" if found.searches else \
+        "Read, by reference only (no searching)," if found.reads else ""
+    verb = f"{verb} and write" if verb and found.writes else verb or "Write"
     return f"{verb} {what} {whose}, as the sharing framework allows you"
 
 

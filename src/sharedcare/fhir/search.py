@@ -7,10 +7,13 @@ lists; anything else is refused with a clear message rather than silently ignore
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 
 # The clinically meaningful date of each type: what `date` searches and `_sort=date` orders by.
@@ -33,61 +36,125 @@ REFUSED = {
     "_total": "totals are not given: a count could reveal records withheld from you",
     "_summary": "summaries are not given: a count could reveal records withheld from you",
 }
-PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 
 class SearchError(SharedcareError):
     """A search the server will not run as asked (unknown or refused parameter, bad value)."""
 
 
-def clinical_date(resource: dict[str, Any]) -> datetime | None:
+def only_these(params: list[tuple[str, str]], takes: Collection[str], what: str) -> None:
+    """Refuse a parameter `what` does not take, or one given more than once, naming it: a parameter ignored
+    (or all but one of its values) could answer other than what was asked."""
+    names = [name for name, _ in params]
+    unknown = sorted(set(names) - set(takes))
+    if unknown:
+        raise SearchError(f"{what} does not take {', '.join(unknown)} "
+                          f"({'it takes ' + ', '.join(sorted(takes)) if takes else 'it takes no parameters'})")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SearchError(f"{what} takes {', '.join(repeated)} once, not more than once")
+
+
+@dataclass(frozen=True)
+class Span:
+    """The instants a FHIR date, dateTime or Period covers, [start, end): FHIR search compares ranges, so that
+    `2019` is the whole year and an onset of "2019-03" the whole of March (R4 search, date parameters)."""
+
+    start: datetime
+    end: datetime
+
+
+FAR_PAST, FAR_FUTURE = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+_PRECISION = {5: timedelta(minutes=1), 8: timedelta(seconds=1)}  # hh:mm, hh:mm:ss (a fraction: its microsecond)
+_DATE = re.compile(r"(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})"
+                   r"(T(?P<clock>\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)(Z|[+-]\d{2}:\d{2})?)?)?)?")
+
+
+def span(value: str) -> Span:
+    """A FHIR date, dateTime or instant as the range it covers, in UTC (one without a zone is taken as UTC, as
+    the store keeps every time)."""
+    found = _DATE.fullmatch(value)
+    try:
+        if not found:
+            raise ValueError(value)
+        year, month, day, clock = found.group("year", "month", "day", "clock")
+        if month is None:
+            return Span(datetime(int(year), 1, 1, tzinfo=UTC), _year_after(int(year)))
+        if day is None:
+            start = datetime(int(year), int(month), 1, tzinfo=UTC)
+            return Span(start, _year_after(int(year)) if start.month == 12 else start.replace(month=start.month + 1))
+        if clock is None:
+            start = datetime(int(year), int(month), int(day), tzinfo=UTC)
+            return Span(start, start + timedelta(days=1))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        start = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        return Span(start, start + _PRECISION.get(len(clock), timedelta(microseconds=1)))
+    except (ValueError, OverflowError) as exc:
+        raise SearchError(f"'{value}' is not a FHIR date or dateTime") from exc
+
+
+def _year_after(year: int) -> datetime:
+    return datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else FAR_FUTURE
+
+
+def clinical_span(resource: dict[str, Any]) -> Span | None:
+    """The range of time the resource's clinically meaningful date covers: a date of a year covers the year,
+    a Period from its start to the end of its end (open where either is missing)."""
     for name in DATE_ELEMENTS.get(resource.get("resourceType", ""), ()):
         value = resource.get(name)
         if isinstance(value, dict):
-            value = value.get("start")
-        if value:
-            return parse_instant(str(value))
+            low = span(str(value["start"])).start if value.get("start") else FAR_PAST
+            high = span(str(value["end"])).end if value.get("end") else FAR_FUTURE
+            if value.get("start") or value.get("end"):
+                return Span(low, high)
+        elif value:
+            return span(str(value))
     return None
 
 
+def clinical_date(resource: dict[str, Any]) -> datetime | None:
+    """Where the resource's date begins: what `_sort=date` orders by."""
+    found = clinical_span(resource)
+    return None if found is None or found.start == FAR_PAST else found.start
+
+
 def parse_instant(value: str) -> datetime:
-    """A FHIR date, dateTime or instant as an aware UTC datetime (a date is its midnight UTC)."""
-    try:
-        if len(value) == 4:
-            return datetime(int(value), 1, 1, tzinfo=UTC)
-        if len(value) == 7:
-            return datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=UTC)
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise SearchError(f"'{value}' is not a FHIR date or dateTime") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    """A FHIR date, dateTime or instant as an aware UTC datetime: where it begins (a date is its midnight UTC,
+    a year its first day)."""
+    return span(value).start
 
 
 @dataclass(frozen=True)
 class DateFilter:
+    """A date parameter's prefix and value, matched as FHIR R4 defines each prefix on ranges: `eq` the value's
+    range contains the resource's, `ne` it does not, `gt`/`lt` the resource's range reaches after/before it,
+    `ge`/`le` either of those or `eq`, `sa`/`eb` the resource's range lies wholly after/before it, `ap` it
+    overlaps the value widened by a tenth of the time between now and the value (the spec's suggestion)."""
+
     prefix: str
-    when: datetime
+    when: Span
 
     @classmethod
     def parse(cls, name: str, value: str) -> DateFilter:
         prefix = value[:2] if value[:2] in PREFIXES else "eq"
         raw = value[2:] if value[:2] in PREFIXES else value
         try:
-            return cls(prefix, parse_instant(raw))
+            return cls(prefix, span(raw))
         except SearchError as exc:
             raise SearchError(f"{name}: {exc.message}") from exc
 
-    def matches(self, value: datetime | None) -> bool:
+    def matches(self, value: Span | None) -> bool:
         if value is None:
             return False
-        compare = {"eq": value == self.when, "ne": value != self.when, "gt": value > self.when,
-                   "sa": value > self.when, "lt": value < self.when, "eb": value < self.when,
-                   "ge": value >= self.when, "le": value <= self.when}
-        if self.prefix == "eq" and self.when.time() == datetime.min.time():
-            return value.date() == self.when.date()  # a date means the whole day
-        return compare[self.prefix]
+        low, high = self.when.start, self.when.end
+        within = low <= value.start and value.end <= high
+        if self.prefix == "ap":
+            slack = abs(utcnow() - low) / 10
+            return value.start < high + min(slack, FAR_FUTURE - high) and value.end > low - min(slack, low - FAR_PAST)
+        return {"eq": within, "ne": not within, "gt": value.end > high, "lt": value.start < low,
+                "ge": value.end > high or within, "le": value.start < low or within,
+                "sa": value.start >= high, "eb": value.end <= low}[self.prefix]
 
 
 def _codes(resource: dict[str, Any], elements: tuple[str, ...]) -> set[str]:
@@ -113,9 +180,9 @@ class ClinicalQuery:
     """A parsed search on one clinical type, for one patient."""
 
     patient: str
-    code: str | None = None
-    category: str | None = None
-    status: str | None = None
+    codes: tuple[str, ...] = ()  # each given `code` must match (FHIR: repeated parameters are AND-ed)
+    categories: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
     dates: tuple[DateFilter, ...] = ()
     last_updated: tuple[DateFilter, ...] = ()
     count: int = 50
@@ -137,13 +204,20 @@ class ClinicalQuery:
         values: dict[str, list[str]] = {}
         for name, value in params:
             values.setdefault(name, []).append(value)
-        patient = (values.get("patient") or values.get("subject") or [""])[0].removeprefix("Patient/")
+        people = values.get("patient", []) + values.get("subject", [])
+        if len(people) > 1:
+            raise SearchError("give patient=<id> once: searches are per patient (patient and subject name the "
+                              "same, and two patients are never searched together)")
+        patient = (people or [""])[0].removeprefix("Patient/")
         if not patient:
             raise SearchError("give patient=<id>: searches are per patient")
+        for name in ("_count", "_offset", "_sort"):
+            if len(values.get(name, [])) > 1:
+                raise SearchError(f"{name}: give it once, not more than once")
         query = cls(patient=patient)
-        query.code = _first(values, "code")
-        query.category = _first(values, "category")
-        query.status = _first(values, "status")
+        query.codes = tuple(values.get("code", []))
+        query.categories = tuple(values.get("category", []))
+        query.statuses = tuple(values.get("status", []))
         query.dates = tuple(DateFilter.parse("date", v) for v in values.get("date", []))
         query.last_updated = tuple(DateFilter.parse("_lastUpdated", v) for v in values.get("_lastUpdated", []))
         query.count = _integer(values, "_count", 50, 1, 500)
@@ -159,18 +233,20 @@ class ClinicalQuery:
         return query
 
     def matches(self, resource: dict[str, Any]) -> bool:
-        if self.code and not _token_matches(resource, CODE_ELEMENTS, self.code):
+        if not all(_token_matches(resource, CODE_ELEMENTS, code) for code in self.codes):
             return False
-        if self.category and not _token_matches(resource, ("category", "class", "serviceType"), self.category):
+        if not all(_token_matches(resource, ("category", "class", "serviceType"), c) for c in self.categories):
             return False
-        if self.status and str(resource.get("status", "")) not in self.status.split(","):
-            clinical = resource.get("clinicalStatus") or {}
-            if not {c.get("code") for c in clinical.get("coding", [])} & set(self.status.split(",")):
+        clinical = {c.get("code") for c in (resource.get("clinicalStatus") or {}).get("coding", [])}
+        statuses = clinical | {str(resource.get("status", ""))}
+        if not all(statuses & set(status.split(",")) for status in self.statuses):
+            return False
+        if self.dates:
+            when = clinical_span(resource)
+            if not all(f.matches(when) for f in self.dates):
                 return False
-        if any(not f.matches(clinical_date(resource)) for f in self.dates):
-            return False
         updated = (resource.get("meta") or {}).get("lastUpdated")
-        return all(f.matches(parse_instant(updated) if updated else None) for f in self.last_updated)
+        return all(f.matches(span(updated) if updated else None) for f in self.last_updated)
 
     def select(self, resources: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
         """The page of matching resources, and whether there is a next page."""

@@ -60,9 +60,11 @@ class RegisteredClient(ClientMixin):
         return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
 
     def get_allowed_scope(self, scope: str | None) -> str:
-        """The requested scopes this client is registered for; others are dropped (RFC 6749 3.3)."""
+        """The requested scopes this client is registered for; others are dropped (RFC 6749 3.3), and so are
+        a user-facing app's write scopes, whatever it was registered for (`add_client`)."""
         registered = self.scope.split()
-        return " ".join(w for w in (scope or "").split() if any(scopes.covers(g, w) for g in registered))
+        return " ".join(w for w in (scope or "").split() if any(scopes.covers(g, w) for g in registered)
+                        and not (self.kind == PUBLIC and scopes.write_scopes(w)))
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in self.redirect_uris  # exact match: no prefix or pattern (RFC 9700 4.1.3)
@@ -143,6 +145,10 @@ def add_client(session: Session, fw: Framework, client_id: str, name: str, kind:
                                       where=where)
         if any(s.level == "system" for s in scopes.read_scopes(scope)):
             raise SharedcareError("--scope: system/ scopes are for backend clients", where=where)
+        if scopes.write_scopes(scope):
+            raise SharedcareError("--scope: a user-facing app is not given write scopes (an app one user approves "
+                                  "would be a feed no agreement names): register the organisation's system as a "
+                                  "backend client to write", where=where)
     elif kind == BACKEND:
         _check_backend(fw, organisation, role, jwks, scope, where)
     else:
@@ -177,6 +183,10 @@ def _check_backend(fw: Framework, organisation: str | None, role: str | None, jw
                               f"({', '.join(r for r, v in fw.roles.items() if not v.citizen)})", where=where)
     if any(s.level != "system" for s in scopes.read_scopes(scope)):
         raise SharedcareError("--scope: a backend client is given system/ scopes only", where=where)
+    if scopes.write_scopes(scope) and not framework_role.writes:
+        raise SharedcareError(f"--scope: the role {role} may not write to the record (the framework gives "
+                              f"clinical:record:write to {', '.join(r for r, v in fw.roles.items() if v.writes)}): "
+                              "register read scopes only", where=where)
     try:
         keys = KeySet.import_key_set(jwks or {})  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError, KeyError) as exc:

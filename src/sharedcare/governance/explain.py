@@ -302,6 +302,9 @@ def rules_in_words(fw: Framework) -> list[str]:
         "may see at all: what a role sees \"nothing\" of below stays hidden from it, even when its own "
         "organisation recorded it.",
     ]
+    writers = [r.label for r in fw.roles.values() if r.writes]
+    lines.append("Only " + (", ".join(writers) if writers else "no role") + " may add to or change the record "
+                 "(as their own organisation, through its systems); apps staff approve only read.")
     if fw.sensitive_codes_explain:
         kinds = "; ".join(f"{category.replace('_', ' ')}: {words}"
                           for category, words in fw.sensitive_codes_explain.items())

@@ -28,9 +28,11 @@ OrgKind = Literal[
     "care_home",
 ]
 SourceFormat = Literal["fhir", "hl7v2", "csv"]
-# Governance functions a role may be granted, named `area:subject:action` like audit actions.
+# What a role may do besides read, named `area:subject:action` like audit actions.
+WRITE_PERMISSION = "clinical:record:write"  # add to and change the record over FHIR, as its organisation
 PERMISSIONS = frozenset({"governance:review:work", "governance:audit:search", "governance:agreement:set",
-                         "governance:preference:view", "access:emergency", "identity:review:work"})
+                         "governance:preference:view", "access:emergency", "identity:review:work",
+                         WRITE_PERMISSION})
 ICD_10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-uk"})
 OPCS_4_SYSTEMS = frozenset({"http://fhir.nhs.net/CodeSystem/opcs-4", "http://fhir.nhs.uk/CodeSystem/opcs-4",
                             "https://fhir.nhs.uk/CodeSystem/opcs-4"})
@@ -119,6 +121,12 @@ class Role(_Strict):
 
     def tier(self, category: str) -> int:
         return self.tiers.get(category, 0)
+
+    @property
+    def writes(self) -> bool:
+        """Whether its staff (and systems registered as it) may write to the record: a token's write scopes
+        only narrow this, as read scopes narrow the tiers."""
+        return WRITE_PERMISSION in self.permissions
 
 
 class BasisRule(_Strict):
@@ -287,6 +295,9 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
         for permission in role.permissions:
             if permission not in PERMISSIONS:
                 problems.append((("roles", name, "permissions"), f"unknown permission '{permission}'"))
+        if role.writes and (role.citizen or "direct-care" not in role.purposes):
+            problems.append((("roles", name, "permissions"), f"'{WRITE_PERMISSION}' is for staff roles giving "
+                                                            "direct care: only they record care in the record"))
         if "direct-care" in role.purposes or role.citizen:
             for category in sorted(categories - set(role.tiers)):
                 problems.append((("roles", name, "tiers"), f"category '{category}' missing"))

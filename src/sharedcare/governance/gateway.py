@@ -701,10 +701,12 @@ class GovernedRecords:
         version's: a source can re-attribute a resource to another patient. Such versions are decided and
         audited against their own person, and left out unless that decision releases them; a refused
         one answers like a missing one. Nothing is shown unless the current version is released."""
+        # one answer for every 404 here, missing, refused or withheld: a vread that named the version only for
+        # a resource that exists told the reader of a record withheld from them (API security review 2026-12-07)
+        unseen = f"no {resource_type} {resource_id}" + (f" version {version}" if version is not None else "")
         current = run(self.session, _ONE_ROW, {"id": resource_id}).first()
         if current is None or current.resource_type != resource_type:
-            raise self._missing(AuditAction.RESOURCE_HISTORY, f"{resource_type}/{resource_id}",
-                                f"no {resource_type} {resource_id}")
+            raise self._missing(AuditAction.RESOURCE_HISTORY, f"{resource_type}/{resource_id}", unseen)
         person_id = current.person_id
         stmt, params = (_VERSIONS, {"id": resource_id}) if version is None else \
             (_ONE_VERSION, {"id": resource_id, "version": version})
@@ -717,22 +719,24 @@ class GovernedRecords:
                  for number, source_system, content, recorded_at, received_at, owner
                  in run(self.session, stmt, params)]
         own = [(number, row) for number, row in rows if row[9] == person_id]
-        current_released, served = self._history_of(person_id, resource_type, resource_id, own, version, current)
+        current_released, served = self._history_of(person_id, resource_type, resource_id, own, version, current,
+                                                    unseen)
         if current_released:
             others = sorted({row[9] for _, row in rows if row[9] not in (person_id, None)})
             for other in others:
                 theirs = [(number, row) for number, row in rows if row[9] == other]
-                served += self._history_of(other, resource_type, resource_id, theirs, version, None)[1]
+                served += self._history_of(other, resource_type, resource_id, theirs, version, None, unseen)[1]
         if not served:
             self.session.commit()  # the decisions' audit events must survive the error response
-            raise NotFound(f"no {resource_type} {resource_id}" + (f" version {version}" if version else ""))
+            raise NotFound(unseen)
         return [s for _, s in sorted(served, key=lambda pair: pair[0], reverse=True)]
 
     def _history_of(self, person_id: str, resource_type: str, resource_id: str, rows: list[tuple[int, StoredRow]],
-                    version: int | None, current: StoredRow | None) -> tuple[bool, list[tuple[int, ServedResource]]]:
+                    version: int | None, current: StoredRow | None,
+                    unseen: str) -> tuple[bool, list[tuple[int, ServedResource]]]:
         """One person's versions of a resource, decided and audited against that person: whether `current`
         (the resource's current row, when it is among them) was released, and the versions served. A
-        refusal is audited and committed; when `current` is given it is also raised (as NotFound)."""
+        refusal is audited and committed; when `current` is given it is also raised (as NotFound(`unseen`))."""
         basis, request = self._request(person_id)
         pairs = [(self._item(row), number) for number, row in rows]
         by_item = {id(item): (number, row) for (item, number), (_, row) in zip(pairs, rows, strict=True)}
@@ -743,7 +747,7 @@ class GovernedRecords:
             self._refuse(AuditAction.RESOURCE_HISTORY, person_id, decision, basis=basis.basis if basis else None,
                          resource=f"{resource_type}/{resource_id}", detail={"versions": ", ".join(asked)})
             if current is not None:
-                raise NotFound(f"no {resource_type} {resource_id}")
+                raise NotFound(unseen)
             return False, []
         current_released = current is None or any(by_item[id(rel.item)][1] is current for rel in decision.released)
         served = [(by_item[id(rel.item)][0], self._serve(person_id, by_item[id(rel.item)][1], rel.tier,

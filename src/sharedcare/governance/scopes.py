@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# v1 permissions read/write/*; v2 any of c, r, u, d, s in that order (".rs" = read and search).
+# v1 permissions read/write/*; v2 any of c, r, u, d, s in that order (".rs" = read and search: `r` alone reads by
+# id, `s` alone searches; v1 `read` is both).
 _RESOURCE = re.compile(r"^(user|patient|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)$")
 # Scopes that grant no data themselves: the EHR launch's context. (No standalone launch, OpenID Connect
 # or refresh tokens yet, so `launch/patient`, `openid`, `fhirUser` and `offline_access` are unknown.)
@@ -21,7 +22,8 @@ LEVELS = ("patient", "user", "system")
 class Scope:
     level: str  # patient | user | system
     resource_type: str  # "*" or a FHIR type
-    reads: bool  # whether it allows reading (v1 read or *, v2 r or s)
+    reads: bool  # whether it allows reading by id: read, vread, history (v1 read or *, v2 r)
+    searches: bool  # whether it allows searching: a type's search, $everything, Patient search (v1 read or *, v2 s)
     creates: bool  # whether it allows creating a resource (v1 write or *, v2 c)
     updates: bool  # whether it allows changing a held one, a withdrawal too (v1 write or *, v2 u; SMART lets an
     # update by PUT create a resource too: "upsert")
@@ -29,6 +31,11 @@ class Scope:
     @property
     def writes(self) -> bool:
         return self.creates or self.updates
+
+    @property
+    def retrieves(self) -> bool:
+        """Whether it allows reading in either way (by id or by search)."""
+        return self.reads or self.searches
 
 
 def parse(scope: str) -> Scope | None:
@@ -38,10 +45,10 @@ def parse(scope: str) -> Scope | None:
         return None
     permission = found.group(3)
     v2 = permission not in ("read", "write", "*")
-    reads = permission in ("read", "*") or (v2 and bool(set(permission) & {"r", "s"}))
-    creates = permission in ("write", "*") or (v2 and "c" in permission)
-    updates = permission in ("write", "*") or (v2 and "u" in permission)
-    return Scope(found.group(1), found.group(2), reads, creates, updates)
+    v1_read, v1_write = permission in ("read", "*"), permission in ("write", "*")
+    return Scope(found.group(1), found.group(2), reads=v1_read or (v2 and "r" in permission),
+                 searches=v1_read or (v2 and "s" in permission), creates=v1_write or (v2 and "c" in permission),
+                 updates=v1_write or (v2 and "u" in permission))
 
 
 def is_known(scope: str) -> bool:
@@ -49,7 +56,8 @@ def is_known(scope: str) -> bool:
 
 
 def read_scopes(scopes: str) -> list[Scope]:
-    return [s for s in (parse(word) for word in scopes.split()) if s is not None and s.reads]
+    """The scopes that allow reading, by id or by search."""
+    return [s for s in (parse(word) for word in scopes.split()) if s is not None and s.retrieves]
 
 
 def write_scopes(scopes: str) -> list[Scope]:
@@ -70,8 +78,9 @@ def covers(granted: str, wanted: str) -> bool:
         return True
     have, want = parse(granted), parse(wanted)
     return (have is not None and want is not None and have.level == want.level
-            and (want.reads or want.writes)
-            and (have.reads or not want.reads) and (have.creates or not want.creates)
+            and (want.retrieves or want.writes)
+            and (have.reads or not want.reads) and (have.searches or not want.searches)
+            and (have.creates or not want.creates)
             and (have.updates or not want.updates)
             and have.resource_type in ("*", want.resource_type)
             and (want.resource_type != "*" or have.resource_type == "*"))

@@ -2,10 +2,11 @@
 
 A partner system (or a user of one) writes only with a token carrying a write scope (`system/*.write`,
 `user/*.write`, or per type; SMART v2 `.c`/`.u` too), only for an organisation with a signed agreement in
-force that contributes FHIR, and only as that organisation: the token's organisation is the source stamped
-in `meta.source`, and a message that declares another is refused. What is allowed then goes through the
-same pipeline as a file (validation, provenance, identity linking, idempotence, event-time ordering,
-quarantine); nothing is written to the store here. Every write, and every refusal, is audited.
+force that contributes FHIR, only in a role the framework lets write (`clinical:record:write`: scopes
+narrow what a role may do, they never add to it), and only as that organisation: the token's organisation
+is the source stamped in `meta.source`, and a message that declares another is refused. What is allowed then
+goes through the same pipeline as a file (validation, provenance, identity linking, idempotence, event-time
+ordering, quarantine); nothing is written to the store here. Every write, and every refusal, is audited.
 
 What a write does is known only as it is stored, so two rules are checked then, in its own transaction,
 and a write that breaks one is undone and answered (`WriteRefused`): creating a resource needs a create
@@ -159,6 +160,9 @@ class Contributions:
         if organisation is None or "fhir" not in organisation.systems.values():
             raise self._refuse("deny-write-not-contributor", f"{org_code} is not set up in the sharing framework "
                                                              "to contribute FHIR data")
+        if not actor.role.writes:
+            raise self._refuse("deny-write-role", f"your role ({actor.role.label}) may not write to the shared "
+                                                  "record: the sharing framework gives that to clinical roles only")
         if data is None:
             return
         resources: list[dict[str, Any]] = [data]
