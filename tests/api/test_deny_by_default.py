@@ -56,7 +56,7 @@ def _calls(ics: Ics) -> list[tuple[str, str, str]]:
     """(method, route path, URL) for every route, path parameters naming Mr Okafor's record."""
     values = {"patient_id": ics.okafor, "person_id": ics.okafor, "resource_type": "Condition",
               "resource_id": "gp-c1", "version_id": "1", "group_id": "P81001", "job_id": "1",
-              "file_name": "Condition.ndjson", "item_id": "1", "org": "RXR", "status": "suspended",
+              "file_name": "Condition.ndjson", "item_id": "1", "review_id": "1", "org": "RXR", "status": "suspended",
               "consent_id": OKAFOR_NHS, "code_system_id": "withheld-reason"}
     calls = []
     for route in _routes(ics.client.app.router.routes):  # type: ignore[attr-defined]
@@ -78,7 +78,8 @@ def _body(method: str, path: str, ics: Ics) -> dict[str, Any]:
     return {"data": {"nhs_number": OKAFOR_NHS, "family": "Okafor", "birth_day": "2", "birth_month": "3",
                      "birth_year": "1945", "patient": ics.okafor, "basis": "explicit-consent",
                      "reason": "reviewing before the clinic", "change": "object-all", "status": "suspended",
-                     "outcome": "appropriate", "helped": "yes", "client_id": "rxr-epr"}}
+                     "outcome": "appropriate", "helped": "yes", "client_id": "rxr-epr", "decision": "link",
+                     "was": "open"}}
 
 
 ACTORS = ["no credentials", "a signed token naming no one", "a user without a signed agreement"]
