@@ -56,8 +56,24 @@ class Ics:
         note_file_agreements(state.database, framework, str(state.settings.framework_path))
         return PortalClient(create_app(state.settings, framework=framework, database=state.database))
 
+    def find(self, username: str, person: str | None = None) -> None:
+        """Search for the person as a clinician does before opening their record (FHIR Patient search, by an
+        NHS number their records carry, else by family name and date of birth)."""
+        with self.database.session() as s:
+            record = s.scalars(select(PatientRecord).where(PatientRecord.person_id == (person or self.okafor))
+                               .order_by(PatientRecord.nhs_number.is_(None), PatientRecord.id)).first()
+        assert record is not None, person
+        criteria = ({"identifier": record.nhs_number} if record.nhs_number
+                    else {"family": record.family or "", "birthdate": str(record.birth_date)})
+        response = self.client.post("/fhir/Patient/_search", data=criteria, headers=self.token(username))
+        assert response.status_code == 200, response.text
+
     def open_record(self, username: str, person: str | None = None, basis: str = "explicit-consent",
-                    reason: str = "") -> dict[str, str]:
+                    reason: str = "", *, found: bool = True) -> dict[str, str]:
+        """Record a basis, after finding the person by a search (`found`), or by the record's id alone (which
+        queues an "opened-by-id" review item)."""
+        if found:
+            self.find(username, person)
         headers = self.token(username)
         response = self.client.post(f"/api/access/{person or self.okafor}", json={"basis": basis, "reason": reason},
                                     headers=headers)

@@ -48,7 +48,7 @@ def test_a_read_with_an_operator_minted_token_is_marked_in_the_audit_the_ig_sear
     assert ics.client.post(f"/api/access/{ics.okafor}", json={"basis": "explicit-consent"},
                            headers=headers).status_code == 201
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).status_code == 200
-    own = ics.open_record("dr.patel")  # the GP's own token, as the portal's session is
+    own = ics.open_record("dr.patel", found=False)  # the GP's own token, as the portal's session is
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=own).status_code == 200
 
     with_minted, with_own = _reads(db)

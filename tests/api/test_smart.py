@@ -29,7 +29,7 @@ from sqlalchemy import select
 from tests.api.test_sign_in_floods import _sign_ins
 from tests.conftest import FRAMEWORK_PATH
 from tests.fhir_bundles import entries
-from tests.small_ics import Ics
+from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
 
 from sharedcare.api import oauth
@@ -42,7 +42,7 @@ from sharedcare.governance.agreements import set_agreement
 from sharedcare.governance.clients import add_client
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, SeenAssertion
+from sharedcare.store.models import AuditEntry, ReviewItem, SeenAssertion
 
 APP, REDIRECT, LAUNCH_URI = "ward-tasks", "https://tasks.example/callback", "https://tasks.example/launch"
 EPR = "rxr-epr"
@@ -423,6 +423,39 @@ def test_a_partner_backend_with_a_signed_assertion_reads_under_its_organisations
     assert basis.status_code == 201
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()
     assert any(e["resource"]["resourceType"] == "Condition" for e in entries(bundle))
+
+
+def _queued(db: Database) -> list[tuple[str, str, str]]:
+    with db.session() as s:
+        return [(i.kind, i.username, i.person_id) for i in s.scalars(select(ReviewItem).order_by(ReviewItem.id))]
+
+
+def test_an_ehr_launched_apps_reads_queue_nothing_for_ig(registered: Ics, db: Database) -> None:
+    """The launch supplies the patient, but no basis: an app may not record one, and the user recorded it in
+    the portal before launching, where it was judged (found by a search here: nothing queued). The app's reads
+    are the user's, after that, and add nothing to the queue however many there are."""
+    ics = registered
+    _sign_in(ics)
+    assert ics.client.post("/search", data={"nhs_number": OKAFOR_NHS}).status_code == 200
+    token = _app_token(ics)
+    for _ in range(3):
+        read = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=_bearer(token["access_token"]))
+        assert read.status_code == 200
+    assert _queued(db) == []
+
+
+def test_a_backend_opening_a_record_by_id_alone_is_queued_and_after_its_search_is_not(
+        registered: Ics, rsa_key: RSAKey, db: Database) -> None:
+    """A partner system finds a patient as a user does, by the NHS number its own records hold (a Patient search,
+    audited under its name); a basis for an id it did not find that way is queued like a user's."""
+    ics = registered
+    headers = _bearer(_backend_token(ics, _assertion(rsa_key)).json()["access_token"])
+    found = ics.client.post("/fhir/Patient/_search", data={"identifier": OKAFOR_NHS}, headers=headers)
+    assert found.status_code == 200 and entries(found.json())
+    for person in (ics.okafor, ics.stranger):
+        basis = ics.client.post(f"/api/access/{person}", json={"basis": "explicit-consent"}, headers=headers)
+        assert basis.status_code == 201
+    assert _queued(db) == [("opened-by-id", f"client:{EPR}", ics.stranger)]
 
 
 def test_an_es384_key_works_too(registered: Ics, db: Database, framework: Framework) -> None:

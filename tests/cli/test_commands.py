@@ -301,13 +301,18 @@ def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Databa
     fw = load_framework(FRAMEWORK_PATH)
     rows = csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout))
     person = next(rows)["person_id"]
-    with env.session() as s:
+    with env.session() as s:  # by the id alone (from the operator's export): no search by her found him
         GovernedRecords(s, fw, actor_for(fw, "dr.oconnor")).record_basis(person, "emergency", "collapsed in A&E")
-    (item,) = json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout)
+    item, by_id = json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout)
     assert (item["kind"], item["username"], item["overdue"]) == ("emergency", "dr.oconnor", False)
-    done = runner.invoke(app, ["audit", "outcome", str(item["id"]), "--outcome", "appropriate",
-                               "--note", "A&E attendance confirmed", "--by", "ig.morgan"])
-    assert done.exit_code == 0
+    assert (by_id["kind"], by_id["username"], by_id["patient_id"]) == ("opened-by-id", "dr.oconnor", person)
+    assert by_id["reason"].startswith("record opened by its id alone: no search by this user found the patient")
+    table = runner.invoke(app, ["audit", "review"], env={"COLUMNS": "400"}).stdout  # wide: one line a row
+    assert "opened-by-id" in table and "record opened by its id alone" in table
+    for each in (item, by_id):
+        done = runner.invoke(app, ["audit", "outcome", str(each["id"]), "--outcome", "appropriate",
+                                   "--note", "A&E attendance confirmed", "--by", "ig.morgan"])
+        assert done.exit_code == 0
     assert json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout) == []
     found = json.loads(runner.invoke(app, ["audit", "search", "--patient", person, "--json"]).stdout)
     assert {r["action"] for r in found} >= {"access:basis:record", "governance:review:outcome"}

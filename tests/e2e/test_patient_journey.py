@@ -59,10 +59,11 @@ def test_a_patient_sees_who_looked_and_stops_one_organisation_seeing_the_record(
     expect(row).to_contain_text("Paramedic")
     expect(row).to_contain_text("North Region Ambulance Service NHS Trust")
     expect(row).to_contain_text("confused, daughter not present")
-    expect(row).to_contain_text("recorded why they needed your record, then viewed your record")  # one visit
+    expect(row).to_contain_text("found you in a search, recorded why they needed your record, then viewed your "
+                                "record")  # one visit
     expect(patient.locator("tr", has_text="Carys Evans")).to_have_count(1)
-    row.get_by_text("See each recorded event (2)").click()  # every entry still there, inside the visit
-    expect(row.locator("li.sc-access")).to_have_count(2)
+    row.get_by_text("See each recorded event (3)").click()  # every entry still there, inside the visit
+    expect(row.locator("li.sc-access")).to_have_count(3)
     pages.check(patient)
     pages.shoot(patient, "patient-who-looked")
 

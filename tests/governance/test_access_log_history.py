@@ -153,7 +153,7 @@ def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was
     """A hospice record carrying Mr Okafor's NHS number in error is linked to him, then separated by IG:
     its person sees the looks at Mr Okafor's record made while it was part of it, not those from before it
     arrived, and never the reasons written about Mr Okafor; the IG officer's search by that person agrees."""
-    ics.open_record("dr.patel", basis="implied-consent", reason="Okafor phoned re his chest pain results")
+    ics.open_record("dr.patel", basis="implied-consent", reason="Okafor phoned re his chest pain results", found=False)
     path = write_ndjson(tmp_path / "hospice.ndjson", [bundle("NHR", "epr", [
         patient("NHR-77", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
         condition("nhr-c1", "Patient/NHR-77", "44054006", "Type 2 diabetes mellitus")])])
@@ -162,7 +162,7 @@ def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was
         hospice = s.scalars(select(PatientRecord).where(PatientRecord.source_id == "NHR-77")).one()
         assert hospice.person_id == ics.okafor
         record = hospice.id
-    ics.open_record("para.evans", reason="Okafor fell at home, ambulance crew on scene")
+    ics.open_record("para.evans", reason="Okafor fell at home, ambulance crew on scene", found=False)
     with db.session() as s:
         separate(s, record, by="ig.morgan", reason="another person's record, NHS number keyed in error")
     other = _person_of(db, record)
@@ -207,10 +207,10 @@ def test_when_the_wrong_record_came_first_the_person_who_stays_does_not_see_look
 
     hospice = ingest("hospice", "NHR", "epr", "NHR-12")
     person = _person_of(db, hospice)
-    ics.open_record("hospice.ward", person=person, reason="admitted for respite care this week")
+    ics.open_record("hospice.ward", person=person, reason="admitted for respite care this week", found=False)
     gp = ingest("gp", "P81001", "emis", "gp-adeyemi")
     assert _person_of(db, gp) == person
-    ics.open_record("dr.patel", person=person, reason="medication review before the clinic")
+    ics.open_record("dr.patel", person=person, reason="medication review before the clinic", found=False)
     with db.session() as s:
         separate(s, hospice, by="ig.morgan", reason="another person's record, NHS number keyed in error")
     assert _person_of(db, gp) == person

@@ -70,7 +70,7 @@ def test_only_roles_granted_it_can_work_the_review_queue_and_the_refusal_is_audi
 
 
 def test_an_ig_officers_audit_search_is_itself_audited(ics: Ics, framework: Framework) -> None:
-    ics.open_record("dr.patel")
+    ics.open_record("dr.patel", found=False)
     with _db(ics).session() as s:
         found = IgWorkspace(s, framework, actor_for(framework, "ig.morgan")).search(10, username="dr.patel")
         assert [e.action for e in found.entries] == ["access:basis:record"] and not found.more

@@ -158,8 +158,8 @@ def test_every_ig_page_is_refused_to_a_gp_and_the_refusal_is_audited(ics: Ics) -
 
 def test_the_audit_log_is_searched_by_user_organisation_patient_and_dates(ics: Ics,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
-    ics.open_record("dr.patel")
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present", found=False)
+    ics.open_record("dr.patel", found=False)
     _sign_in(ics)
     by_user = ics.client.post("/ig/audit", data={"user": "para.evans"}).text
     assert "1 event found" in by_user and "confused, daughter not present" in by_user
@@ -192,8 +192,8 @@ def test_an_audit_search_is_audited_with_what_was_searched_and_what_was_shown(
         ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
     """The search's own entry says what the officer asked for and how many entries the page showed (and
     which), never the one extra entry the page reads to know there are more."""
-    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
-    ics.open_record("dr.patel")
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present", found=False)
+    ics.open_record("dr.patel", found=False)
     _sign_in(ics)
     monkeypatch.setattr(ig, "FOUND", 1)
     assert "More than 1 event found" in ics.client.post("/ig/audit", data={"patient": ics.okafor}).text

@@ -18,7 +18,7 @@ from tests.small_ics import Ics
 from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
-from sharedcare.store.models import AuditEntry, PatientRecord
+from sharedcare.store.models import AuditEntry, PatientRecord, ReviewItem
 
 HOSPITAL = "Riverside University Hospitals NHS Trust"
 
@@ -187,6 +187,43 @@ def test_the_basis_form_says_so_when_it_cannot_say_whose_record_it_is(ics: Ics, 
     assert "Why are you opening this record?" in page.text
     text = _text(page.text)
     assert "Quill" not in text and "We cannot show you who this record belongs to" in text
+
+
+def _queued(ics: Ics) -> list[tuple[str, str]]:
+    with ics.database.session() as s:
+        return [(i.kind, i.username) for i in s.scalars(select(ReviewItem).order_by(ReviewItem.id))]
+
+
+def test_a_record_opened_by_its_id_alone_is_opened_and_queued_for_ig_once(ics: Ics) -> None:
+    """The form names no one for an id alone, and a basis is still recorded and the record opened (care is
+    not blocked); IG's queue gets one "opened-by-id" item, which neither opening the record again nor a
+    second basis within the 24 hours adds to. Once a basis is recorded the record's banner names the patient:
+    the user has said why they need the record, and IG now reviews it."""
+    _sign_in(ics, "para.evans")
+    form = _text(ics.client.get(f"/record/{ics.okafor}").text)
+    assert "OKAFOR" not in form and "We cannot show you who this record belongs to" in form
+    opened = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"})
+    assert opened.status_code == 200 and "OKAFOR, Emeka" in opened.text and "Why are you opening" not in opened.text
+    for page in ("", "/medicines", "/changes"):  # opened again, no new basis
+        assert ics.client.get(f"/record/{ics.okafor}{page}").status_code == 200
+    again = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"})
+    assert again.status_code == 200
+    assert _queued(ics) == [("opened-by-id", "para.evans")]
+
+    _sign_in(ics, "ig.morgan")
+    queue = _text(ics.client.get("/ig").text)
+    assert ("Record opened by its id, without a search: Carys Evans Open Who Carys Evans (para.evans) Role Paramedic "
+            "Organisation North Region Ambulance Service NHS Trust Patient OKAFOR, Emeka") in queue
+    assert "Why it was flagged record opened by its id alone: no search by this user found the patient" in queue
+
+
+def test_a_record_opened_from_a_search_in_the_portal_is_not_queued(ics: Ics) -> None:
+    _sign_in(ics, "para.evans")
+    ics.client.post("/search", data={"nhs_number": "9434765919"})
+    assert "OKAFOR, Emeka" in ics.client.get(f"/record/{ics.okafor}").text  # the form names him
+    opened = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"})
+    assert opened.status_code == 200 and "OKAFOR, Emeka" in opened.text
+    assert _queued(ics) == []
 
 
 def _searches(ics: Ics, person: str) -> list[str]:

@@ -176,7 +176,7 @@ def test_the_citizen_sees_their_whole_record_with_what_is_withheld_said_plainly(
 
 
 def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics) -> None:
-    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present", found=False)
     ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("para.evans"))
     ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.token("dr.patel"))  # refused: no basis
     _sign_in(ics.client)
@@ -466,7 +466,7 @@ def test_one_visit_is_one_line_saying_what_they_did_and_why_with_each_entry_insi
     found = ics.client.post("/fhir/Patient/_search", headers=headers,
                             data={"family": "okafor", "birthdate": "1945-03-02"})
     assert found.status_code == 200
-    ics.open_record("dr.patel", reason="review of care after discharge")
+    ics.open_record("dr.patel", reason="review of care after discharge", found=False)
     assert ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).status_code == 200
     _sign_in(ics.client)
     page = ics.client.get("/patient/accesses").text

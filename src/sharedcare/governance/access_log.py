@@ -39,6 +39,13 @@ ACTION_WORDS = {
     AuditAction.PREFERENCE_VIEW: "looked at your sharing choices",
     AuditAction.PREFERENCE_SET: "changed your sharing choices",
 }
+# A basis recorded by a user who had not found the person by a search, or read their record, in the last 24
+# hours (gateway.FOUND_BY, FOUND_WITHIN): the record was opened by its id alone (from a URL, a browser's
+# history, a log, or computed from a hospital number). The basis's audit entry says so in its decision detail
+# (`found: by-id`), the IG review queue has an item for it (review.OPENED_BY_ID), and both the IG audit search
+# and the citizen's list say it in words.
+FOUND_DETAIL, BY_ID = "found", "by-id"
+BY_ID_WORDS = "went straight to your record, without finding you in a search first"
 # Beside a look made with a token the service's operators issued in the person's name (`sharedcare token`):
 # the name is the account the look was made under, not proof that person looked. The citizen is told so, in
 # words, so that a question about it goes to the organisation knowing that; the operator's account on the
@@ -242,6 +249,8 @@ def describe(entry: AuditEntry) -> str:
     if action == AuditAction.RESOURCE_READ:
         resource = requested_resource(entry) or ""
         return ITEM_WORDS.get(resource.partition("/")[0], ACTION_WORDS[action])
+    if action == AuditAction.BASIS_RECORD and details(entry).get(FOUND_DETAIL) == BY_ID:
+        return f"{ACTION_WORDS[action]} ({BY_ID_WORDS})"
     return ACTION_WORDS.get(action, entry.action)
 
 

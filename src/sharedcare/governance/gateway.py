@@ -43,6 +43,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.fhir.lifecycle import entered_in_error
 from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
+from sharedcare.governance.access_log import BY_ID, FOUND_DETAIL
 from sharedcare.governance.agreements import FRAMEWORK_FILE, agreements_after, effective_agreements
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
@@ -62,7 +63,7 @@ from sharedcare.governance.policy import (
     count_alike,
     decide,
 )
-from sharedcare.governance.review import ON_REVIEW, OnReview, flag_access, on_review, standing
+from sharedcare.governance.review import FOUND_WITHIN, ON_REVIEW, OnReview, flag_access, on_review, standing
 from sharedcare.governance.unnamed import Unknown, unknown_services, unnamed
 from sharedcare.store.database import Prepared, json_loads, run
 from sharedcare.store.models import (
@@ -476,13 +477,22 @@ class GovernedRecords:
                                                          "clinician who may, or record another reason")
         if denied is not None:  # about the caller (an agreement, a purpose): said once the form is right
             raise self._refuse(AuditAction.BASIS_RECORD, person_id, denied)
+        # Opened by its id alone: no search that found the person, no read of their record, by this user in
+        # the last FOUND_WITHIN. A record id is no secret (UUIDv5 of a source's own id: anyone who knows a
+        # hospital number can compute one; URLs, browser histories, logs), so it is allowed (care is not
+        # blocked) but said in the audit and queued for IG (`review.OPENED_BY_ID`). An EHR launch is no
+        # exception to make: an app may not record a basis (above), the user records it in the portal before
+        # the launch, and the app's reads count as the user's reads afterwards. A backend client is not
+        # exempt either: it finds a patient as a user does, by a search (FHIR `Patient?identifier=`, audited
+        # under its own name), from the NHS number its own system holds; one that computes ids is this pattern.
+        by_id = not self._found_before(person_id)
         row = AccessBasis(username=self.actor.username, person_id=person_id, basis=basis, reason=reason,
                           granted_at=self.now, expires_at=self.now + timedelta(hours=rule.hours))
         self.session.add(row)
         seq = self._audit(AuditAction.BASIS_RECORD, "permit", person_id, basis=basis, reason=reason,
-                          rule_id="permit-basis")
+                          rule_id="permit-basis", detail={FOUND_DETAIL: BY_ID} if by_id else {})
         self.session.flush()
-        flag_access(self.session, self.fw, self.actor, person_id, basis, reason, seq, self.now)
+        flag_access(self.session, self.fw, self.actor, person_id, basis, reason, seq, self.now, by_id=by_id)
         self.session.flush()
         return row
 
@@ -878,17 +888,21 @@ class GovernedRecords:
         query_b64 = base64.b64encode(urlencode({"person_id": person_id}).encode()).decode()
         if self._search_refused(query_b64, AuditAction.PATIENT_IDENTIFY) is not None:
             return None
-        found_before = self.session.execute(select(AuditEntry.seq).where(
-            AuditEntry.patient_id == person_id, AuditEntry.username == self.actor.username,
-            AuditEntry.outcome == "permit", AuditEntry.action.in_(FOUND_BY), AuditEntry.recorded_at
-            >= self.now - FOUND_WITHIN).limit(1)).first() is not None
-        match = self._visible_match(person_id, _ANYONE) if found_before else None
+        match = self._visible_match(person_id, _ANYONE) if self._found_before(person_id) else None
         if match is not None:
             self._audit(AuditAction.PATIENT_IDENTIFY, "permit", person_id, detail={"query": query_b64})
         else:
             self._audit(AuditAction.PATIENT_IDENTIFY, "permit", None, detail={"query": query_b64, "results": "0"})
         self.session.commit()
         return match
+
+    def _found_before(self, person_id: str) -> bool:
+        """Whether the audit shows this actor found this person by a search, or read their record, in the last
+        FOUND_WITHIN: whether they know who the person is other than by the record's id."""
+        return self.session.execute(select(AuditEntry.seq).where(
+            AuditEntry.patient_id == person_id, AuditEntry.username == self.actor.username,
+            AuditEntry.outcome == "permit", AuditEntry.action.in_(FOUND_BY), AuditEntry.recorded_at
+            >= self.now - FOUND_WITHIN).limit(1)).first() is not None
 
     def _visible_match(self, person_id: str, wanted: _Criteria) -> PatientMatch | None:
         """The person as this actor may find them: only through source records whose record of who the person
@@ -985,8 +999,8 @@ class _Criteria:
 # What shows a user who someone is: a search that found them, a read of their record (its banner). `identify`
 # names a person only to a user the audit shows one of these for, this recently; its own entries
 # (PATIENT_IDENTIFY) are not among them, so the form cannot keep the window open by itself.
+# (FOUND_WITHIN is review.py's: a basis recorded with neither queues an "opened-by-id" item, once in it.)
 FOUND_BY = (AuditAction.PATIENT_SEARCH, AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ)
-FOUND_WITHIN = timedelta(hours=24)
 
 
 @dataclass(frozen=True)

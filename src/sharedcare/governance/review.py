@@ -56,6 +56,15 @@ from sharedcare.store.models import IS_PATIENT, AccessBasis, LinkMove, PatientRe
 Outcome = Literal["appropriate", "investigate"]
 NEW_SOURCE_RECORD = "new-source-record"
 REGISTRATION_CONFLICT = "registration-conflict"
+# A basis recorded by a user who had neither found the person by a search nor read their record in the last
+# FOUND_WITHIN (the audit says: gateway.FOUND_BY): the record was opened by its id alone. A record id is no
+# secret (a UUIDv5 of a source's own id, which anyone who knows a hospital number can compute; URLs, browser
+# histories, logs), and explicit consent is not queued for its own sake, so without this item no IG officer
+# would see it. Queued once for a user and person in FOUND_WITHIN, as the window `identify` names people in.
+OPENED_BY_ID = "opened-by-id"
+FOUND_WITHIN = timedelta(hours=24)
+OPENED_BY_ID_WORDS = (f"no search by this user found the patient, and they had not read the record, in the last "
+                      f"{FOUND_WITHIN.total_seconds() / 3600:g} hours")
 
 
 @dataclass(frozen=True)
@@ -75,8 +84,9 @@ class QueueItem:
 
 
 def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, basis: str, reason: str,
-                audit_seq: int, now: datetime) -> list[str]:
-    """Queue whatever about this access an IG officer should look at; returns the kinds queued."""
+                audit_seq: int, now: datetime, *, by_id: bool = False) -> list[str]:
+    """Queue whatever about this access an IG officer should look at; returns the kinds queued. `by_id`: the
+    user opened the record by its id alone (OPENED_BY_ID)."""
     kinds = []
     rule = fw.basis.get(basis)  # type: ignore[call-overload]
     if rule is not None and rule.review:
@@ -90,10 +100,16 @@ def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, b
     org = fw.organisation(actor.organisation)
     if org is not None and org.kind == "gp" and not _holds_record(session, actor.organisation, person_id):
         kinds.append("no-relationship")
+    if by_id and session.scalar(select(ReviewItem.id).where(  # one item in the window, however many bases
+            ReviewItem.kind == OPENED_BY_ID, ReviewItem.username == actor.username,
+            ReviewItem.person_id == person_id, ReviewItem.created_at > now - FOUND_WITHIN).limit(1)) is None:
+        kinds.append(OPENED_BY_ID)
     for kind in kinds:
         detail = reason if kind == basis else {
             "unusual-volume": f"more than {fw.review.patients_per_hour} patients' records opened in an hour",
             "no-relationship": f"{actor.organisation} holds no record of this patient",
+            OPENED_BY_ID: f"record opened by its id alone: {OPENED_BY_ID_WORDS}. Check how they came by the id "
+                          "(a link, a browser's history, a log, or worked out from a hospital number)",
         }[kind]
         session.add(ReviewItem(kind=kind, username=actor.username, person_id=person_id, reason=detail,
                                audit_seq=audit_seq, created_at=now, status="open"))

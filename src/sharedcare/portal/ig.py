@@ -20,11 +20,11 @@ from sharedcare.api.deps import FrameworkDep, IgDep, people_only
 from sharedcare.clock import utcnow
 from sharedcare.export.jobs import ExportJobs
 from sharedcare.governance import explain
-from sharedcare.governance.access_log import Found, details, requested_resource
+from sharedcare.governance.access_log import BY_ID, FOUND_DETAIL, Found, details, requested_resource
 from sharedcare.governance.audit import SEQ_MOST, AuditAction, expanded, minted_by
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.review import QueueItem
+from sharedcare.governance.review import OPENED_BY_ID_WORDS, QueueItem
 from sharedcare.governance.workspace import DECISION_NEEDS_A_REASON, INVESTIGATION_NEEDS_A_NOTE
 from sharedcare.identity.links import LinkError
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -37,7 +37,8 @@ router = APIRouter(prefix="/ig", dependencies=[Depends(people_only), Depends(csr
 KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",
               "new-source-record": "New source record for an existing person",
-              "registration-conflict": "Competing GP registration"}
+              "registration-conflict": "Competing GP registration",
+              "opened-by-id": "Record opened by its id, without a search"}
 # Each audit action as the IG officer reads it: what the user (or the service) did, in words; the code stays
 # on the page, smaller, for `sharedcare audit search` and an exported log. Every action has words (a test
 # keeps it so): a new one shown as its code would be the page this replaced.
@@ -224,6 +225,8 @@ def _action_words(entry: Any, item: str | None) -> str:
     kind = (item or "").partition("/")[0]
     if action in (AuditAction.RESOURCE_READ, AuditAction.RESOURCE_HISTORY) and kind in ITEM_WORDS:
         words = f"{words}: {ITEM_WORDS[kind]}"
+    if action == AuditAction.BASIS_RECORD and details(entry).get(FOUND_DETAIL) == BY_ID:
+        words = f"{words}, having opened it by its id alone ({OPENED_BY_ID_WORDS})"
     return words[:1].upper() + words[1:]
 
 
