@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from tests.builders import SCT, bundle, condition, document, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
 from tests.ingest.test_csv_extract import _extract, _lrc, _row
-from tests.small_ics import Ics
+from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.governance.classify import classification_key, classify, reclassify
 from sharedcare.governance.framework import Framework
@@ -173,3 +173,42 @@ def test_every_category_is_stored_as_the_framework_says_whether_staged_in_a_work
         assert org is not None
         assert (row.category, row.category_key) == (classify(row.content, org.kind, framework),
                                                     classification_key(framework))
+
+
+HYPERTENSION = "http://snomed.info/sct|38341003"
+
+
+def test_a_correction_committed_while_reclassify_works_keeps_the_category_its_writer_gave_it(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Concurrency review of 2026-12-07 (HIGH): reclassify read a batch, then wrote each category worked out
+    from what it had read. A practice's correction committed in between (its diabetes entry corrected to a
+    code the new framework makes sensitive) was overwritten with the old content's category under the
+    current key, which every read trusts: the paramedic read it. The correction is made here from inside
+    reclassify's first write, as a feed committing at that moment would."""
+    from sqlalchemy import event
+
+    changed = framework.model_copy(update={"sensitive_codes": {
+        **framework.sensitive_codes, "sexual_health": [*framework.sensitive_codes["sexual_health"], HYPERTENSION]}})
+    corrected: list[bool] = []
+
+    def correct_first(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if not corrected and statement.lstrip().upper().startswith("UPDATE RESOURCES SET CATEGORY"):
+            corrected.append(True)
+            gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+                                           condition("gp-c1", "Patient/gp-okafor", "38341003", "Hypertension")],
+                        timestamp="2026-11-30T09:00:00Z")
+            report = Pipeline(db, changed).ingest_paths([write_ndjson(tmp_path / "corrected.ndjson", [gp])])
+            assert report.quarantined == 0, report.quarantine
+
+    event.listen(db.engine, "before_cursor_execute", correct_first)
+    try:
+        with db.session() as session:
+            reclassify(session, changed)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", correct_first)
+    assert corrected
+    with db.session() as session:
+        row = session.scalars(select(Resource).where(Resource.source_id == "gp-c1")).one()
+        assert row.content["code"]["coding"][0]["code"] == "38341003"
+        assert (row.category, row.category_key) == ("sexual_health", classification_key(changed))
+    assert HYPERTENSION not in _conditions_seen(db, changed, "para.evans", ics.okafor)

@@ -160,20 +160,27 @@ def classification_key(fw: Framework) -> str:
 def reclassify(session: Session, fw: Framework, batch: int = 1000) -> int:
     """Store the current category of every resource whose stored one is missing or stale (after a
     framework or rules change); returns how many were updated. Reads are correct without this; it
-    makes them fast again."""
+    makes them fast again.
+
+    Each category is written only onto the version it was worked out from: a feed's correction committed
+    between a batch's read and its write has been classified by its writer, and is left as stored (the
+    next pass takes it if its key is stale). Until 2026-12-07 the write overwrote it: an ambulance
+    Condition corrected from pneumonia to HIV infection during a reclassify was stored as summary under the
+    current key, which every read then trusts, and the paramedic read it (concurrency review)."""
     key = classification_key(fw)
     updated = 0
     while True:
-        rows = session.execute(select(Resource.id, Resource.content, Resource.source_org).where(
+        rows = session.execute(select(Resource.id, Resource.version, Resource.content, Resource.source_org).where(
             (Resource.category_key != key) | Resource.category_key.is_(None)).limit(batch)).all()
         if not rows:
             return updated
-        for resource_id, content, source_org in rows:
+        for resource_id, version, content, source_org in rows:
             org = fw.organisation(source_org)
-            session.execute(update(Resource).where(Resource.id == resource_id).values(
-                category=classify(content, org.kind if org else "unknown", fw), category_key=key))
+            written = session.execute(update(Resource).where(Resource.id == resource_id, Resource.version == version)
+                                      .values(category=classify(content, org.kind if org else "unknown", fw),
+                                              category_key=key))
+            updated += written.rowcount  # type: ignore[attr-defined]
         session.commit()
-        updated += len(rows)
 
 
 def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
