@@ -184,7 +184,7 @@ def test_a_hospitals_merge_of_its_record_of_one_patient_into_anothers_never_show
     assert "source merge:" in shown.output and "holds records of P81001 too" in shown.output
     with db.session() as s:  # the reviewer: two people
         [item] = s.scalars(select(MatchReview))
-        decide(s, item.id, "separate", by="mpi.reviewer")
+        decide(s, item.id, "separate", by="mpi.reviewer", reason="Mr Nowak is not Mrs Adeyemi")
     assert _people(db) == before
 
 
@@ -241,7 +241,7 @@ def test_a_hospitals_merge_of_its_registered_record_into_a_temporary_one_waits_f
     assert [held["where"] for held in report.merges_held] == [f"{merge}, message 1 (MSH-10 M3), MRG-1"]
     with db.session() as s:
         [item] = s.scalars(select(MatchReview))
-        decide(s, item.id, "link", by="mpi.reviewer")
+        decide(s, item.id, "link", by="mpi.reviewer", reason="the PAS merged its own duplicate")
     people = _people(db)
     assert people["RXR/H100"] == people["RXR/T555"] == people["P81001/okafor"]
 
