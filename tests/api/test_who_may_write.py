@@ -11,8 +11,8 @@ import json
 
 import pytest
 from joserfc.jwk import KeySet, RSAKey
-from sqlalchemy import select
 from tests.api import test_smart as smart
+from tests.api.test_fhir_write import _write_events
 from tests.builders import condition
 from tests.fhir_bundles import entries
 from tests.small_ics import Ics
@@ -25,7 +25,7 @@ from sharedcare.governance.clients import add_client
 from sharedcare.governance.explain import rules_in_words
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, OAuthClient
+from sharedcare.store.models import OAuthClient
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 WITHDRAWN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
@@ -41,14 +41,6 @@ def _diabetes_shown(ics: Ics) -> bool:
     bundle = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&code=44054006",
                             headers=ics.open_record("dr.oconnor")).json()
     return len(entries(bundle)) == 1
-
-
-def _write_events(db: Database) -> list[tuple[str, str]]:
-    with db.session() as s:
-        events = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")
-                           .order_by(AuditEntry.seq)).all()
-    return [(e.outcome, next((d["valueString"] for x in e.event["entity"] if x.get("name") == "decision"
-                              for d in x["detail"] if d["type"] == "rule"), "")) for e in events]
 
 
 def test_a_receptionist_with_a_write_token_cannot_withdraw_the_gps_diagnosis(ics: Ics, db: Database) -> None:

@@ -202,16 +202,22 @@ def test_a_hospitals_held_merge_names_no_nhs_number_it_did_not_send(
     assert _people(db) == before
 
 
-def test_a_hospitals_merge_of_its_temporary_record_into_the_registered_one_joins_it_to_the_gp_record(
-        db: Database, framework: Framework, tmp_path: Path) -> None:
-    """The merge a source makes alone: a temporary registration linked to no one (another address, a mistyped
-    birth year) retired into the hospital record of Mr Okafor, whom his GP knows too. Only it moves."""
+def _okafor_and_a_temporary_record(db: Database, framework: Framework, tmp_path: Path) -> dict[str, str]:
+    """Mr Okafor at his GP and the hospital (H100, linked), and a temporary hospital record T555 (another
+    address, a mistyped birth year) linked to no one; each record's person."""
     Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [bundle("P81001", "emis", [
         patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")])]), write_hl7(
         tmp_path / "pas-1.hl7", [admission("M1"), admission("M2", visit="V200", mrn="T555", nhs=None,
                                                              born="19540302",
                                                              address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])])
-    before = _people(db)
+    return _people(db)
+
+
+def test_a_hospitals_merge_of_its_temporary_record_into_the_registered_one_joins_it_to_the_gp_record(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The merge a source makes alone: a temporary registration linked to no one (another address, a mistyped
+    birth year) retired into the hospital record of Mr Okafor, whom his GP knows too. Only it moves."""
+    before = _okafor_and_a_temporary_record(db, framework, tmp_path)
     assert before["RXR/H100"] == before["P81001/okafor"] != before["RXR/T555"]
 
     ack = _ack(db, framework, adt("A40", "M3", "20260112090000", pid(), "MRG|T555^^^RXR^MR"))
@@ -225,12 +231,7 @@ def test_a_hospitals_merge_of_its_registered_record_into_a_temporary_one_waits_f
     """The other way round: the PAS keeps the temporary number and retires the registered record, which is
     linked to the GP's. Which of the GP's records go with it is not the hospital's to say: held; the
     reviewer's link joins the persons."""
-    Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "gp.ndjson", [bundle("P81001", "emis", [
-        patient("okafor", GOOD_NHS, "Okafor", "Emeka", "1945-03-02", "male", "RV3 7QT")])]), write_hl7(
-        tmp_path / "pas-1.hl7", [admission("M1"), admission("M2", visit="V200", mrn="T555", nhs=None,
-                                                             born="19540302",
-                                                             address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")])])
-    before = _people(db)
+    before = _okafor_and_a_temporary_record(db, framework, tmp_path)
     temporary = pid(mrn="T555", nhs=None, born="19540302", address="2 Old Road^^Dalesby^^DL21 4AB^GBR^H")
     merge = write_hl7(tmp_path / "pas-2.hl7", [adt("A40", "M3", "20260112090000", temporary, "MRG|H100^^^RXR^MR")])
 
