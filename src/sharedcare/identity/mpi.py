@@ -739,7 +739,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     id most of its records already had, so views and bookmarks stay stable. Records with too little
     to match on keep their own person, under review. The trained model is saved with the index (the
     one real-time matching uses from then on) and returned for the caller to write out. Every record that
-    changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known."""
+    changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known.
+    Clustering and moving hold the matching lock on every key, to the commit (`hold_every_key`)."""
     from sharedcare.identity.matching import BRIDGE, MIN_TRAINING_RECORDS, cluster, trained_model  # loads slowly
     from sharedcare.identity.model import MODEL_VERSION
 
