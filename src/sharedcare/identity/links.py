@@ -24,7 +24,6 @@ from sharedcare.governance.access_log import arrival_times
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.review import NEW_SOURCE_RECORD, flag_joined_registrations
 from sharedcare.identity.compare import features, levels, numbers_keep_apart
-from sharedcare.store.database import begin_write
 from sharedcare.store.models import (
     AccessBasis,
     LinkEvent,
@@ -116,7 +115,16 @@ def merge_persons(session: Session, keep: str, absorb: str, by: str, reason: str
     """Move every source record of `absorb` to `keep`: they are one person. Refused when a reviewer separated
     a pair with a record in each (until 2026-12-07 only a reviewer's link was checked): changing that is
     deciding the item again."""
+    _hold_links(session)
     return _merge(session, keep, absorb, by, reason)
+
+
+def _hold_links(session: Session) -> None:
+    """A person's decision on links waits for a relink in progress, and a relink for it (`mpi.hold_every_key`):
+    until 2026-12-07 a relink wrote over a decision made while it trained."""
+    from sharedcare.identity.mpi import hold_every_key  # mpi imports this module
+
+    hold_every_key(session)
 
 
 def _merge(session: Session, keep: str, absorb: str, by: str, reason: str, deciding: int | None = None) -> LinkEvent:
@@ -264,6 +272,7 @@ def unmerge(session: Session, event_id: int, by: str, reason: str = "") -> Unmer
     A reviewer's link whose records the unmerge parts (the merge was that link, or joined its records) is
     marked separate, by `by` for `reason` (required then): whoever undoes a link says the records are not
     one person, and a relink keeps a reviewer's link, so left "linked" it would join them again."""
+    _hold_links(session)
     event = session.get(LinkEvent, event_id)
     if event is None or event.kind != "merge":
         raise LinkError(f"no merge #{event_id}")
@@ -340,6 +349,7 @@ def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:
 
 def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEvent:
     """Take one source record out of its person into a person of its own (a link that was wrong)."""
+    _hold_links(session)
     record = session.get(PatientRecord, record_id)
     if record is None:
         raise LinkError(f"no source record {record_id}")
@@ -374,8 +384,8 @@ def decide(session: Session, review_id: int, decision: Decision, by: str, reason
     status as the reviewer read it, with a reason. `was`, whenever given, must still be its status. The item
     is read locked (PostgreSQL's row lock, SQLite's write transaction), so two reviewers deciding one pair
     at once decide one after the other and the second is refused: until 2026-12-07 both went through, the
-    pair left joined by one and marked separate by the other."""
-    begin_write(session)
+    pair left joined by one and marked separate by the other. A relink in progress is waited for (`_hold_links`)."""
+    _hold_links(session)
     review = session.scalars(select(MatchReview).where(MatchReview.id == review_id).with_for_update()
                              .execution_options(populate_existing=True)).first()
     if review is None:

@@ -263,24 +263,33 @@ def bound_m_probabilities(linker: Linker) -> None:
                 level.m_probability = min(1.0, u * 2.0 ** different)  # the same m/u as "different"
 
 
+def trained_model(records: list[MatchRecord]) -> dict[str, Any]:
+    """The model's JSON trained on these records (`train`), for `cluster` to score with: a relink trains
+    (the slow part, minutes at region scale) before it holds the matching lock, and clusters under it."""
+    with _database() as con:
+        return train(records, None, con)[1]
+
+
 def cluster(records: list[MatchRecord], decided_same: set[tuple[int, int]] | None = None,
             decided_different: set[tuple[int, int]] | None = None,
-            fallback: dict[str, Any] | None = None) -> Clustering:
+            fallback: dict[str, Any] | None = None, trained_on: dict[str, Any] | None = None) -> Clustering:
     """Train on these records, score candidate pairs and cluster them, under the safety rules.
 
     Fewer than MIN_TRAINING_RECORDS are too few to estimate anything from: they are scored with the
-    `fallback` model (the one in use) instead. Reviewers' decisions win over the model: pairs decided
-    the same person are linked, pairs decided different people are never linked, directly or through
-    another record (`_components`)."""
+    `fallback` model (the one in use) instead. `trained_on`: a model already trained on (nearly) these
+    records (`trained_model`), scored with as if trained here. Reviewers' decisions win over the model:
+    pairs decided the same person are linked, pairs decided different people are never linked, directly
+    or through another record (`_components`)."""
     decided_same, decided_different = ({(min(a, b), max(a, b)) for a, b in pairs or ()}
                                        for pairs in (decided_same, decided_different))
     if len(records) < 2:
         return Clustering({r.record_id: r.record_id for r in records}, {r.record_id: 1.0 for r in records})
-    trained = fallback is None or len(records) >= MIN_TRAINING_RECORDS
+    trained = trained_on is not None or fallback is None or len(records) >= MIN_TRAINING_RECORDS
     rows = [features(r) for r in records]
     with _database() as con:
-        if fallback is not None and not trained:
-            linker, saved = _linker(records, fallback, con, table(rows)), fallback
+        saved = trained_on if trained_on is not None else None if trained else fallback
+        if saved is not None:
+            linker = _linker(records, saved, con, table(rows))
         else:
             linker, saved = train(records, rows, con)
         model, weights = Model(saved), Weights.of(linker)

@@ -358,6 +358,18 @@ def hold_matching(session: Session, demos: Sequence[Demographics]) -> None:
     run(session, _LOCK_KEYS, {"keys": sorted(keys)})
 
 
+def hold_every_key(session: Session, alone: bool = False) -> None:
+    """Hold the matching lock on every key to the commit: `alone`, exclusively (a relink, which may move any
+    record: no ingest matches and no reviewer decides until it commits, and it waits for those under way),
+    else shared (a reviewer's decision, a merge, an unmerge: it waits for a relink, and a relink for it; ingest
+    holding keys one by one holds it shared too, so these two do not wait on each other). Taken before the
+    rows it changes are read or locked. SQLite: the write transaction from here on (`begin_write`)."""
+    if session.connection().dialect.name == "sqlite":
+        begin_write(session)
+        return
+    run(session, _LOCK_EVERY_KEY if alone else _SHARE_EVERY_KEY, {"key": _EVERY_KEY})
+
+
 def block_for(session: Session, demos: Sequence[Demographics], known: Sequence[Demographics] = ()) -> Block | None:
     """The stored records these new records may match, in one query (None when none can match), read once no
     other writer can be matching records that share a key with them (`hold_matching`). The keys of `known`,
@@ -713,6 +725,13 @@ class RelinkReport:
         return dict(self.__dict__)
 
 
+# What training needs of each record matched (`stored_match_record`).
+_MATCHED = select(PatientRecord.id, PatientRecord.source_org, PatientRecord.nhs_number, PatientRecord.given,
+                  PatientRecord.family, PatientRecord.birth_date, PatientRecord.gender, PatientRecord.postcode,
+                  PatientRecord.other_names, PatientRecord.postcodes, PatientRecord.phones, PatientRecord.email
+                  ).where(PatientRecord.link_method != "insufficient-data").order_by(PatientRecord.id)
+
+
 def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict[str, object]]:
     """Re-match every source patient record with the probabilistic model and move links to fit.
 
@@ -720,11 +739,21 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     id most of its records already had, so views and bookmarks stay stable. Records with too little
     to match on keep their own person, under review. The trained model is saved with the index (the
     one real-time matching uses from then on) and returned for the caller to write out. Every record that
-    changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known."""
-    from sharedcare.identity.matching import BRIDGE, cluster  # Splink loads slowly; ingest never needs it
+    changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known.
+    Clustering and moving hold the matching lock on every key, to the commit (`hold_every_key`)."""
+    from sharedcare.identity.matching import BRIDGE, MIN_TRAINING_RECORDS, cluster, trained_model  # loads slowly
     from sharedcare.identity.model import MODEL_VERSION
 
-    every = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)))
+    # Training only reads, and is the slow part: it runs on the records as they are now, with no lock, while
+    # ingest and reviewers go on. Clustering and every move are then made under the matching lock from what is
+    # committed by then: until 2026-12-07 they were made from the records and decisions read before training,
+    # and overwrote what committed meanwhile (a corrected record moved back, a reviewer's separate undone).
+    snapshot = [stored_match_record(r) for r in session.execute(_MATCHED)]
+    trained = trained_model(snapshot) if len(snapshot) >= MIN_TRAINING_RECORDS else None
+    del snapshot
+    hold_every_key(session, alone=True)
+    every = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)
+                                 .execution_options(populate_existing=True)))
     rows = [r for r in every if r.link_method != "insufficient-data"]
     report = RelinkReport(records=len(every), persons_before=len({r.person_id for r in every}),
                           not_matched_too_little_data=len(every) - len(rows), model_version=MODEL_VERSION)
@@ -737,7 +766,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     matched = {r.id for r in rows}
     result = cluster([stored_match_record(r) for r in rows],
                      decided_same=decided["linked"] | {p for p in kept.pairs if set(p) <= matched},
-                     decided_different=decided["separate"], fallback=current_model(session).json)
+                     decided_different=decided["separate"], fallback=current_model(session).json,
+                     trained_on=trained)
     by_id = {r.id: r for r in rows}
     members: dict[int, list[PatientRecord]] = {}
     for record_id, root in result.cluster_of.items():

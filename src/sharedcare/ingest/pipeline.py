@@ -86,7 +86,8 @@ _RESOURCES = [PreparedObjects(Resource, Resource.id.in_([bindparam(f"id{i}") for
               for k in range(_SIZES)]
 # The look-ups every run makes, built once: building a statement costs about as much again as running it.
 _RECORDS = select(PatientRecord).where(PatientRecord.source_org == bindparam("org"),
-                                       PatientRecord.source_id.in_(bindparam("ids", expanding=True)))
+                                       PatientRecord.source_id.in_(bindparam("ids", expanding=True))
+                                       ).execution_options(populate_existing=True)  # read again: as now
 # The Patients other organisations hold of a person, looked up for each new registration claim (most GP
 # Patients): prepared, so the practices among them are picked here rather than by an IN list in the query.
 _OTHER_ORGS_PATIENTS = Prepared(
@@ -388,7 +389,10 @@ class Pipeline:
                        if (staged.source_org, source_id) not in records]
                 known = [demo for staged in messages for source_id, demo in staged.patients.items()
                          if (staged.source_org, source_id) in records]
-                run = _Run(self._existing(session, ids), records, block_for(session, new, known))
+                block = block_for(session, new, known)
+                if records:  # as committed once the keys are held: a relink or a reviewer may have moved one since
+                    _patient_records(session, set(records))
+                run = _Run(self._existing(session, ids), records, block)
                 for raw, staged in batch:
                     if isinstance(staged, MessageError):
                         stored.append((raw, staged, (0, 0, 0)))
@@ -600,8 +604,8 @@ class Pipeline:
         records: dict[str, PatientRecord] = {}
         if run is None:  # (a run holds its patients' keys from its start: `block_for`; a known patient's, as
             # a change to their record matches it again)
-            found = _patient_records(session, {(staged.source_org, source_id) for source_id in staged.patients})
             hold_matching(session, list(staged.patients.values()))
+            found = _patient_records(session, {(staged.source_org, source_id) for source_id in staged.patients})
         for source_id, demo in staged.patients.items():
             current = self._demographics_are_current(session, staged, source_id, existing)
             known = (staged.source_org, source_id)
