@@ -50,7 +50,7 @@ from sqlalchemy import event, func, select
 from sharedcare.api import fhir
 from sharedcare.api.app import create_app
 from sharedcare.api.auth import mint_token
-from sharedcare.api.deps import caller, governed_records
+from sharedcare.api.deps import Interaction, caller, governed_records
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, _digest, record_audit, to_audit_event
@@ -151,7 +151,7 @@ def http_reads(client: TestClient, headers: dict[str, str], people: list[str], r
     fw: Framework = app.state.framework
 
     @contextmanager
-    def ungoverned_records(request: Request) -> Iterator[GovernedRecords]:
+    def ungoverned_records(request: Request, interaction: Interaction | None = None) -> Iterator[GovernedRecords]:
         with db.session() as session:  # the same token check, in the same session, as the real one
             yield Ungoverned(session, fw, caller(request, app.state.settings, fw, session))
 
