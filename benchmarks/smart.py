@@ -38,7 +38,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.clients import add_client
 from sharedcare.governance.framework import load_framework
-from sharedcare.governance.tokens import is_revoked
+from sharedcare.governance.tokens import refusal
 from sharedcare.store.database import Database
 from sharedcare.store.models import RevokedToken
 
@@ -72,14 +72,14 @@ def main() -> None:
         with db.session() as session:
             session.add_all(RevokedToken(jti=str(uuid.uuid4()), revoked_at=utcnow(), expires_at=expires)
                             for _ in range(args.revoked))
-            add_client(session, fw, "bench", "Bench", "backend", organisation="RXR", role="acute_clinician",
+            add_client(session, fw, "bench", "Bench", "backend", by="bench", organisation="RXR", role="acute_clinician",
                        jwks=KeySet([key]).as_dict(private=False))
         token = mint_token(settings, fw, "dr.patel")
 
         def checked() -> None:
             claims = read_token(settings, token)
             with db.session() as session:
-                assert not is_revoked(session, claims)
+                assert refusal(session, claims, fw) is None
 
         baseline_check = _median_ms(args.runs, lambda: read_token(settings, token))
         with_revocation = _median_ms(args.runs, checked)
