@@ -220,7 +220,7 @@ def hl7_parsers(paths: list[str]) -> dict[str, float]:
     from sharedcare.ingest.hl7v2 import _decode, read_messages
 
     def every_field(raw: Any) -> None:
-        for segment in _decode(raw):
+        for segment in _decode(raw)[0]:  # (segments, whether UTF-8 was guessed)
             for number in range(1, len(segment.fields)):
                 segment.reps(number)
 
