@@ -182,15 +182,15 @@ class IgWorkspace:
         record's integrity, as `sharedcare mpi review` does): the permission is the decision, and the look-up
         is audited about each person shown, so the IG search and the citizen's "who looked" find it."""
         self._require("identity:review:work")
-        found = review_list.pending(self.session)
-        shown = review_list.ReviewList(found.pairs[:limit], found.held[:limit])
+        shown = review_list.pending(self.session, limit=limit)
         persons = sorted({r.person_id for p in shown.pairs for r in (p.a, p.b) if r.person_id}
                          | {r.person_id for r in shown.held if r.person_id})
         self._looked_up(AuditAction.MPI_REVIEW_VIEW, persons,
                         {"pairs": str(len(shown.pairs)), "held": str(len(shown.held)),
                          "records": " ".join(str(r) for r in shown.record_ids)})
+        waiting = review_list.waiting(self.session)
         self.session.commit()
-        return shown, len(found.pairs)
+        return shown, waiting
 
     def decide_pair(self, review_id: int, decision: Decision, reason: str, was: str) -> MatchReview:
         """A reviewer's decision on a pair, in their own name, with why (`links.decide`: audited, and later

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sharedcare.store.models import MatchReview, PatientRecord
@@ -72,11 +72,11 @@ class ReviewList:
         return sorted({r.id for p in self.pairs for r in (p.a, p.b)} | {r.id for r in self.held})
 
 
-def pending(session: Session, every: bool = False) -> ReviewList:
+def pending(session: Session, every: bool = False, limit: int | None = None) -> ReviewList:
     """Open and deferred pairs, oldest first (with `every`, decided and settled ones too), and the records held
-    for review on their own."""
+    for review on their own; with `limit`, the first `limit` of each (a page reads no more than it shows)."""
     shown = select(MatchReview) if every else select(MatchReview).where(MatchReview.status.in_(WAITING))
-    items = list(session.scalars(shown.order_by(MatchReview.id)))
+    items = list(session.scalars(shown.order_by(MatchReview.id).limit(limit)))
     records = {r.id: r for r in session.scalars(select(PatientRecord).where(PatientRecord.id.in_(
         [i.record_a for i in items] + [i.record_b for i in items])))}
     pairs = [Pair(i.id, i.status, round(i.probability, 4),
@@ -86,9 +86,15 @@ def pending(session: Session, every: bool = False) -> ReviewList:
                   {side: r.link_note or r.link_method or "" for side, r in (
                       ("a", records[i.record_a]), ("b", records[i.record_b])) if r.link_status == "review"},
                   i.evidence or {}) for i in items]
-    alone = [r for r in session.scalars(select(PatientRecord).where(PatientRecord.link_status == "review")
-                                        .order_by(PatientRecord.id)) if r.id not in records]
+    alone = [r for r in session.scalars(select(PatientRecord).where(PatientRecord.link_status == "review",
+                                                                    PatientRecord.id.not_in(records))
+                                        .order_by(PatientRecord.id).limit(limit))]
     return ReviewList(pairs, alone)
+
+
+def waiting(session: Session) -> int:
+    """How many pairs wait for a reviewer (open or deferred)."""
+    return session.scalar(select(func.count()).select_from(MatchReview).where(MatchReview.status.in_(WAITING))) or 0
 
 
 def describe(record: PatientRecord) -> str:

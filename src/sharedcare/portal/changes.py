@@ -102,8 +102,12 @@ def _new(served: ServedResource, since: date) -> bool:
     also when its source recorded it since (`_recorded_since`). A date given only to the year or month counts
     when any of it is on or after `since` (an onset "2026-11" may be 30 November): a reader is shown what may
     be new rather than not shown it."""
-    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since \
-        or bool(_recorded_since(served, since))
+    return _dated_since(served, since) or bool(_recorded_since(served, since))
+
+
+def _dated_since(served: ServedResource, since: date) -> bool:
+    """Whether the item's own date (else when its source recorded it) is on or after `since`."""
+    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since
 
 
 RECORDED_DATE_TYPES = {"Condition", "AllergyIntolerance"}  # the types whose `recordedDate` says when first recorded
@@ -114,8 +118,10 @@ def _recorded_since(served: ServedResource, since: date) -> str:
     if served.resource_type not in RECORDED_DATE_TYPES:
         return ""
     recorded = served.content.get("recordedDate")
-    day = day_of({"recordedDate": recorded}, last=True) if isinstance(recorded, str) else None
-    return recorded if day and day >= since and isinstance(recorded, str) else ""
+    if not isinstance(recorded, str):
+        return ""
+    day = day_of({"recordedDate": recorded}, last=True)
+    return recorded if day and day >= since else ""
 
 
 def _test_key(served: ServedResource) -> str:
@@ -189,7 +195,7 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
             for key, _title, types in SECTIONS:
                 if served.resource_type in types:
                     shown = row(served, fw, stale, told_again.get(id(served), ()))
-                    if not (day_of(served.content, last=True) or served.recorded_at.date()) >= since.day:
+                    if not _dated_since(served, since.day):
                         shown = replace(shown, recorded_since=_recorded_since(served, since.day))
                     block.sections.setdefault(key, []).append(shown)
         if not block.empty:
