@@ -812,6 +812,90 @@ def test_a_diagnosis_without_a_code_or_with_an_unknown_type_is_held_naming_the_f
     ], reasons
 
 
+def fields(name: str, **numbered: str) -> str:
+    """A segment from its numbered fields (`f6="D"` is field 6), the rest empty."""
+    values = {int(key[1:]): value for key, value in numbered.items()}
+    return "|".join([name] + [values.get(n, "") for n in range(1, max(values) + 1)])
+
+
+def test_an_a60_updates_the_allergy_list_and_iam_says_whether_an_allergy_is_confirmed(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """IAM (ADT^A60, the allergy list's update) was counted as set aside and dropped: a confirmed penicillin
+    anaphylaxis and a suspected latex allergy never reached the record. The allergy an AL1 sent is the one an
+    IAM updates (one allergy, whichever segment); IAM-6 "D" withdraws one; IAM-17 says whether it is
+    confirmed, and a suspected one stays on the list as unconfirmed."""
+    a01 = (admission().rstrip("\r") + "\rAL1|1|DA|764146007^Penicillin^SCT|MO|Rash"
+           + "\rAL1|2|DA|CODEINE^Codeine^L|MI|Nausea\r")
+    a60 = adt("A60", "PAS9", "20260111090000", pid(),
+              fields("IAM", f1="1", f2="DA", f3="764146007^Penicillin^SCT", f4="SV", f5="Anaphylaxis~Urticaria",
+                     f6="U", f7="ALG-77", f9="AL", f11="20100101", f13="20260111083000", f17="C"),
+              fields("IAM", f1="2", f2="EA", f3="LATEX^Latex^L", f5="Itching", f6="A", f9="AL", f17="S"),
+              fields("IAM", f1="3", f2="DA", f3="CODEINE^Codeine^L", f6="D"))
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01, a60])])
+    assert report.quarantined == 0 and not report.set_aside, (report.quarantine, report.set_aside)
+    allergies = {a["code"]["coding"][0]["code"]: a for a in _contents(db, "AllergyIntolerance").values()}
+    assert set(allergies) == {"764146007", "LATEX", "CODEINE"}  # the penicillin AL1 sent is updated, not doubled
+    penicillin = allergies["764146007"]
+    assert (penicillin["criticality"], penicillin["type"], penicillin["onsetDateTime"]) == ("high", "allergy",
+                                                                                           "2010-01-01")
+    assert [r["manifestation"][0]["text"] for r in penicillin["reaction"]] == ["Anaphylaxis", "Urticaria"]
+    assert penicillin["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert penicillin["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert penicillin["identifier"] == [{"value": "ALG-77"}]
+    assert penicillin["recordedDate"] == "2026-01-11T08:30:00+00:00"
+    latex = allergies["LATEX"]
+    assert (latex["verificationStatus"]["coding"][0]["code"], latex["category"]) == ("unconfirmed", ["environment"])
+    codeine = allergies["CODEINE"]
+    assert codeine["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+    assert "clinicalStatus" not in codeine  # FHIR ait-2: none on an allergy recorded in error
+
+
+def test_an_allergy_update_with_an_unknown_action_or_status_is_held_naming_the_field(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    def a60(control: str, **numbered: str) -> str:
+        return adt("A60", control, "20260111090000", pid(), fields("IAM", f1="1", **numbered))
+
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [
+        a60("PAS4", f2="DA", f6="A"),
+        a60("PAS5", f2="DA", f3="764146007^Penicillin^SCT", f6="Z"),
+        a60("PAS6", f2="DA", f3="764146007^Penicillin^SCT", f17="Q"),
+    ])])
+    reasons = sorted((q["where"].split("pas.hl7, ")[1], q["reason"]) for q in report.quarantine)
+    assert reasons == [
+        ("message 1 (MSH-10 PAS4), IAM-3", "no allergen (IAM-3): an allergy must say what to"),
+        ("message 2 (MSH-10 PAS5), IAM-6", "allergy action code 'Z' is not one of A, D, U, X (table 0323)"),
+        ("message 3 (MSH-10 PAS6), IAM-17",
+         "allergy clinical status 'Q' is not one of U, P, S, D, C, I, E (table 0438)"),
+    ], reasons
+    assert _count(db, PatientRecord) == 0
+
+
+def test_an_admissions_height_and_weight_are_stored_as_observations_of_the_visit(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """An ADT's OBX (a height or weight taken at admission: a drug dose is worked out from the weight) was
+    counted as set aside and dropped. It is an Observation of the visit, not a laboratory result, and the
+    next ADT's value for the same code updates it."""
+    def weight(kg: str, taken: str) -> str:
+        return fields("OBX", f1="2", f2="NM", f3="27113001^Body weight^SCT", f5=kg, f6="kg^kilogram^UCUM",
+                      f11="F", f14=taken)
+
+    height = fields("OBX", f1="1", f2="NM", f3="50373000^Body height^SCT", f5="1.72", f6="m^metre^UCUM", f11="F",
+                    f14="20260110093000")
+    a01 = admission().rstrip("\r") + "\r" + height + "\r" + weight("81.5", "20260110093000") + "\r"
+    a08 = adt("A08", "PAS9", "20260112090000", pid(), pv1(), weight("79.0", "20260112080000"))
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7", [a01, a08])])
+    assert report.quarantined == 0 and not report.set_aside, (report.quarantine, report.set_aside)
+    (encounter,) = _contents(db, "Encounter").values()
+    observations = {o["code"]["coding"][0]["display"]: o for o in _contents(db, "Observation").values()}
+    assert set(observations) == {"Body height", "Body weight"}
+    kg = observations["Body weight"]
+    assert kg["valueQuantity"]["value"] == 79.0 and kg["valueQuantity"]["code"] == "kg"
+    assert (kg["status"], kg["effectiveDateTime"]) == ("final", "2026-01-12T08:00:00+00:00")
+    assert kg["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+    assert "category" not in kg  # taken on the ward, not a laboratory result
+    assert observations["Body height"]["valueQuantity"]["value"] == 1.72
+
+
 def test_a_hospitals_icd10_hiv_diagnosis_sent_in_dg1_is_sexual_health(
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """Stored, a DG1 is classified by its ICD-10 code (framework 2026.12-5): the paramedic and the pharmacist

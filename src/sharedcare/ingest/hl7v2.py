@@ -57,7 +57,7 @@ _C1 = re.compile("[\x80-\x9f]")
 # ADT events and the Encounter status each sets; None: an update, whose status follows PV1's times.
 ADT_EVENTS: dict[str, str | None] = {
     "A01": "in-progress", "A02": "in-progress", "A04": "in-progress", "A05": "planned", "A03": "finished",
-    "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None,
+    "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None, "A60": None,
 }
 CONTROL_ID_CHARACTERS = 100  # as much of MSH-10 as the store keeps (each resource's message_id, String(100))
 SYSTEM_CHARACTERS = 40  # as much of MSH-3's application name as the store keeps (source_system, String(40))
@@ -346,39 +346,38 @@ def _adt(event: str, segments: list[Seg], msh: Seg, subject: Json, sender: Sende
     return [(pv1.label, hmap.encounter(pv1, ADT_EVENTS[event], visit, subject, sender, reopened=event == "A13"))]
 
 
-# Clinical segments an ADT may carry that the record does not map yet: counted in the report's `set_aside`
-# by segment name (as a Bundle's unkept resource types are), so their loss is seen, not silent
-ADT_CLINICAL_UNSTORED = frozenset({"IAM", "OBX"})
-
-
-def _listed(segments: list[Seg], name: str, base: str,
-            build: Callable[[Seg, str], Json]) -> list[tuple[str, Json]]:
-    """The resource of each `name` segment of an ADT's list (allergies, a visit's diagnoses or procedures),
-    each known by `base`, the segment and what it is about (its code, its words where it has none), so the
-    same item sent in the next ADT updates it (and "D" in its action code withdraws it); its set ID only
-    numbers the list. (AL1 was read and dropped, the message answered AA, until 2026-12-07; DG1 and PR1
-    were counted as set aside.)"""
+def _listed(segments: list[Seg], name: str, base: str, build: Callable[[Seg, str], Json],
+            known_as: str | None = None) -> list[tuple[str, Json]]:
+    """The resource of each `name` segment of an ADT's list (allergies, a visit's diagnoses, procedures and
+    observations), each known by `base`, the segment (or `known_as`) and what it is about (its code, its words
+    where it has none), so the same item sent in the next ADT updates it (and "D" in its action code withdraws
+    it); its set ID only numbers the list. (AL1 was read and dropped, the message answered AA, until
+    2026-12-07; DG1 and PR1 were counted as set aside, IAM and OBX until 2026-12-07 in the evening.)"""
     out: list[tuple[str, Json]] = []
     keys: Counter[str] = Counter()
     for seg in (s for s in segments if s.name == name):
-        key = f"{base}-{name}-{seg.get(3) or seg.get(3, 2).lower()}"
+        key = f"{base}-{known_as or name}-{seg.get(3) or seg.get(3, 2).lower()}"
         if len(key) > 56:  # the store keeps 64 characters of a source id, a repeat's suffix included
-            key = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+            key = f"{known_as or name}-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         keys[key] += 1
         out.append((seg.label, build(seg, key if keys[key] == 1 else f"{key}-{keys[key]}")))
     return out
 
 
 def _clinical_lists(segments: list[Seg], mrn: str, subject: Json, sender: Sender) -> list[tuple[str, Json]]:
-    """An ADT's allergies (the patient's), and its diagnoses and procedures (the visit's, PV1-19, when it
-    names one: the same code at another admission is another diagnosis)."""
+    """An ADT's allergies (the patient's: AL1, or IAM in an A60, one allergy whichever segment sent it), and
+    its diagnoses, procedures and observations such as a height or weight (the visit's, PV1-19, when it names
+    one: the same code at another admission is another item)."""
     pv1 = _first(segments, "PV1")
     visit = pv1.get(19) if pv1 else ""
     encounter_ref = sender.reference("Encounter", visit) if visit else None
     of_visit = f"{mrn}-{visit}" if visit else mrn
     return [*_listed(segments, "AL1", mrn, lambda seg, key: hmap.allergy(seg, key, subject)),
+            *_listed(segments, "IAM", mrn, lambda seg, key: hmap.allergy(seg, key, subject), known_as="AL1"),
             *_listed(segments, "DG1", of_visit, lambda seg, key: hmap.diagnosis(seg, key, subject, encounter_ref)),
-            *_listed(segments, "PR1", of_visit, lambda seg, key: hmap.procedure(seg, key, subject, encounter_ref))]
+            *_listed(segments, "PR1", of_visit, lambda seg, key: hmap.procedure(seg, key, subject, encounter_ref)),
+            *_listed(segments, "OBX", of_visit,
+                     lambda seg, key: hmap.observation(seg, None, key, [], subject, encounter_ref))]
 
 
 def _oru(segments: list[Seg], subject: Json, sender: Sender, raw: RawMessage) -> list[tuple[str, Json]]:
@@ -472,7 +471,6 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
             happened = (_not_future(evn, 2, hmap.stamp(evn, 2), received) if evn else None) or sent
             produced = [(pid.label, patient), *_adt(event, segments, msh, subject, sender),
                         *_clinical_lists(segments, mrn, subject, sender)]
-            staged.set_aside.update(seg.name for seg in segments if seg.name in ADT_CLINICAL_UNSTORED)
         elif (kind, event) == ("ORU", "R01"):
             # The lab's PID echoes the PAS registration without PD1 or NK1: it links the patient, but storing it
             # as the Patient would replace the PAS's fuller one (practice, next of kin) whenever a result is newer.

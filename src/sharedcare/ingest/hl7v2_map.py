@@ -426,33 +426,74 @@ _NO_KNOWN = {"NKA": ("716186003", "No known allergy"), "NKDA": ("409137002", "No
 _NO_KNOWN_WORDS = re.compile(r"no known (drug )?allerg", re.IGNORECASE)
 
 
-def allergy(al1: Seg, source_id: str, subject: Json) -> Json:
-    """AL1 as an AllergyIntolerance (the HL7 v2-to-FHIR mapping): AL1-3 the allergen, AL1-2 its category,
-    AL1-4 the criticality (and each AL1-5 reaction's severity), AL1-6 the onset. An ADT carries the
-    patient's allergy list; AL1 has no status, so each is active as sent."""
-    allergen = al1.reps(3)[0] if al1.reps(3) else []
+ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+# HL7 table 0323 (IAM-6, allergy action code): add, delete, update, no change; "D" withdraws the allergy
+_IAM_ACTIONS = ("A", "D", "U", "X")
+# HL7 table 0438 (IAM-17, allergy clinical status) to verification status: only a confirmed one reads as
+# confirmed; unconfirmed, pending, suspected and doubted ones stay on the list as unconfirmed (an allergy in
+# doubt is still shown: hiding it is the harm); "I" is confirmed but no longer active; "E" was recorded in error
+_IAM_STATUS = {"U": "unconfirmed", "P": "unconfirmed", "S": "unconfirmed", "D": "unconfirmed", "C": "confirmed",
+               "I": "confirmed", "E": "entered-in-error"}
+# HL7 table 0436 (IAM-9, sensitivity to causative agent) to AllergyIntolerance.type; an adverse reaction or a
+# contraindication is neither, so it has none
+_SENSITIVITY_TYPE = {"AL": "allergy", "FI": "intolerance", "IN": "intolerance"}
+
+
+def allergy(seg: Seg, source_id: str, subject: Json) -> Json:
+    """AL1 or IAM as an AllergyIntolerance (the HL7 v2-to-FHIR mapping). Both carry the allergen in field 3,
+    its type (category) in 2, the severity (criticality, and each reaction's severity) in 4 and the reactions
+    in 5. AL1 has no status, so each is active as sent, with AL1-6 its onset. IAM (ADT^A60, an allergy
+    list's update) adds its action (IAM-6 "D" withdraws it), its identifier (IAM-7), allergy or intolerance
+    (IAM-9), its onset (IAM-11), when it was reported (IAM-13) and whether it is confirmed (IAM-17)."""
+    allergen = seg.reps(3)[0] if seg.reps(3) else []
     if not any(allergen):
-        raise al1.error("no allergen (AL1-3): an allergy must say what to", 3, condition=Condition.REQUIRED_FIELD)
+        raise seg.error(f"no allergen ({seg.name}-3): an allergy must say what to", 3,
+                        condition=Condition.REQUIRED_FIELD)
     code, words = part(allergen, 1).upper(), part(allergen, 2)
     none_known = _NO_KNOWN.get(code) or (
         _NO_KNOWN["NKDA" if "drug" in words.lower() else "NKA"] if _NO_KNOWN_WORDS.match(words) else None)
-    severity = al1.get(4)
+    severity = seg.get(4)
     if severity and severity not in _ALLERGY_SEVERITY:
-        raise al1.error(f"allergy severity '{severity}' is not one of {', '.join(_ALLERGY_SEVERITY)} (table 0128)",
+        raise seg.error(f"allergy severity '{severity}' is not one of {', '.join(_ALLERGY_SEVERITY)} (table 0128)",
                         4, condition=Condition.TABLE_VALUE)
     criticality, reaction_severity = _ALLERGY_SEVERITY.get(severity, (None, None))
-    onset = stamp(al1, 6)
+    reported: Stamp | None = None
+    verification: str | None = None
+    kind: str | None = None
+    clinical: str | None = "active"
+    identifier: list[Json] = []
+    if seg.name == "IAM":
+        action, status = seg.get(6), seg.get(17)
+        if action and action not in _IAM_ACTIONS:
+            raise seg.error(f"allergy action code '{action}' is not one of {', '.join(_IAM_ACTIONS)} (table 0323)",
+                            6, condition=Condition.TABLE_VALUE)
+        if status and status not in _IAM_STATUS:
+            raise seg.error(f"allergy clinical status '{status}' is not one of {', '.join(_IAM_STATUS)} "
+                            "(table 0438)", 17, condition=Condition.TABLE_VALUE)
+        verification = "entered-in-error" if action == _DELETED else _IAM_STATUS.get(status)
+        # FHIR (ait-2): an allergy recorded in error has no clinical status
+        clinical = None if verification == "entered-in-error" else "inactive" if status == "I" else "active"
+        kind = _SENSITIVITY_TYPE.get(seg.get(9))
+        identifier = [{"value": seg.get(7)}] if seg.get(7) else []
+        onset, reported = stamp(seg, 11), stamp(seg, 13)
+    else:
+        onset = stamp(seg, 6)
     return compact({
         "resourceType": "AllergyIntolerance", "id": source_id, "meta": {"profile": [UK_CORE + "AllergyIntolerance"]},
-        "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]},
-        "category": [category] if (category := _ALLERGEN_CATEGORY.get(al1.get(2))) and not none_known else [],
+        "identifier": identifier,
+        "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": clinical}]} if clinical else None,
+        "verificationStatus": {"coding": [{"system": ALLERGY_VERIFICATION, "code": verification}]}
+        if verification else None,
+        "type": None if none_known else kind,
+        "category": [category] if (category := _ALLERGEN_CATEGORY.get(seg.get(2))) and not none_known else [],
         "criticality": None if none_known else criticality,
         "code": ({"coding": [{"system": SNOMED, "code": none_known[0], "display": none_known[1]}], "text": words}
                  if none_known else concept(allergen)),
         "patient": subject,
         "onsetDateTime": onset.fhir if onset else None,
+        "recordedDate": reported.fhir if reported else None,
         "reaction": [compact({"manifestation": [{"text": text}], "severity": reaction_severity})
-                     for text in al1.text(5).splitlines() if text.strip()] if not none_known else [],
+                     for text in seg.text(5).splitlines() if text.strip()] if not none_known else [],
     })
 
 
@@ -543,19 +584,22 @@ def report(obr: Seg, notes: list[str], results: list[Json], subject: Json, encou
     })
 
 
-def observation(obx: Seg, obr: Seg, source_id: str, notes: list[str], subject: Json,
+def observation(obx: Seg, obr: Seg | None, source_id: str, notes: list[str], subject: Json,
                 encounter_ref: Json | None) -> Json:
     """OBX as an Observation: code OBX-3, value OBX-5 by its type OBX-2 with units OBX-6, range OBX-7,
-    flags OBX-8, status OBX-11, taken OBX-14 (else OBR-7); the NTEs after the OBX are its notes."""
+    flags OBX-8, status OBX-11, taken OBX-14 (else OBR-7); the NTEs after the OBX are its notes. A result's
+    OBX follows its OBR (a laboratory result); an ADT's has none (a height or weight taken at admission), so
+    it is not called a laboratory one and is taken when OBX-14 says."""
     code = concept(obx.reps(3)[0]) if obx.reps(3) else None
     if code is None:
         raise obx.error("no observation code (OBX-3)", 3, condition=Condition.REQUIRED_FIELD)
     unit = obx.reps(6)[0] if obx.reps(6) else []
-    taken, reported = stamp(obx, 14) or stamp(obr, 7), stamp(obr, 22)
+    taken = stamp(obx, 14) or (stamp(obr, 7) if obr else None)
+    reported = stamp(obr, 22) if obr else None
     return compact({
         "resourceType": "Observation", "id": source_id, "meta": {"profile": [UK_CORE + "Observation"]},
         "status": _status(obx, 11, _RESULT_STATUS, "result status"),
-        "category": _laboratory(), "code": code, "subject": subject, "encounter": encounter_ref,
+        "category": _laboratory() if obr else [], "code": code, "subject": subject, "encounter": encounter_ref,
         "effectiveDateTime": taken.fhir if taken else None,
         "issued": reported.at.isoformat() if reported else None,
         **_value(obx, unit),
