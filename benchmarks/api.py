@@ -238,7 +238,7 @@ def wrk_load(base: str, headers: dict[str, str], paths: list[str], concurrency: 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"requests": requests, "errors": int(errors[1]) if errors else 0, "seconds": seconds,
             "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
-            "latency_p50": ms("50%"), "latency_p95": float("nan"), "latency_p99": ms("99%"), "generator": "wrk"}
+            "latency_p50": ms("50%"), "latency_p95": float("nan"), "latency_p99": ms("99%")}
 
 
 async def load(base: str, headers: dict[str, str], paths: list[str], concurrency: int,

@@ -76,7 +76,7 @@ def _by_person_id(self: Any, session: Any, scope: Any, pseudonymiser: Any, shard
 def _in_id_order() -> None:
     from sharedcare.governance.secondary import SecondaryUse
 
-    SecondaryUse._people = _by_person_id
+    SecondaryUse._people = _by_person_id  # type: ignore[method-assign]
 
 
 def _shard_in_id_order(task: Any, on_people: Any = None) -> Any:
@@ -350,7 +350,11 @@ def main() -> int:
             json.dump(ordered, sys.stdout, indent=2)
             sys.stdout.write("\n")
             return 0
-        exports, compared, singles, baselines, loads = [], [], [], [], []
+        exports: list[dict[str, Any]] = []
+        compared: list[dict[str, Any]] = []
+        singles: list[dict[str, Any]] = []
+        baselines: list[dict[str, Any]] = []
+        loads: list[float] = []
         for i in range(args.repeats):
             console.print(f"run {i + 1}/{args.repeats}: export{' and the compared export' if compare else ''}, "
                           f"one process, then baseline")

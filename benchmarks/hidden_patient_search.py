@@ -61,8 +61,8 @@ def main() -> int:
         with db.session() as session:
             rows = session.execute(select(PatientRecord.person_id, PatientRecord.nhs_number)
                                    .where(PatientRecord.nhs_number.is_not(None))).all()
-        held = {number for _, number in rows}
-        people = sorted({person: number for person, number in rows}.items())[:args.sample]
+        held = {number for _, number in rows if number}
+        people = sorted({person: number for person, number in rows if number}.items())[:args.sample]
         for person, _ in people:
             with db.session() as session:
                 CitizenWorkspace(session, fw, person).set_choice("object-org", READER_ORG)

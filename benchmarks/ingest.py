@@ -95,7 +95,7 @@ def _warm() -> None:
         get_fhir_model_class(name)
 
 
-def pipeline_run(url: str, paths: list[str]) -> dict[str, float]:
+def pipeline_run(url: str, paths: list[str]) -> dict[str, Any]:
     from sharedcare.governance.framework import load_framework
     from sharedcare.ingest.pipeline import Pipeline
     from sharedcare.store.database import Database
@@ -227,12 +227,13 @@ def hl7_parsers(paths: list[str]) -> dict[str, float]:
     raws = [raw for path in paths for raw in read_messages(Path(path))]
     texts = [raw.payload.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r") for raw in raws]
     out: dict[str, float] = {"messages": len(raws)}
-    for name, parse, items in (
+    parsers: tuple[tuple[str, Callable[[Any], object], list[Any]], ...] = (
         ("ours", _decode, raws),
         ("ours_every_field", every_field, raws),
         ("python_hl7", hl7.parse, texts),
         ("hl7apy", lambda t: parse_message(t, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False), texts),
-    ):
+    )
+    for name, parse, items in parsers:
         start = time.perf_counter()
         for item in items:
             parse(item)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 
 
-def _first_bundle(feeds: Path) -> dict:  # type: ignore[type-arg]
+def _first_bundle(feeds: Path) -> dict[str, Any]:
     """The first GP bundle in the ICS that carries an NHS number (so it links to its person)."""
     for path in sorted(feeds.glob("P8*/fhir/*.ndjson")):
         with path.open(encoding="utf-8") as handle:

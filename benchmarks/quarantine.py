@@ -20,6 +20,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import sqlalchemy
 from alembic import command
 from rich.console import Console
 from rich.table import Table
@@ -90,6 +91,7 @@ def main() -> int:
                  "reason": "PID-7: not a date", "payload": body, "received_at": received, "status": "held"}
                 for n in range(args.items) for org, fmt, body in [_body(n)]])
         table = Quarantine.__table__
+        assert isinstance(table, sqlalchemy.Table)  # (declared a FromClause)
         wall: dict[str, list[float]] = {"read every held body (baseline)": [], "upgrade 0021 -> 0022": []}
         keyed = 0
         for _ in range(args.rounds):

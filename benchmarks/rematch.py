@@ -55,6 +55,15 @@ def _timed(db: Database, record_id: int, call: Callable[[Session, PatientRecord]
     return elapsed * 1e6
 
 
+def _calls(same: Demographics, moved: Demographics) -> dict[str, Callable[[Session, PatientRecord], object]]:
+    """The four ways of storing a record again: as sent before, or with a moved postcode; matched again or not."""
+    return {
+        "resend": lambda s, rec: link_found_record(s, rec, rec.source_org, rec.source_id, same),
+        "resend_main": lambda s, rec: _update_record(s, rec, same, usable_nhs_number(same), problems(same)),
+        "update": lambda s, rec: _update_record(s, rec, moved, usable_nhs_number(moved), problems(moved)),
+        "rematch": lambda s, rec: link_found_record(s, rec, rec.source_org, rec.source_id, moved)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", type=Path)
@@ -74,11 +83,7 @@ def main() -> None:
         times: dict[str, list[float]] = {"resend": [], "resend_main": [], "update": [], "rematch": []}
         for i, r in enumerate(sample):
             same, moved = demographics(r), demographics(r, rng.choice(postcodes))
-            calls: dict[str, Callable[[Session, PatientRecord], object]] = {
-                "resend": lambda s, rec, d=same: link_found_record(s, rec, rec.source_org, rec.source_id, d),
-                "resend_main": lambda s, rec, d=same: _update_record(s, rec, d, usable_nhs_number(d), problems(d)),
-                "update": lambda s, rec, d=moved: _update_record(s, rec, d, usable_nhs_number(d), problems(d)),
-                "rematch": lambda s, rec, d=moved: link_found_record(s, rec, rec.source_org, rec.source_id, d)}
+            calls = _calls(same, moved)
             names = list(calls)
             for name in names[i % len(names):] + names[:i % len(names)]:
                 times[name].append(_timed(db, r.id, calls[name]))

@@ -73,7 +73,7 @@ def main() -> None:
             session.add_all(RevokedToken(jti=str(uuid.uuid4()), revoked_at=utcnow(), expires_at=expires)
                             for _ in range(args.revoked))
             add_client(session, fw, "bench", "Bench", "backend", by="bench", organisation="RXR", role="acute_clinician",
-                       jwks=KeySet([key]).as_dict(private=False))
+                       jwks=dict(KeySet([key]).as_dict(private=False)))
         token = mint_token(settings, fw, "dr.patel")
 
         def checked() -> None:
