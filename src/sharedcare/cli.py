@@ -13,8 +13,9 @@ import getpass
 import json
 import signal
 import sys
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import Database, unreachable, unreachable_reason
 
 if TYPE_CHECKING:
+    from sharedcare.governance.access_log import IngestRun
     from sharedcare.ingest.pipeline import IngestReport, Pipeline
     from sharedcare.tls import TlsSettings
 
@@ -340,6 +342,7 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Ingest feeds: accepted, unchanged and quarantined counts, with every quarantine reason."""
+    from sharedcare.ingest.csv_mapping import organisation_of
     from sharedcare.ingest.pipeline import Pipeline, expand_paths
 
     if fmt not in {"auto", "fhir", "hl7v2", "csv"}:
@@ -347,19 +350,17 @@ def ingest(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise _fail(f"no such file or folder: {', '.join(missing)}")
-    pipeline = Pipeline(_database(), _framework())
+    fw = _framework()
+    pipeline = Pipeline(_database(), fw)
     files = expand_paths(paths)
     total = sum(p.stat().st_size for p in files)
-    given = {"paths": " ".join(str(p) for p in paths), "files": str(len(files)), "source": source or ""}
-    try:
-        with _progress(transfer=True) as progress:
-            task = progress.add_task("ingesting", total=total)
-            report = pipeline.ingest_paths(paths, fmt=fmt, source=source,
-                                           progress=lambda n: progress.advance(task, n))
-    except BaseException as stopped:  # a run stopped part-way has stored what it committed: audit that it ran
-        _audit_ingest(pipeline, None, stopped=type(stopped).__name__, **given)
-        raise
-    _audit_ingest(pipeline, report, **given)
+    # whose data it is, as far as can be told before reading: --source, else the organisations' folders it is in
+    organisations = {source} if source else {organisation_of(str(p), fw.organisations) for p in files}
+    with _audited_run(pipeline, organisations, paths=" ".join(str(p) for p in paths), files=str(len(files)),
+                      source=source or "") as run, _progress(transfer=True) as progress:
+        task = progress.add_task("ingesting", total=total)
+        report = pipeline.ingest_paths(paths, fmt=fmt, source=source, progress=lambda n: progress.advance(task, n))
+    _audit_ingest(pipeline, report, **run)
     data = report.to_json()
     if as_json:
         _print_json(data)
@@ -381,12 +382,40 @@ def ingest(
         raise typer.Exit(1)
 
 
+@contextmanager
+def _audited_run(pipeline: Pipeline, organisations: Iterable[str | None], **given: str) -> Iterator[dict[str, str]]:
+    """A file ingest or a replay is audited as the operator's write (TRUST AU1) in two events naming one run id:
+    its start, committed before it writes anything, since each batch it stores is committed as it goes and a
+    run killed part-way (kill -9, the machine lost) writes no end; and its end (`_audit_ingest`), the caller's
+    to write with the report, or written here, as an error naming what stopped it, when the run raises. Both
+    name the operating-system account and the organisations whose data it is (the framework's of
+    `organisations`; the entry's organisation when there is one). Yields the details both events carry."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+
+    known = sorted(org for org in organisations if org in pipeline.framework.organisations)
+    run = {"run": uuid.uuid4().hex, "operator_account": _account(), "organisations": " ".join(known), **given}
+    with pipeline.db.session() as session:
+        record_audit(session, AuditRecord(
+            AuditAction.INGEST_START, "permit", OPERATOR, organisation=_sole(run["organisations"]),
+            purpose="direct-care", detail={k: v for k, v in run.items() if v}))
+    try:
+        yield run
+    except BaseException as stopped:  # a run stopped part-way has stored what it committed: audit that it ended
+        _audit_ingest(pipeline, None, stopped=type(stopped).__name__, **run)
+        raise
+
+
+def _sole(organisations: str) -> str | None:
+    """The organisation a run's events are on behalf of: the one whose data it is, if only one."""
+    return organisations if organisations and " " not in organisations else None
+
+
 def _audit_ingest(pipeline: Pipeline, report: IngestReport | None, **detail: str) -> None:
-    """A file ingest or a replay is audited as the operator's write (TRUST AU1), one event a run: what was
-    given, and the counts. Each stored resource names its message and source in its provenance, so the
-    event and the resources lead to each other; a listener's messages are audited one by one (mllp.py).
-    A run stopped part-way (`report` None: interrupted, the database gone) is audited as an error with
-    what stopped it, when the log can still be written; the error itself is the caller's to raise."""
+    """The end of a run begun by `_audited_run`, naming its run id: what was given, and the counts. Each stored
+    resource names its message and source in its provenance, so the events and the resources lead to each
+    other; a listener's messages are audited one by one, each in its own transaction (mllp.py). A run stopped
+    part-way (`report` None: interrupted, the database gone) is audited as an error with what stopped it, when
+    the log can still be written; the error itself is the caller's to raise."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     counts = {} if report is None else {name: str(getattr(report, name)) for name in (
@@ -395,7 +424,8 @@ def _audit_ingest(pipeline: Pipeline, report: IngestReport | None, **detail: str
         with pipeline.db.session() as session:
             record_audit(session, AuditRecord(
                 AuditAction.RECORD_WRITE, "permit" if report is not None else "error", OPERATOR,
-                purpose="direct-care", fhir_action="C" if report is None or report.accepted else "E",
+                organisation=_sole(detail.get("organisations", "")), purpose="direct-care",
+                fhir_action="C" if report is None or report.accepted else "E",
                 detail={k: v for k, v in detail.items() if v} | counts))  # E: it ran and wrote nothing
     except Exception:
         if report is not None:
@@ -587,10 +617,11 @@ def quarantine_replay(
 
     pipeline = Pipeline(_database(), _framework())
     try:
-        report = pipeline.replay(item_id, source)
+        with _audited_run(pipeline, {source}, replayed=str(item_id), source=source or "") as run:
+            report = pipeline.replay(item_id, source)
     except MessageError as exc:
         raise _fail(str(exc)) from exc
-    _audit_ingest(pipeline, report, replayed=str(item_id), source=source or "")
+    _audit_ingest(pipeline, report, **run)
     if as_json:
         _print_json(report.to_json())
     elif report.quarantined:
@@ -1482,6 +1513,51 @@ def audit_review(
                       f"{i.due_at:%Y-%m-%d %H:%M}" + (" OVERDUE" if i.overdue else "")
                       + (f", escalated {i.escalated_at:%Y-%m-%d %H:%M}" if i.escalated_at else ""), i.status)
     Console().print(table)
+
+
+@audit_app.command("runs")
+def audit_runs(
+    unfinished: Annotated[bool, typer.Option("--unfinished", help="Only runs that started and never finished.")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ingest and replay runs, newest first, from their audit entries: who ran each, on what, whose data, and
+    how it ended. A run that started and never finished was killed part-way (or is still running): what it
+    committed before is stored, and only its start names it."""
+    from sharedcare.governance.access_log import details, ingest_runs
+
+    with _database().session() as session:
+        rows = [_run_row(run, details(run.start), details(run.end) if run.end else {})
+                for run in ingest_runs(session) if not (unfinished and run.end)]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"Ingest runs{' not finished' if unfinished else ''}: {len(rows)} "
+                        f"({sum(not row['finished'] for row in rows)} started and never finished)")
+    for column in ("run", "started", "operator", "organisations", "given", "ended", "accepted", "verified"):
+        table.add_column(column, overflow="fold")
+    for row in rows:  # never finished in words too, as `feeds` says STALE: a log or a colour-blind reader
+        ended = ("NOT FINISHED (killed, or still running)" if not row["finished"] else
+                 f"{_utc(row['finished'])} " + (f"stopped ({row['stopped']})" if row["stopped"] else "finished"))
+        table.add_row(row["run"], _utc(row["started"]), _literal(row["operator_account"]), row["organisations"],
+                      _literal(row["paths"] or f"quarantine #{row['replayed']}"), ended, row["accepted"],
+                      row["verified"], style="yellow" if not row["finished"] else None)
+    Console().print(table)
+
+
+def _utc(recorded: str) -> str:
+    return f"{recorded[:19].replace('T', ' ')} UTC"
+
+
+def _run_row(run: IngestRun, started: dict[str, str], ended: dict[str, str]) -> dict[str, str]:
+    """One run of `audit runs`: what its start names, and how it ended (its end's counts), as text."""
+    given = ("operator_account", "organisations", "source", "paths", "files", "replayed")
+    counts = ("stopped", "messages", "accepted", "unchanged", "quarantined")
+    return {"run": run.run, "started": run.start.recorded_at.isoformat(), "start_seq": str(run.start.seq),
+            **{key: started.get(key, "") for key in given},
+            "finished": run.end.recorded_at.isoformat() if run.end else "",
+            "end_seq": str(run.end.seq) if run.end else "", "outcome": run.end.outcome if run.end else "unfinished",
+            **{key: ended.get(key, "") for key in counts}, "verified": "no" if run.unverified else "yes"}
 
 
 @audit_app.command("escalate")

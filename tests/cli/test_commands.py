@@ -236,9 +236,18 @@ def test_a_quarantined_bundle_is_listed_and_replayed_once_its_agreement_is_signe
                          .order_by(AuditEntry.seq)).all()
     assert [(details(r).get("replayed"), details(r)["accepted"]) for r in runs] == [
         (None, "0"), (str(held["id"]), "0"), (str(held["id"]), "1")]
+    start_and_end = ("clinical:ingest:start", "clinical:record:write")
+    with env.session() as s:  # each run's start was written before it, and names the run its end does
+        both = s.scalars(select(AuditEntry).where(AuditEntry.action.in_(start_and_end)).order_by(AuditEntry.seq)).all()
+    assert [(e.action, details(e)["run"]) for e in both] == [
+        (action, details(r)["run"]) for r in runs for action in start_and_end]
     assert json.loads(runner.invoke(app, ["quarantine", "list", "--json"]).stdout) == []
     again = runner.invoke(app, ["quarantine", "replay", str(held["id"])])
     assert again.exit_code == 2 and "no held quarantine item" in again.stderr
+    listed = json.loads(runner.invoke(app, ["audit", "runs", "--json"]).stdout)
+    assert [(r["replayed"], r["outcome"], r["stopped"], r["accepted"]) for r in listed] == [
+        (str(held["id"]), "error", "MessageError", ""), (str(held["id"]), "permit", "", "1"),
+        (str(held["id"]), "permit", "", "0"), ("", "permit", "", "0")]
 
 
 def test_a_replayed_message_is_dated_when_it_was_received_and_reported_stale_behind_a_newer_correction(
@@ -634,8 +643,10 @@ def test_an_ingest_run_stopped_part_way_is_audited_as_an_error_naming_what_stopp
     assert result.exit_code != 0
     with env.session() as s:
         (run,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:record:write")).all()
+        (started,) = s.scalars(select(AuditEntry).where(AuditEntry.action == "clinical:ingest:start")).all()
     assert (run.username, run.outcome, details(run)["stopped"], details(run)["files"]) == (
         "cli", "error", "KeyboardInterrupt", "1")
+    assert details(run)["run"] == details(started)["run"] and started.seq < run.seq
 
 
 def test_a_senders_markup_is_listed_literally_by_quarantine_list_ingest_and_mpi_review(

@@ -1,10 +1,14 @@
 """A kill -9 in the middle of an ingest loses nothing: ingesting the same input again afterwards leaves
 the store exactly as one clean run would (resources, patient records, who is linked with whom,
-quarantine), on SQLite and PostgreSQL. The ingest is the real `sharedcare ingest` in a subprocess.
+quarantine), on SQLite and PostgreSQL; and the run that was killed is in the audit log, started and never
+finished, though what it committed is stored. The ingest is the real `sharedcare ingest` in a subprocess.
 """
 
 from __future__ import annotations
 
+import errno
+import getpass
+import json
 import os
 import signal
 import subprocess
@@ -19,19 +23,59 @@ from sqlalchemy import func, select
 from tests.builders import bundle, condition, patient, write_ndjson
 
 import sharedcare
+from sharedcare.governance.access_log import details
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Quarantine, Resource
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource
 from sharedcare.synth import generate
 
 SRC = Path(sharedcare.__file__).resolve().parents[1]
 
 
 def _ingest(url: str, feeds: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SHAREDCARE_DB": url, "PYTHONPATH": str(SRC), "SHAREDCARE_INGEST_WORKERS": "2"}
-    return subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "ingest", str(feeds),  # noqa: S603
-                             "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _sharedcare(url, "ingest", str(feeds), "--json")
+
+
+def _sharedcare(url: str, *args: str, workers: int = 2, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SHAREDCARE_DB": url, "PYTHONPATH": str(SRC), "SHAREDCARE_INGEST_WORKERS": str(workers)}
+    return subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", *args],  # noqa: S603
+                            env=env, stdout=stdout, stderr=subprocess.DEVNULL)
+
+
+def _runs(url: str, *options: str) -> list[dict[str, str]]:
+    """`sharedcare audit runs --json`, as an IG officer or operator reads it."""
+    listed = _sharedcare(url, "audit", "runs", "--json", *options, stdout=subprocess.PIPE)
+    out, _ = listed.communicate(timeout=120)
+    assert listed.returncode == 0
+    return list(json.loads(out))
+
+
+def _cli_entries(db: Database) -> list[AuditEntry]:
+    """The audit entries the operator's commands wrote, in chain order."""
+    with db.session() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.username == "cli").order_by(AuditEntry.seq)))
+
+
+def _gp_feed(folder: Path) -> Path:
+    """One practice's FHIR file: two patients, one with a problem."""
+    return write_ndjson(folder / "P81001" / "fhir" / "emis-0001.ndjson", [
+        bundle("P81001", "emis", [patient("gp-1", "9434765919", "Okafor", "Emeka", "1945-03-02"),
+                                  condition("c1", "Patient/gp-1", "44054006", "Type 2 diabetes mellitus")]),
+        bundle("P81001", "emis", [patient("gp-2", None, "Hughes", "Margaret", "1952-06-11", gender="female")])])
+
+
+def _opened_when_read(fifo: Path, reader: subprocess.Popen[bytes]) -> int:
+    """`fifo` opened for writing once `reader` has opened it to read (until then there is no one to open it for)."""
+    deadline = time.monotonic() + 120
+    while reader.poll() is None and time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            time.sleep(0.05)
+    raise AssertionError(f"the ingest never came to read {fifo.name} (exit {reader.poll()})")
 
 
 def _resources(db: Database) -> int:
@@ -106,6 +150,59 @@ def test_an_ingest_killed_part_way_and_run_again_equals_one_clean_run(
     assert len(expected["quarantine"]) == 1
     for part_name in ("resources", "patient_records", "people", "quarantine"):
         assert after_crash[part_name] == expected[part_name], part_name
+
+
+def test_an_ingest_killed_after_its_first_commit_is_in_the_audit_log_as_started_and_never_finished(
+        db: Database, database_url: str, tmp_path: Path) -> None:
+    """The run stores its first file, committed, then waits on its second, a file still arriving (a named pipe
+    nothing is written to): killed there, it has written records and can write no end, every time."""
+    first = _gp_feed(tmp_path)
+    arriving = first.with_name("emis-0002.ndjson")
+    os.mkfifo(arriving)
+    killed = _sharedcare(database_url, "ingest", str(first), str(arriving), workers=0)  # read in order
+    writer = _opened_when_read(arriving, killed)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        os.close(writer)
+    assert _resources(db) == 3, "the first file was not committed before the kill"
+
+    (started,) = _cli_entries(db)  # committed before the run wrote anything; its end was never written
+    run = details(started)
+    assert (started.action, started.outcome, started.organisation) == ("clinical:ingest:start", "permit", "P81001")
+    assert len(run["run"]) == 32
+    assert (run["paths"], run["files"], run["organisations"], run["operator_account"]) == (
+        f"{first} {arriving}", "2", "P81001", getpass.getuser())
+    unfinished = _runs(database_url, "--unfinished")
+    assert [(r["run"], r["outcome"], r["finished"], r["paths"]) for r in unfinished] == [
+        (run["run"], "unfinished", "", run["paths"])]
+    assert _sharedcare(database_url, "audit", "verify").wait(timeout=120) == 0
+
+    # run again, it resumes: a run of its own, finished; the killed one stays started and never finished
+    arriving.unlink()
+    again = _sharedcare(database_url, "ingest", str(first), workers=0)
+    assert again.wait(timeout=120) == 0
+    assert [(r["outcome"], r["unchanged"]) for r in _runs(database_url)] == [("permit", "3"), ("unfinished", "")]
+    assert [r["run"] for r in _runs(database_url, "--unfinished")] == [run["run"]]
+
+
+def test_a_run_that_finishes_has_a_start_and_an_end_naming_one_run(
+        db: Database, database_url: str, tmp_path: Path) -> None:
+    _gp_feed(tmp_path / "feeds")
+    assert _sharedcare(database_url, "ingest", str(tmp_path / "feeds"), workers=0).wait(timeout=120) == 0
+    started, ended = _cli_entries(db)
+    assert (started.action, ended.action, ended.outcome) == ("clinical:ingest:start", "clinical:record:write", "permit")
+    assert started.recorded_at <= ended.recorded_at and started.organisation == ended.organisation == "P81001"
+    given, done = details(started), details(ended)
+    assert done["run"] == given["run"] and len(given["run"]) == 32
+    assert {k: done[k] for k in given} == given  # the end names all the start did: the paths, whose, who
+    assert (given["paths"], given["files"], done["accepted"], done["quarantined"]) == (
+        str(tmp_path / "feeds"), "1", "3", "0")
+    (listed,) = _runs(database_url)
+    assert (listed["run"], listed["outcome"], listed["accepted"], listed["start_seq"], listed["end_seq"]) == (
+        given["run"], "permit", "3", str(started.seq), str(ended.seq))
+    assert _runs(database_url, "--unfinished") == []
 
 
 def test_the_same_bad_message_ingested_twice_is_held_once(db: Database, framework: Framework, tmp_path: Path) -> None:

@@ -263,6 +263,35 @@ def details(entry: AuditEntry) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class IngestRun:
+    """An operator's ingest or replay run as the log holds it: the entry of its start and, once it ended, of its
+    end (its `cli` write, which names the same run); None for a run killed part-way, or still running."""
+
+    run: str
+    start: AuditEntry
+    end: AuditEntry | None
+    unverified: bool  # an entry of it whose hash is not the service's (`audit verify` names it)
+
+
+def ingest_runs(session: Session) -> list[IngestRun]:
+    """Every run whose start the log holds, newest first, each paired with its end by the run id both name. A
+    run's data is committed as it goes, so one with no end may have written records no other entry names."""
+    key = chain_key(session)
+    ends: dict[str, AuditEntry] = {}
+    runs: list[IngestRun] = []
+    ours = select(AuditEntry).where(AuditEntry.username == OPERATOR,
+                                    AuditEntry.action.in_((AuditAction.INGEST_START, AuditAction.RECORD_WRITE)))
+    for entry in session.scalars(ours.order_by(AuditEntry.seq.desc())):  # newest first: a run's end before its start
+        run = details(entry).get("run")
+        if run and entry.action == AuditAction.RECORD_WRITE:
+            ends[run] = entry
+        elif run:
+            end = ends.pop(run, None)
+            runs.append(IngestRun(run, entry, end, not all(entry_is_genuine(e, key) for e in (entry, end) if e)))
+    return runs
+
+
+@dataclass(frozen=True)
 class Access:
     """One line of a citizen's access log, in words."""
 

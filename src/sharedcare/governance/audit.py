@@ -64,6 +64,9 @@ class AuditAction(StrEnum):
     RESOURCE_READ = "clinical:resource:read"
     RESOURCE_HISTORY = "clinical:resource:history"
     RECORD_WRITE = "clinical:record:write"
+    # an operator's file ingest or replay began (cli.py `_audited_run`): committed before it writes anything, so a run
+    # killed part-way is in the log; its end is the `cli` write naming the same run
+    INGEST_START = "clinical:ingest:start"
     PATIENT_SEARCH = "clinical:patient:search"
     # the basis form named the person to the user (`GovernedRecords.identify`): not a search, and not a way to
     # find them again (gateway.FOUND_BY)
@@ -103,9 +106,9 @@ class AuditAction(StrEnum):
 
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
-ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
-                AuditAction.DEMO_START: "E", AuditAction.CHAIN_KEYED: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
-                AuditAction.MPI_REVIEW_DECIDED: "U",
+ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.INGEST_START: "E", AuditAction.TLS_REFUSED: "E",
+                AuditAction.CLOCK_CHECK: "E", AuditAction.DEMO_START: "E", AuditAction.CHAIN_KEYED: "E",
+                AuditAction.MPI_REVIEW_SETTLED: "U", AuditAction.MPI_REVIEW_DECIDED: "U",
                 # a relink is run; a merge, unmerge, decision or re-match changes which person a record is in
                 AuditAction.MPI_RELINK: "E", AuditAction.MPI_LINK_CHANGE: "U",
                 # IHE BALP: a query, and an operation such as $export, are executed

@@ -48,6 +48,7 @@ ACTION_WORDS = {
     AuditAction.RESOURCE_READ: "opened one item of the record",
     AuditAction.RESOURCE_HISTORY: "looked at earlier versions of one item of the record",
     AuditAction.RECORD_WRITE: "sent information to the shared record",
+    AuditAction.INGEST_START: "began sending files of information to the shared record (an ingest run)",
     AuditAction.PATIENT_SEARCH: "searched for a patient",
     AuditAction.PATIENT_IDENTIFY: "saw who the patient is on the form to record why they opened the record",
     AuditAction.DEMOGRAPHICS_READ: "saw the patient's name, date of birth and NHS number (reviewing an access)",
