@@ -1026,10 +1026,11 @@ class Pseudonymiser:
         if decoder is None:
             raise Unreadable(f"{resource_type} is not exported")
         links: list[Reference] = []
-        _state.links = links
-        _state.codings_withheld = _state.organisations_withheld = 0
+        state = _state
+        state.links = links
+        state.codings_withheld = state.organisations_withheld = 0
         try:
-            return Shaped(decoder.decode(text), links, _state.codings_withheld, _state.organisations_withheld)
+            return Shaped(decoder.decode(text), links, state.codings_withheld, state.organisations_withheld)
         except msgspec.ValidationError as exc:
             raise Unreadable(f"{resource_type}: {exc}") from exc
 
@@ -1061,7 +1062,8 @@ class Pseudonymiser:
                     status.coding = kept or None
         meta = resource.meta
         resource.meta = Meta(source=self.kept_source(meta.source if meta is not None else None), security=[_LABEL])
-        self.organisations_withheld += shaped.organisations_withheld
+        if shaped.organisations_withheld:
+            self.organisations_withheld += shaped.organisations_withheld
         resource.id = self._id(f"{resource.resourceType}/{server_id}")
         if isinstance(resource, MedicationStatement) and resource.extension:
             resource.extension = [e for e in resource.extension if e.url in KEPT_EXTENSIONS] or None
@@ -1087,7 +1089,8 @@ class Pseudonymiser:
                 kept = (f"{ODS_SYSTEM}|{parts[0]}", 0)
             if len(self._sources) < 1024:  # a store holds a few sources' values, met on every resource
                 self._sources[source] = kept
-        self.organisations_withheld += kept[1]
+        if kept[1]:
+            self.organisations_withheld += 1
         return kept[0]
 
     def patient(self, content: dict[str, Any], person_id: str) -> bytes:
