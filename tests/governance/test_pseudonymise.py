@@ -12,10 +12,15 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import FRAMEWORK_PATH
 
+from sharedcare.governance.framework import Role, load_framework
 from sharedcare.governance.pseudonymise import Pseudonymiser, Unreadable, birth_shift, postcode_district
 
 SECRET = "a-test-secret-of-some-length"
+FRAMEWORK = load_framework(FRAMEWORK_PATH)  # for module-level helpers, which cannot take function fixtures
+ANALYST = FRAMEWORK.roles["analyst"]
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 PERSON = "person-1"
 DOB = "1945-03-02"
 NAME = "Okafor"
@@ -48,9 +53,9 @@ SNEAKY_OBSERVATION = {
 
 
 def _out(resource: dict[str, object], secret: str = SECRET, purpose: str = "secondary-use",
-         exported: frozenset[str] = frozenset({"Encounter/enc-1"})) -> dict[str, object]:
-    """The resource pseudonymised in an export that holds `exported` too."""
-    pseudonymiser = Pseudonymiser(secret, purpose)
+         exported: frozenset[str] = frozenset({"Encounter/enc-1"}), role: Role = ANALYST) -> dict[str, object]:
+    """The resource pseudonymised in an export that holds `exported` too, made by someone in `role`."""
+    pseudonymiser = Pseudonymiser(secret, purpose, FRAMEWORK, role)
     pseudonymiser.for_person(PERSON, DOB)
     shaped = pseudonymiser.decode(str(resource["resourceType"]), json.dumps(resource))
     result: dict[str, object] = json.loads(pseudonymiser.encode(shaped, str(resource["id"]), exported))
@@ -71,6 +76,23 @@ def test_only_declared_elements_leave_and_nothing_that_names_anyone() -> None:
     assert out["meta"] == {"source": "https://fhir.nhs.uk/Id/ods-organization-code|RXR#lab",
                            "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
                                          "code": "PSEUDED"}]}
+
+
+def test_organisations_of_a_service_the_role_may_not_receive_are_not_named() -> None:
+    """Which organisations an extract names follows the framework and the exporter's role: the mental health
+    trust (sensitive) never; the council's social care (the analyst's tier 2) only for a role given it."""
+    def ods(code: str) -> dict[str, object]:
+        return {"type": "Organization", "identifier": {"system": ODS, "value": code}}
+
+    visit = {"resourceType": "Encounter", "id": "e", "status": "finished", "class": {"code": "EMER"},
+             "meta": {"source": f"{ODS}|RYA#epcr"}, "serviceProvider": ods("RYA"),
+             "hospitalization": {"origin": ods("LRC"), "destination": ods("RXM")}}
+    assert _out(visit)["hospitalization"] == {"origin": ods("LRC")}
+    no_social_care = ANALYST.model_copy(update={"tiers": {**ANALYST.tiers, "social_care": 1}})
+    out = _out(visit, role=no_social_care)
+    assert "hospitalization" not in out and out["serviceProvider"] == ods("RYA")
+    assert out["meta"]["source"] == f"{ODS}|RYA#epcr"  # type: ignore[index]
+    assert "source" not in _out({**visit, "meta": {"source": f"{ODS}|RXM#rio"}})["meta"]  # type: ignore[operator]
 
 
 def test_elements_left_empty_are_dropped_not_written_as_empty_objects() -> None:

@@ -14,8 +14,10 @@ displays, free text (`text`, `note`, `description`, narratives), document bodies
 and any element a source adds that is not listed here. Then:
 - a reference survives only to a resource the same export holds (rewritten to its pseudonym): one to
   something withheld, left out or of another type would say that it exists; a Patient reference
-  becomes the person's pseudonym; organisations survive only as ODS codes; an element that a reference
-  is required in (an encounter's diagnosis, a performer) goes with it;
+  becomes the person's pseudonym; organisations survive only as ODS codes, and not those of a service whose
+  records the export may not hold (`hidden_organisations`: an ambulance's conveyance to the mental health trust
+  would say the person was in its care; counted); an element that a reference is required in (an encounter's
+  diagnosis, a performer) goes with it;
 - a statement's drug named by `medicationReference` to a Medication it contains leaves as that
   Medication's coded `code` (`medicationCodeableConcept`); a resource left without an element FHIR
   requires (a statement with no coded drug, an observation whose code was only text: `Shaped.incomplete`)
@@ -30,8 +32,9 @@ and any element a source adds that is not listed here. Then:
   may hold any text there, "seen by Jane Smith", as FHIR's own validation takes it). What is left
   out is counted with the codings; a resource left without a status FHIR requires is not exported. A
   document's `contentType` leaves as its media type alone (its parameters can name a file), `meta.source`
-  as the ODS code and a source system's short name, an ODS identifier only when shaped as an ODS code,
-  and a reference's `type` only when it names a type the extract can hold;
+  as the ODS code, with the source system's name only if the framework declares it for that organisation
+  (a sender writes what it likes after the `#`), and nothing for a hidden organisation; an ODS identifier
+  only when shaped as an ODS code, and a reference's `type` only when it names a type the extract can hold;
 - a quantity keeps its value and coded unit; `unit`, free text, survives only as its UCUM code;
 - every date and time is cut to the day (an event's time of day, with a few other facts, can pick one
   person out: a 999 call in the news); instants that must carry a time (`issued`, `meta.lastUpdated`)
@@ -91,7 +94,8 @@ from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import DMD, ODS_SYSTEM, SNOMED
 from sharedcare.fhir.uk_core_rules import code_problem
 from sharedcare.fhir.value_sets import REQUIRED, codes_of
-from sharedcare.governance.framework import ICD_10_SYSTEMS, OPCS_4_SYSTEMS
+from sharedcare.governance.classify import service_category
+from sharedcare.governance.framework import ICD_10_SYSTEMS, OPCS_4_SYSTEMS, Framework, Role
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -116,6 +120,8 @@ class _State(threading.local):
     patient_ref: str = ""
     shift: int = 0  # the person's date shift in days (`birth_shift`)
     codings_withheld: int = 0  # codings left out of the resource being decoded
+    hidden: frozenset[str] = frozenset()  # the ODS codes the export names nowhere (`hidden_organisations`)
+    organisations_withheld: int = 0  # references by ODS code left out of the resource being decoded
     links: list[Reference]  # the references to other resources met while decoding one resource
 
 
@@ -135,7 +141,6 @@ def _bound(element: str, *names: str) -> tuple[tuple[str, frozenset[str]], ...]:
 _COMPARATORS = codes_of("Quantity.comparator")
 _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9][a-z0-9.+-]{0,63}")
 _ODS_CODE = re.compile(r"[A-Z0-9]{3,8}")  # as ingest checks them (fhir/uk_core_rules.py)
-_SOURCE_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # `emis`, `epr`, `pas`: a system's short name
 
 
 def _keep_fixed_codes(element: Any) -> None:
@@ -355,9 +360,13 @@ class Reference(_E):
                 _state.links.append(self)  # kept only if the export holds its target (`Pseudonymiser.encode`)
             else:
                 self.reference = None
-        if self.identifier is not None and (self.identifier.system != ODS_SYSTEM
-                                            or not _ODS_CODE.fullmatch(self.identifier.value or "")):
-            self.identifier = None
+        if self.identifier is not None:
+            code = self.identifier.value or ""
+            if self.identifier.system != ODS_SYSTEM or not _ODS_CODE.fullmatch(code):
+                self.identifier = None
+            elif code in _state.hidden:  # a service whose records the export may not hold (counted)
+                self.identifier = None
+                _state.organisations_withheld += 1
         if self.reference is None and self.identifier is None:
             self.type = None  # a practitioner or a location: nothing of it leaves
         elif self.type is not None and self.type not in _REFERENCE_TYPES:
@@ -858,22 +867,25 @@ def postcode_district(postcode: str | None) -> str | None:
     return compact[:-3] if _POSTCODE.fullmatch(compact) else None
 
 
-def kept_source(source: Any) -> str | None:
-    """`meta.source` as it may leave: the ODS code of the organisation, and the source system's short name
-    (`...|RXR#epr`) when it is one; what else a source wrote there is its own text."""
-    if not isinstance(source, str):
-        return None
-    return _kept_source(source)
+def hidden_organisations(fw: Framework, role: Role | None) -> frozenset[str]:
+    """The ODS codes an extract for this role names nowhere: those of the organisations whose kind of service
+    files all they send in a category of its own (`classify.service_category`: a mental health trust's is
+    mental health) that the extract may not hold, being sensitive or below tier 2 for the role, as
+    `policy.decide_secondary` withholds it. Their own records are withheld; a reference to them by ODS code
+    elsewhere (an ambulance's conveyance to the mental health trust) would say the person was in their care."""
+    sensitive = set(fw.sensitive_categories)
+    return frozenset(code for code, org in fw.organisations.items()
+                     if (category := service_category(org.kind)) is not None
+                     and (category in sensitive or role is None or role.tier(category) < 2))
 
 
-@lru_cache(maxsize=1024)  # a store holds a few sources' values, met on every resource
-def _kept_source(source: str) -> str | None:
-    if not source.startswith(f"{ODS_SYSTEM}|"):
+def _source_parts(source: Any) -> tuple[str, str] | None:
+    """The ODS code and system (maybe empty) a `meta.source` names, written as ingest writes it
+    (`uk_core.meta_source`: `...|RXR#epr`), the code shaped as an ODS code; None otherwise."""
+    if not isinstance(source, str) or not source.startswith(f"{ODS_SYSTEM}|"):
         return None
     org, _, system = source[len(ODS_SYSTEM) + 1:].partition("#")
-    if not _ODS_CODE.fullmatch(org):
-        return None
-    return f"{ODS_SYSTEM}|{org}#{system}" if _SOURCE_SYSTEM.fullmatch(system) else f"{ODS_SYSTEM}|{org}"
+    return (org, system) if _ODS_CODE.fullmatch(org) else None
 
 
 def _kept(reference: Reference | None) -> bool:
@@ -928,6 +940,7 @@ class Shaped:
     resource: _Resource
     links: list[Reference]
     codings_withheld: int = 0  # codings left out (`Coding`); a status's are counted when encoded
+    organisations_withheld: int = 0  # references by ODS code to a hidden organisation left out
 
     def withdrawn(self) -> bool:
         """`lifecycle.entered_in_error` of what was stored: its status, or a Condition's or an allergy's
@@ -969,9 +982,18 @@ class Shaped:
 class Pseudonymiser:
     """Rewrites released resources for one purpose (one instance per export, used by one thread)."""
 
-    def __init__(self, secret: str, purpose: str) -> None:
+    def __init__(self, secret: str, purpose: str, fw: Framework | None = None, role: Role | None = None) -> None:
+        """`fw` and `role`: the framework and the exporting actor's role, which say what of organisations may
+        leave (`hidden_organisations`, and each organisation's declared `systems` for `meta.source`). Without
+        them (pseudonyms only, as tools compute them) no organisation is hidden and no system kept."""
         self._mac = hmac.new(purpose_key(secret, purpose), digestmod="sha256")  # keyed once, copied per id
         self._known: dict[str, str] = {}  # this person's "Type/server id" -> pseudonym
+        self._hidden = hidden_organisations(fw, role) if fw is not None else frozenset()
+        self._systems = {code: frozenset(org.systems) for code, org in fw.organisations.items()} if fw else {}
+        self._sources: dict[str, tuple[str | None, int]] = {}  # `meta.source` -> as it leaves, and hidden or not
+        # references by ODS code to a hidden organisation, and `meta.source`s naming one, left out of what this
+        # pseudonymiser encoded (a Patient too, published or not: `patient`)
+        self.organisations_withheld = 0
 
     def _hmac(self, reference: str) -> str:
         """HMAC-SHA256 of "Type/server id" under the purpose's key, in hex, cut to 128 bits."""
@@ -989,6 +1011,7 @@ class Pseudonymiser:
         self._known = {}
         _state.patient_ref = f"Patient/{self._id(f'Patient/{person_id}')}"
         _state.shift = self.date_shift(person_id, birth).days
+        _state.hidden = self._hidden
 
     def date_shift(self, person_id: str, birth: str | None) -> timedelta:
         """How far every date of this person moves in this purpose's extracts (`birth_shift`), anchored on
@@ -1003,10 +1026,11 @@ class Pseudonymiser:
         if decoder is None:
             raise Unreadable(f"{resource_type} is not exported")
         links: list[Reference] = []
-        _state.links = links
-        _state.codings_withheld = 0
+        state = _state
+        state.links = links
+        state.codings_withheld = state.organisations_withheld = 0
         try:
-            return Shaped(decoder.decode(text), links, _state.codings_withheld)
+            return Shaped(decoder.decode(text), links, state.codings_withheld, state.organisations_withheld)
         except msgspec.ValidationError as exc:
             raise Unreadable(f"{resource_type}: {exc}") from exc
 
@@ -1037,11 +1061,37 @@ class Pseudonymiser:
                     shaped.codings_withheld += len(status.coding) - len(kept)
                     status.coding = kept or None
         meta = resource.meta
-        resource.meta = Meta(source=kept_source(meta.source if meta is not None else None), security=[_LABEL])
+        resource.meta = Meta(source=self.kept_source(meta.source if meta is not None else None), security=[_LABEL])
+        if shaped.organisations_withheld:
+            self.organisations_withheld += shaped.organisations_withheld
         resource.id = self._id(f"{resource.resourceType}/{server_id}")
         if isinstance(resource, MedicationStatement) and resource.extension:
             resource.extension = [e for e in resource.extension if e.url in KEPT_EXTENSIONS] or None
         return _without_empties(_ENCODER.encode(resource))
+
+    def kept_source(self, source: Any) -> str | None:
+        """`meta.source` as it may leave: the ODS code of the organisation, with the source system's name
+        (`...|RXR#epr`) only when it is one of the systems the framework declares for that organisation (a
+        sender writes what it likes after the `#`: "PC-Jane.Smith.07700900456"); nothing when it names a
+        hidden organisation (`hidden_organisations`: counted) or is not written as ingest writes it."""
+        if not isinstance(source, str):
+            return None
+        kept = self._sources.get(source)
+        if kept is None:
+            parts = _source_parts(source)
+            if parts is None:
+                kept = (None, 0)
+            elif parts[0] in self._hidden:
+                kept = (None, 1)
+            elif parts[1] in self._systems.get(parts[0], ()):
+                kept = (f"{ODS_SYSTEM}|{parts[0]}#{parts[1]}", 0)
+            else:
+                kept = (f"{ODS_SYSTEM}|{parts[0]}", 0)
+            if len(self._sources) < 1024:  # a store holds a few sources' values, met on every resource
+                self._sources[source] = kept
+        if kept[1]:
+            self.organisations_withheld += 1
+        return kept[0]
 
     def patient(self, content: dict[str, Any], person_id: str) -> bytes:
         """The person's one Patient: gender, birth and (shifted) death to the month, postcode district, GP
@@ -1050,7 +1100,7 @@ class Pseudonymiser:
         out: dict[str, Any] = {"resourceType": "Patient", "id": self._id(f"Patient/{person_id}")}
         if _state.patient_ref != f"Patient/{out['id']}":
             raise ValueError(f"Patient/{person_id} is pseudonymised after for_person of another person")
-        source = kept_source((content.get("meta") or {}).get("source"))
+        source = self.kept_source((content.get("meta") or {}).get("source"))
         out["meta"] = {"source": source} if source else {}
         out["meta"]["security"] = [PSEUDONYMISED_LABEL]
         if content.get("gender") in ("male", "female", "other", "unknown"):
@@ -1069,11 +1119,13 @@ class Pseudonymiser:
         district = postcode_district((home[0] if home else {}).get("postalCode"))
         if district:
             out["address"] = [{"use": "home", "postalCode": district}]
-        practices = [{"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": ref["identifier"]["value"]}}
-                     for ref in content.get("generalPractitioner") or []
-                     if (ref.get("identifier") or {}).get("system") == ODS_SYSTEM
-                     and isinstance(ref["identifier"].get("value"), str)
-                     and _ODS_CODE.fullmatch(ref["identifier"]["value"])]
+        codes = [ref["identifier"]["value"] for ref in content.get("generalPractitioner") or []
+                 if (ref.get("identifier") or {}).get("system") == ODS_SYSTEM
+                 and isinstance(ref["identifier"].get("value"), str)
+                 and _ODS_CODE.fullmatch(ref["identifier"]["value"])]
+        kept = [code for code in codes if code not in self._hidden]
+        self.organisations_withheld += len(codes) - len(kept)
+        practices = [{"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": code}} for code in kept]
         if practices:
             out["generalPractitioner"] = practices
         ethnicity = [msgspec.to_builtins(_ETHNICITY.decode(msgspec.json.encode(e)))

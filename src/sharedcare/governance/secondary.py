@@ -55,6 +55,9 @@ NO_CHOICES = Choices()
 # MedicationStatement whose drug is neither coded nor a contained, coded Medication): it is not exported
 INCOMPLETE = "required-element-uncoded"
 CODING_NOT_KEPT = "code-system-not-kept"  # pseudonymise.CODE_SYSTEMS
+# codings-withheld key of a reference by ODS code, or a `meta.source`, naming an organisation whose records the
+# export may not hold (`pseudonymise.hidden_organisations`: the mental health trust an ambulance conveyed to)
+SERVICE_NOT_KEPT = "organisation-of-a-withheld-service"
 # the "type" of a person's Patient the export was not asked for: written beside the others for the small-cell
 # check, then deleted (`export/jobs.py`), never published
 UNPUBLISHED_PATIENT = "Patient.unpublished"
@@ -86,6 +89,7 @@ class ExportCounts:
     withheld: Counter[str] = field(default_factory=Counter)  # resources, by rule
     resources: Counter[str] = field(default_factory=Counter)  # by type
     codings_withheld: int = 0  # codings left out of exported resources: not of a kept code system
+    organisations_withheld: int = 0  # ODS codes left out: organisations of a withheld service (SERVICE_NOT_KEPT)
     small_cells: SmallCells | None = None  # what the small-cell check did to the Patients (the whole export's)
     # Who and whose data the files hold, for the run to record (`export.jobs._Changes`: what later changes
     # withdraw it). Person ids are the store's internal ones: never in `as_dict`, the audit or the files
@@ -101,13 +105,15 @@ class ExportCounts:
         self.withheld.update(other.withheld)
         self.resources.update(other.resources)
         self.codings_withheld += other.codings_withheld
+        self.organisations_withheld += other.organisations_withheld
 
     def as_dict(self) -> dict[str, Any]:
         return {"people_seen": self.people_seen, "people_included": self.people_included,
                 "people_excluded": dict(sorted(self.excluded.items())),
                 "resources_withheld": dict(sorted(self.withheld.items())),
                 "resources": dict(sorted(self.resources.items())),
-                "codings_withheld": {CODING_NOT_KEPT: self.codings_withheld} if self.codings_withheld else {},
+                "codings_withheld": {key: n for key, n in ((CODING_NOT_KEPT, self.codings_withheld),
+                                                           (SERVICE_NOT_KEPT, self.organisations_withheld)) if n},
                 **({"small_cells": self.small_cells.as_dict()} if self.small_cells else {})}
 
 
@@ -215,7 +221,8 @@ class SecondaryUse:
         with self.db.session() as session:
             snap = _Snapshot(scope, counts, effective_agreements(session, self.fw), self._choices(session), utcnow(),
                              {code: org.kind for code, org in self.fw.organisations.items()},
-                             Pseudonymiser(self._secret, self.purpose), everyone_on_review(session),
+                             Pseudonymiser(self._secret, self.purpose, self.fw, self.actor.role),
+                             everyone_on_review(session),
                              self.fw.gp_practices)
             # received_at and recorded_at only for Patient rows: turning stored timestamps into datetimes
             # costs more per row than anything else here, and only the choice of a person's Patient needs them
@@ -258,6 +265,7 @@ class SecondaryUse:
                         yield from self._person(person, held.pop(person), snap)
                         if progress is not None and counts.people_seen % 500 == 0:
                             progress(counts.people_seen)
+            counts.organisations_withheld += snap.pseudonymiser.organisations_withheld
         if progress is not None:
             progress(counts.people_seen)
 
