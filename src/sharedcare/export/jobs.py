@@ -516,7 +516,9 @@ class _Changes:
     whose data its files hold (`source_orgs`). A stop withdraws it if it is its own organisation's or one of
     those; a choice, if it is held against an NHS number that a person it included carries (any person
     carrying it: a parent's number on a baby's record is both's, as the decision point applies it), or that
-    a record since moved away from them carries (`link_moves`). The whole job is withdrawn, never that
+    a record since moved away from them carries (`link_moves`), or if it applied to them when it was made
+    (`Preference.persons`: a source may have corrected the number on their record since) or to a person a
+    record moved to or from them since. The whole job is withdrawn, never that
     person's lines: dropping them would change the groups the small-cell check made (a group of k less one
     person is a group under k). A job finished before these were recorded (migration 0027), or a
     command-line export past retention, has none (`source_orgs` null): any organisation's stop and any
