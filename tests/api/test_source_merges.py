@@ -6,6 +6,7 @@ for an MPI reviewer (security review of 2026-12-07, HIGH: each test below is one
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import queue, record_outcome
+from sharedcare.identity.links import decide
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import LinkEvent, PatientRecord, ReviewItem
+from sharedcare.store.models import AuditEntry, LinkEvent, MatchReview, PatientRecord, ReviewItem
 
 HUGHES_NHS = "9990000018"  # the small ICS's stranger, Mrs Hughes (her practice, P81002, sent it)
 HUGHES = patient("made-up-1", HUGHES_NHS, "Hughes", "Margaret", "1952-06-11", gender="female")
@@ -63,11 +65,11 @@ def _shown(ics: Ics, person: str, headers: dict[str, str]) -> set[str]:
             for r in resources(response.json())}
 
 
-def _mpi_review(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The pairs an MPI reviewer is shown (`sharedcare mpi review --json`)."""
+def _mpi_review(db: Database, monkeypatch: pytest.MonkeyPatch, *options: str) -> list[dict[str, Any]]:
+    """The pairs an MPI reviewer is shown (`sharedcare mpi review --json`, with `options`)."""
     monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
     monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    shown = CliRunner().invoke(app, ["mpi", "review", "--json"])
+    shown = CliRunner().invoke(app, ["mpi", "review", "--json", *options])
     assert shown.exit_code == 0, shown.output
     return [item for item in json.loads(shown.stdout) if "id" in item]
 
@@ -199,3 +201,50 @@ def test_a_practice_merging_its_own_duplicate_of_a_shared_patient_joins_it_to_hi
     with db.session() as s:
         [merge] = s.scalars(select(LinkEvent).where(LinkEvent.kind == "merge"))
         assert [(m.from_person, m.to_person) for m in merge.moves] == [(before["P81001/gp-dup"], ics.okafor)]
+
+
+def test_a_merge_across_a_reviewers_separation_tells_the_writer_whom_to_ask_and_nothing_internal(
+        ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dr Patel's practice holds two Patients an MPI reviewer (ig.morgan) decided are two people, and retires
+    one into the other. The merge is not made, the message held. Before, the writer was told the internal ids
+    of both records and the reviewer's name (and a command only the service's operators can run); now the
+    review's number, to quote, and whom to ask: the ICS's identity team, as the framework names its ICB. The
+    reviewer's name and the records stay where the IG and identity team read them: `mpi review` and the
+    decision's audit entry."""
+    first, second = patient("pa-1", None, "Zed", "Nobody", "1990-01-01"), patient("pa-2", None, "Yon", "Someone",
+                                                                                  "1991-02-02")
+    _write(ics, first)
+    _write(ics, second)
+    with db.session() as s:
+        ids = {r.source_id: r.id for r in s.scalars(select(PatientRecord).where(PatientRecord.source_org == "P81001"))}
+        item = MatchReview(record_a=ids["pa-1"], record_b=ids["pa-2"], probability=0.2, evidence={},
+                           created_at=utcnow(), status="open")
+        s.add(item)
+        s.flush()
+        decide(s, item.id, "separate", by="ig.morgan", reason="two people: different mothers")
+        review = item.id
+    before = _persons(db)
+
+    response = ics.client.put("/fhir/Patient/pa-2", headers=_writer(ics), content=json.dumps(
+        {**second, "active": False, "link": [{"other": {"reference": "Patient/pa-1"}, "type": "replaced-by"}]}))
+
+    assert response.status_code == 422, response.text
+    said = response.json()["issue"][0]["diagnostics"]
+    assert f"MPI review #{review}" in said and "nothing was merged" in said, said
+    assert "identity team at Riverside and Dales Integrated Care Board" in said and "0300 123 0001" in said, said
+    for internal in ("ig.morgan", "Rhian Morgan", "mpi decide", "record "):
+        assert internal not in said, f"{internal!r} told to the writer: {said}"
+    quarantine = re.search(r"held in quarantine as #(\d+)", said)
+    assert quarantine is not None, said
+    left = said  # no number but the review's, the quarantine item's, the desk's telephone and its own ids
+    for told in (quarantine.group(0), f"MPI review #{review}", "0300 123 0001", "'pa-1'", "'pa-2'"):
+        left = left.replace(told, "")
+    assert not re.search(r"\d", left), said
+    assert _persons(db) == before
+    [shown] = [pair for pair in _mpi_review(db, monkeypatch, "--all") if pair["id"] == review]
+    assert shown["status"] == "separate" and shown["decided_by"] == "ig.morgan", shown
+    assert shown["a"].startswith("P81001/pa-1: ") and shown["b"].startswith("P81001/pa-2: "), shown
+    with db.session() as s:
+        [decided] = s.scalars(select(AuditEntry).where(AuditEntry.action == "identity:mpi:review-decided"))
+        assert decided.username == "ig.morgan"
+        assert f"{ids['pa-1']}" in json.dumps(decided.event) and f"{ids['pa-2']}" in json.dumps(decided.event)

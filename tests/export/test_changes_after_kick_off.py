@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
+from tests.builders import bundle, patient, write_ndjson
 from tests.export.conftest import ASYNC, export, wait_for
 from tests.small_ics import (
     OKAFOR_NHS,
@@ -24,6 +25,7 @@ from tests.small_ics import (
     Ics,
     his_number_on_another_record,
     okafor_second_number,
+    without_nhs_number,
 )
 
 from sharedcare.export.jobs import ExportJobs
@@ -32,7 +34,8 @@ from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportScope, SecondaryUse
-from sharedcare.identity.links import separate
+from sharedcare.identity.links import merge_persons, separate
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, ExportJob, ExportJobPerson, PatientRecord
 
@@ -308,3 +311,71 @@ def test_an_export_run_in_processes_records_everyone_its_shards_included(ics: Ic
         assert jobs.withdraw() == 1, f"the choice under {nhs_number} withdrew nothing"
         with db.session() as s:
             set_choice(s, nhs_number, by="patient", opt_out_secondary=False)  # back in, for the next export
+
+
+HUGHES_CORRECTED_NHS = "9990000107"  # valid (modulus 11): the number her practice corrects hers to
+
+
+def _her_number_corrected(db: Database, framework: Framework, folder: Path) -> None:
+    """Her practice sends her Patient again with another NHS number (a keying error put right): her record no
+    longer carries the one it had, and nothing else does; no merge, her record stays her person's."""
+    gp = bundle("P81002", "systmone", [patient("gp-other", HUGHES_CORRECTED_NHS, "Hughes", "Margaret",
+                                               "1952-06-11", gender="female")], timestamp="2026-11-20T09:00:00Z")
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(folder / "corrected.ndjson", [gp])])
+    assert report.quarantined == 0, report.quarantine
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.nhs_number).where(PatientRecord.source_id == "gp-other")).one() == \
+            HUGHES_CORRECTED_NHS
+
+
+@pytest.mark.parametrize("choice", CHOICES)
+def test_a_choice_whose_number_her_source_then_corrects_still_withdraws_the_export(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, choice: str) -> None:
+    """Mrs Hughes is in her practice's export. She opts out or objects; then, before anyone polls or downloads,
+    her practice corrects the NHS number on her record: no record carries the number her choice is held under
+    any more. The export still holds what she restricted, and is withdrawn (before, the choice mapped to nobody
+    and the files stayed to download)."""
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HER_PRACTICE)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        set_choice(s, HUGHES_NHS, by="patient", **CHOICES[choice])
+    _her_number_corrected(db, framework, tmp_path)
+    assert _served(ics, headers, done.json()) == 410, "served after she restricted her choices"
+    assert any(job_id in entry and "choices-changed" in entry for entry in _withdrawals(db))
+
+
+def test_a_choice_under_a_number_no_one_carried_when_it_was_made_leaves_the_export(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Her number is corrected after her practice's export ran; a choice then held against her old number
+    applies to no one (no record carries it), and leaves the export; one under her new number is hers and
+    withdraws it."""
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HER_PRACTICE)
+    assert done.status_code == 200, done.text
+    _her_number_corrected(db, framework, tmp_path)
+    with db.session() as s:
+        set_choice(s, HUGHES_NHS, by="ig.morgan", opt_out_secondary=True)
+    assert _served(ics, headers, done.json()) == 200, "withdrawn by a choice that applied to no one"
+    with db.session() as s:
+        set_choice(s, HUGHES_CORRECTED_NHS, by="patient", opt_out_secondary=True)
+    assert _served(ics, headers, done.json()) == 410
+
+
+def test_a_choice_of_the_person_a_record_in_the_export_was_since_merged_into_withdraws_it(
+        ics: Ics, db: Database) -> None:
+    """Mrs Hughes's record (with no NHS number) is in her practice's export; it is then merged into Mr Okafor
+    (an operator's merge), and he opts out under his own number, which her record never carried. His choice
+    now covers the record, whose data the export holds under her former person: it is withdrawn (before, only
+    a record carrying the number was followed through its moves)."""
+    with db.session() as s:
+        without_nhs_number(s, ics.stranger)
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HER_PRACTICE)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        merge_persons(s, ics.okafor, ics.stranger, by="mpi.admin", reason="one person")
+    assert _served(ics, headers, done.json()) == 200, "withdrawn by a merge alone"
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
+    assert _served(ics, headers, done.json()) == 410

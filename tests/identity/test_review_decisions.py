@@ -4,6 +4,7 @@ and HIV infection in record b, seen through the governance gateway as a clinicia
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
 from tests.ingest.test_hl7v2 import adt, pid, pv1, write_hl7
+from tests.ingest.test_mllp import _exchange, serving
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -261,7 +263,9 @@ def test_a_hospitals_a40_across_a_reviewers_separation_is_quarantined_naming_the
         db: Database, framework: Framework, tmp_path: Path) -> None:
     """The hospital holds Margaret as H100 and the other woman as T555 (each linked by a reviewer to her GP
     record), and merges its two numbers: until 2026-12-07 the A40 joined the two women the reviewer had
-    separated (HIV infection in Margaret's record). Now the message is answered AE and held, saying whom to ask."""
+    separated (HIV infection in Margaret's record). Now the message is answered AE and held, saying whom to ask:
+    the ICS's identity team, quoting the review; until the review of secondary use (2026-12-07) the ACK named
+    the GP records' internal ids and the reviewer, which are not the hospital's to know."""
     item = _separated_pair(db, framework, tmp_path)
     for n, mrn in enumerate(("H100", "T555")):
         Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / f"pas-{mrn}.hl7", [
@@ -273,16 +277,22 @@ def test_a_hospitals_a40_across_a_reviewers_separation_is_quarantined_naming_the
         decide(s, pairs[ids["b"], ids["T555"]], "link", by="reviewer3", reason="the other woman's admission")
     before = _people(db)
     a40 = adt("A40", "M3", "20260112090000", pid(mrn="H100", **_PAS_PATIENT), "MRG|T555^^^RXR^MR")
-    answer = MllpServer(Pipeline(db, framework)).handle(a40.encode("latin-1"), "127.0.0.1:5000").decode("latin-1")
+    with serving(MllpServer(Pipeline(db, framework))) as port:  # the listener, over TCP, as the PAS sends
+        [answer] = _exchange(port, a40.encode("latin-1"))
     msa, err = (next(seg for seg in answer.split("\r") if seg.startswith(name)).split("|") for name in ("MSA", "ERR"))
     assert msa[1] == "AE"
-    assert msa[3].startswith(f"not merged: review #{item} separated (reviewer1, ")
-    assert "human safety decision" in msa[3] and "ask the IG team or that reviewer" in msa[3]
-    assert f"mpi decide {item} --change separate" in err[8]
+    assert msa[3].startswith("not merged: the merge of patient 'T555' into 'H100' is held, because an MPI reviewer "
+                             f"decided that these patients' records are two people (MPI review #{item})"), msa[3]
+    assert "Riverside and Dales Integrated Care Board" in err[8] and f"quoting MPI review #{item}" in err[8]
+    assert "reviewer1" not in answer and "mpi decide" not in answer, answer
+    told = err[8]  # no number but the review's, the quarantine item's, the desk's telephone and its own MRNs
+    for allowed in (f"MPI review #{item}", "0300 123 0001", "'T555'", "'H100'"):
+        told = told.replace(allowed, "")
+    assert re.fullmatch(r"[^\d]*\(quarantine #\d+\)", told), err[8]
     with db.session() as s:
         [held] = s.scalars(select(Quarantine).where(Quarantine.status == "held"))
-        assert f"MRG-1: not merged: review #{item} separated (reviewer1, " in held.reason
-        assert held.reason.endswith("then replay this message (RXR's merge of 'T555' into 'H100' would join them)")
+        assert "MRG-1: not merged: the merge of patient 'T555' into 'H100' is held" in held.reason
+        assert held.reason.endswith(f"quoting MPI review #{item}, then send this message again")
     assert _people(db) == before
     assert _conditions(db, framework, before["a"]) == {"Diabetes"}
 

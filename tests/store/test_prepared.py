@@ -52,7 +52,7 @@ def test_a_refused_statement_raises_sqlalchemys_error_and_the_transaction_rolls_
     with pytest.raises(IntegrityError), db.session() as session:
         Prepared(insert(_PREFS))(session, {"nhs_number": "9434765919", "object_all": True, "object_orgs": [],
                                            "opt_out_secondary": False, "provisions": [], "version": 0,
-                                           "updated_at": None, "updated_by": None})
+                                           "updated_at": None, "updated_by": None, "persons": None})
     with db.session() as session:
         assert Prepared(_PREFS_OF)(session) == [("9434765919", False, [])]
 

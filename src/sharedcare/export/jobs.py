@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
-from sqlalchemy import Table, delete, exists, func, insert, select, union, update
+from sqlalchemy import Table, delete, exists, func, insert, or_, select, union, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -70,6 +70,7 @@ from sharedcare.store.models import (
     AgreementChange,
     ExportJob,
     ExportJobPerson,
+    LinkEvent,
     LinkMove,
     PatientRecord,
     Preference,
@@ -515,7 +516,9 @@ class _Changes:
     whose data its files hold (`source_orgs`). A stop withdraws it if it is its own organisation's or one of
     those; a choice, if it is held against an NHS number that a person it included carries (any person
     carrying it: a parent's number on a baby's record is both's, as the decision point applies it), or that
-    a record since moved away from them carries (`link_moves`). The whole job is withdrawn, never that
+    a record since moved away from them carries (`link_moves`), or if it applied to them when it was made
+    (`Preference.persons`: a source may have corrected the number on their record since) or to a person a
+    record moved to or from them since. The whole job is withdrawn, never that
     person's lines: dropping them would change the groups the small-cell check made (a group of k less one
     person is a group under k). A job finished before these were recorded (migration 0027), or a
     command-line export past retention, has none (`source_orgs` null): any organisation's stop and any
@@ -538,11 +541,16 @@ class _Changes:
             .order_by(AgreementChange.id))]
         # a choice's time is stamped under the audit chain's lock (`consent._changed`), which a kick-off waits
         # on: one stamped before an export's kick-off was committed before its run read the choices
-        changed = {pref.nhs_number: pref.updated_at
-                   for pref in session.scalars(select(Preference).where(Preference.updated_at > when))
-                   if pref.opt_out_secondary or pref.object_all or pref.object_orgs or pref.provisions}
+        restricting = [pref for pref in session.scalars(select(Preference).where(Preference.updated_at > when))
+                       if pref.opt_out_secondary or pref.object_all or pref.object_orgs or pref.provisions]
+        changed = {pref.nhs_number: pref.updated_at for pref in restricting}
+        chosen: dict[str, datetime] = {}  # the persons a change applied to as it was made: its last change
+        for pref in restricting:
+            for person in pref.persons or []:
+                chosen[person] = max(chosen.get(person, pref.updated_at), pref.updated_at)
         recorded = [job.id for job in jobs if job.source_orgs is not None]
-        return _Changes(stops, list(changed.values()), _holding(session, recorded, changed) if recorded else {})
+        return _Changes(stops, list(changed.values()),
+                        _holding(session, recorded, changed, chosen, when) if recorded else {})
 
     def after(self, job: ExportJob) -> _Change | None:
         """The first change after `job` started that it does not survive."""
@@ -580,12 +588,25 @@ class _Changes:
 _IN_ONE_STATEMENT = 500  # values bound in one IN list (SQLite allows 32,766 parameters a statement)
 
 
-def _holding(session: Session, job_ids: list[str], changed: dict[str, datetime]) -> dict[str, datetime]:
-    """For each of these jobs that recorded a person carrying one of these NHS numbers (`changed`: the number
-    a choice is held against, and when it changed), the latest such change. A number maps to every person a
-    record carrying it belongs to, and to every person such a record was moved away from (a merge, a relink):
-    the job may have included it under them."""
-    latest: dict[str, datetime] = {}  # person: the last change held against a number they carry or carried
+def _holding(session: Session, job_ids: list[str], changed: dict[str, datetime], chosen: dict[str, datetime],
+             since: datetime) -> dict[str, datetime]:
+    """For each of these jobs that recorded a person a change maps to, the latest such change. `changed`: the
+    NHS number a choice is held against, and when it changed; a number maps to every person a record carrying
+    it belongs to, and to every person such a record was moved away from (a merge, a relink): the job may have
+    included it under them. `chosen`: the persons whose records carried the number when the change was made
+    (`Preference.persons`), so that a number a source has since corrected on their record still maps to them,
+    and each person a record moved to or from them after `since` (the earliest job's start), whom the job may
+    have recorded instead."""
+    latest: dict[str, datetime] = dict(chosen)  # person: the last change that applies or applied to them
+    moved = sorted(chosen)
+    for start in range(0, len(moved), _IN_ONE_STATEMENT):
+        chunk = moved[start:start + _IN_ONE_STATEMENT]
+        for one, other in session.execute(
+                select(LinkMove.from_person, LinkMove.to_person).join(LinkEvent, LinkEvent.id == LinkMove.link_event_id)
+                .where(LinkEvent.at > since, or_(LinkMove.from_person.in_(chunk), LinkMove.to_person.in_(chunk)))):
+            when = max(chosen.get(one, since), chosen.get(other, since))
+            for person in (one, other):
+                latest[person] = max(latest.get(person, when), when)
     numbers = sorted(changed)
     for start in range(0, len(numbers), _IN_ONE_STATEMENT):
         chunk = numbers[start:start + _IN_ONE_STATEMENT]

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.access_log import persons_with
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.store.models import PatientRecord, Preference
 
@@ -199,9 +200,13 @@ def _changed(session: Session, pref: Preference, by: str, person_id: str | None,
     The time is stamped once the audit entry is appended, so under the audit chain's lock, which the
     transaction holds until it commits: an export kicked off before that time appends its own kick-off
     entry after this change commits, so its run reads this change; one kicked off after it finds the change
-    newer than its start (`export.jobs._changes_since`). Stamped before the append, a change waiting on the
-    lock could be older than a kick-off and yet missing from its snapshot."""
+    newer than its start (`export.jobs._Changes.since`). Stamped before the append, a change waiting on the
+    lock could be older than a kick-off and yet missing from its snapshot.
+
+    The persons whose records carry the number now are noted with it: an export holding one of them is
+    withdrawn by this change even after a source corrects the number on their record (`export.jobs._Changes`)."""
     pref.version = (pref.version or 0) + 1
+    pref.persons = persons_with(session, pref.nhs_number)
     record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
                                       patient_id=person_id,
                                       detail={"nhs_number_suffix": pref.nhs_number[-4:], "choices": summary,

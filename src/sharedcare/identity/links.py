@@ -155,10 +155,13 @@ def _refuse_two_numbers(session: Session, keep: str, records: list[PatientRecord
                         f"two different valid NHS numbers are never one person")
 
 
-def merge_source_records(session: Session, org: str, prior_id: str, surviving_id: str, by: str,
-                         reason: str) -> LinkEvent | MatchReview:
+def merge_source_records(session: Session, org: str, prior_id: str, surviving_id: str, by: str, reason: str,
+                         ask: str = "the shared care record's identity team") -> LinkEvent | MatchReview:
     """A source merged two of its own patient records (HL7 A40, FHIR Patient.link replaced-by): the prior
-    record moves to the surviving record's person, or the merge is held for review (`source_merge`)."""
+    record moves to the surviving record's person, or the merge is held for review (`source_merge`). Across a
+    reviewer's separation it is refused (its message held), the source told the review item to quote and
+    whom to ask (`ask`: a desk, never a person); not the records' ids nor the reviewer, which are not its to
+    know: `mpi review` and the decision's audit entry name them."""
     def find(source_id: str) -> PatientRecord:
         record = session.scalars(select(PatientRecord).where(PatientRecord.source_org == org,
                                                              PatientRecord.source_id == source_id)).first()
@@ -171,10 +174,11 @@ def merge_source_records(session: Session, org: str, prior_id: str, surviving_id
         return _move(session, [], surviving.person_id, "merge", by, reason)
     apart = _separated(session, surviving.person_id, prior.person_id)
     if apart is not None:  # the message is quarantined (MLLP AE), its merge not made
-        raise LinkError(f"not merged: {_separation(apart)} records {apart.record_a} and {apart.record_b}, a human "
-                        f"safety decision a source's merge does not overrule: ask the IG team or that reviewer to "
-                        f"look at it again (`sharedcare mpi decide {apart.id} --change separate`), then replay "
-                        f"this message ({org}'s merge of '{prior_id}' into '{surviving_id}' would join them)")
+        raise LinkError(f"not merged: the merge of patient '{prior_id}' into '{surviving_id}' is held, because an "
+                        f"MPI reviewer decided that these patients' records are two people (MPI review "
+                        f"#{apart.id}), a safety decision a source's merge does not overrule; nothing was merged. "
+                        f"Ask {ask} to look at it again, quoting MPI review #{apart.id}, then send this message "
+                        "again")
     return source_merge(session, prior, surviving, by, reason)
 
 

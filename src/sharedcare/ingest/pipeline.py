@@ -107,6 +107,15 @@ _HELD_KEYS = Prepared(select(Quarantine.id, Quarantine.message_key).where(
     Quarantine.message_key.is_not(None), Quarantine.status == "held"))
 
 
+def identity_desk(fw: Framework) -> str:
+    """Whom a source asks about a merge refused across an MPI reviewer's separation: the identity team at the
+    ICS's integrated care board as the framework names it, with its telephone number; a desk, never a person."""
+    icb = next((org for org in fw.organisations.values() if org.kind == "icb"), None)
+    if icb is None:
+        return "the shared care record's identity team"
+    return f"the shared care record's identity team at {icb.name}" + (f" ({icb.phone})" if icb.phone else "")
+
+
 def _ordered_at(row: Resource, item: StagedResource) -> datetime:
     """The stored version's event time, as `item` is ordered against it. Never later than that version arrived
     plus the allowed skew (a time beyond, stored before event times were bounded, pins the resource), and for
@@ -704,7 +713,8 @@ class Pipeline:
             try:
                 merged = merge_source_records(session, staged.source_org, retired, surviving,
                                               by=f"{staged.source_org}:{staged.source_system}",
-                                              reason=f"merged by the source (message {staged.message_id})")
+                                              reason=f"merged by the source (message {staged.message_id})",
+                                              ask=identity_desk(self.framework))
             except LinkError as exc:
                 raise MessageError(exc.message, named_at) from exc
             if isinstance(merged, MatchReview):

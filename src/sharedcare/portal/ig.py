@@ -79,7 +79,8 @@ ACTION_WORDS = {
     AuditAction.EXPORT_COMPLETE: "a data export finished",
     AuditAction.EXPORT_DOWNLOAD: "downloaded an export file",
     AuditAction.EXPORT_CANCEL: "cancelled a data export",
-    AuditAction.EXPORT_WITHDRAWN: "an export's files were deleted (its organisation stopped sharing)",
+    AuditAction.EXPORT_WITHDRAWN: "an export's files were deleted (after it started, an agreement stopped or "
+                                  "a person in it changed their choices)",
 }
 # Item words for a read of one item ("opened one item of the record: a medicine").
 ITEM_WORDS = {"Patient": "the personal details", "Condition": "a problem or diagnosis",

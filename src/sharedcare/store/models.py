@@ -299,6 +299,10 @@ class Preference(Base):
     provisions: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list, server_default="[]")
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The persons whose records carried the number when the choices last changed (those the decision point
+    # applied them to then; none before migration 0029): an export holding one of them is withdrawn by the
+    # change even once a source has corrected the number away from their record (`export.jobs._Changes`)
+    persons: Mapped[list[str] | None] = mapped_column(JsonType)
 
 
 class Feedback(Base):
