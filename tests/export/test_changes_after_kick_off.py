@@ -34,10 +34,10 @@ from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for
 from sharedcare.governance.secondary import ExportScope, SecondaryUse
-from sharedcare.identity.links import merge_persons, separate
+from sharedcare.identity.links import decide, merge_persons, separate
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, ExportJob, ExportJobPerson, PatientRecord
+from sharedcare.store.models import AuditEntry, ExportJob, ExportJobPerson, MatchReview, PatientRecord
 
 DIABETES = "44054006"  # Mr Okafor's type 2 diabetes, held only by his GP practice's (P81001) feed
 
@@ -220,11 +220,16 @@ def test_a_choice_held_against_a_number_a_record_in_the_export_carries_withdraws
                                                                                   tmp_path: Path) -> None:
     """Mr Okafor's mental health trust knows him by a second NHS number, and he opted out under it before the
     kick-off: the export leaves him out. A baby's hospital record carries his first number (the MPI keeps the
-    baby apart as another person), and the baby is in the export. A choice held against his second number
-    after the kick-off is his alone: the export stays. One held against his first is the baby's too (the
-    decision point applies it to both): the export is withdrawn."""
+    baby apart as another person, and a reviewer has found them two people: while the pair waits on review, an
+    extract applies his choices to the baby too), and the baby is in the export. A choice held against his
+    second number after the kick-off is his alone: the export stays. One held against his first is the baby's
+    too (the decision point applies it to both): the export is withdrawn."""
     okafor_second_number(db)
     baby = his_number_on_another_record(db, framework, tmp_path)
+    with db.session() as s:
+        for pair in s.scalars(select(MatchReview.id).where(MatchReview.status == "open")).all():
+            decide(s, pair, "separate", "ig.morgan", "a baby's record sent with her father's NHS number")
+        s.commit()
     with db.session() as s:
         set_choice(s, OKAFOR_SECOND_NHS, by="patient", opt_out_secondary=True)
     headers = ics.token("analyst.chen")

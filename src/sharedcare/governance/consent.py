@@ -7,6 +7,12 @@ object to all sharing, object to one organisation (its users locked out and its 
 of secondary use. Every other provision is held as `provisions` and withholds item by item (policy.py
 rule c2). Held against the NHS number (as the national data opt-out is) and read fresh on every request,
 so a change takes effect at once (TRUST CO4).
+
+A choice follows the person it was made for when a source changes the NHS number on its record
+(`follow_number`): what is held against the number the record leaves is carried to its new one, audited as
+the source's correction; a record sent with no usable number keeps the one it carried last, and the choices
+go on applying through it. A choice left held against a number no record carries any more is put to the IG
+officer's review queue.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -25,13 +31,18 @@ from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance.access_log import persons_with
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-from sharedcare.store.models import PatientRecord, Preference
+from sharedcare.store.models import PatientRecord, Preference, ReviewItem
 
 _PREFS = cast(Table, Preference.__table__)
 _RECORDS = cast(Table, PatientRecord.__table__)
-# The choices held against any NHS number of the person `:person_id`, read on every request (built once; the
-# gateway reads them in one statement with its other inputs).
-OF_PERSON = _PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == bindparam("person_id")))
+# The choices held against any NHS number of the person `:person_id`: one their records carry, or one a record
+# carried last while its source sends none (`follow_number`). Read on every request (built once; the gateway
+# reads them in one statement with its other inputs).
+_OF_PERSON_ID = _RECORDS.c.person_id == bindparam("person_id")
+OF_PERSON = or_(_PREFS.c.nhs_number.in_(select(_RECORDS.c.nhs_number).where(_OF_PERSON_ID)),
+                _PREFS.c.nhs_number.in_(select(_RECORDS.c.last_nhs_number).where(_OF_PERSON_ID)))
+# The IG review item queued when a choice is left held against an NHS number no record carries any more
+CHOICES_LEFT = "choices-left-behind"
 
 # v3 ActReason purposes of use a provision may name, and those each framework purpose acts for. ETREAT
 # (emergency, break glass) is a kind of TREAT: a deny of TREAT covers it, a permit of ETREAT only it.
@@ -194,7 +205,8 @@ def _held(session: Session, nhs_number: str, expected_version: int | None = None
     return pref
 
 
-def _changed(session: Session, pref: Preference, by: str, person_id: str | None, summary: str) -> Preference:
+def _changed(session: Session, pref: Preference, by: str, person_id: str | None, summary: str,
+             reason: str | None = None, organisation: str | None = None) -> Preference:
     """Stamp a change to the Consent (a new version) and audit it with that version.
 
     The time is stamped once the audit entry is appended, so under the audit chain's lock, which the
@@ -208,7 +220,7 @@ def _changed(session: Session, pref: Preference, by: str, person_id: str | None,
     pref.version = (pref.version or 0) + 1
     pref.persons = persons_with(session, pref.nhs_number)
     record_audit(session, AuditRecord(AuditAction.PREFERENCE_SET, "permit", username=by, purpose="governance",
-                                      patient_id=person_id,
+                                      patient_id=person_id, reason=reason, organisation=organisation,
                                       detail={"nhs_number_suffix": pref.nhs_number[-4:], "choices": summary,
                                               "consent_version": str(pref.version)}))
     pref.updated_at = utcnow()
@@ -266,35 +278,105 @@ def replace_choices(session: Session, nhs_numbers: Iterable[str], named: str, ch
 
 
 def numbers_of_person(session: Session, nhs_number: str) -> tuple[str | None, list[str]]:
-    """The person whose records carry `nhs_number`, and every NHS number that is theirs (`own_numbers`:
-    choices held against any of them apply together). A number no record carries, or one carried by two
-    persons' records (a conflict the MPI has put to review), is that number alone, with no person."""
-    persons = set(session.scalars(select(PatientRecord.person_id).where(PatientRecord.nhs_number == nhs_number)))
+    """The person whose records carry `nhs_number` (or carried it last: `follow_number`), and every NHS number
+    that is theirs (`own_numbers`: choices held against any of them apply together). A number no record carries,
+    or one carried by two persons' records (a conflict the MPI has put to review), is that number alone, with
+    no person."""
+    persons = set(session.scalars(select(PatientRecord.person_id).where(
+        or_(PatientRecord.nhs_number == nhs_number, PatientRecord.last_nhs_number == nhs_number))))
     if len(persons) != 1:
         return None, [nhs_number]
     (person_id,) = persons
     return person_id, sorted({nhs_number, *own_numbers(session, person_id)})
 
 
+def _numbers(session: Session, person_id: str) -> tuple[set[str], set[str]]:
+    """The NHS numbers the person's records carry (or carried last, while their sources send none), and those
+    of them another person's records carry (or carried last) too."""
+    mine = {n for row in session.execute(select(_RECORDS.c.nhs_number, _RECORDS.c.last_nhs_number).where(
+        _RECORDS.c.person_id == person_id)) for n in row if n}
+    if not mine:
+        return mine, set()
+    numbers = sorted(mine)
+    theirs = session.execute(select(_RECORDS.c.nhs_number, _RECORDS.c.last_nhs_number).where(
+        or_(_RECORDS.c.nhs_number.in_(numbers), _RECORDS.c.last_nhs_number.in_(numbers)),
+        _RECORDS.c.person_id != person_id))
+    return mine, {n for row in theirs for n in row if n in mine}
+
+
 def own_numbers(session: Session, person_id: str) -> list[str]:
-    """The NHS numbers the person's source records carry and no other person's do: the numbers by which their
-    choices are read and changed (the citizen's pages, their FHIR Consent, the operator's command). A number
-    another person's records carry too (the MPI keeps them apart for review: a mother's number on her baby's
-    record) is no one's, as in `numbers_of_person`: either holder could otherwise read and withdraw the
-    other's choices. The decision point still applies the choices held against it to both (`OF_PERSON`:
-    an objection is never dropped for a conflict)."""
-    mine = select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == person_id, _RECORDS.c.nhs_number.is_not(None))
-    numbers = {n for n in session.scalars(mine) if n}
-    shared = set(session.scalars(select(_RECORDS.c.nhs_number).where(
-        _RECORDS.c.nhs_number.in_(numbers), _RECORDS.c.person_id != person_id))) if numbers else set()
-    return sorted(numbers - shared)
+    """The NHS numbers the person's source records carry (or carried last, while their sources send none:
+    `follow_number`) and no other person's do: the numbers by which their choices are read and changed (the
+    citizen's pages, their FHIR Consent, the operator's command). A number another person's records carry too
+    (the MPI keeps them apart for review: a mother's number on her baby's record) is no one's, as in
+    `numbers_of_person`: either holder could otherwise read and withdraw the other's choices. The decision point
+    still applies the choices held against it to both (`OF_PERSON`: an objection is never dropped for a
+    conflict)."""
+    mine, shared = _numbers(session, person_id)
+    return sorted(mine - shared)
 
 
 def shared_numbers(session: Session, person_id: str) -> list[str]:
     """The NHS numbers the person's records carry that another person's records carry too (not `own_numbers`)."""
-    mine = select(_RECORDS.c.nhs_number).where(_RECORDS.c.person_id == person_id, _RECORDS.c.nhs_number.is_not(None))
-    return sorted({n for n in session.scalars(select(_RECORDS.c.nhs_number).where(
-        _RECORDS.c.nhs_number.in_(mine), _RECORDS.c.person_id != person_id)) if n})
+    return sorted(_numbers(session, person_id)[1])
+
+
+def _restricts(pref: Preference | None) -> bool:
+    return pref is not None and bool(pref.object_all or pref.object_orgs or pref.opt_out_secondary or pref.provisions)
+
+
+def follow_number(session: Session, record: PatientRecord, before: str | None, by: str) -> None:
+    """Keep the patient's choices applying to this record's person once its NHS number changed (`before`: the
+    number it carried; the record is matched again already). Choices are held against numbers and read through
+    the numbers a person's records carry, so a source correcting or replacing the number on its record left an
+    opt-out or objection behind, applying to no one (privacy review 2026-12-07). Now:
+    - the choices held against the number the record leaves are added to those held against its new one
+      (never less: deny-safe), audited as a change by `by`, the source's correction;
+    - a record left with no usable number keeps the one it leaves as its last (`last_nhs_number`) until it
+      carries one again; its person's choices are read through it (`OF_PERSON`, `own_numbers`);
+    - when no record carries the number left any longer, an IG review item (`CHOICES_LEFT`) says so: the
+      patient should be told, and the IG officer may clear what is held against it."""
+    left = before or record.last_nhs_number
+    now = record.nhs_number
+    record.last_nhs_number = left if now is None else None
+    if left is None or left == now or not _restricts(session.get(Preference, left)):
+        return
+    if now is not None:
+        held = {n: _held(session, n) if n == now else _locked(session, n) for n in sorted({left, now})}
+        source, target = held[left], held[now]
+        before_carry = _as_held(target)
+        target.object_all = target.object_all or source.object_all
+        target.object_orgs = sorted({*target.object_orgs, *source.object_orgs})
+        target.opt_out_secondary = target.opt_out_secondary or source.opt_out_secondary
+        target.provisions = [*(target.provisions or []),
+                             *(p for p in source.provisions or [] if p not in (target.provisions or []))]
+        if _as_held(target) != before_carry:
+            _changed(session, target, by, record.person_id, _summary(target),
+                     reason=f"carried from NHS number ending {left[-4:]}: the NHS number on {record.source_org}'s "
+                            f"record {record.id} changed from it to this one", organisation=record.source_org)
+    carried = session.scalar(select(PatientRecord.id).where(PatientRecord.nhs_number == left).limit(1))
+    if carried is None:
+        _left_behind(session, record, left, now, by)
+
+
+def _locked(session: Session, nhs_number: str) -> Preference:
+    """The choices held against `nhs_number` (known to be held), locked until the transaction ends."""
+    return session.scalars(select(Preference).where(Preference.nhs_number == nhs_number).with_for_update()
+                           .execution_options(populate_existing=True)).one()
+
+
+def _left_behind(session: Session, record: PatientRecord, left: str, now: str | None, by: str) -> None:
+    """Queue the IG review item saying that choices are held against a number no record carries any longer."""
+    pref = session.get_one(Preference, left)
+    where = (f"they were carried to the number it carries now (ending {now[-4:]}) and apply there. Tell the "
+             "patient; once sure the number was theirs, clear those held against the old number" if now else
+             "it carries no NHS number now: they go on applying to its person through the number it carried last "
+             "(do not clear them). Tell the patient, and ask the source for the number")
+    session.add(ReviewItem(
+        kind=CHOICES_LEFT, username=by, person_id=record.person_id, patient_record_id=record.id,
+        reason=f"the patient's choices ({_summary(pref)}) are held against NHS number ending {left[-4:]}, which no "
+               f"record carries any longer: {record.source_org}'s record changed it; {where}",
+        created_at=utcnow(), status="open"))
 
 
 def _as_held(pref: Preference) -> tuple[Any, ...]:

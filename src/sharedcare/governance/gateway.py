@@ -916,7 +916,8 @@ class GovernedRecords:
         patient alone) is asked about as a Patient of its own without labels, and shows as the record."""
         records = list(self.session.scalars(select(PatientRecord).where(PatientRecord.person_id == person_id)))
         # one statement of one shape, whether or not the person has a number (or exists: `search_patients`)
-        choices = choices_for(self.session, sorted({r.nhs_number for r in records if r.nhs_number}) or [""])
+        choices = choices_for(self.session, sorted({n for r in records for n in (r.nhs_number, r.last_nhs_number)
+                                                    if n}) or [""])
         # A person hidden by an objection or a suspended agreement is left before their Patients are read,
         # as one who matched nothing is (the same statements: sixth security review). One hidden only by
         # what the Patients say (a restriction, a service the role may not know of) costs those reads more.

@@ -47,8 +47,9 @@ from sharedcare.governance.policy import Actor, Decision, Item, Request, check_s
 from sharedcare.governance.pseudonymise import Pseudonymiser, Shaped, Unreadable
 from sharedcare.governance.review import NOTHING_ON_REVIEW, OnReview, everyone_on_review
 from sharedcare.governance.small_cells import SmallCells
+from sharedcare.identity.review_list import WAITING
 from sharedcare.store.database import Database
-from sharedcare.store.models import PatientRecord, Preference, Resource
+from sharedcare.store.models import MatchReview, PatientRecord, Preference, Resource
 
 NO_CHOICES = Choices()
 # withheld-count key of a released resource left without an element FHIR requires once shaped (e.g. a
@@ -197,15 +198,30 @@ class SecondaryUse:
         return select(registered.person_id).where(registered.source_org == group)
 
     def _choices(self, session: Session) -> dict[str, Choices]:
-        """Every person who has made a choice, with their choices combined over all their NHS numbers."""
-        rows = session.execute(select(PatientRecord.person_id, Preference)
-                               .join(Preference, Preference.nhs_number == PatientRecord.nhs_number)).all()
-        by_person: dict[str, list[Preference]] = {}
-        for person_id, pref in rows:
-            by_person.setdefault(person_id, []).append(pref)
+        """Every person who has made a choice, with their choices combined over all their NHS numbers (those their
+        records carry, and the last one a record carried while its source sends none: `consent.follow_number`).
+        A person one of whose records the MPI holds apart as possibly another person's, awaiting review (an open
+        or deferred pair: a newborn's hospital record without a number, against her GP record), gets the
+        choices of the person on the pair's other side too: they may be one person, and excluding too many
+        from an extract is the safe error (privacy review 2026-12-07). Not for direct care, where hiding a
+        record on a guess would withhold care."""
+        held: dict[str, dict[str, Preference]] = {}
+        for number in (PatientRecord.nhs_number, PatientRecord.last_nhs_number):
+            for person_id, pref in session.execute(select(PatientRecord.person_id, Preference)
+                                                   .join(Preference, Preference.nhs_number == number)):
+                held.setdefault(person_id, {})[pref.nhs_number] = pref
+        a, b = aliased(PatientRecord), aliased(PatientRecord)
+        pairs = session.execute(select(a.person_id, b.person_id).select_from(MatchReview)
+                                .join(a, a.id == MatchReview.record_a).join(b, b.id == MatchReview.record_b)
+                                .where(MatchReview.status.in_(WAITING), a.person_id != b.person_id)).all()
+        own = {person_id: dict(prefs) for person_id, prefs in held.items()}
+        for one, other in pairs:
+            for person_id, them in ((one, other), (other, one)):
+                if them in own:
+                    held.setdefault(person_id, {}).update(own[them])
         return {person_id: combined_choices((p.object_all, p.object_orgs, p.opt_out_secondary, p.provisions)
-                                            for p in prefs)
-                for person_id, prefs in by_person.items()}
+                                            for p in prefs.values())
+                for person_id, prefs in held.items()}
 
     def stream(self, scope: ExportScope, counts: ExportCounts, progress: Callable[[int], None] | None = None,
                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, bytes]]:

@@ -33,6 +33,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from sharedcare.clock import utcnow
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.consent import follow_number
 from sharedcare.governance.review import flag_joined_registrations
 from sharedcare.identity.compare import (
     NHS_NUMBER_OUTWEIGHS_GIVEN_NAME,
@@ -432,14 +433,20 @@ def link_found_record(session: Session, record: PatientRecord | None, source_org
         return record
     if not update:
         return record
+    before = record.nhs_number
     if _update_record(session, record, demo, nhs, notes):
         rematch(session, record, demo, nhs, notes, block)
+    if record.nhs_number != before:  # the patient's choices follow them to the record's new number
+        follow_number(session, record, before, f"{source_org}:{NUMBER_CORRECTED}")
     if block is not None:
         block.note(record)
     return record
 
 
 REMATCH = "mpi re-match"  # who moves a record whose demographics changed (LinkEvent.by, the audit's user)
+# who carries a patient's choices to the number a source corrected its record to: "ORG:nhs-number-correction",
+# as an item about what a feed sent names it (ORG:system)
+NUMBER_CORRECTED = "nhs-number-correction"
 
 
 def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: str | None, notes: list[str],
@@ -527,6 +534,7 @@ def stored_demographics(record: PatientRecord) -> Demographics:
 
 
 REPREPARED = "its values for matching were prepared anew (sharedcare mpi reprepare)"
+REPREPARE = "mpi reprepare"  # who carries a patient's choices to a number reprepare rewrote (the audit's user)
 _REPREPARE_PAGE = 1000  # records read in one query to find those due
 
 
@@ -600,11 +608,13 @@ def reprepare(db: Database, progress: Callable[[int], None]) -> ReprepareReport:
                 changed, read_anew = reprepared(record), _read_otherwise_before(record)
                 if not changed and not read_anew and not _held_but_matchable(record):  # (matched again
                     continue  # meanwhile by a source)
-                before = record.person_id
+                before, number = record.person_id, record.nhs_number
                 for column, value in changed.items():
                     setattr(record, column, value)
                 demo = stored_demographics(record)
                 rematch(session, record, demo, record.nhs_number, [], None, REPREPARED)
+                if record.nhs_number != number:
+                    follow_number(session, record, number, REPREPARE)
                 report.nhs_numbers_rewritten += "nhs_number" in changed
                 report.name_keys_rewritten += "name_key" in changed
                 report.names_read_anew += read_anew

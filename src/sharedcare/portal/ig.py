@@ -38,7 +38,8 @@ KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
               "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",
               "new-source-record": "New source record for an existing person",
               "registration-conflict": "Competing GP registration",
-              "opened-by-id": "Record opened by its id, without a search"}
+              "opened-by-id": "Record opened by its id, without a search",
+              "choices-left-behind": "Choices held against an NHS number no record carries"}
 # Each audit action as the IG officer reads it: what the user (or the service) did, in words; the code stays
 # on the page, smaller, for `sharedcare audit search` and an exported log. Every action has words (a test
 # keeps it so): a new one shown as its code would be the page this replaced.

@@ -80,12 +80,16 @@ class PatientRecord(Base):
         Index("ix_patient_records_birth_date", "birth_date"),
         Index("ix_patient_records_postcode", "postcode"),
         Index("ix_patient_records_name_key", "name_key"),
+        Index("ix_patient_records_last_nhs_number", "last_nhs_number"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source_org: Mapped[str] = mapped_column(String(16))
     source_id: Mapped[str] = mapped_column(String(64))
     person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
     nhs_number: Mapped[str | None] = mapped_column(String(10))
+    # The NHS number the record carried last, kept while its source sends none (removed, or one failing the
+    # check): the patient's choices held against it go on applying to the record's person (consent.py)
+    last_nhs_number: Mapped[str | None] = mapped_column(String(10))
     family: Mapped[str | None] = mapped_column(String(100))
     given: Mapped[str | None] = mapped_column(String(100))
     birth_date: Mapped[date | None] = mapped_column(Date)
