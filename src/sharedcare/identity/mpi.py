@@ -13,7 +13,7 @@ Order of evidence on ingest:
 
 A malformed identifier (NHS number failing modulus 11, a postcode that is not one) is noted on the
 record and not used; it never stops the record being stored. `relink` re-matches everyone in batch
-(`matching.py`) and keeps reviewers' decisions.
+(`matching.py`) and keeps reviewers' decisions, merges and operators' separations.
 """
 
 from __future__ import annotations
@@ -53,7 +53,16 @@ from sharedcare.identity.compare import (
     postcode_parts,
     transposed,
 )
-from sharedcare.identity.links import REVIEWED, end_bases, merged, moves_to, resettle_reviews, settle_reviews
+from sharedcare.identity.links import (
+    DECIDED,
+    REVIEWED,
+    end_bases,
+    merged,
+    moves_to,
+    resettle_reviews,
+    separations,
+    settle_reviews,
+)
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
@@ -648,8 +657,9 @@ def _decisions(session: Session, record: PatientRecord, mine: list[PatientRecord
     found = [f"review #{item.id} ({item.status} by {item.decided_by})" for item in session.scalars(
         select(MatchReview).where(or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id),
                                   MatchReview.status.in_(REVIEWED)).order_by(MatchReview.id))]
-    if record.link_method == "manual":
-        event = session.scalars(select(LinkEvent).join(LinkMove).where(LinkMove.patient_record_id == record.id)
+    if record.link_method == "manual":  # the person's, not a relink's or a re-match's since
+        event = session.scalars(select(LinkEvent).join(LinkMove).where(LinkMove.patient_record_id == record.id,
+                                                                       LinkEvent.kind.in_(DECIDED))
                                 .order_by(LinkEvent.id.desc()).limit(1)).first()
         if event is not None:
             found.append(f"{event.kind} #{event.id} by {event.by}")
@@ -718,6 +728,7 @@ class RelinkReport:
     review_closed_nhs_numbers_differ: int = 0  # open items closed: two different valid NHS numbers
     review_reopened: int = 0  # items an earlier relink closed that this one no longer settles
     review_open: int = 0  # open items after this relink (deferred ones not counted)
+    operator_separations_kept: int = 0  # separates and unmerges whose records it kept apart (`links.separations`)
     not_matched_too_little_data: int = 0
     model_version: str = ""
 
@@ -764,9 +775,11 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
 
     kept = merged(session)  # merges not undone hold as reviewers' links do
     matched = {r.id for r in rows}
+    apart = {pair: event for pair, event in separations(session).items() if set(pair) <= matched}  # and separations
+    report.operator_separations_kept = len(set(apart.values()))  # as reviewers' separates
     result = cluster([stored_match_record(r) for r in rows],
                      decided_same=decided["linked"] | {p for p in kept.pairs if set(p) <= matched},
-                     decided_different=decided["separate"], fallback=current_model(session).json,
+                     decided_different=decided["separate"] | apart.keys(), fallback=current_model(session).json,
                      trained_on=trained)
     by_id = {r.id: r for r in rows}
     members: dict[int, list[PatientRecord]] = {}
