@@ -1,7 +1,7 @@
 """An operator's separation survives a relink as a reviewer's "separate" does (issue 4: decisions survive
 relinking). Two GP records with Margaret Hughes's details, Diabetes in record a and HIV infection in record b,
 linked on arrival; an operator takes b out (`links.separate`), or undoes a merge that joined them. Until
-2026-12-08 the next relink joined them again (Margaret's record showed b's HIV diagnosis), and a correction of
+2026-12-07 the next relink joined them again (Margaret's record showed b's HIV diagnosis), and a correction of
 b sent afterwards was held for review "where that decision put it", in her person."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 and writing, to its commit). On SQLite that is the store's write lock: every writer (ingest, a reviewer, the
 audit entry of a read) waits `sqlite_turns.WAIT_S` for its turn and as long again in SQLite's busy handler, then
 is refused, its transaction rolled back whole, saying so: MLLP AE with ERR-3 207 (an engine sends it again),
-HTTP 503 with Retry-After, `sharedcare` exit 3. Until 2026-12-08 the sender was told of "an internal error"
+HTTP 503 with Retry-After, `sharedcare` exit 3. Until 2026-12-07 the sender was told of "an internal error"
 (MLLP) or got a 500. A relink of an SQLite store too large to finish within that wait is refused before it
 starts. On PostgreSQL only matching waits for a relink, for as long as it holds the lock (sharedcare sets no
 `lock_timeout`), and reads go on. Real threads on a real store file, a real MLLP listener and the real API;

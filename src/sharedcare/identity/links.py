@@ -490,7 +490,7 @@ def separations(session: Session) -> dict[tuple[int, int], int]:
     pairs, each with the link event that parted it. A separation is a `separate` other than a reviewer's
     (`decide`'s, whose review item holds it) or an unmerge: each record it moved, while no later decision by a
     person moved it (`DECIDED`), with each record the person it left held just before (an unmerge's: just
-    before the merge it undid). Until 2026-12-08 a relink kept neither: it joined the records again, and the
+    before the merge it undid). Until 2026-12-07 a relink kept neither: it joined the records again, and the
     next correction of the separated record held it for review "where that decision put it"."""
     events = list(session.scalars(select(LinkEvent).where(LinkEvent.kind.in_(("separate", "unmerge")))
                                   .order_by(LinkEvent.id)))

@@ -750,8 +750,8 @@ _MATCHED = select(PatientRecord.id, PatientRecord.source_org, PatientRecord.nhs_
 # On SQLite a relink's locked phase (from `hold_every_key`: reading again, scoring, clustering and writing) holds
 # every other writer: ingest, decisions, and the audit entry of every read. A writer waits `sqlite_turns.WAIT_S`
 # for its turn and as long again in SQLite's busy handler, then is refused (`database.busy`: MLLP AE, HTTP 503).
-# 13,954 records held it 13-19 s at load 7-9 on two cores (2026-12-08; 2.2-3.8 s at load 0.7-5, 2026-12-07): a
-# larger store is relinked on SQLite only with its writers stopped (`writers_stopped`), or on PostgreSQL.
+# 13,954 records held it 13-19 s at load 7-9 on two cores (2.2-3.8 s at load 0.7-5: docs/architecture.md, Identity):
+# a larger store is relinked on SQLite only with its writers stopped (`writers_stopped`), or on PostgreSQL.
 SQLITE_RELINK_LIMIT = 20_000
 
 
