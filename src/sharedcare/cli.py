@@ -35,7 +35,7 @@ from typer.core import TyperGroup
 from sharedcare.config import DEMO_PASSWORD, MIN_SECRET_BYTES, Settings, load_settings
 from sharedcare.errors import ConfigError, SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
-from sharedcare.store.database import Database, unreachable, unreachable_reason
+from sharedcare.store.database import STORE_BUSY, Database, busy, unreachable, unreachable_reason
 
 if TYPE_CHECKING:
     from sharedcare.governance.access_log import IngestRun
@@ -46,14 +46,17 @@ UNREACHABLE = 3  # the exit code of a store that cannot be reached (as `audit wi
 
 
 class _Commands(TyperGroup):
-    """Every command, with a store that cannot be reached or is lost part-way (a restart, a dropped connection)
-    said in one line, exit 3, rather than a traceback and exit 1, which each command gives a meaning of its own
-    (a broken chain, a quarantined message)."""
+    """Every command, with a store that cannot be reached or is lost part-way (a restart, a dropped connection),
+    or busy past a writer's wait (`database.busy`), said in one line, exit 3, rather than a traceback and exit 1,
+    which each command gives a meaning of its own (a broken chain, a quarantined message)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except DBAPIError as exc:
+            if busy(exc):  # its transaction rolled back: what it committed before stands
+                raise _fail(f"{STORE_BUSY} of the work under way: run the command again (what it committed before "
+                            "stands; `ingest` stores each message once)", UNREACHABLE) from exc
             if not unreachable(exc):
                 raise
             raise _fail(f"cannot reach the store named by SHAREDCARE_DB ({_store_named()}): {unreachable_reason(exc)}",
@@ -1770,13 +1773,20 @@ def mpi_relink(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     model_out: Annotated[Path, typer.Option(help="Where to save the trained model (Splink JSON).")] = Path(
         "var/mpi/model.json"),
+    writers_stopped: Annotated[bool, typer.Option(
+        "--writers-stopped", help="SQLite: ingest and the portal are stopped, so relink a store of any size (its "
+                                  "other writers would wait for the whole relink).")] = False,
 ) -> None:
-    """Re-match every source patient record with the probabilistic model; report what changed (audited)."""
+    """Re-match every source patient record with the probabilistic model; report what changed (audited). On SQLite
+    a store of more than 20,000 records is refused unless --writers-stopped (every writer waits for a relink)."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
-    from sharedcare.identity.mpi import relink
+    from sharedcare.identity.mpi import RelinkRefused, relink
 
     with _database().session() as session:
-        report, model = relink(session, by=OPERATOR)
+        try:
+            report, model = relink(session, by=OPERATOR, writers_stopped=writers_stopped)
+        except RelinkRefused as exc:
+            raise _fail(str(exc)) from exc
         record_audit(session, AuditRecord(AuditAction.MPI_RELINK, "permit", username=OPERATOR, purpose="governance",
                                           detail={k: str(v) for k, v in report.to_json().items()}))
     model_out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,12 +35,13 @@ from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
 from sharedcare.portal import citizen, csrf, ig, pages
 from sharedcare.portal import routes as clinician
-from sharedcare.store.database import Database, unreachable, unreachable_reason
+from sharedcare.store.database import STORE_BUSY, Database, busy, unreachable, unreachable_reason
 
 log = logging.getLogger("sharedcare.api")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 STORE_RETRY_SECONDS = 10  # Retry-After of a 503 while the record store cannot be reached
 STORE_UNREACHABLE = "the record store is not reachable; try again shortly"
+STORE_BUSY_TRY_AGAIN = "the record store is busy; nothing was stored: try again shortly"
 STATIC_PREFIXES = ("/static/", "/assets/")
 
 
@@ -239,14 +240,20 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         """503 with Retry-After, not a 500, while the store cannot be reached (down, restarting, refusing
         connections; a pooled connection it dropped is replaced before use: `Database`). Not audited, since
         the audit log is in that store: logged, with the request id. What the request would have done was
-        rolled back whole, its audit entry with it, so nothing was released unaudited. Any other database error
-        is the server's failure (500, below)."""
-        if not unreachable(exc):
+        rolled back whole, its audit entry with it, so nothing was released unaudited. So is a store busy past a
+        writer's wait (`busy`: an MPI relink on SQLite). Any other database error is the server's failure (500,
+        below)."""
+        if busy(exc):
+            log.error("request %s: %s; answered 503", _request_id(request), STORE_BUSY)
+            said = STORE_BUSY_TRY_AGAIN
+        elif unreachable(exc):
+            log.error("request %s: the record store is not reachable (%s); answered 503", _request_id(request),
+                      unreachable_reason(exc))
+            said = STORE_UNREACHABLE
+        else:
             raise exc
-        log.error("request %s: the record store is not reachable (%s); answered 503", _request_id(request),
-                  unreachable_reason(exc))
-        response = (operation_outcome(503, "transient", STORE_UNREACHABLE, _request_id(request)) if _is_api(request)
-                    else pages.error_page(request, 503, STORE_UNREACHABLE, heading="The record is not available"))
+        response = (operation_outcome(503, "transient", said, _request_id(request)) if _is_api(request)
+                    else pages.error_page(request, 503, said, heading="The record is not available"))
         response.headers["Retry-After"] = str(STORE_RETRY_SECONDS)
         return response
 

@@ -9,8 +9,9 @@ and ends the point-of-care bases given on the persons it moved records out of or
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -42,6 +43,11 @@ RELINK_SAME, RELINK_APART = "relink-same", "relink-apart"
 # A reviewer's decisions a relink keeps: changed only by deciding again as a change (`decide`'s `was`), or
 # by an unmerge parting a link (marked separate).
 REVIEWED = ("linked", "separate")
+# The link events a person decides (an operator, a reviewer, a source's merge), not matching (relink, rematch):
+# the last of them to move a record says where a person put it.
+DECIDED = ("merge", "separate", "unmerge")
+# The reason `decide` gives the separation of a pair a reviewer decided are two people (its review item holds it).
+_REVIEWERS_SEPARATE = re.compile(r"review #(\d+): different people: ")
 
 
 class LinkError(SharedcareError):
@@ -351,8 +357,11 @@ def _joined_since(session: Session, merge: LinkEvent) -> list[PatientRecord]:
                                    else r.id in arrived and arrived[r.id] > merge.at)]
 
 
-def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEvent:
-    """Take one source record out of its person into a person of its own (a link that was wrong)."""
+def separate(session: Session, record_id: int, by: str, reason: str, deciding: int | None = None) -> LinkEvent:
+    """Take one source record out of its person into a person of its own (a link that was wrong); relinks keep
+    it apart from the records it left (`separations`). A reviewer's link it parts is marked separate, by `by`
+    for `reason`, as an unmerge marks one: left "linked", a relink would join the pair again. `deciding`: the
+    review item `decide` is deciding, which it marks itself."""
     _hold_links(session)
     record = session.get(PatientRecord, record_id)
     if record is None:
@@ -360,7 +369,12 @@ def separate(session: Session, record_id: int, by: str, reason: str) -> LinkEven
     person = Person(id=str(uuid.uuid4()))
     session.add(person)
     session.flush()
-    return _move(session, [record], person.id, "separate", by, reason)
+    parted = [item for item in _links_parted(session, {record.id: person.id}) if item.id != deciding]
+    event = _move(session, [record], person.id, "separate", by, reason)
+    for item in parted:
+        _record_decision(session, item, "separate", by, f"separate #{event.id} of record {record.id}: {reason}",
+                         event.at)
+    return event
 
 
 def _record_decision(session: Session, item: MatchReview, status: str, by: str, reason: str,
@@ -402,7 +416,8 @@ def decide(session: Session, review_id: int, decision: Decision, by: str, reason
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
         _merge(session, a.person_id, b.person_id, by, f"review #{review_id}: same person: {reason}", review.id)
     elif decision == "separate" and a.person_id == b.person_id:
-        separate(session, b.id, by, f"review #{review_id}: different people: {reason}")
+        separate(session, b.id, by, f"review #{review_id}: different people: {reason}",  # `_REVIEWERS_SEPARATE`
+                 review.id)
     status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
     _record_decision(session, review, status, by, reason, utcnow())
     return review
@@ -451,16 +466,19 @@ class Merged:
 
 
 def merged(session: Session) -> Merged:
-    """Each merge not undone, as record pairs: every record it moved that is still where it put it, with a
-    record the kept person held before the merge (or, with none, with the first record moved)."""
+    """Each merge not undone, as record pairs: every record it moved that is still where it put it, and that no
+    later decision by a person moved (a separation: `DECIDED`), with a record the kept person held before the
+    merge (or, with none, with the first record moved)."""
     found = Merged()
-    for merge in session.scalars(select(LinkEvent).where(LinkEvent.kind == "merge", LinkEvent.undone_by.is_(None))
-                                 .order_by(LinkEvent.id)):
+    merges = list(session.scalars(select(LinkEvent).where(LinkEvent.kind == "merge", LinkEvent.undone_by.is_(None))
+                                  .order_by(LinkEvent.id)))
+    last = _last_decided(session, {m.patient_record_id for merge in merges for m in merge.moves})
+    for merge in merges:
         if not merge.moves:
             continue
         keep = merge.moves[0].to_person
         here = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == keep)))
-        moved = [m for m in merge.moves if m.patient_record_id in here]
+        moved = [m for m in merge.moves if m.patient_record_id in here and last.get(m.patient_record_id) == merge.id]
         if not moved:
             continue
         held = sorted(here - {m.patient_record_id for m in merge.moves}
@@ -469,6 +487,74 @@ def merged(session: Session) -> Merged:
         found.pairs |= {(anchor, m.patient_record_id) for m in moved if m.patient_record_id != anchor}
         found.came_from |= {m.patient_record_id: m.from_person for m in moved}
     return found
+
+
+def separations(session: Session) -> dict[tuple[int, int], int]:
+    """What operators' separations still hold, for a relink to keep as it keeps a reviewer's "separate": record
+    pairs, each with the link event that parted it. A separation is a `separate` other than a reviewer's
+    (`decide`'s, whose review item holds it) or an unmerge: each record it moved, while no later decision by a
+    person moved it (`DECIDED`), with each record the person it left held just before (an unmerge's: just
+    before the merge it undid). Until 2026-12-07 a relink kept neither: it joined the records again, and the
+    next correction of the separated record held it for review "where that decision put it"."""
+    events = list(session.scalars(select(LinkEvent).where(LinkEvent.kind.in_(("separate", "unmerge")))
+                                  .order_by(LinkEvent.id)))
+    last = _last_decided(session, {m.patient_record_id for event in events for m in event.moves})
+    found: dict[tuple[int, int], int] = {}
+    for event in events:
+        moved = [m.patient_record_id for m in event.moves if last.get(m.patient_record_id) == event.id]
+        if not moved or (event.kind == "separate" and _reviewers(session, event)):
+            continue
+        if event.kind == "unmerge":
+            merge = session.scalars(select(LinkEvent).where(LinkEvent.undone_by == event.id)).first()
+            if merge is None or not merge.moves:
+                continue
+            left = _held_before(session, merge.moves[0].to_person, merge)
+        else:
+            left = _held_before(session, event.moves[0].from_person, event)
+        found |= {(min(record, other), max(record, other)): event.id for record in moved for other in left}
+    return found
+
+
+def _reviewers(session: Session, event: LinkEvent) -> bool:
+    """Whether this separate is a reviewer's decision on a pair (`decide`), which its review item holds."""
+    found = _REVIEWERS_SEPARATE.match(event.reason)
+    item = session.get(MatchReview, int(found.group(1))) if found else None
+    return item is not None and event.moves[0].patient_record_id in (item.record_a, item.record_b)
+
+
+def _last_decided(session: Session, records: Collection[int]) -> dict[int, int]:
+    """The last link event a person decided (`DECIDED`) that moved each of these records, by record id."""
+    ids, found = sorted(records), {}
+    for start in range(0, len(ids), _PERSONS_A_QUERY):
+        found.update({record: event for record, event in session.execute(
+            select(LinkMove.patient_record_id, func.max(LinkEvent.id)).join(LinkEvent).where(
+                LinkEvent.kind.in_(DECIDED), LinkMove.patient_record_id.in_(ids[start:start + _PERSONS_A_QUERY]))
+            .group_by(LinkMove.patient_record_id))})
+    return found
+
+
+def _held_before(session: Session, person: str, event: LinkEvent) -> set[int]:
+    """The records `person` held just before `event`, but those it moved: a record was where its last earlier
+    move took it or, with none, where its first move since took it from, or else it is where it is now; a
+    record that arrived after the event (`arrival_times`) was not there."""
+    ids = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person))) | set(
+        session.scalars(select(LinkMove.patient_record_id).where(
+            or_(LinkMove.from_person == person, LinkMove.to_person == person))))
+    ids -= {m.patient_record_id for m in event.moves}
+    before: dict[int, str] = {}
+    since: dict[int, str] = {}
+    for record, at, from_person, to_person in session.execute(
+            select(LinkMove.patient_record_id, LinkMove.link_event_id, LinkMove.from_person, LinkMove.to_person)
+            .where(LinkMove.patient_record_id.in_(ids)).order_by(LinkMove.link_event_id, LinkMove.id)):
+        if at < event.id:
+            before[record] = to_person
+        else:
+            since.setdefault(record, from_person)
+    now: dict[int, str] = {record: person_id for record, person_id in session.execute(
+        select(PatientRecord.id, PatientRecord.person_id).where(PatientRecord.id.in_(ids)))}
+    there = [r for r in ids if before.get(r) == person or (r not in before and since.get(r, now[r]) == person)]
+    arrived = arrival_times(session, [r for r in there if r not in before])
+    return {r for r in there if r in before or not (r in arrived and arrived[r] > event.at)}
 
 
 @dataclass

@@ -13,13 +13,14 @@ Order of evidence on ingest:
 
 A malformed identifier (NHS number failing modulus 11, a postcode that is not one) is noted on the
 record and not used; it never stops the record being stored. `relink` re-matches everyone in batch
-(`matching.py`) and keeps reviewers' decisions.
+(`matching.py`) and keeps reviewers' decisions, merges and operators' separations.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from sharedcare.clock import utcnow
+from sharedcare.errors import SharedcareError
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import follow_number
 from sharedcare.governance.review import flag_joined_registrations
@@ -54,12 +56,22 @@ from sharedcare.identity.compare import (
     postcode_parts,
     transposed,
 )
-from sharedcare.identity.links import REVIEWED, end_bases, merged, moves_to, resettle_reviews, settle_reviews
+from sharedcare.identity.links import (
+    DECIDED,
+    REVIEWED,
+    end_bases,
+    merged,
+    moves_to,
+    resettle_reviews,
+    separations,
+    settle_reviews,
+)
 from sharedcare.identity.model import Model
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.identity.realtime import SAME_NHS_NUMBER_LIMIT
 from sharedcare.store.database import Database, Prepared, PreparedObjects, begin_write, run
 from sharedcare.store.models import LinkEvent, LinkMove, MatchModel, MatchReview, PatientRecord, Person
+from sharedcare.store.sqlite_turns import WAIT_S
 
 if TYPE_CHECKING:
     from sharedcare.identity.realtime import Block, StoredRecord
@@ -658,8 +670,9 @@ def _decisions(session: Session, record: PatientRecord, mine: list[PatientRecord
     found = [f"review #{item.id} ({item.status} by {item.decided_by})" for item in session.scalars(
         select(MatchReview).where(or_(MatchReview.record_a == record.id, MatchReview.record_b == record.id),
                                   MatchReview.status.in_(REVIEWED)).order_by(MatchReview.id))]
-    if record.link_method == "manual":
-        event = session.scalars(select(LinkEvent).join(LinkMove).where(LinkMove.patient_record_id == record.id)
+    if record.link_method == "manual":  # the person's, not a relink's or a re-match's since
+        event = session.scalars(select(LinkEvent).join(LinkMove).where(LinkMove.patient_record_id == record.id,
+                                                                       LinkEvent.kind.in_(DECIDED))
                                 .order_by(LinkEvent.id.desc()).limit(1)).first()
         if event is not None:
             found.append(f"{event.kind} #{event.id} by {event.by}")
@@ -728,6 +741,8 @@ class RelinkReport:
     review_closed_nhs_numbers_differ: int = 0  # open items closed: two different valid NHS numbers
     review_reopened: int = 0  # items an earlier relink closed that this one no longer settles
     review_open: int = 0  # open items after this relink (deferred ones not counted)
+    operator_separations_kept: int = 0  # separates and unmerges whose records it kept apart (`links.separations`)
+    locked_seconds: float = 0.0  # holding the matching lock, to the commit's start (SQLite: every writer waited)
     not_matched_too_little_data: int = 0
     model_version: str = ""
 
@@ -742,7 +757,35 @@ _MATCHED = select(PatientRecord.id, PatientRecord.source_org, PatientRecord.nhs_
                   ).where(PatientRecord.link_method != "insufficient-data").order_by(PatientRecord.id)
 
 
-def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict[str, object]]:
+# On SQLite a relink's locked phase (from `hold_every_key`: reading again, scoring, clustering and writing) holds
+# every other writer: ingest, decisions, and the audit entry of every read. A writer waits `sqlite_turns.WAIT_S`
+# for its turn and as long again in SQLite's busy handler, then is refused (`database.busy`: MLLP AE, HTTP 503).
+# 13,954 records held it 13-19 s at load 7-9 on two cores (2.2-3.8 s at load 0.7-5: docs/architecture.md, Identity):
+# a larger store is relinked on SQLite only with its writers stopped (`writers_stopped`), or on PostgreSQL.
+SQLITE_RELINK_LIMIT = 20_000
+
+
+class RelinkRefused(SharedcareError):
+    """A relink that would hold the store's other writers longer than they wait."""
+
+
+def _may_relink(session: Session) -> None:
+    """Refuse a relink of an SQLite store beyond `SQLITE_RELINK_LIMIT` records, before training (minutes)."""
+    if session.connection().dialect.name != "sqlite":
+        return
+    records = session.scalar(select(func.count()).select_from(PatientRecord)) or 0
+    if records > SQLITE_RELINK_LIMIT:
+        raise RelinkRefused(
+            f"refused: this SQLite store holds {records:,} source records, more than {SQLITE_RELINK_LIMIT:,}. On "
+            "SQLite a relink holds every other writer (ingest, reviewers' decisions, the audit entry of every read) "
+            f"while it clusters, which at this size may take longer than they wait (about {2 * WAIT_S:g} s): they "
+            "would be refused meanwhile (MLLP AE, HTTP 503). Move the store to PostgreSQL, where only matching "
+            "waits for a relink (README, \"PostgreSQL\"), or stop ingest and the portal and run `sharedcare mpi "
+            "relink --writers-stopped`")
+
+
+def relink(session: Session, by: str = "mpi relink",
+           writers_stopped: bool = False) -> tuple[RelinkReport, dict[str, object]]:
     """Re-match every source patient record with the probabilistic model and move links to fit.
 
     Clinical rows never move: only `patient_records.person_id` changes. Each new cluster keeps the person
@@ -750,7 +793,8 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     to match on keep their own person, under review. The trained model is saved with the index (the
     one real-time matching uses from then on) and returned for the caller to write out. Every record that
     changes person is one move of a `relink` LinkEvent, so whose record past reads were about stays known.
-    Clustering and moving hold the matching lock on every key, to the commit (`hold_every_key`)."""
+    Clustering and moving hold the matching lock on every key, to the commit (`hold_every_key`); on SQLite that
+    holds every writer, so a store beyond `SQLITE_RELINK_LIMIT` records is refused unless `writers_stopped`."""
     from sharedcare.identity.matching import BRIDGE, MIN_TRAINING_RECORDS, cluster, trained_model  # loads slowly
     from sharedcare.identity.model import MODEL_VERSION
 
@@ -758,10 +802,13 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
     # ingest and reviewers go on. Clustering and every move are then made under the matching lock from what is
     # committed by then: until 2026-12-07 they were made from the records and decisions read before training,
     # and overwrote what committed meanwhile (a corrected record moved back, a reviewer's separate undone).
+    if not writers_stopped:
+        _may_relink(session)
     snapshot = [stored_match_record(r) for r in session.execute(_MATCHED)]
     trained = trained_model(snapshot) if len(snapshot) >= MIN_TRAINING_RECORDS else None
     del snapshot
     hold_every_key(session, alone=True)
+    locked = time.monotonic()
     every = list(session.scalars(select(PatientRecord).order_by(PatientRecord.id)
                                  .execution_options(populate_existing=True)))
     rows = [r for r in every if r.link_method != "insufficient-data"]
@@ -774,9 +821,11 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
 
     kept = merged(session)  # merges not undone hold as reviewers' links do
     matched = {r.id for r in rows}
+    apart = {pair: event for pair, event in separations(session).items() if set(pair) <= matched}  # and separations
+    report.operator_separations_kept = len(set(apart.values()))  # as reviewers' separates
     result = cluster([stored_match_record(r) for r in rows],
                      decided_same=decided["linked"] | {p for p in kept.pairs if set(p) <= matched},
-                     decided_different=decided["separate"], fallback=current_model(session).json,
+                     decided_different=decided["separate"] | apart.keys(), fallback=current_model(session).json,
                      trained_on=trained)
     by_id = {r.id: r for r in rows}
     members: dict[int, list[PatientRecord]] = {}
@@ -852,4 +901,5 @@ def relink(session: Session, by: str = "mpi relink") -> tuple[RelinkReport, dict
         session.add(MatchModel(version=MODEL_VERSION, trained_at=now, trained_on=len(rows), model=result.model))
         session.info.pop(SESSION_MODEL, None)  # matching in this session from now on uses the new model
     session.flush()
+    report.locked_seconds = round(time.monotonic() - locked, 1)
     return report, result.model

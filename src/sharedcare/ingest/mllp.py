@@ -40,7 +40,7 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, network_of, re
 from sharedcare.ingest.hl7v2_syntax import Encoding, SyntaxProblem, encoding_of
 from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage, cut
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
-from sharedcare.store.database import unreachable, unreachable_reason
+from sharedcare.store.database import STORE_BUSY, busy, unreachable, unreachable_reason
 from sharedcare.tls import TlsSettings, guarded, peer_subject
 
 log = logging.getLogger("sharedcare.mllp")
@@ -254,10 +254,14 @@ class MllpServer:
         """The ACK of a message whose handling failed (the store not reachable, above all: restarting, refusing
         connections): AE with ERR-3 207, application internal error, which interface engines treat as ours and
         retry, rather than a connection closed with no answer. Nothing can be audited or quarantined without the
-        store; the failure is logged. A message stored before the failure is answered "unchanged" when resent."""
+        store; the failure is logged. A message stored before the failure is answered "unchanged" when resent. So
+        is a store busy past a writer's wait (`busy`: an MPI relink on SQLite): its transaction rolled back whole."""
         if unreachable(exc):
             log.error("mllp: %s: the record store is not reachable (%s); answered AE", peer, unreachable_reason(exc))
             text = "the record store is not reachable: the message was not stored; send it again shortly"
+        elif busy(exc):
+            log.error("mllp: %s: %s; answered AE", peer, STORE_BUSY)
+            text = "the record store is busy: the message was not stored; send it again shortly"
         else:
             log.exception("mllp: a message from %s could not be handled; answered AE", peer)
             text = "the message could not be handled (an internal error, logged): send it again"

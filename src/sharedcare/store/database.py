@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from sharedcare.config import load_settings
 from sharedcare.private_files import create_private, private_folder
+from sharedcare.store import sqlite_turns
 from sharedcare.store.sqlite_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -82,7 +84,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per commit, never corrupt; PostgreSQL for production
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    # a writer that waited `WAIT_S` for its turn waits as long again in SQLite's busy handler, then is refused (`busy`)
+    cursor.execute(f"PRAGMA busy_timeout={int(sqlite_turns.WAIT_S * 1000)}")
     cursor.close()
 
 
@@ -94,6 +97,22 @@ def unreachable(exc: BaseException) -> TypeGuard[DBAPIError]:
     if not isinstance(exc, DBAPIError):
         return False
     return exc.connection_invalidated or (exc.statement is None and isinstance(exc, OperationalError | InterfaceError))
+
+
+# What a writer refused for `busy` is told: nothing of what it was writing was stored.
+STORE_BUSY = ("the record store is busy: another writer held it longer than a writer waits (on SQLite, an MPI "
+              "relink holds every writer while it clusters); nothing was stored")
+
+
+def busy(exc: BaseException) -> TypeGuard[DBAPIError]:
+    """Whether `exc` says a write gave up waiting for another writer: SQLite's "database is locked" after its
+    turn and busy handler (`WAIT_S` each), or PostgreSQL's lock_not_available where a DBA set `lock_timeout`
+    (sharedcare sets none: a writer there waits as long as the lock is held). Its transaction was rolled back
+    whole, so the writer can say nothing was stored and the same write can be sent again."""
+    if not isinstance(exc, OperationalError):
+        return False
+    return (isinstance(exc.orig, sqlite3.OperationalError) and "locked" in str(exc.orig)) or getattr(
+        exc.orig, "sqlstate", None) == "55P03"
 
 
 def unreachable_reason(exc: DBAPIError) -> str:
