@@ -1629,8 +1629,9 @@ def audit_search(
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Search the audit log by patient, user, organisation and date, newest first (audited: the entries
-    name patients and carry clinicians' reasons)."""
+    """Search the audit log by patient, user, organisation and date, newest first (audited, about the patient
+    if one is given, whose "who looked" then lists it: the entries name patients and carry clinicians'
+    reasons)."""
     from datetime import UTC, datetime
 
     from sharedcare.governance.access_log import details, search_page
@@ -1648,7 +1649,7 @@ def audit_search(
         found = search_page(session, limit, **criteria)
         entries = found.entries
         record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
-                                          detail=found.audit_detail(criteria)))
+                                          patient_id=patient, detail=found.audit_detail(criteria)))
         rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
                  "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e),
                  "verified": "no" if e.seq in found.unverified else "yes"}
@@ -1933,10 +1934,12 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
     birth date agree, the given names do not), each with its waterfall (the prior, then every comparison's
     level and match weight) and why either record is held (a re-match's note, a decision reopened), and
     records held for review on their own with the reason; oldest first
-    (audited, naming the records shown: their demographics are patients' details). Open and deferred items
+    (audited about each person shown, as the data quality page is: their demographics are patients'
+    details, and their "who looked" lists it). Open and deferred items
     only, unless --all: a pair a relink has put in one person is closed by it, and reopened if a later
     relink parts them."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+    from sharedcare.governance.workspace import persons_shown, review_detail
     from sharedcare.identity.review_list import describe, pending
 
     with _database().session() as session:
@@ -1947,9 +1950,10 @@ def mpi_review(as_json: Annotated[bool, typer.Option("--json")] = False,
                                        "a": describe(p.a), "b": describe(p.b), "held": p.held,
                                        "evidence": p.evidence} for p in found.pairs]
         held = [{"record": describe(r), "reason": r.link_note or r.link_method} for r in found.held]
-        record_audit(session, AuditRecord(AuditAction.MPI_REVIEW_VIEW, "permit", OPERATOR, purpose="governance",
-                                          detail={"pairs": str(len(found.pairs)), "held": str(len(found.held)),
-                                                  "records": " ".join(str(r) for r in found.record_ids)}))
+        about: list[str | None] = [*persons_shown(found)] or [None]
+        for person_id in about:
+            record_audit(session, AuditRecord(AuditAction.MPI_REVIEW_VIEW, "permit", OPERATOR, purpose="governance",
+                                              patient_id=person_id, detail=review_detail(found)))
     if as_json:
         _print_json(rows + [{"held_for_review": h["record"], "reason": h["reason"]} for h in held] if held else rows)
         return

@@ -24,7 +24,7 @@ from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core import meta_source
-from sharedcare.governance.access_log import details
+from sharedcare.governance.access_log import accesses_of, details
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
@@ -602,16 +602,46 @@ def _cli_entries(db: Database, action: str) -> list[dict[str, str]]:
             AuditEntry.action == action, AuditEntry.username == "cli").order_by(AuditEntry.seq))]
 
 
-def test_mpi_review_is_audited_naming_the_records_it_showed(env: Database, tmp_path: Path) -> None:
+def _told(db: Database, framework: Framework, person_id: str) -> list[tuple[str, str]]:
+    """Who did what, each line of the person's "who looked at my record"."""
+    with db.session() as s:
+        return [(a.who, a.what) for a in accesses_of(s, framework, person_id).accesses]
+
+
+TEAM = "The shared care record's technical team"
+
+
+def test_mpi_review_is_audited_about_each_person_shown_and_each_is_told(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """The list shows the records' names and birth dates: audited once about each person shown, as the
+    matching page is, naming the records, so each person's "who looked" says the technical team looked."""
     feed = _twins_and_a_thin_record(tmp_path)
     runner.invoke(app, ["ingest", str(feed)])
     shown = runner.invoke(app, ["mpi", "review"], env={"COLUMNS": "400"})
     assert shown.exit_code == 0 and "JONES, Amy" in shown.stdout
     with env.session() as s:
-        ids = {source_id: record for source_id, record in s.execute(select(PatientRecord.source_id, PatientRecord.id))}
-    [look] = _cli_entries(env, "identity:mpi:review-view")
-    assert (look["pairs"], look["held"]) == ("1", "1")
-    assert look["records"].split() == [str(ids[r]) for r in ("amy", "zoe", "unknown")]
+        ids = {source_id: (record, person) for source_id, record, person in s.execute(
+            select(PatientRecord.source_id, PatientRecord.id, PatientRecord.person_id))}
+        looks = s.scalars(select(AuditEntry).where(AuditEntry.action == "identity:mpi:review-view")).all()
+    assert sorted(e.patient_id or "" for e in looks) == sorted(ids[r][1] for r in ("amy", "zoe", "unknown"))
+    for look in map(details, looks):
+        assert (look["pairs"], look["held"]) == ("1", "1")
+        assert look["records"].split() == [str(ids[r][0]) for r in ("amy", "zoe", "unknown")]
+    assert _told(env, framework, ids["amy"][1]) == [
+        (TEAM, "looked at your details to check whether two records are the same person (a data quality check)")]
+
+
+def test_an_audit_search_by_patient_is_audited_about_them_and_they_are_told(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])
+    with env.session() as s:
+        person = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "gp-1")).one()
+    assert runner.invoke(app, ["audit", "search", "--patient", person]).exit_code == 0
+    with env.session() as s:
+        [search] = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:audit:search")).all()
+    assert search.patient_id == person and details(search)["patient_id"] == person
+    assert _told(env, framework, person) == [
+        (TEAM, "looked at the list of who has seen your record (an information governance check)")]
 
 
 def test_audit_search_is_audited_with_its_criteria_and_what_it_showed(env: Database) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from tests.builders import bundle, condition, patient, write_ndjson
+from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.auth import mint_citizen_token, mint_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.config import load_settings
-from sharedcare.governance.access_log import REASON_ABOUT_ANOTHER, accesses_of, search
+from sharedcare.governance.access_log import JOINED_LOOK, REASON_ABOUT_ANOTHER, accesses_of, search
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.workspace import CitizenWorkspace
@@ -275,3 +276,27 @@ def test_after_a_false_merge_is_undone_nobody_learns_the_other_persons_care_from
     with db.session() as s:
         father = [(a.who, a.what) for a in accesses_of(s, framework, ics.okafor).accesses]
     assert ("Dr Harjit Singh", "viewed a problem or diagnosis in your record") in father
+
+
+@pytest.mark.parametrize("keep_son", [False, True], ids=["merged-into-father", "merged-into-son"])
+def test_the_other_persons_portal_read_during_a_false_merge_is_in_the_sons_log(
+        ics: Ics, db: Database, framework: Framework, keep_son: bool) -> None:
+    """TRUST AU8: while a false merge joins the son's community record to his father's, Mr Okafor signs in to
+    the patient portal and reads the joined record, the son's care plan in it. Made under the person id the
+    son's record had then, it is no read of the son's own: after the unmerge his "who looked" lists it, as
+    any look at the joined record (no name: whoever signed in then may have been either of them)."""
+    record = _community_record(db)
+    with db.session() as s:
+        separate(s, record, by="test", reason="the community record is his son's")
+    son = _person_of(db, record)
+    with db.session() as s:
+        keep, absorb = (son, ics.okafor) if keep_son else (ics.okafor, son)
+        merged = merge_persons(s, keep, absorb, by="test", reason="looked like one person")
+    _patient_sign_in(ics.client)  # Mr Okafor: NHS number, date of birth and the one-time code
+    assert "Visits on Tuesdays" in ics.client.get("/patient/record").text  # the son's care plan
+    ics.client.post("/logout", data={"target": "/patient"})
+    with db.session() as s:
+        unmerge(s, merged.id, by="test", reason="two people")
+    with db.session() as s:
+        son_told = [(a.who, a.what) for a in accesses_of(s, framework, son).accesses]
+    assert son_told == [("Someone", JOINED_LOOK)]

@@ -172,8 +172,8 @@ def test_the_audit_log_is_searched_by_user_organisation_patient_and_dates(ics: I
     def on(prefix: str, day: date) -> dict[str, str]:
         return {f"{prefix}_day": str(day.day), f"{prefix}_month": str(day.month), f"{prefix}_year": str(day.year)}
 
-    # and the officer's look-up of his name for that search's page (audited, so found now)
-    assert "3 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor, **on("from", today),
+    # and that search (audited about him) and the officer's look-up of his name for its page: found now
+    assert "4 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor, **on("from", today),
                                                                    **on("to", today)}).text
     assert "0 events found" in ics.client.post("/ig/audit", data={"patient": ics.okafor,
                                                                    **on("from", tomorrow)}).text
@@ -256,8 +256,8 @@ def test_a_complaint_giving_an_nhs_number_finds_the_looks_at_every_record_carryi
 def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_patient_is_told(
         ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """An audit search and a choices look-up by a patient's NHS number are looks at that patient: a later IG
-    search by the patient finds them, and the patient's "Who has looked" says what each was, as it does the
-    operator's look-up of the choices at the command line."""
+    search by the patient finds them (and is one too), and the patient's "Who has looked" says what each was,
+    as it does the operator's look-up of the choices at the command line."""
     _sign_in(ics)
     assert ics.client.post("/ig/audit", data={"nhs_number": OKAFOR_NHS}).status_code == 200
     assert ics.client.post("/ig/choices", data={"nhs_number": OKAFOR_NHS}).status_code == 200
@@ -272,12 +272,29 @@ def test_an_ig_officers_look_ups_by_nhs_number_are_found_by_patient_and_the_pati
     said = visit_rows(page)
     officer, choices = "Rhian Morgan Information governance officer", "looked at your sharing choices"
     told = [("The shared care record's technical team using the service's own commands", [choices]),
-            # her three looks, one visit, in the order she made them
-            (officer, ["looked at the list of who has seen your record (an information governance check), "
+            # her four looks (two searches), one visit, in the order she made them
+            (officer, ["looked at the list of who has seen your record (an information governance check) 2 times, "
                        f"{choices}, then saw your name and date of birth"])]
-    assert len(said) == len(told) and events_listed(page) == 4  # newest first
+    assert len(said) == len(told) and events_listed(page) == 5  # newest first
     assert all(who in row and all(what in row for what in whats)
                for row, (who, whats) in zip(said, told, strict=True)), said
+
+
+def test_an_audit_search_by_the_patients_id_is_a_look_at_them_and_they_are_told(ics: Ics, db: Database) -> None:
+    """TRUST AU8: the review queue's "see this patient's events" searches by person id and lists every look
+    at them with its reasons, as a search by their NHS number does: audited about them the same way, so
+    their "Who has looked" says the IG officer looked at the list."""
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present", found=False)
+    _sign_in(ics)
+    found = ics.client.post("/ig/audit", data={"patient": ics.okafor})
+    assert found.status_code == 200 and "confused, daughter not present" in found.text
+    with db.session() as s:
+        [search] = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:audit:search")).all()
+    assert search.patient_id == ics.okafor
+    ics.client.cookies.clear()
+    _patient_sign_in(ics.client)
+    said = visit_rows(ics.client.get("/patient/accesses").text)
+    assert any("Rhian Morgan" in row and "looked at the list of who has seen your record" in row for row in said), said
 
 
 UNVERIFIED_TAG = 'nhsuk-tag--red">Could not be verified'

@@ -12,8 +12,12 @@ import pytest
 from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
 from tests.ingest.test_hl7v2 import admission, write_hl7
+from tests.portal.test_patient_portal import visit_rows
 from tests.small_ics import Ics
 
+from sharedcare.api.auth import mint_citizen_token
+from sharedcare.api.deps import SESSION_COOKIE
+from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
@@ -72,6 +76,22 @@ def test_the_reviewer_sees_both_twins_side_by_side_with_why_the_matching_was_uns
         persons = set(s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id.in_(("gp-hang", "H1")))))
     assert {e.username for e in looks} == {"ig.morgan"} and {e.patient_id for e in looks} == persons
     assert details(looks[0])["pairs"] == "1"
+
+
+def test_each_twin_is_told_the_reviewer_looked_at_her_details(twins: Ics, db: Database) -> None:
+    """TRUST AU8: the matching page showed each twin's name, birth date and address to the IG officer, a
+    look at her as much as any read; her "Who has looked" says so in words, in the officer's name."""
+    _sign_in(twins)
+    assert twins.client.get("/ig/identity").status_code == 200
+    twins.client.cookies.clear()
+    with db.session() as s:
+        twin_ids = sorted(s.scalars(select(PatientRecord.person_id).where(
+            PatientRecord.source_id.in_(("gp-hang", "H1")))))
+    for person_id in twin_ids:
+        twins.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), person_id))
+        [row] = visit_rows(twins.client.get("/patient/accesses").text)
+        assert "Rhian Morgan Information governance officer" in row, row
+        assert "looked at your details to check whether two records are the same person" in row, row
 
 
 def test_keeping_the_twins_apart_needs_a_reason_is_in_the_reviewers_name_and_survives_a_relink(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 
@@ -18,11 +19,14 @@ from tests.portal_client import PortalClient
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.app import create_app
+from sharedcare.api.auth import mint_citizen_token
+from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
 from sharedcare.governance.access_log import PATIENT_VISIBLE, UNVERIFIED_WORDS, VISIT_MINUTES, Access, visits
 from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
+from sharedcare.portal.pages import RECORD_UNAVAILABLE
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
 
@@ -158,11 +162,12 @@ def test_a_code_works_once(ics: Ics) -> None:
 
 def test_a_citizen_cannot_open_anyone_elses_record_or_the_clinician_pages(ics: Ics) -> None:
     _sign_in(ics.client)
-    for url in (f"/record/{ics.stranger}", f"/record/{ics.okafor}"):
-        page = ics.client.get(url)
-        assert page.status_code == 403 and "You cannot see this record" in page.text
-    assert ics.client.post(f"/record/{ics.stranger}/basis",
-                           data={"basis": "explicit-consent"}).status_code == 403
+    own = ics.client.get(f"/record/{ics.okafor}")  # the clinician pages: not a citizen's purpose
+    assert own.status_code == 403 and "You cannot see this record" in own.text
+    for other in (ics.stranger, str(uuid.uuid4())):  # anyone else's is as if missing, whether stored or not
+        page = ics.client.get(f"/record/{other}")
+        assert page.status_code == 404 and RECORD_UNAVAILABLE in page.text
+        assert ics.client.post(f"/record/{other}/basis", data={"basis": "explicit-consent"}).status_code == 404
     assert ics.client.post("/search", data={"nhs_number": "9990000018"}).status_code == 403
     mine = ics.client.get("/patient/record")
     assert mine.status_code == 200 and "Metformin 500mg tablets" in mine.text and "Hughes" not in mine.text
@@ -457,6 +462,57 @@ def test_details_that_match_no_one_take_the_work_of_details_that_match(
         assert page.status_code == 200
         hashes.append(len(made))
     assert hashes == [1, 1, 1]
+
+
+def test_the_code_step_takes_the_work_of_a_real_challenge_whichever_it_was(
+        ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step two compares the code typed with a slow hash (PBKDF2) of the one issued; a challenge that names no
+    code (details that matched no one) was answered without one, sooner, with the same page, so the time said
+    whether step one's details matched (review of 2026-12-07). Counted by the hashes made, as step one's."""
+    import hashlib
+
+    made: list[int] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counted(*args: object, **kwargs: object) -> bytes:
+        made.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    hashes = []
+    for born in (BORN, {**BORN, "birth_day": "3"}, None):
+        ics.client.cookies.clear()
+        if born is not None:
+            _start(ics.client, born=born)
+        monkeypatch.setattr(hashlib, "pbkdf2_hmac", counted)
+        made.clear()
+        page = ics.client.post("/patient/code", data={"code": "000000"})
+        monkeypatch.setattr(hashlib, "pbkdf2_hmac", real)
+        assert page.status_code == 401 and WRONG_CODE in page.text
+        hashes.append(len(made))
+    assert hashes == [1, 1, 1]  # details that matched, matched no one, no challenge at all
+
+
+def test_a_citizen_probing_another_persons_id_learns_nothing_and_is_not_named_to_them(ics: Ics) -> None:
+    """A citizen's read of someone else's record id was refused 403 where a made-up id was 404, telling them
+    the id is a person's; the refusal is answered as missing, still audited about the person, whose "Who has
+    looked" then says someone signed in to the patient portal tried, without the prober's person id."""
+    _sign_in(ics.client)
+    made_up = str(uuid.uuid4())
+    for url in ("/fhir/Patient/{}/$everything", "/fhir/Patient/{}", "/fhir/AllergyIntolerance?patient={}"):
+        stored, missing = ics.client.get(url.format(ics.stranger)), ics.client.get(url.format(made_up))
+        assert stored.status_code == missing.status_code == 404, url
+        assert (stored.json()["issue"][0]["diagnostics"].replace(ics.stranger, "ID")
+                == missing.json()["issue"][0]["diagnostics"].replace(made_up, "ID")), url
+    with _db(ics).session() as s:
+        refused = s.scalars(select(AuditEntry).where(AuditEntry.patient_id == ics.stranger,
+                                                     AuditEntry.username == f"patient:{ics.okafor}")).all()
+    assert len(refused) == 3 and all(e.outcome == "deny" for e in refused)
+    ics.client.cookies.clear()
+    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), ics.stranger))
+    page = ics.client.get("/patient/accesses").text
+    [row] = visit_rows(page)
+    assert "Another person signed in to the patient portal" in row and "Refused" in row
+    assert ics.okafor not in page and "patient:" not in page
 
 
 def test_one_visit_is_one_line_saying_what_they_did_and_why_with_each_entry_inside(ics: Ics) -> None:

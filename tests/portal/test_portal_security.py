@@ -220,3 +220,26 @@ def test_closing_the_browser_ends_the_session(ics: Ics) -> None:
     for signed_in in (clinician, citizen):
         (cookie,) = [c for c in signed_in.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")]
         assert "max-age" not in cookie.lower() and "expires" not in cookie.lower(), cookie
+
+
+@pytest.mark.parametrize("portal", ["staff", "patient"])
+def test_signing_in_again_ends_the_session_the_browser_had(ics: Ics, portal: str) -> None:
+    """A second sign-in on the same browser (another tab, the next user of a shared workstation) replaces
+    the session cookie, and signing out then revoked only the new session: a copy of the first went on
+    working for up to an hour. Signing in now revokes the session the browser carries, as signing out does."""
+    def sign_in() -> str:
+        if portal == "staff":
+            _staff(ics, "dr.patel")
+        else:
+            _patient_sign_in(ics.client)
+        return ics.client.cookies[SESSION_COOKIE]
+
+    home = "/search" if portal == "staff" else "/patient/home"
+    first = sign_in()
+    second = sign_in()
+    assert second != first and ics.client.get(home).status_code == 200
+    ics.client.post("/logout", data={"target": "/" if portal == "staff" else "/patient"})
+    for token in (first, second):
+        ics.client.cookies.clear()
+        ics.client.cookies.set(SESSION_COOKIE, token)
+        assert ics.client.get(home).status_code == 401

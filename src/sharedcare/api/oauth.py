@@ -539,15 +539,3 @@ async def revoke_token(request: Request, store: OAuthDep) -> Response:
         return response
 
     return await run_in_threadpool(revoke)
-
-
-def revoke_session(request: Request, store: OAuthStore) -> None:
-    """Portal sign-out: the session token in the cookie is refused from now on, not only forgotten."""
-    token_value = request.cookies.get(SESSION_COOKIE)
-    if not token_value:
-        return
-    try:
-        claims = read_token(request.app.state.settings, token_value)
-    except AuthError:
-        return  # expired or not valid: refused anyway
-    store.revoke(claims)

@@ -18,14 +18,15 @@ from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientReco
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
 # found in a search, being named on the form a user records why they need the record on, an IG officer
-# learning whose record an access was to, searching the audit log for the citizen's NHS number or looking up
-# their choices, and anyone else changing their choices (the operator's `sharedcare preferences set`, on the
-# patient's written request: the citizen's own changes are theirs, left out as their own reads are). Denied
-# attempts are shown too: a refused look is still a look someone tried.
+# learning whose record an access was to, searching the audit log for the citizen (by NHS number or person id)
+# or looking up their choices, a matching reviewer seeing their details on the MPI's review list, and anyone
+# else changing their choices (the operator's `sharedcare preferences set`, on the patient's written request:
+# the citizen's own changes are theirs, left out as their own reads are). Denied attempts are shown too: a
+# refused look is still a look someone tried.
 PATIENT_VISIBLE = (AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ, AuditAction.RESOURCE_READ,
                    AuditAction.RESOURCE_HISTORY, AuditAction.BASIS_RECORD, AuditAction.PATIENT_SEARCH,
                    AuditAction.PATIENT_IDENTIFY, AuditAction.DEMOGRAPHICS_READ, AuditAction.AUDIT_SEARCH,
-                   AuditAction.PREFERENCE_VIEW, AuditAction.PREFERENCE_SET)
+                   AuditAction.PREFERENCE_VIEW, AuditAction.PREFERENCE_SET, AuditAction.MPI_REVIEW_VIEW)
 ACTION_WORDS = {
     AuditAction.RECORD_READ: "viewed your record",
     AuditAction.RECORD_EMERGENCY_READ: "viewed your record in an emergency",
@@ -38,6 +39,8 @@ ACTION_WORDS = {
     AuditAction.AUDIT_SEARCH: "looked at the list of who has seen your record (an information governance check)",
     AuditAction.PREFERENCE_VIEW: "looked at your sharing choices",
     AuditAction.PREFERENCE_SET: "changed your sharing choices",
+    AuditAction.MPI_REVIEW_VIEW: ("looked at your details to check whether two records are the same person (a "
+                                  "data quality check)"),
 }
 # A basis recorded by a user who had not found the person by a search, or read their record, in the last 24
 # hours (gateway.FOUND_BY, FOUND_WITHIN): the record was opened by its id alone (from a URL, a browser's
@@ -56,6 +59,11 @@ MINTED_WORDS = ("using access the shared care record's technical team set up in 
 # patient's choices), named for a citizen, who knows no such account.
 OPERATOR = "cli"
 OPERATOR_WORDS = ("The shared care record's technical team", "using the service's own commands")
+# Who a look made under a patient portal session (`patient:{person_id}`) was, for a citizen: someone else's
+# portal session can name this person only while their records were joined (a false merge), and the id would
+# tell the citizen who that other person is; the IG officer's search has it.
+CITIZEN_PREFIX = "patient:"  # clients.CITIZEN_PREFIX (which imports the gateway, which imports this module)
+CITIZEN_WORDS = "Another person signed in to the patient portal"
 # A resource read says what kind of item was looked at (a citizen has no use for its id).
 ITEM_WORDS = {
     "Patient": "viewed your personal details",
@@ -153,17 +161,27 @@ def holders_now(session: Session, person_id: str, at: datetime) -> list[str]:
     return sorted(counts, key=lambda holder: (-counts[holder], holder != person_id, holder)) or [person_id]
 
 
-def _about(held: list[Holding], *, own_reads: bool) -> ColumnElement[bool]:
-    """Entries about any of these holdings; without the reads of the citizen whose record it was then."""
+def _during(span: Holding) -> ColumnElement[bool]:
+    """Entries about the span's person id within its time."""
+    clause = AuditEntry.patient_id == span.person_id
+    if span.start is not None:
+        clause &= AuditEntry.recorded_at >= span.start
+    if span.end is not None:
+        clause &= AuditEntry.recorded_at < span.end
+    return clause
+
+
+def _about(held: list[Holding], *, own_reads: bool, joined: Sequence[Holding] = ()) -> ColumnElement[bool]:
+    """Entries about any of these holdings; unless `own_reads`, without the citizen's own reads: those made
+    under a portal session of the person id a holding is of, except within `joined` (`_joined_spans`), when
+    that id held another person's record too and whoever signed in as it may have been that other person."""
     clauses = []
     for holding in held:
-        clause = AuditEntry.patient_id == holding.person_id
-        if holding.start is not None:
-            clause &= AuditEntry.recorded_at >= holding.start
-        if holding.end is not None:
-            clause &= AuditEntry.recorded_at < holding.end
+        clause = _during(holding)
         if not own_reads:
-            clause &= or_(AuditEntry.username.is_(None), AuditEntry.username != f"patient:{holding.person_id}")
+            clause &= or_(AuditEntry.username.is_(None),
+                          AuditEntry.username != f"{CITIZEN_PREFIX}{holding.person_id}",
+                          *(_during(span) for span in joined if span.person_id == holding.person_id))
         clauses.append(clause)
     return or_(false(), *clauses)
 
@@ -350,7 +368,9 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     The page's entries are chosen before items of other people are left out, so a page may hold fewer than
     `limit`; `older` still says where the next one starts."""
     held = holdings(session, person_id)
-    stmt = (select(AuditEntry).where(_about(held, own_reads=False),
+    own = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
+    joined = _joined_spans(session, {h.person_id for h in held}, own)
+    stmt = (select(AuditEntry).where(_about(held, own_reads=False, joined=joined),
                                      AuditEntry.action.in_([a.value for a in PATIENT_VISIBLE]))
             .order_by(AuditEntry.seq.desc()).limit(limit + 1))
     if before is not None:
@@ -358,8 +378,6 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     entries = list(session.scalars(stmt))
     older = entries[limit - 1].seq if len(entries) > limit else None
     entries = entries[:limit]
-    own = set(session.scalars(select(PatientRecord.id).where(PatientRecord.person_id == person_id)))
-    joined = _joined_spans(session, {h.person_id for h in held}, own)
     mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS], own)
     key = chain_key(session)
     page = []
@@ -438,6 +456,9 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
         who, role_label = user.name, role.label if role else "unknown role"
     elif entry.username == OPERATOR:
         who, role_label = OPERATOR_WORDS
+    elif (entry.username or "").startswith(CITIZEN_PREFIX):
+        citizen = fw.roles.get("patient")  # the role a portal session has (`gateway.citizen_actor`)
+        who, role_label = CITIZEN_WORDS, citizen.label if citizen else "unknown role"
     else:
         who, role_label = entry.username or "unknown", "unknown role"
     return Access(

@@ -168,8 +168,10 @@ def _encoded_size(served: ServedResource) -> int:
 
 # No person's id (person ids are UUIDs): what a patient search that matched no record asks after.
 NO_PERSON = ""
-# Refusals answered as a missing record (`GovernedRecords._refuse`).
-REFUSED_AS_MISSING = frozenset({"deny-objection-all", "deny-objection-org", "deny-patient-scope"})
+# Refusals answered as a missing record (`GovernedRecords._refuse`): a citizen's read of anyone else is too,
+# or a 403 for a stored id against a 404 for a made-up one would tell them which ids are people.
+REFUSED_AS_MISSING = frozenset({"deny-objection-all", "deny-objection-org", "deny-patient-scope",
+                                "deny-not-own-record"})
 
 
 class AccessDenied(SharedcareError):
@@ -389,9 +391,9 @@ class GovernedRecords:
     def _refuse(self, action: AuditAction, person_id: str | None, decision: Decision,
                 **extra: Any) -> AccessDenied | NotFound:
         """Audit a refusal and make its error. A refusal that turns on the patient (their objections) or
-        on a patient other than a patient-scoped token's own is answered as an id that does not exist
-        (TRUST AC3), on every path (the API, the portal, recording a basis): the caller learns neither
-        that the person is stored nor what they chose. Refusals about the caller (no basis yet, a role
+        on a patient other than a patient-scoped token's or a citizen's own is answered as an id that does
+        not exist (TRUST AC3), on every path (the API, the portal, recording a basis): the caller learns
+        neither that the person is stored nor what they chose. Refusals about the caller (no basis yet, a role
         or agreement that does not allow it) keep their reason, which says what to do."""
         self._audit(action, "deny", person_id, rule_id=decision.rule_id, reason=decision.reason, **extra)
         self.session.commit()  # the denial's audit event must survive the error response

@@ -72,8 +72,12 @@ class Redeemed:
 
 def redeem(session: Session, challenge: str, code: str, now: datetime) -> Redeemed:
     """Check a code. Each try is counted by one atomic UPDATE before the code is compared, so guesses sent
-    in parallel cannot get more than MAX_ATTEMPTS between them; a code is used once, also atomically."""
+    in parallel cannot get more than MAX_ATTEMPTS between them; a code is used once, also atomically. The
+    code given is hashed on every path, against a random salt where the challenge names no code (details
+    that matched no one: `unmatched_challenge`), so that the answer takes as long whichever it was."""
     row = session.get(SignInCode, challenge) if challenge else None
+    salt, expected = row.code_hash.split("$", 1) if row is not None else (secrets.token_bytes(16).hex(), "")
+    given = _hash(code.strip(), bytes.fromhex(salt))
     if row is None:
         return Redeemed(None, False, "no-such-challenge")
     person_id = row.person_id
@@ -86,8 +90,7 @@ def redeem(session: Session, challenge: str, code: str, now: datetime) -> Redeem
     ).values(attempts=SignInCode.attempts + 1))
     if counted.rowcount != 1:  # type: ignore[attr-defined]
         return Redeemed(person_id, False, "too-many-attempts")
-    salt, expected = row.code_hash.split("$", 1)
-    if not hmac.compare_digest(_hash(code.strip(), bytes.fromhex(salt)), expected):
+    if not hmac.compare_digest(given, expected):
         return Redeemed(person_id, False, "wrong-code")
     used = session.execute(update(SignInCode).where(SignInCode.id == challenge, SignInCode.used_at.is_(None))
                            .values(used_at=now))

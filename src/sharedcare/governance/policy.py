@@ -6,7 +6,8 @@
 Order of rules. Whole-request rules, first deny wins:
   1. deny-unknown-actor     no such user or role
      deny-not-own-record    a citizen may read only their own record (and needs no organisation or basis;
-                            their objections do not hide their own record from them)
+                            their objections do not hide their own record from them); answered as a
+                            missing patient, so that a citizen cannot learn which ids are stored
   2. deny-actor-agreement   the user's organisation has no signed agreement in force
   3. deny-purpose           the role may not act for this purpose
      deny-identifiable      the purpose allows pseudonymised data only (secondary use), never a record

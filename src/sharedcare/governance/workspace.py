@@ -125,7 +125,9 @@ class IgWorkspace:
         """Audit search, up to `limit` entries; the search itself is audited (who searched for what, and
         what they were shown). An NHS number (valid: the caller checks) is resolved to every person holding
         it through the MPI's links; the search is then audited about each of them (`_looked_up`), keeping
-        the persons and the number's last four digits, as a choices look-up does, not the number."""
+        the persons and the number's last four digits, as a choices look-up does, not the number. A search
+        by person id (`patient_id`: the review queue's "see this patient's events") is audited about that
+        person too: either way, the citizen's "who looked" says who looked at the list of who saw them."""
         self._require("governance:audit:search")
         recorded = dict(criteria)
         persons: list[str] = []
@@ -134,13 +136,15 @@ class IgWorkspace:
             criteria["persons"] = persons
             recorded |= {"nhs_number_suffix": nhs_number[-4:], "persons": " ".join(persons) or "none"}
         found = access_log.search_page(self.session, limit, **criteria)
-        self._looked_up(AuditAction.AUDIT_SEARCH, persons, found.audit_detail(recorded))
+        named = criteria.get("patient_id")
+        about = sorted({*persons, str(named)} if named else persons)
+        self._looked_up(AuditAction.AUDIT_SEARCH, about, found.audit_detail(recorded))
         return replace(found, persons=tuple(persons))
 
     def _looked_up(self, action: AuditAction, persons: list[str], detail: dict[str, str]) -> None:
-        """Audit a look-up by NHS number once per person it found, as a patient search is (IHE BALP), so that
-        an IG search by any of them, and their own "who looked", finds it; once, naming no one, if it found
-        no one (or was not about a patient)."""
+        """Audit a look-up once per person it was about (found by NHS number, named by id, or shown), as a
+        patient search is (IHE BALP), so that an IG search by any of them, and their own "who looked",
+        finds it; once, naming no one, if it found no one (or was not about a patient)."""
         about: list[str | None] = [*persons] or [None]
         for person_id in about:
             record_audit(self.session, AuditRecord(
@@ -183,11 +187,7 @@ class IgWorkspace:
         is audited about each person shown, so the IG search and the citizen's "who looked" find it."""
         self._require("identity:review:work")
         shown = review_list.pending(self.session, limit=limit)
-        persons = sorted({r.person_id for p in shown.pairs for r in (p.a, p.b) if r.person_id}
-                         | {r.person_id for r in shown.held if r.person_id})
-        self._looked_up(AuditAction.MPI_REVIEW_VIEW, persons,
-                        {"pairs": str(len(shown.pairs)), "held": str(len(shown.held)),
-                         "records": " ".join(str(r) for r in shown.record_ids)})
+        self._looked_up(AuditAction.MPI_REVIEW_VIEW, persons_shown(shown), review_detail(shown))
         waiting = review_list.waiting(self.session)
         self.session.commit()
         return shown, waiting
@@ -222,6 +222,19 @@ class IgWorkspace:
         return ChoicesLookUp(choices_for(self.session, numbers),
                              tuple((number, choices_for(self.session, [number])) for number in numbers),
                              len(persons))
+
+
+def persons_shown(shown: review_list.ReviewList) -> list[str]:
+    """The persons whose records the MPI's review list shows (in a pair, or held on their own): a look at it
+    is audited about each of them, on the data quality page and by `sharedcare mpi review`."""
+    return sorted({r.person_id for p in shown.pairs for r in (p.a, p.b) if r.person_id}
+                  | {r.person_id for r in shown.held if r.person_id})
+
+
+def review_detail(shown: review_list.ReviewList) -> dict[str, str]:
+    """What a look at the review list records: how many pairs and held records, and which records."""
+    return {"pairs": str(len(shown.pairs)), "held": str(len(shown.held)),
+            "records": " ".join(str(r) for r in shown.record_ids)}
 
 
 @dataclass(frozen=True)
@@ -457,8 +470,9 @@ class Challenge:
 class CitizenSignIn:
     """Signing a citizen in to the patient portal; every attempt is audited (TRUST AU3).
 
-    Whether or not the details match a record, the caller gets a challenge and shows the same page,
-    so the sign-in cannot be used to learn whose date of birth goes with which NHS number."""
+    Whether or not the details match a record, the caller gets a challenge (made, and later answered, in
+    the same time) and shows the same page, except that the demo shows a code it issued on the page: the
+    demo's sign-in tells whoever tries whether an NHS number and date of birth go together."""
 
     def __init__(self, session: Session, fw: Framework, request_id: str | None = None,
                  source_address: str | None = None) -> None:
@@ -505,9 +519,12 @@ class CitizenSignIn:
         return Challenge(issued.challenge, issued.code)
 
     def finish(self, challenge: str, code: str) -> str | None:
-        """The person a correct, unexpired code signs in, or None (audited either way)."""
+        """The person a correct, unexpired code signs in, or None (audited either way). Committed here: the
+        code is spent and the sign-in on record before the session is issued, and the portal then revokes the
+        browser's earlier session in a unit of work of its own (SQLite has one writer at a time)."""
         redeemed = one_time_codes.redeem(self.session, challenge, code, utcnow())
         self._audit(redeemed.signed_in, redeemed.person_id, "code", redeemed.result)
+        self.session.commit()
         return redeemed.person_id if redeemed.signed_in else None
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token
-from sharedcare.api.deps import CitizenDep, FrameworkDep, SettingsDep, SignInDep, people_only
+from sharedcare.api.deps import CitizenDep, FrameworkDep, OAuthDep, SettingsDep, SignInDep, people_only
 from sharedcare.governance import access_log, explain
 from sharedcare.governance.audit import SEQ_MOST
 from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
@@ -61,7 +61,9 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
             nhs_number: Annotated[str, Form()] = "", birth_day: Annotated[str, Form()] = "",
             birth_month: Annotated[str, Form()] = "", birth_year: Annotated[str, Form()] = "") -> Response:
     """Step one: NHS number and date of birth. Whether or not they match a record, the next page is the
-    same, so this form cannot tell anyone whose date of birth goes with which NHS number."""
+    same page, answered in the same time, but in demo mode (the only mode this form works in) it shows the
+    code when they match and none when they do not: the demo tells whoever types an NHS number and date of
+    birth whether they go together. NHS login, which replaces this form in production, says nothing."""
     form = {"nhs_number": nhs_number, "birth_day": birth_day, "birth_month": birth_month, "birth_year": birth_year}
     if not settings.demo:
         return _sign_in_page(request, 403, "This service signs patients in with NHS login; the code sign-in is "
@@ -86,7 +88,7 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
 
 
 @router.post("/code", response_class=HTMLResponse)
-def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
+def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep, store: OAuthDep,
                code: Annotated[str, Form()] = "") -> Response:
     """Step two: the code. A wrong, expired or reused code gets one message, whichever it was."""
     if not settings.demo:
@@ -97,7 +99,7 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep,
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
                       error="The code is not right, or it has expired. Check it, or start again to get a new one.")
-    response = pages.start_session(request, mint_citizen_token(settings, person_id), "/patient/home")
+    response = pages.start_session(request, store, mint_citizen_token(settings, person_id), "/patient/home")
     response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
     return response
 

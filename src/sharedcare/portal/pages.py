@@ -17,9 +17,11 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from markupsafe import Markup
 
+from sharedcare.api.auth import AuthError, read_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
+from sharedcare.governance.tokens import OAuthStore
 from sharedcare.portal import csrf
 
 HERE = Path(__file__).parent
@@ -179,9 +181,25 @@ def sign_in_again(request: Request, message: str, end_session: bool = True) -> R
     return response
 
 
-def start_session(request: Request, token: str, target: str) -> Response:
+def revoke_session(request: Request, store: OAuthStore) -> None:
+    """The session token in the cookie is refused from now on, not only forgotten (sign-out, and signing in
+    again over it)."""
+    token_value = request.cookies.get(SESSION_COOKIE)
+    if not token_value:
+        return
+    try:
+        claims = read_token(request.app.state.settings, token_value)
+    except AuthError:
+        return  # expired or not valid: refused anyway
+    store.revoke(claims)
+
+
+def start_session(request: Request, store: OAuthStore, token: str, target: str) -> Response:
     """The session cookie has no expiry of its own: closing the browser ends it (a shared workstation's next
-    user finds no session), and the token in it still ends at its own `exp` while the browser stays open."""
+    user finds no session), and the token in it still ends at its own `exp` while the browser stays open.
+    A session the browser already carries is revoked, as sign-out would: the new cookie replaces it, and
+    signing out later ends only the new one, so a copy of the old one would otherwise go on working."""
+    revoke_session(request, store)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=csrf.secure_cookies(request))
     csrf.remember(request, response, csrf.new_nonce())  # a new session, a new form token

@@ -25,7 +25,6 @@ from sharedcare.api.deps import (
     get_database,
     people_only,
 )
-from sharedcare.api.oauth import revoke_session
 from sharedcare.clock import utcnow
 from sharedcare.config import DEMO_PASSWORD
 from sharedcare.governance import explain
@@ -76,14 +75,14 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAut
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")
         return pages.staff_sign_in(request, 401, message, target=target, username=name)
-    return pages.start_session(request, mint_token(settings, fw, user.username), target)
+    return pages.start_session(request, store, mint_token(settings, fw, user.username), target)
 
 
 @router.post("/logout", response_class=HTMLResponse)  # a redirect to a sign-in page
 def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "/") -> Response:
     """Sign out of any portal (one session cookie serves them all), back to that portal's sign-in. The
     session token is revoked too, so a copy of the cookie is refused from now on."""
-    revoke_session(request, store)
+    pages.revoke_session(request, store)
     return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")
 
 
