@@ -1643,9 +1643,15 @@ def audit_export(out: Annotated[Path | None, typer.Option(help="File to write (d
             handle.close()
     console.print(f"exported {count} audit events (entries 1-{through})" if count else "exported 0 audit events")
     if unverified:
+        runs: list[list[int]] = []  # consecutive entries as one run: rows forged at the end come in hundreds
+        for seq in unverified:
+            if runs and seq == runs[-1][1] + 1:
+                runs[-1][1] = seq
+            else:
+                runs.append([seq, seq])
         console.print(f"[red]{len(unverified)} of them could not be verified[/red] (entries "
-                      f"{', '.join(map(str, unverified[:10]))}{', ...' if len(unverified) > 10 else ''}): each is "
-                      "marked verified false and told from its columns alone; run `sharedcare audit verify`")
+                      f"{', '.join(f'{a}-{b}' if a != b else str(a) for a, b in runs)}): each is marked verified "
+                      "false and told from its columns alone; run `sharedcare audit verify`")
 
 
 @framework_app.command("explain")

@@ -109,13 +109,14 @@ class AuditAction(StrEnum):
 
 # FHIR AuditEvent.action where it is not R (read) or E (execute, the governance functions).
 ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.TLS_REFUSED: "E", AuditAction.CLOCK_CHECK: "E",
-                AuditAction.DEMO_START: "E", AuditAction.UNVERIFIED_END: "E", AuditAction.CHAIN_KEYED: "E",
-                AuditAction.MPI_REVIEW_SETTLED: "U", AuditAction.MPI_REVIEW_DECIDED: "U",
+                AuditAction.DEMO_START: "E", AuditAction.CHAIN_KEYED: "E", AuditAction.MPI_REVIEW_SETTLED: "U",
+                AuditAction.MPI_REVIEW_DECIDED: "U",
                 # a relink is run; a merge, unmerge, decision or re-match changes which person a record is in
                 AuditAction.MPI_RELINK: "E", AuditAction.MPI_LINK_CHANGE: "U",
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
                 AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",
+                AuditAction.UNVERIFIED_END: "E",  # a start-up's check, as the clock's
                 AuditAction.EXPORT_WITHDRAWN: "D", AuditAction.QUARANTINE_PURGE: "D"}  # files, bodies erased
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
@@ -830,9 +831,9 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
         return "was written without the chain's key (forged by someone who can write to the database)"
     if epoch is not None and epoch is key.current and epoch.marker is None and any(
             _digest(prev_hash, fields, retired) == entry.hash for retired in key.retired):
-        return ("was written under a retired audit key, yet no rekey marker ends its epoch: the log was cut back to "
-                "before the rotation (the marker and every entry after it removed, the head set back), or a key given "
-                f"in {RETIRED_SETTING} is the log's current one")
+        return ("was written under a retired audit key, but no rekey marker ends its epoch: the marker was removed "
+                "or edited (the log cut back to before the rotation and the head set back, or the marker's entry "
+                f"changed), or a key given in {RETIRED_SETTING} is the log's current one")
     return ("content does not match its keyed hash: edited, or written by someone without the chain's key (or "
             "this check runs with another SHAREDCARE_AUDIT_KEY or SHAREDCARE_SECRET than the service)")
 
@@ -885,12 +886,12 @@ def check_key(session: Session) -> KeyCheck:
         return KeyCheck(_rekeyed_words(key))
     in_epoch = (AuditEntry.seq >= key.current.first, AuditEntry.seq > key.unkeyed_through)
     newest = None
-    for page in _newest_first(session, in_epoch):
+    for n, page in enumerate(_newest_first(session, in_epoch)):
         newest = newest or page[0].seq
         written = next((entry.seq for entry in page if entry_is_genuine(entry, key)), None)
         if written is not None:
             return KeyCheck(unverified=(written + 1, newest) if written < newest else None)
-        if newest == page[0].seq and key.current.marker is None and not _any_written(session, key, in_epoch):
+        if n == 0 and key.current.marker is None and not _any_written(session, key, in_epoch):
             return KeyCheck(f"the audit log's newest and oldest keyed entries (up to entry {newest}) were not "
                             "written with this process's audit key, so every entry it wrote would fail `audit "
                             "verify`: set SHAREDCARE_AUDIT_KEY (or SHAREDCARE_SECRET, if no audit key is set) as the "
