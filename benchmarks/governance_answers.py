@@ -47,7 +47,9 @@ from sharedcare.synth import generate
 
 _RANDOM = re.compile(r'"(recorded|site|lastUpdated|timestamp)":"[^"]*"|urn:uuid:[0-9a-f-]{36}'
                      r'|"resourceType":"(Bundle|OperationOutcome)","id":"[0-9a-f-]{36}"'
-                     r'|correlation-id","valueString":"[0-9a-f-]{36}"')
+                     r'|correlation-id","valueString":"[0-9a-f-]{36}"'
+                     # an exported entry's place in the chain: its hash covers its time
+                     r'|"url":"(hash|previous)","valueString":"[0-9a-f]{64}"|"code":"\d+-[0-9a-f]{64}"')
 
 
 def _masked(text: str) -> str:

@@ -149,7 +149,7 @@ def _database(writes: bool = True, migrate: bool = False) -> Database:
     A command that `writes` (nearly all do: each audits what it did) is refused, exit 2, when its audit key is too
     short or not the log's: else its entries would fail `audit verify` ever after. The checks of the log (verify,
     checkpoint, forward) write nothing and must report what they find, so they are not."""
-    from sharedcare.governance.audit import key_problem
+    from sharedcare.governance.audit import check_key
 
     settings = _settings()
     try:
@@ -173,10 +173,31 @@ def _database(writes: bool = True, migrate: bool = False) -> Database:
             raise _fail(f"SHAREDCARE_AUDIT_KEY is {len(settings.audit_key.encode())} bytes; it must be at least "
                         f"{MIN_SECRET_BYTES} (for example `openssl rand -hex 32`)")
         with db.session() as session:
-            problem = key_problem(session)
-        if problem:
-            raise _fail(problem)
+            checked = check_key(session)
+        if checked.problem:
+            raise _fail(checked.problem)
+        if checked.warning:
+            _warn_unverified_end(db, checked.warning, checked.unverified)
     return db
+
+
+def _warn_unverified_end(db: Database, warning: str, span: tuple[int, int] | None) -> None:
+    """Entries at the end of the log that do not verify under this process's key (`audit.check_key`): said on
+    the console (the service's log) and in the log itself, for the IG officer's audit page, and the command
+    goes on. The entry this writes verifies, so the next command started says nothing more of them."""
+    import click
+
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+
+    console.print(f"[red]warning: the audit log may have been tampered with:[/red] {_literal(warning)}",
+                  soft_wrap=True)
+    first, last = span or (0, 0)
+    context = click.get_current_context(silent=True)
+    with db.session() as session:
+        record_audit(session, AuditRecord(AuditAction.UNVERIFIED_END, "error", username="system", purpose="governance",
+                                          reason=warning, detail={
+                                              "first_unverified": str(first), "last_unverified": str(last),
+                                              "command": context.command_path if context else "sharedcare"}))
 
 
 def _migrate(db: Database) -> None:
@@ -1497,11 +1518,16 @@ def audit_review(
     from dataclasses import asdict
 
     from sharedcare.clock import utcnow
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
     from sharedcare.governance.review import queue
 
     fw = _framework()
     with _database().session() as session:
         items = queue(session, fw, utcnow(), include_closed=every)
+        # the queue names patients and holds clinicians' reasons: showing it is audited, naming the items shown
+        record_audit(session, AuditRecord(AuditAction.REVIEW_VIEW, "permit", OPERATOR, purpose="governance", detail={
+            "items": str(len(items)), "review_items": " ".join(str(i.id) for i in items),
+            **({"closed_included": "true"} if every else {})}))
     rows = [asdict(i) for i in items]
     if as_json:
         _print_json(rows)
@@ -1670,19 +1696,42 @@ def audit_search(
 
 @audit_app.command("export")
 def audit_export(out: Annotated[Path | None, typer.Option(help="File to write (default stdout).")] = None) -> None:
-    """The whole audit log as FHIR AuditEvent NDJSON, in chain order (a new file owner-only: it names patients)."""
+    """The whole audit log as FHIR AuditEvent NDJSON, in chain order (a new file owner-only: it names patients).
+    Each event carries its place in the chain (seq, hash, previous) and whether it verified under the chain's key;
+    one that did not is told from its columns alone. The export is itself audited first, with the span of entries
+    it holds: the log leaving in bulk leaves a trace (TRUST AU1)."""
+    from sqlalchemy import func, select
+
     from sharedcare.governance.access_log import export_ndjson
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
     from sharedcare.private_files import private_opener
+    from sharedcare.store.models import AuditEntry, AuditHead
 
     with _database().session() as session:
+        head = session.get(AuditHead, 1)
+        through = head.seq if head else 0
+        count = session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.seq <= through)) or 0
+        record_audit(session, AuditRecord(AuditAction.AUDIT_EXPORT, "permit", OPERATOR, purpose="governance", detail={
+            "entries": str(count), "first_seq": "1" if count else "", "last_seq": str(through) if count else "",
+            "to": str(out) if out else "standard output", "account": _account()}))
+        session.commit()  # audited before anything is written out
         handle = open(out, "w", encoding="utf-8", opener=private_opener) if out else sys.stdout  # noqa: SIM115
-        count = 0
-        for line in export_ndjson(session):
+        unverified: list[int] = []
+        for line in export_ndjson(session, through, unverified):
             handle.write(line + "\n")
-            count += 1
         if out:
             handle.close()
-    console.print(f"exported {count} audit events")
+    console.print(f"exported {count} audit events (entries 1-{through})" if count else "exported 0 audit events")
+    if unverified:
+        runs: list[list[int]] = []  # consecutive entries as one run: rows forged at the end come in hundreds
+        for seq in unverified:
+            if runs and seq == runs[-1][1] + 1:
+                runs[-1][1] = seq
+            else:
+                runs.append([seq, seq])
+        console.print(f"[red]{len(unverified)} of them could not be verified[/red] (entries "
+                      f"{', '.join(f'{a}-{b}' if a != b else str(a) for a, b in runs)}): each is marked verified "
+                      "false and told from its columns alone; run `sharedcare audit verify`")
 
 
 @framework_app.command("explain")

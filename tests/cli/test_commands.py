@@ -329,8 +329,9 @@ def test_the_ig_officer_works_the_review_queue_from_the_command_line(env: Databa
     assert {r["user"] for r in by_org} == {"dr.oconnor"}
     out = tmp_path / "audit.ndjson"
     assert runner.invoke(app, ["audit", "export", "--out", str(out)]).exit_code == 0
-    assert len(out.read_text().splitlines()) == len(json.loads(runner.invoke(
-        app, ["audit", "search", "--json"]).stdout))
+    exported, [export, *before] = out.read_text().splitlines(), json.loads(runner.invoke(
+        app, ["audit", "search", "--json"]).stdout)
+    assert export["action"] == "governance:audit:export" and len(exported) == len(before)  # all but its own entry
 
 
 def test_audit_search_says_which_entries_could_not_be_verified(env: Database) -> None:
@@ -659,6 +660,57 @@ def test_audit_search_is_audited_with_its_criteria_and_what_it_showed(env: Datab
                              .order_by(AuditEntry.seq)).all()
     assert _cli_entries(env, "governance:audit:search")[-1] == {
         "username": "cli", "entries": "1", "newest_seq": str(first), "oldest_seq": str(first), "more": "true"}
+
+
+def test_audit_export_is_audited_and_each_event_says_its_place_in_the_chain_and_whether_it_verified(
+        env: Database, tmp_path: Path) -> None:
+    """The whole log left in bulk with no trace (AU1), and an entry forged into it was exported as fact. The export
+    is audited first, with the span it holds; each event carries its place in the chain (as the forwarder's copy)
+    and whether it verified, and the forged one is told from its columns alone."""
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    from sharedcare.governance.audit_forward import CHAIN
+
+    _write(env, 2)
+    forged = _forged_after_head(env, _plain)
+    (last,) = _write(env, 1)
+    out = tmp_path / "audit.ndjson"
+    done = runner.invoke(app, ["audit", "export", "--out", str(out)])
+    assert done.exit_code == 0 and f"exported {last} audit events (entries 1-{last})" in done.stderr
+    assert f"1 of them could not be verified (entries {forged})" in " ".join(done.stderr.split())
+    [export] = _cli_entries(env, "governance:audit:export")
+    assert {name: export[name] for name in ("entries", "first_seq", "last_seq", "to")} == {
+        "entries": str(last), "first_seq": "1", "last_seq": str(last), "to": str(out)}
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    with env.session() as s:
+        stored = {e.seq: (e.hash, e.prev_hash) for e in s.scalars(select(AuditEntry).where(AuditEntry.seq <= last))}
+    chain = {}
+    for event in events:
+        AuditEvent.model_validate(event)
+        [place] = [x["extension"] for x in event["extension"] if x["url"] == CHAIN]
+        said = {x["url"]: next(v for k, v in x.items() if k.startswith("value")) for x in place}
+        chain[said["seq"]] = (said["hash"], said["previous"], said["verified"])
+    assert chain == {seq: (*hashes, seq != forged) for seq, hashes in stored.items()}
+    lie = next(event for event in events if event["id"] == str(forged))
+    assert [e["what"]["reference"] for e in lie["entity"]] == ["Patient/p-forged"]  # the column, no event's detail
+    assert "purposeOfEvent" not in lie and lie["type"]["code"] == "clinical:record:read"
+
+
+def test_audit_review_is_audited_naming_the_items_it_showed(env: Database, tmp_path: Path) -> None:
+    """`audit review` lists who opened whose record and why: the look at it is audited (AU1), naming the items."""
+    from sharedcare.governance.framework import load_framework
+    from sharedcare.governance.gateway import GovernedRecords, actor_for
+
+    runner.invoke(app, ["ingest", str(_feed(tmp_path))])
+    person = next(csv.DictReader(io.StringIO(runner.invoke(app, ["mpi", "export"]).stdout)))["person_id"]
+    fw = load_framework(FRAMEWORK_PATH)
+    with env.session() as s:
+        GovernedRecords(s, fw, actor_for(fw, "dr.oconnor")).record_basis(person, "emergency", "collapsed in A&E")
+    items = json.loads(runner.invoke(app, ["audit", "review", "--json"]).stdout)
+    assert runner.invoke(app, ["audit", "review", "--all"]).exit_code == 0
+    shown, everything = _cli_entries(env, "governance:review:view")
+    assert shown == {"items": str(len(items)), "review_items": " ".join(str(i["id"]) for i in items)}
+    assert everything["closed_included"] == "true"
 
 
 def test_an_ingest_run_stopped_part_way_is_audited_as_an_error_naming_what_stopped_it(

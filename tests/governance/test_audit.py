@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -616,3 +617,97 @@ def test_a_key_cannot_be_rotated_twice_from_the_same_epoch_nor_back(db: Database
         stale.dispose()
         with restarted.session() as session, pytest.raises(audit.AuditKeyProblem, match="keyed this log before"):
             audit.rekey(session, OLD_KEY, "back to the retired key")
+
+
+def _empty(found: Any, where: str = "") -> list[str]:
+    """Where `found` (JSON) holds an empty array or object, which FHIR's JSON forbids (ele-1)."""
+    if isinstance(found, dict):
+        return [where or "/"] * (not found) + [w for k, v in found.items() for w in _empty(v, f"{where}/{k}")]
+    if isinstance(found, list):
+        return [where] * (not found) + [w for i, v in enumerate(found) for w in _empty(v, f"{where}/{i}")]
+    return []
+
+
+def test_no_audit_event_holds_an_empty_array_and_a_log_of_entries_written_before_still_verifies(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decision without details was written as `"detail": []` (5 in 6 entries), which the HL7 validator
+    refuses: a validating Audit Record Repository would refuse `audit forward`'s Bundles (AU7). New entries
+    leave the empty entity out; one written before keeps its hash (`verify` hashes what was stored), and the
+    export and the forwarder's copy leave it out too."""
+    from sharedcare.governance.access_log import export_ndjson
+    from sharedcare.governance.audit_forward import transaction
+
+    signed_in = AuditRecord(AuditAction.LOGIN, "permit", username="dr.patel", role="gp", organisation="P81001")
+    written = audit.to_audit_event
+
+    def as_before(record: AuditRecord, at: Any) -> dict[str, Any]:
+        """The event as the release before wrote it: a decision entity always, with its details or none."""
+        event = written(record, at)
+        entities = event.get("entity", [])
+        if not any(entity.get("name") == "decision" for entity in entities):
+            entities = [*entities, {"name": "decision", "detail": []}]
+        return {**event, "entity": entities}
+
+    with monkeypatch.context() as before:
+        before.setattr(audit, "to_audit_event", as_before)
+        with db.session() as session:
+            old = [record_audit(session, signed_in), record_audit(session, replace(signed_in, reason="why"))]
+    with db.session() as session:
+        new = [record_audit(session, signed_in), record_audit(session, replace(signed_in, reason="why")),
+               record_audit(session, AuditRecord(AuditAction.CLOCK_CHECK, "permit", username="system"))]
+        stored = {e.seq: e.event for e in session.scalars(select(AuditEntry).where(WRITTEN))}
+        result = verify(session)
+        exported = [json.loads(line) for line in export_ndjson(session)]
+        forwarded = transaction(list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq))))
+    assert _empty(stored[old[0]]) == ["/entity/0/detail"]  # as it was written, and hashed
+    assert [_empty(stored[seq]) for seq in new] == [[], [], []]  # it was "/entity/0/detail" for two of three
+    assert "entity" not in stored[new[2]] and stored[new[1]]["entity"] == stored[old[1]]["entity"]
+    assert result.ok and result.checked == new[-1]
+    assert [where for event in exported for where in _empty(event)] == [] and _empty(forwarded) == []
+
+
+def test_a_rewrite_with_the_leaked_retired_key_is_named_at_the_rekey_marker_not_blamed_on_the_settings(
+        db: Database) -> None:
+    """Someone holding the retired key (leaked) and the database edits an entry of the old epoch and re-hashes it
+    and those after it up to the rekey marker, then links the next entry to it. `verify` blamed the settings
+    ("set SHAREDCARE_AUDIT_KEY") and named no entry, and every process with the new key refused to start; the
+    marker's proof of the new key, bound to its place, no longer matches: it is named, and what that means."""
+    before = _write(db, 3)
+    with rotated(db) as (restarted, mark):
+        _write(restarted, 2)
+    as_an_attacker_with_ddl_rights(db)
+    with db.session() as session:
+        prev = session.get_one(AuditEntry, before[0] - 1).hash
+        for seq in range(before[0], mark + 1):
+            entry = session.get_one(AuditEntry, seq)
+            if seq == before[0]:
+                entry.outcome = "deny"  # a permitted read made to look refused
+            entry.prev_hash = prev
+            entry.hash = prev = audit._digest(prev, {name: getattr(entry, name) for name in audit._HASHED}, OLD_KEY)
+        session.get_one(AuditEntry, mark + 1).prev_hash = prev
+    checking = _store(db, NEW_KEY, (OLD_KEY,))  # `audit verify`, and a process started, with the new key
+    with checking.session() as session:
+        result, problem = verify(session), audit.key_problem(session)
+    checking.dispose()
+    assert not result.ok and result.broken_seq == mark and problem is None
+    assert "is the rekey marker naming the next key" in (result.problem or "")
+    assert "the entries before it were rewritten after the rotation" in (result.problem or "")
+
+
+def test_a_log_cut_back_to_before_its_rotation_is_said_to_be_cut_back(db: Database) -> None:
+    """The rekey marker and every entry after it removed, the head set back: it was "entry 2 edited"."""
+    before = _write(db, 3)
+    with rotated(db) as (restarted, mark):
+        _write(restarted, 2)
+    as_an_attacker_with_ddl_rights(db)
+    with db.session() as session:
+        kept = session.get_one(AuditEntry, mark - 1).hash
+        session.execute(delete(AuditEntry).where(AuditEntry.seq >= mark))
+        session.execute(update(AuditHead).values(seq=mark - 1, hash=kept))
+    checking = _store(db, NEW_KEY, (OLD_KEY,))
+    with checking.session() as session:
+        result = verify(session)
+    checking.dispose()
+    assert not result.ok and result.broken_seq == before[0]
+    assert "under a retired audit key, but no rekey marker ends its epoch: the marker was removed or edited (the log " \
+           "cut back to before the rotation" in (result.problem or "")

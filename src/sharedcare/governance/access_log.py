@@ -12,7 +12,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
-from sharedcare.governance.audit import AuditAction, chain_key, entry_is_genuine, expanded, minted_by
+from sharedcare.governance.audit import (
+    AuditAction,
+    chain_key,
+    decision_details,
+    entities_of,
+    entry_is_genuine,
+    minted_by,
+)
+from sharedcare.governance.audit_forward import as_audit_event
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
 
@@ -254,10 +262,12 @@ def search_page(session: Session, limit: int, **criteria: Any) -> Found:
 
 def requested_resource(entry: AuditEntry) -> str | None:
     """The resource a resource read asked for (`Condition/{id}`): the entity in the role of a domain
-    resource (audit.py), whether it was released or refused."""
-    for entity in entry.event.get("entity", []):
-        if (entity.get("role") or {}).get("code") == "4":
-            return str(entity["what"]["reference"])
+    resource (audit.py), whether it was released or refused. None for an event not of that shape."""
+    for entity in entities_of(entry.event):
+        role, what = entity.get("role"), entity.get("what")
+        if isinstance(role, dict) and role.get("code") == "4" and isinstance(what, dict):
+            reference = what.get("reference")
+            return reference if isinstance(reference, str) else None
     return None
 
 
@@ -273,11 +283,9 @@ def describe(entry: AuditEntry) -> str:
 
 
 def details(entry: AuditEntry) -> dict[str, str]:
-    """The decision details (basis, reason, rule...) recorded in the event."""
-    for entity in entry.event.get("entity", []):
-        if entity.get("name") == "decision":
-            return {d["type"]: d["valueString"] for d in entity.get("detail", [])}
-    return {}
+    """The decision details (basis, reason, rule...) recorded in the event; none for an event not of that
+    shape (`audit.decision_details`)."""
+    return decision_details(entry.event)
 
 
 @dataclass(frozen=True)
@@ -378,17 +386,23 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     entries = list(session.scalars(stmt))
     older = entries[limit - 1].seq if len(entries) > limit else None
     entries = entries[:limit]
-    mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS], own)
     key = chain_key(session)
+    genuine = {entry.seq for entry in entries if entry_is_genuine(entry, key)}
+    mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS and entry.seq in genuine],
+                      own)
     page = []
     for entry in entries:
         was_joined = any(_covers(span, entry) for span in joined)
-        item = requested_resource(entry) if entry.action in _ITEM_READS else None
+        # an entry that is not the service's is read from its columns alone: its event may hold anything
+        item = requested_resource(entry) if entry.action in _ITEM_READS and entry.seq in genuine else None
         whole_record = item is None or item == f"Patient/{entry.patient_id}"
         if not whole_record and entry.seq not in mine:
             continue  # an item of another person's record
-        access = _joined_look(entry) if was_joined and whole_record else _access(fw, entry, hide_reason=was_joined)
-        page.append(access if entry_is_genuine(entry, key) else replace(access, unverified=UNVERIFIED_WORDS))
+        if was_joined and whole_record:
+            access = _joined_look(entry)
+        else:
+            access = _access(fw, entry, hide_reason=was_joined, genuine=entry.seq in genuine)
+        page.append(access if entry.seq in genuine else replace(access, unverified=UNVERIFIED_WORDS))
     return AccessPage(page, older)
 
 
@@ -444,11 +458,13 @@ def _joined_look(entry: AuditEntry) -> Access:
                   outcome="refused" if entry.outcome == "deny" else "allowed", seq=entry.seq)
 
 
-def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
+def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool, genuine: bool = True) -> Access:
+    """One entry in a citizen's words; one the service did not write (`genuine` False) from its columns alone:
+    who, when, what kind of look and whether refused, none of its event's details (a reason, an item)."""
     user = fw.users.get(entry.username or "")
     org = fw.organisation(entry.organisation or "")
     role = fw.roles.get(user.role) if user else None
-    info = details(entry)
+    info = details(entry) if genuine else {}
     reason = info.get("reason", "")
     if reason and hide_reason:
         reason = REASON_ABOUT_ANOTHER
@@ -464,10 +480,10 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool) -> Access:
     return Access(
         when=entry.recorded_at, username=entry.username or "", who=who, role=role_label,
         organisation=org.name if org else (entry.organisation or ""),
-        what=describe(entry),
+        what=describe(entry) if genuine else ACTION_WORDS.get(AuditAction(entry.action), entry.action),
         basis=(info.get("basis") or "").replace("-", " "), reason=reason,
-        outcome="refused" if entry.outcome == "deny" else "allowed", how=MINTED_WORDS if minted_by(entry.event) else "",
-        seq=entry.seq)
+        outcome="refused" if entry.outcome == "deny" else "allowed",
+        how=MINTED_WORDS if genuine and minted_by(entry.event) else "", seq=entry.seq)
 
 
 # A citizen's list shows one visit as one line: a clinician finding the person, recording why and opening the
@@ -558,8 +574,16 @@ def visit_page(page: AccessPage) -> VisitPage:
     return VisitPage(kept, min(access.seq for access in kept[-1].accesses))
 
 
-def export_ndjson(session: Session) -> Iterator[str]:
-    """Every audit entry in chain order as one FHIR AuditEvent per line (id = sequence number)."""
-    for entry in session.scalars(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000)):
-        event: dict[str, Any] = {"id": str(entry.seq), **expanded(entry.event)}
+def export_ndjson(session: Session, through: int | None = None, unverified: list[int] | None = None) -> Iterator[str]:
+    """Every audit entry in chain order (up to `through`) as one FHIR AuditEvent per line (id = sequence number),
+    each carrying its place in the chain as the forwarder's copy does (`audit_forward.as_audit_event`) and whether
+    it verified (`entry_is_genuine`). One that did not is written from its columns alone (`audit.columns_event`:
+    its event may hold anything, and is not presented as fact), and its seq added to `unverified`."""
+    key = chain_key(session)
+    stmt = select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000)
+    for entry in session.scalars(stmt if through is None else stmt.where(AuditEntry.seq <= through)):
+        genuine = entry_is_genuine(entry, key)
+        if not genuine and unverified is not None:
+            unverified.append(entry.seq)
+        event: dict[str, Any] = {"id": str(entry.seq), **as_audit_event(entry, verified=genuine)}
         yield json.dumps(event, separators=(",", ":"), sort_keys=True)

@@ -25,14 +25,14 @@ import time
 import uuid
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import String, Table, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import ColumnElement, String, Table, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -48,6 +48,7 @@ SEQ_MOST = 2**31 - 1  # the largest sequence number: audit_events.seq is an INTE
 # most of governance's cost of a `$everything`). `expanded` gives the one-entity-each form back.
 RELEASED = "released"
 USER_SYSTEM = "https://sharedcare.example/Id/user"
+ACTION_SYSTEM = "https://sharedcare.example/CodeSystem/audit-action"  # AuditEvent.type: an AuditAction
 ON_BEHALF_OF = "http://hl7.org/fhir/StructureDefinition/auditevent-OnBehalfOf"
 OPERATOR_SYSTEM = "https://sharedcare.example/Id/operator"  # an account on the server (`sharedcare token`)
 JTI_PREFIX = "urn:ietf:params:oauth:jti:"  # IHE BALP: a token's id, as AuditEvent.agent.policy carries it
@@ -78,6 +79,8 @@ class AuditAction(StrEnum):
     TLS_REFUSED = "auth:tls:refused"  # a feed's connection refused at the TLS handshake (sharedcare/tls.py)
     CLOCK_CHECK = "system:clock:check"  # the start-up check that the clock is synchronised (sharedcare/clock_sync.py)
     DEMO_START = "system:demo:start"  # `serve` started in demo mode: the demo sign-in password works (cli.py)
+    # a process started and found, at the end of the log, entries that do not verify under its key (`check_key`)
+    UNVERIFIED_END = "system:audit:unverified-end"
     CHAIN_KEYED = CHAIN_KEYED  # migration 0024, and `rekey`: the entries after this one are keyed (ChainKey)
     AGREEMENT_SET = "governance:agreement:set"
     PREFERENCE_SET = "governance:preference:set"
@@ -91,6 +94,8 @@ class AuditAction(StrEnum):
     # a person's decision on an MPI review item (link, separate, defer, a change of one, an unmerge's separate)
     MPI_REVIEW_DECIDED = "identity:mpi:review-decided"
     AUDIT_SEARCH = "governance:audit:search"
+    AUDIT_EXPORT = "governance:audit:export"  # the whole log written out (`sharedcare audit export`)
+    REVIEW_VIEW = "governance:review:view"  # the IG review queue shown at the command line (`sharedcare audit review`)
     # a held quarantine item its source's corrected copy replaced (ingest/pipeline.py `_supersede`)
     QUARANTINE_SUPERSEDED = "governance:quarantine:superseded"
     QUARANTINE_PURGE = "governance:quarantine:purge"  # bodies erased after the retention period (ingest/retention.py)
@@ -114,6 +119,7 @@ ACTION_CODES = {AuditAction.RECORD_WRITE: "C", AuditAction.INGEST_START: "E", Au
                 # IHE BALP: a query, and an operation such as $export, are executed
                 AuditAction.PATIENT_SEARCH: "E", AuditAction.EXPORT_KICK_OFF: "E",
                 AuditAction.EXPORT_COMPLETE: "E", AuditAction.EXPORT_CANCEL: "E",
+                AuditAction.UNVERIFIED_END: "E",  # a start-up's check, as the clock's
                 AuditAction.EXPORT_WITHDRAWN: "D", AuditAction.QUARANTINE_PURGE: "D"}  # files, bodies erased
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 OUTCOME_CODES = {"permit": "0", "deny": "4", "error": "8"}
@@ -178,11 +184,7 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
     purpose = "emergency" if record.basis == "emergency" else (record.purpose or "governance")
     entities: list[dict[str, Any]] = []
     if record.patient_id:
-        entities.append({"what": {"reference": f"Patient/{record.patient_id}"},
-                         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-                                  "code": "1", "display": "Person"},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                  "code": "1", "display": "Patient"}})
+        entities.append(_patient_entity(record.patient_id))
     if record.resource:  # IHE BALP: the resource read, as a domain resource of the patient
         entities.append({"what": {"reference": record.resource},
                          "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
@@ -197,12 +199,12 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
         **{f"withheld:{why}": str(n) for why, n in sorted(record.withheld.items())},
         **{key: _clean(value) for key, value in record.detail.items()},
     }
-    entities.append({"name": "decision", "detail": [
-        {"type": key, "valueString": value} for key, value in details.items() if value  # FHIR strings are never empty
-    ]})
+    decided = [{"type": key, "valueString": value} for key, value in details.items() if value]  # strings never empty
+    if decided:  # nor arrays: an Audit Record Repository that validates refuses `"detail": []` (TRUST AU7)
+        entities.append({"name": "decision", "detail": decided})
     return {
         "resourceType": "AuditEvent",
-        "type": {"system": "https://sharedcare.example/CodeSystem/audit-action", "code": record.action.value},
+        "type": {"system": ACTION_SYSTEM, "code": record.action.value},
         "action": record.fhir_action or ACTION_CODES.get(record.action,
                                                          "E" if record.action.startswith("governance:") else "R"),
         "recorded": recorded.isoformat(),
@@ -219,22 +221,64 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
             **_token_policy(record),
         }, *_app_agent(record.client_id, record.username), *_minter_agent(record)],
         "source": {"observer": {"display": "sharedcare"}, "site": record.request_id or str(uuid.uuid4())},
-        "entity": entities,
+        **({"entity": entities} if entities else {}),
     }
 
 
-def expanded(event: dict[str, Any]) -> dict[str, Any]:
+def _patient_entity(patient_id: str) -> dict[str, Any]:
+    return {"what": {"reference": f"Patient/{patient_id}"},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
+                     "display": "Person"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}}
+
+
+def columns_event(entry: AuditEntry) -> dict[str, Any]:
+    """The AuditEvent of what an entry's columns say (action, time, outcome, user, organisation, patient), for
+    an entry the service did not write (`entry_is_genuine`): its stored event may hold anything, and an export
+    repeating it would present it as fact."""
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent", "type": {"system": ACTION_SYSTEM, "code": entry.action},
+        "recorded": entry.recorded_at.isoformat(),
+        "agent": [{"who": {"identifier": {"system": USER_SYSTEM, "value": entry.username or "anonymous"}},
+                   **_on_behalf_of(ODS_SYSTEM, entry.organisation), "requestor": True}],
+        "source": {"observer": {"display": "sharedcare"}},
+    }
+    if entry.outcome in OUTCOME_CODES:
+        event["outcome"] = OUTCOME_CODES[entry.outcome]
+    if entry.patient_id:
+        event["entity"] = [_patient_entity(entry.patient_id)]
+    return event
+
+
+def expanded(event: Any) -> dict[str, Any]:
     """`event` with each released reference as an entity of its own (`{"what": {"reference": ...}}`), as
     FHIR readers expect: the AuditEvent NDJSON export and the IG officer's count read this. Entries
-    written before the compact form are returned as they are."""
+    written before the compact form are returned as they are, but for a decision entity without details
+    (`"detail": []`, written before 2026-12, which FHIR forbids: an empty array), left out. Whatever is not
+    of that shape (a row someone without the key appended) is left out, never a failure."""
     entities: list[dict[str, Any]] = []
-    for entity in event.get("entity", []):
+    for entity in entities_of(event):
+        detail = entity.get("detail")
         if entity.get("name") == RELEASED:
-            entities.extend({"what": {"reference": ref}} for detail in entity.get("detail", [])
-                            for ref in detail["valueString"].split(" "))
-        else:
+            entities.extend({"what": {"reference": ref}} for d in (detail if isinstance(detail, list) else [])
+                            for ref in _string(d, "valueString").split(" ") if ref)
+        elif detail != []:
             entities.append(entity)
-    return {**event, "entity": entities}
+    shaped = dict(event) if isinstance(event, Mapping) else {}
+    shaped.pop("entity", None)
+    return {**shaped, "entity": entities} if entities else shaped
+
+
+def entities_of(event: Any) -> list[dict[str, Any]]:
+    """An event's entities that are objects: none for an event not of AuditEvent's shape."""
+    entities = event.get("entity") if isinstance(event, Mapping) else None
+    return [entity for entity in entities if isinstance(entity, dict)] if isinstance(entities, list) else []
+
+
+def _string(found: Any, name: str) -> str:
+    """`found[name]` where `found` is an object and that a string; else "" (a hostile row's event)."""
+    value = found.get(name) if isinstance(found, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def _on_behalf_of(system: str, value: str | None) -> dict[str, Any]:
@@ -277,13 +321,19 @@ def _minter_agent(record: AuditRecord) -> list[dict[str, Any]]:
              "requestor": False, **_token_policy(record)}]
 
 
-def minted_by(event: Mapping[str, Any]) -> tuple[str, str] | None:
+def minted_by(event: Any) -> tuple[str, str] | None:
     """The operator account that minted the token an audited action was taken with, and the token's id;
     None for a user's own session, an app's or a system's token (`_minter_agent`)."""
-    for agent in event.get("agent", []):
-        if AUTHORISATION_SERVER in ((agent.get("type") or {}).get("coding") or []):
-            policy = agent.get("policy") or [""]
-            return str(agent["who"]["identifier"]["value"]), str(policy[0]).removeprefix(JTI_PREFIX)
+    agents = event.get("agent") if isinstance(event, Mapping) else None
+    for agent in agents if isinstance(agents, list) else []:
+        kind = agent.get("type") if isinstance(agent, dict) else None
+        coding = kind.get("coding") if isinstance(kind, dict) else None
+        if isinstance(coding, list) and AUTHORISATION_SERVER in coding:
+            who = agent.get("who")
+            policy = agent.get("policy")
+            token = policy[0] if isinstance(policy, list) and policy else ""
+            return (_string(who.get("identifier") if isinstance(who, dict) else None, "value"),
+                    str(token).removeprefix(JTI_PREFIX))
     return None
 
 
@@ -520,11 +570,11 @@ def _rekey_proof(key: bytes, seq: int, prev_hash: str) -> str:
 def decision_details(event: Any) -> dict[str, str]:
     """An event's decision details (`to_audit_event`), by type; nothing for an event not of that shape (a row
     someone without the key appended may hold any JSON: reading it must not fail every later append)."""
-    entities = event.get("entity") if isinstance(event, Mapping) else None
-    for entity in entities if isinstance(entities, list) else []:
-        if isinstance(entity, dict) and entity.get("name") == "decision":
+    for entity in entities_of(event):
+        if entity.get("name") == "decision":
             details = entity.get("detail")
-            return {str(d.get("type")): str(d.get("valueString")) for d in details if isinstance(d, dict)} \
+            return {d["type"]: d["valueString"] for d in details if isinstance(d, dict)
+                    and isinstance(d.get("type"), str) and isinstance(d.get("valueString"), str)} \
                 if isinstance(details, list) else {}
     return {}
 
@@ -541,6 +591,9 @@ class Epoch:
     key: bytes | None
     fingerprint: str | None = None  # of its key, as a marker names it (the first keyed epoch's is never written)
     marker: int | None = None  # the rekey marker that began it; None for the first keyed epoch
+    # its marker names a held key (`key`), but the proof of it no longer matches the marker's place: the marker, or
+    # entries before it, were rewritten and re-hashed since (with the retired key): `chain_problem` names the marker
+    proof_broken: bool = False
 
 
 @dataclass(frozen=True)
@@ -552,6 +605,7 @@ class ChainKey:
     key: bytes
     unkeyed_through: int
     epochs: tuple[Epoch, ...] = ()
+    retired: tuple[bytes, ...] = ()  # the retired keys given: what a check that fails may name as the writer
     _firsts: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -627,9 +681,10 @@ def _epochs(session: Session, own: bytes, retired: tuple[bytes, ...]) -> ChainKe
     wins: the entries after it are the next epoch's. A key never comes back. The first keyed epoch's key is the
     one its ending marker was written under, or with no rekey this process's own."""
     marks = session.scalars(select(AuditEntry).where(_MARKED).order_by(AuditEntry.seq)).all()
+    retired = tuple(key for key in retired if key != own)
     if not marks:
-        return ChainKey(own, 0)
-    held = (own, *(key for key in retired if key != own))
+        return ChainKey(own, 0, retired=retired)
+    held = (own, *retired)
     epochs: list[Epoch] = []
     current, settled, used = Epoch(marks[0].seq + 1, None), False, set[bytes]()
     for mark in marks[1:]:
@@ -640,6 +695,7 @@ def _epochs(session: Session, own: bytes, retired: tuple[bytes, ...]) -> ChainKe
         fields = {name: getattr(mark, name) for name in _HASHED}
         following = next((key for key in held if hmac.compare_digest(_rekey_proof(key, mark.seq, mark.prev_hash),
                                                                      proof)), None)
+        named = next((key for key in held if key_fingerprint(key) == said.get("next-key")), None)
         if not settled:  # the first keyed epoch: its key is the one its marker was written under
             writer = next((key for key in held if _digest(mark.prev_hash, fields, key) == mark.hash), None)
             if writer is None and following is None:
@@ -650,15 +706,19 @@ def _epochs(session: Session, own: bytes, retired: tuple[bytes, ...]) -> ChainKe
                 continue  # not written under the epoch's key: forged
         elif following is None:
             continue  # an epoch whose key is not held, and a next key not held: nothing can be told
+        # written under the ending epoch's key, naming a held key whose proof fails: the marker's place changed
+        # since (an entry before it rewritten with the retired key): that key's epoch, the marker named broken
+        broken = following is None and named is not None and current.key is not None
+        following = named if broken else following
         if following is not None and (following in used or following == current.key):
             continue  # a key never comes back
         if current.key is not None:
             used.add(current.key)
         epochs.append(current)
-        current = Epoch(mark.seq + 1, following, said.get("next-key"), mark.seq)
+        current = Epoch(mark.seq + 1, following, said.get("next-key"), mark.seq, proof_broken=broken)
     if not settled:
         current = replace(current, key=own)
-    return ChainKey(own, marks[0].seq, (*epochs, current))
+    return ChainKey(own, marks[0].seq, (*epochs, current), retired)
 
 
 def _check_epoch(session: Session, newest_mark: int | None) -> None:
@@ -761,11 +821,22 @@ def chain_problem(entry: AuditEntry, prev_hash: str, key: ChainKey) -> str | Non
         return unheld_words(epoch, current=epoch is key.current)
     entry_key = epoch.key if epoch is not None else None
     if _digest(prev_hash, fields, entry_key) == entry.hash:
+        following = key.epoch(entry.seq + 1)
+        if following is not None and following.marker == entry.seq and following.proof_broken:
+            return (f"is the rekey marker naming the next key (fingerprint {(following.fingerprint or '')[:16]}), "
+                    "which this check holds, but its proof of that key no longer matches its place: the entries "
+                    "before it were rewritten after the rotation and re-hashed, by someone holding the retired key "
+                    "(`--checkpoints` names the first a witness kept otherwise)")
         return None
     if entry_key is None:
         return "content does not match its hash (edited)"
     if _digest(prev_hash, fields, None) == entry.hash:
         return "was written without the chain's key (forged by someone who can write to the database)"
+    if epoch is not None and epoch is key.current and epoch.marker is None and any(
+            _digest(prev_hash, fields, retired) == entry.hash for retired in key.retired):
+        return ("was written under a retired audit key, but no rekey marker ends its epoch: the marker was removed "
+                "or edited (the log cut back to before the rotation and the head set back, or the marker's entry "
+                f"changed), or a key given in {RETIRED_SETTING} is the log's current one")
     return ("content does not match its keyed hash: edited, or written by someone without the chain's key (or "
             "this check runs with another SHAREDCARE_AUDIT_KEY or SHAREDCARE_SECRET than the service)")
 
@@ -781,29 +852,80 @@ def entry_is_genuine(entry: AuditEntry, key: ChainKey) -> bool:
     return _digest(entry.prev_hash, fields, epoch.key if epoch is not None else None) == entry.hash
 
 
-KEY_CHECKED = 100  # the newest keyed entries a process checks its key against before it writes (`key_problem`)
+KEY_CHECKED = 100  # entries a process reads at a time, newest first, checking its key before it writes (`check_key`)
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """What a process found of its key before writing to the log (`check_key`)."""
+
+    problem: str | None = None  # why it must not write: its key is not the log's
+    unverified: tuple[int, int] | None = None  # the log's newest entries, first and last, that its key does not verify
+
+    @property
+    def warning(self) -> str | None:
+        """The entries at the end of the log that do not verify, in words for the operator and the IG officer."""
+        if self.unverified is None:
+            return None
+        first, last = self.unverified
+        span = f"entry {first}" if first == last else f"entries {first}-{last} ({last - first + 1} entries)"
+        return (f"{span} at the end of the audit log do not verify under the service's audit key (the newest that "
+                f"does is entry {first - 1}): written into the database by someone without the key, or by a "
+                "process run with another key; what they say may not have happened. The service writes on after "
+                "them; `sharedcare audit verify` names the first: treat it as a security incident")
+
+
+def check_key(session: Session) -> KeyCheck:
+    """Whether this process may write to the log: its key (`Database.audit_key`) must be the current epoch's, or
+    every entry it wrote would fail `verify`. Where the log was rekeyed, the marker says which key (a command run
+    with the retired key after `audit rekey` stops here) and proves it. Otherwise some entry of the epoch must
+    have been written with it: a command run without SHAREDCARE_AUDIT_KEY, or with SHAREDCARE_SECRET rotated and
+    no audit key kept, verifies none of the newest `KEY_CHECKED` nor the oldest, and stops. Entries at the end
+    that do not verify (appended by anyone who may INSERT, without the key) stop nothing: the newest entry that
+    does is searched back for, and the span after it is `unverified`, for the caller to warn of. Refusing to
+    start for them (as before 2026-12) made the record unavailable to whoever could append 100 rows."""
+    key = chain_key(session)
+    if key.current.key != key.key:
+        return KeyCheck(_rekeyed_words(key))
+    in_epoch = (AuditEntry.seq >= key.current.first, AuditEntry.seq > key.unkeyed_through)
+    newest = None
+    for n, page in enumerate(_newest_first(session, in_epoch)):
+        newest = newest or page[0].seq
+        written = next((entry.seq for entry in page if entry_is_genuine(entry, key)), None)
+        if written is not None:
+            return KeyCheck(unverified=(written + 1, newest) if written < newest else None)
+        if n == 0 and key.current.marker is None and not _any_written(session, key, in_epoch):
+            return KeyCheck(f"the audit log's newest and oldest keyed entries (up to entry {newest}) were not "
+                            "written with this process's audit key, so every entry it wrote would fail `audit "
+                            "verify`: set SHAREDCARE_AUDIT_KEY (or SHAREDCARE_SECRET, if no audit key is set) as the "
+                            "service has it")
+    if newest is None:  # nothing written since the key was set, or since the rekey marker that proved it
+        return KeyCheck()
+    return KeyCheck(unverified=(max(key.current.first, key.unkeyed_through + 1), newest))  # the marker proved it
+
+
+def _any_written(session: Session, key: ChainKey, where: tuple[ColumnElement[bool], ...]) -> bool:
+    """Whether this process's key wrote one of the oldest `KEY_CHECKED` entries matching `where`: when neither
+    these nor the newest were, its key is not the log's (forged entries are only ever appended at the end)."""
+    oldest = session.scalars(select(AuditEntry).where(*where).order_by(AuditEntry.seq).limit(KEY_CHECKED))
+    return any(entry_is_genuine(entry, key) for entry in oldest)
+
+
+def _newest_first(session: Session, where: tuple[ColumnElement[bool], ...]) -> Iterator[list[AuditEntry]]:
+    """The entries matching `where`, newest first, `KEY_CHECKED` at a time."""
+    before = None
+    while True:
+        stmt = select(AuditEntry).where(*where).order_by(AuditEntry.seq.desc()).limit(KEY_CHECKED)
+        page = list(session.scalars(stmt if before is None else stmt.where(AuditEntry.seq < before)))
+        if not page:
+            return
+        yield page
+        before = page[-1].seq
 
 
 def key_problem(session: Session) -> str | None:
-    """Why this process must not write to the log, or None: its key (`Database.audit_key`) is not the current
-    epoch's, and every entry it wrote would fail `verify`. Where the log was rekeyed, the marker says which key
-    (a command run with the retired key after `audit rekey` stops here). Otherwise the log's newest keyed entries
-    must have been written with it (a command run without SHAREDCARE_AUDIT_KEY, or with SHAREDCARE_SECRET rotated
-    and no audit key kept). One of the newest `KEY_CHECKED` checking out is enough, so a few entries forged at the
-    end do not stop the service; none since a rekey marker that proved this key, nothing to check."""
-    key = chain_key(session)
-    if key.current.key != key.key:
-        return _rekeyed_words(key)
-    if key.current.marker is not None:  # a rekey marker proved this key: stronger than any look at entries after
-        return None  # it (one forged entry there, the first after a rotation, locked the new key out for good)
-    newest = session.scalars(select(AuditEntry).where(AuditEntry.seq >= key.current.first,
-                                                      AuditEntry.seq > key.unkeyed_through)
-                             .order_by(AuditEntry.seq.desc()).limit(KEY_CHECKED)).all()
-    if not newest or any(entry_is_genuine(entry, key) for entry in newest):
-        return None
-    return (f"the audit log's newest {len(newest)} entries (up to entry {newest[0].seq}) were not written with this "
-            "process's audit key, so every entry it wrote would fail `audit verify`: set SHAREDCARE_AUDIT_KEY (or "
-            "SHAREDCARE_SECRET, if no audit key is set) as the service has it")
+    """Why this process must not write to the log, or None (`check_key`)."""
+    return check_key(session).problem
 
 
 def verify(session: Session) -> VerifyResult:

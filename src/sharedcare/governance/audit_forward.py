@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import select
 
 from sharedcare.errors import SharedcareError
-from sharedcare.governance.audit import GENESIS, chain_key, chain_problem, expanded
+from sharedcare.governance.audit import GENESIS, chain_key, chain_problem, columns_event, expanded
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
@@ -82,11 +82,16 @@ def write_position(state: Path, position: Position) -> None:
     os.replace(aside, state)
 
 
-def as_audit_event(entry: AuditEntry) -> dict[str, Any]:
-    """The entry as the FHIR AuditEvent the repository keeps, with its place in the chain."""
+def as_audit_event(entry: AuditEntry, verified: bool | None = None) -> dict[str, Any]:
+    """The entry as the FHIR AuditEvent the repository keeps, with its place in the chain. Given `verified`
+    (the NDJSON export, which holds every entry), that is said too, and an entry that did not verify is told
+    from its columns alone (`columns_event`); the forwarder sends only entries that verify."""
     chain = [{"url": "seq", "valueInteger": entry.seq}, {"url": "hash", "valueString": entry.hash},
              {"url": "previous", "valueString": entry.prev_hash}]
-    return {**expanded(entry.event), "meta": {"tag": [{"system": CHAIN_TAG, "code": _tag(entry)}]},
+    if verified is not None:
+        chain.append({"url": "verified", "valueBoolean": verified})
+    event = columns_event(entry) if verified is False else expanded(entry.event)
+    return {**event, "meta": {"tag": [{"system": CHAIN_TAG, "code": _tag(entry)}]},
             "extension": [{"url": CHAIN, "extension": chain}]}
 
 

@@ -59,6 +59,8 @@ ACTION_WORDS = {
     AuditAction.TLS_REFUSED: "a feed's connection was refused (its certificate)",
     AuditAction.CLOCK_CHECK: "the service checked its clock at start-up",
     AuditAction.DEMO_START: "started the service in demo mode",
+    AuditAction.UNVERIFIED_END: ("the service started and found entries at the end of the audit log that it cannot "
+                                 "verify (see the reason: treat it as a security incident)"),
     AuditAction.CHAIN_KEYED: "the audit log began keying its entries",
     AuditAction.AGREEMENT_SET: "changed an organisation's information-sharing agreement",
     AuditAction.PREFERENCE_SET: "changed the patient's sharing choices",
@@ -70,6 +72,8 @@ ACTION_WORDS = {
     AuditAction.MPI_REVIEW_SETTLED: "matching review items were settled by a relink",
     AuditAction.MPI_REVIEW_DECIDED: "decided whether two records are one person",
     AuditAction.AUDIT_SEARCH: "searched the audit log",
+    AuditAction.AUDIT_EXPORT: "exported the whole audit log",
+    AuditAction.REVIEW_VIEW: "looked at the review queue at the command line",
     AuditAction.QUARANTINE_SUPERSEDED: "a held message was replaced by its source's corrected copy",
     AuditAction.QUARANTINE_PURGE: "erased held messages kept past their retention period",
     AuditAction.CLIENT_ADD: "registered an app or partner system",
@@ -218,7 +222,7 @@ class AuditRow:
     unverified: bool  # its hash is not the service's: written by someone without the chain's key
 
 
-def _action_words(entry: Any, item: str | None) -> str:
+def _action_words(entry: Any, item: str | None, info: dict[str, str]) -> str:
     """What the entry's user did, in words; an item read says what kind of item."""
     try:
         action = AuditAction(entry.action)
@@ -228,7 +232,7 @@ def _action_words(entry: Any, item: str | None) -> str:
     kind = (item or "").partition("/")[0]
     if action in (AuditAction.RESOURCE_READ, AuditAction.RESOURCE_HISTORY) and kind in ITEM_WORDS:
         words = f"{words}: {ITEM_WORDS[kind]}"
-    if action == AuditAction.BASIS_RECORD and details(entry).get(FOUND_DETAIL) == BY_ID:
+    if action == AuditAction.BASIS_RECORD and info.get(FOUND_DETAIL) == BY_ID:
         words = f"{words}, having opened it by its id alone ({OPENED_BY_ID_WORDS})"
     return words[:1].upper() + words[1:]
 
@@ -244,21 +248,22 @@ def _named(patient: dict[str, str] | None) -> str:
 def _audit_row(entry: Any, fw: Framework, unverified: bool,
                people: dict[str, dict[str, str] | None] | None = None) -> AuditRow:
     """One audit entry in words (`entry` is the store's AuditEntry, which only governance imports); the
-    patient by name where `people` (the look-ups the search made) has it."""
-    agent = (entry.event.get("agent") or [{}])[0]
+    patient by name where `people` (the look-ups the search made) has it. An entry the service did not write
+    (`unverified`) is told from its columns alone: its event may hold anything, and is not shown as fact."""
     user = fw.users.get(entry.username or "")
     org = fw.organisation(entry.organisation or "")
-    info = details(entry)
-    item = requested_resource(entry)
+    info = {} if unverified else details(entry)
+    item = None if unverified else requested_resource(entry)
     kinds = Counter(str(e["what"].get("reference", "")).split("/")[0]  # every entity but the patient's (role 1)
-                    for e in expanded(entry.event)["entity"]
+                    for e in ([] if unverified else expanded(entry.event).get("entity", []))
                     if "what" in e and (e.get("role") or {}).get("code") != "1")
     released = 0 if entry.outcome == "deny" else sum(kinds.values())
+    agent = {} if unverified else (entry.event.get("agent") or [{}])[0]
     role_code = ((agent.get("role") or [{}])[0]).get("text", "")
-    minter = minted_by(entry.event)
+    minter = None if unverified else minted_by(entry.event)
     role = fw.roles.get(role_code)
     name = _named((people or {}).get(entry.patient_id or ""))
-    return AuditRow(entry.recorded_at, _action_words(entry, item), entry.outcome,
+    return AuditRow(entry.recorded_at, _action_words(entry, item, info), entry.outcome,
                     f"{user.name} ({entry.username})" if user else (entry.username or ""),
                     role.label if role else role_code, org.name if org else (entry.organisation or ""),
                     name or entry.patient_id or "", info.get("basis", "").replace("-", " "), info.get("reason", ""),
