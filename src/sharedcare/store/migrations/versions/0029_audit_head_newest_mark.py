@@ -2,7 +2,7 @@
 
 Revision ID: 0029
 Revises: 0028
-Create Date: 2026-12-08
+Create Date: 2026-12-07
 
 An append must notice an epoch another process began (`audit rekey`, governance/audit.py `_check_epoch`), so
 it reads the newest `audit:chain:keyed` entry's position. It did so in the statement that locks the head (a
