@@ -55,5 +55,6 @@ def upgrade() -> None:
             "migration": revision, "note": "every entry after this one is keyed with the deployment's audit key"}),
             seq, prev_hash)
 
+
 def downgrade() -> None:
     op.drop_index(INDEX, "audit_events")
