@@ -136,6 +136,7 @@ HEAD_MOVES = [
     "UPDATE audit_head SET seq = seq - 1",  # one back, to hide the last entry
     "UPDATE audit_head SET hash = '" + "f" * 64 + "'",
     "UPDATE audit_head SET seq = seq + 1",  # a step forward that no entry made
+    "UPDATE audit_head SET newest_mark = NULL",  # a rekey hidden from appends holding the retired key
     "DELETE FROM audit_head",
 ]
 
@@ -427,6 +428,12 @@ def test_an_entry_appended_by_someone_without_the_key_is_found_as_forged(db: Dat
     assert "without the chain's key" in (result.problem or "")
 
 
+def _append_unkeyed(session: Session, record: AuditRecord) -> int:
+    """An append as the code before migration 0024 made it, on its schema (the head has no marker column)."""
+    seq, prev_hash = session.execute(text("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")).one()
+    return audit.append_after(session, record, seq, prev_hash)
+
+
 def test_a_log_written_before_the_chain_had_a_key_verifies_and_goes_on_keyed(db: Database) -> None:
     """A store upgraded with entries in it: those keep their plain hashes and verify as before, the upgrade
     marks where the key starts, and an unkeyed entry after it is refused however it is dressed."""
@@ -436,8 +443,8 @@ def test_a_log_written_before_the_chain_had_a_key_verifies_and_goes_on_keyed(db:
         command.downgrade(cfg, "base")
         command.upgrade(cfg, "0023")
     with db.engine.begin() as conn, Session(bind=conn, info={AUDIT_KEY: None}) as old:  # the code before the key
-        before = [record_audit(old, AuditRecord(AuditAction.RECORD_READ, "permit", username=f"user{i}",
-                                                patient_id=f"p{i}")) for i in range(3)]
+        before = [_append_unkeyed(old, AuditRecord(AuditAction.RECORD_READ, "permit", username=f"user{i}",
+                                                   patient_id=f"p{i}")) for i in range(3)]
     db.migrate()
     after = _write(db, 2)
     with db.session() as session:
@@ -711,3 +718,26 @@ def test_a_log_cut_back_to_before_its_rotation_is_said_to_be_cut_back(db: Databa
     assert not result.ok and result.broken_seq == before[0]
     assert "under a retired audit key, but no rekey marker ends its epoch: the marker was removed or edited (the log " \
            "cut back to before the rotation" in (result.problem or "")
+
+
+def test_a_store_rekeyed_before_the_head_kept_its_marker_is_upgraded_to_it(db: Database) -> None:
+    """Every append reads the newest marker's place from the head (migration 0031); a store rekeyed before that
+    is upgraded with it, and its head then refuses to be set back: else a process still holding the retired key
+    would go on writing entries `verify` names."""
+    _write(db, 2)
+    with rotated(db) as (restarted, mark):
+        cfg = db.alembic_config()
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0030")
+        db.migrate()
+        with db.session() as session:
+            assert session.get_one(AuditHead, 1).newest_mark == mark
+        with pytest.raises(audit.AuditKeyProblem, match=f"rekeyed at entry {mark}"):
+            _write(db, 1)  # the service that held the old key
+        (written,) = _write(restarted, 1)
+        with pytest.raises(DBAPIError, match="only by appending"), db.engine.begin() as conn:
+            conn.execute(update(AuditHead).values(newest_mark=mark - 1))
+        with restarted.session() as session:
+            result, head = verify(session), session.get_one(AuditHead, 1)
+    assert written == mark + 1 and result.ok and (head.seq, head.newest_mark) == (written, mark)

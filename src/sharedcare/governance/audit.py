@@ -364,25 +364,21 @@ _HEAD = cast(Table, AuditHead.__table__)
 _ENTRIES = cast(Table, AuditEntry.__table__)
 # A no-op UPDATE takes the write lock on the head row (a row lock on PostgreSQL; on SQLite it opens the
 # write transaction) and RETURNING reads it in the same statement, so no two writers chain to one parent.
-# The same statement reads the newest epoch marker (CHAIN_KEYED: the partial index of migration 0024 holds only
-# those, so it is one index look-up): an append notices an epoch another process began (`_check_epoch`). The action
-# is written as it stands, not bound: only then do SQLite and PostgreSQL's planners use that index.
+# The head also holds the newest epoch marker's position (CHAIN_KEYED, set by the chain's step: migration 0031),
+# so an append notices an epoch another process began (`_check_epoch`). It must be the head's column, not a
+# subquery: on PostgreSQL a subquery runs in the snapshot taken before the statement waited for the lock, and an
+# append that waited on `audit rekey` missed its marker and wrote under the retired key (review of 2026-12-07);
+# the locked row itself is read again after the wait, as committed. `chain_key` finds the marker by the partial
+# index of migration 0024; the action is written as it stands, not bound: only then do the planners use it.
 _MARKED = _ENTRIES.c.action == literal_column(f"'{CHAIN_KEYED}'")
 _NEWEST_MARK = select(func.max(_ENTRIES.c.seq)).where(_MARKED)
 _LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
-                                .returning(_HEAD.c.seq, _HEAD.c.hash, _NEWEST_MARK.scalar_subquery()))
-_READ_NEWEST_MARK = Prepared(_NEWEST_MARK)
+                               .returning(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.newest_mark))
 
 
 def _lock_head(session: Session) -> tuple[int, str, int | None]:
-    """Lock the head; return its position and hash and the newest epoch marker's position. On PostgreSQL the
-    marker is read again in a statement of its own: the locking statement's subquery runs in the snapshot taken
-    before it waited for the lock, so an append that waited on `audit rekey` saw the head after the marker but
-    not the marker, and wrote an entry under the retired key into the new epoch (review of 2026-12-07). One more
-    index look-up an append; SQLite's statement begins with the write lock held and sees everything."""
+    """Lock the head; return its position and hash and the newest epoch marker's position, in one statement."""
     ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)
-    if session.get_bind().dialect.name == "postgresql":
-        ((newest_mark,),) = _READ_NEWEST_MARK(session)
     return seq, prev_hash, newest_mark
 
 
@@ -510,6 +506,17 @@ _LENGTHS = {column: cast(String, _ENTRIES.c[column].type).length or 0
 def record_audit(session: Session, record: AuditRecord) -> int:
     """Append one event to the chain, in the caller's transaction (so no audit, no effect), keyed with the
     session's key (`Database.audit_key`); return its sequence number."""
+    seq, prev_hash, newest_mark = _lock_head(session)
+    epochs = session.info.get(AUDIT_EPOCHS)
+    found = epochs.found if epochs is not None else None
+    if epochs is not None and (found is None or found[0] != newest_mark or not found[2]):  # rarely: a new marker
+        _check_epoch(session, newest_mark)
+    return append_after(session, record, seq, prev_hash)
+
+
+def append_after(session: Session, record: AuditRecord, seq: int, prev_hash: str) -> int:
+    """Write `record` as the entry after entry `seq` (whose hash is `prev_hash`), the head held: `record_audit`'s
+    append. Migration 0024 calls it alone, on a schema that has not the head's marker column (0031) yet."""
     # What a caller typed (a sign-in name, an id in a URL) is cleaned like free text: PostgreSQL refuses a
     # NUL in text, which would lose the event and fail the request.
     typed = (record.username, record.organisation, record.patient_id, record.resource)
@@ -518,11 +525,6 @@ def record_audit(session: Session, record: AuditRecord) -> int:
     if cleaned != typed:  # rarely: copying the record costs more than the rest of the event
         record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
                          resource=cleaned[3])
-    seq, prev_hash, newest_mark = _lock_head(session)
-    epochs = session.info.get(AUDIT_EPOCHS)
-    found = epochs.found if epochs is not None else None
-    if epochs is not None and (found is None or found[0] != newest_mark or not found[2]):  # rarely: a new marker
-        _check_epoch(session, newest_mark)
     recorded = utcnow()
     row: dict[str, Any] = {
         "seq": seq + 1, "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,

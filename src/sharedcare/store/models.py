@@ -200,6 +200,8 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+    # the newest CHAIN_KEYED entry's seq, set by the chain's step (migration 0031): an append reads it with the lock
+    newest_mark: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AuditEntry(Base):

@@ -37,7 +37,7 @@ INDEX = "ix_audit_events_chain_keyed"
 
 
 def upgrade() -> None:
-    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+    from sharedcare.governance.audit import AuditAction, AuditRecord, append_after
     from sharedcare.store.database import AUDIT_KEY
 
     op.create_index(INDEX, "audit_events", ["seq"],
@@ -48,8 +48,12 @@ def upgrade() -> None:
                                  {"action": AuditAction.CHAIN_KEYED.value}).first()
         if marked is not None:  # upgraded again after a downgrade: the first marker stands
             return
-        record_audit(session, AuditRecord(AuditAction.CHAIN_KEYED, "permit", username=None, detail={
-            "migration": revision, "note": "every entry after this one is keyed with the deployment's audit key"}))
+        # the head locked and read as this revision's schema has it (`record_audit` reads 0031's column too)
+        seq, prev_hash = session.execute(sa.text("UPDATE audit_head SET seq = seq WHERE id = 1 "
+                                                 "RETURNING seq, hash")).one()
+        append_after(session, AuditRecord(AuditAction.CHAIN_KEYED, "permit", username=None, detail={
+            "migration": revision, "note": "every entry after this one is keyed with the deployment's audit key"}),
+            seq, prev_hash)
 
 
 def downgrade() -> None:
