@@ -2,19 +2,21 @@
 
 Reading: row by row, never the whole file: UTF-8 with or without a byte order mark (anything else is
 named as such), CRLF or LF, quoted fields with embedded newlines; rows whose cells are all blank are
-skipped. Each data row is one message, located at the physical line it starts on; its payload is the
-header line followed by the row's own text, so a quarantined row can be replayed with the mapping as it
-is by then. Which mapping reads a file is decided from the source organisation and the header (see
-`csv_mapping`). The header is checked before any row is read: a file no mapping can read is quarantined
-once, at `header`, and nothing from it is stored.
+skipped; a record that is not valid CSV is held as its opening line, and reading goes on at the next.
+Each data row is one message, located at the physical line it starts on; its payload is the header line
+followed by the row's own text, so a quarantined row can be replayed with the mapping as it is by then.
+Which mapping reads a file is decided, for each row, from the source organisation and the header (see
+`csv_mapping`): a row no mapping reads is held under the header's reason. A file whose header cannot be
+read at all (empty, not UTF-8, not CSV) is held whole, once, at `header`.
 
 Shapes (every resource is checked as FHIR R4): each row makes a UK Core Patient whose id is the source's
 client id, an Encounter for the assessment (its type, date, status, worker and team, served by the source
 organisation), a CarePlan carrying the outcome summary as its description (free text, so shown at tier 3
 only) when the row has one, and, when the third-party column is not blank, a DocumentReference holding
 that text as a text/plain attachment, labelled THIRDPARTY: the decision point shows it to no one outside
-the source organisation. Every resource of a row takes the row's `updated` time as its event time, so an
-older extract arriving late does not overwrite a newer row.
+the source organisation. A blank outcome or third-party column withdraws (entered in error) what an earlier
+row of the assessment made of it. Every resource of a row takes the row's `updated` time as its event time,
+so an older extract arriving late does not overwrite a newer row.
 """
 
 from __future__ import annotations
