@@ -393,6 +393,11 @@ def ingest(
         for item in data["quarantine"][:20]:
             console.print(f"[yellow]quarantined[/yellow] #{item['id']} {_literal(item['where'])}: "
                           f"{_literal(item['reason'])}")
+        if report.quarantined > 20:  # the rest, counted by reason (`quarantine list` names each)
+            console.print(f"{report.quarantined - 20:,} more quarantined (sharedcare quarantine list); all "
+                          f"{report.quarantined:,} by reason:")
+            for reason, n in list(data["held_by_reason"].items())[:20]:
+                console.print(f"  {n:,} x {_literal(reason)}")
         for item in data["skipped_files"][:20]:
             console.print(f"[yellow]skipped[/yellow] {_literal(item['file'])}: {_literal(item['reason'])}")
         for item in data["merges_held"][:20]:

@@ -194,16 +194,52 @@ def test_a_file_that_is_not_utf8_is_named_as_such(db: Database, framework: Frame
     assert report.accepted == 3
 
 
-def test_a_header_missing_a_column_quarantines_the_file_at_header_and_stores_nothing(
-        db: Database, framework: Framework, tmp_path: Path) -> None:
-    header = tuple(column for column in HEADER if column != "town")
-    path = _extract(_lrc(tmp_path), [_row(), _row(client_id="C2", assessment_id="A2")], header=header)
-    report = Pipeline(db, framework).ingest_paths([path])
-    assert (report.messages, report.quarantined) == (1, 1)
-    (held,) = report.quarantine
-    assert held["location"] == "header"
-    assert held["reason"] == "the header lacks column 'town' (the LRC-mosaic mapping expects each of its columns once)"
+def test_a_header_no_mapping_reads_holds_every_row_and_each_is_replayed_once_the_mapping_reads_it(
+        db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mosaic renamed one column: the file was held as its header line alone, its rows in no item, and a replay
+    of that item stored nothing (CSV review, 2026-12-07). Each row is held under the header's reason, nothing
+    stored, and replays once the mapping is fixed, with the drop folder cleared meanwhile."""
+    header = tuple("team_name" if column == "team" else column for column in HEADER)
+    rows: list[dict[str, str] | str] = [{**_row(client_id=f"C{i}", nhs_number="", assessment_id=f"A{i}"),
+                                         "team_name": "OP Team"} for i in range(3)]
+    path = _extract(_lrc(tmp_path), rows, header=header)
+    pipeline = Pipeline(db, framework)
+    report = pipeline.ingest_paths([path])
+    assert (report.messages, report.quarantined, report.accepted) == (3, 3, 0)
+    assert [held["location"] for held in report.quarantine] == ["line 2", "line 3", "line 4"]
+    reason = ("the header lacks column 'team' (the LRC-mosaic mapping expects each of its columns once): the row "
+              "is held unread, to be replayed once a mapping reads the header")
+    assert {(held["where"], held["reason"]) for held in report.quarantine} == {(f"{path}, header", reason)}
+    assert report.held_by_reason == {reason: 3}
     assert _count(db, Resource) == 0 and _count(db, PatientRecord) == 0
+    with db.session() as s:
+        assert b"".join(s.scalars(select(Quarantine.payload).order_by(Quarantine.id))).count(b"OP Team") == 3
+    path.unlink()
+
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    renamed = MOSAIC.read_text().replace("worker_name, team,", "worker_name, team_name,")
+    (mappings / "LRC-mosaic.yaml").write_text(renamed.replace("team: team", "team: team_name"))
+    monkeypatch.setenv("SHAREDCARE_MAPPINGS", str(mappings))
+    for held in report.quarantine:
+        assert (pipeline.replay(held["id"]).accepted, held["location"]) == (3, held["location"])
+    assert {e["serviceType"]["text"] for e in _resources(db, "Encounter")} == {"OP Team"}
+    assert len(_resources(db, "Encounter")) == 3
+
+
+def test_a_file_whose_header_cannot_be_read_is_held_whole(db: Database, framework: Framework,
+                                                         tmp_path: Path) -> None:
+    """A UTF-16 export: one item, of every byte of the file, not its first line alone."""
+    path = _lrc(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(",".join(HEADER).encode("utf-16") + "\r\n".join(
+        ["", *(",".join(_row(assessment_id=f"A{i}").values()) for i in range(3))]).encode("utf-16-le"))
+    report = Pipeline(db, framework).ingest_paths([path])
+    (held,) = report.quarantine
+    assert (held["location"], held["reason"]) == ("header", "the file is UTF-16, not UTF-8: export the extract "
+                                                            "again as UTF-8")
+    with db.session() as s:
+        assert s.scalars(select(Quarantine.payload)).one() == path.read_bytes()
 
 
 def test_the_same_file_twice_changes_nothing(db: Database, framework: Framework, council: Path) -> None:

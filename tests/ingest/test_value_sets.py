@@ -258,7 +258,8 @@ def test_an_api_batch_stores_the_good_entries_and_answers_the_bad_one_code_inval
 def test_a_csv_mapping_that_maps_a_status_outside_the_value_set_is_refused_naming_the_value_set(
         db: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A CSV feed's codes come from its mapping's code maps, checked against the same table when the mapping
-    is loaded: a wrong target is named once, for the whole extract, before any row is mapped with it."""
+    is loaded: a wrong target is named at the header, before any row is mapped with it, and each row is held
+    under that reason (to be replayed once the mapping is fixed)."""
     mappings = tmp_path / "mappings"
     mappings.mkdir()
     (mappings / "LRC-mosaic.yaml").write_text(MOSAIC.read_text().replace(
@@ -267,8 +268,10 @@ def test_a_csv_mapping_that_maps_a_status_outside_the_value_set_is_refused_namin
     monkeypatch.setenv("SHAREDCARE_MAPPINGS", str(mappings))
     rows: list[dict[str, str] | str] = [_row(), _row(client_id="C2", assessment_id="A2", status="In progress")]
     report = Pipeline(db, framework).ingest_paths([_extract(_lrc(tmp_path), rows)])
-    (held,) = report.quarantine
-    assert "'ongoing' is not a code of Encounter.status's value set EncounterStatus" in held["reason"], held
+    assert [held["location"] for held in report.quarantine] == ["line 2", "line 3"]
+    for held in report.quarantine:
+        assert held["where"].endswith("mosaic-0001.csv, header")
+        assert "'ongoing' is not a code of Encounter.status's value set EncounterStatus" in held["reason"], held
     with db.session() as s:
         assert s.scalars(select(Resource)).first() is None
 

@@ -74,6 +74,11 @@ _PARSER_OPTIONS = {"resolve_entities": False, "no_network": True, "load_dtd": Fa
                    "dtd_validation": False, "remove_comments": False}
 
 
+def control_character(text: str) -> re.Match[str] | None:
+    """The first control character a string may not hold (see the module's rule), or None."""
+    return None if text.isprintable() else _CONTROL.search(text)
+
+
 def active_content(text: str) -> bool:
     """Whether a string holds markup that would run if shown (the validator's security check on strings)."""
     # most strings have neither a '<' nor "script": those are passed without running the expression
@@ -94,7 +99,7 @@ def _string(value: str, where: str, problems: list[str]) -> None:
     line end, a control character, a non-breaking space: `str.isprintable` is the cheap first test)."""
     if value == "":
         problems.append(f"{where}: ele-1: an element has a value or children; an empty string has neither")
-    elif not value.isprintable() and (control := _CONTROL.search(value)):
+    elif control := control_character(value):
         problems.append(f"{where}: the string holds the control character U+{ord(control.group()):04X} at character "
                         f"{control.start() + 1}; strings hold none but tab, carriage return and line feed")
     elif active_content(value):

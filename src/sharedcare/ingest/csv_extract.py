@@ -2,19 +2,21 @@
 
 Reading: row by row, never the whole file: UTF-8 with or without a byte order mark (anything else is
 named as such), CRLF or LF, quoted fields with embedded newlines; rows whose cells are all blank are
-skipped. Each data row is one message, located at the physical line it starts on; its payload is the
-header line followed by the row's own text, so a quarantined row can be replayed with the mapping as it
-is by then. Which mapping reads a file is decided from the source organisation and the header (see
-`csv_mapping`). The header is checked before any row is read: a file no mapping can read is quarantined
-once, at `header`, and nothing from it is stored.
+skipped; a record that is not valid CSV is held as its opening line, and reading goes on at the next.
+Each data row is one message, located at the physical line it starts on; its payload is the header line
+followed by the row's own text, so a quarantined row can be replayed with the mapping as it is by then.
+Which mapping reads a file is decided, for each row, from the source organisation and the header (see
+`csv_mapping`): a row no mapping reads is held under the header's reason. A file whose header cannot be
+read at all (empty, not UTF-8, not CSV) is held whole, once, at `header`.
 
 Shapes (every resource is checked as FHIR R4): each row makes a UK Core Patient whose id is the source's
 client id, an Encounter for the assessment (its type, date, status, worker and team, served by the source
 organisation), a CarePlan carrying the outcome summary as its description (free text, so shown at tier 3
 only) when the row has one, and, when the third-party column is not blank, a DocumentReference holding
 that text as a text/plain attachment, labelled THIRDPARTY: the decision point shows it to no one outside
-the source organisation. Every resource of a row takes the row's `updated` time as its event time, so an
-older extract arriving late does not overwrite a newer row.
+the source organisation. A blank outcome or third-party column withdraws (entered in error) what an earlier
+row of the assessment made of it. Every resource of a row takes the row's `updated` time as its event time,
+so an older extract arriving late does not overwrite a newer row.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import IO, Any, TypeVar
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.checks import resource_problems
+from sharedcare.fhir.invariants import control_character
+from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import ODS_SYSTEM, demographics, meta_source, server_id
 from sharedcare.governance.framework import Framework
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
@@ -42,14 +46,14 @@ from sharedcare.ingest.csv_mapping import (
     NoMapping,
     PatientMap,
     ValueProblem,
-    candidates,
     find_mapping,
-    load_mapping,
     organisation_of,
     required,
     text,
 )
 from sharedcare.ingest.messages import (
+    KEPT_OF_TOO_LARGE,
+    MAX_MESSAGE_BYTES,
     MessageError,
     RawMessage,
     StagedMessage,
@@ -57,6 +61,7 @@ from sharedcare.ingest.messages import (
     future_event_time,
     sender_conflict,
     sent_by,
+    too_large,
 )
 
 T = TypeVar("T")
@@ -64,6 +69,7 @@ T = TypeVar("T")
 HEADER = "header"  # the location of a file quarantined as a whole because no mapping can read its header
 THIRD_PARTY = {"system": ACT_CODE, "code": "THIRDPARTY", "display": "third party information"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LINE_BREAKS = str.maketrans({"\x0b": "\n", "\x0c": "\n"})  # Word's manual line break (VT) and page break (FF)
 
 
 class RowError(MessageError):
@@ -87,18 +93,20 @@ class _Record:
 
 
 class _Lines:
-    """A text stream's physical lines, counted, keeping the text of the record being read."""
+    """A text stream's physical lines, counted, keeping the text of the record being read; lines given back
+    (`refuse`) are read again first."""
 
     def __init__(self, handle: IO[str]) -> None:
         self.handle = handle
         self.number = 0
         self.taken: list[str] = []
+        self.again: list[str] = []  # lines to read again, the next one last
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        line = self.handle.readline()
+        line = self.again.pop() if self.again else self.handle.readline()
         if not line:
             raise StopIteration
         self.number += 1
@@ -109,18 +117,29 @@ class _Lines:
         taken, self.taken = self.taken, []
         return _Record(self.number - len(taken) + 1, "".join(taken), fields, problem)
 
+    def refuse(self, problem: str) -> _Record:
+        """The record that is not valid CSV, as its opening line alone: the lines read after it are read again.
+        A stray opening quote made the reader take every following line into one field until the field limit
+        (131,072 characters): 569 rows of 3,000 were held as one item, counted once (CSV review, 2026-12-07)."""
+        first, *rest = self.taken or [""]
+        self.again.extend(reversed(rest))
+        self.number -= len(rest)
+        self.taken = [first]
+        return self.record([], problem)
+
 
 def _csv_problem(exc: csv.Error) -> str:
-    if "unexpected end of data" in str(exc):
-        return "a quoted field is never closed: the row runs to the end of the file"
+    if "unexpected end of data" in str(exc):  # (a held line, staged again, always ends so)
+        return ("a quoted field opened on this line is not closed on it: is a quote left open? This line alone is "
+                "held; the lines after it are read as rows of their own")
     if "field limit" in str(exc):
         return f"a field is longer than {csv.field_size_limit()} characters: is a quote left open?"
     return f"not valid CSV ({exc})"
 
 
 def _records(handle: IO[str]) -> Iterator[_Record]:
-    """The non-blank records of a CSV stream, one at a time; a record that is not valid CSV is yielded with
-    its problem, and reading goes on from the next line."""
+    """The non-blank records of a CSV stream, one at a time; a record that is not valid CSV is yielded as its
+    first line with its problem, and reading goes on from the line after that."""
     lines = _Lines(handle)
     while True:
         try:
@@ -130,7 +149,7 @@ def _records(handle: IO[str]) -> Iterator[_Record]:
                     yield record
             return
         except csv.Error as exc:
-            yield lines.record([], _csv_problem(exc))
+            yield lines.refuse(_csv_problem(exc))
 
 
 def _open(path: Path) -> IO[str]:
@@ -144,7 +163,8 @@ def _bytes(chunk: str) -> bytes:
 
 def _not_utf8(chunk: str) -> str | None:
     """Why this text, read with surrogateescape, was not UTF-8; None when it was."""
-    if chunk.startswith(("\udcff\udcfe", "\udcfe\udcff")) or "\x00" in chunk:
+    # UTF-16 text is half NULs; a stray NUL in a UTF-8 row is refused naming its column (`_controls`)
+    if chunk.startswith(("\udcff\udcfe", "\udcfe\udcff")) or chunk.count("\x00") * 4 >= len(chunk) > 0:
         return "the file is UTF-16, not UTF-8: export the extract again as UTF-8"
     try:
         chunk.encode("utf-8")
@@ -164,30 +184,27 @@ def _mappings_folder() -> Path:
     return load_settings().mappings_path
 
 
-def _some_mapping_reads(path: Path, header: _Record) -> bool:
-    """Whether a mapping the file could use reads this header. Only the folder rule is known here (not
-    --source nor the framework), so organisations are those with mapping files; staging decides."""
-    if _fault(header):
-        return False
-    folder = _mappings_folder()
-    organisation = organisation_of(str(path), {p.name.split("-")[0] for p in folder.glob("*-*.yaml")})
-    for candidate in candidates(folder, organisation):
-        try:
-            if load_mapping(candidate).header_fault(header.fields) is None:
-                return True
-        except MappingError:
-            continue
-    return False
+def _whole_file(path: Path, fault: str) -> RawMessage:
+    """A file whose header cannot be read at all, as one `header` message of all its bytes (its start, past a
+    message's limit): held as the file it is, not as its header line alone with its rows in no item."""
+    size = path.stat().st_size
+    if size <= MAX_MESSAGE_BYTES:
+        return RawMessage(str(path), HEADER, path.read_bytes(), "csv")
+    with path.open("rb") as handle:
+        head = handle.read(KEPT_OF_TOO_LARGE)
+    return too_large(str(path), HEADER, "csv", head, size, f"its header cannot be read ({fault})")
 
 
 def read_messages(path: Path) -> Iterator[RawMessage]:
-    """One message per data row (the header line and the row's text), or a single `header` message when no
-    mapping can read the file's header."""
+    """One message per data row (the header line and the row's text); a file whose header cannot be read at all
+    (empty, not UTF-8, not CSV) is one `header` message of the whole file. Which mapping reads the header is
+    staging's to decide: a row none reads is held under the header's reason, to be replayed once one does."""
     with _open(path) as handle:
         records = _records(handle)
         header = next(records, None)
-        if header is None or not _some_mapping_reads(path, header):
-            yield RawMessage(str(path), HEADER, _bytes(header.text if header else ""), "csv")
+        fault = "the file is empty" if header is None else _fault(header)
+        if header is None or fault:
+            yield _whole_file(path, fault or "")
             return
         # Each row's payload repeats the header; the header's own bytes are counted once, with the first row.
         header_bytes = len(_bytes(header.text))
@@ -196,6 +213,11 @@ def read_messages(path: Path) -> Iterator[RawMessage]:
             yield RawMessage(str(path), f"line {record.line}", _bytes(header.text) + row, "csv",
                              file_bytes=header_bytes + len(row))
             header_bytes = 0
+
+
+def _names(header: _Record) -> list[str]:
+    """The header's column names; a second byte order mark (two exports joined) is not part of the first."""
+    return [header.fields[0].lstrip("\ufeff"), *header.fields[1:]] if header.fields else []
 
 
 def _parse(raw: RawMessage) -> tuple[list[str], _Record | None]:
@@ -213,7 +235,7 @@ def _parse(raw: RawMessage) -> tuple[list[str], _Record | None]:
         problem = _fault(row)
         if problem:
             raise MessageError(problem, raw.where)
-    return header.fields, row
+    return _names(header), row
 
 
 def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None) -> StagedMessage:
@@ -229,10 +251,10 @@ def stage_csv(raw: RawMessage, fw: Framework, source_override: str | None = None
         at_header = f"{raw.filename}, {HEADER}"
         try:
             mapping = find_mapping(_mappings_folder(), organisation, header)
-        except NoMapping as exc:
-            raise MessageError(exc.message, at_header) from exc
-        except MappingError as exc:
-            raise MessageError(f"the mapping {exc.where} is invalid: {exc.message}", at_header) from exc
+        except (NoMapping, MappingError) as exc:
+            why = exc.message if isinstance(exc, NoMapping) else f"the mapping {exc.where} is invalid: {exc.message}"
+            held = "" if row is None else ": the row is held unread, to be replayed once a mapping reads the header"
+            raise MessageError(why + held, at_header) from exc
         if row is None:
             raise MessageError(f"the header now fits the {mapping.name} mapping: ingest the file again to read its "
                                "rows", at_header)
@@ -252,7 +274,8 @@ class _Reader:
         try:
             return read(self.values)
         except ValueProblem as problem:
-            self.problems.append(problem)
+            if str(problem) not in map(str, self.problems):  # two parts reading one column (`status`) say it once
+                self.problems.append(problem)
             return fallback
 
 
@@ -276,6 +299,21 @@ def _nhs_number(values: dict[str, str], column: str | None) -> str | None:
     if not is_valid(value):
         raise ValueProblem(column, "not a valid NHS number (modulus 11 check)")  # not quoted: listed to operators
     return normalise(value)
+
+
+def _control_problems(mapping: Mapping, values: dict[str, str]) -> list[ValueProblem]:
+    """Each column the mapping reads that holds a control character FHIR refuses, named by the column (the FHIR
+    check names only the element made of it). In free text a line or page break pasted from Word becomes a line
+    end: a care plan's outcome typed in Word was refused as `CarePlan.description`."""
+    free = {part.text for part in (mapping.outcome, mapping.third_party) if part is not None}
+    problems: list[ValueProblem] = []
+    for column in mapping.columns:
+        if column in free:
+            values[column] = values[column].translate(_LINE_BREAKS)
+        if control := control_character(values[column]):
+            problems.append(ValueProblem(column, f"holds the control character U+{ord(control.group()):04X} at "
+                                                 f"character {control.start() + 1}, which a record cannot keep"))
+    return problems
 
 
 def _compact(node: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +351,7 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
     values = dict(zip((name.strip() for name in header), fields, strict=True))
     p, a = mapping.patient, mapping.assessment
     read = _Reader(values)
+    read.problems += _control_problems(mapping, values)
     updated = read(_event_time(mapping.updated, received), _EPOCH)
     client = read(lambda v: required(v, p.id), "")
     nhs = read(lambda v: _nhs_number(v, p.nhs_number), None)
@@ -342,20 +381,24 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
             "period": {"start": day}, "serviceProvider": provider,
         })),
     ]
-    if outcome:
-        made.append(("CarePlan", assessment, {
+    # An optional part left blank withdraws what an earlier row of the assessment made of it (entered in error,
+    # as an HL7 DG1-21 "D" does): a neighbour's allegation typed into the outcome, then moved to the third-party
+    # notes, stayed in the care plan the patient reads. Stored only over a held version (`withdraws`).
+    if mapping.outcome:
+        made.append(("CarePlan", assessment, _compact({
             # the assessment type as category too, so a code such as a safeguarding one classifies the plan
-            "status": plan_status, "intent": "plan", "category": [kind], "title": f"{kind['text']}: outcome",
-            "description": outcome, "subject": subject, "encounter": encounter, "period": {"start": day},
-            "created": day, "author": provider,
-        }))
-    if note:
+            "status": plan_status if outcome else ENTERED_IN_ERROR, "intent": "plan", "category": [kind],
+            "title": f"{kind['text']}: outcome", "description": outcome, "subject": subject, "encounter": encounter,
+            "period": {"start": day}, "created": day, "author": provider,
+        })))
+    if mapping.third_party:
         made.append(("DocumentReference", assessment, {
-            "meta": {"security": [THIRD_PARTY]}, "status": "current",
+            "meta": {"security": [THIRD_PARTY]}, "status": "current" if note else ENTERED_IN_ERROR,
             "type": {"text": "Information about other people (third party)"}, "subject": subject,
             "date": updated.isoformat(), "author": [provider],
-            "content": [{"attachment": {"contentType": "text/plain", "title": f"{kind['text']}: third-party notes",
-                                        "data": base64.b64encode(note.encode("utf-8")).decode("ascii")}}],
+            "content": [{"attachment": _compact({
+                "contentType": "text/plain", "title": f"{kind['text']}: third-party notes",
+                "data": base64.b64encode(note.encode("utf-8")).decode("ascii") if note else None})}],
             "context": {"encounter": [encounter], "period": {"start": day}},
         }))
 
@@ -369,7 +412,8 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
         if problems:
             raise MessageError(f"the {resource_type} made from this row is not valid FHIR: {problems[0]}", where,
                                issue=issue)
-        staged.resources.append(StagedResource(resource_type, source_id, content["id"], content, updated, client))
+        staged.resources.append(StagedResource(resource_type, source_id, content["id"], content, updated, client,
+                                               withdraws=content.get("status") == ENTERED_IN_ERROR))
     return staged
 
 

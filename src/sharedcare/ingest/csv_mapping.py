@@ -8,7 +8,9 @@ reviewer reads, so it has only four kinds of value, and no expressions:
 - a date: `{column: date_of_birth, format: "%d/%m/%Y"}` (Python strptime codes; a date and time
   without an offset is UK local time);
 - a code map: `{column: sex, codes: {Male: male, Female: female}}`; a value the map lacks is refused;
-  for a concept (`assessment.type`) the codes are optional codings and other values are kept as text;
+  a concept (`assessment.type`) lists every value the column may hold, under `codes` (a coding with the
+  text) or `text_only` (kept as text alone), matched ignoring case and spacing; any other value is refused,
+  as a code map's is;
 - a constant: a fixed coding such as `assessment.class`.
 
 Sections: `organisation` and `system` (whose extract it is), `columns` (the header the extract must
@@ -33,7 +35,16 @@ from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sharedcare.errors import SharedcareError
 from sharedcare.fhir.value_sets import REQUIRED
@@ -187,15 +198,46 @@ class CodeMap(_Strict, Generic[T]):
         return value
 
 
+def alike(value: str) -> str:
+    """A value as a concept matches it: case and runs of spaces ignored ("Safeguarding  enquiry (S42) ")."""
+    return " ".join(value.split()).casefold()
+
+
 class Concept(_Strict):
-    """A column read as a CodeableConcept: its text, plus a coding for the values listed in `codes`."""
+    """A column read as a CodeableConcept: its text, plus a coding for the values listed in `codes`. Every value
+    is listed, coded or `text_only`, and any other refused: a safeguarding enquiry typed "(S42)" where the mapping
+    codes "(s42)" was stored uncoded, as ordinary social care its patient could read (CSV review, 2026-12-07)."""
 
     column: Column
     codes: dict[str, Coding] = Field(default_factory=dict)
+    text_only: list[str] = Field(default_factory=list)
+    _known: dict[str, Coding | None] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _each_value_once(self) -> Concept:
+        if not self.codes and not self.text_only:
+            raise ValueError("list the values the column holds, under `codes` (with a coding) or `text_only` "
+                             "(kept as text): any other value is refused")
+        seen: dict[str, str] = {}
+        for value in [*self.codes, *self.text_only]:
+            if alike(value) in seen:
+                raise ValueError(f"'{value}' is listed twice (as '{seen[alike(value)]}' too; case and spacing are "
+                                 "ignored)")
+            seen[alike(value)] = value
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._known.update({alike(value): None for value in self.text_only})
+        self._known.update({alike(value): coding for value, coding in self.codes.items()})
 
     def read(self, values: dict[str, str]) -> dict[str, Any]:
         value = required(values, self.column)
-        coding = self.codes.get(value)
+        key = alike(value)
+        if key not in self._known:
+            raise ValueProblem(self.column, f"'{value}' is not one of the mapping's values "
+                                            f"({', '.join([*self.codes, *self.text_only])}): add it to its `codes` "
+                                            "or `text_only`")
+        coding = self._known[key]
         return {"coding": [coding.model_dump(exclude_none=True)], "text": value} if coding else {"text": value}
 
 

@@ -232,6 +232,9 @@ class StagedResource:
     # its event time may be up to this much later (a UK local time without an offset in the hour the clocks go
     # back): a stored version within it is not newer for certain, so arrival orders them (pipeline)
     recorded_doubt: timedelta = timedelta(0)
+    # a withdrawal of what the source's row no longer has (a CSV row's blanked outcome): stored over a version
+    # held, never as a resource of its own (a row that never had an outcome makes no withdrawn care plan)
+    withdraws: bool = False
     outcome: str = ""  # set when stored: created | updated | unchanged | stale (answers a FHIR write)
     held_version: int | None = None  # set when stored: the version held before (None: there was none)
     content_hash: str = ""  # filled in by staging (in a worker process for large files), else when stored
