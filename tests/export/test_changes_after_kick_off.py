@@ -227,7 +227,9 @@ def test_a_choice_held_against_a_number_a_record_in_the_export_carries_withdraws
     okafor_second_number(db)
     baby = his_number_on_another_record(db, framework, tmp_path)
     with db.session() as s:
-        for pair in s.scalars(select(MatchReview.id).where(MatchReview.status == "open")).all():
+        pairs = s.scalars(select(MatchReview.id).where(MatchReview.status == "open")).all()
+        assert pairs, "the baby's record is held for review against Mr Okafor's"
+        for pair in pairs:
             decide(s, pair, "separate", "ig.morgan", "a baby's record sent with her father's NHS number")
         s.commit()
     with db.session() as s:

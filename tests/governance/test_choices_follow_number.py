@@ -128,6 +128,7 @@ def _conditions_for_oconnor(ics: Ics, person: str) -> set[str]:
 
 def test_his_objection_to_all_sharing_still_hides_his_gp_record_from_the_hospital_after_the_correction(
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    assert DIABETES in _conditions_for_oconnor(ics, ics.okafor)  # served before he objects
     with db.session() as s:
         set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
     assert DIABETES not in _conditions_for_oconnor(ics, ics.okafor)
@@ -138,6 +139,7 @@ def test_his_objection_to_all_sharing_still_hides_his_gp_record_from_the_hospita
 
 def test_his_objection_still_applies_when_his_sources_send_no_number(
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    assert DIABETES in _conditions_for_oconnor(ics, ics.okafor)  # served before he objects
     with db.session() as s:
         set_choice(s, OKAFOR_NHS, by="patient", object_all=True)
     _corrects(db, framework, tmp_path, SOURCES, None)
@@ -182,6 +184,8 @@ def test_a_babys_birth_record_held_for_review_is_left_out_with_her_opt_out(
     assert _person_of(db, "baby") != _person_of(db, "ada")
     with db.session() as s:
         assert s.scalars(select(MatchReview.status)).all() == ["open"]
+    assert BIRTH_CONDITION in _exported_codes(ics)  # exported before the opt-out
+    with db.session() as s:
         set_choice(s, BABY_NHS, by="patient", opt_out_secondary=True)
     assert BIRTH_CONDITION not in _exported_codes(ics), "her birth record exported after her parent opted her out"
     assert DIABETES in _exported_codes(ics)  # no one else is left out

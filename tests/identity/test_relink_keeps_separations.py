@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.builders import bundle, condition, patient, write_ndjson
 from tests.conftest import FRAMEWORK_PATH
+from tests.identity.test_review_decisions import _arrives, _conditions
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import GovernedRecords, actor_for
 from sharedcare.identity.links import decide, merge_persons, separate, unmerge
 from sharedcare.identity.mpi import relink
-from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import MatchReview, PatientRecord
 
@@ -33,28 +31,11 @@ def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
     return db
 
 
-def _arrives(db: Database, fw: Framework, tmp: Path, org: str, sid: str, cond: str, at: str = "2026-11-01T09:00:00Z",
-             **details: str) -> None:
-    d = {"given": "Margaret", "born": "1952-06-11", "postcode": "RV1 2AB"} | details
-    Pipeline(db, fw).ingest_paths([write_ndjson(tmp / f"{org}-{sid}-{at[:10]}.ndjson", [bundle(org, "x", [
-        patient(sid, None, "Hughes", d["given"], d["born"], "female", d["postcode"]),
-        condition(f"{sid}-c", f"Patient/{sid}", "44054006", cond)], timestamp=at)])])
-
-
 def _records(db: Database) -> dict[str, PatientRecord]:
     with db.session() as s:
         found = {r.source_id: r for r in s.scalars(select(PatientRecord))}
         s.expunge_all()
         return found
-
-
-def _conditions(db: Database, fw: Framework, person: str) -> set[str]:
-    """What dr.patel sees of the person's conditions, through the governance gateway."""
-    with db.session() as s:
-        g = GovernedRecords(s, fw, actor_for(fw, "dr.patel"))
-        g.record_basis(person, "explicit-consent", "checking the record")
-        return {r.content["code"]["coding"][0]["display"] for r in g.everything(person).resources
-                if r.content["resourceType"] == "Condition"}
 
 
 def _one_woman_twice(db: Database, fw: Framework, tmp: Path) -> dict[str, PatientRecord]:

@@ -69,11 +69,13 @@ def _conditions(db: Database, fw: Framework, person: str) -> set[str]:
                 if r.content["resourceType"] == "Condition"}
 
 
-def _arrives(db: Database, fw: Framework, tmp: Path, org: str, sid: str, cond: str, **details: str) -> None:
+def _arrives(db: Database, fw: Framework, tmp: Path, org: str, sid: str, cond: str, at: str = "2026-11-01T09:00:00Z",
+             **details: str) -> None:
+    """A record of a woman with Margaret Hughes's details (or those given) and one condition, sent at `at`."""
     d = {"given": "Margaret", "born": "1952-06-11", "postcode": "RV1 2AB"} | details
-    Pipeline(db, fw).ingest_paths([write_ndjson(tmp / f"{org}-{sid}.ndjson", [bundle(org, "x", [
+    Pipeline(db, fw).ingest_paths([write_ndjson(tmp / f"{org}-{sid}-{at[:10]}.ndjson", [bundle(org, "x", [
         patient(sid, None, "Hughes", d["given"], d["born"], "female", d["postcode"]),
-        condition(f"{sid}-c", f"Patient/{sid}", "44054006", cond)])])])
+        condition(f"{sid}-c", f"Patient/{sid}", "44054006", cond)], timestamp=at)])])
 
 
 def _two_women(db: Database, fw: Framework, tmp: Path) -> int:

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
 from sharedcare.governance.audit import (
+    CITIZEN_PREFIX,
     AuditAction,
     chain_key,
     decision_details,
@@ -70,7 +71,6 @@ OPERATOR_WORDS = ("The shared care record's technical team", "using the service'
 # Who a look made under a patient portal session (`patient:{person_id}`) was, for a citizen: someone else's
 # portal session can name this person only while their records were joined (a false merge), and the id would
 # tell the citizen who that other person is; the IG officer's search has it.
-CITIZEN_PREFIX = "patient:"  # clients.CITIZEN_PREFIX (which imports the gateway, which imports this module)
 CITIZEN_WORDS = "Another person signed in to the patient portal"
 # A resource read says what kind of item was looked at (a citizen has no use for its id).
 ITEM_WORDS = {

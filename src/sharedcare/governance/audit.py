@@ -49,6 +49,9 @@ SEQ_MOST = 2**31 - 1  # the largest sequence number: audit_events.seq is an INTE
 RELEASED = "released"
 USER_SYSTEM = "https://sharedcare.example/Id/user"
 ACTION_SYSTEM = "https://sharedcare.example/CodeSystem/audit-action"  # AuditEvent.type: an AuditAction
+# A username (and token subject) so prefixed names a person signed in to the patient portal, `patient:{person_id}`,
+# not a configured user: what a citizen acts and is audited as
+CITIZEN_PREFIX = "patient:"
 ON_BEHALF_OF = "http://hl7.org/fhir/StructureDefinition/auditevent-OnBehalfOf"
 OPERATOR_SYSTEM = "https://sharedcare.example/Id/operator"  # an account on the server (`sharedcare token`)
 JTI_PREFIX = "urn:ietf:params:oauth:jti:"  # IHE BALP: a token's id, as AuditEvent.agent.policy carries it

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance import scopes
+from sharedcare.governance.audit import CITIZEN_PREFIX as CITIZEN_PREFIX  # (re-exported)
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import actor_for, citizen_actor
@@ -27,7 +28,6 @@ from sharedcare.governance.policy import Actor
 from sharedcare.store.models import OAuthClient
 
 PUBLIC, BACKEND = "public", "backend"
-CITIZEN_PREFIX = "patient:"  # a token subject or username so prefixed names a person, not a configured user
 CLIENT_PREFIX = "client:"  # ... a registered backend client
 PUBLIC_SCOPE = "launch patient/*.read user/*.read"
 BACKEND_SCOPE = "system/*.read"

@@ -45,7 +45,7 @@ from sharedcare.fhir.uk_core import PATIENT_FIELDS, claims_registration
 from sharedcare.fhir.uk_core import demographics as patient_demographics
 from sharedcare.governance.access_log import BY_ID, FOUND_DETAIL
 from sharedcare.governance.agreements import FRAMEWORK_FILE, agreements_after, effective_agreements
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+from sharedcare.governance.audit import CITIZEN_PREFIX, AuditAction, AuditRecord, record_audit
 from sharedcare.governance.classify import at_tier, classification_key, classify
 from sharedcare.governance.consent import OF_PERSON, Choices, choices_for, combined_choices
 from sharedcare.governance.content_cache import ContentCache, Stamp, content_cache
@@ -290,7 +290,7 @@ def actor_for(fw: Framework, username: str) -> Actor:
 
 def citizen_actor(fw: Framework, person_id: str) -> Actor:
     """A citizen signed in to the patient portal, who may read only their own record."""
-    return Actor(username=f"patient:{person_id}", role=fw.roles.get("patient"), organisation="",
+    return Actor(username=f"{CITIZEN_PREFIX}{person_id}", role=fw.roles.get("patient"), organisation="",
                  person_id=person_id)
 
 

@@ -22,7 +22,7 @@ from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 from sharedcare.governance import access_log, one_time_codes, review
 from sharedcare.governance.agreements import AgreementEvent, agreement_history, effective_agreements, set_agreement
-from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, record_refusal_in
+from sharedcare.governance.audit import CITIZEN_PREFIX, AuditAction, AuditRecord, record_audit, record_refusal_in
 from sharedcare.governance.consent import (
     Choices,
     Provision,
@@ -482,7 +482,7 @@ class CitizenSignIn:
     def _audit(self, ok: bool, person_id: str | None, step: str, result: str, **detail: str) -> None:
         """One sign-in step; the citizen is named as the user only once the code has proven who they are. A
         failed step (anyone can cause one) within the limits of refusals at the door."""
-        user = f"patient:{person_id}" if ok and step == "code" else "anonymous"
+        user = f"{CITIZEN_PREFIX}{person_id}" if ok and step == "code" else "anonymous"
         (record_audit if ok else record_refusal_in)(self.session, AuditRecord(
             AuditAction.LOGIN, "permit" if ok else "deny", user, role="patient", purpose="self-access",
             patient_id=person_id, request_id=self.request_id, source_address=self.source_address,
