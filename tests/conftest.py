@@ -59,6 +59,15 @@ def deployment_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
+@pytest.fixture
+def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    """The test's store and the example framework in the environment, where a CLI command run in process
+    (`typer.testing.CliRunner`) reads its settings."""
+    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+    return db
+
+
 @pytest.fixture(scope="session")
 def store_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreTemplates]:
     templates = StoreTemplates(tmp_path_factory.mktemp("templates"), POSTGRES_URL)

@@ -34,13 +34,6 @@ from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resou
 runner = CliRunner()
 
 
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
-
-
 def _feed(tmp_path: Path) -> Path:
     good = bundle("P81001", "emis", [patient("gp-1", "9434765919", "Okafor", "Emeka", "1945-03-02"),
                                      condition("c1", "Patient/gp-1", "44054006", "Diabetes")])

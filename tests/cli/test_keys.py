@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
 from tests.conftest import DEPLOYMENT_KEYS
 from typer.testing import CliRunner
 

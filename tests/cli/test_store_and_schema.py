@@ -15,7 +15,7 @@ from alembic import command
 from psycopg import sql
 from sqlalchemy import make_url, update
 from sqlalchemy.exc import OperationalError
-from tests.cli.test_commands import _feed, env  # noqa: F401  (the fixture: the CLI pointed at the test database)
+from tests.cli.test_commands import _feed
 from tests.conftest import DEPLOYMENT_KEYS
 from typer.testing import CliRunner
 

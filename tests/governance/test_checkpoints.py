@@ -15,7 +15,6 @@ import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, text, update
-from tests.cli.test_commands import env  # noqa: F401  (the fixture: the CLI pointed at the test database)
 from tests.conftest import AUDIT_KEY, FRAMEWORK_PATH
 from tests.e2e.conftest import LiveServer
 from tests.governance.test_audit import (

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
-from tests.conftest import FRAMEWORK_PATH
 from tests.identity.test_review_decisions import _arrives, _conditions
 from typer.testing import CliRunner
 
@@ -22,13 +20,6 @@ from sharedcare.identity.links import decide, merge_persons, separate, unmerge
 from sharedcare.identity.mpi import relink
 from sharedcare.store.database import Database
 from sharedcare.store.models import MatchReview, PatientRecord
-
-
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
 
 
 def _records(db: Database) -> dict[str, PatientRecord]:

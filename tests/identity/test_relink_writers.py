@@ -155,13 +155,6 @@ def test_an_ingest_run_while_a_relink_holds_an_sqlite_store_says_so_in_one_line_
     assert _stored(db, "h1") == (1, 1)
 
 
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
-
-
 def test_a_relink_of_an_sqlite_store_too_large_to_finish_within_a_writers_wait_is_refused_before_it_starts(
         env: Database, framework: Framework, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The limit cut to one record here (20,000 in a release): the operator is told why and what to do, and the

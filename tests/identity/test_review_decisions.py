@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from tests.builders import bundle, condition, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH
 from tests.ingest.test_hl7v2 import adt, pid, pv1, write_hl7
 from tests.ingest.test_mllp import _exchange, serving
 from typer.testing import CliRunner
@@ -28,13 +27,6 @@ from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, LinkEvent, MatchReview, PatientRecord, Quarantine
-
-
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
 
 
 def _people(db: Database) -> dict[str, str]:

@@ -7,10 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -19,13 +17,6 @@ from sharedcare.store.models import AuditEntry, PatientRecord
 
 runner = CliRunner()
 PHONE = [{"system": "phone", "value": "01632 960123", "use": "home"}]
-
-
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
 
 
 def _ingest(tmp_path: Path, name: str, *messages: tuple[str, str, dict[str, Any]]) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from tests.conftest import FRAMEWORK_PATH
 from typer.testing import CliRunner
 
 from sharedcare.api.auth import mint_token
@@ -297,13 +296,6 @@ def test_a_row_quarantined_by_the_mapping_is_replayed_once_the_mapping_is_fixed(
     with db.session() as s:
         assert s.get_one(Quarantine, held["id"]).status == "replayed"
         assert s.scalars(select(PatientRecord.gender).where(PatientRecord.source_id == "C2")).one() == "female"
-
-
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
 
 
 def test_mapping_check_passes_a_good_sample(env: Database, council: Path) -> None:

@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from tests.ingest.test_csv_extract import (  # env: the fixture, the CLI pointed at the test database
+from tests.ingest.test_csv_extract import (
     MOSAIC,
     _everything,
     _extract,
     _lrc,
     _resources,
     _row,
-    env,  # noqa: F401
     runner,
 )
 from typer.testing import Result

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 from tests.builders import bundle, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -28,11 +27,10 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
+def env(env: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    """The shared `env`, with a retention period of its own."""
     monkeypatch.setenv("SHAREDCARE_QUARANTINE_RETENTION_DAYS", "30")
-    return db
+    return env
 
 
 def _sent(value: str, nhs: str, at: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 from tests.builders import bundle, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH
 from tests.ingest.test_csv_extract import _extract, _lrc, _row
 from tests.ingest.test_mllp import A01, _segment
 from typer.testing import CliRunner
@@ -30,13 +29,6 @@ from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine
 
 runner = CliRunner()
 BAD_DOB, GOOD_DOB = "19451302", "19450302"
-
-
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
 
 
 def _a01(dob: str, control_id: str = "MSG002", app_name: str = "PAS", sent: str = "20261101093000",

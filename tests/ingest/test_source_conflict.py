@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from tests.builders import bundle, patient, write_ndjson
-from tests.conftest import FRAMEWORK_PATH, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 from tests.ingest.test_csv_extract import _extract, _row
 from tests.ingest.test_mllp import A01
 from typer.testing import CliRunner
@@ -27,13 +27,6 @@ from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
-    monkeypatch.setenv("SHAREDCARE_DB", db.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_PATH))
-    return db
 
 
 def _ingest(*args: str) -> tuple[int, dict[str, Any]]:
