@@ -64,7 +64,7 @@ def test_clinician_forms_without_the_right_token_are_refused(ics: Ics, token: st
     _staff(ics, "dr.patel")
     for url, data in (("/search", {"nhs_number": OKAFOR_NHS}),
                       (f"/record/{ics.okafor}/basis", {"basis": "explicit-consent"}),
-                      (f"/record/{ics.okafor}/feedback", {"helped": "yes"}), ("/logout", {})):
+                      (f"/record/{ics.okafor}/feedback", {"helped": "yes"})):
         page = ics.client.post(url, data={**data, **extra}, csrf=False, follow_redirects=False)  # type: ignore[call-arg]
         assert page.status_code == 403 and FORGED in page.text and "OKAFOR" not in page.text, url
     # nothing happened: no basis was recorded, so the record still asks for one, and the session survived
@@ -243,3 +243,20 @@ def test_signing_in_again_ends_the_session_the_browser_had(ics: Ics, portal: str
         ics.client.cookies.clear()
         ics.client.cookies.set(SESSION_COOKIE, token)
         assert ics.client.get(home).status_code == 401
+
+
+def test_sign_out_from_a_tab_opened_before_the_last_sign_in_ends_the_session(ics: Ics) -> None:
+    """Tab A's page was rendered before the clinician signed in again in tab B, so its Sign out form carries
+    the old token. It was refused as a forged form ("This form could not be sent") and the session went on
+    for up to an hour at a shared workstation; a sign-out now ends the session whatever token it carries."""
+    _staff(ics, "dr.patel")
+    tab_a = ics.client.csrf_token()  # type: ignore[attr-defined]
+    _staff(ics, "dr.patel")  # tab B: signing in again gives the browser a new token
+    assert ics.client.csrf_token() != tab_a  # type: ignore[attr-defined]
+    session = ics.client.cookies[SESSION_COOKIE]
+    out = ics.client.post("/logout", data={"target": "/", "csrf_token": tab_a}, csrf=False,  # type: ignore[call-arg]
+                          follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/"
+    ics.client.cookies.clear()
+    ics.client.cookies.set(SESSION_COOKIE, session)
+    assert ics.client.get("/search").status_code == 401

@@ -4,7 +4,7 @@ A signed double-submit cookie: each browser holds a random nonce in `sc_csrf` (H
 SameSite=Strict), renewed whenever a session starts or ends, so the token is per session; every form
 carries `csrf_token`, the HMAC of that nonce under the app's secret, rendered by the `csrf_field()`
 macro. `check` (a router dependency of every portal router) refuses a POST whose token is missing or
-wrong with the 403 page. The FHIR and access APIs use bearer tokens, not cookies, and are not covered;
+wrong with the 403 page; signing out is the one form it lets through (`SIGN_OUT`). The FHIR and access APIs use bearer tokens, not cookies, and are not covered;
 nor is a portal POST that carries a bearer token (a script's: the token, not the cookie, names the caller).
 """
 
@@ -20,6 +20,10 @@ from sharedcare.config import Settings
 
 CSRF_COOKIE = "sc_csrf"
 CSRF_FIELD = "csrf_token"
+# Signing out needs no token: it ends only the session of the browser that sends it, and a forged one from
+# another site carries no session (SameSite=Strict). Refusing it left the session running when a tab opened
+# before the last sign-in (whose token has since changed) said "Sign out", on a shared workstation.
+SIGN_OUT = "/logout"
 
 
 class CsrfRefused(Exception):
@@ -59,7 +63,7 @@ def remember(request: Request, response: Response, nonce: str | None = None) -> 
 
 async def check(request: Request) -> None:
     """Every portal POST must carry the token of the nonce its browser holds."""
-    if request.method != "POST":
+    if request.method != "POST" or request.url.path == SIGN_OUT:
         return
     if request.headers.get("authorization", "").lower().startswith("bearer "):
         return  # a script with a bearer token (which then wins over any cookie): no browser sends one unasked
