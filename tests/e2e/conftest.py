@@ -58,7 +58,9 @@ def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     assert executable, "Chromium is needed for the browser tests: apt-get install chromium (make test does this)"
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        # with the back/forward cache a clinician's Chrome has (Playwright turns it off by default)
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS,
+                                              ignore_default_args=["--disable-back-forward-cache"])
         yield launched
         launched.close()
 

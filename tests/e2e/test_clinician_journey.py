@@ -6,9 +6,11 @@ pharmacist reconciles his medicines. The journeys photograph each page for docs/
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
+from sqlalchemy import update
 from tests.discharge_feed import ingest_discharge
 from tests.e2e.conftest import PHONE, Pages
 from tests.results_feed import ingest_results
@@ -17,6 +19,7 @@ from tests.social_care_feed import ingest_social_care
 from tests.stay_feeds import ingest_stay
 
 from sharedcare.governance.framework import Framework
+from sharedcare.store.models import AccessBasis
 
 TABS = ["Summary", "Care team", "Care plans", "Documents", "Encounters", "Results", "Social care"]
 
@@ -263,4 +266,25 @@ def test_a_hospital_stay_sent_by_the_pas_and_the_epr_is_one_stay_on_the_timeline
     expect(stays.first).to_contain_text("2 Nov 2026")
     expect(stays.first).to_contain_text("Ward 3 (Respiratory) (inpatient encounter, until 7 Nov 2026)")
     expect(stays.first).to_contain_text("sent by EPR and PAS, shown once")
+    pages.check(page)
+
+
+def test_back_to_a_record_whose_basis_has_ended_asks_the_server_again(live: tuple[Ics, str], pages: Pages) -> None:
+    """Chrome's back/forward cache keeps a page served no-store while no cookie changes: Back restored Mr
+    Okafor's whole record after the clinician's basis had ended, without asking the server (nothing
+    audited). A page restored from that cache now loads afresh, so the server decides again."""
+    ics, url = live
+    page = pages.open()
+    open_okafor(pages, page, url, "dr.oconnor")
+    expect(page.get_by_text("Metformin 500mg tablets").first).to_be_visible()
+    pages.check(page)
+    page.get_by_role("link", name="Find another patient").click()
+    expect(page.get_by_role("heading", name="Find a patient")).to_be_visible()
+    pages.check(page)
+    with ics.database.session() as s:  # the basis's 8 hours are over
+        s.execute(update(AccessBasis).values(expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+        s.commit()
+    page.go_back(wait_until="commit")  # a page restored from the cache fires no load event
+    expect(page.get_by_text("Why are you opening this record?")).to_be_visible()
+    expect(page.get_by_text("Metformin 500mg tablets")).to_have_count(0)
     pages.check(page)

@@ -116,6 +116,17 @@ def test_emergency_access_tells_the_clinician_it_is_recorded(ics: Ics) -> None:
     assert "Emergency access" in page.text and "will be reviewed" in page.text
 
 
+def test_breaking_glass_from_the_medicines_page_says_so_on_every_page_of_the_record(ics: Ics) -> None:
+    """The basis form sends the doctor back to the page she asked for: Medicines and What changed showed no
+    notice, so she was never told her emergency access would be reviewed (journey 3)."""
+    _sign_in(ics, "dr.oconnor")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={
+        "basis": "emergency", "reason": "unconscious in resus, no history available", "then": "medicines"})
+    assert page.url.path == f"/record/{ics.okafor}/medicines"
+    for shown in (page, ics.client.get(f"/record/{ics.okafor}/changes")):
+        assert "Emergency access" in shown.text and "will be reviewed" in shown.text, shown.url
+
+
 def test_a_short_reason_is_sent_back_with_the_problem_in_the_forms_own_words(ics: Ics) -> None:
     _sign_in(ics)
     for reason in ("help", "\u200b" * 10):  # ten zero-width spaces say no more than "help"

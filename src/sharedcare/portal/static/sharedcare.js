@@ -3,6 +3,15 @@ import { initAll } from "./nhsuk/nhsuk-frontend.min.js";
 
 initAll();
 
+// A page the browser's back/forward cache restores (Chrome keeps even a no-store page while no cookie
+// changes) is loaded afresh, so the server decides again: Back must not show a record whose basis has
+// ended, or that the patient has since objected to, without asking (and auditing).
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) {
+    window.location.reload();
+  }
+});
+
 // Record tabs. On a tablet or wider, one panel shows at a time. Each tab stays an ordinary link in the
 // tab order, so Tab and Enter reach every one of them (nhsuk-frontend's own tabs need the arrow keys);
 // on a phone, and without JavaScript, the panels follow one another under a list of links.
