@@ -222,11 +222,28 @@ def _merge_needs_review(session: Session, retired: PatientRecord, surviving: Pat
             ReviewItem.kind == NEW_SOURCE_RECORD, ReviewItem.status != "closed",
             ReviewItem.patient_record_id.in_((retired.id, surviving.id))).order_by(ReviewItem.id)):
         why.append(f"record {record_id} awaits IG review as a practice's self-made record (item #{item})")
-    for kept in session.scalars(select(PatientRecord).where(PatientRecord.person_id == surviving.person_id)
-                                .order_by(PatientRecord.id)):
+    joining = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == surviving.person_id)
+                                   .order_by(PatientRecord.id)))
+    for kept in joining:
         if numbers_keep_apart(retired.nhs_number, kept.nhs_number):
             why.append(f"record {retired.id}'s NHS number (ending {str(retired.nhs_number)[-4:]}) differs from "
                        f"record {kept.id}'s ({kept.source_org}, ending {str(kept.nhs_number)[-4:]})")
+    return why + _kept_apart(session, retired, [r.id for r in joining])
+
+
+def _kept_apart(session: Session, retired: PatientRecord, joining: list[int]) -> list[str]:
+    """The operators' separations (`separations`) that moving the retired record to these records would undo:
+    a person decided they are two people, which a source does not overrule (a reviewer's "separate" is refused
+    before: `_separated`). Until 2026-12-07 an A40 or a replaced-by link joined them again silently."""
+    why = []
+    apart = separations(session, [retired.id, *joining])
+    for other in joining:
+        event_id = apart.get((min(retired.id, other), max(retired.id, other)))
+        if event_id is not None:
+            event = session.get_one(LinkEvent, event_id)
+            why.append(f"record {retired.id} was kept apart from record {other} by the {event.kind} #{event.id} of "
+                       f"{event.by} ({event.at:%Y-%m-%d %H:%M} UTC: {event.reason}), a person's decision that they "
+                       "are two people, which a source's merge does not overrule")
     return why
 
 
@@ -487,16 +504,21 @@ def merged(session: Session) -> Merged:
     return found
 
 
-def separations(session: Session) -> dict[tuple[int, int], int]:
-    """What operators' separations still hold, for a relink to keep as it keeps a reviewer's "separate": record
-    pairs, each with the link event that parted it. A separation is a `separate` other than a reviewer's
-    (`decide`'s, `LinkEvent.match_review_id`, whose review item holds it) or an unmerge: each record it moved,
-    while no later decision by a person moved it (`DECIDED`), with each record the person it left held just
-    before (an unmerge's: just before the merge it undid). Until 2026-12-07 a relink kept neither: it joined
-    the records again, and the next correction of the separated record held it for review "where that
-    decision put it"; and a reviewer's was told by its reason's text, which an operator could write too."""
-    events = list(session.scalars(select(LinkEvent).where(LinkEvent.kind.in_(("separate", "unmerge")))
-                                  .order_by(LinkEvent.id)))
+def separations(session: Session, moving: Collection[int] | None = None) -> dict[tuple[int, int], int]:
+    """What operators' separations still hold, for a relink to keep as it keeps a reviewer's "separate" (and a
+    source's merge not to undo: `_merge_needs_review`): record pairs, each with the link event that parted it.
+    A separation is a `separate` other than a reviewer's (`decide`'s, `LinkEvent.match_review_id`, whose
+    review item holds it) or an unmerge: each record it moved, while no later decision by a person moved it
+    (`DECIDED`), with each record the person it left held just before (an unmerge's: just before the merge it
+    undid). `moving`: only the separations that moved one of these records. Until 2026-12-07 a relink kept
+    neither: it joined the records again, and the next correction of the separated record held it for review
+    "where that decision put it"; and a reviewer's was told by its reason's text, which an operator could
+    write too."""
+    found_events = select(LinkEvent).where(LinkEvent.kind.in_(("separate", "unmerge")))
+    if moving is not None:
+        found_events = found_events.where(LinkEvent.id.in_(select(LinkMove.link_event_id).where(
+            LinkMove.patient_record_id.in_(sorted(moving)))))
+    events = list(session.scalars(found_events.order_by(LinkEvent.id)))
     last = _last_decided(session, {m.patient_record_id for event in events for m in event.moves})
     found: dict[tuple[int, int], int] = {}
     for event in events:
