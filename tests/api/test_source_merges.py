@@ -25,7 +25,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.review import queue, record_outcome
-from sharedcare.identity.links import decide
+from sharedcare.identity.links import decide, merge_persons, unmerge
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry, LinkEvent, MatchReview, PatientRecord, ReviewItem
@@ -201,6 +201,32 @@ def test_a_practice_merging_its_own_duplicate_of_a_shared_patient_joins_it_to_hi
     with db.session() as s:
         [merge] = s.scalars(select(LinkEvent).where(LinkEvent.kind == "merge"))
         assert [(m.from_person, m.to_person) for m in merge.moves] == [(before["P81001/gp-dup"], ics.okafor)]
+
+
+def test_a_practices_merge_across_an_operators_unmerge_is_held_for_review_not_made(
+        ics: Ics, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mr Okafor's son, registered at his father's practice, was merged into his father by the MPI's operator
+    and the merge undone ("his son"). The practice then retires the son's Patient into the father's. Until
+    2026-12-07 the write joined them again, the operator's decision overruled by a source: the father's
+    clinicians saw the son's record. Now it is stored and the merge held for an MPI reviewer, the writer told
+    so as for any merge that waits."""
+    son = patient("gp-son", None, "Okafor", "Emeka", "1984-09-20", postcode="LS1 4AP")
+    _write(ics, son)
+    before = _persons(db)
+    assert before["P81001/gp-son"] != ics.okafor
+    with db.session() as s:
+        merge = merge_persons(s, ics.okafor, before["P81001/gp-son"], by="mpi.operator", reason="one man?").id
+    with db.session() as s:
+        unmerge(s, merge, by="mpi.operator", reason="his son, at the same address")
+    assert _persons(db) == before
+
+    issue = _write(ics, son, replaced_by="gp-okafor")
+
+    assert _persons(db) == before
+    _held(issue)
+    [pair] = _mpi_review(db, monkeypatch)
+    assert "by the unmerge #" in pair["evidence"]["source_merge"], pair
+    assert "mpi.operator" not in issue["diagnostics"] and "unmerge" not in issue["diagnostics"], issue
 
 
 def test_a_merge_across_a_reviewers_separation_tells_the_writer_whom_to_ask_and_nothing_internal(

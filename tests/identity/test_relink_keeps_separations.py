@@ -19,7 +19,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.identity.links import decide, merge_persons, separate, unmerge
 from sharedcare.identity.mpi import relink
 from sharedcare.store.database import Database
-from sharedcare.store.models import MatchReview, PatientRecord
+from sharedcare.store.models import LinkEvent, MatchReview, PatientRecord
 
 
 def _records(db: Database) -> dict[str, PatientRecord]:
@@ -112,3 +112,49 @@ def test_separating_a_record_a_reviewer_linked_marks_the_link_separate_so_a_reli
     r = _records(db)
     assert r["a"].person_id != r["b"].person_id
     assert _conditions(db, framework, r["a"].person_id) == {"Diabetes"}
+
+
+def _on_the_review_list(db: Database, r: dict[str, PatientRecord]) -> int:
+    """The pair of records a and b, waiting for a reviewer."""
+    with db.session() as s:
+        item = MatchReview(record_a=r["a"].id, record_b=r["b"].id, probability=0.99, evidence={},
+                           created_at=utcnow(), status="open")
+        s.add(item)
+        s.flush()
+        return item.id
+
+
+def test_an_operators_separation_whose_reason_reads_as_a_reviewers_is_kept_as_the_operators(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    """The operator quotes the pair's review item in the words a reviewer's decision is written in. Until
+    2026-12-07 a reviewer's separate was told from an operator's by that text: the separation was taken for
+    the undecided item's, which holds nothing, and the relink joined the women again (HIV infection shown in
+    Margaret's record). The link event now keeps the review item it decided (migration 0033), set by
+    `decide` alone."""
+    r = _one_woman_twice(env, framework, tmp_path)
+    item = _on_the_review_list(env, r)
+    with env.session() as s:
+        separate(s, r["b"].id, by="mpi.operator",
+                 reason=f"review #{item}: different people: the practice checked, before any reviewer did")
+    report = _relinked(CliRunner(), tmp_path)
+    r = _records(env)
+    assert _conditions(env, framework, r["a"].person_id) == {"Diabetes"}
+    assert r["a"].person_id != r["b"].person_id
+    assert report["operator_separations_kept"] == 1
+
+
+def test_a_reviewers_separation_is_kept_by_its_review_item_and_counts_as_no_operators(
+        env: Database, framework: Framework, tmp_path: Path) -> None:
+    r = _one_woman_twice(env, framework, tmp_path)
+    item = _on_the_review_list(env, r)
+    with env.session() as s:
+        decide(s, item, "separate", by="reviewer1", reason="two women: another mother's maiden name")
+    with env.session() as s:
+        [event] = s.scalars(select(LinkEvent).where(LinkEvent.kind == "separate"))
+        assert (event.match_review_id, event.reason) == (item, f"review #{item}: different people: two women: "
+                                                               "another mother's maiden name")
+    report = _relinked(CliRunner(), tmp_path)
+    r = _records(env)
+    assert _conditions(env, framework, r["a"].person_id) == {"Diabetes"}
+    assert r["a"].person_id != r["b"].person_id
+    assert report["operator_separations_kept"] == 0  # the item holds it

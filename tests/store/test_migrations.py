@@ -178,3 +178,47 @@ def test_link_moves_keep_the_records_previous_status_and_the_columns_go_on_downg
     assert not {"from_status", "from_method"} & columns()
     db.migrate()
     assert {"from_status", "from_method"} <= columns()
+
+
+def test_link_events_name_the_review_item_a_reviewer_decided_and_stores_before_0033_read_it_from_the_reason(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A reviewer's separate and link name their review item (0033); an operator's do not, whatever their reason
+    says. A store migrated from below 0033 reads the item from `decide`'s reasons once, as the code read them
+    (the item's record moved): the same as the code now writes."""
+    from tests.identity.test_review_decisions import _arrives, _ids
+
+    from sharedcare.clock import utcnow
+    from sharedcare.identity.links import decide, merge_persons, separate
+    from sharedcare.store.models import LinkEvent, MatchReview, PatientRecord
+
+    for org, sid in (("P81001", "a"), ("P81002", "b"), ("P81003", "c")):
+        _arrives(db, framework, tmp_path, org, sid, "Diabetes")
+    ids = _ids(db)
+    with db.session() as s:
+        item = MatchReview(record_a=ids["a"], record_b=ids["b"], probability=0.99, evidence={}, created_at=utcnow(),
+                           status="open")
+        s.add(item)
+        s.flush()
+        decide(s, item.id, "separate", by="reviewer1", reason="two women")
+        decide(s, item.id, "link", by="reviewer2", reason="one woman after all", was="separate")
+        separate(s, ids["c"], by="mpi.operator", reason=f"review #{item.id}: different people: as for b")
+        a, c = (s.get_one(PatientRecord, ids[sid]).person_id for sid in "ac")
+        merge_persons(s, a, c, by="mpi.operator", reason=f"review #{item.id}: same person: as for b")
+        separate(s, ids["c"], by="mpi.operator", reason="not her")
+        review = item.id
+
+    def named() -> list[tuple[str, str, int | None]]:
+        with db.session() as s:
+            return [(e.kind, e.by, e.match_review_id) for e in s.scalars(select(LinkEvent).order_by(LinkEvent.id))]
+
+    before = named()
+    assert before == [("separate", "reviewer1", review), ("merge", "reviewer2", review),
+                      ("separate", "mpi.operator", None), ("merge", "mpi.operator", None),
+                      ("separate", "mpi.operator", None)]
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0033-1")
+    assert "match_review_id" not in {c["name"] for c in inspect(db.engine).get_columns("link_events")}
+    db.migrate()
+    assert named() == before

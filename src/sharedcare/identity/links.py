@@ -9,7 +9,6 @@ and ends the point-of-care bases given on the persons it moved records out of or
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,8 +45,6 @@ REVIEWED = ("linked", "separate")
 # The link events a person decides (an operator, a reviewer, a source's merge), not matching (relink, rematch):
 # the last of them to move a record says where a person put it.
 DECIDED = ("merge", "separate", "unmerge")
-# The reason `decide` gives the separation of a pair a reviewer decided are two people (its review item holds it).
-_REVIEWERS_SEPARATE = re.compile(r"review #(\d+): different people: ")
 
 
 class LinkError(SharedcareError):
@@ -98,7 +95,8 @@ def _audit_ended(session: Session, event: LinkEvent, ended: dict[str, list[Acces
 
 
 def _move(session: Session, records: list[PatientRecord], to_person: str, kind: str, by: str,
-          reason: str) -> LinkEvent:
+          reason: str, deciding: int | None = None) -> LinkEvent:
+    """`deciding`: the review item whose reviewer's decision this is (`LinkEvent.match_review_id`)."""
     moves = moves_to(records, to_person)
     now = utcnow()
     for record in records:
@@ -106,7 +104,7 @@ def _move(session: Session, records: list[PatientRecord], to_person: str, kind: 
         record.updated_at = now
         record.link_status = "linked"
         record.link_method = "manual" if kind != "unmerge" else record.link_method
-    event = LinkEvent(at=now, kind=kind, by=by, reason=reason, moves=moves)
+    event = LinkEvent(at=now, kind=kind, by=by, reason=reason, moves=moves, match_review_id=deciding)
     session.add(event)
     session.flush()
     flag_joined_registrations(session, moves, by)
@@ -134,7 +132,8 @@ def _hold_links(session: Session) -> None:
 
 
 def _merge(session: Session, keep: str, absorb: str, by: str, reason: str, deciding: int | None = None) -> LinkEvent:
-    """`merge_persons`; `deciding`: the review item being decided, whose own separate does not count."""
+    """`merge_persons`; `deciding`: the review item being decided, whose own separate does not count, and which
+    the merge names."""
     if keep == absorb:
         raise LinkError("a person cannot be merged with themselves")
     for person in (keep, absorb):
@@ -147,7 +146,7 @@ def _merge(session: Session, keep: str, absorb: str, by: str, reason: str, decid
                         f"{apart.id} --change separate`)")
     records = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == absorb)))
     _refuse_two_numbers(session, keep, records)
-    return _move(session, records, keep, "merge", by, reason)
+    return _move(session, records, keep, "merge", by, reason, deciding)
 
 
 def _refuse_two_numbers(session: Session, keep: str, records: list[PatientRecord]) -> None:
@@ -223,11 +222,28 @@ def _merge_needs_review(session: Session, retired: PatientRecord, surviving: Pat
             ReviewItem.kind == NEW_SOURCE_RECORD, ReviewItem.status != "closed",
             ReviewItem.patient_record_id.in_((retired.id, surviving.id))).order_by(ReviewItem.id)):
         why.append(f"record {record_id} awaits IG review as a practice's self-made record (item #{item})")
-    for kept in session.scalars(select(PatientRecord).where(PatientRecord.person_id == surviving.person_id)
-                                .order_by(PatientRecord.id)):
+    joining = list(session.scalars(select(PatientRecord).where(PatientRecord.person_id == surviving.person_id)
+                                   .order_by(PatientRecord.id)))
+    for kept in joining:
         if numbers_keep_apart(retired.nhs_number, kept.nhs_number):
             why.append(f"record {retired.id}'s NHS number (ending {str(retired.nhs_number)[-4:]}) differs from "
                        f"record {kept.id}'s ({kept.source_org}, ending {str(kept.nhs_number)[-4:]})")
+    return why + _kept_apart(session, retired, [r.id for r in joining])
+
+
+def _kept_apart(session: Session, retired: PatientRecord, joining: list[int]) -> list[str]:
+    """The operators' separations (`separations`) that moving the retired record to these records would undo:
+    a person decided they are two people, which a source does not overrule (a reviewer's "separate" is refused
+    before: `_separated`). Until 2026-12-07 an A40 or a replaced-by link joined them again silently."""
+    why = []
+    apart = separations(session, [retired.id, *joining])
+    for other in joining:
+        event_id = apart.get((min(retired.id, other), max(retired.id, other)))
+        if event_id is not None:
+            event = session.get_one(LinkEvent, event_id)
+            why.append(f"record {retired.id} was kept apart from record {other} by the {event.kind} #{event.id} of "
+                       f"{event.by} ({event.at:%Y-%m-%d %H:%M} UTC: {event.reason}), a person's decision that they "
+                       "are two people, which a source's merge does not overrule")
     return why
 
 
@@ -370,7 +386,7 @@ def separate(session: Session, record_id: int, by: str, reason: str, deciding: i
     session.add(person)
     session.flush()
     parted = [item for item in _links_parted(session, {record.id: person.id}) if item.id != deciding]
-    event = _move(session, [record], person.id, "separate", by, reason)
+    event = _move(session, [record], person.id, "separate", by, reason, deciding)
     for item in parted:
         _record_decision(session, item, "separate", by, f"separate #{event.id} of record {record.id}: {reason}",
                          event.at)
@@ -416,8 +432,7 @@ def decide(session: Session, review_id: int, decision: Decision, by: str, reason
             raise LinkError("these records carry different NHS numbers: they cannot be one person")
         _merge(session, a.person_id, b.person_id, by, f"review #{review_id}: same person: {reason}", review.id)
     elif decision == "separate" and a.person_id == b.person_id:
-        separate(session, b.id, by, f"review #{review_id}: different people: {reason}",  # `_REVIEWERS_SEPARATE`
-                 review.id)
+        separate(session, b.id, by, f"review #{review_id}: different people: {reason}", review.id)
     status = {"link": "linked", "separate": "separate", "defer": "deferred"}[decision]
     _record_decision(session, review, status, by, reason, utcnow())
     return review
@@ -489,20 +504,26 @@ def merged(session: Session) -> Merged:
     return found
 
 
-def separations(session: Session) -> dict[tuple[int, int], int]:
-    """What operators' separations still hold, for a relink to keep as it keeps a reviewer's "separate": record
-    pairs, each with the link event that parted it. A separation is a `separate` other than a reviewer's
-    (`decide`'s, whose review item holds it) or an unmerge: each record it moved, while no later decision by a
-    person moved it (`DECIDED`), with each record the person it left held just before (an unmerge's: just
-    before the merge it undid). Until 2026-12-07 a relink kept neither: it joined the records again, and the
-    next correction of the separated record held it for review "where that decision put it"."""
-    events = list(session.scalars(select(LinkEvent).where(LinkEvent.kind.in_(("separate", "unmerge")))
-                                  .order_by(LinkEvent.id)))
+def separations(session: Session, moving: Collection[int] | None = None) -> dict[tuple[int, int], int]:
+    """What operators' separations still hold, for a relink to keep as it keeps a reviewer's "separate" (and a
+    source's merge not to undo: `_merge_needs_review`): record pairs, each with the link event that parted it.
+    A separation is a `separate` other than a reviewer's (`decide`'s, `LinkEvent.match_review_id`, whose
+    review item holds it) or an unmerge: each record it moved, while no later decision by a person moved it
+    (`DECIDED`), with each record the person it left held just before (an unmerge's: just before the merge it
+    undid). `moving`: only the separations that moved one of these records. Until 2026-12-07 a relink kept
+    neither: it joined the records again, and the next correction of the separated record held it for review
+    "where that decision put it"; and a reviewer's was told by its reason's text, which an operator could
+    write too."""
+    found_events = select(LinkEvent).where(LinkEvent.kind.in_(("separate", "unmerge")))
+    if moving is not None:
+        found_events = found_events.where(LinkEvent.id.in_(select(LinkMove.link_event_id).where(
+            LinkMove.patient_record_id.in_(sorted(moving)))))
+    events = list(session.scalars(found_events.order_by(LinkEvent.id)))
     last = _last_decided(session, {m.patient_record_id for event in events for m in event.moves})
     found: dict[tuple[int, int], int] = {}
     for event in events:
         moved = [m.patient_record_id for m in event.moves if last.get(m.patient_record_id) == event.id]
-        if not moved or (event.kind == "separate" and _reviewers(session, event)):
+        if not moved or event.match_review_id is not None:
             continue
         if event.kind == "unmerge":
             merge = session.scalars(select(LinkEvent).where(LinkEvent.undone_by == event.id)).first()
@@ -513,13 +534,6 @@ def separations(session: Session) -> dict[tuple[int, int], int]:
             left = _held_before(session, event.moves[0].from_person, event)
         found |= {(min(record, other), max(record, other)): event.id for record in moved for other in left}
     return found
-
-
-def _reviewers(session: Session, event: LinkEvent) -> bool:
-    """Whether this separate is a reviewer's decision on a pair (`decide`), which its review item holds."""
-    found = _REVIEWERS_SEPARATE.match(event.reason)
-    item = session.get(MatchReview, int(found.group(1))) if found else None
-    return item is not None and event.moves[0].patient_record_id in (item.record_a, item.record_b)
 
 
 def _last_decided(session: Session, records: Collection[int]) -> dict[int, int]:

@@ -352,6 +352,10 @@ class LinkEvent(Base):
     by: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text, default="")
     undone_by: Mapped[int | None] = mapped_column(Integer)
+    # the MPI review item (match_reviews.id) whose reviewer's decision this merge or separate carried out
+    # (`links.decide`); none for anyone else's. Kept since migration 0033, which read the older ones' from
+    # their reason; never read from the reason, which an operator may word as a reviewer does
+    match_review_id: Mapped[int | None] = mapped_column(Integer)
     moves: Mapped[list[LinkMove]] = relationship(order_by="LinkMove.id", lazy="selectin")
 
 
