@@ -129,7 +129,7 @@ def test_an_operators_separation_whose_reason_reads_as_a_reviewers_is_kept_as_th
     """The operator quotes the pair's review item in the words a reviewer's decision is written in. Until
     2026-12-07 a reviewer's separate was told from an operator's by that text: the separation was taken for
     the undecided item's, which holds nothing, and the relink joined the women again (HIV infection shown in
-    Margaret's record). The link event now keeps the review item it decided (migration 0033), set by
+    Margaret's record). The link event now keeps the review item it decided (migration 0032), set by
     `decide` alone."""
     r = _one_woman_twice(env, framework, tmp_path)
     item = _on_the_review_list(env, r)

@@ -180,10 +180,10 @@ def test_link_moves_keep_the_records_previous_status_and_the_columns_go_on_downg
     assert {"from_status", "from_method"} <= columns()
 
 
-def test_link_events_name_the_review_item_a_reviewer_decided_and_stores_before_0033_read_it_from_the_reason(
+def test_link_events_name_the_review_item_a_reviewer_decided_and_stores_before_0032_read_it_from_the_reason(
         db: Database, framework: Framework, tmp_path: Path) -> None:
-    """A reviewer's separate and link name their review item (0033); an operator's do not, whatever their reason
-    says. A store migrated from below 0033 reads the item from `decide`'s reasons once, as the code read them
+    """A reviewer's separate and link name their review item (0032); an operator's do not, whatever their reason
+    says. A store migrated from below 0032 reads the item from `decide`'s reasons once, as the code read them
     (the item's record moved): the same as the code now writes."""
     from tests.identity.test_review_decisions import _arrives, _ids
 
@@ -218,7 +218,7 @@ def test_link_events_name_the_review_item_a_reviewer_decided_and_stores_before_0
     cfg = db.alembic_config()
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0033-1")
+        command.downgrade(cfg, "0032-1")
     assert "match_review_id" not in {c["name"] for c in inspect(db.engine).get_columns("link_events")}
     db.migrate()
     assert named() == before

@@ -4,8 +4,9 @@ A signed double-submit cookie: each browser holds a random nonce in `sc_csrf` (H
 SameSite=Strict), renewed whenever a session starts or ends, so the token is per session; every form
 carries `csrf_token`, the HMAC of that nonce under the app's secret, rendered by the `csrf_field()`
 macro. `check` (a router dependency of every portal router) refuses a POST whose token is missing or
-wrong with the 403 page; signing out is the one form it lets through (`SIGN_OUT`). The FHIR and access APIs use bearer tokens, not cookies, and are not covered;
-nor is a portal POST that carries a bearer token (a script's: the token, not the cookie, names the caller).
+wrong with the 403 page; signing out is the one form it lets through (`SIGN_OUT`). The FHIR and access
+APIs use bearer tokens, not cookies, and are not covered; nor is a portal POST that carries a bearer
+token (a script's: the token, not the cookie, names the caller).
 """
 
 from __future__ import annotations

@@ -353,7 +353,7 @@ class LinkEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     undone_by: Mapped[int | None] = mapped_column(Integer)
     # the MPI review item (match_reviews.id) whose reviewer's decision this merge or separate carried out
-    # (`links.decide`); none for anyone else's. Kept since migration 0033, which read the older ones' from
+    # (`links.decide`); none for anyone else's. Kept since migration 0032, which read the older ones' from
     # their reason; never read from the reason, which an operator may word as a reviewer does
     match_review_id: Mapped[int | None] = mapped_column(Integer)
     moves: Mapped[list[LinkMove]] = relationship(order_by="LinkMove.id", lazy="selectin")

@@ -1,6 +1,6 @@
 """link events: the MPI review item whose reviewer's decision a merge or separate carried out
 
-Revision ID: 0033
+Revision ID: 0032
 Revises: 0031
 Create Date: 2026-12-07
 
@@ -21,7 +21,7 @@ import re
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0033"
+revision = "0032"
 down_revision = "0031"
 branch_labels = None
 depends_on = None
