@@ -1662,10 +1662,12 @@ def audit_search(
 ) -> None:
     """Search the audit log by patient, user, organisation and date, newest first (audited, about the patient
     if one is given, whose "who looked" then lists it: the entries name patients and carry clinicians'
-    reasons)."""
+    reasons). A patient id a merge has since emptied is the person it is now: their entries are found too,
+    and the search is audited about them. An entry that does not verify under the chain's key is shown from
+    its columns alone, marked as could not be verified, as the IG portal shows it."""
     from datetime import UTC, datetime
 
-    from sharedcare.governance.access_log import details, search_page
+    from sharedcare.governance.access_log import search_page
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     def day(value: str | None, name: str) -> datetime | None:
@@ -1678,13 +1680,14 @@ def audit_search(
         start, end = day(since, "since"), day(until, "until")
         criteria = {"patient_id": patient, "username": user, "organisation": org, "since": start, "until": end}
         found = search_page(session, limit, **criteria)
-        entries = found.entries
-        record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
-                                          patient_id=patient, detail=found.audit_detail(criteria)))
-        rows = [{"seq": e.seq, "recorded": e.recorded_at.isoformat(), "action": e.action, "outcome": e.outcome,
-                 "user": e.username, "organisation": e.organisation, "patient_id": e.patient_id, **details(e),
-                 "verified": "no" if e.seq in found.unverified else "yes"}
-                for e in entries]
+        for person in found.now or [None]:  # an emptied id: about the person it is now, keeping the id searched
+            record_audit(session, AuditRecord(AuditAction.AUDIT_SEARCH, "permit", OPERATOR, purpose="governance",
+                                              patient_id=person, detail=found.audit_detail(criteria)))
+        rows = [_audit_search_row(e, e.seq in found.unverified) for e in found.entries]
+    now = [person for person in found.now if person != patient]
+    if now:
+        console.print(f"person {_literal(patient)} holds no records now: a merge or relink moved them to "
+                      f"{_literal(', '.join(now))}, whose entries are shown too")
     if as_json:
         _print_json(rows)
         return
@@ -1695,8 +1698,49 @@ def audit_search(
     for column in columns:
         table.add_column(column)
     for r in rows:
-        table.add_row(*(_literal(r.get(c) or "") for c in columns))
-    Console().print(table)
+        shown = r | {"reason": r["warning"]} if "warning" in r else r  # the mark where a reason would be
+        table.add_row(*(_literal(shown.get(c) or "") for c in columns), style="red" if "warning" in r else None)
+    out = Console()
+    out.print(table)
+    if found.unverified:
+        out.print(f"[red]{len(found.unverified)} of these entries could not be verified[/red] (entries "
+                  f"{_spans(sorted(found.unverified))}): their hash is not the service's, so they were written or "
+                  "changed in the database by someone without the audit log's key, and what they say (who, what, "
+                  "which patient) may not have happened. Run `sharedcare audit verify` and treat them as a "
+                  "security incident.")
+
+
+# Beside an entry that does not verify: in `audit search`'s table (where its reason would be) and JSON (`warning`).
+UNVERIFIED_ROW = ("COULD NOT BE VERIFIED: not written by the service; who, what and which patient this entry "
+                  "names may not be true")
+
+
+def _audit_search_row(entry: Any, unverified: bool) -> dict[str, Any]:
+    """One entry as `audit search` shows it: its columns, then its event's decision details (basis, reason...),
+    except for an entry that does not verify, which is told from its columns alone and marked (its event may
+    hold anything, and is not shown as fact, as the IG portal and `audit export` tell it). A detail named as a
+    column (a search's own criteria: `patient_id`, `organisation`) is shown as `detail <name>`: it never
+    stands in for the column."""
+    from sharedcare.governance.access_log import details
+
+    row: dict[str, Any] = {"seq": entry.seq, "recorded": entry.recorded_at.isoformat(), "action": entry.action,
+                           "outcome": entry.outcome, "user": entry.username, "organisation": entry.organisation,
+                           "patient_id": entry.patient_id}
+    if unverified:
+        return row | {"verified": "no", "warning": UNVERIFIED_ROW}
+    return row | {(f"detail {name}" if name in row or name == "verified" else name): value
+                  for name, value in details(entry).items()} | {"verified": "yes"}
+
+
+def _spans(seqs: list[int]) -> str:
+    """Entry numbers, in order, as runs ("3-7, 9"): rows forged at the end come in hundreds."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
 @audit_app.command("export")
@@ -1728,15 +1772,8 @@ def audit_export(out: Annotated[Path | None, typer.Option(help="File to write (d
             handle.close()
     console.print(f"exported {count} audit events (entries 1-{through})" if count else "exported 0 audit events")
     if unverified:
-        runs: list[list[int]] = []  # consecutive entries as one run: rows forged at the end come in hundreds
-        for seq in unverified:
-            if runs and seq == runs[-1][1] + 1:
-                runs[-1][1] = seq
-            else:
-                runs.append([seq, seq])
-        console.print(f"[red]{len(unverified)} of them could not be verified[/red] (entries "
-                      f"{', '.join(f'{a}-{b}' if a != b else str(a) for a, b in runs)}): each is marked verified "
-                      "false and told from its columns alone; run `sharedcare audit verify`")
+        console.print(f"[red]{len(unverified)} of them could not be verified[/red] (entries {_spans(unverified)}): "
+                      "each is marked verified false and told from its columns alone; run `sharedcare audit verify`")
 
 
 @framework_app.command("explain")

@@ -16,16 +16,18 @@ from tests.conftest import DEPLOYMENT_KEYS, FRAMEWORK_PATH
 from tests.fhir_bundles import entries
 from tests.governance.test_audit import _forged_after_head, _plain, _write, as_an_attacker_with_ddl_rights
 from tests.ingest.test_hl7v2 import results
-from tests.small_ics import Ics
+from tests.small_ics import Ics, without_nhs_number
 from typer.testing import CliRunner
 
 from sharedcare.api.auth import read_token
-from sharedcare.cli import app
+from sharedcare.cli import UNVERIFIED_ROW, app
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.fhir.uk_core import meta_source
 from sharedcare.governance.access_log import accesses_of, details
+from sharedcare.governance.audit import AuditAction, AuditRecord
 from sharedcare.governance.framework import Framework
+from sharedcare.identity.links import merge_persons
 from sharedcare.ingest.mllp import MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -333,6 +335,52 @@ def test_audit_search_says_which_entries_could_not_be_verified(env: Database) ->
     forged = _forged_after_head(env, _plain)
     found = json.loads(runner.invoke(app, ["audit", "search", "--json"]).stdout)
     assert {r["seq"]: r["verified"] for r in found} == {**{r["seq"]: "yes" for r in found}, forged: "no"}
+
+
+def test_audit_search_shows_an_entry_that_could_not_be_verified_as_such_not_what_it_claims(env: Database) -> None:
+    """A forged read naming a basis and a reason was printed in the table as fact, only `no` in its last column:
+    the IG officer read the reason as the clinician's. Now it is told from its columns alone, as the IG portal
+    and `audit export` tell it: marked where the reason would be, and what that means said beneath the table;
+    the JSON carries the same words and nothing of its event."""
+    lying = AuditRecord(AuditAction.RECORD_READ, "permit", username="dr.patel", role="gp", organisation="P81001",
+                        purpose="direct-care", patient_id="p-forged", basis="explicit-consent",
+                        reason="the patient asked me to look at her record")
+    _write(env, 1)
+    forged = _forged_after_head(env, _plain, lying)
+    table = runner.invoke(app, ["audit", "search"], env={"COLUMNS": "400"}).stdout
+    [row] = [line for line in table.splitlines() if line.startswith(f"│ {forged} ")]
+    assert "COULD NOT BE VERIFIED: not written by the service" in row and "dr.patel" in row
+    assert "the patient asked me" not in table and "explicit-consent" not in table
+    assert (f"1 of these entries could not be verified (entries {forged}): their hash is not the service's"
+            in " ".join(table.split()))
+    [shown] = [r for r in json.loads(runner.invoke(app, ["audit", "search", "--json"]).stdout) if r["seq"] == forged]
+    assert {name: value for name, value in shown.items() if name != "recorded"} == {
+        "seq": forged, "action": "clinical:record:read", "outcome": "permit", "user": "dr.patel",
+        "organisation": "P81001", "patient_id": "p-forged", "verified": "no", "warning": UNVERIFIED_ROW}
+
+
+def test_an_audit_search_by_an_id_a_merge_emptied_is_of_the_person_now_who_is_told(
+        env: Database, ics: Ics, framework: Framework) -> None:
+    """An older entry (or a complaint) gives the person id a record had before a merge; that id holds nothing
+    now. The search by it was audited about the emptied id, so the patient, who is the person the merge kept,
+    was never told, and it missed every look since the merge. Now it finds them, says so, and is audited about
+    the person now, keeping the id searched."""
+    with env.session() as s:
+        without_nhs_number(s, ics.stranger)
+        merge_persons(s, ics.okafor, ics.stranger, by="mpi.admin", reason="test: one person")
+        s.commit()
+    ics.open_record("dr.oconnor", basis="emergency", reason="collapsed in A&E")  # since the merge
+    searched = runner.invoke(app, ["audit", "search", "--patient", ics.stranger, "--json"])
+    assert searched.exit_code == 0, searched.output
+    assert ("dr.oconnor", "collapsed in A&E") in {(r["user"], r.get("reason")) for r in json.loads(searched.stdout)}
+    assert f"person {ics.stranger} holds no records now" in " ".join(searched.stderr.split())
+    assert (TEAM, "looked at the list of who has seen your record (an information governance check)") in _told(
+        env, framework, ics.okafor)
+    # the search's own entry, as the next search shows it: about him, the id searched beside (never in place of) it
+    [search] = [r for r in json.loads(runner.invoke(app, ["audit", "search", "--patient", ics.okafor, "--json"])
+                                      .stdout) if r["action"] == "governance:audit:search"]
+    assert (search["patient_id"], search["detail patient_id"], search["person_now"]) == (
+        ics.okafor, ics.stranger, ics.okafor)
 
 
 def test_an_outcome_is_recorded_only_by_an_ig_officer_other_than_the_user_reviewed_naming_the_account(

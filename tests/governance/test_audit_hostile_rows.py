@@ -171,6 +171,8 @@ def test_a_row_of_any_shape_is_shown_in_every_view_as_not_verified_and_from_its_
     searched = CliRunner().invoke(app, ["audit", "search", "--patient", ics.okafor, "--json"])
     assert searched.exit_code == 0 and {"seq": forged, "verified": "no"}.items() <= next(
         row for row in json.loads(searched.stdout) if row["seq"] == forged).items()
+    table = CliRunner().invoke(app, ["audit", "search", "--patient", ics.okafor], env={"COLUMNS": "400"}).stdout
+    assert PLANTED not in searched.stdout + table and "COULD NOT BE VERIFIED" in table
 
 
 def _forge(db: Database, n: int) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from tests.fhir_bundles import entries
 from tests.governance.test_audit import _forged_after_head, _plain
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
 from tests.portal.test_patient_portal import events_listed, visit_rows
-from tests.small_ics import OKAFOR_NHS, Ics
+from tests.small_ics import OKAFOR_NHS, Ics, without_nhs_number
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -568,6 +568,31 @@ def test_an_audit_search_by_user_names_no_one_and_offers_each_patients_events(ic
     fields = next(dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', f.split("</form>")[0]))
                   for f in found.split("<form")[1:] if f'value="{ics.okafor}"' in f.split("</form>")[0])
     assert "OKAFOR, Emeka" in ics.client.post("/ig/audit", data=fields).text
+
+
+def test_a_patients_events_by_an_id_a_merge_emptied_are_the_person_nows_and_they_are_told(ics: Ics) -> None:
+    """An entry from before a merge names the person id the record had then, which holds nothing now. Its "See
+    this patient's events" searched that id alone: the looks since the merge were missing, no one was named,
+    and the search was audited about the emptied id, so the patient (the person the merge kept) was never told.
+    Now the page says whose record it is now and shows their events, and the patient's list has the look."""
+    ics.open_record("admin.taylor", ics.stranger)  # under the stranger's id, before the merge
+    with _db(ics).session() as s:
+        without_nhs_number(s, ics.stranger)
+        merge_persons(s, ics.okafor, ics.stranger, by="mpi.admin", reason="test: one person")
+        s.commit()
+    ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")  # since
+    _sign_in(ics)
+    by_user = ics.client.post("/ig/audit", data={"user": "admin.taylor"}).text
+    fields = next(dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', f.split("</form>")[0]))
+                  for f in by_user.split("<form")[1:] if f'value="{ics.stranger}"' in f.split("</form>")[0])
+    found = ics.client.post("/ig/audit", data=fields).text
+    assert f"Record <code>{ics.stranger}</code> holds no records now: a merge or relink moved them to record " \
+           f"<code>{ics.okafor}</code>" in found
+    assert "confused, daughter not present" in found and "OKAFOR, Emeka" in found
+    ics.client.cookies.clear()
+    _patient_sign_in(ics.client)
+    said = visit_rows(ics.client.get("/patient/accesses").text)
+    assert any("Rhian Morgan" in row and "looked at the list of who has seen your record" in row for row in said), said
 
 
 def test_every_audit_action_has_words_for_the_ig_officer() -> None:

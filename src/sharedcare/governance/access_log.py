@@ -201,6 +201,20 @@ def persons_with(session: Session, nhs_number: str) -> list[str]:
                                       .where(PatientRecord.nhs_number == nhs_number))))
 
 
+def persons_now(session: Session, person_id: str) -> list[str]:
+    """Who a person id is now: itself while it holds a source record (or if it never held one); once a merge or
+    relink has moved every record it held away, whoever holds now the records it held last (the one holding
+    most of them first), as the review queue follows an access (`holders_now`). An IG officer may search by
+    an id from an older entry or a complaint: the patient is the person it is now."""
+    if session.scalar(select(PatientRecord.id).where(PatientRecord.person_id == person_id).limit(1)) is not None:
+        return [person_id]
+    last = session.scalar(select(func.max(LinkMove.link_event_id)).where(LinkMove.from_person == person_id))
+    held = list(session.scalars(select(PatientRecord.person_id).join(
+        LinkMove, LinkMove.patient_record_id == PatientRecord.id).where(
+        LinkMove.link_event_id == last, LinkMove.from_person == person_id)))
+    return sorted(set(held), key=lambda holder: (-held.count(holder), holder)) or [person_id]
+
+
 def _about_person(session: Session, person_id: str) -> ColumnElement[bool]:
     """Entries recorded about this person id, and those about the records it holds now from before a merge
     or relink brought them together (or after an unmerge took them away)."""
@@ -213,10 +227,12 @@ def search(session: Session, *, patient_id: str | None = None, persons: Sequence
            limit: int = 1000) -> list[AuditEntry]:
     """Audit entries matching every criterion given, newest first. A patient criterion (a person id, or
     `persons`: any of these, as an NHS number resolves; none matches nothing) finds the entries about each
-    person and about the records it holds now (`_about_person`)."""
+    person and about the records it holds now (`_about_person`); a person id a merge or relink has since
+    emptied, those of the persons it is now too (`persons_now`)."""
     stmt = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
     if patient_id:
-        stmt = stmt.where(_about_person(session, patient_id))
+        named = dict.fromkeys([patient_id, *persons_now(session, patient_id)])
+        stmt = stmt.where(or_(*(_about_person(session, person) for person in named)))
     if persons is not None:
         stmt = stmt.where(or_(false(), *(_about_person(session, person) for person in persons)))
     if username:
@@ -240,11 +256,16 @@ class Found:
     more: bool
     unverified: frozenset[int]  # the entries shown (by seq) whose hash is not the service's
     persons: tuple[str, ...] = ()  # the person ids an NHS number given as a criterion resolved to
+    now: tuple[str, ...] = ()  # who a person id given as a criterion is now (`persons_now`: itself, unless emptied)
 
     def audit_detail(self, criteria: Mapping[str, object]) -> dict[str, str]:
-        """What the search's own audit entry records: the criteria given, and what was shown (how many
-        entries, their span of the chain, whether more matched), so that it can be found again."""
+        """What the search's own audit entry records: the criteria given, who a person id given is now if that
+        is someone else (a merge moved its records), and what was shown (how many entries, their span of the
+        chain, whether more matched), so that it can be found again."""
         shown = {"entries": str(len(self.entries))}
+        named = criteria.get("patient_id")
+        if named and self.now != (named,):
+            shown["person_now"] = " ".join(self.now)
         if self.entries:
             shown |= {"newest_seq": str(self.entries[0].seq), "oldest_seq": str(self.entries[-1].seq)}
         if self.more:
@@ -253,11 +274,14 @@ class Found:
 
 
 def search_page(session: Session, limit: int, **criteria: Any) -> Found:
-    """Up to `limit` entries of `search`, and whether more matched (one more is read to tell)."""
+    """Up to `limit` entries of `search`, and whether more matched (one more is read to tell); who a person id
+    searched by is now, for the search's own audit entry."""
     entries = search(session, limit=limit + 1, **criteria)
     key = chain_key(session)
+    named = criteria.get("patient_id")
     return Found(entries[:limit], len(entries) > limit,
-                 frozenset(entry.seq for entry in entries[:limit] if not entry_is_genuine(entry, key)))
+                 frozenset(entry.seq for entry in entries[:limit] if not entry_is_genuine(entry, key)),
+                 now=tuple(persons_now(session, named)) if named else ())
 
 
 def requested_resource(entry: AuditEntry) -> str | None:

@@ -127,7 +127,8 @@ class IgWorkspace:
         it through the MPI's links; the search is then audited about each of them (`_looked_up`), keeping
         the persons and the number's last four digits, as a choices look-up does, not the number. A search
         by person id (`patient_id`: the review queue's "see this patient's events") is audited about that
-        person too: either way, the citizen's "who looked" says who looked at the list of who saw them."""
+        person too, or, for an id a merge has since emptied, about the person it is now (`Found.now`), keeping
+        the id searched: either way, the citizen's "who looked" says who looked at the list of who saw them."""
         self._require("governance:audit:search")
         recorded = dict(criteria)
         persons: list[str] = []
@@ -136,8 +137,7 @@ class IgWorkspace:
             criteria["persons"] = persons
             recorded |= {"nhs_number_suffix": nhs_number[-4:], "persons": " ".join(persons) or "none"}
         found = access_log.search_page(self.session, limit, **criteria)
-        named = criteria.get("patient_id")
-        about = sorted({*persons, str(named)} if named else persons)
+        about = sorted({*persons, *found.now})
         self._looked_up(AuditAction.AUDIT_SEARCH, about, found.audit_detail(recorded))
         return replace(found, persons=tuple(persons))
 

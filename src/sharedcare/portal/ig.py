@@ -285,14 +285,21 @@ def _search_names(ig: IgDep, found: Found, patient: str) -> dict[str, dict[str, 
     only the person or persons searched for, each looked up through the decision point and audited as the
     review queue's are, and only when some entry found names them. A search by user, organisation or dates
     (or the latest events) names no one: the officer asks for one patient's events (a button beside each
-    record id) to learn whose it is, so no search looks up more people than she asked about."""
-    asked = [patient] if patient else list(found.persons)
+    record id) to learn whose it is, so no search looks up more people than she asked about. A record id a
+    merge has since emptied is the person it is now (`Found.now`): they are looked up, and its entries name
+    them when it is one person."""
+    asked = list(found.now) if patient else list(found.persons)
     shown = {entry.patient_id for entry in found.entries}
+    if patient in shown:
+        shown.update(found.now)
     wanted = [person for person in asked if person in shown][:NAMED_AT_MOST]
     if not wanted:
         return {}
     people = ig.whose(wanted, permission="governance:audit:search")
-    return {person: _banner(found_patient) for person, found_patient in people.items() if found_patient}
+    named = {person: _banner(found_patient) for person, found_patient in people.items() if found_patient}
+    if patient and len(found.now) == 1 and found.now[0] in named:
+        named.setdefault(patient, named[found.now[0]])
+    return named
 
 
 def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
@@ -301,6 +308,7 @@ def _audit_page(request: Request, ig: IgDep, fw: FrameworkDep, status: int = 200
     context.setdefault("error", None)
     context.setdefault("more", False)
     context.setdefault("by_patient", False)
+    context.setdefault("now", [])
     return render(request, "ig/audit.html", status=status, account=pages.account(ig.actor, fw),
                   organisations=fw.organisations, **context)
 
@@ -345,7 +353,8 @@ def audit_search(request: Request, ig: IgDep, fw: FrameworkDep, patient: Annotat
                       until=until)
     people = _search_names(ig, found, patient.strip())
     return _audit_page(request, ig, fw, form=form, rows=_audit_rows(found, fw, people), more=found.more,
-                       by_patient=bool(patient.strip() or number))
+                       by_patient=bool(patient.strip() or number),
+                       now=[person for person in found.now if person != patient.strip()])
 
 
 def _users(fw: Framework, org: str) -> int:
