@@ -11,6 +11,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
+from tests.allergy_feed import ingest_allergies
 from tests.discharge_feed import ingest_discharge
 from tests.e2e.conftest import PHONE, Pages
 from tests.results_feed import ingest_results
@@ -235,9 +236,12 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
     pages.shoot(pharmacist, "phone-clinician-medicines", at="h2:has-text('Medicines from every source')")
 
 
-def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str], pages: Pages) -> None:
-    """No script: every tab's panel is on the page, one after another, under a list of links to them."""
+def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str], pages: Pages,
+                                                           framework: Framework, tmp_path: Path) -> None:
+    """No script: every tab's panel is on the page, one after another, under a list of links to them. The
+    allergies say how dangerous each is, the high-risk one first, within the phone's width."""
     ics, url = live
+    ingest_allergies(ics.client.app.state.database, framework, tmp_path)  # type: ignore[attr-defined]
     ics.open_record("dn.williams")
     page = pages.open(scripts=False)
     page.set_viewport_size(PHONE)
@@ -247,6 +251,10 @@ def test_the_record_reads_without_javascript_and_on_a_phone(live: tuple[Ics, str
     for title in TABS:
         expect(page.locator(f"#{title.lower().replace(' ', '-')}")).to_be_visible()
     expect(page.locator("#care-plans")).to_contain_text("Visits on Tuesdays")
+    allergies = page.locator("#allergies tbody tr")
+    expect(allergies.first).to_contain_text("Allergy to penicillin High risk")
+    expect(allergies.first).to_contain_text("Anaphylaxis (severe)")
+    expect(allergies.filter(has_text="Codeine")).to_contain_text("Intolerance")
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
     pages.check(page)
     pages.shoot(page, "phone-clinician-record")

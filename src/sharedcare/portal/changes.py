@@ -25,7 +25,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
 from sharedcare.portal.pages import uk_date
-from sharedcare.portal.present import Row, day_of, row, stale_sources, when
+from sharedcare.portal.present import Row, day_of, in_order, instant, moment, row, stale_sources, when
 from sharedcare.portal.stays import one_per_stay
 
 # Organisations in the order a GP after a hospital stay reads them: the hospital first.
@@ -184,11 +184,11 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                 block.unchanged_medicines += 1
         mine = [s for s in view.resources if s.source_org == code and _new(s, since.day)
                 and (s.resource_type != "Encounter" or id(s) in told_again)]  # a stay once, not per system
-        for served in sorted(mine, key=lambda s: when(s.content), reverse=True):
+        for served in sorted(mine, key=lambda s: instant(moment(s.content)), reverse=True):
             if served.resource_type in {"Observation", "DiagnosticReport"}:
-                earlier = [o for o in own_results.get(_test_key(served), [])
-                           if when(o.content) < when(served.content)]
-                last = max(earlier, key=lambda o: when(o.content)) if earlier else None
+                taken = instant(moment(served.content))
+                earlier = [o for o in own_results.get(_test_key(served), []) if instant(moment(o.content)) < taken]
+                last = max(earlier, key=lambda o: instant(moment(o.content))) if earlier else None
                 earlier_value = f"{row(last, fw).detail} on {uk_date(when(last.content))}" if last else ""
                 block.results.append(Compared(row(served, fw, stale), earlier_value))
                 continue
@@ -198,6 +198,7 @@ def what_changed(view: RecordView, fw: Framework, own: str, since: Since) -> Cha
                     if not _dated_since(served, since.day):
                         shown = replace(shown, recorded_since=_recorded_since(served, since.day))
                     block.sections.setdefault(key, []).append(shown)
+        block.sections = {key: in_order(rows) for key, rows in block.sections.items()}  # high-risk allergies first
         if not block.empty:
             blocks.append(block)
     return Changes(since, _name(fw, own), blocks)

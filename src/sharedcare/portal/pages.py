@@ -37,6 +37,13 @@ def uk_time(moment: datetime) -> str:
     return f"{local.day} {local:%b %Y, %H:%M}"
 
 
+def uk_clock(moment: datetime) -> datetime:
+    """A time as clocks in the UK read it: one with an offset in UK time (summer time too), one without as sent
+    (the source's own clock). Every page's date and time of day of an item comes from here, so a result at
+    23:30 UTC on 31 July is on 1 August in the table, on the chart and on What changed alike."""
+    return moment.astimezone(UK) if moment.tzinfo else moment
+
+
 def uk_date(value: str | date | datetime | None) -> str:
     """A date as UK clinicians and patients read it ("5 Dec 2026"), from a FHIR date or dateTime (partial
     ones too: "Mar 2019", "2019") or a Python date; a time with an offset is taken in UK time first, so a
@@ -46,7 +53,7 @@ def uk_date(value: str | date | datetime | None) -> str:
         return ""
     day: date
     if isinstance(value, datetime):
-        day = value.astimezone(UK).date() if value.tzinfo else value.date()
+        day = uk_clock(value).date()
     elif isinstance(value, date):
         day = value
     else:

@@ -11,7 +11,7 @@ import binascii
 import logging
 import math
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -20,13 +20,13 @@ from typing import Any
 from markupsafe import Markup
 
 from sharedcare.clock import utcnow
-from sharedcare.fhir.search import SearchError, parse_instant
+from sharedcare.fhir.search import FAR_PAST, SearchError, parse_instant
 from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
 from sharedcare.ingest.hl7v2_map import _FLAGS as HL7_FLAGS
 from sharedcare.portal.charts import Point, Series, trend_chart
-from sharedcare.portal.pages import nhs_spaced, uk_date, uk_time
+from sharedcare.portal.pages import nhs_spaced, uk_clock, uk_date, uk_time
 from sharedcare.portal.stays import one_per_stay
 
 log = logging.getLogger("sharedcare.portal")
@@ -88,8 +88,32 @@ def _first_concept(resource: dict[str, Any], *names: str) -> str:
 
 
 def when(resource: dict[str, Any]) -> str:
-    """The date that matters for this item (onset, effective, period start, issued...), as an ISO date."""
-    return moment(resource)[:10]
+    """The date that matters for this item (onset, effective, period start, issued...), as an ISO date: a
+    dateTime's UK date (`local_time`), the day the table shows, so the charts and What changed agree with it
+    (23:30 UTC on 31 July is 1 August)."""
+    text = moment(resource)
+    local = local_time(text)
+    return local.date().isoformat() if local else text[:10]
+
+
+def local_time(text: str) -> datetime | None:
+    """A dateTime as sent, as UK clocks read it (`pages.uk_clock`); None for a date alone, or what is no
+    dateTime."""
+    if len(text) <= 10:
+        return None
+    try:
+        return uk_clock(datetime.fromisoformat(text))
+    except (ValueError, OverflowError):
+        return None
+
+
+def instant(text: str) -> datetime:
+    """Where a date or dateTime as sent begins, to put items in order: the text does not sort, as sources send
+    different offsets (05:40Z is after 03:10+01:00). An item without a date (or with what is no date) last."""
+    try:
+        return parse_instant(text) if text else FAR_PAST
+    except SearchError:
+        return FAR_PAST
 
 
 def day_of(resource: dict[str, Any], last: bool = False) -> date | None:
@@ -221,11 +245,8 @@ def _date_time(value: str) -> str:
     """A dateTime value: its day as pages write it, and its time in UK time when it has one."""
     if len(value) <= 10:
         return uk_date(value)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
-    return uk_time(moment) if moment.tzinfo else f"{uk_date(moment)}, {moment:%H:%M}"
+    local = local_time(value)
+    return f"{uk_date(local)}, {local:%H:%M}" if local else value
 
 
 # The flags a lab sends (HL7 table 0078, FHIR's v3 ObservationInterpretation) in words, for a flag sent
@@ -312,8 +333,8 @@ def detail(resource: dict[str, Any]) -> str:
         parts += [f"stopped: {concept_text(r)}" for r in resource.get("statusReason", []) if concept_text(r)]
         return "; ".join(parts)
     if rtype == "AllergyIntolerance":
-        reactions = [concept_text(m) for r in resource.get("reaction", []) for m in r.get("manifestation", [])]
-        return ", ".join(r for r in reactions if r)
+        return "; ".join(text for text in (_reaction(r) for r in resource.get("reaction") or [] if isinstance(r, dict))
+                         if text)
     if rtype == "CarePlan":
         acts = [a for a in (_activity(a.get("detail") or {}) for a in resource.get("activity", [])) if a]
         return _joined(acts) or str(resource.get("description") or resource.get("title") or "")
@@ -322,6 +343,15 @@ def detail(resource: dict[str, Any]) -> str:
         start, end = (uk_date((resource.get("period") or {}).get(k)) for k in ("start", "end"))
         return ", ".join(part for part in (kind, f"until {end}" if end and end != start else "") if part)
     return ""
+
+
+def _reaction(reaction: dict[str, Any]) -> str:
+    """An allergy's reaction with how severe the source says it was: "Anaphylaxis (severe)"."""
+    seen = ", ".join(text for text in (concept_text(m) for m in reaction.get("manifestation") or []) if text)
+    severity = str(reaction.get("severity") or "")
+    if seen and severity:
+        return f"{seen} ({severity})"
+    return seen or (f"{severity} reaction" if severity else "")
 
 
 WEEKDAYS = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
@@ -507,6 +537,18 @@ class Row:
     # on What changed, a problem or allergy with an older date that its source recorded since the date asked:
     # when it recorded it (its recordedDate, as sent), so the row says why an old onset is there
     recorded_since: str = ""
+    at: str = ""  # a result's time of day in UK time ("02:10"), when its source sent one: serial results apart
+    criticality: str = ""  # an allergy's criticality as sent: high, low, unable-to-assess
+    intolerance: bool = False  # an allergy its source calls an intolerance (type), not an allergy
+
+    @property
+    def risk(self) -> str:
+        """An allergy's criticality in words (CRITICALITY_WORDS), "" when the source sent none."""
+        return CRITICALITY_WORDS.get(self.criticality, self.criticality)
+
+    @property
+    def high_risk(self) -> bool:
+        return self.criticality == "high"
 
     @property
     def status_colour(self) -> str:
@@ -522,6 +564,15 @@ class Row:
         if status in {"entered-in-error", "refuted", "cancelled", "revoked"}:
             return "red"
         return "grey" if status else ""
+
+
+# An allergy's criticality (FHIR allergy-intolerance-criticality): how bad the next exposure could be, as
+# the source judges it. A high one is tagged red and listed first: penicillin with anaphylaxis must not
+# read like a codeine intolerance.
+CRITICALITY_WORDS = {"high": "High risk", "low": "Low risk", "unable-to-assess": "Risk not assessed"}
+# The types whose time of day is shown beside their date: results, where the same test is taken several
+# times a day (potassium at 02:10 and 05:40)
+TIMED_TYPES = {"Observation", "DiagnosticReport"}
 
 
 # How sure the source is of a problem or an allergy (FHIR's condition-ver-status and
@@ -570,6 +621,7 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
     org = fw.organisation(served.source_org)
     what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
         or str(r.get("title") or r.get("description") or r.get("resourceType"))
+    local = local_time(moment(r)) if r.get("resourceType") in TIMED_TYPES else None
     return Row(what=what, when=moment(r), status=status_words(r), detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
                source=served.source_name, source_code=served.source_org,
@@ -579,7 +631,15 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
                stale=served.source_name in stale,
                systems=tuple(sorted({s.source_system.upper() for s in (served, *also)})) if also else (),
                verification=_verification(r), when_label=date_label(r), until=until(r),
-               text_withheld=text_withheld(served, fw))
+               text_withheld=text_withheld(served, fw), at=f"{local:%H:%M}" if local else "",
+               criticality=str(r.get("criticality") or "") if r.get("resourceType") == "AllergyIntolerance" else "",
+               intolerance=r.get("type") == "intolerance")
+
+
+def in_order(rows: Iterable[Row]) -> list[Row]:
+    """Rows as every list shows them: newest first by when each happened (not by its text: offsets differ),
+    and a high-risk allergy before any other, whatever its date."""
+    return sorted(sorted(rows, key=lambda r: instant(r.when), reverse=True), key=lambda r: not r.high_risk)
 
 
 @dataclass(frozen=True)
@@ -638,8 +698,8 @@ def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: Mapping[s
     def pick(types: list[str] | None) -> list[Row]:
         chosen = [(s, r) for s, r in items if (types is None or s.resource_type in types)
                   and not (social and s.category == SOCIAL_CARE)]
-        newest = sorted(chosen, key=lambda pair: pair[1].when, reverse=True)
-        return [r for _, r in sorted(newest, key=lambda pair: disagree.get(pair[0].reference, len(disagree)))]
+        reference = {id(r): s.reference for s, r in chosen}
+        return sorted(in_order(r for _, r in chosen), key=lambda r: disagree.get(reference[id(r)], len(disagree)))
 
     out = []
     for tab_id, title, section_defs in TABS:
@@ -653,7 +713,7 @@ def tabs(view: RecordView, fw: Framework, role: Role | None, disagree: Mapping[s
                 sections.append(Section("Other information", other, "other-information"))
         out.append(Tab(tab_id, title, sections))
     if social:
-        rows = sorted((r for s, r in items if s.category == SOCIAL_CARE), key=lambda r: r.when, reverse=True)
+        rows = in_order(r for s, r in items if s.category == SOCIAL_CARE)
         out.append(Tab("social-care", "Social care", [Section("Social care", rows)]))
     return out
 

@@ -232,7 +232,7 @@ def medicines_table(request: Request, person_id: str, records: RecordsDep, fw: F
     found = medicines.reconcile(view.resources, fw)
     return render(request, "medicines.html", account=pages.account(records.actor, fw), view=view,
                   banner=present.record_banner(view, fw), medicines=found,
-                  allergies=[present.row(s, fw) for s in view.of_type("AllergyIntolerance")],
+                  allergies=present.in_order(present.row(s, fw) for s in view.of_type("AllergyIntolerance")),
                   flagged=sum(1 for m in found if m.flagged),
                   sources=len({s.source for m in found for s in m.statements}),
                   left_out=explain.not_shown(view.withheld, records.actor.role, fw),
