@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from typer.core import TyperGroup
 
 from sharedcare.config import DEMO_PASSWORD, MIN_SECRET_BYTES, Settings, load_settings
-from sharedcare.errors import ConfigError, SharedcareError
+from sharedcare.errors import ConfigError, FrameworkError, SharedcareError
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.store.database import STORE_BUSY, Database, busy, unreachable, unreachable_reason
 
@@ -100,10 +100,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _framework() -> Framework:
+    """The framework, or every problem of its file on a line of its own (`serve` and `mllp` then do not start)."""
     try:
         return load_framework()
-    except SharedcareError as exc:
-        raise _fail(str(exc)) from exc
+    except FrameworkError as exc:
+        count = len(exc.problems)
+        invalid = _fail(f"{exc.where} is invalid ({count} problem{'s' * (count != 1)}):")
+        for problem in exc.problems:
+            console.print(f"  {_literal(problem)}", soft_wrap=True)
+        raise invalid from exc
 
 
 def _settings() -> Settings:
@@ -1784,40 +1789,58 @@ def framework_explain(
     """Who can see what, and why, in plain words."""
     from dataclasses import asdict
 
-    from sharedcare.governance.explain import KIND_LABELS, other_roles_in_words, role_rows, rules_in_words
+    from sharedcare.clock import utcnow
+    from sharedcare.governance.explain import (
+        KIND_LABELS,
+        agreement_in_words,
+        in_force_in_words,
+        other_roles_in_words,
+        role_rows,
+        roles_seeing_nothing,
+        rules_in_words,
+    )
 
     fw = _framework()
     if role and role not in fw.roles:
         raise _fail(f"no role '{role}'; roles are: {', '.join(fw.roles)}")
-    rows, others = role_rows(fw, role), other_roles_in_words(fw, role)
+    today = utcnow().date()  # as the decision point asks `in_force`
+    rows, others, nothing = role_rows(fw, role), other_roles_in_words(fw, role), roles_seeing_nothing(fw, today, role)
     partners = [{"code": o.code, "name": o.name, "kind": KIND_LABELS.get(o.kind, o.kind),
-                 "agreement": o.agreement.status, "signatories": o.agreement.signatories}
+                 "agreement": o.agreement.status, "signed": o.agreement.signed, "starts": o.agreement.starts,
+                 "ends": o.agreement.ends, "in_force": o.agreement.in_force(today),
+                 "signatories": o.agreement.signatories}
                 for o in fw.organisations.values()]
     if as_json:
         _print_json({"framework": fw.name, "version": fw.version, "partners": partners, "rules": rules_in_words(fw),
-                     "roles": [asdict(r) for r in rows], "other_roles": others})
+                     "roles": [asdict(r) for r in rows], "other_roles": others, "currently_see_nothing": nothing})
         return
     out = Console()
     out.print(f"[bold]{fw.name}[/bold] (framework {fw.version})")
     table = Table(title="Partners and their agreements, as this file records them")
-    for column in ("organisation", "kind", "agreement", "signatories"):
+    for column in ("organisation", "kind", "agreement", "in force today", "signatories"):
         table.add_column(column)
-    for p in partners:
-        table.add_row(_literal(f"{p['code']} {p['name']}"), _literal(str(p["kind"])), _literal(str(p["agreement"])),
-                      _literal("; ".join(p["signatories"]) or "none"))
+    for o in fw.organisations.values():
+        table.add_row(_literal(f"{o.code} {o.name}"), _literal(KIND_LABELS.get(o.kind, o.kind)),
+                      _literal(agreement_in_words(o.agreement)), in_force_in_words(o.agreement, today),
+                      _literal("; ".join(o.agreement.signatories) or "none"))
     out.print(table)
     for line in rules_in_words(fw):
         out.print(f"- {line}")
-    for label in dict.fromkeys(r.role_label for r in rows):
-        table = Table(title=f"{label}: what they can see", show_lines=False)
+    for name in dict.fromkeys(r.role for r in rows):
+        # a role whose organisations have no agreement in force is told so before the tiers it does not have today
+        title = f"{_literal(fw.roles[name].label)}: what they can see"
+        table = Table(title=title + (f"\n{_literal(nothing[name])}" if name in nothing else ""), show_lines=False)
         table.add_column("information")
         table.add_column("what they see")
         for r in rows:
-            if r.role_label == label:
+            if r.role == name:
                 table.add_row(r.category_label, r.sees)
         out.print(table)
     for line in others:
         out.print(f"- {line}")
+    for name, line in nothing.items():  # said under a table of what the role sees; here, of the roles without one
+        if name not in {r.role for r in rows}:
+            out.print(f"- {_literal(line)}")
 
 
 @framework_app.command("check")

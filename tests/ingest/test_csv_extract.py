@@ -333,6 +333,19 @@ def test_mapping_check_refuses_an_invalid_mapping_naming_its_line(env: Database,
     assert "line 19, patient.family: column 'surname' is not in `columns`" in result.stderr
 
 
+def test_a_mapping_that_lists_a_code_twice_is_refused_naming_both_lines(env: Database, tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys without a word: `Male: male` then `Male: female` filed every man as
+    a woman. The mapping is refused, as the framework is, before any row is read."""
+    twice = tmp_path / "LRC-mosaic.yaml"
+    twice.write_text(MOSAIC.read_text().replace("sex: {column: sex, codes: {Male: male, Female: female,",
+                                                "sex: {column: sex, codes: {Male: male, Female: female, Male: female,"))
+    assert twice.read_text() != MOSAIC.read_text()
+    result = runner.invoke(app, ["mapping", "check", str(twice), str(_extract(tmp_path / "s.csv", [_row()]))])
+    assert result.exit_code == 2
+    assert ("line 22, patient.sex.codes.Male: 'Male' is written twice on this line; YAML keeps only the last, "
+            "without a word, so the file does not say which is meant: remove one") in " ".join(result.stderr.split())
+
+
 def test_a_mapping_that_reads_two_digit_years_is_refused_naming_its_line(env: Database, tmp_path: Path) -> None:
     """%y reads 00-68 as 20xx: a resident born 02/03/25 was stored as born on 2 March 2025 (clinical fidelity
     review, 2026-12-07). The mapping is refused before any row is read."""

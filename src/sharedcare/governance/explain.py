@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
 from sharedcare.governance.classify import service_category
 from sharedcare.governance.consent import Provision
 from sharedcare.governance.consent_fhir import UK_TIME
-from sharedcare.governance.framework import Framework, Role
+from sharedcare.governance.framework import Agreement, Framework, Role
 from sharedcare.governance.policy import UNNAMED_SERVICE
 
 if TYPE_CHECKING:  # only for the type: the framework in words needs no store
@@ -242,6 +243,41 @@ def role_rows(fw: Framework, role: str | None = None) -> list[RoleCategory]:
             rows.append(RoleCategory(name, definition.label, category, label, tier,
                                      TIER_WORDS[tier] + OWN_ORGANISATION_WORDS[tier]))
     return rows
+
+
+def agreement_in_words(agreement: Agreement) -> str:
+    """An agreement's status and dates as the file records them ("signed 2026-01-20, from 2026-02-01 to
+    2029-01-31")."""
+    dates = " ".join([f"from {agreement.starts}"] * bool(agreement.starts)
+                     + [f"{'to' if agreement.starts else 'until'} {agreement.ends}"] * bool(agreement.ends))
+    return f"{agreement.status}{f' {agreement.signed}' if agreement.signed else ''}{f', {dates}' if dates else ''}"
+
+
+def in_force_in_words(agreement: Agreement, today: date) -> str:
+    """Whether an agreement is in force today (`Agreement.in_force`, as the decision point asks) and, if not,
+    why and what that means: a status of "signed" alone does not say (one that has ended still does)."""
+    if agreement.in_force(today):
+        return "yes"
+    why = (agreement.status if agreement.status != "signed"
+           else f"starts {agreement.starts}" if agreement.starts and today < agreement.starts
+           else f"ended {agreement.ends}")
+    return f"no ({why})"  # the first rule says what that means: its staff open no record, no one sees its information
+
+
+def roles_seeing_nothing(fw: Framework, today: date, role: str | None = None) -> dict[str, str]:
+    """The staff roles (or one) whose users all belong to organisations without an agreement in force today,
+    each with a sentence saying so: what `role_rows` says such a role sees, it would see, and today sees
+    nothing (care home staff while the care home's agreement is a draft)."""
+    out = {}
+    for name in [role] if role else list(fw.roles):
+        homes = sorted({user.organisation for user in fw.users.values() if user.role == name})
+        if not homes or fw.roles[name].citizen or any(fw.organisations[code].agreement.in_force(today)
+                                                      for code in homes):
+            continue
+        listed = ", ".join(f"{code} {fw.organisations[code].name}" for code in homes)
+        out[name] = (f"{fw.roles[name].label}: currently see nothing, as no organisation of theirs ({listed}) has a "
+                     "sharing agreement in force today.")
+    return out
 
 
 # What a role that never opens a record for someone's care works with, by purpose: `framework explain`

@@ -1,7 +1,7 @@
 """The information-sharing framework: organisations, agreements, roles, tiers and users, as data.
 
 The framework is the document partners sign; this module loads it and refuses a framework with any
-problem, naming the line and key of each (unknown role, tier out of range, category missing...).
+problem, naming the line and key of each (unknown role, tier out of range, category missing...), all at once.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import quote
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, TypeAdapter, ValidationError, field_validator
 
 from sharedcare.config import load_settings
 from sharedcare.errors import FrameworkError
 from sharedcare.governance.small_cells import DEFAULT_K
-from sharedcare.yaml_lines import YamlProblem, read_yaml, where
+from sharedcare.yaml_lines import YamlProblem, line_of, read_yaml, where
 
 AgreementStatus = Literal["draft", "signed", "suspended", "ended"]
 Basis = Literal["explicit-consent", "implied-consent", "emergency"]
@@ -59,6 +59,9 @@ def hospital_service_system(org: str, system: str) -> str:
 
 
 class _Strict(BaseModel):
+    """Unknown keys refused. Numbers are StrictInt or StrictFloat: YAML reads `yes`, `on` and `true` as true,
+    which a plain int takes for 1 (`safeguarding: yes` was tier 1)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -115,7 +118,7 @@ class Role(_Strict):
     name: str
     label: str
     purposes: list[str]
-    tiers: dict[str, int]
+    tiers: dict[str, StrictInt]
     citizen: bool = False  # a patient reading their own record: no organisation, no basis, only their record
     permissions: list[str] = Field(default_factory=list)  # governance functions (review queue, audit search...)
 
@@ -130,7 +133,7 @@ class Role(_Strict):
 
 
 class BasisRule(_Strict):
-    hours: float = Field(gt=0)
+    hours: StrictFloat = Field(gt=0)
     needs_reason: bool
     review: bool
     permission: str | None = None  # a role must hold it to record this basis (break glass: TRUST BG1)
@@ -141,7 +144,7 @@ class Purpose(_Strict):
     needs_basis: bool
     # A non-identifiable purpose's extracts publish no combination of a person's quasi-identifiers (sex,
     # birth, district, practice...) that fewer than this many people share (`small_cells.py`, HAZ-05)
-    smallest_group: int | None = Field(default=None, ge=2, le=1000)
+    smallest_group: StrictInt | None = Field(default=None, ge=2, le=1000)
 
     @property
     def k(self) -> int:
@@ -152,8 +155,8 @@ class Purpose(_Strict):
 class ReviewRules(_Strict):
     """When the IG review queue must be worked, and what counts as unusual access."""
 
-    due_hours: float = Field(default=24, gt=0)
-    patients_per_hour: int = Field(default=30, ge=1)
+    due_hours: StrictFloat = Field(default=24, gt=0)
+    patients_per_hour: StrictInt = Field(default=30, ge=1)
 
 
 class WithholdRule(_Strict):
@@ -193,7 +196,7 @@ class Framework(_Strict):
     name: str
     area: str
     basis: dict[Basis, BasisRule]
-    min_reason_chars: int = Field(ge=0)
+    min_reason_chars: StrictInt = Field(ge=0)
     review: ReviewRules = Field(default_factory=ReviewRules)
     purposes: dict[str, Purpose]
     categories: dict[str, str]
@@ -267,25 +270,57 @@ _last_matchers: tuple[object, dict[str, SensitiveCodes]] = (None, {})  # (sensit
 
 
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
-    """Copy each mapping key (organisation code, role name, username) into its record."""
+    """Copy each mapping key (organisation code, role name, username) into its record (one that is not a mapping
+    is left for the schema to name)."""
     data = dict(raw)
-    data["organisations"] = {
-        code: {"code": code, **(org or {})} for code, org in (raw.get("organisations") or {}).items()
-    }
-    data["roles"] = {name: {"name": name, **(role or {})} for name, role in (raw.get("roles") or {}).items()}
-    data["users"] = {
-        name: {"username": name, **(user or {})} for name, user in (raw.get("users") or {}).items()
-    }
+    for section, key in (("organisations", "code"), ("roles", "name"), ("users", "username")):
+        entries = raw.get(section) or {}
+        if isinstance(entries, dict):
+            data[section] = {name: {key: name, **(entry or {})} if isinstance(entry, dict | None) else entry
+                             for name, entry in entries.items()}
     return data
 
 
-def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
-    """The rules a schema cannot express: references resolve, tiers are in range, nothing is missing."""
+def _valid_parts(data: dict[str, Any]) -> Framework:
+    """What of a framework its schema refused did validate, for the cross-checks to report on too (every problem
+    at once): each section on its own and, of a section of named entries or a list, each entry on its own; what
+    did not validate is left out (missing required sections empty)."""
+    parts: dict[str, Any] = {}
+    for name, field in Framework.model_fields.items():
+        adapter: TypeAdapter[Any] = TypeAdapter(field.rebuild_annotation())  # with its constraints
+        origin = get_origin(field.annotation)
+        value = data.get(name)
+        if name not in data and not field.is_required():
+            parts[name] = field.get_default(call_default_factory=True)
+        elif origin is dict and isinstance(value, dict):
+            parts[name] = {k: v for key, entry in value.items() for k, v in _valid(adapter, {key: entry}, {}).items()}
+        elif origin is list and isinstance(value, list):
+            parts[name] = [v for item in value for v in _valid(adapter, [item], [])]
+        else:
+            parts[name] = _valid(adapter, value, {} if origin is dict else [] if origin is list else None)
+    return Framework.model_construct(**parts)
+
+
+def _valid(adapter: TypeAdapter[Any], value: Any, otherwise: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return otherwise
+
+
+def _cross_checks(fw: Framework, data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """The rules a schema cannot express: references resolve, tiers are in range, nothing is missing, dates are
+    in order. A reference is checked against the names the file gives (`data`), valid or not: a role refused for
+    a wrong type is still one its users may name."""
+    def named(section: str) -> set[str]:
+        value = data.get(section)
+        return {key for key in value if isinstance(key, str)} if isinstance(value, dict) else set(getattr(fw, section))
+
     problems: list[tuple[tuple[Any, ...], str]] = []
-    categories = set(fw.categories)
+    categories, purposes, roles = named("categories"), named("purposes"), named("roles")
     for name, role in fw.roles.items():
         for purpose in role.purposes:
-            if purpose not in fw.purposes:
+            if purpose not in purposes:
                 problems.append((("roles", name, "purposes"), f"unknown purpose '{purpose}'"))
         for category, tier in role.tiers.items():
             if category not in categories:
@@ -311,7 +346,7 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
     for category in fw.sensitive_categories:
         if category not in categories:
             problems.append((("sensitive_categories",), f"unknown category '{category}'"))
-    if fw.safety_critical_types and "alerts" not in fw.categories:
+    if fw.safety_critical_types and "alerts" not in categories:
         problems.append((("safety_critical_types",), "needs the category 'alerts' (with a tier in each role) "
                                                      "that these types are filed into"))
     for category, entries in fw.sensitive_codes.items():
@@ -320,7 +355,7 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
         for index, entry in enumerate(entries):
             problems += [(("sensitive_codes", category, index), problem) for problem in _sensitive_code_problems(entry)]
     for category in fw.sensitive_codes_explain:
-        if category not in fw.sensitive_codes:
+        if category not in named("sensitive_codes"):
             problems.append((("sensitive_codes_explain", category), f"'{category}' has no sensitive codes to explain"))
     for username, user in fw.users.items():
         if not username.isprintable() or "\\" in username or username != username.strip() or len(username) > 100:
@@ -328,16 +363,28 @@ def _cross_checks(fw: Framework) -> list[tuple[tuple[Any, ...], str]]:
             # "who looked" would then not find the user), in a column of 100 characters
             problems.append((("users", username), "a username is up to 100 printable characters without a "
                                                   "backslash or surrounding spaces"))
-        if user.role not in fw.roles:
+        if user.role not in roles:
             problems.append((("users", username, "role"), f"unknown role '{user.role}'"))
-        if user.organisation not in fw.organisations:
+        if user.organisation not in named("organisations"):
             problems.append((("users", username, "organisation"),
                              f"unknown organisation '{user.organisation}'"))
     for code, org in fw.organisations.items():
         problems += _service_code_problems(fw, code, org)
-        agreement = org.agreement
-        if agreement.status == "signed" and not (agreement.signed and agreement.signatories):
-            problems.append((("organisations", code, "agreement"), "a signed agreement needs a date and signatories"))
+        problems += _agreement_problems(("organisations", code, "agreement"), org.agreement)
+    return problems
+
+
+def _agreement_problems(path: tuple[Any, ...], agreement: Agreement) -> list[tuple[tuple[Any, ...], str]]:
+    """An agreement's dates in order and its signatories named: the board signs what the file says."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    if agreement.status == "signed" and not (agreement.signed and agreement.signatories):
+        problems.append((path, "a signed agreement needs a date and signatories"))
+    if agreement.starts and agreement.ends and agreement.ends < agreement.starts:
+        problems.append(((*path, "ends"), f"ends ({agreement.ends}) before it starts ({agreement.starts})"))
+    if agreement.signed and agreement.ends and agreement.signed > agreement.ends:
+        problems.append(((*path, "signed"), f"signed ({agreement.signed}) after it ends ({agreement.ends})"))
+    problems += [((*path, "signatories", index), "a signatory is blank: name who signed")
+                 for index, signatory in enumerate(agreement.signatories) if not signatory.strip()]
     return problems
 
 
@@ -385,23 +432,29 @@ def _service_code_problems(fw: Framework, code: str, org: Organisation) -> list[
 
 
 def parse_framework(text: str, source: str = "<framework>") -> Framework:
-    """Parse and check a framework document; raise FrameworkError listing every problem found."""
+    """Parse and check a framework document; raise FrameworkError listing every problem found, in the file's
+    order: the schema's, then the cross-checks' on what of the file did validate."""
     try:
         raw, lines = read_yaml(text, "the framework")
     except YamlProblem as exc:
-        raise FrameworkError([exc.message], source) from exc
+        raise FrameworkError(exc.problems, source) from exc
+    data = _with_names(raw)
+    problems: list[tuple[tuple[Any, ...], str]] = []
     try:
-        fw = Framework.model_validate(_with_names(raw))
+        fw = Framework.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            problems.append(f"{where(lines, loc)}: {err['msg']}")
-        raise FrameworkError(problems, source) from exc
-    cross = _cross_checks(fw)
-    if cross:
-        raise FrameworkError([f"{where(lines, path)}: {msg}" for path, msg in cross], source)
+        problems = [(tuple(err["loc"]), err["msg"] + (_NOT_A_NUMBER if isinstance(err["input"], bool)
+                                                      and err["type"] in ("int_type", "float_type") else ""))
+                    for err in exc.errors()]
+        fw = _valid_parts(data)
+    problems += _cross_checks(fw, data)
+    if problems:
+        problems.sort(key=lambda problem: line_of(lines, problem[0]) or 0)
+        raise FrameworkError([f"{where(lines, path)}: {message}" for path, message in problems], source)
     return fw
+
+
+_NOT_A_NUMBER = " (YAML reads yes, no, on, off, true and false as true or false, not a number)"
 
 
 def load_framework(path: Path | None = None) -> Framework:

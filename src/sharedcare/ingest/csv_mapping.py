@@ -344,7 +344,7 @@ def parse_mapping(source: str, where: str = "<mapping>") -> Mapping:
     try:
         raw, lines = read_yaml(source, "a mapping")
     except YamlProblem as exc:
-        raise MappingError([exc.message], where) from exc
+        raise MappingError(exc.problems, where) from exc
     try:
         mapping = Mapping.model_validate(raw)
     except ValidationError as exc:
