@@ -407,6 +407,8 @@ def ingest(
         _print_json(data)
     else:
         console.print(_report_table(data))
+        for item in data["file_notes"]:  # said once of a file, before its rows' refusals
+            console.print(f"[yellow]note[/yellow] {_literal(item['file'])}: {_literal(item['note'])}", soft_wrap=True)
         for item in data["quarantine"][:20]:
             console.print(f"[yellow]quarantined[/yellow] #{item['id']} {_literal(item['where'])}: "
                           f"{_literal(item['reason'])}")
@@ -727,6 +729,8 @@ def mapping_check(
             for fault in report.failed:
                 table.add_row(str(fault["line"]), fault["column"] or "", fault["rule"])
             Console().print(table)
+        for note in report.dates.notes():
+            console.print(f"[yellow]note:[/yellow] {_literal(note)}", soft_wrap=True)
         console.print(f"{spec.name}: {report.accepted} of {report.rows} rows would be accepted")
     if report.failed:
         raise typer.Exit(1)

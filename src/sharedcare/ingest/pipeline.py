@@ -172,6 +172,7 @@ class IngestReport:
     errors: list[MessageError] = field(default_factory=list)  # their refusals (an ACK's codes), without tracebacks
     merges_held: list[dict[str, Any]] = field(default_factory=list)  # sources' merges held for review (MERGE_HELD)
     held_by_reason: Counter[str] = field(default_factory=Counter)  # every held message, by reason
+    file_notes: list[dict[str, str]] = field(default_factory=list)  # said once of a file (csv_extract.DateOrders)
     stopped: bool = False  # asked to stop (`ingest_paths`' stop), the run ended early
     stopped_after: str = ""  # then the last message it stored or held, or file it finished; "" for none
 
@@ -195,7 +196,7 @@ class IngestReport:
             "set_aside": dict(sorted(self.set_aside.items())), "notes": dict(sorted(self.notes.items())),
             "quarantine": self.quarantine, "quarantine_unlisted": self.quarantined - len(self.quarantine),
             "held_by_reason": dict(self.held_by_reason.most_common()),
-            "skipped_files": self.skipped_files,
+            "skipped_files": self.skipped_files, "file_notes": self.file_notes,
             "merges_held": [{k: held[k] for k in ("review", "where", "reason")} for held in self.merges_held],
             "stopped": self.stopped, "stopped_after": self.stopped_after,
         }
@@ -277,6 +278,7 @@ class _File:
     size: int
     done: int = 0
     error: OSError | None = None
+    dates: csv_extract.DateOrders = field(default_factory=csv_extract.DateOrders)  # its CSV rows' dates
 
     def messages(self) -> Iterator[RawMessage]:
         try:
@@ -371,6 +373,7 @@ class Pipeline:
             for file, raw, outcome in staged():
                 if raw is not None and outcome is not None:
                     batch.append((raw, outcome))
+                    file.dates.add(outcome.date_readings)
                 stopping = stop is not None and stop.is_set()
                 if len(batch) == STORE_BATCH or ((raw is None or stopping) and batch):
                     self._store_batch(file.adapter, batch, source, report, agreements)
@@ -413,6 +416,7 @@ class Pipeline:
         if file.error is not None:
             self._quarantine(RawMessage(str(file.path), "whole file", b"", file.format), source,
                              MessageError(f"cannot read file ({file.error.strerror})", str(file.path)), report)
+        report.file_notes.extend({"file": str(file.path), "note": note} for note in file.dates.notes())
         if progress and file.size > file.done:
             progress(file.size - file.done)
 
