@@ -163,7 +163,8 @@ class DateColumn(_Strict):
     def reading(self, values: dict[str, str]) -> tuple[str, str, str, bool] | None:
         """The cell as a `DateReading` (messages.py) when it reads in only one order of day and month, the
         mapping's (25/12/2025 under %d/%m/%Y) or the other (12/25/2025); None for a blank, a date that reads
-        either way (03/04/2025) or neither, or a format without both. It reads nothing: a file's note."""
+        either way (03/04/2025) or neither, or a format without both. Only for the file's note
+        (csv_extract.DateOrders): `read` alone gives the date, in the mapping's order."""
         value, swapped = text(values, self.column), day_month_swapped(self.format)
         if value is None or swapped is None:
             return None
