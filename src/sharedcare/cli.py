@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from threading import Event
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -80,6 +81,7 @@ app.add_typer(clients_app, name="clients")
 
 console = Console(stderr=True)
 OPERATOR = "cli"  # access_log.OPERATOR too: a citizen reads its looks at their choices in words
+STOPPED_BY_SIGTERM = 128 + signal.SIGTERM  # 143, the status a shell gives a process the signal ended
 
 
 def _literal(value: object) -> str:
@@ -338,6 +340,18 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _sigterm_stops() -> Iterator[Event]:
+    """An event SIGTERM sets for the while, in place of ending the process at once: what systemd or Kubernetes
+    sends to stop a service, for an ingest to finish the message in hand and write its end (`ingest`)."""
+    stop = Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _figures_table(title: str, figures: dict[str, object]) -> Table:
     """A report's figures as a table a person reads, one row a figure (its `--json` is the same dict)."""
     table = Table(title=title)
@@ -385,16 +399,21 @@ def ingest(
     total = sum(p.stat().st_size for p in files)
     # whose data it is, as far as can be told before reading: --source, else the organisations' folders it is in
     organisations = {source} if source else {organisation_of(str(p), fw.organisations) for p in files}
-    with _audited_run(pipeline, organisations, paths=" ".join(str(p) for p in paths), files=str(len(files)),
-                      source=source or "") as run, _progress(transfer=True) as progress:
-        task = progress.add_task("ingesting", total=total)
-        report = pipeline.ingest_paths(paths, fmt=fmt, source=source, progress=lambda n: progress.advance(task, n))
-    _audit_ingest(pipeline, report, **run)
+    with _sigterm_stops() as stop:  # stopped, the run ends after the message in hand and says so (exit 143)
+        with _audited_run(pipeline, organisations, paths=" ".join(str(p) for p in paths), files=str(len(files)),
+                          source=source or "") as run, _progress(transfer=True) as progress:
+            task = progress.add_task("ingesting", total=total)
+            report = pipeline.ingest_paths(paths, fmt=fmt, source=source,
+                                           progress=lambda n: progress.advance(task, n), stop=stop)
+        stopped = {"stopped": "SIGTERM", "stopped_after": report.stopped_after} if report.stopped else {}
+        _audit_ingest(pipeline, report, **run, **stopped)
     data = report.to_json()
     if as_json:
         _print_json(data)
     else:
         console.print(_report_table(data))
+        for item in data["file_notes"]:  # said once of a file, before its rows' refusals
+            console.print(f"[yellow]note[/yellow] {_literal(item['file'])}: {_literal(item['note'])}", soft_wrap=True)
         for item in data["quarantine"][:20]:
             console.print(f"[yellow]quarantined[/yellow] #{item['id']} {_literal(item['where'])}: "
                           f"{_literal(item['reason'])}")
@@ -407,6 +426,13 @@ def ingest(
             console.print(f"[yellow]skipped[/yellow] {_literal(item['file'])}: {_literal(item['reason'])}")
         for item in data["merges_held"][:20]:
             console.print(f"[yellow]held for review[/yellow] {_literal(item['where'])}: {_literal(item['reason'])}")
+    if report.stopped:
+        after = f"after {_literal(report.stopped_after)}" if report.stopped_after else "before its first message"
+        console.print(f"[red]stopped[/red] by SIGTERM {after}: what it handled is stored ({report.messages:,} "
+                      f"messages: {report.accepted:,} resources accepted, {report.unchanged:,} unchanged, "
+                      f"{report.quarantined:,} quarantined) and nothing after it was. Run the same input again "
+                      "to finish (what is stored is answered unchanged).", soft_wrap=True)
+        raise typer.Exit(STOPPED_BY_SIGTERM)
     if report.skipped_files and not report.files:  # a script must notice a feed it named was not read
         skipped = [item["file"] for item in report.skipped_files]
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
@@ -448,21 +474,23 @@ def _audit_ingest(pipeline: Pipeline, report: IngestReport | None, **detail: str
     """The end of a run begun by `_audited_run`, naming its run id: what was given, and the counts. Each stored
     resource names its message and source in its provenance, so the events and the resources lead to each
     other; a listener's messages are audited one by one, each in its own transaction (mllp.py). A run stopped
-    part-way (`report` None: interrupted, the database gone) is audited as an error with what stopped it, when
-    the log can still be written; the error itself is the caller's to raise."""
+    part-way (`report` None: interrupted, the database gone; or `stopped` given with the report of how far a
+    run SIGTERM stopped got) is audited as an error with what stopped it, when the log can still be written;
+    the error itself is the caller's to raise."""
     from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 
     counts = {} if report is None else {name: str(getattr(report, name)) for name in (
         "messages", "accepted", "unchanged", "stale", "quarantined")}
+    finished = report is not None and not detail.get("stopped")
     try:
         with pipeline.db.session() as session:
             record_audit(session, AuditRecord(
-                AuditAction.RECORD_WRITE, "permit" if report is not None else "error", OPERATOR,
+                AuditAction.RECORD_WRITE, "permit" if finished else "error", OPERATOR,
                 organisation=_sole(detail.get("organisations", "")), purpose="direct-care",
                 fhir_action="C" if report is None or report.accepted else "E",
                 detail={k: v for k, v in detail.items() if v} | counts))  # E: it ran and wrote nothing
     except Exception:
-        if report is not None:
+        if finished:
             raise
         console.print("[yellow]warning:[/yellow] the stopped run could not be written to the audit log")
 
@@ -706,6 +734,8 @@ def mapping_check(
             for fault in report.failed:
                 table.add_row(str(fault["line"]), fault["column"] or "", fault["rule"])
             Console().print(table)
+        for note in report.dates.notes():
+            console.print(f"[yellow]note:[/yellow] {_literal(note)}", soft_wrap=True)
         console.print(f"{spec.name}: {report.accepted} of {report.rows} rows would be accepted")
     if report.failed:
         raise typer.Exit(1)
@@ -1577,7 +1607,8 @@ def audit_runs(
         table.add_column(column, overflow="fold")
     for row in rows:  # never finished in words too, as `feeds` says STALE: a log or a colour-blind reader
         ended = ("NOT FINISHED (killed, or still running)" if not row["finished"] else
-                 f"{_utc(row['finished'])} " + (f"stopped ({row['stopped']})" if row["stopped"] else "finished"))
+                 f"{_utc(row['finished'])} " + (f"stopped ({row['stopped']})" if row["stopped"] else "finished")
+                 + (f" after {_literal(row['stopped_after'])}" if row["stopped_after"] else ""))
         table.add_row(row["run"], _utc(row["started"]), _literal(row["operator_account"]), row["organisations"],
                       _literal(row["paths"] or f"quarantine #{row['replayed']}"), ended, row["accepted"],
                       row["verified"], style="yellow" if not row["finished"] else None)
@@ -1591,7 +1622,7 @@ def _utc(recorded: str) -> str:
 def _run_row(run: IngestRun, started: dict[str, str], ended: dict[str, str]) -> dict[str, str]:
     """One run of `audit runs`: what its start names, and how it ended (its end's counts), as text."""
     given = ("operator_account", "organisations", "source", "paths", "files", "replayed")
-    counts = ("stopped", "messages", "accepted", "unchanged", "quarantined")
+    counts = ("stopped", "stopped_after", "messages", "accepted", "unchanged", "quarantined")
     return {"run": run.run, "started": run.start.recorded_at.isoformat(), "start_seq": str(run.start.seq),
             **{key: started.get(key, "") for key in given},
             "finished": run.end.recorded_at.isoformat() if run.end else "",

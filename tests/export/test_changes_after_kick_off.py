@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
-from tests.builders import bundle, patient, write_ndjson
+from tests.builders import bundle, condition, patient, write_ndjson
 from tests.export.conftest import ASYNC, export, wait_for
 from tests.small_ics import (
     OKAFOR_NHS,
@@ -386,3 +386,59 @@ def test_a_choice_of_the_person_a_record_in_the_export_was_since_merged_into_wit
     with db.session() as s:
         set_choice(s, OKAFOR_NHS, by="patient", opt_out_secondary=True)
     assert _served(ics, headers, done.json()) == 410
+
+
+BABY_NHS = "9990000026"  # valid (modulus 11): the number the maternity unit's record of the baby carries
+JAUNDICE = "387712008"  # neonatal jaundice: on the baby's GP record only
+HIS_PRACTICE = "/fhir/Group/P81001/$export"  # Mr Okafor's practice's registered population, the baby's too
+
+
+def _baby_held_for_review(db: Database, framework: Framework, folder: Path) -> tuple[str, str]:
+    """A baby's GP record (P81001, which has no NHS number for her yet) and the maternity unit's record of her
+    birth (RXR, with her number): the MPI is unsure they are one baby (a twin's record would match either) and
+    holds them apart, one pair open for review. Her GP record's person, her hospital record's."""
+    phone = [{"system": "phone", "value": "07700 900456"}]
+    feeds = [bundle("RXR", "epr", [patient("baby", BABY_NHS, "Rowe", "Baby", "2026-10-16", "female", telecom=phone)]),
+             bundle("P81001", "emis", [patient("ada", None, "Rowe", "Ada", "2026-10-16", "female", telecom=phone),
+                                       condition("ada-c1", "Patient/ada", JAUNDICE, "Neonatal jaundice")])]
+    report = Pipeline(db, framework).ingest_paths([write_ndjson(folder / "baby.ndjson", feeds)])
+    assert report.quarantined == 0, report.quarantine
+    with db.session() as s:
+        persons = {source_id: person for source_id, person in s.execute(select(
+            PatientRecord.source_id, PatientRecord.person_id).where(PatientRecord.source_id.in_(("ada", "baby"))))}
+        assert s.scalars(select(MatchReview.status)).all() == ["open"]
+    assert persons["ada"] != persons["baby"]
+    return persons["ada"], persons["baby"]
+
+
+@pytest.mark.parametrize(("pair", "withdrawn"), [("waiting on review", True), ("decided: two babies", False)])
+def test_an_opt_out_from_the_other_side_of_a_pair_on_review_withdraws_an_export_holding_this_side(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, pair: str, withdrawn: bool) -> None:
+    """His practice's export holds the baby's GP record; her hospital record, held apart as perhaps hers, is not
+    in it. After the kick-off her parent opts her out under the number only the hospital record carries. An
+    extract gives a record waiting on review the choices of the record on the pair's other side, so the next one
+    leaves her GP record out: the export holding it is withdrawn, as by a choice of her own (before, it stayed to
+    download). Once a reviewer has decided they are two babies, the choice is the other baby's alone: the export
+    stays, and the next one holds her GP record as this one does."""
+    gp_baby, hospital_baby = _baby_held_for_review(db, framework, tmp_path)
+    if not withdrawn:
+        with db.session() as s:
+            (review,) = s.scalars(select(MatchReview.id)).all()
+            decide(s, review, "separate", "ig.morgan", "twins: the hospital's record is her sister's")
+            s.commit()
+    headers = ics.token("analyst.chen")
+    job_id, done = _finished(ics, headers, HIS_PRACTICE)
+    assert done.status_code == 200, done.text
+    with db.session() as s:
+        included = set(s.scalars(select(ExportJobPerson.person_id).where(ExportJobPerson.job_id == job_id)))
+    assert gp_baby in included and hospital_baby not in included
+    with db.session() as s:
+        set_choice(s, BABY_NHS, by="patient", opt_out_secondary=True)
+    assert _served(ics, headers, done.json()) == (410 if withdrawn else 200)
+    polled = ics.client.get(f"/fhir/bulk/{job_id}", headers=headers)
+    assert polled.status_code == (410 if withdrawn else 200)
+    assert any(job_id in entry and "choices-changed" in entry for entry in _withdrawals(db)) == withdrawn
+    if withdrawn:
+        assert "start a new one" in polled.json()["issue"][0]["diagnostics"]
+    _, again = export(ics.client, headers, HIS_PRACTICE)  # as the choice applies in an extract made now
+    assert (JAUNDICE in {c["code"]["coding"][0]["code"] for c in again.get("Condition", [])}) == (not withdrawn)

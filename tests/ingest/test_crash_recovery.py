@@ -1,7 +1,8 @@
 """A kill -9 in the middle of an ingest loses nothing: ingesting the same input again afterwards leaves
 the store exactly as one clean run would (resources, patient records, who is linked with whom,
 quarantine), on SQLite and PostgreSQL; and the run that was killed is in the audit log, started and never
-finished, though what it committed is stored. The ingest is the real `sharedcare ingest` in a subprocess.
+finished, though what it committed is stored. A SIGTERM stops a run after the message in hand, and its end
+says so. The ingest is the real `sharedcare ingest` in a subprocess.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ def _ingest(url: str, feeds: Path) -> subprocess.Popen[bytes]:
     return _sharedcare(url, "ingest", str(feeds), "--json")
 
 
-def _sharedcare(url: str, *args: str, workers: int = 2, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def _sharedcare(url: str, *args: str, workers: int = 2, stdout: int = subprocess.DEVNULL,
+                stderr: int = subprocess.DEVNULL, own_group: bool = False) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SHAREDCARE_DB": url, "PYTHONPATH": str(SRC), "SHAREDCARE_INGEST_WORKERS": str(workers)}
     return subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", *args],  # noqa: S603
-                            env=env, stdout=stdout, stderr=subprocess.DEVNULL)
+                            env=env, stdout=stdout, stderr=stderr, start_new_session=own_group)
 
 
 def _runs(url: str, *options: str) -> list[dict[str, str]]:
@@ -185,6 +187,67 @@ def test_an_ingest_killed_after_its_first_commit_is_in_the_audit_log_as_started_
     assert again.wait(timeout=120) == 0
     assert [(r["outcome"], r["unchanged"]) for r in _runs(database_url)] == [("permit", "3"), ("unfinished", "")]
     assert [r["run"] for r in _runs(database_url, "--unfinished")] == [run["run"]]
+
+
+def test_sigterm_stops_an_ingest_after_the_message_in_hand_and_its_end_says_how_far_it_got(
+        db: Database, database_url: str, tmp_path: Path) -> None:
+    """What systemd or Kubernetes sends to stop a service. The run has stored its first file and waits on its
+    second, a file still arriving (a named pipe): signalled, it does not end at once but takes the message
+    the pipe then brings, stores it, and stops there, reading no further. It says so and how far it got, exits
+    143, and its end is in the audit log: `audit runs --unfinished` does not take it for a run killed part-way."""
+    first = _gp_feed(tmp_path)
+    arriving = first.with_name("emis-0002.ndjson")
+    os.mkfifo(arriving)
+    stopped = _sharedcare(database_url, "ingest", str(first), str(arriving), workers=0, stderr=subprocess.PIPE)
+    writer = _opened_when_read(arriving, stopped)
+    try:
+        assert _resources(db) == 3  # the first file, committed
+        stopped.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):  # it waits for the message in hand, not ended at once
+            stopped.wait(timeout=1)
+        in_hand = bundle("P81001", "emis", [patient("gp-3", None, "Adeyemi", "Grace", "1961-09-30", gender="female")])
+        os.write(writer, json.dumps(in_hand).encode() + b"\n")  # the pipe stays open: the file never ends
+        said = stopped.communicate(timeout=120)[1].decode()
+    finally:
+        os.close(writer)
+    assert stopped.returncode == 128 + signal.SIGTERM
+    assert " ".join(said.split()).endswith(
+        f"stopped by SIGTERM after {arriving}, line 1: what it handled is stored (3 messages: 4 resources "
+        "accepted, 0 unchanged, 0 quarantined) and nothing after it was. Run the same input again to finish "
+        "(what is stored is answered unchanged).")
+    assert _resources(db) == 4  # the message in hand stored whole, with the first file
+
+    assert _runs(database_url, "--unfinished") == []
+    (run,) = _runs(database_url)
+    assert (run["outcome"], run["stopped"], run["stopped_after"], run["messages"], run["accepted"]) == (
+        "error", "SIGTERM", f"{arriving}, line 1", "3", "4")
+    assert run["paths"] == f"{first} {arriving}" and run["finished"]
+    assert _sharedcare(database_url, "audit", "verify").wait(timeout=120) == 0
+
+
+def test_an_ingest_whose_every_process_sigterm_stopped_and_run_again_equals_one_clean_run(
+        db: Database, database_url: str, feeds: Path, clean_run: dict[str, Any]) -> None:
+    """systemd stops a service by signalling each of its processes, the staging workers too: the run stores
+    what it had staged, says it stopped, and leaves nothing half-stored, so running it again equals one run."""
+    stopped = _sharedcare(database_url, "ingest", str(feeds), "--json", stdout=subprocess.PIPE, own_group=True)
+    deadline = time.monotonic() + 120
+    while _resources(db) == 0 and stopped.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # well into the feed, the workers staging ahead of what is committed
+    assert stopped.poll() is None, "the ingest ended before it could be stopped: give it more to do"
+    os.killpg(stopped.pid, signal.SIGTERM)
+    report = json.loads(stopped.communicate(timeout=120)[0])
+    assert stopped.returncode == 128 + signal.SIGTERM
+    assert report["stopped"] and report["stopped_after"].startswith(str(feeds))
+    (run,) = _runs(database_url)
+    assert (run["stopped"], run["stopped_after"], run["accepted"]) == (
+        "SIGTERM", report["stopped_after"], str(report["accepted"]))
+    assert 0 < _resources(db) < len(clean_run["resources"])
+
+    assert _ingest(database_url, feeds).wait(timeout=600) == 1
+    after_stop = _store(db)
+    for part_name in ("resources", "patient_records", "people", "quarantine"):
+        assert after_stop[part_name] == clean_run[part_name], part_name
 
 
 def test_a_run_that_finishes_has_a_start_and_an_end_naming_one_run(

@@ -264,3 +264,78 @@ def test_a_status_the_mapping_lacks_is_named_once(db: Database, framework: Frame
     """Both the assessment and its outcome read `status`: the reason said the same thing twice."""
     (held,) = _held(db, framework, tmp_path, f"{','.join(HEADER)}\r\n{_line(status='Done')}\r\n")
     assert held["reason"] == "'Done' is not in the mapping's codes (Completed, In progress)"
+
+
+# --- F7: an extract written month first (a US system's MM/DD/YYYY under the DD/MM/YYYY mapping) ------------------
+
+def _month_first(**dates: tuple[str, str]) -> list[dict[str, str] | str]:
+    """Rows of clients C0.. with these (date of birth, assessment date), as a US system writes them."""
+    return [_row(client_id=client, nhs_number="", assessment_id=f"A-{client}", date_of_birth=born,
+                 assessment_date=seen) for client, (born, seen) in dates.items()]
+
+
+US_ROWS = {"C0": ("03/24/1945", "10/02/2026"), "C1": ("02/03/1950", "10/13/2026"),
+           "C2": ("11/30/1938", "10/14/2026"), "C3": ("07/04/1960", "09/03/2026")}
+MONTH_FIRST_NOTE = (
+    "its dates look month first (MM/DD/YYYY), but the mapping reads them day first (DD/MM/YYYY): rows hold a date "
+    "that reads only as MM/DD/YYYY, 2 in column date_of_birth (such as '03/24/1945') and 2 in column "
+    "assessment_date (such as '10/13/2026'), and no date in those columns reads only as DD/MM/YYYY. No date was "
+    "read the other way round: those rows are refused, and a date that reads either way (a day of 12 or less) is "
+    "read as DD/MM/YYYY, so if the extract is month first such a row's date has its day and month exchanged. Ask "
+    "the source which order its extract writes, then correct the extract or the mapping.")
+
+
+def test_an_extract_written_month_first_is_named_so_once_and_each_row_keeps_its_refusal(
+        env: Database, tmp_path: Path) -> None:  # noqa: F811
+    """Each row was refused as 'not a date' and nothing said why so many were: the operator is told once, for the
+    file, that its dates look month first and what the mapping reads; no date is read the other way round."""
+    path = _extract(_lrc(tmp_path), _month_first(**US_ROWS))
+    result: Result = runner.invoke(app, ["ingest", str(path)], env={"COLUMNS": "400"})
+    assert result.exit_code == 1
+    said = " ".join(result.stderr.split())
+    assert said.count("look month first") == 1 and f"note {path}: {MONTH_FIRST_NOTE}" in said
+    for line, refusal in ((2, "column date_of_birth: '03/24/1945' is not a date in the form DD/MM/YYYY"),
+                          (3, "column assessment_date: '10/13/2026' is not a date in the form DD/MM/YYYY"),
+                          (4, "column date_of_birth: '11/30/1938' is not a date in the form DD/MM/YYYY; column "
+                              "assessment_date: '10/14/2026' is not a date in the form DD/MM/YYYY")):
+        assert f"{path}, line {line}, {refusal}" in said
+    # the rows whose dates read either way are stored as the mapping reads them, never turned round
+    (patient,) = _resources(env, "Patient")
+    (encounter,) = _resources(env, "Encounter")
+    assert (patient["birthDate"], encounter["period"]["start"]) == ("1960-04-07", "2026-03-09")
+
+    again = json.loads(runner.invoke(app, ["ingest", str(path), "--json"]).stdout)
+    assert again["file_notes"] == [{"file": str(path), "note": MONTH_FIRST_NOTE}]
+    assert again["quarantined"] == 3
+
+
+def test_month_first_dates_staged_by_worker_processes_are_named_too(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A large extract is staged by worker processes: the rows' dates come back with their refusals."""
+    report = Pipeline(db, framework, workers=2, parallel_from_bytes=0).ingest_paths(
+        [_extract(_lrc(tmp_path), _month_first(**US_ROWS))])
+    assert [item["note"] for item in report.file_notes] == [MONTH_FIRST_NOTE]
+    assert report.quarantined == 3
+
+
+def test_a_day_first_extract_with_one_date_written_month_first_has_no_note(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A slip in one row is that row's refusal alone: the other rows' 25/12 dates show the file is day first."""
+    rows = _month_first(C0=("24/03/1945", "13/10/2026"), C1=("02/03/1950", "10/13/2026"),
+                        C2=("30/11/1938", "14/10/2026"))
+    report = Pipeline(db, framework).ingest_paths([_extract(_lrc(tmp_path), rows)])
+    assert report.file_notes == []
+    (held,) = report.quarantine
+    assert (held["where"].endswith("line 3, column assessment_date"), held["reason"]) == (
+        True, "'10/13/2026' is not a date in the form DD/MM/YYYY")
+
+
+def test_mapping_check_says_a_sample_looks_month_first(env: Database, tmp_path: Path) -> None:  # noqa: F811
+    path = _extract(tmp_path / "sample.csv", _month_first(**US_ROWS))
+    result = runner.invoke(app, ["mapping", "check", str(MOSAIC), str(path), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["notes"] == [MONTH_FIRST_NOTE] and (report["rows"], report["accepted"]) == (4, 1)
+    said = " ".join(runner.invoke(app, ["mapping", "check", str(MOSAIC), str(path)], env={"COLUMNS": "400"})
+                    .stderr.split())
+    assert f"note: {MONTH_FIRST_NOTE}" in said

@@ -58,6 +58,7 @@ from sharedcare.governance.secondary import (
     ExportScope,
     SecondaryUse,
     export_purpose,
+    pairs_on_review,
 )
 from sharedcare.governance.small_cells import (
     DEFAULT_K,
@@ -518,7 +519,8 @@ class _Changes:
     carrying it: a parent's number on a baby's record is both's, as the decision point applies it), or that
     a record since moved away from them carries (`link_moves`), or if it applied to them when it was made
     (`Preference.persons`: a source may have corrected the number on their record since) or to a person a
-    record moved to or from them since. The whole job is withdrawn, never that
+    record moved to or from them since, or to the person on the other side of a pair waiting on MPI review
+    from them (an extract gives each the other's choices). The whole job is withdrawn, never that
     person's lines: dropping them would change the groups the small-cell check made (a group of k less one
     person is a group under k). A job finished before these were recorded (migration 0027), or a
     command-line export past retention, has none (`source_orgs` null): any organisation's stop and any
@@ -596,7 +598,8 @@ def _holding(session: Session, job_ids: list[str], changed: dict[str, datetime],
     included it under them. `chosen`: the persons whose records carried the number when the change was made
     (`Preference.persons`), so that a number a source has since corrected on their record still maps to them,
     and each person a record moved to or from them after `since` (the earliest job's start), whom the job may
-    have recorded instead."""
+    have recorded instead. Each of these maps in turn to the person on the other side of a pair waiting on MPI
+    review (`secondary.pairs_on_review`), whom an extract gives their choices."""
     latest: dict[str, datetime] = dict(chosen)  # person: the last change that applies or applied to them
     moved = sorted(chosen)
     for start in range(0, len(moved), _IN_ONE_STATEMENT):
@@ -617,6 +620,16 @@ def _holding(session: Session, job_ids: list[str], changed: dict[str, datetime],
         for number, person in session.execute(union(carrying, carried)):
             when = changed[cast(str, number)]  # (one of the chunk's: never None)
             latest[person] = max(latest.get(person, when), when)
+    # an extract gives each side of a pair waiting on MPI review the other's choices (`SecondaryUse._choices`):
+    # a change that applies to one applies to the other as much, while the pair waits (a reviewer who decides
+    # them two people takes it back, as from the next extract)
+    applied = dict(latest)
+    persons = sorted(applied)
+    for start in range(0, len(persons), _IN_ONE_STATEMENT):
+        for one, other in pairs_on_review(session, persons[start:start + _IN_ONE_STATEMENT]):
+            for person, them in ((one, other), (other, one)):
+                if person in applied:
+                    latest[them] = max(latest.get(them, applied[person]), applied[person])
     persons = sorted(latest)
     holding: dict[str, datetime] = {}
     for start in range(0, len(persons), _IN_ONE_STATEMENT):

@@ -11,8 +11,9 @@ The inputs of the decision (agreements, everybody's choices) are read once when 
 one extract is one consistent snapshot. The stream also notes which persons it included and whose data it
 released (`ExportCounts.persons`, `source_orgs`: internal ids, recorded by the run, never in the files or
 the audit). A choice that restricts (an opt-out, an objection) made after an export's kick-off by a person
-it included, or an agreement stopped after it of an organisation whose data it holds (or the exporter's),
-withdraws that export, before its files are published or at the next poll or download
+it included, or by a person on the other side of a pair waiting on MPI review from one (`pairs_on_review`),
+or an agreement stopped after it of an organisation whose data it holds (or the exporter's), withdraws that
+export, before its files are published or at the next poll or download
 (`export.jobs._Changes`); the next export follows the change.
 """
 
@@ -62,6 +63,20 @@ SERVICE_NOT_KEPT = "organisation-of-a-withheld-service"
 # the "type" of a person's Patient the export was not asked for: written beside the others for the small-cell
 # check, then deleted (`export/jobs.py`), never published
 UNPUBLISHED_PATIENT = "Patient.unpublished"
+
+
+def pairs_on_review(session: Session, among: list[str] | None = None) -> list[tuple[str, str]]:
+    """The persons on the two sides of each pair of records the MPI holds apart awaiting review (open or
+    deferred); with `among`, only the pairs with one of these persons on a side. In an extract each takes the
+    choices of the other (`SecondaryUse._choices`), so a choice of one made after an export's kick-off
+    withdraws an export holding the other (`export.jobs._holding`)."""
+    a, b = aliased(PatientRecord), aliased(PatientRecord)
+    stmt = (select(a.person_id, b.person_id).select_from(MatchReview)
+            .join(a, a.id == MatchReview.record_a).join(b, b.id == MatchReview.record_b)
+            .where(MatchReview.status.in_(WAITING), a.person_id != b.person_id))
+    if among is not None:
+        stmt = stmt.where(or_(a.person_id.in_(among), b.person_id.in_(among)))
+    return [(one, other) for one, other in session.execute(stmt)]
 
 
 @dataclass(frozen=True)
@@ -210,12 +225,8 @@ class SecondaryUse:
             for person_id, pref in session.execute(select(PatientRecord.person_id, Preference)
                                                    .join(Preference, Preference.nhs_number == number)):
                 held.setdefault(person_id, {})[pref.nhs_number] = pref
-        a, b = aliased(PatientRecord), aliased(PatientRecord)
-        pairs = session.execute(select(a.person_id, b.person_id).select_from(MatchReview)
-                                .join(a, a.id == MatchReview.record_a).join(b, b.id == MatchReview.record_b)
-                                .where(MatchReview.status.in_(WAITING), a.person_id != b.person_id)).all()
         own = {person_id: dict(prefs) for person_id, prefs in held.items()}
-        for one, other in pairs:
+        for one, other in pairs_on_review(session):
             for person_id, them in ((one, other), (other, one)):
                 if them in own:
                     held.setdefault(person_id, {}).update(own[them])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -46,6 +46,8 @@ from sharedcare.ingest.csv_mapping import (
     NoMapping,
     PatientMap,
     ValueProblem,
+    day_month_swapped,
+    describe_format,
     find_mapping,
     organisation_of,
     required,
@@ -54,6 +56,7 @@ from sharedcare.ingest.csv_mapping import (
 from sharedcare.ingest.messages import (
     KEPT_OF_TOO_LARGE,
     MAX_MESSAGE_BYTES,
+    DateReading,
     MessageError,
     RawMessage,
     StagedMessage,
@@ -75,11 +78,62 @@ _LINE_BREAKS = str.maketrans({"\x0b": "\n", "\x0c": "\n"})  # Word's manual line
 class RowError(MessageError):
     """Cells of one row the mapping cannot read, each with its column and the rule it breaks."""
 
-    def __init__(self, problems: list[ValueProblem], where: str) -> None:
+    def __init__(self, problems: list[ValueProblem], where: str, date_readings: tuple[DateReading, ...] = ()) -> None:
         self.problems = problems
         first = problems[0]
         rest = "".join(f"; {problem}" for problem in problems[1:])
-        super().__init__(first.rule + rest, f"{where}, column {first.column}" if first.column else where)
+        super().__init__(first.rule + rest, f"{where}, column {first.column}" if first.column else where,
+                         date_readings=date_readings)
+
+
+@dataclass
+class _DateColumnSeen:
+    format: str
+    swapped: int = 0  # rows whose date reads only with day and month exchanged (each refused)
+    example: str = ""  # the first of them
+    as_mapped: bool = False  # a date of the column reads only as the mapping reads it
+
+
+@dataclass
+class DateOrders:
+    """A file's dates that read in only one order of day and month, by column. When some of a column read only
+    with day and month exchanged and none reads only as the mapping reads it, the column looks written the other
+    way round (a US system's MM/DD/YYYY under a DD/MM/YYYY mapping): the file's note says so, once, with what the
+    mapping expects. Each row keeps its own refusal, and no date is ever read the other way round: 03/04/2025
+    cannot tell which it is."""
+
+    columns: dict[str, _DateColumnSeen] = field(default_factory=dict)
+
+    def add(self, readings: Iterable[DateReading]) -> None:
+        for column, fmt, value, swapped in readings:
+            seen = self.columns.setdefault(column, _DateColumnSeen(fmt))
+            if swapped:
+                seen.swapped += 1
+                seen.example = seen.example or value
+            else:
+                seen.as_mapped = True
+
+    def notes(self) -> list[str]:
+        """One for the file, for each format of the columns that look the other way round (usually one)."""
+        flagged = [(column, seen) for column, seen in self.columns.items() if seen.swapped and not seen.as_mapped]
+        return [_swapped_note(fmt, [(column, seen) for column, seen in flagged if seen.format == fmt])
+                for fmt in dict.fromkeys(seen.format for _, seen in flagged)]
+
+
+def _swapped_note(fmt: str, columns: list[tuple[str, _DateColumnSeen]]) -> str:
+    def order(written: str) -> str:
+        return "month first" if written.index("%m") < written.index("%d") else "day first"
+
+    other = day_month_swapped(fmt) or fmt  # (a format without both reads no date so)
+    mapped, written = describe_format(fmt), describe_format(other)
+    counts = " and ".join(f"{seen.swapped} in column {column} (such as '{seen.example}')" for column, seen in columns)
+    return (f"its dates look {order(other)} ({written}), but the mapping reads them {order(fmt)} ({mapped}): rows "
+            f"hold a date that reads only as {written}, {counts}, and no date in "
+            f"{'that column' if len(columns) == 1 else 'those columns'} reads only as {mapped}. No date was read "
+            "the other way round: those rows are refused, and a date that "
+            f"reads either way (a day of 12 or less) is read as {mapped}, so if the extract is {order(other)} such a "
+            "row's date has its day and month exchanged. Ask the source which order its extract writes, then "
+            "correct the extract or the mapping.")
 
 
 @dataclass(frozen=True)
@@ -357,6 +411,8 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
     nhs = read(lambda v: _nhs_number(v, p.nhs_number), None)
     born = read(p.birth_date.read, None) if p.birth_date else None
     gender = read(p.sex.read, None) if p.sex else None
+    readings = tuple(found for column in (mapping.updated, p.birth_date, a.date)
+                     if column is not None and (found := column.reading(values)) is not None)
     assessment = read(lambda v: required(v, a.id), "")
     day = read(a.date.require, date.min).isoformat()
     kind = read(a.type.read, {"text": ""})
@@ -365,7 +421,7 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
     plan_status = read(mapping.outcome.status.require, "unknown") if mapping.outcome and outcome else None
     note = text(values, mapping.third_party.text) if mapping.third_party else None
     if read.problems:
-        raise RowError(read.problems, where)
+        raise RowError(read.problems, where, readings)
 
     provider = {"identifier": {"system": ODS_SYSTEM, "value": org}, "display": organisation.name}
     subject = {"reference": f"Patient/{server_id(org, 'Patient', client)}"}
@@ -402,7 +458,7 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
             "context": {"encounter": [encounter], "period": {"start": day}},
         }))
 
-    staged = StagedMessage(source_org=org, source_system=system, message_id=message_id)
+    staged = StagedMessage(source_org=org, source_system=system, message_id=message_id, date_readings=readings)
     staged.patients[client] = demographics(patient, nhs)
     for resource_type, source_id, body in made:
         meta = {**body.pop("meta", {}), "source": meta_source(org, system)}
@@ -426,13 +482,14 @@ class CheckReport:
     rows: int = 0
     accepted: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    dates: DateOrders = field(default_factory=DateOrders)
 
     def fail(self, line: int, column: str | None, rule: str) -> None:
         self.failed.append({"line": line, "column": column, "rule": rule})
 
     def to_json(self) -> dict[str, Any]:
         return {"mapping": self.mapping, "file": self.file, "rows": self.rows, "accepted": self.accepted,
-                "failed": self.failed}
+                "failed": self.failed, "notes": self.dates.notes()}
 
 
 def check_file(mapping: Mapping, path: Path, fw: Framework) -> CheckReport:
@@ -460,14 +517,16 @@ def check_file(mapping: Mapping, path: Path, fw: Framework) -> CheckReport:
                 report.fail(record.line, None, problem)
                 continue
             try:
-                shape_row(mapping, header.fields, record.fields, f"{path}, line {record.line}",
-                          f"{path.name}:line {record.line}", fw, utcnow())
+                staged = shape_row(mapping, header.fields, record.fields, f"{path}, line {record.line}",
+                                   f"{path.name}:line {record.line}", fw, utcnow())
             except RowError as exc:
+                report.dates.add(exc.date_readings)
                 for fault in exc.problems:
                     report.fail(record.line, fault.column, fault.rule)
                 continue
             except MessageError as exc:
                 report.fail(record.line, None, exc.message)
                 continue
+            report.dates.add(staged.date_readings)
             report.accepted += 1
     return report

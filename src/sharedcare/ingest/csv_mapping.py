@@ -160,6 +160,17 @@ class DateColumn(_Strict):
             raise ValueProblem(self.column,
                                f"'{value}' is not a date in the form {describe_format(self.format)}") from None
 
+    def reading(self, values: dict[str, str]) -> tuple[str, str, str, bool] | None:
+        """The cell as a `DateReading` (messages.py) when it reads in only one order of day and month, the
+        mapping's (25/12/2025 under %d/%m/%Y) or the other (12/25/2025); None for a blank, a date that reads
+        either way (03/04/2025) or neither, or a format without both. Only for the file's note
+        (csv_extract.DateOrders): `read` alone gives the date, in the mapping's order."""
+        value, swapped = text(values, self.column), day_month_swapped(self.format)
+        if value is None or swapped is None:
+            return None
+        as_mapped, as_swapped = _reads(value, self.format), _reads(value, swapped)
+        return None if as_mapped == as_swapped else (self.column, self.format, value, as_swapped)
+
     def require(self, values: dict[str, str]) -> date:
         found = self.read(values)
         if found is None:
@@ -175,6 +186,21 @@ class DateColumn(_Strict):
             raise ValueProblem(self.column, f"'{value}' is not a date and time in the form "
                                             f"{describe_format(self.format)}") from None
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UK_TIME)).astimezone(UTC)
+
+
+def day_month_swapped(fmt: str) -> str | None:
+    """The format with day and month exchanged (`%m/%d/%Y` for `%d/%m/%Y`); None unless it has both."""
+    if "%d" not in fmt or "%m" not in fmt:
+        return None
+    return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+
+
+def _reads(value: str, fmt: str) -> bool:
+    try:
+        datetime.strptime(value, fmt)  # noqa: DTZ007 - only whether it reads
+    except ValueError:
+        return False
+    return True
 
 
 class CodeMap(_Strict, Generic[T]):

@@ -48,22 +48,28 @@ class Condition(StrEnum):
     APPLICATION = "207^Application internal error"  # a store that failed, or a refusal by policy (no code of its own)
 
 
+# A CSV date cell that reads in only one order of day and month: its column, the mapping's format, the value, and
+# whether it is the order with day and month exchanged (csv_extract.DateOrders says so of a file whose rows agree)
+DateReading = tuple[str, str, str, bool]
+
+
 class MessageError(SharedcareError):
     """A message cannot be accepted; `where` names file, line and element at fault, `source_org` the sending
     organisation when the message got far enough to name it (quarantine is counted by it). An HL7 v2 refusal
     carries its table 0357 `condition` and whether the message could not be taken at all (`rejected`: an MLLP
     AR, not AE), set where it is raised, so that rewording a reason never changes what an ACK says; `issue` is
     the OperationOutcome issue type a FHIR writer is answered with (`code-invalid` for a code outside its value
-    set)."""
+    set). `date_readings`: a CSV row's (`DateReading`), for its file's note."""
 
     def __init__(self, message: str, where: str | None = None, source_org: str | None = None,
                  condition: Condition = Condition.APPLICATION, rejected: bool = False,
-                 issue: str = "processing") -> None:
+                 issue: str = "processing", date_readings: tuple[DateReading, ...] = ()) -> None:
         super().__init__(message, where)
         self.source_org = source_org
         self.condition = condition
         self.rejected = rejected
         self.issue = issue
+        self.date_readings = date_readings
 
 
 class WriteRefused(SharedcareError):
@@ -309,6 +315,7 @@ class StagedMessage:
     # those held for review when stored (`links.source_merge`): review item id, retired source id, where, reason
     merges_held: list[dict[str, Any]] = field(default_factory=list)
     persons: dict[str, str] = field(default_factory=dict)  # set when stored: each patient's person (its id)
+    date_readings: tuple[DateReading, ...] = ()  # a CSV row's, for its file's note (csv_extract.DateOrders)
 
 
 @dataclass(frozen=True)

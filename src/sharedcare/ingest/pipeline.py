@@ -15,10 +15,12 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -170,6 +172,9 @@ class IngestReport:
     errors: list[MessageError] = field(default_factory=list)  # their refusals (an ACK's codes), without tracebacks
     merges_held: list[dict[str, Any]] = field(default_factory=list)  # sources' merges held for review (MERGE_HELD)
     held_by_reason: Counter[str] = field(default_factory=Counter)  # every held message, by reason
+    file_notes: list[dict[str, str]] = field(default_factory=list)  # said once of a file (csv_extract.DateOrders)
+    stopped: bool = False  # asked to stop (`ingest_paths`' stop), the run ended early
+    stopped_after: str = ""  # then the last message it stored or held, or file it finished; "" for none
 
     def hold(self, item: dict[str, Any], error: MessageError) -> None:
         """Count a held message; list it (and keep its refusal, without the traceback and the frames that keeps
@@ -191,8 +196,9 @@ class IngestReport:
             "set_aside": dict(sorted(self.set_aside.items())), "notes": dict(sorted(self.notes.items())),
             "quarantine": self.quarantine, "quarantine_unlisted": self.quarantined - len(self.quarantine),
             "held_by_reason": dict(self.held_by_reason.most_common()),
-            "skipped_files": self.skipped_files,
+            "skipped_files": self.skipped_files, "file_notes": self.file_notes,
             "merges_held": [{k: held[k] for k in ("review", "where", "reason")} for held in self.merges_held],
+            "stopped": self.stopped, "stopped_after": self.stopped_after,
         }
 
 
@@ -272,6 +278,7 @@ class _File:
     size: int
     done: int = 0
     error: OSError | None = None
+    dates: csv_extract.DateOrders = field(default_factory=csv_extract.DateOrders)  # its CSV rows' dates
 
     def messages(self) -> Iterator[RawMessage]:
         try:
@@ -331,9 +338,13 @@ class Pipeline:
         self.parallel_from_bytes = parallel_from_bytes
 
     def ingest_paths(self, paths: Iterable[Path], fmt: str = "auto", source: str | None = None,
-                     progress: Callable[[int], None] | None = None) -> IngestReport:
+                     progress: Callable[[int], None] | None = None, stop: Event | None = None) -> IngestReport:
         """Ingest files and folders; `progress` is called with the bytes of each message handled, and
-        with whatever else of the file was read (blank lines, envelopes) when the file is done."""
+        with whatever else of the file was read (blank lines, envelopes) when the file is done.
+
+        Once `stop` is set (the CLI sets it on SIGTERM) the run stores the messages it has in hand, the one
+        just read included, and returns `stopped`, naming the last it stored or held in `stopped_after`: what
+        it accepted is committed and counted, nothing is half-stored, and the same input run again finishes it."""
         report = IngestReport()
         with self.db.session() as session:
             agreements = effective_agreements(session, self.framework)
@@ -342,17 +353,43 @@ class Pipeline:
         total = sum(path.stat().st_size for path in files if path.is_file())
         staging = stager.parallel if total >= self.parallel_from_bytes else stager.inline
         batch: list[tuple[RawMessage, Outcome]] = []
+        handled = ""  # how far the run got: the last message stored or held, or file finished
+        workers_stopped = False
+
+        def staged() -> Iterator[tuple[_File, RawMessage | None, Outcome | None]]:
+            """The staged messages, ending where the workers did once the run is stopping: systemd signals every
+            process of a service, the workers (and the server they are started from) too."""
+            nonlocal workers_stopped
+            try:
+                yield from staging(self._readable(files, fmt, progress, report), source)
+            except (BrokenProcessPool, EOFError, OSError):
+                if stop is None or not stop.is_set():
+                    raise
+                log.warning("ingest stopping: its staging workers were stopped too", exc_info=True)
+                workers_stopped = True
+
         with _earlier_objects_frozen(), closing(stager):
             # every file's messages as one stream, stored file by file, STORE_BATCH messages a transaction
-            for file, raw, staged in staging(self._readable(files, fmt, progress, report), source):
-                if raw is not None and staged is not None:
-                    batch.append((raw, staged))
-                if len(batch) == STORE_BATCH or (raw is None and batch):
+            for file, raw, outcome in staged():
+                if raw is not None and outcome is not None:
+                    batch.append((raw, outcome))
+                    file.dates.add(outcome.date_readings)
+                stopping = stop is not None and stop.is_set()
+                if len(batch) == STORE_BATCH or ((raw is None or stopping) and batch):
                     self._store_batch(file.adapter, batch, source, report, agreements)
                     file.done = self._advance(progress, batch, file.size, file.done)
-                    batch = []
+                    handled, batch = batch[-1][0].where, []
                 if raw is None:
                     self._end_file(file, source, progress, report)
+                    handled = f"{file.path}, the end of the file"
+                if stopping:
+                    report.stopped, report.stopped_after = True, handled
+                    break
+            if workers_stopped:  # what was staged before them is stored; what they had in hand is not
+                if batch:
+                    self._store_batch(file.adapter, batch, source, report, agreements)
+                    handled = batch[-1][0].where
+                report.stopped, report.stopped_after = True, handled
         return report
 
     def _readable(self, paths: list[Path], fmt: str, progress: Callable[[int], None] | None,
@@ -379,6 +416,7 @@ class Pipeline:
         if file.error is not None:
             self._quarantine(RawMessage(str(file.path), "whole file", b"", file.format), source,
                              MessageError(f"cannot read file ({file.error.strerror})", str(file.path)), report)
+        report.file_notes.extend({"file": str(file.path), "note": note} for note in file.dates.notes())
         if progress and file.size > file.done:
             progress(file.size - file.done)
 

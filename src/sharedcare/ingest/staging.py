@@ -28,6 +28,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest.messages import (
     Adapter,
     Condition,
+    DateReading,
     MessageError,
     RawMessage,
     StagedMessage,
@@ -40,8 +41,8 @@ log = logging.getLogger("sharedcare.ingest")
 Outcome = StagedMessage | MessageError
 F = TypeVar("F")  # what the caller knows a file by
 # a MessageError as a worker hands it back: message, where, sender, its table 0357 condition, rejected (AR),
-# its OperationOutcome issue type
-Refused = tuple[str, str | None, str | None, Condition, bool, str]
+# its OperationOutcome issue type, a CSV row's date readings
+Refused = tuple[str, str | None, str | None, Condition, bool, str, tuple[DateReading, ...]]
 BATCH = 32  # messages a worker stages per task: enough to make the hand-over cheap, few enough to stay small
 IN_FLIGHT_PER_WORKER = 3
 # The collector's youngest generation is collected after this many new container objects while an ingest
@@ -97,7 +98,8 @@ def _stage_batch(adapter: Adapter, batch: list[RawMessage],
         try:
             out.append(stage(adapter, raw, _worker_framework, source))
         except MessageError as exc:
-            out.append((exc.message, exc.where, exc.source_org, exc.condition, exc.rejected, exc.issue))
+            out.append((exc.message, exc.where, exc.source_org, exc.condition, exc.rejected, exc.issue,
+                        exc.date_readings))
     return out
 
 
