@@ -92,3 +92,28 @@ def test_everything_and_patient_search_refuse_a_repeated_parameter(ics: Ics) -> 
     search = ics.client.post("/fhir/Patient/_search", content="family=Okafor&family=Hughes",
                              headers=headers | {"Content-Type": "application/x-www-form-urlencoded"})
     assert "family" in _refusal(search)
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ("_type=MedicationRequest", "_type"), ("_type=condition", "_type"), ("_type=Provenance", "_type"),
+    ("_type=Condition,Foo", "_type"), ("_type=", "_type"),
+    ("_type=Condition&_revinclude=AuditEvent:entity", "_revinclude"), ("_since=", "_since")])
+def test_everything_refuses_a_type_or_revinclude_it_would_not_act_on(ics: Ics, query: str, named: str) -> None:
+    """Review (FHIR API, 2026-12-07, MEDIUM): `_type=MedicationRequest` or `_type=condition` answered 200 with
+    the notice alone, and the self link echoed it as applied: read as a patient on no medicines."""
+    response = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?{query}", headers=ics.open_record("dr.patel"))
+    diagnostics = _refusal(response)
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == [named] and named in diagnostics, issue
+    assert issue["code"] == ("invalid" if named == "_since" else "not-supported")
+    value = query.split("&")[-1].split("=")[1].split(",")[-1]
+    assert value in diagnostics
+
+
+def test_everything_still_takes_record_types_and_provenance(ics: Ics) -> None:
+    headers = ics.open_record("dr.patel")
+    everything = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type=Patient,Condition"
+                                "&_revinclude=Provenance:target", headers=headers)
+    assert everything.status_code == 200, everything.text
+    found = {(e["resource"]["resourceType"], e["search"]["mode"]) for e in entries(everything.json())}
+    assert found == {("Patient", "match"), ("Condition", "match"), ("Provenance", "include")}

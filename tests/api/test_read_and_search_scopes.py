@@ -8,6 +8,7 @@ Review (API security, 2026-12-07, finding 5): a `user/Condition.s` token read a 
 from __future__ import annotations
 
 import pytest
+from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import server_id
@@ -52,3 +53,20 @@ def test_a_registration_to_read_by_id_never_yields_a_search_scope_nor_the_revers
     found = parse("patient/Observation.s")
     assert found is not None and found.searches and not found.reads
 
+
+
+def test_including_the_patient_needs_a_scope_for_patient(ics: Ics) -> None:
+    """Review (FHIR API, 2026-12-07, LOW): `_include=Condition:patient` with a `user/Condition.rs` token answered
+    the Conditions without the Patient, unsaid; a type outside the scopes is refused (deny-scope), as a search
+    of it is. With the scope, the Patient comes as an included entry, not as a match."""
+    ics.open_record("dr.patel")
+    url = f"/fhir/Condition?patient={ics.okafor}&_include=Condition:patient"
+    refused = ics.client.get(url, headers=ics.token("dr.patel", "user/Condition.rs"))
+    assert refused.status_code == 403 and "(rule deny-scope)" in refused.text and "Patient" in refused.text
+    assert ics.client.get(f"/fhir/Condition?patient={ics.okafor}",
+                          headers=ics.token("dr.patel", "user/Condition.rs")).status_code == 200
+    both = ics.client.get(url, headers=ics.token("dr.patel", "user/Condition.rs user/Patient.rs"))
+    assert both.status_code == 200, both.text
+    modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in entries(both.json())]
+    assert modes[-1] == ("Patient", "include")
+    assert {mode for rtype, mode in modes if rtype == "Condition"} == {"match"}

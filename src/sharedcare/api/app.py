@@ -30,6 +30,7 @@ from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
 from sharedcare.errors import SharedcareError
+from sharedcare.fhir.search import SearchError
 from sharedcare.governance.audit import record_refused_credentials
 from sharedcare.governance.framework import Framework, load_framework
 from sharedcare.governance.gateway import AccessDenied, NotFound
@@ -262,6 +263,14 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
         if not _is_api(request):
             return pages.error_page(request, 400, str(exc))
         return operation_outcome(400, "invalid", str(exc), _request_id(request))
+
+    @app.exception_handler(SearchError)
+    async def refused_search(request: Request, exc: SearchError) -> Response:
+        """As `bad_request`, the issue naming the parameter at fault and whether the server does not do what
+        was asked (`not-supported`) or could not read it (`invalid`)."""
+        if not _is_api(request):
+            return pages.error_page(request, 400, str(exc))
+        return operation_outcome(400, exc.issue, str(exc), _request_id(request), where=exc.parameter)
 
     @app.exception_handler(StarletteHTTPException)
     async def framework_refusal(request: Request, exc: StarletteHTTPException) -> Response:

@@ -34,7 +34,16 @@ from sharedcare.api.deps import (
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
-from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, only_these, parse_instant, span
+from sharedcare.fhir.search import (
+    REFUSED,
+    ClinicalQuery,
+    DateFilter,
+    SearchError,
+    only_these,
+    parse_instant,
+    search_params,
+    span,
+)
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.explain import (
     not_shown,
@@ -171,10 +180,11 @@ def withheld_reason_codesystem(fw: Framework) -> dict[str, Any]:
     }
 
 
-def _bundle(request: Request, resources: list[dict[str, Any]],
-            notice: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A searchset of `resources`; with `notice` (`withheld_notice`) labelled REDACTED, the notice last (a
-    client taking the first entry of `$everything` as the Patient still does)."""
+def _bundle(request: Request, resources: list[dict[str, Any]], notice: dict[str, Any] | None = None,
+            included: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A searchset of `resources`, then what `_include` brought (search mode `include`); with `notice`
+    (`withheld_notice`) labelled REDACTED, the notice last (a client taking the first entry of
+    `$everything` as the Patient still does)."""
     base = public_base(request) + "/fhir"
     return {
         "resourceType": "Bundle",
@@ -186,6 +196,8 @@ def _bundle(request: Request, resources: list[dict[str, Any]],
         "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
                    "search": {"mode": "match" if r["resourceType"] != "Provenance" else "include"}}
                   for r in resources]
+                 + [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "include"}}
+                    for r in included or []]
                  + ([{"fullUrl": f"urn:uuid:{notice['id']}", "resource": notice, "search": {"mode": "outcome"}}]
                     if notice else []),
     }
@@ -194,9 +206,6 @@ def _bundle(request: Request, resources: list[dict[str, Any]],
 @router.get("/metadata")
 def capability_statement(request: Request) -> JSONResponse:
     interactions = [{"code": "read"}, {"code": "search-type"}, {"code": "create"}, {"code": "update"}]
-    clinical_params = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
-                       {"name": "date", "type": "date"}, {"name": "category", "type": "token"},
-                       {"name": "status", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
     resources: list[dict[str, Any]] = [{
         "type": "Patient", "interaction": interactions,
         "searchParam": [{"name": "identifier", "type": "token"}, {"name": "family", "type": "string"},
@@ -210,7 +219,8 @@ def capability_statement(request: Request) -> JSONResponse:
     clinical_interactions = interactions + [{"code": "vread"}, {"code": "history-instance"}]
     resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
                    "versioning": "versioned", "readHistory": True,
-                   "searchParam": clinical_params} for t in CLINICAL_TYPES]
+                   "searchParam": [{"name": name, "type": kind, "documentation": f"searches {where}"}
+                                   for name, kind, where in search_params(t)]} for t in CLINICAL_TYPES]
     resources.append({"type": "CodeSystem", "interaction": [{"code": "read"}],
                       "documentation": f"CodeSystem/{WITHHELD_REASON_ID} only: the codes of what a Bundle or a "
                                        "Patient read says was not shown (docs/api.md)."})
@@ -286,14 +296,28 @@ def _everything(patient_id: str, request: Request, records: GovernedRecords
                 ) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, Any] | None]:
     params = request.query_params
     only_these(list(params.multi_items()), ("_type", "_since", "_revinclude"), "$everything")
-    types = {t.strip() for t in params.get("_type", "").split(",") if t.strip()} or None
-    since = DateFilter.parse("_since", "ge" + params["_since"]) if params.get("_since") else None
-    provenance = params.get("_revinclude") == "Provenance:target"
-    view = records.everything(patient_id, asked=types & RECORD_TYPES if types else ())
+    types = _record_types(params["_type"]) if "_type" in params else None
+    since = DateFilter.parse("_since", "ge" + params["_since"]) if "_since" in params else None
+    if params.get("_revinclude", "Provenance:target") != "Provenance:target":
+        raise SearchError(f"_revinclude: '{params['_revinclude'][:60]}' is not served (only Provenance:target)",
+                          "_revinclude", "not-supported")
+    provenance = "_revinclude" in params
+    view = records.everything(patient_id, asked=types or ())
     if since:
         view.resources = [s for s in view.resources
                           if since.matches(span(s.content.get("meta", {}).get("lastUpdated", "1900")))]
     return _everything_resources(view, types, provenance), withheld_notice(records, view, whole=types is None)
+
+
+def _record_types(value: str) -> set[str]:
+    """`$everything`'s `_type`: record types only, each named as FHIR spells it. One it does not hold is
+    refused, not dropped: an answer without it would read as the patient having none."""
+    types = [t.strip() for t in value.split(",")]
+    unknown = [t[:60] for t in types if t not in RECORD_TYPES]
+    if unknown:
+        raise SearchError(f"_type: {', '.join(repr(t) for t in unknown)} is not a type of the record "
+                          f"(types: {', '.join(sorted(RECORD_TYPES))})", "_type", "not-supported")
+    return set(types)
 
 
 def _patient_summary(match: PatientMatch) -> dict[str, Any]:
@@ -320,7 +344,7 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
     unknown = sorted(set(values) - PATIENT_SEARCH_PARAMS)
     if unknown:
         raise SearchError(f"search parameter(s) {', '.join(unknown)} not supported on Patient "
-                          f"(supported: {', '.join(sorted(PATIENT_SEARCH_PARAMS))})")
+                          f"(supported: {', '.join(sorted(PATIENT_SEARCH_PARAMS))})", unknown[0], "not-supported")
     only_these(params, PATIENT_SEARCH_PARAMS, "a Patient search")  # each once: the last would win unsaid
     refused = [name for name in values if name in REFUSED]
     if refused:
@@ -418,10 +442,12 @@ def _search(resource_type: str, request: Request, records: GovernedRecords) -> d
     _served_type(resource_type)
     params = list(request.query_params.multi_items())
     query = ClinicalQuery.parse(resource_type, params)
-    view = records.everything(query.patient, query=request.url.query, asked=[resource_type])
+    # an included Patient is asked for too: a token whose scopes leave it out is refused, not answered without it
+    view = records.everything(query.patient, query=request.url.query,
+                              asked=[resource_type] + (["Patient"] if query.include_patient else []))
     page, more = query.select([s.content for s in view.of_type(resource_type)])
-    entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
-    bundle = _bundle(request, entries, withheld_notice(records, view))
+    included = [view.patient] if query.include_patient and view.patient and page else []
+    bundle = _bundle(request, page, withheld_notice(records, view), included)
     if more:
         following = [(k, v) for k, v in params if k != "_offset"] + [("_offset", str(query.offset + query.count))]
         bundle["link"].append({"relation": "next", "url": str(request.url.replace(query=urlencode(following)))})

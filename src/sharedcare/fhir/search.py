@@ -16,11 +16,12 @@ from typing import Any
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 
-# The clinically meaningful date of each type: what `date` searches and `_sort=date` orders by.
+# The clinically meaningful date of each type: what `date` searches and `_sort=date` orders by (an
+# allergy's is when it was recorded, as R4's AllergyIntolerance `date` is).
 DATE_ELEMENTS = {
     "Condition": ("onsetDateTime", "recordedDate"),
     "MedicationStatement": ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
-    "AllergyIntolerance": ("onsetDateTime", "recordedDate"),
+    "AllergyIntolerance": ("recordedDate",),
     "Encounter": ("period",),
     "Observation": ("effectiveDateTime", "effectivePeriod", "issued"),
     "Procedure": ("performedDateTime", "performedPeriod"),
@@ -29,9 +30,39 @@ DATE_ELEMENTS = {
     "DocumentReference": ("date",),
     "DiagnosticReport": ("effectiveDateTime", "effectivePeriod", "issued"),
 }
-CODE_ELEMENTS = ("code", "medicationCodeableConcept", "vaccineCode", "type")
-SEARCH_PARAMS = {"patient", "subject", "code", "date", "category", "status", "_lastUpdated", "_count", "_offset",
-                 "_sort", "_include"}
+# Where each token parameter looks on each type: the elements FHIR R4 defines the parameter on, or, where
+# R4 has no such parameter on the type, the one this server has always searched in its place (an
+# Immunization's vaccineCode as its `code`, an Encounter's class and serviceType as its `category`, a
+# Condition's or an allergy's clinicalStatus as its `status`). A type does not take a parameter it has no
+# entry for: the CapabilityStatement does not list it there, and a search with it is refused.
+TOKEN_ELEMENTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "Condition": {"code": ("code",), "category": ("category",), "status": ("clinicalStatus",)},
+    "AllergyIntolerance": {"code": ("code", "reaction.substance"), "category": ("category",),
+                           "status": ("clinicalStatus",)},
+    "Observation": {"code": ("code",), "category": ("category",), "status": ("status",)},
+    "Procedure": {"code": ("code",), "category": ("category",), "status": ("status",)},
+    "MedicationStatement": {"code": ("medicationCodeableConcept", "medicationReference"),
+                            "category": ("category",), "status": ("status",)},
+    "Immunization": {"code": ("vaccineCode",), "status": ("status",)},
+    "Encounter": {"code": ("type",), "category": ("class", "serviceType"), "status": ("status",)},
+    "CarePlan": {"category": ("category",), "status": ("status",)},
+    "DocumentReference": {"code": ("type",), "category": ("category",), "status": ("status",)},
+    "DiagnosticReport": {"code": ("code",), "category": ("category",), "status": ("status",)},
+}
+# The code system of each searched element that is a plain `code` (R4 binds each to one, and a token's
+# `system|code` names it), as the R4 CodeSystems' URLs are.
+IMPLIED_SYSTEMS = {
+    "AllergyIntolerance.category": "http://hl7.org/fhir/allergy-intolerance-category",
+    "Observation.status": "http://hl7.org/fhir/observation-status",
+    "Procedure.status": "http://hl7.org/fhir/event-status",
+    "MedicationStatement.status": "http://hl7.org/fhir/CodeSystem/medication-statement-status",
+    "Immunization.status": "http://hl7.org/fhir/event-status",
+    "Encounter.status": "http://hl7.org/fhir/encounter-status",
+    "CarePlan.status": "http://hl7.org/fhir/request-status",
+    "DocumentReference.status": "http://hl7.org/fhir/document-reference-status",
+    "DiagnosticReport.status": "http://hl7.org/fhir/diagnostic-report-status",
+}
+COMMON_PARAMS = {"patient", "subject", "date", "_lastUpdated", "_count", "_offset", "_sort", "_include"}
 REFUSED = {
     "_total": "totals are not given: a count could reveal records withheld from you",
     "_summary": "summaries are not given: a count could reveal records withheld from you",
@@ -39,8 +70,25 @@ REFUSED = {
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 
+def search_params(resource_type: str) -> list[tuple[str, str, str]]:
+    """Each search parameter the type takes besides the paging and include ones: its name, FHIR type and
+    the elements it searches (the CapabilityStatement lists exactly these)."""
+    tokens = [(name, "token", " | ".join(f"{resource_type}.{e}" for e in elements))
+              for name, elements in TOKEN_ELEMENTS[resource_type].items()]
+    dates = " | ".join(f"{resource_type}.{e}" for e in DATE_ELEMENTS[resource_type])
+    return [("patient", "reference", "the patient's id"), *tokens, ("date", "date", dates),
+            ("_lastUpdated", "date", f"{resource_type}.meta.lastUpdated")]
+
+
 class SearchError(SharedcareError):
-    """A search the server will not run as asked (unknown or refused parameter, bad value)."""
+    """A search the server will not run as asked: `parameter` names the one at fault (the OperationOutcome's
+    `expression`), `issue` is `not-supported` for what the server does not do (an unknown parameter, a
+    modifier, a type or include it does not serve) and `invalid` for a value it cannot read."""
+
+    def __init__(self, message: str, parameter: str | None = None, issue: str = "invalid") -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.issue = issue
 
 
 def only_these(params: list[tuple[str, str]], takes: Collection[str], what: str) -> None:
@@ -50,10 +98,11 @@ def only_these(params: list[tuple[str, str]], takes: Collection[str], what: str)
     unknown = sorted(set(names) - set(takes))
     if unknown:
         raise SearchError(f"{what} does not take {', '.join(unknown)} "
-                          f"({'it takes ' + ', '.join(sorted(takes)) if takes else 'it takes no parameters'})")
+                          f"({'it takes ' + ', '.join(sorted(takes)) if takes else 'it takes no parameters'})",
+                          unknown[0], "not-supported")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise SearchError(f"{what} takes {', '.join(repeated)} once, not more than once")
+        raise SearchError(f"{what} takes {', '.join(repeated)} once, not more than once", repeated[0])
 
 
 @dataclass(frozen=True)
@@ -142,7 +191,7 @@ class DateFilter:
         try:
             return cls(prefix, span(raw))
         except SearchError as exc:
-            raise SearchError(f"{name}: {exc.message}") from exc
+            raise SearchError(f"{name}: {exc.message}", name) from exc
 
     def matches(self, value: Span | None) -> bool:
         if value is None:
@@ -157,32 +206,71 @@ class DateFilter:
                 "sa": value.start >= high, "eb": value.end <= low}[self.prefix]
 
 
-def _codes(resource: dict[str, Any], elements: tuple[str, ...]) -> set[str]:
-    found: set[str] = set()
-    for name in elements:
-        value = resource.get(name)
-        for concept in value if isinstance(value, list) else [value]:
-            if isinstance(concept, dict):
-                for coding in concept.get("coding") or []:
-                    found.add(f"{coding.get('system')}|{coding.get('code')}")
-                    found.add(str(coding.get("code")))
+@dataclass(frozen=True)
+class Token:
+    """One value of a token parameter, in R4's forms: `code` (in any system), `system|code`, `|code` (a
+    code of no system) and `system|` (any code of the system)."""
+
+    system: str | None  # None: any system; "": no system
+    code: str | None  # None: any code
+
+    @classmethod
+    def parse(cls, name: str, value: str) -> tuple[Token, ...]:
+        """The comma-separated alternatives of one value (any of them matches)."""
+        options = []
+        for option in value.split(","):
+            if option in ("", "|"):
+                raise SearchError(f"{name}: an empty value is not a token (give code, system|code, |code or "
+                                  "system|): it would match nothing, or everything", name)
+            system, bar, code = option.partition("|")
+            options.append(cls(system, code or None) if bar else cls(None, option))
+        return tuple(options)
+
+    def matches(self, system: str | None, code: str | None) -> bool:
+        return (self.system is None or (system or "") == self.system) and (self.code is None or code == self.code)
+
+
+def _at(resource: dict[str, Any], path: str) -> list[Any]:
+    """The values at a dotted element path, each list walked through."""
+    values: list[Any] = [resource]
+    for name in path.split("."):
+        values = [v for item in values if isinstance(item, dict)
+                  for v in (item[name] if isinstance(item.get(name), list) else [item.get(name)])]
+    return [v for v in values if v is not None]
+
+
+def _codings(resource: dict[str, Any], path: str) -> list[tuple[str | None, str | None]]:
+    """The (system, code) pairs a token parameter matches at `path`: each Coding of a CodeableConcept, a bare
+    Coding (an Encounter's class), a plain code (with the system R4 binds the element to) and, for a
+    medicationReference to a contained Medication, that Medication's code."""
+    found: list[tuple[str | None, str | None]] = []
+    for value in _at(resource, path):
+        if isinstance(value, str):
+            found.append((IMPLIED_SYSTEMS.get(f"{resource.get('resourceType')}.{path}"), value))
+            continue
+        if path == "medicationReference":
+            value = _contained(resource, value).get("code")
+        if isinstance(value, dict):
+            found += [(c.get("system"), c.get("code")) for c in value.get("coding") or [value]
+                      if isinstance(c, dict) and ("code" in c or "system" in c)]
     return found
 
 
-def _token_matches(resource: dict[str, Any], elements: tuple[str, ...], wanted: str) -> bool:
-    """A token parameter: `code`, `system|code`, comma-separated alternatives."""
-    have = _codes(resource, elements)
-    return any(option in have for option in wanted.split(","))
+def _contained(resource: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """The contained resource a `#id` reference names (empty if it names none)."""
+    local = str(reference.get("reference", ""))
+    return next((r for r in resource.get("contained") or []
+                 if local.startswith("#") and isinstance(r, dict) and r.get("id") == local[1:]), {})
 
 
 @dataclass
 class ClinicalQuery:
     """A parsed search on one clinical type, for one patient."""
 
+    resource_type: str
     patient: str
-    codes: tuple[str, ...] = ()  # each given `code` must match (FHIR: repeated parameters are AND-ed)
-    categories: tuple[str, ...] = ()
-    statuses: tuple[str, ...] = ()
+    # each token parameter given (FHIR AND-s repeated parameters), each value its alternatives (OR)
+    tokens: tuple[tuple[str, tuple[Token, ...]], ...] = ()
     dates: tuple[DateFilter, ...] = ()
     last_updated: tuple[DateFilter, ...] = ()
     count: int = 50
@@ -192,55 +280,52 @@ class ClinicalQuery:
 
     @classmethod
     def parse(cls, resource_type: str, params: list[tuple[str, str]]) -> ClinicalQuery:
+        takes = COMMON_PARAMS | set(TOKEN_ELEMENTS[resource_type])
         for name, _ in params:
             if name in REFUSED:
-                raise SearchError(f"{name}: {REFUSED[name]}")
+                raise SearchError(f"{name}: {REFUSED[name]}", name, "not-supported")
             if ":" in name:
                 raise SearchError(f"search modifier '{name}' is not supported: a modifier ignored could "
-                                  "return the opposite of what was asked")
-            if name not in SEARCH_PARAMS:
+                                  "return the opposite of what was asked", name, "not-supported")
+            if name not in takes:
                 raise SearchError(f"search parameter '{name}' is not supported on {resource_type} "
-                                  f"(supported: {', '.join(sorted(SEARCH_PARAMS))})")
+                                  f"(supported: {', '.join(sorted(takes))})", name, "not-supported")
         values: dict[str, list[str]] = {}
         for name, value in params:
             values.setdefault(name, []).append(value)
         people = values.get("patient", []) + values.get("subject", [])
         if len(people) > 1:
             raise SearchError("give patient=<id> once: searches are per patient (patient and subject name the "
-                              "same, and two patients are never searched together)")
+                              "same, and two patients are never searched together)", "patient")
         patient = (people or [""])[0].removeprefix("Patient/")
         if not patient:
-            raise SearchError("give patient=<id>: searches are per patient")
+            raise SearchError("give patient=<id>: searches are per patient", "patient")
         for name in ("_count", "_offset", "_sort"):
             if len(values.get(name, [])) > 1:
-                raise SearchError(f"{name}: give it once, not more than once")
-        query = cls(patient=patient)
-        query.codes = tuple(values.get("code", []))
-        query.categories = tuple(values.get("category", []))
-        query.statuses = tuple(values.get("status", []))
+                raise SearchError(f"{name}: give it once, not more than once", name)
+        query = cls(resource_type=resource_type, patient=patient)
+        query.tokens = tuple((name, Token.parse(name, value)) for name, value in params
+                             if name in TOKEN_ELEMENTS[resource_type])
         query.dates = tuple(DateFilter.parse("date", v) for v in values.get("date", []))
         query.last_updated = tuple(DateFilter.parse("_lastUpdated", v) for v in values.get("_lastUpdated", []))
         query.count = _integer(values, "_count", 50, 1, 500)
         query.offset = _integer(values, "_offset", 0, 0, 10_000_000)
         sort = _first(values, "_sort")
         if sort not in (None, "date", "-date"):
-            raise SearchError("_sort: only 'date' and '-date' are supported")
+            raise SearchError("_sort: only 'date' and '-date' are supported", "_sort", "not-supported")
         query.sort_descending = None if sort is None else sort.startswith("-")
         include = values.get("_include", [])
         if any(i not in (f"{resource_type}:patient", f"{resource_type}:subject") for i in include):
-            raise SearchError(f"_include: only {resource_type}:patient is supported")
+            raise SearchError(f"_include: only {resource_type}:patient is supported", "_include", "not-supported")
         query.include_patient = bool(include)
         return query
 
     def matches(self, resource: dict[str, Any]) -> bool:
-        if not all(_token_matches(resource, CODE_ELEMENTS, code) for code in self.codes):
-            return False
-        if not all(_token_matches(resource, ("category", "class", "serviceType"), c) for c in self.categories):
-            return False
-        clinical = {c.get("code") for c in (resource.get("clinicalStatus") or {}).get("coding", [])}
-        statuses = clinical | {str(resource.get("status", ""))}
-        if not all(statuses & set(status.split(",")) for status in self.statuses):
-            return False
+        elements = TOKEN_ELEMENTS[self.resource_type]
+        for name, options in self.tokens:
+            have = [pair for path in elements[name] for pair in _codings(resource, path)]
+            if not any(option.matches(*pair) for option in options for pair in have):
+                return False
         if self.dates:
             when = clinical_span(resource)
             if not all(f.matches(when) for f in self.dates):
@@ -259,16 +344,15 @@ class ClinicalQuery:
 
 
 def _integer(values: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    """A whole number in the digits 0-9 (int() also takes "1_0", " 2 " and other scripts' digits)."""
     raw = _first(values, name)
     if raw is None:
         return default
-    try:
-        number = int(raw)
-    except ValueError as exc:
-        raise SearchError(f"{name}: '{raw}' is not a whole number") from exc
-    if not low <= number <= high:
-        raise SearchError(f"{name}: must be between {low} and {high}")
-    return number
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise SearchError(f"{name}: '{raw[:20]}' is not a whole number in the digits 0-9", name)
+    if len(raw.lstrip("-0")) > len(str(high)) or not low <= int(raw) <= high:
+        raise SearchError(f"{name}: must be between {low} and {high}", name)
+    return int(raw)
 
 
 def _first(values: dict[str, list[str]], name: str) -> str | None:
