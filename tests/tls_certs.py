@@ -96,6 +96,13 @@ def _revocation_list(path: Path, issuer: tuple[x509.Certificate, ec.EllipticCurv
     return path
 
 
+def server_certificate(folder: Path, days: tuple[int, int]) -> tuple[Path, Path]:
+    """A listener's certificate and key (self-signed) valid from `days[0]` to `days[1]` from now."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, _, cert, key = _issue(folder, "server", "CN=localhost,O=sharedcare", None, server=True, days=days)
+    return cert, key
+
+
 def make_pki(folder: Path) -> Pki:
     ca_cert, ca_key, ca_path, _ = _issue(folder, "ca", "CN=ICS feeds CA,O=Test ICS", None, ca=True, days=(-2, 365))
     _, _, server_cert, server_key = _issue(folder, "server", "CN=localhost,O=sharedcare", (ca_cert, ca_key),

@@ -16,7 +16,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
 from threading import Event
@@ -845,7 +845,7 @@ def _start_up_checks(service: str, database: Database, host: str) -> TlsSettings
     settings that expose patients' data (warned: `config.insecure_choices`)."""
     from sharedcare.clock_sync import check_clock
     from sharedcare.config import insecure_choices
-    from sharedcare.tls import tls_settings
+    from sharedcare.tls import certificate_warning, tls_settings
 
     try:
         settings = _settings()
@@ -855,9 +855,12 @@ def _start_up_checks(service: str, database: Database, host: str) -> TlsSettings
             # feeds, and the framework binds organisations to certificates (`feed_certificates`)
             raise ConfigError("mllp over TLS: client certificates must be required (SHAREDCARE_TLS_CLIENT_CA and "
                               "SHAREDCARE_TLS_CLIENT_CERTS=required); 'optional' is for a serve that browsers reach")
+        ending = certificate_warning(tls) if tls is not None else None
         clock = check_clock(database, service, settings.require_clock_sync)
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
+    if ending:
+        console.print(f"[yellow]warning:[/yellow] {_literal(ending)}", soft_wrap=True)
     if service == "serve":
         _warn_unkeyed_pseudonyms(settings)
         if settings.demo:
@@ -2063,10 +2066,17 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     console.print(f"listening for HL7 v2 over MLLP on {host}:{port} (idle connections closed after "
                   f"{limits.idle_seconds:g} s, unfinished frames after {limits.frame_seconds:g} s; at most "
                   f"{limits.max_connections} connections, {limits.max_per_address} from one address)")
-    try:
-        asyncio.run(server.serve(host, port))
-    except KeyboardInterrupt:
-        console.print(f"stopped after {server.received} messages")
+    async def listen() -> None:
+        """Until SIGINT (Ctrl-C) or SIGTERM: each stops it cleanly, the messages in hand answered (a Ctrl-C
+        cancelled them, with a traceback, and SIGTERM ended the process where it stood)."""
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await server.serve(host, port, stop=stop)
+
+    with suppress(KeyboardInterrupt):  # a Ctrl-C before the loop listens for it
+        asyncio.run(listen())
+    console.print(f"stopped after {server.received} messages")
 
 
 @mpi_app.command("review")

@@ -20,6 +20,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -67,6 +68,24 @@ def tls_settings(settings: Settings) -> TlsSettings | None:
                       settings.tls_client_crl)
     server_context(tls)  # unreadable files are refused at start-up, not at the first connection
     return tls
+
+
+CERTIFICATE_WARNING_DAYS = 30  # a listener starting with its certificate this close to its end says so
+
+
+def certificate_warning(tls: TlsSettings) -> str | None:
+    """At start: refuse a listener whose own certificate has ended (ConfigError), since every client would refuse
+    the handshake and an interface engine retries without end, its messages waiting, with nothing in our log to
+    say why; say so when it ends within CERTIFICATE_WARNING_DAYS (a renewed one is read without a restart)."""
+    cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())  # the first in the file: the listener's own
+    ends, now = cert.not_valid_after_utc, utcnow()
+    if ends <= now:
+        raise ConfigError(f"the server's certificate SHAREDCARE_TLS_CERT {tls.cert} expired on {ends:%Y-%m-%d %H:%M} "
+                          "UTC: every client would refuse it; install a renewed certificate and key")
+    if ends - now <= timedelta(days=CERTIFICATE_WARNING_DAYS):
+        return (f"the server's certificate SHAREDCARE_TLS_CERT {tls.cert} expires on {ends:%Y-%m-%d %H:%M} UTC, in "
+                f"{(ends - now).days} days: renew it (the renewed certificate and key are read without a restart)")
+    return None
 
 
 class ServerContext(ssl.SSLContext):

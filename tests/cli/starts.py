@@ -25,7 +25,7 @@ def deployment_that_starts_and_stops(monkeypatch: pytest.MonkeyPatch, folder: Pa
         monkeypatch.setenv(name, "")  # empty is unset; `serve` puts its options here
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
 
-    async def listens(*args: object) -> None:
+    async def listens(*args: object, **kwargs: object) -> None:
         return None
 
     monkeypatch.setattr(MllpServer, "serve", listens)

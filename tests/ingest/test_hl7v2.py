@@ -224,6 +224,34 @@ def test_a_local_code_from_a_system_without_a_table_is_kept_and_reported(db: Dat
         assert classification_key(bare) != classification_key(framework)
 
 
+def test_a_file_message_from_a_system_the_framework_does_not_declare_is_held_naming_msh_3(
+        db: Database, framework: Framework, tmp_path: Path) -> None:
+    """Operations review of 2026-12-07 (HIGH): files read MSH-3 as the listener does (`hl7v2._source_of`), and a
+    GUM clinic visit under a system the framework does not declare missed that system's service_codes and was
+    filed as an ordinary encounter. It is held naming MSH-3 and what the framework declares; a blank MSH-3 names
+    the organisation's HL7 v2 system only when it has one (RXR has two: the PAS and the lab)."""
+    def gum_visit(control: str, app: str) -> str:
+        return message(msh("ADT^A04^ADT_A01", control, "20261101100000", app=app), "EVN|A04|20261101100000", pid(),
+                       pv1(f"V{control}", kind="O", admitted="20261101100000", ward="Clinic 4^^^RXR", service="GUM"))
+
+    report = Pipeline(db, framework).ingest_paths([write_hl7(tmp_path / "RXR" / "pas.hl7",
+                                                             [gum_visit("PAS1", "PAS-LIVE"), gum_visit("PAS2", "")])])
+    live, blank = report.quarantine
+    assert live["where"].endswith("(MSH-10 PAS1), MSH-3") and blank["where"].endswith("(MSH-10 PAS2), MSH-3")
+    assert live["reason"].startswith("sending application 'PAS-LIVE' (MSH-3) is not an HL7 v2 system of RXR in the "
+                                     "framework (organisations.RXR.systems lists lab, pas)")
+    assert blank["reason"] == ("no sending application (MSH-3) to say which HL7 v2 system of RXR sent it "
+                               "(organisations.RXR.systems lists lab, pas)")
+    assert _contents(db, "Encounter") == {}
+    only_pas = framework.organisations["RXR"].model_copy(update={"systems": {"pas": "hl7v2", "epr": "fhir"}})
+    one = framework.model_copy(update={"organisations": {**framework.organisations, "RXR": only_pas}})
+    report = Pipeline(db, one).ingest_paths([write_hl7(tmp_path / "RXR" / "blank.hl7", [gum_visit("PAS3", "")])])
+    assert report.quarantined == 0, report.quarantine
+    with db.session() as s:
+        assert s.execute(select(Resource.source_id, Resource.category)
+                         .where(Resource.resource_type == "Encounter")).all() == [("VPAS3", "sexual_health")]
+
+
 def test_names_arrive_intact_in_the_character_set_msh_18_declares(db: Database, framework: Framework,
                                                                   tmp_path: Path) -> None:
     latin = admission("PAS1", mrn="H1", nhs=None, name="JONES^Siân")

@@ -28,7 +28,7 @@ from sharedcare.governance.framework import Framework
 from sharedcare.ingest.mllp import END, START, MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine, Resource
 
 A01 = ("MSH|^~\\&|PAS|RXR|SHAREDCARE|QRD|20261101093000||ADT^A01^ADT_A01|MSG001|P|2.4|||AL|NE|GBR|8859/1\r"
        "EVN|A01|20261101093000\r"
@@ -64,6 +64,35 @@ def serving(server: MllpServer) -> Iterator[int]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+@contextmanager
+def sharedcare_mllp(db: Database, **settings: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`sharedcare mllp` in a process of its own on a free port (with `settings` in its environment), its
+    standard output and error one text stream; stopped with SIGTERM if it is still running when the block ends."""
+    port = _free_port()
+    src = str(Path(sharedcare.__file__).resolve().parents[1])
+    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "PYTHONPATH": src, **settings}
+    started = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "mllp",  # noqa: S603
+                                "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        yield started, port
+    finally:
+        if started.poll() is None:
+            started.terminate()
+        started.communicate(timeout=30)
+
+
+def _wait_listening(started: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline and started.poll() is None, "the listener did not start"
+            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -232,14 +261,14 @@ def test_an_agreement_suspended_while_listening_holds_the_next_message_until_it_
 def test_the_ack_sends_the_header_back_in_its_own_separators_and_cannot_be_given_fields(listener: int) -> None:
     """Fifth security review (LOW): MSH-3, -4, -10 and -12 went back verbatim. A sender that declared `#` its
     field separator and `*` its component separator had `|` read as text; echoed, it added fields to the ACK's
-    MSH and MSA, and a VT in MSH-10 put a frame's start inside the ACK. Each value is now re-encoded in the
-    ACK's separators."""
-    header = "MSH#*~\\&#PAS|X^Y#RXR*1.2*ISO#SHAREDCARE#QRD#20261101093000##ADT*A01*ADT_A01#MSG\x0b|AA#P#2.4"
+    MSH and MSA, and a VT in MSH-10 put a frame's start inside the ACK (a VT inside a frame is now read as the start
+    of another message, below), as an FS would its end. Each value is now re-encoded in the ACK's separators."""
+    header = "MSH#*~\\&#PAS|X^Y#RXR*1.2*ISO#SHAREDCARE#QRD#20261101093000##ADT*A01*ADT_A01#MSG\x1c|AA#P#2.4"
     rest = A01.format(dob="19450302").split("\r", 1)[1].replace("|", "#").replace("^", "*")
     (ack,) = _exchange(listener, (header + "\r" + rest).encode("latin-1"))
     msh, msa = _segment(ack, "MSH"), _segment(ack, "MSA")
     assert len(msh) == 12 and msh[4:6] == ["PAS\\F\\X\\S\\Y", "RXR^1.2^ISO"] and msh[8] == "ACK^A01^ACK"
-    assert msa[2] == "MSG\\F\\AA" and "\x0b" not in ack
+    assert msa[2] == "MSG\\F\\AA" and "\x1c" not in ack
 
 
 def test_something_that_is_not_hl7_is_rejected_ar_and_kept(listener: int, db: Database) -> None:
@@ -315,24 +344,9 @@ def test_the_first_message_after_the_listener_starts_updates_a_patient_already_s
     note_file_agreements(db, framework, str(FRAMEWORK_PATH))
     update = (stored.replace(b"ADT^A01^ADT_A01|MSG001", b"ADT^A08^ADT_A01|MSG002").replace(b"EVN|A01", b"EVN|A08")
               .replace(b"14 Mill Lane^^Riverside^^RV3 7QT", b"2 Quay Street^^Riverside^^RV1 2AB"))
-    port = _free_port()
-    src = str(Path(sharedcare.__file__).resolve().parents[1])
-    env = {**os.environ, "SHAREDCARE_DB": db.url.render_as_string(hide_password=False), "PYTHONPATH": src}
-    started = subprocess.Popen([sys.executable, "-c", "from sharedcare.cli import app; app()", "mllp",  # noqa: S603
-                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and started.poll() is None, "the listener did not start"
-                time.sleep(0.2)
+    with sharedcare_mllp(db) as (started, port):
+        _wait_listening(started, port)
         (ack,) = _exchange(port, update)
-    finally:
-        started.terminate()
-        started.wait(timeout=30)
     assert _segment(ack, "MSA")[1:3] == ["AA", "MSG002"], ack
     with db.session() as s:
         assert s.scalars(select(PatientRecord.postcode)).all() == ["RV1 2AB"]
@@ -394,3 +408,74 @@ def test_after_the_store_drops_its_connections_the_next_message_is_stored_and_wh
         admin.allow(True)
         (again,) = _exchange(listener, sent("MSG003"))
         assert _segment(again, "MSA")[1:3] == ["AA", "MSG003"], again
+
+
+def _gum_visit(app: str, control_id: str) -> bytes:
+    """RXR's PAS's attendance at its GUM clinic (PV1-10 'GUM', which the framework maps for the PAS to the
+    national genitourinary medicine code, sexual health), sent under MSH-3 `app`."""
+    return (A01.format(dob="19450302").replace("|PAS|", f"|{app}|", 1).replace("MSG001", control_id)
+            .replace("V900", f"V{control_id}").replace("PV1|1|I|Ward 12^^^RXR||||||||",
+                                                        "PV1|1|O|Clinic 4^^^RXR|||||||GUM|").encode("latin-1"))
+
+
+def test_a_visit_from_a_sending_application_the_framework_does_not_declare_is_held_not_filed_as_an_ordinary_one(
+        listener: int, db: Database) -> None:
+    """Operations review of 2026-12-07 (HIGH): MSH-3 was taken as the sending system unchecked, so the PAS's GUM
+    clinic visit sent as 'PAS-LIVE' missed the PAS's service_codes, was stored as an ordinary encounter (which a
+    district nurse, sexual health 0, reads) and answered AA. MSH-3 must name one of the organisation's HL7 v2
+    systems (deny by default): else AE naming MSH-3 and the systems the framework declares, the message held
+    and the refusal audited. The same visit from 'pas' (case and spacing aside, the PAS) is sexual health."""
+    undeclared, declared = _exchange(listener, _gum_visit("PAS-LIVE", "G1"), _gum_visit("pas", "G2"))
+    msa, err = _segment(undeclared, "MSA"), _segment(undeclared, "ERR")
+    assert msa[1:3] == ["AE", "G1"] and (err[1], err[3]) == ("MSH^1^3", "103^Table value not found^HL70357")
+    assert ("sending application 'PAS-LIVE' (MSH-3) is not an HL7 v2 system of RXR in the framework "
+            "(organisations.RXR.systems lists lab, pas)") in err[8]
+    assert _segment(declared, "MSA")[1:3] == ["AA", "G2"]
+    with db.session() as s:
+        visits = s.execute(select(Resource.message_id, Resource.category)
+                           .where(Resource.resource_type == "Encounter")).all()
+        (held,) = s.scalars(select(Quarantine)).all()
+        (refused,) = [json.dumps(e.event) for e in s.scalars(select(AuditEntry).where(AuditEntry.username == "mllp"))]
+    assert [tuple(v) for v in visits] == [("G2", "sexual_health")]
+    assert held.status == "held" and held.source_org == "RXR" and held.location.endswith("(MSH-10 G1)")
+    assert "RXR:PAS-LIVE" in refused and f'"{held.id}"' in refused
+
+
+@pytest.mark.parametrize(("version", "answer", "echoed"), [
+    ("2.9", "AR", "2.4"), ("3.0", "AR", "2.4"), ("", "AR", "2.4"), ("banana", "AR", "2.4"),
+    ("2.3", "AA", "2.3"), ("2.5.1", "AA", "2.5.1")])
+def test_a_version_not_read_is_rejected_ar_203_and_not_echoed(listener: int, db: Database, version: str, answer: str,
+                                                            echoed: str) -> None:
+    """Operations review of 2026-12-07 (LOW): MSH-12 was never checked: 2.9, 3.0, a blank and 'banana' were
+    answered AA, 'banana' echoed as the ACK's version. The versions whose fields the mapping reads are taken;
+    any other is AR with ERR at MSH-12 and 203 (unsupported version id), held, and the ACK is in 2.4."""
+    message = A01.format(dob="19450302").replace("|P|2.4|", f"|P|{version}|").encode("latin-1")
+    (ack,) = _exchange(listener, message)
+    assert _segment(ack, "MSA")[1:3] == [answer, "MSG001"] and _segment(ack, "MSH")[11] == echoed
+    with db.session() as s:
+        held = s.scalars(select(Quarantine.reason)).all()
+    if answer == "AR":
+        err = _segment(ack, "ERR")
+        assert (err[1], err[3]) == ("MSH^1^12", "203^Unsupported version id^HL70357")
+        assert "(MSH-12): HL7 v2 2.3, 2.3.1, 2.4, 2.5, 2.5.1 are read" in err[8] and len(held) == 1
+    else:
+        assert held == []
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_the_listener_stops_cleanly_on_ctrl_c_or_sigterm_saying_how_many_messages_it_took(
+        db: Database, signal_name: str) -> None:
+    """Operations review of 2026-12-07: Ctrl-C (SIGINT) printed an asyncio CancelledError traceback for each
+    connection open, and SIGTERM ended the process where it stood, saying nothing. Either now stops it: the
+    connections are closed, and it says how many messages it took."""
+    import signal
+
+    with sharedcare_mllp(db) as (started, port):
+        _wait_listening(started, port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:  # an engine's, between bursts
+            (ack,) = _exchange(port, A01.format(dob="19450302").encode("latin-1"))
+            started.send_signal(getattr(signal, signal_name))
+            output, _ = started.communicate(timeout=30)
+            assert idle.recv(100) == b""  # closed by the listener
+    assert _segment(ack, "MSA")[1] == "AA"
+    assert started.returncode == 0 and "stopped after 1 messages" in output and "Traceback" not in output, output

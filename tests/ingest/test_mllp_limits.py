@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 
+import pytest
 from sqlalchemy import select
 from tests.ingest.test_mllp import A01, _exchange, serving
 
@@ -18,7 +20,7 @@ from sharedcare.ingest import mllp
 from sharedcare.ingest.mllp import END, START, MllpLimits, MllpServer
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry
+from sharedcare.store.models import AuditEntry, PatientRecord, Quarantine
 
 GOOD = A01.format(dob="19450302").encode("latin-1")
 
@@ -100,16 +102,107 @@ def test_connections_over_the_caps_are_closed_as_they_arrive(db: Database, frame
     assert "more than 3 connections open" in refused[1] and "127.0.0.3" in refused[1]
 
 
-def test_a_frame_over_the_size_limit_is_rejected(db: Database, framework: Framework, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(mllp, "MAX_MESSAGE_BYTES", 100_000)
+def _read_ack(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(END):
+        chunk = sock.recv(65536)
+        assert chunk, "closed without an answer"
+        data += chunk
+    assert data.startswith(START) and data.count(END) == 1, data[:200]
+    return data[1:-2].decode("latin-1")
+
+
+def _segment(ack: str, name: str) -> list[str]:
+    return next(s for s in ack.split("\r") if s.startswith(name)).split("|")
+
+
+def _await_refusals(db: Database, count: int) -> list[str]:
+    """The listener's refusals once `count` are written (in worker threads), and a moment later, in case of more."""
+    deadline = time.monotonic() + 10
+    while len(_refusals(db)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return _refusals(db)
+
+
+def _message(control_id: str, mrn: str = "H900") -> bytes:
+    return GOOD.replace(b"MSG001", control_id.encode()).replace(b"H900", mrn.encode())
+
+
+def test_a_frame_over_the_size_limit_is_answered_ar_naming_it_and_the_limit_held_by_its_start_audited_and_logged(
+        db: Database, framework: Framework, caplog: pytest.LogCaptureFixture) -> None:
+    """Operations review of 2026-12-07 (MEDIUM): a frame over the 4 MB limit was answered `MSA|AR||message larger
+    than the limit`: no MSH-10 for the engine to match the ACK to, no limit, and nothing audited, held or logged
+    (no one could tell a sender why its report went missing). Its ACK now names it and the limit; its first
+    64 KB are held (as file ingest holds a message too large to read), the refusal is audited as any other and a
+    line without patient data is logged. The engine's next message, on a new connection, is stored."""
+    caplog.set_level(logging.WARNING, "sharedcare.mllp")
+    big = _message("BIG1") + b"ZXX|" + b"A" * mllp.MAX_MESSAGE_BYTES + b"\r"
+    with serving(_server(db, framework)) as port:
+        with _connect(port) as sock:
+            sock.sendall(START + big + END)
+            ack = _read_ack(sock)
+            assert _closed_within(sock, 5)
+        assert "MSA|AA" in _exchange(port, GOOD)[0]
+        refused = _await_refusals(db, 1)
+    msa = _segment(ack, "MSA")
+    assert msa[1:3] == ["AR", "BIG1"]
+    assert msa[3].startswith(f"{len(big):,} bytes is more than one message may be (4,194,304 bytes)")
+    assert _segment(ack, "ERR")[3] == "102^Data type error^HL70357"
+    with db.session() as s:
+        (held,) = s.scalars(select(Quarantine)).all()
+        assert (held.payload, held.source_org, held.status) == (big[:65_536], "RXR", "held")
+    assert len(refused) == 1 and '"BIG1"' in refused[0] and f'"{held.id}"' in refused[0]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sharedcare.mllp"]
+    assert f"sent a frame of {len(big)} bytes, over the limit of 4194304; answered AR" in line
+    assert f"(quarantine #{held.id})" in line and "OKAFOR" not in line
+
+
+def test_bytes_before_a_start_block_are_logged_and_audited_once_a_connection_by_their_count(
+        db: Database, framework: Framework, caplog: pytest.LogCaptureFixture) -> None:
+    """Operations review of 2026-12-07 (LOW): bytes before a start block (a message sent without one) were
+    dropped with no ACK, audit entry or log line. They are still dropped unanswered (there is no frame to answer),
+    but the first time on a connection they are logged and audited by their count (never what they were: a
+    patient's message, here), and the connection's total is logged when it closes. Line ends alone are not counted."""
+    caplog.set_level(logging.WARNING, "sharedcare.mllp")
+    unframed = _message("F4", "H904") + END
+    with serving(_server(db, framework)) as port:
+        with _connect(port) as sock:
+            sock.sendall(unframed + START + _message("F5") + END)
+            assert _segment(_read_ack(sock), "MSA")[1:3] == ["AA", "F5"]
+            sock.sendall(b"junk" + START + _message("F6") + END + b"\r\n")  # a line end after a frame: not counted
+            assert _segment(_read_ack(sock), "MSA")[1:3] == ["AA", "F6"]
+            sock.sendall(START + _message("F7") + END)
+            assert _segment(_read_ack(sock), "MSA")[1:3] == ["AA", "F7"]
+        refused = _await_refusals(db, 1)
+    assert len(refused) == 1 and f"{len(unframed)} bytes outside a frame (before a start block, VT)" in refused[0]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sharedcare.mllp"]
+    assert [line.split(" sent ")[1] for line in lines] == [
+        f"{len(unframed)} bytes outside a frame (before a start block, VT); dropped unanswered",
+        f"{len(unframed) + 4} bytes in all outside frames, 2 times; dropped unanswered"]
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_id)).all() == ["H900"]
+        assert s.scalars(select(Quarantine)).all() == []
+
+
+def test_a_start_block_inside_a_frame_refuses_the_message_before_it_and_takes_the_one_after_it(
+        db: Database, framework: Framework) -> None:
+    """Operations review of 2026-12-07 (LOW): a frame whose message lost its end block (FS CR), followed by the
+    next message's start block, was read as one message and refused as "a carriage return or line feed inside a
+    field", the next message with it. Now the part before the start block is refused AR saying so, and held; the
+    message after it is a message of its own, answered and stored."""
     with serving(_server(db, framework)) as port, _connect(port) as sock:
-        sock.sendall(START + b"MSH|^~\\&|" + b"A" * 300_000 + END)
-        answer = b""
-        while not answer.endswith(END):
-            chunk = sock.recv(65536)
-            assert chunk, "closed without an answer"
-            answer += chunk
-    assert b"MSA|AR||message larger than the limit" in answer
+        sock.sendall(START + _message("F6", "H906") + START + _message("F7", "H907") + END)
+        first, second = _read_ack(sock), _read_ack(sock)
+    msa = _segment(first, "MSA")
+    assert msa[1:3] == ["AR", "F6"] and msa[3].startswith(
+        "a start block (VT) inside a frame: the previous message's end block (FS CR) is missing (quarantine #")
+    assert _segment(first, "ERR")[3] == "100^Segment sequence error^HL70357"
+    assert _segment(second, "MSA")[1:3] == ["AA", "F7"]
+    with db.session() as s:
+        assert s.scalars(select(PatientRecord.source_id)).all() == ["H907"]
+        (held,) = s.scalars(select(Quarantine)).all()
+        assert held.payload == _message("F6", "H906") and "end block (FS CR) is missing" in held.reason
 
 
 def test_one_senders_many_connections_do_not_queue_in_front_of_another_senders_message(

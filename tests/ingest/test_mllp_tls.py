@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.ingest.test_mllp import A01, _segment, serving
-from tests.tls_certs import FEED_SUBJECT, Pki, make_chain, make_pki, revocation_list
+from tests.ingest.test_mllp import A01, _segment, _wait_listening, serving, sharedcare_mllp
+from tests.tls_certs import FEED_SUBJECT, Pki, make_chain, make_pki, revocation_list, server_certificate
 
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import AuditAction, verify
@@ -235,6 +235,29 @@ def test_mllp_over_tls_will_not_start_without_a_required_client_certificate(
         monkeypatch.delenv(name)
     result = CliRunner().invoke(app, ["mllp", "--port", "1"])
     assert result.exit_code == 2 and "client certificates must be required" in result.stderr
+
+
+def test_mllp_will_not_start_with_its_certificate_expired_and_warns_when_it_ends_within_30_days(
+        db: Database, pki: Pki, tmp_path: Path) -> None:
+    """Operations review of 2026-12-07: with its own certificate expired the listener started, and every feed's
+    handshake failed on the feed's side, its engine retrying without end, with nothing in our log to say why. It
+    now refuses to start, naming the file and the date (exit 2, as any setting that cannot be used); one that ends
+    within 30 days is warned of."""
+    trusting = {"SHAREDCARE_TLS_CLIENT_CA": str(pki.ca), "SHAREDCARE_TLS_CLIENT_CERTS": "required"}
+    expired, ending = server_certificate(tmp_path / "expired", (-60, -1)), server_certificate(tmp_path / "ending",
+                                                                                               (-60, 10))
+    with sharedcare_mllp(db, SHAREDCARE_TLS_CERT=str(expired[0]), SHAREDCARE_TLS_KEY=str(expired[1]),
+                         **trusting) as (started, _):
+        output, _ = started.communicate(timeout=30)
+    assert started.returncode == 2, output
+    assert f"error: the server's certificate SHAREDCARE_TLS_CERT {expired[0]} expired on " in output
+    with sharedcare_mllp(db, SHAREDCARE_TLS_CERT=str(ending[0]), SHAREDCARE_TLS_KEY=str(ending[1]),
+                         **trusting) as (started, port):
+        _wait_listening(started, port)
+        started.terminate()
+        output, _ = started.communicate(timeout=30)
+    assert f"warning: the server's certificate SHAREDCARE_TLS_CERT {ending[0]} expires on " in output
+    assert "UTC, in 9 days: renew it" in output and "stopped after 0 messages" in output
 
 
 def test_a_feed_certificate_its_ca_revoked_is_refused_at_the_handshake_and_audited(

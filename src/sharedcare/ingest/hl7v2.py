@@ -1,4 +1,4 @@
-"""HL7 v2 input (ADT and ORU^R01, v2.3 to v2.5) from .hl7 files, split by `hl7v2_syntax`.
+"""HL7 v2 input (ADT and ORU^R01, v2.3 to v2.5.1: `VERSIONS`) from .hl7 files, split by `hl7v2_syntax`.
 
 Turns one message into a StagedMessage: a UK Core Patient from PID/PD1/NK1, an Encounter from PV1 (ADT),
 a DiagnosticReport per OBR and an Observation per OBX (ORU); references use server ids, provenance is
@@ -20,7 +20,7 @@ from pathlib import Path
 from sharedcare.fhir.checks import CODE_INVALID, resource_problems
 from sharedcare.fhir.invariants import active_content
 from sharedcare.fhir.uk_core import demographics, meta_source, nhs_numbers, server_id
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.framework import Framework, Organisation
 from sharedcare.ingest import hl7v2_map as hmap
 from sharedcare.ingest.hl7v2_map import Json, Seg, Sender
 from sharedcare.ingest.hl7v2_syntax import SyntaxProblem, split_message
@@ -59,6 +59,9 @@ ADT_EVENTS: dict[str, str | None] = {
     "A01": "in-progress", "A02": "in-progress", "A04": "in-progress", "A05": "planned", "A03": "finished",
     "A11": "entered-in-error", "A13": "in-progress", "A08": None, "A28": None, "A31": None, "A60": None,
 }
+# MSH-12, the versions read: the segments and fields mapped are these versions' (IAM and A60 from 2.4, XON-10 from
+# 2.5); a later version may move or redefine them, so it is refused (AR 203) until it has been checked.
+VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
 CONTROL_ID_CHARACTERS = 100  # as much of MSH-10 as the store keeps (each resource's message_id, String(100))
 SYSTEM_CHARACTERS = 40  # as much of MSH-3's application name as the store keeps (source_system, String(40))
 # A40 and A34 merge one of the sender's patient records into another (MRG-1 names the retired one);
@@ -254,12 +257,33 @@ def _source_of(msh: Seg, raw: RawMessage, fw: Framework, override: str | None) -
     if organisation is None:
         raise MessageError(f"organisation '{org}' is not part of the sharing framework", raw.where,
                            condition=Condition.TABLE_VALUE)
-    system = "-".join(msh.get(3).lower().split()) or next(
-        (name for name, fmt in organisation.systems.items() if fmt == "hl7v2"), "hl7v2")
-    if len(system) > SYSTEM_CHARACTERS:  # else PostgreSQL refuses the store's write: AE 207, saying nothing useful
-        raise msh.error(f"sending application (MSH-3) of {len(system)} characters: the store keeps at most "
+    sent = "-".join(msh.get(3).lower().split())
+    if len(sent) > SYSTEM_CHARACTERS:  # else PostgreSQL refuses the store's write: AE 207, saying nothing useful
+        raise msh.error(f"sending application (MSH-3) of {len(sent)} characters: the store keeps at most "
                         f"{SYSTEM_CHARACTERS}", 3, condition=Condition.DATA_TYPE, rejected=True)
+    system = _declared_system(msh, sent, organisation)
     return Sender(org, organisation.name, system, organisation.service_codes.get(system)), system
+
+
+def _declared_system(msh: Seg, sent: str, organisation: Organisation) -> str:
+    """The organisation's HL7 v2 system MSH-3 names (ignoring case and spacing; an MSH-3 left blank names the
+    only one it has). Deny by default: the framework maps each system's local visit codes (`service_codes`),
+    so a GUM clinic visit sent as "PAS-LIVE" missed the PAS's table and was filed as an ordinary encounter
+    (operations review of 2026-12-07); a message from a system the framework does not declare is held (AE
+    103), and replayed once it is declared."""
+    org = organisation.code
+    declared = {"-".join(name.lower().split()): name for name, fmt in organisation.systems.items() if fmt == "hl7v2"}
+    if not sent and len(declared) == 1:
+        return next(iter(declared.values()))
+    if sent in declared:
+        return declared[sent]
+    listed = f"organisations.{org}.systems lists {', '.join(sorted(declared.values())) or 'none'}"
+    if not sent:
+        raise msh.error(f"no sending application (MSH-3) to say which HL7 v2 system of {org} sent it ({listed})", 3,
+                        condition=Condition.TABLE_VALUE)
+    raise msh.error(f"sending application '{cut(msh.get(3))}' (MSH-3) is not an HL7 v2 system of {org} in the "
+                    f"framework ({listed}): held until it is declared, so that its visits' local codes are read by "
+                    "its service_codes", 3, condition=Condition.TABLE_VALUE)
 
 
 @dataclass
@@ -440,6 +464,10 @@ def stage_hl7(raw: RawMessage, fw: Framework, source_override: str | None = None
         if len(msh.get(10)) > CONTROL_ID_CHARACTERS:
             raise msh.error(f"message control id (MSH-10) of {len(msh.get(10))} characters: the store keeps at most "
                             f"{CONTROL_ID_CHARACTERS} (HL7 allows 199)", 10, condition=Condition.DATA_TYPE,
+                            rejected=True)
+        if msh.get(12) not in VERSIONS:
+            raise msh.error((f"version '{cut(msh.get(12), 20)}'" if msh.get(12) else "no version") + " (MSH-12): "
+                            f"HL7 v2 {', '.join(VERSIONS)} are read", 12, condition=Condition.VERSION_ID,
                             rejected=True)
         if msh.get(11) not in ("", "P"):
             raise msh.error(f"processing id '{msh.get(11)}' is not P (production): test and training messages "

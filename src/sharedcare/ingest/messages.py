@@ -44,6 +44,7 @@ class Condition(StrEnum):
     MESSAGE_TYPE = "200^Unsupported message type"
     EVENT_CODE = "201^Unsupported event code"
     PROCESSING_ID = "202^Unsupported processing id"
+    VERSION_ID = "203^Unsupported version id"
     DUPLICATE_KEY = "205^Duplicate key identifier"
     APPLICATION = "207^Application internal error"  # a store that failed, or a refusal by policy (no code of its own)
 
@@ -220,10 +221,12 @@ def canonical_json(content: Any) -> bytes:
     return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
 
-def too_large(filename: str, location: str, fmt: str, head: bytes, size: int, advice: str) -> RawMessage:
-    """A message the reader did not load, kept in quarantine by its start, with why and what to do."""
+def too_large(filename: str, location: str, fmt: str, head: bytes, size: int, advice: str,
+              limit: int = MAX_MESSAGE_BYTES) -> RawMessage:
+    """A message the reader did not load (over `limit`: the MLLP listener's is smaller than a file's), kept in
+    quarantine by its start, with why and what to do."""
     return RawMessage(filename, location, head[:KEPT_OF_TOO_LARGE], fmt, file_bytes=size,
-                      refused=f"{size:,} bytes is more than one message may be ({MAX_MESSAGE_BYTES:,} bytes); "
+                      refused=f"{size:,} bytes is more than one message may be ({limit:,} bytes); "
                               f"{advice} (quarantine keeps its first {KEPT_OF_TOO_LARGE:,} bytes)")
 
 

@@ -37,8 +37,19 @@ from sqlalchemy.orm import Session
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.audit import AuditAction, AuditRecord, network_of, record_audit, record_refusal
+from sharedcare.ingest.hl7v2 import VERSIONS
 from sharedcare.ingest.hl7v2_syntax import Encoding, SyntaxProblem, encoding_of
-from sharedcare.ingest.messages import MLLP_PREFIX, CertifiedSender, Condition, RawMessage, StagedMessage, cut
+from sharedcare.ingest.messages import (
+    KEPT_OF_TOO_LARGE,
+    MLLP_PREFIX,
+    CertifiedSender,
+    Condition,
+    MessageError,
+    RawMessage,
+    StagedMessage,
+    cut,
+    too_large,
+)
 from sharedcare.ingest.pipeline import ADAPTERS, IngestReport, Pipeline
 from sharedcare.store.database import STORE_BUSY, busy, unreachable, unreachable_reason
 from sharedcare.tls import TlsSettings, guarded, peer_subject
@@ -49,6 +60,9 @@ START, END = b"\x0b", b"\x1c\x0d"
 # ORU messages handled are a few kilobytes (the synthetic feeds' largest 1.2 KB); a cumulative results report
 # with long NTE text runs to tens of kilobytes. No embedded document (ED) is handled.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A start block before the previous frame's end block: the sender lost or never sent that end (an engine restarted
+# mid-message, say). The part before it is refused with this; the message after it is a message of its own.
+NO_END_BLOCK = "a start block (VT) inside a frame: the previous message's end block (FS CR) is missing"
 UK = ZoneInfo("Europe/London")
 _LOCATION = re.compile(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)\s*$")
 
@@ -78,9 +92,10 @@ def read_header(payload: bytes) -> Header | None:
     def field(n: int) -> str:
         return _echoed(cut(fields[n - 1]), encoding) if len(fields) >= n else ""
     components = field(9).split("^")
+    # a version not read is not echoed: the ACK is in 2.4, as the sender was told (AR 203)
+    version = field(12) if field(12).split("^")[0] in VERSIONS else "2.4"
     return Header(sending_app=field(3), sending_facility=field(4),
-                  trigger=components[1] if len(components) > 1 else "", control_id=field(10),
-                  version=field(12) or "2.4")
+                  trigger=components[1] if len(components) > 1 else "", control_id=field(10), version=version)
 
 
 def _echoed(value: str, encoding: Encoding | None) -> str:
@@ -119,6 +134,29 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
         location = f"{found.group(1)}^{found.group(2) or 1}^{found.group(3)}" if found else ""
         segments.append(f"ERR|{location}|{location}|{error}^HL70357|E||||{_escape(text)[:500]}")
     return "\r".join(segments).encode("latin-1", errors="replace") + b"\r"
+
+
+async def _rest_of_frame(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    """A frame over the limit, read to its end block and dropped but for its start (what quarantine keeps of it):
+    its start and its size. Reading it to its end, rather than closing at the limit, lets the sender hear the
+    ACK: closed with its bytes unread, the connection is reset and the ACK may be lost with it."""
+    head = await reader.read(KEPT_OF_TOO_LARGE)
+    size, data = 0, head
+    while (end := data.find(END)) < 0:
+        size += len(data) - 1  # its last byte may be the end block's first
+        chunk = await reader.read(1 << 16)
+        if not chunk:
+            raise asyncio.IncompleteReadError(head, None)
+        data = data[-1:] + chunk
+    return head[: size + end], size + end
+
+
+@dataclass
+class _Outside:
+    """A connection's bytes outside frames, dropped: how many in all, and how many times."""
+
+    bytes: int = 0
+    times: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,6 +207,8 @@ class MllpServer:
         self.open: list[tuple[str, asyncio.BaseTransport]] = []  # connections admitted: network_of, transport
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # per address: its lock, the connections wanting it
         self._refusing: set[asyncio.Future[None]] = set()  # refusals being audited (kept until written)
+        self._connections: set[asyncio.Task[None]] = set()  # connections being served, which a stop waits for
+        self._in_hand = 0  # messages being handled or answered, which a stop waits for
 
     def admit(self, address: str, transport: asyncio.BaseTransport) -> str | None:
         """Why a new connection is refused (over a cap), or None when it is counted in. An IPv6 address counts
@@ -196,13 +236,27 @@ class MllpServer:
         self._refusing.add(future)
         future.add_done_callback(self._refusing.discard)
 
-    def handle(self, payload: bytes, peer: str, subject: str | None = None) -> bytes:
+    def handle(self, payload: bytes, peer: str, subject: str | None = None, *, size: int | None = None,
+               framing: str | None = None) -> bytes:
         """Store one message through the pipeline, audit it and build its ACK (blocking: run it in a thread).
-        `peer`: the connection's address and port; `subject`: its certificate, on a TLS listener."""
+        `peer`: the connection's address and port; `subject`: its certificate, on a TLS listener. A frame the
+        listener cannot take is held unread, audited and answered AR as any refusal is: `size`, the bytes of a
+        frame over the limit (`payload` is then its start, as much as quarantine keeps), or `framing`, what is
+        wrong with its frame."""
         self.received += 1
         header = read_header(payload)
         location = f"message {self.received}" + (f" (MSH-10 {header.control_id})" if header else "")
-        raw = RawMessage(MLLP_PREFIX + (f"{subject}@" if subject else "") + peer, location, payload, "hl7v2")
+        filename = MLLP_PREFIX + (f"{subject}@" if subject else "") + peer
+        raw = RawMessage(filename, location, payload, "hl7v2")
+        unread: MessageError | None = None  # the refusal of a frame not read, held as the sender MSH-4 names
+        if size is not None:  # as file ingest holds a message too large to read
+            raw = too_large(filename, location, "hl7v2", payload, size, "send it as smaller messages (a report or "
+                            "a visit each)", limit=MAX_MESSAGE_BYTES)
+            unread = MessageError(str(raw.refused), raw.where, condition=Condition.DATA_TYPE, rejected=True)
+        elif framing is not None:
+            unread = MessageError(framing, raw.where, condition=Condition.SEGMENT_SEQUENCE, rejected=True)
+        if unread is not None and header and header.sending_facility in self.pipeline.framework.organisations:
+            unread.source_org = header.sending_facility
         report = IngestReport()
         # deny by default: over TLS, a certificate no organisation lists sends for none
         certified = CertifiedSender.of(self.pipeline.framework, subject or "no certificate") if self.tls else None
@@ -214,10 +268,14 @@ class MllpServer:
 
         # agreements None: read in the message's own transaction, so a message costs one transaction, its
         # audit entry included
-        staged = self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None, certified=certified,
-                                              then=audit_stored)
+        staged = self.pipeline.ingest_message(ADAPTERS["hl7v2"], raw, None, report, None, staged=unread,
+                                              certified=certified, then=audit_stored)
         if staged is None:
             self._audit_refused(header, address, detail, report)
+        if size is not None:  # no patient data: the sender's address, the sizes and the item
+            log.warning("mllp: %s sent a frame of %d bytes, over the limit of %d; answered AR, its first %d bytes "
+                        "held (quarantine #%s)", peer, size, MAX_MESSAGE_BYTES, len(raw.payload),
+                        report.quarantine[0]["id"])
         if not report.quarantined:  # stored; a merge it asked for may wait for a reviewer (MSA-3 says so)
             return ack(header, "AA", "; ".join(f"MRG-1: {held['reason']}" for held in report.merges_held))
         problem, refusal = report.quarantine[0], report.errors[0]
@@ -272,39 +330,89 @@ class MllpServer:
         # the feed's certificate names it: its messages (and quarantine items) say who sent them
         subject = peer_subject(writer.transport) if self.tls else None
         limits = self.limits
+        outside = _Outside()
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
         try:
             while True:
                 try:
                     async with asyncio.timeout(limits.idle_seconds):
-                        await reader.readuntil(START)
+                        before = await reader.readuntil(START)
                 except TimeoutError:
                     break  # idle: the engine reconnects for its next message
+                except asyncio.IncompleteReadError as exc:  # closed by the peer, perhaps after bytes outside a frame
+                    self._outside_frames(exc.partial, outside, peer, subject)
+                    break
+                except asyncio.LimitOverrunError as exc:  # megabytes and no start block: let go
+                    self._outside_frames(exc.consumed, outside, peer, subject)
+                    break
+                self._outside_frames(before[: -len(START)], outside, peer, subject)
                 try:
                     async with asyncio.timeout(limits.frame_seconds):
-                        framed = await reader.readuntil(END)
+                        try:
+                            framed, size = await reader.readuntil(END), None
+                        except asyncio.LimitOverrunError:
+                            framed, size = await _rest_of_frame(reader)
                 except TimeoutError:
                     self.refuse(peer.rsplit(":", 1)[0], f"no whole frame within {limits.frame_seconds:g} s",
                                 {"certificate": subject} if subject else {})
                     break
-                payload = framed[: -len(END)]
-                async with self._turn(peer.rsplit(":", 1)[0]):
-                    try:
-                        response = await asyncio.to_thread(self.handle, payload, peer, subject)
-                    except Exception as exc:  # answered, not dropped: an engine resends on AE 207
-                        response = self._failed(payload, peer, exc)
-                writer.write(START + response + END)
-                try:
-                    async with asyncio.timeout(limits.frame_seconds):  # a peer that reads no ACKs is let go
-                        await writer.drain()
-                except TimeoutError:  # the message is stored; resent, it is answered "unchanged"
-                    log.warning("MLLP: %s read no ACK within %g s; connection closed", peer, limits.frame_seconds)
+                if size is not None:  # answered; what followed its end block was read with it, so the connection goes
+                    await self._answer(writer, framed, peer, subject, size=size)
                     break
+                *cut_short, payload = framed[: -len(END)].split(START)
+                for part in cut_short:  # each part before a start block lost its end block: refused, not joined
+                    if part.strip():
+                        await self._answer(writer, part, peer, subject, framing=NO_END_BLOCK)
+                await self._answer(writer, payload, peer, subject)
         except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError):
             pass
-        except asyncio.LimitOverrunError:
-            writer.write(START + ack(None, "AR", "message larger than the limit", error=Condition.DATA_TYPE) + END)
         finally:
+            if outside.times > 1:
+                log.warning("mllp: %s sent %d bytes in all outside frames, %d times; dropped unanswered", peer,
+                            outside.bytes, outside.times)
             writer.close()
+            self._connections.discard(task)
+
+    async def _answer(self, writer: asyncio.StreamWriter, payload: bytes, peer: str, subject: str | None,
+                      size: int | None = None, framing: str | None = None) -> None:
+        """Handle one message in a worker thread, in its address's turn, and send its ACK. A peer that reads no
+        ACK within the frame timeout is let go (TimeoutError): the message is stored, and resent it is answered
+        "unchanged"."""
+        self._in_hand += 1
+        try:
+            async with self._turn(peer.rsplit(":", 1)[0]):
+                try:
+                    response = await asyncio.to_thread(self.handle, payload, peer, subject, size=size,
+                                                       framing=framing)
+                except Exception as exc:  # answered, not dropped: an engine resends on AE 207
+                    response = self._failed(payload, peer, exc)
+            writer.write(START + response + END)
+            try:
+                async with asyncio.timeout(self.limits.frame_seconds):  # a peer that reads no ACKs is let go
+                    await writer.drain()
+            except TimeoutError:
+                log.warning("MLLP: %s read no ACK within %g s; connection closed", peer, self.limits.frame_seconds)
+                raise
+        finally:
+            self._in_hand -= 1
+
+    def _outside_frames(self, dropped: bytes | int, outside: _Outside, peer: str, subject: str | None) -> None:
+        """Bytes before a start block (a message sent without one, say), or how many, are dropped unanswered:
+        logged and audited (within the limits of refusals at the door) the first time on a connection, counted
+        after; their count only, never what they were, which may be a patient's message. Line ends and spaces
+        alone are not counted (an engine that ends a frame FS CR LF)."""
+        count = dropped if isinstance(dropped, int) else len(dropped) if dropped.strip() else 0
+        if not count:
+            return
+        outside.bytes += count
+        outside.times += 1
+        if outside.times == 1:
+            log.warning("mllp: %s sent %d bytes outside a frame (before a start block, VT); dropped unanswered",
+                        peer, count)
+            self.refuse(peer.rsplit(":", 1)[0], f"{count} bytes outside a frame (before a start block, VT) dropped "
+                        "unanswered", {"certificate": subject} if subject else {})
 
     @contextlib.asynccontextmanager
     async def _turn(self, address: str) -> AsyncIterator[None]:
@@ -322,7 +430,12 @@ class MllpServer:
             else:
                 self._turns[address] = (lock, wanting - 1)
 
-    async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+    async def serve(self, host: str, port: int, ready: asyncio.Event | None = None,
+                    stop: asyncio.Event | None = None) -> None:
+        """Listen until cancelled, or until `stop` is set (`sharedcare mllp` on SIGINT or SIGTERM): then no new
+        connection is taken, the messages in hand are answered (within the frame timeout), the connections are
+        closed and the refusals being audited are written, so that a sender hears the answer of each message
+        stored and resends only those not."""
         loop = asyncio.get_running_loop()
 
         def connection() -> asyncio.Protocol:  # as asyncio.start_server makes them
@@ -334,5 +447,16 @@ class MllpServer:
         async with server:
             if ready is not None:
                 ready.set()
-            await server.serve_forever()
+            if stop is None:
+                await server.serve_forever()
+                return
+            await stop.wait()
+            server.close()
+            deadline = loop.time() + self.limits.frame_seconds
+            while self._in_hand and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            for _, transport in self.open:  # a frame half received is lost: not answered, its sender resends it
+                transport.close()
+            if pending := [*self._connections, *self._refusing]:
+                await asyncio.wait(pending, timeout=self.limits.frame_seconds)
 
