@@ -2,7 +2,7 @@
 
 Revision ID: 0034
 Revises: 0031
-Create Date: 2026-12-08
+Create Date: 2026-12-07
 
 The patient search (portal Find a patient, FHIR Patient search) compared `lower(family)` with the name typed
 lower-cased, so "O’Brien" typed on a phone, "OBrien", "Smith Jones" for SMITH-JONES or a double space found
