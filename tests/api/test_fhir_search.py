@@ -195,8 +195,8 @@ def test_a_given_name_searched_with_percent_or_underscore_matches_them_literally
             s.add(Person(id=person))
             s.flush()  # the person before the record naming it
             s.add(PatientRecord(source_org="P81001", source_id=f"crowd-{n}", person_id=person, family="Okafor",
-                                given=given, birth_date=born, link_method="new", match_probability=1.0,
-                                link_status="linked"))
+                                family_key="okafor", given=given, birth_date=born, link_method="new",
+                                match_probability=1.0, link_status="linked"))
 
     def found(given: str) -> list[str]:
         response = ics.client.post("/fhir/Patient/_search", headers=ics.token("dr.patel"),

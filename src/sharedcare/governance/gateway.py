@@ -65,6 +65,7 @@ from sharedcare.governance.policy import (
 )
 from sharedcare.governance.review import FOUND_WITHIN, ON_REVIEW, OnReview, flag_access, on_review, standing
 from sharedcare.governance.unnamed import Unknown, unknown_services, unnamed
+from sharedcare.identity.compare import search_key
 from sharedcare.store.database import Prepared, json_loads, run
 from sharedcare.store.models import (
     IS_PATIENT,
@@ -837,8 +838,8 @@ class GovernedRecords:
         if nhs_number:
             stmt = stmt.where(PatientRecord.nhs_number == nhs_number)
         elif family and birth_date:
-            stmt = stmt.where(func.lower(PatientRecord.family) == family.strip().lower(),
-                              PatientRecord.birth_date == birth_date)
+            # the surname as stored for search (`compare.search_key`), an index lookup with the birth date
+            stmt = stmt.where(PatientRecord.family_key == _family_key(family), PatientRecord.birth_date == birth_date)
             if given:
                 # `%` and `_` typed are letters, not LIKE's wildcards (which let any name fill the candidates)
                 stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower(), autoescape=True))
@@ -993,7 +994,7 @@ class _Criteria:
     def matches(self, record: PatientRecord) -> bool:
         if self.nhs_number:
             return record.nhs_number == self.nhs_number
-        return ((record.family or "").lower() == (self.family or "").strip().lower()
+        return (record.family_key == _family_key(self.family or "")
                 and record.birth_date == self.birth_date
                 and (not self.given or (record.given or "").lower().startswith(self.given.strip().lower()))
                 and (not self.postcode or record.postcode == " ".join(self.postcode.upper().split())))
@@ -1004,6 +1005,12 @@ class _Criteria:
 # (PATIENT_IDENTIFY) are not among them, so the form cannot keep the window open by itself.
 # (FOUND_WITHIN is review.py's: a basis recorded with neither queues an "opened-by-id" item, once in it.)
 FOUND_BY = (AuditAction.PATIENT_SEARCH, AuditAction.RECORD_READ, AuditAction.RECORD_EMERGENCY_READ)
+
+
+def _family_key(typed: str) -> str:
+    """The surname typed as the search compares it with each record's `family_key`; "" (no record's key) when
+    it holds no letter, so it finds no one rather than every record without a surname."""
+    return search_key(typed) or ""
 
 
 @dataclass(frozen=True)

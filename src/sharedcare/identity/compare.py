@@ -181,6 +181,18 @@ def family_keys(names: Iterable[str | None]) -> list[str]:
     return sorted(keys)
 
 
+SEARCH_KEY_LENGTH = 200  # the stored key's column (`PatientRecord.family_key`); folding may lengthen a name
+
+
+def search_key(value: str | None) -> str | None:
+    """A surname as a patient search compares it: read as matching reads it (`name_text`: case and accents
+    folded, apostrophes of any kind gone), then without its hyphens and spaces, so what a clinician types
+    ("O’Brien" on a phone, "OBrien", "Smith Jones", "Ozturk") finds what a source sent ("O'Brien",
+    "SMITH-JONES", "ÖZTÜRK"). Stored with each record (`mpi._demographic_columns`) and indexed."""
+    text = (name_text(value) or "").replace("-", "").replace(" ", "")
+    return text[:SEARCH_KEY_LENGTH] or None
+
+
 def postcode_parts(value: str | None) -> tuple[str, str, str] | None:
     """(full, sector, district) of a UK postcode, or None when it is not one or is a pseudo-postcode
     ("LS1 4AP" -> "LS1 4AP", "LS1 4", "LS1"; "ZZ99 3WZ" -> None)."""

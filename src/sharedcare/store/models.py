@@ -76,7 +76,7 @@ class PatientRecord(Base):
         UniqueConstraint("source_org", "source_id", name="uq_patient_records_source"),
         Index("ix_patient_records_nhs_number", "nhs_number"),
         Index("ix_patient_records_person", "person_id"),
-        Index("ix_patient_records_name_dob", "family", "birth_date"),
+        Index("ix_patient_records_family_key_dob", "family_key", "birth_date"),  # the patient search
         Index("ix_patient_records_birth_date", "birth_date"),
         Index("ix_patient_records_postcode", "postcode"),
         Index("ix_patient_records_name_key", "name_key"),
@@ -91,6 +91,9 @@ class PatientRecord(Base):
     # check): the patient's choices held against it go on applying to the record's person (consent.py)
     last_nhs_number: Mapped[str | None] = mapped_column(String(10))
     family: Mapped[str | None] = mapped_column(String(100))
+    # The surname as a patient search compares it (`compare.search_key`: "O'Brien", "O’Brien" and "OBrien"
+    # alike; "Öztürk" and "Ozturk"), made where `family` is written (`mpi._demographic_columns`)
+    family_key: Mapped[str | None] = mapped_column(String(200))
     given: Mapped[str | None] = mapped_column(String(100))
     birth_date: Mapped[date | None] = mapped_column(Date)
     gender: Mapped[str | None] = mapped_column(String(16))

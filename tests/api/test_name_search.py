@@ -1,0 +1,98 @@
+"""Finding a patient by surname as a clinician types it (a paramedic on a phone, journey 1): the portal's Find a
+patient and the FHIR Patient search compare the surname as the MPI reads a name (case and accents folded,
+apostrophes, hyphens and spaces aside), on both stores, and still need the date of birth."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select
+from tests.builders import bundle, patient, write_ndjson
+from tests.small_ics import Ics
+
+from sharedcare.governance.framework import Framework
+from sharedcare.ingest.pipeline import Pipeline
+from sharedcare.store.models import PatientRecord
+
+# (surname as the source sent it, given, born, [surnames as a clinician types them])
+PEOPLE = [
+    ("O'Brien", "Sam", "1950-01-01", ["O’Brien", "OBrien", "o'brien", "O Brien"]),  # ’: a phone's apostrophe
+    ("ÖZDEMIR", "Ayse", "1951-02-02", ["Özdemir", "ÖZDEMIR", "Ozdemir"]),  # a hospital PAS sends upper case
+    ("SMITH-JONES", "Kim", "1952-03-03", ["Smith Jones", "smith-jones", "SmithJones", "Smith - Jones"]),
+    ("De Souza", "Ana", "1953-04-04", ["De  Souza", " de souza ", "DeSouza"]),
+    ("Öztürk", "Çağla", "1970-01-02", ["Öztürk", "öztürk", "ÖZTÜRK", "O\u0308zturk", "Ozturk"]),  # NFD: macOS
+]
+
+
+def _ingest(ics: Ics, framework: Framework, tmp_path: Path) -> dict[str, str]:
+    """The people, each from the hospital's feed; their person ids by the surname sent."""
+    feed = bundle("RXR", "epr", [patient(f"MRN-{n}", None, family, given, born)
+                                 for n, (family, given, born, _) in enumerate(PEOPLE)])
+    report = Pipeline(ics.database, framework).ingest_paths([write_ndjson(tmp_path / "p.ndjson", [feed])])
+    assert report.quarantined == 0
+    with ics.database.session() as s:
+        records = s.scalars(select(PatientRecord).where(PatientRecord.source_org == "RXR"))
+        return {r.family or "": r.person_id for r in records}
+
+
+def _portal_found(ics: Ics, family: str, born: str) -> str:
+    year, month, day = born.split("-")
+    page = ics.client.post("/search", data={"family": family, "birth_day": day, "birth_month": month,
+                                            "birth_year": year})
+    assert page.status_code == 200, page.text
+    found = re.search(r"(\d+) (?:person|people) found", page.text)
+    assert found is not None
+    return found[1]
+
+
+def _fhir_found(ics: Ics, family: str, born: str) -> list[str]:
+    response = ics.client.post("/fhir/Patient/_search", headers=ics.token("para.evans"),
+                               data={"family": family, "birthdate": born})
+    assert response.status_code == 200, response.text
+    return [e["resource"]["id"] for e in response.json().get("entry", [])]
+
+
+def test_a_surname_typed_otherwise_than_sent_finds_the_patient_in_the_portal_and_by_fhir(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    person = _ingest(ics, framework, tmp_path)
+    ics.client.post("/login", data={"username": "para.evans", "password": "demo"})
+    missed = []
+    for family, _, born, typed in PEOPLE:
+        for spelling in typed:
+            portal, fhir = _portal_found(ics, spelling, born), _fhir_found(ics, spelling, born)
+            if portal != "1" or fhir != [person[family]]:
+                missed.append(f"{spelling!r} for {family!r}: portal {portal} found, FHIR {fhir}")
+    assert not missed, "\n".join(missed)
+
+
+def test_another_surname_or_birth_date_still_finds_no_one(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    _ingest(ics, framework, tmp_path)
+    ics.client.post("/login", data={"username": "para.evans", "password": "demo"})
+    for family, born in [("Brien", "1950-01-01"), ("O'Bryan", "1950-01-01"), ("Smith", "1952-03-03"),
+                         ("Jones", "1952-03-03"), ("Ozdemirr", "1951-02-02"), ("Souza", "1953-04-04"),
+                         ("O’Brien", "1950-01-02"), ("Ozturk", "1970-02-01"), ("'", "1950-01-01"),
+                         ("--", "1952-03-03")]:
+        assert (_portal_found(ics, family, born), _fhir_found(ics, family, born)) == ("0", []), (family, born)
+
+
+FAMILY_KEY_REVISION = "0033"  # the migration that adds `family_key`
+
+
+def test_records_stored_before_the_search_key_are_found_by_it_after_the_upgrade(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    person = _ingest(ics, framework, tmp_path)
+    cfg = ics.database.alembic_config()
+    before = ScriptDirectory.from_config(cfg).get_revision(FAMILY_KEY_REVISION).down_revision
+    with ics.database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, str(before))
+    columns = {c["name"] for c in inspect(ics.database.engine).get_columns("patient_records")}
+    assert "family_key" not in columns and "family" in columns
+    ics.database.migrate()
+    assert [i["column_names"] for i in inspect(ics.database.engine).get_indexes("patient_records")
+            if i["name"] == "ix_patient_records_family_key_dob"] == [["family_key", "birth_date"]]
+    assert _fhir_found(ics, "O’Brien", "1950-01-01") == [person["O'Brien"]]
+    assert _fhir_found(ics, "Ozturk", "1970-01-02") == [person["Öztürk"]]
