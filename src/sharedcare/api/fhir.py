@@ -30,6 +30,7 @@ from sharedcare.api.deps import (
     SearchRecordsDep,
     governed_records,
     public_base,
+    public_link,
 )
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
@@ -182,7 +183,7 @@ def _bundle(request: Request, resources: list[dict[str, Any]],
         **({"meta": {"security": [REDACTED]}} if notice else {}),
         "type": "searchset",
         "timestamp": utcnow().isoformat(),
-        "link": [{"relation": "self", "url": str(request.url)}],
+        "link": [{"relation": "self", "url": public_link(request)}],
         "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
                    "search": {"mode": "match" if r["resourceType"] != "Provenance" else "include"}}
                   for r in resources]
@@ -419,10 +420,10 @@ def _search(resource_type: str, request: Request, records: GovernedRecords) -> d
     params = list(request.query_params.multi_items())
     query = ClinicalQuery.parse(resource_type, params)
     view = records.everything(query.patient, query=request.url.query, asked=[resource_type])
-    page, more = query.select([s.content for s in view.of_type(resource_type)])
+    page, cursor = query.select([(s.content, s.recorded_at) for s in view.of_type(resource_type)])
     entries = page + ([view.patient] if query.include_patient and view.patient and page else [])
     bundle = _bundle(request, entries, withheld_notice(records, view))
-    if more:
-        following = [(k, v) for k, v in params if k != "_offset"] + [("_offset", str(query.offset + query.count))]
-        bundle["link"].append({"relation": "next", "url": str(request.url.replace(query=urlencode(following)))})
+    if cursor:  # the next page starts after this one's last match (fhir/search.py), wherever it now is
+        following = [(k, v) for k, v in params if k not in ("_offset", "_cursor")] + [("_cursor", cursor)]
+        bundle["link"].append({"relation": "next", "url": public_link(request, urlencode(following))})
     return bundle

@@ -7,6 +7,9 @@ lists; anything else is refused with a clear message rather than silently ignore
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ DATE_ELEMENTS = {
 }
 CODE_ELEMENTS = ("code", "medicationCodeableConcept", "vaccineCode", "type")
 SEARCH_PARAMS = {"patient", "subject", "code", "date", "category", "status", "_lastUpdated", "_count", "_offset",
-                 "_sort", "_include"}
+                 "_sort", "_include", "_cursor"}
 REFUSED = {
     "_total": "totals are not given: a count could reveal records withheld from you",
     "_summary": "summaries are not given: a count could reveal records withheld from you",
@@ -187,6 +190,7 @@ class ClinicalQuery:
     last_updated: tuple[DateFilter, ...] = ()
     count: int = 50
     offset: int = 0
+    after: tuple[datetime | str, ...] | None = None  # `_cursor`: the position of the previous page's last match
     sort_descending: bool | None = None
     include_patient: bool = False
 
@@ -211,7 +215,7 @@ class ClinicalQuery:
         patient = (people or [""])[0].removeprefix("Patient/")
         if not patient:
             raise SearchError("give patient=<id>: searches are per patient")
-        for name in ("_count", "_offset", "_sort"):
+        for name in ("_count", "_offset", "_sort", "_cursor"):
             if len(values.get(name, [])) > 1:
                 raise SearchError(f"{name}: give it once, not more than once")
         query = cls(patient=patient)
@@ -226,6 +230,11 @@ class ClinicalQuery:
         if sort not in (None, "date", "-date"):
             raise SearchError("_sort: only 'date' and '-date' are supported")
         query.sort_descending = None if sort is None else sort.startswith("-")
+        cursor = _first(values, "_cursor")
+        if cursor is not None:
+            if query.offset:
+                raise SearchError("_cursor: give it or _offset, not both (a next link carries _cursor alone)")
+            query.after = _position_of(cursor, 2 if sort is None else 3)
         include = values.get("_include", [])
         if any(i not in (f"{resource_type}:patient", f"{resource_type}:subject") for i in include):
             raise SearchError(f"_include: only {resource_type}:patient is supported")
@@ -248,14 +257,50 @@ class ClinicalQuery:
         updated = (resource.get("meta") or {}).get("lastUpdated")
         return all(f.matches(span(updated) if updated else None) for f in self.last_updated)
 
-    def select(self, resources: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-        """The page of matching resources, and whether there is a next page."""
-        found = [r for r in resources if self.matches(r)]
-        if self.sort_descending is not None:
-            floor = datetime.min.replace(tzinfo=UTC)
-            found.sort(key=lambda r: clinical_date(r) or floor, reverse=self.sort_descending)
-        page = found[self.offset:self.offset + self.count]
-        return page, self.offset + self.count < len(found)
+    def select(self, resources: list[tuple[dict[str, Any], datetime]]) -> tuple[list[dict[str, Any]], str | None]:
+        """The page of matching resources (each with when it was recorded), and the `_cursor` of the next page
+        if there is one. The order is total (newest recorded first, or by date; ties by when recorded, then
+        id) and a page starts after the previous page's last match, wherever it now is: a resource withdrawn
+        or arriving between pages shifts no later page (an offset would skip or repeat one)."""
+        descending = self.sort_descending is not False
+        keyed = sorted(((self._position(r, at), r) for r, at in resources if self.matches(r)),
+                       key=lambda pair: pair[0], reverse=descending)
+        if self.after is not None:
+            after = self.after
+            keyed = [(key, r) for key, r in keyed if (key < after if descending else key > after)]
+        page = keyed[self.offset:self.offset + self.count]
+        more = self.offset + self.count < len(keyed)
+        return [r for _, r in page], (_cursor_of(page[-1][0]) if more and page else None)
+
+    def _position(self, resource: dict[str, Any], recorded_at: datetime) -> tuple[Any, ...]:
+        """Where a resource sorts: (recorded, id), after its date first with `_sort`."""
+        key = (recorded_at.astimezone(UTC), str(resource.get("id", "")))
+        return key if self.sort_descending is None else (clinical_date(resource) or _FLOOR, *key)
+
+
+_FLOOR = datetime.min.replace(tzinfo=UTC)
+
+
+def _cursor_of(position: tuple[Any, ...]) -> str:
+    """A page position as an opaque token: its times and the resource's id (already in the page's URLs)."""
+    words = [v.isoformat() if isinstance(v, datetime) else v for v in position]
+    return base64.urlsafe_b64encode(json.dumps(words).encode()).decode().rstrip("=")
+
+
+def _position_of(cursor: str, size: int) -> tuple[datetime | str, ...]:
+    """The position `_cursor_of` made, checked: `size` parts, times then an id (a `_sort` changed between
+    pages gives another size)."""
+    try:
+        words = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(words, list) or len(words) != size or not all(isinstance(w, str) for w in words):
+            raise ValueError(cursor)
+        times = [datetime.fromisoformat(w) for w in words[:-1]]
+        if any(t.tzinfo is None for t in times):
+            raise ValueError(cursor)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise SearchError("_cursor: not a page position this server gave; follow the Bundle's next link "
+                          "unchanged, with the same _sort") from exc
+    return (*(t.astimezone(UTC) for t in times), words[-1])
 
 
 def _integer(values: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
