@@ -3,9 +3,12 @@ record changes between pages, and every link at the service's public address (be
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from tests.builders import bundle, condition, patient, write_ndjson
 from tests.fhir_bundles import entries
@@ -85,12 +88,20 @@ def test_a_resource_arriving_between_pages_repeats_none(ics: Ics, framework: Fra
     assert len(seen) == len(set(seen)) and set(seen) == set(_all_now(ics, headers)) - {"New"}
 
 
-def test_a_page_position_the_server_did_not_give_is_refused_in_words(ics: Ics) -> None:
+def test_a_page_position_says_nothing_and_one_the_server_did_not_give_is_refused(ics: Ics) -> None:
+    """The position is sealed: no time of the record (when recorded, a clinical date) is readable in a URL
+    that proxies log, and a position changed, or taken to another search, does not open."""
     headers = ics.open_record("dr.patel")
-    first = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&_count=1", headers=headers).json()
+    first = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&_count=1&_sort=date", headers=headers).json()
     following = _next(first)
-    assert following is not None and "_cursor=" in following and "_offset" not in following
-    for changed in (following + "&_sort=date",  # another order: the position means nothing in it
+    assert following is not None and "_offset" not in following
+    (cursor,) = parse_qs(urlsplit(following).query)["_cursor"]
+    opened = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert not re.search(rb"\d{4}-\d\d-\d\d", opened) and entries(first)[0]["resource"]["id"].encode() not in opened
+    tampered = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
+    for changed in (following.replace("_sort=date", "_sort=-date"),  # another order: the position means nothing
+                    following.replace("/Condition?", "/AllergyIntolerance?"),  # another search
+                    following.replace(cursor, tampered),
                     f"/fhir/Condition?patient={ics.okafor}&_cursor=not-a-position",
                     following + "&_offset=3"):
         response = ics.client.get(changed.removeprefix("http://testserver"), headers=headers)

@@ -35,7 +35,16 @@ from sharedcare.api.deps import (
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
-from sharedcare.fhir.search import REFUSED, ClinicalQuery, DateFilter, SearchError, only_these, parse_instant, span
+from sharedcare.fhir.search import (
+    REFUSED,
+    ClinicalQuery,
+    DateFilter,
+    SearchError,
+    only_these,
+    page_cursor_key,
+    parse_instant,
+    span,
+)
 from sharedcare.fhir.uk_core import ODS_SYSTEM, RECORD_TYPES
 from sharedcare.governance.explain import (
     not_shown,
@@ -418,7 +427,7 @@ async def search(resource_type: str, request: Request) -> Response:
 def _search(resource_type: str, request: Request, records: GovernedRecords) -> dict[str, Any]:
     _served_type(resource_type)
     params = list(request.query_params.multi_items())
-    query = ClinicalQuery.parse(resource_type, params)
+    query = ClinicalQuery.parse(resource_type, params, page_cursor_key(request.app.state.settings.secret))
     view = records.everything(query.patient, query=request.url.query, asked=[resource_type])
     page, cursor = query.select([(s.content, s.recorded_at) for s in view.of_type(resource_type)])
     entries = page + ([view.patient] if query.include_patient and view.patient and page else [])

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
+import os
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
@@ -191,11 +196,15 @@ class ClinicalQuery:
     count: int = 50
     offset: int = 0
     after: tuple[datetime | str, ...] | None = None  # `_cursor`: the position of the previous page's last match
+    cursor_key: bytes = field(default=b"", repr=False)  # what `_cursor` is sealed with (`page_cursor_key`)
+    sealed_for: str = ""  # the search a `_cursor` is sealed for: its type, patient and order
     sort_descending: bool | None = None
     include_patient: bool = False
 
     @classmethod
-    def parse(cls, resource_type: str, params: list[tuple[str, str]]) -> ClinicalQuery:
+    def parse(cls, resource_type: str, params: list[tuple[str, str]], cursor_key: bytes = b"") -> ClinicalQuery:
+        """`cursor_key`: what `_cursor` is sealed with; without one (a search not served over HTTP) a key of
+        this process's own."""
         for name, _ in params:
             if name in REFUSED:
                 raise SearchError(f"{name}: {REFUSED[name]}")
@@ -218,7 +227,7 @@ class ClinicalQuery:
         for name in ("_count", "_offset", "_sort", "_cursor"):
             if len(values.get(name, [])) > 1:
                 raise SearchError(f"{name}: give it once, not more than once")
-        query = cls(patient=patient)
+        query = cls(patient=patient, cursor_key=cursor_key or _PROCESS_CURSOR_KEY)
         query.codes = tuple(values.get("code", []))
         query.categories = tuple(values.get("category", []))
         query.statuses = tuple(values.get("status", []))
@@ -230,11 +239,12 @@ class ClinicalQuery:
         if sort not in (None, "date", "-date"):
             raise SearchError("_sort: only 'date' and '-date' are supported")
         query.sort_descending = None if sort is None else sort.startswith("-")
+        query.sealed_for = f"{resource_type}|{patient}|{sort}"
         cursor = _first(values, "_cursor")
         if cursor is not None:
             if query.offset:
                 raise SearchError("_cursor: give it or _offset, not both (a next link carries _cursor alone)")
-            query.after = _position_of(cursor, 2 if sort is None else 3)
+            query.after = _position_of(query.cursor_key, query.sealed_for, cursor, 2 if sort is None else 3)
         include = values.get("_include", [])
         if any(i not in (f"{resource_type}:patient", f"{resource_type}:subject") for i in include):
             raise SearchError(f"_include: only {resource_type}:patient is supported")
@@ -270,7 +280,8 @@ class ClinicalQuery:
             keyed = [(key, r) for key, r in keyed if (key < after if descending else key > after)]
         page = keyed[self.offset:self.offset + self.count]
         more = self.offset + self.count < len(keyed)
-        return [r for _, r in page], (_cursor_of(page[-1][0]) if more and page else None)
+        cursor = _cursor_of(self.cursor_key, self.sealed_for, page[-1][0]) if more and page else None
+        return [r for _, r in page], cursor
 
     def _position(self, resource: dict[str, Any], recorded_at: datetime) -> tuple[Any, ...]:
         """Where a resource sorts: (recorded, id), after its date first with `_sort`."""
@@ -279,25 +290,35 @@ class ClinicalQuery:
 
 
 _FLOOR = datetime.min.replace(tzinfo=UTC)
+_PROCESS_CURSOR_KEY = os.urandom(32)
 
 
-def _cursor_of(position: tuple[Any, ...]) -> str:
-    """A page position as an opaque token: its times and the resource's id (already in the page's URLs)."""
+def page_cursor_key(secret: str) -> bytes:
+    """What `_cursor` is sealed with: the service's secret under a label of its own (as `consent_id_key`)."""
+    return hmac.digest(secret.encode(), b"sharedcare page cursor key", "sha256")
+
+
+def _cursor_of(key: bytes, sealed_for: str, position: tuple[Any, ...]) -> str:
+    """A page position as a token sealed (AES-GCM) for one search: its times (when recorded, a clinical
+    date) are not readable in a URL, which proxies and logs keep, and a token changed or moved to another
+    patient, type or order does not open."""
     words = [v.isoformat() if isinstance(v, datetime) else v for v in position]
-    return base64.urlsafe_b64encode(json.dumps(words).encode()).decode().rstrip("=")
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(key).encrypt(nonce, json.dumps(words).encode(), sealed_for.encode())
+    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
 
 
-def _position_of(cursor: str, size: int) -> tuple[datetime | str, ...]:
-    """The position `_cursor_of` made, checked: `size` parts, times then an id (a `_sort` changed between
-    pages gives another size)."""
+def _position_of(key: bytes, sealed_for: str, cursor: str, size: int) -> tuple[datetime | str, ...]:
+    """The position `_cursor_of` sealed for this search, checked: `size` parts, times then an id."""
     try:
-        words = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        words = json.loads(AESGCM(key).decrypt(sealed[:12], sealed[12:], sealed_for.encode()))
         if not isinstance(words, list) or len(words) != size or not all(isinstance(w, str) for w in words):
             raise ValueError(cursor)
         times = [datetime.fromisoformat(w) for w in words[:-1]]
         if any(t.tzinfo is None for t in times):
             raise ValueError(cursor)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, binascii.Error, InvalidTag) as exc:
         raise SearchError("_cursor: not a page position this server gave; follow the Bundle's next link "
                           "unchanged, with the same _sort") from exc
     return (*(t.astimezone(UTC) for t in times), words[-1])
