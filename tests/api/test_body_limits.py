@@ -1,6 +1,7 @@
 """A request body over its route's limit is refused 413 after reading no more than the limit (by its
 Content-Length, before reading any of it), with or without credentials: one large POST cannot hold a
-server process's memory."""
+server process's memory. A FHIR query string over its limit is refused 414 at the same door: it would go
+whole into the audit log."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, select
 from tests.small_ics import Ics
 
 from sharedcare.api import bodies
 from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
+from sharedcare.store.models import AuditEntry
 
 CHUNK = 1024 * 1024
 
@@ -116,3 +119,25 @@ def test_a_declared_length_over_the_limit_is_refused_unread(ics: Ics) -> None:
 def test_a_form_within_the_limit_is_still_answered(ics: Ics) -> None:
     response = ics.client.post("/login", data={"username": "nobody", "password": "x" * 60_000})
     assert response.status_code == 401  # read and judged, not refused for its size
+
+
+def test_a_fhir_query_string_over_8_kb_is_refused_414_before_any_read_is_audited(ics: Ics) -> None:
+    """A search's query is audited whole with every read it makes, allowed or refused: without a limit any
+    token holder could append entries of any size to the permanent audit log."""
+    headers = ics.open_record("dr.patel")
+
+    def audited() -> int:
+        with ics.database.session() as session:
+            return int(session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
+
+    before = audited()
+    for person in (ics.okafor, ics.stranger):  # her record open, or no basis (a refusal is audited too)
+        response = ics.client.get(f"/fhir/Condition?patient={person}&code={'9' * 9_000}", headers=headers)
+        assert response.status_code == 414 and response.headers["content-type"].startswith("application/fhir+json")
+        assert "longer than 8 KB" in response.json()["issue"][0]["diagnostics"]
+    everything = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type={'Condition,' * 1_000}",
+                                headers=headers)
+    assert everything.status_code == 414
+    assert audited() == before
+    within = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&code={'9' * 7_000}", headers=headers)
+    assert within.status_code == 200 and audited() == before + 1  # read, and audited, as before

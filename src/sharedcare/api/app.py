@@ -91,7 +91,8 @@ def _too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
 
 class _ResponseRules:
     """Every request gets an id; every response no-store (static files excepted) and the security headers;
-    a body over its route's limit (api/bodies.py) or a NUL anywhere is refused. Plain ASGI, not
+    a body over its route's limit (api/bodies.py), a FHIR query string over its limit, or a NUL anywhere
+    is refused. Plain ASGI, not
     `@app.middleware("http")`: that wrapper's streams and task group cost more than a whole governed
     resource read."""
 
@@ -136,6 +137,10 @@ class _ResponseRules:
 
         if refused is not None:
             await _too_large(request, refused)(scope, receive, send_with_headers)
+            return
+        if bodies.query_over(path, scope.get("query_string", b"")):  # refused at the door, as a large body is
+            too_long = operation_outcome(414, "too-long", bodies.QUERY_TOO_LONG, request_id)
+            await too_long(scope, receive, send_with_headers)
             return
         where = _nul_in(scope["path"], request.url.query, body if fields else None)
         if where is None:

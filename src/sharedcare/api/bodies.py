@@ -1,4 +1,5 @@
-"""How much of a request body the service reads: the limits, in one place, and reading up to one.
+"""How much of a request body (and of a FHIR query string) the service takes: the limits, in one place,
+and reading up to one.
 
 Without a limit one unauthenticated POST of hundreds of megabytes would be held whole in a server
 process (the clinicians' portal and the API share it). A body over its route's limit is refused 413
@@ -17,6 +18,9 @@ from sharedcare.errors import SharedcareError
 SMALL_BODY_MAX = 64 * 1024
 FHIR_WRITE_MAX = 32 * 1024 * 1024  # a Bundle bigger than this belongs in a file feed or a bulk import
 CONSENT_MAX = 64 * 1024  # a patient's Consent (a few provisions, nested four deep at most) is a few kilobytes
+# A FHIR search's query string goes, whole, into the AuditEvent of every read it makes (TRUST AU2), allowed or
+# refused: the longest real one (a patient, a few codes, dates, a paging position) is a few hundred bytes.
+FHIR_QUERY_MAX = 8 * 1024
 
 
 def read_by_route(method: str, path: str) -> bool:
@@ -39,6 +43,16 @@ def limit_for(method: str, path: str) -> int:
 
 def in_words(size: int) -> str:
     return f"{size // (1024 * 1024)} MB" if size >= 1024 * 1024 else f"{size // 1024} KB"
+
+
+def query_over(path: str, query_string: bytes) -> bool:
+    """Whether a FHIR request's query string is over FHIR_QUERY_MAX: refused 414 before any route runs, so
+    no caller can append an entry of any size they choose to the permanent audit log."""
+    return (path == "/fhir" or path.startswith("/fhir/")) and len(query_string) > FHIR_QUERY_MAX
+
+
+QUERY_TOO_LONG = (f"the query string is longer than {in_words(FHIR_QUERY_MAX)}, the most accepted here: "
+                  "a search needs only a patient, a few criteria and a page position")
 
 
 class BodyTooLarge(SharedcareError):

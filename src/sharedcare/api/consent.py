@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare.api import bodies
-from sharedcare.api.deps import own_consent, public_base
+from sharedcare.api.deps import own_consent, public_base, public_link
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE, operation_outcome
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
@@ -64,7 +64,7 @@ async def _body(request: Request) -> bytes | None:
 def _bundle(request: Request, consents: list[dict[str, Any]]) -> dict[str, Any]:
     base = public_base(request) + "/fhir"
     return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset",
-            "timestamp": utcnow().isoformat(), "link": [{"relation": "self", "url": str(request.url)}],
+            "timestamp": utcnow().isoformat(), "link": [{"relation": "self", "url": public_link(request)}],
             "entry": [{"fullUrl": f"{base}/Consent/{c['id']}", "resource": c, "search": {"mode": "match"}}
                       for c in consents]}
 

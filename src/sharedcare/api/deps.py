@@ -61,6 +61,13 @@ def public_base(request: Request) -> str:
     return configured or str(request.base_url).rstrip("/")
 
 
+def public_link(request: Request, query: str | None = None) -> str:
+    """This request's address as users and apps know it (`public_base`), with `query` in place of its own if
+    given: a Bundle's self and next links, which a client behind a proxy follows with its token."""
+    query = request.url.query if query is None else query
+    return public_base(request) + request.url.path + (f"?{query}" if query else "")
+
+
 def _source_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 

@@ -30,6 +30,7 @@ from sharedcare.api.deps import (
     SearchRecordsDep,
     governed_records,
     public_base,
+    public_link,
 )
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
@@ -40,6 +41,7 @@ from sharedcare.fhir.search import (
     DateFilter,
     SearchError,
     only_these,
+    page_cursor_key,
     parse_instant,
     search_params,
     span,
@@ -192,7 +194,7 @@ def _bundle(request: Request, resources: list[dict[str, Any]], notice: dict[str,
         **({"meta": {"security": [REDACTED]}} if notice else {}),
         "type": "searchset",
         "timestamp": utcnow().isoformat(),
-        "link": [{"relation": "self", "url": str(request.url)}],
+        "link": [{"relation": "self", "url": public_link(request)}],
         "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
                    "search": {"mode": "match" if r["resourceType"] != "Provenance" else "include"}}
                   for r in resources]
@@ -441,14 +443,14 @@ async def search(resource_type: str, request: Request) -> Response:
 def _search(resource_type: str, request: Request, records: GovernedRecords) -> dict[str, Any]:
     _served_type(resource_type)
     params = list(request.query_params.multi_items())
-    query = ClinicalQuery.parse(resource_type, params)
+    query = ClinicalQuery.parse(resource_type, params, page_cursor_key(request.app.state.settings.secret))
     # an included Patient is asked for too: a token whose scopes leave it out is refused, not answered without it
     view = records.everything(query.patient, query=request.url.query,
                               asked=[resource_type] + (["Patient"] if query.include_patient else []))
-    page, more = query.select([s.content for s in view.of_type(resource_type)])
+    page, cursor = query.select([(s.content, s.recorded_at) for s in view.of_type(resource_type)])
     included = [view.patient] if query.include_patient and view.patient and page else []
     bundle = _bundle(request, page, withheld_notice(records, view), included)
-    if more:
-        following = [(k, v) for k, v in params if k != "_offset"] + [("_offset", str(query.offset + query.count))]
-        bundle["link"].append({"relation": "next", "url": str(request.url.replace(query=urlencode(following)))})
+    if cursor:  # the next page starts after this one's last match (fhir/search.py), wherever it now is
+        following = [(k, v) for k, v in params if k not in ("_offset", "_cursor")] + [("_cursor", cursor)]
+        bundle["link"].append({"relation": "next", "url": public_link(request, urlencode(following))})
     return bundle

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sharedcare.api.deps import ReadRecordsDep, public_base
+from sharedcare.api.deps import ReadRecordsDep, public_base, public_link
 from sharedcare.api.outcomes import FHIR_JSON
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import DateFilter, Span, only_these
@@ -61,7 +61,7 @@ def instance_history(resource_type: str, resource_id: str, request: Request, rec
                 if since is None or since.matches(Span(served.received_at, served.received_at + MICROSECOND))]
     base = public_base(request) + "/fhir"
     body = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "history", "timestamp": utcnow().isoformat(),
-            "total": len(versions), "link": [{"relation": "self", "url": str(request.url)}],
+            "total": len(versions), "link": [{"relation": "self", "url": public_link(request)}],
             "entry": [_entry(base, served) for served in versions]}
     return JSONResponse(body, media_type=FHIR_JSON)
 

@@ -7,11 +7,19 @@ lists; anything else is refused with a clear message rather than silently ignore
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import json
+import os
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
@@ -62,7 +70,7 @@ IMPLIED_SYSTEMS = {
     "DocumentReference.status": "http://hl7.org/fhir/document-reference-status",
     "DiagnosticReport.status": "http://hl7.org/fhir/diagnostic-report-status",
 }
-COMMON_PARAMS = {"patient", "subject", "date", "_lastUpdated", "_count", "_offset", "_sort", "_include"}
+COMMON_PARAMS = {"patient", "subject", "date", "_lastUpdated", "_count", "_offset", "_sort", "_include", "_cursor"}
 REFUSED = {
     "_total": "totals are not given: a count could reveal records withheld from you",
     "_summary": "summaries are not given: a count could reveal records withheld from you",
@@ -275,11 +283,16 @@ class ClinicalQuery:
     last_updated: tuple[DateFilter, ...] = ()
     count: int = 50
     offset: int = 0
+    after: tuple[datetime | str, ...] | None = None  # `_cursor`: the position of the previous page's last match
+    cursor_key: bytes = field(default=b"", repr=False)  # what `_cursor` is sealed with (`page_cursor_key`)
+    sealed_for: str = ""  # the search a `_cursor` is sealed for: its type, patient and order
     sort_descending: bool | None = None
     include_patient: bool = False
 
     @classmethod
-    def parse(cls, resource_type: str, params: list[tuple[str, str]]) -> ClinicalQuery:
+    def parse(cls, resource_type: str, params: list[tuple[str, str]], cursor_key: bytes = b"") -> ClinicalQuery:
+        """`cursor_key`: what `_cursor` is sealed with; without one (a search not served over HTTP) a key of
+        this process's own."""
         takes = COMMON_PARAMS | set(TOKEN_ELEMENTS[resource_type])
         for name, _ in params:
             if name in REFUSED:
@@ -300,10 +313,10 @@ class ClinicalQuery:
         patient = (people or [""])[0].removeprefix("Patient/")
         if not patient:
             raise SearchError("give patient=<id>: searches are per patient", "patient")
-        for name in ("_count", "_offset", "_sort"):
+        for name in ("_count", "_offset", "_sort", "_cursor"):
             if len(values.get(name, [])) > 1:
                 raise SearchError(f"{name}: give it once, not more than once", name)
-        query = cls(resource_type=resource_type, patient=patient)
+        query = cls(resource_type=resource_type, patient=patient, cursor_key=cursor_key or _PROCESS_CURSOR_KEY)
         query.tokens = tuple((name, Token.parse(name, value)) for name, value in params
                              if name in TOKEN_ELEMENTS[resource_type])
         query.dates = tuple(DateFilter.parse("date", v) for v in values.get("date", []))
@@ -314,6 +327,12 @@ class ClinicalQuery:
         if sort not in (None, "date", "-date"):
             raise SearchError("_sort: only 'date' and '-date' are supported", "_sort", "not-supported")
         query.sort_descending = None if sort is None else sort.startswith("-")
+        query.sealed_for = f"{resource_type}|{patient}|{sort}"
+        cursor = _first(values, "_cursor")
+        if cursor is not None:
+            if query.offset:
+                raise SearchError("_cursor: give it or _offset, not both (a next link carries _cursor alone)", "_cursor")
+            query.after = _position_of(query.cursor_key, query.sealed_for, cursor, 2 if sort is None else 3)
         include = values.get("_include", [])
         if any(i not in (f"{resource_type}:patient", f"{resource_type}:subject") for i in include):
             raise SearchError(f"_include: only {resource_type}:patient is supported", "_include", "not-supported")
@@ -333,14 +352,61 @@ class ClinicalQuery:
         updated = (resource.get("meta") or {}).get("lastUpdated")
         return all(f.matches(span(updated) if updated else None) for f in self.last_updated)
 
-    def select(self, resources: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-        """The page of matching resources, and whether there is a next page."""
-        found = [r for r in resources if self.matches(r)]
-        if self.sort_descending is not None:
-            floor = datetime.min.replace(tzinfo=UTC)
-            found.sort(key=lambda r: clinical_date(r) or floor, reverse=self.sort_descending)
-        page = found[self.offset:self.offset + self.count]
-        return page, self.offset + self.count < len(found)
+    def select(self, resources: list[tuple[dict[str, Any], datetime]]) -> tuple[list[dict[str, Any]], str | None]:
+        """The page of matching resources (each with when it was recorded), and the `_cursor` of the next page
+        if there is one. The order is total (newest recorded first, or by date; ties by when recorded, then
+        id) and a page starts after the previous page's last match, wherever it now is: a resource withdrawn
+        or arriving between pages shifts no later page (an offset would skip or repeat one)."""
+        descending = self.sort_descending is not False
+        keyed = sorted(((self._position(r, at), r) for r, at in resources if self.matches(r)),
+                       key=lambda pair: pair[0], reverse=descending)
+        if self.after is not None:
+            after = self.after
+            keyed = [(key, r) for key, r in keyed if (key < after if descending else key > after)]
+        page = keyed[self.offset:self.offset + self.count]
+        more = self.offset + self.count < len(keyed)
+        cursor = _cursor_of(self.cursor_key, self.sealed_for, page[-1][0]) if more and page else None
+        return [r for _, r in page], cursor
+
+    def _position(self, resource: dict[str, Any], recorded_at: datetime) -> tuple[Any, ...]:
+        """Where a resource sorts: (recorded, id), after its date first with `_sort`."""
+        key = (recorded_at.astimezone(UTC), str(resource.get("id", "")))
+        return key if self.sort_descending is None else (clinical_date(resource) or _FLOOR, *key)
+
+
+_FLOOR = datetime.min.replace(tzinfo=UTC)
+_PROCESS_CURSOR_KEY = os.urandom(32)
+
+
+def page_cursor_key(secret: str) -> bytes:
+    """What `_cursor` is sealed with: the service's secret under a label of its own (as `consent_id_key`)."""
+    return hmac.digest(secret.encode(), b"sharedcare page cursor key", "sha256")
+
+
+def _cursor_of(key: bytes, sealed_for: str, position: tuple[Any, ...]) -> str:
+    """A page position as a token sealed (AES-GCM) for one search: its times (when recorded, a clinical
+    date) are not readable in a URL, which proxies and logs keep, and a token changed or moved to another
+    patient, type or order does not open."""
+    words = [v.isoformat() if isinstance(v, datetime) else v for v in position]
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(key).encrypt(nonce, json.dumps(words).encode(), sealed_for.encode())
+    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+
+def _position_of(key: bytes, sealed_for: str, cursor: str, size: int) -> tuple[datetime | str, ...]:
+    """The position `_cursor_of` sealed for this search, checked: `size` parts, times then an id."""
+    try:
+        sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        words = json.loads(AESGCM(key).decrypt(sealed[:12], sealed[12:], sealed_for.encode()))
+        if not isinstance(words, list) or len(words) != size or not all(isinstance(w, str) for w in words):
+            raise ValueError(cursor)
+        times = [datetime.fromisoformat(w) for w in words[:-1]]
+        if any(t.tzinfo is None for t in times):
+            raise ValueError(cursor)
+    except (ValueError, binascii.Error, InvalidTag) as exc:
+        raise SearchError("_cursor: not a page position this server gave; follow the Bundle's next link "
+                          "unchanged, with the same _sort") from exc
+    return (*(t.astimezone(UTC) for t in times), words[-1])
 
 
 def _integer(values: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:

@@ -90,7 +90,8 @@ _PERSONS = cast(Table, Person.__table__)
 _ROW_COLUMNS = (_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RES.c.source_system, _RES.c.content,
                 _RES.c.category, _RES.c.category_key, _RES.c.recorded_at, _RES.c.received_at, _REC.c.person_id)
 _PERSON_ROWS = (select(*_ROW_COLUMNS).join(_REC, _RES.c.patient_record_id == _REC.c.id)
-                .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
+                .where(_REC.c.person_id == bindparam("person_id"))
+                .order_by(_RES.c.recorded_at.desc(), _RES.c.id.desc()))  # ties in one order, on any store
 _PERSON_PATIENTS = _PERSON_ROWS.where(IS_PATIENT)
 # The same rows without their content, with each one's stamp: the content comes from the cache when its
 # stamp is the stored one (governance/content_cache.py), else from `_CONTENTS`. Their times are read raw
@@ -102,7 +103,8 @@ _PERSON_STAMPS = (select(_RES.c.id, _RES.c.resource_type, _RES.c.source_org, _RE
                          _RES.c.category_key, _RECORDED, _RECEIVED, _REC.c.person_id,
                          _RES.c.version, _RES.c.content_hash)
                   .join(_REC, _RES.c.patient_record_id == _REC.c.id)
-                  .where(_REC.c.person_id == bindparam("person_id")).order_by(_RES.c.recorded_at.desc()))
+                  .where(_REC.c.person_id == bindparam("person_id"))
+                .order_by(_RES.c.recorded_at.desc(), _RES.c.id.desc()))  # ties in one order, on any store
 _PERSON_PATIENT_STAMPS = _PERSON_STAMPS.where(IS_PATIENT)
 # Which source record each of a person's Patients was sent with (a patient search matches on the record's columns)
 _PATIENT_RECORD_OF = (select(_RES.c.id, _RES.c.patient_record_id).join(_REC, _RES.c.patient_record_id == _REC.c.id)
