@@ -331,7 +331,8 @@ class ClinicalQuery:
         cursor = _first(values, "_cursor")
         if cursor is not None:
             if query.offset:
-                raise SearchError("_cursor: give it or _offset, not both (a next link carries _cursor alone)", "_cursor")
+                raise SearchError("_cursor: give it or _offset, not both (a next link carries _cursor alone)",
+                                  "_cursor")
             query.after = _position_of(query.cursor_key, query.sealed_for, cursor, 2 if sort is None else 3)
         include = values.get("_include", [])
         if any(i not in (f"{resource_type}:patient", f"{resource_type}:subject") for i in include):
