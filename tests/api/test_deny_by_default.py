@@ -31,6 +31,12 @@ PUBLIC = {
     ("GET", "/audit/checkpoint"), ("GET", "/audit/consistency"), ("GET", "/audit/inclusion"),
     ("GET", "/audit/handovers"),  # the checkpoint key's handovers: public keys and signatures
 }
+# A form's URL opened by GET (a bookmark, a refreshed tab): only a redirect to the page holding the form, which
+# then decides (pages.FORM_PAGES); never the form's action.
+FORM_URLS = {("GET", path) for path in (
+    "/login", "/logout", "/record/{person_id}/basis", "/record/{person_id}/feedback", "/ig/review/{item_id}",
+    "/ig/agreements/{org}", "/ig/identity/{review_id}", "/patient/sign-in", "/patient/code", "/patient/choices/confirm",
+    "/patient/choices/hide/confirm", "/patient/choices/hide", "/patient/choices/withdraw")}
 # Shown to any signed session, even one the decision point refuses: an empty form, whose POST is decided.
 FORMS = {("GET", "/search")}
 REFUSED = {401, 403, 404}
@@ -115,7 +121,8 @@ def test_every_route_refuses_an_anonymous_or_empty_actor_and_shows_no_patient(ic
         if found:
             leaks.append(f"{method} {url}: {response.status_code} {found}")
         # Each request is well formed, so a 400 would mean it reached the work before the access check.
-        refusals = REFUSED | ({400} if (method, path) in REFUSED_BEFORE_THE_RECORD else set())
+        refusals = REFUSED | ({400} if (method, path) in REFUSED_BEFORE_THE_RECORD else set()) | (
+            {303} if (method, path) in FORM_URLS else set())
         if (method, path) not in PUBLIC | FORMS and response.status_code not in refusals:
             allowed.append(f"{method} {path}: {response.status_code}")
     assert leaks == [] and allowed == []

@@ -114,7 +114,7 @@ def _expired(ics: Ics, subject: str) -> str:
 
 @pytest.mark.parametrize(("subject", "url", "form"), [
     ("dr.patel", "/search", 'action="/login"'), ("dr.patel", "/record/{okafor}", 'action="/login"'),
-    ("ig.morgan", "/ig", 'value="/ig"'), ("ig.morgan", "/ig/agreements", 'value="/ig"'),
+    ("ig.morgan", "/ig", 'value="/ig"'), ("ig.morgan", "/ig/agreements", 'value="/ig/agreements"'),
     ("patient:{okafor}", "/patient/home", 'action="/patient/sign-in"'),
     ("patient:{okafor}", "/patient/record", 'action="/patient/sign-in"')])
 def test_an_expired_session_is_sent_back_to_sign_in(ics: Ics, subject: str, url: str, form: str) -> None:

@@ -214,7 +214,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
             except Exception:  # the caller is refused either way: a failed audit write must not make it a 500
                 log.exception("request %s: the refused credentials could not be audited", _request_id(request))
         if not _is_api(request):
-            return pages.sign_in_again(request, exc.message, end_session=exc.ends_session)
+            return pages.sign_in_again(request, exc.for_people or exc.message, end_session=exc.ends_session)
         response = operation_outcome(401, "login", exc.message, _request_id(request))
         response.headers["WWW-Authenticate"] = 'Bearer realm="sharedcare"'
         return response

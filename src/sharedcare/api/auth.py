@@ -36,6 +36,17 @@ class AuthError(SharedcareError):
     presented = False  # the caller sent credentials and they were refused: audited (TRUST AU3)
     subject: str | None = None  # whom they name, where the signature was checked (revoked, client removed)
     ends_session = True  # a portal page answering it clears the session cookie (it is no good)
+    for_people: str | None = None  # what a portal page says instead, where the API's words are for scripts
+
+
+SESSION_ENDED = "Your session has ended. Sign in again to continue."
+
+
+def _ended(message: str) -> AuthError:
+    """A token no longer good: the API says why, a portal page that the session has ended."""
+    refused = AuthError(message)
+    refused.for_people = SESSION_ENDED
+    return refused
 
 
 def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None = None) -> str:
@@ -84,12 +95,12 @@ def read_token(settings: Settings, token: str) -> dict[str, Any]:
     try:
         claims = _verified(settings.secret, token)
     except jwt.PyJWTError as exc:
-        raise AuthError("the access token is not valid") from exc
+        raise _ended("the access token is not valid") from exc
     try:
         expires = int(claims["exp"])  # as PyJWT reads it
     except (ValueError, TypeError, OverflowError):
-        raise AuthError("the access token is not valid") from None
+        raise _ended("the access token is not valid") from None
     if expires <= utcnow().timestamp():
-        raise AuthError("the access token has expired; sign in again")
+        raise _ended("the access token has expired; sign in again")
     return dict(claims)
 

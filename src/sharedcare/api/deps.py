@@ -108,7 +108,9 @@ def bearer_or_cookie(request: Request) -> str:
                 pass
             raise refused
         return cookie
-    raise AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
+    none = AuthError("sign in first: send 'Authorization: Bearer <token>' (see `sharedcare token`)")
+    none.for_people = "Sign in to continue."
+    raise none
 
 
 def people_only(request: Request) -> None:

@@ -51,6 +51,11 @@ def _sign_in_page(request: Request, status: int = 200, error: str | None = None,
                   form=form or {})
 
 
+# A form's URL opened by GET leads to the page holding the form (pages.FORM_PAGES)
+for _form in ("/sign-in", "/code", "/choices/confirm", "/choices/hide/confirm", "/choices/hide", "/choices/withdraw"):
+    router.add_api_route(_form, pages.to_form_page, methods=["GET"], response_class=RedirectResponse)
+
+
 @router.get("", response_class=HTMLResponse)
 def sign_in_form(request: Request) -> Response:
     return _sign_in_page(request)

@@ -181,6 +181,11 @@ def _queue_page(request: Request, ig: IgDep, fw: Framework, after: int | None, s
                   rows=[_queue_row(i, fw, people) for i in page.items], page=page, after=after, **context)
 
 
+# A form's URL opened by GET leads to the page holding the form (pages.FORM_PAGES)
+for _form in ("/review/{item_id}", "/agreements/{org}", "/identity/{review_id}"):
+    router.add_api_route(_form, pages.to_form_page, methods=["GET"], response_class=RedirectResponse)
+
+
 @router.get("", response_class=HTMLResponse)
 def queue(request: Request, ig: IgDep, fw: FrameworkDep, recorded: int | None = None,
           after: Annotated[int | None, Query(ge=1, le=SEQ_MOST)] = None) -> Response:

@@ -5,6 +5,7 @@ day, month and year.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -116,12 +117,43 @@ PORTALS = {
         ("What is shared", "/patient/home"), ("Your record", "/patient/record"),
         ("Who has looked", "/patient/accesses"), ("Your choices", "/patient/choices"))),
 }
-SIGN_IN_TARGETS = {PORTALS["clinician"].home, PORTALS["ig"].home}  # where a staff sign-in may lead
+# The staff portals' pages a sign-in may lead to: a path on this site only (never `//host`, a scheme or a `..`
+# segment), no query
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+STAFF_PAGE = re.compile(rf"/(?:search|record/{_SEGMENT}(?:/[a-z]+)?|ig(?:/{_SEGMENT})*)")
 
 
 def may_lead_to(target: str) -> bool:
-    """Where a staff sign-in may go next: a portal, or back to an app's pending SMART authorisation."""
-    return target in SIGN_IN_TARGETS or target.startswith("/oauth/authorize?")
+    """Where a staff sign-in may go next: a page of the clinician portal or the IG workspace (the one asked
+    for when the session ended), or back to an app's pending SMART authorisation."""
+    return STAFF_PAGE.fullmatch(target) is not None or target.startswith("/oauth/authorize?")
+
+
+# Each URL a portal form is POSTed to, and the page holding that form: a GET of the URL (a bookmark, a refreshed
+# tab, a pasted link) is sent there, and so is a sign-in after the session ended on the POST, since what was
+# typed is lost and cannot be replayed.
+FORM_PAGES = (
+    (re.compile(r"/(?:login|logout)"), "/"),
+    (re.compile(r"/record/([^/]+)/(?:basis|feedback)"), r"/record/\1"),
+    (re.compile(r"/ig/review/[^/]+"), "/ig"),
+    (re.compile(r"/ig/agreements/[^/]+"), "/ig/agreements"),
+    (re.compile(r"/ig/identity/[^/]+"), "/ig/identity"),
+    (re.compile(r"/patient/(?:sign-in|code)"), "/patient"),
+    (re.compile(r"/patient/choices/(?:confirm|hide/confirm|hide|withdraw)"), "/patient/choices"),
+)
+
+
+def form_page(path: str) -> str:
+    """The page holding the form that is POSTed to `path` (the path itself for a page that posts to itself)."""
+    for pattern, page in FORM_PAGES:
+        if (found := pattern.fullmatch(path)) is not None:
+            return found.expand(page)
+    return path
+
+
+def to_form_page(request: Request) -> Response:
+    """A GET of a form's URL: never the form's action, only the page that holds the form."""
+    return RedirectResponse(form_page(request.url.path), status_code=303)
 
 
 def portal_for(path: str) -> Portal:
@@ -176,13 +208,15 @@ def staff_sign_in(request: Request, status: int = 200, error: str | None = None,
 
 def sign_in_again(request: Request, message: str, end_session: bool = True) -> Response:
     """The sign-in page of whichever portal the request was for, with the stale session cleared (unless
-    the session is good and only this request was refused)."""
+    the session is good and only this request was refused). Signing in again leads back to the page asked
+    for, or, for a form's POST, to the page holding the form."""
     portal = portal_for(request.url.path)
     message = sentence(message)  # governance's words start lower case, for the API's diagnostics
     if portal.key == "patient":
         response: Response = render(request, "patient/sign_in.html", status=401, error=message, form={})
     else:
-        response = staff_sign_in(request, 401, message, target=portal.home)
+        path = request.url.path if request.method in {"GET", "HEAD"} else form_page(request.url.path)
+        response = staff_sign_in(request, 401, message, target=path if may_lead_to(path) else portal.home)
     if end_session:
         response.delete_cookie(SESSION_COOKIE)
     return response

@@ -86,6 +86,12 @@ def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "
     return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")
 
 
+# A form's URL opened by GET (a bookmark, a refreshed tab, a pasted link) leads to the page holding the form,
+# never doing what the form does: a GET /logout does not sign out (another site could link to it).
+for _form in ("/login", "/logout", "/record/{person_id}/basis", "/record/{person_id}/feedback"):
+    router.add_api_route(_form, pages.to_form_page, methods=["GET"], response_class=RedirectResponse)
+
+
 def _search_page(request: Request, actor: Actor, fw: FrameworkDep, status: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("results", None)
     context.setdefault("error", None)
