@@ -178,3 +178,23 @@ def test_link_moves_keep_the_records_previous_status_and_the_columns_go_on_downg
     assert not {"from_status", "from_method"} & columns()
     db.migrate()
     assert {"from_status", "from_method"} <= columns()
+
+
+def test_the_audit_head_steps_once_an_append_either_side_of_0032(db: Database) -> None:
+    """0032 moves PostgreSQL's step of the head after the entry's insert, for its guard to find the entry: rolled
+    back, the step is 0031's again, and neither store steps twice nor not at all."""
+    from tests.governance.test_audit import _write
+
+    from sharedcare.governance.audit import verify
+    from sharedcare.store.models import AuditHead
+
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0031")
+    before = _write(db, 2)
+    db.migrate()
+    after = _write(db, 2)
+    with db.session() as s:
+        result, head = verify(s), s.get_one(AuditHead, 1)
+    assert result.ok and after == [before[-1] + 1, before[-1] + 2] == [head.seq - 1, head.seq]
