@@ -250,6 +250,8 @@ SERVICE_GRANTS = (
     "REVOKE UPDATE, DELETE ON audit_events FROM {role}",  # SELECT, INSERT: appends only
     "REVOKE INSERT, DELETE ON audit_head FROM {role}",  # SELECT, UPDATE: the append's lock and step
     "REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {role}",
+    # no temp tables: nothing needs one, and a trigger on one runs as the audit chain's own did (migration 0034)
+    "REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC",
 )
 # the roles the schema's owner granted anything on the audit log (README's service role), and the tables one lacks
 _GRANTEES = ("SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_class c, aclexplode(c.relacl) a "
@@ -283,10 +285,12 @@ def _service_grants(db: Database, grant_to: str | None) -> None:
 
     with db.engine.begin() as connection:
         if grant_to is not None:
-            role = connection.dialect.identifier_preparer.quote(grant_to)
+            quote = connection.dialect.identifier_preparer.quote
+            names = {"role": quote(grant_to), "database": quote(connection.exec_driver_sql(
+                "SELECT current_database()").scalar_one())}
             try:
                 for grant in SERVICE_GRANTS:
-                    connection.exec_driver_sql(grant.format(role=role))
+                    connection.exec_driver_sql(grant.format(**names))
             except ProgrammingError as exc:
                 raise _fail(f"the grants to {grant_to} could not be made: {' '.join(str(exc.orig).split())}") from exc
             console.print(f"granted {grant_to} the service's privileges (README, PostgreSQL)")

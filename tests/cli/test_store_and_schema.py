@@ -14,13 +14,15 @@ import uvicorn
 from alembic import command
 from psycopg import sql
 from sqlalchemy import make_url, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from tests.cli.test_commands import _feed
 from tests.conftest import DEPLOYMENT_KEYS
+from tests.governance.test_audit import _write
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
+from sharedcare.governance.audit import verify
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import Quarantine
@@ -185,3 +187,55 @@ def test_the_service_role_is_told_to_have_the_owner_upgrade_and_init_names_or_gr
     assert verified.exit_code == 0 and "audit chain whole" in verified.stderr, verified.output
     checked = runner.invoke(app, ["quarantine", "check"])  # a writing command, as the service: its key checked
     assert checked.exit_code == 0, checked.output
+
+
+# What the service's own role (README's `sharedcare_app`, owning nothing) could do with a temp table of its own
+# (security review 2026-12-08): a trigger on one runs inside a trigger, as the chain's step did, which was all
+# the head's guard asked of a step; and a temp table named `audit_head` came first on the chain's search path.
+TEMP_TABLE_STEPS = [
+    pytest.param("only by appending", [
+        "CREATE TEMP TABLE t (x int)",
+        "CREATE FUNCTION pg_temp.step() RETURNS trigger AS $$ BEGIN UPDATE public.audit_head SET seq = seq + 1, "
+        "hash = repeat('f', 64) WHERE id = 1; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER step BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION pg_temp.step()",
+        "INSERT INTO t VALUES (1)"], id="a trigger of its own steps the head"),
+    pytest.param("only by appending", [
+        "CREATE TEMP TABLE t (seq int, hash text, prev_hash text, action text)",
+        "CREATE TRIGGER step AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION audit_events_chain()",
+        "INSERT INTO t SELECT seq + 1, repeat('f', 64), hash, 'x' FROM public.audit_head"],
+        id="the chain's own function steps the head"),
+    pytest.param("must follow the head", [
+        "CREATE TEMP TABLE audit_head AS SELECT * FROM public.audit_head",
+        "UPDATE pg_temp.audit_head SET hash = repeat('a', 64)",
+        "INSERT INTO audit_events (seq, recorded_at, action, outcome, event, prev_hash, hash) SELECT seq + 1, "
+        "now(), 'x', 'permit', '{}', repeat('a', 64), repeat('b', 64) FROM pg_temp.audit_head"],
+        id="a temp table named audit_head is stepped instead"),
+]
+
+
+@pytest.mark.parametrize(("refused", "statements"), TEMP_TABLE_STEPS)
+def test_the_service_role_cannot_move_the_head_from_a_temp_table(
+        env: Database, service_role: tuple[str, str], refused: str, statements: list[str]) -> None:  # noqa: F811
+    """Each was let through: the head stepped with no entry (`audit verify` then said an entry was missing, as if
+    the owner had cut it), or an entry written off the chain, on which the service's next append failed. The
+    guard now lets the head step only to the entry it names (migration 0034), whoever runs the step."""
+    role, as_service = service_role
+    granted = runner.invoke(app, ["init", "--grant-to", role])
+    assert granted.exit_code == 0, granted.output
+    service = Database(as_service)
+    try:
+        with pytest.raises(DBAPIError, match="permission denied to create temporary tables"), \
+                service.engine.begin() as conn:
+            conn.exec_driver_sql(statements[0])  # README's grants leave the service no temp table
+        with env.engine.begin() as conn:  # as a store granted before they did
+            conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{make_url(as_service).database}" TO "{role}"')
+        seqs = _write(service, 2)
+        with pytest.raises(DBAPIError, match=refused), service.engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+        (last,) = _write(service, 1)
+        with service.session() as session:
+            result = verify(session)
+    finally:
+        service.dispose()
+    assert result.ok and result.checked == last == seqs[-1] + 1

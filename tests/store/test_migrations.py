@@ -222,3 +222,23 @@ def test_link_events_name_the_review_item_a_reviewer_decided_and_stores_before_0
     assert "match_review_id" not in {c["name"] for c in inspect(db.engine).get_columns("link_events")}
     db.migrate()
     assert named() == before
+
+
+def test_the_audit_head_steps_once_an_append_either_side_of_0034(db: Database) -> None:
+    """0034 moves PostgreSQL's step of the head after the entry's insert, for its guard to find the entry: rolled
+    back, the step is 0031's again (0033 changes none of it), and neither store steps twice nor not at all."""
+    from tests.governance.test_audit import _write
+
+    from sharedcare.governance.audit import verify
+    from sharedcare.store.models import AuditHead
+
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0033")
+    before = _write(db, 2)
+    db.migrate()
+    after = _write(db, 2)
+    with db.session() as s:
+        result, head = verify(s), s.get_one(AuditHead, 1)
+    assert result.ok and after == [before[-1] + 1, before[-1] + 2] == [head.seq - 1, head.seq]
