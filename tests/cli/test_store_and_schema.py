@@ -190,7 +190,7 @@ def test_the_service_role_is_told_to_have_the_owner_upgrade_and_init_names_or_gr
 
 
 # What the service's own role (README's `sharedcare_app`, owning nothing) could do with a temp table of its own
-# (security review 2026-12-08): a trigger on one runs inside a trigger, as the chain's step did, which was all
+# (security review 2026-12-07): a trigger on one runs inside a trigger, as the chain's step did, which was all
 # the head's guard asked of a step; and a temp table named `audit_head` came first on the chain's search path.
 TEMP_TABLE_STEPS = [
     pytest.param("only by appending", [

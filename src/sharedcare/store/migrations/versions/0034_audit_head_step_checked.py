@@ -2,7 +2,7 @@
 
 Revision ID: 0034
 Revises: 0033
-Create Date: 2026-12-08
+Create Date: 2026-12-07
 
 0020's guard let the head move one on whenever the update ran inside a trigger (`pg_trigger_depth() > 1`),
 meaning 0006's chain function. But the service's role may CREATE TEMP TABLE, and a trigger of its own on one
