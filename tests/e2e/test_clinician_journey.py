@@ -99,7 +99,7 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
             expect(panel).to_contain_text("holds mental health information")
             expect(panel).to_contain_text("01632 960300")
         elif title == "Care plans":
-            expect(panel).to_contain_text("District nurse visit, every week on Tuesday")  # tier 2: coded
+            expect(panel).to_contain_text("Home visit, every week on Tuesday")  # tier 2: the visit's code
         elif title == "Documents":
             panel.get_by_text("Read document").click()
             expect(panel).to_contain_text("Discharged after a fall")
