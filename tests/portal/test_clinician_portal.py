@@ -139,6 +139,28 @@ def test_what_was_typed_rather_than_coded_is_not_shown_at_tier_2_and_the_row_say
     assert TYPED in page and "Refuge outreach" in page and "What this is was typed" not in page
 
 
+def test_an_allergy_a_specialist_service_typed_rather_than_coded_is_still_listed_with_whom_to_ask(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Hazard HAZ-02: the paramedic sees the mental health trust's allergies at tier 2 (alerts), coded. One whose
+    substance the trust typed is still in the allergies, with its coded reaction, saying what it is is not
+    shared and whom to ask, never dropped and never the typed words."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al2", "patient": {"reference": "Patient/RXM-4"},
+               "code": {"text": "Penicillin, per his sister (estranged)"},
+               "reaction": [{"manifestation": [{"coding": [{"system": SCT, "code": "39579001",
+                                                            "display": "Anaphylaxis"}]}]}]}
+    feed = bundle("RXM", "rio", [patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "a.ndjson", [feed])]).quarantined == 0
+    _sign_in(ics, "para.evans")
+    page = ics.client.post(f"/record/{ics.okafor}/basis",
+                           data={"basis": "implied-consent", "reason": "confused, daughter not present"}).text
+    allergies = page.split('id="allergies"', 1)[1].split('id="medications"', 1)[0]
+    assert "Not shown at your access level" in allergies and "Anaphylaxis" in allergies
+    assert ("What this is was typed rather than coded, so it is not shared with your role. Ask Riverside and "
+            "Dales Mental Health NHS Foundation Trust: 01632 960300.") in allergies
+    assert "sister" not in page
+
+
 def test_a_pharmacist_is_shown_a_mental_health_trusts_allergy_as_from_a_specialist_service(
         ics: Ics, framework: Framework, tmp_path: Path) -> None:
     """The pharmacist sees nothing of mental health: the allergy is shown, its source and the care team do
