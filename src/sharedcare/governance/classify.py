@@ -56,7 +56,7 @@ _HOSPITAL_TYPES = {"DocumentReference", "Procedure", "CarePlan"}
 
 # Free text and documents: tier 3 only ("tier 2 = coded summary", framework.yaml). Below it `at_tier` takes
 # out, at any depth (contained resources too), what FHIR R4 defines as text a person wrote, in the types the
-# store holds and the datatypes they use (`tests/governance/test_classify.py` walks the R4 element
+# store holds and the datatypes they use (`tests/governance/test_free_text_elements.py` walks the R4 element
 # definitions and holds every string element to one of these lists):
 # - gone: annotations (`note`, a care plan activity's `progress`), `comment`, `description`, `title` (a care
 #   plan's, an attachment's), a report's `conclusion` and `presentedForm`, a dose's `patientInstruction`, a
