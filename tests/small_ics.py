@@ -108,7 +108,8 @@ def _feeds(tmp: Path) -> list[Path]:
         {"resourceType": "CarePlan", "id": "ryc-cp1", "status": "active", "intent": "plan",
          "subject": {"reference": "Patient/RYC-9"}, "title": "District nursing",
          "activity": [{"detail": {"status": "in-progress", "description": "Visits on Tuesdays",
-                                  "code": {"text": "District nurse visit"},
+                                  "code": {"coding": [{"system": SCT, "code": "439708006", "display": "Home visit"}],
+                                           "text": "District nurse visit"},
                                   "scheduledTiming": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk",
                                                                  "dayOfWeek": ["tue"]}}}}]},
     ])

@@ -122,6 +122,43 @@ def test_a_social_worker_sees_medications_as_a_coded_summary_without_free_text(i
     assert "note" not in meds[0]
 
 
+def test_over_fhir_a_code_typed_rather_than_coded_and_a_care_plan_title_are_tier_3_only(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """The pharmacist (diagnostics 2) reads the result with its code masked (data-absent-reason), its value kept;
+    the paramedic (community 2) the care plan's coded visit without its title or typed category; the GP (tier
+    3) reads both as sent."""
+    typed = "Told me her partner hits her; staying at refuge, 4 Mill Lane"
+    obs = {"resourceType": "Observation", "id": "rx-free", "status": "final", "subject": {"reference": "Patient/MRN1"},
+           "code": {"text": typed}, "valueQuantity": {"value": 7, "unit": "{score}"}}
+    visit = {"coding": [{"system": SCT, "code": "439708006", "display": "Home visit"}], "text": "Visit at the refuge"}
+    plan = {"resourceType": "CarePlan", "id": "ryc-cp2", "status": "active", "intent": "plan",
+            "subject": {"reference": "Patient/RYC-9"}, "title": "Visits agreed away from her husband",
+            "category": [{"text": "Refuge outreach"}], "activity": [{"detail": {"status": "scheduled", "code": visit}}]}
+    feeds = [bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), obs]),
+             bundle("RYC", "rio", [patient("RYC-9", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), plan])]
+    db: Database = ics.client.app.state.database  # type: ignore[attr-defined]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "t.ndjson", feeds)]).quarantined == 0
+    masked = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "masked",
+                          "display": "Masked"}], "text": "Not shown at your access level"}
+
+    def read(username: str, rtype: str, **basis: str) -> tuple[dict, dict]:
+        body = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything?_type={rtype}",
+                              headers=ics.open_record(username, **basis)).json()
+        return next(r for r in resources(body) if r["id"] in (server_id("RXR", "Observation", "rx-free"),
+                                                              server_id("RYC", "CarePlan", "ryc-cp2"))), body
+
+    result, body = read("pharm.khan", "Observation")
+    assert result["code"] == masked and result["valueQuantity"]["value"] == 7
+    assert "Mill Lane" not in json.dumps(body) and withheld(body)  # the Bundle says some information is not shown
+    cared, body = read("para.evans", "CarePlan", basis="implied-consent", reason="confused, daughter not present")
+    assert "title" not in cared and cared["category"] == [masked]
+    assert cared["activity"][0]["detail"]["code"] == {"coding": visit["coding"]}  # the code and what it means
+    assert "husband" not in json.dumps(body) and "refuge" not in json.dumps(body).lower()
+    assert read("dr.patel", "Observation")[0]["code"] == {"text": typed}
+    cared = read("dr.patel", "CarePlan")[0]
+    assert cared["title"] == plan["title"] and cared["activity"][0]["detail"]["code"] == visit
+
+
 def test_a_paramedic_sees_gp_notes_but_no_sexual_health_and_only_that_mental_health_is_involved(ics: Ics) -> None:
     headers = ics.open_record("para.evans", basis="implied-consent", reason="confused, daughter not present")
     bundle = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).json()

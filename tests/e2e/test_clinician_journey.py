@@ -103,7 +103,7 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
             expect(panel).to_contain_text("holds mental health information")
             expect(panel).to_contain_text("01632 960300")
         elif title == "Care plans":
-            expect(panel).to_contain_text("District nurse visit, every week on Tuesday")  # tier 2: coded
+            expect(panel).to_contain_text("Home visit, every week on Tuesday")  # tier 2: the visit's code
         elif title == "Documents":
             panel.get_by_text("Read document").click()
             expect(panel).to_contain_text("Discharged after a fall")
@@ -184,7 +184,13 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
     open_okafor(pages, gp, url, "dr.patel")
     pages.check(gp)
     gp.get_by_role("link", name=re.compile("^Social care")).click()
-    expect(gp.locator("#social-care")).to_contain_text("Care Act Assessment")
+    # social care is tier 2 (coded) for a GP, and the council sends its assessment types as text (its mapping's
+    # `text_only`): the assessment is listed, saying what it is is not shared and whom to ask
+    social = gp.locator("#social-care")
+    expect(social).to_contain_text("Not shown at your access level")
+    expect(social).to_contain_text("What this is was typed rather than coded, so it is not shared with your role. "
+                                   "Ask Riverside City Council Adult Social Care: 01632 960500.")
+    expect(social).not_to_contain_text("Care Act Assessment")
     pages.check(gp)
     pages.shoot(gp, "clinician-social-care", at=".nhsuk-tabs")
 

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from sharedcare.governance.classify import at_tier, classify
+from sharedcare.governance.classify import at_tier, classify, masked
 from sharedcare.governance.framework import Framework, hospital_service_system
 from sharedcare.synth import generate
 
 SCT = "http://snomed.info/sct"
 TF = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-treatment-function"
 HIV = {"coding": [{"system": SCT, "code": "86406008", "display": "HIV infection"}]}
+METFORMIN = {"system": "https://dmd.nhs.uk", "code": "109081006", "display": "Metformin 500mg tablets"}
+MASKED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "masked",
+                      "display": "Masked"}], "text": "Not shown at your access level"}
 
 
 def _coded(rtype: str, code: str = "44054006", field: str = "code", **extra: object) -> dict:
@@ -77,12 +80,13 @@ def test_only_types_filed_as_summary_by_type_can_be_safety_critical() -> None:
 
 
 def test_a_medication_note_is_tier_3_while_the_coded_medicine_and_dose_are_tier_2() -> None:
-    med = {"resourceType": "MedicationStatement", "id": "m", "status": "active",
-           "medicationCodeableConcept": {"text": "Metformin"}, "dosage": [{"text": "One tablet twice daily"}],
+    med = {"resourceType": "MedicationStatement", "id": "m", "status": "active", "subject": {"reference": "Patient/1"},
+           "medicationCodeableConcept": {"coding": [METFORMIN], "text": "Metformin (she hides it from him)"},
+           "dosage": [{"text": "One tablet twice daily"}],
            "note": [{"text": "Stopped by hospital - check with patient"}],
            "text": {"status": "generated", "div": "<div>narrative</div>"}}
     tier2 = at_tier(med, 2)
-    assert tier2["medicationCodeableConcept"] == {"text": "Metformin"}
+    assert tier2["medicationCodeableConcept"] == {"coding": [METFORMIN]}  # what it is; the text typed beside it goes
     assert tier2["dosage"] == [{"text": "One tablet twice daily"}]
     assert "note" not in tier2 and "text" not in tier2
     assert at_tier(med, 3) == med
@@ -124,33 +128,42 @@ def test_every_resource_of_a_synthetic_ics_has_a_category_and_sensitive_services
     assert found[("P81001", "MedicationStatement")] <= {"summary", "sexual_health"}  # the pill is sexual health
 
 
-def test_free_text_nested_anywhere_is_removed_at_tier_2_but_coded_text_stays() -> None:
+def test_free_text_nested_anywhere_is_removed_at_tier_2_but_what_codes_mean_stays() -> None:
     plan = {"resourceType": "CarePlan", "id": "p", "status": "active", "intent": "plan",
-            "category": [{"text": "Hospital follow-up"}],
+            "subject": {"reference": "Patient/1"}, "title": "Plan after she left him",
+            "category": [{"coding": [{"system": SCT, "code": "736353004", "display": "Inpatient care plan"}],
+                          "text": "Hospital follow-up (son not to be told)"}],
             "activity": [{"detail": {"status": "scheduled", "description": "Neighbour says he drinks",
-                                     "code": {"text": "Review bloods"}}}],
-            "contained": [{"resourceType": "Condition", "id": "c", "text": {"status": "generated",
-                                                                           "div": "<div>private</div>"}}]}
-    report = {"resourceType": "DiagnosticReport", "id": "r", "status": "final", "code": {"text": "U+E"},
+                                     "code": {"coding": [{"system": SCT, "code": "396550006",
+                                                          "display": "Blood test"}]}},
+                          "progress": [{"text": "Seen at her sister's"}]}],
+            "contained": [{"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/1"},
+                           "text": {"status": "generated", "div": "<div>private</div>"}}]}
+    report = {"resourceType": "DiagnosticReport", "id": "r", "status": "final",
+              "code": {"coding": [{"system": "http://loinc.org", "code": "24362-6", "display": "U+E"}]},
               "conclusion": "Sample haemolysed; patient distressed", "presentedForm": [{"data": "c2VjcmV0"}]}
     allergy = {"resourceType": "AllergyIntolerance", "id": "a", "patient": {"reference": "Patient/1"},
-               "reaction": [{"manifestation": [{"text": "Rash"}], "description": "Told me about her ex"}]}
+               "reaction": [{"manifestation": [{"coding": [{"system": SCT, "code": "271807003", "display": "Rash"}]}],
+                             "description": "Told me about her ex"}]}
     shown = json.dumps([at_tier(plan, 2), at_tier(report, 2), at_tier(allergy, 2)])
-    for secret in ("Neighbour", "private", "haemolysed", "c2VjcmV0", "her ex"):
+    for secret in ("she left him", "son not", "Neighbour", "sister", "private", "haemolysed", "c2VjcmV0", "her ex"):
         assert secret not in shown
-    for coded in ("Hospital follow-up", "Review bloods", "U+E", "Rash"):
+    for coded in ("Inpatient care plan", "Blood test", "U+E", "Rash"):
         assert coded in shown
 
 
 def test_typed_values_names_and_instructions_are_free_text_at_tier_2_and_what_is_left_is_valid_fhir() -> None:
-    """A string value, a Reference's display and a dose's instruction are what a person typed; what a tier-2
-    reader gets in their place says something is not shown, and still validates."""
-    wound = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "Wound finding"},
+    """A string value, a Reference's display, a dose's instruction and a concept sent as text alone are what
+    a person typed; what a tier-2 reader gets in their place says something is not shown, and still
+    validates."""
+    wound = {"resourceType": "Observation", "id": "o", "status": "final",
+             "code": {"coding": [{"system": SCT, "code": "225552003", "display": "Wound finding"}]},
              "valueString": "Disclosed partner hit her; refuge address 4 Mill Lane",
              "performer": [{"reference": "Practitioner/1", "display": "Nurse at the refuge"}],
              "component": [{"code": {"text": "Site"}, "valueString": "Bruised left arm"}],
              "extension": [{"url": "https://example.org/said", "valueString": "She asked us not to tell him"},
-                           {"url": "https://example.org/coded", "valueCodeableConcept": {"text": "Assault"}}]}
+                           {"url": "https://example.org/coded", "valueCodeableConcept": {"coding": [
+                               {"system": SCT, "code": "52684005", "display": "Assault"}]}}]}
     visit = {"resourceType": "Encounter", "id": "e", "status": "finished",
              "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
              "location": [{"location": {"display": "Sexual Health (GUM) Clinic"}}],
@@ -158,21 +171,41 @@ def test_typed_values_names_and_instructions_are_free_text_at_tier_2_and_what_is
              "contained": [{"resourceType": "Condition", "id": "dx", "subject": {"reference": "Patient/1"},
                             "code": {"coding": [{"system": SCT, "code": "44054006", "display": "Diabetes"}]}}]}
     med = {"resourceType": "MedicationStatement", "id": "m", "status": "active", "subject": {"reference": "Patient/1"},
-           "medicationCodeableConcept": {"text": "Sertraline"},
+           "medicationCodeableConcept": {"coding": [{"system": "https://dmd.nhs.uk", "code": "323219008",
+                                                     "display": "Sertraline 50mg tablets"}]},
            "dosage": [{"text": "50mg daily", "patientInstruction": "Hide the box from your husband"}]}
     shown = [at_tier(resource, 2) for resource in (wound, visit, med)]
     text = json.dumps(shown)
     for secret in ("Mill Lane", "Bruised", "refuge", "asked us", "GUM", "HIV", "husband"):
         assert secret not in text
-    for coded in ("Wound finding", "Assault", "Diabetes", "50mg daily"):
+    for coded in ("Wound finding", "Assault", "Diabetes", "Sertraline 50mg tablets", "50mg daily"):
         assert coded in text
-    masked = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "masked",
-                          "display": "Masked"}], "text": "Not shown at your access level"}
-    assert shown[0]["dataAbsentReason"] == shown[0]["component"][0]["dataAbsentReason"] == masked
+    assert shown[0]["dataAbsentReason"] == shown[0]["component"][0]["dataAbsentReason"] == MASKED
+    assert shown[0]["component"][0]["code"] == MASKED  # "Site": a concept sent as text alone
     assert shown[0]["performer"] == [{"reference": "Practitioner/1"}]
     assert shown[1]["location"] == [{"location": {"display": "Not shown at your access level"}}]
     for resource in shown:
         get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
+def test_a_concept_sent_as_text_alone_says_it_is_not_shown_and_one_with_a_code_keeps_the_code() -> None:
+    """The pharmacist's Observation whose code was only what the nurse typed: at tier 2 it says its code is not
+    shown (data-absent-reason `masked`); codings without a code are text too; a coded concept keeps every
+    coding that has a code, with its display, and loses the text typed beside it."""
+    typed = "Told me her partner hits her; staying at refuge, 4 Mill Lane"
+    obs = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": typed},
+           "bodySite": {"coding": [{"display": "left arm, where he grabbed her"}]},
+           "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                           "code": "H", "display": "High"}, {"display": "worse since he left"}],
+                               "text": "High, after the argument"}],
+           "valueQuantity": {"value": 1, "unit": "{score}"}}
+    tier2 = at_tier(obs, 2)
+    assert tier2["code"] == tier2["bodySite"] == MASKED
+    assert tier2["interpretation"] == [{"coding": [obs["interpretation"][0]["coding"][0]]}]
+    assert tier2["valueQuantity"] == obs["valueQuantity"]
+    assert masked(tier2["code"]) and not masked(tier2["interpretation"][0])
+    get_fhir_model_class("Observation").model_validate(tier2)
+    assert at_tier(obs, 3)["code"] == {"text": typed}
 
 
 def test_a_coded_value_can_make_a_result_sensitive(framework: Framework) -> None:

@@ -85,6 +85,8 @@ def test_explain_says_in_words_what_a_district_nurse_sees() -> None:
     assert "Staff see everything their own organisation recorded, but only in the kinds of information their " \
            "role may see at all" in rules and "always see their own organisation's information in full" not in rules
     assert "emergency" in rules and "lasts 4 hours" in rules and "information about other people" in rules
+    assert "opens the records of more than 30 people, or whose searches find more than 30 people" in rules
+    assert "not what a service typed rather than coded" in seen["hospital_detail"]
     assert "For safety, allergies recorded by a mental health, community or social care service are shown" in rules
     assert seen["alerts"].startswith("a coded summary")
 

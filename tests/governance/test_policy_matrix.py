@@ -69,12 +69,16 @@ def actual(user: str, category: str, basis: str | None, viewer_state: str, sourc
     request = Request(Actor(user, role, viewer_org), purpose, "p1",
                       ActiveBasis(basis, "a reason given", NOW + timedelta(hours=1)) if basis else None,
                       agreements, choices, NOW)
-    resource = {"resourceType": "Condition", "id": "c", "note": [{"text": "free text"}]}
+    # free text twice: a note, and a problem the source typed rather than coded (tier 2 is coded data)
+    resource = {"resourceType": "Condition", "id": "c", "note": [{"text": "free text"}], "code": {"text": "typed"}}
     decision = decide(request, [Item(resource, "Condition", source, category)], FW)
     if not decision.permitted:
         return "deny"
     if decision.released:
-        return "tier3" if "note" in decision.released[0].content else "tier2"
+        shown = decision.released[0].content
+        if shown == resource:
+            return "tier3"
+        return "tier2" if "free text" not in str(shown) and "typed" not in str(shown) else "free text at tier 2"
     return "headline" if decision.headlines else "withheld"
 
 

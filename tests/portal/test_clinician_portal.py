@@ -58,7 +58,8 @@ def test_a_paramedic_finds_a_patient_by_name_and_date_of_birth_and_opens_the_rec
     assert opened.status_code == 200
     page = opened.text
     assert "Metformin 500mg tablets" in page and "Riverside Medical Centre" in page
-    assert "District nurse visit, every week on Tuesday" in page  # community is tier 2 for paramedics: coded
+    # community is tier 2 for paramedics: the visit's code and schedule, not what the nurse typed beside them
+    assert "Home visit, every week on Tuesday" in page and "District nurse visit" not in page
     assert "Visits on Tuesdays" not in page and "Riverside Community Healthcare NHS Trust" in page
     assert "Discharged after a fall" in page and "Riverside University Hospitals NHS Trust" in page
     assert "Ada Okafor (Daughter)" in page
@@ -84,6 +85,80 @@ def test_a_pharmacist_sees_that_a_typed_result_is_not_shown_rather_than_what_was
     page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
     assert "Wound finding" in page and "Mill Lane" not in page
     assert 'aria-hidden="true">Detail </span>Not shown at your access level</td>' in page  # the result's row
+
+
+TYPED = "Told me her partner hits her; staying at refuge, 4 Mill Lane"
+
+
+def _typed_not_coded(ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """A hospital result whose code is only what the nurse typed, and a community care plan whose title and
+    category are typed (its visit is coded)."""
+    obs = {"resourceType": "Observation", "id": "rx-free", "status": "final", "subject": {"reference": "Patient/MRN1"},
+           "code": {"text": TYPED}, "effectiveDateTime": "2026-11-01T10:00:00Z",
+           "valueQuantity": {"value": 7, "unit": "{score}"}}
+    plan = {"resourceType": "CarePlan", "id": "ryc-cp2", "status": "active", "intent": "plan",
+            "subject": {"reference": "Patient/RYC-9"}, "title": "Visits agreed away from her husband",
+            "category": [{"text": "Refuge outreach"}],
+            "activity": [{"detail": {
+                "status": "scheduled",
+                "code": {"coding": [{"system": SCT, "code": "439708006", "display": "Home visit"}]},
+                "scheduledTiming": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk",
+                                               "dayOfWeek": ["fri"]}}}}]}
+    feeds = [bundle("RXR", "epr", [patient("MRN1", OKAFOR_NHS, "OKAFOR", "Emeka", "1945-03-02"), obs],
+                    timestamp="2026-11-02T06:00:00Z"),
+             bundle("RYC", "rio", [patient("RYC-9", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), plan],
+                    timestamp="2026-11-02T06:00:00Z")]
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "t.ndjson", feeds)]).quarantined == 0
+
+
+def test_what_was_typed_rather_than_coded_is_not_shown_at_tier_2_and_the_row_says_so(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Tier 2 is coded data: the pharmacist (diagnostics 2) is shown the result's value with its name said to be
+    not shown and whom to ask, never an empty row or what was typed; the paramedic (community 2) the coded
+    visit on Fridays without the plan's typed title or category. The GP (tier 3 in both) reads them."""
+    _typed_not_coded(ics, framework, tmp_path)
+    _sign_in(ics, "pharm.khan")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert "Mill Lane" not in page and "partner" not in page
+    results = page.split('id="results"', 1)[1]
+    assert re.search(r'aria-hidden="true">What </span><span class="sc-cell">Not shown at your access level\s*'
+                     r'<span class="sc-source__time">What this is was typed rather than coded, so it is not shared '
+                     r'with your role. Ask Riverside University Hospitals NHS Trust: 01632 960100.</span>', results)
+    assert 'aria-hidden="true">Detail </span>7</td>' in results  # the value is coded data: shown
+    assert "Some information is not shown" in page
+
+    _sign_in(ics, "para.evans")
+    page = ics.client.post(f"/record/{ics.okafor}/basis",
+                           data={"basis": "implied-consent", "reason": "confused, daughter not present"}).text
+    assert "Home visit, every week on Friday" in page
+    assert "her husband" not in page and "Refuge outreach" not in page
+
+    _sign_in(ics, "dr.patel")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    assert TYPED in page and "Refuge outreach" in page and "What this is was typed" not in page
+
+
+def test_an_allergy_a_specialist_service_typed_rather_than_coded_is_still_listed_with_whom_to_ask(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Hazard HAZ-02: the paramedic sees the mental health trust's allergies at tier 2 (alerts), coded. One whose
+    substance the trust typed is still in the allergies, with its coded reaction, saying what it is is not
+    shared and whom to ask, never dropped and never the typed words."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al2", "patient": {"reference": "Patient/RXM-4"},
+               "code": {"text": "Penicillin, per his sister (estranged)"},
+               "reaction": [{"manifestation": [{"coding": [{"system": SCT, "code": "39579001",
+                                                            "display": "Anaphylaxis"}]}]}]}
+    feed = bundle("RXM", "rio", [patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy])
+    db = ics.client.app.state.database  # type: ignore[attr-defined]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "a.ndjson", [feed])]).quarantined == 0
+    _sign_in(ics, "para.evans")
+    page = ics.client.post(f"/record/{ics.okafor}/basis",
+                           data={"basis": "implied-consent", "reason": "confused, daughter not present"}).text
+    allergies = page.split('id="allergies"', 1)[1].split('id="medications"', 1)[0]
+    assert "Not shown at your access level" in allergies and "Anaphylaxis" in allergies
+    assert ("What this is was typed rather than coded, so it is not shared with your role. Ask Riverside and "
+            "Dales Mental Health NHS Foundation Trust: 01632 960300.") in allergies
+    assert "sister" not in page
 
 
 def test_a_pharmacist_is_shown_a_mental_health_trusts_allergy_as_from_a_specialist_service(

@@ -106,11 +106,25 @@ def test_the_summary_starts_with_allergies(ics: Ics) -> None:
     assert "Allergy to penicillin" in summary.split('id="medications"', 1)[0]
 
 
-def test_the_care_team_says_when_each_service_last_saw_the_person(ics: Ics) -> None:
-    page = _record(ics, "dn.williams")
+def _hospital_in_care_team(page: str) -> str:
     team = page.split('id="care-team"', 1)[1].split('id="care-plans"', 1)[0]
-    hospital = team.split("Riverside University Hospitals NHS Trust", 1)[1].split("</dd>", 1)[0]
-    assert "Last contact: Ward 12 (Care of the Elderly) on 2 Nov 2026." in hospital
+    return team.split("Riverside University Hospitals NHS Trust", 1)[1].split("</dd>", 1)[0]
+
+
+def test_the_care_team_says_when_each_service_last_saw_the_person(ics: Ics) -> None:
+    assert "Last contact: Ward 12 (Care of the Elderly) on 2 Nov 2026." in _hospital_in_care_team(
+        _record(ics, "dr.patel"))
+
+
+def test_a_ward_the_hospital_sent_as_text_is_not_named_to_a_tier_2_reader_who_is_told_the_kind_of_visit(
+        ics: Ics) -> None:
+    """The stay's service is text alone ("Ward 12 ..."): the district nurse sees encounters at tier 2, coded."""
+    page = _record(ics, "dn.williams")
+    assert "Last contact: Inpatient encounter on 2 Nov 2026." in _hospital_in_care_team(page)
+    assert "Ward 12" not in page
+    assert ("Not shown at your access level (inpatient encounter, until 7 Nov 2026)" in page
+            and "What this is was typed rather than coded, so it is not shared with your role. Ask Riverside "
+                "University Hospitals NHS Trust: 01632 960100." in page)
 
 
 def test_the_pharmacist_sees_allergies_beside_the_medicines(ics: Ics) -> None:

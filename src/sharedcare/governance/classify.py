@@ -54,19 +54,41 @@ _TYPE_CATEGORY = {
 }
 _HOSPITAL_TYPES = {"DocumentReference", "Procedure", "CarePlan"}
 
-# Free text and documents: tier 3 only. At tier 2 they are removed at any depth, leaving a coded summary:
-# annotations (`note`), comments, descriptions (a CarePlan activity's too), a report's conclusion and
-# presented form, a string value (an Observation's, a component's, an extension's), a dose's instruction
-# to the patient, a Reference's display (who or where, typed: "refuge, 4 Mill Lane"), narratives (`text`
-# holding a `div`, in contained resources too) and a document's content. Coded text such as
-# CodeableConcept.text, Coding.display and Dosage.text stays: it is what the code means.
-_FREE_TEXT = {"note", "comment", "description", "conclusion", "presentedForm", "valueString", "patientInstruction"}
+# Free text and documents: tier 3 only ("tier 2 = coded summary", framework.yaml). Below it `at_tier` takes
+# out, at any depth (contained resources too), what FHIR R4 defines as text a person wrote, in the types the
+# store holds and the datatypes they use (`tests/governance/test_free_text_elements.py` walks the R4 element
+# definitions and holds every string element to one of these lists):
+# - gone: annotations (`note`, a care plan activity's `progress`), `comment`, `description`, `title` (a care
+#   plan's, an attachment's), a report's `conclusion` and `presentedForm`, a dose's `patientInstruction`, a
+#   vaccine's `series` name, narratives (`text` holding a `div`), a document's content, and an extension's
+#   text value;
+# - said to be not shown, where an element that was there would otherwise vanish or leave its resource
+#   invalid (`NOT_SHOWN`, or `_MASKED` for a coded element): a string value (an Observation's or a
+#   component's `valueString`, as `dataAbsentReason` masked), a date or schedule given in words (every
+#   `[x]` sent as a string: onsetString, performedString, occurrenceString, scheduledString...), a
+#   Reference that was only its display (who or where, typed: "refuge, 4 Mill Lane"), and a
+#   CodeableConcept with no code: its `text` is what the source typed ("Told me her partner hits her"),
+#   and it becomes `_MASKED`;
+# - a CodeableConcept with a code keeps its codings, each with its `display` (what the code means), and
+#   loses its own `text`: the words the source typed beside the code, which need not say what it says.
+# Kept, as what a coded or measured value means rather than what someone wrote: Coding.display and
+# version, a quantity's unit, Identifier.value, Reference.reference, SampledData.data, a vaccine's lot
+# number and information sheet id, a reference range's `text` (the laboratory's range, "<5") and
+# Dosage.text (the prescription's dose, "One tablet twice daily", often the only statement of it a GP
+# system sends; what is said to the patient, `patientInstruction`, goes).
+_FREE_TEXT = {"note", "progress", "comment", "description", "title", "conclusion", "presentedForm",
+              "patientInstruction", "series", "valueString", "valueMarkdown", "valueAnnotation", "valueAttachment"}
 _FREE_TEXT_BY_TYPE = {"DocumentReference": {"content"}}
+# Where a node holding only `text` is not a CodeableConcept: a Dosage ("dosage"; a contained MedicationRequest's
+# "dosageInstruction"), a reference range, a contained resource's HumanName or Address.
+_TEXT_NOT_A_CONCEPT = {"dosage", "dosageInstruction", "referenceRange", "name", "address", "valueHumanName",
+                       "valueAddress"}
+_CONCEPT_KEYS = {"id", "extension", "coding", "text"}
 _EXTENSIONS = {"extension", "modifierExtension"}
-_NOT_SHOWN = "Not shown at your access level"
+NOT_SHOWN = "Not shown at your access level"
+MASKED_SYSTEM = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 # FHIR's reason for a value withheld for privacy: a tier-2 reader is told a value exists, not that none does
-_MASKED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "masked",
-                       "display": "Masked"}], "text": _NOT_SHOWN}
+_MASKED = {"coding": [{"system": MASKED_SYSTEM, "code": "masked", "display": "Masked"}], "text": NOT_SHOWN}
 # Demographics: tier 1 is who the person is and how to reach them; tier 2 adds where they live and
 # their GP; tier 3 adds contacts such as next of kin.
 _DEMOGRAPHICS_TIER1 = {"resourceType", "id", "meta", "identifier", "name", "birthDate", "gender", "telecom"}
@@ -193,24 +215,40 @@ def at_tier(resource: dict[str, Any], tier: int) -> dict[str, Any]:
     summary = _without(resource, _FREE_TEXT | _FREE_TEXT_BY_TYPE.get(resource.get("resourceType", ""), set()))
     if resource.get("resourceType") == "DocumentReference":
         # content is required (1..*): say that the document exists without what it says
-        summary["content"] = [{"attachment": {"title": f"Document {_NOT_SHOWN.lower()}"}}]
+        summary["content"] = [{"attachment": {"title": f"Document {NOT_SHOWN.lower()}"}}]
     return summary
 
 
-def _without(node: dict[str, Any], drop: set[str]) -> dict[str, Any]:
-    """`node` without the named elements, narratives (a `text` holding a `div`) and a Reference's display,
-    at any depth, still valid FHIR: a string value removed is said to be masked, a Reference that was only
-    its display says it is not shown, and an extension left with no value goes."""
+def masked(concept: Any) -> bool:
+    """Whether a CodeableConcept is `_MASKED`: what the source sent there was text alone, not shown at this
+    tier (a page says so, and never groups or charts it as a code)."""
+    return isinstance(concept, dict) and any(
+        isinstance(c, dict) and c.get("system") == MASKED_SYSTEM and c.get("code") == "masked"
+        for c in concept.get("coding") or ())
+
+
+def _without(node: dict[str, Any], drop: set[str], parent: str = "") -> dict[str, Any]:
+    """`node` (the element `parent` names) without the named elements and the free text the module's list
+    names, at any depth, still valid FHIR: what is said to be not shown says so, and an extension left with
+    no value goes."""
+    if parent not in _TEXT_NOT_A_CONCEPT and node.keys() <= _CONCEPT_KEYS and (
+            "coding" in node or isinstance(node.get("text"), str)):  # a CodeableConcept
+        codings = [c for c in node.get("coding") or () if isinstance(c, dict) and c.get("code")]
+        if not codings:
+            return _MASKED
+        node = {key: codings if key == "coding" else value for key, value in node.items() if key != "text"}
     coding = "code" in node or "system" in node  # a Coding's display is what its code means
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in drop or (key == "display" and not coding) or (
                 key == "text" and isinstance(value, dict) and "div" in value):
             continue
-        if isinstance(value, dict):
-            value = _without(value, _FREE_TEXT)
+        if isinstance(value, str) and key.endswith("String"):  # an [x] given in words: a date, a schedule
+            value = NOT_SHOWN
+        elif isinstance(value, dict):
+            value = _without(value, _FREE_TEXT, key)
         elif isinstance(value, list):
-            value = [_without(item, _FREE_TEXT) if isinstance(item, dict) else item for item in value]
+            value = [_without(item, _FREE_TEXT, key) if isinstance(item, dict) else item for item in value]
             if key in _EXTENSIONS:
                 value = [ext for ext in value if any(name.startswith("value") or name == "extension" for name in ext)]
                 if not value:
@@ -219,5 +257,5 @@ def _without(node: dict[str, Any], drop: set[str]) -> dict[str, Any]:
     if "valueString" in node and "url" not in node:  # an Observation's or a component's (an extension has a url)
         out["dataAbsentReason"] = _MASKED
     if "display" in node and not coding and "reference" not in out and "identifier" not in out:
-        out["display"] = _NOT_SHOWN  # a Reference that was only its display (a ward, a doctor): one was named
+        out["display"] = NOT_SHOWN  # a Reference that was only its display (a ward, a doctor): one was named
     return out

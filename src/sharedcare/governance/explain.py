@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # only for the type: the framework in words needs no store
 TIER_WORDS = {
     0: "nothing",
     1: "only that a service holds information, and how to contact it",
-    2: "a coded summary, without free-text notes or documents",
+    2: "a coded summary, without free text: no notes, documents or titles, and not what a service typed rather "
+       "than coded (said to be not shown)",
     3: "everything, including letters and free-text notes",
 }
 # What a role sees of its own organisation's information, said after TIER_WORDS (policy.py rule e): in full
@@ -362,7 +363,10 @@ def rules_in_words(fw: Framework) -> list[str]:
                  "records, names only \"a specialist service\".")
     lines += [f"Never shared outside the organisation that recorded it: {rule.explain.lower()}."
               for rule in fw.always_withheld]
-    lines.append("Every look at a record is recorded; patients can see who looked, when and why.")
+    lines.append("Every look at a record is recorded; patients can see who looked, when and why. The information "
+                 "governance team is told of anyone who, in an hour, opens the records of more than "
+                 f"{fw.review.patients_per_hour} people, or whose searches find more than "
+                 f"{fw.review.people_found_per_hour} people.")
     if "secondary-use" in fw.purposes:
         sensitive = ", ".join(c.replace("_", " ") for c in fw.sensitive_categories)
         lines.append("Planning and research use pseudonymised data only (no names, NHS numbers, addresses or full "

@@ -157,6 +157,7 @@ class ReviewRules(_Strict):
 
     due_hours: StrictFloat = Field(default=24, gt=0)
     patients_per_hour: StrictInt = Field(default=30, ge=1)
+    people_found_per_hour: StrictInt = Field(default=30, ge=1)  # different people a user's patient searches found
 
 
 class WithholdRule(_Strict):

@@ -63,7 +63,15 @@ from sharedcare.governance.policy import (
     count_alike,
     decide,
 )
-from sharedcare.governance.review import FOUND_WITHIN, ON_REVIEW, OnReview, flag_access, on_review, standing
+from sharedcare.governance.review import (
+    FOUND_WITHIN,
+    ON_REVIEW,
+    OnReview,
+    flag_access,
+    flag_searches,
+    on_review,
+    standing,
+)
 from sharedcare.governance.unnamed import Unknown, unknown_services, unnamed
 from sharedcare.identity.compare import search_key
 from sharedcare.store.database import Prepared, json_loads, run
@@ -829,7 +837,8 @@ class GovernedRecords:
                         postcode: str | None = None) -> list[PatientMatch]:
         """Find people by NHS number, or by family name and date of birth (given name optional).
 
-        Audited as IHE BALP asks: one event per patient found, and one when none is found."""
+        Audited as IHE BALP asks: one event per patient found, and one when none is found. A user whose
+        searches have found unusually many people in an hour is queued for IG (`review.flag_searches`)."""
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
@@ -857,8 +866,10 @@ class GovernedRecords:
         # (sixth security review, 2026-12-06). Two such people still take longer than one.
         matches = [m for m in (self._visible_match(pid, wanted) for pid in candidates or [NO_PERSON]) if m is not None]
         for match in matches:
-            self._audit(AuditAction.PATIENT_SEARCH, "permit", match.person_id, detail={"query": query_b64})
-        if not matches:
+            seq = self._audit(AuditAction.PATIENT_SEARCH, "permit", match.person_id, detail={"query": query_b64})
+        if matches:  # more people found this hour than the framework expects: the IG review queue (review.py)
+            flag_searches(self.session, self.fw, self.actor, matches[-1].person_id, seq, self.now)
+        else:
             self._audit(AuditAction.PATIENT_SEARCH, "permit", None, detail={"query": query_b64, "results": "0"})
         self.session.commit()  # as `_released`: durable before the results leave, the lock held no longer
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))

@@ -1,6 +1,7 @@
 """The IG officer's review queue: break glass, implied consent and unusual access, with outcomes.
 
-Items enter when a basis is recorded (gateway.record_basis calls `flag_access`), when a practice
+Items enter when a basis is recorded (gateway.record_basis calls `flag_access`), when a user's patient
+searches find unusually many people (gateway.search_patients calls `flag_searches`), when a practice
 links a record of its own to someone already known to others by its own FHIR write
 (`flag_new_source_record`, from ingest/contributions.py), and when a practice claims the registration of
 someone another practice already claims (`flag_registration_conflict`, from ingest/pipeline.py); an IG
@@ -51,7 +52,15 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
 from sharedcare.store.database import run
-from sharedcare.store.models import IS_PATIENT, AccessBasis, LinkMove, PatientRecord, Resource, ReviewItem
+from sharedcare.store.models import (
+    IS_PATIENT,
+    AccessBasis,
+    AuditEntry,
+    LinkMove,
+    PatientRecord,
+    Resource,
+    ReviewItem,
+)
 
 Outcome = Literal["appropriate", "investigate"]
 NEW_SOURCE_RECORD = "new-source-record"
@@ -65,6 +74,15 @@ OPENED_BY_ID = "opened-by-id"
 FOUND_WITHIN = timedelta(hours=24)
 OPENED_BY_ID_WORDS = (f"no search by this user found the patient, and they had not read the record, in the last "
                       f"{FOUND_WITHIN.total_seconds() / 3600:g} hours")
+# A user whose patient searches (the portal's and FHIR Patient searches alike: `GovernedRecords.search_patients`)
+# found more than the framework's `review.people_found_per_hour` different people in an hour: each result
+# names someone (name, date of birth, NHS number; a postcode where the role sees addresses), so an insider
+# could harvest a street's details without opening one record, which the basis count never saw (journey 7;
+# clinical portal review: a paramedic found 40 people by name and date of birth in seconds, and the queue
+# stayed empty). Queued once in an hour for a user; a backend client's look-ups are its own system's (its
+# users' searches are audited there), so they are not counted.
+UNUSUAL_SEARCHES = "unusual-search-volume"
+_BACKEND = "client:"  # clients.CLIENT_PREFIX (clients imports the gateway, which imports this module)
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,32 @@ def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, b
         session.add(ReviewItem(kind=kind, username=actor.username, person_id=person_id, reason=detail,
                                audit_seq=audit_seq, created_at=now, status="open"))
     return kinds
+
+
+def flag_searches(session: Session, fw: Framework, actor: Actor, person_id: str, audit_seq: int,
+                  now: datetime) -> bool:
+    """After a search by `actor` found people (audited, `audit_seq` the last, naming `person_id`): queue the user
+    when their searches have found more than `review.people_found_per_hour` different people in the hour to
+    `now`, unless an item of the kind was queued for them within that hour; returns whether one was."""
+    if actor.username.startswith(_BACKEND):
+        return False
+    since = now - timedelta(hours=1)
+    session.flush()  # this search's own events count
+    found = session.scalar(select(func.count(func.distinct(AuditEntry.patient_id))).where(
+        AuditEntry.username == actor.username, AuditEntry.action == AuditAction.PATIENT_SEARCH,
+        AuditEntry.outcome == "permit", AuditEntry.patient_id.is_not(None), AuditEntry.recorded_at > since)) or 0
+    limit = fw.review.people_found_per_hour
+    if found <= limit or session.scalar(select(ReviewItem.id).where(
+            ReviewItem.kind == UNUSUAL_SEARCHES, ReviewItem.username == actor.username,
+            ReviewItem.created_at > since).limit(1)) is not None:
+        return False
+    role = actor.role
+    postcode = ", postcode" if role is not None and role.tier("demographics") >= 2 else ""
+    session.add(ReviewItem(kind=UNUSUAL_SEARCHES, username=actor.username, person_id=person_id, audit_seq=audit_seq,
+                           reason=f"{found} different people found by patient searches in an hour (more than {limit}), "
+                                  f"each result naming them (name, date of birth, NHS number{postcode})",
+                           created_at=now, status="open"))
+    return True
 
 
 def _holds_record(session: Session, org: str, person_id: str) -> bool:

@@ -24,7 +24,7 @@ from sharedcare.governance.access_log import BY_ID, FOUND_DETAIL, Found, details
 from sharedcare.governance.audit import SEQ_MOST, AuditAction, expanded, minted_by
 from sharedcare.governance.consent import Choices
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.review import OPENED_BY_ID_WORDS, QueueItem
+from sharedcare.governance.review import OPENED_BY_ID_WORDS, UNUSUAL_SEARCHES, QueueItem
 from sharedcare.governance.workspace import DECISION_NEEDS_A_REASON, INVESTIGATION_NEEDS_A_NOTE
 from sharedcare.identity.links import LinkError
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -35,7 +35,8 @@ from sharedcare.portal.present import patient_banner
 router = APIRouter(prefix="/ig", dependencies=[Depends(people_only), Depends(csrf.check)])
 
 KIND_WORDS = {"emergency": "Break glass", "implied-consent": "Implied consent",
-              "unusual-volume": "Unusual volume", "no-relationship": "No care relationship",
+              "unusual-volume": "Unusual volume", UNUSUAL_SEARCHES: "Unusually many people looked up",
+              "no-relationship": "No care relationship",
               "new-source-record": "New source record for an existing person",
               "registration-conflict": "Competing GP registration",
               "opened-by-id": "Record opened by its id, without a search",
@@ -116,10 +117,10 @@ class QueueRow:
 
 
 def _search_for(item: QueueItem) -> dict[str, str]:
-    """An unusual volume is about every record the user opened, not the one that crossed the line: search
-    the user's events over the hour before it (by day, as the form searches); any other item, the one
-    patient's."""
-    if item.kind != "unusual-volume":
+    """An unusual volume is about every record the user opened (or everyone their searches found), not the one
+    that crossed the line: search the user's events over the hour before it (by day, as the form searches);
+    any other item, the one patient's."""
+    if item.kind not in ("unusual-volume", UNUSUAL_SEARCHES):
         return {"patient": item.patient_id, "user": item.username}
     start, end = (item.created_at - timedelta(hours=1)).date(), item.created_at.date()
     return {"user": item.username, "from_day": str(start.day), "from_month": str(start.month),

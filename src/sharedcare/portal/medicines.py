@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from sharedcare.governance.classify import masked
 from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import ServedResource
@@ -55,6 +56,9 @@ class Statement:
     recorded_on: date
     coded: str = ""  # the dose as coded (doseAndRate, timing, route) in words, when every dosage codes one
     reference: str = field(default="", compare=False)  # the served statement's `Type/id`, for the record's rows
+    # a medicine its source typed rather than coded, not shown at the reader's tier (classify.masked): grouped
+    # with no other, as its placeholder name and code are no medicine's
+    not_shown: bool = False
 
     @property
     def taking(self) -> bool:
@@ -139,7 +143,8 @@ def statement(served: ServedResource, fw: Framework) -> Statement:
         last_issued=str(issued or "")[:10], asserted=str(r.get("dateAsserted") or "")[:10],
         source=served.source_name, source_code=served.source_org,
         source_kind=KIND_LABELS.get(org.kind, "") if org else "",
-        recorded=f"{recorded.day} {recorded:%b %Y}", recorded_on=recorded.date(), reference=served.reference)
+        recorded=f"{recorded.day} {recorded:%b %Y}", recorded_on=recorded.date(), reference=served.reference,
+        not_shown=masked(r.get("medicationCodeableConcept")))
 
 
 def _problems(statements: list[Statement]) -> list[str]:
@@ -181,7 +186,8 @@ def reconcile(resources: list[ServedResource], fw: Framework) -> list[Medicine]:
     groups: list[list[Statement]] = []
     index: dict[str, int] = {}
     for s in statements:
-        keys = [f"name:{medicine_name(s.product).lower()}"] + ([f"code:{s.code}"] if s.code else [])
+        keys = [f"item:{s.reference}"] if s.not_shown else \
+            [f"name:{medicine_name(s.product).lower()}"] + ([f"code:{s.code}"] if s.code else [])
         found = next((index[k] for k in keys if k in index), None)
         if found is None:
             found = len(groups)
@@ -196,7 +202,7 @@ def reconcile(resources: list[ServedResource], fw: Framework) -> list[Medicine]:
         current = {s.source for s in group if s.taking}
         mentioned = {s.source for s in group}
         left_out = sorted(listing - mentioned)
-        if len(current) == 1 and left_out:
+        if len(current) == 1 and left_out and not group[0].not_shown:  # (what is not shown cannot be compared)
             problems.append(f"Only {next(iter(current))} lists this as current; not on the list from "
                             f"{', '.join(left_out)}.")
         ordered = sorted(group, key=lambda s: (KIND_ORDER.get(_kind(fw, s.source_code), 9), s.source,

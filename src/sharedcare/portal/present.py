@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from sharedcare.clock import utcnow
 from sharedcare.fhir.search import FAR_PAST, SearchError, parse_instant
+from sharedcare.governance.classify import masked
 from sharedcare.governance.explain import CATEGORY_LABELS, KIND_LABELS
 from sharedcare.governance.framework import Framework, Role
 from sharedcare.governance.gateway import DemographicsSource, RecordView, ServedResource
@@ -76,15 +77,23 @@ def concept_text(concept: Any) -> str:
     return str(codings[0].get("code", ""))
 
 
-def _first_concept(resource: dict[str, Any], *names: str) -> str:
+# The elements that say what an item is, in the order a row names it by
+NAMED_BY = ("code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category")
+
+
+def _naming_concept(resource: dict[str, Any], names: tuple[str, ...] = NAMED_BY) -> Any:
+    """The first of `names` that says something (a list's first item), else None."""
     for name in names:
         value = resource.get(name)
         if isinstance(value, list):
             value = value[0] if value else None
-        text = concept_text(value)
-        if text:
-            return text
-    return ""
+        if concept_text(value):
+            return value
+    return None
+
+
+def _first_concept(resource: dict[str, Any], *names: str) -> str:
+    return concept_text(_naming_concept(resource, names))
 
 
 def when(resource: dict[str, Any]) -> str:
@@ -604,14 +613,22 @@ def status_words(resource: dict[str, Any]) -> str:
 
 
 def text_withheld(served: ServedResource, fw: Framework) -> str:
-    """A document served below tier 3 has had its text and attachment removed (classify.at_tier): the row says
-    so, and whom to ask (the source's telephone, when the framework has one), instead of silently showing
-    a letter with nothing to read. Other types' free text (a note, a description) leaves no trace to tell."""
-    if served.resource_type != "DocumentReference" or served.tier >= 3:
+    """Below tier 3 a document's text and attachment are removed, and so is what an item is when its source
+    typed it rather than coded it (classify.at_tier: a problem, a result or a care plan named by text alone):
+    the row says so, and whom to ask (the source's telephone, when the framework has one), instead of
+    silently showing a letter with nothing to read or a row that names nothing. Other free text (a note, a
+    description) leaves no trace to tell."""
+    if served.tier >= 3:
+        return ""
+    if served.resource_type == "DocumentReference":
+        said = "Full text not shared with your role."
+    elif masked(_naming_concept(served.content)):
+        said = "What this is was typed rather than coded, so it is not shared with your role."
+    else:
         return ""
     org = fw.organisation(served.source_org) if served.source_org else None
     ask = f" Ask {org.name}{': ' + org.phone if org.phone else ''}." if org else ""
-    return f"Full text not shared with your role.{ask}"
+    return f"{said}{ask}"
 
 
 def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset(),
@@ -619,8 +636,7 @@ def row(served: ServedResource, fw: Framework, stale: frozenset[str] = frozenset
     """An item as the pages show it; `also`: the same item as other systems of its source sent it."""
     r = served.content
     org = fw.organisation(served.source_org)
-    what = _first_concept(r, "code", "medicationCodeableConcept", "vaccineCode", "type", "serviceType", "category") \
-        or str(r.get("title") or r.get("description") or r.get("resourceType"))
+    what = _first_concept(r, *NAMED_BY) or str(r.get("title") or r.get("description") or r.get("resourceType"))
     local = local_time(moment(r)) if r.get("resourceType") in TIMED_TYPES else None
     return Row(what=what, when=moment(r), status=status_words(r), detail=detail(r),
                text=document_text(r) if r.get("resourceType") == "DocumentReference" else "",
@@ -823,7 +839,16 @@ def last_contacts(view: RecordView, fw: Framework) -> dict[str, str]:
         day = when(served.content)
         if day and (served.source_org not in newest or day > newest[served.source_org][0]):
             newest[served.source_org] = (day, served)
-    return {org: f"{row(served, fw).what} on {uk_date(moment(served.content))}" for org, (_, served) in newest.items()}
+    return {org: f"{_contact(served, fw)} on {uk_date(moment(served.content))}" for org, (_, served) in newest.items()}
+
+
+def _contact(served: ServedResource, fw: Framework) -> str:
+    """An encounter in the care team's words: what it was, or, where its source typed that and the reader's tier
+    does not show it (a ward given as text), its class ("Inpatient encounter")."""
+    if not masked(_naming_concept(served.content)):
+        return row(served, fw).what
+    kind = str((served.content.get("class") or {}).get("display") or "a contact")
+    return kind[:1].upper() + kind[1:]
 
 
 def stale_sources(view: RecordView, now: datetime | None = None) -> list[str]:
