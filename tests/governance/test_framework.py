@@ -65,7 +65,7 @@ def test_a_wrong_type_is_named_with_its_key() -> None:
 
 
 def test_broken_yaml_names_the_line() -> None:
-    text = TEXT.replace("version: \"2026.12-5\"", "version: [unclosed")
+    text = TEXT.replace("version: \"2026.12-6\"", "version: [unclosed")
     (problem,) = _problems(text)
     assert problem.startswith("line ")
 

@@ -52,7 +52,7 @@ def test_the_output_has_a_manifest_ground_truth_users_and_each_sources_feed(run:
 def test_the_manifest_says_what_was_made_and_what_was_got_wrong_on_purpose(run: SynthRun) -> None:
     manifest = run.manifest()
     assert (manifest["seed"], manifest["people"], manifest["as_of"]) == (SEED, PEOPLE, "2026-11-01")
-    assert manifest["framework_version"] == "2026.12-5"
+    assert manifest["framework_version"] == "2026.12-6"
     rxr = manifest["organisations"]["RXR"]
     assert {"RXR/hl7v2/pas-0000.hl7", "RXR/hl7v2/lab-0000.hl7", "RXR/fhir/epr-0000.ndjson"} <= set(rxr["files"])
     assert rxr["counts"]["ADT^A01"] == rxr["counts"]["ADT^A03"] > 0
@@ -118,7 +118,7 @@ def test_users_csv_lists_the_frameworks_users(run: SynthRun, framework: Framewor
 def test_without_a_framework_argument_the_configured_framework_is_used(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHAREDCARE_FRAMEWORK", str(FRAMEWORK_FILE))
-    assert generate(tmp_path, 3, 1).framework_version == "2026.12-5"
+    assert generate(tmp_path, 3, 1).framework_version == "2026.12-6"
 
 
 @pytest.mark.slow
