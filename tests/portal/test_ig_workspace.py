@@ -588,7 +588,9 @@ def test_a_patients_events_by_an_id_a_merge_emptied_are_the_person_nows_and_they
     found = ics.client.post("/ig/audit", data=fields).text
     assert f"Record <code>{ics.stranger}</code> holds no records now: a merge or relink moved them to record " \
            f"<code>{ics.okafor}</code>" in found
-    assert "confused, daughter not present" in found and "OKAFOR, Emeka" in found
+    assert "confused, daughter not present" in found
+    # named: one person now, shown by the demographics of either record it holds (sent at the same moment here)
+    assert re.search(r"(OKAFOR, Emeka|HUGHES, Margaret), born", found)
     ics.client.cookies.clear()
     _patient_sign_in(ics.client)
     said = visit_rows(ics.client.get("/patient/accesses").text)

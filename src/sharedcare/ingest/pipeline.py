@@ -390,6 +390,8 @@ class Pipeline:
                     self._store_batch(file.adapter, batch, source, report, agreements)
                     handled = batch[-1][0].where
                 report.stopped, report.stopped_after = True, handled
+            if report.stopped:
+                stager.close(stopping=True)
         return report
 
     def _readable(self, paths: list[Path], fmt: str, progress: Callable[[int], None] | None,

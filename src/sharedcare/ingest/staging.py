@@ -157,8 +157,13 @@ class Stager:
                                              initargs=(self.framework,))
         return self._pool
 
-    def close(self) -> None:
+    def close(self, stopping: bool = False) -> None:
+        """Stop the workers once their work is done or, when the run is stopping (SIGTERM), at once: a worker
+        the signal missed (one forked just after it) would otherwise be waited for without end."""
         if self._pool is not None:
+            if stopping:  # ProcessPoolExecutor has no public way to end its workers before their work is done
+                for process in list(self._pool._processes.values()):
+                    process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
