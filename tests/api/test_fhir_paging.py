@@ -106,6 +106,7 @@ def test_a_page_position_says_nothing_and_one_the_server_did_not_give_is_refused
                     following + "&_offset=3"):
         response = ics.client.get(changed.removeprefix("http://testserver"), headers=headers)
         assert response.status_code == 400 and "_cursor" in response.json()["issue"][0]["diagnostics"]
+        assert response.json()["issue"][0]["expression"] == ["_cursor"], changed
 
 
 def test_self_and_next_links_use_the_public_address(ics: Ics, framework: Framework, tmp_path: Path) -> None:

@@ -406,7 +406,7 @@ def _position_of(key: bytes, sealed_for: str, cursor: str, size: int) -> tuple[d
             raise ValueError(cursor)
     except (ValueError, binascii.Error, InvalidTag) as exc:
         raise SearchError("_cursor: not a page position this server gave; follow the Bundle's next link "
-                          "unchanged, with the same _sort") from exc
+                          "unchanged, with the same _sort", "_cursor") from exc
     return (*(t.astimezone(UTC) for t in times), words[-1])
 
 
