@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from tests.builders import bundle, different_people, write_ndjson
 from tests.small_ics import OKAFOR_NHS, Ics
 
@@ -111,3 +111,20 @@ def test_queued_once_an_hour_and_a_backend_systems_look_ups_are_not_counted(
     assert len(_items(db)) == 1  # an hour on: one person found in this hour
     search(paramedic, people[4])
     assert [i.reason[:27] for i in _items(db)] == ["2 different people found by"] * 2
+
+
+def test_the_hours_count_reads_the_users_hour_not_every_entry_they_ever_made(db: Database) -> None:
+    """The count after each search read every entry the user had ever made by the user's index alone (57 ms a
+    search at 200,000 of them, growing for good); it reads by user and time."""
+    from sharedcare.governance.review import people_found
+
+    statement = people_found("para.evans", utcnow() - timedelta(hours=1))
+    with db.session() as s:
+        if db.engine.dialect.name == "sqlite":
+            compiled = statement.compile(db.engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row) for row in s.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+        else:
+            s.execute(text("SET enable_seqscan = off"))  # an empty table: the planner would rather scan it
+            compiled = statement.compile(db.engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row) for row in s.execute(text(f"EXPLAIN {compiled}")))
+    assert "ix_audit_events_user_time" in plan, plan

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -134,6 +134,14 @@ def flag_access(session: Session, fw: Framework, actor: Actor, person_id: str, b
     return kinds
 
 
+def people_found(username: str, since: datetime) -> Select[int]:
+    """How many different people `username`'s patient searches found since `since` (read by user and time,
+    `ix_audit_events_user_time`: not every entry the user ever made)."""
+    return select(func.count(func.distinct(AuditEntry.patient_id))).where(
+        AuditEntry.username == username, AuditEntry.action == AuditAction.PATIENT_SEARCH,
+        AuditEntry.outcome == "permit", AuditEntry.patient_id.is_not(None), AuditEntry.recorded_at > since)
+
+
 def flag_searches(session: Session, fw: Framework, actor: Actor, person_id: str, audit_seq: int,
                   now: datetime) -> bool:
     """After a search by `actor` found people (audited, `audit_seq` the last, naming `person_id`): queue the user
@@ -143,9 +151,7 @@ def flag_searches(session: Session, fw: Framework, actor: Actor, person_id: str,
         return False
     since = now - timedelta(hours=1)
     session.flush()  # this search's own events count
-    found = session.scalar(select(func.count(func.distinct(AuditEntry.patient_id))).where(
-        AuditEntry.username == actor.username, AuditEntry.action == AuditAction.PATIENT_SEARCH,
-        AuditEntry.outcome == "permit", AuditEntry.patient_id.is_not(None), AuditEntry.recorded_at > since)) or 0
+    found = session.scalar(people_found(actor.username, since)) or 0
     limit = fw.review.people_found_per_hour
     if found <= limit or session.scalar(select(ReviewItem.id).where(
             ReviewItem.kind == UNUSUAL_SEARCHES, ReviewItem.username == actor.username,

@@ -214,6 +214,7 @@ class AuditEntry(Base):
     __table_args__ = (
         Index("ix_audit_events_patient", "patient_id"),
         Index("ix_audit_events_user", "username"),
+        Index("ix_audit_events_user_time", "username", "recorded_at"),  # the hour a search's review counts
         Index("ix_audit_events_organisation", "organisation"),
         # where the chain's key starts (governance/audit.py `chain_key`), found without reading the log
         Index("ix_audit_events_chain_keyed", "seq", sqlite_where=text(f"action = '{CHAIN_KEYED}'"),
