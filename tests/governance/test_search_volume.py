@@ -81,7 +81,9 @@ def test_portal_and_fhir_searches_count_together_and_a_user_below_the_line_is_no
                                                             "birth_year": "1952"}).text
     assert "1 person found" in client.post("/search", data={"nhs_number": OKAFOR_NHS}).text  # the same person again
     assert _items(ics.database) == []  # two people: not more than two
-    assert "1 person found" in client.post("/search", data=_by_name(people[0])).text
+    third = {"family": people[0]["name"][0]["family"], "birthdate": people[0]["birthDate"]}
+    found = client.post("/fhir/Patient/_search", data=third, headers=headers)  # the FHIR search crosses the line
+    assert found.status_code == 200 and [e["resource"]["resourceType"] for e in found.json()["entry"]] == ["Patient"]
     (item,) = _items(ics.database)
     assert item.username == "dr.oconnor" and item.reason.startswith("3 different people found")
 

@@ -203,16 +203,16 @@ def persons_with(session: Session, nhs_number: str) -> list[str]:
 
 def persons_now(session: Session, person_id: str) -> list[str]:
     """Who a person id is now: itself while it holds a source record (or if it never held one); once a merge or
-    relink has moved every record it held away, whoever holds now the records it held last (the one holding
-    most of them first), as the review queue follows an access (`holders_now`). An IG officer may search by
-    an id from an older entry or a complaint: the patient is the person it is now."""
+    relink has moved every record it held away, whoever holds now the records it held just before the move
+    that emptied it (`holders_now`, as the review queue follows an access). An IG officer may search by an id
+    from an older entry or a complaint: the patient is the person it is now."""
     if session.scalar(select(PatientRecord.id).where(PatientRecord.person_id == person_id).limit(1)) is not None:
         return [person_id]
-    last = session.scalar(select(func.max(LinkMove.link_event_id)).where(LinkMove.from_person == person_id))
-    held = list(session.scalars(select(PatientRecord.person_id).join(
-        LinkMove, LinkMove.patient_record_id == PatientRecord.id).where(
-        LinkMove.link_event_id == last, LinkMove.from_person == person_id)))
-    return sorted(set(held), key=lambda holder: (-held.count(holder), holder)) or [person_id]
+    emptied = session.scalar(select(func.max(LinkEvent.at)).join(LinkMove, LinkMove.link_event_id == LinkEvent.id)
+                             .where(LinkMove.from_person == person_id))
+    if emptied is None:
+        return [person_id]
+    return holders_now(session, person_id, emptied - timedelta(microseconds=1))
 
 
 def _about_person(session: Session, person_id: str) -> ColumnElement[bool]:
