@@ -141,3 +141,26 @@ def test_a_fhir_query_string_over_8_kb_is_refused_414_before_any_read_is_audited
     assert audited() == before
     within = ics.client.get(f"/fhir/Condition?patient={ics.okafor}&code={'9' * 7_000}", headers=headers)
     assert within.status_code == 200 and audited() == before + 1  # read, and audited, as before
+
+
+def test_a_patient_search_criterion_longer_than_anything_stored_is_refused_before_it_is_audited(ics: Ics) -> None:
+    """A form body is not a query string: "Okafor" padded with 60,000 spaces folded to his search key, found
+    him and wrote an 81 kB audit entry. A criterion longer than anything stored is refused, naming it."""
+    headers = ics.token("dr.patel")
+
+    def audited() -> int:
+        with ics.database.session() as session:
+            return int(session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
+
+    ics.client.post("/login", data={"username": "dr.patel", "password": "demo"})  # (its sign-in is audited)
+    before = audited()
+    padded = {"family": "Okafor" + " " * 60_000, "birthdate": "1945-03-02"}
+    refused = ics.client.post("/fhir/Patient/_search", data=padded, headers=headers)
+    assert refused.status_code == 400 and refused.json()["issue"][0]["diagnostics"].startswith(
+        "family: at most 100 characters")
+    page = ics.client.post("/search", data={"family": padded["family"], "birth_date": "1945-03-02"})
+    assert page.status_code == 400 and "family: at most 100 characters" in page.text and "OKAFOR" not in page.text
+    assert audited() == before
+    found = ics.client.post("/fhir/Patient/_search", data={"family": "Okafor  ", "birthdate": "1945-03-02"},
+                            headers=headers)
+    assert found.status_code == 200 and [e["resource"]["id"] for e in found.json()["entry"]] == [ics.okafor]

@@ -158,6 +158,27 @@ def test_a_frame_over_the_size_limit_is_answered_ar_naming_it_and_the_limit_held
     assert f"(quarantine #{held.id})" in line and "OKAFOR" not in line
 
 
+def test_what_follows_a_frame_over_the_limit_and_such_a_frame_cut_off_are_audited_not_lost_without_a_trace(
+        db: Database, framework: Framework) -> None:
+    """Review of the change (LOW): a message sent right after a frame over the limit went with the connection, and
+    a frame over the limit whose sender closed before its end block left no trace at all. Neither can be
+    answered (the engine resends what was not acknowledged); each is now audited, by its size alone."""
+    big = _message("BIG2") + b"ZXX|" + b"A" * mllp.MAX_MESSAGE_BYTES + b"\r"
+    following = START + _message("NEXT1") + END
+    with serving(_server(db, framework)) as port:
+        with _connect(port) as sock:
+            sock.sendall(START + big + END + following)
+            assert _segment(_read_ack(sock), "MSA")[1:3] == ["AR", "BIG2"]
+            assert _closed_within(sock, 5)
+        with _connect(port) as sock:
+            sock.sendall(START + big)  # and closed before its end block
+        refused = _await_refusals(db, 3)
+    assert len(refused) == 3  # the big frame answered, what came after it, the frame cut off
+    assert any(f"{len(following)} bytes sent after a frame over the limit, dropped unanswered" in r for r in refused)
+    assert any("over the 4194304-byte limit, closed by its sender before its end block" in r for r in refused)
+    assert not any("NEXT1" in r or "OKAFOR" in r for r in refused)
+
+
 def test_bytes_before_a_start_block_are_logged_and_audited_once_a_connection_by_their_count(
         db: Database, framework: Framework, caplog: pytest.LogCaptureFixture) -> None:
     """Operations review of 2026-12-07 (LOW): bytes before a start block (a message sent without one) were

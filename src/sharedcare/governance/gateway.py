@@ -839,6 +839,10 @@ class GovernedRecords:
 
         Audited as IHE BALP asks: one event per patient found, and one when none is found. A user whose
         searches have found unusually many people in an hour is queued for IG (`review.flag_searches`)."""
+        for name, value in (("nhs_number", nhs_number), ("family", family), ("given", given), ("postcode", postcode)):
+            if value and len(value) > SEARCH_FIELD_MAX[name]:
+                raise InvalidRequest(f"{name}: at most {SEARCH_FIELD_MAX[name]} characters (nothing stored is "
+                                     "longer), not searched")
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
@@ -992,6 +996,12 @@ class GovernedRecords:
             if decision.permitted:
                 released.update(id(item) for item in items if isinstance(decision.verdicts[item.alike], int))
         return released
+
+
+# The longest each typed criterion may be, about what `PatientRecord` holds (a name of 100 characters, a
+# postcode of 10, spaced or not), so the query each search's audit entries keep stays small: a family name
+# padded with 60,000 spaces still folded to the patient's key and wrote an 81 kB entry per person found.
+SEARCH_FIELD_MAX = {"nhs_number": 20, "family": 100, "given": 100, "postcode": 20}
 
 
 @dataclass(frozen=True)

@@ -136,19 +136,20 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
     return "\r".join(segments).encode("latin-1", errors="replace") + b"\r"
 
 
-async def _rest_of_frame(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+async def _rest_of_frame(reader: asyncio.StreamReader) -> tuple[bytes, int, int]:
     """A frame over the limit, read to its end block and dropped but for its start (what quarantine keeps of it):
-    its start and its size. Reading it to its end, rather than closing at the limit, lets the sender hear the
-    ACK: closed with its bytes unread, the connection is reset and the ACK may be lost with it."""
+    its start, its size, and how many bytes the last read took past its end block (a message sent after it,
+    which goes with the connection). Reading it to its end, rather than closing at the limit, lets the sender
+    hear the ACK: closed with its bytes unread, the connection is reset and the ACK may be lost with it."""
     head = await reader.read(KEPT_OF_TOO_LARGE)
     size, data = 0, head
     while (end := data.find(END)) < 0:
         size += len(data) - 1  # its last byte may be the end block's first
         chunk = await reader.read(1 << 16)
         if not chunk:
-            raise asyncio.IncompleteReadError(head, None)
+            raise asyncio.IncompleteReadError(head, size + len(data))
         data = data[-1:] + chunk
-    return head[: size + end], size + end
+    return head[: size + end], size + end, len(data) - end - len(END)
 
 
 @dataclass
@@ -351,15 +352,25 @@ class MllpServer:
                 try:
                     async with asyncio.timeout(limits.frame_seconds):
                         try:
-                            framed, size = await reader.readuntil(END), None
+                            framed, size, after = await reader.readuntil(END), None, 0
                         except asyncio.LimitOverrunError:
-                            framed, size = await _rest_of_frame(reader)
+                            try:
+                                framed, size, after = await _rest_of_frame(reader)
+                            except asyncio.IncompleteReadError as closed:  # nothing to answer: say it was lost
+                                self.refuse(peer.rsplit(":", 1)[0], f"a frame of at least {closed.expected} bytes, "
+                                            f"over the {MAX_MESSAGE_BYTES}-byte limit, closed by its sender before "
+                                            "its end block", {"certificate": subject} if subject else {})
+                                raise
                 except TimeoutError:
                     self.refuse(peer.rsplit(":", 1)[0], f"no whole frame within {limits.frame_seconds:g} s",
                                 {"certificate": subject} if subject else {})
                     break
                 if size is not None:  # answered; what followed its end block was read with it, so the connection goes
                     await self._answer(writer, framed, peer, subject, size=size)
+                    if after:  # unanswered, so the engine resends it; said, so a timed-out sender can be explained
+                        self.refuse(peer.rsplit(":", 1)[0], f"{after} bytes sent after a frame over the limit, "
+                                    "dropped unanswered with the connection",
+                                    {"certificate": subject} if subject else {})
                     break
                 *cut_short, payload = framed[: -len(END)].split(START)
                 for part in cut_short:  # each part before a start block lost its end block: refused, not joined
