@@ -375,3 +375,30 @@ def test_what_changed_shows_an_old_problem_its_source_recorded_since_the_date_an
     assert "What changed since 1 Nov 2026" in text
     assert "Epilepsy Date 1 Mar 2015 recorded by its source 20 Nov 2026" in text
     assert "Gout" not in text  # recorded in 2020: not new since November, though it arrived today
+
+
+
+def test_what_changed_counts_an_undated_item_by_the_uk_day_it_reached_the_record(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """An allergy sent with no date of its own counts from when its source recorded it: at 23:30 UTC on 31 July
+    that is 1 August in the UK (summer time), so since 1 August it is new. The page compared the UTC day and
+    left it out; one recorded an hour earlier (31 July, UK time) stays out."""
+    def allergy(aid: str, code: str, display: str) -> dict[str, object]:
+        return {"resourceType": "AllergyIntolerance", "id": aid, "patient": {"reference": "Patient/MRN1"},
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                               "allergyintolerance-clinical", "code": "active"}]},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]}}
+
+    late = bundle("RXR", "epr", [allergy("rx-latex", "300916003", "Latex allergy")],
+                  timestamp="2026-07-31T23:30:00Z")
+    before = bundle("RXR", "epr", [allergy("rx-nuts", "91935009", "Allergy to peanuts")],
+                    timestamp="2026-07-31T22:30:00Z")
+    report = Pipeline(_db(ics), framework).ingest_paths([write_ndjson(tmp_path / "late.ndjson", [late]),
+                                                         write_ndjson(tmp_path / "before.ndjson", [before])])
+    assert report.quarantined == 0, report.quarantine
+    _open(ics, "dr.patel")
+    text = _text(ics.client.post(f"/record/{ics.okafor}/changes",
+                                 data={"since_day": "1", "since_month": "8", "since_year": "2026"}).text)
+    assert "What changed since 1 Aug 2026" in text
+    assert "Latex allergy" in text  # reached the record at 00:30 on 1 August, UK time
+    assert "Allergy to peanuts" not in text  # 23:30 on 31 July, UK time: before the date

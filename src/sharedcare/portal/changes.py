@@ -24,7 +24,7 @@ from sharedcare.governance.explain import KIND_LABELS
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import RecordView, ServedResource
 from sharedcare.portal import medicines
-from sharedcare.portal.pages import uk_date
+from sharedcare.portal.pages import uk_clock, uk_date
 from sharedcare.portal.present import Row, day_of, in_order, instant, moment, row, stale_sources, when
 from sharedcare.portal.stays import one_per_stay
 
@@ -106,8 +106,8 @@ def _new(served: ServedResource, since: date) -> bool:
 
 
 def _dated_since(served: ServedResource, since: date) -> bool:
-    """Whether the item's own date (else when its source recorded it) is on or after `since`."""
-    return (day_of(served.content, last=True) or served.recorded_at.date()) >= since
+    """Whether the item's own date (else the UK day it reached the record) is on or after `since`."""
+    return (day_of(served.content, last=True) or uk_clock(served.recorded_at).date()) >= since
 
 
 RECORDED_DATE_TYPES = {"Condition", "AllergyIntolerance"}  # the types whose `recordedDate` says when first recorded

@@ -208,7 +208,7 @@ def what_changed(request: Request, person_id: str, records: RecordsDep, fw: Fram
     if records.needs_basis(person_id):
         return _basis_page(request, records, fw, person_id, then="changes")
     view = records.everything(person_id)
-    since = changes.default_since(view, fw, records.actor.organisation, utcnow().date())
+    since = changes.default_since(view, fw, records.actor.organisation, pages.uk_clock(utcnow()).date())
     return _changes_page(request, records, fw, view, since)
 
 
@@ -224,7 +224,7 @@ def what_changed_since(request: Request, person_id: str, records: RecordsDep, fw
     try:
         day = pages.parse_date(since_day, since_month, since_year, what="The date")
     except ValueError as exc:
-        since = changes.default_since(view, fw, records.actor.organisation, utcnow().date())
+        since = changes.default_since(view, fw, records.actor.organisation, pages.uk_clock(utcnow()).date())
         return _changes_page(request, records, fw, view, since, 400, form=form, error=pages.sentence(str(exc)))
     return _changes_page(request, records, fw, view, changes.Since(day, "the date you chose"), form=form)
 
