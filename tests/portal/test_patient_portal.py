@@ -280,9 +280,10 @@ def test_each_choice_is_undone_on_its_own_keeping_the_others(ics: Ics) -> None:
     ics.client.post("/patient/choices", data={"change": "share-again"})
     assert "RYC:CarePlan" in _sources(ics, gp)
     choices = ics.client.get("/patient/choices").text
-    assert "Opted out" in choices and "Let it see your record again" not in choices and "Share again" not in choices
+    assert "You have opted out" in choices
+    assert "Let it see your record again" not in choices and "Share again" not in choices
     ics.client.post("/patient/choices", data={"change": "opt-in-secondary"})
-    assert "Not opted out" in ics.client.get("/patient/choices").text
+    assert "Pseudonymised data may be used" in ics.client.get("/patient/choices").text
 
 
 def _sources(ics: Ics, headers: dict[str, str]) -> set[str]:

@@ -143,6 +143,17 @@ class Choices:
         """Whether a provision withholds what `ask` describes (deny wins among the base's provisions)."""
         return any(p.outcome(ask) == "deny" for p in self.provisions)
 
+    def withhold_all(self, source: str, readers: Iterable[str], categories: Iterable[str], purposes: frozenset[str],
+                     now: datetime) -> bool:
+        """Whether the provisions keep everything `source` holds, of every category, from each other
+        organisation reading it for `purposes`: what a summary of the choices may say of it ("Stop sharing,
+        except in an emergency" is a provision, not `object_all`, and withholds as much outside an emergency).
+        A provision naming resource types does not count: it withholds some of a category, not all of it."""
+        others = [reader for reader in readers if reader != source]
+        kinds = list(categories)
+        return bool(others and kinds) and all(self.denies(Ask(reader, purposes, source, "", kind, now))
+                                              for reader in others for kind in kinds)
+
 
 def except_in_emergency() -> Provision:
     """Object to all sharing (for any purpose, as an objection to all sharing is), except for emergency

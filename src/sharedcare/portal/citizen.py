@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -19,10 +21,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import CitizenDep, FrameworkDep, OAuthDep, SettingsDep, SignInDep, people_only
+from sharedcare.clock import utcnow
 from sharedcare.governance import access_log, explain
 from sharedcare.governance.audit import SEQ_MOST
-from sharedcare.governance.consent import Provision, except_in_emergency, hide_category
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.consent import SECONDARY_USE, Choices, Provision, except_in_emergency, hide_category
+from sharedcare.governance.framework import Agreement, Framework, Organisation
 from sharedcare.governance.one_time_codes import CODE_MINUTES, MAX_CODES_PER_HOUR
 from sharedcare.governance.workspace import ChoicesUnavailable, provision_key
 from sharedcare.identity.nhs_number import is_valid, normalise
@@ -109,27 +112,76 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep, stor
     return response
 
 
-def _sharing(agreement: str, object_all: bool, objected: bool) -> dict[str, str]:
-    """Whether an organisation shares what it holds, as the citizen's own choices leave it: a signed
-    agreement does not share what the citizen stopped (the choice the home page must not contradict)."""
-    if agreement == "signed" and object_all:
+TREATMENT, IN_AN_EMERGENCY = frozenset({"TREAT"}), frozenset({"TREAT", "ETREAT"})  # as a clinician's read asks
+
+
+def _sharing(org: Organisation, agreement: Agreement, choices: Choices, fw: Framework, now: datetime) -> dict[str, str]:
+    """Whether an organisation shares what it holds, as its agreement today and the citizen's own choices leave
+    it: the home page must not say "sharing" of what the decision point withholds (an agreement past its end
+    date, a choice made as a Consent provision)."""
+    if not agreement.in_force(now.date()):
+        words = (AGREEMENT_WORDS.get(agreement.status, agreement.status) if agreement.status != "signed"
+                 else f"not sharing yet (agreement starts {pages.uk_date(agreement.starts)})"
+                 if agreement.starts and now.date() < agreement.starts
+                 else f"no longer sharing (agreement ended {pages.uk_date(agreement.ends)})")
+        return {"status": words, "sharing": "not-in-force"}
+    if choices.object_all:
         return {"status": "not shared with others: you asked for your record not to be shared", "sharing": "objected"}
-    if agreement == "signed" and objected:
+    if org.code in choices.object_orgs:
         return {"status": "not shared: you stopped this organisation seeing your record", "sharing": "objected"}
-    return {"status": AGREEMENT_WORDS.get(agreement, agreement), "sharing": agreement}
+    if choices.withhold_all(org.code, fw.organisations, fw.categories, TREATMENT, now):
+        if choices.withhold_all(org.code, fw.organisations, fw.categories, IN_AN_EMERGENCY, now):
+            return {"status": "not shared with others: your choices keep all of it back", "sharing": "objected"}
+        return {"status": "shared only in an emergency, as you asked", "sharing": "objected"}
+    return {"status": AGREEMENT_WORDS["signed"], "sharing": "signed"}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The choices page's and home page's first lines, worked out from what the choices withhold."""
+
+    care: str
+    research: str
+
+
+def _summary(choices: Choices, fw: Framework, holders: Iterable[str], now: datetime) -> Summary:
+    """What the citizen's choices do, in words, as the decision point applies them: "Stop sharing, except in an
+    emergency" is not "Shared", and no one's data may be used for research after they objected to all sharing
+    (the extract leaves them out)."""
+    sources = list(holders) or list(fw.organisations)
+    if choices.object_all:
+        care = "Not shared: you asked for your record not to be shared"
+    elif all(choices.withhold_all(s, fw.organisations, fw.categories, TREATMENT, now) for s in sources):
+        care = ("Not shared: your choices keep all of it back"
+                if all(choices.withhold_all(s, fw.organisations, fw.categories, IN_AN_EMERGENCY, now) for s in sources)
+                else "Shared only in an emergency, as you asked")
+    else:
+        care = "Shared under the rules below" + (", except what your other choices keep back"
+                                                 if choices.provisions else "")
+    if choices.opt_out_secondary:
+        research = "You have opted out"
+    elif choices.object_all:
+        research = "Not used: you asked for your record not to be shared"
+    elif all(any(choices.withhold_all(s, fw.organisations, fw.categories, frozenset({purpose}), now)
+                 for purpose in SECONDARY_USE) for s in sources):
+        research = "Not used: your choices keep it back from planning and research"
+    else:
+        research = "Pseudonymised data may be used"
+    return Summary(care, research)
 
 
 @router.get("/home", response_class=HTMLResponse)
 def home(request: Request, me: CitizenDep, fw: FrameworkDep) -> Response:
     """What is shared, by whom, under which rules: in plain words."""
-    choices = me.choices()
+    choices, now = me.choices(), utcnow()
+    sharing = me.sharing()
     holders = [{"name": org.name, "kind": explain.KIND_LABELS.get(org.kind, org.kind), "phone": org.phone,
-                **_sharing(agreement.status, choices.object_all, org.code in choices.object_orgs)}
-               for org, agreement in me.sharing()]
+                **_sharing(org, agreement, choices, fw, now)} for org, agreement in sharing]
     roles: dict[str, list[explain.RoleCategory]] = {}
     for line in explain.role_rows(fw):
         roles.setdefault(line.role_label, []).append(line)
     return render(request, "patient/home.html", account=SIGNED_IN, holders=holders, choices=choices,
+                  summary=_summary(choices, fw, [org.code for org, _ in sharing], now),
                   objected=_names(fw, choices.object_orgs), rules=explain.rules_in_words(fw), roles=roles,
                   further=[explain.provision_in_words(p, fw) for p in choices.provisions],
                   elsewhere=me.choices_elsewhere())
@@ -158,7 +210,10 @@ def accesses(request: Request, me: CitizenDep, fw: FrameworkDep,
 
 
 def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: int = 200,
-                  error: str | None = None, saved: bool = False, hide_error: str | None = None) -> HTMLResponse:
+                  error: str | None = None, saved: bool = False, hide_error: str | None = None,
+                  page_error: str | None = None) -> HTMLResponse:
+    """`error` is the organisation choice's, `hide_error` the hide form's, `page_error` one of no one field (a
+    change the page was drawn before, choices that cannot be changed online): linked to the choices listed."""
     choices = me.choices()
     holding = {org.code for org, _ in me.sharing()}
     organisations = [{"code": code, "name": org.name, "holds": code in holding, "objected": code in choices.object_orgs}
@@ -167,7 +222,8 @@ def _choices_page(request: Request, me: CitizenDep, fw: FrameworkDep, status: in
     return render(request, "patient/choices.html", status=status, account=SIGNED_IN, choices=choices,
                   organisations=organisations, error=error, saved=saved, objected=_names(fw, choices.object_orgs),
                   further=further, drawn=me.drawn_from(), categories=_categories(fw), hide_error=hide_error,
-                  elsewhere=me.choices_elsewhere())
+                  page_error=page_error, elsewhere=me.choices_elsewhere(),
+                  summary=_summary(choices, fw, holding, utcnow()))
 
 
 def _categories(fw: Framework) -> list[tuple[str, str]]:
@@ -246,7 +302,7 @@ def withdraw(request: Request, me: CitizenDep, fw: FrameworkDep, choice: Annotat
     try:
         me.withdraw_provision(choice, drawn)
     except ValueError as wrong:
-        return _choices_page(request, me, fw, 409, hide_error=str(wrong))
+        return _choices_page(request, me, fw, 409, page_error=str(wrong))
     return RedirectResponse("/patient/choices?saved=true", status_code=303)
 
 
@@ -260,7 +316,7 @@ def apply_choice(request: Request, me: CitizenDep, fw: FrameworkDep, change: Ann
         else:
             me.set_choice(change, organisation or None)
     except ChoicesUnavailable as unavailable:
-        return _choices_page(request, me, fw, 409, hide_error=str(unavailable))
+        return _choices_page(request, me, fw, 409, page_error=str(unavailable))
     except ValueError:
         return _choices_page(request, me, fw, 400, _choose_organisation(change))
     return RedirectResponse("/patient/choices?saved=true", status_code=303)
