@@ -23,7 +23,15 @@ from sharedcare.governance.audit import (
 )
 from sharedcare.governance.audit_forward import as_audit_event
 from sharedcare.governance.framework import Framework
-from sharedcare.store.models import AuditEntry, LinkEvent, LinkMove, PatientRecord, Resource, ResourceVersion
+from sharedcare.store.models import (
+    AuditEntry,
+    LinkEvent,
+    LinkMove,
+    OAuthClient,
+    PatientRecord,
+    Resource,
+    ResourceVersion,
+)
 
 # What a citizen sees as an access to their record: reads, emergency reads, a recorded basis, being
 # found in a search, being named on the form a user records why they need the record on, an IG officer
@@ -72,6 +80,16 @@ OPERATOR_WORDS = ("The shared care record's technical team", "using the service'
 # portal session can name this person only while their records were joined (a false merge), and the id would
 # tell the citizen who that other person is; the IG officer's search has it.
 CITIZEN_WORDS = "Another person signed in to the patient portal"
+# Who carries a patient's choices to the NHS number a source corrected its record to ("ORG:nhs-number-correction",
+# as an item about what a feed sent names it, ORG:system; `identity.mpi`), and what the citizen is told of it: the
+# account name and the audit's reason (which names the source's record id) read as if their GP overrode them.
+NUMBER_CORRECTED = "nhs-number-correction"
+NUMBER_CORRECTED_WORDS = ("Your NHS number was corrected", "an automatic update")
+NUMBER_CORRECTED_REASON = "your choices were carried to your corrected NHS number; none was removed"
+# A registered system's account (`clients.CLIENT_PREFIX`; clients imports the gateway, which imports this
+# module), named for a citizen by the name it was registered under, never its client id.
+SYSTEM_PREFIX = "client:"
+SYSTEM_ROLE_WORDS = "a computer system"
 # A resource read says what kind of item was looked at (a citizen has no use for its id).
 ITEM_WORDS = {
     "Patient": "viewed your personal details",
@@ -414,6 +432,8 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     genuine = {entry.seq for entry in entries if entry_is_genuine(entry, key)}
     mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS and entry.seq in genuine],
                       own)
+    systems = {cid: name for cid, name in session.execute(select(OAuthClient.client_id, OAuthClient.name))} if any(
+        (entry.username or "").startswith(SYSTEM_PREFIX) for entry in entries) else {}
     page = []
     for entry in entries:
         was_joined = any(_covers(span, entry) for span in joined)
@@ -425,7 +445,7 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
         if was_joined and whole_record:
             access = _joined_look(entry)
         else:
-            access = _access(fw, entry, hide_reason=was_joined, genuine=entry.seq in genuine)
+            access = _access(fw, entry, hide_reason=was_joined, genuine=entry.seq in genuine, systems=systems)
         page.append(access if entry.seq in genuine else replace(access, unverified=UNVERIFIED_WORDS))
     return AccessPage(page, older)
 
@@ -482,9 +502,11 @@ def _joined_look(entry: AuditEntry) -> Access:
                   outcome="refused" if entry.outcome == "deny" else "allowed", seq=entry.seq)
 
 
-def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool, genuine: bool = True) -> Access:
+def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool, genuine: bool = True,
+            systems: Mapping[str, str] | None = None) -> Access:
     """One entry in a citizen's words; one the service did not write (`genuine` False) from its columns alone:
-    who, when, what kind of look and whether refused, none of its event's details (a reason, an item)."""
+    who, when, what kind of look and whether refused, none of its event's details (a reason, an item).
+    `systems` names registered systems by client id. No account name or record id reaches the citizen."""
     user = fw.users.get(entry.username or "")
     org = fw.organisation(entry.organisation or "")
     role = fw.roles.get(user.role) if user else None
@@ -499,8 +521,13 @@ def _access(fw: Framework, entry: AuditEntry, *, hide_reason: bool, genuine: boo
     elif (entry.username or "").startswith(CITIZEN_PREFIX):
         citizen = fw.roles.get("patient")  # the role a portal session has (`gateway.citizen_actor`)
         who, role_label = CITIZEN_WORDS, citizen.label if citizen else "unknown role"
+    elif (entry.username or "").endswith(f":{NUMBER_CORRECTED}"):
+        (who, role_label), reason = NUMBER_CORRECTED_WORDS, NUMBER_CORRECTED_REASON if reason else ""
+    elif (entry.username or "").startswith(SYSTEM_PREFIX):
+        who = (systems or {}).get((entry.username or "").removeprefix(SYSTEM_PREFIX)) or "A computer system"
+        role_label = SYSTEM_ROLE_WORDS
     else:
-        who, role_label = entry.username or "unknown", "unknown role"
+        who, role_label = entry.username or "unknown", "unknown role"  # a user the framework no longer lists
     return Access(
         when=entry.recorded_at, username=entry.username or "", who=who, role=role_label,
         organisation=org.name if org else (entry.organisation or ""),

@@ -34,6 +34,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
+from sharedcare.governance.access_log import NUMBER_CORRECTED
 from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.consent import follow_number
 from sharedcare.governance.review import flag_joined_registrations
@@ -459,9 +460,6 @@ def link_found_record(session: Session, record: PatientRecord | None, source_org
 
 
 REMATCH = "mpi re-match"  # who moves a record whose demographics changed (LinkEvent.by, the audit's user)
-# who carries a patient's choices to the number a source corrected its record to: "ORG:nhs-number-correction",
-# as an item about what a feed sent names it (ORG:system)
-NUMBER_CORRECTED = "nhs-number-correction"
 
 
 def rematch(session: Session, record: PatientRecord, demo: Demographics, nhs: str | None, notes: list[str],
