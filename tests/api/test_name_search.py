@@ -12,6 +12,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 from tests.builders import bundle, patient, write_ndjson
+from tests.ingest.test_csv_extract import _extract, _lrc, _row
 from tests.ingest.test_hl7v2 import admission, adt, pid, write_hl7
 from tests.small_ics import Ics
 
@@ -195,3 +196,18 @@ def test_given_names_stored_before_their_search_key_are_found_by_it_after_the_up
     ics.client.post("/login", data={"username": "para.evans", "password": "demo"})
     assert _given_found(ics, "Yilmaz", "cagla", "1971-05-06") == ("1", [person["ÇAĞLA"]])
     assert _given_found(ics, "Walsh", "Mary Jane", "1973-07-08") == ("1", [person["Mary-Jane"]])
+
+
+def test_a_given_name_sent_in_a_council_extract_is_found_as_typed(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Mosaic's CSV extract names a client Zoë-Ann: the social worker finds her as "zoe ann" and "ZOË"."""
+    row = _row(client_id="C-G1", nhs_number="", family_name="Quigley", given_name="Zoë-Ann",
+               date_of_birth="04/05/1980")
+    report = Pipeline(ics.database, framework).ingest_paths([_extract(_lrc(tmp_path), [row])])
+    assert report.quarantined == 0, report.quarantine
+    with ics.database.session() as s:
+        person = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_id == "C-G1")).one()
+    for typed in ("zoe ann", "ZOË", "Zoe-A"):
+        response = ics.client.post("/fhir/Patient/_search", headers=ics.token("sw.brown"),
+                                   data={"family": "quigley", "given": typed, "birthdate": "1980-05-04"})
+        assert [e["resource"]["id"] for e in response.json().get("entry", [])] == [person], typed
