@@ -192,10 +192,11 @@ def replicate(url: str, copies: range, records: tuple[int, int]) -> None:
                 "WHERE id IN (SELECT person_id FROM patient_records WHERE id > :first AND id <= :last)"), params)
             session.execute(text(
                 "INSERT INTO patient_records (id, source_org, source_id, person_id, nhs_number, family, family_key, "
-                "given, birth_date, gender, postcode, link_method, match_probability, link_status, updated_at) "
+                "given, given_key, birth_date, gender, postcode, link_method, match_probability, link_status, "
+                "updated_at) "
                 "SELECT id + :offset, source_org, :tag || source_id, :prefix || substr(person_id, 9), nhs_number, "
-                "family, family_key, given, birth_date, gender, postcode, link_method, match_probability, link_status, "
-                "updated_at "
+                "family, family_key, given, given_key, birth_date, gender, postcode, link_method, match_probability, "
+                "link_status, updated_at "
                 "FROM patient_records WHERE id > :first AND id <= :last"), params)
             session.execute(text(
                 "INSERT INTO resources (id, resource_type, source_org, source_system, source_id, patient_record_id, "

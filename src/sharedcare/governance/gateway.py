@@ -28,7 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    func,
+    false,
     literal,
     null,
     select,
@@ -855,9 +855,12 @@ class GovernedRecords:
         elif family and birth_date:
             # the surname as stored for search (`compare.search_key`), an index lookup with the birth date
             stmt = stmt.where(PatientRecord.family_key == _family_key(family), PatientRecord.birth_date == birth_date)
-            if given:
-                # `%` and `_` typed are letters, not LIKE's wildcards (which let any name fill the candidates)
-                stmt = stmt.where(func.lower(PatientRecord.given).startswith(given.strip().lower(), autoescape=True))
+            given_key = _given_key(given)
+            if given_key is not None:
+                # the given name as stored for search (`compare.search_key`), from its start ("Moh" finds
+                # Mohammed, "cagla" ÇAĞLA, "Mary Jane" Mary-Jane); one typed with no letter finds no one
+                stmt = stmt.where(PatientRecord.given_key.startswith(given_key, autoescape=True) if given_key
+                                  else false())
             if postcode:
                 stmt = stmt.where(PatientRecord.postcode == " ".join(postcode.upper().split()))
         else:
@@ -1017,9 +1020,10 @@ class _Criteria:
     def matches(self, record: PatientRecord) -> bool:
         if self.nhs_number:
             return record.nhs_number == self.nhs_number
+        given_key = _given_key(self.given)
         return (record.family_key == _family_key(self.family or "")
                 and record.birth_date == self.birth_date
-                and (not self.given or (record.given or "").lower().startswith(self.given.strip().lower()))
+                and (given_key is None or given_key != "" and (record.given_key or "").startswith(given_key))
                 and (not self.postcode or record.postcode == " ".join(self.postcode.upper().split())))
 
 
@@ -1034,6 +1038,13 @@ def _family_key(typed: str) -> str:
     """The surname typed as the search compares it with each record's `family_key`; "" (no record's key) when
     it holds no letter, so it finds no one rather than every record without a surname."""
     return search_key(typed) or ""
+
+
+def _given_key(typed: str | None) -> str | None:
+    """The given name typed as the search compares it with the start of each record's `given_key`: None when
+    none was typed (or only spaces), "" when it holds no letter ("%", "'"), which finds no one rather than every
+    record with a given name (`%` and `_` were LIKE's wildcards once, and let any name fill the candidates)."""
+    return None if typed is None or not typed.strip() else search_key(typed) or ""
 
 
 @dataclass(frozen=True)

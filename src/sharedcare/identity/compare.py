@@ -181,14 +181,15 @@ def family_keys(names: Iterable[str | None]) -> list[str]:
     return sorted(keys)
 
 
-SEARCH_KEY_LENGTH = 200  # the stored key's column (`PatientRecord.family_key`); folding may lengthen a name
+SEARCH_KEY_LENGTH = 200  # the stored keys' columns (`PatientRecord.family_key`, `given_key`); folding may lengthen one
 
 
 def search_key(value: str | None) -> str | None:
-    """A surname as a patient search compares it: read as matching reads it (`name_text`: case and accents
-    folded, apostrophes of any kind gone), then without its hyphens and spaces, so what a clinician types
-    ("O’Brien" on a phone, "OBrien", "Smith Jones", "Ozturk") finds what a source sent ("O'Brien",
-    "SMITH-JONES", "ÖZTÜRK"). Stored with each record (`mpi._demographic_columns`) and indexed."""
+    """A surname or given name as a patient search compares it: read as matching reads it (`name_text`: case
+    and accents folded, apostrophes of any kind gone), then without its hyphens and spaces, so what a clinician
+    types ("O’Brien" on a phone, "OBrien", "Smith Jones", "Ozturk"; "cagla", "Mary Jane") finds what a source
+    sent ("O'Brien", "SMITH-JONES", "ÖZTÜRK"; "ÇAĞLA", "Mary-Jane"). Stored with each record
+    (`mpi._demographic_columns`); None for a name with no letter."""
     text = (name_text(value) or "").replace("-", "").replace(" ", "")
     return text[:SEARCH_KEY_LENGTH] or None
 

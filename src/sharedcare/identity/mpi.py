@@ -288,9 +288,9 @@ def _demographic_columns(demo: Demographics, nhs: str | None) -> dict[str, Any]:
     postcode = parts[0] if parts else None
     history = sorted({p[0] for p in (postcode_parts(x) for x in demo.postcodes) if p} - {postcode})
     other = {k: list(v) for k, v in (("given", demo.other_given), ("family", demo.other_family)) if v}
-    family = (demo.family or "")[:100] or None
+    family, given = (demo.family or "")[:100] or None, (demo.given or "")[:100] or None
     return {"nhs_number": nhs, "family": family, "family_key": search_key(family),
-            "given": (demo.given or "")[:100] or None,
+            "given": given, "given_key": search_key(given),
             "birth_date": demo.birth_date, "gender": demo.gender, "postcode": postcode, "postcodes": history or None,
             "other_names": other or None, "phones": sorted({p for p in map(phone_key, demo.phones) if p}) or None,
             "email": email_key(demo.email), "name_key": name_key(demo.family, demo.given)}

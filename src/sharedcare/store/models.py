@@ -95,6 +95,10 @@ class PatientRecord(Base):
     # alike; "Öztürk" and "Ozturk"), made where `family` is written (`mpi._demographic_columns`)
     family_key: Mapped[str | None] = mapped_column(String(200))
     given: Mapped[str | None] = mapped_column(String(100))
+    # The given name as the patient search compares it from its start (`compare.search_key`: "Çağla", "ÇAĞLA"
+    # and "cagla" alike; "Mary-Jane" and "Mary Jane"), made where `given` is written; not indexed: the search
+    # reaches a record by `family_key` and the birth date, and this only narrows those few rows
+    given_key: Mapped[str | None] = mapped_column(String(200))
     birth_date: Mapped[date | None] = mapped_column(Date)
     gender: Mapped[str | None] = mapped_column(String(16))
     postcode: Mapped[str | None] = mapped_column(String(10))
