@@ -184,13 +184,13 @@ def test_a_gp_sees_what_changed_in_hospital_with_the_keyboard_and_a_pharmacist_r
     open_okafor(pages, gp, url, "dr.patel")
     pages.check(gp)
     gp.get_by_role("link", name=re.compile("^Social care")).click()
-    # social care is tier 2 (coded) for a GP, and the council sends its assessment types as text (its mapping's
-    # `text_only`): the assessment is listed, saying what it is is not shared and whom to ask
+    # social care is tier 2 (coded) for a GP: the council's assessment types are its system's own list (its
+    # mapping's `local`), coded, so the GP reads which assessment it was; what the social worker wrote is not shown
     social = gp.locator("#social-care")
-    expect(social).to_contain_text("Not shown at your access level")
-    expect(social).to_contain_text("What this is was typed rather than coded, so it is not shared with your role. "
-                                   "Ask Riverside City Council Adult Social Care: 01632 960500.")
-    expect(social).not_to_contain_text("Care Act Assessment")
+    expect(social).to_contain_text("Care Act Assessment")
+    expect(social).to_contain_text("Carer's Assessment")
+    expect(social).not_to_contain_text("typed rather than coded")
+    expect(social).not_to_contain_text("Home care package agreed")
     pages.check(gp)
     pages.shoot(gp, "clinician-social-care", at=".nhsuk-tabs")
 

@@ -20,6 +20,7 @@ from sharedcare.cli import app
 from sharedcare.clock import utcnow
 from sharedcare.config import PROJECT_ROOT, load_settings
 from sharedcare.governance.framework import Framework
+from sharedcare.ingest.messages import content_hash
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord, Quarantine, Resource
@@ -251,6 +252,30 @@ def test_the_same_file_twice_changes_nothing(db: Database, framework: Framework,
     assert again.unchanged + again.stale == first.accepted + first.unchanged + first.stale
     with db.session() as s:
         assert {r.id: (r.version, r.content_hash) for r in s.scalars(select(Resource))} == before
+
+
+def test_an_assessment_stored_as_text_before_local_codes_is_coded_when_its_row_is_ingested_again(
+        db: Database, framework: Framework, client: TestClient, tmp_path: Path) -> None:
+    """Before the mapping's `local` list, Mosaic's types were stored as text alone, which the GP (social care at
+    tier 2) is shown as "Not shown at your access level": safe, and left so. Ingesting the council's extract
+    again, its rows unchanged, stores each assessment again, coded, and the GP reads what it was."""
+    extract = _extract(_lrc(tmp_path), [_row()])
+    Pipeline(db, framework).ingest_paths([extract])
+    with db.session() as s:  # as the store held it before
+        for stored in s.scalars(select(Resource).where(Resource.resource_type.in_(("Encounter", "CarePlan")))):
+            kind = "type" if stored.resource_type == "Encounter" else "category"
+            stored.content = {**stored.content, kind: [{"text": "Care Act Assessment"}]}
+            stored.content_hash = content_hash(stored.content)
+        person = s.scalars(select(PatientRecord.person_id).where(PatientRecord.source_org == "LRC")).one()
+        s.commit()
+    masked = json.dumps([r.get("type") for r in _everything(client, framework, "dr.patel", person)])
+    assert "Care Act Assessment" not in masked and "Not shown at your access level" in masked
+
+    again = Pipeline(db, framework).ingest_paths([extract])
+    assert (again.accepted, again.quarantined) == (2, 0), again.quarantine  # the Encounter and the CarePlan
+    coded = [r for r in _everything(client, framework, "dr.patel", person) if r["resourceType"] == "Encounter"]
+    assert coded[0]["type"] == [{"coding": [{"system": "https://fhir.lrc.nhs.uk/CodeSystem/mosaic-assessment-type",
+                                             "code": "Care Act Assessment", "display": "Care Act Assessment"}]}]
 
 
 def test_a_late_older_row_does_not_overwrite_a_newer_one(db: Database, framework: Framework, tmp_path: Path) -> None:

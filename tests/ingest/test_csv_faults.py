@@ -92,7 +92,7 @@ def test_an_assessment_type_the_mapping_does_not_list_is_held_naming_line_column
     assert held["where"] == f"{path}, line 3, column assessment_type"
     assert held["reason"] == ("'Safeguarding concern' is not one of the mapping's values (Safeguarding Enquiry (s42), "
                               "Care Act Assessment, Review, Carer's Assessment): add it to its `codes` or "
-                              "`text_only`")
+                              "`local`")
     assert ("Encounter", "A2") not in _categories(db)
     assert "bruising" not in _patient_reads(client, _person(db))
 
@@ -107,16 +107,18 @@ def test_mapping_check_names_an_assessment_type_the_mapping_does_not_list(env: D
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    ("    text_only: [Care Act Assessment, Review, \"Carer's Assessment\"]\n", "list the values the column holds"),
-    ("    text_only: [Care Act Assessment, Review, \"Carer's Assessment\", safeguarding enquiry  (S42)]\n",
+    ("    local: [Care Act Assessment, Review, \"Carer's Assessment\"]\n", "list the values the column holds"),
+    ("    local: [Care Act Assessment, Review, \"Carer's Assessment\", safeguarding enquiry  (S42)]\n",
      "'safeguarding enquiry (S42)' is listed twice (as 'Safeguarding Enquiry (s42)' too"),
+    # a mapping written before `local` (2026-12-07): its values were kept as text, which tier 2 withholds
+    ("    text_only: [Care Act Assessment, Review, \"Carer's Assessment\"]\n", "`text_only` is now `local`"),
 ])
 def test_a_mapping_whose_assessment_types_are_not_each_listed_once_is_refused_naming_its_line(
         env: Database, tmp_path: Path, change: str, problem: str) -> None:  # noqa: F811
     good = MOSAIC.read_text()
-    declared = "    text_only: [Care Act Assessment, Review, \"Carer's Assessment\"]\n"
+    declared = "    local: [Care Act Assessment, Review, \"Carer's Assessment\"]\n"
     broken = good.replace(declared, change)
-    if change == declared:  # no values at all: neither codes nor text_only
+    if change == declared:  # no values at all: neither codes nor local
         broken = good[:good.index("    codes:\n      \"Safeguarding")] + good[good.index("  status: {column: status"):]
     mapping = tmp_path / "LRC-mosaic.yaml"
     mapping.write_text(broken)

@@ -3,6 +3,7 @@ say whether it helped."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from sqlalchemy import select
 from tests.builders import SCT, bundle, patient, write_ndjson
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
+from tests.social_care_feed import ingest_social_care
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
@@ -366,3 +368,26 @@ def test_a_receptionist_opening_her_own_practices_patient_sees_demographics_and_
     # sexual health is a headline for a GP from elsewhere, and in full from her own practice
     for clinical in ("Type 2 diabetes mellitus", "Metformin 500mg tablets", "Chlamydial infection"):
         assert clinical in page
+
+
+def test_a_gp_reads_which_social_care_assessment_it_was_but_not_what_the_council_wrote(
+        ics: Ics, framework: Framework, tmp_path: Path) -> None:
+    """Social care is tier 2 (coded) for a GP. The council's assessment types are its Mosaic system's own list (the
+    mapping's `local` values), coded in the council's local code system, so the GP reads "Care Act Assessment" in
+    the portal and over FHIR; the outcome the social worker wrote stays at tier 3. Before, the types were kept as
+    text, and the GP read "Not shown at your access level" for each assessment."""
+    ingest_social_care(ics.database, framework, tmp_path)
+    _sign_in(ics, "dr.patel")
+    page = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent"}).text
+    social = page.split('id="social-care"', 1)[1]
+    assert "Care Act Assessment" in social and "Carer&#39;s Assessment" in social
+    assert "typed rather than coded" not in social
+    assert "Home care package" not in page and "respite" not in page  # the outcomes: free text
+
+    record = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=ics.open_record("dr.patel")).json()
+    types = [entry["resource"].get("type") for entry in record["entry"]
+             if entry["resource"]["resourceType"] == "Encounter"]
+    mosaic = "https://fhir.lrc.nhs.uk/CodeSystem/mosaic-assessment-type"
+    for kind in ("Care Act Assessment", "Carer's Assessment"):
+        assert [{"coding": [{"system": mosaic, "code": kind, "display": kind}]}] in types
+    assert "Home care package" not in json.dumps(record) and "respite" not in json.dumps(record)

@@ -51,11 +51,16 @@ def code_stem(code: str) -> str:
     return code.replace(".", "").upper()
 
 
+def local_code_system(org: str, system: str, table: str) -> str:
+    """The code system of one table of local codes that one sending system of an organisation uses, in the
+    NHS England form of a local system: a code means what that system's table says, and no other's."""
+    return f"https://fhir.{org.lower()}.nhs.uk/CodeSystem/{quote(system, safe='')}-{table}"
+
+
 def hospital_service_system(org: str, system: str) -> str:
-    """The code system of the local hospital service codes (HL7 v2 PV1-10) one sending system of an
-    organisation uses, in the NHS England form of a local system: a code means what that system's table
-    says (`Organisation.service_codes`), and ingest keeps it in this system whether listed or not."""
-    return f"https://fhir.{org.lower()}.nhs.uk/CodeSystem/{quote(system, safe='')}-hospital-service"
+    """The local hospital service codes (HL7 v2 PV1-10) of one sending system: what a code means is
+    `Organisation.service_codes`, and ingest keeps it in this system whether listed or not."""
+    return local_code_system(org, system, "hospital-service")
 
 
 class _Strict(BaseModel):

@@ -36,7 +36,7 @@ from sharedcare.fhir.checks import resource_problems
 from sharedcare.fhir.invariants import control_character
 from sharedcare.fhir.lifecycle import ENTERED_IN_ERROR
 from sharedcare.fhir.uk_core import ODS_SYSTEM, demographics, meta_source, server_id
-from sharedcare.governance.framework import Framework
+from sharedcare.governance.framework import Framework, local_code_system
 from sharedcare.identity.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
 from sharedcare.ingest.csv_mapping import (
     ACT_CODE,
@@ -415,7 +415,7 @@ def shape_row(mapping: Mapping, header: list[str], fields: list[str], where: str
                      if column is not None and (found := column.reading(values)) is not None)
     assessment = read(lambda v: required(v, a.id), "")
     day = read(a.date.require, date.min).isoformat()
-    kind = read(a.type.read, {"text": ""})
+    kind = read(lambda v: a.type.read(v, local_code_system(org, system, "assessment-type")), {"text": ""})
     status = read(a.status.require, "unknown")
     outcome = text(values, mapping.outcome.text) if mapping.outcome else None
     plan_status = read(mapping.outcome.status.require, "unknown") if mapping.outcome and outcome else None

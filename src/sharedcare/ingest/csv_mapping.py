@@ -9,8 +9,8 @@ reviewer reads, so it has only four kinds of value, and no expressions:
   without an offset is UK local time);
 - a code map: `{column: sex, codes: {Male: male, Female: female}}`; a value the map lacks is refused;
   a concept (`assessment.type`) lists every value the column may hold, under `codes` (a coding with the
-  text) or `text_only` (kept as text alone), matched ignoring case and spacing; any other value is refused,
-  as a code map's is;
+  text) or `local` (the source system's own list, coded in its local code system), matched ignoring case and
+  spacing; any other value is refused, as a code map's is;
 - a constant: a fixed coding such as `assessment.class`.
 
 Sections: `organisation` and `system` (whose extract it is), `columns` (the header the extract must
@@ -230,22 +230,33 @@ def alike(value: str) -> str:
 
 
 class Concept(_Strict):
-    """A column read as a CodeableConcept: its text, plus a coding for the values listed in `codes`. Every value
-    is listed, coded or `text_only`, and any other refused: a safeguarding enquiry typed "(S42)" where the mapping
-    codes "(s42)" was stored uncoded, as ordinary social care its patient could read (CSV review, 2026-12-07)."""
+    """A column read as a CodeableConcept: its text, plus a coding. Every value is listed, and any other refused: a
+    safeguarding enquiry typed "(S42)" where the mapping codes "(s42)" was stored uncoded, as ordinary social care
+    its patient could read (CSV review, 2026-12-07). A value listed under `local` is one of the source system's
+    own fixed list (Mosaic's assessment types), coded in the source's local code system with the listed spelling
+    as code and display: it says what the item is, as a code does, where text alone is taken for words someone
+    typed and withheld below tier 3 (a GP read "Not shown at your access level" for "Care Act Assessment")."""
 
     column: Column
     codes: dict[str, Coding] = Field(default_factory=dict)
-    text_only: list[str] = Field(default_factory=list)
-    _known: dict[str, Coding | None] = PrivateAttr(default_factory=dict)
+    local: list[str] = Field(default_factory=list)
+    _known: dict[str, Coding | str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "text_only" in data:
+            raise ValueError("`text_only` is now `local`: its values are coded in the source's own code system, "
+                             "so a role that sees coded data reads what they are")
+        return data
 
     @model_validator(mode="after")
     def _each_value_once(self) -> Concept:
-        if not self.codes and not self.text_only:
-            raise ValueError("list the values the column holds, under `codes` (with a coding) or `text_only` "
-                             "(kept as text): any other value is refused")
+        if not self.codes and not self.local:
+            raise ValueError("list the values the column holds, under `codes` (with a coding) or `local` (the "
+                             "source system's own list): any other value is refused")
         seen: dict[str, str] = {}
-        for value in [*self.codes, *self.text_only]:
+        for value in [*self.codes, *self.local]:
             if alike(value) in seen:
                 raise ValueError(f"'{value}' is listed twice (as '{seen[alike(value)]}' too; case and spacing are "
                                  "ignored)")
@@ -253,18 +264,19 @@ class Concept(_Strict):
         return self
 
     def model_post_init(self, context: Any, /) -> None:
-        self._known.update({alike(value): None for value in self.text_only})
+        self._known.update({alike(value): " ".join(value.split()) for value in self.local})
         self._known.update({alike(value): coding for value, coding in self.codes.items()})
 
-    def read(self, values: dict[str, str]) -> dict[str, Any]:
+    def read(self, values: dict[str, str], local_system: str) -> dict[str, Any]:
+        """The cell's concept; a `local` value's coding is in `local_system` (`framework.local_code_system`)."""
         value = required(values, self.column)
-        key = alike(value)
-        if key not in self._known:
+        known = self._known.get(alike(value))
+        if known is None:
             raise ValueProblem(self.column, f"'{value}' is not one of the mapping's values "
-                                            f"({', '.join([*self.codes, *self.text_only])}): add it to its `codes` "
-                                            "or `text_only`")
-        coding = self._known[key]
-        return {"coding": [coding.model_dump(exclude_none=True)], "text": value} if coding else {"text": value}
+                                            f"({', '.join([*self.codes, *self.local])}): add it to its `codes` "
+                                            "or `local`")
+        coding = known if isinstance(known, Coding) else Coding(system=local_system, code=known, display=known)
+        return {"coding": [coding.model_dump(exclude_none=True)], "text": value}
 
 
 class PatientMap(_Strict):
