@@ -2,7 +2,8 @@
 question than the one asked looks like the answer to it.
 
 Review (API security, 2026-12-07, finding 4): a read, `_history` and vread answered 200 with everything to
-`_summary=true`, `_elements=code`, `_format=xml` or `foo=bar`; `_history?_since=2099-01-01` returned every
+`_summary=true`, `_elements=code`, `_format=xml` or `foo=bar` (`_format` is now negotiated at the door:
+tests/api/test_fhir_http.py); `_history?_since=2099-01-01` returned every
 version; `code=44054006&code=999999` found the diabetes (FHIR AND-s repeated parameters) and
 `patient=A&patient=B` quietly searched A.
 """
@@ -29,7 +30,7 @@ def _refusal(response: object) -> str:
     return str(body["issue"][0]["diagnostics"])
 
 
-@pytest.mark.parametrize("query", ["_summary=true", "_elements=code", "_format=xml", "_format=json", "foo=bar"])
+@pytest.mark.parametrize("query", ["_summary=true", "_elements=code", "_pretty=true", "foo=bar"])
 @pytest.mark.parametrize("path", [f"/fhir/Condition/{DIABETES}", f"/fhir/Condition/{DIABETES}/_history",
                                   f"/fhir/Condition/{DIABETES}/_history/1", "/fhir/Patient/{okafor}"])
 def test_a_read_or_history_with_a_parameter_it_does_not_act_on_is_refused_naming_it(

@@ -25,7 +25,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import __version__
-from sharedcare.api import access, bodies, bulk, consent, fhir, fhir_write, history, oauth, smart, transparency
+from sharedcare.api import (
+    access,
+    bodies,
+    bulk,
+    consent,
+    fhir,
+    fhir_write,
+    formats,
+    history,
+    oauth,
+    smart,
+    transparency,
+)
 from sharedcare.api.auth import AuthError
 from sharedcare.api.outcomes import operation_outcome
 from sharedcare.config import Settings, load_settings
@@ -91,8 +103,8 @@ def _too_large(request: Request, exc: bodies.BodyTooLarge) -> Response:
 
 class _ResponseRules:
     """Every request gets an id; every response no-store (static files excepted) and the security headers;
-    a body over its route's limit (api/bodies.py), a FHIR query string over its limit, or a NUL anywhere
-    is refused. Plain ASGI, not
+    a body over its route's limit (api/bodies.py), a FHIR query string over its limit, a FHIR read asking
+    for a format other than JSON (api/formats.py), or a NUL anywhere is refused. Plain ASGI, not
     `@app.middleware("http")`: that wrapper's streams and task group cost more than a whole governed
     resource read."""
 
@@ -141,6 +153,13 @@ class _ResponseRules:
         if bodies.query_over(path, scope.get("query_string", b"")):  # refused at the door, as a large body is
             too_long = operation_outcome(414, "too-long", bodies.QUERY_TOO_LONG, request_id)
             await too_long(scope, receive, send_with_headers)
+            return
+        scope["query_string"], unacceptable = formats.negotiated(method, path, scope.get("query_string", b""),
+                                                                 request.headers.get("accept", ""))
+        if unacceptable is not None:  # refused at the door too: JSON is all that is served
+            where = "_format" if unacceptable.startswith("_format") else None
+            refusal = operation_outcome(406, "not-supported", unacceptable, request_id, where=where)
+            await refusal(scope, receive, send_with_headers)
             return
         where = _nul_in(scope["path"], request.url.query, body if fields else None)
         if where is None:

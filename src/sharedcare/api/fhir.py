@@ -32,6 +32,7 @@ from sharedcare.api.deps import (
     public_base,
     public_link,
 )
+from sharedcare.api.history import versioned
 from sharedcare.api.outcomes import ERROR_RESPONSES, FHIR_JSON, FHIR_RESOURCE_RESPONSE
 from sharedcare.api.smart import smart_security
 from sharedcare.clock import utcnow
@@ -219,8 +220,11 @@ def capability_statement(request: Request) -> JSONResponse:
                          "form body): a GET with criteria is refused, so no NHS number or name is in a URL.",
     }]
     clinical_interactions = interactions + [{"code": "vread"}, {"code": "history-instance"}]
+    # a read and a vread give ETag and Last-Modified and take If-None-Match and If-Modified-Since (api/history.py);
+    # a PUT takes If-Match and creates what is not held yet (ingest/contributions.py); nothing else conditional
     resources += [{"type": t, "interaction": clinical_interactions, "searchInclude": [f"{t}:patient"],
-                   "versioning": "versioned", "readHistory": True,
+                   "versioning": "versioned-update", "readHistory": True, "updateCreate": True,
+                   "conditionalRead": "full-support",
                    "searchParam": [{"name": name, "type": kind, "documentation": f"searches {where}"}
                                    for name, kind, where in search_params(t)]} for t in CLINICAL_TYPES]
     resources.append({"type": "CodeSystem", "interaction": [{"code": "read"}],
@@ -426,12 +430,14 @@ def _served_type(resource_type: str) -> None:
 
 @router.get("/{resource_type}/{resource_id}")
 async def read_resource(resource_type: str, resource_id: str, request: Request) -> Response:
-    def read(records: GovernedRecords) -> dict[str, Any]:
+    """The resource with its version's ETag; 304 to a conditional read whose copy is current, decided and
+    audited as any read (api/history.py `versioned`)."""
+    def read(records: GovernedRecords) -> ServedResource:
         _served_type(resource_type)
         only_these(list(request.query_params.multi_items()), (), "a read by id")
         return records.read(resource_type, resource_id)
 
-    return await _governed(request, "read", read, fhir_response)
+    return await _governed(request, "read", read, lambda served: versioned(request, served))
 
 
 @router.get("/{resource_type}")

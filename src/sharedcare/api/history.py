@@ -4,16 +4,24 @@ Both go through the governed repository (`GovernedRecords.history`): the same de
 audited as `clinical:resource:history`. A withdrawn (entered-in-error) resource is gone from the record,
 reads and search, but its history still shows what was sent and when it was withdrawn. `_history` takes
 `_since`; any other parameter, and any on a vread, is refused naming it (`search.only_these`).
+
+A read and a vread answer with the version's `ETag` and `Last-Modified`, and a conditional read
+(`If-None-Match`, `If-Modified-Since`) with 304 once the read has been decided and audited like any other:
+refused or missing is the same 404 as without the header, and a 304 is on record as the read it is (the
+reader learns that the copy they hold is the one released to them now).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from sharedcare.api.deps import ReadRecordsDep, public_base, public_link
 from sharedcare.api.outcomes import FHIR_JSON
@@ -37,6 +45,52 @@ def _checked(resource_type: str, version_id: str | None = None) -> int | None:
     return int(version_id)
 
 
+def _whole(served: ServedResource) -> bool:
+    """Whether the version is released as stored: at tier 3, from a service named to this reader."""
+    return served.tier >= 3 and bool(served.source_org)
+
+
+def etag(served: ServedResource) -> str:
+    """`W/"<versionId>"`, as `meta.versionId` says and a write's If-Match takes, for a version released whole.
+    A version this reader is shown reduced (a coded summary at tier 2, or from a service not named to them)
+    has a tag of its own, the version and a digest of what was shown: the same version can be shown whole
+    later (a basis recorded), and a 304 must never tell a reader that a reduced copy is what they may now see."""
+    version = served.content.get("meta", {}).get("versionId", "1")
+    if _whole(served):
+        return f'W/"{version}"'
+    digest = hashlib.sha256(served.encoded or orjson.dumps(served.content)).hexdigest()[:16]
+    return f'W/"{version}-{digest}"'
+
+
+def _unchanged(request: Request, tag: str, served: ServedResource) -> bool:
+    """Whether a conditional read's copy is the one released now: `If-None-Match` naming `tag` (or `*`),
+    compared weakly as RFC 9110 says; without it, `If-Modified-Since` no earlier than the version, for a
+    version released whole only (a date cannot tell a reduced copy from a whole one). A date that cannot
+    be read is ignored, as RFC 9110 says."""
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        held = {t.strip().removeprefix("W/") for t in none_match.split(",")}
+        return "*" in held or tag.removeprefix("W/") in held
+    since = request.headers.get("if-modified-since")
+    if since is None or not _whole(served):
+        return False
+    try:
+        asked = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False
+    return asked.tzinfo is not None and served.received_at.replace(microsecond=0) <= asked
+
+
+def versioned(request: Request, served: ServedResource) -> Response:
+    """A released version with its `ETag` and `Last-Modified` (when it was received, to the second), or
+    304 with them alone when the conditional read's copy is current (`_unchanged`)."""
+    tag = etag(served)
+    headers = {"ETag": tag, "Last-Modified": format_datetime(served.received_at, usegmt=True)}
+    if _unchanged(request, tag, served):
+        return Response(status_code=304, headers=headers)
+    return Response(served.encoded or orjson.dumps(served.content), media_type=FHIR_JSON, headers=headers)
+
+
 def _entry(base: str, served: ServedResource) -> dict[str, Any]:
     content = served.content
     version = content.get("meta", {}).get("versionId", "1")
@@ -44,7 +98,7 @@ def _entry(base: str, served: ServedResource) -> dict[str, Any]:
         "fullUrl": f"{base}/{served.resource_type}/{content['id']}",
         "resource": content,
         "request": {"method": "POST" if version == "1" else "PUT", "url": f"{served.resource_type}/{content['id']}"},
-        "response": {"status": "201 Created" if version == "1" else "200 OK", "etag": f'W/"{version}"',
+        "response": {"status": "201 Created" if version == "1" else "200 OK", "etag": etag(served),
                      "lastModified": served.received_at.isoformat()},
     }
 
@@ -68,11 +122,8 @@ def instance_history(resource_type: str, resource_id: str, request: Request, rec
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
 def vread(resource_type: str, resource_id: str, version_id: str, request: Request,
-          records: ReadRecordsDep) -> JSONResponse:
+          records: ReadRecordsDep) -> Response:
     number = _checked(resource_type, version_id)
     only_these(list(request.query_params.multi_items()), (), "a vread")
     (served,) = records.history(resource_type, resource_id, number)
-    version = served.content.get("meta", {}).get("versionId", version_id)
-    return JSONResponse(served.content, media_type=FHIR_JSON,
-                        headers={"ETag": f'W/"{version}"',
-                                 "Last-Modified": served.received_at.strftime("%a, %d %b %Y %H:%M:%S GMT")})
+    return versioned(request, served)

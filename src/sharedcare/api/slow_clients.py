@@ -27,6 +27,10 @@ process: with `--workers N` one address may hold up to N times as many. Refusals
 `sharedcare.http`, WARNING) the first time and then at most once a minute per address, with how many were
 refused since: an operator sees which address met the cap without a line per refused connection (asyncio's
 own line per refused accept once wrote 1.4 GB in ten minutes, above).
+
+A request line and headers longer than h11 buffers (16 KB) arriving over more than one read are answered as
+the app answers an over-long FHIR query: 414 with an OperationOutcome (431 when the headers are what is too
+long), not uvicorn's plain-text 400 (review, 2026-12-07: a 200 KB URL got "Invalid HTTP request received.").
 """
 
 from __future__ import annotations
@@ -36,12 +40,17 @@ import logging
 import socket
 import struct
 import time
+import uuid
 from collections import Counter
 from functools import cache
+from http import HTTPStatus
 
 import h11
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sharedcare.api.bodies import FHIR_QUERY_MAX, in_words
+from sharedcare.api.outcomes import FHIR_JSON, operation_outcome
 from sharedcare.config import load_settings
 from sharedcare.governance.audit import network_of
 
@@ -197,6 +206,33 @@ class TimedHttpProtocol(H11Protocol):
         if self.place is not None:
             self.place.give_back()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 could not read: for one whose line and headers outgrew h11's
+        buffer, 414 (the request line is past FHIR_QUERY_MAX, or not ended) or 431 (the headers), saying
+        so, an OperationOutcome to an API path; any other unreadable request keeps uvicorn's 400."""
+        head = self.conn.trailing_data[0]
+        most = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        if len(head) <= most:
+            super().send_400_response(msg)
+            return
+        line = head.find(b"\r\n")
+        status = 414 if line < 0 or line > FHIR_QUERY_MAX else 431
+        text = (f"the request's address is longer than the server reads ({in_words(most)} with the headers): "
+                "a search needs only a patient, a few criteria and a page position" if status == 414 else
+                f"the request's headers are longer than the server reads ({in_words(most)} together)")
+        target = head.split(b" ", 2)[1] if head.count(b" ", 0, 32) else b""
+        request_id = str(uuid.uuid4())
+        if target.startswith((b"/fhir", b"/api", b"/audit/")):
+            kind, body = FHIR_JSON.encode(), operation_outcome(status, "too-long", text, request_id).body
+        else:
+            kind, body = b"text/plain; charset=utf-8", text.encode()
+        headers = [(b"content-type", kind), (b"connection", b"close"), (b"cache-control", b"no-store"),
+                   (b"x-request-id", request_id.encode()), (b"x-content-type-options", b"nosniff")]
+        for event in (h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
+                      h11.Data(data=bytes(body)), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
     def _begin(self, phase: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
         """A phase begins now: due in R, at the latest in HEADER_MOST or BODY_MOST x R."""

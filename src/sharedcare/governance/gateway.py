@@ -683,9 +683,10 @@ class GovernedRecords:
                        released=[s.reference for s in served], withheld=dict(decision.withheld))
         return patient
 
-    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+    def read(self, resource_type: str, resource_id: str) -> ServedResource:
         """One resource by its server id, if the decision for its patient releases it; audited as a read of
-        that resource (not of the whole record), naming it.
+        that resource (not of the whole record), naming it. The tier it was released at comes with it: what
+        the read's ETag names (api/history.py `etag`).
 
         Refused and missing look the same (404), so ids cannot be probed for what exists (TRUST AC3);
         the refusal is still audited. The decision is the one `everything` makes for this item: every
@@ -709,7 +710,7 @@ class GovernedRecords:
         released = decision.released[0]
         self._released(AuditAction.RESOURCE_READ, person_id, basis=basis.basis if basis else None,
                        reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
-        return self._serve(person_id, row, released.tier, released.item.category).content
+        return self._serve(person_id, row, released.tier, released.item.category)
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
