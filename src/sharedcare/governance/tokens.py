@@ -195,11 +195,13 @@ class OAuthStore:
         return True
 
     def revoke(self, claims: dict[str, Any]) -> None:
-        """Refuse this token from now on, though it has not expired (its `jti` is kept until it would have)."""
+        """Refuse this token from now on, though it has not expired (its `jti` is kept until it would have).
+        A portal session's `jti` is kept until its cap (`auth.SESSION_CAP`): a copy of the cookie renewed
+        later than the one signed out with expires later, and is the same session."""
         jti = str(claims.get("jti", ""))
         if jti and self.session.get(RevokedToken, jti) is None:
-            self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(),
-                                          expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)))
+            last = max(int(claims["exp"]), int(claims.get("cap", 0)))
+            self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(), expires_at=datetime.fromtimestamp(last, UTC)))
 
     def refusal(self, claims: dict[str, Any]) -> str | None:
         """`refusal` in this store's session."""

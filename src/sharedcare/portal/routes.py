@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from sharedcare.api.auth import mint_token
+from sharedcare.api.auth import mint_session
 from sharedcare.api.deps import (
     SESSION_COOKIE,
     ActorDep,
@@ -75,7 +75,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAut
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")
         return pages.staff_sign_in(request, 401, message, target=target, username=name)
-    return pages.start_session(request, store, mint_token(settings, fw, user.username), target)
+    return pages.start_session(request, store, mint_session(settings, fw, user.username), target)
 
 
 @router.post("/logout", response_class=HTMLResponse)  # a redirect to a sign-in page
