@@ -136,3 +136,24 @@ def test_a_search_refused_as_typed_is_answered_on_the_form_and_kept_nowhere(ics:
     assert padded.status_code == 400 and "at most 100 characters" in padded.text
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(KeptSearch)) == 0
+
+
+def test_one_who_may_not_look_anyone_up_is_refused_at_the_form_and_nothing_is_kept(ics: Ics, db: Database) -> None:
+    _sign_in(ics.client, "analyst.chen")  # an analyst: secondary use only, no direct care
+    refused = ics.client.post("/search", data=BY_NAME, follow_redirects=False)
+    assert refused.status_code == 403 and "OKAFOR" not in refused.text
+    assert len(_searches(db, "analyst.chen", "deny")) == 1
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(KeptSearch)) == 0
+
+
+def test_a_results_page_asked_for_after_the_session_ended_signs_in_to_find_a_patient(
+        ics: Ics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its id is the ended session's, so signing in again leads to the search form, not to a page that
+    would find nothing."""
+    _sign_in(ics.client)
+    page = _search(ics.client)
+    later = utcnow() + timedelta(minutes=31)
+    monkeypatch.setattr("sharedcare.api.auth.utcnow", lambda: later)
+    shown = ics.client.get(page)
+    assert shown.status_code == 401 and 'name="target" value="/search"' in shown.text

@@ -883,8 +883,9 @@ class GovernedRecords:
 
     def keep_search(self, form: dict[str, str]) -> str:
         """Keep a portal search's criteria (`form`, as typed) for its results page, bound to this user and
-        session (the token's `jti`) for KEPT_SEARCH_FOR; returns the page's id, random. Nothing is searched or
-        audited here: the page searches, through `search_patients`, each time it is shown. Expired searches
+        session (the token's `jti`) for KEPT_SEARCH_FOR; returns the page's id, random. Nothing is searched
+        here (a user who may not search is refused, audited): the page searches, through `search_patients`,
+        each time it is shown. Expired searches
         are deleted as a new one is kept (a session's own at its sign-out: `OAuthStore.revoke`)."""
         for name, value in form.items():
             limit = SEARCH_FIELD_MAX.get(name, KEPT_FIELD_MAX)
@@ -892,6 +893,9 @@ class GovernedRecords:
                 raise InvalidRequest(f"{name}: at most {limit} characters (nothing stored is longer), not searched")
         if not self.token_id:
             raise InvalidRequest("a search's results page needs a session: sign in to the portal")
+        denied = self._search_refused(base64.b64encode(urlencode(form).encode()).decode())
+        if denied is not None:  # one who may not look anyone up is refused now, audited, with nothing kept
+            raise AccessDenied(denied.rule_id, denied.reason)
         self.session.execute(delete(KeptSearch).where(KeptSearch.expires_at < self.now))
         kept = KeptSearch(id=secrets.token_urlsafe(24), username=self.actor.username, session_id=self.token_id,
                           criteria=dict(form), created_at=self.now, expires_at=self.now + KEPT_SEARCH_FOR)
