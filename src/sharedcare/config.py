@@ -39,6 +39,8 @@ SHAREDCARE_MLLP_MAX_PER_ADDRESS  of those, from one address or IPv6 /64 (default
 SHAREDCARE_HTTP_REQUEST_SECONDS  `serve` closes a connection whose headers have not arrived this long after it
                        opened or after the previous answer, or whose body this long after its headers, a second
                        more per 500 bytes received, never past 2 times it for headers, 10 for a body (default: 20)
+SHAREDCARE_SESSION_IDLE_MINUTES  a staff portal session ends after this long with no page asked for (default: 30);
+                       each page renews it, up to SHAREDCARE_SESSION_HOURS after sign-in (default: 8, a shift)
 SHAREDCARE_REQUIRE_CLOCK_SYNC  "1": `serve` and `mllp` refuse to start on a clock not synchronised (else a warning)
 SHAREDCARE_EVENT_SKEW_SECONDS  how far past its receipt a message's event time may be (default: 300, a source's clock
                        a little ahead); later, the message is quarantined (see `ingest.messages.future_event_time`)
@@ -77,6 +79,8 @@ class Settings:
     audit_key: str | None = None  # SHAREDCARE_AUDIT_KEY
     audit_keys_retired: tuple[str, ...] = ()  # SHAREDCARE_AUDIT_KEYS_RETIRED: the keys of the log's earlier epochs
     token_minutes: int = 60
+    session_idle_minutes: int = 30  # a staff portal session: ended after this long unused (api/auth.py)
+    session_hours: int = 8  # and this long after its sign-in at the latest, however much it is used
     data_path: Path = Path("var")
     export_workers: int = 2
     export_people_per_worker: int = 5000  # an export of fewer people than this per worker starts fewer workers
@@ -248,6 +252,8 @@ def load_settings() -> Settings:
         tls_client_ca=_path("SHAREDCARE_TLS_CLIENT_CA"),
         tls_client_crl=_path("SHAREDCARE_TLS_CLIENT_CRL"),
         tls_client_certs=_one_of("SHAREDCARE_TLS_CLIENT_CERTS", ("required", "optional")),
+        session_idle_minutes=_whole_number("SHAREDCARE_SESSION_IDLE_MINUTES", 30, least=1),
+        session_hours=_whole_number("SHAREDCARE_SESSION_HOURS", 8, least=1),
         require_clock_sync=os.environ.get("SHAREDCARE_REQUIRE_CLOCK_SYNC") == "1",
         mllp_idle_seconds=_whole_number("SHAREDCARE_MLLP_IDLE_SECONDS", 300, least=1),
         mllp_frame_seconds=_whole_number("SHAREDCARE_MLLP_FRAME_SECONDS", 60, least=1),

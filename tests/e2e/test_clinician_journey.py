@@ -302,3 +302,39 @@ def test_back_to_a_record_whose_basis_has_ended_asks_the_server_again(live: tupl
     expect(page.get_by_text("Why are you opening this record?")).to_be_visible()
     expect(page.get_by_text("Metformin 500mg tablets")).to_have_count(0)
     pages.check(page)
+
+
+def test_back_from_a_record_to_the_search_results_shows_them_without_sending_the_form_again(
+        live: tuple[Ics, str], pages: Pages) -> None:
+    """Searches are POSTed (no NHS number, name or date of birth in a URL), and the results were the POST's
+    answer: Back from the record opened from them showed Chrome's "Confirm Form Resubmission"
+    (ERR_CACHE_MISS). Now the POST leads to a results page of its own, which Back shows again, searched
+    afresh (audited as a search each time it is shown)."""
+    ics, url = live
+    page = pages.open()
+    sign_in(pages, page, url, "dr.oconnor")
+    page.get_by_label("Family name").fill("Okafor")
+    page.get_by_label("Day").fill("2")
+    page.get_by_label("Month").fill("3")
+    page.get_by_label("Year").fill("1945")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    pages.check(page)
+    results = page.url
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    pages.check(page)
+    page.get_by_role("radio", name="Explicit consent").check()
+    page.get_by_role("button", name="Open record").click()
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(page)
+    page.go_back(wait_until="commit")  # the basis form's address, which shows the record now
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(page)
+    page.go_back(wait_until="commit")
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    expect(page.get_by_role("link", name="Open record of OKAFOR, Emeka")).to_be_visible()
+    assert page.url == results and "/search/results/" in results
+    pages.check(page)
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()  # and on to the record again
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(page)

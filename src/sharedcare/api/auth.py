@@ -10,7 +10,8 @@ revoked before it expires (RFC 7009, or portal sign-out) has its `jti` in `revok
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -60,7 +61,7 @@ def sign_token(settings: Settings, claims: dict[str, Any], minutes: int | None =
 
 
 def mint_token(settings: Settings, fw: Framework, username: str, scope: str = DEFAULT_SCOPE,
-               minutes: int | None = None, **extra: str) -> str:
+               minutes: int | None = None, **extra: str | int) -> str:
     """A token for a configured user; `extra` claims (`client_id`, `patient`) come from the SMART server.
     Write scopes only for a role the framework lets write (the write itself checks the role again)."""
     user = fw.users.get(username)
@@ -72,6 +73,46 @@ def mint_token(settings: Settings, fw: Framework, username: str, scope: str = DE
                               where="token")
     return sign_token(settings, {"sub": username, "role": user.role, "org": user.organisation, "scope": scope,
                                  **extra}, minutes)
+
+
+# A staff portal session's claim: when it ends at the latest (a NumericDate), however much it is used. Signed
+# with the rest, so no one can move it; only a token that carries it is ever renewed (`renewed`).
+SESSION_CAP = "cap"
+RENEW_EVERY = 60  # seconds: a session used within a minute of its last renewal is not renewed again yet
+
+
+def mint_session(settings: Settings, fw: Framework, username: str) -> str:
+    """A staff portal session: ended after `session_idle_minutes` unused, each page renewing that (`renewed`),
+    and `session_hours` after the sign-in at the latest, a shift, however much it is used."""
+    cap = utcnow() + timedelta(hours=settings.session_hours)
+    minutes = min(settings.session_idle_minutes, settings.session_hours * 60)
+    return mint_token(settings, fw, username, minutes=minutes, cap=int(cap.timestamp()))  # SESSION_CAP
+
+
+@dataclass(frozen=True)
+class SessionWindow:
+    """When a staff portal session ends: `ends` unless it is used before then, `cap` at the latest."""
+
+    ends: datetime
+    cap: datetime
+    token: str | None  # the same session renewed (its claims but `exp`), to be set in the cookie; None: not now
+
+
+def session_window(settings: Settings, claims: dict[str, Any]) -> SessionWindow | None:
+    """A valid portal session's claims, used now: its idle window starts again (never past its cap). The
+    renewed token keeps the session's `jti` and `iat`, so revocation, sign-out, a suspension's cut-off and
+    the audit's token id treat it as the same session; a copy of the cookie not used ends at its own `exp`.
+    None for a token that is not a staff portal session (a `sharedcare token`, an app's, a citizen's)."""
+    cap = claims.get(SESSION_CAP)
+    if not isinstance(cap, int) or "client_id" in claims or "minted_by" in claims:
+        return None
+    expires = int(claims["exp"])
+    renewed = min(int(utcnow().timestamp()) + settings.session_idle_minutes * 60, cap)
+    token = None
+    if renewed - expires >= RENEW_EVERY:
+        token = jwt.encode({**claims, "exp": renewed}, settings.secret, algorithm=ALGORITHM)
+        expires = renewed
+    return SessionWindow(datetime.fromtimestamp(expires, UTC), datetime.fromtimestamp(cap, UTC), token)
 
 
 def mint_citizen_token(settings: Settings, person_id: str) -> str:

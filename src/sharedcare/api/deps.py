@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token
+from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token, session_window
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.agreements import effective_agreements
@@ -162,6 +162,8 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
     except AuthError as refused:
         refused.presented, refused.subject = True, subject
         raise
+    if token == request.cookies.get(SESSION_COOKIE):  # a portal session used: the page renews it (`pages.render`)
+        request.state.session_window = session_window(settings, claims)
     return actor
 
 

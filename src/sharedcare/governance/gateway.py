@@ -8,6 +8,7 @@ no data: TRUST AU4) and returns only what the decision released.
 from __future__ import annotations
 
 import base64
+import secrets
 import unicodedata
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     false,
     literal,
     null,
@@ -81,6 +83,7 @@ from sharedcare.store.models import (
     AgreementChange,
     AuditEntry,
     JsonType,
+    KeptSearch,
     PatientRecord,
     Person,
     Preference,
@@ -882,6 +885,40 @@ class GovernedRecords:
         self.session.commit()  # as `_released`: durable before the results leave, the lock held no longer
         return sorted(matches, key=lambda m: (m.name, m.birth_date or date.min))
 
+    def keep_search(self, form: dict[str, str]) -> str:
+        """Keep a portal search's criteria (`form`, as typed) for its results page, bound to this user and
+        session (the token's `jti`) for KEPT_SEARCH_FOR; returns the page's id, random. Nothing is searched
+        here (a user who may not search is refused, audited): the page searches, through `search_patients`,
+        each time it is shown. Expired searches
+        are deleted as a new one is kept (a session's own at its sign-out: `OAuthStore.revoke`)."""
+        for name, value in form.items():
+            limit = SEARCH_FIELD_MAX.get(name, KEPT_FIELD_MAX)
+            if len(value) > limit:
+                raise InvalidRequest(f"{name}: at most {limit} characters (nothing stored is longer), not searched")
+        if not self.token_id:
+            raise InvalidRequest("a search's results page needs a session: sign in to the portal")
+        denied = self._search_refused(base64.b64encode(urlencode(form).encode()).decode())
+        if denied is not None:  # one who may not look anyone up is refused now, audited, with nothing kept
+            raise AccessDenied(denied.rule_id, denied.reason)
+        self.session.execute(delete(KeptSearch).where(KeptSearch.expires_at < self.now))
+        kept = KeptSearch(id=secrets.token_urlsafe(24), username=self.actor.username, session_id=self.token_id,
+                          criteria=dict(form), created_at=self.now, expires_at=self.now + KEPT_SEARCH_FOR)
+        self.session.add(kept)
+        return kept.id
+
+    def kept_search(self, search_id: str) -> dict[str, str] | None:
+        """The criteria kept as `search_id` by this user in this session, unexpired; None otherwise (another
+        user's or session's, expired, made up: told apart to no one), audited as a search refused."""
+        kept = self.session.get(KeptSearch, search_id) if len(search_id) <= KEPT_FIELD_MAX else None
+        if kept is not None and kept.username == self.actor.username and kept.session_id == self.token_id \
+                and kept.expires_at > self.now:
+            return {str(name): str(value) for name, value in kept.criteria.items()}
+        self._audit(AuditAction.PATIENT_SEARCH, "deny", None, rule_id="deny-search-not-kept",
+                    reason="no search of this user's session is kept as this results page (another user's or "
+                           "session's, expired, or made up)", detail={"kept_search": search_id[:KEPT_FIELD_MAX]})
+        self.session.commit()
+        return None
+
     def _search_refused(self, query_b64: str, action: AuditAction = AuditAction.PATIENT_SEARCH) -> Decision | None:
         """Why this actor may not look anyone up (audited as `action` refused: a search, or the basis form's
         look-up), or None when they may."""
@@ -1006,6 +1043,9 @@ class GovernedRecords:
 # postcode of 10, spaced or not), so the query each search's audit entries keep stays small: a family name
 # padded with 60,000 spaces still folded to the patient's key and wrote an 81 kB entry per person found.
 SEARCH_FIELD_MAX = {"nhs_number": 20, "family": 100, "given": 100, "postcode": 20}
+KEPT_FIELD_MAX = 64  # any other field of a kept search (the date's parts), and a results page's id
+# How long a portal search's results page works (`keep_search`): Back from the record just opened, not later
+KEPT_SEARCH_FOR = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit, 
 from sharedcare.governance.clients import RegisteredClient, find_client, list_clients
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Prepared, run
-from sharedcare.store.models import AgreementChange, OAuthClient, OAuthCode, RevokedToken, SeenAssertion
+from sharedcare.store.models import (
+    AgreementChange,
+    KeptSearch,
+    OAuthClient,
+    OAuthCode,
+    RevokedToken,
+    SeenAssertion,
+)
 
 PURGE_AFTER = timedelta(minutes=5)  # rows outlive their expiry a little: clocks differ
 PURGE_EVERY = 60.0  # seconds between purges of expired rows (each process)
@@ -195,20 +202,25 @@ class OAuthStore:
         return True
 
     def revoke(self, claims: dict[str, Any]) -> None:
-        """Refuse this token from now on, though it has not expired (its `jti` is kept until it would have)."""
+        """Refuse this token from now on, though it has not expired (its `jti` is kept until it would have).
+        A portal session's `jti` is kept until its cap (`auth.SESSION_CAP`): a copy of the cookie renewed
+        later than the one signed out with expires later, and is the same session."""
         jti = str(claims.get("jti", ""))
         if jti and self.session.get(RevokedToken, jti) is None:
-            self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(),
-                                          expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)))
+            last = max(int(claims["exp"]), int(claims.get("cap", 0)))
+            self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(), expires_at=datetime.fromtimestamp(last, UTC)))
+            # the searches the session kept for its results pages (names, NHS numbers typed) go with it
+            self.session.execute(delete(KeptSearch).where(KeptSearch.session_id == jti))
 
     def refusal(self, claims: dict[str, Any]) -> str | None:
         """`refusal` in this store's session."""
         return refusal(self.session, claims, self.fw)
 
     def purge_expired(self) -> None:
-        """Forget codes, used assertions and revoked token ids past their expiry: each is refused anyway."""
+        """Forget codes, used assertions, revoked token ids and kept searches past their expiry: each is refused
+        anyway."""
         cutoff = utcnow() - PURGE_AFTER
-        for model in (OAuthCode, SeenAssertion, RevokedToken):
+        for model in (OAuthCode, SeenAssertion, RevokedToken, KeptSearch):
             self.session.execute(delete(model).where(model.expires_at < cutoff))
 
     def purge_expired_now_and_then(self) -> None:

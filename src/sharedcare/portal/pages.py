@@ -18,8 +18,9 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from markupsafe import Markup
 
-from sharedcare.api.auth import AuthError, read_token
+from sharedcare.api.auth import AuthError, SessionWindow, read_token
 from sharedcare.api.deps import SESSION_COOKIE
+from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.tokens import OAuthStore
@@ -36,6 +37,12 @@ def uk_time(moment: datetime) -> str:
     """A stored UTC time as people in the ICS read it (UK time, with summer time)."""
     local = moment.astimezone(UK)
     return f"{local.day} {local:%b %Y, %H:%M}"
+
+
+def uk_hour(moment: datetime) -> str:
+    """A time later today as a clock in the UK shows it ("14:32"), with its day if not today ("8 Dec, 02:00")."""
+    local = moment.astimezone(UK)
+    return f"{local:%H:%M}" if local.date() == utcnow().astimezone(UK).date() else f"{local.day} {local:%b, %H:%M}"
 
 
 def uk_clock(moment: datetime) -> datetime:
@@ -80,6 +87,7 @@ def nhs_spaced(number: str | None) -> str:
 
 
 templates.env.filters["uk_time"] = uk_time
+templates.env.filters["uk_hour"] = uk_hour
 templates.env.filters["uk_date"] = uk_date
 templates.env.filters["nhs"] = nhs_spaced
 
@@ -178,8 +186,12 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
     context.setdefault("account", None)
     context.setdefault("current", request.url.path)
     context["csrf_token"] = csrf.token_for(request.app.state.settings, csrf.nonce_of(request))
+    window: SessionWindow | None = getattr(request.state, "session_window", None)
+    context.setdefault("session_ends", window)
     response = templates.TemplateResponse(request, name, context, status_code=status)
     csrf.remember(request, response)
+    if window is not None and window.token is not None:  # a page asked for: the session's idle window again
+        set_session_cookie(request, response, window.token)
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
 
@@ -242,9 +254,13 @@ def start_session(request: Request, store: OAuthStore, token: str, target: str) 
     signing out later ends only the new one, so a copy of the old one would otherwise go on working."""
     revoke_session(request, store)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=csrf.secure_cookies(request))
+    set_session_cookie(request, response, token)
     csrf.remember(request, response, csrf.new_nonce())  # a new session, a new form token
     return response
+
+
+def set_session_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=csrf.secure_cookies(request))
 
 
 def end_session(target: str) -> Response:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from sharedcare.api.auth import mint_token
+from sharedcare.api.auth import mint_session
 from sharedcare.api.deps import (
     SESSION_COOKIE,
     ActorDep,
@@ -29,7 +29,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import DEMO_PASSWORD
 from sharedcare.governance import explain
 from sharedcare.governance.audit import record_sign_in
-from sharedcare.governance.gateway import InvalidRequest, RecordView
+from sharedcare.governance.gateway import KEPT_SEARCH_FOR, InvalidRequest, RecordView
 from sharedcare.governance.policy import Actor
 from sharedcare.identity.nhs_number import is_valid, normalise
 from sharedcare.portal import changes, csrf, medicines, pages, present
@@ -75,7 +75,7 @@ def login(request: Request, settings: SettingsDep, fw: FrameworkDep, store: OAut
         message = ("Sign-in failed: check the username and password." if settings.demo else
                    "Password sign-in is only for the demo; this deployment signs in through its identity provider.")
         return pages.staff_sign_in(request, 401, message, target=target, username=name)
-    return pages.start_session(request, store, mint_token(settings, fw, user.username), target)
+    return pages.start_session(request, store, mint_session(settings, fw, user.username), target)
 
 
 @router.post("/logout", response_class=HTMLResponse)  # a redirect to a sign-in page
@@ -105,35 +105,73 @@ def search_form(request: Request, actor: ActorDep, fw: FrameworkDep) -> Response
     return _search_page(request, actor, fw)
 
 
+class _NotSearchable(ValueError):
+    """What is wrong with a search form as typed, and the input to mark (`field`), in the page's words."""
+
+    def __init__(self, message: str, field: str, at_field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.at_field = at_field or message
+
+
+def _criteria(form: dict[str, str]) -> dict[str, Any]:
+    """`search_patients`' arguments from the form as typed: an NHS number, or a family name and date of birth."""
+    number = normalise(form["nhs_number"]) if form["nhs_number"].strip() else None
+    if number is not None and not is_valid(number):
+        raise _NotSearchable("NHS number must be 10 digits with a valid check digit, for example 943 476 5919.",
+                             "nhs_number")
+    born = None
+    if number is None:
+        if not form["family"].strip():
+            raise _NotSearchable("Enter an NHS number, or a family name and date of birth.", "family")
+        try:
+            born = pages.parse_date(form["birth_day"], form["birth_month"], form["birth_year"])
+        except pages.DateProblem as exc:  # the summary links to the input that is wrong
+            raise _NotSearchable(f"{exc}. Search by NHS number, or by family name and date of birth.",
+                                 f"birth-{exc.part}", pages.sentence(str(exc))) from exc
+    return {"nhs_number": number, "family": form["family"] or None, "given": form["given"] or None, "birth_date": born}
+
+
 @router.post("/search", response_class=HTMLResponse)
 def search(request: Request, records: RecordsDep, fw: FrameworkDep,
            nhs_number: Annotated[str, Form()] = "", family: Annotated[str, Form()] = "",
            given: Annotated[str, Form()] = "", birth_day: Annotated[str, Form()] = "",
            birth_month: Annotated[str, Form()] = "", birth_year: Annotated[str, Form()] = "",
            birth_date: Annotated[str, Form()] = "") -> Response:
-    """The form sends the date of birth as day, month and year; scripts may send one ISO `birth_date`."""
+    """The form sends the date of birth as day, month and year; scripts may send one ISO `birth_date`. The
+    criteria are kept on the server (`keep_search`), never put in the URL, and the browser is sent to the
+    results page: Back from a record then shows the results again, searched afresh, without asking to
+    send the form again (as it did when the POST's answer was the results)."""
     if birth_date and not (birth_day or birth_month or birth_year):
         birth_year, birth_month, birth_day = (birth_date.split("-") + ["", "", ""])[:3]
     form = {"nhs_number": nhs_number, "family": family, "given": given, "birth_day": birth_day,
             "birth_month": birth_month, "birth_year": birth_year}
-    number = normalise(nhs_number) if nhs_number.strip() else None
-    if number is not None and not is_valid(number):
-        return _search_page(request, records.actor, fw, 400, form=form, error_field="nhs_number",
-                            error="NHS number must be 10 digits with a valid check digit, for example 943 476 5919.")
-    born = None
-    if number is None:
-        if not family.strip():
-            return _search_page(request, records.actor, fw, 400, form=form, error_field="family",
-                                error="Enter an NHS number, or a family name and date of birth.")
-        try:
-            born = pages.parse_date(birth_day, birth_month, birth_year)
-        except pages.DateProblem as exc:  # the summary links to the input that is wrong
-            return _search_page(request, records.actor, fw, 400, form=form, error_field=f"birth-{exc.part}",
-                                error=f"{exc}. Search by NHS number, or by family name and date of birth.",
-                                field_error=pages.sentence(str(exc)))
-    results = records.search_patients(nhs_number=number, family=family or None, given=given or None,
-                                      birth_date=born)
-    return _search_page(request, records.actor, fw, results=results, form=form)
+    try:
+        _criteria(form)
+    except _NotSearchable as exc:
+        return _search_page(request, records.actor, fw, 400, form=form, error_field=exc.field, error=str(exc),
+                            field_error=exc.at_field)
+    return RedirectResponse(f"/search/results/{records.keep_search(form)}", status_code=303)
+
+
+@router.get("/search/results/{search_id}", response_class=HTMLResponse)
+def search_results(request: Request, search_id: str, records: RecordsDep, fw: FrameworkDep) -> Response:
+    """A kept search's results, searched again each time the page is shown (decided and audited as a search,
+    as the POST's was): what is shown is what this user may see now. Another user's or session's id, or one
+    expired, finds nothing (audited)."""
+    form = records.kept_search(search_id)
+    if form is None:
+        return _search_page(request, records.actor, fw, 404, error_field="nhs_number", current="/search",
+                            error=f"These search results are no longer available: a search is kept for "
+                                  f"{KEPT_SEARCH_FOR.total_seconds() / 60:g} minutes, in the session it was "
+                                  "made in. Search again.")
+    try:
+        criteria = _criteria(form)
+    except _NotSearchable as exc:
+        return _search_page(request, records.actor, fw, 400, form=form, error_field=exc.field, error=str(exc),
+                            field_error=exc.at_field, current="/search")
+    return _search_page(request, records.actor, fw, results=records.search_patients(**criteria), form=form,
+                        current="/search")
 
 
 # The record's pages a basis form may lead back to, once the basis is recorded.

@@ -349,6 +349,23 @@ class SignInCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class KeptSearch(Base):
+    """A clinician's patient search kept on the server for its results page (`GET /search/results/{id}`), so
+    that the criteria (an NHS number, a name and date of birth) stay out of URLs and logs and Back shows the
+    results again: bound to the user and the session (the token's `jti`) that made it, short-lived, deleted
+    at sign-out. The page runs the search afresh each time, through the governance gateway."""
+
+    __tablename__ = "kept_searches"
+    __table_args__ = (Index("ix_kept_searches_session", "session_id"),
+                      Index("ix_kept_searches_expires", "expires_at"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random: the results page's address
+    username: Mapped[str] = mapped_column(String(100))
+    session_id: Mapped[str] = mapped_column(String(100))
+    criteria: Mapped[dict[str, Any]] = mapped_column(JsonType)  # the form as typed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class LinkEvent(Base):
     """One change of the person some source records belong to, with every move, so that a merge can be
     undone exactly: which records went where, by whom, and why."""
