@@ -14,7 +14,7 @@ from tests.builders import SCT, bundle, condition, document, medication, patient
 from tests.portal_client import PortalClient
 
 from sharedcare.api.app import create_app
-from sharedcare.api.auth import mint_token
+from sharedcare.api.auth import mint_citizen_token, mint_token
 from sharedcare.config import load_settings
 from sharedcare.governance.agreements import note_file_agreements
 from sharedcare.governance.consent_fhir import consent_id, consent_id_key
@@ -49,6 +49,10 @@ class Ics:
         extra = {"scope": scope} if scope else {}
         return {"Authorization": f"Bearer {mint_token(load_settings(), fw, username, **extra)}"}
 
+    def citizen_token(self, person: str | None = None) -> str:
+        """A patient portal session for the person (Mr Okafor unless named), as their signing in would begin."""
+        return citizen_token(self.database, person or self.okafor)
+
     def restarted(self, framework: Framework) -> PortalClient:
         """The server started again, on the same store, with this framework (as after its file was edited):
         `sharedcare serve` notes the file's agreements, then builds the app."""
@@ -79,6 +83,18 @@ class Ics:
                                     headers=headers)
         assert response.status_code == 201, response.text
         return headers
+
+
+def citizen_token(db: Database, person_id: str) -> str:
+    """A patient portal session for the person, as signing in with the NHS number and date of birth of their
+    first record that has one would begin (`mint_citizen_token`)."""
+    with db.session() as s:
+        found = s.execute(select(PatientRecord.nhs_number, PatientRecord.birth_date).where(
+            PatientRecord.person_id == person_id, PatientRecord.nhs_number.is_not(None),
+            PatientRecord.birth_date.is_not(None)).order_by(PatientRecord.id)).first()
+    assert found is not None, f"no record of {person_id} has an NHS number and date of birth to sign in with"
+    nhs_number, born = found
+    return mint_citizen_token(load_settings(), person_id, nhs_number, born)
 
 
 def file_says(framework: Framework, org: str, status: str) -> Framework:

@@ -20,10 +20,9 @@ from tests.fhir_bundles import entries
 from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of, his_number_on_another_record
 from typer.testing import CliRunner
 
-from sharedcare.api.auth import mint_citizen_token
 from sharedcare.cli import app
-from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
+from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.gateway import GovernedRecords, actor_for
@@ -38,7 +37,7 @@ runner = CliRunner()
 
 
 def _mine(ics: Ics) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.okafor)}"}
+    return {"Authorization": f"Bearer {ics.citizen_token()}"}
 
 
 def _consent(*denies: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +208,7 @@ def test_no_clinician_or_other_organisation_may_read_or_change_a_patients_consen
                              headers={**clinician, "Content-Type": "application/fhir+json"})
     assert changed.status_code == 403
     assert "only the patient" in changed.json()["issue"][0]["diagnostics"]
-    stranger = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.stranger)}"}
+    stranger = {"Authorization": f"Bearer {ics.citizen_token(ics.stranger)}"}
     assert ics.client.get(_okafor_url(), headers=stranger).status_code == 404
     assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=stranger).status_code == 404
     stranger_put = ics.client.put(_okafor_url(), json=_consent(),
@@ -462,24 +461,25 @@ def test_a_token_for_a_record_carrying_his_number_neither_reads_nor_replaces_his
     """A baby's record sent with Mr Okafor's NHS number is another person, kept apart for review. A patient token
     for that person (signed in before, or by the sign-in this review closed) read his objection and replaced it
     (review of 2026-12-07, F1): the number is now no one's to read or change choices by while two persons
-    hold it, so the token finds no Consent of its own and his is untouched."""
+    hold it, so the token finds no Consent of its own and his is untouched. The token is refused outright now:
+    its NHS number and date of birth lead to no one person (a session is who its sign-in details say)."""
     with db.session() as s:
         set_choice(s, OKAFOR_NHS, by="cli", object_all=True)
         s.commit()
     other = his_number_on_another_record(db, ics.client.app.state.framework, tmp_path)  # type: ignore[attr-defined]
-    theirs = {"Authorization": f"Bearer {mint_citizen_token(load_settings(), other)}"}
+    theirs = {"Authorization": f"Bearer {ics.citizen_token(other)}"}
     found = ics.client.get(f"/fhir/Consent?patient=Patient/{other}", headers=theirs)
-    assert found.status_code == 200 and found.json().get("entry", []) == []
-    assert ics.client.get(_okafor_url(), headers=theirs).status_code == 404
+    assert found.status_code == 401 and "no longer lead to one person's record" in found.text
+    assert ics.client.get(_okafor_url(), headers=theirs).status_code == 401
     replaced = ics.client.put(_okafor_url(), json=_consent(),
                               headers={**theirs, "Content-Type": "application/fhir+json"})
-    assert replaced.status_code == 404
+    assert replaced.status_code == 401
     with db.session() as s:
         held = s.get(Preference, OKAFOR_NHS)
         assert held is not None and held.object_all and held.version == 1
         refusals = s.scalars(select(AuditEntry).where(AuditEntry.username == f"patient:{other}",
                                                       AuditEntry.outcome == "deny")).all()
-        assert [details(e)["rule"] for e in refusals] == ["deny-not-own-consent", "deny-not-own-consent"]
+        assert [e.action for e in refusals] == [AuditAction.CREDENTIALS_REFUSED.value] * 3
 
 
 def test_a_consent_sent_with_post_is_answered_405_naming_get_and_put_not_that_consents_are_not_kept(

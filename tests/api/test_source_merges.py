@@ -18,7 +18,7 @@ from tests.fhir_bundles import resources
 from tests.small_ics import OKAFOR_NHS, Ics
 from typer.testing import CliRunner
 
-from sharedcare.api.auth import mint_citizen_token, mint_token
+from sharedcare.api.auth import mint_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.cli import app
 from sharedcare.clock import utcnow
@@ -101,7 +101,7 @@ def test_a_practices_merge_of_its_copy_of_a_hospital_patient_never_shows_his_rec
     assert _persons(db)["RXR/MRN-NOWAK"] == _persons(db)["P81001/copy-nowak"] == nowak
     nurse = ics.open_record("nurse.lee", person=ics.stranger)
     assert _shown(ics, ics.stranger, nurse) == {"Hughes", "Allergy to penicillin"}
-    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), ics.stranger))
+    ics.client.cookies.set(SESSION_COOKIE, ics.citizen_token(ics.stranger))
     page = ics.client.get("/patient/record")  # Mrs Hughes reads her own record in the patient portal
     ics.client.cookies.clear()
     assert page.status_code == 200 and "Allergy to penicillin" in page.text

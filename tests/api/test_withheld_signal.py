@@ -19,7 +19,7 @@ from tests.fhir_bundles import resources, withheld
 from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
 
 from sharedcare.api import fhir
-from sharedcare.api.auth import mint_citizen_token, mint_token
+from sharedcare.api.auth import mint_token
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.agreements import set_agreement
@@ -46,7 +46,7 @@ def _allergy_from_the_gp(db: Database, framework: Framework, tmp_path: Path, how
 
 
 def _mine(ics: Ics) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_citizen_token(load_settings(), ics.okafor)}"}
+    return {"Authorization": f"Bearer {ics.citizen_token()}"}
 
 
 def _put_consent(ics: Ics, *denies: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from tests.builders import bundle, condition, patient, write_ndjson
 from tests.portal.test_patient_portal import _sign_in as _patient_sign_in
 from tests.small_ics import OKAFOR_NHS, Ics
 
-from sharedcare.api.auth import mint_citizen_token, mint_token
+from sharedcare.api.auth import mint_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.config import load_settings
 from sharedcare.governance.access_log import JOINED_LOOK, REASON_ABOUT_ANOTHER, accesses_of, search
@@ -77,6 +77,13 @@ def _left_apart(db: Database, record_id: int) -> str:
         s.flush()
         s.get_one(PatientRecord, record_id).person_id = person.id
         return person.id
+
+
+def _number_corrected(db: Database, record_id: int, nhs_number: str = "9990000026") -> None:
+    """The record's source corrects the NHS number it carried in error to its patient's own, so that they can
+    sign in to the patient portal (a number two persons' records carry signs in neither)."""
+    with db.session() as s:
+        s.get_one(PatientRecord, record_id).nhs_number = nhs_number
 
 
 def _person_of(db: Database, record_id: int) -> str:
@@ -177,8 +184,9 @@ def test_a_record_separated_from_a_wrong_link_shows_only_looks_made_while_it_was
     with db.session() as s:
         separate(s, record, by="ig.morgan", reason="another person's record, NHS number keyed in error")
     other = _person_of(db, record)
+    _number_corrected(db, record)  # else the number is two persons' and signs in neither
 
-    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), other))
+    ics.client.cookies.set(SESSION_COOKIE, ics.citizen_token(other))
     page = ics.client.get("/patient/accesses")
     ics.client.cookies.clear()
     assert page.status_code == 200
@@ -261,7 +269,8 @@ def test_after_a_false_merge_is_undone_nobody_learns_the_other_persons_care_from
     nor who read the joined record; it shows the clinician's read of his own care plan (his data went to
     them), and that the joined record was looked at. Mr Okafor's own log keeps the read of his diagnosis."""
     son, _, _ = _falsely_merged(ics, db, keep_son)
-    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), son))
+    _number_corrected(db, _community_record(db))  # else the number is two persons' and signs in neither
+    ics.client.cookies.set(SESSION_COOKIE, ics.citizen_token(son))
     page = ics.client.get("/patient/accesses")
     ics.client.cookies.clear()
     assert page.status_code == 200

@@ -21,12 +21,11 @@ from tests.ingest.test_csv_extract import (
     _row,
     runner,
 )
+from tests.small_ics import citizen_token
 from typer.testing import Result
 
-from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.cli import app
-from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest import pipeline as pipeline_module
 from sharedcare.ingest.pipeline import Pipeline
@@ -41,9 +40,9 @@ def _person(db: Database, client_id: str = "C1") -> str:
                                                                PatientRecord.source_id == client_id)).one()
 
 
-def _patient_reads(client: TestClient, person: str) -> str:
+def _patient_reads(client: TestClient, db: Database) -> str:
     """The patient's own record page in the patient portal (safeguarding tier 0: never shown to them)."""
-    client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), person))
+    client.cookies.set(SESSION_COOKIE, citizen_token(db, _person(db)))
     page = client.get("/patient/record")
     assert page.status_code == 200
     return page.text
@@ -75,7 +74,7 @@ def test_a_safeguarding_enquiry_spelt_in_another_case_is_still_safeguarding_and_
     categories = _categories(db)
     assert categories[("Encounter", "A1")] == categories[("CarePlan", "A1")] == "safeguarding"
     assert categories[("CarePlan", "A2")] == "social_care"
-    page = _patient_reads(client, _person(db))
+    page = _patient_reads(client, db)
     assert "Home care package agreed." in page  # the page does show the patient's social care
     assert "financial abuse" not in page
 
@@ -94,7 +93,7 @@ def test_an_assessment_type_the_mapping_does_not_list_is_held_naming_line_column
                               "Care Act Assessment, Review, Carer's Assessment): add it to its `codes` or "
                               "`local`")
     assert ("Encounter", "A2") not in _categories(db)
-    assert "bruising" not in _patient_reads(client, _person(db))
+    assert "bruising" not in _patient_reads(client, db)
 
 
 def test_mapping_check_names_an_assessment_type_the_mapping_does_not_list(env: Database, tmp_path: Path) -> None:  # noqa: F811
@@ -137,11 +136,11 @@ def test_an_outcome_moved_to_the_third_party_notes_is_withdrawn_from_the_patient
     allegation = "Neighbour Mrs Hale says his son hits him when drunk."
     pipeline = Pipeline(db, framework)
     pipeline.ingest_paths([_extract(_lrc(tmp_path), [_row(outcome_summary=allegation)])])
-    assert allegation in _patient_reads(client, _person(db))
+    assert allegation in _patient_reads(client, db)
     corrected = _row(outcome_summary="", third_party_notes=allegation, last_updated="2026-10-18T09:00:00Z")
     report = pipeline.ingest_paths([_extract(_lrc(tmp_path, "mosaic-0002.csv"), [corrected])])
     assert report.quarantined == 0, report.quarantine
-    assert allegation not in _patient_reads(client, _person(db))
+    assert allegation not in _patient_reads(client, db)
     (plan,) = _resources(db, "CarePlan")
     assert plan["status"] == "entered-in-error" and "description" not in plan
     # the social worker reads the note as third-party information, and no care plan
@@ -151,7 +150,7 @@ def test_an_outcome_moved_to_the_third_party_notes_is_withdrawn_from_the_patient
 
     # an older copy of the first row, arriving late, does not bring the allegation back
     late = pipeline.ingest_paths([_extract(_lrc(tmp_path, "mosaic-0000.csv"), [_row(outcome_summary=allegation)])])
-    assert late.stale >= 1 and allegation not in _patient_reads(client, _person(db))
+    assert late.stale >= 1 and allegation not in _patient_reads(client, db)
 
 
 def test_a_third_party_note_cleared_is_withdrawn_and_a_row_that_never_had_one_makes_nothing(

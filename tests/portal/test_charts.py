@@ -11,9 +11,7 @@ import pytest
 from tests.builders import SCT, bundle, patient, write_ndjson
 from tests.small_ics import OKAFOR_NHS, Ics
 
-from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import SESSION_COOKIE
-from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.portal import present
@@ -107,7 +105,7 @@ def _record_pages(ics: Ics) -> list[str]:
     c.post(f"/record/{ics.okafor}/basis", data={"basis": "explicit-consent", "reason": ""})
     clinician = c.get(f"/record/{ics.okafor}")
     c.cookies.clear()
-    c.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), ics.okafor))
+    c.cookies.set(SESSION_COOKIE, ics.citizen_token())
     own = c.get("/patient/record")
     c.cookies.clear()
     assert clinician.status_code == 200 and own.status_code == 200

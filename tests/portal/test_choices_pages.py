@@ -17,7 +17,6 @@ from tests.small_ics import OKAFOR_NHS, OKAFOR_SECOND_NHS, Ics, his_number_on_an
 
 from sharedcare.governance.consent import set_choice
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.workspace import UNAVAILABLE_WORDS
 from sharedcare.store.database import Database
 from sharedcare.store.models import Preference
 
@@ -54,21 +53,26 @@ def test_signing_in_with_a_number_two_peoples_records_carry_looks_like_details_t
 
 def test_a_patient_whose_number_reached_another_record_is_told_to_contact_their_gp_practice(
         ics: Ics, db: Database, tmp_path: Path) -> None:
-    """Signed in before a baby's record arrived carrying his number: his home and choices pages say some choices
-    may be held that they cannot show (his objection, held against that number, still applies), and a change
-    is refused in words, nothing changed."""
-    _patient_sign_in(ics.client)
+    """Signed in with the mental health trust's number for him before a baby's record arrived carrying his
+    GP's: his home and choices pages say some choices may be held that they cannot show (his objection, held
+    against that number, still applies), and a change is held against his own number alone. (A session signed
+    in with the GP's number ends: that number now leads to no one person, test_citizen_session_identity; and
+    one with no number of its own, whose change would be refused in words, can no longer be signed in.)"""
+    okafor_second_number(db)
+    code = _start(ics.client, OKAFOR_SECOND_NHS)
+    assert code is not None and ics.client.post("/patient/code", data={"code": code}).status_code == 200
     his_number_on_another_record(db, _fw(ics), tmp_path)
     home = ics.client.get("/patient/home")
     assert home.status_code == 200 and 'id="choices-elsewhere"' in home.text
     page = ics.client.get("/patient/choices")
     assert page.status_code == 200 and 'id="choices-elsewhere"' in page.text
     assert "Please contact your GP practice to check them" in _words(page.text)
-    refused = ics.client.post("/patient/choices", data={"change": "object-all"}, follow_redirects=False)
-    assert refused.status_code == 409
-    assert UNAVAILABLE_WORDS in _words(refused.text)
+    changed = ics.client.post("/patient/choices", data={"change": "object-all"}, follow_redirects=False)
+    assert changed.status_code == 303
     with db.session() as s:
         assert s.get(Preference, OKAFOR_NHS) is None
+        held = s.get(Preference, OKAFOR_SECOND_NHS)
+        assert held is not None and held.object_all
 
 
 def test_a_patient_with_one_number_of_their_own_is_not_told_of_choices_held_elsewhere(ics: Ics) -> None:

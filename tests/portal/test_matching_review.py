@@ -9,15 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.builders import bundle, patient, write_ndjson
 from tests.ingest.test_hl7v2 import admission, write_hl7
 from tests.portal.test_patient_portal import visit_rows
 from tests.small_ics import Ics
 
-from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import SESSION_COOKIE
-from sharedcare.config import load_settings
 from sharedcare.governance.access_log import details
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
@@ -87,8 +85,11 @@ def test_each_twin_is_told_the_reviewer_looked_at_her_details(twins: Ics, db: Da
     with db.session() as s:
         twin_ids = sorted(s.scalars(select(PatientRecord.person_id).where(
             PatientRecord.source_id.in_(("gp-hang", "H1")))))
+    with db.session() as s:  # their NHS numbers, with which each signs in (neither record had one)
+        for source_id, nhs_number in (("gp-hang", "9990000026"), ("H1", "9990000034")):
+            s.execute(update(PatientRecord).where(PatientRecord.source_id == source_id).values(nhs_number=nhs_number))
     for person_id in twin_ids:
-        twins.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), person_id))
+        twins.client.cookies.set(SESSION_COOKIE, twins.citizen_token(person_id))
         [row] = visit_rows(twins.client.get("/patient/accesses").text)
         assert "Rhian Morgan Information governance officer" in row, row
         assert "looked at your details to check whether two records are the same person" in row, row

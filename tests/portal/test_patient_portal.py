@@ -19,7 +19,6 @@ from tests.portal_client import PortalClient
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.api.app import create_app
-from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
@@ -509,7 +508,7 @@ def test_a_citizen_probing_another_persons_id_learns_nothing_and_is_not_named_to
                                                      AuditEntry.username == f"patient:{ics.okafor}")).all()
     assert len(refused) == 3 and all(e.outcome == "deny" for e in refused)
     ics.client.cookies.clear()
-    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), ics.stranger))
+    ics.client.cookies.set(SESSION_COOKIE, ics.citizen_token(ics.stranger))
     page = ics.client.get("/patient/accesses").text
     [row] = visit_rows(page)
     assert "Another person signed in to the patient portal" in row and "Refused" in row

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +23,7 @@ from sharedcare.errors import SharedcareError
 from sharedcare.governance.clients import CITIZEN_PREFIX as CITIZEN_PREFIX  # subject prefixes (re-exported)
 from sharedcare.governance.clients import CLIENT_PREFIX as CLIENT_PREFIX
 from sharedcare.governance.framework import Framework
+from sharedcare.governance.one_time_codes import CODE_MINUTES
 from sharedcare.governance.scopes import write_scopes
 
 ALGORITHM = "HS256"
@@ -115,10 +116,45 @@ def session_window(settings: Settings, claims: dict[str, Any]) -> SessionWindow 
     return SessionWindow(datetime.fromtimestamp(expires, UTC), datetime.fromtimestamp(cap, UTC), token)
 
 
-def mint_citizen_token(settings: Settings, person_id: str) -> str:
-    """A patient portal session: `sub` names the person (`patient:{person_id}`), who may read only their
-    own record. Issued after a one-time code; NHS login would issue it after its own checks."""
-    return sign_token(settings, {"sub": f"{CITIZEN_PREFIX}{person_id}", "role": "patient", "scope": CITIZEN_SCOPE})
+def mint_citizen_token(settings: Settings, person_id: str, nhs_number: str, birth_date: date) -> str:
+    """A patient portal session, who may read only their own record: the NHS number and date of birth the
+    citizen was verified by (the claims NHS login's ID token names them by), from which each request works
+    out who they are now (`api.deps.caller`), and `sub` naming the person they were found to be then
+    (`patient:{person_id}`: the audit of a refused session names it). Issued after a one-time code; NHS login
+    would issue it after its own checks."""
+    return sign_token(settings, {"sub": f"{CITIZEN_PREFIX}{person_id}", "role": "patient", "scope": CITIZEN_SCOPE,
+                                 "nhs_number": nhs_number, "birthdate": birth_date.isoformat()})
+
+
+def citizen_details(claims: dict[str, Any]) -> tuple[str, date] | None:
+    """The NHS number and date of birth a citizen's session was signed in with; None if it names none."""
+    try:
+        return str(claims["nhs_number"]), date.fromisoformat(str(claims["birthdate"]))
+    except (KeyError, ValueError):
+        return None
+
+
+SIGN_IN_AUDIENCE = "sharedcare:patient-sign-in"  # a sign-in under way's cookie: never an access token
+
+
+def sign_in_cookie(settings: Settings, challenge: str, nhs_number: str, birth_date: date) -> str:
+    """What the browser keeps between the sign-in's two steps: the challenge, and the details typed at the
+    first, signed so that the session the code begins is bound to them and the browser cannot change them. Its
+    audience is not an access token's, so `read_token` refuses it."""
+    return jwt.encode({"iss": ISSUER, "aud": SIGN_IN_AUDIENCE, "challenge": challenge, "nhs_number": nhs_number,
+                       "birthdate": birth_date.isoformat(), "exp": utcnow() + timedelta(minutes=CODE_MINUTES)},
+                      settings.secret, algorithm=ALGORITHM)
+
+
+def read_sign_in_cookie(settings: Settings, value: str) -> tuple[str, str, date] | None:
+    """The challenge, NHS number and date of birth of a sign-in cookie this service made and that has not
+    expired; None for anything else."""
+    try:
+        claims = jwt.decode(value, settings.secret, algorithms=[ALGORITHM], issuer=ISSUER, audience=SIGN_IN_AUDIENCE)
+    except jwt.PyJWTError:
+        return None
+    details = citizen_details(claims)
+    return (str(claims.get("challenge", "")), *details) if details else None
 
 
 @lru_cache(maxsize=4096)

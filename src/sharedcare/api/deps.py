@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from sharedcare.api.auth import CLIENT_PREFIX, AuthError, read_token, session_window
+from sharedcare.api.auth import (
+    CITIZEN_PREFIX,
+    CLIENT_PREFIX,
+    SESSION_ENDED,
+    AuthError,
+    citizen_details,
+    read_token,
+    session_window,
+)
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.governance.agreements import effective_agreements
@@ -24,12 +32,18 @@ from sharedcare.governance.clients import current_actor
 from sharedcare.governance.consent_fhir import consent_id_key
 from sharedcare.governance.feedback import StaffFeedback
 from sharedcare.governance.framework import Framework
-from sharedcare.governance.gateway import AccessDenied, GovernedRecords
+from sharedcare.governance.gateway import AccessDenied, GovernedRecords, citizen_actor
 from sharedcare.governance.patient_scope import PatientScopedRecords
 from sharedcare.governance.policy import Actor
 from sharedcare.governance.scopes import patient_level_only, read_scopes
 from sharedcare.governance.tokens import OAuthStore, refusal
-from sharedcare.governance.workspace import CitizenSignIn, CitizenWorkspace, ConsentWorkspace, IgWorkspace
+from sharedcare.governance.workspace import (
+    CitizenSignIn,
+    CitizenWorkspace,
+    ConsentWorkspace,
+    IgWorkspace,
+    verified_person,
+)
 from sharedcare.store.database import Database
 
 SESSION_COOKIE = "sc_session"
@@ -156,7 +170,8 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
         refused = refusal(session, claims, fw)
         if refused:
             raise AuthError(refused)
-        actor = current_actor(session, fw, subject)
+        actor = (_citizen_now(session, fw, claims) if subject.startswith(CITIZEN_PREFIX)
+                 else current_actor(session, fw, subject))
         if actor is None:
             raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
     except AuthError as refused:
@@ -165,6 +180,34 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
     if token == request.cookies.get(SESSION_COOKIE):  # a portal session used: the page renews it (`pages.render`)
         request.state.session_window = session_window(settings, claims)
     return actor
+
+
+# What a citizen whose sign-in details no longer lead to one person's record is told (`_citizen_now`).
+NO_LONGER_ONE_PERSON = ("You have been signed out because the records held under your NHS number have changed "
+                        "since you signed in. Sign in again. If you still cannot sign in, contact your GP surgery: "
+                        "they can check the details your record holds.")
+
+
+def _citizen_now(session: Session, fw: Framework, claims: dict[str, Any]) -> Actor:
+    """Who a citizen's session is on this request: the one person the NHS number and date of birth it was
+    signed in with lead to now (`verified_person`, as at sign-in), not the person id it began with. A merge
+    may since have moved their records into another id, an unmerge left that id holding another person's
+    record, a separation given their number to two persons, or a correction changed it: a session that kept
+    the id would show someone else's record or none of theirs. Details that now lead to no one person end
+    the session (audited with the refused credentials, naming why)."""
+    details = citizen_details(claims)
+    if details is None:
+        refused = AuthError("this patient session does not say whose NHS number it was signed in with; sign in again")
+        refused.for_people = SESSION_ENDED
+        raise refused
+    nhs_number, born = details
+    person_id, result = verified_person(session, nhs_number, born)
+    if person_id is None:
+        refused = AuthError(f"the NHS number ending {nhs_number[-4:]} and date of birth this patient session was "
+                            f"signed in with no longer lead to one person's record ({result}); sign in again")
+        refused.for_people = NO_LONGER_ONE_PERSON
+        raise refused
+    return citizen_actor(fw, person_id)
 
 
 def get_actor(request: Request, settings: Annotated[Settings, Depends(get_settings)],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,6 +64,12 @@ def issue(session: Session, person_id: str, now: datetime) -> Issued:
     return Issued(row.id, code, row.expires_at)
 
 
+def as_typed(code: str) -> str:
+    """A code as the citizen meant it: without the spaces and hyphens it is often shown or read out with
+    ("242 483", "242-483"), which would otherwise make the right code wrong and use up a try."""
+    return re.sub(r"[\s\-\u2010-\u2015]", "", code)
+
+
 @dataclass(frozen=True)
 class Redeemed:
     person_id: str | None  # whose code it was, if the challenge exists (for the audit log)
@@ -77,7 +84,7 @@ def redeem(session: Session, challenge: str, code: str, now: datetime) -> Redeem
     that matched no one: `unmatched_challenge`), so that the answer takes as long whichever it was."""
     row = session.get(SignInCode, challenge) if challenge else None
     salt, expected = row.code_hash.split("$", 1) if row is not None else (secrets.token_bytes(16).hex(), "")
-    given = _hash(code.strip(), bytes.fromhex(salt))
+    given = _hash(as_typed(code), bytes.fromhex(salt))
     if row is None:
         return Redeemed(None, False, "no-such-challenge")
     person_id = row.person_id

@@ -459,6 +459,21 @@ class ConsentWorkspace(CitizenWorkspace):
                                                request_id=self.request_id, detail={"as": "FHIR Consent"}))
 
 
+def verified_person(session: Session, nhs_number: str, birth_date: date) -> tuple[str | None, str]:
+    """The one person whose records carry this NHS number with this date of birth, and whom no other person's
+    record shares the number with, and the result in a word ("found", "ambiguous", "number-of-several-persons",
+    "no-match"). Asked at sign-in and again on each request of the session that sign-in began (`api.deps`):
+    a merge, unmerge, separation, relink or NHS number correction since moves which records the details lead
+    to, and the session follows them, or ends, rather than keep a person id whose records are now another's."""
+    holders = session.execute(select(PatientRecord.person_id, PatientRecord.birth_date).where(
+        PatientRecord.nhs_number == nhs_number)).all()
+    persons = {person for person, born in holders if born == birth_date}
+    shared = len({person for person, _ in holders}) > 1
+    person_id = next(iter(persons)) if len(persons) == 1 and not shared else None
+    return person_id, ("found" if person_id else "ambiguous" if len(persons) > 1
+                       else "number-of-several-persons" if persons else "no-match")
+
+
 @dataclass(frozen=True)
 class Challenge:
     """A sign-in under way: the id the browser keeps, and the code to send (None if no one matched)."""
@@ -494,13 +509,7 @@ class CitizenSignIn:
         them apart for review: a mother's number on her baby's record) signs in neither: whoever gave it with
         the other record's date of birth would become that person and hold the number's choices. The caller
         is answered as for details that match no one; the audit says why."""
-        holders = self.session.execute(select(PatientRecord.person_id, PatientRecord.birth_date).where(
-            PatientRecord.nhs_number == nhs_number)).all()
-        persons = {person for person, born in holders if born == birth_date}
-        shared = len({person for person, _ in holders}) > 1
-        person_id = next(iter(persons)) if len(persons) == 1 and not shared else None
-        result = ("found" if person_id else "ambiguous" if len(persons) > 1
-                  else "number-of-several-persons" if persons else "no-match")
+        person_id, result = verified_person(self.session, nhs_number, birth_date)
         self._audit(person_id is not None, person_id, "identify", result, nhs_number_suffix=nhs_number[-4:])
         return person_id
 
@@ -518,14 +527,20 @@ class CitizenSignIn:
         issued = one_time_codes.issue(self.session, person_id, now)
         return Challenge(issued.challenge, issued.code)
 
-    def finish(self, challenge: str, code: str) -> str | None:
-        """The person a correct, unexpired code signs in, or None (audited either way). Committed here: the
-        code is spent and the sign-in on record before the session is issued, and the portal then revokes the
-        browser's earlier session in a unit of work of its own (SQLite has one writer at a time)."""
+    def finish(self, challenge: str, code: str, nhs_number: str, birth_date: date | None) -> str | None:
+        """The person a correct, unexpired code signs in, or None (audited either way): the person the NHS
+        number and date of birth given at the first step still lead to, or a link change in between would
+        begin the session as someone the code was not sent for. Committed here: the code is spent and the
+        sign-in on record before the session is issued, and the portal then revokes the browser's earlier
+        session in a unit of work of its own (SQLite has one writer at a time)."""
         redeemed = one_time_codes.redeem(self.session, challenge, code, utcnow())
-        self._audit(redeemed.signed_in, redeemed.person_id, "code", redeemed.result)
+        signed_in, result = redeemed.signed_in, redeemed.result
+        if signed_in and (birth_date is None or verified_person(self.session, nhs_number, birth_date)[0]
+                          != redeemed.person_id):
+            signed_in, result = False, "details-now-lead-elsewhere"
+        self._audit(signed_in, redeemed.person_id, "code", result)
         self.session.commit()
-        return redeemed.person_id if redeemed.signed_in else None
+        return redeemed.person_id if signed_in else None
 
 
 def provision_key(provision: Provision) -> str:

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from sharedcare.api.auth import mint_citizen_token
+from sharedcare.api.auth import mint_citizen_token, read_sign_in_cookie, sign_in_cookie
 from sharedcare.api.deps import CitizenDep, FrameworkDep, OAuthDep, SettingsDep, SignInDep, people_only
 from sharedcare.clock import utcnow
 from sharedcare.governance import access_log, explain
@@ -90,7 +90,8 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
                     CODE_MINUTES)
     response = render(request, "patient/code.html", demo_code=challenge.code, demo=settings.demo, error=None,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR)
-    response.set_cookie(CHALLENGE_COOKIE, challenge.id, httponly=True, samesite="strict", path="/patient",
+    response.set_cookie(CHALLENGE_COOKIE, sign_in_cookie(settings, challenge.id, number, born), httponly=True,
+                        samesite="strict", path="/patient",
                         secure=csrf.secure_cookies(request), max_age=CODE_MINUTES * 60)
     return response
 
@@ -102,12 +103,15 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep, stor
     if not settings.demo:
         return _sign_in_page(request, 403, "This service signs patients in with NHS login; the code sign-in is "
                                            "only for the demo.")
-    person_id = sign_in.finish(request.cookies.get(CHALLENGE_COOKIE, ""), code)
-    if person_id is None:
+    challenge, nhs_number, born = read_sign_in_cookie(settings, request.cookies.get(CHALLENGE_COOKIE, "")) \
+        or ("", "", None)
+    person_id = sign_in.finish(challenge, code, nhs_number, born)
+    if person_id is None or born is None:
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
                       error="The code is not right, or it has expired. Check it, or start again to get a new one.")
-    response = pages.start_session(request, store, mint_citizen_token(settings, person_id), "/patient/home")
+    response = pages.start_session(request, store, mint_citizen_token(settings, person_id, nhs_number, born),
+                                   "/patient/home")
     response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
     return response
 
