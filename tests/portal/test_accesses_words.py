@@ -14,9 +14,7 @@ from tests.governance.test_choices_follow_number import NEW_NHS, SOURCES, _corre
 from tests.portal.test_patient_portal import _sign_in, visit_rows
 from tests.small_ics import Ics
 
-from sharedcare.api.auth import mint_citizen_token
 from sharedcare.api.deps import SESSION_COOKIE
-from sharedcare.config import load_settings
 from sharedcare.governance.framework import Framework
 from sharedcare.store.database import Database
 from sharedcare.store.models import PatientRecord
@@ -30,7 +28,7 @@ def test_a_number_correction_carrying_choices_reads_as_what_it_did(ics: Ics, db:
     _corrects(db, framework, tmp_path, SOURCES, NEW_NHS)
     with db.session() as s:
         (person,) = set(s.scalars(select(PatientRecord.person_id).where(PatientRecord.nhs_number == NEW_NHS)))
-    ics.client.cookies.set(SESSION_COOKIE, mint_citizen_token(load_settings(), person))
+    ics.client.cookies.set(SESSION_COOKIE, ics.citizen_token(person))
     rows = visit_rows(ics.client.get("/patient/accesses").text)
     carried = [row for row in rows if "Your NHS number was corrected" in row]
     assert carried, rows
