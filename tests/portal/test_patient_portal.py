@@ -316,6 +316,36 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     assert "Other choices" not in ics.client.get("/patient/choices").text
 
 
+MENTAL_HEALTH_TRUST = "Riverside and Dales Mental Health NHS Foundation Trust"
+
+
+def test_hiding_mental_health_from_everyone_hides_that_the_trust_is_involved_too(ics: Ics) -> None:
+    """The trust's record of who he is (demographics) told the hospital's care team list, the API's Patient
+    and an export that a mental health trust cares for him (patient portal review of 2026-12-07, HIGH 2)."""
+    hospital, gp = ics.open_record("dr.oconnor"), ics.open_record("dr.patel")
+
+    def seen(headers: dict[str, str]) -> tuple[str, str, str]:
+        page = html.unescape(ics.client.get(f"/record/{ics.okafor}", headers=headers).text)
+        patient = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=headers).text
+        everything = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).text
+        return page, patient, everything
+
+    page, patient, everything = seen(hospital)
+    assert MENTAL_HEALTH_TRUST in page and "chosen not to share" not in patient
+    _sign_in(ics.client)
+    form = {"category": "mental_health", "hide_from": "everyone", "except_org": "P81001"}
+    assert ics.client.post("/patient/choices/hide", data=form, follow_redirects=False).status_code == 303
+    page, patient, everything = seen(hospital)
+    assert MENTAL_HEALTH_TRUST not in page and "01632 960300" not in page and "Mental health service" not in page
+    assert "information the patient has chosen not to share" in page  # told something is not shown, not what
+    for read in (patient, everything):
+        assert "RXM" not in read and MENTAL_HEALTH_TRUST not in read
+    # the Patient read alone says so too: the trust's record of him is withheld by his choice
+    assert "information the patient has chosen not to share" in patient
+    page, _, _ = seen(gp)  # the exception he made
+    assert MENTAL_HEALTH_TRUST in page
+
+
 def test_object_to_all_sharing_except_in_an_emergency_from_the_portal(ics: Ics) -> None:
     _sign_in(ics.client)
     confirm = ics.client.post("/patient/choices/confirm", data={"change": "object-all-except-emergency"})
