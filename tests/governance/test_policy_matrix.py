@@ -244,6 +244,12 @@ def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_de
             assert tier is None  # a deny the Consent does not except withholds it
         else:
             assert tier == without.get(item.resource["id"])  # otherwise exactly what the framework releases
+    if decision.permitted:  # a service whose Patient a deny covers is named in nothing the reader is served
+        for code, org in RAW["organisations"].items():
+            service = SERVICE_OF_KIND.get(org["kind"])
+            hides = service is not None and code != viewer.organisation and any(
+                _denied(p, viewer.organisation, purposes, code, "Patient", service) for p in denies)
+            assert (code in decision.unnamed) == hides, code
 
 
 @settings(max_examples=300, deadline=None)

@@ -184,6 +184,7 @@ class Decision:
     headlines: set[Headline] = field(default_factory=set)
     items: Sequence[Item] = field(default_factory=list)  # what `decide` was asked about, in order (may be shared)
     verdicts: dict[Alike, int | str] = field(default_factory=dict)  # per group alike: the tier, or why withheld
+    unnamed: frozenset[str] = frozenset()  # services the patient's Consent hides are involved (`hidden_services`)
 
     @property
     def permitted(self) -> bool:
@@ -396,6 +397,21 @@ def consent_categories(resource_type: str, source_org: str, category: str, fw: F
     return (category,) if service is None or service == category else (category, service)
 
 
+def hidden_services(req: Request, fw: Framework) -> frozenset[str]:
+    """The services (ODS codes) whose involvement the patient's Consent hides from this reader: a provision
+    denies the service's own category to them (rule c2 on its Patient). What the reader still sees of
+    such a service (its allergy, filed as `alerts` so that it reaches whoever prescribes: HAZ-02) or a
+    record of another organisation naming it is served as for a role that may not know of the service
+    (`unnamed.py`, `UNNAMED_SERVICE`), so that "hide mental health from everyone" does not name the trust
+    through them. Never the reader's own organisation, nor for a citizen reading their own record."""
+    actor = req.actor
+    if not req.choices.provisions or actor.role is None or actor.role.citizen:
+        return frozenset()
+    return frozenset(code for code in fw.organisations
+                     if code != actor.organisation and (category := service_category_of(code, fw)) is not None
+                     and req.consent_denies(code, "Patient", (category,)))
+
+
 _ALIKE = attrgetter("alike")
 
 
@@ -418,7 +434,8 @@ def decide(req: Request, items: Sequence[Item], fw: Framework, groups: Mapping[A
         return denied
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
-    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}", items=items)
+    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}", items=items,
+                        unnamed=hidden_services(req, fw))
     if groups is None:
         groups = count_alike(items)
     for alike, count in groups.items():
