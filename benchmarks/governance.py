@@ -97,7 +97,7 @@ class Ungoverned(GovernedRecords):
         # and served the same way: whole, from the cache's shapes, making none of the decision's objects
         # per resource (no `Item`, no `Released`: those are governance's cost)
         cache = content_cache(self.session)
-        served = [self._serve(person_id, row, 3, "", cache) for row in rows]
+        served = [self._serve(person_id, row, 3, "", self._unknown, cache) for row in rows]
         patients = [s for s in served if s.resource_type == "Patient"]
         # the same choice of demographics from the same records, without the IG review look-up (governance's)
         rule = demographics_rule((Item(s.content, "Patient", s.source_org, "") for s in patients),

@@ -152,6 +152,8 @@ SAFETY_RELEVANT = sorted(
     # small_cells: which quasi-identifiers of a Patient leave, given everyone else's in the extract (HAZ-05);
     # agreements: which organisations' agreements are in effect, from the file and the changes (HAZ-12)
     + ["src/sharedcare/store/database.py"]  # its Prepared statements write every audit entry
+    # access_log: what the patient's "Who has looked" says of a look at what they may not see (HAZ-15)
+    + ["src/sharedcare/governance/access_log.py"]
     # staging classifies each resource (in a worker for large runs); the writer stores that category (or
     # classifies one staging did not) under the framework's key, and a read trusts it: a wrong one releases
     # data at the wrong tier. The writer also keeps a late message from overwriting newer data, quarantines

@@ -105,7 +105,8 @@ def test_a_patient_hides_their_mental_health_from_everyone_but_their_gp(ics: Ics
 
     # the very next reads: gone from the hospital's view, counted by rule; still there for the GP
     assert "RXM:Condition" not in _ids(ics, hospital, "hospital-after")
-    assert details(_event(db, "hospital-after"))["withheld:consent-deny"] == "1"
+    # the trust's depression diagnosis, and its record of who he is (it would tell that the trust is involved)
+    assert details(_event(db, "hospital-after"))["withheld:consent-deny"] == "2"
     assert "RXM:Condition" in _ids(ics, gp, "gp-after")
     with db.session() as s:
         setting = s.scalars(select(AuditEntry).where(AuditEntry.action == "governance:preference:set")).one()

@@ -10,6 +10,7 @@ from tests.fhir_bundles import entries, resources, withheld
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import ODS_SYSTEM, server_id
+from sharedcare.governance.consent import hide_category, set_choice
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
@@ -375,3 +376,40 @@ def test_a_pharmacist_learns_nothing_of_the_mental_health_trust_from_the_referen
     got = resources(ics.client.get(url, headers=ics.open_record("para.evans")).json())
     (seen,) = [r for r in got if r["resourceType"] == "AllergyIntolerance"]
     assert seen["asserter"]["identifier"]["system"] == "https://fhir.rxm.nhs.uk/Id/staff"
+
+
+def test_once_he_hides_mental_health_the_hospital_gets_the_trusts_allergy_but_not_the_trusts_name(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """"Hide mental health from everyone" withholds the trust's records and its record of who he is, but its
+    allergy is `alerts`, not mental health, and must still reach whoever prescribes (HAZ-02): it named the
+    trust, and so did the GP's record of the depot the trust gives, telling the hospital what he hid (patient
+    portal review of 2026-12-07, HIGH 2). Both now come from "a specialist service", as for a role that may
+    not know of the trust; the codes the clinician needs still arrive, and the page names no trust."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "rxm-al", "patient": {"reference": "Patient/RXM-4"},
+               "criticality": "high",
+               "code": {"coding": [{"system": SCT, "code": "91936005", "display": "Allergy to penicillin"}]}}
+    depot = {**medication("gp-depot", "Patient/gp-okafor-2", "Paliperidone 100mg injection"),
+             "informationSource": {"reference": "Organization/RXM", "display": TRUST}}
+    feeds = [bundle("RXM", "rio", [patient("RXM-4", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), allergy]),
+             bundle("P81001", "emis", [patient("gp-okafor-2", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), depot])]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "feeds.ndjson", feeds)]).quarantined == 0
+    url = f"/fhir/Patient/{ics.okafor}/$everything?_revinclude=Provenance:target"
+    hospital = ics.open_record("dr.oconnor")
+    assert "RXM" in json.dumps(ics.client.get(url, headers=hospital).json())  # he has hidden nothing yet
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by=f"patient:{ics.okafor}", person_id=ics.okafor,
+                   provision=hide_category("mental_health"))
+        s.commit()
+    answer = ics.client.get(url, headers=hospital).json()
+    got = resources(answer)
+    (shown,) = [r for r in got if r["resourceType"] == "AllergyIntolerance"]
+    assert (shown["code"]["coding"][0]["code"], shown["criticality"]) == ("91936005", "high")
+    (gp_depot,) = [r for r in got if r["resourceType"] == "MedicationStatement" and "informationSource" in r]
+    assert gp_depot["informationSource"] == {"display": "A specialist service"}
+    text = json.dumps(answer)
+    for named in ("RXM", "rxm", "Mental Health", "Depressive", server_id("P81001", "Organization", "RXM")):
+        assert named not in text, named
+    page = ics.client.get(f"/record/{ics.okafor}", headers=hospital).text
+    assert TRUST not in page and "Penicillin" in page.title() and "chosen not to share" in page
+    allergy_read = ics.client.get(f"/fhir/AllergyIntolerance/{shown['id']}", headers=hospital).text
+    assert "RXM" not in allergy_read and '"source"' not in allergy_read  # served as the pharmacist is served it

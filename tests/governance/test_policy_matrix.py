@@ -137,8 +137,27 @@ def test_nothing_is_released_above_tier_or_against_an_objection_a_suspension_or_
 # Patient choices as FHIR Consent provisions (TRUST CO1, CO2): however nested, a Consent only withholds,
 # and withholds exactly what a deny covers without a matching nested permit. The expectation below is the
 # R4 Consent rule written again from the specification, not read from consent.py.
-TYPES = ["Condition", "MedicationStatement", "CarePlan", "Observation"]
+TYPES = ["Condition", "MedicationStatement", "CarePlan", "Observation", "Patient"]
 PURPOSES_OF_USE = ["TREAT", "ETREAT", "HOPERAT", "HRESCH"]
+CODES = list(RAW["categories"])  # what a provision may name: demographics too
+# The category of its own each kind of service has, as the framework document describes its categories
+# ("Community nursing, therapy, hospice and care plans"): a Patient from such a service tells the reader
+# that the service is involved, so a Consent that hides the category hides that record too.
+SERVICE_OF_KIND = {"mental_health": "mental_health", "social_care": "social_care", "community": "community",
+                   "hospice": "community"}
+
+
+def _categories(kind: str, org: str, category: str) -> list[str]:
+    """What a provision's code is matched against for an item: its category, and for a service's Patient
+    record the service's category as well."""
+    service = SERVICE_OF_KIND.get(RAW["organisations"][org]["kind"]) if kind == "Patient" else None
+    return [category] + ([service] if service else [])
+
+
+def _item(i: int, category: str, org: str, kind: str, security: frozenset[str] = frozenset()) -> Item:
+    """A stored resource of this type; a Patient is always demographics."""
+    return Item({"resourceType": kind, "id": str(i)}, kind, org, "demographics" if kind == "Patient" else category,
+                security)
 
 
 def _provision(kind: st.SearchStrategy[str], children: st.SearchStrategy[tuple[Provision, ...]]
@@ -148,7 +167,7 @@ def _provision(kind: st.SearchStrategy[str], children: st.SearchStrategy[tuple[P
                      sources=some(st.sampled_from(ORGS), max_size=2),
                      purposes=some(st.sampled_from(PURPOSES_OF_USE), max_size=2),
                      classes=some(st.sampled_from(TYPES), max_size=2),
-                     codes=some(st.sampled_from(CATEGORIES), max_size=2),
+                     codes=some(st.sampled_from(CODES), max_size=2),
                      start=st.sampled_from([None, NOW - timedelta(days=1), NOW + timedelta(days=1)]),
                      end=st.sampled_from([None, NOW - timedelta(hours=1), NOW + timedelta(days=2)]),
                      provisions=children)
@@ -181,12 +200,19 @@ def _denied(p: Provision, *ask: object) -> bool | None:
     return any(inner) if inner else p.type == "deny"
 
 
+HIDE_MENTAL_HEALTH = [Provision("deny", codes=frozenset({"mental_health"}))]
+
+
 @settings(max_examples=300, deadline=None)
 @given(user=st.sampled_from(ROLE_USERS),
        items=st.lists(st.tuples(st.sampled_from(CATEGORIES), st.sampled_from(ORGS), st.sampled_from(TYPES),
                                 st.booleans()), max_size=12),
        suspended=st.sets(st.sampled_from(ORGS), max_size=2), objected=st.sets(st.sampled_from(ORGS), max_size=1),
        object_all=st.booleans(), basis=st.sampled_from(BASES[1:]), denies=DENIES)
+# "Hide mental health from everyone": the trust's record of who he is told the hospital it was involved
+# (patient portal review of 2026-12-07, HIGH 2)
+@example(user="dr.oconnor", items=[("summary", "RXM", "Patient", False)], suspended=set(), objected=set(),
+         object_all=False, basis="implied-consent", denies=HIDE_MENTAL_HEALTH)
 def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_deny_it_does_not_except(
         user: str, items: list[tuple[str, str, str, bool]], suspended: set[str], objected: set[str],
         object_all: bool, basis: str, denies: list[Provision]) -> None:
@@ -195,8 +221,7 @@ def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_de
     agreements = {code: org.agreement for code, org in FW.organisations.items()}
     for code in suspended:
         agreements[code] = agreements[code].model_copy(update={"status": "suspended"})
-    built = [Item({"resourceType": kind, "id": str(i)}, kind, org, category,
-                  frozenset({THIRD_PARTY}) if third_party else frozenset())
+    built = [_item(i, category, org, kind, frozenset({THIRD_PARTY}) if third_party else frozenset())
              for i, (category, org, kind, third_party) in enumerate(items)]
 
     def request(provisions: tuple[Provision, ...]) -> Request:
@@ -212,12 +237,19 @@ def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_de
     for item in built:
         own = item.source_org == viewer.organisation
         covered = not own and any(_denied(p, viewer.organisation, purposes, item.source_org, item.resource_type,
-                                          item.category) for p in denies)
+                                          category) for p in denies
+                                  for category in _categories(item.resource_type, item.source_org, item.category))
         tier = decision.tier_of(item)
         if covered:
             assert tier is None  # a deny the Consent does not except withholds it
         else:
             assert tier == without.get(item.resource["id"])  # otherwise exactly what the framework releases
+    if decision.permitted:  # a service whose Patient a deny covers is named in nothing the reader is served
+        for code, org in RAW["organisations"].items():
+            service = SERVICE_OF_KIND.get(org["kind"])
+            hides = service is not None and code != viewer.organisation and any(
+                _denied(p, viewer.organisation, purposes, code, "Patient", service) for p in denies)
+            assert (code in decision.unnamed) == hides, code
 
 
 @settings(max_examples=300, deadline=None)
@@ -225,6 +257,8 @@ def test_no_consent_however_nested_releases_beyond_the_framework_or_against_a_de
                       max_size=12), denies=DENIES)
 @example(items=[("summary", "P81001", "Condition")],  # "deny all, except for planning" (review of 2026-12-07, F3)
          denies=[Provision("deny", provisions=(Provision("permit", purposes=frozenset({"HOPERAT"})),))])
+@example(items=[("summary", "RYC", "Patient")],  # "hide community care from everyone": the trust's Patient too
+         denies=[Provision("deny", codes=frozenset({"community"}))])
 def test_no_consent_however_nested_puts_in_an_extract_what_it_denies_for_planning_or_for_research(
         items: list[tuple[str, str, str]], denies: list[Provision]) -> None:
     """A secondary-use extract may serve planning (HOPERAT) and research (HRESCH) alike, so an item goes into it
@@ -232,8 +266,7 @@ def test_no_consent_however_nested_puts_in_an_extract_what_it_denies_for_plannin
     provision's purposes; otherwise exactly what the framework releases."""
     analyst = FW.users["analyst.chen"]
     agreements = {code: org.agreement for code, org in FW.organisations.items()}
-    built = [Item({"resourceType": kind, "id": str(i)}, kind, org, category)
-             for i, (category, org, kind) in enumerate(items)]
+    built = [_item(i, category, org, kind) for i, (category, org, kind) in enumerate(items)]
 
     def extract(provisions: tuple[Provision, ...]) -> set[str]:
         request = Request(Actor("analyst.chen", FW.roles[analyst.role], analyst.organisation), "secondary-use",
@@ -244,6 +277,7 @@ def test_no_consent_however_nested_puts_in_an_extract_what_it_denies_for_plannin
 
     framework_only, released = extract(()), extract(tuple(denies))
     for item in built:
-        covered = any(_denied(p, analyst.organisation, {purpose}, item.source_org, item.resource_type, item.category)
-                      for p in denies for purpose in ("HOPERAT", "HRESCH"))
+        covered = any(_denied(p, analyst.organisation, {purpose}, item.source_org, item.resource_type, category)
+                      for p in denies for purpose in ("HOPERAT", "HRESCH")
+                      for category in _categories(item.resource_type, item.source_org, item.category))
         assert (item.resource["id"] in released) == (not covered and item.resource["id"] in framework_only)

@@ -9,10 +9,12 @@ import re
 import uuid
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
+from tests.builders import bundle, condition, patient, write_ndjson
 from tests.fhir_bundles import entries
 from tests.governance.test_audit import FORGED_READ, _forged_after_head, _plain
 from tests.portal_client import PortalClient
@@ -24,10 +26,12 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
 from sharedcare.governance.access_log import PATIENT_VISIBLE, UNVERIFIED_WORDS, VISIT_MINUTES, Access, visits
+from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.portal.pages import RECORD_UNAVAILABLE
 from sharedcare.store.database import Database
-from sharedcare.store.models import AuditEntry, PatientRecord, Preference, SignInCode
+from sharedcare.store.models import AuditEntry, PatientRecord, Preference, Resource, SignInCode
 
 BORN = {"birth_day": "2", "birth_month": "3", "birth_year": "1945"}
 WRONG_CODE = "The code is not right, or it has expired"
@@ -198,6 +202,37 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
     assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
 
 
+def test_a_look_at_a_safeguarding_record_is_listed_without_what_was_seen_or_why(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The patient never sees a safeguarding record (it can put them at risk if someone with them reads it),
+    nor, in "who has looked", what a social worker looked at of it or the reason she gave (an S42 enquiry
+    naming his son); who looked, from where, when and on what basis are still listed (patient portal review
+    of 2026-12-07, MEDIUM 6). A look at anything else still says what it was, and why."""
+    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+                                   condition("gp-sg", "Patient/gp-okafor", "417430008", "Vulnerable adult")],
+                timestamp="2026-11-02T09:00:00Z")
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "sg.ndjson", [gp])]).quarantined == 0
+    with db.session() as s:
+        safeguarding = s.scalars(select(Resource.id).where(Resource.source_id == "gp-sg")).one()
+        diabetes = s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
+    why = "S42 enquiry: concern his son is taking his pension"
+    social_worker = ics.open_record("sw.brown", basis="implied-consent", reason=why)
+    assert ics.client.get(f"/fhir/Condition/{safeguarding}", headers=social_worker).status_code == 200
+    gp_reads = ics.open_record("dr.patel", basis="implied-consent", reason="diabetes review")
+    assert ics.client.get(f"/fhir/Condition/{diabetes}", headers=gp_reads).status_code == 200
+    _sign_in(ics.client)
+    assert "Vulnerable adult" not in ics.client.get("/patient/record").text
+    page = ics.client.get("/patient/accesses").text
+    rows = visit_rows(page)
+    (look,) = [row for row in rows if "Maya Brown" in row]
+    assert "Social worker" in look and "Riverside City Council Adult Social Care" in look
+    assert "viewed your record" in look and "problem or diagnosis" not in look
+    assert "implied consent: not shown here: the organisation named can tell you" in look
+    assert "S42" not in page and "pension" not in page and "son" not in look.split()
+    (gp_look,) = [row for row in rows if "Dr Amara Patel" in row]
+    assert "viewed a problem or diagnosis in your record" in gp_look and "diabetes review" in gp_look
+
+
 def test_a_look_the_service_did_not_record_is_listed_as_not_verified(ics: Ics) -> None:
     """A read of the record appended to the log by someone without the chain's key (the database role may
     INSERT), which `audit verify` names as forged: listed, so that the citizen sees something is wrong, but
@@ -314,6 +349,36 @@ def test_hiding_mental_health_from_everyone_but_the_gp_is_explained_listed_and_a
     assert ics.client.post("/patient/choices/withdraw", data=form, follow_redirects=False).status_code == 303
     assert "RXM:Condition" in _sources(ics, hospital)
     assert "Other choices" not in ics.client.get("/patient/choices").text
+
+
+MENTAL_HEALTH_TRUST = "Riverside and Dales Mental Health NHS Foundation Trust"
+
+
+def test_hiding_mental_health_from_everyone_hides_that_the_trust_is_involved_too(ics: Ics) -> None:
+    """The trust's record of who he is (demographics) told the hospital's care team list, the API's Patient
+    and an export that a mental health trust cares for him (patient portal review of 2026-12-07, HIGH 2)."""
+    hospital, gp = ics.open_record("dr.oconnor"), ics.open_record("dr.patel")
+
+    def seen(headers: dict[str, str]) -> tuple[str, str, str]:
+        page = html.unescape(ics.client.get(f"/record/{ics.okafor}", headers=headers).text)
+        patient = ics.client.get(f"/fhir/Patient/{ics.okafor}", headers=headers).text
+        everything = ics.client.get(f"/fhir/Patient/{ics.okafor}/$everything", headers=headers).text
+        return page, patient, everything
+
+    page, patient, everything = seen(hospital)
+    assert MENTAL_HEALTH_TRUST in page and "chosen not to share" not in patient
+    _sign_in(ics.client)
+    form = {"category": "mental_health", "hide_from": "everyone", "except_org": "P81001"}
+    assert ics.client.post("/patient/choices/hide", data=form, follow_redirects=False).status_code == 303
+    page, patient, everything = seen(hospital)
+    assert MENTAL_HEALTH_TRUST not in page and "01632 960300" not in page and "Mental health service" not in page
+    assert "information the patient has chosen not to share" in page  # told something is not shown, not what
+    for read in (patient, everything):
+        assert "RXM" not in read and MENTAL_HEALTH_TRUST not in read
+    # the Patient read alone says so too: the trust's record of him is withheld by his choice
+    assert "information the patient has chosen not to share" in patient
+    page, _, _ = seen(gp)  # the exception he made
+    assert MENTAL_HEALTH_TRUST in page
 
 
 def test_object_to_all_sharing_except_in_an_emergency_from_the_portal(ics: Ics) -> None:

@@ -22,6 +22,7 @@ from sharedcare.governance.audit import (
     minted_by,
 )
 from sharedcare.governance.audit_forward import as_audit_event
+from sharedcare.governance.classify import classification_key, classify
 from sharedcare.governance.framework import Framework
 from sharedcare.store.models import (
     AuditEntry,
@@ -392,6 +393,15 @@ REASON_ABOUT_ANOTHER = "not shown: recorded while your record was joined to anot
 JOINED_LOOK = "looked at your record while it was joined to another person's"
 NOT_SHOWN = "not shown"
 _ITEM_READS = (AuditAction.RESOURCE_READ.value, AuditAction.RESOURCE_HISTORY.value)
+# A look at an item the person may not see in their own record (a category the patient role sees nothing of,
+# tier 0: safeguarding, which can put them at risk if someone with them reads it) is listed as a look at
+# their record, and the reason the user gave (an S42 enquiry, naming who is suspected) is held back, there and
+# wherever the same user gave the same reason on the page (the basis it was read under): who, when, from
+# where and on what basis are still shown, and the organisation named can give the reason after its
+# safeguarding lead has weighed the risk (docs/architecture.md, on what "Who has looked" says of a look at
+# what the patient may not see; hazard HAZ-15).
+HELD_BACK_WHAT = ACTION_WORDS[AuditAction.RECORD_READ]
+HELD_BACK_REASON = "not shown here: the organisation named can tell you"
 
 
 def accesses_of(session: Session, fw: Framework, person_id: str, before: int | None = None,
@@ -430,8 +440,11 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     entries = entries[:limit]
     key = chain_key(session)
     genuine = {entry.seq for entry in entries if entry_is_genuine(entry, key)}
-    mine = _own_items(session, [entry for entry in entries if entry.action in _ITEM_READS and entry.seq in genuine],
-                      own)
+    item_reads = [entry for entry in entries if entry.action in _ITEM_READS and entry.seq in genuine]
+    mine = _own_items(session, item_reads, own)
+    held_back = _held_back(session, fw, item_reads)
+    # the reasons given with those reads, by who gave them: held back wherever else they were given
+    secret = {(entry.username, details(entry).get("reason")) for entry in entries if entry.seq in held_back}
     systems = {cid: name for cid, name in session.execute(select(OAuthClient.client_id, OAuthClient.name))} if any(
         (entry.username or "").startswith(SYSTEM_PREFIX) for entry in entries) else {}
     page = []
@@ -446,6 +459,10 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
             access = _joined_look(entry)
         else:
             access = _access(fw, entry, hide_reason=was_joined, genuine=entry.seq in genuine, systems=systems)
+            if entry.seq in held_back:
+                access = replace(access, what=HELD_BACK_WHAT)
+            if access.reason and entry.seq in genuine and (entry.username, details(entry).get("reason")) in secret:
+                access = replace(access, reason=HELD_BACK_REASON)
         page.append(access if entry.seq in genuine else replace(access, unverified=UNVERIFIED_WORDS))
     return AccessPage(page, older)
 
@@ -493,6 +510,27 @@ def _own_items(session: Session, entries: list[AuditEntry], own: set[int]) -> se
     found.update(session.scalars(select(ResourceVersion.resource_id).where(
         ResourceVersion.resource_id.in_(ids), ResourceVersion.patient_record_id.in_(own))))
     return {seq for seq, resource in asked.items() if resource in found}
+
+
+def _held_back(session: Session, fw: Framework, entries: list[AuditEntry]) -> set[int]:
+    """The entries (by seq) among these item reads whose item is in a category the patient role sees nothing
+    of (its category now, classified afresh if stored under another framework, as the gateway reads it)."""
+    asked = {entry.seq: (requested_resource(entry) or "").partition("/")[2] for entry in entries}
+    ids = {resource for resource in asked.values() if resource}
+    if not ids:
+        return set()
+    citizen, current = fw.roles.get("patient"), classification_key(fw)
+    hidden = set()
+    for resource_id, source_org, category, key in session.execute(
+            select(Resource.id, Resource.source_org, Resource.category, Resource.category_key)
+            .where(Resource.id.in_(ids))):
+        if category is None or key != current:
+            org = fw.organisation(source_org)
+            content = session.scalars(select(Resource.content).where(Resource.id == resource_id)).one()
+            category = classify(content, org.kind if org else "unknown", fw)
+        if citizen is None or citizen.tier(category) <= 0:
+            hidden.add(resource_id)
+    return {seq for seq, resource in asked.items() if resource in hidden}
 
 
 def _joined_look(entry: AuditEntry) -> Access:

@@ -338,6 +338,12 @@ class GovernedRecords:
         """What names the services this reader may not know of (`governance/unnamed.py`)."""
         return unknown_services(self.fw, self.actor.role, self.actor.organisation)
 
+    def _unknown_in(self, decision: Decision) -> Unknown | None:
+        """`_unknown`, and the services the patient's Consent hides from this reader (`Decision.unnamed`)."""
+        if not decision.unnamed:
+            return self._unknown
+        return unknown_services(self.fw, self.actor.role, self.actor.organisation, decision.unnamed)
+
     # -- audit -----------------------------------------------------------------------------------
     def _audit(self, action: AuditAction, outcome: str, patient_id: str | None, **extra: Any) -> int:
         role = self.actor.role.name if self.actor.role else None
@@ -608,7 +614,8 @@ class GovernedRecords:
             raise self._refuse(action, person_id, decision, **searched)
         # `decision.tier_of` inline, from the view's keys: this runs once per resource of the record
         cache, verdicts, types = content_cache(self.session), decision.verdicts, self.resource_types
-        served = [self._serve(person_id, row, tier, category, cache)
+        unknown = self._unknown_in(decision)
+        served = [self._serve(person_id, row, tier, category, unknown, cache)
                   for (alike, category, resource_type), row in zip(view.keys, view.rows, strict=True)
                   if type(tier := verdicts.get(alike)) is int and (types is None or resource_type in types)]
         patients = [s for s in served if s.resource_type == "Patient"]
@@ -657,7 +664,8 @@ class GovernedRecords:
         """The released source Patient records, the one combined Patient made of them, and the rule it chose
         their demographics by."""
         cache, tier_of = content_cache(self.session), decision.tier_of
-        served = [self._serve(person_id, row, tier, item.category, cache) for item, row in pairs
+        unknown = self._unknown_in(decision)
+        served = [self._serve(person_id, row, tier, item.category, unknown, cache) for item, row in pairs
                   if (tier := tier_of(item)) is not None]
         rule = self._demographics_rule(person_id, (item for item, _ in pairs))
         return served, combined_patient(person_id, served, rule), rule
@@ -713,7 +721,7 @@ class GovernedRecords:
         released = decision.released[0]
         self._released(AuditAction.RESOURCE_READ, person_id, basis=basis.basis if basis else None,
                        reason=basis.reason if basis else None, rule_id=decision.rule_id, resource=reference)
-        return self._serve(person_id, row, released.tier, released.item.category)
+        return self._serve(person_id, row, released.tier, released.item.category, self._unknown_in(decision))
 
     def history(self, resource_type: str, resource_id: str, version: int | None = None) -> list[ServedResource]:
         """Every version of one resource this actor may see, newest first (FHIR `_history`), or just
@@ -777,8 +785,9 @@ class GovernedRecords:
                 raise NotFound(unseen)
             return False, []
         current_released = current is None or any(by_item[id(rel.item)][1] is current for rel in decision.released)
+        unknown = self._unknown_in(decision)
         served = [(by_item[id(rel.item)][0], self._serve(person_id, by_item[id(rel.item)][1], rel.tier,
-                                                              rel.item.category))
+                                                              rel.item.category, unknown))
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
@@ -788,7 +797,7 @@ class GovernedRecords:
                        withheld=dict(decision.withheld))
         return current_released, served
 
-    def _serve(self, person_id: str, row: StoredRow, tier: int, category: str,
+    def _serve(self, person_id: str, row: StoredRow, tier: int, category: str, unknown: Unknown | None,
                cache: ContentCache | None = None) -> ServedResource:
         """The stored `row`, released at `tier` in `category`, as served in this person's record. With
         `cache`, what was served before from the same cached document in the same shape (tier, person,
@@ -798,9 +807,9 @@ class GovernedRecords:
         identifiers and meta.source that name the service (meta.tag and meta.security lose any coding with its
         ODS code, as every Coding does); in every resource served to such a role, what names the service (a
         recorder, an author, an informationSource, a Coding or Identifier with its ODS code...) says only
-        `UNNAMED_SERVICE` or goes (`governance/unnamed.py`)."""
+        `UNNAMED_SERVICE` or goes (`governance/unnamed.py`). `unknown`: those services (`_unknown_in`), the
+        ones the patient's Consent hides from this reader among them."""
         resource_id, resource_type, source_org, source_system, content, _, _, recorded_at, received_at, _ = row
-        unknown = self._unknown
         whole = unknown is not None and source_org in unknown.codes
         if whole:
             source_org, source_name, source_system = "", UNNAMED_SERVICE, ""

@@ -25,7 +25,9 @@ Then each item, first match withholds it:
   c2. consent-deny          a deny provision of the patient's Consent matches it (the reading organisation,
                             the organisation holding it, purpose of use, resource type, category, period)
                             and no exception nested in it re-permits it (consent.py); the user's own
-                            organisation's data stays
+                            organisation's data stays. A Patient from a service with a category of its own
+                            is asked about that category too (`consent_categories`): hiding mental health
+                            hides that the mental health trust is involved
   d. always-withheld rules  a security label the framework always withholds (third party, restricted),
                             except from the organisation that recorded it
   e. tier                   the role's tier for its category: 0 nothing, 1 a headline only (that a
@@ -51,7 +53,8 @@ Then the person, first deny excludes them and all their data:
      deny-objection-org     the person objected to the exporting user's organisation (as direct care refuses
                             its users the record)
 Then each item, first match withholds it (no own-organisation exception: an analyst holds nothing):
-  a. source-agreement, objection-org, consent-deny, always-withheld rules, as for direct care
+  a. source-agreement, objection-org, consent-deny (a service's Patient asked about its category too),
+     always-withheld rules, as for direct care
   b. sensitive-category     the framework's sensitive categories never go to secondary use
   c. tier                   the role's tier for its category is below 2 (a coded summary)
 What is released is pseudonymised by `pseudonymise.py` before it leaves, which keeps less than tier 2.
@@ -143,10 +146,12 @@ class Request:
         """What a Consent provision's purpose is matched against (break glass is ETREAT)."""
         return purposes_of_use(self.purpose, self.basis is not None and self.basis.basis == "emergency")
 
-    def consent_denies(self, source_org: str, resource_type: str, category: str) -> bool:
-        """Rule c2: whether the patient's Consent withholds such data from this reader now."""
-        return bool(self.choices.provisions) and self.choices.denies(
+    def consent_denies(self, source_org: str, resource_type: str, categories: Iterable[str]) -> bool:
+        """Rule c2: whether the patient's Consent withholds such data, in any of `categories`
+        (`consent_categories`), from this reader now."""
+        return bool(self.choices.provisions) and any(self.choices.denies(
             Ask(self.actor.organisation, self.purposes_of_use, source_org, resource_type, category, self.now))
+            for category in categories)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ class Decision:
     headlines: set[Headline] = field(default_factory=set)
     items: Sequence[Item] = field(default_factory=list)  # what `decide` was asked about, in order (may be shared)
     verdicts: dict[Alike, int | str] = field(default_factory=dict)  # per group alike: the tier, or why withheld
+    unnamed: frozenset[str] = frozenset()  # services the patient's Consent hides are involved (`hidden_services`)
 
     @property
     def permitted(self) -> bool:
@@ -299,7 +305,8 @@ def _secondary_reason(item: Item, req: Request, fw: Framework, today: date, sens
     # matched as the purposes merely overlapped and released the item to an extract that may serve research.
     if req.choices.provisions and any(
             req.choices.denies(Ask(req.actor.organisation, frozenset({purpose}), item.source_org, item.resource_type,
-                                   item.category, req.now)) for purpose in sorted(SECONDARY_USE)):
+                                   category, req.now)) for purpose in sorted(SECONDARY_USE)
+            for category in consent_categories(item.resource_type, item.source_org, item.category, fw)):
         return "consent-deny"
     if item.security:
         why = next((rule.id for rule in fw.always_withheld if rule.security in item.security), None)
@@ -331,7 +338,8 @@ def _withhold_reason(alike: Alike, req: Request, fw: Framework, source_reason: s
         return source_reason
     own = alike.source_org == req.actor.organisation
     if (not own and not (req.actor.role is not None and req.actor.role.citizen)
-            and req.consent_denies(alike.source_org, alike.resource_type, alike.category)):
+            and req.consent_denies(alike.source_org, alike.resource_type,
+                                   consent_categories(alike.resource_type, alike.source_org, alike.category, fw))):
         return "consent-deny"
     if alike.security and not own:
         for rule in fw.always_withheld:
@@ -368,9 +376,40 @@ def may_know_of_service(source_org: str, fw: Framework, role: Role) -> bool:
     that category (tier 0) must not learn it from the Patient either (`explain.services` lists the care team
     by the same rule), nor from what it does see of the service's records (an allergy filed as `alerts`):
     the gateway serves those from an unnamed specialist service (`UNNAMED_SERVICE`)."""
-    org = fw.organisation(source_org)
-    category = service_category(org.kind) if org else None
+    category = service_category_of(source_org, fw)
     return category is None or role.tier(category) >= 1
+
+
+def service_category_of(source_org: str, fw: Framework) -> str | None:
+    """The category of its own the organisation's kind of service has (a mental health trust's is mental
+    health), if any: its record of who the person is tells that the person is in its care."""
+    org = fw.organisation(source_org)
+    return service_category(org.kind) if org else None
+
+
+def consent_categories(resource_type: str, source_org: str, category: str, fw: Framework) -> tuple[str, ...]:
+    """The categories rule c2 asks the patient's Consent about for an item: its own, and for a Patient from a
+    service with a category of its own that category too. A Patient is demographics, but a mental health
+    trust's tells that the trust is involved (what rule e withholds from a role that may not know of the
+    service): "hide mental health from everyone" hides that as well, and a clinician is told only that the
+    patient chose not to share something (HIGH 2 of the patient portal review, 2026-12-07)."""
+    service = service_category_of(source_org, fw) if resource_type == "Patient" else None
+    return (category,) if service is None or service == category else (category, service)
+
+
+def hidden_services(req: Request, fw: Framework) -> frozenset[str]:
+    """The services (ODS codes) whose involvement the patient's Consent hides from this reader: a provision
+    denies the service's own category to them (rule c2 on its Patient). What the reader still sees of
+    such a service (its allergy, filed as `alerts` so that it reaches whoever prescribes: HAZ-02) or a
+    record of another organisation naming it is served as for a role that may not know of the service
+    (`unnamed.py`, `UNNAMED_SERVICE`), so that "hide mental health from everyone" does not name the trust
+    through them. Never the reader's own organisation, nor for a citizen reading their own record."""
+    actor = req.actor
+    if not req.choices.provisions or actor.role is None or actor.role.citizen:
+        return frozenset()
+    return frozenset(code for code in fw.organisations
+                     if code != actor.organisation and (category := service_category_of(code, fw)) is not None
+                     and req.consent_denies(code, "Patient", (category,)))
 
 
 _ALIKE = attrgetter("alike")
@@ -395,7 +434,8 @@ def decide(req: Request, items: Sequence[Item], fw: Framework, groups: Mapping[A
         return denied
     role = req.actor.role
     assert role is not None  # noqa: S101 - check_request denied a missing role
-    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}", items=items)
+    decision = Decision("permit", "permit-role-tiers", f"{role.label} tiers for {req.purpose}", items=items,
+                        unnamed=hidden_services(req, fw))
     if groups is None:
         groups = count_alike(items)
     for alike, count in groups.items():

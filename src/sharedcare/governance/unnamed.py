@@ -129,13 +129,15 @@ class Unknown:
         return any(name in shown for name in self.names) or self.word.search(shown) is not None
 
 
-def unknown_services(fw: Framework, role: Role | None, organisation: str) -> Unknown | None:
+def unknown_services(fw: Framework, role: Role | None, organisation: str,
+                     hidden: frozenset[str] = frozenset()) -> Unknown | None:
     """What names the services of the framework a user with `role` at `organisation` may not know of (never
-    their own); None when they may know of all (a citizen knows their own services)."""
+    their own), and those the patient's Consent hides from them (`hidden`, `policy.hidden_services`); None
+    when they may know of all (a citizen knows their own services)."""
     if role is None or role.citizen:
         return None
     codes = tuple(sorted(code for code in fw.organisations
-                         if code != organisation and not may_know_of_service(code, fw, role)))
+                         if code != organisation and (code in hidden or not may_know_of_service(code, fw, role))))
     if not codes:
         return None
     return _unknown(codes, tuple(org.name for code in codes if (org := fw.organisations[code])),
