@@ -49,7 +49,10 @@ _RANDOM = re.compile(r'"(recorded|site|lastUpdated|timestamp)":"[^"]*"|urn:uuid:
                      r'|"resourceType":"(Bundle|OperationOutcome)","id":"[0-9a-f-]{36}"'
                      r'|correlation-id","valueString":"[0-9a-f-]{36}"'
                      # an exported entry's place in the chain: its hash covers its time
-                     r'|"url":"(hash|previous)","valueString":"[0-9a-f]{64}"|"code":"\d+-[0-9a-f]{64}"')
+                     r'|"url":"(hash|previous)","valueString":"[0-9a-f]{64}"|"code":"\d+-[0-9a-f]{64}"'
+                     # a page's cursor (sealed with a random nonce), and the times a suspension was made
+                     r'|_cursor=[A-Za-z0-9_\-]+|signed out on \d+ \w+ \d{4} at \d\d:\d\d UTC'
+                     r'|"issued_before","valueString":"[^"]*"')
 
 
 def _masked(text: str) -> str:

@@ -70,6 +70,23 @@ def test_safety_critical_types_are_the_frameworks_choice(framework: Framework) -
     assert "safety_critical_types" not in framework.classification_digest  # (a digest, not the inputs)
 
 
+def test_the_digest_is_worked_out_once_and_again_for_a_framework_with_other_inputs(framework: Framework) -> None:
+    """Every governed read asks for the digest (`classification_key`): it is kept, not worked out per read, and a
+    framework copied with other codes, organisations or types gets its own, whichever was asked last."""
+    first = framework.classification_digest
+    assert framework.classification_digest is first  # kept (worked out afresh, it was a new string each time)
+    without = framework.model_copy(update={"safety_critical_types": []})
+    moved = framework.model_copy(update={"organisations": {
+        **framework.organisations, "P81001": framework.organisations["P81001"].model_copy(update={"kind": "acute"})}})
+    more = framework.model_copy(update={"sensitive_codes": {**framework.sensitive_codes, "mental_health": [
+        *framework.sensitive_codes["mental_health"], "44054006"]}})
+    copied = framework.model_copy(update={"organisations": dict(framework.organisations), "name": "Another name"})
+    for _ in range(2):  # alternately, so each is asked after another was kept
+        assert len({first, without.classification_digest, moved.classification_digest,
+                    more.classification_digest}) == 4
+        assert copied.classification_digest == framework.classification_digest == first  # the same inputs
+
+
 def test_only_types_filed_as_summary_by_type_can_be_safety_critical() -> None:
     from typing import get_args
 

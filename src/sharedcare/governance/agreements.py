@@ -60,7 +60,14 @@ def agreements_after(fw: Framework, changes: Iterable[Change], *, new_file_stops
     own too: a file edited back to signed lifts a stop only once a start of `serve` or `mllp` has recorded
     it, audited, never in a process that merely loads the file). A stop written in the file since a start
     last recorded what it said acts at once, whoever made the latest change (`new_file_stops`; False: what
-    the store's changes alone decide, which a start compares the file with)."""
+    the store's changes alone decide, which a start compares the file with). Every governed read asks this
+    of the changes it has just read (nearly always the same ones), so the last answer is kept with the
+    organisations and changes it came from, as `Framework.local_service_codes` is, and given as a copy."""
+    global _last_after
+    changes = tuple(changes)
+    last = _last_after
+    if last[0] is fw.organisations and last[1] == new_file_stops and last[2] == changes:
+        return dict(last[3])
     current = {code: org.agreement for code, org in fw.organisations.items()}
     decided: dict[str, str] = {}
     file_said: dict[str, str] = {}  # what the file said when a start last recorded it (a first read's too)
@@ -75,7 +82,12 @@ def agreements_after(fw: Framework, changes: Iterable[Change], *, new_file_stops
         latest = decided.get(code)
         if latest is not None and latest != agreement.status:
             current[code] = agreement.model_copy(update={"status": latest})
-    return current
+    _last_after = (fw.organisations, new_file_stops, changes, current)
+    return dict(current)
+
+
+# (the organisations, new_file_stops, the changes, the agreements after them): `agreements_after`'s last answer
+_last_after: tuple[object, bool, tuple[Change, ...], dict[str, Agreement]] = (None, True, (), {})
 
 
 def set_agreement(session: Session, fw: Framework, org_code: str, status: AgreementStatus, by: str,

@@ -155,6 +155,8 @@ class Choices:
                                               for reader in others for kind in kinds)
 
 
+NO_CHOICES = Choices()  # a person with no choices held
+
 def except_in_emergency() -> Provision:
     """Object to all sharing (for any purpose, as an objection to all sharing is), except for emergency
     treatment."""
@@ -181,6 +183,8 @@ def combined_choices(rows: Iterable[tuple[bool, list[str], bool, list[dict[str, 
     opt_out_secondary, provisions): any objection, opt-out or provision held against any of them counts
     (a provision held against several of them, as the portal adds one to each, counts once)."""
     held = list(rows)
+    if not held:  # nearly every read: no choices held (made once, as it is the same every time)
+        return NO_CHOICES
     return Choices(object_all=any(r[0] for r in held), object_orgs=frozenset(org for r in held for org in r[1]),
                    opt_out_secondary=any(r[2] for r in held),
                    provisions=tuple(dict.fromkeys(p for r in held for p in provisions_of(r[3]))))

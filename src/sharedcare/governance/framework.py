@@ -260,19 +260,30 @@ class Framework(_Strict):
     def classification_digest(self) -> str:
         """A digest of what classifying a resource depends on here: the sensitive codes (in order: the
         first listed category wins), the safety-critical types and each organisation's kind. A category
-        stored at ingest under another digest is stale. Computed on each use (5 microseconds): a cached
-        value would survive `model_copy(update=...)` into a framework with other codes."""
-        inputs = {"sensitive_codes": [[category, sorted(codes)] for category, codes in self.sensitive_codes.items()],
-                  "kinds": {code: org.kind for code, org in sorted(self.organisations.items())}}
-        if self.safety_critical_types:  # only when listed: without them classification is as before
-            inputs["safety_critical_types"] = sorted(self.safety_critical_types)
-        if self.local_service_codes:  # likewise
-            inputs["local_service_codes"] = sorted(self.local_service_codes.items())
-        return hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
+        stored at ingest under another digest is stale. Every governed read asks for it (5 us hot, 30 us
+        in a request), so the last one worked out is kept with the objects it came from, held and compared
+        by identity as `local_service_codes` is: a `model_copy(update=...)` with other codes, organisations
+        or types works it out again (a value kept on the model itself would survive that copy)."""
+        global _last_digest
+        held, last = (self.sensitive_codes, self.organisations, self.safety_critical_types), _last_digest
+        if last[0] is None or any(now is not before for now, before in zip(held, last[0], strict=True)):
+            last = _last_digest = (held, _classification_digest(self))
+        return last[1]
 
 
 _last_local_codes: tuple[object, dict[str, str]] = (None, {})  # (organisations, their table): local_service_codes
 _last_matchers: tuple[object, dict[str, SensitiveCodes]] = (None, {})  # (sensitive_codes, their matchers)
+_last_digest: tuple[tuple[object, ...] | None, str] = (None, "")  # (its inputs, it): classification_digest
+
+
+def _classification_digest(fw: Framework) -> str:
+    inputs = {"sensitive_codes": [[category, sorted(codes)] for category, codes in fw.sensitive_codes.items()],
+              "kinds": {code: org.kind for code, org in sorted(fw.organisations.items())}}
+    if fw.safety_critical_types:  # only when listed: without them classification is as before
+        inputs["safety_critical_types"] = sorted(fw.safety_critical_types)
+    if fw.local_service_codes:  # likewise
+        inputs["local_service_codes"] = sorted(fw.local_service_codes.items())
+    return hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
 
 
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:

@@ -274,6 +274,16 @@ class _Form:
                 self.required.add(param.key)
             else:
                 self.fixed[name] = bind[name](param.value) if name in bind else param.value
+        # On a positional driver (sqlite3's `?`), the arguments as a list to copy, with the statement's own
+        # values in place, and where each of the caller's values goes: a dictionary of every value turned
+        # into a tuple on each call was most of the Python a governed read's three statements ran here.
+        self.template: list[Any] = []
+        self.slots: dict[str, list[tuple[int, Callable[[Any], Any] | None]]] = {}
+        for i, name in enumerate(self.positions or ()):
+            self.template.append(self.fixed.get(name))
+            for key, names in self.given.items():
+                if name in names:  # (a caller's value for one of the statement's own replaces it, as before)
+                    self.slots.setdefault(key, []).append((i, names[name]))
         self._types = [entry[3] for entry in compiled._result_columns]
         self._dialect = dialect
         self._results: list[tuple[int, Callable[[Any], Any]]] | None = None
@@ -283,11 +293,17 @@ class _Form:
         missing = self.required.difference(params)
         if missing:
             raise InvalidRequestError(f"A value is required for bind parameter {sorted(missing)[0]!r}")
+        if self.positions is not None:
+            out = self.template.copy()
+            for key, value in params.items():
+                for i, process in self.slots.get(key, ()):
+                    out[i] = value if process is None else process(value)
+            return tuple(out)
         values = dict(self.fixed)
         for key, value in params.items():
             for name, process in self.given.get(key, {}).items():
                 values[name] = value if process is None else process(value)
-        return values if self.positions is None else tuple([values[name] for name in self.positions])
+        return values
 
     def results(self, description: Any) -> list[tuple[int, Callable[[Any], Any]]]:
         """The result columns that have a processor, by position, with it."""
