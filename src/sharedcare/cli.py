@@ -679,23 +679,36 @@ def quarantine_replay(
 ) -> None:
     """Ingest a quarantined message again; exit 1 if it still cannot be accepted."""
     from sharedcare.ingest.messages import MessageError
-    from sharedcare.ingest.pipeline import Pipeline
+    from sharedcare.ingest.pipeline import IngestReport, Pipeline
 
     pipeline = Pipeline(_database(), _framework())
-    try:
-        with _audited_run(pipeline, {source}, replayed=str(item_id), source=source or "") as run:
-            report = pipeline.replay(item_id, source)
-    except MessageError as exc:
-        raise _fail(str(exc)) from exc
-    _audit_ingest(pipeline, report, **run)
+    # SIGTERM ended the process where it stood, its run in the log as never finished: now the item in hand is
+    # replayed whole (one transaction) or, signalled before it began, left as it was; the end says so (exit 143)
+    with _sigterm_stops() as stop:
+        try:
+            with _audited_run(pipeline, {source}, replayed=str(item_id), source=source or "") as run:
+                report = IngestReport(files=0) if stop.is_set() else pipeline.replay(item_id, source)
+        except MessageError as exc:
+            raise _fail(str(exc)) from exc
+        if stop.is_set():
+            report.stopped, report.stopped_after = True, f"#{item_id}" if report.messages else ""
+        stopped = {"stopped": "SIGTERM", "stopped_after": report.stopped_after} if report.stopped else {}
+        _audit_ingest(pipeline, report, **run, **stopped)
     if as_json:
         _print_json(report.to_json())
+    elif report.stopped:
+        console.print("[red]stopped[/red] by SIGTERM " + (
+            f"after replaying #{item_id}: {report.accepted} accepted, {report.unchanged} unchanged, "
+            f"{report.quarantined} still quarantined" if report.messages else
+            f"before replaying #{item_id}: it is held as it was"), soft_wrap=True)
     elif report.quarantined:
         console.print(f"[yellow]still quarantined[/yellow] #{item_id}: {_literal(report.quarantine[0]['reason'])}")
     else:
         console.print(f"#{item_id} replayed: {report.accepted} accepted, {report.unchanged} unchanged"
                       + (f", [yellow]{report.stale} stale[/yellow] (not applied: the source has sent a newer version "
                          "since this message was received)" if report.stale else ""))
+    if report.stopped:
+        raise typer.Exit(STOPPED_BY_SIGTERM)
     if report.quarantined:
         raise typer.Exit(1)
 

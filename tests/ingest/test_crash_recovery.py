@@ -250,6 +250,50 @@ def test_an_ingest_whose_every_process_sigterm_stopped_and_run_again_equals_one_
         assert after_stop[part_name] == clean_run[part_name], part_name
 
 
+def test_sigterm_stops_a_replay_with_its_item_replayed_whole_and_its_end_in_the_log(
+        env: Database, database_url: str, tmp_path: Path) -> None:
+    """A replay SIGTERM reached while it was under way ended where it stood, its run listed as killed part-way
+    (`audit runs --unfinished`): now it finishes the item in hand (one transaction, never half of it), writes
+    its end naming SIGTERM and the item, and exits 143. The test holds the chain's write lock from the moment
+    the replay's start is in the log, so the signal arrives before the replay's end can be written."""
+    from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
+
+    assert _sharedcare(database_url, "agreements", "set", "RYC", "--status", "suspended", "--reason",
+                       "a breach reported").wait(timeout=120) == 0
+    feed = write_ndjson(tmp_path / "ryc.ndjson", [bundle("RYC", "rio", [
+        patient("RYC-1", "9434765919", "Okafor", "Emeka", "1945-03-02")])])
+    assert _sharedcare(database_url, "ingest", str(feed), workers=0).wait(timeout=120) == 1
+    assert _sharedcare(database_url, "agreements", "set", "RYC", "--status", "signed").wait(timeout=120) == 0
+    starts = select(func.count()).where(AuditEntry.action == "clinical:ingest:start")
+    ends = select(func.count()).where(AuditEntry.action == "clinical:record:write")
+    with env.session() as s:
+        held = s.scalars(select(Quarantine.id)).one()
+        started_before, ends_before = s.scalar(starts), s.scalar(ends)
+    replay = _sharedcare(database_url, "quarantine", "replay", str(held), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    with env.session() as lock:
+        while lock.scalar(starts) == started_before and replay.poll() is None and time.monotonic() < deadline:
+            lock.rollback()
+            time.sleep(0.02)
+        record_audit(lock, AuditRecord(AuditAction.RECORD_READ, "permit", username="test", role="gp",
+                                       organisation="P81001", purpose="direct-care"))  # the chain held
+        assert lock.scalar(ends) == ends_before, "the replay ended before it could be stopped"
+        replay.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):  # it finishes the item in hand, not ended at once
+            replay.wait(timeout=1)
+        lock.rollback()
+    said = " ".join(replay.communicate(timeout=120)[1].decode().split())
+    assert replay.returncode == 128 + signal.SIGTERM
+    assert said.endswith(f"stopped by SIGTERM after replaying #{held}: 1 accepted, 0 unchanged, 0 still quarantined")
+    assert _resources(env) == 1
+    with env.session() as s:
+        assert s.get_one(Quarantine, held).status == "replayed"
+    assert _runs(database_url, "--unfinished") == []
+    replayed = next(r for r in _runs(database_url) if r["replayed"])
+    assert (replayed["outcome"], replayed["stopped"], replayed["stopped_after"], replayed["accepted"]) == (
+        "error", "SIGTERM", f"#{held}", "1")
+
+
 def test_a_run_that_finishes_has_a_start_and_an_end_naming_one_run(
         db: Database, database_url: str, tmp_path: Path) -> None:
     _gp_feed(tmp_path / "feeds")

@@ -292,6 +292,23 @@ def test_the_same_message_twice_is_acknowledged_and_stored_once(listener: int, d
         assert len(s.scalars(select(PatientRecord)).all()) == 1
 
 
+def test_a_bad_message_its_engine_sends_again_is_held_once(listener: int, db: Database) -> None:
+    """An engine whose message was answered AE may send it again, on the same connection or, reconnected, on
+    another: each copy was held as an item of its own (the listener's place of a message is its connection and
+    count), so an operator fixing one found another waiting, and `quarantine check` counted the message twice.
+    The same bytes from the same sender are one item, as file ingest keeps a file read again."""
+    bad = A01.format(dob="19451302").encode("latin-1")
+    other = bad.replace(b"MSG001", b"MSG002")  # another message, as bad: an item of its own
+    acks = [*_exchange(listener, bad, bad), *_exchange(listener, bad, other)]
+    assert [_segment(a, "MSA")[1] for a in acks] == ["AE"] * 4
+    named = [_segment(a, "MSA")[3].rsplit("(quarantine #", 1)[1].rstrip(")") for a in acks]
+    assert named[0] == named[1] == named[2] != named[3]
+    with db.session() as s:
+        held = s.scalars(select(Quarantine).order_by(Quarantine.id)).all()
+    assert [(str(item.id), item.status, item.payload) for item in held] == [
+        (named[0], "held", bad), (named[3], "held", other)]
+
+
 def test_an_agreement_suspended_mid_stream_refuses_the_very_next_message_on_the_same_connection(
         listener: int, db: Database, framework: Framework) -> None:
     """An engine keeps its connection open: a suspension between two of its messages holds the second."""

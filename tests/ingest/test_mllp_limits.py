@@ -6,9 +6,12 @@ reconnects, and its messages are answered as before."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import socket
+import struct
+import termios
 import time
 
 import pytest
@@ -177,6 +180,24 @@ def test_what_follows_a_frame_over_the_limit_and_such_a_frame_cut_off_are_audite
     assert any(f"{len(following)} bytes sent after a frame over the limit, dropped unanswered" in r for r in refused)
     assert any("over the 4194304-byte limit, closed by its sender before its end block" in r for r in refused)
     assert not any("NEXT1" in r or "OKAFOR" in r for r in refused)
+
+
+def test_a_frame_over_the_limit_whose_sender_resets_the_connection_before_its_end_block_is_audited(
+        db: Database, framework: Framework) -> None:
+    """A sender that sent more than 4 MB and dropped the connection (reset, as a killed engine or a load balancer
+    does, rather than closed) left no trace: the reset was raised before the bytes already received were read, and
+    only a close was audited. Now it is audited as a frame cut off is, by the size the listener had of it."""
+    big = _message("BIG3") + b"ZXX|" + b"A" * mllp.MAX_MESSAGE_BYTES + b"\r"
+    with serving(_server(db, framework)) as port:
+        with _connect(port) as sock:
+            sock.sendall(START + big)
+            deadline = time.monotonic() + 10  # all of it taken in by the listener's side, so none is lost unsent
+            while struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed: reset
+        (refused,) = _await_refusals(db, 1)
+    assert "over the 4194304-byte limit, closed by its sender before its end block" in refused
+    assert "a frame of at least 419" in refused and "OKAFOR" not in refused
 
 
 def test_bytes_before_a_start_block_are_logged_and_audited_once_a_connection_by_their_count(

@@ -377,11 +377,18 @@ _MARKED = _ENTRIES.c.action == literal_column(f"'{CHAIN_KEYED}'")
 _NEWEST_MARK = select(func.max(_ENTRIES.c.seq)).where(_MARKED)
 _LOCK_AND_READ_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq)
                                .returning(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.newest_mark))
+# On PostgreSQL a SELECT ... FOR UPDATE takes the same row lock and, after a wait, reads the row as committed too,
+# but leaves no old version of the row behind: the UPDATE left one an append beside the chain step's, and while a
+# long transaction is open none can be pruned and each append's read of the head walks them all (2026-12-07,
+# `benchmarks/audit_head.py`). SQLite has no FOR UPDATE: the UPDATE is what opens its write transaction.
+_LOCK_AND_READ_HEAD_PG = Prepared(select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.newest_mark).where(_HEAD.c.id == 1)
+                                  .with_for_update())
 
 
 def _lock_head(session: Session) -> tuple[int, str, int | None]:
     """Lock the head; return its position and hash and the newest epoch marker's position, in one statement."""
-    ((seq, prev_hash, newest_mark),) = _LOCK_AND_READ_HEAD(session)
+    lock = _LOCK_AND_READ_HEAD_PG if session.get_bind().dialect.name == "postgresql" else _LOCK_AND_READ_HEAD
+    ((seq, prev_hash, newest_mark),) = lock(session)
     return seq, prev_hash, newest_mark
 
 

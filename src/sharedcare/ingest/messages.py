@@ -144,6 +144,12 @@ def certificate_in(filename: str) -> str | None:
     return filename[len(MLLP_PREFIX):filename.rindex("@")]  # a subject may hold "@"; an address never does
 
 
+def mllp_sender(filename: str) -> str | None:
+    """Who sent a listener's message (`mllp://[{subject}@]{address}:{port}`): its certificate and address, without
+    the port, which each connection has its own of; None for a message from a file."""
+    return filename.rsplit(":", 1)[0] if filename.startswith(MLLP_PREFIX) else None
+
+
 @dataclass(frozen=True)
 class RawMessage:
     """One message exactly as received, with where it came from."""

@@ -353,13 +353,16 @@ class MllpServer:
                     async with asyncio.timeout(limits.frame_seconds):
                         try:
                             framed, size, after = await reader.readuntil(END), None, 0
-                        except asyncio.LimitOverrunError:
+                        except asyncio.LimitOverrunError as over:
                             try:
                                 framed, size, after = await _rest_of_frame(reader)
-                            except asyncio.IncompleteReadError as closed:  # nothing to answer: say it was lost
-                                self.refuse(peer.rsplit(":", 1)[0], f"a frame of at least {closed.expected} bytes, "
-                                            f"over the {MAX_MESSAGE_BYTES}-byte limit, closed by its sender before "
-                                            "its end block", {"certificate": subject} if subject else {})
+                            # nothing to answer: say it was lost, whether its sender closed the connection or reset
+                            # it (a reset is raised before the bytes still buffered are read: counted by the overrun)
+                            except (asyncio.IncompleteReadError, ConnectionError) as closed:
+                                sent = closed.expected if isinstance(closed, asyncio.IncompleteReadError) else None
+                                self.refuse(peer.rsplit(":", 1)[0], f"a frame of at least {sent or over.consumed} "
+                                            f"bytes, over the {MAX_MESSAGE_BYTES}-byte limit, closed by its sender "
+                                            "before its end block", {"certificate": subject} if subject else {})
                                 raise
                 except TimeoutError:
                     self.refuse(peer.rsplit(":", 1)[0], f"no whole frame within {limits.frame_seconds:g} s",

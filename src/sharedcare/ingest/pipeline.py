@@ -52,6 +52,7 @@ from sharedcare.ingest.messages import (
     certificate_in,
     content_hash,
     cut,
+    mllp_sender,
     sent_by,
 )
 from sharedcare.ingest.resent import identity
@@ -867,12 +868,17 @@ class Pipeline:
         say after a crash, does not pile up copies; nor does one its source has since superseded (it stays so),
         even once retention erased its body (`ingest/retention.py`): matched then by the SHA-256 kept of it. One
         erased while still held is not matched: no longer waiting, it waits again when its source sends it again."""
+        sender = mllp_sender(raw.filename)
+        # A listener's message has no place of its own (its connection and count are new each time it is sent):
+        # one its engine sends again after an AE is the same bytes from the same sender, on any connection.
+        place = (Quarantine.filename.startswith(f"{sender}:", autoescape=True),) if sender else (
+            Quarantine.filename == raw.filename, Quarantine.location == raw.location)
         with self.db.session() as session:
             sha256 = hashlib.sha256(raw.payload).hexdigest()
             item = next((held for held in session.scalars(select(Quarantine).where(
-                Quarantine.status.in_(("held", "superseded")), Quarantine.filename == raw.filename,
-                Quarantine.location == raw.location, Quarantine.format == raw.format))
-                if (held.payload == raw.payload if held.erased_at is None else held.payload_sha256 == sha256)), None)
+                Quarantine.status.in_(("held", "superseded")), *place, Quarantine.format == raw.format))
+                if (held.payload == raw.payload if held.erased_at is None else held.payload_sha256 == sha256)
+                and mllp_sender(held.filename) == sender), None)
             if item is None:
                 org = error.source_org or source  # the sender a message names over --source (sender_conflict)
                 named = identity(raw, org)
