@@ -19,7 +19,7 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import select
 from tests.api.test_slow_clients import _serving
-from tests.small_ics import Ics
+from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import server_id
 from sharedcare.store.database import Database
@@ -131,6 +131,20 @@ def test_json_asked_for_any_way_fhir_allows_is_answered(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/fhir+json")
     assert "44054006" in response.text
+
+
+@pytest.mark.parametrize(("wanted", "status"), [("json", 200), ("application/fhir+json", 200), ("xml", 406)])
+def test_a_format_among_a_posted_searchs_form_fields_is_read_as_in_the_query(
+        ics: Ics, wanted: str, status: int) -> None:
+    """FHIR puts a search's parameters in the form body of a POST: `_format=json` there was refused 400 as an
+    unknown search parameter, and `_format=xml` too (review of 2026-12-07)."""
+    response = ics.client.post("/fhir/Patient/_search", data={"identifier": OKAFOR_NHS, "_format": wanted},
+                               headers=ics.token("dr.oconnor"))
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert [e["resource"]["id"] for e in response.json()["entry"]] == [ics.okafor]
+    else:
+        assert response.json()["issue"][0]["diagnostics"].startswith("_format")
 
 
 def test_the_capability_statement_claims_what_is_served(ics: Ics) -> None:

@@ -132,7 +132,6 @@ class _ResponseRules:
             # Read here (up to the limit) unless a FHIR write streams it itself, after the credentials.
             if not bodies.read_by_route(method, path):
                 body = await bodies.read(request, limit)
-                receive = _replay(body, receive)  # the route reads the same body again
         except bodies.BodyTooLarge as exc:
             refused = exc
         static = scope["path"].startswith(STATIC_PREFIXES)
@@ -154,8 +153,13 @@ class _ResponseRules:
             too_long = operation_outcome(414, "too-long", bodies.QUERY_TOO_LONG, request_id)
             await too_long(scope, receive, send_with_headers)
             return
-        scope["query_string"], unacceptable = formats.negotiated(method, path, scope.get("query_string", b""),
-                                                                 request.headers.get("accept", ""))
+        search_form = body if method == "POST" and path.endswith("/_search") and request.headers.get(
+            "content-type", "").lower().startswith("application/x-www-form-urlencoded") else None
+        scope["query_string"], search_form, unacceptable = formats.negotiated(
+            method, path, scope.get("query_string", b""), request.headers.get("accept", ""), search_form)
+        if body is not None:
+            body = search_form if search_form is not None else body
+            receive = _replay(body, receive)  # the route reads the same body again (a search's without `_format`)
         if unacceptable is not None:  # refused at the door too: JSON is all that is served
             where = "_format" if unacceptable.startswith("_format") else None
             refusal = operation_outcome(406, "not-supported", unacceptable, request_id, where=where)

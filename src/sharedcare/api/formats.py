@@ -19,30 +19,43 @@ JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "
 JSON_RANGES = JSON_FORMATS - {"json"} | {"*/*", "application/*"}
 
 
-def negotiated(method: str, path: str, query_string: bytes, accept: str) -> tuple[bytes, str | None]:
-    """The query string without its `_format`, and why the request is not acceptable (None when it is)."""
+def negotiated(method: str, path: str, query_string: bytes, accept: str,
+               form: bytes | None = None) -> tuple[bytes, bytes | None, str | None]:
+    """The query string and the form body (a POST search's, when given) without their `_format`, and why the
+    request is not acceptable (None when it is). A search POSTed as a form may carry `_format` among its
+    parameters (FHIR R4 http.html: the body holds what the query string would), read by the same rule."""
     if not (path == "/fhir" or path.startswith("/fhir/")) or path.startswith("/fhir/bulk/") \
             or bodies.read_by_route(method, path):
-        return query_string, None
+        return query_string, form, None
+    query_string, asked = _without_format(query_string)
+    if form is not None:
+        form, in_form = _without_format(form)
+        asked += in_form
+    if asked:
+        wrong = [a for a in asked if a not in JSON_FORMATS]
+        if wrong:
+            return query_string, form, (f"_format: '{wrong[0][:60]}' is not served: answers are in JSON only "
+                                        "(application/fhir+json); ask for _format=json or leave _format out")
+        return query_string, form, None
+    if accept.strip() and not _takes_json(accept):
+        return query_string, form, (f"Accept: answers are in JSON only (application/fhir+json), which "
+                                    f"'{accept[:100]}' does not accept; accept application/fhir+json, or */*")
+    return query_string, form, None
+
+
+def _without_format(encoded: bytes) -> tuple[bytes, list[str]]:
+    """URL-encoded parameters without `_format`, and the formats it asked for (each lower-cased, its
+    parameters dropped)."""
     kept: list[bytes] = []
     asked: list[str] = []
-    for part in query_string.split(b"&"):
+    for part in encoded.split(b"&"):
         name, _, value = part.partition(b"=")
         if unquote_plus(name.decode("latin-1")) != "_format":
             kept.append(part)
             continue
         # a `+` left unescaped in a URL reads as a space: `_format=application/fhir+json` is meant
         asked.append(unquote_plus(value.decode("latin-1")).replace(" ", "+").split(";")[0].strip().lower())
-    if asked:
-        wrong = [a for a in asked if a not in JSON_FORMATS]
-        if wrong:
-            return query_string, (f"_format: '{wrong[0][:60]}' is not served: answers are in JSON only "
-                                  "(application/fhir+json); ask for _format=json or leave _format out")
-        return b"&".join(kept), None
-    if accept.strip() and not _takes_json(accept):
-        return query_string, (f"Accept: answers are in JSON only (application/fhir+json), which "
-                              f"'{accept[:100]}' does not accept; accept application/fhir+json, or */*")
-    return query_string, None
+    return (b"&".join(kept) if asked else encoded), asked
 
 
 def _takes_json(accept: str) -> bool:
