@@ -113,6 +113,26 @@ def _framework() -> Framework:
         raise invalid from exc
 
 
+def _mapping_problems(warn: bool) -> bool:
+    """Each CSV mapping that does not load, its problems one a line, as `_framework` says the framework's; whether
+    there were any. A warning at the start of `serve` and `mllp`, which read no CSV (a stale mapping holds files,
+    which replay; it does not stop the record or the HL7 feeds): found at go-live, not in a day's quarantine."""
+    from sharedcare.ingest.csv_mapping import folder_problems
+
+    problems = folder_problems(_settings().mappings_path)
+    for exc in problems:
+        count = len(exc.problems)
+        said = f"{exc.where} is invalid ({count} problem{'s' * (count != 1)}):"
+        if warn:
+            console.print(f"[yellow]warning:[/yellow] {_literal(said)} its files, and any file in a folder naming no "
+                          "organisation whose header it might read, are held until it is fixed", soft_wrap=True)
+        else:
+            console.print(f"[red]error:[/red] {_literal(said)}", soft_wrap=True)
+        for problem in exc.problems:
+            console.print(f"  {_literal(problem)}", soft_wrap=True)
+    return bool(problems)
+
+
 def _settings() -> Settings:
     """The settings, or a clear error naming the one that is wrong (not a traceback)."""
     try:
@@ -934,6 +954,7 @@ def serve(
     except SharedcareError as exc:
         raise _fail(str(exc)) from exc
     tls = _start_up_checks("serve", application.state.database, host)
+    _mapping_problems(warn=True)
     _note_file_agreements(application.state.database, application.state.framework)
     expired = ExportJobs(application.state.database, application.state.framework, settings).expire()
     if expired:
@@ -1896,10 +1917,13 @@ def framework_explain(
 
 @framework_app.command("check")
 def framework_check() -> None:
-    """Validate the framework file; every problem is named with its line and key."""
+    """Validate the framework file and every CSV mapping (SHAREDCARE_MAPPINGS); every problem is named with its
+    file, line and key."""
     fw = _framework()
     console.print(f"{fw.name} {fw.version}: {len(fw.organisations)} organisations, {len(fw.roles)} roles, "
                   f"{len(fw.users)} users: valid")
+    if _mapping_problems(warn=False):
+        raise typer.Exit(2)
 
 
 @framework_app.command("reclassify")
@@ -2068,6 +2092,7 @@ def mllp(host: str = "127.0.0.1", port: int = 2575, tls_cert: TlsCert = None, tl
     tls = _start_up_checks("mllp", database, host)
     fw = _framework()
     _note_file_agreements(database, fw)
+    _mapping_problems(warn=True)
     listed = sum(len(org.feed_certificates) for org in fw.organisations.values())
     if tls is not None and not listed:
         console.print("[yellow]warning:[/yellow] no organisation in the framework lists a feed certificate "

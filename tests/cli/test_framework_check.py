@@ -166,3 +166,31 @@ def test_explain_says_when_an_agreement_is_not_in_force_and_whom_that_leaves_see
     rxr = next(p for p in care_home["partners"] if p["code"] == "RXR")
     assert (rxr["agreement"], rxr["in_force"], rxr["starts"], rxr["ends"]) == (
         "signed", False, "2023-02-01", "2025-01-31")
+
+
+def test_a_stale_csv_mapping_is_named_by_framework_check_and_at_the_start_of_serve_and_mllp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found before go-live, not in a day's quarantine: `framework check` refuses it naming file, line and key;
+    `serve` and `mllp`, which read no CSV, start and say it (a stale mapping holds files, which replay)."""
+    from tests.ingest.test_stale_mapping import stale_mapping_folder
+
+    old, line = stale_mapping_folder(tmp_path, monkeypatch)
+    problem = f"  line {line}, assessment.type: `text_only` is now `local`: its values are coded in the source's own"
+    path = _file(tmp_path, monkeypatch, TEXT)
+    checked = runner.invoke(app, ["framework", "check"])
+    assert checked.exit_code == 2, checked.output
+    assert checked.stderr.splitlines()[1:] == [f"error: {old.resolve()} is invalid (1 problem):",
+                                               problem + " code system, so a role that sees coded data reads what "
+                                                         "they are"]
+
+    deployment_that_starts_and_stops(monkeypatch, tmp_path, path)
+    for command in ("serve", "mllp"):
+        started = runner.invoke(app, [command])
+        assert started.exit_code == 0, started.output
+        lines = started.stderr.splitlines()
+        said = next(i for i, text in enumerate(lines) if text.startswith(f"warning: {old.resolve()} is invalid "
+                                                                          "(1 problem): its files"))
+        assert lines[said + 1].startswith(problem), lines
+
+    old.write_text(old.read_text(encoding="utf-8").replace("text_only:", "local:"), encoding="utf-8")
+    assert runner.invoke(app, ["framework", "check"]).exit_code == 0

@@ -21,12 +21,16 @@ example. A mapping is checked when it is loaded; every problem is reported with 
 Which mapping reads a file: the organisation is `--source`, else the nearest folder in the file's path
 named after an organisation (`LRC/csv/mosaic-0001.csv` is LRC's). Of that organisation's mappings, the
 files `{ORG}-*.yaml`, the one whose columns are all in the file's header is used. A file from no named
-organisation is read by the one mapping, of all, whose columns are all in its header.
+organisation is read by the one mapping, of all, whose columns are all in its header; a mapping that does not
+load is passed over there (with a warning) when its columns are known and not the header's, so one
+organisation's stale mapping does not hold every organisation's unlabelled files. `folder_problems` lists every
+mapping that does not load, for `framework check` and the start of `serve` and `mllp`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -52,6 +56,7 @@ from sharedcare.yaml_lines import YamlProblem, read_yaml
 from sharedcare.yaml_lines import where as where_in
 
 T = TypeVar("T")
+log = logging.getLogger("sharedcare.ingest")
 
 UK_TIME = ZoneInfo("Europe/London")  # extract times without an offset are the source's local time
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -87,10 +92,12 @@ _FORMAT_WORDS = {"%d": "DD", "%m": "MM", "%Y": "YYYY", "%y": "YY", "%b": "Mon", 
 
 
 class MappingError(SharedcareError):
-    """A mapping file is invalid; `problems` each name a line and key."""
+    """A mapping file is invalid; `problems` each name a line and key. `columns` are those it lists, when they
+    can be read: whether it might be the mapping of a file (`find_mapping`); None when not known."""
 
-    def __init__(self, problems: list[str], path: str) -> None:
+    def __init__(self, problems: list[str], path: str, columns: list[str] | None = None) -> None:
         self.problems = problems
+        self.columns = columns
         super().__init__("; ".join(problems), where=path)
 
 
@@ -334,6 +341,9 @@ class Mapping(_Strict):
     def name(self) -> str:
         return f"{self.organisation}-{self.system}"
 
+    def fits(self, header: list[str]) -> bool:
+        return fits(self.columns, header)
+
     def header_problems(self, header: list[str]) -> list[ValueProblem]:
         """What stops this mapping reading a file with this header: each expected column it lacks or repeats."""
         have = Counter(name.strip() for name in header)
@@ -350,6 +360,12 @@ class Mapping(_Strict):
                  for verb, names in (("lacks", missing), ("repeats", repeated)) if names]
         return f"the header {' and '.join(parts)} (the {self.name} mapping expects each of its columns once)" \
             if parts else None
+
+
+def fits(columns: list[str], header: list[str]) -> bool:
+    """Whether a header has each of these columns once: a mapping listing them can read its file."""
+    have = Counter(name.strip() for name in header)
+    return all(have[column] == 1 for column in columns)
 
 
 def _column_refs(model: BaseModel, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -386,22 +402,27 @@ def parse_mapping(source: str, where: str = "<mapping>") -> Mapping:
     try:
         mapping = Mapping.model_validate(raw)
     except ValidationError as exc:
+        columns = raw.get("columns")
+        readable = isinstance(columns, list) and bool(columns) and all(isinstance(c, str) for c in columns)
         raise MappingError([f"{where_in(lines, tuple(err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
                             for err in exc.errors()],
-                           where) from exc
+                           where, columns if readable else None) from exc
     problems = _cross_checks(mapping)
     if problems:
-        raise MappingError([f"{where_in(lines, path)}: {message}" for path, message in problems], where)
+        raise MappingError([f"{where_in(lines, path)}: {message}" for path, message in problems], where,
+                           mapping.columns)
     return mapping
 
 
 @functools.lru_cache(maxsize=64)
-def _parse_file(path: Path, _mtime_ns: int, _size: int) -> Mapping:
+def _parse_file(path: Path, _mtime_ns: int, _size: int) -> Mapping | MappingError:
+    """The mapping, or why it does not load: kept too, so a stale mapping is not parsed again for each row."""
     try:
-        source = path.read_text(encoding="utf-8")
+        return parse_mapping(path.read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError) as exc:
-        raise MappingError([f"cannot read the mapping ({exc})"], str(path)) from exc
-    return parse_mapping(source, str(path))
+        return MappingError([f"cannot read the mapping ({exc})"], str(path))
+    except MappingError as exc:
+        return exc
 
 
 def load_mapping(path: Path) -> Mapping:
@@ -410,7 +431,11 @@ def load_mapping(path: Path) -> Mapping:
         stat = path.stat()
     except OSError as exc:
         raise MappingError([f"cannot read the mapping ({exc.strerror})"], str(path)) from exc
-    return _parse_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    found = _parse_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if isinstance(found, MappingError):
+        # a new one each time: each raise of the kept one would add to its traceback
+        raise MappingError(found.problems, found.where or str(path), found.columns)
+    return found
 
 
 def organisation_of(filename: str, organisations: Collection[str]) -> str | None:
@@ -423,25 +448,67 @@ def candidates(folder: Path, organisation: str | None) -> list[Path]:
     return sorted(folder.glob(f"{organisation}-*.yaml" if organisation else "*.yaml"))
 
 
+def _load_each(paths: list[Path]) -> tuple[list[Mapping], list[MappingError]]:
+    """The mappings that load, and why each other does not."""
+    mappings, broken = [], []
+    for path in paths:
+        try:
+            mappings.append(load_mapping(path))
+        except MappingError as exc:
+            broken.append(exc)
+    return mappings, broken
+
+
+def folder_problems(folder: Path) -> list[MappingError]:
+    """Why each mapping file in the folder does not load (none for a folder that does not exist): to be found
+    before go-live, not in a day's quarantine."""
+    return _load_each(candidates(folder, None))[1]
+
+
+_warned: set[tuple[str | None, str]] = set()
+
+
+def _pass_over(broken: list[MappingError], used: Mapping) -> None:
+    """Warn, once a process for each problem of each file, of a mapping passed over because it does not load."""
+    for exc in broken:
+        if (exc.where, exc.message) not in _warned:
+            _warned.add((exc.where, exc.message))
+            log.warning("the mapping %s is invalid (%s): passed over for a file of no named organisation whose "
+                        "header it does not fit, read by %s; fix it before its own files arrive", exc.where,
+                        exc.message, used.name)
+
+
 def find_mapping(folder: Path, organisation: str | None, header: list[str]) -> Mapping:
-    """The one mapping (of the organisation's, or of all) whose columns this header has."""
+    """The one mapping (of the organisation's, or of all) whose columns this header has. An organisation's
+    mapping that does not load holds its files. Of all, one is passed over only when its columns are known and
+    the header lacks them: one whose file it may be (RXR's copy of LRC's Mosaic mapping) holds the file, else
+    RXR's extract would be stored as LRC's."""
     paths = candidates(folder, organisation)
     if not paths:
         raise NoMapping(f"no mapping for {organisation} in {folder} (expected {organisation}-SYSTEM.yaml)"
                         if organisation else f"no mapping files in {folder}")
-    mappings = [load_mapping(path) for path in paths]
-    for path, mapping in zip(paths, mappings, strict=True):
-        if organisation and mapping.organisation != organisation:
-            raise MappingError([f"organisation is '{mapping.organisation}', but the file is named for "
-                                f"{organisation}"], str(path))
-    fitting = [m for m in mappings if m.header_fault(header) is None]
+    broken: list[MappingError] = []
+    if organisation:
+        mappings = [load_mapping(path) for path in paths]
+        for path, mapping in zip(paths, mappings, strict=True):
+            if mapping.organisation != organisation:
+                raise MappingError([f"organisation is '{mapping.organisation}', but the file is named for "
+                                    f"{organisation}"], str(path))
+    else:
+        mappings, broken = _load_each(paths)
+        maybe = [exc for exc in broken if exc.columns is None or fits(exc.columns, header)]
+        if maybe:  # it may be this mapping's file: held naming its problem
+            raise maybe[0]
+    fitting = [m for m in mappings if m.fits(header)]
     if len(fitting) == 1:
+        _pass_over(broken, fitting[0])
         return fitting[0]
     if fitting:
         raise NoMapping(f"the header fits several mappings ({', '.join(m.name for m in fitting)}); give --source "
                         "ORG or put the file in a folder named after its organisation")
-    if len(mappings) == 1:
+    if len(mappings) == 1 and not broken:
         raise NoMapping(mappings[0].header_fault(header) or "")
-    raise NoMapping(f"the header fits none of the mappings in {folder} ({', '.join(m.name for m in mappings)})"
+    names = [m.name for m in mappings] + [f"{Path(exc.where or '').stem} (invalid)" for exc in broken]
+    raise NoMapping(f"the header fits none of the mappings in {folder} ({', '.join(names)})"
                     + ("" if organisation else "; give --source ORG or put the file in a folder named after its "
                                                "organisation"))
