@@ -791,8 +791,11 @@ class GovernedRecords:
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
+        # the resource asked for named as a refusal names it (a domain resource): what "who has looked" holds
+        # back by (`access_log.requested_resource`), beside the versions released
         self._released(AuditAction.RESOURCE_HISTORY, person_id, basis=basis.basis if basis else None,
                        reason=basis.reason if basis else None, rule_id=decision.rule_id,
+                       resource=f"{resource_type}/{resource_id}",
                        released=[f"{resource_type}/{resource_id}/_history/{number}" for number, _ in served],
                        withheld=dict(decision.withheld))
         return current_released, served
