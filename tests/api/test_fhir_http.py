@@ -18,10 +18,16 @@ from select import select as readable
 import httpx2 as httpx
 import pytest
 from sqlalchemy import select
+from tests.api.test_record_api import TRUST
 from tests.api.test_slow_clients import _serving
+from tests.builders import bundle, medication, patient, write_ndjson
 from tests.small_ics import OKAFOR_NHS, Ics
 
 from sharedcare.fhir.uk_core import server_id
+from sharedcare.governance.consent import hide_category, set_choice
+from sharedcare.governance.framework import Framework
+from sharedcare.governance.policy import UNNAMED_SERVICE
+from sharedcare.ingest.pipeline import Pipeline
 from sharedcare.store.database import Database
 from sharedcare.store.models import AuditEntry
 
@@ -92,6 +98,36 @@ def test_a_version_shown_reduced_has_an_etag_of_its_own(ics: Ics) -> None:
                           headers={**social, "If-Modified-Since": whole.headers["Last-Modified"]}).status_code == 200
     assert ics.client.get(f"/fhir/MedicationStatement/{METFORMIN}",
                           headers={**social, "If-None-Match": summary.headers["ETag"]}).status_code == 304
+
+
+
+def test_a_copy_naming_a_service_the_patient_has_since_hidden_is_not_answered_304(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The hospital reads the GP's depot injection, which names the mental health trust as its source of
+    information, and keeps its ETag. Mr Okafor then hides mental health from everyone: the same version is
+    now served with the trust unnamed, so neither its old ETag nor its date may be answered 304 (review of
+    2026-12-07: they were, telling the hospital its copy naming the trust was current)."""
+    depot = {**medication("gp-depot", "Patient/gp-okafor-2", "Paliperidone 100mg injection"),
+             "informationSource": {"reference": "Organization/RXM", "display": TRUST}}
+    feeds = [bundle("P81001", "emis", [patient("gp-okafor-2", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), depot])]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "depot.ndjson", feeds)]).quarantined == 0
+    hospital = ics.open_record("dr.oconnor")
+    url = f"/fhir/MedicationStatement/{server_id('P81001', 'MedicationStatement', 'gp-depot')}"
+    before = ics.client.get(url, headers=hospital)
+    assert before.json()["informationSource"]["display"] == TRUST and before.headers["ETag"] == 'W/"1"'
+    assert ics.client.get(url, headers={**hospital, "If-None-Match": 'W/"1"'}).status_code == 304
+
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by=f"patient:{ics.okafor}", person_id=ics.okafor,
+                   provision=hide_category("mental_health"))
+        s.commit()
+    now = ics.client.get(url, headers=hospital)
+    assert now.json()["informationSource"] == {"display": UNNAMED_SERVICE} and TRUST not in now.text
+    assert now.json()["meta"]["versionId"] == "1" and now.headers["ETag"].startswith('W/"1-')
+    for held in ({"If-None-Match": before.headers["ETag"]}, {"If-Modified-Since": before.headers["Last-Modified"]}):
+        again = ics.client.get(url, headers={**hospital, **held})
+        assert again.status_code == 200 and TRUST not in again.text, held
+    assert ics.client.get(url, headers={**hospital, "If-None-Match": now.headers["ETag"]}).status_code == 304
 
 
 @pytest.mark.parametrize(("query", "accept", "named"), [

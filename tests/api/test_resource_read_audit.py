@@ -127,6 +127,21 @@ def test_the_ig_officer_sees_the_resource_named_and_whether_it_was_shown(ics: Ic
     assert all("Opened one item of the record: a problem or diagnosis" in r for r in reads)
 
 
+def test_the_ig_officer_sees_a_history_counted_by_its_versions_and_naming_the_resource(ics: Ics) -> None:
+    """A released history names the resource asked for as a read does (so that "who has looked" can hold it
+    back, review of 2026-12-07), and the versions it released; what was seen counts the versions alone."""
+    headers = ics.open_record("dr.patel")
+    diabetes = _condition_id(ics, headers, "44054006")
+    assert ics.client.get(f"/fhir/Condition/{diabetes}/_history", headers=headers).json()["total"] == 1
+    done = ics.client.post("/login", data={"username": "ig.morgan", "password": "demo", "target": "/ig"},
+                           follow_redirects=False)
+    assert done.status_code == 303
+    rows = ics.client.post("/ig/audit", data={"patient": ics.okafor}).text.split('<tr class="nhsuk-table__row">')
+    (history,) = [r for r in rows if "clinical:resource:history" in r]
+    assert f"Condition/{diabetes}" in history and "Allowed" in history
+    assert "What was seen: 1 item: problems and diagnoses 1" in history
+
+
 def _detail(event: dict[str, Any], key: str) -> str | None:
     decision = next(e for e in event["entity"] if e.get("name") == "decision")
     return next((d["valueString"] for d in decision["detail"] if d["type"] == key), None)

@@ -26,6 +26,7 @@ from sharedcare.clock import utcnow
 from sharedcare.config import load_settings
 from sharedcare.governance import workspace
 from sharedcare.governance.access_log import PATIENT_VISIBLE, UNVERIFIED_WORDS, VISIT_MINUTES, Access, visits
+from sharedcare.governance.audit import AuditAction, AuditRecord, record_audit
 from sharedcare.governance.framework import Framework
 from sharedcare.governance.one_time_codes import MAX_ATTEMPTS, MAX_CODES_PER_HOUR
 from sharedcare.ingest.pipeline import Pipeline
@@ -202,12 +203,14 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
     assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
 
 
+@pytest.mark.parametrize("looked_at", ["", "/_history", "/_history/1"], ids=["read", "history", "vread"])
 def test_a_look_at_a_safeguarding_record_is_listed_without_what_was_seen_or_why(
-        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path, looked_at: str) -> None:
     """The patient never sees a safeguarding record (it can put them at risk if someone with them reads it),
     nor, in "who has looked", what a social worker looked at of it or the reason she gave (an S42 enquiry
     naming his son); who looked, from where, when and on what basis are still listed (patient portal review
-    of 2026-12-07, MEDIUM 6). A look at anything else still says what it was, and why."""
+    of 2026-12-07, MEDIUM 6). So too for a look at its history or a version (review of 2026-12-07: those
+    gave the reason away). A look at anything else still says what it was, and why."""
     gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
                                    condition("gp-sg", "Patient/gp-okafor", "417430008", "Vulnerable adult")],
                 timestamp="2026-11-02T09:00:00Z")
@@ -217,7 +220,7 @@ def test_a_look_at_a_safeguarding_record_is_listed_without_what_was_seen_or_why(
         diabetes = s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
     why = "S42 enquiry: concern his son is taking his pension"
     social_worker = ics.open_record("sw.brown", basis="implied-consent", reason=why)
-    assert ics.client.get(f"/fhir/Condition/{safeguarding}", headers=social_worker).status_code == 200
+    assert ics.client.get(f"/fhir/Condition/{safeguarding}{looked_at}", headers=social_worker).status_code == 200
     gp_reads = ics.open_record("dr.patel", basis="implied-consent", reason="diabetes review")
     assert ics.client.get(f"/fhir/Condition/{diabetes}", headers=gp_reads).status_code == 200
     _sign_in(ics.client)
@@ -226,11 +229,32 @@ def test_a_look_at_a_safeguarding_record_is_listed_without_what_was_seen_or_why(
     rows = visit_rows(page)
     (look,) = [row for row in rows if "Maya Brown" in row]
     assert "Social worker" in look and "Riverside City Council Adult Social Care" in look
-    assert "viewed your record" in look and "problem or diagnosis" not in look
+    assert "viewed your record" in look and "problem or diagnosis" not in look and "versions" not in look
     assert "implied consent: not shown here: the organisation named can tell you" in look
     assert "S42" not in page and "pension" not in page and "son" not in look.split()
     (gp_look,) = [row for row in rows if "Dr Amara Patel" in row]
     assert "viewed a problem or diagnosis in your record" in gp_look and "diabetes review" in gp_look
+
+
+def test_a_history_of_a_safeguarding_record_audited_before_it_named_the_record_is_held_back_too(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """A history or vread audited before 2026-12-07 named only the versions released, not the record: the
+    record is read from them, and the look is held back as one audited now is (its reason too)."""
+    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+                                   condition("gp-sg", "Patient/gp-okafor", "417430008", "Vulnerable adult")],
+                timestamp="2026-11-02T09:00:00Z")
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "sg.ndjson", [gp])]).quarantined == 0
+    with db.session() as s:
+        safeguarding = s.scalars(select(Resource.id).where(Resource.source_id == "gp-sg")).one()
+        record_audit(s, AuditRecord(  # as the gateway wrote a released history then
+            AuditAction.RESOURCE_HISTORY, "permit", "sw.brown", role="social_worker", organisation="LRC",
+            patient_id=ics.okafor, basis="implied-consent", reason="S42 enquiry: concern his son is taking his pension",
+            rule_id="permit-tier", released=[f"Condition/{safeguarding}/_history/1"]))
+    _sign_in(ics.client)
+    page = ics.client.get("/patient/accesses").text
+    (look,) = [row for row in visit_rows(page) if "Maya Brown" in row]
+    assert "viewed your record" in look and "versions" not in look
+    assert "S42" not in page and "pension" not in page
 
 
 def test_a_look_the_service_did_not_record_is_listed_as_not_verified(ics: Ics) -> None:

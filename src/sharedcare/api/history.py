@@ -45,18 +45,15 @@ def _checked(resource_type: str, version_id: str | None = None) -> int | None:
     return int(version_id)
 
 
-def _whole(served: ServedResource) -> bool:
-    """Whether the version is released as stored: at tier 3, from a service named to this reader."""
-    return served.tier >= 3 and bool(served.source_org)
-
-
 def etag(served: ServedResource) -> str:
-    """`W/"<versionId>"`, as `meta.versionId` says and a write's If-Match takes, for a version released whole.
-    A version this reader is shown reduced (a coded summary at tier 2, or from a service not named to them)
-    has a tag of its own, the version and a digest of what was shown: the same version can be shown whole
-    later (a basis recorded), and a 304 must never tell a reader that a reduced copy is what they may now see."""
+    """`W/"<versionId>"`, as `meta.versionId` says and a write's If-Match takes, for a version released as
+    stored (`ServedResource.as_stored`). A version this reader is shown altered (a coded summary at tier 2,
+    from a service not named to them, or naming a service the patient hides from them) has a tag of its own,
+    the version and a digest of what was shown: the same version can be shown whole later (a basis recorded)
+    or altered later (a service hidden), and a 304 must never tell a reader that a copy other than the one
+    released now is current."""
     version = served.content.get("meta", {}).get("versionId", "1")
-    if _whole(served):
+    if served.as_stored:
         return f'W/"{version}"'
     digest = hashlib.sha256(served.encoded or orjson.dumps(served.content)).hexdigest()[:16]
     return f'W/"{version}-{digest}"'
@@ -65,14 +62,14 @@ def etag(served: ServedResource) -> str:
 def _unchanged(request: Request, tag: str, served: ServedResource) -> bool:
     """Whether a conditional read's copy is the one released now: `If-None-Match` naming `tag` (or `*`),
     compared weakly as RFC 9110 says; without it, `If-Modified-Since` no earlier than the version, for a
-    version released whole only (a date cannot tell a reduced copy from a whole one). A date that cannot
-    be read is ignored, as RFC 9110 says."""
+    version released as stored only (a date cannot tell an altered copy from the stored one). A date that
+    cannot be read is ignored, as RFC 9110 says."""
     none_match = request.headers.get("if-none-match")
     if none_match is not None:
         held = {t.strip().removeprefix("W/") for t in none_match.split(",")}
         return "*" in held or tag.removeprefix("W/") in held
     since = request.headers.get("if-modified-since")
-    if since is None or not _whole(served):
+    if since is None or not served.as_stored:
         return False
     try:
         asked = parsedate_to_datetime(since)

@@ -19,6 +19,7 @@ from sharedcare.governance.audit import (
     decision_details,
     entities_of,
     entry_is_genuine,
+    expanded,
     minted_by,
 )
 from sharedcare.governance.audit_forward import as_audit_event
@@ -305,13 +306,20 @@ def search_page(session: Session, limit: int, **criteria: Any) -> Found:
 
 def requested_resource(entry: AuditEntry) -> str | None:
     """The resource a resource read asked for (`Condition/{id}`): the entity in the role of a domain
-    resource (audit.py), whether it was released or refused. None for an event not of that shape."""
+    resource (audit.py), whether it was released or refused. A history released before 2026-12-07 named
+    only its versions (`Condition/{id}/_history/2`): the resource is read from them. None for an event not
+    of that shape."""
     for entity in entities_of(entry.event):
         role, what = entity.get("role"), entity.get("what")
         if isinstance(role, dict) and role.get("code") == "4" and isinstance(what, dict):
             reference = what.get("reference")
             return reference if isinstance(reference, str) else None
-    return None
+    if entry.action != AuditAction.RESOURCE_HISTORY.value:
+        return None
+    versions = [str(entity["what"].get("reference", "")) for entity in expanded(entry.event).get("entity", [])
+                if isinstance(entity.get("what"), dict)]
+    versions += details(entry).get("versions", "").split(", ")
+    return next((version.partition("/_history/")[0] for version in versions if "/_history/" in version), None)
 
 
 def describe(entry: AuditEntry) -> str:

@@ -219,6 +219,9 @@ class ServedResource:
     recorded_at: datetime
     received_at: datetime
     encoded: bytes | None = field(default=None, compare=False, repr=False)
+    # released exactly as stored (tier 3, nothing unnamed): the copy a plain `W/"<versionId>"` and a date
+    # stand for (api/history.py `etag`); any other is told by what was shown
+    as_stored: bool = False
 
     @cached_property
     def reference(self) -> str:
@@ -791,8 +794,11 @@ class GovernedRecords:
                   for rel in decision.released
                   if current_released and version in (None, by_item[id(rel.item)][0])
                   and (self.resource_types is None or rel.item.resource_type in self.resource_types)]
+        # the resource asked for named as a refusal names it (a domain resource): what "who has looked" holds
+        # back by (`access_log.requested_resource`), beside the versions released
         self._released(AuditAction.RESOURCE_HISTORY, person_id, basis=basis.basis if basis else None,
                        reason=basis.reason if basis else None, rule_id=decision.rule_id,
+                       resource=f"{resource_type}/{resource_id}",
                        released=[f"{resource_type}/{resource_id}/_history/{number}" for number, _ in served],
                        withheld=dict(decision.withheld))
         return current_released, served
@@ -829,14 +835,15 @@ class GovernedRecords:
                 if name in out:
                     out[name] = {**out[name], "reference": f"Patient/{person_id}"}
             encoded = orjson.dumps(out) if cache or unknown is not None else None
-            if unknown is not None and not whole and unknown.mentions(cast(bytes, encoded)):
+            named = unknown is not None and not whole and unknown.mentions(cast(bytes, encoded))
+            if named:
                 # another organisation's record naming the service (only these are walked: the JSON
                 # encoded anyway tells which)
-                out = unnamed(out, unknown, whole=False, checked=True)
+                out = unnamed(out, cast(Unknown, unknown), whole=False, checked=True)
                 encoded = orjson.dumps(out)
             return ServedResource(out, resource_type, category, tier, source_org, source_name,
                                   source_system, _instant(recorded_at), _instant(received_at),
-                                  encoded if cache else None)
+                                  encoded if cache else None, as_stored=tier >= 3 and not whole and not named)
 
         if cache is None:
             return make()

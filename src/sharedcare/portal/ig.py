@@ -260,9 +260,12 @@ def _audit_row(entry: Any, fw: Framework, unverified: bool,
     org = fw.organisation(entry.organisation or "")
     info = {} if unverified else details(entry)
     item = None if unverified else requested_resource(entry)
-    kinds = Counter(str(e["what"].get("reference", "")).split("/")[0]  # every entity but the patient's (role 1)
+    # every entity but the patient's (role 1), and but a history's resource asked for (role 4): its versions
+    # released are listed besides
+    skipped = ("1", "4") if entry.action == AuditAction.RESOURCE_HISTORY.value else ("1",)
+    kinds = Counter(str(e["what"].get("reference", "")).split("/")[0]
                     for e in ([] if unverified else expanded(entry.event).get("entity", []))
-                    if "what" in e and (e.get("role") or {}).get("code") != "1")
+                    if "what" in e and (e.get("role") or {}).get("code") not in skipped)
     released = 0 if entry.outcome == "deny" else sum(kinds.values())
     agent = {} if unverified else (entry.event.get("agent") or [{}])[0]
     role_code = ((agent.get("role") or [{}])[0]).get("text", "")
