@@ -63,7 +63,8 @@ def _calls(ics: Ics) -> list[tuple[str, str, str]]:
     values = {"patient_id": ics.okafor, "person_id": ics.okafor, "resource_type": "Condition",
               "resource_id": "gp-c1", "version_id": "1", "group_id": "P81001", "job_id": "1",
               "file_name": "Condition.ndjson", "item_id": "1", "review_id": "1", "org": "RXR", "status": "suspended",
-              "consent_id": OKAFOR_NHS, "code_system_id": "withheld-reason"}
+              "consent_id": OKAFOR_NHS, "code_system_id": "withheld-reason",
+              "search_id": "a-kept-search-id"}
     calls = []
     for route in _routes(ics.client.app.router.routes):  # type: ignore[attr-defined]
         for method in sorted((route.methods or set()) - {"HEAD"}):
