@@ -167,6 +167,15 @@ def _verified(secret: str, token: str) -> dict[str, Any]:
     return claims
 
 
+def signed_claims(settings: Settings, token: str) -> dict[str, Any] | None:
+    """The claims of a token this service signed, expired or not; None for any other (an unsigned or forged
+    one is never trusted): a session cookie to revoke at sign-out, or as it arrives expired."""
+    try:
+        return dict(_verified(settings.secret, token))
+    except jwt.PyJWTError:
+        return None
+
+
 def read_token(settings: Settings, token: str) -> dict[str, Any]:
     """A valid token's claims, its expiry checked on every use (revocation is the caller's: the store)."""
     try:
