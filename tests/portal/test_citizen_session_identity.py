@@ -9,7 +9,7 @@ import html
 import re
 
 from sqlalchemy import select, update
-from tests.governance.test_access_log_history import _community_record, _person_of
+from tests.governance.test_access_log_history import _community_record, _left_apart, _person_of
 from tests.portal.test_patient_portal import WRONG_CODE, _logins, _sign_in, _start
 from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
 
@@ -122,14 +122,34 @@ def test_a_separation_that_leaves_his_number_on_two_persons_ends_his_session(ics
     assert NO_LONGER_ONE_PERSON in _text(page.text) and _title(page.text).startswith("Error: ")
     assert DIABETES not in page.text
     assert ics.client.cookies.get(SESSION_COOKIE) is None  # the session is gone, not only refused once
-    consent = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer)
+    consent = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer)  # the same token
     assert consent.status_code == 401
     said = consent.json()["issue"][0]["diagnostics"]
-    assert "no longer lead to one person's record (ambiguous)" in said, said
+    assert "has been revoked" in said, said  # ended, not only refused once
     with db.session() as s:
         refused = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.CREDENTIALS_REFUSED.value)
                             .order_by(AuditEntry.seq)).all()
     assert [e.username for e in refused] == [f"patient:{ics.okafor}"] * 2
+    assert "no longer lead to one person's record (ambiguous)" in str(refused[0].event), refused[0].event
+
+
+def test_a_session_ended_for_ambiguity_stays_ended_when_the_records_are_joined_again(
+        ics: Ics, db: Database) -> None:
+    """"You have been signed out" must be true: the session was only refused while the details led to two
+    persons, and the same token worked again once IG put the record back with him."""
+    _sign_in(ics.client)
+    bearer = _bearer(ics)
+    assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer).status_code == 200
+    apart = _left_apart(db, _community_record(db))
+    ended = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer)
+    assert ended.status_code == 401
+    assert "no longer lead to one person's record" in ended.json()["issue"][0]["diagnostics"]
+    with db.session() as s:
+        merge_persons(s, ics.okafor, apart, by="test", reason="same person after all")
+        s.commit()
+    assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer).status_code == 401
+    page = ics.client.get("/patient/home")
+    assert page.status_code == 401 and DIABETES not in page.text
 
 
 def test_a_code_typed_with_a_space_or_hyphen_signs_in(ics: Ics) -> None:
