@@ -13,7 +13,7 @@ from tests.governance.test_access_log_history import _community_record, _left_ap
 from tests.portal.test_patient_portal import WRONG_CODE, _logins, _sign_in, _start
 from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
 
-from sharedcare.api.deps import NO_LONGER_ONE_PERSON, SESSION_COOKIE
+from sharedcare.api.deps import CHANGED_SINCE_CODE, NO_LONGER_ONE_PERSON, SESSION_COOKIE
 from sharedcare.governance.access_log import accesses_of
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
@@ -179,3 +179,19 @@ def test_the_sign_in_pages_say_error_in_their_title_when_something_is_wrong(ics:
     assert _title(ics.client.get("/patient/choices").text).startswith("Your choices")
     hide = ics.client.post("/patient/choices/hide/confirm", data={"category": "", "hide_from": "everyone"})
     assert hide.status_code == 400 and _title(hide.text).startswith("Error: Your choices")
+
+
+def test_a_right_code_after_a_link_change_says_the_records_changed_not_that_the_code_is_wrong(
+        ics: Ics, db: Database) -> None:
+    """Matching moves a record of his between the two sign-in steps: his right code was answered "The code is
+    not right", and he would type it again. Someone who types a wrong code is told nothing more."""
+    code = _start(ics.client)
+    assert code is not None
+    _left_apart(db, _community_record(db))
+    wrong = ics.client.post("/patient/code", data={"code": "000000" if code != "000000" else "111111"})
+    assert wrong.status_code == 401 and WRONG_CODE in wrong.text and CHANGED_SINCE_CODE not in _text(wrong.text)
+    done = ics.client.post("/patient/code", data={"code": code}, follow_redirects=False)
+    assert done.status_code == 401 and WRONG_CODE not in done.text
+    assert CHANGED_SINCE_CODE in _text(done.text) and _title(done.text).startswith("Error: ")
+    assert ics.client.cookies.get(SESSION_COOKIE) is None
+    assert _logins(ics)[-1][-1] == "details-now-lead-elsewhere"

@@ -182,10 +182,14 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
     return actor
 
 
-# What a citizen whose sign-in details no longer lead to one person's record is told (`_citizen_now`).
+# What a citizen whose sign-in details no longer lead to one person's record is told (`_citizen_now`), and one
+# who typed the right code after they stopped leading to the person it was sent for (`citizen.check_code`).
+_SIGN_IN_AGAIN = ("Sign in again. If you still cannot sign in, contact your GP surgery: they can check the details "
+                  "your record holds.")
 NO_LONGER_ONE_PERSON = ("You have been signed out because the records held under your NHS number have changed "
-                        "since you signed in. Sign in again. If you still cannot sign in, contact your GP surgery: "
-                        "they can check the details your record holds.")
+                        f"since you signed in. {_SIGN_IN_AGAIN}")
+CHANGED_SINCE_CODE = ("You could not be signed in because the records held under your NHS number changed after "
+                      f"you asked for the code. {_SIGN_IN_AGAIN}")
 
 
 def _citizen_now(request: Request, session: Session, fw: Framework, claims: dict[str, Any]) -> Actor:
