@@ -116,9 +116,9 @@ def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep, stor
         or ("", "", None)
     person_id, result = sign_in.finish(challenge, code, nhs_number, born)
     if result == "details-now-lead-elsewhere":  # a right code (a wrong one is told nothing more), now spent
-        response = _sign_in_page(request, 401, CHANGED_SINCE_CODE)
-        response.delete_cookie(CHALLENGE_COOKIE, path="/patient")
-        return response
+        again = _sign_in_page(request, 401, CHANGED_SINCE_CODE)
+        again.delete_cookie(CHALLENGE_COOKIE, path="/patient")
+        return again
     if person_id is None or born is None:
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
