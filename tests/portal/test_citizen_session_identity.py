@@ -5,6 +5,7 @@ Also the sign-in's small edges: a code typed with a space, and an error page's t
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 
@@ -195,3 +196,27 @@ def test_a_right_code_after_a_link_change_says_the_records_changed_not_that_the_
     assert CHANGED_SINCE_CODE in _text(done.text) and _title(done.text).startswith("Error: ")
     assert ics.client.cookies.get(SESSION_COOKIE) is None
     assert _logins(ics)[-1][-1] == "details-now-lead-elsewhere"
+
+
+def _readable(cookie: str) -> str:
+    """What anyone holding a JWT cookie can read of it without the key: its parts, base64-decoded."""
+    parts = [base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)) for p in cookie.split(".")[:2]]
+    return " ".join(p.decode("utf-8", "replace") for p in parts)
+
+
+def test_the_cookies_do_not_carry_his_nhs_number_or_date_of_birth_readable(ics: Ics) -> None:
+    """A JWT is signed, not encrypted: the sign-in cookie and the session cookie carried his NHS number and date
+    of birth readable by base64, to anyone seeing the cookie on a shared computer, after sign-out too."""
+    step = ics.client.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, "birth_day": "2", "birth_month": "3",
+                                                     "birth_year": "1945"})
+    challenge = ics.client.cookies["sc_challenge"]
+    (set_cookie,) = [c.lower() for c in step.headers.get_list("set-cookie") if c.startswith("sc_challenge=")]
+    assert "max-age" not in set_cookie and "expires" not in set_cookie  # it goes when the browser is closed
+    code = re.search(r'id="demo-code">(\d{6})<', step.text)
+    assert code is not None
+    assert ics.client.post("/patient/code", data={"code": code.group(1)}, follow_redirects=False).status_code == 303
+    session = str(ics.client.cookies.get(SESSION_COOKIE))
+    for cookie in (challenge, session):
+        readable = _readable(cookie)
+        assert OKAFOR_NHS not in readable and "1945-03-02" not in readable and "nhs_number" not in readable
+    assert DIABETES in _text(ics.client.get("/patient/record").text)  # the sealed details still sign him in

@@ -200,7 +200,7 @@ def _citizen_now(request: Request, session: Session, fw: Framework, claims: dict
     the id would show someone else's record or none of theirs. Details that now lead to no one person end
     the session (audited with the refused credentials, naming why): its `jti` is revoked, in a unit of work
     of its own (this one is rolled back), so it stays ended when the records are joined again."""
-    details = citizen_details(claims)
+    details = citizen_details(request.app.state.settings, claims)
     if details is None:
         refused = AuthError("this patient session does not say whose NHS number it was signed in with; sign in again")
         refused.for_people = SESSION_ENDED

@@ -100,7 +100,7 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR)
     response.set_cookie(CHALLENGE_COOKIE, sign_in_cookie(settings, challenge.id, number, born), httponly=True,
                         samesite="strict", path="/patient",
-                        secure=csrf.secure_cookies(request), max_age=CODE_MINUTES * 60)
+                        secure=csrf.secure_cookies(request))  # no max_age: it goes with the browser session
     return response
 
 
