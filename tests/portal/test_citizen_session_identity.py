@@ -5,15 +5,16 @@ Also the sign-in's small edges: a code typed with a space, and an error page's t
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 
 from sqlalchemy import select, update
-from tests.governance.test_access_log_history import _community_record, _person_of
+from tests.governance.test_access_log_history import _community_record, _left_apart, _person_of
 from tests.portal.test_patient_portal import WRONG_CODE, _logins, _sign_in, _start
 from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
 
-from sharedcare.api.deps import NO_LONGER_ONE_PERSON, SESSION_COOKIE
+from sharedcare.api.deps import CHANGED_SINCE_CODE, NO_LONGER_ONE_PERSON, SESSION_COOKIE
 from sharedcare.governance.access_log import accesses_of
 from sharedcare.governance.audit import AuditAction
 from sharedcare.governance.framework import Framework
@@ -122,14 +123,34 @@ def test_a_separation_that_leaves_his_number_on_two_persons_ends_his_session(ics
     assert NO_LONGER_ONE_PERSON in _text(page.text) and _title(page.text).startswith("Error: ")
     assert DIABETES not in page.text
     assert ics.client.cookies.get(SESSION_COOKIE) is None  # the session is gone, not only refused once
-    consent = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer)
+    consent = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer)  # the same token
     assert consent.status_code == 401
     said = consent.json()["issue"][0]["diagnostics"]
-    assert "no longer lead to one person's record (ambiguous)" in said, said
+    assert "has been revoked" in said, said  # ended, not only refused once
     with db.session() as s:
         refused = s.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.CREDENTIALS_REFUSED.value)
                             .order_by(AuditEntry.seq)).all()
     assert [e.username for e in refused] == [f"patient:{ics.okafor}"] * 2
+    assert "no longer lead to one person's record (ambiguous)" in str(refused[0].event), refused[0].event
+
+
+def test_a_session_ended_for_ambiguity_stays_ended_when_the_records_are_joined_again(
+        ics: Ics, db: Database) -> None:
+    """"You have been signed out" must be true: the session was only refused while the details led to two
+    persons, and the same token worked again once IG put the record back with him."""
+    _sign_in(ics.client)
+    bearer = _bearer(ics)
+    assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer).status_code == 200
+    apart = _left_apart(db, _community_record(db))
+    ended = ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer)
+    assert ended.status_code == 401
+    assert "no longer lead to one person's record" in ended.json()["issue"][0]["diagnostics"]
+    with db.session() as s:
+        merge_persons(s, ics.okafor, apart, by="test", reason="same person after all")
+        s.commit()
+    assert ics.client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer).status_code == 401
+    page = ics.client.get("/patient/home")
+    assert page.status_code == 401 and DIABETES not in page.text
 
 
 def test_a_code_typed_with_a_space_or_hyphen_signs_in(ics: Ics) -> None:
@@ -159,3 +180,43 @@ def test_the_sign_in_pages_say_error_in_their_title_when_something_is_wrong(ics:
     assert _title(ics.client.get("/patient/choices").text).startswith("Your choices")
     hide = ics.client.post("/patient/choices/hide/confirm", data={"category": "", "hide_from": "everyone"})
     assert hide.status_code == 400 and _title(hide.text).startswith("Error: Your choices")
+
+
+def test_a_right_code_after_a_link_change_says_the_records_changed_not_that_the_code_is_wrong(
+        ics: Ics, db: Database) -> None:
+    """Matching moves a record of his between the two sign-in steps: his right code was answered "The code is
+    not right", and he would type it again. Someone who types a wrong code is told nothing more."""
+    code = _start(ics.client)
+    assert code is not None
+    _left_apart(db, _community_record(db))
+    wrong = ics.client.post("/patient/code", data={"code": "000000" if code != "000000" else "111111"})
+    assert wrong.status_code == 401 and WRONG_CODE in wrong.text and CHANGED_SINCE_CODE not in _text(wrong.text)
+    done = ics.client.post("/patient/code", data={"code": code}, follow_redirects=False)
+    assert done.status_code == 401 and WRONG_CODE not in done.text
+    assert CHANGED_SINCE_CODE in _text(done.text) and _title(done.text).startswith("Error: ")
+    assert ics.client.cookies.get(SESSION_COOKIE) is None
+    assert _logins(ics)[-1][-1] == "details-now-lead-elsewhere"
+
+
+def _readable(cookie: str) -> str:
+    """What anyone holding a JWT cookie can read of it without the key: its parts, base64-decoded."""
+    parts = [base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)) for p in cookie.split(".")[:2]]
+    return " ".join(p.decode("utf-8", "replace") for p in parts)
+
+
+def test_the_cookies_do_not_carry_his_nhs_number_or_date_of_birth_readable(ics: Ics) -> None:
+    """A JWT is signed, not encrypted: the sign-in cookie and the session cookie carried his NHS number and date
+    of birth readable by base64, to anyone seeing the cookie on a shared computer, after sign-out too."""
+    step = ics.client.post("/patient/sign-in", data={"nhs_number": OKAFOR_NHS, "birth_day": "2", "birth_month": "3",
+                                                     "birth_year": "1945"})
+    challenge = ics.client.cookies["sc_challenge"]
+    (set_cookie,) = [c.lower() for c in step.headers.get_list("set-cookie") if c.startswith("sc_challenge=")]
+    assert "max-age" not in set_cookie and "expires" not in set_cookie  # it goes when the browser is closed
+    code = re.search(r'id="demo-code">(\d{6})<', step.text)
+    assert code is not None
+    assert ics.client.post("/patient/code", data={"code": code.group(1)}, follow_redirects=False).status_code == 303
+    session = str(ics.client.cookies.get(SESSION_COOKIE))
+    for cookie in (challenge, session):
+        readable = _readable(cookie)
+        assert OKAFOR_NHS not in readable and "1945-03-02" not in readable and "nhs_number" not in readable
+    assert DIABETES in _text(ics.client.get("/patient/record").text)  # the sealed details still sign him in

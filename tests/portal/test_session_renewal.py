@@ -1,7 +1,8 @@
 """A clinician's portal session lasts while she uses it: each page renews its idle window
 (`SHAREDCARE_SESSION_IDLE_MINUTES`, 30), up to its cap (`SHAREDCARE_SESSION_HOURS`, 8) after the sign-in,
 never later. Renewed, it is the same session: sign-out, a suspension's cut-off and revocation end every copy
-of it, and a copy of the cookie no one uses ends at its own idle timeout."""
+of it, and a copy of the cookie no one uses ends at its own idle timeout; one that turns up expired (her idle
+tab, pressing Sign out there, signing in over it) ends every copy too."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def test_an_unused_session_ends_at_the_idle_timeout_and_signing_in_again_goes_ba
     assert again.status_code == 303 and again.headers["location"] == f"/record/{ics.okafor}"
 
 
-def test_a_copied_cookie_left_unused_ends_at_the_idle_timeout_while_the_session_goes_on(
+def test_a_copied_cookie_left_unused_ends_at_the_idle_timeout_and_ends_the_session_it_was_copied_from(
         ics: Ics, clock: Clock) -> None:
     _sign_in(ics)
     copied = _cookie(ics)
@@ -115,7 +116,47 @@ def test_a_copied_cookie_left_unused_ends_at_the_idle_timeout_while_the_session_
     clock.at(40)
     assert ics.client.get("/search").status_code == 200
     assert _with(ics, copied) == 401  # the copy, unused since sign-in, is expired
-    assert ics.client.get("/search").status_code == 200
+    # an expired copy turning up means the cookie was copied: which copy is hers no one can tell, so all end
+    assert ics.client.get("/search").status_code == 401
+
+
+def _copy_kept_in_use(ics: Ics, clock: Clock) -> PortalClient:
+    """Someone copies the clinician's cookie (a shared PC, devtools) and uses it now and then, each page
+    renewing their copy, while her own tab sits idle."""
+    other = PortalClient(ics.client.app)
+    other.cookies.set(SESSION_COOKIE, _cookie(ics))
+    for minutes in (20, 45):
+        clock.at(minutes)
+        assert other.get("/search").status_code == 200
+    clock.at(50)  # her own copy idled out at 30
+    return other
+
+
+@pytest.mark.parametrize("she", ["opens a page", "signs out", "signs in again"])
+def test_a_copy_kept_in_use_ends_when_her_expired_session_comes_back(ics: Ics, clock: Clock, she: str) -> None:
+    _sign_in(ics)
+    other = _copy_kept_in_use(ics, clock)
+    if she == "opens a page":
+        page = ics.client.get("/search")
+        assert page.status_code == 401 and ENDED in page.text
+    elif she == "signs out":
+        assert ics.client.post("/logout", data={"target": "/"}, follow_redirects=False).status_code == 303
+    else:
+        _sign_in(ics)  # (her new session, signed at the moved clock, is not used: PyJWT checks `iat` by its own)
+    page = other.get("/search")
+    assert page.status_code == 401 and "sign in again" in page.text  # the copy ended, though it was not expired
+    clock.at(70)
+    assert other.get("/search").status_code == 401
+
+
+def test_a_forged_expired_cookie_revokes_nothing(ics: Ics, clock: Clock, db: Database) -> None:
+    _sign_in(ics)
+    claims = _claims(ics, _cookie(ics))
+    forged = jwt.encode(claims, "not the service's secret", algorithm="HS256")
+    clock.at(40)
+    assert _with(ics, forged) == 401
+    with db.session() as s:
+        assert s.scalars(select(RevokedToken)).all() == []
 
 
 def test_signing_out_a_renewed_session_ends_every_copy_of_it_until_its_cap(

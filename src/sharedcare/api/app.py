@@ -236,6 +236,11 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
                                         _request_id(request), request.client.host if request.client else None)
             except Exception:  # the caller is refused either way: a failed audit write must not make it a 500
                 log.exception("request %s: the refused credentials could not be audited", _request_id(request))
+        if exc.ends_session:
+            try:  # a copy of an expired session cookie kept in use elsewhere ends with it (`end_expired_session`)
+                await run_in_threadpool(pages.end_expired_session, request)
+            except Exception:  # refused either way: a failed write must not make it a 500
+                log.exception("request %s: the expired session could not be revoked", _request_id(request))
         if not _is_api(request):
             return pages.sign_in_again(request, exc.for_people or exc.message, end_session=exc.ends_session)
         response = operation_outcome(401, "login", exc.message, _request_id(request))

@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 
+from sharedcare import sealing
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
 from sharedcare.errors import SharedcareError
@@ -116,22 +117,42 @@ def session_window(settings: Settings, claims: dict[str, Any]) -> SessionWindow 
     return SessionWindow(datetime.fromtimestamp(expires, UTC), datetime.fromtimestamp(cap, UTC), token)
 
 
+# A citizen's NHS number and date of birth, in their session token and the sign-in cookie, sealed (`sealing`):
+# a JWT is signed, not encrypted, and anyone who sees the cookie (a shared computer, a copy of it, the browser's
+# storage) could read them by base64, expired or signed out or not.
+DETAILS = "details"
+_SESSION_DETAILS, _SIGN_IN_DETAILS = "citizen session", "citizen sign-in"  # what each is sealed for
+
+
+def _details_key(settings: Settings) -> bytes:
+    return sealing.key(settings.secret, "sharedcare citizen details key")
+
+
+def _sealed_details(settings: Settings, sealed_for: str, nhs_number: str, birth_date: date) -> str:
+    return sealing.seal(_details_key(settings), sealed_for, [nhs_number, birth_date.isoformat()])
+
+
+def _details_of(settings: Settings, sealed_for: str, claims: dict[str, Any]) -> tuple[str, date] | None:
+    try:
+        nhs_number, born = sealing.unseal(_details_key(settings), sealed_for, str(claims[DETAILS]))
+        return str(nhs_number), date.fromisoformat(str(born))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def mint_citizen_token(settings: Settings, person_id: str, nhs_number: str, birth_date: date) -> str:
     """A patient portal session, who may read only their own record: the NHS number and date of birth the
-    citizen was verified by (the claims NHS login's ID token names them by), from which each request works
-    out who they are now (`api.deps.caller`), and `sub` naming the person they were found to be then
-    (`patient:{person_id}`: the audit of a refused session names it). Issued after a one-time code; NHS login
-    would issue it after its own checks."""
+    citizen was verified by (NHS login's ID token names them by its `nhs_number` and `birthdate` claims),
+    sealed in `details`, from which each request works out who they are now (`api.deps.caller`), and `sub`
+    naming the person they were found to be then (`patient:{person_id}`: the audit of a refused session names
+    it). Issued after a one-time code; NHS login would issue it after its own checks."""
     return sign_token(settings, {"sub": f"{CITIZEN_PREFIX}{person_id}", "role": "patient", "scope": CITIZEN_SCOPE,
-                                 "nhs_number": nhs_number, "birthdate": birth_date.isoformat()})
+                                 DETAILS: _sealed_details(settings, _SESSION_DETAILS, nhs_number, birth_date)})
 
 
-def citizen_details(claims: dict[str, Any]) -> tuple[str, date] | None:
+def citizen_details(settings: Settings, claims: dict[str, Any]) -> tuple[str, date] | None:
     """The NHS number and date of birth a citizen's session was signed in with; None if it names none."""
-    try:
-        return str(claims["nhs_number"]), date.fromisoformat(str(claims["birthdate"]))
-    except (KeyError, ValueError):
-        return None
+    return _details_of(settings, _SESSION_DETAILS, claims)
 
 
 SIGN_IN_AUDIENCE = "sharedcare:patient-sign-in"  # a sign-in under way's cookie: never an access token
@@ -139,10 +160,11 @@ SIGN_IN_AUDIENCE = "sharedcare:patient-sign-in"  # a sign-in under way's cookie:
 
 def sign_in_cookie(settings: Settings, challenge: str, nhs_number: str, birth_date: date) -> str:
     """What the browser keeps between the sign-in's two steps: the challenge, and the details typed at the
-    first, signed so that the session the code begins is bound to them and the browser cannot change them. Its
-    audience is not an access token's, so `read_token` refuses it."""
-    return jwt.encode({"iss": ISSUER, "aud": SIGN_IN_AUDIENCE, "challenge": challenge, "nhs_number": nhs_number,
-                       "birthdate": birth_date.isoformat(), "exp": utcnow() + timedelta(minutes=CODE_MINUTES)},
+    first, sealed, and signed so that the session the code begins is bound to them and the browser cannot
+    change them. Its audience is not an access token's, so `read_token` refuses it."""
+    return jwt.encode({"iss": ISSUER, "aud": SIGN_IN_AUDIENCE, "challenge": challenge,
+                       DETAILS: _sealed_details(settings, _SIGN_IN_DETAILS, nhs_number, birth_date),
+                       "exp": utcnow() + timedelta(minutes=CODE_MINUTES)},
                       settings.secret, algorithm=ALGORITHM)
 
 
@@ -153,7 +175,7 @@ def read_sign_in_cookie(settings: Settings, value: str) -> tuple[str, str, date]
         claims = jwt.decode(value, settings.secret, algorithms=[ALGORITHM], issuer=ISSUER, audience=SIGN_IN_AUDIENCE)
     except jwt.PyJWTError:
         return None
-    details = citizen_details(claims)
+    details = _details_of(settings, _SIGN_IN_DETAILS, claims)
     return (str(claims.get("challenge", "")), *details) if details else None
 
 
@@ -165,6 +187,15 @@ def _verified(secret: str, token: str) -> dict[str, Any]:
     claims: dict[str, Any] = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
                                         options={"require": ["exp", "sub", "iss", "jti"], "verify_exp": False})
     return claims
+
+
+def signed_claims(settings: Settings, token: str) -> dict[str, Any] | None:
+    """The claims of a token this service signed, expired or not; None for any other (an unsigned or forged
+    one is never trusted): a session cookie to revoke at sign-out, or as it arrives expired."""
+    try:
+        return dict(_verified(settings.secret, token))
+    except jwt.PyJWTError:
+        return None
 
 
 def read_token(settings: Settings, token: str) -> dict[str, Any]:

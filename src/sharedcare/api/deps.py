@@ -170,7 +170,7 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
         refused = refusal(session, claims, fw)
         if refused:
             raise AuthError(refused)
-        actor = (_citizen_now(session, fw, claims) if subject.startswith(CITIZEN_PREFIX)
+        actor = (_citizen_now(request, session, fw, claims) if subject.startswith(CITIZEN_PREFIX)
                  else current_actor(session, fw, subject))
         if actor is None:
             raise AuthError(f"the client '{subject.removeprefix(CLIENT_PREFIX)}' is no longer registered")
@@ -182,20 +182,25 @@ def caller(request: Request, settings: Settings, fw: Framework, session: Session
     return actor
 
 
-# What a citizen whose sign-in details no longer lead to one person's record is told (`_citizen_now`).
+# What a citizen whose sign-in details no longer lead to one person's record is told (`_citizen_now`), and one
+# who typed the right code after they stopped leading to the person it was sent for (`citizen.check_code`).
+_SIGN_IN_AGAIN = ("Sign in again. If you still cannot sign in, contact your GP surgery: they can check the details "
+                  "your record holds.")
 NO_LONGER_ONE_PERSON = ("You have been signed out because the records held under your NHS number have changed "
-                        "since you signed in. Sign in again. If you still cannot sign in, contact your GP surgery: "
-                        "they can check the details your record holds.")
+                        f"since you signed in. {_SIGN_IN_AGAIN}")
+CHANGED_SINCE_CODE = ("You could not be signed in because the records held under your NHS number changed after "
+                      f"you asked for the code. {_SIGN_IN_AGAIN}")
 
 
-def _citizen_now(session: Session, fw: Framework, claims: dict[str, Any]) -> Actor:
+def _citizen_now(request: Request, session: Session, fw: Framework, claims: dict[str, Any]) -> Actor:
     """Who a citizen's session is on this request: the one person the NHS number and date of birth it was
     signed in with lead to now (`verified_person`, as at sign-in), not the person id it began with. A merge
     may since have moved their records into another id, an unmerge left that id holding another person's
     record, a separation given their number to two persons, or a correction changed it: a session that kept
     the id would show someone else's record or none of theirs. Details that now lead to no one person end
-    the session (audited with the refused credentials, naming why)."""
-    details = citizen_details(claims)
+    the session (audited with the refused credentials, naming why): its `jti` is revoked, in a unit of work
+    of its own (this one is rolled back), so it stays ended when the records are joined again."""
+    details = citizen_details(request.app.state.settings, claims)
     if details is None:
         refused = AuthError("this patient session does not say whose NHS number it was signed in with; sign in again")
         refused.for_people = SESSION_ENDED
@@ -206,6 +211,10 @@ def _citizen_now(session: Session, fw: Framework, claims: dict[str, Any]) -> Act
         refused = AuthError(f"the NHS number ending {nhs_number[-4:]} and date of birth this patient session was "
                             f"signed in with no longer lead to one person's record ({result}); sign in again")
         refused.for_people = NO_LONGER_ONE_PERSON
+        database: Database = request.app.state.database
+        with database.session() as ending:
+            OAuthStore(ending, fw).revoke(claims)
+            ending.commit()
         raise refused
     return citizen_actor(fw, person_id)
 

@@ -7,10 +7,6 @@ lists; anything else is refused with a clear message rather than silently ignore
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-import json
 import os
 import re
 from collections.abc import Collection
@@ -18,9 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from sharedcare import sealing
 from sharedcare.clock import utcnow
 from sharedcare.errors import SharedcareError
 
@@ -381,30 +375,26 @@ _PROCESS_CURSOR_KEY = os.urandom(32)
 
 def page_cursor_key(secret: str) -> bytes:
     """What `_cursor` is sealed with: the service's secret under a label of its own (as `consent_id_key`)."""
-    return hmac.digest(secret.encode(), b"sharedcare page cursor key", "sha256")
+    return sealing.key(secret, "sharedcare page cursor key")
 
 
 def _cursor_of(key: bytes, sealed_for: str, position: tuple[Any, ...]) -> str:
     """A page position as a token sealed (AES-GCM) for one search: its times (when recorded, a clinical
     date) are not readable in a URL, which proxies and logs keep, and a token changed or moved to another
     patient, type or order does not open."""
-    words = [v.isoformat() if isinstance(v, datetime) else v for v in position]
-    nonce = os.urandom(12)
-    sealed = nonce + AESGCM(key).encrypt(nonce, json.dumps(words).encode(), sealed_for.encode())
-    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+    return sealing.seal(key, sealed_for, [v.isoformat() if isinstance(v, datetime) else v for v in position])
 
 
 def _position_of(key: bytes, sealed_for: str, cursor: str, size: int) -> tuple[datetime | str, ...]:
     """The position `_cursor_of` sealed for this search, checked: `size` parts, times then an id."""
     try:
-        sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        words = json.loads(AESGCM(key).decrypt(sealed[:12], sealed[12:], sealed_for.encode()))
+        words = sealing.unseal(key, sealed_for, cursor)
         if not isinstance(words, list) or len(words) != size or not all(isinstance(w, str) for w in words):
             raise ValueError(cursor)
         times = [datetime.fromisoformat(w) for w in words[:-1]]
         if any(t.tzinfo is None for t in times):
             raise ValueError(cursor)
-    except (ValueError, binascii.Error, InvalidTag) as exc:
+    except ValueError as exc:
         raise SearchError("_cursor: not a page position this server gave; follow the Bundle's next link "
                           "unchanged, with the same _sort", "_cursor") from exc
     return (*(t.astimezone(UTC) for t in times), words[-1])

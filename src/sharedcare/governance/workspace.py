@@ -527,8 +527,9 @@ class CitizenSignIn:
         issued = one_time_codes.issue(self.session, person_id, now)
         return Challenge(issued.challenge, issued.code)
 
-    def finish(self, challenge: str, code: str, nhs_number: str, birth_date: date | None) -> str | None:
-        """The person a correct, unexpired code signs in, or None (audited either way): the person the NHS
+    def finish(self, challenge: str, code: str, nhs_number: str, birth_date: date | None) -> tuple[str | None, str]:
+        """The person a correct, unexpired code signs in, or None (audited either way), and the result in a word
+        (`details-now-lead-elsewhere` only for a right code: the page may say so): the person the NHS
         number and date of birth given at the first step still lead to, or a link change in between would
         begin the session as someone the code was not sent for. Committed here: the code is spent and the
         sign-in on record before the session is issued, and the portal then revokes the browser's earlier
@@ -540,7 +541,7 @@ class CitizenSignIn:
             signed_in, result = False, "details-now-lead-elsewhere"
         self._audit(signed_in, redeemed.person_id, "code", result)
         self.session.commit()
-        return redeemed.person_id if signed_in else None
+        return (redeemed.person_id if signed_in else None), result
 
 
 def provision_key(provision: Provision) -> str:

@@ -20,7 +20,15 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sharedcare.api.auth import mint_citizen_token, read_sign_in_cookie, sign_in_cookie
-from sharedcare.api.deps import CitizenDep, FrameworkDep, OAuthDep, SettingsDep, SignInDep, people_only
+from sharedcare.api.deps import (
+    CHANGED_SINCE_CODE,
+    CitizenDep,
+    FrameworkDep,
+    OAuthDep,
+    SettingsDep,
+    SignInDep,
+    people_only,
+)
 from sharedcare.clock import utcnow
 from sharedcare.governance import access_log, explain
 from sharedcare.governance.audit import SEQ_MOST
@@ -92,20 +100,25 @@ def sign_in(request: Request, settings: SettingsDep, sign_in: SignInDep,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR)
     response.set_cookie(CHALLENGE_COOKIE, sign_in_cookie(settings, challenge.id, number, born), httponly=True,
                         samesite="strict", path="/patient",
-                        secure=csrf.secure_cookies(request), max_age=CODE_MINUTES * 60)
+                        secure=csrf.secure_cookies(request))  # no max_age: it goes with the browser session
     return response
 
 
 @router.post("/code", response_class=HTMLResponse)
 def check_code(request: Request, settings: SettingsDep, sign_in: SignInDep, store: OAuthDep,
                code: Annotated[str, Form()] = "") -> Response:
-    """Step two: the code. A wrong, expired or reused code gets one message, whichever it was."""
+    """Step two: the code. A wrong, expired or reused code gets one message, whichever it was; a right one
+    after the details stopped leading to the person it was sent for, the words a session ended so gets."""
     if not settings.demo:
         return _sign_in_page(request, 403, "This service signs patients in with NHS login; the code sign-in is "
                                            "only for the demo.")
     challenge, nhs_number, born = read_sign_in_cookie(settings, request.cookies.get(CHALLENGE_COOKIE, "")) \
         or ("", "", None)
-    person_id = sign_in.finish(challenge, code, nhs_number, born)
+    person_id, result = sign_in.finish(challenge, code, nhs_number, born)
+    if result == "details-now-lead-elsewhere":  # a right code (a wrong one is told nothing more), now spent
+        again = _sign_in_page(request, 401, CHANGED_SINCE_CODE)
+        again.delete_cookie(CHALLENGE_COOKIE, path="/patient")
+        return again
     if person_id is None or born is None:
         return render(request, "patient/code.html", status=401, demo_code=None, demo=settings.demo,
                       minutes=CODE_MINUTES, per_hour=MAX_CODES_PER_HOUR,
