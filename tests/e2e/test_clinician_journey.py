@@ -9,11 +9,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
 from tests.allergy_feed import ingest_allergies
 from tests.discharge_feed import ingest_discharge
 from tests.e2e.conftest import PHONE, Pages
+from tests.portal.test_session_renewal import Clock
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
 from tests.social_care_feed import ingest_social_care
@@ -336,5 +338,48 @@ def test_back_from_a_record_to_the_search_results_shows_them_without_sending_the
     assert page.url == results and "/search/results/" in results
     pages.check(page)
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()  # and on to the record again
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(page)
+
+
+def test_a_clinician_typing_a_long_reason_stays_signed_in_and_keeps_it(
+        live: tuple[Ics, str], pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typing renews no session: two minutes before its idle end the page says so, "Stay signed in" renews it
+    without leaving the page, and the reason she typed is still there and is sent (not lost to the sign-in
+    page). The server's clock and the page's are moved on together."""
+    ics, url = live
+    clock = Clock(monkeypatch)
+    page = pages.open()
+    page.clock.install()
+    sign_in(pages, page, url, "para.evans")
+    page.get_by_label("NHS number").fill("943 476 5919")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    pages.check(page)
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    expect(page.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
+    pages.check(page)
+    said = page.locator("#session-ends").inner_text()
+    page.get_by_role("radio", name="Emergency (break glass)").check()
+    reason = page.get_by_label("Reason", exact=True)
+    reason.fill("Unconscious in ED, brought in by ambulance; need medicines and allergies before sedation")
+
+    clock.at(28)
+    page.clock.run_for("28:10")
+    notice = page.get_by_role("alertdialog", name="Your session will end in 2 minutes")
+    expect(notice).to_be_visible()
+    stay = notice.get_by_role("button", name="Stay signed in")
+    expect(stay).to_be_focused()  # the keyboard is on it
+    pages.check(page)
+    page.keyboard.press("Enter")
+    expect(notice).to_be_hidden()
+    expect(page.locator("#session-ends")).not_to_have_text(said)  # the later end the server set
+    expect(page.locator("#session-ends")).to_contain_text("at the latest")
+    expect(reason).to_be_focused()  # back where she was typing, what she typed kept
+    expect(reason).to_have_value(re.compile("^Unconscious in ED"))
+
+    clock.at(45)  # past the end the page first said: the session was renewed
+    page.clock.run_for("16:50")
+    page.get_by_role("button", name="Open record").click()
     expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
     pages.check(page)
