@@ -6,6 +6,7 @@ pharmacist reconciles his medicines. The journeys photograph each page for docs/
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -383,3 +384,26 @@ def test_a_clinician_typing_a_long_reason_stays_signed_in_and_keeps_it(
     page.get_by_role("button", name="Open record").click()
     expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
     pages.check(page)
+
+
+def test_at_the_cap_the_notice_says_to_sign_in_again_with_nothing_to_renew(
+        live: tuple[Ics, str], pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose idle end is its cap (here an idle window as long as the shift): the notice says she
+    will need to sign in again, and offers no Stay signed in, which could not keep it going."""
+    ics, url = live
+    app = ics.client.app
+    settings = app.state.settings  # type: ignore[attr-defined]
+    monkeypatch.setattr(app.state, "settings", replace(settings, session_idle_minutes=settings.session_hours * 60))  # type: ignore[attr-defined]
+    page = pages.open()
+    page.clock.install()
+    sign_in(pages, page, url, "para.evans")
+    expect(page.locator("#session-ends")).to_contain_text("sign in again then")
+    page.clock.run_for((settings.session_hours * 3600 - 110) * 1000)  # 1 minute 50 before the cap
+    notice = page.get_by_role("alertdialog", name="Your session will end in 2 minutes")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("you will need to sign in again")
+    expect(notice).to_be_focused()
+    expect(notice.get_by_role("button", name="Stay signed in")).to_have_count(0)
+    pages.check(page)
+    page.keyboard.press("Escape")
+    expect(notice).to_be_hidden()
