@@ -6,14 +6,17 @@ pharmacist reconciles his medicines. The journeys photograph each page for docs/
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
 from tests.allergy_feed import ingest_allergies
 from tests.discharge_feed import ingest_discharge
 from tests.e2e.conftest import PHONE, Pages
+from tests.portal.test_session_renewal import Clock
 from tests.results_feed import ingest_results
 from tests.small_ics import OKAFOR_NHS, Ics
 from tests.social_care_feed import ingest_social_care
@@ -338,3 +341,69 @@ def test_back_from_a_record_to_the_search_results_shows_them_without_sending_the
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()  # and on to the record again
     expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
     pages.check(page)
+
+
+def test_a_clinician_typing_a_long_reason_stays_signed_in_and_keeps_it(
+        live: tuple[Ics, str], pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typing renews no session: two minutes before its idle end the page says so, "Stay signed in" renews it
+    without leaving the page, and the reason she typed is still there and is sent (not lost to the sign-in
+    page). The server's clock and the page's are moved on together."""
+    ics, url = live
+    clock = Clock(monkeypatch)
+    page = pages.open()
+    page.clock.install()
+    sign_in(pages, page, url, "para.evans")
+    page.get_by_label("NHS number").fill("943 476 5919")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 person found")).to_be_visible()
+    pages.check(page)
+    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    expect(page.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
+    pages.check(page)
+    said = page.locator("#session-ends").inner_text()
+    page.get_by_role("radio", name="Emergency (break glass)").check()
+    reason = page.get_by_label("Reason", exact=True)
+    reason.fill("Unconscious in ED, brought in by ambulance; need medicines and allergies before sedation")
+
+    clock.at(28)
+    page.clock.run_for("28:10")
+    notice = page.get_by_role("alertdialog", name="Your session will end in 2 minutes")
+    expect(notice).to_be_visible()
+    stay = notice.get_by_role("button", name="Stay signed in")
+    expect(stay).to_be_focused()  # the keyboard is on it
+    pages.check(page)
+    page.keyboard.press("Enter")
+    expect(notice).to_be_hidden()
+    expect(page.locator("#session-ends")).not_to_have_text(said)  # the later end the server set
+    expect(page.locator("#session-ends")).to_contain_text("at the latest")
+    expect(reason).to_be_focused()  # back where she was typing, what she typed kept
+    expect(reason).to_have_value(re.compile("^Unconscious in ED"))
+
+    clock.at(45)  # past the end the page first said: the session was renewed
+    page.clock.run_for("16:50")
+    page.get_by_role("button", name="Open record").click()
+    expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
+    pages.check(page)
+
+
+def test_at_the_cap_the_notice_says_to_sign_in_again_with_nothing_to_renew(
+        live: tuple[Ics, str], pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose idle end is its cap (here an idle window as long as the shift): the notice says she
+    will need to sign in again, and offers no Stay signed in, which could not keep it going."""
+    ics, url = live
+    app = ics.client.app
+    settings = app.state.settings  # type: ignore[attr-defined]
+    monkeypatch.setattr(app.state, "settings", replace(settings, session_idle_minutes=settings.session_hours * 60))  # type: ignore[attr-defined]
+    page = pages.open()
+    page.clock.install()
+    sign_in(pages, page, url, "para.evans")
+    expect(page.locator("#session-ends")).to_contain_text("sign in again then")
+    page.clock.run_for((settings.session_hours * 3600 - 110) * 1000)  # 1 minute 50 before the cap
+    notice = page.get_by_role("alertdialog", name="Your session will end in 2 minutes")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("you will need to sign in again")
+    expect(notice).to_be_focused()
+    expect(notice.get_by_role("button", name="Stay signed in")).to_have_count(0)
+    pages.check(page)
+    page.keyboard.press("Escape")
+    expect(notice).to_be_hidden()

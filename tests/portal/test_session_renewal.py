@@ -68,7 +68,7 @@ def _claims(ics: Ics, token: str) -> dict[str, object]:
 
 
 def _said(page: str) -> str:
-    found = re.search(r'id="session-ends">(.*?)</p>', page, re.S)
+    found = re.search(r'id="session-ends"[^>]*>(.*?)</p>', page, re.S)
     return " ".join(found.group(1).split()) if found else ""
 
 
@@ -224,3 +224,66 @@ def test_a_sharedcare_token_is_not_renewed(ics: Ics, clock: Clock) -> None:
     clock.at(30)
     page = other.get("/search")
     assert page.status_code == 200 and SESSION_COOKIE not in page.cookies and _said(page.text) == ""
+
+
+# "Stay signed in" (`/session/stay`): the page's script asks it shortly before the idle end, so that a form
+# typed for longer than the idle window is not lost to the sign-in page when it is sent.
+STAY = "/session/stay"
+
+
+def test_stay_signed_in_renews_the_session_without_a_page_and_says_until_when(ics: Ics, clock: Clock) -> None:
+    _sign_in(ics)
+    form = ics.client.get(f"/record/{ics.okafor}")  # the basis form: she starts typing her reason
+    assert 'data-renew="/session/stay"' in form.text and 'data-warn="120"' in form.text
+    clock.at(28)  # the page's notice: 2 minutes left
+    stayed = ics.client.post(STAY)
+    assert stayed.status_code == 200, stayed.text
+    left = stayed.json()
+    assert 29 * 60 < left["ends_in"] <= 30 * 60 and left["cap_in"] > 7 * 3600
+    assert left["says"].startswith("Your session ends at ") and "at the latest" in left["says"]
+    clock.at(45)  # 45 minutes after the form was opened, 17 after "Stay signed in"
+    sent = ics.client.post(f"/record/{ics.okafor}/basis", data={"basis": "emergency", "reason": "unconscious"},
+                           follow_redirects=False)
+    assert sent.status_code == 303, sent.text  # the record opens: the reason was not lost
+
+
+def test_stay_signed_in_never_goes_past_the_cap(ics: Ics, clock: Clock) -> None:
+    _sign_in(ics)
+    minutes = 0
+    while minutes < 8 * 60 - 25:
+        minutes += 25
+        clock.at(minutes)
+        assert ics.client.post(STAY).status_code == 200, minutes
+    left = ics.client.post(STAY).json()
+    assert left["ends_in"] == left["cap_in"] <= 25 * 60  # no longer than to the cap
+    assert "sign in again then" in left["says"]
+    assert _claims(ics, _cookie(ics))["exp"] == _claims(ics, _cookie(ics))["cap"]
+    clock.at(8 * 60 + 1)
+    assert ics.client.post(STAY).status_code == 401
+
+
+def test_stay_signed_in_is_refused_for_a_token_that_is_not_a_portal_session(ics: Ics, clock: Clock) -> None:
+    from sharedcare.api.auth import mint_token
+    app = ics.client.app
+    token = mint_token(app.state.settings, app.state.framework, "dr.oconnor")  # type: ignore[attr-defined]
+    as_cookie = PortalClient(app)
+    as_cookie.cookies.set(SESSION_COOKIE, token)
+    refused = as_cookie.post(STAY)
+    assert refused.status_code == 403 and "only a staff portal session" in refused.json()["error"]
+    assert SESSION_COOKIE not in refused.cookies
+    as_bearer = PortalClient(app).post(STAY, headers={"Authorization": f"Bearer {token}"})
+    assert as_bearer.status_code == 403 and SESSION_COOKIE not in as_bearer.cookies
+
+
+def test_stay_signed_in_is_refused_after_sign_out_and_without_the_pages_token(ics: Ics, clock: Clock) -> None:
+    _sign_in(ics)
+    clock.at(5)
+    forged = ics.client.post(STAY, csrf=False)  # another site's script: no CSRF token
+    assert forged.status_code == 403 and SESSION_COOKIE not in forged.cookies
+    kept = _cookie(ics)
+    assert ics.client.post("/logout", data={"target": "/"}, follow_redirects=False).status_code == 303
+    other = PortalClient(ics.client.app)  # a copy of the cookie, kept from before the sign-out
+    other.cookies.set(SESSION_COOKIE, kept)
+    refused = other.post(STAY)
+    assert refused.status_code == 401  # the revoked session is not renewed, nor answered with times
+    assert not any(c.startswith(f"{SESSION_COOKIE}=ey") for c in refused.headers.get_list("set-cookie"))

@@ -100,6 +100,29 @@ def csrf_field(context: Any) -> Markup:
 
 templates.env.globals["csrf_field"] = csrf_field
 
+# How long before a session's idle end its page warns, with "Stay signed in" (`/static/sharedcare.js`).
+SESSION_WARNING_SECONDS = 120
+
+
+def session_sentence(window: SessionWindow) -> str:
+    """What a page says of when its session ends, and what "Stay signed in" answers once it has renewed it."""
+    if window.ends < window.cap:
+        return (f"Your session ends at {uk_hour(window.ends)} if you do not open another page before then, "
+                f"and at {uk_hour(window.cap)} at the latest.")
+    return f"Your session ends at {uk_hour(window.cap)}: sign in again then."
+
+
+def session_left(window: SessionWindow) -> dict[str, int]:
+    """Seconds from now to the session's ends, for the page's script: counted from when the page arrives, so
+    a browser whose clock is wrong still warns on time."""
+    now = utcnow()
+    return {"ends_in": max(0, int((window.ends - now).total_seconds())),
+            "cap_in": max(0, int((window.cap - now).total_seconds())), "warn": SESSION_WARNING_SECONDS}
+
+
+templates.env.globals["session_sentence"] = session_sentence
+templates.env.globals["session_left"] = session_left
+
 # Pages load only this server's own styles, scripts, images and fonts: no inline script, no third party
 # (the NHS font host included: see static/nhsuk/README.md), no framing, forms post only here.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

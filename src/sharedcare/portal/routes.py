@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from sharedcare.api.auth import mint_session
+from sharedcare.api.auth import SessionWindow, mint_session
 from sharedcare.api.deps import (
     SESSION_COOKIE,
     ActorDep,
@@ -84,6 +84,23 @@ def logout(request: Request, store: OAuthDep, target: Annotated[str, Form()] = "
     session token is revoked too, so a copy of the cookie is refused from now on."""
     pages.revoke_session(request, store)
     return pages.end_session(target if target in {p.sign_in for p in pages.PORTALS.values()} else "/")
+
+
+@router.post("/session/stay")
+def stay_signed_in(request: Request, actor: ActorDep) -> Response:
+    """"Stay signed in" on a page whose session is about to end (`/static/sharedcare.js`): the session's idle
+    window starts again, as opening a page does (never past its cap, not audited, as a page is not), without
+    leaving the page, so a form half typed is kept. Only a staff portal session sent as its cookie; the page's
+    CSRF token too (`csrf.check`), so another site cannot keep a session going."""
+    window: SessionWindow | None = getattr(request.state, "session_window", None)
+    if window is None:
+        return JSONResponse({"error": "only a staff portal session, sent as its cookie, can be kept signed in"},
+                            status_code=403, headers={"Cache-Control": "no-store"})
+    response = JSONResponse({**pages.session_left(window), "says": pages.session_sentence(window)},
+                            headers={"Cache-Control": "no-store"})
+    if window.token is not None:
+        pages.set_session_cookie(request, response, window.token)
+    return response
 
 
 # A form's URL opened by GET (a bookmark, a refreshed tab, a pasted link) leads to the page holding the form,
