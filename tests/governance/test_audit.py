@@ -673,9 +673,9 @@ def test_no_audit_event_holds_an_empty_array_and_a_log_of_entries_written_before
     signed_in = AuditRecord(AuditAction.LOGIN, "permit", username="dr.patel", role="gp", organisation="P81001")
     written = audit.to_audit_event
 
-    def as_before(record: AuditRecord, at: Any) -> dict[str, Any]:
+    def as_before(record: AuditRecord, at: Any, stamp: str | None = None) -> dict[str, Any]:
         """The event as the release before wrote it: a decision entity always, with its details or none."""
-        event = written(record, at)
+        event = written(record, at, stamp)
         entities = event.get("entity", [])
         if not any(entity.get("name") == "decision" for entity in entities):
             entities = [*entities, {"name": "decision", "detail": []}]

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, cast
 
 import orjson
@@ -180,10 +181,10 @@ def _escaped(ch: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
+def to_audit_event(record: AuditRecord, recorded: datetime, stamp: str | None = None) -> dict[str, Any]:
     """Shape the record as a FHIR R4 AuditEvent (IHE BALP where it fits). The fields `record_audit` cleans
     are not cleaned again: a backslash would be doubled twice, and the event would not say what the
-    columns say."""
+    columns say. `stamp` is `recorded.isoformat()` when the caller has made it already (the append hashes it too)."""
     purpose = "emergency" if record.basis == "emergency" else (record.purpose or "governance")
     entities: list[dict[str, Any]] = []
     if record.patient_id:
@@ -210,7 +211,7 @@ def to_audit_event(record: AuditRecord, recorded: datetime) -> dict[str, Any]:
         "type": {"system": ACTION_SYSTEM, "code": record.action.value},
         "action": record.fhir_action or ACTION_CODES.get(record.action,
                                                          "E" if record.action.startswith("governance:") else "R"),
-        "recorded": recorded.isoformat(),
+        "recorded": stamp or recorded.isoformat(),
         "outcome": OUTCOME_CODES[record.outcome],
         "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                                         "code": PURPOSE_CODES.get(purpose, "HOPERAT")}]}],
@@ -352,13 +353,25 @@ def _canonical(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _digest(prev_hash: str, row: Mapping[str, Any], key: bytes | None) -> str:
+def _digest(prev_hash: str, row: Mapping[str, Any], key: bytes | None, stamp: str | None = None) -> str:
     """The entry's chain hash: of the previous hash and every column of the entry (the searchable columns
-    included), an HMAC-SHA256 under `key`, or for an entry from before the chain had a key (None) a SHA-256."""
+    included), an HMAC-SHA256 under `key`, or for an entry from before the chain had a key (None) a SHA-256.
+    `stamp` is the entry's time as hashed (`isoformat`), when the caller has made it already."""
     fields = {name: row[name] for name in _HASHED}
-    fields["recorded_at"] = fields["recorded_at"].isoformat()
+    fields["recorded_at"] = stamp or fields["recorded_at"].isoformat()
     message = prev_hash.encode() + _canonical(fields)
-    return hmac.digest(key, message, "sha256").hex() if key is not None else hashlib.sha256(message).hexdigest()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    keyed = _keyed(key).copy()
+    keyed.update(message)
+    return keyed.hexdigest()
+
+
+@lru_cache(maxsize=16)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with `key`, to be copied for each entry: keying a one-shot HMAC (`hmac.digest`)
+    on every append cost about a sixth of the hash (callgrind, 2026-12-07)."""
+    return hmac.new(key, digestmod="sha256")
 
 
 # Statements built once: this runs on every read, and building ORM statements per call cost more than
@@ -536,12 +549,13 @@ def append_after(session: Session, record: AuditRecord, seq: int, prev_hash: str
         record = replace(record, username=cleaned[0], organisation=cleaned[1], patient_id=cleaned[2],
                          resource=cleaned[3])
     recorded = utcnow()
+    stamp = recorded.isoformat()  # once, for the event and the hash: formatting a time costs as much as a hash's setup
     row: dict[str, Any] = {
         "seq": seq + 1, "recorded_at": recorded, "action": record.action.value, "outcome": record.outcome,
         "username": record.username, "organisation": record.organisation, "patient_id": record.patient_id,
-        "event": to_audit_event(record, recorded), "prev_hash": prev_hash,
+        "event": to_audit_event(record, recorded, stamp), "prev_hash": prev_hash,
     }
-    row["hash"] = _digest(prev_hash, row, session.info[AUDIT_KEY])
+    row["hash"] = _digest(prev_hash, row, session.info[AUDIT_KEY], stamp)
     _APPEND(session, row)
     return int(row["seq"])
 
