@@ -178,8 +178,8 @@ def test_the_service_role_is_told_to_have_the_owner_upgrade_and_init_names_or_gr
     monkeypatch.setenv("SHAREDCARE_DB", env.url.render_as_string(hide_password=False))
     upgraded = runner.invoke(app, ["init"])  # the owner: the new tables are not the service's yet
     assert upgraded.exit_code == 0, upgraded.output
-    assert (f"role {role} has no privileges on audit_tree_mark, export_job_persons: run `sharedcare init "
-            f"--grant-to {role}`" in _said(upgraded))  # the tables made since 0022 (0025, 0027)
+    assert (f"role {role} has no privileges on audit_tree_mark, export_job_persons, kept_searches: run `sharedcare "
+            f"init --grant-to {role}`" in _said(upgraded))  # the tables made since 0022 (0025, 0027, 0037)
     regranted = runner.invoke(app, ["init", "--grant-to", role])
     assert regranted.exit_code == 0 and "no privileges" not in regranted.stderr, regranted.output
     monkeypatch.setenv("SHAREDCARE_DB", as_service)

@@ -31,7 +31,7 @@ class Clock:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset = timedelta()
-        for module in ("sharedcare.api.auth", "sharedcare.portal.pages"):
+        for module in ("sharedcare.api.auth", "sharedcare.api.deps", "sharedcare.portal.pages"):
             monkeypatch.setattr(f"{module}.utcnow", self.now, raising=False)
 
     def now(self) -> datetime:

@@ -30,6 +30,7 @@ from sharedcare.api import (
     bodies,
     bulk,
     consent,
+    deps,
     fhir,
     fhir_write,
     formats,
@@ -238,7 +239,7 @@ def create_app(settings: Settings | None = None, framework: Framework | None = N
                 log.exception("request %s: the refused credentials could not be audited", _request_id(request))
         if exc.ends_session:
             try:  # a copy of an expired session cookie kept in use elsewhere ends with it (`end_expired_session`)
-                await run_in_threadpool(pages.end_expired_session, request)
+                await run_in_threadpool(deps.end_expired_session, request)
             except Exception:  # refused either way: a failed write must not make it a 500
                 log.exception("request %s: the expired session could not be revoked", _request_id(request))
         if not _is_api(request):

@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session
 from sharedcare.api.auth import (
     CITIZEN_PREFIX,
     CLIENT_PREFIX,
+    SESSION_CAP,
     SESSION_ENDED,
     AuthError,
     citizen_details,
     read_token,
     session_window,
+    signed_claims,
 )
 from sharedcare.clock import utcnow
 from sharedcare.config import Settings
@@ -371,3 +373,19 @@ FeedbackDep = Annotated[StaffFeedback, Depends(get_feedback, scope="function")]
 OAuthDep = Annotated[OAuthStore, Depends(get_oauth, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 FrameworkDep = Annotated[Framework, Depends(get_framework)]
+
+
+def end_expired_session(request: Request) -> None:
+    """A staff session cookie that arrives expired (her tab left idle) has its `jti` revoked until its cap, in
+    a unit of work of its own: a copy of the cookie kept in use elsewhere renews itself for up to the cap, and
+    would go on after she sees "Your session has ended" and her Sign out finds nothing to end. The session is
+    over for her browser either way; an expired copy turning up means the cookie was copied."""
+    token_value = request.cookies.get(SESSION_COOKIE)
+    claims = signed_claims(request.app.state.settings, token_value) if token_value else None
+    now = utcnow().timestamp()
+    if claims is None or not isinstance(cap := claims.get(SESSION_CAP), int) or cap <= now \
+            or int(claims["exp"]) > now:
+        return
+    with request.app.state.database.session() as session:
+        OAuthStore(session, request.app.state.framework).revoke(claims)
+        session.commit()

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from markupsafe import Markup
 
-from sharedcare.api.auth import SESSION_CAP, SessionWindow, signed_claims
+from sharedcare.api.auth import SessionWindow, signed_claims
 from sharedcare.api.deps import SESSION_COOKIE
 from sharedcare.clock import utcnow
 from sharedcare.governance.framework import Framework
@@ -265,22 +265,6 @@ def revoke_session(request: Request, store: OAuthStore) -> None:
     claims = signed_claims(request.app.state.settings, token_value) if token_value else None
     if claims is not None:
         store.revoke(claims)
-
-
-def end_expired_session(request: Request) -> None:
-    """A staff session cookie that arrives expired (her tab left idle) has its `jti` revoked until its cap, in
-    a unit of work of its own: a copy of the cookie kept in use elsewhere renews itself for up to the cap, and
-    would go on after she sees "Your session has ended" and her Sign out finds nothing to end. The session is
-    over for her browser either way; an expired copy turning up means the cookie was copied."""
-    token_value = request.cookies.get(SESSION_COOKIE)
-    claims = signed_claims(request.app.state.settings, token_value) if token_value else None
-    now = utcnow().timestamp()
-    if claims is None or not isinstance(cap := claims.get(SESSION_CAP), int) or cap <= now \
-            or int(claims["exp"]) > now:
-        return
-    with request.app.state.database.session() as session:
-        OAuthStore(session, request.app.state.framework).revoke(claims)
-        session.commit()
 
 
 def start_session(request: Request, store: OAuthStore, token: str, target: str) -> Response:
