@@ -9,10 +9,13 @@ reached, or was lost mid-command (try again; an ingest run again resumes).
 from __future__ import annotations
 
 import csv
+import faulthandler
 import getpass
 import json
+import os
 import signal
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -364,12 +367,33 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+STOP_GRACE_S = 60  # after SIGTERM, the longest a stopping run may take (systemd's SIGKILL comes at 90 s)
+
+
+def _end_if_stuck() -> None:
+    """A stop that has not ended the process within STOP_GRACE_S: every thread's stack to stderr, then exit 143.
+    Once in several CI runs a run that SIGTERM stopped with all its processes (staging workers and the
+    forkserver too) did not exit; where it waits is not known yet, so the process says it and ends."""
+    print(f"stopping took over {STOP_GRACE_S} s: ended; where each thread was:", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    os._exit(STOPPED_BY_SIGTERM)
+
+
 @contextmanager
 def _sigterm_stops() -> Iterator[Event]:
     """An event SIGTERM sets for the while, in place of ending the process at once: what systemd or Kubernetes
-    sends to stop a service, for an ingest to finish the message in hand and write its end (`ingest`)."""
+    sends to stop a service, for an ingest to finish the message in hand and write its end (`ingest`). From the
+    signal on, the process ends within STOP_GRACE_S whatever it waits for (`_end_if_stuck`)."""
     stop = Event()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            watchdog = threading.Timer(STOP_GRACE_S, _end_if_stuck)
+            watchdog.daemon = True
+            watchdog.start()
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, stopping)
     try:
         yield stop
     finally:
