@@ -404,7 +404,8 @@ _ITEM_READS = (AuditAction.RESOURCE_READ.value, AuditAction.RESOURCE_HISTORY.val
 # A look at an item the person may not see in their own record (a category the patient role sees nothing of,
 # tier 0: safeguarding, which can put them at risk if someone with them reads it) is listed as a look at
 # their record, and the reason the user gave (an S42 enquiry, naming who is suspected) is held back, there and
-# wherever the same user gave the same reason on the page (the basis it was read under): who, when, from
+# wherever else the same user gave the same reason about this person, on any page (the basis it was read under:
+# `_held_back_reasons`): who, when, from
 # where and on what basis are still shown, and the organisation named can give the reason after its
 # safeguarding lead has weighed the risk (docs/architecture.md, on what "Who has looked" says of a look at
 # what the patient may not see; hazard HAZ-15).
@@ -451,8 +452,7 @@ def accesses_of(session: Session, fw: Framework, person_id: str, before: int | N
     item_reads = [entry for entry in entries if entry.action in _ITEM_READS and entry.seq in genuine]
     mine = _own_items(session, item_reads, own)
     held_back = _held_back(session, fw, item_reads)
-    # the reasons given with those reads, by who gave them: held back wherever else they were given
-    secret = {(entry.username, details(entry).get("reason")) for entry in entries if entry.seq in held_back}
+    secret = _held_back_reasons(session, fw, held, joined)
     systems = {cid: name for cid, name in session.execute(select(OAuthClient.client_id, OAuthClient.name))} if any(
         (entry.username or "").startswith(SYSTEM_PREFIX) for entry in entries) else {}
     page = []
@@ -518,6 +518,19 @@ def _own_items(session: Session, entries: list[AuditEntry], own: set[int]) -> se
     found.update(session.scalars(select(ResourceVersion.resource_id).where(
         ResourceVersion.resource_id.in_(ids), ResourceVersion.patient_record_id.in_(own))))
     return {seq for seq, resource in asked.items() if resource in found}
+
+
+def _held_back_reasons(session: Session, fw: Framework, held: list[Holding],
+                       joined: Sequence[Holding]) -> set[tuple[str | None, str | None]]:
+    """(user, reason) of every read about this person, on any page, of an item the patient role sees nothing
+    of: the reason given with it is held back wherever else the same user gave it. Read from all of the
+    person's item reads, not the page's: a page drawn from the newest entries showed an S42 reason given with
+    a social worker's later reads while the safeguarding read itself had moved to the next page (review of
+    2026-12-07)."""
+    reads = list(session.scalars(select(AuditEntry).where(_about(held, own_reads=False, joined=joined),
+                                                          AuditEntry.action.in_(_ITEM_READS))))
+    hidden = _held_back(session, fw, reads)
+    return {(entry.username, details(entry).get("reason")) for entry in reads if entry.seq in hidden}
 
 
 def _held_back(session: Session, fw: Framework, entries: list[AuditEntry]) -> set[int]:
