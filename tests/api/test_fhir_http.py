@@ -130,6 +130,33 @@ def test_a_copy_naming_a_service_the_patient_has_since_hidden_is_not_answered_30
     assert ics.client.get(url, headers={**hospital, "If-None-Match": now.headers["ETag"]}).status_code == 304
 
 
+def test_a_copy_shown_altered_has_no_date_to_be_asked_by_once_it_is_shown_whole_again(
+        ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
+    """The reverse: the hospital holds the depot with the trust unnamed (Mr Okafor hides mental health), then
+    he withdraws the hide. Its copy must not be answered 304 by date: final review of 2026-12-07, the altered
+    copy came with a Last-Modified, and asked by it once the copy was whole again the answer was 304."""
+    depot = {**medication("gp-depot", "Patient/gp-okafor-2", "Paliperidone 100mg injection"),
+             "informationSource": {"reference": "Organization/RXM", "display": TRUST}}
+    feeds = [bundle("P81001", "emis", [patient("gp-okafor-2", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"), depot])]
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "depot.ndjson", feeds)]).quarantined == 0
+    hide = hide_category("mental_health")
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by=f"patient:{ics.okafor}", person_id=ics.okafor, provision=hide)
+        s.commit()
+    hospital = ics.open_record("dr.oconnor")
+    url = f"/fhir/MedicationStatement/{server_id('P81001', 'MedicationStatement', 'gp-depot')}"
+    held = ics.client.get(url, headers=hospital)
+    assert held.json()["informationSource"] == {"display": UNNAMED_SERVICE}
+    assert "Last-Modified" not in held.headers and held.headers["ETag"].startswith('W/"1-')
+    with db.session() as s:
+        set_choice(s, OKAFOR_NHS, by=f"patient:{ics.okafor}", person_id=ics.okafor, withdraw=hide)
+        s.commit()
+    whole = ics.client.get(url, headers=hospital)
+    assert whole.json()["informationSource"]["display"] == TRUST and "Last-Modified" in whole.headers
+    again = ics.client.get(url, headers={**hospital, "If-None-Match": held.headers["ETag"]})
+    assert again.status_code == 200 and TRUST in again.text
+
+
 @pytest.mark.parametrize(("query", "accept", "named"), [
     ("_format=xml", None, "_format"),
     ("_format=application/fhir%2Bxml", None, "_format"),

@@ -5,7 +5,8 @@ audited as `clinical:resource:history`. A withdrawn (entered-in-error) resource 
 reads and search, but its history still shows what was sent and when it was withdrawn. `_history` takes
 `_since`; any other parameter, and any on a vread, is refused naming it (`search.only_these`).
 
-A read and a vread answer with the version's `ETag` and `Last-Modified`, and a conditional read
+A read and a vread answer with the version's `ETag` and (a copy released as stored) `Last-Modified`, and a
+conditional read
 (`If-None-Match`, `If-Modified-Since`) with 304 once the read has been decided and audited like any other:
 refused or missing is the same 404 as without the header, and a 304 is on record as the read it is (the
 reader learns that the copy they hold is the one released to them now).
@@ -79,10 +80,14 @@ def _unchanged(request: Request, tag: str, served: ServedResource) -> bool:
 
 
 def versioned(request: Request, served: ServedResource) -> Response:
-    """A released version with its `ETag` and `Last-Modified` (when it was received, to the second), or
-    304 with them alone when the conditional read's copy is current (`_unchanged`)."""
+    """A released version with its `ETag` and, released as stored, `Last-Modified` (when it was received, to
+    the second), or 304 with them alone when the conditional read's copy is current (`_unchanged`). An altered
+    copy has no date to be asked by: a client holding one asked by date once the copy was shown whole again,
+    and was told its altered copy was current (final review of 2026-12-07)."""
     tag = etag(served)
-    headers = {"ETag": tag, "Last-Modified": format_datetime(served.received_at, usegmt=True)}
+    headers = {"ETag": tag}
+    if served.as_stored:
+        headers["Last-Modified"] = format_datetime(served.received_at, usegmt=True)
     if _unchanged(request, tag, served):
         return Response(status_code=304, headers=headers)
     return Response(served.encoded or orjson.dumps(served.content), media_type=FHIR_JSON, headers=headers)
