@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import html
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select, update
+from starlette.testclient import TestClient
 from tests.governance.test_access_log_history import _community_record, _left_apart, _person_of
 from tests.portal.test_patient_portal import WRONG_CODE, _logins, _sign_in, _start
 from tests.small_ics import OKAFOR_NHS, Ics, consent_id_of
@@ -220,3 +222,17 @@ def test_the_cookies_do_not_carry_his_nhs_number_or_date_of_birth_readable(ics: 
         readable = _readable(cookie)
         assert OKAFOR_NHS not in readable and "1945-03-02" not in readable and "nhs_number" not in readable
     assert DIABETES in _text(ics.client.get("/patient/record").text)  # the sealed details still sign him in
+
+
+def test_parallel_requests_of_a_session_just_ended_are_each_refused_401_not_500(ics: Ics, db: Database) -> None:
+    """An app's parallel requests (or a patient's tabs) with a session whose details no longer lead to one
+    person each end it: final review of 2026-12-07, the second INSERT of its revocation was a 500 (UNIQUE
+    constraint on revoked_tokens.jti) for about half of eight parallel requests, on both stores."""
+    _sign_in(ics.client)
+    bearer = _bearer(ics)
+    _held_apart(db, _community_record(db))
+    clients = [TestClient(ics.client.app, raise_server_exceptions=False) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(
+            lambda client: client.get(f"/fhir/Consent?patient={ics.okafor}", headers=bearer).status_code, clients))
+    assert statuses == [401] * 8, statuses

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from sharedcare.clock import utcnow
@@ -206,9 +208,13 @@ class OAuthStore:
         A portal session's `jti` is kept until its cap (`auth.SESSION_CAP`): a copy of the cookie renewed
         later than the one signed out with expires later, and is the same session."""
         jti = str(claims.get("jti", ""))
-        if jti and self.session.get(RevokedToken, jti) is None:
+        if jti:
             last = max(int(claims["exp"]), int(claims.get("cap", 0)))
-            self.session.add(RevokedToken(jti=jti, revoked_at=utcnow(), expires_at=datetime.fromtimestamp(last, UTC)))
+            # a no-op if it is revoked already, here or by a request made at the same moment: two tabs (or an
+            # app's parallel requests) ending one session both got here, and the second INSERT was a 500
+            insert = (pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert)
+            self.session.execute(insert(RevokedToken).values(
+                jti=jti, revoked_at=utcnow(), expires_at=datetime.fromtimestamp(last, UTC)).on_conflict_do_nothing())
             # the searches the session kept for its results pages (names, NHS numbers typed) go with it
             self.session.execute(delete(KeptSearch).where(KeptSearch.session_id == jti))
 
