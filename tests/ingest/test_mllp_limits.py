@@ -182,6 +182,26 @@ def test_what_follows_a_frame_over_the_limit_and_such_a_frame_cut_off_are_audite
     assert not any("NEXT1" in r or "OKAFOR" in r for r in refused)
 
 
+def test_a_line_end_after_a_frame_over_the_limit_is_not_audited_as_bytes_dropped(
+        db: Database, framework: Framework) -> None:
+    """Some engines end a frame FS CR LF, which the listener reads as nothing between frames: after a frame over
+    the limit the LF was audited as "1 bytes sent after a frame over the limit, dropped unanswered", a message
+    that never existed (final review of 2026-12-07)."""
+    big = _message("BIG4") + b"ZXX|" + b"A" * mllp.MAX_MESSAGE_BYTES + b"\r"
+    with serving(_server(db, framework)) as port:
+        with _connect(port) as sock:
+            sock.sendall(START + big + END + b"\n")
+            assert _segment(_read_ack(sock), "MSA")[1:3] == ["AR", "BIG4"]
+            assert _closed_within(sock, 5)
+        with _connect(port) as sock:
+            sock.sendall(START + big)  # then one cut off: its entry comes after anything the first left
+        refused = _await_refusals(db, 2)
+        time.sleep(0.5)
+        refused = _refusals(db)
+    assert len(refused) == 2, refused  # the big frame answered, the frame cut off
+    assert not any("sent after a frame over the limit" in r for r in refused), refused
+
+
 def test_a_frame_over_the_limit_whose_sender_resets_the_connection_before_its_end_block_is_audited(
         db: Database, framework: Framework) -> None:
     """A sender that sent more than 4 MB and dropped the connection (reset, as a killed engine or a load balancer

@@ -139,7 +139,8 @@ def ack(header: Header | None, code: str, text: str = "", where: str = "", now: 
 async def _rest_of_frame(reader: asyncio.StreamReader) -> tuple[bytes, int, int]:
     """A frame over the limit, read to its end block and dropped but for its start (what quarantine keeps of it):
     its start, its size, and how many bytes the last read took past its end block (a message sent after it,
-    which goes with the connection). Reading it to its end, rather than closing at the limit, lets the sender
+    which goes with the connection; none if they are only the line end some engines put after FS CR, as
+    `_outside_frames` reads them). Reading it to its end, rather than closing at the limit, lets the sender
     hear the ACK: closed with its bytes unread, the connection is reset and the ACK may be lost with it."""
     head = await reader.read(KEPT_OF_TOO_LARGE)
     size, data = 0, head
@@ -149,7 +150,8 @@ async def _rest_of_frame(reader: asyncio.StreamReader) -> tuple[bytes, int, int]
         if not chunk:
             raise asyncio.IncompleteReadError(head, size + len(data))
         data = data[-1:] + chunk
-    return head[: size + end], size + end, len(data) - end - len(END)
+    after = data[end + len(END):]
+    return head[: size + end], size + end, len(after) if after.strip() else 0
 
 
 @dataclass
