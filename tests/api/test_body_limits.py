@@ -164,3 +164,16 @@ def test_a_patient_search_criterion_longer_than_anything_stored_is_refused_befor
     found = ics.client.post("/fhir/Patient/_search", data={"family": "Okafor  ", "birthdate": "1945-03-02"},
                             headers=headers)
     assert found.status_code == 200 and [e["resource"]["id"] for e in found.json()["entry"]] == [ics.okafor]
+
+
+@pytest.mark.parametrize(("sent", "named"), [
+    ({"identifier": "https://fhir.nhs.uk/Id/nhs-number|" + "9" * 21}, "identifier"),
+    ({"family": "Okafor", "birthdate": "1945-03-02", "address-postalcode": "A" * 21}, "address-postalcode"),
+])
+def test_a_fhir_search_criterion_too_long_is_refused_naming_the_parameter_sent(
+        ics: Ics, sent: dict[str, str], named: str) -> None:
+    """Final review of 2026-12-07: the refusal named the gateway's own field (`nhs_number`, `postcode`), a
+    parameter the FHIR client never sent."""
+    refused = ics.client.post("/fhir/Patient/_search", data=sent, headers=ics.token("dr.patel"))
+    diagnostics = refused.json()["issue"][0]["diagnostics"]
+    assert refused.status_code == 400 and diagnostics.startswith(f"{named}: at most 20 characters"), diagnostics

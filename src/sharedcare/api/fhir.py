@@ -366,7 +366,8 @@ def _search_patients(request: Request, records: GovernedRecords, params: list[tu
                           "everyone born in it, and a prefix is not taken here")
     born = parse_instant(values["birthdate"]).date() if values.get("birthdate") else None
     matches = records.search_patients(nhs_number=nhs, family=values.get("family"), given=values.get("given"),
-                                      birth_date=born, postcode=values.get("address-postalcode"))
+                                      birth_date=born, postcode=values.get("address-postalcode"),
+                                      named={"nhs_number": "identifier", "postcode": "address-postalcode"})
     return fhir_response(_bundle(request, [_patient_summary(m) for m in matches]))
 
 

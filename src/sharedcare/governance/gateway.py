@@ -854,15 +854,13 @@ class GovernedRecords:
     # -- search ----------------------------------------------------------------------------------
     def search_patients(self, *, nhs_number: str | None = None, family: str | None = None,
                         given: str | None = None, birth_date: date | None = None,
-                        postcode: str | None = None) -> list[PatientMatch]:
+                        postcode: str | None = None, named: Mapping[str, str] | None = None) -> list[PatientMatch]:
         """Find people by NHS number, or by family name and date of birth (given name optional).
 
         Audited as IHE BALP asks: one event per patient found, and one when none is found. A user whose
-        searches have found unusually many people in an hour is queued for IG (`review.flag_searches`)."""
-        for name, value in (("nhs_number", nhs_number), ("family", family), ("given", given), ("postcode", postcode)):
-            if value and len(value) > SEARCH_FIELD_MAX[name]:
-                raise InvalidRequest(f"{name}: at most {SEARCH_FIELD_MAX[name]} characters (nothing stored is "
-                                     "longer), not searched")
+        searches have found unusually many people in an hour is queued for IG (`review.flag_searches`).
+        `named`: what the caller calls a criterion, for a refusal (FHIR's `identifier` for `nhs_number`)."""
+        _within_limits({"nhs_number": nhs_number, "family": family, "given": given, "postcode": postcode}, named)
         query = urlencode({"nhs_number": nhs_number or "", "family": family or "", "given": given or "",
                            "birthdate": birth_date or "", "postcode": postcode or ""})
         query_b64 = base64.b64encode(query.encode()).decode()
@@ -907,10 +905,7 @@ class GovernedRecords:
         here (a user who may not search is refused, audited): the page searches, through `search_patients`,
         each time it is shown. Expired searches
         are deleted as a new one is kept (a session's own at its sign-out: `OAuthStore.revoke`)."""
-        for name, value in form.items():
-            limit = SEARCH_FIELD_MAX.get(name, KEPT_FIELD_MAX)
-            if len(value) > limit:
-                raise InvalidRequest(f"{name}: at most {limit} characters (nothing stored is longer), not searched")
+        _within_limits(form)
         if not self.token_id:
             raise InvalidRequest("a search's results page needs a session: sign in to the portal")
         denied = self._search_refused(base64.b64encode(urlencode(form).encode()).decode())
@@ -1060,6 +1055,16 @@ class GovernedRecords:
 # padded with 60,000 spaces still folded to the patient's key and wrote an 81 kB entry per person found.
 SEARCH_FIELD_MAX = {"nhs_number": 20, "family": 100, "given": 100, "postcode": 20}
 KEPT_FIELD_MAX = 64  # any other field of a kept search (the date's parts), and a results page's id
+
+
+def _within_limits(fields: Mapping[str, str | None], named: Mapping[str, str] | None = None) -> None:
+    """Refuse, before anything is searched or audited, a criterion longer than anything stored
+    (SEARCH_FIELD_MAX; KEPT_FIELD_MAX for any other field), naming it as the caller does (`named`)."""
+    for name, value in fields.items():
+        limit = SEARCH_FIELD_MAX.get(name, KEPT_FIELD_MAX)
+        if value and len(value) > limit:
+            raise InvalidRequest(f"{(named or {}).get(name, name)}: at most {limit} characters (nothing stored is "
+                                 "longer), not searched")
 # How long a portal search's results page works (`keep_search`): Back from the record just opened, not later
 KEPT_SEARCH_FOR = timedelta(minutes=30)
 
