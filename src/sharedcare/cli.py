@@ -383,14 +383,16 @@ def _end_if_stuck() -> None:
 def _sigterm_stops() -> Iterator[Event]:
     """An event SIGTERM sets for the while, in place of ending the process at once: what systemd or Kubernetes
     sends to stop a service, for an ingest to finish the message in hand and write its end (`ingest`). From the
-    signal on, the process ends within STOP_GRACE_S whatever it waits for (`_end_if_stuck`)."""
+    signal to the end of the block, the process ends within STOP_GRACE_S whatever it waits for
+    (`_end_if_stuck`)."""
     stop = Event()
+    watchdogs: list[threading.Timer] = []
 
     def stopping(signum: int, frame: FrameType | None) -> None:
         if not stop.is_set():
-            watchdog = threading.Timer(STOP_GRACE_S, _end_if_stuck)
-            watchdog.daemon = True
-            watchdog.start()
+            watchdogs.append(threading.Timer(STOP_GRACE_S, _end_if_stuck))
+            watchdogs[0].daemon = True
+            watchdogs[0].start()
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, stopping)
@@ -398,6 +400,8 @@ def _sigterm_stops() -> Iterator[Event]:
         yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for watchdog in watchdogs:  # stopped in time: what follows (the report) is the caller's
+            watchdog.cancel()
 
 
 def _figures_table(title: str, figures: dict[str, object]) -> Table:

@@ -322,3 +322,27 @@ def test_the_same_bad_message_ingested_twice_is_held_once(db: Database, framewor
     assert first.quarantine[0]["id"] == second.quarantine[0]["id"]
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Quarantine)) == 1
+
+
+_STOPPING = """
+import os, signal, sys, time
+from sharedcare import cli
+cli.STOP_GRACE_S = 0.5
+with cli._sigterm_stops():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(float(sys.argv[1]))  # stuck inside the stop, or not
+time.sleep(float(sys.argv[2]))  # after it: the caller's own work, the report
+"""
+
+
+@pytest.mark.parametrize(("inside", "after", "status"), [(30, 0, 128 + signal.SIGTERM), (0, 1.5, 0)])
+def test_a_stop_stuck_past_its_grace_ends_saying_where_and_one_that_ended_in_time_is_left_alone(
+        inside: float, after: float, status: int) -> None:
+    """A run SIGTERM stopped ends within STOP_GRACE_S whatever it waits for, printing every thread's stack (a
+    run whose every process was signalled once never ended); a stop that ended in time is not ended later."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", _STOPPING, str(inside), str(after)], env=env,  # noqa: S603
+                          capture_output=True, timeout=20, check=False)
+    assert done.returncode == status, done.stderr.decode()
+    said = done.stderr.decode()
+    assert ("stopping took over 0.5 s: ended" in said and "Thread" in said) == (status != 0), said
