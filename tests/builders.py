@@ -7,7 +7,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+
 from sharedcare.fhir.uk_core import meta_source
+from sharedcare.store.database import Database
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 SCT = "http://snomed.info/sct"
@@ -103,3 +106,12 @@ def write_ndjson(path: Path, bundles: list[dict[str, Any]] | list[str]) -> Path:
     lines = [b if isinstance(b, str) else json.dumps(b) for b in bundles]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def downgrade_store(db: Database, revision: str) -> None:
+    """Take the store's schema back to `revision`, as a store a release before it left: the tests of a migration
+    then upgrade it (`db.migrate()`) and look at what it made of the rows already there."""
+    cfg = db.alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)

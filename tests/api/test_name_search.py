@@ -8,10 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
-from tests.builders import bundle, patient, write_ndjson
+from tests.builders import bundle, downgrade_store, patient, write_ndjson
 from tests.ingest.test_csv_extract import _extract, _lrc, _row
 from tests.ingest.test_hl7v2 import admission, adt, pid, write_hl7
 from tests.small_ics import Ics
@@ -87,11 +86,8 @@ FAMILY_KEY_REVISION = "0033"  # the migration that adds `family_key`
 def test_records_stored_before_the_search_key_are_found_by_it_after_the_upgrade(
         ics: Ics, framework: Framework, tmp_path: Path) -> None:
     person = _ingest(ics, framework, tmp_path)
-    cfg = ics.database.alembic_config()
-    before = ScriptDirectory.from_config(cfg).get_revision(FAMILY_KEY_REVISION).down_revision
-    with ics.database.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, str(before))
+    before = ScriptDirectory.from_config(ics.database.alembic_config()).get_revision(FAMILY_KEY_REVISION).down_revision
+    downgrade_store(ics.database, str(before))
     columns = {c["name"] for c in inspect(ics.database.engine).get_columns("patient_records")}
     assert "family_key" not in columns and "family" in columns
     ics.database.migrate()
@@ -186,11 +182,8 @@ GIVEN_KEY_REVISION = "0036"  # the migration that adds `given_key`
 def test_given_names_stored_before_their_search_key_are_found_by_it_after_the_upgrade(
         ics: Ics, framework: Framework, tmp_path: Path) -> None:
     person = _ingest_given(ics, framework, tmp_path)
-    cfg = ics.database.alembic_config()
-    before = ScriptDirectory.from_config(cfg).get_revision(GIVEN_KEY_REVISION).down_revision
-    with ics.database.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, str(before))
+    before = ScriptDirectory.from_config(ics.database.alembic_config()).get_revision(GIVEN_KEY_REVISION).down_revision
+    downgrade_store(ics.database, str(before))
     assert "given_key" not in {c["name"] for c in inspect(ics.database.engine).get_columns("patient_records")}
     ics.database.migrate()
     ics.client.post("/login", data={"username": "para.evans", "password": "demo"})

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import uvicorn
-from alembic import command
 from psycopg import sql
 from sqlalchemy import make_url, update
 from sqlalchemy.exc import DBAPIError, OperationalError
+from tests.builders import downgrade_store
 from tests.cli.test_commands import _feed
 from tests.conftest import DEPLOYMENT_KEYS
 from tests.governance.test_audit import _write
@@ -33,13 +33,6 @@ HEAD = max(path.name[:4] for path in (Path(__file__).parents[2] / "src/sharedcar
            .glob("0[0-9][0-9][0-9]_*.py"))
 
 
-def _downgrade(db: Database, revision: str) -> None:
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
-
-
 def _said(result: object) -> str:
     return " ".join(getattr(result, "stderr", "").split())
 
@@ -49,7 +42,7 @@ def test_a_command_on_a_schema_behind_the_release_stops_naming_init_and_changes_
     """Every command migrated the schema: as the service's role, which owns nothing, `audit verify` (whose exit 1
     means a broken chain to a monitor) and `serve` failed with a traceback (`must be owner of table ...`)."""
     runner.invoke(app, ["agreements", "set", "NHR", "--status", "suspended", "--reason", "a breach reported"])
-    _downgrade(env, "0022")
+    downgrade_store(env, "0022")
     behind = runner.invoke(app, ["audit", "verify"])
     assert behind.exit_code == 2, behind.output
     assert (f"the store's schema is at 0022, this release needs {HEAD}: run `sharedcare init` as the schema owner"
@@ -168,7 +161,7 @@ def test_the_service_role_is_told_to_have_the_owner_upgrade_and_init_names_or_gr
     role, as_service = service_role
     granted = runner.invoke(app, ["init", "--grant-to", role])
     assert granted.exit_code == 0 and f"granted {role}" in granted.stderr, granted.output
-    _downgrade(env, "0022")  # an upgrade of the release as it would be, from 0022: 0025 adds audit_tree_mark
+    downgrade_store(env, "0022")  # an upgrade of the release as it would be, from 0022: 0025 adds audit_tree_mark
     monkeypatch.setenv("SHAREDCARE_DB", as_service)
     behind = runner.invoke(app, ["audit", "verify"])
     assert behind.exit_code == 2 and f"the store's schema is at 0022, this release needs {HEAD}" in _said(behind)

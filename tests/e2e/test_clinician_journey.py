@@ -40,15 +40,32 @@ def sign_in(pages: Pages, page: Page, url: str, username: str, shot: str | None 
     pages.check(page)
 
 
-def open_okafor(pages: Pages, page: Page, url: str, username: str) -> None:
-    """Sign in, find Mr Okafor by NHS number and open his record on his explicit consent."""
-    sign_in(pages, page, url, username)
-    page.get_by_label("NHS number").fill("943 476 5919")
+def search_okafor(pages: Pages, page: Page, by_name: bool = False) -> None:
+    """Search "Find a patient" for Mr Okafor, by NHS number or by name and date of birth: he alone is found."""
+    if by_name:
+        page.get_by_label("Family name").fill("Okafor")
+        page.get_by_label("Day").fill("2")
+        page.get_by_label("Month").fill("3")
+        page.get_by_label("Year").fill("1945")
+    else:
+        page.get_by_label("NHS number").fill("943 476 5919")
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("1 person found")).to_be_visible()
     pages.check(page)
+
+
+def find_okafor(pages: Pages, page: Page, url: str, username: str) -> None:
+    """Sign in, find Mr Okafor by NHS number and open his record as far as the form asking why."""
+    sign_in(pages, page, url, username)
+    search_okafor(pages, page)
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
+    expect(page.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
     pages.check(page)
+
+
+def open_okafor(pages: Pages, page: Page, url: str, username: str) -> None:
+    """Sign in, find Mr Okafor by NHS number and open his record on his explicit consent."""
+    find_okafor(pages, page, url, username)
     page.get_by_role("radio", name="Explicit consent").check()
     page.get_by_role("button", name="Open record").click()
     expect(page.get_by_role("heading", name="OKAFOR, Emeka")).to_be_visible()
@@ -62,13 +79,7 @@ def test_paramedic_finds_mr_okafor_and_reads_every_tab_of_his_record(live: tuple
     page = pages.open()
     sign_in(pages, page, url, "para.evans", shot="clinician-sign-in")
 
-    page.get_by_label("Family name").fill("Okafor")
-    page.get_by_label("Day").fill("2")
-    page.get_by_label("Month").fill("3")
-    page.get_by_label("Year").fill("1945")
-    page.get_by_role("button", name="Search").click()
-    expect(page.get_by_text("1 person found")).to_be_visible()
-    pages.check(page)
+    search_okafor(pages, page, by_name=True)
     pages.shoot(page, "clinician-find-patient")
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
 
@@ -316,13 +327,7 @@ def test_back_from_a_record_to_the_search_results_shows_them_without_sending_the
     ics, url = live
     page = pages.open()
     sign_in(pages, page, url, "dr.oconnor")
-    page.get_by_label("Family name").fill("Okafor")
-    page.get_by_label("Day").fill("2")
-    page.get_by_label("Month").fill("3")
-    page.get_by_label("Year").fill("1945")
-    page.get_by_role("button", name="Search").click()
-    expect(page.get_by_text("1 person found")).to_be_visible()
-    pages.check(page)
+    search_okafor(pages, page, by_name=True)
     results = page.url
     page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
     pages.check(page)
@@ -352,14 +357,7 @@ def test_a_clinician_typing_a_long_reason_stays_signed_in_and_keeps_it(
     clock = Clock(monkeypatch)
     page = pages.open()
     page.clock.install()
-    sign_in(pages, page, url, "para.evans")
-    page.get_by_label("NHS number").fill("943 476 5919")
-    page.get_by_role("button", name="Search").click()
-    expect(page.get_by_text("1 person found")).to_be_visible()
-    pages.check(page)
-    page.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
-    expect(page.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
-    pages.check(page)
+    find_okafor(pages, page, url, "para.evans")
     said = page.locator("#session-ends").inner_text()
     page.get_by_role("radio", name="Emergency (break glass)").check()
     reason = page.get_by_label("Reason", exact=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 from tests.e2e.conftest import Pages
-from tests.e2e.test_clinician_journey import sign_in
+from tests.e2e.test_clinician_journey import find_okafor, sign_in
 from tests.small_ics import Ics
 
 from sharedcare.clock import utcnow
@@ -32,14 +32,7 @@ def sign_in_to_ig(pages: Pages, page: Page, url: str, shot: bool = False) -> Non
 def test_break_glass_reaches_the_ig_queue_and_is_marked_appropriate(live: tuple[Ics, str], pages: Pages) -> None:
     ics, url = live
     doctor = pages.open()
-    sign_in(pages, doctor, url, "dr.oconnor")
-    doctor.get_by_label("NHS number").fill("943 476 5919")
-    doctor.get_by_role("button", name="Search").click()
-    expect(doctor.get_by_text("1 person found")).to_be_visible()
-    pages.check(doctor)
-    doctor.get_by_role("link", name="Open record of OKAFOR, Emeka").click()
-    expect(doctor.get_by_role("heading", name="Why are you opening this record?")).to_be_visible()
-    pages.check(doctor)
+    find_okafor(pages, doctor, url, "dr.oconnor")
     doctor.get_by_role("radio", name="Emergency (break glass)").check()
     doctor.get_by_label("Reason", exact=True).fill(REASON)
     doctor.get_by_role("button", name="Open record").click()

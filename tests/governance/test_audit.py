@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from tests.builders import downgrade_store
 from tests.conftest import AUDIT_KEY as TEST_AUDIT_KEY
 from tests.small_ics import Ics
 
@@ -752,10 +753,7 @@ def test_a_store_rekeyed_before_the_head_kept_its_marker_is_upgraded_to_it(db: D
     would go on writing entries `verify` names."""
     _write(db, 2)
     with rotated(db) as (restarted, mark):
-        cfg = db.alembic_config()
-        with db.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0030")
+        downgrade_store(db, "0030")
         db.migrate()
         with db.session() as session:
             assert session.get_one(AuditHead, 1).newest_mark == mark

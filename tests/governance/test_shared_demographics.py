@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-from alembic import command
 from sqlalchemy import select
-from tests.builders import bundle, patient, write_ndjson
+from tests.builders import bundle, downgrade_store, patient, write_ndjson
 from tests.small_ics import Ics
 
 from sharedcare.api.auth import mint_token
@@ -217,10 +216,7 @@ def test_a_self_made_record_stays_held_back_when_the_mpi_moves_it_to_another_per
 def test_migration_0015_gives_items_queued_before_it_the_writers_record(
         ics: Ics, db: Database, framework: Framework) -> None:
     _write(ics, "dr.patel", _hughes("made-up", postcode="ZZ9 9ZZ"))
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0014")
+    downgrade_store(db, "0014")
     db.migrate()
     with db.session() as s:
         item = s.scalars(select(ReviewItem)).one()

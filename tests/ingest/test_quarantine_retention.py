@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from tests.builders import bundle, patient, write_ndjson
+from tests.builders import bundle, downgrade_store, patient, write_ndjson
 from typer.testing import CliRunner
 
 from sharedcare.cli import app
@@ -142,15 +142,10 @@ def test_the_retention_setting_is_a_whole_number_of_days(env: Database, monkeypa
 
 def test_below_0022_an_erased_items_reason_says_its_body_was_erased(env: Database, tmp_path: Path) -> None:
     """The older code has no column for it: an empty body unexplained would read as a message lost (HAZ-13)."""
-    from alembic import command
-
     _store(env, tmp_path)
     _purge("--apply")
     erased = _items(env)["OLD-FIXED"]
-    cfg = env.alembic_config()
-    with env.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0021")
+    downgrade_store(env, "0021")
     with env.engine.connect() as conn:
         reasons = dict(conn.exec_driver_sql("SELECT id, reason FROM quarantine").all())
     reason = reasons[erased.id]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from tests.builders import bundle, patient, write_ndjson
+from tests.builders import bundle, downgrade_store, patient, write_ndjson
 from tests.ingest.test_csv_extract import _extract, _lrc, _row
 from tests.ingest.test_mllp import A01, _segment
 from typer.testing import CliRunner
@@ -282,8 +282,6 @@ def test_items_held_before_message_keys_are_superseded_once_migrated(
         env: Database, framework: Framework, tmp_path: Path) -> None:
     """An item held by a release before 0021 has no key; migrated, it is superseded by its source's next
     corrected copy like any other (HL7 v2, a FHIR Bundle, a CSV row)."""
-    from alembic import command
-
     pipeline = Pipeline(env, framework)
     hl7 = tmp_path / "adt-1.hl7"
     hl7.write_bytes(_a01(BAD_DOB))
@@ -292,10 +290,7 @@ def test_items_held_before_message_keys_are_superseded_once_migrated(
     assert pipeline.ingest_paths(first).quarantined == 3
     with env.session() as s:  # as a release before 0021 held them
         s.execute(update(Quarantine).values(message_key=None))
-    cfg = env.alembic_config()
-    with env.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0021")
+    downgrade_store(env, "0021")
     env.migrate()
     assert all(i.message_key for i in _items(env))
 

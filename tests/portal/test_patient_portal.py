@@ -203,6 +203,16 @@ def test_the_access_log_lists_exactly_the_audit_events_about_the_record(ics: Ics
     assert "01632 960400" in page  # the ambulance trust's number, to ask about the paramedic's look
 
 
+def _ingest_safeguarding(db: Database, framework: Framework, tmp_path: Path) -> str:
+    """Mr Okafor's GP sends a safeguarding condition (a vulnerable adult): the id it is stored under."""
+    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
+                                   condition("gp-sg", "Patient/gp-okafor", "417430008", "Vulnerable adult")],
+                timestamp="2026-11-02T09:00:00Z")
+    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "sg.ndjson", [gp])]).quarantined == 0
+    with db.session() as s:
+        return s.scalars(select(Resource.id).where(Resource.source_id == "gp-sg")).one()
+
+
 @pytest.mark.parametrize("looked_at", ["", "/_history", "/_history/1"], ids=["read", "history", "vread"])
 def test_a_look_at_a_safeguarding_record_is_listed_without_what_was_seen_or_why(
         ics: Ics, db: Database, framework: Framework, tmp_path: Path, looked_at: str) -> None:
@@ -211,12 +221,8 @@ def test_a_look_at_a_safeguarding_record_is_listed_without_what_was_seen_or_why(
     naming his son); who looked, from where, when and on what basis are still listed (patient portal review
     of 2026-12-07, MEDIUM 6). So too for a look at its history or a version (review of 2026-12-07: those
     gave the reason away). A look at anything else still says what it was, and why."""
-    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
-                                   condition("gp-sg", "Patient/gp-okafor", "417430008", "Vulnerable adult")],
-                timestamp="2026-11-02T09:00:00Z")
-    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "sg.ndjson", [gp])]).quarantined == 0
+    safeguarding = _ingest_safeguarding(db, framework, tmp_path)
     with db.session() as s:
-        safeguarding = s.scalars(select(Resource.id).where(Resource.source_id == "gp-sg")).one()
         diabetes = s.scalars(select(Resource.id).where(Resource.source_id == "gp-c1")).one()
     why = "S42 enquiry: concern his son is taking his pension"
     social_worker = ics.open_record("sw.brown", basis="implied-consent", reason=why)
@@ -240,12 +246,8 @@ def test_a_history_of_a_safeguarding_record_audited_before_it_named_the_record_i
         ics: Ics, db: Database, framework: Framework, tmp_path: Path) -> None:
     """A history or vread audited before 2026-12-07 named only the versions released, not the record: the
     record is read from them, and the look is held back as one audited now is (its reason too)."""
-    gp = bundle("P81001", "emis", [patient("gp-okafor", OKAFOR_NHS, "Okafor", "Emeka", "1945-03-02"),
-                                   condition("gp-sg", "Patient/gp-okafor", "417430008", "Vulnerable adult")],
-                timestamp="2026-11-02T09:00:00Z")
-    assert Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / "sg.ndjson", [gp])]).quarantined == 0
+    safeguarding = _ingest_safeguarding(db, framework, tmp_path)
     with db.session() as s:
-        safeguarding = s.scalars(select(Resource.id).where(Resource.source_id == "gp-sg")).one()
         record_audit(s, AuditRecord(  # as the gateway wrote a released history then
             AuditAction.RESOURCE_HISTORY, "permit", "sw.brown", role="social_worker", organisation="LRC",
             patient_id=ics.okafor, basis="implied-consent", reason="S42 enquiry: concern his son is taking his pension",

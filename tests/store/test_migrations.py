@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
-from tests.builders import bundle, condition, patient, write_ndjson
+from tests.builders import bundle, condition, downgrade_store, patient, write_ndjson
 
 from sharedcare.governance.framework import Framework
 from sharedcare.ingest.pipeline import Pipeline
@@ -23,10 +22,7 @@ def test_the_migrated_schema_matches_the_models(db: Database) -> None:
 
 
 def test_migrations_downgrade_to_nothing_and_upgrade_again(db: Database) -> None:
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "base")
+    downgrade_store(db, "base")
     assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
     db.migrate()
     assert {"resources", "audit_events", "patient_records"} <= set(inspect(db.engine).get_table_names())
@@ -46,10 +42,7 @@ def test_versions_stored_before_they_kept_their_patient_are_given_the_resources_
                                             condition("a-c", "Patient/a", "44054006", display)],
                          timestamp=f"2026-11-0{n + 1}T09:00:00Z")
         Pipeline(db, framework).ingest_paths([write_ndjson(tmp_path / f"{n}.ndjson", [message])])
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0011")
+    downgrade_store(db, "0011")
     assert "patient_record_id" not in {c["name"] for c in inspect(db.engine).get_columns("resource_versions")}
     db.migrate()
     with db.session() as s:
@@ -81,10 +74,7 @@ def test_link_moves_survive_a_downgrade_to_the_json_list_and_back(db: Database, 
 
     before = moves()
     assert before == [("separate", [(record.id, first, second)]), ("merge", [(record.id, second, first)])]
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0013")
+    downgrade_store(db, "0013")
     assert "link_moves" not in inspect(db.engine).get_table_names()
     db.migrate()
     assert moves() == before
@@ -106,10 +96,7 @@ def test_a_superseded_quarantine_item_is_held_again_below_0021_and_kept_byte_for
         item = s.scalars(select(Quarantine)).one()
         assert item.status == "superseded"
         payload = item.payload
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0020")
+    downgrade_store(db, "0020")
     assert "superseded_by" not in {c["name"] for c in inspect(db.engine).get_columns("quarantine")}
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT status, payload FROM quarantine").one() == ("held", payload)
@@ -128,10 +115,7 @@ def test_a_persons_active_bases_are_indexed_and_the_index_goes_on_downgrade(db: 
         return {i["name"] for i in inspect(db.engine).get_indexes("access_bases")}
 
     assert "ix_access_bases_person_expires" in indexes()
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0025")
+    downgrade_store(db, "0025")
     assert "ix_access_bases_person_expires" not in indexes()
     db.migrate()
     assert "ix_access_bases_person_expires" in indexes()
@@ -153,10 +137,7 @@ def test_a_store_rolled_back_below_0024_and_upgraded_again_keeps_one_chain_marke
 
     before = markers()
     assert len(before) == 1
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0022")
+    downgrade_store(db, "0022")
     db.migrate()
     assert markers() == before
     with db.session() as s:
@@ -171,10 +152,7 @@ def test_link_moves_keep_the_records_previous_status_and_the_columns_go_on_downg
         return {c["name"] for c in inspect(db.engine).get_columns("link_moves")}
 
     assert {"from_status", "from_method"} <= columns()
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0027")
+    downgrade_store(db, "0027")
     assert not {"from_status", "from_method"} & columns()
     db.migrate()
     assert {"from_status", "from_method"} <= columns()
@@ -215,10 +193,7 @@ def test_link_events_name_the_review_item_a_reviewer_decided_and_stores_before_0
     assert before == [("separate", "reviewer1", review), ("merge", "reviewer2", review),
                       ("separate", "mpi.operator", None), ("merge", "mpi.operator", None),
                       ("separate", "mpi.operator", None)]
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0032-1")
+    downgrade_store(db, "0032-1")
     assert "match_review_id" not in {c["name"] for c in inspect(db.engine).get_columns("link_events")}
     db.migrate()
     assert named() == before
@@ -232,10 +207,7 @@ def test_the_audit_head_steps_once_an_append_either_side_of_0034(db: Database) -
     from sharedcare.governance.audit import verify
     from sharedcare.store.models import AuditHead
 
-    cfg = db.alembic_config()
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0033")
+    downgrade_store(db, "0033")
     before = _write(db, 2)
     db.migrate()
     after = _write(db, 2)
